@@ -1,0 +1,68 @@
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// How many events an object keeps; older ones are dropped first.
+pub const MAX_EVENTS: usize = 32;
+
+/// Something that happened to an object, in words a human can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: Timestamp,
+    pub message: String,
+}
+
+/// A bounded ring of events, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventLog(Vec<Event>);
+
+impl EventLog {
+    pub fn push(&mut self, at: Timestamp, message: impl Into<String>) {
+        if self.0.len() == MAX_EVENTS {
+            self.0.remove(0);
+        }
+        self.0.push(Event { at, message: message.into() });
+    }
+
+    /// The most recent event, if any.
+    pub fn last(&self) -> Option<&Event> {
+        self.0.last()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Event> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<Event> for EventLog {
+    fn from_iter<I: IntoIterator<Item = Event>>(iter: I) -> Self {
+        let mut log = EventLog::default();
+        for e in iter {
+            log.push(e.at, e.message);
+        }
+        log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_keeps_newest() {
+        let mut log = EventLog::default();
+        for i in 0..(MAX_EVENTS as u64 + 5) {
+            log.push(i, format!("e{i}"));
+        }
+        assert_eq!(log.iter().count(), MAX_EVENTS);
+        assert_eq!(log.iter().next().map(|e| e.at), Some(5));
+        assert_eq!(log.last().map(|e| e.message.as_str()), Some("e36"));
+    }
+}

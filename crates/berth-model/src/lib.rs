@@ -1,0 +1,92 @@
+//! Domain types of berth and their validation rules.
+//!
+//! These types follow Amazon ECS semantics (task definitions with immutable revisions, tasks with
+//! `desiredStatus`/`lastStatus` and stop codes) so that an ECS-compatible API can later be a thin
+//! adapter. They serialise to JSON with the camelCase field names the CLI contract promises.
+//!
+//! This crate is pure: no IO, no async, no clock. Timestamps are passed in by the caller (the Raft
+//! leader assigns them before proposing).
+
+mod event;
+mod node;
+mod task;
+mod task_definition;
+mod time;
+
+pub use event::{Event, EventLog, MAX_EVENTS};
+pub use node::{Node, NodeStatus, Resources};
+pub use task::{ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskStatus};
+pub use task_definition::{
+    ContainerDefinition, TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec,
+    TaskDefinitionStatus, DEFAULT_STOP_TIMEOUT_SECS,
+};
+pub use time::{format_timestamp, Timestamp};
+
+/// The namespace objects land in when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// CPU units per vCPU, as in ECS.
+pub const CPU_UNITS_PER_VCPU: u32 = 1024;
+
+/// A rule of the model that an input broke. `field` is the camelCase path of the offending field
+/// (`containers[0].image`) so that manifests and the API can point at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Checks that `name` is a valid object name: 1-255 characters of ASCII letters, digits, `-`
+/// and `_`, starting with a letter or digit (the rules ECS applies to families).
+pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if name.len() > 255 {
+        return Err(ValidationError::new(field, "must be at most 255 characters"));
+    }
+    let mut chars = name.chars();
+    let first = chars.next().expect("name is not empty");
+    if !first.is_ascii_alphanumeric() {
+        return Err(ValidationError::new(
+            field,
+            format!("{name:?} must start with a letter or digit"),
+        ));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(ValidationError::new(
+            field,
+            format!("{name:?} contains {bad:?}; use letters, digits, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("family", "web-1_a").is_ok());
+        assert_eq!(
+            validate_name("family", "").unwrap_err().to_string(),
+            "family: must not be empty"
+        );
+        assert_eq!(
+            validate_name("family", "-web").unwrap_err().to_string(),
+            "family: \"-web\" must start with a letter or digit"
+        );
+        assert_eq!(
+            validate_name("family", "web app").unwrap_err().to_string(),
+            "family: \"web app\" contains ' '; use letters, digits, '-' and '_'"
+        );
+    }
+}

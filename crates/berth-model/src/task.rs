@@ -1,0 +1,199 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EventLog, TaskDefinitionRef, Timestamp};
+
+/// A running (or finished) copy of one task definition revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub task_id: String,
+    pub namespace: String,
+    /// Always `family:revision`.
+    pub task_definition: TaskDefinitionRef,
+    /// `service:NAME` for service tasks; none for one-off tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The node the task was placed on; none until it is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub desired_status: DesiredStatus,
+    pub last_status: TaskStatus,
+    pub cpu: u32,
+    pub memory: u32,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(default, with = "crate::time::rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, with = "crate::time::rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<StopCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
+    pub containers: Vec<ContainerState>,
+    #[serde(default, skip_serializing_if = "EventLog::is_empty")]
+    pub events: EventLog,
+}
+
+impl Task {
+    pub fn is_stopped(&self) -> bool {
+        self.last_status == TaskStatus::Stopped
+    }
+
+    /// The exit code that stands for the whole task: the first essential container's that has
+    /// one (`run --wait` exits with it).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.containers.iter().find_map(|c| c.exit_code)
+    }
+}
+
+/// The state of one container of a task as last reported by its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub last_status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub health_status: HealthStatus,
+}
+
+impl ContainerState {
+    pub fn pending(name: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            image: image.into(),
+            image_digest: None,
+            last_status: TaskStatus::Pending,
+            exit_code: None,
+            reason: None,
+            health_status: HealthStatus::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthStatus {
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DesiredStatus {
+    Running,
+    Stopped,
+}
+
+/// The lifecycle of a task, in the order ECS moves through it. A task never moves backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    /// Reserved for network set-up (per-task network namespaces come later).
+    Provisioning,
+    /// Waiting for a node, or placed and waiting for the node to pull and start it.
+    Pending,
+    /// The node is creating the containers.
+    Activating,
+    Running,
+    Deactivating,
+    /// The node is stopping the containers (SIGTERM, grace period, SIGKILL).
+    Stopping,
+    Deprovisioning,
+    Stopped,
+}
+
+/// Why a task stopped, as ECS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopCode {
+    TaskFailedToStart,
+    EssentialContainerExited,
+    UserInitiated,
+    ServiceSchedulerInitiated,
+    NodeLost,
+}
+
+macro_rules! string_enum {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $text),* }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok(<$ty>::$variant),)*
+                    other => Err(format!(
+                        "unknown {} {other:?}; expected one of {}",
+                        stringify!($ty),
+                        [$($text),*].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(TaskStatus {
+    Provisioning => "PROVISIONING",
+    Pending => "PENDING",
+    Activating => "ACTIVATING",
+    Running => "RUNNING",
+    Deactivating => "DEACTIVATING",
+    Stopping => "STOPPING",
+    Deprovisioning => "DEPROVISIONING",
+    Stopped => "STOPPED",
+});
+
+string_enum!(DesiredStatus { Running => "RUNNING", Stopped => "STOPPED" });
+
+string_enum!(HealthStatus { Unknown => "UNKNOWN", Healthy => "HEALTHY", Unhealthy => "UNHEALTHY" });
+
+string_enum!(StopCode {
+    TaskFailedToStart => "TaskFailedToStart",
+    EssentialContainerExited => "EssentialContainerExited",
+    UserInitiated => "UserInitiated",
+    ServiceSchedulerInitiated => "ServiceSchedulerInitiated",
+    NodeLost => "NodeLost",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_order() {
+        for s in TaskStatus::ALL {
+            assert_eq!(s.as_str().parse::<TaskStatus>().ok(), Some(*s));
+            assert_eq!(serde_json::to_string(s).ok(), Some(format!("\"{s}\"")));
+        }
+        assert!(TaskStatus::Pending < TaskStatus::Running);
+        assert!(TaskStatus::Running < TaskStatus::Stopped);
+        for c in StopCode::ALL {
+            assert_eq!(serde_json::to_string(c).ok(), Some(format!("\"{c}\"")));
+        }
+        assert_eq!(
+            "DONE".parse::<TaskStatus>().unwrap_err(),
+            "unknown TaskStatus \"DONE\"; expected one of PROVISIONING, PENDING, ACTIVATING, \
+             RUNNING, DEACTIVATING, STOPPING, DEPROVISIONING, STOPPED"
+        );
+    }
+}

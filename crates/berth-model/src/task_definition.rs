@@ -1,0 +1,327 @@
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{validate_name, Timestamp, ValidationError};
+
+/// Seconds a container gets between SIGTERM and SIGKILL when none is given (ECS uses 30).
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
+
+const MIN_TASK_MEMORY_MIB: u32 = 6;
+const MAX_TASK_CPU: u32 = 64 * crate::CPU_UNITS_PER_VCPU;
+const MAX_TASK_MEMORY_MIB: u32 = 1024 * 1024;
+
+/// What a user registers: a family and its containers. The server turns it into the next
+/// [`TaskDefinition`] revision of the family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefinitionSpec {
+    pub family: String,
+    /// CPU units for the whole task (1024 = 1 vCPU).
+    pub cpu: u32,
+    /// Memory for the whole task in MiB.
+    pub memory: u32,
+    pub containers: Vec<ContainerDefinition>,
+}
+
+/// One registered, immutable revision of a task definition family.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefinition {
+    pub namespace: String,
+    pub family: String,
+    pub revision: u32,
+    pub status: TaskDefinitionStatus,
+    pub cpu: u32,
+    pub memory: u32,
+    pub containers: Vec<ContainerDefinition>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub registered_at: Timestamp,
+}
+
+impl TaskDefinition {
+    pub fn reference(&self) -> TaskDefinitionRef {
+        TaskDefinitionRef { family: self.family.clone(), revision: Some(self.revision) }
+    }
+
+    /// Whether this revision has the same content as `spec` (so registering it again would
+    /// create an identical revision).
+    pub fn matches(&self, spec: &TaskDefinitionSpec) -> bool {
+        self.family == spec.family
+            && self.cpu == spec.cpu
+            && self.memory == spec.memory
+            && self.containers == spec.containers
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskDefinitionStatus {
+    Active,
+    Inactive,
+}
+
+impl fmt::Display for TaskDefinitionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Active => "ACTIVE",
+            Self::Inactive => "INACTIVE",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDefinition {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's CMD when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's ENTRYPOINT when not empty (and then the image's CMD is dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_point: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    /// When an essential container exits, the whole task stops.
+    pub essential: bool,
+    /// Seconds between SIGTERM and SIGKILL when the container is stopped.
+    pub stop_timeout: u32,
+    /// Hard CPU limit of this container in CPU units; the task's `cpu` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// Hard memory limit of this container in MiB; the task's `memory` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
+}
+
+impl ContainerDefinition {
+    /// A container with the defaults ECS applies: essential, 30 s stop timeout.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            image: image.into(),
+            command: Vec::new(),
+            entry_point: Vec::new(),
+            environment: BTreeMap::new(),
+            working_directory: None,
+            essential: true,
+            stop_timeout: DEFAULT_STOP_TIMEOUT_SECS,
+            cpu: None,
+            memory: None,
+        }
+    }
+}
+
+impl TaskDefinitionSpec {
+    /// Checks every rule a task definition must satisfy before it is registered. Errors name
+    /// the field in camelCase (`containers[1].memory`).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("family", &self.family)?;
+        if self.cpu == 0 || self.cpu > MAX_TASK_CPU {
+            return Err(ValidationError::new(
+                "cpu",
+                format!(
+                    "{} CPU units is out of range; use 1..={MAX_TASK_CPU} (1024 = 1 vCPU)",
+                    self.cpu
+                ),
+            ));
+        }
+        if self.memory < MIN_TASK_MEMORY_MIB || self.memory > MAX_TASK_MEMORY_MIB {
+            return Err(ValidationError::new(
+                "memory",
+                format!(
+                    "{} MiB is out of range; use {MIN_TASK_MEMORY_MIB}..={MAX_TASK_MEMORY_MIB}",
+                    self.memory
+                ),
+            ));
+        }
+        if self.containers.is_empty() {
+            return Err(ValidationError::new("containers", "at least one container is required"));
+        }
+        let mut names = HashSet::new();
+        for (i, c) in self.containers.iter().enumerate() {
+            let field = |f: &str| format!("containers[{i}].{f}");
+            validate_name(&field("name"), &c.name)?;
+            if !names.insert(c.name.as_str()) {
+                return Err(ValidationError::new(
+                    field("name"),
+                    format!("container name {:?} is used twice", c.name),
+                ));
+            }
+            if c.image.trim().is_empty() {
+                return Err(ValidationError::new(field("image"), "must not be empty"));
+            }
+            if c.image.chars().any(char::is_whitespace) {
+                return Err(ValidationError::new(
+                    field("image"),
+                    format!("{:?} contains whitespace", c.image),
+                ));
+            }
+            if let Some(cpu) = c.cpu {
+                if cpu > self.cpu {
+                    return Err(ValidationError::new(
+                        field("cpu"),
+                        format!("{cpu} CPU units exceeds the task's {}", self.cpu),
+                    ));
+                }
+            }
+            if let Some(memory) = c.memory {
+                if memory < MIN_TASK_MEMORY_MIB || memory > self.memory {
+                    return Err(ValidationError::new(
+                        field("memory"),
+                        format!(
+                            "{memory} MiB is out of range; use {MIN_TASK_MEMORY_MIB}..={} (the task's memory)",
+                            self.memory
+                        ),
+                    ));
+                }
+            }
+            for key in c.environment.keys() {
+                if key.is_empty() || key.contains('=') {
+                    return Err(ValidationError::new(
+                        field("environment"),
+                        format!("{key:?} is not a valid variable name"),
+                    ));
+                }
+            }
+        }
+        if !self.containers.iter().any(|c| c.essential) {
+            return Err(ValidationError::new(
+                "containers",
+                "at least one container must be essential",
+            ));
+        }
+        let sum = |f: fn(&ContainerDefinition) -> Option<u32>| -> u32 {
+            self.containers.iter().filter_map(f).sum()
+        };
+        if sum(|c| c.memory) > self.memory {
+            return Err(ValidationError::new(
+                "containers",
+                format!("container memory limits add up to more than the task's {} MiB", self.memory),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `family` or `family:revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskDefinitionRef {
+    pub family: String,
+    /// `None` means the latest ACTIVE revision.
+    pub revision: Option<u32>,
+}
+
+impl fmt::Display for TaskDefinitionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.revision {
+            Some(rev) => write!(f, "{}:{rev}", self.family),
+            None => f.write_str(&self.family),
+        }
+    }
+}
+
+impl FromStr for TaskDefinitionRef {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (family, revision) = match s.split_once(':') {
+            Some((family, rev)) => {
+                let rev = rev.parse::<u32>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                    ValidationError::new(
+                        "taskDefinition",
+                        format!("{s:?}: revision {rev:?} is not a positive integer"),
+                    )
+                })?;
+                (family, Some(rev))
+            }
+            None => (s, None),
+        };
+        validate_name("taskDefinition", family)?;
+        Ok(Self { family: family.to_owned(), revision })
+    }
+}
+
+impl TryFrom<String> for TaskDefinitionRef {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TaskDefinitionRef> for String {
+    fn from(r: TaskDefinitionRef) -> Self {
+        r.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskDefinitionSpec {
+        TaskDefinitionSpec {
+            family: "web".into(),
+            cpu: 256,
+            memory: 512,
+            containers: vec![ContainerDefinition::new("app", "busybox:latest")],
+        }
+    }
+
+    fn check(edit: impl FnOnce(&mut TaskDefinitionSpec), expected: &str) {
+        let mut s = spec();
+        edit(&mut s);
+        let got = match s.validate() {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn validation() {
+        check(|_| {}, "ok");
+        check(|s| s.cpu = 0, "cpu: 0 CPU units is out of range; use 1..=65536 (1024 = 1 vCPU)");
+        check(|s| s.memory = 2, "memory: 2 MiB is out of range; use 6..=1048576");
+        check(|s| s.containers.clear(), "containers: at least one container is required");
+        check(
+            |s| s.containers.push(ContainerDefinition::new("app", "x")),
+            "containers[1].name: container name \"app\" is used twice",
+        );
+        check(|s| s.containers[0].image = " ".into(), "containers[0].image: must not be empty");
+        check(
+            |s| s.containers[0].memory = Some(1024),
+            "containers[0].memory: 1024 MiB is out of range; use 6..=512 (the task's memory)",
+        );
+        check(
+            |s| s.containers[0].essential = false,
+            "containers: at least one container must be essential",
+        );
+        check(
+            |s| {
+                s.containers[0].environment.insert("A=B".into(), "x".into());
+            },
+            "containers[0].environment: \"A=B\" is not a valid variable name",
+        );
+    }
+
+    #[test]
+    fn refs() {
+        assert_eq!(
+            "web:3".parse::<TaskDefinitionRef>().ok(),
+            Some(TaskDefinitionRef { family: "web".into(), revision: Some(3) })
+        );
+        assert_eq!("web".parse::<TaskDefinitionRef>().map(|r| r.revision).ok(), Some(None));
+        assert_eq!(
+            "web:x".parse::<TaskDefinitionRef>().unwrap_err().to_string(),
+            "taskDefinition: \"web:x\": revision \"x\" is not a positive integer"
+        );
+        assert_eq!("web:0".parse::<TaskDefinitionRef>().ok(), None);
+    }
+}
