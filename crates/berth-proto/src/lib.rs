@@ -1,0 +1,15 @@
+//! berth's wire types: `proto/berth/v1/*.proto` compiled once, and the only place where they are
+//! converted to and from the domain types of `berth-model`.
+
+mod convert;
+
+pub use convert::{desired_status, stop_code, stop_code_to_wire, task_status, ConversionError};
+
+/// Generated code for package `berth.v1`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("berth.v1");
+}
+
+/// The encoded file descriptor set of every berth proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");

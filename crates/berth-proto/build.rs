@@ -1,0 +1,15 @@
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos = ["types", "api", "agent", "raft"]
+        .map(|name| format!("../../proto/berth/v1/{name}.proto"));
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("berth_descriptor.bin"))
+        .btree_map(".")
+        .compile_protos(&protos, &["../../proto".to_owned()])?;
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! Conversions between `berth_model` and the generated `v1` types. Wire timestamps use 0 for
+//! "unset" and enums have an UNSPECIFIED zero value; both become `Option`/errors here.
+
+use berth_model as m;
+
+use crate::v1;
+
+/// A wire message that does not describe a valid domain object.
+#[derive(Debug, thiserror::Error)]
+pub enum ConversionError {
+    #[error("{field}: value {value} is not a known {kind}")]
+    UnknownEnum { field: &'static str, kind: &'static str, value: i32 },
+    #[error("{field} is required")]
+    Missing { field: &'static str },
+    #[error(transparent)]
+    Invalid(#[from] m::ValidationError),
+}
+
+fn opt_ts(ts: u64) -> Option<m::Timestamp> {
+    (ts != 0).then_some(ts)
+}
+
+fn opt_str(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+// `from_wire` needs to be an inherent method of a foreign type; a local extension trait
+// carries it instead.
+trait FromWire: Sized {
+    fn from_wire(field: &'static str, v: i32) -> Result<Self, ConversionError>;
+}
+
+macro_rules! wire_enum {
+    ($model:ty, $wire:ty, $kind:literal { $($m:ident <=> $w:ident),* $(,)? }) => {
+        impl From<$model> for $wire {
+            fn from(v: $model) -> Self {
+                match v { $(<$model>::$m => <$wire>::$w),* }
+            }
+        }
+        impl FromWire for $model {
+            fn from_wire(field: &'static str, v: i32) -> Result<Self, ConversionError> {
+                match <$wire>::try_from(v) {
+                    $(Ok(<$wire>::$w) => Ok(<$model>::$m),)*
+                    _ => Err(ConversionError::UnknownEnum { field, kind: $kind, value: v }),
+                }
+            }
+        }
+    };
+}
+
+wire_enum!(m::TaskDefinitionStatus, v1::TaskDefinitionStatus, "task definition status" {
+    Active <=> Active,
+    Inactive <=> Inactive,
+});
+
+wire_enum!(m::TaskStatus, v1::TaskStatus, "task status" {
+    Provisioning <=> Provisioning,
+    Pending <=> Pending,
+    Activating <=> Activating,
+    Running <=> Running,
+    Deactivating <=> Deactivating,
+    Stopping <=> Stopping,
+    Deprovisioning <=> Deprovisioning,
+    Stopped <=> Stopped,
+});
+
+wire_enum!(m::DesiredStatus, v1::DesiredStatus, "desired status" {
+    Running <=> Running,
+    Stopped <=> Stopped,
+});
+
+wire_enum!(m::StopCode, v1::StopCode, "stop code" {
+    TaskFailedToStart <=> TaskFailedToStart,
+    EssentialContainerExited <=> EssentialContainerExited,
+    UserInitiated <=> UserInitiated,
+    ServiceSchedulerInitiated <=> ServiceSchedulerInitiated,
+    NodeLost <=> NodeLost,
+});
+
+wire_enum!(m::HealthStatus, v1::HealthStatus, "health status" {
+    Unknown <=> Unknown,
+    Healthy <=> Healthy,
+    Unhealthy <=> Unhealthy,
+});
+
+wire_enum!(m::NodeStatus, v1::NodeStatus, "node status" {
+    Active <=> Active,
+    Draining <=> Draining,
+    Down <=> Down,
+});
+
+/// Wire enums are `i32` fields in prost; these read them back with a field name for errors.
+pub fn task_status(field: &'static str, v: i32) -> Result<m::TaskStatus, ConversionError> {
+    m::TaskStatus::from_wire(field, v)
+}
+
+pub fn desired_status(field: &'static str, v: i32) -> Result<m::DesiredStatus, ConversionError> {
+    m::DesiredStatus::from_wire(field, v)
+}
+
+/// An optional stop code: UNSPECIFIED means none.
+pub fn stop_code(v: i32) -> Result<Option<m::StopCode>, ConversionError> {
+    if v == v1::StopCode::Unspecified as i32 {
+        return Ok(None);
+    }
+    m::StopCode::from_wire("stopCode", v).map(Some)
+}
+
+pub fn stop_code_to_wire(code: Option<m::StopCode>) -> i32 {
+    code.map_or(v1::StopCode::Unspecified, v1::StopCode::from) as i32
+}
+
+impl From<m::ContainerDefinition> for v1::ContainerDefinition {
+    fn from(c: m::ContainerDefinition) -> Self {
+        Self {
+            name: c.name,
+            image: c.image,
+            command: c.command,
+            entry_point: c.entry_point,
+            environment: c.environment,
+            working_directory: c.working_directory.unwrap_or_default(),
+            essential: c.essential,
+            stop_timeout: c.stop_timeout,
+            cpu: c.cpu,
+            memory: c.memory,
+        }
+    }
+}
+
+impl From<v1::ContainerDefinition> for m::ContainerDefinition {
+    fn from(c: v1::ContainerDefinition) -> Self {
+        Self {
+            name: c.name,
+            image: c.image,
+            command: c.command,
+            entry_point: c.entry_point,
+            environment: c.environment,
+            working_directory: opt_str(c.working_directory),
+            essential: c.essential,
+            stop_timeout: c.stop_timeout,
+            cpu: c.cpu,
+            memory: c.memory,
+        }
+    }
+}
+
+impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
+    fn from(s: m::TaskDefinitionSpec) -> Self {
+        Self {
+            family: s.family,
+            cpu: s.cpu,
+            memory: s.memory,
+            containers: s.containers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
+    fn from(s: v1::TaskDefinitionSpec) -> Self {
+        Self {
+            family: s.family,
+            cpu: s.cpu,
+            memory: s.memory,
+            containers: s.containers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<m::TaskDefinition> for v1::TaskDefinition {
+    fn from(d: m::TaskDefinition) -> Self {
+        Self {
+            namespace: d.namespace,
+            family: d.family,
+            revision: d.revision,
+            status: v1::TaskDefinitionStatus::from(d.status) as i32,
+            cpu: d.cpu,
+            memory: d.memory,
+            containers: d.containers.into_iter().map(Into::into).collect(),
+            registered_at: d.registered_at,
+        }
+    }
+}
+
+impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
+    type Error = ConversionError;
+    fn try_from(d: v1::TaskDefinition) -> Result<Self, ConversionError> {
+        Ok(Self {
+            namespace: d.namespace,
+            family: d.family,
+            revision: d.revision,
+            status: m::TaskDefinitionStatus::from_wire("status", d.status)?,
+            cpu: d.cpu,
+            memory: d.memory,
+            containers: d.containers.into_iter().map(Into::into).collect(),
+            registered_at: d.registered_at,
+        })
+    }
+}
+
+impl From<m::ContainerState> for v1::ContainerState {
+    fn from(c: m::ContainerState) -> Self {
+        Self {
+            name: c.name,
+            image: c.image,
+            image_digest: c.image_digest.unwrap_or_default(),
+            last_status: v1::TaskStatus::from(c.last_status) as i32,
+            exit_code: c.exit_code,
+            reason: c.reason.unwrap_or_default(),
+            health_status: v1::HealthStatus::from(c.health_status) as i32,
+        }
+    }
+}
+
+impl TryFrom<v1::ContainerState> for m::ContainerState {
+    type Error = ConversionError;
+    fn try_from(c: v1::ContainerState) -> Result<Self, ConversionError> {
+        Ok(Self {
+            name: c.name,
+            image: c.image,
+            image_digest: opt_str(c.image_digest),
+            last_status: m::TaskStatus::from_wire("containers.lastStatus", c.last_status)?,
+            exit_code: c.exit_code,
+            reason: opt_str(c.reason),
+            health_status: m::HealthStatus::from_wire("containers.healthStatus", c.health_status)?,
+        })
+    }
+}
+
+fn events_to_wire(events: &m::EventLog) -> Vec<v1::Event> {
+    events.iter().map(|e| v1::Event { at: e.at, message: e.message.clone() }).collect()
+}
+
+fn events_from_wire(events: Vec<v1::Event>) -> m::EventLog {
+    events.into_iter().map(|e| m::Event { at: e.at, message: e.message }).collect()
+}
+
+impl From<m::Task> for v1::Task {
+    fn from(t: m::Task) -> Self {
+        Self {
+            task_id: t.task_id,
+            namespace: t.namespace,
+            task_definition: t.task_definition.to_string(),
+            group: t.group.unwrap_or_default(),
+            node: t.node.unwrap_or_default(),
+            desired_status: v1::DesiredStatus::from(t.desired_status) as i32,
+            last_status: v1::TaskStatus::from(t.last_status) as i32,
+            cpu: t.cpu,
+            memory: t.memory,
+            created_at: t.created_at,
+            started_at: t.started_at.unwrap_or_default(),
+            stopped_at: t.stopped_at.unwrap_or_default(),
+            stop_code: stop_code_to_wire(t.stop_code),
+            stopped_reason: t.stopped_reason.unwrap_or_default(),
+            events: events_to_wire(&t.events),
+            containers: t.containers.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::Task> for m::Task {
+    type Error = ConversionError;
+    fn try_from(t: v1::Task) -> Result<Self, ConversionError> {
+        Ok(Self {
+            task_id: t.task_id,
+            namespace: t.namespace,
+            task_definition: t.task_definition.parse()?,
+            group: opt_str(t.group),
+            node: opt_str(t.node),
+            desired_status: desired_status("desiredStatus", t.desired_status)?,
+            last_status: task_status("lastStatus", t.last_status)?,
+            cpu: t.cpu,
+            memory: t.memory,
+            created_at: t.created_at,
+            started_at: opt_ts(t.started_at),
+            stopped_at: opt_ts(t.stopped_at),
+            stop_code: stop_code(t.stop_code)?,
+            stopped_reason: opt_str(t.stopped_reason),
+            containers: t.containers.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?,
+            events: events_from_wire(t.events),
+        })
+    }
+}
+
+impl From<m::Node> for v1::Node {
+    fn from(n: m::Node) -> Self {
+        Self {
+            name: n.name,
+            address: n.address,
+            status: v1::NodeStatus::from(n.status) as i32,
+            attributes: n.attributes,
+            cpu: Some(v1::Resources { total: n.cpu.total, allocated: n.cpu.allocated }),
+            memory: Some(v1::Resources { total: n.memory.total, allocated: n.memory.allocated }),
+            registered_at: n.registered_at,
+            events: events_to_wire(&n.events),
+        }
+    }
+}
+
+impl TryFrom<v1::Node> for m::Node {
+    type Error = ConversionError;
+    fn try_from(n: v1::Node) -> Result<Self, ConversionError> {
+        let res = |r: Option<v1::Resources>, field| {
+            r.map(|r| m::Resources { total: r.total, allocated: r.allocated })
+                .ok_or(ConversionError::Missing { field })
+        };
+        Ok(Self {
+            name: n.name,
+            address: n.address,
+            status: m::NodeStatus::from_wire("status", n.status)?,
+            attributes: n.attributes,
+            cpu: res(n.cpu, "cpu")?,
+            memory: res(n.memory, "memory")?,
+            registered_at: n.registered_at,
+            events: events_from_wire(n.events),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_round_trips() {
+        let mut events = m::EventLog::default();
+        events.push(5, "placed on node-1");
+        let task = m::Task {
+            task_id: "t1".into(),
+            namespace: "default".into(),
+            task_definition: "web:2".parse().expect("valid ref"),
+            group: None,
+            node: Some("node-1".into()),
+            desired_status: m::DesiredStatus::Stopped,
+            last_status: m::TaskStatus::Stopped,
+            cpu: 256,
+            memory: 64,
+            created_at: 1,
+            started_at: Some(2),
+            stopped_at: Some(3),
+            stop_code: Some(m::StopCode::EssentialContainerExited),
+            stopped_reason: Some("Essential container in task exited".into()),
+            containers: vec![m::ContainerState {
+                exit_code: Some(3),
+                ..m::ContainerState::pending("app", "busybox")
+            }],
+            events,
+        };
+        let wire = v1::Task::from(task.clone());
+        assert_eq!(m::Task::try_from(wire).ok(), Some(task));
+    }
+
+    #[test]
+    fn unknown_enum_is_an_error() {
+        let wire = v1::Task { task_definition: "web:1".into(), last_status: 42, desired_status: 1, ..Default::default() };
+        assert_eq!(
+            m::Task::try_from(wire).unwrap_err().to_string(),
+            "lastStatus: value 42 is not a known task status"
+        );
+    }
+}
