@@ -24,7 +24,10 @@ impl EventLog {
         if self.0.len() == MAX_EVENTS {
             self.0.remove(0);
         }
-        self.0.push(Event { at, message: message.into() });
+        self.0.push(Event {
+            at,
+            message: message.into(),
+        });
     }
 
     /// The most recent event, if any.

@@ -15,7 +15,9 @@ mod time;
 
 pub use event::{Event, EventLog, MAX_EVENTS};
 pub use node::{Node, NodeStatus, Resources};
-pub use task::{ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskStatus};
+pub use task::{
+    ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskStatus, TaskStatusUpdate,
+};
 pub use task_definition::{
     ContainerDefinition, TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec,
     TaskDefinitionStatus, DEFAULT_STOP_TIMEOUT_SECS,
@@ -39,7 +41,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -50,7 +55,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if name.len() > 255 {
-        return Err(ValidationError::new(field, "must be at most 255 characters"));
+        return Err(ValidationError::new(
+            field,
+            "must be at most 255 characters",
+        ));
     }
     let mut chars = name.chars();
     let first = chars.next().expect("name is not empty");
@@ -60,7 +68,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
             format!("{name:?} must start with a letter or digit"),
         ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
         return Err(ValidationError::new(
             field,
             format!("{name:?} contains {bad:?}; use letters, digits, '-' and '_'"),

@@ -25,9 +25,17 @@ pub struct Task {
     pub memory: u32,
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: Timestamp,
-    #[serde(default, with = "crate::time::rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub started_at: Option<Timestamp>,
-    #[serde(default, with = "crate::time::rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stopped_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_code: Option<StopCode>,
@@ -196,4 +204,18 @@ mod tests {
              RUNNING, DEACTIVATING, STOPPING, DEPROVISIONING, STOPPED"
         );
     }
+}
+
+/// A node's report of the current state of one task it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatusUpdate {
+    pub task_id: String,
+    pub last_status: TaskStatus,
+    pub containers: Vec<ContainerState>,
+    /// Set with STOPPED when the node decided why the task stopped.
+    pub stop_code: Option<StopCode>,
+    pub stopped_reason: Option<String>,
+    /// One line for the task's event log.
+    pub event: Option<String>,
 }

@@ -43,7 +43,10 @@ pub struct TaskDefinition {
 
 impl TaskDefinition {
     pub fn reference(&self) -> TaskDefinitionRef {
-        TaskDefinitionRef { family: self.family.clone(), revision: Some(self.revision) }
+        TaskDefinitionRef {
+            family: self.family.clone(),
+            revision: Some(self.revision),
+        }
     }
 
     /// Whether this revision has the same content as `spec` (so registering it again would
@@ -141,7 +144,10 @@ impl TaskDefinitionSpec {
             ));
         }
         if self.containers.is_empty() {
-            return Err(ValidationError::new("containers", "at least one container is required"));
+            return Err(ValidationError::new(
+                "containers",
+                "at least one container is required",
+            ));
         }
         let mut names = HashSet::new();
         for (i, c) in self.containers.iter().enumerate() {
@@ -202,7 +208,10 @@ impl TaskDefinitionSpec {
         if sum(|c| c.memory) > self.memory {
             return Err(ValidationError::new(
                 "containers",
-                format!("container memory limits add up to more than the task's {} MiB", self.memory),
+                format!(
+                    "container memory limits add up to more than the task's {} MiB",
+                    self.memory
+                ),
             ));
         }
         Ok(())
@@ -244,7 +253,10 @@ impl FromStr for TaskDefinitionRef {
             None => (s, None),
         };
         validate_name("taskDefinition", family)?;
-        Ok(Self { family: family.to_owned(), revision })
+        Ok(Self {
+            family: family.to_owned(),
+            revision,
+        })
     }
 }
 
@@ -287,14 +299,26 @@ mod tests {
     #[test]
     fn validation() {
         check(|_| {}, "ok");
-        check(|s| s.cpu = 0, "cpu: 0 CPU units is out of range; use 1..=65536 (1024 = 1 vCPU)");
-        check(|s| s.memory = 2, "memory: 2 MiB is out of range; use 6..=1048576");
-        check(|s| s.containers.clear(), "containers: at least one container is required");
+        check(
+            |s| s.cpu = 0,
+            "cpu: 0 CPU units is out of range; use 1..=65536 (1024 = 1 vCPU)",
+        );
+        check(
+            |s| s.memory = 2,
+            "memory: 2 MiB is out of range; use 6..=1048576",
+        );
+        check(
+            |s| s.containers.clear(),
+            "containers: at least one container is required",
+        );
         check(
             |s| s.containers.push(ContainerDefinition::new("app", "x")),
             "containers[1].name: container name \"app\" is used twice",
         );
-        check(|s| s.containers[0].image = " ".into(), "containers[0].image: must not be empty");
+        check(
+            |s| s.containers[0].image = " ".into(),
+            "containers[0].image: must not be empty",
+        );
         check(
             |s| s.containers[0].memory = Some(1024),
             "containers[0].memory: 1024 MiB is out of range; use 6..=512 (the task's memory)",
@@ -315,11 +339,20 @@ mod tests {
     fn refs() {
         assert_eq!(
             "web:3".parse::<TaskDefinitionRef>().ok(),
-            Some(TaskDefinitionRef { family: "web".into(), revision: Some(3) })
+            Some(TaskDefinitionRef {
+                family: "web".into(),
+                revision: Some(3)
+            })
         );
-        assert_eq!("web".parse::<TaskDefinitionRef>().map(|r| r.revision).ok(), Some(None));
         assert_eq!(
-            "web:x".parse::<TaskDefinitionRef>().unwrap_err().to_string(),
+            "web".parse::<TaskDefinitionRef>().map(|r| r.revision).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            "web:x"
+                .parse::<TaskDefinitionRef>()
+                .unwrap_err()
+                .to_string(),
             "taskDefinition: \"web:x\": revision \"x\" is not a positive integer"
         );
         assert_eq!("web:0".parse::<TaskDefinitionRef>().ok(), None);

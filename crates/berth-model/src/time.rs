@@ -26,7 +26,10 @@ pub(crate) mod rfc3339_opt {
             return Ok(None);
         };
         let t = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
-        let ms = t.duration_since(UNIX_EPOCH).map_err(serde::de::Error::custom)?.as_millis();
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(serde::de::Error::custom)?
+            .as_millis();
         Ok(Some(u64::try_from(ms).map_err(serde::de::Error::custom)?))
     }
 }
@@ -49,6 +52,9 @@ pub(crate) mod rfc3339 {
 mod tests {
     #[test]
     fn formats_rfc3339() {
-        assert_eq!(super::format_timestamp(1_800_000_000_123), "2027-01-15T08:00:00.123Z");
+        assert_eq!(
+            super::format_timestamp(1_800_000_000_123),
+            "2027-01-15T08:00:00.123Z"
+        );
     }
 }

@@ -9,7 +9,11 @@ use crate::v1;
 #[derive(Debug, thiserror::Error)]
 pub enum ConversionError {
     #[error("{field}: value {value} is not a known {kind}")]
-    UnknownEnum { field: &'static str, kind: &'static str, value: i32 },
+    UnknownEnum {
+        field: &'static str,
+        kind: &'static str,
+        value: i32,
+    },
     #[error("{field} is required")]
     Missing { field: &'static str },
     #[error(transparent)]
@@ -227,11 +231,23 @@ impl TryFrom<v1::ContainerState> for m::ContainerState {
 }
 
 fn events_to_wire(events: &m::EventLog) -> Vec<v1::Event> {
-    events.iter().map(|e| v1::Event { at: e.at, message: e.message.clone() }).collect()
+    events
+        .iter()
+        .map(|e| v1::Event {
+            at: e.at,
+            message: e.message.clone(),
+        })
+        .collect()
 }
 
 fn events_from_wire(events: Vec<v1::Event>) -> m::EventLog {
-    events.into_iter().map(|e| m::Event { at: e.at, message: e.message }).collect()
+    events
+        .into_iter()
+        .map(|e| m::Event {
+            at: e.at,
+            message: e.message,
+        })
+        .collect()
 }
 
 impl From<m::Task> for v1::Task {
@@ -275,7 +291,11 @@ impl TryFrom<v1::Task> for m::Task {
             stopped_at: opt_ts(t.stopped_at),
             stop_code: stop_code(t.stop_code)?,
             stopped_reason: opt_str(t.stopped_reason),
-            containers: t.containers.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?,
+            containers: t
+                .containers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
             events: events_from_wire(t.events),
         })
     }
@@ -288,8 +308,14 @@ impl From<m::Node> for v1::Node {
             address: n.address,
             status: v1::NodeStatus::from(n.status) as i32,
             attributes: n.attributes,
-            cpu: Some(v1::Resources { total: n.cpu.total, allocated: n.cpu.allocated }),
-            memory: Some(v1::Resources { total: n.memory.total, allocated: n.memory.allocated }),
+            cpu: Some(v1::Resources {
+                total: n.cpu.total,
+                allocated: n.cpu.allocated,
+            }),
+            memory: Some(v1::Resources {
+                total: n.memory.total,
+                allocated: n.memory.allocated,
+            }),
             registered_at: n.registered_at,
             events: events_to_wire(&n.events),
         }
@@ -300,8 +326,11 @@ impl TryFrom<v1::Node> for m::Node {
     type Error = ConversionError;
     fn try_from(n: v1::Node) -> Result<Self, ConversionError> {
         let res = |r: Option<v1::Resources>, field| {
-            r.map(|r| m::Resources { total: r.total, allocated: r.allocated })
-                .ok_or(ConversionError::Missing { field })
+            r.map(|r| m::Resources {
+                total: r.total,
+                allocated: r.allocated,
+            })
+            .ok_or(ConversionError::Missing { field })
         };
         Ok(Self {
             name: n.name,
@@ -351,10 +380,46 @@ mod tests {
 
     #[test]
     fn unknown_enum_is_an_error() {
-        let wire = v1::Task { task_definition: "web:1".into(), last_status: 42, desired_status: 1, ..Default::default() };
+        let wire = v1::Task {
+            task_definition: "web:1".into(),
+            last_status: 42,
+            desired_status: 1,
+            ..Default::default()
+        };
         assert_eq!(
             m::Task::try_from(wire).unwrap_err().to_string(),
             "lastStatus: value 42 is not a known task status"
         );
+    }
+}
+
+impl From<m::TaskStatusUpdate> for v1::TaskStatusUpdate {
+    fn from(u: m::TaskStatusUpdate) -> Self {
+        Self {
+            task_id: u.task_id,
+            last_status: v1::TaskStatus::from(u.last_status) as i32,
+            containers: u.containers.into_iter().map(Into::into).collect(),
+            stop_code: stop_code_to_wire(u.stop_code),
+            stopped_reason: u.stopped_reason.unwrap_or_default(),
+            event: u.event.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<v1::TaskStatusUpdate> for m::TaskStatusUpdate {
+    type Error = ConversionError;
+    fn try_from(u: v1::TaskStatusUpdate) -> Result<Self, ConversionError> {
+        Ok(Self {
+            task_id: u.task_id,
+            last_status: task_status("lastStatus", u.last_status)?,
+            containers: u
+                .containers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            stop_code: stop_code(u.stop_code)?,
+            stopped_reason: opt_str(u.stopped_reason),
+            event: opt_str(u.event),
+        })
     }
 }

@@ -1,0 +1,79 @@
+//! What the Raft log carries. Every command is deterministic: the leader assigns IDs and
+//! timestamps before proposing, so every member applies it to the same result.
+
+use berth_model::{
+    Node, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Registers the next revision of `spec.family`; with `reuse_identical`, answers the latest
+    /// ACTIVE revision instead when its content is identical.
+    RegisterTaskDefinition {
+        namespace: String,
+        spec: TaskDefinitionSpec,
+        reuse_identical: bool,
+        at: Timestamp,
+    },
+    /// Creates tasks the leader has fully built (IDs, timestamps, PENDING, no node).
+    CreateTasks { tasks: Vec<Task> },
+    /// Sets a task's desired status to STOPPED.
+    StopTask {
+        namespace: String,
+        task_id: String,
+        stop_code: StopCode,
+        reason: String,
+        at: Timestamp,
+    },
+    /// The scheduler's decisions for one round: placements, and reasons for tasks that fit
+    /// nowhere. Many in one entry.
+    PlaceTasks {
+        placements: Vec<Placement>,
+        unplaced: Vec<Unplaced>,
+        at: Timestamp,
+    },
+    /// Reports from one node about tasks it runs. Many updates in one entry.
+    ReportTaskStatus {
+        node: String,
+        updates: Vec<TaskStatusUpdate>,
+        at: Timestamp,
+    },
+    /// Registers a node or refreshes its address, resources and attributes.
+    RegisterNode { node: Node },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub task_id: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unplaced {
+    pub task_id: String,
+    pub reason: String,
+}
+
+/// The state machine's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Blank and membership entries, and commands that answer nothing.
+    Done,
+    TaskDefinition {
+        task_definition: TaskDefinition,
+        created: bool,
+    },
+    Tasks(Vec<Task>),
+    Task(Box<Task>),
+    Rejected(Rejection),
+}
+
+/// A command the state machine refused, deterministically, on every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+}

@@ -1,0 +1,642 @@
+//! The replicated state and the deterministic function that applies commands to it.
+
+use std::collections::BTreeMap;
+
+use berth_model::{
+    DesiredStatus, Node, NodeStatus, Task, TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus,
+    TaskStatus, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, CommandResult, Placement, Rejection, Unplaced};
+
+/// Everything the control plane knows. Readers get it behind a lock from [`crate::Store`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Revisions of each `(namespace, family)`, revision `i + 1` at index `i`.
+    task_definitions: BTreeMap<(String, String), Vec<TaskDefinition>>,
+    tasks: BTreeMap<String, Task>,
+    nodes: BTreeMap<String, Node>,
+}
+
+/// The key of one stored object; the state machine persists exactly the keys a command touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    TaskDefinition {
+        namespace: String,
+        family: String,
+        revision: u32,
+    },
+    Task(String),
+    Node(String),
+}
+
+impl Key {
+    /// The key's bytes in the on-disk object table; sorts revisions numerically.
+    pub fn encode(&self) -> String {
+        match self {
+            Key::TaskDefinition {
+                namespace,
+                family,
+                revision,
+            } => {
+                format!("taskdef/{namespace}/{family}/{revision:010}")
+            }
+            Key::Task(id) => format!("task/{id}"),
+            Key::Node(name) => format!("node/{name}"),
+        }
+    }
+}
+
+/// One stored object, as it is written to disk and into snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "object")]
+pub enum Object {
+    TaskDefinition(TaskDefinition),
+    Task(Task),
+    Node(Node),
+}
+
+impl State {
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
+        self.tasks.get(task_id).filter(|t| t.namespace == namespace)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    /// Every revision of every family in `namespace`, by family then revision.
+    pub fn task_definitions<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a TaskDefinition> + 'a {
+        self.task_definitions
+            .iter()
+            .filter(move |((ns, _), _)| ns == namespace)
+            .flat_map(|(_, revs)| revs.iter())
+    }
+
+    /// Resolves `family` (latest ACTIVE revision) or `family:revision`.
+    pub fn task_definition(
+        &self,
+        namespace: &str,
+        reference: &TaskDefinitionRef,
+    ) -> Option<&TaskDefinition> {
+        let revs = self
+            .task_definitions
+            .get(&(namespace.to_owned(), reference.family.clone()))?;
+        match reference.revision {
+            Some(rev) => revs.get(usize::try_from(rev).ok()?.checked_sub(1)?),
+            None => revs
+                .iter()
+                .rev()
+                .find(|d| d.status == TaskDefinitionStatus::Active),
+        }
+    }
+
+    /// The node with `allocated` filled in from the tasks placed on it that have not stopped.
+    pub fn node_with_allocation(&self, node: &Node) -> Node {
+        let mut node = node.clone();
+        let (cpu, memory) = self
+            .tasks
+            .values()
+            .filter(|t| t.node.as_deref() == Some(node.name.as_str()) && !t.is_stopped())
+            .fold((0u64, 0u64), |(c, m), t| {
+                (c + u64::from(t.cpu), m + u64::from(t.memory))
+            });
+        node.cpu.allocated = cpu;
+        node.memory.allocated = memory;
+        node
+    }
+
+    /// Every stored object, for snapshots.
+    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        let defs = self
+            .task_definitions
+            .values()
+            .flatten()
+            .cloned()
+            .map(Object::TaskDefinition);
+        let tasks = self.tasks.values().cloned().map(Object::Task);
+        let nodes = self.nodes.values().cloned().map(Object::Node);
+        defs.chain(tasks).chain(nodes)
+    }
+
+    /// The object stored under `key`, if any.
+    pub fn object(&self, key: &Key) -> Option<Object> {
+        match key {
+            Key::TaskDefinition {
+                namespace,
+                family,
+                revision,
+            } => self
+                .task_definition(
+                    namespace,
+                    &TaskDefinitionRef {
+                        family: family.clone(),
+                        revision: Some(*revision),
+                    },
+                )
+                .cloned()
+                .map(Object::TaskDefinition),
+            Key::Task(id) => self.tasks.get(id).cloned().map(Object::Task),
+            Key::Node(name) => self.nodes.get(name).cloned().map(Object::Node),
+        }
+    }
+
+    /// Rebuilds a state from stored objects (in any order).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut state = State::default();
+        for object in objects {
+            match object {
+                Object::TaskDefinition(d) => state
+                    .task_definitions
+                    .entry((d.namespace.clone(), d.family.clone()))
+                    .or_default()
+                    .push(d),
+                Object::Task(t) => {
+                    state.tasks.insert(t.task_id.clone(), t);
+                }
+                Object::Node(n) => {
+                    state.nodes.insert(n.name.clone(), n);
+                }
+            }
+        }
+        for revs in state.task_definitions.values_mut() {
+            revs.sort_by_key(|d| d.revision);
+        }
+        state
+    }
+
+    /// Applies one command. Returns the answer for the proposer and the keys of every object
+    /// the command changed (so the caller persists exactly those).
+    pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Key>) {
+        let mut changed = Vec::new();
+        let result = match command {
+            Command::RegisterTaskDefinition {
+                namespace,
+                spec,
+                reuse_identical,
+                at,
+            } => self.register_task_definition(namespace, spec, reuse_identical, at, &mut changed),
+            Command::CreateTasks { tasks } => self.create_tasks(tasks, &mut changed),
+            Command::StopTask {
+                namespace,
+                task_id,
+                stop_code,
+                reason,
+                at,
+            } => {
+                match self
+                    .tasks
+                    .get_mut(&task_id)
+                    .filter(|t| t.namespace == namespace)
+                {
+                    None => CommandResult::Rejected(Rejection::NotFound(format!(
+                        "task {task_id} not found in namespace {namespace}"
+                    ))),
+                    Some(task) => {
+                        if task.desired_status == DesiredStatus::Running {
+                            task.desired_status = DesiredStatus::Stopped;
+                            task.stop_code = Some(stop_code);
+                            task.stopped_reason = Some(reason.clone());
+                            task.events.push(at, format!("stop requested: {reason}"));
+                            if task.node.is_none() {
+                                task.last_status = TaskStatus::Stopped;
+                                task.stopped_at = Some(at);
+                            }
+                            changed.push(Key::Task(task_id));
+                        }
+                        CommandResult::Task(Box::new(task.clone()))
+                    }
+                }
+            }
+            Command::PlaceTasks {
+                placements,
+                unplaced,
+                at,
+            } => {
+                self.place_tasks(placements, unplaced, at, &mut changed);
+                CommandResult::Done
+            }
+            Command::ReportTaskStatus { node, updates, at } => {
+                for update in updates {
+                    let Some(task) = self.tasks.get_mut(&update.task_id) else {
+                        continue;
+                    };
+                    // Reports from a node that no longer owns the task, or about a task that
+                    // already stopped, are stale.
+                    if task.node.as_deref() != Some(node.as_str()) || task.is_stopped() {
+                        continue;
+                    }
+                    if update.last_status < task.last_status {
+                        continue;
+                    }
+                    let mut touched = update.last_status != task.last_status;
+                    task.last_status = update.last_status;
+                    if !update.containers.is_empty() && update.containers != task.containers {
+                        task.containers = update.containers;
+                        touched = true;
+                    }
+                    if task.last_status >= TaskStatus::Running && task.started_at.is_none() {
+                        task.started_at = Some(at);
+                    }
+                    if task.last_status == TaskStatus::Stopped {
+                        task.stopped_at = Some(at);
+                        task.desired_status = DesiredStatus::Stopped;
+                        task.stop_code = task.stop_code.or(update.stop_code);
+                        if task.stopped_reason.is_none() {
+                            task.stopped_reason = update.stopped_reason;
+                        }
+                    }
+                    if let Some(event) = update.event {
+                        task.events.push(at, event);
+                        touched = true;
+                    }
+                    if touched {
+                        changed.push(Key::Task(update.task_id));
+                    }
+                }
+                CommandResult::Done
+            }
+            Command::RegisterNode { node } => {
+                let name = node.name.clone();
+                match self.nodes.get_mut(&name) {
+                    Some(existing) => {
+                        existing.address = node.address;
+                        existing.attributes = node.attributes;
+                        existing.cpu.total = node.cpu.total;
+                        existing.memory.total = node.memory.total;
+                        existing.status = NodeStatus::Active;
+                        existing
+                            .events
+                            .push(node.registered_at, "agent registered again");
+                    }
+                    None => {
+                        let mut node = node;
+                        node.events.push(node.registered_at, "agent registered");
+                        self.nodes.insert(name.clone(), node);
+                    }
+                }
+                changed.push(Key::Node(name));
+                CommandResult::Done
+            }
+        };
+        (result, changed)
+    }
+
+    fn register_task_definition(
+        &mut self,
+        namespace: String,
+        spec: berth_model::TaskDefinitionSpec,
+        reuse_identical: bool,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        if let Err(e) = spec.validate() {
+            return CommandResult::Rejected(Rejection::Invalid(e.to_string()));
+        }
+        let revs = self
+            .task_definitions
+            .entry((namespace.clone(), spec.family.clone()))
+            .or_default();
+        if reuse_identical {
+            if let Some(latest) = revs
+                .iter()
+                .rev()
+                .find(|d| d.status == TaskDefinitionStatus::Active)
+            {
+                if latest.matches(&spec) {
+                    return CommandResult::TaskDefinition {
+                        task_definition: latest.clone(),
+                        created: false,
+                    };
+                }
+            }
+        }
+        let revision = u32::try_from(revs.len() + 1).unwrap_or(u32::MAX);
+        let def = TaskDefinition {
+            namespace: namespace.clone(),
+            family: spec.family.clone(),
+            revision,
+            status: TaskDefinitionStatus::Active,
+            cpu: spec.cpu,
+            memory: spec.memory,
+            containers: spec.containers,
+            registered_at: at,
+        };
+        revs.push(def.clone());
+        changed.push(Key::TaskDefinition {
+            namespace,
+            family: spec.family,
+            revision,
+        });
+        CommandResult::TaskDefinition {
+            task_definition: def,
+            created: true,
+        }
+    }
+
+    fn create_tasks(&mut self, tasks: Vec<Task>, changed: &mut Vec<Key>) -> CommandResult {
+        for task in &tasks {
+            if task.task_definition.revision.is_none()
+                || self
+                    .task_definition(&task.namespace, &task.task_definition)
+                    .is_none()
+            {
+                return CommandResult::Rejected(Rejection::NotFound(format!(
+                    "task definition {} not found in namespace {}",
+                    task.task_definition, task.namespace
+                )));
+            }
+            if self.tasks.contains_key(&task.task_id) {
+                return CommandResult::Rejected(Rejection::Invalid(format!(
+                    "task {} already exists",
+                    task.task_id
+                )));
+            }
+        }
+        for task in &tasks {
+            changed.push(Key::Task(task.task_id.clone()));
+            self.tasks.insert(task.task_id.clone(), task.clone());
+        }
+        CommandResult::Tasks(tasks)
+    }
+
+    fn place_tasks(
+        &mut self,
+        placements: Vec<Placement>,
+        unplaced: Vec<Unplaced>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) {
+        for Placement { task_id, node } in placements {
+            let node_ok = self
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.status == NodeStatus::Active);
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if !node_ok
+                || task.node.is_some()
+                || task.desired_status != DesiredStatus::Running
+                || task.last_status != TaskStatus::Pending
+            {
+                continue;
+            }
+            task.events.push(at, format!("placed on node {node}"));
+            task.node = Some(node);
+            changed.push(Key::Task(task_id));
+        }
+        for Unplaced { task_id, reason } in unplaced {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if task.node.is_some() || task.is_stopped() {
+                continue;
+            }
+            let message = format!("unable to place: {reason}");
+            if task.events.last().map(|e| e.message.as_str()) != Some(message.as_str()) {
+                task.events.push(at, message);
+                changed.push(Key::Task(task_id));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use berth_model::{
+        ContainerDefinition, ContainerState, EventLog, Resources, StopCode, TaskDefinitionSpec,
+        TaskStatusUpdate,
+    };
+
+    use super::*;
+
+    fn state_with_task() -> State {
+        let mut s = State::default();
+        s.apply(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: TaskDefinitionSpec {
+                family: "web".into(),
+                cpu: 256,
+                memory: 64,
+                containers: vec![ContainerDefinition::new("app", "busybox")],
+            },
+            reuse_identical: false,
+            at: 1,
+        });
+        s.apply(Command::RegisterNode {
+            node: Node {
+                name: "n1".into(),
+                address: "127.0.0.1:1".into(),
+                status: NodeStatus::Active,
+                attributes: BTreeMap::new(),
+                cpu: Resources {
+                    total: 1024,
+                    allocated: 0,
+                },
+                memory: Resources {
+                    total: 1024,
+                    allocated: 0,
+                },
+                registered_at: 1,
+                events: EventLog::default(),
+            },
+        });
+        s.apply(Command::CreateTasks {
+            tasks: vec![Task {
+                task_id: "t1".into(),
+                namespace: "default".into(),
+                task_definition: "web:1".parse().expect("ref"),
+                group: None,
+                node: None,
+                desired_status: DesiredStatus::Running,
+                last_status: TaskStatus::Pending,
+                cpu: 256,
+                memory: 64,
+                created_at: 2,
+                started_at: None,
+                stopped_at: None,
+                stop_code: None,
+                stopped_reason: None,
+                containers: vec![ContainerState::pending("app", "busybox")],
+                events: EventLog::default(),
+            }],
+        });
+        s
+    }
+
+    fn report(status: TaskStatus, exit: Option<i32>, code: Option<StopCode>) -> Command {
+        Command::ReportTaskStatus {
+            node: "n1".into(),
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                last_status: status,
+                containers: vec![ContainerState {
+                    last_status: status,
+                    exit_code: exit,
+                    ..ContainerState::pending("app", "busybox")
+                }],
+                stop_code: code,
+                stopped_reason: code.map(|_| "Essential container in task exited".into()),
+                event: None,
+            }],
+            at: 10,
+        }
+    }
+
+    fn summary(s: &State) -> String {
+        let t = s.task("default", "t1").expect("task exists");
+        format!(
+            "{} desired={} node={:?} code={:?} exit={:?} node_cpu={}",
+            t.last_status,
+            t.desired_status,
+            t.node,
+            t.stop_code,
+            t.exit_code(),
+            s.node("n1")
+                .map_or(0, |n| s.node_with_allocation(n).cpu.allocated)
+        )
+    }
+
+    #[test]
+    fn lifecycle_of_a_task_that_exits() {
+        let mut s = state_with_task();
+        s.apply(Command::PlaceTasks {
+            placements: vec![Placement {
+                task_id: "t1".into(),
+                node: "n1".into(),
+            }],
+            unplaced: vec![],
+            at: 3,
+        });
+        assert_eq!(
+            summary(&s),
+            "PENDING desired=RUNNING node=Some(\"n1\") code=None exit=None node_cpu=256"
+        );
+        s.apply(report(TaskStatus::Running, None, None));
+        // A report from another node is stale and ignored.
+        let (_, changed) = s.apply(Command::ReportTaskStatus {
+            node: "n2".into(),
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                last_status: TaskStatus::Stopped,
+                containers: vec![],
+                stop_code: None,
+                stopped_reason: None,
+                event: None,
+            }],
+            at: 11,
+        });
+        assert!(changed.is_empty());
+        s.apply(report(
+            TaskStatus::Stopped,
+            Some(3),
+            Some(StopCode::EssentialContainerExited),
+        ));
+        assert_eq!(
+            summary(&s),
+            "STOPPED desired=STOPPED node=Some(\"n1\") code=Some(EssentialContainerExited) exit=Some(3) node_cpu=0"
+        );
+        // Never backwards.
+        s.apply(report(TaskStatus::Running, None, None));
+        assert!(s.task("default", "t1").is_some_and(Task::is_stopped));
+    }
+
+    #[test]
+    fn user_stop_keeps_its_stop_code() {
+        let mut s = state_with_task();
+        s.apply(Command::PlaceTasks {
+            placements: vec![Placement {
+                task_id: "t1".into(),
+                node: "n1".into(),
+            }],
+            unplaced: vec![],
+            at: 3,
+        });
+        s.apply(Command::StopTask {
+            namespace: "default".into(),
+            task_id: "t1".into(),
+            stop_code: StopCode::UserInitiated,
+            reason: "Task stopped by user".into(),
+            at: 4,
+        });
+        s.apply(report(
+            TaskStatus::Stopped,
+            Some(137),
+            Some(StopCode::EssentialContainerExited),
+        ));
+        assert_eq!(
+            summary(&s),
+            "STOPPED desired=STOPPED node=Some(\"n1\") code=Some(UserInitiated) exit=Some(137) node_cpu=0"
+        );
+    }
+
+    #[test]
+    fn stopping_an_unplaced_task_stops_it_at_once_and_unknown_ids_are_not_found() {
+        let mut s = state_with_task();
+        s.apply(Command::StopTask {
+            namespace: "default".into(),
+            task_id: "t1".into(),
+            stop_code: StopCode::UserInitiated,
+            reason: "Task stopped by user".into(),
+            at: 4,
+        });
+        assert_eq!(
+            summary(&s),
+            "STOPPED desired=STOPPED node=None code=Some(UserInitiated) exit=None node_cpu=0"
+        );
+        let (result, _) = s.apply(Command::StopTask {
+            namespace: "other".into(),
+            task_id: "t1".into(),
+            stop_code: StopCode::UserInitiated,
+            reason: String::new(),
+            at: 5,
+        });
+        assert_eq!(
+            result,
+            CommandResult::Rejected(Rejection::NotFound(
+                "task t1 not found in namespace other".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn unplaced_reason_is_recorded_once() {
+        let mut s = state_with_task();
+        for at in [3, 4] {
+            s.apply(Command::PlaceTasks {
+                placements: vec![],
+                unplaced: vec![Unplaced {
+                    task_id: "t1".into(),
+                    reason: "no nodes".into(),
+                }],
+                at,
+            });
+        }
+        let events: Vec<_> = s
+            .task("default", "t1")
+            .map(|t| t.events.iter().map(|e| e.message.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(events, vec!["unable to place: no nodes".to_owned()]);
+    }
+
+    #[test]
+    fn objects_round_trip() {
+        let s = state_with_task();
+        assert_eq!(State::from_objects(s.objects()), s);
+    }
+}

@@ -1,0 +1,495 @@
+//! openraft's log storage and state machine, both on one redb database file.
+//!
+//! Tables: `log` (index -> JSON entry), `meta` (vote, committed, purged, applied, membership,
+//! snapshot meta), `snapshot` (the current snapshot's bytes), `objects` (every state-machine
+//! object under its [`Key::encode`]d key). Every write is one redb transaction, committed with
+//! fsync before openraft is told it is durable.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::command::CommandResult;
+use crate::state::{Key, Object, State};
+use crate::{BerthNode, NodeId, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+const APPLIED: &str = "sm_last_applied";
+const MEMBERSHIP: &str = "sm_membership";
+const SNAPSHOT_META: &str = "snapshot_meta";
+const SNAPSHOT_DATA: &str = "data";
+
+type SError = StorageError<NodeId>;
+
+fn read_err(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::read(AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> SError {
+    StorageIOError::write(AnyError::new(&e)).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, SError> {
+    serde_json::to_vec(v).map_err(write_err)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SError> {
+    serde_json::from_slice(bytes).map_err(read_err)
+}
+
+/// Creates every table so that readers never meet a missing one.
+pub(crate) fn init_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(META)?;
+    txn.open_table(SNAPSHOT)?;
+    txn.open_table(OBJECTS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, SError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(META).map_err(read_err)?;
+    match table.get(key).map_err(read_err)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), SError> {
+    let bytes = encode(value)?;
+    let txn = db.begin_write().map_err(write_err)?;
+    txn.open_table(META)
+        .map_err(write_err)?
+        .insert(key, bytes.as_slice())
+        .map_err(write_err)?;
+    txn.commit().map_err(write_err)
+}
+
+/// The Raft log, vote and commit index.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+    committed: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<Database>, committed: Arc<AtomicU64>) -> Self {
+        Self { db, committed }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let mut entries = Vec::new();
+        for item in table.range(range).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            entries.push(decode(v.value())?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        let last_purged_log_id: Option<LogId<NodeId>> = get_meta(&self.db, PURGED)?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        put_meta(&self.db, VOTE, vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        get_meta(&self.db, VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        if let Some(c) = committed {
+            self.committed.store(c.index, Ordering::Relaxed);
+        }
+        put_meta(&self.db, COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        let committed: Option<Option<LogId<NodeId>>> = get_meta(&self.db, COMMITTED)?;
+        let committed = committed.flatten();
+        if let Some(c) = committed {
+            self.committed.store(c.index, Ordering::Relaxed);
+        }
+        Ok(committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let result = (|| {
+            let txn = self.db.begin_write().map_err(write_err)?;
+            {
+                let mut table = txn.open_table(LOG).map_err(write_err)?;
+                for entry in entries {
+                    let bytes = encode(&entry)?;
+                    table
+                        .insert(entry.log_id.index, bytes.as_slice())
+                        .map_err(write_err)?;
+                }
+            }
+            txn.commit().map_err(write_err)
+        })();
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        txn.open_table(LOG)
+            .map_err(write_err)?
+            .retain_in(log_id.index.., |_, _| false)
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let bytes = encode(&Some(log_id))?;
+        let txn = self.db.begin_write().map_err(write_err)?;
+        txn.open_table(META)
+            .map_err(write_err)?
+            .insert(PURGED, bytes.as_slice())
+            .map_err(write_err)?;
+        txn.open_table(LOG)
+            .map_err(write_err)?
+            .retain_in(..=log_id.index, |_, _| false)
+            .map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    }
+}
+
+/// The in-memory state shared with readers, and a signal bumped after every applied batch.
+pub struct Shared {
+    pub state: RwLock<State>,
+    pub applied: watch::Sender<u64>,
+    pub committed: Arc<AtomicU64>,
+}
+
+impl Shared {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A poisoned lock means a panic while applying; the state is still the last one written
+        // in full, because `apply` replaces it only after success.
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    objects: Vec<Object>,
+}
+
+/// The state machine: [`State`] in memory, every object also on disk.
+pub struct StateMachine {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BerthNode>,
+    snapshot_seq: u64,
+}
+
+impl StateMachine {
+    /// Loads the state machine from disk.
+    pub(crate) fn load(
+        db: Arc<Database>,
+        committed: Arc<AtomicU64>,
+    ) -> Result<(Self, Arc<Shared>), SError> {
+        let last_applied: Option<LogId<NodeId>> = get_meta(&db, APPLIED)?.flatten();
+        let membership = get_meta(&db, MEMBERSHIP)?.unwrap_or_default();
+        let mut objects = Vec::new();
+        {
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(OBJECTS).map_err(read_err)?;
+            for item in table.iter().map_err(read_err)? {
+                let (_, v) = item.map_err(read_err)?;
+                objects.push(decode::<Object>(v.value())?);
+            }
+        }
+        let (applied, _) = watch::channel(last_applied.map_or(0, |l| l.index));
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State::from_objects(objects)),
+            applied,
+            committed,
+        });
+        let sm = Self {
+            db,
+            shared: shared.clone(),
+            last_applied,
+            membership,
+            snapshot_seq: 0,
+        };
+        Ok((sm, shared))
+    }
+
+    fn persist(&self, state: &State, changed: &[Key]) -> Result<(), SError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
+            for key in changed {
+                let k = key.encode();
+                match state.object(key) {
+                    Some(obj) => {
+                        let bytes = encode(&obj)?;
+                        objects
+                            .insert(k.as_str(), bytes.as_slice())
+                            .map_err(write_err)?;
+                    }
+                    None => {
+                        objects.remove(k.as_str()).map_err(write_err)?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(APPLIED, encode(&self.last_applied)?.as_slice())
+                .map_err(write_err)?;
+            meta.insert(MEMBERSHIP, encode(&self.membership)?.as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        let Some(meta) = get_meta::<SnapshotMeta<NodeId, BerthNode>>(&self.db, SNAPSHOT_META)?
+        else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
+        let Some(data) = table.get(SNAPSHOT_DATA).map_err(read_err)? else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+        }))
+    }
+
+    fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BerthNode>,
+        data: &[u8],
+        replace_objects: Option<&State>,
+    ) -> Result<(), SError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut meta_table = txn.open_table(META).map_err(write_err)?;
+            meta_table
+                .insert(SNAPSHOT_META, encode(meta)?.as_slice())
+                .map_err(write_err)?;
+            txn.open_table(SNAPSHOT)
+                .map_err(write_err)?
+                .insert(SNAPSHOT_DATA, data)
+                .map_err(write_err)?;
+            if let Some(state) = replace_objects {
+                meta_table
+                    .insert(APPLIED, encode(&meta.last_log_id)?.as_slice())
+                    .map_err(write_err)?;
+                meta_table
+                    .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
+                    .map_err(write_err)?;
+                let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
+                objects.retain(|_, _| false).map_err(write_err)?;
+                for obj in state.objects() {
+                    let key = match &obj {
+                        Object::TaskDefinition(d) => Key::TaskDefinition {
+                            namespace: d.namespace.clone(),
+                            family: d.family.clone(),
+                            revision: d.revision,
+                        },
+                        Object::Task(t) => Key::Task(t.task_id.clone()),
+                        Object::Node(n) => Key::Node(n.name.clone()),
+                    };
+                    objects
+                        .insert(key.encode().as_str(), encode(&obj)?.as_slice())
+                        .map_err(write_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(write_err)
+    }
+}
+
+/// Builds snapshots from a consistent copy of the state.
+pub struct SnapshotBuilder {
+    data: Vec<u8>,
+    meta: SnapshotMeta<NodeId, BerthNode>,
+    db: Arc<Database>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(SNAPSHOT_META, encode(&self.meta)?.as_slice())
+                .map_err(write_err)?;
+            txn.open_table(SNAPSHOT)
+                .map_err(write_err)?
+                .insert(SNAPSHOT_DATA, self.data.as_slice())
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)?;
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(std::mem::take(&mut self.data))),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BerthNode>), SError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let mut changed = Vec::new();
+        let shared = self.shared.clone();
+        let mut state = shared.write();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => results.push(CommandResult::Done),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    results.push(CommandResult::Done);
+                }
+                EntryPayload::Normal(command) => {
+                    let (result, keys) = state.apply(command);
+                    changed.extend(keys);
+                    results.push(result);
+                }
+            }
+        }
+        changed.sort();
+        changed.dedup();
+        self.persist(&state, &changed)?;
+        drop(state);
+        if let Some(applied) = self.last_applied {
+            self.shared.applied.send_replace(applied.index);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let objects: Vec<Object> = self.shared.read().objects().collect();
+        let last = self.last_applied;
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
+            None => format!("0-0-{}", self.snapshot_seq),
+        };
+        SnapshotBuilder {
+            // Serialising a Vec of plain objects cannot fail.
+            data: serde_json::to_vec(&SnapshotData { objects }).unwrap_or_default(),
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: self.membership.clone(),
+                snapshot_id,
+            },
+            db: self.db.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BerthNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SError> {
+        let data = snapshot.into_inner();
+        let parsed: SnapshotData = decode(&data)?;
+        let state = State::from_objects(parsed.objects);
+        self.save_snapshot(meta, &data, Some(&state))?;
+        *self.shared.write() = state;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        if let Some(applied) = self.last_applied {
+            self.shared.applied.send_replace(applied.index);
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        self.current_snapshot()
+    }
+}

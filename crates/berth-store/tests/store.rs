@@ -1,0 +1,99 @@
+//! The store against a real on-disk database: bootstrap, writes, restart recovery, snapshots.
+
+use std::time::{Duration, Instant};
+
+use berth_model::{ContainerDefinition, TaskDefinitionSpec};
+use berth_store::{Command, CommandResult, Store, StoreConfig};
+
+fn spec(family: &str) -> TaskDefinitionSpec {
+    TaskDefinitionSpec {
+        family: family.into(),
+        cpu: 256,
+        memory: 64,
+        containers: vec![ContainerDefinition::new("app", "busybox")],
+    }
+}
+
+async fn open(dir: &std::path::Path) -> Store {
+    let mut config = StoreConfig::new(1, dir.to_path_buf(), "127.0.0.1:1".into());
+    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
+    config.heartbeat_interval = Duration::from_millis(50);
+    Store::open(config).await.expect("open store")
+}
+
+async fn wait_leader(store: &Store) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut leader = store.leadership();
+    while !*leader.borrow_and_update() {
+        assert!(Instant::now() < deadline, "no leader within 10s");
+        let _ = tokio::time::timeout(Duration::from_millis(100), leader.changed()).await;
+    }
+}
+
+#[tokio::test]
+async fn state_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path()).await;
+        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+        wait_leader(&store).await;
+        for _ in 0..3 {
+            let r = store
+                .propose(Command::RegisterTaskDefinition {
+                    namespace: "default".into(),
+                    spec: spec("web"),
+                    reuse_identical: false,
+                    at: 7,
+                })
+                .await
+                .expect("propose");
+            assert!(matches!(
+                r,
+                CommandResult::TaskDefinition { created: true, .. }
+            ));
+        }
+        store.raft().trigger().snapshot().await.expect("snapshot");
+        store.shutdown().await;
+    }
+    let store = open(dir.path()).await;
+    assert!(
+        !store.bootstrap_if_new().await.expect("bootstrap"),
+        "restart must not re-bootstrap"
+    );
+    wait_leader(&store).await;
+    let revisions = store
+        .read(|s| {
+            s.task_definitions("default")
+                .map(|d| d.revision)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("read");
+    assert_eq!(revisions, vec![1, 2, 3]);
+    let r = store
+        .propose(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: spec("web"),
+            reuse_identical: true,
+            at: 8,
+        })
+        .await
+        .expect("propose");
+    match r {
+        CommandResult::TaskDefinition {
+            task_definition,
+            created,
+        } => {
+            assert!(!created);
+            assert_eq!(task_definition.revision, 3);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let status = store.cluster_status();
+    assert_eq!(status.leader, Some(1));
+    assert!(
+        status.commit_index >= 4,
+        "commit index {}",
+        status.commit_index
+    );
+}
