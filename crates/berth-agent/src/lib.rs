@@ -1,1 +1,304 @@
+//! The node agent: registers its host with the servers, keeps one stream to the leader, and
+//! runs the tasks the leader assigns through a [`Runtime`].
+//!
+//! The server pushes the node's full desired task set; [`Agent`] reconciles it idempotently:
+//! unknown tasks that should run are started (one [`supervisor::TaskRun`] each), tasks that
+//! should stop are stopped, tasks that are not in the set are stopped and forgotten. Every
+//! state change goes back to the server as a status report; on each new stream the agent
+//! resends the last state of every task it knows, so reports survive reconnects.
 
+mod api;
+pub mod containerd;
+mod fake;
+mod runtime;
+pub mod spec;
+pub mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_model::{DesiredStatus, TaskStatus, TaskStatusUpdate};
+use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_proto::v1::agent_service_client::AgentServiceClient;
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{AgentMessage, DesiredTasks, Heartbeat, Register, StatusReport};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+
+pub use api::AgentApiService;
+pub use containerd::{ContainerdConfig, ContainerdRuntime};
+pub use fake::FakeRuntime;
+pub use runtime::{ContainerSpec, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError};
+use supervisor::{Assignment, TaskRun};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// Server addresses, `host:port`; the agent fails over between them.
+    pub servers: Vec<String>,
+    /// Where the agent's API (logs) listens.
+    pub listen: SocketAddr,
+    /// CPU units offered to tasks.
+    pub cpu: u64,
+    /// MiB offered to tasks.
+    pub memory: u64,
+    pub attributes: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+}
+
+struct LocalTask {
+    stop: watch::Sender<bool>,
+    done: Arc<AtomicBool>,
+}
+
+/// The tasks this agent knows, shared with its API.
+#[derive(Clone, Default)]
+pub struct TaskTable(Arc<Mutex<HashMap<String, LocalTask>>>);
+
+impl TaskTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalTask>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the task is known here and has not finished.
+    pub fn is_running(&self, task_id: &str) -> bool {
+        self.lock()
+            .get(task_id)
+            .is_some_and(|t| !t.done.load(Ordering::SeqCst))
+    }
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    runtime: Arc<dyn Runtime>,
+    tasks: TaskTable,
+    updates_tx: mpsc::UnboundedSender<TaskStatusUpdate>,
+}
+
+impl Agent {
+    /// Serves the agent API and keeps a session with the servers until `shutdown` resolves.
+    pub async fn run(
+        config: AgentConfig,
+        runtime: Arc<dyn Runtime>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !config.servers.is_empty(),
+            "no servers given; pass --servers ADDR[,ADDR]"
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind agent API on {}", config.listen))?;
+        let address = listener.local_addr().context("agent API address")?;
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let agent = Arc::new(Agent {
+            config,
+            runtime,
+            tasks: TaskTable::default(),
+            updates_tx,
+        });
+        let log_root = agent.log_root();
+        tokio::fs::create_dir_all(&log_root)
+            .await
+            .with_context(|| format!("create {}", log_root.display()))?;
+        let api = tonic::transport::Server::builder()
+            .add_service(AgentApiService::new(log_root, agent.tasks.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener));
+        tracing::info!(node = %agent.config.node_name, %address, "agent started");
+        tokio::select! {
+            r = api => r.context("agent API server")?,
+            () = agent.clone().sessions(address.to_string(), updates_rx) => {}
+            () = shutdown => {}
+        }
+        Ok(())
+    }
+
+    fn log_root(&self) -> PathBuf {
+        self.config.data_dir.join("logs")
+    }
+
+    /// Connects to the servers in turn, forever, with a capped back-off between failures.
+    async fn sessions(
+        self: Arc<Self>,
+        address: String,
+        mut updates: mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    ) {
+        let mut latest: HashMap<String, TaskStatusUpdate> = HashMap::new();
+        let mut backoff = Duration::from_millis(100);
+        for server in self.config.servers.clone().iter().cycle() {
+            match self
+                .session(server, &address, &mut updates, &mut latest)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%server, "server closed the stream");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => tracing::warn!(%server, "session with server: {e:#}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn session(
+        &self,
+        server: &str,
+        address: &str,
+        updates: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
+        latest: &mut HashMap<String, TaskStatusUpdate>,
+    ) -> anyhow::Result<()> {
+        let mut client = AgentServiceClient::connect(format!("http://{server}"))
+            .await
+            .with_context(|| format!("connect to {server}"))?;
+        let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        let register = Register {
+            node_name: self.config.node_name.clone(),
+            address: address.to_owned(),
+            cpu: self.config.cpu,
+            memory: self.config.memory,
+            attributes: self.config.attributes.clone(),
+        };
+        tx.send(AgentMessage {
+            msg: Some(AgentMsg::Register(register)),
+        })
+        .await?;
+        if !latest.is_empty() {
+            let resend = latest
+                .values()
+                .cloned()
+                .map(|mut u| {
+                    u.event = None;
+                    u.into()
+                })
+                .collect();
+            tx.send(AgentMessage {
+                msg: Some(AgentMsg::Status(StatusReport { updates: resend })),
+            })
+            .await?;
+        }
+        let mut inbound = client
+            .attach(ReceiverStream::new(rx))
+            .await
+            .context("open stream")?
+            .into_inner();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => {
+                    match msg.context("receive from server")? {
+                        None => return Ok(()),
+                        Some(m) => match m.msg {
+                            Some(ServerMsg::Registered(r)) => {
+                                tracing::info!(%server, "registered");
+                                let secs = r.heartbeat_interval_secs.max(1);
+                                heartbeat = tokio::time::interval(Duration::from_secs(u64::from(secs)).min(self.config.heartbeat_interval));
+                            }
+                            Some(ServerMsg::Desired(d)) => self.reconcile(d, latest),
+                            None => {}
+                        },
+                    }
+                }
+                Some(update) = updates.recv() => {
+                    let mut batch = vec![update];
+                    while let Ok(more) = updates.try_recv() {
+                        batch.push(more);
+                    }
+                    for u in &batch {
+                        latest.insert(u.task_id.clone(), u.clone());
+                    }
+                    let report = StatusReport { updates: batch.into_iter().map(Into::into).collect() };
+                    tx.send(AgentMessage { msg: Some(AgentMsg::Status(report)) }).await?;
+                }
+                _ = heartbeat.tick() => {
+                    tx.send(AgentMessage { msg: Some(AgentMsg::Heartbeat(Heartbeat {})) }).await?;
+                }
+            }
+        }
+    }
+
+    /// Makes the tasks on this node match the server's desired set.
+    fn reconcile(&self, desired: DesiredTasks, latest: &mut HashMap<String, TaskStatusUpdate>) {
+        let mut tasks = self.tasks.lock();
+        let mut wanted = std::collections::HashSet::new();
+        for t in desired.tasks {
+            wanted.insert(t.task_id.clone());
+            let desired_status =
+                match berth_proto::desired_status("desiredStatus", t.desired_status) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(task_id = %t.task_id, "ignore assignment: {e}");
+                        continue;
+                    }
+                };
+            match (tasks.get(&t.task_id), desired_status) {
+                (None, DesiredStatus::Running) => {
+                    let (stop, stop_rx) = watch::channel(false);
+                    let done = Arc::new(AtomicBool::new(false));
+                    let run = TaskRun {
+                        assignment: Assignment {
+                            task_id: t.task_id.clone(),
+                            cpu: t.cpu,
+                            memory: t.memory,
+                            containers: t.containers.into_iter().map(Into::into).collect(),
+                        },
+                        runtime: self.runtime.clone(),
+                        log_dir: self.log_root().join(&t.task_id),
+                        updates: self.updates_tx.clone(),
+                        stop: stop_rx,
+                        done: done.clone(),
+                    };
+                    tracing::info!(task_id = %t.task_id, "start task");
+                    tokio::spawn(run.run());
+                    tasks.insert(t.task_id, LocalTask { stop, done });
+                }
+                (None, DesiredStatus::Stopped) => {
+                    // Stopped before this node ever started it.
+                    let _ = self.updates_tx.send(TaskStatusUpdate {
+                        task_id: t.task_id.clone(),
+                        last_status: TaskStatus::Stopped,
+                        containers: vec![],
+                        stop_code: None,
+                        stopped_reason: None,
+                        event: None,
+                    });
+                    let (stop, _) = watch::channel(true);
+                    tasks.insert(
+                        t.task_id,
+                        LocalTask {
+                            stop,
+                            done: Arc::new(AtomicBool::new(true)),
+                        },
+                    );
+                }
+                (Some(local), DesiredStatus::Stopped) => {
+                    local.stop.send_replace(true);
+                }
+                (Some(_), DesiredStatus::Running) => {}
+            }
+        }
+        tasks.retain(|id, local| {
+            if wanted.contains(id) {
+                return true;
+            }
+            if local.done.load(Ordering::SeqCst) {
+                latest.remove(id);
+                return false;
+            }
+            // The server no longer wants it here.
+            local.stop.send_replace(true);
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

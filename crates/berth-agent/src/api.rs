@@ -1,0 +1,123 @@
+//! The agent's own gRPC API, which servers call to proxy a task's logs.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use berth_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
+use berth_proto::v1::{AgentLogsRequest, LogChunk};
+use futures::Stream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::TaskTable;
+
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct AgentApiService {
+    log_root: PathBuf,
+    tasks: TaskTable,
+}
+
+impl AgentApiService {
+    pub fn new(log_root: PathBuf, tasks: TaskTable) -> AgentApiServer<Self> {
+        AgentApiServer::new(Self { log_root, tasks })
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+/// The log files of a task: `(container, path)` in container-name order.
+async fn log_files(dir: &std::path::Path, only: &str) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let path = entry.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+        else {
+            continue;
+        };
+        if only.is_empty() || name == only {
+            files.push((name.to_owned(), path.clone()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Sends what was appended to `path` since `offset`; returns the new offset.
+async fn send_new(
+    container: &str,
+    path: &std::path::Path,
+    offset: u64,
+    tx: &mpsc::Sender<Result<LogChunk, Status>>,
+) -> Option<u64> {
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).await.ok()?;
+    let next = offset + data.len() as u64;
+    if !data.is_empty() {
+        tx.send(Ok(LogChunk {
+            container: container.to_owned(),
+            data,
+        }))
+        .await
+        .ok()?;
+    }
+    Some(next)
+}
+
+#[tonic::async_trait]
+impl AgentApi for AgentApiService {
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<AgentLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = req.into_inner();
+        if req.task_id.is_empty() || req.task_id.contains(['/', '.']) {
+            return Err(Status::invalid_argument(format!(
+                "invalid task id {:?}",
+                req.task_id
+            )));
+        }
+        let dir = self.log_root.join(&req.task_id);
+        let files = log_files(&dir, &req.container).await.map_err(|_| {
+            Status::not_found(format!(
+                "no logs for task {} on this node (it may not have started)",
+                req.task_id
+            ))
+        })?;
+        if files.is_empty() && !req.container.is_empty() {
+            return Err(Status::not_found(format!(
+                "task {} has no container {:?} with logs",
+                req.task_id, req.container
+            )));
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let tasks = self.tasks.clone();
+        tokio::spawn(async move {
+            let mut offsets = vec![0u64; files.len()];
+            loop {
+                // Read the "done" flag first so the final pass sees everything written.
+                let running = req.follow && tasks.is_running(&req.task_id);
+                for (i, (container, path)) in files.iter().enumerate() {
+                    match send_new(container, path, offsets[i], &tx).await {
+                        Some(next) => offsets[i] = next,
+                        None if tx.is_closed() => return,
+                        None => {}
+                    }
+                }
+                if !running {
+                    return;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

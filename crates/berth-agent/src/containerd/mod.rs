@@ -1,0 +1,331 @@
+//! [`Runtime`] on containerd 1.6's gRPC API (`containerd-client`). See
+//! `shared/containerd-notes.md` for the API facts this relies on.
+
+mod pull;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, KillRequest,
+    StartRequest, WaitRequest,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request};
+use tokio::sync::Mutex;
+
+use crate::runtime::{ContainerSpec, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError};
+use crate::spec::build_spec;
+
+pub use pull::chain_ids;
+
+const SNAPSHOTTER: &str = "overlayfs";
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// Labels that tie containerd containers to berth tasks.
+pub const LABEL_TASK_ID: &str = "dev.berth.task-id";
+pub const LABEL_CONTAINER: &str = "dev.berth.container";
+
+#[derive(Debug, Clone)]
+pub struct ContainerdConfig {
+    /// containerd's gRPC socket.
+    pub socket: PathBuf,
+    /// The containerd namespace this agent owns.
+    pub namespace: String,
+    /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    /// Parent of every container's cgroup.
+    pub cgroup_parent: String,
+}
+
+/// Drives containerd over its gRPC socket.
+pub struct ContainerdRuntime {
+    channel: Channel,
+    config: ContainerdConfig,
+    /// One lock per image reference, so concurrent pulls of the same image happen once.
+    pull_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    https: oci_client::Client,
+    http: oci_client::Client,
+}
+
+impl ContainerdRuntime {
+    pub async fn connect(config: ContainerdConfig) -> Result<Self, RuntimeError> {
+        let channel = containerd_client::connect(&config.socket)
+            .await
+            .map_err(|e| RuntimeError::Connect {
+                path: config.socket.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        let registry_client = |protocol| {
+            oci_client::Client::new(oci_client::client::ClientConfig {
+                protocol,
+                ..Default::default()
+            })
+        };
+        Ok(Self {
+            channel,
+            config,
+            pull_locks: Mutex::new(HashMap::new()),
+            https: registry_client(oci_client::client::ClientProtocol::Https),
+            http: registry_client(oci_client::client::ClientProtocol::Http),
+        })
+    }
+
+    /// A request in this agent's containerd namespace.
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Ok(ns) = self.config.namespace.parse() {
+            req.metadata_mut().insert("containerd-namespace", ns);
+        }
+        req
+    }
+
+    /// A request that also holds `lease`, so the garbage collector keeps what it creates.
+    fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
+        let mut req = self.req(msg);
+        if let Ok(lease) = lease.parse() {
+            req.metadata_mut().insert("containerd-lease", lease);
+        }
+        req
+    }
+
+    /// Creates a lease that expires by itself after an hour, should we crash before deleting it.
+    async fn create_lease(&self) -> Result<String, RuntimeError> {
+        let id = format!("berth-{}", uuid::Uuid::new_v4());
+        let expire =
+            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), expire.to_string())]);
+        LeasesClient::new(self.channel.clone())
+            .create(self.req(CreateLeaseRequest {
+                id: id.clone(),
+                labels,
+            }))
+            .await
+            .map_err(RuntimeError::containerd("create lease"))?;
+        Ok(id)
+    }
+
+    async fn delete_lease(&self, id: &str) {
+        let req = self.req(DeleteLeaseRequest {
+            id: id.to_owned(),
+            sync: false,
+        });
+        if let Err(e) = LeasesClient::new(self.channel.clone()).delete(req).await {
+            tracing::warn!(lease = id, "delete lease: {e}");
+        }
+    }
+
+    async fn create_container(&self, c: &ContainerSpec, lease: &str) -> Result<(), RuntimeError> {
+        let mut snapshots = SnapshotsClient::new(self.channel.clone());
+        let top = c.image.rootfs_id.clone();
+        let prepare = || PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: c.id.clone(),
+            parent: top.clone(),
+            labels: HashMap::new(),
+        };
+        let mounts = match snapshots.prepare(self.leased(prepare(), lease)).await {
+            Ok(r) => r.into_inner().mounts,
+            Err(s) if s.code() == Code::AlreadyExists => {
+                // A leftover from a crash: start from a clean snapshot.
+                self.remove(&c.id).await?;
+                snapshots
+                    .prepare(self.leased(prepare(), lease))
+                    .await
+                    .map_err(RuntimeError::containerd("prepare snapshot"))?
+                    .into_inner()
+                    .mounts
+            }
+            Err(s) => return Err(RuntimeError::containerd("prepare snapshot")(s)),
+        };
+        let spec = build_spec(c, &self.config.cgroup_parent)?;
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+        let container = Container {
+            id: c.id.clone(),
+            labels: HashMap::from([
+                (LABEL_TASK_ID.to_owned(), c.task_id.clone()),
+                (LABEL_CONTAINER.to_owned(), c.container_name.clone()),
+            ]),
+            image: c.image.reference.clone(),
+            runtime: Some(ContainerRuntime {
+                name: RUNC_V2.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: spec_json,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: c.id.clone(),
+            ..Default::default()
+        };
+        ContainersClient::new(self.channel.clone())
+            .create(self.leased(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                lease,
+            ))
+            .await
+            .map_err(RuntimeError::containerd("create container"))?;
+        if let Some(dir) = c.log_path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(RuntimeError::io("create log directory"))?;
+        }
+        let log_uri = format!("file://{}", c.log_path.display());
+        TasksClient::new(self.channel.clone())
+            .create(self.leased(
+                CreateTaskRequest {
+                    container_id: c.id.clone(),
+                    rootfs: mounts,
+                    stdout: log_uri.clone(),
+                    stderr: log_uri,
+                    ..Default::default()
+                },
+                lease,
+            ))
+            .await
+            .map_err(RuntimeError::containerd("create task"))?;
+        Ok(())
+    }
+}
+
+fn ok_if_not_found(
+    result: Result<(), tonic::Status>,
+    op: &'static str,
+) -> Result<(), RuntimeError> {
+    match result {
+        Err(s) if s.code() != Code::NotFound => Err(RuntimeError::containerd(op)(s)),
+        _ => Ok(()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ContainerdRuntime {
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+        let lock = self
+            .pull_locks
+            .lock()
+            .await
+            .entry(image.to_owned())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        if let Some(info) = self.local_image(image).await? {
+            return Ok(info);
+        }
+        let lease = self.create_lease().await?;
+        let result = self.pull(image, &lease).await;
+        self.delete_lease(&lease).await;
+        result
+    }
+
+    async fn start(&self, c: &ContainerSpec) -> Result<ExitFuture, RuntimeError> {
+        let lease = self.create_lease().await?;
+        let created = self.create_container(c, &lease).await;
+        self.delete_lease(&lease).await;
+        if let Err(e) = created {
+            let _ = self.remove(&c.id).await;
+            return Err(e);
+        }
+        // Wait is issued before Start so that no exit can be missed.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut wait_client = TasksClient::new(self.channel.clone());
+        let wait_req = self.req(WaitRequest {
+            container_id: c.id.clone(),
+            exec_id: String::new(),
+        });
+        tokio::spawn(async move {
+            let result = wait_client
+                .wait(wait_req)
+                .await
+                .map(|r| ExitStatus {
+                    code: i32::try_from(r.into_inner().exit_status).unwrap_or(-1),
+                })
+                .map_err(RuntimeError::containerd("wait for task"));
+            let _ = tx.send(result);
+        });
+        let started = TasksClient::new(self.channel.clone())
+            .start(self.req(StartRequest {
+                container_id: c.id.clone(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map_err(RuntimeError::containerd("start task"));
+        if let Err(e) = started {
+            let _ = self.remove(&c.id).await;
+            return Err(e);
+        }
+        Ok(Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(RuntimeError::Spec("wait task dropped".into())))
+        }))
+    }
+
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError> {
+        let req = self.req(KillRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+            signal,
+            all,
+        });
+        match TasksClient::new(self.channel.clone()).kill(req).await {
+            // NotFound: no such task; FailedPrecondition: its process already exited.
+            Err(s) if !matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {
+                Err(RuntimeError::containerd("kill task")(s))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        let delete_task = || {
+            self.req(DeleteTaskRequest {
+                container_id: id.to_owned(),
+            })
+        };
+        match tasks.delete(delete_task()).await {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                // Still running: kill it, then delete.
+                self.kill(id, 9, true).await?;
+                let wait = self.req(WaitRequest {
+                    container_id: id.to_owned(),
+                    exec_id: String::new(),
+                });
+                let _ = tasks.wait(wait).await;
+                ok_if_not_found(tasks.delete(delete_task()).await.map(drop), "delete task")?;
+            }
+            other => ok_if_not_found(other.map(drop), "delete task")?,
+        }
+        let remove = self.req(RemoveSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.to_owned(),
+        });
+        ok_if_not_found(
+            SnapshotsClient::new(self.channel.clone())
+                .remove(remove)
+                .await
+                .map(drop),
+            "remove snapshot",
+        )?;
+        let delete = self.req(DeleteContainerRequest { id: id.to_owned() });
+        ok_if_not_found(
+            ContainersClient::new(self.channel.clone())
+                .delete(delete)
+                .await
+                .map(drop),
+            "delete container",
+        )
+    }
+}

@@ -1,0 +1,111 @@
+//! An in-memory [`Runtime`] for unit tests and control-plane benchmarks. Never used in place
+//! of containerd in end-to-end tests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use crate::runtime::{ContainerSpec, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError};
+
+/// Containers run until killed (exit code 128 + signal) unless their image was given an exit
+/// code with [`FakeRuntime::exit_with`]. Every call is recorded.
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    missing_images: HashSet<String>,
+    exit_codes: HashMap<String, i32>,
+    running: HashMap<String, tokio::sync::oneshot::Sender<ExitStatus>>,
+    calls: Vec<String>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Pulls of `image` fail as if the registry did not know it.
+    pub fn missing_image(&self, image: &str) {
+        self.state().missing_images.insert(image.to_owned());
+    }
+
+    /// Containers of `image` exit with `code` as soon as they start.
+    pub fn exit_with(&self, image: &str, code: i32) {
+        self.state().exit_codes.insert(image.to_owned(), code);
+    }
+
+    /// Every call so far, as `"op arg"` lines.
+    pub fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    /// IDs of containers that are running.
+    pub fn running(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.state().running.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("pull {image}"));
+        if state.missing_images.contains(image) {
+            return Err(RuntimeError::ImageNotFound {
+                image: image.to_owned(),
+                detail: "manifest unknown".into(),
+            });
+        }
+        Ok(ImageInfo {
+            reference: image.to_owned(),
+            digest: format!("sha256:fake-{}", image.len()),
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec![],
+            working_dir: None,
+            user: None,
+            rootfs_id: format!("fake-rootfs-{image}"),
+        })
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("start {}", spec.id));
+        if let Some(code) = state.exit_codes.get(&spec.image.reference) {
+            let status = ExitStatus { code: *code };
+            return Ok(Box::pin(async move { Ok(status) }));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        state.running.insert(spec.id.clone(), tx);
+        Ok(Box::pin(async move {
+            rx.await
+                .map_err(|_| RuntimeError::Spec("fake runtime dropped the container".into()))
+        }))
+    }
+
+    async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("kill {id} {signal}"));
+        if let Some(tx) = state.running.remove(id) {
+            let _ = tx.send(ExitStatus {
+                code: 128 + i32::try_from(signal).unwrap_or(0),
+            });
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.state().calls.push(format!("remove {id}"));
+        Ok(())
+    }
+}

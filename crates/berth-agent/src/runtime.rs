@@ -1,0 +1,110 @@
+//! The seam between the agent and whatever runs containers: containerd in production,
+//! [`crate::FakeRuntime`] in control-plane tests and benchmarks.
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+
+/// What the agent learned about an image when it made sure the image is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The reference as the user wrote it.
+    pub reference: String,
+    /// The digest of the manifest the reference resolved to.
+    pub digest: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// The image's USER (`uid[:gid]` or a name).
+    pub user: Option<String>,
+    /// The runtime's name for the unpacked root filesystem (containerd: the top layer's
+    /// snapshot chain ID).
+    pub rootfs_id: String,
+}
+
+/// Everything needed to create and start one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The containerd container ID: `<task id>-<container name>`.
+    pub id: String,
+    pub task_id: String,
+    pub container_name: String,
+    pub image: ImageInfo,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Hard CPU limit in CPU units (1024 = 1 vCPU).
+    pub cpu_units: u32,
+    /// Hard memory limit in MiB.
+    pub memory_mib: u32,
+    /// Where stdout and stderr go.
+    pub log_path: PathBuf,
+}
+
+/// How a container's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: i32,
+}
+
+/// Resolves when the container's main process exits.
+pub type ExitFuture = BoxFuture<'static, Result<ExitStatus, RuntimeError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image {image} not found: {detail}")]
+    ImageNotFound { image: String, detail: String },
+    #[error("pull access denied for {image}: {detail}")]
+    Unauthorized { image: String, detail: String },
+    #[error("registry for {image} unreachable: {detail}")]
+    RegistryUnreachable { image: String, detail: String },
+    #[error("invalid image {image}: {detail}")]
+    InvalidImage { image: String, detail: String },
+    #[error("containerd {op}: {status}")]
+    Containerd {
+        op: &'static str,
+        status: Box<tonic::Status>,
+    },
+    #[error("connect to containerd at {path}: {detail}")]
+    Connect { path: PathBuf, detail: String },
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("build OCI runtime spec: {0}")]
+    Spec(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn containerd(op: &'static str) -> impl FnOnce(tonic::Status) -> Self {
+        move |status| RuntimeError::Containerd {
+            op,
+            status: Box::new(status),
+        }
+    }
+
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| RuntimeError::Io { op, source }
+    }
+}
+
+/// Runs containers. Every method is idempotent where it can be: removing what is gone succeeds.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Makes sure `image` is present locally, pulling it when it is not.
+    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError>;
+
+    /// Creates and starts a container; the returned future resolves when it exits.
+    async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError>;
+
+    /// Sends `signal` to the container's processes (all of them when `all`).
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError>;
+
+    /// Deletes the container, its task and its snapshot.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+}

@@ -1,0 +1,267 @@
+//! Runs one task on this node from start to finish: pull, start every container, watch for
+//! exits and stop requests, stop (SIGTERM, stopTimeout, SIGKILL), clean up, and report each
+//! state change to the server.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_model::{ContainerDefinition, ContainerState, StopCode, TaskStatus, TaskStatusUpdate};
+use tokio::sync::{mpsc, watch};
+
+use crate::runtime::{ContainerSpec, ExitStatus, ImageInfo, Runtime, RuntimeError};
+use crate::spec::{process_args, process_env, process_user};
+
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+
+/// What the server asked this node to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub task_id: String,
+    pub cpu: u32,
+    pub memory: u32,
+    pub containers: Vec<ContainerDefinition>,
+}
+
+/// One task's run on this node.
+pub struct TaskRun {
+    pub assignment: Assignment,
+    pub runtime: Arc<dyn Runtime>,
+    /// `<log root>/<task id>`; each container writes `<name>.log` there.
+    pub log_dir: PathBuf,
+    pub updates: mpsc::UnboundedSender<TaskStatusUpdate>,
+    /// Becomes true when the server wants the task stopped.
+    pub stop: watch::Receiver<bool>,
+    /// Set once the task has stopped and everything is cleaned up.
+    pub done: Arc<AtomicBool>,
+}
+
+/// The containerd container ID of one container of a task.
+pub fn container_id(task_id: &str, container: &str) -> String {
+    format!("{task_id}-{container}")
+}
+
+impl TaskRun {
+    pub async fn run(mut self) {
+        let a = self.assignment.clone();
+        let mut states: Vec<ContainerState> = a
+            .containers
+            .iter()
+            .map(|c| ContainerState::pending(&c.name, &c.image))
+            .collect();
+
+        let mut images = Vec::with_capacity(a.containers.len());
+        for (i, c) in a.containers.iter().enumerate() {
+            self.report(
+                TaskStatus::Pending,
+                &states,
+                Some(format!("pulling image {}", c.image)),
+            );
+            match self.runtime.ensure_image(&c.image).await {
+                Ok(info) => {
+                    states[i].image_digest = Some(info.digest.clone());
+                    images.push(info);
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %a.task_id, image = %c.image, "pull image: {e}");
+                    let reason = format!("CannotPullContainerError: {e}");
+                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                    return;
+                }
+            }
+        }
+        if *self.stop.borrow() {
+            self.finish(
+                &mut states,
+                StopCode::UserInitiated,
+                "stopped before it started".into(),
+                None,
+            );
+            return;
+        }
+
+        self.report(TaskStatus::Activating, &states, None);
+        let (exit_tx, mut exits) =
+            mpsc::unbounded_channel::<(usize, Result<ExitStatus, RuntimeError>)>();
+        for (i, (c, image)) in a.containers.iter().zip(&images).enumerate() {
+            let spec = self.container_spec(c, image);
+            match self.runtime.start(&spec).await {
+                Ok(exit) => {
+                    let tx = exit_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send((i, exit.await));
+                    });
+                    states[i].last_status = TaskStatus::Running;
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %a.task_id, container = %c.name, "start container: {e}");
+                    states[i].last_status = TaskStatus::Stopped;
+                    states[i].reason = Some(e.to_string());
+                    self.stop_containers(&mut states, &mut exits).await;
+                    let reason = format!("CannotStartContainerError: {e}");
+                    self.cleanup(&mut states).await;
+                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                    return;
+                }
+            }
+        }
+        drop(exit_tx);
+        self.report(TaskStatus::Running, &states, Some("started".into()));
+
+        let (code, reason) = loop {
+            tokio::select! {
+                exit = exits.recv() => {
+                    let Some((i, result)) = exit else {
+                        break (StopCode::EssentialContainerExited, "every container exited".to_owned());
+                    };
+                    record_exit(&mut states[i], result);
+                    if a.containers[i].essential {
+                        break (
+                            StopCode::EssentialContainerExited,
+                            format!("Essential container in task exited ({})", a.containers[i].name),
+                        );
+                    }
+                    if states.iter().all(|s| s.last_status == TaskStatus::Stopped) {
+                        break (StopCode::EssentialContainerExited, "every container exited".to_owned());
+                    }
+                    self.report(TaskStatus::Running, &states, None);
+                }
+                changed = self.stop.changed() => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        self.report(TaskStatus::Stopping, &states, Some("stopping".into()));
+                        break (StopCode::UserInitiated, "Task stopped".to_owned());
+                    }
+                }
+            }
+        };
+        self.stop_containers(&mut states, &mut exits).await;
+        self.cleanup(&mut states).await;
+        self.finish(&mut states, code, reason, Some("stopped".into()));
+    }
+
+    fn container_spec(&self, c: &ContainerDefinition, image: &ImageInfo) -> ContainerSpec {
+        let (uid, gid) = process_user(image);
+        ContainerSpec {
+            id: container_id(&self.assignment.task_id, &c.name),
+            task_id: self.assignment.task_id.clone(),
+            container_name: c.name.clone(),
+            image: image.clone(),
+            args: process_args(image, c),
+            env: process_env(image, c),
+            cwd: c
+                .working_directory
+                .clone()
+                .or_else(|| image.working_dir.clone())
+                .unwrap_or_else(|| "/".into()),
+            uid,
+            gid,
+            cpu_units: c.cpu.unwrap_or(self.assignment.cpu),
+            memory_mib: c.memory.unwrap_or(self.assignment.memory),
+            log_path: self.log_dir.join(format!("{}.log", c.name)),
+        }
+    }
+
+    /// SIGTERM every running container, SIGKILL what is left after the longest stopTimeout.
+    async fn stop_containers(
+        &self,
+        states: &mut [ContainerState],
+        exits: &mut mpsc::UnboundedReceiver<(usize, Result<ExitStatus, RuntimeError>)>,
+    ) {
+        let running = |states: &[ContainerState]| {
+            states
+                .iter()
+                .filter(|s| s.last_status == TaskStatus::Running)
+                .count()
+        };
+        if running(states) == 0 {
+            return;
+        }
+        let mut grace = Duration::ZERO;
+        for (i, c) in self.assignment.containers.iter().enumerate() {
+            if states[i].last_status == TaskStatus::Running {
+                grace = grace.max(Duration::from_secs(u64::from(c.stop_timeout)));
+                let id = container_id(&self.assignment.task_id, &c.name);
+                if let Err(e) = self.runtime.kill(&id, SIGTERM, false).await {
+                    tracing::warn!(container = %id, "send SIGTERM: {e}");
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while running(states) > 0 {
+            match tokio::time::timeout_at(deadline, exits.recv()).await {
+                Ok(Some((i, result))) => record_exit(&mut states[i], result),
+                Ok(None) => break,
+                Err(_) => {
+                    for (i, c) in self.assignment.containers.iter().enumerate() {
+                        if states[i].last_status == TaskStatus::Running {
+                            let id = container_id(&self.assignment.task_id, &c.name);
+                            if let Err(e) = self.runtime.kill(&id, SIGKILL, true).await {
+                                tracing::warn!(container = %id, "send SIGKILL: {e}");
+                            }
+                        }
+                    }
+                    while running(states) > 0 {
+                        match exits.recv().await {
+                            Some((i, result)) => record_exit(&mut states[i], result),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self, states: &mut [ContainerState]) {
+        for c in &self.assignment.containers {
+            let id = container_id(&self.assignment.task_id, &c.name);
+            if let Err(e) = self.runtime.remove(&id).await {
+                tracing::warn!(container = %id, "remove container: {e}");
+            }
+        }
+        for s in states {
+            s.last_status = TaskStatus::Stopped;
+        }
+    }
+
+    fn finish(
+        &self,
+        states: &mut [ContainerState],
+        code: StopCode,
+        reason: String,
+        event: Option<String>,
+    ) {
+        for s in states.iter_mut() {
+            s.last_status = TaskStatus::Stopped;
+        }
+        self.done.store(true, Ordering::SeqCst);
+        let _ = self.updates.send(TaskStatusUpdate {
+            task_id: self.assignment.task_id.clone(),
+            last_status: TaskStatus::Stopped,
+            containers: states.to_vec(),
+            stop_code: Some(code),
+            stopped_reason: Some(reason),
+            event,
+        });
+    }
+
+    fn report(&self, status: TaskStatus, states: &[ContainerState], event: Option<String>) {
+        let _ = self.updates.send(TaskStatusUpdate {
+            task_id: self.assignment.task_id.clone(),
+            last_status: status,
+            containers: states.to_vec(),
+            stop_code: None,
+            stopped_reason: None,
+            event,
+        });
+    }
+}
+
+fn record_exit(state: &mut ContainerState, result: Result<ExitStatus, RuntimeError>) {
+    state.last_status = TaskStatus::Stopped;
+    match result {
+        Ok(status) => state.exit_code = Some(status.code),
+        Err(e) => state.reason = Some(format!("lost track of the container: {e}")),
+    }
+}

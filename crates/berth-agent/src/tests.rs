@@ -1,0 +1,123 @@
+//! The task supervisor against [`FakeRuntime`]: the reports it sends for each way a task ends.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use berth_model::{ContainerDefinition, StopCode, TaskStatus, TaskStatusUpdate};
+use tokio::sync::{mpsc, watch};
+
+use crate::supervisor::{Assignment, TaskRun};
+use crate::FakeRuntime;
+
+fn run(
+    rt: &Arc<FakeRuntime>,
+    image: &str,
+) -> (
+    mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = watch::channel(false);
+    let mut c = ContainerDefinition::new("app", image);
+    c.stop_timeout = 0;
+    let task = TaskRun {
+        assignment: Assignment {
+            task_id: "t1".into(),
+            cpu: 256,
+            memory: 64,
+            containers: vec![c],
+        },
+        runtime: rt.clone(),
+        log_dir: std::env::temp_dir(),
+        updates: tx,
+        stop: stop_rx,
+        done: Arc::new(AtomicBool::new(false)),
+    };
+    (rx, stop, tokio::spawn(task.run()))
+}
+
+/// `STATUS[/stopCode][/exit]` per report.
+fn summarise(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(u) = rx.try_recv() {
+        let mut s = u.last_status.to_string();
+        if let Some(code) = u.stop_code {
+            s.push_str(&format!("/{code}"));
+        }
+        if let Some(exit) = u.containers.first().and_then(|c| c.exit_code) {
+            s.push_str(&format!("/{exit}"));
+        }
+        out.push(s);
+    }
+    out
+}
+
+#[tokio::test]
+async fn exit_reports_essential_container_exited() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.exit_with("busybox", 3);
+    let (mut rx, _stop, handle) = run(&rt, "busybox");
+    handle.await.expect("supervisor finished");
+    assert_eq!(
+        summarise(&mut rx),
+        [
+            "PENDING",
+            "ACTIVATING",
+            "RUNNING",
+            "STOPPED/EssentialContainerExited/3"
+        ]
+    );
+    assert_eq!(
+        rt.calls(),
+        ["pull busybox", "start t1-app", "remove t1-app"]
+    );
+}
+
+#[tokio::test]
+async fn failed_pull_reports_task_failed_to_start_with_the_image() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.missing_image("nope");
+    let (mut rx, _stop, handle) = run(&rt, "nope");
+    handle.await.expect("supervisor finished");
+    let mut last = None;
+    while let Ok(u) = rx.try_recv() {
+        last = Some(u);
+    }
+    let last = last.expect("a final report");
+    assert_eq!(last.last_status, TaskStatus::Stopped);
+    assert_eq!(last.stop_code, Some(StopCode::TaskFailedToStart));
+    assert_eq!(
+        last.stopped_reason.as_deref(),
+        Some("CannotPullContainerError: image nope not found: manifest unknown")
+    );
+}
+
+#[tokio::test]
+async fn stop_request_terms_then_kills_and_removes() {
+    let rt = Arc::new(FakeRuntime::new());
+    let (mut rx, stop, handle) = run(&rt, "sleeper");
+    // Wait for RUNNING.
+    loop {
+        let u = rx.recv().await.expect("reports until running");
+        if u.last_status == TaskStatus::Running {
+            break;
+        }
+    }
+    stop.send_replace(true);
+    handle.await.expect("supervisor finished");
+    assert_eq!(
+        summarise(&mut rx),
+        ["STOPPING", "STOPPED/UserInitiated/143"]
+    );
+    assert_eq!(
+        rt.calls(),
+        [
+            "pull sleeper",
+            "start t1-app",
+            "kill t1-app 15",
+            "remove t1-app"
+        ]
+    );
+    assert!(rt.running().is_empty());
+}
