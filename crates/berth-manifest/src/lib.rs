@@ -1,1 +1,363 @@
+//! Kubernetes-style YAML manifests (`apiVersion: berth.dev/v1`) to and from berth's model, with
+//! errors that name the file, line, column and field.
+//!
+//! Pure: the caller reads files; this crate only sees text.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
+use berth_model::{ContainerDefinition, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "berth.dev/v1";
+/// The kinds this version understands.
+pub const KINDS: &[&str] = &["TaskDefinition"];
+
+/// One document of a manifest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// 1-based line where the document starts.
+    pub line: usize,
+    pub metadata: Metadata,
+    pub object: Object,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    TaskDefinition(TaskDefinitionSpec),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::TaskDefinition(_) => "TaskDefinition",
+        }
+    }
+}
+
+/// What is wrong with a manifest, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskDefinitionDoc {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: TaskDefinitionSpecYaml,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskDefinitionSpecYaml {
+    cpu: u32,
+    memory: u32,
+    containers: Vec<ContainerYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ContainerYaml {
+    name: String,
+    image: NonEmpty,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    entry_point: Vec<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    #[serde(default)]
+    working_directory: Option<String>,
+    #[serde(default = "yes")]
+    essential: bool,
+    #[serde(default)]
+    stop_timeout: Option<Seconds>,
+    #[serde(default)]
+    cpu: Option<u32>,
+    #[serde(default)]
+    memory: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A string that must not be blank.
+struct NonEmpty(String);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = NonEmpty;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-empty string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NonEmpty, E> {
+                if s.trim().is_empty() {
+                    return Err(E::custom("must not be empty"));
+                }
+                Ok(NonEmpty(s.to_owned()))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// A duration in whole seconds: `30s`, `5m`, `1m30s`, or a number of seconds.
+struct Seconds(u32);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s or 5m, or a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                u32::try_from(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("{v} seconds is too long")))
+            }
+            fn visit_str<E: de::Error>(self, t: &str) -> Result<Seconds, E> {
+                let dur = humantime::parse_duration(t).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {t:?} ({e}); write it like 30s or 5m"
+                    ))
+                })?;
+                u32::try_from(dur.as_secs())
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("duration {t:?} is too long")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl TaskDefinitionDoc {
+    fn into_spec(self) -> TaskDefinitionSpec {
+        TaskDefinitionSpec {
+            family: self.metadata.name.clone(),
+            cpu: self.spec.cpu,
+            memory: self.spec.memory,
+            containers: self
+                .spec
+                .containers
+                .into_iter()
+                .map(|c| ContainerDefinition {
+                    name: c.name,
+                    image: c.image.0,
+                    command: c.command,
+                    entry_point: c.entry_point,
+                    environment: c.environment,
+                    working_directory: c.working_directory,
+                    essential: c.essential,
+                    stop_timeout: c.stop_timeout.map_or(DEFAULT_STOP_TIMEOUT_SECS, |s| s.0),
+                    cpu: c.cpu,
+                    memory: c.memory,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Splits a multi-document YAML text at `---` lines: `(first line, text)` per document.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut start = 1;
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            // Keep line numbers aligned: the marker line becomes an empty line.
+            current.push('\n');
+            start -= 1;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((start, current));
+    docs.into_iter()
+        .filter(|(_, t)| {
+            t.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+/// Parses every document of `text`; `file` names it in errors. Either every document is
+/// valid, or the first error is returned.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let mut out = Vec::new();
+    for (first_line, doc) in split_documents(text) {
+        let err = |line: usize, column: usize, message: String| ManifestError {
+            file: file.to_owned(),
+            line: first_line + line.saturating_sub(1),
+            column,
+            message,
+        };
+        let yaml_err = |e: serde_yaml_ng::Error| {
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            // serde_yaml_ng appends " at line L column C"; the prefix says it already.
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            err(line, column, msg)
+        };
+        let header: Header = serde_yaml_ng::from_str(&doc).map_err(yaml_err)?;
+        let doc_start = doc
+            .lines()
+            .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map_or(1, |p| p + 1);
+        match header.api_version.as_deref() {
+            Some(API_VERSION) => {}
+            Some(other) => {
+                return Err(err(
+                    doc_start,
+                    1,
+                    format!("apiVersion {other:?} is not supported; use {API_VERSION}"),
+                ))
+            }
+            None => {
+                return Err(err(
+                    doc_start,
+                    1,
+                    format!("apiVersion is missing; use {API_VERSION}"),
+                ))
+            }
+        }
+        let kind = header.kind.unwrap_or_default();
+        let document = match kind.as_str() {
+            "TaskDefinition" => {
+                let parsed: TaskDefinitionDoc = serde_yaml_ng::from_str(&doc).map_err(yaml_err)?;
+                let metadata = parsed.metadata.clone();
+                let spec = parsed.into_spec();
+                if let Err(e) = spec.validate() {
+                    let field = if e.field == "family" {
+                        "metadata.name".to_owned()
+                    } else {
+                        format!("spec.{}", e.field)
+                    };
+                    let (line, column) = locate(&doc, &field).unwrap_or((doc_start, 1));
+                    return Err(err(line, column, format!("{field}: {}", e.message)));
+                }
+                Document {
+                    line: first_line + doc_start - 1,
+                    metadata,
+                    object: Object::TaskDefinition(spec),
+                }
+            }
+            "" => {
+                return Err(err(
+                    doc_start,
+                    1,
+                    format!("kind is missing; use one of {}", KINDS.join(", ")),
+                ))
+            }
+            other => {
+                return Err(err(
+                    doc_start,
+                    1,
+                    format!(
+                        "kind {other:?} is not supported; use one of {}",
+                        KINDS.join(", ")
+                    ),
+                ))
+            }
+        };
+        if let Some(ns) = &document.metadata.namespace {
+            berth_model::validate_name("metadata.namespace", ns)
+                .map_err(|e| err(doc_start, 1, e.to_string()))?;
+        }
+        out.push(document);
+    }
+    Ok(out)
+}
+
+/// Finds the line and column of a field path such as `spec.containers[1].memory` in one
+/// YAML document written in block style (how manifests are written). Flow-style documents
+/// fall back to the document start.
+fn locate(doc: &str, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut from = 0; // first line of the current block
+    let mut indent: Option<usize> = None; // indentation of the current block's keys
+    let mut found = None;
+    for segment in path.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        // Find `key:` at the block's indentation.
+        let (line_no, col) = (from..lines.len()).find_map(|i| {
+            let l = lines[i];
+            let trimmed = l.trim_start().trim_start_matches("- ");
+            let col = l.len() - trimmed.len();
+            let ok = trimmed.starts_with(&format!("{key}:")) && indent.is_none_or(|ind| col >= ind);
+            ok.then_some((i, col))
+        })?;
+        found = Some((line_no + 1, col + 1));
+        from = line_no + 1;
+        indent = Some(col + 1);
+        if let Some(index) = index {
+            // Find the index-th `- ` item below the key.
+            let mut seen = 0;
+            let item = (from..lines.len()).find(|&i| {
+                let t = lines[i].trim_start();
+                if t.starts_with("- ") || t == "-" {
+                    seen += 1;
+                    seen == index + 1
+                } else {
+                    false
+                }
+            })?;
+            let col = lines[item].len() - lines[item].trim_start().len();
+            found = Some((item + 1, col + 1));
+            from = item;
+            indent = Some(col);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests;

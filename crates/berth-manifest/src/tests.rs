@@ -1,0 +1,131 @@
+use super::*;
+
+const GOOD: &str = "\
+apiVersion: berth.dev/v1
+kind: TaskDefinition
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  cpu: 256
+  memory: 128
+  containers:
+    - name: app
+      image: 127.0.0.1:5000/demo:latest
+      command: [echo, hello]
+      environment:
+        MODE: dev
+      stopTimeout: 5s
+    - name: sidecar
+      image: busybox
+      essential: false
+      stopTimeout: 2
+";
+
+/// Parses `text` as `m.yaml` and renders the result or the error in one line.
+fn check(text: &str, expected: &str) {
+    let got = match parse("m.yaml", text) {
+        Ok(docs) => docs
+            .iter()
+            .map(|d| match &d.object {
+                Object::TaskDefinition(s) => format!(
+                    "line {}: TaskDefinition {} cpu={} memory={} containers={}",
+                    d.line,
+                    s.family,
+                    s.cpu,
+                    s.memory,
+                    s.containers
+                        .iter()
+                        .map(|c| format!(
+                            "{}(essential={},stop={})",
+                            c.name, c.essential, c.stop_timeout
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn parses_a_task_definition() {
+    check(
+        GOOD,
+        "line 1: TaskDefinition web cpu=256 memory=128 containers=app(essential=true,stop=5),sidecar(essential=false,stop=2)",
+    );
+}
+
+#[test]
+fn multi_document_keeps_line_numbers() {
+    let two = format!(
+        "# first\n{GOOD}---\n{}",
+        GOOD.replace("name: web", "name: api")
+    );
+    let docs = parse("m.yaml", &two).expect("valid");
+    assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [2, 22]);
+    let bad = format!("{GOOD}---\n{}", GOOD.replace("memory: 128", "memroy: 128"));
+    check(
+        &bad,
+        "m.yaml:28:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`",
+    );
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_position() {
+    check(
+        &GOOD.replace("command:", "comand:"),
+        "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`",
+    );
+}
+
+#[test]
+fn type_and_value_errors_have_positions() {
+    check(
+        &GOOD.replace("cpu: 256", "cpu: lots"),
+        "m.yaml:7:8: spec.cpu: invalid type: string \"lots\", expected u32",
+    );
+    check(
+        &GOOD.replace("stopTimeout: 5s", "stopTimeout: soon"),
+        "m.yaml:15:20: spec.containers[0].stopTimeout: invalid duration \"soon\" (expected number at 0); write it like 30s or 5m",
+    );
+    check(
+        &GOOD.replace("image: busybox", "image: \"\""),
+        "m.yaml:17:14: spec.containers[1].image: must not be empty",
+    );
+}
+
+#[test]
+fn model_validation_names_the_field_and_line() {
+    check(
+        &GOOD.replace("memory: 128", "memory: 2"),
+        "m.yaml:8:3: spec.memory: 2 MiB is out of range; use 6..=1048576",
+    );
+    check(
+        &GOOD.replace("name: sidecar", "name: app"),
+        "m.yaml:16:7: spec.containers[1].name: container name \"app\" is used twice",
+    );
+    check(
+        &GOOD.replace("name: web", "name: -web"),
+        "m.yaml:4:3: metadata.name: \"-web\" must start with a letter or digit",
+    );
+}
+
+#[test]
+fn header_errors() {
+    check(
+        &GOOD.replace("berth.dev/v1", "v2"),
+        "m.yaml:1:1: apiVersion \"v2\" is not supported; use berth.dev/v1",
+    );
+    check(
+        &GOOD.replace("kind: TaskDefinition", "kind: Deployment"),
+        "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition",
+    );
+    check(
+        "apiVersion: v1\nkind: [oops",
+        "m.yaml:2:7: kind: invalid type: sequence, expected a string",
+    );
+}

@@ -1,0 +1,202 @@
+//! The agent stream: registration, heartbeats, status reports in; the node's desired task set
+//! out, pushed again whenever it changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use berth_model::{EventLog, Node, NodeStatus, Resources, TaskStatusUpdate};
+use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{AgentMessage, DesiredTasks, Registered, ServerMessage, TaskAssignment};
+use berth_store::{Command, State, Store};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{now_ms, status};
+
+/// Seconds between agent heartbeats.
+pub const HEARTBEAT_INTERVAL_SECS: u32 = 1;
+
+/// Liveness of connected agents, kept in the leader's memory only (never in the Raft log).
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Liveness {
+    fn seen(&self, node: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node.to_owned(), Instant::now());
+    }
+
+    /// When the node was last heard from, if it ever was by this server.
+    pub fn last_seen(&self, node: &str) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(node)
+            .copied()
+    }
+}
+
+pub struct AgentServiceImpl {
+    store: Store,
+    liveness: Liveness,
+}
+
+impl AgentServiceImpl {
+    pub fn new(store: Store, liveness: Liveness) -> AgentServiceServer<Self> {
+        AgentServiceServer::new(Self { store, liveness })
+    }
+}
+
+/// Everything the node should run or stop, with the container definitions to do it.
+pub fn desired_tasks(state: &State, node: &str) -> DesiredTasks {
+    let tasks = state
+        .tasks()
+        .filter(|t| t.node.as_deref() == Some(node) && !t.is_stopped())
+        .filter_map(|t| {
+            let def = state.task_definition(&t.namespace, &t.task_definition)?;
+            Some(TaskAssignment {
+                task_id: t.task_id.clone(),
+                namespace: t.namespace.clone(),
+                task_definition: t.task_definition.to_string(),
+                desired_status: berth_proto::v1::DesiredStatus::from(t.desired_status) as i32,
+                cpu: t.cpu,
+                memory: t.memory,
+                containers: def.containers.iter().cloned().map(Into::into).collect(),
+            })
+        })
+        .collect();
+    DesiredTasks { tasks }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentServiceImpl {
+    type AttachStream = OutStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("stream closed before registering"))??;
+        let Some(AgentMsg::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message must be Register",
+            ));
+        };
+        berth_model::validate_name("nodeName", &reg.node_name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = Node {
+            name: reg.node_name.clone(),
+            address: reg.address,
+            status: NodeStatus::Active,
+            attributes: reg.attributes.into_iter().collect::<BTreeMap<_, _>>(),
+            cpu: Resources {
+                total: reg.cpu,
+                allocated: 0,
+            },
+            memory: Resources {
+                total: reg.memory,
+                allocated: 0,
+            },
+            registered_at: now_ms(),
+            events: EventLog::default(),
+        };
+        self.store
+            .propose(Command::RegisterNode { node })
+            .await
+            .map_err(status::from_store)?;
+        self.liveness.seen(&reg.node_name);
+        tracing::info!(node = %reg.node_name, "agent registered");
+
+        let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
+        let registered = Registered {
+            heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+        };
+        let _ = tx
+            .send(Ok(ServerMessage {
+                msg: Some(ServerMsg::Registered(registered)),
+            }))
+            .await;
+
+        // Push the desired set now and whenever it changes.
+        let node_name = reg.node_name.clone();
+        let store = self.store.clone();
+        let push_tx = tx.clone();
+        tokio::spawn(async move {
+            let mut applied = store.watch();
+            let mut last_sent = None;
+            loop {
+                let desired = store.read_stale(|s| desired_tasks(s, &node_name));
+                if last_sent.as_ref() != Some(&desired) {
+                    let msg = ServerMessage {
+                        msg: Some(ServerMsg::Desired(desired.clone())),
+                    };
+                    if push_tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    last_sent = Some(desired);
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    () = push_tx.closed() => return,
+                }
+            }
+        });
+
+        // Read heartbeats and status reports until the agent goes away.
+        let store = self.store.clone();
+        let liveness = self.liveness.clone();
+        let node_name = reg.node_name;
+        tokio::spawn(async move {
+            loop {
+                let msg = match inbound.next().await {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::info!(node = %node_name, "agent stream ended: {e}");
+                        break;
+                    }
+                    None => break,
+                };
+                liveness.seen(&node_name);
+                let Some(AgentMsg::Status(report)) = msg.msg else {
+                    continue;
+                };
+                let updates: Result<Vec<TaskStatusUpdate>, _> =
+                    report.updates.into_iter().map(TryInto::try_into).collect();
+                let updates = match updates {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(node = %node_name, "drop malformed status report: {e}");
+                        continue;
+                    }
+                };
+                let command = Command::ReportTaskStatus {
+                    node: node_name.clone(),
+                    updates,
+                    at: now_ms(),
+                };
+                if let Err(e) = store.propose(command).await {
+                    tracing::warn!(node = %node_name, "record status report: {e}");
+                    let _ = tx.send(Err(status::from_store(e))).await;
+                    break;
+                }
+            }
+            tracing::info!(node = %node_name, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

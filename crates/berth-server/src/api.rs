@@ -1,0 +1,365 @@
+//! The public `berth.v1.Berth` service.
+
+use std::pin::Pin;
+
+use berth_model::{
+    ContainerState, DesiredStatus, EventLog, StopCode, Task, TaskDefinitionRef, TaskStatus,
+    DEFAULT_NAMESPACE,
+};
+use berth_proto::v1::agent_api_client::AgentApiClient;
+use berth_proto::v1::berth_server::{Berth, BerthServer};
+use berth_proto::v1::{self as pb, LogChunk};
+use berth_store::{ClusterStatus, Command, CommandResult, Store};
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::{now_ms, status};
+
+/// At most this many tasks per RunTask call.
+pub const MAX_RUN_COUNT: u32 = 1000;
+
+pub struct BerthService {
+    store: Store,
+}
+
+impl BerthService {
+    pub fn new(store: Store) -> BerthServer<Self> {
+        BerthServer::new(Self { store })
+    }
+}
+
+fn namespace(ns: String) -> Result<String, Status> {
+    if ns.is_empty() {
+        return Ok(DEFAULT_NAMESPACE.to_owned());
+    }
+    berth_model::validate_name("namespace", &ns)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ns)
+}
+
+fn unexpected(result: CommandResult) -> Status {
+    match result {
+        CommandResult::Rejected(r) => status::from_rejection(r),
+        other => Status::internal(format!("unexpected state machine answer {other:?}")),
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Berth for BerthService {
+    async fn register_task_definition(
+        &self,
+        req: Request<pb::RegisterTaskDefinitionRequest>,
+    ) -> Result<Response<pb::RegisterTaskDefinitionResponse>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let spec: berth_model::TaskDefinitionSpec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?
+            .into();
+        spec.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let command = Command::RegisterTaskDefinition {
+            namespace,
+            spec,
+            reuse_identical: req.reuse_identical,
+            at: now_ms(),
+        };
+        match self
+            .store
+            .propose(command)
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::TaskDefinition {
+                task_definition,
+                created,
+            } => Ok(Response::new(pb::RegisterTaskDefinitionResponse {
+                task_definition: Some(task_definition.into()),
+                created,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_task_definitions(
+        &self,
+        req: Request<pb::ListTaskDefinitionsRequest>,
+    ) -> Result<Response<pb::ListTaskDefinitionsResponse>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let defs = self
+            .store
+            .read(|s| {
+                s.task_definitions(&namespace)
+                    .filter(|d| req.family.is_empty() || d.family == req.family)
+                    .cloned()
+                    .map(Into::into)
+                    .collect()
+            })
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::ListTaskDefinitionsResponse {
+            task_definitions: defs,
+        }))
+    }
+
+    async fn describe_task_definition(
+        &self,
+        req: Request<pb::DescribeTaskDefinitionRequest>,
+    ) -> Result<Response<pb::TaskDefinition>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let reference: TaskDefinitionRef = req
+            .task_definition
+            .parse()
+            .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
+        let def = self
+            .store
+            .read(|s| s.task_definition(&namespace, &reference).cloned())
+            .await
+            .map_err(status::from_store)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "task definition {reference} not found in namespace {namespace}"
+                ))
+            })?;
+        Ok(Response::new(def.into()))
+    }
+
+    async fn run_task(
+        &self,
+        req: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<pb::RunTaskResponse>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let count = req.count.max(1);
+        if count > MAX_RUN_COUNT {
+            return Err(Status::invalid_argument(format!(
+                "count {count} is too large; run at most {MAX_RUN_COUNT} tasks per call"
+            )));
+        }
+        let reference: TaskDefinitionRef = req
+            .task_definition
+            .parse()
+            .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
+        let def = self
+            .store
+            .read(|s| s.task_definition(&namespace, &reference).cloned())
+            .await
+            .map_err(status::from_store)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "task definition {reference} not found in namespace {namespace}; register it with `berth apply -f`"
+                ))
+            })?;
+        let at = now_ms();
+        let tasks = (0..count)
+            .map(|_| {
+                let mut events = EventLog::default();
+                events.push(at, "created");
+                Task {
+                    task_id: uuid::Uuid::new_v4().to_string(),
+                    namespace: namespace.clone(),
+                    task_definition: def.reference(),
+                    group: None,
+                    node: None,
+                    desired_status: DesiredStatus::Running,
+                    last_status: TaskStatus::Pending,
+                    cpu: def.cpu,
+                    memory: def.memory,
+                    created_at: at,
+                    started_at: None,
+                    stopped_at: None,
+                    stop_code: None,
+                    stopped_reason: None,
+                    containers: def
+                        .containers
+                        .iter()
+                        .map(|c| ContainerState::pending(&c.name, &c.image))
+                        .collect(),
+                    events,
+                }
+            })
+            .collect();
+        match self
+            .store
+            .propose(Command::CreateTasks { tasks })
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::Tasks(tasks) => Ok(Response::new(pb::RunTaskResponse {
+                tasks: tasks.into_iter().map(Into::into).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn stop_task(
+        &self,
+        req: Request<pb::StopTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let reason = if req.reason.is_empty() {
+            "Task stopped by user".to_owned()
+        } else {
+            req.reason
+        };
+        let command = Command::StopTask {
+            namespace,
+            task_id: req.task_id,
+            stop_code: StopCode::UserInitiated,
+            reason,
+            at: now_ms(),
+        };
+        match self
+            .store
+            .propose(command)
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::Task(task) => Ok(Response::new((*task).into())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let namespace = namespace(req.into_inner().namespace)?;
+        let mut tasks: Vec<Task> = self
+            .store
+            .read(|s| {
+                s.tasks()
+                    .filter(|t| t.namespace == namespace)
+                    .cloned()
+                    .collect()
+            })
+            .await
+            .map_err(status::from_store)?;
+        tasks.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn describe_task(
+        &self,
+        req: Request<pb::DescribeTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let task = self
+            .store
+            .read(|s| s.task(&namespace, &req.task_id).cloned())
+            .await
+            .map_err(status::from_store)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "task {} not found in namespace {namespace}",
+                    req.task_id
+                ))
+            })?;
+        Ok(Response::new(task.into()))
+    }
+
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(
+        &self,
+        req: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let (task, node) = self
+            .store
+            .read(|s| {
+                let task = s.task(&namespace, &req.task_id).cloned();
+                let node = task
+                    .as_ref()
+                    .and_then(|t| t.node.as_deref())
+                    .and_then(|n| s.node(n))
+                    .cloned();
+                (task, node)
+            })
+            .await
+            .map_err(status::from_store)?;
+        let task = task.ok_or_else(|| {
+            Status::not_found(format!(
+                "task {} not found in namespace {namespace}",
+                req.task_id
+            ))
+        })?;
+        let node = node.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "task {} has not been placed on a node yet; it has no logs",
+                task.task_id
+            ))
+        })?;
+        let mut client = AgentApiClient::connect(format!("http://{}", node.address))
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "node {} at {} is unreachable: {e}",
+                    node.name, node.address
+                ))
+            })?;
+        let stream = client
+            .logs(pb::AgentLogsRequest {
+                task_id: task.task_id,
+                follow: req.follow,
+                container: req.container,
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream.map(|r| r))))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self
+            .store
+            .read(|s| {
+                s.nodes()
+                    .map(|n| s.node_with_allocation(n).into())
+                    .collect()
+            })
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let ClusterStatus {
+            leader,
+            term,
+            commit_index,
+            applied_index,
+            members,
+        } = self.store.cluster_status();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            leader,
+            term,
+            commit_index,
+            applied_index,
+            members: members
+                .into_iter()
+                .map(|m| pb::ClusterMember {
+                    id: m.id,
+                    address: m.address,
+                    role: m.role.as_str().to_owned(),
+                    match_index: m.match_index,
+                })
+                .collect(),
+        }))
+    }
+}

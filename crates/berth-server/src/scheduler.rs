@@ -1,0 +1,94 @@
+//! The leader's scheduling loop: whenever state changes (or once a second), place pending
+//! tasks with `berth-scheduler` and propose all decisions of the round as one Raft entry.
+
+use std::time::Duration;
+
+use berth_model::{DesiredStatus, TaskStatus};
+use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
+use berth_store::{Command, Placement, State, Store, Unplaced};
+
+use crate::now_ms;
+
+/// One round's decisions, or `None` when there is nothing new to write.
+pub fn plan(state: &State, at: u64) -> Option<Command> {
+    let pending: Vec<_> = state
+        .tasks()
+        .filter(|t| {
+            t.node.is_none()
+                && t.desired_status == DesiredStatus::Running
+                && t.last_status == TaskStatus::Pending
+        })
+        .collect();
+    if pending.is_empty() {
+        return None;
+    }
+    let nodes: Vec<NodeCapacity> = state
+        .nodes()
+        .map(|n| {
+            let n = state.node_with_allocation(n);
+            NodeCapacity {
+                name: n.name.clone(),
+                status: n.status,
+                cpu_free: n.cpu.free(),
+                memory_free: n.memory.free(),
+            }
+        })
+        .collect();
+    let requests: Vec<TaskRequest> = pending
+        .iter()
+        .map(|t| TaskRequest {
+            task_id: t.task_id.clone(),
+            cpu: t.cpu.into(),
+            memory: t.memory.into(),
+        })
+        .collect();
+    let mut placements = Vec::new();
+    let mut unplaced = Vec::new();
+    for decision in place(&nodes, &requests) {
+        match decision {
+            Decision::Place { task_id, node } => placements.push(Placement { task_id, node }),
+            Decision::Unplaceable { task_id, reason } => {
+                let message = format!("unable to place: {reason}");
+                let already = state
+                    .tasks()
+                    .find(|t| t.task_id == task_id)
+                    .and_then(|t| t.events.last())
+                    .is_some_and(|e| e.message == message);
+                if !already {
+                    unplaced.push(Unplaced { task_id, reason });
+                }
+            }
+        }
+    }
+    if placements.is_empty() && unplaced.is_empty() {
+        return None;
+    }
+    Some(Command::PlaceTasks {
+        placements,
+        unplaced,
+        at,
+    })
+}
+
+/// Runs rounds while this server leads.
+pub async fn run(store: Store) {
+    let mut leader = store.leadership();
+    let mut applied = store.watch();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        let Some(command) = store.read_stale(|s| plan(s, now_ms())) else {
+            continue;
+        };
+        if let Err(e) = store.propose(command).await {
+            tracing::warn!("propose placements: {e}");
+        }
+    }
+}

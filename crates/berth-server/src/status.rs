@@ -1,0 +1,40 @@
+//! Conversion of errors to gRPC statuses: the only place where that happens.
+
+use berth_store::{Rejection, StoreError};
+use tonic::Status;
+
+/// Metadata key carrying the leader's address on UNAVAILABLE answers from followers.
+pub const LEADER_HINT: &str = "berth-leader";
+
+pub fn from_store(e: StoreError) -> Status {
+    match e {
+        StoreError::NotLeader {
+            leader_addr: Some(addr),
+            ..
+        } => {
+            let mut status = Status::unavailable(format!(
+                "this server is not the leader; the leader is at {addr}"
+            ));
+            if let Ok(v) = addr.parse() {
+                status.metadata_mut().insert(LEADER_HINT, v);
+            }
+            status
+        }
+        StoreError::NotLeader {
+            leader_addr: None, ..
+        } => Status::unavailable("the cluster has no leader right now; retry shortly"),
+        StoreError::NoQuorum(msg) => {
+            Status::unavailable(format!("the cluster has no quorum: {msg}"))
+        }
+        e @ (StoreError::Open { .. } | StoreError::Start(_) | StoreError::Fatal(_)) => {
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+pub fn from_rejection(r: Rejection) -> Status {
+    match r {
+        Rejection::Invalid(msg) => Status::invalid_argument(msg),
+        Rejection::NotFound(msg) => Status::not_found(msg),
+    }
+}
