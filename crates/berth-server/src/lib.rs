@@ -91,7 +91,21 @@ impl Server {
             .context("build reflection service")?;
         let controllers = tokio::spawn(scheduler::run(self.store.clone()));
         tracing::info!(address = %self.address, "server listening");
-        let result = tonic::transport::Server::builder()
+        // Agent streams never end by themselves: after the shutdown signal, give connections a
+        // short grace period instead of waiting for them forever.
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let grace = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let serve = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api::BerthService::new(self.store.clone()))
@@ -100,9 +114,11 @@ impl Server {
                 Liveness::default(),
             ))
             .add_service(RaftService::new(self.store.raft().clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await
-            .context("serve gRPC");
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);
+        let result = tokio::select! {
+            r = serve => r.context("serve gRPC"),
+            () = grace => Ok(()),
+        };
         controllers.abort();
         self.store.shutdown().await;
         result

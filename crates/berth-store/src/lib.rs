@@ -69,7 +69,7 @@ impl StoreConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("open raft database {path}: {source}")]
+    #[error("open raft database {path}")]
     Open { path: PathBuf, source: redb::Error },
     #[error("start raft: {0}")]
     Start(String),

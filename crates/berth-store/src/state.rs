@@ -247,7 +247,9 @@ impl State {
                         task.containers = update.containers;
                         touched = true;
                     }
-                    if task.last_status >= TaskStatus::Running && task.started_at.is_none() {
+                    // A task that goes straight to STOPPED never started.
+                    let ran = TaskStatus::Running..TaskStatus::Stopped;
+                    if ran.contains(&task.last_status) && task.started_at.is_none() {
                         task.started_at = Some(at);
                     }
                     if task.last_status == TaskStatus::Stopped {

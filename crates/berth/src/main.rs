@@ -1,1 +1,309 @@
-fn main() {}
+//! `berth`: one binary, four roles — `server`, `agent`, `dev`, and every other subcommand is
+//! the admin CLI.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_agent::{Agent, AgentConfig, ContainerdConfig, ContainerdRuntime};
+use berth_server::{Server, ServerConfig};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A self-hosted, Fargate-style container task scheduler"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: berth_cli::GlobalArgs,
+    #[command(subcommand)]
+    command: Role,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Role {
+    /// Run a control node (Raft member, API, agent endpoint, controllers).
+    Server(ServerArgs),
+    /// Run a node agent that runs tasks through containerd.
+    Agent(AgentArgs),
+    /// Run a server and an agent in one process, with their own containerd and registry.
+    Dev(DevArgs),
+    #[command(flatten)]
+    Client(berth_cli::Command),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Where the Raft log and state machine live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The address every gRPC service listens on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// The address other servers and agents use to reach this one (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This server's Raft member ID.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Where task logs and agent state live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Server addresses, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7400")]
+    servers: Vec<String>,
+    /// containerd's gRPC socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd: PathBuf,
+    /// containerd namespace for this agent's containers (default: berth-<node name>).
+    #[arg(long)]
+    containerd_namespace: Option<String>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// CPU units offered to tasks (default: 1024 per CPU).
+    #[arg(long)]
+    cpu: Option<u64>,
+    /// MiB offered to tasks (default: the host's memory).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Node attributes for placement constraints, KEY=VALUE.
+    #[arg(long = "attr", value_name = "K=V")]
+    attributes: Vec<String>,
+    /// Where the agent's API (logs) listens; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Registries (host:port) reached over plain HTTP besides loopback ones.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DevArgs {
+    /// Where everything (Raft, containerd, registry, logs) lives.
+    #[arg(long, default_value = ".berth-dev")]
+    data_dir: PathBuf,
+    /// The server's listen address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Use this containerd socket instead of starting one.
+    #[arg(long)]
+    containerd: Option<PathBuf>,
+    /// Where the local registry listens (started from PATH when nothing answers there).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    registry: SocketAddr,
+    /// Do not start a registry or push the demo image.
+    #[arg(long)]
+    no_registry: bool,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("install SIGTERM handler: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+fn host_memory_mib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(1024, |kb| kb / 1024)
+}
+
+fn parse_attributes(attrs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    attrs
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--attr {kv:?} must be KEY=VALUE"))
+        })
+        .collect()
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = args.node_name.unwrap_or_else(host_name);
+    let runtime = ContainerdRuntime::connect(ContainerdConfig {
+        socket: args.containerd.clone(),
+        namespace: args
+            .containerd_namespace
+            .unwrap_or_else(|| format!("berth-{node_name}")),
+        insecure_registries: args.insecure_registries,
+        cgroup_parent: format!("/berth/{node_name}"),
+    })
+    .await?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let config = AgentConfig {
+        node_name,
+        data_dir: args.data_dir,
+        servers: args.servers,
+        listen: args.listen,
+        cpu: args.cpu.unwrap_or(cpus * 1024),
+        memory: args.memory.unwrap_or_else(host_memory_mib),
+        attributes: parse_attributes(&args.attributes)?,
+        heartbeat_interval: Duration::from_secs(1),
+    };
+    Agent::run(config, Arc::new(runtime), shutdown_signal()).await
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let (socket, _containerd) = match args.containerd {
+        Some(socket) => (socket, None),
+        None => {
+            let c = berth_dev::Containerd::start(&data_dir.join("containerd")).await?;
+            tracing::info!(socket = %c.socket.display(), "started containerd");
+            (c.socket.clone(), Some(c))
+        }
+    };
+    let mut _registry = None;
+    let mut demo = None;
+    if !args.no_registry {
+        if !berth_dev::registry_ready(args.registry).await {
+            match berth_dev::find_program("docker-registry") {
+                Some(_) => {
+                    _registry = Some(
+                        berth_dev::Registry::start(&data_dir.join("registry"), args.registry)
+                            .await?,
+                    );
+                    tracing::info!(address = %args.registry, "started registry");
+                }
+                None => tracing::warn!("docker-registry is not installed; no local registry"),
+            }
+        }
+        if let Some(busybox) = berth_dev::find_program("busybox") {
+            if berth_dev::registry_ready(args.registry).await {
+                let reference = format!("{}/demo:latest", args.registry);
+                berth_dev::push_busybox_image(&busybox, &reference).await?;
+                demo = Some(reference);
+            }
+        }
+    }
+    let server = Server::start(ServerConfig {
+        node_id: 1,
+        data_dir: data_dir.join("server"),
+        listen: args.listen,
+        advertise: None,
+    })
+    .await?;
+    let server_addr = server.address.to_string();
+    let runtime = ContainerdRuntime::connect(ContainerdConfig {
+        socket,
+        namespace: "berth-dev".into(),
+        insecure_registries: vec![],
+        cgroup_parent: "/berth/dev".into(),
+    })
+    .await?;
+    let agent = AgentConfig {
+        node_name: "dev".into(),
+        data_dir: data_dir.join("agent"),
+        servers: vec![server_addr.clone()],
+        listen: "127.0.0.1:0".parse()?,
+        cpu: std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1024,
+        memory: host_memory_mib(),
+        attributes: BTreeMap::new(),
+        heartbeat_interval: Duration::from_secs(1),
+    };
+    match &demo {
+        Some(image) => eprintln!(
+            "berth dev is ready at {server_addr}. In another terminal:\n    berth run --wait {image} -- echo hello"
+        ),
+        None => eprintln!("berth dev is ready at {server_addr}"),
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent_task = tokio::spawn(async move {
+        let mut stop_rx = stop_rx;
+        Agent::run(agent, Arc::new(runtime), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    let result = server.serve(shutdown_signal()).await;
+    stop_tx.send_replace(true);
+    let _ = agent_task.await;
+    result
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Role::Server(args) => {
+            init_logging("info,openraft=warn");
+            let result = async {
+                let server = Server::start(ServerConfig {
+                    node_id: args.node_id,
+                    data_dir: args.data_dir,
+                    listen: args.listen,
+                    advertise: args.advertise,
+                })
+                .await?;
+                server.serve(shutdown_signal()).await
+            }
+            .await;
+            exit_code(result.map(|()| 0))
+        }
+        Role::Agent(args) => {
+            init_logging("info,openraft=warn");
+            exit_code(run_agent(args).await.map(|()| 0))
+        }
+        Role::Dev(args) => {
+            init_logging("info,openraft=warn");
+            exit_code(run_dev(args).await.map(|()| 0))
+        }
+        Role::Client(command) => {
+            init_logging("warn");
+            exit_code(berth_cli::run(cli.global, command).await)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn exit_code(result: anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,738 @@
+//! The client subcommands.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use berth_model::{
+    ContainerDefinition, Node, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatus,
+};
+use berth_proto::v1 as pb;
+use serde::Serialize;
+use tokio_stream::StreamExt;
+
+use crate::output::{age, structured, table, Format};
+use crate::{connect, status_error, GlobalArgs};
+
+/// How often `run --wait` asks for the task's state.
+const POLL: Duration = Duration::from_millis(100);
+/// Exit code of `run --wait` when the task never ran (as `docker run` uses 125).
+const EXIT_FAILED_TO_START: i32 = 125;
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Run a task from an image or a registered task definition.
+    Run(RunArgs),
+    /// Register the objects in YAML manifests.
+    Apply {
+        /// A file, a directory of *.yaml/*.yml files, or - for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        /// Validate only; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], nodes.
+    Get { kind: String, name: Option<String> },
+    /// Show an object in detail: task ID, taskdef FAMILY[:REV], node NAME.
+    Describe { kind: String, name: String },
+    /// Print a task's output.
+    Logs {
+        task: String,
+        /// Keep printing new output until the task stops.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this container's output.
+        #[arg(long)]
+        container: Option<String>,
+    },
+    /// Stop a task (SIGTERM, then SIGKILL after the stop timeout).
+    Stop {
+        task: String,
+        /// Recorded as the task's stopped reason.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Inspect the control plane.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, commit index and members.
+    Status,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The image to run (registry/repository:tag or @sha256:digest).
+    #[arg(
+        required_unless_present = "task_definition",
+        conflicts_with = "task_definition"
+    )]
+    image: Option<String>,
+    /// Run this registered task definition instead of an image.
+    #[arg(long, value_name = "FAMILY[:REV]")]
+    task_definition: Option<String>,
+    /// CPU units (1024 = 1 vCPU).
+    #[arg(long, default_value_t = 256)]
+    cpu: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// Environment variables.
+    #[arg(short, long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Task definition family for an image run; derived from the image name when absent.
+    #[arg(long)]
+    family: Option<String>,
+    /// Grace period between SIGTERM and SIGKILL when the task is stopped (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    stop_timeout: Duration,
+    /// How many tasks.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Wait for the task to stop, print its output and exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Run(args) => run_task(&global, args).await,
+        Command::Apply { files, dry_run } => apply(&global, &files, dry_run).await.map(|()| 0),
+        Command::Get { kind, name } => get(&global, &kind, name.as_deref()).await.map(|()| 0),
+        Command::Describe { kind, name } => describe(&global, &kind, &name).await.map(|()| 0),
+        Command::Logs {
+            task,
+            follow,
+            container,
+        } => logs(&global, &task, follow, container.unwrap_or_default())
+            .await
+            .map(|()| 0),
+        Command::Stop { task, reason } => {
+            let mut client = connect(&global.servers).await?;
+            let task = client
+                .stop_task(pb::StopTaskRequest {
+                    namespace: global.namespace.clone(),
+                    task_id: task,
+                    reason: reason.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let task: Task = task.try_into()?;
+            print_tasks(global.output, &[task], true)?;
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Status) => cluster_status(&global).await.map(|()| 0),
+    }
+}
+
+/// `demo` from `127.0.0.1:5000/team/demo:latest`, made a valid family name.
+pub fn family_from_image(image: &str) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    let name = last.split(':').next().unwrap_or(last);
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches(['-', '_']).to_owned();
+    if cleaned.is_empty() {
+        "task".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
+    if args.wait && args.count != 1 {
+        bail!("--wait follows one task; drop --count or --wait");
+    }
+    let mut client = connect(&global.servers).await?;
+    let task_definition = match (&args.image, &args.task_definition) {
+        (_, Some(td)) => td.clone(),
+        (Some(image), None) => {
+            let mut environment = BTreeMap::new();
+            for kv in &args.env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv:?} must be KEY=VALUE"))?;
+                environment.insert(k.to_owned(), v.to_owned());
+            }
+            let family = args
+                .family
+                .clone()
+                .unwrap_or_else(|| family_from_image(image));
+            let mut container = ContainerDefinition::new(family.clone(), image.clone());
+            container.command = args.command.clone();
+            container.environment = environment;
+            container.stop_timeout =
+                u32::try_from(args.stop_timeout.as_secs()).context("--stop-timeout is too long")?;
+            let spec = TaskDefinitionSpec {
+                family,
+                cpu: args.cpu,
+                memory: args.memory,
+                containers: vec![container],
+            };
+            spec.validate()
+                .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;
+            let registered = client
+                .register_task_definition(pb::RegisterTaskDefinitionRequest {
+                    namespace: global.namespace.clone(),
+                    spec: Some(spec.into()),
+                    reuse_identical: true,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let def = registered
+                .task_definition
+                .context("server sent no task definition")?;
+            format!("{}:{}", def.family, def.revision)
+        }
+        (None, None) => bail!("give an IMAGE or --task-definition FAMILY[:REV]"),
+    };
+    let tasks = client
+        .run_task(pb::RunTaskRequest {
+            namespace: global.namespace.clone(),
+            task_definition,
+            count: args.count,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .tasks;
+    if !args.wait {
+        for t in &tasks {
+            println!("{}", t.task_id);
+        }
+        return Ok(0);
+    }
+    let task_id = tasks
+        .first()
+        .context("server created no task")?
+        .task_id
+        .clone();
+    eprintln!("{task_id}");
+    wait_and_stream(global, &mut client, &task_id).await
+}
+
+async fn describe_task(
+    client: &mut berth_proto::v1::berth_client::BerthClient<tonic::transport::Channel>,
+    namespace: &str,
+    task_id: &str,
+) -> anyhow::Result<Task> {
+    let task = client
+        .describe_task(pb::DescribeTaskRequest {
+            namespace: namespace.to_owned(),
+            task_id: task_id.to_owned(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    Ok(task.try_into()?)
+}
+
+async fn wait_and_stream(
+    global: &GlobalArgs,
+    client: &mut berth_proto::v1::berth_client::BerthClient<tonic::transport::Channel>,
+    task_id: &str,
+) -> anyhow::Result<i32> {
+    let mut last_event = None;
+    let task = loop {
+        let task = describe_task(client, &global.namespace, task_id).await?;
+        if let Some(e) = task.events.last() {
+            if last_event.as_ref() != Some(&e.message) {
+                eprintln!("{}: {}", task.last_status, e.message);
+                last_event = Some(e.message.clone());
+            }
+        }
+        if task.last_status >= TaskStatus::Running {
+            break task;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    if task.started_at.is_some() {
+        logs(global, task_id, true, String::new()).await?;
+    }
+    let task = loop {
+        let task = describe_task(client, &global.namespace, task_id).await?;
+        if task.is_stopped() {
+            break task;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    if task.stop_code == Some(StopCode::TaskFailedToStart) {
+        eprintln!(
+            "error: task {task_id} failed to start: {}",
+            task.stopped_reason.as_deref().unwrap_or("no reason given")
+        );
+        return Ok(EXIT_FAILED_TO_START);
+    }
+    Ok(task.exit_code().unwrap_or(1))
+}
+
+async fn logs(
+    global: &GlobalArgs,
+    task: &str,
+    follow: bool,
+    container: String,
+) -> anyhow::Result<()> {
+    let mut client = connect(&global.servers).await?;
+    let mut stream = client
+        .task_logs(pb::TaskLogsRequest {
+            namespace: global.namespace.clone(),
+            task_id: task.to_owned(),
+            follow,
+            container,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(status_error)?;
+        stdout.write_all(&chunk.data)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+fn read_manifest_sources(files: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut sources = Vec::new();
+    for f in files {
+        if f == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("read stdin")?;
+            sources.push(("<stdin>".to_owned(), text));
+            continue;
+        }
+        let path = Path::new(f);
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("read directory {f}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect();
+            entries.sort();
+            for p in entries {
+                let text =
+                    std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+                sources.push((p.display().to_string(), text));
+            }
+        } else {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {f}"))?;
+            sources.push((f.clone(), text));
+        }
+    }
+    Ok(sources)
+}
+
+async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::Result<()> {
+    // Parse and validate everything before storing anything.
+    let mut documents = Vec::new();
+    for (name, text) in read_manifest_sources(files)? {
+        documents.extend(berth_manifest::parse(&name, &text)?);
+    }
+    if documents.is_empty() {
+        bail!("no objects found in {}", files.join(", "));
+    }
+    if dry_run {
+        for d in &documents {
+            println!(
+                "{}/{} valid (dry run)",
+                d.object.kind().to_lowercase(),
+                d.metadata.name
+            );
+        }
+        return Ok(());
+    }
+    let mut client = connect(&global.servers).await?;
+    for d in documents {
+        let namespace = d
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| global.namespace.clone());
+        match d.object {
+            berth_manifest::Object::TaskDefinition(spec) => {
+                let r = client
+                    .register_task_definition(pb::RegisterTaskDefinitionRequest {
+                        namespace,
+                        spec: Some(spec.into()),
+                        reuse_identical: true,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let def = r
+                    .task_definition
+                    .context("server sent no task definition")?;
+                let verb = if r.created { "registered" } else { "unchanged" };
+                println!("taskdefinition/{}:{} {verb}", def.family, def.revision);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterStatusJson {
+    leader: Option<u64>,
+    term: u64,
+    commit_index: u64,
+    applied_index: u64,
+    members: Vec<MemberJson>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberJson {
+    id: u64,
+    address: String,
+    role: String,
+    match_index: Option<u64>,
+}
+
+async fn cluster_status(global: &GlobalArgs) -> anyhow::Result<()> {
+    let mut client = connect(&global.servers).await?;
+    let s = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let json = ClusterStatusJson {
+        leader: s.leader,
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        members: s
+            .members
+            .into_iter()
+            .map(|m| MemberJson {
+                id: m.id,
+                address: m.address,
+                role: m.role,
+                match_index: m.match_index,
+            })
+            .collect(),
+    };
+    match global.output {
+        Format::Json | Format::Yaml => structured(global.output, &json)?,
+        Format::Table | Format::Wide => {
+            let leader = json.leader.map_or("none".to_owned(), |l| l.to_string());
+            println!(
+                "leader: {leader}   term: {}   commit index: {}   applied index: {}\n",
+                json.term, json.commit_index, json.applied_index
+            );
+            let rows: Vec<Vec<String>> = json
+                .members
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.address.clone(),
+                        m.role.clone(),
+                        m.match_index.map_or("-".to_owned(), |i| i.to_string()),
+                    ]
+                })
+                .collect();
+            table(&["ID", "ADDRESS", "ROLE", "MATCH INDEX"], &rows);
+        }
+    }
+    Ok(())
+}
+
+fn print_tasks(format: Format, tasks: &[Task], single: bool) -> anyhow::Result<()> {
+    match format {
+        Format::Json | Format::Yaml if single => structured(format, &tasks[0]),
+        Format::Json | Format::Yaml => structured(format, &tasks),
+        Format::Table | Format::Wide => {
+            let wide = format == Format::Wide;
+            let rows: Vec<Vec<String>> = tasks
+                .iter()
+                .map(|t| {
+                    let mut row = vec![
+                        t.task_id.clone(),
+                        t.task_definition.to_string(),
+                        t.last_status.to_string(),
+                        t.desired_status.to_string(),
+                        t.node.clone().unwrap_or_else(|| "-".into()),
+                        age(t.created_at),
+                    ];
+                    if wide {
+                        row.push(t.exit_code().map_or("-".into(), |c| c.to_string()));
+                        row.push(t.stop_code.map_or("-".into(), |c| c.to_string()));
+                        row.push(t.stopped_reason.clone().unwrap_or_else(|| "-".into()));
+                    }
+                    row
+                })
+                .collect();
+            let mut header = vec![
+                "TASK ID",
+                "TASK DEFINITION",
+                "STATUS",
+                "DESIRED",
+                "NODE",
+                "AGE",
+            ];
+            if wide {
+                header.extend(["EXIT", "STOP CODE", "REASON"]);
+            }
+            table(&header, &rows);
+            Ok(())
+        }
+    }
+}
+
+fn print_taskdefs(format: Format, defs: &[TaskDefinition], single: bool) -> anyhow::Result<()> {
+    match format {
+        Format::Json | Format::Yaml if single => structured(format, &defs[0]),
+        Format::Json | Format::Yaml => structured(format, &defs),
+        Format::Table | Format::Wide => {
+            let rows: Vec<Vec<String>> = defs
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.family.clone(),
+                        d.revision.to_string(),
+                        d.status.to_string(),
+                        d.cpu.to_string(),
+                        d.memory.to_string(),
+                        d.containers
+                            .iter()
+                            .map(|c| c.image.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        age(d.registered_at),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "FAMILY", "REVISION", "STATUS", "CPU", "MEMORY", "IMAGES", "AGE",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeJson<'a> {
+    name: &'a str,
+    address: &'a str,
+    status: berth_model::NodeStatus,
+    attributes: &'a BTreeMap<String, String>,
+    cpu: berth_model::Resources,
+    memory: berth_model::Resources,
+}
+
+fn node_json(n: &Node) -> NodeJson<'_> {
+    NodeJson {
+        name: &n.name,
+        address: &n.address,
+        status: n.status,
+        attributes: &n.attributes,
+        cpu: n.cpu,
+        memory: n.memory,
+    }
+}
+
+fn print_nodes(format: Format, nodes: &[Node], single: bool) -> anyhow::Result<()> {
+    match format {
+        Format::Json | Format::Yaml if single => structured(format, &node_json(&nodes[0])),
+        Format::Json | Format::Yaml => {
+            structured(format, &nodes.iter().map(node_json).collect::<Vec<_>>())
+        }
+        Format::Table | Format::Wide => {
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.status.to_string(),
+                        n.address.clone(),
+                        format!("{}/{}", n.cpu.allocated, n.cpu.total),
+                        format!("{}/{} MiB", n.memory.allocated, n.memory.total),
+                        n.attributes
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            table(
+                &["NAME", "STATUS", "ADDRESS", "CPU", "MEMORY", "ATTRIBUTES"],
+                &rows,
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Result<()> {
+    let mut client = connect(&global.servers).await?;
+    let ns = global.namespace.clone();
+    match (kind, name) {
+        ("tasks" | "task", None) => {
+            let tasks = client
+                .list_tasks(pb::ListTasksRequest { namespace: ns })
+                .await
+                .map_err(status_error)?;
+            let tasks: Vec<Task> = tasks
+                .into_inner()
+                .tasks
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?;
+            print_tasks(global.output, &tasks, false)
+        }
+        ("tasks" | "task", Some(id)) => {
+            let task = describe_task(&mut client, &ns, id).await?;
+            print_tasks(global.output, &[task], true)
+        }
+        ("taskdefs" | "taskdef" | "taskdefinitions" | "taskdefinition", None) => {
+            let defs = client
+                .list_task_definitions(pb::ListTaskDefinitionsRequest {
+                    namespace: ns,
+                    family: String::new(),
+                })
+                .await
+                .map_err(status_error)?;
+            let defs: Vec<TaskDefinition> = defs
+                .into_inner()
+                .task_definitions
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?;
+            print_taskdefs(global.output, &defs, false)
+        }
+        ("taskdefs" | "taskdef" | "taskdefinitions" | "taskdefinition", Some(r)) => {
+            let def = client
+                .describe_task_definition(pb::DescribeTaskDefinitionRequest {
+                    namespace: ns,
+                    task_definition: r.to_owned(),
+                })
+                .await
+                .map_err(status_error)?;
+            print_taskdefs(global.output, &[def.into_inner().try_into()?], true)
+        }
+        ("nodes" | "node", name) => {
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(status_error)?;
+            let mut nodes: Vec<Node> = nodes
+                .into_inner()
+                .nodes
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?;
+            if let Some(name) = name {
+                nodes.retain(|n| n.name == name);
+                if nodes.is_empty() {
+                    bail!("node {name} not found");
+                }
+            }
+            print_nodes(global.output, &nodes, name.is_some())
+        }
+        (other, _) => bail!(
+            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV] or nodes"
+        ),
+    }
+}
+
+async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result<()> {
+    if global.output != Format::Table && global.output != Format::Wide {
+        return get(global, kind, Some(name)).await;
+    }
+    let mut client = connect(&global.servers).await?;
+    match kind {
+        "task" | "tasks" => {
+            let t = describe_task(&mut client, &global.namespace, name).await?;
+            println!("Task ID:          {}", t.task_id);
+            println!("Namespace:        {}", t.namespace);
+            println!("Task definition:  {}", t.task_definition);
+            println!("Group:            {}", t.group.as_deref().unwrap_or("-"));
+            println!("Node:             {}", t.node.as_deref().unwrap_or("-"));
+            println!("Desired status:   {}", t.desired_status);
+            println!("Last status:      {}", t.last_status);
+            println!("CPU / memory:     {} units / {} MiB", t.cpu, t.memory);
+            println!(
+                "Created:          {}",
+                berth_model::format_timestamp(t.created_at)
+            );
+            if let Some(s) = t.started_at {
+                println!("Started:          {}", berth_model::format_timestamp(s));
+            }
+            if let Some(s) = t.stopped_at {
+                println!("Stopped:          {}", berth_model::format_timestamp(s));
+            }
+            if let Some(code) = t.stop_code {
+                println!("Stop code:        {code}");
+            }
+            if let Some(reason) = &t.stopped_reason {
+                println!("Stopped reason:   {reason}");
+            }
+            println!("Containers:");
+            for c in &t.containers {
+                println!(
+                    "  {}  {}  {}  exit={}  health={}{}",
+                    c.name,
+                    c.image,
+                    c.last_status,
+                    c.exit_code.map_or("-".into(), |e| e.to_string()),
+                    c.health_status,
+                    c.reason
+                        .as_ref()
+                        .map(|r| format!("  reason={r}"))
+                        .unwrap_or_default()
+                );
+                if let Some(d) = &c.image_digest {
+                    println!("    image digest: {d}");
+                }
+            }
+            println!("Events:");
+            for e in t.events.iter() {
+                println!("  {}  {}", berth_model::format_timestamp(e.at), e.message);
+            }
+            Ok(())
+        }
+        _ => get(global, kind, Some(name)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::family_from_image;
+
+    #[test]
+    fn families_from_images() {
+        assert_eq!(family_from_image("127.0.0.1:5000/demo:latest"), "demo");
+        assert_eq!(
+            family_from_image("registry.io/team/web.app@sha256:abc"),
+            "web-app"
+        );
+        assert_eq!(family_from_image("busybox"), "busybox");
+    }
+}

@@ -1,0 +1,127 @@
+//! Builds a one-layer OCI image holding `busybox-static` and its applets, and pushes it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use flate2::write::GzEncoder;
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use sha2::{Digest, Sha256};
+
+/// An image ready to push.
+pub struct BusyboxImage {
+    /// The gzipped layer.
+    pub layer: Vec<u8>,
+    /// The image config JSON.
+    pub config: Vec<u8>,
+}
+
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// `/bin/busybox` plus a symlink per applet, `/tmp`, and mount points; CMD `sh`.
+pub fn build_busybox_image(busybox: &Path) -> anyhow::Result<BusyboxImage> {
+    let binary = std::fs::read(busybox).with_context(|| {
+        format!(
+            "read {}; install busybox-static (`make deps`)",
+            busybox.display()
+        )
+    })?;
+    let applets = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .context("list busybox applets")?;
+    let applets = String::from_utf8_lossy(&applets.stdout).into_owned();
+
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dir = |path: &str, mode: u32| -> anyhow::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, std::io::empty())
+            .context("tar dir")
+    };
+    for (path, mode) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("tmp", 0o1777),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+    ] {
+        dir(path, mode)?;
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(binary.len() as u64);
+    h.set_mtime(0);
+    tar.append_data(&mut h, "bin/busybox", binary.as_slice())
+        .context("tar busybox")?;
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(0);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .context("tar applet link")?;
+    }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(passwd.len() as u64);
+    h.set_mtime(0);
+    tar.append_data(&mut h, "etc/passwd", &passwd[..])
+        .context("tar passwd")?;
+    let raw = tar.into_inner().context("finish tar")?;
+    let diff_id = format!("sha256:{:x}", Sha256::digest(&raw));
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).context("gzip layer")?;
+    let layer = gz.finish().context("gzip layer")?;
+    let config = serde_json::json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+        },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    });
+    Ok(BusyboxImage {
+        layer,
+        config: serde_json::to_vec(&config)?,
+    })
+}
+
+/// Builds the busybox image and pushes it as `reference` (`host:port/repo:tag`) over plain
+/// HTTP. Returns the manifest URL.
+pub async fn push_busybox_image(busybox: &Path, reference: &str) -> anyhow::Result<String> {
+    let image = build_busybox_image(busybox)?;
+    let reference: Reference = reference
+        .parse()
+        .with_context(|| format!("parse {reference}"))?;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let layers = [ImageLayer::oci_v1_gzip(image.layer, None)];
+    let config = Config::oci_v1(image.config, None::<BTreeMap<String, String>>);
+    let pushed = client
+        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .await
+        .with_context(|| format!("push {reference}"))?;
+    Ok(pushed.manifest_url)
+}
