@@ -1,1 +1,195 @@
+//! Harness for berth's end-to-end tests: real containerd, a real registry, real `berth server`
+//! and `berth agent` processes on loopback ports. Every process dies with its handle; nothing
+//! sleeps a fixed time to wait for a state — [`poll`] waits on a condition with a deadline.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use berth_dev::{free_port, Containerd, Registry};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// The `berth` binary under test: `$BERTH_BIN`, or `berth` next to the test executable's
+/// `deps/` directory (what `cargo build` produced).
+pub fn berth_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BERTH_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let bin = dir.join("berth");
+    assert!(bin.is_file(), "{} is missing; run `cargo build -p berth` first (make test does)", bin.display());
+    bin
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, failing after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// containerd, a registry holding `demo:latest` (busybox), and a scratch directory.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub containerd: Containerd,
+    pub registry: Registry,
+    /// `127.0.0.1:PORT/demo:latest`.
+    pub image: String,
+}
+
+impl Env {
+    pub async fn start() -> anyhow::Result<Self> {
+        // Short paths: containerd's sockets must fit in 108 bytes.
+        let dir = tempfile::Builder::new().prefix("berth-e2e").tempdir_in("/tmp")?;
+        let containerd = Containerd::start(&dir.path().join("ctd")).await?;
+        let registry = Registry::start_on_free_port(&dir.path().join("registry")).await?;
+        let busybox = berth_dev::find_program("busybox").context("busybox-static is not installed")?;
+        let image = format!("{}/demo:latest", registry.addr);
+        berth_dev::push_busybox_image(&busybox, &image).await?;
+        Ok(Self { dir, containerd, registry, image })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A `berth server` process.
+pub struct ServerProc {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+impl ServerProc {
+    /// Starts a server on `addr` (a free port when `None`) and waits until it leads.
+    pub async fn start(data_dir: &Path, addr: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let addr = match addr {
+            Some(a) => a,
+            None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
+        std::fs::create_dir_all(data_dir)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log"))?;
+        let child = Command::new(berth_bin())
+            .args(["server", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn berth server")?;
+        let server = Self { addr, data_dir: data_dir.to_owned(), child };
+        poll("server to elect itself leader", Duration::from_secs(20), || async {
+            let out = cli(&server.addr.to_string(), &["cluster", "status", "-o", "json"]).await.ok()?;
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            v.get("leader").filter(|l| !l.is_null()).map(|_| ())
+        })
+        .await
+        .with_context(|| format!("see {}", data_dir.join("server.log").display()))?;
+        Ok(server)
+    }
+
+    /// kill -9.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("kill server")
+    }
+}
+
+/// A `berth agent` process.
+pub struct AgentProc {
+    pub name: String,
+    pub namespace: String,
+    _child: Child,
+}
+
+impl AgentProc {
+    /// Starts an agent and waits until the server lists its node.
+    pub async fn start(env: &Env, server: &str, name: &str) -> anyhow::Result<Self> {
+        let data_dir = env.path(&format!("agent-{name}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let log = std::fs::File::create(data_dir.join("agent.log"))?;
+        let namespace = format!("berth-e2e-{name}");
+        let child = Command::new(berth_bin())
+            .args(["agent", "--servers", server, "--node-name", name, "--cpu", "2048", "--memory", "2048"])
+            .args(["--containerd-namespace", &namespace, "--data-dir"])
+            .arg(&data_dir)
+            .arg("--containerd")
+            .arg(&env.containerd.socket)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn berth agent")?;
+        let agent = Self { name: name.to_owned(), namespace, _child: child };
+        poll("agent to register", Duration::from_secs(20), || async {
+            let out = cli(server, &["get", "nodes", "-o", "json"]).await.ok()?;
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            v.as_array()?.iter().any(|n| n["name"] == name).then_some(())
+        })
+        .await
+        .with_context(|| format!("see {}", data_dir.join("agent.log").display()))?;
+        Ok(agent)
+    }
+}
+
+/// Runs the CLI against `server` with `args`.
+pub async fn cli(server: &str, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(berth_bin())
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run berth CLI")
+}
+
+/// Runs the CLI and parses its stdout as JSON; fails with its stderr when it exits non-zero.
+pub async fn cli_json(server: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = cli(server, &all).await?;
+    if !out.status.success() {
+        bail!("berth {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("parse output of berth {}", args.join(" ")))
+}
+
+/// Waits until the task is STOPPED and returns it.
+pub async fn wait_stopped(server: &str, task_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+    poll(&format!("task {task_id} to stop"), timeout, || async {
+        let t = cli_json(server, &["get", "task", task_id]).await.ok()?;
+        (t["lastStatus"] == "STOPPED").then_some(t)
+    })
+    .await
+}
+
+/// Container IDs in a containerd namespace, read with `ctr`.
+pub async fn containerd_containers(socket: &Path, namespace: &str) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", namespace, "containers", "list", "--quiet"])
+        .output()
+        .await
+        .context("run ctr")?;
+    if !out.status.success() {
+        bail!("ctr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+}
