@@ -39,10 +39,19 @@ fn stderr(out: &std::process::Output) -> String {
 #[tokio::test]
 async fn echo_hello_runs_to_completion_and_logs_hello() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
-    let out = cli(&c.addr(), &["run", "--wait", &c.env.image, "--", "echo", "hello"]).await?;
+    let out = cli(
+        &c.addr(),
+        &["run", "--wait", &c.env.image, "--", "echo", "hello"],
+    )
+    .await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hello\n");
-    let task_id = stderr(&out).lines().next().unwrap_or_default().trim().to_owned();
+    let task_id = stderr(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let task = wait_stopped(&c.addr(), &task_id, TIMEOUT).await?;
     assert_eq!(task["containers"][0]["exitCode"], 0);
     assert_eq!(task["stopCode"], "EssentialContainerExited");
@@ -55,9 +64,18 @@ async fn echo_hello_runs_to_completion_and_logs_hello() -> anyhow::Result<()> {
 #[tokio::test]
 async fn exit_code_is_reported_and_returned() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
-    let out = cli(&c.addr(), &["run", "--wait", &c.env.image, "--", "sh", "-c", "exit 3"]).await?;
+    let out = cli(
+        &c.addr(),
+        &["run", "--wait", &c.env.image, "--", "sh", "-c", "exit 3"],
+    )
+    .await?;
     assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
-    let task_id = stderr(&out).lines().next().unwrap_or_default().trim().to_owned();
+    let task_id = stderr(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let task = wait_stopped(&c.addr(), &task_id, TIMEOUT).await?;
     assert_eq!(task["containers"][0]["exitCode"], 3);
     assert_eq!(task["stopCode"], "EssentialContainerExited");
@@ -74,9 +92,18 @@ async fn unknown_image_fails_to_start_with_a_reason_naming_it() -> anyhow::Resul
     let task = wait_stopped(&c.addr(), &task_id, TIMEOUT).await?;
     assert_eq!(task["stopCode"], "TaskFailedToStart");
     let reason = task["stoppedReason"].as_str().unwrap_or_default();
-    assert!(reason.contains(&image), "reason {reason:?} does not name {image}");
-    assert!(reason.contains("manifest unknown"), "reason {reason:?} does not quote the registry");
-    assert!(task.get("startedAt").is_none(), "a task that never ran has no startedAt");
+    assert!(
+        reason.contains(&image),
+        "reason {reason:?} does not name {image}"
+    );
+    assert!(
+        reason.contains("manifest unknown"),
+        "reason {reason:?} does not quote the registry"
+    );
+    assert!(
+        task.get("startedAt").is_none(),
+        "a task that never ran has no startedAt"
+    );
     Ok(())
 }
 
@@ -85,7 +112,21 @@ async fn memory_limit_is_enforced_by_the_cgroup() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     let read_limit =
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
-    let out = cli(&c.addr(), &["run", "--wait", "--memory", "64", &c.env.image, "--", "sh", "-c", read_limit]).await?;
+    let out = cli(
+        &c.addr(),
+        &[
+            "run",
+            "--wait",
+            "--memory",
+            "64",
+            &c.env.image,
+            "--",
+            "sh",
+            "-c",
+            read_limit,
+        ],
+    )
+    .await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), (64u64 * 1024 * 1024).to_string());
     Ok(())
@@ -94,7 +135,19 @@ async fn memory_limit_is_enforced_by_the_cgroup() -> anyhow::Result<()> {
 #[tokio::test]
 async fn stop_terminates_within_the_stop_timeout_and_removes_the_container() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
-    let out = cli(&c.addr(), &["run", "--stop-timeout", "2s", &c.env.image, "--", "sleep", "600"]).await?;
+    let out = cli(
+        &c.addr(),
+        &[
+            "run",
+            "--stop-timeout",
+            "2s",
+            &c.env.image,
+            "--",
+            "sleep",
+            "600",
+        ],
+    )
+    .await?;
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let task_id = stdout(&out).trim().to_owned();
     poll("task to run", TIMEOUT, || async {
@@ -102,7 +155,12 @@ async fn stop_terminates_within_the_stop_timeout_and_removes_the_container() -> 
         (t["lastStatus"] == "RUNNING").then_some(())
     })
     .await?;
-    assert_eq!(containerd_containers(&c.env.containerd.socket, &c.agent.namespace).await?.len(), 1);
+    assert_eq!(
+        containerd_containers(&c.env.containerd.socket, &c.agent.namespace)
+            .await?
+            .len(),
+        1
+    );
 
     let asked = Instant::now();
     let out = cli(&c.addr(), &["stop", &task_id]).await?;
@@ -110,10 +168,16 @@ async fn stop_terminates_within_the_stop_timeout_and_removes_the_container() -> 
     // `sleep` as PID 1 ignores SIGTERM: the agent must SIGKILL it after the 2 s stop timeout.
     let task = wait_stopped(&c.addr(), &task_id, TIMEOUT).await?;
     let took = asked.elapsed();
-    assert!(took < Duration::from_secs(4), "stop took {took:?}, more than stopTimeout + 2s");
+    assert!(
+        took < Duration::from_secs(4),
+        "stop took {took:?}, more than stopTimeout + 2s"
+    );
     assert_eq!(task["stopCode"], "UserInitiated");
     assert_eq!(task["containers"][0]["exitCode"], 137);
-    assert_eq!(containerd_containers(&c.env.containerd.socket, &c.agent.namespace).await?, Vec::<String>::new());
+    assert_eq!(
+        containerd_containers(&c.env.containerd.socket, &c.agent.namespace).await?,
+        Vec::<String>::new()
+    );
     Ok(())
 }
 
@@ -129,7 +193,12 @@ async fn state_survives_kill_9_and_the_agent_reconnects() -> anyhow::Result<()> 
         ),
     )?;
     let out = cli(&c.addr(), &["apply", "-f", &manifest.to_string_lossy()]).await?;
-    assert_eq!(stdout(&out), "taskdefinition/web:1 registered\n", "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "taskdefinition/web:1 registered\n",
+        "stderr: {}",
+        stderr(&out)
+    );
     let out = cli(&c.addr(), &["run", "--wait", "--task-definition", "web"]).await?;
     assert_eq!(stdout(&out), "from-manifest\n", "stderr: {}", stderr(&out));
 
@@ -140,11 +209,21 @@ async fn state_survives_kill_9_and_the_agent_reconnects() -> anyhow::Result<()> 
     c.server.kill().await?;
     let server = ServerProc::start(&data_dir, Some(addr)).await?;
     let server_addr = server.addr.to_string();
-    assert_eq!(cli_json(&server_addr, &["get", "tasks"]).await?, tasks_before);
-    assert_eq!(cli_json(&server_addr, &["get", "taskdefs"]).await?, defs_before);
+    assert_eq!(
+        cli_json(&server_addr, &["get", "tasks"]).await?,
+        tasks_before
+    );
+    assert_eq!(
+        cli_json(&server_addr, &["get", "taskdefs"]).await?,
+        defs_before
+    );
 
     // The agent finds the restarted server by itself: a new task runs on it.
-    let out = cli(&server_addr, &["run", "--wait", "--task-definition", "web:1"]).await?;
+    let out = cli(
+        &server_addr,
+        &["run", "--wait", "--task-definition", "web:1"],
+    )
+    .await?;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "from-manifest\n");
     drop(c.agent);
@@ -165,9 +244,18 @@ async fn a_bad_manifest_names_file_line_and_field_and_stores_nothing() -> anyhow
     let out = cli(&addr, &["apply", "-f", &path]).await?;
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains(&format!("{path}:22:7")), "error {err:?} does not name the file and line");
-    assert!(err.contains("memroy"), "error {err:?} does not name the field");
+    assert!(
+        err.contains(&format!("{path}:22:7")),
+        "error {err:?} does not name the file and line"
+    );
+    assert!(
+        err.contains("memroy"),
+        "error {err:?} does not name the field"
+    );
     // Nothing was stored, not even the valid first document.
-    assert_eq!(cli_json(&addr, &["get", "taskdefs"]).await?, serde_json::json!([]));
+    assert_eq!(
+        cli_json(&addr, &["get", "taskdefs"]).await?,
+        serde_json::json!([])
+    );
     Ok(())
 }

@@ -19,9 +19,16 @@ pub fn berth_bin() -> PathBuf {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let bin = dir.join("berth");
-    assert!(bin.is_file(), "{} is missing; run `cargo build -p berth` first (make test does)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing; run `cargo build -p berth` first (make test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -55,13 +62,21 @@ pub struct Env {
 impl Env {
     pub async fn start() -> anyhow::Result<Self> {
         // Short paths: containerd's sockets must fit in 108 bytes.
-        let dir = tempfile::Builder::new().prefix("berth-e2e").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e")
+            .tempdir_in("/tmp")?;
         let containerd = Containerd::start(&dir.path().join("ctd")).await?;
         let registry = Registry::start_on_free_port(&dir.path().join("registry")).await?;
-        let busybox = berth_dev::find_program("busybox").context("busybox-static is not installed")?;
+        let busybox =
+            berth_dev::find_program("busybox").context("busybox-static is not installed")?;
         let image = format!("{}/demo:latest", registry.addr);
         berth_dev::push_busybox_image(&busybox, &image).await?;
-        Ok(Self { dir, containerd, registry, image })
+        Ok(Self {
+            dir,
+            containerd,
+            registry,
+            image,
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -84,7 +99,10 @@ impl ServerProc {
             None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         };
         std::fs::create_dir_all(data_dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("server.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))?;
         let child = Command::new(berth_bin())
             .args(["server", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
@@ -93,12 +111,25 @@ impl ServerProc {
             .kill_on_drop(true)
             .spawn()
             .context("spawn berth server")?;
-        let server = Self { addr, data_dir: data_dir.to_owned(), child };
-        poll("server to elect itself leader", Duration::from_secs(20), || async {
-            let out = cli(&server.addr.to_string(), &["cluster", "status", "-o", "json"]).await.ok()?;
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            v.get("leader").filter(|l| !l.is_null()).map(|_| ())
-        })
+        let server = Self {
+            addr,
+            data_dir: data_dir.to_owned(),
+            child,
+        };
+        poll(
+            "server to elect itself leader",
+            Duration::from_secs(20),
+            || async {
+                let out = cli(
+                    &server.addr.to_string(),
+                    &["cluster", "status", "-o", "json"],
+                )
+                .await
+                .ok()?;
+                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+                v.get("leader").filter(|l| !l.is_null()).map(|_| ())
+            },
+        )
         .await
         .with_context(|| format!("see {}", data_dir.join("server.log").display()))?;
         Ok(server)
@@ -125,7 +156,17 @@ impl AgentProc {
         let log = std::fs::File::create(data_dir.join("agent.log"))?;
         let namespace = format!("berth-e2e-{name}");
         let child = Command::new(berth_bin())
-            .args(["agent", "--servers", server, "--node-name", name, "--cpu", "2048", "--memory", "2048"])
+            .args([
+                "agent",
+                "--servers",
+                server,
+                "--node-name",
+                name,
+                "--cpu",
+                "2048",
+                "--memory",
+                "2048",
+            ])
             .args(["--containerd-namespace", &namespace, "--data-dir"])
             .arg(&data_dir)
             .arg("--containerd")
@@ -135,11 +176,18 @@ impl AgentProc {
             .kill_on_drop(true)
             .spawn()
             .context("spawn berth agent")?;
-        let agent = Self { name: name.to_owned(), namespace, _child: child };
+        let agent = Self {
+            name: name.to_owned(),
+            namespace,
+            _child: child,
+        };
         poll("agent to register", Duration::from_secs(20), || async {
             let out = cli(server, &["get", "nodes", "-o", "json"]).await.ok()?;
             let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            v.as_array()?.iter().any(|n| n["name"] == name).then_some(())
+            v.as_array()?
+                .iter()
+                .any(|n| n["name"] == name)
+                .then_some(())
         })
         .await
         .with_context(|| format!("see {}", data_dir.join("agent.log").display()))?;
@@ -165,9 +213,14 @@ pub async fn cli_json(server: &str, args: &[&str]) -> anyhow::Result<Value> {
     all.extend(["-o", "json"]);
     let out = cli(server, &all).await?;
     if !out.status.success() {
-        bail!("berth {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "berth {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("parse output of berth {}", args.join(" ")))
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parse output of berth {}", args.join(" ")))
 }
 
 /// Waits until the task is STOPPED and returns it.
@@ -191,5 +244,8 @@ pub async fn containerd_containers(socket: &Path, namespace: &str) -> anyhow::Re
     if !out.status.success() {
         bail!("ctr: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
 }

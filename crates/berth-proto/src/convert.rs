@@ -345,6 +345,37 @@ impl TryFrom<v1::Node> for m::Node {
     }
 }
 
+impl From<m::TaskStatusUpdate> for v1::TaskStatusUpdate {
+    fn from(u: m::TaskStatusUpdate) -> Self {
+        Self {
+            task_id: u.task_id,
+            last_status: v1::TaskStatus::from(u.last_status) as i32,
+            containers: u.containers.into_iter().map(Into::into).collect(),
+            stop_code: stop_code_to_wire(u.stop_code),
+            stopped_reason: u.stopped_reason.unwrap_or_default(),
+            event: u.event.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<v1::TaskStatusUpdate> for m::TaskStatusUpdate {
+    type Error = ConversionError;
+    fn try_from(u: v1::TaskStatusUpdate) -> Result<Self, ConversionError> {
+        Ok(Self {
+            task_id: u.task_id,
+            last_status: task_status("lastStatus", u.last_status)?,
+            containers: u
+                .containers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            stop_code: stop_code(u.stop_code)?,
+            stopped_reason: opt_str(u.stopped_reason),
+            event: opt_str(u.event),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,36 +421,5 @@ mod tests {
             m::Task::try_from(wire).unwrap_err().to_string(),
             "lastStatus: value 42 is not a known task status"
         );
-    }
-}
-
-impl From<m::TaskStatusUpdate> for v1::TaskStatusUpdate {
-    fn from(u: m::TaskStatusUpdate) -> Self {
-        Self {
-            task_id: u.task_id,
-            last_status: v1::TaskStatus::from(u.last_status) as i32,
-            containers: u.containers.into_iter().map(Into::into).collect(),
-            stop_code: stop_code_to_wire(u.stop_code),
-            stopped_reason: u.stopped_reason.unwrap_or_default(),
-            event: u.event.unwrap_or_default(),
-        }
-    }
-}
-
-impl TryFrom<v1::TaskStatusUpdate> for m::TaskStatusUpdate {
-    type Error = ConversionError;
-    fn try_from(u: v1::TaskStatusUpdate) -> Result<Self, ConversionError> {
-        Ok(Self {
-            task_id: u.task_id,
-            last_status: task_status("lastStatus", u.last_status)?,
-            containers: u
-                .containers
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            stop_code: stop_code(u.stop_code)?,
-            stopped_reason: opt_str(u.stopped_reason),
-            event: opt_str(u.event),
-        })
     }
 }

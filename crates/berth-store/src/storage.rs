@@ -5,6 +5,10 @@
 //! object under its [`Key::encode`]d key). Every write is one redb transaction, committed with
 //! fsync before openraft is told it is durable.
 
+// openraft's traits dictate `StorageError` (224 bytes) as the error type; the helpers here
+// return it too rather than convert twice.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
