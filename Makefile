@@ -1,0 +1,44 @@
+# berth — see README.md. `make run` and `make test` install what they need on Debian.
+
+DEBIAN_PACKAGES := containerd runc protobuf-compiler docker-registry busybox-static libssl-dev pkg-config ca-certificates
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BERTH := target/debug/berth
+DEV_DIR ?= .berth-dev
+
+.PHONY: all deps build run test lint fmt clean
+
+all: build
+
+# Installs the Debian packages that are missing (containerd, runc, protoc, a registry, busybox).
+deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cargo build -p berth
+
+# One server + one agent in one process, with its own containerd and a local registry on
+# 127.0.0.1:5000 holding a demo image built from busybox. Runs in the foreground.
+run: build
+	$(BERTH) dev --data-dir $(DEV_DIR)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# Everything: formatting, lints, unit tests, end-to-end tests against real containerd.
+test: deps lint
+	cargo build -p berth
+	cargo test --workspace
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(DEV_DIR)
