@@ -58,6 +58,44 @@ async fn echo_hello_runs_to_completion_and_logs_hello() -> anyhow::Result<()> {
     assert_eq!(task["node"], c.agent.name.as_str());
     let logs = cli(&c.addr(), &["logs", &task_id]).await?;
     assert_eq!(stdout(&logs), "hello\n", "stderr: {}", stderr(&logs));
+
+    // The first run pulled the image; a second run finds it present and does not pull again.
+    let events = |t: &serde_json::Value| -> Vec<String> {
+        t["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["message"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        events(&task)
+            .iter()
+            .any(|e| e.starts_with(&format!("pulled image {}", c.env.image))),
+        "{task}"
+    );
+    let out = cli(
+        &c.addr(),
+        &["run", "--wait", &c.env.image, "--", "echo", "again"],
+    )
+    .await?;
+    assert_eq!(stdout(&out), "again\n", "stderr: {}", stderr(&out));
+    let second_id = stderr(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let second = wait_stopped(&c.addr(), &second_id, TIMEOUT).await?;
+    let second_events = events(&second);
+    assert!(
+        second_events.iter().any(|e| e.contains("already present")),
+        "{second}"
+    );
+    assert!(
+        !second_events.iter().any(|e| e.starts_with("pulled image")),
+        "{second}"
+    );
     Ok(())
 }
 

@@ -75,6 +75,7 @@ impl Runtime for FakeRuntime {
             working_dir: None,
             user: None,
             rootfs_id: format!("fake-rootfs-{image}"),
+            pulled: false,
         })
     }
 

@@ -22,6 +22,8 @@ pub struct ImageInfo {
     /// The runtime's name for the unpacked root filesystem (containerd: the top layer's
     /// snapshot chain ID).
     pub rootfs_id: String,
+    /// Whether this call fetched the image from the registry (false: it was already present).
+    pub pulled: bool,
 }
 
 /// Everything needed to create and start one container.

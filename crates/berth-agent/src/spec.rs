@@ -206,6 +206,7 @@ mod tests {
             working_dir: None,
             user: Some("1000:1001".into()),
             rootfs_id: "sha256:11".into(),
+            pulled: false,
         }
     }
 

@@ -61,7 +61,13 @@ impl TaskRun {
             );
             match self.runtime.ensure_image(&c.image).await {
                 Ok(info) => {
+                    let event = if info.pulled {
+                        format!("pulled image {} ({})", c.image, info.digest)
+                    } else {
+                        format!("image {} already present ({})", c.image, info.digest)
+                    };
                     states[i].image_digest = Some(info.digest.clone());
+                    self.report(TaskStatus::Pending, &states, Some(event));
                     images.push(info);
                 }
                 Err(e) => {

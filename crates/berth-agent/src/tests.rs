@@ -63,6 +63,7 @@ async fn exit_reports_essential_container_exited() {
         summarise(&mut rx),
         [
             "PENDING",
+            "PENDING",
             "ACTIVATING",
             "RUNNING",
             "STOPPED/EssentialContainerExited/3"

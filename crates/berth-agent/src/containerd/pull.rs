@@ -114,6 +114,7 @@ fn image_info(reference: &str, digest: String, config: &ConfigFile) -> ImageInfo
         working_dir: c.working_dir.filter(|w| !w.is_empty()),
         user: c.user.filter(|u| !u.is_empty()),
         rootfs_id: chain_ids(&config.rootfs.diff_ids).pop().unwrap_or_default(),
+        pulled: false,
     }
 }
 
@@ -448,7 +449,10 @@ impl ContainerdRuntime {
             Err(s) => return Err(RuntimeError::containerd("create image")(s)),
         }
         self.unpack(lease, &manifest, diff_ids, &chain).await?;
-        Ok(image_info(image, digest, &config))
+        Ok(ImageInfo {
+            pulled: true,
+            ..image_info(image, digest, &config)
+        })
     }
 
     /// Applies each layer onto its parent snapshot, skipping layers already unpacked.
