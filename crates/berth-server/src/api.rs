@@ -3,8 +3,8 @@
 use std::pin::Pin;
 
 use berth_model::{
-    ContainerState, DesiredStatus, EventLog, StopCode, Task, TaskDefinitionRef, TaskStatus,
-    DEFAULT_NAMESPACE,
+    ContainerState, DesiredStatus, EventLog, StopCode, Task, TaskDefinition, TaskDefinitionRef,
+    TaskStatus, DEFAULT_NAMESPACE,
 };
 use berth_proto::v1::agent_api_client::AgentApiClient;
 use berth_proto::v1::berth_server::{Berth, BerthServer};
@@ -26,6 +26,26 @@ pub struct BerthService {
 impl BerthService {
     pub fn new(store: Store) -> BerthServer<Self> {
         BerthServer::new(Self { store })
+    }
+
+    /// Resolves `family` or `family:revision` with a linearizable read.
+    async fn task_definition(
+        &self,
+        namespace: &str,
+        reference: &str,
+    ) -> Result<TaskDefinition, Status> {
+        let reference: TaskDefinitionRef = reference
+            .parse()
+            .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
+        self.store
+            .read(|s| s.task_definition(namespace, &reference).cloned())
+            .await
+            .map_err(status::from_store)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "task definition {reference} not found in namespace {namespace}; register it with `berth apply -f`"
+                ))
+            })
     }
 }
 
@@ -112,20 +132,9 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::TaskDefinition>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
-        let reference: TaskDefinitionRef = req
-            .task_definition
-            .parse()
-            .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
         let def = self
-            .store
-            .read(|s| s.task_definition(&namespace, &reference).cloned())
-            .await
-            .map_err(status::from_store)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "task definition {reference} not found in namespace {namespace}"
-                ))
-            })?;
+            .task_definition(&namespace, &req.task_definition)
+            .await?;
         Ok(Response::new(def.into()))
     }
 
@@ -141,20 +150,9 @@ impl Berth for BerthService {
                 "count {count} is too large; run at most {MAX_RUN_COUNT} tasks per call"
             )));
         }
-        let reference: TaskDefinitionRef = req
-            .task_definition
-            .parse()
-            .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
         let def = self
-            .store
-            .read(|s| s.task_definition(&namespace, &reference).cloned())
-            .await
-            .map_err(status::from_store)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "task definition {reference} not found in namespace {namespace}; register it with `berth apply -f`"
-                ))
-            })?;
+            .task_definition(&namespace, &req.task_definition)
+            .await?;
         let at = now_ms();
         let tasks = (0..count)
             .map(|_| {
