@@ -1,6 +1,8 @@
 //! End-to-end: real `berth server` and `berth agent` processes, real containerd and runc, a
 //! real registry, the real CLI.
 
+mod cluster;
+
 use std::time::{Duration, Instant};
 
 use berth_tests::{

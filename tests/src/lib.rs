@@ -86,14 +86,37 @@ impl Env {
 
 /// A `berth server` process.
 pub struct ServerProc {
+    pub id: u64,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     child: Child,
 }
 
+/// Raft timing for tests: quick elections, quick "no quorum" answers.
+pub const FAST_RAFT: &[&str] = &[
+    "--heartbeat-ms",
+    "50",
+    "--election-timeout-ms",
+    "300",
+    "--write-timeout",
+    "3s",
+];
+
 impl ServerProc {
-    /// Starts a server on `addr` (a free port when `None`) and waits until it leads.
+    /// Starts a one-member cluster on `addr` (a free port when `None`) and waits until it leads.
     pub async fn start(data_dir: &Path, addr: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let server = Self::spawn(1, data_dir, addr, &[]).await?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Spawns `berth server --node-id ID` with `args` (e.g. `--join ADDR`); does not wait.
+    pub async fn spawn(
+        id: u64,
+        data_dir: &Path,
+        addr: Option<SocketAddr>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let addr = match addr {
             Some(a) => a,
             None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -104,35 +127,47 @@ impl ServerProc {
             .append(true)
             .open(data_dir.join("server.log"))?;
         let child = Command::new(berth_bin())
-            .args(["server", "--listen", &addr.to_string(), "--data-dir"])
+            .args([
+                "server",
+                "--node-id",
+                &id.to_string(),
+                "--listen",
+                &addr.to_string(),
+            ])
+            .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("spawn berth server")?;
-        let server = Self {
+        Ok(Self {
+            id,
             addr,
             data_dir: data_dir.to_owned(),
             child,
-        };
+        })
+    }
+
+    /// Waits until this server is a member of a cluster that has a leader.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
         poll(
-            "server to elect itself leader",
-            Duration::from_secs(20),
+            "server to see a leader",
+            Duration::from_secs(30),
             || async {
-                let out = cli(
-                    &server.addr.to_string(),
-                    &["cluster", "status", "-o", "json"],
-                )
-                .await
-                .ok()?;
-                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-                v.get("leader").filter(|l| !l.is_null()).map(|_| ())
+                let v = self.status().await.ok()?;
+                let member = v["members"].as_array()?.iter().any(|m| m["id"] == self.id);
+                (member && !v["leader"].is_null()).then_some(())
             },
         )
         .await
-        .with_context(|| format!("see {}", data_dir.join("server.log").display()))?;
-        Ok(server)
+        .with_context(|| format!("see {}", self.data_dir.join("server.log").display()))
+    }
+
+    /// `berth cluster status -o json` as this server sees it.
+    pub async fn status(&self) -> anyhow::Result<Value> {
+        cli_json(&self.addr.to_string(), &["cluster", "status"]).await
     }
 
     /// kill -9.

@@ -57,6 +57,9 @@ struct LocalTask {
     done: Arc<AtomicBool>,
 }
 
+/// Metadata key with the leader's address on a follower's UNAVAILABLE answer.
+const LEADER_HINT: &str = "berth-leader";
+
 /// The tasks this agent knows, shared with its API.
 #[derive(Clone, Default)]
 pub struct TaskTable(Arc<Mutex<HashMap<String, LocalTask>>>);
@@ -133,16 +136,36 @@ impl Agent {
     ) {
         let mut latest: HashMap<String, TaskStatusUpdate> = HashMap::new();
         let mut backoff = Duration::from_millis(100);
-        for server in self.config.servers.clone().iter().cycle() {
+        let servers = self.config.servers.clone();
+        let mut next = 0;
+        let mut redirect: Option<String> = None;
+        loop {
+            let server = redirect.take().unwrap_or_else(|| {
+                next += 1;
+                servers[(next - 1) % servers.len()].clone()
+            });
             match self
-                .session(server, &address, &mut updates, &mut latest)
+                .session(&server, &address, &mut updates, &mut latest)
                 .await
             {
                 Ok(()) => {
                     tracing::info!(%server, "server closed the stream");
                     backoff = Duration::from_millis(100);
                 }
-                Err(e) => tracing::warn!(%server, "session with server: {e:#}"),
+                Err(e) => {
+                    // A follower answers with the leader's address: go there at once.
+                    let hint = e
+                        .downcast_ref::<tonic::Status>()
+                        .and_then(|s| s.metadata().get(LEADER_HINT))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if let Some(leader) = hint.filter(|l| *l != server) {
+                        tracing::info!(%server, %leader, "redirected to the leader");
+                        redirect = Some(leader);
+                        continue;
+                    }
+                    tracing::warn!(%server, "session with server: {e:#}");
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -185,16 +208,12 @@ impl Agent {
             })
             .await?;
         }
-        let mut inbound = client
-            .attach(ReceiverStream::new(rx))
-            .await
-            .context("open stream")?
-            .into_inner();
+        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         loop {
             tokio::select! {
                 msg = inbound.message() => {
-                    match msg.context("receive from server")? {
+                    match msg? {
                         None => return Ok(()),
                         Some(m) => match m.msg {
                             Some(ServerMsg::Registered(r)) => {

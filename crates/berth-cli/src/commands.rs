@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_stream::StreamExt;
 
 use crate::output::{age, structured, table, Format};
-use crate::{connect, status_error, GlobalArgs};
+use crate::{status_error, Client, GlobalArgs};
 
 /// How often `run --wait` asks for the task's state.
 const POLL: Duration = Duration::from_millis(100);
@@ -64,6 +64,27 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Leader, term, commit index and members.
     Status,
+    /// Add a server (start it first with `berth server --node-id ID`): it joins as a learner
+    /// and becomes a voter once it has caught up.
+    Add {
+        id: u64,
+        /// Its gRPC address, host:port.
+        address: String,
+        /// Keep it a learner: it receives the log but does not vote.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a server; removing the leader hands leadership to another server.
+    Remove { id: u64 },
+    /// Backups of the whole state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a consistent backup to FILE (restore with `berth server --restore FILE`).
+    Save { file: PathBuf },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -117,21 +138,64 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Stop { task, reason } => {
-            let mut client = connect(&global.servers).await?;
-            let task = client
-                .stop_task(pb::StopTaskRequest {
-                    namespace: global.namespace.clone(),
-                    task_id: task,
-                    reason: reason.unwrap_or_default(),
+            let req = pb::StopTaskRequest {
+                namespace: global.namespace.clone(),
+                task_id: task,
+                reason: reason.unwrap_or_default(),
+            };
+            let task = Client::new(&global.servers)
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.stop_task(req).await }
                 })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                .await?;
             let task: Task = task.try_into()?;
             print_tasks(global.output, &[task], true)?;
             Ok(0)
         }
         Command::Cluster(ClusterCommand::Status) => cluster_status(&global).await.map(|()| 0),
+        Command::Cluster(ClusterCommand::Add {
+            id,
+            address,
+            learner,
+        }) => {
+            let req = pb::AddServerRequest {
+                id,
+                address: address.clone(),
+                learner_only: learner,
+            };
+            Client::new(&global.servers)
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.add_server(req).await }
+                })
+                .await?;
+            let role = if learner { "learner" } else { "voter" };
+            println!("server {id} at {address} added as a {role}");
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Remove { id }) => {
+            Client::new(&global.servers)
+                .call(|mut c| async move { c.remove_server(pb::RemoveServerRequest { id }).await })
+                .await?;
+            println!("server {id} removed");
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Snapshot(SnapshotCommand::Save { file })) => {
+            let mut stream = Client::new(&global.servers)
+                .call(|mut c| async move { c.save_snapshot(pb::SaveSnapshotRequest {}).await })
+                .await?;
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                data.extend(chunk.map_err(status_error)?.data);
+            }
+            // Write next to the target, then rename: a crash never leaves half a backup.
+            let tmp = file.with_extension("partial");
+            std::fs::write(&tmp, &data).with_context(|| format!("write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &file).with_context(|| format!("write {}", file.display()))?;
+            println!("saved {} bytes to {}", data.len(), file.display());
+            Ok(0)
+        }
     }
 }
 
@@ -162,7 +226,7 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
     if args.wait && args.count != 1 {
         bail!("--wait follows one task; drop --count or --wait");
     }
-    let mut client = connect(&global.servers).await?;
+    let mut client = Client::new(&global.servers);
     let task_definition = match (&args.image, &args.task_definition) {
         (_, Some(td)) => td.clone(),
         (Some(image), None) => {
@@ -190,15 +254,17 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
             };
             spec.validate()
                 .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;
+            let req = pb::RegisterTaskDefinitionRequest {
+                namespace: global.namespace.clone(),
+                spec: Some(spec.into()),
+                reuse_identical: true,
+            };
             let registered = client
-                .register_task_definition(pb::RegisterTaskDefinitionRequest {
-                    namespace: global.namespace.clone(),
-                    spec: Some(spec.into()),
-                    reuse_identical: true,
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.register_task_definition(req).await }
                 })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+                .await?;
             let def = registered
                 .task_definition
                 .context("server sent no task definition")?;
@@ -206,15 +272,19 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
         }
         (None, None) => bail!("give an IMAGE or --task-definition FAMILY[:REV]"),
     };
+    // One token for every retry of this call: the cluster creates the tasks once.
+    let req = pb::RunTaskRequest {
+        namespace: global.namespace.clone(),
+        task_definition,
+        count: args.count,
+        client_token: uuid::Uuid::new_v4().to_string(),
+    };
     let tasks = client
-        .run_task(pb::RunTaskRequest {
-            namespace: global.namespace.clone(),
-            task_definition,
-            count: args.count,
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.run_task(req).await }
         })
-        .await
-        .map_err(status_error)?
-        .into_inner()
+        .await?
         .tasks;
     if !args.wait {
         for t in &tasks {
@@ -232,29 +302,32 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
 }
 
 async fn describe_task(
-    client: &mut berth_proto::v1::berth_client::BerthClient<tonic::transport::Channel>,
-    namespace: &str,
+    client: &mut Client,
+    global: &GlobalArgs,
     task_id: &str,
 ) -> anyhow::Result<Task> {
+    let req = pb::DescribeTaskRequest {
+        namespace: global.namespace.clone(),
+        task_id: task_id.to_owned(),
+        stale: global.stale,
+    };
     let task = client
-        .describe_task(pb::DescribeTaskRequest {
-            namespace: namespace.to_owned(),
-            task_id: task_id.to_owned(),
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.describe_task(req).await }
         })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+        .await?;
     Ok(task.try_into()?)
 }
 
 async fn wait_and_stream(
     global: &GlobalArgs,
-    client: &mut berth_proto::v1::berth_client::BerthClient<tonic::transport::Channel>,
+    client: &mut Client,
     task_id: &str,
 ) -> anyhow::Result<i32> {
     let mut last_event = None;
     let task = loop {
-        let task = describe_task(client, &global.namespace, task_id).await?;
+        let task = describe_task(client, global, task_id).await?;
         if let Some(e) = task.events.last() {
             if last_event.as_ref() != Some(&e.message) {
                 eprintln!("{}: {}", task.last_status, e.message);
@@ -270,7 +343,7 @@ async fn wait_and_stream(
         logs(global, task_id, true, String::new()).await?;
     }
     let task = loop {
-        let task = describe_task(client, &global.namespace, task_id).await?;
+        let task = describe_task(client, global, task_id).await?;
         if task.is_stopped() {
             break task;
         }
@@ -292,17 +365,18 @@ async fn logs(
     follow: bool,
     container: String,
 ) -> anyhow::Result<()> {
-    let mut client = connect(&global.servers).await?;
-    let mut stream = client
-        .task_logs(pb::TaskLogsRequest {
-            namespace: global.namespace.clone(),
-            task_id: task.to_owned(),
-            follow,
-            container,
+    let req = pb::TaskLogsRequest {
+        namespace: global.namespace.clone(),
+        task_id: task.to_owned(),
+        follow,
+        container,
+    };
+    let mut stream = Client::new(&global.servers)
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.task_logs(req).await }
         })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+        .await?;
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(status_error)?;
@@ -362,7 +436,7 @@ async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::
         }
         return Ok(());
     }
-    let mut client = connect(&global.servers).await?;
+    let mut client = Client::new(&global.servers);
     for d in documents {
         let namespace = d
             .metadata
@@ -371,15 +445,17 @@ async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::
             .unwrap_or_else(|| global.namespace.clone());
         match d.object {
             berth_manifest::Object::TaskDefinition(spec) => {
+                let req = pb::RegisterTaskDefinitionRequest {
+                    namespace,
+                    spec: Some(spec.into()),
+                    reuse_identical: true,
+                };
                 let r = client
-                    .register_task_definition(pb::RegisterTaskDefinitionRequest {
-                        namespace,
-                        spec: Some(spec.into()),
-                        reuse_identical: true,
+                    .call(|mut c| {
+                        let req = req.clone();
+                        async move { c.register_task_definition(req).await }
                     })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
+                    .await?;
                 let def = r
                     .task_definition
                     .context("server sent no task definition")?;
@@ -394,10 +470,14 @@ async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ClusterStatusJson {
+    /// The server that answered.
+    id: u64,
     leader: Option<u64>,
     term: u64,
     commit_index: u64,
     applied_index: u64,
+    snapshot_index: Option<u64>,
+    purged_index: Option<u64>,
     members: Vec<MemberJson>,
 }
 
@@ -411,13 +491,13 @@ struct MemberJson {
 }
 
 async fn cluster_status(global: &GlobalArgs) -> anyhow::Result<()> {
-    let mut client = connect(&global.servers).await?;
-    let s = client
-        .cluster_status(pb::ClusterStatusRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let s = Client::new(&global.servers)
+        .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+        .await?;
     let json = ClusterStatusJson {
+        id: s.id,
+        snapshot_index: s.snapshot_index,
+        purged_index: s.purged_index,
         leader: s.leader,
         term: s.term,
         commit_index: s.commit_index,
@@ -438,8 +518,8 @@ async fn cluster_status(global: &GlobalArgs) -> anyhow::Result<()> {
         Format::Table | Format::Wide => {
             let leader = json.leader.map_or("none".to_owned(), |l| l.to_string());
             println!(
-                "leader: {leader}   term: {}   commit index: {}   applied index: {}\n",
-                json.term, json.commit_index, json.applied_index
+                "leader: {leader}   term: {}   commit index: {}   applied index: {}   (as server {} sees it)\n",
+                json.term, json.commit_index, json.applied_index, json.id
             );
             let rows: Vec<Vec<String>> = json
                 .members
@@ -591,16 +671,22 @@ fn print_nodes(format: Format, nodes: &[Node], single: bool) -> anyhow::Result<(
 }
 
 async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Result<()> {
-    let mut client = connect(&global.servers).await?;
+    let mut client = Client::new(&global.servers);
     let ns = global.namespace.clone();
+    let stale = global.stale;
     match (kind, name) {
         ("tasks" | "task", None) => {
+            let req = pb::ListTasksRequest {
+                namespace: ns,
+                stale,
+            };
             let tasks = client
-                .list_tasks(pb::ListTasksRequest { namespace: ns })
-                .await
-                .map_err(status_error)?;
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.list_tasks(req).await }
+                })
+                .await?;
             let tasks: Vec<Task> = tasks
-                .into_inner()
                 .tasks
                 .into_iter()
                 .map(TryInto::try_into)
@@ -608,19 +694,22 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             print_tasks(global.output, &tasks, false)
         }
         ("tasks" | "task", Some(id)) => {
-            let task = describe_task(&mut client, &ns, id).await?;
+            let task = describe_task(&mut client, global, id).await?;
             print_tasks(global.output, &[task], true)
         }
         ("taskdefs" | "taskdef" | "taskdefinitions" | "taskdefinition", None) => {
+            let req = pb::ListTaskDefinitionsRequest {
+                namespace: ns,
+                family: String::new(),
+                stale,
+            };
             let defs = client
-                .list_task_definitions(pb::ListTaskDefinitionsRequest {
-                    namespace: ns,
-                    family: String::new(),
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.list_task_definitions(req).await }
                 })
-                .await
-                .map_err(status_error)?;
+                .await?;
             let defs: Vec<TaskDefinition> = defs
-                .into_inner()
                 .task_definitions
                 .into_iter()
                 .map(TryInto::try_into)
@@ -628,22 +717,24 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             print_taskdefs(global.output, &defs, false)
         }
         ("taskdefs" | "taskdef" | "taskdefinitions" | "taskdefinition", Some(r)) => {
+            let req = pb::DescribeTaskDefinitionRequest {
+                namespace: ns,
+                task_definition: r.to_owned(),
+                stale,
+            };
             let def = client
-                .describe_task_definition(pb::DescribeTaskDefinitionRequest {
-                    namespace: ns,
-                    task_definition: r.to_owned(),
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.describe_task_definition(req).await }
                 })
-                .await
-                .map_err(status_error)?;
-            print_taskdefs(global.output, &[def.into_inner().try_into()?], true)
+                .await?;
+            print_taskdefs(global.output, &[def.try_into()?], true)
         }
         ("nodes" | "node", name) => {
             let nodes = client
-                .list_nodes(pb::ListNodesRequest {})
-                .await
-                .map_err(status_error)?;
+                .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { stale }).await })
+                .await?;
             let mut nodes: Vec<Node> = nodes
-                .into_inner()
                 .nodes
                 .into_iter()
                 .map(TryInto::try_into)
@@ -666,10 +757,10 @@ async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result
     if global.output != Format::Table && global.output != Format::Wide {
         return get(global, kind, Some(name)).await;
     }
-    let mut client = connect(&global.servers).await?;
+    let mut client = Client::new(&global.servers);
     match kind {
         "task" | "tasks" => {
-            let t = describe_task(&mut client, &global.namespace, name).await?;
+            let t = describe_task(&mut client, global, name).await?;
             println!("Task ID:          {}", t.task_id);
             println!("Namespace:        {}", t.namespace);
             println!("Task definition:  {}", t.task_definition);

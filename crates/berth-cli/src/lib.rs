@@ -10,6 +10,7 @@ use berth_proto::v1::berth_client::BerthClient;
 use tonic::transport::{Channel, Endpoint};
 
 pub use commands::Command;
+
 pub use output::Format;
 
 /// Options every client command takes.
@@ -30,24 +31,110 @@ pub struct GlobalArgs {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Read from the answering server's own state instead of asking the leader (faster,
+    /// possibly behind).
+    #[arg(long, global = true)]
+    pub stale: bool,
 }
 
-/// Connects to the first server that answers.
-pub async fn connect(servers: &[String]) -> anyhow::Result<BerthClient<Channel>> {
-    let mut failures = Vec::new();
-    for server in servers {
+/// A connection to the cluster that fails over between the given servers: a call that cannot
+/// reach a server, or that a server answers with UNAVAILABLE, is retried on the others.
+pub struct Client {
+    servers: Vec<String>,
+    /// The server last used and its channel.
+    current: Option<(usize, Channel)>,
+}
+
+/// How many passes over the server list a call makes while no server is reachable.
+const PASSES: u32 = 4;
+
+impl Client {
+    pub fn new(servers: &[String]) -> Self {
+        Self {
+            servers: servers.to_vec(),
+            current: None,
+        }
+    }
+
+    async fn channel(&mut self, i: usize) -> anyhow::Result<Channel> {
+        if let Some((cur, ch)) = &self.current {
+            if *cur == i {
+                return Ok(ch.clone());
+            }
+        }
+        let server = &self.servers[i];
         let endpoint = Endpoint::from_shared(format!("http://{server}"))
             .with_context(|| format!("invalid server address {server:?}; use host:port"))?
             .connect_timeout(Duration::from_secs(2));
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(BerthClient::new(channel).max_decoding_message_size(64 << 20)),
-            Err(e) => failures.push(format!("{server}: {}", error_chain(&e))),
-        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
+        self.current = Some((i, channel.clone()));
+        Ok(channel)
     }
-    anyhow::bail!(
-        "cannot reach any berth server ({}); start one with `berth server` or `berth dev`, or point --server / BERTH_SERVER at one",
-        failures.join("; ")
-    )
+
+    /// Runs `f` against a server, failing over as described on [`Client`].
+    pub async fn call<T, F, Fut>(&mut self, mut f: F) -> anyhow::Result<T>
+    where
+        F: FnMut(BerthClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        anyhow::ensure!(
+            !self.servers.is_empty(),
+            "no server given; use --server ADDR"
+        );
+        let n = self.servers.len();
+        let mut failures = Vec::new();
+        for pass in 0..PASSES {
+            let start = self.current.as_ref().map_or(0, |(i, _)| *i);
+            let mut answered: Option<tonic::Status> = None;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let channel = match self.channel(i).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failures.push(format!("{}: {e:#}", self.servers[i]));
+                        continue;
+                    }
+                };
+                let client = BerthClient::new(channel).max_decoding_message_size(256 << 20);
+                match f(client).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(s) if is_transport_error(&s) => {
+                        self.current = None;
+                        failures.push(format!("{}: {}", self.servers[i], s.message()));
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        self.current = None;
+                        answered.get_or_insert(s);
+                    }
+                    Err(s) => return Err(status_error(s)),
+                }
+            }
+            // A server that answered UNAVAILABLE already waited for a leader and a quorum.
+            if let Some(s) = answered {
+                return Err(status_error(s));
+            }
+            tokio::time::sleep(Duration::from_millis(250) * (pass + 1)).await;
+        }
+        failures.dedup();
+        anyhow::bail!(
+            "cannot reach any berth server ({}); start one with `berth server` or `berth dev`, or point --server / BERTH_SERVER at one",
+            failures.join("; ")
+        )
+    }
+}
+
+/// Whether a status stands for "the server could not be reached" rather than its answer.
+fn is_transport_error(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && (s.source().is_some()
+        || s.message().contains("transport error")
+        || s.message().contains("connection"))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -77,6 +77,14 @@ pub fn desired_tasks(state: &State, node: &str) -> DesiredTasks {
     DesiredTasks { tasks }
 }
 
+/// UNAVAILABLE with the leader's address in the `berth-leader` metadata, when known.
+fn not_leader(store: &Store) -> Status {
+    status::from_store(berth_store::StoreError::NotLeader {
+        leader_id: None,
+        leader_addr: store.leader_addr().filter(|_| !store.is_leader()),
+    })
+}
+
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -99,6 +107,10 @@ impl AgentService for AgentServiceImpl {
         };
         berth_model::validate_name("nodeName", &reg.node_name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Agents keep their stream to the leader, which tracks their liveness in memory.
+        if !self.store.is_leader() {
+            return Err(not_leader(&self.store));
+        }
         let node = Node {
             name: reg.node_name.clone(),
             address: reg.address,
@@ -116,7 +128,7 @@ impl AgentService for AgentServiceImpl {
             events: EventLog::default(),
         };
         self.store
-            .propose(Command::RegisterNode { node })
+            .propose(Command::RegisterNode { node, at: now_ms() })
             .await
             .map_err(status::from_store)?;
         self.liveness.seen(&reg.node_name);
@@ -138,8 +150,14 @@ impl AgentService for AgentServiceImpl {
         let push_tx = tx.clone();
         tokio::spawn(async move {
             let mut applied = store.watch();
+            let mut leader = store.leadership();
             let mut last_sent = None;
             loop {
+                if !*leader.borrow_and_update() {
+                    // Send the agent to the new leader.
+                    let _ = push_tx.send(Err(not_leader(&store))).await;
+                    return;
+                }
                 let desired = store.read_stale(|s| desired_tasks(s, &node_name));
                 if last_sent.as_ref() != Some(&desired) {
                     let msg = ServerMessage {
@@ -152,6 +170,7 @@ impl AgentService for AgentServiceImpl {
                 }
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
+                    changed = leader.changed() => if changed.is_err() { return },
                     () = push_tx.closed() => return,
                 }
             }

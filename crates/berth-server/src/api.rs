@@ -9,7 +9,7 @@ use berth_model::{
 use berth_proto::v1::agent_api_client::AgentApiClient;
 use berth_proto::v1::berth_server::{Berth, BerthServer};
 use berth_proto::v1::{self as pb, LogChunk};
-use berth_store::{ClusterStatus, Command, CommandResult, Store};
+use berth_store::{ClusterStatus, Command, CommandResult, State, Store};
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -28,19 +28,26 @@ impl BerthService {
         BerthServer::new(Self { store })
     }
 
-    /// Resolves `family` or `family:revision` with a linearizable read.
+    /// Reads the state: linearizable, or this server's own state when `stale`.
+    async fn read<R>(&self, stale: bool, f: impl FnOnce(&State) -> R) -> Result<R, Status> {
+        if stale {
+            return Ok(self.store.read_stale(f));
+        }
+        self.store.read(f).await.map_err(status::from_store)
+    }
+
+    /// Resolves `family` or `family:revision`.
     async fn task_definition(
         &self,
         namespace: &str,
         reference: &str,
+        stale: bool,
     ) -> Result<TaskDefinition, Status> {
         let reference: TaskDefinitionRef = reference
             .parse()
             .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
-        self.store
-            .read(|s| s.task_definition(namespace, &reference).cloned())
-            .await
-            .map_err(status::from_store)?
+        self.read(stale, |s| s.task_definition(namespace, &reference).cloned())
+            .await?
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "task definition {reference} not found in namespace {namespace}; register it with `berth apply -f`"
@@ -58,6 +65,47 @@ fn namespace(ns: String) -> Result<String, Status> {
     Ok(ns)
 }
 
+/// Refuses to add a server that is unreachable or already leads a cluster of its own (a server
+/// started without `--join` or `--no-bootstrap` bootstraps one): its log would conflict.
+async fn check_joinable(store: &Store, id: u64, address: &str) -> Result<(), Status> {
+    let ours = store.cluster_status();
+    let unreachable = |e: String| {
+        Status::failed_precondition(format!(
+            "cannot reach server {id} at {address} ({e}); start it first with `berth server --node-id {id} --no-bootstrap`"
+        ))
+    };
+    let mut client = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        berth_proto::v1::berth_client::BerthClient::connect(format!("http://{address}")),
+    )
+    .await
+    .map_err(|_| unreachable("timed out".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let theirs = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(|e| unreachable(e.message().to_owned()))?
+        .into_inner();
+    if theirs.id != id {
+        return Err(Status::invalid_argument(format!(
+            "the server at {address} has id {}, not {id}",
+            theirs.id
+        )));
+    }
+    let ours_ids: Vec<u64> = ours.members.iter().map(|m| m.id).collect();
+    let foreign = theirs
+        .members
+        .iter()
+        .any(|m| !ours_ids.contains(&m.id) && m.id != id)
+        || (!theirs.members.is_empty() && !theirs.members.iter().any(|m| ours_ids.contains(&m.id)));
+    if foreign {
+        return Err(Status::failed_precondition(format!(
+            "server {id} at {address} already belongs to another cluster; wipe its --data-dir and start it with --no-bootstrap (or --join)"
+        )));
+    }
+    Ok(())
+}
+
 fn unexpected(result: CommandResult) -> Status {
     match result {
         CommandResult::Rejected(r) => status::from_rejection(r),
@@ -66,6 +114,7 @@ fn unexpected(result: CommandResult) -> Status {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Berth for BerthService {
@@ -111,16 +160,14 @@ impl Berth for BerthService {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
         let defs = self
-            .store
-            .read(|s| {
+            .read(req.stale, |s| {
                 s.task_definitions(&namespace)
                     .filter(|d| req.family.is_empty() || d.family == req.family)
                     .cloned()
                     .map(Into::into)
                     .collect()
             })
-            .await
-            .map_err(status::from_store)?;
+            .await?;
         Ok(Response::new(pb::ListTaskDefinitionsResponse {
             task_definitions: defs,
         }))
@@ -133,7 +180,7 @@ impl Berth for BerthService {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
         let def = self
-            .task_definition(&namespace, &req.task_definition)
+            .task_definition(&namespace, &req.task_definition, req.stale)
             .await?;
         Ok(Response::new(def.into()))
     }
@@ -151,40 +198,41 @@ impl Berth for BerthService {
             )));
         }
         let def = self
-            .task_definition(&namespace, &req.task_definition)
+            .task_definition(&namespace, &req.task_definition, false)
             .await?;
         let at = now_ms();
         let tasks = (0..count)
-            .map(|_| {
-                let mut events = EventLog::default();
-                events.push(at, "created");
-                Task {
-                    task_id: uuid::Uuid::new_v4().to_string(),
-                    namespace: namespace.clone(),
-                    task_definition: def.reference(),
-                    group: None,
-                    node: None,
-                    desired_status: DesiredStatus::Running,
-                    last_status: TaskStatus::Pending,
-                    cpu: def.cpu,
-                    memory: def.memory,
-                    created_at: at,
-                    started_at: None,
-                    stopped_at: None,
-                    stop_code: None,
-                    stopped_reason: None,
-                    containers: def
-                        .containers
-                        .iter()
-                        .map(|c| ContainerState::pending(&c.name, &c.image))
-                        .collect(),
-                    events,
-                }
+            .map(|_| Task {
+                task_id: uuid::Uuid::new_v4().to_string(),
+                namespace: namespace.clone(),
+                task_definition: def.reference(),
+                group: None,
+                node: None,
+                desired_status: DesiredStatus::Running,
+                last_status: TaskStatus::Pending,
+                cpu: def.cpu,
+                memory: def.memory,
+                created_at: at,
+                started_at: None,
+                stopped_at: None,
+                stop_code: None,
+                stopped_reason: None,
+                containers: def
+                    .containers
+                    .iter()
+                    .map(|c| ContainerState::pending(&c.name, &c.image))
+                    .collect(),
+                events: EventLog::default(),
             })
             .collect();
+        let client_token = (!req.client_token.is_empty()).then_some(req.client_token);
         match self
             .store
-            .propose(Command::CreateTasks { tasks })
+            .propose(Command::CreateTasks {
+                tasks,
+                client_token,
+                at,
+            })
             .await
             .map_err(status::from_store)?
         {
@@ -228,17 +276,16 @@ impl Berth for BerthService {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let namespace = namespace(req.into_inner().namespace)?;
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
         let mut tasks: Vec<Task> = self
-            .store
-            .read(|s| {
+            .read(req.stale, |s| {
                 s.tasks()
                     .filter(|t| t.namespace == namespace)
                     .cloned()
                     .collect()
             })
-            .await
-            .map_err(status::from_store)?;
+            .await?;
         tasks.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.into_iter().map(Into::into).collect(),
@@ -252,10 +299,8 @@ impl Berth for BerthService {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
         let task = self
-            .store
-            .read(|s| s.task(&namespace, &req.task_id).cloned())
-            .await
-            .map_err(status::from_store)?
+            .read(req.stale, |s| s.task(&namespace, &req.task_id).cloned())
+            .await?
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "task {} not found in namespace {namespace}",
@@ -319,17 +364,15 @@ impl Berth for BerthService {
 
     async fn list_nodes(
         &self,
-        _req: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let nodes = self
-            .store
-            .read(|s| {
+            .read(req.into_inner().stale, |s| {
                 s.nodes()
                     .map(|n| s.node_with_allocation(n).into())
                     .collect()
             })
-            .await
-            .map_err(status::from_store)?;
+            .await?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -338,17 +381,23 @@ impl Berth for BerthService {
         _req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let ClusterStatus {
+            id,
             leader,
             term,
             commit_index,
             applied_index,
+            snapshot_index,
+            purged_index,
             members,
         } = self.store.cluster_status();
         Ok(Response::new(pb::ClusterStatusResponse {
+            id,
             leader,
             term,
             commit_index,
             applied_index,
+            snapshot_index,
+            purged_index,
             members: members
                 .into_iter()
                 .map(|m| pb::ClusterMember {
@@ -359,5 +408,54 @@ impl Berth for BerthService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn add_server(
+        &self,
+        req: Request<pb::AddServerRequest>,
+    ) -> Result<Response<pb::AddServerResponse>, Status> {
+        let req = req.into_inner();
+        if req.id == 0 {
+            return Err(Status::invalid_argument(
+                "server id must be a positive integer",
+            ));
+        }
+        if req.address.parse::<std::net::SocketAddr>().is_err() && !req.address.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "address {:?} is not host:port",
+                req.address
+            )));
+        }
+        check_joinable(&self.store, req.id, &req.address).await?;
+        self.store
+            .add_member(req.id, req.address, !req.learner_only)
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::AddServerResponse {}))
+    }
+
+    async fn remove_server(
+        &self,
+        req: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerResponse>, Status> {
+        self.store
+            .remove_member(req.into_inner().id)
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::RemoveServerResponse {}))
+    }
+
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        _req: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let backup = self.store.backup().await.map_err(status::from_store)?;
+        let chunks: Vec<Result<pb::SnapshotChunk, Status>> = backup
+            .chunks(1 << 20)
+            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }

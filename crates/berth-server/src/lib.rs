@@ -9,7 +9,7 @@ pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use berth_store::{RaftService, Store, StoreConfig};
@@ -31,6 +31,53 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The address other servers and agents reach this one at; `listen` when unset.
     pub advertise: Option<String>,
+    /// Ask the server at this address to add this one to its cluster (first start only).
+    pub join: Option<String>,
+    /// Start a new cluster whose state is this backup (`berth cluster snapshot save`).
+    pub restore: Option<PathBuf>,
+    /// With no state, wait to be added (`berth cluster add`) instead of bootstrapping.
+    pub no_bootstrap: bool,
+    /// Raft timing and compaction; `data_dir`, `node_id` and `advertise_addr` are filled in.
+    pub raft: RaftTuning,
+}
+
+/// Raft timing and log compaction settings.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat_interval: Duration,
+    pub election_timeout: (Duration, Duration),
+    pub write_timeout: Duration,
+    pub snapshot_every: u64,
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        let d = StoreConfig::new(0, PathBuf::new(), String::new());
+        Self {
+            heartbeat_interval: d.heartbeat_interval,
+            election_timeout: d.election_timeout,
+            write_timeout: d.write_timeout,
+            snapshot_every: d.snapshot_every,
+            keep_logs: d.keep_logs,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A server with default tuning that bootstraps (or rejoins) on its own.
+    pub fn new(node_id: u64, data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            listen,
+            advertise: None,
+            join: None,
+            restore: None,
+            no_bootstrap: false,
+            raft: RaftTuning::default(),
+        }
+    }
 }
 
 /// A started server: its store and the address it actually listens on.
@@ -38,12 +85,17 @@ pub struct Server {
     pub store: Store,
     pub address: SocketAddr,
     listener: tokio::net::TcpListener,
+    /// Set when this server must still ask a member to add it.
+    join: Option<String>,
+    advertise: String,
 }
 
 impl Server {
-    /// Binds the listen address and opens the store (bootstrapping a one-member cluster when
-    /// there is no state yet).
+    /// Binds the listen address and opens the store. A server with no state bootstraps a
+    /// one-member cluster, unless it is to join one (`join`); with `restore` the new cluster
+    /// starts from a backup.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(config.node_id > 0, "--node-id must be a positive integer");
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("bind {}; is another server running there?", config.listen))?;
@@ -52,18 +104,40 @@ impl Server {
             .advertise
             .clone()
             .unwrap_or_else(|| address.to_string());
-        let store = Store::open(StoreConfig::new(
+        let mut store_config = StoreConfig::new(
             config.node_id,
             config.data_dir.join("raft"),
-            advertise,
-        ))
-        .await
-        .context("open raft store")?;
-        if store
-            .bootstrap_if_new()
-            .await
-            .context("bootstrap cluster")?
-        {
+            advertise.clone(),
+        );
+        store_config.heartbeat_interval = config.raft.heartbeat_interval;
+        store_config.election_timeout = config.raft.election_timeout;
+        store_config.write_timeout = config.raft.write_timeout;
+        store_config.snapshot_every = config.raft.snapshot_every;
+        store_config.keep_logs = config.raft.keep_logs;
+        let store = Store::open(store_config).await.context("open raft store")?;
+        let initialized = store.is_initialized().await?;
+        if let Some(backup) = &config.restore {
+            anyhow::ensure!(
+                !initialized,
+                "--restore needs an empty --data-dir; {} already holds a cluster's state",
+                config.data_dir.display()
+            );
+            anyhow::ensure!(
+                config.join.is_none(),
+                "--restore starts a new cluster; drop --join"
+            );
+            let bytes = std::fs::read(backup)
+                .with_context(|| format!("read backup {}", backup.display()))?;
+            store
+                .bootstrap_if_new()
+                .await
+                .context("bootstrap cluster")?;
+            let objects = store.restore(&bytes).await.context("restore backup")?;
+            tracing::info!(objects, backup = %backup.display(), "restored a new cluster from a backup");
+        }
+        let join = config.join.clone().filter(|_| !initialized);
+        let wait_to_be_added = config.no_bootstrap || join.is_some();
+        if config.restore.is_none() && !wait_to_be_added && store.bootstrap_if_new().await? {
             tracing::info!(
                 node_id = config.node_id,
                 "bootstrapped a new one-member cluster"
@@ -73,7 +147,44 @@ impl Server {
             store,
             address,
             listener,
+            join,
+            advertise,
         })
+    }
+
+    /// Asks the member at `addr` (any member: it forwards to the leader) to add this server,
+    /// retrying until it answers.
+    async fn join(store: Store, addr: String, advertise: String) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let attempt = async {
+                let mut client =
+                    berth_proto::v1::berth_client::BerthClient::connect(format!("http://{addr}"))
+                        .await?;
+                client
+                    .add_server(berth_proto::v1::AddServerRequest {
+                        id: store.node_id(),
+                        address: advertise.clone(),
+                        learner_only: false,
+                    })
+                    .await?;
+                anyhow::Ok(())
+            };
+            match attempt.await {
+                Ok(()) => {
+                    tracing::info!(%addr, "joined the cluster");
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%addr, "join cluster: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(%addr, "join cluster: {e:#}; giving up");
+                    return;
+                }
+            }
+        }
     }
 
     /// Serves until `shutdown` resolves.
@@ -90,6 +201,9 @@ impl Server {
             .build_v1()
             .context("build reflection service")?;
         let controllers = tokio::spawn(scheduler::run(self.store.clone()));
+        if let Some(addr) = self.join.clone() {
+            tokio::spawn(Self::join(self.store.clone(), addr, self.advertise.clone()));
+        }
         tracing::info!(address = %self.address, "server listening");
         // Agent streams never end by themselves: after the shutdown signal, give connections a
         // short grace period instead of waiting for them forever.
@@ -113,7 +227,7 @@ impl Server {
                 self.store.clone(),
                 Liveness::default(),
             ))
-            .add_service(RaftService::new(self.store.raft().clone()))
+            .add_service(RaftService::new(self.store.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);
         let result = tokio::select! {
             r = serve => r.context("serve gRPC"),

@@ -26,6 +26,7 @@ pub fn from_store(e: StoreError) -> Status {
         StoreError::NoQuorum(msg) => {
             Status::unavailable(format!("the cluster has no quorum: {msg}"))
         }
+        StoreError::Membership(msg) => Status::failed_precondition(msg),
         e @ (StoreError::Open { .. } | StoreError::Start(_) | StoreError::Fatal(_)) => {
             Status::internal(e.to_string())
         }

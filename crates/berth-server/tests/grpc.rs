@@ -18,12 +18,11 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 #[tokio::test]
 async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let server = Server::start(ServerConfig {
-        node_id: 1,
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse()?,
-        advertise: None,
-    })
+    let server = Server::start(ServerConfig::new(
+        1,
+        dir.path().to_path_buf(),
+        "127.0.0.1:0".parse()?,
+    ))
     .await?;
     let url = format!("http://{}", server.address);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -90,6 +89,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
 
     let err = api
         .run_task(RunTaskRequest {
+            client_token: String::new(),
             namespace: String::new(),
             task_definition: "nope".into(),
             count: 1,
@@ -100,6 +100,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
 
     let err = api
         .describe_task(DescribeTaskRequest {
+            stale: false,
             namespace: String::new(),
             task_id: "missing".into(),
         })

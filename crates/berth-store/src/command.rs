@@ -1,10 +1,13 @@
-//! What the Raft log carries. Every command is deterministic: the leader assigns IDs and
-//! timestamps before proposing, so every member applies it to the same result.
+//! What the Raft log carries. Every command is deterministic: it carries its own timestamp
+//! (`at`, set by the leader — a leader re-stamps commands forwarded by followers) and IDs, so
+//! every member applies it to the same result.
 
 use berth_model::{
     Node, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::state::Object;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -16,8 +19,14 @@ pub enum Command {
         reuse_identical: bool,
         at: Timestamp,
     },
-    /// Creates tasks the leader has fully built (IDs, timestamps, PENDING, no node).
-    CreateTasks { tasks: Vec<Task> },
+    /// Creates fully built tasks (IDs, PENDING, no node); `createdAt` becomes `at`. A
+    /// `client_token` seen before answers the tasks created then, so a client retrying after a
+    /// leader change never creates tasks twice.
+    CreateTasks {
+        tasks: Vec<Task>,
+        client_token: Option<String>,
+        at: Timestamp,
+    },
     /// Sets a task's desired status to STOPPED.
     StopTask {
         namespace: String,
@@ -40,7 +49,24 @@ pub enum Command {
         at: Timestamp,
     },
     /// Registers a node or refreshes its address, resources and attributes.
-    RegisterNode { node: Node },
+    RegisterNode { node: Node, at: Timestamp },
+    /// Replaces the whole state with the objects of a backup (`berth server --restore`).
+    ReplaceState { objects: Vec<Object>, at: Timestamp },
+}
+
+impl Command {
+    /// The command's timestamp, for the leader to re-stamp forwarded commands.
+    pub fn at_mut(&mut self) -> &mut Timestamp {
+        match self {
+            Command::RegisterTaskDefinition { at, .. }
+            | Command::CreateTasks { at, .. }
+            | Command::StopTask { at, .. }
+            | Command::PlaceTasks { at, .. }
+            | Command::ReportTaskStatus { at, .. }
+            | Command::RegisterNode { at, .. }
+            | Command::ReplaceState { at, .. } => at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

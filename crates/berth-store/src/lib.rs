@@ -4,6 +4,11 @@
 //! [`storage`]), the gRPC transport to its peers ([`network`]), and the in-memory [`State`]
 //! every reader sees. The rest of berth calls [`Store::propose`] to change state and
 //! [`Store::read`] / [`Store::read_stale`] / [`Store::watch`] to look at it.
+//!
+//! Any member accepts any call: a follower forwards writes (and membership changes) to the
+//! leader over the Raft transport, and serves linearizable reads by asking the leader for its
+//! read index and waiting until it has applied that far. Calls retry across leader changes
+//! until `write_timeout`, then fail with [`StoreError::NoQuorum`].
 
 mod command;
 pub mod network;
@@ -15,15 +20,17 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 pub use command::{Command, CommandResult, Placement, Rejection, Unplaced};
 pub use network::RaftService;
-pub use state::{Key, Object, State};
+pub use state::{ClientToken, Key, Object, State, CLIENT_TOKEN_TTL_MS};
 
 /// A Raft member's ID.
 pub type NodeId = u64;
@@ -49,9 +56,15 @@ pub struct StoreConfig {
     /// The address peers and clients reach this member at, `host:port`.
     pub advertise_addr: String,
     pub heartbeat_interval: Duration,
+    /// Elections start after a random timeout in `[min, max)`.
     pub election_timeout: (Duration, Duration),
-    /// How long a write may wait for a quorum before it fails with [`StoreError::NoQuorum`].
+    /// How long a write or linearizable read may wait for a leader and a quorum before it
+    /// fails with [`StoreError::NoQuorum`].
     pub write_timeout: Duration,
+    /// Build a snapshot after this many new log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, for followers that are a little behind.
+    pub keep_logs: u64,
 }
 
 impl StoreConfig {
@@ -63,7 +76,14 @@ impl StoreConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             write_timeout: Duration::from_secs(5),
+            snapshot_every: 5000,
+            keep_logs: 1000,
         }
+    }
+
+    /// A leader that has not heard from a quorum for this long cannot commit.
+    fn quorum_timeout(&self) -> Duration {
+        self.election_timeout.1 * 2
     }
 }
 
@@ -80,17 +100,74 @@ pub enum StoreError {
     },
     #[error("the cluster has no quorum: {0}")]
     NoQuorum(String),
+    #[error("membership change refused: {0}")]
+    Membership(String),
     #[error("raft stopped: {0}")]
     Fatal(String),
+}
+
+/// A [`StoreError`] as it crosses the wire from the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum RemoteError {
+    NotLeader,
+    NoQuorum(String),
+    Membership(String),
+    Fatal(String),
+}
+
+impl From<StoreError> for RemoteError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotLeader { .. } => RemoteError::NotLeader,
+            StoreError::NoQuorum(m) => RemoteError::NoQuorum(m),
+            StoreError::Membership(m) => RemoteError::Membership(m),
+            other => RemoteError::Fatal(other.to_string()),
+        }
+    }
+}
+
+impl From<RemoteError> for StoreError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::NotLeader => StoreError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            },
+            RemoteError::NoQuorum(m) => StoreError::NoQuorum(m),
+            RemoteError::Membership(m) => StoreError::Membership(m),
+            RemoteError::Fatal(m) => StoreError::Fatal(m),
+        }
+    }
+}
+
+/// A write the leader executes: a state-machine command or a membership change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Write {
+    Command(Command),
+    /// Adds a learner, waits until it caught up, then (with `voter`) promotes it.
+    AddMember {
+        id: NodeId,
+        addr: String,
+        voter: bool,
+    },
+    RemoveMember {
+        id: NodeId,
+    },
 }
 
 /// Raft's view of the cluster, for `berth cluster status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
+    /// The member answering.
+    pub id: NodeId,
     pub leader: Option<NodeId>,
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// Last log index included in this member's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Log entries up to here were compacted away on this member.
+    pub purged_index: Option<u64>,
     pub members: Vec<Member>,
 }
 
@@ -119,12 +196,26 @@ impl Role {
     }
 }
 
+/// Who leads, as this member knows it.
+enum Leader {
+    Me,
+    Other(String),
+    Unknown,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// One Raft member with its state.
 #[derive(Clone)]
 pub struct Store {
     raft: Raft,
     shared: Arc<storage::Shared>,
     config: Arc<StoreConfig>,
+    peers: network::Peers,
 }
 
 impl Store {
@@ -151,14 +242,17 @@ impl Store {
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.keep_logs,
             ..Default::default()
         }
         .validate()
         .map_err(|e| StoreError::Start(e.to_string()))?;
+        let peers = network::Peers::default();
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            network::Network,
+            network::Network::new(peers.clone()),
             log,
             sm,
         )
@@ -168,17 +262,21 @@ impl Store {
             raft,
             shared,
             config: Arc::new(config),
+            peers,
         })
+    }
+
+    /// Whether this member has ever been part of a cluster (has a log or a membership).
+    pub async fn is_initialized(&self) -> Result<bool, StoreError> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Fatal(e.to_string()))
     }
 
     /// Forms a one-member cluster of this server when it has never been part of one.
     pub async fn bootstrap_if_new(&self) -> Result<bool, StoreError> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StoreError::Fatal(e.to_string()))?
-        {
+        if self.is_initialized().await? {
             return Ok(false);
         }
         let members = BTreeMap::from([(
@@ -202,50 +300,308 @@ impl Store {
         self.config.node_id
     }
 
-    /// Proposes a command and waits until it is committed and applied.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn leader(&self) -> Leader {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id == self.config.node_id && m.state == ServerState::Leader => Leader::Me,
+            Some(id) if id == self.config.node_id => Leader::Unknown,
+            Some(id) => match m.membership_config.membership().get_node(&id) {
+                Some(node) => Leader::Other(node.addr.clone()),
+                None => Leader::Unknown,
+            },
+            None => Leader::Unknown,
+        }
+    }
+
+    /// Whether this member leads right now.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.leader(), Leader::Me)
+    }
+
+    /// The leader's address when another member leads.
+    pub fn leader_addr(&self) -> Option<String> {
+        match self.leader() {
+            Leader::Other(addr) => Some(addr),
+            Leader::Me => Some(self.config.advertise_addr.clone()),
+            Leader::Unknown => None,
+        }
+    }
+
+    /// Fails fast when this member leads but has not heard from a quorum recently.
+    fn check_quorum(&self) -> Result<(), StoreError> {
+        let m = self.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
+        // `None` means no round has completed since this member became leader: too early to
+        // tell, so the write's own timeout decides.
+        let stale = m
+            .millis_since_quorum_ack
+            .is_some_and(|ms| Duration::from_millis(ms) > self.config.quorum_timeout());
+        if voters > 1 && stale {
+            return Err(StoreError::NoQuorum(format!(
+                "the leader has not heard from a majority of the {voters} servers for over {:?}",
+                self.config.quorum_timeout()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs `attempt` until it stops answering "not the leader" or the deadline passes.
+    async fn retry<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        loop {
+            match attempt().await {
+                Err(StoreError::NotLeader { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(StoreError::NotLeader { .. }) => {
+                    return Err(StoreError::NoQuorum(format!(
+                        "no leader could be reached within {:?}; fewer than a majority of servers may be up",
+                        self.config.write_timeout
+                    )))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Executes a write on the leader, forwarding it when another member leads.
+    async fn write(&self, write: Write, timeout: Duration) -> Result<CommandResult, StoreError> {
+        let deadline = Instant::now() + timeout;
+        self.retry(deadline, || {
+            let write = write.clone();
+            async move {
+                match self.leader() {
+                    Leader::Me => self.write_local(write, deadline).await,
+                    Leader::Other(addr) => self.peers.forward(&addr, &write, deadline).await,
+                    Leader::Unknown => Err(StoreError::NotLeader {
+                        leader_id: None,
+                        leader_addr: None,
+                    }),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Executes a write on this member, which must lead.
+    pub(crate) async fn write_local(
+        &self,
+        write: Write,
+        deadline: Instant,
+    ) -> Result<CommandResult, StoreError> {
+        self.check_quorum()?;
+        let no_quorum = || {
+            StoreError::NoQuorum(
+                "the write was not committed in time; fewer than a majority of servers are reachable"
+                    .into(),
+            )
+        };
+        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BerthNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                StoreError::Membership(e.to_string())
+            }
+            RaftError::Fatal(e) => StoreError::Fatal(e.to_string()),
+        };
+        match write {
+            Write::Command(command) => {
+                let resp = tokio::time::timeout_at(deadline, self.raft.client_write(command))
+                    .await
+                    .map_err(|_| no_quorum())?
+                    .map_err(map_err)?;
+                Ok(resp.data)
+            }
+            Write::AddMember { id, addr, voter } => {
+                self.change_members(
+                    ChangeMembers::AddNodes(BTreeMap::from([(id, BasicNode { addr })])),
+                    deadline,
+                )
+                .await?;
+                if voter {
+                    self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])), deadline)
+                        .await?;
+                }
+                Ok(CommandResult::Done)
+            }
+            Write::RemoveMember { id } => {
+                let membership = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .clone();
+                let change = if membership.voter_ids().any(|v| v == id) {
+                    if membership.voter_ids().count() == 1 {
+                        return Err(StoreError::Membership(format!(
+                            "server {id} is the only voter; add another server first"
+                        )));
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else if membership.get_node(&id).is_some() {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    return Err(StoreError::Membership(format!(
+                        "server {id} is not a member"
+                    )));
+                };
+                self.change_members(change, deadline).await?;
+                Ok(CommandResult::Done)
+            }
+        }
+    }
+
+    /// Applies a membership change on this leader, waiting for one already in progress to
+    /// finish first. New nodes are added as learners and this waits until they caught up.
+    async fn change_members(
+        &self,
+        change: ChangeMembers<NodeId, BerthNode>,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        loop {
+            let attempt = async {
+                match change.clone() {
+                    ChangeMembers::AddNodes(nodes) => {
+                        let mut result = Ok(());
+                        for (id, node) in nodes {
+                            result = self.raft.add_learner(id, node, true).await.map(drop);
+                            if result.is_err() {
+                                break;
+                            }
+                        }
+                        result
+                    }
+                    other => self.raft.change_membership(other, false).await.map(drop),
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => {
+                    return Err(StoreError::NoQuorum(
+                        "the membership change was not committed in time".into(),
+                    ))
+                }
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                )))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    return Err(StoreError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    })
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(StoreError::Membership(e.to_string()))
+                }
+                Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(e.to_string())),
+            }
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied (on the leader).
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
-        let write = self.raft.client_write(command);
-        match tokio::time::timeout(self.config.write_timeout, write).await {
-            Err(_) => Err(StoreError::NoQuorum(format!(
-                "a write was not committed within {:?}; fewer than a majority of servers are reachable",
-                self.config.write_timeout
-            ))),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+        self.write(Write::Command(command), self.config.write_timeout)
+            .await
+    }
+
+    /// Adds a server: as a learner first, promoted to voter once it has caught up.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: String,
+        voter: bool,
+    ) -> Result<(), StoreError> {
+        // Catching up may mean streaming a snapshot: allow longer than a plain write.
+        self.write(
+            Write::AddMember { id, addr, voter },
+            self.config.write_timeout * 12,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes a server (voter or learner). Removing the leader hands leadership on.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), StoreError> {
+        self.write(Write::RemoveMember { id }, self.config.write_timeout * 2)
+            .await
+            .map(drop)
+    }
+
+    /// The leader's read index: confirms leadership with a quorum and waits until applied.
+    pub(crate) async fn read_index_local(&self, deadline: Instant) -> Result<u64, StoreError> {
+        self.check_quorum()?;
+        let check = self.raft.ensure_linearizable();
+        match tokio::time::timeout_at(deadline, check).await {
+            Err(_) => Err(StoreError::NoQuorum(
+                "could not confirm leadership with a majority of servers".into(),
+            )),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(StoreError::NotLeader {
                     leader_id: f.leader_id,
                     leader_addr: f.leader_node.map(|n| n.addr),
                 })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(StoreError::Fatal(e.to_string()))
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                let voters = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count();
+                Err(StoreError::NoQuorum(format!(
+                    "the leader hears from only {} of {voters} servers, not a majority",
+                    q.got.len()
+                )))
             }
             Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e.to_string())),
         }
     }
 
-    /// A linearizable read: confirms leadership with a quorum (read index), waits until the
-    /// state machine has applied up to it, then runs `f` on the state.
-    pub async fn read<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, StoreError> {
-        let check = self.raft.ensure_linearizable();
-        match tokio::time::timeout(self.config.write_timeout, check).await {
-            Err(_) => {
-                return Err(StoreError::NoQuorum(
-                    "could not confirm leadership with a majority of servers".into(),
-                ))
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                return Err(StoreError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Ok(Err(RaftError::APIError(e @ CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                return Err(StoreError::NoQuorum(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(e.to_string())),
+    /// Waits until this member has applied `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), StoreError> {
+        let mut applied = self.watch();
+        let wait = async move { applied.wait_for(|a| *a >= index).await.map(drop) };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Fatal("state machine stopped".into())),
+            Err(_) => Err(StoreError::NoQuorum(format!(
+                "this server did not catch up to the leader's index {index} in time"
+            ))),
         }
+    }
+
+    /// A linearizable read: the leader confirms its leadership with a quorum (read index), this
+    /// member waits until it has applied that far, then runs `f` on its state.
+    pub async fn read<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, StoreError> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        let index = self
+            .retry(deadline, || async {
+                match self.leader() {
+                    Leader::Me => self.read_index_local(deadline).await,
+                    Leader::Other(addr) => self.peers.read_index(&addr, deadline).await,
+                    Leader::Unknown => Err(StoreError::NotLeader {
+                        leader_id: None,
+                        leader_addr: None,
+                    }),
+                }
+            })
+            .await?;
+        self.wait_applied(index, deadline).await?;
         Ok(self.read_stale(f))
     }
 
@@ -305,12 +661,35 @@ impl Store {
             })
             .collect();
         ClusterStatus {
+            id: m.id,
             leader: m.current_leader,
             term: m.current_term,
             commit_index: self.shared.committed.load(Ordering::Relaxed),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             members,
         }
+    }
+
+    /// A backup of the whole state (linearizable), in the format `restore` reads.
+    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        let objects = self.read(|s| s.objects().collect::<Vec<_>>()).await?;
+        serde_json::to_vec(&storage::SnapshotData { objects })
+            .map_err(|e| StoreError::Fatal(format!("encode backup: {e}")))
+    }
+
+    /// Replaces the whole state with a backup made by [`Store::backup`].
+    pub async fn restore(&self, backup: &[u8]) -> Result<usize, StoreError> {
+        let data: storage::SnapshotData = serde_json::from_slice(backup)
+            .map_err(|e| StoreError::Start(format!("read backup: {e}")))?;
+        let count = data.objects.len();
+        self.propose(Command::ReplaceState {
+            objects: data.objects,
+            at: now_ms(),
+        })
+        .await?;
+        Ok(count)
     }
 
     /// Stops Raft (used by tests and on shutdown).

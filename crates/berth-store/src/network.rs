@@ -17,11 +17,100 @@ use tonic::transport::{Channel, Endpoint};
 use berth_proto::v1::raft_client::RaftClient;
 use berth_proto::v1::{raft_server, RaftPayload};
 
-use crate::{BerthNode, NodeId, Raft, TypeConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+use crate::{BerthNode, CommandResult, NodeId, Store, StoreError, TypeConfig, Write};
+
+/// One lazily connected channel per peer address, shared by Raft replication and forwarding.
+#[derive(Clone, Default)]
+pub struct Peers(Arc<Mutex<HashMap<String, RaftClient<Channel>>>>);
+
+impl Peers {
+    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let mut peers = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy();
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        peers.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Hands a write to the leader at `addr`. Transport failures answer "not the leader", so
+    /// the caller looks for the leader again.
+    pub(crate) async fn forward(
+        &self,
+        addr: &str,
+        write: &Write,
+        deadline: Instant,
+    ) -> Result<CommandResult, StoreError> {
+        let reply: Result<CommandResult, crate::RemoteError> =
+            self.call(addr, write, deadline, true).await?;
+        reply.map_err(StoreError::from)
+    }
+
+    /// Asks the leader at `addr` for its read index.
+    pub(crate) async fn read_index(
+        &self,
+        addr: &str,
+        deadline: Instant,
+    ) -> Result<u64, StoreError> {
+        let reply: Result<u64, crate::RemoteError> = self.call(addr, &(), deadline, false).await?;
+        reply.map_err(StoreError::from)
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        req: &Req,
+        deadline: Instant,
+        forward: bool,
+    ) -> Result<Resp, StoreError> {
+        let not_leader = || StoreError::NotLeader {
+            leader_id: None,
+            leader_addr: Some(addr.to_owned()),
+        };
+        let mut client = self.client(addr).map_err(|_| not_leader())?;
+        let json = serde_json::to_vec(req)
+            .map_err(|e| StoreError::Fatal(format!("encode request: {e}")))?;
+        let mut request = tonic::Request::new(RaftPayload { json });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = if forward {
+            client.forward(request).await
+        } else {
+            client.read_index(request).await
+        };
+        let reply = reply.map_err(|status| {
+            tracing::debug!(%addr, "call leader: {status}");
+            not_leader()
+        })?;
+        serde_json::from_slice(&reply.into_inner().json)
+            .map_err(|e| StoreError::Fatal(format!("decode reply from {addr}: {e}")))
+    }
+}
 
 /// Opens connections to peers on demand.
-#[derive(Clone, Default)]
-pub struct Network;
+#[derive(Clone)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    pub(crate) fn new(peers: Peers) -> Self {
+        Self { peers }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
@@ -30,16 +119,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             addr: node.addr.clone(),
-            client: None,
+            peers: self.peers.clone(),
         }
     }
 }
 
-/// A lazily connected client to one peer.
+/// A client to one peer.
 pub struct Connection {
     target: NodeId,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    peers: Peers,
 }
 
 enum Rpc {
@@ -60,16 +149,10 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Some(c) => c,
-            None => {
-                let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
-                    .connect_timeout(option.hard_ttl());
-                let channel = endpoint.connect_lazy();
-                self.client.insert(RaftClient::new(channel))
-            }
-        };
+        let mut client = self
+            .peers
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { json });
         request.set_timeout(option.hard_ttl());
@@ -80,10 +163,7 @@ impl Connection {
         };
         let reply = match reply {
             Ok(r) => r.into_inner(),
-            Err(status) => {
-                self.client = None;
-                return Err(RPCError::Unreachable(Unreachable::new(&status)));
-            }
+            Err(status) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
         };
         let result: Result<Resp, E> = serde_json::from_slice(&reply.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -122,12 +202,14 @@ impl RaftNetwork<TypeConfig> for Connection {
 
 /// The server side of the transport.
 pub struct RaftService {
-    raft: Raft,
+    store: Store,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(64 << 20)
+    pub fn new(store: Store) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(Self { store })
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
     }
 }
 
@@ -149,7 +231,7 @@ impl raft_server::Raft for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        reply(&self.raft.append_entries(rpc).await)
+        reply(&self.store.raft().append_entries(rpc).await)
     }
 
     async fn vote(
@@ -157,7 +239,7 @@ impl raft_server::Raft for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: VoteRequest<NodeId> = decode(req)?;
-        reply(&self.raft.vote(rpc).await)
+        reply(&self.store.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(
@@ -165,6 +247,36 @@ impl raft_server::Raft for RaftService {
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        reply(&self.store.raft().install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let mut write: Write = decode(req)?;
+        let timeout = match &mut write {
+            Write::Command(command) => {
+                // The leader assigns timestamps, also to commands a follower received.
+                *command.at_mut() = crate::now_ms();
+                self.store.config().write_timeout
+            }
+            Write::AddMember { .. } => self.store.config().write_timeout * 12,
+            Write::RemoveMember { .. } => self.store.config().write_timeout * 2,
+        };
+        let result = self
+            .store
+            .write_local(write, Instant::now() + timeout)
+            .await;
+        reply(&result.map_err(crate::RemoteError::from))
+    }
+
+    async fn read_index(
+        &self,
+        _req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let deadline = Instant::now() + self.store.config().write_timeout;
+        let result = self.store.read_index_local(deadline).await;
+        reply(&result.map_err(crate::RemoteError::from))
     }
 }

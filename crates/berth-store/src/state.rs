@@ -1,6 +1,6 @@
 //! The replicated state and the deterministic function that applies commands to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
     DesiredStatus, Node, NodeStatus, Task, TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus,
@@ -17,6 +17,22 @@ pub struct State {
     task_definitions: BTreeMap<(String, String), Vec<TaskDefinition>>,
     tasks: BTreeMap<String, Task>,
     nodes: BTreeMap<String, Node>,
+    /// Client tokens of recent `CreateTasks`, for deduplicating retries.
+    client_tokens: BTreeMap<String, ClientToken>,
+    /// `(at, token)`, oldest first, to expire tokens.
+    token_ages: BTreeSet<(Timestamp, String)>,
+}
+
+/// How long a client token is remembered (as ECS's `clientToken`, for an hour).
+pub const CLIENT_TOKEN_TTL_MS: u64 = 3_600_000;
+
+/// The tasks one `CreateTasks` with a client token created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientToken {
+    pub token: String,
+    pub at: Timestamp,
+    pub task_ids: Vec<String>,
 }
 
 /// The key of one stored object; the state machine persists exactly the keys a command touched.
@@ -29,6 +45,7 @@ pub enum Key {
     },
     Task(String),
     Node(String),
+    ClientToken(String),
 }
 
 impl Key {
@@ -44,17 +61,34 @@ impl Key {
             }
             Key::Task(id) => format!("task/{id}"),
             Key::Node(name) => format!("node/{name}"),
+            Key::ClientToken(token) => format!("token/{token}"),
         }
     }
 }
 
 /// One stored object, as it is written to disk and into snapshots.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "object")]
 pub enum Object {
     TaskDefinition(TaskDefinition),
     Task(Task),
     Node(Node),
+    ClientToken(ClientToken),
+}
+
+impl Object {
+    pub fn key(&self) -> Key {
+        match self {
+            Object::TaskDefinition(d) => Key::TaskDefinition {
+                namespace: d.namespace.clone(),
+                family: d.family.clone(),
+                revision: d.revision,
+            },
+            Object::Task(t) => Key::Task(t.task_id.clone()),
+            Object::Node(n) => Key::Node(n.name.clone()),
+            Object::ClientToken(c) => Key::ClientToken(c.token.clone()),
+        }
+    }
 }
 
 impl State {
@@ -128,7 +162,12 @@ impl State {
             .map(Object::TaskDefinition);
         let tasks = self.tasks.values().cloned().map(Object::Task);
         let nodes = self.nodes.values().cloned().map(Object::Node);
-        defs.chain(tasks).chain(nodes)
+        let tokens = self
+            .client_tokens
+            .values()
+            .cloned()
+            .map(Object::ClientToken);
+        defs.chain(tasks).chain(nodes).chain(tokens)
     }
 
     /// The object stored under `key`, if any.
@@ -150,6 +189,11 @@ impl State {
                 .map(Object::TaskDefinition),
             Key::Task(id) => self.tasks.get(id).cloned().map(Object::Task),
             Key::Node(name) => self.nodes.get(name).cloned().map(Object::Node),
+            Key::ClientToken(token) => self
+                .client_tokens
+                .get(token)
+                .cloned()
+                .map(Object::ClientToken),
         }
     }
 
@@ -168,6 +212,10 @@ impl State {
                 }
                 Object::Node(n) => {
                     state.nodes.insert(n.name.clone(), n);
+                }
+                Object::ClientToken(c) => {
+                    state.token_ages.insert((c.at, c.token.clone()));
+                    state.client_tokens.insert(c.token.clone(), c);
                 }
             }
         }
@@ -188,7 +236,11 @@ impl State {
                 reuse_identical,
                 at,
             } => self.register_task_definition(namespace, spec, reuse_identical, at, &mut changed),
-            Command::CreateTasks { tasks } => self.create_tasks(tasks, &mut changed),
+            Command::CreateTasks {
+                tasks,
+                client_token,
+                at,
+            } => self.create_tasks(tasks, client_token, at, &mut changed),
             Command::StopTask {
                 namespace,
                 task_id,
@@ -270,7 +322,7 @@ impl State {
                 }
                 CommandResult::Done
             }
-            Command::RegisterNode { node } => {
+            Command::RegisterNode { node, at } => {
                 let name = node.name.clone();
                 match self.nodes.get_mut(&name) {
                     Some(existing) => {
@@ -279,17 +331,22 @@ impl State {
                         existing.cpu.total = node.cpu.total;
                         existing.memory.total = node.memory.total;
                         existing.status = NodeStatus::Active;
-                        existing
-                            .events
-                            .push(node.registered_at, "agent registered again");
+                        existing.events.push(at, "agent registered again");
                     }
                     None => {
                         let mut node = node;
-                        node.events.push(node.registered_at, "agent registered");
+                        node.registered_at = at;
+                        node.events.push(at, "agent registered");
                         self.nodes.insert(name.clone(), node);
                     }
                 }
                 changed.push(Key::Node(name));
+                CommandResult::Done
+            }
+            Command::ReplaceState { objects, at: _ } => {
+                changed.extend(self.objects().map(|o| o.key()));
+                *self = State::from_objects(objects);
+                changed.extend(self.objects().map(|o| o.key()));
                 CommandResult::Done
             }
         };
@@ -348,7 +405,26 @@ impl State {
         }
     }
 
-    fn create_tasks(&mut self, tasks: Vec<Task>, changed: &mut Vec<Key>) -> CommandResult {
+    fn create_tasks(
+        &mut self,
+        mut tasks: Vec<Task>,
+        client_token: Option<String>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        self.expire_client_tokens(at, changed);
+        if let Some(seen) = client_token
+            .as_ref()
+            .and_then(|t| self.client_tokens.get(t))
+        {
+            let tasks = seen
+                .task_ids
+                .iter()
+                .filter_map(|id| self.tasks.get(id))
+                .cloned()
+                .collect();
+            return CommandResult::Tasks(tasks);
+        }
         for task in &tasks {
             if task.task_definition.revision.is_none()
                 || self
@@ -367,11 +443,36 @@ impl State {
                 )));
             }
         }
-        for task in &tasks {
+        for task in &mut tasks {
+            task.created_at = at;
+            task.events.push(at, "created");
             changed.push(Key::Task(task.task_id.clone()));
             self.tasks.insert(task.task_id.clone(), task.clone());
         }
+        if let Some(token) = client_token {
+            let record = ClientToken {
+                token: token.clone(),
+                at,
+                task_ids: tasks.iter().map(|t| t.task_id.clone()).collect(),
+            };
+            self.token_ages.insert((at, token.clone()));
+            self.client_tokens.insert(token.clone(), record);
+            changed.push(Key::ClientToken(token));
+        }
         CommandResult::Tasks(tasks)
+    }
+
+    /// Forgets client tokens older than [`CLIENT_TOKEN_TTL_MS`] at `now` (the command's time).
+    fn expire_client_tokens(&mut self, now: Timestamp, changed: &mut Vec<Key>) {
+        let cutoff = now.saturating_sub(CLIENT_TOKEN_TTL_MS);
+        while let Some((at, token)) = self.token_ages.first().cloned() {
+            if at >= cutoff {
+                break;
+            }
+            self.token_ages.remove(&(at, token.clone()));
+            self.client_tokens.remove(&token);
+            changed.push(Key::ClientToken(token));
+        }
     }
 
     fn place_tasks(
@@ -441,6 +542,7 @@ mod tests {
             at: 1,
         });
         s.apply(Command::RegisterNode {
+            at: 1,
             node: Node {
                 name: "n1".into(),
                 address: "127.0.0.1:1".into(),
@@ -477,6 +579,8 @@ mod tests {
                 containers: vec![ContainerState::pending("app", "busybox")],
                 events: EventLog::default(),
             }],
+            client_token: Some("tok-1".into()),
+            at: 2,
         });
         s
     }
@@ -633,7 +737,41 @@ mod tests {
             .task("default", "t1")
             .map(|t| t.events.iter().map(|e| e.message.clone()).collect())
             .unwrap_or_default();
-        assert_eq!(events, vec!["unable to place: no nodes".to_owned()]);
+        assert_eq!(
+            events,
+            vec!["created".to_owned(), "unable to place: no nodes".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_retried_client_token_creates_nothing_new_until_it_expires() {
+        let mut s = state_with_task();
+        let retry = |id: &str, at| Command::CreateTasks {
+            tasks: vec![Task {
+                task_id: id.into(),
+                ..s.task("default", "t1").cloned().expect("t1")
+            }],
+            client_token: Some("tok-1".into()),
+            at,
+        };
+        let (result, changed) = s.clone().apply(retry("t2", 3));
+        assert!(matches!(&result, CommandResult::Tasks(t) if t.len() == 1 && t[0].task_id == "t1"));
+        assert!(changed.is_empty());
+        let (result, _) = s.apply(retry("t2", 2 + CLIENT_TOKEN_TTL_MS + 1));
+        assert!(matches!(&result, CommandResult::Tasks(t) if t[0].task_id == "t2"));
+        assert_eq!(s.tasks().count(), 2);
+    }
+
+    #[test]
+    fn replace_state_touches_old_and_new_keys() {
+        let mut s = state_with_task();
+        let (_, changed) = s.apply(Command::ReplaceState {
+            objects: vec![],
+            at: 9,
+        });
+        assert_eq!(s, State::default());
+        assert!(changed.contains(&Key::Task("t1".into())));
+        assert!(changed.contains(&Key::ClientToken("tok-1".into())));
     }
 
     #[test]

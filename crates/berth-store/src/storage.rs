@@ -246,8 +246,8 @@ impl Shared {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotData {
-    objects: Vec<Object>,
+pub(crate) struct SnapshotData {
+    pub(crate) objects: Vec<Object>,
 }
 
 /// The state machine: [`State`] in memory, every object also on disk.
@@ -361,17 +361,8 @@ impl StateMachine {
                 let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
                 objects.retain(|_, _| false).map_err(write_err)?;
                 for obj in state.objects() {
-                    let key = match &obj {
-                        Object::TaskDefinition(d) => Key::TaskDefinition {
-                            namespace: d.namespace.clone(),
-                            family: d.family.clone(),
-                            revision: d.revision,
-                        },
-                        Object::Task(t) => Key::Task(t.task_id.clone()),
-                        Object::Node(n) => Key::Node(n.name.clone()),
-                    };
                     objects
-                        .insert(key.encode().as_str(), encode(&obj)?.as_slice())
+                        .insert(obj.key().encode().as_str(), encode(&obj)?.as_slice())
                         .map_err(write_err)?;
                 }
             }

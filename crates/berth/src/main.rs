@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_agent::{Agent, AgentConfig, ContainerdConfig, ContainerdRuntime};
-use berth_server::{Server, ServerConfig};
+use berth_server::{RaftTuning, Server, ServerConfig};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -48,9 +48,65 @@ struct ServerArgs {
     /// The address other servers and agents use to reach this one (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
-    /// This server's Raft member ID.
+    /// This server's Raft member ID, unique in the cluster.
     #[arg(long, default_value_t = 1)]
     node_id: u64,
+    /// Start a new one-member cluster (what a server with no state and no --join does anyway).
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// Join the cluster of the server at this address (on first start; later starts rejoin
+    /// from their own state).
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// With no state, wait to be added with `berth cluster add` instead of bootstrapping.
+    #[arg(long, conflicts_with_all = ["join", "bootstrap"])]
+    no_bootstrap: bool,
+    /// Start a new cluster from a backup made with `berth cluster snapshot save`.
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    restore: Option<PathBuf>,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, default_value_t = 400)]
+    election_timeout_ms: u64,
+    /// How long a write may wait for a leader and a quorum before failing with UNAVAILABLE.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    write_timeout: Duration,
+    /// Build a Raft snapshot (and compact the log) after this many entries.
+    #[arg(long, default_value_t = 5000)]
+    snapshot_every: u64,
+    /// Log entries kept after a snapshot for followers that are a little behind.
+    #[arg(long, default_value_t = 1000)]
+    keep_logs: u64,
+}
+
+impl ServerArgs {
+    fn config(self) -> anyhow::Result<ServerConfig> {
+        // `--bootstrap` states the intent explicitly; without `--join` a server with no state
+        // bootstraps anyway, and with state it has nothing to bootstrap.
+        let _ = self.bootstrap;
+        anyhow::ensure!(
+            self.heartbeat_ms * 2 < self.election_timeout_ms,
+            "--election-timeout-ms must be more than twice --heartbeat-ms"
+        );
+        let mut config = ServerConfig::new(self.node_id, self.data_dir, self.listen);
+        config.advertise = self.advertise;
+        config.join = self.join;
+        config.restore = self.restore;
+        config.no_bootstrap = self.no_bootstrap;
+        config.raft = RaftTuning {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: (
+                Duration::from_millis(self.election_timeout_ms),
+                Duration::from_millis(self.election_timeout_ms * 2),
+            ),
+            write_timeout: self.write_timeout,
+            snapshot_every: self.snapshot_every,
+            keep_logs: self.keep_logs,
+        };
+        Ok(config)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,13 +274,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let server = Server::start(ServerConfig {
-        node_id: 1,
-        data_dir: data_dir.join("server"),
-        listen: args.listen,
-        advertise: None,
-    })
-    .await?;
+    let server = Server::start(ServerConfig::new(1, data_dir.join("server"), args.listen)).await?;
     let server_addr = server.address.to_string();
     let runtime = ContainerdRuntime::connect(ContainerdConfig {
         socket,
@@ -270,13 +320,7 @@ async fn main() {
         Role::Server(args) => {
             init_logging("info,openraft=warn");
             let result = async {
-                let server = Server::start(ServerConfig {
-                    node_id: args.node_id,
-                    data_dir: args.data_dir,
-                    listen: args.listen,
-                    advertise: args.advertise,
-                })
-                .await?;
+                let server = Server::start(args.config()?).await?;
                 server.serve(shutdown_signal()).await
             }
             .await;

@@ -1,0 +1,410 @@
+//! The replicated control plane under faults: real `berth server` processes with durable logs,
+//! kill -9, restarts, membership changes — and the CLI failing over between servers.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth_tests::{cli, cli_json, poll, ServerProc, FAST_RAFT};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+const TASK_DEFINITION: &str = "apiVersion: berth.dev/v1\nkind: TaskDefinition\nmetadata:\n  name: web\nspec:\n  cpu: 256\n  memory: 64\n  containers:\n    - name: app\n      image: 127.0.0.1:1/none:latest\n";
+
+/// Servers 1..=n: server 1 bootstraps, the others join it.
+struct Servers {
+    dir: tempfile::TempDir,
+    addrs: Vec<SocketAddr>,
+    procs: Vec<Option<ServerProc>>,
+    extra: Vec<String>,
+}
+
+impl Servers {
+    async fn start(n: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-cluster")
+            .tempdir_in("/tmp")?;
+        let mut s = Self {
+            dir,
+            addrs: Vec::new(),
+            procs: Vec::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        for id in 1..=n {
+            let join = (id > 1).then(|| s.addrs[0].to_string());
+            s.spawn(id, join.as_deref()).await?;
+        }
+        for p in s.procs.iter().flatten() {
+            p.wait_ready().await?;
+        }
+        Ok(s)
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("s{id}"))
+    }
+
+    /// Spawns server `id` (new or restarted) with the common flags, joining `join` if given.
+    async fn spawn(&mut self, id: u64, join: Option<&str>) -> anyhow::Result<()> {
+        let mut args: Vec<&str> = FAST_RAFT.to_vec();
+        args.extend(self.extra.iter().map(String::as_str));
+        if let Some(j) = join {
+            args.extend(["--join", j]);
+        }
+        let idx = usize::try_from(id - 1)?;
+        let addr = self.addrs.get(idx).copied();
+        let p = ServerProc::spawn(id, &self.data_dir(id), addr, &args).await?;
+        if idx == self.addrs.len() {
+            self.addrs.push(p.addr);
+            self.procs.push(Some(p));
+        } else {
+            self.procs[idx] = Some(p);
+        }
+        Ok(())
+    }
+
+    /// Spawns server `id` waiting to be added with `berth cluster add`.
+    async fn spawn_unjoined(&mut self, id: u64) -> anyhow::Result<()> {
+        self.extra.push("--no-bootstrap".into());
+        let r = self.spawn(id, None).await;
+        self.extra.pop();
+        r?;
+        let p = self.proc(id);
+        poll("new server to listen", TIMEOUT, || async {
+            p.status().await.ok()
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn proc(&self, id: u64) -> &ServerProc {
+        self.procs[usize::try_from(id - 1).expect("id fits")]
+            .as_ref()
+            .expect("server is running")
+    }
+
+    fn addr(&self, id: u64) -> String {
+        self.addrs[usize::try_from(id - 1).expect("id fits")].to_string()
+    }
+
+    /// Every server's address, running or not: the CLI must fail over by itself.
+    fn all(&self) -> String {
+        self.addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let p = self.procs[usize::try_from(id - 1)?]
+            .take()
+            .expect("server is running");
+        p.kill().await
+    }
+
+    /// The leader as the running servers agree on it.
+    async fn leader(&self) -> anyhow::Result<u64> {
+        poll("a leader", TIMEOUT, || async {
+            for p in self.procs.iter().flatten() {
+                if let Ok(v) = p.status().await {
+                    if let Some(l) = v["leader"].as_u64() {
+                        if self.procs.iter().flatten().any(|p| p.id == l) {
+                            return Some(l);
+                        }
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+/// Submits `count` tasks one after another through the CLI; sends each acknowledged task ID.
+fn submit_loop(
+    servers: String,
+    count: usize,
+) -> (
+    mpsc::UnboundedReceiver<String>,
+    tokio::task::JoinHandle<usize>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = tokio::spawn(async move {
+        let mut failures = 0;
+        for _ in 0..count {
+            match cli(&servers, &["run", "--task-definition", "web"]).await {
+                Ok(out) if out.status.success() => {
+                    let _ = tx.send(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+                }
+                _ => failures += 1,
+            }
+        }
+        failures
+    });
+    (rx, handle)
+}
+
+async fn apply_task_definition(s: &Servers) -> anyhow::Result<()> {
+    let manifest = s.dir.path().join("web.yaml");
+    std::fs::write(&manifest, TASK_DEFINITION)?;
+    let out = cli(&s.all(), &["apply", "-f", &manifest.to_string_lossy()]).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn task_ids(tasks: &Value) -> Vec<String> {
+    tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["taskId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Asserts every acknowledged task exists exactly once and nothing was created twice.
+fn check_acknowledged(tasks: &Value, acked: &[String], attempts: usize) {
+    let ids = task_ids(tasks);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a task ID is listed twice");
+    for id in acked {
+        assert_eq!(
+            ids.iter().filter(|i| *i == id).count(),
+            1,
+            "acknowledged task {id} missing"
+        );
+    }
+    assert!(
+        ids.len() <= attempts,
+        "{} tasks from {attempts} submissions: a retry created tasks twice",
+        ids.len()
+    );
+}
+
+#[tokio::test]
+async fn leader_kill_loses_no_acknowledged_task_and_servers_catch_up() -> anyhow::Result<()> {
+    // Frequent snapshots and little kept log, so that a new member needs a snapshot.
+    let mut s = Servers::start(3, &["--snapshot-every", "20", "--keep-logs", "5"]).await?;
+    apply_task_definition(&s).await?;
+
+    let attempts = 40;
+    let (mut acks, submitter) = submit_loop(s.all(), attempts);
+    let mut acked = Vec::new();
+    while acked.len() < 10 {
+        acked.push(acks.recv().await.expect("submissions before the kill"));
+    }
+    let old_leader = s.leader().await?;
+    let killed_at = Instant::now();
+    s.kill(old_leader).await?;
+    let failures = submitter.await?;
+    let before_kill = acked.len();
+    while let Ok(id) = acks.try_recv() {
+        acked.push(id);
+    }
+    assert!(
+        acked.len() > before_kill,
+        "no submission was acknowledged after the leader died"
+    );
+    assert!(
+        failures <= 2,
+        "{failures} submissions failed; the CLI should fail over"
+    );
+    let new_leader = s.leader().await?;
+    assert_ne!(new_leader, old_leader);
+    eprintln!("new leader {new_leader} after {:?}", killed_at.elapsed());
+
+    let tasks = cli_json(&s.all(), &["get", "tasks"]).await?;
+    check_acknowledged(&tasks, &acked, attempts);
+
+    // The killed server restarts from its own log and catches up.
+    s.spawn(old_leader, None).await?;
+    s.proc(old_leader).wait_ready().await?;
+    let expected = task_ids(&tasks);
+    let restarted = s.addr(old_leader);
+    poll("restarted server to catch up", TIMEOUT, || async {
+        let t = cli_json(&restarted, &["get", "tasks", "--stale"])
+            .await
+            .ok()?;
+        (task_ids(&t) == expected).then_some(())
+    })
+    .await?;
+
+    // A fresh server is brought up by snapshot: the leader has compacted its log.
+    let leader_status = s.proc(new_leader).status().await?;
+    assert!(
+        leader_status["purgedIndex"].as_u64().unwrap_or(0) > 0,
+        "leader log not compacted: {leader_status}"
+    );
+    s.spawn_unjoined(4).await?;
+    let out = cli(&s.all(), &["cluster", "add", "4", &s.addr(4)]).await?;
+    assert!(
+        out.status.success(),
+        "cluster add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = s.addr(4);
+    poll("new server to receive the state", TIMEOUT, || async {
+        let t = cli_json(&fresh, &["get", "tasks", "--stale"]).await.ok()?;
+        (task_ids(&t) == expected).then_some(())
+    })
+    .await?;
+    let status = s.proc(4).status().await?;
+    assert!(
+        status["snapshotIndex"].as_u64().is_some(),
+        "server 4 got no snapshot: {status}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_quorum_writes_fail_fast_and_recover_when_servers_return() -> anyhow::Result<()> {
+    let mut s = Servers::start(3, &[]).await?;
+    apply_task_definition(&s).await?;
+    let leader = s.leader().await?;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    s.kill(leader).await?;
+    s.kill(follower).await?;
+
+    let asked = Instant::now();
+    let out = cli(&s.all(), &["run", "--task-definition", "web"]).await?;
+    let took = asked.elapsed();
+    assert!(!out.status.success(), "a write without quorum succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no quorum"),
+        "error does not say there is no quorum: {err}"
+    );
+    assert!(took < Duration::from_secs(15), "failing took {took:?}");
+
+    s.spawn(leader, None).await?;
+    s.spawn(follower, None).await?;
+    let all = s.all();
+    poll("cluster to serve writes again", TIMEOUT, || async {
+        let out = cli(&all, &["run", "--task-definition", "web"]).await.ok()?;
+        out.status.success().then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_of_every_server_keeps_the_state() -> anyhow::Result<()> {
+    let mut s = Servers::start(3, &[]).await?;
+    apply_task_definition(&s).await?;
+    for _ in 0..5 {
+        let out = cli(
+            &s.all(),
+            &["run", "--task-definition", "web", "--count", "2"],
+        )
+        .await?;
+        assert!(
+            out.status.success(),
+            "run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tasks = cli_json(&s.all(), &["get", "tasks"]).await?;
+    let defs = cli_json(&s.all(), &["get", "taskdefs"]).await?;
+    assert_eq!(task_ids(&tasks).len(), 10);
+    for id in 1..=3 {
+        s.kill(id).await?;
+    }
+    for id in 1..=3 {
+        s.spawn(id, None).await?;
+    }
+    for id in 1..=3 {
+        s.proc(id).wait_ready().await?;
+    }
+    assert_eq!(cli_json(&s.all(), &["get", "tasks"]).await?, tasks);
+    assert_eq!(cli_json(&s.all(), &["get", "taskdefs"]).await?, defs);
+    for id in 1..=3 {
+        let addr = s.addr(id);
+        poll("every server to apply the whole log", TIMEOUT, || async {
+            let t = cli_json(&addr, &["get", "tasks", "--stale"]).await.ok()?;
+            (t == tasks).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn membership_grows_to_five_loses_its_leader_and_shrinks_to_three_under_writes(
+) -> anyhow::Result<()> {
+    let mut s = Servers::start(3, &[]).await?;
+    apply_task_definition(&s).await?;
+    s.spawn_unjoined(4).await?;
+    s.spawn_unjoined(5).await?;
+
+    let attempts = 40;
+    let (mut acks, submitter) = submit_loop(s.all(), attempts);
+    let mut acked = Vec::new();
+    acked.push(acks.recv().await.expect("a first submission"));
+
+    for id in [4, 5] {
+        let out = cli(&s.all(), &["cluster", "add", &id.to_string(), &s.addr(id)]).await?;
+        assert!(
+            out.status.success(),
+            "add {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = cli_json(&s.all(), &["cluster", "status"]).await?;
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(5),
+        "{status}"
+    );
+
+    let leader = s.leader().await?;
+    let out = cli(&s.all(), &["cluster", "remove", &leader.to_string()]).await?;
+    assert!(
+        out.status.success(),
+        "remove leader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.kill(leader).await?;
+    let other = (1..=5)
+        .find(|id| *id != leader && *id != 5)
+        .expect("another member");
+    let out = cli(&s.all(), &["cluster", "remove", &other.to_string()]).await?;
+    assert!(
+        out.status.success(),
+        "remove {other}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.kill(other).await?;
+
+    let failures = submitter.await?;
+    while let Ok(id) = acks.try_recv() {
+        acked.push(id);
+    }
+    assert!(
+        failures <= 2,
+        "{failures} submissions failed during membership changes"
+    );
+    let new_leader = s.leader().await?;
+    assert!(new_leader != leader && new_leader != other);
+    let status = cli_json(&s.all(), &["cluster", "status"]).await?;
+    let members: Vec<u64> = status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(
+        !members.contains(&leader) && !members.contains(&other),
+        "{status}"
+    );
+    let tasks = cli_json(&s.all(), &["get", "tasks"]).await?;
+    check_acknowledged(&tasks, &acked, attempts);
+    Ok(())
+}
