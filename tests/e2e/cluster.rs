@@ -408,3 +408,29 @@ async fn membership_grows_to_five_loses_its_leader_and_shrinks_to_three_under_wr
     check_acknowledged(&tasks, &acked, attempts);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_follows_the_leader_to_its_successor() -> anyhow::Result<()> {
+    let env = berth_tests::Env::start().await?;
+    let mut s = Servers::start(3, &[]).await?;
+    let agent = berth_tests::AgentProc::start(&env, &s.all(), "node-1").await?;
+    let leader = s.leader().await?;
+    s.kill(leader).await?;
+    // The agent must find the new leader by itself, and the new leader must place the task on
+    // it and see it finish.
+    let out = cli(
+        &s.all(),
+        &["run", "--wait", &env.image, "--", "echo", "still-here"],
+    )
+    .await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
+    let nodes = cli_json(&s.all(), &["get", "nodes"]).await?;
+    assert_eq!(nodes[0]["name"], agent.name.as_str());
+    Ok(())
+}

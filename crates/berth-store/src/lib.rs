@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, RaftNetworkFactory, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -227,12 +227,36 @@ impl Store {
             source: redb::Error::Io(e),
         })?;
         let path = config.data_dir.join("raft.redb");
-        let open_err = |source: redb::Error| StoreError::Open {
+        let db = redb::Database::create(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
+            source: e.into(),
+        })?;
+        let peers = network::Peers::default();
+        Self::open_with(config, db, network::Network::new(peers.clone()), peers).await
+    }
+
+    /// Opens a member on `db` with its Raft traffic going through `network` — the seam the
+    /// deterministic simulation uses (in-memory databases, a lossy simulated network).
+    #[doc(hidden)]
+    pub async fn open_simulated<N: RaftNetworkFactory<TypeConfig>>(
+        config: StoreConfig,
+        db: redb::Database,
+        network: N,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(config, db, network, network::Peers::default()).await
+    }
+
+    async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
+        config: StoreConfig,
+        db: redb::Database,
+        network: N,
+        peers: network::Peers,
+    ) -> Result<Self, StoreError> {
+        let db = Arc::new(db);
+        storage::init_tables(&db).map_err(|source| StoreError::Open {
+            path: config.data_dir.join("raft.redb"),
             source,
-        };
-        let db = Arc::new(redb::Database::create(&path).map_err(|e| open_err(e.into()))?);
-        storage::init_tables(&db).map_err(open_err)?;
+        })?;
         let committed = Arc::new(AtomicU64::new(0));
         let log = storage::LogStore::new(db.clone(), committed.clone());
         let (sm, shared) = storage::StateMachine::load(db, committed)
@@ -248,16 +272,9 @@ impl Store {
         }
         .validate()
         .map_err(|e| StoreError::Start(e.to_string()))?;
-        let peers = network::Peers::default();
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(raft_config),
-            network::Network::new(peers.clone()),
-            log,
-            sm,
-        )
-        .await
-        .map_err(|e| StoreError::Start(e.to_string()))?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| StoreError::Start(e.to_string()))?;
         Ok(Self {
             raft,
             shared,

@@ -11,7 +11,7 @@
 
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -108,12 +108,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => Some(i + 1),
+            Bound::Unbounded => None,
+        };
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry<TypeConfig>> = Vec::new();
         for item in table.range(range).map_err(read_err)? {
             let (_, v) = item.map_err(read_err)?;
             entries.push(decode(v.value())?);
+        }
+        // When the start of the range was purged (compacted into a snapshot) while a
+        // replication task was about to read it, answer nothing rather than a later suffix:
+        // openraft 0.9 would send that suffix after a `prev_log_id` it does not follow, which
+        // followers reject with a panic (the deterministic simulation found this). An empty
+        // answer is treated as a heartbeat, and the leader then sends a snapshot instead.
+        if let (Some(start), Some(first)) = (start, entries.first()) {
+            if first.log_id.index != start {
+                return Ok(Vec::new());
+            }
         }
         Ok(entries)
     }

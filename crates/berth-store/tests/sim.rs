@@ -1,0 +1,628 @@
+//! Deterministic simulation of the replicated store: three members with in-memory redb
+//! databases (the real storage code), a simulated network that delays, drops and partitions
+//! messages from a seeded RNG, crashes and restarts, and tokio's paused clock. After every
+//! step it checks:
+//! - election safety: at most one leader per term;
+//! - state machine safety: any two members that applied the same index hold the same state;
+//!   at the end, every member holds the same state and every acknowledged write is in it.
+//!
+//! `BERTH_SIM_SEEDS=N` (or `START..END`) runs seeds 0..N (default 500); `BERTH_SIM_SEED=S`
+//! replays one seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_model::{
+    ContainerDefinition, DesiredStatus, EventLog, Task, TaskDefinitionSpec, TaskStatus,
+};
+use berth_store::{
+    BerthNode, Command, CommandResult, NodeId, Raft, Store, StoreConfig, TypeConfig,
+};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory, ServerState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redb::backends::InMemoryBackend;
+use redb::StorageBackend;
+
+const MEMBERS: u64 = 3;
+const STEPS: usize = 40;
+
+/// A redb backend that outlives the database using it, so a "crashed" member reopens the
+/// bytes it had written. A crash also fences the old incarnation: tasks of the dead member that
+/// are still winding down can no longer read or write, as after a real kill -9.
+#[derive(Debug, Clone)]
+struct SharedBackend {
+    bytes: Arc<InMemoryBackend>,
+    alive: Arc<AtomicBool>,
+}
+
+impl SharedBackend {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.alive.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("this member crashed"))
+        }
+    }
+}
+
+impl StorageBackend for SharedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.check()?;
+        self.bytes.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.bytes.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.bytes.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.bytes.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.bytes.write(offset, data)
+    }
+}
+
+/// The simulated network shared by all members.
+struct NetState {
+    rng: StdRng,
+    live: BTreeMap<NodeId, Raft>,
+    /// Members cut off from everyone.
+    cut: BTreeSet<NodeId>,
+    /// Probability that a request or its reply is lost.
+    loss: f64,
+    /// Malformed messages seen on the wire.
+    violations: Vec<String>,
+}
+
+/// One incarnation's view of the network: a crashed incarnation sends nothing more.
+#[derive(Clone)]
+struct Net {
+    from: NodeId,
+    alive: Arc<AtomicBool>,
+    state: Arc<Mutex<NetState>>,
+}
+
+struct Conn {
+    from: NodeId,
+    alive: Arc<AtomicBool>,
+    target: NodeId,
+    state: Arc<Mutex<NetState>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Net {
+    type Network = Conn;
+    async fn new_client(&mut self, target: NodeId, _node: &BerthNode) -> Conn {
+        Conn {
+            from: self.from,
+            alive: self.alive.clone(),
+            target,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("simulated network dropped the message")]
+struct Dropped;
+
+impl Conn {
+    /// Decides the fate of one message: its delay, and whether it (or its reply) is lost.
+    fn fate(&self) -> (Duration, bool, bool, Option<Raft>) {
+        let mut s = self.state.lock().expect("net lock");
+        let dead = !self.alive.load(Ordering::SeqCst);
+        let cut = dead || s.cut.contains(&self.from) || s.cut.contains(&self.target);
+        let loss = s.loss;
+        let delay = Duration::from_millis(s.rng.gen_range(1..20));
+        let lose_request = cut || s.rng.gen_bool(loss);
+        let lose_reply = cut || s.rng.gen_bool(loss);
+        (
+            delay,
+            lose_request,
+            lose_reply,
+            s.live.get(&self.target).cloned(),
+        )
+    }
+
+    async fn send<Resp, E: std::error::Error>(
+        &self,
+        call: impl AsyncFnOnce(Raft) -> Result<Resp, RaftError<NodeId, E>>,
+    ) -> Result<Resp, RPCError<NodeId, BerthNode, RaftError<NodeId, E>>> {
+        let (delay, lose_request, lose_reply, target) = self.fate();
+        tokio::time::sleep(delay).await;
+        let Some(raft) = target.filter(|_| !lose_request) else {
+            return Err(RPCError::Unreachable(Unreachable::new(&Dropped)));
+        };
+        let result = call(raft).await;
+        if lose_reply || !self.alive.load(Ordering::SeqCst) {
+            return Err(RPCError::Unreachable(Unreachable::new(&Dropped)));
+        }
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
+        if let Some(first) = rpc.entries.first() {
+            let expected = rpc.prev_log_id.map_or(0, |p| p.index + 1);
+            if first.log_id.index != expected {
+                let v = format!(
+                    "member {} sent member {} entries from {} after prev_log_id {:?}",
+                    self.from, self.target, first.log_id, rpc.prev_log_id
+                );
+                self.state.lock().expect("net lock").violations.push(v);
+            }
+        }
+        self.send(async move |r: Raft| r.append_entries(rpc).await)
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BerthNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(async move |r: Raft| r.install_snapshot(rpc).await)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
+        self.send(async move |r: Raft| r.vote(rpc).await).await
+    }
+}
+
+struct Sim {
+    rng: StdRng,
+    net: Arc<Mutex<NetState>>,
+    backends: BTreeMap<NodeId, Arc<InMemoryBackend>>,
+    /// The liveness flag of each running member's backend.
+    alive: BTreeMap<NodeId, Arc<AtomicBool>>,
+    stores: BTreeMap<NodeId, Store>,
+    /// term -> the leader seen in it.
+    leaders: BTreeMap<u64, NodeId>,
+    /// applied index -> the state (as JSON) every member must hold at that index.
+    states: BTreeMap<u64, String>,
+    /// Families whose registration was acknowledged.
+    acked: BTreeSet<String>,
+    /// Client tokens whose task creation was acknowledged, with the task IDs answered.
+    tokens: BTreeMap<String, Vec<String>>,
+    next: u64,
+}
+
+fn addr(id: NodeId) -> String {
+    format!("sim-{id}")
+}
+
+impl Sim {
+    async fn start_member(&mut self, id: NodeId) -> Result<(), String> {
+        let bytes = self
+            .backends
+            .entry(id)
+            .or_insert_with(|| Arc::new(InMemoryBackend::new()))
+            .clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        self.alive.insert(id, alive.clone());
+        let db = redb::Builder::new()
+            .create_with_backend(SharedBackend {
+                bytes,
+                alive: alive.clone(),
+            })
+            .map_err(|e| format!("open member {id}: {e}"))?;
+        let mut config = StoreConfig::new(id, PathBuf::from(format!("/sim/{id}")), addr(id));
+        config.heartbeat_interval = Duration::from_millis(50);
+        // A one-millisecond window: openraft draws the timeout from an unseeded RNG, so the
+        // seeded network delays are what breaks ties.
+        config.election_timeout = (Duration::from_millis(300), Duration::from_millis(301));
+        config.snapshot_every = 8;
+        config.keep_logs = 2;
+        let net = Net {
+            from: id,
+            alive,
+            state: self.net.clone(),
+        };
+        let store = Store::open_simulated(config, db, net)
+            .await
+            .map_err(|e| format!("start member {id}: {e}"))?;
+        self.net
+            .lock()
+            .expect("net lock")
+            .live
+            .insert(id, store.raft().clone());
+        self.stores.insert(id, store);
+        Ok(())
+    }
+
+    async fn crash(&mut self, id: NodeId) {
+        if let Some(store) = self.stores.remove(&id) {
+            self.net.lock().expect("net lock").live.remove(&id);
+            if let Some(alive) = self.alive.remove(&id) {
+                alive.store(false, Ordering::SeqCst);
+            }
+            store.shutdown().await;
+        }
+    }
+
+    fn leader(&self) -> Option<&Store> {
+        self.stores
+            .values()
+            .find(|s| s.raft().metrics().borrow().state == ServerState::Leader)
+    }
+
+    fn command(&mut self) -> (Command, Option<String>) {
+        self.next += 1;
+        let n = self.next;
+        if self.rng.gen_bool(0.5) || self.acked.is_empty() {
+            let family = format!("f{n}");
+            let spec = TaskDefinitionSpec {
+                family: family.clone(),
+                cpu: 256,
+                memory: 64,
+                containers: vec![ContainerDefinition::new("app", "busybox")],
+            };
+            let cmd = Command::RegisterTaskDefinition {
+                namespace: "default".into(),
+                spec,
+                reuse_identical: false,
+                at: n,
+            };
+            return (cmd, Some(family));
+        }
+        // A task of an acknowledged family, with a token that is sometimes reused (a retry).
+        let family = self
+            .acked
+            .iter()
+            .next()
+            .cloned()
+            .expect("an acknowledged family");
+        let token = if !self.tokens.is_empty() && self.rng.gen_bool(0.3) {
+            self.tokens.keys().next().cloned().expect("a token")
+        } else {
+            format!("tok-{n}")
+        };
+        let task = Task {
+            task_id: format!("t{n}"),
+            namespace: "default".into(),
+            task_definition: format!("{family}:1").parse().expect("valid ref"),
+            group: None,
+            node: None,
+            desired_status: DesiredStatus::Running,
+            last_status: TaskStatus::Pending,
+            cpu: 256,
+            memory: 64,
+            created_at: 0,
+            started_at: None,
+            stopped_at: None,
+            stop_code: None,
+            stopped_reason: None,
+            containers: vec![],
+            events: EventLog::default(),
+        };
+        (
+            Command::CreateTasks {
+                tasks: vec![task],
+                client_token: Some(token),
+                at: n,
+            },
+            None,
+        )
+    }
+
+    async fn propose(&mut self) -> Result<(), String> {
+        let Some(leader) = self.leader().cloned() else {
+            return Ok(());
+        };
+        let (command, family) = self.command();
+        let token = match &command {
+            Command::CreateTasks { client_token, .. } => client_token.clone(),
+            _ => None,
+        };
+        let write = leader.raft().client_write(command);
+        let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), write).await else {
+            return Ok(()); // not acknowledged: allowed to be lost or applied
+        };
+        match (resp.data, family, token) {
+            (CommandResult::TaskDefinition { .. }, Some(f), _) => {
+                self.acked.insert(f);
+            }
+            (CommandResult::Tasks(tasks), _, Some(token)) => {
+                let ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
+                if let Some(before) = self.tokens.get(&token) {
+                    if *before != ids {
+                        return Err(format!("token {token} answered {ids:?}, before {before:?}"));
+                    }
+                }
+                self.tokens.insert(token, ids);
+            }
+            (other, _, _) => return Err(format!("unexpected answer {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Election safety and state machine safety, after every step.
+    fn check(&mut self) -> Result<(), String> {
+        if let Some(v) = self.net.lock().expect("net lock").violations.first() {
+            return Err(format!("malformed append-entries: {v}"));
+        }
+        for store in self.stores.values() {
+            let m = store.raft().metrics().borrow().clone();
+            if m.state == ServerState::Leader {
+                if let Some(other) = self.leaders.insert(m.current_term, m.id) {
+                    if other != m.id {
+                        return Err(format!(
+                            "two leaders in term {}: {other} and {}",
+                            m.current_term, m.id
+                        ));
+                    }
+                }
+            }
+            let applied = *store.watch().borrow();
+            let state = store
+                .read_stale(|s| serde_json::to_string(&s.objects().collect::<Vec<_>>()))
+                .map_err(|e| e.to_string())?;
+            match self.states.get(&applied) {
+                Some(expected) if *expected != state => {
+                    return Err(format!(
+                        "member {} differs from another member at applied index {applied}",
+                        m.id
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.states.insert(applied, state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self) -> Result<(), String> {
+        let down: Vec<NodeId> = (1..=MEMBERS)
+            .filter(|id| !self.stores.contains_key(id))
+            .collect();
+        match self.rng.gen_range(0..100) {
+            0..=39 => self.propose().await?,
+            40..=49 if down.len() < 2 => {
+                let id = self.rng.gen_range(1..=MEMBERS);
+                self.crash(id).await;
+            }
+            50..=64 if !down.is_empty() => {
+                let id = down[self.rng.gen_range(0..down.len())];
+                self.start_member(id).await?;
+            }
+            65..=72 => {
+                let id = self.rng.gen_range(1..=MEMBERS);
+                self.net.lock().expect("net lock").cut.insert(id);
+            }
+            73..=82 => self.net.lock().expect("net lock").cut.clear(),
+            _ => {
+                let ms = self.rng.gen_range(10..800);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+        self.check()
+    }
+
+    /// Heals everything and waits until all members applied the same index.
+    async fn converge(&mut self) -> Result<(), String> {
+        {
+            let mut net = self.net.lock().expect("net lock");
+            net.cut.clear();
+            net.loss = 0.0;
+        }
+        for id in 1..=MEMBERS {
+            if !self.stores.contains_key(&id) {
+                self.start_member(id).await?;
+            }
+        }
+        // Commit a final entry so every member learns the last commit index.
+        for _ in 0..100 {
+            if let Some(leader) = self.leader().cloned() {
+                let spec = TaskDefinitionSpec {
+                    family: "final".into(),
+                    cpu: 256,
+                    memory: 64,
+                    containers: vec![ContainerDefinition::new("app", "busybox")],
+                };
+                let write = leader.raft().client_write(Command::RegisterTaskDefinition {
+                    namespace: "default".into(),
+                    spec,
+                    reuse_identical: true,
+                    at: 0,
+                });
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), write).await {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for _ in 0..300 {
+            let applied: BTreeSet<u64> =
+                self.stores.values().map(|s| *s.watch().borrow()).collect();
+            let has_final = self.stores.values().all(|s| {
+                s.read_stale(|st| st.task_definitions("default").any(|d| d.family == "final"))
+            });
+            if applied.len() == 1 && has_final {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.check()?;
+        let states: BTreeSet<String> = self
+            .stores
+            .values()
+            .map(|s| {
+                s.read_stale(|st| serde_json::to_string(&st.objects().collect::<Vec<_>>()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        if states.len() != 1 {
+            let applied: Vec<String> = self
+                .stores
+                .iter()
+                .map(|(id, s)| {
+                    let m = s.raft().metrics().borrow().clone();
+                    format!(
+                        "member {id}: applied {} leader {:?} term {} state {:?} running {:?}",
+                        *s.watch().borrow(),
+                        m.current_leader,
+                        m.current_term,
+                        m.state,
+                        m.running_state
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "members did not converge to one state: (member, applied index, leader) {applied:?}"
+            ));
+        }
+        let store = self.stores.values().next().expect("a member");
+        let (families, tasks): (BTreeSet<String>, BTreeSet<String>) = store.read_stale(|s| {
+            (
+                s.task_definitions("default")
+                    .map(|d| d.family.clone())
+                    .collect(),
+                s.tasks().map(|t| t.task_id.clone()).collect(),
+            )
+        });
+        if let Some(missing) = self.acked.iter().find(|f| !families.contains(*f)) {
+            return Err(format!("acknowledged registration of {missing} was lost"));
+        }
+        for ids in self.tokens.values() {
+            if let Some(missing) = ids.iter().find(|id| !tasks.contains(*id)) {
+                return Err(format!("acknowledged task {missing} was lost"));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn simulate(seed: u64) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let net = Arc::new(Mutex::new(NetState {
+        rng: StdRng::seed_from_u64(rng.gen()),
+        live: BTreeMap::new(),
+        cut: BTreeSet::new(),
+        loss: rng.gen_range(0.0..0.2),
+        violations: Vec::new(),
+    }));
+    let mut sim = Sim {
+        rng,
+        net,
+        backends: BTreeMap::new(),
+        alive: BTreeMap::new(),
+        stores: BTreeMap::new(),
+        leaders: BTreeMap::new(),
+        states: BTreeMap::new(),
+        acked: BTreeSet::new(),
+        tokens: BTreeMap::new(),
+        next: 0,
+    };
+    for id in 1..=MEMBERS {
+        sim.start_member(id).await?;
+    }
+    let members: BTreeMap<NodeId, BerthNode> = (1..=MEMBERS)
+        .map(|id| (id, BerthNode { addr: addr(id) }))
+        .collect();
+    sim.stores[&1]
+        .raft()
+        .initialize(members)
+        .await
+        .map_err(|e| format!("initialize: {e}"))?;
+    for _ in 0..STEPS {
+        sim.step().await?;
+    }
+    sim.converge().await?;
+    for id in 1..=MEMBERS {
+        sim.crash(id).await;
+    }
+    Ok(())
+}
+
+fn run_seed(seed: u64) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(simulate(seed))
+}
+
+#[test]
+fn replicated_store_survives_crashes_partitions_and_message_loss() {
+    let seeds: Vec<u64> = match std::env::var("BERTH_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("BERTH_SIM_SEED is a number")],
+        Err(_) => {
+            // `N` or `START..END`.
+            let spec = std::env::var("BERTH_SIM_SEEDS").unwrap_or_else(|_| "500".into());
+            let (start, end) = match spec.split_once("..") {
+                Some((a, b)) => (
+                    a.parse().expect("seed range start"),
+                    b.parse().expect("seed range end"),
+                ),
+                None => (
+                    0,
+                    spec.parse()
+                        .expect("BERTH_SIM_SEEDS is a number or START..END"),
+                ),
+            };
+            (start..end).collect()
+        }
+    };
+    // Seeds are independent: spread them over the machine's cores.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let seeds: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
+                scope.spawn(move || {
+                    seeds
+                        .into_iter()
+                        .filter_map(|seed| {
+                            run_seed(seed).err().map(|e| format!("seed {seed}: {e}"))
+                        })
+                        .next()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("simulation thread"))
+            .collect()
+    });
+    if let Some(first) = failures.first() {
+        let seed = first
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("seed ");
+        panic!(
+            "simulation {first}\nreplay: BERTH_SIM_SEED={seed} cargo test -p berth-store --test sim"
+        );
+    }
+}
