@@ -1,6 +1,7 @@
 //! End-to-end: real `berth server` and `berth agent` processes, real containerd and runc, a
 //! real registry, the real CLI.
 
+mod agent;
 mod cluster;
 
 use std::time::{Duration, Instant};

@@ -180,7 +180,7 @@ impl ServerProc {
 pub struct AgentProc {
     pub name: String,
     pub namespace: String,
-    _child: Child,
+    child: Child,
 }
 
 impl AgentProc {
@@ -188,7 +188,10 @@ impl AgentProc {
     pub async fn start(env: &Env, server: &str, name: &str) -> anyhow::Result<Self> {
         let data_dir = env.path(&format!("agent-{name}"));
         std::fs::create_dir_all(&data_dir)?;
-        let log = std::fs::File::create(data_dir.join("agent.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("agent.log"))?;
         let namespace = format!("berth-e2e-{name}");
         let child = Command::new(berth_bin())
             .args([
@@ -214,7 +217,7 @@ impl AgentProc {
         let agent = Self {
             name: name.to_owned(),
             namespace,
-            _child: child,
+            child,
         };
         poll("agent to register", Duration::from_secs(20), || async {
             let out = cli(server, &["get", "nodes", "-o", "json"]).await.ok()?;
@@ -227,6 +230,13 @@ impl AgentProc {
         .await
         .with_context(|| format!("see {}", data_dir.join("agent.log").display()))?;
         Ok(agent)
+    }
+}
+
+impl AgentProc {
+    /// kill -9: its containers keep running, as after an agent crash.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("kill agent")
     }
 }
 
@@ -265,6 +275,18 @@ pub async fn wait_stopped(server: &str, task_id: &str, timeout: Duration) -> any
         (t["lastStatus"] == "STOPPED").then_some(t)
     })
     .await
+}
+
+/// Runs `ctr` against the test's containerd.
+pub async fn ctr(socket: &Path, namespace: &str, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", namespace])
+        .args(args)
+        .output()
+        .await
+        .context("run ctr")
 }
 
 /// Container IDs in a containerd namespace, read with `ctr`.

@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use crate::runtime::{ContainerSpec, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+};
 
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
 /// code with [`FakeRuntime::exit_with`]. Every call is recorded.
@@ -17,7 +19,7 @@ pub struct FakeRuntime {
 struct FakeState {
     missing_images: HashSet<String>,
     exit_codes: HashMap<String, i32>,
-    running: HashMap<String, tokio::sync::oneshot::Sender<ExitStatus>>,
+    running: HashMap<String, (ContainerSpec, tokio::sync::oneshot::Sender<ExitStatus>)>,
     calls: Vec<String>,
 }
 
@@ -83,23 +85,51 @@ impl Runtime for FakeRuntime {
         let mut state = self.state();
         state.calls.push(format!("start {}", spec.id));
         if let Some(code) = state.exit_codes.get(&spec.image.reference) {
-            let status = ExitStatus { code: *code };
+            let status = ExitStatus {
+                code: *code,
+                oom_killed: false,
+            };
             return Ok(Box::pin(async move { Ok(status) }));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        state.running.insert(spec.id.clone(), tx);
-        Ok(Box::pin(async move {
-            rx.await
-                .map_err(|_| RuntimeError::Spec("fake runtime dropped the container".into()))
-        }))
+        state.running.insert(spec.id.clone(), (spec.clone(), tx));
+        Ok(exit_future(rx))
+    }
+
+    async fn list(&self) -> Result<Vec<ExistingContainer>, RuntimeError> {
+        let state = self.state();
+        Ok(state
+            .running
+            .values()
+            .map(|(spec, _)| ExistingContainer {
+                id: spec.id.clone(),
+                task_id: spec.task_id.clone(),
+                container_name: spec.container_name.clone(),
+                running: true,
+                exit_code: None,
+            })
+            .collect())
+    }
+
+    async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("adopt {id}"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match state.running.get_mut(id) {
+            Some((_, sender)) => *sender = tx,
+            None => return Err(RuntimeError::Spec(format!("no container {id}"))),
+        }
+        Ok(exit_future(rx))
     }
 
     async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("kill {id} {signal}"));
-        if let Some(tx) = state.running.remove(id) {
+        if let Some((_, tx)) = state.running.remove(id) {
+            let code = 128 + i32::try_from(signal).unwrap_or(0);
             let _ = tx.send(ExitStatus {
-                code: 128 + i32::try_from(signal).unwrap_or(0),
+                code,
+                oom_killed: false,
             });
         }
         Ok(())
@@ -109,4 +139,11 @@ impl Runtime for FakeRuntime {
         self.state().calls.push(format!("remove {id}"));
         Ok(())
     }
+}
+
+fn exit_future(rx: tokio::sync::oneshot::Receiver<ExitStatus>) -> ExitFuture {
+    Box::pin(async move {
+        rx.await
+            .map_err(|_| RuntimeError::Spec("fake runtime dropped the container".into()))
+    })
 }

@@ -33,7 +33,9 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 pub use api::AgentApiService;
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
 pub use fake::FakeRuntime;
-pub use runtime::{ContainerSpec, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError};
+pub use runtime::{
+    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+};
 use supervisor::{Assignment, TaskRun};
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,8 @@ pub struct Agent {
     runtime: Arc<dyn Runtime>,
     tasks: TaskTable,
     updates_tx: mpsc::UnboundedSender<TaskStatusUpdate>,
+    /// Containers found at start-up, by task ID, until the first desired set claims them.
+    existing: Mutex<Option<HashMap<String, Vec<ExistingContainer>>>>,
 }
 
 impl Agent {
@@ -102,11 +106,27 @@ impl Agent {
             .with_context(|| format!("bind agent API on {}", config.listen))?;
         let address = listener.local_addr().context("agent API address")?;
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        // Containers a previous agent process left running are re-adopted, not duplicated.
+        let found = runtime
+            .list()
+            .await
+            .context("list containers left by a previous agent")?;
+        if !found.is_empty() {
+            tracing::info!(
+                containers = found.len(),
+                "found containers from a previous run"
+            );
+        }
+        let mut existing: HashMap<String, Vec<ExistingContainer>> = HashMap::new();
+        for c in found {
+            existing.entry(c.task_id.clone()).or_default().push(c);
+        }
         let agent = Arc::new(Agent {
             config,
             runtime,
             tasks: TaskTable::default(),
             updates_tx,
+            existing: Mutex::new(Some(existing)),
         });
         let log_root = agent.log_root();
         tokio::fs::create_dir_all(&log_root)
@@ -246,6 +266,12 @@ impl Agent {
 
     /// Makes the tasks on this node match the server's desired set.
     fn reconcile(&self, desired: DesiredTasks, latest: &mut HashMap<String, TaskStatusUpdate>) {
+        let mut existing = self
+            .existing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
         let mut tasks = self.tasks.lock();
         let mut wanted = std::collections::HashSet::new();
         for t in desired.tasks {
@@ -260,6 +286,27 @@ impl Agent {
                 };
             match (tasks.get(&t.task_id), desired_status) {
                 (None, DesiredStatus::Running) => {
+                    let adopt = existing.remove(&t.task_id).unwrap_or_default();
+                    let ran_before = berth_proto::task_status("lastStatus", t.last_status)
+                        .is_ok_and(|s| s >= TaskStatus::Activating);
+                    if adopt.is_empty() && ran_before {
+                        // The servers saw it run here, but no container is left.
+                        tracing::warn!(task_id = %t.task_id, "task vanished while the agent was down");
+                        let _ = self.updates_tx.send(TaskStatusUpdate {
+                            task_id: t.task_id.clone(),
+                            last_status: TaskStatus::Stopped,
+                            containers: vec![],
+                            stop_code: Some(berth_model::StopCode::EssentialContainerExited),
+                            stopped_reason: Some(
+                                "the task's containers vanished while the agent was down".into(),
+                            ),
+                            event: Some("containers vanished while the agent was down".into()),
+                        });
+                        let (stop, _) = watch::channel(true);
+                        let done = Arc::new(AtomicBool::new(true));
+                        tasks.insert(t.task_id, LocalTask { stop, done });
+                        continue;
+                    }
                     let (stop, stop_rx) = watch::channel(false);
                     let done = Arc::new(AtomicBool::new(false));
                     let run = TaskRun {
@@ -274,6 +321,7 @@ impl Agent {
                         updates: self.updates_tx.clone(),
                         stop: stop_rx,
                         done: done.clone(),
+                        adopt,
                     };
                     tracing::info!(task_id = %t.task_id, "start task");
                     tokio::spawn(run.run());
@@ -303,6 +351,18 @@ impl Agent {
                 }
                 (Some(_), DesiredStatus::Running) => {}
             }
+        }
+        // What the servers do not want on this node any more is removed.
+        for (task_id, containers) in existing {
+            let runtime = self.runtime.clone();
+            tracing::warn!(%task_id, "removing containers of a task this node no longer runs");
+            tokio::spawn(async move {
+                for c in containers {
+                    if let Err(e) = runtime.remove(&c.id).await {
+                        tracing::warn!(container = %c.id, "remove orphaned container: {e}");
+                    }
+                }
+            });
         }
         tasks.retain(|id, local| {
             if wanted.contains(id) {

@@ -51,6 +51,20 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
     pub code: i32,
+    /// The kernel's OOM killer ended it (its cgroup hit the memory limit).
+    pub oom_killed: bool,
+}
+
+/// A container the runtime already has, found by the labels that tie it to a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingContainer {
+    pub id: String,
+    pub task_id: String,
+    pub container_name: String,
+    /// Its process is still running.
+    pub running: bool,
+    /// How it ended, when it did.
+    pub exit_code: Option<i32>,
 }
 
 /// Resolves when the container's main process exits.
@@ -103,6 +117,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Creates and starts a container; the returned future resolves when it exits.
     async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError>;
+
+    /// Every container of this agent (for re-adopting them after a restart).
+    async fn list(&self) -> Result<Vec<ExistingContainer>, RuntimeError>;
+
+    /// Watches a running container found by [`Runtime::list`]; resolves when it exits.
+    async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError>;
 
     /// Sends `signal` to the container's processes (all of them when `all`).
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError>;

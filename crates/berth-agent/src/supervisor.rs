@@ -10,7 +10,9 @@ use std::time::Duration;
 use berth_model::{ContainerDefinition, ContainerState, StopCode, TaskStatus, TaskStatusUpdate};
 use tokio::sync::{mpsc, watch};
 
-use crate::runtime::{ContainerSpec, ExitStatus, ImageInfo, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+};
 use crate::spec::{process_args, process_env, process_user};
 
 const SIGTERM: u32 = 15;
@@ -36,6 +38,19 @@ pub struct TaskRun {
     pub stop: watch::Receiver<bool>,
     /// Set once the task has stopped and everything is cleaned up.
     pub done: Arc<AtomicBool>,
+    /// Containers of this task that a previous agent process started; empty for a new task.
+    pub adopt: Vec<ExistingContainer>,
+}
+
+/// A container's index in the task and how it ended.
+type Exit = (usize, Result<ExitStatus, RuntimeError>);
+
+/// Forwards a container's exit to the task's supervisor.
+fn watch_exit(i: usize, exit: ExitFuture, tx: &mpsc::UnboundedSender<Exit>) {
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let _ = tx.send((i, exit.await));
+    });
 }
 
 /// The containerd container ID of one container of a task.
@@ -52,69 +67,16 @@ impl TaskRun {
             .map(|c| ContainerState::pending(&c.name, &c.image))
             .collect();
 
-        let mut images = Vec::with_capacity(a.containers.len());
-        for (i, c) in a.containers.iter().enumerate() {
-            self.report(
-                TaskStatus::Pending,
-                &states,
-                Some(format!("pulling image {}", c.image)),
-            );
-            match self.runtime.ensure_image(&c.image).await {
-                Ok(info) => {
-                    let event = if info.pulled {
-                        format!("pulled image {} ({})", c.image, info.digest)
-                    } else {
-                        format!("image {} already present ({})", c.image, info.digest)
-                    };
-                    states[i].image_digest = Some(info.digest.clone());
-                    self.report(TaskStatus::Pending, &states, Some(event));
-                    images.push(info);
-                }
-                Err(e) => {
-                    tracing::warn!(task_id = %a.task_id, image = %c.image, "pull image: {e}");
-                    let reason = format!("CannotPullContainerError: {e}");
-                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
-                    return;
-                }
-            }
-        }
-        if *self.stop.borrow() {
-            self.finish(
-                &mut states,
-                StopCode::UserInitiated,
-                "stopped before it started".into(),
-                None,
-            );
+        let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
+        let started = if self.adopt.is_empty() {
+            self.start(&mut states, &exit_tx, &mut exits).await
+        } else {
+            self.adopt(&mut states, &exit_tx, &mut exits).await
+        };
+        if !started {
             return;
         }
-
-        self.report(TaskStatus::Activating, &states, None);
-        let (exit_tx, mut exits) =
-            mpsc::unbounded_channel::<(usize, Result<ExitStatus, RuntimeError>)>();
-        for (i, (c, image)) in a.containers.iter().zip(&images).enumerate() {
-            let spec = self.container_spec(c, image);
-            match self.runtime.start(&spec).await {
-                Ok(exit) => {
-                    let tx = exit_tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send((i, exit.await));
-                    });
-                    states[i].last_status = TaskStatus::Running;
-                }
-                Err(e) => {
-                    tracing::warn!(task_id = %a.task_id, container = %c.name, "start container: {e}");
-                    states[i].last_status = TaskStatus::Stopped;
-                    states[i].reason = Some(e.to_string());
-                    self.stop_containers(&mut states, &mut exits).await;
-                    let reason = format!("CannotStartContainerError: {e}");
-                    self.cleanup(&mut states).await;
-                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
-                    return;
-                }
-            }
-        }
         drop(exit_tx);
-        self.report(TaskStatus::Running, &states, Some("started".into()));
 
         let (code, reason) = loop {
             tokio::select! {
@@ -124,10 +86,13 @@ impl TaskRun {
                     };
                     record_exit(&mut states[i], result);
                     if a.containers[i].essential {
-                        break (
-                            StopCode::EssentialContainerExited,
-                            format!("Essential container in task exited ({})", a.containers[i].name),
-                        );
+                        let name = &a.containers[i].name;
+                        let reason = if states[i].reason.as_deref() == Some("OutOfMemory") {
+                            format!("OutOfMemoryError: container {name} was killed for using more than its memory limit")
+                        } else {
+                            format!("Essential container in task exited ({name})")
+                        };
+                        break (StopCode::EssentialContainerExited, reason);
                     }
                     if states.iter().all(|s| s.last_status == TaskStatus::Stopped) {
                         break (StopCode::EssentialContainerExited, "every container exited".to_owned());
@@ -145,6 +110,128 @@ impl TaskRun {
         self.stop_containers(&mut states, &mut exits).await;
         self.cleanup(&mut states).await;
         self.finish(&mut states, code, reason, Some("stopped".into()));
+    }
+
+    /// Pulls the images and starts every container. Returns false when the task ended here
+    /// (and was reported STOPPED).
+    async fn start(
+        &mut self,
+        states: &mut [ContainerState],
+        exit_tx: &mpsc::UnboundedSender<Exit>,
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
+    ) -> bool {
+        let a = self.assignment.clone();
+        let mut images = Vec::with_capacity(a.containers.len());
+        for (i, c) in a.containers.iter().enumerate() {
+            self.report(
+                TaskStatus::Pending,
+                states,
+                Some(format!("pulling image {}", c.image)),
+            );
+            match self.runtime.ensure_image(&c.image).await {
+                Ok(info) => {
+                    let event = if info.pulled {
+                        format!("pulled image {} ({})", c.image, info.digest)
+                    } else {
+                        format!("image {} already present ({})", c.image, info.digest)
+                    };
+                    states[i].image_digest = Some(info.digest.clone());
+                    self.report(TaskStatus::Pending, states, Some(event));
+                    images.push(info);
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %a.task_id, image = %c.image, "pull image: {e}");
+                    let reason = format!("CannotPullContainerError: {e}");
+                    self.finish(states, StopCode::TaskFailedToStart, reason, None);
+                    return false;
+                }
+            }
+        }
+        if *self.stop.borrow() {
+            self.finish(
+                states,
+                StopCode::UserInitiated,
+                "stopped before it started".into(),
+                None,
+            );
+            return false;
+        }
+        self.report(TaskStatus::Activating, states, None);
+        for (i, (c, image)) in a.containers.iter().zip(&images).enumerate() {
+            let spec = self.container_spec(c, image);
+            match self.runtime.start(&spec).await {
+                Ok(exit) => {
+                    watch_exit(i, exit, exit_tx);
+                    states[i].last_status = TaskStatus::Running;
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %a.task_id, container = %c.name, "start container: {e}");
+                    states[i].last_status = TaskStatus::Stopped;
+                    states[i].reason = Some(e.to_string());
+                    self.stop_containers(states, exits).await;
+                    let reason = format!("CannotStartContainerError: {e}");
+                    self.cleanup(states).await;
+                    self.finish(states, StopCode::TaskFailedToStart, reason, None);
+                    return false;
+                }
+            }
+        }
+        self.report(TaskStatus::Running, states, Some("started".into()));
+        true
+    }
+
+    /// Takes over the containers a previous agent process started (after an agent restart).
+    /// Returns false when the task ended here: an essential container exited or vanished while
+    /// no agent was watching.
+    async fn adopt(
+        &mut self,
+        states: &mut [ContainerState],
+        exit_tx: &mpsc::UnboundedSender<Exit>,
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
+    ) -> bool {
+        let a = self.assignment.clone();
+        let mut ended: Option<String> = None;
+        for (i, c) in a.containers.iter().enumerate() {
+            let existing = self
+                .adopt
+                .iter()
+                .find(|e| e.container_name == c.name)
+                .cloned();
+            let outcome = match existing {
+                Some(e) if e.running => match self.runtime.adopt(&e.id).await {
+                    Ok(exit) => {
+                        watch_exit(i, exit, exit_tx);
+                        states[i].last_status = TaskStatus::Running;
+                        None
+                    }
+                    Err(err) => Some(format!("could not be watched again ({err})")),
+                },
+                Some(e) => {
+                    states[i].exit_code = e.exit_code;
+                    Some("exited while the agent was down".to_owned())
+                }
+                None => Some("vanished while the agent was down".to_owned()),
+            };
+            if let Some(what) = outcome {
+                states[i].last_status = TaskStatus::Stopped;
+                states[i].reason = Some(what.clone());
+                if c.essential && ended.is_none() {
+                    ended = Some(format!("Essential container in task {what} ({})", c.name));
+                }
+            }
+        }
+        if let Some(reason) = ended {
+            self.stop_containers(states, exits).await;
+            self.cleanup(states).await;
+            self.finish(states, StopCode::EssentialContainerExited, reason, None);
+            return false;
+        }
+        self.report(
+            TaskStatus::Running,
+            states,
+            Some("re-adopted after an agent restart".into()),
+        );
+        true
     }
 
     fn container_spec(&self, c: &ContainerDefinition, image: &ImageInfo) -> ContainerSpec {
@@ -173,7 +260,7 @@ impl TaskRun {
     async fn stop_containers(
         &self,
         states: &mut [ContainerState],
-        exits: &mut mpsc::UnboundedReceiver<(usize, Result<ExitStatus, RuntimeError>)>,
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
     ) {
         let running = |states: &[ContainerState]| {
             states
@@ -267,7 +354,12 @@ impl TaskRun {
 fn record_exit(state: &mut ContainerState, result: Result<ExitStatus, RuntimeError>) {
     state.last_status = TaskStatus::Stopped;
     match result {
-        Ok(status) => state.exit_code = Some(status.code),
+        Ok(status) => {
+            state.exit_code = Some(status.code);
+            if status.oom_killed {
+                state.reason = Some("OutOfMemory".into());
+            }
+        }
         Err(e) => state.reason = Some(format!("lost track of the container: {e}")),
     }
 }

@@ -33,6 +33,7 @@ fn run(
         updates: tx,
         stop: stop_rx,
         done: Arc::new(AtomicBool::new(false)),
+        adopt: vec![],
     };
     (rx, stop, tokio::spawn(task.run()))
 }

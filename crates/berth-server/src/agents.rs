@@ -71,6 +71,7 @@ pub fn desired_tasks(state: &State, node: &str) -> DesiredTasks {
                 cpu: t.cpu,
                 memory: t.memory,
                 containers: def.containers.iter().cloned().map(Into::into).collect(),
+                last_status: berth_proto::v1::TaskStatus::from(t.last_status) as i32,
             })
         })
         .collect();

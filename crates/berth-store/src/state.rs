@@ -295,9 +295,22 @@ impl State {
                     }
                     let mut touched = update.last_status != task.last_status;
                     task.last_status = update.last_status;
-                    if !update.containers.is_empty() && update.containers != task.containers {
-                        task.containers = update.containers;
-                        touched = true;
+                    if !update.containers.is_empty() {
+                        let mut containers = update.containers;
+                        // A re-adopting agent no longer knows image digests: keep the known ones.
+                        for c in &mut containers {
+                            if c.image_digest.is_none() {
+                                c.image_digest = task
+                                    .containers
+                                    .iter()
+                                    .find(|old| old.name == c.name)
+                                    .and_then(|old| old.image_digest.clone());
+                            }
+                        }
+                        if containers != task.containers {
+                            task.containers = containers;
+                            touched = true;
+                        }
                     }
                     // A task that goes straight to STOPPED never started.
                     let ran = TaskStatus::Running..TaskStatus::Stopped;

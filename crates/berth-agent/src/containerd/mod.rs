@@ -16,14 +16,16 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveS
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, KillRequest,
-    StartRequest, WaitRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetRequest,
+    KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use tokio::sync::Mutex;
 
-use crate::runtime::{ContainerSpec, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError};
+use crate::runtime::{
+    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+};
 use crate::spec::build_spec;
 
 pub use pull::chain_ids;
@@ -200,6 +202,73 @@ impl ContainerdRuntime {
     }
 }
 
+/// `containerd.v1.types.Status.STOPPED`.
+const PROCESS_STOPPED: i32 = 3;
+
+impl ContainerdRuntime {
+    /// Waits for the container's task to exit, in its own tokio task so the wait is issued at
+    /// once. Survives containerd restarts: a broken connection is retried; then reads whether
+    /// the kernel OOM-killed it from its cgroup, which exists until the task is deleted.
+    fn wait_for_exit(&self, id: &str) -> ExitFuture {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let channel = self.channel.clone();
+        let id = id.to_owned();
+        let ns = self.config.namespace.clone();
+        let cgroup = format!("{}/{}", self.config.cgroup_parent.trim_end_matches('/'), id);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            let result = loop {
+                let mut req = Request::new(WaitRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                });
+                if let Ok(v) = ns.parse() {
+                    req.metadata_mut().insert("containerd-namespace", v);
+                }
+                match TasksClient::new(channel.clone()).wait(req).await {
+                    Ok(r) => {
+                        let code = i32::try_from(r.into_inner().exit_status).unwrap_or(-1);
+                        break Ok(ExitStatus {
+                            code,
+                            oom_killed: oom_killed(&cgroup),
+                        });
+                    }
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            Code::Unavailable | Code::Unknown | Code::Cancelled
+                        ) =>
+                    {
+                        tracing::warn!(container = %id, "wait for task: {s}; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    Err(s) => break Err(RuntimeError::containerd("wait for task")(s)),
+                }
+            };
+            let _ = tx.send(result);
+        });
+        Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(RuntimeError::Spec("wait task dropped".into())))
+        })
+    }
+}
+
+/// Whether the OOM killer fired in the cgroup at `path` (under the cgroup v1 memory hierarchy,
+/// or the v2 unified one).
+fn oom_killed(path: &str) -> bool {
+    let path = path.trim_start_matches('/');
+    let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{path}/memory.oom_control"));
+    let v2 = || std::fs::read_to_string(format!("/sys/fs/cgroup/{path}/memory.events"));
+    let text = v1.or_else(|_| v2()).unwrap_or_default();
+    text.lines().any(|l| {
+        l.strip_prefix("oom_kill ")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+}
+
 fn ok_if_not_found(
     result: Result<(), tonic::Status>,
     op: &'static str,
@@ -239,22 +308,7 @@ impl Runtime for ContainerdRuntime {
             return Err(e);
         }
         // Wait is issued before Start so that no exit can be missed.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut wait_client = TasksClient::new(self.channel.clone());
-        let wait_req = self.req(WaitRequest {
-            container_id: c.id.clone(),
-            exec_id: String::new(),
-        });
-        tokio::spawn(async move {
-            let result = wait_client
-                .wait(wait_req)
-                .await
-                .map(|r| ExitStatus {
-                    code: i32::try_from(r.into_inner().exit_status).unwrap_or(-1),
-                })
-                .map_err(RuntimeError::containerd("wait for task"));
-            let _ = tx.send(result);
-        });
+        let exit = self.wait_for_exit(&c.id);
         let started = TasksClient::new(self.channel.clone())
             .start(self.req(StartRequest {
                 container_id: c.id.clone(),
@@ -266,10 +320,51 @@ impl Runtime for ContainerdRuntime {
             let _ = self.remove(&c.id).await;
             return Err(e);
         }
-        Ok(Box::pin(async move {
-            rx.await
-                .unwrap_or(Err(RuntimeError::Spec("wait task dropped".into())))
-        }))
+        Ok(exit)
+    }
+
+    async fn list(&self) -> Result<Vec<ExistingContainer>, RuntimeError> {
+        let containers = ContainersClient::new(self.channel.clone())
+            .list(self.req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(RuntimeError::containerd("list containers"))?
+            .into_inner()
+            .containers;
+        let mut out = Vec::new();
+        for c in containers {
+            let (Some(task_id), Some(name)) =
+                (c.labels.get(LABEL_TASK_ID), c.labels.get(LABEL_CONTAINER))
+            else {
+                continue;
+            };
+            let req = self.req(GetRequest {
+                container_id: c.id.clone(),
+                exec_id: String::new(),
+            });
+            let (running, exit_code) = match TasksClient::new(self.channel.clone()).get(req).await {
+                Ok(r) => match r.into_inner().process {
+                    Some(p) if p.status == PROCESS_STOPPED => {
+                        (false, Some(i32::try_from(p.exit_status).unwrap_or(-1)))
+                    }
+                    Some(_) => (true, None),
+                    None => (false, None),
+                },
+                Err(s) if s.code() == Code::NotFound => (false, None),
+                Err(s) => return Err(RuntimeError::containerd("get task")(s)),
+            };
+            out.push(ExistingContainer {
+                id: c.id,
+                task_id: task_id.clone(),
+                container_name: name.clone(),
+                running,
+                exit_code,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError> {
+        Ok(self.wait_for_exit(id))
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError> {
