@@ -169,3 +169,123 @@ async fn an_oom_kill_is_reported_as_such() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A server and one agent on a fresh containerd and registry.
+async fn node() -> anyhow::Result<(Env, ServerProc, AgentProc)> {
+    let env = Env::start().await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let agent = AgentProc::start(&env, &server.addr.to_string(), "node-1").await?;
+    Ok((env, server, agent))
+}
+
+async fn run_until_running(addr: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = cli(addr, args).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    poll("task to run", TIMEOUT, || async {
+        let t = cli_json(addr, &["get", "task", &id]).await.ok()?;
+        (t["lastStatus"] == "RUNNING").then_some(())
+    })
+    .await?;
+    Ok(id)
+}
+
+#[tokio::test]
+async fn exec_returns_output_and_exit_code_and_logs_follow_live_output() -> anyhow::Result<()> {
+    let (env, server, _agent) = node().await?;
+    let addr = server.addr.to_string();
+    let script = "echo first; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo second; sleep 600";
+    let id = run_until_running(
+        &addr,
+        &[
+            "run",
+            "--stop-timeout",
+            "1s",
+            &env.image,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .await?;
+
+    let out = cli(
+        &addr,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 4",
+        ],
+    )
+    .await?;
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = cli(&addr, &["exec", &id, "--container", "nope", "--", "true"]).await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no container \"nope\""));
+
+    // `logs -f` started before "second" is printed sees it arrive.
+    let mut follow = tokio::process::Command::new(berth_tests::berth_bin())
+        .args(["--server", &addr, "logs", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    assert_eq!(lines.next_line().await?.as_deref(), Some("first"));
+    let out = cli(&addr, &["exec", &id, "--", "touch", "/tmp/go"]).await?;
+    assert!(out.status.success());
+    let second = tokio::time::timeout(TIMEOUT, lines.next_line()).await??;
+    assert_eq!(second.as_deref(), Some("second"));
+    // The follow ends by itself when the task stops.
+    cli(&addr, &["stop", &id]).await?;
+    let end = tokio::time::timeout(TIMEOUT, lines.next_line()).await??;
+    assert_eq!(end, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_health_check_makes_the_container_unhealthy_and_stops_the_task(
+) -> anyhow::Result<()> {
+    let (env, server, _agent) = node().await?;
+    let addr = server.addr.to_string();
+    let manifest = env.path("health.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: TaskDefinition\nmetadata:\n  name: checked\nspec:\n  cpu: 256\n  memory: 64\n  containers:\n    - name: app\n      image: {}\n      command: [sh, -c, 'touch /tmp/healthy; while [ -f /tmp/healthy ]; do sleep 0.1; done; sleep 600']\n      stopTimeout: 1s\n      healthCheck:\n        command: [CMD-SHELL, test -f /tmp/healthy]\n        interval: 1s\n        timeout: 1s\n        retries: 2\n",
+            env.image
+        ),
+    )?;
+    let out = cli(&addr, &["apply", "-f", &manifest.to_string_lossy()]).await?;
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = run_until_running(&addr, &["run", "--task-definition", "checked"]).await?;
+    poll("container to be HEALTHY", TIMEOUT, || async {
+        let t = cli_json(&addr, &["get", "task", &id]).await.ok()?;
+        (t["containers"][0]["healthStatus"] == "HEALTHY").then_some(())
+    })
+    .await?;
+    let out = cli(&addr, &["exec", &id, "--", "rm", "/tmp/healthy"]).await?;
+    assert!(out.status.success());
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    assert_eq!(task["containers"][0]["healthStatus"], "UNHEALTHY", "{task}");
+    let reason = task["stoppedReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("Task failed container health checks"),
+        "{reason}"
+    );
+    Ok(())
+}

@@ -5,27 +5,42 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use berth_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
-use berth_proto::v1::{AgentLogsRequest, LogChunk};
+use berth_proto::v1::{AgentExecRequest, AgentLogsRequest, ExecResult, LogChunk};
 use futures::Stream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::TaskTable;
+use std::sync::Arc;
+
+use crate::runtime::RuntimeError;
+use crate::{Runtime, TaskTable};
 
 const POLL: Duration = Duration::from_millis(100);
 
 pub struct AgentApiService {
     log_root: PathBuf,
     tasks: TaskTable,
+    runtime: Arc<dyn Runtime>,
 }
 
 impl AgentApiService {
-    pub fn new(log_root: PathBuf, tasks: TaskTable) -> AgentApiServer<Self> {
-        AgentApiServer::new(Self { log_root, tasks })
+    pub fn new(
+        log_root: PathBuf,
+        tasks: TaskTable,
+        runtime: Arc<dyn Runtime>,
+    ) -> AgentApiServer<Self> {
+        AgentApiServer::new(Self {
+            log_root,
+            tasks,
+            runtime,
+        })
     }
 }
+
+/// How long `exec` may run when the caller gives no timeout.
+const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
@@ -119,5 +134,28 @@ impl AgentApi for AgentApiService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn exec(&self, req: Request<AgentExecRequest>) -> Result<Response<ExecResult>, Status> {
+        let req = req.into_inner();
+        if req.command.is_empty() {
+            return Err(Status::invalid_argument("give a command to run"));
+        }
+        let id = self.tasks.container_id(&req.task_id, &req.container)?;
+        let timeout = match req.timeout_secs {
+            0 => DEFAULT_EXEC_TIMEOUT,
+            s => Duration::from_secs(u64::from(s)),
+        };
+        match self.runtime.exec(&id, &req.command, timeout).await {
+            Ok(out) => Ok(Response::new(ExecResult {
+                exit_code: out.exit_code,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })),
+            Err(e @ RuntimeError::ExecTimeout(_)) => Err(Status::deadline_exceeded(e.to_string())),
+            Err(e) => Err(Status::failed_precondition(format!(
+                "run the command in {id}: {e}"
+            ))),
+        }
     }
 }

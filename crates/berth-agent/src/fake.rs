@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::runtime::{
-    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+    ContainerSpec, ExecOutput, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
+    RuntimeError,
 };
 
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
@@ -21,6 +22,8 @@ struct FakeState {
     exit_codes: HashMap<String, i32>,
     running: HashMap<String, (ContainerSpec, tokio::sync::oneshot::Sender<ExitStatus>)>,
     calls: Vec<String>,
+    /// Exit code of commands run in a container (0 when not set).
+    exec_codes: HashMap<String, i32>,
 }
 
 impl FakeRuntime {
@@ -42,6 +45,11 @@ impl FakeRuntime {
     /// Containers of `image` exit with `code` as soon as they start.
     pub fn exit_with(&self, image: &str, code: i32) {
         self.state().exit_codes.insert(image.to_owned(), code);
+    }
+
+    /// Commands run in container `id` exit with `code` from now on.
+    pub fn exec_exits_with(&self, id: &str, code: i32) {
+        self.state().exec_codes.insert(id.to_owned(), code);
     }
 
     /// Every call so far, as `"op arg"` lines.
@@ -120,6 +128,25 @@ impl Runtime for FakeRuntime {
             None => return Err(RuntimeError::Spec(format!("no container {id}"))),
         }
         Ok(exit_future(rx))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        _timeout: std::time::Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("exec {id} {}", args.join(" ")));
+        if !state.running.contains_key(id) {
+            return Err(RuntimeError::Spec(format!("container {id} is not running")));
+        }
+        let exit_code = state.exec_codes.get(id).copied().unwrap_or(0);
+        Ok(ExecOutput {
+            exit_code,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        })
     }
 
     async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), RuntimeError> {

@@ -34,7 +34,8 @@ pub use api::AgentApiService;
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
 pub use fake::FakeRuntime;
 pub use runtime::{
-    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+    ContainerSpec, ExecOutput, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
+    RuntimeError,
 };
 use supervisor::{Assignment, TaskRun};
 
@@ -57,6 +58,8 @@ pub struct AgentConfig {
 struct LocalTask {
     stop: watch::Sender<bool>,
     done: Arc<AtomicBool>,
+    /// Its containers' names, in definition order.
+    containers: Vec<String>,
 }
 
 /// Metadata key with the leader's address on a follower's UNAVAILABLE answer.
@@ -67,6 +70,31 @@ const LEADER_HINT: &str = "berth-leader";
 pub struct TaskTable(Arc<Mutex<HashMap<String, LocalTask>>>);
 
 impl TaskTable {
+    /// The runtime ID of a running task's container (`container` empty: its first one).
+    pub fn container_id(&self, task_id: &str, container: &str) -> Result<String, tonic::Status> {
+        let tasks = self.lock();
+        let task = tasks
+            .get(task_id)
+            .filter(|t| !t.done.load(Ordering::SeqCst))
+            .ok_or_else(|| {
+                tonic::Status::failed_precondition(format!(
+                    "task {task_id} is not running on this node"
+                ))
+            })?;
+        let name = if container.is_empty() {
+            task.containers.first().cloned().unwrap_or_default()
+        } else {
+            container.to_owned()
+        };
+        if !task.containers.contains(&name) {
+            return Err(tonic::Status::not_found(format!(
+                "task {task_id} has no container {name:?}; it has {}",
+                task.containers.join(", ")
+            )));
+        }
+        Ok(supervisor::container_id(task_id, &name))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalTask>> {
         self.0
             .lock()
@@ -133,7 +161,11 @@ impl Agent {
             .await
             .with_context(|| format!("create {}", log_root.display()))?;
         let api = tonic::transport::Server::builder()
-            .add_service(AgentApiService::new(log_root, agent.tasks.clone()))
+            .add_service(AgentApiService::new(
+                log_root,
+                agent.tasks.clone(),
+                agent.runtime.clone(),
+            ))
             .serve_with_incoming(TcpListenerStream::new(listener));
         tracing::info!(node = %agent.config.node_name, %address, "agent started");
         tokio::select! {
@@ -304,11 +336,19 @@ impl Agent {
                         });
                         let (stop, _) = watch::channel(true);
                         let done = Arc::new(AtomicBool::new(true));
-                        tasks.insert(t.task_id, LocalTask { stop, done });
+                        tasks.insert(
+                            t.task_id,
+                            LocalTask {
+                                stop,
+                                done,
+                                containers: vec![],
+                            },
+                        );
                         continue;
                     }
                     let (stop, stop_rx) = watch::channel(false);
                     let done = Arc::new(AtomicBool::new(false));
+                    let containers = t.containers.iter().map(|c| c.name.clone()).collect();
                     let run = TaskRun {
                         assignment: Assignment {
                             task_id: t.task_id.clone(),
@@ -325,7 +365,14 @@ impl Agent {
                     };
                     tracing::info!(task_id = %t.task_id, "start task");
                     tokio::spawn(run.run());
-                    tasks.insert(t.task_id, LocalTask { stop, done });
+                    tasks.insert(
+                        t.task_id,
+                        LocalTask {
+                            stop,
+                            done,
+                            containers,
+                        },
+                    );
                 }
                 (None, DesiredStatus::Stopped) => {
                     // Stopped before this node ever started it.
@@ -343,6 +390,7 @@ impl Agent {
                         LocalTask {
                             stop,
                             done: Arc::new(AtomicBool::new(true)),
+                            containers: vec![],
                         },
                     );
                 }

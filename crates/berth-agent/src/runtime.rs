@@ -67,6 +67,14 @@ pub struct ExistingContainer {
     pub exit_code: Option<i32>,
 }
 
+/// What a command run inside a container printed, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
 /// Resolves when the container's main process exits.
 pub type ExitFuture = BoxFuture<'static, Result<ExitStatus, RuntimeError>>;
 
@@ -94,6 +102,8 @@ pub enum RuntimeError {
     },
     #[error("build OCI runtime spec: {0}")]
     Spec(String),
+    #[error("the command did not finish within {0:?} and was killed")]
+    ExecTimeout(std::time::Duration),
 }
 
 impl RuntimeError {
@@ -123,6 +133,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Watches a running container found by [`Runtime::list`]; resolves when it exits.
     async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError>;
+
+    /// Runs `args` inside the running container `id` (its environment, user and working
+    /// directory), killing it after `timeout`.
+    async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<ExecOutput, RuntimeError>;
 
     /// Sends `signal` to the container's processes (all of them when `all`).
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError>;

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{ContainerDefinition, ContainerState, StopCode, TaskStatus, TaskStatusUpdate};
+use berth_model::{
+    ContainerDefinition, ContainerState, HealthCheck, HealthStatus, StopCode, TaskStatus,
+    TaskStatusUpdate,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::runtime::{
@@ -40,6 +43,77 @@ pub struct TaskRun {
     pub done: Arc<AtomicBool>,
     /// Containers of this task that a previous agent process started; empty for a new task.
     pub adopt: Vec<ExistingContainer>,
+}
+
+/// A container's index in the task, its new health, and what the last check said.
+type HealthEvent = (usize, HealthStatus, String);
+
+/// Runs a container's health check every `interval` and reports each change of its health:
+/// HEALTHY after a success; UNHEALTHY after `retries` consecutive failures (failures during
+/// `startPeriod` do not count). Ends when the supervisor stops listening.
+async fn health_loop(
+    runtime: Arc<dyn Runtime>,
+    id: String,
+    check: HealthCheck,
+    index: usize,
+    tx: mpsc::UnboundedSender<HealthEvent>,
+) {
+    let started = tokio::time::Instant::now();
+    let start_period = Duration::from_secs(u64::from(check.start_period));
+    let argv = check.argv();
+    let mut failures = 0;
+    let mut status = HealthStatus::Unknown;
+    loop {
+        tokio::time::sleep(Duration::from_secs(u64::from(check.interval))).await;
+        if tx.is_closed() {
+            return;
+        }
+        let timeout = Duration::from_secs(u64::from(check.timeout));
+        let (ok, detail) = match runtime.exec(&id, &argv, timeout).await {
+            Ok(out) if out.exit_code == 0 => (true, "check passed".to_owned()),
+            Ok(out) => {
+                let output = String::from_utf8_lossy(if out.stderr.is_empty() {
+                    &out.stdout
+                } else {
+                    &out.stderr
+                });
+                let output = output.trim();
+                let output: String = output.chars().take(200).collect();
+                (
+                    false,
+                    format!(
+                        "check exited with {}{}",
+                        out.exit_code,
+                        if output.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {output}")
+                        }
+                    ),
+                )
+            }
+            Err(e) => (false, format!("check failed: {e}")),
+        };
+        let next = if ok {
+            failures = 0;
+            HealthStatus::Healthy
+        } else if started.elapsed() < start_period {
+            continue;
+        } else {
+            failures += 1;
+            if failures >= check.retries {
+                HealthStatus::Unhealthy
+            } else {
+                status
+            }
+        };
+        if next != status {
+            status = next;
+            if tx.send((index, status, detail)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// A container's index in the task and how it ended.
@@ -77,9 +151,34 @@ impl TaskRun {
             return;
         }
         drop(exit_tx);
+        let (health_tx, mut health) = mpsc::unbounded_channel::<HealthEvent>();
+        for (i, c) in a.containers.iter().enumerate() {
+            if let (Some(check), TaskStatus::Running) = (&c.health_check, states[i].last_status) {
+                let id = container_id(&a.task_id, &c.name);
+                tokio::spawn(health_loop(
+                    self.runtime.clone(),
+                    id,
+                    check.clone(),
+                    i,
+                    health_tx.clone(),
+                ));
+            }
+        }
+        drop(health_tx);
 
         let (code, reason) = loop {
             tokio::select! {
+                Some((i, status, detail)) = health.recv() => {
+                    states[i].health_status = status;
+                    let name = &a.containers[i].name;
+                    if status == HealthStatus::Unhealthy && a.containers[i].essential {
+                        let reason = format!(
+                            "Task failed container health checks: essential container {name} is UNHEALTHY ({detail})"
+                        );
+                        break (StopCode::EssentialContainerExited, reason);
+                    }
+                    self.report(TaskStatus::Running, &states, Some(format!("container {name} is {status} ({detail})")));
+                }
                 exit = exits.recv() => {
                     let Some((i, result)) = exit else {
                         break (StopCode::EssentialContainerExited, "every container exited".to_owned());
@@ -107,6 +206,8 @@ impl TaskRun {
                 }
             }
         };
+        // Health loops end when they can no longer report.
+        drop(health);
         self.stop_containers(&mut states, &mut exits).await;
         self.cleanup(&mut states).await;
         self.finish(&mut states, code, reason, Some("stopped".into()));

@@ -123,3 +123,58 @@ async fn stop_request_terms_then_kills_and_removes() {
     );
     assert!(rt.running().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn failing_health_checks_make_the_task_unhealthy_and_stop_it() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.exec_exits_with("t1-app", 1);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_stop, stop_rx) = watch::channel(false);
+    let mut c = ContainerDefinition::new("app", "sleeper");
+    c.stop_timeout = 0;
+    c.health_check = Some(berth_model::HealthCheck {
+        interval: 1,
+        timeout: 1,
+        retries: 2,
+        ..berth_model::HealthCheck::new(vec!["CMD".into(), "false".into()])
+    });
+    let task = TaskRun {
+        assignment: Assignment {
+            task_id: "t1".into(),
+            cpu: 256,
+            memory: 64,
+            containers: vec![c],
+        },
+        runtime: rt.clone(),
+        log_dir: std::env::temp_dir(),
+        updates: tx,
+        stop: stop_rx,
+        done: Arc::new(AtomicBool::new(false)),
+        adopt: vec![],
+    };
+    task.run().await;
+    let mut last = None;
+    while let Ok(u) = rx.try_recv() {
+        last = Some(u);
+    }
+    let last = last.expect("a final report");
+    assert_eq!(
+        last.containers[0].health_status,
+        berth_model::HealthStatus::Unhealthy
+    );
+    assert_eq!(
+        last.stopped_reason.as_deref(),
+        Some("Task failed container health checks: essential container app is UNHEALTHY (check exited with 1)")
+    );
+    let execs = rt
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("exec t1-app false"))
+        .count();
+    assert_eq!(
+        execs,
+        2,
+        "exactly `retries` failed checks: {:?}",
+        rt.calls()
+    );
+}

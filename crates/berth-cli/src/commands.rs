@@ -48,6 +48,19 @@ pub enum Command {
         #[arg(long)]
         container: Option<String>,
     },
+    /// Run a command in a running container of a task; exits with the command's exit code.
+    Exec {
+        task: String,
+        /// The container (default: the task's first).
+        #[arg(long)]
+        container: Option<String>,
+        /// Kill the command after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        timeout: Duration,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Stop a task (SIGTERM, then SIGKILL after the stop timeout).
     Stop {
         task: String,
@@ -137,6 +150,29 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
         } => logs(&global, &task, follow, container.unwrap_or_default())
             .await
             .map(|()| 0),
+        Command::Exec {
+            task,
+            container,
+            timeout,
+            command,
+        } => {
+            let req = pb::ExecTaskRequest {
+                namespace: global.namespace.clone(),
+                task_id: task,
+                container: container.unwrap_or_default(),
+                command,
+                timeout_secs: u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX),
+            };
+            let out = Client::new(&global.servers)
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.exec_task(req).await }
+                })
+                .await?;
+            std::io::stdout().write_all(&out.stdout)?;
+            std::io::stderr().write_all(&out.stderr)?;
+            Ok(out.exit_code)
+        }
         Command::Stop { task, reason } => {
             let req = pb::StopTaskRequest {
                 namespace: global.namespace.clone(),

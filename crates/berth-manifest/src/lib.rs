@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use berth_model::{ContainerDefinition, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS};
+use berth_model::{
+    ContainerDefinition, HealthCheck, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
+};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -114,6 +116,35 @@ struct ContainerYaml {
     cpu: Option<u32>,
     #[serde(default)]
     memory: Option<u32>,
+    #[serde(default)]
+    health_check: Option<HealthCheckYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HealthCheckYaml {
+    command: Vec<String>,
+    #[serde(default)]
+    interval: Option<Seconds>,
+    #[serde(default)]
+    timeout: Option<Seconds>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    start_period: Option<Seconds>,
+}
+
+impl HealthCheckYaml {
+    fn into_model(self) -> HealthCheck {
+        let d = HealthCheck::new(self.command);
+        HealthCheck {
+            interval: self.interval.map_or(d.interval, |s| s.0),
+            timeout: self.timeout.map_or(d.timeout, |s| s.0),
+            retries: self.retries.unwrap_or(d.retries),
+            start_period: self.start_period.map_or(d.start_period, |s| s.0),
+            command: d.command,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -194,6 +225,7 @@ impl TaskDefinitionDoc {
                     stop_timeout: c.stop_timeout.map_or(DEFAULT_STOP_TIMEOUT_SECS, |s| s.0),
                     cpu: c.cpu,
                     memory: c.memory,
+                    health_check: c.health_check.map(HealthCheckYaml::into_model),
                 })
                 .collect(),
         }
@@ -328,13 +360,16 @@ fn locate(doc: &str, path: &str) -> Option<(usize, usize)> {
             None => (segment, None),
         };
         // Find `key:` at the block's indentation.
-        let (line_no, col) = (from..lines.len()).find_map(|i| {
+        // A key that is absent (defaulted) points at its parent.
+        let Some((line_no, col)) = (from..lines.len()).find_map(|i| {
             let l = lines[i];
             let trimmed = l.trim_start().trim_start_matches("- ");
             let col = l.len() - trimmed.len();
             let ok = trimmed.starts_with(&format!("{key}:")) && indent.is_none_or(|ind| col >= ind);
             ok.then_some((i, col))
-        })?;
+        }) else {
+            return found;
+        };
         found = Some((line_no + 1, col + 1));
         from = line_no + 1;
         indent = Some(col + 1);

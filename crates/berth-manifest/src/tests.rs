@@ -16,6 +16,11 @@ spec:
       environment:
         MODE: dev
       stopTimeout: 5s
+      healthCheck:
+        command: [CMD-SHELL, test -f /tmp/ok]
+        interval: 2s
+        timeout: 1s
+        retries: 2
     - name: sidecar
       image: busybox
       essential: false
@@ -53,6 +58,22 @@ fn check(text: &str, expected: &str) {
 
 #[test]
 fn parses_a_task_definition() {
+    let docs = parse("m.yaml", GOOD).expect("valid");
+    let Object::TaskDefinition(spec) = &docs[0].object;
+    let health = spec.containers[0]
+        .health_check
+        .clone()
+        .expect("a health check");
+    assert_eq!(
+        (
+            health.interval,
+            health.timeout,
+            health.retries,
+            health.start_period
+        ),
+        (2, 1, 2, 0)
+    );
+    assert_eq!(health.argv(), ["/bin/sh", "-c", "test -f /tmp/ok"]);
     check(
         GOOD,
         "line 1: TaskDefinition web cpu=256 memory=128 containers=app(essential=true,stop=5),sidecar(essential=false,stop=2)",
@@ -66,11 +87,11 @@ fn multi_document_keeps_line_numbers() {
         GOOD.replace("name: web", "name: api")
     );
     let docs = parse("m.yaml", &two).expect("valid");
-    assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [2, 22]);
+    assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), [2, 27]);
     let bad = format!("{GOOD}---\n{}", GOOD.replace("memory: 128", "memroy: 128"));
     check(
         &bad,
-        "m.yaml:28:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`",
+        "m.yaml:33:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`",
     );
 }
 
@@ -78,7 +99,7 @@ fn multi_document_keeps_line_numbers() {
 fn unknown_fields_are_rejected_with_position() {
     check(
         &GOOD.replace("command:", "comand:"),
-        "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`",
+        "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`",
     );
 }
 
@@ -94,19 +115,27 @@ fn type_and_value_errors_have_positions() {
     );
     check(
         &GOOD.replace("image: busybox", "image: \"\""),
-        "m.yaml:17:14: spec.containers[1].image: must not be empty",
+        "m.yaml:22:14: spec.containers[1].image: must not be empty",
     );
 }
 
 #[test]
 fn model_validation_names_the_field_and_line() {
     check(
+        &GOOD.replace("timeout: 1s", "retries: 0"),
+        "m.yaml:17:9: spec.containers[0].healthCheck: duplicate field `retries`",
+    );
+    check(
+        &GOOD.replace("timeout: 1s", "timeout: 9s"),
+        "m.yaml:19:9: spec.containers[0].healthCheck.timeout: 9s is longer than the 2s interval",
+    );
+    check(
         &GOOD.replace("memory: 128", "memory: 2"),
         "m.yaml:8:3: spec.memory: 2 MiB is out of range; use 6..=1048576",
     );
     check(
         &GOOD.replace("name: sidecar", "name: app"),
-        "m.yaml:16:7: spec.containers[1].name: container name \"app\" is used twice",
+        "m.yaml:21:7: spec.containers[1].name: container name \"app\" is used twice",
     );
     check(
         &GOOD.replace("name: web", "name: -web"),

@@ -19,7 +19,7 @@ pub use task::{
     ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskStatus, TaskStatusUpdate,
 };
 pub use task_definition::{
-    ContainerDefinition, TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec,
+    ContainerDefinition, HealthCheck, TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec,
     TaskDefinitionStatus, DEFAULT_STOP_TIMEOUT_SECS,
 };
 pub use time::{format_timestamp, Timestamp};

@@ -100,6 +100,74 @@ pub struct ContainerDefinition {
     /// Hard memory limit of this container in MiB; the task's `memory` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u32>,
+    /// A command run inside the container to decide whether it is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Docker/ECS-style container health check. `command` is `["CMD-SHELL", "a shell line"]`,
+/// `["CMD", "program", "arg", ...]`, or a plain argument list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub command: Vec<String>,
+    /// Seconds between checks.
+    pub interval: u32,
+    /// Seconds a check may take before it counts as failed.
+    pub timeout: u32,
+    /// Consecutive failures that make the container UNHEALTHY.
+    pub retries: u32,
+    /// Seconds after start during which failures do not count.
+    pub start_period: u32,
+}
+
+impl HealthCheck {
+    /// ECS's defaults: every 30 s, 5 s timeout, 3 retries, no start period.
+    pub fn new(command: Vec<String>) -> Self {
+        Self {
+            command,
+            interval: 30,
+            timeout: 5,
+            retries: 3,
+            start_period: 0,
+        }
+    }
+
+    /// The argument list to execute inside the container.
+    pub fn argv(&self) -> Vec<String> {
+        match self.command.first().map(String::as_str) {
+            Some("CMD-SHELL") => {
+                vec!["/bin/sh".into(), "-c".into(), self.command[1..].join(" ")]
+            }
+            Some("CMD") => self.command[1..].to_vec(),
+            _ => self.command.clone(),
+        }
+    }
+
+    fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        if self.argv().is_empty() || self.argv().iter().all(|a| a.trim().is_empty()) {
+            return Err(ValidationError::new(
+                format!("{field}.command"),
+                "must name a command",
+            ));
+        }
+        if self.interval == 0 || self.timeout == 0 || self.retries == 0 {
+            return Err(ValidationError::new(
+                field,
+                "interval, timeout and retries must be at least 1",
+            ));
+        }
+        if self.timeout > self.interval {
+            return Err(ValidationError::new(
+                format!("{field}.timeout"),
+                format!(
+                    "{}s is longer than the {}s interval",
+                    self.timeout, self.interval
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ContainerDefinition {
@@ -116,6 +184,7 @@ impl ContainerDefinition {
             stop_timeout: DEFAULT_STOP_TIMEOUT_SECS,
             cpu: None,
             memory: None,
+            health_check: None,
         }
     }
 }
@@ -186,6 +255,9 @@ impl TaskDefinitionSpec {
                         ),
                     ));
                 }
+            }
+            if let Some(h) = &c.health_check {
+                h.validate(&field("healthCheck"))?;
             }
             for key in c.environment.keys() {
                 if key.is_empty() || key.contains('=') {

@@ -127,6 +127,13 @@ impl From<m::ContainerDefinition> for v1::ContainerDefinition {
             stop_timeout: c.stop_timeout,
             cpu: c.cpu,
             memory: c.memory,
+            health_check: c.health_check.map(|h| v1::HealthCheck {
+                command: h.command,
+                interval: h.interval,
+                timeout: h.timeout,
+                retries: h.retries,
+                start_period: h.start_period,
+            }),
         }
     }
 }
@@ -144,6 +151,13 @@ impl From<v1::ContainerDefinition> for m::ContainerDefinition {
             stop_timeout: c.stop_timeout,
             cpu: c.cpu,
             memory: c.memory,
+            health_check: c.health_check.map(|h| m::HealthCheck {
+                command: h.command,
+                interval: h.interval,
+                timeout: h.timeout,
+                retries: h.retries,
+                start_period: h.start_period,
+            }),
         }
     }
 }

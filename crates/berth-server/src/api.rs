@@ -11,7 +11,6 @@ use berth_proto::v1::berth_server::{Berth, BerthServer};
 use berth_proto::v1::{self as pb, LogChunk};
 use berth_store::{ClusterStatus, Command, CommandResult, State, Store};
 use futures::Stream;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::{now_ms, status};
@@ -26,6 +25,30 @@ pub struct BerthService {
 impl BerthService {
     pub fn new(store: Store) -> BerthServer<Self> {
         BerthServer::new(Self { store })
+    }
+
+    /// The node a task was placed on.
+    async fn task_node(&self, namespace: &str, task_id: &str) -> Result<berth_model::Node, Status> {
+        let (task, node) = self
+            .read(false, |s| {
+                let task = s.task(namespace, task_id).cloned();
+                let node = task
+                    .as_ref()
+                    .and_then(|t| t.node.as_deref())
+                    .and_then(|n| s.node(n))
+                    .cloned();
+                (task, node)
+            })
+            .await?;
+        let task = task.ok_or_else(|| {
+            Status::not_found(format!("task {task_id} not found in namespace {namespace}"))
+        })?;
+        node.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "task {} has not been placed on a node yet",
+                task.task_id
+            ))
+        })
     }
 
     /// Reads the state: linearizable, or this server's own state when `stale`.
@@ -104,6 +127,20 @@ async fn check_joinable(store: &Store, id: u64, address: &str) -> Result<(), Sta
         )));
     }
     Ok(())
+}
+
+/// A client of the agent API of `node`.
+async fn agent_client(
+    node: &berth_model::Node,
+) -> Result<AgentApiClient<tonic::transport::Channel>, Status> {
+    AgentApiClient::connect(format!("http://{}", node.address))
+        .await
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "node {} at {} is unreachable: {e}",
+                node.name, node.address
+            ))
+        })
 }
 
 fn unexpected(result: CommandResult) -> Status {
@@ -310,6 +347,25 @@ impl Berth for BerthService {
         Ok(Response::new(task.into()))
     }
 
+    async fn exec_task(
+        &self,
+        req: Request<pb::ExecTaskRequest>,
+    ) -> Result<Response<pb::ExecResult>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let node = self.task_node(&namespace, &req.task_id).await?;
+        let result = agent_client(&node)
+            .await?
+            .exec(pb::AgentExecRequest {
+                task_id: req.task_id,
+                container: req.container,
+                command: req.command,
+                timeout_secs: req.timeout_secs,
+            })
+            .await?;
+        Ok(result)
+    }
+
     type TaskLogsStream = LogStream;
 
     async fn task_logs(
@@ -318,48 +374,17 @@ impl Berth for BerthService {
     ) -> Result<Response<LogStream>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
-        let (task, node) = self
-            .store
-            .read(|s| {
-                let task = s.task(&namespace, &req.task_id).cloned();
-                let node = task
-                    .as_ref()
-                    .and_then(|t| t.node.as_deref())
-                    .and_then(|n| s.node(n))
-                    .cloned();
-                (task, node)
-            })
-            .await
-            .map_err(status::from_store)?;
-        let task = task.ok_or_else(|| {
-            Status::not_found(format!(
-                "task {} not found in namespace {namespace}",
-                req.task_id
-            ))
-        })?;
-        let node = node.ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "task {} has not been placed on a node yet; it has no logs",
-                task.task_id
-            ))
-        })?;
-        let mut client = AgentApiClient::connect(format!("http://{}", node.address))
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!(
-                    "node {} at {} is unreachable: {e}",
-                    node.name, node.address
-                ))
-            })?;
-        let stream = client
+        let node = self.task_node(&namespace, &req.task_id).await?;
+        let stream = agent_client(&node)
+            .await?
             .logs(pb::AgentLogsRequest {
-                task_id: task.task_id,
+                task_id: req.task_id,
                 follow: req.follow,
                 container: req.container,
             })
             .await?
             .into_inner();
-        Ok(Response::new(Box::pin(stream.map(|r| r))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_nodes(

@@ -223,6 +223,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("berth-{node_name}")),
         insecure_registries: args.insecure_registries,
         cgroup_parent: format!("/berth/{node_name}"),
+        exec_dir: args.data_dir.join("exec"),
     })
     .await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
@@ -281,6 +282,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         namespace: "berth-dev".into(),
         insecure_registries: vec![],
         cgroup_parent: "/berth/dev".into(),
+        exec_dir: data_dir.join("agent").join("exec"),
     })
     .await?;
     let agent = AgentConfig {

@@ -16,15 +16,17 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveS
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetRequest,
-    KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    DeleteContainerRequest, DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest,
+    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
+    ListContainersRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use tokio::sync::Mutex;
 
 use crate::runtime::{
-    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+    ContainerSpec, ExecOutput, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
+    RuntimeError,
 };
 use crate::spec::build_spec;
 
@@ -47,6 +49,8 @@ pub struct ContainerdConfig {
     pub insecure_registries: Vec<String>,
     /// Parent of every container's cgroup.
     pub cgroup_parent: String,
+    /// Where the output of commands run in containers is collected.
+    pub exec_dir: PathBuf,
 }
 
 /// Drives containerd over its gRPC socket.
@@ -199,6 +203,81 @@ impl ContainerdRuntime {
             .await
             .map_err(RuntimeError::containerd("create task"))?;
         Ok(())
+    }
+}
+
+/// Type URL of an OCI process spec inside a protobuf `Any`.
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+
+impl ContainerdRuntime {
+    /// Creates, starts and waits for an exec process; always deletes it (which also waits for
+    /// its output to be copied to the files).
+    async fn run_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        out: &std::path::Path,
+        err: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<i32, RuntimeError> {
+        let mut tasks = TasksClient::new(self.channel.clone());
+        tasks
+            .exec(self.req(ExecProcessRequest {
+                container_id: id.to_owned(),
+                stdin: String::new(),
+                stdout: out.display().to_string(),
+                stderr: err.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: PROCESS_TYPE_URL.into(),
+                    value: process,
+                }),
+                exec_id: exec_id.to_owned(),
+            }))
+            .await
+            .map_err(RuntimeError::containerd("exec in container"))?;
+        let wait_req = self.req(WaitRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        });
+        let mut wait_client = TasksClient::new(self.channel.clone());
+        let wait = tokio::spawn(async move { wait_client.wait(wait_req).await });
+        let started = tasks
+            .start(self.req(StartRequest {
+                container_id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
+            }))
+            .await
+            .map_err(RuntimeError::containerd("start exec"));
+        let result = match started {
+            Err(e) => Err(e),
+            Ok(_) => match tokio::time::timeout(timeout, wait).await {
+                Ok(Ok(Ok(r))) => Ok(i32::try_from(r.into_inner().exit_status).unwrap_or(-1)),
+                Ok(Ok(Err(s))) => Err(RuntimeError::containerd("wait for exec")(s)),
+                Ok(Err(_)) => Err(RuntimeError::Spec("exec wait task failed".into())),
+                Err(_) => {
+                    let kill = KillRequest {
+                        container_id: id.to_owned(),
+                        exec_id: exec_id.to_owned(),
+                        signal: 9,
+                        all: false,
+                    };
+                    let _ = tasks.kill(self.req(kill)).await;
+                    Err(RuntimeError::ExecTimeout(timeout))
+                }
+            },
+        };
+        let delete = DeleteProcessRequest {
+            container_id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+        };
+        if let Err(s) = tasks.delete_process(self.req(delete)).await {
+            if s.code() != Code::NotFound {
+                tracing::debug!(container = id, exec_id, "delete exec process: {s}");
+            }
+        }
+        result
     }
 }
 
@@ -365,6 +444,64 @@ impl Runtime for ContainerdRuntime {
 
     async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError> {
         Ok(self.wait_for_exit(id))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        // The command runs as the container's process does: same env, user, cwd, caps.
+        let container = ContainersClient::new(self.channel.clone())
+            .get(self.req(GetContainerRequest { id: id.to_owned() }))
+            .await
+            .map_err(RuntimeError::containerd("get container"))?
+            .into_inner()
+            .container
+            .and_then(|c| c.spec)
+            .ok_or_else(|| RuntimeError::Spec(format!("container {id} has no spec")))?;
+        let spec: serde_json::Value = serde_json::from_slice(&container.value)
+            .map_err(|e| RuntimeError::Spec(format!("read container spec: {e}")))?;
+        let mut process = spec.get("process").cloned().unwrap_or_default();
+        process["args"] = serde_json::json!(args);
+        process["terminal"] = serde_json::json!(false);
+        let process =
+            serde_json::to_vec(&process).map_err(|e| RuntimeError::Spec(e.to_string()))?;
+
+        let exec_id = format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        tokio::fs::create_dir_all(&self.config.exec_dir)
+            .await
+            .map_err(RuntimeError::io("create exec directory"))?;
+        let out = self.config.exec_dir.join(format!("{exec_id}.out"));
+        let err = self.config.exec_dir.join(format!("{exec_id}.err"));
+        for f in [&out, &err] {
+            tokio::fs::File::create(f)
+                .await
+                .map_err(RuntimeError::io("create exec output file"))?;
+        }
+        let result = self
+            .run_exec(id, &exec_id, process, &out, &err, timeout)
+            .await;
+        let output = async {
+            let stdout = tokio::fs::read(&out)
+                .await
+                .map_err(RuntimeError::io("read exec output"))?;
+            let stderr = tokio::fs::read(&err)
+                .await
+                .map_err(RuntimeError::io("read exec output"))?;
+            Ok::<_, RuntimeError>((stdout, stderr))
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&out).await;
+        let _ = tokio::fs::remove_file(&err).await;
+        let exit_code = result?;
+        let (stdout, stderr) = output?;
+        Ok(ExecOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError> {
