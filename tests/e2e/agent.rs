@@ -289,3 +289,47 @@ async fn a_failing_health_check_makes_the_container_unhealthy_and_stops_the_task
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn cpu_and_memory_usage_reach_describe_and_the_cpu_quota_holds() -> anyhow::Result<()> {
+    let (env, server, _agent) = node().await?;
+    let addr = server.addr.to_string();
+    // A busy loop limited to half a CPU by its cgroup quota.
+    let id = run_until_running(
+        &addr,
+        &[
+            "run",
+            "--cpu",
+            "512",
+            "--memory",
+            "64",
+            "--stop-timeout",
+            "1s",
+            &env.image,
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ],
+    )
+    .await?;
+    let metrics = poll("a usage sample of a busy task", TIMEOUT, || async {
+        let t = cli_json(&addr, &["get", "task", &id]).await.ok()?;
+        let m = t.get("metrics")?.clone();
+        (m["cpuUnits"].as_f64()? > 100.0).then_some(m)
+    })
+    .await?;
+    let cpu = metrics["cpuUnits"].as_f64().unwrap_or_default();
+    assert!(cpu < 700.0, "the 512-unit quota was exceeded: {metrics}");
+    assert!(
+        metrics["memoryBytes"].as_u64().unwrap_or_default() > 0,
+        "{metrics}"
+    );
+    let out = cli(&addr, &["describe", "task", &id]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Usage:") && text.contains("of 512)"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -205,7 +205,13 @@ impl AgentProc {
                 "--memory",
                 "2048",
             ])
-            .args(["--containerd-namespace", &namespace, "--data-dir"])
+            .args([
+                "--containerd-namespace",
+                &namespace,
+                "--metrics-interval",
+                "1s",
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .arg("--containerd")
             .arg(&env.containerd.socket)

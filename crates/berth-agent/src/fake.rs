@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use crate::runtime::{
-    ContainerSpec, ExecOutput, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
-    RuntimeError,
+    ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
+    ImageInfo, Runtime, RuntimeError,
 };
 
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
@@ -24,6 +24,7 @@ struct FakeState {
     calls: Vec<String>,
     /// Exit code of commands run in a container (0 when not set).
     exec_codes: HashMap<String, i32>,
+    stats: HashMap<String, ContainerStats>,
 }
 
 impl FakeRuntime {
@@ -50,6 +51,11 @@ impl FakeRuntime {
     /// Commands run in container `id` exit with `code` from now on.
     pub fn exec_exits_with(&self, id: &str, code: i32) {
         self.state().exec_codes.insert(id.to_owned(), code);
+    }
+
+    /// Sets the counters container `id` reports.
+    pub fn set_stats(&self, id: &str, stats: ContainerStats) {
+        self.state().stats.insert(id.to_owned(), stats);
     }
 
     /// Every call so far, as `"op arg"` lines.
@@ -147,6 +153,14 @@ impl Runtime for FakeRuntime {
             stdout: Vec::new(),
             stderr: Vec::new(),
         })
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let state = self.state();
+        if !state.running.contains_key(id) {
+            return Err(RuntimeError::Spec(format!("container {id} is not running")));
+        }
+        Ok(state.stats.get(id).copied().unwrap_or_default())
     }
 
     async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), RuntimeError> {

@@ -26,7 +26,9 @@ use berth_model::{DesiredStatus, TaskStatus, TaskStatusUpdate};
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::agent_service_client::AgentServiceClient;
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{AgentMessage, DesiredTasks, Heartbeat, Register, StatusReport};
+use berth_proto::v1::{
+    AgentMessage, DesiredTasks, Heartbeat, MetricsReport, Register, StatusReport, TaskSample,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
@@ -34,8 +36,8 @@ pub use api::AgentApiService;
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
 pub use fake::FakeRuntime;
 pub use runtime::{
-    ContainerSpec, ExecOutput, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
-    RuntimeError,
+    ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
+    ImageInfo, Runtime, RuntimeError,
 };
 use supervisor::{Assignment, TaskRun};
 
@@ -53,6 +55,8 @@ pub struct AgentConfig {
     pub memory: u64,
     pub attributes: BTreeMap<String, String>,
     pub heartbeat_interval: Duration,
+    /// How often resource usage of running tasks is sampled and sent.
+    pub metrics_interval: Duration,
 }
 
 struct LocalTask {
@@ -62,6 +66,9 @@ struct LocalTask {
     containers: Vec<String>,
 }
 
+/// The last CPU counter of each container and when it was read.
+type CpuCounters = HashMap<String, (u64, tokio::time::Instant)>;
+
 /// Metadata key with the leader's address on a follower's UNAVAILABLE answer.
 const LEADER_HINT: &str = "berth-leader";
 
@@ -70,6 +77,15 @@ const LEADER_HINT: &str = "berth-leader";
 pub struct TaskTable(Arc<Mutex<HashMap<String, LocalTask>>>);
 
 impl TaskTable {
+    /// Running tasks and their containers' names.
+    fn running(&self) -> Vec<(String, Vec<String>)> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| !t.done.load(Ordering::SeqCst))
+            .map(|(id, t)| (id.clone(), t.containers.clone()))
+            .collect()
+    }
+
     /// The runtime ID of a running task's container (`container` empty: its first one).
     pub fn container_id(&self, task_id: &str, container: &str) -> Result<String, tonic::Status> {
         let tasks = self.lock();
@@ -187,6 +203,7 @@ impl Agent {
         mut updates: mpsc::UnboundedReceiver<TaskStatusUpdate>,
     ) {
         let mut latest: HashMap<String, TaskStatusUpdate> = HashMap::new();
+        let mut counters = CpuCounters::new();
         let mut backoff = Duration::from_millis(100);
         let servers = self.config.servers.clone();
         let mut next = 0;
@@ -197,7 +214,7 @@ impl Agent {
                 servers[(next - 1) % servers.len()].clone()
             });
             match self
-                .session(&server, &address, &mut updates, &mut latest)
+                .session(&server, &address, &mut updates, &mut latest, &mut counters)
                 .await
             {
                 Ok(()) => {
@@ -230,6 +247,7 @@ impl Agent {
         address: &str,
         updates: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
         latest: &mut HashMap<String, TaskStatusUpdate>,
+        counters: &mut CpuCounters,
     ) -> anyhow::Result<()> {
         let mut client = AgentServiceClient::connect(format!("http://{server}"))
             .await
@@ -262,6 +280,7 @@ impl Agent {
         }
         let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        let mut metrics = tokio::time::interval(self.config.metrics_interval);
         loop {
             tokio::select! {
                 msg = inbound.message() => {
@@ -289,11 +308,61 @@ impl Agent {
                     let report = StatusReport { updates: batch.into_iter().map(Into::into).collect() };
                     tx.send(AgentMessage { msg: Some(AgentMsg::Status(report)) }).await?;
                 }
+                _ = metrics.tick() => {
+                    let samples = self.sample(counters).await;
+                    if !samples.is_empty() {
+                        let report = MetricsReport { samples };
+                        tx.send(AgentMessage { msg: Some(AgentMsg::Metrics(report)) }).await?;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     tx.send(AgentMessage { msg: Some(AgentMsg::Heartbeat(Heartbeat {})) }).await?;
                 }
             }
         }
+    }
+
+    /// Samples the resource usage of every running task. CPU is a rate, so a container's first
+    /// sample only records its counter.
+    async fn sample(&self, counters: &mut CpuCounters) -> Vec<TaskSample> {
+        let now = tokio::time::Instant::now();
+        let sampled_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut samples = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (task_id, containers) in self.tasks.running() {
+            let (mut cpu_units, mut memory_bytes, mut rated) = (0.0, 0, false);
+            for name in containers {
+                let id = supervisor::container_id(&task_id, &name);
+                let Ok(stats) = self.runtime.stats(&id).await else {
+                    continue;
+                };
+                memory_bytes += stats.memory_bytes;
+                if let Some((cpu_ns, at)) = counters.get(&id) {
+                    let wall = now.duration_since(*at).as_nanos() as f64;
+                    if wall > 0.0 {
+                        let used = stats.cpu_ns.saturating_sub(*cpu_ns) as f64;
+                        cpu_units += used / wall * f64::from(berth_model::CPU_UNITS_PER_VCPU);
+                        rated = true;
+                    }
+                }
+                counters.insert(id.clone(), (stats.cpu_ns, now));
+                seen.insert(id);
+            }
+            if rated {
+                samples.push(TaskSample {
+                    task_id,
+                    metrics: Some(berth_proto::v1::TaskMetrics {
+                        cpu_units,
+                        memory_bytes,
+                        sampled_at,
+                    }),
+                });
+            }
+        }
+        counters.retain(|id, _| seen.contains(id));
+        samples
     }
 
     /// Makes the tasks on this node match the server's desired set.

@@ -75,6 +75,15 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Cumulative resource counters of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    /// CPU time used since the container started, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Working-set memory (usage minus inactive file cache), in bytes.
+    pub memory_bytes: u64,
+}
+
 /// Resolves when the container's main process exits.
 pub type ExitFuture = BoxFuture<'static, Result<ExitStatus, RuntimeError>>;
 
@@ -142,6 +151,9 @@ pub trait Runtime: Send + Sync + 'static {
         args: &[String],
         timeout: std::time::Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+
+    /// The container's resource counters.
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;
 
     /// Sends `signal` to the container's processes (all of them when `all`).
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError>;

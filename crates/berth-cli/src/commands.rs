@@ -821,6 +821,18 @@ async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result
             if let Some(reason) = &t.stopped_reason {
                 println!("Stopped reason:   {reason}");
             }
+            if let Some(m) = &t.metrics {
+                println!(
+                    "Usage:            CPU {:.0} units ({:.0}% of {}), memory {:.1} MiB ({:.0}% of {} MiB), sampled {}",
+                    m.cpu_units,
+                    m.cpu_percent(t.cpu),
+                    t.cpu,
+                    m.memory_bytes as f64 / (1024.0 * 1024.0),
+                    m.memory_percent(t.memory),
+                    t.memory,
+                    berth_model::format_timestamp(m.sampled_at)
+                );
+            }
             println!("Containers:");
             for c in &t.containers {
                 println!(

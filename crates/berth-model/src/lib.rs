@@ -16,7 +16,8 @@ mod time;
 pub use event::{Event, EventLog, MAX_EVENTS};
 pub use node::{Node, NodeStatus, Resources};
 pub use task::{
-    ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskStatus, TaskStatusUpdate,
+    ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,
+    TaskStatusUpdate,
 };
 pub use task_definition::{
     ContainerDefinition, HealthCheck, TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec,

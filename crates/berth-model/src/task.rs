@@ -44,6 +44,36 @@ pub struct Task {
     pub containers: Vec<ContainerState>,
     #[serde(default, skip_serializing_if = "EventLog::is_empty")]
     pub events: EventLog,
+    /// The latest resource usage its node reported. Filled in by the leader from its memory
+    /// when the task is read; never part of the replicated state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<TaskMetrics>,
+}
+
+/// Resource usage of a task (all its containers), sampled by its node.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskMetrics {
+    /// CPU in use in CPU units (1024 = one CPU fully busy), averaged since the previous sample.
+    pub cpu_units: f64,
+    /// Working-set memory in bytes.
+    pub memory_bytes: u64,
+    #[serde(with = "crate::time::rfc3339")]
+    pub sampled_at: Timestamp,
+}
+
+impl Eq for TaskMetrics {}
+
+impl TaskMetrics {
+    /// CPU use as a percentage of `reserved` CPU units.
+    pub fn cpu_percent(&self, reserved: u32) -> f64 {
+        100.0 * self.cpu_units / f64::from(reserved.max(1))
+    }
+
+    /// Memory use as a percentage of `reserved` MiB.
+    pub fn memory_percent(&self, reserved_mib: u32) -> f64 {
+        100.0 * self.memory_bytes as f64 / (f64::from(reserved_mib.max(1)) * 1024.0 * 1024.0)
+    }
 }
 
 impl Task {

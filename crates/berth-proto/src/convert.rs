@@ -282,6 +282,11 @@ impl From<m::Task> for v1::Task {
             stop_code: stop_code_to_wire(t.stop_code),
             stopped_reason: t.stopped_reason.unwrap_or_default(),
             events: events_to_wire(&t.events),
+            metrics: t.metrics.map(|m| v1::TaskMetrics {
+                cpu_units: m.cpu_units,
+                memory_bytes: m.memory_bytes,
+                sampled_at: m.sampled_at,
+            }),
             containers: t.containers.into_iter().map(Into::into).collect(),
         }
     }
@@ -311,6 +316,11 @@ impl TryFrom<v1::Task> for m::Task {
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
             events: events_from_wire(t.events),
+            metrics: t.metrics.map(|m| m::TaskMetrics {
+                cpu_units: m.cpu_units,
+                memory_bytes: m.memory_bytes,
+                sampled_at: m.sampled_at,
+            }),
         })
     }
 }
@@ -418,6 +428,11 @@ mod tests {
                 ..m::ContainerState::pending("app", "busybox")
             }],
             events,
+            metrics: Some(m::TaskMetrics {
+                cpu_units: 300.5,
+                memory_bytes: 1 << 20,
+                sampled_at: 9,
+            }),
         };
         let wire = v1::Task::from(task.clone());
         assert_eq!(m::Task::try_from(wire).ok(), Some(task));

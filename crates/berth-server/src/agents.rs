@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{now_ms, status};
+use crate::{now_ms, status, Usage};
 
 /// Seconds between agent heartbeats.
 pub const HEARTBEAT_INTERVAL_SECS: u32 = 1;
@@ -48,11 +48,16 @@ impl Liveness {
 pub struct AgentServiceImpl {
     store: Store,
     liveness: Liveness,
+    usage: Usage,
 }
 
 impl AgentServiceImpl {
-    pub fn new(store: Store, liveness: Liveness) -> AgentServiceServer<Self> {
-        AgentServiceServer::new(Self { store, liveness })
+    pub fn new(store: Store, liveness: Liveness, usage: Usage) -> AgentServiceServer<Self> {
+        AgentServiceServer::new(Self {
+            store,
+            liveness,
+            usage,
+        })
     }
 }
 
@@ -180,6 +185,7 @@ impl AgentService for AgentServiceImpl {
         // Read heartbeats and status reports until the agent goes away.
         let store = self.store.clone();
         let liveness = self.liveness.clone();
+        let usage = self.usage.clone();
         let node_name = reg.node_name;
         tokio::spawn(async move {
             loop {
@@ -192,8 +198,22 @@ impl AgentService for AgentServiceImpl {
                     None => break,
                 };
                 liveness.seen(&node_name);
-                let Some(AgentMsg::Status(report)) = msg.msg else {
-                    continue;
+                let report = match msg.msg {
+                    Some(AgentMsg::Status(report)) => report,
+                    Some(AgentMsg::Metrics(metrics)) => {
+                        for s in metrics.samples {
+                            if let Some(m) = s.metrics {
+                                let m = berth_model::TaskMetrics {
+                                    cpu_units: m.cpu_units,
+                                    memory_bytes: m.memory_bytes,
+                                    sampled_at: m.sampled_at,
+                                };
+                                usage.record(s.task_id, m);
+                            }
+                        }
+                        continue;
+                    }
+                    _ => continue,
                 };
                 let updates: Result<Vec<TaskStatusUpdate>, _> =
                     report.updates.into_iter().map(TryInto::try_into).collect();

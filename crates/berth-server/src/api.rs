@@ -13,18 +13,19 @@ use berth_store::{ClusterStatus, Command, CommandResult, State, Store};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::{now_ms, status};
+use crate::{now_ms, status, Usage};
 
 /// At most this many tasks per RunTask call.
 pub const MAX_RUN_COUNT: u32 = 1000;
 
 pub struct BerthService {
     store: Store,
+    usage: Usage,
 }
 
 impl BerthService {
-    pub fn new(store: Store) -> BerthServer<Self> {
-        BerthServer::new(Self { store })
+    pub fn new(store: Store, usage: Usage) -> BerthServer<Self> {
+        BerthServer::new(Self { store, usage })
     }
 
     /// The node a task was placed on.
@@ -260,6 +261,7 @@ impl Berth for BerthService {
                     .map(|c| ContainerState::pending(&c.name, &c.image))
                     .collect(),
                 events: EventLog::default(),
+                metrics: None,
             })
             .collect();
         let client_token = (!req.client_token.is_empty()).then_some(req.client_token);
@@ -325,7 +327,10 @@ impl Berth for BerthService {
             .await?;
         tasks.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.into_iter().map(Into::into).collect(),
+            tasks: tasks
+                .into_iter()
+                .map(|t| self.usage.fill(t).into())
+                .collect(),
         }))
     }
 
@@ -344,7 +349,7 @@ impl Berth for BerthService {
                     req.task_id
                 ))
             })?;
-        Ok(Response::new(task.into()))
+        Ok(Response::new(self.usage.fill(task).into()))
     }
 
     async fn exec_task(

@@ -6,6 +6,7 @@ mod agents;
 mod api;
 pub mod scheduler;
 pub mod status;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use berth_store::{RaftService, Store, StoreConfig};
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use agents::{desired_tasks, Liveness};
+pub use usage::Usage;
 
 /// Milliseconds since the Unix epoch; only the leader's handlers call it, before proposing.
 pub fn now_ms() -> u64 {
@@ -201,6 +203,7 @@ impl Server {
             .build_v1()
             .context("build reflection service")?;
         let controllers = tokio::spawn(scheduler::run(self.store.clone()));
+        let usage = Usage::default();
         if let Some(addr) = self.join.clone() {
             tokio::spawn(Self::join(self.store.clone(), addr, self.advertise.clone()));
         }
@@ -222,10 +225,11 @@ impl Server {
         let serve = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(api::BerthService::new(self.store.clone()))
+            .add_service(api::BerthService::new(self.store.clone(), usage.clone()))
             .add_service(agents::AgentServiceImpl::new(
                 self.store.clone(),
                 Liveness::default(),
+                usage,
             ))
             .add_service(RaftService::new(self.store.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);

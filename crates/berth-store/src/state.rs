@@ -591,6 +591,7 @@ mod tests {
                 stopped_reason: None,
                 containers: vec![ContainerState::pending("app", "busybox")],
                 events: EventLog::default(),
+                metrics: None,
             }],
             client_token: Some("tok-1".into()),
             at: 2,

@@ -322,6 +322,7 @@ impl Sim {
             stopped_reason: None,
             containers: vec![],
             events: EventLog::default(),
+            metrics: None,
         };
         (
             Command::CreateTasks {

@@ -138,6 +138,9 @@ struct AgentArgs {
     /// Where the agent's API (logs) listens; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// How often resource usage of running tasks is sampled and sent to the servers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    metrics_interval: Duration,
     /// Registries (host:port) reached over plain HTTP besides loopback ones.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -236,6 +239,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         memory: args.memory.unwrap_or_else(host_memory_mib),
         attributes: parse_attributes(&args.attributes)?,
         heartbeat_interval: Duration::from_secs(1),
+        metrics_interval: args.metrics_interval,
     };
     Agent::run(config, Arc::new(runtime), shutdown_signal()).await
 }
@@ -294,6 +298,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         memory: host_memory_mib(),
         attributes: BTreeMap::new(),
         heartbeat_interval: Duration::from_secs(1),
+        metrics_interval: Duration::from_secs(5),
     };
     match &demo {
         Some(image) => eprintln!(

@@ -25,8 +25,8 @@ use containerd_client::tonic::{Code, Request};
 use tokio::sync::Mutex;
 
 use crate::runtime::{
-    ContainerSpec, ExecOutput, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
-    RuntimeError,
+    ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
+    ImageInfo, Runtime, RuntimeError,
 };
 use crate::spec::build_spec;
 
@@ -334,6 +334,41 @@ impl ContainerdRuntime {
     }
 }
 
+/// A container's counters from the cgroup it runs in — the numbers containerd's `Tasks.Metrics`
+/// reports, read where they live (cgroup v1 controllers, or the v2 unified hierarchy).
+fn cgroup_stats(path: &str) -> std::io::Result<ContainerStats> {
+    let read = |p: String| std::fs::read_to_string(p);
+    let stat_value = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if let Ok(cpu) = read(format!("/sys/fs/cgroup/cpuacct/{path}/cpuacct.usage")) {
+        let usage: u64 = read(format!(
+            "/sys/fs/cgroup/memory/{path}/memory.usage_in_bytes"
+        ))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+        let stat = read(format!("/sys/fs/cgroup/memory/{path}/memory.stat")).unwrap_or_default();
+        return Ok(ContainerStats {
+            cpu_ns: cpu.trim().parse().unwrap_or(0),
+            memory_bytes: usage.saturating_sub(stat_value(&stat, "total_inactive_file")),
+        });
+    }
+    let cpu = read(format!("/sys/fs/cgroup/{path}/cpu.stat"))?;
+    let usage: u64 = read(format!("/sys/fs/cgroup/{path}/memory.current"))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let stat = read(format!("/sys/fs/cgroup/{path}/memory.stat")).unwrap_or_default();
+    Ok(ContainerStats {
+        cpu_ns: stat_value(&cpu, "usage_usec") * 1000,
+        memory_bytes: usage.saturating_sub(stat_value(&stat, "inactive_file")),
+    })
+}
+
 /// Whether the OOM killer fired in the cgroup at `path` (under the cgroup v1 memory hierarchy,
 /// or the v2 unified one).
 fn oom_killed(path: &str) -> bool {
@@ -502,6 +537,11 @@ impl Runtime for ContainerdRuntime {
             stdout,
             stderr,
         })
+    }
+
+    async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let path = format!("{}/{}", self.config.cgroup_parent.trim_matches('/'), id);
+        cgroup_stats(&path).map_err(RuntimeError::io("read container cgroup"))
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError> {
