@@ -333,3 +333,57 @@ async fn cpu_and_memory_usage_reach_describe_and_the_cpu_quota_holds() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn logs_keep_streams_apart_rotate_and_filter_by_tail_and_since() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let addr = server.addr.to_string();
+    let _agent = AgentProc::start_with(&env, &addr, "node-1", &["--log-max-bytes", "600"]).await?;
+    let script = "for i in $(seq 1 40); do echo line-$i; done; echo oops >&2";
+    let out = cli(
+        &addr,
+        &["run", "--wait", &env.image, "--", "sh", "-c", script],
+    )
+    .await?;
+    assert_eq!(out.status.code(), Some(0));
+    let id = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+
+    let tail = cli(&addr, &["logs", &id, "--tail", "3"]).await?;
+    assert_eq!(String::from_utf8_lossy(&tail.stdout), "line-39\nline-40\n");
+    assert_eq!(String::from_utf8_lossy(&tail.stderr), "oops\n");
+
+    // The 600-byte limit rotated the file; one older file is kept, the oldest lines are gone.
+    let dir = env.path("agent-node-1").join("logs").join(&id);
+    assert!(
+        dir.join("demo.log.1").exists(),
+        "no rotated file in {}",
+        dir.display()
+    );
+    let all = cli(&addr, &["logs", &id]).await?;
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        text.ends_with("line-40\n") && !text.starts_with("line-1\n"),
+        "{text}"
+    );
+
+    let future = cli(&addr, &["logs", &id, "--since", "2999-01-01T00:00:00Z"]).await?;
+    assert!(future.status.success());
+    assert!(future.stdout.is_empty() && future.stderr.is_empty());
+    let recent = cli(
+        &addr,
+        &["logs", &id, "--since", "1h", "--tail", "1", "--timestamps"],
+    )
+    .await?;
+    let line = String::from_utf8_lossy(&recent.stderr).into_owned();
+    assert!(
+        line.ends_with(" oops\n") && line.starts_with("20"),
+        "{line}"
+    );
+    Ok(())
+}

@@ -186,6 +186,16 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts an agent and waits until the server lists its node.
     pub async fn start(env: &Env, server: &str, name: &str) -> anyhow::Result<Self> {
+        Self::start_with(env, server, name, &[]).await
+    }
+
+    /// Starts an agent with extra flags and waits until the server lists its node.
+    pub async fn start_with(
+        env: &Env,
+        server: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = env.path(&format!("agent-{name}"));
         std::fs::create_dir_all(&data_dir)?;
         let log = std::fs::OpenOptions::new()
@@ -215,6 +225,7 @@ impl AgentProc {
             .arg(&data_dir)
             .arg("--containerd")
             .arg(&env.containerd.socket)
+            .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)

@@ -7,13 +7,13 @@ use std::time::Duration;
 use berth_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
 use berth_proto::v1::{AgentExecRequest, AgentLogsRequest, ExecResult, LogChunk};
 use futures::Stream;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use crate::logfile::{self, Record, Stream as Output};
 use crate::runtime::RuntimeError;
 use crate::{Runtime, TaskTable};
 
@@ -65,27 +65,22 @@ async fn log_files(dir: &std::path::Path, only: &str) -> std::io::Result<Vec<(St
     Ok(files)
 }
 
-/// Sends what was appended to `path` since `offset`; returns the new offset.
-async fn send_new(
-    container: &str,
-    path: &std::path::Path,
-    offset: u64,
-    tx: &mpsc::Sender<Result<LogChunk, Status>>,
-) -> Option<u64> {
-    let mut file = tokio::fs::File::open(path).await.ok()?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.ok()?;
+/// A record as a chunk for the client.
+fn chunk(container: &str, record: Record, timestamps: bool) -> LogChunk {
     let mut data = Vec::new();
-    file.read_to_end(&mut data).await.ok()?;
-    let next = offset + data.len() as u64;
-    if !data.is_empty() {
-        tx.send(Ok(LogChunk {
-            container: container.to_owned(),
-            data,
-        }))
-        .await
-        .ok()?;
+    if timestamps {
+        let mut encoded = record.encode();
+        // Keep "<time> " and the text.
+        let time_end = encoded.iter().position(|b| *b == b' ').unwrap_or(0);
+        encoded.truncate(time_end + 1);
+        data.extend(encoded);
     }
-    Some(next)
+    data.extend(record.text);
+    LogChunk {
+        container: container.to_owned(),
+        data,
+        stderr: record.stream == Output::Stderr,
+    }
 }
 
 #[tonic::async_trait]
@@ -113,18 +108,49 @@ impl AgentApi for AgentApiService {
                 req.task_id, req.container
             )));
         }
-        let (tx, rx) = mpsc::channel(16);
+        // Everything so far, merged across containers in time order.
+        let since_ns = u128::from(req.since) * 1_000_000;
+        let tail = usize::try_from(req.tail).unwrap_or(usize::MAX);
+        let mut merged = Vec::new();
+        let mut offsets = Vec::with_capacity(files.len());
+        for (container, path) in &files {
+            let (records, offset) = logfile::read(path, since_ns, tail)
+                .map_err(|e| Status::internal(format!("read {}: {e}", path.display())))?;
+            merged.extend(records.into_iter().map(|r| (container.clone(), r)));
+            offsets.push(offset);
+        }
+        merged.sort_by_key(|(_, r)| r.time_ns);
+        let (tx, rx) = mpsc::channel(64);
         let tasks = self.tasks.clone();
         tokio::spawn(async move {
-            let mut offsets = vec![0u64; files.len()];
+            for (container, record) in merged {
+                if tx
+                    .send(Ok(chunk(&container, record, req.timestamps)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if !req.follow {
+                return;
+            }
             loop {
-                // Read the "done" flag first so the final pass sees everything written.
-                let running = req.follow && tasks.is_running(&req.task_id);
+                // Read the "running" flag first so the last pass sees everything written.
+                let running = tasks.is_running(&req.task_id);
                 for (i, (container, path)) in files.iter().enumerate() {
-                    match send_new(container, path, offsets[i], &tx).await {
-                        Some(next) => offsets[i] = next,
-                        None if tx.is_closed() => return,
-                        None => {}
+                    let Ok((records, next)) = logfile::read_new(path, offsets[i]) else {
+                        continue;
+                    };
+                    offsets[i] = next;
+                    for record in records {
+                        if tx
+                            .send(Ok(chunk(container, record, req.timestamps)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                 }
                 if !running {

@@ -10,6 +10,7 @@
 mod api;
 pub mod containerd;
 mod fake;
+pub mod logfile;
 mod runtime;
 pub mod spec;
 pub mod supervisor;

@@ -47,6 +47,15 @@ pub enum Command {
         /// Only this container's output.
         #[arg(long)]
         container: Option<String>,
+        /// Only the last N lines of each container.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// Only output since this long ago (`10m`) or this time (RFC 3339).
+        #[arg(long, value_name = "DURATION|TIME")]
+        since: Option<String>,
+        /// Prefix every line with the time it was written.
+        #[arg(short, long)]
+        timestamps: bool,
     },
     /// Run a command in a running container of a task; exits with the command's exit code.
     Exec {
@@ -147,9 +156,23 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             task,
             follow,
             container,
-        } => logs(&global, &task, follow, container.unwrap_or_default())
-            .await
-            .map(|()| 0),
+            tail,
+            since,
+            timestamps,
+        } => {
+            let since = match since {
+                Some(s) => parse_since(&s)?,
+                None => 0,
+            };
+            let opts = LogOptions {
+                follow,
+                container: container.unwrap_or_default(),
+                tail: tail.unwrap_or(0),
+                since,
+                timestamps,
+            };
+            logs(&global, &task, opts).await.map(|()| 0)
+        }
         Command::Exec {
             task,
             container,
@@ -376,7 +399,11 @@ async fn wait_and_stream(
         tokio::time::sleep(POLL).await;
     };
     if task.started_at.is_some() {
-        logs(global, task_id, true, String::new()).await?;
+        let opts = LogOptions {
+            follow: true,
+            ..LogOptions::default()
+        };
+        logs(global, task_id, opts).await?;
     }
     let task = loop {
         let task = describe_task(client, global, task_id).await?;
@@ -395,17 +422,43 @@ async fn wait_and_stream(
     Ok(task.exit_code().unwrap_or(1))
 }
 
-async fn logs(
-    global: &GlobalArgs,
-    task: &str,
+/// Which output `logs` prints.
+#[derive(Debug, Clone, Default)]
+struct LogOptions {
     follow: bool,
     container: String,
-) -> anyhow::Result<()> {
+    tail: u32,
+    /// Milliseconds since the epoch; 0 for all.
+    since: u64,
+    timestamps: bool,
+}
+
+/// `--since 10m` (that long ago) or `--since 2026-11-26T10:00:00Z`, as ms since the epoch.
+fn parse_since(text: &str) -> anyhow::Result<u64> {
+    let at = match humantime::parse_duration(text) {
+        Ok(ago) => std::time::SystemTime::now() - ago,
+        Err(_) => humantime::parse_rfc3339_weak(text).with_context(|| {
+            format!(
+                "--since {text:?} is neither a duration (10m) nor a time (2026-11-26T10:00:00Z)"
+            )
+        })?,
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    Ok(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+async fn logs(global: &GlobalArgs, task: &str, opts: LogOptions) -> anyhow::Result<()> {
     let req = pb::TaskLogsRequest {
         namespace: global.namespace.clone(),
         task_id: task.to_owned(),
-        follow,
-        container,
+        follow: opts.follow,
+        container: opts.container,
+        tail: opts.tail,
+        since: opts.since,
+        timestamps: opts.timestamps,
     };
     let mut stream = Client::new(&global.servers)
         .call(|mut c| {
@@ -413,11 +466,15 @@ async fn logs(
             async move { c.task_logs(req).await }
         })
         .await?;
-    let mut stdout = std::io::stdout();
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(status_error)?;
-        stdout.write_all(&chunk.data)?;
-        stdout.flush()?;
+        if chunk.stderr {
+            stderr.write_all(&chunk.data)?;
+        } else {
+            stdout.write_all(&chunk.data)?;
+            stdout.flush()?;
+        }
     }
     Ok(())
 }

@@ -386,6 +386,9 @@ impl Berth for BerthService {
                 task_id: req.task_id,
                 follow: req.follow,
                 container: req.container,
+                tail: req.tail,
+                since: req.since,
+                timestamps: req.timestamps,
             })
             .await?
             .into_inner();

@@ -33,8 +33,19 @@ enum Role {
     Agent(AgentArgs),
     /// Run a server and an agent in one process, with their own containerd and registry.
     Dev(DevArgs),
+    /// (internal) The log driver containerd's shim runs for each container: MAX_BYTES:PATH.
+    #[command(hide = true)]
+    LogDriver { spec: String },
     #[command(flatten)]
     Client(berth_cli::Command),
+}
+
+/// Container log files rotate at this size by default.
+const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// This executable, which containerd's shims start as the log driver.
+fn log_driver_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("find the berth executable for the log driver")
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +152,9 @@ struct AgentArgs {
     /// How often resource usage of running tasks is sampled and sent to the servers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     metrics_interval: Duration,
+    /// Size at which a container's log file rotates (one older file is kept).
+    #[arg(long, default_value_t = DEFAULT_LOG_MAX_BYTES)]
+    log_max_bytes: u64,
     /// Registries (host:port) reached over plain HTTP besides loopback ones.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -227,6 +241,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         insecure_registries: args.insecure_registries,
         cgroup_parent: format!("/berth/{node_name}"),
         exec_dir: args.data_dir.join("exec"),
+        log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
     })
     .await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
@@ -287,6 +302,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         insecure_registries: vec![],
         cgroup_parent: "/berth/dev".into(),
         exec_dir: data_dir.join("agent").join("exec"),
+        log_driver: Some((log_driver_binary()?, DEFAULT_LOG_MAX_BYTES)),
     })
     .await?;
     let agent = AgentConfig {
@@ -340,6 +356,17 @@ async fn main() {
         Role::Dev(args) => {
             init_logging("info,openraft=warn");
             exit_code(run_dev(args).await.map(|()| 0))
+        }
+        Role::LogDriver { spec } => {
+            let result = spec
+                .split_once(':')
+                .and_then(|(max, path)| Some((max.parse::<u64>().ok()?, PathBuf::from(path))))
+                .context("log-driver expects MAX_BYTES:PATH")
+                .and_then(|(max, path)| {
+                    berth_agent::logfile::run_driver(&path, max)
+                        .with_context(|| format!("log to {}", path.display()))
+                });
+            exit_code(result.map(|()| 0))
         }
         Role::Client(command) => {
             init_logging("warn");

@@ -51,6 +51,9 @@ pub struct ContainerdConfig {
     pub cgroup_parent: String,
     /// Where the output of commands run in containers is collected.
     pub exec_dir: PathBuf,
+    /// The `berth` binary the shim starts as each container's log driver, and the size at
+    /// which log files rotate. Without it, containerd appends raw output to the log file.
+    pub log_driver: Option<(PathBuf, u64)>,
 }
 
 /// Drives containerd over its gRPC socket.
@@ -188,7 +191,17 @@ impl ContainerdRuntime {
                 .await
                 .map_err(RuntimeError::io("create log directory"))?;
         }
-        let log_uri = format!("file://{}", c.log_path.display());
+        let log_uri = match &self.config.log_driver {
+            // The shim runs `berth log-driver MAX:PATH` with the streams on fds 3 and 4.
+            Some((bin, max)) => {
+                format!(
+                    "binary://{}?log-driver={max}:{}",
+                    bin.display(),
+                    c.log_path.display()
+                )
+            }
+            None => format!("file://{}", c.log_path.display()),
+        };
         TasksClient::new(self.channel.clone())
             .create(self.leased(
                 CreateTaskRequest {
