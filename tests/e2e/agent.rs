@@ -387,3 +387,45 @@ async fn logs_keep_streams_apart_rotate_and_filter_by_tail_and_since() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_password_protected_registry_needs_the_agents_credentials() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let private =
+        berth_dev::Registry::start_with_password(&env.path("private"), "puller", "s3cret").await?;
+    let image = format!("{}/secret:1", private.addr);
+    let busybox = berth_dev::find_program("busybox").expect("busybox-static");
+    berth_dev::push_busybox_image_as(&busybox, &image, Some(("puller", "s3cret"))).await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let addr = server.addr.to_string();
+
+    let without = AgentProc::start(&env, &addr, "node-1").await?;
+    let out = cli(&addr, &["run", &image, "--", "echo", "in"]).await?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    assert_eq!(task["stopCode"], "TaskFailedToStart");
+    let reason = task["stoppedReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("pull access denied") && reason.contains(&image),
+        "{reason}"
+    );
+    without.kill().await?;
+
+    let creds = env.path("registry-creds");
+    std::fs::write(
+        &creds,
+        format!("# host user password\n{} puller s3cret\n", private.addr),
+    )?;
+    let creds = creds.to_string_lossy().into_owned();
+    let _with =
+        AgentProc::start_with(&env, &addr, "node-1", &["--registry-auth-file", &creds]).await?;
+    let out = cli(&addr, &["run", "--wait", &image, "--", "echo", "in"]).await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in\n");
+    Ok(())
+}

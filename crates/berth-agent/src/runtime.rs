@@ -91,7 +91,7 @@ pub type ExitFuture = BoxFuture<'static, Result<ExitStatus, RuntimeError>>;
 pub enum RuntimeError {
     #[error("image {image} not found: {detail}")]
     ImageNotFound { image: String, detail: String },
-    #[error("pull access denied for {image}: {detail}")]
+    #[error("pull access denied for {image} (give the agent credentials with --registry-auth): {detail}")]
     Unauthorized { image: String, detail: String },
     #[error("registry for {image} unreachable: {detail}")]
     RegistryUnreachable { image: String, detail: String },

@@ -107,8 +107,17 @@ pub fn build_busybox_image(busybox: &Path) -> anyhow::Result<BusyboxImage> {
 }
 
 /// Builds the busybox image and pushes it as `reference` (`host:port/repo:tag`) over plain
-/// HTTP. Returns the manifest URL.
+/// HTTP, with basic credentials when given. Returns the manifest URL.
 pub async fn push_busybox_image(busybox: &Path, reference: &str) -> anyhow::Result<String> {
+    push_busybox_image_as(busybox, reference, None).await
+}
+
+/// [`push_busybox_image`] with `(user, password)` for a registry that requires them.
+pub async fn push_busybox_image_as(
+    busybox: &Path,
+    reference: &str,
+    credentials: Option<(&str, &str)>,
+) -> anyhow::Result<String> {
     let image = build_busybox_image(busybox)?;
     let reference: Reference = reference
         .parse()
@@ -118,9 +127,13 @@ pub async fn push_busybox_image(busybox: &Path, reference: &str) -> anyhow::Resu
         ..Default::default()
     });
     let layers = [ImageLayer::oci_v1_gzip(image.layer, None)];
+    let auth = match credentials {
+        Some((user, password)) => RegistryAuth::Basic(user.to_owned(), password.to_owned()),
+        None => RegistryAuth::Anonymous,
+    };
     let config = Config::oci_v1(image.config, None::<BTreeMap<String, String>>);
     let pushed = client
-        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .push(&reference, &layers, config, &auth, None)
         .await
         .with_context(|| format!("push {reference}"))?;
     Ok(pushed.manifest_url)

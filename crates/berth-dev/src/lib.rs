@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-pub use image::{build_busybox_image, push_busybox_image, BusyboxImage};
+pub use image::{build_busybox_image, push_busybox_image, push_busybox_image_as, BusyboxImage};
 
 /// Finds `program` on PATH.
 pub fn find_program(program: &str) -> Option<PathBuf> {
@@ -103,6 +103,40 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry under `dir`, listening on `addr`.
     pub async fn start(dir: &Path, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_inner(dir, addr, None).await
+    }
+
+    /// Starts a registry on a free loopback port that requires `user`/`password` (htpasswd
+    /// basic auth; the hash is made with `htpasswd` from apache2-utils).
+    pub async fn start_with_password(
+        dir: &Path,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let htpasswd = find_program("htpasswd").context(
+            "htpasswd is not installed; run `make deps` (apt-get install apache2-utils)",
+        )?;
+        let out = std::process::Command::new(htpasswd)
+            .args(["-Bbn", user, password])
+            .output()
+            .context("run htpasswd")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "htpasswd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dir.join("htpasswd");
+        std::fs::write(&file, &out.stdout).context("write htpasswd file")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Self::start_inner(dir, addr, Some(&file)).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        addr: SocketAddr,
+        htpasswd: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let program = find_program("docker-registry").context(
             "docker-registry is not installed; run `make deps` (apt-get install docker-registry)",
         )?;
@@ -111,8 +145,12 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.join("data").display()
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{}",
+                dir.join("data").display(),
+                htpasswd.map_or(String::new(), |f| format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    f.display()
+                )),
             ),
         )
         .context("write registry config")?;
@@ -141,7 +179,7 @@ impl Registry {
     }
 }
 
-/// Whether an OCI registry answers `GET /v2/` at `addr`.
+/// Whether an OCI registry answers `GET /v2/` at `addr` (200, or 401 when it needs a login).
 pub async fn registry_ready(addr: SocketAddr) -> bool {
     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
         return false;
@@ -151,7 +189,8 @@ pub async fn registry_ready(addr: SocketAddr) -> bool {
         return false;
     }
     let mut head = [0u8; 12];
+    // 401: it answers, and wants credentials.
     stream.read_exact(&mut head).await.is_ok()
         && head.starts_with(b"HTTP/1.")
-        && &head[9..12] == b"200"
+        && matches!(&head[9..12], b"200" | b"401")
 }

@@ -155,6 +155,13 @@ struct AgentArgs {
     /// Size at which a container's log file rotates (one older file is kept).
     #[arg(long, default_value_t = DEFAULT_LOG_MAX_BYTES)]
     log_max_bytes: u64,
+    /// Credentials for a registry, HOST=USER:PASSWORD (repeatable; prefer --registry-auth-file,
+    /// which keeps passwords out of the process list).
+    #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD")]
+    registry_auth: Vec<String>,
+    /// A file of registry credentials, one `HOST USER PASSWORD` per line (# for comments).
+    #[arg(long)]
+    registry_auth_file: Option<PathBuf>,
     /// Registries (host:port) reached over plain HTTP besides loopback ones.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -220,6 +227,42 @@ fn host_memory_mib() -> u64 {
         .map_or(1024, |kb| kb / 1024)
 }
 
+/// Registry credentials from `--registry-auth` flags and `--registry-auth-file`.
+fn registry_credentials(
+    flags: &[String],
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<std::collections::HashMap<String, (String, String)>> {
+    let mut creds = std::collections::HashMap::new();
+    for flag in flags {
+        let parsed = flag
+            .split_once('=')
+            .and_then(|(host, rest)| rest.split_once(':').map(|(u, p)| (host, u, p)));
+        let (host, user, password) = parsed
+            .with_context(|| format!("--registry-auth {flag:?} must be HOST=USER:PASSWORD"))?;
+        creds.insert(host.to_owned(), (user.to_owned(), password.to_owned()));
+    }
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("read registry credentials {}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let [host, user, password] = parts[..] else {
+                anyhow::bail!(
+                    "{}:{}: expected `HOST USER PASSWORD`",
+                    file.display(),
+                    n + 1
+                );
+            };
+            creds.insert(host.to_owned(), (user.to_owned(), password.to_owned()));
+        }
+    }
+    Ok(creds)
+}
+
 fn parse_attributes(attrs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     attrs
         .iter()
@@ -239,6 +282,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             .containerd_namespace
             .unwrap_or_else(|| format!("berth-{node_name}")),
         insecure_registries: args.insecure_registries,
+        registry_auth: registry_credentials(
+            &args.registry_auth,
+            args.registry_auth_file.as_deref(),
+        )?,
         cgroup_parent: format!("/berth/{node_name}"),
         exec_dir: args.data_dir.join("exec"),
         log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
@@ -300,6 +347,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         socket,
         namespace: "berth-dev".into(),
         insecure_registries: vec![],
+        registry_auth: std::collections::HashMap::new(),
         cgroup_parent: "/berth/dev".into(),
         exec_dir: data_dir.join("agent").join("exec"),
         log_driver: Some((log_driver_binary()?, DEFAULT_LOG_MAX_BYTES)),

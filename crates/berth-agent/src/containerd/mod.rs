@@ -47,6 +47,8 @@ pub struct ContainerdConfig {
     pub namespace: String,
     /// Registries (`host:port`) reached over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Credentials per registry (`host:port` -> user, password), for basic or token auth.
+    pub registry_auth: HashMap<String, (String, String)>,
     /// Parent of every container's cgroup.
     pub cgroup_parent: String,
     /// Where the output of commands run in containers is collected.

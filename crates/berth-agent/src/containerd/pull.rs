@@ -315,7 +315,10 @@ impl ContainerdRuntime {
             .parse()
             .map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
         let client = self.client_for(reference.resolve_registry());
-        let auth = RegistryAuth::Anonymous;
+        let auth = match self.config.registry_auth.get(reference.resolve_registry()) {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
         let accepted = [
             OCI_IMAGE_MEDIA_TYPE,
             IMAGE_MANIFEST_MEDIA_TYPE,
