@@ -429,3 +429,79 @@ async fn a_password_protected_registry_needs_the_agents_credentials() -> anyhow:
     assert_eq!(String::from_utf8_lossy(&out.stdout), "in\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn containers_of_a_task_start_in_dependency_order_and_share_localhost() -> anyhow::Result<()>
+{
+    let (env, server, agent) = node().await?;
+    let addr = server.addr.to_string();
+    let manifest = env.path("multi.yaml");
+    let image = &env.image;
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: berth.dev/v1
+kind: TaskDefinition
+metadata:
+  name: multi
+spec:
+  cpu: 512
+  memory: 128
+  containers:
+    - name: init
+      image: {image}
+      command: [sh, -c, "echo init-done"]
+      essential: false
+    - name: web
+      image: {image}
+      command: [sh, -c, "echo hello-from-web | nc -l -p 8080"]
+      essential: false
+      stopTimeout: 1s
+      dependsOn:
+        - containerName: init
+          condition: SUCCESS
+    - name: client
+      image: {image}
+      command: [sh, -c, "for i in $(seq 1 100); do nc 127.0.0.1 8080 && exit 0; sleep 0.1; done; exit 1"]
+      dependsOn:
+        - containerName: web
+          condition: START
+"#
+        ),
+    )?;
+    let out = cli(&addr, &["apply", "-f", &manifest.to_string_lossy()]).await?;
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&addr, &["run", "--task-definition", "multi"]).await?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    let by_name = |n: &str| {
+        task["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(by_name("init")["exitCode"], 0, "{task}");
+    // The client reached the web container over the task's shared loopback.
+    assert_eq!(by_name("client")["exitCode"], 0, "{task}");
+    assert_eq!(task["stopCode"], "EssentialContainerExited");
+    let logs = cli(&addr, &["logs", &id, "--container", "client"]).await?;
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello-from-web\n");
+    assert!(
+        containerd_containers(&env.containerd.socket, &agent.namespace)
+            .await?
+            .is_empty()
+    );
+    assert!(!std::path::Path::new(&format!(
+        "/run/netns/berth-{}",
+        id.replace('-', "")[..24].to_owned()
+    ))
+    .exists());
+    Ok(())
+}

@@ -155,6 +155,16 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    async fn create_network(&self, task_id: &str) -> Result<String, RuntimeError> {
+        self.state().calls.push(format!("create network {task_id}"));
+        Ok(format!("/run/netns/fake-{task_id}"))
+    }
+
+    async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError> {
+        self.state().calls.push(format!("remove network {task_id}"));
+        Ok(())
+    }
+
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
         let state = self.state();
         if !state.running.contains_key(id) {

@@ -416,6 +416,40 @@ impl Agent {
                         );
                         continue;
                     }
+                    let defs: Result<Vec<berth_model::ContainerDefinition>, _> = t
+                        .containers
+                        .iter()
+                        .cloned()
+                        .map(TryInto::try_into)
+                        .collect();
+                    let defs = match defs {
+                        Ok(defs) => defs,
+                        Err(e) => {
+                            // A server newer than this agent: refuse the task, say why.
+                            tracing::warn!(task_id = %t.task_id, "cannot read assignment: {e}");
+                            let _ = self.updates_tx.send(TaskStatusUpdate {
+                                task_id: t.task_id.clone(),
+                                last_status: TaskStatus::Stopped,
+                                containers: vec![],
+                                stop_code: Some(berth_model::StopCode::TaskFailedToStart),
+                                stopped_reason: Some(format!(
+                                    "this node's agent cannot run the task's definition: {e}"
+                                )),
+                                event: None,
+                            });
+                            let (stop, _) = watch::channel(true);
+                            let done = Arc::new(AtomicBool::new(true));
+                            tasks.insert(
+                                t.task_id,
+                                LocalTask {
+                                    stop,
+                                    done,
+                                    containers: vec![],
+                                },
+                            );
+                            continue;
+                        }
+                    };
                     let (stop, stop_rx) = watch::channel(false);
                     let done = Arc::new(AtomicBool::new(false));
                     let containers = t.containers.iter().map(|c| c.name.clone()).collect();
@@ -424,7 +458,7 @@ impl Agent {
                             task_id: t.task_id.clone(),
                             cpu: t.cpu,
                             memory: t.memory,
-                            containers: t.containers.into_iter().map(Into::into).collect(),
+                            containers: defs,
                         },
                         runtime: self.runtime.clone(),
                         log_dir: self.log_root().join(&t.task_id),

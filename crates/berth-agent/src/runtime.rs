@@ -45,6 +45,8 @@ pub struct ContainerSpec {
     pub memory_mib: u32,
     /// Where stdout and stderr go.
     pub log_path: PathBuf,
+    /// A network namespace to join (shared by a task's containers); a new one when `None`.
+    pub netns: Option<String>,
 }
 
 /// How a container's main process ended.
@@ -151,6 +153,13 @@ pub trait Runtime: Send + Sync + 'static {
         args: &[String],
         timeout: std::time::Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+
+    /// Creates the network namespace a multi-container task's containers share (as ECS's
+    /// awsvpc mode gives a task one network stack), with loopback up; returns its path.
+    async fn create_network(&self, task_id: &str) -> Result<String, RuntimeError>;
+
+    /// Removes the task's network namespace; gone already is fine.
+    async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError>;
 
     /// The container's resource counters.
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;

@@ -159,10 +159,11 @@ pub fn build_spec(c: &ContainerSpec, cgroup_parent: &str) -> Result<Spec, Runtim
     ]
     .into_iter()
     .map(|typ| {
-        LinuxNamespaceBuilder::default()
-            .typ(typ)
-            .build()
-            .map_err(err)
+        let mut ns = LinuxNamespaceBuilder::default().typ(typ);
+        if let (LinuxNamespaceType::Network, Some(path)) = (typ, &c.netns) {
+            ns = ns.path(path.clone());
+        }
+        ns.build().map_err(err)
     })
     .collect::<Result<Vec<_>, _>>()?;
     let linux = LinuxBuilder::default()
@@ -261,6 +262,7 @@ mod tests {
             cpu_units: 512,
             memory_mib: 64,
             log_path: "/tmp/x".into(),
+            netns: Some("/run/netns/berth-t1".into()),
         };
         let spec = build_spec(&c, "/berth/node-1").expect("spec builds");
         let json = serde_json::to_value(&spec).expect("spec serialises");
@@ -277,6 +279,13 @@ mod tests {
             serde_json::json!(["echo", "hello"])
         );
         assert_eq!(json["root"]["readonly"], false);
+        let netns = json["linux"]["namespaces"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["type"] == "network").cloned());
+        assert_eq!(
+            netns.map(|n| n["path"].clone()),
+            Some(serde_json::json!("/run/netns/berth-t1"))
+        );
         let caps = json["process"]["capabilities"]["bounding"]
             .as_array()
             .map_or(0, Vec::len);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::{
-    ContainerDefinition, ContainerState, HealthCheck, HealthStatus, StopCode, TaskStatus,
-    TaskStatusUpdate,
+    ContainerDefinition, ContainerState, DependencyCondition, HealthCheck, HealthStatus, StopCode,
+    TaskStatus, TaskStatusUpdate,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -43,6 +43,71 @@ pub struct TaskRun {
     pub done: Arc<AtomicBool>,
     /// Containers of this task that a previous agent process started; empty for a new task.
     pub adopt: Vec<ExistingContainer>,
+}
+
+/// What starting a task's containers in dependency order needs.
+struct Starter {
+    /// Containers not started yet, by index.
+    pending: Vec<usize>,
+    images: Vec<ImageInfo>,
+    /// The network namespace the containers share, for tasks of several containers.
+    netns: Option<String>,
+    exit_tx: mpsc::UnboundedSender<Exit>,
+    health_tx: mpsc::UnboundedSender<HealthEvent>,
+}
+
+/// Whether container `i`'s `dependsOn` conditions hold now; an error when one never can.
+fn dependencies_met(
+    defs: &[ContainerDefinition],
+    i: usize,
+    states: &[ContainerState],
+    pending: &[usize],
+) -> Result<bool, String> {
+    let name = &defs[i].name;
+    for d in &defs[i].depends_on {
+        let Some(j) = defs.iter().position(|c| c.name == d.container_name) else {
+            return Err(format!(
+                "container {name} depends on unknown container {}",
+                d.container_name
+            ));
+        };
+        let started = !pending.contains(&j);
+        let exited = started && states[j].last_status == TaskStatus::Stopped;
+        let met = match d.condition {
+            DependencyCondition::Start => started,
+            DependencyCondition::Complete => exited,
+            DependencyCondition::Success => match (exited, states[j].exit_code) {
+                (true, Some(0)) => true,
+                (true, code) => {
+                    return Err(format!(
+                        "container {name} needs {} to succeed, but it exited with {}",
+                        d.container_name,
+                        code.map_or("no exit code".to_owned(), |c| c.to_string())
+                    ))
+                }
+                (false, _) => false,
+            },
+            DependencyCondition::Healthy => match states[j].health_status {
+                HealthStatus::Healthy => true,
+                _ if exited || states[j].health_status == HealthStatus::Unhealthy => {
+                    return Err(format!(
+                        "container {name} needs {} to be HEALTHY, but it is {}",
+                        d.container_name,
+                        if exited {
+                            "stopped".to_owned()
+                        } else {
+                            states[j].health_status.to_string()
+                        }
+                    ))
+                }
+                _ => false,
+            },
+        };
+        if !met {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A container's index in the task, its new health, and what the last check said.
@@ -140,33 +205,74 @@ impl TaskRun {
             .iter()
             .map(|c| ContainerState::pending(&c.name, &c.image))
             .collect();
-
         let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
-        let started = if self.adopt.is_empty() {
-            self.start(&mut states, &exit_tx, &mut exits).await
-        } else {
-            self.adopt(&mut states, &exit_tx, &mut exits).await
+        let (health_tx, mut health) = mpsc::unbounded_channel::<HealthEvent>();
+        let mut starter = Starter {
+            pending: Vec::new(),
+            images: Vec::new(),
+            netns: None,
+            exit_tx,
+            health_tx,
         };
-        if !started {
+
+        if self.adopt.is_empty() {
+            let Some(images) = self.pull(&mut states).await else {
+                return;
+            };
+            if *self.stop.borrow() {
+                let reason = "stopped before it started".to_owned();
+                self.finish(&mut states, StopCode::UserInitiated, reason, None);
+                return;
+            }
+            starter.images = images;
+            starter.pending = (0..a.containers.len()).collect();
+            // A task's containers share one network namespace (ECS awsvpc semantics).
+            if a.containers.len() > 1 {
+                match self.runtime.create_network(&a.task_id).await {
+                    Ok(path) => starter.netns = Some(path),
+                    Err(e) => {
+                        let reason = format!("CannotCreateNetworkError: {e}");
+                        self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                        return;
+                    }
+                }
+            }
+            self.report(TaskStatus::Activating, &states, None);
+        } else if !self.adopt(&mut states, &starter).await {
+            self.stop_containers(&mut states, &mut exits).await;
+            self.cleanup(&mut states).await;
+            let reason = states
+                .iter()
+                .zip(&a.containers)
+                .find(|(s, c)| c.essential && s.last_status == TaskStatus::Stopped)
+                .map(|(s, c)| {
+                    format!(
+                        "Essential container in task {} ({})",
+                        s.reason.as_deref().unwrap_or("stopped"),
+                        c.name
+                    )
+                })
+                .unwrap_or_else(|| "every container exited".into());
+            self.finish(
+                &mut states,
+                StopCode::EssentialContainerExited,
+                reason,
+                None,
+            );
             return;
         }
-        drop(exit_tx);
-        let (health_tx, mut health) = mpsc::unbounded_channel::<HealthEvent>();
-        for (i, c) in a.containers.iter().enumerate() {
-            if let (Some(check), TaskStatus::Running) = (&c.health_check, states[i].last_status) {
-                let id = container_id(&a.task_id, &c.name);
-                tokio::spawn(health_loop(
-                    self.runtime.clone(),
-                    id,
-                    check.clone(),
-                    i,
-                    health_tx.clone(),
-                ));
-            }
-        }
-        drop(health_tx);
 
+        let mut running_reported = !self.adopt.is_empty();
         let (code, reason) = loop {
+            if !starter.pending.is_empty() {
+                if let Err(reason) = self.start_ready(&mut starter, &mut states).await {
+                    break (StopCode::TaskFailedToStart, reason);
+                }
+            }
+            if starter.pending.is_empty() && !running_reported {
+                self.report(TaskStatus::Running, &states, Some("started".into()));
+                running_reported = true;
+            }
             tokio::select! {
                 Some((i, status, detail)) = health.recv() => {
                     states[i].health_status = status;
@@ -177,7 +283,8 @@ impl TaskRun {
                         );
                         break (StopCode::EssentialContainerExited, reason);
                     }
-                    self.report(TaskStatus::Running, &states, Some(format!("container {name} is {status} ({detail})")));
+                    let status_now = if running_reported { TaskStatus::Running } else { TaskStatus::Activating };
+                    self.report(status_now, &states, Some(format!("container {name} is {status} ({detail})")));
                 }
                 exit = exits.recv() => {
                     let Some((i, result)) = exit else {
@@ -193,10 +300,11 @@ impl TaskRun {
                         };
                         break (StopCode::EssentialContainerExited, reason);
                     }
-                    if states.iter().all(|s| s.last_status == TaskStatus::Stopped) {
+                    if starter.pending.is_empty() && states.iter().all(|s| s.last_status == TaskStatus::Stopped) {
                         break (StopCode::EssentialContainerExited, "every container exited".to_owned());
                     }
-                    self.report(TaskStatus::Running, &states, None);
+                    let status_now = if running_reported { TaskStatus::Running } else { TaskStatus::Activating };
+                    self.report(status_now, &states, None);
                 }
                 changed = self.stop.changed() => {
                     if changed.is_err() || *self.stop.borrow() {
@@ -213,22 +321,13 @@ impl TaskRun {
         self.finish(&mut states, code, reason, Some("stopped".into()));
     }
 
-    /// Pulls the images and starts every container. Returns false when the task ended here
-    /// (and was reported STOPPED).
-    async fn start(
-        &mut self,
-        states: &mut [ContainerState],
-        exit_tx: &mpsc::UnboundedSender<Exit>,
-        exits: &mut mpsc::UnboundedReceiver<Exit>,
-    ) -> bool {
+    /// Makes sure every container's image is present. `None` when the task ended here.
+    async fn pull(&mut self, states: &mut [ContainerState]) -> Option<Vec<ImageInfo>> {
         let a = self.assignment.clone();
         let mut images = Vec::with_capacity(a.containers.len());
         for (i, c) in a.containers.iter().enumerate() {
-            self.report(
-                TaskStatus::Pending,
-                states,
-                Some(format!("pulling image {}", c.image)),
-            );
+            let event = format!("pulling image {}", c.image);
+            self.report(TaskStatus::Pending, states, Some(event));
             match self.runtime.ensure_image(&c.image).await {
                 Ok(info) => {
                     let event = if info.pulled {
@@ -244,54 +343,67 @@ impl TaskRun {
                     tracing::warn!(task_id = %a.task_id, image = %c.image, "pull image: {e}");
                     let reason = format!("CannotPullContainerError: {e}");
                     self.finish(states, StopCode::TaskFailedToStart, reason, None);
-                    return false;
+                    return None;
                 }
             }
         }
-        if *self.stop.borrow() {
-            self.finish(
-                states,
-                StopCode::UserInitiated,
-                "stopped before it started".into(),
-                None,
-            );
-            return false;
-        }
-        self.report(TaskStatus::Activating, states, None);
-        for (i, (c, image)) in a.containers.iter().zip(&images).enumerate() {
-            let spec = self.container_spec(c, image);
-            match self.runtime.start(&spec).await {
-                Ok(exit) => {
-                    watch_exit(i, exit, exit_tx);
-                    states[i].last_status = TaskStatus::Running;
+        Some(images)
+    }
+
+    /// Starts every pending container whose dependencies are met, until none more can start.
+    /// Fails with a reason when a dependency can no longer be met, or a start fails.
+    async fn start_ready(
+        &mut self,
+        starter: &mut Starter,
+        states: &mut [ContainerState],
+    ) -> Result<(), String> {
+        let a = self.assignment.clone();
+        loop {
+            let mut progressed = false;
+            for i in starter.pending.clone() {
+                if !dependencies_met(&a.containers, i, states, &starter.pending)? {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(task_id = %a.task_id, container = %c.name, "start container: {e}");
-                    states[i].last_status = TaskStatus::Stopped;
-                    states[i].reason = Some(e.to_string());
-                    self.stop_containers(states, exits).await;
-                    let reason = format!("CannotStartContainerError: {e}");
-                    self.cleanup(states).await;
-                    self.finish(states, StopCode::TaskFailedToStart, reason, None);
-                    return false;
+                let c = &a.containers[i];
+                let mut spec = self.container_spec(c, &starter.images[i]);
+                spec.netns = starter.netns.clone();
+                match self.runtime.start(&spec).await {
+                    Ok(exit) => {
+                        watch_exit(i, exit, &starter.exit_tx);
+                        states[i].last_status = TaskStatus::Running;
+                        if let Some(check) = &c.health_check {
+                            let health = health_loop(
+                                self.runtime.clone(),
+                                spec.id.clone(),
+                                check.clone(),
+                                i,
+                                starter.health_tx.clone(),
+                            );
+                            tokio::spawn(health);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %a.task_id, container = %c.name, "start container: {e}");
+                        states[i].last_status = TaskStatus::Stopped;
+                        states[i].reason = Some(e.to_string());
+                        return Err(format!("CannotStartContainerError: {e}"));
+                    }
                 }
+                starter.pending.retain(|p| *p != i);
+                progressed = true;
+            }
+            if !progressed {
+                return Ok(());
             }
         }
-        self.report(TaskStatus::Running, states, Some("started".into()));
-        true
     }
 
     /// Takes over the containers a previous agent process started (after an agent restart).
-    /// Returns false when the task ended here: an essential container exited or vanished while
-    /// no agent was watching.
-    async fn adopt(
-        &mut self,
-        states: &mut [ContainerState],
-        exit_tx: &mpsc::UnboundedSender<Exit>,
-        exits: &mut mpsc::UnboundedReceiver<Exit>,
-    ) -> bool {
+    /// Returns false when an essential container exited or vanished while no agent was
+    /// watching (its state says how); the caller then ends the task.
+    async fn adopt(&mut self, states: &mut [ContainerState], starter: &Starter) -> bool {
         let a = self.assignment.clone();
-        let mut ended: Option<String> = None;
+        let mut ok = true;
         for (i, c) in a.containers.iter().enumerate() {
             let existing = self
                 .adopt
@@ -301,8 +413,18 @@ impl TaskRun {
             let outcome = match existing {
                 Some(e) if e.running => match self.runtime.adopt(&e.id).await {
                     Ok(exit) => {
-                        watch_exit(i, exit, exit_tx);
+                        watch_exit(i, exit, &starter.exit_tx);
                         states[i].last_status = TaskStatus::Running;
+                        if let Some(check) = &c.health_check {
+                            let health = health_loop(
+                                self.runtime.clone(),
+                                e.id.clone(),
+                                check.clone(),
+                                i,
+                                starter.health_tx.clone(),
+                            );
+                            tokio::spawn(health);
+                        }
                         None
                     }
                     Err(err) => Some(format!("could not be watched again ({err})")),
@@ -315,24 +437,20 @@ impl TaskRun {
             };
             if let Some(what) = outcome {
                 states[i].last_status = TaskStatus::Stopped;
-                states[i].reason = Some(what.clone());
-                if c.essential && ended.is_none() {
-                    ended = Some(format!("Essential container in task {what} ({})", c.name));
+                states[i].reason = Some(what);
+                if c.essential {
+                    ok = false;
                 }
             }
         }
-        if let Some(reason) = ended {
-            self.stop_containers(states, exits).await;
-            self.cleanup(states).await;
-            self.finish(states, StopCode::EssentialContainerExited, reason, None);
-            return false;
+        if ok {
+            self.report(
+                TaskStatus::Running,
+                states,
+                Some("re-adopted after an agent restart".into()),
+            );
         }
-        self.report(
-            TaskStatus::Running,
-            states,
-            Some("re-adopted after an agent restart".into()),
-        );
-        true
+        ok
     }
 
     fn container_spec(&self, c: &ContainerDefinition, image: &ImageInfo) -> ContainerSpec {
@@ -354,6 +472,7 @@ impl TaskRun {
             cpu_units: c.cpu.unwrap_or(self.assignment.cpu),
             memory_mib: c.memory.unwrap_or(self.assignment.memory),
             log_path: self.log_dir.join(format!("{}.log", c.name)),
+            netns: None,
         }
     }
 
@@ -412,6 +531,11 @@ impl TaskRun {
             let id = container_id(&self.assignment.task_id, &c.name);
             if let Err(e) = self.runtime.remove(&id).await {
                 tracing::warn!(container = %id, "remove container: {e}");
+            }
+        }
+        if self.assignment.containers.len() > 1 {
+            if let Err(e) = self.runtime.remove_network(&self.assignment.task_id).await {
+                tracing::warn!(task_id = %self.assignment.task_id, "remove network namespace: {e}");
             }
         }
         for s in states {

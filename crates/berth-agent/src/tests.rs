@@ -178,3 +178,95 @@ async fn failing_health_checks_make_the_task_unhealthy_and_stop_it() {
         rt.calls()
     );
 }
+
+fn two_containers(init_image: &str) -> Vec<ContainerDefinition> {
+    let mut init = ContainerDefinition::new("init", init_image);
+    init.essential = false;
+    let mut app = ContainerDefinition::new("app", "sleeper");
+    app.stop_timeout = 0;
+    app.depends_on = vec![berth_model::ContainerDependency {
+        container_name: "init".into(),
+        condition: berth_model::DependencyCondition::Success,
+    }];
+    vec![init, app]
+}
+
+fn task_run(
+    rt: &Arc<FakeRuntime>,
+    containers: Vec<ContainerDefinition>,
+) -> (
+    TaskRun,
+    mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    watch::Sender<bool>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = watch::channel(false);
+    let run = TaskRun {
+        assignment: Assignment {
+            task_id: "t1".into(),
+            cpu: 256,
+            memory: 64,
+            containers,
+        },
+        runtime: rt.clone(),
+        log_dir: std::env::temp_dir(),
+        updates: tx,
+        stop: stop_rx,
+        done: Arc::new(AtomicBool::new(false)),
+        adopt: vec![],
+    };
+    (run, rx, stop)
+}
+
+#[tokio::test]
+async fn a_dependent_container_starts_after_its_dependency_succeeds_in_a_shared_network() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.exit_with("init-ok", 0);
+    let (run, mut rx, stop) = task_run(&rt, two_containers("init-ok"));
+    let handle = tokio::spawn(run.run());
+    loop {
+        let u = rx.recv().await.expect("reports until running");
+        if u.last_status == TaskStatus::Running {
+            break;
+        }
+    }
+    stop.send_replace(true);
+    handle.await.expect("supervisor finished");
+    assert_eq!(
+        rt.calls(),
+        [
+            "pull init-ok",
+            "pull sleeper",
+            "create network t1",
+            "start t1-init",
+            "start t1-app",
+            "kill t1-app 15",
+            "remove t1-init",
+            "remove t1-app",
+            "remove network t1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_success_dependency_fails_the_task_without_starting_the_dependent() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.exit_with("init-bad", 3);
+    let (run, mut rx, _stop) = task_run(&rt, two_containers("init-bad"));
+    run.run().await;
+    let mut last = None;
+    while let Ok(u) = rx.try_recv() {
+        last = Some(u);
+    }
+    let last = last.expect("a final report");
+    assert_eq!(last.stop_code, Some(StopCode::TaskFailedToStart));
+    assert_eq!(
+        last.stopped_reason.as_deref(),
+        Some("container app needs init to succeed, but it exited with 3")
+    );
+    assert!(
+        !rt.calls().contains(&"start t1-app".to_owned()),
+        "{:?}",
+        rt.calls()
+    );
+}

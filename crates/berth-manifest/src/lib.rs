@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use berth_model::{
-    ContainerDefinition, HealthCheck, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
+    ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck, TaskDefinitionSpec,
+    DEFAULT_STOP_TIMEOUT_SECS,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -118,6 +119,15 @@ struct ContainerYaml {
     memory: Option<u32>,
     #[serde(default)]
     health_check: Option<HealthCheckYaml>,
+    #[serde(default)]
+    depends_on: Vec<DependencyYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DependencyYaml {
+    container_name: String,
+    condition: DependencyCondition,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +236,14 @@ impl TaskDefinitionDoc {
                     cpu: c.cpu,
                     memory: c.memory,
                     health_check: c.health_check.map(HealthCheckYaml::into_model),
+                    depends_on: c
+                        .depends_on
+                        .into_iter()
+                        .map(|d| ContainerDependency {
+                            container_name: d.container_name,
+                            condition: d.condition,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }

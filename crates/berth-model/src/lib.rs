@@ -20,8 +20,8 @@ pub use task::{
     TaskStatusUpdate,
 };
 pub use task_definition::{
-    ContainerDefinition, HealthCheck, TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec,
-    TaskDefinitionStatus, DEFAULT_STOP_TIMEOUT_SECS,
+    ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck, TaskDefinition,
+    TaskDefinitionRef, TaskDefinitionSpec, TaskDefinitionStatus, DEFAULT_STOP_TIMEOUT_SECS,
 };
 pub use time::{format_timestamp, Timestamp};
 

@@ -103,6 +103,41 @@ pub struct ContainerDefinition {
     /// A command run inside the container to decide whether it is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Containers that must reach a condition before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<ContainerDependency>,
+}
+
+/// "Start this container once `container_name` has reached `condition`" (ECS `dependsOn`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDependency {
+    pub container_name: String,
+    pub condition: DependencyCondition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DependencyCondition {
+    /// It has started.
+    Start,
+    /// It has exited, with any code.
+    Complete,
+    /// It has exited with code 0.
+    Success,
+    /// Its health check passed.
+    Healthy,
+}
+
+impl fmt::Display for DependencyCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Start => "START",
+            Self::Complete => "COMPLETE",
+            Self::Success => "SUCCESS",
+            Self::Healthy => "HEALTHY",
+        })
+    }
 }
 
 /// Docker/ECS-style container health check. `command` is `["CMD-SHELL", "a shell line"]`,
@@ -185,6 +220,7 @@ impl ContainerDefinition {
             cpu: None,
             memory: None,
             health_check: None,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -268,6 +304,7 @@ impl TaskDefinitionSpec {
                 }
             }
         }
+        self.validate_dependencies()?;
         if !self.containers.iter().any(|c| c.essential) {
             return Err(ValidationError::new(
                 "containers",
@@ -285,6 +322,59 @@ impl TaskDefinitionSpec {
                     self.memory
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl TaskDefinitionSpec {
+    /// `dependsOn` names existing containers, HEALTHY only containers with a health check, and
+    /// the dependencies form no cycle.
+    fn validate_dependencies(&self) -> Result<(), ValidationError> {
+        for (i, c) in self.containers.iter().enumerate() {
+            for (j, d) in c.depends_on.iter().enumerate() {
+                let field = format!("containers[{i}].dependsOn[{j}].containerName");
+                let Some(target) = self.containers.iter().find(|t| t.name == d.container_name)
+                else {
+                    return Err(ValidationError::new(
+                        field,
+                        format!("no container named {:?} in this task", d.container_name),
+                    ));
+                };
+                if target.name == c.name {
+                    return Err(ValidationError::new(
+                        field,
+                        "a container cannot depend on itself",
+                    ));
+                }
+                if d.condition == DependencyCondition::Healthy && target.health_check.is_none() {
+                    return Err(ValidationError::new(
+                        format!("containers[{i}].dependsOn[{j}].condition"),
+                        format!("HEALTHY needs a healthCheck on {:?}", d.container_name),
+                    ));
+                }
+            }
+        }
+        // Kahn's algorithm: if no order starts every container, there is a cycle.
+        let mut started: HashSet<&str> = HashSet::new();
+        while started.len() < self.containers.len() {
+            let next = self.containers.iter().find(|c| {
+                !started.contains(c.name.as_str())
+                    && c.depends_on
+                        .iter()
+                        .all(|d| started.contains(d.container_name.as_str()))
+            });
+            match next {
+                Some(c) => {
+                    started.insert(&c.name);
+                }
+                None => {
+                    return Err(ValidationError::new(
+                        "containers",
+                        "dependsOn forms a cycle; no container could start first",
+                    ))
+                }
+            }
         }
         Ok(())
     }
@@ -404,6 +494,43 @@ mod tests {
                 s.containers[0].environment.insert("A=B".into(), "x".into());
             },
             "containers[0].environment: \"A=B\" is not a valid variable name",
+        );
+    }
+
+    #[test]
+    fn dependencies() {
+        let dep = |name: &str, condition| ContainerDependency {
+            container_name: name.into(),
+            condition,
+        };
+        check(
+            |s| {
+                s.containers
+                    .push(ContainerDefinition::new("init", "busybox"));
+                s.containers[0].depends_on = vec![dep("init", DependencyCondition::Success)];
+            },
+            "ok",
+        );
+        check(
+            |s| s.containers[0].depends_on = vec![dep("db", DependencyCondition::Start)],
+            "containers[0].dependsOn[0].containerName: no container named \"db\" in this task",
+        );
+        check(
+            |s| {
+                s.containers
+                    .push(ContainerDefinition::new("side", "busybox"));
+                s.containers[0].depends_on = vec![dep("side", DependencyCondition::Healthy)];
+            },
+            "containers[0].dependsOn[0].condition: HEALTHY needs a healthCheck on \"side\"",
+        );
+        check(
+            |s| {
+                s.containers
+                    .push(ContainerDefinition::new("side", "busybox"));
+                s.containers[0].depends_on = vec![dep("side", DependencyCondition::Start)];
+                s.containers[1].depends_on = vec![dep("app", DependencyCondition::Start)];
+            },
+            "containers: dependsOn forms a cycle; no container could start first",
         );
     }
 

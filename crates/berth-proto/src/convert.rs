@@ -87,6 +87,13 @@ wire_enum!(m::HealthStatus, v1::HealthStatus, "health status" {
     Unhealthy <=> Unhealthy,
 });
 
+wire_enum!(m::DependencyCondition, v1::DependencyCondition, "dependency condition" {
+    Start <=> Start,
+    Complete <=> Complete,
+    Success <=> Success,
+    Healthy <=> Healthy,
+});
+
 wire_enum!(m::NodeStatus, v1::NodeStatus, "node status" {
     Active <=> Active,
     Draining <=> Draining,
@@ -134,13 +141,35 @@ impl From<m::ContainerDefinition> for v1::ContainerDefinition {
                 retries: h.retries,
                 start_period: h.start_period,
             }),
+            depends_on: c
+                .depends_on
+                .into_iter()
+                .map(|d| v1::ContainerDependency {
+                    container_name: d.container_name,
+                    condition: v1::DependencyCondition::from(d.condition) as i32,
+                })
+                .collect(),
         }
     }
 }
 
-impl From<v1::ContainerDefinition> for m::ContainerDefinition {
-    fn from(c: v1::ContainerDefinition) -> Self {
-        Self {
+impl TryFrom<v1::ContainerDefinition> for m::ContainerDefinition {
+    type Error = ConversionError;
+    fn try_from(c: v1::ContainerDefinition) -> Result<Self, ConversionError> {
+        let depends_on = c
+            .depends_on
+            .into_iter()
+            .map(|d| {
+                Ok(m::ContainerDependency {
+                    container_name: d.container_name,
+                    condition: m::DependencyCondition::from_wire(
+                        "dependsOn.condition",
+                        d.condition,
+                    )?,
+                })
+            })
+            .collect::<Result<_, ConversionError>>()?;
+        Ok(Self {
             name: c.name,
             image: c.image,
             command: c.command,
@@ -158,7 +187,8 @@ impl From<v1::ContainerDefinition> for m::ContainerDefinition {
                 retries: h.retries,
                 start_period: h.start_period,
             }),
-        }
+            depends_on,
+        })
     }
 }
 
@@ -173,14 +203,19 @@ impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
     }
 }
 
-impl From<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
-    fn from(s: v1::TaskDefinitionSpec) -> Self {
-        Self {
+impl TryFrom<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
+    type Error = ConversionError;
+    fn try_from(s: v1::TaskDefinitionSpec) -> Result<Self, ConversionError> {
+        Ok(Self {
             family: s.family,
             cpu: s.cpu,
             memory: s.memory,
-            containers: s.containers.into_iter().map(Into::into).collect(),
-        }
+            containers: s
+                .containers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+        })
     }
 }
 
@@ -209,7 +244,11 @@ impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
             status: m::TaskDefinitionStatus::from_wire("status", d.status)?,
             cpu: d.cpu,
             memory: d.memory,
-            containers: d.containers.into_iter().map(Into::into).collect(),
+            containers: d
+                .containers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
             registered_at: d.registered_at,
         })
     }

@@ -165,7 +165,8 @@ impl Berth for BerthService {
         let spec: berth_model::TaskDefinitionSpec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?
-            .into();
+            .try_into()
+            .map_err(|e: berth_proto::ConversionError| Status::invalid_argument(e.to_string()))?;
         spec.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let command = Command::RegisterTaskDefinition {

@@ -221,6 +221,36 @@ impl ContainerdRuntime {
     }
 }
 
+/// The network namespace of a task, as `ip netns` names it.
+fn netns_name(task_id: &str) -> String {
+    let id: String = task_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(24)
+        .collect();
+    format!("berth-{id}")
+}
+
+/// Runs `ip ARGS` (iproute2).
+async fn ip(args: &[&str]) -> Result<(), RuntimeError> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(RuntimeError::io("run ip (install iproute2)"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(RuntimeError::Io {
+        op: "set up the task's network namespace",
+        source: std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    })
+}
+
 /// Type URL of an OCI process spec inside a protobuf `Any`.
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
@@ -552,6 +582,21 @@ impl Runtime for ContainerdRuntime {
             stdout,
             stderr,
         })
+    }
+
+    async fn create_network(&self, task_id: &str) -> Result<String, RuntimeError> {
+        let name = netns_name(task_id);
+        ip(&["netns", "add", &name]).await?;
+        ip(&["-n", &name, "link", "set", "lo", "up"]).await?;
+        Ok(format!("/run/netns/{name}"))
+    }
+
+    async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError> {
+        let name = netns_name(task_id);
+        if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+            ip(&["netns", "delete", &name]).await?;
+        }
+        Ok(())
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
