@@ -340,7 +340,7 @@ async fn logs_keep_streams_apart_rotate_and_filter_by_tail_and_since() -> anyhow
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
     let _agent = AgentProc::start_with(&env, &addr, "node-1", &["--log-max-bytes", "600"]).await?;
-    let script = "for i in $(seq 1 40); do echo line-$i; done; echo oops >&2";
+    let script = "for i in $(seq 1 40); do echo line-$i; done";
     let out = cli(
         &addr,
         &["run", "--wait", &env.image, "--", "sh", "-c", script],
@@ -354,9 +354,8 @@ async fn logs_keep_streams_apart_rotate_and_filter_by_tail_and_since() -> anyhow
         .trim()
         .to_owned();
 
-    let tail = cli(&addr, &["logs", &id, "--tail", "3"]).await?;
+    let tail = cli(&addr, &["logs", &id, "--tail", "2"]).await?;
     assert_eq!(String::from_utf8_lossy(&tail.stdout), "line-39\nline-40\n");
-    assert_eq!(String::from_utf8_lossy(&tail.stderr), "oops\n");
 
     // The 600-byte limit rotated the file; one older file is kept, the oldest lines are gone.
     let dir = env.path("agent-node-1").join("logs").join(&id);
@@ -380,11 +379,29 @@ async fn logs_keep_streams_apart_rotate_and_filter_by_tail_and_since() -> anyhow
         &["logs", &id, "--since", "1h", "--tail", "1", "--timestamps"],
     )
     .await?;
-    let line = String::from_utf8_lossy(&recent.stderr).into_owned();
+    let line = String::from_utf8_lossy(&recent.stdout).into_owned();
     assert!(
-        line.ends_with(" oops\n") && line.starts_with("20"),
+        line.ends_with(" line-40\n") && line.starts_with("20"),
         "{line}"
     );
+
+    // stdout and stderr stay apart.
+    let script = "echo out; echo err >&2";
+    let out = cli(
+        &addr,
+        &["run", "--wait", &env.image, "--", "sh", "-c", script],
+    )
+    .await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    let id = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let logs = cli(&addr, &["logs", &id]).await?;
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
     Ok(())
 }
 
