@@ -522,3 +522,50 @@ spec:
     .exists());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_containerd_restart_is_survived() -> anyhow::Result<()> {
+    let (mut env, server, agent) = node().await?;
+    let addr = server.addr.to_string();
+    let id = run_until_running(
+        &addr,
+        &[
+            "run",
+            "--stop-timeout",
+            "1s",
+            &env.image,
+            "--",
+            "sleep",
+            "600",
+        ],
+    )
+    .await?;
+    env.containerd.restart().await?;
+    // The task keeps running, and the agent still controls it through the new containerd.
+    let out = cli(&addr, &["exec", &id, "--", "echo", "alive"]).await;
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        _ => {
+            poll("exec through the restarted containerd", TIMEOUT, || async {
+                let o = cli(&addr, &["exec", &id, "--", "echo", "alive"])
+                    .await
+                    .ok()?;
+                o.status.success().then_some(o)
+            })
+            .await?
+        }
+    };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
+    let t = cli_json(&addr, &["get", "task", &id]).await?;
+    assert_eq!(t["lastStatus"], "RUNNING", "{t}");
+    cli(&addr, &["stop", &id]).await?;
+    let stopped = wait_stopped(&addr, &id, TIMEOUT).await?;
+    assert_eq!(stopped["stopCode"], "UserInitiated");
+    assert_eq!(stopped["containers"][0]["exitCode"], 137, "{stopped}");
+    assert!(
+        containerd_containers(&env.containerd.socket, &agent.namespace)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}

@@ -48,7 +48,8 @@ where
 /// A containerd started with its own root, state dir and socket.
 pub struct Containerd {
     pub socket: PathBuf,
-    _child: Child,
+    dir: PathBuf,
+    child: Child,
 }
 
 impl Containerd {
@@ -70,8 +71,11 @@ impl Containerd {
             ),
         )
         .context("write containerd config")?;
-        let log =
-            std::fs::File::create(dir.join("containerd.log")).context("create containerd log")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("containerd.log"))
+            .context("create containerd log")?;
         let child = Command::new(program)
             .arg("--config")
             .arg(&config)
@@ -89,8 +93,19 @@ impl Containerd {
         .with_context(|| format!("see {}", dir.join("containerd.log").display()))?;
         Ok(Self {
             socket,
-            _child: child,
+            dir: dir.to_owned(),
+            child,
         })
+    }
+
+    /// kill -9 containerd and start it again on the same root, state and socket (running
+    /// containers keep running under their shims).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("kill containerd")?;
+        let _ = std::fs::remove_file(&self.socket);
+        let fresh = Self::start(&self.dir).await?;
+        *self = fresh;
+        Ok(())
     }
 }
 
