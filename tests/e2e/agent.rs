@@ -569,3 +569,44 @@ async fn a_containerd_restart_is_survived() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn pulls_report_progress_and_unused_images_over_the_budget_are_deleted() -> anyhow::Result<()>
+{
+    let env = Env::start().await?;
+    let second = format!("{}/demo2:latest", env.registry.addr);
+    let busybox = berth_dev::find_program("busybox").expect("busybox-static");
+    berth_dev::push_busybox_image(&busybox, &second).await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let addr = server.addr.to_string();
+    let agent = AgentProc::start_with(&env, &addr, "node-1", &["--image-budget-mib", "1"]).await?;
+
+    let out = cli(&addr, &["run", "--wait", &env.image, "--", "true"]).await?;
+    assert_eq!(out.status.code(), Some(0));
+    let id = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    let progress = format!("pulled layer 1/1 of {}", env.image);
+    assert!(
+        events(&task).iter().any(|e| e.starts_with(&progress)),
+        "{task}"
+    );
+
+    // Pulling a second image puts the agent over its 1 MiB budget: the first, now unused,
+    // is deleted; the one being started is kept.
+    let out = cli(&addr, &["run", "--wait", &second, "--", "true"]).await?;
+    assert_eq!(out.status.code(), Some(0));
+    let images = ctr(
+        &env.containerd.socket,
+        &agent.namespace,
+        &["images", "list", "--quiet"],
+    )
+    .await?;
+    let images = String::from_utf8_lossy(&images.stdout).into_owned();
+    assert_eq!(images.trim(), second, "images left: {images}");
+    Ok(())
+}

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use crate::runtime::{
     ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
-    ImageInfo, Runtime, RuntimeError,
+    ImageInfo, Progress, Runtime, RuntimeError,
 };
 
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
@@ -73,7 +73,11 @@ impl FakeRuntime {
 
 #[async_trait::async_trait]
 impl Runtime for FakeRuntime {
-    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        _progress: &Progress<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("pull {image}"));
         if state.missing_images.contains(image) {

@@ -38,7 +38,7 @@ pub use containerd::{ContainerdConfig, ContainerdRuntime};
 pub use fake::FakeRuntime;
 pub use runtime::{
     ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
-    ImageInfo, Runtime, RuntimeError,
+    ImageInfo, Progress, Runtime, RuntimeError,
 };
 use supervisor::{Assignment, TaskRun};
 

@@ -86,6 +86,9 @@ pub struct ContainerStats {
     pub memory_bytes: u64,
 }
 
+/// Receives progress messages of a long operation (a pull), one line each.
+pub type Progress<'a> = dyn Fn(String) + Send + Sync + 'a;
+
 /// Resolves when the container's main process exits.
 pub type ExitFuture = BoxFuture<'static, Result<ExitStatus, RuntimeError>>;
 
@@ -134,7 +137,11 @@ impl RuntimeError {
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Makes sure `image` is present locally, pulling it when it is not.
-    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError>;
+    async fn ensure_image(
+        &self,
+        image: &str,
+        progress: &Progress<'_>,
+    ) -> Result<ImageInfo, RuntimeError>;
 
     /// Creates and starts a container; the returned future resolves when it exits.
     async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError>;

@@ -328,7 +328,19 @@ impl TaskRun {
         for (i, c) in a.containers.iter().enumerate() {
             let event = format!("pulling image {}", c.image);
             self.report(TaskStatus::Pending, states, Some(event));
-            match self.runtime.ensure_image(&c.image).await {
+            let updates = self.updates.clone();
+            let task_id = a.task_id.clone();
+            let progress = move |event: String| {
+                let _ = updates.send(TaskStatusUpdate {
+                    task_id: task_id.clone(),
+                    last_status: TaskStatus::Pending,
+                    containers: vec![],
+                    stop_code: None,
+                    stopped_reason: None,
+                    event: Some(event),
+                });
+            };
+            match self.runtime.ensure_image(&c.image, &progress).await {
                 Ok(info) => {
                     let event = if info.pulled {
                         format!("pulled image {} ({})", c.image, info.digest)

@@ -152,6 +152,10 @@ struct AgentArgs {
     /// How often resource usage of running tasks is sampled and sent to the servers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     metrics_interval: Duration,
+    /// Disk budget for images in MiB: above it, the least recently pulled images that no
+    /// container uses are deleted after each pull. No limit when unset.
+    #[arg(long, value_name = "MIB")]
+    image_budget_mib: Option<u64>,
     /// Size at which a container's log file rotates (one older file is kept).
     #[arg(long, default_value_t = DEFAULT_LOG_MAX_BYTES)]
     log_max_bytes: u64,
@@ -288,6 +292,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         )?,
         cgroup_parent: format!("/berth/{node_name}"),
         exec_dir: args.data_dir.join("exec"),
+        image_budget: args.image_budget_mib.map(|m| m * 1024 * 1024),
         log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
     })
     .await?;
@@ -350,6 +355,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         registry_auth: std::collections::HashMap::new(),
         cgroup_parent: "/berth/dev".into(),
         exec_dir: data_dir.join("agent").join("exec"),
+        image_budget: None,
         log_driver: Some((log_driver_binary()?, DEFAULT_LOG_MAX_BYTES)),
     })
     .await?;

@@ -1,7 +1,10 @@
 //! [`Runtime`] on containerd 1.6's gRPC API (`containerd-client`). See
 //! `shared/containerd-notes.md` for the API facts this relies on.
 
+mod gc;
 mod pull;
+
+pub use gc::{images_to_remove, ImageUsage};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +29,7 @@ use tokio::sync::Mutex;
 
 use crate::runtime::{
     ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
-    ImageInfo, Runtime, RuntimeError,
+    ImageInfo, Progress, Runtime, RuntimeError,
 };
 use crate::spec::build_spec;
 
@@ -53,6 +56,8 @@ pub struct ContainerdConfig {
     pub cgroup_parent: String,
     /// Where the output of commands run in containers is collected.
     pub exec_dir: PathBuf,
+    /// Delete unused images, least recently pulled first, while all images take more bytes.
+    pub image_budget: Option<u64>,
     /// The `berth` binary the shim starts as each container's log driver, and the size at
     /// which log files rotate. Without it, containerd appends raw output to the log file.
     pub log_driver: Option<(PathBuf, u64)>,
@@ -440,7 +445,11 @@ fn ok_if_not_found(
 
 #[async_trait::async_trait]
 impl Runtime for ContainerdRuntime {
-    async fn ensure_image(&self, image: &str) -> Result<ImageInfo, RuntimeError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        progress: &Progress<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
         let lock = self
             .pull_locks
             .lock()
@@ -453,8 +462,13 @@ impl Runtime for ContainerdRuntime {
             return Ok(info);
         }
         let lease = self.create_lease().await?;
-        let result = self.pull(image, &lease).await;
+        let result = self.pull(image, &lease, progress).await;
         self.delete_lease(&lease).await;
+        if let (Ok(_), Some(budget)) = (&result, self.config.image_budget) {
+            if let Err(e) = self.collect_images(budget, image).await {
+                tracing::warn!("collect unused images: {e}");
+            }
+        }
         result
     }
 

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 
 use super::{ContainerdRuntime, SNAPSHOTTER};
-use crate::runtime::{ImageInfo, RuntimeError};
+use crate::runtime::{ImageInfo, Progress, RuntimeError};
 
 const CHUNK: usize = 1 << 20;
 
@@ -181,7 +181,7 @@ impl ContainerdRuntime {
         }
     }
 
-    async fn read_content(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+    pub(super) async fn read_content(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
         let req = self.req(ReadContentRequest {
             digest: digest.to_owned(),
             offset: 0,
@@ -306,7 +306,12 @@ impl ContainerdRuntime {
     }
 
     /// Pulls `image` into containerd and unpacks it.
-    pub(super) async fn pull(&self, image: &str, lease: &str) -> Result<ImageInfo, RuntimeError> {
+    pub(super) async fn pull(
+        &self,
+        image: &str,
+        lease: &str,
+        progress: &Progress<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
         let invalid = |detail: String| RuntimeError::InvalidImage {
             image: image.to_owned(),
             detail,
@@ -386,6 +391,16 @@ impl ContainerdRuntime {
                 continue;
             }
             let data = self.fetch_blob(client, &manifest_ref, image, layer).await?;
+            progress(format!(
+                "pulled layer {}/{} of {image} ({:.1} MiB)",
+                manifest
+                    .layers
+                    .iter()
+                    .position(|l| l.digest == layer.digest)
+                    .map_or(0, |i| i + 1),
+                manifest.layers.len(),
+                data.len() as f64 / (1024.0 * 1024.0)
+            ));
             let labels =
                 HashMap::from([("containerd.io/uncompressed".to_owned(), diff_id.clone())]);
             self.write_content(lease, &layer.digest, &data, labels)
