@@ -99,6 +99,19 @@ async fn echo_hello_runs_to_completion_and_logs_hello() -> anyhow::Result<()> {
         !second_events.iter().any(|e| e.starts_with("pulled image")),
         "{second}"
     );
+
+    // The same image by digest.
+    let digest = task["containers"][0]["imageDigest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let by_digest = format!("{}@{digest}", c.env.image.trim_end_matches(":latest"));
+    let out = cli(
+        &c.addr(),
+        &["run", "--wait", &by_digest, "--", "echo", "bydigest"],
+    )
+    .await?;
+    assert_eq!(stdout(&out), "bydigest\n", "stderr: {}", stderr(&out));
     Ok(())
 }
 
@@ -145,6 +158,13 @@ async fn unknown_image_fails_to_start_with_a_reason_naming_it() -> anyhow::Resul
         task.get("startedAt").is_none(),
         "a task that never ran has no startedAt"
     );
+
+    // A registry nobody listens at is "unreachable", not "not found".
+    let out = cli(&c.addr(), &["run", "127.0.0.1:1/none:1"]).await?;
+    let task_id = stdout(&out).trim().to_owned();
+    let task = wait_stopped(&c.addr(), &task_id, TIMEOUT).await?;
+    let reason = task["stoppedReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("unreachable"), "{reason}");
     Ok(())
 }
 

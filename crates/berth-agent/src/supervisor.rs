@@ -56,6 +56,33 @@ struct Starter {
     health_tx: mpsc::UnboundedSender<HealthEvent>,
 }
 
+/// The order to stop containers in: dependents before what they depend on (the reverse of a
+/// start order that honours `dependsOn`; definition order among independent containers).
+fn stop_order(defs: &[ContainerDefinition]) -> Vec<usize> {
+    let mut started: Vec<usize> = Vec::with_capacity(defs.len());
+    while started.len() < defs.len() {
+        let next = (0..defs.len()).find(|i| {
+            !started.contains(i)
+                && defs[*i].depends_on.iter().all(|d| {
+                    defs.iter()
+                        .position(|c| c.name == d.container_name)
+                        .is_none_or(|j| started.contains(&j))
+                })
+        });
+        // Validated definitions have no cycles; stop whatever is left in order otherwise.
+        match next {
+            Some(i) => started.push(i),
+            None => started.extend(
+                (0..defs.len())
+                    .filter(|i| !started.contains(i))
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+    started.reverse();
+    started
+}
+
 /// Whether container `i`'s `dependsOn` conditions hold now; an error when one never can.
 fn dependencies_met(
     defs: &[ContainerDefinition],
@@ -488,50 +515,37 @@ impl TaskRun {
         }
     }
 
-    /// SIGTERM every running container, SIGKILL what is left after the longest stopTimeout.
+    /// Stops the running containers in reverse dependency order (a container stops before
+    /// the containers it depends on): SIGTERM, its stopTimeout, then SIGKILL.
     async fn stop_containers(
         &self,
         states: &mut [ContainerState],
         exits: &mut mpsc::UnboundedReceiver<Exit>,
     ) {
-        let running = |states: &[ContainerState]| {
-            states
-                .iter()
-                .filter(|s| s.last_status == TaskStatus::Running)
-                .count()
-        };
-        if running(states) == 0 {
-            return;
-        }
-        let mut grace = Duration::ZERO;
-        for (i, c) in self.assignment.containers.iter().enumerate() {
-            if states[i].last_status == TaskStatus::Running {
-                grace = grace.max(Duration::from_secs(u64::from(c.stop_timeout)));
-                let id = container_id(&self.assignment.task_id, &c.name);
-                if let Err(e) = self.runtime.kill(&id, SIGTERM, false).await {
-                    tracing::warn!(container = %id, "send SIGTERM: {e}");
-                }
+        let defs = &self.assignment.containers;
+        for i in stop_order(defs) {
+            if states[i].last_status != TaskStatus::Running {
+                continue;
             }
-        }
-        let deadline = tokio::time::Instant::now() + grace;
-        while running(states) > 0 {
-            match tokio::time::timeout_at(deadline, exits.recv()).await {
-                Ok(Some((i, result))) => record_exit(&mut states[i], result),
-                Ok(None) => break,
-                Err(_) => {
-                    for (i, c) in self.assignment.containers.iter().enumerate() {
-                        if states[i].last_status == TaskStatus::Running {
-                            let id = container_id(&self.assignment.task_id, &c.name);
-                            if let Err(e) = self.runtime.kill(&id, SIGKILL, true).await {
-                                tracing::warn!(container = %id, "send SIGKILL: {e}");
-                            }
+            let id = container_id(&self.assignment.task_id, &defs[i].name);
+            if let Err(e) = self.runtime.kill(&id, SIGTERM, false).await {
+                tracing::warn!(container = %id, "send SIGTERM: {e}");
+            }
+            let grace = Duration::from_secs(u64::from(defs[i].stop_timeout));
+            let mut deadline = Some(tokio::time::Instant::now() + grace);
+            while states[i].last_status == TaskStatus::Running {
+                let next = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, exits.recv()).await,
+                    None => Ok(exits.recv().await),
+                };
+                match next {
+                    Ok(Some((j, result))) => record_exit(&mut states[j], result),
+                    Ok(None) => break,
+                    Err(_) => {
+                        if let Err(e) = self.runtime.kill(&id, SIGKILL, true).await {
+                            tracing::warn!(container = %id, "send SIGKILL: {e}");
                         }
-                    }
-                    while running(states) > 0 {
-                        match exits.recv().await {
-                            Some((i, result)) => record_exit(&mut states[i], result),
-                            None => break,
-                        }
+                        deadline = None;
                     }
                 }
             }

@@ -270,3 +270,41 @@ async fn a_failed_success_dependency_fails_the_task_without_starting_the_depende
         rt.calls()
     );
 }
+
+#[tokio::test]
+async fn containers_stop_in_reverse_dependency_order() {
+    let rt = Arc::new(FakeRuntime::new());
+    let mut db = ContainerDefinition::new("db", "sleeper");
+    db.stop_timeout = 0;
+    let mut app = ContainerDefinition::new("app", "sleeper");
+    app.stop_timeout = 0;
+    app.depends_on = vec![berth_model::ContainerDependency {
+        container_name: "db".into(),
+        condition: berth_model::DependencyCondition::Start,
+    }];
+    // Defined app first: the start order still puts db first, and the stop order app first.
+    let (run, mut rx, stop) = task_run(&rt, vec![app, db]);
+    let handle = tokio::spawn(run.run());
+    loop {
+        let u = rx.recv().await.expect("reports until running");
+        if u.last_status == TaskStatus::Running {
+            break;
+        }
+    }
+    stop.send_replace(true);
+    handle.await.expect("supervisor finished");
+    let calls: Vec<String> = rt
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("start") || c.starts_with("kill"))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "start t1-db",
+            "start t1-app",
+            "kill t1-app 15",
+            "kill t1-db 15"
+        ]
+    );
+}
