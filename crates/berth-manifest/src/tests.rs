@@ -99,7 +99,7 @@ fn multi_document_keeps_line_numbers() {
 fn unknown_fields_are_rejected_with_position() {
     check(
         &GOOD.replace("command:", "comand:"),
-        "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`",
+        "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`, `dependsOn`",
     );
 }
 
