@@ -310,7 +310,22 @@ async fn kill_9_of_every_server_keeps_the_state() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let tasks = cli_json(&s.all(), &["get", "tasks"]).await?;
+    // Let the scheduler record why the tasks cannot be placed (no nodes) before comparing.
+    let all = s.all();
+    let tasks = poll("the scheduler to record its reasons", TIMEOUT, || async {
+        let t = cli_json(&all, &["get", "tasks"]).await.ok()?;
+        let settled = t.as_array()?.iter().all(|task| {
+            task["events"].as_array().is_some_and(|e| {
+                e.iter().any(|e| {
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("unable to place"))
+                })
+            })
+        });
+        settled.then_some(t)
+    })
+    .await?;
     let defs = cli_json(&s.all(), &["get", "taskdefs"]).await?;
     assert_eq!(task_ids(&tasks).len(), 10);
     for id in 1..=3 {

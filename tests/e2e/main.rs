@@ -3,6 +3,7 @@
 
 mod agent;
 mod cluster;
+mod nodes;
 
 use std::time::{Duration, Instant};
 

@@ -133,9 +133,56 @@ pub struct Agent {
     updates_tx: mpsc::UnboundedSender<TaskStatusUpdate>,
     /// Containers found at start-up, by task ID, until the first desired set claims them.
     existing: Mutex<Option<HashMap<String, Vec<ExistingContainer>>>>,
+    contact: Mutex<Contact>,
+    /// Set while the agent has stopped its tasks for lack of contact with any server.
+    fenced: Arc<AtomicBool>,
+}
+
+/// When a server was last heard from, and how long the agent may go without.
+struct Contact {
+    last: tokio::time::Instant,
+    /// 80% of the servers' node TTL, once a server told it.
+    fence_after: Option<Duration>,
 }
 
 impl Agent {
+    fn contact(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.contact
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Self-fencing: when no server has been heard from for longer than the lease, the
+    /// servers will soon declare this node DOWN and run its tasks elsewhere, so the agent
+    /// stops them first — a task never runs on two nodes at once.
+    async fn fence(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let (silent, lease) = {
+                let c = self.contact();
+                (c.last.elapsed(), c.fence_after)
+            };
+            let Some(lease) = lease else { continue };
+            if silent <= lease || self.fenced.load(Ordering::SeqCst) {
+                continue;
+            }
+            let running = self.tasks.running();
+            if running.is_empty() {
+                continue;
+            }
+            self.fenced.store(true, Ordering::SeqCst);
+            tracing::warn!(
+                tasks = running.len(),
+                "no server answered for {:.1}s (lease {lease:?}): stopping this node's tasks",
+                silent.as_secs_f64()
+            );
+            for local in self.tasks.lock().values() {
+                local.stop.send_replace(true);
+            }
+        }
+    }
+
     /// Serves the agent API and keeps a session with the servers until `shutdown` resolves.
     pub async fn run(
         config: AgentConfig,
@@ -172,6 +219,11 @@ impl Agent {
             tasks: TaskTable::default(),
             updates_tx,
             existing: Mutex::new(Some(existing)),
+            contact: Mutex::new(Contact {
+                last: tokio::time::Instant::now(),
+                fence_after: None,
+            }),
+            fenced: Arc::new(AtomicBool::new(false)),
         });
         let log_root = agent.log_root();
         tokio::fs::create_dir_all(&log_root)
@@ -188,6 +240,7 @@ impl Agent {
         tokio::select! {
             r = api => r.context("agent API server")?,
             () = agent.clone().sessions(address.to_string(), updates_rx) => {}
+            () = agent.clone().fence() => {}
             () = shutdown => {}
         }
         Ok(())
@@ -285,16 +338,24 @@ impl Agent {
         loop {
             tokio::select! {
                 msg = inbound.message() => {
-                    match msg? {
+                    let msg = msg?;
+                    if msg.is_some() {
+                        self.contact().last = tokio::time::Instant::now();
+                    }
+                    match msg {
                         None => return Ok(()),
                         Some(m) => match m.msg {
                             Some(ServerMsg::Registered(r)) => {
                                 tracing::info!(%server, "registered");
+                                if r.node_ttl_ms > 0 {
+                                    self.contact().fence_after = Some(Duration::from_millis(r.node_ttl_ms) * 4 / 5);
+                                }
+                                self.fenced.store(false, Ordering::SeqCst);
                                 let secs = r.heartbeat_interval_secs.max(1);
                                 heartbeat = tokio::time::interval(Duration::from_secs(u64::from(secs)).min(self.config.heartbeat_interval));
                             }
                             Some(ServerMsg::Desired(d)) => self.reconcile(d, latest),
-                            None => {}
+                            Some(ServerMsg::Ack(_)) | None => {}
                         },
                     }
                 }
@@ -466,6 +527,7 @@ impl Agent {
                         stop: stop_rx,
                         done: done.clone(),
                         adopt,
+                        fenced: self.fenced.clone(),
                     };
                     tracing::info!(task_id = %t.task_id, "start task");
                     tokio::spawn(run.run());

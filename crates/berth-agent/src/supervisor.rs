@@ -43,6 +43,8 @@ pub struct TaskRun {
     pub done: Arc<AtomicBool>,
     /// Containers of this task that a previous agent process started; empty for a new task.
     pub adopt: Vec<ExistingContainer>,
+    /// Set when the agent stops its tasks because it lost contact with the servers.
+    pub fenced: Arc<AtomicBool>,
 }
 
 /// What starting a task's containers in dependency order needs.
@@ -336,6 +338,10 @@ impl TaskRun {
                 changed = self.stop.changed() => {
                     if changed.is_err() || *self.stop.borrow() {
                         self.report(TaskStatus::Stopping, &states, Some("stopping".into()));
+                        if self.fenced.load(Ordering::SeqCst) {
+                            let reason = "the node lost contact with every server, so its agent stopped the task (self-fencing)";
+                            break (StopCode::NodeLost, reason.to_owned());
+                        }
                         break (StopCode::UserInitiated, "Task stopped".to_owned());
                     }
                 }

@@ -34,6 +34,7 @@ fn run(
         stop: stop_rx,
         done: Arc::new(AtomicBool::new(false)),
         adopt: vec![],
+        fenced: Arc::new(AtomicBool::new(false)),
     };
     (rx, stop, tokio::spawn(task.run()))
 }
@@ -151,6 +152,7 @@ async fn failing_health_checks_make_the_task_unhealthy_and_stop_it() {
         stop: stop_rx,
         done: Arc::new(AtomicBool::new(false)),
         adopt: vec![],
+        fenced: Arc::new(AtomicBool::new(false)),
     };
     task.run().await;
     let mut last = None;
@@ -214,6 +216,7 @@ fn task_run(
         stop: stop_rx,
         done: Arc::new(AtomicBool::new(false)),
         adopt: vec![],
+        fenced: Arc::new(AtomicBool::new(false)),
     };
     (run, rx, stop)
 }

@@ -80,6 +80,17 @@ pub enum Command {
     /// Inspect the control plane.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Drain or activate a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Stop placing new tasks on the node (running tasks keep running).
+    Drain { name: String },
+    /// Place tasks on the node again.
+    Activate { name: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -210,6 +221,24 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
                 .await?;
             let task: Task = task.try_into()?;
             print_tasks(global.output, &[task], true)?;
+            Ok(0)
+        }
+        Command::Node(cmd) => {
+            let (name, status) = match cmd {
+                NodeCommand::Drain { name } => (name, pb::NodeStatus::Draining),
+                NodeCommand::Activate { name } => (name, pb::NodeStatus::Active),
+            };
+            let req = pb::UpdateNodeStatusRequest {
+                name,
+                status: status as i32,
+            };
+            let node = Client::new(&global.servers)
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.update_node_status(req).await }
+                })
+                .await?;
+            print_nodes(global.output, &[node.try_into()?], true)?;
             Ok(0)
         }
         Command::Cluster(ClusterCommand::Status) => cluster_status(&global).await.map(|()| 0),

@@ -49,14 +49,21 @@ pub struct AgentServiceImpl {
     store: Store,
     liveness: Liveness,
     usage: Usage,
+    node_ttl: std::time::Duration,
 }
 
 impl AgentServiceImpl {
-    pub fn new(store: Store, liveness: Liveness, usage: Usage) -> AgentServiceServer<Self> {
+    pub fn new(
+        store: Store,
+        liveness: Liveness,
+        usage: Usage,
+        node_ttl: std::time::Duration,
+    ) -> AgentServiceServer<Self> {
         AgentServiceServer::new(Self {
             store,
             liveness,
             usage,
+            node_ttl,
         })
     }
 }
@@ -143,6 +150,7 @@ impl AgentService for AgentServiceImpl {
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
         let registered = Registered {
             heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+            node_ttl_ms: u64::try_from(self.node_ttl.as_millis()).unwrap_or(u64::MAX),
         };
         let _ = tx
             .send(Ok(ServerMessage {
@@ -200,6 +208,15 @@ impl AgentService for AgentServiceImpl {
                 liveness.seen(&node_name);
                 let report = match msg.msg {
                     Some(AgentMsg::Status(report)) => report,
+                    Some(AgentMsg::Heartbeat(_)) => {
+                        let ack = ServerMessage {
+                            msg: Some(ServerMsg::Ack(berth_proto::v1::Ack {})),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     Some(AgentMsg::Metrics(metrics)) => {
                         for s in metrics.samples {
                             if let Some(m) = s.metrics {

@@ -410,6 +410,43 @@ impl Berth for BerthService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn update_node_status(
+        &self,
+        req: Request<pb::UpdateNodeStatusRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let req = req.into_inner();
+        let status = match pb::NodeStatus::try_from(req.status) {
+            Ok(pb::NodeStatus::Active) => berth_model::NodeStatus::Active,
+            Ok(pb::NodeStatus::Draining) => berth_model::NodeStatus::Draining,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "status must be ACTIVE or DRAINING",
+                ))
+            }
+        };
+        let command = Command::SetNodeStatus {
+            node: req.name.clone(),
+            status,
+            at: now_ms(),
+        };
+        match self
+            .store
+            .propose(command)
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::Done => {}
+            other => return Err(unexpected(other)),
+        }
+        let node = self
+            .read(false, |s| {
+                s.node(&req.name).map(|n| s.node_with_allocation(n))
+            })
+            .await?
+            .ok_or_else(|| Status::not_found(format!("node {} not found", req.name)))?;
+        Ok(Response::new(node.into()))
+    }
+
     async fn cluster_status(
         &self,
         _req: Request<pb::ClusterStatusRequest>,

@@ -4,6 +4,7 @@
 
 mod agents;
 mod api;
+mod nodes;
 pub mod scheduler;
 pub mod status;
 mod usage;
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub no_bootstrap: bool,
     /// Raft timing and compaction; `data_dir`, `node_id` and `advertise_addr` are filled in.
     pub raft: RaftTuning,
+    /// A node whose agent is silent this long becomes DOWN and its tasks are lost.
+    pub node_ttl: Duration,
 }
 
 /// Raft timing and log compaction settings.
@@ -78,6 +81,7 @@ impl ServerConfig {
             restore: None,
             no_bootstrap: false,
             raft: RaftTuning::default(),
+            node_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct Server {
     /// Set when this server must still ask a member to add it.
     join: Option<String>,
     advertise: String,
+    node_ttl: Duration,
 }
 
 impl Server {
@@ -151,6 +156,7 @@ impl Server {
             listener,
             join,
             advertise,
+            node_ttl: config.node_ttl,
         })
     }
 
@@ -203,6 +209,12 @@ impl Server {
             .build_v1()
             .context("build reflection service")?;
         let controllers = tokio::spawn(scheduler::run(self.store.clone()));
+        let liveness = Liveness::default();
+        let monitor = tokio::spawn(nodes::run(
+            self.store.clone(),
+            liveness.clone(),
+            self.node_ttl,
+        ));
         let usage = Usage::default();
         if let Some(addr) = self.join.clone() {
             tokio::spawn(Self::join(self.store.clone(), addr, self.advertise.clone()));
@@ -228,8 +240,9 @@ impl Server {
             .add_service(api::BerthService::new(self.store.clone(), usage.clone()))
             .add_service(agents::AgentServiceImpl::new(
                 self.store.clone(),
-                Liveness::default(),
+                liveness,
                 usage,
+                self.node_ttl,
             ))
             .add_service(RaftService::new(self.store.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);
@@ -238,6 +251,7 @@ impl Server {
             () = grace => Ok(()),
         };
         controllers.abort();
+        monitor.abort();
         self.store.shutdown().await;
         result
     }

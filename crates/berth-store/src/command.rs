@@ -3,7 +3,8 @@
 //! every member applies it to the same result.
 
 use berth_model::{
-    Node, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
+    Node, NodeStatus, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,19 @@ pub enum Command {
     },
     /// Registers a node or refreshes its address, resources and attributes.
     RegisterNode { node: Node, at: Timestamp },
+    /// The leader stopped hearing from a node: it becomes DOWN and every task on it that has
+    /// not stopped becomes STOPPED with stop code NodeLost.
+    MarkNodeDown {
+        node: String,
+        reason: String,
+        at: Timestamp,
+    },
+    /// An operator drains a node (no new placements) or activates it again.
+    SetNodeStatus {
+        node: String,
+        status: NodeStatus,
+        at: Timestamp,
+    },
     /// Replaces the whole state with the objects of a backup (`berth server --restore`).
     ReplaceState { objects: Vec<Object>, at: Timestamp },
 }
@@ -64,6 +78,8 @@ impl Command {
             | Command::PlaceTasks { at, .. }
             | Command::ReportTaskStatus { at, .. }
             | Command::RegisterNode { at, .. }
+            | Command::MarkNodeDown { at, .. }
+            | Command::SetNodeStatus { at, .. }
             | Command::ReplaceState { at, .. } => at,
         }
     }

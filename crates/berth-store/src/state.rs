@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
-    DesiredStatus, Node, NodeStatus, Task, TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus,
-    TaskStatus, Timestamp,
+    DesiredStatus, Node, NodeStatus, StopCode, Task, TaskDefinition, TaskDefinitionRef,
+    TaskDefinitionStatus, TaskStatus, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -356,6 +356,49 @@ impl State {
                 changed.push(Key::Node(name));
                 CommandResult::Done
             }
+            Command::MarkNodeDown { node, reason, at } => {
+                match self.nodes.get_mut(&node) {
+                    Some(n) if n.status != NodeStatus::Down => {
+                        n.status = NodeStatus::Down;
+                        n.events.push(at, format!("node is DOWN: {reason}"));
+                        changed.push(Key::Node(node.clone()));
+                        for task in self.tasks.values_mut() {
+                            if task.node.as_deref() != Some(node.as_str()) || task.is_stopped() {
+                                continue;
+                            }
+                            task.last_status = TaskStatus::Stopped;
+                            task.desired_status = DesiredStatus::Stopped;
+                            task.stop_code = Some(StopCode::NodeLost);
+                            task.stopped_reason = Some(format!("node {node} was lost: {reason}"));
+                            task.stopped_at = Some(at);
+                            task.events.push(at, format!("node {node} was lost"));
+                            changed.push(Key::Task(task.task_id.clone()));
+                        }
+                        CommandResult::Done
+                    }
+                    Some(_) => CommandResult::Done,
+                    None => CommandResult::Rejected(Rejection::NotFound(format!("node {node} not found"))),
+                }
+            }
+            Command::SetNodeStatus { node, status, at } => match self.nodes.get_mut(&node) {
+                None => CommandResult::Rejected(Rejection::NotFound(format!(
+                    "node {node} not found; `berth get nodes` lists them"
+                ))),
+                Some(n) if n.status == NodeStatus::Down || status == NodeStatus::Down => {
+                    CommandResult::Rejected(Rejection::Invalid(format!(
+                        "node {node} is {}; a node becomes DOWN when its agent stops answering and ACTIVE when it registers again",
+                        n.status
+                    )))
+                }
+                Some(n) => {
+                    if n.status != status {
+                        n.status = status;
+                        n.events.push(at, format!("node set to {status} by an operator"));
+                        changed.push(Key::Node(node));
+                    }
+                    CommandResult::Done
+                }
+            },
             Command::ReplaceState { objects, at: _ } => {
                 changed.extend(self.objects().map(|o| o.key()));
                 *self = State::from_objects(objects);

@@ -84,6 +84,10 @@ struct ServerArgs {
     /// How long a write may wait for a leader and a quorum before failing with UNAVAILABLE.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     write_timeout: Duration,
+    /// A node whose agent is silent this long becomes DOWN and its tasks are lost; agents stop
+    /// their own tasks after 80% of it without contact (self-fencing).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    node_ttl: Duration,
     /// Build a Raft snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 5000)]
     snapshot_every: u64,
@@ -106,6 +110,7 @@ impl ServerArgs {
         config.join = self.join;
         config.restore = self.restore;
         config.no_bootstrap = self.no_bootstrap;
+        config.node_ttl = self.node_ttl;
         config.raft = RaftTuning {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             election_timeout: (

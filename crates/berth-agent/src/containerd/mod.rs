@@ -642,14 +642,16 @@ impl Runtime for ContainerdRuntime {
             })
         };
         match tasks.delete(delete_task()).await {
-            Err(s) if s.code() == Code::FailedPrecondition => {
-                // Still running: kill it, then delete.
+            // Still running (containerd 1.6 answers "cannot delete a running process" with
+            // FailedPrecondition or Unknown): kill it, wait for the exit, then delete.
+            Err(s) if s.code() != Code::NotFound => {
+                tracing::debug!(container = id, "delete task: {s}; killing it first");
                 self.kill(id, 9, true).await?;
                 let wait = self.req(WaitRequest {
                     container_id: id.to_owned(),
                     exec_id: String::new(),
                 });
-                let _ = tasks.wait(wait).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(wait)).await;
                 ok_if_not_found(tasks.delete(delete_task()).await.map(drop), "delete task")?;
             }
             other => ok_if_not_found(other.map(drop), "delete task")?,

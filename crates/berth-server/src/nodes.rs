@@ -1,0 +1,124 @@
+//! The leader's node monitor: a node whose agent has not been heard from for the node TTL
+//! becomes DOWN, and its tasks STOPPED with stop code NodeLost (one Raft entry per node).
+//! Heartbeats live in the leader's memory only; a new leader gives every node a full TTL.
+
+use std::time::{Duration, Instant};
+
+use berth_model::NodeStatus;
+use berth_store::{Command, State, Store};
+
+use crate::{now_ms, Liveness};
+
+/// Nodes to declare DOWN, with how long they have been silent. A node never heard from by
+/// this leader counts from `leader_since`.
+pub fn lost_nodes(
+    state: &State,
+    last_seen: impl Fn(&str) -> Option<Instant>,
+    leader_since: Instant,
+    now: Instant,
+    ttl: Duration,
+) -> Vec<(String, Duration)> {
+    state
+        .nodes()
+        .filter(|n| n.status != NodeStatus::Down)
+        .filter_map(|n| {
+            let last = last_seen(&n.name).map_or(leader_since, |t| t.max(leader_since));
+            let silent = now.saturating_duration_since(last);
+            (silent > ttl).then(|| (n.name.clone(), silent))
+        })
+        .collect()
+}
+
+/// Runs while this server leads.
+pub async fn run(store: Store, liveness: Liveness, ttl: Duration) {
+    let mut leader = store.leadership();
+    let mut tick = tokio::time::interval((ttl / 4).max(Duration::from_millis(100)));
+    let mut leader_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = leader.changed() => if r.is_err() { return },
+        }
+        if !*leader.borrow() {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        let lost = store.read_stale(|s| lost_nodes(s, |n| liveness.last_seen(n), since, now, ttl));
+        for (node, silent) in lost {
+            let reason = format!(
+                "its agent has not been heard from for {:.1}s (node TTL {:?})",
+                silent.as_secs_f64(),
+                ttl
+            );
+            tracing::warn!(%node, "node lost: {reason}");
+            let command = Command::MarkNodeDown {
+                node: node.clone(),
+                reason,
+                at: now_ms(),
+            };
+            if let Err(e) = store.propose(command).await {
+                tracing::warn!(%node, "mark node down: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use berth_model::{EventLog, Node, Resources};
+
+    use super::*;
+
+    fn state(nodes: &[(&str, NodeStatus)]) -> State {
+        let mut s = State::default();
+        for (name, status) in nodes {
+            let node = Node {
+                name: (*name).into(),
+                address: "127.0.0.1:1".into(),
+                status: NodeStatus::Active,
+                attributes: BTreeMap::new(),
+                cpu: Resources::default(),
+                memory: Resources::default(),
+                registered_at: 0,
+                events: EventLog::default(),
+            };
+            s.apply(Command::RegisterNode { node, at: 0 });
+            if *status == NodeStatus::Down {
+                s.apply(Command::MarkNodeDown {
+                    node: (*name).into(),
+                    reason: "test".into(),
+                    at: 0,
+                });
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn silent_nodes_are_lost_after_the_ttl_counting_from_the_leaders_start() {
+        let s = state(&[
+            ("a", NodeStatus::Active),
+            ("b", NodeStatus::Active),
+            ("c", NodeStatus::Down),
+        ]);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let seen = |n: &str| (n == "a").then_some(t0 + Duration::from_secs(5));
+        // 12 s after the leader started: b (never heard from) is past its grace; a is not.
+        let lost = lost_nodes(&s, seen, t0, t0 + Duration::from_secs(12), ttl);
+        assert_eq!(lost, vec![("b".to_owned(), Duration::from_secs(12))]);
+        // A new leader started at t0 + 8 s: nobody is lost yet at t0 + 12 s.
+        let lost = lost_nodes(
+            &s,
+            seen,
+            t0 + Duration::from_secs(8),
+            t0 + Duration::from_secs(12),
+            ttl,
+        );
+        assert!(lost.is_empty());
+    }
+}

@@ -1,0 +1,150 @@
+//! Node lifecycle: lost nodes, self-fencing agents, drain and activate.
+
+use std::time::Duration;
+
+use berth_tests::{
+    cli, cli_json, containerd_containers, poll, wait_stopped, AgentProc, Env, ServerProc,
+};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// A short node TTL so that the tests see nodes lost within seconds.
+const TTL: &[&str] = &["--node-ttl", "3s"];
+
+async fn server(env: &Env) -> anyhow::Result<ServerProc> {
+    let s = ServerProc::spawn(1, &env.path("server"), None, TTL).await?;
+    s.wait_ready().await?;
+    Ok(s)
+}
+
+async fn running_task(addr: &str, image: &str) -> anyhow::Result<String> {
+    let out = cli(
+        addr,
+        &["run", "--stop-timeout", "1s", image, "--", "sleep", "600"],
+    )
+    .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    poll("task to run", TIMEOUT, || async {
+        let t = cli_json(addr, &["get", "task", &id]).await.ok()?;
+        (t["lastStatus"] == "RUNNING").then_some(())
+    })
+    .await?;
+    Ok(id)
+}
+
+async fn node(addr: &str, name: &str) -> anyhow::Result<Value> {
+    cli_json(addr, &["get", "node", name]).await
+}
+
+#[tokio::test]
+async fn a_silent_node_goes_down_its_tasks_are_lost_and_it_cleans_up_when_back(
+) -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = server(&env).await?;
+    let addr = server.addr.to_string();
+    let agent = AgentProc::start(&env, &addr, "node-1").await?;
+    let namespace = agent.namespace.clone();
+    let id = running_task(&addr, &env.image).await?;
+
+    agent.kill().await?;
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    assert_eq!(task["stopCode"], "NodeLost", "{task}");
+    assert_eq!(node(&addr, "node-1").await?["status"], "DOWN");
+
+    // The node comes back: ACTIVE again, and it removes the container of the lost task.
+    let _agent = AgentProc::start(&env, &addr, "node-1").await?;
+    poll("the node to register again", TIMEOUT, || async {
+        (node(&addr, "node-1").await.ok()?["status"] == "ACTIVE").then_some(())
+    })
+    .await?;
+    poll(
+        "the lost task's container to be removed",
+        TIMEOUT,
+        || async {
+            containerd_containers(&env.containerd.socket, &namespace)
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_that_loses_every_server_stops_its_tasks_itself() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = server(&env).await?;
+    let addr = server.addr;
+    let data = server.data_dir.clone();
+    let agent = AgentProc::start(&env, &addr.to_string(), "node-1").await?;
+    let id = running_task(&addr.to_string(), &env.image).await?;
+    assert_eq!(
+        containerd_containers(&env.containerd.socket, &agent.namespace)
+            .await?
+            .len(),
+        1
+    );
+
+    server.kill().await?;
+    // Within 80% of the 3 s TTL the agent fences itself: no container is left.
+    poll("the agent to stop its task", TIMEOUT, || async {
+        containerd_containers(&env.containerd.socket, &agent.namespace)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+
+    let server = ServerProc::spawn(1, &data, Some(addr), TTL).await?;
+    server.wait_ready().await?;
+    let task = wait_stopped(&addr.to_string(), &id, TIMEOUT).await?;
+    assert_eq!(task["stopCode"], "NodeLost", "{task}");
+    let reason = task["stoppedReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("self-fencing") || reason.contains("was lost"),
+        "{reason}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_drained_node_gets_no_new_tasks_until_activated() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = server(&env).await?;
+    let addr = server.addr.to_string();
+    let _agent = AgentProc::start(&env, &addr, "node-1").await?;
+    let out = cli_json(&addr, &["node", "drain", "node-1"]).await?;
+    assert_eq!(out["status"], "DRAINING");
+    let out = cli(&addr, &["run", &env.image, "--", "true"]).await?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    poll("the task to be refused a node", TIMEOUT, || async {
+        let t = cli_json(&addr, &["get", "task", &id]).await.ok()?;
+        let events = t["events"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        (events.contains("unable to place") && events.contains("1 not ACTIVE")).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        cli_json(&addr, &["get", "task", &id]).await?["lastStatus"],
+        "PENDING"
+    );
+    let out = cli_json(&addr, &["node", "activate", "node-1"]).await?;
+    assert_eq!(out["status"], "ACTIVE");
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    assert_eq!(task["containers"][0]["exitCode"], 0, "{task}");
+    let err = cli(&addr, &["node", "drain", "nope"]).await?;
+    assert!(String::from_utf8_lossy(&err.stderr).contains("node nope not found"));
+    Ok(())
+}
