@@ -30,7 +30,7 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
         &[
             "run",
             "--count",
-            "3",
+            "4",
             "--stop-timeout",
             "1s",
             &env.image,
@@ -49,7 +49,7 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 4);
     for id in &ids {
         poll("task to run", TIMEOUT, || async {
             let t = cli_json(&addr, &["get", "task", id]).await.ok()?;
@@ -61,7 +61,7 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
     agent.kill().await?;
 
     // While no agent watches, one task's container disappears entirely.
-    let lost = format!("{}-demo", ids[2]);
+    let lost = format!("{}-demo", ids[3]);
     let sock = &env.containerd.socket;
     ctr(
         sock,
@@ -82,10 +82,10 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
         "ctr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(containerd_containers(sock, &namespace).await?.len(), 2);
+    assert_eq!(containerd_containers(sock, &namespace).await?.len(), 3);
 
     let _agent = AgentProc::start(&env, &addr, "node-1").await?;
-    let vanished = wait_stopped(&addr, &ids[2], TIMEOUT).await?;
+    let vanished = wait_stopped(&addr, &ids[3], TIMEOUT).await?;
     assert!(
         vanished["stoppedReason"]
             .as_str()
@@ -93,7 +93,7 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
             .contains("vanished while the agent was down"),
         "{vanished}"
     );
-    for id in &ids[..2] {
+    for id in &ids[..3] {
         poll("task to be re-adopted", TIMEOUT, || async {
             let t = cli_json(&addr, &["get", "task", id]).await.ok()?;
             events(&t)
@@ -105,10 +105,10 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
         let t = cli_json(&addr, &["get", "task", id]).await?;
         assert_eq!(t["lastStatus"], "RUNNING", "{t}");
     }
-    // Exactly the two surviving containers: nothing duplicated, nothing orphaned.
+    // Exactly the three surviving containers and three RUNNING tasks: nothing duplicated.
     let mut left = containerd_containers(sock, &namespace).await?;
     left.sort();
-    let mut expected: Vec<String> = ids[..2].iter().map(|id| format!("{id}-demo")).collect();
+    let mut expected: Vec<String> = ids[..3].iter().map(|id| format!("{id}-demo")).collect();
     expected.sort();
     assert_eq!(left, expected);
 
@@ -117,10 +117,11 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
     assert!(out.status.success());
     let stopped = wait_stopped(&addr, &ids[0], TIMEOUT).await?;
     assert_eq!(stopped["stopCode"], "UserInitiated");
-    assert_eq!(
-        containerd_containers(sock, &namespace).await?,
-        vec![format!("{}-demo", ids[1])]
-    );
+    let mut left = containerd_containers(sock, &namespace).await?;
+    left.sort();
+    let mut expected: Vec<String> = ids[1..3].iter().map(|id| format!("{id}-demo")).collect();
+    expected.sort();
+    assert_eq!(left, expected);
     Ok(())
 }
 

@@ -59,6 +59,29 @@ pub struct Env {
     pub image: String,
 }
 
+impl Drop for Env {
+    /// Kills every container this test's containerd still runs: containers outlive the
+    /// processes of a test (they belong to containerd's shims), and a test must not leave
+    /// busy containers behind for the next one.
+    fn drop(&mut self) {
+        let ctr = |args: &[&str]| {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(&self.containerd.socket)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for ns in ctr(&["namespaces", "list", "--quiet"]).lines() {
+            for task in ctr(&["--namespace", ns, "tasks", "list", "--quiet"]).lines() {
+                // Kills the task if it runs, deletes it, and so ends its shim.
+                ctr(&["--namespace", ns, "tasks", "delete", "--force", task]);
+            }
+        }
+    }
+}
+
 impl Env {
     pub async fn start() -> anyhow::Result<Self> {
         // Short paths: containerd's sockets must fit in 108 bytes.
