@@ -148,3 +148,102 @@ async fn a_drained_node_gets_no_new_tasks_until_activated() -> anyhow::Result<()
     assert!(String::from_utf8_lossy(&err.stderr).contains("node nope not found"));
     Ok(())
 }
+
+#[tokio::test]
+async fn placement_constraints_choose_and_refuse_nodes_with_reasons() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = server(&env).await?;
+    let addr = server.addr.to_string();
+    let _a = AgentProc::start_with(&env, &addr, "node-a", &["--attr", "zone=a"]).await?;
+    let _b = AgentProc::start_with(&env, &addr, "node-b", &["--attr", "zone=b"]).await?;
+
+    // distinctInstance: two tasks of the family on two different nodes.
+    let out = cli(
+        &addr,
+        &[
+            "run",
+            "--count",
+            "2",
+            "--placement-constraint",
+            "distinctInstance",
+            "--stop-timeout",
+            "1s",
+            &env.image,
+            "--",
+            "sleep",
+            "600",
+        ],
+    )
+    .await?;
+    assert!(
+        out.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let node = poll("the task to be placed", TIMEOUT, || async {
+            let t = cli_json(&addr, &["get", "task", id]).await.ok()?;
+            t["node"].as_str().map(str::to_owned)
+        })
+        .await?;
+        nodes.push(node);
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["node-a", "node-b"]);
+
+    // memberOf: only zone b.
+    let out = cli(
+        &addr,
+        &[
+            "run",
+            "--placement-constraint",
+            "attribute:zone == b",
+            &env.image,
+            "--",
+            "true",
+        ],
+    )
+    .await?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let task = wait_stopped(&addr, &id, TIMEOUT).await?;
+    assert_eq!(task["node"], "node-b", "{task}");
+
+    // A zone no node is in: PENDING, with the reason in numbers.
+    let out = cli(
+        &addr,
+        &[
+            "run",
+            "--placement-constraint",
+            "attribute:zone in [c]",
+            &env.image,
+            "--",
+            "true",
+        ],
+    )
+    .await?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    poll("the reason the task cannot be placed", TIMEOUT, || async {
+        let t = cli_json(&addr, &["get", "task", &id]).await.ok()?;
+        let events: Vec<&str> = t["events"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        events
+            .iter()
+            .any(|e| {
+                e.contains("0 of 2 nodes can run it: 2 filtered by memberOf(attribute:zone in [c])")
+            })
+            .then_some(())
+    })
+    .await?;
+    for id in &ids {
+        cli(&addr, &["stop", id]).await?;
+    }
+    Ok(())
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use berth_model::{
-    ContainerDefinition, Node, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatus,
+    BinpackField, ContainerDefinition, Node, PlacementConstraint, PlacementSpec, PlacementStrategy,
+    StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatus,
 };
 use berth_proto::v1 as pb;
 use serde::Serialize;
@@ -146,6 +147,14 @@ pub struct RunArgs {
     /// Grace period between SIGTERM and SIGKILL when the task is stopped (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     stop_timeout: Duration,
+    /// Placement strategy, in order: binpack:cpu, binpack:memory, spread:node,
+    /// spread:attribute:NAME, random.
+    #[arg(long, value_name = "TYPE[:FIELD]")]
+    placement_strategy: Vec<String>,
+    /// Placement constraint: distinctInstance, or a memberOf expression such as
+    /// "attribute:zone in [a, b]".
+    #[arg(long, value_name = "CONSTRAINT")]
+    placement_constraint: Vec<String>,
     /// How many tasks.
     #[arg(long, default_value_t = 1)]
     count: u32,
@@ -287,6 +296,40 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
     }
 }
 
+/// `--placement-strategy` and `--placement-constraint` flags as a placement spec.
+fn placement_flags(strategies: &[String], constraints: &[String]) -> anyhow::Result<PlacementSpec> {
+    let strategy = strategies
+        .iter()
+        .map(|s| {
+            Ok(match s.split_once(':') {
+                Some(("binpack", "cpu")) => PlacementStrategy::Binpack { field: BinpackField::Cpu },
+                Some(("binpack", "memory")) => PlacementStrategy::Binpack { field: BinpackField::Memory },
+                Some(("spread", field)) => PlacementStrategy::Spread { field: field.to_owned() },
+                None if s == "random" => PlacementStrategy::Random,
+                _ => bail!(
+                    "--placement-strategy {s:?}: use binpack:cpu, binpack:memory, spread:node, spread:attribute:NAME or random"
+                ),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let constraints = constraints
+        .iter()
+        .map(|c| {
+            if c == "distinctInstance" {
+                PlacementConstraint::DistinctInstance
+            } else {
+                PlacementConstraint::MemberOf {
+                    expression: c.clone(),
+                }
+            }
+        })
+        .collect();
+    Ok(PlacementSpec {
+        strategy,
+        constraints,
+    })
+}
+
 /// `demo` from `127.0.0.1:5000/team/demo:latest`, made a valid family name.
 pub fn family_from_image(image: &str) -> String {
     let without_digest = image.split('@').next().unwrap_or(image);
@@ -339,6 +382,7 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
                 cpu: args.cpu,
                 memory: args.memory,
                 containers: vec![container],
+                placement: placement_flags(&args.placement_strategy, &args.placement_constraint)?,
             };
             spec.validate()
                 .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use berth_model::{
-    ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck, TaskDefinitionSpec,
-    DEFAULT_STOP_TIMEOUT_SECS,
+    ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck, PlacementSpec,
+    TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -94,6 +94,10 @@ struct TaskDefinitionSpecYaml {
     cpu: u32,
     memory: u32,
     containers: Vec<ContainerYaml>,
+    /// `strategy: [{type: spread, field: attribute:zone}]`,
+    /// `constraints: [{type: memberOf, expression: "attribute:disk == ssd"}]`.
+    #[serde(default)]
+    placement: PlacementSpec,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +221,7 @@ impl<'de> Deserialize<'de> for Seconds {
 impl TaskDefinitionDoc {
     fn into_spec(self) -> TaskDefinitionSpec {
         TaskDefinitionSpec {
+            placement: self.spec.placement,
             family: self.metadata.name.clone(),
             cpu: self.spec.cpu,
             memory: self.spec.memory,

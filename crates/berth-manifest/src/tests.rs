@@ -91,7 +91,7 @@ fn multi_document_keeps_line_numbers() {
     let bad = format!("{GOOD}---\n{}", GOOD.replace("memory: 128", "memroy: 128"));
     check(
         &bad,
-        "m.yaml:33:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`",
+        "m.yaml:33:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`, `placement`",
     );
 }
 
@@ -156,5 +156,23 @@ fn header_errors() {
     check(
         "apiVersion: v1\nkind: [oops",
         "m.yaml:2:7: kind: invalid type: sequence, expected a string",
+    );
+}
+
+#[test]
+fn placement_is_parsed_and_validated() {
+    let with_placement = GOOD.replace(
+        "  containers:\n    - name: app",
+        "  placement:\n    strategy: [{type: spread, field: \"attribute:zone\"}]\n    constraints: [{type: distinctInstance}, {type: memberOf, expression: \"attribute:disk == ssd\"}]\n  containers:\n    - name: app",
+    );
+    let docs = parse("m.yaml", &with_placement).expect("valid");
+    let Object::TaskDefinition(spec) = &docs[0].object;
+    assert_eq!(spec.placement.strategy.len(), 1);
+    assert_eq!(spec.placement.constraints.len(), 2);
+    let bad = with_placement.replace("attribute:disk == ssd", "disk is ssd");
+    let err = parse("m.yaml", &bad).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.placement.constraints[1].expression"),
+        "{err}"
     );
 }

@@ -9,12 +9,16 @@
 
 mod event;
 mod node;
+mod placement;
 mod task;
 mod task_definition;
 mod time;
 
 pub use event::{Event, EventLog, MAX_EVENTS};
 pub use node::{Node, NodeStatus, Resources};
+pub use placement::{
+    BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,
+};
 pub use task::{
     ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,
     TaskStatusUpdate,

@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EventLog, TaskDefinitionRef, Timestamp};
+use crate::{EventLog, PlacementSpec, TaskDefinitionRef, Timestamp};
 
 /// A running (or finished) copy of one task definition revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct Task {
     pub containers: Vec<ContainerState>,
     #[serde(default, skip_serializing_if = "EventLog::is_empty")]
     pub events: EventLog,
+    /// Where it may run and how nodes are ranked (from its task definition).
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
+    pub placement: PlacementSpec,
     /// The latest resource usage its node reported. Filled in by the leader from its memory
     /// when the task is read; never part of the replicated state.
     #[serde(default, skip_serializing_if = "Option::is_none")]

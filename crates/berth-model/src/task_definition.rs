@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{validate_name, Timestamp, ValidationError};
+use crate::{validate_name, PlacementSpec, Timestamp, ValidationError};
 
 /// Seconds a container gets between SIGTERM and SIGKILL when none is given (ECS uses 30).
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
@@ -24,6 +24,9 @@ pub struct TaskDefinitionSpec {
     /// Memory for the whole task in MiB.
     pub memory: u32,
     pub containers: Vec<ContainerDefinition>,
+    /// Where the family's tasks may run and how nodes are ranked.
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
+    pub placement: PlacementSpec,
 }
 
 /// One registered, immutable revision of a task definition family.
@@ -37,6 +40,8 @@ pub struct TaskDefinition {
     pub cpu: u32,
     pub memory: u32,
     pub containers: Vec<ContainerDefinition>,
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
+    pub placement: PlacementSpec,
     #[serde(with = "crate::time::rfc3339")]
     pub registered_at: Timestamp,
 }
@@ -56,6 +61,7 @@ impl TaskDefinition {
             && self.cpu == spec.cpu
             && self.memory == spec.memory
             && self.containers == spec.containers
+            && self.placement == spec.placement
     }
 }
 
@@ -305,6 +311,7 @@ impl TaskDefinitionSpec {
             }
         }
         self.validate_dependencies()?;
+        self.placement.validate("placement")?;
         if !self.containers.iter().any(|c| c.essential) {
             return Err(ValidationError::new(
                 "containers",
@@ -445,6 +452,7 @@ mod tests {
             cpu: 256,
             memory: 512,
             containers: vec![ContainerDefinition::new("app", "busybox:latest")],
+            placement: PlacementSpec::default(),
         }
     }
 

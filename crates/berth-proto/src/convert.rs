@@ -199,6 +199,7 @@ impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
             cpu: s.cpu,
             memory: s.memory,
             containers: s.containers.into_iter().map(Into::into).collect(),
+            placement: placement_to_wire(s.placement),
         }
     }
 }
@@ -215,6 +216,7 @@ impl TryFrom<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
                 .into_iter()
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
+            placement: placement_from_wire(s.placement)?,
         })
     }
 }
@@ -230,6 +232,7 @@ impl From<m::TaskDefinition> for v1::TaskDefinition {
             memory: d.memory,
             containers: d.containers.into_iter().map(Into::into).collect(),
             registered_at: d.registered_at,
+            placement: placement_to_wire(d.placement),
         }
     }
 }
@@ -250,6 +253,7 @@ impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
             registered_at: d.registered_at,
+            placement: placement_from_wire(d.placement)?,
         })
     }
 }
@@ -281,6 +285,91 @@ impl TryFrom<v1::ContainerState> for m::ContainerState {
             health_status: m::HealthStatus::from_wire("containers.healthStatus", c.health_status)?,
         })
     }
+}
+
+fn placement_to_wire(p: m::PlacementSpec) -> Option<v1::PlacementSpec> {
+    if p.is_empty() {
+        return None;
+    }
+    let strategy = p
+        .strategy
+        .into_iter()
+        .map(|s| match s {
+            m::PlacementStrategy::Binpack { field } => v1::PlacementStrategy {
+                r#type: "binpack".into(),
+                field: match field {
+                    m::BinpackField::Cpu => "cpu".into(),
+                    m::BinpackField::Memory => "memory".into(),
+                },
+            },
+            m::PlacementStrategy::Spread { field } => v1::PlacementStrategy {
+                r#type: "spread".into(),
+                field,
+            },
+            m::PlacementStrategy::Random => v1::PlacementStrategy {
+                r#type: "random".into(),
+                field: String::new(),
+            },
+        })
+        .collect();
+    let constraints = p
+        .constraints
+        .into_iter()
+        .map(|c| match c {
+            m::PlacementConstraint::DistinctInstance => v1::PlacementConstraint {
+                r#type: "distinctInstance".into(),
+                expression: String::new(),
+            },
+            m::PlacementConstraint::MemberOf { expression } => v1::PlacementConstraint {
+                r#type: "memberOf".into(),
+                expression,
+            },
+        })
+        .collect();
+    Some(v1::PlacementSpec {
+        strategy,
+        constraints,
+    })
+}
+
+fn placement_from_wire(p: Option<v1::PlacementSpec>) -> Result<m::PlacementSpec, ConversionError> {
+    let Some(p) = p else {
+        return Ok(m::PlacementSpec::default());
+    };
+    let invalid =
+        |field: &str, msg: String| ConversionError::Invalid(m::ValidationError::new(field, msg));
+    let strategy = p
+        .strategy
+        .into_iter()
+        .map(|s| match (s.r#type.as_str(), s.field.as_str()) {
+            ("binpack", "cpu" | "") => Ok(m::PlacementStrategy::Binpack { field: m::BinpackField::Cpu }),
+            ("binpack", "memory") => Ok(m::PlacementStrategy::Binpack { field: m::BinpackField::Memory }),
+            ("spread", f) => Ok(m::PlacementStrategy::Spread { field: f.to_owned() }),
+            ("random", _) => Ok(m::PlacementStrategy::Random),
+            (t, f) => Err(invalid(
+                "placement.strategy",
+                format!("unknown strategy {t:?} (field {f:?}); use binpack (cpu|memory), spread or random"),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    let constraints = p
+        .constraints
+        .into_iter()
+        .map(|c| match c.r#type.as_str() {
+            "distinctInstance" => Ok(m::PlacementConstraint::DistinctInstance),
+            "memberOf" => Ok(m::PlacementConstraint::MemberOf {
+                expression: c.expression,
+            }),
+            t => Err(invalid(
+                "placement.constraints",
+                format!("unknown constraint {t:?}; use distinctInstance or memberOf"),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(m::PlacementSpec {
+        strategy,
+        constraints,
+    })
 }
 
 fn events_to_wire(events: &m::EventLog) -> Vec<v1::Event> {
@@ -321,6 +410,7 @@ impl From<m::Task> for v1::Task {
             stop_code: stop_code_to_wire(t.stop_code),
             stopped_reason: t.stopped_reason.unwrap_or_default(),
             events: events_to_wire(&t.events),
+            placement: placement_to_wire(t.placement),
             metrics: t.metrics.map(|m| v1::TaskMetrics {
                 cpu_units: m.cpu_units,
                 memory_bytes: m.memory_bytes,
@@ -355,6 +445,7 @@ impl TryFrom<v1::Task> for m::Task {
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
             events: events_from_wire(t.events),
+            placement: placement_from_wire(t.placement)?,
             metrics: t.metrics.map(|m| m::TaskMetrics {
                 cpu_units: m.cpu_units,
                 memory_bytes: m.memory_bytes,
@@ -467,6 +558,23 @@ mod tests {
                 ..m::ContainerState::pending("app", "busybox")
             }],
             events,
+            placement: m::PlacementSpec {
+                strategy: vec![
+                    m::PlacementStrategy::Spread {
+                        field: "attribute:zone".into(),
+                    },
+                    m::PlacementStrategy::Binpack {
+                        field: m::BinpackField::Memory,
+                    },
+                    m::PlacementStrategy::Random,
+                ],
+                constraints: vec![
+                    m::PlacementConstraint::DistinctInstance,
+                    m::PlacementConstraint::MemberOf {
+                        expression: "attribute:disk == ssd".into(),
+                    },
+                ],
+            },
             metrics: Some(m::TaskMetrics {
                 cpu_units: 300.5,
                 memory_bytes: 1 << 20,

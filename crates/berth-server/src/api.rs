@@ -262,6 +262,7 @@ impl Berth for BerthService {
                     .map(|c| ContainerState::pending(&c.name, &c.image))
                     .collect(),
                 events: EventLog::default(),
+                placement: def.placement.clone(),
                 metrics: None,
             })
             .collect();

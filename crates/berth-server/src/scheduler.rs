@@ -9,6 +9,13 @@ use berth_store::{Command, Placement, State, Store, Unplaced};
 
 use crate::now_ms;
 
+/// A task's placement group: its service, or (as ECS does for standalone tasks) its family.
+fn group(t: &berth_model::Task) -> String {
+    t.group
+        .clone()
+        .unwrap_or_else(|| format!("family:{}", t.task_definition.family))
+}
+
 /// One round's decisions, or `None` when there is nothing new to write.
 pub fn plan(state: &State, at: u64) -> Option<Command> {
     let pending: Vec<_> = state
@@ -31,8 +38,15 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
                 status: n.status,
                 cpu_free: n.cpu.free(),
                 memory_free: n.memory.free(),
+                attributes: n.attributes.clone(),
             }
         })
+        .collect();
+    // Where each group already runs, for distinctInstance and spread.
+    let existing: Vec<(String, String)> = state
+        .tasks()
+        .filter(|t| !t.is_stopped())
+        .filter_map(|t| Some((t.node.clone()?, group(t))))
         .collect();
     let requests: Vec<TaskRequest> = pending
         .iter()
@@ -40,11 +54,13 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
             task_id: t.task_id.clone(),
             cpu: t.cpu.into(),
             memory: t.memory.into(),
+            group: group(t),
+            placement: t.placement.clone(),
         })
         .collect();
     let mut placements = Vec::new();
     let mut unplaced = Vec::new();
-    for decision in place(&nodes, &requests) {
+    for decision in place(&nodes, &existing, &requests) {
         match decision {
             Decision::Place { task_id, node } => placements.push(Placement { task_id, node }),
             Decision::Unplaceable { task_id, reason } => {

@@ -74,6 +74,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
                 cpu: 0,
                 memory: 64,
                 containers: vec![],
+                placement: None,
             }),
             reuse_identical: false,
         })

@@ -447,6 +447,7 @@ impl State {
             cpu: spec.cpu,
             memory: spec.memory,
             containers: spec.containers,
+            placement: spec.placement,
             registered_at: at,
         };
         revs.push(def.clone());
@@ -593,6 +594,7 @@ mod tests {
                 cpu: 256,
                 memory: 64,
                 containers: vec![ContainerDefinition::new("app", "busybox")],
+                placement: Default::default(),
             },
             reuse_identical: false,
             at: 1,
@@ -634,6 +636,7 @@ mod tests {
                 stopped_reason: None,
                 containers: vec![ContainerState::pending("app", "busybox")],
                 events: EventLog::default(),
+                placement: Default::default(),
                 metrics: None,
             }],
             client_token: Some("tok-1".into()),

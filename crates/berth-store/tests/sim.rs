@@ -284,6 +284,7 @@ impl Sim {
                 cpu: 256,
                 memory: 64,
                 containers: vec![ContainerDefinition::new("app", "busybox")],
+                placement: Default::default(),
             };
             let cmd = Command::RegisterTaskDefinition {
                 namespace: "default".into(),
@@ -322,6 +323,7 @@ impl Sim {
             stopped_reason: None,
             containers: vec![],
             events: EventLog::default(),
+            placement: Default::default(),
             metrics: None,
         };
         (
@@ -449,6 +451,7 @@ impl Sim {
                     cpu: 256,
                     memory: 64,
                     containers: vec![ContainerDefinition::new("app", "busybox")],
+                    placement: Default::default(),
                 };
                 let write = leader.raft().client_write(Command::RegisterTaskDefinition {
                     namespace: "default".into(),

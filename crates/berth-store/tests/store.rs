@@ -11,6 +11,7 @@ fn spec(family: &str) -> TaskDefinitionSpec {
         cpu: 256,
         memory: 64,
         containers: vec![ContainerDefinition::new("app", "busybox")],
+        placement: Default::default(),
     }
 }
 
