@@ -67,6 +67,13 @@ struct LocalTask {
     containers: Vec<String>,
 }
 
+/// Why a task ended without the agent running it.
+struct Ended {
+    stop_code: Option<berth_model::StopCode>,
+    reason: Option<String>,
+    event: Option<String>,
+}
+
 /// The last CPU counter of each container and when it was read.
 type CpuCounters = HashMap<String, (u64, tokio::time::Instant)>;
 
@@ -427,6 +434,28 @@ impl Agent {
         samples
     }
 
+    /// Reports a task STOPPED without running anything for it, and remembers it as finished.
+    fn ended_here(&self, tasks: &mut HashMap<String, LocalTask>, task_id: String, ended: Ended) {
+        let _ = self.updates_tx.send(TaskStatusUpdate {
+            task_id: task_id.clone(),
+            last_status: TaskStatus::Stopped,
+            containers: vec![],
+            stop_code: ended.stop_code,
+            stopped_reason: ended.reason,
+            event: ended.event,
+        });
+        let (stop, _) = watch::channel(true);
+        let done = Arc::new(AtomicBool::new(true));
+        tasks.insert(
+            task_id,
+            LocalTask {
+                stop,
+                done,
+                containers: vec![],
+            },
+        );
+    }
+
     /// Makes the tasks on this node match the server's desired set.
     fn reconcile(&self, desired: DesiredTasks, latest: &mut HashMap<String, TaskStatusUpdate>) {
         let mut existing = self
@@ -455,26 +484,14 @@ impl Agent {
                     if adopt.is_empty() && ran_before {
                         // The servers saw it run here, but no container is left.
                         tracing::warn!(task_id = %t.task_id, "task vanished while the agent was down");
-                        let _ = self.updates_tx.send(TaskStatusUpdate {
-                            task_id: t.task_id.clone(),
-                            last_status: TaskStatus::Stopped,
-                            containers: vec![],
+                        let ended = Ended {
                             stop_code: Some(berth_model::StopCode::EssentialContainerExited),
-                            stopped_reason: Some(
+                            reason: Some(
                                 "the task's containers vanished while the agent was down".into(),
                             ),
                             event: Some("containers vanished while the agent was down".into()),
-                        });
-                        let (stop, _) = watch::channel(true);
-                        let done = Arc::new(AtomicBool::new(true));
-                        tasks.insert(
-                            t.task_id,
-                            LocalTask {
-                                stop,
-                                done,
-                                containers: vec![],
-                            },
-                        );
+                        };
+                        self.ended_here(&mut tasks, t.task_id, ended);
                         continue;
                     }
                     let defs: Result<Vec<berth_model::ContainerDefinition>, _> = t
@@ -488,26 +505,14 @@ impl Agent {
                         Err(e) => {
                             // A server newer than this agent: refuse the task, say why.
                             tracing::warn!(task_id = %t.task_id, "cannot read assignment: {e}");
-                            let _ = self.updates_tx.send(TaskStatusUpdate {
-                                task_id: t.task_id.clone(),
-                                last_status: TaskStatus::Stopped,
-                                containers: vec![],
+                            let ended = Ended {
                                 stop_code: Some(berth_model::StopCode::TaskFailedToStart),
-                                stopped_reason: Some(format!(
+                                reason: Some(format!(
                                     "this node's agent cannot run the task's definition: {e}"
                                 )),
                                 event: None,
-                            });
-                            let (stop, _) = watch::channel(true);
-                            let done = Arc::new(AtomicBool::new(true));
-                            tasks.insert(
-                                t.task_id,
-                                LocalTask {
-                                    stop,
-                                    done,
-                                    containers: vec![],
-                                },
-                            );
+                            };
+                            self.ended_here(&mut tasks, t.task_id, ended);
                             continue;
                         }
                     };
@@ -542,23 +547,12 @@ impl Agent {
                 }
                 (None, DesiredStatus::Stopped) => {
                     // Stopped before this node ever started it.
-                    let _ = self.updates_tx.send(TaskStatusUpdate {
-                        task_id: t.task_id.clone(),
-                        last_status: TaskStatus::Stopped,
-                        containers: vec![],
+                    let ended = Ended {
                         stop_code: None,
-                        stopped_reason: None,
+                        reason: None,
                         event: None,
-                    });
-                    let (stop, _) = watch::channel(true);
-                    tasks.insert(
-                        t.task_id,
-                        LocalTask {
-                            stop,
-                            done: Arc::new(AtomicBool::new(true)),
-                            containers: vec![],
-                        },
-                    );
+                    };
+                    self.ended_here(&mut tasks, t.task_id, ended);
                 }
                 (Some(local), DesiredStatus::Stopped) => {
                     local.stop.send_replace(true);
