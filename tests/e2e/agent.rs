@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use berth_tests::{
-    cli, cli_json, containerd_containers, ctr, poll, wait_stopped, AgentProc, Env, ServerProc,
+    cli, cli_json, containerd_containers, ctr, poll, run_until_running, wait_stopped, AgentProc,
+    Env, ServerProc,
 };
 use serde_json::Value;
 
@@ -177,22 +178,6 @@ async fn node() -> anyhow::Result<(Env, ServerProc, AgentProc)> {
     let server = ServerProc::start(&env.path("server"), None).await?;
     let agent = AgentProc::start(&env, &server.addr.to_string(), "node-1").await?;
     Ok((env, server, agent))
-}
-
-async fn run_until_running(addr: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = cli(addr, args).await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    poll("task to run", TIMEOUT, || async {
-        let t = cli_json(addr, &["get", "task", &id]).await.ok()?;
-        (t["lastStatus"] == "RUNNING").then_some(())
-    })
-    .await?;
-    Ok(id)
 }
 
 #[tokio::test]

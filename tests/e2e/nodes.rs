@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use berth_tests::{
-    cli, cli_json, containerd_containers, poll, wait_stopped, AgentProc, Env, ServerProc,
+    cli, cli_json, containerd_containers, poll, run_until_running, wait_stopped, AgentProc, Env,
+    ServerProc,
 };
 use serde_json::Value;
 
@@ -17,24 +18,13 @@ async fn server(env: &Env) -> anyhow::Result<ServerProc> {
     Ok(s)
 }
 
+/// A `sleep 600` task that has reached RUNNING.
 async fn running_task(addr: &str, image: &str) -> anyhow::Result<String> {
-    let out = cli(
+    run_until_running(
         addr,
         &["run", "--stop-timeout", "1s", image, "--", "sleep", "600"],
     )
-    .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    poll("task to run", TIMEOUT, || async {
-        let t = cli_json(addr, &["get", "task", &id]).await.ok()?;
-        (t["lastStatus"] == "RUNNING").then_some(())
-    })
-    .await?;
-    Ok(id)
+    .await
 }
 
 async fn node(addr: &str, name: &str) -> anyhow::Result<Value> {

@@ -308,6 +308,29 @@ pub async fn cli_json(server: &str, args: &[&str]) -> anyhow::Result<Value> {
         .with_context(|| format!("parse output of berth {}", args.join(" ")))
 }
 
+/// Runs `berth run ARGS` (one task) and waits until the task is RUNNING; returns its ID.
+pub async fn run_until_running(server: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = cli(server, args).await?;
+    if !out.status.success() {
+        bail!(
+            "berth {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    poll(
+        &format!("task {id} to run"),
+        Duration::from_secs(60),
+        || async {
+            let t = cli_json(server, &["get", "task", &id]).await.ok()?;
+            (t["lastStatus"] == "RUNNING").then_some(())
+        },
+    )
+    .await?;
+    Ok(id)
+}
+
 /// Waits until the task is STOPPED and returns it.
 pub async fn wait_stopped(server: &str, task_id: &str, timeout: Duration) -> anyhow::Result<Value> {
     poll(&format!("task {task_id} to stop"), timeout, || async {

@@ -17,25 +17,9 @@ fn run(
     watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop, stop_rx) = watch::channel(false);
     let mut c = ContainerDefinition::new("app", image);
     c.stop_timeout = 0;
-    let task = TaskRun {
-        assignment: Assignment {
-            task_id: "t1".into(),
-            cpu: 256,
-            memory: 64,
-            containers: vec![c],
-        },
-        runtime: rt.clone(),
-        log_dir: std::env::temp_dir(),
-        updates: tx,
-        stop: stop_rx,
-        done: Arc::new(AtomicBool::new(false)),
-        adopt: vec![],
-        fenced: Arc::new(AtomicBool::new(false)),
-    };
+    let (task, rx, stop) = task_run(rt, vec![c]);
     (rx, stop, tokio::spawn(task.run()))
 }
 
@@ -129,8 +113,6 @@ async fn stop_request_terms_then_kills_and_removes() {
 async fn failing_health_checks_make_the_task_unhealthy_and_stop_it() {
     let rt = Arc::new(FakeRuntime::new());
     rt.exec_exits_with("t1-app", 1);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (_stop, stop_rx) = watch::channel(false);
     let mut c = ContainerDefinition::new("app", "sleeper");
     c.stop_timeout = 0;
     c.health_check = Some(berth_model::HealthCheck {
@@ -139,21 +121,7 @@ async fn failing_health_checks_make_the_task_unhealthy_and_stop_it() {
         retries: 2,
         ..berth_model::HealthCheck::new(vec!["CMD".into(), "false".into()])
     });
-    let task = TaskRun {
-        assignment: Assignment {
-            task_id: "t1".into(),
-            cpu: 256,
-            memory: 64,
-            containers: vec![c],
-        },
-        runtime: rt.clone(),
-        log_dir: std::env::temp_dir(),
-        updates: tx,
-        stop: stop_rx,
-        done: Arc::new(AtomicBool::new(false)),
-        adopt: vec![],
-        fenced: Arc::new(AtomicBool::new(false)),
-    };
+    let (task, mut rx, _stop) = task_run(&rt, vec![c]);
     task.run().await;
     let mut last = None;
     while let Ok(u) = rx.try_recv() {
