@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use berth_tests::{
-    cli, cli_json, containerd_containers, ctr, poll, run_until_running, wait_stopped, AgentProc,
-    Env, ServerProc,
+    cli, cli_json, containerd_containers, ctr, poll, run_tasks, run_until_running, wait_stopped,
+    AgentProc, Env, ServerProc,
 };
 use serde_json::Value;
 
@@ -22,11 +22,9 @@ fn events(task: &Value) -> Vec<String> {
 #[tokio::test]
 async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -> anyhow::Result<()>
 {
-    let env = Env::start().await?;
-    let server = ServerProc::start(&env.path("server"), None).await?;
+    let (env, server, agent) = node().await?;
     let addr = server.addr.to_string();
-    let agent = AgentProc::start(&env, &addr, "node-1").await?;
-    let out = cli(
+    let ids = run_tasks(
         &addr,
         &[
             "run",
@@ -41,15 +39,6 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
         ],
     )
     .await?;
-    assert!(
-        out.status.success(),
-        "run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
     assert_eq!(ids.len(), 4);
     for id in &ids {
         poll("task to run", TIMEOUT, || async {
@@ -128,10 +117,8 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
 
 #[tokio::test]
 async fn an_oom_kill_is_reported_as_such() -> anyhow::Result<()> {
-    let env = Env::start().await?;
-    let server = ServerProc::start(&env.path("server"), None).await?;
+    let (env, server, _agent) = node().await?;
     let addr = server.addr.to_string();
-    let _agent = AgentProc::start(&env, &addr, "node-1").await?;
     // `tail` keeps an ever longer line of zero bytes in memory.
     let out = cli(
         &addr,

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use berth_tests::{
-    cli, cli_json, containerd_containers, poll, run_until_running, wait_stopped, AgentProc, Env,
-    ServerProc,
+    cli, cli_json, containerd_containers, poll, run_tasks, run_until_running, wait_stopped,
+    AgentProc, Env, ServerProc,
 };
 use serde_json::Value;
 
@@ -148,7 +148,7 @@ async fn placement_constraints_choose_and_refuse_nodes_with_reasons() -> anyhow:
     let _b = AgentProc::start_with(&env, &addr, "node-b", &["--attr", "zone=b"]).await?;
 
     // distinctInstance: two tasks of the family on two different nodes.
-    let out = cli(
+    let ids = run_tasks(
         &addr,
         &[
             "run",
@@ -165,15 +165,6 @@ async fn placement_constraints_choose_and_refuse_nodes_with_reasons() -> anyhow:
         ],
     )
     .await?;
-    assert!(
-        out.status.success(),
-        "run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
     let mut nodes = Vec::new();
     for id in &ids {
         let node = poll("the task to be placed", TIMEOUT, || async {

@@ -308,8 +308,8 @@ pub async fn cli_json(server: &str, args: &[&str]) -> anyhow::Result<Value> {
         .with_context(|| format!("parse output of berth {}", args.join(" ")))
 }
 
-/// Runs `berth run ARGS` (one task) and waits until the task is RUNNING; returns its ID.
-pub async fn run_until_running(server: &str, args: &[&str]) -> anyhow::Result<String> {
+/// Runs `berth run ARGS`; returns the IDs of the tasks it created, in order.
+pub async fn run_tasks(server: &str, args: &[&str]) -> anyhow::Result<Vec<String>> {
     let out = cli(server, args).await?;
     if !out.status.success() {
         bail!(
@@ -318,7 +318,23 @@ pub async fn run_until_running(server: &str, args: &[&str]) -> anyhow::Result<St
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Runs `berth run ARGS` (one task) and waits until the task is RUNNING; returns its ID.
+pub async fn run_until_running(server: &str, args: &[&str]) -> anyhow::Result<String> {
+    let ids = run_tasks(server, args).await?;
+    let [id] = &ids[..] else {
+        bail!(
+            "berth {} created {} tasks, expected one",
+            args.join(" "),
+            ids.len()
+        );
+    };
+    let id = id.clone();
     poll(
         &format!("task {id} to run"),
         Duration::from_secs(60),
