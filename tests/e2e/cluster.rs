@@ -431,6 +431,10 @@ async fn an_agent_follows_the_leader_to_its_successor() -> anyhow::Result<()> {
     let agent = berth_tests::AgentProc::start(&env, &s.all(), "node-1").await?;
     let leader = s.leader().await?;
     s.kill(leader).await?;
+    // Elections on a loaded CI machine can outlast one write's timeout; this test is about the
+    // agent, so it waits for the successor before submitting.
+    let successor = s.leader().await?;
+    assert_ne!(successor, leader);
     // The agent must find the new leader by itself, and the new leader must place the task on
     // it and see it finish.
     let out = cli(
