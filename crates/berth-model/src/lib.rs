@@ -10,6 +10,7 @@
 mod event;
 mod node;
 mod placement;
+mod service;
 mod task;
 mod task_definition;
 mod time;
@@ -18,6 +19,10 @@ pub use event::{Event, EventLog, MAX_EVENTS};
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{
     BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,
+};
+pub use service::{
+    CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus, DeploymentStrategy,
+    LaunchBackoff, RolloutState, Service, ServiceSpec, ServiceStatus, MAX_DESIRED_COUNT,
 };
 pub use task::{
     ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,

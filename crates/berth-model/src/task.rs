@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EventLog, PlacementSpec, TaskDefinitionRef, Timestamp};
+use crate::{EventLog, PlacementSpec, TaskDefinition, TaskDefinitionRef, Timestamp};
 
 /// A running (or finished) copy of one task definition revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +16,9 @@ pub struct Task {
     /// `service:NAME` for service tasks; none for one-off tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The deployment that started it (service tasks); none for one-off tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
     /// The node the task was placed on; none until it is placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -80,6 +83,35 @@ impl TaskMetrics {
 }
 
 impl Task {
+    /// A new task of `def`, waiting for a node.
+    pub fn pending(task_id: String, namespace: &str, def: &TaskDefinition, at: Timestamp) -> Self {
+        Self {
+            task_id,
+            namespace: namespace.to_owned(),
+            task_definition: def.reference(),
+            group: None,
+            started_by: None,
+            node: None,
+            desired_status: DesiredStatus::Running,
+            last_status: TaskStatus::Pending,
+            cpu: def.cpu,
+            memory: def.memory,
+            created_at: at,
+            started_at: None,
+            stopped_at: None,
+            stop_code: None,
+            stopped_reason: None,
+            containers: def
+                .containers
+                .iter()
+                .map(|c| ContainerState::pending(&c.name, &c.image))
+                .collect(),
+            events: EventLog::default(),
+            placement: def.placement.clone(),
+            metrics: None,
+        }
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.last_status == TaskStatus::Stopped
     }

@@ -100,6 +100,22 @@ wire_enum!(m::NodeStatus, v1::NodeStatus, "node status" {
     Down <=> Down,
 });
 
+wire_enum!(m::ServiceStatus, v1::ServiceStatus, "service status" {
+    Active <=> Active,
+    Draining <=> Draining,
+});
+
+wire_enum!(m::DeploymentStatus, v1::DeploymentStatus, "deployment status" {
+    Primary <=> Primary,
+    Active <=> Active,
+});
+
+wire_enum!(m::RolloutState, v1::RolloutState, "rollout state" {
+    InProgress <=> InProgress,
+    Completed <=> Completed,
+    Failed <=> Failed,
+});
+
 /// Wire enums are `i32` fields in prost; these read them back with a field name for errors.
 pub fn task_status(field: &'static str, v: i32) -> Result<m::TaskStatus, ConversionError> {
     m::TaskStatus::from_wire(field, v)
@@ -399,6 +415,7 @@ impl From<m::Task> for v1::Task {
             namespace: t.namespace,
             task_definition: t.task_definition.to_string(),
             group: t.group.unwrap_or_default(),
+            started_by: t.started_by.unwrap_or_default(),
             node: t.node.unwrap_or_default(),
             desired_status: v1::DesiredStatus::from(t.desired_status) as i32,
             last_status: v1::TaskStatus::from(t.last_status) as i32,
@@ -429,6 +446,7 @@ impl TryFrom<v1::Task> for m::Task {
             namespace: t.namespace,
             task_definition: t.task_definition.parse()?,
             group: opt_str(t.group),
+            started_by: opt_str(t.started_by),
             node: opt_str(t.node),
             desired_status: desired_status("desiredStatus", t.desired_status)?,
             last_status: task_status("lastStatus", t.last_status)?,
@@ -530,6 +548,183 @@ impl TryFrom<v1::TaskStatusUpdate> for m::TaskStatusUpdate {
     }
 }
 
+impl From<m::DeploymentConfiguration> for v1::DeploymentConfiguration {
+    fn from(c: m::DeploymentConfiguration) -> Self {
+        Self {
+            minimum_healthy_percent: Some(c.minimum_healthy_percent),
+            maximum_percent: Some(c.maximum_percent),
+            circuit_breaker: Some(v1::CircuitBreaker {
+                enable: Some(c.circuit_breaker.enable),
+                rollback: Some(c.circuit_breaker.rollback),
+            }),
+            healthy_deadline: Some(c.healthy_deadline),
+            progress_deadline: Some(c.progress_deadline),
+            strategy: c.strategy.to_string(),
+            canary_count: Some(c.canary_count),
+            canary_bake_time: Some(c.canary_bake_time),
+        }
+    }
+}
+
+/// Absent fields take the model's defaults.
+fn deployment_configuration_from_wire(
+    c: Option<v1::DeploymentConfiguration>,
+) -> Result<m::DeploymentConfiguration, ConversionError> {
+    let d = m::DeploymentConfiguration::default();
+    let Some(c) = c else { return Ok(d) };
+    let breaker = c.circuit_breaker.unwrap_or_default();
+    let strategy = match c.strategy.as_str() {
+        "" | "rolling" => m::DeploymentStrategy::Rolling,
+        "canary" => m::DeploymentStrategy::Canary,
+        other => {
+            return Err(ConversionError::Invalid(m::ValidationError::new(
+                "deploymentConfiguration.strategy",
+                format!("unknown strategy {other:?}; use rolling or canary"),
+            )))
+        }
+    };
+    Ok(m::DeploymentConfiguration {
+        minimum_healthy_percent: c
+            .minimum_healthy_percent
+            .unwrap_or(d.minimum_healthy_percent),
+        maximum_percent: c.maximum_percent.unwrap_or(d.maximum_percent),
+        circuit_breaker: m::CircuitBreaker {
+            enable: breaker.enable.unwrap_or(d.circuit_breaker.enable),
+            rollback: breaker.rollback.unwrap_or(d.circuit_breaker.rollback),
+        },
+        healthy_deadline: c.healthy_deadline.unwrap_or(d.healthy_deadline),
+        progress_deadline: c.progress_deadline.unwrap_or(d.progress_deadline),
+        strategy,
+        canary_count: c.canary_count.unwrap_or(d.canary_count),
+        canary_bake_time: c.canary_bake_time.unwrap_or(d.canary_bake_time),
+    })
+}
+
+impl From<m::ServiceSpec> for v1::ServiceSpec {
+    fn from(s: m::ServiceSpec) -> Self {
+        Self {
+            name: s.name,
+            task_definition: s.task_definition.to_string(),
+            desired_count: s.desired_count,
+            deployment_configuration: Some(s.deployment_configuration.into()),
+            placement: placement_to_wire(s.placement),
+        }
+    }
+}
+
+impl TryFrom<v1::ServiceSpec> for m::ServiceSpec {
+    type Error = ConversionError;
+    fn try_from(s: v1::ServiceSpec) -> Result<Self, ConversionError> {
+        Ok(Self {
+            name: s.name,
+            task_definition: s.task_definition.parse()?,
+            desired_count: s.desired_count,
+            deployment_configuration: deployment_configuration_from_wire(
+                s.deployment_configuration,
+            )?,
+            placement: placement_from_wire(s.placement)?,
+        })
+    }
+}
+
+impl From<m::Deployment> for v1::Deployment {
+    fn from(d: m::Deployment) -> Self {
+        Self {
+            id: d.id,
+            status: v1::DeploymentStatus::from(d.status) as i32,
+            task_definition: d.task_definition.to_string(),
+            desired_count: d.desired_count,
+            pending_count: d.pending_count,
+            running_count: d.running_count,
+            failed_tasks: d.failed_tasks,
+            rollout_state: v1::RolloutState::from(d.rollout_state) as i32,
+            rollout_state_reason: d.rollout_state_reason,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            canary_healthy_since: d.canary_healthy_since.unwrap_or_default(),
+            promoted: d.promoted,
+        }
+    }
+}
+
+impl TryFrom<v1::Deployment> for m::Deployment {
+    type Error = ConversionError;
+    fn try_from(d: v1::Deployment) -> Result<Self, ConversionError> {
+        Ok(Self {
+            id: d.id,
+            status: m::DeploymentStatus::from_wire("deployments.status", d.status)?,
+            task_definition: d.task_definition.parse()?,
+            desired_count: d.desired_count,
+            pending_count: d.pending_count,
+            running_count: d.running_count,
+            failed_tasks: d.failed_tasks,
+            rollout_state: m::RolloutState::from_wire("deployments.rolloutState", d.rollout_state)?,
+            rollout_state_reason: d.rollout_state_reason,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            canary_healthy_since: opt_ts(d.canary_healthy_since),
+            promoted: d.promoted,
+        })
+    }
+}
+
+impl From<m::Service> for v1::Service {
+    fn from(s: m::Service) -> Self {
+        Self {
+            namespace: s.namespace,
+            name: s.name,
+            task_definition: s.task_definition.to_string(),
+            desired_count: s.desired_count,
+            deployment_configuration: Some(s.deployment_configuration.into()),
+            placement: placement_to_wire(s.placement),
+            status: v1::ServiceStatus::from(s.status) as i32,
+            running_count: s.running_count,
+            pending_count: s.pending_count,
+            deployments: s.deployments.into_iter().map(Into::into).collect(),
+            version: s.version,
+            created_at: s.created_at,
+            last_completed: s.last_completed.map(|r| r.to_string()).unwrap_or_default(),
+            events: events_to_wire(&s.events),
+            backoff_failures: s.backoff.failures,
+            backoff_until: s.backoff.not_before,
+            backoff_last_failure_at: s.backoff.last_failure_at,
+        }
+    }
+}
+
+impl TryFrom<v1::Service> for m::Service {
+    type Error = ConversionError;
+    fn try_from(s: v1::Service) -> Result<Self, ConversionError> {
+        Ok(Self {
+            namespace: s.namespace,
+            name: s.name,
+            task_definition: s.task_definition.parse()?,
+            desired_count: s.desired_count,
+            deployment_configuration: deployment_configuration_from_wire(
+                s.deployment_configuration,
+            )?,
+            placement: placement_from_wire(s.placement)?,
+            status: m::ServiceStatus::from_wire("status", s.status)?,
+            running_count: s.running_count,
+            pending_count: s.pending_count,
+            deployments: s
+                .deployments
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            version: s.version,
+            created_at: s.created_at,
+            last_completed: opt_str(s.last_completed).map(|r| r.parse()).transpose()?,
+            backoff: m::LaunchBackoff {
+                failures: s.backoff_failures,
+                not_before: s.backoff_until,
+                last_failure_at: s.backoff_last_failure_at,
+            },
+            events: events_from_wire(s.events),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +738,7 @@ mod tests {
             namespace: "default".into(),
             task_definition: "web:2".parse().expect("valid ref"),
             group: None,
+            started_by: None,
             node: Some("node-1".into()),
             desired_status: m::DesiredStatus::Stopped,
             last_status: m::TaskStatus::Stopped,

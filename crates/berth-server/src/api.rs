@@ -241,30 +241,7 @@ impl Berth for BerthService {
             .await?;
         let at = now_ms();
         let tasks = (0..count)
-            .map(|_| Task {
-                task_id: uuid::Uuid::new_v4().to_string(),
-                namespace: namespace.clone(),
-                task_definition: def.reference(),
-                group: None,
-                node: None,
-                desired_status: DesiredStatus::Running,
-                last_status: TaskStatus::Pending,
-                cpu: def.cpu,
-                memory: def.memory,
-                created_at: at,
-                started_at: None,
-                stopped_at: None,
-                stop_code: None,
-                stopped_reason: None,
-                containers: def
-                    .containers
-                    .iter()
-                    .map(|c| ContainerState::pending(&c.name, &c.image))
-                    .collect(),
-                events: EventLog::default(),
-                placement: def.placement.clone(),
-                metrics: None,
-            })
+            .map(|_| Task::pending(uuid::Uuid::new_v4().to_string(), &namespace, &def, at))
             .collect();
         let client_token = (!req.client_token.is_empty()).then_some(req.client_token);
         match self

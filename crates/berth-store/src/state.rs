@@ -624,6 +624,7 @@ mod tests {
                 namespace: "default".into(),
                 task_definition: "web:1".parse().expect("ref"),
                 group: None,
+                started_by: None,
                 node: None,
                 desired_status: DesiredStatus::Running,
                 last_status: TaskStatus::Pending,

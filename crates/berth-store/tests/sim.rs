@@ -311,6 +311,7 @@ impl Sim {
             namespace: "default".into(),
             task_definition: format!("{family}:1").parse().expect("valid ref"),
             group: None,
+            started_by: None,
             node: None,
             desired_status: DesiredStatus::Running,
             last_status: TaskStatus::Pending,

@@ -1,0 +1,446 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    validate_name, EventLog, PlacementSpec, TaskDefinitionRef, Timestamp, ValidationError,
+};
+
+/// At most this many tasks per service.
+pub const MAX_DESIRED_COUNT: u32 = 10_000;
+
+/// What a user declares: "keep `desired_count` copies of this task definition running, and
+/// change it this way". The server turns it into a [`Service`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    pub name: String,
+    /// `family` (the latest ACTIVE revision when applied) or `family:revision`.
+    pub task_definition: TaskDefinitionRef,
+    pub desired_count: u32,
+    #[serde(default)]
+    pub deployment_configuration: DeploymentConfiguration,
+    /// Added to the task definition's: the service's strategies replace the task definition's
+    /// when given; constraints of both apply.
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
+    pub placement: PlacementSpec,
+}
+
+/// How a service moves from one task definition to the next (ECS semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeploymentConfiguration {
+    /// The lower limit of healthy tasks during a deployment, in percent of desiredCount
+    /// (rounded up).
+    pub minimum_healthy_percent: u32,
+    /// The upper limit of running or pending tasks during a deployment, in percent of
+    /// desiredCount (rounded down).
+    pub maximum_percent: u32,
+    pub circuit_breaker: CircuitBreaker,
+    /// A new task that is not healthy this many seconds after it was created counts as failed
+    /// and is replaced.
+    pub healthy_deadline: u32,
+    /// A deployment that has not completed this many seconds after it started fails, so that
+    /// no deployment stays IN_PROGRESS forever.
+    pub progress_deadline: u32,
+    pub strategy: DeploymentStrategy,
+    /// Canary only: how many tasks of the new revision run first, beside the old ones.
+    pub canary_count: u32,
+    /// Canary only: seconds the canaries must stay healthy before the rest follows.
+    pub canary_bake_time: u32,
+}
+
+impl Default for DeploymentConfiguration {
+    fn default() -> Self {
+        Self {
+            minimum_healthy_percent: 100,
+            maximum_percent: 200,
+            circuit_breaker: CircuitBreaker::default(),
+            healthy_deadline: 300,
+            progress_deadline: 1800,
+            strategy: DeploymentStrategy::Rolling,
+            canary_count: 1,
+            canary_bake_time: 60,
+        }
+    }
+}
+
+/// Stops a deployment whose new tasks keep failing (and, with `rollback`, returns to the last
+/// deployment that completed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CircuitBreaker {
+    pub enable: bool,
+    pub rollback: bool,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            rollback: true,
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// Failed tasks that trip the breaker: half the desired count, at least 3 and at most 200
+    /// (as ECS).
+    pub fn threshold(desired_count: u32) -> u32 {
+        desired_count.div_ceil(2).clamp(3, 200)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeploymentStrategy {
+    /// Replace tasks within minimumHealthyPercent..maximumPercent.
+    #[default]
+    Rolling,
+    /// Run `canaryCount` new tasks first; roll the rest once they stayed healthy for the bake
+    /// time (or on `berth service promote`).
+    Canary,
+}
+
+/// A service as stored: its spec (with the task definition resolved to a revision), its
+/// deployments and what the reconciler needs to remember between rounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// Always `family:revision`.
+    pub task_definition: TaskDefinitionRef,
+    pub desired_count: u32,
+    pub deployment_configuration: DeploymentConfiguration,
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
+    pub placement: PlacementSpec,
+    pub status: ServiceStatus,
+    /// Tasks RUNNING across all deployments (as last counted by the reconciler).
+    pub running_count: u32,
+    /// Tasks placed or waiting for a node (as last counted by the reconciler).
+    pub pending_count: u32,
+    /// The primary deployment first.
+    pub deployments: Vec<Deployment>,
+    /// Bumped by every change made outside the reconciler (by users, by failed tasks); the
+    /// reconciler's decisions name the version they were made for and are refused for any
+    /// other.
+    pub version: u64,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completed: Option<TaskDefinitionRef>,
+    #[serde(default, skip_serializing_if = "LaunchBackoff::is_idle")]
+    pub backoff: LaunchBackoff,
+    #[serde(default, skip_serializing_if = "EventLog::is_empty")]
+    pub events: EventLog,
+}
+
+impl Service {
+    /// The group its tasks carry (`service:NAME`).
+    pub fn group(&self) -> String {
+        format!("service:{}", self.name)
+    }
+
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.first()
+    }
+
+    /// Records that a task of deployment `deployment_id` failed (it stopped on its own, not by
+    /// a user, the scheduler or a lost node): it counts toward that deployment's circuit
+    /// breaker while the deployment is in progress, and slows the next launches down.
+    pub fn record_failed_task(
+        &mut self,
+        deployment_id: &str,
+        task_id: &str,
+        reason: &str,
+        at: Timestamp,
+    ) {
+        if let Some(d) = self
+            .deployments
+            .iter_mut()
+            .find(|d| d.id == deployment_id && d.rollout_state == RolloutState::InProgress)
+        {
+            d.failed_tasks += 1;
+            d.updated_at = at;
+        }
+        self.backoff.record_failure(at);
+        let short = task_id.get(..8).unwrap_or(task_id);
+        self.events
+            .push(at, format!("task {short} failed: {reason}"));
+        self.version += 1;
+    }
+}
+
+/// Slows launches down after tasks fail one after another, so a crashing service does not
+/// hammer its nodes and registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchBackoff {
+    /// Tasks that failed since a task last became healthy.
+    pub failures: u32,
+    /// No new task before this time (ms since the epoch).
+    pub not_before: Timestamp,
+    pub last_failure_at: Timestamp,
+}
+
+impl LaunchBackoff {
+    /// Longest pause between launches.
+    pub const MAX_DELAY_MS: u64 = 300_000;
+
+    pub fn is_idle(&self) -> bool {
+        self.failures == 0
+    }
+
+    /// Records one failed task at `at`: the pause doubles from one second up to five minutes.
+    pub fn record_failure(&mut self, at: Timestamp) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = 1000u64
+            .saturating_mul(1u64 << self.failures.saturating_sub(1).min(20))
+            .min(Self::MAX_DELAY_MS);
+        self.last_failure_at = at;
+        self.not_before = at.saturating_add(delay);
+    }
+}
+
+/// One version of a service's tasks being rolled out (or kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub status: DeploymentStatus,
+    /// `family:revision`.
+    pub task_definition: TaskDefinitionRef,
+    /// How many tasks this deployment should run now.
+    pub desired_count: u32,
+    pub pending_count: u32,
+    pub running_count: u32,
+    /// New tasks of this deployment that failed while it was in progress.
+    pub failed_tasks: u32,
+    pub rollout_state: RolloutState,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rollout_state_reason: String,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "crate::time::rfc3339")]
+    pub updated_at: Timestamp,
+    /// Canary: since when every canary has been healthy.
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub canary_healthy_since: Option<Timestamp>,
+    /// Canary: the rest of the tasks may follow.
+    #[serde(default)]
+    pub promoted: bool,
+}
+
+impl Deployment {
+    /// A new primary deployment of `task_definition`.
+    pub fn new(id: String, task_definition: TaskDefinitionRef, at: Timestamp) -> Self {
+        Self {
+            id,
+            status: DeploymentStatus::Primary,
+            task_definition,
+            desired_count: 0,
+            pending_count: 0,
+            running_count: 0,
+            failed_tasks: 0,
+            rollout_state: RolloutState::InProgress,
+            rollout_state_reason: String::new(),
+            created_at: at,
+            updated_at: at,
+            canary_healthy_since: None,
+            promoted: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServiceStatus {
+    Active,
+    /// Deleted: its tasks are being stopped, then it disappears.
+    Draining,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentStatus {
+    /// The deployment the service converges to.
+    Primary,
+    /// An older deployment whose tasks are being replaced.
+    Active,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl fmt::Display for ServiceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Active => "ACTIVE",
+            Self::Draining => "DRAINING",
+        })
+    }
+}
+
+impl fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Primary => "PRIMARY",
+            Self::Active => "ACTIVE",
+        })
+    }
+}
+
+impl fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        })
+    }
+}
+
+impl fmt::Display for DeploymentStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Rolling => "rolling",
+            Self::Canary => "canary",
+        })
+    }
+}
+
+impl ServiceSpec {
+    /// Checks every rule a service must satisfy. Errors name the field in camelCase.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        if self.desired_count > MAX_DESIRED_COUNT {
+            return Err(ValidationError::new(
+                "desiredCount",
+                format!(
+                    "{} is too many; use at most {MAX_DESIRED_COUNT}",
+                    self.desired_count
+                ),
+            ));
+        }
+        self.deployment_configuration.validate()?;
+        self.placement.validate("placement")
+    }
+}
+
+impl DeploymentConfiguration {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let field = |f: &str| format!("deploymentConfiguration.{f}");
+        if self.minimum_healthy_percent > 100 {
+            return Err(ValidationError::new(
+                field("minimumHealthyPercent"),
+                format!("{}% is over 100%", self.minimum_healthy_percent),
+            ));
+        }
+        if self.maximum_percent < 100 || self.maximum_percent > 400 {
+            return Err(ValidationError::new(
+                field("maximumPercent"),
+                format!("{}% is out of range; use 100..=400", self.maximum_percent),
+            ));
+        }
+        if self.maximum_percent <= self.minimum_healthy_percent {
+            return Err(ValidationError::new(
+                field("maximumPercent"),
+                format!(
+                    "{}% leaves no room to replace tasks: it must be above minimumHealthyPercent ({}%)",
+                    self.maximum_percent, self.minimum_healthy_percent
+                ),
+            ));
+        }
+        if self.healthy_deadline == 0 {
+            return Err(ValidationError::new(
+                field("healthyDeadline"),
+                "must be at least 1s",
+            ));
+        }
+        if self.progress_deadline == 0 {
+            return Err(ValidationError::new(
+                field("progressDeadline"),
+                "must be at least 1s",
+            ));
+        }
+        if self.strategy == DeploymentStrategy::Canary && self.canary_count == 0 {
+            return Err(ValidationError::new(
+                field("canaryCount"),
+                "must be at least 1 with strategy canary",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            task_definition: "web".parse().expect("ref"),
+            desired_count: 3,
+            deployment_configuration: DeploymentConfiguration::default(),
+            placement: PlacementSpec::default(),
+        }
+    }
+
+    #[test]
+    fn breaker_threshold_is_half_the_desired_count_clamped() {
+        assert_eq!(CircuitBreaker::threshold(1), 3);
+        assert_eq!(CircuitBreaker::threshold(10), 5);
+        assert_eq!(CircuitBreaker::threshold(11), 6);
+        assert_eq!(CircuitBreaker::threshold(1000), 200);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let mut b = LaunchBackoff::default();
+        let delays: Vec<u64> = (0..12)
+            .map(|_| {
+                b.record_failure(1000);
+                b.not_before - 1000
+            })
+            .collect();
+        assert_eq!(&delays[..4], &[1000, 2000, 4000, 8000]);
+        assert_eq!(delays[11], LaunchBackoff::MAX_DELAY_MS);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(spec().validate().is_ok());
+        let mut s = spec();
+        s.deployment_configuration.maximum_percent = 100;
+        assert_eq!(
+            s.validate().unwrap_err().field,
+            "deploymentConfiguration.maximumPercent"
+        );
+        let mut s = spec();
+        s.name = "bad name".into();
+        assert_eq!(s.validate().unwrap_err().field, "name");
+        let mut s = spec();
+        s.desired_count = MAX_DESIRED_COUNT + 1;
+        assert_eq!(s.validate().unwrap_err().field, "desiredCount");
+    }
+
+    #[test]
+    fn configuration_defaults_fill_missing_fields() {
+        let c: DeploymentConfiguration =
+            serde_json::from_str(r#"{"maximumPercent": 150}"#).expect("parses");
+        assert_eq!(c.maximum_percent, 150);
+        assert_eq!(c.minimum_healthy_percent, 100);
+        assert!(c.circuit_breaker.enable && c.circuit_breaker.rollback);
+    }
+}

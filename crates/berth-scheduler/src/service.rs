@@ -1,0 +1,958 @@
+//! The service reconciler as a pure function: a service, its tasks and the clock in; the tasks
+//! to start and stop and the service's new deployment state out.
+//!
+//! The rules are ECS's: a deployment replaces tasks while at least `minimumHealthyPercent` of
+//! desiredCount stay healthy (rounded up) and at most `maximumPercent` run (rounded down); a
+//! task counts as healthy once RUNNING and, when its task definition has health checks, once
+//! those report HEALTHY. Tasks on DRAINING nodes are replaced under the same limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_model::{
+    CircuitBreaker, Deployment, DeploymentStatus, DeploymentStrategy, DesiredStatus, HealthStatus,
+    RolloutState, Service, ServiceStatus, Task, TaskDefinitionRef, TaskStatus, Timestamp,
+};
+
+/// What the reconciler looks at for one service.
+#[derive(Debug, Clone)]
+pub struct ServiceInput<'a> {
+    pub service: &'a Service,
+    /// The service's tasks that have not stopped yet (others are ignored).
+    pub tasks: Vec<&'a Task>,
+    /// Names of DRAINING nodes: their tasks are replaced.
+    pub draining_nodes: &'a BTreeSet<String>,
+    /// Containers with a health check, per task definition revision.
+    pub health_checked: &'a BTreeMap<TaskDefinitionRef, Vec<String>>,
+    pub now: Timestamp,
+    /// The ID a deployment created by a rollback gets.
+    pub new_deployment_id: String,
+}
+
+/// One task to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub deployment_id: String,
+    pub task_definition: TaskDefinitionRef,
+}
+
+/// One task to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOrder {
+    pub task_id: String,
+    pub reason: String,
+}
+
+/// The reconciler's decisions for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePlan {
+    /// The service with its deployments, counts, back-off and events brought up to date.
+    pub service: Service,
+    pub start: Vec<Launch>,
+    pub stop: Vec<StopOrder>,
+    /// The service was deleted and has no tasks left: remove it.
+    pub remove: bool,
+}
+
+impl ServicePlan {
+    /// Whether the plan changes nothing (so there is nothing to propose).
+    pub fn is_noop(&self, current: &Service) -> bool {
+        self.start.is_empty() && self.stop.is_empty() && !self.remove && self.service == *current
+    }
+}
+
+/// Decides what one service needs now.
+pub fn reconcile(input: &ServiceInput<'_>) -> ServicePlan {
+    let now = input.now;
+    let mut svc = input.service.clone();
+    let mut plan_stop: Vec<StopOrder> = Vec::new();
+    let mut start = Vec::new();
+    let active: Vec<&Task> = input
+        .tasks
+        .iter()
+        .copied()
+        .filter(|t| !t.is_stopped() && t.desired_status == DesiredStatus::Running)
+        .collect();
+
+    if svc.status == ServiceStatus::Draining {
+        for t in &active {
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason: format!("service {} is being deleted", svc.name),
+            });
+        }
+        let remove = input.tasks.iter().all(|t| t.is_stopped());
+        if !plan_stop.is_empty() {
+            svc.events.push(
+                now,
+                format!(
+                    "stopping {} tasks: the service was deleted",
+                    plan_stop.len()
+                ),
+            );
+        }
+        count(&mut svc, &active, &plan_stop, now);
+        return ServicePlan {
+            service: svc,
+            start,
+            stop: plan_stop,
+            remove,
+        };
+    }
+    let Some(primary) = svc.deployments.first().cloned() else {
+        return ServicePlan {
+            service: svc,
+            start,
+            stop: plan_stop,
+            remove: false,
+        };
+    };
+    let dc = svc.deployment_configuration.clone();
+    let d = svc.desired_count;
+    let in_progress = primary.rollout_state == RolloutState::InProgress;
+    let canary_phase = dc.strategy == DeploymentStrategy::Canary
+        && in_progress
+        && !primary.promoted
+        && svc.deployments.len() > 1;
+    let target = if canary_phase {
+        dc.canary_count.min(d)
+    } else {
+        d
+    };
+    let min_healthy = (u64::from(d) * u64::from(dc.minimum_healthy_percent)).div_ceil(100);
+    let mut max_total = u64::from(d) * u64::from(dc.maximum_percent) / 100;
+    if d > 0 {
+        // Rounding must leave room for one replacement, or a deployment could never progress.
+        max_total = max_total.max(min_healthy + 1);
+    }
+    let healthy = |t: &Task| is_healthy(t, input.health_checked);
+    let leaving = |t: &Task| {
+        t.node
+            .as_ref()
+            .is_some_and(|n| input.draining_nodes.contains(n))
+    };
+    let (mut primary_tasks, mut old_tasks): (Vec<&Task>, Vec<&Task>) = active
+        .iter()
+        .copied()
+        .partition(|t| t.started_by.as_deref() == Some(primary.id.as_str()) && !leaving(t));
+    let had_old = !old_tasks.is_empty();
+
+    // 1. New tasks that missed the healthy deadline count as failed and are replaced.
+    if in_progress {
+        let deadline_ms = u64::from(dc.healthy_deadline) * 1000;
+        let (late, ok): (Vec<&Task>, Vec<&Task>) = primary_tasks.iter().copied().partition(|t| {
+            // A task still waiting for capacity has not failed.
+            t.node.is_some() && !healthy(t) && now >= t.created_at.saturating_add(deadline_ms)
+        });
+        for t in &late {
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason: format!(
+                    "task did not become healthy within {}s (healthyDeadline)",
+                    dc.healthy_deadline
+                ),
+            });
+            if let Some(p) = svc.deployments.first_mut() {
+                p.failed_tasks += 1;
+            }
+            svc.backoff.record_failure(now);
+        }
+        if !late.is_empty() {
+            svc.events.push(
+                now,
+                format!(
+                    "stopped {} tasks of {} that did not become healthy within {}s",
+                    late.len(),
+                    primary.task_definition,
+                    dc.healthy_deadline
+                ),
+            );
+        }
+        primary_tasks = ok;
+    }
+
+    // 2. Surplus tasks of the primary deployment (scale-in): not healthy first, newest first.
+    if primary_tasks.len() > target as usize {
+        primary_tasks.sort_by_key(|t| {
+            (
+                healthy(t),
+                t.last_status == TaskStatus::Running,
+                std::cmp::Reverse(t.created_at),
+            )
+        });
+        let surplus = primary_tasks.len() - target as usize;
+        for t in primary_tasks.drain(..surplus) {
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason: format!("service {} scaled in to {d}", svc.name),
+            });
+        }
+        svc.events.push(
+            now,
+            format!("stopped {surplus} tasks: desired count is {d}"),
+        );
+    }
+
+    // 3. Old tasks (older deployments, draining nodes) go while enough stay healthy.
+    let old_keep = if canary_phase {
+        (d as usize).min(
+            usize::try_from(max_total)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(target as usize),
+        )
+    } else {
+        0
+    };
+    let mut healthy_now = primary_tasks.iter().filter(|t| healthy(t)).count() as u64
+        + old_tasks.iter().filter(|t| healthy(t)).count() as u64;
+    old_tasks.sort_by_key(|t| (healthy(t), !leaving(t), t.created_at));
+    let stoppable = old_tasks.len().saturating_sub(old_keep);
+    let mut stopped_old = 0;
+    let mut kept_old = Vec::new();
+    for (i, t) in old_tasks.iter().enumerate() {
+        let is_h = healthy(t);
+        if i < stoppable && (!is_h || healthy_now > min_healthy) {
+            if is_h {
+                healthy_now -= 1;
+            }
+            let reason = if leaving(t) {
+                "its node is draining".to_owned()
+            } else {
+                format!("replaced by {}", primary.task_definition)
+            };
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason,
+            });
+            stopped_old += 1;
+        } else {
+            kept_old.push(*t);
+        }
+    }
+    if stopped_old > 0 {
+        svc.events.push(
+            now,
+            format!("stopped {stopped_old} old tasks ({healthy_now} healthy tasks remain, at least {min_healthy} required)"),
+        );
+    }
+    let old_tasks = kept_old;
+
+    // 4. Start what the primary deployment lacks, within maximumPercent and the back-off.
+    let need = (target as usize).saturating_sub(primary_tasks.len());
+    let total = (primary_tasks.len() + old_tasks.len()) as u64;
+    let room = usize::try_from(max_total.saturating_sub(total)).unwrap_or(usize::MAX);
+    let launchable = primary.rollout_state != RolloutState::Failed;
+    if need > 0 && launchable {
+        if now < svc.backoff.not_before {
+            let message = format!(
+                "waiting {}s before starting tasks: {} tasks failed in a row",
+                (svc.backoff.not_before - now).div_ceil(1000),
+                svc.backoff.failures
+            );
+            let same = svc.events.last().is_some_and(|e| {
+                e.message.starts_with("waiting ")
+                    && e.message
+                        .ends_with(&format!("{} tasks failed in a row", svc.backoff.failures))
+            });
+            if !same {
+                svc.events.push(now, message);
+            }
+        } else {
+            let n = need.min(room);
+            for _ in 0..n {
+                start.push(Launch {
+                    deployment_id: primary.id.clone(),
+                    task_definition: primary.task_definition.clone(),
+                });
+            }
+            if n > 0 {
+                svc.events.push(
+                    now,
+                    format!(
+                        "started {n} tasks of {} (deployment {})",
+                        primary.task_definition, primary.id
+                    ),
+                );
+            }
+        }
+    }
+
+    // 5. The primary deployment's rollout state.
+    let primary_healthy = primary_tasks.iter().filter(|t| healthy(t)).count();
+    if let Some(p) = svc.deployments.first_mut() {
+        if canary_phase {
+            if primary_tasks.len() == target as usize && primary_healthy == target as usize {
+                let since = *p.canary_healthy_since.get_or_insert(now);
+                if now >= since.saturating_add(u64::from(dc.canary_bake_time) * 1000) {
+                    p.promoted = true;
+                    svc.events.push(
+                        now,
+                        format!(
+                            "canary of {} healthy for {}s: promoting",
+                            p.task_definition, dc.canary_bake_time
+                        ),
+                    );
+                }
+            } else {
+                p.canary_healthy_since = None;
+            }
+        }
+    }
+    if in_progress {
+        let failed = svc.deployments.first().map_or(0, |p| p.failed_tasks);
+        let breaker = dc.circuit_breaker.enable && failed >= CircuitBreaker::threshold(d);
+        let late = now
+            >= primary
+                .created_at
+                .saturating_add(u64::from(dc.progress_deadline) * 1000);
+        if breaker {
+            fail(
+                &mut svc,
+                format!(
+                    "circuit breaker: {failed} tasks failed (threshold {})",
+                    CircuitBreaker::threshold(d)
+                ),
+                input,
+            );
+        } else if late {
+            fail(
+                &mut svc,
+                format!(
+                    "the deployment did not complete within {}s (progressDeadline)",
+                    dc.progress_deadline
+                ),
+                input,
+            );
+        } else if !canary_phase
+            && !had_old
+            && primary_tasks.len() == d as usize
+            && primary_healthy == d as usize
+        {
+            let p = &mut svc.deployments[0];
+            p.rollout_state = RolloutState::Completed;
+            p.rollout_state_reason = format!("{d} tasks of {} are healthy", p.task_definition);
+            p.updated_at = now;
+            svc.last_completed = Some(p.task_definition.clone());
+            let message = format!("deployment {} completed: {}", p.id, p.rollout_state_reason);
+            svc.events.push(now, message);
+        }
+    }
+
+    // 6. Old deployments without tasks disappear.
+    let remaining: BTreeSet<&str> = old_tasks
+        .iter()
+        .chain(primary_tasks.iter())
+        .filter_map(|t| t.started_by.as_deref())
+        .collect();
+    let primary_id = svc.deployments.first().map(|p| p.id.clone());
+    svc.deployments
+        .retain(|dep| Some(&dep.id) == primary_id.as_ref() || remaining.contains(dep.id.as_str()));
+
+    // 7. Back-off ends once a new task is healthy after the last failure.
+    if svc.backoff.failures > 0
+        && primary_tasks.iter().any(|t| {
+            healthy(t)
+                && t.started_at
+                    .is_some_and(|s| s > svc.backoff.last_failure_at)
+        })
+    {
+        svc.backoff = Default::default();
+    }
+
+    if let Some(p) = svc.deployments.first_mut() {
+        if p.id == primary.id && p.desired_count != target {
+            p.desired_count = target;
+            p.updated_at = now;
+        }
+    }
+    count(&mut svc, &active, &plan_stop, now);
+    ServicePlan {
+        service: svc,
+        start,
+        stop: plan_stop,
+        remove: false,
+    }
+}
+
+/// Marks the primary deployment FAILED and, when the circuit breaker allows it and an earlier
+/// deployment completed, rolls back to it with a new primary deployment.
+fn fail(svc: &mut Service, reason: String, input: &ServiceInput<'_>) {
+    let now = input.now;
+    let rollback_to = svc
+        .last_completed
+        .clone()
+        .filter(|_| svc.deployment_configuration.circuit_breaker.rollback)
+        .filter(|td| Some(td) != svc.deployments.first().map(|p| &p.task_definition));
+    let Some(p) = svc.deployments.first_mut() else {
+        return;
+    };
+    p.rollout_state = RolloutState::Failed;
+    p.rollout_state_reason = reason.clone();
+    p.updated_at = now;
+    let failed_id = p.id.clone();
+    match rollback_to {
+        Some(td) => {
+            p.status = DeploymentStatus::Active;
+            // An older deployment of that revision that still has tasks becomes primary again
+            // (its tasks keep serving); otherwise a new deployment starts.
+            let next = match svc
+                .deployments
+                .iter()
+                .skip(1)
+                .position(|d| d.task_definition == td)
+            {
+                Some(i) => {
+                    let mut d = svc.deployments.remove(i + 1);
+                    d.status = DeploymentStatus::Primary;
+                    d.rollout_state = RolloutState::InProgress;
+                    d.failed_tasks = 0;
+                    d.created_at = now;
+                    d.updated_at = now;
+                    d
+                }
+                None => Deployment::new(input.new_deployment_id.clone(), td.clone(), now),
+            };
+            let mut next = next;
+            next.rollout_state_reason = format!("rollback from failed deployment {failed_id}");
+            svc.deployments.insert(0, next);
+            svc.task_definition = td.clone();
+            svc.events.push(
+                now,
+                format!("deployment {failed_id} failed: {reason}; rolling back to {td}"),
+            );
+        }
+        None => svc
+            .events
+            .push(now, format!("deployment {failed_id} failed: {reason}")),
+    }
+}
+
+/// Updates the running/pending counts of the service and its deployments after `stops`.
+fn count(svc: &mut Service, active: &[&Task], stops: &[StopOrder], now: Timestamp) {
+    let stopping: BTreeSet<&str> = stops.iter().map(|s| s.task_id.as_str()).collect();
+    let live: Vec<&&Task> = active
+        .iter()
+        .filter(|t| !stopping.contains(t.task_id.as_str()))
+        .collect();
+    let running = |t: &&&Task| t.last_status == TaskStatus::Running;
+    svc.running_count = live.iter().filter(|t| running(t)).count() as u32;
+    svc.pending_count = live.len() as u32 - svc.running_count;
+    let primary_id = svc.deployments.first().map(|p| p.id.clone());
+    for dep in &mut svc.deployments {
+        let mine: Vec<&&&Task> = live
+            .iter()
+            .filter(|t| t.started_by.as_deref() == Some(dep.id.as_str()))
+            .collect();
+        let running_count = mine.iter().filter(|t| running(t)).count() as u32;
+        let pending_count = mine.len() as u32 - running_count;
+        let desired = if Some(&dep.id) == primary_id.as_ref() {
+            dep.desired_count
+        } else {
+            mine.len() as u32
+        };
+        if (dep.running_count, dep.pending_count, dep.desired_count)
+            != (running_count, pending_count, desired)
+        {
+            dep.running_count = running_count;
+            dep.pending_count = pending_count;
+            dep.desired_count = desired;
+            dep.updated_at = now;
+        }
+    }
+}
+
+/// RUNNING and, for every container with a health check, HEALTHY.
+pub fn is_healthy(t: &Task, health_checked: &BTreeMap<TaskDefinitionRef, Vec<String>>) -> bool {
+    if t.last_status != TaskStatus::Running {
+        return false;
+    }
+    let Some(checked) = health_checked.get(&t.task_definition) else {
+        return true;
+    };
+    checked.iter().all(|name| {
+        t.containers
+            .iter()
+            .any(|c| &c.name == name && c.health_status == HealthStatus::Healthy)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_model::{
+        ContainerState, DeploymentConfiguration, EventLog, LaunchBackoff, PlacementSpec, StopCode,
+    };
+
+    use super::*;
+
+    /// How a newly started task behaves in the little world below.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Outcome {
+        /// RUNNING one round after it starts, HEALTHY the round after.
+        Healthy,
+        /// Stops one round after it starts (image pull failure, crash).
+        Fails,
+        /// RUNNING but never HEALTHY.
+        NeverHealthy,
+        /// Never placed (no capacity).
+        Unplaced,
+    }
+
+    /// A service, its tasks and a clock: applies plans as the state machine would, and
+    /// moves tasks along as agents would.
+    struct World {
+        svc: Service,
+        tasks: Vec<(Task, Outcome)>,
+        draining: BTreeSet<String>,
+        checked: BTreeMap<TaskDefinitionRef, Vec<String>>,
+        now: Timestamp,
+        ids: u32,
+        outcome: BTreeMap<String, Outcome>,
+    }
+
+    fn td(s: &str) -> TaskDefinitionRef {
+        s.parse().expect("task definition ref")
+    }
+
+    impl World {
+        fn new(desired: u32, config: DeploymentConfiguration) -> Self {
+            let svc = Service {
+                namespace: "default".into(),
+                name: "web".into(),
+                task_definition: td("web:1"),
+                desired_count: desired,
+                deployment_configuration: config,
+                placement: PlacementSpec::default(),
+                status: ServiceStatus::Active,
+                running_count: 0,
+                pending_count: 0,
+                deployments: vec![Deployment::new("d1".into(), td("web:1"), 0)],
+                version: 1,
+                created_at: 0,
+                last_completed: None,
+                backoff: LaunchBackoff::default(),
+                events: EventLog::default(),
+            };
+            let checked = ["web:1", "web:2", "web:3"]
+                .into_iter()
+                .map(|r| (td(r), vec!["app".to_owned()]))
+                .collect();
+            Self {
+                svc,
+                tasks: Vec::new(),
+                draining: BTreeSet::new(),
+                checked,
+                now: 0,
+                ids: 0,
+                outcome: [("web:1".to_owned(), Outcome::Healthy)].into(),
+            }
+        }
+
+        /// A user changes the task definition (as `Command::ApplyService` does).
+        fn deploy(&mut self, to: &str, outcome: Outcome) {
+            self.ids += 1;
+            let id = format!("d-{to}-{}", self.ids);
+            for d in &mut self.svc.deployments {
+                d.status = DeploymentStatus::Active;
+            }
+            self.svc
+                .deployments
+                .insert(0, Deployment::new(id, td(to), self.now));
+            self.svc.task_definition = td(to);
+            self.svc.version += 1;
+            self.outcome.insert(to.to_owned(), outcome);
+        }
+
+        fn live(&self) -> Vec<&Task> {
+            self.tasks
+                .iter()
+                .map(|(t, _)| t)
+                .filter(|t| !t.is_stopped())
+                .collect()
+        }
+
+        fn healthy(&self) -> usize {
+            self.live()
+                .iter()
+                .filter(|t| is_healthy(t, &self.checked))
+                .count()
+        }
+
+        fn on(&self, r: &str) -> usize {
+            self.live()
+                .iter()
+                .filter(|t| t.task_definition == td(r))
+                .count()
+        }
+
+        /// One reconciler round, then one second of agents' progress.
+        fn round(&mut self) -> ServicePlan {
+            self.ids += 1;
+            let live: Vec<&Task> = self.live();
+            let plan = reconcile(&ServiceInput {
+                service: &self.svc,
+                tasks: live,
+                draining_nodes: &self.draining,
+                health_checked: &self.checked,
+                now: self.now,
+                new_deployment_id: format!("d-rollback-{}", self.ids),
+            });
+            self.apply(&plan);
+            self.now += 1000;
+            self.progress();
+            plan
+        }
+
+        fn apply(&mut self, plan: &ServicePlan) {
+            self.svc = plan.service.clone();
+            for stop in &plan.stop {
+                for (t, _) in &mut self.tasks {
+                    if t.task_id == stop.task_id {
+                        t.desired_status = DesiredStatus::Stopped;
+                        t.last_status = TaskStatus::Stopped;
+                        t.stop_code = Some(StopCode::ServiceSchedulerInitiated);
+                    }
+                }
+            }
+            for launch in &plan.start {
+                self.ids += 1;
+                let outcome = self.outcome[&launch.task_definition.to_string()];
+                let task = Task {
+                    task_id: format!("t{}", self.ids),
+                    namespace: "default".into(),
+                    task_definition: launch.task_definition.clone(),
+                    group: Some("service:web".into()),
+                    started_by: Some(launch.deployment_id.clone()),
+                    node: (outcome != Outcome::Unplaced).then(|| "n1".to_owned()),
+                    desired_status: DesiredStatus::Running,
+                    last_status: TaskStatus::Pending,
+                    cpu: 256,
+                    memory: 64,
+                    created_at: self.now,
+                    started_at: None,
+                    stopped_at: None,
+                    stop_code: None,
+                    stopped_reason: None,
+                    containers: vec![ContainerState::pending("app", "img")],
+                    events: EventLog::default(),
+                    placement: PlacementSpec::default(),
+                    metrics: None,
+                };
+                self.tasks.push((task, outcome));
+            }
+        }
+
+        fn progress(&mut self) {
+            let now = self.now;
+            let mut failed = Vec::new();
+            for (t, outcome) in &mut self.tasks {
+                if t.is_stopped() {
+                    continue;
+                }
+                match (*outcome, t.last_status) {
+                    (Outcome::Unplaced, _) => {}
+                    (Outcome::Fails, _) => {
+                        t.last_status = TaskStatus::Stopped;
+                        t.stop_code = Some(StopCode::TaskFailedToStart);
+                        failed.push((t.started_by.clone().unwrap_or_default(), t.task_id.clone()));
+                    }
+                    (_, TaskStatus::Pending) => {
+                        t.last_status = TaskStatus::Running;
+                        t.started_at = Some(now);
+                    }
+                    (Outcome::Healthy, TaskStatus::Running) => {
+                        t.containers[0].health_status = HealthStatus::Healthy;
+                    }
+                    _ => {}
+                }
+            }
+            for (deployment, task) in failed {
+                self.svc
+                    .record_failed_task(&deployment, &task, "image not found", now);
+            }
+        }
+
+        fn primary(&self) -> &Deployment {
+            &self.svc.deployments[0]
+        }
+
+        fn events(&self) -> Vec<String> {
+            self.svc.events.iter().map(|e| e.message.clone()).collect()
+        }
+    }
+
+    fn converge(w: &mut World) {
+        for _ in 0..20 {
+            w.round();
+        }
+    }
+
+    #[test]
+    fn a_new_service_starts_its_tasks_and_completes_once_they_are_healthy() {
+        let mut w = World::new(3, DeploymentConfiguration::default());
+        let plan = w.round();
+        assert_eq!(plan.start.len(), 3);
+        assert_eq!(w.primary().rollout_state, RolloutState::InProgress);
+        converge(&mut w);
+        assert_eq!(w.healthy(), 3);
+        assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+        assert_eq!(w.svc.last_completed, Some(td("web:1")));
+        assert_eq!((w.svc.running_count, w.svc.pending_count), (3, 0));
+        // A converged service plans nothing.
+        let live = w.live();
+        let plan = reconcile(&ServiceInput {
+            service: &w.svc,
+            tasks: live,
+            draining_nodes: &w.draining,
+            health_checked: &w.checked,
+            now: w.now,
+            new_deployment_id: "x".into(),
+        });
+        assert!(plan.is_noop(&w.svc), "{plan:?}");
+    }
+
+    /// Rolling updates keep the healthy count at or above the minimum and the total at or
+    /// below the maximum, for each configuration.
+    #[test]
+    fn rolling_updates_stay_within_minimum_healthy_and_maximum_percent() {
+        for (desired, min, max) in [
+            (3, 100, 200),
+            (4, 50, 100),
+            (5, 100, 150),
+            (3, 0, 100),
+            (1, 100, 200),
+            (10, 90, 110),
+        ] {
+            let config = DeploymentConfiguration {
+                minimum_healthy_percent: min,
+                maximum_percent: max,
+                ..DeploymentConfiguration::default()
+            };
+            let mut w = World::new(desired, config);
+            converge(&mut w);
+            w.deploy("web:2", Outcome::Healthy);
+            let floor = (desired * min).div_ceil(100) as usize;
+            let ceiling = ((desired * max / 100).max(floor as u32 + 1)) as usize;
+            for round in 0..40 {
+                w.round();
+                let case = format!("desired {desired} min {min}% max {max}% round {round}");
+                assert!(w.healthy() >= floor, "{case}: {} healthy", w.healthy());
+                assert!(
+                    w.live().len() <= ceiling,
+                    "{case}: {} tasks",
+                    w.live().len()
+                );
+            }
+            assert_eq!(
+                w.on("web:2"),
+                desired as usize,
+                "desired {desired} min {min} max {max}"
+            );
+            assert_eq!(w.on("web:1"), 0);
+            assert_eq!(w.svc.deployments.len(), 1);
+            assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+        }
+    }
+
+    #[test]
+    fn the_circuit_breaker_trips_and_rolls_back_to_the_last_completed_deployment() {
+        let mut w = World::new(3, DeploymentConfiguration::default());
+        converge(&mut w);
+        w.deploy("web:2", Outcome::Healthy);
+        converge(&mut w);
+        w.deploy("web:3", Outcome::Fails);
+        for _ in 0..60 {
+            w.round();
+            assert!(w.healthy() >= 3, "healthy tasks must never drop below 3");
+        }
+        let failed = w
+            .svc
+            .deployments
+            .iter()
+            .find(|d| d.task_definition == td("web:3"));
+        assert!(
+            failed.is_none(),
+            "the failed deployment is gone once drained"
+        );
+        assert_eq!(w.svc.task_definition, td("web:2"));
+        assert_eq!(w.primary().task_definition, td("web:2"));
+        assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+        assert_eq!(w.on("web:2"), 3);
+        let events = w.events().join("\n");
+        assert!(
+            events.contains(
+                "failed: circuit breaker: 3 tasks failed (threshold 3); rolling back to web:2"
+            ),
+            "{events}"
+        );
+    }
+
+    #[test]
+    fn without_rollback_a_tripped_deployment_stays_failed_and_launches_nothing() {
+        let mut config = DeploymentConfiguration::default();
+        config.circuit_breaker.rollback = false;
+        let mut w = World::new(2, config);
+        converge(&mut w);
+        w.deploy("web:2", Outcome::Fails);
+        converge(&mut w);
+        converge(&mut w);
+        assert_eq!(w.primary().rollout_state, RolloutState::Failed);
+        assert_eq!(w.on("web:1"), 2, "the old tasks keep serving");
+        let plan = w.round();
+        assert!(plan.start.is_empty());
+    }
+
+    #[test]
+    fn tasks_that_never_become_healthy_fail_the_deployment_by_deadline() {
+        let config = DeploymentConfiguration {
+            healthy_deadline: 5,
+            ..DeploymentConfiguration::default()
+        };
+        let mut w = World::new(3, config);
+        converge(&mut w);
+        w.deploy("web:2", Outcome::NeverHealthy);
+        for _ in 0..120 {
+            w.round();
+        }
+        assert_eq!(w.svc.task_definition, td("web:1"), "rolled back");
+        assert_eq!(w.on("web:1"), 3);
+        assert!(w
+            .events()
+            .iter()
+            .any(|e| e.contains("did not become healthy within 5s")));
+    }
+
+    #[test]
+    fn a_deployment_that_cannot_progress_fails_at_its_deadline() {
+        let mut config = DeploymentConfiguration {
+            progress_deadline: 30,
+            ..DeploymentConfiguration::default()
+        };
+        config.circuit_breaker.enable = false;
+        let mut w = World::new(2, config);
+        converge(&mut w);
+        w.deploy("web:2", Outcome::Unplaced);
+        for _ in 0..40 {
+            w.round();
+        }
+        assert!(w
+            .events()
+            .iter()
+            .any(|e| e.contains("did not complete within 30s")));
+        assert_eq!(w.svc.task_definition, td("web:1"));
+        assert_eq!(
+            w.on("web:2"),
+            0,
+            "the unplaceable tasks were stopped by the rollback"
+        );
+    }
+
+    #[test]
+    fn failed_tasks_are_replaced_with_growing_pauses() {
+        let mut config = DeploymentConfiguration::default();
+        config.circuit_breaker.enable = false;
+        let mut w = World::new(1, config);
+        w.outcome.insert("web:1".into(), Outcome::Fails);
+        let mut launches = Vec::new();
+        for _ in 0..40 {
+            let plan = w.round();
+            if !plan.start.is_empty() {
+                launches.push(w.now / 1000);
+            }
+        }
+        let gaps: Vec<u64> = launches.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "gaps grow: {gaps:?}");
+        assert!(gaps.last().copied().unwrap_or(0) >= 8, "{gaps:?}");
+        assert!(w.events().iter().any(|e| e.starts_with("waiting ")));
+    }
+
+    #[test]
+    fn scaling_in_stops_pending_tasks_before_healthy_ones() {
+        let mut w = World::new(3, DeploymentConfiguration::default());
+        converge(&mut w);
+        w.svc.desired_count = 5;
+        w.svc.version += 1;
+        w.outcome.insert("web:1".into(), Outcome::Unplaced);
+        w.round();
+        assert_eq!(w.live().len(), 5);
+        w.svc.desired_count = 3;
+        let plan = w.round();
+        assert_eq!(plan.stop.len(), 2);
+        assert_eq!(w.healthy(), 3, "only the unplaced tasks were stopped");
+    }
+
+    #[test]
+    fn tasks_on_a_draining_node_are_replaced_before_they_stop() {
+        let mut w = World::new(2, DeploymentConfiguration::default());
+        converge(&mut w);
+        w.draining.insert("n1".into());
+        // Replacements also land on "n1" in this world, so mark the old ones by ID instead.
+        let old: Vec<String> = w.live().iter().map(|t| t.task_id.clone()).collect();
+        for (t, _) in &mut w.tasks {
+            if old.contains(&t.task_id) {
+                t.node = Some("n1".into());
+            }
+        }
+        w.outcome.insert("web:1".into(), Outcome::Healthy);
+        let first = w.round();
+        assert_eq!(first.start.len(), 2);
+        assert!(
+            first.stop.is_empty(),
+            "nothing stops before its replacement is healthy"
+        );
+    }
+
+    #[test]
+    fn deleting_stops_every_task_then_removes_the_service() {
+        let mut w = World::new(2, DeploymentConfiguration::default());
+        converge(&mut w);
+        w.svc.status = ServiceStatus::Draining;
+        w.svc.desired_count = 0;
+        let plan = w.round();
+        assert_eq!(plan.stop.len(), 2);
+        assert!(!plan.remove);
+        let plan = w.round();
+        assert!(plan.remove);
+    }
+
+    #[test]
+    fn a_canary_runs_beside_the_old_tasks_then_the_rest_follows_after_the_bake_time() {
+        let config = DeploymentConfiguration {
+            strategy: DeploymentStrategy::Canary,
+            canary_count: 1,
+            canary_bake_time: 10,
+            ..DeploymentConfiguration::default()
+        };
+        let mut w = World::new(3, config);
+        converge(&mut w);
+        w.deploy("web:2", Outcome::Healthy);
+        for _ in 0..8 {
+            w.round();
+        }
+        assert_eq!(
+            (w.on("web:2"), w.on("web:1")),
+            (1, 3),
+            "one canary beside the old tasks"
+        );
+        assert!(!w.primary().promoted);
+        converge(&mut w);
+        assert!(w.primary().promoted);
+        assert_eq!((w.on("web:2"), w.on("web:1")), (3, 0));
+        assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+    }
+
+    #[test]
+    fn a_failing_canary_rolls_back_without_touching_the_old_tasks() {
+        let config = DeploymentConfiguration {
+            strategy: DeploymentStrategy::Canary,
+            ..DeploymentConfiguration::default()
+        };
+        let mut w = World::new(3, config);
+        converge(&mut w);
+        w.deploy("web:2", Outcome::Fails);
+        for _ in 0..60 {
+            w.round();
+            assert_eq!(w.on("web:1"), 3);
+        }
+        assert_eq!(w.svc.task_definition, td("web:1"));
+        assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+    }
+}
