@@ -4,6 +4,7 @@
 mod agent;
 mod cluster;
 mod nodes;
+mod services;
 
 use std::time::{Duration, Instant};
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_stream::StreamExt;
 
 use crate::output::{age, structured, table, Format};
-use crate::{status_error, Client, GlobalArgs};
+use crate::{services, status_error, Client, GlobalArgs};
 
 /// How often `run --wait` asks for the task's state.
 const POLL: Duration = Duration::from_millis(100);
@@ -34,11 +34,42 @@ pub enum Command {
         /// Validate only; store nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Wait until every service's rollout finished; exit 1 when one failed.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        timeout: Duration,
     },
-    /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], nodes.
+    /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], services,
+    /// service NAME, nodes.
     Get { kind: String, name: Option<String> },
-    /// Show an object in detail: task ID, taskdef FAMILY[:REV], node NAME.
+    /// Show an object in detail: task ID, taskdef FAMILY[:REV], service NAME, node NAME.
     Describe { kind: String, name: String },
+    /// Change a service's desired count.
+    Scale {
+        service: String,
+        count: u32,
+        /// Wait until the service runs that many tasks.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        timeout: Duration,
+    },
+    /// Delete the objects of manifests (-f) or one object (`delete service NAME`): a service
+    /// stops its tasks, then disappears.
+    Delete {
+        /// A file, a directory of *.yaml/*.yml files, or - for stdin.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+        files: Vec<String>,
+        #[arg(required_unless_present = "files", requires = "name")]
+        kind: Option<String>,
+        name: Option<String>,
+    },
+    /// Service operations beyond apply/scale/delete.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Print a task's output.
     Logs {
         task: String,
@@ -84,6 +115,12 @@ pub enum Command {
     /// Drain or activate a node.
     #[command(subcommand)]
     Node(NodeCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Let a canary deployment's remaining tasks follow now, without waiting for the bake time.
+    Promote { name: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -169,7 +206,33 @@ pub struct RunArgs {
 pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Run(args) => run_task(&global, args).await,
-        Command::Apply { files, dry_run } => apply(&global, &files, dry_run).await.map(|()| 0),
+        Command::Apply {
+            files,
+            dry_run,
+            wait,
+            timeout,
+        } => apply(&global, &files, dry_run, wait.then_some(timeout)).await,
+        Command::Scale {
+            service,
+            count,
+            wait,
+            timeout,
+        } => {
+            let mut client = Client::new(&global.servers);
+            let s = services::scale(&mut client, &global, &service, count).await?;
+            println!("service/{} scaled to {}", s.name, s.desired_count);
+            if wait && !services::wait(&mut client, &global, &service, None, timeout).await? {
+                return Ok(1);
+            }
+            Ok(0)
+        }
+        Command::Delete { files, kind, name } => {
+            delete(&global, &files, kind, name).await.map(|()| 0)
+        }
+        Command::Service(ServiceCommand::Promote { name }) => {
+            services::promote(&mut Client::new(&global.servers), &global, &name).await?;
+            Ok(0)
+        }
         Command::Get { kind, name } => get(&global, &kind, name.as_deref()).await.map(|()| 0),
         Command::Describe { kind, name } => describe(&global, &kind, &name).await.map(|()| 0),
         Command::Logs {
@@ -583,8 +646,8 @@ fn read_manifest_sources(files: &[String]) -> anyhow::Result<Vec<(String, String
     Ok(sources)
 }
 
-async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::Result<()> {
-    // Parse and validate everything before storing anything.
+/// Parses every manifest of `files`; nothing is sent when any document is invalid.
+fn read_documents(files: &[String]) -> anyhow::Result<Vec<berth_manifest::Document>> {
     let mut documents = Vec::new();
     for (name, text) in read_manifest_sources(files)? {
         documents.extend(berth_manifest::parse(&name, &text)?);
@@ -592,17 +655,19 @@ async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::
     if documents.is_empty() {
         bail!("no objects found in {}", files.join(", "));
     }
-    if dry_run {
-        for d in &documents {
-            println!(
-                "{}/{} valid (dry run)",
-                d.object.kind().to_lowercase(),
-                d.metadata.name
-            );
-        }
-        return Ok(());
-    }
+    Ok(documents)
+}
+
+async fn apply(
+    global: &GlobalArgs,
+    files: &[String],
+    dry_run: bool,
+    wait: Option<Duration>,
+) -> anyhow::Result<i32> {
+    // Parse and validate everything before storing anything.
+    let documents = read_documents(files)?;
     let mut client = Client::new(&global.servers);
+    let mut rollouts = Vec::new();
     for d in documents {
         let namespace = d
             .metadata
@@ -610,6 +675,9 @@ async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::
             .clone()
             .unwrap_or_else(|| global.namespace.clone());
         match d.object {
+            berth_manifest::Object::TaskDefinition(spec) if dry_run => {
+                println!("taskdefinition/{} valid (dry run)", spec.family);
+            }
             berth_manifest::Object::TaskDefinition(spec) => {
                 let req = pb::RegisterTaskDefinitionRequest {
                     namespace,
@@ -627,6 +695,74 @@ async fn apply(global: &GlobalArgs, files: &[String], dry_run: bool) -> anyhow::
                     .context("server sent no task definition")?;
                 let verb = if r.created { "registered" } else { "unchanged" };
                 println!("taskdefinition/{}:{} {verb}", def.family, def.revision);
+            }
+            berth_manifest::Object::Service { spec, template } => {
+                if let Some(applied) =
+                    services::apply(&mut client, namespace, spec, template, dry_run).await?
+                {
+                    rollouts.push(applied);
+                }
+            }
+        }
+    }
+    let Some(timeout) = wait else { return Ok(0) };
+    let mut code = 0;
+    for r in rollouts {
+        let g = GlobalArgs {
+            namespace: r.service.namespace.clone(),
+            ..global.clone()
+        };
+        let ok = services::wait(
+            &mut client,
+            &g,
+            &r.service.name,
+            r.deployment.as_deref(),
+            timeout,
+        )
+        .await?;
+        if ok {
+            println!("service/{} rollout complete", r.service.name);
+        } else {
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
+async fn delete(
+    global: &GlobalArgs,
+    files: &[String],
+    kind: Option<String>,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let mut client = Client::new(&global.servers);
+    if let (Some(kind), Some(name)) = (kind, name) {
+        return match kind.as_str() {
+            "service" | "services" | "svc" => {
+                services::delete(&mut client, &global.namespace, &name).await
+            }
+            "taskdef" | "taskdefs" | "taskdefinition" | "taskdefinitions" => {
+                bail!("task definition revisions are immutable and kept; stop using {name} instead")
+            }
+            "task" | "tasks" => bail!("use `berth stop {name}` to stop a task"),
+            other => bail!("cannot delete kind {other:?}; use service NAME"),
+        };
+    }
+    for d in read_documents(files)? {
+        let namespace = d
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| global.namespace.clone());
+        match d.object {
+            berth_manifest::Object::Service { spec, .. } => {
+                services::delete(&mut client, &namespace, &spec.name).await?;
+            }
+            berth_manifest::Object::TaskDefinition(spec) => {
+                println!(
+                    "taskdefinition/{} kept (revisions are immutable)",
+                    spec.family
+                );
             }
         }
     }
@@ -896,6 +1032,14 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
                 .await?;
             print_taskdefs(global.output, &[def.try_into()?], true)
         }
+        ("services" | "service" | "svc", None) => {
+            let list = services::list(&mut client, global).await?;
+            services::print(global.output, &list, false)
+        }
+        ("services" | "service" | "svc", Some(name)) => {
+            let s = services::fetch(&mut client, global, name).await?;
+            services::print(global.output, &[s], true)
+        }
         ("nodes" | "node", name) => {
             let nodes = client
                 .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { stale }).await })
@@ -914,7 +1058,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             print_nodes(global.output, &nodes, name.is_some())
         }
         (other, _) => bail!(
-            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV] or nodes"
+            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV], services, service NAME or nodes"
         ),
     }
 }
@@ -985,6 +1129,11 @@ async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result
             for e in t.events.iter() {
                 println!("  {}  {}", berth_model::format_timestamp(e.at), e.message);
             }
+            Ok(())
+        }
+        "service" | "services" | "svc" => {
+            let s = services::fetch(&mut client, global, name).await?;
+            services::describe(&s);
             Ok(())
         }
         _ => get(global, kind, Some(name)).await,

@@ -2,6 +2,7 @@
 
 mod commands;
 mod output;
+mod services;
 
 use std::time::Duration;
 

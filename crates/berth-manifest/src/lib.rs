@@ -7,15 +7,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use berth_model::{
-    ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck, PlacementSpec,
-    TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
+    CircuitBreaker, ContainerDefinition, ContainerDependency, DependencyCondition,
+    DeploymentConfiguration, DeploymentStrategy, HealthCheck, PlacementSpec, ServiceSpec,
+    TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 pub const API_VERSION: &str = "berth.dev/v1";
 /// The kinds this version understands.
-pub const KINDS: &[&str] = &["TaskDefinition"];
+pub const KINDS: &[&str] = &["TaskDefinition", "Service"];
 
 /// One document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +42,19 @@ pub struct Metadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
     TaskDefinition(TaskDefinitionSpec),
+    /// A service; with an inline `template`, `spec.task_definition` is the service's name
+    /// and the template is registered as the next revision of that family when it changed.
+    Service {
+        spec: ServiceSpec,
+        template: Option<TaskDefinitionSpec>,
+    },
 }
 
 impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::TaskDefinition(_) => "TaskDefinition",
+            Object::Service { .. } => "Service",
         }
     }
 }
@@ -98,6 +106,80 @@ struct TaskDefinitionSpecYaml {
     /// `constraints: [{type: memberOf, expression: "attribute:disk == ssd"}]`.
     #[serde(default)]
     placement: PlacementSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServiceDoc {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: ServiceSpecYaml,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServiceSpecYaml {
+    /// `family` or `family:revision`; or an inline `template`.
+    #[serde(default)]
+    task_definition: Option<TaskDefinitionRef>,
+    #[serde(default)]
+    template: Option<TaskDefinitionSpecYaml>,
+    desired_count: u32,
+    #[serde(default)]
+    deployment_configuration: DeploymentConfigurationYaml,
+    #[serde(default)]
+    placement: PlacementSpec,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeploymentConfigurationYaml {
+    minimum_healthy_percent: Option<u32>,
+    maximum_percent: Option<u32>,
+    circuit_breaker: Option<CircuitBreakerYaml>,
+    healthy_deadline: Option<Seconds>,
+    progress_deadline: Option<Seconds>,
+    strategy: Option<DeploymentStrategy>,
+    canary_count: Option<u32>,
+    canary_bake_time: Option<Seconds>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CircuitBreakerYaml {
+    enable: Option<bool>,
+    rollback: Option<bool>,
+}
+
+impl DeploymentConfigurationYaml {
+    fn into_model(self) -> DeploymentConfiguration {
+        let d = DeploymentConfiguration::default();
+        let breaker = self.circuit_breaker;
+        DeploymentConfiguration {
+            minimum_healthy_percent: self
+                .minimum_healthy_percent
+                .unwrap_or(d.minimum_healthy_percent),
+            maximum_percent: self.maximum_percent.unwrap_or(d.maximum_percent),
+            circuit_breaker: CircuitBreaker {
+                enable: breaker
+                    .as_ref()
+                    .and_then(|b| b.enable)
+                    .unwrap_or(d.circuit_breaker.enable),
+                rollback: breaker
+                    .as_ref()
+                    .and_then(|b| b.rollback)
+                    .unwrap_or(d.circuit_breaker.rollback),
+            },
+            healthy_deadline: self.healthy_deadline.map_or(d.healthy_deadline, |s| s.0),
+            progress_deadline: self.progress_deadline.map_or(d.progress_deadline, |s| s.0),
+            strategy: self.strategy.unwrap_or(d.strategy),
+            canary_count: self.canary_count.unwrap_or(d.canary_count),
+            canary_bake_time: self.canary_bake_time.map_or(d.canary_bake_time, |s| s.0),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -218,15 +300,14 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-impl TaskDefinitionDoc {
-    fn into_spec(self) -> TaskDefinitionSpec {
+impl TaskDefinitionSpecYaml {
+    fn into_spec(self, family: String) -> TaskDefinitionSpec {
         TaskDefinitionSpec {
-            placement: self.spec.placement,
-            family: self.metadata.name.clone(),
-            cpu: self.spec.cpu,
-            memory: self.spec.memory,
+            placement: self.placement,
+            family,
+            cpu: self.cpu,
+            memory: self.memory,
             containers: self
-                .spec
                 .containers
                 .into_iter()
                 .map(|c| ContainerDefinition {
@@ -326,7 +407,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             "TaskDefinition" => {
                 let parsed: TaskDefinitionDoc = serde_yaml_ng::from_str(&doc).map_err(yaml_err)?;
                 let metadata = parsed.metadata.clone();
-                let spec = parsed.into_spec();
+                let spec = parsed.spec.into_spec(parsed.metadata.name);
                 if let Err(e) = spec.validate() {
                     let field = if e.field == "family" {
                         "metadata.name".to_owned()
@@ -340,6 +421,67 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                     line: first_line + doc_start - 1,
                     metadata,
                     object: Object::TaskDefinition(spec),
+                }
+            }
+            "Service" => {
+                let parsed: ServiceDoc = serde_yaml_ng::from_str(&doc).map_err(yaml_err)?;
+                let metadata = parsed.metadata.clone();
+                let name = parsed.metadata.name;
+                let at = |field: &str, message: String| {
+                    let (line, column) = locate(&doc, field).unwrap_or((doc_start, 1));
+                    err(line, column, format!("{field}: {message}"))
+                };
+                let (task_definition, template) =
+                    match (parsed.spec.task_definition, parsed.spec.template) {
+                        (Some(r), None) => (r, None),
+                        (None, Some(t)) => {
+                            let t = t.into_spec(name.clone());
+                            if let Err(e) = t.validate() {
+                                let field = if e.field == "family" {
+                                    "metadata.name".to_owned()
+                                } else {
+                                    format!("spec.template.{}", e.field)
+                                };
+                                return Err(at(&field, e.message));
+                            }
+                            let r = TaskDefinitionRef {
+                                family: name.clone(),
+                                revision: None,
+                            };
+                            (r, Some(t))
+                        }
+                        (Some(_), Some(_)) => {
+                            return Err(at(
+                                "spec.template",
+                                "give either taskDefinition or template, not both".into(),
+                            ))
+                        }
+                        (None, None) => {
+                            return Err(at(
+                                "spec",
+                                "taskDefinition (family or family:revision) or an inline template is required".into(),
+                            ))
+                        }
+                    };
+                let spec = ServiceSpec {
+                    name,
+                    task_definition,
+                    desired_count: parsed.spec.desired_count,
+                    deployment_configuration: parsed.spec.deployment_configuration.into_model(),
+                    placement: parsed.spec.placement,
+                };
+                if let Err(e) = spec.validate() {
+                    let field = if e.field == "name" {
+                        "metadata.name".to_owned()
+                    } else {
+                        format!("spec.{}", e.field)
+                    };
+                    return Err(at(&field, e.message));
+                }
+                Document {
+                    line: first_line + doc_start - 1,
+                    metadata,
+                    object: Object::Service { spec, template },
                 }
             }
             "" => {

@@ -48,6 +48,24 @@ fn check(text: &str, expected: &str) {
                         .collect::<Vec<_>>()
                         .join(",")
                 ),
+                Object::Service { spec, template } => format!(
+                    "line {}: Service {} td={} desired={} min={} max={} breaker={}/{} healthy={}s strategy={} template={}",
+                    d.line,
+                    spec.name,
+                    spec.task_definition,
+                    spec.desired_count,
+                    spec.deployment_configuration.minimum_healthy_percent,
+                    spec.deployment_configuration.maximum_percent,
+                    spec.deployment_configuration.circuit_breaker.enable,
+                    spec.deployment_configuration.circuit_breaker.rollback,
+                    spec.deployment_configuration.healthy_deadline,
+                    spec.deployment_configuration.strategy,
+                    template.as_ref().map_or("-".to_owned(), |t| format!(
+                        "{}:{}",
+                        t.family,
+                        t.containers.len()
+                    )),
+                ),
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -59,7 +77,9 @@ fn check(text: &str, expected: &str) {
 #[test]
 fn parses_a_task_definition() {
     let docs = parse("m.yaml", GOOD).expect("valid");
-    let Object::TaskDefinition(spec) = &docs[0].object;
+    let Object::TaskDefinition(spec) = &docs[0].object else {
+        panic!("expected a task definition")
+    };
     let health = spec.containers[0]
         .health_check
         .clone()
@@ -151,7 +171,7 @@ fn header_errors() {
     );
     check(
         &GOOD.replace("kind: TaskDefinition", "kind: Deployment"),
-        "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition",
+        "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service",
     );
     check(
         "apiVersion: v1\nkind: [oops",
@@ -166,7 +186,9 @@ fn placement_is_parsed_and_validated() {
         "  placement:\n    strategy: [{type: spread, field: \"attribute:zone\"}]\n    constraints: [{type: distinctInstance}, {type: memberOf, expression: \"attribute:disk == ssd\"}]\n  containers:\n    - name: app",
     );
     let docs = parse("m.yaml", &with_placement).expect("valid");
-    let Object::TaskDefinition(spec) = &docs[0].object;
+    let Object::TaskDefinition(spec) = &docs[0].object else {
+        panic!("expected a task definition")
+    };
     assert_eq!(spec.placement.strategy.len(), 1);
     assert_eq!(spec.placement.constraints.len(), 2);
     let bad = with_placement.replace("attribute:disk == ssd", "disk is ssd");
@@ -174,5 +196,84 @@ fn placement_is_parsed_and_validated() {
     assert!(
         err.contains("spec.placement.constraints[1].expression"),
         "{err}"
+    );
+}
+
+#[test]
+fn parses_services_by_reference_and_with_a_template() {
+    check(
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  taskDefinition: web:2
+  desiredCount: 3
+---
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: api
+spec:
+  desiredCount: 2
+  deploymentConfiguration:
+    minimumHealthyPercent: 50
+    maximumPercent: 150
+    circuitBreaker: {rollback: false}
+    healthyDeadline: 1m
+    strategy: canary
+  template:
+    cpu: 256
+    memory: 64
+    containers:
+      - name: app
+        image: busybox
+",
+        "line 1: Service web td=web:2 desired=3 min=100 max=200 breaker=true/true healthy=300s strategy=rolling template=-; \
+         line 9: Service api td=api desired=2 min=50 max=150 breaker=true/false healthy=60s strategy=canary template=api:1",
+    );
+}
+
+#[test]
+fn service_errors_point_at_the_field() {
+    check(
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  taskDefinition: web
+  desiredCount: 3
+  deploymentConfiguration:
+    minimumHealthyPercent: 100
+    maximumPercent: 100
+",
+        "m.yaml:10:5: spec.deploymentConfiguration.maximumPercent: 100% leaves no room to replace tasks: it must be above minimumHealthyPercent (100%)",
+    );
+    check(
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  desiredCount: 3
+",
+        "m.yaml:5:1: spec: taskDefinition (family or family:revision) or an inline template is required",
+    );
+    check(
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  taskDefinition: web
+  desiredCount: 3
+  replicas: 2
+",
+        "m.yaml:8:3: spec: unknown field `replicas`, expected one of `taskDefinition`, `template`, `desiredCount`, `deploymentConfiguration`, `placement`",
     );
 }

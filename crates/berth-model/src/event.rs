@@ -35,7 +35,7 @@ impl EventLog {
         self.0.last()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Event> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Event> {
         self.0.iter()
     }
 

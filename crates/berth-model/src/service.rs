@@ -215,6 +215,9 @@ pub struct Deployment {
     pub desired_count: u32,
     pub pending_count: u32,
     pub running_count: u32,
+    /// RUNNING tasks whose health checks (if any) pass.
+    #[serde(default)]
+    pub healthy_count: u32,
     /// New tasks of this deployment that failed while it was in progress.
     pub failed_tasks: u32,
     pub rollout_state: RolloutState,
@@ -246,6 +249,7 @@ impl Deployment {
             desired_count: 0,
             pending_count: 0,
             running_count: 0,
+            healthy_count: 0,
             failed_tasks: 0,
             rollout_state: RolloutState::InProgress,
             rollout_state_reason: String::new(),

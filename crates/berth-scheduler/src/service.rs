@@ -90,7 +90,13 @@ pub fn reconcile(input: &ServiceInput<'_>) -> ServicePlan {
                 ),
             );
         }
-        count(&mut svc, &active, &plan_stop, now);
+        count(
+            &mut svc,
+            &active,
+            &plan_stop,
+            &|t| is_healthy(t, input.health_checked),
+            now,
+        );
         return ServicePlan {
             service: svc,
             start,
@@ -364,7 +370,7 @@ pub fn reconcile(input: &ServiceInput<'_>) -> ServicePlan {
             p.updated_at = now;
         }
     }
-    count(&mut svc, &active, &plan_stop, now);
+    count(&mut svc, &active, &plan_stop, &healthy, now);
     ServicePlan {
         service: svc,
         start,
@@ -427,7 +433,13 @@ fn fail(svc: &mut Service, reason: String, input: &ServiceInput<'_>) {
 }
 
 /// Updates the running/pending counts of the service and its deployments after `stops`.
-fn count(svc: &mut Service, active: &[&Task], stops: &[StopOrder], now: Timestamp) {
+fn count(
+    svc: &mut Service,
+    active: &[&Task],
+    stops: &[StopOrder],
+    healthy: &dyn Fn(&Task) -> bool,
+    now: Timestamp,
+) {
     let stopping: BTreeSet<&str> = stops.iter().map(|s| s.task_id.as_str()).collect();
     let live: Vec<&&Task> = active
         .iter()
@@ -443,16 +455,22 @@ fn count(svc: &mut Service, active: &[&Task], stops: &[StopOrder], now: Timestam
             .filter(|t| t.started_by.as_deref() == Some(dep.id.as_str()))
             .collect();
         let running_count = mine.iter().filter(|t| running(t)).count() as u32;
+        let healthy_count = mine.iter().filter(|t| healthy(t)).count() as u32;
         let pending_count = mine.len() as u32 - running_count;
         let desired = if Some(&dep.id) == primary_id.as_ref() {
             dep.desired_count
         } else {
             mine.len() as u32
         };
-        if (dep.running_count, dep.pending_count, dep.desired_count)
-            != (running_count, pending_count, desired)
+        if (
+            dep.running_count,
+            dep.pending_count,
+            dep.healthy_count,
+            dep.desired_count,
+        ) != (running_count, pending_count, healthy_count, desired)
         {
             dep.running_count = running_count;
+            dep.healthy_count = healthy_count;
             dep.pending_count = pending_count;
             dep.desired_count = desired;
             dep.updated_at = now;

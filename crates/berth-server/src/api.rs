@@ -2,14 +2,11 @@
 
 use std::pin::Pin;
 
-use berth_model::{
-    ContainerState, DesiredStatus, EventLog, StopCode, Task, TaskDefinition, TaskDefinitionRef,
-    TaskStatus, DEFAULT_NAMESPACE,
-};
+use berth_model::{StopCode, Task, TaskDefinition, TaskDefinitionRef, DEFAULT_NAMESPACE};
 use berth_proto::v1::agent_api_client::AgentApiClient;
 use berth_proto::v1::berth_server::{Berth, BerthServer};
 use berth_proto::v1::{self as pb, LogChunk};
-use berth_store::{ClusterStatus, Command, CommandResult, State, Store};
+use berth_store::{ClusterStatus, Command, CommandResult, ServiceChange, State, Store};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -77,6 +74,68 @@ impl BerthService {
                     "task definition {reference} not found in namespace {namespace}; register it with `berth apply -f`"
                 ))
             })
+    }
+}
+
+impl BerthService {
+    /// Registers an inline template as the next revision of family = the service's name, or
+    /// answers the latest revision when it is identical.
+    async fn register_template(
+        &self,
+        namespace: &str,
+        service: &str,
+        template: pb::TaskDefinitionSpec,
+    ) -> Result<TaskDefinition, Status> {
+        let mut spec: berth_model::TaskDefinitionSpec =
+            template
+                .try_into()
+                .map_err(|e: berth_proto::ConversionError| {
+                    Status::invalid_argument(format!("template: {e}"))
+                })?;
+        spec.family = service.to_owned();
+        spec.validate()
+            .map_err(|e| Status::invalid_argument(format!("template.{e}")))?;
+        let command = Command::RegisterTaskDefinition {
+            namespace: namespace.to_owned(),
+            spec,
+            reuse_identical: true,
+            at: now_ms(),
+        };
+        match self
+            .store
+            .propose(command)
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::TaskDefinition {
+                task_definition, ..
+            } => Ok(task_definition),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn change_service(
+        &self,
+        namespace: String,
+        name: String,
+        change: ServiceChange,
+    ) -> Result<Response<pb::Service>, Status> {
+        let namespace = self::namespace(namespace)?;
+        let command = Command::UpdateService {
+            namespace,
+            name,
+            change,
+            at: now_ms(),
+        };
+        match self
+            .store
+            .propose(command)
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::Service { service, .. } => Ok(Response::new((*service).into())),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
@@ -372,6 +431,184 @@ impl Berth for BerthService {
             .await?
             .into_inner();
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn apply_service(
+        &self,
+        req: Request<pb::ApplyServiceRequest>,
+    ) -> Result<Response<pb::ApplyServiceResponse>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let wire = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let name = wire.name.clone();
+        let mut wire = wire;
+        if req.template.is_some() || wire.task_definition.is_empty() {
+            // Filled in from the template below.
+            wire.task_definition = name.clone();
+        }
+        let mut spec: berth_model::ServiceSpec = wire
+            .try_into()
+            .map_err(|e: berth_proto::ConversionError| Status::invalid_argument(e.to_string()))?;
+        spec.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let def = match req.template {
+            Some(template) if !req.dry_run => {
+                self.register_template(&namespace, &name, template).await?
+            }
+            Some(template) => {
+                // A dry run registers nothing: check the template and name the latest revision.
+                let mut t: berth_model::TaskDefinitionSpec =
+                    template
+                        .try_into()
+                        .map_err(|e: berth_proto::ConversionError| {
+                            Status::invalid_argument(format!("template: {e}"))
+                        })?;
+                t.family = name.clone();
+                t.validate()
+                    .map_err(|e| Status::invalid_argument(format!("template.{e}")))?;
+                let existing = self
+                    .read(false, |s| {
+                        s.task_definition(&namespace, &spec.task_definition)
+                            .cloned()
+                    })
+                    .await?;
+                match existing.filter(|d| d.matches(&t)) {
+                    Some(d) => d,
+                    None => {
+                        let service = self
+                            .read(false, |s| s.service(&namespace, &name).cloned())
+                            .await?;
+                        return Ok(Response::new(pb::ApplyServiceResponse {
+                            created: service.is_none(),
+                            service: service.map(Into::into),
+                            changed: true,
+                            deployment_started: true,
+                        }));
+                    }
+                }
+            }
+            None => {
+                self.task_definition(&namespace, &spec.task_definition.to_string(), false)
+                    .await?
+            }
+        };
+        spec.task_definition = def.reference();
+        if req.dry_run {
+            let service = self
+                .read(false, |s| s.service(&namespace, &name).cloned())
+                .await?;
+            let (changed, deployment_started) = match &service {
+                None => (true, true),
+                Some(s) => {
+                    let new_revision = s.task_definition != spec.task_definition;
+                    let changed = new_revision
+                        || s.desired_count != spec.desired_count
+                        || s.deployment_configuration != spec.deployment_configuration
+                        || s.placement != spec.placement;
+                    (changed, new_revision)
+                }
+            };
+            return Ok(Response::new(pb::ApplyServiceResponse {
+                created: service.is_none(),
+                service: service.map(Into::into),
+                changed,
+                deployment_started,
+            }));
+        }
+        let command = Command::ApplyService {
+            namespace,
+            spec,
+            deployment_id: uuid::Uuid::new_v4().to_string(),
+            at: now_ms(),
+        };
+        match self
+            .store
+            .propose(command)
+            .await
+            .map_err(status::from_store)?
+        {
+            CommandResult::Service {
+                service,
+                created,
+                changed,
+                deployment_started,
+            } => Ok(Response::new(pb::ApplyServiceResponse {
+                service: Some((*service).into()),
+                created,
+                changed,
+                deployment_started,
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let services = self
+            .read(req.stale, |s| {
+                s.services()
+                    .filter(|svc| svc.namespace == namespace)
+                    .cloned()
+                    .map(Into::into)
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn describe_service(
+        &self,
+        req: Request<pb::DescribeServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let req = req.into_inner();
+        let namespace = namespace(req.namespace)?;
+        let service = self
+            .read(req.stale, |s| s.service(&namespace, &req.name).cloned())
+            .await?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "service {} not found in namespace {namespace}; `berth get services` lists them",
+                    req.name
+                ))
+            })?;
+        Ok(Response::new(service.into()))
+    }
+
+    async fn scale_service(
+        &self,
+        req: Request<pb::ScaleServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let req = req.into_inner();
+        self.change_service(
+            req.namespace,
+            req.name,
+            ServiceChange::Scale(req.desired_count),
+        )
+        .await
+    }
+
+    async fn delete_service(
+        &self,
+        req: Request<pb::DeleteServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let req = req.into_inner();
+        self.change_service(req.namespace, req.name, ServiceChange::Delete)
+            .await
+    }
+
+    async fn promote_service(
+        &self,
+        req: Request<pb::PromoteServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let req = req.into_inner();
+        self.change_service(req.namespace, req.name, ServiceChange::Promote)
+            .await
     }
 
     async fn list_nodes(

@@ -6,6 +6,7 @@ mod agents;
 mod api;
 mod nodes;
 pub mod scheduler;
+pub mod services;
 pub mod status;
 mod usage;
 
@@ -209,6 +210,7 @@ impl Server {
             .build_v1()
             .context("build reflection service")?;
         let controllers = tokio::spawn(scheduler::run(self.store.clone()));
+        let reconciler = tokio::spawn(services::run(self.store.clone()));
         let liveness = Liveness::default();
         let monitor = tokio::spawn(nodes::run(
             self.store.clone(),
@@ -251,6 +253,7 @@ impl Server {
             () = grace => Ok(()),
         };
         controllers.abort();
+        reconciler.abort();
         monitor.abort();
         self.store.shutdown().await;
         result

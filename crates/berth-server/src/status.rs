@@ -37,5 +37,6 @@ pub fn from_rejection(r: Rejection) -> Status {
     match r {
         Rejection::Invalid(msg) => Status::invalid_argument(msg),
         Rejection::NotFound(msg) => Status::not_found(msg),
+        Rejection::Conflict(msg) => Status::aborted(msg),
     }
 }

@@ -3,8 +3,8 @@
 //! every member applies it to the same result.
 
 use berth_model::{
-    Node, NodeStatus, StopCode, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate,
-    Timestamp,
+    Node, NodeStatus, Service, ServiceSpec, StopCode, Task, TaskDefinition, TaskDefinitionSpec,
+    TaskStatusUpdate, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,34 @@ pub enum Command {
         status: NodeStatus,
         at: Timestamp,
     },
+    /// Creates a service or updates its spec; `spec.task_definition` names a revision. A new
+    /// task definition starts a deployment with ID `deployment_id`.
+    ApplyService {
+        namespace: String,
+        spec: ServiceSpec,
+        deployment_id: String,
+        at: Timestamp,
+    },
+    /// An operator's change to an existing service.
+    UpdateService {
+        namespace: String,
+        name: String,
+        change: ServiceChange,
+        at: Timestamp,
+    },
+    /// The service reconciler's decisions for one service, made for `version` of it: the
+    /// service's new deployment state, tasks to create (fully built) and tasks to stop.
+    /// Refused when the service changed in between (the reconciler then decides again).
+    ReconcileService {
+        namespace: String,
+        name: String,
+        version: u64,
+        service: Box<Service>,
+        start: Vec<Task>,
+        stop: Vec<StopOrder>,
+        remove: bool,
+        at: Timestamp,
+    },
     /// Replaces the whole state with the objects of a backup (`berth server --restore`).
     ReplaceState { objects: Vec<Object>, at: Timestamp },
 }
@@ -80,6 +108,9 @@ impl Command {
             | Command::RegisterNode { at, .. }
             | Command::MarkNodeDown { at, .. }
             | Command::SetNodeStatus { at, .. }
+            | Command::ApplyService { at, .. }
+            | Command::UpdateService { at, .. }
+            | Command::ReconcileService { at, .. }
             | Command::ReplaceState { at, .. } => at,
         }
     }
@@ -89,6 +120,23 @@ impl Command {
 pub struct Placement {
     pub task_id: String,
     pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceChange {
+    /// A new desired count.
+    Scale(u32),
+    /// Scale to zero, then remove the service once its tasks have stopped.
+    Delete,
+    /// Let a canary deployment's remaining tasks follow now.
+    Promote,
+}
+
+/// One task the reconciler stops (stop code ServiceSchedulerInitiated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopOrder {
+    pub task_id: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +156,12 @@ pub enum CommandResult {
     },
     Tasks(Vec<Task>),
     Task(Box<Task>),
+    Service {
+        service: Box<Service>,
+        created: bool,
+        changed: bool,
+        deployment_started: bool,
+    },
     Rejected(Rejection),
 }
 
@@ -118,4 +172,7 @@ pub enum Rejection {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The object changed since the proposer looked at it.
+    #[error("{0}")]
+    Conflict(String),
 }

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use command::{Command, CommandResult, Placement, Rejection, Unplaced};
+pub use command::{
+    Command, CommandResult, Placement, Rejection, ServiceChange, StopOrder, Unplaced,
+};
 pub use network::RaftService;
 pub use state::{ClientToken, Key, Object, State, CLIENT_TOKEN_TTL_MS};
 

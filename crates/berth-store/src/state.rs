@@ -3,12 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
-    DesiredStatus, Node, NodeStatus, StopCode, Task, TaskDefinition, TaskDefinitionRef,
+    Deployment, DeploymentStatus, DesiredStatus, Node, NodeStatus, RolloutState, Service,
+    ServiceSpec, ServiceStatus, StopCode, Task, TaskDefinition, TaskDefinitionRef,
     TaskDefinitionStatus, TaskStatus, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandResult, Placement, Rejection, Unplaced};
+use crate::command::{
+    Command, CommandResult, Placement, Rejection, ServiceChange, StopOrder, Unplaced,
+};
 
 /// Everything the control plane knows. Readers get it behind a lock from [`crate::Store`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -17,6 +20,7 @@ pub struct State {
     task_definitions: BTreeMap<(String, String), Vec<TaskDefinition>>,
     tasks: BTreeMap<String, Task>,
     nodes: BTreeMap<String, Node>,
+    services: BTreeMap<(String, String), Service>,
     /// Client tokens of recent `CreateTasks`, for deduplicating retries.
     client_tokens: BTreeMap<String, ClientToken>,
     /// `(at, token)`, oldest first, to expire tokens.
@@ -46,6 +50,10 @@ pub enum Key {
     Task(String),
     Node(String),
     ClientToken(String),
+    Service {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl Key {
@@ -62,6 +70,7 @@ impl Key {
             Key::Task(id) => format!("task/{id}"),
             Key::Node(name) => format!("node/{name}"),
             Key::ClientToken(token) => format!("token/{token}"),
+            Key::Service { namespace, name } => format!("service/{namespace}/{name}"),
         }
     }
 }
@@ -74,6 +83,7 @@ pub enum Object {
     Task(Task),
     Node(Node),
     ClientToken(ClientToken),
+    Service(Service),
 }
 
 impl Object {
@@ -87,6 +97,10 @@ impl Object {
             Object::Task(t) => Key::Task(t.task_id.clone()),
             Object::Node(n) => Key::Node(n.name.clone()),
             Object::ClientToken(c) => Key::ClientToken(c.token.clone()),
+            Object::Service(s) => Key::Service {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            },
         }
     }
 }
@@ -106,6 +120,14 @@ impl State {
 
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.get(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// Every revision of every family in `namespace`, by family then revision.
@@ -167,7 +189,8 @@ impl State {
             .values()
             .cloned()
             .map(Object::ClientToken);
-        defs.chain(tasks).chain(nodes).chain(tokens)
+        let services = self.services.values().cloned().map(Object::Service);
+        defs.chain(tasks).chain(nodes).chain(tokens).chain(services)
     }
 
     /// The object stored under `key`, if any.
@@ -194,6 +217,9 @@ impl State {
                 .get(token)
                 .cloned()
                 .map(Object::ClientToken),
+            Key::Service { namespace, name } => {
+                self.service(namespace, name).cloned().map(Object::Service)
+            }
         }
     }
 
@@ -216,6 +242,11 @@ impl State {
                 Object::ClientToken(c) => {
                     state.token_ages.insert((c.at, c.token.clone()));
                     state.client_tokens.insert(c.token.clone(), c);
+                }
+                Object::Service(s) => {
+                    state
+                        .services
+                        .insert((s.namespace.clone(), s.name.clone()), s);
                 }
             }
         }
@@ -324,6 +355,9 @@ impl State {
                         if task.stopped_reason.is_none() {
                             task.stopped_reason = update.stopped_reason;
                         }
+                        if let Some(key) = record_service_failure(&mut self.services, task, at) {
+                            changed.push(key);
+                        }
                     }
                     if let Some(event) = update.event {
                         task.events.push(at, event);
@@ -399,6 +433,37 @@ impl State {
                     CommandResult::Done
                 }
             },
+            Command::ApplyService {
+                namespace,
+                spec,
+                deployment_id,
+                at,
+            } => self.apply_service(namespace, spec, deployment_id, at, &mut changed),
+            Command::UpdateService {
+                namespace,
+                name,
+                change,
+                at,
+            } => self.update_service(&namespace, &name, change, at, &mut changed),
+            Command::ReconcileService {
+                namespace,
+                name,
+                version,
+                service,
+                start,
+                stop,
+                remove,
+                at,
+            } => self.reconcile_service(
+                (namespace, name),
+                version,
+                *service,
+                start,
+                stop,
+                remove,
+                at,
+                &mut changed,
+            ),
             Command::ReplaceState { objects, at: _ } => {
                 changed.extend(self.objects().map(|o| o.key()));
                 *self = State::from_objects(objects);
@@ -407,6 +472,271 @@ impl State {
             }
         };
         (result, changed)
+    }
+
+    fn apply_service(
+        &mut self,
+        namespace: String,
+        spec: ServiceSpec,
+        deployment_id: String,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        if let Err(e) = spec.validate() {
+            return CommandResult::Rejected(Rejection::Invalid(e.to_string()));
+        }
+        if spec.task_definition.revision.is_none()
+            || self
+                .task_definition(&namespace, &spec.task_definition)
+                .is_none()
+        {
+            return CommandResult::Rejected(Rejection::NotFound(format!(
+                "task definition {} not found in namespace {namespace}",
+                spec.task_definition
+            )));
+        }
+        let key = (namespace.clone(), spec.name.clone());
+        let store_key = Key::Service {
+            namespace: namespace.clone(),
+            name: spec.name.clone(),
+        };
+        let Some(svc) = self.services.get_mut(&key) else {
+            let mut svc = Service {
+                namespace,
+                name: spec.name,
+                task_definition: spec.task_definition.clone(),
+                desired_count: spec.desired_count,
+                deployment_configuration: spec.deployment_configuration,
+                placement: spec.placement,
+                status: ServiceStatus::Active,
+                running_count: 0,
+                pending_count: 0,
+                deployments: vec![Deployment::new(deployment_id, spec.task_definition, at)],
+                version: 1,
+                created_at: at,
+                last_completed: None,
+                backoff: Default::default(),
+                events: Default::default(),
+            };
+            svc.events.push(
+                at,
+                format!(
+                    "created with {} and desired count {}",
+                    svc.task_definition, svc.desired_count
+                ),
+            );
+            changed.push(store_key);
+            self.services.insert(key, svc.clone());
+            return CommandResult::Service {
+                service: Box::new(svc),
+                created: true,
+                changed: true,
+                deployment_started: true,
+            };
+        };
+        if svc.status == ServiceStatus::Draining {
+            return CommandResult::Rejected(Rejection::Invalid(format!(
+                "service {} is being deleted; apply it again once `berth get services` no longer lists it",
+                svc.name
+            )));
+        }
+        let new_revision =
+            svc.deployments.first().map(|d| &d.task_definition) != Some(&spec.task_definition);
+        let mut messages = Vec::new();
+        if svc.desired_count != spec.desired_count {
+            messages.push(format!(
+                "desired count {} -> {}",
+                svc.desired_count, spec.desired_count
+            ));
+            svc.desired_count = spec.desired_count;
+        }
+        if svc.deployment_configuration != spec.deployment_configuration {
+            messages.push("deployment configuration changed".to_owned());
+            svc.deployment_configuration = spec.deployment_configuration;
+        }
+        if svc.placement != spec.placement {
+            messages.push("placement changed".to_owned());
+            svc.placement = spec.placement;
+        }
+        if new_revision {
+            for d in &mut svc.deployments {
+                d.status = DeploymentStatus::Active;
+            }
+            messages.push(format!(
+                "deployment {deployment_id} started: {} -> {}",
+                svc.task_definition, spec.task_definition
+            ));
+            svc.deployments.insert(
+                0,
+                Deployment::new(deployment_id, spec.task_definition.clone(), at),
+            );
+            svc.task_definition = spec.task_definition;
+        }
+        let was_changed = !messages.is_empty();
+        if was_changed {
+            svc.version += 1;
+            svc.events.push(at, messages.join("; "));
+            changed.push(store_key);
+        }
+        CommandResult::Service {
+            service: Box::new(svc.clone()),
+            created: false,
+            changed: was_changed,
+            deployment_started: new_revision,
+        }
+    }
+
+    fn update_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        change: ServiceChange,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        let Some(svc) = self
+            .services
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        else {
+            return CommandResult::Rejected(Rejection::NotFound(format!(
+                "service {name} not found in namespace {namespace}; `berth get services` lists them"
+            )));
+        };
+        if svc.status == ServiceStatus::Draining {
+            return CommandResult::Rejected(Rejection::Invalid(format!(
+                "service {name} is being deleted"
+            )));
+        }
+        match change {
+            ServiceChange::Scale(n) => {
+                if n > berth_model::MAX_DESIRED_COUNT {
+                    return CommandResult::Rejected(Rejection::Invalid(format!(
+                        "desired count {n} is too many; use at most {}",
+                        berth_model::MAX_DESIRED_COUNT
+                    )));
+                }
+                if svc.desired_count == n {
+                    return CommandResult::Service {
+                        service: Box::new(svc.clone()),
+                        created: false,
+                        changed: false,
+                        deployment_started: false,
+                    };
+                }
+                svc.events.push(
+                    at,
+                    format!("scaled: desired count {} -> {n}", svc.desired_count),
+                );
+                svc.desired_count = n;
+            }
+            ServiceChange::Delete => {
+                svc.status = ServiceStatus::Draining;
+                svc.desired_count = 0;
+                svc.events
+                    .push(at, "deleted: stopping its tasks, then removing it");
+            }
+            ServiceChange::Promote => {
+                let canary = svc.deployment_configuration.strategy
+                    == berth_model::DeploymentStrategy::Canary;
+                match svc.deployments.first_mut() {
+                    Some(d)
+                        if canary && d.rollout_state == RolloutState::InProgress && !d.promoted =>
+                    {
+                        d.promoted = true;
+                        d.updated_at = at;
+                        let message = format!("deployment {} promoted by an operator", d.id);
+                        svc.events.push(at, message);
+                    }
+                    _ => {
+                        return CommandResult::Rejected(Rejection::Invalid(format!(
+                            "service {name} has no canary deployment waiting to be promoted"
+                        )))
+                    }
+                }
+            }
+        }
+        svc.version += 1;
+        changed.push(Key::Service {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+        CommandResult::Service {
+            service: Box::new(svc.clone()),
+            created: false,
+            changed: true,
+            deployment_started: false,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reconcile_service(
+        &mut self,
+        key: (String, String),
+        version: u64,
+        service: Service,
+        start: Vec<Task>,
+        stop: Vec<StopOrder>,
+        remove: bool,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        let store_key = Key::Service {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+        };
+        match self.services.get(&key) {
+            None => {
+                return CommandResult::Rejected(Rejection::NotFound(format!(
+                    "service {} not found",
+                    key.1
+                )))
+            }
+            Some(s) if s.version != version => {
+                return CommandResult::Rejected(Rejection::Conflict(format!(
+                    "service {} changed (version {} -> {})",
+                    key.1, version, s.version
+                )))
+            }
+            Some(_) => {}
+        }
+        for order in stop {
+            let Some(task) = self.tasks.get_mut(&order.task_id) else {
+                continue;
+            };
+            if task.desired_status != DesiredStatus::Running || task.is_stopped() {
+                continue;
+            }
+            task.desired_status = DesiredStatus::Stopped;
+            task.stop_code = Some(StopCode::ServiceSchedulerInitiated);
+            task.stopped_reason = Some(order.reason.clone());
+            task.events.push(
+                at,
+                format!("stopped by the service scheduler: {}", order.reason),
+            );
+            if task.node.is_none() {
+                task.last_status = TaskStatus::Stopped;
+                task.stopped_at = Some(at);
+            }
+            changed.push(Key::Task(order.task_id));
+        }
+        for mut task in start {
+            if self.tasks.contains_key(&task.task_id) {
+                continue;
+            }
+            task.created_at = at;
+            task.events.push(at, "created by the service scheduler");
+            changed.push(Key::Task(task.task_id.clone()));
+            self.tasks.insert(task.task_id.clone(), task);
+        }
+        if remove {
+            self.services.remove(&key);
+        } else {
+            let mut service = service;
+            service.version = version;
+            self.services.insert(key, service);
+        }
+        changed.push(store_key);
+        CommandResult::Done
     }
 
     fn register_task_definition(
@@ -572,6 +902,34 @@ impl State {
             }
         }
     }
+}
+
+/// When a stopped service task failed on its own (not stopped by a user, the scheduler or a
+/// lost node), records it on its service. Returns the service's key when it changed.
+fn record_service_failure(
+    services: &mut BTreeMap<(String, String), Service>,
+    task: &Task,
+    at: Timestamp,
+) -> Option<Key> {
+    let name = task.group.as_deref()?.strip_prefix("service:")?;
+    let deployment = task.started_by.as_deref()?;
+    if matches!(
+        task.stop_code,
+        Some(StopCode::UserInitiated | StopCode::ServiceSchedulerInitiated | StopCode::NodeLost)
+    ) {
+        return None;
+    }
+    let svc = services.get_mut(&(task.namespace.clone(), name.to_owned()))?;
+    let reason = task
+        .stopped_reason
+        .as_deref()
+        .or_else(|| task.containers.iter().find_map(|c| c.reason.as_deref()))
+        .unwrap_or("it stopped");
+    svc.record_failed_task(deployment, &task.task_id, reason, at);
+    Some(Key::Service {
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! The leader's service reconciler: whenever state changes (or once a second), run
+//! `berth_scheduler::service::reconcile` for every service and propose each service's
+//! decisions as one Raft entry. An entry is refused when the service changed since it was
+//! read; the next round decides again from the new state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use berth_model::{NodeStatus, PlacementSpec, Service, Task, TaskDefinitionRef};
+use berth_scheduler::service::{reconcile, ServiceInput};
+use berth_store::{Command, CommandResult, Rejection, State, StopOrder, Store};
+
+use crate::now_ms;
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The service's placement on top of its task definition's: the service's strategies replace
+/// the task definition's when given; constraints of both apply.
+pub fn merged_placement(service: &PlacementSpec, def: &PlacementSpec) -> PlacementSpec {
+    let mut constraints = def.constraints.clone();
+    for c in &service.constraints {
+        if !constraints.contains(c) {
+            constraints.push(c.clone());
+        }
+    }
+    PlacementSpec {
+        strategy: if service.strategy.is_empty() {
+            def.strategy.clone()
+        } else {
+            service.strategy.clone()
+        },
+        constraints,
+    }
+}
+
+/// One round's decisions: a `ReconcileService` command for every service that needs one.
+pub fn plan(state: &State, at: u64) -> Vec<Command> {
+    let mut by_group: HashMap<(&str, &str), Vec<&Task>> = HashMap::new();
+    for t in state.tasks().filter(|t| !t.is_stopped()) {
+        if let Some(g) = t.group.as_deref() {
+            by_group.entry((&t.namespace, g)).or_default().push(t);
+        }
+    }
+    let draining: BTreeSet<String> = state
+        .nodes()
+        .filter(|n| n.status == NodeStatus::Draining)
+        .map(|n| n.name.clone())
+        .collect();
+    let mut commands = Vec::new();
+    for svc in state.services() {
+        let group = svc.group();
+        let tasks = by_group
+            .get(&(svc.namespace.as_str(), group.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        let health_checked = health_checked(state, svc, &tasks);
+        let plan = reconcile(&ServiceInput {
+            service: svc,
+            tasks,
+            draining_nodes: &draining,
+            health_checked: &health_checked,
+            now: at,
+            new_deployment_id: new_id(),
+        });
+        if plan.is_noop(svc) {
+            continue;
+        }
+        let start = plan
+            .start
+            .iter()
+            .filter_map(|launch| {
+                let def = state.task_definition(&svc.namespace, &launch.task_definition)?;
+                let mut task = Task::pending(new_id(), &svc.namespace, def, at);
+                task.group = Some(group.clone());
+                task.started_by = Some(launch.deployment_id.clone());
+                task.placement = merged_placement(&svc.placement, &def.placement);
+                Some(task)
+            })
+            .collect();
+        commands.push(Command::ReconcileService {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            version: svc.version,
+            service: Box::new(plan.service),
+            start,
+            stop: plan
+                .stop
+                .into_iter()
+                .map(|s| StopOrder {
+                    task_id: s.task_id,
+                    reason: s.reason,
+                })
+                .collect(),
+            remove: plan.remove,
+            at,
+        });
+    }
+    commands
+}
+
+/// Containers with a health check, for every revision the service's deployments and tasks use.
+fn health_checked(
+    state: &State,
+    svc: &Service,
+    tasks: &[&Task],
+) -> BTreeMap<TaskDefinitionRef, Vec<String>> {
+    let refs: BTreeSet<&TaskDefinitionRef> = svc
+        .deployments
+        .iter()
+        .map(|d| &d.task_definition)
+        .chain(tasks.iter().map(|t| &t.task_definition))
+        .collect();
+    refs.into_iter()
+        .filter_map(|r| {
+            let def = state.task_definition(&svc.namespace, r)?;
+            let names = def
+                .containers
+                .iter()
+                .filter(|c| c.health_check.is_some())
+                .map(|c| c.name.clone())
+                .collect();
+            Some((r.clone(), names))
+        })
+        .collect()
+}
+
+/// Runs rounds while this server leads.
+pub async fn run(store: Store) {
+    let mut leader = store.leadership();
+    let mut applied = store.watch();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        // A linearizable read: a new leader must not decide from a state that lags behind
+        // what is already committed (it could start tasks twice).
+        let commands = match store.read(|s| plan(s, now_ms())).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("read state for services: {e}");
+                continue;
+            }
+        };
+        for command in commands {
+            match store.propose(command).await {
+                Ok(CommandResult::Rejected(Rejection::Conflict(why))) => {
+                    tracing::debug!("service changed meanwhile, deciding again: {why}");
+                }
+                Ok(CommandResult::Rejected(r)) => tracing::warn!("reconcile service: {r}"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("propose service decisions: {e}"),
+            }
+        }
+    }
+}
