@@ -1193,6 +1193,206 @@ mod tests {
         assert!(changed.contains(&Key::ClientToken("tok-1".into())));
     }
 
+    fn service_spec(desired: u32) -> berth_model::ServiceSpec {
+        berth_model::ServiceSpec {
+            name: "svc".into(),
+            task_definition: "web:1".parse().expect("ref"),
+            desired_count: desired,
+            deployment_configuration: Default::default(),
+            placement: Default::default(),
+        }
+    }
+
+    fn service_task(id: &str, deployment: &str) -> Task {
+        Task {
+            task_id: id.into(),
+            group: Some("service:svc".into()),
+            started_by: Some(deployment.into()),
+            ..state_with_task().task("default", "t1").cloned().expect("t1")
+        }
+    }
+
+    fn get_service(s: &State) -> Service {
+        s.service("default", "svc").cloned().expect("service exists")
+    }
+
+    #[test]
+    fn applying_a_service_starts_a_deployment_only_when_the_revision_changes() {
+        let mut s = state_with_task();
+        let apply = |spec, id: &str, at| Command::ApplyService {
+            namespace: "default".into(),
+            spec,
+            deployment_id: id.into(),
+            at,
+        };
+        let (r, _) = s.apply(apply(service_spec(2), "d1", 5));
+        assert!(matches!(r, CommandResult::Service { created: true, .. }));
+        let (r, changed) = s.apply(apply(service_spec(2), "d2", 6));
+        assert!(
+            matches!(r, CommandResult::Service { changed: false, .. }),
+            "{r:?}"
+        );
+        assert!(changed.is_empty());
+        let (r, _) = s.apply(apply(service_spec(4), "d3", 7));
+        assert!(matches!(
+            r,
+            CommandResult::Service {
+                changed: true,
+                deployment_started: false,
+                ..
+            }
+        ));
+        let svc = get_service(&s);
+        assert_eq!((svc.desired_count, svc.deployments.len(), svc.version), (4, 1, 2));
+        // An unknown revision is refused and changes nothing.
+        let mut bad = service_spec(4);
+        bad.task_definition = "web:9".parse().expect("ref");
+        let (r, changed) = s.apply(apply(bad, "d4", 8));
+        assert!(matches!(r, CommandResult::Rejected(Rejection::NotFound(_))));
+        assert!(changed.is_empty());
+    }
+
+    #[test]
+    fn reconciler_decisions_for_an_older_version_are_refused() {
+        let mut s = state_with_task();
+        s.apply(Command::ApplyService {
+            namespace: "default".into(),
+            spec: service_spec(1),
+            deployment_id: "d1".into(),
+            at: 5,
+        });
+        let seen = get_service(&s);
+        s.apply(Command::UpdateService {
+            namespace: "default".into(),
+            name: "svc".into(),
+            change: ServiceChange::Scale(3),
+            at: 6,
+        });
+        let (r, changed) = s.apply(Command::ReconcileService {
+            namespace: "default".into(),
+            name: "svc".into(),
+            version: seen.version,
+            service: Box::new(seen.clone()),
+            start: vec![service_task("s1", "d1")],
+            stop: vec![],
+            remove: false,
+            at: 7,
+        });
+        assert!(matches!(r, CommandResult::Rejected(Rejection::Conflict(_))));
+        assert!(changed.is_empty());
+        assert!(s.task("default", "s1").is_none());
+        assert_eq!(get_service(&s).desired_count, 3, "the user's change stands");
+    }
+
+    #[test]
+    fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
+        let mut s = state_with_task();
+        s.apply(Command::ApplyService {
+            namespace: "default".into(),
+            spec: service_spec(2),
+            deployment_id: "d1".into(),
+            at: 5,
+        });
+        let svc = get_service(&s);
+        s.apply(Command::ReconcileService {
+            namespace: "default".into(),
+            name: "svc".into(),
+            version: svc.version,
+            service: Box::new(svc),
+            start: vec![service_task("s1", "d1"), service_task("s2", "d1")],
+            stop: vec![],
+            remove: false,
+            at: 6,
+        });
+        s.apply(Command::PlaceTasks {
+            placements: ["s1", "s2"]
+                .map(|id| Placement {
+                    task_id: id.into(),
+                    node: "n1".into(),
+                })
+                .to_vec(),
+            unplaced: vec![],
+            at: 7,
+        });
+        // s1 is stopped by a user: not a failure. s2 fails to start: a failure.
+        s.apply(Command::StopTask {
+            namespace: "default".into(),
+            task_id: "s1".into(),
+            stop_code: StopCode::UserInitiated,
+            reason: "by hand".into(),
+            at: 8,
+        });
+        let stopped = |id: &str, code| TaskStatusUpdate {
+            task_id: id.into(),
+            last_status: TaskStatus::Stopped,
+            containers: vec![],
+            stop_code: Some(code),
+            stopped_reason: Some("image not found".into()),
+            event: None,
+        };
+        let (_, changed) = s.apply(Command::ReportTaskStatus {
+            node: "n1".into(),
+            updates: vec![
+                stopped("s1", StopCode::EssentialContainerExited),
+                stopped("s2", StopCode::TaskFailedToStart),
+            ],
+            at: 9,
+        });
+        assert!(changed.contains(&Key::Service {
+            namespace: "default".into(),
+            name: "svc".into()
+        }));
+        let svc = get_service(&s);
+        assert_eq!(svc.deployments[0].failed_tasks, 1);
+        assert_eq!(svc.backoff.failures, 1);
+        assert_eq!(svc.backoff.not_before, 9 + 1000);
+        assert!(svc
+            .events
+            .last()
+            .is_some_and(|e| e.message == "task s2 failed: image not found"));
+    }
+
+    #[test]
+    fn a_deleted_service_refuses_changes_and_goes_once_reconciled_away() {
+        let mut s = state_with_task();
+        s.apply(Command::ApplyService {
+            namespace: "default".into(),
+            spec: service_spec(2),
+            deployment_id: "d1".into(),
+            at: 5,
+        });
+        let update = |change| Command::UpdateService {
+            namespace: "default".into(),
+            name: "svc".into(),
+            change,
+            at: 6,
+        };
+        s.apply(update(ServiceChange::Delete));
+        let svc = get_service(&s);
+        assert_eq!((svc.status, svc.desired_count), (ServiceStatus::Draining, 0));
+        let (r, _) = s.apply(update(ServiceChange::Scale(3)));
+        assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
+        let (r, _) = s.apply(Command::ApplyService {
+            namespace: "default".into(),
+            spec: service_spec(2),
+            deployment_id: "d2".into(),
+            at: 7,
+        });
+        assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
+        s.apply(Command::ReconcileService {
+            namespace: "default".into(),
+            name: "svc".into(),
+            version: svc.version,
+            service: Box::new(svc),
+            start: vec![],
+            stop: vec![],
+            remove: true,
+            at: 8,
+        });
+        assert!(s.service("default", "svc").is_none());
+        assert_eq!(State::from_objects(s.objects()), s);
+    }
+
     #[test]
     fn objects_round_trip() {
         let s = state_with_task();
