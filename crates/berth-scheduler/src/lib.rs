@@ -67,6 +67,81 @@ const DEFAULT_STRATEGY: [PlacementStrategy; 2] = [
     },
 ];
 
+/// Up to this many nodes, every node is examined for every task (exact, as the tests expect).
+pub const FULL_SCAN_NODES: usize = 256;
+
+/// Feasible candidates examined per task on larger fleets: at least this many, or twice
+/// log2 of the fleet (as Nomad samples, so placement stays fast at 10,000 nodes).
+const MIN_CANDIDATES: usize = 32;
+
+fn candidate_limit(nodes: usize) -> usize {
+    if nodes <= FULL_SCAN_NODES {
+        return nodes;
+    }
+    let log2 = usize::try_from(usize::BITS - nodes.leading_zeros()).unwrap_or(64);
+    MIN_CANDIDATES.max(2 * log2)
+}
+
+/// How many tasks of each group run on each node, and per attribute value for spread.
+struct Counts {
+    /// group -> node index -> tasks.
+    by_node: HashMap<String, HashMap<usize, u64>>,
+    /// (group, attribute) -> attribute value -> tasks; filled on first use.
+    by_attribute: HashMap<(String, String), HashMap<Option<String>, u64>>,
+}
+
+impl Counts {
+    fn on_node(&self, group: &str, node: usize) -> u64 {
+        self.by_node
+            .get(group)
+            .and_then(|m| m.get(&node))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn on_attribute(
+        &mut self,
+        nodes: &[NodeCapacity],
+        group: &str,
+        attr: &str,
+        value: Option<&String>,
+    ) -> u64 {
+        let key = (group.to_owned(), attr.to_owned());
+        if !self.by_attribute.contains_key(&key) {
+            let mut values: HashMap<Option<String>, u64> = HashMap::new();
+            if let Some(per_node) = self.by_node.get(group) {
+                for (i, c) in per_node {
+                    *values
+                        .entry(nodes[*i].attributes.get(attr).cloned())
+                        .or_default() += c;
+                }
+            }
+            self.by_attribute.insert(key.clone(), values);
+        }
+        self.by_attribute
+            .get(&key)
+            .and_then(|v| v.get(&value.cloned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn add(&mut self, nodes: &[NodeCapacity], group: &str, node: usize) {
+        *self
+            .by_node
+            .entry(group.to_owned())
+            .or_default()
+            .entry(node)
+            .or_default() += 1;
+        for ((g, attr), values) in &mut self.by_attribute {
+            if g == group {
+                *values
+                    .entry(nodes[node].attributes.get(attr).cloned())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
 /// Places `tasks` in order. A node is feasible when it is ACTIVE, has the CPU and memory
 /// free, and meets the task's constraints (`memberOf` expressions over its attributes;
 /// `distinctInstance`: no task of the same group on it, counting `existing` placements
@@ -74,16 +149,37 @@ const DEFAULT_STRATEGY: [PlacementStrategy; 2] = [
 /// order (binpack on cpu or memory: least left after placing; spread on `node` or
 /// `attribute:NAME`: fewest tasks of the group; random: a hash of task and node), then by name.
 /// Without strategies: binpack on CPU, then memory.
+///
+/// Up to [`FULL_SCAN_NODES`] nodes every node is ranked. Beyond, nodes are visited from a
+/// point chosen by the task's ID and the best of the first few dozen feasible ones wins;
+/// a task that fits nowhere is still checked against every node, so its reason is complete.
 pub fn place(
     nodes: &[NodeCapacity],
     existing: &[(String, String)],
     tasks: &[TaskRequest],
 ) -> Vec<Decision> {
     let mut nodes = nodes.to_vec();
-    let mut counts: HashMap<(String, String), u64> = HashMap::new();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut counts = Counts {
+        by_node: HashMap::new(),
+        by_attribute: HashMap::new(),
+    };
     for (node, group) in existing {
-        *counts.entry((node.clone(), group.clone())).or_default() += 1;
+        if let Some(i) = index.get(node.as_str()) {
+            *counts
+                .by_node
+                .entry(group.clone())
+                .or_default()
+                .entry(*i)
+                .or_default() += 1;
+        }
     }
+    let limit = candidate_limit(nodes.len());
     tasks
         .iter()
         .map(|task| {
@@ -102,16 +198,25 @@ pub fn place(
                 .contains(&PlacementConstraint::DistinctInstance);
             let mut filtered: BTreeMap<Filtered, usize> = BTreeMap::new();
             let mut best: Option<(Vec<u64>, usize)> = None;
-            for (i, n) in nodes.iter().enumerate() {
+            let mut feasible = 0;
+            let start = if nodes.len() > FULL_SCAN_NODES {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                task.task_id.hash(&mut h);
+                usize::try_from(h.finish() % nodes.len() as u64).unwrap_or(0)
+            } else {
+                0
+            };
+            for k in 0..nodes.len() {
+                if feasible == limit {
+                    break;
+                }
+                let i = (start + k) % nodes.len();
+                let n = &nodes[i];
                 let why = if n.status != NodeStatus::Active {
                     Some(Filtered::NotActive)
                 } else if let Some(e) = expressions.iter().find(|e| !e.matches(&n.attributes)) {
                     Some(Filtered::MemberOf(e.to_string()))
-                } else if distinct
-                    && counts
-                        .get(&(n.name.clone(), task.group.clone()))
-                        .is_some_and(|c| *c > 0)
-                {
+                } else if distinct && counts.on_node(&task.group, i) > 0 {
                     Some(Filtered::DistinctInstance)
                 } else if n.cpu_free < task.cpu {
                     Some(Filtered::Cpu)
@@ -124,11 +229,10 @@ pub fn place(
                     *filtered.entry(why).or_default() += 1;
                     continue;
                 }
-                let key = rank(task, n, &nodes, &counts);
-                if best
-                    .as_ref()
-                    .is_none_or(|(k, j)| (&key, &n.name) < (k, &nodes[*j].name))
-                {
+                feasible += 1;
+                let key = rank(task, i, &nodes, &mut counts);
+                // Ties go to the first node by name (nodes are sorted by name).
+                if best.as_ref().is_none_or(|(k, j)| (&key, i) < (k, *j)) {
                     best = Some((key, i));
                 }
             }
@@ -137,12 +241,11 @@ pub fn place(
                     let node = &mut nodes[i];
                     node.cpu_free -= task.cpu;
                     node.memory_free -= task.memory;
-                    *counts
-                        .entry((node.name.clone(), task.group.clone()))
-                        .or_default() += 1;
+                    let name = node.name.clone();
+                    counts.add(&nodes, &task.group, i);
                     Decision::Place {
                         task_id: task.task_id.clone(),
-                        node: node.name.clone(),
+                        node: name,
                     }
                 }
                 None => Decision::Unplaceable {
@@ -154,23 +257,13 @@ pub fn place(
         .collect()
 }
 
-/// The ranking key of node `n` for `task` (smaller is better), one entry per strategy.
-fn rank(
-    task: &TaskRequest,
-    n: &NodeCapacity,
-    nodes: &[NodeCapacity],
-    counts: &HashMap<(String, String), u64>,
-) -> Vec<u64> {
+/// The ranking key of node `i` for `task` (smaller is better), one entry per strategy.
+fn rank(task: &TaskRequest, i: usize, nodes: &[NodeCapacity], counts: &mut Counts) -> Vec<u64> {
+    let n = &nodes[i];
     let strategies: &[PlacementStrategy] = if task.placement.strategy.is_empty() {
         &DEFAULT_STRATEGY
     } else {
         &task.placement.strategy
-    };
-    let in_group = |node: &str| {
-        counts
-            .get(&(node.to_owned(), task.group.clone()))
-            .copied()
-            .unwrap_or(0)
     };
     strategies
         .iter()
@@ -181,15 +274,12 @@ fn rank(
             PlacementStrategy::Binpack {
                 field: BinpackField::Memory,
             } => n.memory_free - task.memory,
-            PlacementStrategy::Spread { field } if field == "node" => in_group(&n.name),
+            PlacementStrategy::Spread { field } if field == "node" => {
+                counts.on_node(&task.group, i)
+            }
             PlacementStrategy::Spread { field } => {
                 let attr = field.strip_prefix("attribute:").unwrap_or(field);
-                let value = n.attributes.get(attr);
-                nodes
-                    .iter()
-                    .filter(|m| m.attributes.get(attr) == value)
-                    .map(|m| in_group(&m.name))
-                    .sum()
+                counts.on_attribute(nodes, &task.group, attr, n.attributes.get(attr))
             }
             PlacementStrategy::Random => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -434,5 +524,69 @@ mod tests {
                 "berth-scheduler must not depend on {banned}"
             );
         }
+    }
+
+    /// 10,000 nodes in three zones, named so that sorting by name does not group the zones.
+    fn fleet(n: usize) -> Vec<NodeCapacity> {
+        (0..n)
+            .map(|i| zoned(&format!("node-{i:05}"), ["a", "b", "c"][i % 3]))
+            .collect()
+    }
+
+    #[test]
+    fn large_fleets_are_sampled_but_stay_within_capacity_and_constraints() {
+        let mut nodes = fleet(10_000);
+        // Only one node offers an SSD.
+        nodes[7777].attributes.insert("disk".into(), "ssd".into());
+        let ssd = with(
+            task("ssd", 256, 256),
+            vec![],
+            vec![PlacementConstraint::MemberOf {
+                expression: "attribute:disk == ssd".into(),
+            }],
+        );
+        let mut tasks: Vec<TaskRequest> = (0..3000)
+            .map(|i| {
+                with(
+                    task(&format!("t{i}"), 1024, 1024),
+                    vec![PlacementStrategy::Spread {
+                        field: "attribute:zone".into(),
+                    }],
+                    vec![],
+                )
+            })
+            .collect();
+        tasks.push(ssd);
+        tasks.push(task("huge", 8192, 256));
+        let decisions = place(&nodes, &[], &tasks);
+        let mut used: HashMap<String, u64> = HashMap::new();
+        let mut zones: BTreeMap<String, usize> = BTreeMap::new();
+        for d in &decisions {
+            match d {
+                Decision::Place { task_id, node } if task_id.starts_with('t') => {
+                    *used.entry(node.clone()).or_default() += 1024;
+                    let n = nodes.iter().find(|n| &n.name == node).expect("known node");
+                    *zones.entry(n.attributes["zone"].clone()).or_default() += 1;
+                }
+                Decision::Place { task_id, node } => {
+                    assert_eq!((task_id.as_str(), node.as_str()), ("ssd", "node-07777"));
+                }
+                Decision::Unplaceable { task_id, reason } => {
+                    assert_eq!(task_id, "huge");
+                    assert_eq!(
+                        reason,
+                        "0 of 10000 nodes can run it: 10000 lacked 8192 CPU units"
+                    );
+                }
+            }
+        }
+        assert!(
+            used.values().all(|cpu| *cpu <= 4096),
+            "a node is over capacity"
+        );
+        assert_eq!(
+            zones.values().copied().collect::<Vec<_>>(),
+            vec![1000, 1000, 1000]
+        );
     }
 }

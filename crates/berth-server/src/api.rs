@@ -617,8 +617,9 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let nodes = self
             .read(req.into_inner().stale, |s| {
-                s.nodes()
-                    .map(|n| s.node_with_allocation(n).into())
+                s.nodes_with_allocation()
+                    .into_iter()
+                    .map(Into::into)
                     .collect()
             })
             .await?;

@@ -30,16 +30,14 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
         return None;
     }
     let nodes: Vec<NodeCapacity> = state
-        .nodes()
-        .map(|n| {
-            let n = state.node_with_allocation(n);
-            NodeCapacity {
-                name: n.name.clone(),
-                status: n.status,
-                cpu_free: n.cpu.free(),
-                memory_free: n.memory.free(),
-                attributes: n.attributes.clone(),
-            }
+        .nodes_with_allocation()
+        .into_iter()
+        .map(|n| NodeCapacity {
+            cpu_free: n.cpu.free(),
+            memory_free: n.memory.free(),
+            name: n.name,
+            status: n.status,
+            attributes: n.attributes,
         })
         .collect();
     // Where each group already runs, for distinctInstance and spread.
@@ -60,16 +58,16 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
         .collect();
     let mut placements = Vec::new();
     let mut unplaced = Vec::new();
-    for decision in place(&nodes, &existing, &requests) {
+    // Decisions come in the order of the requests.
+    for (decision, task) in place(&nodes, &existing, &requests)
+        .into_iter()
+        .zip(&pending)
+    {
         match decision {
             Decision::Place { task_id, node } => placements.push(Placement { task_id, node }),
             Decision::Unplaceable { task_id, reason } => {
                 let message = format!("unable to place: {reason}");
-                let already = state
-                    .tasks()
-                    .find(|t| t.task_id == task_id)
-                    .and_then(|t| t.events.last())
-                    .is_some_and(|e| e.message == message);
+                let already = task.events.last().is_some_and(|e| e.message == message);
                 if !already {
                     unplaced.push(Unplaced { task_id, reason });
                 }

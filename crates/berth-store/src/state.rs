@@ -161,17 +161,33 @@ impl State {
 
     /// The node with `allocated` filled in from the tasks placed on it that have not stopped.
     pub fn node_with_allocation(&self, node: &Node) -> Node {
-        let mut node = node.clone();
-        let (cpu, memory) = self
-            .tasks
+        self.nodes_with_allocation()
+            .into_iter()
+            .find(|n| n.name == node.name)
+            .unwrap_or_else(|| node.clone())
+    }
+
+    /// Every node with `allocated` filled in, in one pass over the tasks.
+    pub fn nodes_with_allocation(&self) -> Vec<Node> {
+        let mut used: std::collections::HashMap<&str, (u64, u64)> =
+            std::collections::HashMap::new();
+        for t in self.tasks.values().filter(|t| !t.is_stopped()) {
+            if let Some(n) = t.node.as_deref() {
+                let e = used.entry(n).or_default();
+                e.0 += u64::from(t.cpu);
+                e.1 += u64::from(t.memory);
+            }
+        }
+        self.nodes
             .values()
-            .filter(|t| t.node.as_deref() == Some(node.name.as_str()) && !t.is_stopped())
-            .fold((0u64, 0u64), |(c, m), t| {
-                (c + u64::from(t.cpu), m + u64::from(t.memory))
-            });
-        node.cpu.allocated = cpu;
-        node.memory.allocated = memory;
-        node
+            .map(|n| {
+                let mut n = n.clone();
+                let (cpu, memory) = used.get(n.name.as_str()).copied().unwrap_or_default();
+                n.cpu.allocated = cpu;
+                n.memory.allocated = memory;
+                n
+            })
+            .collect()
     }
 
     /// Every stored object, for snapshots.
@@ -1208,12 +1224,17 @@ mod tests {
             task_id: id.into(),
             group: Some("service:svc".into()),
             started_by: Some(deployment.into()),
-            ..state_with_task().task("default", "t1").cloned().expect("t1")
+            ..state_with_task()
+                .task("default", "t1")
+                .cloned()
+                .expect("t1")
         }
     }
 
     fn get_service(s: &State) -> Service {
-        s.service("default", "svc").cloned().expect("service exists")
+        s.service("default", "svc")
+            .cloned()
+            .expect("service exists")
     }
 
     #[test]
@@ -1243,7 +1264,10 @@ mod tests {
             }
         ));
         let svc = get_service(&s);
-        assert_eq!((svc.desired_count, svc.deployments.len(), svc.version), (4, 1, 2));
+        assert_eq!(
+            (svc.desired_count, svc.deployments.len(), svc.version),
+            (4, 1, 2)
+        );
         // An unknown revision is refused and changes nothing.
         let mut bad = service_spec(4);
         bad.task_definition = "web:9".parse().expect("ref");
@@ -1369,7 +1393,10 @@ mod tests {
         };
         s.apply(update(ServiceChange::Delete));
         let svc = get_service(&s);
-        assert_eq!((svc.status, svc.desired_count), (ServiceStatus::Draining, 0));
+        assert_eq!(
+            (svc.status, svc.desired_count),
+            (ServiceStatus::Draining, 0)
+        );
         let (r, _) = s.apply(update(ServiceChange::Scale(3)));
         assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
         let (r, _) = s.apply(Command::ApplyService {
