@@ -76,6 +76,7 @@ async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -
 
     let _agent = AgentProc::start(&env, &addr, "node-1").await?;
     let vanished = wait_stopped(&addr, &ids[3], TIMEOUT).await?;
+    assert_eq!(vanished["stopCode"], "NodeLost", "{vanished}");
     assert!(
         vanished["stoppedReason"]
             .as_str()

@@ -484,8 +484,10 @@ impl Agent {
                     if adopt.is_empty() && ran_before {
                         // The servers saw it run here, but no container is left.
                         tracing::warn!(task_id = %t.task_id, "task vanished while the agent was down");
+                        // The node lost it (a host reboot, a crash): not the task's fault,
+                        // so it does not count against a service deployment.
                         let ended = Ended {
-                            stop_code: Some(berth_model::StopCode::EssentialContainerExited),
+                            stop_code: Some(berth_model::StopCode::NodeLost),
                             reason: Some(
                                 "the task's containers vanished while the agent was down".into(),
                             ),

@@ -237,6 +237,11 @@ pub struct Deployment {
     /// Canary: the rest of the tasks may follow.
     #[serde(default)]
     pub promoted: bool,
+    /// What a failure of this deployment rolls back to: the last revision that completed, or
+    /// else the revision this deployment replaced (so a bad deploy during an unfinished one
+    /// does not leave the service with nothing to run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<TaskDefinitionRef>,
 }
 
 impl Deployment {
@@ -257,6 +262,7 @@ impl Deployment {
             updated_at: at,
             canary_healthy_since: None,
             promoted: false,
+            rollback_to: None,
         }
     }
 }

@@ -644,6 +644,7 @@ impl From<m::Deployment> for v1::Deployment {
             updated_at: d.updated_at,
             canary_healthy_since: d.canary_healthy_since.unwrap_or_default(),
             promoted: d.promoted,
+            rollback_to: d.rollback_to.map(|r| r.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -666,6 +667,7 @@ impl TryFrom<v1::Deployment> for m::Deployment {
             updated_at: d.updated_at,
             canary_healthy_since: opt_ts(d.canary_healthy_since),
             promoted: d.promoted,
+            rollback_to: opt_str(d.rollback_to).map(|r| r.parse()).transpose()?,
         })
     }
 }

@@ -384,8 +384,9 @@ pub fn reconcile(input: &ServiceInput<'_>) -> ServicePlan {
 fn fail(svc: &mut Service, reason: String, input: &ServiceInput<'_>) {
     let now = input.now;
     let rollback_to = svc
-        .last_completed
-        .clone()
+        .deployments
+        .first()
+        .and_then(|p| p.rollback_to.clone())
         .filter(|_| svc.deployment_configuration.circuit_breaker.rollback)
         .filter(|td| Some(td) != svc.deployments.first().map(|p| &p.task_definition));
     let Some(p) = svc.deployments.first_mut() else {
@@ -411,6 +412,7 @@ fn fail(svc: &mut Service, reason: String, input: &ServiceInput<'_>) {
                     d.status = DeploymentStatus::Primary;
                     d.rollout_state = RolloutState::InProgress;
                     d.failed_tasks = 0;
+                    d.rollback_to = None;
                     d.created_at = now;
                     d.updated_at = now;
                     d
@@ -421,6 +423,8 @@ fn fail(svc: &mut Service, reason: String, input: &ServiceInput<'_>) {
             next.rollout_state_reason = format!("rollback from failed deployment {failed_id}");
             svc.deployments.insert(0, next);
             svc.task_definition = td.clone();
+            // The failed revision's back-off must not delay the way back.
+            svc.backoff = Default::default();
             svc.events.push(
                 now,
                 format!("deployment {failed_id} failed: {reason}; rolling back to {td}"),
@@ -568,12 +572,18 @@ mod tests {
         fn deploy(&mut self, to: &str, outcome: Outcome) {
             self.ids += 1;
             let id = format!("d-{to}-{}", self.ids);
+            let mut next = Deployment::new(id, td(to), self.now);
+            next.rollback_to = self.svc.last_completed.clone().or_else(|| {
+                self.svc
+                    .deployments
+                    .first()
+                    .filter(|d| d.rollout_state != RolloutState::Failed)
+                    .map(|d| d.task_definition.clone())
+            });
             for d in &mut self.svc.deployments {
                 d.status = DeploymentStatus::Active;
             }
-            self.svc
-                .deployments
-                .insert(0, Deployment::new(id, td(to), self.now));
+            self.svc.deployments.insert(0, next);
             self.svc.task_definition = td(to);
             self.svc.version += 1;
             self.outcome.insert(to.to_owned(), outcome);

@@ -4,7 +4,7 @@
 
 mod agents;
 mod api;
-mod nodes;
+pub mod nodes;
 pub mod scheduler;
 pub mod services;
 pub mod status;

@@ -36,7 +36,8 @@ pub fn merged_placement(service: &PlacementSpec, def: &PlacementSpec) -> Placeme
 }
 
 /// One round's decisions: a `ReconcileService` command for every service that needs one.
-pub fn plan(state: &State, at: u64) -> Vec<Command> {
+/// `ids` names new tasks and deployments (random UUIDs; seeded in the simulator).
+pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Command> {
     let mut by_group: HashMap<(&str, &str), Vec<&Task>> = HashMap::new();
     for t in state.tasks().filter(|t| !t.is_stopped()) {
         if let Some(g) = t.group.as_deref() {
@@ -62,7 +63,7 @@ pub fn plan(state: &State, at: u64) -> Vec<Command> {
             draining_nodes: &draining,
             health_checked: &health_checked,
             now: at,
-            new_deployment_id: new_id(),
+            new_deployment_id: ids(),
         });
         if plan.is_noop(svc) {
             continue;
@@ -72,7 +73,7 @@ pub fn plan(state: &State, at: u64) -> Vec<Command> {
             .iter()
             .filter_map(|launch| {
                 let def = state.task_definition(&svc.namespace, &launch.task_definition)?;
-                let mut task = Task::pending(new_id(), &svc.namespace, def, at);
+                let mut task = Task::pending(ids(), &svc.namespace, def, at);
                 task.group = Some(group.clone());
                 task.started_by = Some(launch.deployment_id.clone());
                 task.placement = merged_placement(&svc.placement, &def.placement);
@@ -142,7 +143,7 @@ pub async fn run(store: Store) {
         }
         // A linearizable read: a new leader must not decide from a state that lags behind
         // what is already committed (it could start tasks twice).
-        let commands = match store.read(|s| plan(s, now_ms())).await {
+        let commands = match store.read(|s| plan(s, now_ms(), &mut new_id)).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("read state for services: {e}");

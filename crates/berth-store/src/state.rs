@@ -582,11 +582,12 @@ impl State {
                 "deployment {deployment_id} started: {} -> {}",
                 svc.task_definition, spec.task_definition
             ));
-            svc.deployments.insert(
-                0,
-                Deployment::new(deployment_id, spec.task_definition.clone(), at),
-            );
+            let mut next = Deployment::new(deployment_id, spec.task_definition.clone(), at);
+            next.rollback_to = rollback_target(svc, &spec.task_definition);
+            svc.deployments.insert(0, next);
             svc.task_definition = spec.task_definition;
+            // A new revision starts without the old one's launch back-off.
+            svc.backoff = Default::default();
         }
         let was_changed = !messages.is_empty();
         if was_changed {
@@ -918,6 +919,27 @@ impl State {
             }
         }
     }
+}
+
+/// What a new deployment of `next` rolls back to: the last revision that completed; else the
+/// current primary's when some of its tasks are healthy; else what the current primary would
+/// have rolled back to; else the current primary's (the revision the user had asked for
+/// before). So a bad deploy on top of an unfinished one still has somewhere to go back to.
+fn rollback_target(svc: &Service, next: &TaskDefinitionRef) -> Option<TaskDefinitionRef> {
+    let primary = svc
+        .deployments
+        .first()
+        .filter(|d| d.rollout_state != RolloutState::Failed);
+    svc.last_completed
+        .clone()
+        .or_else(|| {
+            primary
+                .filter(|d| d.healthy_count > 0)
+                .map(|d| d.task_definition.clone())
+        })
+        .or_else(|| svc.deployments.first().and_then(|d| d.rollback_to.clone()))
+        .or_else(|| primary.map(|d| d.task_definition.clone()))
+        .filter(|td| td != next)
 }
 
 /// When a stopped service task failed on its own (not stopped by a user, the scheduler or a

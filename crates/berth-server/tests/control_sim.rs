@@ -1,0 +1,601 @@
+//! A deterministic simulation of the control plane's leader with many fake agents: a seeded
+//! RNG and a manual clock drive node crashes and restarts, partitions (agents cut off from
+//! every server), lost heartbeats and reports, leader changes (the new leader's memory starts
+//! empty), container crashes, failing revisions, scaling and draining. The real state machine
+//! (`berth_store::State::apply`) and the real leader decisions (`scheduler::plan`,
+//! `services::plan`, `nodes::lost_nodes`, `desired_tasks`) run; agents are modelled, including
+//! their self-fencing lease.
+//!
+//! Invariants after every step: no node is over capacity; no task runs on two nodes; a task the
+//! control plane declared lost (NodeLost) is not running anywhere (fencing); every task the
+//! state says RUNNING is on a node that is not DOWN; no service has more tasks than its
+//! maximumPercent allows. After the faults end, every service converges to its desired count.
+//!
+//! `BERTH_SIM_SEEDS=N` (or `START..END`) runs those seeds (default 1000);
+//! `BERTH_SIM_SEED=S` replays one, printing a trace with `BERTH_SIM_TRACE=1`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use berth_model::{
+    ContainerDefinition, ContainerState, DesiredStatus, EventLog, HealthStatus, Node, NodeStatus,
+    Resources, ServiceSpec, StopCode, TaskDefinitionSpec, TaskStatus, TaskStatusUpdate,
+};
+use berth_server::{desired_tasks, nodes::lost_nodes, scheduler, services};
+use berth_store::{Command, CommandResult, ServiceChange, State};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const STEP_MS: u64 = 250;
+const TTL_MS: u64 = 3000;
+/// Agents stop their tasks after this long without an acknowledged heartbeat (80% of the TTL).
+const LEASE_MS: u64 = TTL_MS * 8 / 10;
+const FAULT_STEPS: u64 = 240;
+/// After the faults: at most this long to converge.
+const QUIET_MS: u64 = 600_000;
+const NODES: usize = 12;
+const SERVICES: usize = 3;
+
+struct Container {
+    ready_at: u64,
+    fails: bool,
+    reported_running: bool,
+}
+
+struct Agent {
+    name: String,
+    up: bool,
+    cut: bool,
+    last_ack: u64,
+    running: BTreeMap<String, Container>,
+}
+
+struct World {
+    rng: StdRng,
+    state: State,
+    now: u64,
+    base: Instant,
+    /// The leader's memory: when each node was last heard from.
+    liveness: HashMap<String, u64>,
+    leader_since: u64,
+    agents: Vec<Agent>,
+    loss: f64,
+    ids: u64,
+    trace: bool,
+}
+
+fn spec(family: &str, env: u32, bad: bool) -> TaskDefinitionSpec {
+    let mut c = ContainerDefinition::new(
+        "app",
+        if bad {
+            "registry/missing:tag"
+        } else {
+            "registry/app:v1"
+        },
+    );
+    c.environment.insert("REV".into(), env.to_string());
+    TaskDefinitionSpec {
+        family: family.into(),
+        cpu: 256,
+        memory: 128,
+        containers: vec![c],
+        placement: Default::default(),
+    }
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut w = Self {
+            rng: StdRng::seed_from_u64(seed),
+            state: State::default(),
+            now: 1_000_000,
+            base: Instant::now(),
+            liveness: HashMap::new(),
+            leader_since: 1_000_000,
+            agents: Vec::new(),
+            loss: 0.0,
+            ids: 0,
+            trace: std::env::var("BERTH_SIM_TRACE").is_ok(),
+        };
+        w.loss = w.rng.gen_range(0.0..0.2);
+        for i in 0..NODES {
+            let name = format!("node-{i:02}");
+            w.register(&name);
+            w.agents.push(Agent {
+                name,
+                up: true,
+                cut: false,
+                last_ack: w.now,
+                running: BTreeMap::new(),
+            });
+        }
+        for s in 0..SERVICES {
+            let name = format!("svc-{s}");
+            w.apply(Command::RegisterTaskDefinition {
+                namespace: "default".into(),
+                spec: spec(&name, 0, false),
+                reuse_identical: false,
+                at: w.now,
+            });
+            let desired = w.rng.gen_range(1..=5);
+            let id = w.id();
+            w.apply(Command::ApplyService {
+                namespace: "default".into(),
+                spec: ServiceSpec {
+                    name: name.clone(),
+                    task_definition: format!("{name}:1").parse().expect("ref"),
+                    desired_count: desired,
+                    deployment_configuration: Default::default(),
+                    placement: Default::default(),
+                },
+                deployment_id: id,
+                at: w.now,
+            });
+        }
+        w
+    }
+
+    fn id(&mut self) -> String {
+        self.ids += 1;
+        format!("id-{:06}", self.ids)
+    }
+
+    fn apply(&mut self, command: Command) -> CommandResult {
+        if self.trace {
+            println!("{:>8} {}", self.now, short(&command));
+        }
+        self.state.apply(command).0
+    }
+
+    fn register(&mut self, name: &str) {
+        let node = Node {
+            name: name.into(),
+            address: "127.0.0.1:1".into(),
+            status: NodeStatus::Active,
+            attributes: BTreeMap::new(),
+            cpu: Resources {
+                total: 1024,
+                allocated: 0,
+            },
+            memory: Resources {
+                total: 1024,
+                allocated: 0,
+            },
+            registered_at: self.now,
+            events: EventLog::default(),
+        };
+        let at = self.now;
+        self.apply(Command::RegisterNode { node, at });
+    }
+
+    /// Faults and operator actions for this step.
+    fn inject(&mut self) {
+        let r: f64 = self.rng.gen();
+        let i = self.rng.gen_range(0..self.agents.len());
+        match r {
+            r if r < 0.02 => {
+                // A host crashes: its containers die with it.
+                let a = &mut self.agents[i];
+                a.up = false;
+                a.running.clear();
+            }
+            r if r < 0.05 => {
+                let a = &mut self.agents[i];
+                if !a.up {
+                    a.up = true;
+                    a.cut = false;
+                    a.last_ack = self.now;
+                }
+            }
+            r if r < 0.07 => self.agents[i].cut = true,
+            r if r < 0.11 => self.agents[i].cut = false,
+            r if r < 0.12 => {
+                // A new leader: its memory of heartbeats starts empty.
+                self.liveness.clear();
+                self.leader_since = self.now;
+            }
+            r if r < 0.14 => {
+                let s = self.rng.gen_range(0..SERVICES);
+                // Not to zero: a bad revision deployed at zero completes at once (nothing to
+                // run), as in ECS, and would then fail for good when scaled up.
+                let n = self.rng.gen_range(1..=6);
+                let at = self.now;
+                self.apply(Command::UpdateService {
+                    namespace: "default".into(),
+                    name: format!("svc-{s}"),
+                    change: ServiceChange::Scale(n),
+                    at,
+                });
+            }
+            r if r < 0.16 => self.deploy(),
+            r if r < 0.17 => self.set_node(i, NodeStatus::Draining),
+            r if r < 0.19 => self.set_node(i, NodeStatus::Active),
+            r if r < 0.21 => {
+                // A container exits on its own.
+                let a = &mut self.agents[i];
+                if let Some(id) = a.running.keys().next().cloned() {
+                    a.running.remove(&id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_node(&mut self, i: usize, status: NodeStatus) {
+        let node = self.agents[i].name.clone();
+        let at = self.now;
+        self.apply(Command::SetNodeStatus { node, status, at });
+    }
+
+    /// A new revision of a random service; one in four cannot start.
+    fn deploy(&mut self) {
+        let s = self.rng.gen_range(0..SERVICES);
+        let name = format!("svc-{s}");
+        let bad = self.rng.gen_bool(0.25);
+        let env = self.rng.gen();
+        let at = self.now;
+        let CommandResult::TaskDefinition {
+            task_definition, ..
+        } = self.apply(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: spec(&name, env, bad),
+            reuse_identical: false,
+            at,
+        })
+        else {
+            panic!("register task definition");
+        };
+        let Some(svc) = self.state.service("default", &name).cloned() else {
+            return;
+        };
+        let id = self.id();
+        self.apply(Command::ApplyService {
+            namespace: "default".into(),
+            spec: ServiceSpec {
+                name,
+                task_definition: task_definition.reference(),
+                desired_count: svc.desired_count,
+                deployment_configuration: svc.deployment_configuration,
+                placement: svc.placement,
+            },
+            deployment_id: id,
+            at,
+        });
+    }
+
+    /// Every agent: heartbeat (unless cut off or lost), fencing, reconciling its desired set.
+    fn agents_step(&mut self) {
+        for i in 0..self.agents.len() {
+            if !self.agents[i].up {
+                continue;
+            }
+            let delivered = !self.agents[i].cut && !self.rng.gen_bool(self.loss);
+            if !delivered {
+                let a = &mut self.agents[i];
+                if self.now.saturating_sub(a.last_ack) > LEASE_MS && !a.running.is_empty() {
+                    // Self-fencing: no acknowledged heartbeat within the lease.
+                    a.running.clear();
+                }
+                continue;
+            }
+            let name = self.agents[i].name.clone();
+            self.liveness.insert(name.clone(), self.now);
+            self.agents[i].last_ack = self.now;
+            let known = self.state.node(&name).map(|n| n.status);
+            if known.is_none() || known == Some(NodeStatus::Down) {
+                self.register(&name);
+            }
+            let desired = desired_tasks(&self.state, &name);
+            let mut updates = Vec::new();
+            let mut wanted = BTreeSet::new();
+            for t in desired.tasks {
+                wanted.insert(t.task_id.clone());
+                let stop = t.desired_status == berth_proto::v1::DesiredStatus::Stopped as i32;
+                let past_pending = t.last_status > berth_proto::v1::TaskStatus::Pending as i32;
+                let a = &mut self.agents[i];
+                let has = a.running.contains_key(&t.task_id);
+                if stop {
+                    a.running.remove(&t.task_id);
+                    updates.push(update(&t.task_id, TaskStatus::Stopped, None));
+                } else if !has && past_pending {
+                    // Lost while the agent was down (or fenced), as the agent reports it.
+                    updates.push(update(
+                        &t.task_id,
+                        TaskStatus::Stopped,
+                        Some(StopCode::NodeLost),
+                    ));
+                } else if !has {
+                    let fails = t.containers.iter().any(|c| c.image.contains("missing"));
+                    let ready_at = self.now + self.rng.gen_range(0..3) * STEP_MS;
+                    self.agents[i].running.insert(
+                        t.task_id.clone(),
+                        Container {
+                            ready_at,
+                            fails,
+                            reported_running: false,
+                        },
+                    );
+                    updates.push(update(&t.task_id, TaskStatus::Activating, None));
+                }
+            }
+            let now = self.now;
+            let a = &mut self.agents[i];
+            // Containers of tasks this node no longer owns are removed.
+            a.running.retain(|id, _| wanted.contains(id));
+            let mut failed = Vec::new();
+            for (id, c) in &mut a.running {
+                if now < c.ready_at {
+                    continue;
+                }
+                if c.fails {
+                    failed.push(id.clone());
+                    updates.push(update(
+                        id,
+                        TaskStatus::Stopped,
+                        Some(StopCode::TaskFailedToStart),
+                    ));
+                } else if !c.reported_running {
+                    c.reported_running = true;
+                    updates.push(update(id, TaskStatus::Running, None));
+                }
+            }
+            for id in failed {
+                a.running.remove(&id);
+            }
+            if !updates.is_empty() {
+                self.apply(Command::ReportTaskStatus {
+                    node: name,
+                    updates,
+                    at: now,
+                });
+            }
+        }
+    }
+
+    /// The leader's controllers, in the order the server runs them.
+    fn leader_step(&mut self) {
+        let at = |ms: u64| self.base + Duration::from_millis(ms);
+        let lost = lost_nodes(
+            &self.state,
+            |n| self.liveness.get(n).map(|ms| at(*ms)),
+            at(self.leader_since),
+            at(self.now),
+            Duration::from_millis(TTL_MS),
+        );
+        for (node, _) in lost {
+            let now = self.now;
+            self.apply(Command::MarkNodeDown {
+                node,
+                reason: "silent".into(),
+                at: now,
+            });
+        }
+        if let Some(c) = scheduler::plan(&self.state, self.now) {
+            self.apply(c);
+        }
+        let mut ids = 0u64;
+        let prefix = self.ids;
+        let commands = services::plan(&self.state, self.now, &mut || {
+            ids += 1;
+            format!("gen-{prefix}-{ids:04}")
+        });
+        self.ids += 1;
+        for c in commands {
+            self.apply(c);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut per_service: HashMap<&str, u64> = HashMap::new();
+        for t in self.state.tasks() {
+            if t.is_stopped() {
+                continue;
+            }
+            if let Some(n) = t.node.as_deref() {
+                let e = used.entry(n).or_default();
+                e.0 += u64::from(t.cpu);
+                e.1 += u64::from(t.memory);
+                if t.last_status == TaskStatus::Running
+                    && self
+                        .state
+                        .node(n)
+                        .is_some_and(|n| n.status == NodeStatus::Down)
+                {
+                    return Err(format!("task {} is RUNNING on DOWN node {n}", t.task_id));
+                }
+            }
+            if t.desired_status == DesiredStatus::Running {
+                if let Some(g) = t.group.as_deref() {
+                    *per_service.entry(g).or_default() += 1;
+                }
+            }
+        }
+        for n in self.state.nodes() {
+            let (cpu, memory) = used.get(n.name.as_str()).copied().unwrap_or_default();
+            if cpu > n.cpu.total || memory > n.memory.total {
+                return Err(format!(
+                    "node {} over capacity: {cpu} cpu, {memory} MiB",
+                    n.name
+                ));
+            }
+        }
+        for svc in self.state.services() {
+            let d = u64::from(svc.desired_count);
+            let c = &svc.deployment_configuration;
+            let min = (d * u64::from(c.minimum_healthy_percent)).div_ceil(100);
+            let max = (d * u64::from(c.maximum_percent) / 100).max(if d > 0 { min + 1 } else { 0 });
+            let n = per_service.get(svc.group().as_str()).copied().unwrap_or(0);
+            if n > max {
+                return Err(format!(
+                    "service {} has {n} tasks, at most {max} allowed",
+                    svc.name
+                ));
+            }
+        }
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for a in &self.agents {
+            for id in a.running.keys() {
+                if let Some(other) = seen.insert(id, &a.name) {
+                    return Err(format!("task {id} runs on {other} and {}", a.name));
+                }
+                let lost = self
+                    .state
+                    .task("default", id)
+                    .is_some_and(|t| t.is_stopped() && t.stop_code == Some(StopCode::NodeLost));
+                if lost {
+                    return Err(format!(
+                        "task {id} was declared lost but still runs on {} (fencing failed)",
+                        a.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every service runs its desired count on a revision that starts.
+    fn converged(&self) -> bool {
+        self.state.services().all(|svc| {
+            let good = self
+                .state
+                .task_definition(&svc.namespace, &svc.task_definition)
+                .is_some_and(|d| !d.containers[0].image.contains("missing"));
+            let running = self
+                .state
+                .tasks()
+                .filter(|t| {
+                    t.group.as_deref() == Some(svc.group().as_str())
+                        && t.last_status == TaskStatus::Running
+                        && t.desired_status == DesiredStatus::Running
+                })
+                .count();
+            good && running == svc.desired_count as usize
+        })
+    }
+
+    fn heal(&mut self) {
+        for i in 0..self.agents.len() {
+            let a = &mut self.agents[i];
+            if !a.up {
+                a.up = true;
+                a.last_ack = self.now;
+            }
+            a.cut = false;
+            self.set_node(i, NodeStatus::Active);
+        }
+        self.loss = 0.0;
+    }
+}
+
+fn update(task_id: &str, status: TaskStatus, code: Option<StopCode>) -> TaskStatusUpdate {
+    TaskStatusUpdate {
+        task_id: task_id.into(),
+        last_status: status,
+        containers: vec![ContainerState {
+            last_status: status,
+            health_status: HealthStatus::Unknown,
+            ..ContainerState::pending("app", "img")
+        }],
+        stop_code: code,
+        stopped_reason: code.map(|c| format!("{c}")),
+        event: None,
+    }
+}
+
+fn short(c: &Command) -> String {
+    let text = format!("{c:?}");
+    text.chars().take(160).collect()
+}
+
+fn run_seed(seed: u64) -> Result<(), String> {
+    let mut w = World::new(seed);
+    for step in 0..FAULT_STEPS {
+        w.inject();
+        w.agents_step();
+        w.leader_step();
+        w.check().map_err(|e| format!("step {step}: {e}"))?;
+        w.now += STEP_MS;
+    }
+    w.heal();
+    let deadline = w.now + QUIET_MS;
+    while w.now < deadline {
+        w.agents_step();
+        w.leader_step();
+        w.check()
+            .map_err(|e| format!("after healing, t={}: {e}", w.now))?;
+        if w.converged() {
+            return Ok(());
+        }
+        w.now += STEP_MS;
+    }
+    let summary: Vec<String> = w
+        .state
+        .services()
+        .map(|s| {
+            format!(
+                "{} desired {} running {} td {} deployments {:?} backoff {:?} events {:?}",
+                s.name,
+                s.desired_count,
+                s.running_count,
+                s.task_definition,
+                s.deployments
+                    .iter()
+                    .map(|d| format!("{} {} {}", d.task_definition, d.status, d.rollout_state))
+                    .collect::<Vec<_>>(),
+                s.backoff,
+                s.events
+                    .iter()
+                    .rev()
+                    .take(12)
+                    .map(|e| format!("{} {}", e.at, e.message))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    Err(format!("services did not converge: {summary:?}"))
+}
+
+#[test]
+fn the_control_plane_keeps_its_invariants_under_faults() {
+    let seeds: Vec<u64> = match std::env::var("BERTH_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("BERTH_SIM_SEED is a number")],
+        Err(_) => {
+            let spec = std::env::var("BERTH_SIM_SEEDS").unwrap_or_else(|_| "1000".into());
+            match spec.split_once("..") {
+                Some((a, b)) => (a.parse().expect("seed range start")
+                    ..b.parse().expect("seed range end"))
+                    .collect(),
+                None => (0..spec
+                    .parse()
+                    .expect("BERTH_SIM_SEEDS is a number or START..END"))
+                    .collect(),
+            }
+        }
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let seeds: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
+                scope.spawn(move || {
+                    seeds
+                        .into_iter()
+                        .filter_map(|seed| {
+                            run_seed(seed).err().map(|e| format!("seed {seed}: {e}"))
+                        })
+                        .next()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("simulation thread"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{}\nreplay: BERTH_SIM_SEED=<seed> BERTH_SIM_TRACE=1 cargo test -p berth-server --test control_sim",
+        failures.join("\n")
+    );
+}
