@@ -228,3 +228,99 @@ async fn placement_constraints_choose_and_refuse_nodes_with_reasons() -> anyhow:
     }
     Ok(())
 }
+
+/// The service's tasks that have not stopped, as `(task ID, node, lastStatus)`.
+async fn service_tasks(addr: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+    let tasks = cli_json(addr, &["get", "tasks"]).await?;
+    Ok(tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["group"] == "service:sleeper" && t["lastStatus"] != "STOPPED")
+        .map(|t| {
+            let s = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+            (s("taskId"), s("node"), s("lastStatus"))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn service_tasks_move_off_a_drained_node_and_are_replaced_when_a_node_is_lost(
+) -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = server(&env).await?;
+    let addr = server.addr.to_string();
+    let _a1 = AgentProc::start(&env, &addr, "node-1").await?;
+    let a2 = AgentProc::start(&env, &addr, "node-2").await?;
+    let manifest = env.path("sleeper.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: Service\nmetadata:\n  name: sleeper\nspec:\n  desiredCount: 2\n  placement:\n    strategy: [{{type: spread, field: node}}]\n  template:\n    cpu: 128\n    memory: 32\n    containers:\n      - name: app\n        image: {}\n        command: [sleep, '600']\n        stopTimeout: 1s\n",
+            env.image
+        ),
+    )?;
+    let out = cli(
+        &addr,
+        &[
+            "apply",
+            "-f",
+            &manifest.display().to_string(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = service_tasks(&addr).await?;
+    let on_1: Vec<String> = before
+        .iter()
+        .filter(|(_, n, _)| n == "node-1")
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    assert_eq!(
+        on_1.len(),
+        1,
+        "spread puts one task on each node: {before:?}"
+    );
+
+    // Drain node-1: its task is replaced on node-2 first, then stopped.
+    cli_json(&addr, &["node", "drain", "node-1"]).await?;
+    poll("the service to leave node-1", TIMEOUT, || async {
+        let now = service_tasks(&addr).await.ok()?;
+        (now.len() == 2 && now.iter().all(|(_, n, s)| n == "node-2" && s == "RUNNING"))
+            .then_some(())
+    })
+    .await?;
+    let moved = wait_stopped(&addr, &on_1[0], TIMEOUT).await?;
+    assert_eq!(moved["stopCode"], "ServiceSchedulerInitiated", "{moved}");
+    assert_eq!(moved["stoppedReason"], "its node is draining", "{moved}");
+
+    // node-1 takes tasks again; node-2 dies: its tasks are lost and replaced on node-1.
+    cli_json(&addr, &["node", "activate", "node-1"]).await?;
+    a2.kill().await?;
+    poll(
+        "the lost tasks to be replaced on node-1",
+        TIMEOUT,
+        || async {
+            let now = service_tasks(&addr).await.ok()?;
+            (now.len() == 2 && now.iter().all(|(_, n, s)| n == "node-1" && s == "RUNNING"))
+                .then_some(())
+        },
+    )
+    .await?;
+    let tasks = cli_json(&addr, &["get", "tasks"]).await?;
+    let lost = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["node"] == "node-2" && t["stopCode"] == "NodeLost")
+        .count();
+    assert_eq!(lost, 2, "{tasks}");
+    Ok(())
+}
