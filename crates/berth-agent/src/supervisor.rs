@@ -221,6 +221,9 @@ fn watch_exit(i: usize, exit: ExitFuture, tx: &mpsc::UnboundedSender<Exit>) {
     });
 }
 
+/// How long a container may take to exit after SIGTERM when its agent fences itself.
+pub const FENCED_STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// The containerd container ID of one container of a task.
 pub fn container_id(task_id: &str, container: &str) -> String {
     format!("{task_id}-{container}")
@@ -537,7 +540,12 @@ impl TaskRun {
             if let Err(e) = self.runtime.kill(&id, SIGTERM, false).await {
                 tracing::warn!(container = %id, "send SIGTERM: {e}");
             }
-            let grace = Duration::from_secs(u64::from(defs[i].stop_timeout));
+            let mut grace = Duration::from_secs(u64::from(defs[i].stop_timeout));
+            if self.fenced.load(Ordering::SeqCst) {
+                // Self-fencing must finish before the servers may declare the node lost
+                // (20% of the node TTL later): no long goodbyes.
+                grace = grace.min(FENCED_STOP_GRACE);
+            }
             let mut deadline = Some(tokio::time::Instant::now() + grace);
             while states[i].last_status == TaskStatus::Running {
                 let next = match deadline {
