@@ -2,6 +2,7 @@
 //! real registry, the real CLI.
 
 mod agent;
+mod autoscaling;
 mod cluster;
 mod nodes;
 mod services;

@@ -244,6 +244,7 @@ pub fn print(format: Format, services: &[Service], single: bool) -> anyhow::Resu
                     ];
                     if wide {
                         row.push(s.deployments.len().to_string());
+                        row.push(metrics_cell(s));
                         row.push(s.events.last().map_or("-".into(), |e| e.message.clone()));
                     }
                     row
@@ -260,12 +261,32 @@ pub fn print(format: Format, services: &[Service], single: bool) -> anyhow::Resu
                 "AGE",
             ];
             if wide {
-                header.extend(["DEPLOYMENTS", "LAST EVENT"]);
+                header.extend(["DEPLOYMENTS", "METRICS", "LAST EVENT"]);
             }
             table(&header, &rows);
             Ok(())
         }
     }
+}
+
+/// "CPUUtilization 72%/50%" per tracked metric (value/target), or the policy's range alone.
+fn metrics_cell(s: &Service) -> String {
+    let Some(a) = &s.autoscaling else {
+        return "-".into();
+    };
+    let values: Vec<String> = a
+        .target_tracking
+        .iter()
+        .map(|t| {
+            let value = s
+                .metrics
+                .iter()
+                .find(|m| m.metric == t.metric)
+                .map_or("?".to_owned(), |m| format!("{:.0}%", m.value));
+            format!("{} {value}/{}%", t.metric, t.target)
+        })
+        .collect();
+    format!("{} ({}..{})", values.join(", "), a.min_count, a.max_count)
 }
 
 pub fn describe(s: &Service) {
@@ -290,6 +311,21 @@ pub fn describe(s: &Service) {
     );
     if let Some(r) = &s.last_completed {
         println!("Last completed:   {r}");
+    }
+    if let Some(a) = &s.autoscaling {
+        println!(
+            "Autoscaling:      {}..{} tasks, cooldowns out {}s / in {}s{}",
+            a.min_count,
+            a.max_count,
+            a.scale_out_cooldown,
+            a.scale_in_cooldown,
+            if a.disable_scale_in {
+                ", scale-in disabled"
+            } else {
+                ""
+            }
+        );
+        println!("Metrics:          {}", metrics_cell(s));
     }
     if s.backoff.failures > 0 {
         println!(

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use berth_model::{
-    CircuitBreaker, ContainerDefinition, ContainerDependency, DependencyCondition,
+    Autoscaling, CircuitBreaker, ContainerDefinition, ContainerDependency, DependencyCondition,
     DeploymentConfiguration, DeploymentStrategy, HealthCheck, PlacementSpec, ServiceSpec,
-    TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
+    TargetTracking, TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -132,6 +132,36 @@ struct ServiceSpecYaml {
     deployment_configuration: DeploymentConfigurationYaml,
     #[serde(default)]
     placement: PlacementSpec,
+    #[serde(default)]
+    autoscaling: Option<AutoscalingYaml>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AutoscalingYaml {
+    min_count: u32,
+    max_count: u32,
+    target_tracking: Vec<TargetTracking>,
+    #[serde(default)]
+    scale_out_cooldown: Option<Seconds>,
+    #[serde(default)]
+    scale_in_cooldown: Option<Seconds>,
+    #[serde(default)]
+    disable_scale_in: bool,
+}
+
+impl AutoscalingYaml {
+    fn into_model(self) -> Autoscaling {
+        let d = Autoscaling::with_defaults(self.min_count, self.max_count, self.target_tracking);
+        Autoscaling {
+            scale_out_cooldown: self
+                .scale_out_cooldown
+                .map_or(d.scale_out_cooldown, |s| s.0),
+            scale_in_cooldown: self.scale_in_cooldown.map_or(d.scale_in_cooldown, |s| s.0),
+            disable_scale_in: self.disable_scale_in,
+            ..d
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -469,6 +499,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                     desired_count: parsed.spec.desired_count,
                     deployment_configuration: parsed.spec.deployment_configuration.into_model(),
                     placement: parsed.spec.placement,
+                    autoscaling: parsed.spec.autoscaling.map(AutoscalingYaml::into_model),
                 };
                 if let Err(e) = spec.validate() {
                     let field = if e.field == "name" {

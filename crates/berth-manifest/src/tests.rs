@@ -274,6 +274,58 @@ spec:
   desiredCount: 3
   replicas: 2
 ",
-        "m.yaml:8:3: spec: unknown field `replicas`, expected one of `taskDefinition`, `template`, `desiredCount`, `deploymentConfiguration`, `placement`",
+        "m.yaml:8:3: spec: unknown field `replicas`, expected one of `taskDefinition`, `template`, `desiredCount`, `deploymentConfiguration`, `placement`, `autoscaling`",
+    );
+}
+
+#[test]
+fn parses_an_autoscaling_policy() {
+    let docs = parse(
+        "m.yaml",
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  taskDefinition: web
+  desiredCount: 1
+  autoscaling:
+    minCount: 1
+    maxCount: 8
+    targetTracking:
+      - {metric: CPUUtilization, target: 50}
+      - {metric: MemoryUtilization, target: 70}
+    scaleInCooldown: 2m
+",
+    )
+    .expect("valid");
+    let Object::Service { spec, .. } = &docs[0].object else {
+        panic!("expected a service")
+    };
+    let a = spec.autoscaling.as_ref().expect("a policy");
+    assert_eq!((a.min_count, a.max_count), (1, 8));
+    assert_eq!(a.target_tracking.len(), 2);
+    assert_eq!((a.scale_out_cooldown, a.scale_in_cooldown), (10, 120));
+    let err = parse(
+        "m.yaml",
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  taskDefinition: web
+  desiredCount: 1
+  autoscaling:
+    minCount: 5
+    maxCount: 2
+    targetTracking: [{metric: CPUUtilization, target: 50}]
+",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "m.yaml:9:5: spec.autoscaling.minCount: 5 is above maxCount (2)"
     );
 }

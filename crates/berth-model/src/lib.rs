@@ -21,8 +21,9 @@ pub use placement::{
     BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,
 };
 pub use service::{
-    CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus, DeploymentStrategy,
-    LaunchBackoff, RolloutState, Service, ServiceSpec, ServiceStatus, MAX_DESIRED_COUNT,
+    Autoscaling, CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus,
+    DeploymentStrategy, LaunchBackoff, MetricValue, RolloutState, ScalingMetric, Service,
+    ServiceSpec, ServiceStatus, TargetTracking, MAX_DESIRED_COUNT,
 };
 pub use task::{
     ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,

@@ -24,6 +24,123 @@ pub struct ServiceSpec {
     /// when given; constraints of both apply.
     #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
+    /// Target tracking: the leader adjusts desiredCount within min..max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Target-tracking autoscaling of a service's desired count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    pub min_count: u32,
+    pub max_count: u32,
+    pub target_tracking: Vec<TargetTracking>,
+    /// Seconds after a scale-out before the next scale-out.
+    #[serde(default = "default_scale_out_cooldown")]
+    pub scale_out_cooldown: u32,
+    /// Seconds after any scaling before a scale-in.
+    #[serde(default = "default_scale_in_cooldown")]
+    pub scale_in_cooldown: u32,
+    /// Only ever scale out (and back to minCount).
+    #[serde(default)]
+    pub disable_scale_in: bool,
+}
+
+impl Eq for Autoscaling {}
+
+fn default_scale_out_cooldown() -> u32 {
+    10
+}
+
+fn default_scale_in_cooldown() -> u32 {
+    60
+}
+
+/// Keep `metric`, averaged over the service's RUNNING tasks, near `target` percent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetTracking {
+    pub metric: ScalingMetric,
+    /// Percent of the task's reserved cpu or memory.
+    pub target: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ScalingMetric {
+    #[serde(rename = "CPUUtilization")]
+    CpuUtilization,
+    #[serde(rename = "MemoryUtilization")]
+    MemoryUtilization,
+}
+
+impl fmt::Display for ScalingMetric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::CpuUtilization => "CPUUtilization",
+            Self::MemoryUtilization => "MemoryUtilization",
+        })
+    }
+}
+
+impl Autoscaling {
+    /// A policy with the default cooldowns.
+    pub fn with_defaults(
+        min_count: u32,
+        max_count: u32,
+        target_tracking: Vec<TargetTracking>,
+    ) -> Self {
+        Self {
+            min_count,
+            max_count,
+            target_tracking,
+            scale_out_cooldown: default_scale_out_cooldown(),
+            scale_in_cooldown: default_scale_in_cooldown(),
+            disable_scale_in: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let field = |f: &str| format!("autoscaling.{f}");
+        if self.max_count > MAX_DESIRED_COUNT {
+            return Err(ValidationError::new(
+                field("maxCount"),
+                format!(
+                    "{} is too many; use at most {MAX_DESIRED_COUNT}",
+                    self.max_count
+                ),
+            ));
+        }
+        if self.min_count > self.max_count {
+            return Err(ValidationError::new(
+                field("minCount"),
+                format!("{} is above maxCount ({})", self.min_count, self.max_count),
+            ));
+        }
+        if self.target_tracking.is_empty() {
+            return Err(ValidationError::new(
+                field("targetTracking"),
+                "name at least one metric and target, e.g. {metric: CPUUtilization, target: 50}",
+            ));
+        }
+        for (i, t) in self.target_tracking.iter().enumerate() {
+            if !(t.target > 0.0 && t.target <= 100.0) {
+                return Err(ValidationError::new(
+                    field(&format!("targetTracking[{i}].target")),
+                    format!(
+                        "{} is out of range; use a percentage above 0 and at most 100",
+                        t.target
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `count` within minCount..=maxCount.
+    pub fn clamp(&self, count: u32) -> u32 {
+        count.clamp(self.min_count, self.max_count)
+    }
 }
 
 /// How a service moves from one task definition to the next (ECS semantics).
@@ -132,9 +249,33 @@ pub struct Service {
     pub last_completed: Option<TaskDefinitionRef>,
     #[serde(default, skip_serializing_if = "LaunchBackoff::is_idle")]
     pub backoff: LaunchBackoff,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// When the autoscaler last scaled out and in (ms since the epoch; 0: never). Replicated,
+    /// so a new leader keeps the cooldowns.
+    #[serde(default)]
+    pub last_scale_out_at: Timestamp,
+    #[serde(default)]
+    pub last_scale_in_at: Timestamp,
+    /// The autoscaler's latest metric values (percent), filled in by the leader from its
+    /// memory when the service is read; never part of the replicated state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricValue>,
     #[serde(default, skip_serializing_if = "EventLog::is_empty")]
     pub events: EventLog,
 }
+
+/// One metric of a service as the autoscaler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValue {
+    pub metric: ScalingMetric,
+    /// Average over the service's RUNNING tasks in the window, percent of their reservation.
+    pub value: f64,
+    pub target: f64,
+}
+
+impl Eq for MetricValue {}
 
 impl Service {
     /// The group its tasks carry (`service:NAME`).
@@ -343,6 +484,9 @@ impl ServiceSpec {
             ));
         }
         self.deployment_configuration.validate()?;
+        if let Some(a) = &self.autoscaling {
+            a.validate()?;
+        }
         self.placement.validate("placement")
     }
 }
@@ -404,6 +548,7 @@ mod tests {
             desired_count: 3,
             deployment_configuration: DeploymentConfiguration::default(),
             placement: PlacementSpec::default(),
+            autoscaling: None,
         }
     }
 

@@ -600,6 +600,71 @@ fn deployment_configuration_from_wire(
     })
 }
 
+impl From<m::Autoscaling> for v1::Autoscaling {
+    fn from(a: m::Autoscaling) -> Self {
+        Self {
+            min_count: a.min_count,
+            max_count: a.max_count,
+            target_tracking: a
+                .target_tracking
+                .into_iter()
+                .map(|t| v1::TargetTracking {
+                    metric: t.metric.to_string(),
+                    target: t.target,
+                })
+                .collect(),
+            scale_out_cooldown: Some(a.scale_out_cooldown),
+            scale_in_cooldown: Some(a.scale_in_cooldown),
+            disable_scale_in: a.disable_scale_in,
+        }
+    }
+}
+
+fn scaling_metric(field: &str, name: &str) -> Result<m::ScalingMetric, ConversionError> {
+    match name {
+        "CPUUtilization" => Ok(m::ScalingMetric::CpuUtilization),
+        "MemoryUtilization" => Ok(m::ScalingMetric::MemoryUtilization),
+        other => Err(ConversionError::Invalid(m::ValidationError::new(
+            field,
+            format!("unknown metric {other:?}; use CPUUtilization or MemoryUtilization"),
+        ))),
+    }
+}
+
+impl TryFrom<v1::Autoscaling> for m::Autoscaling {
+    type Error = ConversionError;
+    fn try_from(a: v1::Autoscaling) -> Result<Self, ConversionError> {
+        let defaults = m::Autoscaling::with_defaults(0, 0, Vec::new());
+        Ok(Self {
+            min_count: a.min_count,
+            max_count: a.max_count,
+            target_tracking: a
+                .target_tracking
+                .into_iter()
+                .map(|t| {
+                    Ok(m::TargetTracking {
+                        metric: scaling_metric("autoscaling.targetTracking.metric", &t.metric)?,
+                        target: t.target,
+                    })
+                })
+                .collect::<Result<_, ConversionError>>()?,
+            scale_out_cooldown: a.scale_out_cooldown.unwrap_or(defaults.scale_out_cooldown),
+            scale_in_cooldown: a.scale_in_cooldown.unwrap_or(defaults.scale_in_cooldown),
+            disable_scale_in: a.disable_scale_in,
+        })
+    }
+}
+
+impl From<m::MetricValue> for v1::MetricValue {
+    fn from(v: m::MetricValue) -> Self {
+        Self {
+            metric: v.metric.to_string(),
+            value: v.value,
+            target: v.target,
+        }
+    }
+}
+
 impl From<m::ServiceSpec> for v1::ServiceSpec {
     fn from(s: m::ServiceSpec) -> Self {
         Self {
@@ -608,6 +673,7 @@ impl From<m::ServiceSpec> for v1::ServiceSpec {
             desired_count: s.desired_count,
             deployment_configuration: Some(s.deployment_configuration.into()),
             placement: placement_to_wire(s.placement),
+            autoscaling: s.autoscaling.map(Into::into),
         }
     }
 }
@@ -623,6 +689,7 @@ impl TryFrom<v1::ServiceSpec> for m::ServiceSpec {
                 s.deployment_configuration,
             )?,
             placement: placement_from_wire(s.placement)?,
+            autoscaling: s.autoscaling.map(TryInto::try_into).transpose()?,
         })
     }
 }
@@ -692,6 +759,10 @@ impl From<m::Service> for v1::Service {
             backoff_failures: s.backoff.failures,
             backoff_until: s.backoff.not_before,
             backoff_last_failure_at: s.backoff.last_failure_at,
+            autoscaling: s.autoscaling.map(Into::into),
+            last_scale_out_at: s.last_scale_out_at,
+            last_scale_in_at: s.last_scale_in_at,
+            metrics: s.metrics.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -724,6 +795,20 @@ impl TryFrom<v1::Service> for m::Service {
                 not_before: s.backoff_until,
                 last_failure_at: s.backoff_last_failure_at,
             },
+            autoscaling: s.autoscaling.map(TryInto::try_into).transpose()?,
+            last_scale_out_at: s.last_scale_out_at,
+            last_scale_in_at: s.last_scale_in_at,
+            metrics: s
+                .metrics
+                .into_iter()
+                .map(|v| {
+                    Ok(m::MetricValue {
+                        metric: scaling_metric("metrics.metric", &v.metric)?,
+                        value: v.value,
+                        target: v.target,
+                    })
+                })
+                .collect::<Result<_, ConversionError>>()?,
             events: events_from_wire(s.events),
         })
     }

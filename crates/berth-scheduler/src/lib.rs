@@ -1,6 +1,7 @@
 //! Placement decisions as pure functions: a cluster snapshot and the tasks to place in, a list
 //! of decisions out. No IO, no clock, no async (a `#[test]` below keeps it that way).
 
+pub mod autoscale;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap};

@@ -551,6 +551,10 @@ mod tests {
                 created_at: 0,
                 last_completed: None,
                 backoff: LaunchBackoff::default(),
+                autoscaling: None,
+                last_scale_out_at: 0,
+                last_scale_in_at: 0,
+                metrics: Vec::new(),
                 events: EventLog::default(),
             };
             let checked = ["web:1", "web:2", "web:3"]

@@ -519,7 +519,7 @@ impl Berth for BerthService {
         }
         let command = Command::ApplyService {
             namespace,
-            spec,
+            spec: Box::new(spec),
             deployment_id: uuid::Uuid::new_v4().to_string(),
             at: now_ms(),
         };
@@ -550,12 +550,17 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
+        let usage = self.usage.clone();
+        let now = now_ms();
         let services = self
             .read(req.stale, |s| {
                 s.services()
                     .filter(|svc| svc.namespace == namespace)
-                    .cloned()
-                    .map(Into::into)
+                    .map(|svc| {
+                        let mut svc = svc.clone();
+                        svc.metrics = crate::autoscaler::current_metrics(s, &svc, &usage, now);
+                        svc.into()
+                    })
                     .collect()
             })
             .await?;
@@ -568,8 +573,15 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::Service>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
+        let usage = self.usage.clone();
+        let now = now_ms();
         let service = self
-            .read(req.stale, |s| s.service(&namespace, &req.name).cloned())
+            .read(req.stale, |s| {
+                s.service(&namespace, &req.name).cloned().map(|mut svc| {
+                    svc.metrics = crate::autoscaler::current_metrics(s, &svc, &usage, now);
+                    svc
+                })
+            })
             .await?
             .ok_or_else(|| {
                 Status::not_found(format!(

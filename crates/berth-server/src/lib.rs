@@ -4,6 +4,7 @@
 
 mod agents;
 mod api;
+pub mod autoscaler;
 pub mod nodes;
 pub mod scheduler;
 pub mod services;
@@ -218,6 +219,7 @@ impl Server {
             self.node_ttl,
         ));
         let usage = Usage::default();
+        let autoscaler = tokio::spawn(autoscaler::run(self.store.clone(), usage.clone()));
         if let Some(addr) = self.join.clone() {
             tokio::spawn(Self::join(self.store.clone(), addr, self.advertise.clone()));
         }
@@ -254,6 +256,7 @@ impl Server {
         };
         controllers.abort();
         reconciler.abort();
+        autoscaler.abort();
         monitor.abort();
         self.store.shutdown().await;
         result

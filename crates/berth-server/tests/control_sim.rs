@@ -121,13 +121,14 @@ impl World {
             let id = w.id();
             w.apply(Command::ApplyService {
                 namespace: "default".into(),
-                spec: ServiceSpec {
+                spec: Box::new(ServiceSpec {
                     name: name.clone(),
                     task_definition: format!("{name}:1").parse().expect("ref"),
                     desired_count: desired,
                     deployment_configuration: Default::default(),
                     placement: Default::default(),
-                },
+                    autoscaling: None,
+                }),
                 deployment_id: id,
                 at: w.now,
             });
@@ -251,13 +252,14 @@ impl World {
         let id = self.id();
         self.apply(Command::ApplyService {
             namespace: "default".into(),
-            spec: ServiceSpec {
+            spec: Box::new(ServiceSpec {
                 name,
                 task_definition: task_definition.reference(),
                 desired_count: svc.desired_count,
                 deployment_configuration: svc.deployment_configuration,
                 placement: svc.placement,
-            },
+                autoscaling: svc.autoscaling,
+            }),
             deployment_id: id,
             at,
         });

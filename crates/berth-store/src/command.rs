@@ -68,7 +68,7 @@ pub enum Command {
     /// task definition starts a deployment with ID `deployment_id`.
     ApplyService {
         namespace: String,
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         deployment_id: String,
         at: Timestamp,
     },
@@ -92,6 +92,17 @@ pub enum Command {
         remove: bool,
         at: Timestamp,
     },
+    /// The autoscaler's decision for one service, made for `version` of it: the new desired
+    /// count (unchanged when capacity is short) and the event that quotes the metric values.
+    AutoScale {
+        namespace: String,
+        name: String,
+        version: u64,
+        desired_count: u32,
+        scale_out: bool,
+        reason: String,
+        at: Timestamp,
+    },
     /// Replaces the whole state with the objects of a backup (`berth server --restore`).
     ReplaceState { objects: Vec<Object>, at: Timestamp },
 }
@@ -111,6 +122,7 @@ impl Command {
             | Command::ApplyService { at, .. }
             | Command::UpdateService { at, .. }
             | Command::ReconcileService { at, .. }
+            | Command::AutoScale { at, .. }
             | Command::ReplaceState { at, .. } => at,
         }
     }

@@ -454,7 +454,7 @@ impl State {
                 spec,
                 deployment_id,
                 at,
-            } => self.apply_service(namespace, spec, deployment_id, at, &mut changed),
+            } => self.apply_service(namespace, *spec, deployment_id, at, &mut changed),
             Command::UpdateService {
                 namespace,
                 name,
@@ -480,6 +480,41 @@ impl State {
                 at,
                 &mut changed,
             ),
+            Command::AutoScale {
+                namespace,
+                name,
+                version,
+                desired_count,
+                scale_out,
+                reason,
+                at,
+            } => {
+                let key = (namespace.clone(), name.clone());
+                match self.services.get_mut(&key) {
+                    None => CommandResult::Rejected(Rejection::NotFound(format!(
+                        "service {name} not found"
+                    ))),
+                    Some(svc) if svc.version != version => {
+                        CommandResult::Rejected(Rejection::Conflict(format!(
+                            "service {name} changed (version {version} -> {})",
+                            svc.version
+                        )))
+                    }
+                    Some(svc) if svc.status != ServiceStatus::Active => CommandResult::Done,
+                    Some(svc) => {
+                        svc.desired_count = desired_count;
+                        if scale_out {
+                            svc.last_scale_out_at = at;
+                        } else {
+                            svc.last_scale_in_at = at;
+                        }
+                        svc.events.push(at, reason);
+                        svc.version += 1;
+                        changed.push(Key::Service { namespace, name });
+                        CommandResult::Done
+                    }
+                }
+            }
             Command::ReplaceState { objects, at: _ } => {
                 changed.extend(self.objects().map(|o| o.key()));
                 *self = State::from_objects(objects);
@@ -517,11 +552,15 @@ impl State {
             name: spec.name.clone(),
         };
         let Some(svc) = self.services.get_mut(&key) else {
+            let desired_count = spec
+                .autoscaling
+                .as_ref()
+                .map_or(spec.desired_count, |a| a.clamp(spec.desired_count));
             let mut svc = Service {
                 namespace,
                 name: spec.name,
                 task_definition: spec.task_definition.clone(),
-                desired_count: spec.desired_count,
+                desired_count,
                 deployment_configuration: spec.deployment_configuration,
                 placement: spec.placement,
                 status: ServiceStatus::Active,
@@ -532,6 +571,10 @@ impl State {
                 created_at: at,
                 last_completed: None,
                 backoff: Default::default(),
+                autoscaling: spec.autoscaling,
+                last_scale_out_at: 0,
+                last_scale_in_at: 0,
+                metrics: Vec::new(),
                 events: Default::default(),
             };
             svc.events.push(
@@ -559,12 +602,23 @@ impl State {
         let new_revision =
             svc.deployments.first().map(|d| &d.task_definition) != Some(&spec.task_definition);
         let mut messages = Vec::new();
-        if svc.desired_count != spec.desired_count {
-            messages.push(format!(
-                "desired count {} -> {}",
-                svc.desired_count, spec.desired_count
-            ));
-            svc.desired_count = spec.desired_count;
+        if svc.autoscaling != spec.autoscaling {
+            messages.push(if spec.autoscaling.is_some() {
+                "autoscaling policy set".to_owned()
+            } else {
+                "autoscaling removed".to_owned()
+            });
+            svc.autoscaling = spec.autoscaling;
+        }
+        // With autoscaling the autoscaler owns the count: a manifest's desiredCount only
+        // matters when it creates the service.
+        let desired = match &svc.autoscaling {
+            Some(a) => a.clamp(svc.desired_count),
+            None => spec.desired_count,
+        };
+        if svc.desired_count != desired {
+            messages.push(format!("desired count {} -> {desired}", svc.desired_count));
+            svc.desired_count = desired;
         }
         if svc.deployment_configuration != spec.deployment_configuration {
             messages.push("deployment configuration changed".to_owned());
@@ -1238,6 +1292,7 @@ mod tests {
             desired_count: desired,
             deployment_configuration: Default::default(),
             placement: Default::default(),
+            autoscaling: None,
         }
     }
 
@@ -1264,7 +1319,7 @@ mod tests {
         let mut s = state_with_task();
         let apply = |spec, id: &str, at| Command::ApplyService {
             namespace: "default".into(),
-            spec,
+            spec: Box::new(spec),
             deployment_id: id.into(),
             at,
         };
@@ -1303,7 +1358,7 @@ mod tests {
         let mut s = state_with_task();
         s.apply(Command::ApplyService {
             namespace: "default".into(),
-            spec: service_spec(1),
+            spec: Box::new(service_spec(1)),
             deployment_id: "d1".into(),
             at: 5,
         });
@@ -1335,7 +1390,7 @@ mod tests {
         let mut s = state_with_task();
         s.apply(Command::ApplyService {
             namespace: "default".into(),
-            spec: service_spec(2),
+            spec: Box::new(service_spec(2)),
             deployment_id: "d1".into(),
             at: 5,
         });
@@ -1403,7 +1458,7 @@ mod tests {
         let mut s = state_with_task();
         s.apply(Command::ApplyService {
             namespace: "default".into(),
-            spec: service_spec(2),
+            spec: Box::new(service_spec(2)),
             deployment_id: "d1".into(),
             at: 5,
         });
@@ -1423,7 +1478,7 @@ mod tests {
         assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
         let (r, _) = s.apply(Command::ApplyService {
             namespace: "default".into(),
-            spec: service_spec(2),
+            spec: Box::new(service_spec(2)),
             deployment_id: "d2".into(),
             at: 7,
         });

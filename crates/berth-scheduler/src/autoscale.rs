@@ -1,0 +1,541 @@
+//! Target-tracking autoscaling as a pure function: a policy, a window of metric samples, the
+//! current count, the last scaling times and the clock in; a new desired count (with the
+//! reason, quoting the numbers) or nothing out.
+//!
+//! Scale-out is fast and proportional (desired = ceil(running × value / target)); scale-in is
+//! slow and stepwise (at most a tenth of the tasks, at least one, per action). A tolerance
+//! band of ±10% around the target keeps a noisy plateau from flapping.
+
+use berth_model::{Autoscaling, MetricValue, ScalingMetric, Timestamp};
+
+/// Samples older than this (before `now`) do not count.
+pub const WINDOW_MS: u64 = 20_000;
+/// A scale-in needs low samples spanning at least this long.
+pub const SCALE_IN_EVIDENCE_MS: u64 = 15_000;
+/// No change while every metric is within this fraction of its target.
+pub const TOLERANCE: f64 = 0.1;
+
+/// One task's usage at one moment, in percent of its reservation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub at: Timestamp,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+}
+
+/// What the autoscaler knows about one service now.
+#[derive(Debug, Clone)]
+pub struct ScalingInput<'a> {
+    pub policy: &'a Autoscaling,
+    /// Samples of the service's RUNNING tasks (any order).
+    pub samples: &'a [Sample],
+    /// The desired count now.
+    pub desired: u32,
+    /// RUNNING tasks now.
+    pub running: u32,
+    pub last_scale_out_at: Timestamp,
+    pub last_scale_in_at: Timestamp,
+    /// How many more tasks of this service the cluster can place now.
+    pub room: u32,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub desired: u32,
+    pub direction: Direction,
+    /// A sentence for the service's events, with the metric values and the rule that fired.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Out,
+    In,
+}
+
+/// The average of each tracked metric over the samples taken in `from..=now`, with its target.
+pub fn metric_values(
+    policy: &Autoscaling,
+    samples: &[Sample],
+    from: Timestamp,
+    now: Timestamp,
+) -> Vec<MetricValue> {
+    let recent: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at >= from && s.at <= now)
+        .collect();
+    if recent.is_empty() {
+        return Vec::new();
+    }
+    policy
+        .target_tracking
+        .iter()
+        .map(|t| {
+            let sum: f64 = recent
+                .iter()
+                .map(|s| match t.metric {
+                    ScalingMetric::CpuUtilization => s.cpu_percent,
+                    ScalingMetric::MemoryUtilization => s.memory_percent,
+                })
+                .sum();
+            MetricValue {
+                metric: t.metric,
+                value: sum / recent.len() as f64,
+                target: t.target,
+            }
+        })
+        .collect()
+}
+
+fn describe(values: &[MetricValue]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{} {:.1}% (target {}%)", v.metric, v.value, v.target))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a cooldown of `secs` after an action at `last` (0: never) still runs at `now`.
+fn cooling(last: Timestamp, secs: u32, now: Timestamp) -> bool {
+    last > 0 && now < last + u64::from(secs) * 1000
+}
+
+/// Decides whether to change the desired count.
+pub fn decide(input: &ScalingInput<'_>) -> Option<Scaling> {
+    let p = input.policy;
+    let now = input.now;
+    // Outside min..max (a new policy, a manual scale): back inside at once.
+    let clamped = p.clamp(input.desired);
+    if clamped != input.desired {
+        let direction = if clamped > input.desired {
+            Direction::Out
+        } else {
+            Direction::In
+        };
+        return Some(Scaling {
+            desired: clamped,
+            direction,
+            reason: format!(
+                "desired count {} is outside minCount {}..maxCount {}",
+                input.desired, p.min_count, p.max_count
+            ),
+        });
+    }
+    // The window, but nothing from before the last change: the load was spread differently.
+    let from = now
+        .saturating_sub(WINDOW_MS)
+        .max(input.last_scale_out_at + 1)
+        .max(input.last_scale_in_at + 1);
+    let values = metric_values(p, input.samples, from, now);
+    if values.is_empty() || input.running == 0 {
+        return None;
+    }
+    let running = f64::from(input.running);
+    let proposals: Vec<(u32, &MetricValue)> = values
+        .iter()
+        .map(|v| {
+            let ratio = v.value / v.target;
+            let wanted = if (ratio - 1.0).abs() <= TOLERANCE {
+                input.desired
+            } else {
+                // Proportional; the small epsilon keeps float noise from adding a task.
+                let exact = running * ratio;
+                let rounded = (exact - 1e-9).ceil().max(0.0);
+                u32::try_from(rounded as u64).unwrap_or(u32::MAX)
+            };
+            (wanted, v)
+        })
+        .collect();
+    let window = WINDOW_MS / 1000;
+    let quoted = describe(&values);
+    // Out when any metric wants more; in only when every metric wants fewer.
+    let out = proposals
+        .iter()
+        .filter(|(w, _)| *w > input.desired)
+        .max_by_key(|(w, _)| *w);
+    if let Some((wanted, v)) = out {
+        // Wait until the last scale-out has started its tasks, and for the cooldown.
+        if input.running < input.desired {
+            return None;
+        }
+        if cooling(input.last_scale_out_at, p.scale_out_cooldown, now) {
+            return None;
+        }
+        let capped = (*wanted).min(p.max_count);
+        let possible = input.desired.saturating_add(input.room);
+        let desired = capped.min(possible);
+        let short = if desired < capped {
+            format!(
+                "; capacity is short: the cluster has room for {} more tasks, {} wanted",
+                input.room,
+                capped - input.desired
+            )
+        } else {
+            String::new()
+        };
+        let max_note = if capped < *wanted {
+            format!(" (capped at maxCount {})", p.max_count)
+        } else {
+            String::new()
+        };
+        if desired <= input.desired {
+            // Nothing fits; say so once in a while rather than silently.
+            return Some(Scaling {
+                desired: input.desired,
+                direction: Direction::Out,
+                reason: format!(
+                    "cannot scale out {} -> {capped}: {quoted} over {} tasks in {window}s, rule {} target {}%{short}",
+                    input.desired, input.running, v.metric, v.target
+                ),
+            });
+        }
+        return Some(Scaling {
+            desired,
+            direction: Direction::Out,
+            reason: format!(
+                "scaled out {} -> {desired}: {quoted} over {} tasks in {window}s, rule {} target {}%{max_note}{short}",
+                input.desired, input.running, v.metric, v.target
+            ),
+        });
+    }
+    if p.disable_scale_in || !proposals.iter().all(|(w, _)| *w < input.desired) {
+        return None;
+    }
+    // Scale in only on a (nearly) full window of low samples since the last change.
+    let oldest = input
+        .samples
+        .iter()
+        .filter(|s| s.at >= from && s.at <= now)
+        .map(|s| s.at)
+        .min()
+        .unwrap_or(now);
+    if oldest + SCALE_IN_EVIDENCE_MS > now {
+        return None;
+    }
+    let last = input.last_scale_in_at.max(input.last_scale_out_at);
+    if cooling(last, p.scale_in_cooldown, now) {
+        return None;
+    }
+    let wanted = proposals
+        .iter()
+        .map(|(w, _)| *w)
+        .max()
+        .unwrap_or(input.desired);
+    let step = (input.desired / 10).max(1);
+    let desired = wanted
+        .max(input.desired.saturating_sub(step))
+        .max(p.min_count);
+    if desired >= input.desired {
+        return None;
+    }
+    Some(Scaling {
+        desired,
+        direction: Direction::In,
+        reason: format!(
+            "scaled in {} -> {desired}: {quoted} over {} tasks in {window}s, all below target; at most {step} per step",
+            input.desired, input.running
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_model::TargetTracking;
+
+    use super::*;
+
+    fn policy() -> Autoscaling {
+        Autoscaling {
+            min_count: 1,
+            max_count: 10,
+            target_tracking: vec![TargetTracking {
+                metric: ScalingMetric::CpuUtilization,
+                target: 50.0,
+            }],
+            scale_out_cooldown: 10,
+            scale_in_cooldown: 60,
+            disable_scale_in: false,
+        }
+    }
+
+    /// A series of per-second samples of `tasks` tasks from `series(second)`.
+    fn samples(from: u64, to: u64, tasks: u32, series: impl Fn(u64) -> f64) -> Vec<Sample> {
+        (from..to)
+            .flat_map(|sec| {
+                let v = series(sec);
+                (0..tasks).map(move |_| Sample {
+                    at: sec * 1000,
+                    cpu_percent: v,
+                    memory_percent: 10.0,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the autoscaler once a second over `seconds`, with tasks following the desired
+    /// count at once and per-task load `load(second, count)`. Returns the count after each
+    /// second and the reasons.
+    fn simulate(
+        p: &Autoscaling,
+        seconds: u64,
+        start: u32,
+        load: impl Fn(u64, u32) -> f64,
+    ) -> (Vec<u32>, Vec<String>) {
+        let mut desired = start;
+        let (mut out_at, mut in_at) = (0, 0);
+        let mut history: Vec<Sample> = Vec::new();
+        let mut counts = Vec::new();
+        let mut reasons = Vec::new();
+        for sec in 1..=seconds {
+            let v = load(sec, desired);
+            history.extend((0..desired).map(|_| Sample {
+                at: sec * 1000,
+                cpu_percent: v,
+                memory_percent: 10.0,
+            }));
+            let input = ScalingInput {
+                policy: p,
+                samples: &history,
+                desired,
+                running: desired,
+                last_scale_out_at: out_at,
+                last_scale_in_at: in_at,
+                room: 100,
+                now: sec * 1000,
+            };
+            if let Some(s) = decide(&input) {
+                if s.desired != desired {
+                    match s.direction {
+                        Direction::Out => out_at = sec * 1000,
+                        Direction::In => in_at = sec * 1000,
+                    }
+                    desired = s.desired;
+                    reasons.push(s.reason);
+                }
+            }
+            counts.push(desired);
+        }
+        (counts, reasons)
+    }
+
+    /// Total work of `units` tasks' worth at 100%, shared by however many tasks run.
+    fn shared(units: f64) -> impl Fn(u64, u32) -> f64 {
+        move |_, n| 100.0 * units / f64::from(n.max(1))
+    }
+
+    #[test]
+    fn a_step_in_load_scales_out_proportionally_within_seconds() {
+        // Load worth 4 busy tasks: at 50% target that needs 8 tasks.
+        let (counts, reasons) = simulate(&policy(), 60, 2, |s, n| {
+            if s < 5 {
+                48.0
+            } else {
+                shared(4.0)(s, n)
+            }
+        });
+        let first_out = counts.iter().position(|c| *c > 2).expect("scaled out");
+        assert!(first_out <= 8, "scaled out after {first_out}s: {counts:?}");
+        assert_eq!(*counts.last().expect("counts"), 8, "{counts:?}");
+        assert!(reasons[0].starts_with("scaled out 2 -> "), "{reasons:?}");
+        assert!(reasons[0].contains("CPUUtilization"), "{reasons:?}");
+        assert!(
+            reasons[0].contains("rule CPUUtilization target 50%"),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn a_single_spike_does_not_scale() {
+        let (counts, _) = simulate(&policy(), 60, 2, |s, _| if s == 30 { 400.0 } else { 30.0 });
+        assert!(counts.iter().all(|c| *c == 2), "{counts:?}");
+    }
+
+    #[test]
+    fn a_noisy_plateau_at_the_target_does_not_flap() {
+        let (counts, reasons) = simulate(&policy(), 300, 4, |s, _| {
+            50.0 + if s % 2 == 0 { 4.0 } else { -4.0 } + (s % 7) as f64 * 0.5
+        });
+        assert!(reasons.is_empty(), "{reasons:?}");
+        assert!(counts.iter().all(|c| *c == 4));
+    }
+
+    #[test]
+    fn a_load_drop_scales_in_slowly_and_stepwise_down_to_min() {
+        let mut p = policy();
+        p.max_count = 40;
+        let (counts, reasons) = simulate(&p, 2400, 30, |_, _| 1.0);
+        // One step per cooldown: 30 -> 27 (10%) -> ... never more than a tenth at once.
+        for w in counts.windows(2) {
+            assert!(w[1] + (w[0] / 10).max(1) >= w[0], "{w:?}");
+        }
+        let first_in = counts.iter().position(|c| *c < 30).expect("scaled in");
+        assert!(first_in >= 15, "scaled in after {first_in}s");
+        assert_eq!(*counts.last().expect("counts"), 1, "{counts:?}");
+        assert!(reasons.iter().all(|r| r.starts_with("scaled in")));
+    }
+
+    #[test]
+    fn min_and_max_clamp_and_capacity_is_reported() {
+        let (counts, reasons) = simulate(&policy(), 60, 2, shared(50.0));
+        assert_eq!(*counts.last().expect("counts"), 10);
+        assert!(
+            reasons.iter().any(|r| r.contains("capped at maxCount 10")),
+            "{reasons:?}"
+        );
+        let p = policy();
+        let input = ScalingInput {
+            policy: &p,
+            samples: &samples(0, 20, 2, |_| 100.0),
+            desired: 2,
+            running: 2,
+            last_scale_out_at: 0,
+            last_scale_in_at: 0,
+            room: 1,
+            now: 20_000,
+        };
+        let s = decide(&input).expect("a decision");
+        assert_eq!(s.desired, 3);
+        assert!(s.reason.contains("capacity is short"), "{}", s.reason);
+        let full = ScalingInput {
+            room: 0,
+            ..input.clone()
+        };
+        let s = decide(&full).expect("a decision");
+        assert_eq!(s.desired, 2);
+        assert!(
+            s.reason.starts_with("cannot scale out 2 -> 4"),
+            "{}",
+            s.reason
+        );
+        // Below minCount (e.g. a manual scale to 0): back to min at once, no metrics needed.
+        let zero = ScalingInput {
+            desired: 0,
+            running: 0,
+            samples: &[],
+            ..input
+        };
+        assert_eq!(decide(&zero).map(|s| s.desired), Some(1));
+    }
+
+    #[test]
+    fn cooldowns_hold_and_disable_scale_in_means_out_only() {
+        let p = policy();
+        let hot = samples(80, 100, 2, |_| 100.0);
+        let input = ScalingInput {
+            policy: &p,
+            samples: &hot,
+            desired: 2,
+            running: 2,
+            last_scale_out_at: 95_000,
+            last_scale_in_at: 0,
+            room: 10,
+            now: 100_000,
+        };
+        assert_eq!(decide(&input), None, "within the scale-out cooldown");
+        let later = ScalingInput {
+            now: 105_000,
+            samples: &samples(85, 105, 2, |_| 100.0),
+            ..input.clone()
+        };
+        assert_eq!(decide(&later).map(|s| s.desired), Some(4));
+        // Still starting the last scale-out's tasks: wait.
+        let starting = ScalingInput {
+            running: 1,
+            ..later.clone()
+        };
+        assert_eq!(decide(&starting), None);
+        let cold = samples(180, 200, 4, |_| 5.0);
+        let mut quiet = ScalingInput {
+            samples: &cold,
+            desired: 4,
+            running: 4,
+            now: 200_000,
+            last_scale_out_at: 150_000,
+            ..input.clone()
+        };
+        assert_eq!(
+            decide(&quiet),
+            None,
+            "scale-in waits the cooldown after a scale-out"
+        );
+        quiet.last_scale_out_at = 100_000;
+        assert_eq!(decide(&quiet).map(|s| s.desired), Some(3));
+        let mut out_only = p.clone();
+        out_only.disable_scale_in = true;
+        quiet.policy = &out_only;
+        assert_eq!(decide(&quiet), None);
+    }
+
+    #[test]
+    fn a_new_leader_waits_for_a_window_and_keeps_the_cooldowns() {
+        let p = policy();
+        // A new leader has no samples yet: no decision.
+        let input = ScalingInput {
+            policy: &p,
+            samples: &[],
+            desired: 2,
+            running: 2,
+            last_scale_out_at: 0,
+            last_scale_in_at: 0,
+            room: 10,
+            now: 100_000,
+        };
+        assert_eq!(decide(&input), None);
+        // Samples older than the window (from before the change) do not count.
+        let old = samples(50, 70, 2, |_| 100.0);
+        assert_eq!(
+            decide(&ScalingInput {
+                samples: &old,
+                ..input.clone()
+            }),
+            None
+        );
+        // The replicated last scale-out time still holds the cooldown.
+        let fresh = samples(95, 100, 2, |_| 100.0);
+        let cooling = ScalingInput {
+            samples: &fresh,
+            last_scale_out_at: 95_000,
+            ..input.clone()
+        };
+        assert_eq!(decide(&cooling), None);
+    }
+
+    #[test]
+    fn scale_out_needs_one_metric_scale_in_needs_all() {
+        let mut p = policy();
+        p.target_tracking.push(TargetTracking {
+            metric: ScalingMetric::MemoryUtilization,
+            target: 50.0,
+        });
+        let mut hot_memory = samples(0, 20, 4, |_| 5.0);
+        for s in &mut hot_memory {
+            s.memory_percent = 90.0;
+        }
+        let input = ScalingInput {
+            policy: &p,
+            samples: &hot_memory,
+            desired: 4,
+            running: 4,
+            last_scale_out_at: 0,
+            last_scale_in_at: 0,
+            room: 10,
+            now: 20_000,
+        };
+        let s = decide(&input).expect("scales out on memory");
+        assert_eq!(s.desired, 8);
+        assert!(s.reason.contains("rule MemoryUtilization"), "{}", s.reason);
+        let mut mixed = samples(0, 20, 4, |_| 5.0);
+        for s in &mut mixed {
+            s.memory_percent = 50.0;
+        }
+        assert_eq!(
+            decide(&ScalingInput {
+                samples: &mixed,
+                ..input
+            }),
+            None,
+            "memory is at target"
+        );
+    }
+}

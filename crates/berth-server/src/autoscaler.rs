@@ -1,0 +1,143 @@
+//! The leader's autoscaler: once a second, for every service with an autoscaling policy,
+//! average its RUNNING tasks' samples from the leader's memory and let
+//! `berth_scheduler::autoscale::decide` choose; each decision is one Raft entry (the new desired
+//! count and an event quoting the metric values and the rule). Samples never enter the log; a
+//! new leader starts with empty windows and keeps the replicated cooldown times.
+
+use std::time::Duration;
+
+use berth_model::{MetricValue, NodeStatus, Service, Task, TaskStatus};
+use berth_scheduler::autoscale::{
+    decide, metric_values, Direction, Sample, ScalingInput, WINDOW_MS,
+};
+use berth_store::{Command, CommandResult, Rejection, State, Store};
+
+use crate::{now_ms, Usage};
+
+/// The service's RUNNING tasks.
+fn running<'a>(state: &'a State, svc: &'a Service) -> impl Iterator<Item = &'a Task> + 'a {
+    let group = svc.group();
+    state.tasks().filter(move |t| {
+        t.namespace == svc.namespace
+            && t.group.as_deref() == Some(group.as_str())
+            && t.last_status == TaskStatus::Running
+            && !t.is_stopped()
+    })
+}
+
+fn samples(state: &State, svc: &Service, usage: &Usage) -> Vec<Sample> {
+    running(state, svc)
+        .flat_map(|t| {
+            usage.samples(&t.task_id).into_iter().map(|m| Sample {
+                at: m.sampled_at,
+                cpu_percent: m.cpu_percent(t.cpu),
+                memory_percent: m.memory_percent(t.memory),
+            })
+        })
+        .collect()
+}
+
+/// The service's metrics now, for reads.
+pub fn current_metrics(state: &State, svc: &Service, usage: &Usage, now: u64) -> Vec<MetricValue> {
+    match &svc.autoscaling {
+        Some(policy) => metric_values(
+            policy,
+            &samples(state, svc, usage),
+            now.saturating_sub(WINDOW_MS),
+            now,
+        ),
+        None => Vec::new(),
+    }
+}
+
+/// How many more tasks like the service's primary revision the ACTIVE nodes can take.
+fn room(state: &State, svc: &Service) -> u32 {
+    let Some(def) = state.task_definition(&svc.namespace, &svc.task_definition) else {
+        return 0;
+    };
+    let (cpu, memory) = (u64::from(def.cpu.max(1)), u64::from(def.memory.max(1)));
+    let total: u64 = state
+        .nodes_with_allocation()
+        .iter()
+        .filter(|n| n.status == NodeStatus::Active)
+        .map(|n| (n.cpu.free() / cpu).min(n.memory.free() / memory))
+        .sum();
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
+/// One round's decisions.
+pub fn plan(state: &State, usage: &Usage, now: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for svc in state.services() {
+        let Some(policy) = &svc.autoscaling else {
+            continue;
+        };
+        if svc.status != berth_model::ServiceStatus::Active {
+            continue;
+        }
+        let samples = samples(state, svc, usage);
+        let input = ScalingInput {
+            policy,
+            samples: &samples,
+            desired: svc.desired_count,
+            running: u32::try_from(running(state, svc).count()).unwrap_or(u32::MAX),
+            last_scale_out_at: svc.last_scale_out_at,
+            last_scale_in_at: svc.last_scale_in_at,
+            room: room(state, svc),
+            now,
+        };
+        if let Some(s) = decide(&input) {
+            let repeat = s.desired == svc.desired_count
+                && svc
+                    .events
+                    .last()
+                    .is_some_and(|e| e.message.starts_with("cannot scale out"));
+            if repeat {
+                // Capacity is still short: said once is enough.
+                continue;
+            }
+            commands.push(Command::AutoScale {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                version: svc.version,
+                desired_count: s.desired,
+                scale_out: s.direction == Direction::Out,
+                reason: s.reason,
+                at: now,
+            });
+        }
+    }
+    commands
+}
+
+/// Runs rounds while this server leads.
+pub async fn run(store: Store, usage: Usage) {
+    let mut leader = store.leadership();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = leader.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        let commands = match store.read(|s| plan(s, &usage, now_ms())).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("read state for autoscaling: {e}");
+                continue;
+            }
+        };
+        for command in commands {
+            match store.propose(command).await {
+                Ok(CommandResult::Rejected(Rejection::Conflict(why))) => {
+                    tracing::debug!("service changed meanwhile, deciding again: {why}");
+                }
+                Ok(CommandResult::Rejected(r)) => tracing::warn!("autoscale: {r}"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("propose scaling: {e}"),
+            }
+        }
+    }
+}
