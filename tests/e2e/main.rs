@@ -3,6 +3,7 @@
 
 mod agent;
 mod autoscaling;
+mod cli;
 mod cluster;
 mod nodes;
 mod services;

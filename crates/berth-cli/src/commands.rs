@@ -41,6 +41,12 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         timeout: Duration,
     },
+    /// Show what `apply` would change, field by field; exit 1 when something differs.
+    Diff {
+        /// A file, a directory of *.yaml/*.yml files, or - for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
     /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], services,
     /// service NAME, nodes.
     Get { kind: String, name: Option<String> },
@@ -66,6 +72,18 @@ pub enum Command {
         #[arg(required_unless_present = "files", requires = "name")]
         kind: Option<String>,
         name: Option<String>,
+    },
+    /// Recent events of tasks, services and nodes; with --watch, new ones as they happen.
+    Events {
+        /// Keep printing new events (a server-side stream).
+        #[arg(short, long)]
+        watch: bool,
+        /// Only these kinds: task, service, node.
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// How many past events to print first.
+        #[arg(long, default_value_t = 50)]
+        recent: usize,
     },
     /// Service operations beyond apply/scale/delete.
     #[command(subcommand)]
@@ -226,9 +244,17 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Diff { files } => crate::diff::run(&global, read_documents(&files)?).await,
         Command::Delete { files, kind, name } => {
             delete(&global, &files, kind, name).await.map(|()| 0)
         }
+        Command::Events {
+            watch,
+            kinds,
+            recent,
+        } => crate::events::run(&global, watch, kinds, recent)
+            .await
+            .map(|()| 0),
         Command::Service(ServiceCommand::Promote { name }) => {
             services::promote(&mut Client::new(&global.servers), &global, &name).await?;
             Ok(0)
@@ -615,6 +641,23 @@ async fn logs(global: &GlobalArgs, task: &str, opts: LogOptions) -> anyhow::Resu
     Ok(())
 }
 
+/// The *.yaml and *.yml files under `dir`, recursively, in path order.
+fn manifest_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            manifest_files(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
 fn read_manifest_sources(files: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut sources = Vec::new();
     for f in files {
@@ -627,13 +670,9 @@ fn read_manifest_sources(files: &[String]) -> anyhow::Result<Vec<(String, String
         }
         let path = Path::new(f);
         if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("read directory {f}"))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect();
-            entries.sort();
-            for p in entries {
+            let mut files = Vec::new();
+            manifest_files(path, &mut files)?;
+            for p in files {
                 let text =
                     std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
                 sources.push((p.display().to_string(), text));

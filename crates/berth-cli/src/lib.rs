@@ -1,6 +1,8 @@
 //! The admin CLI: every `berth` subcommand that is a client of the servers.
 
 mod commands;
+mod diff;
+mod events;
 mod output;
 mod services;
 

@@ -48,6 +48,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// "3m", "2h", "5d" since `ts` (milliseconds since the epoch).
 pub fn age(ts: u64) -> String {
     let now = SystemTime::now()

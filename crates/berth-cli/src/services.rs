@@ -50,6 +50,7 @@ pub async fn apply(
     let suffix = if dry_run { " (dry run)" } else { "" };
     println!("service/{name} {verb}{suffix}");
     if dry_run {
+        print_plan(&r.plan);
         return Ok(None);
     }
     let service: Service = r.service.context("server sent no service")?.try_into()?;
@@ -61,6 +62,38 @@ pub async fn apply(
         service,
         deployment,
     }))
+}
+
+fn tasks(n: usize) -> String {
+    if n == 1 {
+        "1 task".to_owned()
+    } else {
+        format!("{n} tasks")
+    }
+}
+
+/// "would place 3 tasks: 2 on node-1, 1 on node-2" and the reasons for tasks that fit nowhere.
+fn print_plan(plan: &[pb::PlannedTask]) {
+    if plan.is_empty() {
+        return;
+    }
+    let mut on: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut reasons: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for p in plan {
+        if p.node.is_empty() {
+            *reasons.entry(p.reason.as_str()).or_default() += 1;
+        } else {
+            *on.entry(p.node.as_str()).or_default() += 1;
+        }
+    }
+    let placed: usize = on.values().sum();
+    if placed > 0 {
+        let nodes: Vec<String> = on.iter().map(|(n, c)| format!("{c} on {n}")).collect();
+        println!("  would place {}: {}", tasks(placed), nodes.join(", "));
+    }
+    for (reason, count) in reasons {
+        println!("  {} could not be placed: {reason}", tasks(count));
+    }
 }
 
 pub async fn fetch(

@@ -78,23 +78,98 @@ impl BerthService {
 }
 
 impl BerthService {
+    /// What applying `spec` would change, and where the tasks it would start would go.
+    async fn dry_run_service(
+        &self,
+        namespace: &str,
+        mut spec: berth_model::ServiceSpec,
+        template: Option<berth_model::TaskDefinitionSpec>,
+    ) -> Result<Response<pb::ApplyServiceResponse>, Status> {
+        let name = spec.name.clone();
+        let latest = self
+            .read(false, |s| {
+                s.task_definition(namespace, &spec.task_definition).cloned()
+            })
+            .await?;
+        // The revision the service would run: an identical latest one, or a new one.
+        let (revision, size) = match (&template, latest) {
+            (Some(t), Some(d)) if d.matches(t) => (Some(d.reference()), (d.cpu, d.memory, d.placement)),
+            (Some(t), _) => (None, (t.cpu, t.memory, t.placement.clone())),
+            (None, Some(d)) => (Some(d.reference()), (d.cpu, d.memory, d.placement)),
+            (None, None) => {
+                return Err(Status::not_found(format!(
+                    "task definition {} not found in namespace {namespace}; register it with `berth apply -f`",
+                    spec.task_definition
+                )))
+            }
+        };
+        if let Some(r) = &revision {
+            spec.task_definition = r.clone();
+        }
+        let placement = crate::services::merged_placement(&spec.placement, &size.2);
+        let (service, plan) = self
+            .read(false, |s| {
+                let service = s.service(namespace, &name).cloned();
+                let new_revision = service
+                    .as_ref()
+                    .is_none_or(|svc| revision.as_ref() != Some(&svc.task_definition));
+                let desired = match (&service, &spec.autoscaling) {
+                    (Some(svc), Some(a)) => a.clamp(svc.desired_count),
+                    (None, Some(a)) => a.clamp(spec.desired_count),
+                    (_, None) => spec.desired_count,
+                };
+                // A new revision starts `desired` tasks; otherwise only a scale-out does.
+                let starts = if new_revision {
+                    desired
+                } else {
+                    desired.saturating_sub(service.as_ref().map_or(0, |svc| svc.desired_count))
+                };
+                let group = format!("service:{name}");
+                let plan = crate::scheduler::preview(s, &group, size.0, size.1, &placement, starts);
+                (service, plan)
+            })
+            .await?;
+        let (changed, deployment_started) = match &service {
+            None => (true, true),
+            Some(s) => {
+                let new_revision = revision.as_ref() != Some(&s.task_definition);
+                let changed = new_revision
+                    || (s.autoscaling.is_none() && s.desired_count != spec.desired_count)
+                    || s.deployment_configuration != spec.deployment_configuration
+                    || s.placement != spec.placement
+                    || s.autoscaling != spec.autoscaling;
+                (changed, new_revision)
+            }
+        };
+        let plan = plan
+            .into_iter()
+            .map(|d| match d {
+                berth_scheduler::Decision::Place { node, .. } => pb::PlannedTask {
+                    node,
+                    reason: String::new(),
+                },
+                berth_scheduler::Decision::Unplaceable { reason, .. } => pb::PlannedTask {
+                    node: String::new(),
+                    reason,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::ApplyServiceResponse {
+            created: service.is_none(),
+            service: service.map(Into::into),
+            changed,
+            deployment_started,
+            plan,
+        }))
+    }
+
     /// Registers an inline template as the next revision of family = the service's name, or
     /// answers the latest revision when it is identical.
     async fn register_template(
         &self,
         namespace: &str,
-        service: &str,
-        template: pb::TaskDefinitionSpec,
+        spec: berth_model::TaskDefinitionSpec,
     ) -> Result<TaskDefinition, Status> {
-        let mut spec: berth_model::TaskDefinitionSpec =
-            template
-                .try_into()
-                .map_err(|e: berth_proto::ConversionError| {
-                    Status::invalid_argument(format!("template: {e}"))
-                })?;
-        spec.family = service.to_owned();
-        spec.validate()
-            .map_err(|e| Status::invalid_argument(format!("template.{e}")))?;
         let command = Command::RegisterTaskDefinition {
             namespace: namespace.to_owned(),
             spec,
@@ -439,13 +514,12 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::ApplyServiceResponse>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
-        let wire = req
+        let mut wire = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let name = wire.name.clone();
-        let mut wire = wire;
         if req.template.is_some() || wire.task_definition.is_empty() {
-            // Filled in from the template below.
+            // The family of an inline template is the service's name.
             wire.task_definition = name.clone();
         }
         let mut spec: berth_model::ServiceSpec = wire
@@ -453,70 +527,30 @@ impl Berth for BerthService {
             .map_err(|e: berth_proto::ConversionError| Status::invalid_argument(e.to_string()))?;
         spec.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let def = match req.template {
-            Some(template) if !req.dry_run => {
-                self.register_template(&namespace, &name, template).await?
-            }
-            Some(template) => {
-                // A dry run registers nothing: check the template and name the latest revision.
+        let template = match req.template {
+            Some(t) => {
                 let mut t: berth_model::TaskDefinitionSpec =
-                    template
-                        .try_into()
-                        .map_err(|e: berth_proto::ConversionError| {
-                            Status::invalid_argument(format!("template: {e}"))
-                        })?;
+                    t.try_into().map_err(|e: berth_proto::ConversionError| {
+                        Status::invalid_argument(format!("template: {e}"))
+                    })?;
                 t.family = name.clone();
                 t.validate()
                     .map_err(|e| Status::invalid_argument(format!("template.{e}")))?;
-                let existing = self
-                    .read(false, |s| {
-                        s.task_definition(&namespace, &spec.task_definition)
-                            .cloned()
-                    })
-                    .await?;
-                match existing.filter(|d| d.matches(&t)) {
-                    Some(d) => d,
-                    None => {
-                        let service = self
-                            .read(false, |s| s.service(&namespace, &name).cloned())
-                            .await?;
-                        return Ok(Response::new(pb::ApplyServiceResponse {
-                            created: service.is_none(),
-                            service: service.map(Into::into),
-                            changed: true,
-                            deployment_started: true,
-                        }));
-                    }
-                }
+                Some(t)
             }
+            None => None,
+        };
+        if req.dry_run {
+            return self.dry_run_service(&namespace, spec, template).await;
+        }
+        let def = match template {
+            Some(t) => self.register_template(&namespace, t).await?,
             None => {
                 self.task_definition(&namespace, &spec.task_definition.to_string(), false)
                     .await?
             }
         };
         spec.task_definition = def.reference();
-        if req.dry_run {
-            let service = self
-                .read(false, |s| s.service(&namespace, &name).cloned())
-                .await?;
-            let (changed, deployment_started) = match &service {
-                None => (true, true),
-                Some(s) => {
-                    let new_revision = s.task_definition != spec.task_definition;
-                    let changed = new_revision
-                        || s.desired_count != spec.desired_count
-                        || s.deployment_configuration != spec.deployment_configuration
-                        || s.placement != spec.placement;
-                    (changed, new_revision)
-                }
-            };
-            return Ok(Response::new(pb::ApplyServiceResponse {
-                created: service.is_none(),
-                service: service.map(Into::into),
-                changed,
-                deployment_started,
-            }));
-        }
         let command = Command::ApplyService {
             namespace,
             spec: Box::new(spec),
@@ -539,6 +573,7 @@ impl Berth for BerthService {
                 created,
                 changed,
                 deployment_started,
+                plan: Vec::new(),
             })),
             other => Err(unexpected(other)),
         }
@@ -742,6 +777,36 @@ impl Berth for BerthService {
             .await
             .map_err(status::from_store)?;
         Ok(Response::new(pb::RemoveServerResponse {}))
+    }
+
+    type WatchStream = crate::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let namespace = if req.namespace.is_empty() {
+            None
+        } else {
+            Some(namespace(req.namespace)?)
+        };
+        const KINDS: [&str; 4] = ["task", "service", "node", "taskdefinition"];
+        if let Some(bad) = req.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+            return Err(Status::invalid_argument(format!(
+                "kinds: unknown kind {bad:?}; use {}",
+                KINDS.join(", ")
+            )));
+        }
+        let filter = crate::watch::Filter {
+            namespace,
+            kinds: req.kinds,
+        };
+        Ok(Response::new(crate::watch::watch(
+            self.store.clone(),
+            filter,
+            req.from_revision,
+        )))
     }
 
     type SaveSnapshotStream = SnapshotStream;

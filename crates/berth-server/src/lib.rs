@@ -10,6 +10,7 @@ pub mod scheduler;
 pub mod services;
 pub mod status;
 mod usage;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

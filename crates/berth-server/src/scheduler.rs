@@ -16,6 +16,44 @@ fn group(t: &berth_model::Task) -> String {
         .unwrap_or_else(|| format!("family:{}", t.task_definition.family))
 }
 
+/// Where `count` new tasks of this size would go now (or why they could not), for dry runs.
+/// Nothing is written.
+pub fn preview(
+    state: &State,
+    group: &str,
+    cpu: u32,
+    memory: u32,
+    placement: &berth_model::PlacementSpec,
+    count: u32,
+) -> Vec<Decision> {
+    let nodes: Vec<NodeCapacity> = state
+        .nodes_with_allocation()
+        .into_iter()
+        .map(|n| NodeCapacity {
+            cpu_free: n.cpu.free(),
+            memory_free: n.memory.free(),
+            name: n.name,
+            status: n.status,
+            attributes: n.attributes,
+        })
+        .collect();
+    let existing: Vec<(String, String)> = state
+        .tasks()
+        .filter(|t| !t.is_stopped())
+        .filter_map(|t| Some((t.node.clone()?, self::group(t))))
+        .collect();
+    let requests: Vec<TaskRequest> = (0..count)
+        .map(|i| TaskRequest {
+            task_id: format!("dry-run-{i}"),
+            cpu: cpu.into(),
+            memory: memory.into(),
+            group: group.to_owned(),
+            placement: placement.clone(),
+        })
+        .collect();
+    place(&nodes, &existing, &requests)
+}
+
 /// One round's decisions, or `None` when there is nothing new to write.
 pub fn plan(state: &State, at: u64) -> Option<Command> {
     let pending: Vec<_> = state

@@ -10,6 +10,7 @@
 //! read index and waiting until it has applied that far. Calls retry across leader changes
 //! until `write_timeout`, then fail with [`StoreError::NoQuorum`].
 
+pub mod changes;
 mod command;
 pub mod network;
 mod state;
@@ -627,6 +628,19 @@ impl Store {
     /// Reads this member's state as applied so far, without asking the leader.
     pub fn read_stale<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.shared.read())
+    }
+
+    /// The object changes after `revision` and the state's revision now, or `None` when they are
+    /// no longer all kept (then list the state instead).
+    pub fn changes_since(&self, revision: u64) -> (Option<Vec<changes::Change>>, u64) {
+        let now = *self.shared.applied.borrow();
+        let changes = self
+            .shared
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .since(revision);
+        (changes, now)
     }
 
     /// Changes whenever the state machine applied new entries (the value is the applied index).

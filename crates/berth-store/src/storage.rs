@@ -242,6 +242,8 @@ pub struct Shared {
     pub state: RwLock<State>,
     pub applied: watch::Sender<u64>,
     pub committed: Arc<AtomicU64>,
+    /// The latest object changes, for watchers.
+    pub changes: std::sync::Mutex<crate::changes::ChangeLog>,
 }
 
 impl Shared {
@@ -296,6 +298,9 @@ impl StateMachine {
             state: RwLock::new(State::from_objects(objects)),
             applied,
             committed,
+            changes: std::sync::Mutex::new(crate::changes::ChangeLog::new(
+                last_applied.map_or(0, |l| l.index),
+            )),
         });
         let sm = Self {
             db,
@@ -450,6 +455,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         changed.sort();
         changed.dedup();
         self.persist(&state, &changed)?;
+        if let Some(applied) = self.last_applied {
+            self.shared
+                .changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(applied.index, &state, &changed);
+        }
         drop(state);
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
@@ -493,6 +505,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *self.shared.write() = state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // Watchers from before the snapshot must list everything again.
+        self.shared
+            .changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reset(meta.last_log_id.map_or(0, |l| l.index));
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
         }

@@ -1,0 +1,215 @@
+//! `berth diff -f`: what applying manifests would change, field by field, against the server.
+//! Exit code 0 when nothing differs, 1 when something does (as `kubectl diff`).
+
+use berth_model::{ServiceSpec, TaskDefinition, TaskDefinitionSpec};
+use berth_proto::v1 as pb;
+use serde_json::Value;
+
+use crate::{Client, GlobalArgs};
+
+/// Appends `  ~ path: old -> new` for every leaf that differs.
+pub fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let child = format!("{path}.{k}");
+                diff_values(
+                    &child,
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                diff_values(
+                    &format!("{path}[{i}]"),
+                    a.get(i).unwrap_or(&Value::Null),
+                    b.get(i).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if old != new => {
+            let show = |v: &Value| match v {
+                Value::Null => "(none)".to_owned(),
+                other => other.to_string(),
+            };
+            out.push(format!("  ~ {path}: {} -> {}", show(old), show(new)));
+        }
+        _ => {}
+    }
+}
+
+/// A registered revision's content as a spec, to compare with a manifest's.
+fn spec_of(d: &TaskDefinition) -> TaskDefinitionSpec {
+    TaskDefinitionSpec {
+        family: d.family.clone(),
+        cpu: d.cpu,
+        memory: d.memory,
+        containers: d.containers.clone(),
+        placement: d.placement.clone(),
+    }
+}
+
+/// Every revision of `family`, oldest first.
+async fn revisions(
+    client: &mut Client,
+    namespace: &str,
+    family: &str,
+) -> anyhow::Result<Vec<TaskDefinition>> {
+    let req = pb::ListTaskDefinitionsRequest {
+        namespace: namespace.to_owned(),
+        family: family.to_owned(),
+        stale: false,
+    };
+    let r = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.list_task_definitions(req).await }
+        })
+        .await?;
+    Ok(r.task_definitions
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect::<Result<_, _>>()?)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(v)?)
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    documents: Vec<berth_manifest::Document>,
+) -> anyhow::Result<i32> {
+    let mut client = Client::new(&global.servers);
+    let mut differs = false;
+    for d in documents {
+        let namespace = d
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| global.namespace.clone());
+        let mut lines = Vec::new();
+        let title = match d.object {
+            berth_manifest::Object::TaskDefinition(spec) => {
+                let revs = revisions(&mut client, &namespace, &spec.family).await?;
+                match revs.last() {
+                    None => lines.push("  + new".to_owned()),
+                    Some(latest) => {
+                        diff_values("spec", &json(&spec_of(latest))?, &json(&spec)?, &mut lines)
+                    }
+                }
+                format!("taskdefinition/{}", spec.family)
+            }
+            berth_manifest::Object::Service { spec, template } => {
+                let title = format!("service/{}", spec.name);
+                let req = pb::ListServicesRequest {
+                    namespace: namespace.clone(),
+                    stale: false,
+                };
+                let list = client
+                    .call(|mut c| {
+                        let req = req.clone();
+                        async move { c.list_services(req).await }
+                    })
+                    .await?;
+                let current = list.services.into_iter().find(|s| s.name == spec.name);
+                let Some(current) = current else {
+                    lines.push("  + new".to_owned());
+                    println!("{title}");
+                    for l in &lines {
+                        println!("{l}");
+                    }
+                    differs = true;
+                    continue;
+                };
+                let current: berth_model::Service = current.try_into()?;
+                let mut desired: ServiceSpec = spec.clone();
+                let running = ServiceSpec {
+                    name: current.name.clone(),
+                    task_definition: current.task_definition.clone(),
+                    desired_count: current.desired_count,
+                    deployment_configuration: current.deployment_configuration.clone(),
+                    placement: current.placement.clone(),
+                    autoscaling: current.autoscaling.clone(),
+                };
+                if desired.autoscaling.is_some() {
+                    // The autoscaler owns the count.
+                    desired.desired_count = current.desired_count;
+                }
+                let revs =
+                    revisions(&mut client, &namespace, &current.task_definition.family).await?;
+                let running_def = revs
+                    .iter()
+                    .find(|r| Some(r.revision) == current.task_definition.revision);
+                match (&template, running_def) {
+                    (Some(t), Some(def)) => {
+                        diff_values(
+                            "spec.template",
+                            &json(&spec_of(def))?,
+                            &json(t)?,
+                            &mut lines,
+                        );
+                        desired.task_definition = current.task_definition.clone();
+                    }
+                    (Some(_), None) => {
+                        lines.push("  ~ spec.template: (running revision unknown)".into())
+                    }
+                    (None, _) => {
+                        // A bare family means its latest revision.
+                        if desired.task_definition.revision.is_none() {
+                            let latest =
+                                revisions(&mut client, &namespace, &desired.task_definition.family)
+                                    .await?
+                                    .last()
+                                    .map(TaskDefinition::reference);
+                            if let Some(r) = latest {
+                                desired.task_definition = r;
+                            }
+                        }
+                    }
+                }
+                diff_values("spec", &json(&running)?, &json(&desired)?, &mut lines);
+                title
+            }
+        };
+        if !lines.is_empty() {
+            differs = true;
+            println!("{title}");
+            for l in &lines {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(i32::from(differs))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::diff_values;
+
+    #[test]
+    fn leaves_that_differ_are_listed_with_their_paths() {
+        let mut out = Vec::new();
+        diff_values(
+            "spec",
+            &json!({"cpu": 256, "containers": [{"image": "a:v1", "command": ["x"]}]}),
+            &json!({"cpu": 512, "containers": [{"image": "a:v2", "command": ["x"]}], "memory": 64}),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "  ~ spec.containers[0].image: \"a:v1\" -> \"a:v2\"",
+                "  ~ spec.cpu: 256 -> 512",
+                "  ~ spec.memory: (none) -> 64",
+            ]
+        );
+    }
+}

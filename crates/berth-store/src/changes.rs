@@ -1,0 +1,110 @@
+//! A bounded, in-memory feed of the objects each applied batch changed, for `Watch`. Each
+//! member keeps its own; a revision is the Raft log index of the batch that made the change.
+
+use std::collections::VecDeque;
+
+use crate::state::{Key, Object, State};
+
+/// How many changes are kept; a watcher further behind lists everything again.
+pub const KEEP: usize = 8192;
+
+/// One change: the object as it is after `revision`, or the key of an object deleted then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub change: ObjectChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectChange {
+    Put(Box<Object>),
+    Deleted(Key),
+}
+
+#[derive(Debug)]
+pub struct ChangeLog {
+    changes: VecDeque<Change>,
+    /// Changes after this revision are all kept.
+    complete_after: u64,
+}
+
+impl ChangeLog {
+    pub fn new(revision: u64) -> Self {
+        Self {
+            changes: VecDeque::new(),
+            complete_after: revision,
+        }
+    }
+
+    /// Records the objects under `keys` as `state` holds them after `revision`.
+    pub fn record(&mut self, revision: u64, state: &State, keys: &[Key]) {
+        for key in keys {
+            if matches!(key, Key::ClientToken(_)) {
+                continue;
+            }
+            let change = match state.object(key) {
+                Some(o) => ObjectChange::Put(Box::new(o)),
+                None => ObjectChange::Deleted(key.clone()),
+            };
+            self.changes.push_back(Change { revision, change });
+        }
+        while self.changes.len() > KEEP {
+            if let Some(dropped) = self.changes.pop_front() {
+                self.complete_after = self.complete_after.max(dropped.revision);
+            }
+        }
+    }
+
+    /// Forgets everything: the state was replaced at `revision`.
+    pub fn reset(&mut self, revision: u64) {
+        self.changes.clear();
+        self.complete_after = revision;
+    }
+
+    /// The changes after `revision`, or `None` when some of them are no longer kept (the
+    /// watcher must list the current state instead).
+    pub fn since(&self, revision: u64) -> Option<Vec<Change>> {
+        if revision < self.complete_after {
+            return None;
+        }
+        Some(
+            self.changes
+                .iter()
+                .filter(|c| c.revision > revision)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchers_resume_or_are_told_to_list_again() {
+        let state = State::default();
+        let mut log = ChangeLog::new(10);
+        log.record(
+            11,
+            &state,
+            &[Key::Task("a".into()), Key::ClientToken("t".into())],
+        );
+        log.record(12, &state, &[Key::Task("b".into())]);
+        let after_11 = log.since(11).expect("kept");
+        assert_eq!(after_11.len(), 1);
+        assert_eq!(
+            after_11[0].change,
+            ObjectChange::Deleted(Key::Task("b".into()))
+        );
+        assert_eq!(log.since(10).map(|c| c.len()), Some(2));
+        assert!(log.since(9).is_none(), "from before the log started");
+        for i in 0..KEEP as u64 {
+            log.record(13 + i, &state, &[Key::Task("c".into())]);
+        }
+        assert!(log.since(11).is_none(), "dropped");
+        assert!(log.since(13).is_some());
+        log.reset(50_000);
+        assert!(log.since(13).is_none());
+    }
+}

@@ -1,0 +1,165 @@
+//! The CLI's workflows against a real cluster: diff, dry runs with a placement plan, delete -f,
+//! and the server-side event stream.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_tests::{berth_bin, cli, cli_json, poll, run_tasks};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{stderr, stdout, Cluster};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn service_manifest(image: &str, count: u32, memory: u32, text: &str) -> String {
+    format!(
+        "\
+apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  desiredCount: {count}
+  template:
+    cpu: 128
+    memory: {memory}
+    containers:
+      - name: app
+        image: {image}
+        command: [sh, -c, 'echo {text}; exec sleep 600']
+        stopTimeout: 1s
+"
+    )
+}
+
+#[tokio::test]
+async fn diff_dry_run_apply_and_delete_round_trip() -> anyhow::Result<()> {
+    let c = Cluster::start().await?;
+    let addr = c.addr();
+    // A directory with a nested one: apply -f reads both.
+    let dir = c.env.path("manifests");
+    std::fs::create_dir_all(dir.join("nested"))?;
+    std::fs::write(
+        dir.join("nested/hello.yaml"),
+        format!(
+            "apiVersion: berth.dev/v1\nkind: TaskDefinition\nmetadata:\n  name: hello\nspec:\n  cpu: 128\n  memory: 32\n  containers:\n    - name: main\n      image: {}\n",
+            c.env.image
+        ),
+    )?;
+    let web = dir.join("web.yaml");
+    std::fs::write(&web, service_manifest(&c.env.image, 2, 32, "v1"))?;
+    let d = dir.display().to_string();
+
+    // Nothing exists yet: diff says so and exits 1.
+    let out = cli(&addr, &["diff", "-f", &d]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "taskdefinition/hello\n  + new\nservice/web\n  + new\n"
+    );
+
+    // A dry run validates on the server and shows where the tasks would go; stores nothing.
+    let out = cli(&addr, &["apply", "--dry-run", "-f", &d]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "taskdefinition/hello valid (dry run)\nservice/web created (dry run)\n  would place 2 tasks: 2 on node-1\n"
+    );
+    let services = cli_json(&addr, &["get", "services"]).await?;
+    assert_eq!(services, serde_json::json!([]));
+
+    // Apply, then nothing differs.
+    let out = cli(&addr, &["apply", "-f", &d, "--wait", "--timeout", "60s"]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&addr, &["diff", "-f", &d]).await?;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "");
+
+    // A change shows field by field.
+    std::fs::write(&web, service_manifest(&c.env.image, 3, 32, "v2"))?;
+    let out = cli(&addr, &["diff", "-f", &web.display().to_string()]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        "service/web\n  ~ spec.template.containers[0].command[2]: \"echo v1; exec sleep 600\" -> \"echo v2; exec sleep 600\"\n  ~ spec.desiredCount: 2 -> 3\n"
+    );
+
+    // A dry run of something that fits nowhere says why, in numbers.
+    std::fs::write(&web, service_manifest(&c.env.image, 1, 999_999, "v2"))?;
+    let out = cli(
+        &addr,
+        &["apply", "--dry-run", "-f", &web.display().to_string()],
+    )
+    .await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "service/web configured (deployment started) (dry run)\n  1 task could not be placed: 0 of 1 node can run it: 1 lacked 999999 MiB memory\n"
+    );
+
+    // delete -f removes the service (its tasks stop) and keeps task definitions.
+    let out = cli(&addr, &["delete", "-f", &d]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "taskdefinition/hello kept (revisions are immutable)\nservice/web deleted (its tasks are stopping)\n"
+    );
+    poll("the service to be gone", TIMEOUT, || async {
+        let list = cli_json(&addr, &["get", "services"]).await.ok()?;
+        list.as_array().is_some_and(Vec::is_empty).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_watch_streams_a_task_going_running() -> anyhow::Result<()> {
+    let c = Cluster::start().await?;
+    let addr = c.addr();
+    let mut watcher = tokio::process::Command::new(berth_bin())
+        .args([
+            "--server", &addr, "events", "--watch", "--kind", "task", "--kind", "node", "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(watcher.stdout.take().expect("piped stdout")).lines();
+    // The node's past events come first: then the watch is open, and a task run now is seen
+    // as it happens.
+    let first = tokio::time::timeout(TIMEOUT, lines.next_line()).await??;
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|l| l.contains("\"kind\":\"node\"")),
+        "{first:?}"
+    );
+    let ids = run_tasks(&addr, &["run", &c.env.image, "--", "sleep", "600"]).await?;
+    let id = ids[0].clone();
+    let seen = tokio::time::timeout(TIMEOUT, async {
+        let mut messages = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if v["name"] == id.as_str() {
+                let message = v["message"].as_str().unwrap_or_default().to_owned();
+                let running = message.ends_with("-> RUNNING");
+                messages.push(message);
+                if running {
+                    return anyhow::Ok(messages);
+                }
+            }
+        }
+        anyhow::bail!("the event stream ended: {messages:?}")
+    })
+    .await??;
+    assert!(seen.iter().any(|m| m == "created"), "{seen:?}");
+    assert!(
+        seen.iter().any(|m| m.starts_with("placed on node")),
+        "{seen:?}"
+    );
+    watcher.kill().await?;
+    let out = cli(&addr, &["stop", &id]).await?;
+    assert!(out.status.success());
+    Ok(())
+}
