@@ -1,11 +1,11 @@
 # berth — see README.md. `make run` and `make test` install what they need on Debian.
 
-DEBIAN_PACKAGES := containerd runc protobuf-compiler docker-registry busybox-static apache2-utils iproute2 libssl-dev pkg-config ca-certificates
+DEBIAN_PACKAGES := containerd runc protobuf-compiler docker-registry busybox-static apache2-utils iproute2 libssl-dev pkg-config ca-certificates python3 python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BERTH := target/debug/berth
 DEV_DIR ?= .berth-dev
 
-.PHONY: all deps build run test lint fmt clean
+.PHONY: all deps pyenv build run test lint fmt clean
 
 all: build
 
@@ -22,6 +22,13 @@ deps:
 build: deps
 	cargo build -p berth
 
+# A Python environment with grpcio-tools for the test that drives the API from generated stubs.
+PYENV := target/pyenv
+pyenv: deps
+	@[ -x $(PYENV)/bin/python ] && $(PYENV)/bin/python -c 'import grpc_tools, grpc_health' 2>/dev/null || { \
+		python3 -m venv $(PYENV) && \
+		$(PYENV)/bin/pip install -q grpcio-tools grpcio-health-checking; }
+
 # One server + one agent in one process, with its own containerd and a local registry on
 # 127.0.0.1:5000 holding a demo image built from busybox. Runs in the foreground.
 run: build
@@ -32,9 +39,9 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 # Everything: formatting, lints, unit tests, end-to-end tests against real containerd.
-test: deps lint
+test: deps pyenv lint
 	cargo build -p berth
-	cargo test --workspace
+	BERTH_PYTHON=$(CURDIR)/$(PYENV)/bin/python cargo test --workspace
 
 fmt:
 	cargo fmt --all

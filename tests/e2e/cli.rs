@@ -163,3 +163,31 @@ async fn events_watch_streams_a_task_going_running() -> anyhow::Result<()> {
     assert!(out.status.success());
     Ok(())
 }
+
+/// Python stubs generated from `proto/` with grpcio-tools drive the API (`make test` provides
+/// the Python environment and passes it in `BERTH_PYTHON`).
+#[tokio::test]
+async fn a_python_client_generated_from_the_protos_runs_a_task() -> anyhow::Result<()> {
+    let python = std::env::var("BERTH_PYTHON").map_err(|_| {
+        anyhow::anyhow!(
+            "BERTH_PYTHON is not set: run `make pyenv` and set BERTH_PYTHON=target/pyenv/bin/python (make test does both)"
+        )
+    })?;
+    let c = Cluster::start().await?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client_test.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(c.addr())
+        .arg(&c.env.image)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).starts_with("ok: task "), "{}", stdout(&out));
+    Ok(())
+}
