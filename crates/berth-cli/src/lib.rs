@@ -163,6 +163,17 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Runs a client command; returns the process exit code.
+/// The version of the server that answers.
+pub async fn server_version(global: &GlobalArgs) -> anyhow::Result<String> {
+    let status = Client::new(&global.servers)
+        .call(|mut c| async move {
+            c.cluster_status(berth_proto::v1::ClusterStatusRequest {})
+                .await
+        })
+        .await?;
+    Ok(status.version)
+}
+
 pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
     commands::run(global, command).await
 }

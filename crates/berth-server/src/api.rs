@@ -725,6 +725,7 @@ impl Berth for BerthService {
             members,
         } = self.store.cluster_status();
         Ok(Response::new(pb::ClusterStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             id,
             leader,
             term,

@@ -36,6 +36,13 @@ enum Role {
     /// (internal) The log driver containerd's shim runs for each container: MAX_BYTES:PATH.
     #[command(hide = true)]
     LogDriver { spec: String },
+    /// Print a shell completion script: `source <(berth completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the client's version and the answering server's.
+    Version,
     #[command(flatten)]
     Client(berth_cli::Command),
 }
@@ -426,6 +433,22 @@ async fn main() {
                         .with_context(|| format!("log to {}", path.display()))
                 });
             exit_code(result.map(|()| 0))
+        }
+        Role::Completion { shell } => {
+            use clap::CommandFactory as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut script);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            0
+        }
+        Role::Version => {
+            init_logging("warn");
+            println!("client: berth {}", env!("CARGO_PKG_VERSION"));
+            exit_code(berth_cli::server_version(&cli.global).await.map(|v| {
+                println!("server: berth {v}");
+                0
+            }))
         }
         Role::Client(command) => {
             init_logging("warn");
