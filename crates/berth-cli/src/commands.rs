@@ -14,7 +14,7 @@ use berth_proto::v1 as pb;
 use serde::Serialize;
 use tokio_stream::StreamExt;
 
-use crate::output::{age, structured, table, Format};
+use crate::output::{age, now_ms, render_structured, render_table, structured, table, Format};
 use crate::{services, status_error, Client, GlobalArgs};
 
 /// How often `run --wait` asks for the task's state.
@@ -881,9 +881,19 @@ async fn cluster_status(global: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 fn print_tasks(format: Format, tasks: &[Task], single: bool) -> anyhow::Result<()> {
+    print!("{}", render_tasks(format, tasks, single, now_ms())?);
+    Ok(())
+}
+
+pub(crate) fn render_tasks(
+    format: Format,
+    tasks: &[Task],
+    single: bool,
+    now: u64,
+) -> anyhow::Result<String> {
     match format {
-        Format::Json | Format::Yaml if single => structured(format, &tasks[0]),
-        Format::Json | Format::Yaml => structured(format, &tasks),
+        Format::Json | Format::Yaml if single => render_structured(format, &tasks[0]),
+        Format::Json | Format::Yaml => render_structured(format, &tasks),
         Format::Table | Format::Wide => {
             let wide = format == Format::Wide;
             let rows: Vec<Vec<String>> = tasks
@@ -895,7 +905,7 @@ fn print_tasks(format: Format, tasks: &[Task], single: bool) -> anyhow::Result<(
                         t.last_status.to_string(),
                         t.desired_status.to_string(),
                         t.node.clone().unwrap_or_else(|| "-".into()),
-                        age(t.created_at),
+                        age(t.created_at, now),
                     ];
                     if wide {
                         row.push(t.exit_code().map_or("-".into(), |c| c.to_string()));
@@ -916,16 +926,25 @@ fn print_tasks(format: Format, tasks: &[Task], single: bool) -> anyhow::Result<(
             if wide {
                 header.extend(["EXIT", "STOP CODE", "REASON"]);
             }
-            table(&header, &rows);
-            Ok(())
+            Ok(render_table(&header, &rows))
         }
     }
 }
 
 fn print_taskdefs(format: Format, defs: &[TaskDefinition], single: bool) -> anyhow::Result<()> {
+    print!("{}", render_taskdefs(format, defs, single, now_ms())?);
+    Ok(())
+}
+
+pub(crate) fn render_taskdefs(
+    format: Format,
+    defs: &[TaskDefinition],
+    single: bool,
+    now: u64,
+) -> anyhow::Result<String> {
     match format {
-        Format::Json | Format::Yaml if single => structured(format, &defs[0]),
-        Format::Json | Format::Yaml => structured(format, &defs),
+        Format::Json | Format::Yaml if single => render_structured(format, &defs[0]),
+        Format::Json | Format::Yaml => render_structured(format, &defs),
         Format::Table | Format::Wide => {
             let rows: Vec<Vec<String>> = defs
                 .iter()
@@ -941,17 +960,16 @@ fn print_taskdefs(format: Format, defs: &[TaskDefinition], single: bool) -> anyh
                             .map(|c| c.image.as_str())
                             .collect::<Vec<_>>()
                             .join(","),
-                        age(d.registered_at),
+                        age(d.registered_at, now),
                     ]
                 })
                 .collect();
-            table(
+            Ok(render_table(
                 &[
                     "FAMILY", "REVISION", "STATUS", "CPU", "MEMORY", "IMAGES", "AGE",
                 ],
                 &rows,
-            );
-            Ok(())
+            ))
         }
     }
 }
@@ -979,10 +997,15 @@ fn node_json(n: &Node) -> NodeJson<'_> {
 }
 
 fn print_nodes(format: Format, nodes: &[Node], single: bool) -> anyhow::Result<()> {
+    print!("{}", render_nodes(format, nodes, single)?);
+    Ok(())
+}
+
+pub(crate) fn render_nodes(format: Format, nodes: &[Node], single: bool) -> anyhow::Result<String> {
     match format {
-        Format::Json | Format::Yaml if single => structured(format, &node_json(&nodes[0])),
+        Format::Json | Format::Yaml if single => render_structured(format, &node_json(&nodes[0])),
         Format::Json | Format::Yaml => {
-            structured(format, &nodes.iter().map(node_json).collect::<Vec<_>>())
+            render_structured(format, &nodes.iter().map(node_json).collect::<Vec<_>>())
         }
         Format::Table | Format::Wide => {
             let rows: Vec<Vec<String>> = nodes
@@ -1002,11 +1025,10 @@ fn print_nodes(format: Format, nodes: &[Node], single: bool) -> anyhow::Result<(
                     ]
                 })
                 .collect();
-            table(
+            Ok(render_table(
                 &["NAME", "STATUS", "ADDRESS", "CPU", "MEMORY", "ATTRIBUTES"],
                 &rows,
-            );
-            Ok(())
+            ))
         }
     }
 }

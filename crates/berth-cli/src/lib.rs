@@ -3,6 +3,8 @@
 mod commands;
 mod diff;
 mod events;
+#[cfg(test)]
+mod golden;
 mod output;
 mod services;
 

@@ -14,23 +14,34 @@ pub enum Format {
 
 /// Prints `value` as JSON or YAML.
 pub fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
-        Format::Table | Format::Wide => unreachable!("tables are rendered by the caller"),
-    }
+    print!("{}", render_structured(format, value)?);
     Ok(())
+}
+
+/// `value` as JSON or YAML text.
+pub fn render_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
+        Format::Yaml => serde_yaml_ng::to_string(value)?,
+        Format::Table | Format::Wide => unreachable!("tables are rendered by the caller"),
+    })
 }
 
 /// Prints rows as columns padded to the widest cell, with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", render_table(header, rows));
+}
+
+/// Rows as columns padded to the widest cell, with a header.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut text = String::new();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut line = |cells: Vec<&str>| {
         let last = cells.len().saturating_sub(1);
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
@@ -40,12 +51,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}   "));
             }
         }
-        println!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+    text
 }
 
 /// Milliseconds since the Unix epoch.
@@ -55,12 +68,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// "3m", "2h", "5d" since `ts` (milliseconds since the epoch).
-pub fn age(ts: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    humanise(now.saturating_sub(Duration::from_millis(ts)))
+/// "3m", "2h", "5d" from `ts` to `now` (milliseconds since the epoch).
+pub fn age(ts: u64, now: u64) -> String {
+    humanise(Duration::from_millis(now.saturating_sub(ts)))
 }
 
 pub fn humanise(d: Duration) -> String {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use berth_model::{RolloutState, Service, ServiceSpec, TaskDefinitionSpec};
 use berth_proto::v1 as pb;
 
-use crate::output::{age, structured, table, Format};
+use crate::output::{age, render_structured, render_table, table, Format};
 use crate::{Client, GlobalArgs};
 
 /// How often waits ask for the service's state.
@@ -254,9 +254,22 @@ pub async fn wait(
 }
 
 pub fn print(format: Format, services: &[Service], single: bool) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        render(format, services, single, crate::output::now_ms())?
+    );
+    Ok(())
+}
+
+pub fn render(
+    format: Format,
+    services: &[Service],
+    single: bool,
+    now: u64,
+) -> anyhow::Result<String> {
     match format {
-        Format::Json | Format::Yaml if single => structured(format, &services[0]),
-        Format::Json | Format::Yaml => structured(format, &services),
+        Format::Json | Format::Yaml if single => render_structured(format, &services[0]),
+        Format::Json | Format::Yaml => render_structured(format, &services),
         Format::Table | Format::Wide => {
             let wide = format == Format::Wide;
             let rows: Vec<Vec<String>> = services
@@ -273,7 +286,7 @@ pub fn print(format: Format, services: &[Service], single: bool) -> anyhow::Resu
                         s.pending_count.to_string(),
                         rollout,
                         s.status.to_string(),
-                        age(s.created_at),
+                        age(s.created_at, now),
                     ];
                     if wide {
                         row.push(s.deployments.len().to_string());
@@ -296,8 +309,7 @@ pub fn print(format: Format, services: &[Service], single: bool) -> anyhow::Resu
             if wide {
                 header.extend(["DEPLOYMENTS", "METRICS", "LAST EVENT"]);
             }
-            table(&header, &rows);
-            Ok(())
+            Ok(render_table(&header, &rows))
         }
     }
 }
