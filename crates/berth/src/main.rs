@@ -43,6 +43,9 @@ enum Role {
     },
     /// Print the client's version and the answering server's.
     Version,
+    /// (internal) Print the CLI reference in Markdown, as README.md carries it.
+    #[command(hide = true)]
+    CliReference,
     #[command(flatten)]
     Client(berth_cli::Command),
 }
@@ -442,6 +445,10 @@ async fn main() {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             0
         }
+        Role::CliReference => {
+            print!("{}", cli_reference());
+            0
+        }
         Role::Version => {
             init_logging("warn");
             println!("client: berth {}", env!("CARGO_PKG_VERSION"));
@@ -458,6 +465,32 @@ async fn main() {
     std::process::exit(code);
 }
 
+/// The help of every visible subcommand, as Markdown.
+fn cli_reference() -> String {
+    use clap::CommandFactory as _;
+    fn walk(cmd: &mut clap::Command, path: &str, out: &mut String) {
+        let mut subs: Vec<clap::Command> = cmd
+            .get_subcommands()
+            .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            .cloned()
+            .collect();
+        for sub in &mut subs {
+            let full = format!("{path} {}", sub.get_name());
+            if sub.has_subcommands() {
+                walk(sub, &full, out);
+                continue;
+            }
+            let mut sub = sub.clone().bin_name(full.clone()).term_width(0);
+            let help = sub.render_help().to_string();
+            out.push_str(&format!("#### `{full}`\n\n```text\n{}\n```\n\n", help.trim_end()));
+        }
+    }
+    let mut cmd = Cli::command();
+    let mut out = String::new();
+    walk(&mut cmd, "berth", &mut out);
+    out
+}
+
 fn exit_code(result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
@@ -465,5 +498,29 @@ fn exit_code(result: anyhow::Result<i32>) -> i32 {
             eprintln!("error: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// README.md's CLI reference is generated from the clap definitions; keep it current with
+    /// `BERTH_UPDATE_GOLDEN=1 cargo test -p berth`.
+    #[test]
+    fn the_readme_carries_the_current_cli_reference() {
+        const START: &str = "<!-- cli-reference:start -->\n";
+        const END: &str = "<!-- cli-reference:end -->";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let readme = std::fs::read_to_string(&path).expect("README.md");
+        let (head, rest) = readme.split_once(START).expect("README.md has the start marker");
+        let (current, tail) = rest.split_once(END).expect("README.md has the end marker");
+        let generated = super::cli_reference();
+        if std::env::var_os("BERTH_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, format!("{head}{START}{generated}{END}{tail}")).expect("write README.md");
+            return;
+        }
+        assert!(
+            current == generated,
+            "README.md's CLI reference is stale; run BERTH_UPDATE_GOLDEN=1 cargo test -p berth"
+        );
     }
 }
