@@ -191,3 +191,42 @@ async fn a_python_client_generated_from_the_protos_runs_a_task() -> anyhow::Resu
     assert!(stdout(&out).starts_with("ok: task "), "{}", stdout(&out));
     Ok(())
 }
+
+/// `GET /metrics` over plain HTTP/1.1 on the server's gRPC address.
+async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+#[tokio::test]
+async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<()> {
+    let c = Cluster::start().await?;
+    let addr = c.addr();
+    let out = cli(&addr, &["run", "--wait", &c.env.image, "--", "true"]).await?;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let body = scrape(&addr).await?;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for line in [
+        "berth_raft_is_leader 1",
+        "berth_raft_apply_lag 0",
+        "berth_tasks{state=\"STOPPED\"} 1",
+        "berth_placements_total 1",
+        "berth_agent_connections 1",
+        "berth_api_request_duration_seconds_count{method=\"/berth.v1.Berth/RunTask\"} 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("berth_scheduling_latency_seconds_bucket"),
+        "{body}"
+    );
+    Ok(())
+}

@@ -50,6 +50,7 @@ pub struct AgentServiceImpl {
     liveness: Liveness,
     usage: Usage,
     node_ttl: std::time::Duration,
+    metrics: crate::metrics::Metrics,
 }
 
 impl AgentServiceImpl {
@@ -58,12 +59,14 @@ impl AgentServiceImpl {
         liveness: Liveness,
         usage: Usage,
         node_ttl: std::time::Duration,
+        metrics: crate::metrics::Metrics,
     ) -> AgentServiceServer<Self> {
         AgentServiceServer::new(Self {
             store,
             liveness,
             usage,
             node_ttl,
+            metrics,
         })
     }
 }
@@ -195,6 +198,8 @@ impl AgentService for AgentServiceImpl {
         let liveness = self.liveness.clone();
         let usage = self.usage.clone();
         let node_name = reg.node_name;
+        let metrics = self.metrics.clone();
+        metrics.agent_connected();
         tokio::spawn(async move {
             loop {
                 let msg = match inbound.next().await {
@@ -252,6 +257,7 @@ impl AgentService for AgentServiceImpl {
                     break;
                 }
             }
+            metrics.agent_disconnected();
             tracing::info!(node = %node_name, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

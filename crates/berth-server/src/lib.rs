@@ -5,6 +5,7 @@
 mod agents;
 mod api;
 pub mod autoscaler;
+pub mod metrics;
 pub mod nodes;
 pub mod scheduler;
 pub mod services;
@@ -211,7 +212,8 @@ impl Server {
             .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("build reflection service")?;
-        let controllers = tokio::spawn(scheduler::run(self.store.clone()));
+        let metrics = metrics::Metrics::default();
+        let controllers = tokio::spawn(scheduler::run(self.store.clone(), metrics.clone()));
         let reconciler = tokio::spawn(services::run(self.store.clone()));
         let liveness = Liveness::default();
         let monitor = tokio::spawn(nodes::run(
@@ -239,7 +241,12 @@ impl Server {
                 std::future::pending::<()>().await;
             }
         };
-        let serve = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
+            // HTTP/1 for `/metrics`; gRPC stays HTTP/2.
+            .accept_http1(true)
+            .layer(metrics::ApiLatencyLayer(metrics.clone()));
+        let serve = builder
+            .add_routes(metrics.routes(self.store.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(api::BerthService::new(self.store.clone(), usage.clone()))
@@ -248,6 +255,7 @@ impl Server {
                 liveness,
                 usage,
                 self.node_ttl,
+                metrics.clone(),
             ))
             .add_service(RaftService::new(self.store.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown);

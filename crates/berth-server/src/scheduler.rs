@@ -123,7 +123,7 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
 }
 
 /// Runs rounds while this server leads.
-pub async fn run(store: Store) {
+pub async fn run(store: Store, metrics: crate::metrics::Metrics) {
     let mut leader = store.leadership();
     let mut applied = store.watch();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -136,11 +136,20 @@ pub async fn run(store: Store) {
         if !*leader.borrow() {
             continue;
         }
+        let started = std::time::Instant::now();
         let Some(command) = store.read_stale(|s| plan(s, now_ms())) else {
             continue;
         };
-        if let Err(e) = store.propose(command).await {
-            tracing::warn!("propose placements: {e}");
+        let placed = match &command {
+            Command::PlaceTasks { placements, .. } => placements.len(),
+            _ => 0,
+        };
+        match store.propose(command).await {
+            Ok(_) => {
+                metrics.placed(placed);
+                metrics.scheduling_round(started.elapsed().as_secs_f64());
+            }
+            Err(e) => tracing::warn!("propose placements: {e}"),
         }
     }
 }

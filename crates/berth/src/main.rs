@@ -16,6 +16,7 @@ use clap::Parser;
 #[command(
     name = "berth",
     version,
+    args_override_self = true,
     about = "A self-hosted, Fargate-style container task scheduler"
 )]
 struct Cli {
@@ -58,8 +59,28 @@ fn log_driver_binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("find the berth executable for the log driver")
 }
 
+/// Options of the long-running roles.
+#[derive(Debug, Clone, clap::Args)]
+struct DaemonArgs {
+    /// A TOML file of options: keys are the long flag names (`data-dir = "/var/lib/berth"`,
+    /// `attr = ["zone=a"]`, `bootstrap = true`); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How log lines are written to stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Where the Raft log and state machine live.
     #[arg(long)]
     data_dir: PathBuf,
@@ -137,6 +158,8 @@ impl ServerArgs {
 
 #[derive(Debug, clap::Args)]
 struct AgentArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Where task logs and agent state live.
     #[arg(long)]
     data_dir: PathBuf,
@@ -188,6 +211,8 @@ struct AgentArgs {
 
 #[derive(Debug, clap::Args)]
 struct DevArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
     /// Where everything (Raft, containerd, registry, logs) lives.
     #[arg(long, default_value = ".berth-dev")]
     data_dir: PathBuf,
@@ -205,13 +230,90 @@ struct DevArgs {
     no_registry: bool,
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `berth ROLE --config FILE …`: the file's options become flags placed before the command
+/// line's own (with `args_override_self`, later flags win). Keys must be the role's long flags.
+fn expand_config(args: Vec<std::ffi::OsString>) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use clap::CommandFactory as _;
+    let strings: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let Some(role_at) = strings
+        .iter()
+        .position(|a| matches!(a.as_str(), "server" | "agent" | "dev"))
+    else {
+        return Ok(args);
+    };
+    let file = strings[role_at..].iter().enumerate().find_map(|(i, a)| {
+        if a == "--config" {
+            strings.get(role_at + i + 1).cloned()
+        } else {
+            a.strip_prefix("--config=").map(str::to_owned)
+        }
+    });
+    let Some(file) = file else {
+        return Ok(args);
+    };
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("read config file {file}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("config file {file}: {e}"))?;
+    let cmd = Cli::command();
+    let role = cmd
+        .find_subcommand(&strings[role_at])
+        .context("role subcommand")?;
+    let known: Vec<&str> = role.get_arguments().filter_map(|a| a.get_long()).collect();
+    let mut extra: Vec<String> = Vec::new();
+    for (key, value) in table {
+        if key == "config" || !known.contains(&key.as_str()) {
+            anyhow::bail!(
+                "config file {file}: unknown option {key:?}; use the long flag names of `berth {} --help`",
+                strings[role_at]
+            );
+        }
+        let flag = format!("--{key}");
+        let scalar = |v: &toml::Value| -> anyhow::Result<String> {
+            Ok(match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    anyhow::bail!("config file {file}: {key} = {other} is not a string or number")
+                }
+            })
+        };
+        match &value {
+            toml::Value::Boolean(true) => extra.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    extra.push(flag.clone());
+                    extra.push(scalar(item)?);
+                }
+            }
+            other => {
+                extra.push(flag);
+                extra.push(scalar(other)?);
+            }
+        }
+    }
+    let mut out: Vec<std::ffi::OsString> = args[..=role_at].to_vec();
+    out.extend(extra.into_iter().map(Into::into));
+    out.extend(args[role_at + 1..].iter().cloned());
+    Ok(out)
 }
 
 async fn shutdown_signal() {
@@ -407,10 +509,17 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let args = match expand_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let code = match cli.command {
         Role::Server(args) => {
-            init_logging("info,openraft=warn");
+            init_logging("info,openraft=warn", args.daemon.log_format);
             let result = async {
                 let server = Server::start(args.config()?).await?;
                 server.serve(shutdown_signal()).await
@@ -419,11 +528,11 @@ async fn main() {
             exit_code(result.map(|()| 0))
         }
         Role::Agent(args) => {
-            init_logging("info,openraft=warn");
+            init_logging("info,openraft=warn", args.daemon.log_format);
             exit_code(run_agent(args).await.map(|()| 0))
         }
         Role::Dev(args) => {
-            init_logging("info,openraft=warn");
+            init_logging("info,openraft=warn", args.daemon.log_format);
             exit_code(run_dev(args).await.map(|()| 0))
         }
         Role::LogDriver { spec } => {
@@ -450,7 +559,7 @@ async fn main() {
             0
         }
         Role::Version => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             println!("client: berth {}", env!("CARGO_PKG_VERSION"));
             exit_code(berth_cli::server_version(&cli.global).await.map(|v| {
                 println!("server: berth {v}");
@@ -458,7 +567,7 @@ async fn main() {
             }))
         }
         Role::Client(command) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             exit_code(berth_cli::run(cli.global, command).await)
         }
     };
@@ -482,7 +591,10 @@ fn cli_reference() -> String {
             }
             let mut sub = sub.clone().bin_name(full.clone()).term_width(0);
             let help = sub.render_help().to_string();
-            out.push_str(&format!("#### `{full}`\n\n```text\n{}\n```\n\n", help.trim_end()));
+            out.push_str(&format!(
+                "#### `{full}`\n\n```text\n{}\n```\n\n",
+                help.trim_end()
+            ));
         }
     }
     let mut cmd = Cli::command();
@@ -503,6 +615,61 @@ fn exit_code(result: anyhow::Result<i32>) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_config_file_becomes_flags_that_the_command_line_overrides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/var/lib/berth\"\nservers = \"10.0.0.1:7400,10.0.0.2:7400\"\nattr = [\"zone=a\", \"disk=ssd\"]\ncpu = 2048\ninsecure-registry = []\n",
+        )
+        .expect("write");
+        let f = file.display().to_string();
+        let expanded =
+            super::expand_config(args(&["berth", "agent", "--config", &f, "--cpu", "512"]))
+                .expect("expands");
+        let expanded: Vec<String> = expanded
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            expanded,
+            [
+                "berth",
+                "agent",
+                "--attr",
+                "zone=a",
+                "--attr",
+                "disk=ssd",
+                "--cpu",
+                "2048",
+                "--data-dir",
+                "/var/lib/berth",
+                "--servers",
+                "10.0.0.1:7400,10.0.0.2:7400",
+                "--config",
+                &f,
+                "--cpu",
+                "512",
+            ]
+        );
+        use clap::Parser as _;
+        let cli = super::Cli::try_parse_from(&expanded).expect("parses");
+        let super::Role::Agent(a) = cli.command else {
+            panic!("agent")
+        };
+        assert_eq!(a.cpu, Some(512), "the command line wins");
+        std::fs::write(&file, "cpus = 4\n").expect("write");
+        let err = super::expand_config(args(&["berth", "agent", "--config", &f])).unwrap_err();
+        assert!(err.to_string().contains("unknown option \"cpus\""), "{err}");
+    }
+
     /// README.md's CLI reference is generated from the clap definitions; keep it current with
     /// `BERTH_UPDATE_GOLDEN=1 cargo test -p berth`.
     #[test]
@@ -511,11 +678,14 @@ mod tests {
         const END: &str = "<!-- cli-reference:end -->";
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
         let readme = std::fs::read_to_string(&path).expect("README.md");
-        let (head, rest) = readme.split_once(START).expect("README.md has the start marker");
+        let (head, rest) = readme
+            .split_once(START)
+            .expect("README.md has the start marker");
         let (current, tail) = rest.split_once(END).expect("README.md has the end marker");
         let generated = super::cli_reference();
         if std::env::var_os("BERTH_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, format!("{head}{START}{generated}{END}{tail}")).expect("write README.md");
+            std::fs::write(&path, format!("{head}{START}{generated}{END}{tail}"))
+                .expect("write README.md");
             return;
         }
         assert!(

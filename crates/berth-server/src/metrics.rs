@@ -1,0 +1,241 @@
+//! Prometheus metrics on HTTP `/metrics`, served on the same listen address as the gRPC
+//! services: Raft progress, tasks by state, placements and scheduling latency, agent
+//! connections, and API latency per method.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use berth_model::TaskStatus;
+use berth_store::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+/// The server's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    raft_term: Gauge,
+    raft_commit: Gauge,
+    raft_applied: Gauge,
+    raft_apply_lag: Gauge,
+    raft_leader: Gauge,
+    tasks: Family<StateLabel, Gauge>,
+    pub placements: Counter,
+    pub scheduling_latency: Histogram,
+    pub agent_connections: Gauge,
+    api_latency: Family<MethodLabel, Histogram, fn() -> Histogram>,
+}
+
+fn latency_buckets() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("berth");
+        let inner = Inner {
+            raft_term: Gauge::default(),
+            raft_commit: Gauge::default(),
+            raft_applied: Gauge::default(),
+            raft_apply_lag: Gauge::default(),
+            raft_leader: Gauge::default(),
+            tasks: Family::default(),
+            placements: Counter::default(),
+            scheduling_latency: latency_buckets(),
+            agent_connections: Gauge::default(),
+            api_latency: Family::new_with_constructor(latency_buckets),
+            registry: Registry::default(),
+        };
+        registry.register("raft_term", "Current Raft term", inner.raft_term.clone());
+        registry.register(
+            "raft_commit_index",
+            "Last Raft log index known committed",
+            inner.raft_commit.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Last Raft log index applied to this server's state",
+            inner.raft_applied.clone(),
+        );
+        registry.register(
+            "raft_apply_lag",
+            "Committed entries this server has not applied yet",
+            inner.raft_apply_lag.clone(),
+        );
+        registry.register(
+            "raft_is_leader",
+            "1 when this server leads",
+            inner.raft_leader.clone(),
+        );
+        registry.register("tasks", "Tasks by last status", inner.tasks.clone());
+        registry.register(
+            "placements",
+            "Tasks placed on nodes by this server's scheduler",
+            inner.placements.clone(),
+        );
+        registry.register(
+            "scheduling_latency_seconds",
+            "Time of one scheduling round, from reading the state to the committed placements",
+            inner.scheduling_latency.clone(),
+        );
+        registry.register(
+            "agent_connections",
+            "Agents connected to this server",
+            inner.agent_connections.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "gRPC request latency by method",
+            inner.api_latency.clone(),
+        );
+        Self(Arc::new(Inner { registry, ..inner }))
+    }
+}
+
+impl Metrics {
+    pub fn placed(&self, n: usize) {
+        self.0.placements.inc_by(n as u64);
+    }
+
+    pub fn scheduling_round(&self, seconds: f64) {
+        self.0.scheduling_latency.observe(seconds);
+    }
+
+    pub fn agent_connected(&self) {
+        self.0.agent_connections.inc();
+    }
+
+    pub fn agent_disconnected(&self) {
+        self.0.agent_connections.dec();
+    }
+
+    fn api_request(&self, method: &str, seconds: f64) {
+        self.0
+            .api_latency
+            .get_or_create(&MethodLabel {
+                method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// The text exposition, with scrape-time values refreshed from `store`.
+    pub fn render(&self, store: &Store) -> String {
+        let status = store.cluster_status();
+        let i = &self.0;
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        i.raft_term.set(as_i64(status.term));
+        i.raft_commit.set(as_i64(status.commit_index));
+        i.raft_applied.set(as_i64(status.applied_index));
+        i.raft_apply_lag.set(as_i64(
+            status.commit_index.saturating_sub(status.applied_index),
+        ));
+        i.raft_leader
+            .set(i64::from(status.leader == Some(status.id)));
+        let counts = store.read_stale(|s| {
+            let mut counts = std::collections::HashMap::new();
+            for t in s.tasks() {
+                *counts.entry(t.last_status).or_insert(0i64) += 1;
+            }
+            counts
+        });
+        for state in TaskStatus::ALL {
+            i.tasks
+                .get_or_create(&StateLabel {
+                    state: state.to_string(),
+                })
+                .set(counts.get(state).copied().unwrap_or(0));
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &i.registry);
+        out
+    }
+
+    /// The HTTP routes to add next to the gRPC services.
+    pub fn routes(&self, store: Store) -> tonic::service::Routes {
+        let metrics = self.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (metrics, store) = (metrics.clone(), store.clone());
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(&store),
+                    )
+                }
+            }),
+        );
+        tonic::service::Routes::from(router)
+    }
+}
+
+/// A tower layer timing every request by its path (`/berth.v1.Berth/RunTask`).
+#[derive(Clone)]
+pub struct ApiLatencyLayer(pub Metrics);
+
+impl<S> tower::Layer<S> for ApiLatencyLayer {
+    type Service = ApiLatency<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiLatency {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiLatency<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ApiLatency<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await;
+            // Streams (logs, watch, agent sessions) count until their response starts.
+            metrics.api_request(&method, started.elapsed().as_secs_f64());
+            response
+        })
+    }
+}
