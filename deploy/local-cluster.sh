@@ -6,7 +6,8 @@
 #   export BERTH_SERVER=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
 #   berth cluster status
 #
-# With CONTAINERD=/path/to/containerd.sock it also starts an agent ("node-1") on it.
+# With CONTAINERD=/path/to/containerd.sock it also starts two agents on it, node-1 (zone=a)
+# and node-2 (zone=b), each in its own containerd namespace.
 set -euo pipefail
 BERTH=${BERTH:-target/debug/berth}
 DIR=${BERTH_CLUSTER_DIR:-.berth-cluster}
@@ -24,9 +25,13 @@ for id in 1 2 3; do
 done
 
 if [ -n "${CONTAINERD:-}" ]; then
-  "$BERTH" agent --servers "$SERVERS" --node-name node-1 --containerd "$CONTAINERD" \
-    --data-dir "$DIR/agent-1" >>"$DIR/agent-1.log" 2>&1 &
-  pids+=($!)
+  for n in 1 2; do
+    zone=$([ "$n" = 1 ] && echo a || echo b)
+    "$BERTH" agent --servers "$SERVERS" --node-name "node-$n" --containerd "$CONTAINERD" \
+      --attr "zone=$zone" --listen "127.0.0.1:741$n" \
+      --data-dir "$DIR/agent-$n" >>"$DIR/agent-$n.log" 2>&1 &
+    pids+=($!)
+  done
 fi
 
 for _ in $(seq 1 100); do

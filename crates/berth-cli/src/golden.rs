@@ -245,3 +245,20 @@ fn broken_manifests_explain_what_to_fix() {
     }
     check("manifest-errors.txt", &out);
 }
+
+#[test]
+fn the_shipped_example_manifests_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("read example");
+            let docs = berth_manifest::parse(&path.display().to_string(), &text)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(!docs.is_empty());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} examples");
+}

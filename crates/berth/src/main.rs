@@ -622,6 +622,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_files_parse() {
+        use clap::Parser as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config");
+        for role in ["server", "agent"] {
+            let f = dir.join(format!("{role}.toml")).display().to_string();
+            let expanded = super::expand_config(args(&["berth", role, "--config", &f]))
+                .unwrap_or_else(|e| panic!("{role}: {e:#}"));
+            super::Cli::try_parse_from(&expanded).unwrap_or_else(|e| panic!("{role}: {e}"));
+        }
+    }
+
+    #[test]
     fn a_config_file_becomes_flags_that_the_command_line_overrides() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("agent.toml");
