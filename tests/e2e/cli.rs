@@ -18,6 +18,8 @@ apiVersion: berth.dev/v1
 kind: Service
 metadata:
   name: web
+  labels: {{app: web}}
+  annotations: {{owner: team-a}}
 spec:
   desiredCount: {count}
   template:
@@ -74,6 +76,20 @@ async fn diff_dry_run_apply_and_delete_round_trip() -> anyhow::Result<()> {
     let out = cli(&addr, &["diff", "-f", &d]).await?;
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(stdout(&out), "");
+
+    // Labels select services and (copied onto them) their tasks; annotations are kept.
+    let selected = cli_json(&addr, &["get", "services", "-l", "app=web"]).await?;
+    assert_eq!(selected[0]["annotations"]["owner"], "team-a", "{selected}");
+    let none = cli_json(&addr, &["get", "services", "-l", "app!=web"]).await?;
+    assert_eq!(none, serde_json::json!([]));
+    let tasks = cli_json(&addr, &["get", "tasks", "-l", "app=web"]).await?;
+    assert_eq!(tasks.as_array().map(Vec::len), Some(2), "{tasks}");
+    let out = cli(&addr, &["get", "tasks", "-l", "app"]).await?;
+    assert!(
+        stderr(&out).contains("\"app\" is not key=value or key!=value"),
+        "{}",
+        stderr(&out)
+    );
 
     // A change shows field by field.
     std::fs::write(&web, service_manifest(&c.env.image, 3, 32, "v2"))?;

@@ -40,6 +40,16 @@ impl Servers {
         for p in s.procs.iter().flatten() {
             p.wait_ready().await?;
         }
+        // A joining server is a learner until it has caught up; tests that kill a server need
+        // every one of them to vote, or the survivors may lack a quorum.
+        let first = s.proc(1);
+        poll("every server to become a voter", TIMEOUT, || async {
+            let v = first.status().await.ok()?;
+            let members = v["members"].as_array()?;
+            let voters = members.iter().filter(|m| m["role"] != "learner").count();
+            (members.len() as u64 == n && voters as u64 == n).then_some(())
+        })
+        .await?;
         Ok(s)
     }
 

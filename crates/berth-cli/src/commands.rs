@@ -85,6 +85,8 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         recent: usize,
     },
+    /// Print the JSON Schema of manifests (for editors: yaml-language-server, VS Code).
+    Schema,
     /// Service operations beyond apply/scale/delete.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -242,6 +244,10 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             if wait && !services::wait(&mut client, &global, &service, None, timeout).await? {
                 return Ok(1);
             }
+            Ok(0)
+        }
+        Command::Schema => {
+            print!("{}", berth_manifest::json_schema());
             Ok(0)
         }
         Command::Diff { files } => crate::diff::run(&global, read_documents(&files)?).await,
@@ -467,6 +473,7 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
             container.stop_timeout =
                 u32::try_from(args.stop_timeout.as_secs()).context("--stop-timeout is too long")?;
             let spec = TaskDefinitionSpec {
+                meta: Default::default(),
                 family,
                 cpu: args.cpu,
                 memory: args.memory,
@@ -737,7 +744,7 @@ async fn apply(
             }
             berth_manifest::Object::Service { spec, template } => {
                 if let Some(applied) =
-                    services::apply(&mut client, namespace, spec, template, dry_run).await?
+                    services::apply(&mut client, namespace, *spec, template, dry_run).await?
                 {
                     rollouts.push(applied);
                 }
@@ -1042,6 +1049,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             let req = pb::ListTasksRequest {
                 namespace: ns,
                 stale,
+                selector: global.selector.clone().unwrap_or_default(),
             };
             let tasks = client
                 .call(|mut c| {
@@ -1065,6 +1073,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
                 namespace: ns,
                 family: String::new(),
                 stale,
+                selector: global.selector.clone().unwrap_or_default(),
             };
             let defs = client
                 .call(|mut c| {
@@ -1102,8 +1111,12 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             services::print(global.output, &[s], true)
         }
         ("nodes" | "node", name) => {
+            let selector = global.selector.clone().unwrap_or_default();
             let nodes = client
-                .call(|mut c| async move { c.list_nodes(pb::ListNodesRequest { stale }).await })
+                .call(|mut c| {
+                    let selector = selector.clone();
+                    async move { c.list_nodes(pb::ListNodesRequest { stale, selector }).await }
+                })
                 .await?;
             let mut nodes: Vec<Node> = nodes
                 .nodes

@@ -46,6 +46,7 @@ pub fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) 
 /// A registered revision's content as a spec, to compare with a manifest's.
 fn spec_of(d: &TaskDefinition) -> TaskDefinitionSpec {
     TaskDefinitionSpec {
+        meta: d.meta.clone(),
         family: d.family.clone(),
         cpu: d.cpu,
         memory: d.memory,
@@ -64,6 +65,7 @@ async fn revisions(
         namespace: namespace.to_owned(),
         family: family.to_owned(),
         stale: false,
+        selector: String::new(),
     };
     let r = client
         .call(|mut c| {
@@ -110,6 +112,7 @@ pub async fn run(
                 let req = pb::ListServicesRequest {
                     namespace: namespace.clone(),
                     stale: false,
+                    selector: String::new(),
                 };
                 let list = client
                     .call(|mut c| {
@@ -128,8 +131,9 @@ pub async fn run(
                     continue;
                 };
                 let current: berth_model::Service = current.try_into()?;
-                let mut desired: ServiceSpec = spec.clone();
+                let mut desired: ServiceSpec = (*spec).clone();
                 let running = ServiceSpec {
+                    meta: current.meta.clone(),
                     name: current.name.clone(),
                     task_definition: current.task_definition.clone(),
                     desired_count: current.desired_count,

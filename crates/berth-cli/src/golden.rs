@@ -60,6 +60,7 @@ fn tasks() -> Vec<Task> {
     events.push(NOW - 3 * MIN, "created");
     events.push(NOW - 3 * MIN, "placed on node node-1");
     let running = Task {
+        labels: Default::default(),
         task_id: "0b6f3f5c-9d2e-4c7a-8a51-2f0e1c9d7a10".into(),
         namespace: "default".into(),
         task_definition: "web:2".parse().expect("ref"),
@@ -126,6 +127,10 @@ fn service() -> Service {
     old.running_count = 1;
     old.healthy_count = 1;
     Service {
+        meta: berth_model::ObjectMeta {
+            labels: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+            annotations: BTreeMap::from([("owner".to_owned(), "team-a".to_owned())]),
+        },
         namespace: "default".into(),
         name: "web".into(),
         task_definition: "web:2".parse().expect("ref"),
@@ -186,6 +191,7 @@ fn taskdefs() -> Vec<TaskDefinition> {
     let mut c = ContainerDefinition::new("httpd", "registry.local/web:v2");
     c.command = vec!["httpd".into(), "-f".into()];
     vec![TaskDefinition {
+        meta: Default::default(),
         namespace: "default".into(),
         family: "web".into(),
         revision: 2,

@@ -40,6 +40,9 @@ pub struct GlobalArgs {
     /// possibly behind).
     #[arg(long, global = true)]
     pub stale: bool,
+    /// Only objects whose labels (node attributes for nodes) match: `key=value,key!=value`.
+    #[arg(short = 'l', long = "selector", global = true, value_name = "SELECTOR")]
+    pub selector: Option<String>,
 }
 
 /// A connection to the cluster that fails over between the given servers: a call that cannot

@@ -119,6 +119,7 @@ pub async fn list(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<Ve
     let req = pb::ListServicesRequest {
         namespace: global.namespace.clone(),
         stale: global.stale,
+        selector: global.selector.clone().unwrap_or_default(),
     };
     let r = client
         .call(|mut c| {

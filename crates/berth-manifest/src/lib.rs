@@ -11,6 +11,7 @@ use berth_model::{
     DeploymentConfiguration, DeploymentStrategy, HealthCheck, PlacementSpec, ServiceSpec,
     TargetTracking, TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
 };
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -27,7 +28,7 @@ pub struct Document {
     pub object: Object,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     pub name: String,
@@ -39,13 +40,23 @@ pub struct Metadata {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl Metadata {
+    /// The labels and annotations as the model keeps them.
+    pub fn object_meta(&self) -> berth_model::ObjectMeta {
+        berth_model::ObjectMeta {
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
     TaskDefinition(TaskDefinitionSpec),
     /// A service; with an inline `template`, `spec.task_definition` is the service's name
     /// and the template is registered as the next revision of that family when it changed.
     Service {
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         template: Option<TaskDefinitionSpec>,
     },
 }
@@ -85,18 +96,20 @@ struct Header {
     kind: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TaskDefinitionDoc {
     #[allow(dead_code)]
+    #[schemars(extend("const" = "berth.dev/v1"))]
     api_version: String,
     #[allow(dead_code)]
+    #[schemars(extend("const" = "TaskDefinition"))]
     kind: String,
     metadata: Metadata,
     spec: TaskDefinitionSpecYaml,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TaskDefinitionSpecYaml {
     cpu: u32,
@@ -108,22 +121,25 @@ struct TaskDefinitionSpecYaml {
     placement: PlacementSpec,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ServiceDoc {
     #[allow(dead_code)]
+    #[schemars(extend("const" = "berth.dev/v1"))]
     api_version: String,
     #[allow(dead_code)]
+    #[schemars(extend("const" = "Service"))]
     kind: String,
     metadata: Metadata,
     spec: ServiceSpecYaml,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ServiceSpecYaml {
     /// `family` or `family:revision`; or an inline `template`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     task_definition: Option<TaskDefinitionRef>,
     #[serde(default)]
     template: Option<TaskDefinitionSpecYaml>,
@@ -136,7 +152,7 @@ struct ServiceSpecYaml {
     autoscaling: Option<AutoscalingYaml>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AutoscalingYaml {
     min_count: u32,
@@ -164,7 +180,7 @@ impl AutoscalingYaml {
     }
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DeploymentConfigurationYaml {
     minimum_healthy_percent: Option<u32>,
@@ -177,7 +193,7 @@ struct DeploymentConfigurationYaml {
     canary_bake_time: Option<Seconds>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CircuitBreakerYaml {
     enable: Option<bool>,
@@ -212,7 +228,7 @@ impl DeploymentConfigurationYaml {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ContainerYaml {
     name: String,
@@ -239,14 +255,14 @@ struct ContainerYaml {
     depends_on: Vec<DependencyYaml>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DependencyYaml {
     container_name: String,
     condition: DependencyCondition,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HealthCheckYaml {
     command: Vec<String>,
@@ -280,6 +296,15 @@ fn yes() -> bool {
 /// A string that must not be blank.
 struct NonEmpty(String);
 
+impl JsonSchema for NonEmpty {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NonEmptyString".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "minLength": 1, "pattern": "\\S"})
+    }
+}
+
 impl<'de> Deserialize<'de> for NonEmpty {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -301,6 +326,21 @@ impl<'de> Deserialize<'de> for NonEmpty {
 
 /// A duration in whole seconds: `30s`, `5m`, `1m30s`, or a number of seconds.
 struct Seconds(u32);
+
+impl JsonSchema for Seconds {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: 30s, 5m, 1m30s, or a number of seconds",
+            "anyOf": [
+                {"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d) ?)+$"},
+                {"type": "integer", "minimum": 0}
+            ]
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -337,6 +377,7 @@ impl TaskDefinitionSpecYaml {
             family,
             cpu: self.cpu,
             memory: self.memory,
+            meta: Default::default(),
             containers: self
                 .containers
                 .into_iter()
@@ -364,6 +405,23 @@ impl TaskDefinitionSpecYaml {
                 .collect(),
         }
     }
+}
+
+/// Any one document of a manifest file, for the JSON Schema.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum AnyDocument {
+    TaskDefinition(TaskDefinitionDoc),
+    Service(ServiceDoc),
+}
+
+/// The JSON Schema of one manifest document (either kind), for editors to validate manifests
+/// with (`berth schema`; the repository ships it as `crates/berth-manifest/berth.schema.json`).
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(AnyDocument);
+    schema.insert("title".into(), "berth manifest (berth.dev/v1)".into());
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 /// Splits a multi-document YAML text at `---` lines: `(first line, text)` per document.
@@ -437,7 +495,8 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
             "TaskDefinition" => {
                 let parsed: TaskDefinitionDoc = serde_yaml_ng::from_str(&doc).map_err(yaml_err)?;
                 let metadata = parsed.metadata.clone();
-                let spec = parsed.spec.into_spec(parsed.metadata.name);
+                let mut spec = parsed.spec.into_spec(parsed.metadata.name);
+                spec.meta = metadata.object_meta();
                 if let Err(e) = spec.validate() {
                     let field = if e.field == "family" {
                         "metadata.name".to_owned()
@@ -500,6 +559,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                     deployment_configuration: parsed.spec.deployment_configuration.into_model(),
                     placement: parsed.spec.placement,
                     autoscaling: parsed.spec.autoscaling.map(AutoscalingYaml::into_model),
+                    meta: metadata.object_meta(),
                 };
                 if let Err(e) = spec.validate() {
                     let field = if e.field == "name" {
@@ -512,7 +572,10 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                 Document {
                     line: first_line + doc_start - 1,
                     metadata,
-                    object: Object::Service { spec, template },
+                    object: Object::Service {
+                        spec: Box::new(spec),
+                        template,
+                    },
                 }
             }
             "" => {

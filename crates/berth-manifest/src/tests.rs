@@ -329,3 +329,32 @@ spec:
         "m.yaml:9:5: spec.autoscaling.minCount: 5 is above maxCount (2)"
     );
 }
+
+/// The JSON Schema shipped in the repository is the one the code generates; refresh it with
+/// `BERTH_UPDATE_GOLDEN=1 cargo test -p berth-manifest`.
+#[test]
+fn the_shipped_json_schema_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("berth.schema.json");
+    let generated = json_schema();
+    if std::env::var_os("BERTH_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &generated).expect("write schema");
+        return;
+    }
+    let shipped = std::fs::read_to_string(&path).expect("berth.schema.json");
+    assert!(
+        shipped == generated,
+        "berth.schema.json is stale; run BERTH_UPDATE_GOLDEN=1 cargo test -p berth-manifest"
+    );
+    // It knows both kinds and rejects unknown fields, as the parser does.
+    let v: serde_json::Value = serde_json::from_str(&generated).expect("JSON");
+    let text = v.to_string();
+    assert!(
+        text.contains("\"const\":\"Service\"") && text.contains("\"const\":\"TaskDefinition\"")
+    );
+    assert!(text.contains("\"additionalProperties\":false"));
+    assert!(
+        text.contains("desiredCount")
+            && text.contains("healthCheck")
+            && text.contains("targetTracking")
+    );
+}

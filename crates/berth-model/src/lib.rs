@@ -35,6 +35,49 @@ pub use task_definition::{
 };
 pub use time::{format_timestamp, Timestamp};
 
+/// Labels (for selecting with `-l key=value`) and annotations (for people and tools) of an
+/// object, kept as given. Flattened into the object's JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// `key=value` and `key!=value` terms, comma separated, all of which must hold (as kubectl's
+/// equality-based selectors).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<(String, bool, String)>);
+
+impl LabelSelector {
+    pub fn parse(text: &str) -> Result<Self, ValidationError> {
+        let mut terms = Vec::new();
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (key, equal, value) = if let Some((k, v)) = term.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = term.split_once("==") {
+                (k, true, v)
+            } else if let Some((k, v)) = term.split_once('=') {
+                (k, true, v)
+            } else {
+                return Err(ValidationError::new(
+                    "selector",
+                    format!("{term:?} is not key=value or key!=value"),
+                ));
+            };
+            terms.push((key.trim().to_owned(), equal, value.trim().to_owned()));
+        }
+        Ok(Self(terms))
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.0
+            .iter()
+            .all(|(k, equal, v)| (labels.get(k) == Some(v)) == *equal)
+    }
+}
+
 /// The namespace objects land in when none is given.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -94,6 +137,24 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selectors() {
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("app".to_owned(), "web".to_owned()),
+            ("tier".to_owned(), "front".to_owned()),
+        ]
+        .into();
+        let m = |s: &str| LabelSelector::parse(s).expect("parses").matches(&labels);
+        assert!(m("app=web"));
+        assert!(m("app==web, tier=front"));
+        assert!(m("app!=db"));
+        assert!(!m("app=web,tier=back"));
+        assert!(!m("zone=a"));
+        assert!(m("zone!=a"));
+        assert!(m(""));
+        assert!(LabelSelector::parse("app").is_err());
+    }
 
     #[test]
     fn names() {

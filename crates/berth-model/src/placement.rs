@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlacementSpec {
@@ -19,6 +20,7 @@ pub struct PlacementSpec {
     pub constraints: Vec<PlacementConstraint>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum PlacementStrategy {
@@ -30,6 +32,7 @@ pub enum PlacementStrategy {
     Random,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BinpackField {
@@ -37,6 +40,7 @@ pub enum BinpackField {
     Memory,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum PlacementConstraint {

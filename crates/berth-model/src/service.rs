@@ -27,6 +27,9 @@ pub struct ServiceSpec {
     /// Target tracking: the leader adjusts desiredCount within min..max.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    /// Labels (copied onto the service's tasks) and annotations.
+    #[serde(flatten)]
+    pub meta: crate::ObjectMeta,
 }
 
 /// Target-tracking autoscaling of a service's desired count.
@@ -58,6 +61,7 @@ fn default_scale_in_cooldown() -> u32 {
 }
 
 /// Keep `metric`, averaged over the service's RUNNING tasks, near `target` percent.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetTracking {
@@ -66,6 +70,7 @@ pub struct TargetTracking {
     pub target: f64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ScalingMetric {
     #[serde(rename = "CPUUtilization")]
@@ -208,6 +213,7 @@ impl CircuitBreaker {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum DeploymentStrategy {
@@ -232,6 +238,8 @@ pub struct Service {
     pub deployment_configuration: DeploymentConfiguration,
     #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
+    #[serde(flatten)]
+    pub meta: crate::ObjectMeta,
     pub status: ServiceStatus,
     /// Tasks RUNNING across all deployments (as last counted by the reconciler).
     pub running_count: u32,
@@ -543,6 +551,7 @@ mod tests {
 
     fn spec() -> ServiceSpec {
         ServiceSpec {
+            meta: Default::default(),
             name: "web".into(),
             task_definition: "web".parse().expect("ref"),
             desired_count: 3,

@@ -19,6 +19,9 @@ pub struct Task {
     /// The deployment that started it (service tasks); none for one-off tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<String>,
+    /// Its task definition's labels, overlaid with its service's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The node the task was placed on; none until it is placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -91,6 +94,7 @@ impl Task {
             task_definition: def.reference(),
             group: None,
             started_by: None,
+            labels: def.meta.labels.clone(),
             node: None,
             desired_status: DesiredStatus::Running,
             last_status: TaskStatus::Pending,

@@ -27,6 +27,8 @@ pub struct TaskDefinitionSpec {
     /// Where the family's tasks may run and how nodes are ranked.
     #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
+    #[serde(flatten)]
+    pub meta: crate::ObjectMeta,
 }
 
 /// One registered, immutable revision of a task definition family.
@@ -42,6 +44,8 @@ pub struct TaskDefinition {
     pub containers: Vec<ContainerDefinition>,
     #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
+    #[serde(flatten)]
+    pub meta: crate::ObjectMeta,
     #[serde(with = "crate::time::rfc3339")]
     pub registered_at: Timestamp,
 }
@@ -62,6 +66,7 @@ impl TaskDefinition {
             && self.memory == spec.memory
             && self.containers == spec.containers
             && self.placement == spec.placement
+            && self.meta == spec.meta
     }
 }
 
@@ -122,6 +127,7 @@ pub struct ContainerDependency {
     pub condition: DependencyCondition,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DependencyCondition {
@@ -448,6 +454,7 @@ mod tests {
 
     fn spec() -> TaskDefinitionSpec {
         TaskDefinitionSpec {
+            meta: Default::default(),
             family: "web".into(),
             cpu: 256,
             memory: 512,

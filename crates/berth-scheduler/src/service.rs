@@ -537,6 +537,7 @@ mod tests {
     impl World {
         fn new(desired: u32, config: DeploymentConfiguration) -> Self {
             let svc = Service {
+                meta: Default::default(),
                 namespace: "default".into(),
                 name: "web".into(),
                 task_definition: td("web:1"),
@@ -648,6 +649,7 @@ mod tests {
                 self.ids += 1;
                 let outcome = self.outcome[&launch.task_definition.to_string()];
                 let task = Task {
+                    labels: Default::default(),
                     task_id: format!("t{}", self.ids),
                     namespace: "default".into(),
                     task_definition: launch.task_definition.clone(),

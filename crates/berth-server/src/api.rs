@@ -66,7 +66,7 @@ impl BerthService {
     ) -> Result<TaskDefinition, Status> {
         let reference: TaskDefinitionRef = reference
             .parse()
-            .map_err(|e: berth_model::ValidationError| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e: berth_model::ValidationError| status::invalid("", &e))?;
         self.read(stale, |s| s.task_definition(namespace, &reference).cloned())
             .await?
             .ok_or_else(|| {
@@ -214,12 +214,15 @@ impl BerthService {
     }
 }
 
+fn selector(text: &str) -> Result<berth_model::LabelSelector, Status> {
+    berth_model::LabelSelector::parse(text).map_err(|e| status::invalid("", &e))
+}
+
 fn namespace(ns: String) -> Result<String, Status> {
     if ns.is_empty() {
         return Ok(DEFAULT_NAMESPACE.to_owned());
     }
-    berth_model::validate_name("namespace", &ns)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    berth_model::validate_name("namespace", &ns).map_err(|e| status::invalid("", &e))?;
     Ok(ns)
 }
 
@@ -300,9 +303,8 @@ impl Berth for BerthService {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?
             .try_into()
-            .map_err(|e: berth_proto::ConversionError| Status::invalid_argument(e.to_string()))?;
-        spec.validate()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e: berth_proto::ConversionError| status::invalid_request("spec.", &e))?;
+        spec.validate().map_err(|e| status::invalid("spec.", &e))?;
         let command = Command::RegisterTaskDefinition {
             namespace,
             spec,
@@ -332,10 +334,12 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::ListTaskDefinitionsResponse>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
+        let selector = selector(&req.selector)?;
         let defs = self
             .read(req.stale, |s| {
                 s.task_definitions(&namespace)
                     .filter(|d| req.family.is_empty() || d.family == req.family)
+                    .filter(|d| selector.matches(&d.meta.labels))
                     .cloned()
                     .map(Into::into)
                     .collect()
@@ -430,10 +434,11 @@ impl Berth for BerthService {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let req = req.into_inner();
         let namespace = namespace(req.namespace)?;
+        let selector = selector(&req.selector)?;
         let mut tasks: Vec<Task> = self
             .read(req.stale, |s| {
                 s.tasks()
-                    .filter(|t| t.namespace == namespace)
+                    .filter(|t| t.namespace == namespace && selector.matches(&t.labels))
                     .cloned()
                     .collect()
             })
@@ -524,18 +529,16 @@ impl Berth for BerthService {
         }
         let mut spec: berth_model::ServiceSpec = wire
             .try_into()
-            .map_err(|e: berth_proto::ConversionError| Status::invalid_argument(e.to_string()))?;
-        spec.validate()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e: berth_proto::ConversionError| status::invalid_request("spec.", &e))?;
+        spec.validate().map_err(|e| status::invalid("spec.", &e))?;
         let template = match req.template {
             Some(t) => {
                 let mut t: berth_model::TaskDefinitionSpec =
                     t.try_into().map_err(|e: berth_proto::ConversionError| {
-                        Status::invalid_argument(format!("template: {e}"))
+                        status::invalid_request("template.", &e)
                     })?;
                 t.family = name.clone();
-                t.validate()
-                    .map_err(|e| Status::invalid_argument(format!("template.{e}")))?;
+                t.validate().map_err(|e| status::invalid("template.", &e))?;
                 Some(t)
             }
             None => None,
@@ -587,10 +590,11 @@ impl Berth for BerthService {
         let namespace = namespace(req.namespace)?;
         let usage = self.usage.clone();
         let now = now_ms();
+        let selector = selector(&req.selector)?;
         let services = self
             .read(req.stale, |s| {
                 s.services()
-                    .filter(|svc| svc.namespace == namespace)
+                    .filter(|svc| svc.namespace == namespace && selector.matches(&svc.meta.labels))
                     .map(|svc| {
                         let mut svc = svc.clone();
                         svc.metrics = crate::autoscaler::current_metrics(s, &svc, &usage, now);
@@ -662,10 +666,13 @@ impl Berth for BerthService {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let req = req.into_inner();
+        let selector = selector(&req.selector)?;
         let nodes = self
-            .read(req.into_inner().stale, |s| {
+            .read(req.stale, |s| {
                 s.nodes_with_allocation()
                     .into_iter()
+                    .filter(|n| selector.matches(&n.attributes))
                     .map(Into::into)
                     .collect()
             })

@@ -77,6 +77,7 @@ pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Comm
                 task.group = Some(group.clone());
                 task.started_by = Some(launch.deployment_id.clone());
                 task.placement = merged_placement(&svc.placement, &def.placement);
+                task.labels.extend(svc.meta.labels.clone());
                 Some(task)
             })
             .collect();

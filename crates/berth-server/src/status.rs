@@ -33,6 +33,26 @@ pub fn from_store(e: StoreError) -> Status {
     }
 }
 
+/// INVALID_ARGUMENT naming the offending field in a `google.rpc.BadRequest` detail, so that
+/// clients can point at it; `prefix` places nested objects (`template.`).
+pub fn invalid(prefix: &str, e: &berth_model::ValidationError) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt as _};
+    let field = format!("{prefix}{}", e.field);
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("{field}: {}", e.message),
+        ErrorDetails::with_bad_request_violation(field, e.message.clone()),
+    )
+}
+
+/// A request that does not convert to the model: field violations when the error names one.
+pub fn invalid_request(prefix: &str, e: &berth_proto::ConversionError) -> Status {
+    match e {
+        berth_proto::ConversionError::Invalid(v) => invalid(prefix, v),
+        other => Status::invalid_argument(format!("{prefix}{other}")),
+    }
+}
+
 pub fn from_rejection(r: Rejection) -> Status {
     match r {
         Rejection::Invalid(msg) => Status::invalid_argument(msg),

@@ -75,6 +75,7 @@ fn spec(family: &str, env: u32, bad: bool) -> TaskDefinitionSpec {
     );
     c.environment.insert("REV".into(), env.to_string());
     TaskDefinitionSpec {
+        meta: Default::default(),
         family: family.into(),
         cpu: 256,
         memory: 128,
@@ -122,6 +123,7 @@ impl World {
             w.apply(Command::ApplyService {
                 namespace: "default".into(),
                 spec: Box::new(ServiceSpec {
+                    meta: Default::default(),
                     name: name.clone(),
                     task_definition: format!("{name}:1").parse().expect("ref"),
                     desired_count: desired,
@@ -253,6 +255,7 @@ impl World {
         self.apply(Command::ApplyService {
             namespace: "default".into(),
             spec: Box::new(ServiceSpec {
+                meta: Default::default(),
                 name,
                 task_definition: task_definition.reference(),
                 desired_count: svc.desired_count,

@@ -70,6 +70,8 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
         .register_task_definition(RegisterTaskDefinitionRequest {
             namespace: String::new(),
             spec: Some(berth_proto::v1::TaskDefinitionSpec {
+                annotations: Default::default(),
+                labels: Default::default(),
                 family: "web".into(),
                 cpu: 0,
                 memory: 64,
@@ -83,10 +85,22 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message()
-            .starts_with("cpu: 0 CPU units is out of range"),
+            .starts_with("spec.cpu: 0 CPU units is out of range"),
         "{}",
         err.message()
     );
+    // The field is named in a google.rpc.BadRequest detail too.
+    {
+        use tonic_types::StatusExt as _;
+        let details = err.get_error_details();
+        let violations = &details
+            .bad_request()
+            .expect("a BadRequest detail")
+            .field_violations;
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "spec.cpu");
+        assert!(violations[0].description.contains("out of range"));
+    }
 
     let err = api
         .run_task(RunTaskRequest {

@@ -563,6 +563,7 @@ impl State {
                 desired_count,
                 deployment_configuration: spec.deployment_configuration,
                 placement: spec.placement,
+                meta: spec.meta,
                 status: ServiceStatus::Active,
                 running_count: 0,
                 pending_count: 0,
@@ -627,6 +628,10 @@ impl State {
         if svc.placement != spec.placement {
             messages.push("placement changed".to_owned());
             svc.placement = spec.placement;
+        }
+        if svc.meta != spec.meta {
+            messages.push("labels or annotations changed".to_owned());
+            svc.meta = spec.meta;
         }
         if new_revision {
             for d in &mut svc.deployments {
@@ -849,6 +854,7 @@ impl State {
             memory: spec.memory,
             containers: spec.containers,
             placement: spec.placement,
+            meta: spec.meta,
             registered_at: at,
         };
         revs.push(def.clone());
@@ -1040,6 +1046,7 @@ mod tests {
         s.apply(Command::RegisterTaskDefinition {
             namespace: "default".into(),
             spec: TaskDefinitionSpec {
+                meta: Default::default(),
                 family: "web".into(),
                 cpu: 256,
                 memory: 64,
@@ -1070,6 +1077,7 @@ mod tests {
         });
         s.apply(Command::CreateTasks {
             tasks: vec![Task {
+                labels: Default::default(),
                 task_id: "t1".into(),
                 namespace: "default".into(),
                 task_definition: "web:1".parse().expect("ref"),
@@ -1287,6 +1295,7 @@ mod tests {
 
     fn service_spec(desired: u32) -> berth_model::ServiceSpec {
         berth_model::ServiceSpec {
+            meta: Default::default(),
             name: "svc".into(),
             task_definition: "web:1".parse().expect("ref"),
             desired_count: desired,

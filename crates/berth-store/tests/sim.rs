@@ -280,6 +280,7 @@ impl Sim {
         if self.rng.gen_bool(0.5) || self.acked.is_empty() {
             let family = format!("f{n}");
             let spec = TaskDefinitionSpec {
+                meta: Default::default(),
                 family: family.clone(),
                 cpu: 256,
                 memory: 64,
@@ -307,6 +308,7 @@ impl Sim {
             format!("tok-{n}")
         };
         let task = Task {
+            labels: Default::default(),
             task_id: format!("t{n}"),
             namespace: "default".into(),
             task_definition: format!("{family}:1").parse().expect("valid ref"),
@@ -448,6 +450,7 @@ impl Sim {
         for _ in 0..100 {
             if let Some(leader) = self.leader().cloned() {
                 let spec = TaskDefinitionSpec {
+                    meta: Default::default(),
                     family: "final".into(),
                     cpu: 256,
                     memory: 64,

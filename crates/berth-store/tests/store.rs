@@ -7,6 +7,7 @@ use berth_store::{Command, CommandResult, Store, StoreConfig};
 
 fn spec(family: &str) -> TaskDefinitionSpec {
     TaskDefinitionSpec {
+        meta: Default::default(),
         family: family.into(),
         cpu: 256,
         memory: 64,
