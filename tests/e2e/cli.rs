@@ -246,3 +246,70 @@ async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_manifest_runs_once_per_document_and_delete_stops_it() -> anyhow::Result<()> {
+    let c = Cluster::start().await?;
+    let addr = c.addr();
+    let file = c.env.path("job.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: Task\nmetadata:\n  name: job\n  labels: {{team: a}}\nspec:\n  count: 2\n  template:\n    cpu: 128\n    memory: 32\n    containers:\n      - name: main\n        image: {}\n        command: [sleep, '600']\n        stopTimeout: 1s\n",
+            c.env.image
+        ),
+    )?;
+    let f = file.display().to_string();
+    let out = cli(&addr, &["apply", "-f", &f]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(
+        first.iter().all(|l| l.ends_with(" created (job:1)")),
+        "{first:?}"
+    );
+    // The same document again runs nothing new.
+    let out = cli(&addr, &["apply", "-f", &f]).await?;
+    let again: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(
+        again
+            .iter()
+            .map(|l| l.split(' ').next())
+            .collect::<Vec<_>>(),
+        first
+            .iter()
+            .map(|l| l.split(' ').next())
+            .collect::<Vec<_>>()
+    );
+    // The template's labels reach the tasks.
+    poll("both tasks to run", TIMEOUT, || async {
+        let t = cli_json(&addr, &["get", "tasks", "-l", "team=a"])
+            .await
+            .ok()?;
+        let running = t
+            .as_array()?
+            .iter()
+            .filter(|t| t["lastStatus"] == "RUNNING")
+            .count();
+        (running == 2).then_some(())
+    })
+    .await?;
+    let out = cli(&addr, &["delete", "-f", &f]).await?;
+    assert_eq!(
+        stdout(&out),
+        "task/job deleted (2 running tasks stopping)\n",
+        "{}",
+        stderr(&out)
+    );
+    poll("both tasks to stop", TIMEOUT, || async {
+        let t = cli_json(&addr, &["get", "tasks", "-l", "team=a"])
+            .await
+            .ok()?;
+        t.as_array()?
+            .iter()
+            .all(|t| t["lastStatus"] == "STOPPED" && t["stopCode"] == "UserInitiated")
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -749,6 +749,22 @@ async fn apply(
                     rollouts.push(applied);
                 }
             }
+            berth_manifest::Object::Task {
+                task_definition,
+                template,
+                count,
+            } => {
+                crate::tasks::apply(
+                    &mut client,
+                    namespace,
+                    &d.metadata.name,
+                    task_definition,
+                    template,
+                    count,
+                    dry_run,
+                )
+                .await?;
+            }
         }
     }
     let Some(timeout) = wait else { return Ok(0) };
@@ -809,6 +825,17 @@ async fn delete(
                     "taskdefinition/{} kept (revisions are immutable)",
                     spec.family
                 );
+            }
+            berth_manifest::Object::Task {
+                task_definition, ..
+            } => {
+                crate::tasks::delete(
+                    &mut client,
+                    &namespace,
+                    &d.metadata.name,
+                    &task_definition.family,
+                )
+                .await?;
             }
         }
     }

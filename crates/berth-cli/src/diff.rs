@@ -107,6 +107,15 @@ pub async fn run(
                 }
                 format!("taskdefinition/{}", spec.family)
             }
+            berth_manifest::Object::Task {
+                task_definition,
+                count,
+                ..
+            } => {
+                // One-off tasks run again on every apply (after the client token's hour).
+                lines.push(format!("  + runs {count} tasks of {task_definition}"));
+                format!("task/{}", d.metadata.name)
+            }
             berth_manifest::Object::Service { spec, template } => {
                 let title = format!("service/{}", spec.name);
                 let req = pb::ListServicesRequest {

@@ -7,6 +7,7 @@ mod events;
 mod golden;
 mod output;
 mod services;
+mod tasks;
 
 use std::time::Duration;
 

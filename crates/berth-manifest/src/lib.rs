@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 pub const API_VERSION: &str = "berth.dev/v1";
 /// The kinds this version understands.
-pub const KINDS: &[&str] = &["TaskDefinition", "Service"];
+pub const KINDS: &[&str] = &["TaskDefinition", "Service", "Task"];
 
 /// One document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,14 @@ pub enum Object {
         spec: Box<ServiceSpec>,
         template: Option<TaskDefinitionSpec>,
     },
+    /// One-off tasks: `count` copies of `task_definition` (with an inline `template`, the
+    /// family is the manifest's name). Applying the same document again within the client
+    /// token's hour runs nothing new.
+    Task {
+        task_definition: TaskDefinitionRef,
+        template: Option<TaskDefinitionSpec>,
+        count: u32,
+    },
 }
 
 impl Object {
@@ -66,6 +74,7 @@ impl Object {
         match self {
             Object::TaskDefinition(_) => "TaskDefinition",
             Object::Service { .. } => "Service",
+            Object::Task { .. } => "Task",
         }
     }
 }
@@ -407,6 +416,33 @@ impl TaskDefinitionSpecYaml {
     }
 }
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskDoc {
+    #[allow(dead_code)]
+    #[schemars(extend("const" = "berth.dev/v1"))]
+    api_version: String,
+    #[allow(dead_code)]
+    #[schemars(extend("const" = "Task"))]
+    kind: String,
+    metadata: Metadata,
+    spec: TaskSpecYaml,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TaskSpecYaml {
+    /// `family` or `family:revision`; or an inline `template`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    task_definition: Option<TaskDefinitionRef>,
+    #[serde(default)]
+    template: Option<TaskDefinitionSpecYaml>,
+    /// How many tasks (default 1).
+    #[serde(default)]
+    count: Option<u32>,
+}
+
 /// Any one document of a manifest file, for the JSON Schema.
 #[derive(JsonSchema)]
 #[serde(untagged)]
@@ -414,6 +450,7 @@ impl TaskDefinitionSpecYaml {
 enum AnyDocument {
     TaskDefinition(TaskDefinitionDoc),
     Service(ServiceDoc),
+    Task(TaskDoc),
 }
 
 /// The JSON Schema of one manifest document (either kind), for editors to validate manifests
@@ -575,6 +612,61 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                     object: Object::Service {
                         spec: Box::new(spec),
                         template,
+                    },
+                }
+            }
+            "Task" => {
+                let parsed: TaskDoc = serde_yaml_ng::from_str(&doc).map_err(yaml_err)?;
+                let metadata = parsed.metadata.clone();
+                let name = parsed.metadata.name;
+                let at = |field: &str, message: String| {
+                    let (line, column) = locate(&doc, field).unwrap_or((doc_start, 1));
+                    err(line, column, format!("{field}: {message}"))
+                };
+                berth_model::validate_name("metadata.name", &name)
+                    .map_err(|e| at("metadata.name", e.message))?;
+                let count = parsed.spec.count.unwrap_or(1);
+                if count == 0 || count > 1000 {
+                    return Err(at(
+                        "spec.count",
+                        format!("{count} is out of range; use 1..=1000"),
+                    ));
+                }
+                let (task_definition, template) =
+                    match (parsed.spec.task_definition, parsed.spec.template) {
+                        (Some(r), None) => (r, None),
+                        (None, Some(t)) => {
+                            let mut t = t.into_spec(name.clone());
+                            t.meta = metadata.object_meta();
+                            if let Err(e) = t.validate() {
+                                return Err(at(&format!("spec.template.{}", e.field), e.message));
+                            }
+                            let r = TaskDefinitionRef {
+                                family: name.clone(),
+                                revision: None,
+                            };
+                            (r, Some(t))
+                        }
+                        (Some(_), Some(_)) => {
+                            return Err(at(
+                                "spec.template",
+                                "give either taskDefinition or template, not both".into(),
+                            ))
+                        }
+                        (None, None) => {
+                            return Err(at(
+                                "spec",
+                                "taskDefinition (family or family:revision) or an inline template is required".into(),
+                            ))
+                        }
+                    };
+                Document {
+                    line: first_line + doc_start - 1,
+                    metadata,
+                    object: Object::Task {
+                        task_definition,
+                        template,
+                        count,
                     },
                 }
             }

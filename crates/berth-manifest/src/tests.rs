@@ -66,6 +66,21 @@ fn check(text: &str, expected: &str) {
                         t.containers.len()
                     )),
                 ),
+                Object::Task {
+                    task_definition,
+                    template,
+                    count,
+                } => format!(
+                    "line {}: Task {} td={task_definition} count={count} template={}",
+                    d.line,
+                    d.metadata.name,
+                    template.as_ref().map_or("-".to_owned(), |t| format!(
+                        "{}:{} labels={:?}",
+                        t.family,
+                        t.containers.len(),
+                        t.meta.labels
+                    )),
+                ),
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -171,7 +186,7 @@ fn header_errors() {
     );
     check(
         &GOOD.replace("kind: TaskDefinition", "kind: Deployment"),
-        "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service",
+        "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task",
     );
     check(
         "apiVersion: v1\nkind: [oops",
@@ -356,5 +371,46 @@ fn the_shipped_json_schema_is_current() {
         text.contains("desiredCount")
             && text.contains("healthCheck")
             && text.contains("targetTracking")
+    );
+}
+
+#[test]
+fn parses_task_manifests() {
+    check(
+        "\
+apiVersion: berth.dev/v1
+kind: Task
+metadata:
+  name: job
+  labels: {team: a}
+spec:
+  count: 3
+  template:
+    cpu: 128
+    memory: 32
+    containers:
+      - name: main
+        image: busybox
+---
+apiVersion: berth.dev/v1
+kind: Task
+metadata:
+  name: again
+spec:
+  taskDefinition: job:1
+",
+        "line 1: Task job td=job count=3 template=job:1 labels={\"team\": \"a\"}; line 15: Task again td=job:1 count=1 template=-",
+    );
+    check(
+        "\
+apiVersion: berth.dev/v1
+kind: Task
+metadata:
+  name: job
+spec:
+  taskDefinition: job
+  count: 0
+",
+        "m.yaml:7:3: spec.count: 0 is out of range; use 1..=1000",
     );
 }

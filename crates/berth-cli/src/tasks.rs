@@ -1,0 +1,119 @@
+//! `kind: Task` manifests: one-off tasks run by `apply` (idempotent for an hour through a client
+//! token derived from the document) and stopped by `delete -f`.
+
+use std::hash::{Hash, Hasher};
+
+use anyhow::Context as _;
+use berth_model::{TaskDefinitionRef, TaskDefinitionSpec, TaskStatus};
+use berth_proto::v1 as pb;
+
+use crate::Client;
+
+/// Runs the document's tasks. Printed: one line per task.
+pub async fn apply(
+    client: &mut Client,
+    namespace: String,
+    name: &str,
+    task_definition: TaskDefinitionRef,
+    template: Option<TaskDefinitionSpec>,
+    count: u32,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    if dry_run {
+        println!("task/{name} valid (dry run): would run {count} of {task_definition}");
+        return Ok(());
+    }
+    let reference = match template {
+        Some(spec) => {
+            let req = pb::RegisterTaskDefinitionRequest {
+                namespace: namespace.clone(),
+                spec: Some(spec.into()),
+                reuse_identical: true,
+            };
+            let r = client
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.register_task_definition(req).await }
+                })
+                .await?;
+            let def = r
+                .task_definition
+                .context("server sent no task definition")?;
+            format!("{}:{}", def.family, def.revision)
+        }
+        None => task_definition.to_string(),
+    };
+    // The same document (same revision, same count) applied again within the token's hour
+    // answers the tasks it ran then instead of running more.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&namespace, name, &reference, count).hash(&mut h);
+    let client_token = format!("manifest-{name}-{:016x}", h.finish());
+    let req = pb::RunTaskRequest {
+        namespace,
+        task_definition: reference.clone(),
+        count,
+        client_token,
+    };
+    let sent_at = crate::output::now_ms();
+    let r = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.run_task(req).await }
+        })
+        .await?;
+    for t in r.tasks {
+        // Allow for clocks a little apart.
+        let earlier = t.created_at + 5_000 < sent_at;
+        let verb = if earlier {
+            "unchanged (ran before)"
+        } else {
+            "created"
+        };
+        println!("task/{} {verb} ({reference})", t.task_id);
+    }
+    Ok(())
+}
+
+/// Stops the document's tasks that still run: those of its family.
+pub async fn delete(
+    client: &mut Client,
+    namespace: &str,
+    name: &str,
+    family: &str,
+) -> anyhow::Result<()> {
+    let req = pb::ListTasksRequest {
+        namespace: namespace.to_owned(),
+        stale: false,
+        selector: String::new(),
+    };
+    let list = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.list_tasks(req).await }
+        })
+        .await?;
+    let mut stopped = 0;
+    for t in list.tasks {
+        let t: berth_model::Task = t.try_into()?;
+        if t.task_definition.family != family
+            || t.last_status == TaskStatus::Stopped
+            || t.group.is_some()
+        {
+            continue;
+        }
+        let req = pb::StopTaskRequest {
+            namespace: namespace.to_owned(),
+            task_id: t.task_id.clone(),
+            reason: format!("deleted with its manifest (task/{name})"),
+        };
+        client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.stop_task(req).await }
+            })
+            .await?;
+        stopped += 1;
+    }
+    println!("task/{name} deleted ({stopped} running tasks stopping)");
+    Ok(())
+}
