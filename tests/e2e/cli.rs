@@ -244,6 +244,21 @@ async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<
         body.contains("berth_scheduling_latency_seconds_bucket"),
         "{body}"
     );
+
+    // The agent serves its own: the image it pulled for the task, and how long that took.
+    let nodes = cli_json(&addr, &["get", "nodes"]).await?;
+    let agent = nodes[0]["address"].as_str().unwrap_or_default().to_owned();
+    let body = scrape(&agent).await?;
+    for line in [
+        "berth_agent_image_pulls_total{result=\"pulled\"} 1",
+        "berth_agent_image_pull_duration_seconds_count 1",
+        "berth_agent_tasks_running 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in:\n{body}"
+        );
+    }
     Ok(())
 }
 

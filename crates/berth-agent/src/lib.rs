@@ -11,6 +11,7 @@ mod api;
 pub mod containerd;
 mod fake;
 pub mod logfile;
+pub mod metrics;
 mod runtime;
 pub mod spec;
 pub mod supervisor;
@@ -237,6 +238,9 @@ impl Agent {
             .await
             .with_context(|| format!("create {}", log_root.display()))?;
         let api = tonic::transport::Server::builder()
+            // HTTP/1 for `/metrics`; the API stays gRPC over HTTP/2.
+            .accept_http1(true)
+            .add_routes(metrics::routes(agent.tasks.clone()))
             .add_service(AgentApiService::new(
                 log_root,
                 agent.tasks.clone(),

@@ -376,7 +376,16 @@ impl TaskRun {
                     event: Some(event),
                 });
             };
-            match self.runtime.ensure_image(&c.image, &progress).await {
+            let started = std::time::Instant::now();
+            let result = self.runtime.ensure_image(&c.image, &progress).await;
+            match &result {
+                Ok(info) if info.pulled => {
+                    crate::metrics::image("pulled", Some(started.elapsed()));
+                }
+                Ok(_) => crate::metrics::image("cached", None),
+                Err(_) => crate::metrics::image("failed", None),
+            }
+            match result {
                 Ok(info) => {
                     let event = if info.pulled {
                         format!("pulled image {} ({})", c.image, info.digest)
