@@ -768,6 +768,18 @@ impl Berth for BerthService {
                 req.address
             )));
         }
+        if let Some(m) = self
+            .store
+            .cluster_status()
+            .members
+            .into_iter()
+            .find(|m| m.id == req.id && m.address != req.address)
+        {
+            return Err(Status::already_exists(format!(
+                "server {} is already a member at {}; remove it first with `berth cluster remove {}`",
+                req.id, m.address, req.id
+            )));
+        }
         check_joinable(&self.store, req.id, &req.address).await?;
         self.store
             .add_member(req.id, req.address, !req.learner_only)
