@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BERTH := target/debug/berth
 DEV_DIR ?= .berth-dev
 
-.PHONY: all deps pyenv build run test lint fmt clean
+.PHONY: all deps pyenv build run test bench lint fmt clean
 
 all: build
 
@@ -42,6 +42,11 @@ lint:
 test: deps pyenv lint
 	cargo build -p berth
 	BERTH_PYTHON=$(CURDIR)/$(PYENV)/bin/python cargo test --workspace
+
+# Benchmarks on a release build; SCENARIO=raft runs one. Results: bench/results/latest.{json,md}.
+bench: deps
+	cargo build --release -p berth -p berth-bench
+	BERTH_BIN=$(CURDIR)/target/release/berth target/release/berth-bench $(SCENARIO)
 
 fmt:
 	cargo fmt --all

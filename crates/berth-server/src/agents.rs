@@ -143,11 +143,16 @@ impl AgentService for AgentServiceImpl {
             registered_at: now_ms(),
             events: EventLog::default(),
         };
+        // Seen before it is ACTIVE again: otherwise the node monitor could find it ACTIVE with
+        // a heartbeat older than the TTL and declare it lost once more.
+        self.liveness.seen(&reg.node_name);
         self.store
-            .propose(Command::RegisterNode { node, at: now_ms() })
+            .propose(Command::RegisterNode {
+                node: node.clone(),
+                at: now_ms(),
+            })
             .await
             .map_err(status::from_store)?;
-        self.liveness.seen(&reg.node_name);
         tracing::info!(node = %reg.node_name, "agent registered");
 
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
@@ -214,6 +219,23 @@ impl AgentService for AgentServiceImpl {
                 let report = match msg.msg {
                     Some(AgentMsg::Status(report)) => report,
                     Some(AgentMsg::Heartbeat(_)) => {
+                        // A node declared DOWN whose agent is still here (a race with the node
+                        // monitor, a blip longer than the TTL) is ACTIVE again; its lost tasks
+                        // stay lost and the agent removes their containers.
+                        let down = store.read_stale(|s| {
+                            s.node(&node_name)
+                                .is_none_or(|n| n.status == NodeStatus::Down)
+                        });
+                        if down {
+                            tracing::info!(node = %node_name, "a DOWN node's agent is still connected; registering it again");
+                            let again = Command::RegisterNode {
+                                node: node.clone(),
+                                at: now_ms(),
+                            };
+                            if let Err(e) = store.propose(again).await {
+                                tracing::warn!(node = %node_name, "register again: {e}");
+                            }
+                        }
                         let ack = ServerMessage {
                             msg: Some(ServerMsg::Ack(berth_proto::v1::Ack {})),
                         };

@@ -160,6 +160,10 @@ impl ServerArgs {
 struct AgentArgs {
     #[command(flatten)]
     daemon: DaemonArgs,
+    /// Run N hollow agents instead (the real agent code over an in-memory runtime, for
+    /// control-plane benchmarks), named NODE_NAME-0 … NODE_NAME-(N-1).
+    #[arg(long, value_name = "N")]
+    hollow: Option<u32>,
     /// Where task logs and agent state live.
     #[arg(long)]
     data_dir: PathBuf,
@@ -395,7 +399,49 @@ fn parse_attributes(attrs: &[String]) -> anyhow::Result<BTreeMap<String, String>
         .collect()
 }
 
+/// `--hollow N`: N agents in this process, each the real agent code (stream, registration,
+/// heartbeats, reports) over an in-memory runtime, named NAME-0 … NAME-(N-1). For benchmarks of
+/// the control plane only: nothing runs.
+async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()> {
+    let prefix = args.node_name.clone().unwrap_or_else(host_name);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut agents = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let config = AgentConfig {
+            node_name: format!("{prefix}-{i}"),
+            data_dir: args.data_dir.join(format!("hollow-{i}")),
+            servers: args.servers.clone(),
+            listen: SocketAddr::new(args.listen.ip(), 0),
+            cpu: args.cpu.unwrap_or(4096),
+            memory: args.memory.unwrap_or(16_384),
+            attributes: parse_attributes(&args.attributes)?,
+            heartbeat_interval: Duration::from_secs(1),
+            metrics_interval: args.metrics_interval,
+        };
+        let mut stop = stop_rx.clone();
+        agents.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            Agent::run(config, Arc::new(berth_agent::FakeRuntime::new()), shutdown).await
+        });
+    }
+    tracing::info!(count, %prefix, "hollow agents started");
+    tokio::select! {
+        () = shutdown_signal() => {}
+        Some(r) = agents.join_next() => {
+            r.context("hollow agent")??;
+        }
+    }
+    let _ = stop_tx.send(true);
+    while agents.join_next().await.is_some() {}
+    Ok(())
+}
+
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(count) = args.hollow {
+        return run_hollow(args, count).await;
+    }
     let node_name = args.node_name.unwrap_or_else(host_name);
     let runtime = ContainerdRuntime::connect(ContainerdConfig {
         socket: args.containerd.clone(),
