@@ -74,8 +74,8 @@ impl AgentServiceImpl {
 /// Everything the node should run or stop, with the container definitions to do it.
 pub fn desired_tasks(state: &State, node: &str) -> DesiredTasks {
     let tasks = state
-        .tasks()
-        .filter(|t| t.node.as_deref() == Some(node) && !t.is_stopped())
+        .tasks_on(node)
+        .filter(|t| !t.is_stopped())
         .filter_map(|t| {
             let def = state.task_definition(&t.namespace, &t.task_definition)?;
             Some(TaskAssignment {

@@ -19,6 +19,9 @@ pub struct State {
     /// Revisions of each `(namespace, family)`, revision `i + 1` at index `i`.
     task_definitions: BTreeMap<(String, String), Vec<TaskDefinition>>,
     tasks: BTreeMap<String, Task>,
+    /// Task IDs by the node they were placed on (derived from `tasks`; a task's node never
+    /// changes once set), so a node's tasks are found without scanning every task.
+    tasks_by_node: BTreeMap<String, BTreeSet<String>>,
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<(String, String), Service>,
     /// Client tokens of recent `CreateTasks`, for deduplicating retries.
@@ -108,6 +111,25 @@ impl Object {
 impl State {
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()
+    }
+
+    /// Records a task that arrives already placed in the by-node index.
+    fn index(&mut self, task: &Task) {
+        if let Some(n) = &task.node {
+            self.tasks_by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(task.task_id.clone());
+        }
+    }
+
+    /// The tasks placed on `node` (stopped ones included), without scanning every task.
+    pub fn tasks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
     }
 
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
@@ -250,6 +272,13 @@ impl State {
                     .or_default()
                     .push(d),
                 Object::Task(t) => {
+                    if let Some(n) = &t.node {
+                        state
+                            .tasks_by_node
+                            .entry(n.clone())
+                            .or_default()
+                            .insert(t.task_id.clone());
+                    }
                     state.tasks.insert(t.task_id.clone(), t);
                 }
                 Object::Node(n) => {
@@ -412,8 +441,16 @@ impl State {
                         n.status = NodeStatus::Down;
                         n.events.push(at, format!("node is DOWN: {reason}"));
                         changed.push(Key::Node(node.clone()));
-                        for task in self.tasks.values_mut() {
-                            if task.node.as_deref() != Some(node.as_str()) || task.is_stopped() {
+                        let on_node: Vec<String> = self
+                            .tasks_by_node
+                            .get(&node)
+                            .map(|ids| ids.iter().cloned().collect())
+                            .unwrap_or_default();
+                        for id in on_node {
+                            let Some(task) = self.tasks.get_mut(&id) else {
+                                continue;
+                            };
+                            if task.is_stopped() {
                                 continue;
                             }
                             task.last_status = TaskStatus::Stopped;
@@ -802,6 +839,7 @@ impl State {
             task.created_at = at;
             task.events.push(at, "created by the service scheduler");
             changed.push(Key::Task(task.task_id.clone()));
+            self.index(&task);
             self.tasks.insert(task.task_id.clone(), task);
         }
         if remove {
@@ -911,6 +949,7 @@ impl State {
             task.created_at = at;
             task.events.push(at, "created");
             changed.push(Key::Task(task.task_id.clone()));
+            self.index(task);
             self.tasks.insert(task.task_id.clone(), task.clone());
         }
         if let Some(token) = client_token {
@@ -962,6 +1001,10 @@ impl State {
                 continue;
             }
             task.events.push(at, format!("placed on node {node}"));
+            self.tasks_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(task_id.clone());
             task.node = Some(node);
             changed.push(Key::Task(task_id));
         }
@@ -1152,6 +1195,9 @@ mod tests {
             summary(&s),
             "PENDING desired=RUNNING node=Some(\"n1\") code=None exit=None node_cpu=256"
         );
+        // The by-node index is derived state: rebuilt from objects it is the same.
+        assert_eq!(s.tasks_on("n1").count(), 1);
+        assert_eq!(State::from_objects(s.objects()), s);
         s.apply(report(TaskStatus::Running, None, None));
         // A report from another node is stale and ignored.
         let (_, changed) = s.apply(Command::ReportTaskStatus {
