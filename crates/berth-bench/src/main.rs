@@ -3,7 +3,7 @@
 //! into `bench/results/latest.json` (merged with earlier keys) and a table into
 //! `bench/results/latest.md`.
 //!
-//!   berth-bench [SCENARIO...]      # raft, placement_1k; all when none is given
+//!   berth-bench [SCENARIO...]      # raft, placement_1k, failover; all when none is given
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ const GOALS: &[(&str, f64, bool)] = &[
     ("placement.tasks_per_sec", 10_000.0, true),
     ("placement_1k.tasks_per_sec", 10_000.0, true),
     ("raft.c64_ops_per_sec", 20_000.0, true),
+    ("failover.p99_ms", 1_000.0, false),
 ];
 
 /// Three real servers on loopback with durable logs: 1 bootstraps, 2 and 3 join.
@@ -145,6 +146,96 @@ async fn raft(results: &mut Results) -> anyhow::Result<()> {
         results.insert(format!("raft.{key}_p50_ms"), percentile(&all, 50.0));
         results.insert(format!("raft.{key}_p99_ms"), percentile(&all, 99.0));
     }
+    Ok(())
+}
+
+/// One write through whichever server answers (followers forward to the leader), trying each
+/// in turn; the time it took.
+async fn write_anywhere(addrs: &[String], n: u64) -> Option<Duration> {
+    let t = Instant::now();
+    for a in addrs {
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            BerthClient::connect(format!("http://{a}")),
+        )
+        .await
+        else {
+            continue;
+        };
+        let req = pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(spec(&format!("failover-{}", n % 16), 128, 64)),
+            reuse_identical: false,
+        };
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), c.register_task_definition(req)).await
+        {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+/// Leader failover: `trials` times, kill -9 the leader while a client writes; the time from the
+/// kill to the next acknowledged write. The killed server restarts from its data between trials.
+async fn failover(results: &mut Results, trials: usize) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let mut gaps = Vec::new();
+    for trial in 0..trials {
+        let addrs: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
+        // Warm: a write succeeds before the kill.
+        anyhow::ensure!(
+            write_anywhere(&addrs, 0).await.is_some(),
+            "no write before trial {trial}"
+        );
+        let status = cluster.servers[0].status().await?;
+        let leader = status["leader"].as_u64().context("no leader")?;
+        let i = cluster
+            .servers
+            .iter()
+            .position(|s| s.id == leader)
+            .context("leader is ours")?;
+        let victim = cluster.servers.remove(i);
+        let (id, addr, dir) = (victim.id, victim.addr, victim.data_dir.clone());
+        let killed = Instant::now();
+        victim.kill().await?;
+        let others: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
+        let mut n = 1;
+        loop {
+            if write_anywhere(&others, n).await.is_some() {
+                break;
+            }
+            n += 1;
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no write within 30 s of the kill"
+            );
+        }
+        gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
+        // Back with its state, as a follower.
+        let back = ServerProc::spawn(id, &dir, Some(addr), &[]).await?;
+        back.wait_ready().await?;
+        cluster.servers.push(back);
+        cluster.servers.sort_by_key(|s| s.id);
+        let first = &cluster.servers[0];
+        poll(
+            "the restarted server to vote",
+            Duration::from_secs(60),
+            || async {
+                let v = first.status().await.ok()?;
+                let members = v["members"].as_array()?;
+                (members.len() == 3
+                    && members.iter().all(|m| m["role"] != "learner")
+                    && v["leader"].as_u64().is_some())
+                .then_some(())
+            },
+        )
+        .await?;
+    }
+    gaps.sort_by(f64::total_cmp);
+    results.insert("failover.p50_ms".into(), percentile(&gaps, 50.0));
+    results.insert("failover.p99_ms".into(), percentile(&gaps, 99.0));
+    results.insert("failover.trials".into(), gaps.len() as f64);
     Ok(())
 }
 
@@ -301,7 +392,7 @@ fn write(results: &Results, dir: &PathBuf) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let all = ["raft", "placement_1k"];
+    let all = ["raft", "placement_1k", "failover"];
     let run: Vec<&str> = if wanted.is_empty() {
         all.to_vec()
     } else {
@@ -322,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
         match scenario {
             "raft" => raft(&mut results).await?,
             "placement_1k" => placement(&mut results, "placement_1k", 1_000, 10_000).await?,
+            "failover" => failover(&mut results, 20).await?,
             _ => unreachable!(),
         }
         for (k, v) in &results {
