@@ -42,14 +42,7 @@ impl Servers {
         }
         // A joining server is a learner until it has caught up; tests that kill a server need
         // every one of them to vote, or the survivors may lack a quorum.
-        let first = s.proc(1);
-        poll("every server to become a voter", TIMEOUT, || async {
-            let v = first.status().await.ok()?;
-            let members = v["members"].as_array()?;
-            let voters = members.iter().filter(|m| m["role"] != "learner").count();
-            (members.len() as u64 == n && voters as u64 == n).then_some(())
-        })
-        .await?;
+        s.proc(1).wait_voters(usize::try_from(n)?, TIMEOUT).await?;
         Ok(s)
     }
 

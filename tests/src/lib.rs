@@ -188,6 +188,21 @@ impl ServerProc {
         .with_context(|| format!("see {}", self.data_dir.join("server.log").display()))
     }
 
+    /// Waits until this server sees `n` members, every one a voter (a joining server is a
+    /// learner until it has caught up), and a leader. Tests and benchmarks that kill a server
+    /// need this first, or the survivors may lack a quorum.
+    pub async fn wait_voters(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        poll("every server to become a voter", timeout, || async {
+            let v = self.status().await.ok()?;
+            let members = v["members"].as_array()?;
+            (members.len() == n
+                && members.iter().all(|m| m["role"] != "learner")
+                && v["leader"].as_u64().is_some())
+            .then_some(())
+        })
+        .await
+    }
+
     /// `berth cluster status -o json` as this server sees it.
     pub async fn status(&self) -> anyhow::Result<Value> {
         cli_json(&self.addr.to_string(), &["cluster", "status"]).await

@@ -54,13 +54,7 @@ impl Cluster {
         for s in &servers {
             s.wait_ready().await?;
         }
-        let first = &servers[0];
-        poll("every server to vote", Duration::from_secs(60), || async {
-            let v = first.status().await.ok()?;
-            let members = v["members"].as_array()?;
-            (members.len() == 3 && members.iter().all(|m| m["role"] != "learner")).then_some(())
-        })
-        .await?;
+        servers[0].wait_voters(3, Duration::from_secs(60)).await?;
         Ok(Self { _dir: dir, servers })
     }
 
@@ -217,20 +211,9 @@ async fn failover(results: &mut Results, trials: usize) -> anyhow::Result<()> {
         back.wait_ready().await?;
         cluster.servers.push(back);
         cluster.servers.sort_by_key(|s| s.id);
-        let first = &cluster.servers[0];
-        poll(
-            "the restarted server to vote",
-            Duration::from_secs(60),
-            || async {
-                let v = first.status().await.ok()?;
-                let members = v["members"].as_array()?;
-                (members.len() == 3
-                    && members.iter().all(|m| m["role"] != "learner")
-                    && v["leader"].as_u64().is_some())
-                .then_some(())
-            },
-        )
-        .await?;
+        cluster.servers[0]
+            .wait_voters(3, Duration::from_secs(60))
+            .await?;
     }
     gaps.sort_by(f64::total_cmp);
     results.insert("failover.p50_ms".into(), percentile(&gaps, 50.0));

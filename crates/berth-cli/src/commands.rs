@@ -482,20 +482,7 @@ async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
             };
             spec.validate()
                 .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;
-            let req = pb::RegisterTaskDefinitionRequest {
-                namespace: global.namespace.clone(),
-                spec: Some(spec.into()),
-                reuse_identical: true,
-            };
-            let registered = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.register_task_definition(req).await }
-                })
-                .await?;
-            let def = registered
-                .task_definition
-                .context("server sent no task definition")?;
+            let (def, _) = register(&mut client, &global.namespace, spec).await?;
             format!("{}:{}", def.family, def.revision)
         }
         (None, None) => bail!("give an IMAGE or --task-definition FAMILY[:REV]"),
@@ -692,6 +679,30 @@ fn read_manifest_sources(files: &[String]) -> anyhow::Result<Vec<(String, String
     Ok(sources)
 }
 
+/// Registers `spec` as the next revision of its family, or answers the latest one when it is
+/// identical; `true` when a revision was created.
+pub(crate) async fn register(
+    client: &mut Client,
+    namespace: &str,
+    spec: TaskDefinitionSpec,
+) -> anyhow::Result<(pb::TaskDefinition, bool)> {
+    let req = pb::RegisterTaskDefinitionRequest {
+        namespace: namespace.to_owned(),
+        spec: Some(spec.into()),
+        reuse_identical: true,
+    };
+    let r = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.register_task_definition(req).await }
+        })
+        .await?;
+    let def = r
+        .task_definition
+        .context("server sent no task definition")?;
+    Ok((def, r.created))
+}
+
 /// Parses every manifest of `files`; nothing is sent when any document is invalid.
 fn read_documents(files: &[String]) -> anyhow::Result<Vec<berth_manifest::Document>> {
     let mut documents = Vec::new();
@@ -725,21 +736,8 @@ async fn apply(
                 println!("taskdefinition/{} valid (dry run)", spec.family);
             }
             berth_manifest::Object::TaskDefinition(spec) => {
-                let req = pb::RegisterTaskDefinitionRequest {
-                    namespace,
-                    spec: Some(spec.into()),
-                    reuse_identical: true,
-                };
-                let r = client
-                    .call(|mut c| {
-                        let req = req.clone();
-                        async move { c.register_task_definition(req).await }
-                    })
-                    .await?;
-                let def = r
-                    .task_definition
-                    .context("server sent no task definition")?;
-                let verb = if r.created { "registered" } else { "unchanged" };
+                let (def, created) = register(&mut client, &namespace, spec).await?;
+                let verb = if created { "registered" } else { "unchanged" };
                 println!("taskdefinition/{}:{} {verb}", def.family, def.revision);
             }
             berth_manifest::Object::Service { spec, template } => {

@@ -3,7 +3,6 @@
 
 use std::hash::{Hash, Hasher};
 
-use anyhow::Context as _;
 use berth_model::{TaskDefinitionRef, TaskDefinitionSpec, TaskStatus};
 use berth_proto::v1 as pb;
 
@@ -25,20 +24,7 @@ pub async fn apply(
     }
     let reference = match template {
         Some(spec) => {
-            let req = pb::RegisterTaskDefinitionRequest {
-                namespace: namespace.clone(),
-                spec: Some(spec.into()),
-                reuse_identical: true,
-            };
-            let r = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.register_task_definition(req).await }
-                })
-                .await?;
-            let def = r
-                .task_definition
-                .context("server sent no task definition")?;
+            let (def, _) = crate::commands::register(client, &namespace, spec).await?;
             format!("{}:{}", def.family, def.revision)
         }
         None => task_definition.to_string(),

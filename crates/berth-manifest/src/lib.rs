@@ -443,6 +443,44 @@ struct TaskSpecYaml {
     count: Option<u32>,
 }
 
+/// A document's `taskDefinition` or inline `template` (exactly one): the reference, and the
+/// template as the next revision of family `name` with `meta`. An error is `(field, message)`.
+fn task_definition_or_template(
+    reference: Option<TaskDefinitionRef>,
+    template: Option<TaskDefinitionSpecYaml>,
+    name: &str,
+    meta: berth_model::ObjectMeta,
+) -> Result<(TaskDefinitionRef, Option<TaskDefinitionSpec>), (String, String)> {
+    match (reference, template) {
+        (Some(r), None) => Ok((r, None)),
+        (None, Some(t)) => {
+            let mut t = t.into_spec(name.to_owned());
+            t.meta = meta;
+            if let Err(e) = t.validate() {
+                let field = if e.field == "family" {
+                    "metadata.name".to_owned()
+                } else {
+                    format!("spec.template.{}", e.field)
+                };
+                return Err((field, e.message));
+            }
+            let r = TaskDefinitionRef {
+                family: name.to_owned(),
+                revision: None,
+            };
+            Ok((r, Some(t)))
+        }
+        (Some(_), Some(_)) => Err((
+            "spec.template".into(),
+            "give either taskDefinition or template, not both".into(),
+        )),
+        (None, None) => Err((
+            "spec".into(),
+            "taskDefinition (family or family:revision) or an inline template is required".into(),
+        )),
+    }
+}
+
 /// Any one document of a manifest file, for the JSON Schema.
 #[derive(JsonSchema)]
 #[serde(untagged)]
@@ -557,38 +595,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                     let (line, column) = locate(&doc, field).unwrap_or((doc_start, 1));
                     err(line, column, format!("{field}: {message}"))
                 };
-                let (task_definition, template) =
-                    match (parsed.spec.task_definition, parsed.spec.template) {
-                        (Some(r), None) => (r, None),
-                        (None, Some(t)) => {
-                            let t = t.into_spec(name.clone());
-                            if let Err(e) = t.validate() {
-                                let field = if e.field == "family" {
-                                    "metadata.name".to_owned()
-                                } else {
-                                    format!("spec.template.{}", e.field)
-                                };
-                                return Err(at(&field, e.message));
-                            }
-                            let r = TaskDefinitionRef {
-                                family: name.clone(),
-                                revision: None,
-                            };
-                            (r, Some(t))
-                        }
-                        (Some(_), Some(_)) => {
-                            return Err(at(
-                                "spec.template",
-                                "give either taskDefinition or template, not both".into(),
-                            ))
-                        }
-                        (None, None) => {
-                            return Err(at(
-                                "spec",
-                                "taskDefinition (family or family:revision) or an inline template is required".into(),
-                            ))
-                        }
-                    };
+                let (task_definition, template) = task_definition_or_template(
+                    parsed.spec.task_definition,
+                    parsed.spec.template,
+                    &name,
+                    Default::default(),
+                )
+                .map_err(|(field, message)| at(&field, message))?;
                 let spec = ServiceSpec {
                     name,
                     task_definition,
@@ -632,34 +645,13 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
                         format!("{count} is out of range; use 1..=1000"),
                     ));
                 }
-                let (task_definition, template) =
-                    match (parsed.spec.task_definition, parsed.spec.template) {
-                        (Some(r), None) => (r, None),
-                        (None, Some(t)) => {
-                            let mut t = t.into_spec(name.clone());
-                            t.meta = metadata.object_meta();
-                            if let Err(e) = t.validate() {
-                                return Err(at(&format!("spec.template.{}", e.field), e.message));
-                            }
-                            let r = TaskDefinitionRef {
-                                family: name.clone(),
-                                revision: None,
-                            };
-                            (r, Some(t))
-                        }
-                        (Some(_), Some(_)) => {
-                            return Err(at(
-                                "spec.template",
-                                "give either taskDefinition or template, not both".into(),
-                            ))
-                        }
-                        (None, None) => {
-                            return Err(at(
-                                "spec",
-                                "taskDefinition (family or family:revision) or an inline template is required".into(),
-                            ))
-                        }
-                    };
+                let (task_definition, template) = task_definition_or_template(
+                    parsed.spec.task_definition,
+                    parsed.spec.template,
+                    &name,
+                    metadata.object_meta(),
+                )
+                .map_err(|(field, message)| at(&field, message))?;
                 Document {
                     line: first_line + doc_start - 1,
                     metadata,

@@ -216,8 +216,8 @@ impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
             memory: s.memory,
             containers: s.containers.into_iter().map(Into::into).collect(),
             placement: placement_to_wire(s.placement),
-            labels: s.meta.labels.into_iter().collect(),
-            annotations: s.meta.annotations.into_iter().collect(),
+            labels: s.meta.labels,
+            annotations: s.meta.annotations,
         }
     }
 }
@@ -236,8 +236,8 @@ impl TryFrom<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
                 .collect::<Result<_, _>>()?,
             placement: placement_from_wire(s.placement)?,
             meta: m::ObjectMeta {
-                labels: s.labels.into_iter().collect(),
-                annotations: s.annotations.into_iter().collect(),
+                labels: s.labels,
+                annotations: s.annotations,
             },
         })
     }
@@ -255,8 +255,8 @@ impl From<m::TaskDefinition> for v1::TaskDefinition {
             containers: d.containers.into_iter().map(Into::into).collect(),
             registered_at: d.registered_at,
             placement: placement_to_wire(d.placement),
-            labels: d.meta.labels.into_iter().collect(),
-            annotations: d.meta.annotations.into_iter().collect(),
+            labels: d.meta.labels,
+            annotations: d.meta.annotations,
         }
     }
 }
@@ -279,8 +279,8 @@ impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
             registered_at: d.registered_at,
             placement: placement_from_wire(d.placement)?,
             meta: m::ObjectMeta {
-                labels: d.labels.into_iter().collect(),
-                annotations: d.annotations.into_iter().collect(),
+                labels: d.labels,
+                annotations: d.annotations,
             },
         })
     }
@@ -428,7 +428,7 @@ impl From<m::Task> for v1::Task {
             task_definition: t.task_definition.to_string(),
             group: t.group.unwrap_or_default(),
             started_by: t.started_by.unwrap_or_default(),
-            labels: t.labels.into_iter().collect(),
+            labels: t.labels,
             node: t.node.unwrap_or_default(),
             desired_status: v1::DesiredStatus::from(t.desired_status) as i32,
             last_status: v1::TaskStatus::from(t.last_status) as i32,
@@ -460,7 +460,7 @@ impl TryFrom<v1::Task> for m::Task {
             task_definition: t.task_definition.parse()?,
             group: opt_str(t.group),
             started_by: opt_str(t.started_by),
-            labels: t.labels.into_iter().collect(),
+            labels: t.labels,
             node: opt_str(t.node),
             desired_status: desired_status("desiredStatus", t.desired_status)?,
             last_status: task_status("lastStatus", t.last_status)?,
@@ -688,8 +688,8 @@ impl From<m::ServiceSpec> for v1::ServiceSpec {
             deployment_configuration: Some(s.deployment_configuration.into()),
             placement: placement_to_wire(s.placement),
             autoscaling: s.autoscaling.map(Into::into),
-            labels: s.meta.labels.into_iter().collect(),
-            annotations: s.meta.annotations.into_iter().collect(),
+            labels: s.meta.labels,
+            annotations: s.meta.annotations,
         }
     }
 }
@@ -707,8 +707,8 @@ impl TryFrom<v1::ServiceSpec> for m::ServiceSpec {
             placement: placement_from_wire(s.placement)?,
             autoscaling: s.autoscaling.map(TryInto::try_into).transpose()?,
             meta: m::ObjectMeta {
-                labels: s.labels.into_iter().collect(),
-                annotations: s.annotations.into_iter().collect(),
+                labels: s.labels,
+                annotations: s.annotations,
             },
         })
     }
@@ -783,8 +783,8 @@ impl From<m::Service> for v1::Service {
             last_scale_out_at: s.last_scale_out_at,
             last_scale_in_at: s.last_scale_in_at,
             metrics: s.metrics.into_iter().map(Into::into).collect(),
-            labels: s.meta.labels.into_iter().collect(),
-            annotations: s.meta.annotations.into_iter().collect(),
+            labels: s.meta.labels,
+            annotations: s.meta.annotations,
         }
     }
 }
@@ -802,8 +802,8 @@ impl TryFrom<v1::Service> for m::Service {
             )?,
             placement: placement_from_wire(s.placement)?,
             meta: m::ObjectMeta {
-                labels: s.labels.into_iter().collect(),
-                annotations: s.annotations.into_iter().collect(),
+                labels: s.labels,
+                annotations: s.annotations,
             },
             status: m::ServiceStatus::from_wire("status", s.status)?,
             running_count: s.running_count,

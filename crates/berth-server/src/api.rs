@@ -165,15 +165,18 @@ impl BerthService {
 
     /// Registers an inline template as the next revision of family = the service's name, or
     /// answers the latest revision when it is identical.
-    async fn register_template(
+    /// Registers the next revision of `spec.family` (with `reuse_identical`, answers the latest
+    /// one when it is identical); `true` when a revision was created.
+    async fn register(
         &self,
-        namespace: &str,
+        namespace: String,
         spec: berth_model::TaskDefinitionSpec,
-    ) -> Result<TaskDefinition, Status> {
+        reuse_identical: bool,
+    ) -> Result<(TaskDefinition, bool), Status> {
         let command = Command::RegisterTaskDefinition {
-            namespace: namespace.to_owned(),
+            namespace,
             spec,
-            reuse_identical: true,
+            reuse_identical,
             at: now_ms(),
         };
         match self
@@ -183,8 +186,9 @@ impl BerthService {
             .map_err(status::from_store)?
         {
             CommandResult::TaskDefinition {
-                task_definition, ..
-            } => Ok(task_definition),
+                task_definition,
+                created,
+            } => Ok((task_definition, created)),
             other => Err(unexpected(other)),
         }
     }
@@ -305,27 +309,11 @@ impl Berth for BerthService {
             .try_into()
             .map_err(|e: berth_proto::ConversionError| status::invalid_request("spec.", &e))?;
         spec.validate().map_err(|e| status::invalid("spec.", &e))?;
-        let command = Command::RegisterTaskDefinition {
-            namespace,
-            spec,
-            reuse_identical: req.reuse_identical,
-            at: now_ms(),
-        };
-        match self
-            .store
-            .propose(command)
-            .await
-            .map_err(status::from_store)?
-        {
-            CommandResult::TaskDefinition {
-                task_definition,
-                created,
-            } => Ok(Response::new(pb::RegisterTaskDefinitionResponse {
-                task_definition: Some(task_definition.into()),
-                created,
-            })),
-            other => Err(unexpected(other)),
-        }
+        let (def, created) = self.register(namespace, spec, req.reuse_identical).await?;
+        Ok(Response::new(pb::RegisterTaskDefinitionResponse {
+            task_definition: Some(def.into()),
+            created,
+        }))
     }
 
     async fn list_task_definitions(
@@ -547,7 +535,7 @@ impl Berth for BerthService {
             return self.dry_run_service(&namespace, spec, template).await;
         }
         let def = match template {
-            Some(t) => self.register_template(&namespace, t).await?,
+            Some(t) => self.register(namespace.clone(), t, true).await?.0,
             None => {
                 self.task_definition(&namespace, &spec.task_definition.to_string(), false)
                     .await?

@@ -10,7 +10,7 @@ use berth_model::{MetricValue, NodeStatus, Service, Task, TaskStatus};
 use berth_scheduler::autoscale::{
     decide, metric_values, Direction, Sample, ScalingInput, WINDOW_MS,
 };
-use berth_store::{Command, CommandResult, Rejection, State, Store};
+use berth_store::{Command, State, Store};
 
 use crate::{now_ms, Usage};
 
@@ -25,8 +25,10 @@ fn running<'a>(state: &'a State, svc: &'a Service) -> impl Iterator<Item = &'a T
     })
 }
 
-fn samples(state: &State, svc: &Service, usage: &Usage) -> Vec<Sample> {
-    running(state, svc)
+/// The samples of `tasks`, in percent of their reservations.
+fn samples<'a>(tasks: impl IntoIterator<Item = &'a Task>, usage: &Usage) -> Vec<Sample> {
+    tasks
+        .into_iter()
         .flat_map(|t| {
             usage.samples(&t.task_id).into_iter().map(|m| Sample {
                 at: m.sampled_at,
@@ -42,7 +44,7 @@ pub fn current_metrics(state: &State, svc: &Service, usage: &Usage, now: u64) ->
     match &svc.autoscaling {
         Some(policy) => metric_values(
             policy,
-            &samples(state, svc, usage),
+            &samples(running(state, svc), usage),
             now.saturating_sub(WINDOW_MS),
             now,
         ),
@@ -75,12 +77,13 @@ pub fn plan(state: &State, usage: &Usage, now: u64) -> Vec<Command> {
         if svc.status != berth_model::ServiceStatus::Active {
             continue;
         }
-        let samples = samples(state, svc, usage);
+        let tasks: Vec<&Task> = running(state, svc).collect();
+        let samples = samples(tasks.iter().copied(), usage);
         let input = ScalingInput {
             policy,
             samples: &samples,
             desired: svc.desired_count,
-            running: u32::try_from(running(state, svc).count()).unwrap_or(u32::MAX),
+            running: u32::try_from(tasks.len()).unwrap_or(u32::MAX),
             last_scale_out_at: svc.last_scale_out_at,
             last_scale_in_at: svc.last_scale_in_at,
             room: room(state, svc),
@@ -129,15 +132,6 @@ pub async fn run(store: Store, usage: Usage) {
                 continue;
             }
         };
-        for command in commands {
-            match store.propose(command).await {
-                Ok(CommandResult::Rejected(Rejection::Conflict(why))) => {
-                    tracing::debug!("service changed meanwhile, deciding again: {why}");
-                }
-                Ok(CommandResult::Rejected(r)) => tracing::warn!("autoscale: {r}"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("propose scaling: {e}"),
-            }
-        }
+        crate::services::propose_decisions(&store, commands, "autoscale").await;
     }
 }

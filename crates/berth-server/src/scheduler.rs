@@ -26,6 +26,21 @@ pub fn preview(
     placement: &berth_model::PlacementSpec,
     count: u32,
 ) -> Vec<Decision> {
+    let requests: Vec<TaskRequest> = (0..count)
+        .map(|i| TaskRequest {
+            task_id: format!("dry-run-{i}"),
+            cpu: cpu.into(),
+            memory: memory.into(),
+            group: group.to_owned(),
+            placement: placement.clone(),
+        })
+        .collect();
+    place_now(state, &requests)
+}
+
+/// Places `requests` on the nodes as they are in `state`, given where each group already runs
+/// (for distinctInstance and spread).
+fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
     let nodes: Vec<NodeCapacity> = state
         .nodes_with_allocation()
         .into_iter()
@@ -40,18 +55,9 @@ pub fn preview(
     let existing: Vec<(String, String)> = state
         .tasks()
         .filter(|t| !t.is_stopped())
-        .filter_map(|t| Some((t.node.clone()?, self::group(t))))
+        .filter_map(|t| Some((t.node.clone()?, group(t))))
         .collect();
-    let requests: Vec<TaskRequest> = (0..count)
-        .map(|i| TaskRequest {
-            task_id: format!("dry-run-{i}"),
-            cpu: cpu.into(),
-            memory: memory.into(),
-            group: group.to_owned(),
-            placement: placement.clone(),
-        })
-        .collect();
-    place(&nodes, &existing, &requests)
+    place(&nodes, &existing, requests)
 }
 
 /// One round's decisions, or `None` when there is nothing new to write.
@@ -67,23 +73,6 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
     if pending.is_empty() {
         return None;
     }
-    let nodes: Vec<NodeCapacity> = state
-        .nodes_with_allocation()
-        .into_iter()
-        .map(|n| NodeCapacity {
-            cpu_free: n.cpu.free(),
-            memory_free: n.memory.free(),
-            name: n.name,
-            status: n.status,
-            attributes: n.attributes,
-        })
-        .collect();
-    // Where each group already runs, for distinctInstance and spread.
-    let existing: Vec<(String, String)> = state
-        .tasks()
-        .filter(|t| !t.is_stopped())
-        .filter_map(|t| Some((t.node.clone()?, group(t))))
-        .collect();
     let requests: Vec<TaskRequest> = pending
         .iter()
         .map(|t| TaskRequest {
@@ -97,10 +86,7 @@ pub fn plan(state: &State, at: u64) -> Option<Command> {
     let mut placements = Vec::new();
     let mut unplaced = Vec::new();
     // Decisions come in the order of the requests.
-    for (decision, task) in place(&nodes, &existing, &requests)
-        .into_iter()
-        .zip(&pending)
-    {
+    for (decision, task) in place_now(state, &requests).into_iter().zip(&pending) {
         match decision {
             Decision::Place { task_id, node } => placements.push(Placement { task_id, node }),
             Decision::Unplaceable { task_id, reason } => {

@@ -151,15 +151,21 @@ pub async fn run(store: Store) {
                 continue;
             }
         };
-        for command in commands {
-            match store.propose(command).await {
-                Ok(CommandResult::Rejected(Rejection::Conflict(why))) => {
-                    tracing::debug!("service changed meanwhile, deciding again: {why}");
-                }
-                Ok(CommandResult::Rejected(r)) => tracing::warn!("reconcile service: {r}"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("propose service decisions: {e}"),
+        propose_decisions(&store, commands, "reconcile service").await;
+    }
+}
+
+/// Proposes a controller's decisions one by one. A decision refused because its service
+/// changed meanwhile is dropped: the next round decides again from the new state.
+pub(crate) async fn propose_decisions(store: &Store, commands: Vec<Command>, what: &str) {
+    for command in commands {
+        match store.propose(command).await {
+            Ok(CommandResult::Rejected(Rejection::Conflict(why))) => {
+                tracing::debug!("{what}: the service changed meanwhile, deciding again: {why}");
             }
+            Ok(CommandResult::Rejected(r)) => tracing::warn!("{what}: {r}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{what}: propose: {e}"),
         }
     }
 }

@@ -272,13 +272,7 @@ impl State {
                     .or_default()
                     .push(d),
                 Object::Task(t) => {
-                    if let Some(n) = &t.node {
-                        state
-                            .tasks_by_node
-                            .entry(n.clone())
-                            .or_default()
-                            .insert(t.task_id.clone());
-                    }
+                    state.index(&t);
                     state.tasks.insert(t.task_id.clone(), t);
                 }
                 Object::Node(n) => {
