@@ -32,7 +32,8 @@ use berth_proto::v1::{
     AgentMessage, DesiredTasks, Heartbeat, MetricsReport, Register, StatusReport, TaskSample,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use api::AgentApiService;
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
@@ -246,7 +247,7 @@ impl Agent {
                 agent.tasks.clone(),
                 agent.runtime.clone(),
             ))
-            .serve_with_incoming(TcpListenerStream::new(listener));
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
         tracing::info!(node = %agent.config.node_name, %address, "agent started");
         tokio::select! {
             r = api => r.context("agent API server")?,

@@ -37,7 +37,9 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("berth-bench")
             .tempdir_in("/tmp")?;
-        let first = ServerProc::spawn(1, &dir.path().join("s1"), None, &[]).await?;
+        let extra = std::env::var("BERTH_BENCH_SERVER_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        let first = ServerProc::spawn(1, &dir.path().join("s1"), None, &extra).await?;
         first.wait_ready().await?;
         let join = first.addr.to_string();
         let mut servers = vec![first];
@@ -46,7 +48,7 @@ impl Cluster {
                 id,
                 &dir.path().join(format!("s{id}")),
                 None,
-                &["--join", &join],
+                &[&extra[..], &["--join", &join]].concat(),
             )
             .await?;
             servers.push(s);

@@ -12,6 +12,9 @@ use crate::state::Object;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Commands that arrived together, applied in order as if proposed one by one (group commit:
+    /// one Raft entry and one fsync for many writes). Answers [`CommandResult::Batch`].
+    Batch(Vec<Command>),
     /// Registers the next revision of `spec.family`; with `reuse_identical`, answers the latest
     /// ACTIVE revision instead when its content is identical.
     RegisterTaskDefinition {
@@ -108,9 +111,14 @@ pub enum Command {
 }
 
 impl Command {
-    /// The command's timestamp, for the leader to re-stamp forwarded commands.
-    pub fn at_mut(&mut self) -> &mut Timestamp {
-        match self {
+    /// Stamps the command (each command of a batch) with `now`: the leader re-stamps commands
+    /// forwarded by followers.
+    pub fn stamp(&mut self, now: Timestamp) {
+        let at = match self {
+            Command::Batch(commands) => {
+                commands.iter_mut().for_each(|c| c.stamp(now));
+                return;
+            }
             Command::RegisterTaskDefinition { at, .. }
             | Command::CreateTasks { at, .. }
             | Command::StopTask { at, .. }
@@ -124,7 +132,8 @@ impl Command {
             | Command::ReconcileService { at, .. }
             | Command::AutoScale { at, .. }
             | Command::ReplaceState { at, .. } => at,
-        }
+        };
+        *at = now;
     }
 }
 
@@ -175,6 +184,8 @@ pub enum CommandResult {
         deployment_started: bool,
     },
     Rejected(Rejection),
+    /// The answers to a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// A command the state machine refused, deterministically, on every member.

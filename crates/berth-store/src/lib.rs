@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftNetworkFactory, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use command::{
@@ -116,6 +116,24 @@ pub(crate) enum RemoteError {
     NoQuorum(String),
     Membership(String),
     Fatal(String),
+}
+
+impl StoreError {
+    /// The same error again, for each of the writers a failed batch answers.
+    fn duplicate(&self) -> Self {
+        match self {
+            StoreError::NotLeader {
+                leader_id,
+                leader_addr,
+            } => StoreError::NotLeader {
+                leader_id: *leader_id,
+                leader_addr: leader_addr.clone(),
+            },
+            StoreError::NoQuorum(m) => StoreError::NoQuorum(m.clone()),
+            StoreError::Membership(m) => StoreError::Membership(m.clone()),
+            other => StoreError::Fatal(other.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for RemoteError {
@@ -219,6 +237,92 @@ pub struct Store {
     shared: Arc<storage::Shared>,
     config: Arc<StoreConfig>,
     peers: network::Peers,
+    commits: mpsc::UnboundedSender<Pending>,
+}
+
+/// A command waiting for the group committer.
+struct Pending {
+    command: Command,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<CommandResult, StoreError>>,
+}
+
+/// The most commands one Raft entry carries.
+const MAX_BATCH: usize = 1024;
+
+/// Group commit on the leader: proposes the commands that queued while the previous entry was
+/// being committed as one [`Command::Batch`] entry, so concurrent writers (API clients, agents'
+/// status reports, controllers) share one Raft round trip and one fsync per member. A lone
+/// command goes into the log as itself.
+async fn group_commit(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let deadline = batch
+            .iter()
+            .map(|p| p.deadline)
+            .max()
+            .unwrap_or_else(Instant::now);
+        if batch.len() == 1 {
+            let p = batch.remove(0);
+            let _ = p.reply.send(client_write(&raft, p.command, deadline).await);
+            continue;
+        }
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        match client_write(&raft, Command::Batch(commands), deadline).await {
+            Ok(CommandResult::Batch(results)) if results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Ok(other) => {
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Fatal(format!(
+                        "a batch was answered with {other:?}"
+                    ))));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.duplicate()));
+                }
+            }
+        }
+    }
+}
+
+async fn client_write(
+    raft: &Raft,
+    command: Command,
+    deadline: Instant,
+) -> Result<CommandResult, StoreError> {
+    let resp = tokio::time::timeout_at(deadline, raft.client_write(command))
+        .await
+        .map_err(|_| no_quorum())?
+        .map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                StoreError::Membership(e.to_string())
+            }
+            RaftError::Fatal(e) => StoreError::Fatal(e.to_string()),
+        })?;
+    Ok(resp.data)
+}
+
+fn no_quorum() -> StoreError {
+    StoreError::NoQuorum(
+        "the write was not committed in time; fewer than a majority of servers are reachable"
+            .into(),
+    )
 }
 
 impl Store {
@@ -278,11 +382,14 @@ impl Store {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StoreError::Start(e.to_string()))?;
+        let (commits, queue) = mpsc::unbounded_channel();
+        tokio::spawn(group_commit(raft.clone(), queue));
         Ok(Self {
             raft,
             shared,
             config: Arc::new(config),
             peers,
+            commits,
         })
     }
 
@@ -417,29 +524,21 @@ impl Store {
         deadline: Instant,
     ) -> Result<CommandResult, StoreError> {
         self.check_quorum()?;
-        let no_quorum = || {
-            StoreError::NoQuorum(
-                "the write was not committed in time; fewer than a majority of servers are reachable"
-                    .into(),
-            )
-        };
-        let map_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BerthNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
-                leader_id: f.leader_id,
-                leader_addr: f.leader_node.map(|n| n.addr),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                StoreError::Membership(e.to_string())
-            }
-            RaftError::Fatal(e) => StoreError::Fatal(e.to_string()),
-        };
         match write {
             Write::Command(command) => {
-                let resp = tokio::time::timeout_at(deadline, self.raft.client_write(command))
+                let (reply, answer) = oneshot::channel();
+                let pending = Pending {
+                    command,
+                    deadline,
+                    reply,
+                };
+                if self.commits.send(pending).is_err() {
+                    return Err(StoreError::Fatal("the group committer stopped".into()));
+                }
+                tokio::time::timeout_at(deadline, answer)
                     .await
                     .map_err(|_| no_quorum())?
-                    .map_err(map_err)?;
-                Ok(resp.data)
+                    .map_err(|_| StoreError::Fatal("the group committer stopped".into()))?
             }
             Write::AddMember { id, addr, voter } => {
                 self.change_members(

@@ -258,7 +258,7 @@ impl raft_server::Raft for RaftService {
         let timeout = match &mut write {
             Write::Command(command) => {
                 // The leader assigns timestamps, also to commands a follower received.
-                *command.at_mut() = crate::now_ms();
+                command.stamp(crate::now_ms());
                 self.store.config().write_timeout
             }
             Write::AddMember { .. } => self.store.config().write_timeout * 12,

@@ -300,6 +300,16 @@ impl State {
     pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Key>) {
         let mut changed = Vec::new();
         let result = match command {
+            Command::Batch(commands) => CommandResult::Batch(
+                commands
+                    .into_iter()
+                    .map(|c| {
+                        let (result, keys) = self.apply(c);
+                        changed.extend(keys);
+                        result
+                    })
+                    .collect(),
+            ),
             Command::RegisterTaskDefinition {
                 namespace,
                 spec,

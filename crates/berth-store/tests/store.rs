@@ -99,3 +99,52 @@ async fn state_survives_restart() {
         status.commit_index
     );
 }
+
+/// Concurrent writers share Raft entries (group commit), each still gets its own answer, and
+/// everything survives a restart without a snapshot (the state machine's own writes are not
+/// fsynced: what a crash or stop loses is applied again from the log).
+#[tokio::test]
+async fn concurrent_writes_are_committed_together_and_survive_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path()).await;
+        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+        wait_leader(&store).await;
+        let before = store.cluster_status().commit_index;
+        let mut writes = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let store = store.clone();
+            writes.spawn(async move {
+                let r = store
+                    .propose(Command::RegisterTaskDefinition {
+                        namespace: "default".into(),
+                        spec: spec("web"),
+                        reuse_identical: false,
+                        at: 7,
+                    })
+                    .await
+                    .expect("propose");
+                match r {
+                    CommandResult::TaskDefinition {
+                        task_definition,
+                        created: true,
+                    } => task_definition.revision,
+                    other => panic!("unexpected {other:?}"),
+                }
+            });
+        }
+        let mut revisions = writes.join_all().await;
+        revisions.sort_unstable();
+        assert_eq!(revisions, (1..=64).collect::<Vec<_>>());
+        let entries = store.cluster_status().commit_index - before;
+        assert!(entries < 64, "64 writes took {entries} entries");
+        store.shutdown().await;
+    }
+    let store = open(dir.path()).await;
+    wait_leader(&store).await;
+    let count = store
+        .read(|s| s.task_definitions("default").count())
+        .await
+        .expect("read");
+    assert_eq!(count, 64);
+}
