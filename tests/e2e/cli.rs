@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_tests::{berth_bin, cli, cli_json, poll, run_tasks};
+use berth_tests::{berth_bin, cli, cli_json, poll, run_tasks, scrape};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{stderr, stdout, Cluster};
@@ -206,17 +206,6 @@ async fn a_python_client_generated_from_the_protos_runs_a_task() -> anyhow::Resu
     );
     assert!(stdout(&out).starts_with("ok: task "), "{}", stdout(&out));
     Ok(())
-}
-
-/// `GET /metrics` over plain HTTP/1.1 on the server's gRPC address.
-async fn scrape(addr: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    conn.read_to_string(&mut body).await?;
-    Ok(body)
 }
 
 #[tokio::test]

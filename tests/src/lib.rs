@@ -212,6 +212,11 @@ impl ServerProc {
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await.context("kill server")
     }
+
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// A `berth agent` process.
@@ -399,4 +404,16 @@ pub async fn containerd_containers(socket: &Path, namespace: &str) -> anyhow::Re
         .lines()
         .map(str::to_owned)
         .collect())
+}
+
+/// `GET /metrics` over plain HTTP/1.1 on a server's or agent's gRPC address: the whole
+/// response, headers included.
+pub async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await?;
+    Ok(body)
 }

@@ -3,7 +3,7 @@
 //! into `bench/results/latest.json` (merged with earlier keys) and a table into
 //! `bench/results/latest.md`.
 //!
-//!   berth-bench [SCENARIO...]      # raft, placement_1k, failover; all when none is given
+//!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use berth_proto::v1 as pb;
 use berth_proto::v1::berth_client::BerthClient;
-use berth_tests::{berth_bin, poll, ServerProc};
+use berth_tests::{berth_bin, poll, scrape, AgentProc, Env, ServerProc};
 use tokio::process::Command;
 use tonic::transport::Channel;
 
@@ -22,9 +22,32 @@ type Results = BTreeMap<String, f64>;
 const GOALS: &[(&str, f64, bool)] = &[
     ("placement.tasks_per_sec", 10_000.0, true),
     ("placement_1k.tasks_per_sec", 10_000.0, true),
-    ("raft.c64_ops_per_sec", 20_000.0, true),
+    ("start.p50_ms", 150.0, false),
+    ("start.ratio_p50", 1.5, false),
     ("failover.p99_ms", 1_000.0, false),
+    ("node_loss.p99_ms", 5_000.0, false),
+    ("raft.c64_ops_per_sec", 20_000.0, true),
+    ("footprint.rss_mib", 1_024.0, false),
+    ("footprint.restore_ms", 10_000.0, false),
 ];
+
+/// Every scenario, in the order `make bench` runs them.
+const SCENARIOS: &[&str] = &[
+    "raft",
+    "start",
+    "failover",
+    "node_loss",
+    "placement_1k",
+    "placement",
+    "footprint",
+];
+
+/// The node TTL the node-loss scenario runs its servers with (the default is 10 s).
+const NODE_LOSS_TTL: &str = "3s";
+
+/// Hollow agents per process: each holds a listener and a connection, and a process may open
+/// 20,000 files on this machine.
+const HOLLOW_PER_PROCESS: u32 = 2_500;
 
 /// Three real servers on loopback with durable logs: 1 bootstraps, 2 and 3 join.
 struct Cluster {
@@ -34,11 +57,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Three servers started with `extra` flags.
+    async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("berth-bench")
             .tempdir_in("/tmp")?;
-        let extra = std::env::var("BERTH_BENCH_SERVER_ARGS").unwrap_or_default();
-        let extra: Vec<&str> = extra.split_whitespace().collect();
         let first = ServerProc::spawn(1, &dir.path().join("s1"), None, &extra).await?;
         first.wait_ready().await?;
         let join = first.addr.to_string();
@@ -48,7 +74,7 @@ impl Cluster {
                 id,
                 &dir.path().join(format!("s{id}")),
                 None,
-                &[&extra[..], &["--join", &join]].concat(),
+                &[extra, &["--join", &join]].concat(),
             )
             .await?;
             servers.push(s);
@@ -224,41 +250,47 @@ async fn failover(results: &mut Results, trials: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Placement throughput: `tasks` tasks submitted in batches of 1,000 to a 3-server cluster with
-/// `nodes` hollow agents; from the first submit to the last task RUNNING.
-async fn placement(
-    results: &mut Results,
-    prefix: &str,
-    nodes: u32,
-    tasks: u32,
-) -> anyhow::Result<()> {
-    let cluster = Cluster::start().await?;
-    let dir = tempfile::Builder::new()
-        .prefix("berth-hollow")
-        .tempdir_in("/tmp")?;
-    let log = std::fs::File::create(dir.path().join("agents.log"))?;
-    let _agents = Command::new(berth_bin())
-        .args([
-            "agent",
-            "--hollow",
-            &nodes.to_string(),
-            "--node-name",
-            "hollow",
-        ])
-        .args([
-            "--servers",
-            &cluster.addresses(),
-            "--metrics-interval",
-            "60s",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn hollow agents")?;
-    let mut client = cluster.leader().await?;
+/// Hollow agents (`berth agent --hollow`) in as many processes as their files need; every
+/// process dies with the fleet.
+struct Hollow {
+    _dir: tempfile::TempDir,
+    procs: Vec<tokio::process::Child>,
+}
+
+impl Hollow {
+    /// `nodes` agents named `PREFIX-P-I` (process P, agent I) serving `servers`.
+    async fn spawn(servers: &str, prefix: &str, nodes: u32) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-hollow")
+            .tempdir_in("/tmp")?;
+        let mut procs = Vec::new();
+        let mut left = nodes;
+        while left > 0 {
+            let n = left.min(HOLLOW_PER_PROCESS);
+            let p = procs.len();
+            let data = dir.path().join(format!("p{p}"));
+            std::fs::create_dir_all(&data)?;
+            let log = std::fs::File::create(data.join("agents.log"))?;
+            let child = Command::new(berth_bin())
+                .args(["agent", "--hollow", &n.to_string()])
+                .args(["--node-name", &format!("{prefix}-{p}")])
+                .args(["--servers", servers, "--metrics-interval", "60s"])
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn hollow agents")?;
+            procs.push(child);
+            left -= n;
+        }
+        Ok(Self { _dir: dir, procs })
+    }
+}
+
+/// Waits until the cluster lists at least `nodes` ACTIVE nodes.
+async fn wait_nodes(client: &BerthClient<Channel>, nodes: usize) -> anyhow::Result<()> {
     poll("hollow nodes to register", Duration::from_secs(300), || {
         let mut c = client.clone();
         async move {
@@ -268,11 +300,88 @@ async fn placement(
                 .ok()?
                 .into_inner()
                 .nodes
-                .len();
-            (n as u32 >= nodes).then_some(())
+                .iter()
+                .filter(|n| n.status == pb::NodeStatus::Active as i32)
+                .count();
+            (n >= nodes).then_some(())
         }
     })
-    .await?;
+    .await
+}
+
+/// A client that takes answers as large as a list of 150,000 tasks.
+async fn big_client(addr: &str) -> anyhow::Result<BerthClient<Channel>> {
+    Ok(BerthClient::connect(format!("http://{addr}"))
+        .await?
+        .max_decoding_message_size(1 << 30))
+}
+
+/// Tasks by last status, from the server's `/metrics` (cheap to ask often, unlike a list).
+async fn task_count(addr: &str, state: &str) -> Option<u64> {
+    let body = scrape(addr).await.ok()?;
+    let needle = format!("berth_tasks{{state=\"{state}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
+/// the epoch) by task ID.
+async fn submit(
+    client: &mut BerthClient<Channel>,
+    family: &str,
+    tasks: u32,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut submitted = BTreeMap::new();
+    let mut left = tasks;
+    while left > 0 {
+        let count = left.min(1000);
+        let at = epoch_ms();
+        let r = client
+            .run_task(pb::RunTaskRequest {
+                namespace: String::new(),
+                task_definition: family.into(),
+                count,
+                client_token: String::new(),
+            })
+            .await?
+            .into_inner();
+        for t in r.tasks {
+            submitted.insert(t.task_id, at);
+        }
+        left -= count;
+    }
+    Ok(submitted)
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
+}
+
+/// Waits until `tasks` tasks run, asking `/metrics` on `addr`.
+async fn wait_running(addr: &str, tasks: u64, timeout: Duration) -> anyhow::Result<()> {
+    poll("every task to run", timeout, || async {
+        (task_count(addr, "RUNNING").await? >= tasks).then_some(())
+    })
+    .await
+}
+
+/// Placement throughput: `tasks` tasks submitted in batches of 1,000 to a 3-server cluster with
+/// `nodes` hollow agents; from the first submit to the last task RUNNING.
+async fn placement(
+    results: &mut Results,
+    prefix: &str,
+    nodes: u32,
+    tasks: u32,
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let _agents = Hollow::spawn(&cluster.addresses(), "hollow", nodes).await?;
+    let mut client = cluster.leader().await?;
+    wait_nodes(&client, nodes as usize).await?;
     client
         .register_task_definition(pb::RegisterTaskDefinitionRequest {
             namespace: String::new(),
@@ -280,55 +389,32 @@ async fn placement(
             reuse_identical: true,
         })
         .await?;
-    let started = Instant::now();
-    let epoch_ms = |i: Instant| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as f64;
-        now - i.elapsed().as_secs_f64() * 1000.0
-    };
-    let mut submitted: BTreeMap<String, f64> = BTreeMap::new();
-    let mut left = tasks;
-    while left > 0 {
-        let count = left.min(1000);
-        let at = Instant::now();
-        let r = client
-            .run_task(pb::RunTaskRequest {
-                namespace: String::new(),
-                task_definition: "placed".into(),
-                count,
-                client_token: String::new(),
-            })
-            .await?
-            .into_inner();
-        for t in r.tasks {
-            submitted.insert(t.task_id, epoch_ms(at));
-        }
-        left -= count;
-    }
-    let running = poll("every task to run", Duration::from_secs(900), || {
-        let mut c = client.clone();
-        async move {
-            let list = c
-                .list_tasks(pb::ListTasksRequest {
-                    stale: true,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .tasks;
-            let done: Vec<(String, u64)> = list
-                .into_iter()
-                .filter(|t| t.last_status == pb::TaskStatus::Running as i32)
-                .map(|t| (t.task_id, t.started_at))
-                .collect();
-            (done.len() as u32 >= tasks).then_some(done)
-        }
-    })
-    .await?;
-    let first = epoch_ms(started);
+    let first = epoch_ms();
+    let submitted = submit(&mut client, "placed", tasks).await?;
+    let status = cluster.servers[0].status().await?;
+    let leader = status["leader"].as_u64().context("no leader")?;
+    let leader = cluster
+        .servers
+        .iter()
+        .find(|s| s.id == leader)
+        .context("leader is ours")?
+        .addr
+        .to_string();
+    wait_running(&leader, u64::from(tasks), Duration::from_secs(900)).await?;
+    let list = big_client(&leader)
+        .await?
+        .list_tasks(pb::ListTasksRequest {
+            stale: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .tasks;
+    let running: Vec<(String, u64)> = list
+        .into_iter()
+        .filter(|t| t.last_status == pb::TaskStatus::Running as i32)
+        .map(|t| (t.task_id, t.started_at))
+        .collect();
     let last = running.iter().map(|(_, s)| *s as f64).fold(first, f64::max);
     let mut latencies: Vec<f64> = running
         .iter()
@@ -341,6 +427,270 @@ async fn placement(
     results.insert(format!("{prefix}.p99_ms"), percentile(&latencies, 99.0));
     results.insert(format!("{prefix}.nodes"), f64::from(nodes));
     results.insert(format!("{prefix}.tasks"), f64::from(tasks));
+    Ok(())
+}
+
+/// Start latency on real containerd: 100 tasks started one after another on one agent with the
+/// image already pulled, submit to RUNNING as the API reports it; beside it the floor, the same
+/// image started 100 times by `ctr run -d` against the same containerd.
+async fn start(results: &mut Results) -> anyhow::Result<()> {
+    const RUNS: usize = 100;
+    let env = Env::start().await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let addr = server.addr.to_string();
+    let agent = AgentProc::start(&env, &addr, "start").await?;
+    let mut client = BerthClient::connect(format!("http://{addr}")).await?;
+    let mut sleeper = spec("sleeper", 16, 16);
+    sleeper.containers[0].image = env.image.clone();
+    sleeper.containers[0].command = vec!["sleep".into(), "3600".into()];
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(sleeper),
+            reuse_identical: false,
+        })
+        .await?;
+    let run_one = || {
+        let mut c = client.clone();
+        async move {
+            let t = Instant::now();
+            let task = c
+                .run_task(pb::RunTaskRequest {
+                    namespace: String::new(),
+                    task_definition: "sleeper".into(),
+                    count: 1,
+                    client_token: String::new(),
+                })
+                .await?
+                .into_inner()
+                .tasks
+                .pop()
+                .context("no task")?;
+            loop {
+                let now = c
+                    .describe_task(pb::DescribeTaskRequest {
+                        namespace: String::new(),
+                        task_id: task.task_id.clone(),
+                        stale: true,
+                    })
+                    .await?
+                    .into_inner();
+                if now.last_status == pb::TaskStatus::Running as i32 {
+                    return anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                anyhow::ensure!(
+                    now.last_status != pb::TaskStatus::Stopped as i32,
+                    "task {} stopped: {}",
+                    task.task_id,
+                    now.stopped_reason
+                );
+                anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no start in 60 s");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    // The first task pulls the image; it is not counted.
+    run_one().await?;
+    let mut berth = Vec::new();
+    for _ in 0..RUNS {
+        berth.push(run_one().await?);
+    }
+    let mut floor = Vec::new();
+    for i in 0..RUNS {
+        let t = Instant::now();
+        let out = berth_tests::ctr(
+            &env.containerd.socket,
+            &agent.namespace,
+            &["run", "-d", &env.image, &format!("floor-{i}"), "sleep", "3600"],
+        )
+        .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        floor.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    berth.sort_by(f64::total_cmp);
+    floor.sort_by(f64::total_cmp);
+    let p50 = percentile(&berth, 50.0);
+    let floor_p50 = percentile(&floor, 50.0);
+    results.insert("start.p50_ms".into(), p50);
+    results.insert("start.p99_ms".into(), percentile(&berth, 99.0));
+    results.insert("start.floor_p50_ms".into(), floor_p50);
+    results.insert("start.floor_p99_ms".into(), percentile(&floor, 99.0));
+    results.insert("start.ratio_p50".into(), p50 / floor_p50);
+    drop(agent);
+    Ok(())
+}
+
+/// Node loss: a service of 200 tasks spread over 100 hollow nodes; `trials` times, kill -9 the
+/// process of one node's agent and time until the service runs 200 tasks again, none of them on
+/// that node. The servers run with a node TTL of [`NODE_LOSS_TTL`].
+async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Result<()> {
+    const NODES: u32 = 100;
+    const TASKS: u32 = 200;
+    let cluster = Cluster::start_with(&["--node-ttl", NODE_LOSS_TTL]).await?;
+    let servers = cluster.addresses();
+    // The nodes killed: one agent per process, each its own.
+    let mut victims = Vec::new();
+    for i in 0..trials {
+        let fleet = Hollow::spawn(&servers, &format!("victim{i}"), 1).await?;
+        victims.push((format!("victim{i}-0-0"), fleet));
+    }
+    let _rest = Hollow::spawn(&servers, "hollow", NODES - trials).await?;
+    let mut client = cluster.leader().await?;
+    wait_nodes(&client, NODES as usize).await?;
+    let mut placed = spec("web", 64, 64);
+    placed.placement = Some(pb::PlacementSpec {
+        strategy: vec![pb::PlacementStrategy {
+            r#type: "spread".into(),
+            field: "node".into(),
+        }],
+        constraints: vec![],
+    });
+    client
+        .apply_service(pb::ApplyServiceRequest {
+            namespace: String::new(),
+            spec: Some(pb::ServiceSpec {
+                name: "web".into(),
+                desired_count: TASKS,
+                ..Default::default()
+            }),
+            template: Some(placed),
+            ..Default::default()
+        })
+        .await?;
+    // Running tasks by node.
+    let running = |client: &BerthClient<Channel>| {
+        let mut c = client.clone();
+        async move {
+            let tasks = c
+                .list_tasks(pb::ListTasksRequest {
+                    stale: true,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .tasks;
+            Some(
+                tasks
+                    .into_iter()
+                    .filter(|t| t.last_status == pb::TaskStatus::Running as i32)
+                    .map(|t| t.node)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    poll("the service to run", Duration::from_secs(120), || async {
+        (running(&client).await?.len() as u32 >= TASKS).then_some(())
+    })
+    .await?;
+    let mut gaps = Vec::new();
+    for (node, mut fleet) in victims {
+        let on_victim = running(&client)
+            .await
+            .context("list tasks")?
+            .iter()
+            .filter(|n| **n == node)
+            .count();
+        anyhow::ensure!(on_victim > 0, "no task runs on {node}");
+        let killed = Instant::now();
+        fleet.procs[0].kill().await?;
+        poll("the lost tasks to run elsewhere", Duration::from_secs(60), || async {
+            let nodes = running(&client).await?;
+            (nodes.iter().filter(|n| **n != node).count() as u32 >= TASKS).then_some(())
+        })
+        .await?;
+        gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
+        client = cluster.leader().await?;
+    }
+    gaps.sort_by(f64::total_cmp);
+    results.insert("node_loss.p50_ms".into(), percentile(&gaps, 50.0));
+    results.insert("node_loss.p99_ms".into(), percentile(&gaps, 99.0));
+    results.insert("node_loss.trials".into(), gaps.len() as f64);
+    Ok(())
+}
+
+/// Footprint: one server holding 150,000 running tasks on 5,000 hollow nodes → its resident
+/// memory, the size of a backup (the snapshot), how long a new server takes to restore that
+/// backup and answer, and how long the server takes to start again from its own data dir
+/// after kill -9.
+async fn footprint(results: &mut Results) -> anyhow::Result<()> {
+    const NODES: u32 = 5_000;
+    const TASKS: u32 = 150_000;
+    let dir = tempfile::Builder::new()
+        .prefix("berth-footprint")
+        .tempdir_in("/tmp")?;
+    let server = ServerProc::start(&dir.path().join("s1"), None).await?;
+    let addr = server.addr.to_string();
+    let agents = Hollow::spawn(&addr, "hollow", NODES).await?;
+    let mut client = big_client(&addr).await?;
+    wait_nodes(&client, NODES as usize).await?;
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(spec("held", 64, 64)),
+            reuse_identical: true,
+        })
+        .await?;
+    submit(&mut client, "held", TASKS).await?;
+    wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
+    let pid = server.pid().context("server pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    results.insert("footprint.rss_mib".into(), rss_kib / 1024.0);
+
+    let backup = dir.path().join("backup.json");
+    let mut chunks = client
+        .save_snapshot(pb::SaveSnapshotRequest {})
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(&backup, &bytes)?;
+    results.insert(
+        "footprint.snapshot_mib".into(),
+        bytes.len() as f64 / (1024.0 * 1024.0),
+    );
+    drop(agents);
+
+    // A new server from the backup, until it answers with every task.
+    let restore_dir = dir.path().join("restored");
+    let t = Instant::now();
+    let restored = ServerProc::spawn(
+        1,
+        &restore_dir,
+        None,
+        &["--restore", backup.to_str().context("path")?],
+    )
+    .await?;
+    let restored_addr = restored.addr.to_string();
+    poll("the restored server to answer", Duration::from_secs(120), || async {
+        (task_count(&restored_addr, "RUNNING").await? >= u64::from(TASKS)).then_some(())
+    })
+    .await?;
+    results.insert("footprint.restore_ms".into(), t.elapsed().as_secs_f64() * 1000.0);
+    drop(restored);
+
+    // The server itself after kill -9, from its own data dir.
+    let (data_dir, server_addr) = (server.data_dir.clone(), server.addr);
+    server.kill().await?;
+    let t = Instant::now();
+    let again = ServerProc::spawn(1, &data_dir, Some(server_addr), &[]).await?;
+    poll("the restarted server to answer", Duration::from_secs(120), || async {
+        (task_count(&addr, "RUNNING").await? >= u64::from(TASKS)).then_some(())
+    })
+    .await?;
+    results.insert("footprint.restart_ms".into(), t.elapsed().as_secs_f64() * 1000.0);
+    drop(again);
     Ok(())
 }
 
@@ -377,15 +727,14 @@ fn write(results: &Results, dir: &PathBuf) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let all = ["raft", "placement_1k", "failover"];
     let run: Vec<&str> = if wanted.is_empty() {
-        all.to_vec()
+        SCENARIOS.to_vec()
     } else {
         for w in &wanted {
             anyhow::ensure!(
-                all.contains(&w.as_str()),
+                SCENARIOS.contains(&w.as_str()),
                 "unknown scenario {w:?}; use one of {}",
-                all.join(", ")
+                SCENARIOS.join(", ")
             );
         }
         wanted.iter().map(String::as_str).collect()
@@ -394,16 +743,22 @@ async fn main() -> anyhow::Result<()> {
         PathBuf::from(std::env::var("BERTH_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
     for scenario in run {
         eprintln!("== {scenario}");
+        let started = Instant::now();
         let mut results = Results::new();
         match scenario {
             "raft" => raft(&mut results).await?,
-            "placement_1k" => placement(&mut results, "placement_1k", 1_000, 10_000).await?,
+            "start" => start(&mut results).await?,
             "failover" => failover(&mut results, 20).await?,
+            "node_loss" => node_loss(&mut results, 10).await?,
+            "placement_1k" => placement(&mut results, "placement_1k", 1_000, 10_000).await?,
+            "placement" => placement(&mut results, "placement", 10_000, 100_000).await?,
+            "footprint" => footprint(&mut results).await?,
             _ => unreachable!(),
         }
         for (k, v) in &results {
             eprintln!("{k} = {v:.1}");
         }
+        eprintln!("({scenario} took {:.0} s)", started.elapsed().as_secs_f64());
         write(&results, &out)?;
     }
     Ok(())

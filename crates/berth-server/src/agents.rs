@@ -171,7 +171,7 @@ impl AgentService for AgentServiceImpl {
         let store = self.store.clone();
         let push_tx = tx.clone();
         tokio::spawn(async move {
-            let mut applied = store.watch();
+            let mut changes = store.watch_node(&node_name);
             let mut leader = store.leadership();
             let mut last_sent = None;
             loop {
@@ -191,7 +191,7 @@ impl AgentService for AgentServiceImpl {
                     last_sent = Some(desired);
                 }
                 tokio::select! {
-                    changed = applied.changed() => if changed.is_err() { return },
+                    changed = changes.changed() => if changed.is_err() { return },
                     changed = leader.changed() => if changed.is_err() { return },
                     () = push_tx.closed() => return,
                 }

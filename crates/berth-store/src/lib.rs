@@ -747,6 +747,18 @@ impl Store {
         self.shared.applied.subscribe()
     }
 
+    /// Changes whenever an applied entry touches `node` or one of the tasks placed on it —
+    /// what an agent's desired task set is made of.
+    pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
+        self.shared
+            .node_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(node.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
     /// Whether this member currently is the leader, as a watch for controllers.
     pub fn leadership(&self) -> watch::Receiver<bool> {
         let mut metrics = self.raft.metrics();

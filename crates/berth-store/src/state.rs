@@ -132,6 +132,20 @@ impl State {
             .filter_map(|id| self.tasks.get(id))
     }
 
+    /// The node whose desired task set a change of `key` may alter: `None` for keys of other
+    /// kinds and unplaced tasks, `Some(None)` for a task no longer in the state (its node is
+    /// not known any more).
+    pub(crate) fn node_of<'a>(&'a self, key: &'a Key) -> Option<Option<&'a str>> {
+        match key {
+            Key::Task(id) => match self.tasks.get(id) {
+                Some(t) => t.node.as_deref().map(Some),
+                None => Some(None),
+            },
+            Key::Node(name) => Some(Some(name)),
+            _ => None,
+        }
+    }
+
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
         self.tasks.get(task_id).filter(|t| t.namespace == namespace)
     }

@@ -254,6 +254,44 @@ pub struct Shared {
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
     pub changes: std::sync::Mutex<crate::changes::ChangeLog>,
+    /// Per node, a counter bumped whenever an applied entry touches one of its tasks or the
+    /// node itself: an agent's stream wakes for its own node only, not for every entry.
+    pub node_changes: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Shared {
+    /// Wakes the watchers of the nodes that `changed` keys belong to; every node's when a
+    /// task left the state (whose node is no longer known).
+    fn notify_nodes(&self, state: &State, changed: &[Key]) {
+        let watchers = self
+            .node_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|v| *v += 1);
+        for key in changed {
+            match state.node_of(key) {
+                Some(Some(node)) => {
+                    if let Some(tx) = watchers.get(node) {
+                        bump(tx);
+                    }
+                }
+                Some(None) => {
+                    watchers.values().for_each(bump);
+                    return;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Wakes every node's watchers (a snapshot replaced the whole state).
+    fn notify_all_nodes(&self) {
+        self.node_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .for_each(|tx| tx.send_modify(|v| *v += 1));
+    }
 }
 
 impl Shared {
@@ -311,6 +349,7 @@ impl StateMachine {
             changes: std::sync::Mutex::new(crate::changes::ChangeLog::new(
                 last_applied.map_or(0, |l| l.index),
             )),
+            node_changes: std::sync::Mutex::default(),
         });
         let sm = Self {
             db,
@@ -478,6 +517,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .record(applied.index, &state, &changed);
         }
+        self.shared.notify_nodes(&state, &changed);
         drop(state);
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
@@ -527,6 +567,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .reset(meta.last_log_id.map_or(0, |l| l.index));
+        self.shared.notify_all_nodes();
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
         }
