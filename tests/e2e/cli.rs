@@ -222,6 +222,7 @@ async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<
         "berth_tasks{state=\"STOPPED\"} 1",
         "berth_placements_total 1",
         "berth_agent_connections 1",
+        "berth_nodes{state=\"ACTIVE\"} 1",
         "berth_api_request_duration_seconds_count{method=\"/berth.v1.Berth/RunTask\"} 1",
     ] {
         assert!(

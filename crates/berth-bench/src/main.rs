@@ -62,7 +62,7 @@ impl Cluster {
 
     /// Three servers started with `extra` flags.
     async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
+        let dir = scratch()
             .prefix("berth-bench")
             .tempdir_in("/tmp")?;
         let first = ServerProc::spawn(1, &dir.path().join("s1"), None, &extra).await?;
@@ -96,16 +96,30 @@ impl Cluster {
 
     /// A client of the current leader.
     async fn leader(&self) -> anyhow::Result<BerthClient<Channel>> {
+        let addr = self.leader_addr().await?;
+        Ok(BerthClient::connect(format!("http://{addr}")).await?)
+    }
+
+    /// The current leader's address.
+    async fn leader_addr(&self) -> anyhow::Result<String> {
         let status = self.servers[0].status().await?;
         let id = status["leader"].as_u64().context("no leader")?;
-        let addr = self
+        Ok(self
             .servers
             .iter()
             .find(|s| s.id == id)
             .context("leader is one of ours")?
-            .addr;
-        Ok(BerthClient::connect(format!("http://{addr}")).await?)
+            .addr
+            .to_string())
     }
+}
+
+/// A scratch directory under /tmp, kept afterwards (logs and data) when `BERTH_BENCH_KEEP` is
+/// set.
+fn scratch() -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.disable_cleanup(std::env::var_os("BERTH_BENCH_KEEP").is_some());
+    b
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -260,7 +274,7 @@ struct Hollow {
 impl Hollow {
     /// `nodes` agents named `PREFIX-P-I` (process P, agent I) serving `servers`.
     async fn spawn(servers: &str, prefix: &str, nodes: u32) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
+        let dir = scratch()
             .prefix("berth-hollow")
             .tempdir_in("/tmp")?;
         let mut procs = Vec::new();
@@ -289,24 +303,21 @@ impl Hollow {
     }
 }
 
-/// Waits until the cluster lists at least `nodes` ACTIVE nodes.
-async fn wait_nodes(client: &BerthClient<Channel>, nodes: usize) -> anyhow::Result<()> {
-    poll("hollow nodes to register", Duration::from_secs(300), || {
-        let mut c = client.clone();
-        async move {
-            let n = c
-                .list_nodes(pb::ListNodesRequest::default())
-                .await
-                .ok()?
-                .into_inner()
-                .nodes
-                .iter()
-                .filter(|n| n.status == pb::NodeStatus::Active as i32)
-                .count();
-            (n >= nodes).then_some(())
+/// Waits until the server at `addr` counts at least `nodes` ACTIVE nodes (asking `/metrics`
+/// once a second: listing 10,000 nodes often would load the server being measured).
+async fn wait_nodes(addr: &str, nodes: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let active = metric(addr, "berth_nodes{state=\"ACTIVE\"}").await;
+        if active.is_some_and(|n| n >= nodes) {
+            return Ok(());
         }
-    })
-    .await
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {active:?} of {nodes} nodes registered within 300 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// A client that takes answers as large as a list of 150,000 tasks.
@@ -316,13 +327,18 @@ async fn big_client(addr: &str) -> anyhow::Result<BerthClient<Channel>> {
         .max_decoding_message_size(1 << 30))
 }
 
-/// Tasks by last status, from the server's `/metrics` (cheap to ask often, unlike a list).
-async fn task_count(addr: &str, state: &str) -> Option<u64> {
+/// A sample from the server's `/metrics` (cheap to ask often, unlike a list), e.g.
+/// `berth_tasks{state="RUNNING"}`.
+async fn metric(addr: &str, series: &str) -> Option<u64> {
     let body = scrape(addr).await.ok()?;
-    let needle = format!("berth_tasks{{state=\"{state}\"}} ");
+    let needle = format!("{series} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&needle))
         .and_then(|v| v.trim().parse().ok())
+}
+
+async fn task_count(addr: &str, state: &str) -> Option<u64> {
+    metric(addr, &format!("berth_tasks{{state=\"{state}\"}}")).await
 }
 
 /// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
@@ -362,12 +378,21 @@ fn epoch_ms() -> f64 {
         * 1000.0
 }
 
-/// Waits until `tasks` tasks run, asking `/metrics` on `addr`.
+/// Waits until `tasks` tasks run, asking `/metrics` on `addr` four times a second (the
+/// throughput comes from the tasks' own start times, not from when this notices).
 async fn wait_running(addr: &str, tasks: u64, timeout: Duration) -> anyhow::Result<()> {
-    poll("every task to run", timeout, || async {
-        (task_count(addr, "RUNNING").await? >= tasks).then_some(())
-    })
-    .await
+    let deadline = Instant::now() + timeout;
+    loop {
+        let running = task_count(addr, "RUNNING").await;
+        if running.is_some_and(|n| n >= tasks) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {running:?} of {tasks} tasks run after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Placement throughput: `tasks` tasks submitted in batches of 1,000 to a 3-server cluster with
@@ -380,8 +405,9 @@ async fn placement(
 ) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let _agents = Hollow::spawn(&cluster.addresses(), "hollow", nodes).await?;
+    let leader = cluster.leader_addr().await?;
+    wait_nodes(&leader, u64::from(nodes)).await?;
     let mut client = cluster.leader().await?;
-    wait_nodes(&client, nodes as usize).await?;
     client
         .register_task_definition(pb::RegisterTaskDefinitionRequest {
             namespace: String::new(),
@@ -391,15 +417,6 @@ async fn placement(
         .await?;
     let first = epoch_ms();
     let submitted = submit(&mut client, "placed", tasks).await?;
-    let status = cluster.servers[0].status().await?;
-    let leader = status["leader"].as_u64().context("no leader")?;
-    let leader = cluster
-        .servers
-        .iter()
-        .find(|s| s.id == leader)
-        .context("leader is ours")?
-        .addr
-        .to_string();
     wait_running(&leader, u64::from(tasks), Duration::from_secs(900)).await?;
     let list = big_client(&leader)
         .await?
@@ -539,8 +556,8 @@ async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Result<()> {
         victims.push((format!("victim{i}-0-0"), fleet));
     }
     let _rest = Hollow::spawn(&servers, "hollow", NODES - trials).await?;
+    wait_nodes(&cluster.leader_addr().await?, u64::from(NODES)).await?;
     let mut client = cluster.leader().await?;
-    wait_nodes(&client, NODES as usize).await?;
     let mut placed = spec("web", 64, 64);
     placed.placement = Some(pb::PlacementSpec {
         strategy: vec![pb::PlacementStrategy {
@@ -620,14 +637,14 @@ async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Result<()> {
 async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     const NODES: u32 = 5_000;
     const TASKS: u32 = 150_000;
-    let dir = tempfile::Builder::new()
+    let dir = scratch()
         .prefix("berth-footprint")
         .tempdir_in("/tmp")?;
     let server = ServerProc::start(&dir.path().join("s1"), None).await?;
     let addr = server.addr.to_string();
     let agents = Hollow::spawn(&addr, "hollow", NODES).await?;
+    wait_nodes(&addr, u64::from(NODES)).await?;
     let mut client = big_client(&addr).await?;
-    wait_nodes(&client, NODES as usize).await?;
     client
         .register_task_definition(pb::RegisterTaskDefinitionRequest {
             namespace: String::new(),

@@ -20,8 +20,18 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{now_ms, status, Usage};
 
-/// Seconds between agent heartbeats.
-pub const HEARTBEAT_INTERVAL_SECS: u32 = 1;
+/// Heartbeats the leader takes per second across all agents, at most: larger clusters
+/// heartbeat less often (as Nomad's `max_heartbeats_per_second`), within the node TTL.
+const MAX_HEARTBEATS_PER_SEC: usize = 2_500;
+
+/// Seconds between an agent's heartbeats in a cluster of `nodes`: 1 up to 2,500 nodes, then
+/// one more per 2,500, but never more than a third of the TTL (so a node misses at least two
+/// before it is declared lost). Any message from an agent counts, not only heartbeats.
+pub fn heartbeat_interval_secs(nodes: usize, ttl: std::time::Duration) -> u32 {
+    let wanted = nodes.div_ceil(MAX_HEARTBEATS_PER_SEC).max(1) as u64;
+    let cap = (ttl.as_secs() / 3).max(1);
+    u32::try_from(wanted.min(cap)).unwrap_or(1)
+}
 
 /// Liveness of connected agents, kept in the leader's memory only (never in the Raft log).
 #[derive(Clone, Default)]
@@ -157,7 +167,10 @@ impl AgentService for AgentServiceImpl {
 
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
         let registered = Registered {
-            heartbeat_interval_secs: HEARTBEAT_INTERVAL_SECS,
+            heartbeat_interval_secs: heartbeat_interval_secs(
+                self.store.read_stale(|s| s.nodes().count()),
+                self.node_ttl,
+            ),
             node_ttl_ms: u64::try_from(self.node_ttl.as_millis()).unwrap_or(u64::MAX),
         };
         let _ = tx
@@ -283,5 +296,23 @@ impl AgentService for AgentServiceImpl {
             tracing::info!(node = %node_name, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::heartbeat_interval_secs;
+
+    #[test]
+    fn large_clusters_heartbeat_less_often_within_the_ttl() {
+        let ttl = Duration::from_secs(10);
+        assert_eq!(heartbeat_interval_secs(0, ttl), 1);
+        assert_eq!(heartbeat_interval_secs(2_500, ttl), 1);
+        assert_eq!(heartbeat_interval_secs(2_501, ttl), 2);
+        assert_eq!(heartbeat_interval_secs(10_000, ttl), 3, "a third of the TTL at most");
+        assert_eq!(heartbeat_interval_secs(10_000, Duration::from_secs(60)), 4);
+        assert_eq!(heartbeat_interval_secs(10_000, Duration::from_secs(2)), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use berth_model::TaskStatus;
+use berth_model::{NodeStatus, TaskStatus};
 use berth_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +37,7 @@ struct Inner {
     raft_apply_lag: Gauge,
     raft_leader: Gauge,
     tasks: Family<StateLabel, Gauge>,
+    nodes: Family<StateLabel, Gauge>,
     pub placements: Counter,
     pub scheduling_latency: Histogram,
     pub agent_connections: Gauge,
@@ -58,6 +59,7 @@ impl Default for Metrics {
             raft_apply_lag: Gauge::default(),
             raft_leader: Gauge::default(),
             tasks: Family::default(),
+            nodes: Family::default(),
             placements: Counter::default(),
             scheduling_latency: latency_buckets(),
             agent_connections: Gauge::default(),
@@ -86,6 +88,7 @@ impl Default for Metrics {
             inner.raft_leader.clone(),
         );
         registry.register("tasks", "Tasks by last status", inner.tasks.clone());
+        registry.register("nodes", "Nodes by status", inner.nodes.clone());
         registry.register(
             "placements",
             "Tasks placed on nodes by this server's scheduler",
@@ -149,13 +152,24 @@ impl Metrics {
         ));
         i.raft_leader
             .set(i64::from(status.leader == Some(status.id)));
-        let counts = store.read_stale(|s| {
+        let (counts, nodes) = store.read_stale(|s| {
             let mut counts = std::collections::HashMap::new();
             for t in s.tasks() {
                 *counts.entry(t.last_status).or_insert(0i64) += 1;
             }
-            counts
+            let mut nodes = std::collections::HashMap::new();
+            for n in s.nodes() {
+                *nodes.entry(n.status).or_insert(0i64) += 1;
+            }
+            (counts, nodes)
         });
+        for status in [NodeStatus::Active, NodeStatus::Draining, NodeStatus::Down] {
+            i.nodes
+                .get_or_create(&StateLabel {
+                    state: status.to_string(),
+                })
+                .set(nodes.get(&status).copied().unwrap_or(0));
+        }
         for state in TaskStatus::ALL {
             i.tasks
                 .get_or_create(&StateLabel {

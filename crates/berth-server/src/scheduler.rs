@@ -1,6 +1,7 @@
 //! The leader's scheduling loop: whenever state changes (or once a second), place pending
 //! tasks with `berth-scheduler` and propose all decisions of the round as one Raft entry.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use berth_model::{DesiredStatus, TaskStatus};
@@ -8,6 +9,10 @@ use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
 use berth_store::{Command, Placement, State, Store, Unplaced};
 
 use crate::now_ms;
+
+/// Tasks placed per round at most: a round runs under the state's read lock, which Raft's
+/// apply waits for; more pending tasks than this take several rounds back to back.
+const MAX_PER_ROUND: usize = 2_000;
 
 /// A task's placement group: its service, or (as ECS does for standalone tasks) its family.
 fn group(t: &berth_model::Task) -> String {
@@ -41,37 +46,59 @@ pub fn preview(
 /// Places `requests` on the nodes as they are in `state`, given where each group already runs
 /// (for distinctInstance and spread).
 fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
+    let used = state.allocations();
     let nodes: Vec<NodeCapacity> = state
-        .nodes_with_allocation()
-        .into_iter()
-        .map(|n| NodeCapacity {
-            cpu_free: n.cpu.free(),
-            memory_free: n.memory.free(),
-            name: n.name,
-            status: n.status,
-            attributes: n.attributes,
+        .nodes()
+        .map(|n| {
+            let (cpu, memory) = used.get(n.name.as_str()).copied().unwrap_or_default();
+            NodeCapacity {
+                cpu_free: n.cpu.total.saturating_sub(cpu),
+                memory_free: n.memory.total.saturating_sub(memory),
+                name: n.name.clone(),
+                status: n.status,
+                attributes: n.attributes.clone(),
+            }
         })
         .collect();
+    // Where the groups being placed already run (other groups do not matter to this round).
+    let groups: HashSet<&str> = requests.iter().map(|r| r.group.as_str()).collect();
     let existing: Vec<(String, String)> = state
         .tasks()
         .filter(|t| !t.is_stopped())
-        .filter_map(|t| Some((t.node.clone()?, group(t))))
+        .filter_map(|t| {
+            let node = t.node.as_ref()?;
+            let wanted = match &t.group {
+                Some(g) => groups.contains(g.as_str()),
+                None => groups.iter().any(|g| {
+                    g.strip_prefix("family:") == Some(t.task_definition.family.as_str())
+                }),
+            };
+            wanted.then(|| (node.clone(), group(t)))
+        })
         .collect();
     place(&nodes, &existing, requests)
 }
 
 /// One round's decisions, or `None` when there is nothing new to write.
-pub fn plan(state: &State, at: u64) -> Option<Command> {
+///
+/// A round looks at [`MAX_PER_ROUND`] pending tasks at most, the first ones after `cursor` (a
+/// task ID, wrapping around), and moves `cursor` past them: tasks that fit nowhere cannot
+/// starve those behind them.
+pub fn plan(state: &State, at: u64, cursor: &mut String) -> Option<Command> {
     let pending: Vec<_> = state
-        .tasks()
+        .tasks_after(cursor)
         .filter(|t| {
             t.node.is_none()
                 && t.desired_status == DesiredStatus::Running
                 && t.last_status == TaskStatus::Pending
         })
+        .take(MAX_PER_ROUND)
         .collect();
-    if pending.is_empty() {
-        return None;
+    let last = pending.last()?;
+    if pending.len() == MAX_PER_ROUND {
+        cursor.clone_from(&last.task_id);
+    } else {
+        cursor.clear();
     }
     let requests: Vec<TaskRequest> = pending
         .iter()
@@ -113,6 +140,7 @@ pub async fn run(store: Store, metrics: crate::metrics::Metrics) {
     let mut leader = store.leadership();
     let mut applied = store.watch();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut cursor = String::new();
     loop {
         tokio::select! {
             r = applied.changed() => if r.is_err() { return },
@@ -123,7 +151,7 @@ pub async fn run(store: Store, metrics: crate::metrics::Metrics) {
             continue;
         }
         let started = std::time::Instant::now();
-        let Some(command) = store.read_stale(|s| plan(s, now_ms())) else {
+        let Some(command) = store.read_stale(|s| plan(s, now_ms(), &mut cursor)) else {
             continue;
         };
         let placed = match &command {

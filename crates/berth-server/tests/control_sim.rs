@@ -375,7 +375,7 @@ impl World {
                 at: now,
             });
         }
-        if let Some(c) = scheduler::plan(&self.state, self.now) {
+        if let Some(c) = scheduler::plan(&self.state, self.now, &mut String::new()) {
             self.apply(c);
         }
         let mut ids = 0u64;

@@ -238,6 +238,23 @@ pub struct Store {
     config: Arc<StoreConfig>,
     peers: network::Peers,
     commits: mpsc::UnboundedSender<Pending>,
+    /// Whether this member leads: one watch for every controller and agent stream, changed only
+    /// when leadership does (Raft's own metrics change on every heartbeat and commit).
+    leadership: Arc<watch::Sender<bool>>,
+}
+
+/// Follows Raft's metrics and changes `leadership` only when this member gains or loses it.
+async fn follow_leadership(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BerthNode>>,
+    leadership: Arc<watch::Sender<bool>>,
+) {
+    loop {
+        let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
+        leadership.send_if_modified(|v| std::mem::replace(v, is_leader) != is_leader);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A command waiting for the group committer.
@@ -375,6 +392,10 @@ impl Store {
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.keep_logs,
+            // openraft gives each AppendEntries one heartbeat interval; entries are batches
+            // (group commit, a thousand tasks in a RunTask), so fewer per request keep a busy
+            // follower inside that bound instead of timing out and retrying the same payload.
+            max_payload_entries: 16,
             ..Default::default()
         }
         .validate()
@@ -384,12 +405,16 @@ impl Store {
             .map_err(|e| StoreError::Start(e.to_string()))?;
         let (commits, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_commit(raft.clone(), queue));
+        let metrics = raft.metrics();
+        let leadership = Arc::new(watch::channel(metrics.borrow().state == ServerState::Leader).0);
+        tokio::spawn(follow_leadership(metrics, leadership.clone()));
         Ok(Self {
             raft,
             shared,
             config: Arc::new(config),
             peers,
             commits,
+            leadership,
         })
     }
 
@@ -660,6 +685,20 @@ impl Store {
 
     /// The leader's read index: confirms leadership with a quorum and waits until applied.
     pub(crate) async fn read_index_local(&self, deadline: Instant) -> Result<u64, StoreError> {
+        loop {
+            match self.read_index_once(deadline).await {
+                // One round of heartbeats timed out (openraft allows each one heartbeat
+                // interval) although the leader heard from a majority recently: a busy leader,
+                // not a partition — `check_quorum` fails fast once it is one. Try again.
+                Err(StoreError::NoQuorum(_))
+                    if Instant::now() + self.config.heartbeat_interval < deadline
+                        && self.check_quorum().is_ok() => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_index_once(&self, deadline: Instant) -> Result<u64, StoreError> {
         self.check_quorum()?;
         let check = self.raft.ensure_linearizable();
         match tokio::time::timeout_at(deadline, check).await {
@@ -761,19 +800,7 @@ impl Store {
 
     /// Whether this member currently is the leader, as a watch for controllers.
     pub fn leadership(&self) -> watch::Receiver<bool> {
-        let mut metrics = self.raft.metrics();
-        let (tx, rx) = watch::channel(metrics.borrow().state == ServerState::Leader);
-        tokio::spawn(async move {
-            loop {
-                let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
-                tx.send_if_modified(|v| std::mem::replace(v, is_leader) != is_leader);
-                tokio::select! {
-                    changed = metrics.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                }
-            }
-        });
-        rx
+        self.leadership.subscribe()
     }
 
     pub fn cluster_status(&self) -> ClusterStatus {

@@ -146,6 +146,15 @@ impl State {
         }
     }
 
+    /// Every task, in ID order starting after `after` and wrapping around to the first.
+    pub fn tasks_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        self.tasks
+            .range::<str, _>((Excluded(after), Unbounded))
+            .chain(self.tasks.range::<str, _>((Unbounded, Included(after))))
+            .map(|(_, t)| t)
+    }
+
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
         self.tasks.get(task_id).filter(|t| t.namespace == namespace)
     }
@@ -205,15 +214,7 @@ impl State {
 
     /// Every node with `allocated` filled in, in one pass over the tasks.
     pub fn nodes_with_allocation(&self) -> Vec<Node> {
-        let mut used: std::collections::HashMap<&str, (u64, u64)> =
-            std::collections::HashMap::new();
-        for t in self.tasks.values().filter(|t| !t.is_stopped()) {
-            if let Some(n) = t.node.as_deref() {
-                let e = used.entry(n).or_default();
-                e.0 += u64::from(t.cpu);
-                e.1 += u64::from(t.memory);
-            }
-        }
+        let used = self.allocations();
         self.nodes
             .values()
             .map(|n| {
@@ -224,6 +225,21 @@ impl State {
                 n
             })
             .collect()
+    }
+
+    /// CPU units and MiB allocated to the tasks that are not stopped, by node name (nodes
+    /// without such tasks are absent).
+    pub fn allocations(&self) -> std::collections::HashMap<&str, (u64, u64)> {
+        let mut used: std::collections::HashMap<&str, (u64, u64)> =
+            std::collections::HashMap::new();
+        for t in self.tasks.values().filter(|t| !t.is_stopped()) {
+            if let Some(n) = t.node.as_deref() {
+                let e = used.entry(n).or_default();
+                e.0 += u64::from(t.cpu);
+                e.1 += u64::from(t.memory);
+            }
+        }
+        used
     }
 
     /// Every stored object, for snapshots.
@@ -1301,6 +1317,31 @@ mod tests {
                 "task t1 not found in namespace other".into()
             ))
         );
+    }
+
+    #[test]
+    fn tasks_after_wraps_around() {
+        let mut s = state_with_task();
+        let t1 = s.task("default", "t1").cloned().expect("t1");
+        let more = ["t0", "t2"]
+            .map(|id| Task {
+                task_id: id.into(),
+                ..t1.clone()
+            })
+            .to_vec();
+        s.apply(Command::CreateTasks {
+            tasks: more,
+            client_token: None,
+            at: 3,
+        });
+        let ids = |after: &str| {
+            s.tasks_after(after)
+                .map(|t| t.task_id.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(""), ["t0", "t1", "t2"]);
+        assert_eq!(ids("t1"), ["t2", "t0", "t1"]);
+        assert_eq!(ids("t2"), ["t0", "t1", "t2"]);
     }
 
     #[test]
