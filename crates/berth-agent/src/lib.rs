@@ -169,9 +169,12 @@ impl Agent {
         loop {
             // Checked 8 times per lease: at most an eighth of it late, well inside the fifth of
             // the TTL between the lease and the servers declaring the node lost.
-            let check = self.contact().fence_after.map_or(Duration::from_secs(1), |l| {
-                (l / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
-            });
+            let check = self
+                .contact()
+                .fence_after
+                .map_or(Duration::from_secs(1), |l| {
+                    (l / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
+                });
             tokio::time::sleep(check).await;
             let (silent, lease) = {
                 let c = self.contact();

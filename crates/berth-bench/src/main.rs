@@ -62,9 +62,7 @@ impl Cluster {
 
     /// Three servers started with `extra` flags.
     async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = scratch()
-            .prefix("berth-bench")
-            .tempdir_in("/tmp")?;
+        let dir = scratch().prefix("berth-bench").tempdir_in("/tmp")?;
         let first = ServerProc::spawn(1, &dir.path().join("s1"), None, &extra).await?;
         first.wait_ready().await?;
         let join = first.addr.to_string();
@@ -274,9 +272,7 @@ struct Hollow {
 impl Hollow {
     /// `nodes` agents named `PREFIX-P-I` (process P, agent I) serving `servers`.
     async fn spawn(servers: &str, prefix: &str, nodes: u32) -> anyhow::Result<Self> {
-        let dir = scratch()
-            .prefix("berth-hollow")
-            .tempdir_in("/tmp")?;
+        let dir = scratch().prefix("berth-hollow").tempdir_in("/tmp")?;
         let mut procs = Vec::new();
         let mut left = nodes;
         while left > 0 {
@@ -518,7 +514,14 @@ async fn start(results: &mut Results) -> anyhow::Result<()> {
         let out = berth_tests::ctr(
             &env.containerd.socket,
             &agent.namespace,
-            &["run", "-d", &env.image, &format!("floor-{i}"), "sleep", "3600"],
+            &[
+                "run",
+                "-d",
+                &env.image,
+                &format!("floor-{i}"),
+                "sleep",
+                "3600",
+            ],
         )
         .await?;
         anyhow::ensure!(
@@ -615,10 +618,14 @@ async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Result<()> {
         anyhow::ensure!(on_victim > 0, "no task runs on {node}");
         let killed = Instant::now();
         fleet.procs[0].kill().await?;
-        poll("the lost tasks to run elsewhere", Duration::from_secs(60), || async {
-            let nodes = running(&client).await?;
-            (nodes.iter().filter(|n| **n != node).count() as u32 >= TASKS).then_some(())
-        })
+        poll(
+            "the lost tasks to run elsewhere",
+            Duration::from_secs(60),
+            || async {
+                let nodes = running(&client).await?;
+                (nodes.iter().filter(|n| **n != node).count() as u32 >= TASKS).then_some(())
+            },
+        )
         .await?;
         gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
         client = cluster.leader().await?;
@@ -637,9 +644,7 @@ async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Result<()> {
 async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     const NODES: u32 = 5_000;
     const TASKS: u32 = 150_000;
-    let dir = scratch()
-        .prefix("berth-footprint")
-        .tempdir_in("/tmp")?;
+    let dir = scratch().prefix("berth-footprint").tempdir_in("/tmp")?;
     let server = ServerProc::start(&dir.path().join("s1"), None).await?;
     let addr = server.addr.to_string();
     let agents = Hollow::spawn(&addr, "hollow", NODES).await?;
@@ -690,11 +695,18 @@ async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     )
     .await?;
     let restored_addr = restored.addr.to_string();
-    poll("the restored server to answer", Duration::from_secs(120), || async {
-        (task_count(&restored_addr, "RUNNING").await? >= u64::from(TASKS)).then_some(())
-    })
+    poll(
+        "the restored server to answer",
+        Duration::from_secs(120),
+        || async {
+            (task_count(&restored_addr, "RUNNING").await? >= u64::from(TASKS)).then_some(())
+        },
+    )
     .await?;
-    results.insert("footprint.restore_ms".into(), t.elapsed().as_secs_f64() * 1000.0);
+    results.insert(
+        "footprint.restore_ms".into(),
+        t.elapsed().as_secs_f64() * 1000.0,
+    );
     drop(restored);
 
     // The server itself after kill -9, from its own data dir.
@@ -702,11 +714,16 @@ async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     server.kill().await?;
     let t = Instant::now();
     let again = ServerProc::spawn(1, &data_dir, Some(server_addr), &[]).await?;
-    poll("the restarted server to answer", Duration::from_secs(120), || async {
-        (task_count(&addr, "RUNNING").await? >= u64::from(TASKS)).then_some(())
-    })
+    poll(
+        "the restarted server to answer",
+        Duration::from_secs(120),
+        || async { (task_count(&addr, "RUNNING").await? >= u64::from(TASKS)).then_some(()) },
+    )
     .await?;
-    results.insert("footprint.restart_ms".into(), t.elapsed().as_secs_f64() * 1000.0);
+    results.insert(
+        "footprint.restart_ms".into(),
+        t.elapsed().as_secs_f64() * 1000.0,
+    );
     drop(again);
     Ok(())
 }

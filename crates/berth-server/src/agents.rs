@@ -311,7 +311,11 @@ mod tests {
         assert_eq!(heartbeat_interval_secs(0, ttl), 1);
         assert_eq!(heartbeat_interval_secs(2_500, ttl), 1);
         assert_eq!(heartbeat_interval_secs(2_501, ttl), 2);
-        assert_eq!(heartbeat_interval_secs(10_000, ttl), 3, "a third of the TTL at most");
+        assert_eq!(
+            heartbeat_interval_secs(10_000, ttl),
+            3,
+            "a third of the TTL at most"
+        );
         assert_eq!(heartbeat_interval_secs(10_000, Duration::from_secs(60)), 4);
         assert_eq!(heartbeat_interval_secs(10_000, Duration::from_secs(2)), 1);
     }

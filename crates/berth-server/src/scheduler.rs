@@ -69,9 +69,9 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
             let node = t.node.as_ref()?;
             let wanted = match &t.group {
                 Some(g) => groups.contains(g.as_str()),
-                None => groups.iter().any(|g| {
-                    g.strip_prefix("family:") == Some(t.task_definition.family.as_str())
-                }),
+                None => groups
+                    .iter()
+                    .any(|g| g.strip_prefix("family:") == Some(t.task_definition.family.as_str())),
             };
             wanted.then(|| (node.clone(), group(t)))
         })

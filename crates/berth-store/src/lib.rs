@@ -264,6 +264,9 @@ struct Pending {
     reply: oneshot::Sender<Result<CommandResult, StoreError>>,
 }
 
+/// redb's page cache.
+const DB_CACHE_BYTES: usize = 256 << 20;
+
 /// The most commands one Raft entry carries.
 const MAX_BATCH: usize = 1024;
 
@@ -351,10 +354,15 @@ impl Store {
             source: redb::Error::Io(e),
         })?;
         let path = config.data_dir.join("raft.redb");
-        let db = redb::Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        // The state lives in memory; the database is written and read back only on start, so
+        // its page cache stays small (redb's default is 1 GiB).
+        let db = redb::Builder::new()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
         let peers = network::Peers::default();
         Self::open_with(config, db, network::Network::new(peers.clone()), peers).await
     }
