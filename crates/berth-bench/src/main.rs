@@ -63,7 +63,7 @@ impl Cluster {
     /// Three servers started with `extra` flags.
     async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = scratch().prefix("berth-bench").tempdir_in("/tmp")?;
-        let first = ServerProc::spawn(1, &dir.path().join("s1"), None, &extra).await?;
+        let first = ServerProc::spawn(1, &dir.path().join("s1"), None, extra).await?;
         first.wait_ready().await?;
         let join = first.addr.to_string();
         let mut servers = vec![first];
