@@ -136,6 +136,31 @@ pub async fn list(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<Ve
     Ok(services)
 }
 
+/// How many of the service's tasks are being stopped but still run.
+async fn stopping(client: &mut Client, global: &GlobalArgs, name: &str) -> anyhow::Result<usize> {
+    let req = pb::ListTasksRequest {
+        namespace: global.namespace.clone(),
+        stale: global.stale,
+        selector: String::new(),
+    };
+    let list = client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.list_tasks(req).await }
+        })
+        .await?;
+    let group = format!("service:{name}");
+    Ok(list
+        .tasks
+        .iter()
+        .filter(|t| {
+            t.group == group
+                && t.desired_status == pb::DesiredStatus::Stopped as i32
+                && t.last_status != pb::TaskStatus::Stopped as i32
+        })
+        .count())
+}
+
 /// One line about where a rollout stands.
 fn progress_line(s: &Service) -> String {
     let deployments: Vec<String> = s
@@ -235,7 +260,9 @@ pub async fn wait(
                         .is_some_and(|p| p.healthy_count == s.desired_count)
                     && s.running_count == s.desired_count
                     && s.pending_count == 0;
-                steady.then_some(true)
+                // The counts leave out tasks being stopped; scaled in means they are gone.
+                let settled = steady && stopping(client, global, name).await? == 0;
+                settled.then_some(true)
             }
         };
         if let Some(ok) = done {
