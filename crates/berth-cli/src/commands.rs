@@ -1071,22 +1071,8 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
     let stale = global.stale;
     match (kind, name) {
         ("tasks" | "task", None) => {
-            let req = pb::ListTasksRequest {
-                namespace: ns,
-                stale,
-                selector: global.selector.clone().unwrap_or_default(),
-            };
-            let tasks = client
-                .call(|mut c| {
-                    let req = req.clone();
-                    async move { c.list_tasks(req).await }
-                })
-                .await?;
-            let tasks: Vec<Task> = tasks
-                .tasks
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?;
+            let selector = global.selector.clone().unwrap_or_default();
+            let tasks = crate::tasks::list(&mut client, &ns, stale, &selector).await?;
             print_tasks(global.output, &tasks, false)
         }
         ("tasks" | "task", Some(id)) => {

@@ -5,7 +5,9 @@ use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use berth_model::{RolloutState, Service, ServiceSpec, TaskDefinitionSpec};
+use berth_model::{
+    DesiredStatus, RolloutState, Service, ServiceSpec, TaskDefinitionSpec, TaskStatus,
+};
 use berth_proto::v1 as pb;
 
 use crate::output::{age, render_structured, render_table, table, Format};
@@ -138,27 +140,18 @@ pub async fn list(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<Ve
 
 /// How many of the service's tasks are being stopped but still run.
 async fn stopping(client: &mut Client, global: &GlobalArgs, name: &str) -> anyhow::Result<usize> {
-    let req = pb::ListTasksRequest {
-        namespace: global.namespace.clone(),
-        stale: global.stale,
-        selector: String::new(),
-    };
-    let list = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.list_tasks(req).await }
-        })
-        .await?;
     let group = format!("service:{name}");
-    Ok(list
-        .tasks
-        .iter()
-        .filter(|t| {
-            t.group == group
-                && t.desired_status == pb::DesiredStatus::Stopped as i32
-                && t.last_status != pb::TaskStatus::Stopped as i32
-        })
-        .count())
+    Ok(
+        crate::tasks::list(client, &global.namespace, global.stale, "")
+            .await?
+            .iter()
+            .filter(|t| {
+                t.group.as_deref() == Some(group.as_str())
+                    && t.desired_status == DesiredStatus::Stopped
+                    && t.last_status != TaskStatus::Stopped
+            })
+            .count(),
+    )
 }
 
 /// One line about where a rollout stands.

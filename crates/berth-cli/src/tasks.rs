@@ -3,7 +3,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use berth_model::{TaskDefinitionRef, TaskDefinitionSpec, TaskStatus};
+use berth_model::{Task, TaskDefinitionRef, TaskDefinitionSpec, TaskStatus};
 use berth_proto::v1 as pb;
 
 use crate::Client;
@@ -60,17 +60,17 @@ pub async fn apply(
     Ok(())
 }
 
-/// Stops the document's tasks that still run: those of its family.
-pub async fn delete(
+/// The tasks of `namespace` that match `selector` (every task when empty).
+pub async fn list(
     client: &mut Client,
     namespace: &str,
-    name: &str,
-    family: &str,
-) -> anyhow::Result<()> {
+    stale: bool,
+    selector: &str,
+) -> anyhow::Result<Vec<Task>> {
     let req = pb::ListTasksRequest {
         namespace: namespace.to_owned(),
-        stale: false,
-        selector: String::new(),
+        stale,
+        selector: selector.to_owned(),
     };
     let list = client
         .call(|mut c| {
@@ -78,9 +78,22 @@ pub async fn delete(
             async move { c.list_tasks(req).await }
         })
         .await?;
+    Ok(list
+        .tasks
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Stops the document's tasks that still run: those of its family.
+pub async fn delete(
+    client: &mut Client,
+    namespace: &str,
+    name: &str,
+    family: &str,
+) -> anyhow::Result<()> {
     let mut stopped = 0;
-    for t in list.tasks {
-        let t: berth_model::Task = t.try_into()?;
+    for t in list(client, namespace, false, "").await? {
         if t.task_definition.family != family
             || t.last_status == TaskStatus::Stopped
             || t.group.is_some()
