@@ -299,20 +299,34 @@ impl Hollow {
     }
 }
 
-/// Waits until the server at `addr` counts at least `nodes` ACTIVE nodes (asking `/metrics`
-/// once a second: listing 10,000 nodes often would load the server being measured).
+/// Waits until the server at `addr` counts at least `nodes` ACTIVE nodes (asking once a
+/// second: listing 10,000 nodes often would load the server being measured).
 async fn wait_nodes(addr: &str, nodes: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let series = "berth_nodes{state=\"ACTIVE\"}";
+    let every = Duration::from_secs(1);
+    wait_metric(addr, series, nodes, Duration::from_secs(300), every).await
+}
+
+/// Waits until `series` in the `/metrics` of the server at `addr` reaches `at_least`, asking
+/// `every` so long.
+async fn wait_metric(
+    addr: &str,
+    series: &str,
+    at_least: u64,
+    timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
     loop {
-        let active = metric(addr, "berth_nodes{state=\"ACTIVE\"}").await;
-        if active.is_some_and(|n| n >= nodes) {
+        let now = metric(addr, series).await;
+        if now.is_some_and(|n| n >= at_least) {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {active:?} of {nodes} nodes registered within 300 s"
+            "{series} is {now:?} after {timeout:?}, not {at_least}"
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -331,10 +345,6 @@ async fn metric(addr: &str, series: &str) -> Option<u64> {
     body.lines()
         .find_map(|l| l.strip_prefix(&needle))
         .and_then(|v| v.trim().parse().ok())
-}
-
-async fn task_count(addr: &str, state: &str) -> Option<u64> {
-    metric(addr, &format!("berth_tasks{{state=\"{state}\"}}")).await
 }
 
 /// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
@@ -374,21 +384,13 @@ fn epoch_ms() -> f64 {
         * 1000.0
 }
 
+/// The `/metrics` series of running tasks.
+const RUNNING: &str = "berth_tasks{state=\"RUNNING\"}";
+
 /// Waits until `tasks` tasks run, asking `/metrics` on `addr` four times a second (the
 /// throughput comes from the tasks' own start times, not from when this notices).
 async fn wait_running(addr: &str, tasks: u64, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let running = task_count(addr, "RUNNING").await;
-        if running.is_some_and(|n| n >= tasks) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {running:?} of {tasks} tasks run after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_metric(addr, RUNNING, tasks, timeout, Duration::from_millis(250)).await
 }
 
 /// Placement throughput: `tasks` tasks submitted in batches of 1,000 to a 3-server cluster with
@@ -695,12 +697,12 @@ async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     )
     .await?;
     let restored_addr = restored.addr.to_string();
-    poll(
-        "the restored server to answer",
+    wait_metric(
+        &restored_addr,
+        RUNNING,
+        u64::from(TASKS),
         Duration::from_secs(120),
-        || async {
-            (task_count(&restored_addr, "RUNNING").await? >= u64::from(TASKS)).then_some(())
-        },
+        Duration::from_millis(50),
     )
     .await?;
     results.insert(
@@ -714,10 +716,12 @@ async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     server.kill().await?;
     let t = Instant::now();
     let again = ServerProc::spawn(1, &data_dir, Some(server_addr), &[]).await?;
-    poll(
-        "the restarted server to answer",
+    wait_metric(
+        &addr,
+        RUNNING,
+        u64::from(TASKS),
         Duration::from_secs(120),
-        || async { (task_count(&addr, "RUNNING").await? >= u64::from(TASKS)).then_some(()) },
+        Duration::from_millis(50),
     )
     .await?;
     results.insert(
