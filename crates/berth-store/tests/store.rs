@@ -23,6 +23,19 @@ async fn open(dir: &std::path::Path) -> Store {
     Store::open(config).await.expect("open store")
 }
 
+/// Registers a revision of family `web` (or, with `reuse_identical`, answers the latest).
+async fn register_web(store: &Store, reuse_identical: bool, at: u64) -> CommandResult {
+    store
+        .propose(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: spec("web"),
+            reuse_identical,
+            at,
+        })
+        .await
+        .expect("propose")
+}
+
 async fn wait_leader(store: &Store) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut leader = store.leadership();
@@ -40,15 +53,7 @@ async fn state_survives_restart() {
         assert!(store.bootstrap_if_new().await.expect("bootstrap"));
         wait_leader(&store).await;
         for _ in 0..3 {
-            let r = store
-                .propose(Command::RegisterTaskDefinition {
-                    namespace: "default".into(),
-                    spec: spec("web"),
-                    reuse_identical: false,
-                    at: 7,
-                })
-                .await
-                .expect("propose");
+            let r = register_web(&store, false, 7).await;
             assert!(matches!(
                 r,
                 CommandResult::TaskDefinition { created: true, .. }
@@ -72,15 +77,7 @@ async fn state_survives_restart() {
         .await
         .expect("read");
     assert_eq!(revisions, vec![1, 2, 3]);
-    let r = store
-        .propose(Command::RegisterTaskDefinition {
-            namespace: "default".into(),
-            spec: spec("web"),
-            reuse_identical: true,
-            at: 8,
-        })
-        .await
-        .expect("propose");
+    let r = register_web(&store, true, 8).await;
     match r {
         CommandResult::TaskDefinition {
             task_definition,
@@ -115,15 +112,7 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
         for _ in 0..64 {
             let store = store.clone();
             writes.spawn(async move {
-                let r = store
-                    .propose(Command::RegisterTaskDefinition {
-                        namespace: "default".into(),
-                        spec: spec("web"),
-                        reuse_identical: false,
-                        at: 7,
-                    })
-                    .await
-                    .expect("propose");
+                let r = register_web(&store, false, 7).await;
                 match r {
                     CommandResult::TaskDefinition {
                         task_definition,
