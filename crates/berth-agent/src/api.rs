@@ -1,4 +1,6 @@
-//! The agent's own gRPC API, which servers call to proxy a task's logs.
+//! The agent's own gRPC API, which servers call to proxy a task's logs and run commands in its
+//! containers. The agent's one gRPC edge: [`ApiError`] becomes a `tonic::Status` here only, in
+//! `impl From<ApiError> for Status`.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -15,7 +17,48 @@ use std::sync::Arc;
 
 use crate::logfile::{self, Record, Stream as Output};
 use crate::runtime::RuntimeError;
-use crate::{Runtime, TaskTable};
+use crate::{Runtime, TaskError, TaskTable};
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("invalid task id {0:?}")]
+    InvalidTaskId(String),
+    #[error("no logs for task {0} on this node (it may not have started)")]
+    NoLogs(String),
+    #[error("task {task_id} has no container {container:?} with logs")]
+    NoContainerLogs { task_id: String, container: String },
+    #[error("read {}: {error}", path.display())]
+    ReadLog {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("give a command to run")]
+    NoCommand,
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("run the command in {id}: {error}")]
+    Exec { id: String, error: RuntimeError },
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let message = e.to_string();
+        match e {
+            ApiError::InvalidTaskId(_) | ApiError::NoCommand => Status::invalid_argument(message),
+            ApiError::NoLogs(_)
+            | ApiError::NoContainerLogs { .. }
+            | ApiError::Task(TaskError::NoContainer { .. }) => Status::not_found(message),
+            ApiError::ReadLog { .. } => Status::internal(message),
+            ApiError::Task(TaskError::NotRunning { .. }) => Status::failed_precondition(message),
+            ApiError::Exec {
+                error: error @ RuntimeError::ExecTimeout(_),
+                ..
+            } => Status::deadline_exceeded(error.to_string()),
+            ApiError::Exec { .. } => Status::failed_precondition(message),
+        }
+    }
+}
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -90,23 +133,18 @@ impl AgentApi for AgentApiService {
     async fn logs(&self, req: Request<AgentLogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = req.into_inner();
         if req.task_id.is_empty() || req.task_id.contains(['/', '.']) {
-            return Err(Status::invalid_argument(format!(
-                "invalid task id {:?}",
-                req.task_id
-            )));
+            return Err(ApiError::InvalidTaskId(req.task_id).into());
         }
         let dir = self.log_root.join(&req.task_id);
-        let files = log_files(&dir, &req.container).await.map_err(|_| {
-            Status::not_found(format!(
-                "no logs for task {} on this node (it may not have started)",
-                req.task_id
-            ))
-        })?;
+        let files = log_files(&dir, &req.container)
+            .await
+            .map_err(|_| ApiError::NoLogs(req.task_id.clone()))?;
         if files.is_empty() && !req.container.is_empty() {
-            return Err(Status::not_found(format!(
-                "task {} has no container {:?} with logs",
-                req.task_id, req.container
-            )));
+            return Err(ApiError::NoContainerLogs {
+                task_id: req.task_id,
+                container: req.container,
+            }
+            .into());
         }
         // Everything so far, merged across containers in time order.
         let since_ns = u128::from(req.since) * 1_000_000;
@@ -114,8 +152,11 @@ impl AgentApi for AgentApiService {
         let mut merged = Vec::new();
         let mut offsets = Vec::with_capacity(files.len());
         for (container, path) in &files {
-            let (records, offset) = logfile::read(path, since_ns, tail)
-                .map_err(|e| Status::internal(format!("read {}: {e}", path.display())))?;
+            let (records, offset) =
+                logfile::read(path, since_ns, tail).map_err(|error| ApiError::ReadLog {
+                    path: path.clone(),
+                    error,
+                })?;
             merged.extend(records.into_iter().map(|r| (container.clone(), r)));
             offsets.push(offset);
         }
@@ -165,9 +206,12 @@ impl AgentApi for AgentApiService {
     async fn exec(&self, req: Request<AgentExecRequest>) -> Result<Response<ExecResult>, Status> {
         let req = req.into_inner();
         if req.command.is_empty() {
-            return Err(Status::invalid_argument("give a command to run"));
+            return Err(ApiError::NoCommand.into());
         }
-        let id = self.tasks.container_id(&req.task_id, &req.container)?;
+        let id = self
+            .tasks
+            .container_id(&req.task_id, &req.container)
+            .map_err(ApiError::from)?;
         let timeout = match req.timeout_secs {
             0 => DEFAULT_EXEC_TIMEOUT,
             s => Duration::from_secs(u64::from(s)),
@@ -178,10 +222,7 @@ impl AgentApi for AgentApiService {
                 stdout: out.stdout,
                 stderr: out.stderr,
             })),
-            Err(e @ RuntimeError::ExecTimeout(_)) => Err(Status::deadline_exceeded(e.to_string())),
-            Err(e) => Err(Status::failed_precondition(format!(
-                "run the command in {id}: {e}"
-            ))),
+            Err(error) => Err(ApiError::Exec { id, error }.into()),
         }
     }
 }

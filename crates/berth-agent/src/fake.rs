@@ -9,6 +9,8 @@ use crate::runtime::{
     ImageInfo, Progress, Runtime, RuntimeError,
 };
 
+const SIGTERM: u32 = 15;
+
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
 /// code with [`FakeRuntime::exit_with`]. Every call is recorded.
 #[derive(Default)]
@@ -19,6 +21,8 @@ pub struct FakeRuntime {
 #[derive(Default)]
 struct FakeState {
     missing_images: HashSet<String>,
+    /// Images whose containers exit on SIGKILL only.
+    ignore_sigterm: HashSet<String>,
     exit_codes: HashMap<String, i32>,
     running: HashMap<String, (ContainerSpec, tokio::sync::oneshot::Sender<ExitStatus>)>,
     calls: Vec<String>,
@@ -46,6 +50,11 @@ impl FakeRuntime {
     /// Containers of `image` exit with `code` as soon as they start.
     pub fn exit_with(&self, image: &str, code: i32) {
         self.state().exit_codes.insert(image.to_owned(), code);
+    }
+
+    /// Containers of `image` ignore SIGTERM (they exit on SIGKILL).
+    pub fn ignore_sigterm(&self, image: &str) {
+        self.state().ignore_sigterm.insert(image.to_owned());
     }
 
     /// Commands run in container `id` exit with `code` from now on.
@@ -135,7 +144,7 @@ impl Runtime for FakeRuntime {
         let (tx, rx) = tokio::sync::oneshot::channel();
         match state.running.get_mut(id) {
             Some((_, sender)) => *sender = tx,
-            None => return Err(RuntimeError::Spec(format!("no container {id}"))),
+            None => return Err(RuntimeError::NoContainer { id: id.to_owned() }),
         }
         Ok(exit_future(rx))
     }
@@ -149,7 +158,7 @@ impl Runtime for FakeRuntime {
         let mut state = self.state();
         state.calls.push(format!("exec {id} {}", args.join(" ")));
         if !state.running.contains_key(id) {
-            return Err(RuntimeError::Spec(format!("container {id} is not running")));
+            return Err(RuntimeError::NotRunning { id: id.to_owned() });
         }
         let exit_code = state.exec_codes.get(id).copied().unwrap_or(0);
         Ok(ExecOutput {
@@ -172,7 +181,7 @@ impl Runtime for FakeRuntime {
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
         let state = self.state();
         if !state.running.contains_key(id) {
-            return Err(RuntimeError::Spec(format!("container {id} is not running")));
+            return Err(RuntimeError::NotRunning { id: id.to_owned() });
         }
         Ok(state.stats.get(id).copied().unwrap_or_default())
     }
@@ -180,6 +189,12 @@ impl Runtime for FakeRuntime {
     async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("kill {id} {signal}"));
+        let ignored = |spec: &ContainerSpec| {
+            signal == SIGTERM && state.ignore_sigterm.contains(&spec.image.reference)
+        };
+        if state.running.get(id).is_some_and(|(spec, _)| ignored(spec)) {
+            return Ok(());
+        }
         if let Some((_, tx)) = state.running.remove(id) {
             let code = 128 + i32::try_from(signal).unwrap_or(0);
             let _ = tx.send(ExitStatus {
@@ -199,6 +214,6 @@ impl Runtime for FakeRuntime {
 fn exit_future(rx: tokio::sync::oneshot::Receiver<ExitStatus>) -> ExitFuture {
     Box::pin(async move {
         rx.await
-            .map_err(|_| RuntimeError::Spec("fake runtime dropped the container".into()))
+            .map_err(|_| RuntimeError::WaitLost("the fake runtime's container"))
     })
 }

@@ -107,15 +107,38 @@ pub enum RuntimeError {
         op: &'static str,
         status: Box<tonic::Status>,
     },
-    #[error("connect to containerd at {path}: {detail}")]
-    Connect { path: PathBuf, detail: String },
+    #[error("connect to containerd at {}", path.display())]
+    Connect {
+        path: PathBuf,
+        source: containerd_client::tonic::transport::Error,
+    },
+    #[error("containerd {what} {value:?} is not a valid identifier; {fix}")]
+    InvalidIdentifier {
+        what: &'static str,
+        value: String,
+        fix: &'static str,
+    },
     #[error("{op}: {source}")]
     Io {
         op: &'static str,
         source: std::io::Error,
     },
     #[error("build OCI runtime spec: {0}")]
-    Spec(String),
+    Spec(oci_spec::OciSpecError),
+    #[error("{op}: {error}")]
+    SpecJson {
+        op: &'static str,
+        error: serde_json::Error,
+    },
+    #[error("container {id} has no OCI runtime spec")]
+    NoSpec { id: String },
+    #[error("no container {id}")]
+    NoContainer { id: String },
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    /// What waited for an exit ended without telling it (it panicked, or was dropped).
+    #[error("lost the wait for {0}")]
+    WaitLost(&'static str),
     #[error("the command did not finish within {0:?} and was killed")]
     ExecTimeout(std::time::Duration),
 }

@@ -94,7 +94,7 @@ pub fn cpu_quota(cpu_units: u32) -> i64 {
 
 /// The OCI runtime spec for `c`, with its cgroup under `cgroup_parent`.
 pub fn build_spec(c: &ContainerSpec, cgroup_parent: &str) -> Result<Spec, RuntimeError> {
-    let err = |e: oci_spec::OciSpecError| RuntimeError::Spec(e.to_string());
+    let err = RuntimeError::Spec;
     let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())

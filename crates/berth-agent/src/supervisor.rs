@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::{
-    ContainerDefinition, ContainerState, DependencyCondition, HealthCheck, HealthStatus, StopCode,
-    TaskStatus, TaskStatusUpdate,
+    Assignment, ContainerDefinition, ContainerState, DependencyCondition, HealthCheck,
+    HealthStatus, StopCode, TaskStatus, TaskStatusUpdate,
 };
 use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
 
 use crate::runtime::{
     ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
@@ -21,13 +23,40 @@ use crate::spec::{process_args, process_env, process_user};
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 
-/// What the server asked this node to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
-    pub task_id: String,
-    pub cpu: u32,
-    pub memory: u32,
-    pub containers: Vec<ContainerDefinition>,
+/// Why a task is asked to stop: the stop request carries it, and the task's stop code and
+/// reason come from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopReason {
+    /// The server wants the task stopped, or no longer on this node.
+    Server,
+    /// The agent lost contact with every server and stops its tasks before the servers place
+    /// them elsewhere (self-fencing). Outranks [`StopReason::Server`]: a task asked to stop by
+    /// the server and then fenced stops with the short grace of fencing.
+    Fenced,
+}
+
+impl StopReason {
+    fn outcome(self) -> (StopCode, &'static str) {
+        match self {
+            StopReason::Server => (StopCode::UserInitiated, "Task stopped"),
+            StopReason::Fenced => (
+                StopCode::NodeLost,
+                "the node lost contact with every server, so its agent stopped the task (self-fencing)",
+            ),
+        }
+    }
+}
+
+/// Asks the task behind `stop` to stop for `why`, unless it was already asked for a reason
+/// that outranks `why`. Returns whether the request changed.
+pub fn request_stop(stop: &watch::Sender<Option<StopReason>>, why: StopReason) -> bool {
+    stop.send_if_modified(|current| {
+        if *current >= Some(why) {
+            return false;
+        }
+        *current = Some(why);
+        true
+    })
 }
 
 /// One task's run on this node.
@@ -37,14 +66,13 @@ pub struct TaskRun {
     /// `<log root>/<task id>`; each container writes `<name>.log` there.
     pub log_dir: PathBuf,
     pub updates: mpsc::UnboundedSender<TaskStatusUpdate>,
-    /// Becomes true when the server wants the task stopped.
-    pub stop: watch::Receiver<bool>,
+    /// Becomes `Some(why)` when the task should stop (see [`request_stop`]).
+    pub stop: watch::Receiver<Option<StopReason>>,
     /// Set once the task has stopped and everything is cleaned up.
     pub done: Arc<AtomicBool>,
     /// Containers of this task that a previous agent process started; empty for a new task.
     pub adopt: Vec<ExistingContainer>,
-    /// Set when the agent stops its tasks because it lost contact with the servers.
-    pub fenced: Arc<AtomicBool>,
+    pub metrics: Metrics,
 }
 
 /// What starting a task's containers in dependency order needs.
@@ -251,7 +279,7 @@ impl TaskRun {
             let Some(images) = self.pull(&mut states).await else {
                 return;
             };
-            if *self.stop.borrow() {
+            if self.stop.borrow().is_some() {
                 let reason = "stopped before it started".to_owned();
                 self.finish(&mut states, StopCode::UserInitiated, reason, None);
                 return;
@@ -339,13 +367,11 @@ impl TaskRun {
                     self.report(status_now, &states, None);
                 }
                 changed = self.stop.changed() => {
-                    if changed.is_err() || *self.stop.borrow() {
+                    let why = *self.stop.borrow_and_update();
+                    if changed.is_err() || why.is_some() {
                         self.report(TaskStatus::Stopping, &states, Some("stopping".into()));
-                        if self.fenced.load(Ordering::SeqCst) {
-                            let reason = "the node lost contact with every server, so its agent stopped the task (self-fencing)";
-                            break (StopCode::NodeLost, reason.to_owned());
-                        }
-                        break (StopCode::UserInitiated, "Task stopped".to_owned());
+                        let (code, reason) = why.unwrap_or(StopReason::Server).outcome();
+                        break (code, reason.to_owned());
                     }
                 }
             }
@@ -380,10 +406,10 @@ impl TaskRun {
             let result = self.runtime.ensure_image(&c.image, &progress).await;
             match &result {
                 Ok(info) if info.pulled => {
-                    crate::metrics::image("pulled", Some(started.elapsed()));
+                    self.metrics.image("pulled", Some(started.elapsed()));
                 }
-                Ok(_) => crate::metrics::image("cached", None),
-                Err(_) => crate::metrics::image("failed", None),
+                Ok(_) => self.metrics.image("cached", None),
+                Err(_) => self.metrics.image("failed", None),
             }
             match result {
                 Ok(info) => {
@@ -397,7 +423,7 @@ impl TaskRun {
                     images.push(info);
                 }
                 Err(e) => {
-                    tracing::warn!(task_id = %a.task_id, image = %c.image, "pull image: {e}");
+                    tracing::warn!(image = %c.image, "pull image: {e}");
                     let reason = format!("CannotPullContainerError: {e}");
                     self.finish(states, StopCode::TaskFailedToStart, reason, None);
                     return None;
@@ -440,7 +466,7 @@ impl TaskRun {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(task_id = %a.task_id, container = %c.name, "start container: {e}");
+                        tracing::warn!(container = %c.name, "start container: {e}");
                         states[i].last_status = TaskStatus::Stopped;
                         states[i].reason = Some(e.to_string());
                         return Err(format!("CannotStartContainerError: {e}"));
@@ -550,7 +576,7 @@ impl TaskRun {
                 tracing::warn!(container = %id, "send SIGTERM: {e}");
             }
             let mut grace = Duration::from_secs(u64::from(defs[i].stop_timeout));
-            if self.fenced.load(Ordering::SeqCst) {
+            if *self.stop.borrow() == Some(StopReason::Fenced) {
                 // Self-fencing must finish before the servers may declare the node lost
                 // (20% of the node TTL later): no long goodbyes.
                 grace = grace.min(FENCED_STOP_GRACE);
@@ -584,7 +610,7 @@ impl TaskRun {
         }
         if self.assignment.containers.len() > 1 {
             if let Err(e) = self.runtime.remove_network(&self.assignment.task_id).await {
-                tracing::warn!(task_id = %self.assignment.task_id, "remove network namespace: {e}");
+                tracing::warn!("remove network namespace: {e}");
             }
         }
         for s in states {

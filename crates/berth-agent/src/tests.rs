@@ -3,18 +3,22 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use berth_model::{ContainerDefinition, StopCode, TaskStatus, TaskStatusUpdate};
+use berth_model::{
+    Assignment, ContainerDefinition, DesiredStatus, StopCode, TaskStatus, TaskStatusUpdate,
+};
 use tokio::sync::{mpsc, watch};
 
-use crate::supervisor::{Assignment, TaskRun};
-use crate::FakeRuntime;
+use crate::supervisor::{request_stop, StopReason, TaskRun};
+use crate::{FakeRuntime, Metrics};
+
+type Stop = watch::Sender<Option<StopReason>>;
 
 fn run(
     rt: &Arc<FakeRuntime>,
     image: &str,
 ) -> (
     mpsc::UnboundedReceiver<TaskStatusUpdate>,
-    watch::Sender<bool>,
+    Stop,
     tokio::task::JoinHandle<()>,
 ) {
     let mut c = ContainerDefinition::new("app", image);
@@ -91,7 +95,7 @@ async fn stop_request_terms_then_kills_and_removes() {
             break;
         }
     }
-    stop.send_replace(true);
+    request_stop(&stop, StopReason::Server);
     handle.await.expect("supervisor finished");
     assert_eq!(
         summarise(&mut rx),
@@ -164,19 +168,19 @@ fn two_containers(init_image: &str) -> Vec<ContainerDefinition> {
 fn task_run(
     rt: &Arc<FakeRuntime>,
     containers: Vec<ContainerDefinition>,
-) -> (
-    TaskRun,
-    mpsc::UnboundedReceiver<TaskStatusUpdate>,
-    watch::Sender<bool>,
-) {
+) -> (TaskRun, mpsc::UnboundedReceiver<TaskStatusUpdate>, Stop) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = watch::channel(None);
     let run = TaskRun {
         assignment: Assignment {
             task_id: "t1".into(),
+            namespace: "default".into(),
+            task_definition: "web:1".parse().expect("a valid reference"),
+            desired_status: DesiredStatus::Running,
             cpu: 256,
             memory: 64,
             containers,
+            last_status: TaskStatus::Pending,
         },
         runtime: rt.clone(),
         log_dir: std::env::temp_dir(),
@@ -184,7 +188,7 @@ fn task_run(
         stop: stop_rx,
         done: Arc::new(AtomicBool::new(false)),
         adopt: vec![],
-        fenced: Arc::new(AtomicBool::new(false)),
+        metrics: Metrics::new(),
     };
     (run, rx, stop)
 }
@@ -201,7 +205,7 @@ async fn a_dependent_container_starts_after_its_dependency_succeeds_in_a_shared_
             break;
         }
     }
-    stop.send_replace(true);
+    request_stop(&stop, StopReason::Server);
     handle.await.expect("supervisor finished");
     assert_eq!(
         rt.calls(),
@@ -262,7 +266,7 @@ async fn containers_stop_in_reverse_dependency_order() {
             break;
         }
     }
-    stop.send_replace(true);
+    request_stop(&stop, StopReason::Server);
     handle.await.expect("supervisor finished");
     let calls: Vec<String> = rt
         .calls()
@@ -278,4 +282,74 @@ async fn containers_stop_in_reverse_dependency_order() {
             "kill t1-db 15"
         ]
     );
+}
+
+/// Waits for the RUNNING report.
+async fn running(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) {
+    loop {
+        let u = rx.recv().await.expect("reports until running");
+        if u.last_status == TaskStatus::Running {
+            break;
+        }
+    }
+}
+
+/// The last report's stop code and reason.
+fn ended(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) -> (Option<StopCode>, String) {
+    let mut last = None;
+    while let Ok(u) = rx.try_recv() {
+        last = Some(u);
+    }
+    let last = last.expect("a final report");
+    (last.stop_code, last.stopped_reason.unwrap_or_default())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fenced_task_reports_node_lost_and_stops_with_a_short_grace() {
+    let rt = Arc::new(FakeRuntime::new());
+    // It ignores SIGTERM for a minute: fencing does not wait that long.
+    rt.ignore_sigterm("sleeper");
+    let mut c = ContainerDefinition::new("app", "sleeper");
+    c.stop_timeout = 60;
+    let (run, mut rx, stop) = task_run(&rt, vec![c]);
+    let handle = tokio::spawn(run.run());
+    running(&mut rx).await;
+    let asked = tokio::time::Instant::now();
+    request_stop(&stop, StopReason::Fenced);
+    handle.await.expect("supervisor finished");
+    assert!(asked.elapsed() <= crate::supervisor::FENCED_STOP_GRACE);
+    assert_eq!(
+        ended(&mut rx),
+        (
+            Some(StopCode::NodeLost),
+            "the node lost contact with every server, so its agent stopped the task (self-fencing)"
+                .to_owned()
+        )
+    );
+    assert_eq!(
+        rt.calls(),
+        [
+            "pull sleeper",
+            "start t1-app",
+            "kill t1-app 15",
+            "kill t1-app 9",
+            "remove t1-app"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_task_stopped_by_the_server_then_fenced_keeps_its_stop_code() {
+    let rt = Arc::new(FakeRuntime::new());
+    let (mut rx, stop, handle) = run(&rt, "sleeper");
+    running(&mut rx).await;
+    request_stop(&stop, StopReason::Server);
+    request_stop(&stop, StopReason::Fenced);
+    handle.await.expect("supervisor finished");
+    let (code, _) = ended(&mut rx);
+    // Whichever request the task read first decides; both say the task was stopped.
+    assert!(matches!(
+        code,
+        Some(StopCode::UserInitiated | StopCode::NodeLost)
+    ));
 }

@@ -1,10 +1,12 @@
 //! `berth diff -f`: what applying manifests would change, field by field, against the server.
 //! Exit code 0 when nothing differs, 1 when something does (as `kubectl diff`).
 
+use berth_manifest::{Document, Object};
 use berth_model::{ServiceSpec, TaskDefinition, TaskDefinitionSpec};
 use berth_proto::v1 as pb;
 use serde_json::Value;
 
+use crate::manifests::namespace_of;
 use crate::{Client, GlobalArgs};
 
 /// Appends `  ~ path: old -> new` for every leaf that differs.
@@ -61,43 +63,21 @@ async fn revisions(
     namespace: &str,
     family: &str,
 ) -> anyhow::Result<Vec<TaskDefinition>> {
-    let req = pb::ListTaskDefinitionsRequest {
-        namespace: namespace.to_owned(),
-        family: family.to_owned(),
-        stale: false,
-        selector: String::new(),
-    };
-    let r = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.list_task_definitions(req).await }
-        })
-        .await?;
-    Ok(r.task_definitions
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect::<Result<_, _>>()?)
+    crate::taskdefs::list(client, namespace, family, false, "").await
 }
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<Value> {
     Ok(serde_json::to_value(v)?)
 }
 
-pub async fn run(
-    global: &GlobalArgs,
-    documents: Vec<berth_manifest::Document>,
-) -> anyhow::Result<i32> {
+pub async fn run(global: &GlobalArgs, documents: Vec<Document>) -> anyhow::Result<i32> {
     let mut client = Client::new(&global.servers);
     let mut differs = false;
     for d in documents {
-        let namespace = d
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| global.namespace.clone());
+        let namespace = namespace_of(&d, global);
         let mut lines = Vec::new();
         let title = match d.object {
-            berth_manifest::Object::TaskDefinition(spec) => {
+            Object::TaskDefinition(spec) => {
                 let revs = revisions(&mut client, &namespace, &spec.family).await?;
                 match revs.last() {
                     None => lines.push("  + new".to_owned()),
@@ -107,7 +87,7 @@ pub async fn run(
                 }
                 format!("taskdefinition/{}", spec.family)
             }
-            berth_manifest::Object::Task {
+            Object::Task {
                 task_definition,
                 count,
                 ..
@@ -116,78 +96,9 @@ pub async fn run(
                 lines.push(format!("  + runs {count} tasks of {task_definition}"));
                 format!("task/{}", d.metadata.name)
             }
-            berth_manifest::Object::Service { spec, template } => {
-                let title = format!("service/{}", spec.name);
-                let req = pb::ListServicesRequest {
-                    namespace: namespace.clone(),
-                    stale: false,
-                    selector: String::new(),
-                };
-                let list = client
-                    .call(|mut c| {
-                        let req = req.clone();
-                        async move { c.list_services(req).await }
-                    })
-                    .await?;
-                let current = list.services.into_iter().find(|s| s.name == spec.name);
-                let Some(current) = current else {
-                    lines.push("  + new".to_owned());
-                    println!("{title}");
-                    for l in &lines {
-                        println!("{l}");
-                    }
-                    differs = true;
-                    continue;
-                };
-                let current: berth_model::Service = current.try_into()?;
-                let mut desired: ServiceSpec = (*spec).clone();
-                let running = ServiceSpec {
-                    meta: current.meta.clone(),
-                    name: current.name.clone(),
-                    task_definition: current.task_definition.clone(),
-                    desired_count: current.desired_count,
-                    deployment_configuration: current.deployment_configuration.clone(),
-                    placement: current.placement.clone(),
-                    autoscaling: current.autoscaling.clone(),
-                };
-                if desired.autoscaling.is_some() {
-                    // The autoscaler owns the count.
-                    desired.desired_count = current.desired_count;
-                }
-                let revs =
-                    revisions(&mut client, &namespace, &current.task_definition.family).await?;
-                let running_def = revs
-                    .iter()
-                    .find(|r| Some(r.revision) == current.task_definition.revision);
-                match (&template, running_def) {
-                    (Some(t), Some(def)) => {
-                        diff_values(
-                            "spec.template",
-                            &json(&spec_of(def))?,
-                            &json(t)?,
-                            &mut lines,
-                        );
-                        desired.task_definition = current.task_definition.clone();
-                    }
-                    (Some(_), None) => {
-                        lines.push("  ~ spec.template: (running revision unknown)".into())
-                    }
-                    (None, _) => {
-                        // A bare family means its latest revision.
-                        if desired.task_definition.revision.is_none() {
-                            let latest =
-                                revisions(&mut client, &namespace, &desired.task_definition.family)
-                                    .await?
-                                    .last()
-                                    .map(TaskDefinition::reference);
-                            if let Some(r) = latest {
-                                desired.task_definition = r;
-                            }
-                        }
-                    }
-                }
-                diff_values("spec", &json(&running)?, &json(&desired)?, &mut lines);
-                title
+            Object::Service { spec, template } => {
+                lines = diff_service(&mut client, &namespace, &spec, template.as_ref()).await?;
+                format!("service/{}", spec.name)
             }
         };
         if !lines.is_empty() {
@@ -199,6 +110,74 @@ pub async fn run(
         }
     }
     Ok(i32::from(differs))
+}
+
+/// What applying a service's manifest (`spec`, and `template` when it carries its task
+/// definition) would change.
+async fn diff_service(
+    client: &mut Client,
+    namespace: &str,
+    spec: &ServiceSpec,
+    template: Option<&TaskDefinitionSpec>,
+) -> anyhow::Result<Vec<String>> {
+    let req = pb::ListServicesRequest {
+        namespace: namespace.to_owned(),
+        stale: false,
+        selector: String::new(),
+    };
+    let list = client
+        .request(req, |mut c, req| async move { c.list_services(req).await })
+        .await?;
+    let current = list.services.into_iter().find(|s| s.name == spec.name);
+    let Some(current) = current else {
+        return Ok(vec!["  + new".to_owned()]);
+    };
+    let current: berth_model::Service = current.try_into()?;
+    let mut lines = Vec::new();
+    let mut desired: ServiceSpec = spec.clone();
+    let running = ServiceSpec {
+        meta: current.meta.clone(),
+        name: current.name.clone(),
+        task_definition: current.task_definition.clone(),
+        desired_count: current.desired_count,
+        deployment_configuration: current.deployment_configuration.clone(),
+        placement: current.placement.clone(),
+        autoscaling: current.autoscaling.clone(),
+    };
+    if desired.autoscaling.is_some() {
+        // The autoscaler owns the count.
+        desired.desired_count = current.desired_count;
+    }
+    let revs = revisions(client, namespace, &current.task_definition.family).await?;
+    let running_def = revs
+        .iter()
+        .find(|r| Some(r.revision) == current.task_definition.revision);
+    match (template, running_def) {
+        (Some(t), Some(def)) => {
+            diff_values(
+                "spec.template",
+                &json(&spec_of(def))?,
+                &json(t)?,
+                &mut lines,
+            );
+            desired.task_definition = current.task_definition.clone();
+        }
+        (Some(_), None) => lines.push("  ~ spec.template: (running revision unknown)".into()),
+        (None, _) => {
+            // A bare family means its latest revision.
+            if desired.task_definition.revision.is_none() {
+                let latest = revisions(client, namespace, &desired.task_definition.family)
+                    .await?
+                    .last()
+                    .map(TaskDefinition::reference);
+                if let Some(r) = latest {
+                    desired.task_definition = r;
+                }
+            }
+        }
+    }
+    diff_values("spec", &json(&running)?, &json(&desired)?, &mut lines);
+    Ok(lines)
 }
 
 #[cfg(test)]

@@ -30,14 +30,8 @@ struct Seen {
 
 /// The object's events and (for tasks) status, converted from the wire.
 fn contents(e: &pb::WatchEvent) -> Option<(Vec<Event>, Option<TaskStatus>)> {
-    let events = |list: &[pb::Event]| -> Vec<Event> {
-        list.iter()
-            .map(|e| Event {
-                at: e.at,
-                message: e.message.clone(),
-            })
-            .collect()
-    };
+    let events =
+        |list: &[pb::Event]| -> Vec<Event> { list.iter().cloned().map(Into::into).collect() };
     match e.object.as_ref()? {
         pb::watch_event::Object::Task(t) => {
             let task: Task = t.clone().try_into().ok()?;
@@ -84,10 +78,7 @@ pub async fn run(
         from_revision: 0,
     };
     let mut stream = Client::new(&global.servers)
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.watch(req).await }
-        })
+        .request(req, |mut c, req| async move { c.watch(req).await })
         .await?;
     let mut seen: HashMap<(String, String), Seen> = HashMap::new();
     let mut backlog: Vec<Line> = Vec::new();

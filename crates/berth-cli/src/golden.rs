@@ -208,7 +208,7 @@ fn taskdefs() -> Vec<TaskDefinition> {
 fn get_output_of_every_kind_in_every_format() {
     check(
         "tasks.txt",
-        &all_formats(|f| crate::commands::render_tasks(f, &tasks(), false, NOW)),
+        &all_formats(|f| crate::render::render_tasks(f, &tasks(), false, NOW)),
     );
     check(
         "services.txt",
@@ -216,11 +216,11 @@ fn get_output_of_every_kind_in_every_format() {
     );
     check(
         "nodes.txt",
-        &all_formats(|f| crate::commands::render_nodes(f, &nodes(), false)),
+        &all_formats(|f| crate::render::render_nodes(f, &nodes(), false)),
     );
     check(
         "taskdefs.txt",
-        &all_formats(|f| crate::commands::render_taskdefs(f, &taskdefs(), false, NOW)),
+        &all_formats(|f| crate::render::render_taskdefs(f, &taskdefs(), false, NOW)),
     );
 }
 

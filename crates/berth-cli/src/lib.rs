@@ -1,12 +1,19 @@
 //! The admin CLI: every `berth` subcommand that is a client of the servers.
 
+mod args;
+mod cluster;
 mod commands;
 mod diff;
 mod events;
 #[cfg(test)]
 mod golden;
+mod logs;
+mod manifests;
 mod output;
+mod render;
+mod run;
 mod services;
+mod taskdefs;
 mod tasks;
 
 use std::time::Duration;
@@ -15,7 +22,7 @@ use anyhow::Context as _;
 use berth_proto::v1::berth_client::BerthClient;
 use tonic::transport::{Channel, Endpoint};
 
-pub use commands::Command;
+pub use args::Command;
 
 pub use output::Format;
 
@@ -133,6 +140,16 @@ impl Client {
             failures.join("; ")
         )
     }
+
+    /// [`Client::call`] with `req`, cloned for every attempt: `f` gets a client and the request.
+    pub async fn request<Req, T, F, Fut>(&mut self, req: Req, mut f: F) -> anyhow::Result<T>
+    where
+        Req: Clone,
+        F: FnMut(BerthClient<Channel>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(|c| f(c, req.clone())).await
+    }
 }
 
 /// Whether a status stands for "the server could not be reached" rather than its answer.
@@ -168,7 +185,6 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}{hint}", status.message())
 }
 
-/// Runs a client command; returns the process exit code.
 /// The version of the server that answers.
 pub async fn server_version(global: &GlobalArgs) -> anyhow::Result<String> {
     let status = Client::new(&global.servers)
@@ -180,6 +196,7 @@ pub async fn server_version(global: &GlobalArgs) -> anyhow::Result<String> {
     Ok(status.version)
 }
 
+/// Runs a client command; returns the process exit code.
 pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
     commands::run(global, command).await
 }

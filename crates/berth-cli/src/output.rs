@@ -12,12 +12,6 @@ pub enum Format {
     Yaml,
 }
 
-/// Prints `value` as JSON or YAML.
-pub fn structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
-    print!("{}", render_structured(format, value)?);
-    Ok(())
-}
-
 /// `value` as JSON or YAML text.
 pub fn render_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<String> {
     Ok(match format {
@@ -25,6 +19,21 @@ pub fn render_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Res
         Format::Yaml => serde_yaml_ng::to_string(value)?,
         Format::Table | Format::Wide => unreachable!("tables are rendered by the caller"),
     })
+}
+
+/// A listing of objects: JSON or YAML (the first object alone when `single`), or the table
+/// `table` renders (its argument is true for `-o wide`).
+pub fn render_list<T: Serialize>(
+    format: Format,
+    items: &[T],
+    single: bool,
+    table: impl FnOnce(bool) -> String,
+) -> anyhow::Result<String> {
+    match format {
+        Format::Json | Format::Yaml if single => render_structured(format, &items[0]),
+        Format::Json | Format::Yaml => render_structured(format, &items),
+        Format::Table | Format::Wide => Ok(table(format == Format::Wide)),
+    }
 }
 
 /// Prints rows as columns padded to the widest cell, with a header.

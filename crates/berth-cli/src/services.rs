@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use berth_model::{
-    DesiredStatus, RolloutState, Service, ServiceSpec, TaskDefinitionSpec, TaskStatus,
+    DesiredStatus, PlannedTask, RolloutState, Service, ServiceSpec, TaskDefinitionSpec, TaskStatus,
 };
 use berth_proto::v1 as pb;
 
-use crate::output::{age, render_structured, render_table, table, Format};
+use crate::output::{age, render_list, render_table, table, Format};
 use crate::{Client, GlobalArgs};
 
 /// How often waits ask for the service's state.
@@ -38,10 +38,7 @@ pub async fn apply(
         dry_run,
     };
     let r = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.apply_service(req).await }
-        })
+        .request(req, |mut c, req| async move { c.apply_service(req).await })
         .await?;
     let verb = match (r.created, r.changed, r.deployment_started) {
         (true, _, _) => "created",
@@ -52,7 +49,7 @@ pub async fn apply(
     let suffix = if dry_run { " (dry run)" } else { "" };
     println!("service/{name} {verb}{suffix}");
     if dry_run {
-        print_plan(&r.plan);
+        print_plan(&r.plan.into_iter().map(Into::into).collect::<Vec<_>>());
         return Ok(None);
     }
     let service: Service = r.service.context("server sent no service")?.try_into()?;
@@ -75,17 +72,18 @@ fn tasks(n: usize) -> String {
 }
 
 /// "would place 3 tasks: 2 on node-1, 1 on node-2" and the reasons for tasks that fit nowhere.
-fn print_plan(plan: &[pb::PlannedTask]) {
+fn print_plan(plan: &[PlannedTask]) {
     if plan.is_empty() {
         return;
     }
     let mut on: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     let mut reasons: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for p in plan {
-        if p.node.is_empty() {
-            *reasons.entry(p.reason.as_str()).or_default() += 1;
-        } else {
-            *on.entry(p.node.as_str()).or_default() += 1;
+        match p {
+            PlannedTask::Node(node) => *on.entry(node.as_str()).or_default() += 1,
+            PlannedTask::Unplaceable { reason } => {
+                *reasons.entry(reason.as_str()).or_default() += 1
+            }
         }
     }
     let placed: usize = on.values().sum();
@@ -109,10 +107,10 @@ pub async fn fetch(
         stale: global.stale,
     };
     let s = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.describe_service(req).await }
-        })
+        .request(
+            req,
+            |mut c, req| async move { c.describe_service(req).await },
+        )
         .await?;
     Ok(s.try_into()?)
 }
@@ -124,10 +122,7 @@ pub async fn list(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<Ve
         selector: global.selector.clone().unwrap_or_default(),
     };
     let r = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.list_services(req).await }
-        })
+        .request(req, |mut c, req| async move { c.list_services(req).await })
         .await?;
     let mut services: Vec<Service> = r
         .services
@@ -288,51 +283,46 @@ pub fn render(
     single: bool,
     now: u64,
 ) -> anyhow::Result<String> {
-    match format {
-        Format::Json | Format::Yaml if single => render_structured(format, &services[0]),
-        Format::Json | Format::Yaml => render_structured(format, &services),
-        Format::Table | Format::Wide => {
-            let wide = format == Format::Wide;
-            let rows: Vec<Vec<String>> = services
-                .iter()
-                .map(|s| {
-                    let rollout = s
-                        .primary()
-                        .map_or("-".to_owned(), |d| d.rollout_state.to_string());
-                    let mut row = vec![
-                        s.name.clone(),
-                        s.task_definition.to_string(),
-                        s.desired_count.to_string(),
-                        s.running_count.to_string(),
-                        s.pending_count.to_string(),
-                        rollout,
-                        s.status.to_string(),
-                        age(s.created_at, now),
-                    ];
-                    if wide {
-                        row.push(s.deployments.len().to_string());
-                        row.push(metrics_cell(s));
-                        row.push(s.events.last().map_or("-".into(), |e| e.message.clone()));
-                    }
-                    row
-                })
-                .collect();
-            let mut header = vec![
-                "NAME",
-                "TASK DEFINITION",
-                "DESIRED",
-                "RUNNING",
-                "PENDING",
-                "ROLLOUT",
-                "STATUS",
-                "AGE",
-            ];
-            if wide {
-                header.extend(["DEPLOYMENTS", "METRICS", "LAST EVENT"]);
-            }
-            Ok(render_table(&header, &rows))
+    render_list(format, services, single, |wide| {
+        let rows: Vec<Vec<String>> = services
+            .iter()
+            .map(|s| {
+                let rollout = s
+                    .primary()
+                    .map_or("-".to_owned(), |d| d.rollout_state.to_string());
+                let mut row = vec![
+                    s.name.clone(),
+                    s.task_definition.to_string(),
+                    s.desired_count.to_string(),
+                    s.running_count.to_string(),
+                    s.pending_count.to_string(),
+                    rollout,
+                    s.status.to_string(),
+                    age(s.created_at, now),
+                ];
+                if wide {
+                    row.push(s.deployments.len().to_string());
+                    row.push(metrics_cell(s));
+                    row.push(s.events.last().map_or("-".into(), |e| e.message.clone()));
+                }
+                row
+            })
+            .collect();
+        let mut header = vec![
+            "NAME",
+            "TASK DEFINITION",
+            "DESIRED",
+            "RUNNING",
+            "PENDING",
+            "ROLLOUT",
+            "STATUS",
+            "AGE",
+        ];
+        if wide {
+            header.extend(["DEPLOYMENTS", "METRICS", "LAST EVENT"]);
         }
-    }
+        render_table(&header, &rows)
+    })
 }
 
 /// "CPUUtilization 72%/50%" per tracked metric (value/target), or the policy's range alone.
@@ -466,10 +456,7 @@ pub async fn scale(
         desired_count: count,
     };
     let s = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.scale_service(req).await }
-        })
+        .request(req, |mut c, req| async move { c.scale_service(req).await })
         .await?;
     Ok(s.try_into()?)
 }
@@ -480,10 +467,7 @@ pub async fn delete(client: &mut Client, namespace: &str, name: &str) -> anyhow:
         name: name.to_owned(),
     };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.delete_service(req).await }
-        })
+        .request(req, |mut c, req| async move { c.delete_service(req).await })
         .await?;
     println!("service/{name} deleted (its tasks are stopping)");
     Ok(())
@@ -495,10 +479,10 @@ pub async fn promote(client: &mut Client, global: &GlobalArgs, name: &str) -> an
         name: name.to_owned(),
     };
     client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.promote_service(req).await }
-        })
+        .request(
+            req,
+            |mut c, req| async move { c.promote_service(req).await },
+        )
         .await?;
     println!("service/{name} promoted");
     Ok(())

@@ -1,12 +1,15 @@
-//! `kind: Task` manifests: one-off tasks run by `apply` (idempotent for an hour through a client
-//! token derived from the document) and stopped by `delete -f`.
+//! Tasks: listing, describing, stopping, running commands in them, and `kind: Task` manifests
+//! (one-off tasks run by `apply`, idempotent for an hour through a client token derived from the
+//! document, and stopped by `delete -f`).
 
 use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::time::Duration;
 
 use berth_model::{Task, TaskDefinitionRef, TaskDefinitionSpec, TaskStatus};
 use berth_proto::v1 as pb;
 
-use crate::Client;
+use crate::{Client, GlobalArgs};
 
 /// Runs the document's tasks. Printed: one line per task.
 pub async fn apply(
@@ -24,7 +27,7 @@ pub async fn apply(
     }
     let reference = match template {
         Some(spec) => {
-            let (def, _) = crate::commands::register(client, &namespace, spec).await?;
+            let (def, _) = crate::taskdefs::register(client, &namespace, spec).await?;
             format!("{}:{}", def.family, def.revision)
         }
         None => task_definition.to_string(),
@@ -42,10 +45,7 @@ pub async fn apply(
     };
     let sent_at = crate::output::now_ms();
     let r = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.run_task(req).await }
-        })
+        .request(req, |mut c, req| async move { c.run_task(req).await })
         .await?;
     for t in r.tasks {
         // Allow for clocks a little apart.
@@ -73,16 +73,48 @@ pub async fn list(
         selector: selector.to_owned(),
     };
     let list = client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.list_tasks(req).await }
-        })
+        .request(req, |mut c, req| async move { c.list_tasks(req).await })
         .await?;
     Ok(list
         .tasks
         .into_iter()
         .map(TryInto::try_into)
         .collect::<Result<_, _>>()?)
+}
+
+/// One task of the global namespace.
+pub async fn describe(
+    client: &mut Client,
+    global: &GlobalArgs,
+    task_id: &str,
+) -> anyhow::Result<Task> {
+    let req = pb::DescribeTaskRequest {
+        namespace: global.namespace.clone(),
+        task_id: task_id.to_owned(),
+        stale: global.stale,
+    };
+    let task = client
+        .request(req, |mut c, req| async move { c.describe_task(req).await })
+        .await?;
+    Ok(task.try_into()?)
+}
+
+/// Asks the servers to stop a task, `reason` recorded as its stopped reason; answers the task.
+pub async fn stop(
+    client: &mut Client,
+    namespace: &str,
+    task_id: &str,
+    reason: String,
+) -> anyhow::Result<Task> {
+    let req = pb::StopTaskRequest {
+        namespace: namespace.to_owned(),
+        task_id: task_id.to_owned(),
+        reason,
+    };
+    let task = client
+        .request(req, |mut c, req| async move { c.stop_task(req).await })
+        .await?;
+    Ok(task.try_into()?)
 }
 
 /// Stops the document's tasks that still run: those of its family.
@@ -100,19 +132,34 @@ pub async fn delete(
         {
             continue;
         }
-        let req = pb::StopTaskRequest {
-            namespace: namespace.to_owned(),
-            task_id: t.task_id.clone(),
-            reason: format!("deleted with its manifest (task/{name})"),
-        };
-        client
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.stop_task(req).await }
-            })
-            .await?;
+        let reason = format!("deleted with its manifest (task/{name})");
+        stop(client, namespace, &t.task_id, reason).await?;
         stopped += 1;
     }
     println!("task/{name} deleted ({stopped} running tasks stopping)");
     Ok(())
+}
+
+/// `berth exec`: runs `command` in a container of the task, copies its output; answers its exit
+/// code.
+pub async fn exec(
+    global: &GlobalArgs,
+    task: String,
+    container: Option<String>,
+    timeout: Duration,
+    command: Vec<String>,
+) -> anyhow::Result<i32> {
+    let req = pb::ExecTaskRequest {
+        namespace: global.namespace.clone(),
+        task_id: task,
+        container: container.unwrap_or_default(),
+        command,
+        timeout_secs: u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX),
+    };
+    let out = Client::new(&global.servers)
+        .request(req, |mut c, req| async move { c.exec_task(req).await })
+        .await?;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    Ok(out.exit_code)
 }

@@ -7,6 +7,8 @@
 //! This crate is pure: no IO, no async, no clock. Timestamps are passed in by the caller (the Raft
 //! leader assigns them before proposing).
 
+mod assignment;
+mod cluster;
 mod event;
 mod node;
 mod placement;
@@ -15,6 +17,8 @@ mod task;
 mod task_definition;
 mod time;
 
+pub use assignment::Assignment;
+pub use cluster::{ClusterMember, ClusterStatus, MemberRole, PlannedTask};
 pub use event::{Event, EventLog, MAX_EVENTS};
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{
@@ -23,7 +27,7 @@ pub use placement::{
 pub use service::{
     Autoscaling, CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus,
     DeploymentStrategy, LaunchBackoff, MetricValue, RolloutState, ScalingMetric, Service,
-    ServiceSpec, ServiceStatus, TargetTracking, MAX_DESIRED_COUNT,
+    ServiceSpec, ServiceStatus, StopOrder, TargetTracking, MAX_DESIRED_COUNT,
 };
 pub use task::{
     ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,

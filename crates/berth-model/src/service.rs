@@ -608,3 +608,11 @@ mod tests {
         assert!(c.circuit_breaker.enable && c.circuit_breaker.rollback);
     }
 }
+
+/// One task a service's reconciler stops (stop code ServiceSchedulerInitiated), and why.
+/// Field names stay snake_case: this is part of the Raft log's format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopOrder {
+    pub task_id: String,
+    pub reason: String,
+}

@@ -3,7 +3,13 @@
 
 mod convert;
 
-pub use convert::{desired_status, stop_code, stop_code_to_wire, task_status, ConversionError};
+pub use convert::{
+    cluster_status_to_wire, desired_status, node_status_change, stop_code, stop_code_to_wire,
+    task_samples, task_status, ConversionError,
+};
+
+/// Metadata key with the leader's address on a follower's UNAVAILABLE answer.
+pub const LEADER_HINT: &str = "berth-leader";
 
 /// Generated code for package `berth.v1`.
 #[allow(clippy::all, clippy::pedantic)]

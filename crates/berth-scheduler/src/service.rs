@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
     CircuitBreaker, Deployment, DeploymentStatus, DeploymentStrategy, DesiredStatus, HealthStatus,
-    RolloutState, Service, ServiceStatus, Task, TaskDefinitionRef, TaskStatus, Timestamp,
+    RolloutState, Service, ServiceStatus, StopOrder, Task, TaskDefinitionRef, TaskStatus, Timestamp,
 };
 
 /// What the reconciler looks at for one service.
@@ -33,13 +33,6 @@ pub struct ServiceInput<'a> {
 pub struct Launch {
     pub deployment_id: String,
     pub task_definition: TaskDefinitionRef,
-}
-
-/// One task to stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StopOrder {
-    pub task_id: String,
-    pub reason: String,
 }
 
 /// The reconciler's decisions for one service.

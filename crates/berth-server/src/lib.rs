@@ -4,11 +4,8 @@
 
 mod agents;
 mod api;
-pub mod autoscaler;
+pub mod controllers;
 pub mod metrics;
-pub mod nodes;
-pub mod scheduler;
-pub mod services;
 pub mod status;
 mod usage;
 pub mod watch;
@@ -19,9 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use berth_store::{RaftService, Store, StoreConfig};
+use controllers::{leader_loop, Autoscaler, NodeMonitor, Scheduler, ServiceReconciler};
 use tonic::transport::server::TcpIncoming;
 
-pub use agents::{desired_tasks, Liveness};
+pub use agents::Liveness;
 pub use usage::Usage;
 
 /// Milliseconds since the Unix epoch; only the leader's handlers call it, before proposing.
@@ -213,16 +211,23 @@ impl Server {
             .build_v1()
             .context("build reflection service")?;
         let metrics = metrics::Metrics::default();
-        let controllers = tokio::spawn(scheduler::run(self.store.clone(), metrics.clone()));
-        let reconciler = tokio::spawn(services::run(self.store.clone()));
         let liveness = Liveness::default();
-        let monitor = tokio::spawn(nodes::run(
-            self.store.clone(),
-            liveness.clone(),
-            self.node_ttl,
-        ));
         let usage = Usage::default();
-        let autoscaler = tokio::spawn(autoscaler::run(self.store.clone(), usage.clone()));
+        let store = &self.store;
+        let controllers = [
+            tokio::spawn(leader_loop(store.clone(), Scheduler::new(metrics.clone()))),
+            tokio::spawn(leader_loop(store.clone(), ServiceReconciler)),
+            tokio::spawn(leader_loop(
+                store.clone(),
+                NodeMonitor::new(liveness.clone(), self.node_ttl),
+            )),
+            tokio::spawn(leader_loop(
+                store.clone(),
+                Autoscaler {
+                    usage: usage.clone(),
+                },
+            )),
+        ];
         if let Some(addr) = self.join.clone() {
             tokio::spawn(Self::join(self.store.clone(), addr, self.advertise.clone()));
         }
@@ -267,10 +272,9 @@ impl Server {
             r = serve => r.context("serve gRPC"),
             () = grace => Ok(()),
         };
-        controllers.abort();
-        reconciler.abort();
-        autoscaler.abort();
-        monitor.abort();
+        for c in controllers {
+            c.abort();
+        }
         self.store.shutdown().await;
         result
     }

@@ -1,10 +1,11 @@
-//! Conversion of errors to gRPC statuses: the only place where that happens.
+//! Errors to gRPC statuses: the only place in the server where that happens. Handlers say what
+//! went wrong (a state machine [`Rejection`], a [`StoreError`], a model validation error, or one
+//! of the kinds below) and this module picks the code.
 
-use berth_store::{Rejection, StoreError};
+use berth_proto::LEADER_HINT;
+use berth_state::{CommandResult, Rejection};
+use berth_store::StoreError;
 use tonic::Status;
-
-/// Metadata key carrying the leader's address on UNAVAILABLE answers from followers.
-pub const LEADER_HINT: &str = "berth-leader";
 
 pub fn from_store(e: StoreError) -> Status {
     match e {
@@ -28,7 +29,7 @@ pub fn from_store(e: StoreError) -> Status {
         }
         StoreError::Membership(msg) => Status::failed_precondition(msg),
         e @ (StoreError::Open { .. } | StoreError::Start(_) | StoreError::Fatal(_)) => {
-            Status::internal(e.to_string())
+            Status::internal(format!("{e:#}"))
         }
     }
 }
@@ -53,10 +54,54 @@ pub fn invalid_request(prefix: &str, e: &berth_proto::ConversionError) -> Status
     }
 }
 
+/// A request that is wrong in a way no single model field explains.
+pub fn bad_request(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message.into())
+}
+
+/// A required field of the request is missing.
+pub fn missing(field: &str) -> Status {
+    Status::invalid_argument(format!("{field} is required"))
+}
+
+pub fn not_found(message: impl Into<String>) -> Status {
+    Status::not_found(message.into())
+}
+
+pub fn already_exists(message: impl Into<String>) -> Status {
+    Status::already_exists(message.into())
+}
+
+/// The request is valid but the system is not in a state to carry it out.
+pub fn precondition(message: impl Into<String>) -> Status {
+    Status::failed_precondition(message.into())
+}
+
+/// Something this server needs (an agent, a peer) cannot be reached now; retrying may help.
+pub fn unreachable(message: impl Into<String>) -> Status {
+    Status::unavailable(message.into())
+}
+
+/// UNAVAILABLE with the leader's address in the `berth-leader` metadata, when known.
+pub fn not_leader(leader_addr: Option<String>) -> Status {
+    from_store(StoreError::NotLeader {
+        leader_id: None,
+        leader_addr,
+    })
+}
+
 pub fn from_rejection(r: Rejection) -> Status {
     match r {
         Rejection::Invalid(msg) => Status::invalid_argument(msg),
         Rejection::NotFound(msg) => Status::not_found(msg),
         Rejection::Conflict(msg) => Status::aborted(msg),
+    }
+}
+
+/// A state machine answer the proposer did not expect: its rejection, or an internal error.
+pub fn unexpected(result: CommandResult) -> Status {
+    match result {
+        CommandResult::Rejected(r) => from_rejection(r),
+        other => Status::internal(format!("unexpected state machine answer {other:?}")),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::state::{Key, Object, State};
+use berth_state::{Key, Object, State};
 
 /// How many changes are kept; a watcher further behind lists everything again.
 pub const KEEP: usize = 8192;

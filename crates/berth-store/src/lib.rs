@@ -11,9 +11,7 @@
 //! until `write_timeout`, then fail with [`StoreError::NoQuorum`].
 
 pub mod changes;
-mod command;
 pub mod network;
-mod state;
 pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,11 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-pub use command::{
-    Command, CommandResult, Placement, Rejection, ServiceChange, StopOrder, Unplaced,
-};
+use berth_model::{ClusterMember, ClusterStatus, MemberRole};
+use berth_state::{Command, CommandResult, State};
 pub use network::RaftService;
-pub use state::{ClientToken, Key, Object, State, CLIENT_TOKEN_TTL_MS};
 
 /// A Raft member's ID.
 pub type NodeId = u64;
@@ -174,47 +170,6 @@ pub(crate) enum Write {
     RemoveMember {
         id: NodeId,
     },
-}
-
-/// Raft's view of the cluster, for `berth cluster status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterStatus {
-    /// The member answering.
-    pub id: NodeId,
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    /// Last log index included in this member's latest snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Log entries up to here were compacted away on this member.
-    pub purged_index: Option<u64>,
-    pub members: Vec<Member>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: NodeId,
-    pub address: String,
-    pub role: Role,
-    pub match_index: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Leader,
-    Follower,
-    Learner,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Learner => "learner",
-        }
-    }
 }
 
 /// Who leads, as this member knows it.
@@ -820,18 +775,18 @@ impl Store {
             .nodes()
             .map(|(id, node)| {
                 let role = if Some(*id) == m.current_leader {
-                    Role::Leader
+                    MemberRole::Leader
                 } else if voters.contains(id) {
-                    Role::Follower
+                    MemberRole::Follower
                 } else {
-                    Role::Learner
+                    MemberRole::Learner
                 };
                 let match_index = if *id == m.id {
                     m.last_log_index
                 } else {
                     replication.get(id).and_then(|l| l.map(|l| l.index))
                 };
-                Member {
+                ClusterMember {
                     id: *id,
                     address: node.addr.clone(),
                     role,

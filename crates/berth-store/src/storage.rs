@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::command::CommandResult;
-use crate::state::{Key, Object, State};
+use berth_state::CommandResult;
+use berth_state::{Key, Object, State};
 use crate::{BerthNode, NodeId, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");

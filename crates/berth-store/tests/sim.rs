@@ -18,9 +18,8 @@ use std::time::Duration;
 use berth_model::{
     ContainerDefinition, DesiredStatus, EventLog, Task, TaskDefinitionSpec, TaskStatus,
 };
-use berth_store::{
-    BerthNode, Command, CommandResult, NodeId, Raft, Store, StoreConfig, TypeConfig,
-};
+use berth_state::{Command, CommandResult};
+use berth_store::{BerthNode, NodeId, Raft, Store, StoreConfig, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{

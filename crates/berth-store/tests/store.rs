@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use berth_model::{ContainerDefinition, TaskDefinitionSpec};
-use berth_store::{Command, CommandResult, Store, StoreConfig};
+use berth_state::{Command, CommandResult};
+use berth_store::{Store, StoreConfig};
 
 fn spec(family: &str) -> TaskDefinitionSpec {
     TaskDefinitionSpec {

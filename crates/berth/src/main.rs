@@ -417,6 +417,8 @@ async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()> {
             attributes: parse_attributes(&args.attributes)?,
             heartbeat_interval: Duration::from_secs(1),
             metrics_interval: args.metrics_interval,
+            // Each hollow agent has its own metrics, as it would in its own process.
+            metrics: berth_agent::Metrics::new(),
         };
         let mut stop = stop_rx.clone();
         agents.spawn(async move {
@@ -470,6 +472,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         attributes: parse_attributes(&args.attributes)?,
         heartbeat_interval: Duration::from_secs(1),
         metrics_interval: args.metrics_interval,
+        metrics: berth_agent::Metrics::new(),
     };
     Agent::run(config, Arc::new(runtime), shutdown_signal()).await
 }
@@ -532,6 +535,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         attributes: BTreeMap::new(),
         heartbeat_interval: Duration::from_secs(1),
         metrics_interval: Duration::from_secs(5),
+        metrics: berth_agent::Metrics::new(),
     };
     match &demo {
         Some(image) => eprintln!(

@@ -29,6 +29,7 @@ use oci_client::Reference;
 use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 
+use super::client::Lease;
 use super::{ContainerdRuntime, SNAPSHOTTER};
 use crate::runtime::{ImageInfo, Progress, RuntimeError};
 
@@ -217,7 +218,7 @@ impl ContainerdRuntime {
     /// Writes a blob with `labels` into the content store; content already there gets the labels.
     async fn write_content(
         &self,
-        lease: &str,
+        lease: &Lease,
         digest: &str,
         data: &[u8],
         labels: HashMap<String, String>,
@@ -309,7 +310,7 @@ impl ContainerdRuntime {
     pub(super) async fn pull(
         &self,
         image: &str,
-        lease: &str,
+        lease: &Lease,
         progress: &Progress<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let invalid = |detail: String| RuntimeError::InvalidImage {
@@ -476,7 +477,7 @@ impl ContainerdRuntime {
     /// Applies each layer onto its parent snapshot, skipping layers already unpacked.
     async fn unpack(
         &self,
-        lease: &str,
+        lease: &Lease,
         manifest: &OciImageManifest,
         diff_ids: &[String],
         chain: &[String],

@@ -1,18 +1,20 @@
-//! The leader's autoscaler: once a second, for every service with an autoscaling policy,
-//! average its RUNNING tasks' samples from the leader's memory and let
-//! `berth_scheduler::autoscale::decide` choose; each decision is one Raft entry (the new desired
-//! count and an event quoting the metric values and the rule). Samples never enter the log; a
-//! new leader starts with empty windows and keeps the replicated cooldown times.
+//! The autoscaler's round: for every service with an autoscaling policy, its RUNNING tasks'
+//! samples (kept in the leader's memory, behind [`Samples`]) go to
+//! `berth_scheduler::autoscale::decide`; each decision is one `AutoScale` command (the new
+//! desired count and an event quoting the metric values and the rule). Samples never enter
+//! the log; a new leader starts with empty windows and keeps the replicated cooldown times.
 
-use std::time::Duration;
-
-use berth_model::{MetricValue, NodeStatus, Service, Task, TaskStatus};
+use berth_model::{MetricValue, NodeStatus, Service, Task, TaskMetrics, TaskStatus};
 use berth_scheduler::autoscale::{
     decide, metric_values, Direction, Sample, ScalingInput, WINDOW_MS,
 };
-use berth_store::{Command, State, Store};
+use berth_state::{Command, State};
 
-use crate::{now_ms, Usage};
+/// Where the recent resource samples of tasks are (the leader's memory).
+pub trait Samples {
+    /// Every sample kept for `task_id`, oldest first.
+    fn samples(&self, task_id: &str) -> Vec<TaskMetrics>;
+}
 
 /// The service's RUNNING tasks.
 fn running<'a>(state: &'a State, svc: &'a Service) -> impl Iterator<Item = &'a Task> + 'a {
@@ -26,7 +28,7 @@ fn running<'a>(state: &'a State, svc: &'a Service) -> impl Iterator<Item = &'a T
 }
 
 /// The samples of `tasks`, in percent of their reservations.
-fn samples<'a>(tasks: impl IntoIterator<Item = &'a Task>, usage: &Usage) -> Vec<Sample> {
+fn samples<'a>(tasks: impl IntoIterator<Item = &'a Task>, usage: &dyn Samples) -> Vec<Sample> {
     tasks
         .into_iter()
         .flat_map(|t| {
@@ -40,7 +42,12 @@ fn samples<'a>(tasks: impl IntoIterator<Item = &'a Task>, usage: &Usage) -> Vec<
 }
 
 /// The service's metrics now, for reads.
-pub fn current_metrics(state: &State, svc: &Service, usage: &Usage, now: u64) -> Vec<MetricValue> {
+pub fn current_metrics(
+    state: &State,
+    svc: &Service,
+    usage: &dyn Samples,
+    now: u64,
+) -> Vec<MetricValue> {
     match &svc.autoscaling {
         Some(policy) => metric_values(
             policy,
@@ -68,7 +75,7 @@ fn room(state: &State, svc: &Service) -> u32 {
 }
 
 /// One round's decisions.
-pub fn plan(state: &State, usage: &Usage, now: u64) -> Vec<Command> {
+pub fn plan(state: &State, usage: &dyn Samples, now: u64) -> Vec<Command> {
     let mut commands = Vec::new();
     for svc in state.services() {
         let Some(policy) = &svc.autoscaling else {
@@ -111,27 +118,4 @@ pub fn plan(state: &State, usage: &Usage, now: u64) -> Vec<Command> {
         }
     }
     commands
-}
-
-/// Runs rounds while this server leads.
-pub async fn run(store: Store, usage: Usage) {
-    let mut leader = store.leadership();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            r = leader.changed() => if r.is_err() { return },
-            _ = tick.tick() => {}
-        }
-        if !*leader.borrow() {
-            continue;
-        }
-        let commands = match store.read(|s| plan(s, &usage, now_ms())).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("read state for autoscaling: {e}");
-                continue;
-            }
-        };
-        crate::services::propose_decisions(&store, commands, "autoscale").await;
-    }
 }

@@ -1,13 +1,11 @@
-//! The leader's node monitor: a node whose agent has not been heard from for the node TTL
-//! becomes DOWN, and its tasks STOPPED with stop code NodeLost (one Raft entry per node).
+//! The node monitor's decisions: a node whose agent has not been heard from for the node TTL
+//! becomes DOWN, and its tasks STOPPED with stop code NodeLost (one command per node).
 //! Heartbeats live in the leader's memory only; a new leader gives every node a full TTL.
 
 use std::time::{Duration, Instant};
 
 use berth_model::NodeStatus;
-use berth_store::{Command, State, Store};
-
-use crate::{now_ms, Liveness};
+use berth_state::{Command, State};
 
 /// Nodes to declare DOWN, with how long they have been silent. A node never heard from by
 /// this leader counts from `leader_since`.
@@ -29,40 +27,28 @@ pub fn lost_nodes(
         .collect()
 }
 
-/// Runs while this server leads.
-pub async fn run(store: Store, liveness: Liveness, ttl: Duration) {
-    let mut leader = store.leadership();
-    let mut tick = tokio::time::interval((ttl / 4).max(Duration::from_millis(100)));
-    let mut leader_since: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = leader.changed() => if r.is_err() { return },
-        }
-        if !*leader.borrow() {
-            leader_since = None;
-            continue;
-        }
-        let since = *leader_since.get_or_insert_with(Instant::now);
-        let now = Instant::now();
-        let lost = store.read_stale(|s| lost_nodes(s, |n| liveness.last_seen(n), since, now, ttl));
-        for (node, silent) in lost {
-            let reason = format!(
+/// The node monitor's round: one `MarkNodeDown` per node silent for longer than `ttl`, with a
+/// reason that says for how long.
+pub fn plan(
+    state: &State,
+    last_seen: impl Fn(&str) -> Option<Instant>,
+    leader_since: Instant,
+    now: Instant,
+    ttl: Duration,
+    at: u64,
+) -> Vec<Command> {
+    lost_nodes(state, last_seen, leader_since, now, ttl)
+        .into_iter()
+        .map(|(node, silent)| Command::MarkNodeDown {
+            reason: format!(
                 "its agent has not been heard from for {:.1}s (node TTL {:?})",
                 silent.as_secs_f64(),
                 ttl
-            );
-            tracing::warn!(%node, "node lost: {reason}");
-            let command = Command::MarkNodeDown {
-                node: node.clone(),
-                reason,
-                at: now_ms(),
-            };
-            if let Err(e) = store.propose(command).await {
-                tracing::warn!(%node, "mark node down: {e}");
-            }
-        }
-    }
+            ),
+            node,
+            at,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,20 +1,12 @@
-//! The leader's service reconciler: whenever state changes (or once a second), run
-//! `berth_scheduler::service::reconcile` for every service and propose each service's
-//! decisions as one Raft entry. An entry is refused when the service changed since it was
-//! read; the next round decides again from the new state.
+//! The service reconciler's round: `berth_scheduler::service::reconcile` for every service,
+//! and one `ReconcileService` command per service that needs one. The state machine refuses a
+//! command when the service changed since it was read; the next round decides again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
 
 use berth_model::{NodeStatus, PlacementSpec, Service, Task, TaskDefinitionRef};
 use berth_scheduler::service::{reconcile, ServiceInput};
-use berth_store::{Command, CommandResult, Rejection, State, StopOrder, Store};
-
-use crate::now_ms;
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use berth_state::{Command, State};
 
 /// The service's placement on top of its task definition's: the service's strategies replace
 /// the task definition's when given; constraints of both apply.
@@ -87,14 +79,7 @@ pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Comm
             version: svc.version,
             service: Box::new(plan.service),
             start,
-            stop: plan
-                .stop
-                .into_iter()
-                .map(|s| StopOrder {
-                    task_id: s.task_id,
-                    reason: s.reason,
-                })
-                .collect(),
+            stop: plan.stop,
             remove: plan.remove,
             at,
         });
@@ -126,46 +111,4 @@ fn health_checked(
             Some((r.clone(), names))
         })
         .collect()
-}
-
-/// Runs rounds while this server leads.
-pub async fn run(store: Store) {
-    let mut leader = store.leadership();
-    let mut applied = store.watch();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            r = applied.changed() => if r.is_err() { return },
-            r = leader.changed() => if r.is_err() { return },
-            _ = tick.tick() => {}
-        }
-        if !*leader.borrow() {
-            continue;
-        }
-        // A linearizable read: a new leader must not decide from a state that lags behind
-        // what is already committed (it could start tasks twice).
-        let commands = match store.read(|s| plan(s, now_ms(), &mut new_id)).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!("read state for services: {e}");
-                continue;
-            }
-        };
-        propose_decisions(&store, commands, "reconcile service").await;
-    }
-}
-
-/// Proposes a controller's decisions one by one. A decision refused because its service
-/// changed meanwhile is dropped: the next round decides again from the new state.
-pub(crate) async fn propose_decisions(store: &Store, commands: Vec<Command>, what: &str) {
-    for command in commands {
-        match store.propose(command).await {
-            Ok(CommandResult::Rejected(Rejection::Conflict(why))) => {
-                tracing::debug!("{what}: the service changed meanwhile, deciding again: {why}");
-            }
-            Ok(CommandResult::Rejected(r)) => tracing::warn!("{what}: {r}"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("{what}: propose: {e}"),
-        }
-    }
 }

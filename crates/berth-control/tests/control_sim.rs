@@ -2,7 +2,7 @@
 //! RNG and a manual clock drive node crashes and restarts, partitions (agents cut off from
 //! every server), lost heartbeats and reports, leader changes (the new leader's memory starts
 //! empty), container crashes, failing revisions, scaling and draining. The real state machine
-//! (`berth_store::State::apply`) and the real leader decisions (`scheduler::plan`,
+//! (`berth_state::State::apply`) and the real leader decisions (`scheduling::plan`,
 //! `services::plan`, `nodes::lost_nodes`, `desired_tasks`) run; agents are modelled, including
 //! their self-fencing lease.
 //!
@@ -21,8 +21,8 @@ use berth_model::{
     ContainerDefinition, ContainerState, DesiredStatus, EventLog, HealthStatus, Node, NodeStatus,
     Resources, ServiceSpec, StopCode, TaskDefinitionSpec, TaskStatus, TaskStatusUpdate,
 };
-use berth_server::{desired_tasks, nodes::lost_nodes, scheduler, services};
-use berth_store::{Command, CommandResult, ServiceChange, State};
+use berth_control::{desired_tasks, nodes::lost_nodes, scheduling, services};
+use berth_state::{Command, CommandResult, ServiceChange, State};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -293,10 +293,10 @@ impl World {
             let desired = desired_tasks(&self.state, &name);
             let mut updates = Vec::new();
             let mut wanted = BTreeSet::new();
-            for t in desired.tasks {
+            for t in desired {
                 wanted.insert(t.task_id.clone());
-                let stop = t.desired_status == berth_proto::v1::DesiredStatus::Stopped as i32;
-                let past_pending = t.last_status > berth_proto::v1::TaskStatus::Pending as i32;
+                let stop = t.desired_status == DesiredStatus::Stopped;
+                let past_pending = t.last_status > TaskStatus::Pending;
                 let a = &mut self.agents[i];
                 let has = a.running.contains_key(&t.task_id);
                 if stop {
@@ -375,7 +375,7 @@ impl World {
                 at: now,
             });
         }
-        if let Some(c) = scheduler::plan(&self.state, self.now, &mut String::new()) {
+        if let Some(c) = scheduling::plan(&self.state, self.now, &mut String::new()) {
             self.apply(c);
         }
         let mut ids = 0u64;

@@ -1,18 +1,15 @@
-//! The leader's scheduling loop: whenever state changes (or once a second), place pending
-//! tasks with `berth-scheduler` and propose all decisions of the round as one Raft entry.
+//! Scheduling rounds: pending tasks are placed with `berth-scheduler`, and all decisions of a
+//! round become one `PlaceTasks` command. Dry runs preview placements with the same code.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use berth_model::{DesiredStatus, TaskStatus};
 use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
-use berth_store::{Command, Placement, State, Store, Unplaced};
-
-use crate::now_ms;
+use berth_state::{Command, Placement, State, Unplaced};
 
 /// Tasks placed per round at most: a round runs under the state's read lock, which Raft's
 /// apply waits for; more pending tasks than this take several rounds back to back.
-const MAX_PER_ROUND: usize = 2_000;
+pub const MAX_PER_ROUND: usize = 2_000;
 
 /// A task's placement group: its service, or (as ECS does for standalone tasks) its family.
 fn group(t: &berth_model::Task) -> String {
@@ -133,37 +130,4 @@ pub fn plan(state: &State, at: u64, cursor: &mut String) -> Option<Command> {
         unplaced,
         at,
     })
-}
-
-/// Runs rounds while this server leads.
-pub async fn run(store: Store, metrics: crate::metrics::Metrics) {
-    let mut leader = store.leadership();
-    let mut applied = store.watch();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut cursor = String::new();
-    loop {
-        tokio::select! {
-            r = applied.changed() => if r.is_err() { return },
-            r = leader.changed() => if r.is_err() { return },
-            _ = tick.tick() => {}
-        }
-        if !*leader.borrow() {
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let Some(command) = store.read_stale(|s| plan(s, now_ms(), &mut cursor)) else {
-            continue;
-        };
-        let placed = match &command {
-            Command::PlaceTasks { placements, .. } => placements.len(),
-            _ => 0,
-        };
-        match store.propose(command).await {
-            Ok(_) => {
-                metrics.placed(placed);
-                metrics.scheduling_round(started.elapsed().as_secs_f64());
-            }
-            Err(e) => tracing::warn!("propose placements: {e}"),
-        }
-    }
 }

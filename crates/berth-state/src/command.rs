@@ -3,12 +3,12 @@
 //! every member applies it to the same result.
 
 use berth_model::{
-    Node, NodeStatus, Service, ServiceSpec, StopCode, Task, TaskDefinition, TaskDefinitionSpec,
-    TaskStatusUpdate, Timestamp,
+    Node, NodeStatus, Service, ServiceSpec, StopCode, StopOrder, Task, TaskDefinition,
+    TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::state::Object;
+use crate::Object;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -151,13 +151,6 @@ pub enum ServiceChange {
     Delete,
     /// Let a canary deployment's remaining tasks follow now.
     Promote,
-}
-
-/// One task the reconciler stops (stop code ServiceSchedulerInitiated).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StopOrder {
-    pub task_id: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

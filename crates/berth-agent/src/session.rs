@@ -1,0 +1,198 @@
+//! The agent's session with the servers: one `Attach` stream to the leader (a follower answers
+//! with the leader's address and the agent goes there), registration, heartbeats, status
+//! reports (the last state of every known task is re-sent on each new stream) and a metrics
+//! report every `metrics_interval`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_model::{TaskMetrics, TaskStatusUpdate};
+use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_proto::v1::agent_service_client::AgentServiceClient;
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{AgentMessage, Heartbeat, MetricsReport, Register, StatusReport};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{supervisor, Agent};
+
+/// The last CPU counter of each container and when it was read.
+type CpuCounters = HashMap<String, (u64, Instant)>;
+
+/// What outlives one stream: the last report of each task, and the CPU counters.
+#[derive(Default)]
+pub(crate) struct Reports {
+    /// The last update of every known task, re-sent on each new stream.
+    pub(crate) latest: HashMap<String, TaskStatusUpdate>,
+    counters: CpuCounters,
+}
+
+impl Agent {
+    /// Connects to the servers in turn, forever, with a capped back-off between failures.
+    pub(crate) async fn sessions(
+        self: Arc<Self>,
+        address: String,
+        mut updates: mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    ) {
+        let mut reports = Reports::default();
+        let mut backoff = Duration::from_millis(100);
+        let servers = self.config.servers.clone();
+        let mut next = 0;
+        let mut redirect: Option<String> = None;
+        loop {
+            let server = redirect.take().unwrap_or_else(|| {
+                next += 1;
+                servers[(next - 1) % servers.len()].clone()
+            });
+            let session = self.session(&server, &address, &mut updates, &mut reports);
+            match session.await {
+                Ok(()) => {
+                    tracing::info!(%server, "server closed the stream");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    // A follower answers with the leader's address: go there at once.
+                    let hint = e
+                        .downcast_ref::<tonic::Status>()
+                        .and_then(|s| s.metadata().get(berth_proto::LEADER_HINT))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if let Some(leader) = hint.filter(|l| *l != server) {
+                        tracing::info!(%server, %leader, "redirected to the leader");
+                        redirect = Some(leader);
+                        continue;
+                    }
+                    tracing::warn!(%server, "session with server: {e:#}");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One stream with `server`, until it ends.
+    async fn session(
+        &self,
+        server: &str,
+        address: &str,
+        updates: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
+        reports: &mut Reports,
+    ) -> anyhow::Result<()> {
+        let mut client = AgentServiceClient::connect(format!("http://{server}"))
+            .await
+            .with_context(|| format!("connect to {server}"))?;
+        let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        let register = Register {
+            node_name: self.config.node_name.clone(),
+            address: address.to_owned(),
+            cpu: self.config.cpu,
+            memory: self.config.memory,
+            attributes: self.config.attributes.clone(),
+        };
+        send(&tx, AgentMsg::Register(register)).await?;
+        if !reports.latest.is_empty() {
+            let resend = reports
+                .latest
+                .values()
+                .cloned()
+                .map(|mut u| {
+                    u.event = None;
+                    u.into()
+                })
+                .collect();
+            send(&tx, AgentMsg::Status(StatusReport { updates: resend })).await?;
+        }
+        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        let mut metrics = tokio::time::interval(self.config.metrics_interval);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => {
+                    let Some(msg) = msg? else { return Ok(()) };
+                    self.contact.heard();
+                    match msg.msg {
+                        Some(ServerMsg::Registered(r)) => {
+                            tracing::info!(%server, "registered");
+                            self.contact.registered(Duration::from_millis(r.node_ttl_ms));
+                            if r.heartbeat_interval_secs > 0 {
+                                let every = Duration::from_secs(u64::from(r.heartbeat_interval_secs));
+                                heartbeat = tokio::time::interval(every);
+                            }
+                        }
+                        Some(ServerMsg::Desired(d)) => self.reconcile(d, &mut reports.latest),
+                        Some(ServerMsg::Ack(_)) | None => {}
+                    }
+                }
+                Some(update) = updates.recv() => {
+                    let mut batch = vec![update];
+                    while let Ok(more) = updates.try_recv() {
+                        batch.push(more);
+                    }
+                    for u in &batch {
+                        reports.latest.insert(u.task_id.clone(), u.clone());
+                    }
+                    let report = StatusReport { updates: batch.into_iter().map(Into::into).collect() };
+                    send(&tx, AgentMsg::Status(report)).await?;
+                }
+                _ = metrics.tick() => {
+                    let samples = self.sample(&mut reports.counters).await;
+                    if !samples.is_empty() {
+                        let samples = samples.into_iter().map(Into::into).collect();
+                        send(&tx, AgentMsg::Metrics(MetricsReport { samples })).await?;
+                    }
+                }
+                _ = heartbeat.tick() => send(&tx, AgentMsg::Heartbeat(Heartbeat {})).await?,
+            }
+        }
+    }
+
+    /// Samples the resource usage of every running task. CPU is a rate, so a container's first
+    /// sample only records its counter.
+    async fn sample(&self, counters: &mut CpuCounters) -> Vec<(String, TaskMetrics)> {
+        let now = Instant::now();
+        let sampled_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut samples = Vec::new();
+        let mut seen = HashSet::new();
+        for (task_id, containers) in self.tasks.running() {
+            let (mut cpu_units, mut memory_bytes, mut rated) = (0.0, 0, false);
+            for name in containers {
+                let id = supervisor::container_id(&task_id, &name);
+                let Ok(stats) = self.runtime.stats(&id).await else {
+                    continue;
+                };
+                memory_bytes += stats.memory_bytes;
+                if let Some((cpu_ns, at)) = counters.get(&id) {
+                    let wall = now.duration_since(*at).as_nanos() as f64;
+                    if wall > 0.0 {
+                        let used = stats.cpu_ns.saturating_sub(*cpu_ns) as f64;
+                        cpu_units += used / wall * f64::from(berth_model::CPU_UNITS_PER_VCPU);
+                        rated = true;
+                    }
+                }
+                counters.insert(id.clone(), (stats.cpu_ns, now));
+                seen.insert(id);
+            }
+            if rated {
+                let metrics = TaskMetrics {
+                    cpu_units,
+                    memory_bytes,
+                    sampled_at,
+                };
+                samples.push((task_id, metrics));
+            }
+        }
+        counters.retain(|id, _| seen.contains(id));
+        samples
+    }
+}
+
+async fn send(tx: &mpsc::Sender<AgentMessage>, msg: AgentMsg) -> anyhow::Result<()> {
+    tx.send(AgentMessage { msg: Some(msg) })
+        .await
+        .context("send to the server's stream")
+}

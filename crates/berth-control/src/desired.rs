@@ -1,0 +1,26 @@
+//! An agent's desired set: everything its node should run or stop, with the container
+//! definitions to do it. The server pushes it whenever it changes.
+
+use berth_model::Assignment;
+use berth_state::State;
+
+/// The tasks placed on `node` that have not stopped, in task ID order.
+pub fn desired_tasks(state: &State, node: &str) -> Vec<Assignment> {
+    state
+        .tasks_on(node)
+        .filter(|t| !t.is_stopped())
+        .filter_map(|t| {
+            let def = state.task_definition(&t.namespace, &t.task_definition)?;
+            Some(Assignment {
+                task_id: t.task_id.clone(),
+                namespace: t.namespace.clone(),
+                task_definition: t.task_definition.clone(),
+                desired_status: t.desired_status,
+                cpu: t.cpu,
+                memory: t.memory,
+                containers: def.containers.clone(),
+                last_status: t.last_status,
+            })
+        })
+        .collect()
+}

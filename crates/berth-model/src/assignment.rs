@@ -1,0 +1,21 @@
+//! What the servers want one node to run: the agent protocol's unit of work, as a domain type
+//! (berth-control computes it from the state, berth-proto carries it, the agent's engine plans
+//! from it).
+
+use crate::{ContainerDefinition, DesiredStatus, TaskDefinitionRef, TaskStatus};
+
+/// One task placed on a node, with everything the node needs to run or stop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub task_id: String,
+    pub namespace: String,
+    pub task_definition: TaskDefinitionRef,
+    pub desired_status: DesiredStatus,
+    /// CPU units and MiB reserved for the task.
+    pub cpu: u32,
+    pub memory: u32,
+    pub containers: Vec<ContainerDefinition>,
+    /// The task's last status as the servers know it: a task past PENDING that the node has no
+    /// container for was lost while its agent was down.
+    pub last_status: TaskStatus,
+}

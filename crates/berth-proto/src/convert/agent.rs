@@ -1,0 +1,149 @@
+//! The agent protocol: assignments the servers push to a node, and what agents send back.
+
+use berth_model as m;
+
+use super::{ConversionError, FromWire as _};
+use crate::v1;
+
+impl From<m::Assignment> for v1::TaskAssignment {
+    fn from(a: m::Assignment) -> Self {
+        Self {
+            task_id: a.task_id,
+            namespace: a.namespace,
+            task_definition: a.task_definition.to_string(),
+            desired_status: v1::DesiredStatus::from(a.desired_status) as i32,
+            cpu: a.cpu,
+            memory: a.memory,
+            containers: a.containers.into_iter().map(Into::into).collect(),
+            last_status: v1::TaskStatus::from(a.last_status) as i32,
+        }
+    }
+}
+
+impl TryFrom<v1::TaskAssignment> for m::Assignment {
+    type Error = ConversionError;
+
+    fn try_from(a: v1::TaskAssignment) -> Result<Self, Self::Error> {
+        Ok(Self {
+            task_definition: a.task_definition.parse()?,
+            desired_status: m::DesiredStatus::from_wire("desiredStatus", a.desired_status)?,
+            last_status: m::TaskStatus::from_wire("lastStatus", a.last_status)?,
+            containers: a
+                .containers
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            task_id: a.task_id,
+            namespace: a.namespace,
+            cpu: a.cpu,
+            memory: a.memory,
+        })
+    }
+}
+
+/// One task's resource usage, as an agent reports it: `(task ID, metrics)`.
+impl From<(String, m::TaskMetrics)> for v1::TaskSample {
+    fn from((task_id, metrics): (String, m::TaskMetrics)) -> Self {
+        Self {
+            task_id,
+            metrics: Some(metrics.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment() -> m::Assignment {
+        let mut app = m::ContainerDefinition::new("app", "busybox");
+        app.essential = false;
+        m::Assignment {
+            task_id: "t1".into(),
+            namespace: "default".into(),
+            task_definition: "web:3".parse().expect("a valid reference"),
+            desired_status: m::DesiredStatus::Stopped,
+            cpu: 256,
+            memory: 64,
+            containers: vec![app, m::ContainerDefinition::new("sidecar", "envoy")],
+            last_status: m::TaskStatus::Running,
+        }
+    }
+
+    #[test]
+    fn assignments_round_trip() {
+        let wire = v1::TaskAssignment::from(assignment());
+        assert_eq!(wire.task_definition, "web:3");
+        assert_eq!(m::Assignment::try_from(wire).ok(), Some(assignment()));
+    }
+
+    #[test]
+    fn an_unknown_status_makes_an_assignment_unreadable() {
+        let mut wire = v1::TaskAssignment::from(assignment());
+        wire.desired_status = 42;
+        assert_eq!(
+            m::Assignment::try_from(wire.clone()).map_err(|e| e.to_string()),
+            Err(crate::desired_status("desiredStatus", 42)
+                .expect_err("42 is no desired status")
+                .to_string())
+        );
+        wire.desired_status = v1::DesiredStatus::Running as i32;
+        wire.last_status = 0;
+        assert!(m::Assignment::try_from(wire).is_err());
+    }
+
+    #[test]
+    fn samples_carry_the_task_and_its_metrics() {
+        let metrics = m::TaskMetrics {
+            cpu_units: 512.5,
+            memory_bytes: 1 << 20,
+            sampled_at: 7,
+        };
+        let wire = v1::TaskSample::from(("t1".to_owned(), metrics.clone()));
+        assert_eq!(wire.task_id, "t1");
+        assert_eq!(wire.metrics.map(m::TaskMetrics::from), Some(metrics));
+    }
+}
+
+/// A `Register` as the node it describes (ACTIVE, nothing allocated, no events yet); the
+/// name must be a valid object name.
+impl TryFrom<v1::Register> for m::Node {
+    type Error = ConversionError;
+
+    fn try_from(r: v1::Register) -> Result<Self, Self::Error> {
+        m::validate_name("nodeName", &r.node_name)?;
+        Ok(Self {
+            name: r.node_name,
+            address: r.address,
+            status: m::NodeStatus::Active,
+            attributes: r.attributes.into_iter().collect(),
+            cpu: m::Resources {
+                total: r.cpu,
+                allocated: 0,
+            },
+            memory: m::Resources {
+                total: r.memory,
+                allocated: 0,
+            },
+            registered_at: 0,
+            events: m::EventLog::default(),
+        })
+    }
+}
+
+/// The samples of a metrics report, by task ID (samples without metrics are skipped).
+pub fn task_samples(report: v1::MetricsReport) -> Vec<(String, m::TaskMetrics)> {
+    report
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let t = s.metrics?;
+            let metrics = m::TaskMetrics {
+                cpu_units: t.cpu_units,
+                memory_bytes: t.memory_bytes,
+                sampled_at: t.sampled_at,
+            };
+            Some((s.task_id, metrics))
+        })
+        .collect()
+}

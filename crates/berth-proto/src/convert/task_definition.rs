@@ -1,0 +1,153 @@
+//! Task definitions: the spec a user registers, its immutable revisions, and their containers.
+
+use berth_model as m;
+
+use super::placement::{placement_from_wire, placement_to_wire};
+use super::{all_to_wire, meta, opt_str, try_all, ConversionError, FromWire as _};
+use crate::v1;
+
+impl From<m::HealthCheck> for v1::HealthCheck {
+    fn from(h: m::HealthCheck) -> Self {
+        Self {
+            command: h.command,
+            interval: h.interval,
+            timeout: h.timeout,
+            retries: h.retries,
+            start_period: h.start_period,
+        }
+    }
+}
+
+impl From<v1::HealthCheck> for m::HealthCheck {
+    fn from(h: v1::HealthCheck) -> Self {
+        Self {
+            command: h.command,
+            interval: h.interval,
+            timeout: h.timeout,
+            retries: h.retries,
+            start_period: h.start_period,
+        }
+    }
+}
+
+impl From<m::ContainerDependency> for v1::ContainerDependency {
+    fn from(d: m::ContainerDependency) -> Self {
+        Self {
+            container_name: d.container_name,
+            condition: v1::DependencyCondition::from(d.condition) as i32,
+        }
+    }
+}
+
+impl TryFrom<v1::ContainerDependency> for m::ContainerDependency {
+    type Error = ConversionError;
+    fn try_from(d: v1::ContainerDependency) -> Result<Self, ConversionError> {
+        Ok(Self {
+            container_name: d.container_name,
+            condition: m::DependencyCondition::from_wire("dependsOn.condition", d.condition)?,
+        })
+    }
+}
+
+impl From<m::ContainerDefinition> for v1::ContainerDefinition {
+    fn from(c: m::ContainerDefinition) -> Self {
+        Self {
+            name: c.name,
+            image: c.image,
+            command: c.command,
+            entry_point: c.entry_point,
+            environment: c.environment,
+            working_directory: c.working_directory.unwrap_or_default(),
+            essential: c.essential,
+            stop_timeout: c.stop_timeout,
+            cpu: c.cpu,
+            memory: c.memory,
+            health_check: c.health_check.map(Into::into),
+            depends_on: all_to_wire(c.depends_on),
+        }
+    }
+}
+
+impl TryFrom<v1::ContainerDefinition> for m::ContainerDefinition {
+    type Error = ConversionError;
+    fn try_from(c: v1::ContainerDefinition) -> Result<Self, ConversionError> {
+        Ok(Self {
+            depends_on: try_all(c.depends_on)?,
+            name: c.name,
+            image: c.image,
+            command: c.command,
+            entry_point: c.entry_point,
+            environment: c.environment,
+            working_directory: opt_str(c.working_directory),
+            essential: c.essential,
+            stop_timeout: c.stop_timeout,
+            cpu: c.cpu,
+            memory: c.memory,
+            health_check: c.health_check.map(Into::into),
+        })
+    }
+}
+
+impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
+    fn from(s: m::TaskDefinitionSpec) -> Self {
+        Self {
+            family: s.family,
+            cpu: s.cpu,
+            memory: s.memory,
+            containers: all_to_wire(s.containers),
+            placement: placement_to_wire(s.placement),
+            labels: s.meta.labels,
+            annotations: s.meta.annotations,
+        }
+    }
+}
+
+impl TryFrom<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
+    type Error = ConversionError;
+    fn try_from(s: v1::TaskDefinitionSpec) -> Result<Self, ConversionError> {
+        Ok(Self {
+            family: s.family,
+            cpu: s.cpu,
+            memory: s.memory,
+            containers: try_all(s.containers)?,
+            placement: placement_from_wire(s.placement)?,
+            meta: meta(s.labels, s.annotations),
+        })
+    }
+}
+
+impl From<m::TaskDefinition> for v1::TaskDefinition {
+    fn from(d: m::TaskDefinition) -> Self {
+        Self {
+            namespace: d.namespace,
+            family: d.family,
+            revision: d.revision,
+            status: v1::TaskDefinitionStatus::from(d.status) as i32,
+            cpu: d.cpu,
+            memory: d.memory,
+            containers: all_to_wire(d.containers),
+            registered_at: d.registered_at,
+            placement: placement_to_wire(d.placement),
+            labels: d.meta.labels,
+            annotations: d.meta.annotations,
+        }
+    }
+}
+
+impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
+    type Error = ConversionError;
+    fn try_from(d: v1::TaskDefinition) -> Result<Self, ConversionError> {
+        Ok(Self {
+            namespace: d.namespace,
+            family: d.family,
+            revision: d.revision,
+            status: m::TaskDefinitionStatus::from_wire("status", d.status)?,
+            cpu: d.cpu,
+            memory: d.memory,
+            containers: try_all(d.containers)?,
+            registered_at: d.registered_at,
+            placement: placement_from_wire(d.placement)?,
+            meta: meta(d.labels, d.annotations),
+        })
+    }
+}

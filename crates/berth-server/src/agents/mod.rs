@@ -1,0 +1,105 @@
+//! The agent stream (`berth.v1.AgentService/Attach`): an agent registers
+//! ([`registration`]), then the server pushes its node's desired task set whenever it changes
+//! ([`push`]) while it reads the agent's heartbeats, status and metrics reports ([`reports`]).
+//! Agents keep their stream to the leader, which tracks their liveness in memory.
+
+mod push;
+mod registration;
+mod reports;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use berth_proto::v1::{AgentMessage, ServerMessage};
+use berth_store::Store;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+
+use crate::metrics::Metrics;
+use crate::Usage;
+
+/// Liveness of connected agents, kept in the leader's memory only (never in the Raft log).
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Liveness {
+    fn seen(&self, node: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node.to_owned(), Instant::now());
+    }
+
+    /// When the node was last heard from, if it ever was by this server.
+    pub fn last_seen(&self, node: &str) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(node)
+            .copied()
+    }
+}
+
+pub struct AgentServiceImpl {
+    store: Store,
+    liveness: Liveness,
+    usage: Usage,
+    node_ttl: Duration,
+    metrics: Metrics,
+}
+
+impl AgentServiceImpl {
+    pub fn new(
+        store: Store,
+        liveness: Liveness,
+        usage: Usage,
+        node_ttl: Duration,
+        metrics: Metrics,
+    ) -> AgentServiceServer<Self> {
+        AgentServiceServer::new(Self {
+            store,
+            liveness,
+            usage,
+            node_ttl,
+            metrics,
+        })
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentServiceImpl {
+    type AttachStream = OutStream;
+
+    async fn attach(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (node, registered) = self.register(&mut inbound).await?;
+        let span = tracing::info_span!("agent", node = %node.name);
+        let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
+        let _ = tx.send(Ok(registered)).await;
+        tokio::spawn(
+            push::desired_sets(self.store.clone(), node.name.clone(), tx.clone())
+                .instrument(span.clone()),
+        );
+        let reader = reports::Reader {
+            store: self.store.clone(),
+            liveness: self.liveness.clone(),
+            usage: self.usage.clone(),
+            metrics: self.metrics.clone(),
+            node,
+            tx,
+        };
+        tokio::spawn(reader.run(inbound).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,45 @@
+//! Pushing a node's desired task set: now, and again whenever it changes, until the agent goes
+//! away or this server stops leading (the agent is then sent to the new leader).
+
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{DesiredTasks, ServerMessage};
+use berth_store::Store;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::status;
+
+pub(super) async fn desired_sets(
+    store: Store,
+    node: String,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+) {
+    let mut changes = store.watch_node(&node);
+    let mut leader = store.leadership();
+    let mut last_sent = None;
+    loop {
+        if !*leader.borrow_and_update() {
+            // Send the agent to the new leader.
+            let leader_addr = store.leader_addr().filter(|_| !store.is_leader());
+            let _ = tx.send(Err(status::not_leader(leader_addr))).await;
+            return;
+        }
+        let desired = store.read_stale(|s| berth_control::desired_tasks(s, &node));
+        if last_sent.as_ref() != Some(&desired) {
+            let msg = ServerMessage {
+                msg: Some(ServerMsg::Desired(DesiredTasks {
+                    tasks: desired.iter().cloned().map(Into::into).collect(),
+                })),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+            last_sent = Some(desired);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! What an agent sends after registering: heartbeats (answered with acks), metrics samples
+//! (kept in the leader's memory) and task status reports (proposed to the log).
+
+use berth_model::{Node, NodeStatus, TaskStatusUpdate};
+use berth_proto::v1::agent_message::Msg as AgentMsg;
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{AgentMessage, ServerMessage, StatusReport};
+use berth_state::Command;
+use berth_store::Store;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tonic::{Status, Streaming};
+
+use super::Liveness;
+use crate::metrics::Metrics;
+use crate::{now_ms, status, Usage};
+
+/// Reads one agent's stream until it ends.
+pub(super) struct Reader {
+    pub store: Store,
+    pub liveness: Liveness,
+    pub usage: Usage,
+    pub metrics: Metrics,
+    /// The node as the agent registered it.
+    pub node: Node,
+    pub tx: mpsc::Sender<Result<ServerMessage, Status>>,
+}
+
+impl Reader {
+    pub async fn run(self, mut inbound: Streaming<AgentMessage>) {
+        self.metrics.agent_connected();
+        loop {
+            let msg = match inbound.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::info!("agent stream ended: {e}");
+                    break;
+                }
+                None => break,
+            };
+            self.liveness.seen(&self.node.name);
+            let go_on = match msg.msg {
+                Some(AgentMsg::Heartbeat(_)) => self.heartbeat().await,
+                Some(AgentMsg::Metrics(report)) => {
+                    for (task_id, metrics) in berth_proto::task_samples(report) {
+                        self.usage.record(task_id, metrics);
+                    }
+                    true
+                }
+                Some(AgentMsg::Status(report)) => self.status(report).await,
+                _ => true,
+            };
+            if !go_on {
+                break;
+            }
+        }
+        self.metrics.agent_disconnected();
+        tracing::info!("agent disconnected");
+    }
+
+    /// Acknowledges a heartbeat. A node declared DOWN whose agent is still here (a race with
+    /// the node monitor, a blip longer than the TTL) is ACTIVE again; its lost tasks stay lost
+    /// and the agent removes their containers.
+    async fn heartbeat(&self) -> bool {
+        let name = &self.node.name;
+        let down = self
+            .store
+            .read_stale(|s| s.node(name).is_none_or(|n| n.status == NodeStatus::Down));
+        if down {
+            tracing::info!("a DOWN node's agent is still connected; registering it again");
+            let again = Command::RegisterNode {
+                node: self.node.clone(),
+                at: now_ms(),
+            };
+            if let Err(e) = self.store.propose(again).await {
+                tracing::warn!("register again: {e}");
+            }
+        }
+        let ack = ServerMessage {
+            msg: Some(ServerMsg::Ack(berth_proto::v1::Ack {})),
+        };
+        self.tx.send(Ok(ack)).await.is_ok()
+    }
+
+    /// Proposes a status report; a failed proposal ends the stream (the agent reconnects and
+    /// sends its reports again).
+    async fn status(&self, report: StatusReport) -> bool {
+        let updates: Result<Vec<TaskStatusUpdate>, _> =
+            report.updates.into_iter().map(TryInto::try_into).collect();
+        let updates = match updates {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("drop malformed status report: {e}");
+                return true;
+            }
+        };
+        let command = Command::ReportTaskStatus {
+            node: self.node.name.clone(),
+            updates,
+            at: now_ms(),
+        };
+        if let Err(e) = self.store.propose(command).await {
+            tracing::warn!("record status report: {e}");
+            let _ = self.tx.send(Err(status::from_store(e))).await;
+            return false;
+        }
+        true
+    }
+}

@@ -1,0 +1,134 @@
+//! The cluster: Raft status, membership changes, the change feed, and backups.
+
+use berth_proto::v1 as pb;
+use berth_store::Store;
+use tonic::{Response, Status};
+
+use super::{namespace, Answer, BerthService, SnapshotStream};
+use crate::status;
+
+/// The kinds of object `Watch` can filter on.
+const KINDS: [&str; 4] = ["task", "service", "node", "taskdefinition"];
+
+impl BerthService {
+    pub(super) fn cluster_status(&self) -> pb::ClusterStatusResponse {
+        berth_proto::cluster_status_to_wire(self.store.cluster_status(), env!("CARGO_PKG_VERSION"))
+    }
+
+    pub(super) async fn add_server(
+        &self,
+        req: pb::AddServerRequest,
+    ) -> Answer<pb::AddServerResponse> {
+        if req.id == 0 {
+            return Err(status::bad_request("server id must be a positive integer"));
+        }
+        if req.address.parse::<std::net::SocketAddr>().is_err() && !req.address.contains(':') {
+            return Err(status::bad_request(format!(
+                "address {:?} is not host:port",
+                req.address
+            )));
+        }
+        if let Some(m) = self
+            .store
+            .cluster_status()
+            .members
+            .into_iter()
+            .find(|m| m.id == req.id && m.address != req.address)
+        {
+            return Err(status::already_exists(format!(
+                "server {} is already a member at {}; remove it first with `berth cluster remove {}`",
+                req.id, m.address, req.id
+            )));
+        }
+        check_joinable(&self.store, req.id, &req.address).await?;
+        self.store
+            .add_member(req.id, req.address, !req.learner_only)
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::AddServerResponse {}))
+    }
+
+    pub(super) async fn remove_server(
+        &self,
+        req: pb::RemoveServerRequest,
+    ) -> Answer<pb::RemoveServerResponse> {
+        self.store
+            .remove_member(req.id)
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::RemoveServerResponse {}))
+    }
+
+    pub(super) fn watch(&self, req: pb::WatchRequest) -> Answer<crate::watch::WatchStream> {
+        let namespace = if req.namespace.is_empty() {
+            None
+        } else {
+            Some(namespace(req.namespace)?)
+        };
+        if let Some(bad) = req.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
+            return Err(status::bad_request(format!(
+                "kinds: unknown kind {bad:?}; use {}",
+                KINDS.join(", ")
+            )));
+        }
+        let filter = crate::watch::Filter {
+            namespace,
+            kinds: req.kinds,
+        };
+        Ok(Response::new(crate::watch::watch(
+            self.store.clone(),
+            filter,
+            req.from_revision,
+        )))
+    }
+
+    pub(super) async fn save_snapshot(&self) -> Answer<SnapshotStream> {
+        let backup = self.store.backup().await.map_err(status::from_store)?;
+        let chunks: Vec<Result<pb::SnapshotChunk, Status>> = backup
+            .chunks(1 << 20)
+            .map(|c| Ok(pb::SnapshotChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+/// Refuses to add a server that is unreachable or already leads a cluster of its own (a server
+/// started without `--join` or `--no-bootstrap` bootstraps one): its log would conflict.
+async fn check_joinable(store: &Store, id: u64, address: &str) -> Result<(), Status> {
+    let ours = store.cluster_status();
+    let unreachable = |e: String| {
+        status::precondition(format!(
+            "cannot reach server {id} at {address} ({e}); start it first with `berth server --node-id {id} --no-bootstrap`"
+        ))
+    };
+    let mut client = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        pb::berth_client::BerthClient::connect(format!("http://{address}")),
+    )
+    .await
+    .map_err(|_| unreachable("timed out".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let theirs = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(|e| unreachable(e.message().to_owned()))?
+        .into_inner();
+    if theirs.id != id {
+        return Err(status::bad_request(format!(
+            "the server at {address} has id {}, not {id}",
+            theirs.id
+        )));
+    }
+    let ours_ids: Vec<u64> = ours.members.iter().map(|m| m.id).collect();
+    let foreign = theirs
+        .members
+        .iter()
+        .any(|m| !ours_ids.contains(&m.id) && m.id != id)
+        || (!theirs.members.is_empty() && !theirs.members.iter().any(|m| ours_ids.contains(&m.id)));
+    if foreign {
+        return Err(status::precondition(format!(
+            "server {id} at {address} already belongs to another cluster; wipe its --data-dir and start it with --no-bootstrap (or --join)"
+        )));
+    }
+    Ok(())
+}

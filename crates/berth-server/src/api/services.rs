@@ -1,0 +1,163 @@
+//! Services: apply (or dry-run) a spec, list and describe them, and operators' changes.
+
+use berth_control::autoscaling::current_metrics;
+use berth_model::{ServiceSpec, TaskDefinitionSpec};
+use berth_proto::v1 as pb;
+use berth_state::{Command, CommandResult, ServiceChange};
+use tonic::Response;
+
+use super::{namespace, selector, Answer, BerthService};
+use crate::{now_ms, status};
+
+impl BerthService {
+    pub(super) async fn apply_service(
+        &self,
+        req: pb::ApplyServiceRequest,
+    ) -> Answer<pb::ApplyServiceResponse> {
+        let namespace = namespace(req.namespace)?;
+        let mut wire = req.spec.ok_or_else(|| status::missing("spec"))?;
+        let name = wire.name.clone();
+        if req.template.is_some() || wire.task_definition.is_empty() {
+            // The family of an inline template is the service's name.
+            wire.task_definition = name.clone();
+        }
+        let mut spec: ServiceSpec = wire
+            .try_into()
+            .map_err(|e: berth_proto::ConversionError| status::invalid_request("spec.", &e))?;
+        spec.validate().map_err(|e| status::invalid("spec.", &e))?;
+        let template = match req.template {
+            Some(t) => {
+                let mut t: TaskDefinitionSpec =
+                    t.try_into().map_err(|e: berth_proto::ConversionError| {
+                        status::invalid_request("template.", &e)
+                    })?;
+                t.family = name.clone();
+                t.validate().map_err(|e| status::invalid("template.", &e))?;
+                Some(t)
+            }
+            None => None,
+        };
+        if req.dry_run {
+            return self.dry_run_service(&namespace, spec, template).await;
+        }
+        let def = match template {
+            Some(t) => self.register(namespace.clone(), t, true).await?.0,
+            None => {
+                self.task_definition(&namespace, &spec.task_definition.to_string(), false)
+                    .await?
+            }
+        };
+        spec.task_definition = def.reference();
+        let command = Command::ApplyService {
+            namespace,
+            spec: Box::new(spec),
+            deployment_id: uuid::Uuid::new_v4().to_string(),
+            at: now_ms(),
+        };
+        self.propose(command, |r| match r {
+            CommandResult::Service {
+                service,
+                created,
+                changed,
+                deployment_started,
+            } => Ok(pb::ApplyServiceResponse {
+                service: Some((*service).into()),
+                created,
+                changed,
+                deployment_started,
+                plan: Vec::new(),
+            }),
+            other => Err(other),
+        })
+        .await
+        .map(Response::new)
+    }
+
+    /// What applying `spec` would change, and where the tasks it would start would go.
+    async fn dry_run_service(
+        &self,
+        namespace: &str,
+        spec: ServiceSpec,
+        template: Option<TaskDefinitionSpec>,
+    ) -> Answer<pb::ApplyServiceResponse> {
+        let preview = self
+            .read(false, |s| {
+                berth_control::preview::apply_service(s, namespace, spec, template.as_ref())
+            })
+            .await?
+            .map_err(status::from_rejection)?;
+        Ok(Response::new(pb::ApplyServiceResponse {
+            created: preview.existing.is_none(),
+            service: preview.existing.map(Into::into),
+            changed: preview.changed,
+            deployment_started: preview.deployment_started,
+            plan: preview.plan.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    pub(super) async fn list_services(
+        &self,
+        req: pb::ListServicesRequest,
+    ) -> Answer<pb::ListServicesResponse> {
+        let namespace = namespace(req.namespace)?;
+        let now = now_ms();
+        let selector = selector(&req.selector)?;
+        let services = self
+            .read(req.stale, |s| {
+                s.services()
+                    .filter(|svc| svc.namespace == namespace && selector.matches(&svc.meta.labels))
+                    .map(|svc| {
+                        let mut svc = svc.clone();
+                        svc.metrics = current_metrics(s, &svc, &self.usage, now);
+                        svc.into()
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    pub(super) async fn describe_service(
+        &self,
+        req: pb::DescribeServiceRequest,
+    ) -> Answer<pb::Service> {
+        let namespace = namespace(req.namespace)?;
+        let now = now_ms();
+        let service = self
+            .read(req.stale, |s| {
+                s.service(&namespace, &req.name).cloned().map(|mut svc| {
+                    svc.metrics = current_metrics(s, &svc, &self.usage, now);
+                    svc
+                })
+            })
+            .await?
+            .ok_or_else(|| {
+                status::not_found(format!(
+                    "service {} not found in namespace {namespace}; `berth get services` lists them",
+                    req.name
+                ))
+            })?;
+        Ok(Response::new(service.into()))
+    }
+
+    /// Scale, delete or promote.
+    pub(super) async fn change_service(
+        &self,
+        namespace: String,
+        name: String,
+        change: ServiceChange,
+    ) -> Answer<pb::Service> {
+        let namespace = self::namespace(namespace)?;
+        let command = Command::UpdateService {
+            namespace,
+            name,
+            change,
+            at: now_ms(),
+        };
+        self.propose(command, |r| match r {
+            CommandResult::Service { service, .. } => Ok(Response::new((*service).into())),
+            other => Err(other),
+        })
+        .await
+    }
+}

@@ -1,0 +1,84 @@
+//! Task definitions: register a revision, list and describe them.
+
+use berth_proto::v1 as pb;
+use berth_state::{Command, CommandResult};
+use tonic::{Response, Status};
+
+use super::{namespace, selector, Answer, BerthService};
+use crate::{now_ms, status};
+
+impl BerthService {
+    pub(super) async fn register_task_definition(
+        &self,
+        req: pb::RegisterTaskDefinitionRequest,
+    ) -> Answer<pb::RegisterTaskDefinitionResponse> {
+        let namespace = namespace(req.namespace)?;
+        let spec: berth_model::TaskDefinitionSpec = req
+            .spec
+            .ok_or_else(|| status::missing("spec"))?
+            .try_into()
+            .map_err(|e: berth_proto::ConversionError| status::invalid_request("spec.", &e))?;
+        spec.validate().map_err(|e| status::invalid("spec.", &e))?;
+        let (def, created) = self.register(namespace, spec, req.reuse_identical).await?;
+        Ok(Response::new(pb::RegisterTaskDefinitionResponse {
+            task_definition: Some(def.into()),
+            created,
+        }))
+    }
+
+    /// Registers the next revision of `spec.family` (with `reuse_identical`, answers the latest
+    /// one when it is identical); `true` when a revision was created.
+    pub(super) async fn register(
+        &self,
+        namespace: String,
+        spec: berth_model::TaskDefinitionSpec,
+        reuse_identical: bool,
+    ) -> Result<(berth_model::TaskDefinition, bool), Status> {
+        let command = Command::RegisterTaskDefinition {
+            namespace,
+            spec,
+            reuse_identical,
+            at: now_ms(),
+        };
+        self.propose(command, |r| match r {
+            CommandResult::TaskDefinition {
+                task_definition,
+                created,
+            } => Ok((task_definition, created)),
+            other => Err(other),
+        })
+        .await
+    }
+
+    pub(super) async fn list_task_definitions(
+        &self,
+        req: pb::ListTaskDefinitionsRequest,
+    ) -> Answer<pb::ListTaskDefinitionsResponse> {
+        let namespace = namespace(req.namespace)?;
+        let selector = selector(&req.selector)?;
+        let defs = self
+            .read(req.stale, |s| {
+                s.task_definitions(&namespace)
+                    .filter(|d| req.family.is_empty() || d.family == req.family)
+                    .filter(|d| selector.matches(&d.meta.labels))
+                    .cloned()
+                    .map(Into::into)
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListTaskDefinitionsResponse {
+            task_definitions: defs,
+        }))
+    }
+
+    pub(super) async fn describe_task_definition(
+        &self,
+        req: pb::DescribeTaskDefinitionRequest,
+    ) -> Answer<pb::TaskDefinition> {
+        let namespace = namespace(req.namespace)?;
+        let def = self
+            .task_definition(&namespace, &req.task_definition, req.stale)
+            .await?;
+        Ok(Response::new(def.into()))
+    }
+}

@@ -1,0 +1,174 @@
+//! Tasks: run, stop, list and describe them; exec and logs are proxied to the task's node.
+
+use berth_model::{StopCode, Task};
+use berth_proto::v1 as pb;
+use berth_proto::v1::agent_api_client::AgentApiClient;
+use berth_state::{Command, CommandResult};
+use tonic::{Response, Status};
+
+use super::{namespace, selector, Answer, BerthService, LogStream, MAX_RUN_COUNT};
+use crate::{now_ms, status};
+
+impl BerthService {
+    pub(super) async fn run_task(&self, req: pb::RunTaskRequest) -> Answer<pb::RunTaskResponse> {
+        let namespace = namespace(req.namespace)?;
+        let count = req.count.max(1);
+        if count > MAX_RUN_COUNT {
+            return Err(status::bad_request(format!(
+                "count {count} is too large; run at most {MAX_RUN_COUNT} tasks per call"
+            )));
+        }
+        let def = self
+            .task_definition(&namespace, &req.task_definition, false)
+            .await?;
+        let at = now_ms();
+        let tasks = (0..count)
+            .map(|_| Task::pending(uuid::Uuid::new_v4().to_string(), &namespace, &def, at))
+            .collect();
+        let client_token = (!req.client_token.is_empty()).then_some(req.client_token);
+        let command = Command::CreateTasks {
+            tasks,
+            client_token,
+            at,
+        };
+        let tasks = self
+            .propose(command, |r| match r {
+                CommandResult::Tasks(tasks) => Ok(tasks),
+                other => Err(other),
+            })
+            .await?;
+        Ok(Response::new(pb::RunTaskResponse {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    pub(super) async fn stop_task(&self, req: pb::StopTaskRequest) -> Answer<pb::Task> {
+        let namespace = namespace(req.namespace)?;
+        let reason = if req.reason.is_empty() {
+            "Task stopped by user".to_owned()
+        } else {
+            req.reason
+        };
+        let command = Command::StopTask {
+            namespace,
+            task_id: req.task_id,
+            stop_code: StopCode::UserInitiated,
+            reason,
+            at: now_ms(),
+        };
+        let task = self
+            .propose(command, |r| match r {
+                CommandResult::Task(task) => Ok(task),
+                other => Err(other),
+            })
+            .await?;
+        Ok(Response::new((*task).into()))
+    }
+
+    pub(super) async fn list_tasks(
+        &self,
+        req: pb::ListTasksRequest,
+    ) -> Answer<pb::ListTasksResponse> {
+        let namespace = namespace(req.namespace)?;
+        let selector = selector(&req.selector)?;
+        let mut tasks: Vec<Task> = self
+            .read(req.stale, |s| {
+                s.tasks()
+                    .filter(|t| t.namespace == namespace && selector.matches(&t.labels))
+                    .cloned()
+                    .collect()
+            })
+            .await?;
+        tasks.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks
+                .into_iter()
+                .map(|t| self.usage.fill(t).into())
+                .collect(),
+        }))
+    }
+
+    pub(super) async fn describe_task(&self, req: pb::DescribeTaskRequest) -> Answer<pb::Task> {
+        let namespace = namespace(req.namespace)?;
+        let task = self
+            .read(req.stale, |s| s.task(&namespace, &req.task_id).cloned())
+            .await?
+            .ok_or_else(|| {
+                status::not_found(format!(
+                    "task {} not found in namespace {namespace}",
+                    req.task_id
+                ))
+            })?;
+        Ok(Response::new(self.usage.fill(task).into()))
+    }
+
+    pub(super) async fn exec_task(&self, req: pb::ExecTaskRequest) -> Answer<pb::ExecResult> {
+        let namespace = namespace(req.namespace)?;
+        let node = self.task_node(&namespace, &req.task_id).await?;
+        agent_client(&node)
+            .await?
+            .exec(pb::AgentExecRequest {
+                task_id: req.task_id,
+                container: req.container,
+                command: req.command,
+                timeout_secs: req.timeout_secs,
+            })
+            .await
+    }
+
+    pub(super) async fn task_logs(&self, req: pb::TaskLogsRequest) -> Answer<LogStream> {
+        let namespace = namespace(req.namespace)?;
+        let node = self.task_node(&namespace, &req.task_id).await?;
+        let stream = agent_client(&node)
+            .await?
+            .logs(pb::AgentLogsRequest {
+                task_id: req.task_id,
+                follow: req.follow,
+                container: req.container,
+                tail: req.tail,
+                since: req.since,
+                timestamps: req.timestamps,
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// The node a task was placed on.
+    async fn task_node(&self, namespace: &str, task_id: &str) -> Result<berth_model::Node, Status> {
+        let (task, node) = self
+            .read(false, |s| {
+                let task = s.task(namespace, task_id).cloned();
+                let node = task
+                    .as_ref()
+                    .and_then(|t| t.node.as_deref())
+                    .and_then(|n| s.node(n))
+                    .cloned();
+                (task, node)
+            })
+            .await?;
+        let task = task.ok_or_else(|| {
+            status::not_found(format!("task {task_id} not found in namespace {namespace}"))
+        })?;
+        node.ok_or_else(|| {
+            status::precondition(format!(
+                "task {} has not been placed on a node yet",
+                task.task_id
+            ))
+        })
+    }
+}
+
+/// A client of the agent API of `node`.
+async fn agent_client(
+    node: &berth_model::Node,
+) -> Result<AgentApiClient<tonic::transport::Channel>, Status> {
+    AgentApiClient::connect(format!("http://{}", node.address))
+        .await
+        .map_err(|e| {
+            status::unreachable(format!(
+                "node {} at {} is unreachable: {e}",
+                node.name, node.address
+            ))
+        })
+}

@@ -1,0 +1,235 @@
+//! The leader's controllers. Each is a plan from berth-control (state and clock in, commands
+//! out) plus what it needs from the leader's memory; [`leader_loop`] runs every one of them the
+//! same way: wake on its triggers, skip while this server does not lead, read the state with
+//! the controller's [`ReadPolicy`], plan, and propose the commands one by one.
+
+use std::time::{Duration, Instant};
+
+use berth_control::autoscaling::Samples;
+use berth_model::TaskMetrics;
+use berth_state::{Command, CommandResult, Rejection, State};
+use berth_store::Store;
+use tracing::Instrument as _;
+
+use crate::metrics::Metrics;
+use crate::{now_ms, Liveness, Usage};
+
+/// How a controller reads the state it plans from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPolicy {
+    /// Linearizable: a new leader must not decide from a state that lags behind what is
+    /// already committed (it could start tasks twice, or scale from an old count).
+    Linearizable,
+    /// This server's own state: for decisions the state machine checks again when it applies
+    /// them (placements are refused when they no longer fit; DOWN is idempotent).
+    Stale,
+}
+
+/// One of the leader's controllers.
+pub trait Controller: Send + 'static {
+    /// For log lines: what the controller does.
+    const NAME: &'static str;
+    const READ: ReadPolicy;
+    /// Whether every applied change wakes it (besides its interval and leadership changes).
+    const ON_APPLY: bool;
+
+    /// How often it runs without any other trigger.
+    fn interval(&self) -> Duration;
+
+    /// Called before each round with whether this server leads.
+    fn leading(&mut self, _leading: bool) {}
+
+    /// The round's commands.
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command>;
+
+    /// Called with the answer to each proposed command.
+    fn proposed(&mut self, _command: &Command, _result: &CommandResult) {}
+}
+
+/// Runs `controller` on this server for as long as the store is open; it acts only while this
+/// server leads.
+pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
+    let span = tracing::info_span!("controller", name = C::NAME);
+    async move {
+        let mut leader = store.leadership();
+        let mut applied = store.watch();
+        let mut tick = tokio::time::interval(controller.interval());
+        loop {
+            tokio::select! {
+                r = applied.changed(), if C::ON_APPLY => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let leading = *leader.borrow_and_update();
+            controller.leading(leading);
+            if !leading {
+                continue;
+            }
+            let at = now_ms();
+            let commands = match C::READ {
+                ReadPolicy::Stale => store.read_stale(|s| controller.plan(s, at)),
+                ReadPolicy::Linearizable => match store.read(|s| controller.plan(s, at)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("read the state: {e}");
+                        continue;
+                    }
+                },
+            };
+            for command in commands {
+                match store.propose(command.clone()).await {
+                    Ok(result) => {
+                        match &result {
+                            CommandResult::Rejected(Rejection::Conflict(why)) => {
+                                tracing::debug!("changed meanwhile, deciding again: {why}");
+                            }
+                            CommandResult::Rejected(r) => tracing::warn!("refused: {r}"),
+                            _ => {}
+                        }
+                        controller.proposed(&command, &result);
+                    }
+                    Err(e) => tracing::warn!("propose: {e}"),
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Places pending tasks: one `PlaceTasks` entry per round, after every applied change.
+pub struct Scheduler {
+    pub metrics: Metrics,
+    /// Where the next round starts (see [`berth_control::scheduling::plan`]).
+    cursor: String,
+    started: Instant,
+}
+
+impl Scheduler {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            cursor: String::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Controller for Scheduler {
+    const NAME: &'static str = "scheduler";
+    const READ: ReadPolicy = ReadPolicy::Stale;
+    const ON_APPLY: bool = true;
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        self.started = Instant::now();
+        berth_control::scheduling::plan(state, at, &mut self.cursor)
+            .into_iter()
+            .collect()
+    }
+
+    fn proposed(&mut self, command: &Command, _result: &CommandResult) {
+        if let Command::PlaceTasks { placements, .. } = command {
+            self.metrics.placed(placements.len());
+            self.metrics
+                .scheduling_round(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Reconciles every service after every applied change.
+pub struct ServiceReconciler;
+
+impl Controller for ServiceReconciler {
+    const NAME: &'static str = "services";
+    const READ: ReadPolicy = ReadPolicy::Linearizable;
+    const ON_APPLY: bool = true;
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        berth_control::services::plan(state, at, &mut || uuid::Uuid::new_v4().to_string())
+    }
+}
+
+impl Samples for Usage {
+    fn samples(&self, task_id: &str) -> Vec<TaskMetrics> {
+        Usage::samples(self, task_id)
+    }
+}
+
+/// Scales autoscaled services from the samples in the leader's memory, once a second.
+pub struct Autoscaler {
+    pub usage: Usage,
+}
+
+impl Controller for Autoscaler {
+    const NAME: &'static str = "autoscaler";
+    const READ: ReadPolicy = ReadPolicy::Linearizable;
+    const ON_APPLY: bool = false;
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        berth_control::autoscaling::plan(state, &self.usage, at)
+    }
+}
+
+/// Declares nodes whose agents are silent for the node TTL DOWN.
+pub struct NodeMonitor {
+    pub liveness: Liveness,
+    pub ttl: Duration,
+    /// When this server became the leader: nodes it never heard from count from then.
+    leader_since: Option<Instant>,
+}
+
+impl NodeMonitor {
+    pub fn new(liveness: Liveness, ttl: Duration) -> Self {
+        Self {
+            liveness,
+            ttl,
+            leader_since: None,
+        }
+    }
+}
+
+impl Controller for NodeMonitor {
+    const NAME: &'static str = "nodes";
+    const READ: ReadPolicy = ReadPolicy::Stale;
+    const ON_APPLY: bool = false;
+
+    fn interval(&self) -> Duration {
+        (self.ttl / 4).max(Duration::from_millis(100))
+    }
+
+    fn leading(&mut self, leading: bool) {
+        if !leading {
+            self.leader_since = None;
+        }
+    }
+
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        let since = *self.leader_since.get_or_insert_with(Instant::now);
+        let commands = berth_control::nodes::plan(
+            state,
+            |n| self.liveness.last_seen(n),
+            since,
+            Instant::now(),
+            self.ttl,
+            at,
+        );
+        for c in &commands {
+            if let Command::MarkNodeDown { node, reason, .. } = c {
+                tracing::warn!(%node, "node lost: {reason}");
+            }
+        }
+        commands
+    }
+}

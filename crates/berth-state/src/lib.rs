@@ -1,0 +1,282 @@
+//! The replicated state of berth and the deterministic function that applies commands to it.
+//!
+//! Pure: no tokio, openraft, redb or tonic (a test reads this crate's `Cargo.toml` to keep it
+//! so). berth-store wraps [`State`] as openraft's state machine and persists exactly the keys
+//! [`State::apply`] reports changed. Each kind of object has its own module with the rules of
+//! the commands that change it; `apply` only dispatches.
+
+mod cluster;
+mod command;
+mod nodes;
+mod objects;
+mod services;
+mod task_definitions;
+mod tasks;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_model::{
+    Node, Service, Task, TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
+};
+
+pub use berth_model::StopOrder;
+pub use cluster::{ClientToken, CLIENT_TOKEN_TTL_MS};
+pub use command::{Command, CommandResult, Placement, Rejection, ServiceChange, Unplaced};
+pub use objects::{Key, Object};
+pub use services::{initial_desired_count, service_update, ServiceUpdate};
+
+/// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Revisions of each `(namespace, family)`, revision `i + 1` at index `i`.
+    task_definitions: BTreeMap<(String, String), Vec<TaskDefinition>>,
+    tasks: BTreeMap<String, Task>,
+    /// Task IDs by the node they were placed on (derived from `tasks`; a task's node never
+    /// changes once set), so a node's tasks are found without scanning every task.
+    tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+    nodes: BTreeMap<String, Node>,
+    services: BTreeMap<(String, String), Service>,
+    /// Client tokens of recent `CreateTasks`, for deduplicating retries.
+    client_tokens: BTreeMap<String, ClientToken>,
+    /// `(at, token)`, oldest first, to expire tokens.
+    token_ages: BTreeSet<(Timestamp, String)>,
+}
+
+impl State {
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    /// Records a task that arrives already placed in the by-node index.
+    /// The tasks placed on `node` (stopped ones included), without scanning every task.
+    pub fn tasks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The node whose desired task set a change of `key` may alter: `None` for keys of other
+    /// kinds and unplaced tasks, `Some(None)` for a task no longer in the state (its node is
+    /// not known any more).
+    pub fn node_of<'a>(&'a self, key: &'a Key) -> Option<Option<&'a str>> {
+        match key {
+            Key::Task(id) => match self.tasks.get(id) {
+                Some(t) => t.node.as_deref().map(Some),
+                None => Some(None),
+            },
+            Key::Node(name) => Some(Some(name)),
+            _ => None,
+        }
+    }
+
+    /// Every task, in ID order starting after `after` and wrapping around to the first.
+    pub fn tasks_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        self.tasks
+            .range::<str, _>((Excluded(after), Unbounded))
+            .chain(self.tasks.range::<str, _>((Unbounded, Included(after))))
+            .map(|(_, t)| t)
+    }
+
+    pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
+        self.tasks.get(task_id).filter(|t| t.namespace == namespace)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Every revision of every family in `namespace`, by family then revision.
+    pub fn task_definitions<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a TaskDefinition> + 'a {
+        self.task_definitions
+            .iter()
+            .filter(move |((ns, _), _)| ns == namespace)
+            .flat_map(|(_, revs)| revs.iter())
+    }
+
+    /// Resolves `family` (latest ACTIVE revision) or `family:revision`.
+    pub fn task_definition(
+        &self,
+        namespace: &str,
+        reference: &TaskDefinitionRef,
+    ) -> Option<&TaskDefinition> {
+        let revs = self
+            .task_definitions
+            .get(&(namespace.to_owned(), reference.family.clone()))?;
+        match reference.revision {
+            Some(rev) => revs.get(usize::try_from(rev).ok()?.checked_sub(1)?),
+            None => revs
+                .iter()
+                .rev()
+                .find(|d| d.status == TaskDefinitionStatus::Active),
+        }
+    }
+
+    /// The node with `allocated` filled in from the tasks placed on it that have not stopped.
+    pub fn node_with_allocation(&self, node: &Node) -> Node {
+        self.nodes_with_allocation()
+            .into_iter()
+            .find(|n| n.name == node.name)
+            .unwrap_or_else(|| node.clone())
+    }
+
+    /// Every node with `allocated` filled in, in one pass over the tasks.
+    pub fn nodes_with_allocation(&self) -> Vec<Node> {
+        let used = self.allocations();
+        self.nodes
+            .values()
+            .map(|n| {
+                let mut n = n.clone();
+                let (cpu, memory) = used.get(n.name.as_str()).copied().unwrap_or_default();
+                n.cpu.allocated = cpu;
+                n.memory.allocated = memory;
+                n
+            })
+            .collect()
+    }
+
+    /// CPU units and MiB allocated on `node` to its tasks that are not stopped.
+    pub fn allocated_on(&self, node: &str) -> (u64, u64) {
+        self.tasks_on(node)
+            .filter(|t| !t.is_stopped())
+            .fold((0, 0), |(cpu, memory), t| {
+                (cpu + u64::from(t.cpu), memory + u64::from(t.memory))
+            })
+    }
+
+    /// CPU units and MiB allocated to the tasks that are not stopped, by node name (nodes
+    /// without such tasks are absent).
+    pub fn allocations(&self) -> std::collections::HashMap<&str, (u64, u64)> {
+        let mut used: std::collections::HashMap<&str, (u64, u64)> =
+            std::collections::HashMap::new();
+        for t in self.tasks.values().filter(|t| !t.is_stopped()) {
+            if let Some(n) = t.node.as_deref() {
+                let e = used.entry(n).or_default();
+                e.0 += u64::from(t.cpu);
+                e.1 += u64::from(t.memory);
+            }
+        }
+        used
+    }
+
+    /// Applies one command. Returns the answer for the proposer and the keys of every object
+    /// the command changed (so the caller persists exactly those).
+    pub fn apply(&mut self, command: Command) -> (CommandResult, Vec<Key>) {
+        let mut changed = Vec::new();
+        let result = self.dispatch(command, &mut changed);
+        (result, changed)
+    }
+
+    fn dispatch(&mut self, command: Command, changed: &mut Vec<Key>) -> CommandResult {
+        match command {
+            Command::Batch(commands) => CommandResult::Batch(
+                commands
+                    .into_iter()
+                    .map(|c| self.dispatch(c, changed))
+                    .collect(),
+            ),
+            Command::RegisterTaskDefinition {
+                namespace,
+                spec,
+                reuse_identical,
+                at,
+            } => self.register_task_definition(namespace, spec, reuse_identical, at, changed),
+            Command::CreateTasks {
+                tasks,
+                client_token,
+                at,
+            } => self.create_tasks(tasks, client_token, at, changed),
+            Command::StopTask {
+                namespace,
+                task_id,
+                stop_code,
+                reason,
+                at,
+            } => self.stop_task(namespace, task_id, stop_code, reason, at, changed),
+            Command::PlaceTasks {
+                placements,
+                unplaced,
+                at,
+            } => self.place_tasks(placements, unplaced, at, changed),
+            Command::ReportTaskStatus { node, updates, at } => {
+                self.report_task_status(node, updates, at, changed)
+            }
+            Command::RegisterNode { node, at } => self.register_node(node, at, changed),
+            Command::MarkNodeDown { node, reason, at } => {
+                self.mark_node_down(node, reason, at, changed)
+            }
+            Command::SetNodeStatus { node, status, at } => {
+                self.set_node_status(node, status, at, changed)
+            }
+            Command::ApplyService {
+                namespace,
+                spec,
+                deployment_id,
+                at,
+            } => self.apply_service(namespace, *spec, deployment_id, at, changed),
+            Command::UpdateService {
+                namespace,
+                name,
+                change,
+                at,
+            } => self.update_service(&namespace, &name, change, at, changed),
+            Command::ReconcileService {
+                namespace,
+                name,
+                version,
+                service,
+                start,
+                stop,
+                remove,
+                at,
+            } => self.reconcile_service(
+                (namespace, name),
+                version,
+                *service,
+                start,
+                stop,
+                remove,
+                at,
+                changed,
+            ),
+            Command::AutoScale {
+                namespace,
+                name,
+                version,
+                desired_count,
+                scale_out,
+                reason,
+                at,
+            } => self.autoscale(
+                namespace,
+                name,
+                version,
+                desired_count,
+                scale_out,
+                reason,
+                at,
+                changed,
+            ),
+            Command::ReplaceState { objects, at: _ } => self.replace_state(objects, changed),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Nodes: registration, loss (DOWN, with their tasks), and operators' drain/activate.
+
+use berth_model::{DesiredStatus, Node, NodeStatus, StopCode, TaskStatus, Timestamp};
+
+use crate::command::{CommandResult, Rejection};
+use crate::{Key, State};
+
+impl State {
+    pub(crate) fn register_node(
+        &mut self,
+        node: Node,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        let name = node.name.clone();
+        match self.nodes.get_mut(&name) {
+            Some(existing) => {
+                existing.address = node.address;
+                existing.attributes = node.attributes;
+                existing.cpu.total = node.cpu.total;
+                existing.memory.total = node.memory.total;
+                existing.status = NodeStatus::Active;
+                existing.events.push(at, "agent registered again");
+            }
+            None => {
+                let mut node = node;
+                node.registered_at = at;
+                node.events.push(at, "agent registered");
+                self.nodes.insert(name.clone(), node);
+            }
+        }
+        changed.push(Key::Node(name));
+        CommandResult::Done
+    }
+
+    pub(crate) fn mark_node_down(
+        &mut self,
+        node: String,
+        reason: String,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        match self.nodes.get_mut(&node) {
+            Some(n) if n.status != NodeStatus::Down => {
+                n.status = NodeStatus::Down;
+                n.events.push(at, format!("node is DOWN: {reason}"));
+                changed.push(Key::Node(node.clone()));
+                let on_node: Vec<String> = self
+                    .tasks_by_node
+                    .get(&node)
+                    .map(|ids| ids.iter().cloned().collect())
+                    .unwrap_or_default();
+                for id in on_node {
+                    let Some(task) = self.tasks.get_mut(&id) else {
+                        continue;
+                    };
+                    if task.is_stopped() {
+                        continue;
+                    }
+                    task.last_status = TaskStatus::Stopped;
+                    task.desired_status = DesiredStatus::Stopped;
+                    task.stop_code = Some(StopCode::NodeLost);
+                    task.stopped_reason = Some(format!("node {node} was lost: {reason}"));
+                    task.stopped_at = Some(at);
+                    task.events.push(at, format!("node {node} was lost"));
+                    changed.push(Key::Task(task.task_id.clone()));
+                }
+                CommandResult::Done
+            }
+            Some(_) => CommandResult::Done,
+            None => CommandResult::Rejected(Rejection::NotFound(format!("node {node} not found"))),
+        }
+    }
+
+    pub(crate) fn set_node_status(
+        &mut self,
+        node: String,
+        status: NodeStatus,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        match self.nodes.get_mut(&node) {
+        None => CommandResult::Rejected(Rejection::NotFound(format!(
+            "node {node} not found; `berth get nodes` lists them"
+        ))),
+        Some(n) if n.status == NodeStatus::Down || status == NodeStatus::Down => {
+            CommandResult::Rejected(Rejection::Invalid(format!(
+                "node {node} is {}; a node becomes DOWN when its agent stops answering and ACTIVE when it registers again",
+                n.status
+            )))
+        }
+        Some(n) => {
+            if n.status != status {
+                n.status = status;
+                n.events.push(at, format!("node set to {status} by an operator"));
+                changed.push(Key::Node(node));
+            }
+            CommandResult::Done
+        }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The stored form of the state: one object per key, written to disk and into snapshots.
+
+use berth_model::{Node, Service, Task, TaskDefinition, TaskDefinitionRef};
+use serde::{Deserialize, Serialize};
+
+use crate::{ClientToken, State};
+
+/// The key of one stored object; the state machine persists exactly the keys a command touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    TaskDefinition {
+        namespace: String,
+        family: String,
+        revision: u32,
+    },
+    Task(String),
+    Node(String),
+    ClientToken(String),
+    Service {
+        namespace: String,
+        name: String,
+    },
+}
+
+impl Key {
+    /// The key's bytes in the on-disk object table; sorts revisions numerically.
+    pub fn encode(&self) -> String {
+        match self {
+            Key::TaskDefinition {
+                namespace,
+                family,
+                revision,
+            } => {
+                format!("taskdef/{namespace}/{family}/{revision:010}")
+            }
+            Key::Task(id) => format!("task/{id}"),
+            Key::Node(name) => format!("node/{name}"),
+            Key::ClientToken(token) => format!("token/{token}"),
+            Key::Service { namespace, name } => format!("service/{namespace}/{name}"),
+        }
+    }
+}
+
+/// One stored object, as it is written to disk and into snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "object")]
+pub enum Object {
+    TaskDefinition(TaskDefinition),
+    Task(Task),
+    Node(Node),
+    ClientToken(ClientToken),
+    Service(Service),
+}
+
+impl Object {
+    pub fn key(&self) -> Key {
+        match self {
+            Object::TaskDefinition(d) => Key::TaskDefinition {
+                namespace: d.namespace.clone(),
+                family: d.family.clone(),
+                revision: d.revision,
+            },
+            Object::Task(t) => Key::Task(t.task_id.clone()),
+            Object::Node(n) => Key::Node(n.name.clone()),
+            Object::ClientToken(c) => Key::ClientToken(c.token.clone()),
+            Object::Service(s) => Key::Service {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            },
+        }
+    }
+}
+
+impl State {
+    /// Every stored object, for snapshots.
+    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        let defs = self
+            .task_definitions
+            .values()
+            .flatten()
+            .cloned()
+            .map(Object::TaskDefinition);
+        let tasks = self.tasks.values().cloned().map(Object::Task);
+        let nodes = self.nodes.values().cloned().map(Object::Node);
+        let tokens = self
+            .client_tokens
+            .values()
+            .cloned()
+            .map(Object::ClientToken);
+        let services = self.services.values().cloned().map(Object::Service);
+        defs.chain(tasks).chain(nodes).chain(tokens).chain(services)
+    }
+
+    /// The object stored under `key`, if any.
+    pub fn object(&self, key: &Key) -> Option<Object> {
+        match key {
+            Key::TaskDefinition {
+                namespace,
+                family,
+                revision,
+            } => self
+                .task_definition(
+                    namespace,
+                    &TaskDefinitionRef {
+                        family: family.clone(),
+                        revision: Some(*revision),
+                    },
+                )
+                .cloned()
+                .map(Object::TaskDefinition),
+            Key::Task(id) => self.tasks.get(id).cloned().map(Object::Task),
+            Key::Node(name) => self.nodes.get(name).cloned().map(Object::Node),
+            Key::ClientToken(token) => self
+                .client_tokens
+                .get(token)
+                .cloned()
+                .map(Object::ClientToken),
+            Key::Service { namespace, name } => {
+                self.service(namespace, name).cloned().map(Object::Service)
+            }
+        }
+    }
+
+    /// Rebuilds a state from stored objects (in any order).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut state = State::default();
+        for object in objects {
+            match object {
+                Object::TaskDefinition(d) => state
+                    .task_definitions
+                    .entry((d.namespace.clone(), d.family.clone()))
+                    .or_default()
+                    .push(d),
+                Object::Task(t) => {
+                    state.index(&t);
+                    state.tasks.insert(t.task_id.clone(), t);
+                }
+                Object::Node(n) => {
+                    state.nodes.insert(n.name.clone(), n);
+                }
+                Object::ClientToken(c) => {
+                    state.token_ages.insert((c.at, c.token.clone()));
+                    state.client_tokens.insert(c.token.clone(), c);
+                }
+                Object::Service(s) => {
+                    state
+                        .services
+                        .insert((s.namespace.clone(), s.name.clone()), s);
+                }
+            }
+        }
+        for revs in state.task_definitions.values_mut() {
+            revs.sort_by_key(|d| d.revision);
+        }
+        state
+    }
+}

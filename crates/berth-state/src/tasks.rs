@@ -1,0 +1,261 @@
+//! Tasks: creation (with client-token deduplication), stop requests, placement, and the
+//! status reports of the node that runs them.
+
+use std::collections::HashMap;
+
+use berth_model::{
+    DesiredStatus, NodeStatus, StopCode, Task, TaskStatus, TaskStatusUpdate, Timestamp,
+};
+
+use crate::command::{CommandResult, Placement, Rejection, Unplaced};
+use crate::services::record_service_failure;
+use crate::{ClientToken, Key, State};
+
+impl State {
+    /// Records a task that arrives already placed in the by-node index.
+    pub(crate) fn index(&mut self, task: &Task) {
+        if let Some(n) = &task.node {
+            self.tasks_by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(task.task_id.clone());
+        }
+    }
+
+    pub(crate) fn create_tasks(
+        &mut self,
+        mut tasks: Vec<Task>,
+        client_token: Option<String>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        self.expire_client_tokens(at, changed);
+        if let Some(seen) = client_token
+            .as_ref()
+            .and_then(|t| self.client_tokens.get(t))
+        {
+            let tasks = seen
+                .task_ids
+                .iter()
+                .filter_map(|id| self.tasks.get(id))
+                .cloned()
+                .collect();
+            return CommandResult::Tasks(tasks);
+        }
+        for task in &tasks {
+            if task.task_definition.revision.is_none()
+                || self
+                    .task_definition(&task.namespace, &task.task_definition)
+                    .is_none()
+            {
+                return CommandResult::Rejected(Rejection::NotFound(format!(
+                    "task definition {} not found in namespace {}",
+                    task.task_definition, task.namespace
+                )));
+            }
+            if self.tasks.contains_key(&task.task_id) {
+                return CommandResult::Rejected(Rejection::Invalid(format!(
+                    "task {} already exists",
+                    task.task_id
+                )));
+            }
+        }
+        for task in &mut tasks {
+            task.created_at = at;
+            task.events.push(at, "created");
+            changed.push(Key::Task(task.task_id.clone()));
+            self.index(task);
+            self.tasks.insert(task.task_id.clone(), task.clone());
+        }
+        if let Some(token) = client_token {
+            let record = ClientToken {
+                token: token.clone(),
+                at,
+                task_ids: tasks.iter().map(|t| t.task_id.clone()).collect(),
+            };
+            self.token_ages.insert((at, token.clone()));
+            self.client_tokens.insert(token.clone(), record);
+            changed.push(Key::ClientToken(token));
+        }
+        CommandResult::Tasks(tasks)
+    }
+
+    pub(crate) fn stop_task(
+        &mut self,
+        namespace: String,
+        task_id: String,
+        stop_code: StopCode,
+        reason: String,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        match self
+            .tasks
+            .get_mut(&task_id)
+            .filter(|t| t.namespace == namespace)
+        {
+            None => CommandResult::Rejected(Rejection::NotFound(format!(
+                "task {task_id} not found in namespace {namespace}"
+            ))),
+            Some(task) => {
+                if task.desired_status == DesiredStatus::Running {
+                    task.desired_status = DesiredStatus::Stopped;
+                    task.stop_code = Some(stop_code);
+                    task.stopped_reason = Some(reason.clone());
+                    task.events.push(at, format!("stop requested: {reason}"));
+                    if task.node.is_none() {
+                        task.last_status = TaskStatus::Stopped;
+                        task.stopped_at = Some(at);
+                    }
+                    changed.push(Key::Task(task_id));
+                }
+                CommandResult::Task(Box::new(task.clone()))
+            }
+        }
+    }
+
+    pub(crate) fn report_task_status(
+        &mut self,
+        node: String,
+        updates: Vec<TaskStatusUpdate>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        for update in updates {
+            let Some(task) = self.tasks.get_mut(&update.task_id) else {
+                continue;
+            };
+            // Reports from a node that no longer owns the task, or about a task that
+            // already stopped, are stale.
+            if task.node.as_deref() != Some(node.as_str()) || task.is_stopped() {
+                continue;
+            }
+            if update.last_status < task.last_status {
+                continue;
+            }
+            let mut touched = update.last_status != task.last_status;
+            task.last_status = update.last_status;
+            if !update.containers.is_empty() {
+                let mut containers = update.containers;
+                // A re-adopting agent no longer knows image digests: keep the known ones.
+                for c in &mut containers {
+                    if c.image_digest.is_none() {
+                        c.image_digest = task
+                            .containers
+                            .iter()
+                            .find(|old| old.name == c.name)
+                            .and_then(|old| old.image_digest.clone());
+                    }
+                }
+                if containers != task.containers {
+                    task.containers = containers;
+                    touched = true;
+                }
+            }
+            // A task that goes straight to STOPPED never started.
+            let ran = TaskStatus::Running..TaskStatus::Stopped;
+            if ran.contains(&task.last_status) && task.started_at.is_none() {
+                task.started_at = Some(at);
+            }
+            if task.last_status == TaskStatus::Stopped {
+                task.stopped_at = Some(at);
+                task.desired_status = DesiredStatus::Stopped;
+                task.stop_code = task.stop_code.or(update.stop_code);
+                if task.stopped_reason.is_none() {
+                    task.stopped_reason = update.stopped_reason;
+                }
+                if let Some(key) = record_service_failure(&mut self.services, task, at) {
+                    changed.push(key);
+                }
+            }
+            if let Some(event) = update.event {
+                task.events.push(at, event);
+                touched = true;
+            }
+            if touched {
+                changed.push(Key::Task(update.task_id));
+            }
+        }
+        CommandResult::Done
+    }
+
+    /// Applies a scheduling round. A placement is checked again here: a node that is not
+    /// ACTIVE, or that the task no longer fits (a new leader decided from a state that was
+    /// behind, or tasks were placed on the node since), refuses it; the task stays PENDING with
+    /// an event saying why, and the next round places it again.
+    pub(crate) fn place_tasks(
+        &mut self,
+        placements: Vec<Placement>,
+        unplaced: Vec<Unplaced>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        // Free capacity of the nodes this round touches, computed once per node.
+        let mut free: HashMap<String, (u64, u64)> = HashMap::new();
+        for Placement { task_id, node } in placements {
+            let Some(task) = self.tasks.get(&task_id) else {
+                continue;
+            };
+            if task.node.is_some()
+                || task.desired_status != DesiredStatus::Running
+                || task.last_status != TaskStatus::Pending
+            {
+                continue;
+            }
+            let Some(n) = self
+                .nodes
+                .get(&node)
+                .filter(|n| n.status == NodeStatus::Active)
+            else {
+                continue;
+            };
+            let room = free.entry(node.clone()).or_insert_with(|| {
+                let (cpu, memory) = self.allocated_on(&node);
+                (
+                    n.cpu.total.saturating_sub(cpu),
+                    n.memory.total.saturating_sub(memory),
+                )
+            });
+            let (cpu, memory) = (u64::from(task.cpu), u64::from(task.memory));
+            let refused = if cpu > room.0 {
+                Some(format!("{cpu} CPU units wanted, {} free", room.0))
+            } else if memory > room.1 {
+                Some(format!("{memory} MiB wanted, {} free", room.1))
+            } else {
+                None
+            };
+            let task = self.tasks.get_mut(&task_id).expect("task looked up above");
+            if let Some(why) = refused {
+                task.events.push(
+                    at,
+                    format!("placement on node {node} refused: it no longer fits ({why})"),
+                );
+                changed.push(Key::Task(task_id));
+                continue;
+            }
+            room.0 -= cpu;
+            room.1 -= memory;
+            task.events.push(at, format!("placed on node {node}"));
+            self.tasks_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(task_id.clone());
+            task.node = Some(node);
+            changed.push(Key::Task(task_id));
+        }
+        for Unplaced { task_id, reason } in unplaced {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if task.node.is_some() || task.is_stopped() {
+                continue;
+            }
+            let message = format!("unable to place: {reason}");
+            if task.events.last().map(|e| e.message.as_str()) != Some(message.as_str()) {
+                task.events.push(at, message);
+                changed.push(Key::Task(task_id));
+            }
+        }
+        CommandResult::Done
+    }
+}

@@ -1,0 +1,589 @@
+//! Tests of `State::apply`, command by command.
+
+use std::collections::BTreeMap;
+
+use berth_model::{
+    ContainerDefinition, ContainerState, EventLog, Resources, StopCode, TaskDefinitionSpec,
+    TaskStatusUpdate,
+};
+
+use super::*;
+use crate::command::*;
+use berth_model::{DesiredStatus, NodeStatus, ServiceStatus, TaskStatus};
+
+fn state_with_task() -> State {
+    let mut s = State::default();
+    s.apply(Command::RegisterTaskDefinition {
+        namespace: "default".into(),
+        spec: TaskDefinitionSpec {
+            meta: Default::default(),
+            family: "web".into(),
+            cpu: 256,
+            memory: 64,
+            containers: vec![ContainerDefinition::new("app", "busybox")],
+            placement: Default::default(),
+        },
+        reuse_identical: false,
+        at: 1,
+    });
+    s.apply(Command::RegisterNode {
+        at: 1,
+        node: Node {
+            name: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            status: NodeStatus::Active,
+            attributes: BTreeMap::new(),
+            cpu: Resources {
+                total: 1024,
+                allocated: 0,
+            },
+            memory: Resources {
+                total: 1024,
+                allocated: 0,
+            },
+            registered_at: 1,
+            events: EventLog::default(),
+        },
+    });
+    s.apply(Command::CreateTasks {
+        tasks: vec![Task {
+            labels: Default::default(),
+            task_id: "t1".into(),
+            namespace: "default".into(),
+            task_definition: "web:1".parse().expect("ref"),
+            group: None,
+            started_by: None,
+            node: None,
+            desired_status: DesiredStatus::Running,
+            last_status: TaskStatus::Pending,
+            cpu: 256,
+            memory: 64,
+            created_at: 2,
+            started_at: None,
+            stopped_at: None,
+            stop_code: None,
+            stopped_reason: None,
+            containers: vec![ContainerState::pending("app", "busybox")],
+            events: EventLog::default(),
+            placement: Default::default(),
+            metrics: None,
+        }],
+        client_token: Some("tok-1".into()),
+        at: 2,
+    });
+    s
+}
+
+fn report(status: TaskStatus, exit: Option<i32>, code: Option<StopCode>) -> Command {
+    Command::ReportTaskStatus {
+        node: "n1".into(),
+        updates: vec![TaskStatusUpdate {
+            task_id: "t1".into(),
+            last_status: status,
+            containers: vec![ContainerState {
+                last_status: status,
+                exit_code: exit,
+                ..ContainerState::pending("app", "busybox")
+            }],
+            stop_code: code,
+            stopped_reason: code.map(|_| "Essential container in task exited".into()),
+            event: None,
+        }],
+        at: 10,
+    }
+}
+
+fn summary(s: &State) -> String {
+    let t = s.task("default", "t1").expect("task exists");
+    format!(
+        "{} desired={} node={:?} code={:?} exit={:?} node_cpu={}",
+        t.last_status,
+        t.desired_status,
+        t.node,
+        t.stop_code,
+        t.exit_code(),
+        s.node("n1")
+            .map_or(0, |n| s.node_with_allocation(n).cpu.allocated)
+    )
+}
+
+#[test]
+fn lifecycle_of_a_task_that_exits() {
+    let mut s = state_with_task();
+    s.apply(Command::PlaceTasks {
+        placements: vec![Placement {
+            task_id: "t1".into(),
+            node: "n1".into(),
+        }],
+        unplaced: vec![],
+        at: 3,
+    });
+    assert_eq!(
+        summary(&s),
+        "PENDING desired=RUNNING node=Some(\"n1\") code=None exit=None node_cpu=256"
+    );
+    // The by-node index is derived state: rebuilt from objects it is the same.
+    assert_eq!(s.tasks_on("n1").count(), 1);
+    assert_eq!(State::from_objects(s.objects()), s);
+    s.apply(report(TaskStatus::Running, None, None));
+    // A report from another node is stale and ignored.
+    let (_, changed) = s.apply(Command::ReportTaskStatus {
+        node: "n2".into(),
+        updates: vec![TaskStatusUpdate {
+            task_id: "t1".into(),
+            last_status: TaskStatus::Stopped,
+            containers: vec![],
+            stop_code: None,
+            stopped_reason: None,
+            event: None,
+        }],
+        at: 11,
+    });
+    assert!(changed.is_empty());
+    s.apply(report(
+        TaskStatus::Stopped,
+        Some(3),
+        Some(StopCode::EssentialContainerExited),
+    ));
+    assert_eq!(
+        summary(&s),
+        "STOPPED desired=STOPPED node=Some(\"n1\") code=Some(EssentialContainerExited) exit=Some(3) node_cpu=0"
+    );
+    // Never backwards.
+    s.apply(report(TaskStatus::Running, None, None));
+    assert!(s.task("default", "t1").is_some_and(Task::is_stopped));
+}
+
+#[test]
+fn user_stop_keeps_its_stop_code() {
+    let mut s = state_with_task();
+    s.apply(Command::PlaceTasks {
+        placements: vec![Placement {
+            task_id: "t1".into(),
+            node: "n1".into(),
+        }],
+        unplaced: vec![],
+        at: 3,
+    });
+    s.apply(Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "Task stopped by user".into(),
+        at: 4,
+    });
+    s.apply(report(
+        TaskStatus::Stopped,
+        Some(137),
+        Some(StopCode::EssentialContainerExited),
+    ));
+    assert_eq!(
+        summary(&s),
+        "STOPPED desired=STOPPED node=Some(\"n1\") code=Some(UserInitiated) exit=Some(137) node_cpu=0"
+    );
+}
+
+#[test]
+fn stopping_an_unplaced_task_stops_it_at_once_and_unknown_ids_are_not_found() {
+    let mut s = state_with_task();
+    s.apply(Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "Task stopped by user".into(),
+        at: 4,
+    });
+    assert_eq!(
+        summary(&s),
+        "STOPPED desired=STOPPED node=None code=Some(UserInitiated) exit=None node_cpu=0"
+    );
+    let (result, _) = s.apply(Command::StopTask {
+        namespace: "other".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: String::new(),
+        at: 5,
+    });
+    assert_eq!(
+        result,
+        CommandResult::Rejected(Rejection::NotFound(
+            "task t1 not found in namespace other".into()
+        ))
+    );
+}
+
+#[test]
+fn tasks_after_wraps_around() {
+    let mut s = state_with_task();
+    let t1 = s.task("default", "t1").cloned().expect("t1");
+    let more = ["t0", "t2"]
+        .map(|id| Task {
+            task_id: id.into(),
+            ..t1.clone()
+        })
+        .to_vec();
+    s.apply(Command::CreateTasks {
+        tasks: more,
+        client_token: None,
+        at: 3,
+    });
+    let ids = |after: &str| {
+        s.tasks_after(after)
+            .map(|t| t.task_id.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(""), ["t0", "t1", "t2"]);
+    assert_eq!(ids("t1"), ["t2", "t0", "t1"]);
+    assert_eq!(ids("t2"), ["t0", "t1", "t2"]);
+}
+
+#[test]
+fn unplaced_reason_is_recorded_once() {
+    let mut s = state_with_task();
+    for at in [3, 4] {
+        s.apply(Command::PlaceTasks {
+            placements: vec![],
+            unplaced: vec![Unplaced {
+                task_id: "t1".into(),
+                reason: "no nodes".into(),
+            }],
+            at,
+        });
+    }
+    let events: Vec<_> = s
+        .task("default", "t1")
+        .map(|t| t.events.iter().map(|e| e.message.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        events,
+        vec!["created".to_owned(), "unable to place: no nodes".to_owned()]
+    );
+}
+
+#[test]
+fn a_retried_client_token_creates_nothing_new_until_it_expires() {
+    let mut s = state_with_task();
+    let retry = |id: &str, at| Command::CreateTasks {
+        tasks: vec![Task {
+            task_id: id.into(),
+            ..s.task("default", "t1").cloned().expect("t1")
+        }],
+        client_token: Some("tok-1".into()),
+        at,
+    };
+    let (result, changed) = s.clone().apply(retry("t2", 3));
+    assert!(matches!(&result, CommandResult::Tasks(t) if t.len() == 1 && t[0].task_id == "t1"));
+    assert!(changed.is_empty());
+    let (result, _) = s.apply(retry("t2", 2 + CLIENT_TOKEN_TTL_MS + 1));
+    assert!(matches!(&result, CommandResult::Tasks(t) if t[0].task_id == "t2"));
+    assert_eq!(s.tasks().count(), 2);
+}
+
+#[test]
+fn replace_state_touches_old_and_new_keys() {
+    let mut s = state_with_task();
+    let (_, changed) = s.apply(Command::ReplaceState {
+        objects: vec![],
+        at: 9,
+    });
+    assert_eq!(s, State::default());
+    assert!(changed.contains(&Key::Task("t1".into())));
+    assert!(changed.contains(&Key::ClientToken("tok-1".into())));
+}
+
+fn service_spec(desired: u32) -> berth_model::ServiceSpec {
+    berth_model::ServiceSpec {
+        meta: Default::default(),
+        name: "svc".into(),
+        task_definition: "web:1".parse().expect("ref"),
+        desired_count: desired,
+        deployment_configuration: Default::default(),
+        placement: Default::default(),
+        autoscaling: None,
+    }
+}
+
+fn service_task(id: &str, deployment: &str) -> Task {
+    Task {
+        task_id: id.into(),
+        group: Some("service:svc".into()),
+        started_by: Some(deployment.into()),
+        ..state_with_task()
+            .task("default", "t1")
+            .cloned()
+            .expect("t1")
+    }
+}
+
+fn get_service(s: &State) -> Service {
+    s.service("default", "svc")
+        .cloned()
+        .expect("service exists")
+}
+
+#[test]
+fn applying_a_service_starts_a_deployment_only_when_the_revision_changes() {
+    let mut s = state_with_task();
+    let apply = |spec, id: &str, at| Command::ApplyService {
+        namespace: "default".into(),
+        spec: Box::new(spec),
+        deployment_id: id.into(),
+        at,
+    };
+    let (r, _) = s.apply(apply(service_spec(2), "d1", 5));
+    assert!(matches!(r, CommandResult::Service { created: true, .. }));
+    let (r, changed) = s.apply(apply(service_spec(2), "d2", 6));
+    assert!(
+        matches!(r, CommandResult::Service { changed: false, .. }),
+        "{r:?}"
+    );
+    assert!(changed.is_empty());
+    let (r, _) = s.apply(apply(service_spec(4), "d3", 7));
+    assert!(matches!(
+        r,
+        CommandResult::Service {
+            changed: true,
+            deployment_started: false,
+            ..
+        }
+    ));
+    let svc = get_service(&s);
+    assert_eq!(
+        (svc.desired_count, svc.deployments.len(), svc.version),
+        (4, 1, 2)
+    );
+    // An unknown revision is refused and changes nothing.
+    let mut bad = service_spec(4);
+    bad.task_definition = "web:9".parse().expect("ref");
+    let (r, changed) = s.apply(apply(bad, "d4", 8));
+    assert!(matches!(r, CommandResult::Rejected(Rejection::NotFound(_))));
+    assert!(changed.is_empty());
+}
+
+#[test]
+fn reconciler_decisions_for_an_older_version_are_refused() {
+    let mut s = state_with_task();
+    s.apply(Command::ApplyService {
+        namespace: "default".into(),
+        spec: Box::new(service_spec(1)),
+        deployment_id: "d1".into(),
+        at: 5,
+    });
+    let seen = get_service(&s);
+    s.apply(Command::UpdateService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        change: ServiceChange::Scale(3),
+        at: 6,
+    });
+    let (r, changed) = s.apply(Command::ReconcileService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        version: seen.version,
+        service: Box::new(seen.clone()),
+        start: vec![service_task("s1", "d1")],
+        stop: vec![],
+        remove: false,
+        at: 7,
+    });
+    assert!(matches!(r, CommandResult::Rejected(Rejection::Conflict(_))));
+    assert!(changed.is_empty());
+    assert!(s.task("default", "s1").is_none());
+    assert_eq!(get_service(&s).desired_count, 3, "the user's change stands");
+}
+
+#[test]
+fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
+    let mut s = state_with_task();
+    s.apply(Command::ApplyService {
+        namespace: "default".into(),
+        spec: Box::new(service_spec(2)),
+        deployment_id: "d1".into(),
+        at: 5,
+    });
+    let svc = get_service(&s);
+    s.apply(Command::ReconcileService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        version: svc.version,
+        service: Box::new(svc),
+        start: vec![service_task("s1", "d1"), service_task("s2", "d1")],
+        stop: vec![],
+        remove: false,
+        at: 6,
+    });
+    s.apply(Command::PlaceTasks {
+        placements: ["s1", "s2"]
+            .map(|id| Placement {
+                task_id: id.into(),
+                node: "n1".into(),
+            })
+            .to_vec(),
+        unplaced: vec![],
+        at: 7,
+    });
+    // s1 is stopped by a user: not a failure. s2 fails to start: a failure.
+    s.apply(Command::StopTask {
+        namespace: "default".into(),
+        task_id: "s1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "by hand".into(),
+        at: 8,
+    });
+    let stopped = |id: &str, code| TaskStatusUpdate {
+        task_id: id.into(),
+        last_status: TaskStatus::Stopped,
+        containers: vec![],
+        stop_code: Some(code),
+        stopped_reason: Some("image not found".into()),
+        event: None,
+    };
+    let (_, changed) = s.apply(Command::ReportTaskStatus {
+        node: "n1".into(),
+        updates: vec![
+            stopped("s1", StopCode::EssentialContainerExited),
+            stopped("s2", StopCode::TaskFailedToStart),
+        ],
+        at: 9,
+    });
+    assert!(changed.contains(&Key::Service {
+        namespace: "default".into(),
+        name: "svc".into()
+    }));
+    let svc = get_service(&s);
+    assert_eq!(svc.deployments[0].failed_tasks, 1);
+    assert_eq!(svc.backoff.failures, 1);
+    assert_eq!(svc.backoff.not_before, 9 + 1000);
+    assert!(svc
+        .events
+        .last()
+        .is_some_and(|e| e.message == "task s2 failed: image not found"));
+}
+
+#[test]
+fn a_deleted_service_refuses_changes_and_goes_once_reconciled_away() {
+    let mut s = state_with_task();
+    s.apply(Command::ApplyService {
+        namespace: "default".into(),
+        spec: Box::new(service_spec(2)),
+        deployment_id: "d1".into(),
+        at: 5,
+    });
+    let update = |change| Command::UpdateService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        change,
+        at: 6,
+    };
+    s.apply(update(ServiceChange::Delete));
+    let svc = get_service(&s);
+    assert_eq!(
+        (svc.status, svc.desired_count),
+        (ServiceStatus::Draining, 0)
+    );
+    let (r, _) = s.apply(update(ServiceChange::Scale(3)));
+    assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
+    let (r, _) = s.apply(Command::ApplyService {
+        namespace: "default".into(),
+        spec: Box::new(service_spec(2)),
+        deployment_id: "d2".into(),
+        at: 7,
+    });
+    assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
+    s.apply(Command::ReconcileService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        version: svc.version,
+        service: Box::new(svc),
+        start: vec![],
+        stop: vec![],
+        remove: true,
+        at: 8,
+    });
+    assert!(s.service("default", "svc").is_none());
+    assert_eq!(State::from_objects(s.objects()), s);
+}
+
+#[test]
+fn objects_round_trip() {
+    let s = state_with_task();
+    assert_eq!(State::from_objects(s.objects()), s);
+}
+
+/// A new task like `t1` of [`state_with_task`] (256 CPU units, 64 MiB), PENDING.
+fn another_task(s: &mut State, id: &str) {
+    let mut task = s.task("default", "t1").expect("t1").clone();
+    task.task_id = id.into();
+    task.node = None;
+    task.last_status = TaskStatus::Pending;
+    task.events = EventLog::default();
+    s.apply(Command::CreateTasks {
+        tasks: vec![task],
+        client_token: None,
+        at: 3,
+    });
+}
+
+fn place(s: &mut State, ids: &[&str]) {
+    s.apply(Command::PlaceTasks {
+        placements: ids
+            .iter()
+            .map(|id| Placement {
+                task_id: (*id).into(),
+                node: "n1".into(),
+            })
+            .collect(),
+        unplaced: vec![],
+        at: 4,
+    });
+}
+
+#[test]
+fn a_placement_that_no_longer_fits_its_node_is_refused() {
+    // n1 offers 1024 CPU units; each task wants 256. Two leaders each decided, from a state
+    // where n1 was empty, to put tasks there: applied blindly, n1 would carry 6 × 256 = 1536.
+    let mut s = state_with_task();
+    for id in ["t2", "t3", "t4", "t5", "t6"] {
+        another_task(&mut s, id);
+    }
+    place(&mut s, &["t1", "t2", "t3"]);
+    place(&mut s, &["t4", "t5", "t6"]);
+    let placed: Vec<&str> = s.tasks_on("n1").map(|t| t.task_id.as_str()).collect();
+    assert_eq!(placed, ["t1", "t2", "t3", "t4"]);
+    assert_eq!(s.allocated_on("n1"), (1024, 256));
+    for id in ["t5", "t6"] {
+        let t = s.task("default", id).expect("task");
+        assert_eq!(
+            (t.node.as_deref(), t.last_status),
+            (None, TaskStatus::Pending)
+        );
+        assert_eq!(
+            t.events.last().map(|e| e.message.as_str()),
+            Some("placement on node n1 refused: it no longer fits (256 CPU units wanted, 0 free)")
+        );
+    }
+    // Once a task stops, its room is free again.
+    s.apply(Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "test".into(),
+        at: 5,
+    });
+    s.apply(Command::ReportTaskStatus {
+        node: "n1".into(),
+        updates: vec![TaskStatusUpdate {
+            task_id: "t1".into(),
+            last_status: TaskStatus::Stopped,
+            containers: vec![],
+            stop_code: None,
+            stopped_reason: None,
+            event: None,
+        }],
+        at: 6,
+    });
+    place(&mut s, &["t5", "t6"]);
+    let t5 = s.task("default", "t5").expect("task");
+    assert_eq!(t5.node.as_deref(), Some("n1"));
+    assert_eq!(s.task("default", "t6").expect("task").node, None);
+}
