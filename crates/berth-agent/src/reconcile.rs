@@ -126,3 +126,157 @@ impl Agent {
         self.tasks.insert(task_id, LocalTask::finished());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use berth_model::{Assignment, ContainerDefinition, DesiredStatus, StopCode};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{fencing, AgentConfig, ExistingContainer, FakeRuntime, Metrics, TaskTable};
+
+    fn agent(
+        rt: &Arc<FakeRuntime>,
+        found: Vec<ExistingContainer>,
+    ) -> (Agent, mpsc::UnboundedReceiver<TaskStatusUpdate>) {
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        let mut by_task: BTreeMap<String, Vec<ExistingContainer>> = BTreeMap::new();
+        for c in found {
+            by_task.entry(c.task_id.clone()).or_default().push(c);
+        }
+        let config = AgentConfig {
+            node_name: "node-1".into(),
+            data_dir: std::env::temp_dir(),
+            servers: vec!["127.0.0.1:1".into()],
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            cpu: 1024,
+            memory: 1024,
+            attributes: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(1),
+            metrics_interval: Duration::from_secs(1),
+            metrics: Metrics::new(),
+        };
+        let agent = Agent {
+            config,
+            runtime: rt.clone(),
+            tasks: TaskTable::default(),
+            updates_tx,
+            found: Mutex::new(Some(by_task)),
+            contact: fencing::Contact::new(),
+        };
+        (agent, updates)
+    }
+
+    fn wire(task_id: &str, desired: DesiredStatus, last: TaskStatus) -> TaskAssignment {
+        let mut app = ContainerDefinition::new("app", "sleeper");
+        app.stop_timeout = 0;
+        Assignment {
+            task_id: task_id.into(),
+            namespace: "default".into(),
+            task_definition: "web:1".parse().expect("a valid reference"),
+            desired_status: desired,
+            cpu: 256,
+            memory: 64,
+            containers: vec![app],
+            last_status: last,
+        }
+        .into()
+    }
+
+    fn desired(tasks: Vec<TaskAssignment>) -> DesiredTasks {
+        DesiredTasks { tasks }
+    }
+
+    /// Waits for `task_id`'s report of `status`, recording every report in `latest`.
+    async fn until(
+        updates: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
+        latest: &mut HashMap<String, TaskStatusUpdate>,
+        task_id: &str,
+        status: TaskStatus,
+    ) -> TaskStatusUpdate {
+        loop {
+            let u = tokio::time::timeout(Duration::from_secs(10), updates.recv())
+                .await
+                .expect("a report within 10 s")
+                .expect("the agent keeps its sender");
+            latest.insert(u.task_id.clone(), u.clone());
+            if u.task_id == task_id && u.last_status == status {
+                return u;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_stops_and_forgets_tasks_and_removes_orphans() {
+        let rt = Arc::new(FakeRuntime::new());
+        let orphan = ExistingContainer {
+            id: "t9-app".into(),
+            task_id: "t9".into(),
+            container_name: "app".into(),
+            running: true,
+            exit_code: None,
+        };
+        let (agent, mut updates) = agent(&rt, vec![orphan]);
+        let mut latest = HashMap::new();
+
+        let set = desired(vec![
+            wire("t1", DesiredStatus::Running, TaskStatus::Pending),
+            wire("t2", DesiredStatus::Running, TaskStatus::Running),
+        ]);
+        agent.reconcile(set, &mut latest);
+        let lost = until(&mut updates, &mut latest, "t2", TaskStatus::Stopped).await;
+        assert_eq!(lost.stop_code, Some(StopCode::NodeLost));
+        until(&mut updates, &mut latest, "t1", TaskStatus::Running).await;
+        assert!(agent.tasks.is_running("t1"));
+
+        // Neither is wanted any more: t1 is stopped, t2 (finished) forgotten.
+        agent.reconcile(desired(vec![]), &mut latest);
+        let stopped = until(&mut updates, &mut latest, "t1", TaskStatus::Stopped).await;
+        assert_eq!(stopped.stop_code, Some(StopCode::UserInitiated));
+        assert!(!latest.contains_key("t2"));
+        while agent.tasks.is_running("t1") {
+            tokio::task::yield_now().await;
+        }
+        agent.reconcile(desired(vec![]), &mut latest);
+        assert!(latest.is_empty());
+        assert!(agent.tasks.view().tasks.is_empty());
+
+        let calls = rt.calls();
+        for call in [
+            "remove t9-app",
+            "start t1-app",
+            "kill t1-app 15",
+            "remove t1-app",
+        ] {
+            assert!(calls.contains(&call.to_owned()), "no {call:?} in {calls:?}");
+        }
+        assert!(!calls.iter().any(|c| c.contains("t2")), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_assignment_is_reported_failed_to_start() {
+        let rt = Arc::new(FakeRuntime::new());
+        let (agent, mut updates) = agent(&rt, vec![]);
+        let mut latest = HashMap::new();
+        let mut bad = wire("t1", DesiredStatus::Running, TaskStatus::Pending);
+        bad.containers[0]
+            .depends_on
+            .push(berth_proto::v1::ContainerDependency {
+                container_name: "db".into(),
+                condition: 42,
+            });
+        agent.reconcile(desired(vec![bad]), &mut latest);
+        let ended = until(&mut updates, &mut latest, "t1", TaskStatus::Stopped).await;
+        assert_eq!(ended.stop_code, Some(StopCode::TaskFailedToStart));
+        let reason = ended.stopped_reason.unwrap_or_default();
+        assert!(
+            reason.starts_with("this node's agent cannot run the task's definition: "),
+            "{reason}"
+        );
+        assert!(rt.calls().is_empty(), "{:?}", rt.calls());
+    }
+}

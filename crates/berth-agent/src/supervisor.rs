@@ -299,26 +299,7 @@ impl TaskRun {
             }
             self.report(TaskStatus::Activating, &states, None);
         } else if !self.adopt(&mut states, &starter).await {
-            self.stop_containers(&mut states, &mut exits).await;
-            self.cleanup(&mut states).await;
-            let reason = states
-                .iter()
-                .zip(&a.containers)
-                .find(|(s, c)| c.essential && s.last_status == TaskStatus::Stopped)
-                .map(|(s, c)| {
-                    format!(
-                        "Essential container in task {} ({})",
-                        s.reason.as_deref().unwrap_or("stopped"),
-                        c.name
-                    )
-                })
-                .unwrap_or_else(|| "every container exited".into());
-            self.finish(
-                &mut states,
-                StopCode::EssentialContainerExited,
-                reason,
-                None,
-            );
+            self.end_unadopted(&mut states, &mut exits).await;
             return;
         }
 
@@ -381,6 +362,29 @@ impl TaskRun {
         self.stop_containers(&mut states, &mut exits).await;
         self.cleanup(&mut states).await;
         self.finish(&mut states, code, reason, Some("stopped".into()));
+    }
+
+    /// Ends a task whose essential container exited or vanished while no agent watched it.
+    async fn end_unadopted(
+        &self,
+        states: &mut [ContainerState],
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
+    ) {
+        self.stop_containers(states, exits).await;
+        self.cleanup(states).await;
+        let reason = states
+            .iter()
+            .zip(&self.assignment.containers)
+            .find(|(s, c)| c.essential && s.last_status == TaskStatus::Stopped)
+            .map(|(s, c)| {
+                format!(
+                    "Essential container in task {} ({})",
+                    s.reason.as_deref().unwrap_or("stopped"),
+                    c.name
+                )
+            })
+            .unwrap_or_else(|| "every container exited".into());
+        self.finish(states, StopCode::EssentialContainerExited, reason, None);
     }
 
     /// Makes sure every container's image is present. `None` when the task ended here.

@@ -124,7 +124,7 @@ async fn set_node_status(global: &GlobalArgs, command: NodeCommand) -> anyhow::R
     };
     let req = pb::UpdateNodeStatusRequest {
         name,
-        status: pb::NodeStatus::from(status) as i32,
+        status: berth_proto::node_status_to_wire(status),
     };
     let node = Client::new(&global.servers)
         .request(

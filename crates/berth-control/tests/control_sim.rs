@@ -17,11 +17,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use berth_control::{desired_tasks, nodes::lost_nodes, scheduling, services};
 use berth_model::{
     ContainerDefinition, ContainerState, DesiredStatus, EventLog, HealthStatus, Node, NodeStatus,
     Resources, ServiceSpec, StopCode, TaskDefinitionSpec, TaskStatus, TaskStatusUpdate,
 };
-use berth_control::{desired_tasks, nodes::lost_nodes, scheduling, services};
 use berth_state::{Command, CommandResult, ServiceChange, State};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -201,6 +201,11 @@ pub fn stop_code(v: i32) -> Result<Option<m::StopCode>, ConversionError> {
     m::StopCode::from_wire("stopCode", v).map(Some)
 }
 
+/// A node status as the `i32` field of a request.
+pub fn node_status_to_wire(status: m::NodeStatus) -> i32 {
+    v1::NodeStatus::from(status) as i32
+}
+
 pub fn stop_code_to_wire(code: Option<m::StopCode>) -> i32 {
     code.map_or(v1::StopCode::Unspecified, v1::StopCode::from) as i32
 }

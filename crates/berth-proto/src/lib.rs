@@ -4,8 +4,8 @@
 mod convert;
 
 pub use convert::{
-    cluster_status_to_wire, desired_status, node_status_change, stop_code, stop_code_to_wire,
-    task_samples, task_status, ConversionError,
+    cluster_status_to_wire, desired_status, node_status_change, node_status_to_wire, stop_code,
+    stop_code_to_wire, task_samples, task_status, ConversionError,
 };
 
 /// Metadata key with the leader's address on a follower's UNAVAILABLE answer.

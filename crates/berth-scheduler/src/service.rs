@@ -9,8 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
-    CircuitBreaker, Deployment, DeploymentStatus, DeploymentStrategy, DesiredStatus, HealthStatus,
-    RolloutState, Service, ServiceStatus, StopOrder, Task, TaskDefinitionRef, TaskStatus, Timestamp,
+    CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus, DeploymentStrategy,
+    DesiredStatus, HealthStatus, RolloutState, Service, ServiceStatus, StopOrder, Task,
+    TaskDefinitionRef, TaskStatus, Timestamp,
 };
 
 /// What the reconciler looks at for one service.
@@ -55,320 +56,440 @@ impl ServicePlan {
 
 /// Decides what one service needs now.
 pub fn reconcile(input: &ServiceInput<'_>) -> ServicePlan {
-    let now = input.now;
-    let mut svc = input.service.clone();
-    let mut plan_stop: Vec<StopOrder> = Vec::new();
-    let mut start = Vec::new();
+    let svc = input.service.clone();
     let active: Vec<&Task> = input
         .tasks
         .iter()
         .copied()
         .filter(|t| !t.is_stopped() && t.desired_status == DesiredStatus::Running)
         .collect();
-
     if svc.status == ServiceStatus::Draining {
-        for t in &active {
-            plan_stop.push(StopOrder {
-                task_id: t.task_id.clone(),
-                reason: format!("service {} is being deleted", svc.name),
-            });
-        }
-        let remove = input.tasks.iter().all(|t| t.is_stopped());
-        if !plan_stop.is_empty() {
-            svc.events.push(
-                now,
-                format!(
-                    "stopping {} tasks: the service was deleted",
-                    plan_stop.len()
-                ),
-            );
-        }
-        count(
-            &mut svc,
-            &active,
-            &plan_stop,
-            &|t| is_healthy(t, input.health_checked),
-            now,
-        );
-        return ServicePlan {
-            service: svc,
-            start,
-            stop: plan_stop,
-            remove,
-        };
+        return delete(svc, &active, input);
     }
     let Some(primary) = svc.deployments.first().cloned() else {
         return ServicePlan {
             service: svc,
-            start,
-            stop: plan_stop,
+            start: Vec::new(),
+            stop: Vec::new(),
             remove: false,
         };
     };
-    let dc = svc.deployment_configuration.clone();
-    let d = svc.desired_count;
-    let in_progress = primary.rollout_state == RolloutState::InProgress;
-    let canary_phase = dc.strategy == DeploymentStrategy::Canary
-        && in_progress
-        && !primary.promoted
-        && svc.deployments.len() > 1;
-    let target = if canary_phase {
-        dc.canary_count.min(d)
-    } else {
-        d
-    };
-    let min_healthy = (u64::from(d) * u64::from(dc.minimum_healthy_percent)).div_ceil(100);
-    let mut max_total = u64::from(d) * u64::from(dc.maximum_percent) / 100;
-    if d > 0 {
-        // Rounding must leave room for one replacement, or a deployment could never progress.
-        max_total = max_total.max(min_healthy + 1);
+    let mut round = Round::new(input, svc, primary);
+    let (primary_tasks, old_tasks) = round.split(&active);
+    let had_old = !old_tasks.is_empty();
+    let primary_tasks = round.stop_late(primary_tasks);
+    let primary_tasks = round.scale_in(primary_tasks);
+    let old_tasks = round.replace_old(&primary_tasks, old_tasks);
+    round.start_missing(primary_tasks.len(), old_tasks.len());
+    round.promote_canary(&primary_tasks);
+    round.settle_rollout(&primary_tasks, had_old);
+    round.forget_drained_deployments(&primary_tasks, &old_tasks);
+    round.end_backoff(&primary_tasks);
+    round.finish(&active)
+}
+
+/// A deleted service: every task stops, and the service goes once none is left.
+fn delete(mut svc: Service, active: &[&Task], input: &ServiceInput<'_>) -> ServicePlan {
+    let now = input.now;
+    let stop: Vec<StopOrder> = active
+        .iter()
+        .map(|t| StopOrder {
+            task_id: t.task_id.clone(),
+            reason: format!("service {} is being deleted", svc.name),
+        })
+        .collect();
+    let remove = input.tasks.iter().all(|t| t.is_stopped());
+    if !stop.is_empty() {
+        svc.events.push(
+            now,
+            format!("stopping {} tasks: the service was deleted", stop.len()),
+        );
     }
-    let healthy = |t: &Task| is_healthy(t, input.health_checked);
-    let leaving = |t: &Task| {
+    count(
+        &mut svc,
+        active,
+        &stop,
+        &|t| is_healthy(t, input.health_checked),
+        now,
+    );
+    ServicePlan {
+        service: svc,
+        start: Vec::new(),
+        stop,
+        remove,
+    }
+}
+
+/// One reconciliation of a live service: the limits it keeps and the decisions made so far.
+/// Its phases run in order, each handing the tasks still in play to the next.
+struct Round<'a> {
+    input: &'a ServiceInput<'a>,
+    /// The service as the plan will leave it.
+    svc: Service,
+    /// The primary deployment as the round found it.
+    primary: Deployment,
+    config: DeploymentConfiguration,
+    /// desiredCount.
+    desired: u32,
+    /// How many tasks the primary deployment should run (fewer while a canary bakes).
+    target: u32,
+    /// minimumHealthyPercent of desiredCount, rounded up.
+    min_healthy: u64,
+    /// maximumPercent of desiredCount, rounded down but leaving room for one replacement.
+    max_total: u64,
+    in_progress: bool,
+    canary_phase: bool,
+    start: Vec<Launch>,
+    stop: Vec<StopOrder>,
+}
+
+impl<'a> Round<'a> {
+    fn new(input: &'a ServiceInput<'a>, svc: Service, primary: Deployment) -> Self {
+        let config = svc.deployment_configuration.clone();
+        let desired = svc.desired_count;
+        let in_progress = primary.rollout_state == RolloutState::InProgress;
+        let canary_phase = config.strategy == DeploymentStrategy::Canary
+            && in_progress
+            && !primary.promoted
+            && svc.deployments.len() > 1;
+        let target = if canary_phase {
+            config.canary_count.min(desired)
+        } else {
+            desired
+        };
+        let min_healthy =
+            (u64::from(desired) * u64::from(config.minimum_healthy_percent)).div_ceil(100);
+        let mut max_total = u64::from(desired) * u64::from(config.maximum_percent) / 100;
+        if desired > 0 {
+            // Rounding must leave room for one replacement, or a deployment could never progress.
+            max_total = max_total.max(min_healthy + 1);
+        }
+        Self {
+            input,
+            svc,
+            primary,
+            config,
+            desired,
+            target,
+            min_healthy,
+            max_total,
+            in_progress,
+            canary_phase,
+            start: Vec::new(),
+            stop: Vec::new(),
+        }
+    }
+
+    fn healthy(&self, t: &Task) -> bool {
+        is_healthy(t, self.input.health_checked)
+    }
+
+    fn healthy_count(&self, tasks: &[&Task]) -> usize {
+        tasks.iter().filter(|t| self.healthy(t)).count()
+    }
+
+    /// Whether the task's node is draining.
+    fn leaving(&self, t: &Task) -> bool {
         t.node
             .as_ref()
-            .is_some_and(|n| input.draining_nodes.contains(n))
-    };
-    let (mut primary_tasks, mut old_tasks): (Vec<&Task>, Vec<&Task>) = active
-        .iter()
-        .copied()
-        .partition(|t| t.started_by.as_deref() == Some(primary.id.as_str()) && !leaving(t));
-    let had_old = !old_tasks.is_empty();
+            .is_some_and(|n| self.input.draining_nodes.contains(n))
+    }
 
-    // 1. New tasks that missed the healthy deadline count as failed and are replaced.
-    if in_progress {
-        let deadline_ms = u64::from(dc.healthy_deadline) * 1000;
-        let (late, ok): (Vec<&Task>, Vec<&Task>) = primary_tasks.iter().copied().partition(|t| {
+    /// The primary deployment's tasks, and the old ones (older deployments, draining nodes).
+    fn split<'t>(&self, active: &[&'t Task]) -> (Vec<&'t Task>, Vec<&'t Task>) {
+        active.iter().copied().partition(|t| {
+            t.started_by.as_deref() == Some(self.primary.id.as_str()) && !self.leaving(t)
+        })
+    }
+
+    /// 1. New tasks that missed the healthy deadline count as failed and are replaced.
+    /// Returns the primary tasks that remain.
+    fn stop_late<'t>(&mut self, primary_tasks: Vec<&'t Task>) -> Vec<&'t Task> {
+        if !self.in_progress {
+            return primary_tasks;
+        }
+        let now = self.input.now;
+        let deadline = self.config.healthy_deadline;
+        let deadline_ms = u64::from(deadline) * 1000;
+        let (late, ok): (Vec<&Task>, Vec<&Task>) = primary_tasks.into_iter().partition(|t| {
             // A task still waiting for capacity has not failed.
-            t.node.is_some() && !healthy(t) && now >= t.created_at.saturating_add(deadline_ms)
+            t.node.is_some() && !self.healthy(t) && now >= t.created_at.saturating_add(deadline_ms)
         });
         for t in &late {
-            plan_stop.push(StopOrder {
+            self.stop.push(StopOrder {
                 task_id: t.task_id.clone(),
-                reason: format!(
-                    "task did not become healthy within {}s (healthyDeadline)",
-                    dc.healthy_deadline
-                ),
+                reason: format!("task did not become healthy within {deadline}s (healthyDeadline)"),
             });
-            if let Some(p) = svc.deployments.first_mut() {
+            if let Some(p) = self.svc.deployments.first_mut() {
                 p.failed_tasks += 1;
             }
-            svc.backoff.record_failure(now);
+            self.svc.backoff.record_failure(now);
         }
         if !late.is_empty() {
-            svc.events.push(
+            self.svc.events.push(
                 now,
                 format!(
-                    "stopped {} tasks of {} that did not become healthy within {}s",
+                    "stopped {} tasks of {} that did not become healthy within {deadline}s",
                     late.len(),
-                    primary.task_definition,
-                    dc.healthy_deadline
+                    self.primary.task_definition,
                 ),
             );
         }
-        primary_tasks = ok;
+        ok
     }
 
-    // 2. Surplus tasks of the primary deployment (scale-in): not healthy first, newest first.
-    if primary_tasks.len() > target as usize {
+    /// 2. Surplus tasks of the primary deployment (scale-in): not healthy first, newest first.
+    /// Returns the primary tasks that remain.
+    fn scale_in<'t>(&mut self, mut primary_tasks: Vec<&'t Task>) -> Vec<&'t Task> {
+        let target = self.target as usize;
+        if primary_tasks.len() <= target {
+            return primary_tasks;
+        }
         primary_tasks.sort_by_key(|t| {
             (
-                healthy(t),
+                self.healthy(t),
                 t.last_status == TaskStatus::Running,
                 std::cmp::Reverse(t.created_at),
             )
         });
-        let surplus = primary_tasks.len() - target as usize;
+        let surplus = primary_tasks.len() - target;
+        let d = self.desired;
         for t in primary_tasks.drain(..surplus) {
-            plan_stop.push(StopOrder {
+            self.stop.push(StopOrder {
                 task_id: t.task_id.clone(),
-                reason: format!("service {} scaled in to {d}", svc.name),
+                reason: format!("service {} scaled in to {d}", self.svc.name),
             });
         }
-        svc.events.push(
-            now,
+        self.svc.events.push(
+            self.input.now,
             format!("stopped {surplus} tasks: desired count is {d}"),
         );
+        primary_tasks
     }
 
-    // 3. Old tasks (older deployments, draining nodes) go while enough stay healthy.
-    let old_keep = if canary_phase {
-        (d as usize).min(
-            usize::try_from(max_total)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(target as usize),
-        )
-    } else {
-        0
-    };
-    let mut healthy_now = primary_tasks.iter().filter(|t| healthy(t)).count() as u64
-        + old_tasks.iter().filter(|t| healthy(t)).count() as u64;
-    old_tasks.sort_by_key(|t| (healthy(t), !leaving(t), t.created_at));
-    let stoppable = old_tasks.len().saturating_sub(old_keep);
-    let mut stopped_old = 0;
-    let mut kept_old = Vec::new();
-    for (i, t) in old_tasks.iter().enumerate() {
-        let is_h = healthy(t);
-        if i < stoppable && (!is_h || healthy_now > min_healthy) {
-            if is_h {
-                healthy_now -= 1;
-            }
-            let reason = if leaving(t) {
-                "its node is draining".to_owned()
-            } else {
-                format!("replaced by {}", primary.task_definition)
-            };
-            plan_stop.push(StopOrder {
-                task_id: t.task_id.clone(),
-                reason,
-            });
-            stopped_old += 1;
+    /// 3. Old tasks (older deployments, draining nodes) go while enough stay healthy; a baking
+    /// canary keeps as many as fit beside it. Returns the old tasks kept.
+    fn replace_old<'t>(
+        &mut self,
+        primary_tasks: &[&Task],
+        mut old_tasks: Vec<&'t Task>,
+    ) -> Vec<&'t Task> {
+        let min_healthy = self.min_healthy;
+        let old_keep = if self.canary_phase {
+            (self.desired as usize).min(
+                usize::try_from(self.max_total)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(self.target as usize),
+            )
         } else {
-            kept_old.push(*t);
-        }
-    }
-    if stopped_old > 0 {
-        svc.events.push(
-            now,
-            format!("stopped {stopped_old} old tasks ({healthy_now} healthy tasks remain, at least {min_healthy} required)"),
-        );
-    }
-    let old_tasks = kept_old;
-
-    // 4. Start what the primary deployment lacks, within maximumPercent and the back-off.
-    let need = (target as usize).saturating_sub(primary_tasks.len());
-    let total = (primary_tasks.len() + old_tasks.len()) as u64;
-    let room = usize::try_from(max_total.saturating_sub(total)).unwrap_or(usize::MAX);
-    let launchable = primary.rollout_state != RolloutState::Failed;
-    if need > 0 && launchable {
-        if now < svc.backoff.not_before {
-            let message = format!(
-                "waiting {}s before starting tasks: {} tasks failed in a row",
-                (svc.backoff.not_before - now).div_ceil(1000),
-                svc.backoff.failures
-            );
-            let same = svc.events.last().is_some_and(|e| {
-                e.message.starts_with("waiting ")
-                    && e.message
-                        .ends_with(&format!("{} tasks failed in a row", svc.backoff.failures))
-            });
-            if !same {
-                svc.events.push(now, message);
-            }
-        } else {
-            let n = need.min(room);
-            for _ in 0..n {
-                start.push(Launch {
-                    deployment_id: primary.id.clone(),
-                    task_definition: primary.task_definition.clone(),
-                });
-            }
-            if n > 0 {
-                svc.events.push(
-                    now,
-                    format!(
-                        "started {n} tasks of {} (deployment {})",
-                        primary.task_definition, primary.id
-                    ),
-                );
-            }
-        }
-    }
-
-    // 5. The primary deployment's rollout state.
-    let primary_healthy = primary_tasks.iter().filter(|t| healthy(t)).count();
-    if let Some(p) = svc.deployments.first_mut() {
-        if canary_phase {
-            if primary_tasks.len() == target as usize && primary_healthy == target as usize {
-                let since = *p.canary_healthy_since.get_or_insert(now);
-                if now >= since.saturating_add(u64::from(dc.canary_bake_time) * 1000) {
-                    p.promoted = true;
-                    svc.events.push(
-                        now,
-                        format!(
-                            "canary of {} healthy for {}s: promoting",
-                            p.task_definition, dc.canary_bake_time
-                        ),
-                    );
+            0
+        };
+        let mut healthy_now =
+            self.healthy_count(primary_tasks) as u64 + self.healthy_count(&old_tasks) as u64;
+        old_tasks.sort_by_key(|t| (self.healthy(t), !self.leaving(t), t.created_at));
+        let stoppable = old_tasks.len().saturating_sub(old_keep);
+        let mut stopped_old = 0;
+        let mut kept_old = Vec::new();
+        for (i, t) in old_tasks.into_iter().enumerate() {
+            let is_h = self.healthy(t);
+            if i < stoppable && (!is_h || healthy_now > min_healthy) {
+                if is_h {
+                    healthy_now -= 1;
                 }
+                let reason = if self.leaving(t) {
+                    "its node is draining".to_owned()
+                } else {
+                    format!("replaced by {}", self.primary.task_definition)
+                };
+                self.stop.push(StopOrder {
+                    task_id: t.task_id.clone(),
+                    reason,
+                });
+                stopped_old += 1;
             } else {
-                p.canary_healthy_since = None;
+                kept_old.push(t);
             }
         }
+        if stopped_old > 0 {
+            self.svc.events.push(
+                self.input.now,
+                format!("stopped {stopped_old} old tasks ({healthy_now} healthy tasks remain, at least {min_healthy} required)"),
+            );
+        }
+        kept_old
     }
-    if in_progress {
-        let failed = svc.deployments.first().map_or(0, |p| p.failed_tasks);
-        let breaker = dc.circuit_breaker.enable && failed >= CircuitBreaker::threshold(d);
-        let late = now
-            >= primary
+
+    /// 4. Start what the primary deployment lacks, within maximumPercent and the back-off.
+    fn start_missing(&mut self, primary_left: usize, old_left: usize) {
+        let now = self.input.now;
+        let need = (self.target as usize).saturating_sub(primary_left);
+        let total = (primary_left + old_left) as u64;
+        let room = usize::try_from(self.max_total.saturating_sub(total)).unwrap_or(usize::MAX);
+        if need == 0 || self.primary.rollout_state == RolloutState::Failed {
+            return;
+        }
+        if now < self.svc.backoff.not_before {
+            self.note_backoff();
+            return;
+        }
+        let n = need.min(room);
+        for _ in 0..n {
+            self.start.push(Launch {
+                deployment_id: self.primary.id.clone(),
+                task_definition: self.primary.task_definition.clone(),
+            });
+        }
+        if n > 0 {
+            self.svc.events.push(
+                now,
+                format!(
+                    "started {n} tasks of {} (deployment {})",
+                    self.primary.task_definition, self.primary.id
+                ),
+            );
+        }
+    }
+
+    /// Says that launches wait for the back-off, once per count of failures in a row.
+    fn note_backoff(&mut self) {
+        let now = self.input.now;
+        let backoff = &self.svc.backoff;
+        let message = format!(
+            "waiting {}s before starting tasks: {} tasks failed in a row",
+            (backoff.not_before - now).div_ceil(1000),
+            backoff.failures
+        );
+        let same = self.svc.events.last().is_some_and(|e| {
+            e.message.starts_with("waiting ")
+                && e.message
+                    .ends_with(&format!("{} tasks failed in a row", backoff.failures))
+        });
+        if !same {
+            self.svc.events.push(now, message);
+        }
+    }
+
+    /// 5. A canary healthy for its bake time is promoted, so the other tasks follow.
+    fn promote_canary(&mut self, primary_tasks: &[&Task]) {
+        if !self.canary_phase {
+            return;
+        }
+        let now = self.input.now;
+        let target = self.target as usize;
+        let ready = primary_tasks.len() == target && self.healthy_count(primary_tasks) == target;
+        let bake_time = self.config.canary_bake_time;
+        let Some(p) = self.svc.deployments.first_mut() else {
+            return;
+        };
+        if !ready {
+            p.canary_healthy_since = None;
+            return;
+        }
+        let since = *p.canary_healthy_since.get_or_insert(now);
+        if now >= since.saturating_add(u64::from(bake_time) * 1000) {
+            p.promoted = true;
+            let message = format!(
+                "canary of {} healthy for {bake_time}s: promoting",
+                p.task_definition
+            );
+            self.svc.events.push(now, message);
+        }
+    }
+
+    /// 6. The rollout fails (circuit breaker, progress deadline), possibly rolling back, or
+    /// completes once every desired task of the primary deployment is healthy.
+    fn settle_rollout(&mut self, primary_tasks: &[&Task], had_old: bool) {
+        if !self.in_progress {
+            return;
+        }
+        let d = self.desired;
+        let failed = self.svc.deployments.first().map_or(0, |p| p.failed_tasks);
+        let threshold = CircuitBreaker::threshold(d);
+        let progress_deadline = self.config.progress_deadline;
+        let late = self.input.now
+            >= self
+                .primary
                 .created_at
-                .saturating_add(u64::from(dc.progress_deadline) * 1000);
-        if breaker {
-            fail(
-                &mut svc,
-                format!(
-                    "circuit breaker: {failed} tasks failed (threshold {})",
-                    CircuitBreaker::threshold(d)
-                ),
-                input,
-            );
+                .saturating_add(u64::from(progress_deadline) * 1000);
+        if self.config.circuit_breaker.enable && failed >= threshold {
+            let reason = format!("circuit breaker: {failed} tasks failed (threshold {threshold})");
+            fail(&mut self.svc, reason, self.input);
         } else if late {
-            fail(
-                &mut svc,
-                format!(
-                    "the deployment did not complete within {}s (progressDeadline)",
-                    dc.progress_deadline
-                ),
-                input,
+            let reason = format!(
+                "the deployment did not complete within {progress_deadline}s (progressDeadline)"
             );
-        } else if !canary_phase
+            fail(&mut self.svc, reason, self.input);
+        } else if !self.canary_phase
             && !had_old
             && primary_tasks.len() == d as usize
-            && primary_healthy == d as usize
+            && self.healthy_count(primary_tasks) == d as usize
         {
-            let p = &mut svc.deployments[0];
-            p.rollout_state = RolloutState::Completed;
-            p.rollout_state_reason = format!("{d} tasks of {} are healthy", p.task_definition);
-            p.updated_at = now;
-            svc.last_completed = Some(p.task_definition.clone());
-            let message = format!("deployment {} completed: {}", p.id, p.rollout_state_reason);
-            svc.events.push(now, message);
+            self.complete();
         }
     }
 
-    // 6. Old deployments without tasks disappear.
-    let remaining: BTreeSet<&str> = old_tasks
-        .iter()
-        .chain(primary_tasks.iter())
-        .filter_map(|t| t.started_by.as_deref())
-        .collect();
-    let primary_id = svc.deployments.first().map(|p| p.id.clone());
-    svc.deployments
-        .retain(|dep| Some(&dep.id) == primary_id.as_ref() || remaining.contains(dep.id.as_str()));
-
-    // 7. Back-off ends once a new task is healthy after the last failure.
-    if svc.backoff.failures > 0
-        && primary_tasks.iter().any(|t| {
-            healthy(t)
-                && t.started_at
-                    .is_some_and(|s| s > svc.backoff.last_failure_at)
-        })
-    {
-        svc.backoff = Default::default();
+    /// Marks the primary deployment COMPLETED.
+    fn complete(&mut self) {
+        let now = self.input.now;
+        let d = self.desired;
+        let p = &mut self.svc.deployments[0];
+        p.rollout_state = RolloutState::Completed;
+        p.rollout_state_reason = format!("{d} tasks of {} are healthy", p.task_definition);
+        p.updated_at = now;
+        self.svc.last_completed = Some(p.task_definition.clone());
+        let message = format!("deployment {} completed: {}", p.id, p.rollout_state_reason);
+        self.svc.events.push(now, message);
     }
 
-    if let Some(p) = svc.deployments.first_mut() {
-        if p.id == primary.id && p.desired_count != target {
-            p.desired_count = target;
-            p.updated_at = now;
+    /// 7. Old deployments without tasks disappear.
+    fn forget_drained_deployments(&mut self, primary_tasks: &[&Task], old_tasks: &[&Task]) {
+        let remaining: BTreeSet<&str> = old_tasks
+            .iter()
+            .chain(primary_tasks.iter())
+            .filter_map(|t| t.started_by.as_deref())
+            .collect();
+        let primary_id = self.svc.deployments.first().map(|p| p.id.clone());
+        self.svc.deployments.retain(|dep| {
+            Some(&dep.id) == primary_id.as_ref() || remaining.contains(dep.id.as_str())
+        });
+    }
+
+    /// 8. Back-off ends once a new task is healthy after the last failure.
+    fn end_backoff(&mut self, primary_tasks: &[&Task]) {
+        let backoff = &self.svc.backoff;
+        let recovered = backoff.failures > 0
+            && primary_tasks.iter().any(|t| {
+                self.healthy(t) && t.started_at.is_some_and(|s| s > backoff.last_failure_at)
+            });
+        if recovered {
+            self.svc.backoff = Default::default();
         }
     }
-    count(&mut svc, &active, &plan_stop, &healthy, now);
-    ServicePlan {
-        service: svc,
-        start,
-        stop: plan_stop,
-        remove: false,
+
+    /// The primary deployment's desired count and every running/pending count brought up to
+    /// date: the plan.
+    fn finish(mut self, active: &[&Task]) -> ServicePlan {
+        let now = self.input.now;
+        if let Some(p) = self.svc.deployments.first_mut() {
+            if p.id == self.primary.id && p.desired_count != self.target {
+                p.desired_count = self.target;
+                p.updated_at = now;
+            }
+        }
+        let input = self.input;
+        count(
+            &mut self.svc,
+            active,
+            &self.stop,
+            &|t| is_healthy(t, input.health_checked),
+            now,
+        );
+        ServicePlan {
+            service: self.svc,
+            start: self.start,
+            stop: self.stop,
+            remove: false,
+        }
     }
 }
 
@@ -982,4 +1103,328 @@ mod tests {
         assert_eq!(w.svc.task_definition, td("web:1"));
         assert_eq!(w.primary().rollout_state, RolloutState::Completed);
     }
+}
+
+#[cfg(test)]
+mod old_impl {
+    #![allow(clippy::all)]
+    use super::*;
+/// Decides what one service needs now.
+pub fn old_reconcile(input: &ServiceInput<'_>) -> ServicePlan {
+    let now = input.now;
+    let mut svc = input.service.clone();
+    let mut plan_stop: Vec<StopOrder> = Vec::new();
+    let mut start = Vec::new();
+    let active: Vec<&Task> = input
+        .tasks
+        .iter()
+        .copied()
+        .filter(|t| !t.is_stopped() && t.desired_status == DesiredStatus::Running)
+        .collect();
+
+    if svc.status == ServiceStatus::Draining {
+        for t in &active {
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason: format!("service {} is being deleted", svc.name),
+            });
+        }
+        let remove = input.tasks.iter().all(|t| t.is_stopped());
+        if !plan_stop.is_empty() {
+            svc.events.push(
+                now,
+                format!(
+                    "stopping {} tasks: the service was deleted",
+                    plan_stop.len()
+                ),
+            );
+        }
+        count(
+            &mut svc,
+            &active,
+            &plan_stop,
+            &|t| is_healthy(t, input.health_checked),
+            now,
+        );
+        return ServicePlan {
+            service: svc,
+            start,
+            stop: plan_stop,
+            remove,
+        };
+    }
+    let Some(primary) = svc.deployments.first().cloned() else {
+        return ServicePlan {
+            service: svc,
+            start,
+            stop: plan_stop,
+            remove: false,
+        };
+    };
+    let dc = svc.deployment_configuration.clone();
+    let d = svc.desired_count;
+    let in_progress = primary.rollout_state == RolloutState::InProgress;
+    let canary_phase = dc.strategy == DeploymentStrategy::Canary
+        && in_progress
+        && !primary.promoted
+        && svc.deployments.len() > 1;
+    let target = if canary_phase {
+        dc.canary_count.min(d)
+    } else {
+        d
+    };
+    let min_healthy = (u64::from(d) * u64::from(dc.minimum_healthy_percent)).div_ceil(100);
+    let mut max_total = u64::from(d) * u64::from(dc.maximum_percent) / 100;
+    if d > 0 {
+        // Rounding must leave room for one replacement, or a deployment could never progress.
+        max_total = max_total.max(min_healthy + 1);
+    }
+    let healthy = |t: &Task| is_healthy(t, input.health_checked);
+    let leaving = |t: &Task| {
+        t.node
+            .as_ref()
+            .is_some_and(|n| input.draining_nodes.contains(n))
+    };
+    let (mut primary_tasks, mut old_tasks): (Vec<&Task>, Vec<&Task>) = active
+        .iter()
+        .copied()
+        .partition(|t| t.started_by.as_deref() == Some(primary.id.as_str()) && !leaving(t));
+    let had_old = !old_tasks.is_empty();
+
+    // 1. New tasks that missed the healthy deadline count as failed and are replaced.
+    if in_progress {
+        let deadline_ms = u64::from(dc.healthy_deadline) * 1000;
+        let (late, ok): (Vec<&Task>, Vec<&Task>) = primary_tasks.iter().copied().partition(|t| {
+            // A task still waiting for capacity has not failed.
+            t.node.is_some() && !healthy(t) && now >= t.created_at.saturating_add(deadline_ms)
+        });
+        for t in &late {
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason: format!(
+                    "task did not become healthy within {}s (healthyDeadline)",
+                    dc.healthy_deadline
+                ),
+            });
+            if let Some(p) = svc.deployments.first_mut() {
+                p.failed_tasks += 1;
+            }
+            svc.backoff.record_failure(now);
+        }
+        if !late.is_empty() {
+            svc.events.push(
+                now,
+                format!(
+                    "stopped {} tasks of {} that did not become healthy within {}s",
+                    late.len(),
+                    primary.task_definition,
+                    dc.healthy_deadline
+                ),
+            );
+        }
+        primary_tasks = ok;
+    }
+
+    // 2. Surplus tasks of the primary deployment (scale-in): not healthy first, newest first.
+    if primary_tasks.len() > target as usize {
+        primary_tasks.sort_by_key(|t| {
+            (
+                healthy(t),
+                t.last_status == TaskStatus::Running,
+                std::cmp::Reverse(t.created_at),
+            )
+        });
+        let surplus = primary_tasks.len() - target as usize;
+        for t in primary_tasks.drain(..surplus) {
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason: format!("service {} scaled in to {d}", svc.name),
+            });
+        }
+        svc.events.push(
+            now,
+            format!("stopped {surplus} tasks: desired count is {d}"),
+        );
+    }
+
+    // 3. Old tasks (older deployments, draining nodes) go while enough stay healthy.
+    let old_keep = if canary_phase {
+        (d as usize).min(
+            usize::try_from(max_total)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(target as usize),
+        )
+    } else {
+        0
+    };
+    let mut healthy_now = primary_tasks.iter().filter(|t| healthy(t)).count() as u64
+        + old_tasks.iter().filter(|t| healthy(t)).count() as u64;
+    old_tasks.sort_by_key(|t| (healthy(t), !leaving(t), t.created_at));
+    let stoppable = old_tasks.len().saturating_sub(old_keep);
+    let mut stopped_old = 0;
+    let mut kept_old = Vec::new();
+    for (i, t) in old_tasks.iter().enumerate() {
+        let is_h = healthy(t);
+        if i < stoppable && (!is_h || healthy_now > min_healthy) {
+            if is_h {
+                healthy_now -= 1;
+            }
+            let reason = if leaving(t) {
+                "its node is draining".to_owned()
+            } else {
+                format!("replaced by {}", primary.task_definition)
+            };
+            plan_stop.push(StopOrder {
+                task_id: t.task_id.clone(),
+                reason,
+            });
+            stopped_old += 1;
+        } else {
+            kept_old.push(*t);
+        }
+    }
+    if stopped_old > 0 {
+        svc.events.push(
+            now,
+            format!("stopped {stopped_old} old tasks ({healthy_now} healthy tasks remain, at least {min_healthy} required)"),
+        );
+    }
+    let old_tasks = kept_old;
+
+    // 4. Start what the primary deployment lacks, within maximumPercent and the back-off.
+    let need = (target as usize).saturating_sub(primary_tasks.len());
+    let total = (primary_tasks.len() + old_tasks.len()) as u64;
+    let room = usize::try_from(max_total.saturating_sub(total)).unwrap_or(usize::MAX);
+    let launchable = primary.rollout_state != RolloutState::Failed;
+    if need > 0 && launchable {
+        if now < svc.backoff.not_before {
+            let message = format!(
+                "waiting {}s before starting tasks: {} tasks failed in a row",
+                (svc.backoff.not_before - now).div_ceil(1000),
+                svc.backoff.failures
+            );
+            let same = svc.events.last().is_some_and(|e| {
+                e.message.starts_with("waiting ")
+                    && e.message
+                        .ends_with(&format!("{} tasks failed in a row", svc.backoff.failures))
+            });
+            if !same {
+                svc.events.push(now, message);
+            }
+        } else {
+            let n = need.min(room);
+            for _ in 0..n {
+                start.push(Launch {
+                    deployment_id: primary.id.clone(),
+                    task_definition: primary.task_definition.clone(),
+                });
+            }
+            if n > 0 {
+                svc.events.push(
+                    now,
+                    format!(
+                        "started {n} tasks of {} (deployment {})",
+                        primary.task_definition, primary.id
+                    ),
+                );
+            }
+        }
+    }
+
+    // 5. The primary deployment's rollout state.
+    let primary_healthy = primary_tasks.iter().filter(|t| healthy(t)).count();
+    if let Some(p) = svc.deployments.first_mut() {
+        if canary_phase {
+            if primary_tasks.len() == target as usize && primary_healthy == target as usize {
+                let since = *p.canary_healthy_since.get_or_insert(now);
+                if now >= since.saturating_add(u64::from(dc.canary_bake_time) * 1000) {
+                    p.promoted = true;
+                    svc.events.push(
+                        now,
+                        format!(
+                            "canary of {} healthy for {}s: promoting",
+                            p.task_definition, dc.canary_bake_time
+                        ),
+                    );
+                }
+            } else {
+                p.canary_healthy_since = None;
+            }
+        }
+    }
+    if in_progress {
+        let failed = svc.deployments.first().map_or(0, |p| p.failed_tasks);
+        let breaker = dc.circuit_breaker.enable && failed >= CircuitBreaker::threshold(d);
+        let late = now
+            >= primary
+                .created_at
+                .saturating_add(u64::from(dc.progress_deadline) * 1000);
+        if breaker {
+            fail(
+                &mut svc,
+                format!(
+                    "circuit breaker: {failed} tasks failed (threshold {})",
+                    CircuitBreaker::threshold(d)
+                ),
+                input,
+            );
+        } else if late {
+            fail(
+                &mut svc,
+                format!(
+                    "the deployment did not complete within {}s (progressDeadline)",
+                    dc.progress_deadline
+                ),
+                input,
+            );
+        } else if !canary_phase
+            && !had_old
+            && primary_tasks.len() == d as usize
+            && primary_healthy == d as usize
+        {
+            let p = &mut svc.deployments[0];
+            p.rollout_state = RolloutState::Completed;
+            p.rollout_state_reason = format!("{d} tasks of {} are healthy", p.task_definition);
+            p.updated_at = now;
+            svc.last_completed = Some(p.task_definition.clone());
+            let message = format!("deployment {} completed: {}", p.id, p.rollout_state_reason);
+            svc.events.push(now, message);
+        }
+    }
+
+    // 6. Old deployments without tasks disappear.
+    let remaining: BTreeSet<&str> = old_tasks
+        .iter()
+        .chain(primary_tasks.iter())
+        .filter_map(|t| t.started_by.as_deref())
+        .collect();
+    let primary_id = svc.deployments.first().map(|p| p.id.clone());
+    svc.deployments
+        .retain(|dep| Some(&dep.id) == primary_id.as_ref() || remaining.contains(dep.id.as_str()));
+
+    // 7. Back-off ends once a new task is healthy after the last failure.
+    if svc.backoff.failures > 0
+        && primary_tasks.iter().any(|t| {
+            healthy(t)
+                && t.started_at
+                    .is_some_and(|s| s > svc.backoff.last_failure_at)
+        })
+    {
+        svc.backoff = Default::default();
+    }
+
+    if let Some(p) = svc.deployments.first_mut() {
+        if p.id == primary.id && p.desired_count != target {
+            p.desired_count = target;
+            p.updated_at = now;
+        }
+    }
+    count(&mut svc, &active, &plan_stop, &healthy, now);
+    ServicePlan {
+        service: svc,
+        start,
+        stop: plan_stop,
+        remove: false,
+    }
+}
 }

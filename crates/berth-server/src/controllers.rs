@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use berth_control::autoscaling::Samples;
 use berth_model::TaskMetrics;
 use berth_state::{Command, CommandResult, Rejection, State};
-use berth_store::Store;
+use berth_store::{error_chain, Store};
 use tracing::Instrument as _;
 
 use crate::metrics::Metrics;
@@ -71,7 +71,7 @@ pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
                 ReadPolicy::Linearizable => match store.read(|s| controller.plan(s, at)).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!("read the state: {e}");
+                        tracing::debug!("read the state: {}", error_chain(&e));
                         continue;
                     }
                 },
@@ -88,7 +88,7 @@ pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
                         }
                         controller.proposed(&command, &result);
                     }
-                    Err(e) => tracing::warn!("propose: {e}"),
+                    Err(e) => tracing::warn!("propose: {}", error_chain(&e)),
                 }
             }
         }

@@ -27,10 +27,8 @@ pub fn from_store(e: StoreError) -> Status {
         StoreError::NoQuorum(msg) => {
             Status::unavailable(format!("the cluster has no quorum: {msg}"))
         }
-        StoreError::Membership(msg) => Status::failed_precondition(msg),
-        e @ (StoreError::Open { .. } | StoreError::Start(_) | StoreError::Fatal(_)) => {
-            Status::internal(format!("{e:#}"))
-        }
+        StoreError::Membership(e) => Status::failed_precondition(e.to_string()),
+        e => Status::internal(berth_store::error_chain(&e)),
     }
 }
 

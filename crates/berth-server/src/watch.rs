@@ -4,8 +4,8 @@
 use std::pin::Pin;
 
 use berth_proto::v1 as pb;
-use berth_store::changes::{Change, ObjectChange};
 use berth_state::{Key, Object};
+use berth_store::changes::{Change, ObjectChange};
 use berth_store::Store;
 use futures::Stream;
 use tokio::sync::mpsc;

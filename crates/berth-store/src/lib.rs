@@ -11,6 +11,7 @@
 //! until `write_timeout`, then fail with [`StoreError::NoQuorum`].
 
 pub mod changes;
+mod error;
 pub mod network;
 pub mod storage;
 
@@ -29,6 +30,8 @@ use tokio::time::Instant;
 
 use berth_model::{ClusterMember, ClusterStatus, MemberRole};
 use berth_state::{Command, CommandResult, State};
+use error::RemoteError;
+pub use error::{chain as error_chain, MembershipError, NoQuorum, StoreError};
 pub use network::RaftService;
 
 /// A Raft member's ID.
@@ -83,77 +86,6 @@ impl StoreConfig {
     /// A leader that has not heard from a quorum for this long cannot commit.
     fn quorum_timeout(&self) -> Duration {
         self.election_timeout.1 * 2
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("open raft database {path}")]
-    Open { path: PathBuf, source: redb::Error },
-    #[error("start raft: {0}")]
-    Start(String),
-    #[error("this server is not the leader")]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    #[error("the cluster has no quorum: {0}")]
-    NoQuorum(String),
-    #[error("membership change refused: {0}")]
-    Membership(String),
-    #[error("raft stopped: {0}")]
-    Fatal(String),
-}
-
-/// A [`StoreError`] as it crosses the wire from the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum RemoteError {
-    NotLeader,
-    NoQuorum(String),
-    Membership(String),
-    Fatal(String),
-}
-
-impl StoreError {
-    /// The same error again, for each of the writers a failed batch answers.
-    fn duplicate(&self) -> Self {
-        match self {
-            StoreError::NotLeader {
-                leader_id,
-                leader_addr,
-            } => StoreError::NotLeader {
-                leader_id: *leader_id,
-                leader_addr: leader_addr.clone(),
-            },
-            StoreError::NoQuorum(m) => StoreError::NoQuorum(m.clone()),
-            StoreError::Membership(m) => StoreError::Membership(m.clone()),
-            other => StoreError::Fatal(other.to_string()),
-        }
-    }
-}
-
-impl From<StoreError> for RemoteError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotLeader { .. } => RemoteError::NotLeader,
-            StoreError::NoQuorum(m) => RemoteError::NoQuorum(m),
-            StoreError::Membership(m) => RemoteError::Membership(m),
-            other => RemoteError::Fatal(other.to_string()),
-        }
-    }
-}
-
-impl From<RemoteError> for StoreError {
-    fn from(e: RemoteError) -> Self {
-        match e {
-            RemoteError::NotLeader => StoreError::NotLeader {
-                leader_id: None,
-                leader_addr: None,
-            },
-            RemoteError::NoQuorum(m) => StoreError::NoQuorum(m),
-            RemoteError::Membership(m) => StoreError::Membership(m),
-            RemoteError::Fatal(m) => StoreError::Fatal(m),
-        }
     }
 }
 
@@ -258,9 +190,7 @@ async fn group_commit(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
             }
             Ok(other) => {
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Fatal(format!(
-                        "a batch was answered with {other:?}"
-                    ))));
+                    let _ = reply.send(Err(StoreError::BatchAnswer(format!("{other:?}"))));
                 }
             }
             Err(e) => {
@@ -286,18 +216,15 @@ async fn client_write(
                 leader_addr: f.leader_node.map(|n| n.addr),
             },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                StoreError::Membership(e.to_string())
+                MembershipError::Refused(e).into()
             }
-            RaftError::Fatal(e) => StoreError::Fatal(e.to_string()),
+            RaftError::Fatal(e) => StoreError::Fatal(e),
         })?;
     Ok(resp.data)
 }
 
 fn no_quorum() -> StoreError {
-    StoreError::NoQuorum(
-        "the write was not committed in time; fewer than a majority of servers are reachable"
-            .into(),
-    )
+    NoQuorum::NotCommitted.into()
 }
 
 impl Store {
@@ -347,7 +274,7 @@ impl Store {
         let committed = Arc::new(AtomicU64::new(0));
         let log = storage::LogStore::new(db.clone(), committed.clone());
         let (sm, shared) = storage::StateMachine::load(db, committed)
-            .map_err(|e| StoreError::Start(format!("load state machine: {e}")))?;
+            .map_err(|e| StoreError::start("load state machine", e))?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -362,10 +289,10 @@ impl Store {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| StoreError::Start(e.to_string()))?;
+        .map_err(|e| StoreError::start("check raft settings", e))?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
-            .map_err(|e| StoreError::Start(e.to_string()))?;
+            .map_err(|e| StoreError::start("start raft", e))?;
         let (commits, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_commit(raft.clone(), queue));
         let metrics = raft.metrics();
@@ -386,7 +313,7 @@ impl Store {
         self.raft
             .is_initialized()
             .await
-            .map_err(|e| StoreError::Fatal(e.to_string()))
+            .map_err(|e| StoreError::start("read raft state", e))
     }
 
     /// Forms a one-member cluster of this server when it has never been part of one.
@@ -403,7 +330,7 @@ impl Store {
         self.raft
             .initialize(members)
             .await
-            .map_err(|e| StoreError::Start(e.to_string()))?;
+            .map_err(|e| StoreError::start("bootstrap the cluster", e))?;
         Ok(true)
     }
 
@@ -456,10 +383,11 @@ impl Store {
             .millis_since_quorum_ack
             .is_some_and(|ms| Duration::from_millis(ms) > self.config.quorum_timeout());
         if voters > 1 && stale {
-            return Err(StoreError::NoQuorum(format!(
-                "the leader has not heard from a majority of the {voters} servers for over {:?}",
-                self.config.quorum_timeout()
-            )));
+            return Err(NoQuorum::LeaderIsolated {
+                voters,
+                timeout: self.config.quorum_timeout(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -476,10 +404,10 @@ impl Store {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(StoreError::NotLeader { .. }) => {
-                    return Err(StoreError::NoQuorum(format!(
-                        "no leader could be reached within {:?}; fewer than a majority of servers may be up",
-                        self.config.write_timeout
-                    )))
+                    return Err(NoQuorum::NoLeader {
+                        timeout: self.config.write_timeout,
+                    }
+                    .into())
                 }
                 other => return other,
             }
@@ -521,12 +449,12 @@ impl Store {
                     reply,
                 };
                 if self.commits.send(pending).is_err() {
-                    return Err(StoreError::Fatal("the group committer stopped".into()));
+                    return Err(StoreError::Stopped("the group committer"));
                 }
                 tokio::time::timeout_at(deadline, answer)
                     .await
                     .map_err(|_| no_quorum())?
-                    .map_err(|_| StoreError::Fatal("the group committer stopped".into()))?
+                    .map_err(|_| StoreError::Stopped("the group committer"))?
             }
             Write::AddMember { id, addr, voter } => {
                 self.change_members(
@@ -550,17 +478,13 @@ impl Store {
                     .clone();
                 let change = if membership.voter_ids().any(|v| v == id) {
                     if membership.voter_ids().count() == 1 {
-                        return Err(StoreError::Membership(format!(
-                            "server {id} is the only voter; add another server first"
-                        )));
+                        return Err(MembershipError::OnlyVoter { id }.into());
                     }
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 } else if membership.get_node(&id).is_some() {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 } else {
-                    return Err(StoreError::Membership(format!(
-                        "server {id} is not a member"
-                    )));
+                    return Err(MembershipError::NotAMember { id }.into());
                 };
                 self.change_members(change, deadline).await?;
                 Ok(CommandResult::Done)
@@ -592,11 +516,7 @@ impl Store {
                 }
             };
             match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => {
-                    return Err(StoreError::NoQuorum(
-                        "the membership change was not committed in time".into(),
-                    ))
-                }
+                Err(_) => return Err(NoQuorum::MembershipNotCommitted.into()),
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
@@ -610,9 +530,9 @@ impl Store {
                     })
                 }
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                    return Err(StoreError::Membership(e.to_string()))
+                    return Err(MembershipError::Refused(e).into())
                 }
-                Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(e.to_string())),
+                Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(e)),
             }
         }
     }
@@ -665,9 +585,7 @@ impl Store {
         self.check_quorum()?;
         let check = self.raft.ensure_linearizable();
         match tokio::time::timeout_at(deadline, check).await {
-            Err(_) => Err(StoreError::NoQuorum(
-                "could not confirm leadership with a majority of servers".into(),
-            )),
+            Err(_) => Err(NoQuorum::LeadershipNotConfirmed.into()),
             Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(StoreError::NotLeader {
@@ -684,12 +602,13 @@ impl Store {
                     .membership()
                     .voter_ids()
                     .count();
-                Err(StoreError::NoQuorum(format!(
-                    "the leader hears from only {} of {voters} servers, not a majority",
-                    q.got.len()
-                )))
+                Err(NoQuorum::Minority {
+                    heard: q.got.len(),
+                    voters,
+                }
+                .into())
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e)),
         }
     }
 
@@ -699,10 +618,8 @@ impl Store {
         let wait = async move { applied.wait_for(|a| *a >= index).await.map(drop) };
         match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Fatal("state machine stopped".into())),
-            Err(_) => Err(StoreError::NoQuorum(format!(
-                "this server did not catch up to the leader's index {index} in time"
-            ))),
+            Ok(Err(_)) => Err(StoreError::Stopped("the state machine")),
+            Err(_) => Err(NoQuorum::Lagging { index }.into()),
         }
     }
 
@@ -809,14 +726,19 @@ impl Store {
     /// A backup of the whole state (linearizable), in the format `restore` reads.
     pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
         let objects = self.read(|s| s.objects().collect::<Vec<_>>()).await?;
-        serde_json::to_vec(&storage::SnapshotData { objects })
-            .map_err(|e| StoreError::Fatal(format!("encode backup: {e}")))
+        serde_json::to_vec(&storage::SnapshotData { objects }).map_err(|source| StoreError::Codec {
+            what: "encode backup",
+            source,
+        })
     }
 
     /// Replaces the whole state with a backup made by [`Store::backup`].
     pub async fn restore(&self, backup: &[u8]) -> Result<usize, StoreError> {
-        let data: storage::SnapshotData = serde_json::from_slice(backup)
-            .map_err(|e| StoreError::Start(format!("read backup: {e}")))?;
+        let data: storage::SnapshotData =
+            serde_json::from_slice(backup).map_err(|source| StoreError::Codec {
+                what: "read backup",
+                source,
+            })?;
         let count = data.objects.len();
         self.propose(Command::ReplaceState {
             objects: data.objects,

@@ -82,8 +82,10 @@ impl Peers {
             leader_addr: Some(addr.to_owned()),
         };
         let mut client = self.client(addr).map_err(|_| not_leader())?;
-        let json = serde_json::to_vec(req)
-            .map_err(|e| StoreError::Fatal(format!("encode request: {e}")))?;
+        let json = serde_json::to_vec(req).map_err(|source| StoreError::Codec {
+            what: "encode a request to the leader",
+            source,
+        })?;
         let mut request = tonic::Request::new(RaftPayload { json });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = if forward {
@@ -95,8 +97,10 @@ impl Peers {
             tracing::debug!(%addr, "call leader: {status}");
             not_leader()
         })?;
-        serde_json::from_slice(&reply.into_inner().json)
-            .map_err(|e| StoreError::Fatal(format!("decode reply from {addr}: {e}")))
+        serde_json::from_slice(&reply.into_inner().json).map_err(|source| StoreError::Codec {
+            what: "decode the leader's reply",
+            source,
+        })
     }
 }
 

@@ -27,9 +27,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::{BerthNode, NodeId, TypeConfig};
 use berth_state::CommandResult;
 use berth_state::{Key, Object, State};
-use crate::{BerthNode, NodeId, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -119,6 +119,59 @@ fn image_info(reference: &str, digest: String, config: &ConfigFile) -> ImageInfo
     }
 }
 
+/// The image's manifest for this platform (through the image index when there is one): the
+/// reference it was fetched by, its raw bytes and digest, and the manifest.
+async fn resolve_manifest(
+    client: &oci_client::Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    image: &str,
+) -> Result<(Reference, Vec<u8>, String, OciImageManifest), RuntimeError> {
+    let invalid = |detail: String| RuntimeError::InvalidImage {
+        image: image.to_owned(),
+        detail,
+    };
+    let accepted = [
+        OCI_IMAGE_MEDIA_TYPE,
+        IMAGE_MANIFEST_MEDIA_TYPE,
+        OCI_IMAGE_INDEX_MEDIA_TYPE,
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    ];
+    let (mut raw, mut digest) = client
+        .pull_manifest_raw(reference, auth, &accepted)
+        .await
+        .map_err(|e| registry_error(image, e))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| invalid(format!("manifest: {e}")))?;
+    let mut manifest_ref = reference.clone();
+    if value.get("manifests").is_some() {
+        let index: OciImageIndex =
+            serde_json::from_value(value).map_err(|e| invalid(format!("image index: {e}")))?;
+        let entry = index
+            .manifests
+            .iter()
+            .find(|m| {
+                m.platform.as_ref().is_some_and(|p| {
+                    p.os == oci_spec::image::Os::default()
+                        && p.architecture == oci_spec::image::Arch::default()
+                })
+            })
+            .ok_or_else(|| invalid("no manifest for this platform in the image index".into()))?;
+        manifest_ref = Reference::with_digest(
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+            entry.digest.clone(),
+        );
+        (raw, digest) = client
+            .pull_manifest_raw(&manifest_ref, auth, &accepted)
+            .await
+            .map_err(|e| registry_error(image, e))?;
+    }
+    let manifest: OciImageManifest =
+        serde_json::from_slice(&raw).map_err(|e| invalid(format!("manifest: {e}")))?;
+    Ok((manifest_ref, raw.into(), digest, manifest))
+}
+
 impl ContainerdRuntime {
     fn client_for(&self, registry: &str) -> &oci_client::Client {
         if is_loopback(registry)
@@ -325,46 +378,8 @@ impl ContainerdRuntime {
             Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
             None => RegistryAuth::Anonymous,
         };
-        let accepted = [
-            OCI_IMAGE_MEDIA_TYPE,
-            IMAGE_MANIFEST_MEDIA_TYPE,
-            OCI_IMAGE_INDEX_MEDIA_TYPE,
-            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-        ];
-        let (mut raw, mut digest) = client
-            .pull_manifest_raw(&reference, &auth, &accepted)
-            .await
-            .map_err(|e| registry_error(image, e))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&raw).map_err(|e| invalid(format!("manifest: {e}")))?;
-        let mut manifest_ref = reference.clone();
-        if value.get("manifests").is_some() {
-            let index: OciImageIndex =
-                serde_json::from_value(value).map_err(|e| invalid(format!("image index: {e}")))?;
-            let entry = index
-                .manifests
-                .iter()
-                .find(|m| {
-                    m.platform.as_ref().is_some_and(|p| {
-                        p.os == oci_spec::image::Os::default()
-                            && p.architecture == oci_spec::image::Arch::default()
-                    })
-                })
-                .ok_or_else(|| {
-                    invalid("no manifest for this platform in the image index".into())
-                })?;
-            manifest_ref = Reference::with_digest(
-                reference.registry().to_owned(),
-                reference.repository().to_owned(),
-                entry.digest.clone(),
-            );
-            (raw, digest) = client
-                .pull_manifest_raw(&manifest_ref, &auth, &accepted)
-                .await
-                .map_err(|e| registry_error(image, e))?;
-        }
-        let manifest: OciImageManifest =
-            serde_json::from_slice(&raw).map_err(|e| invalid(format!("manifest: {e}")))?;
+        let (manifest_ref, raw, digest, manifest) =
+            resolve_manifest(client, &reference, &auth, image).await?;
         let manifest_media_type = manifest.media_type.clone().unwrap_or_else(|| {
             if manifest.config.media_type.contains("docker") {
                 IMAGE_MANIFEST_MEDIA_TYPE.to_owned()
@@ -435,8 +450,23 @@ impl ContainerdRuntime {
             size: i64::try_from(raw.len()).unwrap_or(i64::MAX),
             annotations: HashMap::new(),
         };
+        self.record_image(reference.whole(), target, lease).await?;
+        self.unpack(lease, &manifest, diff_ids, &chain).await?;
+        Ok(ImageInfo {
+            pulled: true,
+            ..image_info(image, digest, &config)
+        })
+    }
+
+    /// Creates (or points at the new manifest) the image record, so the image is listed.
+    async fn record_image(
+        &self,
+        name: String,
+        target: Descriptor,
+        lease: &Lease,
+    ) -> Result<(), RuntimeError> {
         let record = Image {
-            name: reference.whole(),
+            name,
             target: Some(target),
             ..Default::default()
         };
@@ -467,11 +497,7 @@ impl ContainerdRuntime {
             }
             Err(s) => return Err(RuntimeError::containerd("create image")(s)),
         }
-        self.unpack(lease, &manifest, diff_ids, &chain).await?;
-        Ok(ImageInfo {
-            pulled: true,
-            ..image_info(image, digest, &config)
-        })
+        Ok(())
     }
 
     /// Applies each layer onto its parent snapshot, skipping layers already unpacked.

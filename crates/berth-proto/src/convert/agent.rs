@@ -51,6 +51,49 @@ impl From<(String, m::TaskMetrics)> for v1::TaskSample {
     }
 }
 
+/// A `Register` as the node it describes (ACTIVE, nothing allocated, no events yet); the
+/// name must be a valid object name.
+impl TryFrom<v1::Register> for m::Node {
+    type Error = ConversionError;
+
+    fn try_from(r: v1::Register) -> Result<Self, Self::Error> {
+        m::validate_name("nodeName", &r.node_name)?;
+        Ok(Self {
+            name: r.node_name,
+            address: r.address,
+            status: m::NodeStatus::Active,
+            attributes: r.attributes.into_iter().collect(),
+            cpu: m::Resources {
+                total: r.cpu,
+                allocated: 0,
+            },
+            memory: m::Resources {
+                total: r.memory,
+                allocated: 0,
+            },
+            registered_at: 0,
+            events: m::EventLog::default(),
+        })
+    }
+}
+
+/// The samples of a metrics report, by task ID (samples without metrics are skipped).
+pub fn task_samples(report: v1::MetricsReport) -> Vec<(String, m::TaskMetrics)> {
+    report
+        .samples
+        .into_iter()
+        .filter_map(|s| {
+            let t = s.metrics?;
+            let metrics = m::TaskMetrics {
+                cpu_units: t.cpu_units,
+                memory_bytes: t.memory_bytes,
+                sampled_at: t.sampled_at,
+            };
+            Some((s.task_id, metrics))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,51 +142,8 @@ mod tests {
             memory_bytes: 1 << 20,
             sampled_at: 7,
         };
-        let wire = v1::TaskSample::from(("t1".to_owned(), metrics.clone()));
+        let wire = v1::TaskSample::from(("t1".to_owned(), metrics));
         assert_eq!(wire.task_id, "t1");
         assert_eq!(wire.metrics.map(m::TaskMetrics::from), Some(metrics));
     }
-}
-
-/// A `Register` as the node it describes (ACTIVE, nothing allocated, no events yet); the
-/// name must be a valid object name.
-impl TryFrom<v1::Register> for m::Node {
-    type Error = ConversionError;
-
-    fn try_from(r: v1::Register) -> Result<Self, Self::Error> {
-        m::validate_name("nodeName", &r.node_name)?;
-        Ok(Self {
-            name: r.node_name,
-            address: r.address,
-            status: m::NodeStatus::Active,
-            attributes: r.attributes.into_iter().collect(),
-            cpu: m::Resources {
-                total: r.cpu,
-                allocated: 0,
-            },
-            memory: m::Resources {
-                total: r.memory,
-                allocated: 0,
-            },
-            registered_at: 0,
-            events: m::EventLog::default(),
-        })
-    }
-}
-
-/// The samples of a metrics report, by task ID (samples without metrics are skipped).
-pub fn task_samples(report: v1::MetricsReport) -> Vec<(String, m::TaskMetrics)> {
-    report
-        .samples
-        .into_iter()
-        .filter_map(|s| {
-            let t = s.metrics?;
-            let metrics = m::TaskMetrics {
-                cpu_units: t.cpu_units,
-                memory_bytes: t.memory_bytes,
-                sampled_at: t.sampled_at,
-            };
-            Some((s.task_id, metrics))
-        })
-        .collect()
 }

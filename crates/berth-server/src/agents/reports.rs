@@ -6,7 +6,7 @@ use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{AgentMessage, ServerMessage, StatusReport};
 use berth_state::Command;
-use berth_store::Store;
+use berth_store::{error_chain, Store};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tonic::{Status, Streaming};
@@ -33,7 +33,7 @@ impl Reader {
             let msg = match inbound.next().await {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    tracing::info!("agent stream ended: {e}");
+                    tracing::info!("agent stream ended: {}", error_chain(&e));
                     break;
                 }
                 None => break,
@@ -73,7 +73,7 @@ impl Reader {
                 at: now_ms(),
             };
             if let Err(e) = self.store.propose(again).await {
-                tracing::warn!("register again: {e}");
+                tracing::warn!("register again: {}", error_chain(&e));
             }
         }
         let ack = ServerMessage {
@@ -90,7 +90,7 @@ impl Reader {
         let updates = match updates {
             Ok(u) => u,
             Err(e) => {
-                tracing::warn!("drop malformed status report: {e}");
+                tracing::warn!("drop malformed status report: {}", error_chain(&e));
                 return true;
             }
         };
@@ -100,7 +100,7 @@ impl Reader {
             at: now_ms(),
         };
         if let Err(e) = self.store.propose(command).await {
-            tracing::warn!("record status report: {e}");
+            tracing::warn!("record status report: {}", error_chain(&e));
             let _ = self.tx.send(Err(status::from_store(e))).await;
             return false;
         }

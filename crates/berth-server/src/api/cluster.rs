@@ -107,7 +107,7 @@ async fn check_joinable(store: &Store, id: u64, address: &str) -> Result<(), Sta
     )
     .await
     .map_err(|_| unreachable("timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    .map_err(|e| unreachable(berth_store::error_chain(&e)))?;
     let theirs = client
         .cluster_status(pb::ClusterStatusRequest {})
         .await

@@ -167,8 +167,10 @@ async fn agent_client(
         .await
         .map_err(|e| {
             status::unreachable(format!(
-                "node {} at {} is unreachable: {e}",
-                node.name, node.address
+                "node {} at {} is unreachable: {}",
+                node.name,
+                node.address,
+                berth_store::error_chain(&e)
             ))
         })
 }
