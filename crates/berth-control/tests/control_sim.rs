@@ -2,9 +2,10 @@
 //! RNG and a manual clock drive node crashes and restarts, partitions (agents cut off from
 //! every server), lost heartbeats and reports, leader changes (the new leader's memory starts
 //! empty), container crashes, failing revisions, scaling and draining. The real state machine
-//! (`berth_state::State::apply`) and the real leader decisions (`scheduling::plan`,
-//! `services::plan`, `nodes::lost_nodes`, `desired_tasks`) run; agents are modelled, including
-//! their self-fencing lease.
+//! (`berth_state::State::apply`), the real leader decisions (`scheduling::plan`,
+//! `services::plan`, `nodes::lost_nodes`, `desired_tasks`) and the real agent engine
+//! (`berth_agent::engine::plan`) run; the agents' hosts (containers, lease, self-fencing) are
+//! modelled.
 //!
 //! Invariants after every step: no node is over capacity; no task runs on two nodes; a task the
 //! control plane declared lost (NodeLost) is not running anywhere (fencing); every task the
@@ -14,9 +15,10 @@
 //! `BERTH_SIM_SEEDS=N` (or `START..END`) runs those seeds (default 1000);
 //! `BERTH_SIM_SEED=S` replays one, printing a trace with `BERTH_SIM_TRACE=1`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use berth_agent::engine::{self, Action, Local, LocalView};
 use berth_control::{desired_tasks, nodes::lost_nodes, scheduling, services};
 use berth_model::{
     ContainerDefinition, ContainerState, DesiredStatus, EventLog, HealthStatus, Node, NodeStatus,
@@ -42,12 +44,28 @@ struct Container {
     reported_running: bool,
 }
 
+/// One node's agent: the real engine's plan decides, this model carries its actions out.
 struct Agent {
     name: String,
     up: bool,
     cut: bool,
     last_ack: u64,
+    /// Containers running on the host, by task ID.
     running: BTreeMap<String, Container>,
+    /// The agent process's task table, as the engine sees it.
+    known: BTreeMap<String, Local>,
+    /// Final reports not delivered yet (sent again on the next stream).
+    unsent: Vec<TaskStatusUpdate>,
+}
+
+impl Agent {
+    /// A task ended on this node on its own (or was fenced): report it once delivered.
+    fn ended(&mut self, task_id: &str, code: StopCode) {
+        self.running.remove(task_id);
+        self.known.insert(task_id.to_owned(), Local::Finished);
+        self.unsent
+            .push(update(task_id, TaskStatus::Stopped, Some(code)));
+    }
 }
 
 struct World {
@@ -108,6 +126,8 @@ impl World {
                 cut: false,
                 last_ack: w.now,
                 running: BTreeMap::new(),
+                known: BTreeMap::new(),
+                unsent: Vec::new(),
             });
         }
         for s in 0..SERVICES {
@@ -177,10 +197,12 @@ impl World {
         let i = self.rng.gen_range(0..self.agents.len());
         match r {
             r if r < 0.02 => {
-                // A host crashes: its containers die with it.
+                // A host crashes: its containers and its agent's memory die with it.
                 let a = &mut self.agents[i];
                 a.up = false;
                 a.running.clear();
+                a.known.clear();
+                a.unsent.clear();
             }
             r if r < 0.05 => {
                 let a = &mut self.agents[i];
@@ -217,7 +239,7 @@ impl World {
                 // A container exits on its own.
                 let a = &mut self.agents[i];
                 if let Some(id) = a.running.keys().next().cloned() {
-                    a.running.remove(&id);
+                    a.ended(&id, StopCode::EssentialContainerExited);
                 }
             }
             _ => {}
@@ -268,7 +290,8 @@ impl World {
         });
     }
 
-    /// Every agent: heartbeat (unless cut off or lost), fencing, reconciling its desired set.
+    /// Every agent: heartbeat (unless cut off or lost), fencing, and the real agent engine's
+    /// plan over its desired set, carried out on the modelled host.
     fn agents_step(&mut self) {
         for i in 0..self.agents.len() {
             if !self.agents[i].up {
@@ -279,7 +302,10 @@ impl World {
                 let a = &mut self.agents[i];
                 if self.now.saturating_sub(a.last_ack) > LEASE_MS && !a.running.is_empty() {
                     // Self-fencing: no acknowledged heartbeat within the lease.
-                    a.running.clear();
+                    let ids: Vec<String> = a.running.keys().cloned().collect();
+                    for id in ids {
+                        a.ended(&id, StopCode::NodeLost);
+                    }
                 }
                 continue;
             }
@@ -290,43 +316,20 @@ impl World {
             if known.is_none() || known == Some(NodeStatus::Down) {
                 self.register(&name);
             }
-            let desired = desired_tasks(&self.state, &name);
-            let mut updates = Vec::new();
-            let mut wanted = BTreeSet::new();
-            for t in desired {
-                wanted.insert(t.task_id.clone());
-                let stop = t.desired_status == DesiredStatus::Stopped;
-                let past_pending = t.last_status > TaskStatus::Pending;
-                let a = &mut self.agents[i];
-                let has = a.running.contains_key(&t.task_id);
-                if stop {
-                    a.running.remove(&t.task_id);
-                    updates.push(update(&t.task_id, TaskStatus::Stopped, None));
-                } else if !has && past_pending {
-                    // Lost while the agent was down (or fenced), as the agent reports it.
-                    updates.push(update(
-                        &t.task_id,
-                        TaskStatus::Stopped,
-                        Some(StopCode::NodeLost),
-                    ));
-                } else if !has {
-                    let fails = t.containers.iter().any(|c| c.image.contains("missing"));
-                    let ready_at = self.now + self.rng.gen_range(0..3) * STEP_MS;
-                    self.agents[i].running.insert(
-                        t.task_id.clone(),
-                        Container {
-                            ready_at,
-                            fails,
-                            reported_running: false,
-                        },
-                    );
-                    updates.push(update(&t.task_id, TaskStatus::Activating, None));
-                }
+            let desired: Vec<engine::DesiredEntry> = desired_tasks(&self.state, &name)
+                .into_iter()
+                .map(Ok)
+                .collect();
+            let view = LocalView {
+                tasks: self.agents[i].known.clone(),
+                found: BTreeMap::new(),
+            };
+            let mut updates = std::mem::take(&mut self.agents[i].unsent);
+            for action in engine::plan(&desired, &view) {
+                self.act(i, action, &mut updates);
             }
             let now = self.now;
             let a = &mut self.agents[i];
-            // Containers of tasks this node no longer owns are removed.
-            a.running.retain(|id, _| wanted.contains(id));
             let mut failed = Vec::new();
             for (id, c) in &mut a.running {
                 if now < c.ready_at {
@@ -334,19 +337,15 @@ impl World {
                 }
                 if c.fails {
                     failed.push(id.clone());
-                    updates.push(update(
-                        id,
-                        TaskStatus::Stopped,
-                        Some(StopCode::TaskFailedToStart),
-                    ));
                 } else if !c.reported_running {
                     c.reported_running = true;
                     updates.push(update(id, TaskStatus::Running, None));
                 }
             }
             for id in failed {
-                a.running.remove(&id);
+                a.ended(&id, StopCode::TaskFailedToStart);
             }
+            updates.append(&mut a.unsent);
             if !updates.is_empty() {
                 self.apply(Command::ReportTaskStatus {
                     node: name,
@@ -354,6 +353,46 @@ impl World {
                     at: now,
                 });
             }
+        }
+    }
+
+    /// Carries out one action of agent `i`'s plan on its modelled host, as the agent's
+    /// executor does on a real one.
+    fn act(&mut self, i: usize, action: Action, updates: &mut Vec<TaskStatusUpdate>) {
+        let ready_at = self.now + self.rng.gen_range(0..3) * STEP_MS;
+        let a = &mut self.agents[i];
+        match action {
+            Action::Start { assignment, .. } => {
+                let id = assignment.task_id;
+                let fails = assignment
+                    .containers
+                    .iter()
+                    .any(|c| c.image.contains("missing"));
+                a.running.insert(
+                    id.clone(),
+                    Container {
+                        ready_at,
+                        fails,
+                        reported_running: false,
+                    },
+                );
+                a.known.insert(id.clone(), Local::Active);
+                updates.push(update(&id, TaskStatus::Activating, None));
+            }
+            Action::Stop { task_id } => {
+                if a.running.remove(&task_id).is_some() {
+                    updates.push(update(&task_id, TaskStatus::Stopped, None));
+                }
+                a.known.insert(task_id, Local::Finished);
+            }
+            Action::ReportEnded { task_id, ended } => {
+                updates.push(update(&task_id, TaskStatus::Stopped, ended.stop_code));
+                a.known.insert(task_id, Local::Finished);
+            }
+            Action::Forget { task_id } => {
+                a.known.remove(&task_id);
+            }
+            Action::RemoveOrphans { .. } | Action::Ignore { .. } => {}
         }
     }
 
