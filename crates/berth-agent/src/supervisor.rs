@@ -86,6 +86,31 @@ struct Starter {
     health_tx: mpsc::UnboundedSender<HealthEvent>,
 }
 
+impl Starter {
+    /// Watches the running container `i` (containerd ID `id`): forwards its exit and, when it
+    /// has a health check, runs the check and forwards each change of its health.
+    fn watch(
+        &self,
+        runtime: &Arc<dyn Runtime>,
+        i: usize,
+        id: &str,
+        exit: ExitFuture,
+        check: Option<&HealthCheck>,
+    ) {
+        watch_exit(i, exit, &self.exit_tx);
+        if let Some(check) = check {
+            let health = health_loop(
+                runtime.clone(),
+                id.to_owned(),
+                check.clone(),
+                i,
+                self.health_tx.clone(),
+            );
+            tokio::spawn(health);
+        }
+    }
+}
+
 /// The order to stop containers in: dependents before what they depend on (the reverse of a
 /// start order that honours `dependsOn`; definition order among independent containers).
 fn stop_order(defs: &[ContainerDefinition]) -> Vec<usize> {
@@ -456,18 +481,8 @@ impl TaskRun {
                 spec.netns = starter.netns.clone();
                 match self.runtime.start(&spec).await {
                     Ok(exit) => {
-                        watch_exit(i, exit, &starter.exit_tx);
+                        starter.watch(&self.runtime, i, &spec.id, exit, c.health_check.as_ref());
                         states[i].last_status = TaskStatus::Running;
-                        if let Some(check) = &c.health_check {
-                            let health = health_loop(
-                                self.runtime.clone(),
-                                spec.id.clone(),
-                                check.clone(),
-                                i,
-                                starter.health_tx.clone(),
-                            );
-                            tokio::spawn(health);
-                        }
                     }
                     Err(e) => {
                         tracing::warn!(container = %c.name, "start container: {e}");
@@ -500,18 +515,8 @@ impl TaskRun {
             let outcome = match existing {
                 Some(e) if e.running => match self.runtime.adopt(&e.id).await {
                     Ok(exit) => {
-                        watch_exit(i, exit, &starter.exit_tx);
+                        starter.watch(&self.runtime, i, &e.id, exit, c.health_check.as_ref());
                         states[i].last_status = TaskStatus::Running;
-                        if let Some(check) = &c.health_check {
-                            let health = health_loop(
-                                self.runtime.clone(),
-                                e.id.clone(),
-                                check.clone(),
-                                i,
-                                starter.health_tx.clone(),
-                            );
-                            tokio::spawn(health);
-                        }
                         None
                     }
                     Err(err) => Some(format!("could not be watched again ({err})")),

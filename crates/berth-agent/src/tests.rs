@@ -43,6 +43,31 @@ fn summarise(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) -> Vec<String> 
     out
 }
 
+/// Waits for the RUNNING report.
+async fn running(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) {
+    loop {
+        let u = rx.recv().await.expect("reports until running");
+        if u.last_status == TaskStatus::Running {
+            break;
+        }
+    }
+}
+
+/// The last report sent so far.
+fn last_report(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) -> TaskStatusUpdate {
+    let mut last = None;
+    while let Ok(u) = rx.try_recv() {
+        last = Some(u);
+    }
+    last.expect("a final report")
+}
+
+/// The last report's stop code and reason.
+fn ended(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) -> (Option<StopCode>, String) {
+    let last = last_report(rx);
+    (last.stop_code, last.stopped_reason.unwrap_or_default())
+}
+
 #[tokio::test]
 async fn exit_reports_essential_container_exited() {
     let rt = Arc::new(FakeRuntime::new());
@@ -71,11 +96,7 @@ async fn failed_pull_reports_task_failed_to_start_with_the_image() {
     rt.missing_image("nope");
     let (mut rx, _stop, handle) = run(&rt, "nope");
     handle.await.expect("supervisor finished");
-    let mut last = None;
-    while let Ok(u) = rx.try_recv() {
-        last = Some(u);
-    }
-    let last = last.expect("a final report");
+    let last = last_report(&mut rx);
     assert_eq!(last.last_status, TaskStatus::Stopped);
     assert_eq!(last.stop_code, Some(StopCode::TaskFailedToStart));
     assert_eq!(
@@ -88,13 +109,7 @@ async fn failed_pull_reports_task_failed_to_start_with_the_image() {
 async fn stop_request_terms_then_kills_and_removes() {
     let rt = Arc::new(FakeRuntime::new());
     let (mut rx, stop, handle) = run(&rt, "sleeper");
-    // Wait for RUNNING.
-    loop {
-        let u = rx.recv().await.expect("reports until running");
-        if u.last_status == TaskStatus::Running {
-            break;
-        }
-    }
+    running(&mut rx).await;
     request_stop(&stop, StopReason::Server);
     handle.await.expect("supervisor finished");
     assert_eq!(
@@ -127,11 +142,7 @@ async fn failing_health_checks_make_the_task_unhealthy_and_stop_it() {
     });
     let (task, mut rx, _stop) = task_run(&rt, vec![c]);
     task.run().await;
-    let mut last = None;
-    while let Ok(u) = rx.try_recv() {
-        last = Some(u);
-    }
-    let last = last.expect("a final report");
+    let last = last_report(&mut rx);
     assert_eq!(
         last.containers[0].health_status,
         berth_model::HealthStatus::Unhealthy
@@ -199,12 +210,7 @@ async fn a_dependent_container_starts_after_its_dependency_succeeds_in_a_shared_
     rt.exit_with("init-ok", 0);
     let (run, mut rx, stop) = task_run(&rt, two_containers("init-ok"));
     let handle = tokio::spawn(run.run());
-    loop {
-        let u = rx.recv().await.expect("reports until running");
-        if u.last_status == TaskStatus::Running {
-            break;
-        }
-    }
+    running(&mut rx).await;
     request_stop(&stop, StopReason::Server);
     handle.await.expect("supervisor finished");
     assert_eq!(
@@ -229,11 +235,7 @@ async fn a_failed_success_dependency_fails_the_task_without_starting_the_depende
     rt.exit_with("init-bad", 3);
     let (run, mut rx, _stop) = task_run(&rt, two_containers("init-bad"));
     run.run().await;
-    let mut last = None;
-    while let Ok(u) = rx.try_recv() {
-        last = Some(u);
-    }
-    let last = last.expect("a final report");
+    let last = last_report(&mut rx);
     assert_eq!(last.stop_code, Some(StopCode::TaskFailedToStart));
     assert_eq!(
         last.stopped_reason.as_deref(),
@@ -260,12 +262,7 @@ async fn containers_stop_in_reverse_dependency_order() {
     // Defined app first: the start order still puts db first, and the stop order app first.
     let (run, mut rx, stop) = task_run(&rt, vec![app, db]);
     let handle = tokio::spawn(run.run());
-    loop {
-        let u = rx.recv().await.expect("reports until running");
-        if u.last_status == TaskStatus::Running {
-            break;
-        }
-    }
+    running(&mut rx).await;
     request_stop(&stop, StopReason::Server);
     handle.await.expect("supervisor finished");
     let calls: Vec<String> = rt
@@ -282,26 +279,6 @@ async fn containers_stop_in_reverse_dependency_order() {
             "kill t1-db 15"
         ]
     );
-}
-
-/// Waits for the RUNNING report.
-async fn running(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) {
-    loop {
-        let u = rx.recv().await.expect("reports until running");
-        if u.last_status == TaskStatus::Running {
-            break;
-        }
-    }
-}
-
-/// The last report's stop code and reason.
-fn ended(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>) -> (Option<StopCode>, String) {
-    let mut last = None;
-    while let Ok(u) = rx.try_recv() {
-        last = Some(u);
-    }
-    let last = last.expect("a final report");
-    (last.stop_code, last.stopped_reason.unwrap_or_default())
 }
 
 #[tokio::test(start_paused = true)]

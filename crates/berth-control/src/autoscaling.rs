@@ -8,7 +8,7 @@ use berth_model::{MetricValue, NodeStatus, Service, Task, TaskMetrics, TaskStatu
 use berth_scheduler::autoscale::{
     decide, metric_values, Direction, Sample, ScalingInput, WINDOW_MS,
 };
-use berth_state::{Command, State};
+use berth_state::{Command, ScalingDecision, State};
 
 /// Where the recent resource samples of tasks are (the leader's memory).
 pub trait Samples {
@@ -106,7 +106,7 @@ pub fn plan(state: &State, usage: &dyn Samples, now: u64) -> Vec<Command> {
                 // Capacity is still short: said once is enough.
                 continue;
             }
-            commands.push(Command::AutoScale {
+            commands.push(Command::AutoScale(ScalingDecision {
                 namespace: svc.namespace.clone(),
                 name: svc.name.clone(),
                 version: svc.version,
@@ -114,7 +114,7 @@ pub fn plan(state: &State, usage: &dyn Samples, now: u64) -> Vec<Command> {
                 scale_out: s.direction == Direction::Out,
                 reason: s.reason,
                 at: now,
-            });
+            }));
         }
     }
     commands

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use berth_model::{NodeStatus, PlacementSpec, Service, Task, TaskDefinitionRef};
 use berth_scheduler::service::{reconcile, ServiceInput};
-use berth_state::{Command, State};
+use berth_state::{Command, Reconciliation, State};
 
 /// The service's placement on top of its task definition's: the service's strategies replace
 /// the task definition's when given; constraints of both apply.
@@ -73,7 +73,7 @@ pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Comm
                 Some(task)
             })
             .collect();
-        commands.push(Command::ReconcileService {
+        commands.push(Command::ReconcileService(Reconciliation {
             namespace: svc.namespace.clone(),
             name: svc.name.clone(),
             version: svc.version,
@@ -82,7 +82,7 @@ pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Comm
             stop: plan.stop,
             remove: plan.remove,
             at,
-        });
+        }));
     }
     commands
 }

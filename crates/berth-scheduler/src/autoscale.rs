@@ -103,36 +103,61 @@ fn cooling(last: Timestamp, secs: u32, now: Timestamp) -> bool {
 
 /// Decides whether to change the desired count.
 pub fn decide(input: &ScalingInput<'_>) -> Option<Scaling> {
-    let p = input.policy;
-    let now = input.now;
-    // Outside min..max (a new policy, a manual scale): back inside at once.
-    let clamped = p.clamp(input.desired);
-    if clamped != input.desired {
-        let direction = if clamped > input.desired {
-            Direction::Out
-        } else {
-            Direction::In
-        };
-        return Some(Scaling {
-            desired: clamped,
-            direction,
-            reason: format!(
-                "desired count {} is outside minCount {}..maxCount {}",
-                input.desired, p.min_count, p.max_count
-            ),
-        });
+    if let Some(back_inside) = clamp(input) {
+        return Some(back_inside);
     }
     // The window, but nothing from before the last change: the load was spread differently.
-    let from = now
+    let from = input
+        .now
         .saturating_sub(WINDOW_MS)
         .max(input.last_scale_out_at + 1)
         .max(input.last_scale_in_at + 1);
-    let values = metric_values(p, input.samples, from, now);
+    let values = metric_values(input.policy, input.samples, from, input.now);
     if values.is_empty() || input.running == 0 {
         return None;
     }
+    let proposals = proposals(input, &values);
+    // Out when any metric wants more; in only when every metric wants fewer.
+    let out = proposals
+        .iter()
+        .filter(|(w, _)| *w > input.desired)
+        .max_by_key(|(w, _)| *w);
+    match out {
+        Some((wanted, rule)) => scale_out(input, *wanted, rule, &values),
+        None => scale_in(input, &proposals, from, &values),
+    }
+}
+
+/// Outside min..max (a new policy, a manual scale): back inside at once.
+fn clamp(input: &ScalingInput<'_>) -> Option<Scaling> {
+    let p = input.policy;
+    let clamped = p.clamp(input.desired);
+    if clamped == input.desired {
+        return None;
+    }
+    let direction = if clamped > input.desired {
+        Direction::Out
+    } else {
+        Direction::In
+    };
+    Some(Scaling {
+        desired: clamped,
+        direction,
+        reason: format!(
+            "desired count {} is outside minCount {}..maxCount {}",
+            input.desired, p.min_count, p.max_count
+        ),
+    })
+}
+
+/// The count each metric asks for: the current one within the tolerance band, else in
+/// proportion to how far the metric is from its target.
+fn proposals<'v>(
+    input: &ScalingInput<'_>,
+    values: &'v [MetricValue],
+) -> Vec<(u32, &'v MetricValue)> {
     let running = f64::from(input.running);
-    let proposals: Vec<(u32, &MetricValue)> = values
+    values
         .iter()
         .map(|v| {
             let ratio = v.value / v.target;
@@ -146,63 +171,92 @@ pub fn decide(input: &ScalingInput<'_>) -> Option<Scaling> {
             };
             (wanted, v)
         })
-        .collect();
-    let window = WINDOW_MS / 1000;
-    let quoted = describe(&values);
-    // Out when any metric wants more; in only when every metric wants fewer.
-    let out = proposals
-        .iter()
-        .filter(|(w, _)| *w > input.desired)
-        .max_by_key(|(w, _)| *w);
-    if let Some((wanted, v)) = out {
-        // Wait until the last scale-out has started its tasks, and for the cooldown.
-        if input.running < input.desired {
-            return None;
-        }
-        if cooling(input.last_scale_out_at, p.scale_out_cooldown, now) {
-            return None;
-        }
-        let capped = (*wanted).min(p.max_count);
-        let possible = input.desired.saturating_add(input.room);
-        let desired = capped.min(possible);
-        let short = if desired < capped {
-            format!(
-                "; capacity is short: the cluster has room for {} more tasks, {} wanted",
-                input.room,
-                capped - input.desired
-            )
-        } else {
-            String::new()
-        };
-        let max_note = if capped < *wanted {
-            format!(" (capped at maxCount {})", p.max_count)
-        } else {
-            String::new()
-        };
-        if desired <= input.desired {
-            // Nothing fits; say so once in a while rather than silently.
-            return Some(Scaling {
-                desired: input.desired,
-                direction: Direction::Out,
-                reason: format!(
-                    "cannot scale out {} -> {capped}: {quoted} over {} tasks in {window}s, rule {} target {}%{short}",
-                    input.desired, input.running, v.metric, v.target
-                ),
-            });
-        }
+        .collect()
+}
+
+/// What the window showed, for a reason: the metric values, the task count, the window.
+fn evidence(input: &ScalingInput<'_>, values: &[MetricValue]) -> String {
+    format!(
+        "{} over {} tasks in {}s",
+        describe(values),
+        input.running,
+        WINDOW_MS / 1000
+    )
+}
+
+/// Scale-out to what `rule` wants, within maxCount and the cluster's room, once the last
+/// scale-out's tasks run and its cooldown is over.
+fn scale_out(
+    input: &ScalingInput<'_>,
+    wanted: u32,
+    rule: &MetricValue,
+    values: &[MetricValue],
+) -> Option<Scaling> {
+    let p = input.policy;
+    // Wait until the last scale-out has started its tasks, and for the cooldown.
+    if input.running < input.desired {
+        return None;
+    }
+    if cooling(input.last_scale_out_at, p.scale_out_cooldown, input.now) {
+        return None;
+    }
+    let capped = wanted.min(p.max_count);
+    let possible = input.desired.saturating_add(input.room);
+    let desired = capped.min(possible);
+    let short = if desired < capped {
+        format!(
+            "; capacity is short: the cluster has room for {} more tasks, {} wanted",
+            input.room,
+            capped - input.desired
+        )
+    } else {
+        String::new()
+    };
+    let max_note = if capped < wanted {
+        format!(" (capped at maxCount {})", p.max_count)
+    } else {
+        String::new()
+    };
+    let why = format!(
+        "{}, rule {} target {}%",
+        evidence(input, values),
+        rule.metric,
+        rule.target
+    );
+    if desired <= input.desired {
+        // Nothing fits; say so once in a while rather than silently.
         return Some(Scaling {
-            desired,
+            desired: input.desired,
             direction: Direction::Out,
             reason: format!(
-                "scaled out {} -> {desired}: {quoted} over {} tasks in {window}s, rule {} target {}%{max_note}{short}",
-                input.desired, input.running, v.metric, v.target
+                "cannot scale out {} -> {capped}: {why}{short}",
+                input.desired
             ),
         });
     }
+    Some(Scaling {
+        desired,
+        direction: Direction::Out,
+        reason: format!(
+            "scaled out {} -> {desired}: {why}{max_note}{short}",
+            input.desired
+        ),
+    })
+}
+
+/// Scale-in when every metric wants fewer tasks, on a (nearly) full window of low samples
+/// since the last change and after the cooldown: at most a tenth of the tasks, down to minCount.
+fn scale_in(
+    input: &ScalingInput<'_>,
+    proposals: &[(u32, &MetricValue)],
+    from: Timestamp,
+    values: &[MetricValue],
+) -> Option<Scaling> {
+    let p = input.policy;
+    let now = input.now;
     if p.disable_scale_in || !proposals.iter().all(|(w, _)| *w < input.desired) {
         return None;
     }
-    // Scale in only on a (nearly) full window of low samples since the last change.
     let oldest = input
         .samples
         .iter()
@@ -233,8 +287,9 @@ pub fn decide(input: &ScalingInput<'_>) -> Option<Scaling> {
         desired,
         direction: Direction::In,
         reason: format!(
-            "scaled in {} -> {desired}: {quoted} over {} tasks in {window}s, all below target; at most {step} per step",
-            input.desired, input.running
+            "scaled in {} -> {desired}: {}, all below target; at most {step} per step",
+            input.desired,
+            evidence(input, values)
         ),
     })
 }
@@ -271,6 +326,25 @@ mod tests {
                 })
             })
             .collect()
+    }
+
+    /// `count` tasks, all running, that never scaled, with room for ten more.
+    fn steady<'a>(
+        policy: &'a Autoscaling,
+        samples: &'a [Sample],
+        count: u32,
+        now: Timestamp,
+    ) -> ScalingInput<'a> {
+        ScalingInput {
+            policy,
+            samples,
+            desired: count,
+            running: count,
+            last_scale_out_at: 0,
+            last_scale_in_at: 0,
+            room: 10,
+            now,
+        }
     }
 
     /// Runs the autoscaler once a second over `seconds`, with tasks following the desired
@@ -384,15 +458,10 @@ mod tests {
             "{reasons:?}"
         );
         let p = policy();
+        let hot = samples(0, 20, 2, |_| 100.0);
         let input = ScalingInput {
-            policy: &p,
-            samples: &samples(0, 20, 2, |_| 100.0),
-            desired: 2,
-            running: 2,
-            last_scale_out_at: 0,
-            last_scale_in_at: 0,
             room: 1,
-            now: 20_000,
+            ..steady(&p, &hot, 2, 20_000)
         };
         let s = decide(&input).expect("a decision");
         assert_eq!(s.desired, 3);
@@ -423,14 +492,8 @@ mod tests {
         let p = policy();
         let hot = samples(80, 100, 2, |_| 100.0);
         let input = ScalingInput {
-            policy: &p,
-            samples: &hot,
-            desired: 2,
-            running: 2,
             last_scale_out_at: 95_000,
-            last_scale_in_at: 0,
-            room: 10,
-            now: 100_000,
+            ..steady(&p, &hot, 2, 100_000)
         };
         assert_eq!(decide(&input), None, "within the scale-out cooldown");
         let later = ScalingInput {
@@ -471,16 +534,7 @@ mod tests {
     fn a_new_leader_waits_for_a_window_and_keeps_the_cooldowns() {
         let p = policy();
         // A new leader has no samples yet: no decision.
-        let input = ScalingInput {
-            policy: &p,
-            samples: &[],
-            desired: 2,
-            running: 2,
-            last_scale_out_at: 0,
-            last_scale_in_at: 0,
-            room: 10,
-            now: 100_000,
-        };
+        let input = steady(&p, &[], 2, 100_000);
         assert_eq!(decide(&input), None);
         // Samples older than the window (from before the change) do not count.
         let old = samples(50, 70, 2, |_| 100.0);
@@ -512,16 +566,7 @@ mod tests {
         for s in &mut hot_memory {
             s.memory_percent = 90.0;
         }
-        let input = ScalingInput {
-            policy: &p,
-            samples: &hot_memory,
-            desired: 4,
-            running: 4,
-            last_scale_out_at: 0,
-            last_scale_in_at: 0,
-            room: 10,
-            now: 20_000,
-        };
+        let input = steady(&p, &hot_memory, 4, 20_000);
         let s = decide(&input).expect("scales out on memory");
         assert_eq!(s.desired, 8);
         assert!(s.reason.contains("rule MemoryUtilization"), "{}", s.reason);

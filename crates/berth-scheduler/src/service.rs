@@ -202,7 +202,7 @@ impl<'a> Round<'a> {
         })
     }
 
-    /// 1. New tasks that missed the healthy deadline count as failed and are replaced.
+    /// New tasks that missed the healthy deadline count as failed and are replaced.
     /// Returns the primary tasks that remain.
     fn stop_late<'t>(&mut self, primary_tasks: Vec<&'t Task>) -> Vec<&'t Task> {
         if !self.in_progress {
@@ -238,7 +238,7 @@ impl<'a> Round<'a> {
         ok
     }
 
-    /// 2. Surplus tasks of the primary deployment (scale-in): not healthy first, newest first.
+    /// Surplus tasks of the primary deployment (scale-in): not healthy first, newest first.
     /// Returns the primary tasks that remain.
     fn scale_in<'t>(&mut self, mut primary_tasks: Vec<&'t Task>) -> Vec<&'t Task> {
         let target = self.target as usize;
@@ -267,7 +267,7 @@ impl<'a> Round<'a> {
         primary_tasks
     }
 
-    /// 3. Old tasks (older deployments, draining nodes) go while enough stay healthy; a baking
+    /// Old tasks (older deployments, draining nodes) go while enough stay healthy; a baking
     /// canary keeps as many as fit beside it. Returns the old tasks kept.
     fn replace_old<'t>(
         &mut self,
@@ -319,7 +319,7 @@ impl<'a> Round<'a> {
         kept_old
     }
 
-    /// 4. Start what the primary deployment lacks, within maximumPercent and the back-off.
+    /// Start what the primary deployment lacks, within maximumPercent and the back-off.
     fn start_missing(&mut self, primary_left: usize, old_left: usize) {
         let now = self.input.now;
         let need = (self.target as usize).saturating_sub(primary_left);
@@ -369,7 +369,7 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// 5. A canary healthy for its bake time is promoted, so the other tasks follow.
+    /// A canary healthy for its bake time is promoted, so the other tasks follow.
     fn promote_canary(&mut self, primary_tasks: &[&Task]) {
         if !self.canary_phase {
             return;
@@ -396,7 +396,7 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// 6. The rollout fails (circuit breaker, progress deadline), possibly rolling back, or
+    /// The rollout fails (circuit breaker, progress deadline), possibly rolling back, or
     /// completes once every desired task of the primary deployment is healthy.
     fn settle_rollout(&mut self, primary_tasks: &[&Task], had_old: bool) {
         if !self.in_progress {
@@ -441,7 +441,7 @@ impl<'a> Round<'a> {
         self.svc.events.push(now, message);
     }
 
-    /// 7. Old deployments without tasks disappear.
+    /// Old deployments without tasks disappear.
     fn forget_drained_deployments(&mut self, primary_tasks: &[&Task], old_tasks: &[&Task]) {
         let remaining: BTreeSet<&str> = old_tasks
             .iter()
@@ -454,7 +454,7 @@ impl<'a> Round<'a> {
         });
     }
 
-    /// 8. Back-off ends once a new task is healthy after the last failure.
+    /// Back-off ends once a new task is healthy after the last failure.
     fn end_backoff(&mut self, primary_tasks: &[&Task]) {
         let backoff = &self.svc.backoff;
         let recovered = backoff.failures > 0

@@ -82,30 +82,11 @@ pub enum Command {
         change: ServiceChange,
         at: Timestamp,
     },
-    /// The service reconciler's decisions for one service, made for `version` of it: the
-    /// service's new deployment state, tasks to create (fully built) and tasks to stop.
-    /// Refused when the service changed in between (the reconciler then decides again).
-    ReconcileService {
-        namespace: String,
-        name: String,
-        version: u64,
-        service: Box<Service>,
-        start: Vec<Task>,
-        stop: Vec<StopOrder>,
-        remove: bool,
-        at: Timestamp,
-    },
-    /// The autoscaler's decision for one service, made for `version` of it: the new desired
-    /// count (unchanged when capacity is short) and the event that quotes the metric values.
-    AutoScale {
-        namespace: String,
-        name: String,
-        version: u64,
-        desired_count: u32,
-        scale_out: bool,
-        reason: String,
-        at: Timestamp,
-    },
+    /// The service reconciler's decisions for one service. Refused when the service changed
+    /// in between (the reconciler then decides again).
+    ReconcileService(Reconciliation),
+    /// The autoscaler's decision for one service. Refused when the service changed in between.
+    AutoScale(ScalingDecision),
     /// Replaces the whole state with the objects of a backup (`berth server --restore`).
     ReplaceState { objects: Vec<Object>, at: Timestamp },
 }
@@ -129,12 +110,41 @@ impl Command {
             | Command::SetNodeStatus { at, .. }
             | Command::ApplyService { at, .. }
             | Command::UpdateService { at, .. }
-            | Command::ReconcileService { at, .. }
-            | Command::AutoScale { at, .. }
+            | Command::ReconcileService(Reconciliation { at, .. })
+            | Command::AutoScale(ScalingDecision { at, .. })
             | Command::ReplaceState { at, .. } => at,
         };
         *at = now;
     }
+}
+
+/// The service reconciler's decisions for one service, made for `version` of it: the service's
+/// new deployment state, tasks to create (fully built) and tasks to stop. (A struct of its own
+/// so the state machine takes it whole; it serialises as the variant's fields did.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    pub namespace: String,
+    pub name: String,
+    pub version: u64,
+    pub service: Box<Service>,
+    pub start: Vec<Task>,
+    pub stop: Vec<StopOrder>,
+    /// Remove the service (it was deleted and its tasks have stopped).
+    pub remove: bool,
+    pub at: Timestamp,
+}
+
+/// The autoscaler's decision for one service, made for `version` of it: the new desired count
+/// (unchanged when capacity is short) and the event that quotes the metric values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalingDecision {
+    pub namespace: String,
+    pub name: String,
+    pub version: u64,
+    pub desired_count: u32,
+    pub scale_out: bool,
+    pub reason: String,
+    pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,10 @@ use berth_model::{
 
 pub use berth_model::StopOrder;
 pub use cluster::{ClientToken, CLIENT_TOKEN_TTL_MS};
-pub use command::{Command, CommandResult, Placement, Rejection, ServiceChange, Unplaced};
+pub use command::{
+    Command, CommandResult, Placement, Reconciliation, Rejection, ScalingDecision, ServiceChange,
+    Unplaced,
+};
 pub use objects::{Key, Object};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
 
@@ -239,43 +242,8 @@ impl State {
                 change,
                 at,
             } => self.update_service(&namespace, &name, change, at, changed),
-            Command::ReconcileService {
-                namespace,
-                name,
-                version,
-                service,
-                start,
-                stop,
-                remove,
-                at,
-            } => self.reconcile_service(
-                (namespace, name),
-                version,
-                *service,
-                start,
-                stop,
-                remove,
-                at,
-                changed,
-            ),
-            Command::AutoScale {
-                namespace,
-                name,
-                version,
-                desired_count,
-                scale_out,
-                reason,
-                at,
-            } => self.autoscale(
-                namespace,
-                name,
-                version,
-                desired_count,
-                scale_out,
-                reason,
-                at,
-                changed,
-            ),
+            Command::ReconcileService(r) => self.reconcile_service(r, changed),
+            Command::AutoScale(d) => self.autoscale(d, changed),
             Command::ReplaceState { objects, at: _ } => self.replace_state(objects, changed),
         }
     }

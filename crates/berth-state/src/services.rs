@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use berth_model::{
     Deployment, DeploymentStatus, DesiredStatus, RolloutState, Service, ServiceSpec, ServiceStatus,
-    StopCode, StopOrder, Task, TaskDefinitionRef, TaskStatus, Timestamp,
+    StopCode, Task, TaskDefinitionRef, TaskStatus, Timestamp,
 };
 
-use crate::command::{CommandResult, Rejection, ServiceChange};
+use crate::command::{CommandResult, Reconciliation, Rejection, ScalingDecision, ServiceChange};
 use crate::{Key, State};
 
 /// What applying a spec to an existing service changes. Both `ApplyService` and dry runs
@@ -270,38 +270,42 @@ impl State {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Refuses a controller's decision made for another `version` of the service (or for one
+    /// that is gone): the controller decides again from the new state.
+    fn check_version(&self, namespace: &str, name: &str, version: u64) -> Result<(), Rejection> {
+        match self.service(namespace, name) {
+            None => Err(Rejection::NotFound(format!("service {name} not found"))),
+            Some(s) if s.version != version => Err(Rejection::Conflict(format!(
+                "service {name} changed (version {version} -> {})",
+                s.version
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
 
     pub(crate) fn reconcile_service(
         &mut self,
-        key: (String, String),
-        version: u64,
-        service: Service,
-        start: Vec<Task>,
-        stop: Vec<StopOrder>,
-        remove: bool,
-        at: Timestamp,
+        decision: Reconciliation,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
-        let store_key = Key::Service {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-        };
-        match self.services.get(&key) {
-            None => {
-                return CommandResult::Rejected(Rejection::NotFound(format!(
-                    "service {} not found",
-                    key.1
-                )))
-            }
-            Some(s) if s.version != version => {
-                return CommandResult::Rejected(Rejection::Conflict(format!(
-                    "service {} changed (version {} -> {})",
-                    key.1, version, s.version
-                )))
-            }
-            Some(_) => {}
+        let Reconciliation {
+            namespace,
+            name,
+            version,
+            service,
+            start,
+            stop,
+            remove,
+            at,
+        } = decision;
+        if let Err(r) = self.check_version(&namespace, &name, version) {
+            return CommandResult::Rejected(r);
         }
+        let store_key = Key::Service {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        let key = (namespace, name);
         for order in stop {
             let Some(task) = self.tasks.get_mut(&order.task_id) else {
                 continue;
@@ -335,7 +339,7 @@ impl State {
         if remove {
             self.services.remove(&key);
         } else {
-            let mut service = service;
+            let mut service = *service;
             service.version = version;
             self.services.insert(key, service);
         }
@@ -343,29 +347,26 @@ impl State {
         CommandResult::Done
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn autoscale(
         &mut self,
-        namespace: String,
-        name: String,
-        version: u64,
-        desired_count: u32,
-        scale_out: bool,
-        reason: String,
-        at: Timestamp,
+        decision: ScalingDecision,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
+        let ScalingDecision {
+            namespace,
+            name,
+            version,
+            desired_count,
+            scale_out,
+            reason,
+            at,
+        } = decision;
+        if let Err(r) = self.check_version(&namespace, &name, version) {
+            return CommandResult::Rejected(r);
+        }
         let key = (namespace.clone(), name.clone());
         match self.services.get_mut(&key) {
-            None => {
-                CommandResult::Rejected(Rejection::NotFound(format!("service {name} not found")))
-            }
-            Some(svc) if svc.version != version => {
-                CommandResult::Rejected(Rejection::Conflict(format!(
-                    "service {name} changed (version {version} -> {})",
-                    svc.version
-                )))
-            }
+            None => CommandResult::Done,
             Some(svc) if svc.status != ServiceStatus::Active => CommandResult::Done,
             Some(svc) => {
                 svc.desired_count = desired_count;

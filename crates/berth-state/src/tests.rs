@@ -376,7 +376,7 @@ fn reconciler_decisions_for_an_older_version_are_refused() {
         change: ServiceChange::Scale(3),
         at: 6,
     });
-    let (r, changed) = s.apply(Command::ReconcileService {
+    let (r, changed) = s.apply(Command::ReconcileService(Reconciliation {
         namespace: "default".into(),
         name: "svc".into(),
         version: seen.version,
@@ -385,7 +385,7 @@ fn reconciler_decisions_for_an_older_version_are_refused() {
         stop: vec![],
         remove: false,
         at: 7,
-    });
+    }));
     assert!(matches!(r, CommandResult::Rejected(Rejection::Conflict(_))));
     assert!(changed.is_empty());
     assert!(s.task("default", "s1").is_none());
@@ -402,7 +402,7 @@ fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
         at: 5,
     });
     let svc = get_service(&s);
-    s.apply(Command::ReconcileService {
+    s.apply(Command::ReconcileService(Reconciliation {
         namespace: "default".into(),
         name: "svc".into(),
         version: svc.version,
@@ -411,7 +411,7 @@ fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
         stop: vec![],
         remove: false,
         at: 6,
-    });
+    }));
     s.apply(Command::PlaceTasks {
         placements: ["s1", "s2"]
             .map(|id| Placement {
@@ -490,7 +490,7 @@ fn a_deleted_service_refuses_changes_and_goes_once_reconciled_away() {
         at: 7,
     });
     assert!(matches!(r, CommandResult::Rejected(Rejection::Invalid(_))));
-    s.apply(Command::ReconcileService {
+    s.apply(Command::ReconcileService(Reconciliation {
         namespace: "default".into(),
         name: "svc".into(),
         version: svc.version,
@@ -499,7 +499,7 @@ fn a_deleted_service_refuses_changes_and_goes_once_reconciled_away() {
         stop: vec![],
         remove: true,
         at: 8,
-    });
+    }));
     assert!(s.service("default", "svc").is_none());
     assert_eq!(State::from_objects(s.objects()), s);
 }
@@ -586,4 +586,27 @@ fn a_placement_that_no_longer_fits_its_node_is_refused() {
     let t5 = s.task("default", "t5").expect("task");
     assert_eq!(t5.node.as_deref(), Some("n1"));
     assert_eq!(s.task("default", "t6").expect("task").node, None);
+}
+
+#[test]
+fn controller_decisions_keep_the_log_format_of_struct_variants() {
+    // Entries written before the decisions became structs of their own must still decode.
+    let command = Command::AutoScale(ScalingDecision {
+        namespace: "default".into(),
+        name: "web".into(),
+        version: 3,
+        desired_count: 2,
+        scale_out: true,
+        reason: "cpu".into(),
+        at: 9,
+    });
+    let json = serde_json::to_string(&command).expect("encode");
+    assert_eq!(
+        json,
+        r#"{"AutoScale":{"namespace":"default","name":"web","version":3,"desired_count":2,"scale_out":true,"reason":"cpu","at":9}}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<Command>(&json).expect("decode"),
+        command
+    );
 }

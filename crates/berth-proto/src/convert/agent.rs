@@ -2,7 +2,7 @@
 
 use berth_model as m;
 
-use super::{ConversionError, FromWire as _};
+use super::{all_to_wire, try_all, ConversionError, FromWire as _};
 use crate::v1;
 
 impl From<m::Assignment> for v1::TaskAssignment {
@@ -14,7 +14,7 @@ impl From<m::Assignment> for v1::TaskAssignment {
             desired_status: v1::DesiredStatus::from(a.desired_status) as i32,
             cpu: a.cpu,
             memory: a.memory,
-            containers: a.containers.into_iter().map(Into::into).collect(),
+            containers: all_to_wire(a.containers),
             last_status: v1::TaskStatus::from(a.last_status) as i32,
         }
     }
@@ -28,11 +28,7 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
             task_definition: a.task_definition.parse()?,
             desired_status: m::DesiredStatus::from_wire("desiredStatus", a.desired_status)?,
             last_status: m::TaskStatus::from_wire("lastStatus", a.last_status)?,
-            containers: a
-                .containers
-                .into_iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
+            containers: try_all(a.containers)?,
             task_id: a.task_id,
             namespace: a.namespace,
             cpu: a.cpu,
@@ -82,15 +78,7 @@ pub fn task_samples(report: v1::MetricsReport) -> Vec<(String, m::TaskMetrics)> 
     report
         .samples
         .into_iter()
-        .filter_map(|s| {
-            let t = s.metrics?;
-            let metrics = m::TaskMetrics {
-                cpu_units: t.cpu_units,
-                memory_bytes: t.memory_bytes,
-                sampled_at: t.sampled_at,
-            };
-            Some((s.task_id, metrics))
-        })
+        .filter_map(|s| Some((s.task_id, s.metrics?.into())))
         .collect()
 }
 

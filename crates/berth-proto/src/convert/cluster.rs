@@ -2,7 +2,7 @@
 
 use berth_model as m;
 
-use super::{invalid, ConversionError};
+use super::{all_to_wire, invalid, try_all, ConversionError};
 use crate::v1;
 
 /// `status` as the answer to `ClusterStatus`; `version` is the answering server's berth version
@@ -16,7 +16,7 @@ pub fn cluster_status_to_wire(
         term: status.term,
         commit_index: status.commit_index,
         applied_index: status.applied_index,
-        members: status.members.into_iter().map(Into::into).collect(),
+        members: all_to_wire(status.members),
         id: status.id,
         snapshot_index: status.snapshot_index,
         purged_index: status.purged_index,
@@ -70,7 +70,7 @@ impl TryFrom<v1::ClusterStatusResponse> for m::ClusterStatus {
             applied_index: s.applied_index,
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
-            members: super::try_all(s.members)?,
+            members: try_all(s.members)?,
         })
     }
 }
