@@ -2,6 +2,8 @@
 //! and `berth agent` processes on loopback ports. Every process dies with its handle; nothing
 //! sleeps a fixed time to wait for a state — [`poll`] waits on a condition with a deadline.
 
+pub mod sim;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;

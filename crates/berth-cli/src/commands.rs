@@ -144,11 +144,7 @@ async fn list_nodes(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<
     let nodes = client
         .request(req, |mut c, req| async move { c.list_nodes(req).await })
         .await?;
-    Ok(nodes
-        .nodes
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect::<Result<_, _>>()?)
+    Ok(berth_proto::try_all(nodes.nodes)?)
 }
 
 async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Result<()> {

@@ -124,11 +124,7 @@ pub async fn list(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<Ve
     let r = client
         .request(req, |mut c, req| async move { c.list_services(req).await })
         .await?;
-    let mut services: Vec<Service> = r
-        .services
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect::<Result<_, _>>()?;
+    let mut services: Vec<Service> = berth_proto::try_all(r.services)?;
     services.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(services)
 }

@@ -49,10 +49,7 @@ pub async fn list(
             c.list_task_definitions(req).await
         })
         .await?;
-    Ok(r.task_definitions
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect::<Result<_, _>>()?)
+    Ok(berth_proto::try_all(r.task_definitions)?)
 }
 
 /// One revision: `FAMILY:REV`, or a bare family for its latest.

@@ -75,11 +75,7 @@ pub async fn list(
     let list = client
         .request(req, |mut c, req| async move { c.list_tasks(req).await })
         .await?;
-    Ok(list
-        .tasks
-        .into_iter()
-        .map(TryInto::try_into)
-        .collect::<Result<_, _>>()?)
+    Ok(berth_proto::try_all(list.tasks)?)
 }
 
 /// One task of the global namespace.

@@ -53,25 +53,15 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use berth_model::{EventLog, Node, Resources};
+    use berth_model::Node;
 
     use super::*;
 
     fn state(nodes: &[(&str, NodeStatus)]) -> State {
         let mut s = State::default();
         for (name, status) in nodes {
-            let node = Node {
-                name: (*name).into(),
-                address: "127.0.0.1:1".into(),
-                status: NodeStatus::Active,
-                attributes: BTreeMap::new(),
-                cpu: Resources::default(),
-                memory: Resources::default(),
-                registered_at: 0,
-                events: EventLog::default(),
-            };
+            let node = Node::new(*name, "127.0.0.1:1", 0, 0);
             s.apply(Command::RegisterNode { node, at: 0 });
             if *status == NodeStatus::Down {
                 s.apply(Command::MarkNodeDown {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use berth_agent::engine::{self, Action, Local, LocalView};
 use berth_control::{desired_tasks, nodes::lost_nodes, scheduling, services};
 use berth_model::{
-    ContainerDefinition, ContainerState, DesiredStatus, EventLog, HealthStatus, Node, NodeStatus,
-    Resources, ServiceSpec, StopCode, TaskDefinitionSpec, TaskStatus, TaskStatusUpdate,
+    ContainerDefinition, ContainerState, DesiredStatus, HealthStatus, Node, NodeStatus,
+    ServiceSpec, StopCode, TaskDefinitionSpec, TaskStatus, TaskStatusUpdate,
 };
 use berth_state::{Command, CommandResult, ServiceChange, State};
 use rand::rngs::StdRng;
@@ -171,22 +171,7 @@ impl World {
     }
 
     fn register(&mut self, name: &str) {
-        let node = Node {
-            name: name.into(),
-            address: "127.0.0.1:1".into(),
-            status: NodeStatus::Active,
-            attributes: BTreeMap::new(),
-            cpu: Resources {
-                total: 1024,
-                allocated: 0,
-            },
-            memory: Resources {
-                total: 1024,
-                allocated: 0,
-            },
-            registered_at: self.now,
-            events: EventLog::default(),
-        };
+        let node = Node::new(name, "127.0.0.1:1", 1024, 1024);
         let at = self.now;
         self.apply(Command::RegisterNode { node, at });
     }
@@ -602,44 +587,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
 
 #[test]
 fn the_control_plane_keeps_its_invariants_under_faults() {
-    let seeds: Vec<u64> = match std::env::var("BERTH_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("BERTH_SIM_SEED is a number")],
-        Err(_) => {
-            let spec = std::env::var("BERTH_SIM_SEEDS").unwrap_or_else(|_| "1000".into());
-            match spec.split_once("..") {
-                Some((a, b)) => (a.parse().expect("seed range start")
-                    ..b.parse().expect("seed range end"))
-                    .collect(),
-                None => (0..spec
-                    .parse()
-                    .expect("BERTH_SIM_SEEDS is a number or START..END"))
-                    .collect(),
-            }
-        }
-    };
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let seeds: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
-                scope.spawn(move || {
-                    seeds
-                        .into_iter()
-                        .filter_map(|seed| {
-                            run_seed(seed).err().map(|e| format!("seed {seed}: {e}"))
-                        })
-                        .next()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("simulation thread"))
-            .collect()
-    });
-    assert!(
-        failures.is_empty(),
-        "{}\nreplay: BERTH_SIM_SEED=<seed> BERTH_SIM_TRACE=1 cargo test -p berth-server --test control_sim",
-        failures.join("\n")
+    berth_tests::sim::run_seeds(
+        1000,
+        "BERTH_SIM_SEED={seed} BERTH_SIM_TRACE=1 cargo test -p berth-control --test control_sim",
+        run_seed,
     );
 }

@@ -89,6 +89,13 @@ fn check(text: &str, expected: &str) {
     assert_eq!(got, expected);
 }
 
+/// Checks `GOOD` with each `(from, to)` replacement made, as `check` does.
+fn check_edits(edits: &[(&str, &str, &str)]) {
+    for (from, to, expected) in edits {
+        check(&GOOD.replace(from, to), expected);
+    }
+}
+
 #[test]
 fn parses_a_task_definition() {
     let docs = parse("m.yaml", GOOD).expect("valid");
@@ -132,62 +139,37 @@ fn multi_document_keeps_line_numbers() {
 
 #[test]
 fn unknown_fields_are_rejected_with_position() {
-    check(
-        &GOOD.replace("command:", "comand:"),
-        "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`, `dependsOn`",
-    );
+    check_edits(&[
+        ("command:", "comand:", "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`, `dependsOn`"),
+    ]);
 }
 
 #[test]
 fn type_and_value_errors_have_positions() {
-    check(
-        &GOOD.replace("cpu: 256", "cpu: lots"),
-        "m.yaml:7:8: spec.cpu: invalid type: string \"lots\", expected u32",
-    );
-    check(
-        &GOOD.replace("stopTimeout: 5s", "stopTimeout: soon"),
-        "m.yaml:15:20: spec.containers[0].stopTimeout: invalid duration \"soon\" (expected number at 0); write it like 30s or 5m",
-    );
-    check(
-        &GOOD.replace("image: busybox", "image: \"\""),
-        "m.yaml:22:14: spec.containers[1].image: must not be empty",
-    );
+    check_edits(&[
+        ("cpu: 256", "cpu: lots", "m.yaml:7:8: spec.cpu: invalid type: string \"lots\", expected u32"),
+        ("stopTimeout: 5s", "stopTimeout: soon", "m.yaml:15:20: spec.containers[0].stopTimeout: invalid duration \"soon\" (expected number at 0); write it like 30s or 5m"),
+        ("image: busybox", "image: \"\"", "m.yaml:22:14: spec.containers[1].image: must not be empty"),
+    ]);
 }
 
 #[test]
 fn model_validation_names_the_field_and_line() {
-    check(
-        &GOOD.replace("timeout: 1s", "retries: 0"),
-        "m.yaml:17:9: spec.containers[0].healthCheck: duplicate field `retries`",
-    );
-    check(
-        &GOOD.replace("timeout: 1s", "timeout: 9s"),
-        "m.yaml:19:9: spec.containers[0].healthCheck.timeout: 9s is longer than the 2s interval",
-    );
-    check(
-        &GOOD.replace("memory: 128", "memory: 2"),
-        "m.yaml:8:3: spec.memory: 2 MiB is out of range; use 6..=1048576",
-    );
-    check(
-        &GOOD.replace("name: sidecar", "name: app"),
-        "m.yaml:21:7: spec.containers[1].name: container name \"app\" is used twice",
-    );
-    check(
-        &GOOD.replace("name: web", "name: -web"),
-        "m.yaml:4:3: metadata.name: \"-web\" must start with a letter or digit",
-    );
+    check_edits(&[
+        ("timeout: 1s", "retries: 0", "m.yaml:17:9: spec.containers[0].healthCheck: duplicate field `retries`"),
+        ("timeout: 1s", "timeout: 9s", "m.yaml:19:9: spec.containers[0].healthCheck.timeout: 9s is longer than the 2s interval"),
+        ("memory: 128", "memory: 2", "m.yaml:8:3: spec.memory: 2 MiB is out of range; use 6..=1048576"),
+        ("name: sidecar", "name: app", "m.yaml:21:7: spec.containers[1].name: container name \"app\" is used twice"),
+        ("name: web", "name: -web", "m.yaml:4:3: metadata.name: \"-web\" must start with a letter or digit"),
+    ]);
 }
 
 #[test]
 fn header_errors() {
-    check(
-        &GOOD.replace("berth.dev/v1", "v2"),
-        "m.yaml:1:1: apiVersion \"v2\" is not supported; use berth.dev/v1",
-    );
-    check(
-        &GOOD.replace("kind: TaskDefinition", "kind: Deployment"),
-        "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task",
-    );
+    check_edits(&[
+        ("berth.dev/v1", "v2", "m.yaml:1:1: apiVersion \"v2\" is not supported; use berth.dev/v1"),
+        ("kind: TaskDefinition", "kind: Deployment", "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task"),
+    ]);
     check(
         "apiVersion: v1\nkind: [oops",
         "m.yaml:2:7: kind: invalid type: sequence, expected a string",

@@ -23,6 +23,29 @@ pub struct Node {
     pub events: EventLog,
 }
 
+impl Node {
+    /// A node as its agent registers it: ACTIVE, offering `cpu` units and `memory` MiB, nothing
+    /// allocated, no attributes or events yet (the state machine stamps `registered_at`).
+    pub fn new(name: impl Into<String>, address: impl Into<String>, cpu: u64, memory: u64) -> Self {
+        Self {
+            name: name.into(),
+            address: address.into(),
+            status: NodeStatus::Active,
+            attributes: BTreeMap::new(),
+            cpu: Resources {
+                total: cpu,
+                allocated: 0,
+            },
+            memory: Resources {
+                total: memory,
+                allocated: 0,
+            },
+            registered_at: 0,
+            events: EventLog::default(),
+        }
+    }
+}
+
 /// A resource's capacity on a node and how much of it tasks have reserved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {

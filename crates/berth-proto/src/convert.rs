@@ -51,7 +51,7 @@ fn opt_str(s: String) -> Option<String> {
 }
 
 /// Every element of a repeated wire field converted, or the first error.
-fn try_all<W, T>(items: Vec<W>) -> Result<Vec<T>, ConversionError>
+pub fn try_all<W, T>(items: Vec<W>) -> Result<Vec<T>, ConversionError>
 where
     T: TryFrom<W, Error = ConversionError>,
 {

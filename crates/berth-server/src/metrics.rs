@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -49,67 +49,71 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// `metric`, registered in `registry` as `name` with `help`.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("berth");
+        let r = &mut registry;
         let inner = Inner {
-            raft_term: Gauge::default(),
-            raft_commit: Gauge::default(),
-            raft_applied: Gauge::default(),
-            raft_apply_lag: Gauge::default(),
-            raft_leader: Gauge::default(),
-            tasks: Family::default(),
-            nodes: Family::default(),
-            placements: Counter::default(),
-            scheduling_latency: latency_buckets(),
-            agent_connections: Gauge::default(),
-            api_latency: Family::new_with_constructor(latency_buckets),
-            registry: Registry::default(),
+            raft_term: registered(r, "raft_term", "Current Raft term", Gauge::default()),
+            raft_commit: registered(
+                r,
+                "raft_commit_index",
+                "Last Raft log index known committed",
+                Gauge::default(),
+            ),
+            raft_applied: registered(
+                r,
+                "raft_applied_index",
+                "Last Raft log index applied to this server's state",
+                Gauge::default(),
+            ),
+            raft_apply_lag: registered(
+                r,
+                "raft_apply_lag",
+                "Committed entries this server has not applied yet",
+                Gauge::default(),
+            ),
+            raft_leader: registered(
+                r,
+                "raft_is_leader",
+                "1 when this server leads",
+                Gauge::default(),
+            ),
+            tasks: registered(r, "tasks", "Tasks by last status", Family::default()),
+            nodes: registered(r, "nodes", "Nodes by status", Family::default()),
+            placements: registered(
+                r,
+                "placements",
+                "Tasks placed on nodes by this server's scheduler",
+                Counter::default(),
+            ),
+            scheduling_latency: registered(
+                r,
+                "scheduling_latency_seconds",
+                "Time of one scheduling round, from reading the state to the committed placements",
+                latency_buckets(),
+            ),
+            agent_connections: registered(
+                r,
+                "agent_connections",
+                "Agents connected to this server",
+                Gauge::default(),
+            ),
+            api_latency: registered(
+                r,
+                "api_request_duration_seconds",
+                "gRPC request latency by method",
+                Family::new_with_constructor(latency_buckets),
+            ),
+            registry,
         };
-        registry.register("raft_term", "Current Raft term", inner.raft_term.clone());
-        registry.register(
-            "raft_commit_index",
-            "Last Raft log index known committed",
-            inner.raft_commit.clone(),
-        );
-        registry.register(
-            "raft_applied_index",
-            "Last Raft log index applied to this server's state",
-            inner.raft_applied.clone(),
-        );
-        registry.register(
-            "raft_apply_lag",
-            "Committed entries this server has not applied yet",
-            inner.raft_apply_lag.clone(),
-        );
-        registry.register(
-            "raft_is_leader",
-            "1 when this server leads",
-            inner.raft_leader.clone(),
-        );
-        registry.register("tasks", "Tasks by last status", inner.tasks.clone());
-        registry.register("nodes", "Nodes by status", inner.nodes.clone());
-        registry.register(
-            "placements",
-            "Tasks placed on nodes by this server's scheduler",
-            inner.placements.clone(),
-        );
-        registry.register(
-            "scheduling_latency_seconds",
-            "Time of one scheduling round, from reading the state to the committed placements",
-            inner.scheduling_latency.clone(),
-        );
-        registry.register(
-            "agent_connections",
-            "Agents connected to this server",
-            inner.agent_connections.clone(),
-        );
-        registry.register(
-            "api_request_duration_seconds",
-            "gRPC request latency by method",
-            inner.api_latency.clone(),
-        );
-        Self(Arc::new(Inner { registry, ..inner }))
+        Self(Arc::new(inner))
     }
 }
 

@@ -3,7 +3,7 @@
 //! of the kinds below) and this module picks the code.
 
 use berth_proto::LEADER_HINT;
-use berth_state::{CommandResult, Rejection};
+use berth_state::Rejection;
 use berth_store::StoreError;
 use tonic::Status;
 
@@ -96,10 +96,7 @@ pub fn from_rejection(r: Rejection) -> Status {
     }
 }
 
-/// A state machine answer the proposer did not expect: its rejection, or an internal error.
-pub fn unexpected(result: CommandResult) -> Status {
-    match result {
-        CommandResult::Rejected(r) => from_rejection(r),
-        other => Status::internal(format!("unexpected state machine answer {other:?}")),
-    }
+/// A state machine answer the proposer did not expect (`kind` names it): a bug.
+pub fn unexpected(kind: &str) -> Status {
+    Status::internal(format!("unexpected state machine answer {kind}"))
 }

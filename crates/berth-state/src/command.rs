@@ -191,6 +191,21 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
 }
 
+impl CommandResult {
+    /// The answer's variant, for messages about unexpected answers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandResult::Done => "Done",
+            CommandResult::TaskDefinition { .. } => "TaskDefinition",
+            CommandResult::Tasks(_) => "Tasks",
+            CommandResult::Task(_) => "Task",
+            CommandResult::Service { .. } => "Service",
+            CommandResult::Rejected(_) => "Rejected",
+            CommandResult::Batch(_) => "Batch",
+        }
+    }
+}
+
 /// A command the state machine refused, deterministically, on every member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {

@@ -167,18 +167,13 @@ impl State {
     }
 
     /// CPU units and MiB allocated to the tasks that are not stopped, by node name (nodes
-    /// without such tasks are absent).
+    /// without any are absent).
     pub fn allocations(&self) -> std::collections::HashMap<&str, (u64, u64)> {
-        let mut used: std::collections::HashMap<&str, (u64, u64)> =
-            std::collections::HashMap::new();
-        for t in self.tasks.values().filter(|t| !t.is_stopped()) {
-            if let Some(n) = t.node.as_deref() {
-                let e = used.entry(n).or_default();
-                e.0 += u64::from(t.cpu);
-                e.1 += u64::from(t.memory);
-            }
-        }
-        used
+        self.tasks_by_node
+            .keys()
+            .map(|n| (n.as_str(), self.allocated_on(n)))
+            .filter(|(_, used)| *used != (0, 0))
+            .collect()
     }
 
     /// Applies one command. Returns the answer for the proposer and the keys of every object

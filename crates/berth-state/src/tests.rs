@@ -1,15 +1,12 @@
 //! Tests of `State::apply`, command by command.
 
-use std::collections::BTreeMap;
-
 use berth_model::{
-    ContainerDefinition, ContainerState, EventLog, Resources, StopCode, TaskDefinitionSpec,
-    TaskStatusUpdate,
+    ContainerDefinition, ContainerState, EventLog, StopCode, TaskDefinitionSpec, TaskStatusUpdate,
 };
 
 use super::*;
 use crate::command::*;
-use berth_model::{DesiredStatus, NodeStatus, ServiceStatus, TaskStatus};
+use berth_model::{ServiceStatus, TaskStatus};
 
 fn state_with_task() -> State {
     let mut s = State::default();
@@ -28,46 +25,14 @@ fn state_with_task() -> State {
     });
     s.apply(Command::RegisterNode {
         at: 1,
-        node: Node {
-            name: "n1".into(),
-            address: "127.0.0.1:1".into(),
-            status: NodeStatus::Active,
-            attributes: BTreeMap::new(),
-            cpu: Resources {
-                total: 1024,
-                allocated: 0,
-            },
-            memory: Resources {
-                total: 1024,
-                allocated: 0,
-            },
-            registered_at: 1,
-            events: EventLog::default(),
-        },
+        node: Node::new("n1", "127.0.0.1:1", 1024, 1024),
     });
+    let def = s
+        .task_definition("default", &"web:1".parse().expect("ref"))
+        .expect("registered")
+        .clone();
     s.apply(Command::CreateTasks {
-        tasks: vec![Task {
-            labels: Default::default(),
-            task_id: "t1".into(),
-            namespace: "default".into(),
-            task_definition: "web:1".parse().expect("ref"),
-            group: None,
-            started_by: None,
-            node: None,
-            desired_status: DesiredStatus::Running,
-            last_status: TaskStatus::Pending,
-            cpu: 256,
-            memory: 64,
-            created_at: 2,
-            started_at: None,
-            stopped_at: None,
-            stop_code: None,
-            stopped_reason: None,
-            containers: vec![ContainerState::pending("app", "busybox")],
-            events: EventLog::default(),
-            placement: Default::default(),
-            metrics: None,
-        }],
+        tasks: vec![Task::pending("t1".into(), "default", &def, 2)],
         client_token: Some("tok-1".into()),
         at: 2,
     });
@@ -110,14 +75,7 @@ fn summary(s: &State) -> String {
 #[test]
 fn lifecycle_of_a_task_that_exits() {
     let mut s = state_with_task();
-    s.apply(Command::PlaceTasks {
-        placements: vec![Placement {
-            task_id: "t1".into(),
-            node: "n1".into(),
-        }],
-        unplaced: vec![],
-        at: 3,
-    });
+    place(&mut s, &["t1"]);
     assert_eq!(
         summary(&s),
         "PENDING desired=RUNNING node=Some(\"n1\") code=None exit=None node_cpu=256"
@@ -157,14 +115,7 @@ fn lifecycle_of_a_task_that_exits() {
 #[test]
 fn user_stop_keeps_its_stop_code() {
     let mut s = state_with_task();
-    s.apply(Command::PlaceTasks {
-        placements: vec![Placement {
-            task_id: "t1".into(),
-            node: "n1".into(),
-        }],
-        unplaced: vec![],
-        at: 3,
-    });
+    place(&mut s, &["t1"]);
     s.apply(Command::StopTask {
         namespace: "default".into(),
         task_id: "t1".into(),
@@ -321,15 +272,18 @@ fn get_service(s: &State) -> Service {
         .expect("service exists")
 }
 
-#[test]
-fn applying_a_service_starts_a_deployment_only_when_the_revision_changes() {
-    let mut s = state_with_task();
-    let apply = |spec, id: &str, at| Command::ApplyService {
+fn apply(spec: berth_model::ServiceSpec, id: &str, at: u64) -> Command {
+    Command::ApplyService {
         namespace: "default".into(),
         spec: Box::new(spec),
         deployment_id: id.into(),
         at,
-    };
+    }
+}
+
+#[test]
+fn applying_a_service_starts_a_deployment_only_when_the_revision_changes() {
+    let mut s = state_with_task();
     let (r, _) = s.apply(apply(service_spec(2), "d1", 5));
     assert!(matches!(r, CommandResult::Service { created: true, .. }));
     let (r, changed) = s.apply(apply(service_spec(2), "d2", 6));
@@ -363,12 +317,7 @@ fn applying_a_service_starts_a_deployment_only_when_the_revision_changes() {
 #[test]
 fn reconciler_decisions_for_an_older_version_are_refused() {
     let mut s = state_with_task();
-    s.apply(Command::ApplyService {
-        namespace: "default".into(),
-        spec: Box::new(service_spec(1)),
-        deployment_id: "d1".into(),
-        at: 5,
-    });
+    s.apply(apply(service_spec(1), "d1", 5));
     let seen = get_service(&s);
     s.apply(Command::UpdateService {
         namespace: "default".into(),
@@ -395,12 +344,7 @@ fn reconciler_decisions_for_an_older_version_are_refused() {
 #[test]
 fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
     let mut s = state_with_task();
-    s.apply(Command::ApplyService {
-        namespace: "default".into(),
-        spec: Box::new(service_spec(2)),
-        deployment_id: "d1".into(),
-        at: 5,
-    });
+    s.apply(apply(service_spec(2), "d1", 5));
     let svc = get_service(&s);
     s.apply(Command::ReconcileService(Reconciliation {
         namespace: "default".into(),
@@ -463,12 +407,7 @@ fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
 #[test]
 fn a_deleted_service_refuses_changes_and_goes_once_reconciled_away() {
     let mut s = state_with_task();
-    s.apply(Command::ApplyService {
-        namespace: "default".into(),
-        spec: Box::new(service_spec(2)),
-        deployment_id: "d1".into(),
-        at: 5,
-    });
+    s.apply(apply(service_spec(2), "d1", 5));
     let update = |change| Command::UpdateService {
         namespace: "default".into(),
         name: "svc".into(),

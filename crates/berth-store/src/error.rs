@@ -36,7 +36,7 @@ pub enum StoreError {
     #[error("membership change refused: {0}")]
     Membership(#[from] MembershipError),
     #[error("raft stopped")]
-    Fatal(#[source] Fatal<NodeId>),
+    Fatal(#[source] Box<Fatal<NodeId>>),
     /// A task of this member that writes depend on has ended (the store is shutting down).
     #[error("{0} stopped")]
     Stopped(&'static str),
@@ -111,7 +111,7 @@ pub enum MembershipError {
     #[error("server {id} is not a member")]
     NotAMember { id: NodeId },
     #[error(transparent)]
-    Refused(ChangeMembershipError<NodeId>),
+    Refused(Box<ChangeMembershipError<NodeId>>),
 }
 
 /// A [`StoreError`] as it crosses the wire from the leader.

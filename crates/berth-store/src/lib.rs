@@ -216,9 +216,9 @@ async fn client_write(
                 leader_addr: f.leader_node.map(|n| n.addr),
             },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                MembershipError::Refused(e).into()
+                MembershipError::Refused(Box::new(e)).into()
             }
-            RaftError::Fatal(e) => StoreError::Fatal(e),
+            RaftError::Fatal(e) => StoreError::Fatal(Box::new(e)),
         })?;
     Ok(resp.data)
 }
@@ -530,9 +530,9 @@ impl Store {
                     })
                 }
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                    return Err(MembershipError::Refused(e).into())
+                    return Err(MembershipError::Refused(Box::new(e)).into())
                 }
-                Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(e)),
+                Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(Box::new(e))),
             }
         }
     }
@@ -608,7 +608,7 @@ impl Store {
                 }
                 .into())
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(e)),
+            Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(Box::new(e))),
         }
     }
 

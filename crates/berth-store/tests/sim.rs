@@ -582,54 +582,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
 
 #[test]
 fn replicated_store_survives_crashes_partitions_and_message_loss() {
-    let seeds: Vec<u64> = match std::env::var("BERTH_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("BERTH_SIM_SEED is a number")],
-        Err(_) => {
-            // `N` or `START..END`.
-            let spec = std::env::var("BERTH_SIM_SEEDS").unwrap_or_else(|_| "500".into());
-            let (start, end) = match spec.split_once("..") {
-                Some((a, b)) => (
-                    a.parse().expect("seed range start"),
-                    b.parse().expect("seed range end"),
-                ),
-                None => (
-                    0,
-                    spec.parse()
-                        .expect("BERTH_SIM_SEEDS is a number or START..END"),
-                ),
-            };
-            (start..end).collect()
-        }
-    };
-    // Seeds are independent: spread them over the machine's cores.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let seeds: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
-                scope.spawn(move || {
-                    seeds
-                        .into_iter()
-                        .filter_map(|seed| {
-                            run_seed(seed).err().map(|e| format!("seed {seed}: {e}"))
-                        })
-                        .next()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("simulation thread"))
-            .collect()
-    });
-    if let Some(first) = failures.first() {
-        let seed = first
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("seed ");
-        panic!(
-            "simulation {first}\nreplay: BERTH_SIM_SEED={seed} cargo test -p berth-store --test sim"
-        );
-    }
+    berth_tests::sim::run_seeds(
+        500,
+        "BERTH_SIM_SEED={seed} cargo test -p berth-store --test sim",
+        run_seed,
+    );
 }

@@ -42,18 +42,22 @@ impl BerthService {
     }
 
     /// Proposes `command` and picks the answer out of its result with `expect`; a rejection
-    /// (or any other answer) becomes the matching status.
+    /// becomes the matching status, any other answer an internal error.
     async fn propose<T>(
         &self,
         command: Command,
-        expect: impl FnOnce(CommandResult) -> Result<T, CommandResult>,
+        expect: impl FnOnce(CommandResult) -> Option<T>,
     ) -> Result<T, Status> {
         let result = self
             .store
             .propose(command)
             .await
             .map_err(status::from_store)?;
-        expect(result).map_err(status::unexpected)
+        if let CommandResult::Rejected(r) = result {
+            return Err(status::from_rejection(r));
+        }
+        let kind = result.kind();
+        expect(result).ok_or_else(|| status::unexpected(kind))
     }
 
     /// Resolves `family` or `family:revision`.

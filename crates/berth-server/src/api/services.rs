@@ -60,14 +60,14 @@ impl BerthService {
                 created,
                 changed,
                 deployment_started,
-            } => Ok(pb::ApplyServiceResponse {
+            } => Some(pb::ApplyServiceResponse {
                 service: Some((*service).into()),
                 created,
                 changed,
                 deployment_started,
                 plan: Vec::new(),
             }),
-            other => Err(other),
+            _ => None,
         })
         .await
         .map(Response::new)
@@ -155,8 +155,8 @@ impl BerthService {
             at: now_ms(),
         };
         self.propose(command, |r| match r {
-            CommandResult::Service { service, .. } => Ok(Response::new((*service).into())),
-            other => Err(other),
+            CommandResult::Service { service, .. } => Some(Response::new((*service).into())),
+            _ => None,
         })
         .await
     }

@@ -44,8 +44,8 @@ impl BerthService {
             CommandResult::TaskDefinition {
                 task_definition,
                 created,
-            } => Ok((task_definition, created)),
-            other => Err(other),
+            } => Some((task_definition, created)),
+            _ => None,
         })
         .await
     }

@@ -33,8 +33,8 @@ impl BerthService {
         };
         let tasks = self
             .propose(command, |r| match r {
-                CommandResult::Tasks(tasks) => Ok(tasks),
-                other => Err(other),
+                CommandResult::Tasks(tasks) => Some(tasks),
+                _ => None,
             })
             .await?;
         Ok(Response::new(pb::RunTaskResponse {
@@ -58,8 +58,8 @@ impl BerthService {
         };
         let task = self
             .propose(command, |r| match r {
-                CommandResult::Task(task) => Ok(task),
-                other => Err(other),
+                CommandResult::Task(task) => Some(task),
+                _ => None,
             })
             .await?;
         Ok(Response::new((*task).into()))
@@ -104,9 +104,8 @@ impl BerthService {
 
     pub(super) async fn exec_task(&self, req: pb::ExecTaskRequest) -> Answer<pb::ExecResult> {
         let namespace = namespace(req.namespace)?;
-        let node = self.task_node(&namespace, &req.task_id).await?;
-        agent_client(&node)
-            .await?
+        let mut agent = self.task_agent(&namespace, &req.task_id).await?;
+        agent
             .exec(pb::AgentExecRequest {
                 task_id: req.task_id,
                 container: req.container,
@@ -118,9 +117,8 @@ impl BerthService {
 
     pub(super) async fn task_logs(&self, req: pb::TaskLogsRequest) -> Answer<LogStream> {
         let namespace = namespace(req.namespace)?;
-        let node = self.task_node(&namespace, &req.task_id).await?;
-        let stream = agent_client(&node)
-            .await?
+        let mut agent = self.task_agent(&namespace, &req.task_id).await?;
+        let stream = agent
             .logs(pb::AgentLogsRequest {
                 task_id: req.task_id,
                 follow: req.follow,
@@ -132,6 +130,16 @@ impl BerthService {
             .await?
             .into_inner();
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// A client of the agent on the node a task was placed on, for the calls proxied to it.
+    async fn task_agent(
+        &self,
+        namespace: &str,
+        task_id: &str,
+    ) -> Result<AgentApiClient<tonic::transport::Channel>, Status> {
+        let node = self.task_node(namespace, task_id).await?;
+        agent_client(&node).await
     }
 
     /// The node a task was placed on.

@@ -1,0 +1,119 @@
+//! Talking to the servers under test: requests, and waits on their `/metrics`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use berth_proto::v1 as pb;
+use berth_proto::v1::berth_client::BerthClient;
+use berth_tests::scrape;
+use tonic::transport::Channel;
+
+pub(crate) fn spec(family: &str, cpu: u32, memory: u32) -> pb::TaskDefinitionSpec {
+    pb::TaskDefinitionSpec {
+        family: family.into(),
+        cpu,
+        memory,
+        containers: vec![pb::ContainerDefinition {
+            name: "app".into(),
+            image: "bench/app:1".into(),
+            essential: true,
+            stop_timeout: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Waits until the server at `addr` counts at least `nodes` ACTIVE nodes (asking once a
+/// second: listing 10,000 nodes often would load the server being measured).
+pub(crate) async fn wait_nodes(addr: &str, nodes: u64) -> anyhow::Result<()> {
+    let series = "berth_nodes{state=\"ACTIVE\"}";
+    let every = Duration::from_secs(1);
+    wait_metric(addr, series, nodes, Duration::from_secs(300), every).await
+}
+
+/// Waits until `series` in the `/metrics` of the server at `addr` reaches `at_least`, asking
+/// `every` so long.
+pub(crate) async fn wait_metric(
+    addr: &str,
+    series: &str,
+    at_least: u64,
+    timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = metric(addr, series).await;
+        if now.is_some_and(|n| n >= at_least) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{series} is {now:?} after {timeout:?}, not {at_least}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A client that takes answers as large as a list of 150,000 tasks.
+pub(crate) async fn big_client(addr: &str) -> anyhow::Result<BerthClient<Channel>> {
+    Ok(BerthClient::connect(format!("http://{addr}"))
+        .await?
+        .max_decoding_message_size(1 << 30))
+}
+
+/// A sample from the server's `/metrics` (cheap to ask often, unlike a list), e.g.
+/// `berth_tasks{state="RUNNING"}`.
+async fn metric(addr: &str, series: &str) -> Option<u64> {
+    let body = scrape(addr).await.ok()?;
+    let needle = format!("{series} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
+/// the epoch) by task ID.
+pub(crate) async fn submit(
+    client: &mut BerthClient<Channel>,
+    family: &str,
+    tasks: u32,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut submitted = BTreeMap::new();
+    let mut left = tasks;
+    while left > 0 {
+        let count = left.min(1000);
+        let at = epoch_ms();
+        let r = client
+            .run_task(pb::RunTaskRequest {
+                namespace: String::new(),
+                task_definition: family.into(),
+                count,
+                client_token: String::new(),
+            })
+            .await?
+            .into_inner();
+        for t in r.tasks {
+            submitted.insert(t.task_id, at);
+        }
+        left -= count;
+    }
+    Ok(submitted)
+}
+
+pub(crate) fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
+}
+
+/// The `/metrics` series of running tasks.
+pub(crate) const RUNNING: &str = "berth_tasks{state=\"RUNNING\"}";
+
+/// Waits until `tasks` tasks run, asking `/metrics` on `addr` four times a second (the
+/// throughput comes from the tasks' own start times, not from when this notices).
+pub(crate) async fn wait_running(addr: &str, tasks: u64, timeout: Duration) -> anyhow::Result<()> {
+    wait_metric(addr, RUNNING, tasks, timeout, Duration::from_millis(250)).await
+}

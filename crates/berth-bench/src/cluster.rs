@@ -1,0 +1,121 @@
+//! The clusters the scenarios measure: three real servers, and fleets of hollow agents.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_proto::v1::berth_client::BerthClient;
+use berth_tests::{berth_bin, ServerProc};
+use tokio::process::Command;
+use tonic::transport::Channel;
+
+/// Hollow agents per process: each holds a listener and a connection, and a process may open
+/// 20,000 files on this machine.
+const HOLLOW_PER_PROCESS: u32 = 2_500;
+
+/// Three real servers on loopback with durable logs: 1 bootstraps, 2 and 3 join.
+pub(crate) struct Cluster {
+    _dir: tempfile::TempDir,
+    pub(crate) servers: Vec<ServerProc>,
+}
+
+impl Cluster {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Three servers started with `extra` flags.
+    pub(crate) async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = scratch().prefix("berth-bench").tempdir_in("/tmp")?;
+        let first = ServerProc::spawn(1, &dir.path().join("s1"), None, extra).await?;
+        first.wait_ready().await?;
+        let join = first.addr.to_string();
+        let mut servers = vec![first];
+        for id in 2..=3 {
+            let s = ServerProc::spawn(
+                id,
+                &dir.path().join(format!("s{id}")),
+                None,
+                &[extra, &["--join", &join]].concat(),
+            )
+            .await?;
+            servers.push(s);
+        }
+        for s in &servers {
+            s.wait_ready().await?;
+        }
+        servers[0].wait_voters(3, Duration::from_secs(60)).await?;
+        Ok(Self { _dir: dir, servers })
+    }
+
+    pub(crate) fn addresses(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client of the current leader.
+    pub(crate) async fn leader(&self) -> anyhow::Result<BerthClient<Channel>> {
+        let addr = self.leader_addr().await?;
+        Ok(BerthClient::connect(format!("http://{addr}")).await?)
+    }
+
+    /// The current leader's address.
+    pub(crate) async fn leader_addr(&self) -> anyhow::Result<String> {
+        let status = self.servers[0].status().await?;
+        let id = status["leader"].as_u64().context("no leader")?;
+        Ok(self
+            .servers
+            .iter()
+            .find(|s| s.id == id)
+            .context("leader is one of ours")?
+            .addr
+            .to_string())
+    }
+}
+
+/// A scratch directory under /tmp, kept afterwards (logs and data) when `BERTH_BENCH_KEEP` is
+/// set.
+pub(crate) fn scratch() -> tempfile::Builder<'static, 'static> {
+    let mut b = tempfile::Builder::new();
+    b.disable_cleanup(std::env::var_os("BERTH_BENCH_KEEP").is_some());
+    b
+}
+
+/// Hollow agents (`berth agent --hollow`) in as many processes as their files need; every
+/// process dies with the fleet.
+pub(crate) struct Hollow {
+    _dir: tempfile::TempDir,
+    pub(crate) procs: Vec<tokio::process::Child>,
+}
+
+impl Hollow {
+    /// `nodes` agents named `PREFIX-P-I` (process P, agent I) serving `servers`.
+    pub(crate) async fn spawn(servers: &str, prefix: &str, nodes: u32) -> anyhow::Result<Self> {
+        let dir = scratch().prefix("berth-hollow").tempdir_in("/tmp")?;
+        let mut procs = Vec::new();
+        let mut left = nodes;
+        while left > 0 {
+            let n = left.min(HOLLOW_PER_PROCESS);
+            let p = procs.len();
+            let data = dir.path().join(format!("p{p}"));
+            std::fs::create_dir_all(&data)?;
+            let log = std::fs::File::create(data.join("agents.log"))?;
+            let child = Command::new(berth_bin())
+                .args(["agent", "--hollow", &n.to_string()])
+                .args(["--node-name", &format!("{prefix}-{p}")])
+                .args(["--servers", servers, "--metrics-interval", "60s"])
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn hollow agents")?;
+            procs.push(child);
+            left -= n;
+        }
+        Ok(Self { _dir: dir, procs })
+    }
+}

@@ -1,0 +1,246 @@
+//! The scenarios on fleets of hollow agents: placement throughput, node loss, and the
+//! footprint of a server holding a large cluster.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use berth_proto::v1 as pb;
+use berth_proto::v1::berth_client::BerthClient;
+use berth_tests::{poll, ServerProc};
+use tonic::transport::Channel;
+
+use crate::api::{
+    big_client, epoch_ms, spec, submit, wait_metric, wait_nodes, wait_running, RUNNING,
+};
+use crate::cluster::{scratch, Cluster, Hollow};
+use crate::results::{record_percentiles, Results};
+
+/// The node TTL the node-loss scenario runs its servers with (the default is 10 s).
+const NODE_LOSS_TTL: &str = "3s";
+
+/// Placement throughput: `tasks` tasks submitted in batches of 1,000 to a 3-server cluster with
+/// `nodes` hollow agents; from the first submit to the last task RUNNING.
+pub(crate) async fn placement(
+    results: &mut Results,
+    prefix: &str,
+    nodes: u32,
+    tasks: u32,
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let _agents = Hollow::spawn(&cluster.addresses(), "hollow", nodes).await?;
+    let leader = cluster.leader_addr().await?;
+    wait_nodes(&leader, u64::from(nodes)).await?;
+    let mut client = cluster.leader().await?;
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(spec("placed", 64, 64)),
+            reuse_identical: true,
+        })
+        .await?;
+    let first = epoch_ms();
+    let submitted = submit(&mut client, "placed", tasks).await?;
+    wait_running(&leader, u64::from(tasks), Duration::from_secs(900)).await?;
+    let list = big_client(&leader)
+        .await?
+        .list_tasks(pb::ListTasksRequest {
+            stale: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .tasks;
+    let running: Vec<(String, u64)> = list
+        .into_iter()
+        .filter(|t| t.last_status == pb::TaskStatus::Running as i32)
+        .map(|t| (t.task_id, t.started_at))
+        .collect();
+    let last = running.iter().map(|(_, s)| *s as f64).fold(first, f64::max);
+    let mut latencies: Vec<f64> = running
+        .iter()
+        .filter_map(|(id, s)| Some(*s as f64 - submitted.get(id)?))
+        .collect();
+    let secs = ((last - first) / 1000.0).max(0.001);
+    results.insert(format!("{prefix}.tasks_per_sec"), f64::from(tasks) / secs);
+    record_percentiles(results, &format!("{prefix}."), &mut latencies);
+    results.insert(format!("{prefix}.nodes"), f64::from(nodes));
+    results.insert(format!("{prefix}.tasks"), f64::from(tasks));
+    Ok(())
+}
+
+/// Node loss: a service of 200 tasks spread over 100 hollow nodes; `trials` times, kill -9 the
+/// process of one node's agent and time until the service runs 200 tasks again, none of them on
+/// that node. The servers run with a node TTL of [`NODE_LOSS_TTL`].
+pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Result<()> {
+    const NODES: u32 = 100;
+    const TASKS: u32 = 200;
+    let cluster = Cluster::start_with(&["--node-ttl", NODE_LOSS_TTL]).await?;
+    let servers = cluster.addresses();
+    // The nodes killed: one agent per process, each its own.
+    let mut victims = Vec::new();
+    for i in 0..trials {
+        let fleet = Hollow::spawn(&servers, &format!("victim{i}"), 1).await?;
+        victims.push((format!("victim{i}-0-0"), fleet));
+    }
+    let _rest = Hollow::spawn(&servers, "hollow", NODES - trials).await?;
+    wait_nodes(&cluster.leader_addr().await?, u64::from(NODES)).await?;
+    let mut client = cluster.leader().await?;
+    let mut placed = spec("web", 64, 64);
+    placed.placement = Some(pb::PlacementSpec {
+        strategy: vec![pb::PlacementStrategy {
+            r#type: "spread".into(),
+            field: "node".into(),
+        }],
+        constraints: vec![],
+    });
+    client
+        .apply_service(pb::ApplyServiceRequest {
+            namespace: String::new(),
+            spec: Some(pb::ServiceSpec {
+                name: "web".into(),
+                desired_count: TASKS,
+                ..Default::default()
+            }),
+            template: Some(placed),
+            ..Default::default()
+        })
+        .await?;
+    // Running tasks by node.
+    let running = |client: &BerthClient<Channel>| {
+        let mut c = client.clone();
+        async move {
+            let tasks = c
+                .list_tasks(pb::ListTasksRequest {
+                    stale: true,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .tasks;
+            Some(
+                tasks
+                    .into_iter()
+                    .filter(|t| t.last_status == pb::TaskStatus::Running as i32)
+                    .map(|t| t.node)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    poll("the service to run", Duration::from_secs(120), || async {
+        (running(&client).await?.len() as u32 >= TASKS).then_some(())
+    })
+    .await?;
+    let mut gaps = Vec::new();
+    for (node, mut fleet) in victims {
+        let on_victim = running(&client)
+            .await
+            .context("list tasks")?
+            .iter()
+            .filter(|n| **n == node)
+            .count();
+        anyhow::ensure!(on_victim > 0, "no task runs on {node}");
+        let killed = Instant::now();
+        fleet.procs[0].kill().await?;
+        poll(
+            "the lost tasks to run elsewhere",
+            Duration::from_secs(60),
+            || async {
+                let nodes = running(&client).await?;
+                (nodes.iter().filter(|n| **n != node).count() as u32 >= TASKS).then_some(())
+            },
+        )
+        .await?;
+        gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
+        client = cluster.leader().await?;
+    }
+    record_percentiles(results, "node_loss.", &mut gaps);
+    results.insert("node_loss.trials".into(), gaps.len() as f64);
+    Ok(())
+}
+
+/// Footprint: one server holding 150,000 running tasks on 5,000 hollow nodes → its resident
+/// memory, the size of a backup (the snapshot), how long a new server takes to restore that
+/// backup and answer, and how long the server takes to start again from its own data dir
+/// after kill -9.
+pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
+    const NODES: u32 = 5_000;
+    const TASKS: u32 = 150_000;
+    let dir = scratch().prefix("berth-footprint").tempdir_in("/tmp")?;
+    let server = ServerProc::start(&dir.path().join("s1"), None).await?;
+    let addr = server.addr.to_string();
+    let agents = Hollow::spawn(&addr, "hollow", NODES).await?;
+    wait_nodes(&addr, u64::from(NODES)).await?;
+    let mut client = big_client(&addr).await?;
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(spec("held", 64, 64)),
+            reuse_identical: true,
+        })
+        .await?;
+    submit(&mut client, "held", TASKS).await?;
+    wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
+    let pid = server.pid().context("server pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    results.insert("footprint.rss_mib".into(), rss_kib / 1024.0);
+
+    let backup = dir.path().join("backup.json");
+    let mut chunks = client
+        .save_snapshot(pb::SaveSnapshotRequest {})
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(&backup, &bytes)?;
+    results.insert(
+        "footprint.snapshot_mib".into(),
+        bytes.len() as f64 / (1024.0 * 1024.0),
+    );
+    drop(agents);
+
+    // A new server from the backup, until it answers with every task.
+    let restore_dir = dir.path().join("restored");
+    let t = Instant::now();
+    let restored = ServerProc::spawn(
+        1,
+        &restore_dir,
+        None,
+        &["--restore", backup.to_str().context("path")?],
+    )
+    .await?;
+    let restore_ms = ms_until_running(&restored.addr.to_string(), TASKS, t).await?;
+    results.insert("footprint.restore_ms".into(), restore_ms);
+    drop(restored);
+
+    // The server itself after kill -9, from its own data dir.
+    let (data_dir, server_addr) = (server.data_dir.clone(), server.addr);
+    server.kill().await?;
+    let t = Instant::now();
+    let again = ServerProc::spawn(1, &data_dir, Some(server_addr), &[]).await?;
+    let restart_ms = ms_until_running(&addr, TASKS, t).await?;
+    results.insert("footprint.restart_ms".into(), restart_ms);
+    drop(again);
+    Ok(())
+}
+
+/// Milliseconds from `since` until the server at `addr` (starting up) reports `tasks` tasks
+/// running, watching closely.
+async fn ms_until_running(addr: &str, tasks: u32, since: Instant) -> anyhow::Result<f64> {
+    wait_metric(
+        addr,
+        RUNNING,
+        u64::from(tasks),
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+    )
+    .await?;
+    Ok(since.elapsed().as_secs_f64() * 1000.0)
+}

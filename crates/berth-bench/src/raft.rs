@@ -1,0 +1,126 @@
+//! The consensus scenarios: committed writes per second, and leader failover.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use berth_proto::v1 as pb;
+use berth_proto::v1::berth_client::BerthClient;
+use berth_tests::ServerProc;
+
+use crate::api::spec;
+use crate::cluster::Cluster;
+use crate::results::{record_percentiles, Results};
+
+/// Committed writes per second with 1 and 64 concurrent clients (each write registers a task
+/// definition revision: one Raft entry, fsynced on a quorum).
+pub(crate) async fn raft(results: &mut Results) -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let client = cluster.leader().await?;
+    for (clients, key) in [(1usize, "c1"), (64, "c64")] {
+        let run_for = Duration::from_secs(5);
+        let started = Instant::now();
+        let mut workers = tokio::task::JoinSet::new();
+        for w in 0..clients {
+            let mut c = client.clone();
+            workers.spawn(async move {
+                let mut latencies = Vec::new();
+                while started.elapsed() < run_for {
+                    let t = Instant::now();
+                    c.register_task_definition(pb::RegisterTaskDefinitionRequest {
+                        namespace: String::new(),
+                        spec: Some(spec(&format!("raft-{w}"), 128, 64)),
+                        reuse_identical: false,
+                    })
+                    .await?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                anyhow::Ok(latencies)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = workers.join_next().await {
+            all.extend(r??);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        results.insert(format!("raft.{key}_ops_per_sec"), all.len() as f64 / secs);
+        record_percentiles(results, &format!("raft.{key}_"), &mut all);
+    }
+    Ok(())
+}
+
+/// One write through whichever server answers (followers forward to the leader), trying each
+/// in turn; the time it took.
+async fn write_anywhere(addrs: &[String], n: u64) -> Option<Duration> {
+    let t = Instant::now();
+    for a in addrs {
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            BerthClient::connect(format!("http://{a}")),
+        )
+        .await
+        else {
+            continue;
+        };
+        let req = pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(spec(&format!("failover-{}", n % 16), 128, 64)),
+            reuse_identical: false,
+        };
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), c.register_task_definition(req)).await
+        {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+/// Leader failover: `trials` times, kill -9 the leader while a client writes; the time from the
+/// kill to the next acknowledged write. The killed server restarts from its data between trials.
+pub(crate) async fn failover(results: &mut Results, trials: usize) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let mut gaps = Vec::new();
+    for trial in 0..trials {
+        let addrs: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
+        // Warm: a write succeeds before the kill.
+        anyhow::ensure!(
+            write_anywhere(&addrs, 0).await.is_some(),
+            "no write before trial {trial}"
+        );
+        let status = cluster.servers[0].status().await?;
+        let leader = status["leader"].as_u64().context("no leader")?;
+        let i = cluster
+            .servers
+            .iter()
+            .position(|s| s.id == leader)
+            .context("leader is ours")?;
+        let victim = cluster.servers.remove(i);
+        let (id, addr, dir) = (victim.id, victim.addr, victim.data_dir.clone());
+        let killed = Instant::now();
+        victim.kill().await?;
+        let others: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
+        let mut n = 1;
+        loop {
+            if write_anywhere(&others, n).await.is_some() {
+                break;
+            }
+            n += 1;
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no write within 30 s of the kill"
+            );
+        }
+        gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
+        // Back with its state, as a follower.
+        let back = ServerProc::spawn(id, &dir, Some(addr), &[]).await?;
+        back.wait_ready().await?;
+        cluster.servers.push(back);
+        cluster.servers.sort_by_key(|s| s.id);
+        cluster.servers[0]
+            .wait_voters(3, Duration::from_secs(60))
+            .await?;
+    }
+    record_percentiles(results, "failover.", &mut gaps);
+    results.insert("failover.trials".into(), gaps.len() as f64);
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! The numbers a scenario measures, and how they are kept and shown beside the goals.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub(crate) type Results = BTreeMap<String, f64>;
+
+/// Goals from issue #9, shown beside the results: (key, goal, higher is better).
+const GOALS: &[(&str, f64, bool)] = &[
+    ("placement.tasks_per_sec", 10_000.0, true),
+    ("placement_1k.tasks_per_sec", 10_000.0, true),
+    ("start.p50_ms", 150.0, false),
+    ("start.ratio_p50", 1.5, false),
+    ("failover.p99_ms", 1_000.0, false),
+    ("node_loss.p99_ms", 5_000.0, false),
+    ("raft.c64_ops_per_sec", 20_000.0, true),
+    ("footprint.rss_mib", 1_024.0, false),
+    ("footprint.restore_ms", 10_000.0, false),
+];
+
+/// Sorts `ms` and records its median and 99th percentile as `{prefix}p50_ms` and
+/// `{prefix}p99_ms`; returns the median.
+pub(crate) fn record_percentiles(results: &mut Results, prefix: &str, ms: &mut [f64]) -> f64 {
+    ms.sort_by(f64::total_cmp);
+    let p50 = percentile(ms, 50.0);
+    results.insert(format!("{prefix}p50_ms"), p50);
+    results.insert(format!("{prefix}p99_ms"), percentile(ms, 99.0));
+    p50
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub(crate) fn write(results: &Results, dir: &PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json_path = dir.join("latest.json");
+    // Keep keys of scenarios not run this time.
+    let mut all: Results = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    all.extend(results.iter().map(|(k, v)| (k.clone(), *v)));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
+    let mut md = String::from("| key | value | goal |\n|---|---:|---|\n");
+    for (k, v) in &all {
+        let goal =
+            GOALS
+                .iter()
+                .find(|(g, _, _)| g == k)
+                .map_or(String::new(), |(_, goal, higher)| {
+                    let met = if *higher { v >= goal } else { v <= goal };
+                    format!(
+                        "{} {goal} ({})",
+                        if *higher { "≥" } else { "≤" },
+                        if met { "met" } else { "missed" }
+                    )
+                });
+        md.push_str(&format!("| `{k}` | {v:.1} | {goal} |\n"));
+    }
+    std::fs::write(dir.join("latest.md"), md)?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Start latency on real containerd, beside the floor `ctr run` sets.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use berth_proto::v1 as pb;
+use berth_proto::v1::berth_client::BerthClient;
+use berth_tests::{AgentProc, Env, ServerProc};
+
+use crate::api::spec;
+use crate::results::{record_percentiles, Results};
+
+/// Start latency on real containerd: 100 tasks started one after another on one agent with the
+/// image already pulled, submit to RUNNING as the API reports it; beside it the floor, the same
+/// image started 100 times by `ctr run -d` against the same containerd.
+pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
+    const RUNS: usize = 100;
+    let env = Env::start().await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let addr = server.addr.to_string();
+    let agent = AgentProc::start(&env, &addr, "start").await?;
+    let mut client = BerthClient::connect(format!("http://{addr}")).await?;
+    let mut sleeper = spec("sleeper", 16, 16);
+    sleeper.containers[0].image = env.image.clone();
+    sleeper.containers[0].command = vec!["sleep".into(), "3600".into()];
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(sleeper),
+            reuse_identical: false,
+        })
+        .await?;
+    let run_one = || {
+        let mut c = client.clone();
+        async move {
+            let t = Instant::now();
+            let task = c
+                .run_task(pb::RunTaskRequest {
+                    namespace: String::new(),
+                    task_definition: "sleeper".into(),
+                    count: 1,
+                    client_token: String::new(),
+                })
+                .await?
+                .into_inner()
+                .tasks
+                .pop()
+                .context("no task")?;
+            loop {
+                let now = c
+                    .describe_task(pb::DescribeTaskRequest {
+                        namespace: String::new(),
+                        task_id: task.task_id.clone(),
+                        stale: true,
+                    })
+                    .await?
+                    .into_inner();
+                if now.last_status == pb::TaskStatus::Running as i32 {
+                    return anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                anyhow::ensure!(
+                    now.last_status != pb::TaskStatus::Stopped as i32,
+                    "task {} stopped: {}",
+                    task.task_id,
+                    now.stopped_reason
+                );
+                anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no start in 60 s");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    // The first task pulls the image; it is not counted.
+    run_one().await?;
+    let mut berth = Vec::new();
+    for _ in 0..RUNS {
+        berth.push(run_one().await?);
+    }
+    let mut floor = Vec::new();
+    for i in 0..RUNS {
+        let t = Instant::now();
+        let out = berth_tests::ctr(
+            &env.containerd.socket,
+            &agent.namespace,
+            &[
+                "run",
+                "-d",
+                &env.image,
+                &format!("floor-{i}"),
+                "sleep",
+                "3600",
+            ],
+        )
+        .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        floor.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let p50 = record_percentiles(results, "start.", &mut berth);
+    let floor_p50 = record_percentiles(results, "start.floor_", &mut floor);
+    results.insert("start.ratio_p50".into(), p50 / floor_p50);
+    drop(agent);
+    Ok(())
+}
