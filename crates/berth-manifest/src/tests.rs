@@ -137,39 +137,31 @@ fn multi_document_keeps_line_numbers() {
     );
 }
 
+/// Each edit of the good manifest breaks one thing; the error names the file, line, column and
+/// field, and says what to write instead.
 #[test]
-fn unknown_fields_are_rejected_with_position() {
+fn broken_fields_are_reported_with_their_position() {
     check_edits(&[
+        // Unknown fields.
         ("command:", "comand:", "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`, `dependsOn`"),
-    ]);
-}
-
-#[test]
-fn type_and_value_errors_have_positions() {
-    check_edits(&[
+        // Types and values.
         ("cpu: 256", "cpu: lots", "m.yaml:7:8: spec.cpu: invalid type: string \"lots\", expected u32"),
         ("stopTimeout: 5s", "stopTimeout: soon", "m.yaml:15:20: spec.containers[0].stopTimeout: invalid duration \"soon\" (expected number at 0); write it like 30s or 5m"),
         ("image: busybox", "image: \"\"", "m.yaml:22:14: spec.containers[1].image: must not be empty"),
-    ]);
-}
-
-#[test]
-fn model_validation_names_the_field_and_line() {
-    check_edits(&[
+        // The model's validation, mapped back to the field's line.
         ("timeout: 1s", "retries: 0", "m.yaml:17:9: spec.containers[0].healthCheck: duplicate field `retries`"),
         ("timeout: 1s", "timeout: 9s", "m.yaml:19:9: spec.containers[0].healthCheck.timeout: 9s is longer than the 2s interval"),
         ("memory: 128", "memory: 2", "m.yaml:8:3: spec.memory: 2 MiB is out of range; use 6..=1048576"),
         ("name: sidecar", "name: app", "m.yaml:21:7: spec.containers[1].name: container name \"app\" is used twice"),
         ("name: web", "name: -web", "m.yaml:4:3: metadata.name: \"-web\" must start with a letter or digit"),
+        // The header.
+        ("berth.dev/v1", "v2", "m.yaml:1:1: apiVersion \"v2\" is not supported; use berth.dev/v1"),
+        ("kind: TaskDefinition", "kind: Deployment", "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task"),
     ]);
 }
 
 #[test]
 fn header_errors() {
-    check_edits(&[
-        ("berth.dev/v1", "v2", "m.yaml:1:1: apiVersion \"v2\" is not supported; use berth.dev/v1"),
-        ("kind: TaskDefinition", "kind: Deployment", "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task"),
-    ]);
     check(
         "apiVersion: v1\nkind: [oops",
         "m.yaml:2:7: kind: invalid type: sequence, expected a string",
@@ -199,13 +191,8 @@ fn placement_is_parsed_and_validated() {
 #[test]
 fn parses_services_by_reference_and_with_a_template() {
     check(
-        "\
-apiVersion: berth.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  taskDefinition: web:2
+        &web_service(
+        "  taskDefinition: web:2
   desiredCount: 3
 ---
 apiVersion: berth.dev/v1
@@ -226,7 +213,7 @@ spec:
     containers:
       - name: app
         image: busybox
-",
+"),
         "line 1: Service web td=web:2 desired=3 min=100 max=200 breaker=true/true healthy=300s strategy=rolling template=-; \
          line 9: Service api td=api desired=2 min=50 max=150 breaker=true/false healthy=60s strategy=canary template=api:1",
     );
@@ -235,42 +222,27 @@ spec:
 #[test]
 fn service_errors_point_at_the_field() {
     check(
-        "\
-apiVersion: berth.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  taskDefinition: web
+        &web_service(
+        "  taskDefinition: web
   desiredCount: 3
   deploymentConfiguration:
     minimumHealthyPercent: 100
     maximumPercent: 100
-",
+"),
         "m.yaml:10:5: spec.deploymentConfiguration.maximumPercent: 100% leaves no room to replace tasks: it must be above minimumHealthyPercent (100%)",
     );
     check(
-        "\
-apiVersion: berth.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  desiredCount: 3
-",
+        &web_service(
+        "  desiredCount: 3
+"),
         "m.yaml:5:1: spec: taskDefinition (family or family:revision) or an inline template is required",
     );
     check(
-        "\
-apiVersion: berth.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  taskDefinition: web
+        &web_service(
+        "  taskDefinition: web
   desiredCount: 3
   replicas: 2
-",
+"),
         "m.yaml:8:3: spec: unknown field `replicas`, expected one of `taskDefinition`, `template`, `desiredCount`, `deploymentConfiguration`, `placement`, `autoscaling`",
     );
 }
@@ -279,13 +251,8 @@ spec:
 fn parses_an_autoscaling_policy() {
     let docs = parse(
         "m.yaml",
-        "\
-apiVersion: berth.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  taskDefinition: web
+        &web_service(
+            "  taskDefinition: web
   desiredCount: 1
   autoscaling:
     minCount: 1
@@ -295,6 +262,7 @@ spec:
       - {metric: MemoryUtilization, target: 70}
     scaleInCooldown: 2m
 ",
+        ),
     )
     .expect("valid");
     let Object::Service { spec, .. } = &docs[0].object else {
@@ -306,19 +274,15 @@ spec:
     assert_eq!((a.scale_out_cooldown, a.scale_in_cooldown), (10, 120));
     let err = parse(
         "m.yaml",
-        "\
-apiVersion: berth.dev/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  taskDefinition: web
+        &web_service(
+            "  taskDefinition: web
   desiredCount: 1
   autoscaling:
     minCount: 5
     maxCount: 2
     targetTracking: [{metric: CPUUtilization, target: 50}]
 ",
+        ),
     )
     .unwrap_err();
     assert_eq!(
@@ -395,4 +359,9 @@ spec:
 ",
         "m.yaml:7:3: spec.count: 0 is out of range; use 1..=1000",
     );
+}
+
+/// A Service manifest named web whose spec is `spec` (indented lines).
+fn web_service(spec: &str) -> String {
+    format!("apiVersion: berth.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n{spec}")
 }

@@ -288,3 +288,17 @@ pub struct TaskStatusUpdate {
     /// One line for the task's event log.
     pub event: Option<String>,
 }
+
+impl TaskStatusUpdate {
+    /// A report of `last_status` alone: no container states, stop code, reason or event.
+    pub fn status(task_id: impl Into<String>, last_status: TaskStatus) -> Self {
+        Self {
+            task_id: task_id.into(),
+            last_status,
+            containers: Vec::new(),
+            stop_code: None,
+            stopped_reason: None,
+            event: None,
+        }
+    }
+}

@@ -87,14 +87,7 @@ fn lifecycle_of_a_task_that_exits() {
     // A report from another node is stale and ignored.
     let (_, changed) = s.apply(Command::ReportTaskStatus {
         node: "n2".into(),
-        updates: vec![TaskStatusUpdate {
-            task_id: "t1".into(),
-            last_status: TaskStatus::Stopped,
-            containers: vec![],
-            stop_code: None,
-            stopped_reason: None,
-            event: None,
-        }],
+        updates: vec![TaskStatusUpdate::status("t1", TaskStatus::Stopped)],
         at: 11,
     });
     assert!(changed.is_empty());
@@ -116,13 +109,7 @@ fn lifecycle_of_a_task_that_exits() {
 fn user_stop_keeps_its_stop_code() {
     let mut s = state_with_task();
     place(&mut s, &["t1"]);
-    s.apply(Command::StopTask {
-        namespace: "default".into(),
-        task_id: "t1".into(),
-        stop_code: StopCode::UserInitiated,
-        reason: "Task stopped by user".into(),
-        at: 4,
-    });
+    s.apply(stop_t1(4));
     s.apply(report(
         TaskStatus::Stopped,
         Some(137),
@@ -137,13 +124,7 @@ fn user_stop_keeps_its_stop_code() {
 #[test]
 fn stopping_an_unplaced_task_stops_it_at_once_and_unknown_ids_are_not_found() {
     let mut s = state_with_task();
-    s.apply(Command::StopTask {
-        namespace: "default".into(),
-        task_id: "t1".into(),
-        stop_code: StopCode::UserInitiated,
-        reason: "Task stopped by user".into(),
-        at: 4,
-    });
+    s.apply(stop_t1(4));
     assert_eq!(
         summary(&s),
         "STOPPED desired=STOPPED node=None code=Some(UserInitiated) exit=None node_cpu=0"
@@ -270,6 +251,17 @@ fn get_service(s: &State) -> Service {
     s.service("default", "svc")
         .cloned()
         .expect("service exists")
+}
+
+/// A user's stop of task t1.
+fn stop_t1(at: u64) -> Command {
+    Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "Task stopped by user".into(),
+        at,
+    }
 }
 
 fn apply(spec: berth_model::ServiceSpec, id: &str, at: u64) -> Command {
@@ -502,23 +494,10 @@ fn a_placement_that_no_longer_fits_its_node_is_refused() {
         );
     }
     // Once a task stops, its room is free again.
-    s.apply(Command::StopTask {
-        namespace: "default".into(),
-        task_id: "t1".into(),
-        stop_code: StopCode::UserInitiated,
-        reason: "test".into(),
-        at: 5,
-    });
+    s.apply(stop_t1(5));
     s.apply(Command::ReportTaskStatus {
         node: "n1".into(),
-        updates: vec![TaskStatusUpdate {
-            task_id: "t1".into(),
-            last_status: TaskStatus::Stopped,
-            containers: vec![],
-            stop_code: None,
-            stopped_reason: None,
-            event: None,
-        }],
+        updates: vec![TaskStatusUpdate::status("t1", TaskStatus::Stopped)],
         at: 6,
     });
     place(&mut s, &["t5", "t6"]);

@@ -25,6 +25,7 @@ impl BerthService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = %req.name))]
     pub(super) async fn update_node_status(
         &self,
         req: pb::UpdateNodeStatusRequest,

@@ -10,6 +10,7 @@ use super::{namespace, selector, Answer, BerthService};
 use crate::{now_ms, status};
 
 impl BerthService {
+    #[tracing::instrument(skip_all, fields(service = req.spec.as_ref().map_or("", |s| s.name.as_str())))]
     pub(super) async fn apply_service(
         &self,
         req: pb::ApplyServiceRequest,
@@ -141,6 +142,7 @@ impl BerthService {
     }
 
     /// Scale, delete or promote.
+    #[tracing::instrument(skip(self, namespace), fields(service = %name))]
     pub(super) async fn change_service(
         &self,
         namespace: String,

@@ -37,11 +37,15 @@ impl BerthService {
                 _ => None,
             })
             .await?;
+        for t in &tasks {
+            tracing::debug!(task_id = %t.task_id, namespace = %t.namespace, "task created");
+        }
         Ok(Response::new(pb::RunTaskResponse {
             tasks: tasks.into_iter().map(Into::into).collect(),
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
     pub(super) async fn stop_task(&self, req: pb::StopTaskRequest) -> Answer<pb::Task> {
         let namespace = namespace(req.namespace)?;
         let reason = if req.reason.is_empty() {
@@ -102,6 +106,7 @@ impl BerthService {
         Ok(Response::new(self.usage.fill(task).into()))
     }
 
+    #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
     pub(super) async fn exec_task(&self, req: pb::ExecTaskRequest) -> Answer<pb::ExecResult> {
         let namespace = namespace(req.namespace)?;
         let mut agent = self.task_agent(&namespace, &req.task_id).await?;
@@ -115,6 +120,7 @@ impl BerthService {
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
     pub(super) async fn task_logs(&self, req: pb::TaskLogsRequest) -> Answer<LogStream> {
         let namespace = namespace(req.namespace)?;
         let mut agent = self.task_agent(&namespace, &req.task_id).await?;
