@@ -95,7 +95,7 @@ impl Agent {
                 tokio::spawn(async move {
                     for c in containers {
                         if let Err(e) = runtime.remove(&c.id).await {
-                            tracing::warn!(container = %c.id, "remove orphaned container: {e}");
+                            tracing::warn!(container = %c.id, "remove orphaned container: {}", berth_model::error_chain(&e));
                         }
                     }
                 });

@@ -452,7 +452,7 @@ impl TaskRun {
                     images.push(info);
                 }
                 Err(e) => {
-                    tracing::warn!(image = %c.image, "pull image: {e}");
+                    tracing::warn!(image = %c.image, "pull image: {}", berth_model::error_chain(&e));
                     let reason = format!("CannotPullContainerError: {e}");
                     self.finish(states, StopCode::TaskFailedToStart, reason, None);
                     return None;
@@ -485,7 +485,7 @@ impl TaskRun {
                         states[i].last_status = TaskStatus::Running;
                     }
                     Err(e) => {
-                        tracing::warn!(container = %c.name, "start container: {e}");
+                        tracing::warn!(container = %c.name, "start container: {}", berth_model::error_chain(&e));
                         states[i].last_status = TaskStatus::Stopped;
                         states[i].reason = Some(e.to_string());
                         return Err(format!("CannotStartContainerError: {e}"));
@@ -582,7 +582,7 @@ impl TaskRun {
             }
             let id = container_id(&self.assignment.task_id, &defs[i].name);
             if let Err(e) = self.runtime.kill(&id, SIGTERM, false).await {
-                tracing::warn!(container = %id, "send SIGTERM: {e}");
+                tracing::warn!(container = %id, "send SIGTERM: {}", berth_model::error_chain(&e));
             }
             let mut grace = Duration::from_secs(u64::from(defs[i].stop_timeout));
             if *self.stop.borrow() == Some(StopReason::Fenced) {
@@ -601,7 +601,7 @@ impl TaskRun {
                     Ok(None) => break,
                     Err(_) => {
                         if let Err(e) = self.runtime.kill(&id, SIGKILL, true).await {
-                            tracing::warn!(container = %id, "send SIGKILL: {e}");
+                            tracing::warn!(container = %id, "send SIGKILL: {}", berth_model::error_chain(&e));
                         }
                         deadline = None;
                     }
@@ -614,12 +614,12 @@ impl TaskRun {
         for c in &self.assignment.containers {
             let id = container_id(&self.assignment.task_id, &c.name);
             if let Err(e) = self.runtime.remove(&id).await {
-                tracing::warn!(container = %id, "remove container: {e}");
+                tracing::warn!(container = %id, "remove container: {}", berth_model::error_chain(&e));
             }
         }
         if self.assignment.containers.len() > 1 {
             if let Err(e) = self.runtime.remove_network(&self.assignment.task_id).await {
-                tracing::warn!("remove network namespace: {e}");
+                tracing::warn!("remove network namespace: {}", berth_model::error_chain(&e));
             }
         }
         for s in states {

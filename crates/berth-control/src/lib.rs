@@ -18,3 +18,5 @@ pub mod scheduling;
 pub mod services;
 
 pub use desired::desired_tasks;
+#[cfg(test)]
+mod tests;

@@ -48,7 +48,7 @@ pub fn apply_service(
     let (changed, deployment_started, starts) = match &existing {
         None => (true, true, initial_desired_count(&spec)),
         Some(svc) => {
-            let update = service_update(svc, &spec);
+            let update = service_update(svc, &spec)?;
             // A new revision starts `desired` tasks; otherwise only a scale-out does.
             let starts = if update.new_revision {
                 update.desired_count

@@ -92,14 +92,7 @@ fn spec(family: &str, env: u32, bad: bool) -> TaskDefinitionSpec {
         },
     );
     c.environment.insert("REV".into(), env.to_string());
-    TaskDefinitionSpec {
-        meta: Default::default(),
-        family: family.into(),
-        cpu: 256,
-        memory: 128,
-        containers: vec![c],
-        placement: Default::default(),
-    }
+    TaskDefinitionSpec::new(family, 256, 128, vec![c])
 }
 
 impl World {

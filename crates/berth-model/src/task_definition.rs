@@ -31,6 +31,25 @@ pub struct TaskDefinitionSpec {
     pub meta: crate::ObjectMeta,
 }
 
+impl TaskDefinitionSpec {
+    /// A family's spec with these containers, no placement rules, labels or annotations.
+    pub fn new(
+        family: impl Into<String>,
+        cpu: u32,
+        memory: u32,
+        containers: Vec<ContainerDefinition>,
+    ) -> Self {
+        Self {
+            family: family.into(),
+            cpu,
+            memory,
+            containers,
+            placement: PlacementSpec::default(),
+            meta: crate::ObjectMeta::default(),
+        }
+    }
+}
+
 /// One registered, immutable revision of a task definition family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

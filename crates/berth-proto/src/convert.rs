@@ -11,6 +11,7 @@ mod placement;
 mod service;
 mod task;
 mod task_definition;
+mod watch;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,7 @@ use crate::v1;
 pub use agent::task_samples;
 pub use cluster::cluster_status_to_wire;
 pub use node::node_status_change;
+pub use watch::{deleted_event, object_event, synced_event};
 
 /// A wire message that does not describe a valid domain object.
 #[derive(Debug, thiserror::Error)]

@@ -4,8 +4,9 @@
 mod convert;
 
 pub use convert::{
-    cluster_status_to_wire, desired_status, node_status_change, node_status_to_wire, stop_code,
-    stop_code_to_wire, task_samples, task_status, try_all, ConversionError,
+    cluster_status_to_wire, deleted_event, desired_status, node_status_change, node_status_to_wire,
+    object_event, stop_code, stop_code_to_wire, synced_event, task_samples, task_status, try_all,
+    ConversionError,
 };
 
 /// Metadata key with the leader's address on a follower's UNAVAILABLE answer.

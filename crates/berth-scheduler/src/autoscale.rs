@@ -301,17 +301,11 @@ mod tests {
     use super::*;
 
     fn policy() -> Autoscaling {
-        Autoscaling {
-            min_count: 1,
-            max_count: 10,
-            target_tracking: vec![TargetTracking {
-                metric: ScalingMetric::CpuUtilization,
-                target: 50.0,
-            }],
-            scale_out_cooldown: 10,
-            scale_in_cooldown: 60,
-            disable_scale_in: false,
-        }
+        let cpu = TargetTracking {
+            metric: ScalingMetric::CpuUtilization,
+            target: 50.0,
+        };
+        Autoscaling::with_defaults(1, 10, vec![cpu])
     }
 
     /// A series of per-second samples of `tasks` tasks from `series(second)`.

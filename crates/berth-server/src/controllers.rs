@@ -65,30 +65,41 @@ pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
             if !leading {
                 continue;
             }
-            let at = now_ms();
+            // The clock is read with the state, after a linearizable read has caught up.
             let commands = match C::READ {
-                ReadPolicy::Stale => store.read_stale(|s| controller.plan(s, at)),
-                ReadPolicy::Linearizable => match store.read(|s| controller.plan(s, at)).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!("read the state: {}", error_chain(&e));
-                        continue;
+                ReadPolicy::Stale => store.read_stale(|s| controller.plan(s, now_ms())),
+                ReadPolicy::Linearizable => {
+                    match store.read(|s| controller.plan(s, now_ms())).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("read the state: {}", error_chain(&e));
+                            continue;
+                        }
                     }
-                },
+                }
             };
             for command in commands {
                 match store.propose(command.clone()).await {
                     Ok(result) => {
                         match &result {
                             CommandResult::Rejected(Rejection::Conflict(why)) => {
-                                tracing::debug!("changed meanwhile, deciding again: {why}");
+                                tracing::debug!(
+                                    subject = %command.subject(),
+                                    "changed meanwhile, deciding again: {why}"
+                                );
                             }
-                            CommandResult::Rejected(r) => tracing::warn!("refused: {r}"),
+                            CommandResult::Rejected(r) => {
+                                tracing::warn!(subject = %command.subject(), "refused: {r}");
+                            }
                             _ => {}
                         }
                         controller.proposed(&command, &result);
                     }
-                    Err(e) => tracing::warn!("propose: {}", error_chain(&e)),
+                    Err(e) => tracing::warn!(
+                        subject = %command.subject(),
+                        "propose: {}",
+                        error_chain(&e)
+                    ),
                 }
             }
         }
@@ -131,12 +142,18 @@ impl Controller for Scheduler {
             .collect()
     }
 
-    fn proposed(&mut self, command: &Command, _result: &CommandResult) {
-        if let Command::PlaceTasks { placements, .. } = command {
-            self.metrics.placed(placements.len());
-            self.metrics
-                .scheduling_round(self.started.elapsed().as_secs_f64());
+    fn proposed(&mut self, command: &Command, result: &CommandResult) {
+        let (Command::PlaceTasks { placements, .. }, CommandResult::Placed(placed)) =
+            (command, result)
+        else {
+            return;
+        };
+        for p in placements {
+            tracing::debug!(task_id = %p.task_id, node = %p.node, "placement proposed");
         }
+        self.metrics.placed(*placed);
+        self.metrics
+            .scheduling_round(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -154,6 +171,21 @@ impl Controller for ServiceReconciler {
 
     fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
         berth_control::services::plan(state, at, &mut || uuid::Uuid::new_v4().to_string())
+    }
+
+    fn proposed(&mut self, command: &Command, result: &CommandResult) {
+        let Command::ReconcileService(r) = command else {
+            return;
+        };
+        if matches!(result, CommandResult::Rejected(_)) {
+            return;
+        }
+        for t in &r.start {
+            tracing::debug!(task_id = %t.task_id, service = %r.name, "task created");
+        }
+        for o in &r.stop {
+            tracing::debug!(task_id = %o.task_id, service = %r.name, "stop requested: {}", o.reason);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 
 use berth_proto::v1 as pb;
-use berth_state::{Key, Object};
+use berth_state::Object;
 use berth_store::changes::{Change, ObjectChange};
 use berth_store::Store;
 use futures::Stream;
@@ -30,70 +30,12 @@ impl Filter {
     }
 }
 
-fn put(kind_type: pb::watch_event::Type, revision: u64, object: Object) -> pb::WatchEvent {
-    let (kind, name, namespace, object) = match object {
-        Object::Task(t) => (
-            "task",
-            t.task_id.clone(),
-            t.namespace.clone(),
-            Some(pb::watch_event::Object::Task(t.into())),
-        ),
-        Object::Service(s) => (
-            "service",
-            s.name.clone(),
-            s.namespace.clone(),
-            Some(pb::watch_event::Object::Service(s.into())),
-        ),
-        Object::Node(n) => (
-            "node",
-            n.name.clone(),
-            String::new(),
-            Some(pb::watch_event::Object::Node(n.into())),
-        ),
-        Object::TaskDefinition(d) => (
-            "taskdefinition",
-            format!("{}:{}", d.family, d.revision),
-            d.namespace.clone(),
-            Some(pb::watch_event::Object::TaskDefinition(d.into())),
-        ),
-        Object::ClientToken(_) => ("token", String::new(), String::new(), None),
-    };
-    pb::WatchEvent {
-        r#type: kind_type as i32,
-        revision,
-        kind: kind.into(),
-        name,
-        namespace,
-        object,
-    }
-}
-
-fn deleted(revision: u64, key: Key) -> pb::WatchEvent {
-    let (kind, name, namespace) = match key {
-        Key::Task(id) => ("task", id, String::new()),
-        Key::Service { namespace, name } => ("service", name, namespace),
-        Key::Node(name) => ("node", name, String::new()),
-        Key::TaskDefinition {
-            namespace,
-            family,
-            revision,
-        } => ("taskdefinition", format!("{family}:{revision}"), namespace),
-        Key::ClientToken(_) => ("token", String::new(), String::new()),
-    };
-    pb::WatchEvent {
-        r#type: pb::watch_event::Type::Deleted as i32,
-        revision,
-        kind: kind.into(),
-        name,
-        namespace,
-        object: None,
-    }
-}
-
 fn event(change: Change) -> pb::WatchEvent {
     match change.change {
-        ObjectChange::Put(o) => put(pb::watch_event::Type::Put, change.revision, *o),
-        ObjectChange::Deleted(k) => deleted(change.revision, k),
+        ObjectChange::Put(o) => {
+            berth_proto::object_event(pb::watch_event::Type::Put, change.revision, *o)
+        }
+        ObjectChange::Deleted(k) => berth_proto::deleted_event(change.revision, k),
     }
 }
 
@@ -133,13 +75,11 @@ pub fn watch(store: Store, filter: Filter, from: u64) -> WatchStream {
                     last = revision;
                     let mut events: Vec<pb::WatchEvent> = objects
                         .into_iter()
-                        .map(|o| put(pb::watch_event::Type::Sync, revision, o))
+                        .map(|o| {
+                            berth_proto::object_event(pb::watch_event::Type::Sync, revision, o)
+                        })
                         .collect();
-                    events.push(pb::WatchEvent {
-                        r#type: pb::watch_event::Type::Synced as i32,
-                        revision,
-                        ..Default::default()
-                    });
+                    events.push(berth_proto::synced_event(revision));
                     events
                 }
             };

@@ -92,6 +92,41 @@ pub enum Command {
 }
 
 impl Command {
+    /// What the command is about, for log lines: `service NS/NAME`, `node NAME`, `task ID`…
+    pub fn subject(&self) -> String {
+        match self {
+            Command::Batch(commands) => format!("a batch of {}", commands.len()),
+            Command::RegisterTaskDefinition {
+                namespace, spec, ..
+            } => format!("task definition {namespace}/{}", spec.family),
+            Command::CreateTasks { tasks, .. } => format!("{} new tasks", tasks.len()),
+            Command::StopTask { task_id, .. } => format!("task {task_id}"),
+            Command::PlaceTasks { placements, .. } => {
+                format!("{} placements", placements.len())
+            }
+            Command::ReportTaskStatus { node, .. } => format!("reports of node {node}"),
+            Command::RegisterNode { node, .. } => format!("node {}", node.name),
+            Command::MarkNodeDown { node, .. } | Command::SetNodeStatus { node, .. } => {
+                format!("node {node}")
+            }
+            Command::ApplyService {
+                namespace, spec, ..
+            } => format!("service {namespace}/{}", spec.name),
+            Command::UpdateService {
+                namespace, name, ..
+            }
+            | Command::ReconcileService(Reconciliation {
+                namespace, name, ..
+            })
+            | Command::AutoScale(ScalingDecision {
+                namespace, name, ..
+            }) => format!("service {namespace}/{name}"),
+            Command::ReplaceState { objects, .. } => {
+                format!("the whole state ({} objects)", objects.len())
+            }
+        }
+    }
+
     /// Stamps the command (each command of a batch) with `now`: the leader re-stamps commands
     /// forwarded by followers.
     pub fn stamp(&mut self, now: Timestamp) {
@@ -186,6 +221,8 @@ pub enum CommandResult {
         changed: bool,
         deployment_started: bool,
     },
+    /// How many placements of a `PlaceTasks` were applied (the others were refused).
+    Placed(usize),
     Rejected(Rejection),
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
@@ -200,6 +237,7 @@ impl CommandResult {
             CommandResult::Tasks(_) => "Tasks",
             CommandResult::Task(_) => "Task",
             CommandResult::Service { .. } => "Service",
+            CommandResult::Placed(_) => "Placed",
             CommandResult::Rejected(_) => "Rejected",
             CommandResult::Batch(_) => "Batch",
         }

@@ -80,23 +80,23 @@ impl State {
         changed: &mut Vec<Key>,
     ) -> CommandResult {
         match self.nodes.get_mut(&node) {
-        None => CommandResult::Rejected(Rejection::NotFound(format!(
-            "node {node} not found; `berth get nodes` lists them"
-        ))),
-        Some(n) if n.status == NodeStatus::Down || status == NodeStatus::Down => {
-            CommandResult::Rejected(Rejection::Invalid(format!(
-                "node {node} is {}; a node becomes DOWN when its agent stops answering and ACTIVE when it registers again",
-                n.status
-            )))
-        }
-        Some(n) => {
-            if n.status != status {
-                n.status = status;
-                n.events.push(at, format!("node set to {status} by an operator"));
-                changed.push(Key::Node(node));
+            None => CommandResult::Rejected(Rejection::NotFound(format!(
+                "node {node} not found; `berth get nodes` lists them"
+            ))),
+            Some(n) if n.status == NodeStatus::Down || status == NodeStatus::Down => {
+                CommandResult::Rejected(Rejection::Invalid(format!(
+                    "node {node} is {}; a node becomes DOWN when its agent stops answering and ACTIVE when it registers again",
+                    n.status
+                )))
             }
-            CommandResult::Done
-        }
+            Some(n) => {
+                if n.status != status {
+                    n.status = status;
+                    n.events.push(at, format!("node set to {status} by an operator"));
+                    changed.push(Key::Node(node));
+                }
+                CommandResult::Done
+            }
         }
     }
 }

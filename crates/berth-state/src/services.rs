@@ -31,8 +31,14 @@ impl ServiceUpdate {
     }
 }
 
-/// What applying `spec` to `svc` would change.
-pub fn service_update(svc: &Service, spec: &ServiceSpec) -> ServiceUpdate {
+/// What applying `spec` to `svc` would change; a service being deleted refuses specs.
+pub fn service_update(svc: &Service, spec: &ServiceSpec) -> Result<ServiceUpdate, Rejection> {
+    if svc.status == ServiceStatus::Draining {
+        return Err(Rejection::Invalid(format!(
+            "service {} is being deleted; apply it again once `berth get services` no longer lists it",
+            svc.name
+        )));
+    }
     let new_revision =
         svc.deployments.first().map(|d| &d.task_definition) != Some(&spec.task_definition);
     let mut messages = Vec::new();
@@ -62,11 +68,11 @@ pub fn service_update(svc: &Service, spec: &ServiceSpec) -> ServiceUpdate {
     if svc.meta != spec.meta {
         messages.push("labels or annotations changed".to_owned());
     }
-    ServiceUpdate {
+    Ok(ServiceUpdate {
         desired_count,
         new_revision,
         messages,
-    }
+    })
 }
 
 /// The desired count of a service created from `spec`.
@@ -143,17 +149,14 @@ impl State {
                 deployment_started: true,
             };
         };
-        if svc.status == ServiceStatus::Draining {
-            return CommandResult::Rejected(Rejection::Invalid(format!(
-                "service {} is being deleted; apply it again once `berth get services` no longer lists it",
-                svc.name
-            )));
-        }
         let ServiceUpdate {
             desired_count,
             new_revision,
             mut messages,
-        } = service_update(svc, &spec);
+        } = match service_update(svc, &spec) {
+            Ok(update) => update,
+            Err(r) => return CommandResult::Rejected(r),
+        };
         svc.desired_count = desired_count;
         svc.autoscaling = spec.autoscaling;
         svc.deployment_configuration = spec.deployment_configuration;

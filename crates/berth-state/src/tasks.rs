@@ -182,7 +182,9 @@ impl State {
     /// Applies a scheduling round. A placement is checked again here: a node that is not
     /// ACTIVE, or that the task no longer fits (a new leader decided from a state that was
     /// behind, or tasks were placed on the node since), refuses it; the task stays PENDING with
-    /// an event saying why, and the next round places it again.
+    /// an event saying why (once), and the next round places it again. Constraints
+    /// (`distinctInstance`, `memberOf`) are the scheduler's alone: they are not checked again.
+    /// Answers how many placements were applied.
     pub(crate) fn place_tasks(
         &mut self,
         placements: Vec<Placement>,
@@ -192,6 +194,7 @@ impl State {
     ) -> CommandResult {
         // Free capacity of the nodes this round touches, computed once per node.
         let mut free: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut placed = 0;
         for Placement { task_id, node } in placements {
             let Some(task) = self.tasks.get(&task_id) else {
                 continue;
@@ -202,39 +205,44 @@ impl State {
             {
                 continue;
             }
-            let Some(n) = self
-                .nodes
-                .get(&node)
-                .filter(|n| n.status == NodeStatus::Active)
-            else {
-                continue;
-            };
-            let room = free.entry(node.clone()).or_insert_with(|| {
-                let (cpu, memory) = self.allocated_on(&node);
-                (
-                    n.cpu.total.saturating_sub(cpu),
-                    n.memory.total.saturating_sub(memory),
-                )
-            });
             let (cpu, memory) = (u64::from(task.cpu), u64::from(task.memory));
-            let refused = if cpu > room.0 {
-                Some(format!("{cpu} CPU units wanted, {} free", room.0))
-            } else if memory > room.1 {
-                Some(format!("{memory} MiB wanted, {} free", room.1))
-            } else {
-                None
+            let refused = match self.nodes.get(&node) {
+                None => Some(format!(
+                    "placement on node {node} refused: it is not registered"
+                )),
+                Some(n) if n.status != NodeStatus::Active => Some(format!(
+                    "placement on node {node} refused: it is {}",
+                    n.status
+                )),
+                Some(n) => {
+                    let room = free.entry(node.clone()).or_insert_with(|| {
+                        let (cpu, memory) = self.allocated_on(&node);
+                        (
+                            n.cpu.total.saturating_sub(cpu),
+                            n.memory.total.saturating_sub(memory),
+                        )
+                    });
+                    if cpu > room.0 {
+                        Some(format!("placement on node {node} refused: it no longer fits ({cpu} CPU units wanted, {} free)", room.0))
+                    } else if memory > room.1 {
+                        Some(format!("placement on node {node} refused: it no longer fits ({memory} MiB wanted, {} free)", room.1))
+                    } else {
+                        room.0 -= cpu;
+                        room.1 -= memory;
+                        None
+                    }
+                }
             };
             let task = self.tasks.get_mut(&task_id).expect("task looked up above");
-            if let Some(why) = refused {
-                task.events.push(
-                    at,
-                    format!("placement on node {node} refused: it no longer fits ({why})"),
-                );
-                changed.push(Key::Task(task_id));
+            if let Some(message) = refused {
+                // Said once: the next round may propose the same placement again.
+                if task.events.last().map(|e| e.message.as_str()) != Some(message.as_str()) {
+                    task.events.push(at, message);
+                    changed.push(Key::Task(task_id));
+                }
                 continue;
             }
-            room.0 -= cpu;
-            room.1 -= memory;
+            placed += 1;
             task.events.push(at, format!("placed on node {node}"));
             self.tasks_by_node
                 .entry(node.clone())
@@ -256,6 +264,6 @@ impl State {
                 changed.push(Key::Task(task_id));
             }
         }
-        CommandResult::Done
+        CommandResult::Placed(placed)
     }
 }

@@ -12,14 +12,12 @@ fn state_with_task() -> State {
     let mut s = State::default();
     s.apply(Command::RegisterTaskDefinition {
         namespace: "default".into(),
-        spec: TaskDefinitionSpec {
-            meta: Default::default(),
-            family: "web".into(),
-            cpu: 256,
-            memory: 64,
-            containers: vec![ContainerDefinition::new("app", "busybox")],
-            placement: Default::default(),
-        },
+        spec: TaskDefinitionSpec::new(
+            "web",
+            256,
+            64,
+            vec![ContainerDefinition::new("app", "busybox")],
+        ),
         reuse_identical: false,
         at: 1,
     });
@@ -455,8 +453,9 @@ fn another_task(s: &mut State, id: &str) {
     });
 }
 
-fn place(s: &mut State, ids: &[&str]) {
-    s.apply(Command::PlaceTasks {
+/// Places `ids` on n1; answers the result and how many tasks' events changed.
+fn place(s: &mut State, ids: &[&str]) -> (CommandResult, usize) {
+    let (result, changed) = s.apply(Command::PlaceTasks {
         placements: ids
             .iter()
             .map(|id| Placement {
@@ -467,6 +466,7 @@ fn place(s: &mut State, ids: &[&str]) {
         unplaced: vec![],
         at: 4,
     });
+    (result, changed.len())
 }
 
 #[test]
@@ -477,8 +477,16 @@ fn a_placement_that_no_longer_fits_its_node_is_refused() {
     for id in ["t2", "t3", "t4", "t5", "t6"] {
         another_task(&mut s, id);
     }
-    place(&mut s, &["t1", "t2", "t3"]);
-    place(&mut s, &["t4", "t5", "t6"]);
+    assert_eq!(
+        place(&mut s, &["t1", "t2", "t3"]),
+        (CommandResult::Placed(3), 3)
+    );
+    assert_eq!(
+        place(&mut s, &["t4", "t5", "t6"]),
+        (CommandResult::Placed(1), 3)
+    );
+    // Proposed again, the refusal is not recorded twice.
+    assert_eq!(place(&mut s, &["t5", "t6"]), (CommandResult::Placed(0), 0));
     let placed: Vec<&str> = s.tasks_on("n1").map(|t| t.task_id.as_str()).collect();
     assert_eq!(placed, ["t1", "t2", "t3", "t4"]);
     assert_eq!(s.allocated_on("n1"), (1024, 256));
@@ -526,5 +534,22 @@ fn controller_decisions_keep_the_log_format_of_struct_variants() {
     assert_eq!(
         serde_json::from_str::<Command>(&json).expect("decode"),
         command
+    );
+}
+
+#[test]
+fn a_placement_on_a_node_that_is_not_active_is_refused_with_a_reason() {
+    let mut s = state_with_task();
+    s.apply(Command::SetNodeStatus {
+        node: "n1".into(),
+        status: berth_model::NodeStatus::Draining,
+        at: 3,
+    });
+    assert_eq!(place(&mut s, &["t1"]), (CommandResult::Placed(0), 1));
+    let t = s.task("default", "t1").expect("task");
+    assert_eq!(t.node, None);
+    assert_eq!(
+        t.events.last().map(|e| e.message.as_str()),
+        Some("placement on node n1 refused: it is DRAINING")
     );
 }

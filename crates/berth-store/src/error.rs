@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use berth_model::error_chain as chain;
 use openraft::error::{ChangeMembershipError, Fatal};
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +48,8 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     /// The state machine answered a batch with something else than one answer per command.
-    #[error("a batch was answered with {0}")]
-    BatchAnswer(String),
+    #[error("a batch was answered with {kind}")]
+    BatchAnswer { kind: &'static str },
     /// The leader failed in a way this member cannot name (its text is kept).
     #[error("the leader failed: {0}")]
     Remote(String),
@@ -101,6 +102,9 @@ pub enum NoQuorum {
     Minority { heard: usize, voters: usize },
     #[error("this server did not catch up to the leader's index {index} in time")]
     Lagging { index: u64 },
+    /// As the leader said it (the reason crossed the wire as text).
+    #[error("{0}")]
+    AtLeader(String),
 }
 
 /// A membership change the cluster refuses.
@@ -112,14 +116,18 @@ pub enum MembershipError {
     NotAMember { id: NodeId },
     #[error(transparent)]
     Refused(Box<ChangeMembershipError<NodeId>>),
+    /// As the leader said it (the reason crossed the wire as text).
+    #[error("{0}")]
+    AtLeader(String),
 }
 
-/// A [`StoreError`] as it crosses the wire from the leader.
+/// A [`StoreError`] as it crosses the wire from the leader: its kind and its text, so that
+/// servers of different versions understand each other.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum RemoteError {
     NotLeader,
-    NoQuorum(NoQuorum),
-    Membership(MembershipError),
+    NoQuorum(String),
+    Membership(String),
     Fatal(String),
 }
 
@@ -127,8 +135,8 @@ impl From<StoreError> for RemoteError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotLeader { .. } => RemoteError::NotLeader,
-            StoreError::NoQuorum(q) => RemoteError::NoQuorum(q),
-            StoreError::Membership(m) => RemoteError::Membership(m),
+            StoreError::NoQuorum(q) => RemoteError::NoQuorum(q.to_string()),
+            StoreError::Membership(m) => RemoteError::Membership(m.to_string()),
             other => RemoteError::Fatal(chain(&other)),
         }
     }
@@ -141,21 +149,38 @@ impl From<RemoteError> for StoreError {
                 leader_id: None,
                 leader_addr: None,
             },
-            RemoteError::NoQuorum(q) => StoreError::NoQuorum(q),
-            RemoteError::Membership(m) => StoreError::Membership(m),
+            RemoteError::NoQuorum(q) => StoreError::NoQuorum(NoQuorum::AtLeader(q)),
+            RemoteError::Membership(m) => StoreError::Membership(MembershipError::AtLeader(m)),
             RemoteError::Fatal(m) => StoreError::Remote(m),
         }
     }
 }
 
-/// The error and its causes, `: `-separated (as anyhow's `{:#}`).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_the_wire_in_the_format_older_servers_use() {
+        let e = RemoteError::from(StoreError::NoQuorum(NoQuorum::Minority {
+            heard: 1,
+            voters: 3,
+        }));
+        let json = serde_json::to_string(&e).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"NoQuorum":"the leader hears from only 1 of 3 servers, not a majority"}"#
+        );
+        let back = StoreError::from(serde_json::from_str::<RemoteError>(&json).expect("decode"));
+        assert_eq!(
+            back.to_string(),
+            "the cluster has no quorum: the leader hears from only 1 of 3 servers, not a majority"
+        );
+        let old = r#"{"Membership":"server 4 is not a member"}"#;
+        let back = StoreError::from(serde_json::from_str::<RemoteError>(old).expect("decode"));
+        assert!(matches!(
+            back,
+            StoreError::Membership(MembershipError::AtLeader(_))
+        ));
     }
-    text
 }

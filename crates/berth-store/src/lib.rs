@@ -28,10 +28,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+pub use berth_model::error_chain;
 use berth_model::{ClusterMember, ClusterStatus, MemberRole};
 use berth_state::{Command, CommandResult, State};
 use error::RemoteError;
-pub use error::{chain as error_chain, MembershipError, NoQuorum, StoreError};
+pub use error::{MembershipError, NoQuorum, StoreError};
 pub use network::RaftService;
 
 /// A Raft member's ID.
@@ -190,7 +191,7 @@ async fn group_commit(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
             }
             Ok(other) => {
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::BatchAnswer(format!("{other:?}"))));
+                    let _ = reply.send(Err(StoreError::BatchAnswer { kind: other.kind() }));
                 }
             }
             Err(e) => {

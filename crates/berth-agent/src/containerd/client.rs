@@ -137,7 +137,7 @@ impl ContainerdRuntime {
             sync: false,
         });
         if let Err(e) = LeasesClient::new(self.channel.clone()).delete(req).await {
-            tracing::warn!(lease = %lease.id, "delete lease: {e}");
+            tracing::warn!(lease = %lease.id, "delete lease: {}", berth_model::error_chain(&e));
         }
     }
 }

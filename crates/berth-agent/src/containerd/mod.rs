@@ -90,7 +90,7 @@ impl Runtime for ContainerdRuntime {
         self.delete_lease(lease).await;
         if let (Ok(_), Some(budget)) = (&result, self.config.image_budget) {
             if let Err(e) = self.collect_images(budget, image).await {
-                tracing::warn!("collect unused images: {e}");
+                tracing::warn!("collect unused images: {}", berth_model::error_chain(&e));
             }
         }
         result

@@ -27,7 +27,10 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
         Ok(Self {
             task_definition: a.task_definition.parse()?,
             desired_status: m::DesiredStatus::from_wire("desiredStatus", a.desired_status)?,
-            last_status: m::TaskStatus::from_wire("lastStatus", a.last_status)?,
+            // Only decides whether a task without containers here ran before: a status this
+            // side does not know (a newer server) counts as not run, so the task starts.
+            last_status: m::TaskStatus::from_wire("lastStatus", a.last_status)
+                .unwrap_or(m::TaskStatus::Pending),
             containers: try_all(a.containers)?,
             task_id: a.task_id,
             namespace: a.namespace,
@@ -109,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_status_makes_an_assignment_unreadable() {
+    fn an_unknown_desired_status_makes_an_assignment_unreadable() {
         let mut wire = v1::TaskAssignment::from(assignment());
         wire.desired_status = 42;
         assert_eq!(
@@ -119,8 +122,12 @@ mod tests {
                 .to_string())
         );
         wire.desired_status = v1::DesiredStatus::Running as i32;
-        wire.last_status = 0;
-        assert!(m::Assignment::try_from(wire).is_err());
+        wire.last_status = 42;
+        assert_eq!(
+            m::Assignment::try_from(wire).map(|a| a.last_status).ok(),
+            Some(m::TaskStatus::Pending),
+            "an unknown last status counts as not run here, as agents always did"
+        );
     }
 
     #[test]
