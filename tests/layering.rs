@@ -44,6 +44,7 @@ const GRAPH: &[(&str, &[&str])] = &[
         &["berth-model", "berth-manifest", "berth-proto"],
     ),
     ("berth-dev", &[]),
+    ("berth-tls", &[]),
     (
         "berth",
         &["berth-agent", "berth-cli", "berth-dev", "berth-server"],
@@ -337,6 +338,17 @@ fn only_the_grpc_edges_build_statuses() {
         found.is_empty(),
         "build gRPC statuses in the edge's status module:\n{}",
         found.join("\n")
+    );
+}
+
+/// rustls uses ring: aws-lc-sys needs cmake, which this machine (and CI) does not have.
+#[test]
+fn nothing_pulls_in_aws_lc() {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))
+        .expect("read Cargo.lock");
+    assert!(
+        !lock.contains("name = \"aws-lc-sys\""),
+        "a dependency pulls in aws-lc-sys; use rustls with the ring provider"
     );
 }
 
