@@ -15,6 +15,7 @@
 
 mod ca;
 mod identity;
+pub mod net;
 pub mod tls;
 mod token;
 

@@ -1,0 +1,85 @@
+//! A real TLS listener and dialer on loopback: a client with a certificate is seen by the
+//! server as who it is, one without is anonymous, one that trusts another CA cannot connect.
+
+use std::sync::{Arc, Mutex};
+
+use berth_tls::net::{incoming, Dialer};
+use berth_tls::tls::{client_config, server_config, Credentials, Trust};
+use berth_tls::{ClusterCa, Identity, NodeKey, Role, DEFAULT_CERT_TTL};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn credentials(ca: &ClusterCa, identity: &Identity) -> Arc<Credentials> {
+    let key = NodeKey::generate().expect("key");
+    let issued = ca
+        .issue(
+            &key.csr(identity).expect("csr"),
+            identity,
+            &["127.0.0.1".into()],
+            DEFAULT_CERT_TTL,
+        )
+        .expect("issue");
+    Arc::new(Credentials::new(&issued.cert_pem, &key.pem(), ca.cert_pem()).expect("credentials"))
+}
+
+#[tokio::test]
+async fn grpc_over_tls_knows_its_callers() {
+    let ca = ClusterCa::create("net").expect("ca");
+    let server = credentials(&ca, &Identity::new(Role::Server, "1"));
+    let config = server_config(ca.cert_pem(), server).expect("server config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+
+    let seen: Arc<Mutex<Vec<Option<Identity>>>> = Arc::default();
+    let record = seen.clone();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let health = tonic::service::interceptor::InterceptedService::new(
+        health,
+        move |req: tonic::Request<()>| {
+            let who = req
+                .peer_certs()
+                .and_then(|certs| certs.first().and_then(|c| Identity::from_cert(c.as_ref())));
+            record.lock().expect("lock").push(who);
+            Ok(req)
+        },
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming(listener, Arc::new(config))),
+    );
+
+    let trust = Trust::Ca(ca.cert_pem().to_owned());
+    let agent = Identity::new(Role::Agent, "node-1");
+    for creds in [Some(credentials(&ca, &agent)), None] {
+        let dialer = Dialer::new(client_config(&trust, creds).expect("client config"));
+        let channel = dialer.connect(&addr).await.expect("connect");
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health over tls");
+    }
+    assert_eq!(*seen.lock().expect("lock"), [Some(agent), None]);
+
+    let other = ClusterCa::create("other").expect("ca");
+    let dialer = Dialer::new(
+        client_config(&Trust::Ca(other.cert_pem().to_owned()), None).expect("client config"),
+    );
+    let refused = match dialer.connect(&addr).await {
+        Err(_) => true,
+        Ok(channel) => HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "a client that does not trust the cluster CA got through"
+    );
+}
