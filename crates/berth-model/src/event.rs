@@ -35,6 +35,22 @@ impl EventLog {
         self.0.last()
     }
 
+    /// Rewrites the newest event that says `message`: it says `with` instead, or goes when
+    /// `with` is `None`. Answers whether there was one. For a decision that is corrected as it
+    /// is applied (a start the namespace's quota held back).
+    pub fn rewrite_latest(&mut self, message: &str, with: Option<String>) -> bool {
+        let Some(i) = self.0.iter().rposition(|e| e.message == message) else {
+            return false;
+        };
+        match with {
+            Some(text) => self.0[i].message = text,
+            None => {
+                self.0.remove(i);
+            }
+        }
+        true
+    }
+
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Event> {
         self.0.iter()
     }
@@ -67,5 +83,22 @@ mod tests {
         assert_eq!(log.iter().count(), MAX_EVENTS);
         assert_eq!(log.iter().next().map(|e| e.at), Some(5));
         assert_eq!(log.last().map(|e| e.message.as_str()), Some("e36"));
+    }
+
+    #[test]
+    fn rewriting_the_latest_event_of_a_message() {
+        let mut log: EventLog = ["a", "b", "a", "c"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Event {
+                at: i as u64,
+                message: m.into(),
+            })
+            .collect();
+        assert!(log.rewrite_latest("a", Some("A".into())));
+        assert!(log.rewrite_latest("b", None));
+        assert!(!log.rewrite_latest("z", None));
+        let shown: Vec<(u64, &str)> = log.iter().map(|e| (e.at, e.message.as_str())).collect();
+        assert_eq!(shown, [(0, "a"), (2, "A"), (3, "c")]);
     }
 }

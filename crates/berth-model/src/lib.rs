@@ -7,9 +7,11 @@
 //! This crate is pure: no IO, no async, no clock. Timestamps are passed in by the caller (the Raft
 //! leader assigns them before proposing).
 
+mod access;
 mod assignment;
 mod cluster;
 mod event;
+mod namespace;
 mod node;
 mod placement;
 mod service;
@@ -17,9 +19,16 @@ mod task;
 mod task_definition;
 mod time;
 
+pub use access::{
+    AccessRole, ApiTokenRecord, Denied, JoinTokenRecord, NodeRole, Permission, ALL_NAMESPACES,
+    MAX_TOKEN_DESCRIPTION,
+};
 pub use assignment::Assignment;
 pub use cluster::{ClusterMember, ClusterStatus, MemberRole, PlannedTask};
 pub use event::{Event, EventLog, MAX_EVENTS};
+pub use namespace::{
+    Namespace, Quota, QuotaExceeded, QuotaResource, Usage, MAX_QUOTA_CPU, MAX_QUOTA_MEMORY,
+};
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{
     BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,

@@ -286,6 +286,17 @@ pub struct MetricValue {
 impl Eq for MetricValue {}
 
 impl Service {
+    /// The event of a reconciliation that starts `count` tasks of `task_definition` for
+    /// `deployment`. One function so that the state machine finds the reconciler's event when
+    /// the namespace's quota holds some of those tasks back.
+    pub fn started_tasks_message(
+        count: usize,
+        task_definition: &TaskDefinitionRef,
+        deployment: &str,
+    ) -> String {
+        format!("started {count} tasks of {task_definition} (deployment {deployment})")
+    }
+
     /// The group its tasks carry (`service:NAME`).
     pub fn group(&self) -> String {
         format!("service:{}", self.name)

@@ -93,6 +93,7 @@ pub fn from_rejection(r: Rejection) -> Status {
         Rejection::Invalid(msg) => Status::invalid_argument(msg),
         Rejection::NotFound(msg) => Status::not_found(msg),
         Rejection::Conflict(msg) => Status::aborted(msg),
+        Rejection::QuotaExceeded(msg) => Status::resource_exhausted(msg),
     }
 }
 

@@ -3,8 +3,8 @@
 //! every member applies it to the same result.
 
 use berth_model::{
-    Node, NodeStatus, Service, ServiceSpec, StopCode, StopOrder, Task, TaskDefinition,
-    TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
+    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeStatus, Quota, Service, ServiceSpec,
+    StopCode, StopOrder, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,37 @@ pub enum Command {
     AutoScale(ScalingDecision),
     /// Replaces the whole state with the objects of a backup (`berth server --restore`).
     ReplaceState { objects: Vec<Object>, at: Timestamp },
+    /// Stores a client's API token (its secret's hash only); `createdAt` becomes `at`, an
+    /// admin's namespace `*`. Answers [`CommandResult::ApiToken`].
+    CreateApiToken {
+        record: ApiTokenRecord,
+        at: Timestamp,
+    },
+    /// Forgets an API token: it authenticates nothing from then on. Answers the record removed.
+    RevokeApiToken { id: String, at: Timestamp },
+    /// Stores a join token (its secret's hash only). Answers [`CommandResult::JoinToken`].
+    CreateJoinToken {
+        record: JoinTokenRecord,
+        at: Timestamp,
+    },
+    /// Forgets a join token. Answers the record removed.
+    RevokeJoinToken { id: String, at: Timestamp },
+    /// Creates a namespace with a quota. Answers [`CommandResult::Namespace`].
+    CreateNamespace {
+        name: String,
+        quota: Quota,
+        at: Timestamp,
+    },
+    /// Replaces a namespace's quota (`default` gets a record of its own the first time).
+    /// Work already admitted keeps running when a quota shrinks below it.
+    UpdateNamespace {
+        name: String,
+        quota: Quota,
+        at: Timestamp,
+    },
+    /// Deletes a namespace, with the API tokens scoped to it; refused while it holds services
+    /// or tasks that have not stopped.
+    DeleteNamespace { name: String, at: Timestamp },
 }
 
 impl Command {
@@ -124,6 +155,13 @@ impl Command {
             Command::ReplaceState { objects, .. } => {
                 format!("the whole state ({} objects)", objects.len())
             }
+            Command::CreateApiToken { record, .. } => format!("API token {}", record.id),
+            Command::RevokeApiToken { id, .. } => format!("API token {id}"),
+            Command::CreateJoinToken { record, .. } => format!("join token {}", record.id),
+            Command::RevokeJoinToken { id, .. } => format!("join token {id}"),
+            Command::CreateNamespace { name, .. }
+            | Command::UpdateNamespace { name, .. }
+            | Command::DeleteNamespace { name, .. } => format!("namespace {name}"),
         }
     }
 
@@ -147,7 +185,14 @@ impl Command {
             | Command::UpdateService { at, .. }
             | Command::ReconcileService(Reconciliation { at, .. })
             | Command::AutoScale(ScalingDecision { at, .. })
-            | Command::ReplaceState { at, .. } => at,
+            | Command::ReplaceState { at, .. }
+            | Command::CreateApiToken { at, .. }
+            | Command::RevokeApiToken { at, .. }
+            | Command::CreateJoinToken { at, .. }
+            | Command::RevokeJoinToken { at, .. }
+            | Command::CreateNamespace { at, .. }
+            | Command::UpdateNamespace { at, .. }
+            | Command::DeleteNamespace { at, .. } => at,
         };
         *at = now;
     }
@@ -223,6 +268,12 @@ pub enum CommandResult {
     },
     /// How many placements of a `PlaceTasks` were applied (the others were refused).
     Placed(usize),
+    /// The API token created or revoked.
+    ApiToken(Box<ApiTokenRecord>),
+    /// The join token created or revoked.
+    JoinToken(Box<JoinTokenRecord>),
+    /// The namespace created, updated or deleted.
+    Namespace(Box<Namespace>),
     Rejected(Rejection),
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
@@ -238,6 +289,9 @@ impl CommandResult {
             CommandResult::Task(_) => "Task",
             CommandResult::Service { .. } => "Service",
             CommandResult::Placed(_) => "Placed",
+            CommandResult::ApiToken(_) => "ApiToken",
+            CommandResult::JoinToken(_) => "JoinToken",
+            CommandResult::Namespace(_) => "Namespace",
             CommandResult::Rejected(_) => "Rejected",
             CommandResult::Batch(_) => "Batch",
         }
@@ -251,7 +305,12 @@ pub enum Rejection {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
-    /// The object changed since the proposer looked at it.
+    /// The object changed since the proposer looked at it, or one with the same ID or name
+    /// exists already.
     #[error("{0}")]
     Conflict(String),
+    /// The work does not fit its namespace's quota; the sentence names the quota, its limit
+    /// and its use (RESOURCE_EXHAUSTED at the API).
+    #[error("{0}")]
+    QuotaExceeded(String),
 }

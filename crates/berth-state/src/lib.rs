@@ -5,8 +5,10 @@
 //! [`State::apply`] reports changed. Each kind of object has its own module with the rules of
 //! the commands that change it; `apply` only dispatches.
 
+mod access;
 mod cluster;
 mod command;
+mod namespaces;
 mod nodes;
 mod objects;
 mod services;
@@ -14,11 +16,14 @@ mod task_definitions;
 mod tasks;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_access;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
-    Node, Service, Task, TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
+    ApiTokenRecord, JoinTokenRecord, Namespace, Node, Service, Task, TaskDefinition,
+    TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
 };
 
 pub use berth_model::StopOrder;
@@ -45,6 +50,15 @@ pub struct State {
     client_tokens: BTreeMap<String, ClientToken>,
     /// `(at, token)`, oldest first, to expire tokens.
     token_ages: BTreeSet<(Timestamp, String)>,
+    /// Clients' API tokens by ID.
+    api_tokens: BTreeMap<String, ApiTokenRecord>,
+    /// Join tokens by ID.
+    join_tokens: BTreeMap<String, JoinTokenRecord>,
+    /// Namespaces with a record (`default` may have none).
+    namespaces: BTreeMap<String, Namespace>,
+    /// Task IDs by namespace (derived from `tasks`, stopped ones included, as `tasks_by_node`),
+    /// so a namespace's usage is found without scanning every task.
+    tasks_by_namespace: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl State {
@@ -52,7 +66,6 @@ impl State {
         self.tasks.values()
     }
 
-    /// Records a task that arrives already placed in the by-node index.
     /// The tasks placed on `node` (stopped ones included), without scanning every task.
     pub fn tasks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_by_node
@@ -240,6 +253,17 @@ impl State {
             Command::ReconcileService(r) => self.reconcile_service(r, changed),
             Command::AutoScale(d) => self.autoscale(d, changed),
             Command::ReplaceState { objects, at: _ } => self.replace_state(objects, changed),
+            Command::CreateApiToken { record, at } => self.create_api_token(record, at, changed),
+            Command::RevokeApiToken { id, at } => self.revoke_api_token(&id, at, changed),
+            Command::CreateJoinToken { record, at } => self.create_join_token(record, at, changed),
+            Command::RevokeJoinToken { id, at } => self.revoke_join_token(&id, at, changed),
+            Command::CreateNamespace { name, quota, at } => {
+                self.create_namespace(name, quota, at, changed)
+            }
+            Command::UpdateNamespace { name, quota, at } => {
+                self.update_namespace(name, quota, at, changed)
+            }
+            Command::DeleteNamespace { name, at } => self.delete_namespace(&name, at, changed),
         }
     }
 }

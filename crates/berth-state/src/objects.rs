@@ -1,6 +1,9 @@
 //! The stored form of the state: one object per key, written to disk and into snapshots.
 
-use berth_model::{Node, Service, Task, TaskDefinition, TaskDefinitionRef};
+use berth_model::{
+    ApiTokenRecord, JoinTokenRecord, Namespace, Node, Service, Task, TaskDefinition,
+    TaskDefinitionRef,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{ClientToken, State};
@@ -20,6 +23,12 @@ pub enum Key {
         namespace: String,
         name: String,
     },
+    /// An API token, by ID.
+    ApiToken(String),
+    /// A join token, by ID.
+    JoinToken(String),
+    /// A namespace, by name.
+    Namespace(String),
 }
 
 impl Key {
@@ -37,6 +46,9 @@ impl Key {
             Key::Node(name) => format!("node/{name}"),
             Key::ClientToken(token) => format!("token/{token}"),
             Key::Service { namespace, name } => format!("service/{namespace}/{name}"),
+            Key::ApiToken(id) => format!("apitoken/{id}"),
+            Key::JoinToken(id) => format!("jointoken/{id}"),
+            Key::Namespace(name) => format!("namespace/{name}"),
         }
     }
 }
@@ -50,6 +62,9 @@ pub enum Object {
     Node(Node),
     ClientToken(ClientToken),
     Service(Service),
+    ApiToken(ApiTokenRecord),
+    JoinToken(JoinTokenRecord),
+    Namespace(Namespace),
 }
 
 impl Object {
@@ -67,6 +82,9 @@ impl Object {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
             },
+            Object::ApiToken(t) => Key::ApiToken(t.id.clone()),
+            Object::JoinToken(t) => Key::JoinToken(t.id.clone()),
+            Object::Namespace(n) => Key::Namespace(n.name.clone()),
         }
     }
 }
@@ -88,7 +106,16 @@ impl State {
             .cloned()
             .map(Object::ClientToken);
         let services = self.services.values().cloned().map(Object::Service);
-        defs.chain(tasks).chain(nodes).chain(tokens).chain(services)
+        let api_tokens = self.api_tokens.values().cloned().map(Object::ApiToken);
+        let join_tokens = self.join_tokens.values().cloned().map(Object::JoinToken);
+        let namespaces = self.namespaces.values().cloned().map(Object::Namespace);
+        defs.chain(tasks)
+            .chain(nodes)
+            .chain(tokens)
+            .chain(services)
+            .chain(api_tokens)
+            .chain(join_tokens)
+            .chain(namespaces)
     }
 
     /// The object stored under `key`, if any.
@@ -118,6 +145,9 @@ impl State {
             Key::Service { namespace, name } => {
                 self.service(namespace, name).cloned().map(Object::Service)
             }
+            Key::ApiToken(id) => self.api_tokens.get(id).cloned().map(Object::ApiToken),
+            Key::JoinToken(id) => self.join_tokens.get(id).cloned().map(Object::JoinToken),
+            Key::Namespace(name) => self.namespaces.get(name).cloned().map(Object::Namespace),
         }
     }
 
@@ -146,6 +176,15 @@ impl State {
                     state
                         .services
                         .insert((s.namespace.clone(), s.name.clone()), s);
+                }
+                Object::ApiToken(t) => {
+                    state.api_tokens.insert(t.id.clone(), t);
+                }
+                Object::JoinToken(t) => {
+                    state.join_tokens.insert(t.id.clone(), t);
+                }
+                Object::Namespace(n) => {
+                    state.namespaces.insert(n.name.clone(), n);
                 }
             }
         }

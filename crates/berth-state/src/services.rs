@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use berth_model::{
-    Deployment, DeploymentStatus, DesiredStatus, RolloutState, Service, ServiceSpec, ServiceStatus,
-    StopCode, Task, TaskDefinitionRef, TaskStatus, Timestamp,
+    Deployment, DeploymentStatus, DesiredStatus, EventLog, QuotaExceeded, RolloutState, Service,
+    ServiceSpec, ServiceStatus, StopCode, Task, TaskDefinitionRef, TaskStatus, Timestamp, Usage,
 };
 
 use crate::command::{CommandResult, Reconciliation, Rejection, ScalingDecision, ServiceChange};
@@ -94,17 +94,38 @@ impl State {
         if let Err(e) = spec.validate() {
             return CommandResult::Rejected(Rejection::Invalid(e.to_string()));
         }
-        if spec.task_definition.revision.is_none()
-            || self
-                .task_definition(&namespace, &spec.task_definition)
-                .is_none()
-        {
+        let Some(def) = self
+            .task_definition(&namespace, &spec.task_definition)
+            .filter(|_| spec.task_definition.revision.is_some())
+        else {
             return CommandResult::Rejected(Rejection::NotFound(format!(
                 "task definition {} not found in namespace {namespace}",
                 spec.task_definition
             )));
-        }
+        };
+        let (cpu, memory) = (def.cpu, def.memory);
         let key = (namespace.clone(), spec.name.clone());
+        // Quota: a new service, a higher count or a new revision (its tasks' size may change)
+        // must fit beside the namespace's other tasks at the desired count. A re-apply that
+        // asks for no more is admitted even when the namespace is over a shrunk quota.
+        let (desired, grows) = match self.services.get(&key) {
+            None => (initial_desired_count(&spec), true),
+            Some(svc) => match service_update(svc, &spec) {
+                Ok(u) => (
+                    u.desired_count,
+                    u.desired_count > svc.desired_count || u.new_revision,
+                ),
+                Err(r) => return CommandResult::Rejected(r),
+            },
+        };
+        if grows {
+            if let Err(e) = self.admit_service(&namespace, &spec.name, desired, cpu, memory) {
+                return CommandResult::Rejected(Rejection::QuotaExceeded(format!(
+                    "service {} at desired count {desired} does not fit: {e}",
+                    spec.name
+                )));
+            }
+        }
         let store_key = Key::Service {
             namespace: namespace.clone(),
             name: spec.name.clone(),
@@ -199,6 +220,16 @@ impl State {
         at: Timestamp,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
+        if let (ServiceChange::Scale(n), Some(svc)) = (&change, self.service(namespace, name)) {
+            let grows = *n > svc.desired_count && *n <= berth_model::MAX_DESIRED_COUNT;
+            if grows && svc.status == ServiceStatus::Active {
+                if let Err(e) = self.admit_service_count(svc, *n) {
+                    return CommandResult::Rejected(Rejection::QuotaExceeded(format!(
+                        "scaling service {name} to {n} does not fit: {e}"
+                    )));
+                }
+            }
+        }
         let Some(svc) = self
             .services
             .get_mut(&(namespace.to_owned(), name.to_owned()))
@@ -273,6 +304,43 @@ impl State {
         }
     }
 
+    /// Whether `svc` at `desired_count` tasks of its current revision fits its namespace's
+    /// quota (see [`State::admit_service`]).
+    fn admit_service_count(&self, svc: &Service, desired_count: u32) -> Result<(), QuotaExceeded> {
+        let Some(def) = self.task_definition(&svc.namespace, &svc.task_definition) else {
+            return Ok(());
+        };
+        self.admit_service(
+            &svc.namespace,
+            &svc.name,
+            desired_count,
+            def.cpu,
+            def.memory,
+        )
+    }
+
+    /// How many of `start`, in order, fit the namespace's quota, and what the others would
+    /// have exceeded.
+    fn admissible(&self, namespace: &str, start: &[Task]) -> (usize, Option<QuotaExceeded>) {
+        let Some(quota) = self.limiting_quota(namespace) else {
+            return (start.len(), None);
+        };
+        let mut used = self.namespace_usage(namespace);
+        for (i, task) in start.iter().enumerate() {
+            let asked = Usage::of_task(task);
+            if let Err(first) = quota.admit(namespace, used, asked) {
+                let rest: Usage = start[i..].iter().map(Usage::of_task).sum();
+                // The rest asks at least as much as its first task, so it cannot fit either.
+                return (
+                    i,
+                    Some(quota.admit(namespace, used, rest).err().unwrap_or(first)),
+                );
+            }
+            used += asked;
+        }
+        (start.len(), None)
+    }
+
     /// Refuses a controller's decision made for another `version` of the service (or for one
     /// that is gone): the controller decides again from the new state.
     fn check_version(&self, namespace: &str, name: &str, version: u64) -> Result<(), Rejection> {
@@ -308,7 +376,6 @@ impl State {
             namespace: namespace.clone(),
             name: name.clone(),
         };
-        let key = (namespace, name);
         for order in stop {
             let Some(task) = self.tasks.get_mut(&order.task_id) else {
                 continue;
@@ -329,24 +396,42 @@ impl State {
             }
             changed.push(Key::Task(order.task_id));
         }
+        // Admission comes after the stops: an unplaced task stopped above frees its share.
+        let mut service = *service;
+        let mut start: Vec<Task> = start
+            .into_iter()
+            .filter(|t| !self.tasks.contains_key(&t.task_id))
+            .collect();
+        let (admitted, held_back) = self.admissible(&namespace, &start);
+        note_quota(
+            &mut service.events,
+            &namespace,
+            &start,
+            admitted,
+            held_back,
+            at,
+        );
+        start.truncate(admitted);
         for mut task in start {
-            if self.tasks.contains_key(&task.task_id) {
-                continue;
-            }
             task.created_at = at;
             task.events.push(at, "created by the service scheduler");
             changed.push(Key::Task(task.task_id.clone()));
             self.index(&task);
             self.tasks.insert(task.task_id.clone(), task);
         }
+        let key = (namespace, name);
         if remove {
             self.services.remove(&key);
+            changed.push(store_key);
         } else {
-            let mut service = *service;
             service.version = version;
-            self.services.insert(key, service);
+            // A service held back by its quota asks again every round: when nothing changes,
+            // nothing is written.
+            if self.services.get(&key) != Some(&service) {
+                self.services.insert(key, service);
+                changed.push(store_key);
+            }
         }
-        changed.push(store_key);
         CommandResult::Done
     }
 
@@ -368,10 +453,30 @@ impl State {
             return CommandResult::Rejected(r);
         }
         let key = (namespace.clone(), name.clone());
-        match self.services.get_mut(&key) {
-            None => CommandResult::Done,
-            Some(svc) if svc.status != ServiceStatus::Active => CommandResult::Done,
-            Some(svc) => {
+        let refused = match self.services.get(&key) {
+            Some(svc) if scale_out && desired_count > svc.desired_count => self
+                .admit_service_count(svc, desired_count)
+                .err()
+                .map(|e| format!("scale-out of service {name} to {desired_count} refused: {e}")),
+            _ => None,
+        };
+        match (self.services.get_mut(&key), refused) {
+            (None, _) => CommandResult::Done,
+            (Some(svc), _) if svc.status != ServiceStatus::Active => CommandResult::Done,
+            (Some(svc), Some(message)) => {
+                // Said once while the autoscaler keeps asking: a refusal replaces the one just
+                // before it. The version stays: the reconciler's decisions remain valid.
+                let last = svc.events.last().map(|e| e.message.clone());
+                if last.as_deref() != Some(message.as_str()) {
+                    if let Some(previous) = last.filter(|m| is_scale_out_refusal(m)) {
+                        svc.events.rewrite_latest(&previous, None);
+                    }
+                    svc.events.push(at, message.clone());
+                    changed.push(Key::Service { namespace, name });
+                }
+                CommandResult::Rejected(Rejection::QuotaExceeded(message))
+            }
+            (Some(svc), None) => {
                 svc.desired_count = desired_count;
                 if scale_out {
                     svc.last_scale_out_at = at;
@@ -384,6 +489,61 @@ impl State {
                 CommandResult::Done
             }
         }
+    }
+}
+
+const HELD_BACK: &str = "new tasks held back: namespace ";
+const NO_LONGER_HELD_BACK: &str = "no longer held back by namespace ";
+
+fn is_scale_out_refusal(message: &str) -> bool {
+    message.starts_with("scale-out of service ") && message.contains(" refused: ")
+}
+
+/// Records on a service what its namespace's quota did to a reconciliation that asked to start
+/// `asked` (the tasks not already created), of which the first `started` were admitted: the
+/// reconciler's "started N tasks" event counts only those (and goes when none started), a
+/// hold-back is said once for as long as it stays the same (the reconciler asks again every
+/// round), and its end is said too.
+fn note_quota(
+    events: &mut EventLog,
+    namespace: &str,
+    asked: &[Task],
+    started: usize,
+    held_back: Option<QuotaExceeded>,
+    at: Timestamp,
+) {
+    let last_note = events
+        .iter()
+        .rev()
+        .find(|e| e.message.starts_with(HELD_BACK) || e.message.starts_with(NO_LONGER_HELD_BACK))
+        .map(|e| e.message.clone());
+    let n = asked.len();
+    let Some(exceeded) = held_back else {
+        if n > 0 && last_note.is_some_and(|m| m.starts_with(HELD_BACK)) {
+            let tasks = if n == 1 { "task" } else { "tasks" };
+            events.push(
+                at,
+                format!("{NO_LONGER_HELD_BACK}{namespace}'s quota: {n} new {tasks} started"),
+            );
+        }
+        return;
+    };
+    // The reconciler says "started N tasks of FAMILY:REV (deployment ID)" as it asks for them
+    // (one deployment's tasks per round): say how many did start.
+    if let Some(Task {
+        task_definition,
+        started_by: Some(deployment),
+        ..
+    }) = asked.first()
+    {
+        let said = |count| Service::started_tasks_message(count, task_definition, deployment);
+        events.rewrite_latest(&said(n), (started > 0).then(|| said(started)));
+    }
+    // What is asked next round is what was held back this one, so while nothing else
+    // changes the sentence stays the same and is said once.
+    let message = format!("new tasks held back: {exceeded}");
+    if last_note.as_deref() != Some(message.as_str()) {
+        events.push(at, message);
     }
 }
 

@@ -1,10 +1,10 @@
 //! Tasks: creation (with client-token deduplication), stop requests, placement, and the
 //! status reports of the node that runs them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use berth_model::{
-    DesiredStatus, NodeStatus, StopCode, Task, TaskStatus, TaskStatusUpdate, Timestamp,
+    DesiredStatus, NodeStatus, StopCode, Task, TaskStatus, TaskStatusUpdate, Timestamp, Usage,
 };
 
 use crate::command::{CommandResult, Placement, Rejection, Unplaced};
@@ -12,8 +12,13 @@ use crate::services::record_service_failure;
 use crate::{ClientToken, Key, State};
 
 impl State {
-    /// Records a task that arrives already placed in the by-node index.
+    /// Records a task in the by-namespace index, and in the by-node index when it arrives
+    /// already placed.
     pub(crate) fn index(&mut self, task: &Task) {
+        self.tasks_by_namespace
+            .entry(task.namespace.clone())
+            .or_default()
+            .insert(task.task_id.clone());
         if let Some(n) = &task.node {
             self.tasks_by_node
                 .entry(n.clone())
@@ -58,6 +63,16 @@ impl State {
                     "task {} already exists",
                     task.task_id
                 )));
+            }
+        }
+        // All or nothing: the tasks of each namespace must fit its quota together.
+        let mut asked: BTreeMap<&str, Usage> = BTreeMap::new();
+        for task in &tasks {
+            *asked.entry(task.namespace.as_str()).or_default() += Usage::of_task(task);
+        }
+        for (namespace, asked) in asked {
+            if let Err(e) = self.admit(namespace, asked) {
+                return CommandResult::Rejected(Rejection::QuotaExceeded(e.to_string()));
             }
         }
         for task in &mut tasks {

@@ -39,7 +39,11 @@ impl ChangeLog {
     /// Records the objects under `keys` as `state` holds them after `revision`.
     pub fn record(&mut self, revision: u64, state: &State, keys: &[Key]) {
         for key in keys {
-            if matches!(key, Key::ClientToken(_)) {
+            // Tokens (their hashes included) never reach watchers.
+            if matches!(
+                key,
+                Key::ClientToken(_) | Key::ApiToken(_) | Key::JoinToken(_)
+            ) {
                 continue;
             }
             let change = match state.object(key) {

@@ -14,6 +14,7 @@
 //! Cryptography is `ring`'s (through rcgen and rustls): nothing here pulls in `aws-lc-sys`.
 
 mod ca;
+pub mod dir;
 mod identity;
 pub mod net;
 pub mod tls;

@@ -35,7 +35,10 @@ pub fn object_event(
             d.namespace.clone(),
             Some(v1::watch_event::Object::TaskDefinition(d.into())),
         ),
-        Object::ClientToken(_) => ("token", String::new(), String::new(), None),
+        Object::ClientToken(_) | Object::ApiToken(_) | Object::JoinToken(_) => {
+            ("token", String::new(), String::new(), None)
+        }
+        Object::Namespace(n) => ("namespace", n.name.clone(), String::new(), None),
     };
     v1::WatchEvent {
         r#type: kind_type as i32,
@@ -58,7 +61,10 @@ pub fn deleted_event(revision: u64, key: Key) -> v1::WatchEvent {
             family,
             revision,
         } => ("taskdefinition", format!("{family}:{revision}"), namespace),
-        Key::ClientToken(_) => ("token", String::new(), String::new()),
+        Key::ClientToken(_) | Key::ApiToken(_) | Key::JoinToken(_) => {
+            ("token", String::new(), String::new())
+        }
+        Key::Namespace(name) => ("namespace", name, String::new()),
     };
     v1::WatchEvent {
         r#type: v1::watch_event::Type::Deleted as i32,
