@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos =
-        ["types", "api", "agent", "raft"].map(|name| format!("../../proto/berth/v1/{name}.proto"));
+    let protos = ["types", "access", "api", "agent", "raft"]
+        .map(|name| format!("../../proto/berth/v1/{name}.proto"));
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -4,6 +4,7 @@
 //! This module holds what every conversion shares (the error, the enum table, small helpers);
 //! the conversions of each object live in a submodule named after it.
 
+mod access;
 mod agent;
 mod cluster;
 mod node;
@@ -19,6 +20,7 @@ use berth_model as m;
 
 use crate::v1;
 
+pub use access::{access_role, namespace_to_wire, node_role};
 pub use agent::task_samples;
 pub use cluster::cluster_status_to_wire;
 pub use node::node_status_change;
