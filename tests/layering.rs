@@ -26,7 +26,7 @@ const GRAPH: &[(&str, &[&str])] = &[
     ("berth-proto", &["berth-model", "berth-state"]),
     (
         "berth-store",
-        &["berth-model", "berth-proto", "berth-state"],
+        &["berth-model", "berth-proto", "berth-state", "berth-tls"],
     ),
     (
         "berth-server",
@@ -36,21 +36,28 @@ const GRAPH: &[(&str, &[&str])] = &[
             "berth-control",
             "berth-state",
             "berth-store",
+            "berth-tls",
         ],
     ),
-    ("berth-agent", &["berth-model", "berth-proto"]),
+    ("berth-agent", &["berth-model", "berth-proto", "berth-tls"]),
     (
         "berth-cli",
-        &["berth-model", "berth-manifest", "berth-proto"],
+        &["berth-model", "berth-manifest", "berth-proto", "berth-tls"],
     ),
     ("berth-dev", &[]),
     ("berth-tls", &[]),
     (
         "berth",
-        &["berth-agent", "berth-cli", "berth-dev", "berth-server"],
+        &[
+            "berth-agent",
+            "berth-cli",
+            "berth-dev",
+            "berth-server",
+            "berth-tls",
+        ],
     ),
     ("berth-bench", &["berth-proto", "berth-tests"]),
-    ("berth-tests", &["berth-dev"]),
+    ("berth-tests", &["berth-dev", "berth-proto", "berth-tls"]),
 ];
 
 /// The crates that do no IO: no async runtime, no network, no disk, no clock.

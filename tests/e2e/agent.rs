@@ -208,8 +208,8 @@ async fn exec_returns_output_and_exit_code_and_logs_follow_live_output() -> anyh
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no container \"nope\""));
 
     // `logs -f` started before "second" is printed sees it arrive.
-    let mut follow = tokio::process::Command::new(berth_tests::berth_bin())
-        .args(["--server", &addr, "logs", "-f", &id])
+    let mut follow = berth_tests::cli_command(&addr)
+        .args(["logs", "-f", &id])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;

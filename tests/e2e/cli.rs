@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_tests::{berth_bin, cli, cli_json, poll, run_tasks, scrape};
+use berth_tests::{cli, cli_json, poll, run_tasks, scrape, Scrape};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{stderr, stdout, Cluster};
@@ -132,10 +132,9 @@ async fn diff_dry_run_apply_and_delete_round_trip() -> anyhow::Result<()> {
 async fn events_watch_streams_a_task_going_running() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     let addr = c.addr();
-    let mut watcher = tokio::process::Command::new(berth_bin())
+    let mut watcher = berth_tests::cli_command(&addr)
         .args([
-            "--server", &addr, "events", "--watch", "--kind", "task", "--kind", "node", "-o",
-            "json",
+            "events", "--watch", "--kind", "task", "--kind", "node", "-o", "json",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -191,9 +190,12 @@ async fn a_python_client_generated_from_the_protos_runs_a_task() -> anyhow::Resu
     })?;
     let c = Cluster::start().await?;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client_test.py");
+    let credentials = berth_tests::credentials_for(&c.addr())
+        .ok_or_else(|| anyhow::anyhow!("no credentials for the cluster"))?;
     let out = tokio::process::Command::new(python)
         .arg(script)
         .arg(c.addr())
+        .arg(credentials)
         .arg(&c.env.image)
         .kill_on_drop(true)
         .output()
@@ -214,7 +216,10 @@ async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<
     let addr = c.addr();
     let out = cli(&addr, &["run", "--wait", &c.env.image, "--", "true"]).await?;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let body = scrape(&addr).await?;
+    // Over TLS, and only with a token: an anonymous scrape is refused.
+    let refused = scrape(&addr, &addr, Scrape::Anonymous).await?;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let body = scrape(&addr, &addr, Scrape::Token).await?;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for line in [
         "berth_raft_is_leader 1",
@@ -238,7 +243,10 @@ async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<
     // The agent serves its own: the image it pulled for the task, and how long that took.
     let nodes = cli_json(&addr, &["get", "nodes"]).await?;
     let agent = nodes[0]["address"].as_str().unwrap_or_default().to_owned();
-    let body = scrape(&agent).await?;
+    // An agent cannot check tokens: its /metrics takes a client certificate of the cluster.
+    let refused = scrape(&agent, &addr, Scrape::Token).await?;
+    assert!(!refused.starts_with("HTTP/1.1 200"), "{refused}");
+    let body = scrape(&agent, &addr, Scrape::Certificate).await?;
     for line in [
         "berth_agent_image_pulls_total{result=\"pulled\"} 1",
         "berth_agent_image_pull_duration_seconds_count 1",

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use berth_tests::{cli, cli_json, poll, ServerProc, FAST_RAFT};
+use berth_tests::{cli, cli_json, join_token, poll, serving, ServerProc, FAST_RAFT};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -14,12 +14,14 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 const TASK_DEFINITION: &str = "apiVersion: berth.dev/v1\nkind: TaskDefinition\nmetadata:\n  name: web\nspec:\n  cpu: 256\n  memory: 64\n  containers:\n    - name: app\n      image: 127.0.0.1:1/none:latest\n";
 
-/// Servers 1..=n: server 1 bootstraps, the others join it.
+/// Servers 1..=n: server 1 bootstraps, the others join it with a server join token.
 struct Servers {
     dir: tempfile::TempDir,
     addrs: Vec<SocketAddr>,
     procs: Vec<Option<ServerProc>>,
     extra: Vec<String>,
+    /// A server join token of the cluster, once server 1 runs.
+    token: Option<String>,
 }
 
 impl Servers {
@@ -32,10 +34,14 @@ impl Servers {
             addrs: Vec::new(),
             procs: Vec::new(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            token: None,
         };
-        for id in 1..=n {
-            let join = (id > 1).then(|| s.addrs[0].to_string());
-            s.spawn(id, join.as_deref()).await?;
+        s.spawn(1, None).await?;
+        s.proc(1).wait_ready().await?;
+        s.token = Some(join_token(&s.addr(1), "server").await?);
+        for id in 2..=n {
+            let join = s.addrs[0].to_string();
+            s.spawn(id, Some(&join)).await?;
         }
         for p in s.procs.iter().flatten() {
             p.wait_ready().await?;
@@ -56,6 +62,9 @@ impl Servers {
         args.extend(self.extra.iter().map(String::as_str));
         if let Some(j) = join {
             args.extend(["--join", j]);
+            if let Some(token) = &self.token {
+                args.extend(["--join-token", token]);
+            }
         }
         let idx = usize::try_from(id - 1)?;
         let addr = self.addrs.get(idx).copied();
@@ -69,15 +78,17 @@ impl Servers {
         Ok(())
     }
 
-    /// Spawns server `id` waiting to be added with `berth cluster add`.
+    /// Spawns server `id` with a certificate of the cluster, waiting to be added with `berth
+    /// cluster add`.
     async fn spawn_unjoined(&mut self, id: u64) -> anyhow::Result<()> {
         self.extra.push("--no-bootstrap".into());
-        let r = self.spawn(id, None).await;
+        let join = self.addr(1);
+        let r = self.spawn(id, Some(&join)).await;
         self.extra.pop();
         r?;
-        let p = self.proc(id);
-        poll("new server to listen", TIMEOUT, || async {
-            p.status().await.ok()
+        let addr = self.addr(id);
+        poll("new server to serve", TIMEOUT, || async {
+            serving(&addr, &join).await.then_some(())
         })
         .await?;
         Ok(())

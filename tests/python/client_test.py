@@ -1,15 +1,18 @@
 """Drives berth's public gRPC API from Python stubs generated from proto/ with grpcio-tools.
 
-Usage: client_test.py SERVER_ADDRESS IMAGE
+Usage: client_test.py SERVER_ADDRESS CREDENTIALS_FILE IMAGE
 
-Registers a task definition, runs a task, reads it back until it stopped, checks its exit
-code, lists it, and checks the standard gRPC health service. Exits non-zero on any failure.
+Connects over TLS, trusting the cluster CA of the credentials file (admin.toml) and sending its
+token; checks that a call without a token is refused, then registers a task definition, runs a
+task, reads it back until it stopped, checks its exit code, lists it, and checks the standard
+gRPC health service. Exits non-zero on any failure.
 """
 
 import os
 import sys
 import tempfile
 import time
+import tomllib
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,12 +38,26 @@ def generate(out):
 
 
 def main():
-    server, image = sys.argv[1], sys.argv[2]
+    server, credentials_file, image = sys.argv[1], sys.argv[2], sys.argv[3]
+    with open(credentials_file, "rb") as f:
+        credentials = tomllib.load(f)
     with tempfile.TemporaryDirectory() as out:
         generate(out)
         from berth.v1 import api_pb2, api_pb2_grpc, types_pb2
 
-        channel = grpc.insecure_channel(server)
+        tls = grpc.ssl_channel_credentials(root_certificates=credentials["ca"].encode())
+        # The servers' certificates name localhost as well as their address.
+        options = (("grpc.ssl_target_name_override", "localhost"),)
+        anonymous = grpc.secure_channel(server, tls, options)
+        try:
+            api_pb2_grpc.BerthStub(anonymous).ListTasks(api_pb2.ListTasksRequest(), timeout=5)
+            raise SystemExit("a call without a token was answered")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+        token = grpc.access_token_call_credentials(credentials["token"])
+        channel = grpc.secure_channel(
+            server, grpc.composite_channel_credentials(tls, token), options
+        )
         grpc.channel_ready_future(channel).result(timeout=10)
 
         health = health_pb2_grpc.HealthStub(channel)

@@ -1,12 +1,19 @@
 //! Harness for berth's end-to-end tests: real containerd, a real registry, real `berth server`
 //! and `berth agent` processes on loopback ports. Every process dies with its handle; nothing
 //! sleeps a fixed time to wait for a state — [`poll`] waits on a condition with a deadline.
+//!
+//! Everything speaks mutual TLS with tokens, as in production: a bootstrapping server writes
+//! its cluster's admin credentials (`DATA_DIR/admin.toml`); the harness remembers them for
+//! every address of that cluster, and [`cli`] passes them (`--credentials`). Joining servers and
+//! agents get a join token from [`join_token`].
 
 pub mod sim;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -117,6 +124,44 @@ pub struct ServerProc {
     child: Child,
 }
 
+/// The admin credentials of each server address's cluster.
+static CREDENTIALS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+
+/// Remembers that the cluster of `addr` is administered with the credentials file `path`.
+pub fn register_credentials(addr: &str, path: &Path) {
+    CREDENTIALS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(addr.to_owned(), path.to_owned());
+}
+
+/// The credentials file of the cluster of one of `servers` (comma separated).
+pub fn credentials_for(servers: &str) -> Option<PathBuf> {
+    let known = CREDENTIALS.lock().unwrap_or_else(PoisonError::into_inner);
+    let known = known.as_ref()?;
+    servers
+        .split(',')
+        .find_map(|s| known.get(s.trim()).cloned())
+}
+
+/// A new join token for `role` (`agent` or `server`) from the cluster of `server`.
+pub async fn join_token(server: &str, role: &str) -> anyhow::Result<String> {
+    let out = cli(server, &["cluster", "token", "create", "--role", role]).await?;
+    if !out.status.success() {
+        bail!(
+            "berth cluster token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .context("no join token printed")
+}
+
 /// Raft timing for tests: quick elections, quick "no quorum" answers.
 pub const FAST_RAFT: &[&str] = &[
     "--heartbeat-ms",
@@ -147,6 +192,13 @@ impl ServerProc {
             None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
         };
         std::fs::create_dir_all(data_dir)?;
+        // A joining server administers with the credentials of the cluster it joins; a new
+        // cluster's are written by its bootstrap server (see `wait_ready`).
+        if let Some(join) = args.windows(2).find(|w| w[0] == "--join").map(|w| w[1]) {
+            if let Some(path) = credentials_for(join) {
+                register_credentials(&addr.to_string(), &path);
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -175,8 +227,19 @@ impl ServerProc {
         })
     }
 
-    /// Waits until this server is a member of a cluster that has a leader.
+    /// Waits until this server is a member of a cluster that has a leader (for a bootstrap
+    /// server: until it wrote its cluster's admin credentials).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let addr = self.addr.to_string();
+        if credentials_for(&addr).is_none() {
+            let path = self.data_dir.join("admin.toml");
+            poll("admin credentials", Duration::from_secs(30), || async {
+                path.exists().then_some(())
+            })
+            .await
+            .with_context(|| format!("see {}", self.data_dir.join("server.log").display()))?;
+            register_credentials(&addr, &path);
+        }
         poll(
             "server to see a leader",
             Duration::from_secs(30),
@@ -248,6 +311,11 @@ impl AgentProc {
             .append(true)
             .open(data_dir.join("agent.log"))?;
         let namespace = format!("berth-e2e-{name}");
+        let token = if data_dir.join("tls").exists() {
+            None
+        } else {
+            Some(join_token(server, "agent").await?)
+        };
         let child = Command::new(berth_bin())
             .args([
                 "agent",
@@ -270,6 +338,7 @@ impl AgentProc {
             .arg(&data_dir)
             .arg("--containerd")
             .arg(&env.containerd.socket)
+            .args(token.iter().flat_map(|t| ["--join-token", t.as_str()]))
             .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -302,11 +371,23 @@ impl AgentProc {
     }
 }
 
-/// Runs the CLI against `server` with `args`.
-pub async fn cli(server: &str, args: &[&str]) -> anyhow::Result<Output> {
-    Command::new(berth_bin())
+/// The CLI aimed at `server` with the admin credentials of its cluster, for commands to spawn.
+pub fn cli_command(server: &str) -> Command {
+    let mut command = Command::new(berth_bin());
+    if let Some(path) = credentials_for(server) {
+        command.arg("--credentials").arg(path);
+    }
+    command
+        .env_remove("BERTH_CREDENTIALS")
+        .env_remove("BERTH_TOKEN")
         .arg("--server")
-        .arg(server)
+        .arg(server);
+    command
+}
+
+/// Runs the CLI against `server` with `args`, with the admin credentials of its cluster.
+pub async fn cli(server: &str, args: &[&str]) -> anyhow::Result<Output> {
+    cli_command(server)
         .args(args)
         .kill_on_drop(true)
         .output()
@@ -408,14 +489,136 @@ pub async fn containerd_containers(socket: &Path, namespace: &str) -> anyhow::Re
         .collect())
 }
 
-/// `GET /metrics` over plain HTTP/1.1 on a server's or agent's gRPC address: the whole
-/// response, headers included.
-pub async fn scrape(addr: &str) -> anyhow::Result<String> {
+/// Adds the cluster's admin token to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A gRPC client of the public API, authenticated as the cluster's admin.
+pub type Api = berth_proto::v1::berth_client::BerthClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A client of the server at `addr` over TLS with the admin credentials of its cluster.
+pub async fn api(addr: &str) -> anyhow::Result<Api> {
+    let path = credentials_for(addr).context("no credentials for that cluster")?;
+    let (ca, token) = read_credentials(&path)?;
+    let config = berth_tls::tls::client_config(&berth_tls::tls::Trust::Ca(ca), None)?;
+    let channel = berth_tls::net::Dialer::new(config).connect(addr).await?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    Ok(berth_proto::v1::berth_client::BerthClient::with_interceptor(channel, bearer))
+}
+
+/// Whether the server at `addr` serves (the standard gRPC health check, which needs no
+/// credentials, over TLS trusting `cluster`'s CA). A server waiting to be added to a cluster
+/// knows no tokens yet, but it serves.
+pub async fn serving(addr: &str, cluster: &str) -> bool {
+    let check = async {
+        let path = credentials_for(cluster).context("no credentials for that cluster")?;
+        let (ca, _) = read_credentials(&path)?;
+        let config = berth_tls::tls::client_config(&berth_tls::tls::Trust::Ca(ca), None)?;
+        let channel = berth_tls::net::Dialer::new(config).connect(addr).await?;
+        let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(
+            reply.status() == tonic_health::pb::health_check_response::ServingStatus::Serving,
+        )
+    };
+    check.await.unwrap_or(false)
+}
+
+/// What a credentials file holds: the CA to trust and the token to send.
+pub fn read_credentials(path: &Path) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)?;
+    let field = |k: &str| {
+        table
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("{} has no {k}", path.display()))
+    };
+    Ok((field("ca")?, field("token")?))
+}
+
+/// How a scrape identifies itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scrape {
+    Anonymous,
+    /// The cluster's admin token.
+    Token,
+    /// An admin client certificate (issued by the harness from the bootstrap server's CA).
+    Certificate,
+}
+
+/// An admin client certificate from the CA in the data dir next to `credentials`.
+fn admin_certificate(credentials: &Path) -> anyhow::Result<berth_tls::tls::Credentials> {
+    let dir = credentials.parent().context("credentials file's dir")?;
+    let material = berth_tls::dir::TlsDir::new(dir)
+        .load()?
+        .context("no TLS material next to the credentials")?;
+    let ca = berth_tls::ClusterCa::load(
+        &material.ca_pem,
+        material.ca_key_pem.as_deref().context("no CA key")?,
+    )?;
+    let identity = berth_tls::Identity::new(berth_tls::Role::Admin, "e2e");
+    let key = berth_tls::NodeKey::generate()?;
+    let issued = ca.issue(
+        &key.csr(&identity)?,
+        &identity,
+        &[],
+        berth_tls::DEFAULT_CERT_TTL,
+    )?;
+    Ok(berth_tls::tls::Credentials::new(
+        &issued.cert_pem,
+        &key.pem(),
+        ca.cert_pem(),
+    )?)
+}
+
+/// `GET /metrics` over HTTPS (HTTP/1.1, as Prometheus scrapes) on a server's or agent's
+/// address, trusting the CA of `cluster`'s credentials and identified as `with` says: the
+/// whole response, headers included.
+pub async fn scrape(addr: &str, cluster: &str, with: Scrape) -> anyhow::Result<String> {
+    use std::sync::Arc;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: berth\r\nConnection: close\r\n\r\n")
+    let path = credentials_for(cluster).context("no credentials for that cluster")?;
+    let (ca, secret) = read_credentials(&path)?;
+    let certificate = match with {
+        Scrape::Certificate => Some(Arc::new(admin_certificate(&path)?)),
+        _ => None,
+    };
+    let mut config = berth_tls::tls::client_config(&berth_tls::tls::Trust::Ca(ca), certificate)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(host)?;
+    let mut conn = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
         .await?;
-    let mut body = String::new();
-    conn.read_to_string(&mut body).await?;
-    Ok(body)
+    let auth = if with == Scrape::Token {
+        format!("Authorization: Bearer {secret}\r\n")
+    } else {
+        String::new()
+    };
+    conn.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: berth\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut body = Vec::new();
+    // A TLS peer may close without close_notify after `Connection: close`: keep what came.
+    let _ = conn.read_to_end(&mut body).await;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }

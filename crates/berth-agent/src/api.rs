@@ -1,6 +1,7 @@
 //! The agent's own gRPC API, which servers call to proxy a task's logs and run commands in its
-//! containers. The agent's one gRPC edge: [`ApiError`] becomes a `tonic::Status` here only, in
-//! `impl From<ApiError> for Status`.
+//! containers; only servers may call it (`authorize`: the caller's certificate, verified against
+//! the cluster CA during the TLS handshake, must name the server role). The agent's one gRPC
+//! edge: [`ApiError`] becomes a `tonic::Status` here only, in `impl From<ApiError> for Status`.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -8,9 +9,11 @@ use std::time::Duration;
 
 use berth_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
 use berth_proto::v1::{AgentExecRequest, AgentLogsRequest, ExecResult, LogChunk};
+use berth_tls::{Identity, Role};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
@@ -22,6 +25,12 @@ use crate::{Runtime, TaskError, TaskTable};
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
 enum ApiError {
+    #[error("the agent API answers servers only: present a server certificate of the cluster")]
+    NoCertificate,
+    #[error("the agent API answers servers only, not {0}")]
+    NotAServer(Identity),
+    #[error("the agent API answers servers only: the client certificate names no berth identity")]
+    NoIdentity,
     #[error("invalid task id {0:?}")]
     InvalidTaskId(String),
     #[error("no logs for task {0} on this node (it may not have started)")]
@@ -45,6 +54,8 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let message = e.to_string();
         match e {
+            ApiError::NoCertificate => Status::unauthenticated(message),
+            ApiError::NotAServer(_) | ApiError::NoIdentity => Status::permission_denied(message),
             ApiError::InvalidTaskId(_) | ApiError::NoCommand => Status::invalid_argument(message),
             ApiError::NoLogs(_)
             | ApiError::NoContainerLogs { .. }
@@ -68,17 +79,46 @@ pub struct AgentApiService {
     runtime: Arc<dyn Runtime>,
 }
 
+/// The service behind its check of the caller.
+pub type AuthorizedAgentApi = InterceptedService<AgentApiServer<AgentApiService>, Interceptor>;
+type Interceptor = fn(Request<()>) -> Result<Request<()>, Status>;
+
 impl AgentApiService {
+    /// The service, answering servers only.
     pub fn new(
         log_root: PathBuf,
         tasks: TaskTable,
         runtime: Arc<dyn Runtime>,
-    ) -> AgentApiServer<Self> {
-        AgentApiServer::new(Self {
+    ) -> AuthorizedAgentApi {
+        let service = AgentApiServer::new(Self {
             log_root,
             tasks,
             runtime,
-        })
+        });
+        InterceptedService::new(service, only_servers)
+    }
+}
+
+/// Servers proxy logs and exec for users they have authorized; no one else may call the agent.
+/// `certificate`: the caller's verified certificate (DER), if it presented one.
+fn authorize(certificate: Option<&[u8]>) -> Result<Identity, ApiError> {
+    let der = certificate.ok_or(ApiError::NoCertificate)?;
+    let caller = Identity::from_cert(der).ok_or(ApiError::NoIdentity)?;
+    if caller.role != Role::Server {
+        return Err(ApiError::NotAServer(caller));
+    }
+    Ok(caller)
+}
+
+fn only_servers(req: Request<()>) -> Result<Request<()>, Status> {
+    let certs = req.peer_certs();
+    let leaf = certs.as_ref().and_then(|c| c.first()).map(AsRef::as_ref);
+    match authorize(leaf) {
+        Ok(_) => Ok(req),
+        Err(e) => {
+            tracing::info!("refused an agent API call: {e}");
+            Err(e.into())
+        }
     }
 }
 
@@ -224,5 +264,62 @@ impl AgentApi for AgentApiService {
             })),
             Err(error) => Err(ApiError::Exec { id, error }.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_tls::{ClusterCa, NodeKey, DEFAULT_CERT_TTL};
+
+    use super::*;
+
+    fn der(ca: &ClusterCa, identity: &Identity) -> Vec<u8> {
+        let key = NodeKey::generate().expect("key");
+        let pem = ca
+            .issue(
+                &key.csr(identity).expect("csr"),
+                identity,
+                &[],
+                DEFAULT_CERT_TTL,
+            )
+            .expect("issue")
+            .cert_pem;
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .expect("pem")
+            .1
+            .contents
+    }
+
+    /// The caller's certificate → the status code and message it is answered with.
+    fn check(certificate: Option<&[u8]>, expected: &str) {
+        let got = match authorize(certificate) {
+            Ok(who) => format!("ok: {who}"),
+            Err(e) => {
+                let s = Status::from(e);
+                format!("{:?}: {}", s.code(), s.message())
+            }
+        };
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn only_servers_may_call_the_agent_api() {
+        let ca = ClusterCa::create("t").expect("ca");
+        check(
+            Some(&der(&ca, &Identity::new(Role::Server, "2"))),
+            "ok: server 2",
+        );
+        check(
+            None,
+            "Unauthenticated: the agent API answers servers only: present a server certificate of the cluster",
+        );
+        check(
+            Some(&der(&ca, &Identity::new(Role::Agent, "node-2"))),
+            "PermissionDenied: the agent API answers servers only, not agent node-2",
+        );
+        check(
+            Some(&der(&ca, &Identity::new(Role::Admin, "alice"))),
+            "PermissionDenied: the agent API answers servers only, not admin alice",
+        );
     }
 }

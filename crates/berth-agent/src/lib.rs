@@ -8,6 +8,9 @@
 //! back to the server as a status report (`session`); on each new stream the agent resends the
 //! last state of every task it knows, so reports survive reconnects. Without contact for most
 //! of the node TTL, the agent stops its tasks itself (`fencing`).
+//!
+//! Every connection is mutual TLS from the cluster CA ([`tls`]): the agent joins with a join
+//! token once, keeps its certificate in `DATA_DIR/tls`, and renews it in the background.
 
 mod api;
 pub mod containerd;
@@ -22,6 +25,7 @@ mod session;
 pub mod spec;
 pub mod supervisor;
 mod tasks;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,8 +35,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_model::TaskStatusUpdate;
+use berth_tls::JoinToken;
 use tokio::sync::mpsc;
-use tonic::transport::server::TcpIncoming;
 use tracing::Instrument as _;
 
 pub use api::AgentApiService;
@@ -44,6 +48,7 @@ pub use runtime::{
     ImageInfo, Progress, Runtime, RuntimeError,
 };
 pub use tasks::{TaskError, TaskTable};
+pub use tls::{join_token, Advertise, ConfigError};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -51,8 +56,16 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Server addresses, `host:port`; the agent fails over between them.
     pub servers: Vec<String>,
-    /// Where the agent's API (logs) listens.
+    /// Where the agent's API (logs, exec) listens.
     pub listen: SocketAddr,
+    /// Where servers reach that API; its host is a name in the agent's certificate.
+    pub advertise: Advertise,
+    /// Joins the cluster when `DATA_DIR/tls` holds no certificate (or an expired one).
+    pub join_token: Option<JoinToken>,
+    /// How long joining may take (servers may still be starting).
+    pub join_timeout: Duration,
+    /// Serve `/metrics` to callers without a client certificate.
+    pub metrics_public: bool,
     /// CPU units offered to tasks.
     pub cpu: u64,
     /// MiB offered to tasks.
@@ -74,6 +87,8 @@ pub struct Agent {
     /// Containers found at start-up, by task ID, until the first desired set claims them.
     found: Mutex<Option<BTreeMap<String, Vec<ExistingContainer>>>>,
     contact: fencing::Contact,
+    /// The CA, this agent's certificate and the dialer of TLS channels to the servers.
+    tls: tls::NodeTls,
 }
 
 impl Agent {
@@ -90,7 +105,12 @@ impl Agent {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("bind agent API on {}", config.listen))?;
-        let address = listener.local_addr().context("agent API address")?;
+        let bound = listener.local_addr().context("agent API address")?;
+        let address = config.advertise.address(bound.port());
+        let span = tracing::info_span!("agent", node = %config.node_name);
+        let (node_tls, held) = tls::establish(&config, &address)
+            .instrument(span.clone())
+            .await?;
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         // Containers a previous agent process left running are re-adopted, not duplicated.
         let found = runtime
@@ -114,32 +134,38 @@ impl Agent {
             updates_tx,
             found: Mutex::new(Some(by_task)),
             contact: fencing::Contact::new(),
+            tls: node_tls,
         });
         let log_root = agent.log_root();
         tokio::fs::create_dir_all(&log_root)
             .await
             .with_context(|| format!("create {}", log_root.display()))?;
+        let server_tls =
+            berth_tls::tls::server_config(&agent.tls.ca_pem, agent.tls.credentials.clone())
+                .context("TLS configuration of the agent API")?;
         let api = tonic::transport::Server::builder()
             // HTTP/1 for `/metrics`; the API stays gRPC over HTTP/2.
             .accept_http1(true)
             .add_routes(metrics::routes(
                 agent.config.metrics.clone(),
                 agent.tasks.clone(),
+                agent.config.metrics_public,
             ))
             .add_service(AgentApiService::new(
                 log_root,
                 agent.tasks.clone(),
                 agent.runtime.clone(),
             ))
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
-        let span = tracing::info_span!("agent", node = %agent.config.node_name);
-        span.in_scope(|| tracing::info!(%address, "agent started"));
-        let sessions = agent.clone().sessions(address.to_string(), updates_rx);
+            .serve_with_incoming(berth_tls::net::incoming(listener, Arc::new(server_tls)));
+        span.in_scope(|| tracing::info!(%bound, %address, "agent started"));
+        let sessions = agent.clone().sessions(address.clone(), updates_rx);
         let fence = fencing::fence(&agent.contact, &agent.tasks);
+        let renewals = tls::renew::renewals(&agent.config, &agent.tls, held, &address);
         tokio::select! {
             r = api => r.context("agent API server")?,
             () = sessions.instrument(span.clone()) => {}
-            () = fence.instrument(span) => {}
+            () = fence.instrument(span.clone()) => {}
+            () = renewals.instrument(span) => {}
             () = shutdown => {}
         }
         Ok(())

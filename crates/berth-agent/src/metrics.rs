@@ -95,13 +95,23 @@ impl Metrics {
     }
 }
 
-/// `/metrics` for the agent's API server.
-pub fn routes(metrics: Metrics, tasks: crate::TaskTable) -> tonic::service::Routes {
+/// `/metrics` for the agent's API server. Unless `public`, only callers with a client
+/// certificate of the cluster (verified during the TLS handshake) may read it: a Prometheus
+/// scraping agents is given one.
+pub fn routes(metrics: Metrics, tasks: crate::TaskTable, public: bool) -> tonic::service::Routes {
+    use axum::response::IntoResponse as _;
     let router = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |request: axum::extract::Request| {
             let (metrics, tasks) = (metrics.clone(), tasks.clone());
             async move {
+                if !public && !has_client_certificate(request.extensions()) {
+                    return (
+                        http::StatusCode::UNAUTHORIZED,
+                        "the agent's /metrics needs a client certificate of the cluster (or start the agent with --metrics-public)\n",
+                    )
+                        .into_response();
+                }
                 (
                     [(
                         http::header::CONTENT_TYPE,
@@ -109,8 +119,19 @@ pub fn routes(metrics: Metrics, tasks: crate::TaskTable) -> tonic::service::Rout
                     )],
                     metrics.render(tasks.running().len()),
                 )
+                    .into_response()
             }
         }),
     );
     tonic::service::Routes::from(router)
+}
+
+/// Whether the connection's client presented a certificate (rustls has verified it against the
+/// cluster CA by then).
+fn has_client_certificate(extensions: &http::Extensions) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .is_some_and(|certs| !certs.is_empty())
 }

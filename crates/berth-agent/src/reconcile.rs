@@ -153,6 +153,11 @@ mod tests {
             data_dir: std::env::temp_dir(),
             servers: vec!["127.0.0.1:1".into()],
             listen: "127.0.0.1:0".parse().expect("an address"),
+            advertise: crate::Advertise::new("127.0.0.1:0".parse().expect("an address"), None)
+                .expect("an address to advertise"),
+            join_token: None,
+            join_timeout: Duration::from_secs(1),
+            metrics_public: false,
             cpu: 1024,
             memory: 1024,
             attributes: BTreeMap::new(),
@@ -167,6 +172,7 @@ mod tests {
             updates_tx,
             found: Mutex::new(Some(by_task)),
             contact: fencing::Contact::new(),
+            tls: crate::tls::NodeTls::for_tests("node-1"),
         };
         (agent, updates)
     }

@@ -81,9 +81,13 @@ impl Agent {
         updates: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>,
         reports: &mut Reports,
     ) -> anyhow::Result<()> {
-        let mut client = AgentServiceClient::connect(format!("http://{server}"))
+        let channel = self
+            .tls
+            .dialer
+            .connect(server)
             .await
             .with_context(|| format!("connect to {server}"))?;
+        let mut client = AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
         let register = Register {
             node_name: self.config.node_name.clone(),

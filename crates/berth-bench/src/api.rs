@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use berth_proto::v1 as pb;
-use berth_proto::v1::berth_client::BerthClient;
 use berth_tests::scrape;
-use tonic::transport::Channel;
 
 pub(crate) fn spec(family: &str, cpu: u32, memory: u32) -> pb::TaskDefinitionSpec {
     pb::TaskDefinitionSpec {
@@ -56,8 +54,8 @@ pub(crate) async fn wait_metric(
 }
 
 /// A client that takes answers as large as a list of 150,000 tasks.
-pub(crate) async fn big_client(addr: &str) -> anyhow::Result<BerthClient<Channel>> {
-    Ok(BerthClient::connect(format!("http://{addr}"))
+pub(crate) async fn big_client(addr: &str) -> anyhow::Result<berth_tests::Api> {
+    Ok(berth_tests::api(addr)
         .await?
         .max_decoding_message_size(1 << 30))
 }
@@ -65,7 +63,7 @@ pub(crate) async fn big_client(addr: &str) -> anyhow::Result<BerthClient<Channel
 /// A sample from the server's `/metrics` (cheap to ask often, unlike a list), e.g.
 /// `berth_tasks{state="RUNNING"}`.
 async fn metric(addr: &str, series: &str) -> Option<u64> {
-    let body = scrape(addr).await.ok()?;
+    let body = scrape(addr, addr, berth_tests::Scrape::Token).await.ok()?;
     let needle = format!("{series} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&needle))
@@ -75,7 +73,7 @@ async fn metric(addr: &str, series: &str) -> Option<u64> {
 /// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
 /// the epoch) by task ID.
 pub(crate) async fn submit(
-    client: &mut BerthClient<Channel>,
+    client: &mut berth_tests::Api,
     family: &str,
     tasks: u32,
 ) -> anyhow::Result<BTreeMap<String, f64>> {

@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use berth_proto::v1::berth_client::BerthClient;
 use berth_tests::{berth_bin, ServerProc};
 use tokio::process::Command;
-use tonic::transport::Channel;
 
 /// Hollow agents per process: each holds a listener and a connection, and a process may open
 /// 20,000 files on this machine.
@@ -29,13 +27,14 @@ impl Cluster {
         let first = ServerProc::spawn(1, &dir.path().join("s1"), None, extra).await?;
         first.wait_ready().await?;
         let join = first.addr.to_string();
+        let token = berth_tests::join_token(&join, "server").await?;
         let mut servers = vec![first];
         for id in 2..=3 {
             let s = ServerProc::spawn(
                 id,
                 &dir.path().join(format!("s{id}")),
                 None,
-                &[extra, &["--join", &join]].concat(),
+                &[extra, &["--join", &join, "--join-token", &token]].concat(),
             )
             .await?;
             servers.push(s);
@@ -56,9 +55,9 @@ impl Cluster {
     }
 
     /// A client of the current leader.
-    pub(crate) async fn leader(&self) -> anyhow::Result<BerthClient<Channel>> {
+    pub(crate) async fn leader(&self) -> anyhow::Result<berth_tests::Api> {
         let addr = self.leader_addr().await?;
-        Ok(BerthClient::connect(format!("http://{addr}")).await?)
+        berth_tests::api(&addr).await
     }
 
     /// The current leader's address.
@@ -94,6 +93,12 @@ impl Hollow {
     /// `nodes` agents named `PREFIX-P-I` (process P, agent I) serving `servers`.
     pub(crate) async fn spawn(servers: &str, prefix: &str, nodes: u32) -> anyhow::Result<Self> {
         let dir = scratch().prefix("berth-hollow").tempdir_in("/tmp")?;
+        // One agent join token for the whole fleet; each agent joins under its own name.
+        let token_file = dir.path().join("join-token");
+        std::fs::write(
+            &token_file,
+            berth_tests::join_token(servers, "agent").await?,
+        )?;
         let mut procs = Vec::new();
         let mut left = nodes;
         while left > 0 {
@@ -106,6 +111,8 @@ impl Hollow {
                 .args(["agent", "--hollow", &n.to_string()])
                 .args(["--node-name", &format!("{prefix}-{p}")])
                 .args(["--servers", servers, "--metrics-interval", "60s"])
+                .arg("--join-token-file")
+                .arg(&token_file)
                 .arg("--data-dir")
                 .arg(&data)
                 .stdout(log.try_clone()?)

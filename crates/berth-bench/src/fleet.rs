@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use berth_proto::v1 as pb;
-use berth_proto::v1::berth_client::BerthClient;
 use berth_tests::{poll, ServerProc};
-use tonic::transport::Channel;
 
 use crate::api::{
     big_client, epoch_ms, spec, submit, wait_metric, wait_nodes, wait_running, RUNNING,
@@ -106,7 +104,7 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
         })
         .await?;
     // Running tasks by node.
-    let running = |client: &BerthClient<Channel>| {
+    let running = |client: &berth_tests::Api| {
         let mut c = client.clone();
         async move {
             let tasks = c

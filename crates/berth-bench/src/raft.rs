@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use berth_proto::v1 as pb;
-use berth_proto::v1::berth_client::BerthClient;
 use berth_tests::ServerProc;
 
 use crate::api::spec;
@@ -53,11 +52,8 @@ pub(crate) async fn raft(results: &mut Results) -> anyhow::Result<()> {
 async fn write_anywhere(addrs: &[String], n: u64) -> Option<Duration> {
     let t = Instant::now();
     for a in addrs {
-        let Ok(Ok(mut c)) = tokio::time::timeout(
-            Duration::from_millis(300),
-            BerthClient::connect(format!("http://{a}")),
-        )
-        .await
+        let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_millis(300), berth_tests::api(a)).await
         else {
             continue;
         };

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use berth_proto::v1 as pb;
-use berth_proto::v1::berth_client::BerthClient;
 use berth_tests::{AgentProc, Env, ServerProc};
 
 use crate::api::spec;
@@ -19,7 +18,7 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
     let agent = AgentProc::start(&env, &addr, "start").await?;
-    let mut client = BerthClient::connect(format!("http://{addr}")).await?;
+    let mut client = berth_tests::api(&addr).await?;
     let mut sleeper = spec("sleeper", 16, 16);
     sleeper.containers[0].image = env.image.clone();
     sleeper.containers[0].command = vec!["sleep".into(), "3600".into()];

@@ -114,9 +114,15 @@ pub enum Command {
     /// Inspect the control plane.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Drain or activate a node.
+    /// Drain, activate or remove a node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// API tokens of clients: create, list, revoke (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Namespaces and their quotas (admin).
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -131,6 +137,128 @@ pub enum NodeCommand {
     Drain { name: String },
     /// Place tasks on the node again.
     Activate { name: String },
+    /// Remove the node from the cluster and revoke its certificate: its agent can no longer
+    /// connect (join again with a new token).
+    Remove { name: String },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for namespace -n/--namespace and print it, alone, on the last line
+    /// of standard output. It is shown this once: the cluster stores only its hash.
+    Create {
+        /// viewer: get, describe, logs, events; deployer: also run, apply, scale, stop, delete,
+        /// exec (both in their namespace only); admin: everything, in every namespace.
+        #[arg(long, value_parser = ["viewer", "deployer", "admin"])]
+        role: String,
+        /// How long the token works (`12h`, `30d`); without it, until revoked.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// Who or what the token is for.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
+    /// List API tokens, oldest first (never their secrets).
+    List,
+    /// Revoke an API token: calls with it fail from then on.
+    Revoke {
+        /// The whole token or its ID.
+        #[arg(value_name = "TOKEN|ID")]
+        token_or_id: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a join token for agents or servers and print it, alone, on the last line of
+    /// standard output (`berth agent --join-token T`, `berth server --join ADDR --join-token
+    /// T`). It is shown this once.
+    Create {
+        /// What the token joins: agents or servers.
+        #[arg(long, value_parser = ["agent", "server"])]
+        role: String,
+        /// How long the token can be used (`1h`, `7d`); without it, until revoked.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        ttl: Option<Duration>,
+    },
+    /// List join tokens, oldest first (never their secrets).
+    List,
+    /// Revoke a join token: nothing joins with it from then on (nodes that joined stay).
+    Revoke {
+        /// The whole token or its ID.
+        #[arg(value_name = "TOKEN|ID")]
+        token_or_id: String,
+    },
+}
+
+/// A quota limit on the command line: a number, or `none` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit<T>(pub Option<T>);
+
+impl<T: std::str::FromStr> std::str::FromStr for Limit<T> {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self(None)),
+            _ => s
+                .parse()
+                .map(|v| Self(Some(v)))
+                .map_err(|_| format!("{s:?} is not a number or `none`")),
+        }
+    }
+}
+
+/// The quota flags of `namespace create|update`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct QuotaArgs {
+    /// CPU units the namespace's tasks may reserve in all (1024 = 1 vCPU); `none`: no limit.
+    #[arg(long, value_name = "UNITS")]
+    pub(crate) cpu: Option<Limit<u64>>,
+    /// MiB the namespace's tasks may reserve in all; `none`: no limit.
+    #[arg(long, value_name = "MIB")]
+    pub(crate) memory: Option<Limit<u64>>,
+    /// How many tasks may be pending or running at once; `none`: no limit.
+    #[arg(long, value_name = "N")]
+    pub(crate) tasks: Option<Limit<u32>>,
+}
+
+impl QuotaArgs {
+    /// `quota` with the limits these flags set.
+    pub(crate) fn apply(&self, mut quota: berth_model::Quota) -> berth_model::Quota {
+        if let Some(Limit(cpu)) = self.cpu {
+            quota.cpu = cpu;
+        }
+        if let Some(Limit(memory)) = self.memory {
+            quota.memory = memory;
+        }
+        if let Some(Limit(tasks)) = self.tasks {
+            quota.tasks = tasks;
+        }
+        quota
+    }
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum NamespaceCommand {
+    /// Create a namespace, with a quota when limits are given; its tasks, services and task
+    /// definitions are invisible to tokens of other namespaces.
+    Create {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Change a namespace's quota: the limits given change, the others stay. Work already
+    /// admitted keeps running.
+    Update {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// List namespaces, or show one, with their quotas and what their tasks use.
+    Get { name: Option<String> },
+    /// Delete a namespace.
+    Delete { name: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -152,6 +280,9 @@ pub enum ClusterCommand {
     /// Backups of the whole state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Join tokens for new agents and servers.
+    #[command(subcommand)]
+    Token(JoinTokenCommand),
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -203,4 +334,90 @@ pub struct RunArgs {
     /// Command and arguments (replace the image's CMD).
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+    use crate::GlobalArgs;
+
+    /// The client part of `berth`'s command line.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        global: GlobalArgs,
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    fn parse(line: &str) -> Cli {
+        Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn access_commands_parse() {
+        let cli = parse(
+            "berth token create -n team-a --role deployer --ttl 30d --token T --credentials c.toml",
+        );
+        assert_eq!(cli.global.namespace, "team-a");
+        assert_eq!(cli.global.token.as_deref(), Some("T"));
+        assert_eq!(
+            cli.global.credentials.as_deref(),
+            Some(std::path::Path::new("c.toml"))
+        );
+        let Command::Token(TokenCommand::Create { role, ttl, .. }) = cli.command else {
+            panic!("token create: {:?}", cli.command)
+        };
+        assert_eq!(
+            (role.as_str(), ttl),
+            ("deployer", Some(Duration::from_secs(30 * 86_400)))
+        );
+        assert!(Cli::try_parse_from(["berth", "token", "create", "--role", "owner"]).is_err());
+        let cli = parse("berth cluster token revoke abc --server a:1,b:2");
+        assert_eq!(cli.global.servers, ["a:1", "b:2"]);
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Token(JoinTokenCommand::Revoke { .. }))
+        ));
+        assert!(matches!(
+            parse("berth node remove node-1").command,
+            Command::Node(NodeCommand::Remove { .. })
+        ));
+    }
+
+    #[test]
+    fn quota_flags_change_only_the_limits_given() {
+        let cli = parse("berth namespace update team-a --cpu none --tasks 8");
+        let Command::Namespace(NamespaceCommand::Update { name, quota }) = cli.command else {
+            panic!("namespace update: {:?}", cli.command)
+        };
+        assert_eq!(name, "team-a");
+        let current = berth_model::Quota {
+            cpu: Some(4096),
+            memory: Some(8192),
+            tasks: Some(4),
+        };
+        assert_eq!(
+            quota.apply(current),
+            berth_model::Quota {
+                cpu: None,
+                memory: Some(8192),
+                tasks: Some(8),
+            }
+        );
+        let err = Cli::try_parse_from(["berth", "namespace", "create", "x", "--cpu", "lots"])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"lots\" is not a number or `none`"),
+            "{err}"
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! `berth cluster`: Raft's view of the control plane, membership changes and backups.
+//! `berth cluster`: Raft's view of the control plane, membership changes and backups (join
+//! tokens: `tokens.rs`).
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use crate::args::{ClusterCommand, SnapshotCommand};
 use crate::{status_error, Client, GlobalArgs};
 
 pub async fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result<()> {
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     match command {
         ClusterCommand::Status => {
             let status: ClusterStatus = client
@@ -47,6 +48,9 @@ pub async fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result
         }
         ClusterCommand::Snapshot(SnapshotCommand::Save { file }) => {
             save_snapshot(&mut client, &file).await?;
+        }
+        ClusterCommand::Token(command) => {
+            crate::tokens::run_join(&mut client, global.output, command).await?;
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The client subcommands: `run` hands each to the module that carries it out; `get`,
-//! `describe`, `scale`, `delete KIND NAME` and node status changes are here.
+//! `describe`, `scale`, `delete KIND NAME` and node status changes and removal are here.
 
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Service(ServiceCommand::Promote { name }) => {
-            services::promote(&mut Client::new(&global.servers), &global, &name).await?;
+            services::promote(&mut Client::new(&global)?, &global, &name).await?;
             Ok(0)
         }
         Command::Get { kind, name } => get(&global, &kind, name.as_deref()).await.map(|()| 0),
@@ -71,7 +71,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             command,
         } => tasks::exec(&global, task, container, timeout, command).await,
         Command::Stop { task, reason } => {
-            let mut client = Client::new(&global.servers);
+            let mut client = Client::new(&global)?;
             let namespace = &global.namespace;
             let task =
                 tasks::stop(&mut client, namespace, &task, reason.unwrap_or_default()).await?;
@@ -79,6 +79,8 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Node(cmd) => set_node_status(&global, cmd).await.map(|()| 0),
+        Command::Token(cmd) => crate::tokens::run(&global, cmd).await.map(|()| 0),
+        Command::Namespace(cmd) => crate::namespaces::run(&global, cmd).await.map(|()| 0),
         Command::Cluster(cmd) => crate::cluster::run(&global, cmd).await.map(|()| 0),
     }
 }
@@ -90,7 +92,7 @@ async fn scale(
     count: u32,
     wait: Option<Duration>,
 ) -> anyhow::Result<i32> {
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     let s = services::scale(&mut client, global, service, count).await?;
     println!("service/{} scaled to {}", s.name, s.desired_count);
     if let Some(timeout) = wait {
@@ -105,7 +107,7 @@ async fn scale(
 async fn delete(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result<()> {
     match kind {
         "service" | "services" | "svc" => {
-            let mut client = Client::new(&global.servers);
+            let mut client = Client::new(global)?;
             services::delete(&mut client, &global.namespace, name).await
         }
         "taskdef" | "taskdefs" | "taskdefinition" | "taskdefinitions" => {
@@ -116,23 +118,34 @@ async fn delete(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result<(
     }
 }
 
-/// `berth node drain|activate NAME`.
+/// `berth node drain|activate|remove NAME`.
 async fn set_node_status(global: &GlobalArgs, command: NodeCommand) -> anyhow::Result<()> {
     let (name, status) = match command {
         NodeCommand::Drain { name } => (name, NodeStatus::Draining),
         NodeCommand::Activate { name } => (name, NodeStatus::Active),
+        NodeCommand::Remove { name } => return remove_node(global, name).await,
     };
     let req = pb::UpdateNodeStatusRequest {
         name,
         status: berth_proto::node_status_to_wire(status),
     };
-    let node = Client::new(&global.servers)
+    let node = Client::new(global)?
         .request(
             req,
             |mut c, req| async move { c.update_node_status(req).await },
         )
         .await?;
     print_nodes(global.output, &[node.try_into()?], true)
+}
+
+/// `berth node remove NAME`: the node leaves the cluster and its certificate is revoked.
+async fn remove_node(global: &GlobalArgs, name: String) -> anyhow::Result<()> {
+    let req = pb::RemoveNodeRequest { name: name.clone() };
+    Client::new(global)?
+        .request(req, |mut c, req| async move { c.remove_node(req).await })
+        .await?;
+    println!("node {name} removed; its certificate is revoked");
+    Ok(())
 }
 
 /// The nodes whose attributes match `--selector`.
@@ -148,7 +161,7 @@ async fn list_nodes(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<
 }
 
 async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Result<()> {
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     let ns = &global.namespace;
     let selector = global.selector.clone().unwrap_or_default();
     match (kind, name) {
@@ -196,7 +209,7 @@ async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result
     if global.output != Format::Table && global.output != Format::Wide {
         return get(global, kind, Some(name)).await;
     }
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     match kind {
         "task" | "tasks" => {
             let t = tasks::describe(&mut client, global, name).await?;

@@ -71,7 +71,7 @@ fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<Value> {
 }
 
 pub async fn run(global: &GlobalArgs, documents: Vec<Document>) -> anyhow::Result<i32> {
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     let mut differs = false;
     for d in documents {
         let namespace = namespace_of(&d, global);

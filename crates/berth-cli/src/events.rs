@@ -77,7 +77,7 @@ pub async fn run(
         kinds,
         from_revision: 0,
     };
-    let mut stream = Client::new(&global.servers)
+    let mut stream = Client::new(global)?
         .request(req, |mut c, req| async move { c.watch(req).await })
         .await?;
     let mut seen: HashMap<(String, String), Seen> = HashMap::new();

@@ -1,15 +1,16 @@
-//! Golden tests: what `get` prints for each kind in every output format, and the errors broken
-//! manifests produce. `BERTH_UPDATE_GOLDEN=1 cargo test -p berth-cli` rewrites the files under
+//! Golden tests: what `get` prints for each kind in every output format (and the listings of
+//! tokens and namespaces), and the errors broken manifests produce. `BERTH_UPDATE_GOLDEN=1 cargo test -p berth-cli` rewrites the files under
 //! `golden/` after an intended change; review the diff.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use berth_model::{
-    Autoscaling, ContainerDefinition, ContainerState, Deployment, DeploymentStatus, DesiredStatus,
-    EventLog, HealthStatus, MetricValue, Node, NodeStatus, Resources, RolloutState, ScalingMetric,
-    Service, ServiceStatus, StopCode, TargetTracking, Task, TaskDefinition, TaskDefinitionStatus,
-    TaskStatus,
+    AccessRole, ApiTokenRecord, Autoscaling, ContainerDefinition, ContainerState, Deployment,
+    DeploymentStatus, DesiredStatus, EventLog, HealthStatus, JoinTokenRecord, MetricValue,
+    Namespace, Node, NodeRole, NodeStatus, Quota, Resources, RolloutState, ScalingMetric, Service,
+    ServiceStatus, StopCode, TargetTracking, Task, TaskDefinition, TaskDefinitionStatus,
+    TaskStatus, Usage,
 };
 
 use crate::output::Format;
@@ -202,6 +203,103 @@ fn taskdefs() -> Vec<TaskDefinition> {
         placement: Default::default(),
         registered_at: NOW - 5 * MIN,
     }]
+}
+
+/// Listed tokens carry no hash.
+fn api_tokens() -> Vec<ApiTokenRecord> {
+    let mut ci = ApiTokenRecord::new(
+        "4f1c2a9e8b7d6c5a",
+        "",
+        "team-a",
+        AccessRole::Deployer,
+        NOW - 3 * 86_400_000,
+        Some(NOW + 27 * 86_400_000),
+    );
+    ci.description = "ci pipeline".into();
+    let admin = ApiTokenRecord::new(
+        "0a1b2c3d4e5f6071",
+        "",
+        "",
+        AccessRole::Admin,
+        NOW - 10 * 86_400_000,
+        None,
+    );
+    let old = ApiTokenRecord::new(
+        "9e8d7c6b5a493827",
+        "",
+        "team-b",
+        AccessRole::Viewer,
+        NOW - 2 * 3_600_000,
+        Some(NOW - 3_600_000),
+    );
+    // Listed newest first here: the listing puts the oldest first.
+    vec![old, ci, admin]
+}
+
+fn join_tokens() -> Vec<JoinTokenRecord> {
+    vec![
+        JoinTokenRecord {
+            id: "a1b2c3d4e5f60718".into(),
+            secret_hash: String::new(),
+            role: NodeRole::Agent,
+            created_at: NOW - 5 * MIN,
+            expires_at: Some(NOW + 55 * MIN),
+        },
+        JoinTokenRecord {
+            id: "5d4c3b2a19081726".into(),
+            secret_hash: String::new(),
+            role: NodeRole::Server,
+            created_at: NOW - 86_400_000,
+            expires_at: None,
+        },
+    ]
+}
+
+fn namespaces() -> Vec<(Namespace, Usage)> {
+    let team_a = Quota {
+        cpu: Some(4096),
+        memory: Some(8192),
+        tasks: Some(10),
+    };
+    let team_b = Quota {
+        tasks: Some(4),
+        ..Quota::default()
+    };
+    vec![
+        (
+            Namespace::new("default", Quota::default(), 0),
+            Usage::of_tasks(3, 256, 512),
+        ),
+        (
+            Namespace::new("team-a", team_a, NOW - 2 * 86_400_000),
+            Usage::of_tasks(2, 1024, 2048),
+        ),
+        (
+            Namespace::new("team-b", team_b, NOW - 30 * MIN),
+            Usage::default(),
+        ),
+    ]
+}
+
+#[test]
+fn token_and_namespace_listings_in_every_format() {
+    check(
+        "tokens.txt",
+        &all_formats(|f| crate::tokens::render_tokens(f, &api_tokens(), NOW)),
+    );
+    check(
+        "join-tokens.txt",
+        &all_formats(|f| crate::tokens::render_join_tokens(f, &join_tokens(), NOW)),
+    );
+    check(
+        "namespaces.txt",
+        &all_formats(|f| crate::namespaces::render_namespaces(f, &namespaces(), false, NOW)),
+    );
+    let one = &namespaces()[1..2];
+    check(
+        "namespace.txt",
+        &all_formats(|f| crate::namespaces::render_namespaces(f, one, true, NOW)),
+    );
 }
 
 #[test]

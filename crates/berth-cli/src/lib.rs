@@ -3,41 +3,57 @@
 mod args;
 mod cluster;
 mod commands;
+mod credentials;
 mod diff;
 mod events;
 #[cfg(test)]
 mod golden;
 mod logs;
 mod manifests;
+mod namespaces;
 mod output;
 mod render;
 mod run;
 mod services;
 mod taskdefs;
 mod tasks;
+mod tokens;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_proto::v1::berth_client::BerthClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 pub use args::Command;
+pub use credentials::{Access, CredentialsFile, Flags};
 
 pub use output::Format;
 
 /// Options every client command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GlobalArgs {
-    /// Server addresses, comma separated; the first that answers is used.
+    /// Server addresses, comma separated; the first that answers is used. [env: BERTH_SERVER]
+    /// [default: the credentials file's `servers`, else 127.0.0.1:7400]
     #[arg(
         long = "server",
         global = true,
-        env = "BERTH_SERVER",
-        default_value = "127.0.0.1:7400",
+        value_name = "ADDR",
         value_delimiter = ','
     )]
     pub servers: Vec<String>,
+    /// A credentials file (TOML: `servers`, `ca`, `token`), as a bootstrap server writes
+    /// DATA_DIR/admin.toml. [env: BERTH_CREDENTIALS] [default: ~/.config/berth/admin.toml,
+    /// which `berth dev` writes]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// The API token to call with, instead of the credentials file's; it alone decides what
+    /// the caller may do. [env: BERTH_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Namespace of the objects.
     #[arg(short, long, global = true, env = "BERTH_NAMESPACE", default_value = berth_model::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -53,10 +69,48 @@ pub struct GlobalArgs {
     pub selector: Option<String>,
 }
 
+impl GlobalArgs {
+    /// Where to connect and as whom: these flags, the environment and the credentials file.
+    pub fn access(&self) -> anyhow::Result<Access> {
+        Access::resolve(Flags {
+            servers: &self.servers,
+            credentials: self.credentials.as_deref(),
+            token: self.token.as_deref(),
+        })
+    }
+}
+
+/// Adds the API token to every request as `authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> anyhow::Result<Self> {
+        let mut value: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .context("the API token is not valid in a request header")?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// The client of the Berth service every command calls through: TLS, with the token.
+pub type Api = BerthClient<InterceptedService<Channel, Bearer>>;
+
 /// A connection to the cluster that fails over between the given servers: a call that cannot
-/// reach a server, or that a server answers with UNAVAILABLE, is retried on the others.
+/// reach a server, or that a server answers with UNAVAILABLE, is retried on the others. Every
+/// connection is TLS, trusting only the cluster CA; every request carries the API token.
 pub struct Client {
     servers: Vec<String>,
+    dialer: berth_tls::net::Dialer,
+    bearer: Bearer,
     /// The server last used and its channel.
     current: Option<(usize, Channel)>,
 }
@@ -65,11 +119,26 @@ pub struct Client {
 const PASSES: u32 = 4;
 
 impl Client {
-    pub fn new(servers: &[String]) -> Self {
-        Self {
-            servers: servers.to_vec(),
+    /// A client for the servers, CA and token that `global`, the environment and the
+    /// credentials file name (see the `credentials` module).
+    pub fn new(global: &GlobalArgs) -> anyhow::Result<Self> {
+        Self::with_access(&global.access()?)
+    }
+
+    pub fn with_access(access: &Access) -> anyhow::Result<Self> {
+        let trust = berth_tls::tls::Trust::Ca(access.ca.clone());
+        let config =
+            berth_tls::tls::client_config(&trust, None).with_context(|| match &access.file {
+                Some(p) => format!("the `ca` of credentials file {}", p.display()),
+                None => "the cluster CA certificate".to_owned(),
+            })?;
+        Ok(Self {
+            servers: access.servers.clone(),
+            dialer: berth_tls::net::Dialer::new(config)
+                .with_connect_timeout(Duration::from_secs(2)),
+            bearer: Bearer::new(&access.token)?,
             current: None,
-        }
+        })
     }
 
     async fn channel(&mut self, i: usize) -> anyhow::Result<Channel> {
@@ -79,11 +148,9 @@ impl Client {
             }
         }
         let server = &self.servers[i];
-        let endpoint = Endpoint::from_shared(format!("http://{server}"))
-            .with_context(|| format!("invalid server address {server:?}; use host:port"))?
-            .connect_timeout(Duration::from_secs(2));
-        let channel = endpoint
-            .connect()
+        let channel = self
+            .dialer
+            .connect(server)
             .await
             .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
         self.current = Some((i, channel.clone()));
@@ -93,7 +160,7 @@ impl Client {
     /// Runs `f` against a server, failing over as described on [`Client`].
     pub async fn call<T, F, Fut>(&mut self, mut f: F) -> anyhow::Result<T>
     where
-        F: FnMut(BerthClient<Channel>) -> Fut,
+        F: FnMut(Api) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         anyhow::ensure!(
@@ -114,7 +181,8 @@ impl Client {
                         continue;
                     }
                 };
-                let client = BerthClient::new(channel).max_decoding_message_size(256 << 20);
+                let client = BerthClient::with_interceptor(channel, self.bearer.clone())
+                    .max_decoding_message_size(256 << 20);
                 match f(client).await {
                     Ok(r) => return Ok(r.into_inner()),
                     Err(s) if is_transport_error(&s) => {
@@ -145,7 +213,7 @@ impl Client {
     pub async fn request<Req, T, F, Fut>(&mut self, req: Req, mut f: F) -> anyhow::Result<T>
     where
         Req: Clone,
-        F: FnMut(BerthClient<Channel>, Req) -> Fut,
+        F: FnMut(Api, Req) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call(|c| f(c, req.clone())).await
@@ -180,6 +248,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     let hint = match status.code() {
         tonic::Code::Unavailable => " (is the server running and does the cluster have a leader?)",
+        tonic::Code::Unauthenticated => {
+            " (check the token: --token, BERTH_TOKEN or the credentials file's `token`)"
+        }
         _ => "",
     };
     anyhow::anyhow!("{}{hint}", status.message())
@@ -187,7 +258,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 
 /// The version of the server that answers.
 pub async fn server_version(global: &GlobalArgs) -> anyhow::Result<String> {
-    let status = Client::new(&global.servers)
+    let status = Client::new(global)?
         .call(|mut c| async move {
             c.cluster_status(berth_proto::v1::ClusterStatusRequest {})
                 .await

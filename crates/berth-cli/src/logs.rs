@@ -70,7 +70,7 @@ pub async fn print(global: &GlobalArgs, task: &str, opts: LogOptions) -> anyhow:
         since: opts.since,
         timestamps: opts.timestamps,
     };
-    let mut stream = Client::new(&global.servers)
+    let mut stream = Client::new(global)?
         .request(req, |mut c, req| async move { c.task_logs(req).await })
         .await?;
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());

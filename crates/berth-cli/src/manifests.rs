@@ -84,7 +84,7 @@ pub async fn apply(
 ) -> anyhow::Result<i32> {
     // Parse and validate everything before storing anything.
     let documents = read_documents(files)?;
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     let mut rollouts = Vec::new();
     for d in documents {
         let namespace = namespace_of(&d, global);
@@ -149,7 +149,7 @@ pub async fn apply(
 
 /// `berth delete -f`: deletes services, stops one-off tasks; task definitions stay.
 pub async fn delete(global: &GlobalArgs, files: &[String]) -> anyhow::Result<()> {
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     for d in read_documents(files)? {
         let namespace = namespace_of(&d, global);
         match d.object {

@@ -24,7 +24,7 @@ pub async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32>
     if args.wait && args.count != 1 {
         bail!("--wait follows one task; drop --count or --wait");
     }
-    let mut client = Client::new(&global.servers);
+    let mut client = Client::new(global)?;
     let task_definition = match (&args.image, &args.task_definition) {
         (_, Some(td)) => td.clone(),
         (Some(image), None) => {

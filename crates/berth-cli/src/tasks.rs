@@ -152,7 +152,7 @@ pub async fn exec(
         command,
         timeout_secs: u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX),
     };
-    let out = Client::new(&global.servers)
+    let out = Client::new(global)?
         .request(req, |mut c, req| async move { c.exec_task(req).await })
         .await?;
     std::io::stdout().write_all(&out.stdout)?;

@@ -4,20 +4,27 @@
 
 mod agents;
 mod api;
+mod auth;
 pub mod controllers;
+mod identity;
+mod join;
 pub mod metrics;
 pub mod status;
+pub mod tls;
 mod usage;
 pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use berth_store::{RaftService, Store, StoreConfig};
+use berth_tls::Role;
 use controllers::{leader_loop, Autoscaler, NodeMonitor, Scheduler, ServiceReconciler};
-use tonic::transport::server::TcpIncoming;
+use identity::Origin;
+use tls::ServerTls;
 
 pub use agents::Liveness;
 pub use usage::Usage;
@@ -31,16 +38,28 @@ pub fn now_ms() -> u64 {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub node_id: u64,
+    /// This server's Raft member ID; `None`: the one its data dir holds, 1 for a new cluster,
+    /// or a free one given by the cluster it joins.
+    pub node_id: Option<u64>,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// The address other servers and agents reach this one at; `listen` when unset.
     pub advertise: Option<String>,
-    /// Ask the server at this address to add this one to its cluster (first start only).
+    /// Join the cluster of the server at this address (first start only): get a certificate
+    /// with `join_token`, then ask to be added (unless `no_bootstrap`).
     pub join: Option<String>,
+    /// A join token for a server (`berth cluster token create --role server`).
+    pub join_token: Option<String>,
+    /// More names for this server's certificate (DNS names or IP addresses).
+    pub tls_san: Vec<String>,
+    /// How long certificates this server issues (its own included) live; renewed at two thirds.
+    pub cert_ttl: Duration,
+    /// Serve `/metrics` without a token or certificate.
+    pub metrics_public: bool,
     /// Start a new cluster whose state is this backup (`berth cluster snapshot save`).
     pub restore: Option<PathBuf>,
-    /// With no state, wait to be added (`berth cluster add`) instead of bootstrapping.
+    /// With no state, wait to be added (`berth cluster add`) instead of bootstrapping (with
+    /// `join`: get a certificate, but do not ask to be added).
     pub no_bootstrap: bool,
     /// Raft timing and compaction; `data_dir`, `node_id` and `advertise_addr` are filled in.
     pub raft: RaftTuning,
@@ -73,13 +92,17 @@ impl Default for RaftTuning {
 
 impl ServerConfig {
     /// A server with default tuning that bootstraps (or rejoins) on its own.
-    pub fn new(node_id: u64, data_dir: PathBuf, listen: SocketAddr) -> Self {
+    pub fn new(node_id: Option<u64>, data_dir: PathBuf, listen: SocketAddr) -> Self {
         Self {
             node_id,
             data_dir,
             listen,
             advertise: None,
             join: None,
+            join_token: None,
+            tls_san: Vec::new(),
+            cert_ttl: berth_tls::DEFAULT_CERT_TTL,
+            metrics_public: false,
             restore: None,
             no_bootstrap: false,
             raft: RaftTuning::default(),
@@ -97,6 +120,12 @@ pub struct Server {
     join: Option<String>,
     advertise: String,
     node_ttl: Duration,
+    tls: Arc<ServerTls>,
+    /// This start created the cluster: make its first admin credentials.
+    fresh: bool,
+    data_dir: PathBuf,
+    cert_ttl: Duration,
+    metrics_public: bool,
 }
 
 impl Server {
@@ -104,7 +133,10 @@ impl Server {
     /// one-member cluster, unless it is to join one (`join`); with `restore` the new cluster
     /// starts from a backup.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(config.node_id > 0, "--node-id must be a positive integer");
+        anyhow::ensure!(
+            config.node_id != Some(0),
+            "--node-id must be a positive integer"
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("bind {}; is another server running there?", config.listen))?;
@@ -113,11 +145,23 @@ impl Server {
             .advertise
             .clone()
             .unwrap_or_else(|| address.to_string());
-        let mut store_config = StoreConfig::new(
-            config.node_id,
-            config.data_dir.join("raft"),
-            advertise.clone(),
-        );
+        let join_with = match (&config.join, &config.join_token) {
+            (Some(addr), Some(token)) => Some((addr.as_str(), token.as_str())),
+            _ => None,
+        };
+        let (node_id, tls, origin) = identity::establish(identity::Wanted {
+            data_dir: &config.data_dir,
+            node_id: config.node_id,
+            advertise: &advertise,
+            sans: tls::hosts(std::slice::from_ref(&advertise), &config.tls_san),
+            join: join_with,
+            may_bootstrap: !config.no_bootstrap && config.join.is_none(),
+            cert_ttl: config.cert_ttl,
+        })
+        .await?;
+        let mut store_config =
+            StoreConfig::new(node_id, config.data_dir.join("raft"), advertise.clone());
+        store_config.dialer = Some(tls.dialer()?);
         store_config.heartbeat_interval = config.raft.heartbeat_interval;
         store_config.election_timeout = config.raft.election_timeout;
         store_config.write_timeout = config.raft.write_timeout;
@@ -144,13 +188,15 @@ impl Server {
             let objects = store.restore(&bytes).await.context("restore backup")?;
             tracing::info!(objects, backup = %backup.display(), "restored a new cluster from a backup");
         }
-        let join = config.join.clone().filter(|_| !initialized);
-        let wait_to_be_added = config.no_bootstrap || join.is_some();
+        let join = config
+            .join
+            .clone()
+            .filter(|_| !initialized && !config.no_bootstrap);
+        let wait_to_be_added = config.no_bootstrap || config.join.is_some();
+        let mut fresh = config.restore.is_some() && matches!(origin, Origin::Bootstrapped);
         if config.restore.is_none() && !wait_to_be_added && store.bootstrap_if_new().await? {
-            tracing::info!(
-                node_id = config.node_id,
-                "bootstrapped a new one-member cluster"
-            );
+            tracing::info!(node_id, "bootstrapped a new one-member cluster");
+            fresh = true;
         }
         Ok(Self {
             store,
@@ -159,18 +205,46 @@ impl Server {
             join,
             advertise,
             node_ttl: config.node_ttl,
+            tls: Arc::new(tls),
+            fresh,
+            data_dir: config.data_dir,
+            cert_ttl: config.cert_ttl,
+            metrics_public: config.metrics_public,
+        })
+    }
+
+    /// TLS material for an agent in this same process (`berth dev`): a key and a certificate
+    /// for node `name` from this server's CA, valid for `addresses`.
+    pub fn local_agent_material(
+        &self,
+        name: &str,
+        addresses: &[String],
+    ) -> anyhow::Result<berth_tls::dir::Material> {
+        let identity = berth_tls::Identity::new(Role::Agent, name);
+        let key = berth_tls::NodeKey::generate()?;
+        let issued = self.tls.ca().issue(
+            &key.csr(&identity)?,
+            &identity,
+            &tls::hosts(addresses, &[]),
+            self.cert_ttl,
+        )?;
+        Ok(berth_tls::dir::Material {
+            ca_pem: self.tls.ca().cert_pem().to_owned(),
+            ca_key_pem: None,
+            cert_pem: issued.cert_pem,
+            key_pem: key.pem(),
         })
     }
 
     /// Asks the member at `addr` (any member: it forwards to the leader) to add this server,
     /// retrying until it answers.
-    async fn join(store: Store, addr: String, advertise: String) {
+    async fn join(store: Store, tls: Arc<ServerTls>, addr: String, advertise: String) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let attempt = async {
-                let mut client =
-                    berth_proto::v1::berth_client::BerthClient::connect(format!("http://{addr}"))
-                        .await?;
+                // This server's own certificate: a server may add itself.
+                let channel = tls.dialer()?.connect(&addr).await?;
+                let mut client = berth_proto::v1::berth_client::BerthClient::new(channel);
                 client
                     .add_server(berth_proto::v1::AddServerRequest {
                         id: store.node_id(),
@@ -229,8 +303,29 @@ impl Server {
             )),
         ];
         if let Some(addr) = self.join.clone() {
-            tokio::spawn(Self::join(self.store.clone(), addr, self.advertise.clone()));
+            tokio::spawn(Self::join(
+                self.store.clone(),
+                self.tls.clone(),
+                addr,
+                self.advertise.clone(),
+            ));
         }
+        if self.fresh {
+            let (store, dir, advertise) = (
+                self.store.clone(),
+                self.data_dir.clone(),
+                self.advertise.clone(),
+            );
+            let ca = self.tls.ca().cert_pem().to_owned();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    identity::write_admin_credentials(&store, &dir, &advertise, &ca).await
+                {
+                    tracing::error!("create the admin credentials: {e:#}");
+                }
+            });
+        }
+        let renewals = tokio::spawn(renew_certificates(self.tls.clone(), self.cert_ttl));
         tracing::info!(address = %self.address, "server listening");
         // Agent streams never end by themselves: after the shutdown signal, give connections a
         // short grace period instead of waiting for them forever.
@@ -250,11 +345,17 @@ impl Server {
             // HTTP/1 for `/metrics`; gRPC stays HTTP/2.
             .accept_http1(true)
             .layer(metrics::ApiLatencyLayer(metrics.clone()));
+        let dialer = self.tls.dialer()?;
         let serve = builder
-            .add_routes(metrics.routes(self.store.clone()))
+            .add_routes(metrics.routes(self.store.clone(), self.metrics_public))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(api::BerthService::new(self.store.clone(), usage.clone()))
+            .add_service(api::BerthService::new(
+                self.store.clone(),
+                usage.clone(),
+                self.tls.clone(),
+                dialer,
+            ))
             .add_service(agents::AgentServiceImpl::new(
                 self.store.clone(),
                 liveness,
@@ -262,10 +363,23 @@ impl Server {
                 self.node_ttl,
                 metrics.clone(),
             ))
-            .add_service(RaftService::new(self.store.clone()))
+            .add_service(join::JoinService::new(
+                self.store.clone(),
+                self.tls.clone(),
+                self.cert_ttl,
+            ))
+            // Raft traffic only from servers of this cluster.
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                RaftService::new(self.store.clone()),
+                |req: tonic::Request<()>| match auth::peer_identity(&req) {
+                    Some(id) if id.role == Role::Server => Ok(req),
+                    _ => Err(status::denied(
+                        "the Raft transport takes only server certificates of this cluster",
+                    )),
+                },
+            ))
             .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY small responses wait ~40 ms for delayed ACKs.
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                berth_tls::net::incoming(self.listener, Arc::new(self.tls.server_config()?)),
                 shutdown,
             );
         let result = tokio::select! {
@@ -275,7 +389,30 @@ impl Server {
         for c in controllers {
             c.abort();
         }
+        renewals.abort();
         self.store.shutdown().await;
         result
+    }
+}
+
+/// Renews this server's certificate from the CA it holds once two thirds of its life have
+/// passed; open connections keep theirs, new handshakes present the new one.
+async fn renew_certificates(tls: Arc<ServerTls>, ttl: Duration) {
+    loop {
+        let now = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
+        let not_after = tls.not_after();
+        let life = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let renew_at = not_after - life / 3;
+        if now >= renew_at {
+            match tls.renew(ttl) {
+                Ok(()) => tracing::info!(
+                    expires = tls.not_after(),
+                    "renewed this server's certificate"
+                ),
+                Err(e) => tracing::warn!("renew this server's certificate: {e:#}"),
+            }
+        }
+        let wait = (renew_at - now).clamp(1, 60);
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(60))).await;
     }
 }

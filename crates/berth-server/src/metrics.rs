@@ -188,14 +188,30 @@ impl Metrics {
     }
 
     /// The HTTP routes to add next to the gRPC services.
-    pub fn routes(&self, store: Store) -> tonic::service::Routes {
+    /// `/metrics` on the gRPC address. Unless `public`, a scrape needs a valid API token
+    /// (`authorization: Bearer …`) or a client certificate of the cluster.
+    pub fn routes(&self, store: Store, public: bool) -> tonic::service::Routes {
         let metrics = self.clone();
         let router = axum::Router::new().route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |req: axum::extract::Request| {
                 let (metrics, store) = (metrics.clone(), store.clone());
                 async move {
+                    if !public {
+                        let (parts, _body) = req.into_parts();
+                        let probe = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+                        if let Err(refused) =
+                            store.read_stale(|s| crate::auth::authenticate(s, &probe))
+                        {
+                            return (
+                                http::StatusCode::UNAUTHORIZED,
+                                [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                                format!("{}\n", refused.message()),
+                            );
+                        }
+                    }
                     (
+                        http::StatusCode::OK,
                         [(
                             http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",

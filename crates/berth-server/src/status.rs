@@ -62,6 +62,16 @@ pub fn missing(field: &str) -> Status {
     Status::invalid_argument(format!("{field} is required"))
 }
 
+/// The caller could not be identified (no, unknown or expired credentials).
+pub fn unauthenticated(message: impl Into<String>) -> Status {
+    Status::unauthenticated(message.into())
+}
+
+/// The caller is known but lacks a permission; the message says which.
+pub fn denied(message: impl Into<String>) -> Status {
+    Status::permission_denied(message.into())
+}
+
 pub fn not_found(message: impl Into<String>) -> Status {
     Status::not_found(message.into())
 }
@@ -95,6 +105,11 @@ pub fn from_rejection(r: Rejection) -> Status {
         Rejection::Conflict(msg) => Status::aborted(msg),
         Rejection::QuotaExceeded(msg) => Status::resource_exhausted(msg),
     }
+}
+
+/// A call this server does not carry out yet; the message says what to do instead.
+pub fn not_yet(message: impl Into<String>) -> Status {
+    Status::unimplemented(message.into())
 }
 
 /// A state machine answer the proposer did not expect (`kind` names it): a bug.

@@ -1,11 +1,17 @@
-//! One in-process server on a free port: the standard gRPC health and reflection services
-//! answer on the same address as the API, and API errors carry the right status codes.
+//! One in-process server on a free port, over TLS: it bootstraps a cluster CA and writes the
+//! first admin credentials; the standard gRPC health and reflection services answer on the
+//! same address as the API; API calls need a token; API errors carry the right status codes.
 
 use std::time::Duration;
 
 use berth_proto::v1::berth_client::BerthClient;
-use berth_proto::v1::{DescribeTaskRequest, RegisterTaskDefinitionRequest, RunTaskRequest};
+use berth_proto::v1::raft_client::RaftClient;
+use berth_proto::v1::{
+    DescribeTaskRequest, RaftPayload, RegisterTaskDefinitionRequest, RunTaskRequest,
+};
 use berth_server::{Server, ServerConfig};
+use berth_tls::net::Dialer;
+use berth_tls::tls::{client_config, Trust};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -19,21 +25,57 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(ServerConfig::new(
-        1,
+        Some(1),
         dir.path().to_path_buf(),
         "127.0.0.1:0".parse()?,
     ))
     .await?;
-    let url = format!("http://{}", server.address);
+    let address = server.address.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
 
-    let channel = tonic::transport::Endpoint::from_shared(url)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+    // The bootstrap server writes the first admin credentials once it leads.
+    let path = dir.path().join("admin.toml");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "no admin.toml");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let credentials: toml::Table = toml::from_str(&std::fs::read_to_string(&path)?)?;
+    let ca = credentials["ca"].as_str().expect("ca").to_owned();
+    let token = credentials["token"].as_str().expect("token").to_owned();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let trust = Trust::Ca(ca);
+    let channel = Dialer::new(client_config(&trust, None)?)
+        .connect(&address)
         .await?;
+
+    // Without a token the API refuses, and says how to get one; the Raft transport takes only
+    // server certificates.
+    let err = BerthClient::new(channel.clone())
+        .describe_task(DescribeTaskRequest {
+            stale: false,
+            namespace: String::new(),
+            task_id: "x".into(),
+        })
+        .await
+        .expect_err("no credentials");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = RaftClient::new(channel.clone())
+        .vote(RaftPayload {
+            json: b"{}".to_vec(),
+        })
+        .await
+        .expect_err("not a server");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
@@ -64,7 +106,11 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
         );
     }
 
-    let mut api = BerthClient::new(channel);
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let mut api = BerthClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
     // The single-member cluster may still be electing itself; writes wait for it.
     let err = api
         .register_task_definition(RegisterTaskDefinitionRequest {

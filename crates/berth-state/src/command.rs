@@ -123,6 +123,23 @@ pub enum Command {
 }
 
 impl Command {
+    /// Commands only the leader itself proposes (its controllers, its agent streams, a
+    /// restore): never accepted when forwarded by another server, so that nothing from outside
+    /// the leader can place tasks, change nodes, reconcile or replace the state.
+    pub fn leader_only(&self) -> bool {
+        match self {
+            Command::Batch(commands) => commands.iter().any(Command::leader_only),
+            Command::PlaceTasks { .. }
+            | Command::ReportTaskStatus { .. }
+            | Command::RegisterNode { .. }
+            | Command::MarkNodeDown { .. }
+            | Command::ReconcileService(_)
+            | Command::AutoScale(_)
+            | Command::ReplaceState { .. } => true,
+            _ => false,
+        }
+    }
+
     /// What the command is about, for log lines: `service NS/NAME`, `node NAME`, `task ID`…
     pub fn subject(&self) -> String {
         match self {

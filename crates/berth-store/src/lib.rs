@@ -68,6 +68,9 @@ pub struct StoreConfig {
     pub snapshot_every: u64,
     /// Log entries kept after a snapshot, for followers that are a little behind.
     pub keep_logs: u64,
+    /// How to reach peers: mutual TLS with this server's certificate. `None` only in the
+    /// store's own tests.
+    pub dialer: Option<berth_tls::net::Dialer>,
 }
 
 impl StoreConfig {
@@ -81,6 +84,7 @@ impl StoreConfig {
             write_timeout: Duration::from_secs(5),
             snapshot_every: 5000,
             keep_logs: 1000,
+            dialer: None,
         }
     }
 
@@ -246,7 +250,7 @@ impl Store {
                 path: path.clone(),
                 source: e.into(),
             })?;
-        let peers = network::Peers::default();
+        let peers = network::Peers::new(config.dialer.clone());
         Self::open_with(config, db, network::Network::new(peers.clone()), peers).await
     }
 
@@ -539,7 +543,15 @@ impl Store {
     }
 
     /// Proposes a command and waits until it is committed and applied (on the leader).
+    /// Commands only the leader proposes ([`Command::leader_only`]) fail at once with
+    /// `NotLeader` on any other member: the leader refuses them forwarded.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
+        if command.leader_only() && !self.is_leader() {
+            return Err(StoreError::NotLeader {
+                leader_id: None,
+                leader_addr: self.leader_addr(),
+            });
+        }
         self.write(Write::Command(command), self.config.write_timeout)
             .await
     }
@@ -741,6 +753,9 @@ impl Store {
                 source,
             })?;
         let count = data.objects.len();
+        // A new one-member cluster elects itself first.
+        let mut leading = self.leadership();
+        let _ = tokio::time::timeout(self.config.write_timeout, leading.wait_for(|l| *l)).await;
         self.propose(Command::ReplaceState {
             objects: data.objects,
             at: now_ms(),

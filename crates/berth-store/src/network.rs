@@ -25,21 +25,36 @@ use tokio::time::Instant;
 use crate::{BerthNode, CommandResult, NodeId, Store, StoreError, TypeConfig, Write};
 
 /// One lazily connected channel per peer address, shared by Raft replication and forwarding.
+/// With a dialer (every real server) the channels are mutual TLS with this server's
+/// certificate; without, plain HTTP/2 (only the store's own tests, which never listen).
 #[derive(Clone, Default)]
-pub struct Peers(Arc<Mutex<HashMap<String, RaftClient<Channel>>>>);
+pub struct Peers {
+    clients: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+    dialer: Option<berth_tls::net::Dialer>,
+}
 
 impl Peers {
+    pub(crate) fn new(dialer: Option<berth_tls::net::Dialer>) -> Self {
+        Self {
+            clients: Arc::default(),
+            dialer: dialer.map(|d| d.with_connect_timeout(std::time::Duration::from_secs(1))),
+        }
+    }
+
     fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         let mut peers = self
-            .0
+            .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .connect_lazy();
+        let channel = match &self.dialer {
+            Some(dialer) => dialer.lazy(addr)?,
+            None => Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(std::time::Duration::from_secs(1))
+                .connect_lazy(),
+        };
         let client = RaftClient::new(channel)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
@@ -260,6 +275,12 @@ impl raft_server::Raft for RaftService {
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let mut write: Write = decode(req)?;
         let timeout = match &mut write {
+            Write::Command(command) if command.leader_only() => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "{} may only be proposed by the leader itself, never forwarded",
+                    command.subject()
+                )));
+            }
             Write::Command(command) => {
                 // The leader assigns timestamps, also to commands a follower received.
                 command.stamp(crate::now_ms());

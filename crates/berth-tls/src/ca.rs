@@ -258,6 +258,7 @@ mod tests {
         assert_eq!(issued.serial.len(), 32);
         let day = OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
         assert!((issued.not_after - day).abs() < 60);
+        assert_eq!(crate::not_after(&issued.cert_pem), Some(issued.not_after));
 
         // A request for another identity is refused.
         let server = Identity::new(Role::Server, "1");

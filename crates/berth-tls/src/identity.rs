@@ -99,6 +99,20 @@ impl Identity {
     }
 }
 
+/// When a certificate (PEM) stops being valid, seconds since the Unix epoch.
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    validity(cert_pem).map(|(_, to)| to)
+}
+
+/// When a certificate (PEM) starts and stops being valid, seconds since the Unix epoch.
+pub fn validity(cert_pem: &str) -> Option<(i64, i64)> {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.role, self.name)

@@ -90,19 +90,45 @@ struct ServerArgs {
     /// The address other servers and agents use to reach this one (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
-    /// This server's Raft member ID, unique in the cluster.
-    #[arg(long, default_value_t = 1)]
-    node_id: u64,
+    /// This server's Raft member ID, unique in the cluster (default: the one its data dir holds;
+    /// 1 for a new cluster; a free one given by the cluster it joins).
+    #[arg(long)]
+    node_id: Option<u64>,
     /// Start a new one-member cluster (what a server with no state and no --join does anyway).
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
-    /// Join the cluster of the server at this address (on first start; later starts rejoin
-    /// from their own state).
+    /// Join the cluster of the server at this address (on first start, with --join-token;
+    /// later starts rejoin from their own state).
     #[arg(long, value_name = "ADDR")]
     join: Option<String>,
-    /// With no state, wait to be added with `berth cluster add` instead of bootstrapping.
-    #[arg(long, conflicts_with_all = ["join", "bootstrap"])]
+    /// A join token for servers (`berth cluster token create --role server`): the server
+    /// trusts the cluster's CA only if it matches the token, then trades the token for its
+    /// certificate.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BERTH_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    join_token: Option<String>,
+    /// Read the join token from this file instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
+    /// With no state, wait to be added with `berth cluster add` instead of bootstrapping (with
+    /// --join: get a certificate, but do not ask to be added).
+    #[arg(long, conflicts_with = "bootstrap")]
     no_bootstrap: bool,
+    /// More names for this server's certificate (DNS names or IP addresses), besides the
+    /// --advertise host, localhost and 127.0.0.1.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// How long the certificates this server issues live (its own included); they are renewed
+    /// after two thirds of it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    cert_ttl: Duration,
+    /// Serve /metrics without a token or client certificate.
+    #[arg(long)]
+    metrics_public: bool,
     /// Start a new cluster from a backup made with `berth cluster snapshot save`.
     #[arg(long, value_name = "FILE", conflicts_with = "join")]
     restore: Option<PathBuf>,
@@ -136,9 +162,31 @@ impl ServerArgs {
             self.heartbeat_ms * 2 < self.election_timeout_ms,
             "--election-timeout-ms must be more than twice --heartbeat-ms"
         );
+        anyhow::ensure!(
+            self.cert_ttl >= Duration::from_secs(60),
+            "--cert-ttl must be at least a minute"
+        );
+        let join_token = match (&self.join_token, &self.join_token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("read --join-token-file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        anyhow::ensure!(
+            self.join.is_none() || join_token.is_some() || self.data_dir.join("tls").exists(),
+            "--join needs --join-token (or --join-token-file): create one on a member with `berth cluster token create --role server`"
+        );
         let mut config = ServerConfig::new(self.node_id, self.data_dir, self.listen);
         config.advertise = self.advertise;
         config.join = self.join;
+        config.join_token = join_token;
+        config.tls_san = self.tls_san;
+        config.cert_ttl = self.cert_ttl;
+        config.metrics_public = self.metrics_public;
         config.restore = self.restore;
         config.no_bootstrap = self.no_bootstrap;
         config.node_ttl = self.node_ttl;
@@ -188,9 +236,25 @@ struct AgentArgs {
     /// Node attributes for placement constraints, KEY=VALUE.
     #[arg(long = "attr", value_name = "K=V")]
     attributes: Vec<String>,
-    /// Where the agent's API (logs) listens; port 0 picks a free port.
+    /// Where the agent's API (logs, exec; TLS) listens; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The address servers dial for logs and exec, HOST[:PORT] (without a port: the API's).
+    /// Its host is a name in the agent's certificate. Default: --listen, which then must not
+    /// be an unspecified address such as 0.0.0.0 or [::].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise: Option<String>,
+    /// The join token that `berth cluster token create --role agent` printed. Needed on the
+    /// first start only: the agent then keeps its certificate in DATA_DIR/tls and renews it.
+    /// Prefer --join-token-file, which keeps the token out of the process list.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "join_token_file")]
+    join_token: Option<String>,
+    /// A file holding the join token (surrounding white space is ignored).
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
+    /// Serve /metrics to callers without a client certificate of the cluster.
+    #[arg(long)]
+    metrics_public: bool,
     /// How often resource usage of running tasks is sampled and sent to the servers.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     metrics_interval: Duration,
@@ -399,11 +463,24 @@ fn parse_attributes(attrs: &[String]) -> anyhow::Result<BTreeMap<String, String>
         .collect()
 }
 
+/// How long an agent tries to join (servers may still be starting) before it gives up.
+const AGENT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `--hollow N`: N agents in this process, each the real agent code (stream, registration,
 /// heartbeats, reports) over an in-memory runtime, named NAME-0 … NAME-(N-1). For benchmarks of
 /// the control plane only: nothing runs.
 async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()> {
     let prefix = args.node_name.clone().unwrap_or_else(host_name);
+    // Each hollow agent joins with the one token under its own name, with its own key, and
+    // keeps its certificate in its own data dir.
+    let join_token =
+        berth_agent::join_token(args.join_token.as_deref(), args.join_token_file.as_deref())?;
+    let listen = SocketAddr::new(args.listen.ip(), 0);
+    let advertise = berth_agent::Advertise::new(listen, args.advertise.as_deref())?;
+    anyhow::ensure!(
+        !advertise.has_port(),
+        "--advertise for --hollow agents takes a host without a port: each hollow agent listens on a port of its own"
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..count {
@@ -411,7 +488,11 @@ async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()> {
             node_name: format!("{prefix}-{i}"),
             data_dir: args.data_dir.join(format!("hollow-{i}")),
             servers: args.servers.clone(),
-            listen: SocketAddr::new(args.listen.ip(), 0),
+            listen,
+            advertise: advertise.clone(),
+            join_token: join_token.clone(),
+            join_timeout: AGENT_JOIN_TIMEOUT,
+            metrics_public: args.metrics_public,
             cpu: args.cpu.unwrap_or(4096),
             memory: args.memory.unwrap_or(16_384),
             attributes: parse_attributes(&args.attributes)?,
@@ -445,6 +526,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         return run_hollow(args, count).await;
     }
     let node_name = args.node_name.unwrap_or_else(host_name);
+    // Flags are checked before anything starts.
+    let advertise = berth_agent::Advertise::new(args.listen, args.advertise.as_deref())?;
+    let join_token =
+        berth_agent::join_token(args.join_token.as_deref(), args.join_token_file.as_deref())?;
     let runtime = ContainerdRuntime::connect(ContainerdConfig {
         socket: args.containerd.clone(),
         namespace: args
@@ -467,6 +552,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         servers: args.servers,
         listen: args.listen,
+        advertise,
+        join_token,
+        join_timeout: AGENT_JOIN_TIMEOUT,
+        metrics_public: args.metrics_public,
         cpu: args.cpu.unwrap_or(cpus * 1024),
         memory: args.memory.unwrap_or_else(host_memory_mib),
         attributes: parse_attributes(&args.attributes)?,
@@ -512,8 +601,22 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let server = Server::start(ServerConfig::new(1, data_dir.join("server"), args.listen)).await?;
+    let server = Server::start(ServerConfig::new(
+        Some(1),
+        data_dir.join("server"),
+        args.listen,
+    ))
+    .await?;
     let server_addr = server.address.to_string();
+    // The agent in this process gets its certificate straight from the server's CA.
+    let agent_tls = berth_tls::dir::TlsDir::new(&data_dir.join("agent"));
+    if agent_tls.load()?.is_none() {
+        let material = server.local_agent_material("dev", &["127.0.0.1:0".to_owned()])?;
+        agent_tls
+            .save(&material)
+            .context("write the dev agent's certificate")?;
+    }
+    tokio::spawn(publish_dev_credentials(data_dir.clone()));
     let runtime = ContainerdRuntime::connect(ContainerdConfig {
         socket,
         namespace: "berth-dev".into(),
@@ -536,6 +639,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs(1),
         metrics_interval: Duration::from_secs(5),
         metrics: berth_agent::Metrics::new(),
+        // Its certificate is in DATA_DIR/agent/tls already (written above): no token.
+        advertise: berth_agent::Advertise::new("127.0.0.1:0".parse()?, None)?,
+        join_token: None,
+        join_timeout: Duration::from_secs(60),
+        metrics_public: false,
     };
     match &demo {
         Some(image) => eprintln!(
@@ -555,6 +663,38 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     stop_tx.send_replace(true);
     let _ = agent_task.await;
     result
+}
+
+/// Copies the admin credentials the dev server writes to `DATA_DIR/admin.toml` and
+/// `~/.config/berth/admin.toml` (0600), where the CLI finds them without flags.
+async fn publish_dev_credentials(data_dir: PathBuf) {
+    let written = data_dir.join("server").join("admin.toml");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !written.exists() {
+        if tokio::time::Instant::now() > deadline {
+            tracing::error!(path = %written.display(), "the dev server wrote no admin credentials");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let copy = |to: &std::path::Path| -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&written)
+            .with_context(|| format!("read {}", written.display()))?;
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        berth_tls::dir::write(to, &text, 0o600).with_context(|| format!("write {}", to.display()))
+    };
+    let mut targets = vec![data_dir.join("admin.toml")];
+    if let Some(home) = std::env::var_os("HOME") {
+        targets.push(PathBuf::from(home).join(".config/berth/admin.toml"));
+    }
+    for to in targets {
+        match copy(&to) {
+            Ok(()) => tracing::info!(path = %to.display(), "wrote admin credentials"),
+            Err(e) => tracing::warn!("admin credentials: {e:#}"),
+        }
+    }
 }
 
 #[tokio::main]

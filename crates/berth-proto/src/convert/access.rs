@@ -1,4 +1,5 @@
-//! Tokens and namespaces: records as listed (never a secret or its hash), quotas both ways.
+//! Tokens and namespaces: records as listed (never a secret or its hash), quotas both ways,
+//! and listings back into records for clients.
 
 use berth_model as m;
 
@@ -7,6 +8,40 @@ use crate::v1;
 
 fn opt_ts(ts: Option<m::Timestamp>) -> u64 {
     ts.unwrap_or(0)
+}
+
+/// A listed token as a record for clients: the wire never carries the hash, so `secret_hash`
+/// is empty (such a record is for display, not for checking a secret).
+impl TryFrom<v1::ApiToken> for m::ApiTokenRecord {
+    type Error = ConversionError;
+
+    fn try_from(t: v1::ApiToken) -> Result<Self, Self::Error> {
+        let mut record = m::ApiTokenRecord::new(
+            t.id,
+            String::new(),
+            t.namespace,
+            access_role("role", &t.role)?,
+            t.created_at,
+            super::opt_ts(t.expires_at),
+        );
+        record.description = t.description;
+        Ok(record)
+    }
+}
+
+/// A listed join token as a record for clients; `secret_hash` is empty, as for API tokens.
+impl TryFrom<v1::JoinToken> for m::JoinTokenRecord {
+    type Error = ConversionError;
+
+    fn try_from(t: v1::JoinToken) -> Result<Self, Self::Error> {
+        Ok(Self {
+            id: t.id,
+            secret_hash: String::new(),
+            role: node_role("role", &t.role)?,
+            created_at: t.created_at,
+            expires_at: super::opt_ts(t.expires_at),
+        })
+    }
 }
 
 impl From<m::ApiTokenRecord> for v1::ApiToken {
@@ -50,6 +85,31 @@ impl From<v1::Quota> for m::Quota {
             memory: q.memory,
             tasks: q.tasks,
         }
+    }
+}
+
+impl From<v1::NamespaceUsage> for m::Usage {
+    fn from(u: v1::NamespaceUsage) -> Self {
+        Self {
+            cpu: u.cpu,
+            memory: u.memory,
+            tasks: u.tasks,
+        }
+    }
+}
+
+/// A listed namespace and what its tasks use, for clients (without its events).
+impl TryFrom<v1::Namespace> for (m::Namespace, m::Usage) {
+    type Error = ConversionError;
+
+    fn try_from(ns: v1::Namespace) -> Result<Self, Self::Error> {
+        let namespace = m::Namespace::new(
+            ns.name,
+            ns.quota.map(m::Quota::from).unwrap_or_default(),
+            ns.created_at,
+        );
+        namespace.validate()?;
+        Ok((namespace, ns.usage.map(m::Usage::from).unwrap_or_default()))
     }
 }
 
@@ -107,5 +167,72 @@ mod tests {
             tasks: Some(4),
         };
         assert_eq!(m::Quota::from(v1::Quota::from(quota)), quota);
+    }
+
+    #[test]
+    fn listed_tokens_become_records_without_a_hash() {
+        let mut record = m::ApiTokenRecord::new(
+            "abcd",
+            "0".repeat(64),
+            "team-a",
+            m::AccessRole::Viewer,
+            5,
+            None,
+        );
+        record.description = "ci".into();
+        let back = m::ApiTokenRecord::try_from(v1::ApiToken::from(record.clone())).expect("valid");
+        assert_eq!(
+            back,
+            m::ApiTokenRecord {
+                secret_hash: String::new(),
+                ..record
+            }
+        );
+        let admin = v1::ApiToken {
+            role: "admin".into(),
+            namespace: "team-a".into(),
+            ..v1::ApiToken::default()
+        };
+        let admin = m::ApiTokenRecord::try_from(admin).expect("valid");
+        assert_eq!(admin.namespace, m::ALL_NAMESPACES);
+        let owner = v1::ApiToken {
+            role: "owner".into(),
+            ..v1::ApiToken::default()
+        };
+        assert!(m::ApiTokenRecord::try_from(owner).is_err());
+
+        let join = m::JoinTokenRecord {
+            id: "ef01".into(),
+            secret_hash: "0".repeat(64),
+            role: m::NodeRole::Agent,
+            created_at: 7,
+            expires_at: Some(70),
+        };
+        let back = m::JoinTokenRecord::try_from(v1::JoinToken::from(join.clone())).expect("valid");
+        assert_eq!(
+            back,
+            m::JoinTokenRecord {
+                secret_hash: String::new(),
+                ..join
+            }
+        );
+    }
+
+    #[test]
+    fn listed_namespaces_keep_quota_and_usage() {
+        let quota = m::Quota {
+            cpu: Some(4096),
+            memory: None,
+            tasks: Some(10),
+        };
+        let usage = m::Usage::of_tasks(2, 256, 512);
+        let wire = namespace_to_wire(m::Namespace::new("team-a", quota, 9), usage);
+        let (ns, used) = <(m::Namespace, m::Usage)>::try_from(wire).expect("valid");
+        assert_eq!((ns, used), (m::Namespace::new("team-a", quota, 9), usage));
+        let bad = v1::Namespace {
+            name: "Team A".into(),
+            ..v1::Namespace::default()
+        };
+        assert!(<(m::Namespace, m::Usage)>::try_from(bad).is_err());
     }
 }

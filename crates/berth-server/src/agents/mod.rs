@@ -82,8 +82,16 @@ impl AgentService for AgentServiceImpl {
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<OutStream>, Status> {
+        // Only an agent certificate, and only for the node it names.
+        let identity = crate::auth::peer_identity(&req)
+            .filter(|id| id.role == berth_tls::Role::Agent)
+            .ok_or_else(|| {
+                crate::status::unauthenticated(
+                    "the agent stream takes only agent certificates of this cluster (join with `berth agent --join-token`)",
+                )
+            })?;
         let mut inbound = req.into_inner();
-        let (node, registered) = self.register(&mut inbound).await?;
+        let (node, registered) = self.register(&identity.name, &mut inbound).await?;
         let span = tracing::info_span!("agent", node = %node.name);
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
         let _ = tx.send(Ok(registered)).await;

@@ -29,6 +29,7 @@ impl AgentServiceImpl {
     /// interval and node TTL it must keep.
     pub(super) async fn register(
         &self,
+        certified: &str,
         inbound: &mut Streaming<AgentMessage>,
     ) -> Result<(Node, ServerMessage), Status> {
         let first = inbound
@@ -39,6 +40,13 @@ impl AgentServiceImpl {
             return Err(status::bad_request("the first message must be Register"));
         };
         let node = Node::try_from(reg).map_err(|e| status::invalid_request("", &e))?;
+        if node.name != certified {
+            tracing::warn!(target: "berth::audit", node = %node.name, certified, "refused an agent registering as another node");
+            return Err(status::denied(format!(
+                "this certificate is node {certified}'s: it cannot register node {}",
+                node.name
+            )));
+        }
         // Agents keep their stream to the leader, which tracks their liveness in memory.
         if !self.store.is_leader() {
             return Err(status::not_leader(self.store.leader_addr()));

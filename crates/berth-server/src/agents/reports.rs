@@ -42,9 +42,7 @@ impl Reader {
             let go_on = match msg.msg {
                 Some(AgentMsg::Heartbeat(_)) => self.heartbeat().await,
                 Some(AgentMsg::Metrics(report)) => {
-                    for (task_id, metrics) in berth_proto::task_samples(report) {
-                        self.usage.record(task_id, metrics);
-                    }
+                    self.samples(report);
                     true
                 }
                 Some(AgentMsg::Status(report)) => self.status(report).await,
@@ -56,6 +54,26 @@ impl Reader {
         }
         self.metrics.agent_disconnected();
         tracing::info!("agent disconnected");
+    }
+
+    /// Keeps the samples of this node's own tasks, stamped on receipt (an agent's clock is not
+    /// trusted); samples of other tasks are dropped.
+    fn samples(&self, report: berth_proto::v1::MetricsReport) {
+        let samples = berth_proto::task_samples(report);
+        let now = crate::now_ms();
+        let name = &self.node.name;
+        let own: Vec<bool> = self.store.read_stale(|s| {
+            samples
+                .iter()
+                .map(|(id, _)| s.tasks_on(name).any(|t| &t.task_id == id))
+                .collect()
+        });
+        for ((task_id, mut metrics), own) in samples.into_iter().zip(own) {
+            if own {
+                metrics.sampled_at = now;
+                self.usage.record(task_id, metrics);
+            }
+        }
     }
 
     /// Acknowledges a heartbeat. A node declared DOWN whose agent is still here (a race with

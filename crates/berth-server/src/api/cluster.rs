@@ -4,8 +4,12 @@ use berth_proto::v1 as pb;
 use berth_store::Store;
 use tonic::{Response, Status};
 
+use berth_model::Permission;
+use berth_tls::Role;
+
 use super::{namespace, Answer, BerthService, SnapshotStream};
-use crate::status;
+use crate::auth::Caller;
+use crate::{now_ms, status};
 
 /// The kinds of object `Watch` can filter on.
 const KINDS: [&str; 4] = ["task", "service", "node", "taskdefinition"];
@@ -15,10 +19,18 @@ impl BerthService {
         berth_proto::cluster_status_to_wire(self.store.cluster_status(), env!("CARGO_PKG_VERSION"))
     }
 
+    /// An admin adds any server; a server (its certificate) may add only itself, as it does
+    /// when it joins.
     pub(super) async fn add_server(
         &self,
+        caller: &Caller,
         req: pb::AddServerRequest,
     ) -> Answer<pb::AddServerResponse> {
+        let itself = matches!(caller, Caller::Node(id)
+            if id.role == Role::Server && id.name == req.id.to_string());
+        if !itself {
+            caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        }
         if req.id == 0 {
             return Err(status::bad_request("server id must be a positive integer"));
         }
@@ -40,7 +52,7 @@ impl BerthService {
                 req.id, m.address, req.id
             )));
         }
-        check_joinable(&self.store, req.id, &req.address).await?;
+        check_joinable(&self.store, &self.dialer, req.id, &req.address).await?;
         self.store
             .add_member(req.id, req.address, !req.learner_only)
             .await
@@ -50,8 +62,10 @@ impl BerthService {
 
     pub(super) async fn remove_server(
         &self,
+        caller: &Caller,
         req: pb::RemoveServerRequest,
     ) -> Answer<pb::RemoveServerResponse> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
         self.store
             .remove_member(req.id)
             .await
@@ -59,12 +73,18 @@ impl BerthService {
         Ok(Response::new(pb::RemoveServerResponse {}))
     }
 
-    pub(super) fn watch(&self, req: pb::WatchRequest) -> Answer<crate::watch::WatchStream> {
-        let namespace = if req.namespace.is_empty() {
-            None
-        } else {
-            Some(namespace(req.namespace)?)
+    /// A scoped token watches its own namespace when it names none.
+    pub(super) fn watch(
+        &self,
+        caller: &Caller,
+        req: pb::WatchRequest,
+    ) -> Answer<crate::watch::WatchStream> {
+        let namespace = match (req.namespace.is_empty(), caller.scope()) {
+            (true, None) => None,
+            (true, Some(scope)) => Some(scope.to_owned()),
+            (false, _) => Some(namespace(req.namespace)?),
         };
+        caller.authorize(Permission::Read, namespace.as_deref(), now_ms())?;
         if let Some(bad) = req.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
             return Err(status::bad_request(format!(
                 "kinds: unknown kind {bad:?}; use {}",
@@ -82,7 +102,8 @@ impl BerthService {
         )))
     }
 
-    pub(super) async fn save_snapshot(&self) -> Answer<SnapshotStream> {
+    pub(super) async fn save_snapshot(&self, caller: &Caller) -> Answer<SnapshotStream> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
         let backup = self.store.backup().await.map_err(status::from_store)?;
         let chunks: Vec<Result<pb::SnapshotChunk, Status>> = backup
             .chunks(1 << 20)
@@ -94,20 +115,24 @@ impl BerthService {
 
 /// Refuses to add a server that is unreachable or already leads a cluster of its own (a server
 /// started without `--join` or `--no-bootstrap` bootstraps one): its log would conflict.
-async fn check_joinable(store: &Store, id: u64, address: &str) -> Result<(), Status> {
+async fn check_joinable(
+    store: &Store,
+    dialer: &berth_tls::net::Dialer,
+    id: u64,
+    address: &str,
+) -> Result<(), Status> {
     let ours = store.cluster_status();
     let unreachable = |e: String| {
         status::precondition(format!(
-            "cannot reach server {id} at {address} ({e}); start it first with `berth server --node-id {id} --no-bootstrap`"
+            "cannot reach server {id} at {address} ({e}); start it first with `berth server --node-id {id} --no-bootstrap --join ADDR --join-token TOKEN`"
         ))
     };
-    let mut client = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        pb::berth_client::BerthClient::connect(format!("http://{address}")),
-    )
-    .await
-    .map_err(|_| unreachable("timed out".into()))?
-    .map_err(|e| unreachable(berth_store::error_chain(&e)))?;
+    let mut client =
+        tokio::time::timeout(std::time::Duration::from_secs(3), dialer.connect(address))
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map(pb::berth_client::BerthClient::new)
+            .map_err(|e| unreachable(berth_store::error_chain(&e)))?;
     let theirs = client
         .cluster_status(pb::ClusterStatusRequest {})
         .await

@@ -1,7 +1,10 @@
-//! The public `berth.v1.Berth` service. This module holds what every handler shares (reads,
-//! proposals, request checks); the handlers live with their object: [`task_definitions`],
-//! [`tasks`], [`services`], [`nodes`], [`cluster`]. The `Berth` impl only routes.
+//! The public `berth.v1.Berth` service. This module holds what every handler shares
+//! (authentication, reads, proposals, request checks); the handlers live with their object:
+//! [`task_definitions`], [`tasks`], [`services`], [`nodes`], [`cluster`], [`access`] (tokens,
+//! namespaces). The `Berth` impl authenticates each call and routes it; each handler asks for
+//! the permission it needs in its namespace.
 
+mod access;
 mod cluster;
 mod nodes;
 mod services;
@@ -9,16 +12,20 @@ mod task_definitions;
 mod tasks;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
-use berth_model::{TaskDefinition, TaskDefinitionRef, DEFAULT_NAMESPACE};
+use berth_model::{Permission, TaskDefinition, TaskDefinitionRef, DEFAULT_NAMESPACE};
 use berth_proto::v1::berth_server::{Berth, BerthServer};
 use berth_proto::v1::{self as pb, LogChunk};
 use berth_state::{Command, CommandResult, State};
 use berth_store::Store;
+use berth_tls::net::Dialer;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::{status, Usage};
+use crate::auth::{self, Caller};
+use crate::tls::ServerTls;
+use crate::{now_ms, status, Usage};
 
 /// At most this many tasks per RunTask call.
 pub const MAX_RUN_COUNT: u32 = 1000;
@@ -26,11 +33,24 @@ pub const MAX_RUN_COUNT: u32 = 1000;
 pub struct BerthService {
     store: Store,
     usage: Usage,
+    tls: Arc<ServerTls>,
+    /// Channels to agents (logs, exec) and to servers being added: this server's certificate.
+    dialer: Dialer,
 }
 
 impl BerthService {
-    pub fn new(store: Store, usage: Usage) -> BerthServer<Self> {
-        BerthServer::new(Self { store, usage })
+    pub fn new(
+        store: Store,
+        usage: Usage,
+        tls: Arc<ServerTls>,
+        dialer: Dialer,
+    ) -> BerthServer<Self> {
+        BerthServer::new(Self {
+            store,
+            usage,
+            tls,
+            dialer,
+        })
     }
 
     /// Reads the state: linearizable, or this server's own state when `stale`.
@@ -41,18 +61,33 @@ impl BerthService {
         self.store.read(f).await.map_err(status::from_store)
     }
 
-    /// Proposes `command` and picks the answer out of its result with `expect`; a rejection
-    /// becomes the matching status, any other answer an internal error.
+    /// Who calls: its bearer token (checked against the replicated tokens) or its certificate.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        self.store.read_stale(|s| auth::authenticate(s, req))
+    }
+
+    /// Proposes `command` for `caller` and picks the answer out of its result with `expect`; a
+    /// rejection becomes the matching status, any other answer an internal error. Every
+    /// proposal is an audit line: who, what, and the result.
     async fn propose<T>(
         &self,
+        caller: &Caller,
         command: Command,
         expect: impl FnOnce(CommandResult) -> Option<T>,
     ) -> Result<T, Status> {
+        let subject = command.subject();
         let result = self
             .store
             .propose(command)
             .await
-            .map_err(status::from_store)?;
+            .map_err(status::from_store);
+        let outcome = match &result {
+            Ok(CommandResult::Rejected(r)) => format!("refused: {r}"),
+            Ok(_) => "done".to_owned(),
+            Err(e) => format!("failed: {}", e.message()),
+        };
+        tracing::info!(target: "berth::audit", caller = %caller.who(), %subject, "{outcome}");
+        let result = result?;
         if let CommandResult::Rejected(r) = result {
             return Err(status::from_rejection(r));
         }
@@ -80,6 +115,13 @@ impl BerthService {
     }
 }
 
+/// The request's namespace (`default` when empty), once the caller may use `permission` there.
+fn scoped(caller: &Caller, ns: String, permission: Permission) -> Result<String, Status> {
+    let ns = namespace(ns)?;
+    caller.authorize(permission, Some(&ns), now_ms())?;
+    Ok(ns)
+}
+
 fn selector(text: &str) -> Result<berth_model::LabelSelector, Status> {
     berth_model::LabelSelector::parse(text).map_err(|e| status::invalid("", &e))
 }
@@ -96,147 +138,239 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 type Answer<T> = Result<Response<T>, Status>;
 
+/// One routed call: authenticate, then hand the caller and the message to the handler.
+macro_rules! route {
+    ($self:ident, $req:ident, $handler:ident) => {{
+        let caller = $self.caller(&$req)?;
+        $self.$handler(&caller, $req.into_inner()).await
+    }};
+}
+
 #[tonic::async_trait]
 impl Berth for BerthService {
     async fn register_task_definition(
         &self,
         req: Request<pb::RegisterTaskDefinitionRequest>,
     ) -> Answer<pb::RegisterTaskDefinitionResponse> {
-        self.register_task_definition(req.into_inner()).await
+        route!(self, req, register_task_definition)
     }
 
     async fn list_task_definitions(
         &self,
         req: Request<pb::ListTaskDefinitionsRequest>,
     ) -> Answer<pb::ListTaskDefinitionsResponse> {
-        self.list_task_definitions(req.into_inner()).await
+        route!(self, req, list_task_definitions)
     }
 
     async fn describe_task_definition(
         &self,
         req: Request<pb::DescribeTaskDefinitionRequest>,
     ) -> Answer<pb::TaskDefinition> {
-        self.describe_task_definition(req.into_inner()).await
+        route!(self, req, describe_task_definition)
     }
 
     async fn run_task(&self, req: Request<pb::RunTaskRequest>) -> Answer<pb::RunTaskResponse> {
-        self.run_task(req.into_inner()).await
+        route!(self, req, run_task)
     }
 
     async fn stop_task(&self, req: Request<pb::StopTaskRequest>) -> Answer<pb::Task> {
-        self.stop_task(req.into_inner()).await
+        route!(self, req, stop_task)
     }
 
     async fn list_tasks(
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Answer<pb::ListTasksResponse> {
-        self.list_tasks(req.into_inner()).await
+        route!(self, req, list_tasks)
     }
 
     async fn describe_task(&self, req: Request<pb::DescribeTaskRequest>) -> Answer<pb::Task> {
-        self.describe_task(req.into_inner()).await
+        route!(self, req, describe_task)
     }
 
     async fn exec_task(&self, req: Request<pb::ExecTaskRequest>) -> Answer<pb::ExecResult> {
-        self.exec_task(req.into_inner()).await
-    }
-
-    type TaskLogsStream = LogStream;
-
-    async fn task_logs(&self, req: Request<pb::TaskLogsRequest>) -> Answer<LogStream> {
-        self.task_logs(req.into_inner()).await
+        route!(self, req, exec_task)
     }
 
     async fn apply_service(
         &self,
         req: Request<pb::ApplyServiceRequest>,
     ) -> Answer<pb::ApplyServiceResponse> {
-        self.apply_service(req.into_inner()).await
+        route!(self, req, apply_service)
     }
 
     async fn list_services(
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> Answer<pb::ListServicesResponse> {
-        self.list_services(req.into_inner()).await
+        route!(self, req, list_services)
     }
 
     async fn describe_service(
         &self,
         req: Request<pb::DescribeServiceRequest>,
     ) -> Answer<pb::Service> {
-        self.describe_service(req.into_inner()).await
-    }
-
-    async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Answer<pb::Service> {
-        let req = req.into_inner();
-        let change = berth_state::ServiceChange::Scale(req.desired_count);
-        self.change_service(req.namespace, req.name, change).await
-    }
-
-    async fn delete_service(&self, req: Request<pb::DeleteServiceRequest>) -> Answer<pb::Service> {
-        let req = req.into_inner();
-        let change = berth_state::ServiceChange::Delete;
-        self.change_service(req.namespace, req.name, change).await
-    }
-
-    async fn promote_service(
-        &self,
-        req: Request<pb::PromoteServiceRequest>,
-    ) -> Answer<pb::Service> {
-        let req = req.into_inner();
-        let change = berth_state::ServiceChange::Promote;
-        self.change_service(req.namespace, req.name, change).await
+        route!(self, req, describe_service)
     }
 
     async fn list_nodes(
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Answer<pb::ListNodesResponse> {
-        self.list_nodes(req.into_inner()).await
+        route!(self, req, list_nodes)
     }
 
     async fn update_node_status(
         &self,
         req: Request<pb::UpdateNodeStatusRequest>,
     ) -> Answer<pb::Node> {
-        self.update_node_status(req.into_inner()).await
-    }
-
-    async fn cluster_status(
-        &self,
-        _req: Request<pb::ClusterStatusRequest>,
-    ) -> Answer<pb::ClusterStatusResponse> {
-        Ok(Response::new(self.cluster_status()))
+        route!(self, req, update_node_status)
     }
 
     async fn add_server(
         &self,
         req: Request<pb::AddServerRequest>,
     ) -> Answer<pb::AddServerResponse> {
-        self.add_server(req.into_inner()).await
+        route!(self, req, add_server)
     }
 
     async fn remove_server(
         &self,
         req: Request<pb::RemoveServerRequest>,
     ) -> Answer<pb::RemoveServerResponse> {
-        self.remove_server(req.into_inner()).await
+        route!(self, req, remove_server)
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Answer<pb::CreateTokenResponse> {
+        route!(self, req, create_token)
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Answer<pb::ListTokensResponse> {
+        route!(self, req, list_tokens)
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Answer<pb::RevokeTokenResponse> {
+        route!(self, req, revoke_token)
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Answer<pb::CreateJoinTokenResponse> {
+        route!(self, req, create_join_token)
+    }
+
+    async fn list_join_tokens(
+        &self,
+        req: Request<pb::ListJoinTokensRequest>,
+    ) -> Answer<pb::ListJoinTokensResponse> {
+        route!(self, req, list_join_tokens)
+    }
+
+    async fn revoke_join_token(
+        &self,
+        req: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Answer<pb::RevokeJoinTokenResponse> {
+        route!(self, req, revoke_join_token)
+    }
+
+    async fn create_namespace(
+        &self,
+        req: Request<pb::CreateNamespaceRequest>,
+    ) -> Answer<pb::Namespace> {
+        route!(self, req, create_namespace)
+    }
+
+    async fn update_namespace(
+        &self,
+        req: Request<pb::UpdateNamespaceRequest>,
+    ) -> Answer<pb::Namespace> {
+        route!(self, req, update_namespace)
+    }
+
+    async fn delete_namespace(
+        &self,
+        req: Request<pb::DeleteNamespaceRequest>,
+    ) -> Answer<pb::Namespace> {
+        route!(self, req, delete_namespace)
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> Answer<pb::ListNamespacesResponse> {
+        route!(self, req, list_namespaces)
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Answer<pb::RemoveNodeResponse> {
+        route!(self, req, remove_node)
+    }
+
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(&self, req: Request<pb::TaskLogsRequest>) -> Answer<LogStream> {
+        route!(self, req, task_logs)
+    }
+
+    async fn scale_service(&self, req: Request<pb::ScaleServiceRequest>) -> Answer<pb::Service> {
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        let change = berth_state::ServiceChange::Scale(req.desired_count);
+        self.change_service(&caller, req.namespace, req.name, change)
+            .await
+    }
+
+    async fn delete_service(&self, req: Request<pb::DeleteServiceRequest>) -> Answer<pb::Service> {
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        let change = berth_state::ServiceChange::Delete;
+        self.change_service(&caller, req.namespace, req.name, change)
+            .await
+    }
+
+    async fn promote_service(
+        &self,
+        req: Request<pb::PromoteServiceRequest>,
+    ) -> Answer<pb::Service> {
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        let change = berth_state::ServiceChange::Promote;
+        self.change_service(&caller, req.namespace, req.name, change)
+            .await
+    }
+
+    /// Any authenticated caller may read the cluster's status (members and their roles).
+    async fn cluster_status(
+        &self,
+        req: Request<pb::ClusterStatusRequest>,
+    ) -> Answer<pb::ClusterStatusResponse> {
+        self.caller(&req)?;
+        Ok(Response::new(self.cluster_status()))
     }
 
     type WatchStream = crate::watch::WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
-        self.watch(req.into_inner())
+        let caller = self.caller(&req)?;
+        self.watch(&caller, req.into_inner())
     }
 
     type SaveSnapshotStream = SnapshotStream;
 
-    async fn save_snapshot(
-        &self,
-        _req: Request<pb::SaveSnapshotRequest>,
-    ) -> Answer<SnapshotStream> {
-        self.save_snapshot().await
+    async fn save_snapshot(&self, req: Request<pb::SaveSnapshotRequest>) -> Answer<SnapshotStream> {
+        let caller = self.caller(&req)?;
+        self.save_snapshot(&caller).await
     }
 }

@@ -4,14 +4,19 @@ use berth_proto::v1 as pb;
 use berth_state::{Command, CommandResult};
 use tonic::Response;
 
+use berth_model::Permission;
+
 use super::{selector, Answer, BerthService};
+use crate::auth::Caller;
 use crate::{now_ms, status};
 
 impl BerthService {
     pub(super) async fn list_nodes(
         &self,
+        caller: &Caller,
         req: pb::ListNodesRequest,
     ) -> Answer<pb::ListNodesResponse> {
+        caller.authorize(Permission::Read, None, now_ms())?;
         let selector = selector(&req.selector)?;
         let nodes = self
             .read(req.stale, |s| {
@@ -28,8 +33,10 @@ impl BerthService {
     #[tracing::instrument(skip_all, fields(node = %req.name))]
     pub(super) async fn update_node_status(
         &self,
+        caller: &Caller,
         req: pb::UpdateNodeStatusRequest,
     ) -> Answer<pb::Node> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
         let status = berth_proto::node_status_change(req.status)
             .map_err(|e| status::invalid_request("", &e))?;
         let command = Command::SetNodeStatus {
@@ -37,7 +44,7 @@ impl BerthService {
             status,
             at: now_ms(),
         };
-        self.propose(command, |r| match r {
+        self.propose(caller, command, |r| match r {
             CommandResult::Done => Some(()),
             _ => None,
         })

@@ -6,16 +6,20 @@ use berth_proto::v1 as pb;
 use berth_state::{Command, CommandResult, ServiceChange};
 use tonic::Response;
 
-use super::{namespace, selector, Answer, BerthService};
+use berth_model::Permission;
+
+use super::{scoped, selector, Answer, BerthService};
+use crate::auth::Caller;
 use crate::{now_ms, status};
 
 impl BerthService {
     #[tracing::instrument(skip_all, fields(service = req.spec.as_ref().map_or("", |s| s.name.as_str())))]
     pub(super) async fn apply_service(
         &self,
+        caller: &Caller,
         req: pb::ApplyServiceRequest,
     ) -> Answer<pb::ApplyServiceResponse> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
         let mut wire = req.spec.ok_or_else(|| status::missing("spec"))?;
         let name = wire.name.clone();
         if req.template.is_some() || wire.task_definition.is_empty() {
@@ -42,7 +46,7 @@ impl BerthService {
             return self.dry_run_service(&namespace, spec, template).await;
         }
         let def = match template {
-            Some(t) => self.register(namespace.clone(), t, true).await?.0,
+            Some(t) => self.register(caller, namespace.clone(), t, true).await?.0,
             None => {
                 self.task_definition(&namespace, &spec.task_definition.to_string(), false)
                     .await?
@@ -55,7 +59,7 @@ impl BerthService {
             deployment_id: uuid::Uuid::new_v4().to_string(),
             at: now_ms(),
         };
-        self.propose(command, |r| match r {
+        self.propose(caller, command, |r| match r {
             CommandResult::Service {
                 service,
                 created,
@@ -98,9 +102,10 @@ impl BerthService {
 
     pub(super) async fn list_services(
         &self,
+        caller: &Caller,
         req: pb::ListServicesRequest,
     ) -> Answer<pb::ListServicesResponse> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let now = now_ms();
         let selector = selector(&req.selector)?;
         let services = self
@@ -120,9 +125,10 @@ impl BerthService {
 
     pub(super) async fn describe_service(
         &self,
+        caller: &Caller,
         req: pb::DescribeServiceRequest,
     ) -> Answer<pb::Service> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let now = now_ms();
         let service = self
             .read(req.stale, |s| {
@@ -142,21 +148,22 @@ impl BerthService {
     }
 
     /// Scale, delete or promote.
-    #[tracing::instrument(skip(self, namespace), fields(service = %name))]
+    #[tracing::instrument(skip(self, caller, namespace), fields(service = %name))]
     pub(super) async fn change_service(
         &self,
+        caller: &Caller,
         namespace: String,
         name: String,
         change: ServiceChange,
     ) -> Answer<pb::Service> {
-        let namespace = self::namespace(namespace)?;
+        let namespace = scoped(caller, namespace, Permission::Write)?;
         let command = Command::UpdateService {
             namespace,
             name,
             change,
             at: now_ms(),
         };
-        self.propose(command, |r| match r {
+        self.propose(caller, command, |r| match r {
             CommandResult::Service { service, .. } => Some(Response::new((*service).into())),
             _ => None,
         })

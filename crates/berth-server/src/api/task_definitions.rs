@@ -4,22 +4,28 @@ use berth_proto::v1 as pb;
 use berth_state::{Command, CommandResult};
 use tonic::{Response, Status};
 
-use super::{namespace, selector, Answer, BerthService};
+use berth_model::Permission;
+
+use super::{scoped, selector, Answer, BerthService};
+use crate::auth::Caller;
 use crate::{now_ms, status};
 
 impl BerthService {
     pub(super) async fn register_task_definition(
         &self,
+        caller: &Caller,
         req: pb::RegisterTaskDefinitionRequest,
     ) -> Answer<pb::RegisterTaskDefinitionResponse> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
         let spec: berth_model::TaskDefinitionSpec = req
             .spec
             .ok_or_else(|| status::missing("spec"))?
             .try_into()
             .map_err(|e: berth_proto::ConversionError| status::invalid_request("spec.", &e))?;
         spec.validate().map_err(|e| status::invalid("spec.", &e))?;
-        let (def, created) = self.register(namespace, spec, req.reuse_identical).await?;
+        let (def, created) = self
+            .register(caller, namespace, spec, req.reuse_identical)
+            .await?;
         Ok(Response::new(pb::RegisterTaskDefinitionResponse {
             task_definition: Some(def.into()),
             created,
@@ -30,6 +36,7 @@ impl BerthService {
     /// one when it is identical); `true` when a revision was created.
     pub(super) async fn register(
         &self,
+        caller: &Caller,
         namespace: String,
         spec: berth_model::TaskDefinitionSpec,
         reuse_identical: bool,
@@ -40,7 +47,7 @@ impl BerthService {
             reuse_identical,
             at: now_ms(),
         };
-        self.propose(command, |r| match r {
+        self.propose(caller, command, |r| match r {
             CommandResult::TaskDefinition {
                 task_definition,
                 created,
@@ -52,9 +59,10 @@ impl BerthService {
 
     pub(super) async fn list_task_definitions(
         &self,
+        caller: &Caller,
         req: pb::ListTaskDefinitionsRequest,
     ) -> Answer<pb::ListTaskDefinitionsResponse> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let selector = selector(&req.selector)?;
         let defs = self
             .read(req.stale, |s| {
@@ -73,9 +81,10 @@ impl BerthService {
 
     pub(super) async fn describe_task_definition(
         &self,
+        caller: &Caller,
         req: pb::DescribeTaskDefinitionRequest,
     ) -> Answer<pb::TaskDefinition> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let def = self
             .task_definition(&namespace, &req.task_definition, req.stale)
             .await?;

@@ -6,12 +6,19 @@ use berth_proto::v1::agent_api_client::AgentApiClient;
 use berth_state::{Command, CommandResult};
 use tonic::{Response, Status};
 
-use super::{namespace, selector, Answer, BerthService, LogStream, MAX_RUN_COUNT};
+use berth_model::Permission;
+
+use super::{scoped, selector, Answer, BerthService, LogStream, MAX_RUN_COUNT};
+use crate::auth::Caller;
 use crate::{now_ms, status};
 
 impl BerthService {
-    pub(super) async fn run_task(&self, req: pb::RunTaskRequest) -> Answer<pb::RunTaskResponse> {
-        let namespace = namespace(req.namespace)?;
+    pub(super) async fn run_task(
+        &self,
+        caller: &Caller,
+        req: pb::RunTaskRequest,
+    ) -> Answer<pb::RunTaskResponse> {
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
         let count = req.count.max(1);
         if count > MAX_RUN_COUNT {
             return Err(status::bad_request(format!(
@@ -32,7 +39,7 @@ impl BerthService {
             at,
         };
         let tasks = self
-            .propose(command, |r| match r {
+            .propose(caller, command, |r| match r {
                 CommandResult::Tasks(tasks) => Some(tasks),
                 _ => None,
             })
@@ -46,8 +53,12 @@ impl BerthService {
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
-    pub(super) async fn stop_task(&self, req: pb::StopTaskRequest) -> Answer<pb::Task> {
-        let namespace = namespace(req.namespace)?;
+    pub(super) async fn stop_task(
+        &self,
+        caller: &Caller,
+        req: pb::StopTaskRequest,
+    ) -> Answer<pb::Task> {
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
         let reason = if req.reason.is_empty() {
             "Task stopped by user".to_owned()
         } else {
@@ -61,7 +72,7 @@ impl BerthService {
             at: now_ms(),
         };
         let task = self
-            .propose(command, |r| match r {
+            .propose(caller, command, |r| match r {
                 CommandResult::Task(task) => Some(task),
                 _ => None,
             })
@@ -71,9 +82,10 @@ impl BerthService {
 
     pub(super) async fn list_tasks(
         &self,
+        caller: &Caller,
         req: pb::ListTasksRequest,
     ) -> Answer<pb::ListTasksResponse> {
-        let namespace = namespace(req.namespace)?;
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let selector = selector(&req.selector)?;
         let mut tasks: Vec<Task> = self
             .read(req.stale, |s| {
@@ -92,8 +104,12 @@ impl BerthService {
         }))
     }
 
-    pub(super) async fn describe_task(&self, req: pb::DescribeTaskRequest) -> Answer<pb::Task> {
-        let namespace = namespace(req.namespace)?;
+    pub(super) async fn describe_task(
+        &self,
+        caller: &Caller,
+        req: pb::DescribeTaskRequest,
+    ) -> Answer<pb::Task> {
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let task = self
             .read(req.stale, |s| s.task(&namespace, &req.task_id).cloned())
             .await?
@@ -107,8 +123,12 @@ impl BerthService {
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
-    pub(super) async fn exec_task(&self, req: pb::ExecTaskRequest) -> Answer<pb::ExecResult> {
-        let namespace = namespace(req.namespace)?;
+    pub(super) async fn exec_task(
+        &self,
+        caller: &Caller,
+        req: pb::ExecTaskRequest,
+    ) -> Answer<pb::ExecResult> {
+        let namespace = scoped(caller, req.namespace, Permission::Exec)?;
         let mut agent = self.task_agent(&namespace, &req.task_id).await?;
         agent
             .exec(pb::AgentExecRequest {
@@ -121,8 +141,12 @@ impl BerthService {
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
-    pub(super) async fn task_logs(&self, req: pb::TaskLogsRequest) -> Answer<LogStream> {
-        let namespace = namespace(req.namespace)?;
+    pub(super) async fn task_logs(
+        &self,
+        caller: &Caller,
+        req: pb::TaskLogsRequest,
+    ) -> Answer<LogStream> {
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let mut agent = self.task_agent(&namespace, &req.task_id).await?;
         let stream = agent
             .logs(pb::AgentLogsRequest {
@@ -145,7 +169,7 @@ impl BerthService {
         task_id: &str,
     ) -> Result<AgentApiClient<tonic::transport::Channel>, Status> {
         let node = self.task_node(namespace, task_id).await?;
-        agent_client(&node).await
+        agent_client(&self.dialer, &node).await
     }
 
     /// The node a task was placed on.
@@ -175,10 +199,13 @@ impl BerthService {
 
 /// A client of the agent API of `node`.
 async fn agent_client(
+    dialer: &berth_tls::net::Dialer,
     node: &berth_model::Node,
 ) -> Result<AgentApiClient<tonic::transport::Channel>, Status> {
-    AgentApiClient::connect(format!("http://{}", node.address))
+    dialer
+        .connect(&node.address)
         .await
+        .map(AgentApiClient::new)
         .map_err(|e| {
             status::unreachable(format!(
                 "node {} at {} is unreachable: {}",

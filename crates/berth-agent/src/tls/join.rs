@@ -1,0 +1,101 @@
+//! Joining the cluster with a join token: the agent trusts a server only if it presents the CA
+//! the token pins (the TLS handshake fails otherwise, before anything is sent), then trades the
+//! token's secret and a signing request for its certificate, and keeps both in `DATA_DIR/tls`.
+
+use anyhow::Context as _;
+use berth_proto::v1::join_client::JoinClient;
+use berth_proto::v1::JoinRequest;
+use berth_tls::dir::{Material, TlsDir};
+use berth_tls::net::Dialer;
+use berth_tls::tls::{client_config, Pinned, Trust};
+use berth_tls::{Identity, JoinToken, NodeKey};
+
+use super::call::{call_servers, CallError, RPC_TIMEOUT};
+use super::{check_answer, format_time, unix_now, Held, HOW_TO_JOIN};
+use crate::AgentConfig;
+
+pub(super) async fn join(
+    config: &AgentConfig,
+    token: &JoinToken,
+    identity: &Identity,
+    address: &str,
+    dir: &TlsDir,
+) -> anyhow::Result<Held> {
+    let dialer = Dialer::new(
+        client_config(&Trust::Pinned(Pinned::new(&token.ca_fingerprint)), None)
+            .context("TLS configuration for joining")?,
+    );
+    let key = NodeKey::generate().context("generate this agent's key")?;
+    let request = JoinRequest {
+        token_id: token.id.clone(),
+        secret: token.secret.clone(),
+        role: identity.role.to_string(),
+        name: identity.name.clone(),
+        csr: key
+            .csr(identity)
+            .context("make a certificate signing request")?,
+        addresses: vec![address.to_owned()],
+    };
+    tracing::info!(servers = ?config.servers, "joining the cluster with the join token");
+    let answer = call_servers(&config.servers, config.join_timeout, |server| {
+        let (dialer, request) = (dialer.clone(), request.clone());
+        async move {
+            let channel = dialer.connect(&server).await?;
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(RPC_TIMEOUT);
+            Ok(JoinClient::new(channel).join(request).await?.into_inner())
+        }
+    })
+    .await
+    .map_err(|e| advise(e, identity))?;
+    let info = check_answer(
+        &answer.certificate,
+        &answer.ca,
+        &token.ca_fingerprint,
+        identity,
+    )
+    .context("join the cluster")?;
+    let material = Material {
+        ca_pem: answer.ca,
+        ca_key_pem: None,
+        cert_pem: answer.certificate,
+        key_pem: key.pem(),
+    };
+    save(dir, &material).await?;
+    tracing::info!(
+        expires = %format_time(info.not_after),
+        "joined the cluster; certificate saved in {}",
+        dir.path().display()
+    );
+    Ok(Held {
+        material,
+        issued_at: unix_now(),
+        not_after: info.not_after,
+        renew_now: false,
+    })
+}
+
+/// The error of a join that failed, followed by what to do about it.
+fn advise(e: CallError, identity: &Identity) -> anyhow::Error {
+    let advice = match &e {
+        CallError::Refused { status, .. } if status.code() == tonic::Code::Unauthenticated => {
+            format!("the join token is not valid there (revoked, expired, mistyped, or not an agent token); {HOW_TO_JOIN}")
+        }
+        CallError::Refused { .. } => format!(
+            "agent {} cannot join as it is; fix what the server says",
+            identity.name
+        ),
+        CallError::Deadline { .. } => "check --servers and that a server is up; a handshake error saying the server's CA does not match the join token's fingerprint means the token is from another cluster (or the address is not a berth server)".to_owned(),
+    };
+    // The cause first, then what to do: the whole sentence is the error (nothing below it).
+    anyhow::anyhow!("join the cluster: {e}; {advice}")
+}
+
+/// Writes the material to `DATA_DIR/tls` (keys 0600) off the async threads.
+pub(super) async fn save(dir: &TlsDir, material: &Material) -> anyhow::Result<()> {
+    let (d, m) = (dir.clone(), material.clone());
+    tokio::task::spawn_blocking(move || d.save(&m))
+        .await
+        .context("save the certificate")?
+        .with_context(|| format!("save the certificate in {}", dir.path().display()))
+}

@@ -1,0 +1,397 @@
+//! The agent's identity in the cluster (issue 14): a certificate naming `berth://agent/NAME`,
+//! issued by the cluster CA, kept in `DATA_DIR/tls` and renewed before it expires.
+//!
+//! - [`Advertise`] and [`join_token`]: the `--advertise` and `--join-token[-file]` flags,
+//!   checked before anything starts (pure).
+//! - `establish`: at start, the stored material when there is some (no token needed), else a
+//!   join with the token (`join`).
+//! - `renew`: a background task that renews the certificate when two thirds of its life have
+//!   passed ([`renew::renewal_due`]).
+//!
+//! Every connection the agent makes or accepts is TLS from the cluster CA: its stream to the
+//! servers presents the agent's certificate, and its own API (logs, exec) presents it too and
+//! answers only callers whose certificate names a server (`api::authorize`).
+
+mod call;
+mod cert;
+mod join;
+pub mod renew;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use berth_tls::dir::{Material, TlsDir};
+use berth_tls::net::Dialer;
+use berth_tls::tls::{client_config, Credentials, Trust};
+use berth_tls::{Identity, JoinToken, Role, TlsError};
+
+pub(crate) use cert::CertInfo;
+
+/// What to tell someone who has neither a certificate nor a token.
+const HOW_TO_JOIN: &str = "create a join token on a server with `berth cluster token create --role agent` and pass it with --join-token or --join-token-file";
+
+/// A flag that cannot work, said so that the user knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the agent API listens on {listen}, which servers cannot dial; set --advertise HOST[:PORT] to the address servers reach this node at")]
+    UnspecifiedListen { listen: SocketAddr },
+    #[error("--advertise {value:?}: {reason}")]
+    Advertise { value: String, reason: &'static str },
+    #[error("give either --join-token or --join-token-file, not both")]
+    TwoTokens,
+    #[error("read the join token file {}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("the join token file {} is empty", path.display())]
+    EmptyTokenFile { path: PathBuf },
+    #[error("{origin}")]
+    Token {
+        origin: String,
+        #[source]
+        error: TlsError,
+    },
+}
+
+/// The host servers dial to reach this agent's API: an IP address or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// Where servers reach this agent's API (logs, exec), from `--advertise HOST[:PORT]` or, without
+/// it, the listen address. Its host is also a name in the agent's certificate, since servers
+/// check it when they dial. Without a port, the port the API is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    host: Host,
+    port: Option<u16>,
+}
+
+impl Advertise {
+    /// `--advertise` (if given) checked against `--listen`: an unspecified bind address such as
+    /// `0.0.0.0` or `[::]` is no address to dial, so it needs `--advertise`.
+    pub fn new(listen: SocketAddr, flag: Option<&str>) -> Result<Self, ConfigError> {
+        let Some(value) = flag else {
+            if listen.ip().is_unspecified() {
+                return Err(ConfigError::UnspecifiedListen { listen });
+            }
+            return Ok(Self {
+                host: Host::Ip(listen.ip()),
+                port: None,
+            });
+        };
+        let bad = |reason| ConfigError::Advertise {
+            value: value.to_owned(),
+            reason,
+        };
+        let text = value.trim();
+        let (host, port) = if let Ok(addr) = text.parse::<SocketAddr>() {
+            (Host::Ip(addr.ip()), Some(addr.port()))
+        } else if let Ok(ip) = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text)
+            .parse::<IpAddr>()
+        {
+            (Host::Ip(ip), None)
+        } else {
+            let (name, port) = match text.rsplit_once(':') {
+                Some((name, port)) => {
+                    let port = port
+                        .parse::<u16>()
+                        .map_err(|_| bad("expected HOST or HOST:PORT"))?;
+                    (name, Some(port))
+                }
+                None => (text, None),
+            };
+            if !is_dns_name(name) {
+                return Err(bad("not an IP address or a DNS name"));
+            }
+            (Host::Name(name.to_ascii_lowercase()), port)
+        };
+        if matches!(host, Host::Ip(ip) if ip.is_unspecified()) {
+            return Err(bad(
+                "an unspecified address cannot be dialled; give this node's address",
+            ));
+        }
+        if port == Some(0) {
+            return Err(bad(
+                "port 0 cannot be dialled; leave the port out to use the API's port",
+            ));
+        }
+        Ok(Self { host, port })
+    }
+
+    /// Whether a port was given (hollow agents, each on its own port, take a host only).
+    pub fn has_port(&self) -> bool {
+        self.port.is_some()
+    }
+
+    /// `host:port`, with the API's bound port unless one was given.
+    pub fn address(&self, bound_port: u16) -> String {
+        let port = self.port.unwrap_or(bound_port);
+        match &self.host {
+            Host::Ip(ip) => SocketAddr::new(*ip, port).to_string(),
+            Host::Name(name) => format!("{name}:{port}"),
+        }
+    }
+}
+
+impl fmt::Display for Advertise {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// The join token from `--join-token T` or `--join-token-file F` (the file's content, trimmed).
+/// None when neither is given: an agent that has joined before needs none.
+pub fn join_token(
+    flag: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<JoinToken>, ConfigError> {
+    let (text, origin) = match (flag, file) {
+        (Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
+        (None, None) => return Ok(None),
+        (Some(t), None) => (t.to_owned(), "--join-token".to_owned()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::TokenFile {
+                path: path.to_owned(),
+                error,
+            })?;
+            if text.trim().is_empty() {
+                return Err(ConfigError::EmptyTokenFile {
+                    path: path.to_owned(),
+                });
+            }
+            (text, format!("the join token file {}", path.display()))
+        }
+    };
+    JoinToken::parse(text.trim())
+        .map(Some)
+        .map_err(|error| ConfigError::Token { origin, error })
+}
+
+/// Seconds since the Unix epoch, as certificates count time.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn format_time(unix: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// What the agent's connections use: the CA it trusts, its certificate (replaced in place on
+/// renewal, so open streams stay), and a dialer of channels to the servers that presents it.
+pub(crate) struct NodeTls {
+    pub(crate) ca_pem: String,
+    pub(crate) credentials: Arc<Credentials>,
+    pub(crate) dialer: Dialer,
+}
+
+/// The certificate in use and what the renewal task needs to know about it.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub(crate) material: Material,
+    /// When this process got it (or, when loaded from disk, its `notBefore`, which errs on
+    /// the early side).
+    pub(crate) issued_at: i64,
+    pub(crate) not_after: i64,
+    /// Renew at once: the certificate does not name the advertised host.
+    pub(crate) renew_now: bool,
+}
+
+/// Loads this agent's material from `DATA_DIR/tls`, or joins the cluster with the token when
+/// there is none (or the stored certificate has expired and a token is given), and saves it.
+pub(crate) async fn establish(
+    config: &crate::AgentConfig,
+    address: &str,
+) -> anyhow::Result<(NodeTls, Held)> {
+    let dir = TlsDir::new(&config.data_dir);
+    let identity = Identity::new(Role::Agent, config.node_name.clone());
+    let stored = dir
+        .load()
+        .with_context(|| format!("read this agent's certificate in {}", dir.path().display()))?;
+    let held = match stored {
+        Some(material) => {
+            let info = CertInfo::read(&material.cert_pem).with_context(|| {
+                format!(
+                    "read the certificate in {}; remove the directory and join again with a token",
+                    dir.path().display()
+                )
+            })?;
+            if info.identity.as_ref() != Some(&identity) {
+                let found = info
+                    .identity
+                    .as_ref()
+                    .map_or_else(|| "no berth identity".to_owned(), ToString::to_string);
+                anyhow::bail!(
+                    "{} holds a certificate of {found}, not of agent {}: start with the node name it was issued for, or remove {} and join again with --join-token",
+                    dir.path().display(),
+                    config.node_name,
+                    dir.path().display()
+                );
+            }
+            let now = unix_now();
+            if info.not_after <= now {
+                let Some(token) = &config.join_token else {
+                    anyhow::bail!(
+                        "this agent's certificate in {} expired at {}; join again: {HOW_TO_JOIN}",
+                        dir.path().display(),
+                        format_time(info.not_after)
+                    );
+                };
+                tracing::warn!(
+                    expired = %format_time(info.not_after),
+                    "this agent's certificate expired; joining again with the join token"
+                );
+                join::join(config, token, &identity, address, &dir).await?
+            } else {
+                let host = config.advertise.to_string();
+                let names_host = info.names(&host);
+                if !names_host {
+                    tracing::info!(
+                        %host,
+                        "the stored certificate does not name the advertised host; renewing it"
+                    );
+                }
+                tracing::info!(
+                    expires = %format_time(info.not_after),
+                    "using this agent's certificate from {}",
+                    dir.path().display()
+                );
+                Held {
+                    material,
+                    issued_at: info.not_before,
+                    not_after: info.not_after,
+                    renew_now: !names_host,
+                }
+            }
+        }
+        None => {
+            let Some(token) = &config.join_token else {
+                anyhow::bail!(
+                    "this agent has not joined the cluster yet ({} holds no certificate): {HOW_TO_JOIN}",
+                    dir.path().display()
+                );
+            };
+            join::join(config, token, &identity, address, &dir).await?
+        }
+    };
+    let m = &held.material;
+    let credentials = Arc::new(
+        Credentials::new(&m.cert_pem, &m.key_pem, &m.ca_pem)
+            .context("load this agent's certificate and key")?,
+    );
+    let dialer = Dialer::new(
+        client_config(&Trust::Ca(m.ca_pem.clone()), Some(credentials.clone()))
+            .context("TLS configuration for the servers")?,
+    );
+    let tls = NodeTls {
+        ca_pem: m.ca_pem.clone(),
+        credentials,
+        dialer,
+    };
+    Ok((tls, held))
+}
+
+/// Checks a certificate the servers answered (a join's or a renewal's): it names this agent,
+/// has not expired, and comes with the CA the agent expects. Answers what to hold.
+fn check_answer(
+    certificate: &str,
+    ca_pem: &str,
+    expected_ca: &str,
+    identity: &Identity,
+) -> Result<CertInfo, AnswerError> {
+    let ca = berth_tls::fingerprint(ca_pem).map_err(AnswerError::Tls)?;
+    if ca != expected_ca {
+        return Err(AnswerError::OtherCa);
+    }
+    let info = CertInfo::read(certificate).map_err(AnswerError::Certificate)?;
+    if info.identity.as_ref() != Some(identity) {
+        return Err(AnswerError::WrongIdentity {
+            found: info
+                .identity
+                .as_ref()
+                .map_or_else(|| "no berth identity".to_owned(), ToString::to_string),
+        });
+    }
+    if info.not_after <= unix_now() {
+        return Err(AnswerError::Expired);
+    }
+    Ok(info)
+}
+
+/// A server's answer that the agent does not accept.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error("the server answered a CA other than the one this agent trusts (for a join: the one the token pins)")]
+    OtherCa,
+    #[error("the server answered a certificate of {found}")]
+    WrongIdentity { found: String },
+    #[error("the server answered a certificate that has already expired (check the clocks)")]
+    Expired,
+    #[error("the server answered a certificate that cannot be read")]
+    Certificate(#[source] cert::CertError),
+    #[error("the server answered a CA certificate that cannot be read")]
+    Tls(#[source] TlsError),
+}
+
+#[cfg(test)]
+impl NodeTls {
+    /// Credentials from a throwaway CA, for tests that never dial.
+    pub(crate) fn for_tests(node_name: &str) -> Self {
+        let ca = berth_tls::ClusterCa::create("test").expect("a CA");
+        let key = berth_tls::NodeKey::generate().expect("a key");
+        let identity = Identity::new(Role::Agent, node_name);
+        let cert = ca
+            .issue(
+                &key.csr(&identity).expect("a request"),
+                &identity,
+                &["127.0.0.1".into()],
+                berth_tls::DEFAULT_CERT_TTL,
+            )
+            .expect("a certificate")
+            .cert_pem;
+        let credentials =
+            Arc::new(Credentials::new(&cert, &key.pem(), ca.cert_pem()).expect("credentials"));
+        let trust = Trust::Ca(ca.cert_pem().to_owned());
+        Self {
+            ca_pem: ca.cert_pem().to_owned(),
+            dialer: Dialer::new(client_config(&trust, Some(credentials.clone())).expect("config")),
+            credentials,
+        }
+    }
+}
+
+#[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
+mod tests;

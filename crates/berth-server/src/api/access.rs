@@ -1,0 +1,289 @@
+//! Tokens and namespaces: API tokens (their secret shown once, only its hash replicated),
+//! join tokens (pinning the cluster CA by its fingerprint), namespaces and their quotas.
+
+use berth_model::{ApiTokenRecord, JoinTokenRecord, Permission, Quota};
+use berth_proto::v1 as pb;
+use berth_state::{Command, CommandResult};
+use berth_tls::{hash_secret, ApiToken, JoinToken};
+use tonic::{Response, Status};
+
+use super::{namespace, Answer, BerthService};
+use crate::auth::Caller;
+use crate::{now_ms, status};
+
+/// An expiry `ttl_secs` from `now` (0: never).
+fn expiry(now: u64, ttl_secs: u64) -> Option<u64> {
+    (ttl_secs > 0).then(|| now.saturating_add(ttl_secs.saturating_mul(1000)))
+}
+
+/// A token's ID from the whole token or the ID alone.
+fn token_id(text: &str, parse: impl Fn(&str) -> Option<String>) -> String {
+    parse(text).unwrap_or_else(|| text.trim().to_owned())
+}
+
+fn tls_error(e: berth_tls::TlsError) -> Status {
+    status::unexpected(&format!("token generation ({e})"))
+}
+
+impl BerthService {
+    pub(super) async fn create_token(
+        &self,
+        caller: &Caller,
+        req: pb::CreateTokenRequest,
+    ) -> Answer<pb::CreateTokenResponse> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let role = berth_proto::access_role("role", &req.role)
+            .map_err(|e| status::invalid_request("", &e))?;
+        let namespace = if role.is_cluster_wide() {
+            berth_model::ALL_NAMESPACES.to_owned()
+        } else {
+            namespace(req.namespace)?
+        };
+        let token = ApiToken::generate().map_err(tls_error)?;
+        let mut record = ApiTokenRecord::new(
+            token.id.clone(),
+            hash_secret(&token.secret),
+            namespace,
+            role,
+            now,
+            expiry(now, req.ttl_secs),
+        );
+        record.description = req.description;
+        let command = Command::CreateApiToken { record, at: now };
+        let record = self
+            .propose(caller, command, |r| match r {
+                CommandResult::ApiToken(t) => Some(t),
+                _ => None,
+            })
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some((*record).into()),
+            secret_token: token.to_string(),
+        }))
+    }
+
+    pub(super) async fn list_tokens(
+        &self,
+        caller: &Caller,
+        _req: pb::ListTokensRequest,
+    ) -> Answer<pb::ListTokensResponse> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        let tokens = self
+            .read(false, |s| {
+                s.api_tokens()
+                    .into_iter()
+                    .cloned()
+                    .map(Into::into)
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    pub(super) async fn revoke_token(
+        &self,
+        caller: &Caller,
+        req: pb::RevokeTokenRequest,
+    ) -> Answer<pb::RevokeTokenResponse> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let id = token_id(&req.token, |t| ApiToken::parse(t).ok().map(|t| t.id));
+        let record = self
+            .propose(
+                caller,
+                Command::RevokeApiToken { id, at: now },
+                |r| match r {
+                    CommandResult::ApiToken(t) => Some(t),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RevokeTokenResponse {
+            token: Some((*record).into()),
+        }))
+    }
+
+    pub(super) async fn create_join_token(
+        &self,
+        caller: &Caller,
+        req: pb::CreateJoinTokenRequest,
+    ) -> Answer<pb::CreateJoinTokenResponse> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let role = berth_proto::node_role("role", &req.role)
+            .map_err(|e| status::invalid_request("", &e))?;
+        let fingerprint = self.tls.ca().fingerprint().map_err(tls_error)?;
+        let token = JoinToken::generate(&fingerprint).map_err(tls_error)?;
+        let record = JoinTokenRecord {
+            id: token.id.clone(),
+            secret_hash: hash_secret(&token.secret),
+            role,
+            created_at: now,
+            expires_at: expiry(now, req.ttl_secs),
+        };
+        let command = Command::CreateJoinToken { record, at: now };
+        let record = self
+            .propose(caller, command, |r| match r {
+                CommandResult::JoinToken(t) => Some(t),
+                _ => None,
+            })
+            .await?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: Some((*record).into()),
+            secret_token: token.to_string(),
+        }))
+    }
+
+    pub(super) async fn list_join_tokens(
+        &self,
+        caller: &Caller,
+        _req: pb::ListJoinTokensRequest,
+    ) -> Answer<pb::ListJoinTokensResponse> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        let tokens = self
+            .read(false, |s| {
+                s.join_tokens()
+                    .into_iter()
+                    .cloned()
+                    .map(Into::into)
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListJoinTokensResponse { tokens }))
+    }
+
+    pub(super) async fn revoke_join_token(
+        &self,
+        caller: &Caller,
+        req: pb::RevokeJoinTokenRequest,
+    ) -> Answer<pb::RevokeJoinTokenResponse> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let id = token_id(&req.token, |t| JoinToken::parse(t).ok().map(|t| t.id));
+        let record = self
+            .propose(
+                caller,
+                Command::RevokeJoinToken { id, at: now },
+                |r| match r {
+                    CommandResult::JoinToken(t) => Some(t),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {
+            token: Some((*record).into()),
+        }))
+    }
+
+    /// Proposes a namespace change and answers the namespace with its usage.
+    async fn change_namespace(&self, caller: &Caller, command: Command) -> Answer<pb::Namespace> {
+        let ns = self
+            .propose(caller, command, |r| match r {
+                CommandResult::Namespace(n) => Some(n),
+                _ => None,
+            })
+            .await?;
+        let usage = self.store.read_stale(|s| s.namespace_usage(&ns.name));
+        Ok(Response::new(berth_proto::namespace_to_wire(*ns, usage)))
+    }
+
+    pub(super) async fn create_namespace(
+        &self,
+        caller: &Caller,
+        req: pb::CreateNamespaceRequest,
+    ) -> Answer<pb::Namespace> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let name = namespace(req.name)?;
+        let quota = req.quota.map(Quota::from).unwrap_or_default();
+        self.change_namespace(
+            caller,
+            Command::CreateNamespace {
+                name,
+                quota,
+                at: now,
+            },
+        )
+        .await
+    }
+
+    pub(super) async fn update_namespace(
+        &self,
+        caller: &Caller,
+        req: pb::UpdateNamespaceRequest,
+    ) -> Answer<pb::Namespace> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let name = namespace(req.name)?;
+        let quota = req.quota.map(Quota::from).unwrap_or_default();
+        self.change_namespace(
+            caller,
+            Command::UpdateNamespace {
+                name,
+                quota,
+                at: now,
+            },
+        )
+        .await
+    }
+
+    pub(super) async fn delete_namespace(
+        &self,
+        caller: &Caller,
+        req: pb::DeleteNamespaceRequest,
+    ) -> Answer<pb::Namespace> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let name = namespace(req.name)?;
+        self.change_namespace(caller, Command::DeleteNamespace { name, at: now })
+            .await
+    }
+
+    /// Every namespace for an admin; a scoped token sees its own.
+    pub(super) async fn list_namespaces(
+        &self,
+        caller: &Caller,
+        _req: pb::ListNamespacesRequest,
+    ) -> Answer<pb::ListNamespacesResponse> {
+        let scope = caller.scope().map(str::to_owned);
+        caller.authorize(Permission::Read, scope.as_deref(), now_ms())?;
+        let namespaces = self
+            .read(false, |s| {
+                s.namespaces()
+                    .into_iter()
+                    .filter(|n| scope.as_deref().is_none_or(|ns| ns == n.name))
+                    .map(|n| berth_proto::namespace_to_wire(n.clone(), s.namespace_usage(&n.name)))
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    pub(super) async fn remove_node(
+        &self,
+        caller: &Caller,
+        req: pb::RemoveNodeRequest,
+    ) -> Answer<pb::RemoveNodeResponse> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        Err(status::not_yet(format!(
+            "removing node {} is not built yet; drain it with `berth node drain {}` and stop its agent",
+            req.name, req.name
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_and_token_ids() {
+        assert_eq!(expiry(1_000, 0), None);
+        assert_eq!(expiry(1_000, 60), Some(61_000));
+        let api = ApiToken::generate().expect("token");
+        let parse = |t: &str| ApiToken::parse(t).ok().map(|t| t.id);
+        assert_eq!(token_id(&api.to_string(), parse), api.id);
+        assert_eq!(token_id(" abc ", parse), "abc");
+    }
+}
