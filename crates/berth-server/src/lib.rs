@@ -141,6 +141,10 @@ impl Server {
             .await
             .with_context(|| format!("bind {}; is another server running there?", config.listen))?;
         let address = listener.local_addr().context("read listen address")?;
+        anyhow::ensure!(
+            config.advertise.is_some() || !address.ip().is_unspecified(),
+            "the server listens on {address}, which others cannot dial; set --advertise HOST:PORT to the address other servers and agents reach it at"
+        );
         let advertise = config
             .advertise
             .clone()
