@@ -572,13 +572,7 @@ fn admin_certificate(credentials: &Path) -> anyhow::Result<berth_tls::tls::Crede
         material.ca_key_pem.as_deref().context("no CA key")?,
     )?;
     let identity = berth_tls::Identity::new(berth_tls::Role::Admin, "e2e");
-    let key = berth_tls::NodeKey::generate()?;
-    let issued = ca.issue(
-        &key.csr(&identity)?,
-        &identity,
-        &[],
-        berth_tls::DEFAULT_CERT_TTL,
-    )?;
+    let (issued, key) = ca.issue_new(&identity, &[], berth_tls::DEFAULT_CERT_TTL)?;
     Ok(berth_tls::tls::Credentials::new(
         &issued.cert_pem,
         &key.pem(),

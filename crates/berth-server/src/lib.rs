@@ -225,13 +225,10 @@ impl Server {
         addresses: &[String],
     ) -> anyhow::Result<berth_tls::dir::Material> {
         let identity = berth_tls::Identity::new(Role::Agent, name);
-        let key = berth_tls::NodeKey::generate()?;
-        let issued = self.tls.ca().issue(
-            &key.csr(&identity)?,
-            &identity,
-            &tls::hosts(addresses, &[]),
-            self.cert_ttl,
-        )?;
+        let (issued, key) =
+            self.tls
+                .ca()
+                .issue_new(&identity, &tls::hosts(addresses, &[]), self.cert_ttl)?;
         Ok(berth_tls::dir::Material {
             ca_pem: self.tls.ca().cert_pem().to_owned(),
             ca_key_pem: None,

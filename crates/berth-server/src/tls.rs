@@ -60,10 +60,9 @@ impl ServerTls {
     ) -> anyhow::Result<Self> {
         let ca = ClusterCa::create(&format!("bootstrapped by server {node_id}"))
             .context("create the cluster CA")?;
-        let key = NodeKey::generate().context("generate the server's key")?;
         let identity = Identity::new(Role::Server, node_id.to_string());
-        let issued = ca
-            .issue(&key.csr(&identity)?, &identity, &sans, ttl)
+        let (issued, key) = ca
+            .issue_new(&identity, &sans, ttl)
             .context("issue the server's certificate")?;
         let material = Material {
             ca_pem: ca.cert_pem().to_owned(),

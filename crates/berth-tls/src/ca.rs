@@ -114,6 +114,19 @@ impl ClusterCa {
         fingerprint(&self.cert_pem)
     }
 
+    /// A new key and a certificate for it naming `identity`: for a node whose key this process
+    /// makes itself (a server's own, an in-process agent's, a test's).
+    pub fn issue_new(
+        &self,
+        identity: &Identity,
+        sans: &[String],
+        ttl: Duration,
+    ) -> Result<(Issued, NodeKey), TlsError> {
+        let key = NodeKey::generate()?;
+        let issued = self.issue(&key.csr(identity)?, identity, sans, ttl)?;
+        Ok((issued, key))
+    }
+
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, TlsError> {
         let key = KeyPair::from_pem(&self.key_pem).map_err(cert_err("read the CA key"))?;
         Issuer::from_ca_cert_pem(&self.cert_pem, key).map_err(cert_err("read the CA certificate"))
@@ -151,17 +164,7 @@ impl ClusterCa {
                     .join(", "),
             });
         }
-        let mut params =
-            CertificateParams::new(sans.to_vec()).map_err(cert_err("certificate names"))?;
-        params.subject_alt_names.push(SanType::URI(
-            identity
-                .uri()
-                .try_into()
-                .map_err(cert_err("the identity URI"))?,
-        ));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, identity.to_string());
+        let mut params = naming(identity, sans)?;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -185,6 +188,22 @@ impl ClusterCa {
             not_after: params.not_after.unix_timestamp(),
         })
     }
+}
+
+/// Parameters naming `identity` (its URI SAN and common name) and `sans`.
+fn naming(identity: &Identity, sans: &[String]) -> Result<CertificateParams, TlsError> {
+    let mut params =
+        CertificateParams::new(sans.to_vec()).map_err(cert_err("certificate names"))?;
+    params.subject_alt_names.push(SanType::URI(
+        identity
+            .uri()
+            .try_into()
+            .map_err(cert_err("the identity URI"))?,
+    ));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, identity.to_string());
+    Ok(params)
 }
 
 fn random_serial() -> Result<SerialNumber, TlsError> {
@@ -217,18 +236,7 @@ impl NodeKey {
 
     /// A signing request for a certificate naming `identity`.
     pub fn csr(&self, identity: &Identity) -> Result<String, TlsError> {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(cert_err("request parameters"))?;
-        params.subject_alt_names.push(SanType::URI(
-            identity
-                .uri()
-                .try_into()
-                .map_err(cert_err("the identity URI"))?,
-        ));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, identity.to_string());
-        params
+        naming(identity, &[])?
             .serialize_request(&self.0)
             .and_then(|csr| csr.pem())
             .map_err(cert_err("write the signing request"))

@@ -252,7 +252,7 @@ impl ServerCertVerifier for Pinned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ClusterCa, Identity, NodeKey, Role, DEFAULT_CERT_TTL};
+    use crate::{ClusterCa, Identity, Role, DEFAULT_CERT_TTL};
 
     struct Node {
         cert: String,
@@ -260,14 +260,8 @@ mod tests {
     }
 
     fn node(ca: &ClusterCa, identity: &Identity) -> Node {
-        let key = NodeKey::generate().expect("key");
-        let issued = ca
-            .issue(
-                &key.csr(identity).expect("csr"),
-                identity,
-                &["127.0.0.1".into()],
-                DEFAULT_CERT_TTL,
-            )
+        let (issued, key) = ca
+            .issue_new(identity, &["127.0.0.1".into()], DEFAULT_CERT_TTL)
             .expect("issue");
         Node {
             cert: issued.cert_pem,

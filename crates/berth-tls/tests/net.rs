@@ -5,19 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use berth_tls::net::{incoming, Dialer};
 use berth_tls::tls::{client_config, server_config, Credentials, Trust};
-use berth_tls::{ClusterCa, Identity, NodeKey, Role, DEFAULT_CERT_TTL};
+use berth_tls::{ClusterCa, Identity, Role, DEFAULT_CERT_TTL};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 fn credentials(ca: &ClusterCa, identity: &Identity) -> Arc<Credentials> {
-    let key = NodeKey::generate().expect("key");
-    let issued = ca
-        .issue(
-            &key.csr(identity).expect("csr"),
-            identity,
-            &["127.0.0.1".into()],
-            DEFAULT_CERT_TTL,
-        )
+    let (issued, key) = ca
+        .issue_new(identity, &["127.0.0.1".into()], DEFAULT_CERT_TTL)
         .expect("issue");
     Arc::new(Credentials::new(&issued.cert_pem, &key.pem(), ca.cert_pem()).expect("credentials"))
 }

@@ -25,40 +25,76 @@ fn tls_error(e: berth_tls::TlsError) -> Status {
     status::unexpected(&format!("token generation ({e})"))
 }
 
+fn api_record(r: CommandResult) -> Option<Box<ApiTokenRecord>> {
+    match r {
+        CommandResult::ApiToken(t) => Some(t),
+        _ => None,
+    }
+}
+
+fn join_record(r: CommandResult) -> Option<Box<JoinTokenRecord>> {
+    match r {
+        CommandResult::JoinToken(t) => Some(t),
+        _ => None,
+    }
+}
+
 impl BerthService {
+    /// As an admin: proposes the command `make` builds for the time now, and answers the
+    /// record it created or removed.
+    async fn as_admin<R>(
+        &self,
+        caller: &Caller,
+        make: impl FnOnce(u64) -> Result<Command, Status>,
+        pick: fn(CommandResult) -> Option<Box<R>>,
+    ) -> Result<R, Status> {
+        let now = now_ms();
+        caller.authorize(Permission::ManageCluster, None, now)?;
+        let command = make(now)?;
+        self.propose(caller, command, pick).await.map(|r| *r)
+    }
+
+    /// As an admin: the records `list` reads, as listed on the wire.
+    async fn list_as_admin<T: Clone, W: From<T>>(
+        &self,
+        caller: &Caller,
+        list: impl FnOnce(&berth_state::State) -> Vec<&T>,
+    ) -> Result<Vec<W>, Status> {
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        self.read(false, |s| {
+            list(s).into_iter().cloned().map(W::from).collect()
+        })
+        .await
+    }
+
     pub(super) async fn create_token(
         &self,
         caller: &Caller,
         req: pb::CreateTokenRequest,
     ) -> Answer<pb::CreateTokenResponse> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
-        let role = berth_proto::access_role("role", &req.role)
-            .map_err(|e| status::invalid_request("", &e))?;
-        let namespace = if role.is_cluster_wide() {
-            berth_model::ALL_NAMESPACES.to_owned()
-        } else {
-            namespace(req.namespace)?
-        };
         let token = ApiToken::generate().map_err(tls_error)?;
-        let mut record = ApiTokenRecord::new(
-            token.id.clone(),
-            hash_secret(&token.secret),
-            namespace,
-            role,
-            now,
-            expiry(now, req.ttl_secs),
-        );
-        record.description = req.description;
-        let command = Command::CreateApiToken { record, at: now };
-        let record = self
-            .propose(caller, command, |r| match r {
-                CommandResult::ApiToken(t) => Some(t),
-                _ => None,
-            })
-            .await?;
+        let make = |now| {
+            let role = berth_proto::access_role("role", &req.role)
+                .map_err(|e| status::invalid_request("", &e))?;
+            let namespace = if role.is_cluster_wide() {
+                berth_model::ALL_NAMESPACES.to_owned()
+            } else {
+                namespace(req.namespace)?
+            };
+            let mut record = ApiTokenRecord::new(
+                token.id.clone(),
+                hash_secret(&token.secret),
+                namespace,
+                role,
+                now,
+                expiry(now, req.ttl_secs),
+            );
+            record.description = req.description;
+            Ok(Command::CreateApiToken { record, at: now })
+        };
+        let record = self.as_admin(caller, make, api_record).await?;
         Ok(Response::new(pb::CreateTokenResponse {
-            token: Some((*record).into()),
+            token: Some(record.into()),
             secret_token: token.to_string(),
         }))
     }
@@ -68,16 +104,7 @@ impl BerthService {
         caller: &Caller,
         _req: pb::ListTokensRequest,
     ) -> Answer<pb::ListTokensResponse> {
-        caller.authorize(Permission::ManageCluster, None, now_ms())?;
-        let tokens = self
-            .read(false, |s| {
-                s.api_tokens()
-                    .into_iter()
-                    .cloned()
-                    .map(Into::into)
-                    .collect()
-            })
-            .await?;
+        let tokens = self.list_as_admin(caller, |s| s.api_tokens()).await?;
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 
@@ -86,21 +113,11 @@ impl BerthService {
         caller: &Caller,
         req: pb::RevokeTokenRequest,
     ) -> Answer<pb::RevokeTokenResponse> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
         let id = token_id(&req.token, |t| ApiToken::parse(t).ok().map(|t| t.id));
-        let record = self
-            .propose(
-                caller,
-                Command::RevokeApiToken { id, at: now },
-                |r| match r {
-                    CommandResult::ApiToken(t) => Some(t),
-                    _ => None,
-                },
-            )
-            .await?;
+        let make = |at| Ok(Command::RevokeApiToken { id, at });
+        let record = self.as_admin(caller, make, api_record).await?;
         Ok(Response::new(pb::RevokeTokenResponse {
-            token: Some((*record).into()),
+            token: Some(record.into()),
         }))
     }
 
@@ -109,28 +126,23 @@ impl BerthService {
         caller: &Caller,
         req: pb::CreateJoinTokenRequest,
     ) -> Answer<pb::CreateJoinTokenResponse> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
-        let role = berth_proto::node_role("role", &req.role)
-            .map_err(|e| status::invalid_request("", &e))?;
         let fingerprint = self.tls.ca().fingerprint().map_err(tls_error)?;
         let token = JoinToken::generate(&fingerprint).map_err(tls_error)?;
-        let record = JoinTokenRecord {
-            id: token.id.clone(),
-            secret_hash: hash_secret(&token.secret),
-            role,
-            created_at: now,
-            expires_at: expiry(now, req.ttl_secs),
+        let make = |now| {
+            let role = berth_proto::node_role("role", &req.role)
+                .map_err(|e| status::invalid_request("", &e))?;
+            let record = JoinTokenRecord {
+                id: token.id.clone(),
+                secret_hash: hash_secret(&token.secret),
+                role,
+                created_at: now,
+                expires_at: expiry(now, req.ttl_secs),
+            };
+            Ok(Command::CreateJoinToken { record, at: now })
         };
-        let command = Command::CreateJoinToken { record, at: now };
-        let record = self
-            .propose(caller, command, |r| match r {
-                CommandResult::JoinToken(t) => Some(t),
-                _ => None,
-            })
-            .await?;
+        let record = self.as_admin(caller, make, join_record).await?;
         Ok(Response::new(pb::CreateJoinTokenResponse {
-            token: Some((*record).into()),
+            token: Some(record.into()),
             secret_token: token.to_string(),
         }))
     }
@@ -140,16 +152,7 @@ impl BerthService {
         caller: &Caller,
         _req: pb::ListJoinTokensRequest,
     ) -> Answer<pb::ListJoinTokensResponse> {
-        caller.authorize(Permission::ManageCluster, None, now_ms())?;
-        let tokens = self
-            .read(false, |s| {
-                s.join_tokens()
-                    .into_iter()
-                    .cloned()
-                    .map(Into::into)
-                    .collect()
-            })
-            .await?;
+        let tokens = self.list_as_admin(caller, |s| s.join_tokens()).await?;
         Ok(Response::new(pb::ListJoinTokensResponse { tokens }))
     }
 
@@ -158,34 +161,34 @@ impl BerthService {
         caller: &Caller,
         req: pb::RevokeJoinTokenRequest,
     ) -> Answer<pb::RevokeJoinTokenResponse> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
         let id = token_id(&req.token, |t| JoinToken::parse(t).ok().map(|t| t.id));
-        let record = self
-            .propose(
+        let make = |at| Ok(Command::RevokeJoinToken { id, at });
+        let record = self.as_admin(caller, make, join_record).await?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {
+            token: Some(record.into()),
+        }))
+    }
+
+    /// As an admin: a namespace change; answers the namespace with its usage.
+    async fn change_namespace(
+        &self,
+        caller: &Caller,
+        name: String,
+        make: impl FnOnce(String, u64) -> Command,
+    ) -> Answer<pb::Namespace> {
+        let name = namespace(name)?;
+        let ns = self
+            .as_admin(
                 caller,
-                Command::RevokeJoinToken { id, at: now },
+                |now| Ok(make(name, now)),
                 |r| match r {
-                    CommandResult::JoinToken(t) => Some(t),
+                    CommandResult::Namespace(n) => Some(n),
                     _ => None,
                 },
             )
             .await?;
-        Ok(Response::new(pb::RevokeJoinTokenResponse {
-            token: Some((*record).into()),
-        }))
-    }
-
-    /// Proposes a namespace change and answers the namespace with its usage.
-    async fn change_namespace(&self, caller: &Caller, command: Command) -> Answer<pb::Namespace> {
-        let ns = self
-            .propose(caller, command, |r| match r {
-                CommandResult::Namespace(n) => Some(n),
-                _ => None,
-            })
-            .await?;
         let usage = self.store.read_stale(|s| s.namespace_usage(&ns.name));
-        Ok(Response::new(berth_proto::namespace_to_wire(*ns, usage)))
+        Ok(Response::new(berth_proto::namespace_to_wire(ns, usage)))
     }
 
     pub(super) async fn create_namespace(
@@ -193,18 +196,12 @@ impl BerthService {
         caller: &Caller,
         req: pb::CreateNamespaceRequest,
     ) -> Answer<pb::Namespace> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
-        let name = namespace(req.name)?;
         let quota = req.quota.map(Quota::from).unwrap_or_default();
-        self.change_namespace(
-            caller,
-            Command::CreateNamespace {
-                name,
-                quota,
-                at: now,
-            },
-        )
+        self.change_namespace(caller, req.name, |name, at| Command::CreateNamespace {
+            name,
+            quota,
+            at,
+        })
         .await
     }
 
@@ -213,18 +210,12 @@ impl BerthService {
         caller: &Caller,
         req: pb::UpdateNamespaceRequest,
     ) -> Answer<pb::Namespace> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
-        let name = namespace(req.name)?;
         let quota = req.quota.map(Quota::from).unwrap_or_default();
-        self.change_namespace(
-            caller,
-            Command::UpdateNamespace {
-                name,
-                quota,
-                at: now,
-            },
-        )
+        self.change_namespace(caller, req.name, |name, at| Command::UpdateNamespace {
+            name,
+            quota,
+            at,
+        })
         .await
     }
 
@@ -233,11 +224,11 @@ impl BerthService {
         caller: &Caller,
         req: pb::DeleteNamespaceRequest,
     ) -> Answer<pb::Namespace> {
-        let now = now_ms();
-        caller.authorize(Permission::ManageCluster, None, now)?;
-        let name = namespace(req.name)?;
-        self.change_namespace(caller, Command::DeleteNamespace { name, at: now })
-            .await
+        self.change_namespace(caller, req.name, |name, at| Command::DeleteNamespace {
+            name,
+            at,
+        })
+        .await
     }
 
     /// Every namespace for an admin; a scoped token sees its own.
