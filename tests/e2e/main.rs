@@ -6,6 +6,7 @@ mod autoscaling;
 mod cli;
 mod cluster;
 mod nodes;
+mod security;
 mod services;
 
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Node lifecycle: lost nodes, self-fencing agents, drain and activate.
+//! Node lifecycle: lost nodes, self-fencing agents, drain and activate, removal.
 
 use std::time::Duration;
 
@@ -64,6 +64,76 @@ async fn a_silent_node_goes_down_its_tasks_are_lost_and_it_cleans_up_when_back(
         },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_removed_node_loses_its_tasks_and_its_agent_cannot_attach_again() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = server(&env).await?;
+    let addr = server.addr.to_string();
+    let agent = AgentProc::start(&env, &addr, "node-1").await?;
+    let id = running_task(&addr, &env.image).await?;
+
+    let out = cli(&addr, &["node", "remove", "node-1"]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("node node-1 removed"), "{stdout}");
+    let names = |nodes: &Value| -> Vec<String> {
+        let names = nodes.as_array().into_iter().flatten();
+        names
+            .filter_map(|n| n["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(names(&cli_json(&addr, &["get", "nodes"]).await?).is_empty());
+    let task = cli_json(&addr, &["get", "task", &id]).await?;
+    assert_eq!(task["lastStatus"], "STOPPED", "{task}");
+    assert_eq!(task["stopCode"], "NodeLost", "{task}");
+    assert_eq!(
+        task["stoppedReason"], "node node-1 was removed by an operator",
+        "{task}"
+    );
+
+    // The agent's stream ends, and each attempt to attach again is refused: its certificate is
+    // revoked. Three refusals span more than a heartbeat (the agent backs off 0.1 s, 0.2 s,
+    // 0.4 s…), and the node has not come back.
+    let log = env.path("agent-node-1").join("agent.log");
+    poll("the agent to be refused three times", TIMEOUT, || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let ended = text.contains("node node-1 was removed from the cluster");
+        let refused = text
+            .matches("is not accepted: it was revoked or the node removed")
+            .count();
+        (ended && refused >= 3).then_some(())
+    })
+    .await?;
+    assert!(names(&cli_json(&addr, &["get", "nodes"]).await?).is_empty());
+    // Without a server to hear from, the agent fences itself: its container goes.
+    poll("the removed node's container to stop", TIMEOUT, || async {
+        containerd_containers(&env.containerd.socket, &agent.namespace)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+
+    let again = cli(&addr, &["node", "remove", "node-1"]).await?;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("node node-1 not found"),
+        "{stderr}"
+    );
+
+    // The name is free again: a node joins under it with a new token.
+    agent.kill().await?;
+    std::fs::remove_dir_all(env.path("agent-node-1").join("tls"))?;
+    let _agent = AgentProc::start(&env, &addr, "node-1").await?;
+    assert_eq!(node(&addr, "node-1").await?["status"], "ACTIVE");
     Ok(())
 }
 

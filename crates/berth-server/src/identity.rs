@@ -112,6 +112,9 @@ async fn join(
     let channel = loop {
         match dialer.connect(addr).await {
             Ok(channel) => break channel,
+            Err(_) if pinned.saw_another_ca() => bail!(
+                "{addr} presented a CA that does not match the join token's fingerprint: the token is from another cluster (nothing was sent)"
+            ),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%addr, "join: connect: {}; retrying", berth_model::error_chain(&e));
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -2,6 +2,11 @@
 //! by a join token's secret (the joiner has no certificate yet, and has already pinned the
 //! cluster CA by the token's fingerprint during the handshake); a renewal by the caller's
 //! current certificate.
+//!
+//! Every certificate issued to an agent is recorded in the replicated state
+//! (`RecordCertificate`) before it is answered, and an agent's renewal and stream are accepted
+//! only with a recorded certificate ([`certificate_recorded`]): removing a node forgets its
+//! records, which revokes its certificates.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,8 +15,9 @@ use std::time::Duration;
 use berth_model::{NodeRole, NodeStatus};
 use berth_proto::v1::join_server::{Join, JoinServer};
 use berth_proto::v1::{JoinRequest, JoinResponse, RenewRequest};
+use berth_state::{Command, CommandResult, Rejection};
 use berth_store::Store;
-use berth_tls::{hash_secret, Identity, Role};
+use berth_tls::{hash_secret, Identity, Issued, Role};
 use tonic::{Request, Response, Status};
 
 use crate::auth::peer_identity;
@@ -58,12 +64,13 @@ impl JoinService {
         id
     }
 
+    /// Issues a certificate for `identity` and the answer that carries it.
     fn answer(
         &self,
         identity: &Identity,
         csr: &str,
         addresses: &[String],
-    ) -> Result<JoinResponse, Status> {
+    ) -> Result<(JoinResponse, Issued), Status> {
         let issued = self
             .tls
             .ca()
@@ -75,8 +82,8 @@ impl JoinService {
                 ))
             })?;
         let server = identity.role == Role::Server;
-        Ok(JoinResponse {
-            certificate: issued.cert_pem,
+        let response = JoinResponse {
+            certificate: issued.cert_pem.clone(),
             ca: self.tls.ca().cert_pem().to_owned(),
             ca_key: if server {
                 self.tls.ca().key_pem().to_owned()
@@ -88,8 +95,85 @@ impl JoinService {
             } else {
                 0
             },
-        })
+        };
+        Ok((response, issued))
     }
+
+    /// Records an agent's new certificate before it is answered (servers' are not recorded).
+    async fn record(
+        &self,
+        identity: &Identity,
+        issued: &Issued,
+        renewing: Option<String>,
+    ) -> Result<(), Status> {
+        record_certificate(&self.store, identity, issued, renewing)
+            .await
+            .inspect_err(|e| {
+                if e.code() == tonic::Code::PermissionDenied {
+                    tracing::warn!(target: "berth::audit", caller = %identity, "renewal refused: {}", e.message());
+                }
+            })
+    }
+}
+
+/// Records a certificate issued to an agent, so that its stream and renewals are accepted
+/// (other roles' certificates are not recorded). `renewing`: the serial of the certificate the
+/// agent renews with, which must still be recorded when this applies (a removal in between
+/// wins: PERMISSION_DENIED).
+pub(crate) async fn record_certificate(
+    store: &Store,
+    identity: &Identity,
+    issued: &Issued,
+    renewing: Option<String>,
+) -> Result<(), Status> {
+    if identity.role != Role::Agent {
+        return Ok(());
+    }
+    let command = Command::RecordCertificate {
+        node: identity.name.clone(),
+        serial: issued.serial.clone(),
+        expires_at: u64::try_from(issued.not_after)
+            .unwrap_or(0)
+            .saturating_mul(1000),
+        renewing,
+        at: now_ms(),
+    };
+    match store.propose(command).await {
+        Ok(CommandResult::Rejected(Rejection::NotFound(reason))) => Err(status::denied(reason)),
+        Ok(CommandResult::Rejected(r)) => Err(status::from_rejection(r)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(status::from_store(e)),
+    }
+}
+
+/// What an agent whose certificate is not recorded is told.
+pub(crate) fn revoked(node: &str, serial: &str) -> String {
+    format!(
+        "the certificate of node {node} (serial {serial}) is not accepted: it was revoked or the node removed (`berth node remove`); join again with a token (delete the agent's stored certificate, DATA_DIR/tls, and start it with --join-token)"
+    )
+}
+
+/// The serial number of the verified client certificate of `req`, if any.
+pub(crate) fn peer_serial<T>(req: &Request<T>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    berth_tls::serial(certs.first()?.as_ref())
+}
+
+/// Whether certificate `serial` is recorded for agent node `node`. This server's own state
+/// first; when it is not there, a linearizable read, so that a certificate recorded a moment
+/// ago through another server (or before a leader change) is found.
+pub(crate) async fn certificate_recorded(
+    store: &Store,
+    node: &str,
+    serial: &str,
+) -> Result<bool, Status> {
+    if store.read_stale(|s| s.certificate_recorded(node, serial)) {
+        return Ok(true);
+    }
+    store
+        .read(|s| s.certificate_recorded(node, serial))
+        .await
+        .map_err(status::from_store)
 }
 
 /// Why a join is refused, logged for the audit trail and answered to the joiner.
@@ -179,17 +263,28 @@ impl Join for JoinService {
                 Identity::new(Role::Server, id.to_string())
             }
         };
-        let answer = self.answer(&identity, &req.csr, &req.addresses)?;
-        tracing::info!(target: "berth::audit", caller = %who, joined = %identity, "issued a certificate");
+        let (answer, issued) = self.answer(&identity, &req.csr, &req.addresses)?;
+        self.record(&identity, &issued, None).await?;
+        tracing::info!(target: "berth::audit", caller = %who, joined = %identity, serial = %issued.serial, "issued a certificate");
         Ok(Response::new(answer))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<JoinResponse>, Status> {
-        let identity = peer_identity(&req).ok_or_else(|| {
+        let (identity, serial) = peer_identity(&req).zip(peer_serial(&req)).ok_or_else(|| {
             status::unauthenticated("renewing needs the current certificate (mutual TLS)")
         })?;
         let req = req.into_inner();
+        // An agent renews only with a recorded certificate, and the renewal is recorded only
+        // while that one still is.
+        let mut renewing = None;
         if identity.role == Role::Agent {
+            if !certificate_recorded(&self.store, &identity.name, &serial).await? {
+                return Err(refuse(
+                    &identity.to_string(),
+                    revoked(&identity.name, &serial),
+                    status::denied,
+                ));
+            }
             let known = self.store.read_stale(|s| s.node(&identity.name).is_some());
             if !known {
                 return Err(refuse(
@@ -201,9 +296,11 @@ impl Join for JoinService {
                     status::denied,
                 ));
             }
+            renewing = Some(serial);
         }
-        let answer = self.answer(&identity, &req.csr, &req.addresses)?;
-        tracing::info!(target: "berth::audit", caller = %identity, "renewed a certificate");
+        let (answer, issued) = self.answer(&identity, &req.csr, &req.addresses)?;
+        self.record(&identity, &issued, renewing).await?;
+        tracing::info!(target: "berth::audit", caller = %identity, serial = %issued.serial, "renewed a certificate");
         Ok(Response::new(answer))
     }
 }

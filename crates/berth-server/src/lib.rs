@@ -218,8 +218,9 @@ impl Server {
     }
 
     /// TLS material for an agent in this same process (`berth dev`): a key and a certificate
-    /// for node `name` from this server's CA, valid for `addresses`.
-    pub fn local_agent_material(
+    /// for node `name` from this server's CA, valid for `addresses`, recorded in the state as
+    /// a join records it (the agent stream accepts only recorded certificates).
+    pub async fn local_agent_material(
         &self,
         name: &str,
         addresses: &[String],
@@ -229,6 +230,9 @@ impl Server {
             self.tls
                 .ca()
                 .issue_new(&identity, &tls::hosts(addresses, &[]), self.cert_ttl)?;
+        join::record_certificate(&self.store, &identity, &issued, None)
+            .await
+            .map_err(|s| anyhow::anyhow!("record the dev agent's certificate: {}", s.message()))?;
         Ok(berth_tls::dir::Material {
             ca_pem: self.tls.ca().cert_pem().to_owned(),
             ca_key_pem: None,

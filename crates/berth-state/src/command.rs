@@ -61,6 +61,24 @@ pub enum Command {
         reason: String,
         at: Timestamp,
     },
+    /// An operator removes a node: every task on it that has not stopped becomes STOPPED with
+    /// stop code NodeLost (as for [`Command::MarkNodeDown`]), and the node's record and its
+    /// certificate records are forgotten, which revokes its certificates (its agent can neither
+    /// attach nor renew). The name is free again: a node may join under it with a new token.
+    /// Refused when neither a node nor certificates of that name are known.
+    RemoveNode { node: String, at: Timestamp },
+    /// Records a certificate the cluster CA issued to agent node `node` (a join or a renewal;
+    /// the Join handler proposes it before answering), forgetting the node's expired ones.
+    /// With `renewing`, the certificate the agent renewed with must still be recorded: a
+    /// renewal racing with the node's removal is refused, so a removed node cannot renew its
+    /// way back. Not leader-only: any server answers joins and forwards it.
+    RecordCertificate {
+        node: String,
+        serial: String,
+        expires_at: Timestamp,
+        renewing: Option<String>,
+        at: Timestamp,
+    },
     /// An operator drains a node (no new placements) or activates it again.
     SetNodeStatus {
         node: String,
@@ -154,8 +172,11 @@ impl Command {
             }
             Command::ReportTaskStatus { node, .. } => format!("reports of node {node}"),
             Command::RegisterNode { node, .. } => format!("node {}", node.name),
-            Command::MarkNodeDown { node, .. } | Command::SetNodeStatus { node, .. } => {
-                format!("node {node}")
+            Command::MarkNodeDown { node, .. }
+            | Command::SetNodeStatus { node, .. }
+            | Command::RemoveNode { node, .. } => format!("node {node}"),
+            Command::RecordCertificate { node, serial, .. } => {
+                format!("certificate {serial} of node {node}")
             }
             Command::ApplyService {
                 namespace, spec, ..
@@ -198,6 +219,8 @@ impl Command {
             | Command::RegisterNode { at, .. }
             | Command::MarkNodeDown { at, .. }
             | Command::SetNodeStatus { at, .. }
+            | Command::RemoveNode { at, .. }
+            | Command::RecordCertificate { at, .. }
             | Command::ApplyService { at, .. }
             | Command::UpdateService { at, .. }
             | Command::ReconcileService(Reconciliation { at, .. })

@@ -6,6 +6,7 @@
 //! the commands that change it; `apply` only dispatches.
 
 mod access;
+mod certificates;
 mod cluster;
 mod command;
 mod namespaces;
@@ -18,12 +19,14 @@ mod tasks;
 mod tests;
 #[cfg(test)]
 mod tests_access;
+#[cfg(test)]
+mod tests_certificates;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
-    ApiTokenRecord, JoinTokenRecord, Namespace, Node, Service, Task, TaskDefinition,
-    TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
+    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, Service, Task,
+    TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
 };
 
 pub use berth_model::StopOrder;
@@ -54,6 +57,9 @@ pub struct State {
     api_tokens: BTreeMap<String, ApiTokenRecord>,
     /// Join tokens by ID.
     join_tokens: BTreeMap<String, JoinTokenRecord>,
+    /// Agent nodes' usable certificates by node name (a node that joined but has not
+    /// registered yet has some; a removed node has none).
+    certificates: BTreeMap<String, NodeCertificates>,
     /// Namespaces with a record (`default` may have none).
     namespaces: BTreeMap<String, Namespace>,
     /// Task IDs by namespace (derived from `tasks`, stopped ones included, as `tasks_by_node`),
@@ -238,6 +244,14 @@ impl State {
             Command::SetNodeStatus { node, status, at } => {
                 self.set_node_status(node, status, at, changed)
             }
+            Command::RemoveNode { node, at } => self.remove_node(&node, at, changed),
+            Command::RecordCertificate {
+                node,
+                serial,
+                expires_at,
+                renewing,
+                at,
+            } => self.record_certificate(node, serial, expires_at, renewing, at, changed),
             Command::ApplyService {
                 namespace,
                 spec,

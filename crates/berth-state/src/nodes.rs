@@ -1,4 +1,5 @@
-//! Nodes: registration, loss (DOWN, with their tasks), and operators' drain/activate.
+//! Nodes: registration, loss (DOWN, with their tasks), operators' drain/activate and removal
+//! (with their tasks and certificates).
 
 use berth_model::{DesiredStatus, Node, NodeStatus, StopCode, TaskStatus, Timestamp};
 
@@ -45,30 +46,75 @@ impl State {
                 n.status = NodeStatus::Down;
                 n.events.push(at, format!("node is DOWN: {reason}"));
                 changed.push(Key::Node(node.clone()));
-                let on_node: Vec<String> = self
-                    .tasks_by_node
-                    .get(&node)
-                    .map(|ids| ids.iter().cloned().collect())
-                    .unwrap_or_default();
-                for id in on_node {
-                    let Some(task) = self.tasks.get_mut(&id) else {
-                        continue;
-                    };
-                    if task.is_stopped() {
-                        continue;
-                    }
-                    task.last_status = TaskStatus::Stopped;
-                    task.desired_status = DesiredStatus::Stopped;
-                    task.stop_code = Some(StopCode::NodeLost);
-                    task.stopped_reason = Some(format!("node {node} was lost: {reason}"));
-                    task.stopped_at = Some(at);
-                    task.events.push(at, format!("node {node} was lost"));
-                    changed.push(Key::Task(task.task_id.clone()));
-                }
+                self.lose_tasks(
+                    &node,
+                    &format!("node {node} was lost: {reason}"),
+                    &format!("node {node} was lost"),
+                    at,
+                    changed,
+                );
                 CommandResult::Done
             }
             Some(_) => CommandResult::Done,
             None => CommandResult::Rejected(Rejection::NotFound(format!("node {node} not found"))),
+        }
+    }
+
+    pub(crate) fn remove_node(
+        &mut self,
+        node: &str,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        if !self.nodes.contains_key(node) && self.node_certificates(node).is_none() {
+            return CommandResult::Rejected(Rejection::NotFound(format!(
+                "node {node} not found; `berth get nodes` lists them"
+            )));
+        }
+        self.lose_tasks(
+            node,
+            &format!("node {node} was removed by an operator"),
+            &format!("node {node} was removed"),
+            at,
+            changed,
+        );
+        if self.nodes.remove(node).is_some() {
+            changed.push(Key::Node(node.to_owned()));
+        }
+        self.revoke_certificates(node, changed);
+        CommandResult::Done
+    }
+
+    /// Every task on `node` that has not stopped becomes STOPPED with stop code NodeLost,
+    /// `reason` and an `event`: its node is gone, whatever its agent still runs (the agent
+    /// fences itself or removes the containers when it comes back).
+    fn lose_tasks(
+        &mut self,
+        node: &str,
+        reason: &str,
+        event: &str,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) {
+        let on_node: Vec<String> = self
+            .tasks_by_node
+            .get(node)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in on_node {
+            let Some(task) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if task.is_stopped() {
+                continue;
+            }
+            task.last_status = TaskStatus::Stopped;
+            task.desired_status = DesiredStatus::Stopped;
+            task.stop_code = Some(StopCode::NodeLost);
+            task.stopped_reason = Some(reason.to_owned());
+            task.stopped_at = Some(at);
+            task.events.push(at, event);
+            changed.push(Key::Task(task.task_id.clone()));
         }
     }
 

@@ -1,8 +1,8 @@
 //! The stored form of the state: one object per key, written to disk and into snapshots.
 
 use berth_model::{
-    ApiTokenRecord, JoinTokenRecord, Namespace, Node, Service, Task, TaskDefinition,
-    TaskDefinitionRef,
+    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, Service, Task,
+    TaskDefinition, TaskDefinitionRef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,8 @@ pub enum Key {
     JoinToken(String),
     /// A namespace, by name.
     Namespace(String),
+    /// An agent node's certificate records, by node name.
+    Certificates(String),
 }
 
 impl Key {
@@ -49,6 +51,7 @@ impl Key {
             Key::ApiToken(id) => format!("apitoken/{id}"),
             Key::JoinToken(id) => format!("jointoken/{id}"),
             Key::Namespace(name) => format!("namespace/{name}"),
+            Key::Certificates(node) => format!("certificates/{node}"),
         }
     }
 }
@@ -65,6 +68,7 @@ pub enum Object {
     ApiToken(ApiTokenRecord),
     JoinToken(JoinTokenRecord),
     Namespace(Namespace),
+    Certificates(NodeCertificates),
 }
 
 impl Object {
@@ -85,6 +89,7 @@ impl Object {
             Object::ApiToken(t) => Key::ApiToken(t.id.clone()),
             Object::JoinToken(t) => Key::JoinToken(t.id.clone()),
             Object::Namespace(n) => Key::Namespace(n.name.clone()),
+            Object::Certificates(c) => Key::Certificates(c.node.clone()),
         }
     }
 }
@@ -109,6 +114,11 @@ impl State {
         let api_tokens = self.api_tokens.values().cloned().map(Object::ApiToken);
         let join_tokens = self.join_tokens.values().cloned().map(Object::JoinToken);
         let namespaces = self.namespaces.values().cloned().map(Object::Namespace);
+        let certificates = self
+            .certificates
+            .values()
+            .cloned()
+            .map(Object::Certificates);
         defs.chain(tasks)
             .chain(nodes)
             .chain(tokens)
@@ -116,6 +126,7 @@ impl State {
             .chain(api_tokens)
             .chain(join_tokens)
             .chain(namespaces)
+            .chain(certificates)
     }
 
     /// The object stored under `key`, if any.
@@ -148,6 +159,11 @@ impl State {
             Key::ApiToken(id) => self.api_tokens.get(id).cloned().map(Object::ApiToken),
             Key::JoinToken(id) => self.join_tokens.get(id).cloned().map(Object::JoinToken),
             Key::Namespace(name) => self.namespaces.get(name).cloned().map(Object::Namespace),
+            Key::Certificates(node) => self
+                .certificates
+                .get(node)
+                .cloned()
+                .map(Object::Certificates),
         }
     }
 
@@ -185,6 +201,9 @@ impl State {
                 }
                 Object::Namespace(n) => {
                     state.namespaces.insert(n.name.clone(), n);
+                }
+                Object::Certificates(c) => {
+                    state.certificates.insert(c.node.clone(), c);
                 }
             }
         }

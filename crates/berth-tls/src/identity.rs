@@ -99,6 +99,20 @@ impl Identity {
     }
 }
 
+/// The serial number of a DER certificate in lowercase hex, as [`crate::Issued::serial`]
+/// gives it (the number's bytes, without the zero byte DER puts before a serial whose first
+/// bit is set). Like [`Identity::from_cert`], it only reads a certificate verified already.
+pub fn serial(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let raw = cert.raw_serial();
+    let start = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    let bytes = raw.get(start..).filter(|b| !b.is_empty())?;
+    Some(crate::ca::hex(bytes))
+}
+
 /// When a certificate (PEM) stops being valid, seconds since the Unix epoch.
 pub fn not_after(cert_pem: &str) -> Option<i64> {
     validity(cert_pem).map(|(_, to)| to)
@@ -122,6 +136,29 @@ impl fmt::Display for Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_serial_read_from_a_certificate_is_the_one_the_ca_answered() {
+        use rustls::pki_types::pem::PemObject as _;
+        let ca = crate::ClusterCa::create("test").expect("ca");
+        let key = crate::NodeKey::generate().expect("key");
+        let agent = Identity::new(Role::Agent, "node-1");
+        for _ in 0..8 {
+            let issued = ca
+                .issue(
+                    &key.csr(&agent).expect("csr"),
+                    &agent,
+                    &[],
+                    crate::DEFAULT_CERT_TTL,
+                )
+                .expect("issue");
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+                .expect("pem");
+            assert_eq!(serial(der.as_ref()), Some(issued.serial));
+        }
+        assert_eq!(serial(b"not a certificate"), None);
+        assert_eq!(serial(&[]), None);
+    }
 
     #[test]
     fn identities_round_trip_through_their_uri() {

@@ -21,7 +21,7 @@ pub mod tls;
 mod token;
 
 pub use ca::{fingerprint, ClusterCa, Issued, NodeKey, DEFAULT_CERT_TTL};
-pub use identity::{not_after, validity, Identity, Role};
+pub use identity::{not_after, serial, validity, Identity, Role};
 pub use token::{hash_secret, random_secret, ApiToken, JoinToken};
 
 /// What can go wrong with certificates, keys and tokens.

@@ -161,6 +161,9 @@ pub struct Pinned {
     fingerprint: String,
     provider: Arc<CryptoProvider>,
     found: Mutex<Option<String>>,
+    /// A server presented a chain without the pinned CA: the token is from another cluster,
+    /// and trying again will not help.
+    other_ca: std::sync::atomic::AtomicBool,
 }
 
 impl Pinned {
@@ -169,7 +172,13 @@ impl Pinned {
             fingerprint: fingerprint.to_owned(),
             provider: provider(),
             found: Mutex::new(None),
+            other_ca: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether a server presented another CA than the pinned one (a token of another cluster).
+    pub fn saw_another_ca(&self) -> bool {
+        self.other_ca.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The CA certificate (PEM) of the last server that passed.
@@ -198,6 +207,8 @@ impl ServerCertVerifier for Pinned {
             .iter()
             .find(|c| hex(&Sha256::digest(c.as_ref())) == self.fingerprint)
             .ok_or_else(|| {
+                self.other_ca
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 rustls::Error::General(
                     "the server's CA does not match the join token's fingerprint".into(),
                 )
@@ -344,6 +355,7 @@ mod tests {
         let err = handshake(server_config(), client).expect_err("refused");
         assert!(err.contains("does not match the join token"), "{err}");
         assert_eq!(wrong.ca_pem(), None);
+        assert!(wrong.saw_another_ca() && !pinned.saw_another_ca());
     }
 
     #[test]

@@ -611,7 +611,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     // The agent in this process gets its certificate straight from the server's CA.
     let agent_tls = berth_tls::dir::TlsDir::new(&data_dir.join("agent"));
     if agent_tls.load()?.is_none() {
-        let material = server.local_agent_material("dev", &["127.0.0.1:0".to_owned()])?;
+        let material = server
+            .local_agent_material("dev", &["127.0.0.1:0".to_owned()])
+            .await?;
         agent_tls
             .save(&material)
             .context("write the dev agent's certificate")?;

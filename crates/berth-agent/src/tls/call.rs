@@ -18,6 +18,9 @@ pub(super) enum Attempt {
     Connect(tonic::transport::Error),
     /// The server answered with an error.
     Status(tonic::Status),
+    /// The server presented another CA than the join token pins: it is not this token's
+    /// cluster, and asking again will not change that.
+    OtherCa,
 }
 
 impl From<tonic::transport::Error> for Attempt {
@@ -37,6 +40,7 @@ impl std::fmt::Display for Attempt {
         match self {
             Self::Connect(e) => write!(f, "connect: {}", berth_model::error_chain(e)),
             Self::Status(s) => write!(f, "{:?}: {}", s.code(), s.message()),
+            Self::OtherCa => f.write_str("its CA does not match the join token's fingerprint"),
         }
     }
 }
@@ -53,6 +57,9 @@ pub(super) enum CallError {
     },
     #[error("no server answered within {}: {}", humantime::format_duration(*within), last.join("; "))]
     Deadline { within: Duration, last: Vec<String> },
+    /// A server's CA is not the one the join token pins.
+    #[error("server {server} presented a CA that does not match the join token's fingerprint: the token is from another cluster (create one on this cluster with `berth cluster token create --role agent`)")]
+    OtherCa { server: String },
 }
 
 /// Whether an answer with `code` is final: the server understood the request and said no.
@@ -100,6 +107,7 @@ where
             Ok(Err(Attempt::Status(status))) if is_final(status.code()) => {
                 return Err(CallError::Refused { server, status });
             }
+            Ok(Err(Attempt::OtherCa)) => return Err(CallError::OtherCa { server }),
             Ok(Err(Attempt::Status(status))) => {
                 let hint = status
                     .metadata()

@@ -10,7 +10,7 @@ use berth_tls::net::Dialer;
 use berth_tls::tls::{client_config, Pinned, Trust};
 use berth_tls::{Identity, JoinToken, NodeKey};
 
-use super::call::{call_servers, CallError, RPC_TIMEOUT};
+use super::call::{call_servers, Attempt, CallError, RPC_TIMEOUT};
 use super::{check_answer, format_time, unix_now, Held, HOW_TO_JOIN};
 use crate::AgentConfig;
 
@@ -21,8 +21,9 @@ pub(super) async fn join(
     address: &str,
     dir: &TlsDir,
 ) -> anyhow::Result<Held> {
+    let pinned = Pinned::new(&token.ca_fingerprint);
     let dialer = Dialer::new(
-        client_config(&Trust::Pinned(Pinned::new(&token.ca_fingerprint)), None)
+        client_config(&Trust::Pinned(pinned.clone()), None)
             .context("TLS configuration for joining")?,
     );
     let key = NodeKey::generate().context("generate this agent's key")?;
@@ -38,9 +39,13 @@ pub(super) async fn join(
     };
     tracing::info!(servers = ?config.servers, "joining the cluster with the join token");
     let answer = call_servers(&config.servers, config.join_timeout, |server| {
-        let (dialer, request) = (dialer.clone(), request.clone());
+        let (dialer, request, pinned) = (dialer.clone(), request.clone(), pinned.clone());
         async move {
-            let channel = dialer.connect(&server).await?;
+            let channel = match dialer.connect(&server).await {
+                Ok(channel) => channel,
+                Err(_) if pinned.saw_another_ca() => return Err(Attempt::OtherCa),
+                Err(e) => return Err(e.into()),
+            };
             let mut request = tonic::Request::new(request);
             request.set_timeout(RPC_TIMEOUT);
             Ok(JoinClient::new(channel).join(request).await?.into_inner())
@@ -85,7 +90,8 @@ fn advise(e: CallError, identity: &Identity) -> anyhow::Error {
             "agent {} cannot join as it is; fix what the server says",
             identity.name
         ),
-        CallError::Deadline { .. } => "check --servers and that a server is up; a handshake error saying the server's CA does not match the join token's fingerprint means the token is from another cluster (or the address is not a berth server)".to_owned(),
+        CallError::Deadline { .. } => "check --servers and that a server is up".to_owned(),
+        CallError::OtherCa { .. } => "nothing was sent to it".to_owned(),
     };
     // The cause first, then what to do: the whole sentence is the error (nothing below it).
     anyhow::anyhow!("join the cluster: {e}; {advice}")

@@ -2,6 +2,10 @@
 //! ([`registration`]), then the server pushes its node's desired task set whenever it changes
 //! ([`push`]) while it reads the agent's heartbeats, status and metrics reports ([`reports`]).
 //! Agents keep their stream to the leader, which tracks their liveness in memory.
+//!
+//! A stream is accepted only with the agent certificate of the node it registers, and only if
+//! that certificate is recorded for the node (`crate::join`): a removed node's agent is refused
+//! (PERMISSION_DENIED), and the stream of an agent whose node is removed ends.
 
 mod push;
 mod registration;
@@ -74,6 +78,34 @@ impl AgentServiceImpl {
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
+/// What the agent of a node that is no longer in the state is told as its stream ends.
+fn removed(node: &str) -> Status {
+    crate::status::denied(format!(
+        "node {node} was removed from the cluster and its certificate revoked; join again with a token (delete the agent's stored certificate, DATA_DIR/tls, and start it with --join-token)"
+    ))
+}
+
+/// After registering `node`: whether its certificates were revoked in between (a removal that
+/// applied between the certificate check and the registration). The registration then undid
+/// the removal, so the node is removed again.
+async fn removed_meanwhile(store: &Store, node: &str) -> bool {
+    if store.read_stale(|s| s.node_certificates(node).is_some()) {
+        return false;
+    }
+    let again = berth_state::Command::RemoveNode {
+        node: node.to_owned(),
+        at: crate::now_ms(),
+    };
+    if let Err(e) = store.propose(again).await {
+        tracing::warn!(
+            node,
+            "remove a node registered while it was removed: {}",
+            berth_store::error_chain(&e)
+        );
+    }
+    true
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentServiceImpl {
     type AttachStream = OutStream;
@@ -90,8 +122,11 @@ impl AgentService for AgentServiceImpl {
                     "the agent stream takes only agent certificates of this cluster (join with `berth agent --join-token`)",
                 )
             })?;
+        let serial = crate::join::peer_serial(&req).ok_or_else(|| {
+            crate::status::unauthenticated("the agent certificate has no readable serial number")
+        })?;
         let mut inbound = req.into_inner();
-        let (node, registered) = self.register(&identity.name, &mut inbound).await?;
+        let (node, registered) = self.register(&identity.name, &serial, &mut inbound).await?;
         let span = tracing::info_span!("agent", node = %node.name);
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
         let _ = tx.send(Ok(registered)).await;

@@ -1,5 +1,6 @@
 //! Pushing a node's desired task set: now, and again whenever it changes, until the agent goes
-//! away or this server stops leading (the agent is then sent to the new leader).
+//! away, this server stops leading (the agent is then sent to the new leader) or the node is
+//! removed (the agent is told so, and cannot attach again: its certificate is revoked).
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{DesiredTasks, ServerMessage};
@@ -24,7 +25,15 @@ pub(super) async fn desired_sets(
             let _ = tx.send(Err(status::not_leader(leader_addr))).await;
             return;
         }
-        let desired = store.read_stale(|s| berth_control::desired_tasks(s, &node));
+        let desired = store.read_stale(|s| {
+            s.node(&node)
+                .map(|_| berth_control::desired_tasks(s, &node))
+        });
+        let Some(desired) = desired else {
+            tracing::info!("node removed; ending its agent's stream");
+            let _ = tx.send(Err(super::removed(&node))).await;
+            return;
+        };
         if last_sent.as_ref() != Some(&desired) {
             let msg = ServerMessage {
                 msg: Some(ServerMsg::Desired(DesiredTasks {

@@ -25,11 +25,13 @@ pub fn heartbeat_interval_secs(nodes: usize, ttl: std::time::Duration) -> u32 {
 }
 
 impl AgentServiceImpl {
-    /// Reads the agent's `Register`, records its node, and answers with the heartbeat
-    /// interval and node TTL it must keep.
+    /// Reads the agent's `Register`, checks that the certificate (node `certified`, serial
+    /// `serial`) is recorded, records its node, and answers with the heartbeat interval and
+    /// node TTL it must keep.
     pub(super) async fn register(
         &self,
         certified: &str,
+        serial: &str,
         inbound: &mut Streaming<AgentMessage>,
     ) -> Result<(Node, ServerMessage), Status> {
         let first = inbound
@@ -51,6 +53,10 @@ impl AgentServiceImpl {
         if !self.store.is_leader() {
             return Err(status::not_leader(self.store.leader_addr()));
         }
+        if !crate::join::certificate_recorded(&self.store, certified, serial).await? {
+            tracing::warn!(target: "berth::audit", node = %node.name, serial, "refused an agent whose certificate is not recorded");
+            return Err(status::denied(crate::join::revoked(certified, serial)));
+        }
         // Seen before it is ACTIVE again: otherwise the node monitor could find it ACTIVE with
         // a heartbeat older than the TTL and declare it lost once more.
         self.liveness.seen(&node.name);
@@ -61,6 +67,9 @@ impl AgentServiceImpl {
             })
             .await
             .map_err(status::from_store)?;
+        if super::removed_meanwhile(&self.store, &node.name).await {
+            return Err(super::removed(&node.name));
+        }
         tracing::info!(node = %node.name, "agent registered");
         let registered = Registered {
             heartbeat_interval_secs: heartbeat_interval_secs(

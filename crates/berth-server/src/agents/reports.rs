@@ -78,13 +78,15 @@ impl Reader {
 
     /// Acknowledges a heartbeat. A node declared DOWN whose agent is still here (a race with
     /// the node monitor, a blip longer than the TTL) is ACTIVE again; its lost tasks stay lost
-    /// and the agent removes their containers.
+    /// and the agent removes their containers. A removed node is not registered again: the
+    /// stream ends.
     async fn heartbeat(&self) -> bool {
         let name = &self.node.name;
-        let down = self
-            .store
-            .read_stale(|s| s.node(name).is_none_or(|n| n.status == NodeStatus::Down));
-        if down {
+        let Some(status) = self.store.read_stale(|s| s.node(name).map(|n| n.status)) else {
+            let _ = self.tx.send(Err(super::removed(name))).await;
+            return false;
+        };
+        if status == NodeStatus::Down {
             tracing::info!("a DOWN node's agent is still connected; registering it again");
             let again = Command::RegisterNode {
                 node: self.node.clone(),
@@ -92,6 +94,10 @@ impl Reader {
             };
             if let Err(e) = self.store.propose(again).await {
                 tracing::warn!("register again: {}", error_chain(&e));
+            }
+            if super::removed_meanwhile(&self.store, name).await {
+                let _ = self.tx.send(Err(super::removed(name))).await;
+                return false;
             }
         }
         let ack = ServerMessage {

@@ -251,16 +251,19 @@ impl BerthService {
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = %req.name))]
     pub(super) async fn remove_node(
         &self,
         caller: &Caller,
         req: pb::RemoveNodeRequest,
     ) -> Answer<pb::RemoveNodeResponse> {
-        caller.authorize(Permission::ManageCluster, None, now_ms())?;
-        Err(status::not_yet(format!(
-            "removing node {} is not built yet; drain it with `berth node drain {}` and stop its agent",
-            req.name, req.name
-        )))
+        // Its tasks are lost and its certificates revoked: its agent's stream ends, and it
+        // can neither attach nor renew again (`agents`, `join`).
+        let node = req.name;
+        let make = |at| Ok(Command::RemoveNode { node, at });
+        let done = |r| matches!(r, CommandResult::Done).then(|| Box::new(()));
+        self.as_admin(caller, make, done).await?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 }
 
