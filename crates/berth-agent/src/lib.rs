@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub join_token: Option<JoinToken>,
     /// How long joining may take (servers may still be starting).
     pub join_timeout: Duration,
+    /// Agents sharing a process (`--hollow`) join a few at a time: thousands of joins at once
+    /// would starve the servers. `None`: join at once.
+    pub join_gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
     /// Serve `/metrics` to callers without a client certificate.
     pub metrics_public: bool,
     /// CPU units offered to tasks.

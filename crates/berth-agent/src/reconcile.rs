@@ -157,6 +157,7 @@ mod tests {
                 .expect("an address to advertise"),
             join_token: None,
             join_timeout: Duration::from_secs(1),
+            join_gate: None,
             metrics_public: false,
             cpu: 1024,
             memory: 1024,

@@ -214,6 +214,8 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
         &["--restore", backup.to_str().context("path")?],
     )
     .await?;
+    // A new cluster: its own CA and admin credentials, written once it leads.
+    berth_tests::register_credentials(&restored.addr.to_string(), &restore_dir.join("admin.toml"));
     let restore_ms = ms_until_running(&restored.addr.to_string(), TASKS, t).await?;
     results.insert("footprint.restore_ms".into(), restore_ms);
     drop(restored);

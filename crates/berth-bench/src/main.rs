@@ -49,19 +49,27 @@ async fn main() -> anyhow::Result<()> {
     };
     let out =
         PathBuf::from(std::env::var("BERTH_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
+    // A failing scenario is reported as failed (and recorded as `SCENARIO.failed = 1`); the
+    // others still run, and the exit code says something failed.
+    let mut failed = Vec::new();
     for scenario in run {
         eprintln!("== {scenario}");
         let started = Instant::now();
         let mut results = Results::new();
-        match scenario {
-            "raft" => raft::raft(&mut results).await?,
-            "start" => start::start(&mut results).await?,
-            "failover" => raft::failover(&mut results, 20).await?,
-            "node_loss" => fleet::node_loss(&mut results, 10).await?,
-            "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await?,
-            "placement" => fleet::placement(&mut results, "placement", 10_000, 100_000).await?,
-            "footprint" => fleet::footprint(&mut results).await?,
+        let outcome = match scenario {
+            "raft" => raft::raft(&mut results).await,
+            "start" => start::start(&mut results).await,
+            "failover" => raft::failover(&mut results, 20).await,
+            "node_loss" => fleet::node_loss(&mut results, 10).await,
+            "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,
+            "placement" => fleet::placement(&mut results, "placement", 10_000, 100_000).await,
+            "footprint" => fleet::footprint(&mut results).await,
             _ => unreachable!(),
+        };
+        if let Err(e) = outcome {
+            eprintln!("{scenario} FAILED: {e:#}");
+            results.insert(format!("{scenario}.failed"), 1.0);
+            failed.push(scenario);
         }
         for (k, v) in &results {
             eprintln!("{k} = {v:.1}");
@@ -69,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("({scenario} took {:.0} s)", started.elapsed().as_secs_f64());
         results::write(&results, &out)?;
     }
+    anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
     Ok(())
 }

@@ -190,17 +190,19 @@ impl Join for JoinService {
         let role = berth_proto::node_role("role", &req.role)
             .map_err(|e| status::invalid_request("", &e))?;
         let now = now_ms();
-        // Linearizable: a token created a moment ago on the leader must be found here.
-        let (record, node) = self
-            .store
-            .read(|s| {
-                (
-                    s.join_token(&req.token_id).cloned(),
-                    s.node(&req.name).map(|n| n.status),
-                )
-            })
-            .await
-            .map_err(status::from_store)?;
+        // This server's own state first (a join storm of thousands of agents must not cost a
+        // quorum round each); linearizable only when the token is not known here yet, for a
+        // token created a moment ago on the leader.
+        let look = |s: &berth_state::State| {
+            (
+                s.join_token(&req.token_id).cloned(),
+                s.node(&req.name).map(|n| n.status),
+            )
+        };
+        let (record, node) = match self.store.read_stale(look) {
+            (Some(record), node) => (Some(record), node),
+            (None, _) => self.store.read(look).await.map_err(status::from_store)?,
+        };
         let record = record
             .filter(|r| r.secret_matches(&hash_secret(&req.secret)))
             .ok_or_else(|| {

@@ -465,6 +465,10 @@ fn parse_attributes(attrs: &[String]) -> anyhow::Result<BTreeMap<String, String>
 
 /// How long an agent tries to join (servers may still be starting) before it gives up.
 const AGENT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hollow agents of one process join this many at a time …
+const HOLLOW_JOINS_AT_ONCE: usize = 32;
+/// … and each may take this long once its turn came (a loaded cluster answers slowly).
+const HOLLOW_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `--hollow N`: N agents in this process, each the real agent code (stream, registration,
 /// heartbeats, reports) over an in-memory runtime, named NAME-0 … NAME-(N-1). For benchmarks of
@@ -483,6 +487,7 @@ async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()> {
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut agents = tokio::task::JoinSet::new();
+    let gate = Some(Arc::new(tokio::sync::Semaphore::new(HOLLOW_JOINS_AT_ONCE)));
     for i in 0..count {
         let config = AgentConfig {
             node_name: format!("{prefix}-{i}"),
@@ -491,7 +496,9 @@ async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()> {
             listen,
             advertise: advertise.clone(),
             join_token: join_token.clone(),
-            join_timeout: AGENT_JOIN_TIMEOUT,
+            // Thousands join a few at a time; each one's timeout starts with its turn.
+            join_timeout: HOLLOW_JOIN_TIMEOUT,
+            join_gate: gate.clone(),
             metrics_public: args.metrics_public,
             cpu: args.cpu.unwrap_or(4096),
             memory: args.memory.unwrap_or(16_384),
@@ -555,6 +562,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         advertise,
         join_token,
         join_timeout: AGENT_JOIN_TIMEOUT,
+        join_gate: None,
         metrics_public: args.metrics_public,
         cpu: args.cpu.unwrap_or(cpus * 1024),
         memory: args.memory.unwrap_or_else(host_memory_mib),
@@ -645,6 +653,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         advertise: berth_agent::Advertise::new("127.0.0.1:0".parse()?, None)?,
         join_token: None,
         join_timeout: Duration::from_secs(60),
+        join_gate: None,
         metrics_public: false,
     };
     match &demo {

@@ -144,6 +144,7 @@ fn config(
         advertise: Advertise::new(listen, Some(advertise)).expect("advertise"),
         join_token: token,
         join_timeout: Duration::from_secs(2),
+        join_gate: None,
         metrics_public: false,
         cpu: 1024,
         memory: 1024,

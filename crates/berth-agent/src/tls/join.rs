@@ -21,6 +21,10 @@ pub(super) async fn join(
     address: &str,
     dir: &TlsDir,
 ) -> anyhow::Result<Held> {
+    let _turn = match &config.join_gate {
+        Some(gate) => Some(gate.acquire().await.context("wait for a turn to join")?),
+        None => None,
+    };
     let pinned = Pinned::new(&token.ca_fingerprint);
     let dialer = Dialer::new(
         client_config(&Trust::Pinned(pinned.clone()), None)
