@@ -112,6 +112,11 @@ pub fn not_yet(message: impl Into<String>) -> Status {
     Status::unimplemented(message.into())
 }
 
+/// A failure of this server that the caller cannot fix (the system's random source, say).
+pub fn internal(message: impl Into<String>) -> Status {
+    Status::internal(message.into())
+}
+
 /// A state machine answer the proposer did not expect (`kind` names it): a bug.
 pub fn unexpected(kind: &str) -> Status {
     Status::internal(format!("unexpected state machine answer {kind}"))

@@ -4,14 +4,15 @@
 //! dir. Servers renew their own certificates from the CA they hold.
 
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
 use berth_tls::tls::{client_config, server_config, Credentials, Trust};
-use berth_tls::{ClusterCa, Identity, Issued, NodeKey, Role};
+use berth_tls::{ClusterCa, Identity, NodeKey, Role};
 
 /// The hosts of `addresses` (`host:port`), with `localhost` and the loopback address: the
 /// names a certificate answers to.
@@ -38,7 +39,8 @@ pub struct ServerTls {
     /// This server's key (kept across renewals) and its names.
     key_pem: String,
     sans: Vec<String>,
-    cert: RwLock<Issued>,
+    /// When the current certificate expires (seconds since the epoch).
+    not_after: AtomicI64,
     credentials: Arc<Credentials>,
 }
 
@@ -130,19 +132,14 @@ impl ServerTls {
             Credentials::new(&material.cert_pem, &material.key_pem, &material.ca_pem)
                 .context("read the server's certificate")?,
         );
-        let not_after = berth_tls::not_after(&material.cert_pem).unwrap_or(0);
-        let cert = RwLock::new(Issued {
-            cert_pem: material.cert_pem,
-            serial: String::new(),
-            not_after,
-        });
+        let not_after = AtomicI64::new(berth_tls::not_after(&material.cert_pem).unwrap_or(0));
         Ok(Self {
             dir,
             ca,
             identity,
             key_pem: material.key_pem,
             sans,
-            cert,
+            not_after,
             credentials,
         })
     }
@@ -171,10 +168,7 @@ impl ServerTls {
 
     /// When this server's certificate expires (seconds since the epoch).
     pub fn not_after(&self) -> i64 {
-        self.cert
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .not_after
+        self.not_after.load(Ordering::SeqCst)
     }
 
     /// A new certificate for this server (same key and names), in place and on disk.
@@ -190,11 +184,11 @@ impl ServerTls {
             .save(&Material {
                 ca_pem: self.ca.cert_pem().to_owned(),
                 ca_key_pem: Some(self.ca.key_pem().to_owned()),
-                cert_pem: issued.cert_pem.clone(),
+                cert_pem: issued.cert_pem,
                 key_pem: self.key_pem.clone(),
             })
             .context("save the renewed certificate")?;
-        *self.cert.write().unwrap_or_else(PoisonError::into_inner) = issued;
+        self.not_after.store(issued.not_after, Ordering::SeqCst);
         Ok(())
     }
 }

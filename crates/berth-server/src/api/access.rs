@@ -22,7 +22,10 @@ fn token_id(text: &str, parse: impl Fn(&str) -> Option<String>) -> String {
 }
 
 fn tls_error(e: berth_tls::TlsError) -> Status {
-    status::unexpected(&format!("token generation ({e})"))
+    status::internal(format!(
+        "generate a token: {}",
+        berth_model::error_chain(&e)
+    ))
 }
 
 fn api_record(r: CommandResult) -> Option<Box<ApiTokenRecord>> {
