@@ -6,6 +6,7 @@ mod autoscaling;
 mod cli;
 mod cluster;
 mod nodes;
+mod rotation;
 mod security;
 mod services;
 

@@ -144,7 +144,7 @@ impl Agent {
             .await
             .with_context(|| format!("create {}", log_root.display()))?;
         let server_tls =
-            berth_tls::tls::server_config(&agent.tls.ca_pem, agent.tls.credentials.clone())
+            berth_tls::tls::server_config(agent.tls.trust.clone(), agent.tls.credentials.clone())
                 .context("TLS configuration of the agent API")?;
         let api = tonic::transport::Server::builder()
             // HTTP/1 for `/metrics`; the API stays gRPC over HTTP/2.

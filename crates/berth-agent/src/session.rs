@@ -127,6 +127,10 @@ impl Agent {
                             }
                         }
                         Some(ServerMsg::Desired(d)) => self.reconcile(d, &mut reports.latest),
+                        Some(ServerMsg::Renew(r)) => {
+                            tracing::info!(reason = %r.reason, "renew the certificate now");
+                            self.tls.renew_now.notify_one();
+                        }
                         Some(ServerMsg::Ack(_)) | None => {}
                     }
                 }

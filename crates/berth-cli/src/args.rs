@@ -283,6 +283,26 @@ pub enum ClusterCommand {
     /// Join tokens for new agents and servers.
     #[command(subcommand)]
     Token(JoinTokenCommand),
+    /// The cluster CA: status, the CAs to trust, rotation.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CaCommand {
+    /// The CA's fingerprint and generation, and what a running rotation waits for.
+    Status,
+    /// Print the CAs clients should trust (PEM): the `ca` of credentials files.
+    Get,
+    /// Replace the cluster CA without downtime: a new CA, cross-signed by the current one, that
+    /// servers and agents move to on their own. Waits until every server and every node that is
+    /// not DOWN has moved, then the old CA is no longer trusted. Updates the `ca` of the
+    /// credentials file in use; join tokens made before it stop working when it finishes.
+    Rotate {
+        /// How long to wait for the rotation to finish (0s: do not wait; it goes on anyway).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        wait: Duration,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

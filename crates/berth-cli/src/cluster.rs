@@ -52,6 +52,9 @@ pub async fn run(global: &GlobalArgs, command: ClusterCommand) -> anyhow::Result
         ClusterCommand::Token(command) => {
             crate::tokens::run_join(&mut client, global.output, command).await?;
         }
+        ClusterCommand::Ca(command) => {
+            crate::ca::run(global, client, command).await?;
+        }
     }
     Ok(())
 }

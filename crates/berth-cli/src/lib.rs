@@ -1,6 +1,7 @@
 //! The admin CLI: every `berth` subcommand that is a client of the servers.
 
 mod args;
+mod ca;
 mod cluster;
 mod commands;
 mod credentials;

@@ -69,7 +69,8 @@ async fn serve(ca: &ClusterCa) -> String {
     let credentials = Arc::new(
         tls::Credentials::new(&issued.cert_pem, &key.pem(), ca.cert_pem()).expect("credentials"),
     );
-    let config = tls::server_config(ca.cert_pem(), credentials).expect("server config");
+    let trust = tls::TrustStore::new(ca.cert_pem()).expect("trust");
+    let config = tls::server_config(trust, credentials).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

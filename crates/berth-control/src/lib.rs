@@ -11,6 +11,7 @@
 //! so). Clocks, IDs and samples are passed in.
 
 pub mod autoscaling;
+pub mod ca;
 pub mod desired;
 pub mod nodes;
 pub mod preview;

@@ -36,7 +36,107 @@ pub struct CertificateRecord {
     /// The certificate's `notAfter`: it is forgotten from then on.
     #[serde(with = "crate::time::rfc3339")]
     pub expires_at: Timestamp,
+    /// The generation of the CA that signed it: 0 for the CA the cluster was created with, `n`
+    /// for the CA of the `n`th rotation ([`CaRotation::generation`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ca_generation: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The last rotation of the cluster CA (`berth cluster ca rotate`), as Docker Swarm does it:
+/// a new CA whose certificate the old CA cross-signs, so that a node still trusting only the
+/// old CA accepts certificates of the new one. While it runs, every node trusts both; servers
+/// sign with the new CA as soon as they adopt it, and agents renew onto it. It finishes when
+/// every server has adopted the new CA and every node that is not DOWN holds a certificate
+/// from it; from then on only the new CA is trusted. A finished rotation stays as the record
+/// of the current CA.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotation {
+    /// 1 for the cluster's first rotation, one more for each after it.
+    pub generation: u64,
+    /// The CA being replaced: its certificate (PEM) and SHA-256 fingerprint (hex).
+    pub from_cert: String,
+    pub from_fingerprint: String,
+    /// The new CA's certificate (PEM) and fingerprint.
+    pub cert: String,
+    pub fingerprint: String,
+    /// The new CA's subject and key, signed by the old CA (PEM).
+    pub cross_cert: String,
+    /// The new CA's private key, sealed under a key derived from the old CA's key: only a
+    /// server holding the old CA can open it. Never the key in clear.
+    pub sealed_key: String,
+    #[serde(with = "crate::time::rfc3339")]
+    pub started_at: Timestamp,
+    #[serde(default, with = "crate::time::rfc3339_opt")]
+    pub finished_at: Option<Timestamp>,
+    /// The servers (node IDs) that sign with the new CA.
+    #[serde(default)]
+    pub servers_adopted: std::collections::BTreeSet<u64>,
+}
+
+impl std::fmt::Debug for CaRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Certificates are long; the sealed key is nobody's business in a log line.
+        f.debug_struct("CaRotation")
+            .field("generation", &self.generation)
+            .field("from_fingerprint", &self.from_fingerprint)
+            .field("fingerprint", &self.fingerprint)
+            .field("started_at", &self.started_at)
+            .field("finished_at", &self.finished_at)
+            .field("servers_adopted", &self.servers_adopted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaRotation {
+    pub fn is_finished(&self) -> bool {
+        self.finished_at.is_some()
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.generation == 0 {
+            return Err(ValidationError::new("generation", "must be 1 or more"));
+        }
+        for (field, value) in [
+            ("fromFingerprint", &self.from_fingerprint),
+            ("fingerprint", &self.fingerprint),
+        ] {
+            if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ValidationError::new(
+                    field,
+                    "must be 64 hex digits (SHA-256)",
+                ));
+            }
+        }
+        if self.fingerprint == self.from_fingerprint {
+            return Err(ValidationError::new(
+                "fingerprint",
+                "the new CA must differ from the one it replaces",
+            ));
+        }
+        for (field, value) in [
+            ("fromCert", &self.from_cert),
+            ("cert", &self.cert),
+            ("crossCert", &self.cross_cert),
+            ("sealedKey", &self.sealed_key),
+        ] {
+            if value.is_empty() || value.len() > MAX_PEM {
+                return Err(ValidationError::new(
+                    field,
+                    format!("must be 1-{MAX_PEM} characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Longest certificate or sealed key stored with a rotation.
+const MAX_PEM: usize = 16 * 1024;
 
 impl CertificateRecord {
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -92,6 +192,7 @@ mod tests {
             serial: "7f01".into(),
             issued_at: 1_000,
             expires_at: 2_000,
+            ca_generation: 0,
         };
         assert_eq!(record.validate(), Ok(()));
         assert!(!record.is_expired(1_999));

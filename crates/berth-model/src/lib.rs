@@ -25,7 +25,7 @@ pub use access::{
     MAX_TOKEN_DESCRIPTION,
 };
 pub use assignment::Assignment;
-pub use certificate::{CertificateRecord, NodeCertificates, MAX_NODE_CERTIFICATES};
+pub use certificate::{CaRotation, CertificateRecord, NodeCertificates, MAX_NODE_CERTIFICATES};
 pub use cluster::{ClusterMember, ClusterStatus, MemberRole, PlannedTask};
 pub use event::{Event, EventLog, MAX_EVENTS};
 pub use namespace::{

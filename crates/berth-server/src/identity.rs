@@ -15,7 +15,7 @@ use berth_store::Store;
 use berth_tls::dir::Material;
 use berth_tls::net::Dialer;
 use berth_tls::tls::{client_config, Pinned, Trust};
-use berth_tls::{fingerprint, hash_secret, ApiToken, Identity, JoinToken, NodeKey, Role};
+use berth_tls::{hash_secret, ApiToken, Identity, JoinToken, NodeKey, Role};
 
 use crate::now_ms;
 use crate::tls::ServerTls;
@@ -156,22 +156,22 @@ async fn join(
         .map_err(|s| anyhow::anyhow!("join {addr}: {}", s.message()))?
         .into_inner();
     anyhow::ensure!(
-        fingerprint(&answer.ca)? == token.ca_fingerprint && pinned.ca_pem().is_some(),
-        "the CA {addr} answered is not the one the join token names"
-    );
-    anyhow::ensure!(
         !answer.ca_key.is_empty(),
         "{addr} answered no CA key for a server"
     );
-    Ok((
-        id,
-        Material {
-            ca_pem: answer.ca,
-            ca_key_pem: Some(answer.ca_key),
-            cert_pem: answer.certificate,
-            key_pem: key.pem(),
-        },
-    ))
+    let material = Material::answered(
+        answer.ca,
+        Some(answer.ca_key),
+        answer.certificate,
+        key.pem(),
+        &answer.trust,
+        &answer.chain,
+    );
+    anyhow::ensure!(
+        pinned.ca_pem().is_some() && material.trusts(&token.ca_fingerprint),
+        "the CAs {addr} answered do not include the one the join token names"
+    );
+    Ok((id, material))
 }
 
 /// The CLI's credentials: where the servers are, the CA to trust, and a token.
@@ -228,4 +228,20 @@ pub async fn write_admin_credentials(
         .with_context(|| format!("write {}", path.display()))?;
     tracing::info!(path = %path.display(), "wrote admin credentials");
     Ok(())
+}
+
+/// Replaces the CA in `DATA_DIR/admin.toml` (if this server has one) with `trust`: after a
+/// CA rotation, the file keeps working.
+pub fn update_admin_ca(data_dir: &Path, trust: &str) -> anyhow::Result<()> {
+    let path = data_dir.join("admin.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    table.insert("ca".into(), toml::Value::String(trust.to_owned()));
+    let text = toml::to_string(&table).context("encode admin credentials")?;
+    berth_tls::dir::write(&path, &text, 0o600).with_context(|| format!("write {}", path.display()))
 }

@@ -64,16 +64,27 @@ impl JoinService {
         id
     }
 
-    /// Issues a certificate for `identity` and the answer that carries it.
+    /// Issues a certificate for `identity` and the answer that carries it, with the generation
+    /// of the CA that signed it. A CA rotation this server has not followed yet is followed
+    /// first, so that a node asked to renew onto the new CA gets it from any server.
     fn answer(
         &self,
         identity: &Identity,
         csr: &str,
         addresses: &[String],
-    ) -> Result<(JoinResponse, Issued), Status> {
-        let issued = self
-            .tls
-            .ca()
+    ) -> Result<(JoinResponse, Issued, u64), Status> {
+        let rotation = self.store.read_stale(|s| s.ca_rotation().cloned());
+        if let Some(r) = &rotation {
+            if let Err(e) = self.tls.follow(r, self.cert_ttl) {
+                tracing::warn!("follow CA rotation {}: {e:#}", r.generation);
+            }
+        }
+        let signing = self.tls.signing();
+        let generation = self
+            .store
+            .read_stale(|s| s.ca_generation_of(&signing.fingerprint));
+        let issued = signing
+            .ca
             .issue(csr, identity, &hosts(addresses, &[]), self.cert_ttl)
             .map_err(|e| {
                 status::bad_request(format!(
@@ -84,9 +95,9 @@ impl JoinService {
         let server = identity.role == Role::Server;
         let response = JoinResponse {
             certificate: issued.cert_pem.clone(),
-            ca: self.tls.ca().cert_pem().to_owned(),
+            ca: signing.ca.cert_pem().to_owned(),
             ca_key: if server {
-                self.tls.ca().key_pem().to_owned()
+                signing.ca.key_pem().to_owned()
             } else {
                 String::new()
             },
@@ -95,8 +106,10 @@ impl JoinService {
             } else {
                 0
             },
+            trust: self.tls.trust_pem(),
+            chain: signing.chain.clone(),
         };
-        Ok((response, issued))
+        Ok((response, issued, generation))
     }
 
     /// Records an agent's new certificate before it is answered (servers' are not recorded).
@@ -104,9 +117,10 @@ impl JoinService {
         &self,
         identity: &Identity,
         issued: &Issued,
+        ca_generation: u64,
         renewing: Option<String>,
     ) -> Result<(), Status> {
-        record_certificate(&self.store, identity, issued, renewing)
+        record_certificate(&self.store, identity, issued, ca_generation, renewing)
             .await
             .inspect_err(|e| {
                 if e.code() == tonic::Code::PermissionDenied {
@@ -119,11 +133,12 @@ impl JoinService {
 /// Records a certificate issued to an agent, so that its stream and renewals are accepted
 /// (other roles' certificates are not recorded). `renewing`: the serial of the certificate the
 /// agent renews with, which must still be recorded when this applies (a removal in between
-/// wins: PERMISSION_DENIED).
+/// wins: PERMISSION_DENIED). `ca_generation`: the generation of the CA that signed it.
 pub(crate) async fn record_certificate(
     store: &Store,
     identity: &Identity,
     issued: &Issued,
+    ca_generation: u64,
     renewing: Option<String>,
 ) -> Result<(), Status> {
     if identity.role != Role::Agent {
@@ -137,6 +152,7 @@ pub(crate) async fn record_certificate(
             .saturating_mul(1000),
         renewing,
         at: now_ms(),
+        ca_generation,
     };
     match store.propose(command).await {
         Ok(CommandResult::Rejected(Rejection::NotFound(reason))) => Err(status::denied(reason)),
@@ -265,8 +281,8 @@ impl Join for JoinService {
                 Identity::new(Role::Server, id.to_string())
             }
         };
-        let (answer, issued) = self.answer(&identity, &req.csr, &req.addresses)?;
-        self.record(&identity, &issued, None).await?;
+        let (answer, issued, generation) = self.answer(&identity, &req.csr, &req.addresses)?;
+        self.record(&identity, &issued, generation, None).await?;
         tracing::info!(target: "berth::audit", caller = %who, joined = %identity, serial = %issued.serial, "issued a certificate");
         Ok(Response::new(answer))
     }
@@ -300,8 +316,9 @@ impl Join for JoinService {
             }
             renewing = Some(serial);
         }
-        let (answer, issued) = self.answer(&identity, &req.csr, &req.addresses)?;
-        self.record(&identity, &issued, renewing).await?;
+        let (answer, issued, generation) = self.answer(&identity, &req.csr, &req.addresses)?;
+        self.record(&identity, &issued, generation, renewing)
+            .await?;
         tracing::info!(target: "berth::audit", caller = %identity, serial = %issued.serial, "renewed a certificate");
         Ok(Response::new(answer))
     }

@@ -9,6 +9,7 @@ pub mod controllers;
 mod identity;
 mod join;
 pub mod metrics;
+mod rotation;
 pub mod status;
 pub mod tls;
 mod usage;
@@ -226,19 +227,25 @@ impl Server {
         addresses: &[String],
     ) -> anyhow::Result<berth_tls::dir::Material> {
         let identity = berth_tls::Identity::new(Role::Agent, name);
+        let signing = self.tls.signing();
         let (issued, key) =
-            self.tls
-                .ca()
+            signing
+                .ca
                 .issue_new(&identity, &tls::hosts(addresses, &[]), self.cert_ttl)?;
-        join::record_certificate(&self.store, &identity, &issued, None)
+        let generation = self
+            .store
+            .read_stale(|s| s.ca_generation_of(&signing.fingerprint));
+        join::record_certificate(&self.store, &identity, &issued, generation, None)
             .await
             .map_err(|s| anyhow::anyhow!("record the dev agent's certificate: {}", s.message()))?;
-        Ok(berth_tls::dir::Material {
-            ca_pem: self.tls.ca().cert_pem().to_owned(),
-            ca_key_pem: None,
-            cert_pem: issued.cert_pem,
-            key_pem: key.pem(),
-        })
+        Ok(berth_tls::dir::Material::answered(
+            signing.ca.cert_pem().to_owned(),
+            None,
+            issued.cert_pem,
+            key.pem(),
+            &self.tls.trust_pem(),
+            &signing.chain,
+        ))
     }
 
     /// Asks the member at `addr` (any member: it forwards to the leader) to add this server,
@@ -306,6 +313,18 @@ impl Server {
                     usage: usage.clone(),
                 },
             )),
+            tokio::spawn(leader_loop(
+                store.clone(),
+                rotation::Finisher {
+                    store: store.clone(),
+                },
+            )),
+            tokio::spawn(rotation::follow_rotations(
+                store.clone(),
+                self.tls.clone(),
+                self.cert_ttl,
+                self.data_dir.clone(),
+            )),
         ];
         if let Some(addr) = self.join.clone() {
             tokio::spawn(Self::join(
@@ -360,9 +379,11 @@ impl Server {
                 usage.clone(),
                 self.tls.clone(),
                 dialer,
+                self.cert_ttl,
             ))
             .add_service(agents::AgentServiceImpl::new(
                 self.store.clone(),
+                self.tls.clone(),
                 liveness,
                 usage,
                 self.node_ttl,

@@ -1,17 +1,19 @@
 //! A server's TLS material: the cluster CA (with its key: every server can sign), this
 //! server's certificate, and the configurations built from them. The bootstrap server creates
 //! the CA; joining servers receive it with their certificate; restarts load it from the data
-//! dir. Servers renew their own certificates from the CA they hold.
+//! dir. Servers renew their own certificates from the CA they hold, and follow rotations of
+//! the CA ([`ServerTls::follow`]) as the replicated state shows them.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use berth_model::CaRotation;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
-use berth_tls::tls::{client_config, server_config, Credentials, Trust};
+use berth_tls::tls::{client_config, server_config, Credentials, Trust, TrustStore};
 use berth_tls::{ClusterCa, Identity, NodeKey, Role};
 
 /// The hosts of `addresses` (`host:port`), with `localhost` and the loopback address: the
@@ -34,14 +36,30 @@ pub fn hosts(addresses: &[String], extra: &[String]) -> Vec<String> {
 
 pub struct ServerTls {
     dir: TlsDir,
-    ca: ClusterCa,
     identity: Identity,
-    /// This server's key (kept across renewals) and its names.
+    /// This server's key (kept across renewals and rotations) and its names.
     key_pem: String,
     sans: Vec<String>,
     /// When the current certificate expires (seconds since the epoch).
     not_after: AtomicI64,
     credentials: Arc<Credentials>,
+    /// The CAs this server trusts (both during a CA rotation).
+    trust: Arc<TrustStore>,
+    signing: RwLock<Arc<Signing>>,
+    /// Counts the CA changes [`ServerTls::follow`] made: agent streams tell their agents to
+    /// renew on each.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// One [`ServerTls::follow`] at a time (the rotation follower and the Join service both
+    /// call it).
+    following: std::sync::Mutex<()>,
+}
+
+/// The CA this server signs with and what it presents after its own certificate.
+pub struct Signing {
+    pub ca: ClusterCa,
+    pub fingerprint: String,
+    /// PEM: the CA, or during a rotation the cross-signed new CA and both CAs.
+    pub chain: String,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -49,6 +67,28 @@ impl std::fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("identity", &self.identity)
             .finish_non_exhaustive()
+    }
+}
+
+/// PEM certificates one after the other.
+fn bundle(pems: &[&str]) -> String {
+    pems.iter()
+        .map(|p| {
+            let p = p.trim_end();
+            format!("{p}\n")
+        })
+        .collect()
+}
+
+/// What a node trusts and presents at each point of rotation `r`.
+pub fn rotation_layout(r: &CaRotation) -> (String, String) {
+    if r.is_finished() {
+        (bundle(&[&r.cert]), bundle(&[&r.cert]))
+    } else {
+        (
+            bundle(&[&r.from_cert, &r.cert]),
+            bundle(&[&r.cross_cert, &r.cert, &r.from_cert]),
+        )
     }
 }
 
@@ -71,6 +111,8 @@ impl ServerTls {
             ca_key_pem: Some(ca.key_pem().to_owned()),
             cert_pem: issued.cert_pem.clone(),
             key_pem: key.pem(),
+            trust_pem: None,
+            chain_pem: None,
         };
         Self::save_and_open(data_dir, material, identity, sans)
     }
@@ -129,23 +171,46 @@ impl ServerTls {
         })?;
         let ca = ClusterCa::load(&material.ca_pem, ca_key).context("read the cluster CA")?;
         let credentials = Arc::new(
-            Credentials::new(&material.cert_pem, &material.key_pem, &material.ca_pem)
+            Credentials::new(&material.cert_pem, &material.key_pem, material.chain())
                 .context("read the server's certificate")?,
         );
+        let trust = TrustStore::new(material.trust()).context("read the trusted CAs")?;
         let not_after = AtomicI64::new(berth_tls::not_after(&material.cert_pem).unwrap_or(0));
+        let signing = Signing {
+            fingerprint: ca.fingerprint()?,
+            chain: material.chain().to_owned(),
+            ca,
+        };
         Ok(Self {
             dir,
-            ca,
             identity,
             key_pem: material.key_pem,
             sans,
             not_after,
             credentials,
+            trust,
+            signing: RwLock::new(Arc::new(signing)),
+            changes: tokio::sync::watch::Sender::new(0),
+            following: std::sync::Mutex::default(),
         })
     }
 
-    pub fn ca(&self) -> &ClusterCa {
-        &self.ca
+    /// The CA this server signs with, and the chain it presents.
+    pub fn signing(&self) -> Arc<Signing> {
+        self.signing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The CA this server signs with.
+    pub fn ca(&self) -> ClusterCa {
+        self.signing().ca.clone()
+    }
+
+    /// The CAs this server trusts, PEM.
+    pub fn trust_pem(&self) -> String {
+        self.trust.pem()
     }
 
     pub fn identity(&self) -> &Identity {
@@ -154,12 +219,12 @@ impl ServerTls {
 
     /// The TLS configuration of the listener.
     pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
-        Ok(server_config(self.ca.cert_pem(), self.credentials.clone())?)
+        Ok(server_config(self.trust.clone(), self.credentials.clone())?)
     }
 
-    /// Channels to peers and agents: this server's certificate, the cluster CA as the root.
+    /// Channels to peers and agents: this server's certificate, the trusted CAs as roots.
     pub fn dialer(&self) -> anyhow::Result<Dialer> {
-        let trust = Trust::Ca(self.ca.cert_pem().to_owned());
+        let trust = Trust::Store(self.trust.clone());
         Ok(Dialer::new(client_config(
             &trust,
             Some(self.credentials.clone()),
@@ -173,23 +238,91 @@ impl ServerTls {
 
     /// A new certificate for this server (same key and names), in place and on disk.
     pub fn renew(&self, ttl: Duration) -> anyhow::Result<()> {
+        let signing = self.signing();
+        self.reissue(&signing, &self.trust.pem(), ttl)
+            .context("renew the server's certificate")
+    }
+
+    /// Issues this server's certificate from `signing` and stores everything: certificate,
+    /// chain, trust and signing CA, in memory and on disk.
+    fn reissue(&self, signing: &Signing, trust: &str, ttl: Duration) -> anyhow::Result<()> {
         let key = NodeKey::from_pem(&self.key_pem)?;
-        let issued = self
-            .ca
-            .issue(&key.csr(&self.identity)?, &self.identity, &self.sans, ttl)
-            .context("renew the server's certificate")?;
-        self.credentials
-            .replace(&issued.cert_pem, &self.key_pem, self.ca.cert_pem())?;
+        let issued =
+            signing
+                .ca
+                .issue(&key.csr(&self.identity)?, &self.identity, &self.sans, ttl)?;
+        let ca_pem = signing.ca.cert_pem();
+        let differs = |pem: &str| (pem.trim() != ca_pem.trim()).then(|| pem.to_owned());
+        // Saved first: if that fails, nothing changed.
         self.dir
             .save(&Material {
-                ca_pem: self.ca.cert_pem().to_owned(),
-                ca_key_pem: Some(self.ca.key_pem().to_owned()),
-                cert_pem: issued.cert_pem,
+                ca_pem: ca_pem.to_owned(),
+                ca_key_pem: Some(signing.ca.key_pem().to_owned()),
+                cert_pem: issued.cert_pem.clone(),
                 key_pem: self.key_pem.clone(),
+                trust_pem: differs(trust),
+                chain_pem: differs(&signing.chain),
             })
-            .context("save the renewed certificate")?;
+            .context("save the certificate")?;
+        self.trust.replace(trust)?;
+        self.credentials
+            .replace(&issued.cert_pem, &self.key_pem, &signing.chain)?;
         self.not_after.store(issued.not_after, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether this server signs with the CA whose fingerprint is `fingerprint`.
+    pub fn signs_with(&self, fingerprint: &str) -> bool {
+        self.signing().fingerprint == fingerprint
+    }
+
+    /// Follows CA rotation `r` as the state shows it: while it runs, sign with its new CA
+    /// (opened with the old CA's key), trust both and present the cross-signed chain; once it
+    /// finished, trust and present the new CA alone. Answers whether anything changed (the
+    /// certificate is then reissued and everything saved). Cheap when nothing changes.
+    pub fn follow(&self, r: &CaRotation, ttl: Duration) -> anyhow::Result<bool> {
+        let (trust, chain) = rotation_layout(r);
+        let _one = self
+            .following
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.signing();
+        if current.fingerprint == r.fingerprint
+            && current.chain.trim() == chain.trim()
+            && self.trust.pem().trim() == trust.trim()
+        {
+            return Ok(false);
+        }
+        let ca = if current.fingerprint == r.fingerprint {
+            current.ca.clone()
+        } else if current.fingerprint == r.from_fingerprint {
+            current
+                .ca
+                .open_successor(&r.cert, &r.sealed_key)
+                .with_context(|| format!("open the new CA of rotation {}", r.generation))?
+        } else {
+            anyhow::bail!(
+                "this server signs with CA {}, which is neither the CA rotation {} replaces ({}) nor its new one ({}): join this server again (`berth cluster remove`, then --join with a new token)",
+                current.fingerprint,
+                r.generation,
+                r.from_fingerprint,
+                r.fingerprint
+            );
+        };
+        let next = Signing {
+            fingerprint: r.fingerprint.clone(),
+            chain,
+            ca,
+        };
+        self.reissue(&next, &trust, ttl)?;
+        *self.signing.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        self.changes.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    /// Changes of the CA this server signs with or trusts.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

@@ -23,20 +23,16 @@ impl State {
             .is_some_and(|c| c.contains(serial))
     }
 
+    /// Records `record` (issued at `at`) for `node`.
     pub(crate) fn record_certificate(
         &mut self,
         node: String,
-        serial: String,
-        expires_at: Timestamp,
+        record: CertificateRecord,
         renewing: Option<String>,
         at: Timestamp,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
-        let record = CertificateRecord {
-            serial,
-            issued_at: at,
-            expires_at,
-        };
+        let expires_at = record.expires_at;
         if let Err(e) = berth_model::validate_name("node", &node).and_then(|()| record.validate()) {
             return CommandResult::Rejected(Rejection::Invalid(e.to_string()));
         }

@@ -3,8 +3,9 @@
 //! every member applies it to the same result.
 
 use berth_model::{
-    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeStatus, Quota, Service, ServiceSpec,
-    StopCode, StopOrder, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate, Timestamp,
+    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeStatus, Quota, Service,
+    ServiceSpec, StopCode, StopOrder, Task, TaskDefinition, TaskDefinitionSpec, TaskStatusUpdate,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +79,27 @@ pub enum Command {
         expires_at: Timestamp,
         renewing: Option<String>,
         at: Timestamp,
+        /// The generation of the CA that signed it ([`berth_model::CaRotation::generation`]).
+        #[serde(default)]
+        ca_generation: u64,
     },
+    /// Starts a rotation of the cluster CA (`berth cluster ca rotate`): the rotation's
+    /// generation must follow the last one's, its old CA must be the last one's new CA, and no
+    /// rotation may be running. Answers [`CommandResult::CaRotation`].
+    StartCaRotation {
+        rotation: Box<CaRotation>,
+        at: Timestamp,
+    },
+    /// Server `server` signs with the new CA of rotation `generation`.
+    AdoptCaRotation {
+        server: u64,
+        generation: u64,
+        at: Timestamp,
+    },
+    /// The leader saw every server adopt the new CA and every node that is not DOWN hold a
+    /// certificate from it: only the new CA is trusted from now on, and certificate records of
+    /// older CAs are forgotten (a DOWN node joins again with a token).
+    FinishCaRotation { generation: u64, at: Timestamp },
     /// An operator drains a node (no new placements) or activates it again.
     SetNodeStatus {
         node: String,
@@ -153,6 +174,7 @@ impl Command {
             | Command::MarkNodeDown { .. }
             | Command::ReconcileService(_)
             | Command::AutoScale(_)
+            | Command::FinishCaRotation { .. }
             | Command::ReplaceState { .. } => true,
             _ => false,
         }
@@ -178,6 +200,13 @@ impl Command {
             Command::RecordCertificate { node, serial, .. } => {
                 format!("certificate {serial} of node {node}")
             }
+            Command::StartCaRotation { rotation, .. } => {
+                format!("CA rotation {}", rotation.generation)
+            }
+            Command::AdoptCaRotation {
+                server, generation, ..
+            } => format!("CA rotation {generation} on server {server}"),
+            Command::FinishCaRotation { generation, .. } => format!("CA rotation {generation}"),
             Command::ApplyService {
                 namespace, spec, ..
             } => format!("service {namespace}/{}", spec.name),
@@ -221,6 +250,9 @@ impl Command {
             | Command::SetNodeStatus { at, .. }
             | Command::RemoveNode { at, .. }
             | Command::RecordCertificate { at, .. }
+            | Command::StartCaRotation { at, .. }
+            | Command::AdoptCaRotation { at, .. }
+            | Command::FinishCaRotation { at, .. }
             | Command::ApplyService { at, .. }
             | Command::UpdateService { at, .. }
             | Command::ReconcileService(Reconciliation { at, .. })
@@ -314,6 +346,8 @@ pub enum CommandResult {
     JoinToken(Box<JoinTokenRecord>),
     /// The namespace created, updated or deleted.
     Namespace(Box<Namespace>),
+    /// The CA rotation started.
+    CaRotation(Box<CaRotation>),
     Rejected(Rejection),
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
@@ -332,6 +366,7 @@ impl CommandResult {
             CommandResult::ApiToken(_) => "ApiToken",
             CommandResult::JoinToken(_) => "JoinToken",
             CommandResult::Namespace(_) => "Namespace",
+            CommandResult::CaRotation(_) => "CaRotation",
             CommandResult::Rejected(_) => "Rejected",
             CommandResult::Batch(_) => "Batch",
         }

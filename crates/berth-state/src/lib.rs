@@ -6,6 +6,7 @@
 //! the commands that change it; `apply` only dispatches.
 
 mod access;
+mod ca;
 mod certificates;
 mod cluster;
 mod command;
@@ -65,6 +66,8 @@ pub struct State {
     /// Task IDs by namespace (derived from `tasks`, stopped ones included, as `tasks_by_node`),
     /// so a namespace's usage is found without scanning every task.
     tasks_by_namespace: BTreeMap<String, BTreeSet<String>>,
+    /// The last rotation of the cluster CA, if the CA was ever rotated.
+    ca_rotation: Option<berth_model::CaRotation>,
 }
 
 impl State {
@@ -251,7 +254,27 @@ impl State {
                 expires_at,
                 renewing,
                 at,
-            } => self.record_certificate(node, serial, expires_at, renewing, at, changed),
+                ca_generation,
+            } => {
+                let record = berth_model::CertificateRecord {
+                    serial,
+                    issued_at: at,
+                    expires_at,
+                    ca_generation,
+                };
+                self.record_certificate(node, record, renewing, at, changed)
+            }
+            Command::StartCaRotation { rotation, at } => {
+                self.start_ca_rotation(rotation, at, changed)
+            }
+            Command::AdoptCaRotation {
+                server,
+                generation,
+                at: _,
+            } => self.adopt_ca_rotation(server, generation, changed),
+            Command::FinishCaRotation { generation, at } => {
+                self.finish_ca_rotation(generation, at, changed)
+            }
             Command::ApplyService {
                 namespace,
                 spec,

@@ -1,7 +1,7 @@
 //! The stored form of the state: one object per key, written to disk and into snapshots.
 
 use berth_model::{
-    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, Service, Task,
+    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeCertificates, Service, Task,
     TaskDefinition, TaskDefinitionRef,
 };
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ pub enum Key {
     Namespace(String),
     /// An agent node's certificate records, by node name.
     Certificates(String),
+    /// The last rotation of the cluster CA (one at most).
+    CaRotation,
 }
 
 impl Key {
@@ -52,6 +54,7 @@ impl Key {
             Key::JoinToken(id) => format!("jointoken/{id}"),
             Key::Namespace(name) => format!("namespace/{name}"),
             Key::Certificates(node) => format!("certificates/{node}"),
+            Key::CaRotation => "ca/rotation".to_owned(),
         }
     }
 }
@@ -69,6 +72,7 @@ pub enum Object {
     JoinToken(JoinTokenRecord),
     Namespace(Namespace),
     Certificates(NodeCertificates),
+    CaRotation(CaRotation),
 }
 
 impl Object {
@@ -90,6 +94,7 @@ impl Object {
             Object::JoinToken(t) => Key::JoinToken(t.id.clone()),
             Object::Namespace(n) => Key::Namespace(n.name.clone()),
             Object::Certificates(c) => Key::Certificates(c.node.clone()),
+            Object::CaRotation(_) => Key::CaRotation,
         }
     }
 }
@@ -127,6 +132,7 @@ impl State {
             .chain(join_tokens)
             .chain(namespaces)
             .chain(certificates)
+            .chain(self.ca_rotation.clone().map(Object::CaRotation))
     }
 
     /// The object stored under `key`, if any.
@@ -164,6 +170,7 @@ impl State {
                 .get(node)
                 .cloned()
                 .map(Object::Certificates),
+            Key::CaRotation => self.ca_rotation.clone().map(Object::CaRotation),
         }
     }
 
@@ -205,6 +212,7 @@ impl State {
                 Object::Certificates(c) => {
                     state.certificates.insert(c.node.clone(), c);
                 }
+                Object::CaRotation(r) => state.ca_rotation = Some(r),
             }
         }
         for revs in state.task_definitions.values_mut() {

@@ -59,6 +59,7 @@ fn record(node: &str, serial: &str, expires_at: u64) -> Command {
         expires_at,
         renewing: None,
         at: 0,
+        ca_generation: 0,
     }
 }
 
@@ -69,6 +70,7 @@ fn renew(node: &str, old: &str, serial: &str, expires_at: u64) -> Command {
         expires_at,
         renewing: Some(old.into()),
         at: 0,
+        ca_generation: 0,
     }
 }
 
@@ -294,7 +296,7 @@ fn certificate_records_and_the_new_commands_keep_their_json() {
     for (command, json) in [
         (
             renew("n1", "7f01", "7f02", 5),
-            r#"{"RecordCertificate":{"node":"n1","serial":"7f02","expires_at":5,"renewing":"7f01","at":0}}"#,
+            r#"{"RecordCertificate":{"node":"n1","serial":"7f02","expires_at":5,"renewing":"7f01","at":0,"ca_generation":0}}"#,
         ),
         (remove("n1"), r#"{"RemoveNode":{"node":"n1","at":0}}"#),
     ] {
@@ -308,4 +310,110 @@ fn certificate_records_and_the_new_commands_keep_their_json() {
     assert!(!record("n1", "01", 5).leader_only());
     assert_eq!(remove("n1").subject(), "node n1");
     assert_eq!(record("n1", "01", 5).subject(), "certificate 01 of node n1");
+}
+
+fn rotation(generation: u64, from: char, to: char) -> Command {
+    Command::StartCaRotation {
+        rotation: Box::new(berth_model::CaRotation {
+            generation,
+            from_cert: format!("cert {from}"),
+            from_fingerprint: from.to_string().repeat(64),
+            cert: format!("cert {to}"),
+            fingerprint: to.to_string().repeat(64),
+            cross_cert: format!("{to} by {from}"),
+            sealed_key: "v1:00".into(),
+            started_at: 0,
+            finished_at: None,
+            servers_adopted: Default::default(),
+        }),
+        at: 0,
+    }
+}
+
+fn adopt(server: u64, generation: u64) -> Command {
+    Command::AdoptCaRotation {
+        server,
+        generation,
+        at: 0,
+    }
+}
+
+fn finish(generation: u64) -> Command {
+    Command::FinishCaRotation { generation, at: 0 }
+}
+
+fn record_from(node: &str, serial: &str, expires_at: u64, ca_generation: u64) -> Command {
+    Command::RecordCertificate {
+        node: node.into(),
+        serial: serial.into(),
+        expires_at,
+        renewing: None,
+        at: 0,
+        ca_generation,
+    }
+}
+
+#[test]
+fn a_ca_rotation_starts_once_is_adopted_by_servers_and_finishing_forgets_old_certificates() {
+    let mut s = State::default();
+    for node in ["n1", "n2", "n3"] {
+        s.apply(record(node, "0a", 1_000));
+        s.apply(Command::RegisterNode {
+            node: Node::new(node, "127.0.0.1:1", 1024, 1024),
+            at: 1,
+        });
+    }
+    s.apply(Command::MarkNodeDown {
+        node: "n3".into(),
+        reason: "gone".into(),
+        at: 2,
+    });
+    assert_eq!(s.ca_generation(), 0);
+    check(
+        &mut s,
+        vec![
+            // Generation 2 cannot come before 1.
+            (10, rotation(2, 'a', 'b')),
+            (10, rotation(1, 'a', 'a')),
+            (10, rotation(1, 'a', 'b')),
+            (11, rotation(2, 'b', 'c')),
+            (12, adopt(1, 1)),
+            (12, adopt(1, 1)),
+            (13, adopt(2, 2)),
+            (14, record_from("n1", "0b", 2_000, 1)),
+            (15, finish(1)),
+            (16, adopt(3, 1)),
+            (17, finish(1)),
+            // The next rotation must replace the current CA.
+            (20, rotation(2, 'a', 'c')),
+            (21, rotation(2, 'b', 'c')),
+        ],
+        &[
+            "CA rotation 2 was asked for, but the next one is 1 []",
+            "fingerprint: the new CA must differ from the one it replaces []",
+            "CaRotation [ca/rotation]",
+            "CA rotation 1 has been running since 1970-01-01T00:00:00.010Z; wait until it finishes (`berth cluster ca status` shows what it waits for) []",
+            "done [ca/rotation]",
+            "done []",
+            "CA rotation 2 is not running []",
+            "done [certificates/n1]",
+            "done [ca/rotation certificates/n1 certificates/n2 certificates/n3]",
+            "CA rotation 1 is not running []",
+            "CA rotation 1 is not running []",
+            "the CA to replace (aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa) is not the cluster's current CA (bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb) []",
+            "CaRotation [ca/rotation]",
+        ],
+    );
+    // Finishing rotation 1 kept only n1's certificate from the new CA.
+    assert_eq!(records(&s), ["n1: 0b@2000", "n2: ", "n3: "]);
+    assert_eq!(s.ca_generation(), 2);
+    let r = s.ca_rotation().expect("rotation");
+    assert!(!r.is_finished() && r.servers_adopted.is_empty());
+    assert!(
+        !format!("{r:?}").contains("v1:00"),
+        "no sealed key in Debug"
+    );
+    // n3 is DOWN: it does not hold the rotation back; n2 does, until it renews.
+    s.apply(record_from("n2", "0c", 2_000, 2));
+    assert_eq!(s.nodes_without_ca(2), ["n1"]);
 }

@@ -1,7 +1,9 @@
-//! A node's TLS material in its data dir (`DATA_DIR/tls/`): the CA certificate, the node's
-//! certificate and key, and on servers the CA's key. Private keys are written 0600, and every
-//! file is replaced atomically (written aside, then renamed), so a crash never leaves half a
-//! certificate.
+//! A node's TLS material in its data dir (`DATA_DIR/tls/`): the CA certificate (`ca.pem`), the
+//! node's certificate and key (`node.pem`, `node-key.pem`), on servers the CA's key
+//! (`ca-key.pem`), and during a CA rotation the CAs the node trusts (`trust.pem`) and the
+//! certificates it presents after its own (`chain.pem`); without them, both are the CA alone.
+//! Private keys are written 0600, and every file is replaced atomically (written aside, then
+//! renamed), so a crash never leaves half a certificate.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -15,12 +17,61 @@ pub struct Material {
     pub ca_key_pem: Option<String>,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The CAs this node trusts, when not `ca_pem` alone (during a CA rotation, both roots).
+    pub trust_pem: Option<String>,
+    /// What the node presents after its certificate, when not `ca_pem` alone (during a CA
+    /// rotation, the cross-signed certificate and both roots).
+    pub chain_pem: Option<String>,
+}
+
+impl Material {
+    /// What a join or a renewal answered: a certificate signed by `ca_pem`, and the CAs to
+    /// trust and the certificates to present after it (empty, or the CA alone: `None`).
+    pub fn answered(
+        ca_pem: String,
+        ca_key_pem: Option<String>,
+        cert_pem: String,
+        key_pem: String,
+        trust: &str,
+        chain: &str,
+    ) -> Self {
+        let unless_ca = |pem: &str| {
+            (!pem.trim().is_empty() && pem.trim() != ca_pem.trim()).then(|| pem.to_owned())
+        };
+        Self {
+            trust_pem: unless_ca(trust),
+            chain_pem: unless_ca(chain),
+            ca_pem,
+            ca_key_pem,
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    /// Whether the CA with SHA-256 `fingerprint` is among those this node trusts.
+    pub fn trusts(&self, fingerprint: &str) -> bool {
+        crate::fingerprints(self.trust())
+            .iter()
+            .any(|f| f == fingerprint)
+    }
+
+    /// The CAs this node trusts (PEM).
+    pub fn trust(&self) -> &str {
+        self.trust_pem.as_deref().unwrap_or(&self.ca_pem)
+    }
+
+    /// The certificates this node presents after its own (PEM).
+    pub fn chain(&self) -> &str {
+        self.chain_pem.as_deref().unwrap_or(&self.ca_pem)
+    }
 }
 
 impl std::fmt::Debug for Material {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Material")
             .field("has_ca_key", &self.ca_key_pem.is_some())
+            .field("has_trust", &self.trust_pem.is_some())
+            .field("has_chain", &self.chain_pem.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -29,6 +80,8 @@ const CA: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
 const CERT: &str = "node.pem";
 const KEY: &str = "node-key.pem";
+const TRUST: &str = "trust.pem";
+const CHAIN: &str = "chain.pem";
 
 /// Where a node's material lives: `DATA_DIR/tls`.
 #[derive(Debug, Clone)]
@@ -46,34 +99,49 @@ impl TlsDir {
     /// The stored material, or `None` when this node has none yet (it must bootstrap or join).
     pub fn load(&self) -> std::io::Result<Option<Material>> {
         let read = |name: &str| std::fs::read_to_string(self.0.join(name));
-        let cert_pem = match read(CERT) {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let optional = |name: &str| match read(name) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         };
-        let ca_key_pem = match read(CA_KEY) {
-            Ok(k) => Some(k),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+        let Some(cert_pem) = optional(CERT)? else {
+            return Ok(None);
         };
         Ok(Some(Material {
             ca_pem: read(CA)?,
-            ca_key_pem,
+            ca_key_pem: optional(CA_KEY)?,
             cert_pem,
             key_pem: read(KEY)?,
+            trust_pem: optional(TRUST)?,
+            chain_pem: optional(CHAIN)?,
         }))
     }
 
     /// Writes the material (keys 0600); the node certificate last, since its presence is what
-    /// `load` looks for.
+    /// `load` looks for. Without a trust or a chain, their files are removed (a finished CA
+    /// rotation goes back to the CA alone).
     pub fn save(&self, m: &Material) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.0)?;
         write(&self.0.join(CA), &m.ca_pem, 0o644)?;
         if let Some(key) = &m.ca_key_pem {
             write(&self.0.join(CA_KEY), key, 0o600)?;
         }
+        for (name, text) in [(TRUST, &m.trust_pem), (CHAIN, &m.chain_pem)] {
+            match text {
+                Some(text) => write(&self.0.join(name), text, 0o644)?,
+                None => remove(&self.0.join(name))?,
+            }
+        }
         write(&self.0.join(KEY), &m.key_pem, 0o600)?;
         write(&self.0.join(CERT), &m.cert_pem, 0o644)
+    }
+}
+
+/// Removes `path`, if it is there.
+fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -107,14 +175,53 @@ mod tests {
             ca_key_pem: Some("ca key".into()),
             cert_pem: "cert".into(),
             key_pem: "key".into(),
+            trust_pem: None,
+            chain_pem: None,
         };
         tls.save(&m).expect("save");
         assert_eq!(tls.load().expect("load"), Some(m.clone()));
+        assert_eq!((m.trust(), m.chain()), ("ca", "ca"));
         for (name, mode) in [(CA_KEY, 0o600), (KEY, 0o600), (CERT, 0o644)] {
             let meta = std::fs::metadata(tls.path().join(name)).expect("stat");
             assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
         }
         assert!(!format!("{m:?}").contains("key\""));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotation_s_trust_and_chain_are_kept_then_removed_when_it_ends() {
+        let dir = std::env::temp_dir().join(format!("berth-tls-rotation-{}", std::process::id()));
+        let tls = TlsDir::new(&dir);
+        let rotating = Material {
+            ca_pem: "old".into(),
+            ca_key_pem: None,
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            trust_pem: Some("old new".into()),
+            chain_pem: Some("cross new old".into()),
+        };
+        tls.save(&rotating).expect("save");
+        assert_eq!(tls.load().expect("load"), Some(rotating.clone()));
+        assert_eq!(
+            (rotating.trust(), rotating.chain()),
+            ("old new", "cross new old")
+        );
+
+        let done = Material {
+            ca_pem: "new".into(),
+            trust_pem: None,
+            chain_pem: None,
+            ..rotating
+        };
+        tls.save(&done).expect("save");
+        assert_eq!(tls.load().expect("load"), Some(done));
+        for name in [TRUST, CHAIN] {
+            assert!(!tls.path().join(name).exists(), "{name}");
+        }
+        // Saving without them again is no error.
+        tls.save(&tls.load().expect("load").expect("material"))
+            .expect("save");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use berth_tls::net::{incoming, Dialer};
-use berth_tls::tls::{client_config, server_config, Credentials, Trust};
+use berth_tls::tls::{client_config, server_config, Credentials, Trust, TrustStore};
 use berth_tls::{ClusterCa, Identity, Role, DEFAULT_CERT_TTL};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -20,7 +20,8 @@ fn credentials(ca: &ClusterCa, identity: &Identity) -> Arc<Credentials> {
 async fn grpc_over_tls_knows_its_callers() {
     let ca = ClusterCa::create("net").expect("ca");
     let server = credentials(&ca, &Identity::new(Role::Server, "1"));
-    let config = server_config(ca.cert_pem(), server).expect("server config");
+    let trust = TrustStore::new(ca.cert_pem()).expect("trust");
+    let config = server_config(trust, server).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -102,7 +102,8 @@ async fn cluster(ttl: Duration) -> Cluster {
         .expect("issue")
         .cert_pem;
     let credentials = Arc::new(Credentials::new(&cert, &key.pem(), ca.cert_pem()).expect("creds"));
-    let config = server_config(ca.cert_pem(), credentials).expect("server config");
+    let trust = berth_tls::tls::TrustStore::new(ca.cert_pem()).expect("trust");
+    let config = server_config(trust, credentials).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -183,7 +184,7 @@ async fn an_agent_joins_once_with_its_token_then_restarts_and_renews_without_it(
     assert!(info.names("127.0.0.1"));
     assert!(!held.renew_now);
     assert!(held.material.ca_key_pem.is_none());
-    assert_eq!(tls.ca_pem, c.ca.cert_pem());
+    assert_eq!(tls.trust.pem(), c.ca.cert_pem());
     let stored = TlsDir::new(dir.path())
         .load()
         .expect("load")

@@ -11,7 +11,7 @@ use berth_tls::tls::{client_config, Pinned, Trust};
 use berth_tls::{Identity, JoinToken, NodeKey};
 
 use super::call::{call_servers, Attempt, CallError, RPC_TIMEOUT};
-use super::{check_answer, format_time, unix_now, Held, HOW_TO_JOIN};
+use super::{check_answer, format_time, unix_now, Held, Vouch, HOW_TO_JOIN};
 use crate::AgentConfig;
 
 pub(super) async fn join(
@@ -57,19 +57,16 @@ pub(super) async fn join(
     })
     .await
     .map_err(|e| advise(e, identity))?;
-    let info = check_answer(
-        &answer.certificate,
-        &answer.ca,
-        &token.ca_fingerprint,
-        identity,
-    )
-    .context("join the cluster")?;
-    let material = Material {
-        ca_pem: answer.ca,
-        ca_key_pem: None,
-        cert_pem: answer.certificate,
-        key_pem: key.pem(),
-    };
+    let material = Material::answered(
+        answer.ca,
+        None,
+        answer.certificate,
+        key.pem(),
+        &answer.trust,
+        &answer.chain,
+    );
+    let info = check_answer(&material, Vouch::Pinned(&token.ca_fingerprint), identity)
+        .context("join the cluster")?;
     save(dir, &material).await?;
     tracing::info!(
         expires = %format_time(info.not_after),

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
-use berth_tls::tls::{client_config, Credentials, Trust};
+use berth_tls::tls::{client_config, verify_chain, Credentials, Trust, TrustStore};
 use berth_tls::{Identity, JoinToken, Role, TlsError};
 
 pub(crate) use cert::CertInfo;
@@ -208,12 +208,45 @@ pub(crate) fn format_time(unix: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// What the agent's connections use: the CA it trusts, its certificate (replaced in place on
-/// renewal, so open streams stay), and a dialer of channels to the servers that presents it.
+/// What the agent's connections use: the CAs it trusts (replaced in place when the cluster CA
+/// is rotated), its certificate (replaced in place on renewal, so open streams stay), a dialer
+/// of channels to the servers that presents it, and the servers' requests to renew now.
 pub(crate) struct NodeTls {
-    pub(crate) ca_pem: String,
+    pub(crate) trust: Arc<TrustStore>,
     pub(crate) credentials: Arc<Credentials>,
     pub(crate) dialer: Dialer,
+    pub(crate) renew_now: Arc<tokio::sync::Notify>,
+}
+
+impl NodeTls {
+    fn new(m: &Material) -> anyhow::Result<Self> {
+        let credentials = Arc::new(
+            Credentials::new(&m.cert_pem, &m.key_pem, m.chain())
+                .context("load this agent's certificate and key")?,
+        );
+        let trust = TrustStore::new(m.trust()).context("read the CAs this agent trusts")?;
+        let dialer = Dialer::new(
+            client_config(&Trust::Store(trust.clone()), Some(credentials.clone()))
+                .context("TLS configuration for the servers")?,
+        );
+        Ok(Self {
+            trust,
+            credentials,
+            dialer,
+            renew_now: Arc::default(),
+        })
+    }
+
+    /// Uses `m` from now on: its certificate for new handshakes, its CAs for new peers.
+    pub(crate) fn replace(&self, m: &Material) -> anyhow::Result<()> {
+        self.trust
+            .replace(m.trust())
+            .context("use the CAs the servers answered")?;
+        self.credentials
+            .replace(&m.cert_pem, &m.key_pem, m.chain())
+            .context("use the new certificate")?;
+        Ok(())
+    }
 }
 
 /// The certificate in use and what the renewal task needs to know about it.
@@ -224,7 +257,7 @@ pub(crate) struct Held {
     /// the early side).
     pub(crate) issued_at: i64,
     pub(crate) not_after: i64,
-    /// Renew at once: the certificate does not name the advertised host.
+    /// Renew at once: the certificate does not name the advertised host, or a server asked.
     pub(crate) renew_now: bool,
 }
 
@@ -305,36 +338,29 @@ pub(crate) async fn establish(
             join::join(config, token, &identity, address, &dir).await?
         }
     };
-    let m = &held.material;
-    let credentials = Arc::new(
-        Credentials::new(&m.cert_pem, &m.key_pem, &m.ca_pem)
-            .context("load this agent's certificate and key")?,
-    );
-    let dialer = Dialer::new(
-        client_config(&Trust::Ca(m.ca_pem.clone()), Some(credentials.clone()))
-            .context("TLS configuration for the servers")?,
-    );
-    let tls = NodeTls {
-        ca_pem: m.ca_pem.clone(),
-        credentials,
-        dialer,
-    };
-    Ok((tls, held))
+    Ok((NodeTls::new(&held.material)?, held))
 }
 
-/// Checks a certificate the servers answered (a join's or a renewal's): it names this agent,
-/// has not expired, and comes with the CA the agent expects. Answers what to hold.
+/// Whom a certificate the servers answered must be vouched for by.
+enum Vouch<'a> {
+    /// A join: the CA the join token pins must be among the CAs answered.
+    Pinned(&'a str),
+    /// A renewal: the CAs this agent trusts now (PEM). The certificate must chain to them
+    /// (through the answered chain: during a CA rotation, the new CA cross-signed by the old),
+    /// and every CA answered to be trusted must be one of them or the answered CA so vouched
+    /// for.
+    Trusted(&'a str),
+}
+
+/// Checks what the servers answered (a join's or a renewal's): a certificate that names this
+/// agent, has not expired, is signed by the answered CA, and is vouched for as `vouch` says.
+/// Answers what to hold.
 fn check_answer(
-    certificate: &str,
-    ca_pem: &str,
-    expected_ca: &str,
+    answered: &Material,
+    vouch: Vouch<'_>,
     identity: &Identity,
 ) -> Result<CertInfo, AnswerError> {
-    let ca = berth_tls::fingerprint(ca_pem).map_err(AnswerError::Tls)?;
-    if ca != expected_ca {
-        return Err(AnswerError::OtherCa);
-    }
-    let info = CertInfo::read(certificate).map_err(AnswerError::Certificate)?;
+    let info = CertInfo::read(&answered.cert_pem).map_err(AnswerError::Certificate)?;
     if info.identity.as_ref() != Some(identity) {
         return Err(AnswerError::WrongIdentity {
             found: info
@@ -346,14 +372,36 @@ fn check_answer(
     if info.not_after <= unix_now() {
         return Err(AnswerError::Expired);
     }
+    verify_chain(&answered.cert_pem, "", &answered.ca_pem).map_err(|_| AnswerError::OtherCa)?;
+    match vouch {
+        Vouch::Pinned(fingerprint) => {
+            if !answered.trusts(fingerprint) {
+                return Err(AnswerError::OtherCa);
+            }
+        }
+        Vouch::Trusted(trust) => {
+            verify_chain(&answered.cert_pem, answered.chain(), trust)
+                .map_err(|_| AnswerError::OtherCa)?;
+            let known = berth_tls::fingerprints(trust);
+            let signer = berth_tls::fingerprint(&answered.ca_pem).map_err(AnswerError::Tls)?;
+            let unknown = berth_tls::fingerprints(answered.trust())
+                .into_iter()
+                .any(|f| f != signer && !known.contains(&f));
+            if unknown {
+                return Err(AnswerError::UnknownCa);
+            }
+        }
+    }
     Ok(info)
 }
 
 /// A server's answer that the agent does not accept.
 #[derive(Debug, thiserror::Error)]
 enum AnswerError {
-    #[error("the server answered a CA other than the one this agent trusts (for a join: the one the token pins)")]
+    #[error("the server answered a certificate that does not chain to a CA this agent trusts (for a join: the one the token pins)")]
     OtherCa,
+    #[error("the server answered a CA to trust that no CA this agent trusts vouches for")]
+    UnknownCa,
     #[error("the server answered a certificate of {found}")]
     WrongIdentity { found: String },
     #[error("the server answered a certificate that has already expired (check the clocks)")]
@@ -369,25 +417,23 @@ impl NodeTls {
     /// Credentials from a throwaway CA, for tests that never dial.
     pub(crate) fn for_tests(node_name: &str) -> Self {
         let ca = berth_tls::ClusterCa::create("test").expect("a CA");
-        let key = berth_tls::NodeKey::generate().expect("a key");
         let identity = Identity::new(Role::Agent, node_name);
-        let cert = ca
-            .issue(
-                &key.csr(&identity).expect("a request"),
+        let (issued, key) = ca
+            .issue_new(
                 &identity,
                 &["127.0.0.1".into()],
                 berth_tls::DEFAULT_CERT_TTL,
             )
-            .expect("a certificate")
-            .cert_pem;
-        let credentials =
-            Arc::new(Credentials::new(&cert, &key.pem(), ca.cert_pem()).expect("credentials"));
-        let trust = Trust::Ca(ca.cert_pem().to_owned());
-        Self {
-            ca_pem: ca.cert_pem().to_owned(),
-            dialer: Dialer::new(client_config(&trust, Some(credentials.clone())).expect("config")),
-            credentials,
-        }
+            .expect("a certificate");
+        let m = Material::answered(
+            ca.cert_pem().to_owned(),
+            None,
+            issued.cert_pem,
+            key.pem(),
+            "",
+            "",
+        );
+        Self::new(&m).expect("node TLS")
     }
 }
 

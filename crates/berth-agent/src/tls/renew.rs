@@ -14,7 +14,7 @@ use berth_tls::{Identity, NodeKey, Role};
 
 use super::call::{call_servers, RPC_TIMEOUT};
 use super::join::{join, save};
-use super::{check_answer, format_time, unix_now, Held, NodeTls, HOW_TO_JOIN};
+use super::{check_answer, format_time, unix_now, Held, NodeTls, Vouch, HOW_TO_JOIN};
 use crate::AgentConfig;
 
 /// When a certificate the agent got at `issued_at`, valid until `not_after`, is to be renewed
@@ -52,7 +52,14 @@ pub(crate) async fn renewals(config: &AgentConfig, tls: &NodeTls, mut held: Held
         let now = unix_now();
         if !held.renew_now && !renewal_due(held.issued_at, held.not_after, now) {
             let wait = renew_at(held.issued_at, held.not_after) - now;
-            tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(0))).await;
+            let wait = Duration::from_secs(u64::try_from(wait).unwrap_or(0));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = tls.renew_now.notified() => {
+                    tracing::info!("a server asked this agent to renew its certificate now");
+                    held.renew_now = true;
+                }
+            }
             continue;
         }
         let result = if held.not_after <= now {
@@ -113,18 +120,25 @@ pub(super) async fn renew(
         }
     })
     .await?;
-    let ca = berth_tls::fingerprint(&tls.ca_pem).context("read the CA certificate")?;
-    let info = check_answer(&answer.certificate, &answer.ca, &ca, identity)?;
-    let material = Material {
-        cert_pem: answer.certificate,
-        ..held.material.clone()
-    };
+    let material = Material::answered(
+        answer.ca,
+        None,
+        answer.certificate,
+        held.material.key_pem.clone(),
+        &answer.trust,
+        &answer.chain,
+    );
+    let info = check_answer(&material, Vouch::Trusted(&tls.trust.pem()), identity)?;
+    if material.ca_pem.trim() != held.material.ca_pem.trim() {
+        tracing::info!(
+            ca = %berth_tls::fingerprint(&material.ca_pem).unwrap_or_default(),
+            "the cluster CA was rotated: this agent's certificate is now from the new CA"
+        );
+    }
     // Saved first: if that fails, the old certificate stays in use (and on disk) and the
     // renewal is tried again.
     save(dir, &material).await?;
-    tls.credentials
-        .replace(&material.cert_pem, &material.key_pem, &material.ca_pem)
-        .context("use the renewed certificate")?;
+    tls.replace(&material)?;
     Ok(Held {
         material,
         issued_at: unix_now(),
@@ -146,12 +160,6 @@ async fn rejoin(
         anyhow::bail!("restart the agent with a join token: {HOW_TO_JOIN}");
     };
     let held = join(config, token, identity, address, dir).await?;
-    if held.material.ca_pem != tls.ca_pem {
-        anyhow::bail!("the cluster's CA changed; restart the agent to trust the new one");
-    }
-    let m = &held.material;
-    tls.credentials
-        .replace(&m.cert_pem, &m.key_pem, &m.ca_pem)
-        .context("use the new certificate")?;
+    tls.replace(&held.material)?;
     Ok(held)
 }

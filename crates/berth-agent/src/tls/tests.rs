@@ -218,36 +218,90 @@ fn the_agent_reads_whom_its_certificate_names_and_for_which_hosts() {
     assert!(CertInfo::read("not a certificate").is_err());
 }
 
+/// What a server answers: `cert` from `ca`, with `trust` and `chain` (empty: the CA alone).
+fn answer(ca: &ClusterCa, cert: &str, trust: &str, chain: &str) -> Material {
+    Material::answered(
+        ca.cert_pem().to_owned(),
+        None,
+        cert.to_owned(),
+        "key".into(),
+        trust,
+        chain,
+    )
+}
+
 #[test]
 fn a_join_answer_must_name_this_agent_with_the_pinned_ca() {
     let ca = ClusterCa::create("t").expect("ca");
     let pinned = ca.fingerprint().expect("fingerprint");
     let me = Identity::new(Role::Agent, "node-1");
     let mine = issue(&ca, &me, &["127.0.0.1"]);
-    assert!(check_answer(&mine, ca.cert_pem(), &pinned, &me).is_ok());
-
-    let check = |cert: &str, ca_pem: &str| {
-        check_answer(cert, ca_pem, &pinned, &me)
-            .expect_err("refused")
-            .to_string()
+    let check = |answered: Material| {
+        check_answer(&answered, Vouch::Pinned(&pinned), &me)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
+    assert_eq!(check(answer(&ca, &mine, "", "")), Ok(()));
+
     let other = ClusterCa::create("other").expect("ca");
-    assert_eq!(
-        check(&mine, other.cert_pem()),
-        "the server answered a CA other than the one this agent trusts (for a join: the one the token pins)"
-    );
+    let theirs = issue(&other, &me, &[]);
+    let refused = "the server answered a certificate that does not chain to a CA this agent trusts (for a join: the one the token pins)";
+    assert_eq!(check(answer(&other, &theirs, "", "")), Err(refused.into()));
+    // A certificate that its answered CA did not sign.
+    assert_eq!(check(answer(&ca, &theirs, "", "")), Err(refused.into()));
     let someone_else = issue(&ca, &Identity::new(Role::Agent, "node-2"), &[]);
     assert_eq!(
-        check(&someone_else, ca.cert_pem()),
-        "the server answered a certificate of agent node-2"
+        check(answer(&ca, &someone_else, "", "")),
+        Err("the server answered a certificate of agent node-2".into())
     );
     let a_server = issue(&ca, &Identity::new(Role::Server, "1"), &[]);
     assert_eq!(
-        check(&a_server, ca.cert_pem()),
-        "the server answered a certificate of server 1"
+        check(answer(&ca, &a_server, "", "")),
+        Err("the server answered a certificate of server 1".into())
     );
     assert_eq!(
-        check("junk", ca.cert_pem()),
-        "the server answered a certificate that cannot be read"
+        check(answer(&ca, "junk", "", "")),
+        Err("the server answered a certificate that cannot be read".into())
     );
+}
+
+#[test]
+fn a_renewal_moves_onto_a_rotated_ca_only_when_the_trusted_ca_vouches_for_it() {
+    let old = ClusterCa::create("t").expect("ca");
+    let (new, cross) = old.successor("t").expect("successor");
+    let me = Identity::new(Role::Agent, "node-1");
+    let trust_both = format!("{}{}", old.cert_pem(), new.cert_pem());
+    let chain = format!("{cross}{}{}", new.cert_pem(), old.cert_pem());
+    let from_new = issue(&new, &me, &["127.0.0.1"]);
+    let check = |answered: &Material, trusted: &str| {
+        check_answer(answered, Vouch::Trusted(trusted), &me)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    // During the rotation: the old CA vouches for the new one through the cross-signed one.
+    let during = answer(&new, &from_new, &trust_both, &chain);
+    assert_eq!(check(&during, old.cert_pem()), Ok(()));
+    assert!(during.trusts(&old.fingerprint().expect("fp")));
+    // Without the cross-signed certificate, nothing vouches for the new CA.
+    let unvouched = answer(&new, &from_new, &trust_both, new.cert_pem());
+    assert!(check(&unvouched, old.cert_pem()).is_err());
+    // A CA to trust that nothing vouches for is refused.
+    let stranger = ClusterCa::create("stranger").expect("ca");
+    let sneaky = answer(
+        &new,
+        &from_new,
+        &format!("{trust_both}{}", stranger.cert_pem()),
+        &chain,
+    );
+    assert_eq!(
+        check(&sneaky, old.cert_pem()),
+        Err("the server answered a CA to trust that no CA this agent trusts vouches for".into())
+    );
+    // After the rotation: the new CA alone, which the agent trusts already.
+    let after = answer(&new, &from_new, "", "");
+    assert_eq!(check(&after, &trust_both), Ok(()));
+    assert!(!after.trusts(&old.fingerprint().expect("fp")));
+    // An agent that never learnt of the rotation cannot be moved without the cross-signature.
+    assert!(check(&after, old.cert_pem()).is_err());
 }

@@ -35,11 +35,13 @@ pub fn object_event(
             d.namespace.clone(),
             Some(v1::watch_event::Object::TaskDefinition(d.into())),
         ),
-        // Tokens and certificate records: never shown to watchers (the watch drops `token`).
+        // Tokens, certificate records and the CA rotation: never shown to watchers (the watch
+        // drops `token`).
         Object::ClientToken(_)
         | Object::ApiToken(_)
         | Object::JoinToken(_)
-        | Object::Certificates(_) => ("token", String::new(), String::new(), None),
+        | Object::Certificates(_)
+        | Object::CaRotation(_) => ("token", String::new(), String::new(), None),
         Object::Namespace(n) => ("namespace", n.name.clone(), String::new(), None),
     };
     v1::WatchEvent {
@@ -63,9 +65,11 @@ pub fn deleted_event(revision: u64, key: Key) -> v1::WatchEvent {
             family,
             revision,
         } => ("taskdefinition", format!("{family}:{revision}"), namespace),
-        Key::ClientToken(_) | Key::ApiToken(_) | Key::JoinToken(_) | Key::Certificates(_) => {
-            ("token", String::new(), String::new())
-        }
+        Key::ClientToken(_)
+        | Key::ApiToken(_)
+        | Key::JoinToken(_)
+        | Key::Certificates(_)
+        | Key::CaRotation => ("token", String::new(), String::new()),
         Key::Namespace(name) => ("namespace", name, String::new()),
     };
     v1::WatchEvent {

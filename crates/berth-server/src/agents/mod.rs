@@ -52,6 +52,8 @@ impl Liveness {
 
 pub struct AgentServiceImpl {
     store: Store,
+    /// Its CA changes (rotations) make the agents renew.
+    tls: Arc<crate::tls::ServerTls>,
     liveness: Liveness,
     usage: Usage,
     node_ttl: Duration,
@@ -61,6 +63,7 @@ pub struct AgentServiceImpl {
 impl AgentServiceImpl {
     pub fn new(
         store: Store,
+        tls: Arc<crate::tls::ServerTls>,
         liveness: Liveness,
         usage: Usage,
         node_ttl: Duration,
@@ -68,6 +71,7 @@ impl AgentServiceImpl {
     ) -> AgentServiceServer<Self> {
         AgentServiceServer::new(Self {
             store,
+            tls,
             liveness,
             usage,
             node_ttl,
@@ -133,6 +137,12 @@ impl AgentService for AgentServiceImpl {
         tokio::spawn(
             push::desired_sets(self.store.clone(), node.name.clone(), tx.clone())
                 .instrument(span.clone()),
+        );
+        let rotating = self
+            .store
+            .read_stale(|s| s.ca_rotation().is_some_and(|r| !r.is_finished()));
+        tokio::spawn(
+            push::renewals(self.tls.changes(), rotating, tx.clone()).instrument(span.clone()),
         );
         let reader = reports::Reader {
             store: self.store.clone(),

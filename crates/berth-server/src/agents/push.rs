@@ -1,9 +1,10 @@
 //! Pushing a node's desired task set: now, and again whenever it changes, until the agent goes
 //! away, this server stops leading (the agent is then sent to the new leader) or the node is
-//! removed (the agent is told so, and cannot attach again: its certificate is revoked).
+//! removed (the agent is told so, and cannot attach again: its certificate is revoked); and
+//! asking the agent to renew its certificate when the cluster CA is rotated.
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{DesiredTasks, ServerMessage};
+use berth_proto::v1::{DesiredTasks, RenewCertificate, ServerMessage};
 use berth_store::Store;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -50,5 +51,33 @@ pub(super) async fn desired_sets(
             changed = leader.changed() => if changed.is_err() { return },
             () = tx.closed() => return,
         }
+    }
+}
+
+/// Tells the agent to renew its certificate whenever this server's CA changes (a rotation
+/// started or finished), and at once when a rotation is running as it attaches.
+pub(super) async fn renewals(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    rotating: bool,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+) {
+    changes.mark_unchanged();
+    let mut renew = rotating;
+    loop {
+        if renew {
+            let msg = ServerMessage {
+                msg: Some(ServerMsg::Renew(RenewCertificate {
+                    reason: "the cluster CA is being rotated".into(),
+                })),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
+        }
+        renew = true;
     }
 }

@@ -5,6 +5,7 @@
 //! the permission it needs in its namespace.
 
 mod access;
+mod ca;
 mod cluster;
 mod nodes;
 mod services;
@@ -36,6 +37,8 @@ pub struct BerthService {
     tls: Arc<ServerTls>,
     /// Channels to agents (logs, exec) and to servers being added: this server's certificate.
     dialer: Dialer,
+    /// The life of certificates this server issues (itself included, on a CA rotation).
+    cert_ttl: std::time::Duration,
 }
 
 impl BerthService {
@@ -44,12 +47,14 @@ impl BerthService {
         usage: Usage,
         tls: Arc<ServerTls>,
         dialer: Dialer,
+        cert_ttl: std::time::Duration,
     ) -> BerthServer<Self> {
         BerthServer::new(Self {
             store,
             usage,
             tls,
             dialer,
+            cert_ttl,
         })
     }
 
@@ -281,6 +286,14 @@ impl Berth for BerthService {
         req: Request<pb::RevokeJoinTokenRequest>,
     ) -> Answer<pb::RevokeJoinTokenResponse> {
         route!(self, req, revoke_join_token)
+    }
+
+    async fn get_ca(&self, req: Request<pb::GetCaRequest>) -> Answer<pb::CaStatus> {
+        route!(self, req, get_ca)
+    }
+
+    async fn rotate_ca(&self, req: Request<pb::RotateCaRequest>) -> Answer<pb::CaStatus> {
+        route!(self, req, rotate_ca)
     }
 
     async fn create_namespace(

@@ -1,0 +1,131 @@
+//! When a rotation of the cluster CA can finish: every Raft member signs with the new CA (it
+//! adopted it) and every node that is not DOWN holds a certificate from it. Until then the old
+//! CA stays trusted, so nothing that still depends on it is cut off.
+
+use berth_state::{Command, State};
+
+/// What a running rotation still waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub generation: u64,
+    /// Members (node IDs) that have not adopted the new CA.
+    pub servers: Vec<u64>,
+    /// Nodes, not DOWN, without a certificate from the new CA.
+    pub nodes: Vec<String>,
+}
+
+/// What the running rotation waits for; `None` when no rotation runs.
+pub fn pending(state: &State, members: &[u64]) -> Option<Pending> {
+    let rotation = state.ca_rotation().filter(|r| !r.is_finished())?;
+    Some(Pending {
+        generation: rotation.generation,
+        servers: members
+            .iter()
+            .filter(|id| !rotation.servers_adopted.contains(id))
+            .copied()
+            .collect(),
+        nodes: state.nodes_without_ca(rotation.generation),
+    })
+}
+
+/// The leader's round: `FinishCaRotation` once the running rotation waits for nothing.
+pub fn plan(state: &State, members: &[u64], at: u64) -> Option<Command> {
+    let p = pending(state, members)?;
+    (!members.is_empty() && p.servers.is_empty() && p.nodes.is_empty()).then_some(
+        Command::FinishCaRotation {
+            generation: p.generation,
+            at,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_model::{CaRotation, Node};
+
+    use super::*;
+
+    fn started() -> State {
+        let mut s = State::default();
+        for node in ["n1", "n2"] {
+            s.apply(Command::RegisterNode {
+                node: Node::new(node, "127.0.0.1:1", 1024, 1024),
+                at: 1,
+            });
+        }
+        let rotation = CaRotation {
+            generation: 1,
+            from_cert: "a".into(),
+            from_fingerprint: "a".repeat(64),
+            cert: "b".into(),
+            fingerprint: "b".repeat(64),
+            cross_cert: "b by a".into(),
+            sealed_key: "v1:00".into(),
+            started_at: 0,
+            finished_at: None,
+            servers_adopted: Default::default(),
+        };
+        s.apply(Command::StartCaRotation {
+            rotation: Box::new(rotation),
+            at: 2,
+        });
+        s
+    }
+
+    fn record(s: &mut State, node: &str, ca_generation: u64) {
+        s.apply(Command::RecordCertificate {
+            node: node.into(),
+            serial: "0b".into(),
+            expires_at: 10_000,
+            renewing: None,
+            at: 3,
+            ca_generation,
+        });
+    }
+
+    #[test]
+    fn a_rotation_finishes_once_every_server_and_live_node_moved_to_the_new_ca() {
+        let mut s = started();
+        let members = [1, 2];
+        assert_eq!(
+            pending(&s, &members),
+            Some(Pending {
+                generation: 1,
+                servers: vec![1, 2],
+                nodes: vec!["n1".into(), "n2".into()],
+            })
+        );
+        for server in members {
+            s.apply(Command::AdoptCaRotation {
+                server,
+                generation: 1,
+                at: 4,
+            });
+        }
+        record(&mut s, "n1", 1);
+        // A certificate of the old CA does not count.
+        record(&mut s, "n2", 0);
+        assert_eq!(plan(&s, &members, 5), None);
+        // A DOWN node does not hold the rotation back (it joins again with a token).
+        s.apply(Command::MarkNodeDown {
+            node: "n2".into(),
+            reason: "gone".into(),
+            at: 5,
+        });
+        assert_eq!(
+            plan(&s, &members, 6),
+            Some(Command::FinishCaRotation {
+                generation: 1,
+                at: 6
+            })
+        );
+        // A member that joined since has not adopted it yet.
+        assert_eq!(plan(&s, &[1, 2, 3], 6), None);
+        s.apply(Command::FinishCaRotation {
+            generation: 1,
+            at: 6,
+        });
+        assert_eq!(pending(&s, &members), None);
+        assert_eq!(plan(&s, &members, 7), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! Rotations of the cluster CA ([`berth_model::CaRotation`]): started by an operator, adopted
+//! by each server as it begins to sign with the new CA, finished by the leader once nothing
+//! depends on the old CA any more.
+
+use berth_model::{CaRotation, NodeStatus, Timestamp};
+
+use crate::command::{CommandResult, Rejection};
+use crate::{Key, State};
+
+impl State {
+    /// The last rotation of the cluster CA, finished or not.
+    pub fn ca_rotation(&self) -> Option<&CaRotation> {
+        self.ca_rotation.as_ref()
+    }
+
+    /// The generation of the CA the cluster signs with (0 before any rotation).
+    pub fn ca_generation(&self) -> u64 {
+        self.ca_rotation.as_ref().map_or(0, |r| r.generation)
+    }
+
+    /// The generation of the CA whose certificate has SHA-256 `fingerprint`: the last
+    /// rotation's new CA, the CA it replaced, or 0 (the first CA, or one not known here).
+    pub fn ca_generation_of(&self, fingerprint: &str) -> u64 {
+        match &self.ca_rotation {
+            Some(r) if r.fingerprint == fingerprint => r.generation,
+            Some(r) if r.from_fingerprint == fingerprint => r.generation - 1,
+            _ => 0,
+        }
+    }
+
+    /// Nodes that are not DOWN and hold no certificate from CA generation `generation` (or a
+    /// later one): a rotation to it cannot finish before they renew.
+    pub fn nodes_without_ca(&self, generation: u64) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| n.status != NodeStatus::Down)
+            .filter(|n| {
+                !self
+                    .certificates
+                    .get(&n.name)
+                    .is_some_and(|c| c.certificates.iter().any(|r| r.ca_generation >= generation))
+            })
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    pub(crate) fn start_ca_rotation(
+        &mut self,
+        mut rotation: Box<CaRotation>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        if let Err(e) = rotation.validate() {
+            return CommandResult::Rejected(Rejection::Invalid(e.to_string()));
+        }
+        if let Some(last) = &self.ca_rotation {
+            if !last.is_finished() {
+                return CommandResult::Rejected(Rejection::Conflict(format!(
+                    "CA rotation {} has been running since {}; wait until it finishes (`berth cluster ca status` shows what it waits for)",
+                    last.generation,
+                    berth_model::format_timestamp(last.started_at)
+                )));
+            }
+            if rotation.from_fingerprint != last.fingerprint {
+                return CommandResult::Rejected(Rejection::Conflict(format!(
+                    "the CA to replace ({}) is not the cluster's current CA ({})",
+                    rotation.from_fingerprint, last.fingerprint
+                )));
+            }
+        }
+        let next = self.ca_generation() + 1;
+        if rotation.generation != next {
+            return CommandResult::Rejected(Rejection::Conflict(format!(
+                "CA rotation {} was asked for, but the next one is {next}",
+                rotation.generation
+            )));
+        }
+        rotation.started_at = at;
+        rotation.finished_at = None;
+        changed.push(Key::CaRotation);
+        self.ca_rotation = Some(*rotation.clone());
+        CommandResult::CaRotation(rotation)
+    }
+
+    pub(crate) fn adopt_ca_rotation(
+        &mut self,
+        server: u64,
+        generation: u64,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        match &mut self.ca_rotation {
+            Some(r) if r.generation == generation && !r.is_finished() => {
+                if r.servers_adopted.insert(server) {
+                    changed.push(Key::CaRotation);
+                }
+                CommandResult::Done
+            }
+            _ => CommandResult::Rejected(Rejection::Conflict(format!(
+                "CA rotation {generation} is not running"
+            ))),
+        }
+    }
+
+    pub(crate) fn finish_ca_rotation(
+        &mut self,
+        generation: u64,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        match &mut self.ca_rotation {
+            Some(r) if r.generation == generation && !r.is_finished() => {
+                r.finished_at = Some(at);
+                changed.push(Key::CaRotation);
+            }
+            _ => {
+                return CommandResult::Rejected(Rejection::Conflict(format!(
+                    "CA rotation {generation} is not running"
+                )))
+            }
+        }
+        // Certificates of older CAs are no longer trusted: forget them.
+        for (node, certs) in &mut self.certificates {
+            let before = certs.certificates.len();
+            certs.certificates.retain(|c| c.ca_generation >= generation);
+            if certs.certificates.len() != before {
+                changed.push(Key::Certificates(node.clone()));
+            }
+        }
+        CommandResult::Done
+    }
+}
