@@ -39,7 +39,13 @@ impl State {
         changed: &mut Vec<Key>,
     ) -> CommandResult {
         changed.extend(self.objects().map(|o| o.key()));
+        // The CA is this cluster's own, not the backup's: so is the record of its rotations.
+        let rotation = self.ca_rotation.take();
+        let objects = objects
+            .into_iter()
+            .filter(|o| !matches!(o, Object::CaRotation(_)));
         *self = State::from_objects(objects);
+        self.ca_rotation = rotation;
         changed.extend(self.objects().map(|o| o.key()));
         CommandResult::Done
     }

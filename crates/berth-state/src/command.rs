@@ -180,6 +180,25 @@ impl Command {
         }
     }
 
+    /// The namespace the command acts in, for the audit log: none for cluster-wide commands
+    /// (nodes, tokens, the CA); a namespace command's own name.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Command::RegisterTaskDefinition { namespace, .. }
+            | Command::StopTask { namespace, .. }
+            | Command::ApplyService { namespace, .. }
+            | Command::UpdateService { namespace, .. }
+            | Command::ReconcileService(Reconciliation { namespace, .. })
+            | Command::AutoScale(ScalingDecision { namespace, .. }) => Some(namespace),
+            Command::CreateTasks { tasks, .. } => tasks.first().map(|t| t.namespace.as_str()),
+            Command::CreateNamespace { name, .. }
+            | Command::UpdateNamespace { name, .. }
+            | Command::DeleteNamespace { name, .. } => Some(name),
+            Command::CreateApiToken { record, .. } => Some(&record.namespace),
+            _ => None,
+        }
+    }
+
     /// What the command is about, for log lines: `service NS/NAME`, `node NAME`, `task ID`…
     pub fn subject(&self) -> String {
         match self {

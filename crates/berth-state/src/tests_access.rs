@@ -682,3 +682,31 @@ fn new_objects_keep_their_stored_json() {
         .collect();
     assert_eq!(State::from_objects(decoded), s);
 }
+
+#[test]
+fn commands_name_their_namespace_for_the_audit_log() {
+    let stop = Command::StopTask {
+        namespace: "team-a".into(),
+        task_id: "t1".into(),
+        stop_code: berth_model::StopCode::UserInitiated,
+        reason: String::new(),
+        at: 0,
+    };
+    assert_eq!(stop.namespace(), Some("team-a"));
+    let delete = Command::DeleteNamespace {
+        name: "team-b".into(),
+        at: 0,
+    };
+    assert_eq!(delete.namespace(), Some("team-b"));
+    let none = Command::CreateTasks {
+        tasks: vec![],
+        client_token: None,
+        at: 0,
+    };
+    assert_eq!(none.namespace(), None);
+    let cluster_wide = Command::RemoveNode {
+        node: "n1".into(),
+        at: 0,
+    };
+    assert_eq!(cluster_wide.namespace(), None);
+}

@@ -417,3 +417,20 @@ fn a_ca_rotation_starts_once_is_adopted_by_servers_and_finishing_forgets_old_cer
     s.apply(record_from("n2", "0c", 2_000, 2));
     assert_eq!(s.nodes_without_ca(2), ["n1"]);
 }
+
+#[test]
+fn a_restored_backup_keeps_the_restoring_cluster_s_ca_rotation() {
+    let mut backup = State::default();
+    backup.apply(rotation(1, 'a', 'b'));
+    let mut s = State::default();
+    let (_, changed) = s.apply(Command::ReplaceState {
+        objects: backup.objects().collect(),
+        at: 5,
+    });
+    assert_eq!(
+        s.ca_rotation(),
+        None,
+        "the backup's CA is not this cluster's"
+    );
+    assert!(!changed.contains(&Key::CaRotation));
+}

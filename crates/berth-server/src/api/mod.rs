@@ -81,6 +81,7 @@ impl BerthService {
         expect: impl FnOnce(CommandResult) -> Option<T>,
     ) -> Result<T, Status> {
         let subject = command.subject();
+        let namespace = command.namespace().unwrap_or_default().to_owned();
         let result = self
             .store
             .propose(command)
@@ -91,7 +92,7 @@ impl BerthService {
             Ok(_) => "done".to_owned(),
             Err(e) => format!("failed: {}", e.message()),
         };
-        tracing::info!(target: "berth::audit", caller = %caller.who(), %subject, "{outcome}");
+        tracing::info!(target: "berth::audit", caller = %caller.who(), %namespace, %subject, "{outcome}");
         let result = result?;
         if let CommandResult::Rejected(r) = result {
             return Err(status::from_rejection(r));

@@ -129,15 +129,27 @@ impl BerthService {
         req: pb::ExecTaskRequest,
     ) -> Answer<pb::ExecResult> {
         let namespace = scoped(caller, req.namespace, Permission::Exec)?;
-        let mut agent = self.task_agent(&namespace, &req.task_id).await?;
-        agent
-            .exec(pb::AgentExecRequest {
-                task_id: req.task_id,
-                container: req.container,
-                command: req.command,
-                timeout_secs: req.timeout_secs,
-            })
-            .await
+        let subject = format!("task {}", req.task_id);
+        // The program only: arguments may hold secrets.
+        let program = req.command.first().cloned().unwrap_or_default();
+        let result = async {
+            let mut agent = self.task_agent(&namespace, &req.task_id).await?;
+            agent
+                .exec(pb::AgentExecRequest {
+                    task_id: req.task_id,
+                    container: req.container,
+                    command: req.command,
+                    timeout_secs: req.timeout_secs,
+                })
+                .await
+        }
+        .await;
+        let outcome = match &result {
+            Ok(r) => format!("done: exit code {}", r.get_ref().exit_code),
+            Err(e) => format!("failed: {}", e.message()),
+        };
+        tracing::info!(target: "berth::audit", caller = %caller.who(), %namespace, %subject, %program, "exec {outcome}");
+        result
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %req.task_id))]
