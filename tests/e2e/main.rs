@@ -9,6 +9,7 @@ mod nodes;
 mod rotation;
 mod security;
 mod services;
+mod tls_cluster;
 
 use std::time::{Duration, Instant};
 

@@ -187,6 +187,39 @@ impl ServerProc {
         addr: Option<SocketAddr>,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn_as(Some(id), data_dir, addr, args).await
+    }
+
+    /// Spawns `berth server --join JOIN --join-token TOKEN` with `args` and no `--node-id`, as a
+    /// user would: the cluster gives it a free ID. Waits until it has one (it is written to
+    /// `DATA_DIR/node-id` once the join succeeded), not until it is a member.
+    pub async fn join(
+        data_dir: &Path,
+        join: &str,
+        token: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut all = vec!["--join", join, "--join-token", token];
+        all.extend(args);
+        let mut server = Self::spawn_as(None, data_dir, None, &all).await?;
+        let file = data_dir.join("node-id");
+        server.id = poll(
+            "the joining server's node ID",
+            Duration::from_secs(30),
+            || async { std::fs::read_to_string(&file).ok()?.trim().parse().ok() },
+        )
+        .await
+        .with_context(|| format!("see {}", data_dir.join("server.log").display()))?;
+        Ok(server)
+    }
+
+    /// Spawns `berth server` (with `--node-id` when `id` is given); does not wait.
+    async fn spawn_as(
+        id: Option<u64>,
+        data_dir: &Path,
+        addr: Option<SocketAddr>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let addr = match addr {
             Some(a) => a,
             None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -203,14 +236,10 @@ impl ServerProc {
             .create(true)
             .append(true)
             .open(data_dir.join("server.log"))?;
+        let node_id = id.map(|id| id.to_string());
         let child = Command::new(berth_bin())
-            .args([
-                "server",
-                "--node-id",
-                &id.to_string(),
-                "--listen",
-                &addr.to_string(),
-            ])
+            .args(["server", "--listen", &addr.to_string()])
+            .args(node_id.iter().flat_map(|id| ["--node-id", id.as_str()]))
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
@@ -220,7 +249,7 @@ impl ServerProc {
             .spawn()
             .context("spawn berth server")?;
         Ok(Self {
-            id,
+            id: id.unwrap_or(0),
             addr,
             data_dir: data_dir.to_owned(),
             child,

@@ -174,7 +174,7 @@ async fn rotate(global: &GlobalArgs, client: Client, wait: Duration) -> anyhow::
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "CA rotation {generation} has not finished after {}: {said}; it goes on by itself (`berth cluster ca status`); a node that cannot renew can be removed with `berth node remove`",
+                "CA rotation {generation} has not finished after {}: {said}; it goes on by itself (`berth cluster ca status`); a server that is gone for good can be removed with `berth cluster remove ID`, a node with `berth node remove NAME`",
                 humantime::format_duration(wait)
             );
         }

@@ -72,14 +72,15 @@ mod tests {
         s
     }
 
-    fn record(s: &mut State, node: &str, ca_generation: u64) {
+    /// Records a certificate of `node` signed by the CA whose fingerprint is `ca` 64 times.
+    fn record(s: &mut State, node: &str, ca: char) {
         s.apply(Command::RecordCertificate {
             node: node.into(),
             serial: "0b".into(),
             expires_at: 10_000,
             renewing: None,
             at: 3,
-            ca_generation,
+            ca_fingerprint: ca.to_string().repeat(64),
         });
     }
 
@@ -102,9 +103,9 @@ mod tests {
                 at: 4,
             });
         }
-        record(&mut s, "n1", 1);
+        record(&mut s, "n1", 'b');
         // A certificate of the old CA does not count.
-        record(&mut s, "n2", 0);
+        record(&mut s, "n2", 'a');
         assert_eq!(plan(&s, &members, 5), None);
         // A DOWN node does not hold the rotation back (it joins again with a token).
         s.apply(Command::MarkNodeDown {

@@ -64,7 +64,7 @@ impl JoinService {
         id
     }
 
-    /// Issues a certificate for `identity` and the answer that carries it, with the generation
+    /// Issues a certificate for `identity` and the answer that carries it, with the fingerprint
     /// of the CA that signed it. A CA rotation this server has not followed yet is followed
     /// first, so that a node asked to renew onto the new CA gets it from any server.
     fn answer(
@@ -72,7 +72,7 @@ impl JoinService {
         identity: &Identity,
         csr: &str,
         addresses: &[String],
-    ) -> Result<(JoinResponse, Issued, u64), Status> {
+    ) -> Result<(JoinResponse, Issued, String), Status> {
         let rotation = self.store.read_stale(|s| s.ca_rotation().cloned());
         if let Some(r) = &rotation {
             if let Err(e) = self.tls.follow(r, self.cert_ttl) {
@@ -80,9 +80,6 @@ impl JoinService {
             }
         }
         let signing = self.tls.signing();
-        let generation = self
-            .store
-            .read_stale(|s| s.ca_generation_of(&signing.fingerprint));
         let issued = signing
             .ca
             .issue(csr, identity, &hosts(addresses, &[]), self.cert_ttl)
@@ -109,7 +106,7 @@ impl JoinService {
             trust: self.tls.trust_pem(),
             chain: signing.chain.clone(),
         };
-        Ok((response, issued, generation))
+        Ok((response, issued, signing.fingerprint.clone()))
     }
 
     /// Records an agent's new certificate before it is answered (servers' are not recorded).
@@ -117,10 +114,10 @@ impl JoinService {
         &self,
         identity: &Identity,
         issued: &Issued,
-        ca_generation: u64,
+        ca_fingerprint: String,
         renewing: Option<String>,
     ) -> Result<(), Status> {
-        record_certificate(&self.store, identity, issued, ca_generation, renewing)
+        record_certificate(&self.store, identity, issued, ca_fingerprint, renewing)
             .await
             .inspect_err(|e| {
                 if e.code() == tonic::Code::PermissionDenied {
@@ -133,12 +130,12 @@ impl JoinService {
 /// Records a certificate issued to an agent, so that its stream and renewals are accepted
 /// (other roles' certificates are not recorded). `renewing`: the serial of the certificate the
 /// agent renews with, which must still be recorded when this applies (a removal in between
-/// wins: PERMISSION_DENIED). `ca_generation`: the generation of the CA that signed it.
+/// wins: PERMISSION_DENIED). `ca_fingerprint`: the fingerprint of the CA that signed it.
 pub(crate) async fn record_certificate(
     store: &Store,
     identity: &Identity,
     issued: &Issued,
-    ca_generation: u64,
+    ca_fingerprint: String,
     renewing: Option<String>,
 ) -> Result<(), Status> {
     if identity.role != Role::Agent {
@@ -152,7 +149,7 @@ pub(crate) async fn record_certificate(
             .saturating_mul(1000),
         renewing,
         at: now_ms(),
-        ca_generation,
+        ca_fingerprint,
     };
     match store.propose(command).await {
         Ok(CommandResult::Rejected(Rejection::NotFound(reason))) => Err(status::denied(reason)),
@@ -281,8 +278,8 @@ impl Join for JoinService {
                 Identity::new(Role::Server, id.to_string())
             }
         };
-        let (answer, issued, generation) = self.answer(&identity, &req.csr, &req.addresses)?;
-        self.record(&identity, &issued, generation, None).await?;
+        let (answer, issued, ca) = self.answer(&identity, &req.csr, &req.addresses)?;
+        self.record(&identity, &issued, ca, None).await?;
         tracing::info!(target: "berth::audit", caller = %who, joined = %identity, serial = %issued.serial, "issued a certificate");
         Ok(Response::new(answer))
     }

@@ -232,12 +232,15 @@ impl Server {
             signing
                 .ca
                 .issue_new(&identity, &tls::hosts(addresses, &[]), self.cert_ttl)?;
-        let generation = self
-            .store
-            .read_stale(|s| s.ca_generation_of(&signing.fingerprint));
-        join::record_certificate(&self.store, &identity, &issued, generation, None)
-            .await
-            .map_err(|s| anyhow::anyhow!("record the dev agent's certificate: {}", s.message()))?;
+        join::record_certificate(
+            &self.store,
+            &identity,
+            &issued,
+            signing.fingerprint.clone(),
+            None,
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("record the dev agent's certificate: {}", s.message()))?;
         Ok(berth_tls::dir::Material::answered(
             signing.ca.cert_pem().to_owned(),
             None,

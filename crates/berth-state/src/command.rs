@@ -79,9 +79,11 @@ pub enum Command {
         expires_at: Timestamp,
         renewing: Option<String>,
         at: Timestamp,
-        /// The generation of the CA that signed it ([`berth_model::CaRotation::generation`]).
+        /// The SHA-256 of the certificate of the CA that signed it: the record keeps that CA's
+        /// generation as the state knows it when this applies
+        /// ([`berth_model::CaRotation::generation`]).
         #[serde(default)]
-        ca_generation: u64,
+        ca_fingerprint: String,
     },
     /// Starts a rotation of the cluster CA (`berth cluster ca rotate`): the rotation's
     /// generation must follow the last one's, its old CA must be the last one's new CA, and no

@@ -254,13 +254,13 @@ impl State {
                 expires_at,
                 renewing,
                 at,
-                ca_generation,
+                ca_fingerprint,
             } => {
                 let record = berth_model::CertificateRecord {
                     serial,
                     issued_at: at,
                     expires_at,
-                    ca_generation,
+                    ca_generation: self.ca_generation_of(&ca_fingerprint),
                 };
                 self.record_certificate(node, record, renewing, at, changed)
             }

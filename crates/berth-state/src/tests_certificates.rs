@@ -59,7 +59,7 @@ fn record(node: &str, serial: &str, expires_at: u64) -> Command {
         expires_at,
         renewing: None,
         at: 0,
-        ca_generation: 0,
+        ca_fingerprint: String::new(),
     }
 }
 
@@ -70,7 +70,7 @@ fn renew(node: &str, old: &str, serial: &str, expires_at: u64) -> Command {
         expires_at,
         renewing: Some(old.into()),
         at: 0,
-        ca_generation: 0,
+        ca_fingerprint: String::new(),
     }
 }
 
@@ -296,7 +296,7 @@ fn certificate_records_and_the_new_commands_keep_their_json() {
     for (command, json) in [
         (
             renew("n1", "7f01", "7f02", 5),
-            r#"{"RecordCertificate":{"node":"n1","serial":"7f02","expires_at":5,"renewing":"7f01","at":0,"ca_generation":0}}"#,
+            r#"{"RecordCertificate":{"node":"n1","serial":"7f02","expires_at":5,"renewing":"7f01","at":0,"ca_fingerprint":""}}"#,
         ),
         (remove("n1"), r#"{"RemoveNode":{"node":"n1","at":0}}"#),
     ] {
@@ -342,14 +342,15 @@ fn finish(generation: u64) -> Command {
     Command::FinishCaRotation { generation, at: 0 }
 }
 
-fn record_from(node: &str, serial: &str, expires_at: u64, ca_generation: u64) -> Command {
+/// A record of a certificate signed by the CA whose fingerprint is `ca` 64 times.
+fn record_from(node: &str, serial: &str, expires_at: u64, ca: char) -> Command {
     Command::RecordCertificate {
         node: node.into(),
         serial: serial.into(),
         expires_at,
         renewing: None,
         at: 0,
-        ca_generation,
+        ca_fingerprint: ca.to_string().repeat(64),
     }
 }
 
@@ -380,7 +381,7 @@ fn a_ca_rotation_starts_once_is_adopted_by_servers_and_finishing_forgets_old_cer
             (12, adopt(1, 1)),
             (12, adopt(1, 1)),
             (13, adopt(2, 2)),
-            (14, record_from("n1", "0b", 2_000, 1)),
+            (14, record_from("n1", "0b", 2_000, 'b')),
             (15, finish(1)),
             (16, adopt(3, 1)),
             (17, finish(1)),
@@ -414,7 +415,7 @@ fn a_ca_rotation_starts_once_is_adopted_by_servers_and_finishing_forgets_old_cer
         "no sealed key in Debug"
     );
     // n3 is DOWN: it does not hold the rotation back; n2 does, until it renews.
-    s.apply(record_from("n2", "0c", 2_000, 2));
+    s.apply(record_from("n2", "0c", 2_000, 'c'));
     assert_eq!(s.nodes_without_ca(2), ["n1"]);
 }
 
