@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use berth_model::{DesiredStatus, TaskStatus};
 use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
 use berth_state::{Command, Placement, State, Unplaced};
 
@@ -82,15 +81,7 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
 /// task ID, wrapping around), and moves `cursor` past them: tasks that fit nowhere cannot
 /// starve those behind them.
 pub fn plan(state: &State, at: u64, cursor: &mut String) -> Option<Command> {
-    let pending: Vec<_> = state
-        .tasks_after(cursor)
-        .filter(|t| {
-            t.node.is_none()
-                && t.desired_status == DesiredStatus::Running
-                && t.last_status == TaskStatus::Pending
-        })
-        .take(MAX_PER_ROUND)
-        .collect();
+    let pending: Vec<_> = state.pending_after(cursor).take(MAX_PER_ROUND).collect();
     let last = pending.last()?;
     if pending.len() == MAX_PER_ROUND {
         cursor.clone_from(&last.task_id);

@@ -68,6 +68,12 @@ pub struct State {
     tasks_by_namespace: BTreeMap<String, BTreeSet<String>>,
     /// The last rotation of the cluster CA, if the CA was ever rotated.
     ca_rotation: Option<berth_model::CaRotation>,
+    /// Tasks waiting for a node (derived from `tasks`, refreshed after each command for the
+    /// tasks it changed): the scheduler finds them without scanning every task.
+    pending: BTreeSet<String>,
+    /// CPU units and MiB allocated to the tasks on each node that have not stopped (derived
+    /// as `pending`; nodes without any are absent).
+    allocated: std::collections::HashMap<String, (u64, u64)>,
 }
 
 impl State {
@@ -96,15 +102,6 @@ impl State {
             Key::Node(name) => Some(Some(name)),
             _ => None,
         }
-    }
-
-    /// Every task, in ID order starting after `after` and wrapping around to the first.
-    pub fn tasks_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        use std::ops::Bound::{Excluded, Included, Unbounded};
-        self.tasks
-            .range::<str, _>((Excluded(after), Unbounded))
-            .chain(self.tasks.range::<str, _>((Unbounded, Included(after))))
-            .map(|(_, t)| t)
     }
 
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
@@ -181,20 +178,15 @@ impl State {
 
     /// CPU units and MiB allocated on `node` to its tasks that are not stopped.
     pub fn allocated_on(&self, node: &str) -> (u64, u64) {
-        self.tasks_on(node)
-            .filter(|t| !t.is_stopped())
-            .fold((0, 0), |(cpu, memory), t| {
-                (cpu + u64::from(t.cpu), memory + u64::from(t.memory))
-            })
+        self.allocated.get(node).copied().unwrap_or_default()
     }
 
     /// CPU units and MiB allocated to the tasks that are not stopped, by node name (nodes
     /// without any are absent).
     pub fn allocations(&self) -> std::collections::HashMap<&str, (u64, u64)> {
-        self.tasks_by_node
-            .keys()
-            .map(|n| (n.as_str(), self.allocated_on(n)))
-            .filter(|(_, used)| *used != (0, 0))
+        self.allocated
+            .iter()
+            .map(|(n, used)| (n.as_str(), *used))
             .collect()
     }
 
@@ -206,7 +198,21 @@ impl State {
         (result, changed)
     }
 
+    /// Applies one command and refreshes the derived indexes for what it changed, before the
+    /// next command of a batch sees them.
     fn dispatch(&mut self, command: Command, changed: &mut Vec<Key>) -> CommandResult {
+        let from = changed.len();
+        let replaces = matches!(command, Command::ReplaceState { .. });
+        let result = self.dispatch_one(command, changed);
+        if replaces {
+            self.rebuild_indexes();
+        } else {
+            self.reindex(&changed[from..]);
+        }
+        result
+    }
+
+    fn dispatch_one(&mut self, command: Command, changed: &mut Vec<Key>) -> CommandResult {
         match command {
             Command::Batch(commands) => CommandResult::Batch(
                 commands

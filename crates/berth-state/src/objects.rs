@@ -218,6 +218,7 @@ impl State {
         for revs in state.task_definitions.values_mut() {
             revs.sort_by_key(|d| d.revision);
         }
+        state.rebuild_indexes();
         state
     }
 }

@@ -1,7 +1,7 @@
 //! Tasks: creation (with client-token deduplication), stop requests, placement, and the
 //! status reports of the node that runs them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use berth_model::{
     DesiredStatus, NodeStatus, StopCode, Task, TaskStatus, TaskStatusUpdate, Timestamp, Usage,
@@ -14,6 +14,69 @@ use crate::{ClientToken, Key, State};
 impl State {
     /// Records a task in the by-namespace index, and in the by-node index when it arrives
     /// already placed.
+    /// Refreshes `pending` and `allocated` for the tasks in `changed`. Tasks are never deleted
+    /// one by one (a command that deletes tasks rebuilds the indexes, as `ReplaceState` does),
+    /// and a task's node never changes once set.
+    pub(crate) fn reindex(&mut self, changed: &[Key]) {
+        let mut nodes = BTreeSet::new();
+        for key in changed {
+            let Key::Task(id) = key else { continue };
+            let Some(task) = self.tasks.get(id) else {
+                self.pending.remove(id);
+                continue;
+            };
+            if waits_for_a_node(task) {
+                self.pending.insert(id.clone());
+            } else {
+                self.pending.remove(id);
+            }
+            if let Some(node) = &task.node {
+                nodes.insert(node.clone());
+            }
+        }
+        for node in nodes {
+            self.refresh_allocation(node);
+        }
+    }
+
+    /// Recomputes `pending` and `allocated` from every task.
+    pub(crate) fn rebuild_indexes(&mut self) {
+        self.pending = self
+            .tasks
+            .values()
+            .filter(|t| waits_for_a_node(t))
+            .map(|t| t.task_id.clone())
+            .collect();
+        self.allocated.clear();
+        let nodes: Vec<String> = self.tasks_by_node.keys().cloned().collect();
+        for node in nodes {
+            self.refresh_allocation(node);
+        }
+    }
+
+    fn refresh_allocation(&mut self, node: String) {
+        let used = self
+            .tasks_on(&node)
+            .filter(|t| !t.is_stopped())
+            .fold((0, 0), |(cpu, memory), t| {
+                (cpu + u64::from(t.cpu), memory + u64::from(t.memory))
+            });
+        if used == (0, 0) {
+            self.allocated.remove(&node);
+        } else {
+            self.allocated.insert(node, used);
+        }
+    }
+
+    /// The tasks waiting for a node, the first after task ID `after` first (wrapping around).
+    pub fn pending_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        self.pending
+            .range::<str, _>((Excluded(after), Unbounded))
+            .chain(self.pending.range::<str, _>((Unbounded, Included(after))))
+            .filter_map(|id| self.tasks.get(id))
+    }
+
     pub(crate) fn index(&mut self, task: &Task) {
         self.tasks_by_namespace
             .entry(task.namespace.clone())
@@ -281,4 +344,11 @@ impl State {
         }
         CommandResult::Placed(placed)
     }
+}
+
+/// Whether the scheduler is to place `task`: no node yet, to run, and still PENDING.
+fn waits_for_a_node(task: &Task) -> bool {
+    task.node.is_none()
+        && task.desired_status == DesiredStatus::Running
+        && task.last_status == TaskStatus::Pending
 }

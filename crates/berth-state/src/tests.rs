@@ -143,7 +143,7 @@ fn stopping_an_unplaced_task_stops_it_at_once_and_unknown_ids_are_not_found() {
 }
 
 #[test]
-fn tasks_after_wraps_around() {
+fn pending_tasks_after_a_cursor_wrap_around_and_leave_once_placed() {
     let mut s = state_with_task();
     let t1 = s.task("default", "t1").cloned().expect("t1");
     let more = ["t0", "t2"]
@@ -157,14 +157,30 @@ fn tasks_after_wraps_around() {
         client_token: None,
         at: 3,
     });
-    let ids = |after: &str| {
-        s.tasks_after(after)
-            .map(|t| t.task_id.as_str())
+    let ids = |s: &State, after: &str| {
+        s.pending_after(after)
+            .map(|t| t.task_id.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(""), ["t0", "t1", "t2"]);
-    assert_eq!(ids("t1"), ["t2", "t0", "t1"]);
-    assert_eq!(ids("t2"), ["t0", "t1", "t2"]);
+    assert_eq!(ids(&s, ""), ["t0", "t1", "t2"]);
+    assert_eq!(ids(&s, "t1"), ["t2", "t0", "t1"]);
+    assert_eq!(ids(&s, "t2"), ["t0", "t1", "t2"]);
+    s.apply(Command::RegisterNode {
+        node: berth_model::Node::new("n1", "127.0.0.1:1", 4096, 4096),
+        at: 4,
+    });
+    s.apply(Command::PlaceTasks {
+        placements: vec![Placement {
+            task_id: "t1".into(),
+            node: "n1".into(),
+        }],
+        unplaced: vec![],
+        at: 5,
+    });
+    assert_eq!(ids(&s, ""), ["t0", "t2"]);
+    assert_ne!(s.allocated_on("n1"), (0, 0));
+    // The indexes are derived: a state rebuilt from its objects has the same.
+    assert_eq!(State::from_objects(s.objects()), s);
 }
 
 #[test]

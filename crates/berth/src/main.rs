@@ -18,6 +18,11 @@ use daemon::{expand_config, init_logging, shutdown_signal, LogFormat};
 use dev::{run_dev, DevArgs};
 use server::ServerArgs;
 
+/// Every berth process allocates with mimalloc: under load, glibc's malloc took about a fifth
+/// of the leader's CPU and fragmented its heap (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
