@@ -44,6 +44,10 @@ pub(crate) fn write(results: &Results, dir: &PathBuf) -> anyhow::Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    // A scenario run now replaces everything of its earlier run (a `.failed` mark included).
+    let scenario = |k: &str| k.split('.').next().unwrap_or_default().to_owned();
+    let ran: std::collections::BTreeSet<String> = results.keys().map(|k| scenario(k)).collect();
+    all.retain(|k, _| !ran.contains(&scenario(k)));
     all.extend(results.iter().map(|(k, v)| (k.clone(), *v)));
     std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
     let mut md = String::from("| key | value | goal |\n|---|---:|---|\n");
