@@ -136,6 +136,17 @@ pub fn register_credentials(addr: &str, path: &Path) {
         .insert(addr.to_owned(), path.to_owned());
 }
 
+/// Forgets the credentials of `addr`: a new cluster will be there.
+fn forget_credentials(addr: &str) {
+    if let Some(known) = CREDENTIALS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        known.remove(addr);
+    }
+}
+
 /// The credentials file of the cluster of one of `servers` (comma separated).
 pub fn credentials_for(servers: &str) -> Option<PathBuf> {
     let known = CREDENTIALS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -226,11 +237,16 @@ impl ServerProc {
         };
         std::fs::create_dir_all(data_dir)?;
         // A joining server administers with the credentials of the cluster it joins; a new
-        // cluster's are written by its bootstrap server (see `wait_ready`).
+        // cluster's are written by its bootstrap server (see `wait_ready`). A new data dir on
+        // an address used before (ports are reused) must not inherit that cluster's.
         if let Some(join) = args.windows(2).find(|w| w[0] == "--join").map(|w| w[1]) {
             if let Some(path) = credentials_for(join) {
                 register_credentials(&addr.to_string(), &path);
             }
+        } else if data_dir.join("admin.toml").exists() {
+            register_credentials(&addr.to_string(), &data_dir.join("admin.toml"));
+        } else if !data_dir.join("node-id").exists() {
+            forget_credentials(&addr.to_string());
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
