@@ -128,5 +128,8 @@ mod tests {
         });
         assert_eq!(pending(&s, &members), None);
         assert_eq!(plan(&s, &members, 7), None);
+        // The new CA's sealed key does not outlive the rotation.
+        assert_eq!(s.ca_rotation().map(|r| r.sealed_key.as_str()), Some(""));
+        assert!(s.node_has_ca("n1", 1) && !s.node_has_ca("n2", 1));
     }
 }

@@ -51,7 +51,9 @@ pub struct ServerTls {
     changes: tokio::sync::watch::Sender<u64>,
     /// One [`ServerTls::follow`] at a time (the rotation follower and the Join service both
     /// call it).
-    following: std::sync::Mutex<()>,
+    /// The last rotation followed, as (generation, finished): an older view of the state (a
+    /// stale read in the Join service) is not followed back.
+    following: std::sync::Mutex<(u64, bool)>,
 }
 
 /// The CA this server signs with and what it presents after its own certificate.
@@ -191,7 +193,7 @@ impl ServerTls {
             trust,
             signing: RwLock::new(Arc::new(signing)),
             changes: tokio::sync::watch::Sender::new(0),
-            following: std::sync::Mutex::default(),
+            following: std::sync::Mutex::new((0, false)),
         })
     }
 
@@ -238,6 +240,10 @@ impl ServerTls {
 
     /// A new certificate for this server (same key and names), in place and on disk.
     pub fn renew(&self, ttl: Duration) -> anyhow::Result<()> {
+        let _one = self
+            .following
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let signing = self.signing();
         self.reissue(&signing, &self.trust.pem(), ttl)
             .context("renew the server's certificate")
@@ -282,10 +288,15 @@ impl ServerTls {
     /// certificate is then reissued and everything saved). Cheap when nothing changes.
     pub fn follow(&self, r: &CaRotation, ttl: Duration) -> anyhow::Result<bool> {
         let (trust, chain) = rotation_layout(r);
-        let _one = self
+        let mut last = self
             .following
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let seen = (r.generation, r.is_finished());
+        if seen < *last {
+            return Ok(false);
+        }
+        *last = seen;
         let current = self.signing();
         if current.fingerprint == r.fingerprint
             && current.chain.trim() == chain.trim()

@@ -28,6 +28,13 @@ impl State {
         }
     }
 
+    /// Whether node `node` holds a certificate from CA generation `generation` or a later one.
+    pub fn node_has_ca(&self, node: &str, generation: u64) -> bool {
+        self.certificates
+            .get(node)
+            .is_some_and(|c| c.certificates.iter().any(|r| r.ca_generation >= generation))
+    }
+
     /// Nodes that are not DOWN and hold no certificate from CA generation `generation` (or a
     /// later one): a rotation to it cannot finish before they renew.
     pub fn nodes_without_ca(&self, generation: u64) -> Vec<String> {
@@ -110,6 +117,9 @@ impl State {
         match &mut self.ca_rotation {
             Some(r) if r.generation == generation && !r.is_finished() => {
                 r.finished_at = Some(at);
+                // Every server holds the new CA by now: its sealed key must not outlive the
+                // rotation in snapshots and backups (the old key, if it leaked, opens it).
+                r.sealed_key.clear();
                 changed.push(Key::CaRotation);
             }
             _ => {

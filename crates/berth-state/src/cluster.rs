@@ -39,11 +39,12 @@ impl State {
         changed: &mut Vec<Key>,
     ) -> CommandResult {
         changed.extend(self.objects().map(|o| o.key()));
-        // The CA is this cluster's own, not the backup's: so is the record of its rotations.
+        // The CA is this cluster's own, not the backup's: so are the record of its rotations
+        // and the certificates recorded (the backup's were issued by another CA).
         let rotation = self.ca_rotation.take();
         let objects = objects
             .into_iter()
-            .filter(|o| !matches!(o, Object::CaRotation(_)));
+            .filter(|o| !matches!(o, Object::CaRotation(_) | Object::Certificates(_)));
         *self = State::from_objects(objects);
         self.ca_rotation = rotation;
         changed.extend(self.objects().map(|o| o.key()));

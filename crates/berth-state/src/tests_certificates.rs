@@ -434,4 +434,11 @@ fn a_restored_backup_keeps_the_restoring_cluster_s_ca_rotation() {
         "the backup's CA is not this cluster's"
     );
     assert!(!changed.contains(&Key::CaRotation));
+    let mut with_records = State::default();
+    with_records.apply(record("n1", "0a", 1_000));
+    s.apply(Command::ReplaceState {
+        objects: with_records.objects().collect(),
+        at: 6,
+    });
+    assert_eq!(s.node_certificates("n1"), None, "nor are its certificates");
 }

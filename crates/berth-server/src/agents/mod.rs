@@ -138,11 +138,14 @@ impl AgentService for AgentServiceImpl {
             push::desired_sets(self.store.clone(), node.name.clone(), tx.clone())
                 .instrument(span.clone()),
         );
-        let rotating = self
-            .store
-            .read_stale(|s| s.ca_rotation().is_some_and(|r| !r.is_finished()));
         tokio::spawn(
-            push::renewals(self.tls.changes(), rotating, tx.clone()).instrument(span.clone()),
+            push::renewals(
+                self.store.clone(),
+                node.name.clone(),
+                self.tls.changes(),
+                tx.clone(),
+            )
+            .instrument(span.clone()),
         );
         let reader = reports::Reader {
             store: self.store.clone(),

@@ -5,6 +5,8 @@
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{DesiredTasks, RenewCertificate, ServerMessage};
+use std::time::Duration;
+
 use berth_store::Store;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -55,15 +57,34 @@ pub(super) async fn desired_sets(
 }
 
 /// Tells the agent to renew its certificate whenever this server's CA changes (a rotation
-/// started or finished), and at once when a rotation is running as it attaches.
+/// started or finished), at once when a rotation is running as it attaches, and again every
+/// [`RENEW_AGAIN`] while a rotation runs and the node holds no certificate from the new CA (a
+/// renewal answered by a server that had not seen the rotation yet got one of the old CA).
 pub(super) async fn renewals(
+    store: Store,
+    node: String,
     mut changes: tokio::sync::watch::Receiver<u64>,
-    rotating: bool,
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
 ) {
     changes.mark_unchanged();
-    let mut renew = rotating;
+    let behind = || {
+        store.read_stale(|s| {
+            s.ca_rotation()
+                .filter(|r| !r.is_finished())
+                .is_some_and(|r| !s.node_has_ca(&node, r.generation))
+        })
+    };
+    let mut again = tokio::time::interval(RENEW_AGAIN);
+    again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let renew = tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() { return }
+                true
+            }
+            _ = again.tick() => behind(),
+            () = tx.closed() => return,
+        };
         if renew {
             let msg = ServerMessage {
                 msg: Some(ServerMsg::Renew(RenewCertificate {
@@ -74,10 +95,8 @@ pub(super) async fn renewals(
                 return;
             }
         }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tx.closed() => return,
-        }
-        renew = true;
     }
 }
+
+/// How often an agent that has not moved to a rotation's new CA is asked again.
+const RENEW_AGAIN: Duration = Duration::from_secs(10);
