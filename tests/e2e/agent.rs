@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use berth_tests::{
-    cli, cli_json, containerd_containers, ctr, poll, run_tasks, run_until_running, wait_stopped,
-    AgentProc, Env, ServerProc,
+    cli, cli_json, containerd_containers, ctr, poll, run_script_until_running, run_tasks,
+    run_until_running, wait_stopped, AgentProc, Env, ServerProc,
 };
 use serde_json::Value;
 
@@ -173,20 +173,7 @@ async fn exec_returns_output_and_exit_code_and_logs_follow_live_output() -> anyh
     let (env, server, _agent) = node().await?;
     let addr = server.addr.to_string();
     let script = "echo first; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo second; sleep 600";
-    let id = run_until_running(
-        &addr,
-        &[
-            "run",
-            "--stop-timeout",
-            "1s",
-            &env.image,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    )
-    .await?;
+    let id = run_script_until_running(&addr, &env.image, script).await?;
 
     let out = cli(
         &addr,

@@ -7,20 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::{stderr, stdout};
 use berth_tests::{
-    cli, cli_json, containerd_containers, join_token, poll, run_until_running, wait_stopped,
+    cli, cli_json, containerd_containers, join_token, poll, run_script_until_running, wait_stopped,
     AgentProc, Env, ServerProc, FAST_RAFT,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The fingerprints of the certificates in the PEM file `path`.
 fn fingerprints(path: &Path) -> anyhow::Result<Vec<String>> {
@@ -45,20 +38,7 @@ async fn the_cluster_ca_rotates_under_a_running_task_and_the_old_ca_is_then_refu
     }
     servers[0].wait_voters(3, TIMEOUT).await?;
     let agent = AgentProc::start(&env, &addr, "node-1").await?;
-    let id = run_until_running(
-        &addr,
-        &[
-            "run",
-            "--stop-timeout",
-            "1s",
-            &env.image,
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 600",
-        ],
-    )
-    .await?;
+    let id = run_script_until_running(&addr, &env.image, "echo started; exec sleep 600").await?;
     let containers = containerd_containers(&env.containerd.socket, &agent.namespace).await?;
     let old = fingerprints(&servers[0].data_dir.join("tls/ca.pem"))?;
     // A copy of the admin credentials that nobody updates: it trusts the old CA only.

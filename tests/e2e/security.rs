@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::{stderr, stdout};
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::agent_service_client::AgentServiceClient;
 use berth_proto::v1::berth_client::BerthClient;
@@ -15,7 +16,7 @@ use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{AgentMessage, JoinRequest, RaftPayload, Register};
 use berth_tests::{
     berth_bin, cli, cli_command, cli_json, containerd_containers, join_token, poll,
-    run_until_running, wait_stopped, AgentProc, Env, ServerProc,
+    run_script_until_running, run_until_running, wait_stopped, AgentProc, Env, ServerProc,
 };
 use berth_tls::tls::{client_config, Credentials, Trust};
 use berth_tls::{ClusterCa, Identity, NodeKey, Role};
@@ -27,14 +28,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An image nothing can pull: tasks of it stay PENDING on a server without agents.
 const NO_IMAGE: &str = "127.0.0.1:1/none:latest";
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A one-member cluster in a scratch directory (no containerd: for tests that need no task
 /// to run).
@@ -869,20 +862,7 @@ async fn certificates_renew_under_a_running_task_without_disrupting_it() -> anyh
     let cert_path = env.path("agent-node-1").join("tls/node.pem");
     let first_cert = std::fs::read_to_string(&cert_path)?;
     let first_expiry = berth_tls::not_after(&first_cert).unwrap_or_default();
-    let id = run_until_running(
-        &addr,
-        &[
-            "run",
-            "--stop-timeout",
-            "1s",
-            &env.image,
-            "--",
-            "sh",
-            "-c",
-            "echo started; exec sleep 600",
-        ],
-    )
-    .await?;
+    let id = run_script_until_running(&addr, &env.image, "echo started; exec sleep 600").await?;
     let containers = containerd_containers(&env.containerd.socket, &agent.namespace).await?;
     assert_eq!(containers.len(), 1, "{containers:?}");
 

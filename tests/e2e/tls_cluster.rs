@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::{stderr, stdout};
 use anyhow::Context as _;
 use berth_tests::{
     cli, cli_command, cli_json, ctr, join_token, poll, run_tasks, wait_stopped, AgentProc, Env,
@@ -44,14 +45,6 @@ spec:
         command: [sh, -c, 'i=0; while :; do echo \"tick $i\"; i=$((i+1)); sleep 1; done']
         stopTimeout: 1s
 ";
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

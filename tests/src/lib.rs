@@ -495,6 +495,28 @@ pub async fn run_until_running(server: &str, args: &[&str]) -> anyhow::Result<St
     Ok(id)
 }
 
+/// Runs `sh -c SCRIPT` in `image` (stop timeout 1 s) and waits until the task is RUNNING.
+pub async fn run_script_until_running(
+    server: &str,
+    image: &str,
+    script: &str,
+) -> anyhow::Result<String> {
+    run_until_running(
+        server,
+        &[
+            "run",
+            "--stop-timeout",
+            "1s",
+            image,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .await
+}
+
 /// Waits until the task is STOPPED and returns it.
 pub async fn wait_stopped(server: &str, task_id: &str, timeout: Duration) -> anyhow::Result<Value> {
     poll(&format!("task {task_id} to stop"), timeout, || async {

@@ -89,15 +89,8 @@ fn waiting_for(s: &pb::CaStatus) -> String {
 
 /// Replaces the `ca` of the credentials file at `path`, keeping everything else.
 fn update_credentials(path: &Path, trust: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    if table.get("ca").and_then(toml::Value::as_str) == Some(trust) {
-        return Ok(());
-    }
-    table.insert("ca".into(), toml::Value::String(trust.to_owned()));
-    let text = toml::to_string(&table).context("encode the credentials")?;
-    berth_tls::dir::write(path, &text, 0o600).with_context(|| format!("write {}", path.display()))
+    berth_tls::dir::set_credentials_ca(path, trust)
+        .with_context(|| format!("update the CA in {}", path.display()))
 }
 
 async fn status(client: &mut Client) -> anyhow::Result<pb::CaStatus> {

@@ -234,14 +234,8 @@ pub async fn write_admin_credentials(
 /// CA rotation, the file keeps working.
 pub fn update_admin_ca(data_dir: &Path, trust: &str) -> anyhow::Result<()> {
     let path = data_dir.join("admin.toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    table.insert("ca".into(), toml::Value::String(trust.to_owned()));
-    let text = toml::to_string(&table).context("encode admin credentials")?;
-    berth_tls::dir::write(&path, &text, 0o600).with_context(|| format!("write {}", path.display()))
+    match berth_tls::dir::set_credentials_ca(&path, trust) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.with_context(|| format!("update the CA in {}", path.display())),
+    }
 }

@@ -73,12 +73,7 @@ impl JoinService {
         csr: &str,
         addresses: &[String],
     ) -> Result<(JoinResponse, Issued, String), Status> {
-        let rotation = self.store.read_stale(|s| s.ca_rotation().cloned());
-        if let Some(r) = &rotation {
-            if let Err(e) = self.tls.follow(r, self.cert_ttl) {
-                tracing::warn!("follow CA rotation {}: {e:#}", r.generation);
-            }
-        }
+        crate::rotation::follow_now(&self.store, &self.tls, self.cert_ttl);
         let signing = self.tls.signing();
         let issued = signing
             .ca

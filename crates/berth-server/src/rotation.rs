@@ -77,6 +77,16 @@ pub fn members(store: &Store) -> Vec<u64> {
         .collect()
 }
 
+/// Follows the CA rotation this server's state shows, if any, now (a join or renewal is being
+/// answered, a rotation was just started); a failure is logged and the follower tries again.
+pub fn follow_now(store: &Store, tls: &ServerTls, cert_ttl: Duration) {
+    if let Some(r) = store.read_stale(|s| s.ca_rotation().cloned()) {
+        if let Err(e) = tls.follow(&r, cert_ttl) {
+            tracing::warn!("follow CA rotation {}: {e:#}", r.generation);
+        }
+    }
+}
+
 /// Follows the state's CA rotation on this server, forever: see the module's doc. Each change
 /// also rewrites the CA of this server's `admin.toml`, if it has one.
 pub async fn follow_rotations(

@@ -257,18 +257,16 @@ impl ServerTls {
             signing
                 .ca
                 .issue(&key.csr(&self.identity)?, &self.identity, &self.sans, ttl)?;
-        let ca_pem = signing.ca.cert_pem();
-        let differs = |pem: &str| (pem.trim() != ca_pem.trim()).then(|| pem.to_owned());
         // Saved first: if that fails, nothing changed.
         self.dir
-            .save(&Material {
-                ca_pem: ca_pem.to_owned(),
-                ca_key_pem: Some(signing.ca.key_pem().to_owned()),
-                cert_pem: issued.cert_pem.clone(),
-                key_pem: self.key_pem.clone(),
-                trust_pem: differs(trust),
-                chain_pem: differs(&signing.chain),
-            })
+            .save(&Material::answered(
+                signing.ca.cert_pem().to_owned(),
+                Some(signing.ca.key_pem().to_owned()),
+                issued.cert_pem.clone(),
+                self.key_pem.clone(),
+                trust,
+                &signing.chain,
+            ))
             .context("save the certificate")?;
         self.trust.replace(trust)?;
         self.credentials

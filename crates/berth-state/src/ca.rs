@@ -41,12 +41,7 @@ impl State {
         self.nodes
             .values()
             .filter(|n| n.status != NodeStatus::Down)
-            .filter(|n| {
-                !self
-                    .certificates
-                    .get(&n.name)
-                    .is_some_and(|c| c.certificates.iter().any(|r| r.ca_generation >= generation))
-            })
+            .filter(|n| !self.node_has_ca(&n.name, generation))
             .map(|n| n.name.clone())
             .collect()
     }

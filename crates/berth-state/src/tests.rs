@@ -8,8 +8,9 @@ use super::*;
 use crate::command::*;
 use berth_model::{ServiceStatus, TaskStatus};
 
-fn state_with_task() -> State {
-    let mut s = State::default();
+/// Registers task definition `default/web:1` (256 CPU units, 64 MiB, one busybox container)
+/// at time 1 and answers it.
+pub(crate) fn register_web(s: &mut State) -> TaskDefinition {
     s.apply(Command::RegisterTaskDefinition {
         namespace: "default".into(),
         spec: TaskDefinitionSpec::new(
@@ -21,14 +22,27 @@ fn state_with_task() -> State {
         reuse_identical: false,
         at: 1,
     });
+    s.task_definition("default", &"web:1".parse().expect("ref"))
+        .expect("registered")
+        .clone()
+}
+
+/// An object as the state stores it: its key, then its JSON.
+pub(crate) fn stored(o: &Object) -> String {
+    format!(
+        "{} {}",
+        o.key().encode(),
+        serde_json::to_string(o).expect("encodes")
+    )
+}
+
+fn state_with_task() -> State {
+    let mut s = State::default();
+    let def = register_web(&mut s);
     s.apply(Command::RegisterNode {
         at: 1,
         node: Node::new("n1", "127.0.0.1:1", 1024, 1024),
     });
-    let def = s
-        .task_definition("default", &"web:1".parse().expect("ref"))
-        .expect("registered")
-        .clone();
     s.apply(Command::CreateTasks {
         tasks: vec![Task::pending("t1".into(), "default", &def, 2)],
         client_token: Some("tok-1".into()),

@@ -658,13 +658,7 @@ fn new_objects_keep_their_stored_json() {
                     | crate::Object::Namespace(_)
             )
         })
-        .map(|o| {
-            format!(
-                "{} {}",
-                o.key().encode(),
-                serde_json::to_string(&o).expect("encodes")
-            )
-        })
+        .map(|o| crate::tests::stored(&o))
         .collect();
     assert_eq!(
         stored,

@@ -2,9 +2,7 @@
 //! `(at, command)` steps and compares one line per answer (with the keys it changed), then the
 //! records it left, to the expected lines.
 
-use berth_model::{
-    ContainerDefinition, Node, NodeStatus, StopCode, Task, TaskDefinitionSpec, TaskStatus,
-};
+use berth_model::{Node, NodeStatus, StopCode, Task, TaskStatus};
 
 use crate::command::*;
 use crate::{Key, Object, State};
@@ -135,21 +133,7 @@ fn a_node_keeps_at_most_sixteen_certificates_the_latest_to_expire() {
 /// Node n1 (registered, with a certificate) running t1 and with t2 stopped; n2 running t3.
 fn two_nodes() -> State {
     let mut s = State::default();
-    s.apply(Command::RegisterTaskDefinition {
-        namespace: "default".into(),
-        spec: TaskDefinitionSpec::new(
-            "web",
-            256,
-            64,
-            vec![ContainerDefinition::new("app", "busybox")],
-        ),
-        reuse_identical: false,
-        at: 1,
-    });
-    let def = s
-        .task_definition("default", &"web:1".parse().expect("ref"))
-        .expect("registered")
-        .clone();
+    let def = crate::tests::register_web(&mut s);
     for node in ["n1", "n2"] {
         s.apply(record(node, "0a", 1_000));
         s.apply(Command::RegisterNode {
@@ -268,16 +252,7 @@ fn removing_a_node_loses_its_tasks_and_forgets_it_and_its_certificates() {
 fn certificate_records_and_the_new_commands_keep_their_json() {
     let mut s = State::default();
     s.apply(record("n1", "7f01", 1_800_000_060_000));
-    let stored: Vec<String> = s
-        .objects()
-        .map(|o| {
-            format!(
-                "{} {}",
-                o.key().encode(),
-                serde_json::to_string(&o).expect("encodes")
-            )
-        })
-        .collect();
+    let stored: Vec<String> = s.objects().map(|o| crate::tests::stored(&o)).collect();
     assert_eq!(
         stored,
         [

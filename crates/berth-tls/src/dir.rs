@@ -145,6 +145,26 @@ fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Sets the `ca` of the credentials file (TOML: `servers`, `ca`, `token`) at `path` to
+/// `trust`, keeping every other key, so that the file keeps working after a CA rotation.
+/// Nothing is written when it holds `trust` already.
+pub fn set_credentials_ca(path: &Path, trust: &str) -> std::io::Result<()> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+    };
+    let text = std::fs::read_to_string(path)?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| invalid(&e))?;
+    if table.get("ca").and_then(toml::Value::as_str) == Some(trust) {
+        return Ok(());
+    }
+    table.insert("ca".into(), toml::Value::String(trust.to_owned()));
+    write(
+        path,
+        &toml::to_string(&table).map_err(|e| invalid(&e))?,
+        0o600,
+    )
+}
+
 /// Writes `text` to `path` atomically with `mode`.
 pub fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");

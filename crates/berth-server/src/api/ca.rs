@@ -55,11 +55,7 @@ impl BerthService {
         })
         .await?;
         // This server follows at once, so that the answer shows it signing with the new CA.
-        if let Some(r) = self.read(true, |s| s.ca_rotation().cloned()).await? {
-            if let Err(e) = self.tls.follow(&r, self.cert_ttl) {
-                tracing::warn!("follow CA rotation {}: {e:#}", r.generation);
-            }
-        }
+        rotation::follow_now(&self.store, &self.tls, self.cert_ttl);
         let members = rotation::members(&self.store);
         let status = self
             .read(true, |s| rotation::status(s, &members, &self.tls))
