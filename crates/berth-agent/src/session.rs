@@ -112,6 +112,8 @@ impl Agent {
         let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         let mut metrics = tokio::time::interval(self.config.metrics_interval);
+        // A renewed certificate is reported at once (a CA rotation waits for it).
+        let mut serial = self.tls.serial.subscribe();
         loop {
             tokio::select! {
                 msg = inbound.message() => {
@@ -152,7 +154,8 @@ impl Agent {
                         send(&tx, AgentMsg::Metrics(MetricsReport { samples })).await?;
                     }
                 }
-                _ = heartbeat.tick() => send(&tx, AgentMsg::Heartbeat(Heartbeat {})).await?,
+                _ = heartbeat.tick() => send(&tx, beat(&mut serial)).await?,
+                Ok(()) = serial.changed() => send(&tx, beat(&mut serial)).await?,
             }
         }
     }
@@ -197,6 +200,13 @@ impl Agent {
         counters.retain(|id, _| seen.contains(id));
         samples
     }
+}
+
+/// A heartbeat naming the certificate this agent presents.
+fn beat(serial: &mut tokio::sync::watch::Receiver<String>) -> AgentMsg {
+    AgentMsg::Heartbeat(Heartbeat {
+        certificate_serial: serial.borrow_and_update().clone(),
+    })
 }
 
 async fn send(tx: &mpsc::Sender<AgentMessage>, msg: AgentMsg) -> anyhow::Result<()> {

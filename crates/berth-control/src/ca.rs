@@ -1,5 +1,6 @@
 //! When a rotation of the cluster CA can finish: every Raft member signs with the new CA (it
-//! adopted it) and every node that is not DOWN holds a certificate from it. Until then the old
+//! adopted it) and every node that is not DOWN uses a certificate from it (its agent said so in
+//! a heartbeat: one issued may never have reached it). Until then the old
 //! CA stays trusted, so nothing that still depends on it is cut off.
 
 use berth_state::{Command, State};
@@ -10,7 +11,7 @@ pub struct Pending {
     pub generation: u64,
     /// Members (node IDs) that have not adopted the new CA.
     pub servers: Vec<u64>,
-    /// Nodes, not DOWN, without a certificate from the new CA.
+    /// Nodes, not DOWN, that use no certificate from the new CA.
     pub nodes: Vec<String>,
 }
 
@@ -84,6 +85,15 @@ mod tests {
         });
     }
 
+    /// `node`'s agent says it uses the certificate [`record`] records.
+    fn in_use(s: &mut State, node: &str) {
+        s.apply(Command::CertificateInUse {
+            node: node.into(),
+            serial: "0b".into(),
+            at: 4,
+        });
+    }
+
     #[test]
     fn a_rotation_finishes_once_every_server_and_live_node_moved_to_the_new_ca() {
         let mut s = started();
@@ -104,8 +114,19 @@ mod tests {
             });
         }
         record(&mut s, "n1", 'b');
-        // A certificate of the old CA does not count.
+        // Issued is not enough: the answer may not have reached the agent.
+        assert!(s.certificate_use_news("n1", "0b"));
+        assert_eq!(pending(&s, &members).map(|p| p.nodes.len()), Some(2));
+        in_use(&mut s, "n1");
+        assert!(!s.certificate_use_news("n1", "0b"));
+        // A certificate of the old CA does not count, even in use.
         record(&mut s, "n2", 'a');
+        assert!(!s.certificate_use_news("n2", "0b"));
+        in_use(&mut s, "n2");
+        assert_eq!(
+            pending(&s, &members).map(|p| p.nodes),
+            Some(vec!["n2".to_owned()])
+        );
         assert_eq!(plan(&s, &members, 5), None);
         // A DOWN node does not hold the rotation back (it joins again with a token).
         s.apply(Command::MarkNodeDown {
@@ -131,5 +152,29 @@ mod tests {
         // The new CA's sealed key does not outlive the rotation.
         assert_eq!(s.ca_rotation().map(|r| r.sealed_key.as_str()), Some(""));
         assert!(s.node_has_ca("n1", 1) && !s.node_has_ca("n2", 1));
+        // n1 got its certificate before the rotation finished: it still trusts the old CA
+        // too, until it renews once more.
+        assert!(s.node_behind_ca("n1"));
+        s.apply(Command::RecordCertificate {
+            node: "n1".into(),
+            serial: "0c".into(),
+            expires_at: 10_000,
+            renewing: Some("0b".into()),
+            at: 8,
+            ca_fingerprint: "b".repeat(64),
+        });
+        assert!(!s.node_behind_ca("n1"));
+    }
+
+    #[test]
+    fn a_node_is_behind_while_it_uses_no_certificate_of_the_running_rotation_s_new_ca() {
+        let mut s = started();
+        assert!(s.node_behind_ca("n1"));
+        record(&mut s, "n1", 'b');
+        assert!(s.node_behind_ca("n1"), "issued, but not known to be in use");
+        in_use(&mut s, "n1");
+        assert!(!s.node_behind_ca("n1"));
+        // Without any rotation, nothing is behind.
+        assert!(!State::default().node_behind_ca("n1"));
     }
 }

@@ -40,6 +40,12 @@ pub struct CertificateRecord {
     /// for the CA of the `n`th rotation ([`CaRotation::generation`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ca_generation: u64,
+    /// The node's agent said it uses this certificate (its heartbeats name the certificate it
+    /// presents). Only recorded for certificates of a running rotation's new CA: the rotation
+    /// counts a node as moved once it uses one, not once one was issued (the answer may never
+    /// have reached the agent, which would then be cut off when the old CA stops being trusted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_use: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -193,6 +199,7 @@ mod tests {
             issued_at: 1_000,
             expires_at: 2_000,
             ca_generation: 0,
+            in_use: false,
         };
         assert_eq!(record.validate(), Ok(()));
         assert!(!record.is_expired(1_999));

@@ -153,7 +153,7 @@ pub async fn follow_rotations(
 }
 
 /// The leader's controller that finishes a CA rotation once every member adopted the new CA
-/// and every node that is not DOWN holds a certificate from it.
+/// and every node that is not DOWN uses a certificate from it.
 pub struct Finisher {
     pub store: Store,
 }

@@ -28,14 +28,70 @@ impl State {
         }
     }
 
-    /// Whether node `node` holds a certificate from CA generation `generation` or a later one.
+    /// Whether node `node` uses a certificate from CA generation `generation` or a later one
+    /// (its agent said so: [`berth_model::CertificateRecord::in_use`]).
     pub fn node_has_ca(&self, node: &str, generation: u64) -> bool {
-        self.certificates
-            .get(node)
-            .is_some_and(|c| c.certificates.iter().any(|r| r.ca_generation >= generation))
+        self.certificates.get(node).is_some_and(|c| {
+            c.certificates
+                .iter()
+                .any(|r| r.in_use && r.ca_generation >= generation)
+        })
     }
 
-    /// Nodes that are not DOWN and hold no certificate from CA generation `generation` (or a
+    /// Whether node `node` should renew its certificate to follow the cluster CA: a rotation
+    /// runs and the node uses no certificate from its new CA, or the last rotation finished
+    /// after the node's newest certificate was issued (so the node still trusts the old CA
+    /// too: it was away when the rotation finished).
+    pub fn node_behind_ca(&self, node: &str) -> bool {
+        let Some(r) = &self.ca_rotation else {
+            return false;
+        };
+        match r.finished_at {
+            None => !self.node_has_ca(node, r.generation),
+            Some(finished) => self
+                .certificates
+                .get(node)
+                .is_some_and(|c| c.certificates.iter().all(|c| c.issued_at < finished)),
+        }
+    }
+
+    /// Whether node `node`'s agent saying it uses certificate `serial` is news the running
+    /// rotation waits for: the certificate is recorded for the node, from the rotation's new
+    /// CA, and not yet known to be in use.
+    pub fn certificate_use_news(&self, node: &str, serial: &str) -> bool {
+        let Some(r) = self.ca_rotation.as_ref().filter(|r| !r.is_finished()) else {
+            return false;
+        };
+        self.certificates.get(node).is_some_and(|c| {
+            c.certificates
+                .iter()
+                .any(|c| c.serial == serial && c.ca_generation >= r.generation && !c.in_use)
+        })
+    }
+
+    pub(crate) fn certificate_in_use(
+        &mut self,
+        node: &str,
+        serial: &str,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        let record = self
+            .certificates
+            .get_mut(node)
+            .and_then(|c| c.certificates.iter_mut().find(|c| c.serial == serial));
+        let Some(record) = record else {
+            return CommandResult::Rejected(Rejection::NotFound(format!(
+                "certificate {serial} of node {node} is not recorded"
+            )));
+        };
+        if !record.in_use {
+            record.in_use = true;
+            changed.push(Key::Certificates(node.to_owned()));
+        }
+        CommandResult::Done
+    }
+
+    /// Nodes that are not DOWN and use no certificate from CA generation `generation` (or a
     /// later one): a rotation to it cannot finish before they renew.
     pub fn nodes_without_ca(&self, generation: u64) -> Vec<String> {
         self.nodes

@@ -85,6 +85,15 @@ pub enum Command {
         #[serde(default)]
         ca_fingerprint: String,
     },
+    /// Node `node`'s agent uses certificate `serial` (its heartbeat names it): the leader
+    /// proposes it for a certificate of a running CA rotation's new CA, which counts the node
+    /// as moved to it ([`berth_model::CertificateRecord::in_use`]). Refused when the
+    /// certificate is not recorded for the node.
+    CertificateInUse {
+        node: String,
+        serial: String,
+        at: Timestamp,
+    },
     /// Starts a rotation of the cluster CA (`berth cluster ca rotate`): the rotation's
     /// generation must follow the last one's, its old CA must be the last one's new CA, and no
     /// rotation may be running. Answers [`CommandResult::CaRotation`].
@@ -99,7 +108,7 @@ pub enum Command {
         at: Timestamp,
     },
     /// The leader saw every server adopt the new CA and every node that is not DOWN hold a
-    /// certificate from it: only the new CA is trusted from now on, and certificate records of
+    /// certificate from it in use: only the new CA is trusted from now on, and certificate records of
     /// older CAs are forgotten (a DOWN node joins again with a token).
     FinishCaRotation { generation: u64, at: Timestamp },
     /// An operator drains a node (no new placements) or activates it again.
@@ -176,6 +185,7 @@ impl Command {
             | Command::MarkNodeDown { .. }
             | Command::ReconcileService(_)
             | Command::AutoScale(_)
+            | Command::CertificateInUse { .. }
             | Command::FinishCaRotation { .. }
             | Command::ReplaceState { .. } => true,
             _ => false,
@@ -219,6 +229,9 @@ impl Command {
             | Command::SetNodeStatus { node, .. }
             | Command::RemoveNode { node, .. } => format!("node {node}"),
             Command::RecordCertificate { node, serial, .. } => {
+                format!("certificate {serial} of node {node}")
+            }
+            Command::CertificateInUse { node, serial, .. } => {
                 format!("certificate {serial} of node {node}")
             }
             Command::StartCaRotation { rotation, .. } => {
@@ -271,6 +284,7 @@ impl Command {
             | Command::SetNodeStatus { at, .. }
             | Command::RemoveNode { at, .. }
             | Command::RecordCertificate { at, .. }
+            | Command::CertificateInUse { at, .. }
             | Command::StartCaRotation { at, .. }
             | Command::AdoptCaRotation { at, .. }
             | Command::FinishCaRotation { at, .. }

@@ -267,9 +267,15 @@ impl State {
                     issued_at: at,
                     expires_at,
                     ca_generation: self.ca_generation_of(&ca_fingerprint),
+                    in_use: false,
                 };
                 self.record_certificate(node, record, renewing, at, changed)
             }
+            Command::CertificateInUse {
+                node,
+                serial,
+                at: _,
+            } => self.certificate_in_use(&node, &serial, changed),
             Command::StartCaRotation { rotation, at } => {
                 self.start_ca_rotation(rotation, at, changed)
             }

@@ -389,9 +389,30 @@ fn a_ca_rotation_starts_once_is_adopted_by_servers_and_finishing_forgets_old_cer
         !format!("{r:?}").contains("v1:00"),
         "no sealed key in Debug"
     );
-    // n3 is DOWN: it does not hold the rotation back; n2 does, until it renews.
+    // n3 is DOWN: it does not hold the rotation back; n2 does, until it renews and its agent
+    // says it uses the new certificate.
     s.apply(record_from("n2", "0c", 2_000, 'c'));
+    assert_eq!(s.nodes_without_ca(2), ["n1", "n2"]);
+    let in_use = |node: &str, serial: &str| Command::CertificateInUse {
+        node: node.into(),
+        serial: serial.into(),
+        at: 30,
+    };
+    check(
+        &mut s,
+        vec![
+            (30, in_use("n2", "0d")),
+            (30, in_use("n2", "0c")),
+            (31, in_use("n2", "0c")),
+        ],
+        &[
+            "certificate 0d of node n2 is not recorded []",
+            "done [certificates/n2]",
+            "done []",
+        ],
+    );
     assert_eq!(s.nodes_without_ca(2), ["n1"]);
+    assert!(in_use("n2", "0c").leader_only());
 }
 
 #[test]

@@ -107,34 +107,62 @@ impl TlsDir {
         let Some(cert_pem) = optional(CERT)? else {
             return Ok(None);
         };
-        Ok(Some(Material {
+        let mut m = Material {
             ca_pem: read(CA)?,
             ca_key_pem: optional(CA_KEY)?,
             cert_pem,
             key_pem: read(KEY)?,
             trust_pem: optional(TRUST)?,
             chain_pem: optional(CHAIN)?,
-        }))
+        };
+        // A server that stopped between writing a rotation's new CA key and its certificate
+        // (see `save`) finds the certificate among the CAs it trusts.
+        if let (Some(key), Some(trust)) = (&m.ca_key_pem, &m.trust_pem) {
+            if crate::ClusterCa::load(&m.ca_pem, key).is_err() {
+                if let Some(ca) =
+                    certificates(trust).find(|cert| crate::ClusterCa::load(cert, key).is_ok())
+                {
+                    m.ca_pem = ca;
+                }
+            }
+        }
+        Ok(Some(m))
     }
 
-    /// Writes the material (keys 0600); the node certificate last, since its presence is what
-    /// `load` looks for. Without a trust or a chain, their files are removed (a finished CA
-    /// rotation goes back to the CA alone).
+    /// Writes the material (keys 0600): the CAs to trust first, then the CA key before the CA
+    /// certificate (a stop in between leaves a key whose certificate is among those trusted,
+    /// which `load` picks up), the node certificate last, since its presence is what `load`
+    /// looks for. Without a trust or a chain, their files are removed (a finished CA rotation
+    /// goes back to the CA alone).
     pub fn save(&self, m: &Material) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.0)?;
-        write(&self.0.join(CA), &m.ca_pem, 0o644)?;
-        if let Some(key) = &m.ca_key_pem {
-            write(&self.0.join(CA_KEY), key, 0o600)?;
-        }
         for (name, text) in [(TRUST, &m.trust_pem), (CHAIN, &m.chain_pem)] {
             match text {
                 Some(text) => write(&self.0.join(name), text, 0o644)?,
                 None => remove(&self.0.join(name))?,
             }
         }
+        if let Some(key) = &m.ca_key_pem {
+            write(&self.0.join(CA_KEY), key, 0o600)?;
+        }
+        write(&self.0.join(CA), &m.ca_pem, 0o644)?;
         write(&self.0.join(KEY), &m.key_pem, 0o600)?;
         write(&self.0.join(CERT), &m.cert_pem, 0o644)
     }
+}
+
+/// Each certificate of a PEM bundle, as PEM.
+fn certificates(bundle: &str) -> impl Iterator<Item = String> + '_ {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .filter_map(|block| {
+            block
+                .find("-----BEGIN CERTIFICATE-----")
+                .map(|at| &block[at..])
+        })
+        .filter(|block| block.ends_with(END))
+        .map(|block| format!("{block}\n"))
 }
 
 /// Removes `path`, if it is there.
@@ -206,6 +234,32 @@ mod tests {
             assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
         }
         assert!(!format!("{m:?}").contains("key\""));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_server_stopped_between_a_rotation_s_new_ca_key_and_certificate_starts_with_both() {
+        let dir = std::env::temp_dir().join(format!("berth-tls-torn-{}", std::process::id()));
+        let tls = TlsDir::new(&dir);
+        let old = crate::ClusterCa::create("test").expect("old CA");
+        let (new, _cross) = old.successor("rotation 1").expect("new CA");
+        let trust = format!("{}{}", old.cert_pem(), new.cert_pem());
+        let node = Material {
+            ca_pem: old.cert_pem().to_owned(),
+            ca_key_pem: Some(old.key_pem().to_owned()),
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            trust_pem: Some(trust.clone()),
+            chain_pem: None,
+        };
+        tls.save(&node).expect("save");
+        // The new key is written, the new certificate not yet.
+        write(&tls.path().join(CA_KEY), new.key_pem(), 0o600).expect("write key");
+        let loaded = tls.load().expect("load").expect("material");
+        assert_eq!(loaded.ca_pem.trim(), new.cert_pem().trim());
+        let ca = crate::ClusterCa::load(&loaded.ca_pem, new.key_pem()).expect("a usable CA");
+        assert_eq!(ca.fingerprint().ok(), new.fingerprint().ok());
+        assert_eq!(certificates(&trust).count(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -22,6 +22,8 @@ pub(crate) struct CertInfo {
     /// Seconds since the Unix epoch.
     pub(crate) not_before: i64,
     pub(crate) not_after: i64,
+    /// Its serial number in lowercase hex, as the cluster records it.
+    pub(crate) serial: String,
     /// IP addresses and DNS names (lowercase) it is valid for.
     ips: Vec<IpAddr>,
     dns: Vec<String>,
@@ -54,6 +56,7 @@ impl CertInfo {
             identity: Identity::from_cert(&pem.contents),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
+            serial: berth_tls::serial(&pem.contents).unwrap_or_default(),
             ips,
             dns,
         })

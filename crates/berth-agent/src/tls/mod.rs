@@ -209,17 +209,22 @@ pub(crate) fn format_time(unix: i64) -> String {
 }
 
 /// What the agent's connections use: the CAs it trusts (replaced in place when the cluster CA
-/// is rotated), its certificate (replaced in place on renewal, so open streams stay), a dialer
-/// of channels to the servers that presents it, and the servers' requests to renew now.
+/// is rotated), its certificate (replaced in place on renewal, so open streams stay) and its
+/// serial (which heartbeats report), a dialer of channels to the servers that presents it, and
+/// the servers' requests to renew now.
 pub(crate) struct NodeTls {
     pub(crate) trust: Arc<TrustStore>,
     pub(crate) credentials: Arc<Credentials>,
+    pub(crate) serial: tokio::sync::watch::Sender<String>,
     pub(crate) dialer: Dialer,
     pub(crate) renew_now: Arc<tokio::sync::Notify>,
 }
 
 impl NodeTls {
     fn new(m: &Material) -> anyhow::Result<Self> {
+        let serial = CertInfo::read(&m.cert_pem)
+            .context("read this agent's certificate")?
+            .serial;
         let credentials = Arc::new(
             Credentials::new(&m.cert_pem, &m.key_pem, m.chain())
                 .context("load this agent's certificate and key")?,
@@ -232,6 +237,7 @@ impl NodeTls {
         Ok(Self {
             trust,
             credentials,
+            serial: tokio::sync::watch::Sender::new(serial),
             dialer,
             renew_now: Arc::default(),
         })
@@ -239,12 +245,16 @@ impl NodeTls {
 
     /// Uses `m` from now on: its certificate for new handshakes, its CAs for new peers.
     pub(crate) fn replace(&self, m: &Material) -> anyhow::Result<()> {
+        let serial = CertInfo::read(&m.cert_pem)
+            .context("read the new certificate")?
+            .serial;
         self.trust
             .replace(m.trust())
             .context("use the CAs the servers answered")?;
         self.credentials
             .replace(&m.cert_pem, &m.key_pem, m.chain())
             .context("use the new certificate")?;
+        self.serial.send_replace(serial);
         Ok(())
     }
 }

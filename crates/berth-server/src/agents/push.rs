@@ -57,9 +57,11 @@ pub(super) async fn desired_sets(
 }
 
 /// Tells the agent to renew its certificate whenever this server's CA changes (a rotation
-/// started or finished), at once when a rotation is running as it attaches, and again every
-/// [`RENEW_AGAIN`] while a rotation runs and the node holds no certificate from the new CA (a
-/// renewal answered by a server that had not seen the rotation yet got one of the old CA).
+/// started or finished), at once when it attaches behind, and again every [`RENEW_AGAIN`]
+/// while it is behind: a rotation runs and the node uses no certificate from the new CA (a
+/// renewal answered by a server that had not seen the rotation yet got one of the old CA; an
+/// answer was lost), or the last rotation finished after the node's newest certificate was
+/// issued (the agent was away when it finished, and still trusts the old CA too).
 pub(super) async fn renewals(
     store: Store,
     node: String,
@@ -67,13 +69,7 @@ pub(super) async fn renewals(
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
 ) {
     changes.mark_unchanged();
-    let behind = || {
-        store.read_stale(|s| {
-            s.ca_rotation()
-                .filter(|r| !r.is_finished())
-                .is_some_and(|r| !s.node_has_ca(&node, r.generation))
-        })
-    };
+    let behind = || store.read_stale(|s| s.node_behind_ca(&node));
     let mut again = tokio::time::interval(RENEW_AGAIN);
     again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

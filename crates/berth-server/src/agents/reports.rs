@@ -40,7 +40,7 @@ impl Reader {
             };
             self.liveness.seen(&self.node.name);
             let go_on = match msg.msg {
-                Some(AgentMsg::Heartbeat(_)) => self.heartbeat().await,
+                Some(AgentMsg::Heartbeat(h)) => self.heartbeat(&h.certificate_serial).await,
                 Some(AgentMsg::Metrics(report)) => {
                     self.samples(report);
                     true
@@ -73,12 +73,32 @@ impl Reader {
         }
     }
 
-    /// Acknowledges a heartbeat. A node declared DOWN whose agent is still here (a race with
+    /// Acknowledges a heartbeat, noting when the agent uses a certificate of a running CA
+    /// rotation's new CA (`serial`, the one its heartbeat names). A node declared DOWN whose agent is still here (a race with
     /// the node monitor, a blip longer than the TTL) is ACTIVE again; its lost tasks stay lost
     /// and the agent removes their containers. A removed node is not registered again: the
     /// stream ends.
-    async fn heartbeat(&self) -> bool {
+    async fn heartbeat(&self, serial: &str) -> bool {
         let name = &self.node.name;
+        // A running CA rotation counts the node as moved once its agent uses a certificate of
+        // the new CA.
+        if self
+            .store
+            .read_stale(|s| s.certificate_use_news(name, serial))
+        {
+            let in_use = Command::CertificateInUse {
+                node: name.clone(),
+                serial: serial.to_owned(),
+                at: now_ms(),
+            };
+            match self.store.propose(in_use).await {
+                Ok(_) => tracing::info!(serial, "the agent uses its certificate of the new CA"),
+                Err(e) => tracing::warn!(
+                    "record that the agent uses certificate {serial}: {}",
+                    error_chain(&e)
+                ),
+            }
+        }
         let Some(status) = self.store.read_stale(|s| s.node(name).map(|n| n.status)) else {
             let _ = self.tx.send(Err(super::removed(name))).await;
             return false;
