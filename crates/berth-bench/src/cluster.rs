@@ -125,4 +125,11 @@ impl Hollow {
         }
         Ok(Self { _dir: dir, procs })
     }
+
+    /// Kills every agent process and waits until each has exited.
+    pub(crate) async fn stop(mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill().await;
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub use command::{
     Command, CommandResult, Placement, Reconciliation, Rejection, ScalingDecision, ServiceChange,
     Unplaced,
 };
-pub use objects::{Key, Object};
+pub use objects::{Key, Object, ObjectRef};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
 
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).

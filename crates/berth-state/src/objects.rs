@@ -75,6 +75,40 @@ pub enum Object {
     CaRotation(CaRotation),
 }
 
+/// An [`Object`] borrowed from the state; it serialises exactly as the object does.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind", content = "object")]
+pub enum ObjectRef<'a> {
+    TaskDefinition(&'a TaskDefinition),
+    Task(&'a Task),
+    Node(&'a Node),
+    ClientToken(&'a ClientToken),
+    Service(&'a Service),
+    ApiToken(&'a ApiTokenRecord),
+    JoinToken(&'a JoinTokenRecord),
+    Namespace(&'a Namespace),
+    Certificates(&'a NodeCertificates),
+    CaRotation(&'a CaRotation),
+}
+
+impl ObjectRef<'_> {
+    /// The object, copied.
+    pub fn cloned(self) -> Object {
+        match self {
+            ObjectRef::TaskDefinition(d) => Object::TaskDefinition(d.clone()),
+            ObjectRef::Task(t) => Object::Task(t.clone()),
+            ObjectRef::Node(n) => Object::Node(n.clone()),
+            ObjectRef::ClientToken(c) => Object::ClientToken(c.clone()),
+            ObjectRef::Service(s) => Object::Service(s.clone()),
+            ObjectRef::ApiToken(t) => Object::ApiToken(t.clone()),
+            ObjectRef::JoinToken(t) => Object::JoinToken(t.clone()),
+            ObjectRef::Namespace(n) => Object::Namespace(n.clone()),
+            ObjectRef::Certificates(c) => Object::Certificates(c.clone()),
+            ObjectRef::CaRotation(r) => Object::CaRotation(r.clone()),
+        }
+    }
+}
+
 impl Object {
     pub fn key(&self) -> Key {
         match self {
@@ -137,6 +171,12 @@ impl State {
 
     /// The object stored under `key`, if any.
     pub fn object(&self, key: &Key) -> Option<Object> {
+        self.object_ref(key).map(ObjectRef::cloned)
+    }
+
+    /// The object stored under `key`, borrowed: what is written to disk after each command,
+    /// encoded without copying it first.
+    pub fn object_ref(&self, key: &Key) -> Option<ObjectRef<'_>> {
         match key {
             Key::TaskDefinition {
                 namespace,
@@ -150,27 +190,18 @@ impl State {
                         revision: Some(*revision),
                     },
                 )
-                .cloned()
-                .map(Object::TaskDefinition),
-            Key::Task(id) => self.tasks.get(id).cloned().map(Object::Task),
-            Key::Node(name) => self.nodes.get(name).cloned().map(Object::Node),
-            Key::ClientToken(token) => self
-                .client_tokens
-                .get(token)
-                .cloned()
-                .map(Object::ClientToken),
+                .map(ObjectRef::TaskDefinition),
+            Key::Task(id) => self.tasks.get(id).map(ObjectRef::Task),
+            Key::Node(name) => self.nodes.get(name).map(ObjectRef::Node),
+            Key::ClientToken(token) => self.client_tokens.get(token).map(ObjectRef::ClientToken),
             Key::Service { namespace, name } => {
-                self.service(namespace, name).cloned().map(Object::Service)
+                self.service(namespace, name).map(ObjectRef::Service)
             }
-            Key::ApiToken(id) => self.api_tokens.get(id).cloned().map(Object::ApiToken),
-            Key::JoinToken(id) => self.join_tokens.get(id).cloned().map(Object::JoinToken),
-            Key::Namespace(name) => self.namespaces.get(name).cloned().map(Object::Namespace),
-            Key::Certificates(node) => self
-                .certificates
-                .get(node)
-                .cloned()
-                .map(Object::Certificates),
-            Key::CaRotation => self.ca_rotation.clone().map(Object::CaRotation),
+            Key::ApiToken(id) => self.api_tokens.get(id).map(ObjectRef::ApiToken),
+            Key::JoinToken(id) => self.join_tokens.get(id).map(ObjectRef::JoinToken),
+            Key::Namespace(name) => self.namespaces.get(name).map(ObjectRef::Namespace),
+            Key::Certificates(node) => self.certificates.get(node).map(ObjectRef::Certificates),
+            Key::CaRotation => self.ca_rotation.as_ref().map(ObjectRef::CaRotation),
         }
     }
 

@@ -61,7 +61,7 @@ fn script(s: &mut State, steps: Vec<(u64, Command)>) -> Vec<String> {
 
 fn check(s: &mut State, steps: Vec<(u64, Command)>, expected: &[&str]) {
     assert_eq!(script(s, steps), expected);
-    assert_eq!(State::from_objects(s.objects()), *s, "objects round trip");
+    crate::tests::round_trips(s);
 }
 
 fn api(id: &str, role: AccessRole, namespace: &str, expires_at: Option<u64>) -> Command {

@@ -29,7 +29,7 @@ fn check(s: &mut State, steps: Vec<(u64, Command)>, expected: &[&str]) {
         })
         .collect();
     assert_eq!(lines, expected);
-    assert_eq!(State::from_objects(s.objects()), *s, "objects round trip");
+    crate::tests::round_trips(s);
 }
 
 /// `node: serial@expiry …` for every node with records.

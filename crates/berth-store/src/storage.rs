@@ -373,7 +373,7 @@ impl StateMachine {
             let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
             for key in changed {
                 let k = key.encode();
-                match state.object(key) {
+                match state.object_ref(key) {
                     Some(obj) => {
                         let bytes = encode(&obj)?;
                         objects
