@@ -201,47 +201,55 @@ async fn memory_limit_is_enforced_by_the_cgroup() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn stop_terminates_within_the_stop_timeout_and_removes_the_container() -> anyhow::Result<()> {
+async fn stop_reaches_pid_1_through_the_init_or_kills_it_after_the_stop_timeout(
+) -> anyhow::Result<()> {
     let c = Cluster::start().await?;
-    let out = cli(
-        &c.addr(),
-        &[
-            "run",
-            "--stop-timeout",
-            "2s",
-            &c.env.image,
-            "--",
-            "sleep",
-            "600",
-        ],
-    )
-    .await?;
-    assert!(out.status.success(), "stderr: {}", stderr(&out));
-    let task_id = stdout(&out).trim().to_owned();
-    poll("task to run", TIMEOUT, || async {
-        let t = cli_json(&c.addr(), &["get", "task", &task_id]).await.ok()?;
-        (t["lastStatus"] == "RUNNING").then_some(())
-    })
-    .await?;
+    // `sleep` as PID 1 ignores SIGTERM (the kernel gives PID 1 no default signal actions):
+    // under the default init it is not PID 1 and dies of SIGTERM (143); with --no-init the
+    // agent must SIGKILL it after the stop timeout (137).
+    let run = |extra: &'static [&'static str]| {
+        let (addr, image) = (c.addr(), c.env.image.clone());
+        async move {
+            let mut args = vec!["run"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&[&image, "--", "sleep", "600"]);
+            let out = cli(&addr, &args).await?;
+            anyhow::ensure!(out.status.success(), "stderr: {}", stderr(&out));
+            anyhow::Ok(stdout(&out).trim().to_owned())
+        }
+    };
+    let with_init = run(&["--stop-timeout", "60s"]).await?;
+    let without = run(&["--no-init", "--stop-timeout", "2s"]).await?;
+    for task_id in [&with_init, &without] {
+        poll("task to run", TIMEOUT, || async {
+            let t = cli_json(&c.addr(), &["get", "task", task_id]).await.ok()?;
+            (t["lastStatus"] == "RUNNING").then_some(())
+        })
+        .await?;
+    }
     assert_eq!(
         containerd_containers(&c.env.containerd.socket, &c.agent.namespace)
             .await?
             .len(),
-        1
+        2
     );
 
-    let asked = Instant::now();
-    let out = cli(&c.addr(), &["stop", &task_id]).await?;
+    let out = cli(&c.addr(), &["stop", &with_init]).await?;
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    // `sleep` as PID 1 ignores SIGTERM: the agent must SIGKILL it after the 2 s stop timeout.
-    let task = wait_stopped(&c.addr(), &task_id, TIMEOUT).await?;
+    let task = wait_stopped(&c.addr(), &with_init, TIMEOUT).await?;
+    assert_eq!(task["stopCode"], "UserInitiated");
+    assert_eq!(task["containers"][0]["exitCode"], 143, "{task}");
+
+    let asked = Instant::now();
+    let out = cli(&c.addr(), &["stop", &without]).await?;
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let task = wait_stopped(&c.addr(), &without, TIMEOUT).await?;
     let took = asked.elapsed();
     assert!(
         took < Duration::from_secs(4),
         "stop took {took:?}, more than stopTimeout + 2s"
     );
-    assert_eq!(task["stopCode"], "UserInitiated");
-    assert_eq!(task["containers"][0]["exitCode"], 137);
+    assert_eq!(task["containers"][0]["exitCode"], 137, "{task}");
     assert_eq!(
         containerd_containers(&c.env.containerd.socket, &c.agent.namespace).await?,
         Vec::<String>::new()

@@ -47,6 +47,8 @@ pub struct ContainerSpec {
     pub log_path: PathBuf,
     /// A network namespace to join (shared by a task's containers); a new one when `None`.
     pub netns: Option<String>,
+    /// Run `args` under the runtime's minimal init (PID 1 forwarding signals, reaping zombies).
+    pub init: bool,
 }
 
 /// How a container's main process ended.

@@ -3,17 +3,23 @@
 
 use std::collections::HashSet;
 
+use std::path::Path;
+
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability,
     LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use berth_model::ContainerDefinition;
 
 use crate::runtime::{ContainerSpec, ImageInfo, RuntimeError};
+
+/// Where a container's init is mounted (read-only), as Docker mounts its own at
+/// `/sbin/docker-init`.
+pub const INIT_MOUNT: &str = "/sbin/berth-init";
 
 /// CFS period used for CPU quotas, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -92,9 +98,36 @@ pub fn cpu_quota(cpu_units: u32) -> i64 {
     i64::try_from(quota.max(1000)).unwrap_or(i64::MAX)
 }
 
-/// The OCI runtime spec for `c`, with its cgroup under `cgroup_parent`.
-pub fn build_spec(c: &ContainerSpec, cgroup_parent: &str) -> Result<Spec, RuntimeError> {
+/// The OCI runtime spec for `c`, with its cgroup under `cgroup_parent`; with `c.init`, its
+/// process runs under `init` (a static binary on the host, mounted read-only): `init -- ARGS`.
+pub fn build_spec(
+    c: &ContainerSpec,
+    cgroup_parent: &str,
+    init: &Path,
+) -> Result<Spec, RuntimeError> {
     let err = RuntimeError::Spec;
+    let mut mounts = get_default_mounts();
+    let args = if c.init {
+        mounts.push(
+            MountBuilder::default()
+                .destination(INIT_MOUNT)
+                .typ("bind")
+                .source(init)
+                .options(
+                    ["rbind", "ro", "nosuid", "nodev"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(err)?,
+        );
+        [INIT_MOUNT.to_owned(), "--".to_owned()]
+            .into_iter()
+            .chain(c.args.iter().cloned())
+            .collect()
+    } else {
+        c.args.clone()
+    };
     let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
@@ -113,7 +146,7 @@ pub fn build_spec(c: &ContainerSpec, cgroup_parent: &str) -> Result<Spec, Runtim
                 .build()
                 .map_err(err)?,
         )
-        .args(c.args.clone())
+        .args(args)
         .env(c.env.clone())
         .cwd(c.cwd.clone())
         .capabilities(capabilities)
@@ -185,7 +218,7 @@ pub fn build_spec(c: &ContainerSpec, cgroup_parent: &str) -> Result<Spec, Runtim
                 .map_err(err)?,
         )
         .hostname(c.task_id.chars().take(12).collect::<String>())
-        .mounts(get_default_mounts())
+        .mounts(mounts)
         .linux(linux)
         .build()
         .map_err(err)
@@ -263,8 +296,9 @@ mod tests {
             memory_mib: 64,
             log_path: "/tmp/x".into(),
             netns: Some("/run/netns/berth-t1".into()),
+            init: false,
         };
-        let spec = build_spec(&c, "/berth/node-1").expect("spec builds");
+        let spec = build_spec(&c, "/berth/node-1", Path::new("/init")).expect("spec builds");
         let json = serde_json::to_value(&spec).expect("spec serialises");
         assert_eq!(json["linux"]["cgroupsPath"], "/berth/node-1/t1-app");
         assert_eq!(
@@ -293,5 +327,34 @@ mod tests {
         assert!(json["process"]["capabilities"]["bounding"]
             .as_array()
             .is_some_and(|c| !c.contains(&serde_json::json!("CAP_SYS_ADMIN"))));
+        let init_mounts = |json: &serde_json::Value| {
+            json["mounts"].as_array().map_or(0, |m| {
+                m.iter().filter(|m| m["destination"] == INIT_MOUNT).count()
+            })
+        };
+        assert_eq!(init_mounts(&json), 0, "no init when turned off");
+
+        let with_init = ContainerSpec { init: true, ..c };
+        let spec = build_spec(
+            &with_init,
+            "/berth/node-1",
+            Path::new("/usr/bin/tini-static"),
+        )
+        .expect("spec builds");
+        let json = serde_json::to_value(&spec).expect("spec serialises");
+        assert_eq!(
+            json["process"]["args"],
+            serde_json::json!([INIT_MOUNT, "--", "echo", "hello"])
+        );
+        assert_eq!(init_mounts(&json), 1);
+        let mount = json["mounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["destination"] == INIT_MOUNT).cloned())
+            .unwrap_or_default();
+        assert_eq!(mount["source"], "/usr/bin/tini-static");
+        assert_eq!(
+            mount["options"],
+            serde_json::json!(["rbind", "ro", "nosuid", "nodev"])
+        );
     }
 }

@@ -565,6 +565,7 @@ impl TaskRun {
             memory_mib: c.memory.unwrap_or(self.assignment.memory),
             log_path: self.log_dir.join(format!("{}.log", c.name)),
             netns: None,
+            init: c.init,
         }
     }
 

@@ -337,6 +337,10 @@ pub struct RunArgs {
     /// Grace period between SIGTERM and SIGKILL when the task is stopped (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub(crate) stop_timeout: Duration,
+    /// Run the process as PID 1 itself, without the minimal init that forwards signals and
+    /// reaps zombies (`init: false` in a manifest).
+    #[arg(long)]
+    pub(crate) no_init: bool,
     /// Placement strategy, in order: binpack:cpu, binpack:memory, spread:node,
     /// spread:attribute:NAME, random.
     #[arg(long, value_name = "TYPE[:FIELD]")]

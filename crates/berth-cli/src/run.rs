@@ -78,6 +78,7 @@ fn image_spec(args: &RunArgs, image: &str) -> anyhow::Result<TaskDefinitionSpec>
     container.environment = environment;
     container.stop_timeout =
         u32::try_from(args.stop_timeout.as_secs()).context("--stop-timeout is too long")?;
+    container.init = !args.no_init;
     let spec = TaskDefinitionSpec {
         meta: Default::default(),
         family,

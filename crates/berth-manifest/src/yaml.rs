@@ -179,6 +179,9 @@ struct ContainerYaml {
     health_check: Option<HealthCheckYaml>,
     #[serde(default)]
     depends_on: Vec<DependencyYaml>,
+    /// Run the process under a minimal init as PID 1 (on unless `false`).
+    #[serde(default = "yes")]
+    init: bool,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -327,6 +330,7 @@ impl TaskDefinitionSpecYaml {
                             condition: d.condition,
                         })
                         .collect(),
+                    init: c.init,
                 })
                 .collect(),
         }

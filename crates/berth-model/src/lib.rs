@@ -162,6 +162,17 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// `true`: a serde default for flags that are on unless turned off.
+pub(crate) fn yes() -> bool {
+    true
+}
+
+/// Whether a flag is on (serde leaves flags that are on by default out).
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+pub(crate) fn is_true(flag: &bool) -> bool {
+    *flag
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

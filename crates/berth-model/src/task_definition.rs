@@ -136,6 +136,12 @@ pub struct ContainerDefinition {
     /// Containers that must reach a condition before this one starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ContainerDependency>,
+    /// Runs the process under a minimal init as PID 1 (like `docker run --init`, ECS
+    /// `initProcessEnabled`): it forwards signals and reaps zombies, so a process that ignores
+    /// SIGTERM as PID 1 (the kernel gives PID 1 no default signal actions) still stops on it.
+    /// On unless turned off.
+    #[serde(default = "crate::yes", skip_serializing_if = "crate::is_true")]
+    pub init: bool,
 }
 
 /// "Start this container once `container_name` has reached `condition`" (ECS `dependsOn`).
@@ -252,6 +258,7 @@ impl ContainerDefinition {
             memory: None,
             health_check: None,
             depends_on: Vec::new(),
+            init: true,
         }
     }
 }

@@ -81,6 +81,10 @@ pub(crate) struct AgentArgs {
     /// Size at which a container's log file rotates (one older file is kept).
     #[arg(long, default_value_t = DEFAULT_LOG_MAX_BYTES)]
     pub(crate) log_max_bytes: u64,
+    /// The minimal init containers run under (mounted read-only as /sbin/berth-init): a static
+    /// binary, since it runs inside any image. Debian's `tini` package ships this one.
+    #[arg(long, default_value = berth_agent::containerd::DEFAULT_INIT)]
+    pub(crate) init_path: PathBuf,
     /// Credentials for a registry, HOST=USER:PASSWORD (repeatable; prefer --registry-auth-file,
     /// which keeps passwords out of the process list).
     #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD")]
@@ -245,6 +249,7 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         exec_dir: args.data_dir.join("exec"),
         image_budget: args.image_budget_mib.map(|m| m * 1024 * 1024),
         log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
+        init: args.init_path,
     })
     .await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);

@@ -97,6 +97,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         exec_dir: data_dir.join("agent").join("exec"),
         image_budget: None,
         log_driver: Some((log_driver_binary()?, DEFAULT_LOG_MAX_BYTES)),
+        init: berth_agent::containerd::DEFAULT_INIT.into(),
     })
     .await?;
     let agent = AgentConfig {

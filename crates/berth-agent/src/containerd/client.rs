@@ -167,6 +167,7 @@ mod tests {
             exec_dir: std::env::temp_dir(),
             image_budget: None,
             log_driver: None,
+            init: crate::containerd::DEFAULT_INIT.into(),
         }
     }
 

@@ -49,7 +49,17 @@ impl ContainerdRuntime {
             }
             Err(s) => return Err(RuntimeError::containerd("prepare snapshot")(s)),
         };
-        let spec = build_spec(c, &self.config.cgroup_parent)?;
+        if c.init && !self.config.init.is_file() {
+            return Err(RuntimeError::Io {
+                op: "find the container init",
+                source: std::io::Error::other(format!(
+                    "{} is not there: install Debian's tini package (or pass --init-path), or set `init: false` on container {}",
+                    self.config.init.display(),
+                    c.container_name
+                )),
+            });
+        }
+        let spec = build_spec(c, &self.config.cgroup_parent, &self.config.init)?;
         let spec_json = serde_json::to_vec(&spec).map_err(|error| RuntimeError::SpecJson {
             op: "encode the OCI runtime spec",
             error,

@@ -53,7 +53,12 @@ pub struct ContainerdConfig {
     /// The `berth` binary the shim starts as each container's log driver, and the size at
     /// which log files rotate. Without it, containerd appends raw output to the log file.
     pub log_driver: Option<(PathBuf, u64)>,
+    /// The init binary (static) containers run under unless their definition turns it off.
+    pub init: PathBuf,
 }
+
+/// Where Debian's `tini` package installs its static binary.
+pub const DEFAULT_INIT: &str = "/usr/bin/tini-static";
 
 /// Drives containerd over its gRPC socket. Made by [`ContainerdRuntime::connect`].
 pub struct ContainerdRuntime {

@@ -64,6 +64,7 @@ impl From<m::ContainerDefinition> for v1::ContainerDefinition {
             memory: c.memory,
             health_check: c.health_check.map(Into::into),
             depends_on: all_to_wire(c.depends_on),
+            init: Some(c.init),
         }
     }
 }
@@ -84,6 +85,7 @@ impl TryFrom<v1::ContainerDefinition> for m::ContainerDefinition {
             cpu: c.cpu,
             memory: c.memory,
             health_check: c.health_check.map(Into::into),
+            init: c.init.unwrap_or(true),
         })
     }
 }
