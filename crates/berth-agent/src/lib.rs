@@ -13,6 +13,7 @@
 //! token once, keeps its certificate in `DATA_DIR/tls`, and renews it in the background.
 
 mod api;
+pub mod cni;
 pub mod containerd;
 pub mod engine;
 mod fake;

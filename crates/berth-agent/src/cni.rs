@@ -1,0 +1,539 @@
+//! Task networks through CNI plugins (issue 15), by the exec protocol of the CNI 1.0 spec. Each
+//! plugin of the agent's network list is a binary in the plugin directory (Debian's
+//! `containernetworking-plugins`: `/usr/lib/cni`), run with `CNI_COMMAND` (ADD or DEL),
+//! `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME` and `CNI_PATH` in its environment and its
+//! configuration as JSON on stdin; it answers a result (ADD) or an error as JSON on stdout.
+//! ADD runs the plugins in order, each given the result so far; DEL runs them in reverse with
+//! the ADD's result, kept on disk so that a DEL after an agent restart sends what the ADD got
+//! (and a DEL without it still releases what the plugins hold: they key it by container ID).
+//! Plugins are not safe to run concurrently: an agent makes one call at a time.
+//!
+//! The network list, each plugin's input, results and errors are pure and tested without
+//! plugins. Not wired into the runtime yet.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+
+/// The version of the CNI spec berth speaks (Debian 12's plugins support it).
+pub const CNI_VERSION: &str = "1.0.0";
+
+/// Where Debian installs the plugins.
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The task's interface inside its network namespace.
+pub const IFNAME: &str = "eth0";
+
+/// An IPv4 subnet, `ADDRESS/PREFIX`, with the address the network's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// A subnet flag that cannot be used, said so that the user knows what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task subnet {value:?}: {reason}")]
+pub struct SubnetError {
+    value: String,
+    reason: String,
+}
+
+impl FromStr for Subnet {
+    type Err = SubnetError;
+
+    fn from_str(value: &str) -> Result<Self, SubnetError> {
+        let bad = |reason: String| SubnetError {
+            value: value.to_owned(),
+            reason,
+        };
+        let (addr, prefix) = value
+            .split_once('/')
+            .ok_or_else(|| bad("expected ADDRESS/PREFIX, like 10.88.0.0/24".into()))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| bad(format!("{addr:?} is not an IPv4 address")))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| bad("the prefix must be between 8 and 30".into()))?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        let network = Ipv4Addr::from(u32::from(addr) & mask);
+        if network != addr {
+            return Err(bad(format!(
+                "{addr} is not the network's address; did you mean {network}/{prefix}?"
+            )));
+        }
+        Ok(Self { network, prefix })
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// The network an agent attaches its tasks to.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    /// The node's bridge (the bridge plugin creates it), e.g. `berth0`.
+    pub bridge: String,
+    /// Tasks get addresses from it; the bridge, their gateway, its first.
+    pub subnet: Subnet,
+    /// Where the plugins are.
+    pub plugin_dir: PathBuf,
+    /// Where host-local keeps its allocations and the agent the results of ADD.
+    pub state_dir: PathBuf,
+}
+
+/// A port of a task published on its node (the portmap plugin's `portMappings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortBinding {
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// The network list every task is attached with: a bridge with masquerading and addresses from
+/// the subnet (host-local), published ports (portmap), and the firewall plugin's rules that let
+/// traffic to the task through.
+pub fn network_list(s: &NetworkSettings) -> Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": format!("berth-{}", s.bridge),
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": s.bridge,
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": s.subnet.to_string()}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": s.state_dir.join("ipam"),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            {"type": "firewall", "backend": "iptables"},
+        ],
+    })
+}
+
+/// The runtime configuration of one attachment: the ports to publish.
+pub fn runtime_config(ports: &[PortBinding]) -> Value {
+    let mappings: Vec<Value> = ports
+        .iter()
+        .map(|p| {
+            json!({
+                "hostPort": p.host_port,
+                "containerPort": p.container_port,
+                "protocol": p.protocol.as_str(),
+            })
+        })
+        .collect();
+    json!({ "portMappings": mappings })
+}
+
+/// What plugin `plugin` of `list` reads on stdin: its own configuration with the list's name
+/// and version, the runtime configuration of the capabilities it declares, and the result so
+/// far (ADD: of the plugins before it; DEL: of the whole ADD).
+pub fn plugin_input(list: &Value, plugin: &Value, runtime: &Value, prev: Option<&Value>) -> Value {
+    let mut input = plugin.clone();
+    input["name"] = list["name"].clone();
+    input["cniVersion"] = list["cniVersion"].clone();
+    if let Some(caps) = plugin["capabilities"].as_object() {
+        let wanted: serde_json::Map<String, Value> = caps
+            .iter()
+            .filter(|(_, on)| on.as_bool() == Some(true))
+            .filter_map(|(cap, _)| runtime.get(cap).map(|v| (cap.clone(), v.clone())))
+            .collect();
+        if !wanted.is_empty() {
+            input["runtimeConfig"] = Value::Object(wanted);
+        }
+    }
+    if let Some(prev) = prev {
+        input["prevResult"] = prev.clone();
+    }
+    input
+}
+
+/// The task's IPv4 address in an ADD result (`ips[].address`, `ADDRESS/PREFIX`).
+pub fn task_address(result: &Value) -> Option<Ipv4Addr> {
+    result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .find_map(|a| a.split_once('/').and_then(|(addr, _)| addr.parse().ok()))
+}
+
+/// What went wrong with a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error("run CNI plugin {plugin}: {source}")]
+    Run {
+        plugin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plugin's own error (CNI error codes: 1 incompatible version, 4 invalid config, 7
+    /// invalid environment, 11 try again later…).
+    #[error("CNI plugin {plugin} ({command}) failed with code {code}: {message}")]
+    Plugin {
+        plugin: String,
+        command: &'static str,
+        code: u64,
+        message: String,
+    },
+    #[error("CNI plugin {plugin} ({command}) answered what is not a CNI result: {answer}")]
+    Answer {
+        plugin: String,
+        command: &'static str,
+        answer: String,
+    },
+    #[error("the CNI result of {container} gives the task no IPv4 address")]
+    NoAddress { container: String },
+    #[error("{op} {}: {source}", path.display())]
+    Cache {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The plugin's error from what it wrote to stdout (`{"code", "msg", "details"}`), or what it
+/// wrote to stderr when stdout is no CNI error.
+pub fn plugin_error(plugin: &str, command: &'static str, stdout: &[u8], stderr: &[u8]) -> CniError {
+    let parsed: Option<Value> = serde_json::from_slice(stdout).ok();
+    match parsed.as_ref().and_then(|v| Some((v["code"].as_u64()?, v))) {
+        Some((code, v)) => {
+            let msg = v["msg"].as_str().unwrap_or_default();
+            let message = match v["details"].as_str().filter(|d| !d.is_empty()) {
+                Some(details) => format!("{msg}: {details}"),
+                None => msg.to_owned(),
+            };
+            CniError::Plugin {
+                plugin: plugin.to_owned(),
+                command,
+                code,
+                message,
+            }
+        }
+        None => CniError::Plugin {
+            plugin: plugin.to_owned(),
+            command,
+            code: 0,
+            message: String::from_utf8_lossy(if stdout.is_empty() { stderr } else { stdout })
+                .trim()
+                .to_owned(),
+        },
+    }
+}
+
+/// Attaches and detaches tasks' network namespaces with the plugins, one call at a time.
+pub struct Cni {
+    settings: NetworkSettings,
+    list: Value,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Cni {
+    pub fn new(settings: NetworkSettings) -> Self {
+        Self {
+            list: network_list(&settings),
+            settings,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Attaches the namespace at `netns` (of container or task `id`) to the node's bridge,
+    /// publishing `ports`; answers the task's address. A failure detaches what was attached.
+    pub async fn add(
+        &self,
+        id: &str,
+        netns: &str,
+        ports: &[PortBinding],
+    ) -> Result<Ipv4Addr, CniError> {
+        let _one = self.one_at_a_time.lock().await;
+        let runtime = runtime_config(ports);
+        let mut result: Option<Value> = None;
+        for plugin in self.plugins() {
+            let input = plugin_input(&self.list, plugin, &runtime, result.as_ref());
+            match self.invoke("ADD", id, netns, plugin, &input).await {
+                Ok(answer) => result = Some(answer),
+                Err(e) => {
+                    if let Err(undo) = self.del_locked(id, netns, &runtime, result.as_ref()).await {
+                        tracing::warn!(id, "undo a failed CNI ADD: {undo}");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let result = result.unwrap_or(Value::Null);
+        let address = task_address(&result).ok_or_else(|| CniError::NoAddress {
+            container: id.to_owned(),
+        })?;
+        let cached = json!({"result": result, "runtimeConfig": runtime});
+        let path = self.cache_path(id);
+        let write = |op, source| CniError::Cache {
+            op,
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(self.settings.state_dir.join("results"))
+            .map_err(|e| write("create", e))?;
+        std::fs::write(&path, cached.to_string()).map_err(|e| write("write", e))?;
+        Ok(address)
+    }
+
+    /// Detaches `id`'s namespace (which may be gone already) and releases its address, ports
+    /// and rules; nothing to release is no error.
+    pub async fn del(&self, id: &str, netns: &str) -> Result<(), CniError> {
+        let _one = self.one_at_a_time.lock().await;
+        let path = self.cache_path(id);
+        let cached: Option<Value> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let runtime = cached
+            .as_ref()
+            .map_or_else(|| runtime_config(&[]), |c| c["runtimeConfig"].clone());
+        let result = cached.as_ref().map(|c| c["result"].clone());
+        self.del_locked(id, netns, &runtime, result.as_ref())
+            .await?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CniError::Cache {
+                op: "remove",
+                path,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn del_locked(
+        &self,
+        id: &str,
+        netns: &str,
+        runtime: &Value,
+        result: Option<&Value>,
+    ) -> Result<(), CniError> {
+        let mut first_error = None;
+        for plugin in self.plugins().rev() {
+            let input = plugin_input(&self.list, plugin, runtime, result);
+            if let Err(e) = self.invoke("DEL", id, netns, plugin, &input).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn plugins(&self) -> impl DoubleEndedIterator<Item = &Value> {
+        self.list["plugins"].as_array().into_iter().flatten()
+    }
+
+    fn cache_path(&self, id: &str) -> PathBuf {
+        let safe: String = id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        self.settings
+            .state_dir
+            .join("results")
+            .join(format!("{safe}.json"))
+    }
+
+    /// Runs one plugin; answers its result (ADD) or `null` (DEL).
+    async fn invoke(
+        &self,
+        command: &'static str,
+        id: &str,
+        netns: &str,
+        plugin: &Value,
+        input: &Value,
+    ) -> Result<Value, CniError> {
+        use tokio::io::AsyncWriteExt as _;
+        let kind = plugin["type"].as_str().unwrap_or_default();
+        let program = self.settings.plugin_dir.join(kind);
+        let run = |source| CniError::Run {
+            plugin: program.clone(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(&program)
+            .env_clear()
+            .envs(plugin_env(command, id, netns, &self.settings.plugin_dir))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(run)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.to_string().as_bytes())
+                .await
+                .map_err(run)?;
+        }
+        let out = child.wait_with_output().await.map_err(run)?;
+        if !out.status.success() {
+            return Err(plugin_error(kind, command, &out.stdout, &out.stderr));
+        }
+        if command != "ADD" {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&out.stdout).map_err(|_| CniError::Answer {
+            plugin: kind.to_owned(),
+            command,
+            answer: String::from_utf8_lossy(&out.stdout).into_owned(),
+        })
+    }
+}
+
+/// The environment of a plugin call (nothing else of the agent's: `env_clear`).
+pub fn plugin_env(
+    command: &str,
+    id: &str,
+    netns: &str,
+    plugin_dir: &Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_owned()),
+        ("CNI_CONTAINERID", id.to_owned()),
+        ("CNI_NETNS", netns.to_owned()),
+        ("CNI_IFNAME", IFNAME.to_owned()),
+        ("CNI_PATH", plugin_dir.display().to_string()),
+        // iptables, which portmap and firewall run, is looked up on the PATH.
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> NetworkSettings {
+        NetworkSettings {
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/24".parse().expect("subnet"),
+            plugin_dir: DEFAULT_PLUGIN_DIR.into(),
+            state_dir: "/var/lib/berth/cni".into(),
+        }
+    }
+
+    #[test]
+    fn subnets_are_network_addresses_with_a_usable_prefix() {
+        let s: Subnet = "10.88.0.0/24".parse().expect("valid");
+        assert_eq!(
+            (s.network, s.prefix, s.to_string().as_str()),
+            (Ipv4Addr::new(10, 88, 0, 0), 24, "10.88.0.0/24")
+        );
+        for (bad, why) in [
+            ("10.88.0.0", "expected ADDRESS/PREFIX"),
+            ("10.88.0/24", "is not an IPv4 address"),
+            ("10.88.0.0/31", "between 8 and 30"),
+            ("10.88.0.7/24", "did you mean 10.88.0.0/24?"),
+        ] {
+            let err = bad.parse::<Subnet>().expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_list_bridges_masquerades_allocates_from_the_subnet_and_maps_ports() {
+        let list = network_list(&settings());
+        assert_eq!(list["name"], "berth-berth0");
+        let types: Vec<&str> = list["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .filter_map(|p| p["type"].as_str())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap", "firewall"]);
+        let bridge = &list["plugins"][0];
+        assert_eq!(
+            (bridge["bridge"].as_str(), bridge["ipMasq"].as_bool()),
+            (Some("berth0"), Some(true))
+        );
+        assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.88.0.0/24");
+        assert_eq!(bridge["ipam"]["dataDir"], "/var/lib/berth/cni/ipam");
+    }
+
+    #[test]
+    fn each_plugin_gets_the_list_s_name_its_capabilities_and_the_result_so_far() {
+        let list = network_list(&settings());
+        let ports = [PortBinding {
+            host_port: 30_001,
+            container_port: 8080,
+            protocol: Protocol::Tcp,
+        }];
+        let runtime = runtime_config(&ports);
+        let bridge = plugin_input(&list, &list["plugins"][0], &runtime, None);
+        assert_eq!(
+            (bridge["name"].as_str(), bridge["cniVersion"].as_str()),
+            (Some("berth-berth0"), Some(CNI_VERSION))
+        );
+        assert!(
+            bridge.get("runtimeConfig").is_none(),
+            "the bridge declares no capability"
+        );
+        assert!(bridge.get("prevResult").is_none());
+
+        let prev = json!({"cniVersion": CNI_VERSION, "ips": [{"address": "10.88.0.5/24"}]});
+        let portmap = plugin_input(&list, &list["plugins"][1], &runtime, Some(&prev));
+        assert_eq!(
+            portmap["runtimeConfig"]["portMappings"],
+            json!([{"hostPort": 30_001, "containerPort": 8080, "protocol": "tcp"}])
+        );
+        assert_eq!(portmap["prevResult"], prev);
+        assert_eq!(task_address(&prev), Some(Ipv4Addr::new(10, 88, 0, 5)));
+        assert_eq!(task_address(&json!({"ips": []})), None);
+
+        let env = plugin_env(
+            "DEL",
+            "t1",
+            "/run/netns/berth-t1",
+            Path::new("/usr/lib/cni"),
+        );
+        assert!(env.contains(&("CNI_COMMAND", "DEL".into())));
+        assert!(env.contains(&("CNI_IFNAME", IFNAME.into())));
+    }
+
+    #[test]
+    fn a_plugin_s_error_says_its_code_message_and_details() {
+        let out = br#"{"cniVersion":"1.0.0","code":7,"msg":"failed to find plugin","details":"exec: not found"}"#;
+        let e = plugin_error("portmap", "ADD", out, b"");
+        assert_eq!(
+            e.to_string(),
+            "CNI plugin portmap (ADD) failed with code 7: failed to find plugin: exec: not found"
+        );
+        let e = plugin_error("bridge", "DEL", b"", b"panic: boom\n");
+        assert_eq!(
+            e.to_string(),
+            "CNI plugin bridge (DEL) failed with code 0: panic: boom"
+        );
+    }
+}
