@@ -2,7 +2,6 @@
 //! container definition, as Docker and containerd do. Pure: tested without containerd.
 
 use std::collections::HashSet;
-
 use std::path::Path;
 
 use oci_spec::runtime::{

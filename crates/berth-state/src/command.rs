@@ -107,8 +107,8 @@ pub enum Command {
         generation: u64,
         at: Timestamp,
     },
-    /// The leader saw every server adopt the new CA and every node that is not DOWN hold a
-    /// certificate from it in use: only the new CA is trusted from now on, and certificate records of
+    /// The leader saw every server adopt the new CA and every node that is not DOWN use a
+    /// certificate from it: only the new CA is trusted from now on, and certificate records of
     /// older CAs are forgotten (a DOWN node joins again with a token).
     FinishCaRotation { generation: u64, at: Timestamp },
     /// An operator drains a node (no new placements) or activates it again.
@@ -228,10 +228,8 @@ impl Command {
             Command::MarkNodeDown { node, .. }
             | Command::SetNodeStatus { node, .. }
             | Command::RemoveNode { node, .. } => format!("node {node}"),
-            Command::RecordCertificate { node, serial, .. } => {
-                format!("certificate {serial} of node {node}")
-            }
-            Command::CertificateInUse { node, serial, .. } => {
+            Command::RecordCertificate { node, serial, .. }
+            | Command::CertificateInUse { node, serial, .. } => {
                 format!("certificate {serial} of node {node}")
             }
             Command::StartCaRotation { rotation, .. } => {

@@ -548,14 +548,23 @@ impl Store {
     /// Commands only the leader proposes ([`Command::leader_only`]) fail at once with
     /// `NotLeader` on any other member: the leader refuses them forwarded.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
+        self.propose_within(command, self.config.write_timeout)
+            .await
+    }
+
+    /// [`Store::propose`], given `timeout` instead of the write timeout.
+    async fn propose_within(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, StoreError> {
         if command.leader_only() && !self.is_leader() {
             return Err(StoreError::NotLeader {
                 leader_id: None,
                 leader_addr: self.leader_addr(),
             });
         }
-        self.write(Write::Command(command), self.config.write_timeout)
-            .await
+        self.write(Write::Command(command), timeout).await
     }
 
     /// Adds a server: as a learner first, promoted to voter once it has caught up.
@@ -765,7 +774,7 @@ impl Store {
             objects: data.objects,
             at: now_ms(),
         };
-        self.write(Write::Command(replace), self.config.write_timeout * 12)
+        self.propose_within(replace, self.config.write_timeout * 12)
             .await?;
         Ok(count)
     }

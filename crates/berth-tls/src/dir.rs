@@ -151,18 +151,14 @@ impl TlsDir {
     }
 }
 
-/// Each certificate of a PEM bundle, as PEM.
-fn certificates(bundle: &str) -> impl Iterator<Item = String> + '_ {
-    const END: &str = "-----END CERTIFICATE-----";
-    bundle
-        .split_inclusive(END)
-        .filter_map(|block| {
-            block
-                .find("-----BEGIN CERTIFICATE-----")
-                .map(|at| &block[at..])
-        })
-        .filter(|block| block.ends_with(END))
-        .map(|block| format!("{block}\n"))
+/// Each certificate of a PEM bundle, as PEM (as rcgen writes it: LF line endings).
+fn certificates(bundle: &str) -> impl Iterator<Item = String> {
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::parse_many(bundle)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(move |block| pem::encode_config(&block, lf))
 }
 
 /// Removes `path`, if it is there.

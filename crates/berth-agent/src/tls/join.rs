@@ -77,6 +77,7 @@ pub(super) async fn join(
         material,
         issued_at: unix_now(),
         not_after: info.not_after,
+        serial: info.serial,
         renew_now: false,
     })
 }

@@ -221,10 +221,8 @@ pub(crate) struct NodeTls {
 }
 
 impl NodeTls {
-    fn new(m: &Material) -> anyhow::Result<Self> {
-        let serial = CertInfo::read(&m.cert_pem)
-            .context("read this agent's certificate")?
-            .serial;
+    fn new(held: &Held) -> anyhow::Result<Self> {
+        let m = &held.material;
         let credentials = Arc::new(
             Credentials::new(&m.cert_pem, &m.key_pem, m.chain())
                 .context("load this agent's certificate and key")?,
@@ -237,24 +235,22 @@ impl NodeTls {
         Ok(Self {
             trust,
             credentials,
-            serial: tokio::sync::watch::Sender::new(serial),
+            serial: tokio::sync::watch::Sender::new(held.serial.clone()),
             dialer,
             renew_now: Arc::default(),
         })
     }
 
-    /// Uses `m` from now on: its certificate for new handshakes, its CAs for new peers.
-    pub(crate) fn replace(&self, m: &Material) -> anyhow::Result<()> {
-        let serial = CertInfo::read(&m.cert_pem)
-            .context("read the new certificate")?
-            .serial;
+    /// Uses `held` from now on: its certificate for new handshakes, its CAs for new peers.
+    pub(crate) fn replace(&self, held: &Held) -> anyhow::Result<()> {
+        let m = &held.material;
         self.trust
             .replace(m.trust())
             .context("use the CAs the servers answered")?;
         self.credentials
             .replace(&m.cert_pem, &m.key_pem, m.chain())
             .context("use the new certificate")?;
-        self.serial.send_replace(serial);
+        self.serial.send_replace(held.serial.clone());
         Ok(())
     }
 }
@@ -267,6 +263,8 @@ pub(crate) struct Held {
     /// the early side).
     pub(crate) issued_at: i64,
     pub(crate) not_after: i64,
+    /// Its serial number, as heartbeats report it.
+    pub(crate) serial: String,
     /// Renew at once: the certificate does not name the advertised host, or a server asked.
     pub(crate) renew_now: bool,
 }
@@ -334,6 +332,7 @@ pub(crate) async fn establish(
                     material,
                     issued_at: info.not_before,
                     not_after: info.not_after,
+                    serial: info.serial,
                     renew_now: !names_host,
                 }
             }
@@ -348,7 +347,7 @@ pub(crate) async fn establish(
             join::join(config, token, &identity, address, &dir).await?
         }
     };
-    Ok((NodeTls::new(&held.material)?, held))
+    Ok((NodeTls::new(&held)?, held))
 }
 
 /// Whom a certificate the servers answered must be vouched for by.
@@ -435,7 +434,7 @@ impl NodeTls {
                 berth_tls::DEFAULT_CERT_TTL,
             )
             .expect("a certificate");
-        let m = Material::answered(
+        let material = Material::answered(
             ca.cert_pem().to_owned(),
             None,
             issued.cert_pem,
@@ -443,7 +442,14 @@ impl NodeTls {
             "",
             "",
         );
-        Self::new(&m).expect("node TLS")
+        Self::new(&Held {
+            material,
+            issued_at: 0,
+            not_after: 0,
+            serial: issued.serial,
+            renew_now: false,
+        })
+        .expect("node TLS")
     }
 }
 

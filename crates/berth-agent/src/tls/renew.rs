@@ -138,13 +138,15 @@ pub(super) async fn renew(
     // Saved first: if that fails, the old certificate stays in use (and on disk) and the
     // renewal is tried again.
     save(dir, &material).await?;
-    tls.replace(&material)?;
-    Ok(Held {
+    let held = Held {
         material,
         issued_at: unix_now(),
         not_after: info.not_after,
+        serial: info.serial,
         renew_now: false,
-    })
+    };
+    tls.replace(&held)?;
+    Ok(held)
 }
 
 /// After expiry, renewal is no longer possible (the servers refuse the certificate): join again
@@ -160,6 +162,6 @@ async fn rejoin(
         anyhow::bail!("restart the agent with a join token: {HOW_TO_JOIN}");
     };
     let held = join(config, token, identity, address, dir).await?;
-    tls.replace(&held.material)?;
+    tls.replace(&held)?;
     Ok(held)
 }

@@ -3,10 +3,10 @@
 //! removed (the agent is told so, and cannot attach again: its certificate is revoked); and
 //! asking the agent to renew its certificate when the cluster CA is rotated.
 
-use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{DesiredTasks, RenewCertificate, ServerMessage};
 use std::time::Duration;
 
+use berth_proto::v1::server_message::Msg as ServerMsg;
+use berth_proto::v1::{DesiredTasks, RenewCertificate, ServerMessage};
 use berth_store::Store;
 use tokio::sync::mpsc;
 use tonic::Status;

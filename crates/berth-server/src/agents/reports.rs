@@ -74,10 +74,10 @@ impl Reader {
     }
 
     /// Acknowledges a heartbeat, noting when the agent uses a certificate of a running CA
-    /// rotation's new CA (`serial`, the one its heartbeat names). A node declared DOWN whose agent is still here (a race with
-    /// the node monitor, a blip longer than the TTL) is ACTIVE again; its lost tasks stay lost
-    /// and the agent removes their containers. A removed node is not registered again: the
-    /// stream ends.
+    /// rotation's new CA (`serial`, the one its heartbeat names). A node declared DOWN whose
+    /// agent is still here (a race with the node monitor, a blip longer than the TTL) is ACTIVE
+    /// again; its lost tasks stay lost and the agent removes their containers. A removed node
+    /// is not registered again: the stream ends.
     async fn heartbeat(&self, serial: &str) -> bool {
         let name = &self.node.name;
         // A running CA rotation counts the node as moved once its agent uses a certificate of
