@@ -424,10 +424,7 @@ pub fn plugin_env(
         ("CNI_IFNAME", IFNAME.to_owned()),
         ("CNI_PATH", plugin_dir.display().to_string()),
         // iptables, which portmap and firewall run, is looked up on the PATH.
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-        ),
+        ("PATH", crate::spec::DEFAULT_PATH.to_owned()),
     ]
 }
 

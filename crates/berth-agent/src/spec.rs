@@ -20,6 +20,9 @@ use crate::runtime::{ContainerSpec, ImageInfo, RuntimeError};
 /// `/sbin/docker-init`.
 pub const INIT_MOUNT: &str = "/sbin/berth-init";
 
+/// The search path of a process whose image sets none (Docker's and containerd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// CFS period used for CPU quotas, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -69,10 +72,7 @@ pub fn process_env(image: &ImageInfo, def: &ContainerDefinition) -> Vec<String> 
         .cloned()
         .collect();
     if !env.iter().any(|kv| kv.starts_with("PATH=")) && !def.environment.contains_key("PATH") {
-        env.insert(
-            0,
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        );
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
     env.extend(def.environment.iter().map(|(k, v)| format!("{k}={v}")));
     env
