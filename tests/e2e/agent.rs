@@ -529,6 +529,12 @@ async fn a_containerd_restart_is_survived() -> anyhow::Result<()> {
             .await?
             .is_empty()
     );
+    // Its network went with it: no address, veth or firewall rule is left.
+    let net = env.network(&agent.name);
+    assert_eq!(
+        crate::network::footprint(&env, &agent.name, &net)?,
+        crate::network::Footprint::NONE
+    );
     Ok(())
 }
 

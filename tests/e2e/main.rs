@@ -5,6 +5,7 @@ mod agent;
 mod autoscaling;
 mod cli;
 mod cluster;
+mod network;
 mod nodes;
 mod rotation;
 mod security;

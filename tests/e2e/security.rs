@@ -752,6 +752,7 @@ fn spawn_agent(
         .arg("--containerd")
         .arg(&env.containerd.socket)
         .args(["--join-token", token])
+        .args(env.network(name).flags())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)

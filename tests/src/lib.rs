@@ -9,7 +9,7 @@
 
 pub mod sim;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -66,6 +66,110 @@ pub struct Env {
     pub registry: Registry,
     /// `127.0.0.1:PORT/demo:latest`.
     pub image: String,
+    /// The task network of each agent by name: its bridge and subnet.
+    networks: Mutex<HashMap<String, AgentNetwork>>,
+}
+
+/// The task network of one test agent: a bridge and a /24 of its own, so that agents of
+/// concurrent tests never share addresses.
+#[derive(Debug, Clone)]
+pub struct AgentNetwork {
+    pub bridge: String,
+    /// `10.221.N.0/24`.
+    pub subnet: String,
+}
+
+/// `10.221.N` of `10.221.N.0/24`.
+fn subnet_prefix(subnet: &str) -> &str {
+    subnet.trim_end_matches(".0/24")
+}
+
+/// Removes the iptables rules (nat and filter) of a test's tasks: the lines containing one of
+/// `keys`, the chains they jump to, and the jumps to those chains. A test that ends with tasks
+/// running kills them without the CNI DEL their agent would run.
+fn purge_iptables(keys: &[String]) {
+    let run = |args: &[&str]| std::process::Command::new("iptables").args(args).output();
+    for table in ["nat", "filter"] {
+        let Ok(out) = std::process::Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("-A ")).collect();
+        let target = |line: &str| {
+            line.split(" -j ")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        // Per-task chains only: the plugins' shared chains stay.
+        let chains: HashSet<String> = rules
+            .iter()
+            .filter(|l| keys.iter().any(|k| l.contains(k.as_str())))
+            .filter_map(|l| target(l))
+            .filter(|c| {
+                c.starts_with("CNI-")
+                    && !matches!(c.as_str(), "CNI-FORWARD" | "CNI-ADMIN")
+                    && !c.starts_with("CNI-HOSTPORT-")
+            })
+            .collect();
+        for line in rules {
+            let matched = keys.iter().any(|k| line.contains(k.as_str()))
+                || target(line).is_some_and(|t| chains.contains(&t));
+            if matched {
+                // iptables-save quotes as the shell does.
+                let _ = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("iptables -t {table} -D {}", &line[3..]))
+                    .output();
+            }
+        }
+        for chain in &chains {
+            let _ = run(&["-t", table, "-F", chain]);
+            let _ = run(&["-t", table, "-X", chain]);
+        }
+    }
+}
+
+/// Test agents' subnets are 10.221.N.0/24, N counting up in this process.
+static NEXT_SUBNET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl AgentNetwork {
+    fn new() -> Self {
+        let n = NEXT_SUBNET.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256;
+        let bridge = format!("bt{}n{n}", std::process::id() % 100_000);
+        let subnet = format!("10.221.{n}.0/24");
+        // A bridge left by an earlier run that died holds the gateway address: remove it.
+        let out = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "to", &subnet])
+            .output();
+        if let Ok(out) = out {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = line.split_whitespace().nth(1) {
+                    let _ = std::process::Command::new("ip")
+                        .args(["link", "delete", dev])
+                        .output();
+                }
+            }
+        }
+        purge_iptables(&[format!("{}.", subnet_prefix(&subnet))]);
+        Self { bridge, subnet }
+    }
+
+    /// What the rules about this network's tasks contain: its name or its subnet.
+    fn rule_keys(&self) -> Vec<String> {
+        vec![
+            format!("berth-{}\\\"", self.bridge),
+            format!("{}.", subnet_prefix(&self.subnet)),
+        ]
+    }
+
+    /// The agent flags that select it.
+    pub fn flags(&self) -> [&str; 4] {
+        ["--bridge", &self.bridge, "--task-subnet", &self.subnet]
+    }
 }
 
 impl Drop for Env {
@@ -88,6 +192,14 @@ impl Drop for Env {
                 ctr(&["--namespace", ns, "tasks", "delete", "--force", task]);
             }
         }
+        // The bridges the CNI plugins made for this test's agents (their tasks are gone).
+        let networks = self.networks.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in networks.values() {
+            purge_iptables(&n.rule_keys());
+            let _ = std::process::Command::new("ip")
+                .args(["link", "delete", &n.bridge])
+                .output();
+        }
     }
 }
 
@@ -108,7 +220,18 @@ impl Env {
             containerd,
             registry,
             image,
+            networks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The task network of agent `name` (the same one each time it starts).
+    pub fn network(&self, name: &str) -> AgentNetwork {
+        self.networks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_insert_with(AgentNetwork::new)
+            .clone()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -384,6 +507,7 @@ impl AgentProc {
             .arg("--containerd")
             .arg(&env.containerd.socket)
             .args(token.iter().flat_map(|t| ["--join-token", t.as_str()]))
+            .args(env.network(name).flags())
             .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)

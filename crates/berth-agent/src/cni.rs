@@ -9,13 +9,14 @@
 //! Plugins are not safe to run concurrently: an agent makes one call at a time.
 //!
 //! The network list, each plugin's input, results and errors are pure and tested without
-//! plugins. Not wired into the runtime yet.
+//! plugins; `containerd::network` drives the calls for each task.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use berth_model::Protocol;
 use serde_json::{json, Value};
 
 /// The version of the CNI spec berth speaks (Debian 12's plugins support it).
@@ -78,6 +79,28 @@ impl fmt::Display for Subnet {
     }
 }
 
+/// The default bridge of a node's task network.
+pub const DEFAULT_BRIDGE: &str = "berth0";
+
+/// The default task subnet of a node (each node's tasks are reached through its published
+/// ports, so nodes may all use the same one, as Docker's bridge networks do).
+pub const DEFAULT_SUBNET: &str = "10.220.0.0/16";
+
+/// A bridge name Linux accepts: 1 to 15 characters of letters, digits, `-`, `_` and `.`.
+pub fn bridge_name(value: &str) -> Result<String, String> {
+    let ok = (1..=15).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a usable interface name: use 1 to 15 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
 /// The network an agent attaches its tasks to.
 #[derive(Debug, Clone)]
 pub struct NetworkSettings {
@@ -97,21 +120,6 @@ pub struct PortBinding {
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: Protocol,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
 }
 
 /// The network list every task is attached with: a bridge with masquerading and addresses from
@@ -154,6 +162,22 @@ pub fn runtime_config(ports: &[PortBinding]) -> Value {
         })
         .collect();
     json!({ "portMappings": mappings })
+}
+
+/// The ports of a runtime configuration made by [`runtime_config`].
+pub fn runtime_ports(runtime: &Value) -> Vec<PortBinding> {
+    runtime["portMappings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some(PortBinding {
+                host_port: u16::try_from(m["hostPort"].as_u64()?).ok()?,
+                container_port: u16::try_from(m["containerPort"].as_u64()?).ok()?,
+                protocol: m["protocol"].as_str()?.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// What plugin `plugin` of `list` reads on stdin: its own configuration with the list's name
@@ -270,6 +294,9 @@ impl Cni {
 
     /// Attaches the namespace at `netns` (of container or task `id`) to the node's bridge,
     /// publishing `ports`; answers the task's address. A failure detaches what was attached.
+    ///
+    /// The attachment is recorded before the first plugin runs (with the ADD's result once it
+    /// has one), so an agent that dies in the middle still finds it and detaches it.
     pub async fn add(
         &self,
         id: &str,
@@ -278,50 +305,49 @@ impl Cni {
     ) -> Result<Ipv4Addr, CniError> {
         let _one = self.one_at_a_time.lock().await;
         let runtime = runtime_config(ports);
+        self.record(id, &runtime, None)?;
         let mut result: Option<Value> = None;
         for plugin in self.plugins() {
             let input = plugin_input(&self.list, plugin, &runtime, result.as_ref());
             match self.invoke("ADD", id, netns, plugin, &input).await {
                 Ok(answer) => result = Some(answer),
                 Err(e) => {
-                    if let Err(undo) = self.del_locked(id, netns, &runtime, result.as_ref()).await {
-                        tracing::warn!(id, "undo a failed CNI ADD: {undo}");
-                    }
+                    self.undo(id, netns, &runtime, result.as_ref()).await;
                     return Err(e);
                 }
             }
         }
         let result = result.unwrap_or(Value::Null);
-        let address = task_address(&result).ok_or_else(|| CniError::NoAddress {
-            container: id.to_owned(),
-        })?;
-        let cached = json!({"result": result, "runtimeConfig": runtime});
-        let path = self.cache_path(id);
-        let write = |op, source| CniError::Cache {
-            op,
-            path: path.clone(),
-            source,
+        let Some(address) = task_address(&result) else {
+            self.undo(id, netns, &runtime, Some(&result)).await;
+            return Err(CniError::NoAddress {
+                container: id.to_owned(),
+            });
         };
-        std::fs::create_dir_all(self.settings.state_dir.join("results"))
-            .map_err(|e| write("create", e))?;
-        std::fs::write(&path, cached.to_string()).map_err(|e| write("write", e))?;
+        self.record(id, &runtime, Some(&result))?;
         Ok(address)
     }
 
-    /// Detaches `id`'s namespace (which may be gone already) and releases its address, ports
-    /// and rules; nothing to release is no error.
-    pub async fn del(&self, id: &str, netns: &str) -> Result<(), CniError> {
+    /// Detaches `id`'s namespace and releases its address, ports and rules; nothing to release
+    /// is no error. Run it while the namespace exists: the bridge plugin finds the address
+    /// whose masquerade rules it removes on the task's interface (without the namespace it
+    /// still succeeds, and leaves those rules). The record stays until [`Cni::forget`].
+    pub async fn detach(&self, id: &str, netns: &str) -> Result<(), CniError> {
         let _one = self.one_at_a_time.lock().await;
-        let path = self.cache_path(id);
-        let cached: Option<Value> = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let cached = self.cached(id);
         let runtime = cached
             .as_ref()
             .map_or_else(|| runtime_config(&[]), |c| c["runtimeConfig"].clone());
-        let result = cached.as_ref().map(|c| c["result"].clone());
-        self.del_locked(id, netns, &runtime, result.as_ref())
-            .await?;
+        let result = cached
+            .as_ref()
+            .map(|c| &c["result"])
+            .filter(|r| !r.is_null());
+        self.del_locked(id, netns, &runtime, result).await
+    }
+
+    /// Drops the record of a detached attachment.
+    pub fn forget(&self, id: &str) -> Result<(), CniError> {
+        let path = self.cache_path(id);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CniError::Cache {
                 op: "remove",
@@ -330,6 +356,70 @@ impl Cni {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Records that `id` is about to be attached with `ports`, before its namespace exists:
+    /// a sweep after a crash then finds it ([`Cni::attached`]).
+    pub fn prepare(&self, id: &str, ports: &[PortBinding]) -> Result<(), CniError> {
+        self.record(id, &runtime_config(ports), None)
+    }
+
+    /// The IDs of every attachment this agent recorded and has not detached, in any state.
+    pub fn attached(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.settings.state_dir.join("results")) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".json").map(str::to_owned)
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// What an attachment got: the task's address (none if its ADD did not finish) and its
+    /// published ports. `None` when `id` is not attached.
+    pub fn attachment(&self, id: &str) -> Option<(Option<Ipv4Addr>, Vec<PortBinding>)> {
+        let cached = self.cached(id)?;
+        Some((
+            task_address(&cached["result"]),
+            runtime_ports(&cached["runtimeConfig"]),
+        ))
+    }
+
+    /// Runs DEL after a failed ADD, with what the ADD got so far, and forgets the attachment.
+    async fn undo(&self, id: &str, netns: &str, runtime: &Value, result: Option<&Value>) {
+        if let Err(undo) = self.del_locked(id, netns, runtime, result).await {
+            tracing::warn!(id, "undo a failed CNI ADD: {undo}");
+        }
+        if let Err(e) = self.forget(id) {
+            tracing::warn!(id, "{e}");
+        }
+    }
+
+    fn cached(&self, id: &str) -> Option<Value> {
+        std::fs::read(self.cache_path(id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    fn record(&self, id: &str, runtime: &Value, result: Option<&Value>) -> Result<(), CniError> {
+        let path = self.cache_path(id);
+        let failed = |op, source| CniError::Cache {
+            op,
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(self.settings.state_dir.join("results"))
+            .map_err(|e| failed("create", e))?;
+        let cached = json!({"result": result, "runtimeConfig": runtime});
+        // Written whole or not at all: a torn record would hide an attachment.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, cached.to_string()).map_err(|e| failed("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| failed("write", e))
     }
 
     async fn del_locked(
@@ -442,6 +532,14 @@ mod tests {
     }
 
     #[test]
+    fn bridge_names_fit_linux_interface_names() {
+        assert_eq!(bridge_name("berth0").as_deref(), Ok("berth0"));
+        assert!(bridge_name("").is_err());
+        assert!(bridge_name("a-very-long-bridge").is_err());
+        assert!(bridge_name("br 0").is_err());
+    }
+
+    #[test]
     fn subnets_are_network_addresses_with_a_usable_prefix() {
         let s: Subnet = "10.88.0.0/24".parse().expect("valid");
         assert_eq!(
@@ -532,5 +630,41 @@ mod tests {
             e.to_string(),
             "CNI plugin bridge (DEL) failed with code 0: panic: boom"
         );
+    }
+
+    #[tokio::test]
+    async fn an_attachment_is_recorded_before_any_plugin_runs_until_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cni = Cni::new(NetworkSettings {
+            // No plugins here: DEL of a plugin that cannot run fails, and the record stays.
+            plugin_dir: dir.path().join("no-plugins"),
+            state_dir: dir.path().to_owned(),
+            ..settings()
+        });
+        let ports = [PortBinding {
+            host_port: 49_153,
+            container_port: 8080,
+            protocol: Protocol::Tcp,
+        }];
+        cni.prepare("task-1", &ports).expect("recorded");
+        assert_eq!(cni.attached(), ["task-1"]);
+        assert_eq!(cni.attachment("task-1"), Some((None, ports.to_vec())));
+        assert_eq!(cni.attachment("task-2"), None);
+        let err = cni
+            .detach("task-1", "/run/netns/gone")
+            .await
+            .expect_err("no plugins");
+        assert!(err.to_string().contains("run CNI plugin"), "{err}");
+        assert_eq!(cni.attached(), ["task-1"], "kept until forgotten");
+        cni.forget("task-1").expect("forgotten");
+        assert!(cni.attached().is_empty());
+        cni.prepare("task-1", &ports).expect("recorded");
+        // A failed ADD is undone and forgotten.
+        let err = cni
+            .add("task-3", "/run/netns/gone", &[])
+            .await
+            .expect_err("no plugins");
+        assert!(err.to_string().contains("run CNI plugin"), "{err}");
+        assert_eq!(cni.attached(), ["task-1"]);
     }
 }

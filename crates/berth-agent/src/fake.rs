@@ -6,8 +6,9 @@ use std::sync::Mutex;
 
 use crate::runtime::{
     ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
-    ImageInfo, Progress, Runtime, RuntimeError,
+    ImageInfo, PortBinding, Progress, Runtime, RuntimeError, TaskNetwork,
 };
+use berth_model::PortMapping;
 
 const SIGTERM: u32 = 15;
 
@@ -29,6 +30,7 @@ struct FakeState {
     /// Exit code of commands run in a container (0 when not set).
     exec_codes: HashMap<String, i32>,
     stats: HashMap<String, ContainerStats>,
+    networks: HashMap<String, TaskNetwork>,
 }
 
 impl FakeRuntime {
@@ -168,14 +170,64 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn create_network(&self, task_id: &str) -> Result<String, RuntimeError> {
-        self.state().calls.push(format!("create network {task_id}"));
-        Ok(format!("/run/netns/fake-{task_id}"))
+    async fn create_network(
+        &self,
+        task_id: &str,
+        ports: &[PortMapping],
+    ) -> Result<TaskNetwork, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("create network {task_id}"));
+        let n = u32::try_from(state.networks.len()).unwrap_or(0) + 2;
+        let network = TaskNetwork {
+            netns: format!("/run/netns/fake-{task_id}"),
+            address: Some(std::net::Ipv4Addr::from(0x0a00_0000 + n)),
+            ports: ports
+                .iter()
+                .enumerate()
+                .map(|(i, m)| PortBinding {
+                    host_port: if m.host_port == 0 {
+                        u16::try_from(49_153 + n * 16 + u32::try_from(i).unwrap_or(0))
+                            .unwrap_or(u16::MAX)
+                    } else {
+                        m.host_port
+                    },
+                    container_port: m.container_port,
+                    protocol: m.protocol,
+                })
+                .collect(),
+        };
+        state.networks.insert(task_id.to_owned(), network.clone());
+        Ok(network)
+    }
+
+    async fn task_network(&self, task_id: &str) -> Option<TaskNetwork> {
+        self.state().networks.get(task_id).cloned()
     }
 
     async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError> {
-        self.state().calls.push(format!("remove network {task_id}"));
+        let mut state = self.state();
+        state.calls.push(format!("remove network {task_id}"));
+        state.networks.remove(task_id);
         Ok(())
+    }
+
+    async fn remove_stale_networks(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let mut state = self.state();
+        let mut stale: Vec<String> = state
+            .networks
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        stale.sort();
+        for id in &stale {
+            state.networks.remove(id);
+            state.calls.push(format!("remove stale network {id}"));
+        }
+        Ok(stale)
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {

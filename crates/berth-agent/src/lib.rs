@@ -131,6 +131,17 @@ impl Agent {
         for c in found {
             by_task.entry(c.task_id.clone()).or_default().push(c);
         }
+        // Networks of tasks without containers are left from a crash (or from containers
+        // removed behind the agent's back): they go before anything else runs, so addresses,
+        // ports and firewall rules never leak. The others go with their tasks.
+        let keep = by_task.keys().cloned().collect();
+        let stale = runtime
+            .remove_stale_networks(&keep)
+            .await
+            .context("remove the networks of tasks a previous agent left")?;
+        if !stale.is_empty() {
+            tracing::info!(tasks = ?stale, "removed the networks of tasks that are gone");
+        }
         let agent = Arc::new(Agent {
             config,
             runtime,

@@ -72,6 +72,8 @@ impl Agent {
                     done: done.clone(),
                     adopt,
                     metrics: self.config.metrics.clone(),
+                    bind_ip: self.config.advertise.host(),
+                    ip_address: None,
                 };
                 span.in_scope(|| tracing::info!("start task"));
                 tokio::spawn(run.run().instrument(span));
@@ -98,6 +100,9 @@ impl Agent {
                             tracing::warn!(container = %c.id, "remove orphaned container: {}", berth_model::error_chain(&e));
                         }
                     }
+                    if let Err(e) = runtime.remove_network(&task_id).await {
+                        tracing::warn!(%task_id, "remove an orphaned task's network: {}", berth_model::error_chain(&e));
+                    }
                 });
             }
             Action::Forget { task_id } => {
@@ -122,6 +127,7 @@ impl Agent {
             stop_code: ended.stop_code,
             stopped_reason: ended.reason,
             event: ended.event,
+            ip_address: None,
         });
         self.tasks.insert(task_id, LocalTask::finished());
     }

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use berth_model::PortMapping;
 use futures::future::BoxFuture;
+
+pub use crate::cni::PortBinding;
 
 /// What the agent learned about an image when it made sure the image is present.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,17 @@ pub struct ContainerSpec {
     pub netns: Option<String>,
     /// Run `args` under the runtime's minimal init (PID 1 forwarding signals, reaping zombies).
     pub init: bool,
+}
+
+/// A task's network as the runtime made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNetwork {
+    /// The network namespace its containers join.
+    pub netns: String,
+    /// Its address on the node's task network.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Its ports as published on the node.
+    pub ports: Vec<PortBinding>,
 }
 
 /// How a container's main process ended.
@@ -143,6 +157,23 @@ pub enum RuntimeError {
     WaitLost(&'static str),
     #[error("the command did not finish within {0:?} and was killed")]
     ExecTimeout(std::time::Duration),
+    #[error("attach the task's network: {0}")]
+    Network(#[from] crate::cni::CniError),
+    /// `port` 0: a port for a mapping without a host port.
+    #[error("{}", host_port_problem(*port, *protocol, reason))]
+    HostPort {
+        port: u16,
+        protocol: berth_model::Protocol,
+        reason: &'static str,
+    },
+}
+
+fn host_port_problem(port: u16, protocol: berth_model::Protocol, reason: &str) -> String {
+    if port == 0 {
+        format!("host port for a {protocol} mapping: {reason}")
+    } else {
+        format!("host port {port}/{protocol} {reason}")
+    }
 }
 
 impl RuntimeError {
@@ -186,12 +217,28 @@ pub trait Runtime: Send + Sync + 'static {
         timeout: std::time::Duration,
     ) -> Result<ExecOutput, RuntimeError>;
 
-    /// Creates the network namespace a multi-container task's containers share (as ECS's
-    /// awsvpc mode gives a task one network stack), with loopback up; returns its path.
-    async fn create_network(&self, task_id: &str) -> Result<String, RuntimeError>;
+    /// Creates the task's network: a network namespace its containers share (as ECS's awsvpc
+    /// mode gives a task one network stack) attached to the node's task network, with `ports`
+    /// published on the node (host port 0: a free one is picked).
+    async fn create_network(
+        &self,
+        task_id: &str,
+        ports: &[PortMapping],
+    ) -> Result<TaskNetwork, RuntimeError>;
 
-    /// Removes the task's network namespace; gone already is fine.
+    /// The network a previous agent process created for the task, for re-adopting it.
+    async fn task_network(&self, task_id: &str) -> Option<TaskNetwork>;
+
+    /// Detaches and removes the task's network, releasing its address and ports; gone already
+    /// is fine.
     async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError>;
+
+    /// Removes the networks of every task not in `keep` (left by an agent that died, or by
+    /// tasks whose containers are gone), before anything else runs. Answers their task IDs.
+    async fn remove_stale_networks(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, RuntimeError>;
 
     /// The container's resource counters.
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;

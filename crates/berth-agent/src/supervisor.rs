@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use berth_model::{
     Assignment, ContainerDefinition, ContainerState, DependencyCondition, HealthCheck,
-    HealthStatus, StopCode, TaskStatus, TaskStatusUpdate,
+    HealthStatus, NetworkBinding, PortMapping, StopCode, TaskStatus, TaskStatusUpdate,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 
 use crate::runtime::{
     ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
+    TaskNetwork,
 };
 use crate::spec::{process_args, process_env, process_user};
 
@@ -73,6 +74,10 @@ pub struct TaskRun {
     /// Containers of this task that a previous agent process started; empty for a new task.
     pub adopt: Vec<ExistingContainer>,
     pub metrics: Metrics,
+    /// The node's advertised address: where its published ports are reached.
+    pub bind_ip: String,
+    /// The task's address on the node's task network, once attached.
+    pub ip_address: Option<std::net::Ipv4Addr>,
 }
 
 /// What starting a task's containers in dependency order needs.
@@ -80,7 +85,7 @@ struct Starter {
     /// Containers not started yet, by index.
     pending: Vec<usize>,
     images: Vec<ImageInfo>,
-    /// The network namespace the containers share, for tasks of several containers.
+    /// The network namespace the containers share.
     netns: Option<String>,
     exit_tx: mpsc::UnboundedSender<Exit>,
     health_tx: mpsc::UnboundedSender<HealthEvent>,
@@ -311,15 +316,26 @@ impl TaskRun {
             }
             starter.images = images;
             starter.pending = (0..a.containers.len()).collect();
-            // A task's containers share one network namespace (ECS awsvpc semantics).
-            if a.containers.len() > 1 {
-                match self.runtime.create_network(&a.task_id).await {
-                    Ok(path) => starter.netns = Some(path),
-                    Err(e) => {
-                        let reason = format!("CannotCreateNetworkError: {e}");
-                        self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
-                        return;
-                    }
+            // A task's containers share one network namespace, with its own address on the
+            // node's task network (ECS awsvpc semantics).
+            let mappings: Vec<PortMapping> = a
+                .containers
+                .iter()
+                .flat_map(|c| c.port_mappings.iter().copied())
+                .collect();
+            match self.runtime.create_network(&a.task_id, &mappings).await {
+                Ok(network) => {
+                    self.attached(&network, &mut states);
+                    starter.netns = Some(network.netns);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "create the task's network: {}",
+                        berth_model::error_chain(&e)
+                    );
+                    let reason = format!("CannotCreateNetworkError: {e}");
+                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                    return;
                 }
             }
             self.report(TaskStatus::Activating, &states, None);
@@ -429,6 +445,7 @@ impl TaskRun {
                     stop_code: None,
                     stopped_reason: None,
                     event: Some(event),
+                    ip_address: None,
                 });
             };
             let started = std::time::Instant::now();
@@ -505,6 +522,9 @@ impl TaskRun {
     /// watching (its state says how); the caller then ends the task.
     async fn adopt(&mut self, states: &mut [ContainerState], starter: &Starter) -> bool {
         let a = self.assignment.clone();
+        if let Some(network) = self.runtime.task_network(&a.task_id).await {
+            self.attached(&network, states);
+        }
         let mut ok = true;
         for (i, c) in a.containers.iter().enumerate() {
             let existing = self
@@ -618,13 +638,32 @@ impl TaskRun {
                 tracing::warn!(container = %id, "remove container: {}", berth_model::error_chain(&e));
             }
         }
-        if self.assignment.containers.len() > 1 {
-            if let Err(e) = self.runtime.remove_network(&self.assignment.task_id).await {
-                tracing::warn!("remove network namespace: {}", berth_model::error_chain(&e));
-            }
+        if let Err(e) = self.runtime.remove_network(&self.assignment.task_id).await {
+            tracing::warn!(
+                "remove the task's network: {}",
+                berth_model::error_chain(&e)
+            );
         }
         for s in states {
             s.last_status = TaskStatus::Stopped;
+        }
+    }
+
+    /// Takes the task's address and where each container's ports were published.
+    fn attached(&mut self, network: &TaskNetwork, states: &mut [ContainerState]) {
+        self.ip_address = network.address;
+        let mut published = network.ports.iter();
+        for (c, state) in self.assignment.containers.iter().zip(states) {
+            state.network_bindings = published
+                .by_ref()
+                .take(c.port_mappings.len())
+                .map(|p| NetworkBinding {
+                    bind_ip: self.bind_ip.clone(),
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    protocol: p.protocol,
+                })
+                .collect();
         }
     }
 
@@ -637,6 +676,8 @@ impl TaskRun {
     ) {
         for s in states.iter_mut() {
             s.last_status = TaskStatus::Stopped;
+            // Its ports are released.
+            s.network_bindings.clear();
         }
         self.done.store(true, Ordering::SeqCst);
         let _ = self.updates.send(TaskStatusUpdate {
@@ -646,6 +687,7 @@ impl TaskRun {
             stop_code: Some(code),
             stopped_reason: Some(reason),
             event,
+            ip_address: self.ip_address,
         });
     }
 
@@ -657,6 +699,7 @@ impl TaskRun {
             stop_code: None,
             stopped_reason: None,
             event,
+            ip_address: self.ip_address,
         });
     }
 }

@@ -86,7 +86,13 @@ async fn exit_reports_essential_container_exited() {
     );
     assert_eq!(
         rt.calls(),
-        ["pull busybox", "start t1-app", "remove t1-app"]
+        [
+            "pull busybox",
+            "create network t1",
+            "start t1-app",
+            "remove t1-app",
+            "remove network t1"
+        ]
     );
 }
 
@@ -120,9 +126,11 @@ async fn stop_request_terms_then_kills_and_removes() {
         rt.calls(),
         [
             "pull sleeper",
+            "create network t1",
             "start t1-app",
             "kill t1-app 15",
-            "remove t1-app"
+            "remove t1-app",
+            "remove network t1",
         ]
     );
     assert!(rt.running().is_empty());
@@ -200,6 +208,8 @@ fn task_run(
         done: Arc::new(AtomicBool::new(false)),
         adopt: vec![],
         metrics: Metrics::new(),
+        bind_ip: "10.0.0.5".into(),
+        ip_address: None,
     };
     (run, rx, stop)
 }
@@ -307,10 +317,12 @@ async fn a_fenced_task_reports_node_lost_and_stops_with_a_short_grace() {
         rt.calls(),
         [
             "pull sleeper",
+            "create network t1",
             "start t1-app",
             "kill t1-app 15",
             "kill t1-app 9",
-            "remove t1-app"
+            "remove t1-app",
+            "remove network t1",
         ]
     );
 }
@@ -329,4 +341,66 @@ async fn a_task_stopped_by_the_server_then_fenced_keeps_its_stop_code() {
         code,
         Some(StopCode::UserInitiated | StopCode::NodeLost)
     ));
+}
+
+#[tokio::test]
+async fn a_task_reports_its_address_and_where_each_container_s_ports_were_published() {
+    let rt = Arc::new(FakeRuntime::new());
+    let mut web = ContainerDefinition::new("web", "sleeper");
+    web.port_mappings = vec![
+        berth_model::PortMapping::tcp(8080),
+        berth_model::PortMapping {
+            container_port: 9090,
+            host_port: 9090,
+            protocol: berth_model::Protocol::Udp,
+        },
+    ];
+    let mut side = ContainerDefinition::new("side", "sleeper");
+    side.port_mappings = vec![berth_model::PortMapping::tcp(7070)];
+    let plain = ContainerDefinition::new("plain", "sleeper");
+    let (run, mut rx, stop) = task_run(&rt, vec![web, plain, side]);
+    let handle = tokio::spawn(run.run());
+    let running = loop {
+        let u = rx.recv().await.expect("reports until running");
+        if u.last_status == TaskStatus::Running {
+            break u;
+        }
+    };
+    assert!(running.ip_address.is_some(), "{running:?}");
+    let published: Vec<Vec<String>> = running
+        .containers
+        .iter()
+        .map(|c| {
+            c.network_bindings
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}:{}->{}/{}",
+                        b.bind_ip, b.host_port, b.container_port, b.protocol
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let dynamic = |i: usize| running.containers[i].network_bindings[0].host_port;
+    assert_eq!(
+        published,
+        [
+            vec![
+                format!("10.0.0.5:{}->8080/tcp", dynamic(0)),
+                "10.0.0.5:9090->9090/udp".to_owned()
+            ],
+            vec![],
+            vec![format!("10.0.0.5:{}->7070/tcp", dynamic(2))],
+        ]
+    );
+    request_stop(&stop, StopReason::Server);
+    handle.await.expect("supervisor finished");
+    let last = last_report(&mut rx);
+    assert!(
+        last.containers
+            .iter()
+            .all(|c| c.network_bindings.is_empty()),
+        "a stopped task's ports are released: {last:?}"
+    );
 }

@@ -341,6 +341,10 @@ pub struct RunArgs {
     /// reaps zombies (`init: false` in a manifest).
     #[arg(long)]
     pub(crate) no_init: bool,
+    /// Publish a container port on the task's node: CONTAINER_PORT (the node picks a free
+    /// port) or HOST_PORT:CONTAINER_PORT, with /udp for UDP (repeatable).
+    #[arg(short, long = "publish", value_name = "[HOST:]PORT[/PROTO]", value_parser = crate::run::port_mapping)]
+    pub(crate) publish: Vec<berth_model::PortMapping>,
     /// Placement strategy, in order: binpack:cpu, binpack:memory, spread:node,
     /// spread:attribute:NAME, random.
     #[arg(long, value_name = "TYPE[:FIELD]")]

@@ -81,8 +81,15 @@ fn tasks() -> Vec<Task> {
             image_digest: Some("sha256:5f2c".into()),
             last_status: TaskStatus::Running,
             health_status: HealthStatus::Healthy,
+            network_bindings: vec![berth_model::NetworkBinding {
+                bind_ip: "10.0.0.5".into(),
+                container_port: 8080,
+                host_port: 49153,
+                protocol: berth_model::Protocol::Tcp,
+            }],
             ..ContainerState::pending("httpd", "registry.local/web:v2")
         }],
+        ip_address: Some(std::net::Ipv4Addr::new(10, 220, 0, 2)),
         events,
         placement: Default::default(),
         metrics: None,

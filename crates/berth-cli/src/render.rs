@@ -33,6 +33,8 @@ pub fn render_tasks(
                     age(t.created_at, now),
                 ];
                 if wide {
+                    row.push(t.ip_address.map_or("-".into(), |ip| ip.to_string()));
+                    row.push(ports_cell(t));
                     row.push(t.exit_code().map_or("-".into(), |c| c.to_string()));
                     row.push(t.stop_code.map_or("-".into(), |c| c.to_string()));
                     row.push(t.stopped_reason.clone().unwrap_or_else(|| "-".into()));
@@ -49,10 +51,32 @@ pub fn render_tasks(
             "AGE",
         ];
         if wide {
-            header.extend(["EXIT", "STOP CODE", "REASON"]);
+            header.extend(["IP", "PORTS", "EXIT", "STOP CODE", "REASON"]);
         }
         render_table(&header, &rows)
     })
+}
+
+/// A task's published ports as Docker shows them: `10.0.0.5:49153->8080/tcp`, comma separated.
+fn ports_cell(t: &Task) -> String {
+    let ports: Vec<String> = t
+        .containers
+        .iter()
+        .flat_map(|c| &c.network_bindings)
+        .map(binding)
+        .collect();
+    if ports.is_empty() {
+        "-".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+fn binding(b: &berth_model::NetworkBinding) -> String {
+    format!(
+        "{}:{}->{}/{}",
+        b.bind_ip, b.host_port, b.container_port, b.protocol
+    )
 }
 
 pub fn print_taskdefs(format: Format, defs: &[TaskDefinition], single: bool) -> anyhow::Result<()> {
@@ -181,6 +205,9 @@ pub fn print_task_details(t: &Task) {
     println!("Task definition:  {}", t.task_definition);
     println!("Group:            {}", t.group.as_deref().unwrap_or("-"));
     println!("Node:             {}", t.node.as_deref().unwrap_or("-"));
+    if let Some(ip) = t.ip_address {
+        println!("IP address:       {ip}");
+    }
     println!("Desired status:   {}", t.desired_status);
     println!("Last status:      {}", t.last_status);
     println!("CPU / memory:     {} units / {} MiB", t.cpu, t.memory);
@@ -228,6 +255,10 @@ pub fn print_task_details(t: &Task) {
         );
         if let Some(d) = &c.image_digest {
             println!("    image digest: {d}");
+        }
+        if !c.network_bindings.is_empty() {
+            let ports: Vec<String> = c.network_bindings.iter().map(binding).collect();
+            println!("    ports: {}", ports.join(", "));
         }
     }
     println!("Events:");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use berth_model::{
     BinpackField, ContainerDefinition, PlacementConstraint, PlacementSpec, PlacementStrategy,
-    StopCode, TaskDefinitionSpec, TaskStatus,
+    PortMapping, Protocol, StopCode, TaskDefinitionSpec, TaskStatus,
 };
 use berth_proto::v1 as pb;
 
@@ -79,6 +79,7 @@ fn image_spec(args: &RunArgs, image: &str) -> anyhow::Result<TaskDefinitionSpec>
     container.stop_timeout =
         u32::try_from(args.stop_timeout.as_secs()).context("--stop-timeout is too long")?;
     container.init = !args.no_init;
+    container.port_mappings = args.publish.clone();
     let spec = TaskDefinitionSpec {
         meta: Default::default(),
         family,
@@ -90,6 +91,33 @@ fn image_spec(args: &RunArgs, image: &str) -> anyhow::Result<TaskDefinitionSpec>
     spec.validate()
         .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;
     Ok(spec)
+}
+
+/// `--publish [HOST:]PORT[/PROTO]` as a port mapping.
+pub(crate) fn port_mapping(value: &str) -> Result<PortMapping, String> {
+    let (ports, protocol) = match value.split_once('/') {
+        Some((ports, proto)) => (ports, proto.parse()?),
+        None => (value, Protocol::Tcp),
+    };
+    let port = |p: &str| {
+        p.parse::<u16>().map_err(|_| {
+            format!(
+                "{p:?} is not a port number; write PORT or HOST_PORT:PORT, like 8080 or 80:8080"
+            )
+        })
+    };
+    let (host_port, container_port) = match ports.split_once(':') {
+        Some((host, container)) => (port(host)?, port(container)?),
+        None => (0, port(ports)?),
+    };
+    if container_port == 0 {
+        return Err("the container port must not be 0".into());
+    }
+    Ok(PortMapping {
+        container_port,
+        host_port,
+        protocol,
+    })
 }
 
 /// `--placement-strategy` and `--placement-constraint` flags as a placement spec.
@@ -195,7 +223,28 @@ async fn wait_and_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::family_from_image;
+    use super::{family_from_image, port_mapping};
+    use berth_model::{PortMapping, Protocol};
+
+    #[test]
+    fn published_ports() {
+        assert_eq!(port_mapping("8080"), Ok(PortMapping::tcp(8080)));
+        assert_eq!(
+            port_mapping("53:5353/udp"),
+            Ok(PortMapping {
+                container_port: 5353,
+                host_port: 53,
+                protocol: Protocol::Udp
+            })
+        );
+        assert!(port_mapping("http")
+            .unwrap_err()
+            .contains("not a port number"));
+        assert!(port_mapping("80/sctp")
+            .unwrap_err()
+            .contains("use tcp or udp"));
+        assert!(port_mapping("80:0").is_err());
+    }
 
     #[test]
     fn families_from_images() {

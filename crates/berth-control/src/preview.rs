@@ -30,10 +30,22 @@ pub fn apply_service(
 ) -> Result<ServicePreview, Rejection> {
     let latest = state.task_definition(namespace, &spec.task_definition);
     // The revision the service would run (none yet: a new one) and the size of its tasks.
-    let (revision, cpu, memory, placement) = match (template, latest) {
-        (Some(t), Some(d)) if d.matches(t) => (Some(d.reference()), d.cpu, d.memory, &d.placement),
-        (Some(t), _) => (None, t.cpu, t.memory, &t.placement),
-        (None, Some(d)) => (Some(d.reference()), d.cpu, d.memory, &d.placement),
+    let (revision, cpu, memory, placement, containers) = match (template, latest) {
+        (Some(t), Some(d)) if d.matches(t) => (
+            Some(d.reference()),
+            d.cpu,
+            d.memory,
+            &d.placement,
+            &d.containers,
+        ),
+        (Some(t), _) => (None, t.cpu, t.memory, &t.placement, &t.containers),
+        (None, Some(d)) => (
+            Some(d.reference()),
+            d.cpu,
+            d.memory,
+            &d.placement,
+            &d.containers,
+        ),
         (None, None) => {
             return Err(Rejection::NotFound(format!(
                 "task definition {} not found in namespace {namespace}; register it with `berth apply -f`",
@@ -60,7 +72,8 @@ pub fn apply_service(
     };
     let placement = merged_placement(&spec.placement, placement);
     let group = format!("service:{}", spec.name);
-    let plan = scheduling::preview(state, &group, cpu, memory, &placement, starts)
+    let host_ports: Vec<_> = berth_model::fixed_host_ports(containers).collect();
+    let plan = scheduling::preview(state, &group, cpu, memory, &placement, &host_ports, starts)
         .into_iter()
         .map(|d| match d {
             Decision::Place { node, .. } => PlannedTask::Node(node),

@@ -1,7 +1,9 @@
 //! Scheduling rounds: pending tasks are placed with `berth-scheduler`, and all decisions of a
 //! round become one `PlaceTasks` command. Dry runs preview placements with the same code.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use berth_model::Protocol;
 
 use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
 use berth_state::{Command, Placement, State, Unplaced};
@@ -25,6 +27,7 @@ pub fn preview(
     cpu: u32,
     memory: u32,
     placement: &berth_model::PlacementSpec,
+    host_ports: &[(u16, Protocol)],
     count: u32,
 ) -> Vec<Decision> {
     let requests: Vec<TaskRequest> = (0..count)
@@ -34,6 +37,7 @@ pub fn preview(
             memory: memory.into(),
             group: group.to_owned(),
             placement: placement.clone(),
+            host_ports: host_ports.to_vec(),
         })
         .collect();
     place_now(state, &requests)
@@ -43,6 +47,11 @@ pub fn preview(
 /// (for distinctInstance and spread).
 fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
     let used = state.allocations();
+    let ports = if requests.iter().any(|r| !r.host_ports.is_empty()) {
+        fixed_ports_by_node(state)
+    } else {
+        HashMap::new()
+    };
     let nodes: Vec<NodeCapacity> = state
         .nodes()
         .map(|n| {
@@ -53,6 +62,7 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
                 name: n.name.clone(),
                 status: n.status,
                 attributes: n.attributes.clone(),
+                host_ports: ports.get(n.name.as_str()).cloned().unwrap_or_default(),
             }
         })
         .collect();
@@ -73,6 +83,32 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
         })
         .collect();
     place(&nodes, &existing, requests)
+}
+
+/// The fixed host ports of the tasks placed on each node and not stopped yet. Read only for
+/// rounds that place a task with one (few do): it looks at every live task.
+fn fixed_ports_by_node(state: &State) -> HashMap<&str, BTreeSet<(u16, Protocol)>> {
+    let mut ports: HashMap<&str, BTreeSet<(u16, Protocol)>> = HashMap::new();
+    for t in state.tasks().filter(|t| !t.is_stopped()) {
+        let Some(node) = t.node.as_deref() else {
+            continue;
+        };
+        if let Some(def) = state.task_definition(&t.namespace, &t.task_definition) {
+            ports
+                .entry(node)
+                .or_default()
+                .extend(def.fixed_host_ports());
+        }
+    }
+    ports
+}
+
+/// The fixed host ports a task of `t`'s definition publishes.
+fn task_host_ports(state: &State, t: &berth_model::Task) -> Vec<(u16, Protocol)> {
+    state
+        .task_definition(&t.namespace, &t.task_definition)
+        .map(|d| d.fixed_host_ports().collect())
+        .unwrap_or_default()
 }
 
 /// One round's decisions, or `None` when there is nothing new to write.
@@ -96,6 +132,7 @@ pub fn plan(state: &State, at: u64, cursor: &mut String) -> Option<Command> {
             memory: t.memory.into(),
             group: group(t),
             placement: t.placement.clone(),
+            host_ports: task_host_ports(state, t),
         })
         .collect();
     let mut placements = Vec::new();

@@ -522,6 +522,7 @@ fn update(task_id: &str, status: TaskStatus, code: Option<StopCode>) -> TaskStat
         stop_code: code,
         stopped_reason: code.map(|c| format!("{c}")),
         event: None,
+        ip_address: None,
     }
 }
 

@@ -6,8 +6,8 @@ use std::fmt;
 
 use berth_model::{
     Autoscaling, CircuitBreaker, ContainerDefinition, ContainerDependency, DependencyCondition,
-    DeploymentConfiguration, DeploymentStrategy, HealthCheck, PlacementSpec, TargetTracking,
-    TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
+    DeploymentConfiguration, DeploymentStrategy, HealthCheck, PlacementSpec, PortMapping, Protocol,
+    TargetTracking, TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use schemars::JsonSchema;
 use serde::de::{self, Deserializer};
@@ -182,6 +182,23 @@ struct ContainerYaml {
     /// Run the process under a minimal init as PID 1 (on unless `false`).
     #[serde(default = "yes")]
     init: bool,
+    /// Container ports published on the task's node.
+    #[serde(default)]
+    port_mappings: Vec<PortMappingYaml>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortMappingYaml {
+    /// The port the container listens on.
+    #[schemars(range(min = 1))]
+    container_port: u16,
+    /// The node's port; 0 (the default) picks a free one when the task starts. A fixed port
+    /// keeps two tasks that need it off one node.
+    #[serde(default)]
+    host_port: u16,
+    #[serde(default)]
+    protocol: Protocol,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -331,6 +348,15 @@ impl TaskDefinitionSpecYaml {
                         })
                         .collect(),
                     init: c.init,
+                    port_mappings: c
+                        .port_mappings
+                        .into_iter()
+                        .map(|p| PortMapping {
+                            container_port: p.container_port,
+                            host_port: p.host_port,
+                            protocol: p.protocol,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }

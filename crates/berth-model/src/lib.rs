@@ -13,6 +13,7 @@ mod certificate;
 mod cluster;
 mod event;
 mod namespace;
+mod network;
 mod node;
 mod placement;
 mod service;
@@ -31,6 +32,7 @@ pub use event::{Event, EventLog, MAX_EVENTS};
 pub use namespace::{
     Namespace, Quota, QuotaExceeded, QuotaResource, Usage, MAX_QUOTA_CPU, MAX_QUOTA_MEMORY,
 };
+pub use network::{NetworkBinding, PortMapping, Protocol};
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{
     BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,
@@ -45,8 +47,9 @@ pub use task::{
     TaskStatusUpdate,
 };
 pub use task_definition::{
-    ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck, TaskDefinition,
-    TaskDefinitionRef, TaskDefinitionSpec, TaskDefinitionStatus, DEFAULT_STOP_TIMEOUT_SECS,
+    fixed_host_ports, ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck,
+    TaskDefinition, TaskDefinitionRef, TaskDefinitionSpec, TaskDefinitionStatus,
+    DEFAULT_STOP_TIMEOUT_SECS,
 };
 pub use time::{format_timestamp, Timestamp};
 

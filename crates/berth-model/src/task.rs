@@ -48,6 +48,10 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_reason: Option<String>,
     pub containers: Vec<ContainerState>,
+    /// The task's address on its node's task network (ECS `privateIpv4Address`); none until
+    /// its network is attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<std::net::Ipv4Addr>,
     #[serde(default, skip_serializing_if = "EventLog::is_empty")]
     pub events: EventLog,
     /// Where it may run and how nodes are ranked (from its task definition).
@@ -110,6 +114,7 @@ impl Task {
                 .iter()
                 .map(|c| ContainerState::pending(&c.name, &c.image))
                 .collect(),
+            ip_address: None,
             events: EventLog::default(),
             placement: def.placement.clone(),
             metrics: None,
@@ -141,6 +146,9 @@ pub struct ContainerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub health_status: HealthStatus,
+    /// Where its port mappings were published on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_bindings: Vec<crate::NetworkBinding>,
 }
 
 impl ContainerState {
@@ -153,6 +161,7 @@ impl ContainerState {
             exit_code: None,
             reason: None,
             health_status: HealthStatus::Unknown,
+            network_bindings: Vec::new(),
         }
     }
 }
@@ -287,6 +296,9 @@ pub struct TaskStatusUpdate {
     pub stopped_reason: Option<String>,
     /// One line for the task's event log.
     pub event: Option<String>,
+    /// The task's address on its node's task network, once attached.
+    #[serde(default)]
+    pub ip_address: Option<std::net::Ipv4Addr>,
 }
 
 impl TaskStatusUpdate {
@@ -299,6 +311,7 @@ impl TaskStatusUpdate {
             stop_code: None,
             stopped_reason: None,
             event: None,
+            ip_address: None,
         }
     }
 }

@@ -69,7 +69,23 @@ pub struct TaskDefinition {
     pub registered_at: Timestamp,
 }
 
+/// The fixed host ports `containers` publish (placement keeps two of them off one node).
+pub fn fixed_host_ports(
+    containers: &[ContainerDefinition],
+) -> impl Iterator<Item = (u16, crate::Protocol)> + '_ {
+    containers
+        .iter()
+        .flat_map(|c| &c.port_mappings)
+        .filter(|m| m.host_port != 0)
+        .map(|m| (m.host_port, m.protocol))
+}
+
 impl TaskDefinition {
+    /// The fixed host ports its tasks publish (placement keeps two of them off one node).
+    pub fn fixed_host_ports(&self) -> impl Iterator<Item = (u16, crate::Protocol)> + '_ {
+        fixed_host_ports(&self.containers)
+    }
+
     pub fn reference(&self) -> TaskDefinitionRef {
         TaskDefinitionRef {
             family: self.family.clone(),
@@ -142,6 +158,9 @@ pub struct ContainerDefinition {
     /// On unless turned off.
     #[serde(default = "crate::yes", skip_serializing_if = "crate::is_true")]
     pub init: bool,
+    /// Container ports published on the task's node (ECS `portMappings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<crate::PortMapping>,
 }
 
 /// "Start this container once `container_name` has reached `condition`" (ECS `dependsOn`).
@@ -259,6 +278,7 @@ impl ContainerDefinition {
             health_check: None,
             depends_on: Vec::new(),
             init: true,
+            port_mappings: Vec::new(),
         }
     }
 }
@@ -343,6 +363,9 @@ impl TaskDefinitionSpec {
             }
         }
         self.validate_dependencies()?;
+        crate::network::validate_port_mappings(
+            self.containers.iter().map(|c| c.port_mappings.as_slice()),
+        )?;
         self.placement.validate("placement")?;
         if !self.containers.iter().any(|c| c.essential) {
             return Err(ValidationError::new(

@@ -7,6 +7,7 @@
 mod access;
 mod agent;
 mod cluster;
+mod network;
 mod node;
 mod placement;
 mod service;

@@ -4,12 +4,13 @@
 pub mod autoscale;
 pub mod service;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
 use berth_model::{
     BinpackField, Expression, NodeStatus, PlacementConstraint, PlacementSpec, PlacementStrategy,
+    Protocol,
 };
 
 /// What placement needs to know about one node.
@@ -22,6 +23,8 @@ pub struct NodeCapacity {
     /// Free memory in MiB.
     pub memory_free: u64,
     pub attributes: BTreeMap<String, String>,
+    /// Fixed host ports its tasks publish.
+    pub host_ports: BTreeSet<(u16, Protocol)>,
 }
 
 /// A task waiting for a node.
@@ -33,6 +36,8 @@ pub struct TaskRequest {
     /// Tasks of one group are spread or kept apart (`service:NAME`, `family:NAME`).
     pub group: String,
     pub placement: PlacementSpec,
+    /// Fixed host ports it publishes: no other task may have them on its node.
+    pub host_ports: Vec<(u16, Protocol)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,7 @@ enum Filtered {
     Memory,
     MemberOf(String),
     DistinctInstance,
+    HostPort(u16, Protocol),
     NotActive,
 }
 
@@ -219,6 +225,8 @@ pub fn place(
                     Some(Filtered::MemberOf(e.to_string()))
                 } else if distinct && counts.on_node(&task.group, i) > 0 {
                     Some(Filtered::DistinctInstance)
+                } else if let Some(p) = task.host_ports.iter().find(|p| n.host_ports.contains(p)) {
+                    Some(Filtered::HostPort(p.0, p.1))
                 } else if n.cpu_free < task.cpu {
                     Some(Filtered::Cpu)
                 } else if n.memory_free < task.memory {
@@ -242,6 +250,7 @@ pub fn place(
                     let node = &mut nodes[i];
                     node.cpu_free -= task.cpu;
                     node.memory_free -= task.memory;
+                    node.host_ports.extend(task.host_ports.iter().copied());
                     let name = node.name.clone();
                     counts.add(&nodes, &task.group, i);
                     Decision::Place {
@@ -305,6 +314,9 @@ fn explain(total: usize, task: &TaskRequest, filtered: &BTreeMap<Filtered, usize
             Filtered::Memory => format!("{n} lacked {} MiB memory", task.memory),
             Filtered::NotActive => format!("{n} not ACTIVE"),
             Filtered::MemberOf(e) => format!("{n} filtered by memberOf({e})"),
+            Filtered::HostPort(port, protocol) => {
+                format!("{n} already had host port {port}/{protocol} taken")
+            }
             Filtered::DistinctInstance => {
                 format!(
                     "{n} already run a task of {} (distinctInstance)",
@@ -328,6 +340,7 @@ mod tests {
             cpu_free: cpu,
             memory_free: memory,
             attributes: BTreeMap::new(),
+            host_ports: BTreeSet::new(),
         }
     }
 
@@ -344,6 +357,7 @@ mod tests {
             memory,
             group: "family:web".into(),
             placement: PlacementSpec::default(),
+            host_ports: Vec::new(),
         }
     }
 
@@ -465,6 +479,28 @@ mod tests {
             &[("n1", "family:web")],
             &[distinct("t1"), distinct("t2")],
             &["t1 -> n2", "t2 !! 0 of 2 nodes can run it: 2 already run a task of family:web (distinctInstance)"],
+        );
+    }
+
+    #[test]
+    fn a_fixed_host_port_is_taken_once_per_node() {
+        let port = |id| TaskRequest {
+            host_ports: vec![(8080, Protocol::Tcp)],
+            ..task(id, 256, 512)
+        };
+        let mut busy = node("n1", 4096, 8192);
+        busy.host_ports.insert((8080, Protocol::Tcp));
+        let mut udp = port("u1");
+        udp.host_ports = vec![(8080, Protocol::Udp)];
+        check(
+            &[busy, node("n2", 4096, 8192)],
+            &[port("t1"), port("t2"), udp],
+            &[
+                "t1 -> n2",
+                "t2 !! 0 of 2 nodes can run it: 2 already had host port 8080/tcp taken",
+                // Another protocol's port of the same number is another port.
+                "u1 -> n1",
+            ],
         );
     }
 

@@ -783,6 +783,7 @@ mod tests {
                     events: EventLog::default(),
                     placement: PlacementSpec::default(),
                     metrics: None,
+                    ip_address: None,
                 };
                 self.tasks.push((task, outcome));
             }

@@ -230,6 +230,10 @@ impl State {
                     touched = true;
                 }
             }
+            if update.ip_address.is_some() && update.ip_address != task.ip_address {
+                task.ip_address = update.ip_address;
+                touched = true;
+            }
             // A task that goes straight to STOPPED never started.
             let ran = TaskStatus::Running..TaskStatus::Stopped;
             if ran.contains(&task.last_status) && task.started_at.is_none() {

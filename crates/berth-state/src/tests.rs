@@ -65,6 +65,7 @@ fn report(status: TaskStatus, exit: Option<i32>, code: Option<StopCode>) -> Comm
             stop_code: code,
             stopped_reason: code.map(|_| "Essential container in task exited".into()),
             event: None,
+            ip_address: None,
         }],
         at: 10,
     }
@@ -401,6 +402,7 @@ fn only_tasks_that_fail_on_their_own_count_against_the_deployment() {
         stop_code: Some(code),
         stopped_reason: Some("image not found".into()),
         event: None,
+        ip_address: None,
     };
     let (_, changed) = s.apply(Command::ReportTaskStatus {
         node: "n1".into(),

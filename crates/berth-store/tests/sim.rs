@@ -324,6 +324,7 @@ impl Sim {
             stop_code: None,
             stopped_reason: None,
             containers: vec![],
+            ip_address: None,
             events: EventLog::default(),
             placement: Default::default(),
             metrics: None,

@@ -85,6 +85,16 @@ pub(crate) struct AgentArgs {
     /// binary, since it runs inside any image. Debian's `tini` package ships this one.
     #[arg(long, default_value = berth_agent::containerd::DEFAULT_INIT)]
     pub(crate) init_path: PathBuf,
+    /// The bridge the node's task network hangs off (created when missing). Agents sharing a
+    /// host each need their own bridge and subnet.
+    #[arg(long, default_value = berth_agent::cni::DEFAULT_BRIDGE, value_parser = berth_agent::cni::bridge_name)]
+    pub(crate) bridge: String,
+    /// The subnet tasks on this node get their addresses from (the bridge takes the first).
+    #[arg(long, default_value = berth_agent::cni::DEFAULT_SUBNET)]
+    pub(crate) task_subnet: berth_agent::cni::Subnet,
+    /// Where the CNI plugins are (Debian's containernetworking-plugins).
+    #[arg(long, default_value = berth_agent::cni::DEFAULT_PLUGIN_DIR)]
+    pub(crate) cni_plugin_dir: PathBuf,
     /// Credentials for a registry, HOST=USER:PASSWORD (repeatable; prefer --registry-auth-file,
     /// which keeps passwords out of the process list).
     #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD")]
@@ -250,6 +260,12 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         image_budget: args.image_budget_mib.map(|m| m * 1024 * 1024),
         log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
         init: args.init_path,
+        network: berth_agent::cni::NetworkSettings {
+            bridge: args.bridge,
+            subnet: args.task_subnet,
+            plugin_dir: args.cni_plugin_dir,
+            state_dir: args.data_dir.join("cni"),
+        },
     })
     .await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);

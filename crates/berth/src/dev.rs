@@ -98,6 +98,12 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         image_budget: None,
         log_driver: Some((log_driver_binary()?, DEFAULT_LOG_MAX_BYTES)),
         init: berth_agent::containerd::DEFAULT_INIT.into(),
+        network: berth_agent::cni::NetworkSettings {
+            bridge: berth_agent::cni::DEFAULT_BRIDGE.into(),
+            subnet: berth_agent::cni::DEFAULT_SUBNET.parse()?,
+            plugin_dir: berth_agent::cni::DEFAULT_PLUGIN_DIR.into(),
+            state_dir: data_dir.join("agent").join("cni"),
+        },
     })
     .await?;
     let agent = AgentConfig {

@@ -94,6 +94,9 @@ impl ContainerdRuntime {
         Ok(Self {
             channel,
             namespace,
+            networks: super::network::TaskNetworks::new(crate::cni::Cni::new(
+                config.network.clone(),
+            )),
             config,
             pull_locks: Mutex::new(HashMap::new()),
             https: registry_client(oci_client::client::ClientProtocol::Https),
@@ -168,6 +171,14 @@ mod tests {
             image_budget: None,
             log_driver: None,
             init: crate::containerd::DEFAULT_INIT.into(),
+            network: crate::cni::NetworkSettings {
+                bridge: crate::cni::DEFAULT_BRIDGE.into(),
+                subnet: crate::cni::DEFAULT_SUBNET
+                    .parse()
+                    .expect("the default subnet"),
+                plugin_dir: crate::cni::DEFAULT_PLUGIN_DIR.into(),
+                state_dir: std::env::temp_dir(),
+            },
         }
     }
 

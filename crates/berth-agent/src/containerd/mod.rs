@@ -3,7 +3,7 @@
 //!
 //! By concern: `client` (the connection; the namespace and lease headers every request
 //! carries), `pull` and `gc` (images), `containers` (create, start, list, wait, kill, remove),
-//! `network` (a task's shared network namespace), `exec`, and `stats` (cgroup counters).
+//! `network` (each task's network namespace, attached by CNI, and its host ports), `exec`, and `stats` (cgroup counters).
 
 mod client;
 mod containers;
@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 
 use crate::runtime::{
     ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ImageInfo, Progress,
-    Runtime, RuntimeError,
+    Runtime, RuntimeError, TaskNetwork,
 };
 
 const SNAPSHOTTER: &str = "overlayfs";
@@ -55,6 +55,8 @@ pub struct ContainerdConfig {
     pub log_driver: Option<(PathBuf, u64)>,
     /// The init binary (static) containers run under unless their definition turns it off.
     pub init: PathBuf,
+    /// The node's task network every task is attached to.
+    pub network: crate::cni::NetworkSettings,
 }
 
 /// Where Debian's `tini` package installs its static binary.
@@ -70,6 +72,7 @@ pub struct ContainerdRuntime {
     pull_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     https: oci_client::Client,
     http: oci_client::Client,
+    networks: network::TaskNetworks,
 }
 
 #[async_trait::async_trait]
@@ -122,12 +125,27 @@ impl Runtime for ContainerdRuntime {
         self.exec_in(id, args, timeout).await
     }
 
-    async fn create_network(&self, task_id: &str) -> Result<String, RuntimeError> {
-        self.create_netns(task_id).await
+    async fn create_network(
+        &self,
+        task_id: &str,
+        ports: &[berth_model::PortMapping],
+    ) -> Result<TaskNetwork, RuntimeError> {
+        self.create_task_network(task_id, ports).await
+    }
+
+    async fn task_network(&self, task_id: &str) -> Option<TaskNetwork> {
+        self.find_task_network(task_id).await
     }
 
     async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError> {
-        self.remove_netns(task_id).await
+        self.remove_task_network(task_id).await
+    }
+
+    async fn remove_stale_networks(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        self.remove_stale_task_networks(keep).await
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {

@@ -1,7 +1,25 @@
-//! The network namespace a multi-container task's containers share (`ip netns`, loopback up).
+//! Each task's network: a network namespace (`ip netns`) its containers share, attached by the
+//! CNI plugins to the node's bridge with an address from the node's task subnet, with its port
+//! mappings published on the node.
+//!
+//! Host ports are held by the agent while a task publishes them: a bound socket per port, so
+//! neither another task (of this agent or of another agent on the host) nor a host process can
+//! take a port a task's traffic is forwarded from. Port 0 in a mapping picks a free port from
+//! [`DYNAMIC_PORTS`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::PoisonError;
+
+use berth_model::{PortMapping, Protocol};
 
 use super::ContainerdRuntime;
-use crate::runtime::RuntimeError;
+use crate::cni::{Cni, PortBinding};
+use crate::runtime::{RuntimeError, TaskNetwork};
+
+/// Where ports for mappings without a host port come from (ECS's dynamic range).
+pub const DYNAMIC_PORTS: RangeInclusive<u16> = 49153..=65535;
 
 /// The network namespace of a task, as `ip netns` names it.
 fn netns_name(task_id: &str) -> String {
@@ -11,6 +29,10 @@ fn netns_name(task_id: &str) -> String {
         .take(24)
         .collect();
     format!("berth-{id}")
+}
+
+fn netns_path(task_id: &str) -> String {
+    format!("/run/netns/{}", netns_name(task_id))
 }
 
 /// Runs `ip ARGS` (iproute2).
@@ -33,19 +55,290 @@ async fn ip(args: &[&str]) -> Result<(), RuntimeError> {
     })
 }
 
-impl ContainerdRuntime {
-    pub(super) async fn create_netns(&self, task_id: &str) -> Result<String, RuntimeError> {
-        let name = netns_name(task_id);
-        ip(&["netns", "add", &name]).await?;
-        ip(&["-n", &name, "link", "set", "lo", "up"]).await?;
-        Ok(format!("/run/netns/{name}"))
+/// A host port held for a task: bound, never listening or read.
+#[derive(Debug)]
+enum Held {
+    #[allow(dead_code)] // held for its binding
+    Tcp(tokio::net::TcpSocket),
+    #[allow(dead_code)]
+    Udp(std::net::UdpSocket),
+}
+
+/// Binds `port` on every address of the host, if nothing else has it.
+fn hold(port: u16, protocol: Protocol) -> Option<Held> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    match protocol {
+        Protocol::Tcp => {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(addr).ok()?;
+            Some(Held::Tcp(socket))
+        }
+        Protocol::Udp => std::net::UdpSocket::bind(addr).ok().map(Held::Udp),
+    }
+}
+
+/// Chooses the host port of each mapping and holds it with `try_hold`: the fixed ones as
+/// given, the others the first free ones of `range` from `*next` on (wrapping; `*next` moves
+/// past what was taken, so a port just released is not reused at once).
+fn pick<H>(
+    wanted: &[PortMapping],
+    range: &RangeInclusive<u16>,
+    next: &mut u16,
+    mut try_hold: impl FnMut(u16, Protocol) -> Option<H>,
+) -> Result<(Vec<PortBinding>, Vec<H>), RuntimeError> {
+    let mut bindings = Vec::with_capacity(wanted.len());
+    let mut held = Vec::with_capacity(wanted.len());
+    let size = u32::from(range.end() - range.start()) + 1;
+    for m in wanted {
+        let host_port = if m.host_port != 0 {
+            let h = try_hold(m.host_port, m.protocol).ok_or(RuntimeError::HostPort {
+                port: m.host_port,
+                protocol: m.protocol,
+                reason: "is in use on this node",
+            })?;
+            held.push(h);
+            m.host_port
+        } else {
+            let mut found = None;
+            for _ in 0..size {
+                let port = if range.contains(next) {
+                    *next
+                } else {
+                    *range.start()
+                };
+                *next = if port == *range.end() {
+                    *range.start()
+                } else {
+                    port + 1
+                };
+                if let Some(h) = try_hold(port, m.protocol) {
+                    found = Some((port, h));
+                    break;
+                }
+            }
+            let (port, h) = found.ok_or(RuntimeError::HostPort {
+                port: 0,
+                protocol: m.protocol,
+                reason: "no free port is left in the dynamic range",
+            })?;
+            held.push(h);
+            port
+        };
+        bindings.push(PortBinding {
+            host_port,
+            container_port: m.container_port,
+            protocol: m.protocol,
+        });
+    }
+    Ok((bindings, held))
+}
+
+/// The node's task network: the CNI plugins and the host ports tasks hold.
+pub(super) struct TaskNetworks {
+    cni: Cni,
+    ports: std::sync::Mutex<Ports>,
+}
+
+#[derive(Default)]
+struct Ports {
+    /// Task ID -> its held ports.
+    held: HashMap<String, Vec<Held>>,
+    /// Where the search for a dynamic port starts.
+    next: u16,
+}
+
+impl TaskNetworks {
+    pub(super) fn new(cni: Cni) -> Self {
+        Self {
+            cni,
+            ports: std::sync::Mutex::new(Ports {
+                held: HashMap::new(),
+                next: *DYNAMIC_PORTS.start(),
+            }),
+        }
     }
 
-    pub(super) async fn remove_netns(&self, task_id: &str) -> Result<(), RuntimeError> {
-        let name = netns_name(task_id);
-        if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
-            ip(&["netns", "delete", &name]).await?;
+    fn ports(&self) -> std::sync::MutexGuard<'_, Ports> {
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn release_ports(&self, task_id: &str) {
+        self.ports().held.remove(task_id);
+    }
+}
+
+impl ContainerdRuntime {
+    pub(super) async fn create_task_network(
+        &self,
+        task_id: &str,
+        wanted: &[PortMapping],
+    ) -> Result<TaskNetwork, RuntimeError> {
+        let net = &self.networks;
+        let ports = {
+            let mut book = net.ports();
+            let book = &mut *book;
+            let (bindings, held) = pick(wanted, &DYNAMIC_PORTS, &mut book.next, hold)?;
+            book.held.insert(task_id.to_owned(), held);
+            bindings
+        };
+        let created = self.attach(task_id, &ports).await;
+        match created {
+            Ok(address) => Ok(TaskNetwork {
+                netns: netns_path(task_id),
+                address: Some(address),
+                ports,
+            }),
+            Err(e) => {
+                if let Err(undo) = self.remove_task_network(task_id).await {
+                    tracing::warn!(task_id, "remove a half-made task network: {undo}");
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// Records the attachment, creates the namespace and attaches it.
+    async fn attach(&self, task_id: &str, ports: &[PortBinding]) -> Result<Ipv4Addr, RuntimeError> {
+        let cni = &self.networks.cni;
+        // Recorded first: whatever happens next, a later sweep finds it.
+        cni.prepare(task_id, ports)?;
+        let name = netns_name(task_id);
+        if !std::path::Path::new(&netns_path(task_id)).exists() {
+            ip(&["netns", "add", &name]).await?;
+        }
+        ip(&["-n", &name, "link", "set", "lo", "up"]).await?;
+        Ok(cni.add(task_id, &netns_path(task_id), ports).await?)
+    }
+
+    pub(super) async fn find_task_network(&self, task_id: &str) -> Option<TaskNetwork> {
+        let (address, ports) = self.networks.cni.attachment(task_id)?;
+        // Hold its ports again (this process did not hold them before).
+        let mut held = Vec::new();
+        for p in &ports {
+            match hold(p.host_port, p.protocol) {
+                Some(h) => held.push(h),
+                None => tracing::warn!(
+                    task_id,
+                    "host port {}/{} of a re-adopted task is taken by another process",
+                    p.host_port,
+                    p.protocol
+                ),
+            }
+        }
+        self.networks.ports().held.insert(task_id.to_owned(), held);
+        Some(TaskNetwork {
+            netns: netns_path(task_id),
+            address,
+            ports,
+        })
+    }
+
+    /// The attachment goes first (the bridge plugin reads the task's address in the namespace
+    /// to remove its masquerade rules), then the namespace, and the record of both last: a
+    /// crash at any point leaves the record for the next sweep.
+    pub(super) async fn remove_task_network(&self, task_id: &str) -> Result<(), RuntimeError> {
+        let path = netns_path(task_id);
+        let cni = &self.networks.cni;
+        cni.detach(task_id, &path).await?;
+        if std::path::Path::new(&path).exists() {
+            ip(&["netns", "delete", &netns_name(task_id)]).await?;
+        }
+        cni.forget(task_id)?;
+        self.networks.release_ports(task_id);
         Ok(())
+    }
+
+    pub(super) async fn remove_stale_task_networks(
+        &self,
+        keep: &BTreeSet<String>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let stale: Vec<String> = self
+            .networks
+            .cni
+            .attached()
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for task_id in &stale {
+            self.remove_task_network(task_id).await?;
+        }
+        Ok(stale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn mapping(container_port: u16, host_port: u16) -> PortMapping {
+        PortMapping {
+            container_port,
+            host_port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// Picks from `range` with `taken` ports (of any protocol) unavailable.
+    fn check(
+        wanted: &[PortMapping],
+        taken: &[u16],
+        next: &mut u16,
+    ) -> Result<Vec<(u16, u16)>, String> {
+        let mut busy: HashSet<u16> = taken.iter().copied().collect();
+        pick(wanted, &(100..=104), next, |port, _| {
+            busy.insert(port).then_some(port)
+        })
+        .map(|(bindings, held)| {
+            assert_eq!(
+                held,
+                bindings.iter().map(|b| b.host_port).collect::<Vec<_>>()
+            );
+            bindings
+                .iter()
+                .map(|b| (b.container_port, b.host_port))
+                .collect()
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fixed_ports_are_held_as_given_and_dynamic_ones_are_the_next_free_ones() {
+        let mut next = 100;
+        assert_eq!(
+            check(
+                &[mapping(80, 8080), mapping(81, 0), mapping(82, 0)],
+                &[101],
+                &mut next
+            ),
+            Ok(vec![(80, 8080), (81, 100), (82, 102)])
+        );
+        // The search goes on from there and wraps around.
+        assert_eq!(
+            check(&[mapping(80, 0), mapping(81, 0)], &[104], &mut next),
+            Ok(vec![(80, 103), (81, 100)])
+        );
+        assert_eq!(next, 101);
+    }
+
+    #[test]
+    fn a_taken_fixed_port_or_a_full_range_fails_with_what_is_wrong() {
+        let mut next = 100;
+        assert_eq!(
+            check(&[mapping(80, 8080)], &[8080], &mut next),
+            Err("host port 8080/tcp is in use on this node".into())
+        );
+        assert_eq!(
+            check(&[mapping(80, 0)], &[100, 101, 102, 103, 104], &mut next),
+            Err("host port for a tcp mapping: no free port is left in the dynamic range".into())
+        );
+    }
+
+    #[test]
+    fn namespace_names_fit_and_stay_apart() {
+        let name = netns_name("3f0c2a9e-1b7d-4c61-9d0e-5a2b8c7d6e4f");
+        assert_eq!(name, "berth-3f0c2a9e1b7d4c619d0e5a2b");
+        assert_eq!(netns_path("t-1"), "/run/netns/berth-t1");
     }
 }

@@ -130,6 +130,14 @@ impl Advertise {
         Ok(Self { host, port })
     }
 
+    /// The host alone: an IP address (IPv6 without brackets) or a DNS name.
+    pub fn host(&self) -> String {
+        match &self.host {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(name) => name.clone(),
+        }
+    }
+
     /// Whether a port was given (hollow agents, each on its own port, take a host only).
     pub fn has_port(&self) -> bool {
         self.port.is_some()

@@ -2,6 +2,7 @@
 
 use berth_model as m;
 
+use super::network::{address, address_to_wire};
 use super::placement::{placement_from_wire, placement_to_wire};
 use super::{
     all_to_wire, desired_status, events_from_wire, events_to_wire, opt_str, opt_ts, stop_code,
@@ -19,6 +20,7 @@ impl From<m::ContainerState> for v1::ContainerState {
             exit_code: c.exit_code,
             reason: c.reason.unwrap_or_default(),
             health_status: v1::HealthStatus::from(c.health_status) as i32,
+            network_bindings: all_to_wire(c.network_bindings),
         }
     }
 }
@@ -34,6 +36,7 @@ impl TryFrom<v1::ContainerState> for m::ContainerState {
             exit_code: c.exit_code,
             reason: opt_str(c.reason),
             health_status: m::HealthStatus::from_wire("containers.healthStatus", c.health_status)?,
+            network_bindings: try_all(c.network_bindings)?,
         })
     }
 }
@@ -81,6 +84,7 @@ impl From<m::Task> for v1::Task {
             placement: placement_to_wire(t.placement),
             metrics: t.metrics.map(Into::into),
             containers: all_to_wire(t.containers),
+            ip_address: address_to_wire(t.ip_address),
         }
     }
 }
@@ -109,6 +113,7 @@ impl TryFrom<v1::Task> for m::Task {
             events: events_from_wire(t.events),
             placement: placement_from_wire(t.placement)?,
             metrics: t.metrics.map(Into::into),
+            ip_address: address("ipAddress", &t.ip_address)?,
         })
     }
 }
@@ -122,6 +127,7 @@ impl From<m::TaskStatusUpdate> for v1::TaskStatusUpdate {
             stop_code: stop_code_to_wire(u.stop_code),
             stopped_reason: u.stopped_reason.unwrap_or_default(),
             event: u.event.unwrap_or_default(),
+            ip_address: address_to_wire(u.ip_address),
         }
     }
 }
@@ -136,6 +142,7 @@ impl TryFrom<v1::TaskStatusUpdate> for m::TaskStatusUpdate {
             stop_code: stop_code(u.stop_code)?,
             stopped_reason: opt_str(u.stopped_reason),
             event: opt_str(u.event),
+            ip_address: address("ipAddress", &u.ip_address)?,
         })
     }
 }
@@ -167,8 +174,15 @@ mod tests {
             stopped_reason: Some("Essential container in task exited".into()),
             containers: vec![m::ContainerState {
                 exit_code: Some(3),
+                network_bindings: vec![m::NetworkBinding {
+                    bind_ip: "10.0.0.5".into(),
+                    container_port: 8080,
+                    host_port: 49153,
+                    protocol: m::Protocol::Tcp,
+                }],
                 ..m::ContainerState::pending("app", "busybox")
             }],
+            ip_address: Some(std::net::Ipv4Addr::new(10, 88, 0, 2)),
             events,
             placement: m::PlacementSpec {
                 strategy: vec![

@@ -65,6 +65,7 @@ impl From<m::ContainerDefinition> for v1::ContainerDefinition {
             health_check: c.health_check.map(Into::into),
             depends_on: all_to_wire(c.depends_on),
             init: Some(c.init),
+            port_mappings: all_to_wire(c.port_mappings),
         }
     }
 }
@@ -86,6 +87,7 @@ impl TryFrom<v1::ContainerDefinition> for m::ContainerDefinition {
             memory: c.memory,
             health_check: c.health_check.map(Into::into),
             init: c.init.unwrap_or(true),
+            port_mappings: try_all(c.port_mappings)?,
         })
     }
 }

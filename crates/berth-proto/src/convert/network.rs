@@ -1,0 +1,100 @@
+//! Published ports and task addresses.
+
+use std::net::Ipv4Addr;
+
+use berth_model as m;
+
+use super::ConversionError;
+use crate::v1;
+
+impl From<m::Protocol> for v1::Protocol {
+    fn from(p: m::Protocol) -> Self {
+        match p {
+            m::Protocol::Tcp => Self::Tcp,
+            m::Protocol::Udp => Self::Udp,
+        }
+    }
+}
+
+/// UNSPECIFIED reads as TCP, the default of a port mapping.
+fn protocol(field: &'static str, v: i32) -> Result<m::Protocol, ConversionError> {
+    match v1::Protocol::try_from(v) {
+        Ok(v1::Protocol::Unspecified | v1::Protocol::Tcp) => Ok(m::Protocol::Tcp),
+        Ok(v1::Protocol::Udp) => Ok(m::Protocol::Udp),
+        Err(_) => Err(ConversionError::UnknownEnum {
+            field,
+            kind: "protocol",
+            value: v,
+        }),
+    }
+}
+
+fn port(field: &'static str, v: u32) -> Result<u16, ConversionError> {
+    u16::try_from(v).map_err(|_| {
+        ConversionError::Invalid(m::ValidationError::new(
+            field,
+            format!("{v} is not a port number; use 0..=65535"),
+        ))
+    })
+}
+
+impl From<m::PortMapping> for v1::PortMapping {
+    fn from(p: m::PortMapping) -> Self {
+        Self {
+            container_port: p.container_port.into(),
+            host_port: p.host_port.into(),
+            protocol: v1::Protocol::from(p.protocol) as i32,
+        }
+    }
+}
+
+impl TryFrom<v1::PortMapping> for m::PortMapping {
+    type Error = ConversionError;
+    fn try_from(p: v1::PortMapping) -> Result<Self, ConversionError> {
+        Ok(Self {
+            container_port: port("portMappings.containerPort", p.container_port)?,
+            host_port: port("portMappings.hostPort", p.host_port)?,
+            protocol: protocol("portMappings.protocol", p.protocol)?,
+        })
+    }
+}
+
+impl From<m::NetworkBinding> for v1::NetworkBinding {
+    fn from(b: m::NetworkBinding) -> Self {
+        Self {
+            bind_ip: b.bind_ip,
+            container_port: b.container_port.into(),
+            host_port: b.host_port.into(),
+            protocol: v1::Protocol::from(b.protocol) as i32,
+        }
+    }
+}
+
+impl TryFrom<v1::NetworkBinding> for m::NetworkBinding {
+    type Error = ConversionError;
+    fn try_from(b: v1::NetworkBinding) -> Result<Self, ConversionError> {
+        Ok(Self {
+            bind_ip: b.bind_ip,
+            container_port: port("networkBindings.containerPort", b.container_port)?,
+            host_port: port("networkBindings.hostPort", b.host_port)?,
+            protocol: protocol("networkBindings.protocol", b.protocol)?,
+        })
+    }
+}
+
+pub(super) fn address_to_wire(a: Option<Ipv4Addr>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// An optional IPv4 address: empty means none.
+pub(super) fn address(field: &'static str, v: &str) -> Result<Option<Ipv4Addr>, ConversionError> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| {
+        ConversionError::Invalid(m::ValidationError::new(
+            field,
+            format!("{v:?} is not an IPv4 address"),
+        ))
+    })
+}

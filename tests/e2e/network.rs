@@ -1,0 +1,236 @@
+//! Task networks through Debian's CNI plugins: each task's own address, its published ports
+//! (dynamic and fixed), and no address, veth or firewall rule left behind when an agent dies
+//! with tasks running and comes back.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use berth_tests::{cli, cli_json, poll, wait_stopped, AgentNetwork, AgentProc, Env};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{Cluster, TIMEOUT};
+
+/// `sh -c` for a task that serves `hello-from-task` on port 8080.
+const HTTPD: &str =
+    "mkdir -p /www && echo hello-from-task > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+/// The body of `GET /` at `addr`, over plain HTTP/1.0, within a few seconds.
+async fn http_get(addr: &str) -> anyhow::Result<String> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").await?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await?;
+        anyhow::Ok(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), exchange).await??;
+    let (_, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP answer from {addr}: {reply:?}"))?;
+    Ok(body.to_owned())
+}
+
+/// What an agent's task network holds on the host: addresses allocated, veths on its bridge,
+/// iptables lines about its tasks.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Footprint {
+    addresses: usize,
+    veths: usize,
+    /// The lines themselves, so that a failure shows what leaked.
+    rules: Vec<String>,
+}
+
+impl Footprint {
+    pub(crate) const NONE: Footprint = Footprint {
+        addresses: 0,
+        veths: 0,
+        rules: Vec::new(),
+    };
+}
+
+pub(crate) fn footprint(env: &Env, agent: &str, net: &AgentNetwork) -> anyhow::Result<Footprint> {
+    let ipam = env
+        .path(&format!("agent-{agent}"))
+        .join("cni/ipam")
+        .join(format!("berth-{}", net.bridge));
+    let addresses = std::fs::read_dir(&ipam)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &net.bridge])
+        .output()?;
+    let veths = String::from_utf8_lossy(&links.stdout).lines().count();
+    // Every rule the plugins add for a task names its address (or the subnet): the
+    // masquerade chain, the port DNAT, the firewall's accept rules.
+    let prefix = net.subnet.trim_end_matches("0/24");
+    let mut rules = Vec::new();
+    for table in ["nat", "filter"] {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", table])
+            .output()?;
+        rules.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(prefix))
+                .map(|l| format!("{table}: {l}")),
+        );
+    }
+    Ok(Footprint {
+        addresses,
+        veths,
+        rules,
+    })
+}
+
+fn netns_exists(task_id: &str) -> bool {
+    std::path::Path::new(&format!(
+        "/run/netns/berth-{}",
+        &task_id.replace('-', "")[..24]
+    ))
+    .exists()
+}
+
+#[tokio::test]
+async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing(
+) -> anyhow::Result<()> {
+    let Cluster { env, server, agent } = Cluster::start().await?;
+    let addr = server.addr.to_string();
+    let net = env.network(&agent.name);
+    assert_eq!(footprint(&env, &agent.name, &net)?, Footprint::NONE);
+
+    let run = |publish: String| {
+        let addr = addr.clone();
+        let image = env.image.clone();
+        async move {
+            berth_tests::run_until_running(
+                &addr,
+                &[
+                    "run",
+                    "-p",
+                    &publish,
+                    "--stop-timeout",
+                    "1s",
+                    &image,
+                    "--",
+                    "sh",
+                    "-c",
+                    HTTPD,
+                ],
+            )
+            .await
+        }
+    };
+    let dynamic = run("8080".into()).await?;
+    let fixed_port = berth_dev::free_port()?;
+    let fixed = run(format!("{fixed_port}:8080")).await?;
+
+    let t = cli_json(&addr, &["get", "task", &dynamic]).await?;
+    let ip = t["ipAddress"].as_str().unwrap_or_default().to_owned();
+    assert!(ip.starts_with(net.subnet.trim_end_matches("0/24")), "{t}");
+    let binding = &t["containers"][0]["networkBindings"][0];
+    assert_eq!(
+        (
+            &binding["bindIP"],
+            &binding["containerPort"],
+            &binding["protocol"]
+        ),
+        (&"127.0.0.1".into(), &8080.into(), &"tcp".into()),
+        "{t}"
+    );
+    let host_port = binding["hostPort"].as_u64().unwrap_or_default();
+    assert!((49153..=65535).contains(&host_port), "{t}");
+    let f = cli_json(&addr, &["get", "task", &fixed]).await?;
+    assert_eq!(
+        f["containers"][0]["networkBindings"][0]["hostPort"], fixed_port,
+        "{f}"
+    );
+
+    // The task answers on its own address, and on the node's published ports.
+    for target in [
+        format!("{ip}:8080"),
+        format!("127.0.0.1:{host_port}"),
+        format!("127.0.0.1:{fixed_port}"),
+    ] {
+        let body = poll(&format!("httpd at {target}"), TIMEOUT, || async {
+            http_get(&target).await.ok()
+        })
+        .await?;
+        assert_eq!(body, "hello-from-task\n", "{target}");
+    }
+    let wide = cli(&addr, &["get", "tasks", "-o", "wide"]).await?;
+    let wide = String::from_utf8_lossy(&wide.stdout).into_owned();
+    assert!(
+        wide.contains(&format!("127.0.0.1:{host_port}->8080/tcp")),
+        "{wide}"
+    );
+    assert!(wide.contains(&ip), "{wide}");
+    let running = footprint(&env, &agent.name, &net)?;
+    assert_eq!((running.addresses, running.veths), (2, 2), "{running:?}");
+    assert!(!running.rules.is_empty(), "{running:?}");
+
+    // The agent dies, and one task's container vanishes while it is down (as after a host
+    // crash): the restarted agent removes that task's network before anything else, and
+    // re-adopts the other with its address and its port.
+    agent.kill().await?;
+    let container = format!("{dynamic}-demo");
+    let ns = format!("berth-e2e-{}", "node-1");
+    berth_tests::ctr(
+        &env.containerd.socket,
+        &ns,
+        &["tasks", "kill", "-s", "KILL", &container],
+    )
+    .await?;
+    poll("the killed container to exit", TIMEOUT, || async {
+        let out = berth_tests::ctr(
+            &env.containerd.socket,
+            &ns,
+            &["tasks", "delete", &container],
+        )
+        .await
+        .ok()?;
+        out.status.success().then_some(())
+    })
+    .await?;
+    let out = berth_tests::ctr(
+        &env.containerd.socket,
+        &ns,
+        &["containers", "delete", &container],
+    )
+    .await?;
+    assert!(out.status.success(), "{out:?}");
+    let _agent = AgentProc::start(&env, &addr, "node-1").await?;
+    let lost = wait_stopped(&addr, &dynamic, TIMEOUT).await?;
+    assert_eq!(lost["stopCode"], "NodeLost", "{lost}");
+    assert!(!netns_exists(&dynamic));
+    let after = poll("the lost task's network to go", TIMEOUT, || async {
+        let f = footprint(&env, "node-1", &net).ok()?;
+        (f.addresses == 1 && f.veths == 1).then_some(f)
+    })
+    .await?;
+    assert!(
+        after.rules.len() < running.rules.len(),
+        "{after:?} vs {running:?}"
+    );
+    let body = http_get(&format!("127.0.0.1:{fixed_port}")).await?;
+    assert_eq!(body, "hello-from-task\n");
+
+    // Stopped, the last task takes its address, veth, rules and namespace with it.
+    cli(&addr, &["stop", &fixed]).await?;
+    let stopped = wait_stopped(&addr, &fixed, TIMEOUT).await?;
+    assert_eq!(
+        stopped["containers"][0]["networkBindings"],
+        serde_json::Value::Null,
+        "{stopped}"
+    );
+    assert_eq!(footprint(&env, "node-1", &net)?, Footprint::NONE);
+    assert!(!netns_exists(&fixed));
+    Ok(())
+}
