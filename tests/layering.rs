@@ -41,6 +41,10 @@ const GRAPH: &[(&str, &[&str])] = &[
     ),
     ("berth-agent", &["berth-model", "berth-proto", "berth-tls"]),
     (
+        "berth-ingress",
+        &["berth-model", "berth-proto", "berth-tls"],
+    ),
+    (
         "berth-cli",
         &["berth-model", "berth-manifest", "berth-proto", "berth-tls"],
     ),
@@ -52,6 +56,7 @@ const GRAPH: &[(&str, &[&str])] = &[
             "berth-agent",
             "berth-cli",
             "berth-dev",
+            "berth-ingress",
             "berth-server",
             "berth-tls",
         ],

@@ -5,6 +5,7 @@ mod agent;
 mod autoscaling;
 mod cli;
 mod cluster;
+mod ingress;
 mod network;
 mod nodes;
 mod rotation;

@@ -540,6 +540,125 @@ impl AgentProc {
     }
 }
 
+/// A `berth ingress` process: plain HTTP on `addr`, Prometheus metrics on `metrics`.
+pub struct IngressProc {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl IngressProc {
+    /// Starts an ingress that joins `server`'s cluster with an ingress token and waits until
+    /// its listener and metrics answer.
+    pub async fn start(env: &Env, server: &str, name: &str) -> anyhow::Result<Self> {
+        let data_dir = env.path(&format!("ingress-{name}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let log = data_dir.join("ingress.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let token = join_token(server, "ingress").await?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let child = Command::new(berth_bin())
+            .args(["ingress", "--servers", server, "--name", name])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", &addr.to_string()])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .args(["--join-token", &token])
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn berth ingress")?;
+        let ingress = Self {
+            name: name.to_owned(),
+            addr,
+            metrics,
+            log,
+            child,
+        };
+        poll("the ingress to listen", Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(metrics).await.ok()
+        })
+        .await
+        .with_context(|| format!("see {}", ingress.log.display()))?;
+        Ok(ingress)
+    }
+
+    /// The ingress's Prometheus metrics.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        http_get(&self.metrics.to_string(), "metrics", "/metrics")
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// kill -9.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("kill ingress")
+    }
+}
+
+/// `GET PATH` with `Host: HOST` at `addr` over plain HTTP/1.1 (one request per connection),
+/// within 5 s: the status code and the body.
+pub async fn http_get(addr: &str, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await?;
+        anyhow::Ok(String::from_utf8_lossy(&reply).into_owned())
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .context("no answer within 5 s")??;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP answer from {addr}: {reply:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    Ok((
+        code,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+/// The payload of a chunked body.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// The CLI aimed at `server` with the admin credentials of its cluster, for commands to spawn.
 pub fn cli_command(server: &str) -> Command {
     let mut command = Command::new(berth_bin());

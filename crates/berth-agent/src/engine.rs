@@ -231,6 +231,7 @@ mod tests {
                     memory: 64,
                     containers: vec![ContainerDefinition::new("app", "busybox")],
                     last_status: status(last).expect("a task status"),
+                    deregistration_delay: 0,
                 })),
                 ["unreadable", id, want, last, error @ ..] => desired.push(Err(Unreadable {
                     task_id: (*id).to_owned(),

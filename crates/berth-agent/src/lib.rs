@@ -49,7 +49,7 @@ pub use runtime::{
     ImageInfo, Progress, Runtime, RuntimeError,
 };
 pub use tasks::{TaskError, TaskTable};
-pub use tls::{join_token, Advertise, ConfigError};
+pub use tls::{join_token, Advertise, ConfigError, Member, Membership};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -83,6 +83,22 @@ pub struct AgentConfig {
     pub metrics: Metrics,
 }
 
+impl AgentConfig {
+    /// Who the agent is in the cluster, for its certificate.
+    pub fn member(&self) -> Member {
+        Member {
+            role: berth_tls::Role::Agent,
+            name: self.node_name.clone(),
+            data_dir: self.data_dir.clone(),
+            servers: self.servers.clone(),
+            join_token: self.join_token.clone(),
+            join_timeout: self.join_timeout,
+            join_gate: self.join_gate.clone(),
+            advertise: self.advertise.clone(),
+        }
+    }
+}
+
 pub struct Agent {
     config: AgentConfig,
     runtime: Arc<dyn Runtime>,
@@ -112,7 +128,7 @@ impl Agent {
         let bound = listener.local_addr().context("agent API address")?;
         let address = config.advertise.address(bound.port());
         let span = tracing::info_span!("agent", node = %config.node_name);
-        let (node_tls, held) = tls::establish(&config, &address)
+        let (node_tls, held) = tls::establish(&config.member(), &address)
             .instrument(span.clone())
             .await?;
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
@@ -175,7 +191,8 @@ impl Agent {
         span.in_scope(|| tracing::info!(%bound, %address, "agent started"));
         let sessions = agent.clone().sessions(address.clone(), updates_rx);
         let fence = fencing::fence(&agent.contact, &agent.tasks);
-        let renewals = tls::renew::renewals(&agent.config, &agent.tls, held, &address);
+        let member = agent.config.member();
+        let renewals = tls::renew::renewals(&member, &agent.tls, held, &address);
         tokio::select! {
             r = api => r.context("agent API server")?,
             () = sessions.instrument(span.clone()) => {}

@@ -196,6 +196,7 @@ mod tests {
             memory: 64,
             containers: vec![app],
             last_status: last,
+            deregistration_delay: 0,
         }
         .into()
     }

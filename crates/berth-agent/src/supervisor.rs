@@ -391,6 +391,10 @@ impl TaskRun {
                 changed = self.stop.changed() => {
                     let why = *self.stop.borrow_and_update();
                     if changed.is_err() || why.is_some() {
+                        if why == Some(StopReason::Server) && running_reported {
+                            self.deregister(&states).await;
+                        }
+                        let why = (*self.stop.borrow()).or(why);
                         self.report(TaskStatus::Stopping, &states, Some("stopping".into()));
                         let (code, reason) = why.unwrap_or(StopReason::Server).outcome();
                         break (code, reason.to_owned());
@@ -403,6 +407,35 @@ impl TaskRun {
         self.stop_containers(&mut states, &mut exits).await;
         self.cleanup(&mut states).await;
         self.finish(&mut states, code, reason, Some("stopped".into()));
+    }
+
+    /// Before a requested stop of a task that publishes ports: the task is already out of
+    /// routing (ingresses and endpoints follow its desired status), and keeps serving what is
+    /// in flight for its deregistration delay before it gets SIGTERM. Self-fencing cuts it
+    /// short.
+    async fn deregister(&mut self, states: &[ContainerState]) {
+        let secs = self.assignment.deregistration_delay;
+        if secs == 0 {
+            return;
+        }
+        self.report(
+            TaskStatus::Deactivating,
+            states,
+            Some(format!(
+                "deregistered from routing; SIGTERM in {secs}s (deregistrationDelay)"
+            )),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(secs));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                changed = self.stop.changed() => {
+                    if changed.is_err() || *self.stop.borrow() == Some(StopReason::Fenced) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Ends a task whose essential container exited or vanished while no agent watched it.

@@ -200,6 +200,7 @@ fn task_run(
             memory: 64,
             containers,
             last_status: TaskStatus::Pending,
+            deregistration_delay: 0,
         },
         runtime: rt.clone(),
         log_dir: std::env::temp_dir(),
@@ -403,4 +404,36 @@ async fn a_task_reports_its_address_and_where_each_container_s_ports_were_publis
             .all(|c| c.network_bindings.is_empty()),
         "a stopped task's ports are released: {last:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_out_the_deregistration_delay_before_sigterm_unless_fenced() {
+    for (fence, waited) in [(false, 5), (true, 2)] {
+        let rt = Arc::new(FakeRuntime::new());
+        let mut c = ContainerDefinition::new("app", "sleeper");
+        c.stop_timeout = 0;
+        let (mut task, mut rx, stop) = task_run(&rt, vec![c]);
+        task.assignment.deregistration_delay = 5;
+        let handle = tokio::spawn(task.run());
+        running(&mut rx).await;
+        let asked = tokio::time::Instant::now();
+        request_stop(&stop, StopReason::Server);
+        if fence {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            request_stop(&stop, StopReason::Fenced);
+        }
+        handle.await.expect("supervisor finished");
+        assert_eq!(asked.elapsed().as_secs(), waited, "fenced: {fence}");
+        let reports = summarise(&mut rx);
+        let expected_end = if fence {
+            "STOPPED/NodeLost/143"
+        } else {
+            "STOPPED/UserInitiated/143"
+        };
+        assert_eq!(
+            reports,
+            ["DEACTIVATING", "STOPPING", expected_end],
+            "fenced: {fence}"
+        );
+    }
 }

@@ -170,12 +170,12 @@ pub enum TokenCommand {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum JoinTokenCommand {
-    /// Create a join token for agents or servers and print it, alone, on the last line of
-    /// standard output (`berth agent --join-token T`, `berth server --join ADDR --join-token
-    /// T`). It is shown this once.
+    /// Create a join token for agents, servers or ingresses and print it, alone, on the last
+    /// line of standard output (`berth agent --join-token T`, `berth server --join ADDR
+    /// --join-token T`, `berth ingress --join-token T`). It is shown this once.
     Create {
-        /// What the token joins: agents or servers.
-        #[arg(long, value_parser = ["agent", "server"])]
+        /// What the token joins: agents, servers or ingresses.
+        #[arg(long, value_parser = ["agent", "server", "ingress"])]
         role: String,
         /// How long the token can be used (`1h`, `7d`); without it, until revoked.
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]

@@ -136,6 +136,8 @@ async fn diff_service(
     let mut lines = Vec::new();
     let mut desired: ServiceSpec = spec.clone();
     let running = ServiceSpec {
+        ingress: current.ingress.clone(),
+        deregistration_delay: current.deregistration_delay,
         meta: current.meta.clone(),
         name: current.name.clone(),
         task_definition: current.task_definition.clone(),

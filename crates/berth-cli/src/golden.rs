@@ -135,6 +135,8 @@ fn service() -> Service {
     old.running_count = 1;
     old.healthy_count = 1;
     Service {
+        ingress: Vec::new(),
+        deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
         meta: berth_model::ObjectMeta {
             labels: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
             annotations: BTreeMap::from([("owner".to_owned(), "team-a".to_owned())]),

@@ -11,6 +11,14 @@ pub fn desired_tasks(state: &State, node: &str) -> Vec<Assignment> {
         .filter(|t| !t.is_stopped())
         .filter_map(|t| {
             let def = state.task_definition(&t.namespace, &t.task_definition)?;
+            let publishes = def.containers.iter().any(|c| !c.port_mappings.is_empty());
+            let deregistration_delay =
+                match t.group.as_deref().and_then(|g| g.strip_prefix("service:")) {
+                    Some(service) if publishes => state
+                        .service(&t.namespace, service)
+                        .map_or(0, |s| s.deregistration_delay),
+                    _ => 0,
+                };
             Some(Assignment {
                 task_id: t.task_id.clone(),
                 namespace: t.namespace.clone(),
@@ -20,6 +28,7 @@ pub fn desired_tasks(state: &State, node: &str) -> Vec<Assignment> {
                 memory: t.memory,
                 containers: def.containers.clone(),
                 last_status: t.last_status,
+                deregistration_delay,
             })
         })
         .collect()

@@ -72,6 +72,10 @@ pub fn apply_service(
     };
     let placement = merged_placement(&spec.placement, placement);
     let group = format!("service:{}", spec.name);
+    for (i, rule) in spec.ingress.iter().enumerate() {
+        rule.check_target(&format!("ingress[{i}]"), containers)
+            .map_err(|e| Rejection::Invalid(e.to_string()))?;
+    }
     let host_ports: Vec<_> = berth_model::fixed_host_ports(containers).collect();
     let plan = scheduling::preview(state, &group, cpu, memory, &placement, &host_ports, starts)
         .into_iter()

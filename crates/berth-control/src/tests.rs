@@ -55,6 +55,8 @@ fn run(s: &mut State, ids: &[&str]) {
 
 fn web_spec(desired: u32) -> ServiceSpec {
     ServiceSpec {
+        ingress: Vec::new(),
+        deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
         meta: Default::default(),
         name: "web".into(),
         task_definition: "web:1".parse().expect("ref"),

@@ -136,6 +136,8 @@ impl World {
             w.apply(Command::ApplyService {
                 namespace: "default".into(),
                 spec: Box::new(ServiceSpec {
+                    ingress: Vec::new(),
+                    deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
                     meta: Default::default(),
                     name: name.clone(),
                     task_definition: format!("{name}:1").parse().expect("ref"),
@@ -255,6 +257,8 @@ impl World {
         self.apply(Command::ApplyService {
             namespace: "default".into(),
             spec: Box::new(ServiceSpec {
+                ingress: Vec::new(),
+                deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
                 meta: Default::default(),
                 name,
                 task_definition: task_definition.reference(),

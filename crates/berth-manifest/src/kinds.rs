@@ -7,7 +7,8 @@ use berth_model::{
 
 use crate::source::Source;
 use crate::yaml::{
-    AutoscalingYaml, ServiceDoc, TaskDefinitionDoc, TaskDefinitionSpecYaml, TaskDoc,
+    AutoscalingYaml, IngressRuleYaml, ServiceDoc, TaskDefinitionDoc, TaskDefinitionSpecYaml,
+    TaskDoc,
 };
 use crate::{ManifestError, Metadata, Object};
 
@@ -35,6 +36,16 @@ pub(crate) fn service(doc: &Source<'_>) -> Result<(Metadata, Object), ManifestEr
         Default::default(),
     )?;
     let spec = ServiceSpec {
+        ingress: parsed
+            .spec
+            .ingress
+            .into_iter()
+            .map(IngressRuleYaml::into_model)
+            .collect(),
+        deregistration_delay: parsed
+            .spec
+            .deregistration_delay
+            .map_or(berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS, |s| s.0),
         name,
         task_definition,
         desired_count: parsed.spec.desired_count,

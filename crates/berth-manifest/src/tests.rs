@@ -243,7 +243,7 @@ fn service_errors_point_at_the_field() {
   desiredCount: 3
   replicas: 2
 "),
-        "m.yaml:8:3: spec: unknown field `replicas`, expected one of `taskDefinition`, `template`, `desiredCount`, `deploymentConfiguration`, `placement`, `autoscaling`",
+        "m.yaml:8:3: spec: unknown field `replicas`, expected one of `taskDefinition`, `template`, `desiredCount`, `deploymentConfiguration`, `placement`, `autoscaling`, `ingress`, `deregistrationDelay`",
     );
 }
 

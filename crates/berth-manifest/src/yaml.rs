@@ -6,8 +6,9 @@ use std::fmt;
 
 use berth_model::{
     Autoscaling, CircuitBreaker, ContainerDefinition, ContainerDependency, DependencyCondition,
-    DeploymentConfiguration, DeploymentStrategy, HealthCheck, PlacementSpec, PortMapping, Protocol,
-    TargetTracking, TaskDefinitionRef, TaskDefinitionSpec, DEFAULT_STOP_TIMEOUT_SECS,
+    DeploymentConfiguration, DeploymentStrategy, HealthCheck, IngressRule, PlacementSpec,
+    PortMapping, Protocol, TargetTracking, TaskDefinitionRef, TaskDefinitionSpec,
+    DEFAULT_STOP_TIMEOUT_SECS,
 };
 use schemars::JsonSchema;
 use serde::de::{self, Deserializer};
@@ -76,6 +77,42 @@ pub(crate) struct ServiceSpecYaml {
     pub(crate) placement: PlacementSpec,
     #[serde(default)]
     pub(crate) autoscaling: Option<AutoscalingYaml>,
+    /// How ingresses route to the service's healthy tasks.
+    #[serde(default)]
+    pub(crate) ingress: Vec<IngressRuleYaml>,
+    /// How long a task that publishes ports is out of routing before it gets SIGTERM
+    /// (default 5s).
+    #[serde(default)]
+    pub(crate) deregistration_delay: Option<Seconds>,
+}
+
+/// HTTP (`host`, optional `pathPrefix`) or TCP (`listenerPort`).
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct IngressRuleYaml {
+    /// HTTP: the Host header to match; `*` matches any host.
+    #[serde(default)]
+    host: Option<String>,
+    /// HTTP: the path prefix to match on segment boundaries (default `/`).
+    #[serde(default)]
+    path_prefix: Option<String>,
+    /// TCP: the port every ingress listens on for this service.
+    #[serde(default)]
+    listener_port: Option<u16>,
+    container_name: String,
+    container_port: u16,
+}
+
+impl IngressRuleYaml {
+    pub(crate) fn into_model(self) -> IngressRule {
+        IngressRule {
+            host: self.host.map(|h| h.to_ascii_lowercase()),
+            path_prefix: self.path_prefix,
+            listener_port: self.listener_port,
+            container_name: self.container_name,
+            container_port: self.container_port,
+        }
+    }
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -271,7 +308,7 @@ impl<'de> Deserialize<'de> for NonEmpty {
 }
 
 /// A duration in whole seconds: `30s`, `5m`, `1m30s`, or a number of seconds.
-struct Seconds(u32);
+pub(crate) struct Seconds(pub(crate) u32);
 
 impl JsonSchema for Seconds {
     fn schema_name() -> std::borrow::Cow<'static, str> {

@@ -294,7 +294,7 @@ fn article(role: AccessRole) -> &'static str {
 
 fn node_article(role: NodeRole) -> &'static str {
     match role {
-        NodeRole::Agent => "an",
+        NodeRole::Agent | NodeRole::Ingress => "an",
         NodeRole::Server => "a",
     }
 }
@@ -307,14 +307,17 @@ pub enum NodeRole {
     Server,
     /// Runs tasks.
     Agent,
+    /// Routes requests to services (reads the cluster, writes nothing).
+    Ingress,
 }
 
 impl NodeRole {
-    /// `server` or `agent`.
+    /// `server`, `agent` or `ingress`.
     pub fn as_str(self) -> &'static str {
         match self {
             NodeRole::Server => "server",
             NodeRole::Agent => "agent",
+            NodeRole::Ingress => "ingress",
         }
     }
 }
@@ -332,9 +335,10 @@ impl FromStr for NodeRole {
         match s {
             "server" => Ok(NodeRole::Server),
             "agent" => Ok(NodeRole::Agent),
+            "ingress" => Ok(NodeRole::Ingress),
             _ => Err(ValidationError::new(
                 "role",
-                format!("{s:?} is not a node role; use agent or server"),
+                format!("{s:?} is not a node role; use agent, server or ingress"),
             )),
         }
     }
@@ -542,7 +546,8 @@ admin manage-cluster -: ok";
             serde_json::to_value(NodeRole::Server).expect("encodes"),
             serde_json::Value::from("server")
         );
-        assert!("ingress".parse::<NodeRole>().is_err());
+        assert_eq!("ingress".parse::<NodeRole>(), Ok(NodeRole::Ingress));
+        assert!("admin".parse::<NodeRole>().is_err());
     }
 
     #[test]

@@ -18,4 +18,7 @@ pub struct Assignment {
     /// The task's last status as the servers know it: a task past PENDING that the node has no
     /// container for was lost while its agent was down.
     pub last_status: TaskStatus,
+    /// Seconds between the stop request and SIGTERM, while the task is out of routing
+    /// (a service's tasks that publish ports; 0 for the others).
+    pub deregistration_delay: u32,
 }

@@ -32,7 +32,9 @@ pub use event::{Event, EventLog, MAX_EVENTS};
 pub use namespace::{
     Namespace, Quota, QuotaExceeded, QuotaResource, Usage, MAX_QUOTA_CPU, MAX_QUOTA_MEMORY,
 };
-pub use network::{NetworkBinding, PortMapping, Protocol};
+pub use network::{
+    IngressRule, NetworkBinding, PortMapping, Protocol, DEFAULT_DEREGISTRATION_DELAY_SECS,
+};
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{
     BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,

@@ -94,6 +94,137 @@ pub struct NetworkBinding {
     pub protocol: Protocol,
 }
 
+/// Seconds a service's task is out of routing before it gets SIGTERM, when none is given.
+pub const DEFAULT_DEREGISTRATION_DELAY_SECS: u32 = 5;
+
+/// How ingresses reach a service: HTTP requests for `host` (and `path_prefix`), or TCP
+/// connections to `listener_port` of every ingress, go to `container_port` of `container_name`
+/// on the service's healthy tasks (through the port it publishes on its node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRule {
+    /// HTTP: the Host header to match (any port stripped, case-insensitive); `*` matches any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP: the path prefix to match, on segment boundaries; `/` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// TCP: the port every ingress listens on for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_port: Option<u16>,
+    pub container_name: String,
+    pub container_port: u16,
+}
+
+impl IngressRule {
+    /// An HTTP rule for `host` on `/`.
+    pub fn http(host: &str, container_name: &str, container_port: u16) -> Self {
+        Self {
+            host: Some(host.to_owned()),
+            path_prefix: None,
+            listener_port: None,
+            container_name: container_name.to_owned(),
+            container_port,
+        }
+    }
+
+    /// The path prefix, `/` when none was given.
+    pub fn path(&self) -> &str {
+        self.path_prefix.as_deref().unwrap_or("/")
+    }
+
+    /// The rule's form is one of the two and its values are usable. `field` names the rule
+    /// (`ingress[0]`).
+    pub fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        let f = |name: &str| format!("{field}.{name}");
+        match (&self.host, self.listener_port) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ValidationError::new(
+                    field,
+                    "give either host (HTTP, with an optional pathPrefix) or listenerPort (TCP)",
+                ))
+            }
+            (Some(host), None) => {
+                let name_ok = host == "*"
+                    || (!host.is_empty()
+                        && host.len() <= 253
+                        && host.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        }));
+                if !name_ok {
+                    return Err(ValidationError::new(
+                        f("host"),
+                        format!("{host:?} is not a host name (or * for any host)"),
+                    ));
+                }
+            }
+            (None, Some(0)) => {
+                return Err(ValidationError::new(
+                    f("listenerPort"),
+                    "must be a port number, 1..=65535",
+                ))
+            }
+            (None, Some(_)) => {
+                if self.path_prefix.is_some() {
+                    return Err(ValidationError::new(
+                        f("pathPrefix"),
+                        "applies to HTTP rules only (this one has a listenerPort)",
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.path_prefix {
+            if !p.starts_with('/') || p.chars().any(char::is_whitespace) {
+                return Err(ValidationError::new(
+                    f("pathPrefix"),
+                    format!("{p:?} must start with / and contain no spaces"),
+                ));
+            }
+        }
+        crate::validate_name(&f("containerName"), &self.container_name)?;
+        if self.container_port == 0 {
+            return Err(ValidationError::new(
+                f("containerPort"),
+                "must be a port number, 1..=65535",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rule reaches a port `containers` publish: the container exists and maps the port.
+    pub fn check_target(
+        &self,
+        field: &str,
+        containers: &[crate::ContainerDefinition],
+    ) -> Result<(), ValidationError> {
+        let Some(c) = containers.iter().find(|c| c.name == self.container_name) else {
+            return Err(ValidationError::new(
+                format!("{field}.containerName"),
+                format!(
+                    "the task definition has no container {:?}",
+                    self.container_name
+                ),
+            ));
+        };
+        if !c
+            .port_mappings
+            .iter()
+            .any(|m| m.container_port == self.container_port && m.protocol == Protocol::Tcp)
+        {
+            return Err(ValidationError::new(
+                format!("{field}.containerPort"),
+                format!(
+                    "container {} publishes no port {}/tcp; add portMappings: [{{containerPort: {}}}] to it",
+                    c.name, self.container_port, self.container_port
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A task's port mappings make sense together: container ports set, no container port or
 /// fixed host port published twice (per protocol) in the task. `field(i, j)` names mapping
 /// `j` of container `i`.
@@ -154,6 +285,45 @@ mod tests {
             serde_json::to_string(&b).unwrap(),
             r#"{"bindIP":"10.0.0.5","containerPort":8080,"hostPort":49153,"protocol":"udp"}"#
         );
+    }
+
+    #[test]
+    fn an_ingress_rule_is_http_or_tcp_and_reaches_a_published_port() {
+        let check = |r: IngressRule| r.validate("ingress[0]").map_err(|e| e.to_string());
+        assert_eq!(check(IngressRule::http("web.local", "httpd", 8080)), Ok(()));
+        assert_eq!(check(IngressRule::http("*", "httpd", 8080)), Ok(()));
+        let tcp = IngressRule {
+            host: None,
+            listener_port: Some(5432),
+            ..IngressRule::http("x", "db", 5432)
+        };
+        assert_eq!(check(tcp.clone()), Ok(()));
+        assert!(check(IngressRule {
+            listener_port: Some(1),
+            ..IngressRule::http("a", "b", 1)
+        })
+        .unwrap_err()
+        .contains("either host"));
+        assert!(check(IngressRule::http("web local", "httpd", 8080))
+            .unwrap_err()
+            .contains("not a host name"));
+        assert!(check(IngressRule {
+            path_prefix: Some("api".into()),
+            ..IngressRule::http("a", "httpd", 80)
+        })
+        .unwrap_err()
+        .contains("must start with /"));
+        let mut httpd = crate::ContainerDefinition::new("httpd", "img");
+        httpd.port_mappings = vec![PortMapping::tcp(8080)];
+        let rule = IngressRule::http("web.local", "httpd", 8080);
+        assert!(rule.check_target("ingress[0]", &[httpd.clone()]).is_ok());
+        let other = IngressRule::http("web.local", "httpd", 9090);
+        assert_eq!(
+            other.check_target("ingress[0]", &[httpd.clone()]).unwrap_err().to_string(),
+            "ingress[0].containerPort: container httpd publishes no port 9090/tcp; add portMappings: [{containerPort: 9090}] to it"
+        );
+        let missing = IngressRule::http("web.local", "app", 8080);
+        assert!(missing.check_target("ingress[0]", &[httpd]).is_err());
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct ServiceSpec {
     /// Target tracking: the leader adjusts desiredCount within min..max.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    /// How ingresses route to the service's healthy tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<crate::IngressRule>,
+    /// Seconds a task that publishes ports is out of routing before it gets SIGTERM, so
+    /// requests in flight finish.
+    #[serde(default = "default_deregistration_delay")]
+    pub deregistration_delay: u32,
     /// Labels (copied onto the service's tasks) and annotations.
     #[serde(flatten)]
     pub meta: crate::ObjectMeta,
@@ -51,6 +58,10 @@ pub struct Autoscaling {
 }
 
 impl Eq for Autoscaling {}
+
+fn default_deregistration_delay() -> u32 {
+    crate::DEFAULT_DEREGISTRATION_DELAY_SECS
+}
 
 fn default_scale_out_cooldown() -> u32 {
     10
@@ -259,6 +270,10 @@ pub struct Service {
     pub backoff: LaunchBackoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<crate::IngressRule>,
+    #[serde(default = "default_deregistration_delay")]
+    pub deregistration_delay: u32,
     /// When the autoscaler last scaled out and in (ms since the epoch; 0: never). Replicated,
     /// so a new leader keeps the cooldowns.
     #[serde(default)]
@@ -489,6 +504,9 @@ impl fmt::Display for DeploymentStrategy {
     }
 }
 
+/// The longest deregistration delay (ECS allows up to an hour).
+pub const MAX_DEREGISTRATION_DELAY_SECS: u32 = 3600;
+
 impl ServiceSpec {
     /// Checks every rule a service must satisfy. Errors name the field in camelCase.
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -505,6 +523,18 @@ impl ServiceSpec {
         self.deployment_configuration.validate()?;
         if let Some(a) = &self.autoscaling {
             a.validate()?;
+        }
+        for (i, rule) in self.ingress.iter().enumerate() {
+            rule.validate(&format!("ingress[{i}]"))?;
+        }
+        if self.deregistration_delay > MAX_DEREGISTRATION_DELAY_SECS {
+            return Err(ValidationError::new(
+                "deregistrationDelay",
+                format!(
+                    "{}s is too long; use at most {MAX_DEREGISTRATION_DELAY_SECS}s",
+                    self.deregistration_delay
+                ),
+            ));
         }
         self.placement.validate("placement")
     }
@@ -562,6 +592,8 @@ mod tests {
 
     fn spec() -> ServiceSpec {
         ServiceSpec {
+            ingress: Vec::new(),
+            deregistration_delay: crate::DEFAULT_DEREGISTRATION_DELAY_SECS,
             meta: Default::default(),
             name: "web".into(),
             task_definition: "web".parse().expect("ref"),

@@ -498,8 +498,9 @@ mod tests {
             &[
                 "t1 -> n2",
                 "t2 !! 0 of 2 nodes can run it: 2 already had host port 8080/tcp taken",
-                // Another protocol's port of the same number is another port.
-                "u1 -> n1",
+                // Another protocol's port of the same number is another port (n2, where t1
+                // took 8080/tcp, is the fuller node).
+                "u1 -> n2",
             ],
         );
     }

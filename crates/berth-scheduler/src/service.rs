@@ -651,6 +651,8 @@ mod tests {
     impl World {
         fn new(desired: u32, config: DeploymentConfiguration) -> Self {
             let svc = Service {
+                ingress: Vec::new(),
+                deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
                 meta: Default::default(),
                 namespace: "default".into(),
                 name: "web".into(),

@@ -95,6 +95,10 @@ impl Caller {
                 Err(e) => status::denied(e.to_string()),
             },
             Caller::Node(id) if id.role == Role::Admin => return Ok(()),
+            // An ingress reads services and tasks to route to them, in every namespace.
+            Caller::Node(id) if id.role == Role::Ingress && permission == Permission::Read => {
+                return Ok(())
+            }
             Caller::Node(id) => status::denied(format!(
                 "a {} certificate ({}) cannot use the API's {permission} permission ({}); use an admin token",
                 id.role,
@@ -147,6 +151,12 @@ mod tests {
         let denied = agent
             .authorize(Permission::Read, Some("a"), 1)
             .expect_err("agent");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let ingress = Caller::Node(Identity::new(Role::Ingress, "edge-1"));
+        assert!(ingress.authorize(Permission::Read, None, 1).is_ok());
+        let denied = ingress
+            .authorize(Permission::Write, Some("a"), 1)
+            .expect_err("ingress writes nothing");
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         let admin = Caller::Node(Identity::new(Role::Admin, "alice"));
         assert!(admin.authorize(Permission::ManageCluster, None, 1).is_ok());

@@ -242,6 +242,11 @@ impl Join for JoinService {
                 }
                 Identity::new(Role::Agent, req.name)
             }
+            NodeRole::Ingress => {
+                berth_model::validate_name("name", &req.name)
+                    .map_err(|e| status::invalid("", &e))?;
+                Identity::new(Role::Ingress, req.name)
+            }
             NodeRole::Server if req.name.is_empty() => {
                 let id = self.free_node_id();
                 tracing::info!(target: "berth::audit", caller = %who, node_id = id, "gave a joining server a node ID");

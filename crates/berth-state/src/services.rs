@@ -68,6 +68,15 @@ pub fn service_update(svc: &Service, spec: &ServiceSpec) -> Result<ServiceUpdate
     if svc.meta != spec.meta {
         messages.push("labels or annotations changed".to_owned());
     }
+    if svc.ingress != spec.ingress {
+        messages.push("ingress rules changed".to_owned());
+    }
+    if svc.deregistration_delay != spec.deregistration_delay {
+        messages.push(format!(
+            "deregistration delay {}s -> {}s",
+            svc.deregistration_delay, spec.deregistration_delay
+        ));
+    }
     Ok(ServiceUpdate {
         desired_count,
         new_revision,
@@ -133,6 +142,8 @@ impl State {
         let Some(svc) = self.services.get_mut(&key) else {
             let desired_count = initial_desired_count(&spec);
             let mut svc = Service {
+                ingress: spec.ingress,
+                deregistration_delay: spec.deregistration_delay,
                 namespace,
                 name: spec.name,
                 task_definition: spec.task_definition.clone(),
@@ -183,6 +194,8 @@ impl State {
         svc.deployment_configuration = spec.deployment_configuration;
         svc.placement = spec.placement;
         svc.meta = spec.meta;
+        svc.ingress = spec.ingress;
+        svc.deregistration_delay = spec.deregistration_delay;
         if new_revision {
             for d in &mut svc.deployments {
                 d.status = DeploymentStatus::Active;

@@ -254,6 +254,8 @@ fn replace_state_touches_old_and_new_keys() {
 
 fn service_spec(desired: u32) -> berth_model::ServiceSpec {
     berth_model::ServiceSpec {
+        ingress: Vec::new(),
+        deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
         meta: Default::default(),
         name: "svc".into(),
         task_definition: "web:1".parse().expect("ref"),

@@ -240,6 +240,8 @@ fn apply_service(desired: u32) -> Command {
     Command::ApplyService {
         namespace: "team-a".into(),
         spec: Box::new(ServiceSpec {
+            ingress: Vec::new(),
+            deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
             meta: Default::default(),
             name: "svc".into(),
             task_definition: "web:1".parse().expect("ref"),

@@ -326,6 +326,18 @@ pub fn verify_chain(
 /// which must then chain to a CA of `trust` (callers decide from the verified certificate, or
 /// from a token when there is none, what the client may do). ALPN offers HTTP/2 (gRPC) and
 /// HTTP/1.1 (`/metrics`).
+/// A TLS server that asks clients for no certificate (an ingress's public listener), with
+/// `credentials` (a certificate with its chain, and its key, of any CA) and ALPN `h2` and
+/// `http/1.1`.
+pub fn public_server_config(credentials: Arc<Credentials>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(credentials);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 pub fn server_config(
     trust: Arc<TrustStore>,
     credentials: Arc<Credentials>,

@@ -1,10 +1,11 @@
-//! `berth`: one binary, four roles — `server`, `agent`, `dev`, and every other subcommand is
-//! the admin CLI. Each long-running role has its module (`server`, `agent`, `dev`; `daemon`
+//! `berth`: one binary, five roles — `server`, `agent`, `dev`, `ingress`, and every other
+//! subcommand is the admin CLI. Each long-running role has its module (`server`, `agent`, `dev`; `daemon`
 //! for what they share); this file parses the command line and dispatches.
 
 mod agent;
 mod daemon;
 mod dev;
+mod ingress;
 mod server;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use clap::Parser;
 use agent::{run_agent, AgentArgs};
 use daemon::{expand_config, init_logging, shutdown_signal, LogFormat};
 use dev::{run_dev, DevArgs};
+use ingress::{run_ingress, IngressArgs};
 use server::ServerArgs;
 
 /// Every berth process allocates with mimalloc: under load, glibc's malloc took about a fifth
@@ -55,6 +57,8 @@ enum Role {
     Agent(AgentArgs),
     /// Run a server and an agent in one process, with their own containerd and registry.
     Dev(DevArgs),
+    /// Run an ingress: an HTTP/HTTPS and TCP reverse proxy to the healthy tasks of services.
+    Ingress(IngressArgs),
     /// (internal) The log driver containerd's shim runs for each container: MAX_BYTES:PATH.
     #[command(hide = true)]
     LogDriver { spec: String },
@@ -100,6 +104,10 @@ async fn main() {
         Role::Dev(args) => {
             init_logging("info,openraft=warn", args.daemon.log_format);
             exit_code(run_dev(args).await.map(|()| 0))
+        }
+        Role::Ingress(args) => {
+            init_logging("info", args.daemon.log_format);
+            exit_code(run_ingress(args).await.map(|()| 0))
         }
         Role::LogDriver { spec } => {
             let result = spec

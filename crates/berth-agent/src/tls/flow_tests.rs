@@ -135,7 +135,7 @@ fn config(
     server: &str,
     token: Option<JoinToken>,
     advertise: &str,
-) -> AgentConfig {
+) -> Member {
     let listen = "127.0.0.1:0".parse().expect("addr");
     AgentConfig {
         node_name: "node-1".into(),
@@ -154,6 +154,7 @@ fn config(
         metrics_interval: Duration::from_secs(1),
         metrics: Metrics::new(),
     }
+    .member()
 }
 
 #[tokio::test]
@@ -233,7 +234,7 @@ async fn an_agent_joins_once_with_its_token_then_restarts_and_renews_without_it(
 
     // Another node name with this data dir is refused.
     let mut other = config(dir.path(), &c.address, None, "127.0.0.1");
-    other.node_name = "node-2".into();
+    other.name = "node-2".into();
     let err = establish(&other, "127.0.0.1:7401")
         .await
         .err()

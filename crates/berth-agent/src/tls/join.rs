@@ -8,14 +8,13 @@ use berth_proto::v1::JoinRequest;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
 use berth_tls::tls::{client_config, Pinned, Trust};
-use berth_tls::{Identity, JoinToken, NodeKey};
+use berth_tls::{Identity, JoinToken, NodeKey, Role};
 
 use super::call::{call_servers, Attempt, CallError, RPC_TIMEOUT};
-use super::{check_answer, format_time, unix_now, Held, Vouch, HOW_TO_JOIN};
-use crate::AgentConfig;
+use super::{check_answer, format_time, how_to_join, unix_now, Held, Member, Vouch};
 
 pub(super) async fn join(
-    config: &AgentConfig,
+    config: &Member,
     token: &JoinToken,
     identity: &Identity,
     address: &str,
@@ -86,12 +85,16 @@ pub(super) async fn join(
 fn advise(e: CallError, identity: &Identity) -> anyhow::Error {
     let advice = match &e {
         CallError::Refused { status, .. } if status.code() == tonic::Code::Unauthenticated => {
-            format!("the join token is not valid there (revoked, expired, mistyped, or not an agent token); {HOW_TO_JOIN}")
+            format!(
+                "the join token is not valid there (revoked, expired, mistyped, or not {} {} token); {}",
+                if identity.role == Role::Agent || identity.role == Role::Ingress { "an" } else { "a" },
+                identity.role,
+                how_to_join(identity.role)
+            )
         }
-        CallError::Refused { .. } => format!(
-            "agent {} cannot join as it is; fix what the server says",
-            identity.name
-        ),
+        CallError::Refused { .. } => {
+            format!("{identity} cannot join as it is; fix what the server says")
+        }
         CallError::Deadline { .. } => "check --servers and that a server is up".to_owned(),
         CallError::OtherCa { .. } => "nothing was sent to it".to_owned(),
     };

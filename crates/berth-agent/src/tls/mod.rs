@@ -32,7 +32,60 @@ use berth_tls::{Identity, JoinToken, Role, TlsError};
 pub(crate) use cert::CertInfo;
 
 /// What to tell someone who has neither a certificate nor a token.
-const HOW_TO_JOIN: &str = "create a join token on a server with `berth cluster token create --role agent` and pass it with --join-token or --join-token-file";
+fn how_to_join(role: Role) -> String {
+    format!("create a join token on a server with `berth cluster token create --role {role}` and pass it with --join-token or --join-token-file")
+}
+
+/// A node of the cluster that is not a server (an agent, an ingress): who it is, where it
+/// keeps its certificate and how it joins.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub role: Role,
+    /// The node name, or the ingress's name.
+    pub name: String,
+    /// Its certificate lives in `DATA_DIR/tls`.
+    pub data_dir: PathBuf,
+    pub servers: Vec<String>,
+    /// Joins the cluster when `DATA_DIR/tls` holds no certificate (or an expired one).
+    pub join_token: Option<JoinToken>,
+    /// How long joining may take (servers may still be starting).
+    pub join_timeout: Duration,
+    /// Members sharing a process join a few at a time; `None`: join at once.
+    pub join_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// The host its certificate names.
+    pub advertise: Advertise,
+}
+
+impl Member {
+    fn identity(&self) -> Identity {
+        Identity::new(self.role, self.name.clone())
+    }
+}
+
+/// A member's certificate, kept valid: the dialer of TLS channels to the servers presenting
+/// it, renewed in place by [`Membership::keep_renewed`].
+pub struct Membership {
+    tls: NodeTls,
+    held: Held,
+}
+
+impl Membership {
+    /// Loads the member's certificate, or joins with its token (see `establish`).
+    pub async fn establish(member: &Member, address: &str) -> anyhow::Result<Self> {
+        let (tls, held) = establish(member, address).await?;
+        Ok(Self { tls, held })
+    }
+
+    /// Dials servers over mutual TLS with the member's certificate.
+    pub fn dialer(&self) -> &Dialer {
+        &self.tls.dialer
+    }
+
+    /// Renews the certificate whenever it is due, forever.
+    pub async fn keep_renewed(&self, member: &Member, address: &str) {
+        renew::renewals(member, &self.tls, self.held.clone(), address).await;
+    }
+}
 
 /// A flag that cannot work, said so that the user knows what to change.
 #[derive(Debug, thiserror::Error)]
@@ -279,12 +332,10 @@ pub(crate) struct Held {
 
 /// Loads this agent's material from `DATA_DIR/tls`, or joins the cluster with the token when
 /// there is none (or the stored certificate has expired and a token is given), and saves it.
-pub(crate) async fn establish(
-    config: &crate::AgentConfig,
-    address: &str,
-) -> anyhow::Result<(NodeTls, Held)> {
+pub(crate) async fn establish(config: &Member, address: &str) -> anyhow::Result<(NodeTls, Held)> {
     let dir = TlsDir::new(&config.data_dir);
-    let identity = Identity::new(Role::Agent, config.node_name.clone());
+    let identity = config.identity();
+    let how_to_join = how_to_join(config.role);
     let stored = dir
         .load()
         .with_context(|| format!("read this agent's certificate in {}", dir.path().display()))?;
@@ -302,9 +353,8 @@ pub(crate) async fn establish(
                     .as_ref()
                     .map_or_else(|| "no berth identity".to_owned(), ToString::to_string);
                 anyhow::bail!(
-                    "{} holds a certificate of {found}, not of agent {}: start with the node name it was issued for, or remove {} and join again with --join-token",
+                    "{} holds a certificate of {found}, not of {identity}: start with the name it was issued for, or remove {} and join again with --join-token",
                     dir.path().display(),
-                    config.node_name,
                     dir.path().display()
                 );
             }
@@ -312,7 +362,7 @@ pub(crate) async fn establish(
             if info.not_after <= now {
                 let Some(token) = &config.join_token else {
                     anyhow::bail!(
-                        "this agent's certificate in {} expired at {}; join again: {HOW_TO_JOIN}",
+                        "the certificate in {} expired at {}; join again: {how_to_join}",
                         dir.path().display(),
                         format_time(info.not_after)
                     );
@@ -348,7 +398,8 @@ pub(crate) async fn establish(
         None => {
             let Some(token) = &config.join_token else {
                 anyhow::bail!(
-                    "this agent has not joined the cluster yet ({} holds no certificate): {HOW_TO_JOIN}",
+                    "this {} has not joined the cluster yet ({} holds no certificate): {how_to_join}",
+                    config.role,
                     dir.path().display()
                 );
             };

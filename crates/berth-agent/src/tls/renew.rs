@@ -10,12 +10,11 @@ use anyhow::Context as _;
 use berth_proto::v1::join_client::JoinClient;
 use berth_proto::v1::RenewRequest;
 use berth_tls::dir::{Material, TlsDir};
-use berth_tls::{Identity, NodeKey, Role};
+use berth_tls::{Identity, NodeKey};
 
 use super::call::{call_servers, RPC_TIMEOUT};
 use super::join::{join, save};
-use super::{check_answer, format_time, unix_now, Held, NodeTls, Vouch, HOW_TO_JOIN};
-use crate::AgentConfig;
+use super::{check_answer, format_time, how_to_join, unix_now, Held, Member, NodeTls, Vouch};
 
 /// When a certificate the agent got at `issued_at`, valid until `not_after`, is to be renewed
 /// (seconds since the Unix epoch): once two thirds of its life have passed, which leaves a
@@ -45,8 +44,8 @@ pub fn retry_after(now: i64, not_after: i64) -> Duration {
 const ROUND: Duration = Duration::from_secs(30);
 
 /// Renews the certificate whenever it is due, forever.
-pub(crate) async fn renewals(config: &AgentConfig, tls: &NodeTls, mut held: Held, address: &str) {
-    let identity = Identity::new(Role::Agent, config.node_name.clone());
+pub(crate) async fn renewals(config: &Member, tls: &NodeTls, mut held: Held, address: &str) {
+    let identity = config.identity();
     let dir = TlsDir::new(&config.data_dir);
     loop {
         let now = unix_now();
@@ -96,7 +95,7 @@ pub(crate) async fn renewals(config: &AgentConfig, tls: &NodeTls, mut held: Held
 
 /// One renewal: a new certificate for the same key, over mutual TLS with the current one.
 pub(super) async fn renew(
-    config: &AgentConfig,
+    config: &Member,
     tls: &NodeTls,
     held: &Held,
     identity: &Identity,
@@ -152,14 +151,18 @@ pub(super) async fn renew(
 /// After expiry, renewal is no longer possible (the servers refuse the certificate): join again
 /// with the join token if the agent was given one.
 async fn rejoin(
-    config: &AgentConfig,
+    config: &Member,
     tls: &NodeTls,
     identity: &Identity,
     address: &str,
     dir: &TlsDir,
 ) -> anyhow::Result<Held> {
     let Some(token) = &config.join_token else {
-        anyhow::bail!("restart the agent with a join token: {HOW_TO_JOIN}");
+        anyhow::bail!(
+            "restart the {} with a join token: {}",
+            config.role,
+            how_to_join(config.role)
+        );
     };
     let held = join(config, token, identity, address, dir).await?;
     tls.replace(&held)?;

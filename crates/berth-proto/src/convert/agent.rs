@@ -16,6 +16,7 @@ impl From<m::Assignment> for v1::TaskAssignment {
             memory: a.memory,
             containers: all_to_wire(a.containers),
             last_status: v1::TaskStatus::from(a.last_status) as i32,
+            deregistration_delay: a.deregistration_delay,
         }
     }
 }
@@ -36,6 +37,7 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
             namespace: a.namespace,
             cpu: a.cpu,
             memory: a.memory,
+            deregistration_delay: a.deregistration_delay,
         })
     }
 }
@@ -101,6 +103,7 @@ mod tests {
             memory: 64,
             containers: vec![app, m::ContainerDefinition::new("sidecar", "envoy")],
             last_status: m::TaskStatus::Running,
+            deregistration_delay: 5,
         }
     }
 

@@ -98,3 +98,29 @@ pub(super) fn address(field: &'static str, v: &str) -> Result<Option<Ipv4Addr>, 
         ))
     })
 }
+
+impl From<m::IngressRule> for v1::IngressRule {
+    fn from(r: m::IngressRule) -> Self {
+        Self {
+            host: r.host.unwrap_or_default(),
+            path_prefix: r.path_prefix.unwrap_or_default(),
+            listener_port: r.listener_port.map(u32::from).unwrap_or_default(),
+            container_name: r.container_name,
+            container_port: r.container_port.into(),
+        }
+    }
+}
+
+impl TryFrom<v1::IngressRule> for m::IngressRule {
+    type Error = ConversionError;
+    fn try_from(r: v1::IngressRule) -> Result<Self, ConversionError> {
+        let listener_port = port("ingress.listenerPort", r.listener_port)?;
+        Ok(Self {
+            host: super::opt_str(r.host),
+            path_prefix: super::opt_str(r.path_prefix),
+            listener_port: (listener_port != 0).then_some(listener_port),
+            container_name: r.container_name,
+            container_port: port("ingress.containerPort", r.container_port)?,
+        })
+    }
+}

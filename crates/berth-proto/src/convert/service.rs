@@ -148,6 +148,8 @@ impl From<m::ServiceSpec> for v1::ServiceSpec {
             autoscaling: s.autoscaling.map(Into::into),
             labels: s.meta.labels,
             annotations: s.meta.annotations,
+            ingress: all_to_wire(s.ingress),
+            deregistration_delay: Some(s.deregistration_delay),
         }
     }
 }
@@ -165,6 +167,10 @@ impl TryFrom<v1::ServiceSpec> for m::ServiceSpec {
             placement: placement_from_wire(s.placement)?,
             autoscaling: s.autoscaling.map(TryInto::try_into).transpose()?,
             meta: meta(s.labels, s.annotations),
+            ingress: try_all(s.ingress)?,
+            deregistration_delay: s
+                .deregistration_delay
+                .unwrap_or(m::DEFAULT_DEREGISTRATION_DELAY_SECS),
         })
     }
 }
@@ -249,6 +255,8 @@ impl From<m::Service> for v1::Service {
             metrics: all_to_wire(s.metrics),
             labels: s.meta.labels,
             annotations: s.meta.annotations,
+            ingress: all_to_wire(s.ingress),
+            deregistration_delay: s.deregistration_delay,
         }
     }
 }
@@ -283,6 +291,8 @@ impl TryFrom<v1::Service> for m::Service {
             last_scale_in_at: s.last_scale_in_at,
             metrics: try_all(s.metrics)?,
             events: events_from_wire(s.events),
+            ingress: try_all(s.ingress)?,
+            deregistration_delay: s.deregistration_delay,
         })
     }
 }
@@ -299,6 +309,8 @@ mod tests {
         let mut events = m::EventLog::default();
         events.push(10, "created");
         let service = m::Service {
+            ingress: Vec::new(),
+            deregistration_delay: berth_model::DEFAULT_DEREGISTRATION_DELAY_SECS,
             meta: meta(
                 [("app".to_owned(), "web".to_owned())].into(),
                 Default::default(),

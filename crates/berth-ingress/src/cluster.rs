@@ -1,0 +1,221 @@
+//! What the ingress knows of the cluster, kept current by a Watch of the servers: services,
+//! their tasks and task definitions; and the route table made from it (pure: [`route_table`]).
+//!
+//! A task is routed to while it is RUNNING, wanted RUNNING, and healthy: every container with
+//! a health check HEALTHY. A task asked to stop leaves the table as soon as its desired status
+//! changes (its agent waits the service's deregistration delay before SIGTERM), and a task
+//! that fails a health check leaves it when its node reports that.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_model::{DesiredStatus, HealthStatus, Service, Task, TaskDefinition, TaskStatus};
+use berth_proto::v1 as pb;
+use berth_proto::v1::berth_client::BerthClient;
+use berth_tls::net::Dialer;
+use tokio::sync::watch;
+
+use crate::routes::{Backend, HttpRoute, RouteTable, ServiceKey, TcpRoute};
+
+/// The part of the cluster routes are made from.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    services: BTreeMap<(String, String), Service>,
+    tasks: HashMap<String, Task>,
+    /// `(namespace, family:revision)`.
+    definitions: HashMap<(String, String), TaskDefinition>,
+}
+
+impl Cluster {
+    /// Applies one Watch event; answers whether routes may have changed.
+    pub fn apply(&mut self, event: pb::WatchEvent) -> bool {
+        use pb::watch_event::{Object, Type};
+        let ns = event.namespace.clone();
+        match (event.r#type(), event.object) {
+            (Type::Deleted, _) => match event.kind.as_str() {
+                "task" => self.tasks.remove(&event.name).is_some(),
+                "service" => self.services.remove(&(ns, event.name)).is_some(),
+                "taskdefinition" => self.definitions.remove(&(ns, event.name)).is_some(),
+                _ => false,
+            },
+            (Type::Sync | Type::Put, Some(Object::Task(t))) => match Task::try_from(t) {
+                // Only service tasks can be routed to; stopped ones never again.
+                Ok(t) if t.group.is_some() && !t.is_stopped() => {
+                    self.tasks.insert(t.task_id.clone(), t);
+                    true
+                }
+                Ok(t) => self.tasks.remove(&t.task_id).is_some(),
+                Err(e) => {
+                    tracing::warn!("ignore a task the servers sent: {e}");
+                    false
+                }
+            },
+            (Type::Sync | Type::Put, Some(Object::Service(s))) => match Service::try_from(s) {
+                Ok(s) => {
+                    self.services
+                        .insert((s.namespace.clone(), s.name.clone()), s);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!("ignore a service the servers sent: {e}");
+                    false
+                }
+            },
+            (Type::Sync | Type::Put, Some(Object::TaskDefinition(d))) => {
+                match TaskDefinition::try_from(d) {
+                    Ok(d) => {
+                        let key = (d.namespace.clone(), d.reference().to_string());
+                        self.definitions.insert(key, d);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!("ignore a task definition the servers sent: {e}");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The routes to what the services declare, through the healthy tasks.
+    pub fn route_table(&self) -> RouteTable {
+        route_table(
+            self.services.values(),
+            self.tasks.values(),
+            |ns, reference| self.definitions.get(&(ns.to_owned(), reference.to_owned())),
+        )
+    }
+}
+
+/// Whether `t` may receive traffic: running, wanted, and every container with a health check
+/// healthy (a container's health is UNKNOWN until its first check passes or fails).
+pub fn routable(t: &Task, def: Option<&TaskDefinition>) -> bool {
+    if t.last_status != TaskStatus::Running || t.desired_status != DesiredStatus::Running {
+        return false;
+    }
+    t.containers.iter().all(|c| {
+        let checked = def.is_some_and(|d| {
+            d.containers
+                .iter()
+                .any(|cd| cd.name == c.name && cd.health_check.is_some())
+        });
+        match c.health_status {
+            HealthStatus::Unhealthy => false,
+            HealthStatus::Unknown => !checked,
+            HealthStatus::Healthy => true,
+        }
+    })
+}
+
+/// Builds the route table: each ingress rule of each service, with the tasks of the service
+/// that may receive traffic as backends, reached at the node address and host port their
+/// container publishes the rule's port on.
+pub fn route_table<'a>(
+    services: impl Iterator<Item = &'a Service>,
+    tasks: impl Iterator<Item = &'a Task>,
+    definition: impl Fn(&str, &str) -> Option<&'a TaskDefinition>,
+) -> RouteTable {
+    let mut by_service: HashMap<(&str, &str), Vec<&Task>> = HashMap::new();
+    for t in tasks {
+        if let Some(name) = t.group.as_deref().and_then(|g| g.strip_prefix("service:")) {
+            by_service.entry((&t.namespace, name)).or_default().push(t);
+        }
+    }
+    let mut http = Vec::new();
+    let mut tcp = Vec::new();
+    for svc in services {
+        if svc.ingress.is_empty() {
+            continue;
+        }
+        let key = ServiceKey {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+        };
+        let tasks = by_service
+            .get(&(svc.namespace.as_str(), svc.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        for rule in &svc.ingress {
+            let mut backends: Vec<Backend> = tasks
+                .iter()
+                .filter(|t| routable(t, definition(&t.namespace, &t.task_definition.to_string())))
+                .filter_map(|t| {
+                    let c = t
+                        .containers
+                        .iter()
+                        .find(|c| c.name == rule.container_name)?;
+                    let b = c.network_bindings.iter().find(|b| {
+                        b.container_port == rule.container_port
+                            && b.protocol == berth_model::Protocol::Tcp
+                    })?;
+                    let ip = b.bind_ip.parse().ok()?;
+                    Some(Backend {
+                        task_id: t.task_id.clone(),
+                        addr: SocketAddr::new(ip, b.host_port),
+                    })
+                })
+                .collect();
+            backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            match (&rule.host, rule.listener_port) {
+                (Some(host), _) => http.push(HttpRoute {
+                    service: key.clone(),
+                    host: host.to_ascii_lowercase(),
+                    path_prefix: rule.path().to_owned(),
+                    backends,
+                }),
+                (None, Some(port)) => tcp.push(TcpRoute {
+                    service: key.clone(),
+                    port,
+                    backends,
+                }),
+                (None, None) => {}
+            }
+        }
+    }
+    RouteTable::new(http, tcp)
+}
+
+/// Keeps `routes` current from the servers' Watch, forever: on a broken stream it moves to
+/// the next server and starts over (the old table stays in use until the new one is whole).
+pub async fn follow(servers: Vec<String>, dialer: Dialer, routes: watch::Sender<Arc<RouteTable>>) {
+    let mut attempt = 0usize;
+    loop {
+        let server = &servers[attempt % servers.len()];
+        attempt += 1;
+        match follow_one(server, &dialer, &routes).await {
+            Ok(()) => tracing::warn!(%server, "the watch of the cluster ended; watching again"),
+            Err(e) => tracing::warn!(%server, "watch the cluster: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn follow_one(
+    server: &str,
+    dialer: &Dialer,
+    routes: &watch::Sender<Arc<RouteTable>>,
+) -> anyhow::Result<()> {
+    let channel = dialer.connect(server).await?;
+    let mut stream = BerthClient::new(channel)
+        .watch(pb::WatchRequest {
+            namespace: String::new(),
+            kinds: vec!["task".into(), "service".into(), "taskdefinition".into()],
+            from_revision: 0,
+        })
+        .await?
+        .into_inner();
+    let mut cluster = Cluster::default();
+    let mut synced = false;
+    while let Some(event) = stream.message().await? {
+        let done_syncing = event.r#type() == pb::watch_event::Type::Synced;
+        let changed = cluster.apply(event);
+        synced |= done_syncing;
+        if synced && (changed || done_syncing) {
+            let table = cluster.route_table();
+            routes.send_replace(Arc::new(table));
+        }
+    }
+    Ok(())
+}
