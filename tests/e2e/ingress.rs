@@ -11,6 +11,9 @@ use berth_tests::{cli, cli_json, http_get, poll, AgentProc, Env, IngressProc, Se
 
 use crate::TIMEOUT;
 
+/// Loops sending requests, one at a time each.
+const WORKERS: usize = 6;
+
 fn manifest(image: &str, version: &str, count: u32) -> String {
     format!(
         "apiVersion: berth.dev/v1
@@ -98,8 +101,8 @@ fn load(
                         Err(e) => seen.failures.push(format!("{e:#}")),
                     }
                 }
-                // About 100 requests per second per worker at most.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // About 200 requests per second per worker at most.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
     }
@@ -177,10 +180,11 @@ async fn the_ingress_keeps_every_request_through_a_deployment_a_scale_in_and_a_d
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::default()));
+    let load_started = Instant::now();
     let mut workers = load(
         front.clone(),
-        4,
-        40_000,
+        WORKERS,
+        60_000,
         Duration::from_secs(240),
         stop.clone(),
         seen.clone(),
@@ -223,6 +227,11 @@ async fn the_ingress_keeps_every_request_through_a_deployment_a_scale_in_and_a_d
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let total: u64 = seen.answers.values().sum();
+        eprintln!(
+            "answers through the changes: {:?} in {:?}",
+            seen.answers,
+            load_started.elapsed()
+        );
         assert!(
             seen.failures.is_empty(),
             "{} of {} requests failed: {:?}",
@@ -248,8 +257,8 @@ async fn the_ingress_keeps_every_request_through_a_deployment_a_scale_in_and_a_d
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut workers = load(
         front.clone(),
-        4,
-        4_000,
+        WORKERS,
+        6_000,
         Duration::from_secs(30),
         stop.clone(),
         seen.clone(),
@@ -278,8 +287,8 @@ async fn the_ingress_keeps_every_request_through_a_deployment_a_scale_in_and_a_d
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     assert!(
-        seen.failures.len() <= 4,
-        "more than the 4 requests in flight failed: {:?}",
+        seen.failures.len() <= WORKERS,
+        "more than the {WORKERS} requests in flight failed: {:?}",
         seen.failures
     );
     Ok(())
