@@ -192,8 +192,26 @@ impl Drop for Env {
                 ctr(&["--namespace", ns, "tasks", "delete", "--force", task]);
             }
         }
-        // The bridges the CNI plugins made for this test's agents (their tasks are gone).
+        // The bridges the CNI plugins made for this test's agents, and the network namespaces
+        // of the tasks they still recorded (their tasks are gone).
         let networks = self.networks.lock().unwrap_or_else(PoisonError::into_inner);
+        for name in networks.keys() {
+            let results = self.path(&format!("agent-{name}")).join("cni/results");
+            for entry in std::fs::read_dir(results).into_iter().flatten().flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let Some(task) = file.strip_suffix(".json") else {
+                    continue;
+                };
+                let id: String = task
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .take(24)
+                    .collect();
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "delete", &format!("berth-{id}")])
+                    .output();
+            }
+        }
         for n in networks.values() {
             purge_iptables(&n.rule_keys());
             let _ = std::process::Command::new("ip")

@@ -219,3 +219,133 @@ async fn follow_one(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_model::{
+        ContainerDefinition, ContainerState, HealthCheck, IngressRule, NetworkBinding, PortMapping,
+        Protocol, TaskDefinitionSpec,
+    };
+
+    use super::*;
+
+    fn definition() -> TaskDefinition {
+        let mut httpd = ContainerDefinition::new("httpd", "img");
+        httpd.port_mappings = vec![PortMapping::tcp(8080)];
+        httpd.health_check = Some(HealthCheck::new(vec!["CMD".into(), "true".into()]));
+        let spec = TaskDefinitionSpec::new("web", 256, 64, vec![httpd]);
+        TaskDefinition {
+            namespace: "default".into(),
+            family: spec.family,
+            revision: 1,
+            status: berth_model::TaskDefinitionStatus::Active,
+            cpu: spec.cpu,
+            memory: spec.memory,
+            containers: spec.containers,
+            placement: spec.placement,
+            meta: spec.meta,
+            registered_at: 0,
+        }
+    }
+
+    fn service(rules: Vec<IngressRule>) -> Service {
+        Service {
+            namespace: "default".into(),
+            name: "web".into(),
+            task_definition: "web:1".parse().expect("ref"),
+            desired_count: 2,
+            deployment_configuration: Default::default(),
+            placement: Default::default(),
+            meta: Default::default(),
+            status: berth_model::ServiceStatus::Active,
+            running_count: 0,
+            pending_count: 0,
+            deployments: Vec::new(),
+            version: 1,
+            created_at: 0,
+            last_completed: None,
+            backoff: Default::default(),
+            autoscaling: None,
+            last_scale_out_at: 0,
+            last_scale_in_at: 0,
+            metrics: Vec::new(),
+            events: Default::default(),
+            ingress: rules,
+            deregistration_delay: 5,
+        }
+    }
+
+    /// A RUNNING task of the service publishing 8080 on `port`, its container `health`.
+    fn task(id: &str, port: u16, health: HealthStatus) -> Task {
+        let def = definition();
+        let mut t = Task::pending(id.into(), "default", &def, 0);
+        t.group = Some("service:web".into());
+        t.last_status = TaskStatus::Running;
+        t.containers = vec![ContainerState {
+            last_status: TaskStatus::Running,
+            health_status: health,
+            network_bindings: vec![NetworkBinding {
+                bind_ip: "10.0.0.5".into(),
+                container_port: 8080,
+                host_port: port,
+                protocol: Protocol::Tcp,
+            }],
+            ..ContainerState::pending("httpd", "img")
+        }];
+        t
+    }
+
+    fn backends(table: &RouteTable, host: &str) -> Vec<String> {
+        table
+            .http_route(host, "/")
+            .map(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| format!("{} {}", b.task_id, b.addr))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn only_running_wanted_and_healthy_tasks_are_routed_to_at_their_published_port() {
+        let def = definition();
+        let svc = service(vec![IngressRule::http("web.local", "httpd", 8080)]);
+        let mut stopping = task("t3", 49155, HealthStatus::Healthy);
+        stopping.desired_status = DesiredStatus::Stopped;
+        let tasks = [
+            task("t1", 49153, HealthStatus::Healthy),
+            // Not healthy yet: its container has a health check without a result.
+            task("t2", 49154, HealthStatus::Unknown),
+            stopping,
+            task("t4", 49156, HealthStatus::Unhealthy),
+        ];
+        let table = route_table([&svc].into_iter(), tasks.iter(), |_, _| Some(&def));
+        assert_eq!(backends(&table, "web.local"), ["t1 10.0.0.5:49153"]);
+        // Without the definition at hand, UNKNOWN counts as "no health check".
+        let table = route_table([&svc].into_iter(), tasks.iter(), |_, _| None);
+        assert_eq!(
+            backends(&table, "web.local"),
+            ["t1 10.0.0.5:49153", "t2 10.0.0.5:49154"]
+        );
+    }
+
+    #[test]
+    fn tcp_rules_and_services_without_rules() {
+        let def = definition();
+        let tcp = IngressRule {
+            host: None,
+            listener_port: Some(9000),
+            ..IngressRule::http("", "httpd", 8080)
+        };
+        let svc = service(vec![tcp]);
+        let quiet = service(vec![]);
+        let tasks = [task("t1", 49153, HealthStatus::Healthy)];
+        let table = route_table([&svc, &quiet].into_iter(), tasks.iter(), |_, _| Some(&def));
+        assert_eq!(table.tcp_ports(), [9000]);
+        let route = table.tcp_route(9000).expect("a TCP route");
+        assert_eq!(route.service.to_string(), "default/web");
+        assert_eq!(route.backends.len(), 1);
+        assert!(table.http_route("web.local", "/").is_none());
+    }
+}

@@ -218,15 +218,17 @@ impl Server {
         })
     }
 
-    /// TLS material for an agent in this same process (`berth dev`): a key and a certificate
-    /// for node `name` from this server's CA, valid for `addresses`, recorded in the state as
-    /// a join records it (the agent stream accepts only recorded certificates).
-    pub async fn local_agent_material(
+    /// TLS material for an agent or an ingress in this same process (`berth dev`): a key and
+    /// a certificate for `role` `name` from this server's CA, valid for `addresses`, recorded
+    /// in the state as a join records it (the agent stream accepts only recorded
+    /// certificates).
+    pub async fn local_material(
         &self,
+        role: Role,
         name: &str,
         addresses: &[String],
     ) -> anyhow::Result<berth_tls::dir::Material> {
-        let identity = berth_tls::Identity::new(Role::Agent, name);
+        let identity = berth_tls::Identity::new(role, name);
         let signing = self.tls.signing();
         let (issued, key) =
             signing
@@ -240,7 +242,7 @@ impl Server {
             None,
         )
         .await
-        .map_err(|s| anyhow::anyhow!("record the dev agent's certificate: {}", s.message()))?;
+        .map_err(|s| anyhow::anyhow!("record the certificate of {identity}: {}", s.message()))?;
         Ok(berth_tls::dir::Material::answered(
             signing.ca.cert_pem().to_owned(),
             None,

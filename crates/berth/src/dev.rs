@@ -33,6 +33,12 @@ pub(crate) struct DevArgs {
     /// Do not start a registry or push the demo image.
     #[arg(long)]
     pub(crate) no_registry: bool,
+    /// Where the ingress serves requests for services' ingress rules (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) ingress_listen: SocketAddr,
+    /// Where the ingress serves its Prometheus metrics.
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    pub(crate) ingress_metrics_listen: SocketAddr,
 }
 
 pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
@@ -81,12 +87,39 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let agent_tls = berth_tls::dir::TlsDir::new(&data_dir.join("agent"));
     if agent_tls.load()?.is_none() {
         let material = server
-            .local_agent_material("dev", &["127.0.0.1:0".to_owned()])
+            .local_material(berth_tls::Role::Agent, "dev", &["127.0.0.1:0".to_owned()])
             .await?;
         agent_tls
             .save(&material)
             .context("write the dev agent's certificate")?;
     }
+    // The ingress in this process too.
+    let ingress_dir = data_dir.join("ingress");
+    let ingress_tls = berth_tls::dir::TlsDir::new(&ingress_dir);
+    if ingress_tls.load()?.is_none() {
+        let material = server
+            .local_material(
+                berth_tls::Role::Ingress,
+                "dev",
+                &[args.ingress_listen.to_string()],
+            )
+            .await?;
+        ingress_tls
+            .save(&material)
+            .context("write the dev ingress's certificate")?;
+    }
+    let ingress_member = crate::ingress::member(
+        "dev".into(),
+        ingress_dir,
+        vec![server.address.to_string()],
+        None,
+        args.ingress_listen,
+    )?;
+    let ingress_listeners = crate::ingress::Listeners {
+        listen: args.ingress_listen,
+        metrics: args.ingress_metrics_listen,
+        tls: None,
+    };
     tokio::spawn(publish_dev_credentials(data_dir.clone()));
     let runtime = ContainerdRuntime::connect(ContainerdConfig {
         socket,
@@ -124,11 +157,12 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         join_gate: None,
         metrics_public: false,
     };
+    let ingress_at = args.ingress_listen;
     match &demo {
         Some(image) => eprintln!(
-            "berth dev is ready at {server_addr}. In another terminal:\n    berth run --wait {image} -- echo hello"
+            "berth dev is ready at {server_addr}, its ingress at http://{ingress_at}. In another terminal:\n    berth run --wait {image} -- echo hello"
         ),
-        None => eprintln!("berth dev is ready at {server_addr}"),
+        None => eprintln!("berth dev is ready at {server_addr}, its ingress at http://{ingress_at}"),
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(async move {
@@ -138,9 +172,19 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         })
         .await
     });
+    let mut ingress_stop = stop_tx.subscribe();
+    let ingress_task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = ingress_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = crate::ingress::serve(ingress_member, ingress_listeners, stopped).await {
+            tracing::error!("the dev ingress stopped: {e:#}");
+        }
+    });
     let result = server.serve(shutdown_signal()).await;
     stop_tx.send_replace(true);
     let _ = agent_task.await;
+    let _ = ingress_task.await;
     result
 }
 

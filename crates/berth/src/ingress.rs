@@ -79,24 +79,62 @@ pub(crate) async fn run_ingress(args: IngressArgs) -> anyhow::Result<()> {
     let tls = public_tls(&args)?;
     let join_token =
         berth_agent::join_token(args.join_token.as_deref(), args.join_token_file.as_deref())?;
-    // The certificate names the listener's host (loopback when it listens everywhere): the
-    // ingress dials servers, nothing dials it with its cluster identity.
-    let named = if args.listen.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], args.listen.port()))
-    } else {
-        args.listen
+    let member = member(
+        args.name.clone().unwrap_or_else(host_name),
+        args.data_dir.clone(),
+        args.servers.clone(),
+        join_token,
+        args.listen,
+    )?;
+    let listeners = Listeners {
+        listen: args.listen,
+        metrics: args.metrics_listen,
+        tls,
     };
-    let member = berth_agent::Member {
+    serve(member, listeners, shutdown_signal()).await
+}
+
+/// Who an ingress is in the cluster. Its certificate names the listener's host (loopback when
+/// it listens everywhere): the ingress dials servers, nothing dials it with that identity.
+pub(crate) fn member(
+    name: String,
+    data_dir: PathBuf,
+    servers: Vec<String>,
+    join_token: Option<berth_tls::JoinToken>,
+    listen: SocketAddr,
+) -> anyhow::Result<berth_agent::Member> {
+    let named = if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    };
+    Ok(berth_agent::Member {
         role: berth_tls::Role::Ingress,
-        name: args.name.clone().unwrap_or_else(host_name),
-        data_dir: args.data_dir.clone(),
-        servers: args.servers.clone(),
+        name,
+        data_dir,
+        servers,
         join_token,
         join_timeout: JOIN_TIMEOUT,
         join_gate: None,
         advertise: berth_agent::Advertise::new(named, None)?,
-    };
-    let address = named.to_string();
+    })
+}
+
+/// Where an ingress serves requests (with TLS, or plain) and metrics.
+pub(crate) struct Listeners {
+    pub(crate) listen: SocketAddr,
+    pub(crate) metrics: SocketAddr,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Runs an ingress until `shutdown`: its certificate (joining when it has none), the Watch of
+/// the cluster, and its listeners.
+pub(crate) async fn serve(
+    member: berth_agent::Member,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let address = member.advertise.address(listeners.listen.port());
     let membership = berth_agent::Membership::establish(&member, &address).await?;
 
     let (routes_tx, routes) = watch::channel(Arc::new(RouteTable::default()));
@@ -106,16 +144,20 @@ pub(crate) async fn run_ingress(args: IngressArgs) -> anyhow::Result<()> {
         Arc::new(Balancer::default()),
         metrics.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listeners.listen)
         .await
-        .with_context(|| format!("bind the ingress listener on {}", args.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .with_context(|| format!("bind the ingress listener on {}", listeners.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(listeners.metrics)
         .await
-        .with_context(|| format!("bind the metrics listener on {}", args.metrics_listen))?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+        .with_context(|| format!("bind the metrics listener on {}", listeners.metrics))?;
+    let scheme = if listeners.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        listen = %args.listen,
-        metrics = %args.metrics_listen,
+        listen = %listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
         name = %member.name,
         "berth ingress serving {scheme}"
     );
@@ -128,7 +170,7 @@ pub(crate) async fn run_ingress(args: IngressArgs) -> anyhow::Result<()> {
     };
     let http = tokio::spawn(berth_ingress::serve_http(
         listener,
-        tls,
+        listeners.tls,
         proxy.clone(),
         stopped(),
     ));
@@ -137,14 +179,14 @@ pub(crate) async fn run_ingress(args: IngressArgs) -> anyhow::Result<()> {
         metrics,
         stopped(),
     ));
-    let tcp = tcp_listeners(args.listen.ip(), routes, proxy, stopped.clone());
+    let tcp = tcp_listeners(listeners.listen.ip(), routes, proxy, stopped.clone());
     let follow = berth_ingress::cluster::follow(
-        args.servers.clone(),
+        member.servers.clone(),
         membership.dialer().clone(),
         routes_tx,
     );
     tokio::select! {
-        () = shutdown_signal() => {}
+        () = shutdown => {}
         () = follow => {}
         () = tcp => {}
         () = membership.keep_renewed(&member, &address) => {}

@@ -1,6 +1,7 @@
 //! `berth`: one binary, five roles — `server`, `agent`, `dev`, `ingress`, and every other
-//! subcommand is the admin CLI. Each long-running role has its module (`server`, `agent`, `dev`; `daemon`
-//! for what they share); this file parses the command line and dispatches.
+//! subcommand is the admin CLI. Each long-running role has its module (`server`, `agent`,
+//! `dev`, `ingress`; `daemon` for what they share); this file parses the command line and
+//! dispatches.
 
 mod agent;
 mod daemon;

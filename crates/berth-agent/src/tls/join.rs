@@ -29,7 +29,7 @@ pub(super) async fn join(
         client_config(&Trust::Pinned(pinned.clone()), None)
             .context("TLS configuration for joining")?,
     );
-    let key = NodeKey::generate().context("generate this agent's key")?;
+    let key = NodeKey::generate().context("generate this node's key")?;
     let request = JoinRequest {
         token_id: token.id.clone(),
         secret: token.secret.clone(),

@@ -112,14 +112,14 @@ pub enum ConfigError {
     },
 }
 
-/// The host servers dial to reach this agent's API: an IP address or a DNS name.
+/// The host servers dial to reach this node's API: an IP address or a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Host {
     Ip(IpAddr),
     Name(String),
 }
 
-/// Where servers reach this agent's API (logs, exec), from `--advertise HOST[:PORT]` or, without
+/// Where servers reach this node's API (logs, exec), from `--advertise HOST[:PORT]` or, without
 /// it, the listen address. Its host is also a name in the agent's certificate, since servers
 /// check it when they dial. Without a port, the port the API is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,7 +286,7 @@ impl NodeTls {
         let m = &held.material;
         let credentials = Arc::new(
             Credentials::new(&m.cert_pem, &m.key_pem, m.chain())
-                .context("load this agent's certificate and key")?,
+                .context("load this node's certificate and key")?,
         );
         let trust = TrustStore::new(m.trust()).context("read the CAs this agent trusts")?;
         let dialer = Dialer::new(
@@ -330,7 +330,7 @@ pub(crate) struct Held {
     pub(crate) renew_now: bool,
 }
 
-/// Loads this agent's material from `DATA_DIR/tls`, or joins the cluster with the token when
+/// Loads this node's material from `DATA_DIR/tls`, or joins the cluster with the token when
 /// there is none (or the stored certificate has expired and a token is given), and saves it.
 pub(crate) async fn establish(config: &Member, address: &str) -> anyhow::Result<(NodeTls, Held)> {
     let dir = TlsDir::new(&config.data_dir);
@@ -338,7 +338,7 @@ pub(crate) async fn establish(config: &Member, address: &str) -> anyhow::Result<
     let how_to_join = how_to_join(config.role);
     let stored = dir
         .load()
-        .with_context(|| format!("read this agent's certificate in {}", dir.path().display()))?;
+        .with_context(|| format!("read this node's certificate in {}", dir.path().display()))?;
     let held = match stored {
         Some(material) => {
             let info = CertInfo::read(&material.cert_pem).with_context(|| {
@@ -369,7 +369,7 @@ pub(crate) async fn establish(config: &Member, address: &str) -> anyhow::Result<
                 };
                 tracing::warn!(
                     expired = %format_time(info.not_after),
-                    "this agent's certificate expired; joining again with the join token"
+                    "this node's certificate expired; joining again with the join token"
                 );
                 join::join(config, token, &identity, address, &dir).await?
             } else {
@@ -383,7 +383,7 @@ pub(crate) async fn establish(config: &Member, address: &str) -> anyhow::Result<
                 }
                 tracing::info!(
                     expires = %format_time(info.not_after),
-                    "using this agent's certificate from {}",
+                    "using this node's certificate from {}",
                     dir.path().display()
                 );
                 Held {
@@ -466,9 +466,9 @@ fn check_answer(
 /// A server's answer that the agent does not accept.
 #[derive(Debug, thiserror::Error)]
 enum AnswerError {
-    #[error("the server answered a certificate that does not chain to a CA this agent trusts (for a join: the one the token pins)")]
+    #[error("the server answered a certificate that does not chain to a CA this node trusts (for a join: the one the token pins)")]
     OtherCa,
-    #[error("the server answered a CA to trust that no CA this agent trusts vouches for")]
+    #[error("the server answered a CA to trust that no CA this node trusts vouches for")]
     UnknownCa,
     #[error("the server answered a certificate of {found}")]
     WrongIdentity { found: String },

@@ -55,7 +55,7 @@ pub(crate) async fn renewals(config: &Member, tls: &NodeTls, mut held: Held, add
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = tls.renew_now.notified() => {
-                    tracing::info!("a server asked this agent to renew its certificate now");
+                    tracing::info!("a server asked this node to renew its certificate now");
                     held.renew_now = true;
                 }
             }
@@ -70,7 +70,7 @@ pub(crate) async fn renewals(config: &Member, tls: &NodeTls, mut held: Held, add
             Ok(next) => {
                 tracing::info!(
                     expires = %format_time(next.not_after),
-                    "renewed this agent's certificate"
+                    "renewed this node's certificate"
                 );
                 held = next;
             }
@@ -79,12 +79,12 @@ pub(crate) async fn renewals(config: &Member, tls: &NodeTls, mut held: Held, add
                 if held.not_after <= now {
                     tracing::error!(
                         expired = %format_time(held.not_after),
-                        "this agent's certificate expired and the servers no longer accept it: {e:#}"
+                        "this node's certificate expired and the servers no longer accept it: {e:#}"
                     );
                 } else {
                     tracing::warn!(
                         expires = %format_time(held.not_after),
-                        "renew this agent's certificate: {e:#}"
+                        "renew this node's certificate: {e:#}"
                     );
                 }
                 tokio::time::sleep(retry_after(now, held.not_after)).await;
@@ -102,7 +102,7 @@ pub(super) async fn renew(
     address: &str,
     dir: &TlsDir,
 ) -> anyhow::Result<Held> {
-    let key = NodeKey::from_pem(&held.material.key_pem).context("read this agent's key")?;
+    let key = NodeKey::from_pem(&held.material.key_pem).context("read this node's key")?;
     let request = RenewRequest {
         csr: key
             .csr(identity)
@@ -131,7 +131,7 @@ pub(super) async fn renew(
     if material.ca_pem.trim() != held.material.ca_pem.trim() {
         tracing::info!(
             ca = %berth_tls::fingerprint(&material.ca_pem).unwrap_or_default(),
-            "the cluster CA was rotated: this agent's certificate is now from the new CA"
+            "the cluster CA was rotated: this node's certificate is now from the new CA"
         );
     }
     // Saved first: if that fails, the old certificate stays in use (and on disk) and the

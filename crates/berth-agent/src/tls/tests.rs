@@ -245,7 +245,7 @@ fn a_join_answer_must_name_this_agent_with_the_pinned_ca() {
 
     let other = ClusterCa::create("other").expect("ca");
     let theirs = issue(&other, &me, &[]);
-    let refused = "the server answered a certificate that does not chain to a CA this agent trusts (for a join: the one the token pins)";
+    let refused = "the server answered a certificate that does not chain to a CA this node trusts (for a join: the one the token pins)";
     assert_eq!(check(answer(&other, &theirs, "", "")), Err(refused.into()));
     // A certificate that its answered CA did not sign.
     assert_eq!(check(answer(&ca, &theirs, "", "")), Err(refused.into()));
@@ -296,7 +296,7 @@ fn a_renewal_moves_onto_a_rotated_ca_only_when_the_trusted_ca_vouches_for_it() {
     );
     assert_eq!(
         check(&sneaky, old.cert_pem()),
-        Err("the server answered a CA to trust that no CA this agent trusts vouches for".into())
+        Err("the server answered a CA to trust that no CA this node trusts vouches for".into())
     );
     // After the rotation: the new CA alone, which the agent trusts already.
     let after = answer(&new, &from_new, "", "");
