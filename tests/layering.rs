@@ -39,7 +39,10 @@ const GRAPH: &[(&str, &[&str])] = &[
             "berth-tls",
         ],
     ),
-    ("berth-agent", &["berth-model", "berth-proto", "berth-tls"]),
+    (
+        "berth-agent",
+        &["berth-ingress", "berth-model", "berth-proto", "berth-tls"],
+    ),
     (
         "berth-ingress",
         &["berth-model", "berth-proto", "berth-tls"],

@@ -234,3 +234,99 @@ async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing
     assert!(!netns_exists(&fixed));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_reaches_a_service_by_name_through_its_node_s_discovery() -> anyhow::Result<()> {
+    let Cluster { env, server, agent } = Cluster::start().await?;
+    let addr = server.addr.to_string();
+    let manifest = env.path("web.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  desiredCount: 2
+  deregistrationDelay: 1s
+  template:
+    cpu: 64
+    memory: 32
+    containers:
+      - name: httpd
+        image: {}
+        command: [sh, -c, '{HTTPD}']
+        portMappings:
+          - containerPort: 8080
+        stopTimeout: 1s
+",
+            env.image
+        ),
+    )?;
+    let out = cli(
+        &addr,
+        &["apply", "-f", &manifest.to_string_lossy(), "--wait"],
+    )
+    .await?;
+    assert!(out.status.success(), "{out:?}");
+    let endpoints = poll("two endpoints", TIMEOUT, || async {
+        let e = cli_json(&addr, &["get", "endpoints", "web"]).await.ok()?;
+        (e["endpoints"].as_array()?.len() == 2).then_some(e)
+    })
+    .await
+    .map_err(|e| {
+        let last = std::process::Command::new(berth_tests::berth_bin())
+            .args(["get", "endpoints", "web", "-o", "json", "--server", &addr])
+            .args(["--credentials"])
+            .arg(berth_tests::credentials_for(&addr).unwrap_or_default())
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!("{e:#}; last: {last}")
+    })?;
+    assert_eq!(endpoints["ports"], serde_json::json!([8080]), "{endpoints}");
+    // By its full name and, from its own namespace, by its short name.
+    for name in ["web.default.berth.internal", "web"] {
+        let script = format!(
+            "for i in $(seq 1 50); do wget -q -O - http://{name}:8080/ && exit 0; sleep 0.2; done; exit 1"
+        );
+        let out = cli(
+            &addr,
+            &["run", "--wait", &env.image, "--", "sh", "-c", &script],
+        )
+        .await?;
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+            (Some(0), "hello-from-task"),
+            "{name}: {}; see {}",
+            String::from_utf8_lossy(&out.stderr),
+            env.path(&format!("agent-{}/agent.log", agent.name))
+                .display()
+        );
+    }
+    // A name that names no service does not resolve.
+    let out = cli(
+        &addr,
+        &[
+            "run",
+            "--wait",
+            &env.image,
+            "--",
+            "nslookup",
+            "api.default.berth.internal",
+        ],
+    )
+    .await?;
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    Ok(())
+}

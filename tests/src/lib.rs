@@ -166,9 +166,16 @@ impl AgentNetwork {
         ]
     }
 
-    /// The agent flags that select it.
-    pub fn flags(&self) -> [&str; 4] {
-        ["--bridge", &self.bridge, "--task-subnet", &self.subnet]
+    /// The agent flags that select it. Tasks get no name server but the node's own: test
+    /// traffic never leaves the machine.
+    pub fn flags(&self) -> [&str; 5] {
+        [
+            "--bridge",
+            &self.bridge,
+            "--task-subnet",
+            &self.subnet,
+            "--no-host-nameservers",
+        ]
     }
 }
 

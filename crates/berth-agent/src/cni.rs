@@ -73,6 +73,32 @@ impl FromStr for Subnet {
     }
 }
 
+impl Subnet {
+    fn size(self) -> u32 {
+        1u32 << (32 - u32::from(self.prefix))
+    }
+
+    /// The bridge's address: the first of the subnet. Tasks route through it, and the node's
+    /// service discovery answers on it.
+    pub fn gateway(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    /// The addresses the node serves discovered services on, one per service: the last
+    /// eighth of the subnet (4 to 256 addresses) before the broadcast address. Tasks get
+    /// their addresses below them.
+    pub fn service_addresses(self) -> std::ops::RangeInclusive<u32> {
+        let last = u32::from(self.network) + self.size() - 2;
+        let count = (self.size() / 8).clamp(4, 256);
+        last - count + 1..=last
+    }
+
+    /// The last address tasks get.
+    pub fn last_task_address(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.service_addresses().start() - 1)
+    }
+}
+
 impl fmt::Display for Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix)
@@ -138,7 +164,10 @@ pub fn network_list(s: &NetworkSettings) -> Value {
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": s.subnet.to_string()}]],
+                    "ranges": [[{
+                        "subnet": s.subnet.to_string(),
+                        "rangeEnd": s.subnet.last_task_address().to_string(),
+                    }]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": s.state_dir.join("ipam"),
                 },
@@ -532,6 +561,30 @@ mod tests {
     }
 
     #[test]
+    fn a_subnet_keeps_its_first_address_for_the_bridge_and_its_last_eighth_for_services() {
+        let s: Subnet = "10.220.0.0/16".parse().expect("valid");
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 220, 0, 1));
+        let services = s.service_addresses();
+        assert_eq!(
+            (
+                Ipv4Addr::from(*services.start()),
+                Ipv4Addr::from(*services.end())
+            ),
+            (
+                Ipv4Addr::new(10, 220, 254, 255),
+                Ipv4Addr::new(10, 220, 255, 254)
+            )
+        );
+        assert_eq!(s.last_task_address(), Ipv4Addr::new(10, 220, 254, 254));
+        let small: Subnet = "10.221.3.0/24".parse().expect("valid");
+        assert_eq!(small.last_task_address(), Ipv4Addr::new(10, 221, 3, 222));
+        assert_eq!(small.service_addresses().count(), 32);
+        let tiny: Subnet = "10.0.0.0/28".parse().expect("valid");
+        assert_eq!(tiny.service_addresses().count(), 4);
+        assert_eq!(tiny.last_task_address(), Ipv4Addr::new(10, 0, 0, 10));
+    }
+
+    #[test]
     fn bridge_names_fit_linux_interface_names() {
         assert_eq!(bridge_name("berth0").as_deref(), Ok("berth0"));
         assert!(bridge_name("").is_err());
@@ -574,6 +627,7 @@ mod tests {
             (Some("berth0"), Some(true))
         );
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.88.0.0/24");
+        assert_eq!(bridge["ipam"]["ranges"][0][0]["rangeEnd"], "10.88.0.222");
         assert_eq!(bridge["ipam"]["dataDir"], "/var/lib/berth/cni/ipam");
     }
 

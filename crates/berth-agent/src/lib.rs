@@ -15,6 +15,8 @@
 mod api;
 pub mod cni;
 pub mod containerd;
+pub mod discovery;
+pub mod dns;
 pub mod engine;
 mod fake;
 mod fencing;
@@ -81,6 +83,8 @@ pub struct AgentConfig {
     pub metrics_interval: Duration,
     /// This agent's metrics, served on `/metrics` at its API address.
     pub metrics: Metrics,
+    /// Service discovery for the node's tasks (none for hollow agents).
+    pub discovery: Option<discovery::DiscoveryConfig>,
 }
 
 impl AgentConfig {
@@ -109,6 +113,7 @@ pub struct Agent {
     contact: fencing::Contact,
     /// The CA, this agent's certificate and the dialer of TLS channels to the servers.
     tls: tls::NodeTls,
+    discovery: Option<Arc<discovery::Discovery>>,
 }
 
 impl Agent {
@@ -159,13 +164,14 @@ impl Agent {
             tracing::info!(tasks = ?stale, "removed the networks of tasks that are gone");
         }
         let agent = Arc::new(Agent {
-            config,
             runtime,
             tasks: TaskTable::default(),
             updates_tx,
             found: Mutex::new(Some(by_task)),
             contact: fencing::Contact::new(),
             tls: node_tls,
+            discovery: config.discovery.clone().map(discovery::Discovery::new),
+            config,
         });
         let log_root = agent.log_root();
         tokio::fs::create_dir_all(&log_root)
@@ -193,11 +199,22 @@ impl Agent {
         let fence = fencing::fence(&agent.contact, &agent.tasks);
         let member = agent.config.member();
         let renewals = tls::renew::renewals(&member, &agent.tls, held, &address);
+        let discovery = async {
+            let Some(d) = agent.discovery.clone() else {
+                return std::future::pending().await;
+            };
+            if let Err(e) = d.run().await {
+                // The node's tasks run on; only discovery by name is missing.
+                tracing::error!("service discovery stopped: {e:#}");
+            }
+            std::future::pending::<()>().await
+        };
         tokio::select! {
             r = api => r.context("agent API server")?,
             () = sessions.instrument(span.clone()) => {}
             () = fence.instrument(span.clone()) => {}
-            () = renewals.instrument(span) => {}
+            () = renewals.instrument(span.clone()) => {}
+            () = discovery.instrument(span) => {}
             () = shutdown => {}
         }
         Ok(())

@@ -30,6 +30,22 @@ fn read(wire: TaskAssignment) -> DesiredEntry {
 }
 
 impl Agent {
+    /// Hands the endpoints the servers sent to the node's service discovery.
+    pub(crate) fn endpoints(&self, endpoints: berth_proto::v1::Endpoints) {
+        let Some(discovery) = &self.discovery else {
+            return;
+        };
+        match endpoints
+            .services
+            .into_iter()
+            .map(berth_model::ServiceEndpoints::try_from)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(services) => discovery.update(services),
+            Err(e) => tracing::warn!("ignore endpoints the servers sent: {e}"),
+        }
+    }
+
     /// Makes the tasks on this node match the server's desired set. `latest` is the session's
     /// last report of each task; forgotten tasks leave it.
     pub(crate) fn reconcile(
@@ -55,6 +71,7 @@ impl Agent {
         match action {
             Action::Start { assignment, adopt } => {
                 let task_id = assignment.task_id.clone();
+                let namespace = assignment.namespace.clone();
                 let (stop, stop_rx) = watch::channel(None);
                 let done = Arc::new(AtomicBool::new(false));
                 let containers = assignment
@@ -74,6 +91,11 @@ impl Agent {
                     metrics: self.config.metrics.clone(),
                     bind_ip: self.config.advertise.host(),
                     ip_address: None,
+                    resolv_conf: self.discovery.as_ref().and_then(|d| {
+                        d.resolv_conf(&namespace)
+                            .inspect_err(|e| tracing::warn!("write the task's resolv.conf: {e}"))
+                            .ok()
+                    }),
                 };
                 span.in_scope(|| tracing::info!("start task"));
                 tokio::spawn(run.run().instrument(span));
@@ -171,6 +193,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             metrics_interval: Duration::from_secs(1),
             metrics: Metrics::new(),
+            discovery: None,
         };
         let agent = Agent {
             config,
@@ -180,6 +203,7 @@ mod tests {
             found: Mutex::new(Some(by_task)),
             contact: fencing::Contact::new(),
             tls: crate::tls::NodeTls::for_tests("node-1"),
+            discovery: None,
         };
         (agent, updates)
     }

@@ -52,6 +52,8 @@ pub struct ContainerSpec {
     pub netns: Option<String>,
     /// Run `args` under the runtime's minimal init (PID 1 forwarding signals, reaping zombies).
     pub init: bool,
+    /// A resolv.conf to mount read-only at /etc/resolv.conf (the node's service discovery).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A task's network as the runtime made it.

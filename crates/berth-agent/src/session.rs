@@ -133,6 +133,7 @@ impl Agent {
                             tracing::info!(reason = %r.reason, "renew the certificate now");
                             self.tls.renew_now.notify_one();
                         }
+                        Some(ServerMsg::Endpoints(e)) => self.endpoints(e),
                         Some(ServerMsg::Ack(_)) | None => {}
                     }
                 }

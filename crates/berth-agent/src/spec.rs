@@ -106,6 +106,22 @@ pub fn build_spec(
 ) -> Result<Spec, RuntimeError> {
     let err = RuntimeError::Spec;
     let mut mounts = get_default_mounts();
+    if let Some(resolv) = &c.resolv_conf {
+        // The node's service discovery first among the name servers.
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(resolv)
+                .options(
+                    ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(err)?,
+        );
+    }
     let args = if c.init {
         mounts.push(
             MountBuilder::default()
@@ -296,8 +312,19 @@ mod tests {
             log_path: "/tmp/x".into(),
             netns: Some("/run/netns/berth-t1".into()),
             init: false,
+            resolv_conf: Some("/var/lib/berth/dns/default.resolv.conf".into()),
         };
         let spec = build_spec(&c, "/berth/node-1", Path::new("/init")).expect("spec builds");
+        let resolv = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .find(|m| m.destination() == Path::new("/etc/resolv.conf"))
+            .and_then(|m| m.source().clone());
+        assert_eq!(
+            resolv,
+            Some("/var/lib/berth/dns/default.resolv.conf".into())
+        );
         let json = serde_json::to_value(&spec).expect("spec serialises");
         assert_eq!(json["linux"]["cgroupsPath"], "/berth/node-1/t1-app");
         assert_eq!(

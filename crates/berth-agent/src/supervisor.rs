@@ -78,6 +78,8 @@ pub struct TaskRun {
     pub bind_ip: String,
     /// The task's address on the node's task network, once attached.
     pub ip_address: Option<std::net::Ipv4Addr>,
+    /// The resolv.conf its containers get (the node's service discovery), if any.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// What starting a task's containers in dependency order needs.
@@ -619,6 +621,7 @@ impl TaskRun {
             log_path: self.log_dir.join(format!("{}.log", c.name)),
             netns: None,
             init: c.init,
+            resolv_conf: self.resolv_conf.clone(),
         }
     }
 

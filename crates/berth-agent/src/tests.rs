@@ -211,6 +211,7 @@ fn task_run(
         metrics: Metrics::new(),
         bind_ip: "10.0.0.5".into(),
         ip_address: None,
+        resolv_conf: None,
     };
     (run, rx, stop)
 }

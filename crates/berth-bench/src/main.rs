@@ -5,8 +5,8 @@
 //!
 //!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given
 //!
-//! The scenarios live by group in `raft`, `start` and `fleet`; `cluster` (the servers and hollow
-//! agents measured) and `api` (requests and `/metrics` waits) serve them all; `results` keeps
+//! The scenarios live by group in `raft`, `start`, `ingress` and `fleet`; `cluster` (the servers
+//! and hollow agents measured) and `api` (requests and `/metrics` waits) serve them all; `results` keeps
 //! the numbers and renders them beside the goals.
 
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use std::time::Instant;
 mod api;
 mod cluster;
 mod fleet;
+mod ingress;
 mod raft;
 mod results;
 mod start;
@@ -25,6 +26,7 @@ use results::Results;
 const SCENARIOS: &[&str] = &[
     "raft",
     "start",
+    "ingress",
     "failover",
     "node_loss",
     "placement_1k",
@@ -59,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         let outcome = match scenario {
             "raft" => raft::raft(&mut results).await,
             "start" => start::start(&mut results).await,
+            "ingress" => ingress::ingress(&mut results).await,
             "failover" => raft::failover(&mut results, 20).await,
             "node_loss" => fleet::node_loss(&mut results, 10).await,
             "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,

@@ -30,7 +30,7 @@ pub enum Command {
         files: Vec<String>,
     },
     /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], services,
-    /// service NAME, nodes.
+    /// service NAME, endpoints [SERVICE] (where a service's name leads), nodes.
     Get { kind: String, name: Option<String> },
     /// Show an object in detail: task ID, taskdef FAMILY[:REV], service NAME, node NAME.
     Describe { kind: String, name: String },

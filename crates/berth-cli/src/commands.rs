@@ -189,6 +189,14 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             let s = services::fetch(&mut client, global, name).await?;
             services::print(global.output, &[s], true)
         }
+        ("endpoints" | "endpoint" | "ep", name) => {
+            let list = crate::endpoints::get(&mut client, global, name).await?;
+            print!(
+                "{}",
+                crate::endpoints::render(global.output, &list, name.is_some())?
+            );
+            Ok(())
+        }
         ("nodes" | "node", name) => {
             let mut nodes = list_nodes(&mut client, global).await?;
             if let Some(name) = name {
@@ -200,7 +208,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             print_nodes(global.output, &nodes, name.is_some())
         }
         (other, _) => bail!(
-            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV], services, service NAME or nodes"
+            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV], services, service NAME, endpoints [SERVICE] or nodes"
         ),
     }
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod commands;
 mod credentials;
 mod diff;
+mod endpoints;
 mod events;
 #[cfg(test)]
 mod golden;

@@ -13,11 +13,13 @@
 pub mod autoscaling;
 pub mod ca;
 pub mod desired;
+pub mod endpoints;
 pub mod nodes;
 pub mod preview;
 pub mod scheduling;
 pub mod services;
 
 pub use desired::desired_tasks;
+pub use endpoints::endpoints;
 #[cfg(test)]
 mod tests;

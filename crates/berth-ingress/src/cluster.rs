@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{DesiredStatus, HealthStatus, Service, Task, TaskDefinition, TaskStatus};
+use berth_model::{Service, Task, TaskDefinition};
 use berth_proto::v1 as pb;
 use berth_proto::v1::berth_client::BerthClient;
 use berth_tls::net::Dialer;
@@ -90,25 +90,7 @@ impl Cluster {
     }
 }
 
-/// Whether `t` may receive traffic: running, wanted, and every container with a health check
-/// healthy (a container's health is UNKNOWN until its first check passes or fails).
-pub fn routable(t: &Task, def: Option<&TaskDefinition>) -> bool {
-    if t.last_status != TaskStatus::Running || t.desired_status != DesiredStatus::Running {
-        return false;
-    }
-    t.containers.iter().all(|c| {
-        let checked = def.is_some_and(|d| {
-            d.containers
-                .iter()
-                .any(|cd| cd.name == c.name && cd.health_check.is_some())
-        });
-        match c.health_status {
-            HealthStatus::Unhealthy => false,
-            HealthStatus::Unknown => !checked,
-            HealthStatus::Healthy => true,
-        }
-    })
-}
+pub use berth_model::routable;
 
 /// Builds the route table: each ingress rule of each service, with the tasks of the service
 /// that may receive traffic as backends, reached at the node address and host port their
@@ -226,6 +208,8 @@ mod tests {
         ContainerDefinition, ContainerState, HealthCheck, IngressRule, NetworkBinding, PortMapping,
         Protocol, TaskDefinitionSpec,
     };
+
+    use berth_model::{DesiredStatus, HealthStatus, TaskStatus};
 
     use super::*;
 

@@ -33,7 +33,8 @@ pub use namespace::{
     Namespace, Quota, QuotaExceeded, QuotaResource, Usage, MAX_QUOTA_CPU, MAX_QUOTA_MEMORY,
 };
 pub use network::{
-    IngressRule, NetworkBinding, PortMapping, Protocol, DEFAULT_DEREGISTRATION_DELAY_SECS,
+    published_tcp_ports, routable, service_endpoints, Endpoint, IngressRule, NetworkBinding,
+    PortMapping, Protocol, ServiceEndpoints, DEFAULT_DEREGISTRATION_DELAY_SECS,
 };
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{

@@ -225,6 +225,107 @@ impl IngressRule {
     }
 }
 
+/// Where one published port of a service's task is reached: an endpoint of the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub task_id: String,
+    pub node: String,
+    pub container_name: String,
+    pub container_port: u16,
+    /// The node's advertised address.
+    #[serde(rename = "bindIP")]
+    pub bind_ip: String,
+    pub host_port: u16,
+}
+
+/// The endpoints of one service: its tasks that may receive traffic, by published TCP port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEndpoints {
+    pub namespace: String,
+    pub service: String,
+    /// The container ports the service's task definition publishes over TCP, sorted: a name
+    /// answers on each, even while no task is ready.
+    pub ports: Vec<u16>,
+    /// Sorted by task, then port.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Whether `t` may receive traffic: RUNNING, wanted RUNNING, and every container with a
+/// health check HEALTHY (a container's health is UNKNOWN until its first check decides; with
+/// `def` unknown, UNKNOWN counts as "no health check").
+pub fn routable(t: &crate::Task, def: Option<&crate::TaskDefinition>) -> bool {
+    use crate::{DesiredStatus, HealthStatus, TaskStatus};
+    if t.last_status != TaskStatus::Running || t.desired_status != DesiredStatus::Running {
+        return false;
+    }
+    t.containers.iter().all(|c| {
+        let checked = def.is_some_and(|d| {
+            d.containers
+                .iter()
+                .any(|cd| cd.name == c.name && cd.health_check.is_some())
+        });
+        match c.health_status {
+            HealthStatus::Unhealthy => false,
+            HealthStatus::Unknown => !checked,
+            HealthStatus::Healthy => true,
+        }
+    })
+}
+
+/// The TCP container ports `def` publishes, sorted and without repeats.
+pub fn published_tcp_ports(def: &crate::TaskDefinition) -> Vec<u16> {
+    let mut ports: Vec<u16> = def
+        .containers
+        .iter()
+        .flat_map(|c| &c.port_mappings)
+        .filter(|m| m.protocol == Protocol::Tcp)
+        .map(|m| m.container_port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The endpoints of service `service` of `namespace` among `tasks` (any tasks: those of other
+/// services are skipped), publishing `ports`; `definition` finds a task's definition.
+pub fn service_endpoints<'a>(
+    namespace: &str,
+    service: &str,
+    ports: Vec<u16>,
+    tasks: impl Iterator<Item = &'a crate::Task>,
+    definition: impl Fn(&crate::Task) -> Option<&'a crate::TaskDefinition>,
+) -> ServiceEndpoints {
+    let group = format!("service:{service}");
+    let mut endpoints: Vec<Endpoint> = tasks
+        .filter(|t| t.namespace == namespace && t.group.as_deref() == Some(group.as_str()))
+        .filter(|t| routable(t, definition(t)))
+        .flat_map(|t| {
+            t.containers.iter().flat_map(move |c| {
+                c.network_bindings
+                    .iter()
+                    .filter(|b| b.protocol == Protocol::Tcp)
+                    .map(move |b| Endpoint {
+                        task_id: t.task_id.clone(),
+                        node: t.node.clone().unwrap_or_default(),
+                        container_name: c.name.clone(),
+                        container_port: b.container_port,
+                        bind_ip: b.bind_ip.clone(),
+                        host_port: b.host_port,
+                    })
+            })
+        })
+        .collect();
+    endpoints.sort_by(|a, b| (&a.task_id, a.container_port).cmp(&(&b.task_id, b.container_port)));
+    ServiceEndpoints {
+        namespace: namespace.to_owned(),
+        service: service.to_owned(),
+        ports,
+        endpoints,
+    }
+}
+
 /// A task's port mappings make sense together: container ports set, no container port or
 /// fixed host port published twice (per protocol) in the task. `field(i, j)` names mapping
 /// `j` of container `i`.

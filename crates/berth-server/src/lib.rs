@@ -6,6 +6,7 @@ mod agents;
 mod api;
 mod auth;
 pub mod controllers;
+mod endpoints;
 mod identity;
 mod join;
 pub mod metrics;
@@ -305,7 +306,9 @@ impl Server {
         let liveness = Liveness::default();
         let usage = Usage::default();
         let store = &self.store;
+        let (endpoints, publish_endpoints) = endpoints::publisher(store.clone());
         let controllers = [
+            tokio::spawn(publish_endpoints),
             tokio::spawn(leader_loop(store.clone(), Scheduler::new(metrics.clone()))),
             tokio::spawn(leader_loop(store.clone(), ServiceReconciler)),
             tokio::spawn(leader_loop(
@@ -393,6 +396,7 @@ impl Server {
                 usage,
                 self.node_ttl,
                 metrics.clone(),
+                endpoints,
             ))
             .add_service(join::JoinService::new(
                 self.store.clone(),

@@ -92,6 +92,10 @@ pub(crate) struct AgentArgs {
     /// The subnet tasks on this node get their addresses from (the bridge takes the first).
     #[arg(long, default_value = berth_agent::cni::DEFAULT_SUBNET)]
     pub(crate) task_subnet: berth_agent::cni::Subnet,
+    /// Give tasks only the node's own name server (service discovery), not the host's name
+    /// servers after it: tasks then resolve nothing outside berth.internal.
+    #[arg(long)]
+    pub(crate) no_host_nameservers: bool,
     /// Where the CNI plugins are (Debian's containernetworking-plugins).
     #[arg(long, default_value = berth_agent::cni::DEFAULT_PLUGIN_DIR)]
     pub(crate) cni_plugin_dir: PathBuf,
@@ -215,6 +219,7 @@ pub(crate) async fn run_hollow(args: AgentArgs, count: u32) -> anyhow::Result<()
             metrics_interval: args.metrics_interval,
             // Each hollow agent has its own metrics, as it would in its own process.
             metrics: berth_agent::Metrics::new(),
+            discovery: None,
         };
         let mut stop = stop_rx.clone();
         agents.spawn(async move {
@@ -261,7 +266,7 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
         init: args.init_path,
         network: berth_agent::cni::NetworkSettings {
-            bridge: args.bridge,
+            bridge: args.bridge.clone(),
             subnet: args.task_subnet,
             plugin_dir: args.cni_plugin_dir,
             state_dir: args.data_dir.join("cni"),
@@ -269,6 +274,7 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     })
     .await?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let dns_dir = args.data_dir.join("dns");
     let config = AgentConfig {
         node_name,
         data_dir: args.data_dir,
@@ -285,6 +291,16 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs(1),
         metrics_interval: args.metrics_interval,
         metrics: berth_agent::Metrics::new(),
+        discovery: Some(berth_agent::discovery::DiscoveryConfig {
+            bridge: args.bridge,
+            subnet: args.task_subnet,
+            dir: dns_dir,
+            upstream: if args.no_host_nameservers {
+                Vec::new()
+            } else {
+                berth_agent::discovery::host_nameservers()
+            },
+        }),
     };
     Agent::run(config, Arc::new(runtime), shutdown_signal()).await
 }

@@ -156,6 +156,12 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         join_timeout: Duration::from_secs(60),
         join_gate: None,
         metrics_public: false,
+        discovery: Some(berth_agent::discovery::DiscoveryConfig {
+            bridge: berth_agent::cni::DEFAULT_BRIDGE.into(),
+            subnet: berth_agent::cni::DEFAULT_SUBNET.parse()?,
+            dir: data_dir.join("agent").join("dns"),
+            upstream: berth_agent::discovery::host_nameservers(),
+        }),
     };
     let ingress_at = args.ingress_listen;
     match &demo {

@@ -153,6 +153,7 @@ fn config(
         heartbeat_interval: Duration::from_secs(1),
         metrics_interval: Duration::from_secs(1),
         metrics: Metrics::new(),
+        discovery: None,
     }
     .member()
 }

@@ -124,3 +124,57 @@ impl TryFrom<v1::IngressRule> for m::IngressRule {
         })
     }
 }
+
+impl From<m::Endpoint> for v1::Endpoint {
+    fn from(e: m::Endpoint) -> Self {
+        Self {
+            task_id: e.task_id,
+            node: e.node,
+            container_name: e.container_name,
+            container_port: e.container_port.into(),
+            bind_ip: e.bind_ip,
+            host_port: e.host_port.into(),
+        }
+    }
+}
+
+impl TryFrom<v1::Endpoint> for m::Endpoint {
+    type Error = ConversionError;
+    fn try_from(e: v1::Endpoint) -> Result<Self, ConversionError> {
+        Ok(Self {
+            task_id: e.task_id,
+            node: e.node,
+            container_name: e.container_name,
+            container_port: port("endpoints.containerPort", e.container_port)?,
+            bind_ip: e.bind_ip,
+            host_port: port("endpoints.hostPort", e.host_port)?,
+        })
+    }
+}
+
+impl From<m::ServiceEndpoints> for v1::ServiceEndpoints {
+    fn from(s: m::ServiceEndpoints) -> Self {
+        Self {
+            namespace: s.namespace,
+            service: s.service,
+            ports: s.ports.into_iter().map(u32::from).collect(),
+            endpoints: super::all_to_wire(s.endpoints),
+        }
+    }
+}
+
+impl TryFrom<v1::ServiceEndpoints> for m::ServiceEndpoints {
+    type Error = ConversionError;
+    fn try_from(s: v1::ServiceEndpoints) -> Result<Self, ConversionError> {
+        Ok(Self {
+            namespace: s.namespace,
+            service: s.service,
+            ports: s
+                .ports
+                .into_iter()
+                .map(|p| port("ports", p))
+                .collect::<Result<_, _>>()?,
+            endpoints: super::try_all(s.endpoints)?,
+        })
+    }
+}

@@ -58,16 +58,19 @@ pub struct AgentServiceImpl {
     usage: Usage,
     node_ttl: Duration,
     metrics: Metrics,
+    /// Pushed to every agent, for its service discovery.
+    endpoints: crate::endpoints::Published,
 }
 
 impl AgentServiceImpl {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         tls: Arc<crate::tls::ServerTls>,
         liveness: Liveness,
         usage: Usage,
         node_ttl: Duration,
         metrics: Metrics,
+        endpoints: crate::endpoints::Published,
     ) -> AgentServiceServer<Self> {
         AgentServiceServer::new(Self {
             store,
@@ -76,6 +79,7 @@ impl AgentServiceImpl {
             usage,
             node_ttl,
             metrics,
+            endpoints,
         })
     }
 }
@@ -147,6 +151,7 @@ impl AgentService for AgentServiceImpl {
             )
             .instrument(span.clone()),
         );
+        tokio::spawn(push::endpoints(self.endpoints.clone(), tx.clone()).instrument(span.clone()));
         let reader = reports::Reader {
             store: self.store.clone(),
             liveness: self.liveness.clone(),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{DesiredTasks, RenewCertificate, ServerMessage};
+use berth_proto::v1::{DesiredTasks, Endpoints, RenewCertificate, ServerMessage};
 use berth_store::Store;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -90,6 +90,33 @@ pub(super) async fn renewals(
             if tx.send(Ok(msg)).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Sends the agent the endpoints of discoverable services now (when there are any) and
+/// whenever they change.
+pub(super) async fn endpoints(
+    mut endpoints: crate::endpoints::Published,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+) {
+    let mut first = true;
+    loop {
+        let now = endpoints.borrow_and_update().clone();
+        if !(first && now.is_empty()) {
+            let msg = ServerMessage {
+                msg: Some(ServerMsg::Endpoints(Endpoints {
+                    services: now.iter().cloned().map(Into::into).collect(),
+                })),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        first = false;
+        tokio::select! {
+            changed = endpoints.changed() => if changed.is_err() { return },
+            () = tx.closed() => return,
         }
     }
 }
