@@ -330,3 +330,185 @@ spec:
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     Ok(())
 }
+
+/// A service of two tasks with `placement` (YAML) and `constraints`.
+fn service(name: &str, image: &str, count: u32, placement: &str) -> String {
+    format!(
+        "apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  desiredCount: {count}
+  deregistrationDelay: 1s
+  ingress:
+    - host: {name}.local
+      containerName: httpd
+      containerPort: 8080
+  placement: {placement}
+  template:
+    cpu: 64
+    memory: 32
+    containers:
+      - name: httpd
+        image: {image}
+        command: [sh, -c, '{HTTPD}']
+        portMappings:
+          - containerPort: 8080
+        stopTimeout: 1s
+"
+    )
+}
+
+#[tokio::test]
+async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let hosts = berth_tests::TestHosts::create(2)?;
+    let listen: std::net::SocketAddr =
+        format!("{}:{}", hosts.outside(), berth_dev::free_port()?).parse()?;
+    let server = berth_tests::ServerProc::start(&env.path("server"), Some(listen)).await?;
+    let addr = server.addr.to_string();
+    // The hosts pull from a registry on this host's address on their bridge (their loopback
+    // is their own).
+    let registry_at: std::net::SocketAddr =
+        format!("{}:{}", hosts.outside(), berth_dev::free_port()?).parse()?;
+    let _registry = berth_dev::Registry::start(&env.path("hosts-registry"), registry_at).await?;
+    let image = format!("{registry_at}/demo:latest");
+    let busybox = berth_dev::find_program("busybox").expect("busybox-static");
+    berth_dev::push_busybox_image(&busybox, &image).await?;
+    let insecure = registry_at.to_string();
+    let mut agents = Vec::new();
+    for (i, ns) in hosts.names.iter().enumerate() {
+        let name = format!("host-{i}");
+        let api = format!("{}:0", hosts.address(i));
+        let attr = format!("host={i}");
+        agents.push(
+            AgentProc::start_in(
+                &env,
+                &addr,
+                &name,
+                Some(ns),
+                &[
+                    "--listen",
+                    &api,
+                    "--attr",
+                    &attr,
+                    "--insecure-registry",
+                    &insecure,
+                ],
+            )
+            .await?,
+        );
+    }
+    let ingress = berth_tests::IngressProc::start(&env, &addr, "edge").await?;
+
+    // One task on each host, both behind the ingress.
+    let apply = |name: &'static str, yaml: String| {
+        let path = env.path(&format!("{name}.yaml"));
+        let addr = addr.clone();
+        async move {
+            std::fs::write(&path, yaml)?;
+            let out = cli(&addr, &["apply", "-f", &path.to_string_lossy(), "--wait"]).await?;
+            if !out.status.success() {
+                let tasks = cli_json(&addr, &["get", "tasks"]).await?;
+                let reasons: Vec<&str> = tasks
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t["stoppedReason"].as_str())
+                    .collect();
+                anyhow::bail!(
+                    "apply {name}: {}; tasks stopped: {reasons:?}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            anyhow::Ok(())
+        }
+    };
+    apply(
+        "web",
+        service(
+            "web",
+            &image,
+            2,
+            "{constraints: [{type: distinctInstance}]}",
+        ),
+    )
+    .await?;
+    let tasks = cli_json(&addr, &["get", "tasks"]).await?;
+    let web: Vec<(String, String)> = tasks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["lastStatus"] == "RUNNING")
+        .map(|t| {
+            let binding = &t["containers"][0]["networkBindings"][0];
+            (
+                t["taskId"].as_str().unwrap_or_default().to_owned(),
+                binding["bindIP"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let mut bind_ips: Vec<&str> = web.iter().map(|(_, ip)| ip.as_str()).collect();
+    bind_ips.sort_unstable();
+    assert_eq!(bind_ips, [hosts.address(0), hosts.address(1)], "{tasks}");
+    let front = ingress.addr.to_string();
+    poll("the ingress to route to web", TIMEOUT, || async {
+        let (code, _) = berth_tests::http_get(&front, "web.local", "/").await.ok()?;
+        (code == 200).then_some(())
+    })
+    .await?;
+    for _ in 0..20 {
+        let (code, body) = berth_tests::http_get(&front, "web.local", "/").await?;
+        assert_eq!((code, body.as_str()), (200, "hello-from-task\n"));
+    }
+    let metrics = ingress.metrics().await?;
+    for (task, _) in &web {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("berth_ingress_task_requests_total")
+                    && l.contains(task.as_str())),
+            "the ingress sent nothing to task {task}: {metrics}"
+        );
+    }
+
+    // A task on host 0 reaches, by name, a service whose only task runs on host 1.
+    apply(
+        "api",
+        service(
+            "api",
+            &image,
+            1,
+            "{constraints: [{type: memberOf, expression: \"attribute:host == 1\"}]}",
+        ),
+    )
+    .await?;
+    let script = "for i in $(seq 1 50); do wget -q -O - http://api.default.berth.internal:8080/ && exit 0; sleep 0.2; done; exit 1";
+    let out = cli(
+        &addr,
+        &[
+            "run",
+            "--wait",
+            "--placement-constraint",
+            "attribute:host == 0",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .await?;
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        (Some(0), "hello-from-task"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(agents);
+    Ok(())
+}

@@ -497,6 +497,18 @@ impl AgentProc {
         name: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_in(env, server, name, None, extra).await
+    }
+
+    /// Starts an agent inside the network namespace `netns` (a test host: see [`TestHosts`]),
+    /// or on this host when `None`, and waits until the server lists its node.
+    pub async fn start_in(
+        env: &Env,
+        server: &str,
+        name: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = env.path(&format!("agent-{name}"));
         std::fs::create_dir_all(&data_dir)?;
         let log = std::fs::OpenOptions::new()
@@ -509,7 +521,18 @@ impl AgentProc {
         } else {
             Some(join_token(server, "agent").await?)
         };
-        let child = Command::new(berth_bin())
+        let mut command = match netns {
+            // Only the network namespace: `ip netns exec` would give the agent a mount
+            // namespace of its own too, and the namespaces it makes for tasks would not be
+            // seen by containerd.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(berth_bin());
+                c
+            }
+            None => Command::new(berth_bin()),
+        };
+        let child = command
             .args([
                 "agent",
                 "--servers",
@@ -562,6 +585,97 @@ impl AgentProc {
     /// kill -9: its containers keep running, as after an agent crash.
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await.context("kill agent")
+    }
+}
+
+/// Hosts for tests: network namespaces joined by a bridge on this host, each with an address
+/// of `10.233.N.0/24` (this host is `.1`, the hosts `.2`, `.3`, …). Agents run inside them
+/// ([`AgentProc::start_in`]), so each has its own interfaces, bridge and iptables, as on a
+/// host of its own; test traffic stays inside them and this host's bridge. Removed on drop.
+pub struct TestHosts {
+    pub bridge: String,
+    /// `10.233.N`.
+    pub prefix: String,
+    pub names: Vec<String>,
+}
+
+static NEXT_HOSTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl TestHosts {
+    pub fn create(count: usize) -> anyhow::Result<Self> {
+        let n = NEXT_HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256;
+        let tag = format!("{}x{n}", std::process::id() % 10_000);
+        let prefix = format!("10.233.{n}");
+        let hosts = Self {
+            bridge: format!("bh{tag}"),
+            prefix: prefix.clone(),
+            names: (0..count).map(|i| format!("bh{tag}h{i}")).collect(),
+        };
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let out = std::process::Command::new("ip").args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        run(&["link", "add", "name", &hosts.bridge, "type", "bridge"])?;
+        run(&[
+            "addr",
+            "add",
+            &format!("{prefix}.1/24"),
+            "dev",
+            &hosts.bridge,
+        ])?;
+        run(&["link", "set", &hosts.bridge, "up"])?;
+        for (i, ns) in hosts.names.iter().enumerate() {
+            let (outer, inner) = (format!("{ns}o"), format!("{ns}i"));
+            run(&["netns", "add", ns])?;
+            run(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ])?;
+            run(&["link", "set", &outer, "master", &hosts.bridge, "up"])?;
+            run(&["link", "set", &inner, "netns", ns])?;
+            let address = format!("{}/24", hosts.address(i));
+            run(&["-n", ns, "addr", "add", &address, "dev", &inner])?;
+            run(&["-n", ns, "link", "set", &inner, "up"])?;
+            run(&["-n", ns, "link", "set", "lo", "up"])?;
+            run(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{prefix}.1"),
+            ])?;
+        }
+        Ok(hosts)
+    }
+
+    /// This host's address on the hosts' bridge.
+    pub fn outside(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// Host `i`'s address.
+    pub fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, i + 2)
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", ns])
+                .output();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .output();
     }
 }
 
