@@ -116,6 +116,20 @@ impl Discovery {
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let gateway = self.config.subnet.gateway();
         ensure_bridge(&self.config.bridge, gateway, self.config.subnet.prefix).await?;
+        // Services' addresses of an earlier run go: they are given out again as endpoints come.
+        let pool = self.config.subnet.service_addresses();
+        for address in bridge_addresses(&self.config.bridge).await? {
+            if pool.contains(&u32::from(address)) {
+                ip_quiet(&[
+                    "addr",
+                    "del",
+                    &format!("{address}/32"),
+                    "dev",
+                    &self.config.bridge,
+                ])
+                .await;
+            }
+        }
         let socket = tokio::net::UdpSocket::bind(SocketAddr::from((gateway, 53)))
             .await
             .with_context(|| {
@@ -315,6 +329,23 @@ async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> anyhow::R
     }
     ip_quiet(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", bridge]).await;
     ip(&["link", "set", bridge, "up"]).await
+}
+
+/// The IPv4 addresses on `bridge`.
+async fn bridge_addresses(bridge: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let out = tokio::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "dev", bridge])
+        .output()
+        .await
+        .context("run ip (install iproute2)")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect())
 }
 
 async fn ip(args: &[&str]) -> anyhow::Result<()> {
