@@ -80,6 +80,8 @@ pub(crate) fn footprint(env: &Env, agent: &str, net: &AgentNetwork) -> anyhow::R
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter(|l| l.contains(prefix))
+                // The node's own rule (for its services' discovery addresses), not a task's.
+                .filter(|l| !l.contains("discovery addresses"))
                 .map(|l| format!("{table}: {l}")),
         );
     }
@@ -314,6 +316,55 @@ spec:
                 .display()
         );
     }
+    // A service whose container port is also its fixed host port: the node's proxy for its
+    // name and the published port share the number, and both work.
+    let port = berth_dev::free_port()?;
+    let fixed = env.path("fixed.yaml");
+    std::fs::write(
+        &fixed,
+        format!(
+            "apiVersion: berth.dev/v1
+kind: Service
+metadata:
+  name: fixed
+spec:
+  desiredCount: 1
+  template:
+    cpu: 64
+    memory: 32
+    containers:
+      - name: httpd
+        image: {}
+        command: [sh, -c, 'mkdir -p /www && echo fixed > /www/index.html && exec httpd -f -p {port} -h /www']
+        portMappings:
+          - {{containerPort: {port}, hostPort: {port}}}
+        stopTimeout: 1s
+",
+            env.image
+        ),
+    )?;
+    let out = cli(&addr, &["apply", "-f", &fixed.to_string_lossy(), "--wait"]).await?;
+    assert!(out.status.success(), "{out:?}");
+    let script = format!(
+        "for i in $(seq 1 50); do wget -q -O - http://fixed:{port}/ && exit 0; sleep 0.2; done; exit 1"
+    );
+    let out = cli(
+        &addr,
+        &["run", "--wait", &env.image, "--", "sh", "-c", &script],
+    )
+    .await?;
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        (Some(0), "fixed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body) = berth_tests::http_get(&format!("127.0.0.1:{port}"), "x", "/").await?;
+    assert_eq!((code, body.trim()), (200, "fixed"));
+
     // A name that names no service does not resolve.
     let out = cli(
         &addr,

@@ -60,8 +60,10 @@ impl FromStr for Subnet {
         let prefix: u8 = prefix
             .parse()
             .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| bad("the prefix must be between 8 and 30".into()))?;
+            .filter(|p| (8..=28).contains(p))
+            .ok_or_else(|| {
+                bad("the prefix must be between 8 and 28 (a /28 has room for 10 tasks)".into())
+            })?;
         let mask = u32::MAX << (32 - u32::from(prefix));
         let network = Ipv4Addr::from(u32::from(addr) & mask);
         if network != addr {
@@ -138,6 +140,10 @@ pub struct NetworkSettings {
     pub plugin_dir: PathBuf,
     /// Where host-local keeps its allocations and the agent the results of ADD.
     pub state_dir: PathBuf,
+    /// The node's address that published ports are held on (the advertised one; unspecified:
+    /// every address). Not every address: a service's discovery address on the bridge may
+    /// listen on the same port number.
+    pub host_address: Ipv4Addr,
 }
 
 /// A port of a task published on its node (the portmap plugin's `portMappings`).
@@ -557,6 +563,7 @@ mod tests {
             subnet: "10.88.0.0/24".parse().expect("subnet"),
             plugin_dir: DEFAULT_PLUGIN_DIR.into(),
             state_dir: "/var/lib/berth/cni".into(),
+            host_address: Ipv4Addr::UNSPECIFIED,
         }
     }
 
@@ -602,7 +609,7 @@ mod tests {
         for (bad, why) in [
             ("10.88.0.0", "expected ADDRESS/PREFIX"),
             ("10.88.0/24", "is not an IPv4 address"),
-            ("10.88.0.0/31", "between 8 and 30"),
+            ("10.88.0.0/29", "between 8 and 28"),
             ("10.88.0.7/24", "did you mean 10.88.0.0/24?"),
         ] {
             let err = bad.parse::<Subnet>().expect_err(bad).to_string();

@@ -43,15 +43,25 @@ pub struct Discovery {
     addresses: Mutex<HashMap<(String, String), Ipv4Addr>>,
 }
 
-/// The name servers of the host's resolv.conf that a task can reach (not loopback ones).
+/// The name servers of the host that a task can reach: those of /etc/resolv.conf that are not
+/// loopback addresses, or, when it names only such a stub (systemd-resolved), the ones the stub
+/// forwards to.
 pub fn host_nameservers() -> Vec<Ipv4Addr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-        .filter(|a| !a.is_loopback())
-        .collect()
+    let read = |path: &str| -> Vec<Ipv4Addr> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+            .filter(|a| !a.is_loopback())
+            .collect()
+    };
+    let found = read("/etc/resolv.conf");
+    if found.is_empty() {
+        read("/run/systemd/resolve/resolv.conf")
+    } else {
+        found
+    }
 }
 
 /// A task's resolv.conf in `namespace`: the node's responder first.
@@ -118,6 +128,7 @@ impl Discovery {
         ensure_bridge(&self.config.bridge, gateway, self.config.subnet.prefix).await?;
         // Services' addresses of an earlier run go: they are given out again as endpoints come.
         let pool = self.config.subnet.service_addresses();
+        keep_out_of_port_forwarding(&pool).await?;
         for address in bridge_addresses(&self.config.bridge).await? {
             if pool.contains(&u32::from(address)) {
                 ip_quiet(&[
@@ -164,9 +175,11 @@ impl Discovery {
     /// takes them away when it is gone.
     async fn serve_services(self: Arc<Self>) -> anyhow::Result<()> {
         let mut endpoints = self.endpoints.subscribe();
-        let balancer = Arc::new(Balancer::default());
         let metrics = Metrics::new();
-        let mut free: Vec<u32> = self.config.subnet.service_addresses().rev().collect();
+        // Freed addresses are given out last, so a name cached by a client does not lead to
+        // another service soon after.
+        let mut free: std::collections::VecDeque<u32> =
+            self.config.subnet.service_addresses().collect();
         let mut served: BTreeMap<(String, String), Served> = BTreeMap::new();
         loop {
             let now = endpoints.borrow_and_update().clone();
@@ -192,7 +205,7 @@ impl Discovery {
                         &self.config.bridge,
                     ])
                     .await;
-                    free.push(u32::from(s.address));
+                    free.push_back(u32::from(s.address));
                 }
             }
             for (key, svc) in wanted {
@@ -205,7 +218,7 @@ impl Discovery {
                     // Its ports changed: serve the new ones.
                     let s = served.remove(&key).expect("present");
                     let _ = s.stop.send(true);
-                    free.push(u32::from(s.address));
+                    free.push_back(u32::from(s.address));
                     ip_quiet(&[
                         "addr",
                         "del",
@@ -215,7 +228,7 @@ impl Discovery {
                     ])
                     .await;
                 }
-                let Some(address) = free.pop().map(Ipv4Addr::from) else {
+                let Some(address) = free.pop_front().map(Ipv4Addr::from) else {
                     tracing::warn!(
                         service = %format!("{}/{}", key.0, key.1),
                         "no address left for another discoverable service on this node; widen --task-subnet"
@@ -223,7 +236,9 @@ impl Discovery {
                     continue;
                 };
                 let (routes_tx, routes_rx) = watch::channel(routes);
-                let proxy = Arc::new(Proxy::new(routes_rx, balancer.clone(), metrics.clone()));
+                // A balancer of its own: a proxy forgets the tasks its routes no longer name.
+                let balancer = Arc::new(Balancer::default());
+                let proxy = Arc::new(Proxy::new(routes_rx, balancer, metrics.clone()));
                 let (stop, _) = watch::channel(false);
                 ip_quiet(&[
                     "addr",
@@ -329,6 +344,51 @@ async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> anyhow::R
     }
     ip_quiet(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", bridge]).await;
     ip(&["link", "set", bridge, "up"]).await
+}
+
+/// Connections to services' addresses are for their proxies: the portmap plugin's DNAT of
+/// published ports (for every local address) must not take one whose port a task publishes
+/// on the node. A rule ahead of it in `nat PREROUTING` lets them through untouched.
+async fn keep_out_of_port_forwarding(pool: &std::ops::RangeInclusive<u32>) -> anyhow::Result<()> {
+    let range = format!(
+        "{}-{}",
+        Ipv4Addr::from(*pool.start()),
+        Ipv4Addr::from(*pool.end())
+    );
+    let rule = [
+        "PREROUTING",
+        "-m",
+        "iprange",
+        "--dst-range",
+        &range,
+        "-m",
+        "comment",
+        "--comment",
+        "berth: services' discovery addresses",
+        "-j",
+        "RETURN",
+    ];
+    let run = |op: &'static str| {
+        let mut c = tokio::process::Command::new("iptables");
+        c.args(["-w", "-t", "nat", op]).args(rule);
+        c
+    };
+    let present = run("-C")
+        .output()
+        .await
+        .context("run iptables (install iptables)")?
+        .status
+        .success();
+    if !present {
+        let out = run("-I").output().await.context("run iptables")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "iptables -t nat -I {}: {}",
+            rule.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The IPv4 addresses on `bridge`.

@@ -365,6 +365,11 @@ impl TaskRun {
                         let reason = format!(
                             "Task failed container health checks: essential container {name} is UNHEALTHY ({detail})"
                         );
+                        if running_reported {
+                            // Reported first, so routing drops it before its SIGTERM.
+                            self.report(TaskStatus::Running, &states, Some(format!("container {name} is UNHEALTHY ({detail})")));
+                            self.deregister(&states).await;
+                        }
                         break (StopCode::EssentialContainerExited, reason);
                     }
                     let status_now = if running_reported { TaskStatus::Running } else { TaskStatus::Activating };

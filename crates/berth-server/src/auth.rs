@@ -81,6 +81,15 @@ impl Caller {
         }
     }
 
+    /// Whether the caller is an ingress watching only what it routes by: services, tasks and
+    /// task definitions (in every namespace). That is all an ingress certificate may do.
+    pub fn may_watch_routes(&self, kinds: &[String]) -> bool {
+        const ROUTES: [&str; 3] = ["task", "service", "taskdefinition"];
+        matches!(self, Caller::Node(id) if id.role == Role::Ingress)
+            && !kinds.is_empty()
+            && kinds.iter().all(|k| ROUTES.contains(&k.as_str()))
+    }
+
     /// Whether the caller may use `permission` in `namespace` (`None`: cluster-wide) at `now`.
     pub fn authorize(
         &self,
@@ -95,10 +104,6 @@ impl Caller {
                 Err(e) => status::denied(e.to_string()),
             },
             Caller::Node(id) if id.role == Role::Admin => return Ok(()),
-            // An ingress reads services and tasks to route to them, in every namespace.
-            Caller::Node(id) if id.role == Role::Ingress && permission == Permission::Read => {
-                return Ok(())
-            }
             Caller::Node(id) => status::denied(format!(
                 "a {} certificate ({}) cannot use the API's {permission} permission ({}); use an admin token",
                 id.role,
@@ -152,12 +157,19 @@ mod tests {
             .authorize(Permission::Read, Some("a"), 1)
             .expect_err("agent");
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        // An ingress watches what it routes by (`Caller::may_watch_routes`), nothing else.
         let ingress = Caller::Node(Identity::new(Role::Ingress, "edge-1"));
-        assert!(ingress.authorize(Permission::Read, None, 1).is_ok());
-        let denied = ingress
-            .authorize(Permission::Write, Some("a"), 1)
-            .expect_err("ingress writes nothing");
-        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        for permission in [Permission::Read, Permission::Write] {
+            let denied = ingress
+                .authorize(permission, Some("a"), 1)
+                .expect_err("an ingress reads and writes nothing through the API");
+            assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        }
+        let kinds = |k: &[&str]| k.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+        assert!(ingress.may_watch_routes(&kinds(&["task", "service", "taskdefinition"])));
+        assert!(!ingress.may_watch_routes(&kinds(&["task", "node"])));
+        assert!(!ingress.may_watch_routes(&[]), "no kinds: every kind");
+        assert!(!viewer.may_watch_routes(&kinds(&["task"])));
         let admin = Caller::Node(Identity::new(Role::Admin, "alice"));
         assert!(admin.authorize(Permission::ManageCluster, None, 1).is_ok());
         assert_eq!(viewer.scope(), Some("a"));

@@ -20,7 +20,15 @@ pub(crate) fn publisher(store: Store) -> (Published, impl std::future::Future<Ou
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
     let follow = async move {
         let mut changes = store.watch();
+        let leader = store.leadership();
         loop {
+            // Agents stream to the leader: followers compute nothing.
+            if !*leader.borrow() {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let now = store.read_stale(berth_control::endpoints);
             tx.send_if_modified(|current| {
                 let changed = **current != now;

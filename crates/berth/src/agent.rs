@@ -270,6 +270,10 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             subnet: args.task_subnet,
             plugin_dir: args.cni_plugin_dir,
             state_dir: args.data_dir.join("cni"),
+            host_address: match advertise.ip() {
+                Some(std::net::IpAddr::V4(ip)) => ip,
+                _ => std::net::Ipv4Addr::UNSPECIFIED,
+            },
         },
     })
     .await?;

@@ -136,6 +136,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             subnet: berth_agent::cni::DEFAULT_SUBNET.parse()?,
             plugin_dir: berth_agent::cni::DEFAULT_PLUGIN_DIR.into(),
             state_dir: data_dir.join("agent").join("cni"),
+            host_address: std::net::Ipv4Addr::LOCALHOST,
         },
     })
     .await?;

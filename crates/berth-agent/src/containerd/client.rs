@@ -178,6 +178,7 @@ mod tests {
                     .expect("the default subnet"),
                 plugin_dir: crate::cni::DEFAULT_PLUGIN_DIR.into(),
                 state_dir: std::env::temp_dir(),
+                host_address: std::net::Ipv4Addr::UNSPECIFIED,
             },
         }
     }

@@ -64,9 +64,9 @@ enum Held {
     Udp(std::net::UdpSocket),
 }
 
-/// Binds `port` on every address of the host, if nothing else has it.
-fn hold(port: u16, protocol: Protocol) -> Option<Held> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+/// Binds `port` on `address` (the node's), if nothing else has it.
+fn hold(address: Ipv4Addr, port: u16, protocol: Protocol) -> Option<Held> {
+    let addr = SocketAddr::from((address, port));
     match protocol {
         Protocol::Tcp => {
             let socket = tokio::net::TcpSocket::new_v4().ok()?;
@@ -177,7 +177,10 @@ impl ContainerdRuntime {
         let ports = {
             let mut book = net.ports();
             let book = &mut *book;
-            let (bindings, held) = pick(wanted, &DYNAMIC_PORTS, &mut book.next, hold)?;
+            let address = self.config.network.host_address;
+            let (bindings, held) = pick(wanted, &DYNAMIC_PORTS, &mut book.next, |port, proto| {
+                hold(address, port, proto)
+            })?;
             book.held.insert(task_id.to_owned(), held);
             bindings
         };
@@ -212,10 +215,69 @@ impl ContainerdRuntime {
 
     pub(super) async fn find_task_network(&self, task_id: &str) -> Option<TaskNetwork> {
         let (address, ports) = self.networks.cni.attachment(task_id)?;
-        // Hold its ports again (this process did not hold them before).
+        // This process did not start it: hold its ports (unless the start-up sweep did).
+        self.hold_again(task_id);
+        Some(TaskNetwork {
+            netns: netns_path(task_id),
+            address,
+            ports,
+        })
+    }
+
+    /// The attachment goes first (the bridge plugin reads the task's address in the namespace
+    /// to remove its masquerade rules), then the namespace, and the record of both last: a
+    /// crash at any point leaves the record for the next sweep. A DEL that fails keeps the
+    /// record too (the namespace and ports go regardless), so the sweep at the next start
+    /// tries it again.
+    pub(super) async fn remove_task_network(&self, task_id: &str) -> Result<(), RuntimeError> {
+        let path = netns_path(task_id);
+        let cni = &self.networks.cni;
+        let detached = cni.detach(task_id, &path).await;
+        self.networks.release_ports(task_id);
+        if std::path::Path::new(&path).exists() {
+            ip(&["netns", "delete", &netns_name(task_id)]).await?;
+        }
+        detached?;
+        cni.forget(task_id)?;
+        Ok(())
+    }
+
+    /// Removes the networks of tasks not in `keep`, each on its own (one that fails is logged
+    /// and left for the next start), and holds the ports of the kept ones again before any
+    /// new task can be given them.
+    pub(super) async fn remove_stale_task_networks(
+        &self,
+        keep: &BTreeSet<String>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let mut removed = Vec::new();
+        for task_id in self.networks.cni.attached() {
+            if keep.contains(&task_id) {
+                self.hold_again(&task_id);
+                continue;
+            }
+            match self.remove_task_network(&task_id).await {
+                Ok(()) => removed.push(task_id),
+                Err(e) => tracing::warn!(
+                    task_id,
+                    "remove the network of a task that is gone: {}; tried again at the next start",
+                    berth_model::error_chain(&e)
+                ),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Holds the recorded ports of a task this process did not start, unless it holds them.
+    fn hold_again(&self, task_id: &str) {
+        if self.networks.ports().held.contains_key(task_id) {
+            return;
+        }
+        let Some((_, ports)) = self.networks.cni.attachment(task_id) else {
+            return;
+        };
         let mut held = Vec::new();
         for p in &ports {
-            match hold(p.host_port, p.protocol) {
+            match hold(self.config.network.host_address, p.host_port, p.protocol) {
                 Some(h) => held.push(h),
                 None => tracing::warn!(
                     task_id,
@@ -226,43 +288,6 @@ impl ContainerdRuntime {
             }
         }
         self.networks.ports().held.insert(task_id.to_owned(), held);
-        Some(TaskNetwork {
-            netns: netns_path(task_id),
-            address,
-            ports,
-        })
-    }
-
-    /// The attachment goes first (the bridge plugin reads the task's address in the namespace
-    /// to remove its masquerade rules), then the namespace, and the record of both last: a
-    /// crash at any point leaves the record for the next sweep.
-    pub(super) async fn remove_task_network(&self, task_id: &str) -> Result<(), RuntimeError> {
-        let path = netns_path(task_id);
-        let cni = &self.networks.cni;
-        cni.detach(task_id, &path).await?;
-        if std::path::Path::new(&path).exists() {
-            ip(&["netns", "delete", &netns_name(task_id)]).await?;
-        }
-        cni.forget(task_id)?;
-        self.networks.release_ports(task_id);
-        Ok(())
-    }
-
-    pub(super) async fn remove_stale_task_networks(
-        &self,
-        keep: &BTreeSet<String>,
-    ) -> Result<Vec<String>, RuntimeError> {
-        let stale: Vec<String> = self
-            .networks
-            .cni
-            .attached()
-            .into_iter()
-            .filter(|id| !keep.contains(id))
-            .collect();
-        for task_id in &stale {
-            self.remove_task_network(task_id).await?;
-        }
-        Ok(stale)
     }
 }
 

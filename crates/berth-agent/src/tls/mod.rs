@@ -183,6 +183,14 @@ impl Advertise {
         Ok(Self { host, port })
     }
 
+    /// The host's IP address, when it is given as one (not as a DNS name).
+    pub fn ip(&self) -> Option<IpAddr> {
+        match &self.host {
+            Host::Ip(ip) => Some(*ip),
+            Host::Name(_) => None,
+        }
+    }
+
     /// The host alone: an IP address (IPv6 without brackets) or a DNS name.
     pub fn host(&self) -> String {
         match &self.host {

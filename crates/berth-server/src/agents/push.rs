@@ -94,26 +94,23 @@ pub(super) async fn renewals(
     }
 }
 
-/// Sends the agent the endpoints of discoverable services now (when there are any) and
-/// whenever they change.
+/// Sends the agent the endpoints of discoverable services now and whenever they change.
 pub(super) async fn endpoints(
     mut endpoints: crate::endpoints::Published,
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
 ) {
-    let mut first = true;
     loop {
+        // Always once at first, empty too: an agent back after the last discoverable service
+        // went must drop what it served.
         let now = endpoints.borrow_and_update().clone();
-        if !(first && now.is_empty()) {
-            let msg = ServerMessage {
-                msg: Some(ServerMsg::Endpoints(Endpoints {
-                    services: now.iter().cloned().map(Into::into).collect(),
-                })),
-            };
-            if tx.send(Ok(msg)).await.is_err() {
-                return;
-            }
+        let msg = ServerMessage {
+            msg: Some(ServerMsg::Endpoints(Endpoints {
+                services: now.iter().cloned().map(Into::into).collect(),
+            })),
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return;
         }
-        first = false;
         tokio::select! {
             changed = endpoints.changed() => if changed.is_err() { return },
             () = tx.closed() => return,
