@@ -382,8 +382,14 @@ spec:
     Ok(())
 }
 
-/// A service of two tasks with `placement` (YAML) and `constraints`.
-fn service(name: &str, image: &str, count: u32, placement: &str) -> String {
+/// A service of `count` tasks placed by `placement` (YAML), reached through ingresses as
+/// `NAME.local` and, with `tcp`, on that TCP port of every ingress.
+fn service(name: &str, image: &str, count: u32, placement: &str, tcp: Option<u16>) -> String {
+    let tcp = tcp.map_or(String::new(), |port| {
+        format!(
+            "\n    - listenerPort: {port}\n      containerName: httpd\n      containerPort: 8080"
+        )
+    });
     format!(
         "apiVersion: berth.dev/v1
 kind: Service
@@ -395,7 +401,7 @@ spec:
   ingress:
     - host: {name}.local
       containerName: httpd
-      containerPort: 8080
+      containerPort: 8080{tcp}
   placement: {placement}
   template:
     cpu: 64
@@ -452,6 +458,7 @@ async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow
         );
     }
     let ingress = berth_tests::IngressProc::start(&env, &addr, "edge").await?;
+    let tcp_port = berth_dev::free_port()?;
 
     // One task on each host, both behind the ingress.
     let apply = |name: &'static str, yaml: String| {
@@ -483,6 +490,7 @@ async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow
             &image,
             2,
             "{constraints: [{type: distinctInstance}]}",
+            Some(tcp_port),
         ),
     )
     .await?;
@@ -513,6 +521,14 @@ async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow
         let (code, body) = berth_tests::http_get(&front, "web.local", "/").await?;
         assert_eq!((code, body.as_str()), (200, "hello-from-task\n"));
     }
+    // The TCP form: every ingress listens on the rule's port and forwards the bytes.
+    let tcp = format!("127.0.0.1:{tcp_port}");
+    let body = poll("the ingress's TCP listener", TIMEOUT, || async {
+        let (code, body) = berth_tests::http_get(&tcp, "any", "/").await.ok()?;
+        (code == 200).then_some(body)
+    })
+    .await?;
+    assert_eq!(body, "hello-from-task\n");
     let metrics = ingress.metrics().await?;
     for (task, _) in &web {
         assert!(
@@ -532,6 +548,7 @@ async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow
             &image,
             1,
             "{constraints: [{type: memberOf, expression: \"attribute:host == 1\"}]}",
+            None,
         ),
     )
     .await?;
