@@ -67,7 +67,11 @@ pub enum Action {
         adopt: Vec<ExistingContainer>,
     },
     /// Ask a task the agent runs to stop (the server wants it stopped, or not on this node).
-    Stop { task_id: String },
+    /// With the deregistration delay the servers name now, when they named the task.
+    Stop {
+        task_id: String,
+        deregistration_delay: Option<u32>,
+    },
     /// Report the task STOPPED without running anything for it, and know it as finished.
     ReportEnded { task_id: String, ended: Ended },
     /// Remove the containers a previous agent process left for a task not desired here.
@@ -147,6 +151,7 @@ pub fn plan(desired: &[DesiredEntry], local: &LocalView) -> Vec<Action> {
             ),
             (Some(_), DesiredStatus::Stopped) => Action::Stop {
                 task_id: task_id.clone(),
+                deregistration_delay: entry.as_ref().ok().map(|a| a.deregistration_delay),
             },
             (Some(_), DesiredStatus::Running) => continue,
         };
@@ -169,7 +174,10 @@ pub fn plan(desired: &[DesiredEntry], local: &LocalView) -> Vec<Action> {
         actions.push(match state {
             Local::Finished => Action::Forget { task_id },
             // The server no longer wants it here.
-            Local::Active => Action::Stop { task_id },
+            Local::Active => Action::Stop {
+                task_id,
+                deregistration_delay: None,
+            },
         });
     }
     actions
@@ -283,7 +291,7 @@ mod tests {
                 Action::Start { assignment, adopt } => {
                     format!("start {} adopting {}", assignment.task_id, ids(adopt))
                 }
-                Action::Stop { task_id } => format!("stop {task_id}"),
+                Action::Stop { task_id, .. } => format!("stop {task_id}"),
                 Action::ReportEnded { task_id, ended } => format!(
                     "ended {task_id} {} reason={:?} event={:?}",
                     ended.stop_code.map_or("-".to_owned(), |c| c.to_string()),

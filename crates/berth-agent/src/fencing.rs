@@ -125,6 +125,7 @@ mod tests {
                 stop,
                 done: Default::default(),
                 containers: vec!["app".into()],
+                deregistration_delay: Default::default(),
             },
         );
         tokio::select! {

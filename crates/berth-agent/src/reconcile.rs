@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::engine::{self, Action, DesiredEntry, Ended, Unreadable};
-use crate::supervisor::{StopReason, TaskRun};
+use crate::supervisor::TaskRun;
 use crate::tasks::LocalTask;
 use crate::Agent;
 
@@ -80,7 +80,11 @@ impl Agent {
                     .map(|c| c.name.clone())
                     .collect();
                 let span = tracing::info_span!("task", task_id = %task_id);
+                let deregistration_delay = Arc::new(std::sync::atomic::AtomicU32::new(
+                    assignment.deregistration_delay,
+                ));
                 let run = TaskRun {
+                    deregistration_delay: deregistration_delay.clone(),
                     assignment,
                     runtime: self.runtime.clone(),
                     log_dir: self.log_root().join(&task_id),
@@ -103,11 +107,15 @@ impl Agent {
                     stop,
                     done,
                     containers,
+                    deregistration_delay,
                 };
                 self.tasks.insert(task_id, local);
             }
-            Action::Stop { task_id } => {
-                self.tasks.stop(&task_id, StopReason::Server);
+            Action::Stop {
+                task_id,
+                deregistration_delay,
+            } => {
+                self.tasks.stop_after(&task_id, deregistration_delay);
             }
             Action::ReportEnded { task_id, ended } => self.ended_here(task_id, ended),
             Action::RemoveOrphans {

@@ -80,6 +80,9 @@ pub struct TaskRun {
     pub ip_address: Option<std::net::Ipv4Addr>,
     /// The resolv.conf its containers get (the node's service discovery), if any.
     pub resolv_conf: Option<PathBuf>,
+    /// Seconds out of routing before SIGTERM on a requested stop: the assignment's, updated
+    /// by later desired sets.
+    pub deregistration_delay: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// What starting a task's containers in dependency order needs.
@@ -421,7 +424,7 @@ impl TaskRun {
     /// in flight for its deregistration delay before it gets SIGTERM. Self-fencing cuts it
     /// short.
     async fn deregister(&mut self, states: &[ContainerState]) {
-        let secs = self.assignment.deregistration_delay;
+        let secs = self.deregistration_delay.load(Ordering::SeqCst);
         if secs == 0 {
             return;
         }

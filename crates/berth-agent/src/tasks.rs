@@ -30,6 +30,9 @@ pub(crate) struct LocalTask {
     pub(crate) done: Arc<AtomicBool>,
     /// Its containers' names, in definition order.
     pub(crate) containers: Vec<String>,
+    /// Seconds out of routing before SIGTERM, as the servers want it now (their latest
+    /// desired set may change it after the task started).
+    pub(crate) deregistration_delay: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl LocalTask {
@@ -39,6 +42,7 @@ impl LocalTask {
             stop: watch::Sender::new(None),
             done: Arc::new(AtomicBool::new(true)),
             containers: vec![],
+            deregistration_delay: Arc::default(),
         }
     }
 
@@ -93,12 +97,16 @@ impl TaskTable {
         self.lock().remove(task_id);
     }
 
-    /// Asks the task to stop for `why`; false when it is not known.
-    pub(crate) fn stop(&self, task_id: &str, why: StopReason) -> bool {
-        self.lock()
-            .get(task_id)
-            .map(|t| request_stop(&t.stop, why))
-            .is_some()
+    /// Asks `task_id` to stop as the servers want it, with the deregistration delay they
+    /// name (`None`: the one it has).
+    pub(crate) fn stop_after(&self, task_id: &str, deregistration_delay: Option<u32>) {
+        if let Some(t) = self.lock().get(task_id) {
+            if let Some(secs) = deregistration_delay {
+                t.deregistration_delay
+                    .store(secs, std::sync::atomic::Ordering::SeqCst);
+            }
+            request_stop(&t.stop, StopReason::Server);
+        }
     }
 
     /// Asks every known task to stop for `why`.
@@ -152,6 +160,7 @@ mod tests {
                 stop,
                 done: Arc::new(AtomicBool::new(false)),
                 containers: vec!["app".into(), "sidecar".into()],
+                deregistration_delay: Default::default(),
             },
         );
         table.insert("t2".into(), LocalTask::finished());
@@ -193,5 +202,17 @@ mod tests {
         assert!(request_stop(&stop, StopReason::Fenced));
         assert!(!request_stop(&stop, StopReason::Server));
         assert_eq!(*rx.borrow(), Some(StopReason::Fenced));
+    }
+
+    #[test]
+    fn a_stop_takes_the_deregistration_delay_the_servers_name_now() {
+        let table = table();
+        let delay = table.lock().get("t1").map(|t| t.deregistration_delay.clone());
+        let delay = delay.expect("t1");
+        table.stop_after("t1", Some(7));
+        assert_eq!(delay.load(std::sync::atomic::Ordering::SeqCst), 7);
+        table.stop_after("t1", None);
+        assert_eq!(delay.load(std::sync::atomic::Ordering::SeqCst), 7, "kept");
+        table.stop_after("unknown", Some(1));
     }
 }

@@ -212,6 +212,7 @@ fn task_run(
         bind_ip: "10.0.0.5".into(),
         ip_address: None,
         resolv_conf: None,
+        deregistration_delay: Arc::default(),
     };
     (run, rx, stop)
 }
@@ -413,8 +414,9 @@ async fn a_stop_waits_out_the_deregistration_delay_before_sigterm_unless_fenced(
         let rt = Arc::new(FakeRuntime::new());
         let mut c = ContainerDefinition::new("app", "sleeper");
         c.stop_timeout = 0;
-        let (mut task, mut rx, stop) = task_run(&rt, vec![c]);
-        task.assignment.deregistration_delay = 5;
+        let (task, mut rx, stop) = task_run(&rt, vec![c]);
+        task.deregistration_delay
+            .store(5, std::sync::atomic::Ordering::SeqCst);
         let handle = tokio::spawn(task.run());
         running(&mut rx).await;
         let asked = tokio::time::Instant::now();
