@@ -361,7 +361,7 @@ impl World {
                 a.known.insert(id.clone(), Local::Active);
                 updates.push(update(&id, TaskStatus::Activating, None));
             }
-            Action::Stop { task_id } => {
+            Action::Stop { task_id, .. } => {
                 if a.running.remove(&task_id).is_some() {
                     updates.push(update(&task_id, TaskStatus::Stopped, None));
                 }
