@@ -137,24 +137,59 @@ fn purge_iptables(keys: &[String]) {
 static NEXT_SUBNET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl AgentNetwork {
+    /// A subnet no live process uses. Bridges are named `bt<PID>n<N>`: those of processes
+    /// that are gone (a test run that died) are removed with their rules first; the subnets
+    /// of live ones (another test binary, a benchmark) are skipped.
     fn new() -> Self {
-        let n = NEXT_SUBNET.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256;
-        let bridge = format!("bt{}n{n}", std::process::id() % 100_000);
-        let subnet = format!("10.221.{n}.0/24");
-        // A bridge left by an earlier run that died holds the gateway address: remove it.
-        let out = std::process::Command::new("ip")
-            .args(["-o", "-4", "addr", "show", "to", &subnet])
-            .output();
-        if let Ok(out) = out {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(dev) = line.split_whitespace().nth(1) {
-                    let _ = std::process::Command::new("ip")
-                        .args(["link", "delete", dev])
-                        .output();
-                }
+        static CLAIM: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = CLAIM.lock().unwrap_or_else(PoisonError::into_inner);
+        let links = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut taken = HashSet::new();
+        for line in links.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(dev), Some(address)) = (words.nth(1), words.nth(1)) else {
+                continue;
+            };
+            let Some(n) = address
+                .strip_prefix("10.221.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let owner = dev
+                .strip_prefix("bt")
+                .and_then(|rest| rest.split('n').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if alive {
+                taken.insert(n);
+            } else {
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "delete", dev])
+                    .output();
+                purge_iptables(&[format!("10.221.{n}.")]);
             }
         }
-        purge_iptables(&[format!("{}.", subnet_prefix(&subnet))]);
+        let start = NEXT_SUBNET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = (0..256)
+            .map(|i| (start + i) % 256)
+            .find(|n| !taken.contains(n))
+            .unwrap_or(start % 256);
+        let bridge = format!("bt{}n{n}", std::process::id());
+        let subnet = format!("10.221.{n}.0/24");
+        // The bridge is made by the agent's first task; claim the subnet now, so that
+        // another process skips it.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "add", "name", &bridge, "type", "bridge"])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "add", &format!("10.221.{n}.1/24"), "dev", &bridge])
+            .output();
         Self { bridge, subnet }
     }
 
