@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn a_stop_takes_the_deregistration_delay_the_servers_name_now() {
         let table = table();
-        let delay = table.lock().get("t1").map(|t| t.deregistration_delay.clone());
+        let delay = table
+            .lock()
+            .get("t1")
+            .map(|t| t.deregistration_delay.clone());
         let delay = delay.expect("t1");
         table.stop_after("t1", Some(7));
         assert_eq!(delay.load(std::sync::atomic::Ordering::SeqCst), 7);
