@@ -365,6 +365,25 @@ spec:
     let (code, body) = berth_tests::http_get(&format!("127.0.0.1:{port}"), "x", "/").await?;
     assert_eq!((code, body.trim()), (200, "fixed"));
 
+    // The responder answers tasks on the bridge only: a query from this host goes unanswered.
+    let net = env.network(&agent.name);
+    let gateway = format!("{}1:53", net.subnet.trim_end_matches("0/24"));
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["web", "default", "berth", "internal"] {
+        query.push(u8::try_from(label.len())?);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    socket.send_to(&query, &gateway).await?;
+    let mut answer = [0u8; 512];
+    let answered =
+        tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut answer)).await;
+    assert!(
+        answered.is_err(),
+        "{gateway} answered a query from outside the bridge"
+    );
+
     // A name that names no service does not resolve.
     let out = cli(
         &addr,

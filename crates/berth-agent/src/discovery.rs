@@ -128,7 +128,7 @@ impl Discovery {
         ensure_bridge(&self.config.bridge, gateway, self.config.subnet.prefix).await?;
         // Services' addresses of an earlier run go: they are given out again as endpoints come.
         let pool = self.config.subnet.service_addresses();
-        keep_out_of_port_forwarding(&pool).await?;
+        guard_discovery(&self.config.bridge, gateway, &pool).await?;
         for address in bridge_addresses(&self.config.bridge).await? {
             if pool.contains(&u32::from(address)) {
                 ip_quiet(&[
@@ -346,47 +346,79 @@ async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> anyhow::R
     ip(&["link", "set", bridge, "up"]).await
 }
 
-/// Connections to services' addresses are for their proxies: the portmap plugin's DNAT of
-/// published ports (for every local address) must not take one whose port a task publishes
-/// on the node. A rule ahead of it in `nat PREROUTING` lets them through untouched.
-async fn keep_out_of_port_forwarding(pool: &std::ops::RangeInclusive<u32>) -> anyhow::Result<()> {
+/// What the node's firewall does for discovery: connections to services' addresses are for
+/// their proxies, so portmap's DNAT of published ports (for every local address) must not take
+/// one whose port a task publishes (a `nat PREROUTING` rule ahead of it lets them through);
+/// and only tasks on the bridge may reach those addresses and the DNS responder (`filter
+/// INPUT` drops what comes in on any other interface).
+async fn guard_discovery(
+    bridge: &str,
+    gateway: Ipv4Addr,
+    pool: &std::ops::RangeInclusive<u32>,
+) -> anyhow::Result<()> {
     let range = format!(
         "{}-{}",
         Ipv4Addr::from(*pool.start()),
         Ipv4Addr::from(*pool.end())
     );
-    let rule = [
-        "PREROUTING",
-        "-m",
-        "iprange",
-        "--dst-range",
-        &range,
+    let gateway = gateway.to_string();
+    let comment = [
         "-m",
         "comment",
         "--comment",
         "berth: services' discovery addresses",
-        "-j",
-        "RETURN",
     ];
-    let run = |op: &'static str| {
-        let mut c = tokio::process::Command::new("iptables");
-        c.args(["-w", "-t", "nat", op]).args(rule);
-        c
-    };
-    let present = run("-C")
-        .output()
-        .await
-        .context("run iptables (install iptables)")?
-        .status
-        .success();
-    if !present {
-        let out = run("-I").output().await.context("run iptables")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "iptables -t nat -I {}: {}",
-            rule.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    let in_range = ["-m", "iprange", "--dst-range", range.as_str()];
+    let not_bridge = ["!", "-i", bridge];
+    let rules: [(&str, Vec<&str>); 3] = [
+        (
+            "nat",
+            [&["PREROUTING"][..], &in_range, &comment, &["-j", "RETURN"]].concat(),
+        ),
+        (
+            "filter",
+            [
+                &["INPUT"][..],
+                &not_bridge,
+                &in_range,
+                &comment,
+                &["-j", "DROP"],
+            ]
+            .concat(),
+        ),
+        (
+            "filter",
+            [
+                &["INPUT"][..],
+                &not_bridge,
+                &["-d", gateway.as_str(), "-p", "udp", "--dport", "53"],
+                &comment,
+                &["-j", "DROP"],
+            ]
+            .concat(),
+        ),
+    ];
+    for (table, rule) in rules {
+        let run = |op: &'static str| {
+            let mut c = tokio::process::Command::new("iptables");
+            c.args(["-w", "-t", table, op]).args(&rule);
+            c
+        };
+        let present = run("-C")
+            .output()
+            .await
+            .context("run iptables (install iptables)")?
+            .status
+            .success();
+        if !present {
+            let out = run("-I").output().await.context("run iptables")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "iptables -t {table} -I {}: {}",
+                rule.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
     Ok(())
 }
