@@ -10,6 +10,8 @@ use crate::{validate_name, PlacementSpec, Timestamp, ValidationError};
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 30;
 
 const MIN_TASK_MEMORY_MIB: u32 = 6;
+/// Containers per task definition at most (ECS's limit).
+pub const MAX_CONTAINERS: usize = 10;
 const MAX_TASK_CPU: u32 = 64 * crate::CPU_UNITS_PER_VCPU;
 const MAX_TASK_MEMORY_MIB: u32 = 1024 * 1024;
 
@@ -312,6 +314,15 @@ impl TaskDefinitionSpec {
                 "at least one container is required",
             ));
         }
+        if self.containers.len() > MAX_CONTAINERS {
+            return Err(ValidationError::new(
+                "containers",
+                format!(
+                    "{} containers is too many; a task has at most {MAX_CONTAINERS} (as in ECS)",
+                    self.containers.len()
+                ),
+            ));
+        }
         let mut names = HashSet::new();
         for (i, c) in self.containers.iter().enumerate() {
             let field = |f: &str| format!("containers[{i}].{f}");
@@ -373,10 +384,11 @@ impl TaskDefinitionSpec {
                 "at least one container must be essential",
             ));
         }
-        let sum = |f: fn(&ContainerDefinition) -> Option<u32>| -> u32 {
-            self.containers.iter().filter_map(f).sum()
+        // In u64: a sum of u32s must not wrap around (10 × 1 TiB would).
+        let sum = |f: fn(&ContainerDefinition) -> Option<u32>| -> u64 {
+            self.containers.iter().filter_map(f).map(u64::from).sum()
         };
-        if sum(|c| c.memory) > self.memory {
+        if sum(|c| c.memory) > u64::from(self.memory) {
             return Err(ValidationError::new(
                 "containers",
                 format!(
@@ -520,6 +532,33 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn container_counts_and_memory_sums_are_bounded_without_wrapping() {
+        let many = |n: usize| {
+            move |s: &mut TaskDefinitionSpec| {
+                s.containers = (0..n)
+                    .map(|i| ContainerDefinition::new(format!("c{i}"), "busybox"))
+                    .collect();
+            }
+        };
+        check(many(MAX_CONTAINERS), "ok");
+        check(
+            many(MAX_CONTAINERS + 1),
+            "containers: 11 containers is too many; a task has at most 10 (as in ECS)",
+        );
+        // Ten containers of 1 TiB each would wrap a u32 sum to a small number.
+        check(
+            |s| {
+                s.memory = MAX_TASK_MEMORY_MIB;
+                many(MAX_CONTAINERS)(s);
+                for c in &mut s.containers {
+                    c.memory = Some(MAX_TASK_MEMORY_MIB);
+                }
+            },
+            "containers: container memory limits add up to more than the task's 1048576 MiB",
+        );
     }
 
     #[test]

@@ -20,3 +20,38 @@ pub mod v1 {
 
 /// The encoded file descriptor set of every berth proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");
+
+/// The path of every RPC berth serves (`/berth.v1.Berth/RunTask`, …), read from
+/// [`FILE_DESCRIPTOR_SET`].
+pub fn rpc_paths() -> Vec<String> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for file in &set.file {
+        let package = file.package();
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!("/{package}.{}/{}", service.name(), method.name()));
+            }
+        }
+    }
+    paths
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_rpc_has_a_path() {
+        let paths = super::rpc_paths();
+        for expected in [
+            "/berth.v1.Berth/RunTask",
+            "/berth.v1.Berth/Watch",
+            "/berth.v1.AgentService/Attach",
+            "/berth.v1.Join/Join",
+        ] {
+            assert!(paths.iter().any(|p| p == expected), "{expected}: {paths:?}");
+        }
+    }
+}

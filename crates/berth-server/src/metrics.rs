@@ -225,6 +225,34 @@ impl Metrics {
     }
 }
 
+/// The label of a request's path: the path of an RPC this server serves, `/metrics`, or
+/// `other` (a path is not a label of its own: random paths would grow the metrics without
+/// bound).
+fn method_label(path: &str) -> &str {
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        let mut known: std::collections::HashSet<String> =
+            berth_proto::rpc_paths().into_iter().collect();
+        known.extend(
+            [
+                "/metrics",
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ]
+            .map(String::from),
+        );
+        known
+    });
+    if known.contains(path) {
+        path
+    } else {
+        "other"
+    }
+}
+
 /// A tower layer timing every request by its path (`/berth.v1.Berth/RunTask`).
 #[derive(Clone)]
 pub struct ApiLatencyLayer(pub Metrics);
@@ -261,7 +289,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        let method = method_label(req.uri().path()).to_owned();
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(req);
@@ -271,5 +299,26 @@ where
             metrics.api_request(&method, started.elapsed().as_secs_f64());
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn request_paths_are_labelled_by_known_rpc_or_other() {
+        assert_eq!(
+            method_label("/berth.v1.Berth/RunTask"),
+            "/berth.v1.Berth/RunTask"
+        );
+        assert_eq!(method_label("/metrics"), "/metrics");
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        for random in ["/berth.v1.Berth/Nope", "/x7f3a", "/metrics/../etc", ""] {
+            assert_eq!(method_label(random), "other", "{random}");
+        }
     }
 }
