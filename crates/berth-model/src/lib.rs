@@ -47,7 +47,7 @@ pub use service::{
 };
 pub use task::{
     ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,
-    TaskStatusUpdate,
+    TaskStatusUpdate, MAX_REASON_BYTES,
 };
 pub use task_definition::{
     fixed_host_ports, ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck,

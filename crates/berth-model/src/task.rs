@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{EventLog, PlacementSpec, TaskDefinition, TaskDefinitionRef, Timestamp};
 
+/// The longest stop reason a user may give (ECS allows 255 characters; reasons berth writes
+/// itself may quote an error and be longer).
+pub const MAX_REASON_BYTES: usize = 1024;
+
 /// A running (or finished) copy of one task definition revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -169,6 +169,23 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
         .expect_err("unknown task");
     assert_eq!(err.code(), Code::NotFound);
 
+    // A stop reason of 120,000 characters is refused, naming the field and the limit.
+    let err = api
+        .stop_task(berth_proto::v1::StopTaskRequest {
+            namespace: String::new(),
+            task_id: "missing".into(),
+            reason: "x".repeat(120_000),
+        })
+        .await
+        .expect_err("too long a reason");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("reason: 120000 bytes is too long"),
+        "{}",
+        err.message()
+    );
+
     let _ = stop.send(());
     serving.await??;
     Ok(())

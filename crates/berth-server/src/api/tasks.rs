@@ -59,6 +59,17 @@ impl BerthService {
         req: pb::StopTaskRequest,
     ) -> Answer<pb::Task> {
         let namespace = scoped(caller, req.namespace, Permission::Write)?;
+        if req.reason.len() > berth_model::MAX_REASON_BYTES {
+            let e = berth_model::ValidationError::new(
+                "reason",
+                format!(
+                    "{} bytes is too long; a stop reason has at most {} bytes",
+                    req.reason.len(),
+                    berth_model::MAX_REASON_BYTES
+                ),
+            );
+            return Err(crate::status::invalid("", &e));
+        }
         let reason = if req.reason.is_empty() {
             "Task stopped by user".to_owned()
         } else {
