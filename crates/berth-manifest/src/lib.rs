@@ -110,9 +110,87 @@ pub fn json_schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
+/// The largest manifest file berth reads.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+
+/// How deeply a manifest may nest mappings and sequences (berth's own go about 8 deep).
+pub const MAX_NESTING: usize = 32;
+
+/// Refuses, before any YAML parsing, a manifest too large or too deeply nested to be one of
+/// berth's: the parser's time and memory would grow with either. Nesting is counted from
+/// flow brackets (`[`, `{`) outside quotes, and from each block line's indentation steps and
+/// leading `- ` markers.
+fn check_shape(file: &str, text: &str) -> Result<(), ManifestError> {
+    let refuse = |line: usize, message: String| ManifestError {
+        file: file.to_owned(),
+        line,
+        column: 1,
+        message,
+    };
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(refuse(
+            1,
+            format!(
+                "{} bytes is too large; a manifest file has at most {MAX_MANIFEST_BYTES} bytes (split it)",
+                text.len()
+            ),
+        ));
+    }
+    // Indentations of the block levels open at each line.
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let content = line.trim_start_matches(' ');
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - content.len();
+        if flow == 0 {
+            while indents.last().is_some_and(|i| *i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let dashes = content
+                .split_inclusive(' ')
+                .take_while(|w| w.trim() == "-")
+                .count();
+            if indents.len() + dashes > MAX_NESTING {
+                return Err(refuse(
+                    n + 1,
+                    format!("nested more than {MAX_NESTING} levels deep; no berth manifest is"),
+                ));
+            }
+        }
+        let (mut single, mut double) = (false, false);
+        for c in content.chars() {
+            match c {
+                '\'' if !double => single = !single,
+                '"' if !single => double = !double,
+                '#' if !single && !double && flow == 0 => break,
+                '[' | '{' if !single && !double => {
+                    flow += 1;
+                    if indents.len() + flow > MAX_NESTING {
+                        return Err(refuse(
+                            n + 1,
+                            format!(
+                                "nested more than {MAX_NESTING} levels deep; no berth manifest is"
+                            ),
+                        ));
+                    }
+                }
+                ']' | '}' if !single && !double => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses every document of `text`; `file` names it in errors. Either every document is
-/// valid, or the first error is returned.
+/// valid, or the first error is returned. Files too large or too deeply nested are refused
+/// before they are parsed.
 pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    check_shape(file, text)?;
     source::split_documents(text)
         .iter()
         .map(|(first_line, doc)| parse_document(&Source::new(file, *first_line, doc)))

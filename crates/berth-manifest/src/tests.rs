@@ -365,3 +365,38 @@ spec:
 fn web_service(spec: &str) -> String {
     format!("apiVersion: berth.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n{spec}")
 }
+
+#[test]
+fn oversized_or_deeply_nested_manifests_are_refused_before_parsing() {
+    // A megabyte of open brackets: refused at once by the depth check.
+    let brackets = format!(
+        "apiVersion: berth.dev/v1\nkind: Task\nspec: {}",
+        "[".repeat(1_000_000)
+    );
+    let err = crate::parse("deep.yaml", &brackets).expect_err("too deep");
+    assert_eq!(
+        err.to_string(),
+        "deep.yaml:3:1: nested more than 32 levels deep; no berth manifest is"
+    );
+    // Block nesting: by indentation, and by `- - -` on one line.
+    let mut indented = String::from("apiVersion: berth.dev/v1\nkind: Task\nspec:\n");
+    for depth in 1..40 {
+        indented.push_str(&format!("{}k{depth}:\n", " ".repeat(depth * 2)));
+    }
+    assert!(crate::parse("deep.yaml", &indented)
+        .expect_err("too deep")
+        .message
+        .contains("nested more than 32"));
+    let dashes = format!("spec:\n  {}x\n", "- ".repeat(40));
+    assert!(crate::parse("deep.yaml", &dashes).is_err());
+    // Too large.
+    let large = format!("# {}\n", "x".repeat(crate::MAX_MANIFEST_BYTES));
+    assert!(crate::parse("big.yaml", &large)
+        .expect_err("too large")
+        .message
+        .contains("too large"));
+    // Quotes and comments do not count.
+    let quoted = "apiVersion: berth.dev/v1 # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nkind: 'x[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[['\n";
+    let err = crate::parse("q.yaml", quoted).expect_err("an unknown kind");
+    assert!(err.message.contains("is not supported"), "{err}");
+}
