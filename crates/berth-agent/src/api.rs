@@ -123,6 +123,9 @@ fn only_servers(req: Request<()>) -> Result<Request<()>, Status> {
 }
 
 /// How long `exec` may run when the caller gives no timeout.
+/// The longest a command run in a container may take (a longer timeout asked is cut to it).
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
@@ -254,7 +257,7 @@ impl AgentApi for AgentApiService {
             .map_err(ApiError::from)?;
         let timeout = match req.timeout_secs {
             0 => DEFAULT_EXEC_TIMEOUT,
-            s => Duration::from_secs(u64::from(s)),
+            s => Duration::from_secs(u64::from(s)).min(MAX_EXEC_TIMEOUT),
         };
         match self.runtime.exec(&id, &req.command, timeout).await {
             Ok(out) => Ok(Response::new(ExecResult {

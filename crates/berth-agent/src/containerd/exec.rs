@@ -14,6 +14,28 @@ use containerd_client::tonic::Code;
 use super::ContainerdRuntime;
 use crate::runtime::{ExecOutput, RuntimeError};
 
+/// What is kept of each of a command's output streams: the first MiB (the agent's memory and
+/// the answer's size stay bounded, whatever the command prints).
+pub const MAX_EXEC_OUTPUT: usize = 1024 * 1024;
+
+/// The first [`MAX_EXEC_OUTPUT`] bytes of an output file, and a line saying what was cut.
+async fn read_capped(path: &std::path::Path) -> Result<Vec<u8>, RuntimeError> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(RuntimeError::io("read exec output"))?;
+    let mut kept = Vec::new();
+    file.take(MAX_EXEC_OUTPUT as u64 + 1)
+        .read_to_end(&mut kept)
+        .await
+        .map_err(RuntimeError::io("read exec output"))?;
+    if kept.len() > MAX_EXEC_OUTPUT {
+        kept.truncate(MAX_EXEC_OUTPUT);
+        kept.extend_from_slice(b"\n[berth: output cut at 1 MiB]\n");
+    }
+    Ok(kept)
+}
+
 /// Type URL of an OCI process spec inside a protobuf `Any`.
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
@@ -61,12 +83,8 @@ impl ContainerdRuntime {
             .run_exec(id, &exec_id, process, &out, &err, timeout)
             .await;
         let output = async {
-            let stdout = tokio::fs::read(&out)
-                .await
-                .map_err(RuntimeError::io("read exec output"))?;
-            let stderr = tokio::fs::read(&err)
-                .await
-                .map_err(RuntimeError::io("read exec output"))?;
+            let stdout = read_capped(&out).await?;
+            let stderr = read_capped(&err).await?;
             Ok::<_, RuntimeError>((stdout, stderr))
         }
         .await;
@@ -149,5 +167,26 @@ impl ContainerdRuntime {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_beyond_a_mebibyte_is_cut_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"hello\n").expect("write");
+        assert_eq!(read_capped(&small).await.expect("read"), b"hello\n");
+        let large = dir.path().join("large");
+        std::fs::write(&large, vec![b'x'; MAX_EXEC_OUTPUT + 10]).expect("write");
+        let kept = read_capped(&large).await.expect("read");
+        assert!(kept[..MAX_EXEC_OUTPUT].iter().all(|b| *b == b'x'));
+        assert_eq!(
+            &kept[MAX_EXEC_OUTPUT..],
+            b"\n[berth: output cut at 1 MiB]\n"
+        );
     }
 }
