@@ -34,6 +34,8 @@ use super::{ContainerdRuntime, SNAPSHOTTER};
 use crate::runtime::{ImageInfo, Progress, RuntimeError};
 
 const CHUNK: usize = 1 << 20;
+/// The most a blob's declared size reserves in memory before it arrives.
+const PREALLOCATE_AT_MOST: u64 = 64 << 20;
 
 /// The chain IDs of a layer stack (`chain[0] = diff[0]`,
 /// `chain[i] = sha256(chain[i-1] + " " + diff[i])`), as the OCI image spec defines them.
@@ -351,11 +353,26 @@ impl ContainerdRuntime {
         image: &str,
         layer: &oci_client::manifest::OciDescriptor,
     ) -> Result<Vec<u8>, RuntimeError> {
-        let mut data = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
+        // The declared size is the registry's word: it sizes no allocation beyond a bound (a
+        // manifest claiming 100 GB must not abort the agent), and what arrives must match it.
+        let declared = u64::try_from(layer.size).unwrap_or(0);
+        let mut data = Vec::with_capacity(
+            usize::try_from(declared.min(PREALLOCATE_AT_MOST)).unwrap_or(0),
+        );
         client
             .pull_blob(reference, layer, &mut data)
             .await
             .map_err(|e| registry_error(image, e))?;
+        if data.len() as u64 != declared {
+            return Err(RuntimeError::InvalidImage {
+                image: image.to_owned(),
+                detail: format!(
+                    "blob {} was declared {declared} bytes but {} arrived",
+                    layer.digest,
+                    data.len()
+                ),
+            });
+        }
         Ok(data)
     }
 
