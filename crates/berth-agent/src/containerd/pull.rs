@@ -356,9 +356,8 @@ impl ContainerdRuntime {
         // The declared size is the registry's word: it sizes no allocation beyond a bound (a
         // manifest claiming 100 GB must not abort the agent), and what arrives must match it.
         let declared = u64::try_from(layer.size).unwrap_or(0);
-        let mut data = Vec::with_capacity(
-            usize::try_from(declared.min(PREALLOCATE_AT_MOST)).unwrap_or(0),
-        );
+        let mut data =
+            Vec::with_capacity(usize::try_from(declared.min(PREALLOCATE_AT_MOST)).unwrap_or(0));
         client
             .pull_blob(reference, layer, &mut data)
             .await
