@@ -366,7 +366,7 @@ async fn guard_discovery(
         "-m",
         "comment",
         "--comment",
-        "berth: services' discovery addresses",
+        "berth: discovery addresses of services",
     ];
     let in_range = ["-m", "iprange", "--dst-range", range.as_str()];
     let not_bridge = ["!", "-i", bridge];
