@@ -6,29 +6,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use berth_tests::{cli, cli_json, poll, wait_stopped, AgentNetwork, AgentProc, Env};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{Cluster, TIMEOUT};
 
 /// `sh -c` for a task that serves `hello-from-task` on port 8080.
 const HTTPD: &str =
     "mkdir -p /www && echo hello-from-task > /www/index.html && exec httpd -f -p 8080 -h /www";
-
-/// The body of `GET /` at `addr`, over plain HTTP/1.0, within a few seconds.
-async fn http_get(addr: &str) -> anyhow::Result<String> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").await?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).await?;
-        anyhow::Ok(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(5), exchange).await??;
-    let (_, body) = reply
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP answer from {addr}: {reply:?}"))?;
-    Ok(body.to_owned())
-}
 
 /// What an agent's task network holds on the host: addresses allocated, veths on its bridge,
 /// iptables lines about its tasks.
@@ -90,6 +73,27 @@ pub(crate) fn footprint(env: &Env, agent: &str, net: &AgentNetwork) -> anyhow::R
         veths,
         rules,
     })
+}
+
+/// Runs a one-off task (with `flags`) that fetches `url` with wget, trying for 10 s; its exit
+/// code, what it printed (trimmed) and its stderr.
+async fn fetch_from_a_task(
+    addr: &str,
+    image: &str,
+    flags: &[&str],
+    url: &str,
+) -> anyhow::Result<(Option<i32>, String, String)> {
+    let script =
+        format!("for i in $(seq 1 50); do wget -q -O - {url} && exit 0; sleep 0.2; done; exit 1");
+    let mut args = vec!["run", "--wait"];
+    args.extend_from_slice(flags);
+    args.extend([image, "--", "sh", "-c", &script]);
+    let out = cli(addr, &args).await?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 fn netns_exists(task_id: &str) -> bool {
@@ -162,7 +166,8 @@ async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing
         format!("127.0.0.1:{fixed_port}"),
     ] {
         let body = poll(&format!("httpd at {target}"), TIMEOUT, || async {
-            http_get(&target).await.ok()
+            let (code, body) = berth_tests::http_get(&target, "test", "/").await.ok()?;
+            (code == 200).then_some(body)
         })
         .await?;
         assert_eq!(body, "hello-from-task\n", "{target}");
@@ -221,7 +226,7 @@ async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing
         after.rules.len() < running.rules.len(),
         "{after:?} vs {running:?}"
     );
-    let body = http_get(&format!("127.0.0.1:{fixed_port}")).await?;
+    let (_, body) = berth_tests::http_get(&format!("127.0.0.1:{fixed_port}"), "test", "/").await?;
     assert_eq!(body, "hello-from-task\n");
 
     // Stopped, the last task takes its address, veth, rules and namespace with it.
@@ -296,22 +301,12 @@ spec:
     assert_eq!(endpoints["ports"], serde_json::json!([8080]), "{endpoints}");
     // By its full name and, from its own namespace, by its short name.
     for name in ["web.default.berth.internal", "web"] {
-        let script = format!(
-            "for i in $(seq 1 50); do wget -q -O - http://{name}:8080/ && exit 0; sleep 0.2; done; exit 1"
-        );
-        let out = cli(
-            &addr,
-            &["run", "--wait", &env.image, "--", "sh", "-c", &script],
-        )
-        .await?;
+        let url = format!("http://{name}:8080/");
+        let (code, stdout, stderr) = fetch_from_a_task(&addr, &env.image, &[], &url).await?;
         assert_eq!(
-            (
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            ),
+            (code, stdout.as_str()),
             (Some(0), "hello-from-task"),
-            "{name}: {}; see {}",
-            String::from_utf8_lossy(&out.stderr),
+            "{name}: {stderr}; see {}",
             env.path(&format!("agent-{}/agent.log", agent.name))
                 .display()
         );
@@ -345,23 +340,9 @@ spec:
     )?;
     let out = cli(&addr, &["apply", "-f", &fixed.to_string_lossy(), "--wait"]).await?;
     assert!(out.status.success(), "{out:?}");
-    let script = format!(
-        "for i in $(seq 1 50); do wget -q -O - http://fixed:{port}/ && exit 0; sleep 0.2; done; exit 1"
-    );
-    let out = cli(
-        &addr,
-        &["run", "--wait", &env.image, "--", "sh", "-c", &script],
-    )
-    .await?;
-    assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ),
-        (Some(0), "fixed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://fixed:{port}/");
+    let (code, stdout, stderr) = fetch_from_a_task(&addr, &env.image, &[], &url).await?;
+    assert_eq!((code, stdout.as_str()), (Some(0), "fixed"), "{stderr}");
     let (code, body) = berth_tests::http_get(&format!("127.0.0.1:{port}"), "x", "/").await?;
     assert_eq!((code, body.trim()), (200, "fixed"));
 
@@ -571,30 +552,17 @@ async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow
         ),
     )
     .await?;
-    let script = "for i in $(seq 1 50); do wget -q -O - http://api.default.berth.internal:8080/ && exit 0; sleep 0.2; done; exit 1";
-    let out = cli(
+    let (code, stdout, stderr) = fetch_from_a_task(
         &addr,
-        &[
-            "run",
-            "--wait",
-            "--placement-constraint",
-            "attribute:host == 0",
-            &image,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
+        &image,
+        &["--placement-constraint", "attribute:host == 0"],
+        "http://api.default.berth.internal:8080/",
     )
     .await?;
     assert_eq!(
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ),
+        (code, stdout.as_str()),
         (Some(0), "hello-from-task"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{stderr}"
     );
     drop(agents);
     Ok(())

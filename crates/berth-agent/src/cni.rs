@@ -330,8 +330,8 @@ impl Cni {
     /// Attaches the namespace at `netns` (of container or task `id`) to the node's bridge,
     /// publishing `ports`; answers the task's address. A failure detaches what was attached.
     ///
-    /// The attachment is recorded before the first plugin runs (with the ADD's result once it
-    /// has one), so an agent that dies in the middle still finds it and detaches it.
+    /// Call [`Cni::prepare`] first (before the namespace exists), so that an agent that dies in
+    /// the middle still finds the attachment and detaches it; the record gets the ADD's result.
     pub async fn add(
         &self,
         id: &str,
@@ -340,7 +340,6 @@ impl Cni {
     ) -> Result<Ipv4Addr, CniError> {
         let _one = self.one_at_a_time.lock().await;
         let runtime = runtime_config(ports);
-        self.record(id, &runtime, None)?;
         let mut result: Option<Value> = None;
         for plugin in self.plugins() {
             let input = plugin_input(&self.list, plugin, &runtime, result.as_ref());

@@ -441,18 +441,7 @@ async fn bridge_addresses(bridge: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
 }
 
 async fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .context("run ip (install iproute2)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    Ok(crate::iproute::ip(args).await?)
 }
 
 /// `ip ARGS` where "already so" is fine (an address that exists, or is gone).

@@ -20,6 +20,7 @@ pub mod dns;
 pub mod engine;
 mod fake;
 mod fencing;
+mod iproute;
 pub mod logfile;
 pub mod metrics;
 mod reconcile;

@@ -35,24 +35,11 @@ fn netns_path(task_id: &str) -> String {
     format!("/run/netns/{}", netns_name(task_id))
 }
 
-/// Runs `ip ARGS` (iproute2).
+/// Runs `ip ARGS` for a task's namespace.
 async fn ip(args: &[&str]) -> Result<(), RuntimeError> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
+    crate::iproute::ip(args)
         .await
-        .map_err(RuntimeError::io("run ip (install iproute2)"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(RuntimeError::Io {
-        op: "set up the task's network namespace",
-        source: std::io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    })
+        .map_err(RuntimeError::io("set up the task's network namespace"))
 }
 
 /// A host port held for a task: bound, never listening or read.
