@@ -240,6 +240,8 @@ mod tests {
                     containers: vec![ContainerDefinition::new("app", "busybox")],
                     last_status: status(last).expect("a task status"),
                     deregistration_delay: 0,
+                    ephemeral_storage: Default::default(),
+                    secrets: Default::default(),
                 })),
                 ["unreadable", id, want, last, error @ ..] => desired.push(Err(Unreadable {
                     task_id: (*id).to_owned(),

@@ -229,6 +229,8 @@ mod tests {
             containers: vec![app],
             last_status: last,
             deregistration_delay: 0,
+            ephemeral_storage: Default::default(),
+            secrets: Default::default(),
         }
         .into()
     }

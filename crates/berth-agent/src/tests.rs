@@ -201,6 +201,8 @@ fn task_run(
             containers,
             last_status: TaskStatus::Pending,
             deregistration_delay: 0,
+            ephemeral_storage: Default::default(),
+            secrets: Default::default(),
         },
         runtime: rt.clone(),
         log_dir: std::env::temp_dir(),

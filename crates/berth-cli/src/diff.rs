@@ -54,6 +54,7 @@ fn spec_of(d: &TaskDefinition) -> TaskDefinitionSpec {
         memory: d.memory,
         containers: d.containers.clone(),
         placement: d.placement.clone(),
+        ephemeral_storage: d.ephemeral_storage,
     }
 }
 

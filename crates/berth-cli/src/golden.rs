@@ -210,6 +210,7 @@ fn taskdefs() -> Vec<TaskDefinition> {
         memory: 64,
         containers: vec![c],
         placement: Default::default(),
+        ephemeral_storage: None,
         registered_at: NOW - 5 * MIN,
     }]
 }

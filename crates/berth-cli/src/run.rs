@@ -87,6 +87,7 @@ fn image_spec(args: &RunArgs, image: &str) -> anyhow::Result<TaskDefinitionSpec>
         memory: args.memory,
         containers: vec![container],
         placement: placement_flags(&args.placement_strategy, &args.placement_constraint)?,
+        ephemeral_storage: None,
     };
     spec.validate()
         .map_err(|e| anyhow::anyhow!("invalid task: {e}"))?;

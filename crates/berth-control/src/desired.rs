@@ -29,6 +29,9 @@ pub fn desired_tasks(state: &State, node: &str) -> Vec<Assignment> {
                 containers: def.containers.clone(),
                 last_status: t.last_status,
                 deregistration_delay,
+                ephemeral_storage: def.ephemeral_storage.unwrap_or_default(),
+                // Opened by the server that pushes the set, which holds the keyring.
+                secrets: berth_model::TaskSecrets::default(),
             })
         })
         .collect()

@@ -227,6 +227,7 @@ mod tests {
             memory: spec.memory,
             containers: spec.containers,
             placement: spec.placement,
+            ephemeral_storage: None,
             meta: spec.meta,
             registered_at: 0,
         }

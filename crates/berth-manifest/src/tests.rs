@@ -133,7 +133,7 @@ fn multi_document_keeps_line_numbers() {
     let bad = format!("{GOOD}---\n{}", GOOD.replace("memory: 128", "memroy: 128"));
     check(
         &bad,
-        "m.yaml:33:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`, `placement`",
+        "m.yaml:33:3: spec: unknown field `memroy`, expected one of `cpu`, `memory`, `containers`, `placement`, `ephemeralStorage`",
     );
 }
 
@@ -143,7 +143,7 @@ fn multi_document_keeps_line_numbers() {
 fn broken_fields_are_reported_with_their_position() {
     check_edits(&[
         // Unknown fields.
-        ("command:", "comand:", "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`, `dependsOn`, `init`, `portMappings`"),
+        ("command:", "comand:", "m.yaml:12:7: spec.containers[0]: unknown field `comand`, expected one of `name`, `image`, `command`, `entryPoint`, `environment`, `workingDirectory`, `essential`, `stopTimeout`, `cpu`, `memory`, `healthCheck`, `dependsOn`, `init`, `portMappings`, `secrets`, `secretFiles`, `repositoryCredentials`, `user`, `readonlyRootFilesystem`, `linuxParameters`, `ulimits`"),
         // Types and values.
         ("cpu: 256", "cpu: lots", "m.yaml:7:8: spec.cpu: invalid type: string \"lots\", expected u32"),
         ("stopTimeout: 5s", "stopTimeout: soon", "m.yaml:15:20: spec.containers[0].stopTimeout: invalid duration \"soon\" (expected number at 0); write it like 30s or 5m"),

@@ -6,8 +6,9 @@ use std::fmt;
 
 use berth_model::{
     Autoscaling, CircuitBreaker, ContainerDefinition, ContainerDependency, DependencyCondition,
-    DeploymentConfiguration, DeploymentStrategy, HealthCheck, IngressRule, PlacementSpec,
-    PortMapping, Protocol, TargetTracking, TaskDefinitionRef, TaskDefinitionSpec,
+    DeploymentConfiguration, DeploymentStrategy, EphemeralStorage, HealthCheck, IngressRule,
+    LinuxParameters, PlacementSpec, PortMapping, Protocol, RepositoryCredentials,
+    SecretEnvironment, SecretFile, TargetTracking, TaskDefinitionRef, TaskDefinitionSpec, Ulimit,
     DEFAULT_STOP_TIMEOUT_SECS,
 };
 use schemars::JsonSchema;
@@ -46,6 +47,9 @@ pub(crate) struct TaskDefinitionSpecYaml {
     /// `constraints: [{type: memberOf, expression: "attribute:disk == ssd"}]`.
     #[serde(default)]
     placement: PlacementSpec,
+    /// The task's writable storage limit: `{sizeInGiB: 20}` (the default).
+    #[serde(default)]
+    ephemeral_storage: Option<EphemeralStorage>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -222,6 +226,29 @@ struct ContainerYaml {
     /// Container ports published on the task's node.
     #[serde(default)]
     port_mappings: Vec<PortMappingYaml>,
+    /// Environment variables from secrets: `[{name: DB_PASSWORD, valueFrom: db-creds:password}]`.
+    #[serde(default)]
+    secrets: Vec<SecretEnvironment>,
+    /// Every key of a secret as a read-only file: `[{secret: tls, path: /run/secrets/tls}]`.
+    #[serde(default)]
+    secret_files: Vec<SecretFile>,
+    /// Registry credentials from a secret with keys `username` and `password`:
+    /// `{credentialsParameter: registry-creds}`.
+    #[serde(default)]
+    repository_credentials: Option<RepositoryCredentials>,
+    /// `uid`, `uid:gid`, `name` or `name:group` (names from the image's /etc/passwd); the
+    /// image's USER when absent.
+    #[serde(default)]
+    user: Option<String>,
+    /// Mount the root filesystem read-only.
+    #[serde(default)]
+    readonly_root_filesystem: bool,
+    /// `{capabilities: {add: [NET_ADMIN], drop: [ALL]}}`.
+    #[serde(default)]
+    linux_parameters: LinuxParameters,
+    /// `[{name: nofile, softLimit: 1024, hardLimit: 4096}]`.
+    #[serde(default)]
+    ulimits: Vec<Ulimit>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -360,6 +387,7 @@ impl TaskDefinitionSpecYaml {
             family,
             cpu: self.cpu,
             memory: self.memory,
+            ephemeral_storage: self.ephemeral_storage,
             meta: Default::default(),
             containers: self
                 .containers
@@ -394,6 +422,13 @@ impl TaskDefinitionSpecYaml {
                             protocol: p.protocol,
                         })
                         .collect(),
+                    secrets: c.secrets,
+                    secret_files: c.secret_files,
+                    repository_credentials: c.repository_credentials,
+                    user: c.user,
+                    readonly_root_filesystem: c.readonly_root_filesystem,
+                    linux_parameters: c.linux_parameters,
+                    ulimits: c.ulimits,
                 })
                 .collect(),
         }

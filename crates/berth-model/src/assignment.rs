@@ -21,4 +21,9 @@ pub struct Assignment {
     /// Seconds between the stop request and SIGTERM, while the task is out of routing
     /// (a service's tasks that publish ports; 0 for the others).
     pub deregistration_delay: u32,
+    /// The limit on the task's writable storage (its containers' writable layers together).
+    pub ephemeral_storage: crate::EphemeralStorage,
+    /// The secret values its containers reference, opened by the leader for this node only
+    /// (empty while the task is not to run).
+    pub secrets: crate::TaskSecrets,
 }

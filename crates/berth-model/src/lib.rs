@@ -16,6 +16,8 @@ mod namespace;
 mod network;
 mod node;
 mod placement;
+mod sandbox;
+mod secret;
 mod service;
 mod task;
 mod task_definition;
@@ -39,6 +41,15 @@ pub use network::{
 pub use node::{Node, NodeStatus, Resources};
 pub use placement::{
     BinpackField, Expression, PlacementConstraint, PlacementSpec, PlacementStrategy,
+};
+pub use sandbox::{
+    EphemeralStorage, KernelCapabilities, LinuxParameters, Ulimit, CAPABILITIES,
+    DEFAULT_EPHEMERAL_STORAGE_GIB, MAX_EPHEMERAL_STORAGE_GIB, ULIMIT_NAMES,
+};
+pub use secret::{
+    validate_secret, ContainerSecrets, RepositoryCredentials, SealedValue, Secret,
+    SecretEnvironment, SecretFile, SecretKeyRef, SecretKeys, TaskSecrets, MAX_SECRET_BYTES,
+    MAX_SECRET_KEYS,
 };
 pub use service::{
     Autoscaling, CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus,
@@ -153,6 +164,28 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
         ));
     }
     Ok(())
+}
+
+/// Checks a DNS label (RFC 1123, as Kubernetes names objects): 1 to 63 lower-case letters,
+/// digits and '-', starting and ending with a letter or digit.
+pub fn validate_dns_label(field: &str, name: &str) -> Result<(), ValidationError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        field,
+        format!(
+            "{name:?} is not a DNS label: use 1 to 63 lower-case letters, digits and '-', \
+             starting and ending with a letter or digit"
+        ),
+    ))
 }
 
 /// An error and its causes, `: `-separated (what anyhow's `{:#}` prints), for log lines and

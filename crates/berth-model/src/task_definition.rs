@@ -29,6 +29,9 @@ pub struct TaskDefinitionSpec {
     /// Where the family's tasks may run and how nodes are ranked.
     #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
+    /// The task's writable storage limit; 20 GiB when absent (as Fargate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<crate::EphemeralStorage>,
     #[serde(flatten)]
     pub meta: crate::ObjectMeta,
 }
@@ -47,6 +50,7 @@ impl TaskDefinitionSpec {
             memory,
             containers,
             placement: PlacementSpec::default(),
+            ephemeral_storage: None,
             meta: crate::ObjectMeta::default(),
         }
     }
@@ -65,6 +69,9 @@ pub struct TaskDefinition {
     pub containers: Vec<ContainerDefinition>,
     #[serde(default, skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
+    /// The task's writable storage limit; 20 GiB when absent (as Fargate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<crate::EphemeralStorage>,
     #[serde(flatten)]
     pub meta: crate::ObjectMeta,
     #[serde(with = "crate::time::rfc3339")]
@@ -103,6 +110,7 @@ impl TaskDefinition {
             && self.memory == spec.memory
             && self.containers == spec.containers
             && self.placement == spec.placement
+            && self.ephemeral_storage == spec.ephemeral_storage
             && self.meta == spec.meta
     }
 }
@@ -163,6 +171,28 @@ pub struct ContainerDefinition {
     /// Container ports published on the task's node (ECS `portMappings`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<crate::PortMapping>,
+    /// Environment variables whose values come from secrets (ECS `secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretEnvironment>,
+    /// Secrets whose keys appear as files in a directory on a tmpfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<crate::SecretFile>,
+    /// Registry credentials for the image, from a secret (ECS `repositoryCredentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_credentials: Option<crate::RepositoryCredentials>,
+    /// The user the process runs as (`uid`, `uid:gid`, `name`, `name:group`); the image's
+    /// USER when absent. Names are looked up in the image's /etc/passwd and /etc/group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Mounts the container's root filesystem read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly_root_filesystem: bool,
+    /// Capabilities added to or dropped from the default set.
+    #[serde(default, skip_serializing_if = "crate::LinuxParameters::is_empty")]
+    pub linux_parameters: crate::LinuxParameters,
+    /// Resource limits of the container's processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<crate::Ulimit>,
 }
 
 /// "Start this container once `container_name` has reached `condition`" (ECS `dependsOn`).
@@ -281,6 +311,13 @@ impl ContainerDefinition {
             depends_on: Vec::new(),
             init: true,
             port_mappings: Vec::new(),
+            secrets: Vec::new(),
+            secret_files: Vec::new(),
+            repository_credentials: None,
+            user: None,
+            readonly_root_filesystem: false,
+            linux_parameters: crate::LinuxParameters::default(),
+            ulimits: Vec::new(),
         }
     }
 }
@@ -372,12 +409,30 @@ impl TaskDefinitionSpec {
                     ));
                 }
             }
+            crate::secret::validate_references(
+                &field,
+                &c.secrets,
+                &c.secret_files,
+                c.repository_credentials.as_ref(),
+                &c.environment,
+            )?;
+            if let Some(user) = &c.user {
+                crate::sandbox::validate_user(&field("user"), user)?;
+            }
+            crate::sandbox::validate_linux_parameters(
+                &field("linuxParameters"),
+                &c.linux_parameters,
+            )?;
+            crate::sandbox::validate_ulimits(&field("ulimits"), &c.ulimits)?;
         }
         self.validate_dependencies()?;
         crate::network::validate_port_mappings(
             self.containers.iter().map(|c| c.port_mappings.as_slice()),
         )?;
         self.placement.validate("placement")?;
+        if let Some(storage) = self.ephemeral_storage {
+            crate::sandbox::validate_ephemeral_storage(storage)?;
+        }
         if !self.containers.iter().any(|c| c.essential) {
             return Err(ValidationError::new(
                 "containers",
@@ -521,6 +576,7 @@ mod tests {
             memory: 512,
             containers: vec![ContainerDefinition::new("app", "busybox:latest")],
             placement: PlacementSpec::default(),
+            ephemeral_storage: None,
         }
     }
 

@@ -18,6 +18,44 @@ pub mod v1 {
     tonic::include_proto!("berth.v1");
 }
 
+/// Wire messages with secret values in clear print their keys only.
+mod redacted {
+    use std::fmt;
+
+    use super::v1;
+
+    impl fmt::Debug for v1::ContainerSecrets {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("ContainerSecrets")
+                .field("container_name", &self.container_name)
+                .field("environment", &self.environment.keys().collect::<Vec<_>>())
+                .field("files", &self.files)
+                .field("registry_username", &self.registry_username)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for v1::SecretDirectory {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("SecretDirectory")
+                .field("path", &self.path)
+                .field("files", &self.files.keys().collect::<Vec<_>>())
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for v1::PutSecretRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("PutSecretRequest")
+                .field("namespace", &self.namespace)
+                .field("name", &self.name)
+                .field("data", &self.data.keys().collect::<Vec<_>>())
+                .field("precondition", &self.precondition)
+                .finish()
+        }
+    }
+}
+
 /// The encoded file descriptor set of every berth proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_descriptor");
 

@@ -123,6 +123,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
                 memory: 64,
                 containers: vec![],
                 placement: None,
+                ephemeral_storage_gib: None,
             }),
             reuse_identical: false,
         })

@@ -45,6 +45,7 @@ impl State {
             memory: spec.memory,
             containers: spec.containers,
             placement: spec.placement,
+            ephemeral_storage: spec.ephemeral_storage,
             meta: spec.meta,
             registered_at: at,
         };

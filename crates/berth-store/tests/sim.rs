@@ -285,6 +285,7 @@ impl Sim {
                 memory: 64,
                 containers: vec![ContainerDefinition::new("app", "busybox")],
                 placement: Default::default(),
+                ephemeral_storage: None,
             };
             let cmd = Command::RegisterTaskDefinition {
                 namespace: "default".into(),
@@ -456,6 +457,7 @@ impl Sim {
                     memory: 64,
                     containers: vec![ContainerDefinition::new("app", "busybox")],
                     placement: Default::default(),
+                    ephemeral_storage: None,
                 };
                 let write = leader.raft().client_write(Command::RegisterTaskDefinition {
                     namespace: "default".into(),

@@ -14,6 +14,7 @@ fn spec(family: &str) -> TaskDefinitionSpec {
         memory: 64,
         containers: vec![ContainerDefinition::new("app", "busybox")],
         placement: Default::default(),
+        ephemeral_storage: None,
     }
 }
 

@@ -17,6 +17,27 @@ impl From<m::Assignment> for v1::TaskAssignment {
             containers: all_to_wire(a.containers),
             last_status: v1::TaskStatus::from(a.last_status) as i32,
             deregistration_delay: a.deregistration_delay,
+            ephemeral_storage_bytes: a.ephemeral_storage.bytes(),
+            secrets_error: a.secrets.error.unwrap_or_default(),
+            secrets: a
+                .secrets
+                .containers
+                .into_iter()
+                .map(|(container_name, c)| {
+                    let (registry_username, registry_password) = c.registry.unwrap_or_default();
+                    v1::ContainerSecrets {
+                        container_name,
+                        environment: c.environment,
+                        files: c
+                            .files
+                            .into_iter()
+                            .map(|(path, files)| v1::SecretDirectory { path, files })
+                            .collect(),
+                        registry_username,
+                        registry_password,
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -38,6 +59,32 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
             cpu: a.cpu,
             memory: a.memory,
             deregistration_delay: a.deregistration_delay,
+            // Whole GiB on the wire would do, but bytes leave room for finer limits.
+            ephemeral_storage: m::EphemeralStorage {
+                size_in_gib: u32::try_from(a.ephemeral_storage_bytes >> 30)
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            },
+            secrets: m::TaskSecrets {
+                error: super::opt_str(a.secrets_error),
+                containers: a
+                    .secrets
+                    .into_iter()
+                    .map(|c| {
+                        let registry = (!c.registry_username.is_empty())
+                            .then_some((c.registry_username, c.registry_password));
+                        let files = c.files.into_iter().map(|d| (d.path, d.files)).collect();
+                        (
+                            c.container_name,
+                            m::ContainerSecrets {
+                                environment: c.environment,
+                                files,
+                                registry,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
         })
     }
 }
@@ -104,6 +151,8 @@ mod tests {
             containers: vec![app, m::ContainerDefinition::new("sidecar", "envoy")],
             last_status: m::TaskStatus::Running,
             deregistration_delay: 5,
+            ephemeral_storage: m::EphemeralStorage::default(),
+            secrets: m::TaskSecrets::default(),
         }
     }
 

@@ -66,6 +66,39 @@ impl From<m::ContainerDefinition> for v1::ContainerDefinition {
             depends_on: all_to_wire(c.depends_on),
             init: Some(c.init),
             port_mappings: all_to_wire(c.port_mappings),
+            secrets: c
+                .secrets
+                .into_iter()
+                .map(|s| v1::SecretEnvironment {
+                    name: s.name,
+                    value_from: s.value_from.to_string(),
+                })
+                .collect(),
+            secret_files: c
+                .secret_files
+                .into_iter()
+                .map(|f| v1::SecretFile {
+                    secret: f.secret,
+                    path: f.path,
+                })
+                .collect(),
+            repository_credentials: c
+                .repository_credentials
+                .map(|r| r.credentials_parameter)
+                .unwrap_or_default(),
+            user: c.user.unwrap_or_default(),
+            readonly_root_filesystem: c.readonly_root_filesystem,
+            capabilities_add: c.linux_parameters.capabilities.add,
+            capabilities_drop: c.linux_parameters.capabilities.drop,
+            ulimits: c
+                .ulimits
+                .into_iter()
+                .map(|u| v1::Ulimit {
+                    name: u.name,
+                    soft_limit: u.soft_limit,
+                    hard_limit: u.hard_limit,
+                })
+                .collect(),
         }
     }
 }
@@ -88,6 +121,46 @@ impl TryFrom<v1::ContainerDefinition> for m::ContainerDefinition {
             health_check: c.health_check.map(Into::into),
             init: c.init.unwrap_or(true),
             port_mappings: try_all(c.port_mappings)?,
+            secrets: c
+                .secrets
+                .into_iter()
+                .map(|s| {
+                    Ok(m::SecretEnvironment {
+                        value_from: s.value_from.parse()?,
+                        name: s.name,
+                    })
+                })
+                .collect::<Result<_, ConversionError>>()?,
+            secret_files: c
+                .secret_files
+                .into_iter()
+                .map(|f| m::SecretFile {
+                    secret: f.secret,
+                    path: f.path,
+                })
+                .collect(),
+            repository_credentials: opt_str(c.repository_credentials).map(
+                |credentials_parameter| m::RepositoryCredentials {
+                    credentials_parameter,
+                },
+            ),
+            user: opt_str(c.user),
+            readonly_root_filesystem: c.readonly_root_filesystem,
+            linux_parameters: m::LinuxParameters {
+                capabilities: m::KernelCapabilities {
+                    add: c.capabilities_add,
+                    drop: c.capabilities_drop,
+                },
+            },
+            ulimits: c
+                .ulimits
+                .into_iter()
+                .map(|u| m::Ulimit {
+                    name: u.name,
+                    soft_limit: u.soft_limit,
+                    hard_limit: u.hard_limit,
+                })
+                .collect(),
         })
     }
 }
@@ -100,6 +173,7 @@ impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
             memory: s.memory,
             containers: all_to_wire(s.containers),
             placement: placement_to_wire(s.placement),
+            ephemeral_storage_gib: s.ephemeral_storage.map(|e| e.size_in_gib),
             labels: s.meta.labels,
             annotations: s.meta.annotations,
         }
@@ -115,6 +189,9 @@ impl TryFrom<v1::TaskDefinitionSpec> for m::TaskDefinitionSpec {
             memory: s.memory,
             containers: try_all(s.containers)?,
             placement: placement_from_wire(s.placement)?,
+            ephemeral_storage: s
+                .ephemeral_storage_gib
+                .map(|size_in_gib| m::EphemeralStorage { size_in_gib }),
             meta: meta(s.labels, s.annotations),
         })
     }
@@ -132,6 +209,7 @@ impl From<m::TaskDefinition> for v1::TaskDefinition {
             containers: all_to_wire(d.containers),
             registered_at: d.registered_at,
             placement: placement_to_wire(d.placement),
+            ephemeral_storage_gib: d.ephemeral_storage.map(|e| e.size_in_gib),
             labels: d.meta.labels,
             annotations: d.meta.annotations,
         }
@@ -151,6 +229,9 @@ impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
             containers: try_all(d.containers)?,
             registered_at: d.registered_at,
             placement: placement_from_wire(d.placement)?,
+            ephemeral_storage: d
+                .ephemeral_storage_gib
+                .map(|size_in_gib| m::EphemeralStorage { size_in_gib }),
             meta: meta(d.labels, d.annotations),
         })
     }

@@ -8,6 +8,7 @@ mod access;
 mod ca;
 mod cluster;
 mod nodes;
+mod secrets;
 mod services;
 mod task_definitions;
 mod tasks;
@@ -330,6 +331,39 @@ impl Berth for BerthService {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Answer<pb::RemoveNodeResponse> {
         route!(self, req, remove_node)
+    }
+
+    async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Answer<pb::SecretInfo> {
+        route!(self, req, put_secret)
+    }
+
+    async fn get_secret(&self, req: Request<pb::GetSecretRequest>) -> Answer<pb::SecretInfo> {
+        route!(self, req, get_secret)
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<pb::ListSecretsRequest>,
+    ) -> Answer<pb::ListSecretsResponse> {
+        route!(self, req, list_secrets)
+    }
+
+    async fn delete_secret(&self, req: Request<pb::DeleteSecretRequest>) -> Answer<pb::SecretInfo> {
+        route!(self, req, delete_secret)
+    }
+
+    async fn rotate_secret_key(
+        &self,
+        req: Request<pb::RotateSecretKeyRequest>,
+    ) -> Answer<pb::RotateSecretKeyResponse> {
+        route!(self, req, rotate_secret_key)
+    }
+
+    async fn redeploy_service(
+        &self,
+        req: Request<pb::RedeployServiceRequest>,
+    ) -> Answer<pb::Service> {
+        route!(self, req, redeploy_service)
     }
 
     type TaskLogsStream = LogStream;
