@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".berth.v1.ContainerSecrets",
             ".berth.v1.SecretDirectory",
             ".berth.v1.PutSecretRequest",
+            ".berth.v1.Keyring",
         ])
         .compile_protos(&protos, &["../../proto".to_owned()])?;
     Ok(())

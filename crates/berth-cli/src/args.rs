@@ -30,7 +30,8 @@ pub enum Command {
         files: Vec<String>,
     },
     /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], services,
-    /// service NAME, endpoints [SERVICE] (where a service's name leads), nodes.
+    /// service NAME, endpoints [SERVICE] (where a service's name leads), nodes, secrets,
+    /// secret NAME (keys only).
     Get { kind: String, name: Option<String> },
     /// Show an object in detail: task ID, taskdef FAMILY[:REV], service NAME, node NAME.
     Describe { kind: String, name: String },
@@ -45,8 +46,8 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         timeout: Duration,
     },
-    /// Delete the objects of manifests (-f) or one object (`delete service NAME`): a service
-    /// stops its tasks, then disappears.
+    /// Delete the objects of manifests (-f) or one object (`delete service NAME`, `delete
+    /// secret NAME`): a service stops its tasks, then disappears.
     Delete {
         /// A file, a directory of *.yaml/*.yml files, or - for stdin.
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
@@ -123,12 +124,58 @@ pub enum Command {
     /// Namespaces and their quotas (admin).
     #[command(subcommand)]
     Namespace(NamespaceCommand),
+    /// Secrets of a namespace: values tasks read as variables or files; never shown back.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SecretCommand {
+    /// Create a secret from literals, files or standard input (it must not exist yet).
+    Create {
+        name: String,
+        #[command(flatten)]
+        values: SecretValues,
+    },
+    /// Replace every key of an existing secret. Running tasks keep the values they started
+    /// with; `berth service redeploy NAME` replaces a service's tasks.
+    Update {
+        name: String,
+        #[command(flatten)]
+        values: SecretValues,
+    },
+    /// Show a secret's keys, or list the namespace's secrets (never their values).
+    Get { name: Option<String> },
+    /// List the namespace's secrets and their keys.
+    List,
+    /// Delete a secret (tasks that reference it no longer start).
+    Delete { name: String },
+    /// Seal every secret again under a new key of the servers' keyring (admin).
+    RotateKey,
+}
+
+/// Where a secret's values come from (at least one).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecretValues {
+    /// A key and its value (repeatable). The value is visible in the shell's history and the
+    /// process list: prefer --from-file or --from-stdin for real secrets.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub from_literal: Vec<String>,
+    /// A file's content as a key's value; the key is the file's name unless given (repeatable).
+    #[arg(long, value_name = "[KEY=]PATH")]
+    pub from_file: Vec<String>,
+    /// Standard input as the value of KEY.
+    #[arg(long, value_name = "KEY")]
+    pub from_stdin: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ServiceCommand {
     /// Let a canary deployment's remaining tasks follow now, without waiting for the bake time.
     Promote { name: String },
+    /// Replace every task of a service with a new one of the same revision, in a rolling
+    /// deployment (after a secret its tasks read changed, say).
+    Redeploy { name: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -51,6 +51,11 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             services::promote(&mut Client::new(&global)?, &global, &name).await?;
             Ok(0)
         }
+        Command::Service(ServiceCommand::Redeploy { name }) => {
+            services::redeploy(&mut Client::new(&global)?, &global, &name).await?;
+            Ok(0)
+        }
+        Command::Secret(cmd) => crate::secrets::run(&global, cmd).await.map(|()| 0),
         Command::Get { kind, name } => get(&global, &kind, name.as_deref()).await.map(|()| 0),
         Command::Describe { kind, name } => describe(&global, &kind, &name).await.map(|()| 0),
         Command::Logs {
@@ -113,8 +118,12 @@ async fn delete(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result<(
         "taskdef" | "taskdefs" | "taskdefinition" | "taskdefinitions" => {
             bail!("task definition revisions are immutable and kept; stop using {name} instead")
         }
+        "secret" | "secrets" => {
+            let mut client = Client::new(global)?;
+            crate::secrets::delete(&mut client, global, name).await
+        }
         "task" | "tasks" => bail!("use `berth stop {name}` to stop a task"),
-        other => bail!("cannot delete kind {other:?}; use service NAME"),
+        other => bail!("cannot delete kind {other:?}; use service NAME or secret NAME"),
     }
 }
 
@@ -189,6 +198,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             let s = services::fetch(&mut client, global, name).await?;
             services::print(global.output, &[s], true)
         }
+        ("secrets" | "secret", name) => crate::secrets::get(&mut client, global, name).await,
         ("endpoints" | "endpoint" | "ep", name) => {
             let list = crate::endpoints::get(&mut client, global, name).await?;
             print!(
@@ -208,7 +218,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
             print_nodes(global.output, &nodes, name.is_some())
         }
         (other, _) => bail!(
-            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV], services, service NAME, endpoints [SERVICE] or nodes"
+            "unknown kind {other:?}; use tasks, task ID, taskdefs, taskdef FAMILY[:REV], services, service NAME, endpoints [SERVICE], nodes, secrets or secret NAME"
         ),
     }
 }

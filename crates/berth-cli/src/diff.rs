@@ -101,6 +101,10 @@ pub async fn run(global: &GlobalArgs, documents: Vec<Document>) -> anyhow::Resul
                 lines = diff_service(&mut client, &namespace, &spec, template.as_ref()).await?;
                 format!("service/{}", spec.name)
             }
+            Object::Secret(values) => {
+                lines = diff_secret(&mut client, &namespace, &d.metadata.name, &values.0).await?;
+                format!("secret/{}", d.metadata.name)
+            }
         };
         if !lines.is_empty() {
             differs = true;
@@ -111,6 +115,37 @@ pub async fn run(global: &GlobalArgs, documents: Vec<Document>) -> anyhow::Resul
         }
     }
     Ok(i32::from(differs))
+}
+
+/// What applying a secret's manifest would change: its keys (values are never shown back, so
+/// a key present on both sides is replaced without a comparison).
+async fn diff_secret(
+    client: &mut Client,
+    namespace: &str,
+    name: &str,
+    values: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<Vec<String>> {
+    let req = pb::ListSecretsRequest {
+        namespace: namespace.to_owned(),
+    };
+    let list = client
+        .request(req, |mut c, req| async move { c.list_secrets(req).await })
+        .await?;
+    let Some(current) = list.secrets.into_iter().find(|s| s.name == name) else {
+        return Ok(vec!["  + new".to_owned()]);
+    };
+    let mut lines = Vec::new();
+    for key in values.keys() {
+        if current.keys.contains(key) {
+            lines.push(format!("  ~ data.{key}: replaced (values are never shown)"));
+        } else {
+            lines.push(format!("  + data.{key}"));
+        }
+    }
+    for key in current.keys.iter().filter(|k| !values.contains_key(*k)) {
+        lines.push(format!("  - data.{key}"));
+    }
+    Ok(lines)
 }
 
 /// What applying a service's manifest (`spec`, and `template` when it carries its task

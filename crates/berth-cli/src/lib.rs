@@ -16,6 +16,7 @@ mod namespaces;
 mod output;
 mod render;
 mod run;
+mod secrets;
 mod services;
 mod taskdefs;
 mod tasks;

@@ -121,6 +121,24 @@ pub async fn apply(
                 )
                 .await?;
             }
+            Object::Secret(_) if dry_run => {
+                println!("secret/{} valid (dry run)", d.metadata.name);
+            }
+            Object::Secret(values) => {
+                let g = GlobalArgs {
+                    namespace,
+                    ..global.clone()
+                };
+                let s = crate::secrets::put(
+                    &mut client,
+                    &g,
+                    d.metadata.name.clone(),
+                    values.0,
+                    berth_proto::v1::SecretPrecondition::Unspecified,
+                )
+                .await?;
+                println!("secret/{} applied (version {})", s.name, s.version);
+            }
         }
     }
     let Some(timeout) = wait else { return Ok(0) };
@@ -172,6 +190,13 @@ pub async fn delete(global: &GlobalArgs, files: &[String]) -> anyhow::Result<()>
                     &task_definition.family,
                 )
                 .await?;
+            }
+            Object::Secret(_) => {
+                let g = GlobalArgs {
+                    namespace,
+                    ..global.clone()
+                };
+                crate::secrets::delete(&mut client, &g, &d.metadata.name).await?;
             }
         }
     }

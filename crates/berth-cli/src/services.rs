@@ -469,6 +469,26 @@ pub async fn delete(client: &mut Client, namespace: &str, name: &str) -> anyhow:
     Ok(())
 }
 
+pub async fn redeploy(client: &mut Client, global: &GlobalArgs, name: &str) -> anyhow::Result<()> {
+    let req = pb::RedeployServiceRequest {
+        namespace: global.namespace.clone(),
+        name: name.to_owned(),
+    };
+    let s = client
+        .request(
+            req,
+            |mut c, req| async move { c.redeploy_service(req).await },
+        )
+        .await?;
+    let deployment = s
+        .deployments
+        .first()
+        .map(|d| d.id.clone())
+        .unwrap_or_default();
+    println!("service/{name} redeploying (deployment {deployment})");
+    Ok(())
+}
+
 pub async fn promote(client: &mut Client, global: &GlobalArgs, name: &str) -> anyhow::Result<()> {
     let req = pb::PromoteServiceRequest {
         namespace: global.namespace.clone(),

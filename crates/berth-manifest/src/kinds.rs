@@ -7,8 +7,8 @@ use berth_model::{
 
 use crate::source::Source;
 use crate::yaml::{
-    AutoscalingYaml, IngressRuleYaml, ServiceDoc, TaskDefinitionDoc, TaskDefinitionSpecYaml,
-    TaskDoc,
+    AutoscalingYaml, IngressRuleYaml, SecretDoc, ServiceDoc, TaskDefinitionDoc,
+    TaskDefinitionSpecYaml, TaskDoc,
 };
 use crate::{ManifestError, Metadata, Object};
 
@@ -90,6 +90,43 @@ pub(crate) fn task(doc: &Source<'_>) -> Result<(Metadata, Object), ManifestError
         count,
     };
     Ok((metadata, object))
+}
+
+/// `kind: Secret`: `stringData` (text) and `data` (base64) together, as Kubernetes; a key in
+/// both is an error. Validated by the model's rules (names, keys, size).
+pub(crate) fn secret(doc: &Source<'_>) -> Result<(Metadata, Object), ManifestError> {
+    use base64::Engine as _;
+    let parsed: SecretDoc = doc.deserialize()?;
+    let metadata = parsed.metadata.clone();
+    let mut data = std::collections::BTreeMap::new();
+    let texts: std::collections::BTreeSet<String> =
+        parsed.spec.string_data.keys().cloned().collect();
+    for (key, text) in parsed.spec.string_data {
+        data.insert(key, text.into_bytes());
+    }
+    for (key, b64) in parsed.spec.data {
+        let field = format!("spec.data.{key}");
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| {
+                doc.at(
+                    &field,
+                    format!("not base64 ({e}); put text under stringData"),
+                )
+            })?;
+        if data.insert(key.clone(), value).is_some() {
+            return Err(doc.at(&field, format!("key {key} is in stringData too")));
+        }
+    }
+    berth_model::validate_secret(&metadata.name, &data).map_err(|e| {
+        let field = match e.field.strip_prefix("data.") {
+            _ if e.field == "name" => "metadata.name".to_owned(),
+            Some(key) if texts.contains(key) => format!("spec.stringData.{key}"),
+            _ => format!("spec.{}", e.field),
+        };
+        doc.at(&field, e.message)
+    })?;
+    Ok((metadata, Object::Secret(crate::SecretValues(data))))
 }
 
 /// A document's `taskDefinition` or inline `template` (exactly one): the reference, and the

@@ -21,7 +21,7 @@ use source::Source;
 
 pub const API_VERSION: &str = "berth.dev/v1";
 /// The kinds this version understands.
-pub const KINDS: &[&str] = &["TaskDefinition", "Service", "Task"];
+pub const KINDS: &[&str] = &["TaskDefinition", "Service", "Task", "Secret"];
 
 /// One document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,8 @@ pub enum Object {
         template: Option<TaskDefinitionSpec>,
         count: u32,
     },
+    /// A secret's keys and values (`stringData`, and `data` in base64, as Kubernetes).
+    Secret(SecretValues),
 }
 
 impl Object {
@@ -79,7 +81,20 @@ impl Object {
             Object::TaskDefinition(_) => "TaskDefinition",
             Object::Service { .. } => "Service",
             Object::Task { .. } => "Task",
+            Object::Secret(_) => "Secret",
         }
+    }
+}
+
+/// A secret's values in clear, on their way to the servers. Prints its keys only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValues(pub BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SecretValues")
+            .field(&self.0.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -213,6 +228,7 @@ fn parse_document(doc: &Source<'_>) -> Result<Document, ManifestError> {
         "TaskDefinition" => kinds::task_definition(doc)?,
         "Service" => kinds::service(doc)?,
         "Task" => kinds::task(doc)?,
+        "Secret" => kinds::secret(doc)?,
         "" => return Err(doc.at_start(format!("kind is missing; use one of {}", KINDS.join(", ")))),
         other => {
             return Err(doc.at_start(format!(

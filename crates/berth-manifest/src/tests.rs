@@ -81,6 +81,7 @@ fn check(text: &str, expected: &str) {
                         t.meta.labels
                     )),
                 ),
+                Object::Secret(values) => format!("line {}: Secret {:?}", d.line, values),
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -156,7 +157,7 @@ fn broken_fields_are_reported_with_their_position() {
         ("name: web", "name: -web", "m.yaml:4:3: metadata.name: \"-web\" must start with a letter or digit"),
         // The header.
         ("berth.dev/v1", "v2", "m.yaml:1:1: apiVersion \"v2\" is not supported; use berth.dev/v1"),
-        ("kind: TaskDefinition", "kind: Deployment", "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task"),
+        ("kind: TaskDefinition", "kind: Deployment", "m.yaml:1:1: kind \"Deployment\" is not supported; use one of TaskDefinition, Service, Task, Secret"),
     ]);
 }
 
@@ -399,4 +400,49 @@ fn oversized_or_deeply_nested_manifests_are_refused_before_parsing() {
     let quoted = "apiVersion: berth.dev/v1 # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nkind: 'x[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[['\n";
     let err = crate::parse("q.yaml", quoted).expect_err("an unknown kind");
     assert!(err.message.contains("is not supported"), "{err}");
+}
+
+#[test]
+fn secrets_take_text_and_base64_values_and_never_print_them() {
+    let text = "\
+apiVersion: berth.dev/v1
+kind: Secret
+metadata:
+  name: db-creds
+  namespace: team-a
+spec:
+  stringData:
+    username: admin
+  data:
+    password: aHVudGVyMg==
+";
+    let docs = parse("s.yaml", text).expect("parses");
+    let Object::Secret(values) = &docs[0].object else {
+        panic!("a secret");
+    };
+    assert_eq!(values.0["username"], b"admin");
+    assert_eq!(values.0["password"], b"hunter2");
+    assert_eq!(docs[0].metadata.namespace.as_deref(), Some("team-a"));
+    let printed = format!("{:?}", docs[0]);
+    assert!(
+        printed.contains("password") && !printed.contains("hunter2"),
+        "{printed}"
+    );
+    for (edit, expected) in [
+        (
+            ("aHVudGVyMg==", "not base64!"),
+            "s.yaml:10:5: spec.data.password: not base64 (Invalid symbol 32, offset 3.); put text under stringData",
+        ),
+        (
+            ("db-creds", "DB_creds"),
+            "s.yaml:4:3: metadata.name: \"DB_creds\" is not a DNS label: use 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit",
+        ),
+        (
+            ("    username", "    pass/word"),
+            "s.yaml:8:5: spec.stringData.pass/word: \"pass/word\" contains '/'; use letters, digits, '-', '_' and '.'",
+        ),
+    ] {
+        let err = parse("s.yaml", &text.replace(edit.0, edit.1)).expect_err("refused");
+        assert_eq!(err.to_string(), expected);
+    }
 }

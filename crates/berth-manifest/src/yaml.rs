@@ -462,6 +462,31 @@ pub(crate) struct TaskSpecYaml {
     pub(crate) count: Option<u32>,
 }
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SecretDoc {
+    #[allow(dead_code)]
+    #[schemars(extend("const" = "berth.dev/v1"))]
+    api_version: String,
+    #[allow(dead_code)]
+    #[schemars(extend("const" = "Secret"))]
+    kind: String,
+    pub(crate) metadata: Metadata,
+    pub(crate) spec: SecretSpecYaml,
+}
+
+/// A secret's keys and values; the servers seal them and never show them again.
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SecretSpecYaml {
+    /// Keys and text values.
+    #[serde(default)]
+    pub(crate) string_data: BTreeMap<String, String>,
+    /// Keys and base64-encoded values (for binary content).
+    #[serde(default)]
+    pub(crate) data: BTreeMap<String, String>,
+}
+
 /// Any one document of a manifest file, for the JSON Schema.
 #[derive(JsonSchema)]
 #[serde(untagged)]
@@ -470,4 +495,5 @@ pub(crate) enum AnyDocument {
     TaskDefinition(TaskDefinitionDoc),
     Service(ServiceDoc),
     Task(TaskDoc),
+    Secret(SecretDoc),
 }

@@ -44,6 +44,12 @@ mod redacted {
         }
     }
 
+    impl fmt::Debug for v1::Keyring {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Keyring(..)")
+        }
+    }
+
     impl fmt::Debug for v1::PutSecretRequest {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("PutSecretRequest")

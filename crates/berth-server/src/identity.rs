@@ -80,8 +80,10 @@ pub async fn establish(w: Wanted<'_>) -> anyhow::Result<(u64, ServerTls, Origin)
         }
     }
     if let Some((addr, token)) = w.join {
-        let (id, material) = join(addr, token, node_id, w.advertise).await?;
+        let (id, material, keyring) = join(addr, token, node_id, w.advertise).await?;
         store_node_id(w.data_dir, id)?;
+        // The keys that seal secrets, so that this server can open them too.
+        crate::keyring::Keyring::open(w.data_dir)?.merge(&keyring)?;
         let tls = ServerTls::joined(w.data_dir, material, id, w.sans)?;
         tracing::info!(node_id = id, %addr, "joined the cluster: certificate received");
         return Ok((id, tls, Origin::Joined));
@@ -104,7 +106,7 @@ async fn join(
     token: &str,
     node_id: Option<u64>,
     advertise: &str,
-) -> anyhow::Result<(u64, Material)> {
+) -> anyhow::Result<(u64, Material, String)> {
     let token = JoinToken::parse(token)?;
     let pinned = Pinned::new(&token.ca_fingerprint);
     let dialer = Dialer::new(client_config(&Trust::Pinned(pinned.clone()), None)?);
@@ -159,6 +161,7 @@ async fn join(
         !answer.ca_key.is_empty(),
         "{addr} answered no CA key for a server"
     );
+    let keyring = answer.keyring.map(|k| k.keys).unwrap_or_default();
     let material = Material::answered(
         answer.ca,
         Some(answer.ca_key),
@@ -171,7 +174,7 @@ async fn join(
         pinned.ca_pem().is_some() && material.trusts(&token.ca_fingerprint),
         "the CAs {addr} answered do not include the one the join token names"
     );
-    Ok((id, material))
+    Ok((id, material, keyring))
 }
 
 /// The CLI's credentials: where the servers are, the CA to trust, and a token.

@@ -28,17 +28,25 @@ pub struct JoinService {
     store: Store,
     tls: Arc<ServerTls>,
     cert_ttl: Duration,
+    /// The keys that seal secrets: given to joining servers, exchanged with peers.
+    keyring: Arc<crate::keyring::Keyring>,
     /// Node IDs this server gave joining servers recently, so that two joiners asking at once
     /// do not get the same one.
     given: Mutex<BTreeSet<u64>>,
 }
 
 impl JoinService {
-    pub fn new(store: Store, tls: Arc<ServerTls>, cert_ttl: Duration) -> JoinServer<Self> {
+    pub fn new(
+        store: Store,
+        tls: Arc<ServerTls>,
+        cert_ttl: Duration,
+        keyring: Arc<crate::keyring::Keyring>,
+    ) -> JoinServer<Self> {
         JoinServer::new(Self {
             store,
             tls,
             cert_ttl,
+            keyring,
             given: Mutex::default(),
         })
     }
@@ -100,6 +108,9 @@ impl JoinService {
             },
             trust: self.tls.trust_pem(),
             chain: signing.chain.clone(),
+            keyring: server.then(|| berth_proto::v1::Keyring {
+                keys: self.keyring.export(),
+            }),
         };
         Ok((response, issued, signing.fingerprint.clone()))
     }
@@ -318,5 +329,24 @@ impl Join for JoinService {
             .await?;
         tracing::info!(target: "berth::audit", caller = %identity, serial = %issued.serial, "renewed a certificate");
         Ok(Response::new(answer))
+    }
+
+    async fn exchange_keyring(
+        &self,
+        req: Request<berth_proto::v1::Keyring>,
+    ) -> Result<Response<berth_proto::v1::Keyring>, Status> {
+        let identity = peer_identity(&req)
+            .filter(|i| i.role == Role::Server)
+            .ok_or_else(|| status::denied("only servers exchange the secrets keyring"))?;
+        let added = self
+            .keyring
+            .merge(&req.into_inner().keys)
+            .map_err(|e| status::bad_request(format!("{e:#}")))?;
+        if added > 0 {
+            tracing::info!(peer = %identity, added, "received secrets keys from a peer");
+        }
+        Ok(Response::new(berth_proto::v1::Keyring {
+            keys: self.keyring.export(),
+        }))
     }
 }

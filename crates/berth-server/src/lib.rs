@@ -9,8 +9,10 @@ pub mod controllers;
 mod endpoints;
 mod identity;
 mod join;
+mod keyring;
 pub mod metrics;
 mod rotation;
+mod secrets;
 pub mod status;
 pub mod tls;
 mod usage;
@@ -128,6 +130,8 @@ pub struct Server {
     data_dir: PathBuf,
     cert_ttl: Duration,
     metrics_public: bool,
+    /// The keys that seal secrets (`DATA_DIR/secrets.keyring`).
+    keyring: Arc<keyring::Keyring>,
 }
 
 impl Server {
@@ -165,6 +169,7 @@ impl Server {
             cert_ttl: config.cert_ttl,
         })
         .await?;
+        let keyring = Arc::new(keyring::Keyring::open(&config.data_dir)?);
         let mut store_config =
             StoreConfig::new(node_id, config.data_dir.join("raft"), advertise.clone());
         store_config.dialer = Some(tls.dialer()?);
@@ -216,6 +221,7 @@ impl Server {
             data_dir: config.data_dir,
             cert_ttl: config.cert_ttl,
             metrics_public: config.metrics_public,
+            keyring,
         })
     }
 
@@ -378,6 +384,8 @@ impl Server {
             .accept_http1(true)
             .layer(metrics::ApiLatencyLayer(metrics.clone()));
         let dialer = self.tls.dialer()?;
+        let secrets =
+            secrets::Secrets::new(self.store.clone(), self.keyring.clone(), self.tls.clone());
         let serve = builder
             .add_routes(metrics.routes(self.store.clone(), self.metrics_public))
             .add_service(health_service)
@@ -388,6 +396,7 @@ impl Server {
                 self.tls.clone(),
                 dialer,
                 self.cert_ttl,
+                secrets.clone(),
             ))
             .add_service(agents::AgentServiceImpl::new(
                 self.store.clone(),
@@ -397,11 +406,13 @@ impl Server {
                 self.node_ttl,
                 metrics.clone(),
                 endpoints,
+                secrets,
             ))
             .add_service(join::JoinService::new(
                 self.store.clone(),
                 self.tls.clone(),
                 self.cert_ttl,
+                self.keyring.clone(),
             ))
             // Raft traffic only from servers of this cluster.
             .add_service(tonic::service::interceptor::InterceptedService::new(

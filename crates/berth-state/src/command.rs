@@ -170,6 +170,29 @@ pub enum Command {
     /// Deletes a namespace, with the API tokens scoped to it; refused while it holds services
     /// or tasks that have not stopped.
     DeleteNamespace { name: String, at: Timestamp },
+    /// Creates or replaces a secret, its values sealed with the active keyring key by the
+    /// proposer; `expect`: it must exist (`Some(true)`) or must not (`Some(false)`). Answers
+    /// [`CommandResult::Secret`].
+    PutSecret {
+        secret: Box<berth_model::Secret>,
+        expect: Option<bool>,
+        at: Timestamp,
+    },
+    /// Deletes a secret. Answers the secret removed.
+    DeleteSecret {
+        namespace: String,
+        name: String,
+        at: Timestamp,
+    },
+    /// Makes a keyring key (every server holds it, or fetches it from a peer) the one new
+    /// secret values are sealed with.
+    ActivateSecretKey { key_id: String, at: Timestamp },
+    /// Secrets sealed again under the active key, each replacing the stored values if the
+    /// secret has not changed since it was read. Answers [`CommandResult::Count`].
+    ResealSecrets {
+        secrets: Vec<berth_model::Secret>,
+        at: Timestamp,
+    },
 }
 
 impl Command {
@@ -206,6 +229,8 @@ impl Command {
             Command::CreateNamespace { name, .. }
             | Command::UpdateNamespace { name, .. }
             | Command::DeleteNamespace { name, .. } => Some(name),
+            Command::PutSecret { secret, .. } => Some(&secret.namespace),
+            Command::DeleteSecret { namespace, .. } => Some(namespace),
             Command::CreateApiToken { record, .. } => Some(&record.namespace),
             _ => None,
         }
@@ -261,6 +286,14 @@ impl Command {
             Command::CreateNamespace { name, .. }
             | Command::UpdateNamespace { name, .. }
             | Command::DeleteNamespace { name, .. } => format!("namespace {name}"),
+            Command::PutSecret { secret, .. } => {
+                format!("secret {}/{}", secret.namespace, secret.name)
+            }
+            Command::DeleteSecret {
+                namespace, name, ..
+            } => format!("secret {namespace}/{name}"),
+            Command::ActivateSecretKey { key_id, .. } => format!("secret key {key_id}"),
+            Command::ResealSecrets { secrets, .. } => format!("{} secrets", secrets.len()),
         }
     }
 
@@ -297,7 +330,11 @@ impl Command {
             | Command::RevokeJoinToken { at, .. }
             | Command::CreateNamespace { at, .. }
             | Command::UpdateNamespace { at, .. }
-            | Command::DeleteNamespace { at, .. } => at,
+            | Command::DeleteNamespace { at, .. }
+            | Command::PutSecret { at, .. }
+            | Command::DeleteSecret { at, .. }
+            | Command::ActivateSecretKey { at, .. }
+            | Command::ResealSecrets { at, .. } => at,
         };
         *at = now;
     }
@@ -346,6 +383,9 @@ pub enum ServiceChange {
     Delete,
     /// Let a canary deployment's remaining tasks follow now.
     Promote,
+    /// Replace every task with a new one of the same revision, in a new deployment (after a
+    /// secret its tasks read changed, say).
+    Redeploy { deployment_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +421,10 @@ pub enum CommandResult {
     Namespace(Box<Namespace>),
     /// The CA rotation started.
     CaRotation(Box<CaRotation>),
+    /// The secret created, replaced or deleted.
+    Secret(Box<berth_model::Secret>),
+    /// How many objects a command changed.
+    Count(u32),
     Rejected(Rejection),
     /// The answers to a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
@@ -400,6 +444,8 @@ impl CommandResult {
             CommandResult::JoinToken(_) => "JoinToken",
             CommandResult::Namespace(_) => "Namespace",
             CommandResult::CaRotation(_) => "CaRotation",
+            CommandResult::Secret(_) => "Secret",
+            CommandResult::Count(_) => "Count",
             CommandResult::Rejected(_) => "Rejected",
             CommandResult::Batch(_) => "Batch",
         }

@@ -13,6 +13,7 @@ mod command;
 mod namespaces;
 mod nodes;
 mod objects;
+mod secrets;
 mod services;
 mod task_definitions;
 mod tasks;
@@ -74,6 +75,10 @@ pub struct State {
     /// CPU units and MiB allocated to the tasks on each node that have not stopped (derived
     /// as `pending`; nodes without any are absent).
     allocated: std::collections::HashMap<String, (u64, u64)>,
+    /// Secrets by `(namespace, name)`, their values sealed.
+    secrets: BTreeMap<(String, String), berth_model::Secret>,
+    /// Which keyring key seals new secret values.
+    secret_keys: berth_model::SecretKeys,
 }
 
 impl State {
@@ -313,6 +318,18 @@ impl State {
                 self.update_namespace(name, quota, at, changed)
             }
             Command::DeleteNamespace { name, at } => self.delete_namespace(&name, at, changed),
+            Command::PutSecret { secret, expect, at } => {
+                self.put_secret(*secret, expect, at, changed)
+            }
+            Command::DeleteSecret {
+                namespace,
+                name,
+                at: _,
+            } => self.delete_secret(&namespace, &name, changed),
+            Command::ActivateSecretKey { key_id, at: _ } => {
+                self.activate_secret_key(key_id, changed)
+            }
+            Command::ResealSecrets { secrets, at: _ } => self.reseal_secrets(secrets, changed),
         }
     }
 }

@@ -200,6 +200,7 @@ impl State {
         };
         changed.push(Key::Namespace(name.to_owned()));
         self.revoke_namespace_tokens(name, changed);
+        self.delete_namespace_secrets(name, changed);
         CommandResult::Namespace(Box::new(namespace))
     }
 }

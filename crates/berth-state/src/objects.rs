@@ -1,8 +1,8 @@
 //! The stored form of the state: one object per key, written to disk and into snapshots.
 
 use berth_model::{
-    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeCertificates, Service, Task,
-    TaskDefinition, TaskDefinitionRef,
+    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeCertificates, Secret,
+    SecretKeys, Service, Task, TaskDefinition, TaskDefinitionRef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,13 @@ pub enum Key {
     Certificates(String),
     /// The last rotation of the cluster CA (one at most).
     CaRotation,
+    /// A secret (its values sealed).
+    Secret {
+        namespace: String,
+        name: String,
+    },
+    /// Which keyring key seals new secret values (one record).
+    SecretKeys,
 }
 
 impl Key {
@@ -55,6 +62,8 @@ impl Key {
             Key::Namespace(name) => format!("namespace/{name}"),
             Key::Certificates(node) => format!("certificates/{node}"),
             Key::CaRotation => "ca/rotation".to_owned(),
+            Key::Secret { namespace, name } => format!("secret/{namespace}/{name}"),
+            Key::SecretKeys => "secret-keys".to_owned(),
         }
     }
 }
@@ -73,6 +82,8 @@ pub enum Object {
     Namespace(Namespace),
     Certificates(NodeCertificates),
     CaRotation(CaRotation),
+    Secret(Secret),
+    SecretKeys(SecretKeys),
 }
 
 /// An [`Object`] borrowed from the state; it serialises exactly as the object does.
@@ -89,6 +100,8 @@ pub enum ObjectRef<'a> {
     Namespace(&'a Namespace),
     Certificates(&'a NodeCertificates),
     CaRotation(&'a CaRotation),
+    Secret(&'a Secret),
+    SecretKeys(&'a SecretKeys),
 }
 
 impl ObjectRef<'_> {
@@ -105,6 +118,8 @@ impl ObjectRef<'_> {
             ObjectRef::Namespace(n) => Object::Namespace(n.clone()),
             ObjectRef::Certificates(c) => Object::Certificates(c.clone()),
             ObjectRef::CaRotation(r) => Object::CaRotation(r.clone()),
+            ObjectRef::Secret(s) => Object::Secret(s.clone()),
+            ObjectRef::SecretKeys(k) => Object::SecretKeys(k.clone()),
         }
     }
 }
@@ -129,6 +144,11 @@ impl Object {
             Object::Namespace(n) => Key::Namespace(n.name.clone()),
             Object::Certificates(c) => Key::Certificates(c.node.clone()),
             Object::CaRotation(_) => Key::CaRotation,
+            Object::Secret(s) => Key::Secret {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            },
+            Object::SecretKeys(_) => Key::SecretKeys,
         }
     }
 }
@@ -167,6 +187,11 @@ impl State {
             .chain(namespaces)
             .chain(certificates)
             .chain(self.ca_rotation.clone().map(Object::CaRotation))
+            .chain(self.secrets.values().cloned().map(Object::Secret))
+            .chain(
+                (self.secret_keys != SecretKeys::default())
+                    .then(|| Object::SecretKeys(self.secret_keys.clone())),
+            )
     }
 
     /// The object stored under `key`, if any.
@@ -202,6 +227,9 @@ impl State {
             Key::Namespace(name) => self.namespaces.get(name).map(ObjectRef::Namespace),
             Key::Certificates(node) => self.certificates.get(node).map(ObjectRef::Certificates),
             Key::CaRotation => self.ca_rotation.as_ref().map(ObjectRef::CaRotation),
+            Key::Secret { namespace, name } => self.secret(namespace, name).map(ObjectRef::Secret),
+            Key::SecretKeys => (self.secret_keys != SecretKeys::default())
+                .then_some(ObjectRef::SecretKeys(&self.secret_keys)),
         }
     }
 
@@ -244,6 +272,12 @@ impl State {
                     state.certificates.insert(c.node.clone(), c);
                 }
                 Object::CaRotation(r) => state.ca_rotation = Some(r),
+                Object::Secret(s) => {
+                    state
+                        .secrets
+                        .insert((s.namespace.clone(), s.name.clone()), s);
+                }
+                Object::SecretKeys(k) => state.secret_keys = k,
             }
         }
         for revs in state.task_definitions.values_mut() {

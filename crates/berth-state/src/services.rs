@@ -303,6 +303,22 @@ impl State {
                     }
                 }
             }
+            ServiceChange::Redeploy { deployment_id } => {
+                for d in &mut svc.deployments {
+                    d.status = DeploymentStatus::Active;
+                }
+                svc.events.push(
+                    at,
+                    format!(
+                        "deployment {deployment_id} started: {} again, every task replaced (redeploy)",
+                        svc.task_definition
+                    ),
+                );
+                let mut next = Deployment::new(deployment_id, svc.task_definition.clone(), at);
+                next.rollback_to = svc.deployments.first().and_then(|d| d.rollback_to.clone());
+                svc.deployments.insert(0, next);
+                svc.backoff = Default::default();
+            }
         }
         svc.version += 1;
         changed.push(Key::Service {

@@ -41,7 +41,9 @@ pub fn object_event(
         | Object::ApiToken(_)
         | Object::JoinToken(_)
         | Object::Certificates(_)
-        | Object::CaRotation(_) => ("token", String::new(), String::new(), None),
+        | Object::CaRotation(_)
+        | Object::Secret(_)
+        | Object::SecretKeys(_) => ("token", String::new(), String::new(), None),
         Object::Namespace(n) => ("namespace", n.name.clone(), String::new(), None),
     };
     v1::WatchEvent {
@@ -69,7 +71,9 @@ pub fn deleted_event(revision: u64, key: Key) -> v1::WatchEvent {
         | Key::ApiToken(_)
         | Key::JoinToken(_)
         | Key::Certificates(_)
-        | Key::CaRotation => ("token", String::new(), String::new()),
+        | Key::CaRotation
+        | Key::Secret { .. }
+        | Key::SecretKeys => ("token", String::new(), String::new()),
         Key::Namespace(name) => ("namespace", name, String::new()),
     };
     v1::WatchEvent {

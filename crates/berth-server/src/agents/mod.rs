@@ -60,6 +60,8 @@ pub struct AgentServiceImpl {
     metrics: Metrics,
     /// Pushed to every agent, for its service discovery.
     endpoints: crate::endpoints::Published,
+    /// Opens the secrets of the tasks a node is to start.
+    secrets: crate::secrets::Secrets,
 }
 
 impl AgentServiceImpl {
@@ -71,6 +73,7 @@ impl AgentServiceImpl {
         node_ttl: Duration,
         metrics: Metrics,
         endpoints: crate::endpoints::Published,
+        secrets: crate::secrets::Secrets,
     ) -> AgentServiceServer<Self> {
         AgentServiceServer::new(Self {
             store,
@@ -80,6 +83,7 @@ impl AgentServiceImpl {
             node_ttl,
             metrics,
             endpoints,
+            secrets,
         })
     }
 }
@@ -139,8 +143,13 @@ impl AgentService for AgentServiceImpl {
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
         let _ = tx.send(Ok(registered)).await;
         tokio::spawn(
-            push::desired_sets(self.store.clone(), node.name.clone(), tx.clone())
-                .instrument(span.clone()),
+            push::desired_sets(
+                self.store.clone(),
+                self.secrets.clone(),
+                node.name.clone(),
+                tx.clone(),
+            )
+            .instrument(span.clone()),
         );
         tokio::spawn(
             push::renewals(

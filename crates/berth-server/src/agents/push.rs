@@ -15,6 +15,7 @@ use crate::status;
 
 pub(super) async fn desired_sets(
     store: Store,
+    secrets: crate::secrets::Secrets,
     node: String,
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
 ) {
@@ -32,11 +33,13 @@ pub(super) async fn desired_sets(
             s.node(&node)
                 .map(|_| berth_control::desired_tasks(s, &node))
         });
-        let Some(desired) = desired else {
+        let Some(mut desired) = desired else {
             tracing::info!("node removed; ending its agent's stream");
             let _ = tx.send(Err(super::removed(&node))).await;
             return;
         };
+        // Only for this node's stream, only for its tasks that are to start.
+        secrets.open_for(&mut desired).await;
         if last_sent.as_ref() != Some(&desired) {
             let msg = ServerMessage {
                 msg: Some(ServerMsg::Desired(DesiredTasks {

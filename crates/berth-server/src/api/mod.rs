@@ -40,6 +40,8 @@ pub struct BerthService {
     dialer: Dialer,
     /// The life of certificates this server issues (itself included, on a CA rotation).
     cert_ttl: std::time::Duration,
+    /// Sealing secrets, rotating their key.
+    secrets: crate::secrets::Secrets,
 }
 
 impl BerthService {
@@ -49,6 +51,7 @@ impl BerthService {
         tls: Arc<ServerTls>,
         dialer: Dialer,
         cert_ttl: std::time::Duration,
+        secrets: crate::secrets::Secrets,
     ) -> BerthServer<Self> {
         BerthServer::new(Self {
             store,
@@ -56,6 +59,7 @@ impl BerthService {
             tls,
             dialer,
             cert_ttl,
+            secrets,
         })
     }
 

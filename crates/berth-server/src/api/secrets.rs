@@ -1,53 +1,115 @@
 //! Secrets: sealed by the server that receives them, opened only for the node that runs a task
 //! referencing them. No call answers a value.
 
+use berth_model::Permission;
 use berth_proto::v1 as pb;
-use tonic::Status;
+use berth_state::{CommandResult, ServiceChange};
+use tonic::Response;
 
-use super::{Answer, BerthService};
+use super::{scoped, Answer, BerthService};
 use crate::auth::Caller;
+use crate::secrets::info;
+use crate::{now_ms, status};
+
+fn secret_of(r: CommandResult) -> Option<Box<berth_model::Secret>> {
+    match r {
+        CommandResult::Secret(s) => Some(s),
+        _ => None,
+    }
+}
 
 impl BerthService {
+    #[tracing::instrument(skip_all, fields(secret = %req.name))]
     pub(super) async fn put_secret(
         &self,
-        _: &Caller,
-        _: pb::PutSecretRequest,
+        caller: &Caller,
+        req: pb::PutSecretRequest,
     ) -> Answer<pb::SecretInfo> {
-        Err(Status::unimplemented("secrets: work in progress"))
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
+        berth_model::validate_secret(&req.name, &req.data).map_err(|e| status::invalid("", &e))?;
+        let expect = match pb::SecretPrecondition::try_from(req.precondition) {
+            Ok(pb::SecretPrecondition::Absent) => Some(false),
+            Ok(pb::SecretPrecondition::Present) => Some(true),
+            Ok(pb::SecretPrecondition::Unspecified) => None,
+            Err(_) => return Err(status::bad_request("precondition: not a known value")),
+        };
+        let secret = self
+            .secrets
+            .put(&namespace, &req.name, &req.data, expect, |command| async {
+                self.propose(caller, command, secret_of).await.map(|s| *s)
+            })
+            .await?;
+        Ok(Response::new(info(&secret)))
     }
+
     pub(super) async fn get_secret(
         &self,
-        _: &Caller,
-        _: pb::GetSecretRequest,
+        caller: &Caller,
+        req: pb::GetSecretRequest,
     ) -> Answer<pb::SecretInfo> {
-        Err(Status::unimplemented("secrets: work in progress"))
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
+        let found = self
+            .read(false, |s| s.secret(&namespace, &req.name).map(info))
+            .await?;
+        found.map(Response::new).ok_or_else(|| {
+            status::not_found(format!(
+                "secret {} not found in namespace {namespace}; `berth get secrets` lists them",
+                req.name
+            ))
+        })
     }
+
     pub(super) async fn list_secrets(
         &self,
-        _: &Caller,
-        _: pb::ListSecretsRequest,
+        caller: &Caller,
+        req: pb::ListSecretsRequest,
     ) -> Answer<pb::ListSecretsResponse> {
-        Err(Status::unimplemented("secrets: work in progress"))
+        let namespace = scoped(caller, req.namespace, Permission::Read)?;
+        let secrets = self
+            .read(false, |s| s.secrets(&namespace).map(info).collect())
+            .await?;
+        Ok(Response::new(pb::ListSecretsResponse { secrets }))
     }
+
+    #[tracing::instrument(skip_all, fields(secret = %req.name))]
     pub(super) async fn delete_secret(
         &self,
-        _: &Caller,
-        _: pb::DeleteSecretRequest,
+        caller: &Caller,
+        req: pb::DeleteSecretRequest,
     ) -> Answer<pb::SecretInfo> {
-        Err(Status::unimplemented("secrets: work in progress"))
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
+        let command = berth_state::Command::DeleteSecret {
+            namespace,
+            name: req.name,
+            at: now_ms(),
+        };
+        let secret = self.propose(caller, command, secret_of).await?;
+        Ok(Response::new(info(&secret)))
     }
+
     pub(super) async fn rotate_secret_key(
         &self,
-        _: &Caller,
-        _: pb::RotateSecretKeyRequest,
+        caller: &Caller,
+        _req: pb::RotateSecretKeyRequest,
     ) -> Answer<pb::RotateSecretKeyResponse> {
-        Err(Status::unimplemented("secrets: work in progress"))
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        let (key_id, secrets) = self.secrets.rotate().await?;
+        tracing::info!(target: "berth::audit", caller = %caller.who(), key = %key_id, secrets, "rotated the secrets key");
+        Ok(Response::new(pb::RotateSecretKeyResponse {
+            key_id,
+            secrets,
+        }))
     }
+
     pub(super) async fn redeploy_service(
         &self,
-        _: &Caller,
-        _: pb::RedeployServiceRequest,
+        caller: &Caller,
+        req: pb::RedeployServiceRequest,
     ) -> Answer<pb::Service> {
-        Err(Status::unimplemented("secrets: work in progress"))
+        let change = ServiceChange::Redeploy {
+            deployment_id: uuid::Uuid::new_v4().to_string(),
+        };
+        self.change_service(caller, req.namespace, req.name, change)
+            .await
     }
 }

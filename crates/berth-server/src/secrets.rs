@@ -1,0 +1,416 @@
+//! Secrets on a server: sealing what clients send under the active keyring key, opening what
+//! a node's tasks reference (only for the node that runs them, only until they run), keeping
+//! every server's keyring complete, and rotating the key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_model::{Assignment, ContainerSecrets, Secret, TaskSecrets, TaskStatus};
+use berth_proto::v1::join_client::JoinClient;
+use berth_state::{Command, CommandResult};
+use berth_store::Store;
+use tonic::Status;
+
+use crate::keyring::{Keyring, KeyringError};
+use crate::tls::ServerTls;
+use crate::{now_ms, status};
+
+/// How many times a put is retried when the active key changed under it.
+const ATTEMPTS: usize = 3;
+
+#[derive(Clone)]
+pub struct Secrets {
+    store: Store,
+    keyring: Arc<Keyring>,
+    tls: Arc<ServerTls>,
+}
+
+impl Secrets {
+    pub fn new(store: Store, keyring: Arc<Keyring>, tls: Arc<ServerTls>) -> Self {
+        Self {
+            store,
+            keyring,
+            tls,
+        }
+    }
+
+    /// Merges keyrings with every other member that answers; answers how many did.
+    pub async fn exchange_with_peers(&self) -> usize {
+        let me = self.store.node_id();
+        let peers: Vec<String> = self
+            .store
+            .cluster_status()
+            .members
+            .into_iter()
+            .filter(|m| m.id != me)
+            .map(|m| m.address)
+            .collect();
+        let Ok(dialer) = self.tls.dialer() else {
+            return 0;
+        };
+        let mut answered = 0;
+        for addr in peers {
+            let exchange = async {
+                let channel = dialer.connect(&addr).await?;
+                let theirs = JoinClient::new(channel)
+                    .exchange_keyring(berth_proto::v1::Keyring {
+                        keys: self.keyring.export(),
+                    })
+                    .await?
+                    .into_inner();
+                self.keyring.merge(&theirs.keys)?;
+                anyhow::Ok(())
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
+                Ok(Ok(())) => answered += 1,
+                Ok(Err(e)) => tracing::warn!(%addr, "exchange the secrets keyring: {e:#}"),
+                Err(_) => tracing::warn!(%addr, "exchange the secrets keyring: timed out"),
+            }
+        }
+        answered
+    }
+
+    /// Makes sure this server holds `key_id`, asking its peers when it does not.
+    async fn hold(&self, key_id: &str) -> Result<(), Status> {
+        if self.keyring.contains(key_id) {
+            return Ok(());
+        }
+        self.exchange_with_peers().await;
+        if self.keyring.contains(key_id) {
+            return Ok(());
+        }
+        Err(status::unreachable(format!(
+            "key {key_id} of the secrets keyring is on no server that answered; the servers that hold it must be up"
+        )))
+    }
+
+    /// A new key, shared with a majority of the members before the state names it active (so
+    /// that losing this server cannot lose the key).
+    async fn new_active_key(&self) -> Result<String, Status> {
+        let id = self
+            .keyring
+            .generate()
+            .map_err(|e| status::internal(format!("{e:#}")))?;
+        let members = self.store.cluster_status().members.len();
+        let answered = self.exchange_with_peers().await;
+        if (answered + 1) * 2 <= members {
+            return Err(status::unreachable(format!(
+                "a new secrets key reached {} of {members} servers; a majority must hold it before it is used",
+                answered + 1
+            )));
+        }
+        self.store
+            .propose(Command::ActivateSecretKey {
+                key_id: id.clone(),
+                at: now_ms(),
+            })
+            .await
+            .map_err(status::from_store)?;
+        Ok(id)
+    }
+
+    /// The active key, held by this server; the first one is made here.
+    async fn active_key(&self) -> Result<String, Status> {
+        let active = self
+            .store
+            .read(|s| s.secret_keys().active.clone())
+            .await
+            .map_err(status::from_store)?;
+        match active {
+            Some(id) => {
+                self.hold(&id).await?;
+                Ok(id)
+            }
+            None => self.new_active_key().await,
+        }
+    }
+
+    fn seal(
+        &self,
+        key_id: &str,
+        namespace: &str,
+        name: &str,
+        data: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Secret, Status> {
+        let sealed = data
+            .iter()
+            .map(|(k, v)| {
+                let value = self
+                    .keyring
+                    .seal(key_id, (namespace, name, k), v)
+                    .map_err(|e| status::internal(e.to_string()))?;
+                Ok((k.clone(), value))
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Secret {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            data: sealed,
+            version: 0,
+            created_at: 0,
+            updated_at: 0,
+        })
+    }
+
+    /// The `PutSecret` command for `data` sealed under the active key, retried when the key
+    /// changes in between (a rotation). `propose` answers the command's result.
+    pub async fn put<F, Fut>(
+        &self,
+        namespace: &str,
+        name: &str,
+        data: &BTreeMap<String, Vec<u8>>,
+        expect: Option<bool>,
+        propose: F,
+    ) -> Result<Secret, Status>
+    where
+        F: Fn(Command) -> Fut,
+        Fut: std::future::Future<Output = Result<Secret, Status>>,
+    {
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            let key_id = self.active_key().await?;
+            let secret = self.seal(&key_id, namespace, name, data)?;
+            let command = Command::PutSecret {
+                secret: Box::new(secret),
+                expect,
+                at: now_ms(),
+            };
+            match propose(command).await {
+                Err(e)
+                    if e.code() == tonic::Code::Aborted
+                        && e.message().contains("no longer the active key") =>
+                {
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| status::internal("could not seal the secret")))
+    }
+
+    /// Seals every secret again under a new key. Answers the key and how many were sealed.
+    pub async fn rotate(&self) -> Result<(String, u32), Status> {
+        let all: Vec<Secret> = self
+            .store
+            .read(|s| s.all_secrets().cloned().collect())
+            .await
+            .map_err(status::from_store)?;
+        for key_id in all
+            .iter()
+            .flat_map(|s| s.data.values().map(|v| v.key_id.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            self.hold(&key_id).await?;
+        }
+        let key_id = self.new_active_key().await?;
+        let mut resealed = Vec::with_capacity(all.len());
+        for secret in all {
+            let data = self.open_all(&secret)?;
+            let mut again = self.seal(&key_id, &secret.namespace, &secret.name, &data)?;
+            again.version = secret.version;
+            resealed.push(again);
+        }
+        let mut count = 0;
+        // In batches, so that no entry of the log grows with the number of secrets.
+        for batch in resealed.chunks(64) {
+            let result = self
+                .store
+                .propose(Command::ResealSecrets {
+                    secrets: batch.to_vec(),
+                    at: now_ms(),
+                })
+                .await
+                .map_err(status::from_store)?;
+            if let CommandResult::Count(n) = result {
+                count += n;
+            }
+        }
+        tracing::info!(target: "berth::audit", key = %key_id, secrets = count, "secrets sealed again under a new key");
+        Ok((key_id, count))
+    }
+
+    fn open_all(&self, secret: &Secret) -> Result<BTreeMap<String, Vec<u8>>, Status> {
+        secret
+            .data
+            .iter()
+            .map(|(k, v)| {
+                let value = self
+                    .keyring
+                    .open_value(v, (&secret.namespace, &secret.name, k))
+                    .map_err(|e| {
+                        status::internal(format!(
+                            "secret {}/{}: {e}",
+                            secret.namespace, secret.name
+                        ))
+                    })?;
+                Ok((k.clone(), value))
+            })
+            .collect()
+    }
+
+    /// Fills in the secrets of the tasks of `desired` that are to start: a task that is
+    /// running already needs none (its containers have their values), so values travel only
+    /// until the task runs. A task whose secrets cannot be found gets the reason instead.
+    pub async fn open_for(&self, desired: &mut [Assignment]) {
+        let wanted = |a: &Assignment| {
+            a.desired_status == berth_model::DesiredStatus::Running
+                && a.last_status < TaskStatus::Running
+                && a.containers.iter().any(|c| {
+                    !c.secrets.is_empty()
+                        || !c.secret_files.is_empty()
+                        || c.repository_credentials.is_some()
+                })
+        };
+        if !desired.iter().any(wanted) {
+            return;
+        }
+        let referenced: BTreeMap<(String, String), Secret> = self.store.read_stale(|s| {
+            desired
+                .iter()
+                .filter(|a| wanted(a))
+                .flat_map(|a| references(a).map(move |name| (a.namespace.clone(), name)))
+                .filter_map(|(ns, name)| {
+                    s.secret(&ns, &name)
+                        .map(|secret| ((ns.clone(), name.clone()), secret.clone()))
+                })
+                .collect()
+        });
+        for key_id in referenced
+            .values()
+            .flat_map(|s| s.data.values().map(|v| v.key_id.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            if let Err(e) = self.hold(&key_id).await {
+                tracing::warn!("open secrets: {}", e.message());
+            }
+        }
+        for a in desired.iter_mut().filter(|a| wanted(a)) {
+            a.secrets = self.open_task(a, &referenced);
+        }
+    }
+
+    fn open_task(
+        &self,
+        a: &Assignment,
+        referenced: &BTreeMap<(String, String), Secret>,
+    ) -> TaskSecrets {
+        let mut out = TaskSecrets::default();
+        let result = (|| {
+            for c in &a.containers {
+                let mut opened = ContainerSecrets::default();
+                let get = |secret: &str,
+                           key: Option<&str>|
+                 -> Result<BTreeMap<String, Vec<u8>>, String> {
+                    let found = referenced
+                        .get(&(a.namespace.clone(), secret.to_owned()))
+                        .ok_or_else(|| {
+                            format!(
+                                "container {}: secret {secret} not found in namespace {}; create it with `berth secret create {secret} -n {}`",
+                                c.name, a.namespace, a.namespace
+                            )
+                        })?;
+                    let keys: Vec<&String> = match key {
+                        Some(k) => {
+                            vec![found.data.get_key_value(k).map(|(k, _)| k).ok_or_else(|| {
+                                format!(
+                                    "container {}: secret {secret} has no key {k} (it has {})",
+                                    c.name,
+                                    found.data.keys().cloned().collect::<Vec<_>>().join(", ")
+                                )
+                            })?]
+                        }
+                        None => found.data.keys().collect(),
+                    };
+                    keys.into_iter()
+                        .map(|k| {
+                            let value = self
+                                .keyring
+                                .open_value(&found.data[k], (&a.namespace, secret, k))
+                                .map_err(|e| match e {
+                                    KeyringError::MissingKey(_) => format!(
+                                        "secret {secret}: {e}; the servers that hold it must be up"
+                                    ),
+                                    _ => format!("secret {secret}: {e}"),
+                                })?;
+                            Ok((k.clone(), value))
+                        })
+                        .collect()
+                };
+                for env in &c.secrets {
+                    let mut value = get(&env.value_from.secret, Some(&env.value_from.key))?;
+                    let bytes = value.remove(&env.value_from.key).unwrap_or_default();
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        format!(
+                            "container {}: secret {} is not UTF-8 text, so it cannot be the variable {}; mount it with secretFiles instead",
+                            c.name, env.value_from, env.name
+                        )
+                    })?;
+                    opened.environment.insert(env.name.clone(), text);
+                }
+                for file in &c.secret_files {
+                    opened
+                        .files
+                        .insert(file.path.clone(), get(&file.secret, None)?);
+                }
+                if let Some(creds) = &c.repository_credentials {
+                    let name = &creds.credentials_parameter;
+                    let mut values = get(name, None)?;
+                    let mut take = |k: &str| {
+                        values
+                            .remove(k)
+                            .and_then(|v| String::from_utf8(v).ok())
+                            .ok_or_else(|| {
+                                format!(
+                                    "container {}: repositoryCredentials: secret {name} needs the keys username and password (UTF-8 text)",
+                                    c.name
+                                )
+                            })
+                    };
+                    opened.registry = Some((take("username")?, take("password")?));
+                }
+                out.containers.insert(c.name.clone(), opened);
+            }
+            Ok::<(), String>(())
+        })();
+        if let Err(reason) = result {
+            return TaskSecrets {
+                containers: BTreeMap::new(),
+                error: Some(reason),
+            };
+        }
+        out
+    }
+}
+
+/// The names of the secrets an assignment's containers reference.
+fn references(a: &Assignment) -> impl Iterator<Item = String> + '_ {
+    a.containers.iter().flat_map(|c| {
+        c.secrets
+            .iter()
+            .map(|s| s.value_from.secret.clone())
+            .chain(c.secret_files.iter().map(|f| f.secret.clone()))
+            .chain(
+                c.repository_credentials
+                    .iter()
+                    .map(|r| r.credentials_parameter.clone()),
+            )
+    })
+}
+
+/// Keys a secret of the state, for clients: its keys, never its values.
+pub fn info(s: &Secret) -> berth_proto::v1::SecretInfo {
+    berth_proto::v1::SecretInfo {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        keys: s.data.keys().cloned().collect(),
+        version: s.version,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+        key_id: s
+            .data
+            .values()
+            .next()
+            .map(|v| v.key_id.clone())
+            .unwrap_or_default(),
+    }
+}
