@@ -446,3 +446,68 @@ spec:
         assert_eq!(err.to_string(), expected);
     }
 }
+
+mod properties {
+    //! Random and adversarial manifests: the parser never panics, and a refusal of a document
+    //! that is valid YAML names the field it is about.
+
+    use proptest::prelude::*;
+
+    use super::GOOD;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_text_is_parsed_or_refused_with_a_position(text in any::<String>()) {
+            if let Err(e) = crate::parse("m.yaml", &text) {
+                prop_assert!(e.to_string().starts_with("m.yaml:"), "{e}");
+                prop_assert!(!e.message.trim().is_empty());
+            }
+        }
+
+        #[test]
+        fn yaml_like_text_is_parsed_or_refused_with_a_position(
+            text in "[a-zA-Z0-9:{}\\[\\],\\- \n'\"#&*!|>%@]{0,400}"
+        ) {
+            let doc = format!("apiVersion: berth.dev/v1\nkind: TaskDefinition\n{text}");
+            if let Err(e) = crate::parse("m.yaml", &doc) {
+                prop_assert!(e.to_string().starts_with("m.yaml:"), "{e}");
+            }
+        }
+
+        #[test]
+        fn a_changed_value_is_refused_by_its_field(
+            line in 0usize..GOOD.lines().count(),
+            value in prop_oneof![
+                Just("-1".to_owned()),
+                Just("99999999999999999999".to_owned()),
+                Just("1e400".to_owned()),
+                Just("''".to_owned()),
+                Just("[]".to_owned()),
+                Just("{}".to_owned()),
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("\"\\u0000\"".to_owned()),
+                Just("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]".to_owned()),
+                "[a-zA-Z0-9_]{1,300}",
+            ],
+        ) {
+            let lines: Vec<String> = GOOD
+                .lines()
+                .enumerate()
+                .map(|(i, l)| match l.split_once(": ") {
+                    Some((key, _)) if i == line => format!("{key}: {value}"),
+                    _ => l.to_owned(),
+                })
+                .collect();
+            let doc = lines.join("\n");
+            if let Err(e) = crate::parse("m.yaml", &doc) {
+                let names_a_field = ["spec", "metadata", "apiVersion", "kind", "nested"]
+                    .iter()
+                    .any(|f| e.message.contains(f));
+                prop_assert!(names_a_field, "{doc}\n=> {e}");
+            }
+        }
+    }
+}

@@ -15,6 +15,9 @@ mod task;
 mod task_definition;
 mod watch;
 
+#[cfg(test)]
+mod properties;
+
 use std::collections::BTreeMap;
 
 use berth_model as m;

@@ -149,6 +149,37 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
         assert!(violations[0].description.contains("out of range"));
     }
 
+    // A 3 MiB environment (two such tasks would exceed an agent stream's message limit) is
+    // refused by the 64 KiB limit on a task definition, naming it; the server goes on.
+    let big = berth_proto::v1::ContainerDefinition {
+        name: "app".into(),
+        image: "busybox".into(),
+        essential: true,
+        environment: [("BLOB".to_owned(), "x".repeat(3 << 20))].into(),
+        ..Default::default()
+    };
+    let err = api
+        .register_task_definition(RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(berth_proto::v1::TaskDefinitionSpec {
+                family: "web".into(),
+                cpu: 256,
+                memory: 64,
+                containers: vec![big],
+                ..Default::default()
+            }),
+            reuse_identical: false,
+        })
+        .await
+        .expect_err("3 MiB is too large");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("taskDefinition: 3145")
+            && err.message().contains("at most 65536"),
+        "{}",
+        err.message()
+    );
+
     let err = api
         .run_task(RunTaskRequest {
             client_token: String::new(),

@@ -38,6 +38,7 @@ impl BerthService {
                     })?;
                 t.family = name.clone();
                 t.validate().map_err(|e| status::invalid("template.", &e))?;
+                super::task_definitions::check_size(&t)?;
                 Some(t)
             }
             None => None,

@@ -10,6 +10,22 @@ use super::{scoped, selector, Answer, BerthService};
 use crate::auth::Caller;
 use crate::{now_ms, status};
 
+/// The largest task definition, encoded, in bytes (ECS's limit): it travels in every desired
+/// set of a node that runs one of its tasks.
+pub const MAX_TASK_DEFINITION_BYTES: usize = 64 * 1024;
+
+/// Refuses a task definition larger than [`MAX_TASK_DEFINITION_BYTES`] encoded.
+pub(super) fn check_size(spec: &berth_model::TaskDefinitionSpec) -> Result<(), Status> {
+    use prost::Message as _;
+    let size = pb::TaskDefinitionSpec::from(spec.clone()).encoded_len();
+    if size > MAX_TASK_DEFINITION_BYTES {
+        return Err(status::bad_request(format!(
+            "taskDefinition: {size} bytes encoded is too large; a task definition has at most {MAX_TASK_DEFINITION_BYTES} (64 KiB, as in ECS): move large content into an image or a secret file"
+        )));
+    }
+    Ok(())
+}
+
 impl BerthService {
     pub(super) async fn register_task_definition(
         &self,
@@ -41,6 +57,7 @@ impl BerthService {
         spec: berth_model::TaskDefinitionSpec,
         reuse_identical: bool,
     ) -> Result<(berth_model::TaskDefinition, bool), Status> {
+        check_size(&spec)?;
         let command = Command::RegisterTaskDefinition {
             namespace,
             spec,
