@@ -85,6 +85,7 @@ const PURE_ALLOWED: &[&str] = &[
     "schemars",
     "thiserror",
     "humantime",
+    "base64",
 ];
 
 /// Crates only one berth crate may name (in any kind of dependency).

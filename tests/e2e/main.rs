@@ -9,6 +9,8 @@ mod ingress;
 mod network;
 mod nodes;
 mod rotation;
+mod sandbox;
+mod secrets;
 mod security;
 mod services;
 mod tls_cluster;

@@ -260,6 +260,24 @@ impl Drop for Env {
                 .args(["link", "delete", &n.bridge])
                 .output();
         }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Unmounts everything mounted under `dir` (an agent's tmpfs for secret files outlives the
+/// agent, as it should on a node), deepest first, so the directory can be removed.
+pub fn unmount_under(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = std::process::Command::new("umount")
+            .args(["--lazy", p])
+            .output();
     }
 }
 

@@ -31,6 +31,14 @@ struct FakeState {
     exec_codes: HashMap<String, i32>,
     stats: HashMap<String, ContainerStats>,
     networks: HashMap<String, TaskNetwork>,
+    /// Files of images, by image and path.
+    image_files: HashMap<(String, String), Vec<u8>>,
+    /// Images' USER.
+    image_users: HashMap<String, String>,
+    /// Bytes each container wrote to its writable layer.
+    storage: HashMap<String, u64>,
+    /// Credentials each pull was given, by image.
+    pull_credentials: HashMap<String, Option<(String, String)>>,
 }
 
 impl FakeRuntime {
@@ -69,6 +77,35 @@ impl FakeRuntime {
         self.state().stats.insert(id.to_owned(), stats);
     }
 
+    /// Gives `image` a file at `path`.
+    pub fn image_file(&self, image: &str, path: &str, content: &[u8]) {
+        self.state()
+            .image_files
+            .insert((image.to_owned(), path.to_owned()), content.to_vec());
+    }
+
+    /// Gives `image` a USER.
+    pub fn image_user(&self, image: &str, user: &str) {
+        self.state()
+            .image_users
+            .insert(image.to_owned(), user.to_owned());
+    }
+
+    /// Container `id` has written `bytes` to its writable layer.
+    pub fn set_storage(&self, id: &str, bytes: u64) {
+        self.state().storage.insert(id.to_owned(), bytes);
+    }
+
+    /// The credentials the last pull of `image` was given.
+    pub fn pull_credentials(&self, image: &str) -> Option<(String, String)> {
+        self.state().pull_credentials.get(image).cloned().flatten()
+    }
+
+    /// The spec container `id` was started with, while it runs.
+    pub fn spec(&self, id: &str) -> Option<ContainerSpec> {
+        self.state().running.get(id).map(|(spec, _)| spec.clone())
+    }
+
     /// Every call so far, as `"op arg"` lines.
     pub fn calls(&self) -> Vec<String> {
         self.state().calls.clone()
@@ -87,10 +124,14 @@ impl Runtime for FakeRuntime {
     async fn ensure_image(
         &self,
         image: &str,
+        credentials: Option<&(String, String)>,
         _progress: &Progress<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let mut state = self.state();
         state.calls.push(format!("pull {image}"));
+        state
+            .pull_credentials
+            .insert(image.to_owned(), credentials.cloned());
         if state.missing_images.contains(image) {
             return Err(RuntimeError::ImageNotFound {
                 image: image.to_owned(),
@@ -104,10 +145,30 @@ impl Runtime for FakeRuntime {
             cmd: vec!["sh".into()],
             env: vec![],
             working_dir: None,
-            user: None,
+            user: state.image_users.get(image).cloned(),
             rootfs_id: format!("fake-rootfs-{image}"),
             pulled: false,
         })
+    }
+
+    async fn read_image_file(
+        &self,
+        image: &ImageInfo,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let state = self.state();
+        Ok(state
+            .image_files
+            .get(&(image.reference.clone(), path.to_owned()))
+            .cloned())
+    }
+
+    async fn storage_usage(&self, id: &str) -> Result<u64, RuntimeError> {
+        Ok(self.state().storage.get(id).copied().unwrap_or(0))
+    }
+
+    async fn prepare_secrets_dir(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        std::fs::create_dir_all(dir).map_err(RuntimeError::io("create the secrets directory"))
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError> {

@@ -25,11 +25,14 @@ pub mod logfile;
 pub mod metrics;
 mod reconcile;
 mod runtime;
+pub mod seccomp;
+pub mod secret_files;
 mod session;
 pub mod spec;
 pub mod supervisor;
 mod tasks;
 pub mod tls;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -49,7 +52,7 @@ pub use fake::FakeRuntime;
 pub use metrics::Metrics;
 pub use runtime::{
     ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ExitStatus,
-    ImageInfo, Progress, Runtime, RuntimeError,
+    ImageInfo, Progress, Runtime, RuntimeError, SecretMount, MAX_IMAGE_FILE,
 };
 pub use tasks::{TaskError, TaskTable};
 pub use tls::{join_token, Advertise, ConfigError, Member, Membership};
@@ -156,13 +159,24 @@ impl Agent {
         // Networks of tasks without containers are left from a crash (or from containers
         // removed behind the agent's back): they go before anything else runs, so addresses,
         // ports and firewall rules never leak. The others go with their tasks.
-        let keep = by_task.keys().cloned().collect();
+        let keep: std::collections::BTreeSet<String> = by_task.keys().cloned().collect();
         let stale = runtime
             .remove_stale_networks(&keep)
             .await
             .context("remove the networks of tasks a previous agent left")?;
         if !stale.is_empty() {
             tracing::info!(tasks = ?stale, "removed the networks of tasks that are gone");
+        }
+        // Secret files live on a tmpfs; those of tasks without containers go now.
+        let secrets_dir = config.data_dir.join("secrets");
+        runtime
+            .prepare_secrets_dir(&secrets_dir)
+            .await
+            .with_context(|| format!("prepare {}", secrets_dir.display()))?;
+        let swept = secret_files::sweep(&secrets_dir, &keep)
+            .with_context(|| format!("remove stale secret files in {}", secrets_dir.display()))?;
+        if !swept.is_empty() {
+            tracing::info!(tasks = ?swept, "removed the secret files of tasks that are gone");
         }
         let agent = Arc::new(Agent {
             runtime,
@@ -223,6 +237,11 @@ impl Agent {
 
     fn log_root(&self) -> PathBuf {
         self.config.data_dir.join("logs")
+    }
+
+    /// Where tasks' secret files are written (a tmpfs: see [`secret_files`]).
+    fn secrets_dir(&self) -> PathBuf {
+        self.config.data_dir.join("secrets")
     }
 }
 

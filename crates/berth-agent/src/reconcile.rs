@@ -95,6 +95,7 @@ impl Agent {
                     metrics: self.config.metrics.clone(),
                     bind_ip: self.config.advertise.host(),
                     ip_address: None,
+                    secrets_dir: self.secrets_dir(),
                     resolv_conf: self.discovery.as_ref().and_then(|d| {
                         d.resolv_conf(&namespace)
                             .inspect_err(|e| tracing::warn!("write the task's resolv.conf: {e}"))

@@ -29,8 +29,9 @@ pub struct ImageInfo {
     pub pulled: bool,
 }
 
-/// Everything needed to create and start one container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything needed to create and start one container. Its `Debug` prints the names of the
+/// environment variables, never their values (secrets are among them).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// The containerd container ID: `<task id>-<container name>`.
     pub id: String,
@@ -42,6 +43,8 @@ pub struct ContainerSpec {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups of the process.
+    pub additional_gids: Vec<u32>,
     /// Hard CPU limit in CPU units (1024 = 1 vCPU).
     pub cpu_units: u32,
     /// Hard memory limit in MiB.
@@ -54,6 +57,45 @@ pub struct ContainerSpec {
     pub init: bool,
     /// A resolv.conf to mount read-only at /etc/resolv.conf (the node's service discovery).
     pub resolv_conf: Option<PathBuf>,
+    /// Mount the root filesystem read-only.
+    pub readonly_root: bool,
+    /// Capabilities added to and dropped from the default set (names without `CAP_`; `ALL`
+    /// drops every one).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// Resource limits of the process (ECS names).
+    pub ulimits: Vec<berth_model::Ulimit>,
+    /// Host directories holding secret files, mounted read-only in the container.
+    pub secret_mounts: Vec<SecretMount>,
+}
+
+/// A directory of secret files on the host and where the container sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMount {
+    pub source: PathBuf,
+    pub destination: String,
+}
+
+impl std::fmt::Debug for ContainerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self
+            .env
+            .iter()
+            .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+            .collect();
+        f.debug_struct("ContainerSpec")
+            .field("id", &self.id)
+            .field("image", &self.image.reference)
+            .field("args", &self.args)
+            .field("env", &env)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("readonly_root", &self.readonly_root)
+            .field("cap_add", &self.cap_add)
+            .field("cap_drop", &self.cap_drop)
+            .field("secret_mounts", &self.secret_mounts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A task's network as the runtime made it.
@@ -104,6 +146,9 @@ pub struct ContainerStats {
     pub memory_bytes: u64,
 }
 
+/// The largest file [`Runtime::read_image_file`] reads (an image's /etc/passwd is small).
+pub const MAX_IMAGE_FILE: u64 = 1 << 20;
+
 /// Receives progress messages of a long operation (a pull), one line each.
 pub type Progress<'a> = dyn Fn(String) + Send + Sync + 'a;
 
@@ -114,7 +159,7 @@ pub type ExitFuture = BoxFuture<'static, Result<ExitStatus, RuntimeError>>;
 pub enum RuntimeError {
     #[error("image {image} not found: {detail}")]
     ImageNotFound { image: String, detail: String },
-    #[error("pull access denied for {image} (give the agent credentials with --registry-auth): {detail}")]
+    #[error("pull access denied for {image} (give the agent credentials with --registry-auth, or the container repositoryCredentials): {detail}")]
     Unauthorized { image: String, detail: String },
     #[error("registry for {image} unreachable: {detail}")]
     RegistryUnreachable { image: String, detail: String },
@@ -159,6 +204,14 @@ pub enum RuntimeError {
     WaitLost(&'static str),
     #[error("the command did not finish within {0:?} and was killed")]
     ExecTimeout(std::time::Duration),
+    #[error("{path} in image {image} is {size} bytes, more than the {MAX_IMAGE_FILE} read")]
+    ImageFileTooLarge {
+        image: String,
+        path: String,
+        size: u64,
+    },
+    #[error("{0:?} is not a capability")]
+    UnknownCapability(String),
     #[error("attach the task's network: {0}")]
     Network(#[from] crate::cni::CniError),
     /// `port` 0: a port for a mapping without a host port.
@@ -194,12 +247,29 @@ impl RuntimeError {
 /// Runs containers. Every method is idempotent where it can be: removing what is gone succeeds.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Makes sure `image` is present locally, pulling it when it is not.
+    /// Makes sure `image` is present locally, pulling it when it is not; with `credentials`
+    /// (user, password) for its registry, which take precedence over the agent's own.
     async fn ensure_image(
         &self,
         image: &str,
+        credentials: Option<&(String, String)>,
         progress: &Progress<'_>,
     ) -> Result<ImageInfo, RuntimeError>;
+
+    /// The content of the regular file at `path` (absolute) in the image's root filesystem,
+    /// `None` when there is none. Files over [`MAX_IMAGE_FILE`] are an error.
+    async fn read_image_file(
+        &self,
+        image: &ImageInfo,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, RuntimeError>;
+
+    /// The bytes container `id` wrote to its writable layer (0 when it has none).
+    async fn storage_usage(&self, id: &str) -> Result<u64, RuntimeError>;
+
+    /// Makes `dir` ready to hold secret files: a tmpfs only root enters for a runtime of real
+    /// containers (the agent runs as root), a plain directory for an in-memory one.
+    async fn prepare_secrets_dir(&self, dir: &std::path::Path) -> Result<(), RuntimeError>;
 
     /// Creates and starts a container; the returned future resolves when it exits.
     async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError>;

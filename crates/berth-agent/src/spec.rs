@@ -7,12 +7,12 @@ use std::path::Path;
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability,
     LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use berth_model::ContainerDefinition;
+use berth_model::{ContainerDefinition, ContainerSecrets, KernelCapabilities, Ulimit};
 
 use crate::runtime::{ContainerSpec, ImageInfo, RuntimeError};
 
@@ -22,6 +22,23 @@ pub const INIT_MOUNT: &str = "/sbin/berth-init";
 
 /// The search path of a process whose image sets none (Docker's and containerd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Each container's pids limit unless the agent is told otherwise (`--pids-limit`).
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+/// Paths hidden from containers besides oci-spec's defaults (Docker's list).
+const MORE_MASKED_PATHS: [&str; 1] = ["/sys/devices/virtual/powercap"];
+
+/// What the node decides about every container's spec, whatever its definition says.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecOptions<'a> {
+    /// Parent of every container's cgroup.
+    pub cgroup_parent: &'a str,
+    /// The init binary on the host (mounted read-only at [`INIT_MOUNT`]).
+    pub init: &'a Path,
+    /// The most processes (and threads) a container may have; `None`: no limit.
+    pub pids_limit: Option<i64>,
+}
 
 /// CFS period used for CPU quotas, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -60,34 +77,136 @@ pub fn process_args(image: &ImageInfo, def: &ContainerDefinition) -> Vec<String>
     entrypoint.iter().chain(cmd.iter()).cloned().collect()
 }
 
-/// The image's environment with the definition's variables added or replacing same-named ones.
-pub fn process_env(image: &ImageInfo, def: &ContainerDefinition) -> Vec<String> {
+/// The image's environment with the definition's variables added or replacing same-named ones,
+/// then the container's secret variables (which replace the image's too).
+pub fn process_env(
+    image: &ImageInfo,
+    def: &ContainerDefinition,
+    secrets: Option<&ContainerSecrets>,
+) -> Vec<String> {
+    let secret_env = secrets.map(|s| &s.environment);
+    let set_here = |key: &str| {
+        def.environment.contains_key(key) || secret_env.is_some_and(|e| e.contains_key(key))
+    };
     let mut env: Vec<String> = image
         .env
         .iter()
-        .filter(|kv| {
-            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-            !def.environment.contains_key(key)
-        })
+        .filter(|kv| !set_here(kv.split_once('=').map_or(kv.as_str(), |(k, _)| k)))
         .cloned()
         .collect();
-    if !env.iter().any(|kv| kv.starts_with("PATH=")) && !def.environment.contains_key("PATH") {
+    if !env.iter().any(|kv| kv.starts_with("PATH=")) && !set_here("PATH") {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
     env.extend(def.environment.iter().map(|(k, v)| format!("{k}={v}")));
+    env.extend(
+        secret_env
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}")),
+    );
     env
 }
 
-/// `uid[:gid]` from the image's USER when numeric; user names need the image's /etc/passwd
-/// and are not supported yet (they run as root, as the image's build would have by default).
-pub fn process_user(image: &ImageInfo) -> (u32, u32) {
-    let Some(user) = image.user.as_deref().filter(|u| !u.is_empty()) else {
-        return (0, 0);
+/// The user the container runs as, before resolution: the definition's `user`, else the
+/// image's USER; empty for root.
+pub fn process_user<'a>(image: &'a ImageInfo, def: &'a ContainerDefinition) -> &'a str {
+    def.user
+        .as_deref()
+        .or(image.user.as_deref())
+        .unwrap_or("")
+        .trim()
+}
+
+/// The container's capability set: the default one (or none with `drop: [ALL]`), plus `add`,
+/// minus `drop`.
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<HashSet<Capability>, RuntimeError> {
+    let parse = |name: &String| {
+        let cap = KernelCapabilities::normalize(name);
+        serde_json::from_value::<Capability>(serde_json::Value::String(format!("CAP_{cap}")))
+            .map_err(|_| RuntimeError::UnknownCapability(name.clone()))
     };
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let uid = u.parse().unwrap_or(0);
-    let gid = g.parse().unwrap_or(uid);
-    (uid, gid)
+    let is_all = |name: &String| KernelCapabilities::normalize(name) == "ALL";
+    let mut caps: HashSet<Capability> = if drop.iter().any(is_all) {
+        HashSet::new()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().collect()
+    };
+    for name in add {
+        caps.insert(parse(name)?);
+    }
+    for name in drop.iter().filter(|n| !is_all(n)) {
+        caps.remove(&parse(name)?);
+    }
+    Ok(caps)
+}
+
+/// The kernel's resource limit for an ECS ulimit name.
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    Some(match name {
+        "core" => PosixRlimitType::RlimitCore,
+        "cpu" => PosixRlimitType::RlimitCpu,
+        "data" => PosixRlimitType::RlimitData,
+        "fsize" => PosixRlimitType::RlimitFsize,
+        "locks" => PosixRlimitType::RlimitLocks,
+        "memlock" => PosixRlimitType::RlimitMemlock,
+        "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+        "nice" => PosixRlimitType::RlimitNice,
+        "nofile" => PosixRlimitType::RlimitNofile,
+        "nproc" => PosixRlimitType::RlimitNproc,
+        "rss" => PosixRlimitType::RlimitRss,
+        "rtprio" => PosixRlimitType::RlimitRtprio,
+        "rttime" => PosixRlimitType::RlimitRttime,
+        "sigpending" => PosixRlimitType::RlimitSigpending,
+        "stack" => PosixRlimitType::RlimitStack,
+        _ => return None,
+    })
+}
+
+/// The process's rlimits: 1024 open files unless the definition says otherwise, then each of
+/// its ulimits (names the model did not accept are skipped).
+pub fn rlimits(ulimits: &[Ulimit]) -> Result<Vec<PosixRlimit>, RuntimeError> {
+    let mut limits = vec![(PosixRlimitType::RlimitNofile, 1024, 1024)];
+    for u in ulimits {
+        let Some(typ) = rlimit_type(&u.name) else {
+            continue;
+        };
+        limits.retain(|(t, _, _)| *t != typ);
+        limits.push((typ, u.soft_limit, u.hard_limit));
+    }
+    limits
+        .into_iter()
+        .map(|(typ, soft, hard)| {
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(soft)
+                .hard(hard)
+                .build()
+                .map_err(RuntimeError::Spec)
+        })
+        .collect()
+}
+
+/// Docker's default mounts, with `/proc` mounted nosuid, noexec and nodev.
+fn default_mounts() -> Vec<Mount> {
+    let mut mounts = get_default_mounts();
+    for m in &mut mounts {
+        if m.destination() == Path::new("/proc") {
+            m.set_options(Some(
+                ["nosuid", "noexec", "nodev"].map(String::from).to_vec(),
+            ));
+        }
+    }
+    mounts
+}
+
+fn bind(source: &Path, destination: &str, options: &[&str]) -> Result<Mount, RuntimeError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
+        .build()
+        .map_err(RuntimeError::Spec)
 }
 
 /// The CFS quota for `cpu_units` (1024 units = one full CPU per period).
@@ -97,45 +216,34 @@ pub fn cpu_quota(cpu_units: u32) -> i64 {
     i64::try_from(quota.max(1000)).unwrap_or(i64::MAX)
 }
 
-/// The OCI runtime spec for `c`, with its cgroup under `cgroup_parent`; with `c.init`, its
-/// process runs under `init` (a static binary on the host, mounted read-only): `init -- ARGS`.
-pub fn build_spec(
-    c: &ContainerSpec,
-    cgroup_parent: &str,
-    init: &Path,
-) -> Result<Spec, RuntimeError> {
+/// The OCI runtime spec for `c`: its cgroup under `opts.cgroup_parent`; with `c.init`, its
+/// process runs under `opts.init` (a static binary on the host, mounted read-only):
+/// `init -- ARGS`. Every container gets the default seccomp profile ([`crate::seccomp`]), the
+/// node's pids limit, masked and read-only kernel paths, and `no_new_privs`.
+pub fn build_spec(c: &ContainerSpec, opts: &SpecOptions<'_>) -> Result<Spec, RuntimeError> {
     let err = RuntimeError::Spec;
-    let mut mounts = get_default_mounts();
+    let mut mounts = default_mounts();
     if let Some(resolv) = &c.resolv_conf {
         // The node's service discovery first among the name servers.
-        mounts.push(
-            MountBuilder::default()
-                .destination("/etc/resolv.conf")
-                .typ("bind")
-                .source(resolv)
-                .options(
-                    ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                        .map(String::from)
-                        .to_vec(),
-                )
-                .build()
-                .map_err(err)?,
-        );
+        mounts.push(bind(
+            resolv,
+            "/etc/resolv.conf",
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+    }
+    for m in &c.secret_mounts {
+        mounts.push(bind(
+            &m.source,
+            &m.destination,
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
     }
     let args = if c.init {
-        mounts.push(
-            MountBuilder::default()
-                .destination(INIT_MOUNT)
-                .typ("bind")
-                .source(init)
-                .options(
-                    ["rbind", "ro", "nosuid", "nodev"]
-                        .map(String::from)
-                        .to_vec(),
-                )
-                .build()
-                .map_err(err)?,
-        );
+        mounts.push(bind(
+            opts.init,
+            INIT_MOUNT,
+            &["rbind", "ro", "nosuid", "nodev"],
+        )?);
         [INIT_MOUNT.to_owned(), "--".to_owned()]
             .into_iter()
             .chain(c.args.iter().cloned())
@@ -143,7 +251,8 @@ pub fn build_spec(
     } else {
         c.args.clone()
     };
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let caps = capabilities(&c.cap_add, &c.cap_drop)?;
+    let seccomp = crate::seccomp::profile(&caps).map_err(err)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -152,30 +261,23 @@ pub fn build_spec(
         .ambient(HashSet::new())
         .build()
         .map_err(err)?;
+    let mut user = UserBuilder::default().uid(c.uid).gid(c.gid);
+    if !c.additional_gids.is_empty() {
+        user = user.additional_gids(c.additional_gids.clone());
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(
-            UserBuilder::default()
-                .uid(c.uid)
-                .gid(c.gid)
-                .build()
-                .map_err(err)?,
-        )
+        .user(user.build().map_err(err)?)
         .args(args)
         .env(c.env.clone())
         .cwd(c.cwd.clone())
         .capabilities(capabilities)
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .hard(1024u64)
-            .soft(1024u64)
-            .build()
-            .map_err(err)?])
+        .rlimits(rlimits(&c.ulimits)?)
         .no_new_privileges(true)
         .build()
         .map_err(err)?;
     let memory_bytes = i64::from(c.memory_mib) * 1024 * 1024;
-    let resources = LinuxResourcesBuilder::default()
+    let mut resources = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
             .access("rwm")
@@ -195,9 +297,16 @@ pub fn build_spec(
                 .period(CPU_PERIOD_US)
                 .build()
                 .map_err(err)?,
-        )
-        .build()
-        .map_err(err)?;
+        );
+    if let Some(limit) = opts.pids_limit.filter(|l| *l > 0) {
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(err)?,
+        );
+    }
+    let resources = resources.build().map_err(err)?;
     let namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -214,12 +323,19 @@ pub fn build_spec(
         ns.build().map_err(err)
     })
     .collect::<Result<Vec<_>, _>>()?;
+    let mut masked = get_default_maskedpaths();
+    masked.extend(MORE_MASKED_PATHS.map(String::from));
     let linux = LinuxBuilder::default()
-        .cgroups_path(format!("{}/{}", cgroup_parent.trim_end_matches('/'), c.id))
+        .cgroups_path(format!(
+            "{}/{}",
+            opts.cgroup_parent.trim_end_matches('/'),
+            c.id
+        ))
         .resources(resources)
         .namespaces(namespaces)
-        .masked_paths(get_default_maskedpaths())
+        .masked_paths(masked)
         .readonly_paths(get_default_readonly_paths())
+        .seccomp(seccomp)
         .build()
         .map_err(err)?;
     SpecBuilder::default()
@@ -228,7 +344,7 @@ pub fn build_spec(
         .root(
             RootBuilder::default()
                 .path("rootfs")
-                .readonly(false)
+                .readonly(c.readonly_root)
                 .build()
                 .map_err(err)?,
         )
@@ -244,6 +360,15 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::runtime::SecretMount;
+
+    fn opts(init: &Path) -> SpecOptions<'_> {
+        SpecOptions {
+            cgroup_parent: "/berth/node-1",
+            init,
+            pids_limit: Some(DEFAULT_PIDS_LIMIT),
+        }
+    }
 
     fn image() -> ImageInfo {
         ImageInfo {
@@ -275,20 +400,33 @@ mod tests {
         let mut def = ContainerDefinition::new("app", "demo");
         def.environment = BTreeMap::from([("MODE".into(), "dev".into()), ("X".into(), "1".into())]);
         assert_eq!(
-            process_env(&image(), &def),
+            process_env(&image(), &def, None),
             ["PATH=/bin", "MODE=dev", "X=1"]
+        );
+        // Secret variables come last and replace the image's.
+        let secrets = ContainerSecrets {
+            environment: BTreeMap::from([("PATH".into(), "/secret".into())]),
+            ..Default::default()
+        };
+        assert_eq!(
+            process_env(&image(), &def, Some(&secrets)),
+            ["MODE=dev", "X=1", "PATH=/secret"]
         );
     }
 
     #[test]
     fn user_and_quota() {
-        assert_eq!(process_user(&image()), (1000, 1001));
+        let mut def = ContainerDefinition::new("app", "demo");
+        assert_eq!(process_user(&image(), &def), "1000:1001");
+        def.user = Some("app".into());
+        assert_eq!(process_user(&image(), &def), "app");
+        let rootless = ImageInfo {
+            user: None,
+            ..image()
+        };
         assert_eq!(
-            process_user(&ImageInfo {
-                user: Some("nobody".into()),
-                ..image()
-            }),
-            (0, 0)
+            process_user(&rootless, &ContainerDefinition::new("a", "b")),
+            ""
         );
         assert_eq!(cpu_quota(1024), 100_000);
         assert_eq!(cpu_quota(256), 25_000);
@@ -307,14 +445,20 @@ mod tests {
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            additional_gids: vec![],
             cpu_units: 512,
             memory_mib: 64,
             log_path: "/tmp/x".into(),
             netns: Some("/run/netns/berth-t1".into()),
             init: false,
             resolv_conf: Some("/var/lib/berth/dns/default.resolv.conf".into()),
+            readonly_root: false,
+            cap_add: vec![],
+            cap_drop: vec![],
+            ulimits: vec![],
+            secret_mounts: vec![],
         };
-        let spec = build_spec(&c, "/berth/node-1", Path::new("/init")).expect("spec builds");
+        let spec = build_spec(&c, &opts(Path::new("/init"))).expect("spec builds");
         let resolv = spec
             .mounts()
             .iter()
@@ -361,12 +505,8 @@ mod tests {
         assert_eq!(init_mounts(&json), 0, "no init when turned off");
 
         let with_init = ContainerSpec { init: true, ..c };
-        let spec = build_spec(
-            &with_init,
-            "/berth/node-1",
-            Path::new("/usr/bin/tini-static"),
-        )
-        .expect("spec builds");
+        let spec =
+            build_spec(&with_init, &opts(Path::new("/usr/bin/tini-static"))).expect("spec builds");
         let json = serde_json::to_value(&spec).expect("spec serialises");
         assert_eq!(
             json["process"]["args"],
@@ -382,5 +522,189 @@ mod tests {
             mount["options"],
             serde_json::json!(["rbind", "ro", "nosuid", "nodev"])
         );
+    }
+
+    fn container() -> ContainerSpec {
+        ContainerSpec {
+            id: "t1-app".into(),
+            task_id: "t1".into(),
+            container_name: "app".into(),
+            image: image(),
+            args: vec!["sh".into()],
+            env: vec!["PATH=/bin".into(), "TOKEN=hunter2".into()],
+            cwd: "/".into(),
+            uid: 1000,
+            gid: 1001,
+            additional_gids: vec![3456],
+            cpu_units: 256,
+            memory_mib: 64,
+            log_path: "/tmp/x".into(),
+            netns: None,
+            init: true,
+            resolv_conf: None,
+            readonly_root: false,
+            cap_add: vec![],
+            cap_drop: vec![],
+            ulimits: vec![],
+            secret_mounts: vec![],
+        }
+    }
+
+    fn json(c: &ContainerSpec, pids_limit: Option<i64>) -> serde_json::Value {
+        let opts = SpecOptions {
+            pids_limit,
+            ..opts(Path::new("/init"))
+        };
+        serde_json::to_value(build_spec(c, &opts).expect("spec builds")).expect("serialises")
+    }
+
+    fn names(v: &serde_json::Value) -> Vec<String> {
+        let mut names: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_sandbox_is_at_least_dockers() {
+        let spec = json(&container(), Some(64));
+        // Seccomp: an allow-list refusing with EPERM.
+        assert_eq!(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(spec["linux"]["seccomp"]["defaultErrnoRet"], 1);
+        let allowed: Vec<String> = spec["linux"]["seccomp"]["syscalls"][0]["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        assert!(allowed.contains(&"execve".to_owned()));
+        assert!(!allowed.contains(&"unshare".to_owned()));
+        // The pids limit, or none.
+        assert_eq!(spec["linux"]["resources"]["pids"]["limit"], 64);
+        assert!(json(&container(), None)["linux"]["resources"]
+            .get("pids")
+            .is_none());
+        assert!(json(&container(), Some(0))["linux"]["resources"]
+            .get("pids")
+            .is_none());
+        // /proc without suid, exec or devices; the other kernel mounts as Docker has them.
+        let mount = |dest: &str| {
+            spec["mounts"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["destination"] == dest).cloned())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            mount("/proc")["options"],
+            serde_json::json!(["nosuid", "noexec", "nodev"])
+        );
+        assert_eq!(
+            mount("/sys")["options"],
+            serde_json::json!(["nosuid", "noexec", "nodev", "ro"])
+        );
+        let masked = names(&spec["linux"]["maskedPaths"]);
+        for path in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+        ] {
+            assert!(masked.contains(&path.to_owned()), "{path} is not masked");
+        }
+        assert!(names(&spec["linux"]["readonlyPaths"]).contains(&"/proc/sys".to_owned()));
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["process"]["user"]["uid"], 1000);
+        assert_eq!(spec["process"]["user"]["gid"], 1001);
+        assert_eq!(
+            spec["process"]["user"]["additionalGids"],
+            serde_json::json!([3456])
+        );
+        assert_eq!(spec["root"]["readonly"], false);
+        assert_eq!(
+            spec["process"]["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}])
+        );
+    }
+
+    #[test]
+    fn definitions_tighten_or_loosen_it() {
+        let c = ContainerSpec {
+            readonly_root: true,
+            cap_add: vec!["sys_time".into(), "CAP_NET_ADMIN".into()],
+            cap_drop: vec!["CHOWN".into()],
+            ulimits: vec![
+                Ulimit {
+                    name: "nofile".into(),
+                    soft_limit: 2048,
+                    hard_limit: 4096,
+                },
+                Ulimit {
+                    name: "core".into(),
+                    soft_limit: 0,
+                    hard_limit: 0,
+                },
+            ],
+            secret_mounts: vec![SecretMount {
+                source: "/var/lib/berth/secrets/t1/app/0".into(),
+                destination: "/run/secrets/tls".into(),
+            }],
+            ..container()
+        };
+        let spec = json(&c, Some(4096));
+        assert_eq!(spec["root"]["readonly"], true);
+        let caps = names(&spec["process"]["capabilities"]["bounding"]);
+        assert!(caps.contains(&"CAP_SYS_TIME".to_owned()));
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_owned()));
+        assert!(!caps.contains(&"CAP_CHOWN".to_owned()));
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len() + 1);
+        assert_eq!(caps, names(&spec["process"]["capabilities"]["effective"]));
+        assert_eq!(caps, names(&spec["process"]["capabilities"]["permitted"]));
+        assert_eq!(
+            names(&spec["process"]["capabilities"]["ambient"]),
+            Vec::<String>::new()
+        );
+        // SYS_TIME opens the clock-setting syscalls.
+        let allowed = names(&spec["linux"]["seccomp"]["syscalls"][0]["names"]);
+        assert!(allowed.contains(&"clock_settime".to_owned()));
+        assert_eq!(
+            spec["process"]["rlimits"],
+            serde_json::json!([
+                {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 2048},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ])
+        );
+        let secret = spec["mounts"]
+            .as_array()
+            .and_then(|m| {
+                m.iter()
+                    .find(|m| m["destination"] == "/run/secrets/tls")
+                    .cloned()
+            })
+            .unwrap_or_default();
+        assert_eq!(secret["source"], "/var/lib/berth/secrets/t1/app/0");
+        assert_eq!(
+            secret["options"],
+            serde_json::json!(["rbind", "ro", "nosuid", "nodev", "noexec"])
+        );
+
+        // drop ALL, add one back.
+        let only = capabilities(&["NET_BIND_SERVICE".into()], &["ALL".into()]).expect("caps");
+        assert_eq!(only, HashSet::from([Capability::NetBindService]));
+        assert!(!crate::seccomp::allows(&only, "chroot"));
+        assert!(matches!(
+            capabilities(&["NOT_A_CAP".into()], &[]),
+            Err(RuntimeError::UnknownCapability(_))
+        ));
+    }
+
+    #[test]
+    fn debug_of_a_container_spec_shows_no_values() {
+        let printed = format!("{:?}", container());
+        assert!(printed.contains("TOKEN"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 }

@@ -17,12 +17,32 @@ use crate::metrics::Metrics;
 
 use crate::runtime::{
     ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
-    TaskNetwork,
+    SecretMount, TaskNetwork,
 };
 use crate::spec::{process_args, process_env, process_user};
+use crate::user::{self, ResolvedUser};
 
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
+
+/// How often a running task's writable layers are measured against its ephemeral storage.
+pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why the task must stop when its containers' writable layers hold `used` bytes: `None` while
+/// that is within `limit`.
+pub fn storage_exceeded(used: u64, limit: berth_model::EphemeralStorage) -> Option<String> {
+    if used <= limit.bytes() {
+        return None;
+    }
+    // One decimal, rounded down, so the figure never reads as the limit itself.
+    let tenths = used.saturating_mul(10) >> 30;
+    Some(format!(
+        "ephemeral storage: the task wrote {}.{} GiB, over its {} GiB limit (ephemeralStorage.sizeInGiB)",
+        tenths / 10,
+        tenths % 10,
+        limit.size_in_gib
+    ))
+}
 
 /// Why a task is asked to stop: the stop request carries it, and the task's stop code and
 /// reason come from it.
@@ -83,6 +103,8 @@ pub struct TaskRun {
     /// Seconds out of routing before SIGTERM on a requested stop: the assignment's, updated
     /// by later desired sets.
     pub deregistration_delay: Arc<std::sync::atomic::AtomicU32>,
+    /// Where secret files are written (`DATA_DIR/secrets`, see [`crate::secret_files`]).
+    pub secrets_dir: PathBuf,
 }
 
 /// What starting a task's containers in dependency order needs.
@@ -90,6 +112,10 @@ struct Starter {
     /// Containers not started yet, by index.
     pending: Vec<usize>,
     images: Vec<ImageInfo>,
+    /// Who each container runs as.
+    users: Vec<ResolvedUser>,
+    /// Each container's secret directories.
+    secret_mounts: Vec<Vec<SecretMount>>,
     /// The network namespace the containers share.
     netns: Option<String>,
     exit_tx: mpsc::UnboundedSender<Exit>,
@@ -305,12 +331,20 @@ impl TaskRun {
         let mut starter = Starter {
             pending: Vec::new(),
             images: Vec::new(),
+            users: Vec::new(),
+            secret_mounts: Vec::new(),
             netns: None,
             exit_tx,
             health_tx,
         };
 
         if self.adopt.is_empty() {
+            if let Some(error) = &a.secrets.error {
+                // The task's secrets could not be opened: nothing is pulled or created.
+                let reason = error.clone();
+                self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                return;
+            }
             let Some(images) = self.pull(&mut states).await else {
                 return;
             };
@@ -318,6 +352,16 @@ impl TaskRun {
                 let reason = "stopped before it started".to_owned();
                 self.finish(&mut states, StopCode::UserInitiated, reason, None);
                 return;
+            }
+            match self.prepare(&images).await {
+                Ok((users, mounts)) => {
+                    starter.users = users;
+                    starter.secret_mounts = mounts;
+                }
+                Err(reason) => {
+                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                    return;
+                }
             }
             starter.images = images;
             starter.pending = (0..a.containers.len()).collect();
@@ -350,6 +394,8 @@ impl TaskRun {
         }
 
         let mut running_reported = !self.adopt.is_empty();
+        let mut storage_checks = tokio::time::interval(STORAGE_CHECK_INTERVAL);
+        storage_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (code, reason) = loop {
             if !starter.pending.is_empty() {
                 if let Err(reason) = self.start_ready(&mut starter, &mut states).await {
@@ -397,6 +443,16 @@ impl TaskRun {
                     }
                     let status_now = if running_reported { TaskStatus::Running } else { TaskStatus::Activating };
                     self.report(status_now, &states, None);
+                }
+                _ = storage_checks.tick() => {
+                    if let Some(reason) = self.storage_exceeded(&states).await {
+                        tracing::warn!("{reason}");
+                        if running_reported {
+                            self.report(TaskStatus::Running, &states, Some(reason.clone()));
+                            self.deregister(&states).await;
+                        }
+                        break (StopCode::EssentialContainerExited, reason);
+                    }
                 }
                 changed = self.stop.changed() => {
                     let why = *self.stop.borrow_and_update();
@@ -492,7 +548,15 @@ impl TaskRun {
                 });
             };
             let started = std::time::Instant::now();
-            let result = self.runtime.ensure_image(&c.image, &progress).await;
+            let credentials = a
+                .secrets
+                .containers
+                .get(&c.name)
+                .and_then(|s| s.registry.as_ref());
+            let result = self
+                .runtime
+                .ensure_image(&c.image, credentials, &progress)
+                .await;
             match &result {
                 Ok(info) if info.pulled => {
                     self.metrics.image("pulled", Some(started.elapsed()));
@@ -539,6 +603,12 @@ impl TaskRun {
                 let c = &a.containers[i];
                 let mut spec = self.container_spec(c, &starter.images[i]);
                 spec.netns = starter.netns.clone();
+                if let Some(u) = starter.users.get(i) {
+                    spec.uid = u.uid;
+                    spec.gid = u.gid;
+                    spec.additional_gids = u.additional_gids.clone();
+                }
+                spec.secret_mounts = starter.secret_mounts.get(i).cloned().unwrap_or_default();
                 match self.runtime.start(&spec).await {
                     Ok(exit) => {
                         starter.watch(&self.runtime, i, &spec.id, exit, c.health_check.as_ref());
@@ -608,28 +678,112 @@ impl TaskRun {
         ok
     }
 
+    /// What a new task needs between its pull and its containers: who each container runs as
+    /// (its user resolved against the image's /etc/passwd and /etc/group), and its secret
+    /// files written. Fails with the task's stop reason.
+    async fn prepare(
+        &self,
+        images: &[ImageInfo],
+    ) -> Result<(Vec<ResolvedUser>, Vec<Vec<SecretMount>>), String> {
+        let a = &self.assignment;
+        let mut users = Vec::with_capacity(images.len());
+        for (c, image) in a.containers.iter().zip(images) {
+            let wanted = process_user(image, c);
+            let (passwd, group) = if user::needs_files(wanted) {
+                let read = |path: &'static str| async move {
+                    let bytes = self.runtime.read_image_file(image, path).await;
+                    bytes.map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                };
+                let files = match (read("/etc/passwd").await, read("/etc/group").await) {
+                    (Ok(p), Ok(g)) => (p, g),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(container = %c.name, "read the image's user files: {}", berth_model::error_chain(&e));
+                        return Err(format!(
+                            "CannotStartContainerError: container {}: read the image's user files: {e}",
+                            c.name
+                        ));
+                    }
+                };
+                files
+            } else {
+                (None, None)
+            };
+            let resolved = user::resolve(wanted, passwd.as_deref(), group.as_deref())
+                .map_err(|e| format!("CannotStartContainerError: container {}: {e}", c.name))?;
+            users.push(resolved);
+        }
+        if a.secrets.containers.values().all(|s| s.files.is_empty()) {
+            return Ok((users, Vec::new()));
+        }
+        let names: Vec<String> = a.containers.iter().map(|c| c.name.clone()).collect();
+        let (root, task_id, secrets) = (
+            self.secrets_dir.clone(),
+            a.task_id.clone(),
+            a.secrets.clone(),
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            crate::secret_files::write_task(&root, &task_id, &names, &secrets)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        match written {
+            Ok(mounts) => Ok((users, mounts)),
+            Err(e) => {
+                tracing::warn!("write the task's secret files: {e}");
+                Err(format!(
+                    "CannotStartContainerError: write the task's secret files: {e}"
+                ))
+            }
+        }
+    }
+
+    /// Why the task must stop for the storage its containers wrote, if it must.
+    async fn storage_exceeded(&self, states: &[ContainerState]) -> Option<String> {
+        let mut used = 0u64;
+        for (c, state) in self.assignment.containers.iter().zip(states) {
+            if state.last_status == TaskStatus::Pending {
+                continue;
+            }
+            let id = container_id(&self.assignment.task_id, &c.name);
+            match self.runtime.storage_usage(&id).await {
+                Ok(bytes) => used = used.saturating_add(bytes),
+                Err(e) => {
+                    tracing::debug!(container = %id, "measure the writable layer: {}", berth_model::error_chain(&e));
+                }
+            }
+        }
+        storage_exceeded(used, self.assignment.ephemeral_storage)
+    }
+
     fn container_spec(&self, c: &ContainerDefinition, image: &ImageInfo) -> ContainerSpec {
-        let (uid, gid) = process_user(image);
+        let secrets = self.assignment.secrets.containers.get(&c.name);
         ContainerSpec {
             id: container_id(&self.assignment.task_id, &c.name),
             task_id: self.assignment.task_id.clone(),
             container_name: c.name.clone(),
             image: image.clone(),
             args: process_args(image, c),
-            env: process_env(image, c),
+            env: process_env(image, c, secrets),
             cwd: c
                 .working_directory
                 .clone()
                 .or_else(|| image.working_dir.clone())
                 .unwrap_or_else(|| "/".into()),
-            uid,
-            gid,
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
             cpu_units: c.cpu.unwrap_or(self.assignment.cpu),
             memory_mib: c.memory.unwrap_or(self.assignment.memory),
             log_path: self.log_dir.join(format!("{}.log", c.name)),
             netns: None,
             init: c.init,
             resolv_conf: self.resolv_conf.clone(),
+            readonly_root: c.readonly_root_filesystem,
+            cap_add: c.linux_parameters.capabilities.add.clone(),
+            cap_drop: c.linux_parameters.capabilities.drop.clone(),
+            ulimits: c.ulimits.clone(),
+            secret_mounts: Vec::new(),
         }
     }
 
@@ -722,6 +876,11 @@ impl TaskRun {
             s.last_status = TaskStatus::Stopped;
             // Its ports are released.
             s.network_bindings.clear();
+        }
+        if let Err(e) =
+            crate::secret_files::remove_task(&self.secrets_dir, &self.assignment.task_id)
+        {
+            tracing::warn!("remove the task's secret files: {e}");
         }
         self.done.store(true, Ordering::SeqCst);
         let _ = self.updates.send(TaskStatusUpdate {

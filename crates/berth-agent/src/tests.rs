@@ -215,6 +215,7 @@ fn task_run(
         ip_address: None,
         resolv_conf: None,
         deregistration_delay: Arc::default(),
+        secrets_dir: std::env::temp_dir().join(format!("berth-secrets-{}", std::process::id())),
     };
     (run, rx, stop)
 }
@@ -441,4 +442,138 @@ async fn a_stop_waits_out_the_deregistration_delay_before_sigterm_unless_fenced(
             "fenced: {fence}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_task_whose_secrets_could_not_be_opened_fails_to_start_without_pulling() {
+    let rt = Arc::new(FakeRuntime::new());
+    let (mut run, mut rx, _stop) = task_run(&rt, vec![ContainerDefinition::new("app", "sleeper")]);
+    run.assignment.secrets.error = Some("secret db-creds not found in namespace default".into());
+    run.run().await;
+    assert_eq!(
+        ended(&mut rx),
+        (
+            Some(StopCode::TaskFailedToStart),
+            "secret db-creds not found in namespace default".to_owned()
+        )
+    );
+    assert_eq!(rt.calls(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn secrets_reach_the_process_env_the_pull_and_files_that_go_with_the_task() {
+    let rt = Arc::new(FakeRuntime::new());
+    let mut app = ContainerDefinition::new("app", "sleeper");
+    app.stop_timeout = 0;
+    app.environment.insert("PLAIN".into(), "1".into());
+    let (mut run, mut rx, stop) = task_run(&rt, vec![app]);
+    let secrets_dir = tempfile::tempdir().expect("a temp dir");
+    run.secrets_dir = secrets_dir.path().to_owned();
+    let mut s = berth_model::ContainerSecrets::default();
+    s.environment.insert("DB_PASSWORD".into(), "hunter2".into());
+    s.files.insert(
+        "/run/secrets/tls".into(),
+        std::collections::BTreeMap::from([("key.pem".into(), b"PRIVATE".to_vec())]),
+    );
+    s.registry = Some(("robot".into(), "s3cret".into()));
+    run.assignment.secrets.containers.insert("app".into(), s);
+    let handle = tokio::spawn(run.run());
+    running(&mut rx).await;
+    let spec = rt.spec("t1-app").expect("running");
+    assert_eq!(
+        spec.env[spec.env.len() - 2..],
+        ["PLAIN=1".to_owned(), "DB_PASSWORD=hunter2".to_owned()]
+    );
+    assert_eq!(
+        rt.pull_credentials("sleeper"),
+        Some(("robot".into(), "s3cret".into()))
+    );
+    let [mount] = &spec.secret_mounts[..] else {
+        panic!("one secret mount: {:?}", spec.secret_mounts);
+    };
+    assert_eq!(mount.destination, "/run/secrets/tls");
+    assert_eq!(
+        std::fs::read(mount.source.join("key.pem")).expect("written"),
+        b"PRIVATE"
+    );
+    request_stop(&stop, StopReason::Server);
+    handle.await.expect("supervisor finished");
+    assert!(!mount.source.exists(), "the secret files go with the task");
+    // No report carries a value.
+    while let Ok(u) = rx.try_recv() {
+        let printed = format!("{u:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("PRIVATE"));
+    }
+}
+
+#[tokio::test]
+async fn an_image_user_name_is_resolved_and_a_missing_one_fails_the_task() {
+    let rt = Arc::new(FakeRuntime::new());
+    for image in ["named", "ghost"] {
+        rt.image_file(
+            image,
+            "/etc/passwd",
+            b"root:x:0:0::/:/bin/sh\napp:x:1234:2345::/:/bin/sh\n",
+        );
+        rt.image_file(image, "/etc/group", b"app:x:2345:\nextra:x:3456:app\n");
+    }
+    rt.image_user("named", "app");
+    rt.image_user("ghost", "nobody-here");
+    let (mut rx, stop, handle) = run(&rt, "named");
+    running(&mut rx).await;
+    let spec = rt.spec("t1-app").expect("running");
+    assert_eq!(
+        (spec.uid, spec.gid, spec.additional_gids),
+        (1234, 2345, vec![3456])
+    );
+    request_stop(&stop, StopReason::Server);
+    handle.await.expect("supervisor finished");
+
+    let rt = Arc::new(FakeRuntime::new());
+    rt.image_file("ghost", "/etc/passwd", b"root:x:0:0::/:/bin/sh\n");
+    rt.image_user("ghost", "nobody-here");
+    let (mut rx, _stop, handle) = run(&rt, "ghost");
+    handle.await.expect("supervisor finished");
+    assert_eq!(
+        ended(&mut rx),
+        (
+            Some(StopCode::TaskFailedToStart),
+            "CannotStartContainerError: container app: user \"nobody-here\" not found in the image's /etc/passwd".to_owned()
+        )
+    );
+    assert_eq!(rt.calls(), ["pull ghost"], "nothing was created");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_over_its_ephemeral_storage_is_stopped_with_the_reason() {
+    let rt = Arc::new(FakeRuntime::new());
+    let (mut rx, _stop, handle) = run(&rt, "sleeper");
+    running(&mut rx).await;
+    rt.set_storage("t1-app", (20 << 30) - 1);
+    tokio::time::sleep(crate::supervisor::STORAGE_CHECK_INTERVAL * 2).await;
+    assert!(!handle.is_finished(), "within the 20 GiB default");
+    rt.set_storage("t1-app", 21 << 30);
+    handle.await.expect("supervisor finished");
+    assert_eq!(
+        ended(&mut rx),
+        (
+            Some(StopCode::EssentialContainerExited),
+            "ephemeral storage: the task wrote 21.0 GiB, over its 20 GiB limit (ephemeralStorage.sizeInGiB)".to_owned()
+        )
+    );
+}
+
+#[test]
+fn the_storage_limit_is_the_sum_of_the_writable_layers() {
+    use crate::supervisor::storage_exceeded;
+    let one = berth_model::EphemeralStorage { size_in_gib: 1 };
+    assert_eq!(storage_exceeded(1 << 30, one), None);
+    assert_eq!(
+        storage_exceeded((1 << 30) + (1 << 30) / 8, one).as_deref(),
+        Some("ephemeral storage: the task wrote 1.1 GiB, over its 1 GiB limit (ephemeralStorage.sizeInGiB)")
+    );
+    assert_eq!(
+        storage_exceeded((1 << 30) + 1, one).as_deref(),
+        Some("ephemeral storage: the task wrote 1.0 GiB, over its 1 GiB limit (ephemeralStorage.sizeInGiB)")
+    );
 }

@@ -266,7 +266,8 @@ mod tests {
             updated_at: 61_000,
             key_id: "k1".into(),
         };
-        let table = render_secrets(Format::Table, &[info.clone()], false, 121_000).expect("table");
+        let table = render_secrets(Format::Table, std::slice::from_ref(&info), false, 121_000)
+            .expect("table");
         assert_eq!(
             table,
             "NAME   KEYS            VERSION   UPDATED\ndb     password,user   2         1m\n"

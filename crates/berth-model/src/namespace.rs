@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{validate_name, EventLog, Task, Timestamp, ValidationError};
+use crate::{EventLog, Task, Timestamp, ValidationError};
 
 /// Largest CPU quota, in CPU units (a million vCPUs): a bigger number is a mistake of units.
 pub const MAX_QUOTA_CPU: u64 = 1 << 30;
@@ -36,7 +36,7 @@ impl Namespace {
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate_name("name", &self.name)?;
+        crate::validate_dns_label("name", &self.name)?;
         self.quota.validate()
     }
 }

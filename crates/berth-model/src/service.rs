@@ -2,9 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    validate_name, EventLog, PlacementSpec, TaskDefinitionRef, Timestamp, ValidationError,
-};
+use crate::{EventLog, PlacementSpec, TaskDefinitionRef, Timestamp, ValidationError};
 
 /// At most this many tasks per service.
 pub const MAX_DESIRED_COUNT: u32 = 10_000;
@@ -510,7 +508,8 @@ pub const MAX_DEREGISTRATION_DELAY_SECS: u32 = 3600;
 impl ServiceSpec {
     /// Checks every rule a service must satisfy. Errors name the field in camelCase.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        validate_name("name", &self.name)?;
+        // A service is found by name in DNS (`NAME.NAMESPACE.berth.internal`).
+        crate::validate_dns_label("name", &self.name)?;
         if self.desired_count > MAX_DESIRED_COUNT {
             return Err(ValidationError::new(
                 "desiredCount",

@@ -28,6 +28,7 @@ pub use access::{access_role, namespace_to_wire, node_role};
 pub use agent::task_samples;
 pub use cluster::cluster_status_to_wire;
 pub use node::node_status_change;
+pub use task_definition::{encoded_len, secret_precondition};
 pub use watch::{deleted_event, object_event, synced_event};
 
 /// A wire message that does not describe a valid domain object.

@@ -399,14 +399,12 @@ impl Server {
                 secrets.clone(),
             ))
             .add_service(agents::AgentServiceImpl::new(
-                self.store.clone(),
-                self.tls.clone(),
+                secrets,
                 liveness,
                 usage,
                 self.node_ttl,
                 metrics.clone(),
                 endpoints,
-                secrets,
             ))
             .add_service(join::JoinService::new(
                 self.store.clone(),

@@ -34,6 +34,14 @@ impl Secrets {
         }
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tls(&self) -> &Arc<ServerTls> {
+        &self.tls
+    }
+
     /// Merges keyrings with every other member that answers; answers how many did.
     pub async fn exchange_with_peers(&self) -> usize {
         let me = self.store.node_id();

@@ -195,17 +195,33 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
         .describe_task(DescribeTaskRequest {
             stale: false,
             namespace: String::new(),
-            task_id: "missing".into(),
+            task_id: "0b6c9d4e-7f1a-4c2b-9e8d-5a3f2e1d0c9b".into(),
         })
         .await
         .expect_err("unknown task");
     assert_eq!(err.code(), Code::NotFound);
+    // Task IDs are UUIDs: anything else is refused as such.
+    let err = api
+        .describe_task(DescribeTaskRequest {
+            stale: false,
+            namespace: String::new(),
+            task_id: "missing".into(),
+        })
+        .await
+        .expect_err("not a task ID");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("taskId: \"missing\" is not a task ID"),
+        "{}",
+        err.message()
+    );
 
     // A stop reason of 120,000 characters is refused, naming the field and the limit.
     let err = api
         .stop_task(berth_proto::v1::StopTaskRequest {
             namespace: String::new(),
-            task_id: "missing".into(),
+            task_id: "0b6c9d4e-7f1a-4c2b-9e8d-5a3f2e1d0c9b".into(),
             reason: "x".repeat(120_000),
         })
         .await

@@ -109,6 +109,10 @@ pub(crate) struct AgentArgs {
     /// Registries (host:port) reached over plain HTTP besides loopback ones.
     #[arg(long = "insecure-registry")]
     pub(crate) insecure_registries: Vec<String>,
+    /// The most processes and threads one container may have (its pids cgroup); 0 for no
+    /// limit. A fork bomb stops there instead of exhausting the node.
+    #[arg(long, value_name = "N", default_value_t = berth_agent::spec::DEFAULT_PIDS_LIMIT as u32)]
+    pub(crate) pids_limit: u32,
 }
 
 pub(crate) fn host_name() -> String {
@@ -276,7 +280,8 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             },
         },
     })
-    .await?;
+    .await?
+    .with_pids_limit(args.pids_limit);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let dns_dir = args.data_dir.join("dns");
     let config = AgentConfig {

@@ -101,6 +101,7 @@ impl ContainerdRuntime {
             pull_locks: Mutex::new(HashMap::new()),
             https: registry_client(oci_client::client::ClientProtocol::Https),
             http: registry_client(oci_client::client::ClientProtocol::Http),
+            pids_limit: Some(crate::spec::DEFAULT_PIDS_LIMIT),
         })
     }
 

@@ -18,7 +18,7 @@ use containerd_client::tonic::Code;
 use super::client::{ok_if_not_found, Lease};
 use super::{stats, ContainerdRuntime, LABEL_CONTAINER, LABEL_TASK_ID, SNAPSHOTTER};
 use crate::runtime::{ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, RuntimeError};
-use crate::spec::build_spec;
+use crate::spec::{build_spec, SpecOptions};
 
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -59,7 +59,14 @@ impl ContainerdRuntime {
                 )),
             });
         }
-        let spec = build_spec(c, &self.config.cgroup_parent, &self.config.init)?;
+        let spec = build_spec(
+            c,
+            &SpecOptions {
+                cgroup_parent: &self.config.cgroup_parent,
+                init: &self.config.init,
+                pids_limit: self.pids_limit,
+            },
+        )?;
         let spec_json = serde_json::to_vec(&spec).map_err(|error| RuntimeError::SpecJson {
             op: "encode the OCI runtime spec",
             error,

@@ -9,6 +9,7 @@ mod client;
 mod containers;
 mod exec;
 mod gc;
+mod image_files;
 mod network;
 mod pull;
 mod stats;
@@ -73,6 +74,18 @@ pub struct ContainerdRuntime {
     https: oci_client::Client,
     http: oci_client::Client,
     networks: network::TaskNetworks,
+    /// Each container's pids limit (`None`: no limit).
+    pids_limit: Option<i64>,
+}
+
+impl ContainerdRuntime {
+    /// Limits each container to `limit` processes and threads (0: no limit); the default is
+    /// [`crate::spec::DEFAULT_PIDS_LIMIT`].
+    #[must_use]
+    pub fn with_pids_limit(mut self, limit: u32) -> Self {
+        self.pids_limit = (limit > 0).then_some(i64::from(limit));
+        self
+    }
 }
 
 #[async_trait::async_trait]
@@ -80,6 +93,7 @@ impl Runtime for ContainerdRuntime {
     async fn ensure_image(
         &self,
         image: &str,
+        credentials: Option<&(String, String)>,
         progress: &Progress<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let lock = self
@@ -94,7 +108,7 @@ impl Runtime for ContainerdRuntime {
             return Ok(info);
         }
         let lease = self.create_lease().await?;
-        let result = self.pull(image, &lease, progress).await;
+        let result = self.pull(image, &lease, credentials, progress).await;
         self.delete_lease(lease).await;
         if let (Ok(_), Some(budget)) = (&result, self.config.image_budget) {
             if let Err(e) = self.collect_images(budget, image).await {
@@ -102,6 +116,26 @@ impl Runtime for ContainerdRuntime {
             }
         }
         result
+    }
+
+    async fn read_image_file(
+        &self,
+        image: &ImageInfo,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
+        self.image_file(image, path).await
+    }
+
+    async fn storage_usage(&self, id: &str) -> Result<u64, RuntimeError> {
+        self.snapshot_usage(id).await
+    }
+
+    async fn prepare_secrets_dir(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || crate::secret_files::mount_tmpfs(&dir))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(RuntimeError::io("mount the tmpfs for secret files"))
     }
 
     async fn start(&self, c: &ContainerSpec) -> Result<ExitFuture, RuntimeError> {

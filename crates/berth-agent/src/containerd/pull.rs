@@ -380,6 +380,7 @@ impl ContainerdRuntime {
         &self,
         image: &str,
         lease: &Lease,
+        credentials: Option<&(String, String)>,
         progress: &Progress<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let invalid = |detail: String| RuntimeError::InvalidImage {
@@ -390,7 +391,9 @@ impl ContainerdRuntime {
             .parse()
             .map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
         let client = self.client_for(reference.resolve_registry());
-        let auth = match self.config.registry_auth.get(reference.resolve_registry()) {
+        // The container's own credentials (repositoryCredentials) before the agent's.
+        let auth = match credentials.or(self.config.registry_auth.get(reference.resolve_registry()))
+        {
             Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
             None => RegistryAuth::Anonymous,
         };

@@ -77,6 +77,14 @@ impl Join for FakeJoin {
         let r = req.into_inner();
         self.issue(&r.csr, &caller, &r.addresses).map(Response::new)
     }
+
+    /// Servers only: agents never ask for the keyring.
+    async fn exchange_keyring(
+        &self,
+        _: Request<berth_proto::v1::Keyring>,
+    ) -> Result<Response<berth_proto::v1::Keyring>, Status> {
+        Err(Status::permission_denied("servers only"))
+    }
 }
 
 struct Cluster {

@@ -165,6 +165,26 @@ impl TryFrom<v1::ContainerDefinition> for m::ContainerDefinition {
     }
 }
 
+/// The size of `spec` encoded on the wire, in bytes (what limits a task definition's size).
+pub fn encoded_len(spec: &m::TaskDefinitionSpec) -> usize {
+    prost::Message::encoded_len(&v1::TaskDefinitionSpec::from(spec.clone()))
+}
+
+/// A `PutSecret` precondition: the secret must exist (`Some(true)`), must not (`Some(false)`),
+/// or either (`None`).
+pub fn secret_precondition(value: i32) -> Result<Option<bool>, ConversionError> {
+    match v1::SecretPrecondition::try_from(value) {
+        Ok(v1::SecretPrecondition::Absent) => Ok(Some(false)),
+        Ok(v1::SecretPrecondition::Present) => Ok(Some(true)),
+        Ok(v1::SecretPrecondition::Unspecified) => Ok(None),
+        Err(_) => Err(ConversionError::UnknownEnum {
+            field: "precondition",
+            kind: "SecretPrecondition",
+            value,
+        }),
+    }
+}
+
 impl From<m::TaskDefinitionSpec> for v1::TaskDefinitionSpec {
     fn from(s: m::TaskDefinitionSpec) -> Self {
         Self {

@@ -65,19 +65,18 @@ pub struct AgentServiceImpl {
 }
 
 impl AgentServiceImpl {
+    /// The service of a server whose store, TLS and keyring `secrets` holds.
     pub(crate) fn new(
-        store: Store,
-        tls: Arc<crate::tls::ServerTls>,
+        secrets: crate::secrets::Secrets,
         liveness: Liveness,
         usage: Usage,
         node_ttl: Duration,
         metrics: Metrics,
         endpoints: crate::endpoints::Published,
-        secrets: crate::secrets::Secrets,
     ) -> AgentServiceServer<Self> {
         AgentServiceServer::new(Self {
-            store,
-            tls,
+            store: secrets.store().clone(),
+            tls: secrets.tls().clone(),
             liveness,
             usage,
             node_ttl,

@@ -27,12 +27,8 @@ impl BerthService {
     ) -> Answer<pb::SecretInfo> {
         let namespace = scoped(caller, req.namespace, Permission::Write)?;
         berth_model::validate_secret(&req.name, &req.data).map_err(|e| status::invalid("", &e))?;
-        let expect = match pb::SecretPrecondition::try_from(req.precondition) {
-            Ok(pb::SecretPrecondition::Absent) => Some(false),
-            Ok(pb::SecretPrecondition::Present) => Some(true),
-            Ok(pb::SecretPrecondition::Unspecified) => None,
-            Err(_) => return Err(status::bad_request("precondition: not a known value")),
-        };
+        let expect = berth_proto::secret_precondition(req.precondition)
+            .map_err(|e| status::invalid_request("", &e))?;
         let secret = self
             .secrets
             .put(&namespace, &req.name, &req.data, expect, |command| async {

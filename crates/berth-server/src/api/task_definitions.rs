@@ -16,8 +16,7 @@ pub const MAX_TASK_DEFINITION_BYTES: usize = 64 * 1024;
 
 /// Refuses a task definition larger than [`MAX_TASK_DEFINITION_BYTES`] encoded.
 pub(super) fn check_size(spec: &berth_model::TaskDefinitionSpec) -> Result<(), Status> {
-    use prost::Message as _;
-    let size = pb::TaskDefinitionSpec::from(spec.clone()).encoded_len();
+    let size = berth_proto::encoded_len(spec);
     if size > MAX_TASK_DEFINITION_BYTES {
         return Err(status::bad_request(format!(
             "taskDefinition: {size} bytes encoded is too large; a task definition has at most {MAX_TASK_DEFINITION_BYTES} (64 KiB, as in ECS): move large content into an image or a secret file"

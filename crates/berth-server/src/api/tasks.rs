@@ -12,6 +12,23 @@ use super::{scoped, selector, Answer, BerthService, LogStream, MAX_RUN_COUNT};
 use crate::auth::Caller;
 use crate::{now_ms, status};
 
+/// A task ID as the API takes it: a UUID (what `RunTask` gives every task).
+fn task_id(id: &str) -> Result<(), Status> {
+    if uuid::Uuid::try_parse(id).is_ok() {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(64).collect();
+    Err(status::invalid(
+        "",
+        &berth_model::ValidationError::new(
+            "taskId",
+            format!(
+                "{shown:?} is not a task ID; task IDs are UUIDs (`berth get tasks` lists them)"
+            ),
+        ),
+    ))
+}
+
 impl BerthService {
     pub(super) async fn run_task(
         &self,
@@ -59,6 +76,7 @@ impl BerthService {
         req: pb::StopTaskRequest,
     ) -> Answer<pb::Task> {
         let namespace = scoped(caller, req.namespace, Permission::Write)?;
+        task_id(&req.task_id)?;
         if req.reason.len() > berth_model::MAX_REASON_BYTES {
             let e = berth_model::ValidationError::new(
                 "reason",
@@ -121,6 +139,7 @@ impl BerthService {
         req: pb::DescribeTaskRequest,
     ) -> Answer<pb::Task> {
         let namespace = scoped(caller, req.namespace, Permission::Read)?;
+        task_id(&req.task_id)?;
         let task = self
             .read(req.stale, |s| s.task(&namespace, &req.task_id).cloned())
             .await?
@@ -140,6 +159,7 @@ impl BerthService {
         req: pb::ExecTaskRequest,
     ) -> Answer<pb::ExecResult> {
         let namespace = scoped(caller, req.namespace, Permission::Exec)?;
+        task_id(&req.task_id)?;
         let subject = format!("task {}", req.task_id);
         // The program only: arguments may hold secrets.
         let program = req.command.first().cloned().unwrap_or_default();
@@ -170,6 +190,7 @@ impl BerthService {
         req: pb::TaskLogsRequest,
     ) -> Answer<LogStream> {
         let namespace = scoped(caller, req.namespace, Permission::Read)?;
+        task_id(&req.task_id)?;
         let mut agent = self.task_agent(&namespace, &req.task_id).await?;
         let stream = agent
             .logs(pb::AgentLogsRequest {
