@@ -387,6 +387,48 @@ async fn a_password_protected_registry_needs_the_agents_credentials() -> anyhow:
         reason.contains("pull access denied") && reason.contains(&image),
         "{reason}"
     );
+    // The same agent pulls with credentials from a secret the task definition names (ECS
+    // repositoryCredentials); another tag, so the pull goes to the registry.
+    let image2 = format!("{}/secret:2", private.addr);
+    berth_dev::push_busybox_image_as(&busybox, &image2, Some(("puller", "s3cret"))).await?;
+    let out = cli(
+        &addr,
+        &[
+            "secret",
+            "create",
+            "registry",
+            "--from-literal",
+            "username=puller",
+            "--from-literal",
+            "password=s3cret",
+        ],
+    )
+    .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = env.path("private.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: TaskDefinition\nmetadata: {{name: private}}\nspec:\n  cpu: 128\n  memory: 64\n  containers:\n    - name: app\n      image: {image2}\n      command: [echo, via-secret]\n      repositoryCredentials: {{credentialsParameter: registry}}\n"
+        ),
+    )?;
+    let out = cli(&addr, &["apply", "-f", &manifest.to_string_lossy()]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&addr, &["run", "--wait", "--task-definition", "private"]).await?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via-secret\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     without.kill().await?;
 
     let creds = env.path("registry-creds");

@@ -114,6 +114,8 @@ impl Agent {
         let mut metrics = tokio::time::interval(self.config.metrics_interval);
         // A renewed certificate is reported at once (a CA rotation waits for it).
         let mut serial = self.tls.serial.subscribe();
+        // The desired set as this stream's changes built it, by task ID.
+        let mut desired = std::collections::BTreeMap::new();
         loop {
             tokio::select! {
                 msg = inbound.message() => {
@@ -129,6 +131,11 @@ impl Agent {
                             }
                         }
                         Some(ServerMsg::Desired(d)) => self.reconcile(d, &mut reports.latest),
+                        Some(ServerMsg::Changes(c)) => {
+                            if let Some(whole) = apply_changes(&mut desired, c) {
+                                self.reconcile(whole, &mut reports.latest);
+                            }
+                        }
                         Some(ServerMsg::Renew(r)) => {
                             tracing::info!(reason = %r.reason, "renew the certificate now");
                             self.tls.renew_now.notify_one();
@@ -214,4 +221,88 @@ async fn send(tx: &mpsc::Sender<AgentMessage>, msg: AgentMsg) -> anyhow::Result<
     tx.send(AgentMessage { msg: Some(msg) })
         .await
         .context("send to the server's stream")
+}
+
+/// Applies one `DesiredChanges` to the set a stream built so far; answers the whole set when
+/// it is complete (a set sent in parts is reconciled only once its last part arrived).
+fn apply_changes(
+    desired: &mut std::collections::BTreeMap<String, berth_proto::v1::TaskAssignment>,
+    changes: berth_proto::v1::DesiredChanges,
+) -> Option<berth_proto::v1::DesiredTasks> {
+    if changes.reset {
+        desired.clear();
+    }
+    for id in &changes.removed {
+        desired.remove(id);
+    }
+    for a in changes.upserts {
+        desired.insert(a.task_id.clone(), a);
+    }
+    changes.complete.then(|| berth_proto::v1::DesiredTasks {
+        tasks: desired.values().cloned().collect(),
+    })
+}
+
+#[cfg(test)]
+mod changes_tests {
+    use std::collections::BTreeMap;
+
+    use berth_proto::v1::{DesiredChanges, TaskAssignment};
+
+    use super::apply_changes;
+
+    fn task(id: &str, memory: u32) -> TaskAssignment {
+        TaskAssignment {
+            task_id: id.into(),
+            memory,
+            ..Default::default()
+        }
+    }
+
+    fn ids(set: &berth_proto::v1::DesiredTasks) -> Vec<(String, u32)> {
+        set.tasks
+            .iter()
+            .map(|t| (t.task_id.clone(), t.memory))
+            .collect()
+    }
+
+    #[test]
+    fn changes_build_the_set_and_a_set_in_parts_is_whole_only_at_its_end() {
+        let mut held = BTreeMap::new();
+        // A stream's first set, in two parts: nothing to reconcile after the first.
+        let first = DesiredChanges {
+            reset: true,
+            upserts: vec![task("a", 1), task("b", 1)],
+            ..Default::default()
+        };
+        assert!(apply_changes(&mut held, first).is_none());
+        let rest = DesiredChanges {
+            upserts: vec![task("c", 1)],
+            complete: true,
+            ..Default::default()
+        };
+        let whole = apply_changes(&mut held, rest).expect("complete");
+        assert_eq!(
+            ids(&whole),
+            [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
+        );
+        // Then changes only: one task changed, one left.
+        let change = DesiredChanges {
+            upserts: vec![task("b", 2)],
+            removed: vec!["a".into()],
+            complete: true,
+            ..Default::default()
+        };
+        let whole = apply_changes(&mut held, change).expect("complete");
+        assert_eq!(ids(&whole), [("b".into(), 2), ("c".into(), 1)]);
+        // A new stream starts over.
+        let again = DesiredChanges {
+            reset: true,
+            upserts: vec![task("d", 1)],
+            complete: true,
+            ..Default::default()
+        };
+        let whole = apply_changes(&mut held, again).expect("complete");
+        assert_eq!(ids(&whole), [("d".into(), 1)]);
+    }
 }

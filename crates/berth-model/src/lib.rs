@@ -49,7 +49,7 @@ pub use sandbox::{
 pub use secret::{
     validate_secret, ContainerSecrets, RepositoryCredentials, SealedValue, Secret,
     SecretEnvironment, SecretFile, SecretKeyRef, SecretKeys, TaskSecrets, MAX_SECRET_BYTES,
-    MAX_SECRET_KEYS,
+    MAX_SECRET_KEYS, MAX_TASK_SECRET_BYTES,
 };
 pub use service::{
     Autoscaling, CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus,

@@ -16,6 +16,9 @@ use crate::{Timestamp, ValidationError};
 
 /// The most a secret's values may add up to, in bytes (AWS Secrets Manager's limit).
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// The most secret content one task may receive in all, in bytes: what it references must fit
+/// in one message of its node's stream.
+pub const MAX_TASK_SECRET_BYTES: usize = 1 << 20;
 /// The most keys one secret may have.
 pub const MAX_SECRET_KEYS: usize = 100;
 
@@ -274,6 +277,27 @@ pub struct TaskSecrets {
 impl TaskSecrets {
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty() && self.error.is_none()
+    }
+
+    /// The bytes of every value, name and file name it carries.
+    pub fn size(&self) -> usize {
+        self.containers
+            .values()
+            .map(|c| {
+                let env: usize = c.environment.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let files: usize = c
+                    .files
+                    .iter()
+                    .flat_map(|(dir, files)| {
+                        files
+                            .iter()
+                            .map(move |(k, v)| dir.len() + k.len() + v.len())
+                    })
+                    .sum();
+                let registry = c.registry.as_ref().map_or(0, |(u, p)| u.len() + p.len());
+                env + files + registry
+            })
+            .sum()
     }
 }
 

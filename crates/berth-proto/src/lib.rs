@@ -4,10 +4,10 @@
 mod convert;
 
 pub use convert::{
-    access_role, cluster_status_to_wire, deleted_event, desired_status, encoded_len,
-    namespace_to_wire, node_role, node_status_change, node_status_to_wire, object_event,
-    secret_precondition, stop_code, stop_code_to_wire, synced_event, task_samples, task_status,
-    try_all, ConversionError,
+    access_role, cluster_status_to_wire, deleted_event, desired_changes, desired_status,
+    encoded_len, namespace_to_wire, node_role, node_status_change, node_status_to_wire,
+    object_event, secret_precondition, stop_code, stop_code_to_wire, synced_event, task_samples,
+    task_status, try_all, ConversionError, DESIRED_CHANGES_BYTES,
 };
 
 /// Metadata key with the leader's address on a follower's UNAVAILABLE answer.

@@ -380,6 +380,16 @@ impl Secrets {
             }
             Ok::<(), String>(())
         })();
+        let result = result.and_then(|()| {
+            if out.size() > berth_model::MAX_TASK_SECRET_BYTES {
+                return Err(format!(
+                    "the task's secrets add up to {} bytes; a task may receive at most {} (its node's stream carries them in one message)",
+                    out.size(),
+                    berth_model::MAX_TASK_SECRET_BYTES
+                ));
+            }
+            Ok(())
+        });
         if let Err(reason) = result {
             return TaskSecrets {
                 containers: BTreeMap::new(),

@@ -89,6 +89,44 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
     }
 }
 
+/// The most one `DesiredChanges` message carries, encoded, unless a single assignment is
+/// larger: a quarter of gRPC's default 4 MiB limit.
+pub const DESIRED_CHANGES_BYTES: usize = 1 << 20;
+
+/// Changes to a node's desired set as messages: `upserts` and `removed` split so that each
+/// message stays under [`DESIRED_CHANGES_BYTES`] (an assignment larger than that travels
+/// alone); the first message carries `reset`, only the last `complete`. Always at least one
+/// message.
+pub fn desired_changes(
+    reset: bool,
+    upserts: Vec<m::Assignment>,
+    removed: Vec<String>,
+) -> Vec<v1::DesiredChanges> {
+    use prost::Message as _;
+    let mut messages = vec![v1::DesiredChanges {
+        reset,
+        removed,
+        ..Default::default()
+    }];
+    let mut size = messages[0].encoded_len();
+    for a in upserts {
+        let wire = v1::TaskAssignment::from(a);
+        let len = wire.encoded_len() + 8;
+        if size + len > DESIRED_CHANGES_BYTES && size > 0 {
+            messages.push(v1::DesiredChanges::default());
+            size = 0;
+        }
+        size += len;
+        if let Some(last) = messages.last_mut() {
+            last.upserts.push(wire);
+        }
+    }
+    if let Some(last) = messages.last_mut() {
+        last.complete = true;
+    }
+    messages
+}
+
 /// One task's resource usage, as an agent reports it: `(task ID, metrics)`.
 impl From<(String, m::TaskMetrics)> for v1::TaskSample {
     fn from((task_id, metrics): (String, m::TaskMetrics)) -> Self {
@@ -154,6 +192,35 @@ mod tests {
             ephemeral_storage: m::EphemeralStorage::default(),
             secrets: m::TaskSecrets::default(),
         }
+    }
+
+    #[test]
+    fn a_large_desired_set_is_split_into_messages_under_the_limit() {
+        // 400 tasks of ~16 KiB each: about 6.4 MiB in one message, over gRPC's 4 MiB.
+        let tasks: Vec<m::Assignment> = (0..400)
+            .map(|i| {
+                let mut a = assignment();
+                a.task_id = format!("t{i}");
+                a.containers[0]
+                    .environment
+                    .insert("PAD".into(), "x".repeat(16 << 10));
+                a
+            })
+            .collect();
+        let messages = desired_changes(true, tasks, vec!["gone".into()]);
+        assert!(messages.len() >= 7, "{} messages", messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            use prost::Message as _;
+            assert!(m.encoded_len() <= DESIRED_CHANGES_BYTES, "message {i}");
+            assert_eq!(m.reset, i == 0);
+            assert_eq!(m.complete, i == messages.len() - 1);
+        }
+        assert_eq!(messages.iter().map(|m| m.upserts.len()).sum::<usize>(), 400);
+        assert_eq!(messages[0].removed, ["gone"]);
+        // A change of one task is one small message.
+        let one = desired_changes(false, vec![assignment()], Vec::new());
+        assert_eq!(one.len(), 1);
+        assert!(one[0].complete && !one[0].reset);
     }
 
     #[test]

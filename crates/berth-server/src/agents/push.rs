@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{DesiredTasks, Endpoints, RenewCertificate, ServerMessage};
+use std::collections::BTreeMap;
+
+use berth_model::Assignment;
+use berth_proto::v1::{Endpoints, RenewCertificate, ServerMessage};
 use berth_store::Store;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -21,7 +24,8 @@ pub(super) async fn desired_sets(
 ) {
     let mut changes = store.watch_node(&node);
     let mut leader = store.leadership();
-    let mut last_sent = None;
+    // What this stream has sent, by task ID: after the whole set, only changes are sent.
+    let mut sent: Option<BTreeMap<String, Assignment>> = None;
     loop {
         if !*leader.borrow_and_update() {
             // Send the agent to the new leader.
@@ -40,16 +44,21 @@ pub(super) async fn desired_sets(
         };
         // Only for this node's stream, only for its tasks that are to start.
         secrets.open_for(&mut desired).await;
-        if last_sent.as_ref() != Some(&desired) {
-            let msg = ServerMessage {
-                msg: Some(ServerMsg::Desired(DesiredTasks {
-                    tasks: desired.iter().cloned().map(Into::into).collect(),
-                })),
-            };
-            if tx.send(Ok(msg)).await.is_err() {
-                return;
+        let desired: BTreeMap<String, Assignment> = desired
+            .into_iter()
+            .map(|a| (a.task_id.clone(), a))
+            .collect();
+        let (reset, upserts, removed) = changes_since(sent.as_ref(), &desired);
+        if reset || !upserts.is_empty() || !removed.is_empty() {
+            for changes in berth_proto::desired_changes(reset, upserts, removed) {
+                let msg = ServerMessage {
+                    msg: Some(ServerMsg::Changes(changes)),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
             }
-            last_sent = Some(desired);
+            sent = Some(desired);
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
@@ -57,6 +66,28 @@ pub(super) async fn desired_sets(
             () = tx.closed() => return,
         }
     }
+}
+
+/// What changed from `sent` to `desired`: whether the whole set must be sent (nothing was
+/// yet), the assignments that are new or differ, and the task IDs that left.
+fn changes_since(
+    sent: Option<&BTreeMap<String, Assignment>>,
+    desired: &BTreeMap<String, Assignment>,
+) -> (bool, Vec<Assignment>, Vec<String>) {
+    let Some(sent) = sent else {
+        return (true, desired.values().cloned().collect(), Vec::new());
+    };
+    let upserts = desired
+        .iter()
+        .filter(|(id, a)| sent.get(*id) != Some(*a))
+        .map(|(_, a)| a.clone())
+        .collect();
+    let removed = sent
+        .keys()
+        .filter(|id| !desired.contains_key(*id))
+        .cloned()
+        .collect();
+    (false, upserts, removed)
 }
 
 /// Tells the agent to renew its certificate whenever this server's CA changes (a rotation
