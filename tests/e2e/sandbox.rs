@@ -105,6 +105,13 @@ async fn the_sandbox_holds_from_inside_real_containers() -> anyhow::Result<()> {
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let ghost = stdout(&out).trim().to_owned();
 
+    // An image whose USER is a name runs as that name's uid from the image's /etc/passwd.
+    let busybox = berth_dev::find_program("busybox").expect("busybox-static");
+    let named = format!("{}/named-user:1", env.registry.addr);
+    berth_dev::push_busybox_image_with_user(&busybox, &named, "nobody").await?;
+    let out = cli(&addr, &["run", "--wait", &named, "--", "id", "-u"]).await?;
+    assert_eq!(stdout(&out), "65534\n", "stderr: {}", stderr(&out));
+
     let (seccomp, pids, user, readonly, nochown, ulimit) = tokio::try_join!(
         output_of(&addr, "seccomp"),
         output_of(&addr, "pids"),

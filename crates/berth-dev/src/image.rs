@@ -118,7 +118,27 @@ pub async fn push_busybox_image_as(
     reference: &str,
     credentials: Option<(&str, &str)>,
 ) -> anyhow::Result<String> {
-    let image = build_busybox_image(busybox)?;
+    push(build_busybox_image(busybox)?, reference, credentials).await
+}
+
+/// [`push_busybox_image`] of an image whose config says `USER user` (a name or `uid[:gid]`).
+pub async fn push_busybox_image_with_user(
+    busybox: &Path,
+    reference: &str,
+    user: &str,
+) -> anyhow::Result<String> {
+    let mut image = build_busybox_image(busybox)?;
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config)?;
+    config["config"]["User"] = user.into();
+    image.config = serde_json::to_vec(&config)?;
+    push(image, reference, None).await
+}
+
+async fn push(
+    image: BusyboxImage,
+    reference: &str,
+    credentials: Option<(&str, &str)>,
+) -> anyhow::Result<String> {
     let reference: Reference = reference
         .parse()
         .with_context(|| format!("parse {reference}"))?;

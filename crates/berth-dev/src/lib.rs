@@ -12,7 +12,10 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-pub use image::{build_busybox_image, push_busybox_image, push_busybox_image_as, BusyboxImage};
+pub use image::{
+    build_busybox_image, push_busybox_image, push_busybox_image_as, push_busybox_image_with_user,
+    BusyboxImage,
+};
 
 /// Finds `program` on PATH.
 pub fn find_program(program: &str) -> Option<PathBuf> {

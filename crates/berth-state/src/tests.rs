@@ -600,3 +600,36 @@ pub(crate) fn round_trips(s: &State) {
         );
     }
 }
+
+#[test]
+fn a_redeploy_starts_a_deployment_of_the_same_revision() {
+    let mut s = state_with_task();
+    s.apply(apply(service_spec(2), "d1", 5));
+    let (r, changed) = s.apply(Command::UpdateService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        change: ServiceChange::Redeploy {
+            deployment_id: "d2".into(),
+        },
+        at: 6,
+    });
+    assert!(
+        matches!(r, CommandResult::Service { changed: true, .. }),
+        "{r:?}"
+    );
+    assert!(!changed.is_empty());
+    let svc = get_service(&s);
+    let ids: Vec<&str> = svc.deployments.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["d2", "d1"]);
+    assert_eq!(
+        svc.deployments[0].task_definition,
+        svc.deployments[1].task_definition
+    );
+    assert_eq!(svc.version, 2);
+    let last = svc.events.iter().last().map(|e| e.message.clone());
+    assert_eq!(
+        last.as_deref(),
+        Some("deployment d2 started: web:1 again, every task replaced (redeploy)")
+    );
+    round_trips(&s);
+}

@@ -527,7 +527,7 @@ fn namespaces_are_created_updated_and_deleted_only_when_empty() {
         &[
             "Conflict: namespace team-a already exists []",
             "Conflict: namespace default already exists []",
-            "Invalid: name: \"a b\" contains ' '; use letters, digits, '-' and '_' []",
+            "Invalid: name: \"a b\" is not a DNS label: use 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit []",
             "namespace team-a (cpu 2048, tasks 8) [namespace/team-a]",
             "NotFound: namespace nope not found; `berth namespace get` lists them []",
             "service svc desired 1 [service/team-a/svc]",
