@@ -8,6 +8,7 @@ mod cluster;
 mod ingress;
 mod network;
 mod nodes;
+mod pulls;
 mod rotation;
 mod sandbox;
 mod secrets;

@@ -158,3 +158,56 @@ async fn push(
         .with_context(|| format!("push {reference}"))?;
     Ok(pushed.manifest_url)
 }
+
+/// Pushes the busybox image as `reference` over plain HTTP with a manifest that declares
+/// `layer_size` bytes for its layer, whatever the layer's real size (the registry checks only
+/// that the blob exists): for tests of how a puller checks sizes. Returns the layer's digest.
+pub async fn push_busybox_image_declaring(
+    busybox: &Path,
+    reference: &str,
+    layer_size: i64,
+) -> anyhow::Result<String> {
+    let image = build_busybox_image(busybox)?;
+    let reference: Reference = reference
+        .parse()
+        .with_context(|| format!("parse {reference}"))?;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let digest = |data: &[u8]| format!("sha256:{:x}", Sha256::digest(data));
+    let (layer_digest, config_digest) = (digest(&image.layer), digest(&image.config));
+    let config_size = image.config.len();
+    client
+        .push_blob(&reference, image.layer, &layer_digest)
+        .await
+        .with_context(|| format!("push layer of {reference}"))?;
+    client
+        .push_blob(&reference, image.config, &config_digest)
+        .await
+        .with_context(|| format!("push config of {reference}"))?;
+    let media_type = "application/vnd.oci.image.manifest.v1+json";
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": layer_digest,
+            "size": layer_size,
+        }],
+    });
+    client
+        .push_manifest_raw(
+            &reference,
+            serde_json::to_vec(&manifest)?,
+            media_type.parse()?,
+        )
+        .await
+        .with_context(|| format!("push manifest of {reference}"))?;
+    Ok(layer_digest)
+}

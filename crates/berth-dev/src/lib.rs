@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 pub use image::{
-    build_busybox_image, push_busybox_image, push_busybox_image_as, push_busybox_image_with_user,
-    BusyboxImage,
+    build_busybox_image, push_busybox_image, push_busybox_image_as, push_busybox_image_declaring,
+    push_busybox_image_with_user, BusyboxImage,
 };
 
 /// Finds `program` on PATH.

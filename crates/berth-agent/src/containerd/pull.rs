@@ -2,6 +2,18 @@
 //! layers from the registry with `oci-client`, write them into containerd's content store with
 //! the labels its garbage collector follows, create the image, and unpack the layers into
 //! snapshots with the diff service.
+//!
+//! Memory per pull is bounded whatever the registry claims:
+//! - Layers are streamed: each piece the registry sends is counted against the layer's declared
+//!   size ([`chunks::Tally`]), gathered into 1 MiB chunks and handed to containerd's
+//!   `Content.Write` stream through a channel of [`CHUNKS_IN_FLIGHT`] chunks, so a pull holds a
+//!   few MiB however large the layer. More bytes than declared stop the read at once; fewer fail
+//!   the pull; both name the blob and the sizes. containerd checks the digest on commit, and a
+//!   failed write's ingest is aborted, so nothing partial stays behind.
+//! - Manifests and image configs are read whole (they are parsed), and refused above
+//!   [`SMALL_BLOB_MAX`] (4 MiB): a config or a platform manifest picked from an index before a
+//!   byte is read (by its declared size), the manifest named by the image reference once read
+//!   (`oci-client` reads manifest responses whole; see `resolve_manifest`).
 
 use std::collections::HashMap;
 
@@ -13,13 +25,13 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, GetImageRequest, Image, Info, InfoRequest,
+    AbortRequest, ApplyRequest, CreateImageRequest, GetImageRequest, Image, Info, InfoRequest,
     ReadContentRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
 use oci_client::config::ConfigFile;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     OciImageIndex, OciImageManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
     OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
@@ -27,15 +39,22 @@ use oci_client::manifest::{
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use super::client::Lease;
 use super::{ContainerdRuntime, SNAPSHOTTER};
 use crate::runtime::{ImageInfo, Progress, RuntimeError};
 
+mod chunks;
+
+/// The size of containerd `Content.Write` requests.
 const CHUNK: usize = 1 << 20;
-/// The most a blob's declared size reserves in memory before it arrives.
-const PREALLOCATE_AT_MOST: u64 = 64 << 20;
+/// Chunks waiting between the registry and containerd, per pull.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// Manifests and image configs are read whole: larger ones are refused.
+const SMALL_BLOB_MAX: u64 = 4 << 20;
 
 /// The chain IDs of a layer stack (`chain[0] = diff[0]`,
 /// `chain[i] = sha256(chain[i-1] + " " + diff[i])`), as the OCI image spec defines them.
@@ -54,6 +73,11 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
         chain.push(next);
     }
     chain
+}
+
+/// The ingest a blob is written under (one per blob: containerd lets one writer hold it).
+fn ingest_ref(digest: &str) -> String {
+    format!("berth-{digest}")
 }
 
 fn is_loopback(registry: &str) -> bool {
@@ -106,6 +130,73 @@ fn registry_error(image: &str, e: OciDistributionError) -> RuntimeError {
     }
 }
 
+/// A descriptor's size, which must not be negative.
+fn declared_size(image: &str, digest: &str, size: i64) -> Result<u64, RuntimeError> {
+    u64::try_from(size).map_err(|_| RuntimeError::InvalidImage {
+        image: image.to_owned(),
+        detail: format!("blob {digest} declares a negative size ({size})"),
+    })
+}
+
+/// Refuses a manifest or image config (`what`) of `size` bytes above [`SMALL_BLOB_MAX`]: they
+/// are read whole.
+fn check_small(image: &str, what: &str, digest: &str, size: u64) -> Result<(), RuntimeError> {
+    if size > SMALL_BLOB_MAX {
+        return Err(RuntimeError::InvalidImage {
+            image: image.to_owned(),
+            detail: format!(
+                "{what} {digest} is {size} bytes, more than the {SMALL_BLOB_MAX} bytes allowed"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A blob being read from the registry (the state of [`ContainerdRuntime::blob_stream`]).
+struct Blob {
+    image: String,
+    digest: String,
+    tally: chunks::Tally,
+    sized: oci_client::client::SizedStream,
+}
+
+fn size_error(image: &str, digest: &str, mismatch: chunks::SizeMismatch) -> RuntimeError {
+    RuntimeError::InvalidImage {
+        image: image.to_owned(),
+        detail: mismatch.describe(digest),
+    }
+}
+
+/// An error reading a blob's body: a digest that does not match (`oci-client` checks it as the
+/// blob ends; a blob cut short reads as such when too few bytes arrived), or the connection.
+fn read_error(
+    image: &str,
+    digest: &str,
+    tally: &chunks::Tally,
+    e: &std::io::Error,
+) -> RuntimeError {
+    let invalid = |detail| RuntimeError::InvalidImage {
+        image: image.to_owned(),
+        detail,
+    };
+    if let Some(mismatch) = e.get_ref().and_then(|e| e.downcast_ref::<DigestError>()) {
+        return match tally.finish() {
+            Err(short) => invalid(short.describe(digest)),
+            Ok(()) => invalid(format!(
+                "blob {digest} does not match its digest: {mismatch}"
+            )),
+        };
+    }
+    let detail = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    RuntimeError::RegistryUnreachable {
+        image: image.to_owned(),
+        detail: format!("read blob {digest}: {detail}"),
+    }
+}
+
 fn image_info(reference: &str, digest: String, config: &ConfigFile) -> ImageInfo {
     let c = config.config.clone().unwrap_or_default();
     ImageInfo {
@@ -139,10 +230,13 @@ async fn resolve_manifest(
         OCI_IMAGE_INDEX_MEDIA_TYPE,
         IMAGE_MANIFEST_LIST_MEDIA_TYPE,
     ];
+    // `oci-client` reads a manifest response whole: the one the reference names can only be
+    // refused once read; one picked from an index is refused by its declared size.
     let (mut raw, mut digest) = client
         .pull_manifest_raw(reference, auth, &accepted)
         .await
         .map_err(|e| registry_error(image, e))?;
+    check_small(image, "manifest", &digest, raw.len() as u64)?;
     let value: serde_json::Value =
         serde_json::from_slice(&raw).map_err(|e| invalid(format!("manifest: {e}")))?;
     let mut manifest_ref = reference.clone();
@@ -159,6 +253,12 @@ async fn resolve_manifest(
                 })
             })
             .ok_or_else(|| invalid("no manifest for this platform in the image index".into()))?;
+        check_small(
+            image,
+            "manifest",
+            &entry.digest,
+            declared_size(image, &entry.digest, entry.size)?,
+        )?;
         manifest_ref = Reference::with_digest(
             reference.registry().to_owned(),
             reference.repository().to_owned(),
@@ -168,6 +268,7 @@ async fn resolve_manifest(
             .pull_manifest_raw(&manifest_ref, auth, &accepted)
             .await
             .map_err(|e| registry_error(image, e))?;
+        check_small(image, "manifest", &digest, raw.len() as u64)?;
     }
     let manifest: OciImageManifest =
         serde_json::from_slice(&raw).map_err(|e| invalid(format!("manifest: {e}")))?;
@@ -175,18 +276,37 @@ async fn resolve_manifest(
 }
 
 impl ContainerdRuntime {
-    fn client_for(&self, registry: &str) -> &oci_client::Client {
-        if is_loopback(registry)
+    fn plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry)
             || self
                 .config
                 .insecure_registries
                 .iter()
                 .any(|r| r == registry)
-        {
+    }
+
+    /// The agent's client for `registry`, which holds the agent's credentials for it.
+    fn client_for(&self, registry: &str) -> &oci_client::Client {
+        if self.plain_http(registry) {
             &self.http
         } else {
             &self.https
         }
+    }
+
+    /// A client for one pull with a container's own credentials: `oci-client` keeps the first
+    /// credentials it is given for a registry, so a shared client would ignore them (or keep
+    /// them for the pulls that follow).
+    fn own_client(&self, registry: &str) -> oci_client::Client {
+        let protocol = if self.plain_http(registry) {
+            oci_client::client::ClientProtocol::Http
+        } else {
+            oci_client::client::ClientProtocol::Https
+        };
+        oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol,
+            ..Default::default()
+        })
     }
 
     /// The image as containerd already has it, or `None` when it must be pulled.
@@ -270,10 +390,12 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Writes a blob with `labels` into the content store; content already there gets the labels.
+    /// Writes a blob held in memory with `labels` into the content store; content already there
+    /// gets the labels.
     async fn write_content(
         &self,
         lease: &Lease,
+        image: &str,
         digest: &str,
         data: &[u8],
         labels: HashMap<String, String>,
@@ -300,77 +422,189 @@ impl ContainerdRuntime {
                 .map_err(RuntimeError::containerd("update content labels"))?;
             return Ok(());
         }
-        let total = i64::try_from(data.len()).unwrap_or(i64::MAX);
+        let pieces = futures::stream::iter(data.chunks(CHUNK).map(Ok));
+        self.write_stream(lease, image, digest, data.len() as u64, pieces, labels)
+            .await
+    }
+
+    /// Writes the blob `digest` of `total` bytes into the content store as `source` yields it:
+    /// STAT, WRITEs at increasing offsets, then COMMIT with `labels` (containerd checks the size
+    /// and the digest), fed through a channel of [`CHUNKS_IN_FLIGHT`] chunks so memory stays
+    /// bounded. An error from `source` ends the write uncommitted. Whatever fails, the ingest is
+    /// aborted, so nothing partial stays behind (a write at offset 0 would truncate it anyway).
+    async fn write_stream<B, S>(
+        &self,
+        lease: &Lease,
+        image: &str,
+        digest: &str,
+        total: u64,
+        source: S,
+        labels: HashMap<String, String>,
+    ) -> Result<(), RuntimeError>
+    where
+        B: AsRef<[u8]>,
+        S: futures::Stream<Item = Result<B, RuntimeError>>,
+    {
         let base = WriteContentRequest {
-            r#ref: format!("berth-{digest}"),
-            total,
+            r#ref: ingest_ref(digest),
+            total: i64::try_from(total).map_err(|_| RuntimeError::InvalidImage {
+                image: image.to_owned(),
+                detail: format!("blob {digest} declares {total} bytes"),
+            })?,
             expected: digest.to_owned(),
             ..Default::default()
         };
-        let mut requests = vec![WriteContentRequest {
-            action: WriteAction::Stat as i32,
-            ..base.clone()
-        }];
-        let mut offset = 0i64;
-        for chunk in data.chunks(CHUNK) {
-            requests.push(WriteContentRequest {
-                action: WriteAction::Write as i32,
-                offset,
-                data: chunk.to_vec(),
-                ..base.clone()
-            });
-            offset += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
-        }
-        requests.push(WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            offset,
-            labels,
-            ..base
-        });
-        let stream = tokio_stream::iter(requests);
-        let result = ContentClient::new(self.channel.clone())
-            .write(self.leased(stream, lease))
-            .await;
-        let mut responses = match result {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
-            Err(s) => return Err(RuntimeError::containerd("write content")(s)),
-        };
-        while let Some(resp) = responses.next().await {
-            match resp {
-                Ok(_) => {}
-                Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
-                Err(s) => return Err(RuntimeError::containerd("write content")(s)),
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        // `Err(None)`: containerd ended the call, which says why.
+        let feed = {
+            let base = base.clone();
+            async move {
+                let send = |req: WriteContentRequest| {
+                    let tx = &tx;
+                    async move { tx.send(req).await.map_err(|_| None) }
+                };
+                send(WriteContentRequest {
+                    action: WriteAction::Stat as i32,
+                    ..base.clone()
+                })
+                .await?;
+                let mut chunker = chunks::Chunker::new(CHUNK);
+                let mut offset = 0i64;
+                let mut write = |data: Vec<u8>| {
+                    let req = WriteContentRequest {
+                        action: WriteAction::Write as i32,
+                        offset,
+                        ..base.clone()
+                    };
+                    offset += data.len() as i64;
+                    send(WriteContentRequest { data, ..req })
+                };
+                let mut source = std::pin::pin!(source);
+                while let Some(piece) = source.next().await {
+                    let piece = piece.map_err(Some)?;
+                    let mut piece = piece.as_ref();
+                    while let Some(chunk) = chunker.fill(&mut piece) {
+                        write(chunk).await?;
+                    }
+                }
+                if let Some(chunk) = chunker.rest() {
+                    write(chunk).await?;
+                }
+                send(WriteContentRequest {
+                    action: WriteAction::Commit as i32,
+                    offset,
+                    labels,
+                    ..base
+                })
+                .await
             }
-        }
-        Ok(())
+        };
+        let call = async {
+            let mut responses = ContentClient::new(self.channel.clone())
+                .write(self.leased(ReceiverStream::new(rx), lease))
+                .await?
+                .into_inner();
+            while responses.message().await?.is_some() {}
+            Ok::<(), tonic::Status>(())
+        };
+        // The call ends once the feed has ended (the request stream closes) or when containerd
+        // fails first; then the feed is dropped and the registry no longer read.
+        let (mut feed, mut call) = (std::pin::pin!(feed), std::pin::pin!(call));
+        let mut fed = None;
+        let written = loop {
+            tokio::select! {
+                r = &mut feed, if fed.is_none() => fed = Some(r),
+                r = &mut call => break r,
+            }
+        };
+        let failed = match (fed, written) {
+            (Some(Err(Some(e))), _) => e,
+            (_, Err(s)) if s.code() == Code::AlreadyExists => return Ok(()),
+            (_, Err(s)) if s.code() == Code::FailedPrecondition => RuntimeError::InvalidImage {
+                image: image.to_owned(),
+                detail: format!("containerd refused blob {digest}: {}", s.message()),
+            },
+            (_, Err(s)) => RuntimeError::containerd("write content")(s),
+            (Some(Ok(())), Ok(())) => return Ok(()),
+            // Not expected: containerd answers the commit or fails.
+            (_, Ok(())) => RuntimeError::Io {
+                op: "write content",
+                source: std::io::Error::other(format!(
+                    "containerd ended the write of blob {digest} before its commit"
+                )),
+            },
+        };
+        self.abort_ingest(&base.r#ref).await;
+        Err(failed)
     }
 
-    async fn fetch_blob(
+    /// Drops an uncommitted ingest; logs (and otherwise ignores) a failure, since a later write
+    /// of the same blob starts at offset 0 and truncates it.
+    async fn abort_ingest(&self, r#ref: &str) {
+        let req = self.req(AbortRequest {
+            r#ref: r#ref.to_owned(),
+        });
+        match ContentClient::new(self.channel.clone()).abort(req).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => tracing::warn!(ingest = r#ref, "abort ingest: {s:#}"),
+        }
+    }
+
+    /// The blob `desc` as the registry sends it, each piece counted against the declared size:
+    /// more than declared ends the stream with an error at once (refused before reading when
+    /// the response announces it), fewer ends it with an error.
+    async fn blob_stream(
         &self,
         client: &oci_client::Client,
         reference: &Reference,
         image: &str,
-        layer: &oci_client::manifest::OciDescriptor,
-    ) -> Result<Vec<u8>, RuntimeError> {
-        // The declared size is the registry's word: it sizes no allocation beyond a bound (a
-        // manifest claiming 100 GB must not abort the agent), and what arrives must match it.
-        let declared = u64::try_from(layer.size).unwrap_or(0);
-        let mut data =
-            Vec::with_capacity(usize::try_from(declared.min(PREALLOCATE_AT_MOST)).unwrap_or(0));
-        client
-            .pull_blob(reference, layer, &mut data)
+        desc: &oci_client::manifest::OciDescriptor,
+    ) -> Result<impl futures::Stream<Item = Result<impl AsRef<[u8]>, RuntimeError>>, RuntimeError>
+    {
+        let tally = chunks::Tally::new(declared_size(image, &desc.digest, desc.size)?);
+        let sized = client
+            .pull_blob_stream(reference, desc)
             .await
             .map_err(|e| registry_error(image, e))?;
-        if data.len() as u64 != declared {
-            return Err(RuntimeError::InvalidImage {
-                image: image.to_owned(),
-                detail: format!(
-                    "blob {} was declared {declared} bytes but {} arrived",
-                    layer.digest,
-                    data.len()
-                ),
-            });
+        tally
+            .announced(sized.content_length)
+            .map_err(|m| size_error(image, &desc.digest, m))?;
+        let blob = Blob {
+            image: image.to_owned(),
+            digest: desc.digest.clone(),
+            tally,
+            sized,
+        };
+        Ok(futures::stream::unfold(Some(blob), |blob| async move {
+            let mut blob = blob?;
+            let failed = match blob.sized.next().await {
+                Some(Ok(piece)) => match blob.tally.add(piece.len()) {
+                    Ok(()) => return Some((Ok(piece), Some(blob))),
+                    Err(m) => size_error(&blob.image, &blob.digest, m),
+                },
+                Some(Err(e)) => read_error(&blob.image, &blob.digest, &blob.tally, &e),
+                None => size_error(&blob.image, &blob.digest, blob.tally.finish().err()?),
+            };
+            Some((Err(failed), None))
+        }))
+    }
+
+    /// A manifest's or config's blob, read whole after its declared size is checked.
+    async fn fetch_small_blob(
+        &self,
+        client: &oci_client::Client,
+        reference: &Reference,
+        image: &str,
+        what: &str,
+        desc: &oci_client::manifest::OciDescriptor,
+    ) -> Result<Vec<u8>, RuntimeError> {
+        let declared = declared_size(image, &desc.digest, desc.size)?;
+        check_small(image, what, &desc.digest, declared)?;
+        let mut data = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+        let mut pieces = std::pin::pin!(self.blob_stream(client, reference, image, desc).await?);
+        while let Some(piece) = pieces.next().await {
+            data.extend_from_slice(piece?.as_ref());
         }
         Ok(data)
     }
@@ -390,7 +624,14 @@ impl ContainerdRuntime {
         let reference: Reference = image
             .parse()
             .map_err(|e: oci_client::ParseError| invalid(e.to_string()))?;
-        let client = self.client_for(reference.resolve_registry());
+        let own;
+        let client = match credentials {
+            Some(_) => {
+                own = self.own_client(reference.resolve_registry());
+                &own
+            }
+            None => self.client_for(reference.resolve_registry()),
+        };
         // The container's own credentials (repositoryCredentials) before the agent's.
         let auth = match credentials.or(self.config.registry_auth.get(reference.resolve_registry()))
         {
@@ -407,7 +648,13 @@ impl ContainerdRuntime {
             }
         });
         let config_bytes = self
-            .fetch_blob(client, &manifest_ref, image, &manifest.config)
+            .fetch_small_blob(
+                client,
+                &manifest_ref,
+                image,
+                "image config",
+                &manifest.config,
+            )
             .await?;
         let config: ConfigFile = serde_json::from_slice(&config_bytes)
             .map_err(|e| invalid(format!("image config: {e}")))?;
@@ -421,25 +668,24 @@ impl ContainerdRuntime {
         }
         let chain = chain_ids(diff_ids);
 
-        for (layer, diff_id) in manifest.layers.iter().zip(diff_ids) {
+        for (i, (layer, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
             if self.content_exists(&layer.digest).await? {
                 continue;
             }
-            let data = self.fetch_blob(client, &manifest_ref, image, layer).await?;
-            progress(format!(
-                "pulled layer {}/{} of {image} ({:.1} MiB)",
-                manifest
-                    .layers
-                    .iter()
-                    .position(|l| l.digest == layer.digest)
-                    .map_or(0, |i| i + 1),
-                manifest.layers.len(),
-                data.len() as f64 / (1024.0 * 1024.0)
-            ));
+            let size = declared_size(image, &layer.digest, layer.size)?;
+            let pieces = self
+                .blob_stream(client, &manifest_ref, image, layer)
+                .await?;
             let labels =
                 HashMap::from([("containerd.io/uncompressed".to_owned(), diff_id.clone())]);
-            self.write_content(lease, &layer.digest, &data, labels)
+            self.write_stream(lease, image, &layer.digest, size, pieces, labels)
                 .await?;
+            progress(format!(
+                "pulled layer {}/{} of {image} ({:.1} MiB)",
+                i + 1,
+                manifest.layers.len(),
+                size as f64 / (1024.0 * 1024.0)
+            ));
         }
         let mut config_labels = HashMap::new();
         if let Some(top) = chain.last() {
@@ -448,8 +694,14 @@ impl ContainerdRuntime {
                 top.clone(),
             );
         }
-        self.write_content(lease, &manifest.config.digest, &config_bytes, config_labels)
-            .await?;
+        self.write_content(
+            lease,
+            image,
+            &manifest.config.digest,
+            &config_bytes,
+            config_labels,
+        )
+        .await?;
         let mut manifest_labels = HashMap::from([(
             "containerd.io/gc.ref.content.config".to_owned(),
             manifest.config.digest.clone(),
@@ -460,7 +712,7 @@ impl ContainerdRuntime {
                 layer.digest.clone(),
             );
         }
-        self.write_content(lease, &digest, &raw, manifest_labels)
+        self.write_content(lease, image, &digest, &raw, manifest_labels)
             .await?;
 
         let target = Descriptor {
@@ -628,6 +880,57 @@ mod tests {
             chain[1],
             format!("sha256:{:x}", Sha256::digest(b"sha256:a sha256:b"))
         );
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_is_an_invalid_image() {
+        let mismatch = || {
+            std::io::Error::other(DigestError::VerificationError {
+                expected: "sha256:ab".into(),
+                actual: "sha256:cd".into(),
+            })
+        };
+        let detail = |e: RuntimeError| match e {
+            RuntimeError::InvalidImage { image, detail } => {
+                assert_eq!(image, "r/i:1");
+                detail
+            }
+            other => panic!("not an invalid image: {other:?}"),
+        };
+        let mut whole = chunks::Tally::new(4);
+        whole.add(4).expect("4 of 4 bytes");
+        assert_eq!(
+            detail(read_error("r/i:1", "sha256:ab", &whole, &mismatch())),
+            "blob sha256:ab does not match its digest: Invalid digest. Expected sha256:ab, got sha256:cd"
+        );
+        // A blob cut short fails its digest too; its size says more.
+        let mut short = chunks::Tally::new(4);
+        short.add(1).expect("1 of 4 bytes");
+        assert_eq!(
+            detail(read_error("r/i:1", "sha256:ab", &short, &mismatch())),
+            "blob sha256:ab was declared 4 bytes but 1 arrived"
+        );
+        // Anything else is the connection.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(matches!(
+            read_error("r/i:1", "sha256:ab", &short, &reset),
+            RuntimeError::RegistryUnreachable { detail, .. } if detail == "read blob sha256:ab: reset"
+        ));
+    }
+
+    #[test]
+    fn manifests_and_configs_are_refused_above_the_cap() {
+        assert!(check_small("r/i:1", "manifest", "sha256:ab", SMALL_BLOB_MAX).is_ok());
+        let Err(RuntimeError::InvalidImage { detail, .. }) =
+            check_small("r/i:1", "image config", "sha256:ab", SMALL_BLOB_MAX + 1)
+        else {
+            panic!("a config above the cap was accepted");
+        };
+        assert_eq!(
+            detail,
+            "image config sha256:ab is 4194305 bytes, more than the 4194304 bytes allowed"
+        );
+        assert!(declared_size("r/i:1", "sha256:ab", -1).is_err());
     }
 
     #[test]
