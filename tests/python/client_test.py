@@ -114,10 +114,18 @@ def main():
 
         # A missing object is NOT_FOUND, a bad request INVALID_ARGUMENT.
         try:
-            berth.DescribeTask(api_pb2.DescribeTaskRequest(task_id="nope"), timeout=10)
+            berth.DescribeTask(
+                api_pb2.DescribeTaskRequest(task_id="0b6c9d4e-7f1a-4c2b-9e8d-5a3f2e1d0c9b"),
+                timeout=10,
+            )
             raise SystemExit("describing a missing task succeeded")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.NOT_FOUND, e
+        try:
+            berth.DescribeTask(api_pb2.DescribeTaskRequest(task_id="nope"), timeout=10)
+            raise SystemExit("describing a task by a name that is no task ID succeeded")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         try:
             berth.RegisterTaskDefinition(
                 api_pb2.RegisterTaskDefinitionRequest(
