@@ -231,6 +231,13 @@ fn apply_changes(
 ) -> Option<berth_proto::v1::DesiredTasks> {
     if changes.reset {
         desired.clear();
+        desired.insert(String::new(), Default::default());
+    }
+    // Until a stream's first `reset`, changes have nothing to apply to: a partial set must
+    // never be reconciled (it would stop every task it lacks). The empty key marks the reset.
+    if !desired.contains_key("") {
+        tracing::warn!("desired-set changes before the whole set; ignored");
+        return None;
     }
     for id in &changes.removed {
         desired.remove(id);
@@ -239,7 +246,11 @@ fn apply_changes(
         desired.insert(a.task_id.clone(), a);
     }
     changes.complete.then(|| berth_proto::v1::DesiredTasks {
-        tasks: desired.values().cloned().collect(),
+        tasks: desired
+            .iter()
+            .filter(|(id, _)| !id.is_empty())
+            .map(|(_, a)| a.clone())
+            .collect(),
     })
 }
 
@@ -269,6 +280,13 @@ mod changes_tests {
     #[test]
     fn changes_build_the_set_and_a_set_in_parts_is_whole_only_at_its_end() {
         let mut held = BTreeMap::new();
+        // Changes before a stream's whole set are not a set: nothing to reconcile.
+        let early = DesiredChanges {
+            upserts: vec![task("x", 1)],
+            complete: true,
+            ..Default::default()
+        };
+        assert!(apply_changes(&mut held, early).is_none());
         // A stream's first set, in two parts: nothing to reconcile after the first.
         let first = DesiredChanges {
             reset: true,

@@ -154,8 +154,8 @@ pub enum SecretCommand {
     RotateKey,
 }
 
-/// Where a secret's values come from (at least one).
-#[derive(Debug, Clone, clap::Args)]
+/// Where a secret's values come from (at least one). Its `Debug` shows no literal value.
+#[derive(Clone, clap::Args)]
 pub struct SecretValues {
     /// A key and its value (repeatable). The value is visible in the shell's history and the
     /// process list: prefer --from-file or --from-stdin for real secrets.
@@ -409,6 +409,21 @@ pub struct RunArgs {
     /// Command and arguments (replace the image's CMD).
     #[arg(last = true)]
     pub(crate) command: Vec<String>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self
+            .from_literal
+            .iter()
+            .map(|l| l.split_once('=').map_or("?", |(k, _)| k))
+            .collect();
+        f.debug_struct("SecretValues")
+            .field("from_literal", &keys)
+            .field("from_file", &self.from_file)
+            .field("from_stdin", &self.from_stdin)
+            .finish()
+    }
 }
 
 #[cfg(test)]

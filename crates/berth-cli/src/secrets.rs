@@ -56,6 +56,12 @@ pub async fn run(global: &GlobalArgs, command: SecretCommand) -> anyhow::Result<
                 "secrets sealed again under key {}: {} secrets",
                 answer.key_id, answer.secrets
             );
+            if answer.unreadable > 0 {
+                bail!(
+                    "{} secrets could not be opened (their key is on no server that answered) and keep their old key",
+                    answer.unreadable
+                );
+            }
         }
     }
     Ok(())
@@ -191,7 +197,8 @@ impl SecretValues {
         };
         for literal in &self.from_literal {
             let Some((key, value)) = literal.split_once('=') else {
-                bail!("--from-literal {literal:?}: write KEY=VALUE");
+                // Not the text itself: it may be the value, with the key forgotten.
+                bail!("--from-literal takes KEY=VALUE; one of them has no '='");
             };
             add(key.to_owned(), value.as_bytes().to_vec())?;
         }

@@ -431,7 +431,7 @@ spec:
     for (edit, expected) in [
         (
             ("aHVudGVyMg==", "not base64!"),
-            "s.yaml:10:5: spec.data.password: not base64 (Invalid symbol 32, offset 3.); put text under stringData",
+            "s.yaml:10:5: spec.data.password: not base64; put text under stringData",
         ),
         (
             ("db-creds", "DB_creds"),

@@ -333,7 +333,7 @@ impl fmt::Debug for ContainerSecrets {
                     .map(|(dir, files)| (dir, files.keys().collect::<Vec<_>>()))
                     .collect::<Vec<_>>(),
             )
-            .field("registry", &self.registry.as_ref().map(|(user, _)| user))
+            .field("registry", &self.registry.is_some())
             .finish()
     }
 }

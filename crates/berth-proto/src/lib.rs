@@ -31,7 +31,6 @@ mod redacted {
                 .field("container_name", &self.container_name)
                 .field("environment", &self.environment.keys().collect::<Vec<_>>())
                 .field("files", &self.files)
-                .field("registry_username", &self.registry_username)
                 .finish_non_exhaustive()
         }
     }

@@ -333,17 +333,21 @@ impl Join for JoinService {
 
     async fn exchange_keyring(
         &self,
-        req: Request<berth_proto::v1::Keyring>,
+        req: Request<berth_proto::v1::KeyringRequest>,
     ) -> Result<Response<berth_proto::v1::Keyring>, Status> {
         let identity = peer_identity(&req)
             .filter(|i| i.role == Role::Server)
             .ok_or_else(|| status::denied("only servers exchange the secrets keyring"))?;
-        let added = self
-            .keyring
-            .merge(&req.into_inner().keys)
-            .map_err(|e| status::bad_request(format!("{e:#}")))?;
-        if added > 0 {
-            tracing::info!(peer = %identity, added, "received secrets keys from a peer");
+        let pull_from = req.into_inner().pull_from;
+        if !pull_from.is_empty() {
+            let peers = crate::secrets::Secrets::new(
+                self.store.clone(),
+                self.keyring.clone(),
+                self.tls.clone(),
+            );
+            if let Err(e) = peers.pull(&pull_from).await {
+                tracing::warn!(peer = %identity, addr = %pull_from, "pull the secrets keyring: {e:#}");
+            }
         }
         Ok(Response::new(berth_proto::v1::Keyring {
             keys: self.keyring.export(),

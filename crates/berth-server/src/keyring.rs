@@ -180,16 +180,30 @@ impl Keyring {
     }
 }
 
+/// Whether an exported keyring holds key `id`.
+pub fn holds(exported: &str, id: &str) -> bool {
+    parse(exported).is_ok_and(|keys| keys.contains_key(id))
+}
+
 /// What a sealed value is bound to: it opens only as the same key of the same secret.
 fn aad((namespace, secret, key): (&str, &str, &str)) -> Vec<u8> {
     format!("berth-secret\0{namespace}\0{secret}\0{key}").into_bytes()
 }
 
 fn parse(text: &str) -> anyhow::Result<BTreeMap<String, [u8; 32]>> {
-    let file: KeyringFile = toml::from_str(text).context("not a keyring")?;
+    // Not the parser's message: it quotes the line, which may hold a key.
+    let file: KeyringFile = toml::from_str(text)
+        .map_err(|_| anyhow::anyhow!("not a keyring (TOML: [keys] ID = \"base64\")"))?;
     file.keys
         .into_iter()
         .map(|(id, b64)| {
+            anyhow::ensure!(
+                !id.is_empty()
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "a key ID has characters other than letters, digits, '-' and '_'"
+            );
             let key: [u8; 32] = B64
                 .decode(b64.trim())
                 .ok()
@@ -201,13 +215,13 @@ fn parse(text: &str) -> anyhow::Result<BTreeMap<String, [u8; 32]>> {
 }
 
 fn render(keys: &BTreeMap<String, [u8; 32]>) -> String {
-    let file = KeyringFile {
-        keys: keys
-            .iter()
-            .map(|(id, k)| (id.clone(), B64.encode(k)))
-            .collect(),
-    };
-    toml::to_string(&file).unwrap_or_default()
+    // By hand: IDs are letters, digits, '-' and '_' (`parse` refuses others), so this cannot
+    // fail, and an empty rendering is never written over a keyring.
+    let mut text = String::from("[keys]\n");
+    for (id, key) in keys {
+        text.push_str(&format!("{id} = \"{}\"\n", B64.encode(key)));
+    }
+    text
 }
 
 /// Writes the keyring whole (a temporary file renamed over the old one), readable by its
@@ -226,6 +240,12 @@ fn save(path: &Path, keys: &BTreeMap<String, [u8; 32]>) -> anyhow::Result<()> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    // The rename itself must reach the disk: a key counted as held must survive a power loss.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("sync {}", dir.display()))?;
+    }
     Ok(())
 }
 

@@ -386,6 +386,7 @@ impl Server {
         let dialer = self.tls.dialer()?;
         let secrets =
             secrets::Secrets::new(self.store.clone(), self.keyring.clone(), self.tls.clone());
+        let keyrings = tokio::spawn(secrets.clone().keep_keyrings_complete());
         let serve = builder
             .add_routes(metrics.routes(self.store.clone(), self.metrics_public))
             .add_service(health_service)
@@ -434,6 +435,7 @@ impl Server {
             c.abort();
         }
         renewals.abort();
+        keyrings.abort();
         self.store.shutdown().await;
         result
     }

@@ -17,12 +17,18 @@ use crate::{now_ms, status};
 
 /// How many times a put is retried when the active key changed under it.
 const ATTEMPTS: usize = 3;
+/// How long fetching a peer's keyring may take.
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often servers exchange keyrings, so that each ends up with every key.
+const EXCHANGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Secrets {
     store: Store,
     keyring: Arc<Keyring>,
     tls: Arc<ServerTls>,
+    /// Held while a background exchange runs.
+    exchanging: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Secrets {
@@ -31,6 +37,7 @@ impl Secrets {
             store,
             keyring,
             tls,
+            exchanging: Arc::default(),
         }
     }
 
@@ -42,40 +49,98 @@ impl Secrets {
         &self.tls
     }
 
-    /// Merges keyrings with every other member that answers; answers how many did.
-    pub async fn exchange_with_peers(&self) -> usize {
+    /// Fetches the keyring of the server at `addr` and adds what this one lacks. The request
+    /// carries no key: keys travel only in answers, which a server gives only to a caller with
+    /// a server certificate.
+    pub async fn pull(&self, addr: &str) -> anyhow::Result<String> {
+        let exchange = async {
+            let channel = self.tls.dialer()?.connect(addr).await?;
+            let theirs = JoinClient::new(channel)
+                .exchange_keyring(berth_proto::v1::KeyringRequest::default())
+                .await?
+                .into_inner();
+            self.keyring.merge(&theirs.keys)?;
+            anyhow::Ok(theirs.keys)
+        };
+        tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))?
+    }
+
+    /// Makes every voter that answers hold this server's keys and this server theirs: each is
+    /// asked to pull from this server (which answers it only once its certificate shows a
+    /// server), and answers its own keyring. Answers how many voters answered holding
+    /// `key_id` (every one that answered, when `None`).
+    pub async fn exchange_with_peers(&self, key_id: Option<&str>) -> usize {
         let me = self.store.node_id();
-        let peers: Vec<String> = self
-            .store
-            .cluster_status()
-            .members
+        let members = self.store.cluster_status().members;
+        let Some(mine) = members
+            .iter()
+            .find(|m| m.id == me)
+            .map(|m| m.address.clone())
+        else {
+            return 0;
+        };
+        let peers: Vec<String> = members
             .into_iter()
-            .filter(|m| m.id != me)
+            .filter(|m| m.id != me && m.role != berth_model::MemberRole::Learner)
             .map(|m| m.address)
             .collect();
         let Ok(dialer) = self.tls.dialer() else {
             return 0;
         };
-        let mut answered = 0;
-        for addr in peers {
-            let exchange = async {
-                let channel = dialer.connect(&addr).await?;
-                let theirs = JoinClient::new(channel)
-                    .exchange_keyring(berth_proto::v1::Keyring {
-                        keys: self.keyring.export(),
-                    })
-                    .await?
-                    .into_inner();
-                self.keyring.merge(&theirs.keys)?;
-                anyhow::Ok(())
-            };
-            match tokio::time::timeout(std::time::Duration::from_secs(5), exchange).await {
-                Ok(Ok(())) => answered += 1,
-                Ok(Err(e)) => tracing::warn!(%addr, "exchange the secrets keyring: {e:#}"),
-                Err(_) => tracing::warn!(%addr, "exchange the secrets keyring: timed out"),
+        let asks = peers.into_iter().map(|addr| {
+            let (dialer, mine) = (&dialer, mine.clone());
+            async move {
+                let exchange = async {
+                    let channel = dialer.connect(&addr).await?;
+                    let theirs = JoinClient::new(channel)
+                        .exchange_keyring(berth_proto::v1::KeyringRequest { pull_from: mine })
+                        .await?
+                        .into_inner();
+                    self.keyring.merge(&theirs.keys)?;
+                    anyhow::Ok(key_id.is_none_or(|id| crate::keyring::holds(&theirs.keys, id)))
+                };
+                match tokio::time::timeout(EXCHANGE_TIMEOUT * 2, exchange).await {
+                    Ok(Ok(holds)) => holds,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%addr, "exchange the secrets keyring: {e:#}");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(%addr, "exchange the secrets keyring: timed out");
+                        false
+                    }
+                }
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|holds| *holds)
+            .count()
+    }
+
+    /// Keeps every server's keyring complete: exchanges with the voters now and every
+    /// [`EXCHANGE_EVERY`] (a server that was down when a key was made, or joined through a
+    /// server that lacked one, gets it).
+    pub async fn keep_keyrings_complete(self) {
+        let mut every = tokio::time::interval(EXCHANGE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let history = self.store.read_stale(|s| s.secret_keys().history.clone());
+            let missing: Vec<&String> = history
+                .iter()
+                .filter(|id| !self.keyring.contains(id))
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(keys = ?missing, "this server lacks keys of the secrets keyring; asking its peers");
+            }
+            if !history.is_empty() {
+                self.exchange_with_peers(None).await;
             }
         }
-        answered
     }
 
     /// Makes sure this server holds `key_id`, asking its peers when it does not.
@@ -83,7 +148,7 @@ impl Secrets {
         if self.keyring.contains(key_id) {
             return Ok(());
         }
-        self.exchange_with_peers().await;
+        self.exchange_with_peers(None).await;
         if self.keyring.contains(key_id) {
             return Ok(());
         }
@@ -99,12 +164,17 @@ impl Secrets {
             .keyring
             .generate()
             .map_err(|e| status::internal(format!("{e:#}")))?;
-        let members = self.store.cluster_status().members.len();
-        let answered = self.exchange_with_peers().await;
-        if (answered + 1) * 2 <= members {
+        let voters = self
+            .store
+            .cluster_status()
+            .members
+            .iter()
+            .filter(|m| m.role != berth_model::MemberRole::Learner)
+            .count();
+        let holding = self.exchange_with_peers(Some(&id)).await + 1;
+        if holding * 2 <= voters {
             return Err(status::unreachable(format!(
-                "a new secrets key reached {} of {members} servers; a majority must hold it before it is used",
-                answered + 1
+                "a new secrets key reached {holding} of {voters} servers; a majority must hold it before it is used"
             )));
         }
         self.store
@@ -125,10 +195,15 @@ impl Secrets {
             .await
             .map_err(status::from_store)?;
         match active {
-            Some(id) => {
-                self.hold(&id).await?;
-                Ok(id)
-            }
+            Some(id) => match self.hold(&id).await {
+                Ok(()) => Ok(id),
+                // No server that answers holds it (a backup restored without its keyring):
+                // new values need no old key.
+                Err(e) => {
+                    tracing::warn!("{}; sealing new values under a new key", e.message());
+                    self.new_active_key().await
+                }
+            },
             None => self.new_active_key().await,
         }
     }
@@ -196,45 +271,77 @@ impl Secrets {
         Err(last.unwrap_or_else(|| status::internal("could not seal the secret")))
     }
 
-    /// Seals every secret again under a new key. Answers the key and how many were sealed.
-    pub async fn rotate(&self) -> Result<(String, u32), Status> {
-        let all: Vec<Secret> = self
-            .store
-            .read(|s| s.all_secrets().cloned().collect())
-            .await
-            .map_err(status::from_store)?;
-        for key_id in all
-            .iter()
-            .flat_map(|s| s.data.values().map(|v| v.key_id.clone()))
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            self.hold(&key_id).await?;
-        }
+    /// Seals every secret again under a new key. Answers the key, how many secrets were sealed
+    /// again, and how many could not be opened (their key is on no server that answered) and
+    /// stay as they were. Secrets changed meanwhile under the old key are sealed again in the
+    /// next round (at most [`ATTEMPTS`]).
+    pub async fn rotate(&self) -> Result<(String, u32, u32), Status> {
         let key_id = self.new_active_key().await?;
-        let mut resealed = Vec::with_capacity(all.len());
-        for secret in all {
-            let data = self.open_all(&secret)?;
-            let mut again = self.seal(&key_id, &secret.namespace, &secret.name, &data)?;
-            again.version = secret.version;
-            resealed.push(again);
-        }
         let mut count = 0;
-        // In batches, so that no entry of the log grows with the number of secrets.
-        for batch in resealed.chunks(64) {
-            let result = self
+        let mut unreadable = std::collections::BTreeSet::new();
+        for _ in 0..ATTEMPTS {
+            let (active, stale): (Option<String>, Vec<Secret>) = self
                 .store
-                .propose(Command::ResealSecrets {
-                    secrets: batch.to_vec(),
-                    at: now_ms(),
+                .read(|s| {
+                    let stale = s
+                        .all_secrets()
+                        .filter(|secret| secret.data.values().any(|v| v.key_id != key_id))
+                        .cloned()
+                        .collect();
+                    (s.secret_keys().active.clone(), stale)
                 })
                 .await
                 .map_err(status::from_store)?;
-            if let CommandResult::Count(n) = result {
-                count += n;
+            if active.as_deref() != Some(key_id.as_str()) {
+                return Err(status::precondition(
+                    "another rotation of the secrets key started meanwhile; it seals every secret again",
+                ));
+            }
+            let mut resealed = Vec::with_capacity(stale.len());
+            for secret in stale {
+                let place = format!("{}/{}", secret.namespace, secret.name);
+                for id in secret
+                    .data
+                    .values()
+                    .map(|v| v.key_id.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                {
+                    let _ = self.hold(&id).await;
+                }
+                match self.open_all(&secret) {
+                    Ok(data) => {
+                        let mut again =
+                            self.seal(&key_id, &secret.namespace, &secret.name, &data)?;
+                        again.version = secret.version;
+                        resealed.push(again);
+                    }
+                    Err(e) => {
+                        tracing::warn!("rotate the secrets key: {}", e.message());
+                        unreadable.insert(place);
+                    }
+                }
+            }
+            if resealed.is_empty() {
+                break;
+            }
+            // In batches, so that no entry of the log grows with the number of secrets.
+            for batch in resealed.chunks(64) {
+                let result = self
+                    .store
+                    .propose(Command::ResealSecrets {
+                        secrets: batch.to_vec(),
+                        at: now_ms(),
+                    })
+                    .await
+                    .map_err(status::from_store)?;
+                if let CommandResult::Count(n) = result {
+                    count += n;
+                }
             }
         }
-        tracing::info!(target: "berth::audit", key = %key_id, secrets = count, "secrets sealed again under a new key");
-        Ok((key_id, count))
+        let unreadable = u32::try_from(unreadable.len()).unwrap_or(u32::MAX);
+        tracing::info!(target: "berth::audit", key = %key_id, secrets = count, unreadable, "secrets sealed again under a new key");
+        Ok((key_id, count, unreadable))
     }
 
     fn open_all(&self, secret: &Secret) -> Result<BTreeMap<String, Vec<u8>>, Status> {
@@ -259,7 +366,16 @@ impl Secrets {
     /// Fills in the secrets of the tasks of `desired` that are to start: a task that is
     /// running already needs none (its containers have their values), so values travel only
     /// until the task runs. A task whose secrets cannot be found gets the reason instead.
-    pub async fn open_for(&self, desired: &mut [Assignment]) {
+    ///
+    /// A task whose secrets are sealed with a key this server lacks is not opened: its ID is
+    /// answered (hold it back, and ask again soon) while the keyring is completed from the peers
+    /// in the background, unless `give_up` says it waited long enough (it then gets the
+    /// reason).
+    pub fn open_for(
+        &self,
+        desired: &mut [Assignment],
+        give_up: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let wanted = |a: &Assignment| {
             a.desired_status == berth_model::DesiredStatus::Running
                 && a.last_status < TaskStatus::Running
@@ -270,7 +386,7 @@ impl Secrets {
                 })
         };
         if !desired.iter().any(wanted) {
-            return;
+            return Vec::new();
         }
         let referenced: BTreeMap<(String, String), Secret> = self.store.read_stale(|s| {
             desired
@@ -283,18 +399,38 @@ impl Secrets {
                 })
                 .collect()
         });
-        for key_id in referenced
-            .values()
-            .flat_map(|s| s.data.values().map(|v| v.key_id.clone()))
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            if let Err(e) = self.hold(&key_id).await {
-                tracing::warn!("open secrets: {}", e.message());
-            }
-        }
+        let lacks = |a: &Assignment| {
+            references(a).any(|name| {
+                referenced
+                    .get(&(a.namespace.clone(), name))
+                    .is_some_and(|s| s.data.values().any(|v| !self.keyring.contains(&v.key_id)))
+            })
+        };
+        let mut held = Vec::new();
         for a in desired.iter_mut().filter(|a| wanted(a)) {
+            if lacks(a) && !give_up(&a.task_id) {
+                held.push(a.task_id.clone());
+                continue;
+            }
             a.secrets = self.open_task(a, &referenced);
         }
+        if !held.is_empty() {
+            self.complete_keyring_soon();
+        }
+        held
+    }
+
+    /// Asks the peers for the keys this server lacks, in the background (one exchange at a
+    /// time).
+    fn complete_keyring_soon(&self) {
+        let Ok(guard) = self.exchanging.clone().try_lock_owned() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.exchange_with_peers(None).await;
+            drop(guard);
+        });
     }
 
     fn open_task(
@@ -347,12 +483,15 @@ impl Secrets {
                 for env in &c.secrets {
                     let mut value = get(&env.value_from.secret, Some(&env.value_from.key))?;
                     let bytes = value.remove(&env.value_from.key).unwrap_or_default();
-                    let text = String::from_utf8(bytes).map_err(|_| {
-                        format!(
-                            "container {}: secret {} is not UTF-8 text, so it cannot be the variable {}; mount it with secretFiles instead",
-                            c.name, env.value_from, env.name
-                        )
-                    })?;
+                    let text = String::from_utf8(bytes)
+                        .ok()
+                        .filter(|t| !t.contains('\0'))
+                        .ok_or_else(|| {
+                            format!(
+                                "container {}: secret {} is not text without NUL bytes, so it cannot be the variable {}; mount it with secretFiles instead",
+                                c.name, env.value_from, env.name
+                            )
+                        })?;
                     opened.environment.insert(env.name.clone(), text);
                 }
                 for file in &c.secret_files {

@@ -81,7 +81,7 @@ impl Join for FakeJoin {
     /// Servers only: agents never ask for the keyring.
     async fn exchange_keyring(
         &self,
-        _: Request<berth_proto::v1::Keyring>,
+        _: Request<berth_proto::v1::KeyringRequest>,
     ) -> Result<Response<berth_proto::v1::Keyring>, Status> {
         Err(Status::permission_denied("servers only"))
     }

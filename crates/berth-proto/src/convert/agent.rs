@@ -59,11 +59,13 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
             cpu: a.cpu,
             memory: a.memory,
             deregistration_delay: a.deregistration_delay,
-            // Whole GiB on the wire would do, but bytes leave room for finer limits.
-            ephemeral_storage: m::EphemeralStorage {
-                size_in_gib: u32::try_from(a.ephemeral_storage_bytes >> 30)
-                    .unwrap_or(u32::MAX)
-                    .max(1),
+            // Whole GiB on the wire would do, but bytes leave room for finer limits. 0: a
+            // server that does not send it, so the default.
+            ephemeral_storage: match a.ephemeral_storage_bytes {
+                0 => m::EphemeralStorage::default(),
+                bytes => m::EphemeralStorage {
+                    size_in_gib: u32::try_from(bytes >> 30).unwrap_or(u32::MAX).max(1),
+                },
             },
             secrets: m::TaskSecrets {
                 error: super::opt_str(a.secrets_error),

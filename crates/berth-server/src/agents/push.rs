@@ -26,6 +26,8 @@ pub(super) async fn desired_sets(
     let mut leader = store.leadership();
     // What this stream has sent, by task ID: after the whole set, only changes are sent.
     let mut sent: Option<BTreeMap<String, Assignment>> = None;
+    // Tasks held back while this server fetches a key of their secrets, since when.
+    let mut held_since: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
         if !*leader.borrow_and_update() {
             // Send the agent to the new leader.
@@ -43,11 +45,31 @@ pub(super) async fn desired_sets(
             return;
         };
         // Only for this node's stream, only for its tasks that are to start.
-        secrets.open_for(&mut desired).await;
-        let desired: BTreeMap<String, Assignment> = desired
+        let now = tokio::time::Instant::now();
+        let held = secrets.open_for(&mut desired, |task| {
+            held_since
+                .get(task)
+                .is_some_and(|since| now.duration_since(*since) > HOLD_AT_MOST)
+        });
+        held_since.retain(|task, _| held.contains(task));
+        for task in &held {
+            held_since.entry(task.clone()).or_insert(now);
+        }
+        let mut desired: BTreeMap<String, Assignment> = desired
             .into_iter()
             .map(|a| (a.task_id.clone(), a))
             .collect();
+        // A held task waits; one sent before keeps what it was sent.
+        for task in &held {
+            match sent.as_ref().and_then(|s| s.get(task)) {
+                Some(before) => {
+                    desired.insert(task.clone(), before.clone());
+                }
+                None => {
+                    desired.remove(task);
+                }
+            }
+        }
         let (reset, upserts, removed) = changes_since(sent.as_ref(), &desired);
         if reset || !upserts.is_empty() || !removed.is_empty() {
             for changes in berth_proto::desired_changes(reset, upserts, removed) {
@@ -60,13 +82,26 @@ pub(super) async fn desired_sets(
             }
             sent = Some(desired);
         }
+        let retry = async {
+            if held.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(RETRY_HELD).await;
+        };
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             changed = leader.changed() => if changed.is_err() { return },
             () = tx.closed() => return,
+            () = retry => {}
         }
     }
 }
+
+/// How long a task waits for this server to get a key of its secrets before it is sent with
+/// the reason it cannot start.
+const HOLD_AT_MOST: Duration = Duration::from_secs(60);
+/// How often a held task is tried again.
+const RETRY_HELD: Duration = Duration::from_secs(2);
 
 /// What changed from `sent` to `desired`: whether the whole set must be sent (nothing was
 /// yet), the assignments that are new or differ, and the task IDs that left.

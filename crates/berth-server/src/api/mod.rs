@@ -141,7 +141,9 @@ fn namespace(ns: String) -> Result<String, Status> {
     if ns.is_empty() {
         return Ok(DEFAULT_NAMESPACE.to_owned());
     }
-    berth_model::validate_dns_label("namespace", &ns).map_err(|e| status::invalid("", &e))?;
+    // Names made before namespaces had to be DNS labels still name theirs; new ones are
+    // DNS labels (`Namespace::validate`).
+    berth_model::validate_name("namespace", &ns).map_err(|e| status::invalid("", &e))?;
     Ok(ns)
 }
 

@@ -89,11 +89,12 @@ impl BerthService {
         _req: pb::RotateSecretKeyRequest,
     ) -> Answer<pb::RotateSecretKeyResponse> {
         caller.authorize(Permission::ManageCluster, None, now_ms())?;
-        let (key_id, secrets) = self.secrets.rotate().await?;
-        tracing::info!(target: "berth::audit", caller = %caller.who(), key = %key_id, secrets, "rotated the secrets key");
+        let (key_id, secrets, unreadable) = self.secrets.rotate().await?;
+        tracing::info!(target: "berth::audit", caller = %caller.who(), key = %key_id, secrets, unreadable, "rotated the secrets key");
         Ok(Response::new(pb::RotateSecretKeyResponse {
             key_id,
             secrets,
+            unreadable,
         }))
     }
 
