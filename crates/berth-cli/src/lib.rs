@@ -130,8 +130,10 @@ impl Client {
 
     pub fn with_access(access: &Access) -> anyhow::Result<Self> {
         let trust = berth_tls::tls::Trust::Ca(access.ca.clone());
-        let config =
-            berth_tls::tls::client_config(&trust, None).with_context(|| match &access.file {
+        // Only servers: a token and a secret's values must not reach whoever else holds a
+        // certificate of the cluster and answers at a server's address.
+        let config = berth_tls::tls::client_config_for(&trust, None, berth_tls::Role::Server)
+            .with_context(|| match &access.file {
                 Some(p) => format!("the `ca` of credentials file {}", p.display()),
                 None => "the cluster CA certificate".to_owned(),
             })?;

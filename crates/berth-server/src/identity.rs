@@ -14,7 +14,7 @@ use berth_state::{Command, CommandResult};
 use berth_store::Store;
 use berth_tls::dir::Material;
 use berth_tls::net::Dialer;
-use berth_tls::tls::{client_config, Pinned, Trust};
+use berth_tls::tls::{client_config_for, Pinned, Trust};
 use berth_tls::{hash_secret, ApiToken, Identity, JoinToken, NodeKey, Role};
 
 use crate::now_ms;
@@ -109,7 +109,11 @@ async fn join(
 ) -> anyhow::Result<(u64, Material, String)> {
     let token = JoinToken::parse(token)?;
     let pinned = Pinned::new(&token.ca_fingerprint);
-    let dialer = Dialer::new(client_config(&Trust::Pinned(pinned.clone()), None)?);
+    let dialer = Dialer::new(client_config_for(
+        &Trust::Pinned(pinned.clone()),
+        None,
+        Role::Server,
+    )?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let channel = loop {
         match dialer.connect(addr).await {

@@ -172,7 +172,7 @@ impl Server {
         let keyring = Arc::new(keyring::Keyring::open(&config.data_dir)?);
         let mut store_config =
             StoreConfig::new(node_id, config.data_dir.join("raft"), advertise.clone());
-        store_config.dialer = Some(tls.dialer()?);
+        store_config.dialer = Some(tls.server_dialer()?);
         store_config.heartbeat_interval = config.raft.heartbeat_interval;
         store_config.election_timeout = config.raft.election_timeout;
         store_config.write_timeout = config.raft.write_timeout;
@@ -267,7 +267,7 @@ impl Server {
         loop {
             let attempt = async {
                 // This server's own certificate: a server may add itself.
-                let channel = tls.dialer()?.connect(&addr).await?;
+                let channel = tls.server_dialer()?.connect(&addr).await?;
                 let mut client = berth_proto::v1::berth_client::BerthClient::new(channel);
                 client
                     .add_server(berth_proto::v1::AddServerRequest {

@@ -54,7 +54,7 @@ impl Secrets {
     /// a server certificate.
     pub async fn pull(&self, addr: &str) -> anyhow::Result<String> {
         let exchange = async {
-            let channel = self.tls.dialer()?.connect(addr).await?;
+            let channel = self.tls.server_dialer()?.connect(addr).await?;
             let theirs = JoinClient::new(channel)
                 .exchange_keyring(berth_proto::v1::KeyringRequest::default())
                 .await?
@@ -86,7 +86,7 @@ impl Secrets {
             .filter(|m| m.id != me && m.role != berth_model::MemberRole::Learner)
             .map(|m| m.address)
             .collect();
-        let Ok(dialer) = self.tls.dialer() else {
+        let Ok(dialer) = self.tls.server_dialer() else {
             return 0;
         };
         let asks = peers.into_iter().map(|addr| {

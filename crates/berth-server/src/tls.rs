@@ -224,6 +224,17 @@ impl ServerTls {
         Ok(server_config(self.trust.clone(), self.credentials.clone())?)
     }
 
+    /// Channels to other servers (Raft, keyrings, joins): this server's certificate, the
+    /// trusted CAs as roots, and the peer must present a server certificate.
+    pub fn server_dialer(&self) -> anyhow::Result<Dialer> {
+        let trust = Trust::Store(self.trust.clone());
+        Ok(Dialer::new(berth_tls::tls::client_config_for(
+            &trust,
+            Some(self.credentials.clone()),
+            Role::Server,
+        )?))
+    }
+
     /// Channels to peers and agents: this server's certificate, the trusted CAs as roots.
     pub fn dialer(&self) -> anyhow::Result<Dialer> {
         let trust = Trust::Store(self.trust.clone());

@@ -368,23 +368,50 @@ pub enum Trust {
 }
 
 /// A client's configuration for gRPC (ALPN `h2`): it trusts `trust` and presents
-/// `credentials` when it has them.
+/// `credentials` when it has them. Any certificate of the cluster passes: see
+/// [`client_config_for`] to require a role.
 pub fn client_config(
     trust: &Trust,
     credentials: Option<Arc<Credentials>>,
 ) -> Result<ClientConfig, TlsError> {
+    client_config_with(trust, credentials, None)
+}
+
+/// [`client_config`] for a peer that must present a certificate of `role` (a server, for
+/// everything that dials servers): a certificate the cluster issued to another role — an
+/// agent's, which names addresses its holder chose — is refused, so that nothing meant for a
+/// server (a secret's value, the Raft log, keys) reaches whoever else answers at its address.
+pub fn client_config_for(
+    trust: &Trust,
+    credentials: Option<Arc<Credentials>>,
+    role: crate::Role,
+) -> Result<ClientConfig, TlsError> {
+    client_config_with(trust, credentials, Some(role))
+}
+
+fn client_config_with(
+    trust: &Trust,
+    credentials: Option<Arc<Credentials>>,
+    role: Option<crate::Role>,
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match trust {
-        Trust::Ca(pem) => builder.with_root_certificates(roots(pem)?),
-        Trust::Store(store) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(store.clone()),
-        Trust::Pinned(pinned) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(pinned.clone()),
+    let inner: Arc<dyn ServerCertVerifier> = match trust {
+        Trust::Ca(pem) => {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(pem)?), provider.clone())
+                .build()?
+        }
+        Trust::Store(store) => store.clone(),
+        Trust::Pinned(pinned) => pinned.clone(),
     };
+    let verifier: Arc<dyn ServerCertVerifier> = match role {
+        Some(role) => Arc::new(RoleVerifier { inner, role }),
+        None => inner,
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match credentials {
         Some(c) => builder.with_client_cert_resolver(c),
         None => builder.with_no_client_auth(),
@@ -393,6 +420,65 @@ pub fn client_config(
     // Every connection presents the current certificate (see `server_config`).
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
+}
+
+/// A verifier that also requires the peer's certificate to name `role` (`berth://ROLE/…`).
+#[derive(Debug)]
+struct RoleVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    role: crate::Role,
+}
+
+impl ServerCertVerifier for RoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match crate::Identity::from_cert(end_entity.as_ref()) {
+            Some(identity) if identity.role == self.role => Ok(verified),
+            Some(identity) => Err(rustls::Error::General(format!(
+                "the peer's certificate names {identity}, not a {}",
+                self.role
+            ))),
+            None => Err(rustls::Error::General(format!(
+                "the peer's certificate names no berth identity; expected a {}",
+                self.role
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Verifies a server against a CA known only by its SHA-256 (a join token's): the server's

@@ -78,3 +78,48 @@ async fn grpc_over_tls_knows_its_callers() {
         "a client that does not trust the cluster CA got through"
     );
 }
+
+/// Whether a health check over a dialer reaches the listener at `addr`.
+async fn reaches(dialer: &Dialer, addr: &str) -> bool {
+    match dialer.connect(addr).await {
+        Err(_) => false,
+        Ok(channel) => HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok(),
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_wants_a_server_refuses_an_agent_answering_at_its_address() {
+    let ca = ClusterCa::create("net").expect("ca");
+    // An agent's certificate, valid for 127.0.0.1 like every node's, serving TLS there.
+    let agent = credentials(&ca, &Identity::new(Role::Agent, "node-1"));
+    let config = server_config(TrustStore::new(ca.cert_pem()).expect("trust"), agent)
+        .expect("server config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming(listener, Arc::new(config))),
+    );
+    let trust = Trust::Ca(ca.cert_pem().to_owned());
+    let any = Dialer::new(client_config(&trust, None).expect("client config"));
+    assert!(
+        reaches(&any, &addr).await,
+        "any certificate of the cluster passes"
+    );
+    let servers_only = Dialer::new(
+        berth_tls::tls::client_config_for(&trust, None, Role::Server).expect("client config"),
+    );
+    assert!(
+        !reaches(&servers_only, &addr).await,
+        "a client that wants a server reached an agent"
+    );
+}

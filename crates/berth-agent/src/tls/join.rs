@@ -7,7 +7,7 @@ use berth_proto::v1::join_client::JoinClient;
 use berth_proto::v1::JoinRequest;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
-use berth_tls::tls::{client_config, Pinned, Trust};
+use berth_tls::tls::{client_config_for, Pinned, Trust};
 use berth_tls::{Identity, JoinToken, NodeKey, Role};
 
 use super::call::{call_servers, Attempt, CallError, RPC_TIMEOUT};
@@ -26,7 +26,7 @@ pub(super) async fn join(
     };
     let pinned = Pinned::new(&token.ca_fingerprint);
     let dialer = Dialer::new(
-        client_config(&Trust::Pinned(pinned.clone()), None)
+        client_config_for(&Trust::Pinned(pinned.clone()), None, Role::Server)
             .context("TLS configuration for joining")?,
     );
     let key = NodeKey::generate().context("generate this node's key")?;

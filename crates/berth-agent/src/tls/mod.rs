@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
-use berth_tls::tls::{client_config, verify_chain, Credentials, Trust, TrustStore};
+use berth_tls::tls::{client_config_for, verify_chain, Credentials, Trust, TrustStore};
 use berth_tls::{Identity, JoinToken, Role, TlsError};
 
 pub(crate) use cert::CertInfo;
@@ -298,8 +298,13 @@ impl NodeTls {
         );
         let trust = TrustStore::new(m.trust()).context("read the CAs this agent trusts")?;
         let dialer = Dialer::new(
-            client_config(&Trust::Store(trust.clone()), Some(credentials.clone()))
-                .context("TLS configuration for the servers")?,
+            // Only servers: nothing this node sends is for another agent.
+            client_config_for(
+                &Trust::Store(trust.clone()),
+                Some(credentials.clone()),
+                Role::Server,
+            )
+            .context("TLS configuration for the servers")?,
         );
         Ok(Self {
             trust,
