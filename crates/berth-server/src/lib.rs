@@ -383,7 +383,7 @@ impl Server {
             // HTTP/1 for `/metrics`; gRPC stays HTTP/2.
             .accept_http1(true)
             .layer(metrics::ApiLatencyLayer(metrics.clone()));
-        let dialer = self.tls.dialer()?;
+        let dialer = self.tls.agent_dialer()?;
         let secrets =
             secrets::Secrets::new(self.store.clone(), self.keyring.clone(), self.tls.clone());
         let keyrings = tokio::spawn(secrets.clone().keep_keyrings_complete());

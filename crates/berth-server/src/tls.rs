@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use berth_model::CaRotation;
 use berth_tls::dir::{Material, TlsDir};
 use berth_tls::net::Dialer;
-use berth_tls::tls::{client_config, server_config, Credentials, Trust, TrustStore};
+use berth_tls::tls::{client_config_for, server_config, Credentials, Trust, TrustStore};
 use berth_tls::{ClusterCa, Identity, NodeKey, Role};
 
 /// The hosts of `addresses` (`host:port`), with `localhost` and the loopback address: the
@@ -228,19 +228,21 @@ impl ServerTls {
     /// trusted CAs as roots, and the peer must present a server certificate.
     pub fn server_dialer(&self) -> anyhow::Result<Dialer> {
         let trust = Trust::Store(self.trust.clone());
-        Ok(Dialer::new(berth_tls::tls::client_config_for(
+        Ok(Dialer::new(client_config_for(
             &trust,
             Some(self.credentials.clone()),
             Role::Server,
         )?))
     }
 
-    /// Channels to peers and agents: this server's certificate, the trusted CAs as roots.
-    pub fn dialer(&self) -> anyhow::Result<Dialer> {
+    /// Channels to agents (logs, exec): this server's certificate, the trusted CAs as roots,
+    /// and the peer must present an agent certificate.
+    pub fn agent_dialer(&self) -> anyhow::Result<Dialer> {
         let trust = Trust::Store(self.trust.clone());
-        Ok(Dialer::new(client_config(
+        Ok(Dialer::new(client_config_for(
             &trust,
             Some(self.credentials.clone()),
+            Role::Agent,
         )?))
     }
 

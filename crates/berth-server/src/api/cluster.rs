@@ -52,7 +52,11 @@ impl BerthService {
                 req.id, m.address, req.id
             )));
         }
-        check_joinable(&self.store, &self.dialer, req.id, &req.address).await?;
+        let servers = self
+            .tls
+            .server_dialer()
+            .map_err(|e| status::internal(format!("{e:#}")))?;
+        check_joinable(&self.store, &servers, req.id, &req.address).await?;
         self.store
             .add_member(req.id, req.address, !req.learner_only)
             .await

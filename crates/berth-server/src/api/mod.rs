@@ -36,7 +36,7 @@ pub struct BerthService {
     store: Store,
     usage: Usage,
     tls: Arc<ServerTls>,
-    /// Channels to agents (logs, exec) and to servers being added: this server's certificate.
+    /// Channels to agents (logs, exec): this server's certificate; only agents answer.
     dialer: Dialer,
     /// The life of certificates this server issues (itself included, on a CA rotation).
     cert_ttl: std::time::Duration,
