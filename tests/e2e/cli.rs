@@ -113,12 +113,53 @@ async fn diff_dry_run_apply_and_delete_round_trip() -> anyhow::Result<()> {
         "service/web configured (deployment started) (dry run)\n  1 task could not be placed: 0 of 1 node can run it: 1 lacked 999999 MiB memory\n"
     );
 
-    // delete -f removes the service (its tasks stop) and keeps task definitions.
-    let out = cli(&addr, &["delete", "-f", &d]).await?;
-    assert!(out.status.success(), "{}", stderr(&out));
+    // A deregistered revision runs no more tasks; the refusal names the active one.
+    let hello = dir.join("nested/hello.yaml").display().to_string();
+    std::fs::write(
+        &hello,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: TaskDefinition\nmetadata:\n  name: hello\nspec:\n  cpu: 128\n  memory: 48\n  containers:\n    - name: main\n      image: {}\n",
+            c.env.image
+        ),
+    )?;
+    let out = cli(&addr, &["apply", "-f", &hello]).await?;
     assert_eq!(
         stdout(&out),
-        "taskdefinition/hello kept (revisions are immutable)\nservice/web deleted (its tasks are stopping)\n"
+        "taskdefinition/hello:2 registered\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&addr, &["delete", "taskdef", "hello:1"]).await?;
+    assert!(
+        stdout(&out).starts_with("taskdefinition/hello:1 deregistered"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&addr, &["run", "--task-definition", "hello:1"]).await?;
+    assert!(
+        !out.status.success()
+            && stderr(&out).contains("task definition hello:1 is INACTIVE (deregistered); run hello:2, its latest ACTIVE revision"),
+        "{}",
+        stderr(&out)
+    );
+    let revs = cli_json(&addr, &["get", "taskdefs"]).await?;
+    let statuses: Vec<&str> = revs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["family"] == "hello")
+        .filter_map(|d| d["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["INACTIVE", "ACTIVE"], "{revs}");
+
+    // delete -f removes the service (its tasks stop) and deregisters task definitions.
+    let out = cli(&addr, &["delete", "-f", &d]).await?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("taskdefinition/hello:2 deregistered (INACTIVE")
+            && stdout(&out).ends_with("service/web deleted (its tasks are stopping)\n"),
+        "{}",
+        stdout(&out)
     );
     poll("the service to be gone", TIMEOUT, || async {
         let list = cli_json(&addr, &["get", "services"]).await.ok()?;

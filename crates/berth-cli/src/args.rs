@@ -47,7 +47,8 @@ pub enum Command {
         timeout: Duration,
     },
     /// Delete the objects of manifests (-f) or one object (`delete service NAME`, `delete
-    /// secret NAME`): a service stops its tasks, then disappears.
+    /// secret NAME`, `delete taskdef FAMILY[:REV]`): a service stops its tasks, then disappears;
+    /// a task definition revision becomes INACTIVE (what runs it keeps it).
     Delete {
         /// A file, a directory of *.yaml/*.yml files, or - for stdin.
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]

@@ -116,14 +116,17 @@ async fn delete(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result<(
             services::delete(&mut client, &global.namespace, name).await
         }
         "taskdef" | "taskdefs" | "taskdefinition" | "taskdefinitions" => {
-            bail!("task definition revisions are immutable and kept; stop using {name} instead")
+            let mut client = Client::new(global)?;
+            taskdefs::deregister(&mut client, &global.namespace, name).await
         }
         "secret" | "secrets" => {
             let mut client = Client::new(global)?;
             crate::secrets::delete(&mut client, global, name).await
         }
         "task" | "tasks" => bail!("use `berth stop {name}` to stop a task"),
-        other => bail!("cannot delete kind {other:?}; use service NAME or secret NAME"),
+        other => bail!(
+            "cannot delete kind {other:?}; use service NAME, secret NAME or taskdef FAMILY[:REV]"
+        ),
     }
 }
 

@@ -175,10 +175,7 @@ pub async fn delete(global: &GlobalArgs, files: &[String]) -> anyhow::Result<()>
                 services::delete(&mut client, &namespace, &spec.name).await?;
             }
             Object::TaskDefinition(spec) => {
-                println!(
-                    "taskdefinition/{} kept (revisions are immutable)",
-                    spec.family
-                );
+                crate::taskdefs::deregister(&mut client, &namespace, &spec.family).await?;
             }
             Object::Task {
                 task_definition, ..

@@ -71,3 +71,31 @@ pub async fn describe(
         .await?;
     Ok(def.try_into()?)
 }
+
+/// `berth delete taskdef FAMILY[:REV]` and `delete -f` of a TaskDefinition manifest: the
+/// revision (every revision of the family) becomes INACTIVE, as ECS deregisters it.
+pub async fn deregister(
+    client: &mut Client,
+    namespace: &str,
+    reference: &str,
+) -> anyhow::Result<()> {
+    let req = pb::DeregisterTaskDefinitionRequest {
+        namespace: namespace.to_owned(),
+        task_definition: reference.to_owned(),
+    };
+    let answer = client
+        .request(req, |mut c, req| async move {
+            c.deregister_task_definition(req).await
+        })
+        .await?;
+    if answer.task_definitions.is_empty() {
+        println!("taskdefinition/{reference} already INACTIVE");
+    }
+    for d in answer.task_definitions {
+        println!(
+            "taskdefinition/{}:{} deregistered (INACTIVE: what runs it keeps it; new runs are refused)",
+            d.family, d.revision
+        );
+    }
+    Ok(())
+}

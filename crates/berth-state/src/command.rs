@@ -170,6 +170,14 @@ pub enum Command {
     /// Deletes a namespace, with the API tokens scoped to it; refused while it holds services
     /// or tasks that have not stopped.
     DeleteNamespace { name: String, at: Timestamp },
+    /// Marks `revision` of a family (every revision when `None`) INACTIVE. Answers
+    /// [`CommandResult::TaskDefinitions`]: the revisions it changed.
+    DeregisterTaskDefinition {
+        namespace: String,
+        family: String,
+        revision: Option<u32>,
+        at: Timestamp,
+    },
     /// Creates or replaces a secret, its values sealed with the active keyring key by the
     /// proposer; `expect`: it must exist (`Some(true)`) or must not (`Some(false)`). Answers
     /// [`CommandResult::Secret`].
@@ -230,6 +238,7 @@ impl Command {
             | Command::UpdateNamespace { name, .. }
             | Command::DeleteNamespace { name, .. } => Some(name),
             Command::PutSecret { secret, .. } => Some(&secret.namespace),
+            Command::DeregisterTaskDefinition { namespace, .. } => Some(namespace),
             Command::DeleteSecret { namespace, .. } => Some(namespace),
             Command::CreateApiToken { record, .. } => Some(&record.namespace),
             _ => None,
@@ -289,6 +298,9 @@ impl Command {
             Command::PutSecret { secret, .. } => {
                 format!("secret {}/{}", secret.namespace, secret.name)
             }
+            Command::DeregisterTaskDefinition {
+                namespace, family, ..
+            } => format!("task definition {namespace}/{family}"),
             Command::DeleteSecret {
                 namespace, name, ..
             } => format!("secret {namespace}/{name}"),
@@ -332,6 +344,7 @@ impl Command {
             | Command::UpdateNamespace { at, .. }
             | Command::DeleteNamespace { at, .. }
             | Command::PutSecret { at, .. }
+            | Command::DeregisterTaskDefinition { at, .. }
             | Command::DeleteSecret { at, .. }
             | Command::ActivateSecretKey { at, .. }
             | Command::ResealSecrets { at, .. } => at,
@@ -421,6 +434,8 @@ pub enum CommandResult {
     Namespace(Box<Namespace>),
     /// The CA rotation started.
     CaRotation(Box<CaRotation>),
+    /// The task definition revisions a command changed.
+    TaskDefinitions(Vec<TaskDefinition>),
     /// The secret created, replaced or deleted.
     Secret(Box<berth_model::Secret>),
     /// How many objects a command changed.
@@ -445,6 +460,7 @@ impl CommandResult {
             CommandResult::Namespace(_) => "Namespace",
             CommandResult::CaRotation(_) => "CaRotation",
             CommandResult::Secret(_) => "Secret",
+            CommandResult::TaskDefinitions(_) => "TaskDefinitions",
             CommandResult::Count(_) => "Count",
             CommandResult::Rejected(_) => "Rejected",
             CommandResult::Batch(_) => "Batch",

@@ -318,6 +318,12 @@ impl State {
                 self.update_namespace(name, quota, at, changed)
             }
             Command::DeleteNamespace { name, at } => self.delete_namespace(&name, at, changed),
+            Command::DeregisterTaskDefinition {
+                namespace,
+                family,
+                revision,
+                at: _,
+            } => self.deregister_task_definition(&namespace, &family, revision, changed),
             Command::PutSecret { secret, expect, at } => {
                 self.put_secret(*secret, expect, at, changed)
             }

@@ -633,3 +633,57 @@ fn a_redeploy_starts_a_deployment_of_the_same_revision() {
     );
     round_trips(&s);
 }
+
+#[test]
+fn deregistering_marks_revisions_inactive_once_and_latest_resolves_to_an_active_one() {
+    let mut s = State::default();
+    register_web(&mut s);
+    let mut spec = TaskDefinitionSpec::new(
+        "web",
+        256,
+        128,
+        vec![ContainerDefinition::new("app", "busybox")],
+    );
+    spec.meta = Default::default();
+    s.apply(Command::RegisterTaskDefinition {
+        namespace: "default".into(),
+        spec,
+        reuse_identical: false,
+        at: 2,
+    });
+    let deregister = |revision| Command::DeregisterTaskDefinition {
+        namespace: "default".into(),
+        family: "web".into(),
+        revision,
+        at: 3,
+    };
+    let (r, changed) = s.apply(deregister(Some(2)));
+    let CommandResult::TaskDefinitions(done) = r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(done.iter().map(|d| d.revision).collect::<Vec<_>>(), [2]);
+    assert_eq!(changed.len(), 1);
+    // `web` now means revision 1, the latest ACTIVE one.
+    let latest = s.task_definition("default", &"web".parse().expect("ref"));
+    assert_eq!(latest.map(|d| d.revision), Some(1));
+    // Again: nothing changes.
+    let (r, changed) = s.apply(deregister(Some(2)));
+    assert_eq!(r, CommandResult::TaskDefinitions(Vec::new()));
+    assert!(changed.is_empty());
+    // A revision that does not exist.
+    let (r, _) = s.apply(deregister(Some(7)));
+    assert!(
+        matches!(&r, CommandResult::Rejected(Rejection::NotFound(m)) if m.contains("revisions 1 to 2")),
+        "{r:?}"
+    );
+    // The whole family.
+    let (r, _) = s.apply(deregister(None));
+    let CommandResult::TaskDefinitions(done) = r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(done.iter().map(|d| d.revision).collect::<Vec<_>>(), [1]);
+    assert!(s
+        .task_definition("default", &"web".parse().expect("ref"))
+        .is_none());
+    round_trips(&s);
+}

@@ -339,6 +339,13 @@ impl Berth for BerthService {
         route!(self, req, remove_node)
     }
 
+    async fn deregister_task_definition(
+        &self,
+        req: Request<pb::DeregisterTaskDefinitionRequest>,
+    ) -> Answer<pb::DeregisterTaskDefinitionResponse> {
+        route!(self, req, deregister_task_definition)
+    }
+
     async fn put_secret(&self, req: Request<pb::PutSecretRequest>) -> Answer<pb::SecretInfo> {
         route!(self, req, put_secret)
     }

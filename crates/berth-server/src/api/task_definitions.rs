@@ -26,6 +26,33 @@ pub(super) fn check_size(spec: &berth_model::TaskDefinitionSpec) -> Result<(), S
 }
 
 impl BerthService {
+    pub(super) async fn deregister_task_definition(
+        &self,
+        caller: &Caller,
+        req: pb::DeregisterTaskDefinitionRequest,
+    ) -> Answer<pb::DeregisterTaskDefinitionResponse> {
+        let namespace = scoped(caller, req.namespace, Permission::Write)?;
+        let reference: berth_model::TaskDefinitionRef = req
+            .task_definition
+            .parse()
+            .map_err(|e: berth_model::ValidationError| status::invalid("", &e))?;
+        let command = Command::DeregisterTaskDefinition {
+            namespace,
+            family: reference.family,
+            revision: reference.revision,
+            at: now_ms(),
+        };
+        let defs = self
+            .propose(caller, command, |r| match r {
+                CommandResult::TaskDefinitions(defs) => Some(defs),
+                _ => None,
+            })
+            .await?;
+        Ok(Response::new(pb::DeregisterTaskDefinitionResponse {
+            task_definitions: defs.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     pub(super) async fn register_task_definition(
         &self,
         caller: &Caller,

@@ -45,6 +45,30 @@ impl BerthService {
         let def = self
             .task_definition(&namespace, &req.task_definition, false)
             .await?;
+        if def.status == berth_model::TaskDefinitionStatus::Inactive {
+            // ECS's rule: a deregistered revision keeps running where it runs, but runs no
+            // more tasks.
+            let family = berth_model::TaskDefinitionRef {
+                family: def.family.clone(),
+                revision: None,
+            };
+            let active = self
+                .read(false, |s| {
+                    s.task_definition(&namespace, &family).map(|d| d.revision)
+                })
+                .await?;
+            let hint = match active {
+                Some(rev) => format!("run {}:{rev}, its latest ACTIVE revision", def.family),
+                None => format!(
+                    "family {} has no ACTIVE revision left: register it again with `berth apply -f`",
+                    def.family
+                ),
+            };
+            return Err(status::precondition(format!(
+                "task definition {}:{} is INACTIVE (deregistered); {hint}",
+                def.family, def.revision
+            )));
+        }
         let at = now_ms();
         let tasks = (0..count)
             .map(|_| Task::pending(uuid::Uuid::new_v4().to_string(), &namespace, &def, at))
