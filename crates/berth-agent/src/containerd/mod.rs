@@ -7,6 +7,7 @@
 
 mod client;
 mod containers;
+mod content;
 mod exec;
 mod gc;
 mod image_files;

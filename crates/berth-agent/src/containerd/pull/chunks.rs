@@ -80,13 +80,13 @@ impl Tally {
 /// Gathers pieces of any size into chunks of exactly `size` bytes (the last one shorter), so
 /// containerd gets few, bounded Write requests whatever the registry's read sizes.
 #[derive(Debug)]
-pub(super) struct Chunker {
+pub(in crate::containerd) struct Chunker {
     size: usize,
     buf: Vec<u8>,
 }
 
 impl Chunker {
-    pub(super) fn new(size: usize) -> Self {
+    pub(in crate::containerd) fn new(size: usize) -> Self {
         Self {
             size: size.max(1),
             buf: Vec::new(),
@@ -95,7 +95,7 @@ impl Chunker {
 
     /// Takes bytes from the front of `data` until a chunk is full and returns it; `None` once
     /// `data` is used up without filling one. Call until `None`.
-    pub(super) fn fill(&mut self, data: &mut &[u8]) -> Option<Vec<u8>> {
+    pub(in crate::containerd) fn fill(&mut self, data: &mut &[u8]) -> Option<Vec<u8>> {
         if self.buf.capacity() == 0 && !data.is_empty() {
             self.buf.reserve_exact(self.size);
         }
@@ -107,7 +107,7 @@ impl Chunker {
     }
 
     /// The last, partial chunk, if any bytes are left.
-    pub(super) fn rest(self) -> Option<Vec<u8>> {
+    pub(in crate::containerd) fn rest(self) -> Option<Vec<u8>> {
         (!self.buf.is_empty()).then_some(self.buf)
     }
 }
