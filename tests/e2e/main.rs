@@ -51,6 +51,18 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `berth ARGS` against `server`, which must succeed; its standard output.
+async fn ok(server: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = cli(server, args).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "berth {}: {}",
+        args.join(" "),
+        stderr(&out)
+    );
+    Ok(stdout(&out))
+}
+
 #[tokio::test]
 async fn echo_hello_runs_to_completion_and_logs_hello() -> anyhow::Result<()> {
     let c = Cluster::start().await?;

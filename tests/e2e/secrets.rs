@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{stderr, stdout};
+use super::{ok, stderr, stdout};
 use berth_tests::{
     api, cli, cli_command, cli_json, join_token, poll, run_until_running, wait_stopped, AgentProc,
     Env, ServerProc, FAST_RAFT,
@@ -55,17 +55,6 @@ spec:
           path: /run/secrets/tls
 "
     )
-}
-
-async fn ok(server: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = cli(server, args).await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "berth {}: {}",
-        args.join(" "),
-        stderr(&out)
-    );
-    Ok(stdout(&out))
 }
 
 fn assert_clean(what: &str, bytes: &[u8]) {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{stderr, stdout};
+use super::{ok, stderr, stdout};
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::agent_service_client::AgentServiceClient;
 use berth_proto::v1::berth_client::BerthClient;
@@ -166,17 +166,6 @@ async fn api_token(server: &str, namespace: &str, role: &str) -> anyhow::Result<
 /// The ID part of an API token (`berth_ID_SECRET`).
 fn token_id(token: &str) -> String {
     token.split('_').nth(1).unwrap_or_default().to_owned()
-}
-
-async fn ok(server: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = cli(server, args).await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "berth {}: {}",
-        args.join(" "),
-        stderr(&out)
-    );
-    Ok(stdout(&out))
 }
 
 /// The IDs of the tasks `berth get tasks` lists in `namespace`.

@@ -16,24 +16,22 @@ pub async fn run(global: &GlobalArgs, command: SecretCommand) -> anyhow::Result<
     let mut client = Client::new(global)?;
     match command {
         SecretCommand::Create { name, values } => {
-            let data = values.read(&mut std::io::stdin())?;
-            let s = put(
+            let s = put_values(
                 &mut client,
                 global,
                 name,
-                data,
+                &values,
                 pb::SecretPrecondition::Absent,
             )
             .await?;
             println!("secret/{} created ({})", s.name, keys(&s));
         }
         SecretCommand::Update { name, values } => {
-            let data = values.read(&mut std::io::stdin())?;
-            let s = put(
+            let s = put_values(
                 &mut client,
                 global,
                 name,
-                data,
+                &values,
                 pb::SecretPrecondition::Present,
             )
             .await?;
@@ -72,6 +70,18 @@ fn keys(s: &pb::SecretInfo) -> String {
         1 => format!("1 key: {}", s.keys[0]),
         n => format!("{n} keys: {}", s.keys.join(", ")),
     }
+}
+
+/// [`put`] of the values the flags name (read from literals, files and standard input).
+async fn put_values(
+    client: &mut Client,
+    global: &GlobalArgs,
+    name: String,
+    values: &SecretValues,
+    precondition: pb::SecretPrecondition,
+) -> anyhow::Result<pb::SecretInfo> {
+    let data = values.read(&mut std::io::stdin())?;
+    put(client, global, name, data, precondition).await
 }
 
 /// Creates or replaces a secret (what `apply` of a Secret manifest does too).

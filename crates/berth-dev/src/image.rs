@@ -139,13 +139,7 @@ async fn push(
     reference: &str,
     credentials: Option<(&str, &str)>,
 ) -> anyhow::Result<String> {
-    let reference: Reference = reference
-        .parse()
-        .with_context(|| format!("parse {reference}"))?;
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..Default::default()
-    });
+    let (reference, client) = http_client(reference)?;
     let layers = [ImageLayer::oci_v1_gzip(image.layer, None)];
     let auth = match credentials {
         Some((user, password)) => RegistryAuth::Basic(user.to_owned(), password.to_owned()),
@@ -168,13 +162,7 @@ pub async fn push_busybox_image_declaring(
     layer_size: i64,
 ) -> anyhow::Result<String> {
     let image = build_busybox_image(busybox)?;
-    let reference: Reference = reference
-        .parse()
-        .with_context(|| format!("parse {reference}"))?;
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..Default::default()
-    });
+    let (reference, client) = http_client(reference)?;
     let digest = |data: &[u8]| format!("sha256:{:x}", Sha256::digest(data));
     let (layer_digest, config_digest) = (digest(&image.layer), digest(&image.config));
     let config_size = image.config.len();
@@ -210,4 +198,16 @@ pub async fn push_busybox_image_declaring(
         .await
         .with_context(|| format!("push manifest of {reference}"))?;
     Ok(layer_digest)
+}
+
+/// `reference` parsed, and a registry client over plain HTTP (test registries are on loopback).
+fn http_client(reference: &str) -> anyhow::Result<(Reference, oci_client::Client)> {
+    let reference: Reference = reference
+        .parse()
+        .with_context(|| format!("parse {reference}"))?;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    Ok((reference, client))
 }

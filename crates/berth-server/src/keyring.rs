@@ -33,7 +33,7 @@ pub enum KeyringError {
     Io(String),
 }
 
-#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default)]
 struct KeyringFile {
     #[serde(default)]
     keys: BTreeMap<String, String>,

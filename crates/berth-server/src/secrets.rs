@@ -297,17 +297,17 @@ impl Secrets {
                     "another rotation of the secrets key started meanwhile; it seals every secret again",
                 ));
             }
+            // Each old key fetched once, whatever the number of secrets sealed with it.
+            let old_keys: std::collections::BTreeSet<&str> = stale
+                .iter()
+                .flat_map(|s| s.data.values().map(|v| v.key_id.as_str()))
+                .collect();
+            for id in old_keys {
+                let _ = self.hold(id).await;
+            }
             let mut resealed = Vec::with_capacity(stale.len());
             for secret in stale {
                 let place = format!("{}/{}", secret.namespace, secret.name);
-                for id in secret
-                    .data
-                    .values()
-                    .map(|v| v.key_id.clone())
-                    .collect::<std::collections::BTreeSet<_>>()
-                {
-                    let _ = self.hold(&id).await;
-                }
                 match self.open_all(&secret) {
                     Ok(data) => {
                         let mut again =
