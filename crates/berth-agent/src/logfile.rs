@@ -214,6 +214,28 @@ pub fn read_new(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)>
     Ok((records, (start + complete) as u64))
 }
 
+/// Removes the log directories under `root` of the tasks for which `remove` answers true,
+/// among those found there (a task's directory is named by its ID). Answers how many went.
+pub fn remove_task_logs(root: &Path, remove: impl Fn(&str) -> bool) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(task_id) = name.to_str() else {
+            continue;
+        };
+        if !entry.file_type()?.is_dir() || !remove(task_id) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +299,23 @@ mod tests {
         let (new, _) = read_new(&path, offset).expect("read new");
         assert_eq!(new.len(), 1);
         assert_eq!(new[0].stream, Stream::Stderr);
+    }
+
+    #[test]
+    fn only_the_chosen_task_log_directories_go() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for task in ["keep", "go", "running"] {
+            std::fs::create_dir_all(root.path().join(task)).expect("mkdir");
+            std::fs::write(root.path().join(task).join("app.log"), "x").expect("write");
+        }
+        std::fs::write(root.path().join("go-file"), "not a task").expect("write");
+        let removed = remove_task_logs(root.path(), |t| t.starts_with("go")).expect("sweep");
+        assert_eq!(removed, 1);
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["go-file", "keep", "running"]);
     }
 }

@@ -146,6 +146,36 @@ impl Agent {
         }
     }
 
+    /// Removes the logs of `tasks`, which the servers removed (retention), unless one still
+    /// runs here.
+    pub(crate) fn remove_logs_of(&self, tasks: Vec<String>) {
+        let tasks: std::collections::HashSet<String> = tasks.into_iter().collect();
+        self.sweep_logs(move |id| tasks.contains(id));
+    }
+
+    /// Removes the logs of every task that is neither in `kept` (the tasks of this node the
+    /// servers hold) nor running here: tasks removed while this agent was away.
+    pub(crate) fn keep_logs_of(&self, kept: std::collections::BTreeSet<String>) {
+        self.sweep_logs(move |id| !kept.contains(id));
+    }
+
+    /// Removes, off the async workers, the log directories of the tasks `remove` names and
+    /// this node does not run.
+    fn sweep_logs(&self, remove: impl Fn(&str) -> bool + Send + 'static) {
+        let root = self.log_root();
+        let tasks = self.tasks.clone();
+        tokio::task::spawn_blocking(move || {
+            match crate::logfile::remove_task_logs(&root, |id| remove(id) && !tasks.is_running(id))
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(removed = n, "removed the logs of tasks the servers removed")
+                }
+                Err(e) => tracing::warn!("remove logs under {}: {e}", root.display()),
+            }
+        });
+    }
+
     /// Reports a task STOPPED without running anything for it, and remembers it as finished.
     fn ended_here(&self, task_id: String, ended: Ended) {
         if let Some(reason) = &ended.reason {

@@ -116,6 +116,8 @@ impl Agent {
         let mut serial = self.tls.serial.subscribe();
         // The desired set as this stream's changes built it, by task ID.
         let mut desired = std::collections::BTreeMap::new();
+        // While a whole set arrives in parts: the tasks whose logs stay.
+        let mut kept: Option<std::collections::BTreeSet<String>> = None;
         loop {
             tokio::select! {
                 msg = inbound.message() => {
@@ -131,9 +133,22 @@ impl Agent {
                             }
                         }
                         Some(ServerMsg::Desired(d)) => self.reconcile(d, &mut reports.latest),
-                        Some(ServerMsg::Changes(c)) => {
+                        Some(ServerMsg::Changes(mut c)) => {
+                            let retired = std::mem::take(&mut c.retired);
+                            if c.reset {
+                                kept = c.lists_kept.then(std::collections::BTreeSet::new);
+                            }
+                            if let Some(kept) = kept.as_mut() {
+                                kept.extend(std::mem::take(&mut c.kept));
+                            }
                             if let Some(whole) = apply_changes(&mut desired, c) {
                                 self.reconcile(whole, &mut reports.latest);
+                                if let Some(kept) = kept.take() {
+                                    self.keep_logs_of(kept);
+                                }
+                            }
+                            if !retired.is_empty() {
+                                self.remove_logs_of(retired);
                             }
                         }
                         Some(ServerMsg::Renew(r)) => {

@@ -189,6 +189,7 @@ fn nodes() -> Vec<Node> {
             allocated: 192,
         },
         registered_at: NOW - 3600 * 1000,
+        down_since: None,
         events: EventLog::default(),
     };
     vec![
@@ -212,6 +213,7 @@ fn taskdefs() -> Vec<TaskDefinition> {
         placement: Default::default(),
         ephemeral_storage: None,
         registered_at: NOW - 5 * MIN,
+        deregistered_at: None,
     }]
 }
 

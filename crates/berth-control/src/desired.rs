@@ -7,8 +7,7 @@ use berth_state::State;
 /// The tasks placed on `node` that have not stopped, in task ID order.
 pub fn desired_tasks(state: &State, node: &str) -> Vec<Assignment> {
     state
-        .tasks_on(node)
-        .filter(|t| !t.is_stopped())
+        .live_tasks_on(node)
         .filter_map(|t| {
             let def = state.task_definition(&t.namespace, &t.task_definition)?;
             let publishes = def.containers.iter().any(|c| !c.port_mappings.is_empty());

@@ -16,6 +16,7 @@ pub mod desired;
 pub mod endpoints;
 pub mod nodes;
 pub mod preview;
+pub mod retention;
 pub mod scheduling;
 pub mod services;
 

@@ -230,6 +230,7 @@ mod tests {
             ephemeral_storage: None,
             meta: spec.meta,
             registered_at: 0,
+            deregistered_at: None,
         }
     }
 

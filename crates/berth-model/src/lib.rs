@@ -57,8 +57,8 @@ pub use service::{
     ServiceSpec, ServiceStatus, StopOrder, TargetTracking, MAX_DESIRED_COUNT,
 };
 pub use task::{
-    ContainerState, DesiredStatus, HealthStatus, StopCode, Task, TaskMetrics, TaskStatus,
-    TaskStatusUpdate, MAX_REASON_BYTES,
+    ContainerState, DesiredStatus, HealthStatus, RemovedTask, StopCode, Task, TaskMetrics,
+    TaskStatus, TaskStatusUpdate, MAX_REASON_BYTES,
 };
 pub use task_definition::{
     fixed_host_ports, ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck,

@@ -19,6 +19,14 @@ pub struct Node {
     pub memory: Resources,
     #[serde(with = "crate::time::rfc3339")]
     pub registered_at: Timestamp,
+    /// When it last became DOWN; none while it is not DOWN. A node DOWN for the node
+    /// retention is removed.
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub down_since: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "EventLog::is_empty")]
     pub events: EventLog,
 }
@@ -41,6 +49,7 @@ impl Node {
                 allocated: 0,
             },
             registered_at: 0,
+            down_since: None,
             events: EventLog::default(),
         }
     }

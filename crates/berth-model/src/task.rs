@@ -67,6 +67,22 @@ pub struct Task {
     pub metrics: Option<TaskMetrics>,
 }
 
+/// What the state keeps of a stopped task the retention removed, for a while: enough to answer
+/// a question about it with "removed by retention" instead of "not found", and to tell its
+/// node that its logs can go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedTask {
+    pub task_id: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(with = "crate::time::rfc3339")]
+    pub stopped_at: Timestamp,
+    #[serde(with = "crate::time::rfc3339")]
+    pub removed_at: Timestamp,
+}
+
 /// Resource usage of a task (all its containers), sampled by its node.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -76,6 +76,14 @@ pub struct TaskDefinition {
     pub meta: crate::ObjectMeta,
     #[serde(with = "crate::time::rfc3339")]
     pub registered_at: Timestamp,
+    /// When it became INACTIVE (ECS `deregisteredAt`); none while ACTIVE. An INACTIVE
+    /// revision nothing uses any more is deleted after the task retention.
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deregistered_at: Option<Timestamp>,
 }
 
 /// The fixed host ports `containers` publish (placement keeps two of them off one node).

@@ -265,3 +265,48 @@ impl Controller for NodeMonitor {
         commands
     }
 }
+
+/// Removes finished work kept long enough: stopped tasks, unused INACTIVE revisions, nodes
+/// DOWN for the node retention ([`berth_control::retention`]).
+pub struct Retention {
+    policy: berth_control::retention::Policy,
+}
+
+impl Retention {
+    pub fn new(policy: berth_control::retention::Policy) -> Self {
+        Self { policy }
+    }
+}
+
+impl Controller for Retention {
+    const NAME: &'static str = "retention";
+    // A node read as DOWN must still be DOWN (the state machine checks that too).
+    const READ: ReadPolicy = ReadPolicy::Linearizable;
+    const ON_APPLY: bool = false;
+
+    /// Often enough that a task goes within its retention plus a few seconds.
+    fn interval(&self) -> Duration {
+        (Duration::from_millis(self.policy.tasks_ms) / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        berth_control::retention::plan(state, at, &self.policy)
+    }
+
+    fn proposed(&mut self, command: &Command, result: &CommandResult) {
+        if let (Command::Retire(r), CommandResult::Count(n)) = (command, result) {
+            tracing::debug!(
+                tasks = r.tasks.len(),
+                forgotten = r.forget.len(),
+                revisions = r.revisions.len(),
+                nodes = r.nodes.len(),
+                removed = n,
+                "retention round"
+            );
+            for node in &r.nodes {
+                tracing::info!(%node, "node removed: DOWN for longer than the node retention");
+            }
+        }
+    }
+}

@@ -26,11 +26,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use berth_store::{RaftService, Store, StoreConfig};
 use berth_tls::Role;
-use controllers::{leader_loop, Autoscaler, NodeMonitor, Scheduler, ServiceReconciler};
+use controllers::{leader_loop, Autoscaler, NodeMonitor, Retention, Scheduler, ServiceReconciler};
 use identity::Origin;
 use tls::ServerTls;
 
 pub use agents::Liveness;
+pub use berth_control::retention::Policy as RetentionPolicy;
 pub use usage::Usage;
 
 /// Milliseconds since the Unix epoch; only the leader's handlers call it, before proposing.
@@ -69,6 +70,8 @@ pub struct ServerConfig {
     pub raft: RaftTuning,
     /// A node whose agent is silent this long becomes DOWN and its tasks are lost.
     pub node_ttl: Duration,
+    /// How long finished work is kept (stopped tasks, unused INACTIVE revisions, DOWN nodes).
+    pub retention: berth_control::retention::Policy,
 }
 
 /// Raft timing and log compaction settings.
@@ -111,6 +114,11 @@ impl ServerConfig {
             no_bootstrap: false,
             raft: RaftTuning::default(),
             node_ttl: Duration::from_secs(10),
+            retention: berth_control::retention::Policy {
+                tasks_ms: 3_600_000,
+                keep_per_service: 5,
+                nodes_ms: 86_400_000,
+            },
         }
     }
 }
@@ -124,6 +132,7 @@ pub struct Server {
     join: Option<String>,
     advertise: String,
     node_ttl: Duration,
+    retention: berth_control::retention::Policy,
     tls: Arc<ServerTls>,
     /// This start created the cluster: make its first admin credentials.
     fresh: bool,
@@ -216,6 +225,7 @@ impl Server {
             join,
             advertise,
             node_ttl: config.node_ttl,
+            retention: config.retention,
             tls: Arc::new(tls),
             fresh,
             data_dir: config.data_dir,
@@ -327,6 +337,7 @@ impl Server {
                     usage: usage.clone(),
                 },
             )),
+            tokio::spawn(leader_loop(store.clone(), Retention::new(self.retention))),
             tokio::spawn(leader_loop(
                 store.clone(),
                 rotation::Finisher {

@@ -35,7 +35,9 @@ fn event(change: Change) -> pb::WatchEvent {
         ObjectChange::Put(o) => {
             berth_proto::object_event(pb::watch_event::Type::Put, change.revision, *o)
         }
-        ObjectChange::Deleted(k) => berth_proto::deleted_event(change.revision, k),
+        ObjectChange::Deleted { key, namespace } => {
+            berth_proto::deleted_event(change.revision, key, namespace)
+        }
     }
 }
 

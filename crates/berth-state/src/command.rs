@@ -201,6 +201,35 @@ pub enum Command {
         secrets: Vec<berth_model::Secret>,
         at: Timestamp,
     },
+    /// The retention's round: removes finished work kept long enough. Answers
+    /// [`CommandResult::Count`], how many objects went.
+    Retire(Retirement),
+}
+
+/// What the leader's retention round removes. The state machine checks each again: only
+/// stopped tasks go, and only INACTIVE revisions no task or service uses that are not their
+/// family's latest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retirement {
+    /// Stopped tasks to remove, with their events; the state remembers each as removed
+    /// ([`berth_model::RemovedTask`]) until it appears in `forget`.
+    pub tasks: Vec<String>,
+    /// Removed tasks to forget.
+    pub forget: Vec<String>,
+    /// INACTIVE revisions to delete.
+    pub revisions: Vec<RevisionKey>,
+    /// Nodes DOWN for the node retention: each is removed as by [`Command::RemoveNode`] if
+    /// it is still DOWN.
+    pub nodes: Vec<String>,
+    pub at: Timestamp,
+}
+
+/// One task definition revision, as a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RevisionKey {
+    pub namespace: String,
+    pub family: String,
+    pub revision: u32,
 }
 
 impl Command {
@@ -218,6 +247,7 @@ impl Command {
             | Command::AutoScale(_)
             | Command::CertificateInUse { .. }
             | Command::FinishCaRotation { .. }
+            | Command::Retire(_)
             | Command::ReplaceState { .. } => true,
             _ => false,
         }
@@ -306,6 +336,11 @@ impl Command {
             } => format!("secret {namespace}/{name}"),
             Command::ActivateSecretKey { key_id, .. } => format!("secret key {key_id}"),
             Command::ResealSecrets { secrets, .. } => format!("{} secrets", secrets.len()),
+            Command::Retire(r) => format!(
+                "retention of {} tasks and {} revisions",
+                r.tasks.len(),
+                r.revisions.len()
+            ),
         }
     }
 
@@ -347,7 +382,8 @@ impl Command {
             | Command::DeregisterTaskDefinition { at, .. }
             | Command::DeleteSecret { at, .. }
             | Command::ActivateSecretKey { at, .. }
-            | Command::ResealSecrets { at, .. } => at,
+            | Command::ResealSecrets { at, .. }
+            | Command::Retire(Retirement { at, .. }) => at,
         };
         *at = now;
     }

@@ -13,6 +13,7 @@ mod command;
 mod namespaces;
 mod nodes;
 mod objects;
+mod retention;
 mod secrets;
 mod services;
 mod task_definitions;
@@ -23,19 +24,21 @@ mod tests;
 mod tests_access;
 #[cfg(test)]
 mod tests_certificates;
+#[cfg(test)]
+mod tests_retention;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
-    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, Service, Task,
+    ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, RemovedTask, Service, Task,
     TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
 };
 
 pub use berth_model::StopOrder;
 pub use cluster::{ClientToken, CLIENT_TOKEN_TTL_MS};
 pub use command::{
-    Command, CommandResult, Placement, Reconciliation, Rejection, ScalingDecision, ServiceChange,
-    Unplaced,
+    Command, CommandResult, Placement, Reconciliation, Rejection, Retirement, RevisionKey,
+    ScalingDecision, ServiceChange, Unplaced,
 };
 pub use objects::{Key, Object, ObjectRef};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
@@ -43,8 +46,9 @@ pub use services::{initial_desired_count, service_update, ServiceUpdate};
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {
-    /// Revisions of each `(namespace, family)`, revision `i + 1` at index `i`.
-    task_definitions: BTreeMap<(String, String), Vec<TaskDefinition>>,
+    /// Revisions of each `(namespace, family)` by number. Deleted INACTIVE revisions leave
+    /// gaps; a family's latest revision is never deleted, so numbers are never reused.
+    task_definitions: BTreeMap<(String, String), BTreeMap<u32, TaskDefinition>>,
     tasks: BTreeMap<String, Task>,
     /// Task IDs by the node they were placed on (derived from `tasks`; a task's node never
     /// changes once set), so a node's tasks are found without scanning every task.
@@ -79,16 +83,92 @@ pub struct State {
     secrets: BTreeMap<(String, String), berth_model::Secret>,
     /// Which keyring key seals new secret values.
     secret_keys: berth_model::SecretKeys,
+    /// Tasks that have not stopped (derived, as `pending`): what the controllers look at, so
+    /// their work follows live tasks, not history.
+    live: BTreeSet<String>,
+    /// Live task IDs by the node they were placed on (derived).
+    live_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Live task IDs by `(namespace, group)` (derived).
+    live_groups: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Stopped tasks by `(stopped at, ID)`, oldest first (derived): what the retention reads.
+    stopped: BTreeSet<(Timestamp, String)>,
+    /// Stopped tasks of each `(namespace, group)` by `(stopped at, ID)` (derived).
+    stopped_groups: BTreeMap<(String, String), BTreeSet<(Timestamp, String)>>,
+    /// How many tasks in the state use each revision (derived): an INACTIVE revision is
+    /// deleted only when none does.
+    revision_users: BTreeMap<RevisionKey, usize>,
+    /// Tasks the retention removed, by ID, until the retention forgets them too.
+    removed: BTreeMap<String, RemovedTask>,
+    /// `(removed at, ID)` of `removed`, oldest first (derived).
+    removed_ages: BTreeSet<(Timestamp, String)>,
+    /// IDs of `removed` by the node they ran on (derived): their logs there can go.
+    removed_by_node: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl State {
+    /// Every task the state holds, stopped ones included (until the retention removes them).
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()
+    }
+
+    /// The tasks that have not stopped, in task ID order, without looking at stopped ones.
+    pub fn live_tasks(&self) -> impl Iterator<Item = &Task> {
+        self.live.iter().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The tasks of `group` (`service:NAME`, `family:FAMILY`) in `namespace` that have not
+    /// stopped, in task ID order.
+    pub fn live_tasks_of<'a>(
+        &'a self,
+        namespace: &str,
+        group: &str,
+    ) -> impl Iterator<Item = &'a Task> + 'a {
+        self.live_groups
+            .get(&(namespace.to_owned(), group.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// How many tasks the state holds that have stopped.
+    pub fn stopped_count(&self) -> usize {
+        self.stopped.len()
+    }
+
+    /// The IDs of the tasks placed on `node` that the retention removed, while the state
+    /// remembers them.
+    pub fn removed_from<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a str> + 'a {
+        self.removed_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// What is left of a task the retention removed, by ID alone (for the change feed).
+    pub fn removed_task_by_id(&self, task_id: &str) -> Option<&RemovedTask> {
+        self.removed.get(task_id)
+    }
+
+    /// What is left of a task the retention removed, while the state still remembers it.
+    pub fn removed_task(&self, namespace: &str, task_id: &str) -> Option<&RemovedTask> {
+        self.removed
+            .get(task_id)
+            .filter(|r| r.namespace == namespace)
     }
 
     /// The tasks placed on `node` (stopped ones included), without scanning every task.
     pub fn tasks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The tasks placed on `node` that have not stopped, in task ID order.
+    pub fn live_tasks_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.live_by_node
             .get(node)
             .into_iter()
             .flatten()
@@ -102,11 +182,21 @@ impl State {
         match key {
             Key::Task(id) => match self.tasks.get(id) {
                 Some(t) => t.node.as_deref().map(Some),
-                None => Some(None),
+                // Removed by the retention: its node is remembered.
+                None => match self.removed.get(id) {
+                    Some(r) => r.node.as_deref().map(Some),
+                    None => Some(None),
+                },
             },
             Key::Node(name) => Some(Some(name)),
             _ => None,
         }
+    }
+
+    /// A task by ID alone, for the leader's own rounds (API reads go through [`State::task`],
+    /// which checks the namespace).
+    pub fn task_by_id(&self, task_id: &str) -> Option<&Task> {
+        self.tasks.get(task_id)
     }
 
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
@@ -137,7 +227,7 @@ impl State {
         self.task_definitions
             .iter()
             .filter(move |((ns, _), _)| ns == namespace)
-            .flat_map(|(_, revs)| revs.iter())
+            .flat_map(|(_, revs)| revs.values())
     }
 
     /// Resolves `family` (latest ACTIVE revision) or `family:revision`.
@@ -150,9 +240,9 @@ impl State {
             .task_definitions
             .get(&(namespace.to_owned(), reference.family.clone()))?;
         match reference.revision {
-            Some(rev) => revs.get(usize::try_from(rev).ok()?.checked_sub(1)?),
+            Some(rev) => revs.get(&rev),
             None => revs
-                .iter()
+                .values()
                 .rev()
                 .find(|d| d.status == TaskDefinitionStatus::Active),
         }
@@ -322,8 +412,9 @@ impl State {
                 namespace,
                 family,
                 revision,
-                at: _,
-            } => self.deregister_task_definition(&namespace, &family, revision, changed),
+                at,
+            } => self.deregister_task_definition(&namespace, &family, revision, at, changed),
+            Command::Retire(r) => self.retire(r, changed),
             Command::PutSecret { secret, expect, at } => {
                 self.put_secret(*secret, expect, at, changed)
             }

@@ -21,6 +21,7 @@ impl State {
                 existing.cpu.total = node.cpu.total;
                 existing.memory.total = node.memory.total;
                 existing.status = NodeStatus::Active;
+                existing.down_since = None;
                 existing.events.push(at, "agent registered again");
             }
             None => {
@@ -44,6 +45,7 @@ impl State {
         match self.nodes.get_mut(&node) {
             Some(n) if n.status != NodeStatus::Down => {
                 n.status = NodeStatus::Down;
+                n.down_since = Some(at);
                 n.events.push(at, format!("node is DOWN: {reason}"));
                 changed.push(Key::Node(node.clone()));
                 self.lose_tasks(
@@ -97,7 +99,7 @@ impl State {
         changed: &mut Vec<Key>,
     ) {
         let on_node: Vec<String> = self
-            .tasks_by_node
+            .live_by_node
             .get(node)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();

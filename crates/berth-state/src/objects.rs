@@ -1,8 +1,8 @@
 //! The stored form of the state: one object per key, written to disk and into snapshots.
 
 use berth_model::{
-    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeCertificates, Secret,
-    SecretKeys, Service, Task, TaskDefinition, TaskDefinitionRef,
+    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeCertificates, RemovedTask,
+    Secret, SecretKeys, Service, Task, TaskDefinition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,8 @@ pub enum Key {
     },
     /// Which keyring key seals new secret values (one record).
     SecretKeys,
+    /// What is left of a task the retention removed, by task ID.
+    RemovedTask(String),
 }
 
 impl Key {
@@ -64,6 +66,7 @@ impl Key {
             Key::CaRotation => "ca/rotation".to_owned(),
             Key::Secret { namespace, name } => format!("secret/{namespace}/{name}"),
             Key::SecretKeys => "secret-keys".to_owned(),
+            Key::RemovedTask(id) => format!("removed-task/{id}"),
         }
     }
 }
@@ -84,6 +87,7 @@ pub enum Object {
     CaRotation(CaRotation),
     Secret(Secret),
     SecretKeys(SecretKeys),
+    RemovedTask(RemovedTask),
 }
 
 /// An [`Object`] borrowed from the state; it serialises exactly as the object does.
@@ -102,6 +106,7 @@ pub enum ObjectRef<'a> {
     CaRotation(&'a CaRotation),
     Secret(&'a Secret),
     SecretKeys(&'a SecretKeys),
+    RemovedTask(&'a RemovedTask),
 }
 
 impl ObjectRef<'_> {
@@ -120,6 +125,7 @@ impl ObjectRef<'_> {
             ObjectRef::CaRotation(r) => Object::CaRotation(r.clone()),
             ObjectRef::Secret(s) => Object::Secret(s.clone()),
             ObjectRef::SecretKeys(k) => Object::SecretKeys(k.clone()),
+            ObjectRef::RemovedTask(r) => Object::RemovedTask(r.clone()),
         }
     }
 }
@@ -149,6 +155,7 @@ impl Object {
                 name: s.name.clone(),
             },
             Object::SecretKeys(_) => Key::SecretKeys,
+            Object::RemovedTask(r) => Key::RemovedTask(r.task_id.clone()),
         }
     }
 }
@@ -159,7 +166,7 @@ impl State {
         let defs = self
             .task_definitions
             .values()
-            .flatten()
+            .flat_map(|revs| revs.values())
             .cloned()
             .map(Object::TaskDefinition);
         let tasks = self.tasks.values().cloned().map(Object::Task);
@@ -192,6 +199,7 @@ impl State {
                 (self.secret_keys != SecretKeys::default())
                     .then(|| Object::SecretKeys(self.secret_keys.clone())),
             )
+            .chain(self.removed.values().cloned().map(Object::RemovedTask))
     }
 
     /// The object stored under `key`, if any.
@@ -208,13 +216,9 @@ impl State {
                 family,
                 revision,
             } => self
-                .task_definition(
-                    namespace,
-                    &TaskDefinitionRef {
-                        family: family.clone(),
-                        revision: Some(*revision),
-                    },
-                )
+                .task_definitions
+                .get(&(namespace.clone(), family.clone()))
+                .and_then(|revs| revs.get(revision))
                 .map(ObjectRef::TaskDefinition),
             Key::Task(id) => self.tasks.get(id).map(ObjectRef::Task),
             Key::Node(name) => self.nodes.get(name).map(ObjectRef::Node),
@@ -230,6 +234,7 @@ impl State {
             Key::Secret { namespace, name } => self.secret(namespace, name).map(ObjectRef::Secret),
             Key::SecretKeys => (self.secret_keys != SecretKeys::default())
                 .then_some(ObjectRef::SecretKeys(&self.secret_keys)),
+            Key::RemovedTask(id) => self.removed.get(id).map(ObjectRef::RemovedTask),
         }
     }
 
@@ -238,11 +243,13 @@ impl State {
         let mut state = State::default();
         for object in objects {
             match object {
-                Object::TaskDefinition(d) => state
-                    .task_definitions
-                    .entry((d.namespace.clone(), d.family.clone()))
-                    .or_default()
-                    .push(d),
+                Object::TaskDefinition(d) => {
+                    state
+                        .task_definitions
+                        .entry((d.namespace.clone(), d.family.clone()))
+                        .or_default()
+                        .insert(d.revision, d);
+                }
                 Object::Task(t) => {
                     state.index(&t);
                     state.tasks.insert(t.task_id.clone(), t);
@@ -278,10 +285,10 @@ impl State {
                         .insert((s.namespace.clone(), s.name.clone()), s);
                 }
                 Object::SecretKeys(k) => state.secret_keys = k,
+                Object::RemovedTask(r) => {
+                    state.removed.insert(r.task_id.clone(), r);
+                }
             }
-        }
-        for revs in state.task_definitions.values_mut() {
-            revs.sort_by_key(|d| d.revision);
         }
         state.rebuild_indexes();
         state

@@ -112,8 +112,18 @@ impl State {
                 spec.task_definition
             )));
         };
-        let (cpu, memory) = (def.cpu, def.memory);
         let key = (namespace.clone(), spec.name.clone());
+        // ECS's rule: a service that uses a deregistered revision keeps it, but none moves
+        // to one.
+        if def.status == berth_model::TaskDefinitionStatus::Inactive
+            && self
+                .services
+                .get(&key)
+                .is_none_or(|s| s.task_definition != spec.task_definition)
+        {
+            return CommandResult::Rejected(Rejection::Invalid(self.inactive_revision(def)));
+        }
+        let (cpu, memory) = (def.cpu, def.memory);
         // Quota: a new service, a higher count or a new revision (its tasks' size may change)
         // must fit beside the namespace's other tasks at the desired count. A re-apply that
         // asks for no more is admitted even when the namespace is over a shrunk quota.

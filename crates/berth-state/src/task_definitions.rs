@@ -13,6 +13,7 @@ impl State {
         namespace: &str,
         family: &str,
         revision: Option<u32>,
+        at: Timestamp,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
         let Some(revs) = self
@@ -24,20 +25,21 @@ impl State {
             )));
         };
         if let Some(rev) = revision {
-            if usize::try_from(rev).map_or(true, |r| r == 0 || r > revs.len()) {
+            if !revs.contains_key(&rev) {
                 return CommandResult::Rejected(Rejection::NotFound(format!(
-                    "task definition {family}:{rev} not found in namespace {namespace} (it has revisions 1 to {})",
-                    revs.len()
+                    "task definition {family}:{rev} not found in namespace {namespace} (it has {})",
+                    revision_list(revs.keys().copied())
                 )));
             }
         }
         let mut done = Vec::new();
         for d in revs
-            .iter_mut()
+            .values_mut()
             .filter(|d| revision.is_none_or(|r| r == d.revision))
             .filter(|d| d.status == TaskDefinitionStatus::Active)
         {
             d.status = TaskDefinitionStatus::Inactive;
+            d.deregistered_at = Some(at);
             changed.push(Key::TaskDefinition {
                 namespace: namespace.to_owned(),
                 family: family.to_owned(),
@@ -65,7 +67,7 @@ impl State {
             .or_default();
         if reuse_identical {
             if let Some(latest) = revs
-                .iter()
+                .values()
                 .rev()
                 .find(|d| d.status == TaskDefinitionStatus::Active)
             {
@@ -77,7 +79,10 @@ impl State {
                 }
             }
         }
-        let revision = u32::try_from(revs.len() + 1).unwrap_or(u32::MAX);
+        let revision = revs
+            .keys()
+            .next_back()
+            .map_or(1, |last| last.saturating_add(1));
         let def = TaskDefinition {
             namespace: namespace.clone(),
             family: spec.family.clone(),
@@ -90,8 +95,9 @@ impl State {
             ephemeral_storage: spec.ephemeral_storage,
             meta: spec.meta,
             registered_at: at,
+            deregistered_at: None,
         };
-        revs.push(def.clone());
+        revs.insert(revision, def.clone());
         changed.push(Key::TaskDefinition {
             namespace,
             family: spec.family,
@@ -100,6 +106,47 @@ impl State {
         CommandResult::TaskDefinition {
             task_definition: def,
             created: true,
+        }
+    }
+}
+
+impl State {
+    /// Why `def`, an INACTIVE revision, starts nothing new, and what to use instead.
+    pub fn inactive_revision(&self, def: &TaskDefinition) -> String {
+        let family = berth_model::TaskDefinitionRef {
+            family: def.family.clone(),
+            revision: None,
+        };
+        let hint = match self.task_definition(&def.namespace, &family) {
+            Some(active) => format!(
+                "use {}:{}, its latest ACTIVE revision",
+                def.family, active.revision
+            ),
+            None => format!(
+                "family {} has no ACTIVE revision left: register it again with `berth apply -f`",
+                def.family
+            ),
+        };
+        format!(
+            "task definition {}:{} is INACTIVE (deregistered); {hint}",
+            def.family, def.revision
+        )
+    }
+}
+
+/// Revision numbers as a short phrase: `revisions 1 to 4`, or the numbers left when some
+/// were deleted (`revisions 2, 5 and 6`).
+fn revision_list(revisions: impl Iterator<Item = u32>) -> String {
+    let all: Vec<u32> = revisions.collect();
+    match all.as_slice() {
+        [] => "no revisions".to_owned(),
+        [one] => format!("revision {one} only"),
+        [first, .., last] if usize::try_from(last - first).ok() == Some(all.len() - 1) => {
+            format!("revisions {first} to {last}")
+        }
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(u32::to_string).collect();
+            format!("revisions {} and {last}", init.join(", "))
         }
     }
 }

@@ -12,23 +12,52 @@ use crate::services::record_service_failure;
 use crate::{ClientToken, Key, State};
 
 impl State {
-    /// Records a task in the by-namespace index, and in the by-node index when it arrives
-    /// already placed.
-    /// Refreshes `pending` and `allocated` for the tasks in `changed`. Tasks are never deleted
-    /// one by one (a command that deletes tasks rebuilds the indexes, as `ReplaceState` does),
-    /// and a task's node never changes once set.
+    /// Refreshes the indexes that follow a task's status (`pending`, `allocated`, live and
+    /// stopped sets) for the tasks in `changed`. A task's node never changes once set, and a
+    /// stopped task never runs again (its stop time stays).
     pub(crate) fn reindex(&mut self, changed: &[Key]) {
         let mut nodes = BTreeSet::new();
         for key in changed {
             let Key::Task(id) = key else { continue };
             let Some(task) = self.tasks.get(id) else {
-                self.pending.remove(id);
+                // Removed: `unindex` has forgotten it.
                 continue;
             };
             if waits_for_a_node(task) {
                 self.pending.insert(id.clone());
             } else {
                 self.pending.remove(id);
+            }
+            let group = group_of(task);
+            if task.is_stopped() {
+                if self.live.remove(id) {
+                    if let Some(g) = &group {
+                        remove_from(&mut self.live_groups, g, id);
+                    }
+                }
+                if let Some(node) = &task.node {
+                    remove_from(&mut self.live_by_node, node, id);
+                }
+                let entry = (stopped_at(task), id.clone());
+                if let Some(g) = group {
+                    self.stopped_groups
+                        .entry(g)
+                        .or_default()
+                        .insert(entry.clone());
+                }
+                self.stopped.insert(entry);
+            } else {
+                if self.live.insert(id.clone()) {
+                    if let Some(g) = group {
+                        self.live_groups.entry(g).or_default().insert(id.clone());
+                    }
+                }
+                if let Some(node) = &task.node {
+                    self.live_by_node
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
             }
             if let Some(node) = &task.node {
                 nodes.insert(node.clone());
@@ -39,28 +68,38 @@ impl State {
         }
     }
 
-    /// Recomputes `pending` and `allocated` from every task.
+    /// Recomputes every index that follows tasks' status, and the revisions' users, from
+    /// every task.
     pub(crate) fn rebuild_indexes(&mut self) {
-        self.pending = self
-            .tasks
-            .values()
-            .filter(|t| waits_for_a_node(t))
-            .map(|t| t.task_id.clone())
-            .collect();
+        self.pending.clear();
+        self.live.clear();
+        self.live_groups.clear();
+        self.live_by_node.clear();
+        self.stopped.clear();
+        self.stopped_groups.clear();
+        self.revision_users.clear();
+        let keys: Vec<Key> = self.tasks.keys().cloned().map(Key::Task).collect();
+        for task in self.tasks.values() {
+            *self.revision_users.entry(revision_of(task)).or_default() += 1;
+        }
         self.allocated.clear();
-        let nodes: Vec<String> = self.tasks_by_node.keys().cloned().collect();
-        for node in nodes {
-            self.refresh_allocation(node);
+        self.reindex(&keys);
+        self.removed_ages.clear();
+        self.removed_by_node.clear();
+        for r in self.removed.values() {
+            self.removed_ages.insert((r.removed_at, r.task_id.clone()));
+            if let Some(node) = &r.node {
+                self.removed_by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(r.task_id.clone());
+            }
         }
     }
-
     fn refresh_allocation(&mut self, node: String) {
-        let used = self
-            .tasks_on(&node)
-            .filter(|t| !t.is_stopped())
-            .fold((0, 0), |(cpu, memory), t| {
-                (cpu + u64::from(t.cpu), memory + u64::from(t.memory))
-            });
+        let used = self.live_tasks_on(&node).fold((0, 0), |(cpu, memory), t| {
+            (cpu + u64::from(t.cpu), memory + u64::from(t.memory))
+        });
         if used == (0, 0) {
             self.allocated.remove(&node);
         } else {
@@ -77,7 +116,10 @@ impl State {
             .filter_map(|id| self.tasks.get(id))
     }
 
+    /// Records a new task in the indexes that never change with its status (by namespace, by
+    /// node once placed, its revision's users); [`State::reindex`] does the rest.
     pub(crate) fn index(&mut self, task: &Task) {
+        *self.revision_users.entry(revision_of(task)).or_default() += 1;
         self.tasks_by_namespace
             .entry(task.namespace.clone())
             .or_default()
@@ -347,6 +389,86 @@ impl State {
             }
         }
         CommandResult::Placed(placed)
+    }
+}
+
+impl State {
+    /// Takes a task out of the state and out of every index (the retention's removal).
+    pub(crate) fn unindex(&mut self, id: &str) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        let in_set = |index: &mut BTreeMap<String, BTreeSet<String>>, key: &str| {
+            if let Some(set) = index.get_mut(key) {
+                set.remove(id);
+                if set.is_empty() {
+                    index.remove(key);
+                }
+            }
+        };
+        in_set(&mut self.tasks_by_namespace, &task.namespace);
+        if let Some(node) = &task.node {
+            in_set(&mut self.tasks_by_node, node);
+        }
+        let revision = revision_of(&task);
+        if let Some(n) = self.revision_users.get_mut(&revision) {
+            *n -= 1;
+            if *n == 0 {
+                self.revision_users.remove(&revision);
+            }
+        }
+        self.pending.remove(id);
+        let group = group_of(&task);
+        if self.live.remove(id) {
+            if let Some(g) = &group {
+                remove_from(&mut self.live_groups, g, id);
+            }
+        }
+        if let Some(node) = &task.node {
+            remove_from(&mut self.live_by_node, node, id);
+        }
+        let entry = (stopped_at(&task), id.to_owned());
+        if self.stopped.remove(&entry) {
+            if let Some(g) = group {
+                if let Some(set) = self.stopped_groups.get_mut(&g) {
+                    set.remove(&entry);
+                    if set.is_empty() {
+                        self.stopped_groups.remove(&g);
+                    }
+                }
+            }
+        }
+        if let Some(node) = task.node.clone() {
+            self.refresh_allocation(node);
+        }
+        Some(task)
+    }
+}
+
+/// The `(namespace, group)` a task belongs to, if it has a group.
+fn group_of(task: &Task) -> Option<(String, String)> {
+    task.group
+        .as_ref()
+        .map(|g| (task.namespace.clone(), g.clone()))
+}
+
+/// When a stopped task stopped (its creation when no stop time was recorded).
+pub(crate) fn stopped_at(task: &Task) -> Timestamp {
+    task.stopped_at.unwrap_or(task.created_at)
+}
+
+fn revision_of(task: &Task) -> crate::RevisionKey {
+    crate::RevisionKey {
+        namespace: task.namespace.clone(),
+        family: task.task_definition.family.clone(),
+        revision: task.task_definition.revision.unwrap_or_default(),
+    }
+}
+
+pub(crate) fn remove_from<K: Ord>(index: &mut BTreeMap<K, BTreeSet<String>>, key: &K, id: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
     }
 }
 

@@ -18,7 +18,12 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectChange {
     Put(Box<Object>),
-    Deleted(Key),
+    /// The object went; `namespace` is its namespace when the key does not say (a task the
+    /// retention removed), so namespaced watchers see only their own deletions.
+    Deleted {
+        key: Key,
+        namespace: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -48,7 +53,13 @@ impl ChangeLog {
             }
             let change = match state.object(key) {
                 Some(o) => ObjectChange::Put(Box::new(o)),
-                None => ObjectChange::Deleted(key.clone()),
+                None => ObjectChange::Deleted {
+                    key: key.clone(),
+                    namespace: match key {
+                        Key::Task(id) => state.removed_task_by_id(id).map(|r| r.namespace.clone()),
+                        _ => None,
+                    },
+                },
             };
             self.changes.push_back(Change { revision, change });
         }
@@ -99,7 +110,10 @@ mod tests {
         assert_eq!(after_11.len(), 1);
         assert_eq!(
             after_11[0].change,
-            ObjectChange::Deleted(Key::Task("b".into()))
+            ObjectChange::Deleted {
+                key: Key::Task("b".into()),
+                namespace: None
+            }
         );
         assert_eq!(log.since(10).map(|c| c.len()), Some(2));
         assert!(log.since(9).is_none(), "from before the log started");

@@ -77,6 +77,17 @@ pub(crate) struct ServerArgs {
     /// their own tasks after 80% of it without contact (self-fencing).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub(crate) node_ttl: Duration,
+    /// How long a stopped task stays visible (with its events and logs) before it is removed;
+    /// also how long an INACTIVE task definition revision nothing uses stays.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub(crate) task_retention: Duration,
+    /// How many of each service's latest stopped tasks stay past --task-retention, for
+    /// debugging (until newer ones replace them or the service is deleted).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) keep_stopped_per_service: usize,
+    /// A node DOWN this long is removed (as `berth node remove` does).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    pub(crate) node_retention: Duration,
     /// Build a Raft snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 5000)]
     pub(crate) snapshot_every: u64,
@@ -122,6 +133,20 @@ impl ServerArgs {
         config.restore = self.restore;
         config.no_bootstrap = self.no_bootstrap;
         config.node_ttl = self.node_ttl;
+        anyhow::ensure!(
+            self.task_retention >= Duration::from_secs(1),
+            "--task-retention must be at least 1s"
+        );
+        anyhow::ensure!(
+            self.node_retention >= self.node_ttl,
+            "--node-retention must be at least --node-ttl"
+        );
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        config.retention = berth_server::RetentionPolicy {
+            tasks_ms: ms(self.task_retention),
+            keep_per_service: self.keep_stopped_per_service,
+            nodes_ms: ms(self.node_retention),
+        };
         config.raft = RaftTuning {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             election_timeout: (

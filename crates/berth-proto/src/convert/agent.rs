@@ -95,32 +95,46 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
 /// larger: a quarter of gRPC's default 4 MiB limit.
 pub const DESIRED_CHANGES_BYTES: usize = 1 << 20;
 
-/// Changes to a node's desired set as messages: `upserts` and `removed` split so that each
-/// message stays under [`DESIRED_CHANGES_BYTES`] (an assignment larger than that travels
-/// alone); the first message carries `reset`, only the last `complete`. Always at least one
-/// message.
+/// Changes to a node's desired set as messages: `upserts` (and, with `reset`, `kept`) split
+/// so that each message stays under [`DESIRED_CHANGES_BYTES`] (an assignment larger than that
+/// travels alone); the first message carries `reset`, `removed` and `retired`, only the last
+/// `complete`. Always at least one message.
 pub fn desired_changes(
     reset: bool,
     upserts: Vec<m::Assignment>,
     removed: Vec<String>,
+    retired: Vec<String>,
+    kept: Vec<String>,
 ) -> Vec<v1::DesiredChanges> {
     use prost::Message as _;
     let mut messages = vec![v1::DesiredChanges {
         reset,
         removed,
+        retired,
+        lists_kept: reset,
         ..Default::default()
     }];
     let mut size = messages[0].encoded_len();
-    for a in upserts {
-        let wire = v1::TaskAssignment::from(a);
-        let len = wire.encoded_len() + 8;
+    let mut room = |len: usize, messages: &mut Vec<v1::DesiredChanges>| {
         if size + len > DESIRED_CHANGES_BYTES && size > 0 {
             messages.push(v1::DesiredChanges::default());
             size = 0;
         }
         size += len;
+    };
+    for a in upserts {
+        let wire = v1::TaskAssignment::from(a);
+        room(wire.encoded_len() + 8, &mut messages);
         if let Some(last) = messages.last_mut() {
             last.upserts.push(wire);
+        }
+    }
+    if reset {
+        for id in kept {
+            room(id.len() + 4, &mut messages);
+            if let Some(last) = messages.last_mut() {
+                last.kept.push(id);
+            }
         }
     }
     if let Some(last) = messages.last_mut() {
@@ -160,6 +174,7 @@ impl TryFrom<v1::Register> for m::Node {
                 allocated: 0,
             },
             registered_at: 0,
+            down_since: None,
             events: m::EventLog::default(),
         })
     }
@@ -209,7 +224,14 @@ mod tests {
                 a
             })
             .collect();
-        let messages = desired_changes(true, tasks, vec!["gone".into()]);
+        let kept: Vec<String> = (0..40_000).map(|i| format!("{i:036}")).collect();
+        let messages = desired_changes(
+            true,
+            tasks,
+            vec!["gone".into()],
+            vec!["retired".into()],
+            kept,
+        );
         assert!(messages.len() >= 7, "{} messages", messages.len());
         for (i, m) in messages.iter().enumerate() {
             use prost::Message as _;
@@ -219,10 +241,19 @@ mod tests {
         }
         assert_eq!(messages.iter().map(|m| m.upserts.len()).sum::<usize>(), 400);
         assert_eq!(messages[0].removed, ["gone"]);
-        // A change of one task is one small message.
-        let one = desired_changes(false, vec![assignment()], Vec::new());
+        assert_eq!(messages[0].retired, ["retired"]);
+        // 40,000 IDs of 36 bytes: more than a message holds, split too.
+        assert_eq!(messages.iter().map(|m| m.kept.len()).sum::<usize>(), 40_000);
+        // A change of one task is one small message; `kept` goes only with a whole set.
+        let one = desired_changes(
+            false,
+            vec![assignment()],
+            Vec::new(),
+            Vec::new(),
+            vec!["x".into()],
+        );
         assert_eq!(one.len(), 1);
-        assert!(one[0].complete && !one[0].reset);
+        assert!(one[0].complete && !one[0].reset && one[0].kept.is_empty());
     }
 
     #[test]

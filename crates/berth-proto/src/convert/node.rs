@@ -33,6 +33,7 @@ impl From<m::Node> for v1::Node {
             cpu: Some(n.cpu.into()),
             memory: Some(n.memory.into()),
             registered_at: n.registered_at,
+            down_since: n.down_since,
             events: events_to_wire(&n.events),
         }
     }
@@ -52,6 +53,7 @@ impl TryFrom<v1::Node> for m::Node {
             cpu: res(n.cpu, "cpu")?,
             memory: res(n.memory, "memory")?,
             registered_at: n.registered_at,
+            down_since: n.down_since,
             events: events_from_wire(n.events),
         })
     }

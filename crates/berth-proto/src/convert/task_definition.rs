@@ -230,6 +230,7 @@ impl From<m::TaskDefinition> for v1::TaskDefinition {
             registered_at: d.registered_at,
             placement: placement_to_wire(d.placement),
             ephemeral_storage_gib: d.ephemeral_storage.map(|e| e.size_in_gib),
+            deregistered_at: d.deregistered_at,
             labels: d.meta.labels,
             annotations: d.meta.annotations,
         }
@@ -253,6 +254,7 @@ impl TryFrom<v1::TaskDefinition> for m::TaskDefinition {
                 .ephemeral_storage_gib
                 .map(|size_in_gib| m::EphemeralStorage { size_in_gib }),
             meta: meta(d.labels, d.annotations),
+            deregistered_at: d.deregistered_at,
         })
     }
 }

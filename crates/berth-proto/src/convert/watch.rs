@@ -43,7 +43,8 @@ pub fn object_event(
         | Object::Certificates(_)
         | Object::CaRotation(_)
         | Object::Secret(_)
-        | Object::SecretKeys(_) => ("token", String::new(), String::new(), None),
+        | Object::SecretKeys(_)
+        | Object::RemovedTask(_) => ("token", String::new(), String::new(), None),
         Object::Namespace(n) => ("namespace", n.name.clone(), String::new(), None),
     };
     v1::WatchEvent {
@@ -56,10 +57,11 @@ pub fn object_event(
     }
 }
 
-/// The deletion of the object stored under `key`, as a watch event.
-pub fn deleted_event(revision: u64, key: Key) -> v1::WatchEvent {
+/// The deletion of the object stored under `key`, as a watch event; `namespace` is the
+/// object's when its key does not name it (a task's).
+pub fn deleted_event(revision: u64, key: Key, namespace: Option<String>) -> v1::WatchEvent {
     let (kind, name, namespace) = match key {
-        Key::Task(id) => ("task", id, String::new()),
+        Key::Task(id) => ("task", id, namespace.unwrap_or_default()),
         Key::Service { namespace, name } => ("service", name, namespace),
         Key::Node(name) => ("node", name, String::new()),
         Key::TaskDefinition {
@@ -73,7 +75,8 @@ pub fn deleted_event(revision: u64, key: Key) -> v1::WatchEvent {
         | Key::Certificates(_)
         | Key::CaRotation
         | Key::Secret { .. }
-        | Key::SecretKeys => ("token", String::new(), String::new()),
+        | Key::SecretKeys
+        | Key::RemovedTask(_) => ("token", String::new(), String::new()),
         Key::Namespace(name) => ("namespace", name, String::new()),
     };
     v1::WatchEvent {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::Assignment;
 use berth_proto::v1::{Endpoints, RenewCertificate, ServerMessage};
@@ -28,6 +28,8 @@ pub(super) async fn desired_sets(
     let mut sent: Option<BTreeMap<String, Assignment>> = None;
     // Tasks held back while this server fetches a key of their secrets, since when.
     let mut held_since: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    // The node's tasks removed by the retention that the agent was told about.
+    let mut retired_sent: BTreeSet<String> = BTreeSet::new();
     loop {
         if !*leader.borrow_and_update() {
             // Send the agent to the new leader.
@@ -35,11 +37,27 @@ pub(super) async fn desired_sets(
             let _ = tx.send(Err(status::not_leader(leader_addr))).await;
             return;
         }
-        let desired = store.read_stale(|s| {
-            s.node(&node)
-                .map(|_| berth_control::desired_tasks(s, &node))
+        let whole = sent.is_none();
+        let read = store.read_stale(|s| {
+            s.node(&node)?;
+            // A whole set says which of the node's tasks the state still holds; after it,
+            // the ones the retention removed since are named.
+            let kept: Vec<String> = if whole {
+                s.tasks_on(&node).map(|t| t.task_id.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            let retired: Vec<String> = s
+                .removed_from(&node)
+                .filter(|id| !retired_sent.contains(*id))
+                .map(str::to_owned)
+                .collect();
+            if retired_sent.len() > 64 {
+                retired_sent.retain(|id| s.removed_task_by_id(id).is_some());
+            }
+            Some((berth_control::desired_tasks(s, &node), kept, retired))
         });
-        let Some(mut desired) = desired else {
+        let Some((mut desired, kept, retired)) = read else {
             tracing::info!("node removed; ending its agent's stream");
             let _ = tx.send(Err(super::removed(&node))).await;
             return;
@@ -71,8 +89,9 @@ pub(super) async fn desired_sets(
             }
         }
         let (reset, upserts, removed) = changes_since(sent.as_ref(), &desired);
-        if reset || !upserts.is_empty() || !removed.is_empty() {
-            for changes in berth_proto::desired_changes(reset, upserts, removed) {
+        retired_sent.extend(retired.iter().cloned());
+        if reset || !upserts.is_empty() || !removed.is_empty() || !retired.is_empty() {
+            for changes in berth_proto::desired_changes(reset, upserts, removed, retired, kept) {
                 let msg = ServerMessage {
                     msg: Some(ServerMsg::Changes(changes)),
                 };

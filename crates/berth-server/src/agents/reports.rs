@@ -62,11 +62,17 @@ impl Reader {
         let samples = berth_proto::task_samples(report);
         let now = crate::now_ms();
         let name = &self.node.name;
-        let own: std::collections::HashSet<String> = self
-            .store
-            .read_stale(|s| s.tasks_on(name).map(|t| t.task_id.clone()).collect());
-        for (task_id, mut metrics) in samples {
-            if own.contains(&task_id) {
+        let own: Vec<bool> = self.store.read_stale(|s| {
+            samples
+                .iter()
+                .map(|(id, _)| {
+                    s.task_by_id(id)
+                        .is_some_and(|t| t.node.as_deref() == Some(name.as_str()))
+                })
+                .collect()
+        });
+        for ((task_id, mut metrics), own) in samples.into_iter().zip(own) {
+            if own {
                 metrics.sampled_at = now;
                 self.usage.record(task_id, metrics);
             }

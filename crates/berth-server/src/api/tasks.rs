@@ -48,26 +48,8 @@ impl BerthService {
         if def.status == berth_model::TaskDefinitionStatus::Inactive {
             // ECS's rule: a deregistered revision keeps running where it runs, but runs no
             // more tasks.
-            let family = berth_model::TaskDefinitionRef {
-                family: def.family.clone(),
-                revision: None,
-            };
-            let active = self
-                .read(false, |s| {
-                    s.task_definition(&namespace, &family).map(|d| d.revision)
-                })
-                .await?;
-            let hint = match active {
-                Some(rev) => format!("run {}:{rev}, its latest ACTIVE revision", def.family),
-                None => format!(
-                    "family {} has no ACTIVE revision left: register it again with `berth apply -f`",
-                    def.family
-                ),
-            };
-            return Err(status::precondition(format!(
-                "task definition {}:{} is INACTIVE (deregistered); {hint}",
-                def.family, def.revision
-            )));
+            let why = self.read(false, |s| s.inactive_revision(&def)).await?;
+            return Err(status::precondition(why));
         }
         let at = now_ms();
         let tasks = (0..count)
@@ -164,15 +146,15 @@ impl BerthService {
     ) -> Answer<pb::Task> {
         let namespace = scoped(caller, req.namespace, Permission::Read)?;
         task_id(&req.task_id)?;
-        let task = self
-            .read(req.stale, |s| s.task(&namespace, &req.task_id).cloned())
-            .await?
-            .ok_or_else(|| {
-                status::not_found(format!(
-                    "task {} not found in namespace {namespace}",
-                    req.task_id
-                ))
-            })?;
+        let (task, removed) = self
+            .read(req.stale, |s| {
+                (
+                    s.task(&namespace, &req.task_id).cloned(),
+                    s.removed_task(&namespace, &req.task_id).cloned(),
+                )
+            })
+            .await?;
+        let task = task.ok_or_else(|| missing(removed, &namespace, &req.task_id))?;
         Ok(Response::new(self.usage.fill(task).into()))
     }
 
@@ -242,7 +224,7 @@ impl BerthService {
 
     /// The node a task was placed on.
     async fn task_node(&self, namespace: &str, task_id: &str) -> Result<berth_model::Node, Status> {
-        let (task, node) = self
+        let (task, node, removed) = self
             .read(false, |s| {
                 let task = s.task(namespace, task_id).cloned();
                 let node = task
@@ -250,18 +232,29 @@ impl BerthService {
                     .and_then(|t| t.node.as_deref())
                     .and_then(|n| s.node(n))
                     .cloned();
-                (task, node)
+                (task, node, s.removed_task(namespace, task_id).cloned())
             })
             .await?;
-        let task = task.ok_or_else(|| {
-            status::not_found(format!("task {task_id} not found in namespace {namespace}"))
-        })?;
+        let task = task.ok_or_else(|| missing(removed, namespace, task_id))?;
         node.ok_or_else(|| {
             status::precondition(format!(
                 "task {} has not been placed on a node yet",
                 task.task_id
             ))
         })
+    }
+}
+
+/// The answer about a task the state does not hold: removed by the retention, when the state
+/// still remembers that, or not found.
+fn missing(removed: Option<berth_model::RemovedTask>, namespace: &str, task_id: &str) -> Status {
+    match removed {
+        Some(r) => status::not_found(format!(
+            "task {task_id} was removed by retention at {}, with its events and logs: it stopped at {}, and stopped tasks stay visible for the servers' --task-retention",
+            berth_model::format_timestamp(r.removed_at),
+            berth_model::format_timestamp(r.stopped_at),
+        )),
+        None => status::not_found(format!("task {task_id} not found in namespace {namespace}")),
     }
 }
 

@@ -1,0 +1,273 @@
+//! The retention's round: what finished work has been kept long enough to go. Stopped tasks
+//! go after the task retention, except the latest few of each service; removed tasks are
+//! remembered as removed for another task retention; INACTIVE revisions nothing uses go after
+//! the task retention; nodes DOWN for the node retention go. Everything in `Retire` commands
+//! of at most [`BATCH`] objects, so one round never makes a huge Raft entry.
+
+use std::collections::{HashMap, HashSet};
+
+use berth_model::NodeStatus;
+use berth_state::{Command, Retirement, State};
+
+/// The most objects one `Retire` command removes.
+pub const BATCH: usize = 500;
+/// The most `Retire` commands one round proposes; the rest waits for the next round.
+pub const MAX_BATCHES: usize = 20;
+
+/// How long finished work is kept, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a stopped task stays visible (`--task-retention`); also how long a removed
+    /// task is remembered as removed, and how long an unused INACTIVE revision stays.
+    pub tasks_ms: u64,
+    /// How many of each service's latest stopped tasks stay past the task retention, for
+    /// debugging (`--keep-stopped-per-service`): until newer ones replace them or the
+    /// service goes.
+    pub keep_per_service: usize,
+    /// How long a DOWN node stays before it is removed (`--node-retention`).
+    pub nodes_ms: u64,
+}
+
+/// The round's `Retire` commands, oldest work first.
+pub fn plan(state: &State, at: u64, policy: &Policy) -> Vec<Command> {
+    let due = |since: u64, keep: u64| since.saturating_add(keep) <= at;
+    let most = BATCH * MAX_BATCHES;
+    // Which stopped tasks of each service stay longer (worked out once per service).
+    let mut kept: HashMap<(String, String), HashSet<String>> = HashMap::new();
+    let mut tasks = Vec::new();
+    for (stopped_at, id) in state.stopped_oldest_first() {
+        if !due(stopped_at, policy.tasks_ms) || tasks.len() == most {
+            break;
+        }
+        let Some(task) = state.task_by_id(id) else {
+            continue;
+        };
+        let service = task
+            .group
+            .as_deref()
+            .and_then(|g| g.strip_prefix("service:"));
+        if let Some(name) = service.filter(|n| state.service(&task.namespace, n).is_some()) {
+            let group = task.group.clone().unwrap_or_default();
+            let latest = kept
+                .entry((task.namespace.clone(), name.to_owned()))
+                .or_insert_with(|| {
+                    state
+                        .latest_stopped_of(&task.namespace, &group, policy.keep_per_service)
+                        .map(str::to_owned)
+                        .collect()
+                });
+            if latest.contains(id) {
+                continue;
+            }
+        }
+        tasks.push(id.to_owned());
+    }
+    let forget: Vec<String> = state
+        .removed_oldest_first()
+        .take_while(|(removed_at, _)| due(*removed_at, policy.tasks_ms))
+        .take(most)
+        .map(|(_, id)| id.to_owned())
+        .collect();
+    let revisions: Vec<_> = state
+        .inactive_revisions()
+        .filter(|(since, key)| due(*since, policy.tasks_ms) && state.revision_removable(key))
+        .map(|(_, key)| key)
+        .take(most)
+        .collect();
+    let nodes: Vec<String> = state
+        .nodes()
+        .filter(|n| n.status == NodeStatus::Down)
+        .filter(|n| {
+            // A node DOWN from before the time was recorded: its last event says when.
+            let since = n
+                .down_since
+                .or_else(|| n.events.last().map(|e| e.at))
+                .unwrap_or(n.registered_at);
+            due(since, policy.nodes_ms)
+        })
+        .map(|n| n.name.clone())
+        .collect();
+    batches(tasks, forget, revisions, nodes, at)
+}
+
+/// One object a `Retire` command removes.
+enum Removal {
+    Task(String),
+    Forget(String),
+    Revision(berth_state::RevisionKey),
+    Node(String),
+}
+
+/// Splits the round's removals into commands of at most [`BATCH`] objects each.
+fn batches(
+    tasks: Vec<String>,
+    forget: Vec<String>,
+    revisions: Vec<berth_state::RevisionKey>,
+    nodes: Vec<String>,
+    at: u64,
+) -> Vec<Command> {
+    let all: Vec<Removal> = tasks
+        .into_iter()
+        .map(Removal::Task)
+        .chain(forget.into_iter().map(Removal::Forget))
+        .chain(revisions.into_iter().map(Removal::Revision))
+        .chain(nodes.into_iter().map(Removal::Node))
+        .collect();
+    let mut commands = Vec::new();
+    let mut rest = all.into_iter().peekable();
+    while rest.peek().is_some() && commands.len() < MAX_BATCHES {
+        let mut r = Retirement {
+            tasks: Vec::new(),
+            forget: Vec::new(),
+            revisions: Vec::new(),
+            nodes: Vec::new(),
+            at,
+        };
+        for removal in rest.by_ref().take(BATCH) {
+            match removal {
+                Removal::Task(id) => r.tasks.push(id),
+                Removal::Forget(id) => r.forget.push(id),
+                Removal::Revision(key) => r.revisions.push(key),
+                Removal::Node(name) => r.nodes.push(name),
+            }
+        }
+        commands.push(Command::Retire(r));
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_model::{ContainerDefinition, Node, StopCode, Task, TaskDefinitionSpec, TaskStatus};
+
+    use super::*;
+
+    const POLICY: Policy = Policy {
+        tasks_ms: 1000,
+        keep_per_service: 1,
+        nodes_ms: 5000,
+    };
+
+    /// Tasks `(id, group, stopped at)` on node n1, all stopped; service `svc` exists.
+    fn state(tasks: &[(&str, Option<&str>, u64)]) -> State {
+        let mut s = State::default();
+        s.apply(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: TaskDefinitionSpec::new(
+                "web",
+                256,
+                64,
+                vec![ContainerDefinition::new("app", "busybox")],
+            ),
+            reuse_identical: false,
+            at: 0,
+        });
+        let def = s
+            .task_definition("default", &"web:1".parse().expect("ref"))
+            .expect("registered")
+            .clone();
+        s.apply(Command::ApplyService {
+            namespace: "default".into(),
+            spec: Box::new(berth_model::ServiceSpec {
+                ingress: Vec::new(),
+                deregistration_delay: 0,
+                meta: Default::default(),
+                name: "svc".into(),
+                task_definition: "web:1".parse().expect("ref"),
+                desired_count: 0,
+                deployment_configuration: Default::default(),
+                placement: Default::default(),
+                autoscaling: None,
+            }),
+            deployment_id: "d1".into(),
+            at: 0,
+        });
+        s.apply(Command::RegisterNode {
+            node: Node::new("n1", "127.0.0.1:1", 1 << 20, 1 << 20),
+            at: 0,
+        });
+        for (id, group, at) in tasks {
+            let mut t = Task::pending((*id).into(), "default", &def, 0);
+            t.group = group.map(str::to_owned);
+            s.apply(Command::CreateTasks {
+                tasks: vec![t],
+                client_token: None,
+                at: 0,
+            });
+            s.apply(Command::StopTask {
+                namespace: "default".into(),
+                task_id: (*id).into(),
+                stop_code: StopCode::UserInitiated,
+                reason: "done".into(),
+                at: *at,
+            });
+        }
+        s
+    }
+
+    fn retirements(commands: &[Command]) -> Vec<&Retirement> {
+        commands
+            .iter()
+            .map(|c| match c {
+                Command::Retire(r) => r,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stopped_tasks_go_after_the_retention_but_each_services_latest_stay() {
+        let mut s = state(&[
+            ("one-off-old", None, 100),
+            ("svc-old", Some("service:svc"), 200),
+            ("svc-latest", Some("service:svc"), 300),
+            ("one-off-new", None, 900),
+            // A service that is gone keeps nothing longer.
+            ("gone-svc", Some("service:gone"), 400),
+        ]);
+        assert!(s
+            .task_by_id("svc-old")
+            .is_some_and(|t| t.last_status == TaskStatus::Stopped));
+        let commands = plan(&s, 1500, &POLICY);
+        let r = retirements(&commands);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].tasks, ["one-off-old", "svc-old", "gone-svc"]);
+        assert!(r[0].forget.is_empty() && r[0].revisions.is_empty() && r[0].nodes.is_empty());
+        for c in commands {
+            s.apply(c);
+        }
+        // Remembered as removed for another retention, then forgotten.
+        assert!(plan(&s, 1800, &POLICY).is_empty());
+        let commands = plan(&s, 2500, &POLICY);
+        let r = retirements(&commands);
+        assert_eq!(r[0].tasks, ["one-off-new"]);
+        assert_eq!(r[0].forget.len(), 3);
+    }
+
+    #[test]
+    fn big_rounds_are_split_into_batches_and_capped() {
+        let ids: Vec<String> = (0..1200).map(|i| format!("t{i:05}")).collect();
+        let tasks: Vec<(&str, Option<&str>, u64)> =
+            ids.iter().map(|id| (id.as_str(), None, 1)).collect();
+        let s = state(&tasks);
+        let commands = plan(&s, 5000, &POLICY);
+        let sizes: Vec<usize> = retirements(&commands)
+            .iter()
+            .map(|r| r.tasks.len())
+            .collect();
+        assert_eq!(sizes, [500, 500, 200]);
+    }
+
+    #[test]
+    fn down_nodes_go_after_the_node_retention() {
+        let mut s = state(&[]);
+        s.apply(Command::MarkNodeDown {
+            node: "n1".into(),
+            reason: "silent".into(),
+            at: 1000,
+        });
+        assert!(plan(&s, 5999, &POLICY).is_empty());
+        let commands = plan(&s, 6000, &POLICY);
+        assert_eq!(retirements(&commands)[0].nodes, ["n1"]);
+    }
+}
