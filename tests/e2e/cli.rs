@@ -138,7 +138,7 @@ async fn diff_dry_run_apply_and_delete_round_trip() -> anyhow::Result<()> {
     let out = cli(&addr, &["run", "--task-definition", "hello:1"]).await?;
     assert!(
         !out.status.success()
-            && stderr(&out).contains("task definition hello:1 is INACTIVE (deregistered); run hello:2, its latest ACTIVE revision"),
+            && stderr(&out).contains("task definition hello:1 is INACTIVE (deregistered); use hello:2, its latest ACTIVE revision"),
         "{}",
         stderr(&out)
     );

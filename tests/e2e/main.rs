@@ -9,6 +9,7 @@ mod ingress;
 mod network;
 mod nodes;
 mod pulls;
+mod retention;
 mod rotation;
 mod sandbox;
 mod secrets;

@@ -18,13 +18,9 @@ pub trait Samples {
 
 /// The service's RUNNING tasks.
 fn running<'a>(state: &'a State, svc: &'a Service) -> impl Iterator<Item = &'a Task> + 'a {
-    let group = svc.group();
-    state.tasks().filter(move |t| {
-        t.namespace == svc.namespace
-            && t.group.as_deref() == Some(group.as_str())
-            && t.last_status == TaskStatus::Running
-            && !t.is_stopped()
-    })
+    state
+        .live_tasks_of(&svc.namespace, &svc.group())
+        .filter(|t| t.last_status == TaskStatus::Running)
 }
 
 /// The samples of `tasks`, in percent of their reservations.

@@ -2,9 +2,7 @@
 //! (and `berth get endpoints` shows). A service whose task definition publishes no TCP port is
 //! not discoverable and costs nothing here.
 
-use std::collections::HashMap;
-
-use berth_model::{published_tcp_ports, service_endpoints, ServiceEndpoints, Task};
+use berth_model::{published_tcp_ports, service_endpoints, ServiceEndpoints};
 use berth_state::State;
 
 /// Every discoverable service's endpoints, by namespace and name.
@@ -21,16 +19,10 @@ pub fn endpoints(state: &State) -> Vec<ServiceEndpoints> {
         return Vec::new();
     }
     services.sort();
-    let mut tasks: HashMap<(&str, &str), Vec<&Task>> = HashMap::new();
-    for t in state.tasks().filter(|t| !t.is_stopped()) {
-        if let Some(name) = t.group.as_deref().and_then(|g| g.strip_prefix("service:")) {
-            tasks.entry((&t.namespace, name)).or_default().push(t);
-        }
-    }
     services
         .into_iter()
         .map(|(namespace, name, ports)| {
-            let of_service = tasks.get(&(namespace, name)).into_iter().flatten().copied();
+            let of_service = state.live_tasks_of(namespace, &format!("service:{name}"));
             service_endpoints(namespace, name, ports, of_service, |t| {
                 state.task_definition(&t.namespace, &t.task_definition)
             })

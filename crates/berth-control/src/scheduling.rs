@@ -69,8 +69,7 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
     // Where the groups being placed already run (other groups do not matter to this round).
     let groups: HashSet<&str> = requests.iter().map(|r| r.group.as_str()).collect();
     let existing: Vec<(String, String)> = state
-        .tasks()
-        .filter(|t| !t.is_stopped())
+        .live_tasks()
         .filter_map(|t| {
             let node = t.node.as_ref()?;
             let wanted = match &t.group {
@@ -89,7 +88,7 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
 /// rounds that place a task with one (few do): it looks at every live task.
 fn fixed_ports_by_node(state: &State) -> HashMap<&str, BTreeSet<(u16, Protocol)>> {
     let mut ports: HashMap<&str, BTreeSet<(u16, Protocol)>> = HashMap::new();
-    for t in state.tasks().filter(|t| !t.is_stopped()) {
+    for t in state.live_tasks() {
         let Some(node) = t.node.as_deref() else {
             continue;
         };

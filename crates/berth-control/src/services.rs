@@ -2,7 +2,7 @@
 //! and one `ReconcileService` command per service that needs one. The state machine refuses a
 //! command when the service changed since it was read; the next round decides again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{NodeStatus, PlacementSpec, Service, Task, TaskDefinitionRef};
 use berth_scheduler::service::{reconcile, ServiceInput};
@@ -30,12 +30,6 @@ pub fn merged_placement(service: &PlacementSpec, def: &PlacementSpec) -> Placeme
 /// One round's decisions: a `ReconcileService` command for every service that needs one.
 /// `ids` names new tasks and deployments (random UUIDs; seeded in the simulator).
 pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Command> {
-    let mut by_group: HashMap<(&str, &str), Vec<&Task>> = HashMap::new();
-    for t in state.tasks().filter(|t| !t.is_stopped()) {
-        if let Some(g) = t.group.as_deref() {
-            by_group.entry((&t.namespace, g)).or_default().push(t);
-        }
-    }
     let draining: BTreeSet<String> = state
         .nodes()
         .filter(|n| n.status == NodeStatus::Draining)
@@ -44,10 +38,7 @@ pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Comm
     let mut commands = Vec::new();
     for svc in state.services() {
         let group = svc.group();
-        let tasks = by_group
-            .get(&(svc.namespace.as_str(), group.as_str()))
-            .cloned()
-            .unwrap_or_default();
+        let tasks: Vec<&Task> = state.live_tasks_of(&svc.namespace, &group).collect();
         let health_checked = health_checked(state, svc, &tasks);
         let plan = reconcile(&ServiceInput {
             service: svc,

@@ -157,10 +157,13 @@ impl Metrics {
         i.raft_leader
             .set(i64::from(status.leader == Some(status.id)));
         let (counts, nodes) = store.read_stale(|s| {
+            // Live tasks only: stopped ones are counted, not read.
             let mut counts = std::collections::HashMap::new();
-            for t in s.tasks() {
+            for t in s.live_tasks() {
                 *counts.entry(t.last_status).or_insert(0i64) += 1;
             }
+            let stopped = i64::try_from(s.stopped_count()).unwrap_or(i64::MAX);
+            *counts.entry(TaskStatus::Stopped).or_insert(0i64) += stopped;
             let mut nodes = std::collections::HashMap::new();
             for n in s.nodes() {
                 *nodes.entry(n.status).or_insert(0i64) += 1;

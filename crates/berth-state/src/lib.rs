@@ -86,6 +86,8 @@ pub struct State {
     /// Tasks that have not stopped (derived, as `pending`): what the controllers look at, so
     /// their work follows live tasks, not history.
     live: BTreeSet<String>,
+    /// Live task IDs by namespace (derived): what a namespace's quota counts.
+    live_by_namespace: BTreeMap<String, BTreeSet<String>>,
     /// Live task IDs by the node they were placed on (derived).
     live_by_node: BTreeMap<String, BTreeSet<String>>,
     /// Live task IDs by `(namespace, group)` (derived).
@@ -109,6 +111,15 @@ impl State {
     /// Every task the state holds, stopped ones included (until the retention removes them).
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()
+    }
+
+    /// The tasks of `namespace`, stopped ones included, in task ID order.
+    pub fn tasks_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
     }
 
     /// The tasks that have not stopped, in task ID order, without looking at stopped ones.

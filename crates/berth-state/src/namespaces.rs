@@ -39,21 +39,20 @@ impl State {
         all
     }
 
-    /// What the tasks of `namespace` that have not stopped reserve. Cost: one look-up per task
-    /// ever created in the namespace (the by-namespace index keeps stopped tasks too, as tasks
-    /// are never removed), not a scan of every task; admission pays it only in namespaces whose
-    /// quota limits something.
+    /// What the tasks of `namespace` that have not stopped reserve. Cost: one look-up per
+    /// live task of the namespace; admission pays it only in namespaces whose quota limits
+    /// something.
     pub fn namespace_usage(&self, namespace: &str) -> Usage {
         self.usage_where(namespace, |_| true)
     }
 
     fn usage_where(&self, namespace: &str, keep: impl Fn(&Task) -> bool) -> Usage {
-        self.tasks_by_namespace
+        self.live_by_namespace
             .get(namespace)
             .into_iter()
             .flatten()
             .filter_map(|id| self.tasks.get(id))
-            .filter(|t| !t.is_stopped() && keep(t))
+            .filter(|t| keep(t))
             .map(Usage::of_task)
             .sum()
     }

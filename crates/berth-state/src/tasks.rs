@@ -35,6 +35,7 @@ impl State {
                         remove_from(&mut self.live_groups, g, id);
                     }
                 }
+                remove_from(&mut self.live_by_namespace, &task.namespace, id);
                 if let Some(node) = &task.node {
                     remove_from(&mut self.live_by_node, node, id);
                 }
@@ -52,6 +53,10 @@ impl State {
                         self.live_groups.entry(g).or_default().insert(id.clone());
                     }
                 }
+                self.live_by_namespace
+                    .entry(task.namespace.clone())
+                    .or_default()
+                    .insert(id.clone());
                 if let Some(node) = &task.node {
                     self.live_by_node
                         .entry(node.clone())
@@ -75,6 +80,7 @@ impl State {
         self.live.clear();
         self.live_groups.clear();
         self.live_by_node.clear();
+        self.live_by_namespace.clear();
         self.stopped.clear();
         self.stopped_groups.clear();
         self.revision_users.clear();
@@ -422,6 +428,7 @@ impl State {
                 remove_from(&mut self.live_groups, g, id);
             }
         }
+        remove_from(&mut self.live_by_namespace, &task.namespace, id);
         if let Some(node) = &task.node {
             remove_from(&mut self.live_by_node, node, id);
         }

@@ -124,8 +124,8 @@ impl BerthService {
         let selector = selector(&req.selector)?;
         let mut tasks: Vec<Task> = self
             .read(req.stale, |s| {
-                s.tasks()
-                    .filter(|t| t.namespace == namespace && selector.matches(&t.labels))
+                s.tasks_in(&namespace)
+                    .filter(|t| selector.matches(&t.labels))
                     .cloned()
                     .collect()
             })
