@@ -35,7 +35,15 @@ async fn node(addr: &str, name: &str) -> anyhow::Result<Value> {
 async fn a_silent_node_goes_down_its_tasks_are_lost_and_it_cleans_up_when_back(
 ) -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let server = server(&env).await?;
+    // Nodes DOWN for 15 s are removed.
+    let server = ServerProc::spawn(
+        1,
+        &env.path("server"),
+        None,
+        &[TTL, &["--node-retention", "15s"]].concat(),
+    )
+    .await?;
+    server.wait_ready().await?;
     let addr = server.addr.to_string();
     let agent = AgentProc::start(&env, &addr, "node-1").await?;
     let namespace = agent.namespace.clone();
@@ -64,6 +72,20 @@ async fn a_silent_node_goes_down_its_tasks_are_lost_and_it_cleans_up_when_back(
         },
     )
     .await?;
+
+    // A node that stays DOWN for the node retention is removed; the one back stays.
+    let gone = AgentProc::start(&env, &addr, "node-2").await?;
+    gone.kill().await?;
+    poll("node-2 to be DOWN", TIMEOUT, || async {
+        (node(&addr, "node-2").await.ok()?["status"] == "DOWN").then_some(())
+    })
+    .await?;
+    poll("node-2 to be removed", TIMEOUT, || async {
+        let out = cli(&addr, &["get", "node", "node-2"]).await.ok()?;
+        (!out.status.success()).then_some(())
+    })
+    .await?;
+    assert_eq!(node(&addr, "node-1").await?["status"], "ACTIVE");
     Ok(())
 }
 
