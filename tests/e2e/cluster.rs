@@ -467,3 +467,111 @@ async fn an_agent_follows_the_leader_to_its_successor() -> anyhow::Result<()> {
     assert_eq!(nodes[0]["name"], agent.name.as_str());
     Ok(())
 }
+
+/// Unmounts what a test mounted under a directory, whatever way the test ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        berth_tests::unmount_under(&self.0);
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            == Some("Z")
+    })
+}
+
+#[tokio::test]
+async fn a_server_whose_disk_fills_stops_serving_and_exits_and_catches_up_once_freed(
+) -> anyhow::Result<()> {
+    let mut s = Servers::start(1, &["--snapshot-every", "50"]).await?;
+    // Server 2's data dir is a small filesystem of its own.
+    let small = s.data_dir(2);
+    std::fs::create_dir_all(&small)?;
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&small)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _unmount = Unmount(small.clone());
+    let join = s.addr(1);
+    s.spawn(2, Some(&join)).await?;
+    s.spawn(3, Some(&join)).await?;
+    s.proc(2).wait_ready().await?;
+    s.proc(3).wait_ready().await?;
+    s.proc(1).wait_voters(3, TIMEOUT).await?;
+    apply_task_definition(&s).await?;
+
+    // Fill it: a file takes every free byte.
+    let filler = small.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler)?;
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+    }
+    let pid = s.proc(2).pid().expect("server 2 runs");
+    // Writes go on through the others; server 2 cannot append them and stops.
+    let all = format!("{},{}", s.addr(1), s.addr(3));
+    let mut acknowledged = 0;
+    let started = Instant::now();
+    while !exited(pid) && started.elapsed() < Duration::from_secs(90) {
+        let out = cli(&all, &["run", "--task-definition", "web", "--count", "50"]).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "a write failed while one server of three was down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        acknowledged += 50;
+    }
+    anyhow::ensure!(exited(pid), "server 2 still runs on a full disk");
+    let log = std::fs::read_to_string(small.join("server.log")).unwrap_or_default();
+    assert!(
+        log.contains("NOT_SERVING") && log.contains(&small.join("raft").display().to_string()),
+        "server 2's log does not say it stopped serving and name its disk:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        log.contains("No space left on device"),
+        "server 2's log does not say why:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    // The cluster keeps its quorum without it.
+    let out = cli(&all, &["run", "--task-definition", "web", "--count", "5"]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    acknowledged += 5;
+
+    // Space freed, it starts again from its own data dir and catches up, nothing lost.
+    std::fs::remove_file(&filler)?;
+    s.kill(2).await?;
+    s.spawn(2, None).await?;
+    s.proc(2).wait_ready().await?;
+    let tasks = cli_json(&all, &["get", "tasks"]).await?;
+    assert_eq!(
+        task_ids(&tasks).len(),
+        acknowledged,
+        "acknowledged tasks lost"
+    );
+    let addr = s.addr(2);
+    poll("server 2 to catch up", TIMEOUT, || async {
+        let mine = cli_json(&addr, &["get", "tasks", "--stale"]).await.ok()?;
+        (task_ids(&mine).len() == acknowledged).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -438,9 +438,27 @@ impl Server {
                 berth_tls::net::incoming(self.listener, Arc::new(self.tls.server_config()?)),
                 shutdown,
             );
+        let store = self.store.clone();
         let result = tokio::select! {
             r = serve => r.context("serve gRPC"),
             () = grace => Ok(()),
+            why = store.fatal() => {
+                let raft = self.data_dir.join("raft");
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                health
+                    .set_not_serving::<berth_proto::v1::berth_server::BerthServer<api::BerthService>>()
+                    .await;
+                tracing::error!(
+                    data_dir = %raft.display(),
+                    "storage failed: {why}; health is NOT_SERVING and the server exits"
+                );
+                // A moment for health checks to see it before the port closes.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err(anyhow::anyhow!(
+                    "storage under {} failed: {why}. This server stopped (nothing it acknowledged is lost: Raft acknowledges only what is on disk). Free space or repair the disk, then start it again with the same --data-dir: it catches up from the other servers",
+                    raft.display()
+                ))
+            }
         };
         for c in controllers {
             c.abort();

@@ -345,6 +345,22 @@ impl Store {
         &self.raft
     }
 
+    /// Resolves once Raft has stopped on a fatal error — a write to the data dir failed (disk
+    /// full, an I/O error, a failed fsync) — with what failed. Raft acknowledges and applies
+    /// nothing after it; the server is to stop serving.
+    pub async fn fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                // Its message already quotes the cause.
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "Raft stopped".to_owned();
+            }
+        }
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
     }

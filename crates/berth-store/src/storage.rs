@@ -62,6 +62,26 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SError> {
     serde_json::from_slice(bytes).map_err(read_err)
 }
 
+/// Runs blocking redb work (commits, fsyncs) on tokio's blocking pool, off the async workers
+/// that serve the API, agent streams and Raft messages. On a current-thread runtime (the
+/// deterministic simulation) there are no other workers to keep free: it runs in place, so
+/// the simulation's paused clock does not jump while a thread writes.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SError> + Send + 'static,
+) -> Result<T, SError> {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(
+        flavor,
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_)
+    ) {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(write_err(e)),
+    }
+}
+
 /// Creates every table so that readers never meet a missing one.
 pub(crate) fn init_tables(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
@@ -164,7 +184,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        put_meta(&self.db, VOTE, vote, Durability::Immediate)
+        let (db, vote) = (self.db.clone(), *vote);
+        blocking(move || put_meta(&db, VOTE, &vote, Durability::Immediate)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
@@ -198,19 +219,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let result = (|| {
-            let txn = self.db.begin_write().map_err(write_err)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(write_err)?;
-                for entry in entries {
-                    let bytes = encode(&entry)?;
-                    table
-                        .insert(entry.log_id.index, bytes.as_slice())
-                        .map_err(write_err)?;
-                }
+        let encoded: Result<Vec<(u64, Vec<u8>)>, SError> = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
+            .collect();
+        let db = self.db.clone();
+        let result = match encoded {
+            Err(e) => Err(e),
+            Ok(encoded) => {
+                blocking(move || {
+                    let txn = db.begin_write().map_err(write_err)?;
+                    {
+                        let mut table = txn.open_table(LOG).map_err(write_err)?;
+                        for (index, bytes) in &encoded {
+                            table.insert(index, bytes.as_slice()).map_err(write_err)?;
+                        }
+                    }
+                    txn.commit().map_err(write_err)
+                })
+                .await
             }
-            txn.commit().map_err(write_err)
-        })();
+        };
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -224,26 +253,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
-        let txn = self.db.begin_write().map_err(write_err)?;
-        txn.open_table(LOG)
-            .map_err(write_err)?
-            .retain_in(log_id.index.., |_, _| false)
-            .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(LOG)
+                .map_err(write_err)?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let bytes = encode(&Some(log_id))?;
-        let txn = self.db.begin_write().map_err(write_err)?;
-        txn.open_table(META)
-            .map_err(write_err)?
-            .insert(PURGED, bytes.as_slice())
-            .map_err(write_err)?;
-        txn.open_table(LOG)
-            .map_err(write_err)?
-            .retain_in(..=log_id.index, |_, _| false)
-            .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(PURGED, bytes.as_slice())
+                .map_err(write_err)?;
+            txn.open_table(LOG)
+                .map_err(write_err)?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
     }
 }
 
@@ -315,6 +352,10 @@ pub(crate) struct SnapshotData {
     pub(crate) objects: Vec<Object>,
 }
 
+/// Changed objects ready to write: each encoded key with the object's bytes, or `None` when
+/// it was deleted.
+type Encoded = Vec<(String, Option<Vec<u8>>)>;
+
 /// The state machine: [`State`] in memory, every object also on disk.
 pub struct StateMachine {
     db: Arc<Database>,
@@ -361,37 +402,96 @@ impl StateMachine {
         Ok((sm, shared))
     }
 
-    /// Writes the objects `changed` by applied entries and the applied index, without an fsync
-    /// of its own: every entry applied is already durable in the log, and redb persists commits
-    /// in order, so a crash loses at most a suffix of applied entries, which openraft applies
-    /// again from the log on start (objects and the applied index stay consistent: one
-    /// transaction).
-    fn persist(&self, state: &State, changed: &[Key]) -> Result<(), SError> {
-        let mut txn = self.db.begin_write().map_err(write_err)?;
+    /// The objects `changed` by applied entries as they are to be written: encoded while the
+    /// state is locked (no disk I/O under the lock), `None` for deleted ones.
+    fn encode_changes(state: &State, changed: &[Key]) -> Result<Encoded, SError> {
+        changed
+            .iter()
+            .map(|key| {
+                let bytes = state.object_ref(key).map(|o| encode(&o)).transpose()?;
+                Ok((key.encode(), bytes))
+            })
+            .collect()
+    }
+
+    /// Writes encoded objects and the applied index, without an fsync of its own: every entry
+    /// applied is already durable in the log, and redb persists commits in order, so a crash
+    /// loses at most a suffix of applied entries, which openraft applies again from the log on
+    /// start (objects and the applied index stay consistent: one transaction). Blocking.
+    fn persist(
+        db: &Database,
+        objects: &Encoded,
+        applied: &[u8],
+        membership: &[u8],
+    ) -> Result<(), SError> {
+        let mut txn = db.begin_write().map_err(write_err)?;
         txn.set_durability(Durability::None).map_err(write_err)?;
         {
-            let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
-            for key in changed {
-                let k = key.encode();
-                match state.object_ref(key) {
-                    Some(obj) => {
-                        let bytes = encode(&obj)?;
-                        objects
+            let mut table = txn.open_table(OBJECTS).map_err(write_err)?;
+            for (k, bytes) in objects {
+                match bytes {
+                    Some(bytes) => {
+                        table
                             .insert(k.as_str(), bytes.as_slice())
                             .map_err(write_err)?;
                     }
                     None => {
-                        objects.remove(k.as_str()).map_err(write_err)?;
+                        table.remove(k.as_str()).map_err(write_err)?;
                     }
                 }
             }
             let mut meta = txn.open_table(META).map_err(write_err)?;
-            meta.insert(APPLIED, encode(&self.last_applied)?.as_slice())
-                .map_err(write_err)?;
-            meta.insert(MEMBERSHIP, encode(&self.membership)?.as_slice())
-                .map_err(write_err)?;
+            meta.insert(APPLIED, applied).map_err(write_err)?;
+            meta.insert(MEMBERSHIP, membership).map_err(write_err)?;
         }
         txn.commit().map_err(write_err)
+    }
+
+    /// Applies `entries` to the in-memory state under its lock, records the changes for
+    /// watchers and wakes the nodes concerned; answers the results and the changed objects,
+    /// encoded, for the caller to write once the lock is released (readers never wait for
+    /// the disk; what they may see before the write lands is already in the Raft log, durable,
+    /// and a failed write stops Raft and the server with it: `Store::fatal`).
+    fn apply_in_memory(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<(Vec<CommandResult>, Encoded), SError> {
+        let mut results = Vec::new();
+        let mut changed = Vec::new();
+        let shared = self.shared.clone();
+        let mut state = shared.write();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => results.push(CommandResult::Done),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    results.push(CommandResult::Done);
+                }
+                EntryPayload::Normal(command) => {
+                    let (result, keys) = state.apply(command);
+                    changed.extend(keys);
+                    results.push(result);
+                }
+            }
+        }
+        changed.sort();
+        changed.dedup();
+        let objects = Self::encode_changes(&state, &changed)?;
+        if let Some(applied) = self.last_applied {
+            self.shared
+                .changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(applied.index, &state, &changed);
+        }
+        self.shared.notify_nodes(&state, &changed);
+        // Bumped with the state still locked: a reader that sees index N sees the state
+        // after N, never one ahead of it.
+        if let Some(applied) = self.last_applied {
+            self.shared.applied.send_replace(applied.index);
+        }
+        Ok((results, objects))
     }
 
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
@@ -410,13 +510,14 @@ impl StateMachine {
         }))
     }
 
+    /// Blocking.
     fn save_snapshot(
-        &self,
+        db: &Database,
         meta: &SnapshotMeta<NodeId, BerthNode>,
         data: &[u8],
         replace_objects: Option<&State>,
     ) -> Result<(), SError> {
-        let txn = self.db.begin_write().map_err(write_err)?;
+        let txn = db.begin_write().map_err(write_err)?;
         {
             let mut meta_table = txn.open_table(META).map_err(write_err)?;
             meta_table
@@ -448,28 +549,36 @@ impl StateMachine {
 
 /// Builds snapshots from a consistent copy of the state.
 pub struct SnapshotBuilder {
-    data: Vec<u8>,
+    objects: Vec<Object>,
     meta: SnapshotMeta<NodeId, BerthNode>,
     db: Arc<Database>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Encodes the copy and writes it, off the async workers.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
-        let txn = self.db.begin_write().map_err(write_err)?;
-        {
-            txn.open_table(META)
-                .map_err(write_err)?
-                .insert(SNAPSHOT_META, encode(&self.meta)?.as_slice())
-                .map_err(write_err)?;
-            txn.open_table(SNAPSHOT)
-                .map_err(write_err)?
-                .insert(SNAPSHOT_DATA, self.data.as_slice())
-                .map_err(write_err)?;
-        }
-        txn.commit().map_err(write_err)?;
+        let (db, meta) = (self.db.clone(), self.meta.clone());
+        let objects = std::mem::take(&mut self.objects);
+        let data = blocking(move || {
+            let data = encode(&SnapshotData { objects })?;
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                txn.open_table(META)
+                    .map_err(write_err)?
+                    .insert(SNAPSHOT_META, encode(&meta)?.as_slice())
+                    .map_err(write_err)?;
+                txn.open_table(SNAPSHOT)
+                    .map_err(write_err)?
+                    .insert(SNAPSHOT_DATA, data.as_slice())
+                    .map_err(write_err)?;
+            }
+            txn.commit().map_err(write_err)?;
+            Ok(data)
+        })
+        .await?;
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(std::mem::take(&mut self.data))),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -488,40 +597,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut results = Vec::new();
-        let mut changed = Vec::new();
-        let shared = self.shared.clone();
-        let mut state = shared.write();
-        for entry in entries {
-            self.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => results.push(CommandResult::Done),
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    results.push(CommandResult::Done);
-                }
-                EntryPayload::Normal(command) => {
-                    let (result, keys) = state.apply(command);
-                    changed.extend(keys);
-                    results.push(result);
-                }
-            }
-        }
-        changed.sort();
-        changed.dedup();
-        self.persist(&state, &changed)?;
-        if let Some(applied) = self.last_applied {
-            self.shared
-                .changes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(applied.index, &state, &changed);
-        }
-        self.shared.notify_nodes(&state, &changed);
-        drop(state);
-        if let Some(applied) = self.last_applied {
-            self.shared.applied.send_replace(applied.index);
-        }
+        let (results, objects) = self.apply_in_memory(entries)?;
+        let (applied, membership) = (encode(&self.last_applied)?, encode(&self.membership)?);
+        let db = self.db.clone();
+        blocking(move || Self::persist(&db, &objects, &applied, &membership)).await?;
         Ok(results)
     }
 
@@ -534,8 +613,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => format!("0-0-{}", self.snapshot_seq),
         };
         SnapshotBuilder {
-            // Serialising a Vec of plain objects cannot fail.
-            data: serde_json::to_vec(&SnapshotData { objects }).unwrap_or_default(),
+            objects,
             meta: SnapshotMeta {
                 last_log_id: last,
                 last_membership: self.membership.clone(),
@@ -555,9 +633,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SError> {
         let data = snapshot.into_inner();
-        let parsed: SnapshotData = decode(&data)?;
-        let state = State::from_objects(parsed.objects);
-        self.save_snapshot(meta, &data, Some(&state))?;
+        let (db, snapshot_meta) = (self.db.clone(), meta.clone());
+        let state = blocking(move || {
+            let parsed: SnapshotData = decode(&data)?;
+            let state = State::from_objects(parsed.objects);
+            Self::save_snapshot(&db, &snapshot_meta, &data, Some(&state))?;
+            Ok(state)
+        })
+        .await?;
         *self.shared.write() = state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
