@@ -1,6 +1,6 @@
 # berth — see README.md. `make run` and `make test` install what they need on Debian.
 
-DEBIAN_PACKAGES := gcc containerd runc protobuf-compiler docker-registry busybox-static apache2-utils iproute2 tini containernetworking-plugins iptables libssl-dev pkg-config ca-certificates python3 python3-venv nginx
+DEBIAN_PACKAGES := gcc containerd runc protobuf-compiler docker-registry busybox-static apache2-utils iproute2 tini containernetworking-plugins iptables libfaketime libssl-dev pkg-config ca-certificates python3 python3-venv nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BERTH := target/debug/berth
 DEV_DIR ?= .berth-dev

@@ -4,6 +4,7 @@
 mod agent;
 mod autoscaling;
 mod cli;
+mod clock;
 mod cluster;
 mod ingress;
 mod network;

@@ -425,12 +425,34 @@ impl ServerProc {
         Ok(server)
     }
 
+    /// Spawns `berth server --node-id ID` with `args` and environment variables `envs` (e.g.
+    /// libfaketime's); does not wait.
+    pub async fn spawn_with_env(
+        id: u64,
+        data_dir: &Path,
+        addr: Option<SocketAddr>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_env(Some(id), data_dir, addr, args, envs).await
+    }
+
     /// Spawns `berth server` (with `--node-id` when `id` is given); does not wait.
     async fn spawn_as(
         id: Option<u64>,
         data_dir: &Path,
         addr: Option<SocketAddr>,
         args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_env(id, data_dir, addr, args, &[]).await
+    }
+
+    async fn spawn_env(
+        id: Option<u64>,
+        data_dir: &Path,
+        addr: Option<SocketAddr>,
+        args: &[&str],
+        envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let addr = match addr {
             Some(a) => a,
@@ -460,6 +482,7 @@ impl ServerProc {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)

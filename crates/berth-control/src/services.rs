@@ -28,8 +28,15 @@ pub fn merged_placement(service: &PlacementSpec, def: &PlacementSpec) -> Placeme
 }
 
 /// One round's decisions: a `ReconcileService` command for every service that needs one.
-/// `ids` names new tasks and deployments (random UUIDs; seeded in the simulator).
-pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Command> {
+/// `ids` names new tasks and deployments (random UUIDs; seeded in the simulator);
+/// `leading_since` is when this leader began to lead, by its clock: deployment deadlines that
+/// began earlier count from then.
+pub fn plan(
+    state: &State,
+    at: u64,
+    leading_since: u64,
+    ids: &mut dyn FnMut() -> String,
+) -> Vec<Command> {
     let draining: BTreeSet<String> = state
         .nodes()
         .filter(|n| n.status == NodeStatus::Draining)
@@ -46,6 +53,7 @@ pub fn plan(state: &State, at: u64, ids: &mut dyn FnMut() -> String) -> Vec<Comm
             draining_nodes: &draining,
             health_checked: &health_checked,
             now: at,
+            counting_from: leading_since,
             new_deployment_id: ids(),
         });
         if plan.is_noop(svc) {

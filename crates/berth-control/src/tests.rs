@@ -92,7 +92,7 @@ fn schedule(s: &mut State) {
 
 /// Runs a reconciler round and applies it.
 fn reconcile(s: &mut State) {
-    let commands = crate::services::plan(s, NOW, &mut ids());
+    let commands = crate::services::plan(s, NOW, 0, &mut ids());
     apply_all(s, commands);
 }
 
@@ -206,24 +206,24 @@ fn a_scheduling_round_places_what_fits_and_says_why_the_rest_does_not() {
 fn the_reconciler_starts_missing_tasks_once_and_counts_what_runs() {
     let mut s = cluster(2);
     apply_service(&mut s, web_spec(2));
-    let round = crate::services::plan(&s, NOW, &mut ids());
+    let round = crate::services::plan(&s, NOW, 0, &mut ids());
     check(
         &round,
         &["reconcile web v1: start [\"gen-2\", \"gen-3\"] stop [] remove false rollout Some(InProgress) desired 2 pending 0 running 0"],
     );
     apply_all(&mut s, round);
     // The next round counts the started tasks (PENDING); then there is nothing more to do.
-    let round = crate::services::plan(&s, NOW, &mut ids());
+    let round = crate::services::plan(&s, NOW, 0, &mut ids());
     check(
         &round,
         &["reconcile web v1: start [] stop [] remove false rollout Some(InProgress) desired 2 pending 2 running 0"],
     );
     apply_all(&mut s, round);
-    check(&crate::services::plan(&s, NOW, &mut ids()), &[]);
+    check(&crate::services::plan(&s, NOW, 0, &mut ids()), &[]);
     schedule(&mut s);
     report_running(&mut s, "n1", &["gen-2", "gen-3"]);
     check(
-        &crate::services::plan(&s, NOW, &mut ids()),
+        &crate::services::plan(&s, NOW, 0, &mut ids()),
         &["reconcile web v1: start [] stop [] remove false rollout Some(Completed) desired 2 pending 0 running 2"],
     );
 }
@@ -243,7 +243,7 @@ fn the_reconciler_scales_in_and_removes_a_deleted_service() {
         at: 5,
     });
     check(
-        &crate::services::plan(&s, NOW, &mut ids()),
+        &crate::services::plan(&s, NOW, 0, &mut ids()),
         &["reconcile web v2: start [] stop [\"gen-2\", \"gen-3\"] remove false rollout Some(Completed) desired 0 pending 0 running 0"],
     );
 }

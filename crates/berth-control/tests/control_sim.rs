@@ -401,7 +401,7 @@ impl World {
         }
         let mut ids = 0u64;
         let prefix = self.ids;
-        let commands = services::plan(&self.state, self.now, &mut || {
+        let commands = services::plan(&self.state, self.now, self.leader_since, &mut || {
             ids += 1;
             format!("gen-{prefix}-{ids:04}")
         });

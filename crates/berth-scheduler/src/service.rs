@@ -25,6 +25,9 @@ pub struct ServiceInput<'a> {
     /// Containers with a health check, per task definition revision.
     pub health_checked: &'a BTreeMap<TaskDefinitionRef, Vec<String>>,
     pub now: Timestamp,
+    /// When the leader deciding began to lead, by its clock: a deadline that began earlier
+    /// counts from then, as node TTLs do (another leader's clock may differ).
+    pub counting_from: Timestamp,
     /// The ID a deployment created by a rollback gets.
     pub new_deployment_id: String,
 }
@@ -52,6 +55,18 @@ impl ServicePlan {
     pub fn is_noop(&self, current: &Service) -> bool {
         self.start.is_empty() && self.stop.is_empty() && !self.remove && self.service == *current
     }
+}
+
+/// Milliseconds from `ts` to `now` for a deadline decided by a leader that began to lead at
+/// `counting_from`: a deadline that began before counts from then, and so does one stamped
+/// ahead of `now` (by another leader's clock), which would otherwise never run.
+pub fn elapsed(now: Timestamp, counting_from: Timestamp, ts: Timestamp) -> u64 {
+    let from = if ts > now {
+        counting_from
+    } else {
+        ts.max(counting_from)
+    };
+    now.saturating_sub(from)
 }
 
 /// Decides what one service needs now.
@@ -202,6 +217,11 @@ impl<'a> Round<'a> {
         })
     }
 
+    /// Milliseconds since `ts` for a deadline ([`elapsed`]).
+    fn elapsed(&self, ts: Timestamp) -> u64 {
+        elapsed(self.input.now, self.input.counting_from, ts)
+    }
+
     /// New tasks that missed the healthy deadline count as failed and are replaced.
     /// Returns the primary tasks that remain.
     fn stop_late<'t>(&mut self, primary_tasks: Vec<&'t Task>) -> Vec<&'t Task> {
@@ -213,7 +233,7 @@ impl<'a> Round<'a> {
         let deadline_ms = u64::from(deadline) * 1000;
         let (late, ok): (Vec<&Task>, Vec<&Task>) = primary_tasks.into_iter().partition(|t| {
             // A task still waiting for capacity has not failed.
-            t.node.is_some() && !self.healthy(t) && now >= t.created_at.saturating_add(deadline_ms)
+            t.node.is_some() && !self.healthy(t) && self.elapsed(t.created_at) >= deadline_ms
         });
         for t in &late {
             self.stop.push(StopOrder {
@@ -386,7 +406,7 @@ impl<'a> Round<'a> {
             return;
         }
         let since = *p.canary_healthy_since.get_or_insert(now);
-        if now >= since.saturating_add(u64::from(bake_time) * 1000) {
+        if elapsed(now, self.input.counting_from, since) >= u64::from(bake_time) * 1000 {
             p.promoted = true;
             let message = format!(
                 "canary of {} healthy for {bake_time}s: promoting",
@@ -406,11 +426,7 @@ impl<'a> Round<'a> {
         let failed = self.svc.deployments.first().map_or(0, |p| p.failed_tasks);
         let threshold = CircuitBreaker::threshold(d);
         let progress_deadline = self.config.progress_deadline;
-        let late = self.input.now
-            >= self
-                .primary
-                .created_at
-                .saturating_add(u64::from(progress_deadline) * 1000);
+        let late = self.elapsed(self.primary.created_at) >= u64::from(progress_deadline) * 1000;
         if self.config.circuit_breaker.enable && failed >= threshold {
             let reason = format!("circuit breaker: {failed} tasks failed (threshold {threshold})");
             fail(&mut self.svc, reason, self.input);
@@ -742,6 +758,7 @@ mod tests {
                 draining_nodes: &self.draining,
                 health_checked: &self.checked,
                 now: self.now,
+                counting_from: 0,
                 new_deployment_id: format!("d-rollback-{}", self.ids),
             });
             self.apply(&plan);
@@ -855,6 +872,7 @@ mod tests {
             draining_nodes: &w.draining,
             health_checked: &w.checked,
             now: w.now,
+            counting_from: 0,
             new_deployment_id: "x".into(),
         });
         assert!(plan.is_noop(&w.svc), "{plan:?}");
@@ -1105,5 +1123,15 @@ mod tests {
         }
         assert_eq!(w.svc.task_definition, td("web:1"));
         assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+    }
+
+    #[test]
+    fn deadlines_count_from_the_leaders_start_and_from_it_when_stamped_ahead() {
+        // Began before this leader (at 10 s): counted from the leader's start (100 s).
+        assert_eq!(super::elapsed(130_000, 100_000, 10_000), 30_000);
+        // Began under this leader.
+        assert_eq!(super::elapsed(130_000, 100_000, 120_000), 10_000);
+        // Stamped an hour ahead by another leader's clock: counted from the leader's start.
+        assert_eq!(super::elapsed(130_000, 100_000, 3_730_000), 30_000);
     }
 }

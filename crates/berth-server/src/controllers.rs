@@ -158,7 +158,12 @@ impl Controller for Scheduler {
 }
 
 /// Reconciles every service after every applied change.
-pub struct ServiceReconciler;
+#[derive(Default)]
+pub struct ServiceReconciler {
+    /// When this server began to lead, by its clock: deployment deadlines that began earlier
+    /// count from then.
+    leading_since: Option<u64>,
+}
 
 impl Controller for ServiceReconciler {
     const NAME: &'static str = "services";
@@ -169,8 +174,15 @@ impl Controller for ServiceReconciler {
         Duration::from_secs(1)
     }
 
+    fn leading(&mut self, leading: bool) {
+        if !leading {
+            self.leading_since = None;
+        }
+    }
+
     fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
-        berth_control::services::plan(state, at, &mut || uuid::Uuid::new_v4().to_string())
+        let since = *self.leading_since.get_or_insert(at);
+        berth_control::services::plan(state, at, since, &mut || uuid::Uuid::new_v4().to_string())
     }
 
     fn proposed(&mut self, command: &Command, result: &CommandResult) {

@@ -21,7 +21,7 @@ pub mod watch;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_store::{RaftService, Store, StoreConfig};
@@ -34,11 +34,11 @@ pub use agents::Liveness;
 pub use berth_control::retention::Policy as RetentionPolicy;
 pub use usage::Usage;
 
-/// Milliseconds since the Unix epoch; only the leader's handlers call it, before proposing.
+/// Milliseconds since the Unix epoch by the leader's clock (`berth_store::now_ms`: a step of the
+/// wall clock while this server leads moves no timestamp); only the leader's handlers call it,
+/// before proposing.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    berth_store::now_ms()
 }
 
 #[derive(Debug, Clone)]
@@ -326,7 +326,7 @@ impl Server {
         let controllers = [
             tokio::spawn(publish_endpoints),
             tokio::spawn(leader_loop(store.clone(), Scheduler::new(metrics.clone()))),
-            tokio::spawn(leader_loop(store.clone(), ServiceReconciler)),
+            tokio::spawn(leader_loop(store.clone(), ServiceReconciler::default())),
             tokio::spawn(leader_loop(
                 store.clone(),
                 NodeMonitor::new(liveness.clone(), self.node_ttl),

@@ -11,6 +11,7 @@
 //! until `write_timeout`, then fail with [`StoreError::NoQuorum`].
 
 pub mod changes;
+mod clock;
 mod error;
 pub mod network;
 pub mod storage;
@@ -20,7 +21,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, RaftNetworkFactory, ServerState, SnapshotPolicy};
@@ -116,11 +117,7 @@ enum Leader {
     Unknown,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use clock::now_ms;
 
 /// One Raft member with its state.
 #[derive(Clone)]
@@ -142,7 +139,10 @@ async fn follow_leadership(
 ) {
     loop {
         let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
-        leadership.send_if_modified(|v| std::mem::replace(v, is_leader) != is_leader);
+        let became = leadership.send_if_modified(|v| std::mem::replace(v, is_leader) != is_leader);
+        if became && is_leader {
+            clock::reanchor();
+        }
         if metrics.changed().await.is_err() {
             return;
         }
