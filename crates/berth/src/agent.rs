@@ -75,7 +75,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub(crate) metrics_interval: Duration,
     /// Disk budget for images in MiB: above it, the least recently pulled images that no
-    /// container uses are deleted after each pull. No limit when unset.
+    /// container uses are deleted after each pull. Default: 40% of the filesystem holding
+    /// --data-dir; 0: no limit.
     #[arg(long, value_name = "MIB")]
     pub(crate) image_budget_mib: Option<u64>,
     /// Size at which a container's log file rotates (one older file is kept).
@@ -266,7 +267,7 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         )?,
         cgroup_parent: format!("/berth/{node_name}"),
         exec_dir: args.data_dir.join("exec"),
-        image_budget: args.image_budget_mib.map(|m| m * 1024 * 1024),
+        image_budget: image_budget(args.image_budget_mib, &args.data_dir)?,
         log_driver: Some((log_driver_binary()?, args.log_max_bytes)),
         init: args.init_path,
         network: berth_agent::cni::NetworkSettings {
@@ -312,4 +313,30 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }),
     };
     Agent::run(config, Arc::new(runtime), shutdown_signal()).await
+}
+
+/// The image budget in bytes: `mib` when given (0: none), else a share of the filesystem
+/// holding `data_dir`.
+pub(crate) fn image_budget(
+    mib: Option<u64>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<u64>> {
+    let budget = match mib {
+        Some(0) => None,
+        Some(mib) => Some(mib.saturating_mul(1024 * 1024)),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("create {}", data_dir.display()))?;
+            let bytes = berth_agent::containerd::default_image_budget(data_dir)
+                .with_context(|| format!("size the filesystem holding {}", data_dir.display()))?;
+            tracing::info!(
+                budget_mib = bytes >> 20,
+                "image budget: {}% of the filesystem holding {} (--image-budget-mib sets another)",
+                berth_agent::containerd::DEFAULT_IMAGE_SHARE_PERCENT,
+                data_dir.display()
+            );
+            Some(bytes)
+        }
+    };
+    Ok(budget)
 }

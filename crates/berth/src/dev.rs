@@ -128,7 +128,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         registry_auth: std::collections::HashMap::new(),
         cgroup_parent: "/berth/dev".into(),
         exec_dir: data_dir.join("agent").join("exec"),
-        image_budget: None,
+        image_budget: crate::agent::image_budget(None, &data_dir)?,
         log_driver: Some((log_driver_binary()?, DEFAULT_LOG_MAX_BYTES)),
         init: berth_agent::containerd::DEFAULT_INIT.into(),
         network: berth_agent::cni::NetworkSettings {

@@ -36,6 +36,19 @@ const SNAPSHOTTER: &str = "overlayfs";
 pub const LABEL_TASK_ID: &str = "dev.berth.task-id";
 pub const LABEL_CONTAINER: &str = "dev.berth.container";
 
+/// How much of the filesystem holding the agent's data dir images may take when the
+/// operator sets no budget (kubelet starts collecting images at 85% of the disk in use; a
+/// budget of images alone leaves room for logs, writable layers and the rest).
+pub const DEFAULT_IMAGE_SHARE_PERCENT: u64 = 40;
+
+/// The image budget when none is given: [`DEFAULT_IMAGE_SHARE_PERCENT`] of the size of the
+/// filesystem holding `dir` (containerd's usually shares it).
+pub fn default_image_budget(dir: &std::path::Path) -> std::io::Result<u64> {
+    let fs = rustix::fs::statvfs(dir)?;
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    Ok(total / 100 * DEFAULT_IMAGE_SHARE_PERCENT)
+}
+
 #[derive(Debug, Clone)]
 pub struct ContainerdConfig {
     /// containerd's gRPC socket.
@@ -50,7 +63,8 @@ pub struct ContainerdConfig {
     pub cgroup_parent: String,
     /// Where the output of commands run in containers is collected.
     pub exec_dir: PathBuf,
-    /// Delete unused images, least recently pulled first, while all images take more bytes.
+    /// Delete unused images, least recently pulled first, while all images take more bytes
+    /// ([`default_image_budget`] unless the operator chose).
     pub image_budget: Option<u64>,
     /// The `berth` binary the shim starts as each container's log driver, and the size at
     /// which log files rotate. Without it, containerd appends raw output to the log file.
@@ -194,5 +208,21 @@ impl Runtime for ContainerdRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.remove_container(id).await
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    #[test]
+    fn the_default_image_budget_is_a_share_of_the_filesystem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = rustix::fs::statvfs(dir.path()).expect("statvfs");
+        let total = fs.f_blocks * fs.f_frsize;
+        let budget = super::default_image_budget(dir.path()).expect("budget");
+        assert!(
+            budget > 0 && budget <= total / 100 * 40,
+            "{budget} of {total}"
+        );
+        assert!(budget >= total / 100 * 39, "{budget} of {total}");
     }
 }
