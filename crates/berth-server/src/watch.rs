@@ -46,6 +46,21 @@ fn wanted(filter: &Filter, e: &pb::WatchEvent) -> bool {
     e.kind != "token" && filter.wants(&e.kind, ns)
 }
 
+/// Whether a listed object may interest the watcher (checked before it is copied; the event
+/// is checked again as every event is).
+fn wanted_object(filter: &Filter, object: &Object) -> bool {
+    let namespace = match object {
+        Object::Task(t) => Some(t.namespace.as_str()),
+        Object::Service(s) => Some(s.namespace.as_str()),
+        Object::TaskDefinition(d) => Some(d.namespace.as_str()),
+        _ => None,
+    };
+    match (&filter.namespace, namespace) {
+        (Some(want), Some(ns)) => want == ns,
+        _ => true,
+    }
+}
+
 /// Streams changes after `from` (0: everything first).
 pub fn watch(store: Store, filter: Filter, from: u64) -> WatchStream {
     let (tx, rx) = mpsc::channel::<Result<pb::WatchEvent, Status>>(256);
@@ -72,13 +87,18 @@ pub fn watch(store: Store, filter: Filter, from: u64) -> WatchStream {
                     // Too far behind: the current state, then changes from its revision on.
                     // The revision is read before the state, so no change is missed (some may
                     // come twice, which is harmless).
-                    let revision = *applied.borrow_and_update();
-                    let objects: Vec<Object> = store.read_stale(|s| s.objects().collect());
+                    applied.borrow_and_update();
+                    let (revision, objects) = store.listing();
                     last = revision;
                     let mut events: Vec<pb::WatchEvent> = objects
-                        .into_iter()
+                        .iter()
+                        .filter(|o| wanted_object(&filter, o))
                         .map(|o| {
-                            berth_proto::object_event(pb::watch_event::Type::Sync, revision, o)
+                            berth_proto::object_event(
+                                pb::watch_event::Type::Sync,
+                                revision,
+                                o.clone(),
+                            )
                         })
                         .collect();
                     events.push(berth_proto::synced_event(revision));

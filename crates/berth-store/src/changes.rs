@@ -76,6 +76,11 @@ impl ChangeLog {
         self.complete_after = revision;
     }
 
+    /// Whether every change after `revision` is kept.
+    pub fn covers(&self, revision: u64) -> bool {
+        revision >= self.complete_after
+    }
+
     /// The changes after `revision`, or `None` when some of them are no longer kept (the
     /// watcher must list the current state instead).
     pub fn since(&self, revision: u64) -> Option<Vec<Change>> {

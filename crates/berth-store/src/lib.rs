@@ -161,6 +161,10 @@ struct Pending {
 /// against 884 MiB at 64 MiB), with the same time to restore that state.
 const DB_CACHE_BYTES: usize = 64 << 20;
 
+/// How many revisions old a shared listing of the state may be for a new watcher to start
+/// from it ([`Store::listing`]).
+pub const LISTING_REUSE: u64 = 256;
+
 /// The most commands one Raft entry carries.
 const MAX_BATCH: usize = 1024;
 
@@ -699,6 +703,36 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .since(revision);
         (changes, now)
+    }
+
+    /// Every object as of a recent revision (`(revision, objects)`), for watchers that start
+    /// by listing the state: one copy of the state is shared by every watcher that starts
+    /// while it is recent — at most [`LISTING_REUSE`] revisions old, and still followed by
+    /// the change feed, from which each watcher catches up — instead of a copy per watcher.
+    pub fn listing(&self) -> (u64, Arc<Vec<berth_state::Object>>) {
+        let mut cached = self
+            .shared
+            .listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = *self.shared.applied.borrow();
+        if let Some((revision, objects)) = cached.as_ref() {
+            let covered = self
+                .shared
+                .changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .covers(*revision);
+            if covered && now.saturating_sub(*revision) <= LISTING_REUSE {
+                return (*revision, objects.clone());
+            }
+        }
+        // The revision is read before the state: the state may be newer, so some changes
+        // come twice to the watcher, which is harmless; none is missed.
+        let objects: Arc<Vec<berth_state::Object>> =
+            Arc::new(self.read_stale(|s| s.objects().collect()));
+        *cached = Some((now, objects.clone()));
+        (now, objects)
     }
 
     /// Changes whenever the state machine applied new entries (the value is the applied index).

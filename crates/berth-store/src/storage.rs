@@ -294,6 +294,9 @@ pub struct Shared {
     /// Per node, a counter bumped whenever an applied entry touches one of its tasks or the
     /// node itself: an agent's stream wakes for its own node only, not for every entry.
     pub node_changes: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
+    /// The last listing of every object, shared by watchers that start while it is recent
+    /// (`Store::listing`).
+    pub listing: std::sync::Mutex<Option<(u64, Arc<Vec<Object>>)>>,
 }
 
 impl Shared {
@@ -391,6 +394,7 @@ impl StateMachine {
                 last_applied.map_or(0, |l| l.index),
             )),
             node_changes: std::sync::Mutex::default(),
+            listing: std::sync::Mutex::default(),
         });
         let sm = Self {
             db,
@@ -642,6 +646,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         *self.shared.write() = state;
+        *self
+            .shared
+            .listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         // Watchers from before the snapshot must list everything again.

@@ -139,3 +139,27 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
         .expect("read");
     assert_eq!(count, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(&store).await;
+    register_web(&store, false, 1).await;
+    let (first_rev, first) = store.listing();
+    let (again_rev, again) = store.listing();
+    assert_eq!(first_rev, again_rev);
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "a second copy");
+    assert_eq!(first.len(), 1);
+    // A few writes later it is still shared: watchers catch up from the change feed.
+    register_web(&store, false, 2).await;
+    assert!(std::sync::Arc::ptr_eq(&first, &store.listing().1));
+    for at in 0..berth_store::LISTING_REUSE {
+        register_web(&store, false, at + 3).await;
+    }
+    let (rev, fresh) = store.listing();
+    assert!(!std::sync::Arc::ptr_eq(&first, &fresh), "too old, yet shared");
+    assert!(rev > first_rev + berth_store::LISTING_REUSE);
+    assert_eq!(usize::try_from(berth_store::LISTING_REUSE).expect("fits") + 2, fresh.len());
+}
