@@ -159,7 +159,13 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
         register_web(&store, false, at + 3).await;
     }
     let (rev, fresh) = store.listing();
-    assert!(!std::sync::Arc::ptr_eq(&first, &fresh), "too old, yet shared");
+    assert!(
+        !std::sync::Arc::ptr_eq(&first, &fresh),
+        "too old, yet shared"
+    );
     assert!(rev > first_rev + berth_store::LISTING_REUSE);
-    assert_eq!(usize::try_from(berth_store::LISTING_REUSE).expect("fits") + 2, fresh.len());
+    assert_eq!(
+        usize::try_from(berth_store::LISTING_REUSE).expect("fits") + 2,
+        fresh.len()
+    );
 }
