@@ -13,7 +13,9 @@ use berth_model::PortMapping;
 const SIGTERM: u32 = 15;
 
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
-/// code with [`FakeRuntime::exit_with`]. Every call is recorded.
+/// code with [`FakeRuntime::exit_with`], or their command is `sleep SECONDS` (then they exit 0
+/// after that long, as busybox's would: short tasks for the soak benchmark's hollow agents).
+/// Every call is recorded.
 #[derive(Default)]
 pub struct FakeRuntime {
     state: Mutex<FakeState>,
@@ -183,7 +185,19 @@ impl Runtime for FakeRuntime {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         state.running.insert(spec.id.clone(), (spec.clone(), tx));
-        Ok(exit_future(rx))
+        let exited = exit_future(rx);
+        let Some(after) = sleep_seconds(&spec.args) else {
+            return Ok(exited);
+        };
+        Ok(Box::pin(async move {
+            tokio::select! {
+                r = exited => r,
+                () = tokio::time::sleep(after) => Ok(ExitStatus {
+                    code: 0,
+                    oom_killed: false,
+                }),
+            }
+        }))
     }
 
     async fn list(&self) -> Result<Vec<ExistingContainer>, RuntimeError> {
@@ -321,6 +335,18 @@ impl Runtime for FakeRuntime {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.state().calls.push(format!("remove {id}"));
         Ok(())
+    }
+}
+
+/// How long a container whose command is `sleep SECONDS` runs.
+fn sleep_seconds(args: &[String]) -> Option<std::time::Duration> {
+    match args {
+        [sleep, seconds] if sleep == "sleep" => seconds
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(std::time::Duration::from_secs_f64),
+        _ => None,
     }
 }
 

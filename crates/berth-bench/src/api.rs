@@ -62,7 +62,7 @@ pub(crate) async fn big_client(addr: &str) -> anyhow::Result<berth_tests::Api> {
 
 /// A sample from the server's `/metrics` (cheap to ask often, unlike a list), e.g.
 /// `berth_tasks{state="RUNNING"}`.
-async fn metric(addr: &str, series: &str) -> Option<u64> {
+pub(crate) async fn metric(addr: &str, series: &str) -> Option<u64> {
     let body = scrape(addr, addr, berth_tests::Scrape::Token).await.ok()?;
     let needle = format!("{series} ");
     body.lines()

@@ -3,7 +3,8 @@
 //! into `bench/results/latest.json` (merged with earlier keys) and a table into
 //! `bench/results/latest.md`.
 //!
-//!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given
+//!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given; `soak` only
+//!                                  # when named
 //!
 //! The scenarios live by group in `raft`, `start`, `ingress` and `fleet`; `cluster` (the servers
 //! and hollow agents measured) and `api` (requests and `/metrics` waits) serve them all; `results` keeps
@@ -18,6 +19,7 @@ mod fleet;
 mod ingress;
 mod raft;
 mod results;
+mod soak;
 mod start;
 
 use results::Results;
@@ -34,6 +36,9 @@ const SCENARIOS: &[&str] = &[
     "footprint",
 ];
 
+/// Scenarios that run only when named (they take much longer).
+const NAMED_ONLY: &[&str] = &["soak"];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
@@ -42,9 +47,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         for w in &wanted {
             anyhow::ensure!(
-                SCENARIOS.contains(&w.as_str()),
-                "unknown scenario {w:?}; use one of {}",
-                SCENARIOS.join(", ")
+                SCENARIOS.contains(&w.as_str()) || NAMED_ONLY.contains(&w.as_str()),
+                "unknown scenario {w:?}; use one of {}, {}",
+                SCENARIOS.join(", "),
+                NAMED_ONLY.join(", ")
             );
         }
         wanted.iter().map(String::as_str).collect()
@@ -67,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,
             "placement" => fleet::placement(&mut results, "placement", 10_000, 100_000).await,
             "footprint" => fleet::footprint(&mut results).await,
+            "soak" => soak::soak(&mut results).await,
             _ => unreachable!(),
         };
         if let Err(e) = outcome {

@@ -71,7 +71,9 @@ fn room(state: &State, svc: &Service) -> u32 {
 }
 
 /// One round's decisions.
-pub fn plan(state: &State, usage: &dyn Samples, now: u64) -> Vec<Command> {
+/// `leading_since`: when this leader began to lead; cooldowns that began earlier count from
+/// then.
+pub fn plan(state: &State, usage: &dyn Samples, now: u64, leading_since: u64) -> Vec<Command> {
     let mut commands = Vec::new();
     for svc in state.services() {
         let Some(policy) = &svc.autoscaling else {
@@ -91,6 +93,7 @@ pub fn plan(state: &State, usage: &dyn Samples, now: u64) -> Vec<Command> {
             last_scale_in_at: svc.last_scale_in_at,
             room: room(state, svc),
             now,
+            counting_from: leading_since,
         };
         if let Some(s) = decide(&input) {
             let repeat = s.desired == svc.desired_count

@@ -11,8 +11,9 @@ use berth_state::{Command, Retirement, State};
 
 /// The most objects one `Retire` command removes.
 pub const BATCH: usize = 500;
-/// The most `Retire` commands one round proposes; the rest waits for the next round.
-pub const MAX_BATCHES: usize = 20;
+/// The most `Retire` commands one round proposes for each kind of object (30,000 stopped
+/// tasks a round, a round at least every 5 s); the rest waits for the next round.
+pub const MAX_BATCHES: usize = 60;
 
 /// How long finished work is kept, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,15 +91,9 @@ pub fn plan(state: &State, at: u64, policy: &Policy) -> Vec<Command> {
     batches(tasks, forget, revisions, nodes, at)
 }
 
-/// One object a `Retire` command removes.
-enum Removal {
-    Task(String),
-    Forget(String),
-    Revision(berth_state::RevisionKey),
-    Node(String),
-}
-
-/// Splits the round's removals into commands of at most [`BATCH`] objects each.
+/// Splits the round's removals into commands of at most [`BATCH`] objects each, removed
+/// tasks forgotten first: each kind has its own [`MAX_BATCHES`], so a backlog of stopped
+/// tasks never starves the forgetting (or the other way round).
 fn batches(
     tasks: Vec<String>,
     forget: Vec<String>,
@@ -106,34 +101,39 @@ fn batches(
     nodes: Vec<String>,
     at: u64,
 ) -> Vec<Command> {
-    let all: Vec<Removal> = tasks
-        .into_iter()
-        .map(Removal::Task)
-        .chain(forget.into_iter().map(Removal::Forget))
-        .chain(revisions.into_iter().map(Removal::Revision))
-        .chain(nodes.into_iter().map(Removal::Node))
-        .collect();
+    let empty = || Retirement {
+        tasks: Vec::new(),
+        forget: Vec::new(),
+        revisions: Vec::new(),
+        nodes: Vec::new(),
+        at,
+    };
     let mut commands = Vec::new();
-    let mut rest = all.into_iter().peekable();
-    while rest.peek().is_some() && commands.len() < MAX_BATCHES {
-        let mut r = Retirement {
-            tasks: Vec::new(),
-            forget: Vec::new(),
-            revisions: Vec::new(),
-            nodes: Vec::new(),
-            at,
-        };
-        for removal in rest.by_ref().take(BATCH) {
-            match removal {
-                Removal::Task(id) => r.tasks.push(id),
-                Removal::Forget(id) => r.forget.push(id),
-                Removal::Revision(key) => r.revisions.push(key),
-                Removal::Node(name) => r.nodes.push(name),
-            }
-        }
-        commands.push(Command::Retire(r));
+    for chunk in forget.chunks(BATCH).take(MAX_BATCHES) {
+        commands.push(Retirement {
+            forget: chunk.to_vec(),
+            ..empty()
+        });
     }
-    commands
+    for chunk in tasks.chunks(BATCH).take(MAX_BATCHES) {
+        commands.push(Retirement {
+            tasks: chunk.to_vec(),
+            ..empty()
+        });
+    }
+    for chunk in revisions.chunks(BATCH).take(MAX_BATCHES) {
+        commands.push(Retirement {
+            revisions: chunk.to_vec(),
+            ..empty()
+        });
+    }
+    for chunk in nodes.chunks(BATCH).take(MAX_BATCHES) {
+        commands.push(Retirement {
+            nodes: chunk.to_vec(),
+            ..empty()
+        });
+    }
+    commands.into_iter().map(Command::Retire).collect()
 }
 
 #[cfg(test)]
@@ -240,8 +240,9 @@ mod tests {
         assert!(plan(&s, 1800, &POLICY).is_empty());
         let commands = plan(&s, 2500, &POLICY);
         let r = retirements(&commands);
-        assert_eq!(r[0].tasks, ["one-off-new"]);
+        // Forgetting comes first, in its own command.
         assert_eq!(r[0].forget.len(), 3);
+        assert_eq!(r[1].tasks, ["one-off-new"]);
     }
 
     #[test]
@@ -256,6 +257,18 @@ mod tests {
             .map(|r| r.tasks.len())
             .collect();
         assert_eq!(sizes, [500, 500, 200]);
+    }
+
+    #[test]
+    fn a_backlog_of_stopped_tasks_does_not_starve_forgetting() {
+        let forget: Vec<String> = (0..40_000).map(|i| format!("f{i}")).collect();
+        let tasks: Vec<String> = (0..40_000).map(|i| format!("t{i}")).collect();
+        let commands = batches(tasks, forget, vec![], vec![], 1);
+        let r = retirements(&commands);
+        let forgotten: usize = r.iter().map(|r| r.forget.len()).sum();
+        let removed: usize = r.iter().map(|r| r.tasks.len()).sum();
+        assert_eq!(forgotten, BATCH * MAX_BATCHES);
+        assert_eq!(removed, BATCH * MAX_BATCHES);
     }
 
     #[test]

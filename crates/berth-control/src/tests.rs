@@ -272,7 +272,7 @@ fn the_autoscaler_scales_out_on_busy_tasks_and_says_why() {
     report_running(&mut s, "n1", &["gen-2"]);
     // No samples yet: no decision.
     check(
-        &crate::autoscaling::plan(&s, &Fixed(HashMap::new()), NOW),
+        &crate::autoscaling::plan(&s, &Fixed(HashMap::new()), NOW, 0),
         &[],
     );
     // The one task uses all of its 256 units for the last 20 s: twice the target.
@@ -285,7 +285,7 @@ fn the_autoscaler_scales_out_on_busy_tasks_and_says_why() {
         .collect();
     let samples = Fixed(HashMap::from([("gen-2".to_owned(), busy)]));
     check(
-        &crate::autoscaling::plan(&s, &samples, NOW),
+        &crate::autoscaling::plan(&s, &samples, NOW, 0),
         &["autoscale web v1 to 2 (out): scaled out 1 -> 2: CPUUtilization 100.0% (target 50%) over 1 tasks in 20s, rule CPUUtilization target 50%"],
     );
 }

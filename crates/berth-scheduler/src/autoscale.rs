@@ -38,6 +38,9 @@ pub struct ScalingInput<'a> {
     /// How many more tasks of this service the cluster can place now.
     pub room: u32,
     pub now: Timestamp,
+    /// When the leader deciding began to lead: a cooldown that began earlier (or was stamped
+    /// ahead by another leader's clock) counts from then.
+    pub counting_from: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,9 +99,10 @@ fn describe(values: &[MetricValue]) -> String {
         .join(", ")
 }
 
-/// Whether a cooldown of `secs` after an action at `last` (0: never) still runs at `now`.
-fn cooling(last: Timestamp, secs: u32, now: Timestamp) -> bool {
-    last > 0 && now < last + u64::from(secs) * 1000
+/// Whether a cooldown of `secs` after an action at `last` (0: never) still runs at `now`, for
+/// a leader counting from `counting_from` ([`crate::service::elapsed`]).
+fn cooling(last: Timestamp, secs: u32, now: Timestamp, counting_from: Timestamp) -> bool {
+    last > 0 && crate::service::elapsed(now, counting_from, last) < u64::from(secs) * 1000
 }
 
 /// Decides whether to change the desired count.
@@ -197,7 +201,12 @@ fn scale_out(
     if input.running < input.desired {
         return None;
     }
-    if cooling(input.last_scale_out_at, p.scale_out_cooldown, input.now) {
+    if cooling(
+        input.last_scale_out_at,
+        p.scale_out_cooldown,
+        input.now,
+        input.counting_from,
+    ) {
         return None;
     }
     let capped = wanted.min(p.max_count);
@@ -268,7 +277,7 @@ fn scale_in(
         return None;
     }
     let last = input.last_scale_in_at.max(input.last_scale_out_at);
-    if cooling(last, p.scale_in_cooldown, now) {
+    if cooling(last, p.scale_in_cooldown, now, input.counting_from) {
         return None;
     }
     let wanted = proposals
@@ -338,6 +347,7 @@ mod tests {
             last_scale_in_at: 0,
             room: 10,
             now,
+            counting_from: 0,
         }
     }
 
@@ -371,6 +381,7 @@ mod tests {
                 last_scale_in_at: in_at,
                 room: 100,
                 now: sec * 1000,
+                counting_from: 0,
             };
             if let Some(s) = decide(&input) {
                 if s.desired != desired {
@@ -492,6 +503,7 @@ mod tests {
         assert_eq!(decide(&input), None, "within the scale-out cooldown");
         let later = ScalingInput {
             now: 105_000,
+            counting_from: 0,
             samples: &samples(85, 105, 2, |_| 100.0),
             ..input.clone()
         };
@@ -508,6 +520,7 @@ mod tests {
             desired: 4,
             running: 4,
             now: 200_000,
+            counting_from: 0,
             last_scale_out_at: 150_000,
             ..input.clone()
         };
@@ -576,5 +589,14 @@ mod tests {
             None,
             "memory is at target"
         );
+    }
+
+    #[test]
+    fn a_cooldown_stamped_ahead_by_another_leader_counts_from_this_leaders_start() {
+        // Scaled "at" an hour ahead by the last leader's clock; this one leads since 100 s.
+        assert!(super::cooling(3_700_000, 60, 130_000, 100_000));
+        assert!(!super::cooling(3_700_000, 60, 170_000, 100_000));
+        // Never scaled: no cooldown.
+        assert!(!super::cooling(0, 60, 130_000, 100_000));
     }
 }

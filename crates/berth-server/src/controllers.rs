@@ -158,12 +158,7 @@ impl Controller for Scheduler {
 }
 
 /// Reconciles every service after every applied change.
-#[derive(Default)]
-pub struct ServiceReconciler {
-    /// When this server began to lead, by its clock: deployment deadlines that began earlier
-    /// count from then.
-    leading_since: Option<u64>,
-}
+pub struct ServiceReconciler;
 
 impl Controller for ServiceReconciler {
     const NAME: &'static str = "services";
@@ -174,14 +169,9 @@ impl Controller for ServiceReconciler {
         Duration::from_secs(1)
     }
 
-    fn leading(&mut self, leading: bool) {
-        if !leading {
-            self.leading_since = None;
-        }
-    }
-
     fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
-        let since = *self.leading_since.get_or_insert(at);
+        // Deployment deadlines that began before this server led count from then.
+        let since = berth_store::leading_since();
         berth_control::services::plan(state, at, since, &mut || uuid::Uuid::new_v4().to_string())
     }
 
@@ -222,7 +212,8 @@ impl Controller for Autoscaler {
     }
 
     fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
-        berth_control::autoscaling::plan(state, &self.usage, at)
+        // Cooldowns that began before this server led count from then.
+        berth_control::autoscaling::plan(state, &self.usage, at, berth_store::leading_since())
     }
 }
 

@@ -326,7 +326,7 @@ impl Server {
         let controllers = [
             tokio::spawn(publish_endpoints),
             tokio::spawn(leader_loop(store.clone(), Scheduler::new(metrics.clone()))),
-            tokio::spawn(leader_loop(store.clone(), ServiceReconciler::default())),
+            tokio::spawn(leader_loop(store.clone(), ServiceReconciler)),
             tokio::spawn(leader_loop(
                 store.clone(),
                 NodeMonitor::new(liveness.clone(), self.node_ttl),
@@ -474,7 +474,8 @@ impl Server {
 /// passed; open connections keep theirs, new handshakes present the new one.
 async fn renew_certificates(tls: Arc<ServerTls>, ttl: Duration) {
     loop {
-        let now = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
+        // Certificates' validity is wall-clock time.
+        let now = i64::try_from(berth_store::wall_ms() / 1000).unwrap_or(i64::MAX);
         let not_after = tls.not_after();
         let life = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
         let renew_at = not_after - life / 3;

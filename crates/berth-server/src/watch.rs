@@ -111,6 +111,11 @@ pub fn watch(store: Store, filter: Filter, from: u64) -> WatchStream {
                     return;
                 }
             }
+            // A shared listing may be older than what was applied since: catch up at once
+            // rather than wait for the next write.
+            if *applied.borrow() > last {
+                continue;
+            }
             tokio::select! {
                 r = applied.changed() => if r.is_err() { return },
                 () = tx.closed() => return,

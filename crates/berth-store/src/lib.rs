@@ -117,7 +117,7 @@ enum Leader {
     Unknown,
 }
 
-pub use clock::now_ms;
+pub use clock::{leading_since, now_ms, wall_ms};
 
 /// One Raft member with its state.
 #[derive(Clone)]
@@ -139,9 +139,10 @@ async fn follow_leadership(
 ) {
     loop {
         let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
-        let became = leadership.send_if_modified(|v| std::mem::replace(v, is_leader) != is_leader);
-        if became && is_leader {
-            clock::reanchor();
+        if *leadership.borrow() != is_leader {
+            // The clock first: controllers woken by the change stamp with it.
+            clock::set_leading(is_leader);
+            leadership.send_replace(is_leader);
         }
         if metrics.changed().await.is_err() {
             return;
@@ -307,7 +308,11 @@ impl Store {
         let (commits, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_commit(raft.clone(), queue));
         let metrics = raft.metrics();
-        let leadership = Arc::new(watch::channel(metrics.borrow().state == ServerState::Leader).0);
+        let leads = metrics.borrow().state == ServerState::Leader;
+        if leads {
+            clock::set_leading(true);
+        }
+        let leadership = Arc::new(watch::channel(leads).0);
         tokio::spawn(follow_leadership(metrics, leadership.clone()));
         Ok(Self {
             raft,
@@ -706,9 +711,10 @@ impl Store {
     }
 
     /// Every object as of a recent revision (`(revision, objects)`), for watchers that start
-    /// by listing the state: one copy of the state is shared by every watcher that starts
-    /// while it is recent — at most [`LISTING_REUSE`] revisions old, and still followed by
-    /// the change feed, from which each watcher catches up — instead of a copy per watcher.
+    /// by listing the state: one copy of the state is shared by the watchers that start while
+    /// another still sends it and it is recent — at most [`LISTING_REUSE`] revisions old, and
+    /// still followed by the change feed, from which each watcher catches up — instead of a
+    /// copy per watcher.
     pub fn listing(&self) -> (u64, Arc<Vec<berth_state::Object>>) {
         let mut cached = self
             .shared
@@ -723,15 +729,18 @@ impl Store {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .covers(*revision);
-            if covered && now.saturating_sub(*revision) <= LISTING_REUSE {
-                return (*revision, objects.clone());
+            if let Some(objects) = objects.upgrade() {
+                if covered && now.saturating_sub(*revision) <= LISTING_REUSE {
+                    return (*revision, objects);
+                }
             }
         }
         // The revision is read before the state: the state may be newer, so some changes
         // come twice to the watcher, which is harmless; none is missed.
         let objects: Arc<Vec<berth_state::Object>> =
             Arc::new(self.read_stale(|s| s.objects().collect()));
-        *cached = Some((now, objects.clone()));
+        // Kept only while a watcher still holds it: no copy of the state outlives its readers.
+        *cached = Some((now, Arc::downgrade(&objects)));
         (now, objects)
     }
 

@@ -296,7 +296,7 @@ pub struct Shared {
     pub node_changes: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// The last listing of every object, shared by watchers that start while it is recent
     /// (`Store::listing`).
-    pub listing: std::sync::Mutex<Option<(u64, Arc<Vec<Object>>)>>,
+    pub listing: std::sync::Mutex<Option<(u64, std::sync::Weak<Vec<Object>>)>>,
 }
 
 impl Shared {

@@ -155,7 +155,13 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     // A few writes later it is still shared: watchers catch up from the change feed.
     register_web(&store, false, 2).await;
     assert!(std::sync::Arc::ptr_eq(&first, &store.listing().1));
-    for at in 0..berth_store::LISTING_REUSE {
+    // Once no watcher holds it, it is gone: the next one lists anew.
+    drop(again);
+    let weak = std::sync::Arc::downgrade(&first);
+    drop(first);
+    assert!(weak.upgrade().is_none(), "a listing outlives its readers");
+    let (_, first) = store.listing();
+    for at in 0..=berth_store::LISTING_REUSE {
         register_web(&store, false, at + 3).await;
     }
     let (rev, fresh) = store.listing();
@@ -165,7 +171,8 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     );
     assert!(rev > first_rev + berth_store::LISTING_REUSE);
     assert_eq!(
-        usize::try_from(berth_store::LISTING_REUSE).expect("fits") + 2,
+        usize::try_from(berth_store::LISTING_REUSE).expect("fits") + 3,
         fresh.len()
     );
+    let _ = first_rev;
 }

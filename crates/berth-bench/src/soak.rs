@@ -1,0 +1,341 @@
+//! The soak: does berth stay flat for months? Three servers with a short task retention and
+//! hollow agents take a steady churn of short tasks (hollow containers whose command is
+//! `sleep 1` exit after a second) and of service deployments (a new revision every few
+//! seconds, the old one deregistered), until `BERTH_SOAK_TASKS` tasks (a million by default)
+//! have finished. Every few seconds it samples each server's RSS and data-dir size, the
+//! latency of API calls, and how long probe tasks take from `RunTask` to RUNNING. The
+//! verdict compares the last tenth of the run with the first tenth after warm-up (the first
+//! fifth, in which the retained history fills up): every figure should be within 10%.
+//! Runs only when named: `make bench SCENARIO=soak`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use berth_proto::v1 as pb;
+
+use crate::api::{spec, wait_nodes};
+use crate::cluster::{Cluster, Hollow};
+use crate::results::Results;
+
+const NODES: u32 = 200;
+/// The servers' task retention for the run: the history kept is what stopped in the last
+/// half minute (plus each service's latest five), not the whole run.
+const RETENTION: &str = "30s";
+/// Short tasks in flight: a batch of 1,000 goes in whenever fewer than this many wait.
+const PENDING_AT_MOST: u64 = 2_000;
+const BATCH: u32 = 1_000;
+const SERVICES: usize = 4;
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Each sample times this many API calls and this many probe tasks.
+const API_CALLS: usize = 20;
+const PROBES: u32 = 5;
+
+/// What one sample saw.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    /// Seconds since the churn began.
+    at: f64,
+    /// Per server, MiB.
+    rss: Vec<f64>,
+    /// Per server, MiB.
+    disk: Vec<f64>,
+    /// API calls' latencies, ms.
+    api: Vec<f64>,
+    /// Probe tasks' RunTask → RUNNING, ms.
+    scheduling: Vec<f64>,
+}
+
+pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
+    let target: u64 = std::env::var("BERTH_SOAK_TASKS")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .context("BERTH_SOAK_TASKS must be a number")?
+        .unwrap_or(1_000_000);
+    let cluster = Cluster::start_with(&["--task-retention", RETENTION]).await?;
+    let _agents = Hollow::spawn(&cluster.addresses(), "soak", NODES).await?;
+    let leader = cluster.leader_addr().await?;
+    wait_nodes(&leader, u64::from(NODES)).await?;
+    let mut client = cluster.leader().await?;
+    for family in ["short", "probe"] {
+        let mut def = spec(family, 64, 64);
+        def.containers[0].command = vec!["sleep".into(), "1".into()];
+        client
+            .register_task_definition(pb::RegisterTaskDefinitionRequest {
+                namespace: String::new(),
+                spec: Some(def),
+                reuse_identical: true,
+            })
+            .await?;
+    }
+    for i in 0..SERVICES {
+        deploy(&mut client, i, 0).await?;
+    }
+
+    let started = Instant::now();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut submitted: u64 = 0;
+    let mut revision = 0u32;
+    let mut next_sample = Instant::now();
+    let mut next_deploy = Instant::now() + Duration::from_secs(5);
+    let mut probes: Vec<String> = Vec::new();
+    let data_dirs: Vec<PathBuf> = cluster.servers.iter().map(|s| s.data_dir.clone()).collect();
+    let pids: Vec<u32> = cluster
+        .servers
+        .iter()
+        .map(|s| s.pid().context("server pid"))
+        .collect::<anyhow::Result<_>>()?;
+    while submitted < target {
+        let pending = crate::api::metric(&leader, "berth_tasks{state=\"PENDING\"}")
+            .await
+            .unwrap_or(0);
+        if pending < PENDING_AT_MOST {
+            let count = BATCH.min(u32::try_from(target - submitted).unwrap_or(BATCH));
+            client
+                .run_task(pb::RunTaskRequest {
+                    namespace: String::new(),
+                    task_definition: "short".into(),
+                    count,
+                    client_token: String::new(),
+                })
+                .await
+                .context("submit short tasks")?;
+            submitted += u64::from(count);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if Instant::now() >= next_deploy {
+            revision += 1;
+            deploy(&mut client, revision as usize % SERVICES, revision).await?;
+            next_deploy += Duration::from_secs(5);
+        }
+        if Instant::now() >= next_sample {
+            let mut s = sample(&mut client, &pids, &data_dirs, &probes).await?;
+            s.at = started.elapsed().as_secs_f64();
+            eprintln!(
+                "soak: {:>5.0}s {submitted:>8} submitted, rss {:?} MiB, disk {:?} MiB",
+                s.at,
+                s.rss.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                s.disk.iter().map(|v| v.round()).collect::<Vec<_>>()
+            );
+            samples.push(s);
+            probes = run_probes(&mut client).await?;
+            next_sample += SAMPLE_EVERY;
+        }
+    }
+    // Every short task finishes within seconds; wait for the last ones.
+    let services = u64::try_from(SERVICES * 10).unwrap_or(u64::MAX) + u64::from(PROBES);
+    let until = Instant::now() + Duration::from_secs(120);
+    while crate::api::metric(&leader, crate::api::RUNNING)
+        .await
+        .is_none_or(|running| running > services)
+    {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "short tasks still run two minutes after the last was submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    results.insert("soak.finished_tasks".into(), submitted as f64);
+    results.insert("soak.duration_s".into(), secs);
+    results.insert("soak.tasks_per_sec".into(), submitted as f64 / secs);
+    results.insert("soak.samples".into(), samples.len() as f64);
+    verdict(results, &samples)
+}
+
+/// Applies service `svc-{i}` (10 tasks) at a new revision, and deregisters the one before.
+async fn deploy(client: &mut berth_tests::Api, i: usize, revision: u32) -> anyhow::Result<()> {
+    let name = format!("svc-{i}");
+    let mut template = spec(&name, 64, 64);
+    template.containers[0]
+        .environment
+        .insert("REVISION".into(), revision.to_string());
+    let applied = client
+        .apply_service(pb::ApplyServiceRequest {
+            namespace: String::new(),
+            spec: Some(pb::ServiceSpec {
+                name: name.clone(),
+                desired_count: 10,
+                ..Default::default()
+            }),
+            template: Some(template),
+            ..Default::default()
+        })
+        .await
+        .context("deploy a service")?
+        .into_inner();
+    let current = applied
+        .service
+        .as_ref()
+        .map(|s| s.task_definition.clone())
+        .unwrap_or_default();
+    let rev: u32 = current
+        .rsplit(':')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    if rev > 1 {
+        client
+            .deregister_task_definition(pb::DeregisterTaskDefinitionRequest {
+                namespace: String::new(),
+                task_definition: format!("{name}:{}", rev - 1),
+            })
+            .await
+            .context("deregister the revision before")?;
+    }
+    Ok(())
+}
+
+/// Starts the probe tasks whose scheduling latency the next sample reads.
+async fn run_probes(client: &mut berth_tests::Api) -> anyhow::Result<Vec<String>> {
+    let r = client
+        .run_task(pb::RunTaskRequest {
+            namespace: String::new(),
+            task_definition: "probe".into(),
+            count: PROBES,
+            client_token: String::new(),
+        })
+        .await
+        .context("run probes")?
+        .into_inner();
+    Ok(r.tasks.into_iter().map(|t| t.task_id).collect())
+}
+
+async fn sample(
+    client: &mut berth_tests::Api,
+    pids: &[u32],
+    data_dirs: &[PathBuf],
+    probes: &[String],
+) -> anyhow::Result<Sample> {
+    let mut s = Sample::default();
+    for pid in pids {
+        s.rss.push(rss_mib(*pid)?);
+    }
+    for dir in data_dirs {
+        s.disk
+            .push(dir_bytes(&dir.join("raft")) as f64 / (1024.0 * 1024.0));
+    }
+    for i in 0..API_CALLS {
+        let t = Instant::now();
+        client
+            .describe_service(pb::DescribeServiceRequest {
+                namespace: String::new(),
+                name: format!("svc-{}", i % SERVICES),
+                stale: false,
+            })
+            .await
+            .context("describe a service")?;
+        s.api.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    // The probes started a sample ago: RunTask (created) to RUNNING (started), as the
+    // leader stamped them.
+    for id in probes {
+        let t = client
+            .describe_task(pb::DescribeTaskRequest {
+                namespace: String::new(),
+                task_id: id.clone(),
+                stale: false,
+            })
+            .await
+            .context("describe a probe")?
+            .into_inner();
+        if t.started_at > 0 {
+            s.scheduling
+                .push(t.started_at.saturating_sub(t.created_at) as f64);
+        } else {
+            // Not running five seconds later: count the whole wait.
+            s.scheduling.push(SAMPLE_EVERY.as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(s)
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("server {pid} is gone"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The first tenth after warm-up against the last tenth, figure by figure; the run is flat
+/// when the last is within 10% of the first on every one (or within a floor: a few MiB, a few
+/// ms, which noise alone moves by more than 10% of a small number).
+fn verdict(results: &mut Results, samples: &[Sample]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        samples.len() >= 20,
+        "only {} samples: the run was too short to judge (raise BERTH_SOAK_TASKS)",
+        samples.len()
+    );
+    let warm = samples.len() / 5;
+    let tenth = ((samples.len() - warm) / 10).max(1);
+    let first = &samples[warm..warm + tenth];
+    let last = &samples[samples.len() - tenth..];
+    let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let p99 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let mut flat = true;
+    let mut figure = |name: &str, a: f64, b: f64, floor: f64| {
+        results.insert(format!("soak.{name}.first"), a);
+        results.insert(format!("soak.{name}.last"), b);
+        let ratio = b / a.max(f64::MIN_POSITIVE);
+        results.insert(format!("soak.{name}.ratio"), ratio);
+        if b > a * 1.10 && b - a > floor {
+            flat = false;
+            eprintln!("soak: {name} grew from {a:.1} to {b:.1}");
+        }
+    };
+    for server in 0..first[0].rss.len() {
+        figure(
+            &format!("s{}_rss_mib", server + 1),
+            mean(first.iter().map(|s| s.rss[server]).collect()),
+            mean(last.iter().map(|s| s.rss[server]).collect()),
+            16.0,
+        );
+        figure(
+            &format!("s{}_disk_mib", server + 1),
+            mean(first.iter().map(|s| s.disk[server]).collect()),
+            mean(last.iter().map(|s| s.disk[server]).collect()),
+            16.0,
+        );
+    }
+    figure(
+        "api_p99_ms",
+        p99(first.iter().flat_map(|s| s.api.clone()).collect()),
+        p99(last.iter().flat_map(|s| s.api.clone()).collect()),
+        5.0,
+    );
+    figure(
+        "scheduling_p99_ms",
+        p99(first.iter().flat_map(|s| s.scheduling.clone()).collect()),
+        p99(last.iter().flat_map(|s| s.scheduling.clone()).collect()),
+        20.0,
+    );
+    results.insert("soak.flat".into(), if flat { 1.0 } else { 0.0 });
+    anyhow::ensure!(flat, "the soak did not stay flat (see soak.*.ratio)");
+    Ok(())
+}
