@@ -333,7 +333,11 @@ impl Runtime for FakeRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        self.state().calls.push(format!("remove {id}"));
+        let mut state = self.state();
+        state.calls.push(format!("remove {id}"));
+        // Removed containers are gone (a hollow agent churning short tasks must not keep one
+        // entry per task it ever ran).
+        state.running.remove(id);
         Ok(())
     }
 }
