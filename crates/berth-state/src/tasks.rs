@@ -402,17 +402,9 @@ impl State {
     /// Takes a task out of the state and out of every index (the retention's removal).
     pub(crate) fn unindex(&mut self, id: &str) -> Option<Task> {
         let task = self.tasks.remove(id)?;
-        let in_set = |index: &mut BTreeMap<String, BTreeSet<String>>, key: &str| {
-            if let Some(set) = index.get_mut(key) {
-                set.remove(id);
-                if set.is_empty() {
-                    index.remove(key);
-                }
-            }
-        };
-        in_set(&mut self.tasks_by_namespace, &task.namespace);
+        remove_from(&mut self.tasks_by_namespace, &task.namespace, id);
         if let Some(node) = &task.node {
-            in_set(&mut self.tasks_by_node, node);
+            remove_from(&mut self.tasks_by_node, node, id);
         }
         let revision = revision_of(&task);
         if let Some(n) = self.revision_users.get_mut(&revision) {
