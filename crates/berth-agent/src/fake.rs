@@ -1,7 +1,7 @@
 //! An in-memory [`Runtime`] for unit tests and control-plane benchmarks. Never used in place
 //! of containerd in end-to-end tests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use crate::runtime::{
@@ -11,11 +11,13 @@ use crate::runtime::{
 use berth_model::PortMapping;
 
 const SIGTERM: u32 = 15;
+/// The calls kept: the latest ones (a hollow agent in a soak makes millions).
+const CALLS_KEPT: usize = 10_000;
 
 /// Containers run until killed (exit code 128 + signal) unless their image was given an exit
 /// code with [`FakeRuntime::exit_with`], or their command is `sleep SECONDS` (then they exit 0
 /// after that long, as busybox's would: short tasks for the soak benchmark's hollow agents).
-/// Every call is recorded.
+/// The latest calls are recorded.
 #[derive(Default)]
 pub struct FakeRuntime {
     state: Mutex<FakeState>,
@@ -28,7 +30,7 @@ struct FakeState {
     ignore_sigterm: HashSet<String>,
     exit_codes: HashMap<String, i32>,
     running: HashMap<String, (ContainerSpec, tokio::sync::oneshot::Sender<ExitStatus>)>,
-    calls: Vec<String>,
+    calls: VecDeque<String>,
     /// Exit code of commands run in a container (0 when not set).
     exec_codes: HashMap<String, i32>,
     stats: HashMap<String, ContainerStats>,
@@ -41,6 +43,15 @@ struct FakeState {
     storage: HashMap<String, u64>,
     /// Credentials each pull was given, by image.
     pull_credentials: HashMap<String, Option<(String, String)>>,
+}
+
+impl FakeState {
+    fn record(&mut self, call: String) {
+        if self.calls.len() == CALLS_KEPT {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(call);
+    }
 }
 
 impl FakeRuntime {
@@ -110,7 +121,7 @@ impl FakeRuntime {
 
     /// Every call so far, as `"op arg"` lines.
     pub fn calls(&self) -> Vec<String> {
-        self.state().calls.clone()
+        self.state().calls.iter().cloned().collect()
     }
 
     /// IDs of containers that are running.
@@ -130,7 +141,7 @@ impl Runtime for FakeRuntime {
         _progress: &Progress<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("pull {image}"));
+        state.record(format!("pull {image}"));
         state
             .pull_credentials
             .insert(image.to_owned(), credentials.cloned());
@@ -175,7 +186,7 @@ impl Runtime for FakeRuntime {
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("start {}", spec.id));
+        state.record(format!("start {}", spec.id));
         if let Some(code) = state.exit_codes.get(&spec.image.reference) {
             let status = ExitStatus {
                 code: *code,
@@ -217,7 +228,7 @@ impl Runtime for FakeRuntime {
 
     async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("adopt {id}"));
+        state.record(format!("adopt {id}"));
         let (tx, rx) = tokio::sync::oneshot::channel();
         match state.running.get_mut(id) {
             Some((_, sender)) => *sender = tx,
@@ -233,7 +244,7 @@ impl Runtime for FakeRuntime {
         _timeout: std::time::Duration,
     ) -> Result<ExecOutput, RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("exec {id} {}", args.join(" ")));
+        state.record(format!("exec {id} {}", args.join(" ")));
         if !state.running.contains_key(id) {
             return Err(RuntimeError::NotRunning { id: id.to_owned() });
         }
@@ -251,7 +262,7 @@ impl Runtime for FakeRuntime {
         ports: &[PortMapping],
     ) -> Result<TaskNetwork, RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("create network {task_id}"));
+        state.record(format!("create network {task_id}"));
         let n = u32::try_from(state.networks.len()).unwrap_or(0) + 2;
         let network = TaskNetwork {
             netns: format!("/run/netns/fake-{task_id}"),
@@ -281,7 +292,7 @@ impl Runtime for FakeRuntime {
 
     async fn remove_network(&self, task_id: &str) -> Result<(), RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("remove network {task_id}"));
+        state.record(format!("remove network {task_id}"));
         state.networks.remove(task_id);
         Ok(())
     }
@@ -300,7 +311,7 @@ impl Runtime for FakeRuntime {
         stale.sort();
         for id in &stale {
             state.networks.remove(id);
-            state.calls.push(format!("remove stale network {id}"));
+            state.record(format!("remove stale network {id}"));
         }
         Ok(stale)
     }
@@ -315,7 +326,7 @@ impl Runtime for FakeRuntime {
 
     async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("kill {id} {signal}"));
+        state.record(format!("kill {id} {signal}"));
         let ignored = |spec: &ContainerSpec| {
             signal == SIGTERM && state.ignore_sigterm.contains(&spec.image.reference)
         };
@@ -334,7 +345,7 @@ impl Runtime for FakeRuntime {
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut state = self.state();
-        state.calls.push(format!("remove {id}"));
+        state.record(format!("remove {id}"));
         // Removed containers are gone (a hollow agent churning short tasks must not keep one
         // entry per task it ever ran).
         state.running.remove(id);

@@ -215,8 +215,13 @@ pub fn read_new(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)>
 }
 
 /// Removes the log directories under `root` of the tasks for which `remove` answers true,
-/// among those found there (a task's directory is named by its ID). Answers how many went.
-pub fn remove_task_logs(root: &Path, remove: impl Fn(&str) -> bool) -> std::io::Result<usize> {
+/// among those found there (a task's directory is named by its ID) and last changed before
+/// `changed_before`. Answers how many went.
+pub fn remove_task_logs(
+    root: &Path,
+    changed_before: std::time::SystemTime,
+    remove: impl Fn(&str) -> bool,
+) -> std::io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
@@ -227,13 +232,44 @@ pub fn remove_task_logs(root: &Path, remove: impl Fn(&str) -> bool) -> std::io::
         if !entry.file_type()?.is_dir() || !remove(task_id) {
             continue;
         }
-        match std::fs::remove_dir_all(entry.path()) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        match entry.metadata().and_then(|m| m.modified()) {
+            Ok(changed) if changed < changed_before => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         }
+        removed += usize::from(remove_dir(&entry.path())?);
     }
     Ok(removed)
+}
+
+/// Removes the log directories under `root` of `tasks`, those that exist; answers how many
+/// went. A name that is not a single path component (empty, `.`, `..`, with a `/`) is refused
+/// and nothing is removed for it.
+pub fn remove_named_task_logs<'a>(
+    root: &Path,
+    tasks: impl IntoIterator<Item = &'a str>,
+) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for task_id in tasks {
+        if task_id.is_empty() || task_id == "." || task_id == ".." || task_id.contains('/') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{task_id:?} is not a task ID"),
+            ));
+        }
+        removed += usize::from(remove_dir(&root.join(task_id))?);
+    }
+    Ok(removed)
+}
+
+/// Removes `dir` and what it holds; answers false when it was not there.
+fn remove_dir(dir: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -309,13 +345,44 @@ mod tests {
             std::fs::write(root.path().join(task).join("app.log"), "x").expect("write");
         }
         std::fs::write(root.path().join("go-file"), "not a task").expect("write");
-        let removed = remove_task_logs(root.path(), |t| t.starts_with("go")).expect("sweep");
+        let listing = || {
+            let mut left: Vec<String> = std::fs::read_dir(root.path())
+                .expect("read")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            left
+        };
+        // Changed just now: too recent to go.
+        let a_minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let removed =
+            remove_task_logs(root.path(), a_minute_ago, |t| t.starts_with("go")).expect("sweep");
+        assert_eq!(removed, 0);
+        assert_eq!(listing(), ["go", "go-file", "keep", "running"]);
+        let in_a_minute = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        let removed =
+            remove_task_logs(root.path(), in_a_minute, |t| t.starts_with("go")).expect("sweep");
         assert_eq!(removed, 1);
-        let mut left: Vec<String> = std::fs::read_dir(root.path())
-            .expect("read")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["go-file", "keep", "running"]);
+        assert_eq!(listing(), ["go-file", "keep", "running"]);
+    }
+
+    #[test]
+    fn named_task_log_directories_go_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("logs");
+        for task in ["a", "b"] {
+            std::fs::create_dir_all(root.join(task)).expect("mkdir");
+            std::fs::write(root.join(task).join("app.log"), "x").expect("write");
+        }
+        assert_eq!(
+            remove_named_task_logs(&root, ["a", "gone"]).expect("remove"),
+            1
+        );
+        assert!(!root.join("a").exists());
+        for bad in ["", ".", "..", "../logs", "b/app.log"] {
+            let e = remove_named_task_logs(&root, [bad]).expect_err(bad);
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad}");
+        }
+        assert!(root.join("b/app.log").exists());
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use berth_model::{TaskStatus, TaskStatusUpdate};
 use berth_proto::v1::{DesiredTasks, TaskAssignment};
@@ -102,8 +103,8 @@ impl Agent {
                             .ok()
                     }),
                 };
-                span.in_scope(|| tracing::info!("start task"));
-                tokio::spawn(run.run().instrument(span));
+                // Known as running before it can write a log line: a log sweep never takes
+                // the directory of a task starting.
                 let local = LocalTask {
                     stop,
                     done,
@@ -111,6 +112,8 @@ impl Agent {
                     deregistration_delay,
                 };
                 self.tasks.insert(task_id, local);
+                span.in_scope(|| tracing::info!("start task"));
+                tokio::spawn(run.run().instrument(span));
             }
             Action::Stop {
                 task_id,
@@ -146,33 +149,33 @@ impl Agent {
         }
     }
 
-    /// Removes the logs of `tasks`, which the servers removed (retention), unless one still
-    /// runs here.
+    /// Removes, off the async workers, the logs of `tasks`, which the servers removed
+    /// (retention), unless one still runs here.
     pub(crate) fn remove_logs_of(&self, tasks: Vec<String>) {
-        let tasks: std::collections::HashSet<String> = tasks.into_iter().collect();
-        self.sweep_logs(move |id| tasks.contains(id));
-    }
-
-    /// Removes the logs of every task that is neither in `kept` (the tasks of this node the
-    /// servers hold) nor running here: tasks removed while this agent was away.
-    pub(crate) fn keep_logs_of(&self, kept: std::collections::BTreeSet<String>) {
-        self.sweep_logs(move |id| !kept.contains(id));
-    }
-
-    /// Removes, off the async workers, the log directories of the tasks `remove` names and
-    /// this node does not run.
-    fn sweep_logs(&self, remove: impl Fn(&str) -> bool + Send + 'static) {
         let root = self.log_root();
-        let tasks = self.tasks.clone();
+        let local = self.tasks.clone();
         tokio::task::spawn_blocking(move || {
-            match crate::logfile::remove_task_logs(&root, |id| remove(id) && !tasks.is_running(id))
-            {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(removed = n, "removed the logs of tasks the servers removed")
-                }
-                Err(e) => tracing::warn!("remove logs under {}: {e}", root.display()),
-            }
+            let gone = tasks
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !local.is_running(id));
+            log_sweep(&root, crate::logfile::remove_named_task_logs(&root, gone));
+        });
+    }
+
+    /// Removes, off the async workers, the logs of every task that is neither in `kept` (the
+    /// tasks of this node the servers hold) nor running here: tasks removed while this agent
+    /// was away. Directories changed in the last [`SWEEP_SPARES`] stay: a server that has just
+    /// become leader may answer from a state a few entries behind.
+    pub(crate) fn keep_logs_of(&self, kept: std::collections::BTreeSet<String>) {
+        let root = self.log_root();
+        let local = self.tasks.clone();
+        tokio::task::spawn_blocking(move || {
+            let before = std::time::SystemTime::now() - SWEEP_SPARES;
+            let removed = crate::logfile::remove_task_logs(&root, before, |id| {
+                !kept.contains(id) && !local.is_running(id)
+            });
+            log_sweep(&root, removed);
         });
     }
 
@@ -191,6 +194,18 @@ impl Agent {
             ip_address: None,
         });
         self.tasks.insert(task_id, LocalTask::finished());
+    }
+}
+
+/// How recently changed a task's log directory may be and still be spared by a sweep of
+/// tasks the servers no longer hold.
+const SWEEP_SPARES: Duration = Duration::from_secs(600);
+
+fn log_sweep(root: &std::path::Path, removed: std::io::Result<usize>) {
+    match removed {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed the logs of tasks the servers removed"),
+        Err(e) => tracing::warn!("remove logs under {}: {e}", root.display()),
     }
 }
 

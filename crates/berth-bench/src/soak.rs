@@ -22,11 +22,16 @@ const NODES: u32 = 200;
 /// The servers' task retention for the run: the history kept is what stopped in the last
 /// half minute (plus each service's latest five), not the whole run.
 const RETENTION: &str = "30s";
+/// Samples in two retentions.
+const WARM_UP_SAMPLES: usize = 12;
 /// Short tasks in flight: a batch of 1,000 goes in whenever fewer than this many wait.
 const PENDING_AT_MOST: u64 = 2_000;
 const BATCH: u32 = 1_000;
 const SERVICES: usize = 4;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const DEPLOY_EVERY: Duration = Duration::from_secs(5);
+/// How long a probe may take to start before the sample gives up on it (and the run fails).
+const PROBE_PATIENCE: Duration = Duration::from_secs(60);
 /// Each sample times this many API calls and this many probe tasks.
 const API_CALLS: usize = 20;
 const PROBES: u32 = 5;
@@ -38,8 +43,11 @@ struct Sample {
     at: f64,
     /// Per server, MiB.
     rss: Vec<f64>,
-    /// Per server, MiB.
+    /// Per server, MiB of disk its `raft` data dir uses (allocated blocks).
     disk: Vec<f64>,
+    /// Per server, MiB its `raft` data dir's files are long (redb grows its file in steps and
+    /// fills it; `disk` is what is used of it).
+    files: Vec<f64>,
     /// API calls' latencies, ms.
     api: Vec<f64>,
     /// Probe tasks' RunTask → RUNNING, ms.
@@ -78,7 +86,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
     let mut submitted: u64 = 0;
     let mut revision = 0u32;
     let mut next_sample = Instant::now();
-    let mut next_deploy = Instant::now() + Duration::from_secs(5);
+    let mut next_deploy = Instant::now() + DEPLOY_EVERY;
     let mut probes: Vec<String> = Vec::new();
     let data_dirs: Vec<PathBuf> = cluster.servers.iter().map(|s| s.data_dir.clone()).collect();
     let pids: Vec<u32> = cluster
@@ -108,7 +116,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
         if Instant::now() >= next_deploy {
             revision += 1;
             deploy(&mut client, revision as usize % SERVICES, revision).await?;
-            next_deploy += Duration::from_secs(5);
+            next_deploy = Instant::now() + DEPLOY_EVERY;
         }
         if Instant::now() >= next_sample {
             let mut s = sample(&mut client, &pids, &data_dirs, &probes).await?;
@@ -121,16 +129,20 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
             );
             samples.push(s);
             probes = run_probes(&mut client).await?;
-            next_sample += SAMPLE_EVERY;
+            // From now: a slow sample must not make the next ones come in a burst.
+            next_sample = Instant::now() + SAMPLE_EVERY;
         }
     }
-    // Every short task finishes within seconds; wait for the last ones.
+    // Every short task finishes within seconds; wait for the last ones to be placed, run and
+    // stop (the services' tasks and the last probes may still run).
     let services = u64::try_from(SERVICES * 10).unwrap_or(u64::MAX) + u64::from(PROBES);
     let until = Instant::now() + Duration::from_secs(120);
-    while crate::api::metric(&leader, crate::api::RUNNING)
-        .await
-        .is_none_or(|running| running > services)
-    {
+    loop {
+        let pending = crate::api::metric(&leader, "berth_tasks{state=\"PENDING\"}").await;
+        let running = crate::api::metric(&leader, crate::api::RUNNING).await;
+        if pending == Some(0) && running.is_some_and(|r| r <= services) {
+            break;
+        }
         anyhow::ensure!(
             Instant::now() < until,
             "short tasks still run two minutes after the last was submitted"
@@ -142,6 +154,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
     results.insert("soak.duration_s".into(), secs);
     results.insert("soak.tasks_per_sec".into(), submitted as f64 / secs);
     results.insert("soak.samples".into(), samples.len() as f64);
+    write_series(&samples)?;
     verdict(results, &samples)
 }
 
@@ -214,8 +227,9 @@ async fn sample(
         s.rss.push(rss_mib(*pid)?);
     }
     for dir in data_dirs {
-        s.disk
-            .push(dir_bytes(&dir.join("raft")) as f64 / (1024.0 * 1024.0));
+        let (used, long) = dir_bytes(&dir.join("raft"));
+        s.disk.push(used as f64 / (1024.0 * 1024.0));
+        s.files.push(long as f64 / (1024.0 * 1024.0));
     }
     for i in 0..API_CALLS {
         let t = Instant::now();
@@ -230,26 +244,58 @@ async fn sample(
         s.api.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     // The probes started a sample ago: RunTask (created) to RUNNING (started), as the
-    // leader stamped them.
+    // leader stamped them; a probe not yet started is waited for.
     for id in probes {
-        let t = client
-            .describe_task(pb::DescribeTaskRequest {
-                namespace: String::new(),
-                task_id: id.clone(),
-                stale: false,
-            })
-            .await
-            .context("describe a probe")?
-            .into_inner();
-        if t.started_at > 0 {
-            s.scheduling
-                .push(t.started_at.saturating_sub(t.created_at) as f64);
-        } else {
-            // Not running five seconds later: count the whole wait.
-            s.scheduling.push(SAMPLE_EVERY.as_secs_f64() * 1000.0);
+        let until = Instant::now() + PROBE_PATIENCE;
+        loop {
+            let t = client
+                .describe_task(pb::DescribeTaskRequest {
+                    namespace: String::new(),
+                    task_id: id.clone(),
+                    stale: false,
+                })
+                .await
+                .context("describe a probe")?
+                .into_inner();
+            if t.started_at > 0 {
+                s.scheduling
+                    .push(t.started_at.saturating_sub(t.created_at) as f64);
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "probe task {id} did not start within {PROBE_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     Ok(s)
+}
+
+/// Writes the samples as CSV beside the results (`soak.csv`): the figures over time, for the
+/// summary in BENCHMARKS.md.
+fn write_series(samples: &[Sample]) -> anyhow::Result<()> {
+    let out =
+        PathBuf::from(std::env::var("BERTH_BENCH_OUT").unwrap_or_else(|_| "bench/results".into()));
+    std::fs::create_dir_all(&out)?;
+    let servers = samples.first().map_or(0, |s| s.rss.len());
+    let mut csv = String::from("at_s");
+    for i in 1..=servers {
+        csv.push_str(&format!(",s{i}_rss_mib,s{i}_disk_mib,s{i}_file_mib"));
+    }
+    csv.push_str(",api_max_ms,scheduling_max_ms\n");
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    for s in samples {
+        csv.push_str(&format!("{:.0}", s.at));
+        for i in 0..servers {
+            csv.push_str(&format!(
+                ",{:.1},{:.1},{:.1}",
+                s.rss[i], s.disk[i], s.files[i]
+            ));
+        }
+        csv.push_str(&format!(",{:.1},{:.1}\n", max(&s.api), max(&s.scheduling)));
+    }
+    std::fs::write(out.join("soak.csv"), csv).context("write soak.csv")
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
@@ -263,31 +309,34 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// Bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of disk the files under `dir` use (allocated blocks, as `du`) and how long they are.
+fn dir_bytes(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return (0, 0);
     };
     entries
         .flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
+            Ok(_) => e.metadata().map_or((0, 0), |m| (m.blocks() * 512, m.len())),
+            Err(_) => (0, 0),
         })
-        .sum()
+        .fold((0, 0), |(u, l), (du, dl)| (u + du, l + dl))
 }
 
 /// The first tenth after warm-up against the last tenth, figure by figure; the run is flat
 /// when the last is within 10% of the first on every one (or within a floor: a few MiB, a few
 /// ms, which noise alone moves by more than 10% of a small number).
 fn verdict(results: &mut Results, samples: &[Sample]) -> anyhow::Result<()> {
+    // Warm-up: the first fifth, and at least two retentions (the retained history fills up
+    // over one; the first removals then follow).
+    let warm = (samples.len() / 5).max(WARM_UP_SAMPLES);
     anyhow::ensure!(
-        samples.len() >= 20,
+        samples.len() >= warm + 20,
         "only {} samples: the run was too short to judge (raise BERTH_SOAK_TASKS)",
         samples.len()
     );
-    let warm = samples.len() / 5;
     let tenth = ((samples.len() - warm) / 10).max(1);
     let first = &samples[warm..warm + tenth];
     let last = &samples[samples.len() - tenth..];

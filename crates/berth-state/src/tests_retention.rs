@@ -134,7 +134,12 @@ fn the_indexes_kept_as_commands_apply_equal_rebuilt_ones() {
 }
 
 fn register(s: &mut State, memory: u32, at: u64) {
-    s.apply(Command::RegisterTaskDefinition {
+    s.apply(registration(memory, at));
+}
+
+/// Registers a revision of web.
+fn registration(memory: u32, at: u64) -> Command {
+    Command::RegisterTaskDefinition {
         namespace: "default".into(),
         spec: TaskDefinitionSpec::new(
             "web",
@@ -144,7 +149,7 @@ fn register(s: &mut State, memory: u32, at: u64) {
         ),
         reuse_identical: false,
         at,
-    });
+    }
 }
 
 fn rev(revision: u32) -> RevisionKey {
@@ -278,4 +283,224 @@ fn a_node_is_retired_only_while_it_is_down() {
         Some(TaskStatus::Stopped)
     );
     round_trips(&s);
+}
+
+/// One step of a random history, over small pools of task IDs, groups, namespaces and nodes so
+/// that steps meet the same objects.
+#[derive(Debug, Clone)]
+enum Step {
+    Create {
+        id: u8,
+        group: u8,
+        namespace: u8,
+    },
+    Place {
+        id: u8,
+        node: u8,
+    },
+    /// From the node the task is on (or n0).
+    Report {
+        id: u8,
+        stopped: bool,
+    },
+    Stop {
+        id: u8,
+    },
+    NodeDown {
+        node: u8,
+    },
+    RemoveNode {
+        node: u8,
+    },
+    RegisterNode {
+        node: u8,
+    },
+    Register {
+        memory: u8,
+    },
+    Deregister {
+        revision: Option<u8>,
+    },
+    Retire {
+        tasks: Vec<u8>,
+        forget: Vec<u8>,
+        revisions: Vec<u8>,
+        nodes: Vec<u8>,
+    },
+    Replace,
+}
+
+/// Task IDs `t0` to `t5`: few, so that the steps of a history keep meeting the same tasks.
+const TASK_IDS: u8 = 6;
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let id = 0u8..TASK_IDS;
+    let node = 0u8..3;
+    let few = |max: u8| proptest::collection::vec(0..max, 0..4);
+    prop_oneof![
+        4 => (id.clone(), 0u8..3, 0u8..2).prop_map(|(id, group, namespace)| Step::Create { id, group, namespace }),
+        3 => (id.clone(), node.clone()).prop_map(|(id, node)| Step::Place { id, node }),
+        4 => (id.clone(), any::<bool>()).prop_map(|(id, stopped)| Step::Report { id, stopped }),
+        1 => id.clone().prop_map(|id| Step::Stop { id }),
+        1 => node.clone().prop_map(|node| Step::NodeDown { node }),
+        1 => node.clone().prop_map(|node| Step::RemoveNode { node }),
+        1 => node.prop_map(|node| Step::RegisterNode { node }),
+        1 => (0u8..4).prop_map(|memory| Step::Register { memory }),
+        1 => proptest::option::of(1u8..5).prop_map(|revision| Step::Deregister { revision }),
+        2 => (few(TASK_IDS), few(TASK_IDS), few(5), few(3)).prop_map(|(tasks, forget, revisions, nodes)| Step::Retire { tasks, forget, revisions, nodes }),
+        1 => Just(Step::Replace),
+    ]
+}
+
+/// The command of `step` against `s` (which it reads for the latest revision and, to replace
+/// the state, the objects).
+fn command_of(s: &State, step: &Step, at: u64) -> Command {
+    let task = |id: &u8| format!("t{id}");
+    let node = |n: &u8| format!("n{n}");
+    match step {
+        Step::Create {
+            id,
+            group,
+            namespace,
+        } => {
+            let namespace = ["default", "other"][usize::from(*namespace)];
+            let def = s
+                .task_definitions
+                .get(&(namespace.to_owned(), "web".to_owned()))
+                .and_then(|revisions| revisions.values().next_back())
+                .expect("web is registered")
+                .clone();
+            let mut t = Task::pending(task(id), namespace, &def, at);
+            t.group = [None, Some("service:a"), Some("family:web")][usize::from(*group)]
+                .map(str::to_owned);
+            Command::CreateTasks {
+                tasks: vec![t],
+                client_token: None,
+                at,
+            }
+        }
+        Step::Place { id, node: n } => Command::PlaceTasks {
+            placements: vec![Placement {
+                task_id: task(id),
+                node: node(n),
+            }],
+            unplaced: vec![],
+            at,
+        },
+        Step::Report { id, stopped } => Command::ReportTaskStatus {
+            node: s
+                .tasks
+                .get(&task(id))
+                .and_then(|t| t.node.clone())
+                .unwrap_or_else(|| node(&0)),
+            updates: vec![berth_model::TaskStatusUpdate {
+                task_id: task(id),
+                last_status: if *stopped {
+                    TaskStatus::Stopped
+                } else {
+                    TaskStatus::Running
+                },
+                containers: vec![],
+                stop_code: stopped.then_some(berth_model::StopCode::EssentialContainerExited),
+                stopped_reason: None,
+                event: None,
+                ip_address: None,
+            }],
+            at,
+        },
+        Step::Stop { id } => Command::StopTask {
+            namespace: "default".into(),
+            task_id: task(id),
+            stop_code: berth_model::StopCode::UserInitiated,
+            reason: "test".into(),
+            at,
+        },
+        Step::NodeDown { node: n } => Command::MarkNodeDown {
+            node: node(n),
+            reason: "silent".into(),
+            at,
+        },
+        Step::RemoveNode { node: n } => Command::RemoveNode { node: node(n), at },
+        Step::RegisterNode { node: n } => Command::RegisterNode {
+            node: Node::new(node(n), "127.0.0.1:1", 4096, 4096),
+            at,
+        },
+        Step::Register { memory } => registration(64 + u32::from(*memory), at),
+        Step::Deregister { revision } => Command::DeregisterTaskDefinition {
+            namespace: "default".into(),
+            family: "web".into(),
+            revision: revision.map(u32::from),
+            at,
+        },
+        Step::Retire {
+            tasks,
+            forget,
+            revisions,
+            nodes,
+        } => Command::Retire(Retirement {
+            tasks: tasks.iter().map(task).collect(),
+            forget: forget.iter().map(task).collect(),
+            revisions: revisions.iter().map(|r| rev(u32::from(*r))).collect(),
+            nodes: nodes.iter().map(node).collect(),
+            at,
+        }),
+        Step::Replace => Command::ReplaceState {
+            objects: s.objects().collect(),
+            at,
+        },
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
+
+    /// Whatever commands apply, in whatever order, alone or batched, the indexes kept as they
+    /// apply equal the ones rebuilt from the objects.
+    #[test]
+    fn incremental_indexes_equal_rebuilt_ones_after_any_history(
+        history in proptest::collection::vec(
+            (proptest::collection::vec(step(), 1..4), proptest::bool::ANY),
+            1..30,
+        ),
+    ) {
+        let mut s = State::default();
+        register_web(&mut s);
+        if let Command::RegisterTaskDefinition { spec, .. } = registration(64, 1) {
+            s.apply(Command::RegisterTaskDefinition {
+                namespace: "other".into(),
+                spec,
+                reuse_identical: false,
+                at: 1,
+            });
+        }
+        for n in 0..3 {
+            s.apply(Command::RegisterNode {
+                node: Node::new(format!("n{n}"), "127.0.0.1:1", 4096, 4096),
+                at: 1,
+            });
+        }
+        let mut at = 10;
+        for (steps, batched) in &history {
+            if *batched {
+                // Each command reads the state as it was before the batch.
+                let commands = steps
+                    .iter()
+                    .map(|step| {
+                        at += 1;
+                        command_of(&s, step, at)
+                    })
+                    .collect();
+                s.apply(Command::Batch(commands));
+            } else {
+                for step in steps {
+                    at += 1;
+                    let c = command_of(&s, step, at);
+                    s.apply(c);
+                }
+            }
+            let rebuilt = State::from_objects(s.objects());
+            proptest::prop_assert!(rebuilt == s, "after {steps:?} (batched: {batched})");
+        }
+    }
 }
