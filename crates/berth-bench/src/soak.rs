@@ -2,7 +2,8 @@
 //! hollow agents take a steady churn of short tasks (hollow containers whose command is
 //! `sleep 1` exit after a second) and of service deployments (a new revision every few
 //! seconds, the old one deregistered), until `BERTH_SOAK_TASKS` tasks (a million by default)
-//! have finished. Every few seconds it samples each server's RSS and data-dir size, the
+//! have finished. Every few seconds it samples each server's RSS and data-dir size (disk used,
+//! and the length of its files), the
 //! latency of API calls, and how long probe tasks take from `RunTask` to RUNNING. The
 //! verdict compares the last tenth of the run with the first tenth after warm-up (the first
 //! fifth, in which the retained history fills up): every figure should be within 10%.
@@ -369,6 +370,12 @@ fn verdict(results: &mut Results, samples: &[Sample]) -> anyhow::Result<()> {
             &format!("s{}_disk_mib", server + 1),
             mean(first.iter().map(|s| s.disk[server]).collect()),
             mean(last.iter().map(|s| s.disk[server]).collect()),
+            16.0,
+        );
+        figure(
+            &format!("s{}_file_mib", server + 1),
+            mean(first.iter().map(|s| s.files[server]).collect()),
+            mean(last.iter().map(|s| s.files[server]).collect()),
             16.0,
         );
     }
