@@ -334,11 +334,20 @@ fn metrics_cell(s: &Service) -> String {
                 .metrics
                 .iter()
                 .find(|m| m.metric == t.metric)
-                .map_or("?".to_owned(), |m| format!("{:.0}%", m.value));
-            format!("{} {value}/{}%", t.metric, t.target)
+                .map_or("?".to_owned(), |m| compact(t.metric, m.value));
+            format!("{} {value}/{}", t.metric, compact(t.metric, t.target))
         })
         .collect();
     format!("{} ({}..{})", values.join(", "), a.min_count, a.max_count)
+}
+
+/// A metric's value for a table cell: `40%`, `12.5`.
+fn compact(metric: berth_model::ScalingMetric, value: f64) -> String {
+    if metric.is_utilization() {
+        format!("{value:.0}%")
+    } else {
+        format!("{value:.1}")
+    }
 }
 
 pub fn describe(s: &Service) {
@@ -366,7 +375,7 @@ pub fn describe(s: &Service) {
     }
     if let Some(a) = &s.autoscaling {
         println!(
-            "Autoscaling:      {}..{} tasks, cooldowns out {}s / in {}s{}",
+            "Autoscaling:      {}..{} tasks, cooldowns out {}s / in {}s{}{}",
             a.min_count,
             a.max_count,
             a.scale_out_cooldown,
@@ -375,7 +384,11 @@ pub fn describe(s: &Service) {
                 ", scale-in disabled"
             } else {
                 ""
-            }
+            },
+            a.scale_to_zero.map_or(String::new(), |z| format!(
+                ", to zero after {}s idle (requests wait up to {}s to wake it)",
+                z.idle_after, z.activation_timeout
+            ))
         );
         println!("Metrics:          {}", metrics_cell(s));
     }

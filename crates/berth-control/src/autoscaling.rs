@@ -1,19 +1,38 @@
 //! The autoscaler's round: for every service with an autoscaling policy, its RUNNING tasks'
-//! samples (kept in the leader's memory, behind [`Samples`]) go to
-//! `berth_scheduler::autoscale::decide`; each decision is one `AutoScale` command (the new
-//! desired count and an event quoting the metric values and the rule). Samples never enter
-//! the log; a new leader starts with empty windows and keeps the replicated cooldown times.
+//! samples and the ingresses' request reports (kept in the leader's memory, behind
+//! [`Samples`]) go to `berth_scheduler::autoscale::decide`; each decision is one `AutoScale`
+//! command (the new desired count and an event quoting the metric values and the rule).
+//! Samples never enter the log; a new leader starts with empty windows and keeps the
+//! replicated cooldown times (and counts a service's idle time from its own start).
 
-use berth_model::{MetricValue, NodeStatus, Service, Task, TaskMetrics, TaskStatus};
+use berth_model::{MetricValue, NodeStatus, Service, Task, TaskMetrics, TaskStatus, Timestamp};
 use berth_scheduler::autoscale::{
     decide, metric_values, Direction, Sample, ScalingInput, WINDOW_MS,
 };
 use berth_state::{Command, ScalingDecision, State};
 
+pub use berth_scheduler::autoscale::RequestSample;
+
 /// Where the recent resource samples of tasks are (the leader's memory).
 pub trait Samples {
     /// Every sample kept for `task_id`, oldest first.
     fn samples(&self, task_id: &str) -> Vec<TaskMetrics>;
+
+    /// The ingresses' reports kept about service `name` of `namespace`, and when one last saw
+    /// a request for it (0: none seen).
+    fn requests(&self, _namespace: &str, _name: &str) -> (Vec<RequestSample>, Timestamp) {
+        (Vec::new(), 0)
+    }
+}
+
+/// The service's last sign of use: a request, a scale-out, a deployment or its creation.
+fn last_activity(svc: &Service, last_request_at: Timestamp) -> Timestamp {
+    svc.deployments
+        .iter()
+        .map(|d| d.created_at)
+        .chain([last_request_at, svc.last_scale_out_at, svc.created_at])
+        .max()
+        .unwrap_or(0)
 }
 
 /// The service's RUNNING tasks.
@@ -45,12 +64,18 @@ pub fn current_metrics(
     now: u64,
 ) -> Vec<MetricValue> {
     match &svc.autoscaling {
-        Some(policy) => metric_values(
-            policy,
-            &samples(running(state, svc), usage),
-            now.saturating_sub(WINDOW_MS),
-            now,
-        ),
+        Some(policy) => {
+            let tasks: Vec<&Task> = running(state, svc).collect();
+            let (requests, _) = usage.requests(&svc.namespace, &svc.name);
+            metric_values(
+                policy,
+                &samples(tasks.iter().copied(), usage),
+                &requests,
+                u32::try_from(tasks.len()).unwrap_or(u32::MAX),
+                now.saturating_sub(WINDOW_MS),
+                now,
+            )
+        }
         None => Vec::new(),
     }
 }
@@ -84,9 +109,12 @@ pub fn plan(state: &State, usage: &dyn Samples, now: u64, leading_since: u64) ->
         }
         let tasks: Vec<&Task> = running(state, svc).collect();
         let samples = samples(tasks.iter().copied(), usage);
+        let (requests, last_request_at) = usage.requests(&svc.namespace, &svc.name);
         let input = ScalingInput {
             policy,
             samples: &samples,
+            requests: &requests,
+            last_activity_at: last_activity(svc, last_request_at),
             desired: svc.desired_count,
             running: u32::try_from(tasks.len()).unwrap_or(u32::MAX),
             last_scale_out_at: svc.last_scale_out_at,

@@ -146,6 +146,11 @@ pub fn route_table<'a>(
                     host: host.to_ascii_lowercase(),
                     path_prefix: rule.path().to_owned(),
                     backends,
+                    activation_timeout: svc
+                        .autoscaling
+                        .as_ref()
+                        .and_then(|a| a.scale_to_zero)
+                        .map(|z| Duration::from_secs(u64::from(z.activation_timeout))),
                 }),
                 (None, Some(port)) => tcp.push(TcpRoute {
                     service: key.clone(),

@@ -17,6 +17,7 @@ mod proxy;
 mod routes;
 mod server;
 mod tcp;
+pub mod traffic;
 
 pub use metrics::{serve_metrics, Metrics};
 pub use proxy::{serve_http, Proxy, CONNECT_TIMEOUT, MAX_RETRY_BODY, MAX_TRIES};

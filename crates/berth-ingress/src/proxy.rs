@@ -76,7 +76,14 @@ pub struct Proxy {
     client: Client<HttpConnector, Body>,
     /// The table the balancer and the metrics were last pruned to.
     pruned: Mutex<Arc<RouteTable>>,
+    /// Requests counted for the leader, and held while a service at zero wakes (an ingress
+    /// of the cluster has it; a proxy without it answers 503 for a service without tasks).
+    traffic: Option<Arc<crate::traffic::Traffic>>,
 }
+
+/// The header on responses that waited for their service to wake from zero: the wait, in
+/// milliseconds.
+pub const COLD_START_HEADER: &str = "x-berth-cold-start-ms";
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +117,79 @@ impl Proxy {
             metrics,
             client,
             pruned: Mutex::default(),
+            traffic: None,
+        }
+    }
+
+    /// Counts requests in `traffic` and holds those for a service at zero while it wakes.
+    pub fn with_traffic(mut self, traffic: Arc<crate::traffic::Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+
+    /// Holds a request for the service of `route` (at zero) until a table routes
+    /// `host`/`path` to a task, for at most its activation timeout; answers that table and
+    /// how long the wait took.
+    async fn wake(
+        &self,
+        counted: Option<&mut crate::traffic::Counted>,
+        route: &HttpRoute,
+        host: &str,
+        path: &str,
+    ) -> Result<(Arc<RouteTable>, Duration), Response<Body>> {
+        let started = Instant::now();
+        let unavailable = |body: String, retry_after: u64| {
+            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body).map(full);
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            response
+        };
+        let (Some(traffic), Some(counted), Some(timeout)) =
+            (&self.traffic, counted, route.activation_timeout)
+        else {
+            return Err(unavailable(
+                format!("no healthy task of service {}\n", route.service),
+                1,
+            ));
+        };
+        if traffic.hold(counted).is_none() {
+            return Err(unavailable(
+                format!(
+                    "service {} is waking up and {} requests already wait for it; retry shortly\n",
+                    route.service,
+                    crate::traffic::MAX_HELD
+                ),
+                1,
+            ));
+        }
+        let mut routes = self.routes.clone();
+        let ready = async {
+            loop {
+                let table = Arc::clone(&routes.borrow_and_update());
+                if table
+                    .http_route(host, path)
+                    .is_some_and(|r| !r.backends.is_empty())
+                {
+                    return Some(table);
+                }
+                if routes.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        let woke = tokio::time::timeout(timeout, ready).await;
+        counted.release();
+        match woke {
+            Ok(Some(table)) => Ok((table, started.elapsed())),
+            _ => Err(unavailable(
+                format!(
+                    "service {} did not wake within {}s (its activation timeout); retry shortly\n",
+                    route.service,
+                    timeout.as_secs()
+                ),
+                timeout.as_secs().clamp(1, 30),
+            )),
         }
     }
 
@@ -135,6 +215,10 @@ impl Proxy {
         let path = request.uri().path().to_owned();
         let table = self.routes();
         let route = table.http_route(&host, &path);
+        let mut counted = match (&self.traffic, route) {
+            (Some(traffic), Some(route)) => Some(traffic.arrived(&route.service)),
+            _ => None,
+        };
         let (response, task) = match route {
             None => {
                 self.metrics.error(None, ErrorKind::NoRoute);
@@ -142,14 +226,32 @@ impl Proxy {
                 (text(StatusCode::NOT_FOUND, body).map(full), None)
             }
             Some(route) if route.backends.is_empty() => {
-                self.metrics
-                    .error(Some(&route.service), ErrorKind::NoBackend);
-                let body = format!("no healthy task of service {}\n", route.service);
-                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, body).map(full);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                (response, None)
+                match self.wake(counted.as_mut(), route, &host, &path).await {
+                    Err(response) => {
+                        self.metrics
+                            .error(Some(&route.service), ErrorKind::NoBackend);
+                        (response, None)
+                    }
+                    Ok((woken, waited)) => {
+                        let route = woken
+                            .http_route(&host, &path)
+                            .expect("the table routes the request");
+                        match self.forward(route, request, &host, conn).await {
+                            Ok((mut response, task)) => {
+                                let ms = waited.as_millis().to_string();
+                                if let Ok(v) = HeaderValue::from_str(&ms) {
+                                    response.headers_mut().insert(COLD_START_HEADER, v);
+                                }
+                                (response, Some(task))
+                            }
+                            Err(err) => {
+                                tracing::warn!(service = %route.service, "proxy {method} {host}{path} after a wake: {}", Chain(&err));
+                                let task = err.task().map(str::to_owned);
+                                (text(err.status(), format!("{err}\n")).map(full), task)
+                            }
+                        }
+                    }
+                }
             }
             Some(route) => match self.forward(route, request, &host, conn).await {
                 Ok((response, task)) => (response, Some(task)),

@@ -46,6 +46,8 @@ pub struct HttpRoute {
     pub path_prefix: String,
     /// The tasks that may take the requests; empty when none is healthy.
     pub backends: Vec<Backend>,
+    /// For a service that scales to zero: how long a request may wait for it to wake.
+    pub activation_timeout: Option<Duration>,
 }
 
 /// TCP connections to one ingress port, sent to a service's tasks.
@@ -115,6 +117,19 @@ impl RouteTable {
     }
 
     /// The IDs of every task some route sends to.
+    /// The services with an HTTP route, each once.
+    pub fn services(&self) -> Vec<ServiceKey> {
+        let mut services: Vec<ServiceKey> = self
+            .http
+            .values()
+            .flatten()
+            .map(|r| r.service.clone())
+            .collect();
+        services.sort();
+        services.dedup();
+        services
+    }
+
     pub fn task_ids(&self) -> HashSet<String> {
         let http = self.http.values().flatten().flat_map(|r| &r.backends);
         let tcp = self.tcp.values().flat_map(|r| &r.backends);
@@ -286,6 +301,7 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             backends: vec![],
+            activation_timeout: None,
         }
     }
 

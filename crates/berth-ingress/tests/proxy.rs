@@ -126,6 +126,7 @@ fn http_route(name: &str, host: &str, prefix: &str, backends: Vec<Backend>) -> H
         host: host.into(),
         path_prefix: prefix.into(),
         backends,
+        activation_timeout: None,
     }
 }
 

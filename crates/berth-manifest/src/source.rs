@@ -124,7 +124,8 @@ fn locate(doc: &str, path: &str) -> Option<(usize, usize)> {
         if let Some(index) = index {
             // Find the index-th `- ` item below the key.
             let mut seen = 0;
-            let item = (from..lines.len()).find(|&i| {
+            // A flow sequence (`[...]`) has no such items: the key is as close as it gets.
+            let Some(item) = (from..lines.len()).find(|&i| {
                 let t = lines[i].trim_start();
                 if t.starts_with("- ") || t == "-" {
                     seen += 1;
@@ -132,7 +133,9 @@ fn locate(doc: &str, path: &str) -> Option<(usize, usize)> {
                 } else {
                     false
                 }
-            })?;
+            }) else {
+                return found;
+            };
             let col = lines[item].len() - lines[item].trim_start().len();
             found = Some((item + 1, col + 1));
             from = item;

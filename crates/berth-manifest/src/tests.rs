@@ -292,6 +292,77 @@ fn parses_an_autoscaling_policy() {
     );
 }
 
+#[test]
+fn parses_scale_to_zero_and_request_metrics_and_points_at_what_is_missing() {
+    let policy = |autoscaling: &str, ingress: &str| {
+        web_service(&format!(
+            "  taskDefinition: web
+  desiredCount: 1
+  autoscaling:
+{autoscaling}{ingress}"
+        ))
+    };
+    let serverless = "    minCount: 0
+    maxCount: 8
+    targetTracking: [{metric: RequestsPerTask, target: 25}]
+    scaleToZero: {idleAfter: 2m}
+";
+    let ingress = "  ingress: [{host: web.example, containerName: app, containerPort: 80}]
+";
+    let docs = parse("m.yaml", &policy(serverless, ingress)).expect("valid");
+    let Object::Service { spec, .. } = &docs[0].object else {
+        panic!("expected a service")
+    };
+    let a = spec.autoscaling.as_ref().expect("a policy");
+    assert_eq!(
+        a.scale_to_zero,
+        Some(berth_model::ScaleToZero {
+            idle_after: 120,
+            activation_timeout: 30
+        })
+    );
+    assert_eq!(
+        a.target_tracking[0].metric,
+        berth_model::ScalingMetric::RequestsPerTask
+    );
+    for (autoscaling, ingress, error) in [
+        (
+            serverless,
+            "",
+            "m.yaml:8:3: spec.autoscaling: scaleToZero, RequestsPerTask and ConcurrencyPerTask count the requests that reach the service through an ingress: add an HTTP ingress rule (ingress: [{host: ..., containerName: ..., containerPort: ...}])",
+        ),
+        (
+            "    minCount: 0
+    maxCount: 8
+    targetTracking: [{metric: CPUUtilization, target: 50}]
+",
+            "",
+            "m.yaml:9:5: spec.autoscaling.minCount: 0 needs scaleToZero (e.g. scaleToZero: {idleAfter: 5m}), which wakes the service on the next request; or use minCount 1 or more",
+        ),
+        (
+            "    minCount: 0
+    maxCount: 8
+    targetTracking: [{metric: RequestsPerTask, target: 25}]
+    scaleToZero: {idleAfter: 10s}
+",
+            ingress,
+            "m.yaml:12:5: spec.autoscaling.scaleToZero.idleAfter: 10s is too short; use at least 30s",
+        ),
+        (
+            "    minCount: 0
+    maxCount: 8
+    targetTracking: [{metric: RequestsPerTask, target: 0}]
+    scaleToZero: {}
+",
+            ingress,
+            "m.yaml:11:5: spec.autoscaling.targetTracking[0].target: 0 is out of range; RequestsPerTask takes a number above 0 and at most 1000000",
+        ),
+    ] {
+        let err = parse("m.yaml", &policy(autoscaling, ingress)).unwrap_err();
+        assert_eq!(err.to_string(), error);
+    }
+}
+
 /// The JSON Schema shipped in the repository is the one the code generates; refresh it with
 /// `BERTH_UPDATE_GOLDEN=1 cargo test -p berth-manifest`.
 #[test]

@@ -131,6 +131,18 @@ pub(crate) struct AutoscalingYaml {
     scale_in_cooldown: Option<Seconds>,
     #[serde(default)]
     disable_scale_in: bool,
+    #[serde(default)]
+    scale_to_zero: Option<ScaleToZeroYaml>,
+}
+
+/// `scaleToZero: {}` takes the defaults (idle 5m, activation timeout 30s).
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ScaleToZeroYaml {
+    #[serde(default)]
+    idle_after: Option<Seconds>,
+    #[serde(default)]
+    activation_timeout: Option<Seconds>,
 }
 
 impl AutoscalingYaml {
@@ -142,6 +154,13 @@ impl AutoscalingYaml {
                 .map_or(d.scale_out_cooldown, |s| s.0),
             scale_in_cooldown: self.scale_in_cooldown.map_or(d.scale_in_cooldown, |s| s.0),
             disable_scale_in: self.disable_scale_in,
+            scale_to_zero: self.scale_to_zero.map(|z| {
+                let d = berth_model::ScaleToZero::default();
+                berth_model::ScaleToZero {
+                    idle_after: z.idle_after.map_or(d.idle_after, |s| s.0),
+                    activation_timeout: z.activation_timeout.map_or(d.activation_timeout, |s| s.0),
+                }
+            }),
             ..d
         }
     }

@@ -53,8 +53,9 @@ pub use secret::{
 };
 pub use service::{
     Autoscaling, CircuitBreaker, Deployment, DeploymentConfiguration, DeploymentStatus,
-    DeploymentStrategy, LaunchBackoff, MetricValue, RolloutState, ScalingMetric, Service,
-    ServiceSpec, ServiceStatus, StopOrder, TargetTracking, MAX_DESIRED_COUNT,
+    DeploymentStrategy, LaunchBackoff, MetricValue, RolloutState, ScaleToZero, ScalingMetric,
+    Service, ServiceSpec, ServiceStatus, StopOrder, TargetTracking, MAX_ACTIVATION_TIMEOUT_SECS,
+    MAX_DESIRED_COUNT, MIN_IDLE_AFTER_SECS,
 };
 pub use task::{
     ContainerState, DesiredStatus, HealthStatus, RemovedTask, StopCode, Task, TaskMetrics,

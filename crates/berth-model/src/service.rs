@@ -53,6 +53,46 @@ pub struct Autoscaling {
     /// Only ever scale out (and back to minCount).
     #[serde(default)]
     pub disable_scale_in: bool,
+    /// Scale to zero when no request has reached the service for a while (minCount 0 only);
+    /// the ingresses wake it on the next request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
+}
+
+/// When a service with minCount 0 goes to zero, and how long a request waits for it to wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleToZero {
+    /// Seconds without a request through any ingress before the service scales to zero.
+    #[serde(default = "default_idle_after")]
+    pub idle_after: u32,
+    /// Seconds an ingress holds a request for the service while it wakes; then 503 with
+    /// `Retry-After`.
+    #[serde(default = "default_activation_timeout")]
+    pub activation_timeout: u32,
+}
+
+/// The shortest `scaleToZero.idleAfter`: shorter would stop tasks between two requests of
+/// any light but steady load.
+pub const MIN_IDLE_AFTER_SECS: u32 = 30;
+/// The longest `scaleToZero.activationTimeout`.
+pub const MAX_ACTIVATION_TIMEOUT_SECS: u32 = 600;
+
+impl Default for ScaleToZero {
+    fn default() -> Self {
+        Self {
+            idle_after: default_idle_after(),
+            activation_timeout: default_activation_timeout(),
+        }
+    }
+}
+
+fn default_idle_after() -> u32 {
+    300
+}
+
+fn default_activation_timeout() -> u32 {
+    30
 }
 
 impl Eq for Autoscaling {}
@@ -69,13 +109,15 @@ fn default_scale_in_cooldown() -> u32 {
     60
 }
 
-/// Keep `metric`, averaged over the service's RUNNING tasks, near `target` percent.
+/// Keep `metric`, per RUNNING task of the service, near `target`.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetTracking {
     pub metric: ScalingMetric,
-    /// Percent of the task's reserved cpu or memory.
+    /// Percent of the task's reserved cpu or memory (`CPUUtilization`,
+    /// `MemoryUtilization`); requests per second per task (`RequestsPerTask`); requests in
+    /// flight per task (`ConcurrencyPerTask`).
     pub target: f64,
 }
 
@@ -86,6 +128,45 @@ pub enum ScalingMetric {
     CpuUtilization,
     #[serde(rename = "MemoryUtilization")]
     MemoryUtilization,
+    /// Requests per second through the ingresses, per task.
+    #[serde(rename = "RequestsPerTask")]
+    RequestsPerTask,
+    /// Requests in flight through the ingresses, per task.
+    #[serde(rename = "ConcurrencyPerTask")]
+    ConcurrencyPerTask,
+}
+
+impl ScalingMetric {
+    pub const ALL: [Self; 4] = [
+        Self::CpuUtilization,
+        Self::MemoryUtilization,
+        Self::RequestsPerTask,
+        Self::ConcurrencyPerTask,
+    ];
+
+    /// Whether the metric is a percentage of the tasks' reservation (else a rate or a count
+    /// the ingresses measure).
+    pub fn is_utilization(self) -> bool {
+        matches!(self, Self::CpuUtilization | Self::MemoryUtilization)
+    }
+
+    /// A measured `value` with the metric's unit, for events: `42.5%`, `12.0 req/s per task`.
+    pub fn format(self, value: f64) -> String {
+        self.with_unit(format!("{value:.1}"))
+    }
+
+    /// A policy's `target` as written, with the metric's unit: `50%`, `10 req/s per task`.
+    pub fn format_target(self, target: f64) -> String {
+        self.with_unit(target.to_string())
+    }
+
+    fn with_unit(self, number: String) -> String {
+        match self {
+            Self::CpuUtilization | Self::MemoryUtilization => format!("{number}%"),
+            Self::RequestsPerTask => format!("{number} req/s per task"),
+            Self::ConcurrencyPerTask => format!("{number} in flight per task"),
+        }
+    }
 }
 
 impl fmt::Display for ScalingMetric {
@@ -93,6 +174,8 @@ impl fmt::Display for ScalingMetric {
         f.write_str(match self {
             Self::CpuUtilization => "CPUUtilization",
             Self::MemoryUtilization => "MemoryUtilization",
+            Self::RequestsPerTask => "RequestsPerTask",
+            Self::ConcurrencyPerTask => "ConcurrencyPerTask",
         })
     }
 }
@@ -111,6 +194,7 @@ impl Autoscaling {
             scale_out_cooldown: default_scale_out_cooldown(),
             scale_in_cooldown: default_scale_in_cooldown(),
             disable_scale_in: false,
+            scale_to_zero: None,
         }
     }
 
@@ -138,17 +222,76 @@ impl Autoscaling {
             ));
         }
         for (i, t) in self.target_tracking.iter().enumerate() {
-            if !(t.target > 0.0 && t.target <= 100.0) {
+            let target = field(&format!("targetTracking[{i}].target"));
+            let max = if t.metric.is_utilization() {
+                100.0
+            } else {
+                1_000_000.0
+            };
+            // NaN is in no range.
+            let in_range = t.target > 0.0 && t.target <= max;
+            if !in_range {
+                let expected = if t.metric.is_utilization() {
+                    "use a percentage above 0 and at most 100".to_owned()
+                } else {
+                    format!("{} takes a number above 0 and at most 1000000", t.metric)
+                };
                 return Err(ValidationError::new(
-                    field(&format!("targetTracking[{i}].target")),
+                    target,
+                    format!("{} is out of range; {expected}", t.target),
+                ));
+            }
+        }
+        match (self.min_count, &self.scale_to_zero) {
+            (0, None) => {
+                return Err(ValidationError::new(
+                    field("minCount"),
+                    "0 needs scaleToZero (e.g. scaleToZero: {idleAfter: 5m}), which wakes the \
+                     service on the next request; or use minCount 1 or more",
+                ))
+            }
+            (1.., Some(_)) => {
+                return Err(ValidationError::new(
+                    field("scaleToZero"),
                     format!(
-                        "{} is out of range; use a percentage above 0 and at most 100",
-                        t.target
+                        "needs minCount 0 (it is {}): a service scales to zero only if it may",
+                        self.min_count
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(z) = &self.scale_to_zero {
+            if z.idle_after < MIN_IDLE_AFTER_SECS {
+                return Err(ValidationError::new(
+                    field("scaleToZero.idleAfter"),
+                    format!(
+                        "{}s is too short; use at least {MIN_IDLE_AFTER_SECS}s",
+                        z.idle_after
+                    ),
+                ));
+            }
+            if z.activation_timeout == 0 || z.activation_timeout > MAX_ACTIVATION_TIMEOUT_SECS {
+                return Err(ValidationError::new(
+                    field("scaleToZero.activationTimeout"),
+                    format!(
+                        "{}s is out of range; use 1s to {MAX_ACTIVATION_TIMEOUT_SECS}s",
+                        z.activation_timeout
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Whether the policy reads what the ingresses measure (requests), which needs HTTP
+    /// ingress rules: scale to zero, `RequestsPerTask`, `ConcurrencyPerTask`.
+    pub fn needs_requests(&self) -> bool {
+        self.scale_to_zero.is_some()
+            || self
+                .target_tracking
+                .iter()
+                .any(|t| !t.metric.is_utilization())
     }
 
     /// `count` within minCount..=maxCount.
@@ -291,7 +434,8 @@ pub struct Service {
 #[serde(rename_all = "camelCase")]
 pub struct MetricValue {
     pub metric: ScalingMetric,
-    /// Average over the service's RUNNING tasks in the window, percent of their reservation.
+    /// Average over the service's RUNNING tasks in the window: percent of their reservation,
+    /// or requests per second or in flight per task.
     pub value: f64,
     pub target: f64,
 }
@@ -520,11 +664,19 @@ impl ServiceSpec {
             ));
         }
         self.deployment_configuration.validate()?;
-        if let Some(a) = &self.autoscaling {
-            a.validate()?;
-        }
         for (i, rule) in self.ingress.iter().enumerate() {
             rule.validate(&format!("ingress[{i}]"))?;
+        }
+        if let Some(a) = &self.autoscaling {
+            a.validate()?;
+            if a.needs_requests() && !self.ingress.iter().any(|r| r.listener_port.is_none()) {
+                return Err(ValidationError::new(
+                    "autoscaling",
+                    "scaleToZero, RequestsPerTask and ConcurrencyPerTask count the requests \
+                     that reach the service through an ingress: add an HTTP ingress rule \
+                     (ingress: [{host: ..., containerName: ..., containerPort: ...}])",
+                ));
+            }
         }
         if self.deregistration_delay > MAX_DEREGISTRATION_DELAY_SECS {
             return Err(ValidationError::new(

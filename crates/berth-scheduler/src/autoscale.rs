@@ -1,10 +1,12 @@
-//! Target-tracking autoscaling as a pure function: a policy, a window of metric samples, the
-//! current count, the last scaling times and the clock in; a new desired count (with the
-//! reason, quoting the numbers) or nothing out.
+//! Target-tracking autoscaling as a pure function: a policy, a window of metric samples (the
+//! tasks' usage, the ingresses' requests), the current count, the last scaling times and the
+//! clock in; a new desired count (with the reason, quoting the numbers) or nothing out.
 //!
 //! Scale-out is fast and proportional (desired = ceil(running × value / target)); scale-in is
 //! slow and stepwise (at most a tenth of the tasks, at least one, per action). A tolerance
-//! band of ±10% around the target keeps a noisy plateau from flapping.
+//! band of ±10% around the target keeps a noisy plateau from flapping. A service with
+//! `scaleToZero` goes to zero only when no request came for `idleAfter` (the stepwise
+//! scale-in stops at one task), and wakes when requests wait for it.
 
 use berth_model::{Autoscaling, MetricValue, ScalingMetric, Timestamp};
 
@@ -23,12 +25,30 @@ pub struct Sample {
     pub memory_percent: f64,
 }
 
+/// What one ingress saw of a service, as it reported it at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestSample {
+    pub at: Timestamp,
+    /// Which ingress reported (any number that stays the same for one ingress).
+    pub source: u64,
+    /// Requests per second since that ingress's previous report.
+    pub rate: f64,
+    /// Requests in flight there (forwarded or held for a wake) at `at`.
+    pub in_flight: f64,
+}
+
 /// What the autoscaler knows about one service now.
 #[derive(Debug, Clone)]
 pub struct ScalingInput<'a> {
     pub policy: &'a Autoscaling,
     /// Samples of the service's RUNNING tasks (any order).
     pub samples: &'a [Sample],
+    /// The ingresses' reports about the service (any order).
+    pub requests: &'a [RequestSample],
+    /// The last sign of use: the latest request through an ingress, scale-out, deployment or
+    /// the service's creation, whichever is latest. `scaleToZero` counts its idle time from
+    /// here.
+    pub last_activity_at: Timestamp,
     /// The desired count now.
     pub desired: u32,
     /// RUNNING tasks now.
@@ -57,10 +77,15 @@ pub enum Direction {
     In,
 }
 
-/// The average of each tracked metric over the samples taken in `from..=now`, with its target.
+/// Each tracked metric over the samples taken in `from..=now`, with its target: the tasks'
+/// average utilization, or the ingresses' requests (each ingress's average over the window,
+/// summed) divided among `running` tasks (at least one). A metric without samples in the
+/// window is left out.
 pub fn metric_values(
     policy: &Autoscaling,
     samples: &[Sample],
+    requests: &[RequestSample],
+    running: u32,
     from: Timestamp,
     now: Timestamp,
 ) -> Vec<MetricValue> {
@@ -68,33 +93,79 @@ pub fn metric_values(
         .iter()
         .filter(|s| s.at >= from && s.at <= now)
         .collect();
-    if recent.is_empty() {
-        return Vec::new();
-    }
+    let load = RequestLoad::over(requests, from, now);
     policy
         .target_tracking
         .iter()
-        .map(|t| {
-            let sum: f64 = recent
-                .iter()
-                .map(|s| match t.metric {
-                    ScalingMetric::CpuUtilization => s.cpu_percent,
-                    ScalingMetric::MemoryUtilization => s.memory_percent,
-                })
-                .sum();
-            MetricValue {
+        .filter_map(|t| {
+            let value = match t.metric {
+                ScalingMetric::CpuUtilization | ScalingMetric::MemoryUtilization => {
+                    if recent.is_empty() {
+                        return None;
+                    }
+                    let sum: f64 = recent
+                        .iter()
+                        .map(|s| match t.metric {
+                            ScalingMetric::MemoryUtilization => s.memory_percent,
+                            _ => s.cpu_percent,
+                        })
+                        .sum();
+                    sum / recent.len() as f64
+                }
+                ScalingMetric::RequestsPerTask => load?.rate / f64::from(running.max(1)),
+                ScalingMetric::ConcurrencyPerTask => load?.in_flight / f64::from(running.max(1)),
+            };
+            Some(MetricValue {
                 metric: t.metric,
-                value: sum / recent.len() as f64,
+                value,
                 target: t.target,
-            }
+            })
         })
         .collect()
+}
+
+/// The requests to a service in a window, over every ingress that reported in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RequestLoad {
+    /// Requests per second.
+    rate: f64,
+    in_flight: f64,
+}
+
+impl RequestLoad {
+    /// Each ingress's reports in `from..=now` averaged, then summed; `None` without reports.
+    fn over(requests: &[RequestSample], from: Timestamp, now: Timestamp) -> Option<Self> {
+        let mut by_source: std::collections::BTreeMap<u64, (f64, f64, u32)> = Default::default();
+        for r in requests.iter().filter(|r| r.at >= from && r.at <= now) {
+            let e = by_source.entry(r.source).or_default();
+            e.0 += r.rate;
+            e.1 += r.in_flight;
+            e.2 += 1;
+        }
+        if by_source.is_empty() {
+            return None;
+        }
+        let (rate, in_flight) =
+            by_source
+                .values()
+                .fold((0.0, 0.0), |(rate, in_flight), (r, f, n)| {
+                    (rate + r / f64::from(*n), in_flight + f / f64::from(*n))
+                });
+        Some(Self { rate, in_flight })
+    }
 }
 
 fn describe(values: &[MetricValue]) -> String {
     values
         .iter()
-        .map(|v| format!("{} {:.1}% (target {}%)", v.metric, v.value, v.target))
+        .map(|v| {
+            format!(
+                "{} {} (target {})",
+                v.metric,
+                v.metric.format(v.value),
+                v.metric.format_target(v.target)
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -116,7 +187,20 @@ pub fn decide(input: &ScalingInput<'_>) -> Option<Scaling> {
         .saturating_sub(WINDOW_MS)
         .max(input.last_scale_out_at + 1)
         .max(input.last_scale_in_at + 1);
-    let values = metric_values(input.policy, input.samples, from, input.now);
+    let values = metric_values(
+        input.policy,
+        input.samples,
+        input.requests,
+        input.running,
+        from,
+        input.now,
+    );
+    if input.desired == 0 {
+        return wake(input, from);
+    }
+    if let Some(zero) = to_zero(input, &values) {
+        return Some(zero);
+    }
     if values.is_empty() || input.running == 0 {
         return None;
     }
@@ -130,6 +214,50 @@ pub fn decide(input: &ScalingInput<'_>) -> Option<Scaling> {
         Some((wanted, rule)) => scale_out(input, *wanted, rule, &values),
         None => scale_in(input, &proposals, from, &values),
     }
+}
+
+/// At zero: one task as soon as an ingress reports requests for the service (held while it
+/// wakes). The ingress asks the leader for that task at once; this is the round's backstop.
+fn wake(input: &ScalingInput<'_>, from: Timestamp) -> Option<Scaling> {
+    input.policy.scale_to_zero?;
+    let load = RequestLoad::over(input.requests, from, input.now)?;
+    if load.in_flight <= 0.0 && load.rate <= 0.0 {
+        return None;
+    }
+    Some(Scaling {
+        desired: 1,
+        direction: Direction::Out,
+        reason: format!(
+            "woke 0 -> 1: requests reached the ingresses ({:.1} req/s, {:.0} in flight)",
+            load.rate, load.in_flight
+        ),
+    })
+}
+
+/// To zero when nothing used the service for `scaleToZero.idleAfter` and no metric asks for
+/// more tasks than run.
+fn to_zero(input: &ScalingInput<'_>, values: &[MetricValue]) -> Option<Scaling> {
+    let z = input.policy.scale_to_zero?;
+    let idle = crate::service::elapsed(input.now, input.counting_from, input.last_activity_at);
+    if idle < u64::from(z.idle_after) * 1000 {
+        return None;
+    }
+    if proposals(input, values)
+        .iter()
+        .any(|(wanted, _)| *wanted > input.desired)
+    {
+        return None;
+    }
+    Some(Scaling {
+        desired: 0,
+        direction: Direction::In,
+        reason: format!(
+            "scaled to zero {} -> 0: no request through any ingress for {}s (scaleToZero.idleAfter {}s)",
+            input.desired,
+            idle / 1000,
+            z.idle_after
+        ),
+    })
 }
 
 /// Outside min..max (a new policy, a manual scale): back inside at once.
@@ -227,10 +355,10 @@ fn scale_out(
         String::new()
     };
     let why = format!(
-        "{}, rule {} target {}%",
+        "{}, rule {} target {}",
         evidence(input, values),
         rule.metric,
-        rule.target
+        rule.metric.format_target(rule.target)
     );
     if desired <= input.desired {
         // Nothing fits; say so once in a while rather than silently.
@@ -269,8 +397,9 @@ fn scale_in(
     let oldest = input
         .samples
         .iter()
-        .filter(|s| s.at >= from && s.at <= now)
         .map(|s| s.at)
+        .chain(input.requests.iter().map(|r| r.at))
+        .filter(|at| *at >= from && *at <= now)
         .min()
         .unwrap_or(now);
     if oldest + SCALE_IN_EVIDENCE_MS > now {
@@ -286,9 +415,13 @@ fn scale_in(
         .max()
         .unwrap_or(input.desired);
     let step = (input.desired / 10).max(1);
-    let desired = wanted
-        .max(input.desired.saturating_sub(step))
-        .max(p.min_count);
+    // Only `scaleToZero.idleAfter` takes a service to zero.
+    let floor = if p.scale_to_zero.is_some() {
+        p.min_count.max(1)
+    } else {
+        p.min_count
+    };
+    let desired = wanted.max(input.desired.saturating_sub(step)).max(floor);
     if desired >= input.desired {
         return None;
     }
@@ -341,6 +474,8 @@ mod tests {
         ScalingInput {
             policy,
             samples,
+            requests: &[],
+            last_activity_at: 0,
             desired: count,
             running: count,
             last_scale_out_at: 0,
@@ -375,6 +510,8 @@ mod tests {
             let input = ScalingInput {
                 policy: p,
                 samples: &history,
+                requests: &[],
+                last_activity_at: 0,
                 desired,
                 running: desired,
                 last_scale_out_at: out_at,
@@ -598,5 +735,166 @@ mod tests {
         assert!(!super::cooling(3_700_000, 60, 170_000, 100_000));
         // Never scaled: no cooldown.
         assert!(!super::cooling(0, 60, 130_000, 100_000));
+    }
+
+    /// minCount 0, RequestsPerTask 10 per task, to zero after 60 s without a request.
+    fn serverless() -> Autoscaling {
+        let mut p = Autoscaling::with_defaults(
+            0,
+            10,
+            vec![TargetTracking {
+                metric: ScalingMetric::RequestsPerTask,
+                target: 10.0,
+            }],
+        );
+        p.scale_to_zero = Some(berth_model::ScaleToZero {
+            idle_after: 60,
+            activation_timeout: 30,
+        });
+        p
+    }
+
+    /// One report a second from `ingresses` ingresses over `from..to` s, each seeing `rate`
+    /// requests per second and `in_flight` requests in flight.
+    fn reports(
+        from: u64,
+        to: u64,
+        ingresses: u64,
+        rate: f64,
+        in_flight: f64,
+    ) -> Vec<RequestSample> {
+        (from..to)
+            .flat_map(|sec| {
+                (0..ingresses).map(move |source| RequestSample {
+                    at: sec * 1000,
+                    source,
+                    rate,
+                    in_flight,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_per_task_sum_the_ingresses_and_scale_out_proportionally() {
+        let p = serverless();
+        // Two ingresses, 40 req/s each: 80 req/s over 2 tasks is 40 per task, target 10.
+        let load = reports(0, 20, 2, 40.0, 3.0);
+        let input = ScalingInput {
+            requests: &load,
+            last_activity_at: 19_000,
+            ..steady(&p, &[], 2, 20_000)
+        };
+        let values = metric_values(&p, &[], &load, 2, 0, 20_000);
+        assert_eq!(values.len(), 1);
+        assert!((values[0].value - 40.0).abs() < 1e-9, "{values:?}");
+        let s = decide(&input).expect("scales out");
+        assert_eq!(s.desired, 8);
+        assert!(
+            s.reason
+                .contains("RequestsPerTask 40.0 req/s per task (target 10 req/s per task)"),
+            "{}",
+            s.reason
+        );
+        // Concurrency: 6 in flight over 2 tasks is 3 per task; target 1 wants 6 tasks.
+        let mut c = p.clone();
+        c.target_tracking[0] = TargetTracking {
+            metric: ScalingMetric::ConcurrencyPerTask,
+            target: 1.0,
+        };
+        let s = decide(&ScalingInput {
+            policy: &c,
+            ..input
+        })
+        .expect("scales out on concurrency");
+        assert_eq!(s.desired, 6);
+    }
+
+    #[test]
+    fn only_idle_after_takes_a_service_to_zero() {
+        let p = serverless();
+        // No request for 30 s: the stepwise scale-in stops at one task.
+        let quiet = reports(0, 100, 1, 0.0, 0.0);
+        let mut input = ScalingInput {
+            requests: &quiet,
+            last_activity_at: 70_000,
+            ..steady(&p, &[], 3, 100_000)
+        };
+        let s = decide(&input).expect("scales in");
+        assert_eq!((s.desired, s.direction), (2, Direction::In));
+        input.desired = 1;
+        input.running = 1;
+        input.last_scale_in_at = 0;
+        assert_eq!(decide(&input), None, "one task stays until idleAfter");
+        // 60 s without a request: to zero, whatever the scale-in cooldown.
+        input.last_activity_at = 40_000;
+        input.last_scale_in_at = 99_000;
+        let s = decide(&input).expect("to zero");
+        assert_eq!((s.desired, s.direction), (0, Direction::In));
+        assert!(
+            s.reason
+                .contains("no request through any ingress for 60s (scaleToZero.idleAfter 60s)"),
+            "{}",
+            s.reason
+        );
+        // A metric that wants more tasks keeps it up.
+        let mut busy = p.clone();
+        busy.target_tracking.push(TargetTracking {
+            metric: ScalingMetric::CpuUtilization,
+            target: 50.0,
+        });
+        let hot = samples(80, 100, 1, |_| 95.0);
+        assert_eq!(
+            decide(&ScalingInput {
+                policy: &busy,
+                samples: &hot,
+                last_scale_in_at: 0,
+                ..input.clone()
+            })
+            .map(|s| s.direction),
+            Some(Direction::Out)
+        );
+        // A new leader counts the idle time from its own start.
+        assert_eq!(
+            decide(&ScalingInput {
+                counting_from: 50_000,
+                ..input.clone()
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn a_service_at_zero_wakes_when_requests_wait_and_only_then() {
+        let p = serverless();
+        let idle = reports(80, 100, 1, 0.0, 0.0);
+        let at_zero = ScalingInput {
+            requests: &idle,
+            desired: 0,
+            running: 0,
+            last_activity_at: 10_000,
+            last_scale_in_at: 50_000,
+            ..steady(&p, &[], 0, 100_000)
+        };
+        assert_eq!(decide(&at_zero), None);
+        let held = reports(98, 100, 1, 0.0, 2.0);
+        let s = decide(&ScalingInput {
+            requests: &held,
+            ..at_zero.clone()
+        })
+        .expect("wakes");
+        assert_eq!((s.desired, s.direction), (1, Direction::Out));
+        assert!(s.reason.starts_with("woke 0 -> 1"), "{}", s.reason);
+        // Without scaleToZero, zero is not left by requests (minCount 0 is refused anyway).
+        let mut plain = p.clone();
+        plain.scale_to_zero = None;
+        assert_eq!(
+            decide(&ScalingInput {
+                policy: &plain,
+                requests: &held,
+                ..at_zero
+            }),
+            None
+        );
     }
 }

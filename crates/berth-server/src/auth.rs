@@ -90,6 +90,25 @@ impl Caller {
             && kinds.iter().all(|k| ROUTES.contains(&k.as_str()))
     }
 
+    /// Refused (and logged) unless the caller is an ingress, by its certificate: `what` (as
+    /// "report traffic") is for ingresses only.
+    pub fn ingress_only(&self, what: &str) -> Result<(), tonic::Status> {
+        if matches!(self, Caller::Node(id) if id.role == Role::Ingress) {
+            return Ok(());
+        }
+        let refused = status::denied(format!(
+            "only ingresses (by their certificate) {what}; the caller is {}",
+            self.who()
+        ));
+        tracing::warn!(
+            target: "berth::audit",
+            caller = %self.who(),
+            "refused: {}",
+            refused.message()
+        );
+        Err(refused)
+    }
+
     /// Whether the caller may use `permission` in `namespace` (`None`: cluster-wide) at `now`.
     pub fn authorize(
         &self,

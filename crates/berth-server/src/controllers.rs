@@ -195,6 +195,17 @@ impl Samples for Usage {
     fn samples(&self, task_id: &str) -> Vec<TaskMetrics> {
         Usage::samples(self, task_id)
     }
+
+    fn requests(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> (
+        Vec<berth_control::autoscaling::RequestSample>,
+        berth_model::Timestamp,
+    ) {
+        Usage::requests(self, namespace, name)
+    }
 }
 
 /// Scales autoscaled services from the samples in the leader's memory, once a second.

@@ -139,11 +139,15 @@ pub(crate) async fn serve(
 
     let (routes_tx, routes) = watch::channel(Arc::new(RouteTable::default()));
     let metrics = Metrics::new();
-    let proxy = Arc::new(Proxy::new(
-        routes.clone(),
-        Arc::new(Balancer::default()),
-        metrics.clone(),
-    ));
+    let (traffic, activations) = berth_ingress::traffic::Traffic::new();
+    let proxy = Arc::new(
+        Proxy::new(
+            routes.clone(),
+            Arc::new(Balancer::default()),
+            metrics.clone(),
+        )
+        .with_traffic(traffic.clone()),
+    );
     let listener = tokio::net::TcpListener::bind(listeners.listen)
         .await
         .with_context(|| format!("bind the ingress listener on {}", listeners.listen))?;
@@ -179,6 +183,18 @@ pub(crate) async fn serve(
         metrics,
         stopped(),
     ));
+    // Requests to the leader's autoscaler, and wakes of services at zero.
+    let report = berth_ingress::traffic::report(
+        member.servers.clone(),
+        membership.dialer().clone(),
+        traffic,
+        routes.clone(),
+    );
+    let activate = berth_ingress::traffic::activate(
+        member.servers.clone(),
+        membership.dialer().clone(),
+        activations,
+    );
     let tcp = tcp_listeners(listeners.listen.ip(), routes, proxy, stopped.clone());
     let follow = berth_ingress::cluster::follow(
         member.servers.clone(),
@@ -188,6 +204,8 @@ pub(crate) async fn serve(
     tokio::select! {
         () = shutdown => {}
         () = follow => {}
+        () = report => {}
+        () = activate => {}
         () = tcp => {}
         () = membership.keep_renewed(&member, &address) => {}
     }

@@ -77,19 +77,28 @@ impl From<m::Autoscaling> for v1::Autoscaling {
             scale_out_cooldown: Some(a.scale_out_cooldown),
             scale_in_cooldown: Some(a.scale_in_cooldown),
             disable_scale_in: a.disable_scale_in,
+            scale_to_zero: a.scale_to_zero.map(|z| v1::ScaleToZero {
+                idle_after: Some(z.idle_after),
+                activation_timeout: Some(z.activation_timeout),
+            }),
         }
     }
 }
 
 fn scaling_metric(field: &str, name: &str) -> Result<m::ScalingMetric, ConversionError> {
-    match name {
-        "CPUUtilization" => Ok(m::ScalingMetric::CpuUtilization),
-        "MemoryUtilization" => Ok(m::ScalingMetric::MemoryUtilization),
-        other => Err(invalid(
-            field,
-            format!("unknown metric {other:?}; use CPUUtilization or MemoryUtilization"),
-        )),
-    }
+    m::ScalingMetric::ALL
+        .into_iter()
+        .find(|metric| metric.to_string() == name)
+        .ok_or_else(|| {
+            let known: Vec<String> = m::ScalingMetric::ALL
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
+            invalid(
+                field,
+                format!("unknown metric {name:?}; use one of {}", known.join(", ")),
+            )
+        })
 }
 
 impl TryFrom<v1::Autoscaling> for m::Autoscaling {
@@ -112,6 +121,13 @@ impl TryFrom<v1::Autoscaling> for m::Autoscaling {
             scale_out_cooldown: a.scale_out_cooldown.unwrap_or(defaults.scale_out_cooldown),
             scale_in_cooldown: a.scale_in_cooldown.unwrap_or(defaults.scale_in_cooldown),
             disable_scale_in: a.disable_scale_in,
+            scale_to_zero: a.scale_to_zero.map(|z| {
+                let d = m::ScaleToZero::default();
+                m::ScaleToZero {
+                    idle_after: z.idle_after.unwrap_or(d.idle_after),
+                    activation_timeout: z.activation_timeout.unwrap_or(d.activation_timeout),
+                }
+            }),
         })
     }
 }
@@ -392,7 +408,7 @@ mod tests {
         };
         assert_eq!(
             m::Service::try_from(wire).unwrap_err().to_string(),
-            "metrics.metric: unknown metric \"Disk\"; use CPUUtilization or MemoryUtilization"
+            "metrics.metric: unknown metric \"Disk\"; use one of CPUUtilization, MemoryUtilization, RequestsPerTask, ConcurrencyPerTask"
         );
         let wire = v1::ServiceSpec {
             task_definition: "web:1".into(),

@@ -379,6 +379,20 @@ impl Berth for BerthService {
         route!(self, req, redeploy_service)
     }
 
+    async fn report_traffic(
+        &self,
+        req: Request<pb::TrafficReport>,
+    ) -> Answer<pb::TrafficReportResponse> {
+        route!(self, req, report_traffic)
+    }
+
+    async fn activate_service(
+        &self,
+        req: Request<pb::ActivateServiceRequest>,
+    ) -> Answer<pb::Service> {
+        route!(self, req, activate_service)
+    }
+
     type TaskLogsStream = LogStream;
 
     async fn task_logs(&self, req: Request<pb::TaskLogsRequest>) -> Answer<LogStream> {

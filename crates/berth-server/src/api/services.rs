@@ -8,7 +8,7 @@ use tonic::Response;
 
 use berth_model::Permission;
 
-use super::{scoped, selector, Answer, BerthService};
+use super::{namespace, scoped, selector, Answer, BerthService};
 use crate::auth::Caller;
 use crate::{now_ms, status};
 
@@ -169,5 +169,89 @@ impl BerthService {
             _ => None,
         })
         .await
+    }
+
+    /// An ingress's traffic report, kept in this server's memory if it leads (the autoscaler
+    /// reads it there); other servers answer with the leader's address.
+    pub(super) async fn report_traffic(
+        &self,
+        caller: &Caller,
+        req: pb::TrafficReport,
+    ) -> Answer<pb::TrafficReportResponse> {
+        caller.ingress_only("report traffic")?;
+        if !self.store.is_leader() {
+            return Err(status::not_leader(self.store.leader_addr()));
+        }
+        let services = req
+            .services
+            .into_iter()
+            .map(|s| crate::usage::ServiceTraffic {
+                namespace: s.namespace,
+                name: s.name,
+                requests: s.requests,
+                in_flight: s.in_flight,
+                interval_ms: s.interval_ms,
+            })
+            .collect();
+        self.usage
+            .record_traffic(req.ingress_id, services, now_ms());
+        Ok(Response::new(pb::TrafficReportResponse {}))
+    }
+
+    /// A request waits at an ingress for a service at zero: one task, at once. A service
+    /// already awake is answered as it is.
+    pub(super) async fn activate_service(
+        &self,
+        caller: &Caller,
+        req: pb::ActivateServiceRequest,
+    ) -> Answer<pb::Service> {
+        caller.ingress_only("wake services")?;
+        let namespace = namespace(req.namespace)?;
+        // The version may move between the read and the proposal (the reconciler): a few
+        // tries.
+        for _ in 0..5 {
+            let svc = self
+                .read(false, |s| s.service(&namespace, &req.name).cloned())
+                .await?
+                .ok_or_else(|| {
+                    status::not_found(format!(
+                        "service {} not found in namespace {namespace}",
+                        req.name
+                    ))
+                })?;
+            if svc.desired_count > 0 {
+                return Ok(Response::new(svc.into()));
+            }
+            if svc.autoscaling.and_then(|a| a.scale_to_zero).is_none() {
+                return Err(status::precondition(format!(
+                    "service {} is at zero but has no scaleToZero: scale it with `berth scale`",
+                    req.name
+                )));
+            }
+            let command = Command::AutoScale(berth_state::ScalingDecision {
+                namespace: namespace.clone(),
+                name: req.name.clone(),
+                version: svc.version,
+                desired_count: 1,
+                scale_out: true,
+                reason: format!("woke 0 -> 1: a request is waiting at {}", caller.who()),
+                at: now_ms(),
+            });
+            match self
+                .store
+                .propose(command)
+                .await
+                .map_err(status::from_store)?
+            {
+                CommandResult::Rejected(berth_state::Rejection::Conflict(_)) => continue,
+                CommandResult::Rejected(r) => return Err(status::from_rejection(r)),
+                _ => {}
+            }
+        }
+        let svc = self
+            .read(false, |s| s.service(&namespace, &req.name).cloned())
+            .await?
+            .ok_or_else(|| status::not_found(format!("service {} is gone", req.name)))?;
+        Ok(Response::new(svc.into()))
     }
 }
