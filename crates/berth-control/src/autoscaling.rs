@@ -124,6 +124,15 @@ pub fn plan(state: &State, usage: &dyn Samples, now: u64, leading_since: u64) ->
             counting_from: leading_since,
         };
         if let Some(s) = decide(&input) {
+            let failed = svc
+                .deployments
+                .first()
+                .is_some_and(|d| d.rollout_state == berth_model::RolloutState::Failed);
+            if s.desired == 0 && failed {
+                // A failed deployment starts no task: woken, it would hold requests for
+                // nothing. It stays up until a new deployment.
+                continue;
+            }
             let repeat = s.desired == svc.desired_count
                 && svc
                     .events

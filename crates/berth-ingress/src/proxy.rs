@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::routes::{Backend, Balancer, HttpRoute, InFlight, RouteTable, ServiceKey};
 use crate::server::{accept_loop, text, Chain};
+use crate::traffic::Arrival;
 
 /// How long connecting to a task may take before another is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -132,7 +133,7 @@ impl Proxy {
     /// how long the wait took.
     async fn wake(
         &self,
-        counted: Option<&mut crate::traffic::Counted>,
+        arrival: Option<&mut Arrival>,
         route: &HttpRoute,
         host: &str,
         path: &str,
@@ -145,15 +146,15 @@ impl Proxy {
             }
             response
         };
-        let (Some(traffic), Some(counted), Some(timeout)) =
-            (&self.traffic, counted, route.activation_timeout)
+        let (Some(traffic), Some(arrival), Some(timeout)) =
+            (&self.traffic, arrival, route.activation_timeout)
         else {
             return Err(unavailable(
                 format!("no healthy task of service {}\n", route.service),
                 1,
             ));
         };
-        if traffic.hold(counted).is_none() {
+        if traffic.hold(arrival).is_none() {
             return Err(unavailable(
                 format!(
                     "service {} is waking up and {} requests already wait for it; retry shortly\n",
@@ -179,7 +180,7 @@ impl Proxy {
             }
         };
         let woke = tokio::time::timeout(timeout, ready).await;
-        counted.release();
+        arrival.release();
         match woke {
             Ok(Some(table)) => Ok((table, started.elapsed())),
             _ => Err(unavailable(
@@ -215,7 +216,8 @@ impl Proxy {
         let path = request.uri().path().to_owned();
         let table = self.routes();
         let route = table.http_route(&host, &path);
-        let mut counted = match (&self.traffic, route) {
+        // Counted until the response body ends (or the upgraded connection closes).
+        let mut arrival = match (&self.traffic, route) {
             (Some(traffic), Some(route)) => Some(traffic.arrived(&route.service)),
             _ => None,
         };
@@ -226,7 +228,7 @@ impl Proxy {
                 (text(StatusCode::NOT_FOUND, body).map(full), None)
             }
             Some(route) if route.backends.is_empty() => {
-                match self.wake(counted.as_mut(), route, &host, &path).await {
+                match self.wake(arrival.as_mut(), route, &host, &path).await {
                     Err(response) => {
                         self.metrics
                             .error(Some(&route.service), ErrorKind::NoBackend);
@@ -236,7 +238,10 @@ impl Proxy {
                         let route = woken
                             .http_route(&host, &path)
                             .expect("the table routes the request");
-                        match self.forward(route, request, &host, conn).await {
+                        match self
+                            .forward(route, request, &host, conn, arrival.take())
+                            .await
+                        {
                             Ok((mut response, task)) => {
                                 let ms = waited.as_millis().to_string();
                                 if let Ok(v) = HeaderValue::from_str(&ms) {
@@ -253,7 +258,10 @@ impl Proxy {
                     }
                 }
             }
-            Some(route) => match self.forward(route, request, &host, conn).await {
+            Some(route) => match self
+                .forward(route, request, &host, conn, arrival.take())
+                .await
+            {
                 Ok((response, task)) => (response, Some(task)),
                 Err(err) => {
                     let message = format!("proxy {method} {host}{path}: {}", Chain(&err));
@@ -297,6 +305,7 @@ impl Proxy {
         mut request: Request<Incoming>,
         host: &str,
         conn: ClientConn,
+        mut arrival: Option<Arrival>,
     ) -> Result<(Response<Body>, String), ForwardError> {
         let upgrade = wants_upgrade(&request);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -318,7 +327,11 @@ impl Proxy {
             match self.client.request(outgoing).await {
                 Ok(response) => {
                     self.metrics.task(&route.service, &backend.task_id);
-                    let response = respond(response, client_upgrade, in_flight);
+                    let counted = InFlightRequest {
+                        _to_task: in_flight,
+                        _arrival: arrival.take(),
+                    };
+                    let response = respond(response, client_upgrade, counted);
                     return Ok((response, backend.task_id));
                 }
                 Err(err) if err.is_connect() => {
@@ -428,13 +441,20 @@ fn backend_request(
     Ok(request)
 }
 
+/// What counts a request in flight: to its task (the balancer) and to its service (the
+/// traffic reported to the leader), until dropped.
+struct InFlightRequest {
+    _to_task: InFlight,
+    _arrival: Option<Arrival>,
+}
+
 /// The task's response as the client gets it. For an upgrade the connections are spliced once
 /// both sides have switched; `in_flight` lasts as long as the response body or the upgraded
 /// connection.
 fn respond(
     mut response: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
-    in_flight: InFlight,
+    in_flight: InFlightRequest,
 ) -> Response<Body> {
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
         (response.status(), client_upgrade)
@@ -455,7 +475,7 @@ fn respond(
 }
 
 /// Copies bytes both ways between an upgraded client connection and task connection.
-async fn splice(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight) {
+async fn splice(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlightRequest) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(upgraded) => upgraded,
         Err(err) => {
@@ -472,7 +492,7 @@ async fn splice(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight) {
 /// A response body that keeps its request counted in flight until it is dropped.
 struct Counted {
     body: Incoming,
-    _in_flight: InFlight,
+    _in_flight: InFlightRequest,
 }
 
 impl hyper::body::Body for Counted {

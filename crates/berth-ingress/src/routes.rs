@@ -116,7 +116,6 @@ impl RouteTable {
         ports
     }
 
-    /// The IDs of every task some route sends to.
     /// The services with an HTTP route, each once.
     pub fn services(&self) -> Vec<ServiceKey> {
         let mut services: Vec<ServiceKey> = self
@@ -130,6 +129,7 @@ impl RouteTable {
         services
     }
 
+    /// The IDs of every task some route sends to.
     pub fn task_ids(&self) -> HashSet<String> {
         let http = self.http.values().flatten().flat_map(|r| &r.backends);
         let tcp = self.tcp.values().flat_map(|r| &r.backends);

@@ -2,7 +2,7 @@
 //! and held, within bounds, while a service at zero wakes. Pure bookkeeping: [`report`] and
 //! [`activate`] are the loops that talk to the servers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,17 @@ use crate::routes::{RouteTable, ServiceKey};
 pub const MAX_HELD: u32 = 1000;
 /// How often the ingress reports to the leader.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// The longest a report or a wake may take (connecting included) before the next server is
+/// tried: a leader that stopped answering must not stall the reports.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The requests this ingress saw, by service, since its last report.
 #[derive(Debug)]
 pub struct Traffic {
     counters: Mutex<HashMap<ServiceKey, Counters>>,
-    /// Services a held request asked to wake.
+    /// Services being woken (asked for, the answer not yet in): asked for once.
+    waking: Mutex<HashSet<ServiceKey>>,
+    /// Services a held request asked to wake, each once while it wakes.
     activations: mpsc::UnboundedSender<ServiceKey>,
 }
 
@@ -50,6 +55,7 @@ impl Traffic {
         let (activations, rx) = mpsc::unbounded_channel();
         let traffic = Self {
             counters: Mutex::default(),
+            waking: Mutex::default(),
             activations,
         };
         (Arc::new(traffic), rx)
@@ -62,12 +68,12 @@ impl Traffic {
     }
 
     /// Counts a request for `service`; it is in flight until the guard drops.
-    pub fn arrived(self: &Arc<Self>, service: &ServiceKey) -> Counted {
+    pub fn arrived(self: &Arc<Self>, service: &ServiceKey) -> Arrival {
         let mut counters = self.lock();
         let c = counters.entry(service.clone()).or_default();
         c.requests += 1;
         c.in_flight += 1;
-        Counted {
+        Arrival {
             traffic: Arc::clone(self),
             service: service.clone(),
             held: false,
@@ -76,7 +82,7 @@ impl Traffic {
 
     /// Holds the request `counted` while its service wakes, and asks for the wake; `None`
     /// when [`MAX_HELD`] requests already wait for it.
-    pub fn hold(&self, counted: &mut Counted) -> Option<()> {
+    pub fn hold(&self, counted: &mut Arrival) -> Option<()> {
         let mut counters = self.lock();
         let c = counters.entry(counted.service.clone()).or_default();
         if c.held >= MAX_HELD {
@@ -84,8 +90,24 @@ impl Traffic {
         }
         c.held += 1;
         counted.held = true;
-        let _ = self.activations.send(counted.service.clone());
+        drop(counters);
+        let mut waking = self
+            .waking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waking.insert(counted.service.clone()) {
+            let _ = self.activations.send(counted.service.clone());
+        }
         Some(())
+    }
+
+    /// The servers answered the wake of `service` (or failed to): a request held later asks
+    /// again.
+    fn woken(&self, service: &ServiceKey) {
+        self.waking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(service);
     }
 
     /// The counts since the last call, for every service in `routed` (zeros included: the
@@ -117,13 +139,13 @@ impl Traffic {
 
 /// A request counted in flight (and maybe held) until it drops.
 #[derive(Debug)]
-pub struct Counted {
+pub struct Arrival {
     traffic: Arc<Traffic>,
     service: ServiceKey,
     held: bool,
 }
 
-impl Counted {
+impl Arrival {
     /// The request no longer waits for a wake (it is forwarded, or given up).
     pub fn release(&mut self) {
         if std::mem::take(&mut self.held) {
@@ -135,7 +157,7 @@ impl Counted {
     }
 }
 
-impl Drop for Counted {
+impl Drop for Arrival {
     fn drop(&mut self) {
         self.release();
         let mut counters = self.traffic.lock();
@@ -153,11 +175,12 @@ pub async fn report(
     traffic: Arc<Traffic>,
     routes: watch::Receiver<Arc<RouteTable>>,
 ) {
-    let ingress_id: u64 = rand_id();
     let mut leader = Leader::new(servers);
-    let mut last = Instant::now();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the first report covers a whole interval.
+    tick.tick().await;
+    let mut last = Instant::now();
     loop {
         tick.tick().await;
         let routed = routes.borrow().services();
@@ -165,7 +188,6 @@ pub async fn report(
         let interval_ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
         last = Instant::now();
         let report = pb::TrafficReport {
-            ingress_id,
             services: counts
                 .into_iter()
                 .map(|c| pb::ServiceTraffic {
@@ -189,46 +211,41 @@ pub async fn report(
     }
 }
 
-/// Asks the servers to wake each service a held request names, forever; a service already
-/// being woken is not asked for again until that call ends.
+/// Asks the servers to wake each service a held request names, forever; a service being
+/// woken is not asked for again until that call ends ([`Traffic::hold`] sends it once).
 pub async fn activate(
     servers: Vec<String>,
     dialer: Dialer,
+    traffic: Arc<Traffic>,
     mut wanted: mpsc::UnboundedReceiver<ServiceKey>,
 ) {
     let mut leader = Leader::new(servers);
     while let Some(service) = wanted.recv().await {
-        // Many requests for one service ask at once: one call for all of them.
-        let mut batch = vec![service];
-        while let Ok(more) = wanted.try_recv() {
-            if !batch.contains(&more) {
-                batch.push(more);
-            }
-        }
-        for service in batch {
-            let request = pb::ActivateServiceRequest {
-                namespace: service.namespace.clone(),
-                name: service.name.clone(),
-            };
-            let result = leader
-                .call(&dialer, |mut client| {
-                    let request = request.clone();
-                    async move { client.activate_service(request).await.map(|_| ()) }
-                })
-                .await;
-            match result {
-                Ok(()) => tracing::info!(%service, "asked the servers to wake the service"),
-                Err(e) => tracing::warn!(%service, "wake the service: {e}"),
-            }
+        let request = pb::ActivateServiceRequest {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+        };
+        let result = leader
+            .call(&dialer, |mut client| {
+                let request = request.clone();
+                async move { client.activate_service(request).await.map(|_| ()) }
+            })
+            .await;
+        traffic.woken(&service);
+        match result {
+            Ok(()) => tracing::info!(%service, "asked the servers to wake the service"),
+            Err(e) => tracing::warn!(%service, "wake the service: {e}"),
         }
     }
 }
 
-/// The server to call: the one a server last named as leader, else the next in the list.
+/// The server to call: the one a server last named as leader, else the next in the list;
+/// with the channels opened to them, kept while they work.
 struct Leader {
     servers: Vec<String>,
     next: usize,
     hint: Option<String>,
+    channels: HashMap<String, tonic::transport::Channel>,
 }
 
 impl Leader {
@@ -237,6 +254,7 @@ impl Leader {
             servers,
             next: 0,
             hint: None,
+            channels: HashMap::new(),
         }
     }
 
@@ -256,15 +274,33 @@ impl Leader {
                     s
                 }
             };
-            let channel = match dialer.connect(&server).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.hint = None;
-                    last_error = format!("{server}: {e}");
-                    continue;
-                }
+            let channel = match self.channels.get(&server) {
+                Some(c) => c.clone(),
+                None => match tokio::time::timeout(CALL_TIMEOUT, dialer.connect(&server)).await {
+                    Ok(Ok(c)) => {
+                        self.channels.insert(server.clone(), c.clone());
+                        c
+                    }
+                    Ok(Err(e)) => {
+                        self.hint = None;
+                        last_error = format!("{server}: {e}");
+                        continue;
+                    }
+                    Err(_) => {
+                        self.hint = None;
+                        last_error = format!("{server}: no connection within {CALL_TIMEOUT:?}");
+                        continue;
+                    }
+                },
             };
-            match f(BerthClient::new(channel)).await {
+            let answer = tokio::time::timeout(CALL_TIMEOUT, f(BerthClient::new(channel))).await;
+            let Ok(answer) = answer else {
+                self.channels.remove(&server);
+                self.hint = None;
+                last_error = format!("{server}: no answer within {CALL_TIMEOUT:?}");
+                continue;
+            };
+            match answer {
                 Ok(()) => {
                     self.hint = Some(server);
                     return Ok(());
@@ -280,24 +316,15 @@ impl Leader {
                     if status.code() != tonic::Code::Unavailable {
                         return Err(last_error);
                     }
+                    if self.hint.is_none() {
+                        // Unreachable, or no leader: a fresh connection next time.
+                        self.channels.remove(&server);
+                    }
                 }
             }
         }
         Err(last_error)
     }
-}
-
-/// A random ID for this ingress process's reports.
-fn rand_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 #[cfg(test)]
@@ -352,7 +379,7 @@ mod tests {
     #[test]
     fn held_requests_are_bounded_and_ask_for_a_wake() {
         let (traffic, mut rx) = Traffic::new();
-        let mut held: Vec<Counted> = Vec::new();
+        let mut held: Vec<Arrival> = Vec::new();
         for _ in 0..MAX_HELD {
             let mut c = traffic.arrived(&key("web"));
             assert!(traffic.hold(&mut c).is_some());
@@ -360,9 +387,13 @@ mod tests {
         }
         let mut one_more = traffic.arrived(&key("web"));
         assert!(traffic.hold(&mut one_more).is_none(), "the queue is full");
+        // One wake asked for all of them, until it is answered.
         assert_eq!(rx.try_recv().ok(), Some(key("web")));
+        assert!(rx.try_recv().is_err());
+        traffic.woken(&key("web"));
         // Released (forwarded): room again.
         held[0].release();
         assert!(traffic.hold(&mut one_more).is_some());
+        assert_eq!(rx.try_recv().ok(), Some(key("web")), "asked again");
     }
 }

@@ -332,6 +332,14 @@ fn parses_scale_to_zero_and_request_metrics_and_points_at_what_is_missing() {
             "m.yaml:8:3: spec.autoscaling: scaleToZero, RequestsPerTask and ConcurrencyPerTask count the requests that reach the service through an ingress: add an HTTP ingress rule (ingress: [{host: ..., containerName: ..., containerPort: ...}])",
         ),
         (
+            serverless,
+            "  ingress:
+    - {host: web.example, containerName: app, containerPort: 80}
+    - {listenerPort: 9000, containerName: app, containerPort: 80}
+",
+            "m.yaml:8:3: spec.autoscaling: scaleToZero, RequestsPerTask and ConcurrencyPerTask count HTTP requests only, and TCP connections would find no task at zero: remove the TCP ingress rules (listenerPort) or these settings",
+        ),
+        (
             "    minCount: 0
     maxCount: 8
     targetTracking: [{metric: CPUUtilization, target: 50}]

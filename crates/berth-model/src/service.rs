@@ -677,6 +677,14 @@ impl ServiceSpec {
                      (ingress: [{host: ..., containerName: ..., containerPort: ...}])",
                 ));
             }
+            if a.needs_requests() && self.ingress.iter().any(|r| r.listener_port.is_some()) {
+                return Err(ValidationError::new(
+                    "autoscaling",
+                    "scaleToZero, RequestsPerTask and ConcurrencyPerTask count HTTP requests \
+                     only, and TCP connections would find no task at zero: remove the TCP \
+                     ingress rules (listenerPort) or these settings",
+                ));
+            }
         }
         if self.deregistration_delay > MAX_DEREGISTRATION_DELAY_SECS {
             return Err(ValidationError::new(

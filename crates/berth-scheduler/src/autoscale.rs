@@ -16,6 +16,9 @@ pub const WINDOW_MS: u64 = 20_000;
 pub const SCALE_IN_EVIDENCE_MS: u64 = 15_000;
 /// No change while every metric is within this fraction of its target.
 pub const TOLERANCE: f64 = 0.1;
+/// An ingress whose latest report is older than this (before `now`) no longer counts: it
+/// stopped, or was replaced (a restarted ingress reports under the same source).
+pub const STALE_SOURCE_MS: u64 = 3_000;
 
 /// One task's usage at one moment, in percent of its reservation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,24 +136,31 @@ struct RequestLoad {
 }
 
 impl RequestLoad {
-    /// Each ingress's reports in `from..=now` averaged, then summed; `None` without reports.
+    /// Each ingress's reports in `from..=now` averaged, then summed over the ingresses still
+    /// reporting (latest report within [`STALE_SOURCE_MS`]); `None` without such reports.
     fn over(requests: &[RequestSample], from: Timestamp, now: Timestamp) -> Option<Self> {
-        let mut by_source: std::collections::BTreeMap<u64, (f64, f64, u32)> = Default::default();
+        // source -> (rate sum, in-flight sum, reports, latest)
+        let mut by_source: std::collections::BTreeMap<u64, (f64, f64, u32, Timestamp)> =
+            Default::default();
         for r in requests.iter().filter(|r| r.at >= from && r.at <= now) {
             let e = by_source.entry(r.source).or_default();
             e.0 += r.rate;
             e.1 += r.in_flight;
             e.2 += 1;
+            e.3 = e.3.max(r.at);
         }
-        if by_source.is_empty() {
+        let live: Vec<_> = by_source
+            .values()
+            .filter(|(_, _, _, latest)| latest + STALE_SOURCE_MS >= now)
+            .collect();
+        if live.is_empty() {
             return None;
         }
-        let (rate, in_flight) =
-            by_source
-                .values()
-                .fold((0.0, 0.0), |(rate, in_flight), (r, f, n)| {
-                    (rate + r / f64::from(*n), in_flight + f / f64::from(*n))
-                });
+        let (rate, in_flight) = live
+            .iter()
+            .fold((0.0, 0.0), |(rate, in_flight), (r, f, n, _)| {
+                (rate + r / f64::from(*n), in_flight + f / f64::from(*n))
+            });
         Some(Self { rate, in_flight })
     }
 }
@@ -394,11 +404,17 @@ fn scale_in(
     if p.disable_scale_in || !proposals.iter().all(|(w, _)| *w < input.desired) {
         return None;
     }
+    // The ingresses' reports are evidence only for a policy that tracks requests.
+    let requests = if p.target_tracking.iter().any(|t| !t.metric.is_utilization()) {
+        input.requests
+    } else {
+        &[]
+    };
     let oldest = input
         .samples
         .iter()
         .map(|s| s.at)
-        .chain(input.requests.iter().map(|r| r.at))
+        .chain(requests.iter().map(|r| r.at))
         .filter(|at| *at >= from && *at <= now)
         .min()
         .unwrap_or(now);
@@ -896,5 +912,29 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn a_silent_ingress_stops_counting_and_reports_are_no_evidence_for_cpu_policies() {
+        let p = serverless();
+        // Source 1 stopped reporting 10 s ago; only source 0 counts.
+        let mut load = reports(0, 20, 1, 40.0, 0.0);
+        load.extend(
+            reports(0, 10, 1, 400.0, 0.0)
+                .into_iter()
+                .map(|r| RequestSample { source: 1, ..r }),
+        );
+        let values = metric_values(&p, &[], &load, 1, 0, 20_000);
+        assert!((values[0].value - 40.0).abs() < 1e-9, "{values:?}");
+        // A CPU policy with 2 s of low CPU samples and 20 s of ingress reports: not enough
+        // evidence to scale in.
+        let cpu = policy();
+        let low = samples(18, 20, 4, |_| 5.0);
+        let quiet = reports(0, 20, 1, 0.0, 0.0);
+        let input = ScalingInput {
+            requests: &quiet,
+            ..steady(&cpu, &low, 4, 20_000)
+        };
+        assert_eq!(decide(&input), None);
     }
 }

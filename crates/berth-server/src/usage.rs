@@ -82,7 +82,7 @@ impl Usage {
         task
     }
 
-    /// Records an ingress's report (`ingress`: its random ID) received at `at`.
+    /// Records an ingress's report (`ingress`: a number naming the ingress) received at `at`.
     pub fn record_traffic(&self, ingress: u64, services: Vec<ServiceTraffic>, at: Timestamp) {
         let mut inner = self.lock();
         // Services no ingress has mentioned for a while (deleted, no longer routed) go.
@@ -91,8 +91,8 @@ impl Usage {
             .retain(|_, t| t.reports.back().is_some_and(|r| r.at + FORGET_MS >= at));
         for s in services {
             let traffic = inner.requests.entry((s.namespace, s.name)).or_default();
-            // A rate needs a span; a first report (or a clock gone back) counts as a second.
-            let seconds = (s.interval_ms.max(1) as f64 / 1000.0).clamp(0.001, 60.0);
+            // A rate needs a span: at least 100 ms (ingresses report every second).
+            let seconds = (s.interval_ms as f64 / 1000.0).clamp(0.1, 60.0);
             traffic.reports.push_back(RequestSample {
                 at,
                 source: ingress,

@@ -286,6 +286,11 @@ impl State {
                     at,
                     format!("scaled: desired count {} -> {n}", svc.desired_count),
                 );
+                if n > svc.desired_count {
+                    // A scale-up by hand counts as a scale-out: the autoscaler's cooldown and
+                    // scale-to-zero's idle time start again from it.
+                    svc.last_scale_out_at = at;
+                }
                 svc.desired_count = n;
             }
             ServiceChange::Delete => {

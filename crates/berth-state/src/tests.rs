@@ -362,6 +362,16 @@ fn reconciler_decisions_for_an_older_version_are_refused() {
     assert!(changed.is_empty());
     assert!(s.task("default", "s1").is_none());
     assert_eq!(get_service(&s).desired_count, 3, "the user's change stands");
+    // A scale-up by hand counts as a scale-out (cooldowns, scale-to-zero's idle time); a
+    // scale-down does not.
+    assert_eq!(get_service(&s).last_scale_out_at, 6);
+    s.apply(Command::UpdateService {
+        namespace: "default".into(),
+        name: "svc".into(),
+        change: ServiceChange::Scale(2),
+        at: 8,
+    });
+    assert_eq!(get_service(&s).last_scale_out_at, 6);
 }
 
 #[test]

@@ -187,12 +187,13 @@ pub(crate) async fn serve(
     let report = berth_ingress::traffic::report(
         member.servers.clone(),
         membership.dialer().clone(),
-        traffic,
+        traffic.clone(),
         routes.clone(),
     );
     let activate = berth_ingress::traffic::activate(
         member.servers.clone(),
         membership.dialer().clone(),
+        traffic.clone(),
         activations,
     );
     let tcp = tcp_listeners(listeners.listen.ip(), routes, proxy, stopped.clone());

@@ -193,8 +193,14 @@ impl BerthService {
                 interval_ms: s.interval_ms,
             })
             .collect();
-        self.usage
-            .record_traffic(req.ingress_id, services, now_ms());
+        // By the ingress's name, so that a restarted ingress continues its own series.
+        let source = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            caller.who().hash(&mut h);
+            h.finish()
+        };
+        self.usage.record_traffic(source, services, now_ms());
         Ok(Response::new(pb::TrafficReportResponse {}))
     }
 
@@ -222,6 +228,12 @@ impl BerthService {
             if svc.desired_count > 0 {
                 return Ok(Response::new(svc.into()));
             }
+            if svc.status != berth_model::ServiceStatus::Active {
+                return Err(status::precondition(format!(
+                    "service {} is being deleted",
+                    req.name
+                )));
+            }
             if svc.autoscaling.and_then(|a| a.scale_to_zero).is_none() {
                 return Err(status::precondition(format!(
                     "service {} is at zero but has no scaleToZero: scale it with `berth scale`",
@@ -237,12 +249,17 @@ impl BerthService {
                 reason: format!("woke 0 -> 1: a request is waiting at {}", caller.who()),
                 at: now_ms(),
             });
-            match self
+            let result = self
                 .store
                 .propose(command)
                 .await
-                .map_err(status::from_store)?
-            {
+                .map_err(status::from_store)?;
+            let outcome = match &result {
+                CommandResult::Rejected(r) => format!("refused: {r}"),
+                _ => "done".to_owned(),
+            };
+            tracing::info!(target: "berth::audit", caller = %caller.who(), %namespace, service = %req.name, "wake: {outcome}");
+            match result {
                 CommandResult::Rejected(berth_state::Rejection::Conflict(_)) => continue,
                 CommandResult::Rejected(r) => return Err(status::from_rejection(r)),
                 _ => {}
