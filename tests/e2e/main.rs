@@ -15,6 +15,7 @@ mod rotation;
 mod sandbox;
 mod secrets;
 mod security;
+mod serverless;
 mod services;
 mod tls_cluster;
 

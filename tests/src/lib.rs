@@ -821,6 +821,18 @@ impl IngressProc {
 /// `GET PATH` with `Host: HOST` at `addr` over plain HTTP/1.1 (one request per connection),
 /// within 5 s: the status code and the body.
 pub async fn http_get(addr: &str, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let (code, _, body) = http_exchange(addr, host, path, Duration::from_secs(5)).await?;
+    Ok((code, body))
+}
+
+/// As [`http_get`] within `limit`: the status code, the head (status line and headers) and
+/// the body.
+pub async fn http_exchange(
+    addr: &str,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> anyhow::Result<(u16, String, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -832,9 +844,9 @@ pub async fn http_get(addr: &str, host: &str, path: &str) -> anyhow::Result<(u16
         s.read_to_end(&mut reply).await?;
         anyhow::Ok(String::from_utf8_lossy(&reply).into_owned())
     };
-    let reply = tokio::time::timeout(Duration::from_secs(5), exchange)
+    let reply = tokio::time::timeout(limit, exchange)
         .await
-        .context("no answer within 5 s")??;
+        .with_context(|| format!("no answer within {limit:?}"))??;
     let (head, body) = reply
         .split_once("\r\n\r\n")
         .with_context(|| format!("no HTTP answer from {addr}: {reply:?}"))?;
@@ -849,6 +861,7 @@ pub async fn http_get(addr: &str, host: &str, path: &str) -> anyhow::Result<(u16
     });
     Ok((
         code,
+        head.to_owned(),
         if chunked {
             dechunk(body)
         } else {
