@@ -9,6 +9,18 @@ use crate::tasks::{remove_from, stopped_at};
 use crate::{Key, State};
 
 impl State {
+    /// Forgets the tombstone of `id`, with its index entries; answers whether there was one.
+    fn forget_removed(&mut self, id: &str) -> bool {
+        let Some(gone) = self.removed.remove(id) else {
+            return false;
+        };
+        self.removed_ages.remove(&(gone.removed_at, id.to_owned()));
+        if let Some(node) = &gone.node {
+            remove_from(&mut self.removed_by_node, node, id);
+        }
+        true
+    }
+
     pub(crate) fn retire(&mut self, r: Retirement, changed: &mut Vec<Key>) -> CommandResult {
         let mut count = 0u32;
         for id in r.tasks {
@@ -25,6 +37,9 @@ impl State {
                 node: task.node,
                 removed_at: r.at,
             };
+            // An ID removed before (a task of that ID created again since) has its older
+            // tombstone replaced: its index entries go first.
+            self.forget_removed(&id);
             self.removed_ages.insert((r.at, id.clone()));
             if let Some(node) = &removed.node {
                 self.removed_by_node
@@ -38,11 +53,7 @@ impl State {
             count += 1;
         }
         for id in r.forget {
-            if let Some(gone) = self.removed.remove(&id) {
-                self.removed_ages.remove(&(gone.removed_at, id.clone()));
-                if let Some(node) = &gone.node {
-                    remove_from(&mut self.removed_by_node, node, &id);
-                }
+            if self.forget_removed(&id) {
                 changed.push(Key::RemovedTask(id));
                 count += 1;
             }

@@ -133,6 +133,39 @@ fn the_indexes_kept_as_commands_apply_equal_rebuilt_ones() {
     round_trips(&s);
 }
 
+#[test]
+fn a_task_id_removed_twice_leaves_one_tombstone_in_the_indexes() {
+    // Found by the property test below: t1 runs on n1, stops and is removed; a task of the
+    // same ID is created again, stopped before placement and removed again.
+    let mut s = state_with_tasks(&["t1"], None);
+    stopped(&mut s, "t1", 10);
+    s.apply(retire(&["t1"], &[], 11));
+    let def = s
+        .task_definition("default", &"web:1".parse().expect("ref"))
+        .expect("web:1")
+        .clone();
+    s.apply(Command::CreateTasks {
+        tasks: vec![Task::pending("t1".into(), "default", &def, 12)],
+        client_token: None,
+        at: 12,
+    });
+    s.apply(Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: berth_model::StopCode::UserInitiated,
+        reason: "bye".into(),
+        at: 13,
+    });
+    s.apply(retire(&["t1"], &[], 14));
+    assert_eq!(s.removed_oldest_first().count(), 1);
+    assert_eq!(
+        s.removed_from("n1").count(),
+        0,
+        "the older tombstone's node"
+    );
+    round_trips(&s);
+}
+
 fn register(s: &mut State, memory: u32, at: u64) {
     s.apply(registration(memory, at));
 }
