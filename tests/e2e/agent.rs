@@ -3,21 +3,11 @@
 use std::time::Duration;
 
 use berth_tests::{
-    cli, cli_json, containerd_containers, ctr, poll, run_script_until_running, run_tasks,
+    cli, cli_json, containerd_containers, ctr, events, poll, run_script_until_running, run_tasks,
     run_until_running, wait_stopped, AgentProc, Env, ServerProc,
 };
-use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn events(task: &Value) -> Vec<String> {
-    task["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .collect()
-}
 
 #[tokio::test]
 async fn a_restarted_agent_readopts_its_containers_and_reports_vanished_ones() -> anyhow::Result<()>

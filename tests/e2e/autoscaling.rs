@@ -3,19 +3,9 @@
 
 use std::time::Duration;
 
-use berth_tests::{cli, cli_json, poll, AgentProc, Env, ServerProc};
-use serde_json::Value;
+use berth_tests::{cli, cli_json, events, poll, AgentProc, Env, ServerProc};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn events(svc: &Value) -> Vec<String> {
-    svc["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .collect()
-}
 
 #[tokio::test]
 async fn a_cpu_bound_service_scales_out_then_back_in_with_an_event_per_change() -> anyhow::Result<()>

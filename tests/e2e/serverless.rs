@@ -5,20 +5,10 @@
 use std::time::{Duration, Instant};
 
 use berth_tests::{
-    cli, cli_json, http_exchange, http_get, poll, AgentProc, Env, IngressProc, ServerProc,
+    cli, cli_json, events, http_exchange, http_get, poll, AgentProc, Env, IngressProc, ServerProc,
 };
-use serde_json::Value;
 
 use crate::TIMEOUT;
-
-fn events(svc: &Value) -> Vec<String> {
-    svc["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["message"].as_str().map(str::to_owned))
-        .collect()
-}
 
 #[tokio::test]
 async fn an_idle_service_goes_to_zero_and_the_next_request_wakes_it() -> anyhow::Result<()> {

@@ -870,6 +870,16 @@ pub async fn http_exchange(
     ))
 }
 
+/// The messages of an object's events (a task's or a service's, as `-o json` prints them).
+pub fn events(object: &Value) -> Vec<String> {
+    object["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The payload of a chunked body.
 fn dechunk(body: &str) -> String {
     let mut out = String::new();
