@@ -7,6 +7,7 @@ mod cli;
 mod clock;
 mod cluster;
 mod ingress;
+mod metering;
 mod network;
 mod nodes;
 mod pulls;

@@ -6,7 +6,7 @@
 //!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given; `soak` only
 //!                                  # when named
 //!
-//! The scenarios live by group in `raft`, `start`, `ingress` and `fleet`; `cluster` (the servers
+//! The scenarios live by group in `raft`, `start`, `ingress`, `cold_start` and `fleet`; `cluster` (the servers
 //! and hollow agents measured) and `api` (requests and `/metrics` waits) serve them all; `results` keeps
 //! the numbers and renders them beside the goals.
 
@@ -15,6 +15,7 @@ use std::time::Instant;
 
 mod api;
 mod cluster;
+mod cold_start;
 mod fleet;
 mod ingress;
 mod raft;
@@ -29,6 +30,7 @@ const SCENARIOS: &[&str] = &[
     "raft",
     "start",
     "ingress",
+    "cold_start",
     "failover",
     "node_loss",
     "placement_1k",
@@ -68,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             "raft" => raft::raft(&mut results).await,
             "start" => start::start(&mut results).await,
             "ingress" => ingress::ingress(&mut results).await,
+            "cold_start" => cold_start::cold_start(&mut results).await,
             "failover" => raft::failover(&mut results, 20).await,
             "node_loss" => fleet::node_loss(&mut results, 10).await,
             "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 pub(crate) type Results = BTreeMap<String, f64>;
 
-/// Goals from issue #9 (and the ingress's from its own issue), shown beside the results: (key,
+/// Goals from issue #9 (and the ingress's and cold starts' from their own issues), shown beside
+/// the results: (key,
 /// goal, higher is better).
 const GOALS: &[(&str, f64, bool)] = &[
     ("placement.tasks_per_sec", 10_000.0, true),
@@ -19,6 +20,8 @@ const GOALS: &[(&str, f64, bool)] = &[
     ("footprint.restore_ms", 10_000.0, false),
     ("ingress.berth_vs_nginx_rps", 1.0, true),
     ("ingress.berth_added_p99_ms", 1.0, false),
+    ("cold_start.cold_p50_ms", 500.0, false),
+    ("cold_start.cold_p99_ms", 1_000.0, false),
 ];
 
 /// Sorts `ms` and records its median and 99th percentile as `{prefix}p50_ms` and

@@ -69,6 +69,11 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         recent: usize,
     },
+    /// What tasks requested and used, from the metering ledger: vCPU-seconds and GB-seconds
+    /// requested (from the start of each task's image pull to its stop, to the millisecond),
+    /// what they used by their nodes' samples, and an estimated cost (-o table, json, yaml or
+    /// csv).
+    Usage(UsageArgs),
     /// Print the JSON Schema of manifests (for editors: yaml-language-server, VS Code).
     Schema,
     /// Service operations beyond apply/scale/delete.
@@ -128,6 +133,33 @@ pub enum Command {
     /// Secrets of a namespace: values tasks read as variables or files; never shown back.
     #[command(subcommand)]
     Secret(SecretCommand),
+}
+
+/// The flags of `berth usage`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UsageArgs {
+    /// Only this service's tasks.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Every namespace (needs a token for every namespace, as an admin's).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// How far back: a duration (`24h`, `30m`) or a time (RFC 3339); the ledger's closed
+    /// bucket (a minute) it falls in counts whole.
+    #[arg(long, value_name = "DURATION|TIME", default_value = "24h")]
+    pub since: String,
+    /// One row per service, namespace, task definition, or task (each task still kept, over
+    /// its whole life).
+    #[arg(long, value_parser = ["service", "namespace", "taskdef", "task"], default_value = "service")]
+    pub by: String,
+    /// The price of a vCPU-hour, in US dollars, for the estimate (default: AWS Fargate,
+    /// Linux/x86, us-east-1).
+    #[arg(long, value_name = "USD", default_value_t = berth_model::Rates::FARGATE.vcpu_hour)]
+    pub vcpu_hour_price: f64,
+    /// The price of a GB-hour of memory, in US dollars, for the estimate (default: AWS
+    /// Fargate, Linux/x86, us-east-1).
+    #[arg(long, value_name = "USD", default_value_t = berth_model::Rates::FARGATE.gb_hour)]
+    pub gb_hour_price: f64,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -28,6 +28,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             wait,
             timeout,
         } => scale(&global, &service, count, wait.then_some(timeout)).await,
+        Command::Usage(args) => crate::usage::run(&global, args).await.map(|()| 0),
         Command::Schema => {
             print!("{}", berth_manifest::json_schema());
             Ok(0)

@@ -52,6 +52,7 @@ fn rfc3339<S: serde::Serializer>(at: &u64, s: S) -> Result<S::Ok, S::Error> {
 
 fn print(format: Format, line: &Line) -> anyhow::Result<()> {
     match format {
+        Format::Csv => return Err(crate::output::csv_only()),
         Format::Json => println!("{}", serde_json::to_string(line)?),
         Format::Yaml => print!("---\n{}", serde_yaml_ng::to_string(line)?),
         Format::Table | Format::Wide => println!(

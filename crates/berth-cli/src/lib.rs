@@ -21,6 +21,7 @@ mod services;
 mod taskdefs;
 mod tasks;
 mod tokens;
+mod usage;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -43,7 +43,7 @@ impl LogOptions {
 }
 
 /// `--since 10m` (that long ago) or `--since 2026-11-26T10:00:00Z`, as ms since the epoch.
-fn parse_since(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_since(text: &str) -> anyhow::Result<u64> {
     let at = match humantime::parse_duration(text) {
         Ok(ago) => std::time::SystemTime::now() - ago,
         Err(_) => humantime::parse_rfc3339_weak(text).with_context(|| {

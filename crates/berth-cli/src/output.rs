@@ -1,4 +1,4 @@
-//! Rendering for `-o table|wide|json|yaml`.
+//! Rendering for `-o table|wide|json|yaml` (and `csv`, for `berth usage`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +10,8 @@ pub enum Format {
     Wide,
     Json,
     Yaml,
+    /// Comma-separated values: `berth usage` only.
+    Csv,
 }
 
 /// `value` as JSON or YAML text.
@@ -18,6 +20,7 @@ pub fn render_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Res
         Format::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
         Format::Yaml => serde_yaml_ng::to_string(value)?,
         Format::Table | Format::Wide => unreachable!("tables are rendered by the caller"),
+        Format::Csv => return Err(csv_only()),
     })
 }
 
@@ -33,7 +36,13 @@ pub fn render_list<T: Serialize>(
         Format::Json | Format::Yaml if single => render_structured(format, &items[0]),
         Format::Json | Format::Yaml => render_structured(format, &items),
         Format::Table | Format::Wide => Ok(table(format == Format::Wide)),
+        Format::Csv => Err(csv_only()),
     }
+}
+
+/// What `-o csv` says where it does not apply.
+pub fn csv_only() -> anyhow::Error {
+    anyhow::anyhow!("-o csv is for `berth usage`; use -o table, wide, json or yaml here")
 }
 
 /// Prints rows as columns padded to the widest cell, with a header.

@@ -215,6 +215,9 @@ pub fn print_task_details(t: &Task) {
         "Created:          {}",
         berth_model::format_timestamp(t.created_at)
     );
+    if let Some(s) = t.pull_started_at {
+        println!("Pull started:     {}", berth_model::format_timestamp(s));
+    }
     if let Some(s) = t.started_at {
         println!("Started:          {}", berth_model::format_timestamp(s));
     }

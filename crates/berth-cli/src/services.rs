@@ -197,6 +197,16 @@ pub async fn wait(
         let done = match deployment {
             Some(id) => match s.deployments.iter().find(|d| d.id == id) {
                 Some(d) if d.rollout_state == RolloutState::Completed => Some(true),
+                // At zero, nothing runs to verify it: the first request does.
+                Some(d) if d.rollout_state == RolloutState::InProgress && waits_at_zero(&s) => {
+                    if tty {
+                        eprintln!();
+                    }
+                    eprintln!(
+                        "deployment {id} of service {name} waits at zero tasks: the service's first request starts it, and its circuit breaker rolls it back if it fails"
+                    );
+                    Some(true)
+                }
                 Some(d) if d.rollout_state == RolloutState::Failed => {
                     // Failed: wait for a rollback to finish before answering.
                     let rollback_done = s
@@ -263,6 +273,15 @@ pub async fn wait(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Whether the service is at zero tasks and scales to zero (its deployments are verified when
+/// it wakes).
+fn waits_at_zero(s: &Service) -> bool {
+    s.desired_count == 0
+        && s.autoscaling
+            .as_ref()
+            .is_some_and(|a| a.scale_to_zero.is_some())
 }
 
 pub fn print(format: Format, services: &[Service], single: bool) -> anyhow::Result<()> {

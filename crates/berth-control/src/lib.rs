@@ -14,6 +14,7 @@ pub mod autoscaling;
 pub mod ca;
 pub mod desired;
 pub mod endpoints;
+pub mod metering;
 pub mod nodes;
 pub mod preview;
 pub mod retention;

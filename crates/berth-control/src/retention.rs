@@ -43,6 +43,10 @@ pub fn plan(state: &State, at: u64, policy: &Policy) -> Vec<Command> {
         let Some(task) = state.task_by_id(id) else {
             continue;
         };
+        // The ledger's open bucket still counts it (and every task stopped after it).
+        if !state.accounted(task) {
+            break;
+        }
         let service = task
             .group
             .as_deref()

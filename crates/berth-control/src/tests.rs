@@ -378,3 +378,103 @@ fn a_dry_run_answers_what_the_apply_would() {
     });
     assert_eq!(applied, CommandResult::Rejected(refused));
 }
+
+/// Reports `id`'s first word from `node` (its pull starting) at `at`, or its stop.
+fn report_at(s: &mut State, node: &str, id: &str, status: TaskStatus, at: u64) {
+    s.apply(Command::ReportTaskStatus {
+        node: node.into(),
+        updates: vec![TaskStatusUpdate::status(id, status)],
+        at,
+    });
+}
+
+#[test]
+fn the_meter_closes_each_bucket_once_after_its_grace_and_reports_the_open_time() {
+    use crate::metering::{plan, report, By, Policy, Query, GRACE_MS, MAX_CLOSES};
+    let policy = Policy {
+        bucket_ms: 60_000,
+        keep_ms: 3_600_000,
+    };
+    let mut s = cluster(1);
+    run(&mut s, &["a"]);
+    schedule(&mut s);
+    // With no ledger yet, the first bucket is the last one over (by the grace).
+    let none = Fixed(HashMap::new());
+    let start = 60_000_000;
+    let first = plan(&s, &none, start + 60_000 + GRACE_MS - 1, &policy);
+    let [Command::CloseUsage(c)] = &first[..] else {
+        panic!("{first:?}")
+    };
+    assert_eq!((c.start, c.end), (start - 60_000, start));
+    report_at(&mut s, "n1", "a", TaskStatus::Pending, start + 30_000);
+    let samples = Fixed(HashMap::from([(
+        "a".to_owned(),
+        vec![
+            TaskMetrics {
+                cpu_units: 128.0,
+                memory_bytes: 10 << 20,
+                sampled_at: start + 40_000,
+            },
+            TaskMetrics {
+                cpu_units: 512.0,
+                memory_bytes: 20 << 20,
+                sampled_at: start + 50_000,
+            },
+        ],
+    )]));
+    let at = start + 60_000 + GRACE_MS;
+    let closes = plan(&s, &samples, at, &policy);
+    let [Command::CloseUsage(close)] = &closes[..] else {
+        panic!("{closes:?}")
+    };
+    assert_eq!((close.start, close.end), (start, start + 60_000));
+    assert_eq!(close.used.len(), 1);
+    assert_eq!(close.used[0].used_cpu_unit_ms, 512 * 10_000);
+    apply_all(&mut s, closes);
+    assert_eq!(s.ledger().expect("ledger").accounted_to, start + 60_000);
+    // Nothing more until the next bucket is over; a long outage is caught up in rounds.
+    assert!(plan(&s, &samples, at + 1_000, &policy).is_empty());
+    let later = plan(&s, &none, at + 100 * 60_000, &policy);
+    assert_eq!(later.len(), MAX_CLOSES);
+    // The report: the closed bucket (30 s of a), then the open time from the timestamps.
+    let now = start + 90_000;
+    let query = Query {
+        namespace: Some("default".into()),
+        service: None,
+        since: 0,
+        by: By::Service,
+    };
+    let r = report(&s, &query, now, &none);
+    assert_eq!((r.from, r.to, r.accounted_to), (start, now, start + 60_000));
+    let [row] = &r.rows[..] else { panic!("{r:?}") };
+    assert_eq!(
+        (row.namespace.as_str(), row.service.as_deref()),
+        ("default", None)
+    );
+    assert_eq!(row.accrued.task_ms, 30_000 + 30_000);
+    assert_eq!(row.accrued.cpu_unit_ms, 256 * 60_000);
+    assert_eq!(row.accrued.used_cpu_unit_ms, 512 * 10_000);
+    let by_task = report(
+        &s,
+        &Query {
+            by: By::Task,
+            ..query.clone()
+        },
+        now,
+        &none,
+    );
+    assert_eq!(by_task.rows[0].task_id.as_deref(), Some("a"));
+    assert_eq!(by_task.rows[0].accrued.task_ms, 60_000);
+    assert_eq!(by_task.rows[0].tasks, 1);
+    let elsewhere = report(
+        &s,
+        &Query {
+            namespace: Some("other".into()),
+            ..query
+        },
+        now,
+        &none,
+    );
+    assert!(elsewhere.rows.is_empty());
+    assert!("hourly".parse::<By>().is_err());
+}

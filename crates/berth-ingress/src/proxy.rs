@@ -168,11 +168,17 @@ impl Proxy {
         let ready = async {
             loop {
                 let table = Arc::clone(&routes.borrow_and_update());
-                if table
+                let woken = table
                     .http_route(host, path)
-                    .is_some_and(|r| !r.backends.is_empty())
-                {
-                    return Some(table);
+                    .filter(|r| !r.backends.is_empty());
+                if let Some(route) = woken {
+                    // A task without a health check is routed once it runs, which may be a
+                    // moment before its server listens: the held requests go once one accepts.
+                    if accepts(&route.backends).await {
+                        return Some(table);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
                 }
                 if routes.changed().await.is_err() {
                     return None;
@@ -357,6 +363,17 @@ impl Proxy {
         }
         Err(ForwardError::Unreachable(route.service.clone()))
     }
+}
+
+/// Whether one of `backends` accepts a TCP connection now (closed at once).
+async fn accepts(backends: &[Backend]) -> bool {
+    for b in backends {
+        let connect = tokio::net::TcpStream::connect(b.addr);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(250), connect).await {
+            return true;
+        }
+    }
+    false
 }
 
 /// Why a request was not forwarded; the ingress answers it itself.

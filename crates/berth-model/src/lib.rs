@@ -12,6 +12,7 @@ mod assignment;
 mod certificate;
 mod cluster;
 mod event;
+mod metering;
 mod namespace;
 mod network;
 mod node;
@@ -31,6 +32,9 @@ pub use assignment::Assignment;
 pub use certificate::{CaRotation, CertificateRecord, NodeCertificates, MAX_NODE_CERTIFICATES};
 pub use cluster::{ClusterMember, ClusterStatus, MemberRole, PlannedTask};
 pub use event::{Event, EventLog, MAX_EVENTS};
+pub use metering::{
+    Accrued, Ledger, LedgerBucket, LedgerRow, LedgerTotal, Rates, TaskUsage, USAGE_BUCKET_MS,
+};
 pub use namespace::{
     Namespace, Quota, QuotaExceeded, QuotaResource, Usage, MAX_QUOTA_CPU, MAX_QUOTA_MEMORY,
 };

@@ -35,6 +35,14 @@ pub struct Task {
     pub memory: u32,
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: Timestamp,
+    /// When its node began to pull its images (the first report from the node it was placed
+    /// on): where its billable time begins, as on Fargate.
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pull_started_at: Option<Timestamp>,
     #[serde(
         default,
         with = "crate::time::rfc3339_opt",
@@ -125,6 +133,7 @@ impl Task {
             cpu: def.cpu,
             memory: def.memory,
             created_at: at,
+            pull_started_at: None,
             started_at: None,
             stopped_at: None,
             stop_code: None,

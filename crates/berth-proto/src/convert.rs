@@ -13,6 +13,7 @@ mod placement;
 mod service;
 mod task;
 mod task_definition;
+mod usage;
 mod watch;
 
 #[cfg(test)]

@@ -423,10 +423,26 @@ impl<'a> Round<'a> {
             return;
         }
         let d = self.desired;
+        let scales_to_zero = self
+            .svc
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.scale_to_zero.is_some());
+        if scales_to_zero && d == 0 {
+            // Nothing runs to prove the revision: it is verified when the service wakes
+            // (until then it neither completes nor runs out of time).
+            return;
+        }
         let failed = self.svc.deployments.first().map_or(0, |p| p.failed_tasks);
         let threshold = CircuitBreaker::threshold(d);
         let progress_deadline = self.config.progress_deadline;
-        let late = self.elapsed(self.primary.created_at) >= u64::from(progress_deadline) * 1000;
+        // A service that scales to zero makes progress from its latest wake (or scale-out).
+        let progressing_since = if scales_to_zero {
+            self.primary.created_at.max(self.svc.last_scale_out_at)
+        } else {
+            self.primary.created_at
+        };
+        let late = self.elapsed(progressing_since) >= u64::from(progress_deadline) * 1000;
         if self.config.circuit_breaker.enable && failed >= threshold {
             let reason = format!("circuit breaker: {failed} tasks failed (threshold {threshold})");
             fail(&mut self.svc, reason, self.input);
@@ -794,6 +810,7 @@ mod tests {
                     cpu: 256,
                     memory: 64,
                     created_at: self.now,
+                    pull_started_at: None,
                     started_at: None,
                     stopped_at: None,
                     stop_code: None,
@@ -952,6 +969,52 @@ mod tests {
             ),
             "{events}"
         );
+    }
+
+    /// A broken revision deployed while the service is at zero is not taken as done: it
+    /// waits, past its progress deadline, for the service to wake, then trips the circuit
+    /// breaker and rolls back to the revision that last worked.
+    #[test]
+    fn a_deployment_made_at_zero_is_verified_when_the_service_wakes() {
+        let mut w = World::new(1, DeploymentConfiguration::default());
+        w.svc.autoscaling = Some(berth_model::Autoscaling {
+            min_count: 0,
+            max_count: 3,
+            target_tracking: Vec::new(),
+            scale_out_cooldown: 0,
+            scale_in_cooldown: 0,
+            disable_scale_in: false,
+            scale_to_zero: Some(berth_model::ScaleToZero::default()),
+        });
+        converge(&mut w);
+        assert_eq!(w.svc.last_completed, Some(td("web:1")));
+        // Idle: to zero; then a broken revision.
+        w.svc.desired_count = 0;
+        converge(&mut w);
+        assert_eq!(w.live().len(), 0);
+        w.deploy("web:2", Outcome::Fails);
+        let deadline = u64::from(w.svc.deployment_configuration.progress_deadline);
+        for _ in 0..deadline + 30 {
+            let plan = w.round();
+            assert!(plan.start.is_empty());
+        }
+        assert_eq!(w.primary().task_definition, td("web:2"));
+        assert_eq!(w.primary().rollout_state, RolloutState::InProgress);
+        // A request wakes it.
+        w.svc.desired_count = 1;
+        w.svc.last_scale_out_at = w.now;
+        for _ in 0..60 {
+            w.round();
+        }
+        let events = w.events().join("\n");
+        assert!(
+            events.contains("circuit breaker: 3 tasks failed (threshold 3); rolling back to web:1"),
+            "{events}"
+        );
+        assert_eq!(w.primary().task_definition, td("web:1"));
+        assert_eq!(w.primary().rollout_state, RolloutState::Completed);
+        assert_eq!(w.on("web:1"), 1);
+        assert_eq!(w.healthy(), 1);
     }
 
     #[test]

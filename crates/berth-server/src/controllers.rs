@@ -280,6 +280,39 @@ impl Controller for NodeMonitor {
     }
 }
 
+/// Closes the metering ledger's buckets once they are over ([`berth_control::metering`]),
+/// with what tasks used by the samples in this server's memory.
+pub struct Meter {
+    pub usage: Usage,
+    pub policy: berth_control::metering::Policy,
+}
+
+impl Controller for Meter {
+    const NAME: &'static str = "meter";
+    // The bucket to close is where the committed ledger stands.
+    const READ: ReadPolicy = ReadPolicy::Linearizable;
+    const ON_APPLY: bool = false;
+
+    fn interval(&self) -> Duration {
+        (Duration::from_millis(self.policy.bucket_ms) / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        berth_control::metering::plan(state, &self.usage, at, &self.policy)
+    }
+
+    fn proposed(&mut self, command: &Command, result: &CommandResult) {
+        if let (Command::CloseUsage(c), CommandResult::Done) = (command, result) {
+            tracing::debug!(
+                start = c.start,
+                end = c.end,
+                "closed a bucket of the ledger"
+            );
+        }
+    }
+}
+
 /// Removes finished work kept long enough: stopped tasks, unused INACTIVE revisions, nodes
 /// DOWN for the node retention ([`berth_control::retention`]).
 pub struct Retention {

@@ -26,11 +26,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use berth_store::{RaftService, Store, StoreConfig};
 use berth_tls::Role;
-use controllers::{leader_loop, Autoscaler, NodeMonitor, Retention, Scheduler, ServiceReconciler};
+use controllers::{
+    leader_loop, Autoscaler, Meter, NodeMonitor, Retention, Scheduler, ServiceReconciler,
+};
 use identity::Origin;
 use tls::ServerTls;
 
 pub use agents::Liveness;
+pub use berth_control::metering::Policy as MeteringPolicy;
 pub use berth_control::retention::Policy as RetentionPolicy;
 pub use usage::Usage;
 
@@ -72,6 +75,8 @@ pub struct ServerConfig {
     pub node_ttl: Duration,
     /// How long finished work is kept (stopped tasks, unused INACTIVE revisions, DOWN nodes).
     pub retention: berth_control::retention::Policy,
+    /// The metering ledger's bucket length and retention.
+    pub metering: berth_control::metering::Policy,
 }
 
 /// Raft timing and log compaction settings.
@@ -119,6 +124,10 @@ impl ServerConfig {
                 keep_per_service: 5,
                 nodes_ms: 86_400_000,
             },
+            metering: berth_control::metering::Policy {
+                bucket_ms: berth_model::USAGE_BUCKET_MS,
+                keep_ms: 7 * 86_400_000,
+            },
         }
     }
 }
@@ -133,6 +142,7 @@ pub struct Server {
     advertise: String,
     node_ttl: Duration,
     retention: berth_control::retention::Policy,
+    metering: berth_control::metering::Policy,
     tls: Arc<ServerTls>,
     /// This start created the cluster: make its first admin credentials.
     fresh: bool,
@@ -226,6 +236,7 @@ impl Server {
             advertise,
             node_ttl: config.node_ttl,
             retention: config.retention,
+            metering: config.metering,
             tls: Arc::new(tls),
             fresh,
             data_dir: config.data_dir,
@@ -338,6 +349,13 @@ impl Server {
                 },
             )),
             tokio::spawn(leader_loop(store.clone(), Retention::new(self.retention))),
+            tokio::spawn(leader_loop(
+                store.clone(),
+                Meter {
+                    usage: usage.clone(),
+                    policy: self.metering,
+                },
+            )),
             tokio::spawn(leader_loop(
                 store.clone(),
                 rotation::Finisher {

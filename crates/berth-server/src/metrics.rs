@@ -21,6 +21,16 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UsageLabel {
+    namespace: String,
+    /// Empty for tasks run on their own.
+    service: String,
+}
+
+/// A counter of seconds that may count fractions.
+type Seconds = Counter<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabel {
     method: String,
 }
@@ -42,6 +52,9 @@ struct Inner {
     pub scheduling_latency: Histogram,
     pub agent_connections: Gauge,
     api_latency: Family<MethodLabel, Histogram, fn() -> Histogram>,
+    usage_vcpu: Family<UsageLabel, Seconds>,
+    usage_gb: Family<UsageLabel, Seconds>,
+    usage_used_vcpu: Family<UsageLabel, Seconds>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -111,6 +124,24 @@ impl Default for Metrics {
                 "gRPC request latency by method",
                 Family::new_with_constructor(latency_buckets),
             ),
+            usage_vcpu: registered(
+                r,
+                "usage_vcpu_seconds",
+                "Requested vCPU-seconds in the metering ledger's closed buckets",
+                Family::default(),
+            ),
+            usage_gb: registered(
+                r,
+                "usage_memory_gb_seconds",
+                "Requested GB-seconds of memory in the metering ledger's closed buckets",
+                Family::default(),
+            ),
+            usage_used_vcpu: registered(
+                r,
+                "usage_used_vcpu_seconds",
+                "Used vCPU-seconds (from samples) in the metering ledger's closed buckets",
+                Family::default(),
+            ),
             registry,
         };
         Self(Arc::new(inner))
@@ -156,7 +187,7 @@ impl Metrics {
         ));
         i.raft_leader
             .set(i64::from(status.leader == Some(status.id)));
-        let (counts, nodes) = store.read_stale(|s| {
+        let (counts, nodes, totals) = store.read_stale(|s| {
             // Live tasks only: stopped ones are counted, not read.
             let mut counts = std::collections::HashMap::new();
             for t in s.live_tasks() {
@@ -168,8 +199,28 @@ impl Metrics {
             for n in s.nodes() {
                 *nodes.entry(n.status).or_insert(0i64) += 1;
             }
-            (counts, nodes)
+            let totals = s.ledger().map(|l| l.totals.clone()).unwrap_or_default();
+            (counts, nodes, totals)
         });
+        // The ledger's running totals only grow: each counter catches up with its total.
+        for total in totals {
+            let label = UsageLabel {
+                namespace: total.namespace,
+                service: total.service.unwrap_or_default(),
+            };
+            let a = &total.accrued;
+            for (family, value) in [
+                (&i.usage_vcpu, a.vcpu_seconds()),
+                (&i.usage_gb, a.gb_seconds()),
+                (&i.usage_used_vcpu, a.used_vcpu_seconds()),
+            ] {
+                let counter = family.get_or_create(&label);
+                let behind = value - counter.get();
+                if behind > 0.0 {
+                    counter.inc_by(behind);
+                }
+            }
+        }
         for status in [NodeStatus::Active, NodeStatus::Draining, NodeStatus::Down] {
             i.nodes
                 .get_or_create(&StateLabel {

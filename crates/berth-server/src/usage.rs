@@ -9,8 +9,9 @@ use berth_control::autoscaling::RequestSample;
 use berth_model::{Task, TaskMetrics, Timestamp};
 
 /// Samples older than this (before a task's newest) are dropped; it covers the autoscaler's
-/// window with room to spare.
-const KEEP_MS: u64 = 60 * 1000;
+/// window and a bucket of the metering ledger (closed a little after its end) with room to
+/// spare.
+const KEEP_MS: u64 = 3 * 60 * 1000;
 /// Tasks not heard from for this long are forgotten.
 const FORGET_MS: u64 = 10 * 60 * 1000;
 

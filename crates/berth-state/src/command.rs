@@ -204,6 +204,9 @@ pub enum Command {
     /// The retention's round: removes finished work kept long enough. Answers
     /// [`CommandResult::Count`], how many objects went.
     Retire(Retirement),
+    /// The leader closes the ledger's next bucket (see [`crate::UsageClose`]); refused unless
+    /// it starts where the ledger stands.
+    CloseUsage(crate::UsageClose),
 }
 
 /// What the leader's retention round removes. The state machine checks each again: only
@@ -248,6 +251,7 @@ impl Command {
             | Command::CertificateInUse { .. }
             | Command::FinishCaRotation { .. }
             | Command::Retire(_)
+            | Command::CloseUsage(_)
             | Command::ReplaceState { .. } => true,
             _ => false,
         }
@@ -341,6 +345,7 @@ impl Command {
                 r.tasks.len(),
                 r.revisions.len()
             ),
+            Command::CloseUsage(c) => format!("the ledger's bucket at {}", c.start),
         }
     }
 
@@ -383,7 +388,8 @@ impl Command {
             | Command::DeleteSecret { at, .. }
             | Command::ActivateSecretKey { at, .. }
             | Command::ResealSecrets { at, .. }
-            | Command::Retire(Retirement { at, .. }) => at,
+            | Command::Retire(Retirement { at, .. })
+            | Command::CloseUsage(crate::UsageClose { at, .. }) => at,
         };
         *at = now;
     }

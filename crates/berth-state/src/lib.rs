@@ -10,6 +10,7 @@ mod ca;
 mod certificates;
 mod cluster;
 mod command;
+mod metering;
 mod namespaces;
 mod nodes;
 mod objects;
@@ -24,6 +25,8 @@ mod tests;
 mod tests_access;
 #[cfg(test)]
 mod tests_certificates;
+#[cfg(test)]
+mod tests_metering;
 #[cfg(test)]
 mod tests_retention;
 
@@ -40,6 +43,7 @@ pub use command::{
     Command, CommandResult, Placement, Reconciliation, Rejection, Retirement, RevisionKey,
     ScalingDecision, ServiceChange, Unplaced,
 };
+pub use metering::{billable_ms, service_of, Accrual, TaskUsed, UsageClose};
 pub use objects::{Key, Object, ObjectRef};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
 
@@ -105,6 +109,12 @@ pub struct State {
     removed_ages: BTreeSet<(Timestamp, String)>,
     /// IDs of `removed` by the node they ran on (derived): their logs there can go.
     removed_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Where the metering ledger stands; none until its first bucket closes.
+    ledger: Option<berth_model::Ledger>,
+    /// The ledger's closed buckets by start, oldest first.
+    buckets: BTreeMap<Timestamp, berth_model::LedgerBucket>,
+    /// What each task accrued in the closed buckets, by task ID (removed with the task).
+    task_usage: BTreeMap<String, berth_model::TaskUsage>,
 }
 
 impl State {
@@ -426,6 +436,7 @@ impl State {
                 at,
             } => self.deregister_task_definition(&namespace, &family, revision, at, changed),
             Command::Retire(r) => self.retire(r, changed),
+            Command::CloseUsage(c) => self.close_usage(c, changed),
             Command::PutSecret { secret, expect, at } => {
                 self.put_secret(*secret, expect, at, changed)
             }

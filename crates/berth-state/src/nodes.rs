@@ -103,6 +103,7 @@ impl State {
             .get(node)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();
+        let metered = self.metered_time(at);
         for id in on_node {
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
@@ -114,7 +115,7 @@ impl State {
             task.desired_status = DesiredStatus::Stopped;
             task.stop_code = Some(StopCode::NodeLost);
             task.stopped_reason = Some(reason.to_owned());
-            task.stopped_at = Some(at);
+            task.stopped_at = Some(metered);
             task.events.push(at, event);
             changed.push(Key::Task(task.task_id.clone()));
         }

@@ -1,8 +1,9 @@
 //! The stored form of the state: one object per key, written to disk and into snapshots.
 
 use berth_model::{
-    ApiTokenRecord, CaRotation, JoinTokenRecord, Namespace, Node, NodeCertificates, RemovedTask,
-    Secret, SecretKeys, Service, Task, TaskDefinition,
+    ApiTokenRecord, CaRotation, JoinTokenRecord, Ledger, LedgerBucket, Namespace, Node,
+    NodeCertificates, RemovedTask, Secret, SecretKeys, Service, Task, TaskDefinition, TaskUsage,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,12 @@ pub enum Key {
     SecretKeys,
     /// What is left of a task the retention removed, by task ID.
     RemovedTask(String),
+    /// Where the metering ledger stands, with its running totals (one record).
+    Ledger,
+    /// A closed bucket of the ledger, by its start.
+    LedgerBucket(Timestamp),
+    /// What a task accrued in the closed buckets, by task ID.
+    TaskUsage(String),
 }
 
 impl Key {
@@ -67,6 +74,9 @@ impl Key {
             Key::Secret { namespace, name } => format!("secret/{namespace}/{name}"),
             Key::SecretKeys => "secret-keys".to_owned(),
             Key::RemovedTask(id) => format!("removed-task/{id}"),
+            Key::Ledger => "ledger".to_owned(),
+            Key::LedgerBucket(start) => format!("ledger-bucket/{start:020}"),
+            Key::TaskUsage(id) => format!("task-usage/{id}"),
         }
     }
 }
@@ -88,6 +98,9 @@ pub enum Object {
     Secret(Secret),
     SecretKeys(SecretKeys),
     RemovedTask(RemovedTask),
+    Ledger(Ledger),
+    LedgerBucket(LedgerBucket),
+    TaskUsage(TaskUsage),
 }
 
 /// An [`Object`] borrowed from the state; it serialises exactly as the object does.
@@ -107,6 +120,9 @@ pub enum ObjectRef<'a> {
     Secret(&'a Secret),
     SecretKeys(&'a SecretKeys),
     RemovedTask(&'a RemovedTask),
+    Ledger(&'a Ledger),
+    LedgerBucket(&'a LedgerBucket),
+    TaskUsage(&'a TaskUsage),
 }
 
 impl ObjectRef<'_> {
@@ -126,6 +142,9 @@ impl ObjectRef<'_> {
             ObjectRef::Secret(s) => Object::Secret(s.clone()),
             ObjectRef::SecretKeys(k) => Object::SecretKeys(k.clone()),
             ObjectRef::RemovedTask(r) => Object::RemovedTask(r.clone()),
+            ObjectRef::Ledger(l) => Object::Ledger(l.clone()),
+            ObjectRef::LedgerBucket(b) => Object::LedgerBucket(b.clone()),
+            ObjectRef::TaskUsage(u) => Object::TaskUsage(u.clone()),
         }
     }
 }
@@ -156,6 +175,9 @@ impl Object {
             },
             Object::SecretKeys(_) => Key::SecretKeys,
             Object::RemovedTask(r) => Key::RemovedTask(r.task_id.clone()),
+            Object::Ledger(_) => Key::Ledger,
+            Object::LedgerBucket(b) => Key::LedgerBucket(b.start),
+            Object::TaskUsage(u) => Key::TaskUsage(u.task_id.clone()),
         }
     }
 }
@@ -200,6 +222,9 @@ impl State {
                     .then(|| Object::SecretKeys(self.secret_keys.clone())),
             )
             .chain(self.removed.values().cloned().map(Object::RemovedTask))
+            .chain(self.ledger.clone().map(Object::Ledger))
+            .chain(self.buckets.values().cloned().map(Object::LedgerBucket))
+            .chain(self.task_usage.values().cloned().map(Object::TaskUsage))
     }
 
     /// The object stored under `key`, if any.
@@ -235,6 +260,9 @@ impl State {
             Key::SecretKeys => (self.secret_keys != SecretKeys::default())
                 .then_some(ObjectRef::SecretKeys(&self.secret_keys)),
             Key::RemovedTask(id) => self.removed.get(id).map(ObjectRef::RemovedTask),
+            Key::Ledger => self.ledger.as_ref().map(ObjectRef::Ledger),
+            Key::LedgerBucket(start) => self.buckets.get(start).map(ObjectRef::LedgerBucket),
+            Key::TaskUsage(id) => self.task_usage.get(id).map(ObjectRef::TaskUsage),
         }
     }
 
@@ -287,6 +315,13 @@ impl State {
                 Object::SecretKeys(k) => state.secret_keys = k,
                 Object::RemovedTask(r) => {
                     state.removed.insert(r.task_id.clone(), r);
+                }
+                Object::Ledger(l) => state.ledger = Some(l),
+                Object::LedgerBucket(b) => {
+                    state.buckets.insert(b.start, b);
+                }
+                Object::TaskUsage(u) => {
+                    state.task_usage.insert(u.task_id.clone(), u);
                 }
             }
         }

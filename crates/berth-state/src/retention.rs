@@ -24,7 +24,12 @@ impl State {
     pub(crate) fn retire(&mut self, r: Retirement, changed: &mut Vec<Key>) -> CommandResult {
         let mut count = 0u32;
         for id in r.tasks {
-            if !self.tasks.get(&id).is_some_and(|t| t.is_stopped()) {
+            // Kept until the ledger's buckets that count it are closed.
+            if !self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.is_stopped() && self.accounted(t))
+            {
                 continue;
             }
             let Some(task) = self.unindex(&id) else {
@@ -48,6 +53,9 @@ impl State {
                     .insert(id.clone());
             }
             self.removed.insert(id.clone(), removed);
+            if self.task_usage.remove(&id).is_some() {
+                changed.push(Key::TaskUsage(id.clone()));
+            }
             changed.push(Key::Task(id.clone()));
             changed.push(Key::RemovedTask(id));
             count += 1;

@@ -290,6 +290,10 @@ impl State {
                     // A scale-up by hand counts as a scale-out: the autoscaler's cooldown and
                     // scale-to-zero's idle time start again from it.
                     svc.last_scale_out_at = at;
+                } else {
+                    // A scale-down by hand counts as a scale-in: the autoscaler's window starts
+                    // after it (requests from before do not wake a service scaled to zero).
+                    svc.last_scale_in_at = at;
                 }
                 svc.desired_count = n;
             }

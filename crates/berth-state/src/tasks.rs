@@ -247,6 +247,8 @@ impl State {
         at: Timestamp,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
+        // What the ledger counts from and to (never inside a closed bucket).
+        let metered = self.metered_time(at);
         for update in updates {
             let Some(task) = self.tasks.get_mut(&update.task_id) else {
                 continue;
@@ -260,6 +262,11 @@ impl State {
                 continue;
             }
             let mut touched = update.last_status != task.last_status;
+            // The node's first word about the task: it is pulling the images.
+            if task.pull_started_at.is_none() {
+                task.pull_started_at = Some(metered);
+                touched = true;
+            }
             task.last_status = update.last_status;
             if !update.containers.is_empty() {
                 let mut containers = update.containers;
@@ -285,10 +292,10 @@ impl State {
             // A task that goes straight to STOPPED never started.
             let ran = TaskStatus::Running..TaskStatus::Stopped;
             if ran.contains(&task.last_status) && task.started_at.is_none() {
-                task.started_at = Some(at);
+                task.started_at = Some(metered);
             }
             if task.last_status == TaskStatus::Stopped {
-                task.stopped_at = Some(at);
+                task.stopped_at = Some(metered);
                 task.desired_status = DesiredStatus::Stopped;
                 task.stop_code = task.stop_code.or(update.stop_code);
                 if task.stopped_reason.is_none() {

@@ -44,10 +44,17 @@ impl ChangeLog {
     /// Records the objects under `keys` as `state` holds them after `revision`.
     pub fn record(&mut self, revision: u64, state: &State, keys: &[Key]) {
         for key in keys {
-            // Tokens (their hashes included) never reach watchers.
+            // Tokens (their hashes included) never reach watchers; nor does the metering
+            // ledger (a bucket's close touches every task that ran in it, and would push the
+            // changes watchers need out of the window).
             if matches!(
                 key,
-                Key::ClientToken(_) | Key::ApiToken(_) | Key::JoinToken(_)
+                Key::ClientToken(_)
+                    | Key::ApiToken(_)
+                    | Key::JoinToken(_)
+                    | Key::Ledger
+                    | Key::LedgerBucket(_)
+                    | Key::TaskUsage(_)
             ) {
                 continue;
             }

@@ -320,6 +320,7 @@ impl Sim {
             cpu: 256,
             memory: 64,
             created_at: 0,
+            pull_started_at: None,
             started_at: None,
             stopped_at: None,
             stop_code: None,

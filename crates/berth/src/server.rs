@@ -88,6 +88,14 @@ pub(crate) struct ServerArgs {
     /// A node DOWN this long is removed (as `berth node remove` does).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
     pub(crate) node_retention: Duration,
+    /// The length of a bucket of the metering ledger (`berth usage`): the leader closes one,
+    /// once, after each such span (between 1s and 1m).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+    pub(crate) usage_bucket: Duration,
+    /// How long the ledger's closed buckets are kept (the running totals behind the usage
+    /// counters of /metrics are kept for good).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    pub(crate) usage_retention: Duration,
     /// Build a Raft snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 5000)]
     pub(crate) snapshot_every: u64,
@@ -146,6 +154,18 @@ impl ServerArgs {
             tasks_ms: ms(self.task_retention),
             keep_per_service: self.keep_stopped_per_service,
             nodes_ms: ms(self.node_retention),
+        };
+        anyhow::ensure!(
+            (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.usage_bucket),
+            "--usage-bucket must be between 1s and 1m"
+        );
+        anyhow::ensure!(
+            self.usage_retention >= self.usage_bucket,
+            "--usage-retention must be at least --usage-bucket"
+        );
+        config.metering = berth_server::MeteringPolicy {
+            bucket_ms: ms(self.usage_bucket),
+            keep_ms: ms(self.usage_retention),
         };
         config.raft = RaftTuning {
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),

@@ -44,7 +44,10 @@ pub fn object_event(
         | Object::CaRotation(_)
         | Object::Secret(_)
         | Object::SecretKeys(_)
-        | Object::RemovedTask(_) => ("token", String::new(), String::new(), None),
+        | Object::RemovedTask(_)
+        | Object::Ledger(_)
+        | Object::LedgerBucket(_)
+        | Object::TaskUsage(_) => ("token", String::new(), String::new(), None),
         Object::Namespace(n) => ("namespace", n.name.clone(), String::new(), None),
     };
     v1::WatchEvent {
@@ -76,7 +79,10 @@ pub fn deleted_event(revision: u64, key: Key, namespace: Option<String>) -> v1::
         | Key::CaRotation
         | Key::Secret { .. }
         | Key::SecretKeys
-        | Key::RemovedTask(_) => ("token", String::new(), String::new()),
+        | Key::RemovedTask(_)
+        | Key::Ledger
+        | Key::LedgerBucket(_)
+        | Key::TaskUsage(_) => ("token", String::new(), String::new()),
         Key::Namespace(name) => ("namespace", name, String::new()),
     };
     v1::WatchEvent {

@@ -12,6 +12,7 @@ mod secrets;
 mod services;
 mod task_definitions;
 mod tasks;
+mod usage;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -391,6 +392,10 @@ impl Berth for BerthService {
         req: Request<pb::ActivateServiceRequest>,
     ) -> Answer<pb::Service> {
         route!(self, req, activate_service)
+    }
+
+    async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Answer<pb::GetUsageResponse> {
+        route!(self, req, get_usage)
     }
 
     type TaskLogsStream = LogStream;
