@@ -258,7 +258,15 @@ impl Store {
                 source: e.into(),
             })?;
         let peers = network::Peers::new(config.dialer.clone());
-        Self::open_with(config, db, network::Network::new(peers.clone()), peers).await
+        let snapshots = storage::SnapshotFiles::in_dir(config.data_dir.clone());
+        Self::open_with(
+            config,
+            db,
+            snapshots,
+            network::Network::new(peers.clone()),
+            peers,
+        )
+        .await
     }
 
     /// Opens a member on `db` with its Raft traffic going through `network` — the seam the
@@ -269,12 +277,14 @@ impl Store {
         db: redb::Database,
         network: N,
     ) -> Result<Self, StoreError> {
-        Self::open_with(config, db, network, network::Peers::default()).await
+        let snapshots = storage::SnapshotFiles::in_database();
+        Self::open_with(config, db, snapshots, network, network::Peers::default()).await
     }
 
     async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
         config: StoreConfig,
         db: redb::Database,
+        snapshots: storage::SnapshotFiles,
         network: N,
         peers: network::Peers,
     ) -> Result<Self, StoreError> {
@@ -285,7 +295,7 @@ impl Store {
         })?;
         let committed = Arc::new(AtomicU64::new(0));
         let log = storage::LogStore::new(db.clone(), committed.clone());
-        let (sm, shared) = storage::StateMachine::load(db, committed)
+        let (sm, shared) = storage::StateMachine::load(db, snapshots, committed)
             .map_err(|e| StoreError::start("load state machine", e))?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),

@@ -1,8 +1,13 @@
 //! openraft's log storage and state machine, both on one redb database file.
 //!
 //! Tables: `log` (index -> JSON entry), `meta` (vote, committed, purged, applied, membership,
-//! snapshot meta), `snapshot` (the current snapshot's bytes), `objects` (every state-machine
-//! object under its [`Key::encode`]d key). Every write is one redb transaction. Log appends, votes
+//! snapshot meta), `objects` (every state-machine object under its [`Key::encode`]d key). The
+//! current snapshot's bytes are a file beside the database, `snapshot-ID.json`, written and
+//! fsynced before the meta naming it commits (a snapshot is one large value: inside redb,
+//! each new one needed a free run of pages as long as itself while the old one was still
+//! live, and the file grew in steps it never gave back); databases from before keep theirs in
+//! the `snapshot` table until the next snapshot (and the simulation, which has no directory,
+//! keeps it there). Every write is one redb transaction. Log appends, votes
 //! and snapshots are fsynced before openraft is told they are durable; the state machine's
 //! writes and the commit index are not fsynced on their own (redb persists commits in order, so
 //! the next log append makes them durable): one fsync per batch of entries, not three.
@@ -12,8 +17,9 @@
 #![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::io::{Cursor, Write as _};
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -60,6 +66,105 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, SError> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SError> {
     serde_json::from_slice(bytes).map_err(read_err)
+}
+
+/// Where snapshots' bytes are kept: files in a directory, or (the simulation) the `snapshot`
+/// table.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotFiles(Option<PathBuf>);
+
+impl SnapshotFiles {
+    pub(crate) fn in_dir(dir: PathBuf) -> Self {
+        Self(Some(dir))
+    }
+
+    pub(crate) fn in_database() -> Self {
+        Self(None)
+    }
+
+    fn path(dir: &Path, id: &str) -> PathBuf {
+        dir.join(format!("snapshot-{id}.json"))
+    }
+
+    /// Writes `data` as snapshot `id` and makes it durable, before the meta names it.
+    fn write(&self, id: &str, data: &[u8]) -> Result<(), SError> {
+        let Some(dir) = &self.0 else {
+            return Ok(());
+        };
+        let path = Self::path(dir, id);
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
+        file.write_all(data).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        std::fs::rename(&tmp, &path).map_err(write_err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_err)
+    }
+
+    /// The bytes of snapshot `id`; none when there is no file for it.
+    fn read(&self, id: &str) -> Result<Option<Vec<u8>>, SError> {
+        let Some(dir) = &self.0 else {
+            return Ok(None);
+        };
+        match std::fs::read(Self::path(dir, id)) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_err(e)),
+        }
+    }
+
+    /// Removes snapshot `id`'s file (the one a newer snapshot replaced).
+    fn remove(&self, id: &str) {
+        let Some(dir) = &self.0 else {
+            return;
+        };
+        let path = Self::path(dir, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("remove the old snapshot {}: {e}", path.display()),
+        }
+    }
+
+    /// Removes every snapshot file but `id`'s: on start, what a crash left behind (a file
+    /// written whose meta never committed, one replaced but not yet removed).
+    fn keep_only(&self, id: Option<&str>) {
+        let Some(dir) = &self.0 else {
+            return;
+        };
+        let keep = id.map(|id| Self::path(dir, id));
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let ours = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snapshot-"));
+            if ours && Some(&path) != keep.as_ref() {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!("remove the old snapshot {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
+    /// Puts `data` where the snapshot is kept within the transaction that names it: into the
+    /// `snapshot` table when there is no directory, else out of it (the file holds it).
+    fn record(&self, txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), SError> {
+        let mut table = txn.open_table(SNAPSHOT).map_err(write_err)?;
+        match &self.0 {
+            None => {
+                table.insert(SNAPSHOT_DATA, data).map_err(write_err)?;
+            }
+            Some(_) => {
+                table.remove(SNAPSHOT_DATA).map_err(write_err)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs blocking redb work (commits, fsyncs) on tokio's blocking pool, off the async workers
@@ -362,6 +467,7 @@ type Encoded = Vec<(String, Option<Vec<u8>>)>;
 /// The state machine: [`State`] in memory, every object also on disk.
 pub struct StateMachine {
     db: Arc<Database>,
+    snapshots: SnapshotFiles,
     shared: Arc<Shared>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BerthNode>,
@@ -372,10 +478,13 @@ impl StateMachine {
     /// Loads the state machine from disk.
     pub(crate) fn load(
         db: Arc<Database>,
+        snapshots: SnapshotFiles,
         committed: Arc<AtomicU64>,
     ) -> Result<(Self, Arc<Shared>), SError> {
         let last_applied: Option<LogId<NodeId>> = get_meta(&db, APPLIED)?.flatten();
         let membership = get_meta(&db, MEMBERSHIP)?.unwrap_or_default();
+        let current: Option<SnapshotMeta<NodeId, BerthNode>> = get_meta(&db, SNAPSHOT_META)?;
+        snapshots.keep_only(current.as_ref().map(|m| m.snapshot_id.as_str()));
         let mut objects = Vec::new();
         {
             let txn = db.begin_read().map_err(read_err)?;
@@ -398,6 +507,7 @@ impl StateMachine {
         });
         let sm = Self {
             db,
+            snapshots,
             shared: shared.clone(),
             last_applied,
             membership,
@@ -503,34 +613,45 @@ impl StateMachine {
         else {
             return Ok(None);
         };
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
-        let Some(data) = table.get(SNAPSHOT_DATA).map_err(read_err)? else {
-            return Ok(None);
+        let data = match self.snapshots.read(&meta.snapshot_id)? {
+            Some(data) => data,
+            // A database from before snapshot files, or the simulation's.
+            None => {
+                let txn = self.db.begin_read().map_err(read_err)?;
+                let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
+                let Some(data) = table.get(SNAPSHOT_DATA).map_err(read_err)? else {
+                    return Ok(None);
+                };
+                data.value().to_vec()
+            }
         };
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 
     /// Blocking.
     fn save_snapshot(
         db: &Database,
+        snapshots: &SnapshotFiles,
         meta: &SnapshotMeta<NodeId, BerthNode>,
         data: &[u8],
         replace_objects: Option<&State>,
     ) -> Result<(), SError> {
+        snapshots.write(&meta.snapshot_id, data)?;
         let txn = db.begin_write().map_err(write_err)?;
+        let replaced: Option<SnapshotMeta<NodeId, BerthNode>>;
         {
             let mut meta_table = txn.open_table(META).map_err(write_err)?;
+            replaced = match meta_table.get(SNAPSHOT_META).map_err(read_err)? {
+                Some(v) => decode(v.value()).ok(),
+                None => None,
+            };
             meta_table
                 .insert(SNAPSHOT_META, encode(meta)?.as_slice())
                 .map_err(write_err)?;
-            txn.open_table(SNAPSHOT)
-                .map_err(write_err)?
-                .insert(SNAPSHOT_DATA, data)
-                .map_err(write_err)?;
+            snapshots.record(&txn, data)?;
             if let Some(state) = replace_objects {
                 meta_table
                     .insert(APPLIED, encode(&meta.last_log_id)?.as_slice())
@@ -547,7 +668,11 @@ impl StateMachine {
                 }
             }
         }
-        txn.commit().map_err(write_err)
+        txn.commit().map_err(write_err)?;
+        if let Some(old) = replaced.filter(|old| old.snapshot_id != meta.snapshot_id) {
+            snapshots.remove(&old.snapshot_id);
+        }
+        Ok(())
     }
 }
 
@@ -556,27 +681,18 @@ pub struct SnapshotBuilder {
     objects: Vec<Object>,
     meta: SnapshotMeta<NodeId, BerthNode>,
     db: Arc<Database>,
+    snapshots: SnapshotFiles,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// Encodes the copy and writes it, off the async workers.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (db, meta) = (self.db.clone(), self.meta.clone());
+        let snapshots = self.snapshots.clone();
         let objects = std::mem::take(&mut self.objects);
         let data = blocking(move || {
             let data = encode(&SnapshotData { objects })?;
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                txn.open_table(META)
-                    .map_err(write_err)?
-                    .insert(SNAPSHOT_META, encode(&meta)?.as_slice())
-                    .map_err(write_err)?;
-                txn.open_table(SNAPSHOT)
-                    .map_err(write_err)?
-                    .insert(SNAPSHOT_DATA, data.as_slice())
-                    .map_err(write_err)?;
-            }
-            txn.commit().map_err(write_err)?;
+            StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
             Ok(data)
         })
         .await?;
@@ -624,6 +740,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot_id,
             },
             db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
@@ -638,10 +755,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), SError> {
         let data = snapshot.into_inner();
         let (db, snapshot_meta) = (self.db.clone(), meta.clone());
+        let snapshots = self.snapshots.clone();
         let state = blocking(move || {
             let parsed: SnapshotData = decode(&data)?;
             let state = State::from_objects(parsed.objects);
-            Self::save_snapshot(&db, &snapshot_meta, &data, Some(&state))?;
+            Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))?;
             Ok(state)
         })
         .await?;

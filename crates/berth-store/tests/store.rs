@@ -99,6 +99,68 @@ async fn state_survives_restart() {
     );
 }
 
+/// The snapshot files beside the database: `snapshot-ID.json`.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits until the one snapshot file is not `old`; answers its name.
+async fn new_snapshot(dir: &std::path::Path, old: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let files = snapshot_files(dir);
+        if let [one] = &files[..] {
+            if Some(one.as_str()) != old && one.ends_with(".json") {
+                return one.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "snapshot files: {files:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A snapshot is a file beside the database (not a value inside it), which the next snapshot
+/// replaces; a restart removes what a crash could leave (a half-written file, a replaced one)
+/// and keeps the current one.
+#[tokio::test]
+async fn snapshots_are_files_beside_the_database_and_replace_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second);
+    {
+        let store = open(dir.path()).await;
+        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+        wait_leader(&store).await;
+        register_web(&store, false, 7).await;
+        store.raft().trigger().snapshot().await.expect("snapshot");
+        first = new_snapshot(dir.path(), None).await;
+        register_web(&store, false, 8).await;
+        store.raft().trigger().snapshot().await.expect("snapshot");
+        second = new_snapshot(dir.path(), Some(&first)).await;
+        let bytes = std::fs::read(dir.path().join(&second)).expect("read snapshot");
+        let text = String::from_utf8(bytes).expect("JSON");
+        assert!(text.contains("\"family\":\"web\""), "{text}");
+        store.shutdown().await;
+    }
+    // What a crash could leave behind.
+    std::fs::write(dir.path().join(&first), b"{}").expect("write");
+    std::fs::write(dir.path().join("snapshot-9-9-9.json.tmp"), b"{").expect("write");
+    let store = open(dir.path()).await;
+    assert_eq!(snapshot_files(dir.path()), vec![second.clone()]);
+    wait_leader(&store).await;
+    let revisions = store
+        .read(|s| s.task_definitions("default").count())
+        .await
+        .expect("read");
+    assert_eq!(revisions, 2);
+}
+
 /// Concurrent writers share Raft entries (group commit), each still gets its own answer, and
 /// everything survives a restart without a snapshot (the state machine's own writes are not
 /// fsynced: what a crash or stop loses is applied again from the log).
