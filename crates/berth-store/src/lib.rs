@@ -12,6 +12,7 @@
 
 pub mod changes;
 mod clock;
+mod commit;
 mod error;
 pub mod network;
 pub mod storage;
@@ -28,6 +29,8 @@ use openraft::{BasicNode, ChangeMembers, RaftNetworkFactory, ServerState, Snapsh
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+use commit::{group_commit, no_quorum, Pending};
 
 pub use berth_model::error_chain;
 use berth_model::{ClusterMember, ClusterStatus, MemberRole};
@@ -150,13 +153,6 @@ async fn follow_leadership(
     }
 }
 
-/// A command waiting for the group committer.
-struct Pending {
-    command: Command,
-    deadline: Instant,
-    reply: oneshot::Sender<Result<CommandResult, StoreError>>,
-}
-
 /// redb's page cache, half of it at most for pages written and not yet flushed. It is heap
 /// memory: at 256 MiB it was about a fifth of a server's RSS with 150,000 tasks (1,128 MiB
 /// against 884 MiB at 64 MiB), with the same time to restore that state.
@@ -165,79 +161,6 @@ const DB_CACHE_BYTES: usize = 64 << 20;
 /// How many revisions old a shared listing of the state may be for a new watcher to start
 /// from it ([`Store::listing`]).
 pub const LISTING_REUSE: u64 = 256;
-
-/// The most commands one Raft entry carries.
-const MAX_BATCH: usize = 1024;
-
-/// Group commit on the leader: proposes the commands that queued while the previous entry was
-/// being committed as one [`Command::Batch`] entry, so concurrent writers (API clients, agents'
-/// status reports, controllers) share one Raft round trip and one fsync per member. A lone
-/// command goes into the log as itself.
-async fn group_commit(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let deadline = batch
-            .iter()
-            .map(|p| p.deadline)
-            .max()
-            .unwrap_or_else(Instant::now);
-        if batch.len() == 1 {
-            let p = batch.remove(0);
-            let _ = p.reply.send(client_write(&raft, p.command, deadline).await);
-            continue;
-        }
-        let (commands, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-        match client_write(&raft, Command::Batch(commands), deadline).await {
-            Ok(CommandResult::Batch(results)) if results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-            }
-            Ok(other) => {
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::BatchAnswer { kind: other.kind() }));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.duplicate()));
-                }
-            }
-        }
-    }
-}
-
-async fn client_write(
-    raft: &Raft,
-    command: Command,
-    deadline: Instant,
-) -> Result<CommandResult, StoreError> {
-    let resp = tokio::time::timeout_at(deadline, raft.client_write(command))
-        .await
-        .map_err(|_| no_quorum())?
-        .map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
-                leader_id: f.leader_id,
-                leader_addr: f.leader_node.map(|n| n.addr),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                MembershipError::Refused(Box::new(e)).into()
-            }
-            RaftError::Fatal(e) => StoreError::Fatal(Box::new(e)),
-        })?;
-    Ok(resp.data)
-}
-
-fn no_quorum() -> StoreError {
-    NoQuorum::NotCommitted.into()
-}
 
 impl Store {
     /// Opens (or creates) the member's database under `data_dir` and starts Raft. Does not
