@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::{ok, stdout};
 use berth_proto::v1 as pb;
 use berth_tests::{
-    api, cli, join_token, poll, run_tasks, scrape, wait_stopped, AgentProc, Env, Scrape,
-    ServerProc, FAST_RAFT,
+    addresses, api, cli, kill_leader, poll, run_tasks, scrape, three_joined_servers, wait_stopped,
+    AgentProc, Env, Scrape, FAST_RAFT,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -28,23 +28,8 @@ async fn the_ledger_matches_each_tasks_timestamps_through_a_leader_kill() -> any
     let env = Env::start().await?;
     let mut args = FAST_RAFT.to_vec();
     args.extend(["--usage-bucket", "2s"]);
-    let first = ServerProc::spawn(1, &env.path("s1"), None, &args).await?;
-    first.wait_ready().await?;
-    let bootstrap = first.addr.to_string();
-    let token = join_token(&bootstrap, "server").await?;
-    let mut servers = vec![first];
-    for name in ["s2", "s3"] {
-        servers.push(ServerProc::join(&env.path(name), &bootstrap, &token, &args).await?);
-    }
-    for s in &servers {
-        s.wait_ready().await?;
-    }
-    servers[0].wait_voters(3, TIMEOUT).await?;
-    let all = servers
-        .iter()
-        .map(|s| s.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut servers = three_joined_servers(&env, &args).await?;
+    let all = addresses(&servers);
     let _agent = AgentProc::start(&env, &all, "node-1").await?;
 
     // Tasks of three sizes and lengths, one family each.
@@ -69,17 +54,8 @@ async fn the_ledger_matches_each_tasks_timestamps_through_a_leader_kill() -> any
 
     // While they run, and buckets close every 2 s, the leader dies.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let leader_id = servers[0].status().await?["leader"].as_u64().unwrap_or(0);
-    let leader = servers
-        .iter()
-        .position(|s| s.id == leader_id)
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    servers.remove(leader).kill().await?;
-    let rest = servers
-        .iter()
-        .map(|s| s.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    kill_leader(&mut servers).await?;
+    let rest = addresses(&servers);
     let one = servers[0].addr.to_string();
     let mut known = BTreeMap::new();
     let mut last_stop = 0;

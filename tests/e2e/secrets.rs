@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::{ok, stderr, stdout};
 use berth_tests::{
-    api, cli, cli_command, cli_json, join_token, poll, run_until_running, wait_stopped, AgentProc,
-    Env, ServerProc, FAST_RAFT,
+    addresses, api, cli, cli_command, cli_json, kill_leader, poll, run_until_running,
+    three_joined_servers, wait_stopped, AgentProc, Env, FAST_RAFT,
 };
 use tonic::codegen::tokio_stream::StreamExt as _;
 
@@ -104,23 +104,9 @@ async fn seen_by(server: &str, task: &str) -> anyhow::Result<String> {
 async fn secrets_reach_only_their_tasks_and_never_appear_in_clear() -> anyhow::Result<()> {
     let env = Env::start().await?;
     // Three servers: two join after the first, before any key exists.
-    let first = ServerProc::spawn(1, &env.path("s1"), None, FAST_RAFT).await?;
-    first.wait_ready().await?;
-    let bootstrap = first.addr.to_string();
-    let token = join_token(&bootstrap, "server").await?;
-    let mut servers = vec![first];
-    for name in ["s2", "s3"] {
-        servers.push(ServerProc::join(&env.path(name), &bootstrap, &token, FAST_RAFT).await?);
-    }
-    for s in &servers {
-        s.wait_ready().await?;
-    }
-    servers[0].wait_voters(3, TIMEOUT).await?;
-    let all = servers
-        .iter()
-        .map(|s| s.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut servers = three_joined_servers(&env, FAST_RAFT).await?;
+    let all = addresses(&servers);
+    let bootstrap = servers[0].addr.to_string();
     let _agent = AgentProc::start(&env, &all, "node-1").await?;
 
     // One secret from the CLI, one from a manifest with the task definition that uses both.
@@ -278,17 +264,8 @@ async fn secrets_reach_only_their_tasks_and_never_appear_in_clear() -> anyhow::R
         assert_eq!(mode & 0o777, 0o600, "server {}", s.id);
         assert_eq!(k.lines().count(), 3, "two keys on server {}: {k}", s.id);
     }
-    let leader_id = servers[0].status().await?["leader"].as_u64().unwrap_or(0);
-    let leader = servers
-        .iter()
-        .position(|s| s.id == leader_id)
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    servers.remove(leader).kill().await?;
-    let rest = servers
-        .iter()
-        .map(|s| s.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    kill_leader(&mut servers).await?;
+    let rest = addresses(&servers);
     let after = poll("a task after the leader's death", TIMEOUT, || async {
         run_until_running(&rest, &["run", "--task-definition", "app"])
             .await

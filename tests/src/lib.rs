@@ -553,6 +553,43 @@ impl ServerProc {
     }
 }
 
+/// Three servers joined with a server join token (the first bootstraps, the other two join
+/// before anything else happens), each with `args`, once all three are voters.
+pub async fn three_joined_servers(env: &Env, args: &[&str]) -> anyhow::Result<Vec<ServerProc>> {
+    let first = ServerProc::spawn(1, &env.path("s1"), None, args).await?;
+    first.wait_ready().await?;
+    let bootstrap = first.addr.to_string();
+    let token = join_token(&bootstrap, "server").await?;
+    let mut servers = vec![first];
+    for name in ["s2", "s3"] {
+        servers.push(ServerProc::join(&env.path(name), &bootstrap, &token, args).await?);
+    }
+    for s in &servers {
+        s.wait_ready().await?;
+    }
+    servers[0].wait_voters(3, Duration::from_secs(60)).await?;
+    Ok(servers)
+}
+
+/// The servers' addresses, comma separated, as the CLI and agents take them.
+pub fn addresses(servers: &[ServerProc]) -> String {
+    servers
+        .iter()
+        .map(|s| s.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Kills the leader (kill -9) and takes it out of `servers`.
+pub async fn kill_leader(servers: &mut Vec<ServerProc>) -> anyhow::Result<()> {
+    let leader_id = servers[0].status().await?["leader"].as_u64().unwrap_or(0);
+    let leader = servers
+        .iter()
+        .position(|s| s.id == leader_id)
+        .context("no leader")?;
+    servers.remove(leader).kill().await
+}
+
 /// A `berth agent` process.
 pub struct AgentProc {
     pub name: String,
