@@ -115,3 +115,21 @@ pub(crate) const RUNNING: &str = "berth_tasks{state=\"RUNNING\"}";
 pub(crate) async fn wait_running(addr: &str, tasks: u64, timeout: Duration) -> anyhow::Result<()> {
     wait_metric(addr, RUNNING, tasks, timeout, Duration::from_millis(250)).await
 }
+
+/// Writes `manifest` to the scratch file `name` and applies it with the CLI.
+pub(crate) async fn apply_manifest(
+    env: &berth_tests::Env,
+    addr: &str,
+    name: &str,
+    manifest: &str,
+) -> anyhow::Result<()> {
+    let path = env.path(name);
+    std::fs::write(&path, manifest)?;
+    let out = berth_tests::cli(addr, &["apply", "-f", &path.to_string_lossy()]).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

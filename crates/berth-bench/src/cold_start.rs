@@ -91,15 +91,7 @@ spec:
 ",
         image = env.image
     );
-    let path = env.path("cold.yaml");
-    std::fs::write(&path, manifest)?;
-    let out = cli(addr, &["apply", "-f", &path.to_string_lossy()]).await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    crate::api::apply_manifest(env, addr, "cold.yaml", &manifest).await
 }
 
 /// Scales the service to zero by hand and waits until every task of it has stopped, and a

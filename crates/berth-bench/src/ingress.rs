@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use berth_tests::{cli, cli_json, http_get, poll, AgentProc, Env, IngressProc, ServerProc};
+use berth_tests::{cli_json, http_get, poll, AgentProc, Env, IngressProc, ServerProc};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -130,15 +130,7 @@ spec:
 ",
         image = env.image
     );
-    let path = env.path("bench.yaml");
-    std::fs::write(&path, manifest)?;
-    let out = cli(addr, &["apply", "-f", &path.to_string_lossy()]).await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    crate::api::apply_manifest(env, addr, "bench.yaml", &manifest).await
 }
 
 /// The address each task publishes its httpd on (`bindIP:hostPort`), once all [`TASKS`] run
