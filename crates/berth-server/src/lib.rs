@@ -86,6 +86,7 @@ pub struct RaftTuning {
     pub election_timeout: (Duration, Duration),
     pub write_timeout: Duration,
     pub snapshot_every: u64,
+    pub snapshot_log_bytes: u64,
     pub keep_logs: u64,
 }
 
@@ -97,6 +98,7 @@ impl Default for RaftTuning {
             election_timeout: d.election_timeout,
             write_timeout: d.write_timeout,
             snapshot_every: d.snapshot_every,
+            snapshot_log_bytes: d.snapshot_log_bytes,
             keep_logs: d.keep_logs,
         }
     }
@@ -196,6 +198,7 @@ impl Server {
         store_config.election_timeout = config.raft.election_timeout;
         store_config.write_timeout = config.raft.write_timeout;
         store_config.snapshot_every = config.raft.snapshot_every;
+        store_config.snapshot_log_bytes = config.raft.snapshot_log_bytes;
         store_config.keep_logs = config.raft.keep_logs;
         let store = Store::open(store_config).await.context("open raft store")?;
         let initialized = store.is_initialized().await?;

@@ -68,8 +68,12 @@ pub struct StoreConfig {
     /// How long a write or linearizable read may wait for a leader and a quorum before it
     /// fails with [`StoreError::NoQuorum`].
     pub write_timeout: Duration,
-    /// Build a snapshot after this many new log entries.
+    /// Build a snapshot after this many new log entries,
     pub snapshot_every: u64,
+    /// or after this many bytes appended to the log (as stored, compressed), whichever comes
+    /// first: entries are batches of very different sizes, and the log's size is what it
+    /// costs on disk.
+    pub snapshot_log_bytes: u64,
     /// Log entries kept after a snapshot, for followers that are a little behind.
     pub keep_logs: u64,
     /// How to reach peers: mutual TLS with this server's certificate. `None` only in the
@@ -87,6 +91,7 @@ impl StoreConfig {
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 5000,
+            snapshot_log_bytes: 64 << 20,
             keep_logs: 1000,
             dialer: None,
         }
@@ -149,6 +154,28 @@ async fn follow_leadership(
         }
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Asks for a snapshot once `limit` bytes were appended to the log since the last one (openraft
+/// counts entries only): what the log holds on disk between snapshots stays bounded however
+/// large its entries are.
+async fn snapshot_by_size(raft: Raft, appended: Arc<AtomicU64>, limit: u64) {
+    let mut metrics = raft.metrics();
+    let mut snapshot = metrics.borrow().snapshot;
+    let mut since = appended.load(Ordering::Relaxed);
+    while metrics.changed().await.is_ok() {
+        let now = appended.load(Ordering::Relaxed);
+        let latest = metrics.borrow_and_update().snapshot;
+        if latest != snapshot {
+            (snapshot, since) = (latest, now);
+        } else if limit > 0 && now - since >= limit {
+            // Counted from here again: one request per `limit`, even while it is built.
+            since = now;
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -218,6 +245,7 @@ impl Store {
         })?;
         let committed = Arc::new(AtomicU64::new(0));
         let log = storage::LogStore::new(db.clone(), committed.clone());
+        let appended = log.appended();
         let (sm, shared) = storage::StateMachine::load(db, snapshots, committed)
             .map_err(|e| StoreError::start("load state machine", e))?;
         let raft_config = openraft::Config {
@@ -240,6 +268,11 @@ impl Store {
             .map_err(|e| StoreError::start("start raft", e))?;
         let (commits, queue) = mpsc::unbounded_channel();
         tokio::spawn(group_commit(raft.clone(), queue));
+        tokio::spawn(snapshot_by_size(
+            raft.clone(),
+            appended,
+            config.snapshot_log_bytes,
+        ));
         let metrics = raft.metrics();
         let leads = metrics.borrow().state == ServerState::Leader;
         if leads {

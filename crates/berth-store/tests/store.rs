@@ -99,7 +99,7 @@ async fn state_survives_restart() {
     );
 }
 
-/// The snapshot files beside the database: `snapshot-ID.json`.
+/// The snapshot files beside the database: `snapshot-ID.json.deflate`.
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
@@ -117,7 +117,7 @@ async fn new_snapshot(dir: &std::path::Path, old: Option<&str>) -> String {
     loop {
         let files = snapshot_files(dir);
         if let [one] = &files[..] {
-            if Some(one.as_str()) != old && one.ends_with(".json") {
+            if Some(one.as_str()) != old && one.ends_with(".json.deflate") {
                 return one.clone();
             }
         }
@@ -144,13 +144,21 @@ async fn snapshots_are_files_beside_the_database_and_replace_each_other() {
         store.raft().trigger().snapshot().await.expect("snapshot");
         second = new_snapshot(dir.path(), Some(&first)).await;
         let bytes = std::fs::read(dir.path().join(&second)).expect("read snapshot");
-        let text = String::from_utf8(bytes).expect("JSON");
+        // A marker byte, then DEFLATE of the JSON.
+        assert_eq!(bytes[0], 1);
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::DeflateDecoder::new(&bytes[1..]),
+            &mut text,
+        )
+        .expect("DEFLATE of JSON");
         assert!(text.contains("\"family\":\"web\""), "{text}");
         store.shutdown().await;
     }
     // What a crash could leave behind.
     std::fs::write(dir.path().join(&first), b"{}").expect("write");
-    std::fs::write(dir.path().join("snapshot-9-9-9.json.tmp"), b"{").expect("write");
+    std::fs::write(dir.path().join("snapshot-9-9-9.json.deflate.tmp"), b"{").expect("write");
+    std::fs::write(dir.path().join("snapshot-9-9-9.json"), b"{}").expect("write");
     let store = open(dir.path()).await;
     assert_eq!(snapshot_files(dir.path()), vec![second.clone()]);
     wait_leader(&store).await;
@@ -159,6 +167,32 @@ async fn snapshots_are_files_beside_the_database_and_replace_each_other() {
         .await
         .expect("read");
     assert_eq!(revisions, 2);
+}
+
+/// A snapshot is built once enough bytes went into the log, however few entries they were:
+/// the log's size on disk stays bounded when its entries are large batches.
+#[tokio::test]
+async fn a_snapshot_is_built_after_enough_bytes_of_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
+    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.snapshot_every = 1_000_000;
+    config.snapshot_log_bytes = 2048;
+    let store = Store::open(config).await.expect("open store");
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(&store).await;
+    assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
+    // A revision is a few hundred bytes of log, compressed.
+    let mut written = 0;
+    while snapshot_files(dir.path()).is_empty() {
+        assert!(written < 100, "no snapshot after {written} revisions");
+        register_web(&store, false, written).await;
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(written > 2, "a snapshot after {written} revisions");
+    store.shutdown().await;
 }
 
 /// Concurrent writers share Raft entries (group commit), each still gets its own answer, and

@@ -96,9 +96,12 @@ pub(crate) struct ServerArgs {
     /// counters of /metrics are kept for good).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
     pub(crate) usage_retention: Duration,
-    /// Build a Raft snapshot (and compact the log) after this many entries.
+    /// Build a Raft snapshot (and compact the log) after this many entries,
     #[arg(long, default_value_t = 5000)]
     pub(crate) snapshot_every: u64,
+    /// or after this many MiB appended to the log (as stored, compressed), whichever first.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) snapshot_log_mib: u64,
     /// Log entries kept after a snapshot for followers that are a little behind.
     #[arg(long, default_value_t = 1000)]
     pub(crate) keep_logs: u64,
@@ -175,6 +178,7 @@ impl ServerArgs {
             ),
             write_timeout: self.write_timeout,
             snapshot_every: self.snapshot_every,
+            snapshot_log_bytes: self.snapshot_log_mib << 20,
             keep_logs: self.keep_logs,
         };
         Ok(config)
