@@ -14,6 +14,7 @@ pub mod changes;
 mod clock;
 mod commit;
 mod error;
+mod file;
 pub mod network;
 pub mod storage;
 
@@ -200,13 +201,14 @@ impl Store {
         let path = config.data_dir.join("raft.redb");
         // The state lives in memory; the database is written and read back only on start, so
         // its page cache stays small (redb's default is 1 GiB).
+        let open_error = |e: redb::DatabaseError| StoreError::Open {
+            path: path.clone(),
+            source: e.into(),
+        };
         let db = redb::Builder::new()
             .set_cache_size(DB_CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Open {
-                path: path.clone(),
-                source: e.into(),
-            })?;
+            .create_with_backend(file::Preallocated::open(&path).map_err(open_error)?)
+            .map_err(open_error)?;
         let peers = network::Peers::new(config.dialer.clone());
         let snapshots = storage::SnapshotFiles::in_dir(config.data_dir.clone());
         Self::open_with(

@@ -1,8 +1,10 @@
 //! openraft's log storage and state machine, both on one redb database file.
 //!
-//! Tables: `log` (index -> JSON entry), `meta` (vote, committed, purged, applied, membership,
-//! snapshot meta), `objects` (every state-machine object under its [`Key::encode`]d key). The
-//! current snapshot's bytes are a file beside the database, `snapshot-ID.json`, written and
+//! Tables: `log` (index -> entry), `meta` (vote, committed, purged, applied, membership,
+//! snapshot meta), `objects` (every state-machine object under its [`Key::encode`]d key).
+//! Entries and snapshots are JSON compressed with DEFLATE ([`encode_compressed`]), the rest
+//! plain JSON. The current snapshot's bytes are a file beside the database,
+//! `snapshot-ID.json.deflate` (`.json` before compression), written and
 //! fsynced before the meta naming it commits (a snapshot is one large value: inside redb,
 //! each new one needed a free run of pages as long as itself while the old one was still
 //! live, and the file grew in steps it never gave back); databases from before keep theirs in
