@@ -96,10 +96,12 @@ pub(crate) struct ServerArgs {
     /// counters of /metrics are kept for good).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
     pub(crate) usage_retention: Duration,
-    /// Build a Raft snapshot (and compact the log) after this many entries,
+    /// Build a Raft snapshot (and compact the log) after this many entries, or after
+    /// --snapshot-log-mib, whichever comes first.
     #[arg(long, default_value_t = 5000)]
     pub(crate) snapshot_every: u64,
-    /// or after this many MiB appended to the log (as stored, compressed), whichever first.
+    /// Build a Raft snapshot (and compact the log) after this many MiB appended to the log (as
+    /// stored, compressed), or after --snapshot-every entries, whichever comes first.
     #[arg(long, default_value_t = 64)]
     pub(crate) snapshot_log_mib: u64,
     /// Log entries kept after a snapshot for followers that are a little behind.
