@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BERTH := target/debug/berth
 DEV_DIR ?= .berth-dev
 
-.PHONY: all deps pyenv build run test bench lint fmt clean
+.PHONY: all deps pyenv build run test bench chaos lint fmt clean
 
 all: build
 
@@ -38,15 +38,24 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# Everything: formatting, lints, unit tests, end-to-end tests against real containerd.
+# Everything: formatting, lints, unit tests, end-to-end tests against real containerd, and a
+# short chaos run that injects every kind of fault once.
 test: deps pyenv lint
-	cargo build -p berth
+	cargo build -p berth -p berth-chaos
 	BERTH_PYTHON=$(CURDIR)/$(PYENV)/bin/python cargo test --workspace
+	BERTH_BIN=$(CURDIR)/target/debug/berth target/debug/berth-chaos run --duration 20s --every-kind-first
 
 # Benchmarks on a release build; SCENARIO=raft runs one. Results: bench/results/latest.{json,md}.
 bench: deps
 	cargo build --release -p berth -p berth-bench
 	BERTH_BIN=$(CURDIR)/target/release/berth target/release/berth-bench $(SCENARIO)
+
+# Faults against real servers for DURATION (120s), checked for linearizability and
+# invariants (CHAOS.md); SEED=N replays a schedule.
+DURATION ?= 120s
+chaos: deps
+	cargo build --release -p berth -p berth-chaos
+	BERTH_BIN=$(CURDIR)/target/release/berth target/release/berth-chaos run --duration $(DURATION) $(if $(SEED),--seed $(SEED))
 
 fmt:
 	cargo fmt --all

@@ -65,6 +65,7 @@ const GRAPH: &[(&str, &[&str])] = &[
         ],
     ),
     ("berth-bench", &["berth-proto", "berth-tests"]),
+    ("berth-chaos", &["berth-proto", "berth-tests"]),
     ("berth-tests", &["berth-dev", "berth-proto", "berth-tls"]),
 ];
 

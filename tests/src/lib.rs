@@ -716,7 +716,17 @@ static NEXT_HOSTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::
 
 impl TestHosts {
     pub fn create(count: usize) -> anyhow::Result<Self> {
-        let n = NEXT_HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256;
+        // A prefix no interface of this host has yet (another process's hosts, or what a
+        // killed one left behind, would take the traffic).
+        let taken = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let n = (0..256)
+            .map(|_| NEXT_HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 256)
+            .find(|n| !taken.contains(&format!(" 10.233.{n}.")))
+            .context("every 10.233.N.0/24 is taken by an interface of this host")?;
         let tag = format!("{}x{n}", std::process::id() % 10_000);
         let prefix = format!("10.233.{n}");
         let hosts = Self {

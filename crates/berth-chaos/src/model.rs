@@ -1,6 +1,6 @@
 //! The sequential specifications berth's API must behave as, one object per key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,8 @@ pub enum RevisionsInput {
     Describe {
         revision: u32,
     },
+    /// Every revision, in order.
+    List,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +80,8 @@ pub enum RevisionsOutput {
     Latest(Option<(u32, u64)>),
     /// The revision's tag; `None` when it does not exist.
     Described(Option<u64>),
+    /// Every revision's tag, by revision.
+    Listed(Vec<u64>),
 }
 
 impl Model for Revisions {
@@ -102,8 +106,12 @@ impl Model for Revisions {
             (RevisionsInput::Register { tag }, Some(RevisionsOutput::Registered { revision })) => {
                 (*revision as usize == state.len() + 1).then(|| appended(state, *tag))
             }
-            (RevisionsInput::Latest, None) | (RevisionsInput::Describe { .. }, None) => {
-                Some(state.clone())
+            (
+                RevisionsInput::Latest | RevisionsInput::Describe { .. } | RevisionsInput::List,
+                None,
+            ) => Some(state.clone()),
+            (RevisionsInput::List, Some(RevisionsOutput::Listed(seen))) => {
+                (seen == state).then(|| state.clone())
             }
             (RevisionsInput::Latest, Some(RevisionsOutput::Latest(seen))) => {
                 (*seen == latest).then(|| state.clone())
@@ -126,9 +134,9 @@ fn appended(state: &[u64], tag: u64) -> Vec<u64> {
     next
 }
 
-/// Tasks run with client tokens in one group: a token runs one task however often it is
-/// sent (a retry answers the task of the first), and listing the group shows exactly the
-/// tokens run, each with its task.
+/// Tasks run with client tokens by one client: a token runs one task however often it is
+/// sent (a retry answers the task of the first), and listing the client's tasks shows one task
+/// per token run, no more (a task's token is not listed; its ID is).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens;
 
@@ -143,12 +151,12 @@ pub enum TokensOutput {
     Ran {
         task: String,
     },
-    /// Task by client token.
-    Listed(BTreeMap<String, String>),
+    /// The IDs of the tasks listed.
+    Listed(BTreeSet<String>),
 }
 
 impl Model for Tokens {
-    /// Task by token; `None` while a run without an answer has not been seen in a listing.
+    /// Task by token; `None` while a run without an answer is not tied to one.
     type State = BTreeMap<String, Option<String>>;
     type Input = TokensInput;
     type Output = TokensOutput;
@@ -171,8 +179,9 @@ impl Model for Tokens {
             }
             (TokensInput::Run { token }, Some(TokensOutput::Ran { task })) => {
                 match state.get(token) {
-                    Some(Some(known)) if known != task => None,
-                    Some(Some(_)) => Some(state.clone()),
+                    Some(Some(known)) => (known == task).then(|| state.clone()),
+                    // Another token's task is not this one's.
+                    _ if state.values().any(|t| t.as_ref() == Some(task)) => None,
                     _ => {
                         let mut next = state.clone();
                         next.insert(token.clone(), Some(task.clone()));
@@ -182,15 +191,24 @@ impl Model for Tokens {
             }
             (TokensInput::List, None) => Some(state.clone()),
             (TokensInput::List, Some(TokensOutput::Listed(seen))) => {
-                let same_tokens =
-                    seen.len() == state.len() && seen.keys().all(|t| state.contains_key(t));
-                let same_tasks = state
+                // Every task known is listed, and one task per token: the ones not known
+                // belong to the runs not yet tied to a task.
+                let known: BTreeSet<&String> = state.values().flatten().collect();
+                let untied: Vec<&String> = state
                     .iter()
-                    .all(|(token, task)| task.as_ref().is_none_or(|t| seen.get(token) == Some(t)));
-                (same_tokens && same_tasks).then(|| {
-                    seen.iter()
-                        .map(|(token, task)| (token.clone(), Some(task.clone())))
-                        .collect()
+                    .filter(|(_, task)| task.is_none())
+                    .map(|(token, _)| token)
+                    .collect();
+                let fits = seen.len() == state.len() && known.iter().all(|t| seen.contains(*t));
+                fits.then(|| {
+                    let mut next = state.clone();
+                    // One untied run and one unknown task: they are each other's.
+                    if let [token] = untied[..] {
+                        if let Some(task) = seen.iter().find(|t| !known.contains(t)) {
+                            next.insert(token.clone(), Some(task.clone()));
+                        }
+                    }
+                    next
                 })
             }
             _ => None,
@@ -313,6 +331,31 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_shows_every_revision_in_order() {
+        let list = |c, call, ret, seen: Vec<u64>| {
+            op(
+                c,
+                call,
+                ret,
+                RevisionsInput::List,
+                RevisionsOutput::Listed(seen),
+            )
+        };
+        let history = [
+            register(0, 0, 10, 10, 1),
+            register(0, 20, 30, 11, 2),
+            list(1, 40, 50, vec![10, 11]),
+        ];
+        assert_eq!(violations(&Revisions, &history), 0);
+        let history = [
+            register(0, 0, 10, 10, 1),
+            register(0, 20, 30, 11, 2),
+            list(1, 40, 50, vec![10]),
+        ];
+        assert_eq!(violations(&Revisions, &history), 1);
+    }
+
+    #[test]
     fn a_registration_without_an_answer_may_show_up_later() {
         let history = [
             lost(register(0, 0, 10, 10, 0)),
@@ -340,22 +383,13 @@ mod tests {
         )
     }
 
-    fn list(
-        c: u32,
-        call: u64,
-        ret: u64,
-        seen: &[(&str, &str)],
-    ) -> Operation<TokensInput, TokensOutput> {
+    fn list(c: u32, call: u64, ret: u64, seen: &[&str]) -> Operation<TokensInput, TokensOutput> {
         op(
             c,
             call,
             ret,
             TokensInput::List,
-            TokensOutput::Listed(
-                seen.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            TokensOutput::Listed(seen.iter().map(|t| t.to_string()).collect()),
         )
     }
 
@@ -364,7 +398,7 @@ mod tests {
         let history = [
             run(0, 0, 10, "a", "t1"),
             run(0, 20, 30, "a", "t1"),
-            list(1, 40, 50, &[("a", "t1")]),
+            list(1, 40, 50, &["t1"]),
         ];
         assert_eq!(violations(&Tokens, &history), 0);
     }
@@ -373,7 +407,7 @@ mod tests {
     fn one_token_with_two_tasks_is_a_violation() {
         let history = [run(0, 0, 10, "a", "t1"), run(1, 20, 30, "a", "t2")];
         assert_eq!(violations(&Tokens, &history), 1);
-        let history = [run(0, 0, 10, "a", "t1"), list(1, 20, 30, &[("a", "t2")])];
+        let history = [run(0, 0, 10, "a", "t1"), list(1, 20, 30, &["t2"])];
         assert_eq!(violations(&Tokens, &history), 1);
     }
 
@@ -381,16 +415,33 @@ mod tests {
     fn a_run_without_an_answer_is_bound_by_the_first_listing_that_shows_it() {
         let history = [
             lost(run(0, 0, 10, "a", "")),
-            list(1, 20, 30, &[("a", "t7")]),
-            list(1, 40, 50, &[("a", "t7")]),
+            list(1, 20, 30, &["t7"]),
+            list(1, 40, 50, &["t7"]),
         ];
         assert_eq!(violations(&Tokens, &history), 0);
         let history = [
             lost(run(0, 0, 10, "a", "")),
-            list(1, 20, 30, &[("a", "t7")]),
-            list(1, 40, 50, &[("a", "t8")]),
+            list(1, 20, 30, &["t7"]),
+            list(1, 40, 50, &["t8"]),
         ];
         assert_eq!(violations(&Tokens, &history), 1);
+    }
+
+    #[test]
+    fn a_listing_with_more_tasks_than_tokens_shows_a_token_run_twice() {
+        let history = [
+            run(0, 0, 10, "a", "t1"),
+            run(0, 20, 30, "b", "t2"),
+            list(1, 40, 50, &["t1", "t2", "t3"]),
+        ];
+        assert_eq!(violations(&Tokens, &history), 1);
+        // A retry of a run without an answer: still one task.
+        let history = [
+            lost(run(0, 0, 10, "a", "")),
+            run(0, 20, 30, "a", "t1"),
+            list(1, 40, 50, &["t1"]),
+        ];
+        assert_eq!(violations(&Tokens, &history), 0);
     }
 
     #[test]
