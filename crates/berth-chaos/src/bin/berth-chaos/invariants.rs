@@ -28,10 +28,12 @@ pub async fn check(cluster: &Cluster) -> Vec<String> {
 }
 
 async fn api(addr: &str) -> Result<berth_tests::Api, String> {
-    tokio::time::timeout(Duration::from_secs(5), berth_tests::api(addr))
+    let api = tokio::time::timeout(Duration::from_secs(5), berth_tests::api(addr))
         .await
         .map_err(|_| format!("no connection to {addr} within 5 s"))?
-        .map_err(|e| format!("connect to {addr}: {e:#}"))
+        .map_err(|e| format!("connect to {addr}: {e:#}"))?;
+    // Every task of a long run, in one answer.
+    Ok(api.max_decoding_message_size(256 << 20))
 }
 
 /// A call's answer within 10 s.
