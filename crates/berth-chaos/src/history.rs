@@ -54,6 +54,11 @@ impl History {
     pub fn settled_revisions(&self) -> Vec<Operation<RevisionsInput, RevisionsOutput>> {
         use std::collections::{BTreeMap, BTreeSet};
         let mut seen: BTreeMap<(&str, u64), u32> = BTreeMap::new();
+        let mut last_call: BTreeMap<&str, u64> = BTreeMap::new();
+        for op in &self.revisions {
+            let last = last_call.entry(op.key.as_str()).or_default();
+            *last = (*last).max(op.call);
+        }
         let mut listed_last: BTreeSet<&str> = BTreeSet::new();
         for op in &self.revisions {
             let key = op.key.as_str();
@@ -63,12 +68,7 @@ impl History {
                         seen.entry((key, *tag)).or_insert(i as u32 + 1);
                     }
                     // Called after every other operation on the family was.
-                    let after_every_call = self
-                        .revisions
-                        .iter()
-                        .filter(|o| o.key == op.key)
-                        .all(|o| o.call <= op.call);
-                    if after_every_call {
+                    if last_call.get(key).is_some_and(|&last| op.call >= last) {
                         listed_last.insert(key);
                     }
                 }

@@ -105,9 +105,11 @@ impl Recorder {
     }
 }
 
-/// What a call came back with: an answer, a refusal that changed nothing, or nothing known.
+/// What a call came back with: an answer, a refusal that changed nothing (NotFound apart: for
+/// a describe it is the answer), or nothing known.
 enum Outcome<T> {
     Answer(T),
+    Missing,
     Refused,
     Unknown,
 }
@@ -245,6 +247,7 @@ impl Client {
         self.returned = self.recorder.now();
         match result {
             Ok(Ok(answer)) => Outcome::Answer(answer.into_inner()),
+            Ok(Err(status)) if status.code() == Code::NotFound => Outcome::Missing,
             Ok(Err(status)) if refused(status.code()) => Outcome::Refused,
             Ok(Err(_)) | Err(_) => {
                 // The connection may be what failed: dial again next time.
@@ -292,7 +295,7 @@ impl Client {
             })
             .await;
         let output = match outcome {
-            Outcome::Refused => return,
+            Outcome::Refused | Outcome::Missing => return,
             Outcome::Unknown => None,
             Outcome::Answer(r) => {
                 let revision = r.task_definition.map_or(0, |d| d.revision);
@@ -322,15 +325,15 @@ impl Client {
         };
         let call = self.recorder.now();
         let outcome = self
-            .call_or_missing(server, |mut api| async move {
+            .call(server, |mut api| async move {
                 api.describe_task_definition(request).await
             })
             .await;
         let output = match outcome {
-            Read::Failed => return,
-            Read::Unknown => None,
-            Read::Missing => Some(RevisionsOutput::Latest(None)),
-            Read::Found(d) => {
+            Outcome::Refused => return,
+            Outcome::Unknown => None,
+            Outcome::Missing => Some(RevisionsOutput::Latest(None)),
+            Outcome::Answer(d) => {
                 self.saw(family, d.revision);
                 Some(RevisionsOutput::Latest(Some((d.revision, tag_of(&d)))))
             }
@@ -355,15 +358,15 @@ impl Client {
         };
         let call = self.recorder.now();
         let outcome = self
-            .call_or_missing(server, |mut api| async move {
+            .call(server, |mut api| async move {
                 api.describe_task_definition(request).await
             })
             .await;
         let output = match outcome {
-            Read::Failed => return,
-            Read::Unknown => None,
-            Read::Missing => Some(RevisionsOutput::Described(None)),
-            Read::Found(d) => Some(RevisionsOutput::Described(Some(tag_of(&d)))),
+            Outcome::Refused => return,
+            Outcome::Unknown => None,
+            Outcome::Missing => Some(RevisionsOutput::Described(None)),
+            Outcome::Answer(d) => Some(RevisionsOutput::Described(Some(tag_of(&d)))),
         };
         let op = self.record(family, call, RevisionsInput::Describe { revision }, output);
         self.recorder.with(|h| h.revisions.push(op));
@@ -383,7 +386,7 @@ impl Client {
             })
             .await;
         let output = match outcome {
-            Outcome::Refused => return,
+            Outcome::Refused | Outcome::Missing => return,
             Outcome::Unknown => None,
             Outcome::Answer(r) => {
                 let mut revisions: Vec<(u32, u64)> = r
@@ -418,7 +421,7 @@ impl Client {
             )
             .await;
         let output = match outcome {
-            Outcome::Refused => return,
+            Outcome::Refused | Outcome::Missing => return,
             Outcome::Unknown => None,
             Outcome::Answer(_) => Some(RegisterOutput::Written),
         };
@@ -440,7 +443,7 @@ impl Client {
             })
             .await;
         let output = match outcome {
-            Outcome::Refused => return,
+            Outcome::Refused | Outcome::Missing => return,
             Outcome::Unknown => None,
             Outcome::Answer(s) => Some(RegisterOutput::Value(u64::from(s.desired_count))),
         };
@@ -501,7 +504,7 @@ impl Client {
             .await;
         let output = match outcome {
             // Not sent, or refused: send it again next time all the same.
-            Outcome::Refused => {
+            Outcome::Refused | Outcome::Missing => {
                 self.retry = Some(token);
                 return;
             }
@@ -543,7 +546,7 @@ impl Client {
             )
             .await;
         let output = match outcome {
-            Outcome::Refused => return,
+            Outcome::Refused | Outcome::Missing => return,
             Outcome::Unknown => None,
             Outcome::Answer(r) => Some(TokensOutput::Listed(
                 r.tasks
@@ -575,38 +578,6 @@ impl Client {
             )
             .await;
     }
-
-    /// Like [`Client::call`] for a describe, where NotFound is an answer.
-    async fn call_or_missing<T, F, Fut>(&mut self, server: usize, call: F) -> Read<T>
-    where
-        F: FnOnce(berth_tests::Api) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let Some(api) = self.connect(server).await else {
-            return Read::Failed;
-        };
-        let result = tokio::time::timeout(CALL_TIMEOUT, call(api)).await;
-        self.returned = self.recorder.now();
-        match result {
-            Ok(Ok(answer)) => Read::Found(answer.into_inner()),
-            Ok(Err(status)) if status.code() == Code::NotFound => Read::Missing,
-            Ok(Err(status)) if refused(status.code()) => Read::Failed,
-            Ok(Err(_)) | Err(_) => {
-                self.connections.remove(&self.addresses[server]);
-                Read::Unknown
-            }
-        }
-    }
-}
-
-/// What a read came back with.
-enum Read<T> {
-    Found(T),
-    /// The server answered that it does not exist.
-    Missing,
-    /// Refused for another reason, or not sent.
-    Failed,
-    Unknown,
 }
 
 /// Every family the history names.
