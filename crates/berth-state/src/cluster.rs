@@ -1,10 +1,10 @@
-//! Cluster-wide records: client tokens of recent `CreateTasks` (so retries create nothing
-//! twice) and replacing the whole state from a backup.
+//! Cluster-wide records: client tokens of recent `CreateTasks` and answers of recent store
+//! requests (so retries create nothing twice), and replacing the whole state from a backup.
 
 use berth_model::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::command::CommandResult;
+use crate::command::{Command, CommandResult};
 use crate::{Key, Object, State};
 
 /// How long a client token is remembered (as ECS's `clientToken`, for an hour).
@@ -19,7 +19,73 @@ pub struct ClientToken {
     pub task_ids: Vec<String>,
 }
 
+/// How long the answer to a [`crate::Command::Request`] is remembered after its `at`: far
+/// beyond the store's write deadline, within which every retry of it is proposed.
+pub const REQUEST_TTL_MS: u64 = 120_000;
+
+/// How many of the latest request answers are kept whatever their age, so a clock that jumps
+/// forget none a retry may still need.
+pub const REQUESTS_KEPT: usize = 1_000;
+
+/// The answer a [`crate::Command::Request`] got when first applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRequest {
+    pub id: String,
+    pub at: Timestamp,
+    /// The order requests were applied in: one more than the latest before it.
+    pub seq: u64,
+    pub result: CommandResult,
+}
+
 impl State {
+    /// Applies `command` unless a request with the same `id` was applied before, whose
+    /// answer is then answered again.
+    pub(crate) fn apply_request(
+        &mut self,
+        id: String,
+        at: Timestamp,
+        command: Command,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        self.expire_requests(at, changed);
+        if let Some(seen) = self.requests.get(&id) {
+            return seen.result.clone();
+        }
+        let result = self.dispatch(command, changed);
+        let seq = self.request_order.keys().next_back().map_or(1, |s| s + 1);
+        self.request_order.insert(seq, id.clone());
+        changed.push(Key::Request(id.clone()));
+        self.requests.insert(
+            id.clone(),
+            AppliedRequest {
+                id,
+                at,
+                seq,
+                result: result.clone(),
+            },
+        );
+        result
+    }
+
+    /// Forgets the oldest request answers beyond the latest [`REQUESTS_KEPT`] whose `at` lies
+    /// more than [`REQUEST_TTL_MS`] from `now` (the request's time), either way.
+    fn expire_requests(&mut self, now: Timestamp, changed: &mut Vec<Key>) {
+        while self.requests.len() > REQUESTS_KEPT {
+            let Some((&seq, id)) = self.request_order.first_key_value() else {
+                break;
+            };
+            let at = self.requests.get(id).map_or(0, |r| r.at);
+            if now.abs_diff(at) <= REQUEST_TTL_MS {
+                break;
+            }
+            let id = id.clone();
+            self.request_order.remove(&seq);
+            self.requests.remove(&id);
+            changed.push(Key::Request(id));
+        }
+    }
+
     /// Forgets client tokens older than [`CLIENT_TOKEN_TTL_MS`] at `now` (the command's time).
     pub(crate) fn expire_client_tokens(&mut self, now: Timestamp, changed: &mut Vec<Key>) {
         let cutoff = now.saturating_sub(CLIENT_TOKEN_TTL_MS);
@@ -40,11 +106,15 @@ impl State {
     ) -> CommandResult {
         changed.extend(self.objects().map(|o| o.key()));
         // The CA is this cluster's own, not the backup's: so are the record of its rotations
-        // and the certificates recorded (the backup's were issued by another CA).
+        // and the certificates recorded (the backup's were issued by another CA). The answers
+        // kept for retries were the backup's cluster's.
         let rotation = self.ca_rotation.take();
-        let objects = objects
-            .into_iter()
-            .filter(|o| !matches!(o, Object::CaRotation(_) | Object::Certificates(_)));
+        let objects = objects.into_iter().filter(|o| {
+            !matches!(
+                o,
+                Object::CaRotation(_) | Object::Certificates(_) | Object::Request(_)
+            )
+        });
         *self = State::from_objects(objects);
         self.ca_rotation = rotation;
         changed.extend(self.objects().map(|o| o.key()));

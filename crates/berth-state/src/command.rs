@@ -16,6 +16,17 @@ pub enum Command {
     /// Commands that arrived together, applied in order as if proposed one by one (group commit:
     /// one Raft entry and one fsync for many writes). Answers [`CommandResult::Batch`].
     Batch(Vec<Command>),
+    /// A write a store member proposes for a caller (an API call, a join), under an ID that
+    /// every retry of it carries: applied once. A copy applied later (the member retried after
+    /// the leader it had reached failed, and that leader's entry survived it) changes nothing
+    /// and answers what the first copy answered. The ID is remembered for
+    /// [`crate::REQUEST_TTL_MS`] after `at`, and the latest [`crate::REQUESTS_KEPT`] IDs
+    /// whatever the clocks say. Answers the command's own answer.
+    Request {
+        id: String,
+        at: Timestamp,
+        command: Box<Command>,
+    },
     /// Registers the next revision of `spec.family`; with `reuse_identical`, answers the latest
     /// ACTIVE revision instead when its content is identical.
     RegisterTaskDefinition {
@@ -242,6 +253,7 @@ impl Command {
     pub fn leader_only(&self) -> bool {
         match self {
             Command::Batch(commands) => commands.iter().any(Command::leader_only),
+            Command::Request { command, .. } => command.leader_only(),
             Command::PlaceTasks { .. }
             | Command::ReportTaskStatus { .. }
             | Command::RegisterNode { .. }
@@ -261,6 +273,7 @@ impl Command {
     /// (nodes, tokens, the CA); a namespace command's own name.
     pub fn namespace(&self) -> Option<&str> {
         match self {
+            Command::Request { command, .. } => command.namespace(),
             Command::RegisterTaskDefinition { namespace, .. }
             | Command::StopTask { namespace, .. }
             | Command::ApplyService { namespace, .. }
@@ -283,6 +296,7 @@ impl Command {
     pub fn subject(&self) -> String {
         match self {
             Command::Batch(commands) => format!("a batch of {}", commands.len()),
+            Command::Request { command, .. } => command.subject(),
             Command::RegisterTaskDefinition {
                 namespace, spec, ..
             } => format!("task definition {namespace}/{}", spec.family),
@@ -356,6 +370,10 @@ impl Command {
             Command::Batch(commands) => {
                 commands.iter_mut().for_each(|c| c.stamp(now));
                 return;
+            }
+            Command::Request { at, command, .. } => {
+                command.stamp(now);
+                at
             }
             Command::RegisterTaskDefinition { at, .. }
             | Command::CreateTasks { at, .. }

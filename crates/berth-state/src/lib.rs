@@ -38,7 +38,9 @@ use berth_model::{
 };
 
 pub use berth_model::StopOrder;
-pub use cluster::{ClientToken, CLIENT_TOKEN_TTL_MS};
+pub use cluster::{
+    AppliedRequest, ClientToken, CLIENT_TOKEN_TTL_MS, REQUESTS_KEPT, REQUEST_TTL_MS,
+};
 pub use command::{
     Command, CommandResult, Placement, Reconciliation, Rejection, Retirement, RevisionKey,
     ScalingDecision, ServiceChange, Unplaced,
@@ -63,6 +65,10 @@ pub struct State {
     client_tokens: BTreeMap<String, ClientToken>,
     /// `(at, token)`, oldest first, to expire tokens.
     token_ages: BTreeSet<(Timestamp, String)>,
+    /// The answers of recent [`Command::Request`]s by request ID, for deduplicating retries.
+    requests: BTreeMap<String, AppliedRequest>,
+    /// Request IDs by `seq`, oldest first, to expire them.
+    request_order: BTreeMap<u64, String>,
     /// Clients' API tokens by ID.
     api_tokens: BTreeMap<String, ApiTokenRecord>,
     /// Join tokens by ID.
@@ -330,6 +336,7 @@ impl State {
 
     fn dispatch_one(&mut self, command: Command, changed: &mut Vec<Key>) -> CommandResult {
         match command {
+            Command::Request { id, at, command } => self.apply_request(id, at, *command, changed),
             Command::Batch(commands) => CommandResult::Batch(
                 commands
                     .into_iter()

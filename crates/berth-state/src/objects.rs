@@ -7,7 +7,7 @@ use berth_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{ClientToken, State};
+use crate::{AppliedRequest, ClientToken, State};
 
 /// The key of one stored object; the state machine persists exactly the keys a command touched.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,6 +49,8 @@ pub enum Key {
     LedgerBucket(Timestamp),
     /// What a task accrued in the closed buckets, by task ID.
     TaskUsage(String),
+    /// The answer of a recent store request, by request ID.
+    Request(String),
 }
 
 impl Key {
@@ -77,6 +79,7 @@ impl Key {
             Key::Ledger => "ledger".to_owned(),
             Key::LedgerBucket(start) => format!("ledger-bucket/{start:020}"),
             Key::TaskUsage(id) => format!("task-usage/{id}"),
+            Key::Request(id) => format!("request/{id}"),
         }
     }
 }
@@ -101,6 +104,7 @@ pub enum Object {
     Ledger(Ledger),
     LedgerBucket(LedgerBucket),
     TaskUsage(TaskUsage),
+    Request(AppliedRequest),
 }
 
 /// An [`Object`] borrowed from the state; it serialises exactly as the object does.
@@ -123,6 +127,7 @@ pub enum ObjectRef<'a> {
     Ledger(&'a Ledger),
     LedgerBucket(&'a LedgerBucket),
     TaskUsage(&'a TaskUsage),
+    Request(&'a AppliedRequest),
 }
 
 impl ObjectRef<'_> {
@@ -145,6 +150,7 @@ impl ObjectRef<'_> {
             ObjectRef::Ledger(l) => Object::Ledger(l.clone()),
             ObjectRef::LedgerBucket(b) => Object::LedgerBucket(b.clone()),
             ObjectRef::TaskUsage(u) => Object::TaskUsage(u.clone()),
+            ObjectRef::Request(r) => Object::Request(r.clone()),
         }
     }
 }
@@ -178,6 +184,7 @@ impl Object {
             Object::Ledger(_) => Key::Ledger,
             Object::LedgerBucket(b) => Key::LedgerBucket(b.start),
             Object::TaskUsage(u) => Key::TaskUsage(u.task_id.clone()),
+            Object::Request(r) => Key::Request(r.id.clone()),
         }
     }
 }
@@ -225,6 +232,7 @@ impl State {
             .chain(self.ledger.clone().map(Object::Ledger))
             .chain(self.buckets.values().cloned().map(Object::LedgerBucket))
             .chain(self.task_usage.values().cloned().map(Object::TaskUsage))
+            .chain(self.requests.values().cloned().map(Object::Request))
     }
 
     /// The object stored under `key`, if any.
@@ -263,6 +271,7 @@ impl State {
             Key::Ledger => self.ledger.as_ref().map(ObjectRef::Ledger),
             Key::LedgerBucket(start) => self.buckets.get(start).map(ObjectRef::LedgerBucket),
             Key::TaskUsage(id) => self.task_usage.get(id).map(ObjectRef::TaskUsage),
+            Key::Request(id) => self.requests.get(id).map(ObjectRef::Request),
         }
     }
 
@@ -322,6 +331,10 @@ impl State {
                 }
                 Object::TaskUsage(u) => {
                     state.task_usage.insert(u.task_id.clone(), u);
+                }
+                Object::Request(r) => {
+                    state.request_order.insert(r.seq, r.id.clone());
+                    state.requests.insert(r.id.clone(), r);
                 }
             }
         }

@@ -240,6 +240,92 @@ fn a_retried_client_token_creates_nothing_new_until_it_expires() {
     assert_eq!(s.tasks().count(), 2);
 }
 
+/// `RegisterTaskDefinition` of `web` as store request `id` at `at`.
+fn register_request(id: &str, at: u64) -> Command {
+    Command::Request {
+        id: id.into(),
+        at,
+        command: Box::new(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: TaskDefinitionSpec::new(
+                "web",
+                256,
+                64,
+                vec![ContainerDefinition::new("app", "busybox")],
+            ),
+            reuse_identical: false,
+            at,
+        }),
+    }
+}
+
+#[test]
+fn a_request_applied_twice_changes_the_state_once_and_answers_the_first_answer() {
+    let mut s = State::default();
+    let (first, changed) = s.apply(register_request("1-7-1", 10));
+    assert!(
+        matches!(&first, CommandResult::TaskDefinition { task_definition, created: true }
+        if task_definition.revision == 1)
+    );
+    assert!(changed.contains(&Key::Request("1-7-1".into())));
+    // The retry's copy, committed after the first (a later leader kept both).
+    let (again, changed) = s.apply(register_request("1-7-1", 11));
+    assert_eq!(again, first);
+    assert!(changed.is_empty(), "the copy changed {changed:?}");
+    assert_eq!(s.task_definitions("default").count(), 1);
+    // Another request is another write.
+    let (other, _) = s.apply(register_request("1-7-2", 12));
+    assert!(
+        matches!(&other, CommandResult::TaskDefinition { task_definition, .. }
+        if task_definition.revision == 2)
+    );
+    // The answers are stored objects: a state rebuilt from them deduplicates as well.
+    let mut rebuilt = State::from_objects(s.objects());
+    assert_eq!(rebuilt, s);
+    assert_eq!(rebuilt.apply(register_request("1-7-1", 13)).0, first);
+}
+
+#[test]
+fn request_answers_expire_by_age_beyond_the_latest_kept_whatever_the_clock() {
+    let mut s = State::default();
+    let kept = REQUESTS_KEPT as u64;
+    for n in 0..=kept {
+        s.apply(register_request(&format!("r-{n}"), 1_000 + n));
+    }
+    // Young: all kept, more than the floor.
+    assert_eq!(
+        s.objects()
+            .filter(|o| matches!(o, Object::Request(_)))
+            .count(),
+        REQUESTS_KEPT + 1
+    );
+    // A clock far ahead: the latest REQUESTS_KEPT before it survive whatever the clock (the
+    // oldest goes, the new one comes).
+    let later = 1_000 + kept + REQUEST_TTL_MS * 100;
+    let (_, changed) = s.apply(register_request("late", later));
+    assert_eq!(
+        changed
+            .iter()
+            .filter(|k| matches!(k, Key::Request(_)))
+            .count(),
+        2
+    );
+    let ids: Vec<String> = s
+        .objects()
+        .filter_map(|o| match o {
+            Object::Request(r) => Some(r.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), REQUESTS_KEPT + 1);
+    assert!(!ids.contains(&"r-0".to_owned()));
+    assert!(ids.contains(&"r-1".to_owned()) && ids.contains(&"late".to_owned()));
+    // An expired ID is a new write again.
+    let revisions = s.task_definitions("default").count();
+    s.apply(register_request("r-0", later));
+    assert_eq!(s.task_definitions("default").count(), revisions + 1);
+}
+
 #[test]
 fn replace_state_touches_old_and_new_keys() {
     let mut s = state_with_task();

@@ -46,7 +46,7 @@ impl ChangeLog {
         for key in keys {
             // Tokens (their hashes included) never reach watchers; nor does the metering
             // ledger (a bucket's close touches every task that ran in it, and would push the
-            // changes watchers need out of the window).
+            // changes watchers need out of the window), nor do the answers kept for retries.
             if matches!(
                 key,
                 Key::ClientToken(_)
@@ -55,6 +55,7 @@ impl ChangeLog {
                     | Key::Ledger
                     | Key::LedgerBucket(_)
                     | Key::TaskUsage(_)
+                    | Key::Request(_)
             ) {
                 continue;
             }

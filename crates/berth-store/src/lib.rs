@@ -38,7 +38,7 @@ use berth_model::{ClusterMember, ClusterStatus, MemberRole};
 use berth_state::{Command, CommandResult, State};
 use error::RemoteError;
 pub use error::{MembershipError, NoQuorum, StoreError};
-pub use network::RaftService;
+pub use network::{RaftService, SimulatedPeers};
 
 /// A Raft member's ID.
 pub type NodeId = u64;
@@ -139,6 +139,32 @@ pub struct Store {
     /// Whether this member leads: one watch for every controller and agent stream, changed only
     /// when leadership does (Raft's own metrics change on every heartbeat and commit).
     leadership: Arc<watch::Sender<bool>>,
+    /// IDs for the writes this member proposes for callers.
+    requests: Arc<RequestIds>,
+}
+
+/// Makes the IDs of [`Command::Request`]s: this member, when this process started, and a
+/// count, so no two proposals anywhere share one.
+struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new(node_id: NodeId) -> Self {
+        Self {
+            prefix: format!("{node_id}-{}", clock::wall_ms()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
 }
 
 /// Follows Raft's metrics and changes `leadership` only when this member gains or loses it.
@@ -228,9 +254,11 @@ impl Store {
         config: StoreConfig,
         db: redb::Database,
         network: N,
+        peers: SimulatedPeers,
     ) -> Result<Self, StoreError> {
         let snapshots = storage::SnapshotFiles::in_database();
-        Self::open_with(config, db, snapshots, network, network::Peers::default()).await
+        let peers = network::Peers::simulated(peers);
+        Self::open_with(config, db, snapshots, network, peers).await
     }
 
     async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
@@ -285,6 +313,7 @@ impl Store {
         Ok(Self {
             raft,
             shared,
+            requests: Arc::new(RequestIds::new(config.node_id)),
             config: Arc::new(config),
             peers,
             commits,
@@ -414,8 +443,25 @@ impl Store {
         }
     }
 
-    /// Executes a write on the leader, forwarding it when another member leads.
+    /// Executes a write on the leader, forwarding it when another member leads. A command is
+    /// proposed as a [`Command::Request`] under a new ID that every retry carries: a leader
+    /// that fails after appending it may leave it in the log of the next one, which commits
+    /// it beside the retry; the state machine applies the first copy only, and answers the
+    /// retry with its answer. (Commands only the leader proposes are never retried elsewhere,
+    /// and go as they are.)
     async fn write(&self, write: Write, timeout: Duration) -> Result<CommandResult, StoreError> {
+        let write = match write {
+            Write::Command(command)
+                if !command.leader_only() && !matches!(command, Command::Request { .. }) =>
+            {
+                Write::Command(Command::Request {
+                    id: self.requests.next(),
+                    at: now_ms(),
+                    command: Box::new(command),
+                })
+            }
+            other => other,
+        };
         let deadline = Instant::now() + timeout;
         self.retry(deadline, || {
             let write = write.clone();
@@ -431,6 +477,23 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// Executes a write another member forwarded to this one, which must lead. The leader
+    /// assigns timestamps, also to commands a follower received.
+    pub(crate) async fn accept_forwarded(
+        &self,
+        mut write: Write,
+    ) -> Result<CommandResult, StoreError> {
+        let timeout = match &mut write {
+            Write::Command(command) => {
+                command.stamp(now_ms());
+                self.config.write_timeout
+            }
+            Write::AddMember { .. } => self.config.write_timeout * 12,
+            Write::RemoveMember { .. } => self.config.write_timeout * 2,
+        };
+        self.write_local(write, Instant::now() + timeout).await
     }
 
     /// Executes a write on this member, which must lead.
@@ -704,9 +767,13 @@ impl Store {
             }
         }
         // The revision is read before the state: the state may be newer, so some changes
-        // come twice to the watcher, which is harmless; none is missed.
-        let objects: Arc<Vec<berth_state::Object>> =
-            Arc::new(self.read_stale(|s| s.objects().collect()));
+        // come twice to the watcher, which is harmless; none is missed. The answers kept for
+        // retried writes are no watcher's business (nor in the change feed).
+        let objects: Arc<Vec<berth_state::Object>> = Arc::new(self.read_stale(|s| {
+            s.objects()
+                .filter(|o| !matches!(o, berth_state::Object::Request(_)))
+                .collect()
+        }));
         // Kept only while a watcher still holds it: no copy of the state outlives its readers.
         *cached = Some((now, Arc::downgrade(&objects)));
         (now, objects)

@@ -26,18 +26,33 @@ use crate::{BerthNode, CommandResult, NodeId, Store, StoreError, TypeConfig, Wri
 
 /// One lazily connected channel per peer address, shared by Raft replication and forwarding.
 /// With a dialer (every real server) the channels are mutual TLS with this server's
-/// certificate; without, plain HTTP/2 (only the store's own tests, which never listen).
+/// certificate; without, plain HTTP/2 (only the store's own tests, which never listen); in the
+/// simulation, forwarded writes go to the peer's [`Store`] in the same process.
 #[derive(Clone, Default)]
 pub struct Peers {
     clients: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
     dialer: Option<berth_tls::net::Dialer>,
+    simulated: Option<SimulatedPeers>,
 }
+
+/// How a simulation reaches the member at an address: its [`Store`] and whether the answer
+/// to this call is lost on the way back (the write executed, the caller hears a transport
+/// failure), or `None` when it is down or cut off.
+pub type SimulatedPeers = Arc<dyn Fn(&str) -> Option<(Store, bool)> + Send + Sync>;
 
 impl Peers {
     pub(crate) fn new(dialer: Option<berth_tls::net::Dialer>) -> Self {
         Self {
             clients: Arc::default(),
             dialer: dialer.map(|d| d.with_connect_timeout(std::time::Duration::from_secs(1))),
+            simulated: None,
+        }
+    }
+
+    pub(crate) fn simulated(reach: SimulatedPeers) -> Self {
+        Self {
+            simulated: Some(reach),
+            ..Self::default()
         }
     }
 
@@ -70,6 +85,9 @@ impl Peers {
         write: &Write,
         deadline: Instant,
     ) -> Result<CommandResult, StoreError> {
+        if let Some(reach) = &self.simulated {
+            return simulated_forward(reach, addr, write, deadline).await;
+        }
         let reply: Result<CommandResult, crate::RemoteError> =
             self.call(addr, write, deadline, true).await?;
         reply.map_err(StoreError::from)
@@ -116,6 +134,31 @@ impl Peers {
             what: "decode the leader's reply",
             source,
         })
+    }
+}
+
+/// A forwarded write in the simulation, failing as the gRPC call does: a member down, cut off
+/// or stopping, or an answer lost, is "not the leader" to the caller, who looks again.
+async fn simulated_forward(
+    reach: &SimulatedPeers,
+    addr: &str,
+    write: &Write,
+    deadline: Instant,
+) -> Result<CommandResult, StoreError> {
+    let not_leader = || StoreError::NotLeader {
+        leader_id: None,
+        leader_addr: Some(addr.to_owned()),
+    };
+    let Some((peer, lost)) = reach(addr) else {
+        return Err(not_leader());
+    };
+    let result = tokio::time::timeout_at(deadline, peer.accept_forwarded(write.clone()))
+        .await
+        .map_err(|_| not_leader())?;
+    match result {
+        _ if lost => Err(not_leader()),
+        Err(StoreError::Stopped(_) | StoreError::Fatal(_)) => Err(not_leader()),
+        other => other,
     }
 }
 
@@ -273,26 +316,16 @@ impl raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let mut write: Write = decode(req)?;
-        let timeout = match &mut write {
-            Write::Command(command) if command.leader_only() => {
+        let write: Write = decode(req)?;
+        if let Write::Command(command) = &write {
+            if command.leader_only() {
                 return Err(tonic::Status::permission_denied(format!(
                     "{} may only be proposed by the leader itself, never forwarded",
                     command.subject()
                 )));
             }
-            Write::Command(command) => {
-                // The leader assigns timestamps, also to commands a follower received.
-                command.stamp(crate::now_ms());
-                self.store.config().write_timeout
-            }
-            Write::AddMember { .. } => self.store.config().write_timeout * 12,
-            Write::RemoveMember { .. } => self.store.config().write_timeout * 2,
-        };
-        let result = self
-            .store
-            .write_local(write, Instant::now() + timeout)
-            .await;
+        }
+        let result = self.store.accept_forwarded(write).await;
         reply(&result.map_err(crate::RemoteError::from))
     }
 

@@ -1,10 +1,12 @@
 //! Deterministic simulation of the replicated store: three members with in-memory redb
 //! databases (the real storage code), a simulated network that delays, drops and partitions
-//! messages from a seeded RNG, crashes and restarts, and tokio's paused clock. After every
-//! step it checks:
+//! messages from a seeded RNG, crashes and restarts, and tokio's paused clock. Writes go
+//! straight to the leader's Raft or, as the servers' callers send them, through any member
+//! (forwarded, retried; answers lost on the way back). After every step it checks:
 //! - election safety: at most one leader per term;
 //! - state machine safety: any two members that applied the same index hold the same state;
-//!   at the end, every member holds the same state and every acknowledged write is in it.
+//!   at the end, every member holds the same state, every acknowledged write is in it, and
+//!   none was applied twice.
 //!
 //! `BERTH_SIM_SEEDS=N` (or `START..END`) runs seeds 0..N (default 500); `BERTH_SIM_SEED=S`
 //! replays one seed.
@@ -81,6 +83,8 @@ impl StorageBackend for SharedBackend {
 struct NetState {
     rng: StdRng,
     live: BTreeMap<NodeId, Raft>,
+    /// The running members' stores, which forwarded writes reach.
+    stores: BTreeMap<NodeId, Store>,
     /// Members cut off from everyone.
     cut: BTreeSet<NodeId>,
     /// Probability that a request or its reply is lost.
@@ -95,6 +99,26 @@ struct Net {
     from: NodeId,
     alive: Arc<AtomicBool>,
     state: Arc<Mutex<NetState>>,
+}
+
+impl Net {
+    /// How a write this member forwards fares: lost on the way (as if the target were down),
+    /// or delivered with its answer lost on the way back (executed, yet the caller retries).
+    fn reach(&self, addr: &str) -> Option<(Store, bool)> {
+        let target: NodeId = addr.strip_prefix("sim-")?.parse().ok()?;
+        let mut s = self.state.lock().expect("net lock");
+        let cut = !self.alive.load(Ordering::SeqCst)
+            || s.cut.contains(&self.from)
+            || s.cut.contains(&target);
+        let loss = s.loss;
+        if cut || s.rng.gen_bool(loss) {
+            return None;
+        }
+        let lose_reply = s.rng.gen_bool(loss);
+        s.stores
+            .get(&target)
+            .map(|store| (store.clone(), lose_reply))
+    }
 }
 
 struct Conn {
@@ -245,21 +269,26 @@ impl Sim {
             alive,
             state: self.net.clone(),
         };
-        let store = Store::open_simulated(config, db, net)
+        let reach = net.clone();
+        let store = Store::open_simulated(config, db, net, Arc::new(move |a| reach.reach(a)))
             .await
             .map_err(|e| format!("start member {id}: {e}"))?;
-        self.net
-            .lock()
-            .expect("net lock")
-            .live
-            .insert(id, store.raft().clone());
+        {
+            let mut net = self.net.lock().expect("net lock");
+            net.live.insert(id, store.raft().clone());
+            net.stores.insert(id, store.clone());
+        }
         self.stores.insert(id, store);
         Ok(())
     }
 
     async fn crash(&mut self, id: NodeId) {
         if let Some(store) = self.stores.remove(&id) {
-            self.net.lock().expect("net lock").live.remove(&id);
+            {
+                let mut net = self.net.lock().expect("net lock");
+                net.live.remove(&id);
+                net.stores.remove(&id);
+            }
             if let Some(alive) = self.alive.remove(&id) {
                 alive.store(false, Ordering::SeqCst);
             }
@@ -273,6 +302,8 @@ impl Sim {
             .find(|s| s.raft().metrics().borrow().state == ServerState::Leader)
     }
 
+    /// The next command. Stamped with the wall clock, as a leader re-stamps forwarded ones (a
+    /// client token then expires an hour after it, not at once).
     fn command(&mut self) -> (Command, Option<String>) {
         self.next += 1;
         let n = self.next;
@@ -291,7 +322,7 @@ impl Sim {
                 namespace: "default".into(),
                 spec,
                 reuse_identical: false,
-                at: n,
+                at: berth_store::now_ms(),
             };
             return (cmd, Some(family));
         }
@@ -335,26 +366,42 @@ impl Sim {
             Command::CreateTasks {
                 tasks: vec![task],
                 client_token: Some(token),
-                at: n,
+                at: berth_store::now_ms(),
             },
             None,
         )
     }
 
+    /// Proposes a command: half of them straight to the leader's Raft, half as the servers'
+    /// callers do, through any member (forwarded to the leader, retried when the leader
+    /// changes or an answer is lost).
     async fn propose(&mut self) -> Result<(), String> {
-        let Some(leader) = self.leader().cloned() else {
-            return Ok(());
-        };
         let (command, family) = self.command();
         let token = match &command {
             Command::CreateTasks { client_token, .. } => client_token.clone(),
             _ => None,
         };
-        let write = leader.raft().client_write(command);
-        let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), write).await else {
-            return Ok(()); // not acknowledged: allowed to be lost or applied
+        let answer = if self.rng.gen_bool(0.5) {
+            let Some(leader) = self.leader().cloned() else {
+                return Ok(());
+            };
+            let write = leader.raft().client_write(command);
+            match tokio::time::timeout(Duration::from_secs(2), write).await {
+                Ok(Ok(resp)) => resp.data,
+                _ => return Ok(()), // not acknowledged: allowed to be lost or applied
+            }
+        } else {
+            let members: Vec<Store> = self.stores.values().cloned().collect();
+            if members.is_empty() {
+                return Ok(());
+            }
+            let member = &members[self.rng.gen_range(0..members.len())];
+            match member.propose(command).await {
+                Ok(answer) => answer,
+                Err(_) => return Ok(()),
+            }
         };
-        match (resp.data, family, token) {
+        match (answer, family, token) {
             (CommandResult::TaskDefinition { .. }, Some(f), _) => {
                 self.acked.insert(f);
             }
@@ -524,6 +571,15 @@ impl Sim {
         if let Some(missing) = self.acked.iter().find(|f| !families.contains(*f)) {
             return Err(format!("acknowledged registration of {missing} was lost"));
         }
+        // Each family was registered by one command: a second revision is a write applied twice.
+        let twice = store.read_stale(|s| {
+            s.task_definitions("default")
+                .find(|d| d.revision > 1)
+                .map(|d| d.family.clone())
+        });
+        if let Some(family) = twice {
+            return Err(format!("one registration of {family} made two revisions"));
+        }
         for ids in self.tokens.values() {
             if let Some(missing) = ids.iter().find(|id| !tasks.contains(*id)) {
                 return Err(format!("acknowledged task {missing} was lost"));
@@ -538,6 +594,7 @@ async fn simulate(seed: u64) -> Result<(), String> {
     let net = Arc::new(Mutex::new(NetState {
         rng: StdRng::seed_from_u64(rng.gen()),
         live: BTreeMap::new(),
+        stores: BTreeMap::new(),
         cut: BTreeSet::new(),
         loss: rng.gen_range(0.0..0.2),
         violations: Vec::new(),

@@ -35,8 +35,8 @@ pub fn object_event(
             d.namespace.clone(),
             Some(v1::watch_event::Object::TaskDefinition(d.into())),
         ),
-        // Tokens, certificate records and the CA rotation: never shown to watchers (the watch
-        // drops `token`).
+        // Tokens, certificate records, the CA rotation, the ledger and request answers: never
+        // shown to watchers (the watch drops `token`).
         Object::ClientToken(_)
         | Object::ApiToken(_)
         | Object::JoinToken(_)
@@ -47,7 +47,8 @@ pub fn object_event(
         | Object::RemovedTask(_)
         | Object::Ledger(_)
         | Object::LedgerBucket(_)
-        | Object::TaskUsage(_) => ("token", String::new(), String::new(), None),
+        | Object::TaskUsage(_)
+        | Object::Request(_) => ("token", String::new(), String::new(), None),
         Object::Namespace(n) => ("namespace", n.name.clone(), String::new(), None),
     };
     v1::WatchEvent {
@@ -82,7 +83,8 @@ pub fn deleted_event(revision: u64, key: Key, namespace: Option<String>) -> v1::
         | Key::RemovedTask(_)
         | Key::Ledger
         | Key::LedgerBucket(_)
-        | Key::TaskUsage(_) => ("token", String::new(), String::new()),
+        | Key::TaskUsage(_)
+        | Key::Request(_) => ("token", String::new(), String::new()),
         Key::Namespace(name) => ("namespace", name, String::new()),
     };
     v1::WatchEvent {
