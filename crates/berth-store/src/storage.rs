@@ -729,22 +729,48 @@ impl StateMachine {
     }
 }
 
-/// Builds snapshots from a consistent copy of the state.
+/// Builds snapshots from the database as it was when the builder was made: a redb read
+/// transaction, which sees that commit however many come after it and holds no lock. (The
+/// objects table is what was applied: `apply` returns only once its objects are written.)
+/// No copy of the state is made, and appliers and readers never wait for one.
 pub struct SnapshotBuilder {
-    objects: Vec<Object>,
+    /// Taken by the build (openraft builds once per builder).
+    txn: Option<Result<redb::ReadTransaction, SError>>,
     meta: SnapshotMeta<NodeId, BerthNode>,
     db: Arc<Database>,
     snapshots: SnapshotFiles,
 }
 
+/// A snapshot's bytes from the objects table read in `txn`: the JSON of [`SnapshotData`],
+/// written from each object's stored JSON as it is (never decoded), compressed as
+/// [`encode_compressed`] does. Blocking.
+fn snapshot_from(txn: &redb::ReadTransaction) -> Result<Vec<u8>, SError> {
+    let table = txn.open_table(OBJECTS).map_err(read_err)?;
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(vec![DEFLATED], flate2::Compression::fast());
+    encoder.write_all(b"{\"objects\":[").map_err(write_err)?;
+    for (i, item) in table.iter().map_err(read_err)?.enumerate() {
+        let (_, v) = item.map_err(read_err)?;
+        if i > 0 {
+            encoder.write_all(b",").map_err(write_err)?;
+        }
+        encoder.write_all(v.value()).map_err(write_err)?;
+    }
+    encoder.write_all(b"]}").map_err(write_err)?;
+    encoder.finish().map_err(write_err)
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    /// Encodes the copy and writes it, off the async workers.
+    /// Encodes what the read transaction sees and writes it, off the async workers.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (db, meta) = (self.db.clone(), self.meta.clone());
         let snapshots = self.snapshots.clone();
-        let objects = std::mem::take(&mut self.objects);
+        let txn = self.txn.take();
         let data = blocking(move || {
-            let data = encode_compressed(&SnapshotData { objects })?;
+            let txn =
+                txn.ok_or_else(|| read_err(std::io::Error::other("a snapshot built twice")))??;
+            let data = snapshot_from(&txn)?;
+            drop(txn);
             StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
             Ok(data)
         })
@@ -779,14 +805,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        let objects: Vec<Object> = self.shared.read().objects().collect();
+        // Failing to begin one fails the build, which openraft reports.
+        let txn = Some(self.db.begin_read().map_err(read_err));
         let last = self.last_applied;
         let snapshot_id = match last {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
         };
         SnapshotBuilder {
-            objects,
+            txn,
             meta: SnapshotMeta {
                 last_log_id: last,
                 last_membership: self.membership.clone(),
@@ -887,6 +914,42 @@ mod tests {
             decode_compressed::<Vec<Task>>(&json).expect("decode"),
             batch()
         );
+    }
+
+    #[test]
+    fn a_snapshot_read_from_the_database_holds_every_object_as_of_its_transaction() {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("database");
+        init_tables(&db).expect("tables");
+        let mut state = State::default();
+        let mut keys = Vec::new();
+        for n in 0..3 {
+            let node = berth_model::Node::new(format!("n{n}"), "127.0.0.1:1", 1024, 1024);
+            keys.extend(
+                state
+                    .apply(berth_state::Command::RegisterNode { node, at: n })
+                    .1,
+            );
+        }
+        let persist = |state: &State, keys: &[Key]| {
+            let objects = StateMachine::encode_changes(state, keys).expect("encode");
+            StateMachine::persist(&db, &objects, b"null", b"null").expect("persist")
+        };
+        persist(&state, &keys);
+        let txn = db.begin_read().expect("read");
+        // A commit after the transaction began is not in its snapshot.
+        let before = state.clone();
+        let node = berth_model::Node::new("late", "127.0.0.1:1", 1024, 1024);
+        let (_, late) = state.apply(berth_state::Command::RegisterNode { node, at: 9 });
+        persist(&state, &late);
+        let data = snapshot_from(&txn).expect("snapshot");
+        assert_eq!(data[0], DEFLATED);
+        let read: SnapshotData = decode_compressed(&data).expect("decode");
+        assert_eq!(State::from_objects(read.objects), before);
+        let data = snapshot_from(&db.begin_read().expect("read")).expect("snapshot");
+        let read: SnapshotData = decode_compressed(&data).expect("decode");
+        assert_eq!(State::from_objects(read.objects), state);
     }
 
     #[test]
