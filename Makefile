@@ -38,12 +38,12 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# Everything: formatting, lints, unit tests, end-to-end tests against real containerd.
-# (The short chaos run, `make chaos-short`, joins it once the duplicate write it found is fixed:
-# see CHAOS.md.)
+# Everything: formatting, lints, unit tests, end-to-end tests against real containerd, and a
+# short chaos run that injects every kind of fault once.
 test: deps pyenv lint
 	cargo build -p berth -p berth-chaos
 	BERTH_PYTHON=$(CURDIR)/$(PYENV)/bin/python cargo test --workspace
+	BERTH_BIN=$(CURDIR)/target/debug/berth target/debug/berth-chaos run --duration 20s --every-kind-first
 
 # Every kind of fault once (about 2 minutes).
 chaos-short: deps

@@ -3,8 +3,8 @@
 //! `sleep 1` exit after a second) and of service deployments (a new revision every few
 //! seconds, the old one deregistered), until `BERTH_SOAK_TASKS` tasks (a million by default)
 //! have finished. Every few seconds it samples each server's RSS and data-dir size (disk used,
-//! and the length of its files), the
-//! latency of API calls, and how long probe tasks take from `RunTask` to RUNNING. The
+//! and the length of its files), and how long probe tasks take from `RunTask` to RUNNING;
+//! beside the churn, a steady caller times linearizable API reads all along. The
 //! verdict compares the last tenth of the run with the first tenth after warm-up (the first
 //! fifth, in which the retained history fills up): every figure should be within 10%.
 //! Runs only when named: `make bench SCENARIO=soak`.
@@ -33,9 +33,11 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const DEPLOY_EVERY: Duration = Duration::from_secs(5);
 /// How long a probe may take to start before the sample gives up on it (and the run fails).
 const PROBE_PATIENCE: Duration = Duration::from_secs(60);
-/// Each sample times this many API calls and this many probe tasks.
-const API_CALLS: usize = 20;
+/// Each sample times this many probe tasks.
 const PROBES: u32 = 5;
+/// The steady caller's pause between API calls: about a hundred calls a sample, so a tenth
+/// of the run's p99 stands on a few thousand calls, not on its few slowest.
+const API_PAUSE: Duration = Duration::from_millis(20);
 
 /// What one sample saw.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +84,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
         deploy(&mut client, i, 0).await?;
     }
 
+    let api = ApiProbe::start(cluster.leader().await?);
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
     let mut submitted: u64 = 0;
@@ -122,6 +125,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
         if Instant::now() >= next_sample {
             let mut s = sample(&mut client, &pids, &data_dirs, &probes).await?;
             s.at = started.elapsed().as_secs_f64();
+            s.api = api.take()?;
             eprintln!(
                 "soak: {:>5.0}s {submitted:>8} submitted, rss {:?} MiB, disk {:?} MiB",
                 s.at,
@@ -150,6 +154,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    api.stop().await?;
     let secs = started.elapsed().as_secs_f64();
     results.insert("soak.finished_tasks".into(), submitted as f64);
     results.insert("soak.duration_s".into(), secs);
@@ -232,18 +237,6 @@ async fn sample(
         s.disk.push(used as f64 / (1024.0 * 1024.0));
         s.files.push(long as f64 / (1024.0 * 1024.0));
     }
-    for i in 0..API_CALLS {
-        let t = Instant::now();
-        client
-            .describe_service(pb::DescribeServiceRequest {
-                namespace: String::new(),
-                name: format!("svc-{}", i % SERVICES),
-                stale: false,
-            })
-            .await
-            .context("describe a service")?;
-        s.api.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
     // The probes started a sample ago: RunTask (created) to RUNNING (started), as the
     // leader stamped them; a probe not yet started is waited for.
     for id in probes {
@@ -271,6 +264,68 @@ async fn sample(
         }
     }
     Ok(s)
+}
+
+/// A caller beside the churn that describes the services (linearizable reads) one after
+/// another, a short pause apart, and keeps each call's latency for the next sample.
+struct ApiProbe {
+    latencies: std::sync::Arc<std::sync::Mutex<Vec<f64>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ApiProbe {
+    fn start(mut client: berth_tests::Api) -> Self {
+        let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let kept = latencies.clone();
+        let task = tokio::spawn(async move {
+            for i in 0usize.. {
+                let t = Instant::now();
+                client
+                    .describe_service(pb::DescribeServiceRequest {
+                        namespace: String::new(),
+                        name: format!("svc-{}", i % SERVICES),
+                        stale: false,
+                    })
+                    .await
+                    .context("describe a service")?;
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                kept.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(ms);
+                if tokio::time::timeout(API_PAUSE, stopped.changed())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Self {
+            latencies,
+            stop,
+            task,
+        }
+    }
+
+    /// The latencies since the last take.
+    fn take(&self) -> anyhow::Result<Vec<f64>> {
+        if self.task.is_finished() {
+            anyhow::bail!("the API caller stopped: a call failed");
+        }
+        let mut v = self
+            .latencies
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        Ok(std::mem::take(&mut *v))
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("the API caller")?
+    }
 }
 
 /// Writes the samples as CSV beside the results (`soak.csv`): the figures over time, for the
