@@ -20,8 +20,9 @@ pub struct ClientToken {
 }
 
 /// How long the answer to a [`crate::Command::Request`] is remembered after its `at`: far
-/// beyond the store's write deadline, within which every retry of it is proposed.
-pub const REQUEST_TTL_MS: u64 = 120_000;
+/// beyond the store's write deadline (5 s by default), within which every retry of it is
+/// proposed.
+pub const REQUEST_TTL_MS: u64 = 60_000;
 
 /// How many of the latest request answers are kept whatever their age, so a clock that jumps
 /// forget none a retry may still need.
@@ -35,7 +36,47 @@ pub struct AppliedRequest {
     pub at: Timestamp,
     /// The order requests were applied in: one more than the latest before it.
     pub seq: u64,
-    pub result: CommandResult,
+    pub answer: Answer,
+}
+
+/// A kept answer: as it was, or (tasks, which a `RunTask` of a thousand makes a megabyte of)
+/// by ID, answered as they are when asked again, as a client token's are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Answer {
+    Result(CommandResult),
+    Tasks(Vec<String>),
+    Task(String),
+}
+
+impl State {
+    fn keep(result: &CommandResult) -> Answer {
+        match result {
+            CommandResult::Tasks(tasks) => {
+                Answer::Tasks(tasks.iter().map(|t| t.task_id.clone()).collect())
+            }
+            CommandResult::Task(task) => Answer::Task(task.task_id.clone()),
+            other => Answer::Result(other.clone()),
+        }
+    }
+
+    fn answer(&self, kept: &Answer) -> CommandResult {
+        match kept {
+            Answer::Result(result) => result.clone(),
+            Answer::Tasks(ids) => CommandResult::Tasks(
+                ids.iter()
+                    .filter_map(|id| self.tasks.get(id))
+                    .cloned()
+                    .collect(),
+            ),
+            Answer::Task(id) => match self.tasks.get(id) {
+                Some(task) => CommandResult::Task(Box::new(task.clone())),
+                None => CommandResult::Rejected(crate::Rejection::NotFound(format!(
+                    "task {id} was removed by retention"
+                ))),
+            },
+        }
+    }
 }
 
 impl State {
@@ -50,7 +91,7 @@ impl State {
     ) -> CommandResult {
         self.expire_requests(at, changed);
         if let Some(seen) = self.requests.get(&id) {
-            return seen.result.clone();
+            return self.answer(&seen.answer);
         }
         let result = self.dispatch(command, changed);
         let seq = self.request_order.keys().next_back().map_or(1, |s| s + 1);
@@ -62,7 +103,7 @@ impl State {
                 id,
                 at,
                 seq,
-                result: result.clone(),
+                answer: Self::keep(&result),
             },
         );
         result

@@ -39,7 +39,7 @@ use berth_model::{
 
 pub use berth_model::StopOrder;
 pub use cluster::{
-    AppliedRequest, ClientToken, CLIENT_TOKEN_TTL_MS, REQUESTS_KEPT, REQUEST_TTL_MS,
+    Answer, AppliedRequest, ClientToken, CLIENT_TOKEN_TTL_MS, REQUESTS_KEPT, REQUEST_TTL_MS,
 };
 pub use command::{
     Command, CommandResult, Placement, Reconciliation, Rejection, Retirement, RevisionKey,

@@ -286,6 +286,38 @@ fn a_request_applied_twice_changes_the_state_once_and_answers_the_first_answer()
 }
 
 #[test]
+fn a_request_that_created_tasks_keeps_their_ids_and_answers_them_as_they_are() {
+    let mut s = State::default();
+    let def = register_web(&mut s);
+    let run = |at| Command::Request {
+        id: "2-7-1".into(),
+        at,
+        command: Box::new(Command::CreateTasks {
+            tasks: vec![Task::pending("t1".into(), "default", &def, 2)],
+            client_token: None,
+            at,
+        }),
+    };
+    s.apply(run(5));
+    let kept = s.objects().find_map(|o| match o {
+        Object::Request(r) => Some(r.answer),
+        _ => None,
+    });
+    assert_eq!(kept, Some(Answer::Tasks(vec!["t1".into()])));
+    s.apply(Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "done".into(),
+        at: 6,
+    });
+    let (again, changed) = s.apply(run(7));
+    assert!(changed.is_empty(), "the copy changed {changed:?}");
+    assert!(matches!(&again, CommandResult::Tasks(t)
+        if t.len() == 1 && t[0].desired_status == berth_model::DesiredStatus::Stopped));
+}
+
+#[test]
 fn request_answers_expire_by_age_beyond_the_latest_kept_whatever_the_clock() {
     let mut s = State::default();
     let kept = REQUESTS_KEPT as u64;

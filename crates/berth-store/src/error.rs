@@ -21,6 +21,22 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    /// The database file was damaged outside the server (a disk error, a stray write): the
+    /// server must not start from it, since it cannot tell what of its log and vote it lost.
+    #[error(
+        "raft database {path} is corrupted ({detail}); this server cannot start from it. Remove \
+         it from the cluster (`berth cluster remove ID` on another server), move its data dir \
+         aside, and start it again with an empty data dir, --join and a new server join token: \
+         it takes a fresh copy of the state from the others"
+    )]
+    Corrupted { path: PathBuf, detail: String },
+    /// The state in the database could not be read back.
+    #[error("load the state from raft database {path}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
     #[error("{step}")]
     Start {
         step: &'static str,

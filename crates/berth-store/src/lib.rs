@@ -227,12 +227,23 @@ impl Store {
         let path = config.data_dir.join("raft.redb");
         // The state lives in memory; the database is written and read back only on start, so
         // its page cache stays small (redb's default is 1 GiB).
-        let open_error = |e: redb::DatabaseError| StoreError::Open {
-            path: path.clone(),
-            source: e.into(),
+        let open_error = |e: redb::DatabaseError| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                StoreError::Corrupted {
+                    path: path.clone(),
+                    detail,
+                }
+            }
+            e => StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            },
         };
+        // Every page's checksum is verified on open (a read of the whole file): one damaged
+        // while the server was down is refused, where a plain open trusts it and may panic.
         let db = redb::Builder::new()
             .set_cache_size(DB_CACHE_BYTES)
+            .set_check_integrity_on_open(true)
             .create_with_backend(file::Preallocated::open(&path).map_err(open_error)?)
             .map_err(open_error)?;
         let peers = network::Peers::new(config.dialer.clone());
@@ -276,8 +287,12 @@ impl Store {
         let committed = Arc::new(AtomicU64::new(0));
         let log = storage::LogStore::new(db.clone(), committed.clone());
         let appended = log.appended();
-        let (sm, shared) = storage::StateMachine::load(db, snapshots, committed)
-            .map_err(|e| StoreError::start("load state machine", e))?;
+        let (sm, shared) = storage::StateMachine::load(db, snapshots, committed).map_err(|e| {
+            StoreError::Load {
+                path: config.data_dir.join("raft.redb"),
+                source: e.into(),
+            }
+        })?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
