@@ -17,7 +17,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use berth_dev::{free_port, Containerd, Registry};
+pub use berth_dev::Registry;
+use berth_dev::{free_port, Containerd};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -781,6 +782,18 @@ impl TestHosts {
     /// This host's address on the hosts' bridge.
     pub fn outside(&self) -> String {
         format!("{}.1", self.prefix)
+    }
+
+    /// A registry on this host's address on the hosts' bridge (their loopback is their own)
+    /// holding `demo:latest` (busybox), under `dir`; answers it and the image's reference.
+    pub async fn registry(&self, dir: &Path) -> anyhow::Result<(Registry, String)> {
+        let at: std::net::SocketAddr = format!("{}:{}", self.outside(), free_port()?).parse()?;
+        let registry = Registry::start(dir, at).await?;
+        let image = format!("{at}/demo:latest");
+        let busybox =
+            berth_dev::find_program("busybox").context("busybox-static is not installed")?;
+        berth_dev::push_busybox_image(&busybox, &image).await?;
+        Ok((registry, image))
     }
 
     /// Host `i`'s address.

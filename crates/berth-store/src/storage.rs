@@ -742,21 +742,29 @@ pub struct SnapshotBuilder {
 }
 
 /// A snapshot's bytes from the objects table read in `txn`: the JSON of [`SnapshotData`],
-/// written from each object's stored JSON as it is (never decoded), compressed as
-/// [`encode_compressed`] does. Blocking.
-fn snapshot_from(txn: &redb::ReadTransaction) -> Result<Vec<u8>, SError> {
-    let table = txn.open_table(OBJECTS).map_err(read_err)?;
-    let mut encoder =
-        flate2::write::DeflateEncoder::new(vec![DEFLATED], flate2::Compression::fast());
-    encoder.write_all(b"{\"objects\":[").map_err(write_err)?;
-    for (i, item) in table.iter().map_err(read_err)?.enumerate() {
-        let (_, v) = item.map_err(read_err)?;
-        if i > 0 {
-            encoder.write_all(b",").map_err(write_err)?;
+/// made of each object's stored JSON as it is (never decoded), then compressed as
+/// [`encode_compressed`] does. The JSON is copied out first and `txn` ended before the
+/// compression: while a read transaction lives, redb cannot reuse the pages later commits
+/// free, and the seconds compression takes under the churn doubled the database file.
+/// Blocking.
+fn snapshot_from(txn: redb::ReadTransaction) -> Result<Vec<u8>, SError> {
+    let mut json = b"{\"objects\":[".to_vec();
+    {
+        let table = txn.open_table(OBJECTS).map_err(read_err)?;
+        for (i, item) in table.iter().map_err(read_err)?.enumerate() {
+            let (_, v) = item.map_err(read_err)?;
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(v.value());
         }
-        encoder.write_all(v.value()).map_err(write_err)?;
     }
-    encoder.write_all(b"]}").map_err(write_err)?;
+    drop(txn);
+    json.extend_from_slice(b"]}");
+    let mut out = Vec::with_capacity(json.len() / 4 + 16);
+    out.push(DEFLATED);
+    let mut encoder = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+    encoder.write_all(&json).map_err(write_err)?;
     encoder.finish().map_err(write_err)
 }
 
@@ -769,8 +777,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = blocking(move || {
             let txn =
                 txn.ok_or_else(|| read_err(std::io::Error::other("a snapshot built twice")))??;
-            let data = snapshot_from(&txn)?;
-            drop(txn);
+            let data = snapshot_from(txn)?;
             StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
             Ok(data)
         })
@@ -943,11 +950,11 @@ mod tests {
         let node = berth_model::Node::new("late", "127.0.0.1:1", 1024, 1024);
         let (_, late) = state.apply(berth_state::Command::RegisterNode { node, at: 9 });
         persist(&state, &late);
-        let data = snapshot_from(&txn).expect("snapshot");
+        let data = snapshot_from(txn).expect("snapshot");
         assert_eq!(data[0], DEFLATED);
         let read: SnapshotData = decode_compressed(&data).expect("decode");
         assert_eq!(State::from_objects(read.objects), before);
-        let data = snapshot_from(&db.begin_read().expect("read")).expect("snapshot");
+        let data = snapshot_from(db.begin_read().expect("read")).expect("snapshot");
         let read: SnapshotData = decode_compressed(&data).expect("decode");
         assert_eq!(State::from_objects(read.objects), state);
     }

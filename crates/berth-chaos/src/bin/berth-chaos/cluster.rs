@@ -1,12 +1,15 @@
 //! The cluster under test: real `berth server` processes, each in a network namespace of its
 //! own (so that iptables rules inside it cut chosen links), with libfaketime preloaded (so
-//! that its wall clock alone can be moved), and hollow agents in one more namespace.
+//! that its wall clock alone can be moved), and hollow agents and one real agent (containerd
+//! and runc, pulling busybox from the run's own registry) in one more namespace.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use berth_tests::{berth_bin, poll, register_credentials, TestHosts};
+use rand::rngs::StdRng;
+use rand::Rng as _;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -44,6 +47,15 @@ pub struct Server {
     child: Option<Child>,
 }
 
+/// The real agent: its containerd (and the busybox image the e2e tests use), the registry
+/// the agents' namespace reaches, and the agent process.
+struct RealAgent {
+    agent: berth_tests::AgentProc,
+    _registry: berth_tests::Registry,
+    /// Last: its drop stops the containers the agent left and removes its networks.
+    env: berth_tests::Env,
+}
+
 impl Server {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
@@ -59,6 +71,13 @@ impl Server {
 
     pub fn log(&self) -> PathBuf {
         self.log.clone()
+    }
+
+    /// What the server logged from byte `from` of its log on.
+    pub fn log_since(&self, from: u64) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
     }
 }
 
@@ -135,11 +154,14 @@ pub struct Cluster {
     agents: Option<Child>,
     /// The servers' addresses, comma separated, as clients take them.
     pub addresses: String,
+    /// The image every task runs: busybox in the run's registry.
+    pub image: String,
+    real: Option<RealAgent>,
 }
 
 impl Cluster {
-    /// `servers` servers (the first bootstraps, the others join) and `nodes` hollow agents,
-    /// under `dir`.
+    /// `servers` servers (the first bootstraps, the others join), `nodes` hollow agents and
+    /// one real agent, under `dir`.
     pub async fn start(dir: &Path, servers: usize, nodes: u32) -> anyhow::Result<Self> {
         anyhow::ensure!(
             Path::new(LIBFAKETIME).exists(),
@@ -160,6 +182,8 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(","),
             hosts,
+            image: String::new(),
+            real: None,
         };
         for i in 0..servers {
             let ip = cluster.hosts.address(i);
@@ -197,15 +221,18 @@ impl Cluster {
                 child: None,
             });
         }
-        // The first bootstraps a cluster and writes its admin credentials.
+        // The first bootstraps a cluster and writes its admin credentials, kept outside its
+        // data dir (a fault may empty that).
         cluster.spawn(0, &[])?;
         let first = &cluster.servers[0];
-        let credentials = first.data_dir.join("admin.toml");
+        let written = first.data_dir.join("admin.toml");
         poll("admin credentials", Duration::from_secs(60), || async {
-            credentials.exists().then_some(())
+            written.exists().then_some(())
         })
         .await
         .with_context(|| format!("see {}", first.log().display()))?;
+        let credentials = dir.join("admin.toml");
+        std::fs::copy(&written, &credentials).context("keep the admin credentials")?;
         for s in &cluster.servers {
             register_credentials(&s.addr, &credentials);
         }
@@ -216,6 +243,7 @@ impl Cluster {
         }
         cluster.wait_voters(Duration::from_secs(90)).await?;
         cluster.start_agents(nodes).await?;
+        cluster.start_real_agent().await?;
         Ok(cluster)
     }
 
@@ -326,6 +354,42 @@ impl Cluster {
         .await
     }
 
+    /// The real agent's containerd socket, containerd namespace and node name.
+    pub fn real_agent(&self) -> Option<(PathBuf, String, String)> {
+        self.real.as_ref().map(|r| {
+            (
+                r.env.containerd.socket.clone(),
+                r.agent.namespace.clone(),
+                r.agent.name.clone(),
+            )
+        })
+    }
+
+    /// The real agent, in the hollow agents' namespace (their faults are its faults), with a
+    /// containerd of its own and the run's registry on this host's bridge address.
+    async fn start_real_agent(&mut self) -> anyhow::Result<()> {
+        let env = berth_tests::Env::start().await?;
+        let (registry, image) = self.hosts.registry(&env.path("hosts-registry")).await?;
+        let insecure = image.split('/').next().unwrap_or_default().to_owned();
+        let listen = format!("{}:0", self.agents_ip);
+        let agent = berth_tests::AgentProc::start_in(
+            &env,
+            &self.addresses,
+            "real",
+            Some(&self.agents_ns),
+            &["--listen", &listen, "--insecure-registry", &insecure],
+        )
+        .await
+        .context("start the real agent")?;
+        self.image = image;
+        self.real = Some(RealAgent {
+            agent,
+            _registry: registry,
+            env,
+        });
+        Ok(())
+    }
+
     /// Hollow agents (the real agent code over an in-memory runtime) in their namespace.
     async fn start_agents(&mut self, nodes: u32) -> anyhow::Result<()> {
         let data = self.dir.join("agents");
@@ -417,7 +481,74 @@ impl Cluster {
         if let Some(mut agents) = self.agents.take() {
             let _ = agents.kill().await;
         }
+        if let Some(real) = self.real.take() {
+            // Its log lives in the containerd scratch directory, which goes with it.
+            let log = real.env.path("agent-real").join("agent.log");
+            let _ = std::fs::copy(log, self.dir.join("logs/real-agent.log"));
+            let _ = real.agent.kill().await;
+        }
         berth_tests::unmount_under(&self.dir);
+    }
+
+    /// Damages server `i`'s database file (the server is down): random bytes over 1–16
+    /// pages somewhere past its header, or the file cut to a quarter to half of its length.
+    /// (The header is spared: redb keeps two commit slots there and falls back to the older
+    /// one when the newer is damaged, which a server cannot tell from a clean restart.)
+    /// Answers what it did.
+    pub fn damage_database(&self, i: usize, rng: &mut StdRng) -> anyhow::Result<String> {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        const PAGE: u64 = 4096;
+        let path = self.servers[i].data_dir.join("raft/raft.redb");
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        anyhow::ensure!(len > 64 * PAGE, "{} is only {len} bytes", path.display());
+        if rng.gen_bool(0.5) {
+            let cut = rng.gen_range(len / 4..len / 2);
+            file.set_len(cut)?;
+            return Ok(format!("file cut from {len} to {cut} bytes"));
+        }
+        let pages = rng.gen_range(1..=16u64);
+        let at = rng.gen_range(1..len / PAGE - pages) * PAGE;
+        let mut noise = vec![0u8; usize::try_from(pages * PAGE)?];
+        rng.fill(noise.as_mut_slice());
+        let mut file = file;
+        file.seek(SeekFrom::Start(at))?;
+        file.write_all(&noise)?;
+        file.sync_all()?;
+        Ok(format!(
+            "file overwritten with {pages} pages of noise at byte {at} of {len}"
+        ))
+    }
+
+    /// Server `i`, which refused its data dir, leaves the cluster and joins it again with an
+    /// empty data dir and a new token, under the same ID.
+    pub async fn rejoin(&mut self, i: usize) -> anyhow::Result<()> {
+        let via = (0..self.servers.len())
+            .find(|&o| o != i && self.running(o))
+            .context("no other server runs")?;
+        let via_addr = self.servers[via].addr.clone();
+        let id = self.servers[i].id.to_string();
+        poll(
+            "the damaged server's removal",
+            Duration::from_secs(60),
+            || async {
+                let out = berth_tests::cli(&via_addr, &["cluster", "remove", &id])
+                    .await
+                    .ok()?;
+                out.status.success().then_some(())
+            },
+        )
+        .await?;
+        for entry in std::fs::read_dir(&self.servers[i].data_dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let token = berth_tests::join_token(&via_addr, "server").await?;
+        self.spawn(i, &["--join", &via_addr, "--join-token", &token])
     }
 
     /// Fills server `i`'s small filesystem; answers the filler's path.

@@ -35,6 +35,11 @@ pub enum Kind {
     DiskFull,
     /// Every fsync and fdatasync of one server waits 20–500 ms first.
     SlowDisk,
+    /// kill -9 of one server, its database file damaged (random bytes over a stretch of it,
+    /// or cut short), then a restart. The server must refuse to start, naming the file, or run
+    /// on (the damage hit no page in use); one that refused is removed from the cluster, its
+    /// data dir emptied, and joins again with a new token, taking a fresh copy from the others.
+    Corrupt,
 }
 
 impl Kind {
@@ -49,6 +54,7 @@ impl Kind {
         Kind::Clock,
         Kind::DiskFull,
         Kind::SlowDisk,
+        Kind::Corrupt,
     ];
 }
 
@@ -70,6 +76,8 @@ enum Undo {
     /// Remove the filler, then start the server again if it stopped.
     FreeDisk(usize, std::path::PathBuf),
     FastDisk(usize),
+    /// Nothing left to undo.
+    Nothing,
 }
 
 /// A fault injected, held and healed.
@@ -81,6 +89,10 @@ pub struct Done {
 
 /// How long a server may go on running on a full disk while writes reach it.
 const FULL_DISK_EXIT: Duration = Duration::from_secs(20);
+
+/// How long a server started on a damaged file may take to refuse it (the check on open reads
+/// the whole file).
+const CORRUPT_REFUSAL: Duration = Duration::from_secs(20);
 
 /// Injects one fault of `kind`, holds it, and heals it. Answers what it did.
 pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyhow::Result<Done> {
@@ -239,6 +251,46 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
                 rng.gen_range(3_000..10_000),
             )
         }
+        Kind::Corrupt => {
+            let server = rng.gen_range(0..n);
+            cluster.kill(server).await;
+            let damage = cluster.damage_database(server, rng)?;
+            let log_from = std::fs::metadata(cluster.servers[server].log()).map_or(0, |m| m.len());
+            cluster.spawn(server, &[])?;
+            let started = std::time::Instant::now();
+            while cluster.running(server) && started.elapsed() < CORRUPT_REFUSAL {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let outcome = if !cluster.running(server) {
+                let said = cluster.servers[server].log_since(log_from);
+                if !(said.contains("raft.redb") && said.contains("corrupted")) {
+                    let last = said.lines().rev().find(|l| !l.trim().is_empty());
+                    violations.push(format!(
+                        "server {} exited on its damaged database without saying which file is corrupted: {}",
+                        server + 1,
+                        last.unwrap_or("(nothing)")
+                    ));
+                }
+                cluster.rejoin(server).await?;
+                format!(
+                    "it refused to start after {} ms and joined again with an empty data dir",
+                    started.elapsed().as_millis()
+                )
+            } else if applies(cluster, server).await {
+                "it runs on: the damage hit no page in use".to_owned()
+            } else {
+                violations.push(format!(
+                    "server {} neither refused its damaged database within {CORRUPT_REFUSAL:?} nor applies entries",
+                    server + 1
+                ));
+                "it neither refused nor applies".to_owned()
+            };
+            (
+                format!("server {}'s database {damage} ({outcome})", server + 1),
+                Undo::Nothing,
+                rng.gen_range(500..2_000),
+            )
+        }
     };
     tokio::time::sleep(Duration::from_millis(hold)).await;
     match undo {
@@ -257,6 +309,7 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
             }
         }
         Undo::FastDisk(server) => std::fs::write(&cluster.servers[server].fsync_delay, "0\n")?,
+        Undo::Nothing => {}
     }
     Ok(Done {
         what: format!("{what} for {hold} ms"),

@@ -1,5 +1,6 @@
 //! What must hold of the final state once every fault healed: services converged, every
-//! server holding the same tasks, no task running where it cannot, no node over capacity.
+//! server holding the same tasks, no task running where it cannot, no node over capacity, and
+//! no container on the real agent's containerd running a task the cluster does not run there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -21,10 +22,76 @@ pub async fn check(cluster: &Cluster) -> Vec<String> {
     match agreed(cluster).await {
         Ok((tasks, nodes)) => {
             violations.extend(placement(&tasks, &nodes));
+            match containers_match(cluster).await {
+                Ok(n) => println!(
+                    "chaos: the real agent runs {n} containers, each a task the cluster runs there"
+                ),
+                Err(e) => violations.push(e),
+            }
         }
         Err(e) => violations.push(e),
     }
     violations
+}
+
+/// Every container running in the real agent's containerd is one of a task the cluster runs
+/// on that node (within 30 s: a task stopped just now takes its stop timeout to go). One that
+/// is not would be a task running twice, or running after the cluster declared it lost.
+async fn containers_match(cluster: &Cluster) -> Result<usize, String> {
+    let Some((socket, namespace, node)) = cluster.real_agent() else {
+        return Ok(0);
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = running_containers(&socket, &namespace).await?;
+        let view = tasks(&cluster.servers[0].addr).await?;
+        let here: BTreeSet<&str> = view
+            .iter()
+            .filter(|t| t.node == node && t.status == pb::TaskStatus::Running as i32)
+            .map(|t| t.id.as_str())
+            .collect();
+        let strays: Vec<&String> = running
+            .iter()
+            .filter(|c| !here.contains(c.strip_suffix("-app").unwrap_or(c)))
+            .collect();
+        if strays.is_empty() {
+            return Ok(running.len());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "containers run on node {node} for tasks the cluster does not run there: {strays:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The containers whose task (containerd's) is RUNNING, read with `ctr tasks list`.
+async fn running_containers(
+    socket: &std::path::Path,
+    namespace: &str,
+) -> Result<Vec<String>, String> {
+    let out = tokio::process::Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", namespace, "tasks", "list"])
+        .output()
+        .await
+        .map_err(|e| format!("run ctr: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ctr tasks list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.get(2) == Some(&"RUNNING")).then(|| fields[0].to_owned())
+        })
+        .collect())
 }
 
 async fn api(addr: &str) -> Result<berth_tests::Api, String> {

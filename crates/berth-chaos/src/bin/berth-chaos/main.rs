@@ -179,8 +179,8 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
     println!("chaos: replay with: {replay}");
 
     let mut cluster = cluster::Cluster::start(&dir, args.servers, args.nodes).await?;
-    workload::prepare(&cluster.addresses).await?;
-    let recorder = workload::Recorder::new();
+    workload::prepare(&cluster.addresses, &cluster.image).await?;
+    let recorder = workload::Recorder::new(&cluster.image);
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..args.clients {

@@ -38,7 +38,7 @@ fn group_family(client: u32, group: u32) -> String {
 }
 
 /// Registers what the workload needs before it starts: the services, at their initial count.
-pub async fn prepare(addresses: &str) -> anyhow::Result<()> {
+pub async fn prepare(addresses: &str, image: &str) -> anyhow::Result<()> {
     let first = addresses.split(',').next().unwrap_or_default();
     let mut api = berth_tests::api(first).await?;
     for name in SERVICES {
@@ -49,7 +49,7 @@ pub async fn prepare(addresses: &str) -> anyhow::Result<()> {
                 desired_count: INITIAL_COUNT as u32,
                 ..Default::default()
             }),
-            template: Some(spec(name, 0)),
+            template: Some(spec(name, 0, image)),
             ..Default::default()
         })
         .await?;
@@ -57,15 +57,18 @@ pub async fn prepare(addresses: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A small task definition whose content is `tag` (its container's `TAG` variable).
-fn spec(family: &str, tag: u64) -> pb::TaskDefinitionSpec {
+/// A small task definition whose content is `tag` (its container's `TAG` variable): `image`
+/// (busybox, from the run's registry) sleeping for a day, which a hollow agent plays and the
+/// real agent runs.
+fn spec(family: &str, tag: u64, image: &str) -> pb::TaskDefinitionSpec {
     pb::TaskDefinitionSpec {
         family: family.into(),
         cpu: 16,
         memory: 16,
         containers: vec![pb::ContainerDefinition {
             name: "app".into(),
-            image: "chaos/app:1".into(),
+            image: image.into(),
+            command: vec!["sleep".into(), "86400".into()],
             essential: true,
             stop_timeout: 1,
             environment: [("TAG".to_owned(), tag.to_string())].into(),
@@ -78,13 +81,16 @@ fn spec(family: &str, tag: u64) -> pb::TaskDefinitionSpec {
 /// The history being recorded, on one clock.
 pub struct Recorder {
     start: Instant,
+    /// The image of every task definition.
+    image: String,
     history: Mutex<History>,
 }
 
 impl Recorder {
-    pub fn new() -> Arc<Self> {
+    pub fn new(image: &str) -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
+            image: image.to_owned(),
             history: Mutex::new(History {
                 initial_count: INITIAL_COUNT,
                 ..History::default()
@@ -285,7 +291,7 @@ impl Client {
         let tag = (u64::from(self.id) << 40) | self.tags;
         let request = pb::RegisterTaskDefinitionRequest {
             namespace: String::new(),
-            spec: Some(spec(family, tag)),
+            spec: Some(spec(family, tag, &self.recorder.image)),
             reuse_identical: false,
         };
         let call = self.recorder.now();
@@ -458,7 +464,7 @@ impl Client {
             return true;
         }
         let family = group_family(self.id, self.group);
-        let mut spec = spec(&family, 0);
+        let mut spec = spec(&family, 0, &self.recorder.image);
         spec.labels.insert("chaos-group".into(), family.clone());
         let request = pb::RegisterTaskDefinitionRequest {
             namespace: String::new(),
