@@ -40,7 +40,9 @@ pub struct AppliedRequest {
 }
 
 /// A kept answer: as it was, or (tasks, which a `RunTask` of a thousand makes a megabyte of)
-/// by ID, answered as they are when asked again, as a client token's are.
+/// by ID, answered as they are when asked again, as a client token's are. Secret material is
+/// never kept: a secret's sealed values and a token's hash are blanked (the callers read
+/// names, keys and versions), so a deleted secret or a rotated key leaves nothing behind here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Answer {
@@ -56,6 +58,24 @@ impl State {
                 Answer::Tasks(tasks.iter().map(|t| t.task_id.clone()).collect())
             }
             CommandResult::Task(task) => Answer::Task(task.task_id.clone()),
+            CommandResult::Secret(secret) => {
+                let mut secret = secret.clone();
+                for value in secret.data.values_mut() {
+                    value.nonce.clear();
+                    value.ciphertext.clear();
+                }
+                Answer::Result(CommandResult::Secret(secret))
+            }
+            CommandResult::ApiToken(record) => {
+                let mut record = record.clone();
+                record.secret_hash.clear();
+                Answer::Result(CommandResult::ApiToken(record))
+            }
+            CommandResult::JoinToken(record) => {
+                let mut record = record.clone();
+                record.secret_hash.clear();
+                Answer::Result(CommandResult::JoinToken(record))
+            }
             other => Answer::Result(other.clone()),
         }
     }

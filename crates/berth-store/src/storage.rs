@@ -227,6 +227,18 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// A write transaction that commits durably in two phases (its pages fsynced, then the header
+/// switched to it and fsynced). In one phase, a commit whose pages are damaged afterwards is
+/// replaced on open by the one before it, silently, and a Raft member must never forget log
+/// entries it acknowledged or its vote; in two, redb reports the damage (and the server
+/// refuses the file: `file::open_database`), while a commit a crash cut short never became
+/// the current one. One fsync more per durable commit.
+fn begin_durable(db: &Database) -> Result<redb::WriteTransaction, SError> {
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_two_phase_commit(true);
+    Ok(txn)
+}
+
 /// Creates every table so that readers never meet a missing one.
 pub(crate) fn init_tables(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
@@ -254,7 +266,7 @@ fn put_meta<T: Serialize>(
     durability: Durability,
 ) -> Result<(), SError> {
     let bytes = encode(value)?;
-    let mut txn = db.begin_write().map_err(write_err)?;
+    let mut txn = begin_durable(db)?;
     txn.set_durability(durability).map_err(write_err)?;
     txn.open_table(META)
         .map_err(write_err)?
@@ -386,7 +398,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let bytes: usize = encoded.iter().map(|(_, b)| b.len()).sum();
                 self.appended.fetch_add(bytes as u64, Ordering::Relaxed);
                 blocking(move || {
-                    let txn = db.begin_write().map_err(write_err)?;
+                    let txn = begin_durable(&db)?;
                     {
                         let mut table = txn.open_table(LOG).map_err(write_err)?;
                         for (index, bytes) in &encoded {
@@ -413,7 +425,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let db = self.db.clone();
         blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
+            let txn = begin_durable(&db)?;
             txn.open_table(LOG)
                 .map_err(write_err)?
                 .retain_in(log_id.index.., |_, _| false)
@@ -427,7 +439,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&Some(log_id))?;
         let db = self.db.clone();
         blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
+            let txn = begin_durable(&db)?;
             txn.open_table(META)
                 .map_err(write_err)?
                 .insert(PURGED, bytes.as_slice())
@@ -693,7 +705,7 @@ impl StateMachine {
         replace_objects: Option<&State>,
     ) -> Result<(), SError> {
         snapshots.write(&meta.snapshot_id, data)?;
-        let txn = db.begin_write().map_err(write_err)?;
+        let txn = begin_durable(db)?;
         let replaced: Option<SnapshotMeta<NodeId, BerthNode>>;
         {
             let mut meta_table = txn.open_table(META).map_err(write_err)?;
@@ -701,6 +713,19 @@ impl StateMachine {
                 Some(v) => decode(v.value()).ok(),
                 None => None,
             };
+            // A snapshot built while a newer one was installed (the build runs beside the
+            // state machine) must not replace it: the log before the newer one is gone.
+            let newer = replaced
+                .as_ref()
+                .is_some_and(|r: &SnapshotMeta<NodeId, BerthNode>| {
+                    r.last_log_id > meta.last_log_id
+                });
+            if replace_objects.is_none() && newer {
+                drop(meta_table);
+                txn.abort().map_err(write_err)?;
+                snapshots.remove(&meta.snapshot_id);
+                return Ok(());
+            }
             meta_table
                 .insert(SNAPSHOT_META, encode(meta)?.as_slice())
                 .map_err(write_err)?;
