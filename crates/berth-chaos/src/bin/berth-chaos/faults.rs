@@ -207,6 +207,12 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
                 .iter()
                 .position(|s| s.small_disk)
                 .unwrap_or(n - 1);
+            // Only once it serves and applies: one still starting after a kill (its open reads
+            // and checks the whole file) would be judged before it could apply anything.
+            let started = std::time::Instant::now();
+            while !applies(cluster, server).await && started.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let filler = cluster.fill_disk(server)?;
             // Writes keep reaching it (the workload runs): its next append fails, and it
             // must stop serving and exit.
