@@ -8,10 +8,10 @@ use super::*;
 use crate::command::*;
 use berth_model::{ServiceStatus, TaskStatus};
 
-/// Registers task definition `default/web:1` (256 CPU units, 64 MiB, one busybox container)
-/// at time 1 and answers it.
-pub(crate) fn register_web(s: &mut State) -> TaskDefinition {
-    s.apply(Command::RegisterTaskDefinition {
+/// The registration of the next revision of `default/web` (256 CPU units, 64 MiB, one busybox
+/// container) at `at`.
+fn register_web_at(at: u64) -> Command {
+    Command::RegisterTaskDefinition {
         namespace: "default".into(),
         spec: TaskDefinitionSpec::new(
             "web",
@@ -20,8 +20,13 @@ pub(crate) fn register_web(s: &mut State) -> TaskDefinition {
             vec![ContainerDefinition::new("app", "busybox")],
         ),
         reuse_identical: false,
-        at: 1,
-    });
+        at,
+    }
+}
+
+/// Registers task definition `default/web:1` at time 1 and answers it.
+pub(crate) fn register_web(s: &mut State) -> TaskDefinition {
+    s.apply(register_web_at(1));
     s.task_definition("default", &"web:1".parse().expect("ref"))
         .expect("registered")
         .clone()
@@ -245,17 +250,7 @@ fn register_request(id: &str, at: u64) -> Command {
     Command::Request {
         id: id.into(),
         at,
-        command: Box::new(Command::RegisterTaskDefinition {
-            namespace: "default".into(),
-            spec: TaskDefinitionSpec::new(
-                "web",
-                256,
-                64,
-                vec![ContainerDefinition::new("app", "busybox")],
-            ),
-            reuse_identical: false,
-            at,
-        }),
+        command: Box::new(register_web_at(at)),
     }
 }
 
