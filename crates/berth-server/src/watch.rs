@@ -4,7 +4,7 @@
 use std::pin::Pin;
 
 use berth_proto::v1 as pb;
-use berth_state::Object;
+use berth_state::ObjectRef;
 use berth_store::changes::{Change, ObjectChange};
 use berth_store::Store;
 use futures::Stream;
@@ -48,11 +48,14 @@ fn wanted(filter: &Filter, e: &pb::WatchEvent) -> bool {
 
 /// Whether a listed object may interest the watcher (checked before it is copied; the event
 /// is checked again as every event is).
-fn wanted_object(filter: &Filter, object: &Object) -> bool {
+fn wanted_object(filter: &Filter, object: &ObjectRef<'_>) -> bool {
     let namespace = match object {
-        Object::Task(t) => Some(t.namespace.as_str()),
-        Object::Service(s) => Some(s.namespace.as_str()),
-        Object::TaskDefinition(d) => Some(d.namespace.as_str()),
+        // The answers kept for retried writes are no watcher's business (nor in the change
+        // feed).
+        ObjectRef::Request(_) => return false,
+        ObjectRef::Task(t) => Some(t.namespace.as_str()),
+        ObjectRef::Service(s) => Some(s.namespace.as_str()),
+        ObjectRef::TaskDefinition(d) => Some(d.namespace.as_str()),
         _ => None,
     };
     match (&filter.namespace, namespace) {
@@ -91,13 +94,13 @@ pub fn watch(store: Store, filter: Filter, from: u64) -> WatchStream {
                     let (revision, objects) = store.listing();
                     last = revision;
                     let mut events: Vec<pb::WatchEvent> = objects
-                        .iter()
+                        .object_refs()
                         .filter(|o| wanted_object(&filter, o))
                         .map(|o| {
                             berth_proto::object_event(
                                 pb::watch_event::Type::Sync,
                                 revision,
-                                o.clone(),
+                                o.cloned(),
                             )
                         })
                         .collect();

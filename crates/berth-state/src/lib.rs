@@ -32,6 +32,8 @@ mod tests_retention;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use imbl::OrdMap;
+
 use berth_model::{
     ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, RemovedTask, Service, Task,
     TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
@@ -46,7 +48,7 @@ pub use command::{
     ScalingDecision, ServiceChange, Unplaced,
 };
 pub use metering::{billable_ms, service_of, Accrual, TaskUsed, UsageClose};
-pub use objects::{Key, Object, ObjectRef};
+pub use objects::{Key, Object, ObjectRef, ObjectsCopy};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
 
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
@@ -54,19 +56,19 @@ pub use services::{initial_desired_count, service_update, ServiceUpdate};
 pub struct State {
     /// Revisions of each `(namespace, family)` by number. Deleted INACTIVE revisions leave
     /// gaps; a family's latest revision is never deleted, so numbers are never reused.
-    task_definitions: BTreeMap<(String, String), BTreeMap<u32, TaskDefinition>>,
-    tasks: BTreeMap<String, Task>,
+    task_definitions: OrdMap<(String, String), OrdMap<u32, TaskDefinition>>,
+    tasks: OrdMap<String, Task>,
     /// Task IDs by the node they were placed on (derived from `tasks`; a task's node never
     /// changes once set), so a node's tasks are found without scanning every task.
     tasks_by_node: BTreeMap<String, BTreeSet<String>>,
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<(String, String), Service>,
     /// Client tokens of recent `CreateTasks`, for deduplicating retries.
-    client_tokens: BTreeMap<String, ClientToken>,
+    client_tokens: OrdMap<String, ClientToken>,
     /// `(at, token)`, oldest first, to expire tokens.
     token_ages: BTreeSet<(Timestamp, String)>,
     /// The answers of recent [`Command::Request`]s by request ID, for deduplicating retries.
-    requests: BTreeMap<String, AppliedRequest>,
+    requests: OrdMap<String, AppliedRequest>,
     /// Request IDs by `seq`, oldest first, to expire them.
     request_order: BTreeMap<u64, String>,
     /// Clients' API tokens by ID.
@@ -110,7 +112,7 @@ pub struct State {
     /// deleted only when none does.
     revision_users: BTreeMap<RevisionKey, usize>,
     /// Tasks the retention removed, by ID, until the retention forgets them too.
-    removed: BTreeMap<String, RemovedTask>,
+    removed: OrdMap<String, RemovedTask>,
     /// `(removed at, ID)` of `removed`, oldest first (derived).
     removed_ages: BTreeSet<(Timestamp, String)>,
     /// IDs of `removed` by the node they ran on (derived): their logs there can go.
@@ -118,9 +120,9 @@ pub struct State {
     /// Where the metering ledger stands; none until its first bucket closes.
     ledger: Option<berth_model::Ledger>,
     /// The ledger's closed buckets by start, oldest first.
-    buckets: BTreeMap<Timestamp, berth_model::LedgerBucket>,
+    buckets: OrdMap<Timestamp, berth_model::LedgerBucket>,
     /// What each task accrued in the closed buckets, by task ID (removed with the task).
-    task_usage: BTreeMap<String, berth_model::TaskUsage>,
+    task_usage: OrdMap<String, berth_model::TaskUsage>,
 }
 
 impl State {

@@ -189,50 +189,78 @@ impl Object {
     }
 }
 
+/// Every stored object of a [`State`] as it was when [`State::objects_copy`] took it, without
+/// the state's derived indices: what a snapshot is written from, outside the state's lock.
+#[derive(Debug, Clone)]
+pub struct ObjectsCopy(State);
+
+impl ObjectsCopy {
+    /// Every object of the copy, borrowed.
+    pub fn object_refs(&self) -> impl Iterator<Item = ObjectRef<'_>> + '_ {
+        self.0.object_refs()
+    }
+}
+
 impl State {
     /// Every stored object, for snapshots.
     pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        self.object_refs().map(ObjectRef::cloned)
+    }
+
+    /// Every stored object, borrowed.
+    pub fn object_refs(&self) -> impl Iterator<Item = ObjectRef<'_>> + '_ {
         let defs = self
             .task_definitions
             .values()
             .flat_map(|revs| revs.values())
-            .cloned()
-            .map(Object::TaskDefinition);
-        let tasks = self.tasks.values().cloned().map(Object::Task);
-        let nodes = self.nodes.values().cloned().map(Object::Node);
-        let tokens = self
-            .client_tokens
-            .values()
-            .cloned()
-            .map(Object::ClientToken);
-        let services = self.services.values().cloned().map(Object::Service);
-        let api_tokens = self.api_tokens.values().cloned().map(Object::ApiToken);
-        let join_tokens = self.join_tokens.values().cloned().map(Object::JoinToken);
-        let namespaces = self.namespaces.values().cloned().map(Object::Namespace);
-        let certificates = self
-            .certificates
-            .values()
-            .cloned()
-            .map(Object::Certificates);
-        defs.chain(tasks)
-            .chain(nodes)
-            .chain(tokens)
-            .chain(services)
-            .chain(api_tokens)
-            .chain(join_tokens)
-            .chain(namespaces)
-            .chain(certificates)
-            .chain(self.ca_rotation.clone().map(Object::CaRotation))
-            .chain(self.secrets.values().cloned().map(Object::Secret))
+            .map(ObjectRef::TaskDefinition);
+        defs.chain(self.tasks.values().map(ObjectRef::Task))
+            .chain(self.nodes.values().map(ObjectRef::Node))
+            .chain(self.client_tokens.values().map(ObjectRef::ClientToken))
+            .chain(self.services.values().map(ObjectRef::Service))
+            .chain(self.api_tokens.values().map(ObjectRef::ApiToken))
+            .chain(self.join_tokens.values().map(ObjectRef::JoinToken))
+            .chain(self.namespaces.values().map(ObjectRef::Namespace))
+            .chain(self.certificates.values().map(ObjectRef::Certificates))
+            .chain(self.ca_rotation.as_ref().map(ObjectRef::CaRotation))
+            .chain(self.secrets.values().map(ObjectRef::Secret))
             .chain(
                 (self.secret_keys != SecretKeys::default())
-                    .then(|| Object::SecretKeys(self.secret_keys.clone())),
+                    .then_some(ObjectRef::SecretKeys(&self.secret_keys)),
             )
-            .chain(self.removed.values().cloned().map(Object::RemovedTask))
-            .chain(self.ledger.clone().map(Object::Ledger))
-            .chain(self.buckets.values().cloned().map(Object::LedgerBucket))
-            .chain(self.task_usage.values().cloned().map(Object::TaskUsage))
-            .chain(self.requests.values().cloned().map(Object::Request))
+            .chain(self.removed.values().map(ObjectRef::RemovedTask))
+            .chain(self.ledger.as_ref().map(ObjectRef::Ledger))
+            .chain(self.buckets.values().map(ObjectRef::LedgerBucket))
+            .chain(self.task_usage.values().map(ObjectRef::TaskUsage))
+            .chain(self.requests.values().map(ObjectRef::Request))
+    }
+
+    /// A copy of every stored object, cheap to take under the state's lock: the maps that grow
+    /// with the work (task definitions, tasks, removed tasks, their usage, requests, client
+    /// tokens, ledger buckets) are persistent maps, shared with `self` until either changes
+    /// them (each change then copies only the path to what it changes); the others are a few
+    /// objects per node, service, token or namespace and copied.
+    pub fn objects_copy(&self) -> ObjectsCopy {
+        ObjectsCopy(State {
+            task_definitions: self.task_definitions.clone(),
+            tasks: self.tasks.clone(),
+            nodes: self.nodes.clone(),
+            client_tokens: self.client_tokens.clone(),
+            services: self.services.clone(),
+            api_tokens: self.api_tokens.clone(),
+            join_tokens: self.join_tokens.clone(),
+            namespaces: self.namespaces.clone(),
+            certificates: self.certificates.clone(),
+            ca_rotation: self.ca_rotation.clone(),
+            secrets: self.secrets.clone(),
+            secret_keys: self.secret_keys.clone(),
+            removed: self.removed.clone(),
+            ledger: self.ledger.clone(),
+            buckets: self.buckets.clone(),
+            task_usage: self.task_usage.clone(),
+            requests: self.requests.clone(),
+            ..State::default()
+        })
     }
 
     /// The object stored under `key`, if any.

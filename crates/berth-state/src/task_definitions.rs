@@ -33,11 +33,16 @@ impl State {
             }
         }
         let mut done = Vec::new();
-        for d in revs
-            .values_mut()
+        let deregistered: Vec<u32> = revs
+            .values()
             .filter(|d| revision.is_none_or(|r| r == d.revision))
             .filter(|d| d.status == TaskDefinitionStatus::Active)
-        {
+            .map(|d| d.revision)
+            .collect();
+        for r in deregistered {
+            let Some(d) = revs.get_mut(&r) else {
+                continue;
+            };
             d.status = TaskDefinitionStatus::Inactive;
             d.deregistered_at = Some(at);
             changed.push(Key::TaskDefinition {

@@ -489,7 +489,8 @@ proptest::proptest! {
     #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
 
     /// Whatever commands apply, in whatever order, alone or batched, the indexes kept as they
-    /// apply equal the ones rebuilt from the objects.
+    /// apply equal the ones rebuilt from the objects; and a copy of the objects taken before
+    /// each round still holds the state as it was then.
     #[test]
     fn incremental_indexes_equal_rebuilt_ones_after_any_history(
         history in proptest::collection::vec(
@@ -515,6 +516,7 @@ proptest::proptest! {
         }
         let mut at = 10;
         for (steps, batched) in &history {
+            let (before, copy) = (s.clone(), s.objects_copy());
             if *batched {
                 // Each command reads the state as it was before the batch.
                 let commands = steps
@@ -534,6 +536,8 @@ proptest::proptest! {
             }
             let rebuilt = State::from_objects(s.objects());
             proptest::prop_assert!(rebuilt == s, "after {steps:?} (batched: {batched})");
+            let copied = State::from_objects(copy.object_refs().map(ObjectRef::cloned));
+            proptest::prop_assert!(copied == before, "copy before {steps:?}");
         }
     }
 }

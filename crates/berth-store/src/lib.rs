@@ -741,7 +741,7 @@ impl Store {
     /// another still sends it and it is recent — at most [`LISTING_REUSE`] revisions old, and
     /// still followed by the change feed, from which each watcher catches up — instead of a
     /// copy per watcher.
-    pub fn listing(&self) -> (u64, Arc<Vec<berth_state::Object>>) {
+    pub fn listing(&self) -> (u64, Arc<berth_state::ObjectsCopy>) {
         let mut cached = self
             .shared
             .listing
@@ -762,13 +762,9 @@ impl Store {
             }
         }
         // The revision is read before the state: the state may be newer, so some changes
-        // come twice to the watcher, which is harmless; none is missed. The answers kept for
-        // retried writes are no watcher's business (nor in the change feed).
-        let objects: Arc<Vec<berth_state::Object>> = Arc::new(self.read_stale(|s| {
-            s.objects()
-                .filter(|o| !matches!(o, berth_state::Object::Request(_)))
-                .collect()
-        }));
+        // come twice to the watcher, which is harmless; none is missed. A persistent copy:
+        // taking it under the state's lock costs about nothing, whatever the state holds.
+        let objects = Arc::new(self.read_stale(berth_state::State::objects_copy));
         // Kept only while a watcher still holds it: no copy of the state outlives its readers.
         *cached = Some((now, Arc::downgrade(&objects)));
         (now, objects)

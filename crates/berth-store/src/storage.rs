@@ -466,7 +466,7 @@ pub struct Shared {
     pub node_changes: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
     /// The last listing of every object, shared by watchers that start while it is recent
     /// (`Store::listing`).
-    pub listing: std::sync::Mutex<Option<(u64, std::sync::Weak<Vec<Object>>)>>,
+    pub listing: std::sync::Mutex<Option<(u64, std::sync::Weak<berth_state::ObjectsCopy>)>>,
 }
 
 impl Shared {
@@ -754,55 +754,47 @@ impl StateMachine {
     }
 }
 
-/// Builds snapshots from the database as it was when the builder was made: a redb read
-/// transaction, which sees that commit however many come after it and holds no lock. (The
-/// objects table is what was applied: `apply` returns only once its objects are written.)
-/// No copy of the state is made, and appliers and readers never wait for one.
+/// Builds snapshots from a copy of the state's objects taken when the builder was made
+/// ([`State::objects_copy`]: persistent maps, so taking it under the state's lock costs
+/// about nothing, and appliers and readers never wait for the build). Neither a deep copy
+/// (which held up applying and linearizable reads for as long as it took) nor a redb read
+/// transaction (while one lives, redb cannot reuse the pages later commits free: the soak's
+/// database file doubled under the churn of a build).
 pub struct SnapshotBuilder {
     /// Taken by the build (openraft builds once per builder).
-    txn: Option<Result<redb::ReadTransaction, SError>>,
+    objects: Option<berth_state::ObjectsCopy>,
     meta: SnapshotMeta<NodeId, BerthNode>,
     db: Arc<Database>,
     snapshots: SnapshotFiles,
 }
 
-/// A snapshot's bytes from the objects table read in `txn`: the JSON of [`SnapshotData`],
-/// made of each object's stored JSON as it is (never decoded), then compressed as
-/// [`encode_compressed`] does. The JSON is copied out first and `txn` ended before the
-/// compression: while a read transaction lives, redb cannot reuse the pages later commits
-/// free, and the seconds compression takes under the churn doubled the database file.
-/// Blocking.
-fn snapshot_from(txn: redb::ReadTransaction) -> Result<Vec<u8>, SError> {
-    let mut json = b"{\"objects\":[".to_vec();
-    {
-        let table = txn.open_table(OBJECTS).map_err(read_err)?;
-        for (i, item) in table.iter().map_err(read_err)?.enumerate() {
-            let (_, v) = item.map_err(read_err)?;
-            if i > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(v.value());
+/// A snapshot's bytes: the JSON of [`SnapshotData`] holding `objects`, each encoded as the
+/// objects table stores it, compressed as [`encode_compressed`] does. Blocking.
+fn snapshot_of(objects: &berth_state::ObjectsCopy) -> Result<Vec<u8>, SError> {
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(vec![DEFLATED], flate2::Compression::fast());
+    encoder.write_all(b"{\"objects\":[").map_err(write_err)?;
+    for (i, object) in objects.object_refs().enumerate() {
+        if i > 0 {
+            encoder.write_all(b",").map_err(write_err)?;
         }
+        serde_json::to_writer(&mut encoder, &object).map_err(write_err)?;
     }
-    drop(txn);
-    json.extend_from_slice(b"]}");
-    let mut out = Vec::with_capacity(json.len() / 4 + 16);
-    out.push(DEFLATED);
-    let mut encoder = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
-    encoder.write_all(&json).map_err(write_err)?;
+    encoder.write_all(b"]}").map_err(write_err)?;
     encoder.finish().map_err(write_err)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    /// Encodes what the read transaction sees and writes it, off the async workers.
+    /// Encodes the copy and writes it, off the async workers.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (db, meta) = (self.db.clone(), self.meta.clone());
         let snapshots = self.snapshots.clone();
-        let txn = self.txn.take();
+        let objects = self.objects.take();
         let data = blocking(move || {
-            let txn =
-                txn.ok_or_else(|| read_err(std::io::Error::other("a snapshot built twice")))??;
-            let data = snapshot_from(txn)?;
+            let objects =
+                objects.ok_or_else(|| read_err(std::io::Error::other("a snapshot built twice")))?;
+            let data = snapshot_of(&objects)?;
+            drop(objects);
             StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
             Ok(data)
         })
@@ -837,15 +829,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
-        // Failing to begin one fails the build, which openraft reports.
-        let txn = Some(self.db.begin_read().map_err(read_err));
+        let objects = Some(self.shared.read().objects_copy());
         let last = self.last_applied;
         let snapshot_id = match last {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
         };
         SnapshotBuilder {
-            txn,
+            objects,
             meta: SnapshotMeta {
                 last_log_id: last,
                 last_membership: self.membership.clone(),
@@ -949,7 +940,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_read_from_the_database_holds_every_object_as_of_its_transaction() {
+    fn a_snapshot_holds_every_object_as_of_its_copy_each_as_the_database_stores_it() {
         let db = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("database");
@@ -964,23 +955,31 @@ mod tests {
                     .1,
             );
         }
-        let persist = |state: &State, keys: &[Key]| {
-            let objects = StateMachine::encode_changes(state, keys).expect("encode");
-            StateMachine::persist(&db, &objects, b"null", b"null").expect("persist")
-        };
-        persist(&state, &keys);
-        let txn = db.begin_read().expect("read");
-        // A commit after the transaction began is not in its snapshot.
+        let objects = StateMachine::encode_changes(&state, &keys).expect("encode");
+        StateMachine::persist(&db, &objects, b"null", b"null").expect("persist");
+        let copy = state.objects_copy();
+        // A change after the copy is not in its snapshot.
         let before = state.clone();
         let node = berth_model::Node::new("late", "127.0.0.1:1", 1024, 1024);
-        let (_, late) = state.apply(berth_state::Command::RegisterNode { node, at: 9 });
-        persist(&state, &late);
-        let data = snapshot_from(txn).expect("snapshot");
+        state.apply(berth_state::Command::RegisterNode { node, at: 9 });
+        let data = snapshot_of(&copy).expect("snapshot");
         assert_eq!(data[0], DEFLATED);
         let read: SnapshotData = decode_compressed(&data).expect("decode");
-        assert_eq!(State::from_objects(read.objects), before);
-        let data = snapshot_from(db.begin_read().expect("read")).expect("snapshot");
-        let read: SnapshotData = decode_compressed(&data).expect("decode");
+        assert_eq!(State::from_objects(read.objects.clone()), before);
+        // Each object is the JSON the objects table holds for it.
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(OBJECTS).expect("table");
+        assert_eq!(read.objects.len(), 3);
+        for object in &read.objects {
+            let stored = table
+                .get(object.key().encode().as_str())
+                .expect("read")
+                .expect("stored");
+            assert_eq!(stored.value(), encode(object).expect("encode").as_slice());
+        }
+        let read: SnapshotData =
+            decode_compressed(&snapshot_of(&state.objects_copy()).expect("snapshot"))
+                .expect("decode");
         assert_eq!(State::from_objects(read.objects), state);
     }
 

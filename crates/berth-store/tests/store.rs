@@ -236,6 +236,14 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
     assert_eq!(count, 64);
 }
 
+/// How many objects a listing holds besides the answers kept for retried writes.
+fn listed(objects: &berth_state::ObjectsCopy) -> usize {
+    objects
+        .object_refs()
+        .filter(|o| !matches!(o, berth_state::ObjectRef::Request(_)))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -247,7 +255,7 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     let (again_rev, again) = store.listing();
     assert_eq!(first_rev, again_rev);
     assert!(std::sync::Arc::ptr_eq(&first, &again), "a second copy");
-    assert_eq!(first.len(), 1);
+    assert_eq!(listed(&first), 1);
     // A few writes later it is still shared: watchers catch up from the change feed.
     register_web(&store, false, 2).await;
     assert!(std::sync::Arc::ptr_eq(&first, &store.listing().1));
@@ -268,7 +276,7 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     assert!(rev > first_rev + berth_store::LISTING_REUSE);
     assert_eq!(
         usize::try_from(berth_store::LISTING_REUSE).expect("fits") + 3,
-        fresh.len()
+        listed(&fresh)
     );
     let _ = first_rev;
 }
