@@ -15,6 +15,10 @@ use tokio::process::{Child, Command};
 
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// How long libfaketime keeps a server's clock offset before it reads its file again: a clock
+/// is back only this long after its file says so.
+pub const FAKETIME_CACHE: Duration = Duration::from_secs(1);
+
 /// The port every server listens on inside its own namespace.
 const PORT: u16 = 7400;
 
@@ -274,7 +278,10 @@ impl Cluster {
             .env("LD_PRELOAD", &preload)
             .env("BERTH_CHAOS_FSYNC_DELAY", &fsync_delay)
             .env("FAKETIME_TIMESTAMP_FILE", &clock)
-            .env("FAKETIME_CACHE_DURATION", "1")
+            .env(
+                "FAKETIME_CACHE_DURATION",
+                FAKETIME_CACHE.as_secs().to_string(),
+            )
             // Only the wall clock moves: timers, leases and TTLs run on the monotonic one.
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .stdout(log.try_clone()?)

@@ -7,7 +7,7 @@ use rand::seq::SliceRandom as _;
 use rand::Rng as _;
 use serde::Serialize;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, FAKETIME_CACHE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -228,6 +228,10 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
                 format!("it exited after {} ms", started.elapsed().as_millis())
             } else if applies(cluster, server).await {
                 "it still applies entries: its preallocated file had room".to_owned()
+            } else if exits_within(cluster, server, Duration::from_secs(2)).await {
+                // Its status could not be read because it was exiting: the failing write came
+                // as its applied index was read (three reports of the 20-minute run).
+                format!("it exited after {} ms", started.elapsed().as_millis())
             } else {
                 violations.push(format!(
                     "server {} still runs {FULL_DISK_EXIT:?} after its disk filled up, but applies no entries",
@@ -309,7 +313,13 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
                 cluster.spawn(s, &[])?;
             }
         }
-        Undo::Clock(server) => std::fs::write(&cluster.servers[server].clock, "+0\n")?,
+        Undo::Clock(server) => {
+            std::fs::write(&cluster.servers[server].clock, "+0\n")?;
+            // Until libfaketime reads the file again the server still runs on the moved
+            // clock: a join right after (the corrupt fault's) got a certificate issued an
+            // hour ahead, not yet valid for its peers.
+            tokio::time::sleep(FAKETIME_CACHE + Duration::from_millis(500)).await;
+        }
         Undo::FreeDisk(server, filler) => {
             std::fs::remove_file(&filler)?;
             if !cluster.running(server) {
@@ -327,6 +337,15 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
 
 /// Whether server `i` answers and its applied index moves within 3 s (the workload writes
 /// all the time).
+/// Whether server `i` is gone or goes within `within`.
+async fn exits_within(cluster: &mut Cluster, i: usize, within: Duration) -> bool {
+    let started = std::time::Instant::now();
+    while cluster.running(i) && started.elapsed() < within {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    !cluster.running(i)
+}
+
 async fn applies(cluster: &Cluster, i: usize) -> bool {
     let applied = || async {
         let status = tokio::time::timeout(Duration::from_secs(5), cluster.status(i))
