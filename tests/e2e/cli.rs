@@ -269,12 +269,28 @@ async fn prometheus_metrics_are_served_next_to_the_grpc_api() -> anyhow::Result<
         "berth_placements_total 1",
         "berth_agent_connections 1",
         "berth_nodes{state=\"ACTIVE\"} 1",
+        "berth_objects{kind=\"task\"} 1",
+        "berth_objects{kind=\"node\"} 1",
         "berth_api_request_duration_seconds_count{method=\"/berth.v1.Berth/RunTask\"} 1",
     ] {
         assert!(
             body.lines().any(|l| l == line),
             "missing {line:?} in:\n{body}"
         );
+    }
+    // The store's sizes: a log, objects, and the file that holds them.
+    for series in [
+        "berth_store_log_entries",
+        "berth_store_log_bytes",
+        "berth_store_object_bytes",
+        "berth_store_file_bytes",
+    ] {
+        let value: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {series} in:\n{body}"))?;
+        assert!(value > 0, "{series} is 0");
     }
     assert!(
         body.contains("berth_scheduling_latency_seconds_bucket"),

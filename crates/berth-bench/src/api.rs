@@ -70,6 +70,23 @@ pub(crate) async fn metric(addr: &str, series: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Several series of one scrape of the server at `addr`'s `/metrics`, in the order asked
+/// (none for a series it does not show, all none when it does not answer).
+pub(crate) async fn metrics(addr: &str, series: &[&str]) -> Vec<Option<u64>> {
+    let body = scrape(addr, addr, berth_tests::Scrape::Token)
+        .await
+        .unwrap_or_default();
+    series
+        .iter()
+        .map(|name| {
+            let needle = format!("{name} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(&needle))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
 /// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
 /// the epoch) by task ID.
 pub(crate) async fn submit(

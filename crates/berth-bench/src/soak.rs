@@ -38,6 +38,9 @@ const PROBES: u32 = 5;
 /// The steady caller's pause between API calls: about a hundred calls a sample, so a tenth
 /// of the run's p99 stands on a few thousand calls, not on its few slowest.
 const API_PAUSE: Duration = Duration::from_millis(20);
+/// The kinds of objects whose counts are sampled: what the churn makes and the retention
+/// removes.
+const KINDS: [&str; 5] = ["task", "removed-task", "task-usage", "request", "taskdef"];
 
 /// What one sample saw.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +54,12 @@ struct Sample {
     /// Per server, MiB its `raft` data dir's files are long (redb grows its file in steps and
     /// fills it; `disk` is what is used of it).
     files: Vec<f64>,
+    /// Per server, MiB of Raft log entries its database holds (`berth_store_log_bytes`).
+    log: Vec<f64>,
+    /// Per server, MiB of objects its database holds (`berth_store_object_bytes`).
+    objects: Vec<f64>,
+    /// Server 1's count of each of [`KINDS`] (`berth_objects`).
+    kinds: Vec<u64>,
     /// API calls' latencies, ms.
     api: Vec<f64>,
     /// Probe tasks' RunTask → RUNNING, ms.
@@ -93,6 +102,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
     let mut next_deploy = Instant::now() + DEPLOY_EVERY;
     let mut probes: Vec<String> = Vec::new();
     let data_dirs: Vec<PathBuf> = cluster.servers.iter().map(|s| s.data_dir.clone()).collect();
+    let addrs: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
     let pids: Vec<u32> = cluster
         .servers
         .iter()
@@ -123,14 +133,18 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
             next_deploy = Instant::now() + DEPLOY_EVERY;
         }
         if Instant::now() >= next_sample {
-            let mut s = sample(&mut client, &pids, &data_dirs, &probes).await?;
+            let mut s = sample(&mut client, &pids, &data_dirs, &addrs, &probes).await?;
             s.at = started.elapsed().as_secs_f64();
             s.api = api.take()?;
+            let round = |v: &[f64]| v.iter().map(|v| v.round()).collect::<Vec<_>>();
             eprintln!(
-                "soak: {:>5.0}s {submitted:>8} submitted, rss {:?} MiB, disk {:?} MiB",
+                "soak: {:>5.0}s {submitted:>8} submitted, rss {:?} MiB, disk {:?} MiB, log {:?} MiB, objects {:?} MiB, {KINDS:?} {:?}",
                 s.at,
-                s.rss.iter().map(|v| v.round()).collect::<Vec<_>>(),
-                s.disk.iter().map(|v| v.round()).collect::<Vec<_>>()
+                round(&s.rss),
+                round(&s.disk),
+                round(&s.log),
+                round(&s.objects),
+                s.kinds,
             );
             samples.push(s);
             probes = run_probes(&mut client).await?;
@@ -226,9 +240,27 @@ async fn sample(
     client: &mut berth_tests::Api,
     pids: &[u32],
     data_dirs: &[PathBuf],
+    addrs: &[String],
     probes: &[String],
 ) -> anyhow::Result<Sample> {
     let mut s = Sample::default();
+    let mib = |v: Option<u64>| v.unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    for (i, addr) in addrs.iter().enumerate() {
+        let kinds: Vec<String> = KINDS
+            .iter()
+            .map(|k| format!("berth_objects{{kind=\"{k}\"}}"))
+            .collect();
+        let mut series = vec!["berth_store_log_bytes", "berth_store_object_bytes"];
+        if i == 0 {
+            series.extend(kinds.iter().map(String::as_str));
+        }
+        let values = crate::api::metrics(addr, &series).await;
+        s.log.push(mib(values[0]));
+        s.objects.push(mib(values[1]));
+        if i == 0 {
+            s.kinds = values[2..].iter().map(|v| v.unwrap_or(0)).collect();
+        }
+    }
     for pid in pids {
         s.rss.push(rss_mib(*pid)?);
     }
@@ -337,7 +369,12 @@ fn write_series(samples: &[Sample]) -> anyhow::Result<()> {
     let servers = samples.first().map_or(0, |s| s.rss.len());
     let mut csv = String::from("at_s");
     for i in 1..=servers {
-        csv.push_str(&format!(",s{i}_rss_mib,s{i}_disk_mib,s{i}_file_mib"));
+        csv.push_str(&format!(
+            ",s{i}_rss_mib,s{i}_disk_mib,s{i}_file_mib,s{i}_log_mib,s{i}_objects_mib"
+        ));
+    }
+    for kind in KINDS {
+        csv.push_str(&format!(",s1_{}", kind.replace('-', "_")));
     }
     csv.push_str(",api_max_ms,scheduling_max_ms\n");
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
@@ -345,9 +382,12 @@ fn write_series(samples: &[Sample]) -> anyhow::Result<()> {
         csv.push_str(&format!("{:.0}", s.at));
         for i in 0..servers {
             csv.push_str(&format!(
-                ",{:.1},{:.1},{:.1}",
-                s.rss[i], s.disk[i], s.files[i]
+                ",{:.1},{:.1},{:.1},{:.1},{:.1}",
+                s.rss[i], s.disk[i], s.files[i], s.log[i], s.objects[i]
             ));
+        }
+        for count in &s.kinds {
+            csv.push_str(&format!(",{count}"));
         }
         csv.push_str(&format!(",{:.1},{:.1}\n", max(&s.api), max(&s.scheduling)));
     }

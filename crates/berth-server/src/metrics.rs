@@ -21,6 +21,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UsageLabel {
     namespace: String,
     /// Empty for tasks run on their own.
@@ -48,6 +53,11 @@ struct Inner {
     raft_leader: Gauge,
     tasks: Family<StateLabel, Gauge>,
     nodes: Family<StateLabel, Gauge>,
+    objects: Family<KindLabel, Gauge>,
+    store_log_entries: Gauge,
+    store_log_bytes: Gauge,
+    store_object_bytes: Gauge,
+    store_file_bytes: Gauge,
     pub placements: Counter,
     pub scheduling_latency: Histogram,
     pub agent_connections: Gauge,
@@ -100,6 +110,36 @@ impl Default for Metrics {
             ),
             tasks: registered(r, "tasks", "Tasks by last status", Family::default()),
             nodes: registered(r, "nodes", "Nodes by status", Family::default()),
+            objects: registered(
+                r,
+                "objects",
+                "Objects in this server's state by kind (stopped tasks until the retention removes them, the retention's tombstones, kept answers)",
+                Family::default(),
+            ),
+            store_log_entries: registered(
+                r,
+                "store_log_entries",
+                "Entries in this server's Raft log (since the last purge)",
+                Gauge::default(),
+            ),
+            store_log_bytes: registered(
+                r,
+                "store_log_bytes",
+                "Bytes of this server's Raft log entries as stored (compressed)",
+                Gauge::default(),
+            ),
+            store_object_bytes: registered(
+                r,
+                "store_object_bytes",
+                "Bytes of the objects this server's database holds",
+                Gauge::default(),
+            ),
+            store_file_bytes: registered(
+                r,
+                "store_file_bytes",
+                "Length of this server's database file (raft.redb; it grows in steps and is reused)",
+                Gauge::default(),
+            ),
             placements: registered(
                 r,
                 "placements",
@@ -187,7 +227,13 @@ impl Metrics {
         ));
         i.raft_leader
             .set(i64::from(status.leader == Some(status.id)));
-        let (counts, nodes, totals) = store.read_stale(|s| {
+        let stored = store.stored();
+        i.store_log_entries.set(as_i64(stored.log_entries));
+        i.store_log_bytes.set(as_i64(stored.log_bytes));
+        i.store_object_bytes.set(as_i64(stored.object_bytes));
+        i.store_file_bytes
+            .set(as_i64(stored.file_bytes.unwrap_or(0)));
+        let (counts, nodes, totals, objects) = store.read_stale(|s| {
             // Live tasks only: stopped ones are counted, not read.
             let mut counts = std::collections::HashMap::new();
             for t in s.live_tasks() {
@@ -200,8 +246,15 @@ impl Metrics {
                 *nodes.entry(n.status).or_insert(0i64) += 1;
             }
             let totals = s.ledger().map(|l| l.totals.clone()).unwrap_or_default();
-            (counts, nodes, totals)
+            (counts, nodes, totals, s.object_counts())
         });
+        for (kind, count) in objects {
+            i.objects
+                .get_or_create(&KindLabel {
+                    kind: kind.to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         // The ledger's running totals only grow: each counter catches up with its total.
         for total in totals {
             let label = UsageLabel {

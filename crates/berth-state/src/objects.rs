@@ -7,6 +7,8 @@ use berth_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use imbl::OrdMap;
+
 use crate::{AppliedRequest, ClientToken, State};
 
 /// The key of one stored object; the state machine persists exactly the keys a command touched.
@@ -233,6 +235,30 @@ impl State {
             .chain(self.buckets.values().map(ObjectRef::LedgerBucket))
             .chain(self.task_usage.values().map(ObjectRef::TaskUsage))
             .chain(self.requests.values().map(ObjectRef::Request))
+    }
+
+    /// How many objects of each kind the state holds (by the name its key is stored under),
+    /// without reading them.
+    pub fn object_counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (
+                "taskdef",
+                self.task_definitions.values().map(OrdMap::len).sum(),
+            ),
+            ("task", self.tasks.len()),
+            ("node", self.nodes.len()),
+            ("token", self.client_tokens.len()),
+            ("service", self.services.len()),
+            ("apitoken", self.api_tokens.len()),
+            ("jointoken", self.join_tokens.len()),
+            ("namespace", self.namespaces.len()),
+            ("certificates", self.certificates.len()),
+            ("secret", self.secrets.len()),
+            ("removed-task", self.removed.len()),
+            ("ledger-bucket", self.buckets.len()),
+            ("task-usage", self.task_usage.len()),
+            ("request", self.requests.len()),
+        ]
     }
 
     /// A copy of every stored object, cheap to take under the state's lock: the maps that grow

@@ -143,6 +143,15 @@ pub struct Store {
     requests: Arc<RequestIds>,
 }
 
+/// What [`Store::stored`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredSizes {
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub object_bytes: u64,
+    pub file_bytes: Option<u64>,
+}
+
 /// Makes the IDs of [`Command::Request`]s: this member, when this process started, and a
 /// count, so no two proposals anywhere share one.
 struct RequestIds {
@@ -265,14 +274,15 @@ impl Store {
             source,
         })?;
         let committed = Arc::new(AtomicU64::new(0));
-        let log = storage::LogStore::new(db.clone(), committed.clone());
+        let load_error = |e: openraft::StorageError<NodeId>| StoreError::Load {
+            path: config.data_dir.join("raft.redb"),
+            source: e.into(),
+        };
+        let log = storage::LogStore::new(db.clone(), committed.clone()).map_err(load_error)?;
         let appended = log.appended();
-        let (sm, shared) = storage::StateMachine::load(db, snapshots, committed).map_err(|e| {
-            StoreError::Load {
-                path: config.data_dir.join("raft.redb"),
-                source: e.into(),
-            }
-        })?;
+        let stored = log.stored();
+        let (sm, shared) =
+            storage::StateMachine::load(db, snapshots, committed, stored).map_err(load_error)?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -790,6 +800,20 @@ impl Store {
     /// Whether this member currently is the leader, as a watch for controllers.
     pub fn leadership(&self) -> watch::Receiver<bool> {
         self.leadership.subscribe()
+    }
+
+    /// How much the database holds: the Raft log's entries and their stored bytes, the
+    /// objects' bytes, and the length of its file (none for a store without one).
+    pub fn stored(&self) -> StoredSizes {
+        let stored = &self.shared.stored;
+        StoredSizes {
+            log_entries: stored.log_entries.load(Ordering::Relaxed),
+            log_bytes: stored.log_bytes.load(Ordering::Relaxed),
+            object_bytes: stored.object_bytes.load(Ordering::Relaxed),
+            file_bytes: std::fs::metadata(self.config.data_dir.join("raft.redb"))
+                .ok()
+                .map(|m| m.len()),
+        }
     }
 
     pub fn cluster_status(&self) -> ClusterStatus {

@@ -283,19 +283,84 @@ pub struct LogStore {
     /// Bytes appended to the log since start, as stored: what sizes snapshots
     /// (`StoreConfig::snapshot_log_bytes`).
     appended: Arc<AtomicU64>,
+    stored: Arc<Stored>,
+}
+
+/// What the database holds, kept up to date as commits land (for `/metrics`: how large the
+/// log and the objects are, beside the file that holds them).
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Entries in the Raft log.
+    pub log_entries: AtomicU64,
+    /// The log's entries' bytes as stored (compressed).
+    pub log_bytes: AtomicU64,
+    /// The stored objects' bytes (their JSON).
+    pub object_bytes: AtomicU64,
+}
+
+impl Stored {
+    /// Counts what `db` holds: once, at start.
+    fn of(db: &Database) -> Result<Self, SError> {
+        let stored = Self::default();
+        let txn = db.begin_read().map_err(read_err)?;
+        for item in txn
+            .open_table(LOG)
+            .map_err(read_err)?
+            .iter()
+            .map_err(read_err)?
+        {
+            let (_, v) = item.map_err(read_err)?;
+            stored.log_entries.fetch_add(1, Ordering::Relaxed);
+            stored
+                .log_bytes
+                .fetch_add(len(v.value()), Ordering::Relaxed);
+        }
+        let objects = txn.open_table(OBJECTS).map_err(read_err)?;
+        for item in objects.iter().map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            stored
+                .object_bytes
+                .fetch_add(len(v.value()), Ordering::Relaxed);
+        }
+        Ok(stored)
+    }
+
+    /// Counts entries added to the log and entries it lost, `(entries, bytes)` each.
+    fn log_changed(&self, added: (u64, u64), removed: (u64, u64)) {
+        change(&self.log_entries, added.0, removed.0);
+        change(&self.log_bytes, added.1, removed.1);
+    }
+}
+
+fn len(bytes: &[u8]) -> u64 {
+    bytes.len() as u64
+}
+
+/// Adds `added` to `counter` and takes `removed` from it, never below zero.
+fn change(counter: &AtomicU64, added: u64, removed: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some((v + added).saturating_sub(removed))
+    });
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>, committed: Arc<AtomicU64>) -> Self {
-        Self {
+    /// The log store over `db`, counting what it holds first ([`Stored`]).
+    pub(crate) fn new(db: Arc<Database>, committed: Arc<AtomicU64>) -> Result<Self, SError> {
+        let stored = Arc::new(Stored::of(&db)?);
+        Ok(Self {
             db,
             committed,
             appended: Arc::default(),
-        }
+            stored,
+        })
     }
 
     pub(crate) fn appended(&self) -> Arc<AtomicU64> {
         self.appended.clone()
+    }
+
+    pub(crate) fn stored(&self) -> Arc<Stored> {
+        self.stored.clone()
     }
 }
 
@@ -395,17 +460,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = match encoded {
             Err(e) => Err(e),
             Ok(encoded) => {
-                let bytes: usize = encoded.iter().map(|(_, b)| b.len()).sum();
-                self.appended.fetch_add(bytes as u64, Ordering::Relaxed);
+                let bytes: u64 = encoded.iter().map(|(_, b)| len(b)).sum();
+                self.appended.fetch_add(bytes, Ordering::Relaxed);
+                let added = (encoded.len() as u64, bytes);
+                let stored = self.stored.clone();
                 blocking(move || {
                     let txn = begin_durable(&db)?;
+                    let mut replaced = (0, 0);
                     {
                         let mut table = txn.open_table(LOG).map_err(write_err)?;
                         for (index, bytes) in &encoded {
-                            table.insert(index, bytes.as_slice()).map_err(write_err)?;
+                            if let Some(old) =
+                                table.insert(index, bytes.as_slice()).map_err(write_err)?
+                            {
+                                replaced = (replaced.0 + 1, replaced.1 + len(old.value()));
+                            }
                         }
                     }
-                    txn.commit().map_err(write_err)
+                    txn.commit().map_err(write_err)?;
+                    stored.log_changed(added, replaced);
+                    Ok(())
                 })
                 .await
             }
@@ -423,32 +497,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
-        let db = self.db.clone();
+        let (db, stored) = (self.db.clone(), self.stored.clone());
         blocking(move || {
             let txn = begin_durable(&db)?;
+            let mut removed = (0, 0);
             txn.open_table(LOG)
                 .map_err(write_err)?
-                .retain_in(log_id.index.., |_, _| false)
+                .retain_in(log_id.index.., |_, v| {
+                    removed = (removed.0 + 1, removed.1 + len(v));
+                    false
+                })
                 .map_err(write_err)?;
-            txn.commit().map_err(write_err)
+            txn.commit().map_err(write_err)?;
+            stored.log_changed((0, 0), removed);
+            Ok(())
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let bytes = encode(&Some(log_id))?;
-        let db = self.db.clone();
+        let (db, stored) = (self.db.clone(), self.stored.clone());
         blocking(move || {
             let txn = begin_durable(&db)?;
             txn.open_table(META)
                 .map_err(write_err)?
                 .insert(PURGED, bytes.as_slice())
                 .map_err(write_err)?;
+            let mut removed = (0, 0);
             txn.open_table(LOG)
                 .map_err(write_err)?
-                .retain_in(..=log_id.index, |_, _| false)
+                .retain_in(..=log_id.index, |_, v| {
+                    removed = (removed.0 + 1, removed.1 + len(v));
+                    false
+                })
                 .map_err(write_err)?;
-            txn.commit().map_err(write_err)
+            txn.commit().map_err(write_err)?;
+            stored.log_changed((0, 0), removed);
+            Ok(())
         })
         .await
     }
@@ -467,6 +553,8 @@ pub struct Shared {
     /// The last listing of every object, shared by watchers that start while it is recent
     /// (`Store::listing`).
     pub listing: std::sync::Mutex<Option<(u64, std::sync::Weak<berth_state::ObjectsCopy>)>>,
+    /// What the database holds.
+    pub stored: Arc<Stored>,
 }
 
 impl Shared {
@@ -545,6 +633,7 @@ impl StateMachine {
         db: Arc<Database>,
         snapshots: SnapshotFiles,
         committed: Arc<AtomicU64>,
+        stored: Arc<Stored>,
     ) -> Result<(Self, Arc<Shared>), SError> {
         let last_applied: Option<LogId<NodeId>> = get_meta(&db, APPLIED)?.flatten();
         let membership = get_meta(&db, MEMBERSHIP)?.unwrap_or_default();
@@ -569,6 +658,7 @@ impl StateMachine {
             )),
             node_changes: std::sync::Mutex::default(),
             listing: std::sync::Mutex::default(),
+            stored,
         });
         let sm = Self {
             db,
@@ -602,28 +692,36 @@ impl StateMachine {
         objects: &Encoded,
         applied: &[u8],
         membership: &[u8],
+        stored: &Stored,
     ) -> Result<(), SError> {
         let mut txn = db.begin_write().map_err(write_err)?;
         txn.set_durability(Durability::None).map_err(write_err)?;
+        let (mut added, mut removed) = (0, 0);
         {
             let mut table = txn.open_table(OBJECTS).map_err(write_err)?;
             for (k, bytes) in objects {
-                match bytes {
+                let old = match bytes {
                     Some(bytes) => {
+                        added += len(bytes);
                         table
                             .insert(k.as_str(), bytes.as_slice())
-                            .map_err(write_err)?;
+                            .map_err(write_err)?
+                            .map(|old| len(old.value()))
                     }
-                    None => {
-                        table.remove(k.as_str()).map_err(write_err)?;
-                    }
-                }
+                    None => table
+                        .remove(k.as_str())
+                        .map_err(write_err)?
+                        .map(|old| len(old.value())),
+                };
+                removed += old.unwrap_or(0);
             }
             let mut meta = txn.open_table(META).map_err(write_err)?;
             meta.insert(APPLIED, applied).map_err(write_err)?;
             meta.insert(MEMBERSHIP, membership).map_err(write_err)?;
         }
-        txn.commit().map_err(write_err)
+        txn.commit().map_err(write_err)?;
+        change(&stored.object_bytes, added, removed);
+        Ok(())
     }
 
     /// Applies `entries` to the in-memory state under its lock, records the changes for
@@ -703,10 +801,11 @@ impl StateMachine {
         meta: &SnapshotMeta<NodeId, BerthNode>,
         data: &[u8],
         replace_objects: Option<&State>,
-    ) -> Result<(), SError> {
+    ) -> Result<Option<u64>, SError> {
         snapshots.write(&meta.snapshot_id, data)?;
         let txn = begin_durable(db)?;
         let replaced: Option<SnapshotMeta<NodeId, BerthNode>>;
+        let mut object_bytes = None;
         {
             let mut meta_table = txn.open_table(META).map_err(write_err)?;
             replaced = match meta_table.get(SNAPSHOT_META).map_err(read_err)? {
@@ -724,7 +823,7 @@ impl StateMachine {
                 drop(meta_table);
                 txn.abort().map_err(write_err)?;
                 snapshots.remove(&meta.snapshot_id);
-                return Ok(());
+                return Ok(None);
             }
             meta_table
                 .insert(SNAPSHOT_META, encode(meta)?.as_slice())
@@ -739,18 +838,22 @@ impl StateMachine {
                     .map_err(write_err)?;
                 let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
                 objects.retain(|_, _| false).map_err(write_err)?;
+                let mut bytes = 0;
                 for obj in state.objects() {
+                    let encoded = encode(&obj)?;
+                    bytes += len(&encoded);
                     objects
-                        .insert(obj.key().encode().as_str(), encode(&obj)?.as_slice())
+                        .insert(obj.key().encode().as_str(), encoded.as_slice())
                         .map_err(write_err)?;
                 }
+                object_bytes = Some(bytes);
             }
         }
         txn.commit().map_err(write_err)?;
         if let Some(old) = replaced.filter(|old| old.snapshot_id != meta.snapshot_id) {
             snapshots.remove(&old.snapshot_id);
         }
-        Ok(())
+        Ok(object_bytes)
     }
 }
 
@@ -822,8 +925,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (results, objects) = self.apply_in_memory(entries)?;
         let (applied, membership) = (encode(&self.last_applied)?, encode(&self.membership)?);
-        let db = self.db.clone();
-        blocking(move || Self::persist(&db, &objects, &applied, &membership)).await?;
+        let (db, stored) = (self.db.clone(), self.shared.stored.clone());
+        blocking(move || Self::persist(&db, &objects, &applied, &membership, &stored)).await?;
         Ok(results)
     }
 
@@ -858,11 +961,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), SError> {
         let data = snapshot.into_inner();
         let (db, snapshot_meta) = (self.db.clone(), meta.clone());
-        let snapshots = self.snapshots.clone();
+        let (snapshots, stored) = (self.snapshots.clone(), self.shared.stored.clone());
         let state = blocking(move || {
             let parsed: SnapshotData = decode_compressed(&data)?;
             let state = State::from_objects(parsed.objects);
-            Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))?;
+            if let Some(bytes) =
+                Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))?
+            {
+                stored.object_bytes.store(bytes, Ordering::Relaxed);
+            }
             Ok(state)
         })
         .await?;
@@ -956,7 +1063,17 @@ mod tests {
             );
         }
         let objects = StateMachine::encode_changes(&state, &keys).expect("encode");
-        StateMachine::persist(&db, &objects, b"null", b"null").expect("persist");
+        let stored = Stored::default();
+        StateMachine::persist(&db, &objects, b"null", b"null", &stored).expect("persist");
+        // What was stored is counted, and counted the same from the file.
+        let bytes: u64 = objects
+            .iter()
+            .filter_map(|(_, b)| b.as_ref())
+            .map(|b| len(b))
+            .sum();
+        assert_eq!(stored.object_bytes.load(Ordering::Relaxed), bytes);
+        let counted = Stored::of(&db).expect("count");
+        assert_eq!(counted.object_bytes.load(Ordering::Relaxed), bytes);
         let copy = state.objects_copy();
         // A change after the copy is not in its snapshot.
         let before = state.clone();

@@ -50,6 +50,7 @@ async fn wait_leader(store: &Store) {
 #[tokio::test]
 async fn state_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let stored;
     {
         let store = open(dir.path()).await;
         assert!(store.bootstrap_if_new().await.expect("bootstrap"));
@@ -63,8 +64,23 @@ async fn state_survives_restart() {
         }
         store.raft().trigger().snapshot().await.expect("snapshot");
         store.shutdown().await;
+        stored = store.stored();
+        // Each object's JSON, as the objects table holds it.
+        let objects = store.read_stale(|s| {
+            s.object_refs()
+                .map(|o| serde_json::to_vec(&o).expect("encode").len() as u64)
+                .sum::<u64>()
+        });
+        assert_eq!(stored.object_bytes, objects);
+        assert!(
+            stored.log_entries >= 4 && stored.log_bytes > 0,
+            "{stored:?}"
+        );
+        assert!(stored.file_bytes.is_some_and(|b| b > 0), "{stored:?}");
     }
     let store = open(dir.path()).await;
+    // Counted again from the file, the same.
+    assert_eq!(store.stored(), stored);
     assert!(
         !store.bootstrap_if_new().await.expect("bootstrap"),
         "restart must not re-bootstrap"
