@@ -92,7 +92,7 @@ impl StoreConfig {
             election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 5000,
-            snapshot_log_bytes: 64 << 20,
+            snapshot_log_bytes: 16 << 20,
             keep_logs: 1000,
             dialer: None,
         }

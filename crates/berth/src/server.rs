@@ -102,7 +102,7 @@ pub(crate) struct ServerArgs {
     pub(crate) snapshot_every: u64,
     /// Build a Raft snapshot (and compact the log) after this many MiB appended to the log (as
     /// stored, compressed), or after --snapshot-every entries, whichever comes first.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 16)]
     pub(crate) snapshot_log_mib: u64,
     /// Log entries kept after a snapshot for followers that are a little behind.
     #[arg(long, default_value_t = 1000)]
