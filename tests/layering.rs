@@ -78,8 +78,10 @@ const PURE: &[&str] = &[
     "berth-control",
 ];
 
-/// What pure crates may use besides each other: data formats and error types.
+/// What pure crates may use besides each other: data formats, error types and data
+/// structures (imbl's persistent maps).
 const PURE_ALLOWED: &[&str] = &[
+    "imbl",
     "serde",
     "serde_json",
     "serde_yaml_ng",
