@@ -299,7 +299,8 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Counts what `db` holds: once, at start.
+    /// Counts the log `db` holds: once, at start (the objects are counted as the state
+    /// machine loads them, [`StateMachine::load`]).
     fn of(db: &Database) -> Result<Self, SError> {
         let stored = Self::default();
         let txn = db.begin_read().map_err(read_err)?;
@@ -313,13 +314,6 @@ impl Stored {
             stored.log_entries.fetch_add(1, Ordering::Relaxed);
             stored
                 .log_bytes
-                .fetch_add(len(v.value()), Ordering::Relaxed);
-        }
-        let objects = txn.open_table(OBJECTS).map_err(read_err)?;
-        for item in objects.iter().map_err(read_err)? {
-            let (_, v) = item.map_err(read_err)?;
-            stored
-                .object_bytes
                 .fetch_add(len(v.value()), Ordering::Relaxed);
         }
         Ok(stored)
@@ -645,6 +639,9 @@ impl StateMachine {
             let table = txn.open_table(OBJECTS).map_err(read_err)?;
             for item in table.iter().map_err(read_err)? {
                 let (_, v) = item.map_err(read_err)?;
+                stored
+                    .object_bytes
+                    .fetch_add(len(v.value()), Ordering::Relaxed);
                 objects.push(decode::<Object>(v.value())?);
             }
         }
@@ -1048,9 +1045,11 @@ mod tests {
 
     #[test]
     fn a_snapshot_holds_every_object_as_of_its_copy_each_as_the_database_stores_it() {
-        let db = redb::Builder::new()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .expect("database");
+        let db = Arc::new(
+            redb::Builder::new()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .expect("database"),
+        );
         init_tables(&db).expect("tables");
         let mut state = State::default();
         let mut keys = Vec::new();
@@ -1064,7 +1063,8 @@ mod tests {
         }
         let objects = StateMachine::encode_changes(&state, &keys).expect("encode");
         let stored = Stored::default();
-        StateMachine::persist(&db, &objects, b"null", b"null", &stored).expect("persist");
+        let membership = encode(&StoredMembership::<NodeId, BerthNode>::default()).expect("encode");
+        StateMachine::persist(&db, &objects, b"null", &membership, &stored).expect("persist");
         // What was stored is counted, and counted the same from the file.
         let bytes: u64 = objects
             .iter()
@@ -1072,7 +1072,15 @@ mod tests {
             .map(|b| len(b))
             .sum();
         assert_eq!(stored.object_bytes.load(Ordering::Relaxed), bytes);
-        let counted = Stored::of(&db).expect("count");
+        let counted = Arc::new(Stored::of(&db).expect("count"));
+        StateMachine::load(
+            db.clone(),
+            SnapshotFiles::in_database(),
+            Arc::default(),
+            counted.clone(),
+        )
+        .map_err(|e| e.to_string())
+        .expect("load");
         assert_eq!(counted.object_bytes.load(Ordering::Relaxed), bytes);
         let copy = state.objects_copy();
         // A change after the copy is not in its snapshot.
