@@ -322,6 +322,10 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
         }
         Undo::FreeDisk(server, filler) => {
             std::fs::remove_file(&filler)?;
+            // A write that failed just before the space came back still stops it, a moment
+            // later (the 10-minute run on c03c5de: its file ran out 20 s into the fault, the
+            // exit came as the filler went, after this check, and it stayed down).
+            exits_within(cluster, server, Duration::from_secs(3)).await;
             if !cluster.running(server) {
                 cluster.spawn(server, &[])?;
             }
@@ -335,8 +339,6 @@ pub async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut StdRng) -> anyh
     })
 }
 
-/// Whether server `i` answers and its applied index moves within 3 s (the workload writes
-/// all the time).
 /// Whether server `i` is gone or goes within `within`.
 async fn exits_within(cluster: &mut Cluster, i: usize, within: Duration) -> bool {
     let started = std::time::Instant::now();
@@ -346,6 +348,8 @@ async fn exits_within(cluster: &mut Cluster, i: usize, within: Duration) -> bool
     !cluster.running(i)
 }
 
+/// Whether server `i` answers and its applied index moves within 3 s (the workload writes
+/// all the time).
 async fn applies(cluster: &Cluster, i: usize) -> bool {
     let applied = || async {
         let status = tokio::time::timeout(Duration::from_secs(5), cluster.status(i))
