@@ -44,6 +44,8 @@ const PROBES: u32 = 5;
 /// The steady caller's pause between API calls: about a hundred calls a sample, so a tenth
 /// of the run's p99 stands on a few thousand calls, not on its few slowest.
 const API_PAUSE: Duration = Duration::from_millis(20);
+/// API calls at least this slow are printed with the time they began.
+const SLOW_CALL_MS: f64 = 200.0;
 /// The kinds of objects whose counts are sampled: what the churn makes and the retention
 /// removes.
 const KINDS: [&str; 5] = ["task", "removed-task", "task-usage", "request", "taskdef"];
@@ -335,6 +337,15 @@ impl ApiProbe {
                     .await
                     .context("describe a service")?;
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
+                if ms >= SLOW_CALL_MS {
+                    // With the wall clock, to set beside the servers' logs (snapshots, purges).
+                    let unix = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                        - ms / 1000.0;
+                    eprintln!("soak: slow API call at unix {unix:.3}: {ms:.0} ms");
+                }
                 kept.lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
                     .push(ms);
