@@ -77,6 +77,12 @@ pub struct StoreConfig {
     pub snapshot_log_bytes: u64,
     /// Log entries kept after a snapshot, for followers that are a little behind.
     pub keep_logs: u64,
+    /// How long one request of a snapshot transfer may take. The request carrying the last
+    /// chunk answers once the member has installed the whole snapshot (decoded it and
+    /// rewritten every object): seconds for a large state. openraft's default, 200 ms, made
+    /// every transfer of the 2-hour chaos run's state time out and start again, forever, so a
+    /// member that re-joined never caught up.
+    pub install_snapshot_timeout: Duration,
     /// How to reach peers: mutual TLS with this server's certificate. `None` only in the
     /// store's own tests.
     pub dialer: Option<berth_tls::net::Dialer>,
@@ -94,6 +100,7 @@ impl StoreConfig {
             snapshot_every: 5000,
             snapshot_log_bytes: 16 << 20,
             keep_logs: 1000,
+            install_snapshot_timeout: Duration::from_secs(60),
             dialer: None,
         }
     }
@@ -297,6 +304,7 @@ impl Store {
             // (group commit, a thousand tasks in a RunTask), so fewer per request keep a busy
             // follower inside that bound instead of timing out and retrying the same payload.
             max_payload_entries: 16,
+            install_snapshot_timeout: config.install_snapshot_timeout.as_millis() as u64,
             ..Default::default()
         }
         .validate()
