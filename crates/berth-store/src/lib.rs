@@ -716,8 +716,8 @@ impl Store {
     /// entries of the term it committed and acknowledged before the restart. The 2-hour chaos
     /// run read revision 205 of a family from such a leader after 206 was acknowledged, 18 ms
     /// before every server was killed. Everything a leader acknowledged is in its log, so until
-    /// it has applied its log as of then, no read is answered. For an elected leader the floor
-    /// is at most a few entries past its first (blank) one, which openraft waits for anyway.
+    /// it has applied its log as of then, no read is answered. For an elected leader it costs
+    /// the first read of the term the entries then in flight; later reads' indexes pass it.
     fn read_floor(&self) -> u64 {
         let (term, last) = {
             let m = self.raft.metrics();
