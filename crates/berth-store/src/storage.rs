@@ -23,7 +23,8 @@ use std::io::{Cursor, Write as _};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -214,17 +215,23 @@ impl SnapshotFiles {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, SError> + Send + 'static,
 ) -> Result<T, SError> {
-    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-    if matches!(
-        flavor,
-        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_)
-    ) {
+    if in_place() {
         return work();
     }
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(e) => Err(write_err(e)),
     }
+}
+
+/// Whether blocking work runs where it is called: outside a runtime, or on a current-thread
+/// one (the deterministic simulation), see [`blocking`].
+fn in_place() -> bool {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    matches!(
+        flavor,
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_)
+    )
 }
 
 /// A write transaction that commits durably in two phases (its pages fsynced, then the header
@@ -248,6 +255,15 @@ pub(crate) fn init_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(OBJECTS)?;
     txn.commit()?;
     Ok(())
+}
+
+/// The last purged log id, as `txn` sees it.
+fn purged_in(txn: &redb::ReadTransaction) -> Result<Option<LogId<NodeId>>, SError> {
+    let table = txn.open_table(META).map_err(read_err)?;
+    match table.get(PURGED).map_err(read_err)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
 }
 
 fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, SError> {
@@ -284,6 +300,88 @@ pub struct LogStore {
     /// (`StoreConfig::snapshot_log_bytes`).
     appended: Arc<AtomicU64>,
     stored: Arc<Stored>,
+    /// Where purges send the index up to which entries go ([`purge_behind`]), once the first
+    /// purge started it.
+    purger: Arc<OnceLock<watch::Sender<u64>>>,
+}
+
+/// Log entries deleted per transaction once a snapshot lets them go.
+const PURGE_CHUNK: u64 = 256;
+
+/// Deletes the oldest log entries up to `upto`, inclusive, at most [`PURGE_CHUNK`] of them,
+/// in a transaction not fsynced on its own (the next append's is); answers whether more
+/// remain.
+fn delete_chunk(db: &Database, stored: &Stored, upto: u64) -> Result<bool, SError> {
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_durability(Durability::None).map_err(write_err)?;
+    let mut removed = (0, 0);
+    let more = {
+        let mut table = txn.open_table(LOG).map_err(write_err)?;
+        let first = table
+            .first()
+            .map_err(write_err)?
+            .map(|(index, _)| index.value());
+        match first {
+            Some(first) if first <= upto => {
+                let end = upto.min(first + PURGE_CHUNK - 1);
+                table
+                    .retain_in(first..=end, |_, v| {
+                        removed = (removed.0 + 1, removed.1 + len(v));
+                        false
+                    })
+                    .map_err(write_err)?;
+                Some(end < upto)
+            }
+            _ => None,
+        }
+    };
+    let Some(more) = more else {
+        txn.abort().map_err(write_err)?;
+        return Ok(false);
+    };
+    txn.commit().map_err(write_err)?;
+    stored.log_changed((0, 0), removed);
+    Ok(more)
+}
+
+/// Deletes purged log entries, a chunk per transaction, whenever `wanted` names a later index;
+/// ends with the store. Raft's core awaits `purge` before it appends, votes or answers
+/// anything else, and the log a snapshot lets go is thousands of entries (16 MiB by default):
+/// deleted in the purge's one transaction, it held up every write and linearizable read for
+/// as long as that took. A chunk at a time, appends get the database between chunks.
+async fn purge_behind(db: Weak<Database>, stored: Arc<Stored>, mut wanted: watch::Receiver<u64>) {
+    while wanted.changed().await.is_ok() {
+        let upto = *wanted.borrow_and_update();
+        let (started, mut chunks) = (Instant::now(), 0u32);
+        let before = stored.log_entries.load(Ordering::Relaxed);
+        loop {
+            // The store is going: leave the rest to the next start's first purge.
+            if wanted.has_changed().is_err() {
+                return;
+            }
+            let Some(db) = db.upgrade() else { return };
+            let stored = stored.clone();
+            chunks += 1;
+            match blocking(move || delete_chunk(&db, &stored, upto)).await {
+                // Let the appends that waited for this chunk go first.
+                Ok(true) => tokio::time::sleep(Duration::from_millis(1)).await,
+                Ok(false) => break,
+                Err(e) => {
+                    // The entries stay (readable, already in the snapshot); the next purge
+                    // deletes them with its own.
+                    tracing::warn!("deleting the log up to {upto} failed: {e}");
+                    break;
+                }
+            }
+        }
+        tracing::info!(
+            upto,
+            entries = before.saturating_sub(stored.log_entries.load(Ordering::Relaxed)),
+            chunks,
+            ms = started.elapsed().as_millis() as u64,
+            "purged the log behind the snapshot"
+        );
+    }
 }
 
 /// What the database holds, kept up to date as commits land (for `/metrics`: how large the
@@ -346,6 +444,7 @@ impl LogStore {
             committed,
             appended: Arc::default(),
             stored,
+            purger: Arc::default(),
         })
     }
 
@@ -369,11 +468,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => None,
         };
         let txn = self.db.begin_read().map_err(read_err)?;
+        // Entries up to the purged index may still be in the table, deleted behind the purge
+        // (`purge_behind`): they are gone all the same, whatever the deletion's progress.
+        let purged = purged_in(&txn)?.map(|p| p.index);
+        if let (Some(start), Some(purged)) = (start, purged) {
+            if start <= purged {
+                return Ok(Vec::new());
+            }
+        }
         let table = txn.open_table(LOG).map_err(read_err)?;
         let mut entries: Vec<Entry<TypeConfig>> = Vec::new();
         for item in table.range(range).map_err(read_err)? {
             let (_, v) = item.map_err(read_err)?;
-            entries.push(decode_compressed(v.value())?);
+            let entry: Entry<TypeConfig> = decode_compressed(v.value())?;
+            if purged.is_none_or(|p| entry.log_id.index > p) {
+                entries.push(entry);
+            }
         }
         // When the start of the range was purged (compacted into a snapshot) while a
         // replication task was about to read it, answer nothing rather than a later suffix:
@@ -393,16 +503,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
-        let last_purged_log_id: Option<LogId<NodeId>> = get_meta(&self.db, PURGED)?;
         let txn = self.db.begin_read().map_err(read_err)?;
+        let last_purged_log_id = purged_in(&txn)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
             Some((_, v)) => Some(decode_compressed::<Entry<TypeConfig>>(v.value())?.log_id),
             None => None,
         };
+        // The last entry, or the purged one when none is later: a follower that installed a
+        // snapshot ahead of its log purges past its last entry, which may stay a while
+        // (`purge_behind`).
+        let last_log_id = match (last, last_purged_log_id) {
+            (Some(last), Some(purged)) if last.index <= purged.index => Some(purged),
+            (last, purged) => last.or(purged),
+        };
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
+            last_log_id,
         })
     }
 
@@ -509,28 +626,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
+    /// Records the purge, then leaves the deletion to [`purge_behind`]. Entries at or below
+    /// the purged index may stay a while (and after a crash, until the next purge): nothing
+    /// reads them, and they are in the snapshot. Not fsynced on its own, like the commit
+    /// index: the deletions come after it, so no crash keeps them without it.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
-        let bytes = encode(&Some(log_id))?;
         let (db, stored) = (self.db.clone(), self.stored.clone());
-        blocking(move || {
-            let txn = begin_durable(&db)?;
-            txn.open_table(META)
-                .map_err(write_err)?
-                .insert(PURGED, bytes.as_slice())
-                .map_err(write_err)?;
-            let mut removed = (0, 0);
-            txn.open_table(LOG)
-                .map_err(write_err)?
-                .retain_in(..=log_id.index, |_, v| {
-                    removed = (removed.0 + 1, removed.1 + len(v));
-                    false
-                })
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)?;
-            stored.log_changed((0, 0), removed);
-            Ok(())
-        })
-        .await
+        let upto = log_id.index;
+        if in_place() {
+            // The simulation: all at once, where the purge is awaited.
+            return blocking(move || {
+                put_meta(&db, PURGED, &Some(log_id), Durability::None)?;
+                while delete_chunk(&db, &stored, upto)? {}
+                Ok(())
+            })
+            .await;
+        }
+        blocking(move || put_meta(&db, PURGED, &Some(log_id), Durability::None)).await?;
+        self.purger
+            .get_or_init(|| {
+                let (wanted, rx) = watch::channel(0);
+                tokio::spawn(purge_behind(
+                    Arc::downgrade(&self.db),
+                    self.stored.clone(),
+                    rx,
+                ));
+                wanted
+            })
+            .send_replace(upto);
+        Ok(())
     }
 }
 
@@ -893,9 +1017,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = blocking(move || {
             let objects =
                 objects.ok_or_else(|| read_err(std::io::Error::other("a snapshot built twice")))?;
+            let started = Instant::now();
             let data = snapshot_of(&objects)?;
             drop(objects);
+            let encoded = started.elapsed();
             StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
+            tracing::info!(
+                id = %meta.snapshot_id,
+                bytes = data.len(),
+                encode_ms = encoded.as_millis() as u64,
+                write_ms = (started.elapsed() - encoded).as_millis() as u64,
+                "snapshot built"
+            );
             Ok(data)
         })
         .await?;
@@ -1106,6 +1239,95 @@ mod tests {
             decode_compressed(&snapshot_of(&state.objects_copy()).expect("snapshot"))
                 .expect("decode");
         assert_eq!(State::from_objects(read.objects), state);
+    }
+
+    /// `count` blank entries from index 1, as appends store them.
+    fn log_of(count: u64) -> Arc<Database> {
+        let db = Arc::new(
+            redb::Builder::new()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .expect("database"),
+        );
+        init_tables(&db).expect("tables");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn.open_table(LOG).expect("table");
+            for index in 1..=count {
+                let entry = Entry::<TypeConfig> {
+                    log_id: log_id(index),
+                    payload: EntryPayload::Blank,
+                };
+                let bytes = encode_compressed(&entry).expect("encode");
+                table.insert(index, bytes.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+        db
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Waits until `log` holds `entries`, by its count.
+    async fn holds(log: &LogStore, entries: u64) {
+        let started = Instant::now();
+        while log.stored.log_entries.load(Ordering::Relaxed) != entries {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the log still holds {} entries, not {entries}",
+                log.stored.log_entries.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_is_recorded_at_once_and_its_entries_deleted_behind_it_chunk_by_chunk() {
+        let db = log_of(2_000);
+        let mut log = LogStore::new(db.clone(), Arc::default()).expect("log");
+        assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 2_000);
+        log.purge(log_id(1_500)).await.expect("purge");
+        // Recorded before it returns; the entries go behind it.
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1_500)));
+        assert_eq!(state.last_log_id, Some(log_id(2_000)));
+        holds(&log, 500).await;
+        let entries = log.try_get_log_entries(1_501..).await.expect("read");
+        assert_eq!(entries.len(), 500);
+        assert_eq!(entries[0].log_id, log_id(1_501));
+        // A range that starts in what was purged answers nothing (never a later suffix).
+        assert!(log.try_get_log_entries(1_400..).await.expect("read").is_empty());
+
+        // A crash after a purge was recorded but before its entries went: they are counted
+        // and kept (nothing reads them), and the next purge deletes them with its own.
+        put_meta(&db, PURGED, &Some(log_id(1_800)), Durability::None).expect("purged");
+        drop(log);
+        let mut log = LogStore::new(db, Arc::default()).expect("log");
+        assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 500);
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1_800)));
+        assert_eq!(state.last_log_id, Some(log_id(2_000)));
+        // Until then, a read from before the purge answers nothing, even where entries stay.
+        assert!(log.try_get_log_entries(1_700..).await.expect("read").is_empty());
+        log.purge(log_id(1_900)).await.expect("purge");
+        holds(&log, 100).await;
+        let entries = log.try_get_log_entries(1_901..).await.expect("read");
+        assert_eq!(entries.len(), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_purged_past_its_last_entry_ends_at_the_purge() {
+        // A follower that installs a snapshot ahead of its log (here at 1,000, its log ending
+        // at 500) purges past its last entry.
+        let mut log = LogStore::new(log_of(500), Arc::default()).expect("log");
+        log.purge(log_id(1_000)).await.expect("purge");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1_000)));
+        assert_eq!(state.last_log_id, Some(log_id(1_000)));
+        holds(&log, 0).await;
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1_000)));
     }
 
     #[test]
