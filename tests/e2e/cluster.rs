@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use berth_tests::{cli, cli_json, join_token, poll, serving, ServerProc, FAST_RAFT};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -573,5 +574,101 @@ async fn a_server_whose_disk_fills_stops_serving_and_exits_and_catches_up_once_f
         (task_ids(&mine).len() == acknowledged).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// A member that joins a cluster whose log was compacted behind a large snapshot gets the
+/// snapshot and catches up: the transfer's last request answers only once the whole state is
+/// installed, which takes far longer than openraft's default snapshot timeout (200 ms, under
+/// which such a member never caught up in the 2-hour chaos run).
+#[tokio::test]
+async fn a_member_joining_a_large_compacted_state_installs_it_and_catches_up() -> anyhow::Result<()>
+{
+    use berth_proto::v1 as pb;
+    // A snapshot every 20 entries, nothing kept behind it: the new member needs the snapshot.
+    let mut s = Servers::start(1, &["--snapshot-every", "20", "--keep-logs", "0"]).await?;
+    let mut api = berth_tests::api(&s.addr(1)).await?;
+    // About 12 MiB of state: 220 revisions with 56 KiB of variables each (a revision holds at
+    // most 64 KiB), of xorshift digits (text that compresses as little as hex can).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let revisions = 220;
+    for _ in 0..revisions {
+        let environment = (0..7)
+            .map(|v| {
+                let value: String = (0..512)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        format!("{x:016x}")
+                    })
+                    .collect();
+                (format!("V{v}"), value)
+            })
+            .collect();
+        api.register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(pb::TaskDefinitionSpec {
+                family: "large".into(),
+                cpu: 16,
+                memory: 16,
+                containers: vec![pb::ContainerDefinition {
+                    name: "app".into(),
+                    image: "127.0.0.1:1/none:latest".into(),
+                    environment,
+                    essential: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            reuse_identical: false,
+        })
+        .await?;
+    }
+
+    s.spawn_unjoined(2).await?;
+    let out = cli(&s.addr(1), &["cluster", "add", "2", &s.addr(2)]).await?;
+    assert!(
+        out.status.success(),
+        "add 2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.proc(1).wait_voters(2, TIMEOUT).await?;
+    // The first revision and the latest, read from server 2's own state, as the leader has
+    // them (a listing of all would exceed the client's 4 MiB answer limit).
+    let second = berth_tests::api(&s.addr(2)).await?;
+    for name in ["large:1", "large"] {
+        let describe = |mut api: berth_tests::Api, stale| async move {
+            api.describe_task_definition(pb::DescribeTaskDefinitionRequest {
+                namespace: String::new(),
+                task_definition: name.into(),
+                stale,
+            })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+        };
+        let leader = describe(api.clone(), false)
+            .await
+            .context("describe at the leader")?;
+        if name == "large" {
+            assert_eq!(leader.revision, revisions, "the latest revision");
+        }
+        poll("server 2 to hold what the leader holds", TIMEOUT, || {
+            let (second, leader) = (second.clone(), &leader);
+            async move { (describe(second, true).await.as_ref() == Some(leader)).then_some(()) }
+        })
+        .await
+        .with_context(|| {
+            let log = std::fs::read_to_string(s.data_dir(2).join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            format!("{name}: server 2's log ends: {}", tail.join("\n"))
+        })?;
+    }
+    let log = std::fs::read_to_string(s.data_dir(2).join("server.log"))?;
+    assert!(
+        log.contains("installed a snapshot from the leader"),
+        "server 2 caught up without a snapshot: {log}"
+    );
     Ok(())
 }

@@ -1093,6 +1093,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (db, snapshot_meta) = (self.db.clone(), meta.clone());
         let (snapshots, stored) = (self.snapshots.clone(), self.shared.stored.clone());
         let state = blocking(move || {
+            let started = Instant::now();
             let parsed: SnapshotData = decode_compressed(&data)?;
             let state = State::from_objects(parsed.objects);
             if let Some(bytes) =
@@ -1100,6 +1101,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             {
                 stored.object_bytes.store(bytes, Ordering::Relaxed);
             }
+            tracing::info!(
+                id = %snapshot_meta.snapshot_id,
+                bytes = data.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "installed a snapshot from the leader"
+            );
             Ok(state)
         })
         .await?;
@@ -1297,7 +1304,11 @@ mod tests {
         assert_eq!(entries.len(), 500);
         assert_eq!(entries[0].log_id, log_id(1_501));
         // A range that starts in what was purged answers nothing (never a later suffix).
-        assert!(log.try_get_log_entries(1_400..).await.expect("read").is_empty());
+        assert!(log
+            .try_get_log_entries(1_400..)
+            .await
+            .expect("read")
+            .is_empty());
 
         // A crash after a purge was recorded but before its entries went: they are counted
         // and kept (nothing reads them), and the next purge deletes them with its own.
@@ -1309,7 +1320,11 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(log_id(1_800)));
         assert_eq!(state.last_log_id, Some(log_id(2_000)));
         // Until then, a read from before the purge answers nothing, even where entries stay.
-        assert!(log.try_get_log_entries(1_700..).await.expect("read").is_empty());
+        assert!(log
+            .try_get_log_entries(1_700..)
+            .await
+            .expect("read")
+            .is_empty());
         log.purge(log_id(1_900)).await.expect("purge");
         holds(&log, 100).await;
         let entries = log.try_get_log_entries(1_901..).await.expect("read");

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use berth_proto::v1 as pb;
 
 use crate::cluster::Cluster;
-use crate::workload::SERVICES;
 
 /// How long the cluster may take to converge after the last fault.
 const CONVERGE: Duration = Duration::from_secs(120);
@@ -134,23 +133,20 @@ async fn converged(cluster: &Cluster) -> Result<(), String> {
 /// The services not (yet) at their desired count, each with its counts.
 async fn services(cluster: &Cluster) -> Result<Vec<String>, String> {
     let mut api = api(&cluster.servers[0].addr).await?;
-    let mut lagging = Vec::new();
-    for name in SERVICES {
-        let s = within(api.describe_service(pb::DescribeServiceRequest {
-            namespace: String::new(),
-            name: (*name).into(),
-            stale: false,
-        }))
+    let listed = within(api.list_services(pb::ListServicesRequest::default()))
         .await
-        .map_err(|e| format!("describe {name}: {e}"))?;
-        if s.running_count != s.desired_count || s.pending_count != 0 {
-            lagging.push(format!(
-                "{name}: desired {}, running {}, pending {}",
-                s.desired_count, s.running_count, s.pending_count
-            ));
-        }
-    }
-    Ok(lagging)
+        .map_err(|e| format!("list services: {e}"))?;
+    Ok(listed
+        .services
+        .iter()
+        .filter(|s| s.running_count != s.desired_count || s.pending_count != 0)
+        .map(|s| {
+            format!(
+                "{}: desired {}, running {}, pending {}",
+                s.name, s.desired_count, s.running_count, s.pending_count
+            )
+        })
+        .collect())
 }
 
 /// A task as the invariants look at it.

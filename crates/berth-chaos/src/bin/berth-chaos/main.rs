@@ -191,6 +191,9 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
             client.run(stop).await;
         });
     }
+    // One more client, which creates and deletes the services of each epoch.
+    let rotator = workload::Client::new(args.clients, &cluster.addresses, seed, recorder.clone());
+    clients.spawn(workload::rotate_services(rotator, stop.clone()));
 
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();

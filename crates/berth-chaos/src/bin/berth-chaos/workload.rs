@@ -23,8 +23,14 @@ pub const FAMILIES: &[&str] = &["fam-a", "fam-b"];
 const FAMILY_EPOCH: Duration = Duration::from_secs(60);
 /// Token runs per client family before the client moves to a new one.
 const RUNS_PER_GROUP: u32 = 50;
-/// Services whose desired counts clients set and read.
-pub const SERVICES: &[&str] = &["svc-a", "svc-b"];
+/// Services whose desired counts clients set and read: `svc-a-E`, `svc-b-E` in epoch E of
+/// [`SERVICE_EPOCH`], so that each one's history (and the checker's states) stays small.
+const SERVICES: &[&str] = &["svc-a", "svc-b"];
+/// How long clients use one generation of services.
+const SERVICE_EPOCH: Duration = Duration::from_secs(60);
+/// How long before its epoch [`rotate_services`] creates a generation, and how long after
+/// the epoch it deletes it.
+const SERVICE_OVERLAP: Duration = Duration::from_secs(15);
 /// Every service's desired count before the run.
 pub const INITIAL_COUNT: u64 = 1;
 /// How long one call may take before it counts as unanswered: the servers' write timeout
@@ -37,24 +43,56 @@ fn group_family(client: u32, group: u32) -> String {
     format!("chaos-c{client}-g{group}")
 }
 
-/// Registers what the workload needs before it starts: the services, at their initial count.
+/// The service `prefix` of epoch `epoch`.
+fn service(prefix: &str, epoch: u64) -> String {
+    format!("{prefix}-{epoch}")
+}
+
+/// What creates (or sets again) service `name` at the initial count.
+fn apply_service(name: &str, image: &str) -> pb::ApplyServiceRequest {
+    pb::ApplyServiceRequest {
+        namespace: String::new(),
+        spec: Some(pb::ServiceSpec {
+            name: name.into(),
+            desired_count: INITIAL_COUNT as u32,
+            ..Default::default()
+        }),
+        template: Some(spec(name, 0, image)),
+        ..Default::default()
+    }
+}
+
+/// Registers what the workload needs before it starts: the first epoch's services, at their
+/// initial count.
 pub async fn prepare(addresses: &str, image: &str) -> anyhow::Result<()> {
     let first = addresses.split(',').next().unwrap_or_default();
     let mut api = berth_tests::api(first).await?;
-    for name in SERVICES {
-        api.apply_service(pb::ApplyServiceRequest {
-            namespace: String::new(),
-            spec: Some(pb::ServiceSpec {
-                name: (*name).into(),
-                desired_count: INITIAL_COUNT as u32,
-                ..Default::default()
-            }),
-            template: Some(spec(name, 0, image)),
-            ..Default::default()
-        })
-        .await?;
+    for prefix in SERVICES {
+        api.apply_service(apply_service(&service(prefix, 0), image))
+            .await?;
     }
     Ok(())
+}
+
+/// Creates each epoch's services [`SERVICE_OVERLAP`] before the epoch starts and deletes
+/// them that long after it ended, until `stop` is set. A creation sets the desired count, so
+/// each attempt is a write of the initial count in the history, answered or not; a deletion
+/// is not in it (reads of a deleted service answer NotFound, which records nothing).
+pub async fn rotate_services(mut client: Client, stop: Arc<AtomicBool>) {
+    let epoch = SERVICE_EPOCH.as_nanos() as u64;
+    let overlap = SERVICE_OVERLAP.as_nanos() as u64;
+    // The next epoch to create, and the oldest one not yet deleted.
+    let (mut create, mut delete) = (1u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let now = client.recorder.now();
+        if now + overlap >= create * epoch && client.create_services(create).await {
+            create += 1;
+        }
+        if now >= (delete + 1) * epoch + overlap && client.delete_services(delete).await {
+            delete += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A small task definition whose content is `tag` (its container's `TAG` variable): `image`
@@ -411,8 +449,63 @@ impl Client {
         self.recorder.with(|h| h.revisions.push(op));
     }
 
+    /// One of the services of the current epoch.
+    fn service(&mut self) -> String {
+        let epoch = self.recorder.now() / SERVICE_EPOCH.as_nanos() as u64;
+        service(SERVICES[self.rng.gen_range(0..SERVICES.len())], epoch)
+    }
+
+    /// Creates epoch `epoch`'s services; answers whether each creation was answered.
+    async fn create_services(&mut self, epoch: u64) -> bool {
+        for prefix in SERVICES {
+            let name = service(prefix, epoch);
+            let server = self.rng.gen_range(0..self.addresses.len());
+            let request = apply_service(&name, &self.recorder.image);
+            let call = self.recorder.now();
+            let outcome = self
+                .call(
+                    server,
+                    |mut api| async move { api.apply_service(request).await },
+                )
+                .await;
+            let output = match outcome {
+                Outcome::Refused | Outcome::Missing => return false,
+                Outcome::Unknown => None,
+                Outcome::Answer(_) => Some(RegisterOutput::Written),
+            };
+            let answered = output.is_some();
+            let op = self.record(&name, call, RegisterInput::Write(INITIAL_COUNT), output);
+            self.recorder.with(|h| h.counts.push(op));
+            if !answered {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Deletes epoch `epoch`'s services; answers whether both are gone or going.
+    async fn delete_services(&mut self, epoch: u64) -> bool {
+        for prefix in SERVICES {
+            let server = self.rng.gen_range(0..self.addresses.len());
+            let request = pb::DeleteServiceRequest {
+                namespace: String::new(),
+                name: service(prefix, epoch),
+            };
+            let outcome = self
+                .call(server, |mut api| async move {
+                    api.delete_service(request).await
+                })
+                .await;
+            if !matches!(outcome, Outcome::Answer(_) | Outcome::Missing) {
+                return false;
+            }
+        }
+        true
+    }
+
     async fn scale(&mut self, server: usize) {
-        let name = SERVICES[self.rng.gen_range(0..SERVICES.len())];
+        let name = self.service();
+        let name = name.as_str();
         let count = self.rng.gen_range(0..=3u32);
         let request = pb::ScaleServiceRequest {
             namespace: String::new(),
@@ -436,7 +529,8 @@ impl Client {
     }
 
     async fn describe_service(&mut self, server: usize) {
-        let name = SERVICES[self.rng.gen_range(0..SERVICES.len())];
+        let name = self.service();
+        let name = name.as_str();
         let request = pb::DescribeServiceRequest {
             namespace: String::new(),
             name: name.to_owned(),
