@@ -136,6 +136,9 @@ async fn services(cluster: &Cluster) -> Result<Vec<String>, String> {
     let listed = within(api.list_services(pb::ListServicesRequest::default()))
         .await
         .map_err(|e| format!("list services: {e}"))?;
+    if listed.services.is_empty() {
+        return Ok(vec!["no service is listed".to_owned()]);
+    }
     Ok(listed
         .services
         .iter()

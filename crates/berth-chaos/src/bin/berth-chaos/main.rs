@@ -253,10 +253,10 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
     for c in 0..args.clients {
         let mut client =
             workload::Client::new(c, &cluster.addresses, seed ^ 0xf1, recorder.clone());
-        // One client reads the families; each lists its own groups of tasks.
+        // One client reads the services and the families; each lists its own groups of tasks.
         let mine = if c == 0 { &families[..] } else { &[] };
         client
-            .final_reads(mine, workload::groups_of(&so_far, c))
+            .final_reads(c == 0, mine, workload::groups_of(&so_far, c))
             .await;
     }
     violations.extend(invariants::check(&cluster).await);

@@ -77,7 +77,8 @@ pub async fn prepare(addresses: &str, image: &str) -> anyhow::Result<()> {
 /// Creates each epoch's services [`SERVICE_OVERLAP`] before the epoch starts and deletes
 /// them that long after it ended, until `stop` is set. A creation sets the desired count, so
 /// each attempt is a write of the initial count in the history, answered or not; a deletion
-/// is not in it (reads of a deleted service answer NotFound, which records nothing).
+/// sets it to 0 while the service drains, so each attempt is a write of 0 (once the service
+/// is gone, reads answer NotFound, which records nothing).
 pub async fn rotate_services(mut client: Client, stop: Arc<AtomicBool>) {
     let epoch = SERVICE_EPOCH.as_nanos() as u64;
     let overlap = SERVICE_OVERLAP.as_nanos() as u64;
@@ -249,9 +250,12 @@ impl Client {
 
     /// Reads every object once, after the faults healed: what the final state holds goes into
     /// the history, so a write acknowledged and then lost is a violation.
-    /// `families` are the families the history names; `groups` how many groups of token runs
-    /// this client went through.
-    pub async fn final_reads(&mut self, families: &[String], groups: u32) {
+    /// `services` whether to read every service's desired count, `families` the families the
+    /// history names, `groups` how many groups of token runs this client went through.
+    pub async fn final_reads(&mut self, services: bool, families: &[String], groups: u32) {
+        if services {
+            self.read_services().await;
+        }
         for family in families {
             let server = self.rng.gen_range(0..self.addresses.len());
             self.list_revisions(server, family).await;
@@ -486,21 +490,50 @@ impl Client {
     /// Deletes epoch `epoch`'s services; answers whether both are gone or going.
     async fn delete_services(&mut self, epoch: u64) -> bool {
         for prefix in SERVICES {
+            let name = service(prefix, epoch);
             let server = self.rng.gen_range(0..self.addresses.len());
             let request = pb::DeleteServiceRequest {
                 namespace: String::new(),
-                name: service(prefix, epoch),
+                name: name.clone(),
             };
+            let call = self.recorder.now();
             let outcome = self
                 .call(server, |mut api| async move {
                     api.delete_service(request).await
                 })
                 .await;
-            if !matches!(outcome, Outcome::Answer(_) | Outcome::Missing) {
+            let output = match outcome {
+                // Gone, or draining already (a deletion before took effect).
+                Outcome::Missing | Outcome::Refused => continue,
+                Outcome::Unknown => None,
+                Outcome::Answer(_) => Some(RegisterOutput::Written),
+            };
+            let answered = output.is_some();
+            let op = self.record(&name, call, RegisterInput::Write(0), output);
+            self.recorder.with(|h| h.counts.push(op));
+            if !answered {
                 return false;
             }
         }
         true
+    }
+
+    /// Reads the desired count of every service listed (after the faults healed: an
+    /// acknowledged scale that is gone is a violation).
+    async fn read_services(&mut self) {
+        let server = self.rng.gen_range(0..self.addresses.len());
+        let outcome = self
+            .call(server, |mut api| async move {
+                api.list_services(pb::ListServicesRequest::default()).await
+            })
+            .await;
+        let Outcome::Answer(listed) = outcome else {
+            return;
+        };
+        for s in listed.services {
+            let server = self.rng.gen_range(0..self.addresses.len());
+            self.describe_service_named(server, &s.name).await;
+        }
     }
 
     async fn scale(&mut self, server: usize) {
@@ -528,9 +561,20 @@ impl Client {
         self.recorder.with(|h| h.counts.push(op));
     }
 
+    /// Reads the desired count of one of the current services, or now and then of one of the
+    /// epoch before (deleted 15 s into this one).
     async fn describe_service(&mut self, server: usize) {
-        let name = self.service();
-        let name = name.as_str();
+        let epoch = self.recorder.now() / SERVICE_EPOCH.as_nanos() as u64;
+        let epoch = if epoch > 0 && self.rng.gen_range(0..4) == 0 {
+            epoch - 1
+        } else {
+            epoch
+        };
+        let name = service(SERVICES[self.rng.gen_range(0..SERVICES.len())], epoch);
+        self.describe_service_named(server, &name).await;
+    }
+
+    async fn describe_service_named(&mut self, server: usize, name: &str) {
         let request = pb::DescribeServiceRequest {
             namespace: String::new(),
             name: name.to_owned(),
