@@ -75,7 +75,7 @@ async fn write_anywhere(addrs: &[String], n: u64) -> Option<Duration> {
 /// kill to the next acknowledged write. The killed server restarts from its data between trials.
 pub(crate) async fn failover(results: &mut Results, trials: usize) -> anyhow::Result<()> {
     let mut cluster = Cluster::start().await?;
-    let mut gaps = Vec::new();
+    let (mut gaps, mut elections) = (Vec::new(), Vec::new());
     for trial in 0..trials {
         let addrs: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
         // Warm: a write succeeds before the kill.
@@ -92,9 +92,14 @@ pub(crate) async fn failover(results: &mut Results, trials: usize) -> anyhow::Re
             .context("leader is ours")?;
         let victim = cluster.servers.remove(i);
         let (id, addr, dir) = (victim.id, victim.addr, victim.data_dir.clone());
+        let others: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
+        let mut watchers = Vec::new();
+        for a in &others {
+            watchers.push(berth_tests::api(a).await?);
+        }
         let killed = Instant::now();
         victim.kill().await?;
-        let others: Vec<String> = cluster.servers.iter().map(|s| s.addr.to_string()).collect();
+        let elected = tokio::spawn(elected(watchers, leader, killed));
         let mut n = 1;
         loop {
             if write_anywhere(&others, n).await.is_some() {
@@ -106,7 +111,14 @@ pub(crate) async fn failover(results: &mut Results, trials: usize) -> anyhow::Re
                 "no write within 30 s of the kill"
             );
         }
-        gaps.push(killed.elapsed().as_secs_f64() * 1000.0);
+        let gap = killed.elapsed().as_secs_f64() * 1000.0;
+        let elected = elected.await?;
+        println!(
+            "failover: trial {trial}: a new leader seen at {} ms, a write acknowledged at {gap:.0} ms after {n} attempt(s)",
+            elected.map_or("(not seen)".to_owned(), |e| format!("{e:.0}"))
+        );
+        gaps.push(gap);
+        elections.extend(elected);
         // Back with its state, as a follower.
         let back = ServerProc::spawn(id, &dir, Some(addr), &[]).await?;
         back.wait_ready().await?;
@@ -117,6 +129,29 @@ pub(crate) async fn failover(results: &mut Results, trials: usize) -> anyhow::Re
             .await?;
     }
     record_percentiles(results, "failover.", &mut gaps);
+    record_percentiles(results, "failover.elected_", &mut elections);
     results.insert("failover.trials".into(), gaps.len() as f64);
     Ok(())
+}
+
+/// How long after `killed` one of the servers behind `apis` first names a leader other than
+/// `old` (polled every 10 ms, for up to 10 s), in ms.
+async fn elected(apis: Vec<berth_tests::Api>, old: u64, killed: Instant) -> Option<f64> {
+    while killed.elapsed() < Duration::from_secs(10) {
+        for api in &apis {
+            let status = tokio::time::timeout(
+                Duration::from_millis(200),
+                api.clone()
+                    .cluster_status(pb::ClusterStatusRequest::default()),
+            )
+            .await;
+            if let Ok(Ok(s)) = status {
+                if s.into_inner().leader.is_some_and(|l| l != old) {
+                    return Some(killed.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
 }
