@@ -328,15 +328,19 @@ impl ApiProbe {
         let task = tokio::spawn(async move {
             for i in 0usize.. {
                 let t = Instant::now();
-                client
+                let described = client
                     .describe_service(pb::DescribeServiceRequest {
                         namespace: String::new(),
                         name: format!("svc-{}", i % SERVICES),
                         stale: false,
                     })
-                    .await
-                    .context("describe a service")?;
+                    .await;
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
+                if let Err(status) = described {
+                    // Said at once: the soak stops at its next sample, without the cause.
+                    eprintln!("soak: an API call failed after {ms:.0} ms: {status}");
+                    anyhow::bail!("describe a service: {status}");
+                }
                 if ms >= SLOW_CALL_MS {
                     // With the wall clock, to set beside the servers' logs (snapshots, purges).
                     let unix = std::time::SystemTime::now()

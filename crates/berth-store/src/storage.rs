@@ -995,16 +995,19 @@ pub struct SnapshotBuilder {
 /// A snapshot's bytes: the JSON of [`SnapshotData`] holding `objects`, each encoded as the
 /// objects table stores it, compressed as [`encode_compressed`] does. Blocking.
 fn snapshot_of(objects: &berth_state::ObjectsCopy) -> Result<Vec<u8>, SError> {
-    let mut encoder =
-        flate2::write::DeflateEncoder::new(vec![DEFLATED], flate2::Compression::fast());
-    encoder.write_all(b"{\"objects\":[").map_err(write_err)?;
+    let encoder = flate2::write::DeflateEncoder::new(vec![DEFLATED], flate2::Compression::fast());
+    // serde_json writes a few bytes at a time, and each write into the encoder is a call into
+    // the compressor: it gets 64 KiB at a time instead.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, encoder);
+    out.write_all(b"{\"objects\":[").map_err(write_err)?;
     for (i, object) in objects.object_refs().enumerate() {
         if i > 0 {
-            encoder.write_all(b",").map_err(write_err)?;
+            out.write_all(b",").map_err(write_err)?;
         }
-        serde_json::to_writer(&mut encoder, &object).map_err(write_err)?;
+        serde_json::to_writer(&mut out, &object).map_err(write_err)?;
     }
-    encoder.write_all(b"]}").map_err(write_err)?;
+    out.write_all(b"]}").map_err(write_err)?;
+    let encoder = out.into_inner().map_err(|e| write_err(e.into_error()))?;
     encoder.finish().map_err(write_err)
 }
 
