@@ -13,6 +13,7 @@
 pub mod changes;
 mod clock;
 mod commit;
+mod elect;
 mod error;
 mod file;
 pub mod network;
@@ -319,6 +320,11 @@ impl Store {
             appended,
             config.snapshot_log_bytes,
         ));
+        tokio::spawn(elect::watch(
+            raft.clone(),
+            config.node_id,
+            config.election_timeout.1,
+        ));
         let metrics = raft.metrics();
         let leads = metrics.borrow().state == ServerState::Leader;
         if leads {
@@ -438,16 +444,26 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `attempt` until it stops answering "not the leader" or the deadline passes.
+    /// Runs `attempt` until it stops answering "not the leader" or the deadline passes: again
+    /// as soon as another leader is known, or every 50 ms.
     async fn retry<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        let mut metrics = self.raft.metrics();
         loop {
+            let leader = metrics.borrow_and_update().current_leader;
             match attempt().await {
                 Err(StoreError::NotLeader { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Again as soon as this member hears of another leader (an election
+                    // ended), or in 50 ms (the leader it named may not have heard yet).
+                    let changed = metrics.wait_for(|m| m.current_leader != leader);
+                    let every = Duration::from_millis(50);
+                    let stopped = matches!(tokio::time::timeout(every, changed).await, Ok(Err(_)));
+                    if stopped {
+                        tokio::time::sleep(every).await; // Raft stopped: no news will come.
+                    }
                 }
                 Err(StoreError::NotLeader { .. }) => {
                     return Err(NoQuorum::NoLeader {
