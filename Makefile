@@ -51,7 +51,10 @@ chaos-short: deps
 	BERTH_BIN=$(CURDIR)/target/debug/berth target/debug/berth-chaos run --duration 20s --every-kind-first
 
 # Benchmarks on a release build; SCENARIO=raft runs one. Results: bench/results/latest.{json,md}.
-bench: deps
+# The peers measured beside berth in the same run come from Debian too (etcd; nginx is above).
+BENCH_PACKAGES := etcd-server
+bench:
+	$(MAKE) deps DEBIAN_PACKAGES="$(DEBIAN_PACKAGES) $(BENCH_PACKAGES)"
 	cargo build --release -p berth -p berth-bench
 	BERTH_BIN=$(CURDIR)/target/release/berth target/release/berth-bench $(SCENARIO)
 

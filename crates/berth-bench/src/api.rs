@@ -87,31 +87,54 @@ pub(crate) async fn metrics(addr: &str, series: &[&str]) -> Vec<Option<u64>> {
         .collect()
 }
 
-/// Runs `tasks` tasks of `family` in batches of 1,000; when each batch was submitted (ms since
-/// the epoch) by task ID.
+/// What [`submit`] did.
+pub(crate) struct Submitted {
+    /// When each task's batch was submitted (ms since the epoch), by task ID.
+    pub(crate) at: BTreeMap<String, f64>,
+    /// `RunTask` calls that failed (each was made again, with the same client token).
+    pub(crate) failed: usize,
+}
+
+/// Runs `tasks` tasks of `family` in batches of 1,000. A batch whose call fails is sent again
+/// with the same client token (so it runs once), up to 10 times.
 pub(crate) async fn submit(
     client: &mut berth_tests::Api,
     family: &str,
     tasks: u32,
-) -> anyhow::Result<BTreeMap<String, f64>> {
-    let mut submitted = BTreeMap::new();
-    let mut left = tasks;
+) -> anyhow::Result<Submitted> {
+    let mut submitted = Submitted {
+        at: BTreeMap::new(),
+        failed: 0,
+    };
+    let (mut left, mut batch) = (tasks, 0);
+    let run = epoch_ms();
     while left > 0 {
         let count = left.min(1000);
         let at = epoch_ms();
-        let r = client
-            .run_task(pb::RunTaskRequest {
-                namespace: String::new(),
-                task_definition: family.into(),
-                count,
-                client_token: String::new(),
-            })
-            .await?
-            .into_inner();
+        let request = pb::RunTaskRequest {
+            namespace: String::new(),
+            task_definition: family.into(),
+            count,
+            client_token: format!("{family}-{run}-{batch}"),
+        };
+        let mut tries = 0;
+        let r = loop {
+            match client.run_task(request.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(e) if tries < 10 => {
+                    eprintln!("RunTask of {count} failed ({e}); sending it again");
+                    submitted.failed += 1;
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => anyhow::bail!("RunTask of {count} failed 11 times, the last: {e}"),
+            }
+        };
         for t in r.tasks {
-            submitted.insert(t.task_id, at);
+            submitted.at.insert(t.task_id, at);
         }
         left -= count;
+        batch += 1;
     }
     Ok(submitted)
 }

@@ -60,6 +60,23 @@ impl Cluster {
         berth_tests::api(&addr).await
     }
 
+    /// The highest Raft term a server reports.
+    pub(crate) async fn term(&self) -> anyhow::Result<u64> {
+        let mut term = 0;
+        for s in &self.servers {
+            if let Ok(status) = s.status().await {
+                term = term.max(status["term"].as_u64().unwrap_or(0));
+            }
+        }
+        anyhow::ensure!(term > 0, "no server reports a Raft term");
+        Ok(term)
+    }
+
+    /// The elections since the cluster was at Raft term `term` (each election takes a new term).
+    pub(crate) async fn elections_since(&self, term: u64) -> anyhow::Result<f64> {
+        Ok(self.term().await?.saturating_sub(term) as f64)
+    }
+
     /// The current leader's address.
     pub(crate) async fn leader_addr(&self) -> anyhow::Result<String> {
         let status = self.servers[0].status().await?;

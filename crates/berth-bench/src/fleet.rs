@@ -25,6 +25,7 @@ pub(crate) async fn placement(
     tasks: u32,
 ) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
+    let term = cluster.term().await?;
     let _agents = Hollow::spawn(&cluster.addresses(), "hollow", nodes).await?;
     let leader = cluster.leader_addr().await?;
     wait_nodes(&leader, u64::from(nodes)).await?;
@@ -56,13 +57,18 @@ pub(crate) async fn placement(
     let last = running.iter().map(|(_, s)| *s as f64).fold(first, f64::max);
     let mut latencies: Vec<f64> = running
         .iter()
-        .filter_map(|(id, s)| Some(*s as f64 - submitted.get(id)?))
+        .filter_map(|(id, s)| Some(*s as f64 - submitted.at.get(id)?))
         .collect();
     let secs = ((last - first) / 1000.0).max(0.001);
     results.insert(format!("{prefix}.tasks_per_sec"), f64::from(tasks) / secs);
     record_percentiles(results, &format!("{prefix}."), &mut latencies);
     results.insert(format!("{prefix}.nodes"), f64::from(nodes));
     results.insert(format!("{prefix}.tasks"), f64::from(tasks));
+    results.insert(
+        format!("{prefix}.elections"),
+        cluster.elections_since(term).await?,
+    );
+    results.insert(format!("{prefix}.failed_writes"), submitted.failed as f64);
     Ok(())
 }
 
@@ -73,6 +79,7 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
     const NODES: u32 = 100;
     const TASKS: u32 = 200;
     let cluster = Cluster::start_with(&["--node-ttl", NODE_LOSS_TTL]).await?;
+    let term = cluster.term().await?;
     let servers = cluster.addresses();
     // The nodes killed: one agent per process, each its own.
     let mut victims = Vec::new();
@@ -154,6 +161,10 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
     }
     record_percentiles(results, "node_loss.", &mut gaps);
     results.insert("node_loss.trials".into(), gaps.len() as f64);
+    results.insert(
+        "node_loss.elections".into(),
+        cluster.elections_since(term).await?,
+    );
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given; `soak` only
 //!                                  # when named
 //!
-//! The scenarios live by group in `raft`, `start`, `ingress`, `cold_start` and `fleet`; `cluster` (the servers
+//! The scenarios live by group in `raft` (and its peer `etcd`), `start`, `ingress`, `cold_start`
+//! and `fleet`; `cluster` (the servers
 //! and hollow agents measured) and `api` (requests and `/metrics` waits) serve them all; `results` keeps
 //! the numbers and renders them beside the goals.
 
@@ -16,6 +17,7 @@ use std::time::Instant;
 mod api;
 mod cluster;
 mod cold_start;
+mod etcd;
 mod fleet;
 mod ingress;
 mod raft;
@@ -28,6 +30,7 @@ use results::Results;
 /// Every scenario, in the order `make bench` runs them.
 const SCENARIOS: &[&str] = &[
     "raft",
+    "etcd",
     "start",
     "ingress",
     "cold_start",
@@ -68,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         let mut results = Results::new();
         let outcome = match scenario {
             "raft" => raft::raft(&mut results).await,
+            "etcd" => etcd::etcd(&mut results).await,
             "start" => start::start(&mut results).await,
             "ingress" => ingress::ingress(&mut results).await,
             "cold_start" => cold_start::cold_start(&mut results).await,

@@ -10,41 +10,120 @@ use crate::api::spec;
 use crate::cluster::Cluster;
 use crate::results::{record_percentiles, Results};
 
+/// The client counts of `raft` and its peer `etcd`, with their keys.
+pub(crate) const CLIENTS: [(usize, &str); 2] = [(1, "c1"), (64, "c64")];
+
+/// How long each client count writes.
+const RUN_FOR: Duration = Duration::from_secs(5);
+
+/// The write `raft` makes: a revision of the task definition family `family` (`etcd` puts the
+/// same bytes).
+pub(crate) fn write_request(family: &str) -> pb::RegisterTaskDefinitionRequest {
+    pb::RegisterTaskDefinitionRequest {
+        namespace: String::new(),
+        spec: Some(spec(family, 128, 64)),
+        reuse_identical: false,
+    }
+}
+
 /// Committed writes per second with 1 and 64 concurrent clients (each write registers a task
-/// definition revision: one Raft entry, fsynced on a quorum).
+/// definition revision: one Raft entry, fsynced on a quorum); the elections and the failed
+/// writes meanwhile (the goal for both is none).
 pub(crate) async fn raft(results: &mut Results) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let client = cluster.leader().await?;
-    for (clients, key) in [(1usize, "c1"), (64, "c64")] {
-        let run_for = Duration::from_secs(5);
-        let started = Instant::now();
-        let mut workers = tokio::task::JoinSet::new();
-        for w in 0..clients {
+    let term = cluster.term().await?;
+    let mut failed = 0;
+    for (clients, key) in CLIENTS {
+        let client = client.clone();
+        let load = write_load(clients, move |w| {
             let mut c = client.clone();
-            workers.spawn(async move {
-                let mut latencies = Vec::new();
-                while started.elapsed() < run_for {
-                    let t = Instant::now();
-                    c.register_task_definition(pb::RegisterTaskDefinitionRequest {
-                        namespace: String::new(),
-                        spec: Some(spec(&format!("raft-{w}"), 128, 64)),
-                        reuse_identical: false,
-                    })
+            async move {
+                c.register_task_definition(write_request(&format!("raft-{w}")))
                     .await?;
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                anyhow::Ok(latencies)
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(r) = workers.join_next().await {
-            all.extend(r??);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        results.insert(format!("raft.{key}_ops_per_sec"), all.len() as f64 / secs);
-        record_percentiles(results, &format!("raft.{key}_"), &mut all);
+                anyhow::Ok(())
+            }
+        })
+        .await;
+        failed += load.record(results, &format!("raft.{key}_"));
     }
+    results.insert(
+        "raft.elections".into(),
+        cluster.elections_since(term).await?,
+    );
+    results.insert("raft.failed_writes".into(), failed as f64);
     Ok(())
+}
+
+/// What `clients` concurrent writers did in [`RUN_FOR`].
+pub(crate) struct Load {
+    latencies_ms: Vec<f64>,
+    failed: usize,
+    first_error: Option<String>,
+    secs: f64,
+}
+
+impl Load {
+    /// Records `{prefix}ops_per_sec` and the percentiles of the acknowledged writes; returns
+    /// how many failed (the first failure is printed).
+    pub(crate) fn record(mut self, results: &mut Results, prefix: &str) -> usize {
+        results.insert(
+            format!("{prefix}ops_per_sec"),
+            self.latencies_ms.len() as f64 / self.secs,
+        );
+        record_percentiles(results, prefix, &mut self.latencies_ms);
+        if let Some(e) = &self.first_error {
+            eprintln!("{prefix}: {} write(s) failed, the first: {e}", self.failed);
+        }
+        self.failed
+    }
+}
+
+/// `clients` writers, each making the write `write(w)` (w: the writer's number) one after
+/// another for [`RUN_FOR`]; a failed write is counted, and the writer waits 10 ms before its
+/// next.
+pub(crate) async fn write_load<F, W>(clients: usize, write: F) -> Load
+where
+    F: Fn(usize) -> W + Clone + Send + 'static,
+    W: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..clients {
+        let write = write.clone();
+        workers.spawn(async move {
+            let (mut latencies, mut failed, mut first_error) = (Vec::new(), 0, None);
+            while started.elapsed() < RUN_FOR {
+                let t = Instant::now();
+                match write(w).await {
+                    Ok(()) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(format!("{e:#}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (latencies, failed, first_error)
+        });
+    }
+    let mut load = Load {
+        latencies_ms: Vec::new(),
+        failed: 0,
+        first_error: None,
+        secs: 0.0,
+    };
+    while let Some(joined) = workers.join_next().await {
+        let (latencies, failed, first_error) =
+            joined.unwrap_or_else(|e| (Vec::new(), 1, Some(format!("a writer panicked: {e}"))));
+        load.latencies_ms.extend(latencies);
+        load.failed += failed;
+        if load.first_error.is_none() {
+            load.first_error = first_error;
+        }
+    }
+    load.secs = started.elapsed().as_secs_f64();
+    load
 }
 
 /// One write through whichever server answers (followers forward to the leader), trying each
@@ -57,11 +136,7 @@ async fn write_anywhere(addrs: &[String], n: u64) -> Option<Duration> {
         else {
             continue;
         };
-        let req = pb::RegisterTaskDefinitionRequest {
-            namespace: String::new(),
-            spec: Some(spec(&format!("failover-{}", n % 16), 128, 64)),
-            reuse_identical: false,
-        };
+        let req = write_request(&format!("failover-{}", n % 16));
         if let Ok(Ok(_)) =
             tokio::time::timeout(Duration::from_secs(2), c.register_task_definition(req)).await
         {
