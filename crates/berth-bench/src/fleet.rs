@@ -1,6 +1,8 @@
 //! The scenarios on fleets of hollow agents: placement throughput, node loss, and the
 //! footprint of a server holding a large cluster.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -166,6 +168,75 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
         cluster.elections_since(term).await?,
     );
     Ok(())
+}
+
+/// Reads during a burst: one server with 100 hollow nodes; a single task read (`DescribeTask`,
+/// linearizable) every 2 ms, first for 3 s on the settled cluster, then while 10,000 tasks are
+/// submitted in batches of 1,000, placed and started, until every one runs.
+pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
+    const NODES: u32 = 100;
+    const TASKS: u32 = 10_000;
+    let dir = scratch().prefix("berth-read").tempdir_in("/tmp")?;
+    let server = ServerProc::start(&dir.path().join("s1"), None).await?;
+    let addr = server.addr.to_string();
+    let _agents = Hollow::spawn(&addr, "hollow", NODES).await?;
+    wait_nodes(&addr, u64::from(NODES)).await?;
+    let mut client = big_client(&addr).await?;
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            // 16 CPU units: a hollow node offers 1,024 per CPU of this machine (2,048), so 100
+            // nodes hold the 10,000 tasks.
+            spec: Some(spec("read", 16, 64)),
+            reuse_identical: true,
+        })
+        .await?;
+    let first = submit(&mut client, "read", 1).await?;
+    let id = first
+        .at
+        .into_keys()
+        .next()
+        .context("RunTask answered no task")?;
+    wait_running(&addr, 1, Duration::from_secs(60)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let settled = tokio::spawn(reads(client.clone(), id.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut settled = settled.await??;
+    stop.store(false, Ordering::Relaxed);
+    let burst = tokio::spawn(reads(client.clone(), id, stop.clone()));
+    let submitted = submit(&mut client, "read", TASKS).await?;
+    wait_running(&addr, u64::from(TASKS) + 1, Duration::from_secs(900)).await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut burst = burst.await??;
+    record_percentiles(results, "read.settled_", &mut settled);
+    record_percentiles(results, "read.burst_", &mut burst);
+    results.insert("read.burst_reads".into(), burst.len() as f64);
+    results.insert("read.failed_writes".into(), submitted.failed as f64);
+    Ok(())
+}
+
+/// Reads task `id` every 2 ms until `stop` (at most 100,000 times); each read's ms.
+async fn reads(
+    mut client: berth_tests::Api,
+    id: String,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut ms = Vec::new();
+    while !stop.load(Ordering::Relaxed) && ms.len() < 100_000 {
+        let t = Instant::now();
+        client
+            .describe_task(pb::DescribeTaskRequest {
+                namespace: String::new(),
+                task_id: id.clone(),
+                stale: false,
+            })
+            .await
+            .context("read the task")?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(ms)
 }
 
 /// Footprint: one server holding 150,000 running tasks on 5,000 hollow nodes → its resident

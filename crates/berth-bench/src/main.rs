@@ -38,6 +38,7 @@ const SCENARIOS: &[&str] = &[
     "node_loss",
     "placement_1k",
     "placement",
+    "read",
     "footprint",
 ];
 
@@ -79,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             "node_loss" => fleet::node_loss(&mut results, 10).await,
             "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,
             "placement" => fleet::placement(&mut results, "placement", 10_000, 100_000).await,
+            "read" => fleet::read(&mut results).await,
             "footprint" => fleet::footprint(&mut results).await,
             "soak" => soak::soak(&mut results).await,
             _ => unreachable!(),
