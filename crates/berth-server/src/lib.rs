@@ -88,6 +88,8 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
     pub snapshot_log_bytes: u64,
     pub keep_logs: u64,
+    /// Linearizable reads from the leader's lease (see `berth_store::StoreConfig`).
+    pub lease_reads: bool,
 }
 
 impl Default for RaftTuning {
@@ -100,6 +102,7 @@ impl Default for RaftTuning {
             snapshot_every: d.snapshot_every,
             snapshot_log_bytes: d.snapshot_log_bytes,
             keep_logs: d.keep_logs,
+            lease_reads: d.lease_reads,
         }
     }
 }
@@ -200,6 +203,7 @@ impl Server {
         store_config.snapshot_every = config.raft.snapshot_every;
         store_config.snapshot_log_bytes = config.raft.snapshot_log_bytes;
         store_config.keep_logs = config.raft.keep_logs;
+        store_config.lease_reads = config.raft.lease_reads;
         let store = Store::open(store_config).await.context("open raft store")?;
         let initialized = store.is_initialized().await?;
         if let Some(backup) = &config.restore {

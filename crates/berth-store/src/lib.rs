@@ -16,6 +16,7 @@ mod commit;
 mod elect;
 mod error;
 mod file;
+mod lease;
 pub mod network;
 pub mod storage;
 
@@ -84,6 +85,11 @@ pub struct StoreConfig {
     /// every transfer of the 2-hour chaos run's state time out and start again, forever, so a
     /// member that re-joined never caught up.
     pub install_snapshot_timeout: Duration,
+    /// Answer linearizable reads on the leader from its lease (`lease` module) when it holds
+    /// one, instead of confirming leadership with a round of heartbeats each time. Off by
+    /// default: the lease assumes the servers' clocks run at about the same rate and that
+    /// every server has the same election timeouts.
+    pub lease_reads: bool,
     /// How to reach peers: mutual TLS with this server's certificate. `None` only in the
     /// store's own tests.
     pub dialer: Option<berth_tls::net::Dialer>,
@@ -102,6 +108,7 @@ impl StoreConfig {
             snapshot_log_bytes: 16 << 20,
             keep_logs: 1000,
             install_snapshot_timeout: Duration::from_secs(60),
+            lease_reads: false,
             dialer: None,
         }
     }
@@ -109,6 +116,12 @@ impl StoreConfig {
     /// A leader that has not heard from a quorum for this long cannot commit.
     fn quorum_timeout(&self) -> Duration {
         self.election_timeout.1 * 2
+    }
+
+    /// How long after sending an AppendEntries that a majority accepted the leader may read
+    /// from its lease: openraft's leader lease (`election_timeout_max`), a quarter short.
+    fn read_lease(&self) -> Option<Duration> {
+        self.lease_reads.then(|| self.election_timeout.1 * 3 / 4)
     }
 }
 
@@ -152,6 +165,8 @@ pub struct Store {
     /// The term this member leads in and its last log index when it first confirmed a read in
     /// it: no read index below it ([`Store::read_index_once`]).
     read_floor: Arc<std::sync::Mutex<Option<(u64, u64)>>>,
+    /// The AppendEntries peers accepted, for reads from the leader's lease.
+    acks: Arc<lease::Acks>,
 }
 
 /// What [`Store::stored`] answers.
@@ -310,6 +325,8 @@ impl Store {
         }
         .validate()
         .map_err(|e| StoreError::start("check raft settings", e))?;
+        let acks = Arc::new(lease::Acks::default());
+        let network = lease::Acking::new(network, acks.clone());
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StoreError::start("start raft", e))?;
@@ -341,6 +358,7 @@ impl Store {
             commits,
             leadership,
             read_floor: Arc::default(),
+            acks,
         })
     }
 
@@ -696,6 +714,9 @@ impl Store {
 
     async fn read_index_once(&self, deadline: Instant) -> Result<u64, StoreError> {
         self.check_quorum()?;
+        if let Some(index) = self.lease_read_index(deadline).await {
+            return Ok(index.max(self.read_floor()));
+        }
         let check = self.raft.ensure_linearizable();
         match tokio::time::timeout_at(deadline, check).await {
             Err(_) => Err(NoQuorum::LeadershipNotConfirmed.into()),
@@ -723,6 +744,35 @@ impl Store {
             }
             Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(Box::new(e))),
         }
+    }
+
+    /// The read index this member may answer without a round of heartbeats: its committed
+    /// index, when its core says it leads (an established leader, the membership committed)
+    /// and a majority holds its lease ([`lease`]). `None` otherwise, or when the core does not
+    /// answer before `deadline`.
+    async fn lease_read_index(&self, deadline: Instant) -> Option<u64> {
+        let lease = self.config.read_lease()?;
+        let (me, acks) = (self.config.node_id, self.acks.clone());
+        let check = self.raft.with_raft_state(move |st| {
+            // Inside Raft's core: what it holds now, not metrics that may be a step behind.
+            let now = Instant::now();
+            let vote = st.vote_ref();
+            let membership = &st.membership_state;
+            let leads = st.server_state == ServerState::Leader
+                && vote.is_committed()
+                && vote.leader_id().voted_for() == Some(me)
+                && membership.effective().log_id() == membership.committed().log_id();
+            let held = leads
+                && acks.quorum_within(
+                    vote.leader_id().term,
+                    membership.effective().get_joint_config(),
+                    me,
+                    now,
+                    lease,
+                );
+            held.then(|| st.committed.map_or(0, |c| c.index))
+        });
+        tokio::time::timeout_at(deadline, check).await.ok()?.ok()?
     }
 
     /// The least read index this leader may answer in its term: its last log index when it

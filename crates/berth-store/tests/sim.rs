@@ -8,7 +8,8 @@
 //!   (two members stood in it; a voter that granted the lower ID may then grant the higher),
 //!   but never one with a lower member ID than a leader it already had: votes only go up;
 //! - state machine safety: any two members that applied the same index hold the same state;
-//! - linearizable reads at the leader: every acknowledged registration is in them;
+//! - linearizable reads at the leader: every acknowledged registration is in them (odd seeds
+//!   read from the leader's lease, even seeds with a round of heartbeats);
 //!   at the end, every member holds the same state, every acknowledged write is in it, and
 //!   none was applied twice.
 //!
@@ -240,6 +241,8 @@ struct Sim {
     /// Client tokens whose task creation was acknowledged, with the task IDs answered.
     tokens: BTreeMap<String, Vec<String>>,
     next: u64,
+    /// Whether members read from the leader's lease (odd seeds) or with a round of heartbeats.
+    lease_reads: bool,
 }
 
 fn addr(id: NodeId) -> String {
@@ -270,6 +273,7 @@ impl Sim {
         config.keep_logs = 2;
         // Its snapshots are small, and a lost reply waits the timeout out.
         config.install_snapshot_timeout = Duration::from_millis(200);
+        config.lease_reads = self.lease_reads;
         let net = Net {
             from: id,
             alive,
@@ -646,6 +650,7 @@ async fn simulate(seed: u64) -> Result<(), String> {
         acked: BTreeSet::new(),
         tokens: BTreeMap::new(),
         next: 0,
+        lease_reads: seed % 2 == 1,
     };
     for id in 1..=MEMBERS {
         sim.start_member(id).await?;

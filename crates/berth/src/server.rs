@@ -107,6 +107,12 @@ pub(crate) struct ServerArgs {
     /// Log entries kept after a snapshot for followers that are a little behind.
     #[arg(long, default_value_t = 1000)]
     pub(crate) keep_logs: u64,
+    /// Answer linearizable reads on the leader from its lease (no round of heartbeats while a
+    /// majority acknowledged it within three quarters of the election timeout's maximum).
+    /// Assumes the servers' clocks run at about the same rate and every server has the same
+    /// --election-timeout-ms.
+    #[arg(long)]
+    pub(crate) lease_reads: bool,
 }
 
 impl ServerArgs {
@@ -182,6 +188,7 @@ impl ServerArgs {
             snapshot_every: self.snapshot_every,
             snapshot_log_bytes: self.snapshot_log_mib << 20,
             keep_logs: self.keep_logs,
+            lease_reads: self.lease_reads,
         };
         Ok(config)
     }

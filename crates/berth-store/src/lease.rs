@@ -1,0 +1,196 @@
+//! Leader-lease reads: a leader may answer a linearizable read from its committed index,
+//! without a round of heartbeats, while a majority of every voter configuration accepted an
+//! AppendEntries of its term sent less than a lease ago.
+//!
+//! Why that is safe with openraft 0.9: a follower that accepted an AppendEntries (a heartbeat
+//! too) refuses every vote for `election_timeout_max` after it (openraft's leader lease), and
+//! campaigns itself only after that plus an election timeout; so no other leader can be
+//! elected by a quorum that overlaps the one that acknowledged, before the oldest of those
+//! acknowledged requests was sent plus `election_timeout_max`, as the followers' clocks run.
+//! The leader itself is the overlap otherwise, and while its core says it leads it has granted
+//! no vote of a later term. The lease is the monotonic clock, a quarter short of that:
+//! SIGSTOP or a wall-clock jump move nothing; what it assumes is that the servers' clocks run
+//! at about the same rate, that every server has the same election timeouts, and that nothing
+//! forces an election (`Raft::trigger().elect()`, which berth never calls, skips the lease).
+//! A read whose check fails (no leader, a lease run out, a membership change in flight) takes
+//! the heartbeat round as before.
+//!
+//! The acknowledgements are taken from the Raft network itself, [`Acking`] wrapping whatever
+//! transport the member has (gRPC, or the simulation's), so the simulation checks lease reads
+//! like the real servers make them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError};
+use openraft::network::{Backoff, RPCOption};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use tokio::time::Instant;
+
+use crate::{BerthNode, NodeId, TypeConfig};
+
+/// For each peer, the latest AppendEntries of this member's leadership it accepted: the
+/// leader's term then, and when the request was sent (taken before sending: never late).
+#[derive(Debug, Default)]
+pub(crate) struct Acks(Mutex<HashMap<NodeId, (u64, Instant)>>);
+
+impl Acks {
+    fn acked(&self, peer: NodeId, term: u64, sent: Instant) {
+        let mut acks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let latest = acks.entry(peer).or_insert((term, sent));
+        if (term, sent) > *latest {
+            *latest = (term, sent);
+        }
+    }
+
+    /// Whether, at `now`, a majority of each of `configs` (voter sets; two while the membership
+    /// changes) counts `me` or accepted an AppendEntries of term `term` sent less than `lease`
+    /// ago.
+    pub(crate) fn quorum_within(
+        &self,
+        term: u64,
+        configs: &[Vec<NodeId>],
+        me: NodeId,
+        now: Instant,
+        lease: Duration,
+    ) -> bool {
+        let acks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        !configs.is_empty()
+            && configs.iter().all(|voters| {
+                let fresh = voters
+                    .iter()
+                    .filter(|v| {
+                        **v == me
+                            || acks
+                                .get(v)
+                                .is_some_and(|&(t, sent)| t == term && now < sent + lease)
+                    })
+                    .count();
+                fresh * 2 > voters.len()
+            })
+    }
+}
+
+/// A Raft network factory that notes in [`Acks`] every AppendEntries a peer accepted.
+pub(crate) struct Acking<N> {
+    inner: N,
+    acks: Arc<Acks>,
+}
+
+impl<N> Acking<N> {
+    pub(crate) fn new(inner: N, acks: Arc<Acks>) -> Self {
+        Self { inner, acks }
+    }
+}
+
+impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Acking<N> {
+    type Network = AckingConnection<N::Network>;
+
+    async fn new_client(&mut self, target: NodeId, node: &BerthNode) -> Self::Network {
+        AckingConnection {
+            inner: self.inner.new_client(target, node).await,
+            target,
+            acks: self.acks.clone(),
+        }
+    }
+}
+
+/// One peer's connection of an [`Acking`] network.
+pub(crate) struct AckingConnection<C> {
+    inner: C,
+    target: NodeId,
+    acks: Arc<Acks>,
+}
+
+impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for AckingConnection<C> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
+        // Only an established leader's requests (a committed vote) renew a follower's lease.
+        let (term, committed) = (rpc.vote.leader_id().term, rpc.vote.is_committed());
+        let sent = Instant::now();
+        let reply = self.inner.append_entries(rpc, option).await;
+        // A conflict too: the follower took the vote (and its lease) before it looked at its
+        // log. A higher vote is a refusal.
+        if committed
+            && matches!(
+                reply,
+                Ok(AppendEntriesResponse::Success
+                    | AppendEntriesResponse::PartialSuccess(_)
+                    | AppendEntriesResponse::Conflict)
+            )
+        {
+            self.acks.acked(self.target, term, sent);
+        }
+        reply
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BerthNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.inner.install_snapshot(rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
+        self.inner.vote(rpc, option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.inner.backoff()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(600);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_majority_of_fresh_acknowledgements_of_this_term_holds_the_lease() {
+        let acks = Acks::default();
+        let voters = vec![vec![1, 2, 3]];
+        let start = Instant::now();
+        // Alone, the leader is one of three.
+        assert!(!acks.quorum_within(5, &voters, 1, start, LEASE));
+        acks.acked(2, 5, start);
+        assert!(acks.quorum_within(5, &voters, 1, start, LEASE));
+        // Not in another term, and not once the lease ran out from the send.
+        assert!(!acks.quorum_within(6, &voters, 1, start, LEASE));
+        assert!(!acks.quorum_within(5, &voters, 1, start + LEASE, LEASE));
+        // An older acknowledgement never replaces a newer one.
+        acks.acked(3, 5, start + Duration::from_millis(500));
+        acks.acked(3, 5, start);
+        assert!(acks.quorum_within(5, &voters, 1, start + LEASE, LEASE));
+        // Acknowledgements from outside the configuration do not count.
+        assert!(!acks.quorum_within(5, &[vec![1, 4, 5]], 1, start, LEASE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_membership_change_needs_a_majority_of_both_configurations() {
+        let acks = Acks::default();
+        let now = Instant::now();
+        acks.acked(2, 3, now);
+        let joint = vec![vec![1, 2, 3], vec![1, 4, 5]];
+        assert!(!acks.quorum_within(3, &joint, 1, now, LEASE));
+        acks.acked(4, 3, now);
+        assert!(acks.quorum_within(3, &joint, 1, now, LEASE));
+        assert!(!acks.quorum_within(3, &[], 1, now, LEASE));
+    }
+}
