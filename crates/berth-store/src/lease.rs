@@ -9,8 +9,8 @@
 //! acknowledged requests was sent plus `election_timeout_max`, as the followers' clocks run.
 //! The leader itself is the overlap otherwise, and while its core says it leads it has granted
 //! no vote of a later term. The lease is the monotonic clock, a quarter short of that:
-//! SIGSTOP or a wall-clock jump move nothing; what it assumes is that the servers' clocks run
-//! at about the same rate, that every server has the same election timeouts, and that nothing
+//! SIGSTOP or a wall-clock jump move nothing (a suspended host or VM, whose monotonic clock
+//! stops, does); what it assumes is that the servers' clocks run at about the same rate, that every server has the same election timeouts, and that nothing
 //! forces an election (`Raft::trigger().elect()`, which berth never calls, skips the lease).
 //! A read whose check fails (no leader, a lease run out, a membership change in flight) takes
 //! the heartbeat round as before.
@@ -67,7 +67,7 @@ impl Acks {
                     .filter(|v| {
                         **v == me
                             || acks
-                                .get(v)
+                                .get(*v)
                                 .is_some_and(|&(t, sent)| t == term && now < sent + lease)
                     })
                     .count();
@@ -165,7 +165,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_majority_of_fresh_acknowledgements_of_this_term_holds_the_lease() {
         let acks = Acks::default();
-        let voters = vec![vec![1, 2, 3]];
+        let voters = [vec![1, 2, 3]];
         let start = Instant::now();
         // Alone, the leader is one of three.
         assert!(!acks.quorum_within(5, &voters, 1, start, LEASE));
@@ -187,7 +187,7 @@ mod tests {
         let acks = Acks::default();
         let now = Instant::now();
         acks.acked(2, 3, now);
-        let joint = vec![vec![1, 2, 3], vec![1, 4, 5]];
+        let joint = [vec![1, 2, 3], vec![1, 4, 5]];
         assert!(!acks.quorum_within(3, &joint, 1, now, LEASE));
         acks.acked(4, 3, now);
         assert!(acks.quorum_within(3, &joint, 1, now, LEASE));

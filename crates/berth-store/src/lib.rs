@@ -758,9 +758,14 @@ impl Store {
             let now = Instant::now();
             let vote = st.vote_ref();
             let membership = &st.membership_state;
+            // Its committed index is of its own term (its first entry committed): before that,
+            // a new leader's may lag what the one before acknowledged.
             let leads = st.server_state == ServerState::Leader
                 && vote.is_committed()
                 && vote.leader_id().voted_for() == Some(me)
+                && st
+                    .committed
+                    .is_some_and(|c| c.leader_id.term == vote.leader_id().term)
                 && membership.effective().log_id() == membership.committed().log_id();
             let held = leads
                 && acks.quorum_within(
