@@ -10,8 +10,9 @@
 //! The leader itself is the overlap otherwise, and while its core says it leads it has granted
 //! no vote of a later term. The lease is the monotonic clock, a quarter short of that:
 //! SIGSTOP or a wall-clock jump move nothing (a suspended host or VM, whose monotonic clock
-//! stops, does); what it assumes is that the servers' clocks run at about the same rate, that every server has the same election timeouts, and that nothing
-//! forces an election (`Raft::trigger().elect()`, which berth never calls, skips the lease).
+//! stops, does); what it assumes is that the servers' clocks run at about the same rate and
+//! that every server has the same election timeouts. `Raft::trigger().elect()` skips the lease
+//! on the member that stands: berth's `elect` calls it only once the lease has run out there.
 //! A read whose check fails (no leader, a lease run out, a membership change in flight) takes
 //! the heartbeat round as before.
 //!

@@ -758,14 +758,13 @@ impl Store {
             let now = Instant::now();
             let vote = st.vote_ref();
             let membership = &st.membership_state;
-            // Its committed index is of its own term (its first entry committed): before that,
-            // a new leader's may lag what the one before acknowledged.
+            // Its committed index is of its own leadership (its first entry committed): before
+            // that, a new leader's may lag what the one before acknowledged. (A leader is a
+            // term and a member: openraft 0.9's default leader IDs.)
             let leads = st.server_state == ServerState::Leader
                 && vote.is_committed()
                 && vote.leader_id().voted_for() == Some(me)
-                && st
-                    .committed
-                    .is_some_and(|c| c.leader_id.term == vote.leader_id().term)
+                && st.committed.is_some_and(|c| c.leader_id == *vote.leader_id())
                 && membership.effective().log_id() == membership.committed().log_id();
             let held = leads
                 && acks.quorum_within(
