@@ -21,8 +21,12 @@ impl Cluster {
         Self::start_with(&[]).await
     }
 
-    /// Three servers started with `extra` flags.
+    /// Three servers started with `extra` flags, and those in `BERTH_BENCH_SERVER_FLAGS`
+    /// (space-separated: to compare a server setting, e.g. `--lease-reads`).
     pub(crate) async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        let flags = std::env::var("BERTH_BENCH_SERVER_FLAGS").unwrap_or_default();
+        let extra = [extra, &flags.split_whitespace().collect::<Vec<_>>()].concat();
+        let extra = extra.as_slice();
         let dir = scratch().prefix("berth-bench").tempdir_in("/tmp")?;
         let first = ServerProc::spawn(1, &dir.path().join("s1"), None, extra).await?;
         first.wait_ready().await?;

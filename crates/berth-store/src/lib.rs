@@ -764,7 +764,9 @@ impl Store {
             let leads = st.server_state == ServerState::Leader
                 && vote.is_committed()
                 && vote.leader_id().voted_for() == Some(me)
-                && st.committed.is_some_and(|c| c.leader_id == *vote.leader_id())
+                && st
+                    .committed
+                    .is_some_and(|c| c.leader_id == *vote.leader_id())
                 && membership.effective().log_id() == membership.committed().log_id();
             let held = leads
                 && acks.quorum_within(
