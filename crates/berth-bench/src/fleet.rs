@@ -199,12 +199,14 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
         .context("RunTask answered no task")?;
     wait_running(&addr, 1, Duration::from_secs(60)).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let settled = tokio::spawn(reads(client.clone(), id.clone(), stop.clone()));
+    // The reads have a connection of their own, not the one the RunTask calls go on.
+    let reader = big_client(&addr).await?;
+    let settled = tokio::spawn(reads(reader.clone(), id.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let mut settled = settled.await??;
     stop.store(false, Ordering::Relaxed);
-    let burst = tokio::spawn(reads(client.clone(), id, stop.clone()));
+    let burst = tokio::spawn(reads(reader, id, stop.clone()));
     let submitted = submit(&mut client, "read", TASKS).await?;
     wait_running(&addr, u64::from(TASKS) + 1, Duration::from_secs(900)).await?;
     stop.store(true, Ordering::Relaxed);
@@ -225,13 +227,14 @@ async fn reads(
     let mut ms = Vec::new();
     while !stop.load(Ordering::Relaxed) && ms.len() < 100_000 {
         let t = Instant::now();
-        client
-            .describe_task(pb::DescribeTaskRequest {
-                namespace: String::new(),
-                task_id: id.clone(),
-                stale: false,
-            })
+        let read = client.describe_task(pb::DescribeTaskRequest {
+            namespace: String::new(),
+            task_id: id.clone(),
+            stale: false,
+        });
+        tokio::time::timeout(Duration::from_secs(10), read)
             .await
+            .context("no answer to a task read within 10 s")?
             .context("read the task")?;
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(2)).await;

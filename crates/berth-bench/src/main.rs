@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     // A failing scenario is reported as failed (and recorded as `SCENARIO.failed = 1`); the
     // others still run, and the exit code says something failed.
     let mut failed = Vec::new();
+    let mut measured = Results::new();
     for scenario in run {
         eprintln!("== {scenario}");
         let started = Instant::now();
@@ -94,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{k} = {v:.1}");
         }
         eprintln!("({scenario} took {:.0} s)", started.elapsed().as_secs_f64());
-        results::write(&results, &out)?;
+        measured.extend(results.iter().map(|(k, v)| (k.clone(), *v)));
+        results::write(&results, &measured, &out)?;
         settle().await;
     }
     anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));

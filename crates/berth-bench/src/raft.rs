@@ -80,8 +80,8 @@ impl Load {
 }
 
 /// `clients` writers, each making the write `write(w)` (w: the writer's number) one after
-/// another for [`RUN_FOR`]; a failed write is counted, and the writer waits 10 ms before its
-/// next.
+/// another for [`RUN_FOR`]; a failed write (or one without an answer within 10 s) is counted,
+/// and the writer waits 10 ms before its next.
 pub(crate) async fn write_load<F, W>(clients: usize, write: F) -> Load
 where
     F: Fn(usize) -> W + Clone + Send + 'static,
@@ -95,7 +95,8 @@ where
             let (mut latencies, mut failed, mut first_error) = (Vec::new(), 0, None);
             while started.elapsed() < RUN_FOR {
                 let t = Instant::now();
-                match write(w).await {
+                let done = tokio::time::timeout(Duration::from_secs(10), write(w)).await;
+                match done.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 10 s"))) {
                     Ok(()) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
                     Err(e) => {
                         failed += 1;

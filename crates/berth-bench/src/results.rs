@@ -73,7 +73,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub(crate) fn write(results: &Results, dir: &PathBuf) -> anyhow::Result<()> {
+/// Merges `results` into `dir`'s `latest.json` and renders `latest.md`. `run` holds every
+/// result of this run so far: the ratios to a peer come from it only, never from an earlier
+/// run's figures.
+pub(crate) fn write(results: &Results, run: &Results, dir: &PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json_path = dir.join("latest.json");
     // Keep keys of scenarios not run this time.
@@ -88,7 +91,7 @@ pub(crate) fn write(results: &Results, dir: &PathBuf) -> anyhow::Result<()> {
     all.extend(results.iter().map(|(k, v)| (k.clone(), *v)));
     for (ratio, ours, peer, _) in PEER_RATIOS {
         all.remove(*ratio);
-        if let (Some(a), Some(b)) = (all.get(*ours), all.get(*peer)) {
+        if let (Some(a), Some(b)) = (run.get(*ours), run.get(*peer)) {
             all.insert((*ratio).to_owned(), a / b);
         }
     }

@@ -8,17 +8,17 @@
 //! it, which is also what reads from the lease rely on), so it stays; the random wait after
 //! it only spreads the candidates out. Here the survivors are spread by rank instead: the
 //! voter with the lowest ID other than the leader stands [`MARGIN`] after the lease, the next
-//! [`STAGGER`] later, and so on. One that ranks after the first and has not won within
-//! [`STAGGER`] stands once more, in the next term: when the first to stand had the shorter
-//! log, the others refuse it, but it keeps the term it stood in, and the next one's request in
-//! that same term meets its vote and fails too. The first never stands twice (openraft's
-//! timer does, later), so two candidates never outbid each other's terms for ever.
+//! [`STAGGER`] later, and so on, each once (then openraft's own timer, as before). When the
+//! first to stand had the shorter log, the others refuse it; the next one stands in the same
+//! term, and wins all the same: openraft 0.9's leader IDs are a term and a member, ordered, so
+//! its higher ID beats the first one's vote in that term.
 //!
 //! The watcher reads Raft's own state (the vote and when it last changed or was renewed by
-//! the leader's AppendEntries) inside Raft's core, every [`TICK`], and calls
-//! `Raft::trigger().elect()`, which stands without looking at the lease: so it never calls it
-//! before the lease has run out on this member. Raft's safety does not depend on when anyone
-//! stands; the lease's does, and is kept.
+//! the leader's AppendEntries) inside Raft's core, every [`TICK`], and then calls
+//! `Raft::trigger().elect()`, which stands without looking at the lease. Those are two steps of
+//! the core: an AppendEntries of the old leader accepted between them renews the lease and is
+//! counted by that leader, yet this member stands. Raft's safety does not depend on when anyone
+//! stands, but reads from the lease (`lease`) do: the store runs no watcher when they are on.
 
 use std::time::Duration;
 
@@ -52,25 +52,21 @@ struct Seen {
     voters: Vec<NodeId>,
 }
 
-/// One member's watcher: what it decided so far.
+/// One member's watcher.
 struct Watcher {
     me: NodeId,
     /// The leader's lease (`election_timeout_max`).
     lease: Duration,
-    /// Since this member stood, while it stands: when, its rank, and whether it stood again.
-    standing: Option<(Instant, u32, bool)>,
 }
 
 impl Watcher {
     /// Whether this member should stand now, seeing `seen` at `now`.
-    fn stand(&mut self, seen: &Seen, now: Instant) -> bool {
+    fn stand(&self, seen: &Seen, now: Instant) -> bool {
         if seen.voters.len() < 2 || !seen.voters.contains(&self.me) {
-            self.standing = None;
             return false;
         }
         match seen.state {
             ServerState::Follower if seen.committed && seen.voted_for != Some(self.me) => {
-                self.standing = None;
                 let Some(since) = seen.since else {
                     return false;
                 };
@@ -81,23 +77,11 @@ impl Watcher {
                     .filter(|v| Some(**v) != seen.voted_for)
                     .position(|v| *v == self.me)
                     .unwrap_or(0) as u32;
-                let due = now >= since + self.lease + MARGIN + STAGGER * rank;
-                if due {
-                    self.standing = Some((now, rank, false));
-                }
-                due
+                now >= since + self.lease + MARGIN + STAGGER * rank
             }
-            ServerState::Candidate => match &mut self.standing {
-                Some((stood, rank, again)) if *rank > 0 && !*again && now >= *stood + STAGGER => {
-                    *again = true;
-                    true
-                }
-                _ => false,
-            },
-            _ => {
-                self.standing = None;
-                false
-            }
+            // Standing (the election runs its course, then openraft's timer stands again), or
+            // leading, or following a candidate it voted for.
+            _ => false,
         }
     }
 }
@@ -105,11 +89,7 @@ impl Watcher {
 /// Watches this member's Raft state and stands when [`Watcher::stand`] says so, until Raft
 /// stops.
 pub(crate) async fn watch(raft: Raft, me: NodeId, lease: Duration) {
-    let mut watcher = Watcher {
-        me,
-        lease,
-        standing: None,
-    };
+    let watcher = Watcher { me, lease };
     loop {
         tokio::time::sleep(TICK).await;
         let seen = raft
@@ -149,11 +129,7 @@ mod tests {
     const LEASE: Duration = Duration::from_millis(800);
 
     fn watcher(me: NodeId) -> Watcher {
-        Watcher {
-            me,
-            lease: LEASE,
-            standing: None,
-        }
+        Watcher { me, lease: LEASE }
     }
 
     fn following(leader: NodeId, since: Instant) -> Seen {
@@ -180,7 +156,7 @@ mod tests {
     async fn survivors_stand_once_the_lease_ran_out_one_after_another() {
         let heard = Instant::now();
         let seen = following(1, heard);
-        let (mut two, mut three) = (watcher(2), watcher(3));
+        let (two, three) = (watcher(2), watcher(3));
         // Within the lease and its margin: nobody stands.
         assert!(!two.stand(&seen, heard + LEASE));
         assert!(!three.stand(&seen, heard + LEASE));
@@ -195,23 +171,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_a_later_candidate_stands_again_and_only_once() {
+    async fn a_candidate_stands_once_and_a_follower_again_after_the_next_lease() {
         let heard = Instant::now();
-        let (mut two, mut three) = (watcher(2), watcher(3));
-        // Member 2 stands first; its election does not end: it waits for openraft's timer.
+        let two = watcher(2);
         let first = heard + LEASE + MARGIN;
         assert!(two.stand(&following(1, heard), first));
+        // Its election does not end: openraft's timer stands again, not the watcher.
         assert!(!two.stand(&standing(2, first), first + STAGGER * 10));
-        // Member 3 stands a stagger later, and once more a stagger after that, then no more.
-        let second = first + STAGGER;
-        assert!(three.stand(&following(1, heard), second));
-        assert!(!three.stand(&standing(3, second), second + STAGGER / 2));
-        assert!(three.stand(&standing(3, second), second + STAGGER));
-        assert!(!three.stand(&standing(3, second), second + STAGGER * 10));
-        // Elected or following again, the next loss of a leader starts afresh.
-        let later = second + STAGGER * 20;
-        assert!(!three.stand(&following(2, later), later));
-        assert!(three.stand(&following(2, later), later + LEASE + MARGIN + STAGGER));
+        // Following a new leader, the next loss of a leader starts afresh.
+        let later = first + STAGGER * 20;
+        assert!(!two.stand(&following(1, later), later));
+        assert!(two.stand(&following(1, later), later + LEASE + MARGIN));
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,7 +12,8 @@
 //! SIGSTOP or a wall-clock jump move nothing (a suspended host or VM, whose monotonic clock
 //! stops, does); what it assumes is that the servers' clocks run at about the same rate and
 //! that every server has the same election timeouts. `Raft::trigger().elect()` skips the lease
-//! on the member that stands: berth's `elect` calls it only once the lease has run out there.
+//! on the member that stands, and berth's prompt elections (`elect`) check the lease and stand
+//! in two steps of Raft's core: with lease reads on, the store does not run them.
 //! A read whose check fails (no leader, a lease run out, a membership change in flight) takes
 //! the heartbeat round as before.
 //!

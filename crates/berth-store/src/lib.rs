@@ -337,11 +337,16 @@ impl Store {
             appended,
             config.snapshot_log_bytes,
         ));
-        tokio::spawn(elect::watch(
-            raft.clone(),
-            config.node_id,
-            config.election_timeout.1,
-        ));
+        // Not beside reads from the lease: the watcher reads the vote and stands in two steps
+        // of Raft's core, and an AppendEntries accepted between them would count towards the
+        // old leader's lease while this member stands (openraft's own timer checks in one).
+        if !config.lease_reads {
+            tokio::spawn(elect::watch(
+                raft.clone(),
+                config.node_id,
+                config.election_timeout.1,
+            ));
+        }
         let metrics = raft.metrics();
         let leads = metrics.borrow().state == ServerState::Leader;
         if leads {
