@@ -176,21 +176,10 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
 pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
     const NODES: u32 = 100;
     const TASKS: u32 = 10_000;
-    let dir = scratch().prefix("berth-read").tempdir_in("/tmp")?;
-    let server = ServerProc::start(&dir.path().join("s1"), None).await?;
-    let addr = server.addr.to_string();
-    let _agents = Hollow::spawn(&addr, "hollow", NODES).await?;
-    wait_nodes(&addr, u64::from(NODES)).await?;
-    let mut client = big_client(&addr).await?;
-    client
-        .register_task_definition(pb::RegisterTaskDefinitionRequest {
-            namespace: String::new(),
-            // 16 CPU units: a hollow node offers 1,024 per CPU of this machine (2,048), so 100
-            // nodes hold the 10,000 tasks.
-            spec: Some(spec("read", 16, 64)),
-            reuse_identical: true,
-        })
-        .await?;
+    // 16 CPU units: a hollow node offers 1,024 per CPU of this machine (2,048), so 100 nodes
+    // hold the 10,000 tasks.
+    let (_dir, _server, _agents, addr, mut client) =
+        lone_server("berth-read", NODES, spec("read", 16, 64)).await?;
     let first = submit(&mut client, "read", 1).await?;
     let id = first
         .at
@@ -249,19 +238,8 @@ async fn reads(
 pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     const NODES: u32 = 5_000;
     const TASKS: u32 = 150_000;
-    let dir = scratch().prefix("berth-footprint").tempdir_in("/tmp")?;
-    let server = ServerProc::start(&dir.path().join("s1"), None).await?;
-    let addr = server.addr.to_string();
-    let agents = Hollow::spawn(&addr, "hollow", NODES).await?;
-    wait_nodes(&addr, u64::from(NODES)).await?;
-    let mut client = big_client(&addr).await?;
-    client
-        .register_task_definition(pb::RegisterTaskDefinitionRequest {
-            namespace: String::new(),
-            spec: Some(spec("held", 64, 64)),
-            reuse_identical: true,
-        })
-        .await?;
+    let (dir, server, agents, addr, mut client) =
+        lone_server("berth-footprint", NODES, spec("held", 64, 64)).await?;
     submit(&mut client, "held", TASKS).await?;
     wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
     let pid = server.pid().context("server pid")?;
@@ -318,6 +296,36 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     results.insert("footprint.restart_ms".into(), restart_ms);
     drop(again);
     Ok(())
+}
+
+/// One server in a scratch dir named `prefix`, `nodes` hollow agents serving it (all active),
+/// and a client of it with the task definition `family` registered: the scratch dir, the
+/// server, the agents, the server's address and the client.
+async fn lone_server(
+    prefix: &str,
+    nodes: u32,
+    family: pb::TaskDefinitionSpec,
+) -> anyhow::Result<(
+    tempfile::TempDir,
+    ServerProc,
+    Hollow,
+    String,
+    berth_tests::Api,
+)> {
+    let dir = scratch().prefix(prefix).tempdir_in("/tmp")?;
+    let server = ServerProc::start(&dir.path().join("s1"), None).await?;
+    let addr = server.addr.to_string();
+    let agents = Hollow::spawn(&addr, "hollow", nodes).await?;
+    wait_nodes(&addr, u64::from(nodes)).await?;
+    let mut client = big_client(&addr).await?;
+    client
+        .register_task_definition(pb::RegisterTaskDefinitionRequest {
+            namespace: String::new(),
+            spec: Some(family),
+            reuse_identical: true,
+        })
+        .await?;
+    Ok((dir, server, agents, addr, client))
 }
 
 /// Milliseconds from `since` until the server at `addr` (starting up) reports `tasks` tasks
