@@ -13,12 +13,14 @@
 pub mod changes;
 mod clock;
 mod commit;
+mod deferred;
 mod elect;
 mod error;
 mod file;
 mod lease;
 pub mod network;
 pub mod storage;
+mod tail;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -167,6 +169,8 @@ pub struct Store {
     read_floor: Arc<std::sync::Mutex<Option<(u64, u64)>>>,
     /// The AppendEntries peers accepted, for reads from the leader's lease.
     acks: Arc<lease::Acks>,
+    /// The state machine's writes not yet on disk: written out on shutdown.
+    deferred: Arc<deferred::Deferred>,
 }
 
 /// What [`Store::stored`] answers.
@@ -307,8 +311,10 @@ impl Store {
         let log = storage::LogStore::new(db.clone(), committed.clone()).map_err(load_error)?;
         let appended = log.appended();
         let stored = log.stored();
+        let deferred = log.deferred();
         let (sm, shared) =
-            storage::StateMachine::load(db, snapshots, committed, stored).map_err(load_error)?;
+            storage::StateMachine::load(db, deferred.clone(), snapshots, committed, stored)
+                .map_err(load_error)?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -364,6 +370,7 @@ impl Store {
             leadership,
             read_floor: Arc::default(),
             acks,
+            deferred,
         })
     }
 
@@ -1006,8 +1013,13 @@ impl Store {
     }
 
     /// Stops Raft (used by tests and on shutdown).
+    /// Stops Raft, then writes what the state machine applied and had not written yet (a
+    /// start after a clean stop replays nothing).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        if let Err(e) = self.deferred.clone().write_out_off_workers().await {
+            tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
+        }
     }
 }
 

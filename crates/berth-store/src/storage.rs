@@ -1,7 +1,7 @@
 //! openraft's log storage and state machine, both on one redb database file.
 //!
-//! Tables: `log` (index -> entry), `meta` (vote, committed, purged, applied, membership,
-//! snapshot meta), `objects` (every state-machine object under its [`Key::encode`]d key).
+//! Tables: `log` (index -> entry), `meta` (vote, purged, applied, membership, snapshot meta;
+//! the commit index of databases from before), `objects` (every state-machine object under its [`Key::encode`]d key).
 //! Entries and snapshots are JSON compressed with DEFLATE ([`encode_compressed`]), the rest
 //! plain JSON. The current snapshot's bytes are a file beside the database,
 //! `snapshot-ID.json.deflate` (`.json` before compression), written and
@@ -11,8 +11,9 @@
 //! the `snapshot` table until the next snapshot (and the simulation, which has no directory,
 //! keeps it there). Every write is one redb transaction. Log appends, votes
 //! and snapshots are fsynced before openraft is told they are durable; the state machine's
-//! writes and the commit index are not fsynced on their own (redb persists commits in order, so
-//! the next log append makes them durable): one fsync per batch of entries, not three.
+//! writes are not fsynced on their own (redb persists commits in order, so the next log
+//! append makes them durable): one durable commit per batch of entries, not two. The log's
+//! newest entries are also kept decoded in memory ([`crate::tail`]) for openraft's reads.
 
 // openraft's traits dictate `StorageError` (224 bytes) as the error type; the helpers here
 // return it too rather than convert twice.
@@ -36,6 +37,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::deferred::Deferred;
+use crate::tail::Tail;
 use crate::{BerthNode, NodeId, TypeConfig};
 use berth_state::CommandResult;
 use berth_state::{Key, Object, State};
@@ -53,13 +56,13 @@ const MEMBERSHIP: &str = "sm_membership";
 const SNAPSHOT_META: &str = "snapshot_meta";
 const SNAPSHOT_DATA: &str = "data";
 
-type SError = StorageError<NodeId>;
+pub(crate) type SError = StorageError<NodeId>;
 
 fn read_err(e: impl std::error::Error + 'static) -> SError {
     StorageIOError::read(AnyError::new(&e)).into()
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> SError {
+pub(crate) fn write_err(e: impl std::error::Error + 'static) -> SError {
     StorageIOError::write(AnyError::new(&e)).into()
 }
 
@@ -78,13 +81,14 @@ const DEFLATED: u8 = 0x01;
 /// Log entries and snapshots: batches of hundreds of tasks in JSON repeat the same field
 /// names and values, and DEFLATE at its fastest level stores them in a fraction of the bytes
 /// (the soak's log of a gigabyte between snapshots was what filled redb's file).
-fn encode_compressed<T: Serialize>(v: &T) -> Result<Vec<u8>, SError> {
+/// Answers the bytes with the size of the JSON they compress.
+fn encode_compressed<T: Serialize>(v: &T) -> Result<(Vec<u8>, usize), SError> {
     let json = serde_json::to_vec(v).map_err(write_err)?;
     let mut out = Vec::with_capacity(json.len() / 4 + 16);
     out.push(DEFLATED);
     let mut encoder = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
     encoder.write_all(&json).map_err(write_err)?;
-    encoder.finish().map_err(write_err)
+    Ok((encoder.finish().map_err(write_err)?, json.len()))
 }
 
 /// Reads what [`encode_compressed`] wrote, or plain JSON.
@@ -212,7 +216,7 @@ impl SnapshotFiles {
 /// that serve the API, agent streams and Raft messages. On a current-thread runtime (the
 /// deterministic simulation) there are no other workers to keep free: it runs in place, so
 /// the simulation's paused clock does not jump while a thread writes.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, SError> + Send + 'static,
 ) -> Result<T, SError> {
     if in_place() {
@@ -303,6 +307,10 @@ pub struct LogStore {
     /// Where purges send the index up to which entries go ([`purge_behind`]), once the first
     /// purge started it.
     purger: Arc<OnceLock<watch::Sender<u64>>>,
+    /// The newest entries, decoded: what replication and the state machine read back.
+    tail: Arc<Tail>,
+    /// The state machine's writes not yet on disk: written out before a purge.
+    deferred: Arc<Deferred>,
 }
 
 /// Log entries deleted per transaction once a snapshot lets them go.
@@ -440,11 +448,13 @@ impl LogStore {
     pub(crate) fn new(db: Arc<Database>, committed: Arc<AtomicU64>) -> Result<Self, SError> {
         let stored = Arc::new(Stored::of(&db)?);
         Ok(Self {
+            deferred: Deferred::new(db.clone(), stored.clone()),
             db,
             committed,
             appended: Arc::default(),
             stored,
             purger: Arc::default(),
+            tail: Arc::default(),
         })
     }
 
@@ -455,6 +465,10 @@ impl LogStore {
     pub(crate) fn stored(&self) -> Arc<Stored> {
         self.stored.clone()
     }
+
+    pub(crate) fn deferred(&self) -> Arc<Deferred> {
+        self.deferred.clone()
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -462,6 +476,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        if let Some(entries) = self.tail.get(&range) {
+            return Ok(entries);
+        }
         let start = match range.start_bound() {
             Bound::Included(i) => Some(*i),
             Bound::Excluded(i) => Some(i + 1),
@@ -540,11 +557,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             self.committed.store(c.index, Ordering::Relaxed);
         }
-        // Only a hint (openraft finds the commit index again from a quorum), so not fsynced on
-        // its own: the next log append makes it durable with everything before it.
-        put_meta(&self.db, COMMITTED, &committed, Durability::None)
+        // Only a hint (openraft finds the commit index again from a quorum, and starts from
+        // the applied index, which the state machine's writes record): kept in memory. A
+        // write here took redb's one write transaction inside Raft's core, which then waited
+        // for whichever append or apply held it, fsync included.
+        Ok(())
     }
 
+    /// What databases from before kept; openraft takes the applied index when it is later.
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
         let committed: Option<Option<LogId<NodeId>>> = get_meta(&self.db, COMMITTED)?;
         let committed = committed.flatten();
@@ -563,11 +583,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let mut decoded = Vec::new();
         let encoded: Result<Vec<(u64, Vec<u8>)>, SError> = entries
             .into_iter()
-            .map(|entry| Ok((entry.log_id.index, encode_compressed(&entry)?)))
+            .map(|entry| {
+                let (bytes, size) = encode_compressed(&entry)?;
+                let index = entry.log_id.index;
+                decoded.push((entry, size));
+                Ok((index, bytes))
+            })
             .collect();
         let db = self.db.clone();
+        let tail = self.tail.clone();
         let result = match encoded {
             Err(e) => Err(e),
             Ok(encoded) => {
@@ -590,6 +617,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     }
                     txn.commit().map_err(write_err)?;
                     stored.log_changed(added, replaced);
+                    tail.appended(decoded);
                     Ok(())
                 })
                 .await
@@ -609,6 +637,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let (db, stored) = (self.db.clone(), self.stored.clone());
+        // Out of the tail first: a reader between the two finds it on disk.
+        self.tail.truncated(log_id.index);
         blocking(move || {
             let txn = begin_durable(&db)?;
             let mut removed = (0, 0);
@@ -628,21 +658,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Records the purge, then leaves the deletion to [`purge_behind`]. Entries at or below
     /// the purged index may stay a while (and after a crash, until the next purge): nothing
-    /// reads them, and they are in the snapshot. Not fsynced on its own, like the commit
-    /// index: the deletions come after it, so no crash keeps them without it.
+    /// reads them, and they are in the snapshot. Not fsynced on its own: the deletions come
+    /// after it, so no crash keeps them without it. The state machine's pending writes go
+    /// first ([`Deferred`]): its applied index on disk must never be behind the log's start.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let (db, stored) = (self.db.clone(), self.stored.clone());
+        let deferred = self.deferred.clone();
         let upto = log_id.index;
+        self.tail.purged(upto);
         if in_place() {
             // The simulation: all at once, where the purge is awaited.
             return blocking(move || {
+                deferred.write_out()?;
                 put_meta(&db, PURGED, &Some(log_id), Durability::None)?;
                 while delete_chunk(&db, &stored, upto)? {}
                 Ok(())
             })
             .await;
         }
-        blocking(move || put_meta(&db, PURGED, &Some(log_id), Durability::None)).await?;
+        blocking(move || {
+            deferred.write_out()?;
+            put_meta(&db, PURGED, &Some(log_id), Durability::None)
+        })
+        .await?;
         self.purger
             .get_or_init(|| {
                 let (wanted, rx) = watch::channel(0);
@@ -735,9 +773,11 @@ pub(crate) struct SnapshotData {
 /// it was deleted.
 type Encoded = Vec<(String, Option<Vec<u8>>)>;
 
-/// The state machine: [`State`] in memory, every object also on disk.
+/// The state machine: [`State`] in memory, every object also on disk (shortly after:
+/// [`Deferred`]).
 pub struct StateMachine {
     db: Arc<Database>,
+    deferred: Arc<Deferred>,
     snapshots: SnapshotFiles,
     shared: Arc<Shared>,
     last_applied: Option<LogId<NodeId>>,
@@ -749,6 +789,7 @@ impl StateMachine {
     /// Loads the state machine from disk.
     pub(crate) fn load(
         db: Arc<Database>,
+        deferred: Arc<Deferred>,
         snapshots: SnapshotFiles,
         committed: Arc<AtomicU64>,
         stored: Arc<Stored>,
@@ -783,6 +824,7 @@ impl StateMachine {
         });
         let sm = Self {
             db,
+            deferred,
             snapshots,
             shared: shared.clone(),
             last_applied,
@@ -803,48 +845,50 @@ impl StateMachine {
             })
             .collect()
     }
+}
 
-    /// Writes encoded objects and the applied index, without an fsync of its own: every entry
-    /// applied is already durable in the log, and redb persists commits in order, so a crash
-    /// loses at most a suffix of applied entries, which openraft applies again from the log on
-    /// start (objects and the applied index stay consistent: one transaction). Blocking.
-    fn persist(
-        db: &Database,
-        objects: &Encoded,
-        applied: &[u8],
-        membership: &[u8],
-        stored: &Stored,
-    ) -> Result<(), SError> {
-        let mut txn = db.begin_write().map_err(write_err)?;
-        txn.set_durability(Durability::None).map_err(write_err)?;
-        let (mut added, mut removed) = (0, 0);
-        {
-            let mut table = txn.open_table(OBJECTS).map_err(write_err)?;
-            for (k, bytes) in objects {
-                let old = match bytes {
-                    Some(bytes) => {
-                        added += len(bytes);
-                        table
-                            .insert(k.as_str(), bytes.as_slice())
-                            .map_err(write_err)?
-                            .map(|old| len(old.value()))
-                    }
-                    None => table
-                        .remove(k.as_str())
+/// Writes encoded objects and the applied index, without an fsync of its own: every entry
+/// applied is already durable in the log, and redb persists commits in order, so a crash
+/// loses at most a suffix of applied entries, which openraft applies again from the log
+/// (objects and the applied index stay consistent: one transaction). Blocking.
+pub(crate) fn persist<'a>(
+    db: &Database,
+    objects: impl IntoIterator<Item = (&'a String, &'a Option<Vec<u8>>)>,
+    applied: &[u8],
+    membership: &[u8],
+    stored: &Stored,
+) -> Result<(), SError> {
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_durability(Durability::None).map_err(write_err)?;
+    let (mut added, mut removed) = (0, 0);
+    {
+        let mut table = txn.open_table(OBJECTS).map_err(write_err)?;
+        for (k, bytes) in objects {
+            let old = match bytes {
+                Some(bytes) => {
+                    added += len(bytes);
+                    table
+                        .insert(k.as_str(), bytes.as_slice())
                         .map_err(write_err)?
-                        .map(|old| len(old.value())),
-                };
-                removed += old.unwrap_or(0);
-            }
-            let mut meta = txn.open_table(META).map_err(write_err)?;
-            meta.insert(APPLIED, applied).map_err(write_err)?;
-            meta.insert(MEMBERSHIP, membership).map_err(write_err)?;
+                        .map(|old| len(old.value()))
+                }
+                None => table
+                    .remove(k.as_str())
+                    .map_err(write_err)?
+                    .map(|old| len(old.value())),
+            };
+            removed += old.unwrap_or(0);
         }
-        txn.commit().map_err(write_err)?;
-        change(&stored.object_bytes, added, removed);
-        Ok(())
+        let mut meta = txn.open_table(META).map_err(write_err)?;
+        meta.insert(APPLIED, applied).map_err(write_err)?;
+        meta.insert(MEMBERSHIP, membership).map_err(write_err)?;
     }
+    txn.commit().map_err(write_err)?;
+    change(&stored.object_bytes, added, removed);
+    Ok(())
+}
 
+impl StateMachine {
     /// Applies `entries` to the in-memory state under its lock, records the changes for
     /// watchers and wakes the nodes concerned; answers the results and the changed objects,
     /// encoded, for the caller to write once the lock is released (readers never wait for
@@ -989,6 +1033,7 @@ pub struct SnapshotBuilder {
     objects: Option<berth_state::ObjectsCopy>,
     meta: SnapshotMeta<NodeId, BerthNode>,
     db: Arc<Database>,
+    deferred: Arc<Deferred>,
     snapshots: SnapshotFiles,
 }
 
@@ -1015,7 +1060,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// Encodes the copy and writes it, off the async workers.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (db, meta) = (self.db.clone(), self.meta.clone());
-        let snapshots = self.snapshots.clone();
+        let (snapshots, deferred) = (self.snapshots.clone(), self.deferred.clone());
         let objects = self.objects.take();
         let data = blocking(move || {
             let objects =
@@ -1024,6 +1069,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data = snapshot_of(&objects)?;
             drop(objects);
             let encoded = started.elapsed();
+            // The applied index on disk must not be behind the snapshot's: openraft starts
+            // from the first as committed, and wants the second within it.
+            deferred.write_out()?;
             StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
             tracing::info!(
                 id = %meta.snapshot_id,
@@ -1058,8 +1106,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (results, objects) = self.apply_in_memory(entries)?;
         let (applied, membership) = (encode(&self.last_applied)?, encode(&self.membership)?);
-        let (db, stored) = (self.db.clone(), self.shared.stored.clone());
-        blocking(move || Self::persist(&db, &objects, &applied, &membership, &stored)).await?;
+        if self.deferred.add(objects, applied, membership)? {
+            self.deferred.clone().write_out_off_workers().await?;
+        }
         Ok(results)
     }
 
@@ -1079,6 +1128,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot_id,
             },
             db: self.db.clone(),
+            deferred: self.deferred.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -1095,13 +1145,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let (db, snapshot_meta) = (self.db.clone(), meta.clone());
         let (snapshots, stored) = (self.snapshots.clone(), self.shared.stored.clone());
+        let deferred = self.deferred.clone();
         let state = blocking(move || {
             let started = Instant::now();
             let parsed: SnapshotData = decode_compressed(&data)?;
             let state = State::from_objects(parsed.objects);
-            if let Some(bytes) =
-                Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))?
-            {
+            // What applied before the snapshot and is not yet on disk is in it.
+            let saved = deferred.discard_then(|| {
+                Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))
+            })?;
+            if let Some(bytes) = saved {
                 stored.object_bytes.store(bytes, Ordering::Relaxed);
             }
             tracing::info!(
@@ -1139,6 +1192,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// The applied index as stored (its bytes as text) and every stored object's key and value.
+#[cfg(test)]
+pub(crate) fn read_applied_and_objects(db: &Database) -> (Option<String>, Vec<(String, String)>) {
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(META).expect("meta");
+    let applied = meta
+        .get(APPLIED)
+        .expect("get")
+        .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    let objects = txn.open_table(OBJECTS).expect("objects");
+    let objects = objects
+        .iter()
+        .expect("iter")
+        .map(|item| {
+            let (k, v) = item.expect("item");
+            (
+                k.value().to_string(),
+                String::from_utf8_lossy(v.value()).into_owned(),
+            )
+        })
+        .collect();
+    (applied, objects)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1162,7 +1239,7 @@ mod tests {
 
     #[test]
     fn compressed_values_round_trip_and_are_smaller_than_their_json() {
-        let stored = encode_compressed(&batch()).expect("encode");
+        let stored = encode_compressed(&batch()).expect("encode").0;
         let json = encode(&batch()).expect("encode");
         assert_eq!(stored[0], DEFLATED);
         assert!(
@@ -1207,7 +1284,8 @@ mod tests {
         let objects = StateMachine::encode_changes(&state, &keys).expect("encode");
         let stored = Stored::default();
         let membership = encode(&StoredMembership::<NodeId, BerthNode>::default()).expect("encode");
-        StateMachine::persist(&db, &objects, b"null", &membership, &stored).expect("persist");
+        let pairs = objects.iter().map(|(k, v)| (k, v));
+        persist(&db, pairs, b"null", &membership, &stored).expect("persist");
         // What was stored is counted, and counted the same from the file.
         let bytes: u64 = objects
             .iter()
@@ -1218,6 +1296,7 @@ mod tests {
         let counted = Arc::new(Stored::of(&db).expect("count"));
         StateMachine::load(
             db.clone(),
+            Deferred::new(db.clone(), counted.clone()),
             SnapshotFiles::in_database(),
             Arc::default(),
             counted.clone(),
@@ -1267,7 +1346,7 @@ mod tests {
                     log_id: log_id(index),
                     payload: EntryPayload::Blank,
                 };
-                let bytes = encode_compressed(&entry).expect("encode");
+                let bytes = encode_compressed(&entry).expect("encode").0;
                 table.insert(index, bytes.as_slice()).expect("insert");
             }
         }
@@ -1350,7 +1429,7 @@ mod tests {
 
     #[test]
     fn a_damaged_compressed_value_is_an_error_not_a_panic() {
-        let mut stored = encode_compressed(&batch()).expect("encode");
+        let mut stored = encode_compressed(&batch()).expect("encode").0;
         stored.truncate(stored.len() / 2);
         assert!(decode_compressed::<Vec<Task>>(&stored).is_err());
     }
