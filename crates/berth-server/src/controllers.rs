@@ -67,9 +67,9 @@ pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
             }
             // The clock is read with the state, after a linearizable read has caught up.
             let commands = match C::READ {
-                ReadPolicy::Stale => store.read_stale(|s| controller.plan(s, now_ms())),
+                ReadPolicy::Stale => store.read_stale_queued(|s| controller.plan(s, now_ms())),
                 ReadPolicy::Linearizable => {
-                    match store.read(|s| controller.plan(s, now_ms())).await {
+                    match store.read_queued(|s| controller.plan(s, now_ms())).await {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::debug!("read the state: {}", error_chain(&e));

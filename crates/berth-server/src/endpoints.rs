@@ -29,7 +29,7 @@ pub(crate) fn publisher(store: Store) -> (Published, impl std::future::Future<Ou
                 }
                 continue;
             }
-            let now = store.read_stale(berth_control::endpoints);
+            let now = store.read_stale_queued(berth_control::endpoints);
             tx.send_if_modified(|current| {
                 let changed = **current != now;
                 if changed {

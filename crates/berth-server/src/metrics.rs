@@ -233,7 +233,7 @@ impl Metrics {
         i.store_object_bytes.set(as_i64(stored.object_bytes));
         i.store_file_bytes
             .set(as_i64(stored.file_bytes.unwrap_or(0)));
-        let (counts, nodes, totals, objects) = store.read_stale(|s| {
+        let (counts, nodes, totals, objects) = store.read_stale_queued(|s| {
             // Live tasks only: stopped ones are counted, not read.
             let mut counts = std::collections::HashMap::new();
             for t in s.live_tasks() {

@@ -16,7 +16,6 @@ impl State {
     /// stopped sets) for the tasks in `changed`. A task's node never changes once set, and a
     /// stopped task never runs again (its stop time stays).
     pub(crate) fn reindex(&mut self, changed: &[Key]) {
-        let mut nodes = BTreeSet::new();
         for key in changed {
             let Key::Task(id) = key else { continue };
             let Some(task) = self.tasks.get(id) else {
@@ -37,7 +36,9 @@ impl State {
                 }
                 remove_from(&mut self.live_by_namespace, &task.namespace, id);
                 if let Some(node) = &task.node {
-                    remove_from(&mut self.live_by_node, node, id);
+                    if remove_from(&mut self.live_by_node, node, id) {
+                        allocate(&mut self.allocated, node, task, false);
+                    }
                 }
                 let entry = (stopped_at(task), id.clone());
                 if let Some(g) = group {
@@ -58,18 +59,16 @@ impl State {
                     .or_default()
                     .insert(id.clone());
                 if let Some(node) = &task.node {
-                    self.live_by_node
+                    let added = self
+                        .live_by_node
                         .entry(node.clone())
                         .or_default()
                         .insert(id.clone());
+                    if added {
+                        allocate(&mut self.allocated, node, task, true);
+                    }
                 }
             }
-            if let Some(node) = &task.node {
-                nodes.insert(node.clone());
-            }
-        }
-        for node in nodes {
-            self.refresh_allocation(node);
         }
     }
 
@@ -100,16 +99,6 @@ impl State {
                     .or_default()
                     .insert(r.task_id.clone());
             }
-        }
-    }
-    fn refresh_allocation(&mut self, node: String) {
-        let used = self.live_tasks_on(&node).fold((0, 0), |(cpu, memory), t| {
-            (cpu + u64::from(t.cpu), memory + u64::from(t.memory))
-        });
-        if used == (0, 0) {
-            self.allocated.remove(&node);
-        } else {
-            self.allocated.insert(node, used);
         }
     }
 
@@ -429,7 +418,9 @@ impl State {
         }
         remove_from(&mut self.live_by_namespace, &task.namespace, id);
         if let Some(node) = &task.node {
-            remove_from(&mut self.live_by_node, node, id);
+            if remove_from(&mut self.live_by_node, node, id) {
+                allocate(&mut self.allocated, node, &task, false);
+            }
         }
         let entry = (stopped_at(&task), id.to_owned());
         if self.stopped.remove(&entry) {
@@ -441,9 +432,6 @@ impl State {
                     }
                 }
             }
-        }
-        if let Some(node) = task.node.clone() {
-            self.refresh_allocation(node);
         }
         Some(task)
     }
@@ -469,12 +457,39 @@ fn revision_of(task: &Task) -> crate::RevisionKey {
     }
 }
 
-pub(crate) fn remove_from<K: Ord>(index: &mut BTreeMap<K, BTreeSet<String>>, key: &K, id: &str) {
-    if let Some(set) = index.get_mut(key) {
-        set.remove(id);
-        if set.is_empty() {
-            index.remove(key);
-        }
+/// Takes `id` out of `key`'s set in `index` (and the set, once empty); answers whether it
+/// was there.
+pub(crate) fn remove_from<K: Ord>(
+    index: &mut BTreeMap<K, BTreeSet<String>>,
+    key: &K,
+    id: &str,
+) -> bool {
+    let Some(set) = index.get_mut(key) else {
+        return false;
+    };
+    let removed = set.remove(id);
+    if set.is_empty() {
+        index.remove(key);
+    }
+    removed
+}
+
+/// Adds `task`'s reservation to `node`'s allocation, or takes it away (the task joined or
+/// left the node's live set; a task's reservation never changes); nodes at zero leave.
+fn allocate(allocated: &mut HashMap<String, (u64, u64)>, node: &str, task: &Task, add: bool) {
+    let (cpu, memory) = (u64::from(task.cpu), u64::from(task.memory));
+    let current = allocated.get(node).copied().unwrap_or_default();
+    let next = match add {
+        true => (current.0 + cpu, current.1 + memory),
+        false => (
+            current.0.saturating_sub(cpu),
+            current.1.saturating_sub(memory),
+        ),
+    };
+    if next == (0, 0) {
+        allocated.remove(node);
+    } else {
+        allocated.insert(node.to_owned(), next);
     }
 }
 

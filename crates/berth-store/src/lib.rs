@@ -835,6 +835,19 @@ impl Store {
     /// A linearizable read: the leader confirms its leadership with a quorum (read index), this
     /// member waits until it has applied that far, then runs `f` on its state.
     pub async fn read<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, StoreError> {
+        self.read_linearizable(f, false).await
+    }
+
+    /// [`Store::read`] for long reads (see [`Store::read_stale_queued`]).
+    pub async fn read_queued<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, StoreError> {
+        self.read_linearizable(f, true).await
+    }
+
+    async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&State) -> R,
+        queued: bool,
+    ) -> Result<R, StoreError> {
         let deadline = Instant::now() + self.config.write_timeout;
         let index = self
             .retry(deadline, || async {
@@ -849,12 +862,23 @@ impl Store {
             })
             .await?;
         self.wait_applied(index, deadline).await?;
-        Ok(self.read_stale(f))
+        Ok(match queued {
+            true => self.read_stale_queued(f),
+            false => self.read_stale(f),
+        })
     }
 
-    /// Reads this member's state as applied so far, without asking the leader.
+    /// Reads this member's state as applied so far, without asking the leader. For short
+    /// reads: it may pass a writer waiting behind a long read; long ones (a whole controller
+    /// round, a scan of every task) go through [`Store::read_stale_queued`].
     pub fn read_stale<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.shared.read())
+    }
+
+    /// [`Store::read_stale`] for long reads: it waits behind a writer already waiting, so
+    /// that a stream of them never keeps the applier out.
+    pub fn read_stale_queued<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.shared.read_queued())
     }
 
     /// The object changes after `revision` and the state's revision now, or `None` when they are

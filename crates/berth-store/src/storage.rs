@@ -24,7 +24,7 @@ use std::io::{Cursor, Write as _};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
@@ -698,7 +698,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// The in-memory state shared with readers, and a signal bumped after every applied batch.
 pub struct Shared {
-    pub state: RwLock<State>,
+    /// parking_lot's lock for two things std's lacks: a short read may pass a writer that
+    /// waits behind a long read ([`Shared::read`]), and the applier turns its write lock into
+    /// a read lock once the state changed, letting readers in while it records the changes.
+    pub state: parking_lot::RwLock<State>,
     pub applied: watch::Sender<u64>,
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
@@ -749,18 +752,21 @@ impl Shared {
 }
 
 impl Shared {
-    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A poisoned lock means a panic while applying; the state is still the last one written
-        // in full, because `apply` replaces it only after success.
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A read that does not queue behind a waiting writer when others already read: an API
+    /// read is short, and waited behind the applier, which waited behind a controller's
+    /// round (milliseconds) under a read lock. For short reads only: a stream of long ones
+    /// would keep the applier out.
+    pub(crate) fn read(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        self.state.read_recursive()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A read that lets a waiting writer go first: for long ones (a controller's round).
+    pub(crate) fn read_queued(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        self.state.read()
+    }
+
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
+        self.state.write()
     }
 }
 
@@ -812,7 +818,7 @@ impl StateMachine {
         }
         let (applied, _) = watch::channel(last_applied.map_or(0, |l| l.index));
         let shared = Arc::new(Shared {
-            state: RwLock::new(State::from_objects(objects)),
+            state: parking_lot::RwLock::new(State::from_objects(objects)),
             applied,
             committed,
             changes: std::sync::Mutex::new(crate::changes::ChangeLog::new(
@@ -889,8 +895,8 @@ pub(crate) fn persist<'a>(
 }
 
 impl StateMachine {
-    /// Applies `entries` to the in-memory state under its lock, records the changes for
-    /// watchers and wakes the nodes concerned; answers the results and the changed objects,
+    /// Applies `entries` to the in-memory state under its write lock, then (the lock turned
+    /// into a read lock) records the changes for watchers and wakes the nodes concerned; answers the results and the changed objects,
     /// encoded, for the caller to write once the lock is released (readers never wait for
     /// the disk; what they may see before the write lands is already in the Raft log, durable,
     /// and a failed write stops Raft and the server with it: `Store::fatal`).
@@ -919,6 +925,8 @@ impl StateMachine {
         }
         changed.sort();
         changed.dedup();
+        // Readers may come in from here on: the state is as it stays.
+        let state = parking_lot::RwLockWriteGuard::downgrade(state);
         let objects = Self::encode_changes(&state, &changed)?;
         if let Some(applied) = self.last_applied {
             self.shared
@@ -928,8 +936,9 @@ impl StateMachine {
                 .record(applied.index, &state, &changed);
         }
         self.shared.notify_nodes(&state, &changed);
-        // Bumped with the state still locked: a reader that sees index N sees the state
-        // after N, never one ahead of it.
+        // Bumped with the state still locked for reading: a reader that sees index N sees the
+        // state after N (one that came in since the downgrade may see the state ahead of
+        // the index, which every reader allows for).
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
         }
