@@ -1,5 +1,5 @@
 //! The sandbox, checked from inside real containers (issue 16): the seccomp profile, the pids
-//! limit, /proc's mount flags, the user a name resolves to (and a name that does not resolve),
+//! limit, the CPU quota, /proc's mount flags, the user a name resolves to (and a name that does not resolve),
 //! a read-only root, a dropped capability, a ulimit, and the ephemeral storage limit. One
 //! cluster for every check; the tasks run at the same time.
 
@@ -33,6 +33,15 @@ fn manifest(image: &str) -> String {
             "",
             "( i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); echo $i > /tmp/n; done ) 2>/dev/null; \
              n=$(cat /tmp/n); killall sleep; echo started $n; cat /sys/fs/cgroup/pids/pids.max",
+        ),
+        // The CPU quota is set once the container runs (runc's init runs without it): read
+        // a moment after the start. cgroup v1 or v2, whichever the host mounts.
+        def(
+            "cpu",
+            "  memory: 128\n",
+            "",
+            "sleep 1; cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us \
+             2>/dev/null || cat /sys/fs/cgroup/cpu.max",
         ),
         def("user", "  memory: 128\n", "      user: nobody\n", "id -u; id -g"),
         def("ghost", "  memory: 128\n", "      user: ghost\n", "id -u"),
@@ -112,9 +121,10 @@ async fn the_sandbox_holds_from_inside_real_containers() -> anyhow::Result<()> {
     let out = cli(&addr, &["run", "--wait", &named, "--", "id", "-u"]).await?;
     assert_eq!(stdout(&out), "65534\n", "stderr: {}", stderr(&out));
 
-    let (seccomp, pids, user, readonly, nochown, ulimit) = tokio::try_join!(
+    let (seccomp, pids, cpu, user, readonly, nochown, ulimit) = tokio::try_join!(
         output_of(&addr, "seccomp"),
         output_of(&addr, "pids"),
+        output_of(&addr, "cpu"),
         output_of(&addr, "user"),
         output_of(&addr, "readonly"),
         output_of(&addr, "nochown"),
@@ -140,6 +150,10 @@ async fn the_sandbox_holds_from_inside_real_containers() -> anyhow::Result<()> {
         "started {started} sleeps under a limit of {PIDS_LIMIT}: {pids}"
     );
     assert_eq!(words.next(), Some(limit.as_str()), "{pids}");
+
+    // 128 CPU units: an eighth of a CPU, 12.5 ms in each 100 ms period.
+    let quota: Vec<&str> = cpu.split_whitespace().collect();
+    assert_eq!(quota, ["12500", "100000"], "{cpu}");
 
     // A user name resolves against the image's /etc/passwd; an unknown one fails the task.
     assert_eq!(user, "65534\n65534\n");

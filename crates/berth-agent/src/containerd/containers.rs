@@ -11,22 +11,31 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveS
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
 
 use super::client::{ok_if_not_found, Lease};
 use super::{stats, ContainerdRuntime, LABEL_CONTAINER, LABEL_TASK_ID, SNAPSHOTTER};
 use crate::runtime::{ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, RuntimeError};
-use crate::spec::{build_spec, SpecOptions};
+use crate::spec::{build_spec, lift_cpu_quota, SpecOptions};
+use oci_spec::runtime::LinuxResources;
 
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 /// `containerd.v1.types.Status.STOPPED`.
 const PROCESS_STOPPED: i32 = 3;
 
 impl ContainerdRuntime {
-    async fn create_container(&self, c: &ContainerSpec, lease: &Lease) -> Result<(), RuntimeError> {
+    /// Creates the container and its task, stopped, without its CPU quota; answers the cgroup
+    /// limits to set once it started ([`lift_cpu_quota`]).
+    async fn create_container(
+        &self,
+        c: &ContainerSpec,
+        lease: &Lease,
+    ) -> Result<Option<LinuxResources>, RuntimeError> {
         let mut snapshots = SnapshotsClient::new(self.channel.clone());
         let top = c.image.rootfs_id.clone();
         let prepare = || PrepareSnapshotRequest {
@@ -59,7 +68,7 @@ impl ContainerdRuntime {
                 )),
             });
         }
-        let spec = build_spec(
+        let mut spec = build_spec(
             c,
             &SpecOptions {
                 cgroup_parent: &self.config.cgroup_parent,
@@ -67,6 +76,7 @@ impl ContainerdRuntime {
                 pids_limit: self.pids_limit,
             },
         )?;
+        let limits = lift_cpu_quota(&mut spec);
         let spec_json = serde_json::to_vec(&spec).map_err(|error| RuntimeError::SpecJson {
             op: "encode the OCI runtime spec",
             error,
@@ -128,7 +138,7 @@ impl ContainerdRuntime {
             ))
             .await
             .map_err(RuntimeError::containerd("create task"))?;
-        Ok(())
+        Ok(limits)
     }
 
     pub(super) async fn start_container(
@@ -138,10 +148,13 @@ impl ContainerdRuntime {
         let lease = self.create_lease().await?;
         let created = self.create_container(c, &lease).await;
         self.delete_lease(lease).await;
-        if let Err(e) = created {
-            let _ = self.remove_container(&c.id).await;
-            return Err(e);
-        }
+        let limits = match created {
+            Ok(limits) => limits,
+            Err(e) => {
+                let _ = self.remove_container(&c.id).await;
+                return Err(e);
+            }
+        };
         // Wait is issued before Start so that no exit can be missed.
         let exit = self.wait_for_exit(&c.id);
         let started = TasksClient::new(self.channel.clone())
@@ -151,11 +164,56 @@ impl ContainerdRuntime {
             }))
             .await
             .map_err(RuntimeError::containerd("start task"));
-        if let Err(e) = started {
+        // The quota set now, before the task is reported running: a failure ends it rather
+        // than leave it unthrottled.
+        let limited = match (started, limits) {
+            (Ok(_), Some(limits)) => self.set_limits(&c.id, &limits).await,
+            (started, _) => started.map(drop),
+        };
+        if let Err(e) = limited {
             let _ = self.remove_container(&c.id).await;
             return Err(e);
         }
         Ok(exit)
+    }
+
+    /// Sets a started task's cgroup limits (containerd's `Tasks.Update`, `runc update`).
+    async fn set_limits(&self, id: &str, limits: &LinuxResources) -> Result<(), RuntimeError> {
+        let value = serde_json::to_vec(limits).map_err(|error| RuntimeError::SpecJson {
+            op: "encode the container's limits",
+            error,
+        })?;
+        let updated = TasksClient::new(self.channel.clone())
+            .update(self.req(UpdateTaskRequest {
+                container_id: id.to_owned(),
+                resources: Some(prost_types::Any {
+                    type_url: RESOURCES_TYPE_URL.into(),
+                    value,
+                }),
+                annotations: HashMap::new(),
+            }))
+            .await;
+        match updated {
+            Ok(_) => Ok(()),
+            // A process that already exited (a short command) has nothing left to limit.
+            Err(_) if self.exited(id).await => Ok(()),
+            Err(s) => Err(RuntimeError::containerd("set the container's CPU quota")(s)),
+        }
+    }
+
+    /// Whether the container's task has exited.
+    async fn exited(&self, id: &str) -> bool {
+        let req = self.req(GetRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        });
+        match TasksClient::new(self.channel.clone()).get(req).await {
+            Ok(r) => r
+                .into_inner()
+                .process
+                .is_some_and(|p| p.status == PROCESS_STOPPED),
+            Err(_) => false,
+        }
     }
 
     pub(super) async fn list_containers(&self) -> Result<Vec<ExistingContainer>, RuntimeError> {
