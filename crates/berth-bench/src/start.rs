@@ -9,9 +9,57 @@ use berth_tests::{AgentProc, Env, ServerProc};
 use crate::api::spec;
 use crate::results::{record_percentiles, Results};
 
+/// The steps of a start, in the order they happen, as the task's events time them (ms since the
+/// epoch, the server's and the agent's clocks: one machine here).
+const STEPS: [&str; 5] = [
+    // RunTask sent -> "placed on node" (the API, the Raft write creating the task, the
+    // scheduler; "created" is stamped before the write, so it marks nothing apart)
+    "placed",
+    // "placed" -> the agent's first event, "pulling image" (the assignment reaching it)
+    "assigned",
+    // -> "image … already present"
+    "image",
+    // -> "started" (the task network, the container created and started, its quota set)
+    "container",
+    // "started" -> RUNNING seen by the client (the report through Raft, the 1 ms polls)
+    "reported",
+];
+
+/// How long each of [`STEPS`] took for one task, from its events; `None` when an event is
+/// missing.
+fn steps(submitted_ms: f64, running_ms: f64, events: &[pb::Event]) -> Option<[f64; 5]> {
+    let at = |prefix: &str| {
+        events
+            .iter()
+            .find(|e| e.message.starts_with(prefix))
+            .map(|e| e.at as f64)
+    };
+    let image = at("image ").or_else(|| at("pulled image"))?;
+    let marks = [
+        submitted_ms,
+        at("placed on node")?,
+        at("pulling image")?,
+        image,
+        at("started")?,
+        running_ms,
+    ];
+    let mut out = [0.0; 5];
+    for (i, step) in out.iter_mut().enumerate() {
+        *step = marks[i + 1] - marks[i];
+    }
+    Some(out)
+}
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 /// Start latency on real containerd: 100 tasks started one after another on one agent with the
-/// image already pulled, submit to RUNNING as the API reports it; beside it the floor, the same
-/// image started 100 times by `ctr run -d` against the same containerd.
+/// image already pulled, submit to RUNNING as the API reports it, and each step's share from
+/// the task's events; beside it the floor, the same image started 100 times by `ctr run -d`
+/// against the same containerd.
 pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     const RUNS: usize = 100;
     let env = Env::start().await?;
@@ -33,6 +81,7 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
         let mut c = client.clone();
         async move {
             let t = Instant::now();
+            let submitted = epoch_ms();
             let task = c
                 .run_task(pb::RunTaskRequest {
                     namespace: String::new(),
@@ -55,7 +104,8 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
                     .await?
                     .into_inner();
                 if now.last_status == pb::TaskStatus::Running as i32 {
-                    return anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0);
+                    let taken = steps(submitted, epoch_ms(), &now.events);
+                    return anyhow::Ok((t.elapsed().as_secs_f64() * 1000.0, taken));
                 }
                 anyhow::ensure!(
                     now.last_status != pb::TaskStatus::Stopped as i32,
@@ -71,8 +121,13 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     // The first task pulls the image; it is not counted.
     run_one().await?;
     let mut berth = Vec::new();
+    let mut by_step = vec![Vec::new(); STEPS.len()];
     for _ in 0..RUNS {
-        berth.push(run_one().await?);
+        let (ms, taken) = run_one().await?;
+        berth.push(ms);
+        for (all, ms) in by_step.iter_mut().zip(taken.into_iter().flatten()) {
+            all.push(ms);
+        }
     }
     let mut floor = Vec::new();
     for i in 0..RUNS {
@@ -98,6 +153,9 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
         floor.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let p50 = record_percentiles(results, "start.", &mut berth);
+    for (step, ms) in STEPS.iter().zip(&mut by_step) {
+        record_percentiles(results, &format!("start.step_{step}_"), ms);
+    }
     let floor_p50 = record_percentiles(results, "start.floor_", &mut floor);
     results.insert("start.ratio_p50".into(), p50 / floor_p50);
     drop(agent);
