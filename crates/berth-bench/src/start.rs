@@ -81,7 +81,8 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
         let mut c = client.clone();
         async move {
             let t = Instant::now();
-            let submitted = epoch_ms();
+            // Events carry whole milliseconds.
+            let submitted = epoch_ms().floor();
             let task = c
                 .run_task(pb::RunTaskRequest {
                     namespace: String::new(),
