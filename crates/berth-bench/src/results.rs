@@ -90,9 +90,16 @@ pub(crate) fn write(results: &Results, run: &Results, dir: &PathBuf) -> anyhow::
     all.retain(|k, _| !ran.contains(&scenario(k)));
     all.extend(results.iter().map(|(k, v)| (k.clone(), *v)));
     for (ratio, ours, peer, _) in PEER_RATIOS {
-        all.remove(*ratio);
-        if let (Some(a), Some(b)) = (run.get(*ours), run.get(*peer)) {
-            all.insert((*ratio).to_owned(), a / b);
+        match (run.get(*ours), run.get(*peer)) {
+            (Some(a), Some(b)) => {
+                all.insert((*ratio).to_owned(), a / b);
+            }
+            // Neither side ran now: the ratio stays, from the run that had both.
+            _ if !ran.contains(&scenario(ours)) && !ran.contains(&scenario(peer)) => {}
+            // One side ran without the other: the old ratio no longer matches its figures.
+            _ => {
+                all.remove(*ratio);
+            }
         }
     }
     std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
@@ -110,4 +117,38 @@ pub(crate) fn write(results: &Results, run: &Results, dir: &PathBuf) -> anyhow::
     }
     std::fs::write(dir.join("latest.md"), md)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(pairs: &[(&str, f64)]) -> Results {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    fn written(dir: &std::path::Path) -> Results {
+        let text = std::fs::read_to_string(dir.join("latest.json")).expect("latest.json");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    #[test]
+    fn a_peer_ratio_comes_from_one_run_and_stays_until_either_side_runs_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let both = results(&[
+            ("raft.c1_ops_per_sec", 400.0),
+            ("etcd.c1_ops_per_sec", 800.0),
+        ]);
+        write(&both, &both, &dir).expect("write");
+        assert_eq!(written(&dir).get("raft.c1_vs_etcd"), Some(&0.5));
+        // Another scenario alone: the ratio stays.
+        let read = results(&[("read.burst_p99_ms", 30.0)]);
+        write(&read, &read, &dir).expect("write");
+        assert_eq!(written(&dir).get("raft.c1_vs_etcd"), Some(&0.5));
+        // One side alone: its new figure and the old peer's are not one run's.
+        let raft = results(&[("raft.c1_ops_per_sec", 500.0)]);
+        write(&raft, &raft, &dir).expect("write");
+        assert_eq!(written(&dir).get("raft.c1_vs_etcd"), None);
+    }
 }
