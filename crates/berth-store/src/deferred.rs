@@ -11,9 +11,11 @@
 //! A crash loses what was not yet written: the database's applied index is then behind, and
 //! openraft applies the entries after it again from the log (objects and the applied index
 //! are written in one transaction, so they always agree). That needs the entries still in
-//! the log: a purge writes the set out first ([`Deferred::write_out`]), so the applied index
-//! on disk is never behind a purge. Installing a snapshot replaces the objects: what is
-//! pending from before it is dropped ([`Deferred::discard_then`]).
+//! the log: a purge writes the set out first ([`Deferred::write_out`]) and is recorded only
+//! up to the applied index the disk then holds ([`Deferred::written`]; the purge openraft
+//! issues beside a snapshot install comes before the install's transaction, and is left to
+//! the next one). Installing a snapshot replaces the objects: what is pending from before it
+//! is dropped ([`Deferred::discard_then`]).
 //!
 //! A write that fails stops the set for good (a later one would record an applied index past
 //! changes it never wrote): the next apply or purge answers the error, which stops Raft and
@@ -23,6 +25,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -43,6 +46,8 @@ pub(crate) struct Changes {
     pub(crate) objects: BTreeMap<String, Option<Vec<u8>>>,
     /// The applied log id and the membership as of the last change, encoded.
     pub(crate) applied: Option<(Vec<u8>, Vec<u8>)>,
+    /// The applied log index as of the last change.
+    index: u64,
     bytes: usize,
 }
 
@@ -55,6 +60,8 @@ pub(crate) struct Deferred {
     writing: Mutex<()>,
     /// Why a write failed, once one did.
     failed: OnceLock<String>,
+    /// The applied log index the database holds (written, installed or loaded).
+    written: AtomicU64,
     /// The timer's, once the first change started it.
     timer: OnceLock<()>,
 }
@@ -71,6 +78,7 @@ impl Deferred {
             pending: Mutex::default(),
             writing: Mutex::default(),
             failed: OnceLock::new(),
+            written: AtomicU64::new(0),
             timer: OnceLock::new(),
         })
     }
@@ -90,6 +98,7 @@ impl Deferred {
     pub(crate) fn add(
         self: &Arc<Self>,
         objects: Vec<(String, Option<Vec<u8>>)>,
+        index: u64,
         applied: Vec<u8>,
         membership: Vec<u8>,
     ) -> Result<bool, SError> {
@@ -101,13 +110,14 @@ impl Deferred {
         });
         let mut pending = lock(&self.pending);
         for (key, bytes) in objects {
-            let size = key.len() + bytes.as_ref().map_or(0, Vec::len);
+            let (key_len, size) = (key.len(), key.len() + bytes.as_ref().map_or(0, Vec::len));
             pending.bytes += size;
             if let Some(old) = pending.objects.insert(key, bytes) {
-                pending.bytes -= old.map_or(0, |o| o.len());
+                pending.bytes -= key_len + old.map_or(0, |o| o.len());
             }
         }
         pending.applied = Some((applied, membership));
+        pending.index = index;
         Ok(pending.bytes >= MAX_BYTES)
     }
 
@@ -126,10 +136,25 @@ impl Deferred {
             membership,
             &self.stored,
         );
-        if let Err(e) = &result {
-            let _ = self.failed.set(e.to_string());
+        match &result {
+            Ok(()) => {
+                self.written.fetch_max(changes.index, Ordering::AcqRel);
+            }
+            Err(e) => {
+                let _ = self.failed.set(e.to_string());
+            }
         }
         result
+    }
+
+    /// The applied log index the database holds.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Records the applied index the database was loaded at.
+    pub(crate) fn loaded(&self, index: u64) {
+        self.written.fetch_max(index, Ordering::AcqRel);
     }
 
     /// [`Deferred::write_out`] on the blocking pool.
@@ -137,12 +162,18 @@ impl Deferred {
         blocking(move || self.write_out()).await
     }
 
-    /// Drops what is pending and runs `replace` (which replaces every object on disk) with no
-    /// write in between. Blocking.
-    pub(crate) fn discard_then<T>(&self, replace: impl FnOnce() -> T) -> T {
+    /// Drops what is pending and runs `replace` (which replaces every object on disk, and
+    /// the applied index with `index`) with no write in between. Blocking.
+    pub(crate) fn discard_then<T>(
+        &self,
+        index: u64,
+        replace: impl FnOnce() -> Result<T, SError>,
+    ) -> Result<T, SError> {
         let _writing = lock(&self.writing);
         *lock(&self.pending) = Changes::default();
-        replace()
+        let replaced = replace()?;
+        self.written.store(index, Ordering::Release);
+        Ok(replaced)
     }
 }
 
@@ -181,8 +212,9 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.map(|v| v.as_bytes().to_vec())))
             .collect();
+        let index = applied.parse().expect("an index");
         let due = d
-            .add(objects, applied.as_bytes().to_vec(), b"m".to_vec())
+            .add(objects, index, applied.as_bytes().to_vec(), b"m".to_vec())
             .expect("add");
         assert!(!due);
     }
@@ -195,7 +227,9 @@ mod tests {
         add(&d, &[("a", Some("2")), ("c", Some("1"))], "6");
         add(&d, &[("c", None)], "7");
         assert_eq!(read_applied_and_objects(&db), (None, vec![]));
+        assert_eq!(d.written(), 0);
         d.write_out().expect("write");
+        assert_eq!(d.written(), 7);
         assert_eq!(
             read_applied_and_objects(&db),
             (
@@ -212,8 +246,9 @@ mod tests {
         let db = database();
         let d = Deferred::new(db.clone(), Arc::default());
         add(&d, &[("a", Some("1"))], "5");
-        let ran = d.discard_then(|| true);
+        let ran = d.discard_then(9, || Ok(true)).expect("replace");
         assert!(ran);
+        assert_eq!(d.written(), 9, "the install's index");
         d.write_out().expect("write");
         assert_eq!(read_applied_and_objects(&db), (None, vec![]));
     }
@@ -223,7 +258,12 @@ mod tests {
         let d = Deferred::new(database(), Arc::default());
         let big = vec![b'x'; MAX_BYTES];
         let due = d
-            .add(vec![("a".into(), Some(big))], b"1".to_vec(), b"m".to_vec())
+            .add(
+                vec![("a".into(), Some(big))],
+                1,
+                b"1".to_vec(),
+                b"m".to_vec(),
+            )
             .expect("add");
         assert!(due);
     }

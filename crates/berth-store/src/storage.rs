@@ -316,6 +316,28 @@ pub struct LogStore {
 /// Log entries deleted per transaction once a snapshot lets them go.
 const PURGE_CHUNK: u64 = 256;
 
+/// Records a purge up to `log_id` once the state machine's pending writes are on disk
+/// ([`Deferred`]), and answers whether it did: the applied index on disk must never be behind
+/// the log's start, or a start after a crash would have to apply entries the log no longer
+/// holds. A purge past it records nothing: openraft purges beside a snapshot install before
+/// the install's transaction (which writes the applied index) commits, and a later fsynced
+/// commit (a vote) would make the purge durable first; the install's transaction records it
+/// instead ([`StateMachine::save_snapshot`]). Blocking.
+fn record_purge(db: &Database, deferred: &Deferred, log_id: LogId<NodeId>) -> Result<bool, SError> {
+    deferred.write_out()?;
+    let on_disk = deferred.written();
+    if on_disk < log_id.index {
+        tracing::info!(
+            upto = log_id.index,
+            applied_on_disk = on_disk,
+            "a purge left to the next: the applied index on disk is behind it"
+        );
+        return Ok(false);
+    }
+    put_meta(db, PURGED, &Some(log_id), Durability::None)?;
+    Ok(true)
+}
+
 /// Deletes the oldest log entries up to `upto`, inclusive, at most [`PURGE_CHUNK`] of them,
 /// in a transaction not fsynced on its own (the next append's is); answers whether more
 /// remain.
@@ -659,8 +681,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Records the purge, then leaves the deletion to [`purge_behind`]. Entries at or below
     /// the purged index may stay a while (and after a crash, until the next purge): nothing
     /// reads them, and they are in the snapshot. Not fsynced on its own: the deletions come
-    /// after it, so no crash keeps them without it. The state machine's pending writes go
-    /// first ([`Deferred`]): its applied index on disk must never be behind the log's start.
+    /// after it, so no crash keeps them without it. See [`record_purge`] for when it records
+    /// nothing.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let (db, stored) = (self.db.clone(), self.stored.clone());
         let deferred = self.deferred.clone();
@@ -669,18 +691,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if in_place() {
             // The simulation: all at once, where the purge is awaited.
             return blocking(move || {
-                deferred.write_out()?;
-                put_meta(&db, PURGED, &Some(log_id), Durability::None)?;
-                while delete_chunk(&db, &stored, upto)? {}
+                if record_purge(&db, &deferred, log_id)? {
+                    while delete_chunk(&db, &stored, upto)? {}
+                }
                 Ok(())
             })
             .await;
         }
-        blocking(move || {
-            deferred.write_out()?;
-            put_meta(&db, PURGED, &Some(log_id), Durability::None)
-        })
-        .await?;
+        if !blocking(move || record_purge(&db, &deferred, log_id)).await? {
+            return Ok(());
+        }
         self.purger
             .get_or_init(|| {
                 let (wanted, rx) = watch::channel(0);
@@ -828,6 +848,7 @@ impl StateMachine {
             listing: std::sync::Mutex::default(),
             stored,
         });
+        deferred.loaded(last_applied.map_or(0, |l| l.index));
         let sm = Self {
             db,
             deferred,
@@ -1007,6 +1028,14 @@ impl StateMachine {
                 meta_table
                     .insert(APPLIED, encode(&meta.last_log_id)?.as_slice())
                     .map_err(write_err)?;
+                // openraft purges the log up to an installed snapshot, in a purge that came
+                // before this transaction and recorded nothing ([`record_purge`]): recorded
+                // here, with the applied index that makes it safe. The log's entries up to it
+                // (and the gap up to it, when the log was behind) read as gone; the next
+                // purge deletes them.
+                meta_table
+                    .insert(PURGED, encode(&meta.last_log_id)?.as_slice())
+                    .map_err(write_err)?;
                 meta_table
                     .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
                     .map_err(write_err)?;
@@ -1115,7 +1144,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (results, objects) = self.apply_in_memory(entries)?;
         let (applied, membership) = (encode(&self.last_applied)?, encode(&self.membership)?);
-        if self.deferred.add(objects, applied, membership)? {
+        let index = self.last_applied.map_or(0, |l| l.index);
+        if self.deferred.add(objects, index, applied, membership)? {
             self.deferred.clone().write_out_off_workers().await?;
         }
         Ok(results)
@@ -1160,7 +1190,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let parsed: SnapshotData = decode_compressed(&data)?;
             let state = State::from_objects(parsed.objects);
             // What applied before the snapshot and is not yet on disk is in it.
-            let saved = deferred.discard_then(|| {
+            let index = snapshot_meta.last_log_id.map_or(0, |l| l.index);
+            let saved = deferred.discard_then(index, || {
                 Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))
             })?;
             if let Some(bytes) = saved {
@@ -1385,6 +1416,8 @@ mod tests {
         let db = log_of(2_000);
         let mut log = LogStore::new(db.clone(), Arc::default()).expect("log");
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 2_000);
+        // The state machine on disk has applied everything.
+        log.deferred().loaded(2_000);
         log.purge(log_id(1_500)).await.expect("purge");
         // Recorded before it returns; the entries go behind it.
         let state = log.get_log_state().await.expect("state");
@@ -1406,6 +1439,7 @@ mod tests {
         put_meta(&db, PURGED, &Some(log_id(1_800)), Durability::None).expect("purged");
         drop(log);
         let mut log = LogStore::new(db, Arc::default()).expect("log");
+        log.deferred().loaded(2_000);
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 500);
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1_800)));
@@ -1427,6 +1461,8 @@ mod tests {
         // A follower that installs a snapshot ahead of its log (here at 1,000, its log ending
         // at 500) purges past its last entry.
         let mut log = LogStore::new(log_of(500), Arc::default()).expect("log");
+        // The install's transaction wrote the applied index at 1,000.
+        log.deferred().loaded(1_000);
         log.purge(log_id(1_000)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1_000)));
@@ -1434,6 +1470,31 @@ mod tests {
         holds(&log, 0).await;
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id, Some(log_id(1_000)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_past_the_applied_index_on_disk_records_nothing() {
+        // openraft purges beside a snapshot install before the install's transaction commits:
+        // recorded, a crash could leave an applied index behind the log's first entry.
+        let mut log = LogStore::new(log_of(500), Arc::default()).expect("log");
+        log.deferred().loaded(200);
+        log.purge(log_id(400)).await.expect("purge");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, None);
+        holds(&log, 500).await;
+        assert_eq!(
+            log.try_get_log_entries(201..=400)
+                .await
+                .expect("read")
+                .len(),
+            200
+        );
+        // Once the disk holds the applied index, the next purge takes them all.
+        log.deferred().loaded(450);
+        log.purge(log_id(450)).await.expect("purge");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(450)));
+        holds(&log, 50).await;
     }
 
     #[test]

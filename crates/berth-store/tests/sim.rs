@@ -282,7 +282,7 @@ impl Sim {
         let reach = net.clone();
         let store = Store::open_simulated(config, db, net, Arc::new(move |a| reach.reach(a)))
             .await
-            .map_err(|e| format!("start member {id}: {e}"))?;
+            .map_err(|e| format!("start member {id}: {}", berth_store::error_chain(&e)))?;
         {
             let mut net = self.net.lock().expect("net lock");
             net.live.insert(id, store.raft().clone());

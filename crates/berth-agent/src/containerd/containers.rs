@@ -11,13 +11,13 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveS
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest,
-    UpdateTaskRequest, WaitRequest,
+    DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest, ListContainersRequest,
+    StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
 
 use super::client::{ok_if_not_found, Lease};
-use super::{stats, ContainerdRuntime, LABEL_CONTAINER, LABEL_TASK_ID, SNAPSHOTTER};
+use super::{stats, ContainerdRuntime, LABEL_CONTAINER, LABEL_LIMITS, LABEL_TASK_ID, SNAPSHOTTER};
 use crate::runtime::{ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, RuntimeError};
 use crate::spec::{build_spec, lift_cpu_quota, SpecOptions};
 use oci_spec::runtime::LinuxResources;
@@ -81,12 +81,20 @@ impl ContainerdRuntime {
             op: "encode the OCI runtime spec",
             error,
         })?;
+        let mut labels = HashMap::from([
+            (LABEL_TASK_ID.to_owned(), c.task_id.clone()),
+            (LABEL_CONTAINER.to_owned(), c.container_name.clone()),
+        ]);
+        if let Some(limits) = &limits {
+            let json = serde_json::to_string(limits).map_err(|error| RuntimeError::SpecJson {
+                op: "encode the container's limits",
+                error,
+            })?;
+            labels.insert(LABEL_LIMITS.to_owned(), json);
+        }
         let container = Container {
             id: c.id.clone(),
-            labels: HashMap::from([
-                (LABEL_TASK_ID.to_owned(), c.task_id.clone()),
-                (LABEL_CONTAINER.to_owned(), c.container_name.clone()),
-            ]),
+            labels,
             image: c.image.reference.clone(),
             runtime: Some(ContainerRuntime {
                 name: RUNC_V2.into(),
@@ -196,9 +204,42 @@ impl ContainerdRuntime {
         match updated {
             Ok(_) => Ok(()),
             // A process that already exited (a short command) has nothing left to limit.
-            Err(_) if self.exited(id).await => Ok(()),
+            Err(_) if self.exits_soon(id).await => Ok(()),
             Err(s) => Err(RuntimeError::containerd("set the container's CPU quota")(s)),
         }
+    }
+
+    /// Sets the limits recorded on a container ([`LABEL_LIMITS`]) again: an agent that adopts
+    /// it cannot know whether the one before it stopped between its start and its update.
+    /// Containers from before the label have their quota from their spec.
+    pub(super) async fn restore_limits(&self, id: &str) -> Result<(), RuntimeError> {
+        let container = ContainersClient::new(self.channel.clone())
+            .get(self.req(GetContainerRequest { id: id.to_owned() }))
+            .await
+            .map_err(RuntimeError::containerd("get container"))?
+            .into_inner()
+            .container;
+        let Some(json) = container.and_then(|c| c.labels.get(LABEL_LIMITS).cloned()) else {
+            return Ok(());
+        };
+        let limits: LinuxResources =
+            serde_json::from_str(&json).map_err(|error| RuntimeError::SpecJson {
+                op: "read the container's limits",
+                error,
+            })?;
+        self.set_limits(id, &limits).await
+    }
+
+    /// Whether the container's task has exited, or does within a second: runc refuses an
+    /// update once the process is a zombie, a moment before containerd reports it stopped.
+    async fn exits_soon(&self, id: &str) -> bool {
+        for _ in 0..20 {
+            if self.exited(id).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Whether the container's task has exited.

@@ -35,6 +35,9 @@ const SNAPSHOTTER: &str = "overlayfs";
 /// Labels that tie containerd containers to berth tasks.
 pub const LABEL_TASK_ID: &str = "dev.berth.task-id";
 pub const LABEL_CONTAINER: &str = "dev.berth.container";
+/// The cgroup limits set once the container started (JSON of the OCI `LinuxResources`): set
+/// again when a restarted agent adopts it, in case the last one stopped in between.
+pub const LABEL_LIMITS: &str = "dev.berth.limits";
 
 /// How much of the filesystem holding the agent's data dir images may take when the
 /// operator sets no budget (kubelet starts collecting images at 85% of the disk in use; a
@@ -162,6 +165,7 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn adopt(&self, id: &str) -> Result<ExitFuture, RuntimeError> {
+        self.restore_limits(id).await?;
         Ok(self.wait_for_exit(id))
     }
 
