@@ -30,12 +30,12 @@ const PROCESS_STOPPED: i32 = 3;
 
 impl ContainerdRuntime {
     /// Creates the container and its task, stopped, without its CPU quota; answers the cgroup
-    /// limits to set once it started ([`lift_cpu_quota`]).
+    /// limits to set once it started ([`lift_cpu_quota`]), as the JSON its label records.
     async fn create_container(
         &self,
         c: &ContainerSpec,
         lease: &Lease,
-    ) -> Result<Option<LinuxResources>, RuntimeError> {
+    ) -> Result<Option<String>, RuntimeError> {
         let mut snapshots = SnapshotsClient::new(self.channel.clone());
         let top = c.image.rootfs_id.clone();
         let prepare = || PrepareSnapshotRequest {
@@ -76,7 +76,13 @@ impl ContainerdRuntime {
                 pids_limit: self.pids_limit,
             },
         )?;
-        let limits = lift_cpu_quota(&mut spec);
+        let limits = lift_cpu_quota(&mut spec)
+            .map(|limits| serde_json::to_string(&limits))
+            .transpose()
+            .map_err(|error| RuntimeError::SpecJson {
+                op: "encode the container's limits",
+                error,
+            })?;
         let spec_json = serde_json::to_vec(&spec).map_err(|error| RuntimeError::SpecJson {
             op: "encode the OCI runtime spec",
             error,
@@ -86,11 +92,7 @@ impl ContainerdRuntime {
             (LABEL_CONTAINER.to_owned(), c.container_name.clone()),
         ]);
         if let Some(limits) = &limits {
-            let json = serde_json::to_string(limits).map_err(|error| RuntimeError::SpecJson {
-                op: "encode the container's limits",
-                error,
-            })?;
-            labels.insert(LABEL_LIMITS.to_owned(), json);
+            labels.insert(LABEL_LIMITS.to_owned(), limits.clone());
         }
         let container = Container {
             id: c.id.clone(),
@@ -175,7 +177,7 @@ impl ContainerdRuntime {
         // The quota set now, before the task is reported running: a failure ends it rather
         // than leave it unthrottled.
         let limited = match (started, limits) {
-            (Ok(_), Some(limits)) => self.set_limits(&c.id, &limits).await,
+            (Ok(_), Some(limits)) => self.set_limits(&c.id, limits).await,
             (started, _) => started.map(drop),
         };
         if let Err(e) = limited {
@@ -185,12 +187,10 @@ impl ContainerdRuntime {
         Ok(exit)
     }
 
-    /// Sets a started task's cgroup limits (containerd's `Tasks.Update`, `runc update`).
-    async fn set_limits(&self, id: &str, limits: &LinuxResources) -> Result<(), RuntimeError> {
-        let value = serde_json::to_vec(limits).map_err(|error| RuntimeError::SpecJson {
-            op: "encode the container's limits",
-            error,
-        })?;
+    /// Sets a started task's cgroup limits (containerd's `Tasks.Update`, `runc update`), the
+    /// JSON of an OCI `LinuxResources`.
+    async fn set_limits(&self, id: &str, limits: String) -> Result<(), RuntimeError> {
+        let value = limits.into_bytes();
         let updated = TasksClient::new(self.channel.clone())
             .update(self.req(UpdateTaskRequest {
                 container_id: id.to_owned(),
@@ -222,12 +222,11 @@ impl ContainerdRuntime {
         let Some(json) = container.and_then(|c| c.labels.get(LABEL_LIMITS).cloned()) else {
             return Ok(());
         };
-        let limits: LinuxResources =
-            serde_json::from_str(&json).map_err(|error| RuntimeError::SpecJson {
-                op: "read the container's limits",
-                error,
-            })?;
-        self.set_limits(id, &limits).await
+        serde_json::from_str::<LinuxResources>(&json).map_err(|error| RuntimeError::SpecJson {
+            op: "read the container's limits",
+            error,
+        })?;
+        self.set_limits(id, json).await
     }
 
     /// Whether the container's task has exited, or does within a second: runc refuses an
