@@ -41,11 +41,11 @@ const MAX_BYTES: usize = 16 << 20;
 
 /// Changes applied but not yet written.
 #[derive(Default)]
-pub(crate) struct Changes {
+struct Changes {
     /// Each changed object's encoded key with its bytes, `None` when it was deleted.
-    pub(crate) objects: BTreeMap<String, Option<Vec<u8>>>,
+    objects: BTreeMap<String, Option<Vec<u8>>>,
     /// The applied log id and the membership as of the last change, encoded.
-    pub(crate) applied: Option<(Vec<u8>, Vec<u8>)>,
+    applied: Option<(Vec<u8>, Vec<u8>)>,
     /// The applied log index as of the last change.
     index: u64,
     bytes: usize,
