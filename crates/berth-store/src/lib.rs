@@ -21,6 +21,7 @@ mod lease;
 pub mod network;
 pub mod storage;
 mod tail;
+mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -171,6 +172,8 @@ pub struct Store {
     acks: Arc<lease::Acks>,
     /// The state machine's writes not yet on disk: written out on shutdown.
     deferred: Arc<deferred::Deferred>,
+    /// The log's appends, written off Raft's core: stopped on shutdown.
+    writer: Arc<writer::Writer>,
 }
 
 /// What [`Store::stored`] answers.
@@ -312,6 +315,7 @@ impl Store {
         let appended = log.appended();
         let stored = log.stored();
         let deferred = log.deferred();
+        let writer = log.writer();
         let (sm, shared) =
             storage::StateMachine::load(db, deferred.clone(), snapshots, committed, stored)
                 .map_err(load_error)?;
@@ -371,6 +375,7 @@ impl Store {
             read_floor: Arc::default(),
             acks,
             deferred,
+            writer,
         })
     }
 
@@ -1036,11 +1041,13 @@ impl Store {
         Ok(count)
     }
 
-    /// Stops Raft (used by tests and on shutdown).
     /// Stops Raft, then writes what the state machine applied and had not written yet (a
     /// start after a clean stop replays nothing).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        // Nothing reaches the log after this: the database may be opened again (the
+        // simulation restarts members in the same process).
+        self.writer.stop().await;
         if let Err(e) = self.deferred.clone().write_out_off_workers().await {
             tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
         }
