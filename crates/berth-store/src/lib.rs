@@ -21,7 +21,6 @@ mod lease;
 pub mod network;
 pub mod storage;
 mod tail;
-mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -172,8 +171,6 @@ pub struct Store {
     acks: Arc<lease::Acks>,
     /// The state machine's writes not yet on disk: written out on shutdown.
     deferred: Arc<deferred::Deferred>,
-    /// The log's appends, written off Raft's core: stopped on shutdown.
-    writer: Arc<writer::Writer>,
 }
 
 /// What [`Store::stored`] answers.
@@ -315,7 +312,6 @@ impl Store {
         let appended = log.appended();
         let stored = log.stored();
         let deferred = log.deferred();
-        let writer = log.writer();
         let (sm, shared) =
             storage::StateMachine::load(db, deferred.clone(), snapshots, committed, stored)
                 .map_err(load_error)?;
@@ -375,7 +371,6 @@ impl Store {
             read_floor: Arc::default(),
             acks,
             deferred,
-            writer,
         })
     }
 
@@ -1045,9 +1040,6 @@ impl Store {
     /// start after a clean stop replays nothing).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
-        // Nothing reaches the log after this: the database may be opened again (the
-        // simulation restarts members in the same process).
-        self.writer.stop().await;
         if let Err(e) = self.deferred.clone().write_out_off_workers().await {
             tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
         }

@@ -39,7 +39,6 @@ use tokio::sync::watch;
 
 use crate::deferred::Deferred;
 use crate::tail::Tail;
-use crate::writer::Writer;
 use crate::{BerthNode, NodeId, TypeConfig};
 use berth_state::CommandResult;
 use berth_state::{Key, Object, State};
@@ -296,29 +295,6 @@ fn put_meta<T: Serialize>(
     txn.commit().map_err(write_err)
 }
 
-/// Writes log entries (index, stored bytes) in one durable transaction and counts them.
-/// Blocking.
-pub(crate) fn write_log(
-    db: &Database,
-    stored: &Stored,
-    entries: &[(u64, Vec<u8>)],
-) -> Result<(), SError> {
-    let txn = begin_durable(db)?;
-    let mut replaced = (0, 0);
-    {
-        let mut table = txn.open_table(LOG).map_err(write_err)?;
-        for (index, bytes) in entries {
-            if let Some(old) = table.insert(index, bytes.as_slice()).map_err(write_err)? {
-                replaced = (replaced.0 + 1, replaced.1 + len(old.value()));
-            }
-        }
-    }
-    txn.commit().map_err(write_err)?;
-    let bytes = entries.iter().map(|(_, b)| len(b)).sum();
-    stored.log_changed((entries.len() as u64, bytes), replaced);
-    Ok(())
-}
-
 /// The Raft log, vote and commit index.
 #[derive(Clone)]
 pub struct LogStore {
@@ -335,8 +311,6 @@ pub struct LogStore {
     tail: Arc<Tail>,
     /// The state machine's writes not yet on disk: written out before a purge.
     deferred: Arc<Deferred>,
-    /// Writes the appends, in order, off Raft's core.
-    writer: Arc<Writer>,
 }
 
 /// Log entries deleted per transaction once a snapshot lets them go.
@@ -495,16 +469,14 @@ impl LogStore {
     /// The log store over `db`, counting what it holds first ([`Stored`]).
     pub(crate) fn new(db: Arc<Database>, committed: Arc<AtomicU64>) -> Result<Self, SError> {
         let stored = Arc::new(Stored::of(&db)?);
-        let tail = Arc::new(Tail::default());
         Ok(Self {
             deferred: Deferred::new(db.clone(), stored.clone()),
-            writer: Arc::new(Writer::new(db.clone(), stored.clone(), tail.clone())),
             db,
             committed,
             appended: Arc::default(),
             stored,
             purger: Arc::default(),
-            tail,
+            tail: Arc::default(),
         })
     }
 
@@ -519,10 +491,6 @@ impl LogStore {
     pub(crate) fn deferred(&self) -> Arc<Deferred> {
         self.deferred.clone()
     }
-
-    pub(crate) fn writer(&self) -> Arc<Writer> {
-        self.writer.clone()
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -530,20 +498,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        if let Some(entries) = self.tail.get(&range) {
+            return Ok(entries);
+        }
         let start = match range.start_bound() {
             Bound::Included(i) => Some(*i),
             Bound::Excluded(i) => Some(i + 1),
             Bound::Unbounded => None,
-        };
-        // What the tail holds of the range, from some index on; what comes before that is on
-        // disk (the tail lets no entry go before it is).
-        let (range, held) = match self.tail.held(&range) {
-            Some((from, held)) if start.is_some_and(|s| s >= from) => return Ok(held),
-            Some((from, held)) => ((range.start_bound().cloned(), Bound::Excluded(from)), held),
-            None => (
-                (range.start_bound().cloned(), range.end_bound().cloned()),
-                Vec::new(),
-            ),
         };
         let txn = self.db.begin_read().map_err(read_err)?;
         // Entries up to the purged index may still be in the table, deleted behind the purge
@@ -573,7 +534,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 return Ok(Vec::new());
             }
         }
-        entries.extend(held);
         Ok(entries)
     }
 }
@@ -655,26 +615,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok((index, bytes))
             })
             .collect();
+        let db = self.db.clone();
+        let tail = self.tail.clone();
         let result = match encoded {
             Err(e) => Err(e),
             Ok(encoded) => {
                 let bytes: u64 = encoded.iter().map(|(_, b)| len(b)).sum();
                 self.appended.fetch_add(bytes, Ordering::Relaxed);
-                // Readable from the tail at once; on disk when the writer calls back.
-                self.tail.appended(decoded);
-                self.writer.append(encoded, callback)
+                let added = (encoded.len() as u64, bytes);
+                let stored = self.stored.clone();
+                blocking(move || {
+                    let txn = begin_durable(&db)?;
+                    let mut replaced = (0, 0);
+                    {
+                        let mut table = txn.open_table(LOG).map_err(write_err)?;
+                        for (index, bytes) in &encoded {
+                            if let Some(old) =
+                                table.insert(index, bytes.as_slice()).map_err(write_err)?
+                            {
+                                replaced = (replaced.0 + 1, replaced.1 + len(old.value()));
+                            }
+                        }
+                    }
+                    txn.commit().map_err(write_err)?;
+                    stored.log_changed(added, replaced);
+                    tail.appended(decoded);
+                    Ok(())
+                })
+                .await
             }
         };
-        if let Err(e) = &result {
-            tracing::error!("appending to the Raft log failed: {e}");
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
         }
-        result
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let (db, stored) = (self.db.clone(), self.stored.clone());
-        // No entry still queued may be written after the truncation.
-        self.writer.barrier().await?;
         // Out of the tail first: a reader between the two finds it on disk.
         self.tail.truncated(log_id.index);
         blocking(move || {
