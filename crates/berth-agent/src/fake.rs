@@ -26,6 +26,8 @@ pub struct FakeRuntime {
 #[derive(Default)]
 struct FakeState {
     missing_images: HashSet<String>,
+    /// Task networks cannot be attached.
+    unattachable: bool,
     /// Images whose containers exit on SIGKILL only.
     ignore_sigterm: HashSet<String>,
     exit_codes: HashMap<String, i32>,
@@ -78,6 +80,11 @@ impl FakeRuntime {
     /// Containers of `image` ignore SIGTERM (they exit on SIGKILL).
     pub fn ignore_sigterm(&self, image: &str) {
         self.state().ignore_sigterm.insert(image.to_owned());
+    }
+
+    /// Attaching task networks fails from now on, as a CNI plugin's ADD can.
+    pub fn refuse_network_attach(&self) {
+        self.state().unattachable = true;
     }
 
     /// Commands run in container `id` exit with `code` from now on.
@@ -284,6 +291,22 @@ impl Runtime for FakeRuntime {
         };
         state.networks.insert(task_id.to_owned(), network.clone());
         Ok(network)
+    }
+
+    async fn attach_network(
+        &self,
+        task_id: &str,
+        network: &TaskNetwork,
+    ) -> Result<Option<std::net::Ipv4Addr>, RuntimeError> {
+        let mut state = self.state();
+        if state.unattachable {
+            state.record(format!("attach network {task_id}: refused"));
+            return Err(RuntimeError::Io {
+                op: "attach the task's network",
+                source: std::io::Error::other("the bridge plugin failed"),
+            });
+        }
+        Ok(network.address)
     }
 
     async fn task_network(&self, task_id: &str) -> Option<TaskNetwork> {

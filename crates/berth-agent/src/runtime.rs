@@ -109,6 +109,17 @@ pub struct TaskNetwork {
     pub ports: Vec<PortBinding>,
 }
 
+/// A container [`Runtime::create`] made, not started yet.
+#[derive(Debug)]
+pub struct Created {
+    pub spec: ContainerSpec,
+    /// The cgroup limits to set once it runs, as the runtime records them (containerd: the
+    /// JSON of an OCI `LinuxResources`).
+    pub limits: Option<String>,
+    /// Whether the runtime made it already; if not, [`Runtime::start_created`] does.
+    pub made: bool,
+}
+
 /// How a container's main process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
@@ -274,6 +285,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates and starts a container; the returned future resolves when it exits.
     async fn start(&self, spec: &ContainerSpec) -> Result<ExitFuture, RuntimeError>;
 
+    /// Creates a container without starting its process, for [`Runtime::start_created`]: a
+    /// task's first containers are created while its network is attached. A runtime without
+    /// the split leaves it all to the start.
+    async fn create(&self, spec: &ContainerSpec) -> Result<Created, RuntimeError> {
+        Ok(Created {
+            spec: spec.clone(),
+            limits: None,
+            made: false,
+        })
+    }
+
+    /// Starts a container [`Runtime::create`] made; the returned future resolves when it
+    /// exits. A failure leaves it for the caller to remove.
+    async fn start_created(&self, created: Created) -> Result<ExitFuture, RuntimeError> {
+        self.start(&created.spec).await
+    }
+
     /// Every container of this agent (for re-adopting them after a restart).
     async fn list(&self) -> Result<Vec<ExistingContainer>, RuntimeError>;
 
@@ -290,13 +318,25 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<ExecOutput, RuntimeError>;
 
     /// Creates the task's network: a network namespace its containers share (as ECS's awsvpc
-    /// mode gives a task one network stack) attached to the node's task network, with `ports`
-    /// published on the node (host port 0: a free one is picked).
+    /// mode gives a task one network stack), with `ports` held for it on the node (host port
+    /// 0: a free one is picked). It may be attached to the node's task network only by
+    /// [`Runtime::attach_network`] (then `address` is `None` until that).
     async fn create_network(
         &self,
         task_id: &str,
         ports: &[PortMapping],
     ) -> Result<TaskNetwork, RuntimeError>;
+
+    /// Attaches the namespace [`Runtime::create_network`] made to the node's task network,
+    /// publishing its ports; answers the task's address there. The task's first containers
+    /// are created meanwhile, and started only after it.
+    async fn attach_network(
+        &self,
+        _task_id: &str,
+        network: &TaskNetwork,
+    ) -> Result<Option<std::net::Ipv4Addr>, RuntimeError> {
+        Ok(network.address)
+    }
 
     /// The network a previous agent process created for the task, for re-adopting it.
     async fn task_network(&self, task_id: &str) -> Option<TaskNetwork>;

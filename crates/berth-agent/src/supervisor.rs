@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use crate::metrics::Metrics;
 
 use crate::runtime::{
-    ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime, RuntimeError,
-    SecretMount, TaskNetwork,
+    ContainerSpec, Created, ExistingContainer, ExitFuture, ExitStatus, ImageInfo, Runtime,
+    RuntimeError, SecretMount, TaskNetwork,
 };
 use crate::spec::{process_args, process_env, process_user};
 use crate::user::{self, ResolvedUser};
@@ -118,6 +118,8 @@ struct Starter {
     secret_mounts: Vec<Vec<SecretMount>>,
     /// The network namespace the containers share.
     netns: Option<String>,
+    /// Containers created while the network was attached, not started yet, by index.
+    created: std::collections::HashMap<usize, Result<Created, RuntimeError>>,
     exit_tx: mpsc::UnboundedSender<Exit>,
     health_tx: mpsc::UnboundedSender<HealthEvent>,
 }
@@ -334,6 +336,7 @@ impl TaskRun {
             users: Vec::new(),
             secret_mounts: Vec::new(),
             netns: None,
+            created: std::collections::HashMap::new(),
             exit_tx,
             health_tx,
         };
@@ -372,17 +375,41 @@ impl TaskRun {
                 .iter()
                 .flat_map(|c| c.port_mappings.iter().copied())
                 .collect();
-            match self.runtime.create_network(&a.task_id, &mappings).await {
-                Ok(network) => {
-                    self.attached(&network, &mut states);
-                    starter.netns = Some(network.netns);
-                }
+            let network = match self.runtime.create_network(&a.task_id, &mappings).await {
+                Ok(network) => network,
                 Err(e) => {
                     tracing::warn!(
                         "create the task's network: {}",
                         berth_model::error_chain(&e)
                     );
                     let reason = format!("CannotCreateNetworkError: {e}");
+                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+                    return;
+                }
+            };
+            starter.netns = Some(network.netns.clone());
+            // The namespace is attached to the node's network (the CNI plugins take tens of
+            // milliseconds) while the containers that wait for no other are created in it;
+            // none starts before it is attached.
+            let first: Vec<usize> = (0..a.containers.len())
+                .filter(|i| a.containers[*i].depends_on.is_empty())
+                .collect();
+            let specs: Vec<ContainerSpec> =
+                first.iter().map(|i| self.spec_for(&starter, *i)).collect();
+            let creates = futures::future::join_all(specs.iter().map(|s| self.runtime.create(s)));
+            let (attached, created) =
+                tokio::join!(self.runtime.attach_network(&a.task_id, &network), creates);
+            starter.created = first.into_iter().zip(created).collect();
+            match attached {
+                Ok(address) => self.attached(&TaskNetwork { address, ..network }, &mut states),
+                Err(e) => {
+                    tracing::warn!(
+                        "attach the task's network: {}",
+                        berth_model::error_chain(&e)
+                    );
+                    let reason = format!("CannotCreateNetworkError: {e}");
+                    // The containers created meanwhile go, and what is left of the network.
+                    self.cleanup(&mut states).await;
                     self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
                     return;
                 }
@@ -601,17 +628,15 @@ impl TaskRun {
                     continue;
                 }
                 let c = &a.containers[i];
-                let mut spec = self.container_spec(c, &starter.images[i]);
-                spec.netns = starter.netns.clone();
-                if let Some(u) = starter.users.get(i) {
-                    spec.uid = u.uid;
-                    spec.gid = u.gid;
-                    spec.additional_gids = u.additional_gids.clone();
-                }
-                spec.secret_mounts = starter.secret_mounts.get(i).cloned().unwrap_or_default();
-                match self.runtime.start(&spec).await {
+                let id = container_id(&a.task_id, &c.name);
+                let started = match starter.created.remove(&i) {
+                    Some(Ok(created)) => self.runtime.start_created(created).await,
+                    Some(Err(e)) => Err(e),
+                    None => self.runtime.start(&self.spec_for(starter, i)).await,
+                };
+                match started {
                     Ok(exit) => {
-                        starter.watch(&self.runtime, i, &spec.id, exit, c.health_check.as_ref());
+                        starter.watch(&self.runtime, i, &id, exit, c.health_check.as_ref());
                         states[i].last_status = TaskStatus::Running;
                     }
                     Err(e) => {
@@ -754,6 +779,20 @@ impl TaskRun {
             }
         }
         storage_exceeded(used, self.assignment.ephemeral_storage)
+    }
+
+    /// Container `i`'s spec, with what the task's start prepared: its network namespace, who
+    /// it runs as, its secret directories.
+    fn spec_for(&self, starter: &Starter, i: usize) -> ContainerSpec {
+        let mut spec = self.container_spec(&self.assignment.containers[i], &starter.images[i]);
+        spec.netns = starter.netns.clone();
+        if let Some(u) = starter.users.get(i) {
+            spec.uid = u.uid;
+            spec.gid = u.gid;
+            spec.additional_gids = u.additional_gids.clone();
+        }
+        spec.secret_mounts = starter.secret_mounts.get(i).cloned().unwrap_or_default();
+        spec
     }
 
     fn container_spec(&self, c: &ContainerDefinition, image: &ImageInfo) -> ContainerSpec {

@@ -97,6 +97,32 @@ async fn exit_reports_essential_container_exited() {
 }
 
 #[tokio::test]
+async fn a_network_that_cannot_be_attached_fails_the_task_and_removes_what_was_made() {
+    let rt = Arc::new(FakeRuntime::new());
+    rt.refuse_network_attach();
+    let (mut rx, _stop, handle) = run(&rt, "busybox");
+    handle.await.expect("supervisor finished");
+    let (code, reason) = ended(&mut rx);
+    assert_eq!(code, Some(StopCode::TaskFailedToStart));
+    assert!(
+        reason.starts_with("CannotCreateNetworkError: attach the task's network"),
+        "{reason}"
+    );
+    // Its container was created meanwhile: removed, never started.
+    assert_eq!(
+        rt.calls(),
+        [
+            "pull busybox",
+            "create network t1",
+            "attach network t1: refused",
+            "remove t1-app",
+            "remove network t1"
+        ]
+    );
+    assert!(rt.running().is_empty());
+}
+
+#[tokio::test]
 async fn failed_pull_reports_task_failed_to_start_with_the_image() {
     let rt = Arc::new(FakeRuntime::new());
     rt.missing_image("nope");

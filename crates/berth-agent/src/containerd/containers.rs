@@ -18,7 +18,9 @@ use containerd_client::tonic::Code;
 
 use super::client::{ok_if_not_found, Lease};
 use super::{stats, ContainerdRuntime, LABEL_CONTAINER, LABEL_LIMITS, LABEL_TASK_ID, SNAPSHOTTER};
-use crate::runtime::{ContainerSpec, ExistingContainer, ExitFuture, ExitStatus, RuntimeError};
+use crate::runtime::{
+    ContainerSpec, Created, ExistingContainer, ExitFuture, ExitStatus, RuntimeError,
+};
 use crate::spec::{build_spec, lift_cpu_quota, SpecOptions};
 use oci_spec::runtime::LinuxResources;
 
@@ -151,20 +153,35 @@ impl ContainerdRuntime {
         Ok(limits)
     }
 
-    pub(super) async fn start_container(
-        &self,
-        c: &ContainerSpec,
-    ) -> Result<ExitFuture, RuntimeError> {
+    /// Creates the container and its task, its process not started; a failure removes what
+    /// was made.
+    pub(super) async fn create_stopped(&self, c: &ContainerSpec) -> Result<Created, RuntimeError> {
         let lease = self.create_lease().await?;
         let created = self.create_container(c, &lease).await;
         self.delete_lease(lease).await;
-        let limits = match created {
-            Ok(limits) => limits,
+        match created {
+            Ok(limits) => Ok(Created {
+                spec: c.clone(),
+                limits,
+                made: true,
+            }),
             Err(e) => {
                 let _ = self.remove_container(&c.id).await;
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// Starts the process of a container [`Self::create_stopped`] made, then sets its limits;
+    /// a failure removes the container.
+    pub(super) async fn start_stopped(&self, created: Created) -> Result<ExitFuture, RuntimeError> {
+        let created = match created.made {
+            true => created,
+            false => self.create_stopped(&created.spec).await?,
         };
+        let Created {
+            spec: c, limits, ..
+        } = created;
         // Wait is issued before Start so that no exit can be missed.
         let exit = self.wait_for_exit(&c.id);
         let started = TasksClient::new(self.channel.clone())

@@ -27,8 +27,8 @@ use containerd_client::tonic::transport::Channel;
 use tokio::sync::Mutex;
 
 use crate::runtime::{
-    ContainerSpec, ContainerStats, ExecOutput, ExistingContainer, ExitFuture, ImageInfo, Progress,
-    Runtime, RuntimeError, TaskNetwork,
+    ContainerSpec, ContainerStats, Created, ExecOutput, ExistingContainer, ExitFuture, ImageInfo,
+    Progress, Runtime, RuntimeError, TaskNetwork,
 };
 
 const SNAPSHOTTER: &str = "overlayfs";
@@ -157,7 +157,15 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn start(&self, c: &ContainerSpec) -> Result<ExitFuture, RuntimeError> {
-        self.start_container(c).await
+        self.start_stopped(self.create_stopped(c).await?).await
+    }
+
+    async fn create(&self, c: &ContainerSpec) -> Result<Created, RuntimeError> {
+        self.create_stopped(c).await
+    }
+
+    async fn start_created(&self, created: Created) -> Result<ExitFuture, RuntimeError> {
+        self.start_stopped(created).await
     }
 
     async fn list(&self) -> Result<Vec<ExistingContainer>, RuntimeError> {
@@ -184,6 +192,16 @@ impl Runtime for ContainerdRuntime {
         ports: &[berth_model::PortMapping],
     ) -> Result<TaskNetwork, RuntimeError> {
         self.create_task_network(task_id, ports).await
+    }
+
+    async fn attach_network(
+        &self,
+        task_id: &str,
+        network: &TaskNetwork,
+    ) -> Result<Option<std::net::Ipv4Addr>, RuntimeError> {
+        self.attach_task_network(task_id, &network.ports)
+            .await
+            .map(Some)
     }
 
     async fn task_network(&self, task_id: &str) -> Option<TaskNetwork> {

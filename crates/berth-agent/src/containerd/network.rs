@@ -171,33 +171,58 @@ impl ContainerdRuntime {
             book.held.insert(task_id.to_owned(), held);
             bindings
         };
-        let created = self.attach(task_id, &ports).await;
-        match created {
-            Ok(address) => Ok(TaskNetwork {
-                netns: netns_path(task_id),
-                address: Some(address),
-                ports,
-            }),
-            Err(e) => {
-                if let Err(undo) = self.remove_task_network(task_id).await {
-                    tracing::warn!(task_id, "remove a half-made task network: {undo}");
-                }
-                Err(e)
-            }
-        }
+        let created = self.create_namespace(task_id, &ports).await;
+        self.undo_on_error(task_id, created).await?;
+        Ok(TaskNetwork {
+            netns: netns_path(task_id),
+            address: None,
+            ports,
+        })
     }
 
-    /// Records the attachment, creates the namespace and attaches it.
-    async fn attach(&self, task_id: &str, ports: &[PortBinding]) -> Result<Ipv4Addr, RuntimeError> {
-        let cni = &self.networks.cni;
+    /// Records the attachment and creates the namespace, its loopback up.
+    async fn create_namespace(
+        &self,
+        task_id: &str,
+        ports: &[PortBinding],
+    ) -> Result<(), RuntimeError> {
         // Recorded first: whatever happens next, a later sweep finds it.
-        cni.prepare(task_id, ports)?;
+        self.networks.cni.prepare(task_id, ports)?;
         let name = netns_name(task_id);
         if !std::path::Path::new(&netns_path(task_id)).exists() {
             ip(&["netns", "add", &name]).await?;
         }
-        ip(&["-n", &name, "link", "set", "lo", "up"]).await?;
-        Ok(cni.add(task_id, &netns_path(task_id), ports).await?)
+        ip(&["-n", &name, "link", "set", "lo", "up"]).await
+    }
+
+    /// Attaches the namespace [`Self::create_task_network`] made to the node's bridge (the CNI
+    /// plugins' ADD), publishing `ports`; answers the task's address.
+    pub(super) async fn attach_task_network(
+        &self,
+        task_id: &str,
+        ports: &[PortBinding],
+    ) -> Result<Ipv4Addr, RuntimeError> {
+        let added = self
+            .networks
+            .cni
+            .add(task_id, &netns_path(task_id), ports)
+            .await;
+        self.undo_on_error(task_id, added.map_err(RuntimeError::from))
+            .await
+    }
+
+    /// Removes a half-made network when `result` is an error.
+    async fn undo_on_error<T>(
+        &self,
+        task_id: &str,
+        result: Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        if result.is_err() {
+            if let Err(undo) = self.remove_task_network(task_id).await {
+                tracing::warn!(task_id, "remove a half-made task network: {undo}");
+            }
+        }
+        result
     }
 
     pub(super) async fn find_task_network(&self, task_id: &str) -> Option<TaskNetwork> {
