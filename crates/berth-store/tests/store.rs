@@ -308,10 +308,7 @@ async fn a_leaders_controller_reads_see_every_acknowledged_write() {
     // once it applied what it knows committed: each must see the write acknowledged before.
     for expected in 1..=20 {
         register_web(&store, false, 7).await;
-        let seen = store
-            .read_leading_queued(revisions)
-            .await
-            .expect("read");
+        let seen = store.read_leading_queued(revisions).await.expect("read");
         assert_eq!(seen, expected);
     }
     store.shutdown().await;
