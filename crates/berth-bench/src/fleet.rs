@@ -240,16 +240,12 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     const TASKS: u32 = 150_000;
     let (dir, server, agents, addr, mut client) =
         lone_server("berth-footprint", NODES, spec("held", 64, 64)).await?;
+    let pid = server.pid().context("server pid")?;
+    // Before any task: what the nodes and their agents' connections cost.
+    results.insert("footprint.rss_nodes_only_mib".into(), rss_mib(pid)?);
     submit(&mut client, "held", TASKS).await?;
     wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
-    let pid = server.pid().context("server pid")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")?;
-    results.insert("footprint.rss_mib".into(), rss_kib / 1024.0);
+    results.insert("footprint.rss_mib".into(), rss_mib(pid)?);
 
     let backup = dir.path().join("backup.json");
     let mut chunks = client
@@ -264,6 +260,13 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     results.insert(
         "footprint.snapshot_mib".into(),
         bytes.len() as f64 / (1024.0 * 1024.0),
+    );
+    // The state alone, as a server holds it in memory: built here from the backup.
+    let state = state_resident_mib(&bytes)?;
+    results.insert("footprint.state_mib".into(), state);
+    results.insert(
+        "footprint.state_bytes_per_task".into(),
+        state * 1024.0 * 1024.0 / f64::from(TASKS),
     );
     // The server is killed (kill -9) now, while its agents still run: it restarts below. The
     // restore is timed alone: not next to 5,000 agents' streams ending, nor while the kernel
@@ -296,6 +299,34 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     results.insert("footprint.restart_ms".into(), restart_ms);
     drop(again);
     Ok(())
+}
+
+/// About the memory a `State` built from `backup` (what `Store::backup` writes) holds, in
+/// MiB: how much this process's resident memory grows while it builds one (its allocator is
+/// the system's; large buffers freed on the way, such as the parsed list's, go back at once).
+fn state_resident_mib(backup: &[u8]) -> anyhow::Result<f64> {
+    #[derive(serde::Deserialize)]
+    struct Backup {
+        objects: Vec<berth_state::Object>,
+    }
+    let me = std::process::id();
+    let before = rss_mib(me)?;
+    let parsed: Backup = serde_json::from_slice(backup).context("read the backup")?;
+    let state = berth_state::State::from_objects(parsed.objects);
+    let grown = rss_mib(me)? - before;
+    drop(state);
+    Ok(grown)
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
 }
 
 /// One server in a scratch dir named `prefix`, `nodes` hollow agents serving it (all active),
