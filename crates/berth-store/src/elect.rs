@@ -8,18 +8,10 @@
 //! it, which is also what reads from the lease rely on), so it stays; the random wait after
 //! it only spreads the candidates out. Here the survivors are spread by rank instead: the
 //! voter with the lowest ID other than the leader stands [`MARGIN`] after the lease, the next
-//! [`STAGGER`] later, and so on. When the first to stand had the shorter log, the others refuse
-//! it; the next one stands in the same term, and wins all the same: openraft 0.9's leader IDs
-//! are a term and a member, ordered, so its higher ID beats the first one's vote in that term.
-//!
-//! Survivors do not all hear the leader's last heartbeat at the same time (one just restarted
-//! and catching up is sent to later, or earlier): a survivor of a lower rank may run out of
-//! lease first and stand while another's lease still holds, which refuses it; the other then
-//! stands in the same term with a lower ID, which the first, a candidate for itself with the
-//! higher one, refuses. Nobody wins that term, and openraft's own timer stood again 1.2–1.6 s
-//! later (failover trials of 2.8–3.9 s). So a member whose election the watcher started and
-//! that is still standing [`RETRY`] later (plus its rank's stagger) stands again, in the next
-//! term, at most [`MAX_RETRIES`] times before it leaves it to openraft's timer.
+//! [`STAGGER`] later, and so on, each once (then openraft's own timer, as before). When the
+//! first to stand had the shorter log, the others refuse it; the next one stands in the same
+//! term, and wins all the same: openraft 0.9's leader IDs are a term and a member, ordered, so
+//! its higher ID beats the first one's vote in that term.
 //!
 //! The watcher reads Raft's own state (the vote and when it last changed or was renewed by
 //! the leader's AppendEntries) inside Raft's core, every [`TICK`], and then calls
@@ -46,13 +38,6 @@ const MARGIN: Duration = Duration::from_millis(30);
 /// LAN), so the first one's election has ended before the next stands.
 const STAGGER: Duration = Duration::from_millis(60);
 
-/// How long a member the watcher made stand waits for its election to end before it stands
-/// again (plus [`STAGGER`] per rank among all voters).
-const RETRY: Duration = Duration::from_millis(150);
-
-/// How many times in a row the watcher makes a member stand again.
-const MAX_RETRIES: u32 = 3;
-
 /// What the watcher reads of Raft's state.
 #[derive(Debug)]
 struct Seen {
@@ -72,35 +57,16 @@ struct Watcher {
     me: NodeId,
     /// The leader's lease (`election_timeout_max`).
     lease: Duration,
-    /// How many times the watcher made this member stand since it last followed or led.
-    stood: u32,
 }
 
 impl Watcher {
-    fn new(me: NodeId, lease: Duration) -> Self {
-        Self {
-            me,
-            lease,
-            stood: 0,
-        }
-    }
-
-    /// Whether this member should stand now, seeing `seen` at `now`; counts the stands.
-    fn stand(&mut self, seen: &Seen, now: Instant) -> bool {
-        let stand = self.due(seen, now);
-        if stand {
-            self.stood += 1;
-        }
-        stand
-    }
-
-    fn due(&mut self, seen: &Seen, now: Instant) -> bool {
+    /// Whether this member should stand now, seeing `seen` at `now`.
+    fn stand(&self, seen: &Seen, now: Instant) -> bool {
         if seen.voters.len() < 2 || !seen.voters.contains(&self.me) {
             return false;
         }
         match seen.state {
             ServerState::Follower if seen.committed && seen.voted_for != Some(self.me) => {
-                self.stood = 0;
                 let Some(since) = seen.since else {
                     return false;
                 };
@@ -113,22 +79,8 @@ impl Watcher {
                     .unwrap_or(0) as u32;
                 now >= since + self.lease + MARGIN + STAGGER * rank
             }
-            // Still standing in an election the watcher started (`since`: when it stood).
-            ServerState::Candidate
-                if seen.voted_for == Some(self.me) && (1..=MAX_RETRIES).contains(&self.stood) =>
-            {
-                let Some(since) = seen.since else {
-                    return false;
-                };
-                let rank = seen.voters.iter().position(|v| *v == self.me).unwrap_or(0) as u32;
-                now >= since + RETRY + STAGGER * rank
-            }
-            ServerState::Leader => {
-                self.stood = 0;
-                false
-            }
-            // Standing in an election openraft started, or one stood again often enough (its
-            // timer stands again), or following a candidate it voted for.
+            // Standing (the election runs its course, then openraft's timer stands again), or
+            // leading, or following a candidate it voted for.
             _ => false,
         }
     }
@@ -137,7 +89,7 @@ impl Watcher {
 /// Watches this member's Raft state and stands when [`Watcher::stand`] says so, until Raft
 /// stops.
 pub(crate) async fn watch(raft: Raft, me: NodeId, lease: Duration) {
-    let mut watcher = Watcher::new(me, lease);
+    let watcher = Watcher { me, lease };
     loop {
         tokio::time::sleep(TICK).await;
         let seen = raft
@@ -177,7 +129,7 @@ mod tests {
     const LEASE: Duration = Duration::from_millis(800);
 
     fn watcher(me: NodeId) -> Watcher {
-        Watcher::new(me, LEASE)
+        Watcher { me, lease: LEASE }
     }
 
     fn following(leader: NodeId, since: Instant) -> Seen {
@@ -204,7 +156,7 @@ mod tests {
     async fn survivors_stand_once_the_lease_ran_out_one_after_another() {
         let heard = Instant::now();
         let seen = following(1, heard);
-        let (mut two, mut three) = (watcher(2), watcher(3));
+        let (two, three) = (watcher(2), watcher(3));
         // Within the lease and its margin: nobody stands.
         assert!(!two.stand(&seen, heard + LEASE));
         assert!(!three.stand(&seen, heard + LEASE));
@@ -219,26 +171,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_candidate_stands_again_a_few_times_then_leaves_it_to_openraft() {
+    async fn a_candidate_stands_once_and_a_follower_again_after_the_next_lease() {
         let heard = Instant::now();
-        let mut two = watcher(2);
-        let mut at = heard + LEASE + MARGIN;
-        assert!(two.stand(&following(1, heard), at));
-        // Its election does not end (the other survivor's lease still held when it asked,
-        // and that one then stood in the same term): it stands again, in the next term,
-        // after RETRY and its rank's stagger (second of the voters 1, 2, 3).
-        for _ in 0..MAX_RETRIES {
-            assert!(!two.stand(&standing(2, at), at + RETRY));
-            at += RETRY + STAGGER;
-            assert!(two.stand(&standing(2, at - RETRY - STAGGER), at));
-        }
-        // Then openraft's own timer stands again, not the watcher.
-        assert!(!two.stand(&standing(2, at), at + LEASE * 10));
+        let two = watcher(2);
+        let first = heard + LEASE + MARGIN;
+        assert!(two.stand(&following(1, heard), first));
+        // Its election does not end: openraft's timer stands again, not the watcher.
+        assert!(!two.stand(&standing(2, first), first + STAGGER * 10));
         // Following a new leader, the next loss of a leader starts afresh.
-        let later = at + LEASE * 20;
+        let later = first + STAGGER * 20;
         assert!(!two.stand(&following(1, later), later));
         assert!(two.stand(&following(1, later), later + LEASE + MARGIN));
-        assert!(two.stand(&standing(2, later + LEASE + MARGIN), later + LEASE * 2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -258,8 +201,7 @@ mod tests {
         let mut seen = following(3, heard);
         seen.committed = false;
         assert!(!watcher(2).stand(&seen, late));
-        // A candidate the watcher did not make (a restart, or openraft's own timer): no
-        // second stand.
+        // A candidate it never was (a restart, or openraft's own timer): no second stand.
         assert!(!watcher(3).stand(&standing(3, heard), late));
     }
 }
