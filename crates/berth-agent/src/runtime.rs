@@ -136,7 +136,8 @@ pub struct ExistingContainer {
     pub container_name: String,
     /// Its process is still running.
     pub running: bool,
-    /// How it ended, when it did.
+    /// How it ended, when it did; `None` with `running` false: its process never started (it
+    /// was created while the task's network was attached, and the agent stopped then).
     pub exit_code: Option<i32>,
 }
 

@@ -679,6 +679,9 @@ impl TaskRun {
                     }
                     Err(err) => Some(format!("could not be watched again ({err})")),
                 },
+                Some(e) if e.exit_code.is_none() => {
+                    Some("was never started: the agent stopped while starting the task".to_owned())
+                }
                 Some(e) => {
                     states[i].exit_code = e.exit_code;
                     Some("exited while the agent was down".to_owned())

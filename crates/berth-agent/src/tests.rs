@@ -8,6 +8,7 @@ use berth_model::{
 };
 use tokio::sync::{mpsc, watch};
 
+use crate::runtime::ExistingContainer;
 use crate::supervisor::{request_stop, StopReason, TaskRun};
 use crate::{FakeRuntime, Metrics};
 
@@ -244,6 +245,34 @@ fn task_run(
         secrets_dir: std::env::temp_dir().join(format!("berth-secrets-{}", std::process::id())),
     };
     (run, rx, stop)
+}
+
+#[tokio::test]
+async fn a_container_created_but_never_started_before_an_agent_restart_ends_its_task() {
+    let rt = Arc::new(FakeRuntime::new());
+    let (mut run, mut rx, _stop) = task_run(&rt, vec![ContainerDefinition::new("app", "busybox")]);
+    run.adopt = vec![ExistingContainer {
+        id: "t1-app".into(),
+        task_id: "t1".into(),
+        container_name: "app".into(),
+        running: false,
+        exit_code: None,
+    }];
+    run.run().await;
+    let last = last_report(&mut rx);
+    assert_eq!(last.last_status, TaskStatus::Stopped);
+    assert_eq!(
+        last.containers[0].reason.as_deref(),
+        Some("was never started: the agent stopped while starting the task")
+    );
+    assert_eq!(last.containers[0].exit_code, None);
+    // Nothing is watched as if it ran: the container and the network go.
+    assert!(
+        rt.calls().contains(&"remove t1-app".to_owned()),
+        "{:?}",
+        rt.calls()
+    );
+    assert!(rt.running().is_empty());
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ use oci_spec::runtime::LinuxResources;
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+/// `containerd.v1.types.Status.CREATED`: the task exists, its process was never started.
+const PROCESS_CREATED: i32 = 1;
 /// `containerd.v1.types.Status.STOPPED`.
 const PROCESS_STOPPED: i32 = 3;
 
@@ -296,6 +298,9 @@ impl ContainerdRuntime {
                     Some(p) if p.status == PROCESS_STOPPED => {
                         (false, Some(i32::try_from(p.exit_status).unwrap_or(-1)))
                     }
+                    // Created while the task's network was attached, and the agent stopped
+                    // before it started it: nothing will ever run or exit there.
+                    Some(p) if p.status == PROCESS_CREATED => (false, None),
                     Some(_) => (true, None),
                     None => (false, None),
                 },
