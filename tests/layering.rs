@@ -64,7 +64,12 @@ const GRAPH: &[(&str, &[&str])] = &[
             "berth-tls",
         ],
     ),
-    ("berth-bench", &["berth-proto", "berth-tests"]),
+    // The bench drives real processes; berth-state (pure) only to weigh a state rebuilt from
+    // a backup (the footprint scenario).
+    (
+        "berth-bench",
+        &["berth-proto", "berth-state", "berth-tests"],
+    ),
     ("berth-chaos", &["berth-proto", "berth-tests"]),
     ("berth-tests", &["berth-dev", "berth-proto", "berth-tls"]),
 ];
