@@ -116,8 +116,6 @@ pub struct Created {
     /// The cgroup limits to set once it runs, as the runtime records them (containerd: the
     /// JSON of an OCI `LinuxResources`).
     pub limits: Option<String>,
-    /// Whether the runtime made it already; if not, [`Runtime::start_created`] does.
-    pub made: bool,
 }
 
 /// How a container's main process ended.
@@ -288,17 +286,16 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Creates a container without starting its process, for [`Runtime::start_created`]: a
     /// task's first containers are created while its network is attached. A runtime without
-    /// the split leaves it all to the start.
+    /// the split (the fake) makes nothing here and leaves it all to `start_created`.
     async fn create(&self, spec: &ContainerSpec) -> Result<Created, RuntimeError> {
         Ok(Created {
             spec: spec.clone(),
             limits: None,
-            made: false,
         })
     }
 
     /// Starts a container [`Runtime::create`] made; the returned future resolves when it
-    /// exits. A failure leaves it for the caller to remove.
+    /// exits. A failure removes it, as a failed [`Runtime::start`] does.
     async fn start_created(&self, created: Created) -> Result<ExitFuture, RuntimeError> {
         self.start(&created.spec).await
     }

@@ -342,77 +342,8 @@ impl TaskRun {
         };
 
         if self.adopt.is_empty() {
-            if let Some(error) = &a.secrets.error {
-                // The task's secrets could not be opened: nothing is pulled or created.
-                let reason = error.clone();
-                self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
+            if !self.set_up(&mut starter, &mut states).await {
                 return;
-            }
-            let Some(images) = self.pull(&mut states).await else {
-                return;
-            };
-            if self.stop.borrow().is_some() {
-                let reason = "stopped before it started".to_owned();
-                self.finish(&mut states, StopCode::UserInitiated, reason, None);
-                return;
-            }
-            match self.prepare(&images).await {
-                Ok((users, mounts)) => {
-                    starter.users = users;
-                    starter.secret_mounts = mounts;
-                }
-                Err(reason) => {
-                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
-                    return;
-                }
-            }
-            starter.images = images;
-            starter.pending = (0..a.containers.len()).collect();
-            // A task's containers share one network namespace, with its own address on the
-            // node's task network (ECS awsvpc semantics).
-            let mappings: Vec<PortMapping> = a
-                .containers
-                .iter()
-                .flat_map(|c| c.port_mappings.iter().copied())
-                .collect();
-            let network = match self.runtime.create_network(&a.task_id, &mappings).await {
-                Ok(network) => network,
-                Err(e) => {
-                    tracing::warn!(
-                        "create the task's network: {}",
-                        berth_model::error_chain(&e)
-                    );
-                    let reason = format!("CannotCreateNetworkError: {e}");
-                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
-                    return;
-                }
-            };
-            starter.netns = Some(network.netns.clone());
-            // The namespace is attached to the node's network (the CNI plugins take tens of
-            // milliseconds) while the containers that wait for no other are created in it;
-            // none starts before it is attached.
-            let first: Vec<usize> = (0..a.containers.len())
-                .filter(|i| a.containers[*i].depends_on.is_empty())
-                .collect();
-            let specs: Vec<ContainerSpec> =
-                first.iter().map(|i| self.spec_for(&starter, *i)).collect();
-            let creates = futures::future::join_all(specs.iter().map(|s| self.runtime.create(s)));
-            let (attached, created) =
-                tokio::join!(self.runtime.attach_network(&a.task_id, &network), creates);
-            starter.created = first.into_iter().zip(created).collect();
-            match attached {
-                Ok(address) => self.attached(&TaskNetwork { address, ..network }, &mut states),
-                Err(e) => {
-                    tracing::warn!(
-                        "attach the task's network: {}",
-                        berth_model::error_chain(&e)
-                    );
-                    let reason = format!("CannotCreateNetworkError: {e}");
-                    // The containers created meanwhile go, and what is left of the network.
-                    self.cleanup(&mut states).await;
-                    self.finish(&mut states, StopCode::TaskFailedToStart, reason, None);
-                    return;
-                }
             }
             self.report(TaskStatus::Activating, &states, None);
         } else if !self.adopt(&mut states, &starter).await {
@@ -500,6 +431,85 @@ impl TaskRun {
         self.stop_containers(&mut states, &mut exits).await;
         self.cleanup(&mut states).await;
         self.finish(&mut states, code, reason, Some("stopped".into()));
+    }
+
+    /// A new task's set-up before its first start: its secrets, images, users and secret
+    /// files, its network, and its first containers created while the network is attached.
+    /// `false` when the task ended here (reported).
+    async fn set_up(&mut self, starter: &mut Starter, states: &mut [ContainerState]) -> bool {
+        let a = self.assignment.clone();
+        if let Some(error) = &a.secrets.error {
+            // The task's secrets could not be opened: nothing is pulled or created.
+            let reason = error.clone();
+            self.finish(states, StopCode::TaskFailedToStart, reason, None);
+            return false;
+        }
+        let Some(images) = self.pull(states).await else {
+            return false;
+        };
+        if self.stop.borrow().is_some() {
+            let reason = "stopped before it started".to_owned();
+            self.finish(states, StopCode::UserInitiated, reason, None);
+            return false;
+        }
+        match self.prepare(&images).await {
+            Ok((users, mounts)) => {
+                starter.users = users;
+                starter.secret_mounts = mounts;
+            }
+            Err(reason) => {
+                self.finish(states, StopCode::TaskFailedToStart, reason, None);
+                return false;
+            }
+        }
+        starter.images = images;
+        starter.pending = (0..a.containers.len()).collect();
+        // A task's containers share one network namespace, with its own address on the
+        // node's task network (ECS awsvpc semantics).
+        let mappings: Vec<PortMapping> = a
+            .containers
+            .iter()
+            .flat_map(|c| c.port_mappings.iter().copied())
+            .collect();
+        let network = match self.runtime.create_network(&a.task_id, &mappings).await {
+            Ok(network) => network,
+            Err(e) => {
+                tracing::warn!(
+                    "create the task's network: {}",
+                    berth_model::error_chain(&e)
+                );
+                let reason = format!("CannotCreateNetworkError: {e}");
+                self.finish(states, StopCode::TaskFailedToStart, reason, None);
+                return false;
+            }
+        };
+        starter.netns = Some(network.netns.clone());
+        // The namespace is attached to the node's network (the CNI plugins take tens of
+        // milliseconds) while the containers that wait for no other are created in it;
+        // none starts before it is attached.
+        let first: Vec<usize> = (0..a.containers.len())
+            .filter(|i| a.containers[*i].depends_on.is_empty())
+            .collect();
+        let specs: Vec<ContainerSpec> = first.iter().map(|i| self.spec_for(starter, *i)).collect();
+        let creates = futures::future::join_all(specs.iter().map(|s| self.runtime.create(s)));
+        let (attached, created) =
+            tokio::join!(self.runtime.attach_network(&a.task_id, &network), creates);
+        starter.created = first.into_iter().zip(created).collect();
+        match attached {
+            Ok(address) => self.attached(&TaskNetwork { address, ..network }, states),
+            Err(e) => {
+                tracing::warn!(
+                    "attach the task's network: {}",
+                    berth_model::error_chain(&e)
+                );
+                let reason = format!("CannotCreateNetworkError: {e}");
+                // The containers created meanwhile go, and what is left of the network.
+                self.cleanup(states).await;
+                self.finish(states, StopCode::TaskFailedToStart, reason, None);
+                return false;
+            }
+        }
+        true
     }
 
     /// Before a requested stop of a task that publishes ports: the task is already out of

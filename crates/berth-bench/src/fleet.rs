@@ -12,7 +12,7 @@ use berth_tests::{poll, ServerProc};
 use crate::api::{
     big_client, epoch_ms, spec, submit, wait_metric, wait_nodes, wait_running, RUNNING,
 };
-use crate::cluster::{scratch, Cluster, Hollow};
+use crate::cluster::{rss_mib, scratch, Cluster, Hollow};
 use crate::results::{record_percentiles, Results};
 
 /// The node TTL the node-loss scenario runs its servers with (the default is 10 s).
@@ -316,17 +316,6 @@ fn state_resident_mib(backup: &[u8]) -> anyhow::Result<f64> {
     let grown = rss_mib(me)? - before;
     drop(state);
     Ok(grown)
-}
-
-/// The resident memory of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
 }
 
 /// One server in a scratch dir named `prefix`, `nodes` hollow agents serving it (all active),

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use berth_proto::v1 as pb;
 
 use crate::api::{spec, wait_nodes};
-use crate::cluster::{Cluster, Hollow};
+use crate::cluster::{rss_mib, Cluster, Hollow};
 use crate::results::Results;
 
 const NODES: u32 = 200;
@@ -424,17 +424,6 @@ fn write_series(samples: &[Sample]) -> anyhow::Result<()> {
         csv.push_str(&format!(",{:.1},{:.1}\n", max(&s.api), max(&s.scheduling)));
     }
     std::fs::write(out.join("soak.csv"), csv).context("write soak.csv")
-}
-
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("server {pid} is gone"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")?;
-    Ok(kib / 1024.0)
 }
 
 /// Bytes of disk the files under `dir` use (allocated blocks, as `du`) and how long they are.

@@ -165,7 +165,6 @@ impl ContainerdRuntime {
             Ok(limits) => Ok(Created {
                 spec: c.clone(),
                 limits,
-                made: true,
             }),
             Err(e) => {
                 let _ = self.remove_container(&c.id).await;
@@ -177,13 +176,7 @@ impl ContainerdRuntime {
     /// Starts the process of a container [`Self::create_stopped`] made, then sets its limits;
     /// a failure removes the container.
     pub(super) async fn start_stopped(&self, created: Created) -> Result<ExitFuture, RuntimeError> {
-        let created = match created.made {
-            true => created,
-            false => self.create_stopped(&created.spec).await?,
-        };
-        let Created {
-            spec: c, limits, ..
-        } = created;
+        let Created { spec: c, limits } = created;
         // Wait is issued before Start so that no exit can be missed.
         let exit = self.wait_for_exit(&c.id);
         let started = TasksClient::new(self.channel.clone())
