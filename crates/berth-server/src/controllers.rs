@@ -18,7 +18,9 @@ use crate::{now_ms, Liveness, Usage};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadPolicy {
     /// Linearizable: a new leader must not decide from a state that lags behind what is
-    /// already committed (it could start tasks twice, or scale from an old count).
+    /// already committed (it could start tasks twice, or scale from an old count). One
+    /// linearizable read per term, then the leader's state caught up with its commit index
+    /// ([`Store::read_leading_queued`]).
     Linearizable,
     /// This server's own state: for decisions the state machine checks again when it applies
     /// them (placements are refused when they no longer fit; DOWN is idempotent).
@@ -69,7 +71,10 @@ pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
             let commands = match C::READ {
                 ReadPolicy::Stale => store.read_stale_queued(|s| controller.plan(s, now_ms())),
                 ReadPolicy::Linearizable => {
-                    match store.read_queued(|s| controller.plan(s, now_ms())).await {
+                    match store
+                        .read_leading_queued(|s| controller.plan(s, now_ms()))
+                        .await
+                    {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::debug!("read the state: {}", error_chain(&e));

@@ -167,6 +167,9 @@ pub struct Store {
     /// The term this member leads in and its last log index when it first confirmed a read in
     /// it: no read index below it ([`Store::read_index_once`]).
     read_floor: Arc<std::sync::Mutex<Option<(u64, u64)>>>,
+    /// The term in which this member, leading, last completed a linearizable read
+    /// ([`Store::read_leading_queued`]).
+    confirmed_term: Arc<AtomicU64>,
     /// The AppendEntries peers accepted, for reads from the leader's lease.
     acks: Arc<lease::Acks>,
     /// The state machine's writes not yet on disk: written out on shutdown.
@@ -267,14 +270,8 @@ impl Store {
         let db = file::open_database(&config.data_dir.join("raft.redb"))?;
         let peers = network::Peers::new(config.dialer.clone());
         let snapshots = storage::SnapshotFiles::in_dir(config.data_dir.clone());
-        Self::open_with(
-            config,
-            db,
-            snapshots,
-            network::Network::new(peers.clone()),
-            peers,
-        )
-        .await
+        let network = network::Network::new(peers.clone(), config.heartbeat_interval);
+        Self::open_with(config, db, snapshots, network, peers).await
     }
 
     /// Opens a member on `db` with its Raft traffic going through `network` — the seam the
@@ -369,6 +366,7 @@ impl Store {
             commits,
             leadership,
             read_floor: Arc::default(),
+            confirmed_term: Arc::default(),
             acks,
             deferred,
         })
@@ -866,6 +864,38 @@ impl Store {
             true => self.read_stale_queued(f),
             false => self.read_stale(f),
         })
+    }
+
+    /// For the leader's controllers: [`Store::read_queued`] the first time in a term, then the
+    /// leader's own state once it has applied every entry it knows to be committed, without a
+    /// round of heartbeats to confirm it still leads. The services controller runs after every
+    /// applied entry: its linearizable reads sent the followers a heartbeat round per write,
+    /// in the Raft streams the next write's AppendEntries waits behind. What a controller needs
+    /// is a state that misses nothing committed: the first read of the term waited for the
+    /// leader's first entry (everything committed before it led comes before that), and its
+    /// commit index covers everything committed since. A member that lost the lead without
+    /// hearing so yet may plan from an older state, as it may between any read and its
+    /// proposal; the commands check what they change when they apply.
+    pub async fn read_leading_queued<R>(
+        &self,
+        f: impl FnOnce(&State) -> R,
+    ) -> Result<R, StoreError> {
+        let (term, leading) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.state == openraft::ServerState::Leader)
+        };
+        if leading && self.confirmed_term.load(Ordering::Acquire) == term {
+            let committed = self.shared.committed.load(Ordering::Acquire);
+            self.wait_applied(committed, Instant::now() + self.config.write_timeout)
+                .await?;
+            return Ok(self.read_stale_queued(f));
+        }
+        let read = self.read_queued(f).await?;
+        if leading {
+            self.confirmed_term.fetch_max(term, Ordering::AcqRel);
+        }
+        Ok(read)
     }
 
     /// Reads this member's state as applied so far, without asking the leader. For short

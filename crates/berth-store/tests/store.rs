@@ -296,3 +296,20 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     );
     let _ = first_rev;
 }
+
+#[tokio::test]
+async fn a_leaders_controller_reads_see_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(&store).await;
+    let revisions = |s: &berth_state::State| s.task_definitions("default").count();
+    // The first read of the term is linearizable; later ones read the leader's own state
+    // once it applied what it knows committed: each must see the write acknowledged before.
+    for expected in 1..=20 {
+        register_web(&store, false, 7).await;
+        let seen = store.read_leading_queued(revisions).await.expect("read");
+        assert_eq!(seen, expected);
+    }
+    store.shutdown().await;
+}
