@@ -233,6 +233,40 @@ impl Controller for Autoscaler {
     }
 }
 
+/// Nodes lost at once past this many are logged as one line: when a leader that was too busy
+/// to hear its agents (or a new one that never heard them) finds thousands silent, a line each
+/// (again every round until the write commits) cost it more than what it was short of.
+const LOST_NODES_LOGGED_APART: usize = 10;
+
+/// Logs the nodes a round declares DOWN (each command also carries its reason into the
+/// node's events).
+fn log_lost(commands: &[Command]) {
+    let lost: Vec<(&String, &String)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::MarkNodeDown { node, reason, .. } => Some((node, reason)),
+            _ => None,
+        })
+        .collect();
+    if lost.len() <= LOST_NODES_LOGGED_APART {
+        for (node, reason) in lost {
+            tracing::warn!(%node, "node lost: {reason}");
+        }
+        return;
+    }
+    let first: Vec<&str> = lost
+        .iter()
+        .take(LOST_NODES_LOGGED_APART)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    tracing::warn!(
+        "{} nodes lost, their agents silent past the node TTL (the first: {}, …); each node's \
+         events say since when",
+        lost.len(),
+        first.join(", ")
+    );
+}
+
 /// Declares nodes whose agents are silent for the node TTL DOWN.
 pub struct NodeMonitor {
     pub liveness: Liveness,
@@ -276,11 +310,7 @@ impl Controller for NodeMonitor {
             self.ttl,
             at,
         );
-        for c in &commands {
-            if let Command::MarkNodeDown { node, reason, .. } = c {
-                tracing::warn!(%node, "node lost: {reason}");
-            }
-        }
+        log_lost(&commands);
         commands
     }
 }
