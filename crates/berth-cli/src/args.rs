@@ -31,8 +31,19 @@ pub enum Command {
     },
     /// List or show objects: tasks, task ID, taskdefs, taskdef FAMILY[:REV], services,
     /// service NAME, endpoints [SERVICE] (where a service's name leads), nodes, secrets,
-    /// secret NAME (keys only).
-    Get { kind: String, name: Option<String> },
+    /// secret NAME (keys only). Tasks are listed newest first.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// List at most this many tasks (newest first); the command says how to get the
+        /// next page.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Go on with the tasks after the page that printed this token (with --limit, one
+        /// page more; without, every task left).
+        #[arg(long = "continue", value_name = "TOKEN")]
+        continue_token: Option<String>,
+    },
     /// Show an object in detail: task ID, taskdef FAMILY[:REV], service NAME, node NAME.
     Describe { kind: String, name: String },
     /// Change a service's desired count.

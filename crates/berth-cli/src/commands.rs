@@ -57,7 +57,18 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Secret(cmd) => crate::secrets::run(&global, cmd).await.map(|()| 0),
-        Command::Get { kind, name } => get(&global, &kind, name.as_deref()).await.map(|()| 0),
+        Command::Get {
+            kind,
+            name,
+            limit,
+            continue_token,
+        } => {
+            let page = tasks::Page {
+                limit: limit.unwrap_or(0),
+                continue_token: continue_token.unwrap_or_default(),
+            };
+            get(&global, &kind, name.as_deref(), page).await.map(|()| 0)
+        }
         Command::Describe { kind, name } => describe(&global, &kind, &name).await.map(|()| 0),
         Command::Logs {
             task,
@@ -173,14 +184,34 @@ async fn list_nodes(client: &mut Client, global: &GlobalArgs) -> anyhow::Result<
     Ok(berth_proto::try_all(nodes.nodes)?)
 }
 
-async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Result<()> {
+async fn get(
+    global: &GlobalArgs,
+    kind: &str,
+    name: Option<&str>,
+    page: tasks::Page,
+) -> anyhow::Result<()> {
+    let paged = page.limit > 0 || !page.continue_token.is_empty();
+    if paged && !(matches!(kind, "tasks" | "task") && name.is_none()) {
+        bail!(
+            "--limit and --continue page the list of tasks (`berth get tasks`); other kinds \
+             are listed whole"
+        );
+    }
     let mut client = Client::new(global)?;
     let ns = &global.namespace;
     let selector = global.selector.clone().unwrap_or_default();
     match (kind, name) {
         ("tasks" | "task", None) => {
-            let tasks = tasks::list(&mut client, ns, global.stale, &selector).await?;
-            print_tasks(global.output, &tasks, false)
+            let listed = tasks::list_page(&mut client, ns, global.stale, &selector, &page).await?;
+            print_tasks(global.output, &listed.tasks, false)?;
+            if !listed.continue_token.is_empty() {
+                // On stderr: -o json and -o yaml stay one document on stdout.
+                eprintln!(
+                    "{} more; next page: berth get tasks --limit {} --continue {}",
+                    listed.remaining, page.limit, listed.continue_token
+                );
+            }
+            Ok(())
         }
         ("tasks" | "task", Some(id)) => {
             let task = tasks::describe(&mut client, global, id).await?;
@@ -229,7 +260,7 @@ async fn get(global: &GlobalArgs, kind: &str, name: Option<&str>) -> anyhow::Res
 
 async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result<()> {
     if global.output != Format::Table && global.output != Format::Wide {
-        return get(global, kind, Some(name)).await;
+        return get(global, kind, Some(name), tasks::Page::default()).await;
     }
     let mut client = Client::new(global)?;
     match kind {
@@ -243,6 +274,6 @@ async fn describe(global: &GlobalArgs, kind: &str, name: &str) -> anyhow::Result
             services::describe(&s);
             Ok(())
         }
-        _ => get(global, kind, Some(name)).await,
+        _ => get(global, kind, Some(name), tasks::Page::default()).await,
     }
 }

@@ -60,22 +60,59 @@ pub async fn apply(
     Ok(())
 }
 
-/// The tasks of `namespace` that match `selector` (every task when empty).
+/// The tasks of `namespace` that match `selector` (every task when empty), newest first.
 pub async fn list(
     client: &mut Client,
     namespace: &str,
     stale: bool,
     selector: &str,
 ) -> anyhow::Result<Vec<Task>> {
+    let whole = Page::default();
+    Ok(list_page(client, namespace, stale, selector, &whole)
+        .await?
+        .tasks)
+}
+
+/// Which page of a task list to ask for.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// At most this many tasks; 0: every one.
+    pub limit: u32,
+    /// The token the page before ended with; empty for the first page.
+    pub continue_token: String,
+}
+
+/// A page of tasks and where the next one starts.
+pub struct Listed {
+    pub tasks: Vec<Task>,
+    /// Empty when no task follows.
+    pub continue_token: String,
+    pub remaining: u64,
+}
+
+/// One page of the tasks of `namespace` that match `selector`, newest first.
+pub async fn list_page(
+    client: &mut Client,
+    namespace: &str,
+    stale: bool,
+    selector: &str,
+    page: &Page,
+) -> anyhow::Result<Listed> {
     let req = pb::ListTasksRequest {
         namespace: namespace.to_owned(),
         stale,
         selector: selector.to_owned(),
+        limit: page.limit,
+        continue_token: page.continue_token.clone(),
     };
     let list = client
         .request(req, |mut c, req| async move { c.list_tasks(req).await })
         .await?;
-    Ok(berth_proto::try_all(list.tasks)?)
+    Ok(Listed {
+        tasks: berth_proto::try_all(list.tasks)?,
+        continue_token: list.continue_token,
+        remaining: list.remaining,
+    })
 }
 
 /// One task of the global namespace.

@@ -332,8 +332,16 @@ impl Server {
         health
             .set_serving::<berth_proto::v1::berth_server::BerthServer<api::BerthService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+        // Both versions of reflection: grpcurl and evans ask v1; Python's grpcio-reflection,
+        // Postman and older tools ask v1alpha only.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(berth_proto::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("build reflection service (v1alpha)")?;
+        let reflection = reflection()
             .build_v1()
             .context("build reflection service")?;
         let metrics = metrics::Metrics::default();
@@ -427,6 +435,7 @@ impl Server {
             .add_routes(metrics.routes(self.store.clone(), self.metrics_public))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(api::BerthService::new(
                 self.store.clone(),
                 usage.clone(),

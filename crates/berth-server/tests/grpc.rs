@@ -7,7 +7,8 @@ use std::time::Duration;
 use berth_proto::v1::berth_client::BerthClient;
 use berth_proto::v1::raft_client::RaftClient;
 use berth_proto::v1::{
-    DescribeTaskRequest, RaftPayload, RegisterTaskDefinitionRequest, RunTaskRequest,
+    DescribeTaskRequest, ListTasksRequest, RaftPayload, RegisterTaskDefinitionRequest,
+    RunTaskRequest,
 };
 use berth_server::{Server, ServerConfig};
 use berth_tls::net::Dialer;
@@ -105,6 +106,50 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
             "{expected} missing from {names:?}"
         );
     }
+
+    // v1alpha too (Python's grpcio-reflection, Postman and older grpcurl ask it only): the
+    // services, and the descriptor of the API a client needs to call it.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let requests = [
+        alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        },
+        alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    "berth.v1.Berth".into(),
+                ),
+            ),
+        },
+    ];
+    let mut responses =
+        alpha::server_reflection_client::ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await?
+            .into_inner();
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.message().await?.and_then(|r| r.message_response)
+    else {
+        panic!("v1alpha reflection did not list services");
+    };
+    let alpha_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        alpha_names.iter().any(|n| n == "berth.v1.Berth"),
+        "berth.v1.Berth missing from {alpha_names:?}"
+    );
+    let Some(alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.message().await?.and_then(|r| r.message_response)
+    else {
+        panic!("v1alpha reflection did not answer the API's file descriptor");
+    };
+    assert!(
+        !files.file_descriptor_proto.is_empty(),
+        "no descriptor for berth.v1.Berth"
+    );
 
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     let mut api = BerthClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
@@ -233,6 +278,79 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
         "{}",
         err.message()
     );
+
+    // Paging through ListTasks: newest first, every task once, a token to go on with.
+    api.register_task_definition(RegisterTaskDefinitionRequest {
+        namespace: String::new(),
+        spec: Some(berth_proto::v1::TaskDefinitionSpec {
+            family: "pager".into(),
+            cpu: 256,
+            memory: 64,
+            containers: vec![berth_proto::v1::ContainerDefinition {
+                name: "app".into(),
+                image: "busybox".into(),
+                essential: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        reuse_identical: false,
+    })
+    .await?;
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        // Three calls of two: a later call's tasks are newer.
+        let run = api
+            .run_task(RunTaskRequest {
+                client_token: String::new(),
+                namespace: String::new(),
+                task_definition: "pager".into(),
+                count: 2,
+            })
+            .await?
+            .into_inner();
+        created.push(run.tasks.into_iter().map(|t| t.task_id).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = api
+            .list_tasks(ListTasksRequest {
+                limit: 4,
+                continue_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        assert!(
+            page.tasks.len() <= 4,
+            "{} tasks in a page of 4",
+            page.tasks.len()
+        );
+        listed.extend(page.tasks.into_iter().map(|t| t.task_id));
+        if page.continue_token.is_empty() {
+            assert_eq!(page.remaining, 0);
+            break;
+        }
+        assert_eq!(page.remaining, 2, "6 tasks, 4 on the first page");
+        token = page.continue_token;
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    let position = |id: &String| listed.iter().position(|l| l == id).expect("listed");
+    // The newest call's tasks come before the oldest's.
+    assert!(created[2].iter().map(position).max() < created[0].iter().map(position).min());
+    let err = api
+        .list_tasks(ListTasksRequest {
+            continue_token: "page-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token this API did not give");
+    assert_eq!(err.code(), Code::InvalidArgument);
 
     let _ = stop.send(());
     serving.await??;

@@ -122,20 +122,28 @@ impl BerthService {
     ) -> Answer<pb::ListTasksResponse> {
         let namespace = scoped(caller, req.namespace, Permission::Read)?;
         let selector = selector(&req.selector)?;
-        let mut tasks: Vec<Task> = self
+        let after = PageKey::parse(&req.continue_token)?;
+        let limit = req.limit as usize;
+        let (tasks, remaining) = self
             .read(req.stale, |s| {
-                s.tasks_in(&namespace)
-                    .filter(|t| selector.matches(&t.labels))
-                    .cloned()
-                    .collect()
+                let matching = s
+                    .tasks_in(&namespace)
+                    .filter(|t| selector.matches(&t.labels));
+                let (page, remaining) = page(matching, after.as_ref(), limit);
+                (page.into_iter().cloned().collect::<Vec<Task>>(), remaining)
             })
             .await?;
-        tasks.sort_by(|a, b| (a.created_at, &a.task_id).cmp(&(b.created_at, &b.task_id)));
+        let continue_token = match tasks.last() {
+            Some(last) if remaining > 0 => PageKey::of(last).token(),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks
                 .into_iter()
                 .map(|t| self.usage.fill(t).into())
                 .collect(),
+            continue_token,
+            remaining: remaining as u64,
         }))
     }
 
@@ -275,4 +283,157 @@ async fn agent_client(
                 berth_store::error_chain(&e)
             ))
         })
+}
+
+/// A page of `tasks`, newest first: those after `after` (the key the page before ended with),
+/// at most `limit` of them (0: every one); and how many come after the page.
+fn page<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+    after: Option<&PageKey>,
+    limit: usize,
+) -> (Vec<&'a Task>, usize) {
+    let mut matching: Vec<&Task> = tasks
+        .filter(|t| after.is_none_or(|k| k.comes_before(t)))
+        .collect();
+    matching.sort_unstable_by(|a, b| (b.created_at, &b.task_id).cmp(&(a.created_at, &a.task_id)));
+    let taken = if limit == 0 {
+        matching.len()
+    } else {
+        limit.min(matching.len())
+    };
+    let remaining = matching.len() - taken;
+    matching.truncate(taken);
+    (matching, remaining)
+}
+
+/// Where a page of tasks ends, newest first: its last task's creation time and ID. The token
+/// a client gets back is this key, so a page goes on after the task it ended with even when
+/// tasks were created or removed in between (no offset that shifts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageKey {
+    created_at: u64,
+    task_id: String,
+}
+
+impl PageKey {
+    const PREFIX: &'static str = "t1.";
+
+    fn of(task: &Task) -> Self {
+        Self {
+            created_at: task.created_at,
+            task_id: task.task_id.clone(),
+        }
+    }
+
+    fn token(&self) -> String {
+        format!("{}{}.{}", Self::PREFIX, self.created_at, self.task_id)
+    }
+
+    /// The key of a continue token; `None` for none.
+    fn parse(token: &str) -> Result<Option<Self>, Status> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || {
+            Status::invalid_argument(format!(
+                "continue token {token:?} is not one this API gave: pass the continue token of \
+                 the page before as it was, or none for the first page"
+            ))
+        };
+        let rest = token.strip_prefix(Self::PREFIX).ok_or_else(invalid)?;
+        let (created_at, task_id) = rest.split_once('.').ok_or_else(invalid)?;
+        let created_at = created_at.parse().map_err(|_| invalid())?;
+        if task_id.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Some(Self {
+            created_at,
+            task_id: task_id.to_owned(),
+        }))
+    }
+
+    /// Whether `task` comes after this key in the newest-first order: older, or as old with
+    /// a lower ID.
+    fn comes_before(&self, task: &Task) -> bool {
+        (task.created_at, task.task_id.as_str()) < (self.created_at, self.task_id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_model::{ContainerDefinition, TaskDefinitionSpec};
+    use berth_state::State;
+
+    /// Tasks `t0..tN` created at the times given (some at the same millisecond).
+    fn tasks(created: &[u64]) -> Vec<Task> {
+        let mut s = State::default();
+        s.apply(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: TaskDefinitionSpec::new(
+                "web",
+                256,
+                128,
+                vec![ContainerDefinition::new("app", "registry/web:1")],
+            ),
+            reuse_identical: false,
+            at: 1,
+        });
+        let def = s
+            .task_definition("default", &"web:1".parse().expect("ref"))
+            .expect("web:1");
+        created
+            .iter()
+            .enumerate()
+            .map(|(i, at)| Task::pending(format!("t{i}"), "default", def, *at))
+            .collect()
+    }
+
+    fn ids(page: &[&Task]) -> Vec<String> {
+        page.iter().map(|t| t.task_id.clone()).collect()
+    }
+
+    #[test]
+    fn pages_list_every_task_once_newest_first_and_go_on_after_their_last_task() {
+        let all = tasks(&[10, 30, 20, 30, 40]);
+        let (whole, remaining) = page(all.iter(), None, 0);
+        assert_eq!(ids(&whole), ["t4", "t3", "t1", "t2", "t0"], "ties by ID");
+        assert_eq!(remaining, 0);
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (p, remaining) = page(all.iter(), after.as_ref(), 2);
+            seen.extend(ids(&p));
+            if remaining == 0 {
+                break;
+            }
+            // The token round-trips through its text, as a client sends it back.
+            let token = PageKey::of(p.last().expect("a full page")).token();
+            after = PageKey::parse(&token).expect("parses");
+        }
+        assert_eq!(seen, ids(&whole));
+
+        // A task created between two pages does not shift the next one.
+        let (first, _) = page(all.iter(), None, 2);
+        let key = PageKey::of(first[1]);
+        let mut more = all.clone();
+        more.extend(tasks(&[50]).into_iter().map(|mut t| {
+            t.task_id = "t9".into();
+            t
+        }));
+        let (second, remaining) = page(more.iter(), Some(&key), 2);
+        assert_eq!(ids(&second), ["t1", "t2"]);
+        assert_eq!(remaining, 1);
+    }
+
+    #[test]
+    fn a_continue_token_this_api_did_not_give_is_refused_with_what_to_do() {
+        assert_eq!(PageKey::parse("").expect("none"), None);
+        for bad in ["abc", "t1.", "t1.x.t3", "t1.12", "t1.12."] {
+            let e = PageKey::parse(bad).expect_err(bad);
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("continue token"), "{}", e.message());
+        }
+    }
 }

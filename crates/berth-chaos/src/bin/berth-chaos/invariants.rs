@@ -200,6 +200,7 @@ async fn tasks(addr: &str) -> Result<BTreeSet<Seen>, String> {
         namespace: String::new(),
         stale: true,
         selector: String::new(),
+        ..Default::default()
     }))
     .await
     .map_err(|e| format!("list tasks on {addr}: {e}"))?

@@ -681,6 +681,7 @@ impl Client {
             namespace: String::new(),
             stale: self.stale,
             selector: format!("chaos-group={family}"),
+            ..Default::default()
         };
         let call = self.recorder.now();
         let outcome = self
