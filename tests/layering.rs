@@ -53,6 +53,8 @@ const GRAPH: &[(&str, &[&str])] = &[
     ),
     ("berth-dev", &[]),
     ("berth-tls", &[]),
+    // The ECS dialect (SigV4, awsJson1_1 shapes): pure.
+    ("berth-ecs", &[]),
     (
         "berth",
         &[

@@ -335,10 +335,14 @@ impl PageKey {
             return Ok(None);
         }
         let invalid = || {
-            Status::invalid_argument(format!(
+            let message = format!(
                 "continue token {token:?} is not one this API gave: pass the continue token of \
                  the page before as it was, or none for the first page"
-            ))
+            );
+            status::invalid(
+                "",
+                &berth_model::ValidationError::new("continueToken", message),
+            )
         };
         let rest = token.strip_prefix(Self::PREFIX).ok_or_else(invalid)?;
         let (created_at, task_id) = rest.split_once('.').ok_or_else(invalid)?;

@@ -1,0 +1,7 @@
+//! The ECS dialect of berth's API, as pure functions: AWS Signature Version 4 checked against
+//! an access key's secret (`sigv4`) and ECS's resource names for berth's objects (`arn`: a
+//! cluster is a namespace, a container instance a node). Not served yet: the server's ECS
+//! endpoint (`--ecs-listen`, issue #21) will carry requests to these.
+
+pub mod arn;
+pub mod sigv4;
