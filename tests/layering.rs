@@ -53,8 +53,8 @@ const GRAPH: &[(&str, &[&str])] = &[
     ),
     ("berth-dev", &[]),
     ("berth-tls", &[]),
-    // The ECS dialect (SigV4, awsJson1_1 shapes): pure.
-    ("berth-ecs", &[]),
+    // The ECS dialect (SigV4, awsJson1_1 shapes, ECS objects read into the model's): pure.
+    ("berth-ecs", &["berth-model"]),
     (
         "berth",
         &[
