@@ -9,11 +9,26 @@ use std::fmt;
 /// One resource of ECS's kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
-    Cluster { name: String },
-    Task { cluster: String, id: String },
-    TaskDefinition { family: String, revision: u32 },
-    Service { cluster: String, name: String },
-    ContainerInstance { cluster: String, id: String },
+    Cluster {
+        name: String,
+    },
+    Task {
+        cluster: String,
+        id: String,
+    },
+    /// No revision: the family's latest ACTIVE one (ECS's `FAMILY` short form).
+    TaskDefinition {
+        family: String,
+        revision: Option<u32>,
+    },
+    Service {
+        cluster: String,
+        name: String,
+    },
+    ContainerInstance {
+        cluster: String,
+        id: String,
+    },
 }
 
 /// A resource with the region and account of its name.
@@ -61,9 +76,15 @@ impl fmt::Display for Arn {
         match &self.resource {
             Resource::Cluster { name } => write!(f, "cluster/{name}"),
             Resource::Task { cluster, id } => write!(f, "task/{cluster}/{id}"),
-            Resource::TaskDefinition { family, revision } => {
-                write!(f, "task-definition/{family}:{revision}")
-            }
+            Resource::TaskDefinition {
+                family,
+                revision: Some(revision),
+            } => write!(f, "task-definition/{family}:{revision}"),
+            // ECS has no ARN for "the latest": the family's name is what names it.
+            Resource::TaskDefinition {
+                family,
+                revision: None,
+            } => write!(f, "task-definition/{family}"),
             Resource::Service { cluster, name } => write!(f, "service/{cluster}/{name}"),
             Resource::ContainerInstance { cluster, id } => {
                 write!(f, "container-instance/{cluster}/{id}")
@@ -73,8 +94,11 @@ impl fmt::Display for Arn {
 }
 
 impl Arn {
-    /// Reads `value`, a full ARN or ECS's short form of `kind`; a short form is in `cluster`
-    /// (the request's, `default` when it named none). An ARN of another kind is an error.
+    /// Reads `value`, a full ARN or ECS's short form of `kind` (a bare name or ID, in
+    /// `cluster`: the request's, `default` when it named none). An ARN of another kind is an
+    /// error. A full ARN names its own cluster, which may not be the request's: whoever acts
+    /// on the resource checks the caller's rights on the resource's cluster. The ARN's
+    /// partition, region and account are not checked.
     pub fn parse(value: &str, kind: Kind, cluster: &str) -> Result<Resource, ArnError> {
         let err = || {
             ArnError {
@@ -112,7 +136,9 @@ impl Arn {
         let name = |s: &str| (!s.is_empty() && !s.contains('/')).then(|| s.to_owned());
         let in_cluster = |path: &str| -> Option<(String, String)> {
             match path.split_once('/') {
-                Some((c, rest)) => Some((name(c)?, name(rest)?)),
+                // Only a full ARN names a cluster.
+                Some((c, rest)) if full => Some((name(c)?, name(rest)?)),
+                Some(_) => None,
                 // An ARN of the old form (no cluster) or a short form: the request's cluster.
                 None => Some((cluster.to_owned(), name(path)?)),
             }
@@ -132,13 +158,14 @@ impl Arn {
                     None => (resource, None),
                 };
                 match (name(family), revision) {
-                    (Some(family), Some(Some(revision))) => {
-                        Some(Resource::TaskDefinition { family, revision })
-                    }
+                    (Some(family), Some(Some(revision))) => Some(Resource::TaskDefinition {
+                        family,
+                        revision: Some(revision),
+                    }),
                     // A family alone: its latest ACTIVE revision, which only the caller knows.
                     (Some(family), None) => Some(Resource::TaskDefinition {
                         family,
-                        revision: 0,
+                        revision: None,
                     }),
                     _ => None,
                 }
@@ -183,7 +210,7 @@ mod tests {
                 Kind::TaskDefinition,
                 Resource::TaskDefinition {
                     family: "web".into(),
-                    revision: 3,
+                    revision: Some(3),
                 },
                 "task-definition/web:3",
             ),
@@ -224,15 +251,15 @@ mod tests {
             Arn::parse("web", Kind::TaskDefinition, "default"),
             Ok(Resource::TaskDefinition {
                 family: "web".into(),
-                revision: 0
+                revision: None
             }),
-            "a family alone: revision 0 means its latest"
+            "a family alone means its latest"
         );
         assert_eq!(
             Arn::parse("web:7", Kind::TaskDefinition, "default"),
             Ok(Resource::TaskDefinition {
                 family: "web".into(),
-                revision: 7
+                revision: Some(7)
             })
         );
         // ECS's older task ARNs have no cluster.
@@ -258,6 +285,9 @@ mod tests {
             ),
             ("", Kind::Service),
             ("a/b/c", Kind::Task),
+            // A short form is a bare ID: it cannot name another cluster.
+            ("other-team/abc", Kind::Task),
+            ("other-team/api", Kind::Service),
         ] {
             let e = Arn::parse(value, kind, "default").expect_err(value);
             assert!(e.to_string().contains(" ARN or name: use "), "{e}");

@@ -178,10 +178,11 @@ impl EcsError {
 
 impl From<crate::sigv4::SigError> for EcsError {
     fn from(e: crate::sigv4::SigError) -> Self {
-        let kind = match e.code() {
-            "MissingAuthenticationTokenException" => ErrorType::MissingAuthenticationToken,
-            "IncompleteSignatureException" => ErrorType::IncompleteSignature,
-            _ => ErrorType::InvalidSignature,
+        use crate::sigv4::SigError;
+        let kind = match e {
+            SigError::Missing => ErrorType::MissingAuthenticationToken,
+            SigError::Malformed(_) => ErrorType::IncompleteSignature,
+            SigError::Expired(_) | SigError::Mismatch => ErrorType::InvalidSignature,
         };
         Self::new(kind, e.to_string())
     }

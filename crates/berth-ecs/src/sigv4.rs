@@ -12,6 +12,9 @@ use ring::{digest, hmac};
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
+/// The service requests are signed for: ECS's.
+pub const SERVICE: &str = "ecs";
+
 /// How far a request's `X-Amz-Date` may be from the server's clock, either way (AWS's bound).
 pub const MAX_SKEW_SECS: u64 = 15 * 60;
 
@@ -132,7 +135,21 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, SigError> {
             "Credential {credential:?} is not ACCESS_KEY_ID/YYYYMMDD/REGION/SERVICE/aws4_request"
         )));
     };
-    if key.is_empty() || date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+    let region_form = |r: &str| {
+        !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if *service != SERVICE {
+        return Err(malformed(format!(
+            "Credential {credential:?} is scoped to service {service:?}; sign for {SERVICE:?}"
+        )));
+    }
+    if key.is_empty()
+        || date.len() != 8
+        || !date.bytes().all(|b| b.is_ascii_digit())
+        || !region_form(region)
+    {
         return Err(malformed(format!(
             "Credential {credential:?} is not ACCESS_KEY_ID/YYYYMMDD/REGION/SERVICE/aws4_request"
         )));
@@ -167,7 +184,10 @@ pub fn verify(
     secret: &str,
     now: u64,
 ) -> Result<(), SigError> {
-    for required in ["host", "x-amz-date"] {
+    // X-Amz-Target picks the operation: unsigned, a captured request could be replayed as
+    // another operation with the same body.
+    let target = (!request.values("x-amz-target").is_empty()).then_some("x-amz-target");
+    for required in ["host", "x-amz-date"].into_iter().chain(target) {
         if !auth.signed_headers.iter().any(|h| h == required) {
             return Err(malformed(format!("SignedHeaders must include {required}")));
         }
@@ -249,25 +269,25 @@ fn canonical_request(
     ))
 }
 
-/// The path decoded and encoded again as SigV4 wants it (`/` kept).
+/// The path as the SDKs sign it for every service but S3: the path as sent (already
+/// percent-encoded) encoded once more, `/` and `~` kept (botocore's `quote(path, safe="/~")`,
+/// so `%20` signs as `%2520`). Dot segments are not removed: ECS's calls all go to `/`.
 fn canonical_path(path: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
-    encode(&decode(path), true)
+    encode(path.as_bytes(), true)
 }
 
-/// The query's parameters decoded, encoded again, sorted by name and then value.
+/// The query's `name=value` pairs as sent, sorted (as botocore signs them: the SDKs send each
+/// pair already encoded in SigV4's form).
 fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = query
+    let mut pairs: Vec<(&str, &str)> = query
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (encode(&decode(k), false), encode(&decode(v), false))
-        })
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
         .collect();
-    pairs.sort();
+    pairs.sort_unstable();
     pairs
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -287,37 +307,12 @@ fn encode(bytes: &[u8], keep_slash: bool) -> String {
     out
 }
 
-/// `%XX` sequences decoded; anything else (a lone `%` included) kept as it is.
-fn decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .filter(|_| bytes[i] == b'%')
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -330,6 +325,10 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
 fn parse_amz_date(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if !digits(0..8) || !digits(9..15) {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> { s.get(range)?.parse().ok() };
@@ -469,6 +468,24 @@ mod tests {
         let e = check(&h, BODY, SECRET, SIGNED_AT).expect_err("host unsigned");
         assert!(e.to_string().contains("must include host"), "{e}");
 
+        // The operation's header must be signed when sent.
+        let auth = AUTHORIZATION.replace(
+            "SignedHeaders=content-type;host;x-amz-date;x-amz-target",
+            "SignedHeaders=content-type;host;x-amz-date",
+        );
+        let mut h = headers(RUN_TASK);
+        h.retain(|(n, _)| *n != "Authorization");
+        h.push(("Authorization", &auth));
+        let e = check(&h, BODY, SECRET, SIGNED_AT).expect_err("target unsigned");
+        assert!(e.to_string().contains("must include x-amz-target"), "{e}");
+
+        // Signed for another service, or with a region not of AWS's form.
+        for scope in ["/us-east-1/s3/", "/us:east/ecs/", "//ecs/"] {
+            let auth = AUTHORIZATION.replace("/us-east-1/ecs/", scope);
+            let e = parse_authorization(&auth).expect_err(scope);
+            assert_eq!(e.code(), "IncompleteSignatureException", "{scope}");
+        }
+
         // The scope's day must be X-Amz-Date's.
         let auth = AUTHORIZATION.replace("/20261202/", "/20261201/");
         let mut h = headers(RUN_TASK);
@@ -481,14 +498,21 @@ mod tests {
     #[test]
     fn canonical_forms_follow_sigv4() {
         assert_eq!(canonical_path(""), "/");
-        assert_eq!(canonical_path("/a%20b/c~d"), "/a%20b/c~d");
-        assert_eq!(canonical_path("/a b"), "/a%20b");
+        assert_eq!(canonical_path("/"), "/");
+        assert_eq!(
+            canonical_path("/a%20b/c~d"),
+            "/a%2520b/c~d",
+            "encoded once more, as every SDK signs for a service other than S3"
+        );
         assert_eq!(
             canonical_query("b=2&a=2&a=1&c"),
             "a=1&a=2&b=2&c=",
             "sorted by name then value, a bare name gets an empty value"
         );
-        assert_eq!(canonical_query("k=a%2Fb+c"), "k=a%2Fb%2Bc");
+        assert_eq!(canonical_query("k=a%2Fb"), "k=a%2Fb", "as sent");
+        assert_eq!(parse_amz_date("2026120+T123000Z"), None);
+        assert_eq!(parse_amz_date("20261202T-1-1-1Z"), None);
+        assert_eq!(from_hex("+f"), None);
         assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
         assert_eq!(parse_amz_date("20261202T123000Z"), Some(SIGNED_AT));
         assert_eq!(parse_amz_date("20000229T235959Z"), Some(951_868_799));
