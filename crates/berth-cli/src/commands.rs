@@ -207,8 +207,9 @@ async fn get(
             if !listed.continue_token.is_empty() {
                 // On stderr: -o json and -o yaml stay one document on stdout.
                 eprintln!(
-                    "{} more; next page: berth get tasks --limit {} --continue {}",
-                    listed.remaining, page.limit, listed.continue_token
+                    "{} more; next page: {}",
+                    listed.remaining,
+                    tasks::next_page_command(global, page.limit, &listed.continue_token)
                 );
             }
             Ok(())

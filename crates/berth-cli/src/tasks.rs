@@ -90,6 +90,42 @@ pub struct Listed {
     pub remaining: u64,
 }
 
+/// The command that prints the page after one that ended with `token`: the same namespace,
+/// selector, staleness and output as this one (the token marks where the list stopped, not
+/// what it lists).
+pub fn next_page_command(global: &GlobalArgs, limit: u32, token: &str) -> String {
+    let mut command = String::from("berth get tasks");
+    if global.namespace != berth_model::DEFAULT_NAMESPACE {
+        command += &format!(" -n {}", shell_word(&global.namespace));
+    }
+    if let Some(selector) = global.selector.as_deref().filter(|s| !s.is_empty()) {
+        command += &format!(" -l {}", shell_word(selector));
+    }
+    if global.stale {
+        command += " --stale";
+    }
+    if global.output != crate::output::Format::Table {
+        let format = clap::ValueEnum::to_possible_value(&global.output)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        command += &format!(" -o {format}");
+    }
+    if limit > 0 {
+        command += &format!(" --limit {limit}");
+    }
+    command + &format!(" --continue {}", shell_word(token))
+}
+
+/// `word` as one word of a POSIX shell: quoted when it holds anything but plain characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.,=:/".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// One page of the tasks of `namespace` that match `selector`, newest first.
 pub async fn list_page(
     client: &mut Client,
@@ -195,4 +231,37 @@ pub async fn exec(
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
     Ok(out.exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        global: GlobalArgs,
+    }
+
+    fn global(args: &[&str]) -> GlobalArgs {
+        Cli::parse_from(std::iter::once("berth").chain(args.iter().copied())).global
+    }
+
+    #[test]
+    fn the_next_page_command_lists_what_this_one_did() {
+        assert_eq!(
+            next_page_command(&global(&[]), 50, "t1.17.abc"),
+            "berth get tasks --limit 50 --continue t1.17.abc"
+        );
+        assert_eq!(
+            next_page_command(
+                &global(&["-n", "team-a", "-l", "app!=web", "--stale", "-o", "json"]),
+                10,
+                "t1.17.abc"
+            ),
+            "berth get tasks -n team-a -l 'app!=web' --stale -o json --limit 10 --continue t1.17.abc"
+        );
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
 }

@@ -67,7 +67,8 @@ pub async fn leader_loop<C: Controller>(store: Store, mut controller: C) {
             if !leading {
                 continue;
             }
-            // The clock is read with the state, after a linearizable read has caught up.
+            // The clock is read with the state, once the state has caught up: a linearizable
+            // read, or (leading, after one this term) the leader's applied commit index.
             let commands = match C::READ {
                 ReadPolicy::Stale => store.read_stale_queued(|s| controller.plan(s, now_ms())),
                 ReadPolicy::Linearizable => {

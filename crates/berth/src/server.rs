@@ -120,6 +120,7 @@ impl ServerArgs {
         // `--bootstrap` states the intent explicitly; without `--join` a server with no state
         // bootstraps anyway, and with state it has nothing to bootstrap.
         let _ = self.bootstrap;
+        anyhow::ensure!(self.heartbeat_ms > 0, "--heartbeat-ms must be at least 1");
         anyhow::ensure!(
             self.heartbeat_ms * 2 < self.election_timeout_ms,
             "--election-timeout-ms must be more than twice --heartbeat-ms"
