@@ -107,17 +107,18 @@ pub fn register_request(request: &Value) -> Result<Registration, EcsError> {
             &at,
         ));
         for (field, allowed) in NESTED_FIELDS {
-            let items: Vec<&Value> = match c.get(*field) {
-                Some(Value::Array(items)) => items.iter().collect(),
-                Some(one) => vec![one],
+            // A list's items are named by their index, a lone object by the field.
+            let items: Vec<(String, &Value)> = match c.get(*field) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(j, item)| (format!("{at}{field}[{j}]."), item))
+                    .collect(),
+                Some(one) => vec![(format!("{at}{field}."), one)],
                 None => vec![],
             };
-            for (j, item) in items.iter().enumerate() {
+            for (path, item) in items {
                 if let Some(obj) = item.as_object() {
-                    let path = match c.get(*field) {
-                        Some(Value::Array(_)) => format!("{at}{field}[{j}]."),
-                        _ => format!("{at}{field}."),
-                    };
                     refused.extend(unsupported(obj, allowed, &[], &path));
                 }
             }

@@ -883,7 +883,7 @@ impl Store {
         let (term, leading) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            (m.current_term, m.state == openraft::ServerState::Leader)
+            (m.current_term, m.state == ServerState::Leader)
         };
         if leading && self.confirmed_term.load(Ordering::Acquire) == term {
             let committed = self.shared.committed.load(Ordering::Acquire);

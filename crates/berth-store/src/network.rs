@@ -263,9 +263,9 @@ const SLOW_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What a failed call tells Raft. A call that ran out of time is a `Network` error, and the
 /// next one goes at once; anything else (no connection, a refusal, an answer it cannot read)
-/// is `Unreachable`, after which openraft sends that peer nothing for its backoff (one
-/// heartbeat interval, [`Connection::backoff`]) rather than again and again as fast as it
-/// fails. An AppendEntries (a heartbeat too) times out after the heartbeat interval, and on a
+/// is `Unreachable`, after which openraft sends that peer nothing for its backoff
+/// ([`Connection::backoff`]: a heartbeat interval at first, then 500 ms) rather than again and
+/// again as fast as it fails. An AppendEntries (a heartbeat too) times out after the heartbeat interval, and on a
 /// loaded machine a follower often answers later than that; when such a time-out was taken for
 /// unreachable (before it was told apart), the follower got no entries for the backoff (with
 /// openraft's 500 ms, in the soak, one of the two was in it two thirds of the time, both a
