@@ -116,6 +116,7 @@ pub(crate) async fn submit(
             task_definition: family.into(),
             count,
             client_token: format!("{family}-{run}-{batch}"),
+            ..Default::default()
         };
         let mut tries = 0;
         let r = loop {

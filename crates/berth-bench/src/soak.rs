@@ -135,6 +135,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
                     task_definition: "short".into(),
                     count,
                     client_token: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .context("submit short tasks")?;
@@ -248,6 +249,7 @@ async fn run_probes(client: &mut berth_tests::Api) -> anyhow::Result<Vec<String>
             task_definition: "probe".into(),
             count: PROBES,
             client_token: String::new(),
+            ..Default::default()
         })
         .await
         .context("run probes")?

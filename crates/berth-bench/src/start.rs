@@ -89,6 +89,7 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
                     task_definition: "sleeper".into(),
                     count: 1,
                     client_token: String::new(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()

@@ -248,6 +248,12 @@ pub enum TokenCommand {
         /// Who or what the token is for.
         #[arg(long, value_name = "TEXT")]
         description: Option<String>,
+        /// Also an AWS access key for the ECS endpoint (`berth server --ecs-listen`): prints
+        /// `AWS_ACCESS_KEY_ID=…` and `AWS_SECRET_ACCESS_KEY=…` lines instead of the token. The
+        /// cluster keeps the secret sealed under its secrets keyring (AWS signatures need the
+        /// secret itself), not only as a hash.
+        #[arg(long)]
+        aws: bool,
     },
     /// List API tokens, oldest first (never their secrets).
     List,

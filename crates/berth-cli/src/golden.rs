@@ -94,6 +94,7 @@ fn tasks() -> Vec<Task> {
         events,
         placement: Default::default(),
         metrics: None,
+        overrides: Vec::new(),
     };
     let stopped = Task {
         task_id: "7c1d2e3f-0000-4000-8000-000000000001".into(),

@@ -40,6 +40,7 @@ pub async fn run_task(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<i32>
         task_definition,
         count: args.count,
         client_token: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
     };
     let tasks = client
         .request(req, |mut c, req| async move { c.run_task(req).await })

@@ -51,12 +51,12 @@ pub async fn run(global: &GlobalArgs, command: SecretCommand) -> anyhow::Result<
                 )
                 .await?;
             println!(
-                "secrets sealed again under key {}: {} secrets",
-                answer.key_id, answer.secrets
+                "secrets sealed again under key {}: {} secrets, {} AWS tokens",
+                answer.key_id, answer.secrets, answer.tokens
             );
             if answer.unreadable > 0 {
                 bail!(
-                    "{} secrets could not be opened (their key is on no server that answered) and keep their old key",
+                    "{} secrets or AWS tokens could not be opened (their key is on no server that answered) and keep their old key",
                     answer.unreadable
                 );
             }

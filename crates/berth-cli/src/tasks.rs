@@ -42,6 +42,7 @@ pub async fn apply(
         task_definition: reference.clone(),
         count,
         client_token,
+        ..Default::default()
     };
     let sent_at = crate::output::now_ms();
     let r = client

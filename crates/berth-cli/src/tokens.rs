@@ -20,16 +20,23 @@ pub async fn run(global: &GlobalArgs, command: TokenCommand) -> anyhow::Result<(
             role,
             ttl,
             description,
+            aws,
         } => {
             let req = pb::CreateTokenRequest {
                 namespace: global.namespace.clone(),
                 role,
                 ttl_secs: ttl_secs(ttl),
                 description: description.unwrap_or_default(),
+                aws,
             };
             let created = client
                 .request(req, |mut c, req| async move { c.create_token(req).await })
                 .await?;
+            let aws_key_id = created
+                .token
+                .as_ref()
+                .map(|t| t.aws_access_key_id.clone())
+                .unwrap_or_default();
             let record: ApiTokenRecord = created
                 .token
                 .context("the server answered without the token's record")?
@@ -41,7 +48,19 @@ pub async fn run(global: &GlobalArgs, command: TokenCommand) -> anyhow::Result<(
                 scope(&record.namespace),
                 expiry(record.expires_at, now_ms())
             );
-            println!("{}", created.secret_token);
+            if aws {
+                // The secret access key is the token's secret: the same token also works as
+                // `berth_<id>_<secret>` with --token.
+                let token = berth_tls::ApiToken::parse(&created.secret_token)?;
+                anyhow::ensure!(
+                    !aws_key_id.is_empty(),
+                    "the server made no AWS access key: is it older than this CLI?"
+                );
+                println!("AWS_ACCESS_KEY_ID={aws_key_id}");
+                println!("AWS_SECRET_ACCESS_KEY={}", token.secret);
+            } else {
+                println!("{}", created.secret_token);
+            }
         }
         TokenCommand::List => {
             let list = client

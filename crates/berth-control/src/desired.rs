@@ -25,7 +25,11 @@ pub fn desired_tasks(state: &State, node: &str) -> Vec<Assignment> {
                 desired_status: t.desired_status,
                 cpu: t.cpu,
                 memory: t.memory,
-                containers: def.containers.clone(),
+                containers: {
+                    let mut containers = def.containers.clone();
+                    berth_model::ContainerOverride::apply(&t.overrides, &mut containers);
+                    containers
+                },
                 last_status: t.last_status,
                 deregistration_delay,
                 ephemeral_storage: def.ephemeral_storage.unwrap_or_default(),

@@ -93,6 +93,65 @@ impl fmt::Display for Arn {
     }
 }
 
+/// The region and account every ARN of one answer is built with: the region the request
+/// was signed for, the cluster's configured account ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub region: String,
+    pub account: String,
+}
+
+impl Names {
+    pub fn new(region: impl Into<String>, account: impl Into<String>) -> Self {
+        Self {
+            region: region.into(),
+            account: account.into(),
+        }
+    }
+
+    /// The ARN of `resource`.
+    pub fn arn(&self, resource: Resource) -> String {
+        Arn {
+            region: self.region.clone(),
+            account: self.account.clone(),
+            resource,
+        }
+        .to_string()
+    }
+
+    pub fn cluster(&self, name: &str) -> String {
+        self.arn(Resource::Cluster { name: name.into() })
+    }
+
+    pub fn task(&self, cluster: &str, id: &str) -> String {
+        self.arn(Resource::Task {
+            cluster: cluster.into(),
+            id: id.into(),
+        })
+    }
+
+    pub fn task_definition(&self, family: &str, revision: u32) -> String {
+        self.arn(Resource::TaskDefinition {
+            family: family.into(),
+            revision: Some(revision),
+        })
+    }
+
+    pub fn service(&self, cluster: &str, name: &str) -> String {
+        self.arn(Resource::Service {
+            cluster: cluster.into(),
+            name: name.into(),
+        })
+    }
+
+    pub fn container_instance(&self, cluster: &str, node: &str) -> String {
+        self.arn(Resource::ContainerInstance {
+            cluster: cluster.into(),
+            id: node.into(),
+        })
+    }
+}
+
 impl Arn {
     /// Reads `value`, a full ARN or ECS's short form of `kind` (a bare name or ID, in
     /// `cluster`: the request's, `default` when it named none). An ARN of another kind is an

@@ -6,6 +6,10 @@
 //! endpoint (`--ecs-listen`, issue #21) will carry requests to these.
 
 pub mod arn;
+pub mod cluster;
 pub mod protocol;
+pub mod request;
+pub mod service;
 pub mod sigv4;
+pub mod task;
 pub mod taskdef;

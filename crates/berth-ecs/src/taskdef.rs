@@ -12,6 +12,7 @@ use berth_model::{ContainerDefinition, TaskDefinition, TaskDefinitionSpec};
 use serde_json::{json, Map, Value};
 
 use crate::protocol::EcsError;
+use crate::request::unsupported;
 
 /// Task-level fields berth carries over.
 const TASK_FIELDS: &[&str] = &[
@@ -152,20 +153,6 @@ pub fn register_request(request: &Value) -> Result<Registration, EcsError> {
     let tags = tags(task.get("tags"))?;
     spec.meta.labels = tags.clone();
     Ok(Registration { spec, tags })
-}
-
-/// The fields of `object` neither supported nor ignored, as `PREFIXname`.
-fn unsupported(
-    object: &Map<String, Value>,
-    supported: &[&str],
-    ignored: &[&str],
-    prefix: &str,
-) -> Vec<String> {
-    object
-        .keys()
-        .filter(|k| !supported.contains(&k.as_str()) && !ignored.contains(&k.as_str()))
-        .map(|k| format!("{prefix}{k}"))
-        .collect()
 }
 
 /// One ECS container definition as berth's: ECS's defaults (essential, 30 s to stop), the

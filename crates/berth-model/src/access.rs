@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{format_timestamp, validate_name, Timestamp, ValidationError};
+use crate::{format_timestamp, validate_name, SealedValue, Timestamp, ValidationError};
 
 /// The namespace stored in an admin token: admins act on every namespace.
 pub const ALL_NAMESPACES: &str = "*";
@@ -150,6 +150,31 @@ pub struct ApiTokenRecord {
     /// Who or what it is for, as its creator said.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// A token made with `--aws`: its secret, sealed under the secrets keyring, for checking
+    /// the AWS Signature Version 4 of ECS requests (an HMAC keyed by the secret, which its hash
+    /// cannot check). `None`: a bearer token only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret: Option<SealedValue>,
+}
+
+/// How the AWS access key ID of an `--aws` token begins; the token's ID, in capitals, follows.
+pub const AWS_ACCESS_KEY_PREFIX: &str = "BERTH";
+
+/// The AWS access key ID of the token with ID `id`: `BERTH` and the ID in capitals (AWS's
+/// key IDs are capitals and digits).
+pub fn aws_access_key_id(id: &str) -> String {
+    format!("{AWS_ACCESS_KEY_PREFIX}{}", id.to_ascii_uppercase())
+}
+
+/// The token ID an AWS access key ID names, if it is of [`aws_access_key_id`]'s form.
+pub fn token_id_of_access_key(key: &str) -> Option<String> {
+    let id = key.strip_prefix(AWS_ACCESS_KEY_PREFIX)?;
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+    valid.then(|| id.to_ascii_lowercase())
 }
 
 impl ApiTokenRecord {
@@ -170,6 +195,7 @@ impl ApiTokenRecord {
             created_at,
             expires_at,
             description: String::new(),
+            aws_secret: None,
         };
         record.normalize();
         record
@@ -196,6 +222,13 @@ impl ApiTokenRecord {
             ));
         }
         Ok(())
+    }
+
+    /// The AWS access key ID of an `--aws` token.
+    pub fn aws_access_key_id(&self) -> Option<String> {
+        self.aws_secret
+            .as_ref()
+            .map(|_| aws_access_key_id(&self.id))
     }
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
@@ -522,6 +555,35 @@ admin manage-cluster -: ok";
                 r#"{{"id":"abc123","secretHash":"{HASH}","namespace":"*","role":"admin","createdAt":"1970-01-01T00:00:00.001Z","expiresAt":"2027-01-15T08:00:00.000Z","description":"ci"}}"#
             )
         );
+        assert_eq!(
+            serde_json::from_str::<ApiTokenRecord>(&json).expect("decodes"),
+            t
+        );
+    }
+
+    #[test]
+    fn aws_tokens_name_their_access_key_and_keep_the_secret_sealed() {
+        let mut t = token(AccessRole::Deployer, None);
+        assert_eq!(
+            t.aws_access_key_id(),
+            None,
+            "a bearer token has no access key"
+        );
+        t.aws_secret = Some(SealedValue {
+            key_id: "k1".into(),
+            nonce: "bm9uY2U=".into(),
+            ciphertext: "c2VhbGVk".into(),
+        });
+        assert_eq!(t.aws_access_key_id().as_deref(), Some("BERTHABC123"));
+        assert_eq!(
+            token_id_of_access_key("BERTHABC123").as_deref(),
+            Some("abc123")
+        );
+        for other in ["AKIAIOSFODNN7EXAMPLE", "BERTH", "BERTHabc123", "BERTHAB_C"] {
+            assert_eq!(token_id_of_access_key(other), None, "{other}");
+        }
+        let json = serde_json::to_string(&t).expect("encodes");
+        assert!(json.contains(r#""awsSecret":{"keyId":"k1","#), "{json}");
         assert_eq!(
             serde_json::from_str::<ApiTokenRecord>(&json).expect("decodes"),
             t

@@ -25,8 +25,8 @@ mod task_definition;
 mod time;
 
 pub use access::{
-    AccessRole, ApiTokenRecord, Denied, JoinTokenRecord, NodeRole, Permission, ALL_NAMESPACES,
-    MAX_TOKEN_DESCRIPTION,
+    aws_access_key_id, token_id_of_access_key, AccessRole, ApiTokenRecord, Denied, JoinTokenRecord,
+    NodeRole, Permission, ALL_NAMESPACES, AWS_ACCESS_KEY_PREFIX, MAX_TOKEN_DESCRIPTION,
 };
 pub use assignment::Assignment;
 pub use certificate::{CaRotation, CertificateRecord, NodeCertificates, MAX_NODE_CERTIFICATES};
@@ -62,8 +62,8 @@ pub use service::{
     MAX_DESIRED_COUNT, MIN_IDLE_AFTER_SECS,
 };
 pub use task::{
-    ContainerState, DesiredStatus, HealthStatus, RemovedTask, StopCode, Task, TaskMetrics,
-    TaskStatus, TaskStatusUpdate, MAX_REASON_BYTES,
+    ContainerOverride, ContainerState, DesiredStatus, HealthStatus, RemovedTask, StopCode, Task,
+    TaskMetrics, TaskStatus, TaskStatusUpdate, MAX_OVERRIDE_BYTES, MAX_REASON_BYTES,
 };
 pub use task_definition::{
     fixed_host_ports, ContainerDefinition, ContainerDependency, DependencyCondition, HealthCheck,

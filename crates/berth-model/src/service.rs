@@ -650,6 +650,26 @@ impl fmt::Display for DeploymentStrategy {
 pub const MAX_DEREGISTRATION_DELAY_SECS: u32 = 3600;
 
 impl ServiceSpec {
+    /// A service of `desired_count` tasks of `task_definition`, with the defaults of every
+    /// other setting.
+    pub fn new(
+        name: impl Into<String>,
+        task_definition: TaskDefinitionRef,
+        desired_count: u32,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            task_definition,
+            desired_count,
+            deployment_configuration: DeploymentConfiguration::default(),
+            placement: PlacementSpec::default(),
+            autoscaling: None,
+            ingress: Vec::new(),
+            deregistration_delay: default_deregistration_delay(),
+            meta: crate::ObjectMeta::default(),
+        }
+    }
+
     /// Checks every rule a service must satisfy. Errors name the field in camelCase.
     pub fn validate(&self) -> Result<(), ValidationError> {
         // A service is found by name in DNS (`NAME.NAMESPACE.berth.internal`).

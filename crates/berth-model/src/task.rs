@@ -73,6 +73,99 @@ pub struct Task {
     /// when the task is read; never part of the replicated state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<TaskMetrics>,
+    /// Changes to its containers given when it was run (ECS `containerOverrides`), applied over
+    /// its task definition's containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<ContainerOverride>,
+}
+
+/// A change to one container of one task: its command, more environment variables (ECS
+/// `overrides.containerOverrides[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverride {
+    /// The container of the task definition it changes.
+    pub name: String,
+    /// Replaces the container's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Added to the container's environment (replacing variables of the same name).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub environment: std::collections::BTreeMap<String, String>,
+}
+
+/// The most containers' overrides one task may carry, and the most bytes of them (an override
+/// is in the replicated state of every task it was given for).
+pub const MAX_OVERRIDE_BYTES: usize = 8192;
+
+impl ContainerOverride {
+    /// Applies `overrides` to `containers` (a task definition's).
+    pub fn apply(overrides: &[ContainerOverride], containers: &mut [crate::ContainerDefinition]) {
+        for o in overrides {
+            if let Some(c) = containers.iter_mut().find(|c| c.name == o.name) {
+                if let Some(command) = &o.command {
+                    c.command = command.clone();
+                }
+                c.environment.extend(o.environment.clone());
+            }
+        }
+    }
+
+    /// Checks `overrides` against the containers of `def`: each names one of its containers, at
+    /// most once, and together they stay under [`MAX_OVERRIDE_BYTES`].
+    pub fn validate(
+        overrides: &[ContainerOverride],
+        def: &TaskDefinition,
+    ) -> Result<(), crate::ValidationError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut bytes = 0;
+        for (i, o) in overrides.iter().enumerate() {
+            let field = format!("overrides[{i}].name");
+            if !def.containers.iter().any(|c| c.name == o.name) {
+                let names: Vec<&str> = def.containers.iter().map(|c| c.name.as_str()).collect();
+                return Err(crate::ValidationError::new(
+                    field,
+                    format!(
+                        "{:?} is not a container of {}; its containers: {}",
+                        o.name,
+                        def.reference(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if !seen.insert(o.name.as_str()) {
+                return Err(crate::ValidationError::new(
+                    field,
+                    format!("container {:?} is overridden twice", o.name),
+                ));
+            }
+            if let Some(name) = o
+                .environment
+                .keys()
+                .find(|k| k.is_empty() || k.contains('='))
+            {
+                return Err(crate::ValidationError::new(
+                    format!("overrides[{i}].environment"),
+                    format!("{name:?} is not a valid variable name"),
+                ));
+            }
+            bytes += o.name.len()
+                + o.command.iter().flatten().map(String::len).sum::<usize>()
+                + o.environment
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+        }
+        if bytes > MAX_OVERRIDE_BYTES {
+            return Err(crate::ValidationError::new(
+                "overrides",
+                format!(
+                    "{bytes} bytes is too large; overrides may hold {MAX_OVERRIDE_BYTES} bytes"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What the state keeps of a stopped task the retention removed, for a while: enough to answer
@@ -147,6 +240,7 @@ impl Task {
             events: EventLog::default(),
             placement: def.placement.clone(),
             metrics: None,
+            overrides: Vec::new(),
         }
     }
 
@@ -293,6 +387,50 @@ string_enum!(StopCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_change_only_the_containers_they_name_and_are_checked() {
+        let def = TaskDefinition {
+            namespace: "default".into(),
+            family: "web".into(),
+            revision: 1,
+            status: crate::TaskDefinitionStatus::Active,
+            cpu: 256,
+            memory: 512,
+            containers: vec![
+                crate::ContainerDefinition::new("app", "busybox"),
+                crate::ContainerDefinition::new("side", "busybox"),
+            ],
+            placement: Default::default(),
+            ephemeral_storage: None,
+            meta: Default::default(),
+            registered_at: 0,
+            deregistered_at: None,
+        };
+        let o = |name: &str| ContainerOverride {
+            name: name.into(),
+            command: Some(vec!["true".into()]),
+            environment: [("MODE".to_owned(), "once".to_owned())].into(),
+        };
+        let mut containers = def.containers.clone();
+        containers[0].environment.insert("KEEP".into(), "1".into());
+        ContainerOverride::apply(&[o("app")], &mut containers);
+        assert_eq!(containers[0].command, ["true"]);
+        assert_eq!(containers[0].environment.len(), 2, "added to, not replaced");
+        assert_eq!(containers[1], def.containers[1]);
+        assert!(ContainerOverride::validate(&[o("app"), o("side")], &def).is_ok());
+        let err = |list: &[ContainerOverride]| {
+            ContainerOverride::validate(list, &def)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(&[o("db")]).contains("its containers: app, side"));
+        assert!(err(&[o("app"), o("app")]).contains("overridden twice"));
+        let mut big = o("app");
+        big.environment
+            .insert("X".into(), "x".repeat(MAX_OVERRIDE_BYTES));
+        assert!(err(&[big]).contains("too large"));
+    }
 
     #[test]
     fn statuses_round_trip_and_order() {

@@ -819,6 +819,7 @@ mod tests {
                     events: EventLog::default(),
                     placement: PlacementSpec::default(),
                     metrics: None,
+                    overrides: Vec::new(),
                     ip_address: None,
                 };
                 self.tasks.push((task, outcome));

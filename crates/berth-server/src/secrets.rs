@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use berth_model::{Assignment, ContainerSecrets, Secret, TaskSecrets, TaskStatus};
+use berth_model::{
+    ApiTokenRecord, Assignment, ContainerSecrets, SealedValue, Secret, TaskSecrets, TaskStatus,
+};
 use berth_proto::v1::join_client::JoinClient;
 use berth_state::{Command, CommandResult};
 use berth_store::Store;
@@ -21,6 +23,26 @@ const ATTEMPTS: usize = 3;
 const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often servers exchange keyrings, so that each ends up with every key.
 const EXCHANGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a rotation of the secrets key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The key everything is sealed with now.
+    pub key_id: String,
+    /// How many secrets were sealed again.
+    pub secrets: u32,
+    /// How many `--aws` tokens' secrets were sealed again.
+    pub tokens: u32,
+    /// How many secrets and tokens could not be opened (their key is on no server that
+    /// answered): they stay sealed under their old key.
+    pub unreadable: u32,
+}
+
+/// Where the secret of the `--aws` token `id` is bound: no secret's namespace is empty, so a
+/// token's sealed secret opens as nothing else, and nothing else opens as it.
+fn token_place(id: &str) -> (&str, &str, &str) {
+    ("", "api-token", id)
+}
 
 #[derive(Clone)]
 pub struct Secrets {
@@ -271,11 +293,36 @@ impl Secrets {
         Err(last.unwrap_or_else(|| status::internal("could not seal the secret")))
     }
 
-    /// Seals every secret again under a new key. Answers the key, how many secrets were sealed
-    /// again, and how many could not be opened (their key is on no server that answered) and
-    /// stay as they were. Secrets changed meanwhile under the old key are sealed again in the
-    /// next round (at most [`ATTEMPTS`]).
-    pub async fn rotate(&self) -> Result<(String, u32, u32), Status> {
+    /// The secret of an `--aws` token with ID `id`, sealed under the active key.
+    pub async fn seal_token(&self, id: &str, secret: &str) -> Result<SealedValue, Status> {
+        let key_id = self.active_key().await?;
+        self.keyring
+            .seal(&key_id, token_place(id), secret.as_bytes())
+            .map_err(|e| status::internal(e.to_string()))
+    }
+
+    /// The secret of an `--aws` token, opened; `None` for a bearer-only token. A key this
+    /// server lacks is asked of the peers in the background (the next request may succeed).
+    pub fn open_token(&self, record: &ApiTokenRecord) -> Result<Option<String>, KeyringError> {
+        let Some(sealed) = &record.aws_secret else {
+            return Ok(None);
+        };
+        match self.keyring.open_value(sealed, token_place(&record.id)) {
+            Ok(plain) => String::from_utf8(plain)
+                .map(Some)
+                .map_err(|_| KeyringError::Corrupt),
+            Err(e @ KeyringError::MissingKey(_)) => {
+                self.complete_keyring_soon();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Seals every secret, and the secret of every `--aws` token, again under a new key.
+    /// Secrets changed meanwhile under the old key are sealed again in the next round (at most
+    /// [`ATTEMPTS`]).
+    pub async fn rotate(&self) -> Result<Rotated, Status> {
         let key_id = self.new_active_key().await?;
         let mut count = 0;
         let mut unreadable = std::collections::BTreeSet::new();
@@ -339,9 +386,73 @@ impl Secrets {
                 }
             }
         }
+        let tokens = self.reseal_tokens(&key_id, &mut unreadable).await?;
         let unreadable = u32::try_from(unreadable.len()).unwrap_or(u32::MAX);
-        tracing::info!(target: "berth::audit", key = %key_id, secrets = count, unreadable, "secrets sealed again under a new key");
-        Ok((key_id, count, unreadable))
+        tracing::info!(target: "berth::audit", key = %key_id, secrets = count, tokens, unreadable, "secrets sealed again under a new key");
+        Ok(Rotated {
+            key_id,
+            secrets: count,
+            tokens,
+            unreadable,
+        })
+    }
+
+    /// Seals the secrets of `--aws` tokens again under `key_id`; those that do not open are
+    /// added to `unreadable`. Answers how many were sealed again.
+    async fn reseal_tokens(
+        &self,
+        key_id: &str,
+        unreadable: &mut std::collections::BTreeSet<String>,
+    ) -> Result<u32, Status> {
+        let stale: Vec<ApiTokenRecord> = self
+            .store
+            .read(|s| {
+                s.api_tokens()
+                    .into_iter()
+                    .filter(|t| t.aws_secret.as_ref().is_some_and(|v| v.key_id != key_id))
+                    .cloned()
+                    .collect()
+            })
+            .await
+            .map_err(status::from_store)?;
+        let old_keys: std::collections::BTreeSet<&str> = stale
+            .iter()
+            .filter_map(|t| t.aws_secret.as_ref().map(|v| v.key_id.as_str()))
+            .collect();
+        for id in old_keys {
+            let _ = self.hold(id).await;
+        }
+        let mut resealed = Vec::with_capacity(stale.len());
+        for token in &stale {
+            let opened = self.open_token(token).ok().flatten();
+            let again = opened.and_then(|secret| {
+                self.keyring
+                    .seal(key_id, token_place(&token.id), secret.as_bytes())
+                    .ok()
+            });
+            match again {
+                Some(sealed) => resealed.push((token.id.clone(), sealed)),
+                None => {
+                    tracing::warn!(token = %token.id, "rotate the secrets key: the token's secret does not open");
+                    unreadable.insert(format!("token {}", token.id));
+                }
+            }
+        }
+        let mut count = 0;
+        for batch in resealed.chunks(64) {
+            let result = self
+                .store
+                .propose(Command::ResealApiTokens {
+                    secrets: batch.to_vec(),
+                    at: now_ms(),
+                })
+                .await
+                .map_err(status::from_store)?;
+            if let CommandResult::Count(n) = result {
+                count += n;
+            }
+        }
+        Ok(count)
     }
 
     fn open_all(&self, secret: &Secret) -> Result<BTreeMap<String, Vec<u8>>, Status> {

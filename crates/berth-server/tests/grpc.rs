@@ -231,6 +231,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
             namespace: String::new(),
             task_definition: "nope".into(),
             count: 1,
+            ..Default::default()
         })
         .await
         .expect_err("unknown family");
@@ -306,6 +307,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
                 namespace: String::new(),
                 task_definition: "pager".into(),
                 count: 2,
+                ..Default::default()
             })
             .await?
             .into_inner();

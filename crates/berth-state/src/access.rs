@@ -3,7 +3,7 @@
 //! kind that has expired by the command's time, so expired records do not pile up; until then
 //! an expired token is still stored but allows nothing (`allows` checks the expiry).
 
-use berth_model::{ApiTokenRecord, JoinTokenRecord, Timestamp};
+use berth_model::{ApiTokenRecord, JoinTokenRecord, SealedValue, Timestamp};
 
 use crate::command::{CommandResult, Rejection};
 use crate::{Key, State};
@@ -53,6 +53,14 @@ impl State {
                 record.namespace
             )));
         }
+        if let Some(sealed) = &record.aws_secret {
+            if Some(&sealed.key_id) != self.secret_keys().active.as_ref() {
+                return CommandResult::Rejected(Rejection::Conflict(format!(
+                    "the secret of API token {} was sealed with key {}, which is no longer the active key; try again",
+                    record.id, sealed.key_id
+                )));
+            }
+        }
         self.expire_api_tokens(at, changed);
         if self.api_tokens.contains_key(&record.id) {
             return CommandResult::Rejected(Rejection::Conflict(format!(
@@ -79,6 +87,29 @@ impl State {
         changed.push(Key::ApiToken(id.to_owned()));
         self.expire_api_tokens(at, changed);
         CommandResult::ApiToken(Box::new(record))
+    }
+
+    /// Replaces the sealed secrets of `--aws` tokens with theirs sealed again under the active
+    /// key; tokens gone, without a sealed secret, or given one under another key are skipped.
+    pub(crate) fn reseal_api_tokens(
+        &mut self,
+        secrets: Vec<(String, SealedValue)>,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        let active = self.secret_keys().active.clone();
+        let mut replaced = 0;
+        for (id, sealed) in secrets {
+            let Some(record) = self.api_tokens.get_mut(&id) else {
+                continue;
+            };
+            if record.aws_secret.is_none() || Some(&sealed.key_id) != active.as_ref() {
+                continue;
+            }
+            record.aws_secret = Some(sealed);
+            replaced += 1;
+            changed.push(Key::ApiToken(id));
+        }
+        CommandResult::Count(replaced)
     }
 
     pub(crate) fn create_join_token(

@@ -212,6 +212,12 @@ pub enum Command {
         secrets: Vec<berth_model::Secret>,
         at: Timestamp,
     },
+    /// The sealed secrets of `--aws` API tokens, sealed again under the active key (by token
+    /// ID); a token revoked meanwhile is skipped. Answers [`CommandResult::Count`].
+    ResealApiTokens {
+        secrets: Vec<(String, berth_model::SealedValue)>,
+        at: Timestamp,
+    },
     /// The retention's round: removes finished work kept long enough. Answers
     /// [`CommandResult::Count`], how many objects went.
     Retire(Retirement),
@@ -354,6 +360,9 @@ impl Command {
             } => format!("secret {namespace}/{name}"),
             Command::ActivateSecretKey { key_id, .. } => format!("secret key {key_id}"),
             Command::ResealSecrets { secrets, .. } => format!("{} secrets", secrets.len()),
+            Command::ResealApiTokens { secrets, .. } => {
+                format!("the secrets of {} API tokens", secrets.len())
+            }
             Command::Retire(r) => format!(
                 "retention of {} tasks and {} revisions",
                 r.tasks.len(),
@@ -406,6 +415,7 @@ impl Command {
             | Command::DeleteSecret { at, .. }
             | Command::ActivateSecretKey { at, .. }
             | Command::ResealSecrets { at, .. }
+            | Command::ResealApiTokens { at, .. }
             | Command::Retire(Retirement { at, .. })
             | Command::CloseUsage(crate::UsageClose { at, .. }) => at,
         };

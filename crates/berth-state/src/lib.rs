@@ -458,6 +458,7 @@ impl State {
                 self.activate_secret_key(key_id, changed)
             }
             Command::ResealSecrets { secrets, at: _ } => self.reseal_secrets(secrets, changed),
+            Command::ResealApiTokens { secrets, at: _ } => self.reseal_api_tokens(secrets, changed),
         }
     }
 }

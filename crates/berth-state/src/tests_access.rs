@@ -3,7 +3,7 @@
 
 use berth_model::{
     AccessRole, ApiTokenRecord, ContainerDefinition, JoinTokenRecord, NodeRole, Permission, Quota,
-    Service, ServiceSpec, Task, TaskDefinitionSpec, Usage,
+    SealedValue, Service, ServiceSpec, Task, TaskDefinitionSpec, Usage,
 };
 
 use crate::command::*;
@@ -149,6 +149,69 @@ fn tokens_are_created_revoked_and_expire() {
         Err("token t6 is a deployer of namespace a: it has no access to namespace b".into())
     );
     assert!(s.join_token("j1").is_none());
+}
+
+fn sealed(key_id: &str, ciphertext: &str) -> SealedValue {
+    SealedValue {
+        key_id: key_id.into(),
+        nonce: "bm9uY2U=".into(),
+        ciphertext: ciphertext.into(),
+    }
+}
+
+fn aws(id: &str, key_id: &str) -> Command {
+    let mut record = ApiTokenRecord::new(id, HASH, "", AccessRole::Admin, 0, None);
+    record.aws_secret = Some(sealed(key_id, "c2VhbGVk"));
+    Command::CreateApiToken { record, at: 0 }
+}
+
+#[test]
+fn aws_tokens_are_sealed_under_the_active_key_and_sealed_again_on_rotation() {
+    let mut s = State::default();
+    let activate = |key: &str| Command::ActivateSecretKey {
+        key_id: key.into(),
+        at: 0,
+    };
+    let reseal = |secrets: Vec<(&str, SealedValue)>| Command::ResealApiTokens {
+        secrets: secrets
+            .into_iter()
+            .map(|(id, v)| (id.to_owned(), v))
+            .collect(),
+        at: 0,
+    };
+    check(
+        &mut s,
+        vec![
+            (1, aws("t1", "k1")),
+            (2, activate("k1")),
+            (3, aws("t1", "k1")),
+            (4, api("t2", AccessRole::Admin, "", None)),
+            (5, activate("k2")),
+            (6, aws("t3", "k1")),
+            (
+                7,
+                reseal(vec![
+                    ("t1", sealed("k2", "YWdhaW4=")),
+                    ("t2", sealed("k2", "bm90LWF3cw==")),
+                    ("gone", sealed("k2", "eA==")),
+                    ("t1", sealed("k1", "b2xk")),
+                ]),
+            ),
+        ],
+        &[
+            "Conflict: the secret of API token t1 was sealed with key k1, which is no longer the active key; try again []",
+            "done [secret-keys]",
+            "api token t1 admin of * created 3 expires None [apitoken/t1]",
+            "api token t2 admin of * created 4 expires None [apitoken/t2]",
+            "done [secret-keys]",
+            "Conflict: the secret of API token t3 was sealed with key k1, which is no longer the active key; try again []",
+            // t2 is a bearer token, "gone" is not stored, and k1 is no longer the active key.
+            "Count [apitoken/t1]",
+        ],
+    );
+    let t1 = s.api_token("t1").expect("stored");
+    assert_eq!(t1.aws_secret, Some(sealed("k2", "YWdhaW4=")));
+    assert_eq!(s.api_token("t2").expect("stored").aws_secret, None);
 }
 
 #[test]

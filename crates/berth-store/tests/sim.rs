@@ -371,6 +371,7 @@ impl Sim {
             events: EventLog::default(),
             placement: Default::default(),
             metrics: None,
+            overrides: Vec::new(),
         };
         (
             Command::CreateTasks {

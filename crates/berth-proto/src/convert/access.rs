@@ -47,6 +47,7 @@ impl TryFrom<v1::JoinToken> for m::JoinTokenRecord {
 impl From<m::ApiTokenRecord> for v1::ApiToken {
     fn from(t: m::ApiTokenRecord) -> Self {
         Self {
+            aws_access_key_id: t.aws_access_key_id().unwrap_or_default(),
             id: t.id,
             namespace: t.namespace,
             role: t.role.to_string(),

@@ -86,6 +86,27 @@ impl From<m::Task> for v1::Task {
             metrics: t.metrics.map(Into::into),
             containers: all_to_wire(t.containers),
             ip_address: address_to_wire(t.ip_address),
+            overrides: all_to_wire(t.overrides),
+        }
+    }
+}
+
+impl From<m::ContainerOverride> for v1::ContainerOverride {
+    fn from(o: m::ContainerOverride) -> Self {
+        Self {
+            name: o.name,
+            command: o.command.unwrap_or_default(),
+            environment: o.environment.into_iter().collect(),
+        }
+    }
+}
+
+impl From<v1::ContainerOverride> for m::ContainerOverride {
+    fn from(o: v1::ContainerOverride) -> Self {
+        Self {
+            name: o.name,
+            command: (!o.command.is_empty()).then_some(o.command),
+            environment: o.environment.into_iter().collect(),
         }
     }
 }
@@ -116,6 +137,7 @@ impl TryFrom<v1::Task> for m::Task {
             placement: placement_from_wire(t.placement)?,
             metrics: t.metrics.map(Into::into),
             ip_address: address("ipAddress", &t.ip_address)?,
+            overrides: t.overrides.into_iter().map(Into::into).collect(),
         })
     }
 }
@@ -186,6 +208,11 @@ mod tests {
                 ..m::ContainerState::pending("app", "busybox")
             }],
             ip_address: Some(std::net::Ipv4Addr::new(10, 88, 0, 2)),
+            overrides: vec![m::ContainerOverride {
+                name: "app".into(),
+                command: Some(vec!["sh".into(), "-c".into(), "exit 3".into()]),
+                environment: [("MODE".to_owned(), "once".to_owned())].into(),
+            }],
             events,
             placement: m::PlacementSpec {
                 strategy: vec![

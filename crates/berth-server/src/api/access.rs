@@ -76,13 +76,44 @@ impl BerthService {
         req: pb::CreateTokenRequest,
     ) -> Answer<pb::CreateTokenResponse> {
         let token = ApiToken::generate().map_err(tls_error)?;
+        caller.authorize(Permission::ManageCluster, None, now_ms())?;
+        // The secret of an `--aws` token is sealed under the active key; a rotation between
+        // sealing and the write refuses it, and it is sealed again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let aws_secret = if req.aws {
+                Some(self.secrets.seal_token(&token.id, &token.secret).await?)
+            } else {
+                None
+            };
+            match self
+                .create_token_once(caller, &req, &token, aws_secret)
+                .await
+            {
+                Err(e)
+                    if attempt < 3
+                        && e.code() == tonic::Code::Aborted
+                        && e.message().contains("no longer the active key") => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn create_token_once(
+        &self,
+        caller: &Caller,
+        req: &pb::CreateTokenRequest,
+        token: &ApiToken,
+        aws_secret: Option<berth_model::SealedValue>,
+    ) -> Answer<pb::CreateTokenResponse> {
         let make = |now| {
             let role = berth_proto::access_role("role", &req.role)
                 .map_err(|e| status::invalid_request("", &e))?;
             let namespace = if role.is_cluster_wide() {
                 berth_model::ALL_NAMESPACES.to_owned()
             } else {
-                namespace(req.namespace)?
+                namespace(req.namespace.clone())?
             };
             let mut record = ApiTokenRecord::new(
                 token.id.clone(),
@@ -92,7 +123,8 @@ impl BerthService {
                 now,
                 expiry(now, req.ttl_secs),
             );
-            record.description = req.description;
+            record.description = req.description.clone();
+            record.aws_secret = aws_secret;
             Ok(Command::CreateApiToken { record, at: now })
         };
         let record = self.as_admin(caller, make, api_record).await?;

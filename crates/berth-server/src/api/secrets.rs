@@ -89,12 +89,13 @@ impl BerthService {
         _req: pb::RotateSecretKeyRequest,
     ) -> Answer<pb::RotateSecretKeyResponse> {
         caller.authorize(Permission::ManageCluster, None, now_ms())?;
-        let (key_id, secrets, unreadable) = self.secrets.rotate().await?;
-        tracing::info!(target: "berth::audit", caller = %caller.who(), key = %key_id, secrets, unreadable, "rotated the secrets key");
+        let r = self.secrets.rotate().await?;
+        tracing::info!(target: "berth::audit", caller = %caller.who(), key = %r.key_id, r.secrets, r.tokens, r.unreadable, "rotated the secrets key");
         Ok(Response::new(pb::RotateSecretKeyResponse {
-            key_id,
-            secrets,
-            unreadable,
+            key_id: r.key_id,
+            secrets: r.secrets,
+            unreadable: r.unreadable,
+            tokens: r.tokens,
         }))
     }
 

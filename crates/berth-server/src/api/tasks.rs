@@ -1,6 +1,6 @@
 //! Tasks: run, stop, list and describe them; exec and logs are proxied to the task's node.
 
-use berth_model::{StopCode, Task};
+use berth_model::{ContainerOverride, StopCode, Task};
 use berth_proto::v1 as pb;
 use berth_proto::v1::agent_api_client::AgentApiClient;
 use berth_state::{Command, CommandResult};
@@ -29,6 +29,42 @@ fn task_id(id: &str) -> Result<(), Status> {
     ))
 }
 
+/// An optional text field of at most `max` characters; empty is none.
+fn optional(field: &str, value: String, max: usize) -> Result<Option<String>, Status> {
+    if value.chars().count() > max {
+        let e =
+            berth_model::ValidationError::new(field, format!("must be at most {max} characters"));
+        return Err(status::invalid("", &e));
+    }
+    Ok((!value.is_empty()).then_some(value))
+}
+
+/// The most labels a call may add to a task, and their sizes (ECS's limits for tags).
+const MAX_LABELS: usize = 50;
+
+fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), Status> {
+    let bad = |why: String| {
+        Err(status::invalid(
+            "",
+            &berth_model::ValidationError::new("labels", why),
+        ))
+    };
+    if labels.len() > MAX_LABELS {
+        return bad(format!(
+            "{} labels; a task takes at most {MAX_LABELS}",
+            labels.len()
+        ));
+    }
+    for (key, value) in labels {
+        if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
+            return bad(format!(
+                "{key:?}: a label's key has 1-128 characters and its value at most 256"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl BerthService {
     pub(super) async fn run_task(
         &self,
@@ -51,9 +87,28 @@ impl BerthService {
             let why = self.read(false, |s| s.inactive_revision(&def)).await?;
             return Err(status::precondition(why));
         }
+        let overrides: Vec<ContainerOverride> = req.overrides.into_iter().map(Into::into).collect();
+        ContainerOverride::validate(&overrides, &def).map_err(|e| status::invalid("", &e))?;
+        let started_by = optional("startedBy", req.started_by, 128)?;
+        let group = optional("group", req.group, 255)?;
+        if group.as_deref().is_some_and(|g| g.starts_with("service:")) {
+            return Err(status::bad_request(
+                "group: `service:` begins the group of a service's tasks; choose another group",
+            ));
+        }
+        check_labels(&req.labels)?;
         let at = now_ms();
         let tasks = (0..count)
-            .map(|_| Task::pending(uuid::Uuid::new_v4().to_string(), &namespace, &def, at))
+            .map(|_| {
+                let mut task =
+                    Task::pending(uuid::Uuid::new_v4().to_string(), &namespace, &def, at);
+                task.overrides = overrides.clone();
+                task.started_by = started_by.clone();
+                task.group = group.clone();
+                task.labels
+                    .extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                task
+            })
             .collect();
         let client_token = (!req.client_token.is_empty()).then_some(req.client_token);
         let command = Command::CreateTasks {

@@ -641,6 +641,7 @@ impl Client {
             task_definition: family.clone(),
             count: 1,
             client_token: token.clone(),
+            ..Default::default()
         };
         let call = self.recorder.now();
         let outcome = self
