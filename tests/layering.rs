@@ -34,6 +34,7 @@ const GRAPH: &[(&str, &[&str])] = &[
             "berth-model",
             "berth-proto",
             "berth-control",
+            "berth-ecs",
             "berth-state",
             "berth-store",
             "berth-tls",

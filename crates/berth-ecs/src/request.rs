@@ -159,6 +159,17 @@ pub fn page<T>(
     size: usize,
     token: Option<&str>,
 ) -> Result<(Vec<T>, Option<String>), EcsError> {
+    page_in(items, key, size, token, false)
+}
+
+/// [`page`] of `items` sorted by `key` descending when `descending`.
+pub fn page_in<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    size: usize,
+    token: Option<&str>,
+    descending: bool,
+) -> Result<(Vec<T>, Option<String>), EcsError> {
     let after = match token {
         None => None,
         Some(t) => Some(t.strip_prefix(TOKEN_PREFIX).ok_or_else(|| {
@@ -167,7 +178,16 @@ pub fn page<T>(
     };
     let mut rest: Vec<T> = items
         .into_iter()
-        .filter(|item| after.is_none_or(|a| key(item).as_str() > a))
+        .filter(|item| {
+            after.is_none_or(|a| {
+                let k = key(item);
+                if descending {
+                    k.as_str() < a
+                } else {
+                    k.as_str() > a
+                }
+            })
+        })
         .collect();
     let next = (rest.len() > size).then(|| format!("{TOKEN_PREFIX}{}", key(&rest[size - 1])));
     rest.truncate(size);
@@ -224,6 +244,11 @@ mod tests {
         let (last, next) = page(items, String::clone, 2, next.as_deref()).expect("page");
         assert_eq!((last, next), (vec!["e".to_owned()], None));
         assert!(page(vec!["a".to_owned()], String::clone, 2, Some("b")).is_err());
+        let down: Vec<String> = ["c", "b", "a"].map(String::from).to_vec();
+        let (first, next) = page_in(down.clone(), String::clone, 2, None, true).expect("page");
+        assert_eq!(first, ["c", "b"]);
+        let (rest, _) = page_in(down, String::clone, 2, next.as_deref(), true).expect("page");
+        assert_eq!(rest, ["a"]);
         let o = json!({"maxResults": 101});
         assert!(page_request(object(&o, "body").expect("object"), 100).is_err());
     }

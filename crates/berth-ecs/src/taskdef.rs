@@ -136,11 +136,19 @@ pub fn register_request(request: &Value) -> Result<Registration, EcsError> {
         Some(Value::String(f)) if !f.is_empty() => f.clone(),
         _ => return Err(EcsError::invalid("family: a family name is required")),
     };
-    let containers: Vec<ContainerDefinition> = containers
+    let mut containers: Vec<ContainerDefinition> = containers
         .iter()
         .enumerate()
         .map(|(i, c)| container(i, c))
         .collect::<Result<_, _>>()?;
+    // In awsvpc mode (Fargate's only one) a host port is the container's own port on the
+    // task's address, as each berth task has on its task network: no port of the node is
+    // claimed. Another host port is a port of the node, as berth's are.
+    for mapping in containers.iter_mut().flat_map(|c| &mut c.port_mappings) {
+        if mapping.host_port == mapping.container_port {
+            mapping.host_port = 0;
+        }
+    }
     let cpu = size("cpu", task.get("cpu"), &containers, |c| c.cpu, cpu_units)?;
     let memory = size("memory", task.get("memory"), &containers, |c| c.memory, mib)?;
     let mut spec = TaskDefinitionSpec::new(family, cpu, memory, containers);
@@ -283,6 +291,23 @@ pub fn describe(def: &TaskDefinition, arn: &str) -> Value {
                     .map(|(name, value)| json!({"name": name, "value": value}))
                     .collect();
                 obj.insert("environment".into(), Value::Array(environment));
+                let ports: Vec<Value> = c
+                    .port_mappings
+                    .iter()
+                    .map(|m| {
+                        let host = if m.host_port == 0 {
+                            m.container_port
+                        } else {
+                            m.host_port
+                        };
+                        json!({
+                            "containerPort": m.container_port,
+                            "hostPort": host,
+                            "protocol": serde_json::to_value(m.protocol).unwrap_or_default(),
+                        })
+                    })
+                    .collect();
+                obj.insert("portMappings".into(), Value::Array(ports));
                 obj.insert("essential".into(), Value::Bool(c.essential));
                 let init = obj.remove("init").unwrap_or(Value::Bool(c.init));
                 let linux = obj.entry("linuxParameters").or_insert_with(|| json!({}));
@@ -457,6 +482,12 @@ mod tests {
         ] {
             obj.remove(added);
         }
+        // awsvpc's hostPort is the container's port on the task's own address: no node port.
+        assert_eq!(r.spec.containers[0].port_mappings[0].host_port, 0);
+        assert_eq!(
+            described["containerDefinitions"][0]["portMappings"],
+            json!([{"containerPort": 80, "hostPort": 80, "protocol": "tcp"}])
+        );
         let r2 = register_request(&again).expect("registers again");
         assert_eq!(r2.spec.containers, r.spec.containers);
         assert_eq!((r2.spec.cpu, r2.spec.memory), (256, 512));

@@ -6,6 +6,7 @@ mod agents;
 mod api;
 mod auth;
 pub mod controllers;
+mod ecs;
 mod endpoints;
 mod identity;
 mod join;
@@ -77,7 +78,14 @@ pub struct ServerConfig {
     pub retention: berth_control::retention::Policy,
     /// The metering ledger's bucket length and retention.
     pub metering: berth_control::metering::Policy,
+    /// Serve ECS's API here (plain HTTP on a loopback address, HTTPS otherwise).
+    pub ecs_listen: Option<SocketAddr>,
+    /// The AWS account ID in the ARNs the ECS endpoint answers (12 digits).
+    pub ecs_account: String,
 }
+
+/// The account ID ECS ARNs carry unless `--ecs-account-id` says otherwise.
+pub const DEFAULT_ECS_ACCOUNT: &str = "000000000000";
 
 /// Raft timing and log compaction settings.
 #[derive(Debug, Clone)]
@@ -133,6 +141,8 @@ impl ServerConfig {
                 bucket_ms: berth_model::USAGE_BUCKET_MS,
                 keep_ms: 7 * 86_400_000,
             },
+            ecs_listen: None,
+            ecs_account: DEFAULT_ECS_ACCOUNT.to_owned(),
         }
     }
 }
@@ -156,6 +166,8 @@ pub struct Server {
     metrics_public: bool,
     /// The keys that seal secrets (`DATA_DIR/secrets.keyring`).
     keyring: Arc<keyring::Keyring>,
+    /// The ECS endpoint, when asked for.
+    ecs: Option<ecs::Endpoint>,
 }
 
 impl Server {
@@ -171,6 +183,21 @@ impl Server {
             .await
             .with_context(|| format!("bind {}; is another server running there?", config.listen))?;
         let address = listener.local_addr().context("read listen address")?;
+        anyhow::ensure!(
+            config.ecs_account.len() == 12
+                && config.ecs_account.bytes().all(|b| b.is_ascii_digit()),
+            "--ecs-account-id must be 12 digits, as an AWS account ID is (got {:?})",
+            config.ecs_account
+        );
+        let ecs = match config.ecs_listen {
+            Some(addr) => Some(ecs::Endpoint {
+                listener: tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("bind the ECS endpoint's {addr}; is something else listening there?")
+                })?,
+                account: config.ecs_account.clone(),
+            }),
+            None => None,
+        };
         anyhow::ensure!(
             config.advertise.is_some() || !address.ip().is_unspecified(),
             "the server listens on {address}, which others cannot dial; set --advertise HOST:PORT to the address other servers and agents reach it at"
@@ -250,6 +277,7 @@ impl Server {
             cert_ttl: config.cert_ttl,
             metrics_public: config.metrics_public,
             keyring,
+            ecs,
         })
     }
 
@@ -431,19 +459,29 @@ impl Server {
         let secrets =
             secrets::Secrets::new(self.store.clone(), self.keyring.clone(), self.tls.clone());
         let keyrings = tokio::spawn(secrets.clone().keep_keyrings_complete());
+        let api = Arc::new(api::BerthService::new(
+            self.store.clone(),
+            usage.clone(),
+            self.tls.clone(),
+            dialer,
+            self.cert_ttl,
+            secrets.clone(),
+        ));
+        let tls_config = Arc::new(self.tls.server_config()?);
+        let ecs = self.ecs.map(|endpoint| {
+            let (tls, api) = (tls_config.clone(), api.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ecs::serve(endpoint, tls, api).await {
+                    tracing::error!("ECS endpoint: {e:#}");
+                }
+            })
+        });
         let serve = builder
             .add_routes(metrics.routes(self.store.clone(), self.metrics_public))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(api::BerthService::new(
-                self.store.clone(),
-                usage.clone(),
-                self.tls.clone(),
-                dialer,
-                self.cert_ttl,
-                secrets.clone(),
-            ))
+            .add_service(api::BerthService::grpc(api))
             .add_service(agents::AgentServiceImpl::new(
                 secrets,
                 liveness,
@@ -469,7 +507,7 @@ impl Server {
                 },
             ))
             .serve_with_incoming_shutdown(
-                berth_tls::net::incoming(self.listener, Arc::new(self.tls.server_config()?)),
+                berth_tls::net::incoming(self.listener, tls_config),
                 shutdown,
             );
         let store = self.store.clone();
@@ -499,6 +537,9 @@ impl Server {
         }
         renewals.abort();
         keyrings.abort();
+        if let Some(ecs) = ecs {
+            ecs.abort();
+        }
         self.store.shutdown().await;
         result
     }

@@ -61,6 +61,14 @@ pub(crate) struct ServerArgs {
     /// Serve /metrics without a token or client certificate.
     #[arg(long)]
     pub(crate) metrics_public: bool,
+    /// Also serve ECS's API here, for the aws CLI and the AWS SDKs (`--endpoint-url`), with
+    /// access keys from `berth token create --aws`: plain HTTP on a loopback address, HTTPS
+    /// with this server's certificate otherwise.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) ecs_listen: Option<SocketAddr>,
+    /// The AWS account ID in the ARNs the ECS endpoint answers.
+    #[arg(long, value_name = "ID", default_value = berth_server::DEFAULT_ECS_ACCOUNT)]
+    pub(crate) ecs_account_id: String,
     /// Start a new cluster from a backup made with `berth cluster snapshot save`.
     #[arg(long, value_name = "FILE", conflicts_with = "join")]
     pub(crate) restore: Option<PathBuf>,
@@ -150,6 +158,8 @@ impl ServerArgs {
         config.tls_san = self.tls_san;
         config.cert_ttl = self.cert_ttl;
         config.metrics_public = self.metrics_public;
+        config.ecs_listen = self.ecs_listen;
+        config.ecs_account = self.ecs_account_id;
         config.restore = self.restore;
         config.no_bootstrap = self.no_bootstrap;
         config.node_ttl = self.node_ttl;

@@ -7,6 +7,7 @@
 mod access;
 mod ca;
 mod cluster;
+mod ecs;
 mod nodes;
 mod secrets;
 mod services;
@@ -25,6 +26,8 @@ use berth_store::Store;
 use berth_tls::net::Dialer;
 use futures::Stream;
 use tonic::{Request, Response, Status};
+
+pub use ecs::EcsCall;
 
 use crate::auth::{self, Caller};
 use crate::tls::ServerTls;
@@ -53,15 +56,20 @@ impl BerthService {
         dialer: Dialer,
         cert_ttl: std::time::Duration,
         secrets: crate::secrets::Secrets,
-    ) -> BerthServer<Self> {
-        BerthServer::new(Self {
+    ) -> Self {
+        Self {
             store,
             usage,
             tls,
             dialer,
             cert_ttl,
             secrets,
-        })
+        }
+    }
+
+    /// The gRPC service of `this`.
+    pub fn grpc(this: Arc<Self>) -> BerthServer<Self> {
+        BerthServer::from_arc(this)
     }
 
     /// Reads the state: linearizable, or this server's own state when `stale`.
