@@ -22,12 +22,15 @@ deps:
 build: deps
 	cargo build -p berth
 
-# A Python environment with grpcio-tools for the test that drives the API from generated stubs.
+# A Python environment for the tests that use real clients: grpcio-tools (the API from
+# generated stubs), and the aws CLI and boto3 (the ECS endpoint), all from PyPI.
 PYENV := target/pyenv
+PYTHON_PACKAGES := grpcio-tools grpcio-health-checking awscli boto3
 pyenv: deps
-	@[ -x $(PYENV)/bin/python ] && $(PYENV)/bin/python -c 'import grpc_tools, grpc_health' 2>/dev/null || { \
+	@[ -x $(PYENV)/bin/python ] && [ -x $(PYENV)/bin/aws ] && \
+		$(PYENV)/bin/python -c 'import grpc_tools, grpc_health, boto3' 2>/dev/null || { \
 		python3 -m venv $(PYENV) && \
-		$(PYENV)/bin/pip install -q grpcio-tools grpcio-health-checking; }
+		$(PYENV)/bin/pip install -q $(PYTHON_PACKAGES); }
 
 # One server + one agent in one process, with its own containerd and a local registry on
 # 127.0.0.1:5000 holding a demo image built from busybox. Runs in the foreground.

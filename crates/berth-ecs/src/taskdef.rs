@@ -30,6 +30,8 @@ pub const IGNORED_TASK_FIELDS: &[&str] = &[
     "requiresCompatibilities",
     "executionRoleArn",
     "taskRoleArn",
+    // Linux only (checked): a node pulls the image for its own architecture.
+    "runtimePlatform",
 ];
 
 /// Container fields berth carries over.
@@ -88,6 +90,17 @@ pub fn register_request(request: &Value) -> Result<Registration, EcsError> {
         .as_object()
         .ok_or_else(|| EcsError::invalid("the request body is not a JSON object"))?;
     let mut refused = unsupported(task, TASK_FIELDS, IGNORED_TASK_FIELDS, "");
+    if let Some(platform) = task.get("runtimePlatform").filter(|v| !v.is_null()) {
+        let os = platform
+            .get("operatingSystemFamily")
+            .and_then(Value::as_str)
+            .unwrap_or("LINUX");
+        if os != "LINUX" {
+            return Err(EcsError::invalid(format!(
+                "runtimePlatform.operatingSystemFamily: {os} is not supported by berth; its nodes run Linux containers (LINUX)"
+            )));
+        }
+    }
     let containers = match task.get("containerDefinitions") {
         Some(Value::Array(list)) if !list.is_empty() => list,
         _ => {
@@ -439,6 +452,21 @@ mod tests {
         // The accepted-and-ignored ones are not named.
         assert!(!err.message.contains("logConfiguration"), "{}", err.message);
         assert!(!err.message.contains("networkMode"), "{}", err.message);
+    }
+
+    #[test]
+    fn linux_is_the_runtime_platform() {
+        let mut def = fargate_example();
+        def["runtimePlatform"] =
+            json!({"operatingSystemFamily": "LINUX", "cpuArchitecture": "X86_64"});
+        assert!(register_request(&def).is_ok());
+        def["runtimePlatform"] = json!({"operatingSystemFamily": "WINDOWS_SERVER_2022_CORE"});
+        let e = register_request(&def).expect_err("windows");
+        assert!(
+            e.message.contains("WINDOWS_SERVER_2022_CORE"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
