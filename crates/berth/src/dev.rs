@@ -39,6 +39,10 @@ pub(crate) struct DevArgs {
     /// Where the ingress serves its Prometheus metrics.
     #[arg(long, default_value = "127.0.0.1:9180")]
     pub(crate) ingress_metrics_listen: SocketAddr,
+    /// Where the server serves ECS's API (plain HTTP on loopback; access keys from `berth
+    /// token create --aws`).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub(crate) ecs_listen: SocketAddr,
 }
 
 pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
@@ -76,12 +80,9 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let server = Server::start(ServerConfig::new(
-        Some(1),
-        data_dir.join("server"),
-        args.listen,
-    ))
-    .await?;
+    let mut config = ServerConfig::new(Some(1), data_dir.join("server"), args.listen);
+    config.ecs_listen = Some(args.ecs_listen);
+    let server = Server::start(config).await?;
     let server_addr = server.address.to_string();
     // The agent in this process gets its certificate straight from the server's CA.
     let agent_tls = berth_tls::dir::TlsDir::new(&data_dir.join("agent"));
