@@ -231,6 +231,45 @@ pub fn verify(
     hmac::verify(&key, string_to_sign.as_bytes(), &auth.signature).map_err(|_| SigError::Mismatch)
 }
 
+/// Signs `request` as the AWS SDKs do, for Rust clients and tests: every header of the
+/// request is signed (it must hold `host` and `x-amz-date`). Answers the `Authorization`
+/// header's value.
+pub fn sign(
+    request: &Request<'_>,
+    access_key_id: &str,
+    secret: &str,
+    region: &str,
+) -> Result<String, SigError> {
+    let amz_date = match request.values("x-amz-date").as_slice() {
+        [one] => *one,
+        _ => return Err(malformed("the request needs one X-Amz-Date header")),
+    };
+    let date = amz_date
+        .get(..8)
+        .ok_or_else(|| malformed("X-Amz-Date is not of the form YYYYMMDDTHHMMSSZ"))?;
+    let mut signed: Vec<String> = request
+        .headers
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .filter(|n| n != "authorization")
+        .collect();
+    signed.sort_unstable();
+    signed.dedup();
+    let body_hash = to_hex(digest::digest(&digest::SHA256, request.body).as_ref());
+    let canonical = canonical_request(request, &signed, &body_hash)?;
+    let scope = format!("{date}/{region}/{SERVICE}/aws4_request");
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        to_hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+    );
+    let key = signing_key(secret, date, region, SERVICE);
+    let signature = to_hex(hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
+    Ok(format!(
+        "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders={}, Signature={signature}",
+        signed.join(";")
+    ))
+}
+
 /// SigV4's key for one day, region and service.
 fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> hmac::Key {
     let mut key = format!("AWS4{secret}").into_bytes();
@@ -401,6 +440,23 @@ mod tests {
         // Within the allowed skew either way.
         check(&headers(RUN_TASK), BODY, SECRET, SIGNED_AT + MAX_SKEW_SECS).expect("15 min later");
         check(&headers(RUN_TASK), BODY, SECRET, SIGNED_AT - MAX_SKEW_SECS).expect("15 min earlier");
+    }
+
+    #[test]
+    fn signing_gives_botocore_s_signature() {
+        let mut unsigned = headers(RUN_TASK);
+        unsigned.retain(|(n, _)| *n != "Authorization");
+        let request = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &unsigned,
+            body: BODY,
+        };
+        assert_eq!(
+            sign(&request, KEY, SECRET, "us-east-1").as_deref(),
+            Ok(AUTHORIZATION)
+        );
     }
 
     #[test]

@@ -151,6 +151,8 @@ impl ServerConfig {
 pub struct Server {
     pub store: Store,
     pub address: SocketAddr,
+    /// Where the ECS endpoint listens, when there is one.
+    pub ecs_address: Option<SocketAddr>,
     listener: tokio::net::TcpListener,
     /// Set when this server must still ask a member to add it.
     join: Option<String>,
@@ -262,9 +264,18 @@ impl Server {
             tracing::info!(node_id, "bootstrapped a new one-member cluster");
             fresh = true;
         }
+        let ecs_address = match &ecs {
+            Some(e) => Some(
+                e.listener
+                    .local_addr()
+                    .context("read the ECS endpoint's address")?,
+            ),
+            None => None,
+        };
         Ok(Self {
             store,
             address,
+            ecs_address,
             listener,
             join,
             advertise,
