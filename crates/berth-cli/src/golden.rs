@@ -232,6 +232,12 @@ fn api_tokens() -> Vec<ApiTokenRecord> {
         Some(NOW + 27 * 86_400_000),
     );
     ci.description = "ci pipeline".into();
+    // Made with --aws: listed with its access key ID (the wire carries no secret).
+    ci.aws_secret = Some(berth_model::SealedValue {
+        key_id: String::new(),
+        nonce: String::new(),
+        ciphertext: String::new(),
+    });
     let admin = ApiTokenRecord::new(
         "0a1b2c3d4e5f6071",
         "",

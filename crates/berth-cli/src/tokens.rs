@@ -178,6 +178,9 @@ struct TokenJson<'a> {
     /// RFC 3339, or null for a token that never expires.
     expires_at: Option<String>,
     description: &'a str,
+    /// The AWS access key ID of an `--aws` token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aws_access_key_id: Option<String>,
 }
 
 /// API tokens, oldest first.
@@ -197,26 +200,35 @@ pub fn render_tokens(
             created_at: format_timestamp(t.created_at),
             expires_at: t.expires_at.map(format_timestamp),
             description: &t.description,
+            aws_access_key_id: t.aws_access_key_id(),
         })
         .collect();
+    // The AWS key column only when a token has one.
+    let aws = tokens.iter().any(|t| t.aws_secret.is_some());
     render_list(format, &json, false, |wide| {
         let rows: Vec<Vec<String>> = tokens
             .iter()
             .map(|t| {
-                vec![
+                let mut row = vec![
                     t.id.clone(),
                     t.namespace.clone(),
                     t.role.to_string(),
                     age(t.created_at, now),
                     expires_cell(t.expires_at, now, wide),
-                    t.description.clone(),
-                ]
+                ];
+                if aws {
+                    row.push(t.aws_access_key_id().unwrap_or_else(|| "-".into()));
+                }
+                row.push(t.description.clone());
+                row
             })
             .collect();
-        render_table(
-            &["ID", "NAMESPACE", "ROLE", "AGE", "EXPIRES", "DESCRIPTION"],
-            &rows,
-        )
+        let mut header = vec!["ID", "NAMESPACE", "ROLE", "AGE", "EXPIRES"];
+        if aws {
+            header.push("AWS ACCESS KEY");
+        }
+        header.push("DESCRIPTION");
+        render_table(&header, &rows)
     })
 }
 

@@ -25,6 +25,15 @@ impl TryFrom<v1::ApiToken> for m::ApiTokenRecord {
             super::opt_ts(t.expires_at),
         );
         record.description = t.description;
+        // A display record: an `--aws` token is marked by an empty sealed value (the wire
+        // never carries its secret), so that `aws_access_key_id` names its key.
+        if !t.aws_access_key_id.is_empty() {
+            record.aws_secret = Some(m::SealedValue {
+                key_id: String::new(),
+                nonce: String::new(),
+                ciphertext: String::new(),
+            });
+        }
         Ok(record)
     }
 }
