@@ -68,7 +68,12 @@ async fn the_aws_cli_and_boto3_run_containers_through_the_ecs_endpoint() -> anyh
     let _agent = AgentProc::start(&env, &addr, "node-1").await?;
     let deployer = aws_keys(&addr, "deployer").await?;
     let viewer = aws_keys(&addr, "viewer").await?;
-    let keys = [("DEPLOYER", &deployer), ("VIEWER", &viewer)];
+    let admin = aws_keys(&addr, "admin").await?;
+    let keys = [
+        ("DEPLOYER", &deployer),
+        ("VIEWER", &viewer),
+        ("ADMIN", &admin),
+    ];
 
     let endpoint = format!("http://{plain}");
     let out = conformance(&python, &["full", &endpoint, &env.image], &keys).await?;

@@ -4,8 +4,8 @@ Usage: ecs_test.py full ENDPOINT IMAGE
        ecs_test.py tls ENDPOINT CA_FILE
 
 Access keys come from the environment: DEPLOYER_KEY_ID/DEPLOYER_SECRET (a deployer of the
-default namespace) and VIEWER_KEY_ID/VIEWER_SECRET (a viewer of it), as `berth token create
---aws` printed them. No client looks anywhere else: every call names the endpoint, and the
+default namespace), VIEWER_KEY_ID/VIEWER_SECRET (a viewer of it) and ADMIN_KEY_ID/ADMIN_SECRET,
+as `berth token create --aws` printed them. No client looks anywhere else: every call names the endpoint, and the
 instance metadata service, profiles and config files are off.
 
 `full` runs, against real containers: the AWS documentation's Fargate task definition (its
@@ -282,10 +282,16 @@ def the_boto3_flow(endpoint):
         f"arn:aws:ecs:{REGION}:000000000000:cluster/default" in ecs.list_clusters()["clusterArns"],
         "the default cluster is listed",
     )
-    instances = ecs.list_container_instances()["containerInstanceArns"]
+    # Nodes serve every namespace: reading them takes a token of every namespace, as in
+    # berth's own API.
+    code, _ = error_of(lambda: ecs.list_container_instances())
+    expect(code == "AccessDeniedException", f"a deployer reads no nodes: {code}")
+    admin = client(endpoint, *keys("ADMIN"))
+    instances = admin.list_container_instances()["containerInstanceArns"]
     expect(len(instances) == 1, instances)
-    node = ecs.describe_container_instances(containerInstances=instances)["containerInstances"][0]
+    node = admin.describe_container_instances(containerInstances=instances)["containerInstances"][0]
     expect(node["status"] == "ACTIVE" and node["runningTasksCount"] >= 1, node)
+    expect(node["registeredResources"][0]["name"] == "CPU", node)
 
     # ECS's error answers.
     code, message = error_of(

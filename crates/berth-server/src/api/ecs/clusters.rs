@@ -43,6 +43,19 @@ fn counts(s: &State, namespace: &str) -> Counts {
 const IGNORED_CLUSTER_FIELDS: &[&str] = &["settings", "configuration", "serviceConnectDefaults"];
 
 impl BerthService {
+    /// Reads nodes for `caller`, who must be allowed to read across namespaces, as `ListNodes`
+    /// asks: nodes serve every namespace, so what they hold is no one namespace's to read.
+    async fn ecs_read_nodes<R>(
+        &self,
+        caller: &Caller,
+        f: impl FnOnce(&State) -> R,
+    ) -> Result<R, EcsError> {
+        caller
+            .authorize(berth_model::Permission::Read, None, crate::now_ms())
+            .map_err(ecs_error)?;
+        self.read(false, f).await.map_err(ecs_error)
+    }
+
     pub(super) async fn ecs_create_cluster(
         &self,
         caller: &Caller,
@@ -198,7 +211,7 @@ impl BerthService {
             }
         };
         let nodes: Vec<String> = self
-            .ecs_read(caller, &cluster, |s| {
+            .ecs_read_nodes(caller, |s| {
                 s.nodes_with_allocation()
                     .into_iter()
                     .filter(|n| {
@@ -242,7 +255,7 @@ impl BerthService {
                 continue;
             };
             let found = self
-                .ecs_read(caller, &cluster, |s| {
+                .ecs_read_nodes(caller, |s| {
                     let node = s
                         .nodes_with_allocation()
                         .into_iter()
