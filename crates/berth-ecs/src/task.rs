@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_model::{ContainerOverride, DesiredStatus, HealthStatus, Task, TaskStatus};
+use berth_model::{ContainerOverride, DesiredStatus, HealthStatus, Task};
 use serde_json::{json, Map, Value};
 
 use crate::arn::{Arn, Kind, Names, Resource};
@@ -342,17 +342,6 @@ pub fn describe(task: &Task, names: &Names) -> Value {
     for (field, value) in optional {
         if let Some(value) = value {
             out[field] = value;
-        }
-    }
-    if task.desired_status == DesiredStatus::Stopped && task.last_status < TaskStatus::Stopped {
-        // ECS's stoppingAt: when the stop was asked for; berth keeps the stop in its events.
-        if let Some(at) = task
-            .events
-            .iter()
-            .rev()
-            .find(|e| e.message.contains("stop"))
-        {
-            out["stoppingAt"] = json!(seconds(at.at));
         }
     }
     out

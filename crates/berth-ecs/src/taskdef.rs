@@ -157,8 +157,10 @@ pub fn register_request(request: &Value) -> Result<Registration, EcsError> {
     // In awsvpc mode (Fargate's only one) a host port is the container's own port on the
     // task's address, as each berth task has on its task network: no port of the node is
     // claimed. Another host port is a port of the node, as berth's are.
+    let awsvpc = matches!(task.get("networkMode"), None | Some(Value::Null))
+        || task.get("networkMode").and_then(Value::as_str) == Some("awsvpc");
     for mapping in containers.iter_mut().flat_map(|c| &mut c.port_mappings) {
-        if mapping.host_port == mapping.container_port {
+        if awsvpc && mapping.host_port == mapping.container_port {
             mapping.host_port = 0;
         }
     }
@@ -452,6 +454,17 @@ mod tests {
         // The accepted-and-ignored ones are not named.
         assert!(!err.message.contains("logConfiguration"), "{}", err.message);
         assert!(!err.message.contains("networkMode"), "{}", err.message);
+    }
+
+    #[test]
+    fn only_awsvpc_host_ports_are_the_task_s_own() {
+        let mut def = fargate_example();
+        def["networkMode"] = json!("bridge");
+        let r = register_request(&def).expect("registers");
+        assert_eq!(
+            r.spec.containers[0].port_mappings[0].host_port, 80,
+            "a node port in bridge mode"
+        );
     }
 
     #[test]

@@ -99,6 +99,27 @@ pub struct ContainerOverride {
 pub const MAX_OVERRIDE_BYTES: usize = 8192;
 
 impl ContainerOverride {
+    /// What `overrides` weigh in a task: their strings, and a few bytes for each (so that many
+    /// empty strings weigh too).
+    pub fn size(overrides: &[ContainerOverride]) -> usize {
+        const EACH: usize = 8;
+        overrides
+            .iter()
+            .map(|o| {
+                EACH + o.name.len()
+                    + o.command
+                        .iter()
+                        .flatten()
+                        .map(|a| EACH + a.len())
+                        .sum::<usize>()
+                    + o.environment
+                        .iter()
+                        .map(|(k, v)| EACH + k.len() + v.len())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Applies `overrides` to `containers` (a task definition's).
     pub fn apply(overrides: &[ContainerOverride], containers: &mut [crate::ContainerDefinition]) {
         for o in overrides {
@@ -139,22 +160,50 @@ impl ContainerOverride {
                     format!("container {:?} is overridden twice", o.name),
                 ));
             }
+            let env = format!("overrides[{i}].environment");
             if let Some(name) = o
                 .environment
                 .keys()
-                .find(|k| k.is_empty() || k.contains('='))
+                .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
             {
                 return Err(crate::ValidationError::new(
-                    format!("overrides[{i}].environment"),
+                    env,
                     format!("{name:?} is not a valid variable name"),
                 ));
             }
-            bytes += o.name.len()
-                + o.command.iter().flatten().map(String::len).sum::<usize>()
-                + o.environment
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
+            if let Some(name) = o
+                .environment
+                .iter()
+                .find(|(_, v)| v.contains('\0'))
+                .map(|(k, _)| k)
+            {
+                return Err(crate::ValidationError::new(
+                    env,
+                    format!("the value of {name} holds a NUL byte"),
+                ));
+            }
+            if o.command.iter().flatten().any(|a| a.contains('\0')) {
+                return Err(crate::ValidationError::new(
+                    format!("overrides[{i}].command"),
+                    "an argument holds a NUL byte",
+                ));
+            }
+            // A secret's variable keeps its secret's value: an override may not shadow it.
+            let container = def.containers.iter().find(|c| c.name == o.name);
+            if let Some(secret) = container
+                .into_iter()
+                .flat_map(|c| &c.secrets)
+                .find(|s| o.environment.contains_key(&s.name))
+            {
+                return Err(crate::ValidationError::new(
+                    env,
+                    format!(
+                        "{} is the variable of a secret of container {}; an override cannot replace it",
+                        secret.name, o.name
+                    ),
+                ));
+            }
+            bytes += Self::size(std::slice::from_ref(o));
         }
         if bytes > MAX_OVERRIDE_BYTES {
             return Err(crate::ValidationError::new(
@@ -430,6 +479,28 @@ mod tests {
         big.environment
             .insert("X".into(), "x".repeat(MAX_OVERRIDE_BYTES));
         assert!(err(&[big]).contains("too large"));
+        // Empty strings weigh too: a command of many empty arguments is no way around it.
+        let mut empties = o("app");
+        empties.command = Some(vec![String::new(); MAX_OVERRIDE_BYTES]);
+        assert!(err(&[empties]).contains("too large"));
+        let mut nul = o("app");
+        nul.command = Some(vec!["a\0b".into()]);
+        assert!(err(&[nul]).contains("NUL"));
+        // A secret's variable stays the secret's.
+        let mut with_secret = def.clone();
+        with_secret.containers[0]
+            .secrets
+            .push(crate::SecretEnvironment {
+                name: "MODE".into(),
+                value_from: "db:password".parse().expect("reference"),
+            });
+        let refused = ContainerOverride::validate(&[o("app")], &with_secret)
+            .expect_err("shadows a secret")
+            .to_string();
+        assert!(
+            refused.contains("MODE is the variable of a secret"),
+            "{refused}"
+        );
     }
 
     #[test]

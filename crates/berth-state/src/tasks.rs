@@ -139,13 +139,22 @@ impl State {
             .as_ref()
             .and_then(|t| self.client_tokens.get(t))
         {
-            let tasks = seen
+            let earlier: Vec<Task> = seen
                 .task_ids
                 .iter()
                 .filter_map(|id| self.tasks.get(id))
                 .cloned()
                 .collect();
-            return CommandResult::Tasks(tasks);
+            // A token answers its tasks only to a caller in their namespace: another
+            // namespace's learns nothing of them.
+            let ours = tasks.first().map(|t| t.namespace.as_str());
+            if earlier.iter().any(|t| Some(t.namespace.as_str()) != ours) {
+                return CommandResult::Rejected(Rejection::Conflict(format!(
+                    "client token {} was used for tasks of another namespace; choose another token",
+                    seen.token
+                )));
+            }
+            return CommandResult::Tasks(earlier);
         }
         for task in &tasks {
             if task.task_definition.revision.is_none()

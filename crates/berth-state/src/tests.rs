@@ -240,6 +240,22 @@ fn a_retried_client_token_creates_nothing_new_until_it_expires() {
     let (result, changed) = s.clone().apply(retry("t2", 3));
     assert!(matches!(&result, CommandResult::Tasks(t) if t.len() == 1 && t[0].task_id == "t1"));
     assert!(changed.is_empty());
+    // The same token from another namespace answers nothing of the first's tasks.
+    let other = Command::CreateTasks {
+        tasks: vec![Task {
+            task_id: "t3".into(),
+            namespace: "team-b".into(),
+            ..s.task("default", "t1").cloned().expect("t1")
+        }],
+        client_token: Some("tok-1".into()),
+        at: 3,
+    };
+    let (result, changed) = s.clone().apply(other);
+    assert!(
+        matches!(&result, CommandResult::Rejected(Rejection::Conflict(m)) if m.contains("another namespace")),
+        "{result:?}"
+    );
+    assert!(changed.is_empty());
     let (result, _) = s.apply(retry("t2", 2 + CLIENT_TOKEN_TTL_MS + 1));
     assert!(matches!(&result, CommandResult::Tasks(t) if t[0].task_id == "t2"));
     assert_eq!(s.tasks().count(), 2);

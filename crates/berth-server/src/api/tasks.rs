@@ -39,6 +39,10 @@ fn optional(field: &str, value: String, max: usize) -> Result<Option<String>, St
     Ok((!value.is_empty()).then_some(value))
 }
 
+/// The most bytes of overrides and labels one RunTask may carry over all its tasks (they go
+/// into one Raft entry).
+const MAX_RUN_EXTRA_BYTES: usize = 256 * 1024;
+
 /// The most labels a call may add to a task, and their sizes (ECS's limits for tags).
 const MAX_LABELS: usize = 50;
 
@@ -97,6 +101,19 @@ impl BerthService {
             ));
         }
         check_labels(&req.labels)?;
+        // What each task carries beyond its definition, times the tasks, in one Raft entry.
+        let extra = ContainerOverride::size(&overrides)
+            + req
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let total = extra.saturating_mul(count as usize);
+        if total > MAX_RUN_EXTRA_BYTES {
+            return Err(status::bad_request(format!(
+                "{count} tasks with {extra} bytes of overrides and labels each make {total} bytes; one call may carry {MAX_RUN_EXTRA_BYTES}: run fewer tasks per call"
+            )));
+        }
         let at = now_ms();
         let tasks = (0..count)
             .map(|_| {

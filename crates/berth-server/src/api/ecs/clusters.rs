@@ -307,6 +307,18 @@ impl BerthService {
                 "resourceArn: {arn:?} is not the ARN of an ECS resource"
             ))
         })?;
+        if let Resource::ContainerInstance { id, .. } = &resource {
+            let known = self
+                .ecs_read_nodes(caller, |s| s.node(id).is_some())
+                .await?;
+            if !known {
+                return Err(EcsError::new(
+                    ErrorType::Client,
+                    format!("The specified resource could not be found: {arn}"),
+                ));
+            }
+            return Ok(json!({ "tags": [] }));
+        }
         let definitions = Self::ecs_definitions_namespace(caller);
         let (namespace, resource) = match resource {
             Resource::Task { ref cluster, .. }

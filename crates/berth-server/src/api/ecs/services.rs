@@ -104,9 +104,33 @@ impl BerthService {
                 format!("Service was not ACTIVE: {} is being deleted", r.service),
             ));
         }
+        let mut latest = current.clone();
+        // A change of the desired count alone is a scale, applied to the service as it is
+        // then (an autoscaler's or another client's change meanwhile is kept).
+        if let (Some(count), None, None) = (
+            r.desired_count,
+            &r.task_definition,
+            &r.deployment_configuration,
+        ) {
+            latest = self
+                .change_service(
+                    caller,
+                    r.cluster.clone(),
+                    r.service.clone(),
+                    berth_state::ServiceChange::Scale(count),
+                )
+                .await
+                .map_err(ecs_error)?
+                .into_inner()
+                .try_into()
+                .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+        }
         let mut spec = service::spec_of(&current);
         let mut change = false;
-        if let Some(count) = r.desired_count {
+        if let (Some(count), true) = (
+            r.desired_count,
+            r.task_definition.is_some() || r.deployment_configuration.is_some(),
+        ) {
             spec.desired_count = count;
             change = true;
         }
@@ -119,7 +143,6 @@ impl BerthService {
                 service::deployment_configuration(d, spec.deployment_configuration)?;
             change = true;
         }
-        let mut latest = current;
         if change {
             latest = self.ecs_apply(caller, &r.cluster, spec).await?;
         }
