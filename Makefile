@@ -1,6 +1,6 @@
 # berth — see README.md. `make run` and `make test` install what they need on Debian.
 
-DEBIAN_PACKAGES := gcc containerd runc protobuf-compiler docker-registry busybox-static apache2-utils iproute2 tini containernetworking-plugins iptables libfaketime libssl-dev pkg-config ca-certificates python3 python3-venv nginx
+DEBIAN_PACKAGES := gcc containerd runc protobuf-compiler docker-registry busybox-static apache2-utils iproute2 tini containernetworking-plugins iptables libfaketime libssl-dev pkg-config ca-certificates python3 python3-venv nginx chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BERTH := target/debug/berth
 DEV_DIR ?= .berth-dev
@@ -23,12 +23,13 @@ build: deps
 	cargo build -p berth
 
 # A Python environment for the tests that use real clients: grpcio-tools (the API from
-# generated stubs), and the aws CLI and boto3 (the ECS endpoint), all from PyPI.
+# generated stubs), the aws CLI and boto3 (the ECS endpoint), selenium (the web console, in
+# Debian's chromium), all from PyPI.
 PYENV := target/pyenv
-PYTHON_PACKAGES := grpcio-tools grpcio-health-checking awscli boto3
+PYTHON_PACKAGES := grpcio-tools grpcio-health-checking awscli boto3 selenium
 pyenv: deps
 	@[ -x $(PYENV)/bin/python ] && [ -x $(PYENV)/bin/aws ] && \
-		$(PYENV)/bin/python -c 'import grpc_tools, grpc_health, boto3' 2>/dev/null || { \
+		$(PYENV)/bin/python -c 'import grpc_tools, grpc_health, boto3, selenium' 2>/dev/null || { \
 		python3 -m venv $(PYENV) && \
 		$(PYENV)/bin/pip install -q $(PYTHON_PACKAGES); }
 

@@ -6,6 +6,7 @@ mod autoscaling;
 mod cli;
 mod clock;
 mod cluster;
+mod console;
 mod ecs;
 mod ingress;
 mod metering;

@@ -487,8 +487,12 @@ impl Server {
                 }
             })
         });
+        // HTTP beside gRPC: /metrics, and the web console under /ui/.
+        let http_routes = metrics
+            .router(self.store.clone(), self.metrics_public)
+            .merge(api::console_routes(api.clone()));
         let serve = builder
-            .add_routes(metrics.routes(self.store.clone(), self.metrics_public))
+            .add_routes(tonic::service::Routes::from(http_routes))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)

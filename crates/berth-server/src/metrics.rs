@@ -297,7 +297,7 @@ impl Metrics {
     /// The HTTP routes to add next to the gRPC services.
     /// `/metrics` on the gRPC address. Unless `public`, a scrape needs a valid API token
     /// (`authorization: Bearer …`) or a client certificate of the cluster.
-    pub fn routes(&self, store: Store, public: bool) -> tonic::service::Routes {
+    pub fn router(&self, store: Store, public: bool) -> axum::Router {
         let metrics = self.clone();
         let router = axum::Router::new().route(
             "/metrics",
@@ -328,7 +328,7 @@ impl Metrics {
                 }
             }),
         );
-        tonic::service::Routes::from(router)
+        router
     }
 }
 

@@ -7,6 +7,7 @@
 mod access;
 mod ca;
 mod cluster;
+mod console;
 mod ecs;
 mod nodes;
 mod secrets;
@@ -27,6 +28,7 @@ use berth_tls::net::Dialer;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+pub use console::routes as console_routes;
 pub use ecs::EcsCall;
 
 use crate::auth::{self, Caller};

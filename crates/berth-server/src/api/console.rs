@@ -1,0 +1,379 @@
+//! The web console's gateway, on the server's own address (`https://SERVER/ui/`): the app shell
+//! and its files, served to anyone (they hold nothing of the cluster's), and a small JSON and
+//! server-sent-events API for it under `/ui/api/`, each call authenticated by its bearer token
+//! and carried out by the gRPC API's handlers (the same permissions, checks and audit lines).
+//! Every answer sends a strict Content-Security-Policy: the page loads nothing from elsewhere
+//! and runs no inline script.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::response::Response;
+use berth_model::Permission;
+use berth_proto::v1 as pb;
+use futures::StreamExt as _;
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use tonic::Status;
+
+use super::BerthService;
+use crate::auth::{self, Caller};
+use crate::now_ms;
+
+/// What the page may load and run: only this server's own files, no inline script or style, no
+/// frames, no forms posting elsewhere.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The app's files, built into the binary.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../ui/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../ui/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../ui/style.css"),
+    ),
+    (
+        "vendor/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../ui/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "vendor/uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../ui/vendor/uPlot.min.css"),
+    ),
+];
+
+/// The most log lines a console's log view starts with.
+const LOG_TAIL: u32 = 500;
+
+fn secured(mut response: Response, cache: bool) -> Response {
+    let headers = response.headers_mut();
+    let set = |h: &mut http::HeaderMap, name: header::HeaderName, value: &'static str| {
+        h.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        CONTENT_SECURITY_POLICY,
+    );
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::REFERRER_POLICY, "no-referrer");
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(
+        headers,
+        header::CACHE_CONTROL,
+        if cache { "no-cache" } else { "no-store" },
+    );
+    response
+}
+
+fn plain(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_answer(status: StatusCode, value: &Value) -> Response {
+    secured(plain(status, "application/json", value.to_string()), false)
+}
+
+/// A gRPC handler's refusal as an HTTP answer: the same sentence.
+fn refused(s: &Status) -> Response {
+    use tonic::Code;
+    let status = match s.code() {
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_answer(status, &json!({ "error": s.message() }))
+}
+
+/// The request's query parameters.
+fn query(request: &Request) -> std::collections::BTreeMap<String, String> {
+    request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding of one query component.
+fn decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A model object as JSON, from its wire form.
+fn to_json<W, M>(wire: W) -> Value
+where
+    M: TryFrom<W> + serde::Serialize,
+{
+    M::try_from(wire)
+        .ok()
+        .and_then(|m| serde_json::to_value(m).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A watch event as the console reads it.
+fn event_json(e: pb::WatchEvent) -> Value {
+    use pb::watch_event::{Object, Type};
+    let kind = match e.r#type() {
+        Type::Sync => "SYNC",
+        Type::Put => "PUT",
+        Type::Deleted => "DELETED",
+        Type::Synced => "SYNCED",
+        Type::Unspecified => "UNSPECIFIED",
+    };
+    let object = match e.object {
+        Some(Object::Task(t)) => to_json::<_, berth_model::Task>(t),
+        Some(Object::Service(s)) => to_json::<_, berth_model::Service>(s),
+        Some(Object::Node(n)) => to_json::<_, berth_model::Node>(n),
+        Some(Object::TaskDefinition(d)) => to_json::<_, berth_model::TaskDefinition>(d),
+        None => Value::Null,
+    };
+    json!({
+        "type": kind,
+        "revision": e.revision,
+        "kind": e.kind,
+        "name": e.name,
+        "namespace": e.namespace,
+        "object": object,
+    })
+}
+
+/// A stream of server-sent events, one `data:` line of JSON each.
+fn event_stream(events: impl futures::Stream<Item = Value> + Send + 'static) -> Response {
+    let body = events.map(|v| Ok::<_, Infallible>(Bytes::from(format!("data: {v}\n\n"))));
+    let mut response = plain(StatusCode::OK, "text/event-stream", Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    secured(response, false)
+}
+
+impl BerthService {
+    /// The caller of a console call, by its bearer token.
+    fn console_caller(&self, request: &Request) -> Result<Caller, Box<Response>> {
+        let mut probe = tonic::Request::new(());
+        if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+            probe.metadata_mut().insert(
+                "authorization",
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()).map_err(|_| {
+                    json_answer(
+                        StatusCode::UNAUTHORIZED,
+                        &json!({"error": "the authorization header is not text"}),
+                    )
+                })?,
+            );
+        } else {
+            return Err(Box::new(json_answer(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "sign in with a berth token (`berth token create`)"}),
+            )));
+        }
+        self.store
+            .read_stale(|s| auth::authenticate(s, &probe))
+            .map_err(|s| Box::new(refused(&s)))
+    }
+
+    async fn console_api(&self, path: &str, request: Request) -> Response {
+        let caller = match self.console_caller(&request) {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let q = query(&request);
+        let namespace = q.get("namespace").cloned().unwrap_or_default();
+        let answer = match (request.method().as_str(), path) {
+            ("GET", "session") => Ok(self.console_session(&caller)),
+            ("GET", "cluster") => caller
+                .authorize(Permission::Read, caller.scope(), now_ms())
+                .map(|()| serde_json::to_value(self.store.cluster_status()).unwrap_or_default()),
+            ("GET", "namespaces") => self
+                .list_namespaces(&caller, pb::ListNamespacesRequest {})
+                .await
+                .map(|r| {
+                    Value::Array(
+                        r.into_inner()
+                            .namespaces
+                            .into_iter()
+                            .map(|n| {
+                                let usage = n.usage.map(berth_model::Usage::from);
+                                json!({
+                                    "name": n.name,
+                                    "quota": n.quota.map(berth_model::Quota::from),
+                                    "usage": usage,
+                                })
+                            })
+                            .collect(),
+                    )
+                }),
+            ("GET", "watch") => {
+                let req = pb::WatchRequest {
+                    namespace,
+                    kinds: Vec::new(),
+                    from_revision: 0,
+                };
+                return match self.watch(&caller, req) {
+                    Ok(stream) => event_stream(
+                        stream
+                            .into_inner()
+                            .take_while(|e| std::future::ready(e.is_ok()))
+                            .filter_map(|e| std::future::ready(e.ok().map(event_json))),
+                    ),
+                    Err(s) => refused(&s),
+                };
+            }
+            ("GET", "logs") => {
+                let req = pb::TaskLogsRequest {
+                    namespace,
+                    task_id: q.get("task").cloned().unwrap_or_default(),
+                    follow: q.get("follow").is_some_and(|f| f == "1"),
+                    container: q.get("container").cloned().unwrap_or_default(),
+                    tail: LOG_TAIL,
+                    since: 0,
+                    timestamps: false,
+                };
+                return match self.task_logs(&caller, req).await {
+                    Ok(stream) => event_stream(stream.into_inner().map(|chunk| match chunk {
+                        Ok(c) => json!({
+                            "container": c.container,
+                            "stderr": c.stderr,
+                            "text": String::from_utf8_lossy(&c.data),
+                        }),
+                        Err(s) => json!({ "error": s.message() }),
+                    })),
+                    Err(s) => refused(&s),
+                };
+            }
+            ("POST", "scale") => {
+                let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+                    Ok(b) => b,
+                    Err(_) => {
+                        return json_answer(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &json!({"error": "the request body is over 64 KiB"}),
+                        )
+                    }
+                };
+                let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let (Some(name), Some(count)) = (
+                    parsed["name"].as_str(),
+                    parsed["desiredCount"]
+                        .as_u64()
+                        .and_then(|c| u32::try_from(c).ok()),
+                ) else {
+                    return json_answer(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "scale takes {\"name\": SERVICE, \"desiredCount\": N}"}),
+                    );
+                };
+                self.change_service(
+                    &caller,
+                    namespace,
+                    name.to_owned(),
+                    berth_state::ServiceChange::Scale(count),
+                )
+                .await
+                .map(|r| to_json::<_, berth_model::Service>(r.into_inner()))
+            }
+            _ => {
+                return json_answer(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("no console call {} /ui/api/{path}", request.method())}),
+                )
+            }
+        };
+        match answer {
+            Ok(v) => json_answer(StatusCode::OK, &v),
+            Err(s) => refused(&s),
+        }
+    }
+
+    /// Who the caller is and what the console may offer it.
+    fn console_session(&self, caller: &Caller) -> Value {
+        let now = now_ms();
+        let (role, namespace) = match caller {
+            Caller::Token(t) => (t.role.to_string(), caller.scope().map(str::to_owned)),
+            Caller::Node(id) => (id.role.to_string(), None),
+        };
+        let may = |p| caller.authorize(p, caller.scope(), now).is_ok();
+        json!({
+            "who": caller.who(),
+            "role": role,
+            "namespace": namespace,
+            "write": may(Permission::Write),
+            "admin": caller.authorize(Permission::ManageCluster, None, now).is_ok(),
+        })
+    }
+}
+
+/// The console's routes, for the server's HTTP router.
+pub fn routes(api: Arc<BerthService>) -> axum::Router {
+    let handler = move |request: Request| {
+        let api = api.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            let Some(rest) = path.strip_prefix("/ui/").or(path.strip_prefix("/ui")) else {
+                return secured(plain(StatusCode::NOT_FOUND, "text/plain", ""), false);
+            };
+            if let Some(call) = rest.strip_prefix("api/") {
+                return api.console_api(call, request).await;
+            }
+            let file = if rest.is_empty() { "index.html" } else { rest };
+            match ASSETS.iter().find(|(name, _, _)| *name == file) {
+                Some((_, content_type, bytes)) if request.method() == http::Method::GET => secured(
+                    plain(StatusCode::OK, content_type, Bytes::from_static(bytes)),
+                    true,
+                ),
+                _ => secured(
+                    plain(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "not found\n",
+                    ),
+                    false,
+                ),
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/ui", axum::routing::any(handler.clone()))
+        .route("/ui/", axum::routing::any(handler.clone()))
+        .route("/ui/{*rest}", axum::routing::any(handler))
+}

@@ -1,0 +1,530 @@
+// The berth console: signed in with a berth token (kept for this tab only), it follows the
+// cluster through one Watch stream (server-sent events over fetch, so the token travels in a
+// header) and renders from what it holds. Every element is built with the DOM API and every
+// text set as text: nothing from the cluster is ever parsed as HTML.
+"use strict";
+
+const state = {
+  token: sessionStorage.getItem("berth.token"),
+  session: null,
+  namespace: null,
+  namespaces: [],
+  cluster: null,
+  tasks: new Map(),
+  services: new Map(),
+  nodes: new Map(),
+  synced: false,
+  view: "cluster",
+  selectedTask: null,
+  watch: null,
+  logs: null,
+  error: "",
+};
+
+// ---- DOM helpers ---------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "disabled" || k === "hidden") el[k] = Boolean(v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// A bar of `used` out of `total`: capacity (nearly full is a warning) or, with `progress`,
+// how far something got (full is done).
+function bar(used, total, unit, progress) {
+  const pct = total > 0 ? Math.min(100, (100 * used) / total) : 0;
+  const fill = h("span");
+  fill.style.width = pct.toFixed(1) + "%";
+  const kind = progress ? (pct >= 100 ? "bar done" : "bar") : (pct >= 90 ? "bar full" : "bar");
+  return h("div", { class: "bar-cell" },
+    h("div", { class: kind, title: `${used} of ${total} ${unit}` }, fill),
+    h("span", { class: "bar-label" }, `${used} / ${total} ${unit}`));
+}
+
+function pill(text, kind) {
+  return h("span", { class: "pill " + (kind || "") }, text);
+}
+
+function statusKind(s) {
+  if (s === "RUNNING" || s === "ACTIVE" || s === "COMPLETED" || s === "HEALTHY" || s === "leader") return "ok";
+  if (s === "STOPPED" || s === "FAILED" || s === "DOWN" || s === "UNHEALTHY") return "bad";
+  return "warn";
+}
+
+function when(rfc3339) {
+  if (!rfc3339) return "";
+  const d = new Date(rfc3339);
+  const secs = Math.round((Date.now() - d.getTime()) / 1000);
+  if (secs < 60) return `${Math.max(secs, 0)}s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)}m ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)}h ago`;
+  return d.toISOString().slice(0, 16).replace("T", " ");
+}
+
+function events(list, limit) {
+  const shown = (list || []).slice(-limit).reverse();
+  if (!shown.length) return h("p", { class: "muted" }, "no events");
+  return h("ul", { class: "events" },
+    shown.map((e) => h("li", {}, h("time", { datetime: e.at, title: e.at }, when(e.at)), e.message)));
+}
+
+// ---- API -----------------------------------------------------------------------------------
+
+// One call of the console's API. Every call is idempotent (reads, and "scale to N"), so one
+// cut by the network is made again, twice at most.
+async function api(path, options) {
+  const opts = options || {};
+  let response;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      response = await fetch("api/" + path, {
+        ...opts,
+        headers: { ...(opts.headers || {}), Authorization: "Bearer " + state.token },
+      });
+      break;
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const err = new Error(body.error || response.statusText);
+    err.status = response.status;
+    throw err;
+  }
+  return body;
+}
+
+// Reads a stream of server-sent events, calling `onEvent` with each event's JSON.
+async function stream(path, onEvent, signal) {
+  const response = await fetch("api/" + path, {
+    headers: { Authorization: "Bearer " + state.token },
+    signal,
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    const err = new Error(body.error || response.statusText);
+    err.status = response.status;
+    throw err;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const chunk = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of chunk.split("\n")) {
+        if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
+      }
+    }
+  }
+}
+
+// ---- The live state ------------------------------------------------------------------------
+
+function apply(e) {
+  const maps = { task: state.tasks, service: state.services, node: state.nodes };
+  if (e.type === "SYNCED") {
+    state.synced = true;
+    if (state.error.startsWith("watch:")) state.error = "";
+    schedule();
+    return;
+  }
+  const map = maps[e.kind];
+  if (!map) return;
+  const key = e.namespace ? e.namespace + "/" + e.name : e.name;
+  if (e.type === "DELETED") map.delete(key);
+  else if (e.object) map.set(key, e.object);
+  schedule();
+}
+
+function watch() {
+  if (state.watch) state.watch.abort();
+  const controller = new AbortController();
+  state.watch = controller;
+  state.tasks.clear();
+  state.services.clear();
+  state.nodes.clear();
+  state.synced = false;
+  const ns = encodeURIComponent(state.namespace || "");
+  stream("watch?namespace=" + ns, apply, controller.signal)
+    .catch((err) => {
+      if (controller.signal.aborted) return;
+      state.error = "watch: " + err.message;
+      if (err.status === 401) return signOut();
+    })
+    .finally(() => {
+      if (controller.signal.aborted || !state.token) return;
+      setTimeout(() => state.watch === controller && watch(), 1000);
+    });
+}
+
+async function pollCluster() {
+  if (!state.token) return;
+  try {
+    state.cluster = await api("cluster");
+    if (state.session && state.session.admin) state.namespaces = await api("namespaces");
+  } catch (err) {
+    state.cluster = null;
+    state.error = "cluster: " + err.message;
+  }
+  schedule();
+  setTimeout(pollCluster, 2000);
+}
+
+let pending = false;
+function schedule() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => {
+    pending = false;
+    render();
+  });
+}
+
+// ---- Views ---------------------------------------------------------------------------------
+
+function clusterView() {
+  const c = state.cluster;
+  const servers = c
+    ? h("table", { id: "servers" },
+        h("tr", {}, h("th", {}, "server"), h("th", {}, "address"), h("th", {}, "role"), h("th", {}, "replicated to")),
+        c.members.map((m) => h("tr", {},
+          h("td", {}, m.id), h("td", {}, m.address), h("td", {}, pill(m.role, statusKind(m.role))),
+          h("td", {}, m.matchIndex === undefined || m.matchIndex === null ? "" : m.matchIndex))))
+    : h("p", { class: "muted" }, "reading the cluster's status…");
+  const live = [...state.tasks.values()].filter((t) => t.lastStatus !== "STOPPED");
+  // What the live tasks on each node reserve (the stored node holds its offer).
+  const perNode = new Map();
+  for (const t of live) {
+    if (!t.node) continue;
+    const n = perNode.get(t.node) || { tasks: 0, cpu: 0, memory: 0 };
+    n.tasks += 1;
+    n.cpu += t.cpu;
+    n.memory += t.memory;
+    perNode.set(t.node, n);
+  }
+  const none = { tasks: 0, cpu: 0, memory: 0 };
+  const nodes = [...state.nodes.values()].sort((a, b) => a.name.localeCompare(b.name));
+  return h("section", {},
+    h("h2", {}, "Servers"),
+    c ? h("div", { class: "counts" },
+      h("div", {}, h("b", {}, c.term), h("span", {}, "term")),
+      h("div", {}, h("b", {}, c.commitIndex), h("span", {}, "commit index")),
+      h("div", {}, h("b", {}, c.appliedIndex), h("span", {}, "applied here")),
+      h("div", {}, h("b", {}, c.leader ?? "none"), h("span", {}, "leader"))) : null,
+    servers,
+    h("h2", {}, "Nodes"),
+    h("table", { id: "nodes" },
+      h("tr", {}, h("th", {}, "node"), h("th", {}, "status"), h("th", {}, "CPU (units)"),
+        h("th", {}, "memory (MiB)"), h("th", {}, "tasks here"), h("th", {}, "attributes")),
+      nodes.map((n) => h("tr", {},
+        h("td", {}, n.name), h("td", {}, pill(n.status, statusKind(n.status))),
+        h("td", {}, bar((perNode.get(n.name) || none).cpu, n.cpu.total, "")),
+        h("td", {}, bar((perNode.get(n.name) || none).memory, n.memory.total, "")),
+        h("td", {}, (perNode.get(n.name) || none).tasks),
+        h("td", { class: "muted" }, Object.entries(n.attributes || {}).map(([k, v]) => `${k}=${v}`).join(", "))))),
+    state.namespaces.length ? [
+      h("h2", {}, "Namespaces"),
+      h("table", { id: "namespaces" },
+        h("tr", {}, h("th", {}, "namespace"), h("th", {}, "tasks"), h("th", {}, "CPU"), h("th", {}, "memory")),
+        state.namespaces.map((ns) => {
+          const u = ns.usage || { tasks: 0, cpu: 0, memory: 0 };
+          const q = ns.quota || {};
+          const cell = (used, limit, unit) =>
+            limit ? bar(used, limit, unit) : h("span", {}, `${used} ${unit} (no quota)`);
+          return h("tr", {}, h("td", {}, ns.name), h("td", {}, cell(u.tasks, q.tasks, "")),
+            h("td", {}, cell(u.cpu, q.cpu, "units")), h("td", {}, cell(u.memory, q.memory, "MiB")));
+        })),
+    ] : null);
+}
+
+async function scale(service, input, note) {
+  const count = Number(input.value);
+  note.className = "muted";
+  note.textContent = "scaling…";
+  try {
+    await api("scale?namespace=" + encodeURIComponent(service.namespace), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: service.name, desiredCount: count }),
+    });
+    note.textContent = `desired count set to ${count}`;
+  } catch (err) {
+    note.textContent = err.message;
+    note.className = "error";
+  }
+}
+
+// Each service's card is made once and updated in place: what the user types into it, and
+// elements a script holds, survive the updates that arrive every second.
+const cards = new Map();
+
+function serviceCard(s) {
+  const key = s.namespace + "/" + s.name;
+  let c = cards.get(key);
+  if (!c) {
+    c = { dirty: false };
+    c.input = h("input", {
+      type: "number", min: 0, "aria-label": "desired count",
+      oninput: () => { c.dirty = true; },
+    });
+    c.note = h("span", { class: "muted" });
+    c.button = h("button", {
+      class: "primary", type: "button", "data-action": "scale",
+      onclick: async () => {
+        await scale(c.current, c.input, c.note);
+        c.dirty = false;
+      },
+    }, "Scale");
+    c.readOnly = h("span", { class: "muted" }, "read-only token");
+    c.title = h("h3");
+    c.body = h("div");
+    c.root = h("div", { class: "card service", "data-service": s.name },
+      c.title, h("div", { class: "toolbar" }, c.input, c.button, c.readOnly, c.note), c.body);
+    cards.set(key, c);
+  }
+  c.current = s;
+  const write = Boolean(state.session && state.session.write);
+  c.button.disabled = !write;
+  c.button.title = write ? "set the desired count" : "a viewer token cannot scale";
+  c.readOnly.hidden = write;
+  c.input.disabled = !write;
+  if (!c.dirty && document.activeElement !== c.input) c.input.value = s.desiredCount;
+  const healthy = (s.deployments || []).reduce((n, d) => n + (d.healthyCount || 0), 0);
+  const breaker = s.deploymentConfiguration && s.deploymentConfiguration.circuitBreaker;
+  const auto = s.autoscaling;
+  c.title.replaceChildren(s.name, " ", pill(s.status, statusKind(s.status)));
+  c.body.replaceChildren(
+    h("div", { class: "counts" },
+      h("div", {}, h("b", { class: "desired" }, s.desiredCount), h("span", {}, "desired")),
+      h("div", {}, h("b", { class: "running" }, s.runningCount), h("span", {}, "running")),
+      h("div", {}, h("b", {}, s.pendingCount), h("span", {}, "pending")),
+      h("div", {}, h("b", {}, healthy), h("span", {}, "healthy"))),
+    h("p", { class: "muted" }, "task definition ", s.taskDefinition,
+      breaker ? ` · circuit breaker ${breaker.enable ? "on" : "off"}${breaker.rollback ? ", rolls back" : ""}` : "",
+      auto ? ` · autoscaling ${auto.minCount}–${auto.maxCount}` : ""),
+    h("table", { class: "deployments" },
+      h("tr", {}, h("th", {}, "deployment"), h("th", {}, "status"), h("th", {}, "task definition"),
+        h("th", {}, "progress"), h("th", {}, "rollout")),
+      (s.deployments || []).map((d) => h("tr", {},
+        h("td", {}, d.id.slice(0, 8)), h("td", {}, d.status), h("td", {}, d.taskDefinition),
+        h("td", {}, bar(d.runningCount, d.desiredCount, "running", true)),
+        h("td", {}, pill(d.rolloutState, statusKind(d.rolloutState)), " ", h("span", { class: "muted" }, d.rolloutStateReason || ""))))),
+    h("h3", {}, "Recent events"),
+    events(s.events, 6));
+  return c.root;
+}
+
+function servicesView() {
+  const services = [...state.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+  if (!services.length) {
+    return h("p", { class: "muted" }, state.synced ? "no services in this namespace" : "loading…");
+  }
+  return h("section", { id: "services" }, services.map(serviceCard));
+}
+
+const filters = { service: "", status: "live", node: "", label: "" };
+
+function taskMatches(t) {
+  if (filters.status === "live" && t.lastStatus === "STOPPED") return false;
+  if (filters.status !== "live" && filters.status !== "all" && t.lastStatus !== filters.status) return false;
+  if (filters.service && t.group !== "service:" + filters.service) return false;
+  if (filters.node && t.node !== filters.node) return false;
+  if (filters.label) {
+    const [k, v] = filters.label.split("=");
+    if (!t.labels || (v === undefined ? !(k in t.labels) : t.labels[k] !== v)) return false;
+  }
+  return true;
+}
+
+function select(name, options) {
+  return h("select", { "aria-label": name, onchange: (e) => { filters[name] = e.target.value; schedule(); } },
+    options.map(([value, text]) => h("option", { value, selected: filters[name] === value }, text)));
+}
+
+function taskDetail(t) {
+  const logs = h("pre", { class: "logs", id: "logs" });
+  if (state.logs) state.logs.abort();
+  const controller = new AbortController();
+  state.logs = controller;
+  const path = `logs?namespace=${encodeURIComponent(t.namespace)}&task=${encodeURIComponent(t.taskId)}&follow=1`;
+  stream(path, (chunk) => {
+    if (chunk.error) logs.append(h("span", { class: "stderr" }, chunk.error + "\n"));
+    else logs.append(h("span", { class: chunk.stderr ? "stderr" : "" }, chunk.text));
+    logs.scrollTop = logs.scrollHeight;
+  }, controller.signal).catch((err) => {
+    if (!controller.signal.aborted) logs.append(h("span", { class: "stderr" }, `logs: ${err.message}\n`));
+  });
+  return h("div", { class: "card", id: "task-detail" },
+    h("h3", {}, "Task ", t.taskId),
+    h("p", {}, pill(t.lastStatus, statusKind(t.lastStatus)), " desired ", t.desiredStatus,
+      " · ", t.taskDefinition, t.node ? " · on " + t.node : "",
+      t.ipAddress ? " · " + t.ipAddress : ""),
+    t.stopCode ? h("p", { class: "error" }, t.stopCode, ": ", t.stoppedReason || "") : null,
+    h("table", {},
+      h("tr", {}, h("th", {}, "container"), h("th", {}, "image"), h("th", {}, "status"), h("th", {}, "health"), h("th", {}, "exit code"), h("th", {}, "reason")),
+      (t.containers || []).map((c) => h("tr", {},
+        h("td", {}, c.name), h("td", {}, c.image), h("td", {}, c.lastStatus), h("td", {}, c.healthStatus),
+        h("td", {}, c.exitCode ?? ""), h("td", {}, c.reason || "")))),
+    h("h3", {}, "Events"),
+    events(t.events, 50),
+    h("h3", {}, "Logs (following)"),
+    logs);
+}
+
+let detail = { id: null, el: null };
+
+// The task table and its rows are made once and updated in place (a row a user is about to
+// click stays the element it was).
+const taskRows = new Map();
+let taskTableEl = null;
+
+function taskTable(tasks) {
+  if (!taskTableEl) {
+    taskTableEl = h("table", { id: "tasks" },
+      h("tr", {}, h("th", {}, "task"), h("th", {}, "status"), h("th", {}, "definition"),
+        h("th", {}, "group"), h("th", {}, "node"), h("th", {}, "created")));
+  }
+  const keep = new Set();
+  const rows = tasks.map((t) => {
+    const key = t.namespace + "/" + t.taskId;
+    keep.add(key);
+    let tr = taskRows.get(key);
+    if (!tr) {
+      tr = h("tr", { "data-task": t.taskId, onclick: () => { state.selectedTask = key; schedule(); } });
+      taskRows.set(key, tr);
+    }
+    tr.className = "clickable" + (key === state.selectedTask ? " selected" : "");
+    tr.replaceChildren(
+      h("td", {}, t.taskId.slice(0, 8)), h("td", {}, pill(t.lastStatus, statusKind(t.lastStatus))),
+      h("td", {}, t.taskDefinition), h("td", { class: "muted" }, t.group || ""), h("td", {}, t.node || ""),
+      h("td", { title: t.createdAt }, when(t.createdAt)));
+    return tr;
+  });
+  for (const key of taskRows.keys()) if (!keep.has(key)) taskRows.delete(key);
+  taskTableEl.replaceChildren(taskTableEl.firstChild, ...rows);
+  return taskTableEl;
+}
+
+function tasksView() {
+  const all = [...state.tasks.values()];
+  const services = [...new Set(all.map((t) => t.group).filter((g) => g && g.startsWith("service:")).map((g) => g.slice(8)))].sort();
+  const nodes = [...new Set(all.map((t) => t.node).filter(Boolean))].sort();
+  const shown = all.filter(taskMatches).sort((a, b) => (b.createdAt || "").localeCompare(a.createdAt || ""));
+  const limit = 300;
+  const labelInput = h("input", { type: "search", placeholder: "label key=value", value: filters.label, "aria-label": "label" });
+  labelInput.addEventListener("change", () => { filters.label = labelInput.value.trim(); schedule(); });
+  const selected = state.selectedTask && state.tasks.get(state.selectedTask);
+  if (!selected) detail = { id: null, el: null };
+  else if (detail.id !== state.selectedTask) detail = { id: state.selectedTask, el: taskDetail(selected) };
+  return h("section", {},
+    h("div", { class: "toolbar" },
+      select("service", [["", "every service"], ...services.map((s) => [s, s])]),
+      select("status", [["live", "not stopped"], ["all", "every status"], ...["PENDING", "ACTIVATING", "RUNNING", "STOPPING", "STOPPED"].map((s) => [s, s])]),
+      select("node", [["", "every node"], ...nodes.map((n) => [n, n])]),
+      labelInput,
+      h("span", { class: "muted" }, `${shown.length} of ${all.length} tasks`, shown.length > limit ? ` (the newest ${limit} shown)` : "")),
+    h("div", { class: "split" },
+      taskTable(shown.slice(0, limit)),
+      detail.el || h("p", { class: "muted" }, "select a task to see its containers, events and logs")));
+}
+
+function signInView() {
+  const input = h("input", { type: "password", id: "token", placeholder: "berth_…", autocomplete: "off" });
+  const note = h("p", { class: "error" }, state.error);
+  const form = h("form", { class: "card sign-in", onsubmit: (e) => { e.preventDefault(); signIn(input.value.trim()); } },
+    h("h2", {}, "Sign in"),
+    h("p", { class: "muted" }, "with a berth token (`berth token create`); its namespace and role apply here."),
+    input,
+    h("button", { class: "primary", type: "submit", id: "sign-in" }, "Sign in"),
+    note);
+  return form;
+}
+
+function render() {
+  const main = document.getElementById("main");
+  const nav = document.getElementById("nav");
+  document.getElementById("sign-out").hidden = !state.session;
+  nav.hidden = !state.session;
+  document.getElementById("who").textContent = state.session ? state.session.who : "";
+  if (!state.session) {
+    main.replaceChildren(signInView());
+    return;
+  }
+  for (const b of nav.querySelectorAll("button")) b.classList.toggle("active", b.dataset.view === state.view);
+  const picker = document.getElementById("namespace");
+  const names = state.session.namespace ? [state.session.namespace] : state.namespaces.map((n) => n.name);
+  if (picker.options.length !== names.length) {
+    picker.replaceChildren(...names.map((n) => h("option", { value: n, selected: n === state.namespace }, n)));
+  }
+  const view = { cluster: clusterView, services: servicesView, tasks: tasksView }[state.view]();
+  main.replaceChildren(view);
+  main.dataset.view = state.view;
+  main.dataset.synced = state.synced ? "1" : "0";
+  document.getElementById("status").textContent = state.error
+    ? state.error
+    : `${state.synced ? "live" : "syncing"} · ${state.tasks.size} tasks · ${state.services.size} services · ${state.nodes.size} nodes`;
+}
+
+async function signIn(token) {
+  state.token = token;
+  state.error = "";
+  try {
+    state.session = await api("session");
+  } catch (err) {
+    state.token = null;
+    state.session = null;
+    state.error = err.message;
+    render();
+    return;
+  }
+  sessionStorage.setItem("berth.token", token);
+  state.namespace = state.session.namespace || "default";
+  watch();
+  pollCluster();
+  render();
+}
+
+function signOut() {
+  sessionStorage.removeItem("berth.token");
+  if (state.watch) state.watch.abort();
+  if (state.logs) state.logs.abort();
+  Object.assign(state, { token: null, session: null, watch: null, logs: null, selectedTask: null });
+  cards.clear();
+  taskRows.clear();
+  detail = { id: null, el: null };
+  render();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll("#nav button")) {
+    b.addEventListener("click", () => { state.view = b.dataset.view; schedule(); });
+  }
+  document.getElementById("sign-out").addEventListener("click", signOut);
+  document.getElementById("namespace").addEventListener("change", (e) => {
+    state.namespace = e.target.value;
+    state.selectedTask = null;
+    cards.clear();
+    taskRows.clear();
+    watch();
+  });
+  if (state.token) signIn(state.token);
+  else render();
+});
