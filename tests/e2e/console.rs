@@ -38,6 +38,8 @@ async fn the_console_shows_a_rollout_live_scales_and_refuses_a_viewer() -> anyho
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/console_test.py");
     let url = format!("https://{addr}/ui/");
+    // The browser's profile, by which it is found and stopped whatever happens to the script.
+    let profile = env.path("chromium-profile");
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(300),
         tokio::process::Command::new("ip")
@@ -53,10 +55,16 @@ async fn the_console_shows_a_rollout_live_scales_and_refuses_a_viewer() -> anyho
             .env("VIEWER_TOKEN", &viewer)
             .env("IMAGE", &env.image)
             .env("BERTH_CREDENTIALS", data.join("admin.toml"))
+            .env("CHROME_PROFILE", &profile)
             .kill_on_drop(true)
             .output(),
     )
-    .await??;
+    .await;
+    let _ = std::process::Command::new("pkill")
+        .arg("-f")
+        .arg(format!("user-data-dir={}", profile.display()))
+        .status();
+    let out = out??;
     assert!(
         out.status.success(),
         "console_test.py: stdout: {}\nstderr: {}",

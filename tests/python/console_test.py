@@ -80,6 +80,7 @@ def browser(pin, host):
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        f"--user-data-dir={os.environ['CHROME_PROFILE']}",
         f"--ignore-certificate-errors-spki-list={pin}",
     ]:
         options.add_argument(arg)
@@ -159,7 +160,7 @@ def main():
                 "apiVersion: berth.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n"
                 "  desiredCount: 2\n  template:\n    cpu: 128\n    memory: 32\n    containers:\n"
                 f"      - name: web\n        image: {image}\n"
-                "        command: [sh, -c, 'echo hello from the console test; exec sleep 600']\n"
+                "        command: [sh, -c, 'echo hello from the console test; while true; do echo tick; sleep 1; done']\n"
                 "        stopTimeout: 1s\n"
             )
         berth(binary, server, "apply", "-f", manifest)
@@ -172,8 +173,16 @@ def main():
         # Scale from the page.
         card = driver.find_element(By.CSS_SELECTOR, '[data-service="web"]')
         count = card.find_element(By.CSS_SELECTOR, 'input[type="number"]')
-        count.clear()
-        count.send_keys("1")
+        # An empty box scales nothing: the page says what it needs.
+        driver.execute_script(
+            "arguments[0].value = ''; arguments[0].dispatchEvent(new Event('input'));", count
+        )
+        card.find_element(By.CSS_SELECTOR, 'button[data-action="scale"]').click()
+        wait_for(driver, "the refusal of an empty count", lambda d: "whole number" in card.text)
+        assert card_number(driver, "web", "desired") == "2"
+        driver.execute_script(
+            "arguments[0].value = '1'; arguments[0].dispatchEvent(new Event('input'));", count
+        )
         card.find_element(By.CSS_SELECTOR, 'button[data-action="scale"]').click()
         wait_for(driver, "desired 1", lambda d: card_number(d, "web", "desired") == "1")
         wait_for(driver, "1 running", lambda d: card_number(d, "web", "running") == "1")
@@ -199,7 +208,18 @@ def main():
         wait_for(driver, "a running task to click", click_running)
         wait_for(driver, "the task's logs",
                  lambda d: "hello from the console test" in d.find_element(By.ID, "logs").text)
+        # Followed: lines written after the view opened arrive.
+        ticks = driver.find_element(By.ID, "logs").text.count("tick")
+        wait_for(driver, "more lines", lambda d: d.find_element(By.ID, "logs").text.count("tick") >= ticks + 2)
         driver.save_screenshot(os.path.join(shots, "tasks.png"))
+
+        # What the namespace used: the ledger as a chart and a table, exportable as CSV.
+        view(driver, "usage")
+        wait_for(driver, "the service's usage",
+                 lambda d: "web" in d.find_element(By.ID, "usage-table").text)
+        wait_for(driver, "the usage chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#usage-chart canvas"))
+        assert driver.find_element(By.ID, "export-csv").is_enabled()
+        driver.save_screenshot(os.path.join(shots, "usage.png"))
 
         # A viewer sees the service but cannot scale it.
         driver.find_element(By.ID, "sign-out").click()
@@ -218,6 +238,16 @@ def main():
             os.environ["VIEWER_TOKEN"],
         )
         assert refused == 403, refused
+        # Nor may it read another namespace through the console's calls.
+        for path in ["api/watch?namespace=kube-system", "api/logs?namespace=kube-system&task=x"]:
+            status = driver.execute_async_script(
+                """const done = arguments[arguments.length - 1];
+                fetch(arguments[1], {headers: {'Authorization': 'Bearer ' + arguments[0]}})
+                  .then(r => done(r.status));""",
+                os.environ["VIEWER_TOKEN"],
+                path,
+            )
+            assert status == 403, (path, status)
         # The page broke no rule of its policy and threw no error. (Network errors are not
         # counted: the forbidden scale above is one, and the task network's interfaces coming
         # and going make chromium cut its streams, which the page opens again.)

@@ -14,6 +14,12 @@ const state = {
   services: new Map(),
   nodes: new Map(),
   synced: false,
+  // The last revision the Watch stream carried: a stream that breaks resumes after it.
+  revision: 0,
+  // Nodes with what every namespace's tasks reserve on them (admins only).
+  nodeUse: null,
+  // Bumped at each sign-in, so that one poller runs per session.
+  generation: 0,
   view: "cluster",
   selectedTask: null,
   watch: null,
@@ -106,8 +112,25 @@ async function api(path, options) {
   return body;
 }
 
-// Reads a stream of server-sent events, calling `onEvent` with each event's JSON.
-async function stream(path, onEvent, signal) {
+// How long a stream may stay silent: the server sends a comment every 15 s.
+const STREAM_IDLE_MS = 45000;
+
+// Reads a stream of server-sent events, calling `onEvent` with each event's JSON; gives up
+// (aborts `controller`) after STREAM_IDLE_MS without a byte.
+async function stream(path, onEvent, controller) {
+  let idle = setTimeout(() => controller.abort(), STREAM_IDLE_MS);
+  const alive = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => controller.abort(), STREAM_IDLE_MS);
+  };
+  try {
+    await readStream(path, onEvent, controller.signal, alive);
+  } finally {
+    clearTimeout(idle);
+  }
+}
+
+async function readStream(path, onEvent, signal, alive) {
   const response = await fetch("api/" + path, {
     headers: { Authorization: "Bearer " + state.token },
     signal,
@@ -124,6 +147,7 @@ async function stream(path, onEvent, signal) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
+    alive();
     buffer += decoder.decode(value, { stream: true });
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -140,6 +164,14 @@ async function stream(path, onEvent, signal) {
 
 function apply(e) {
   const maps = { task: state.tasks, service: state.services, node: state.nodes };
+  if (e.revision > state.revision) state.revision = e.revision;
+  // A stream that resumed too far behind starts over with every object: forget the old ones.
+  if (e.type === "SYNC" && state.synced) {
+    state.tasks.clear();
+    state.services.clear();
+    state.nodes.clear();
+    state.synced = false;
+  }
   if (e.type === "SYNCED") {
     state.synced = true;
     if (state.error.startsWith("watch:")) state.error = "";
@@ -154,38 +186,57 @@ function apply(e) {
   schedule();
 }
 
-function watch() {
+// Follows the namespace's objects; `resume`: after the last revision seen (a broken stream),
+// else from scratch (a new namespace, a new session).
+function watch(resume) {
   if (state.watch) state.watch.abort();
   const controller = new AbortController();
   state.watch = controller;
-  state.tasks.clear();
-  state.services.clear();
-  state.nodes.clear();
-  state.synced = false;
+  if (!resume) {
+    state.tasks.clear();
+    state.services.clear();
+    state.nodes.clear();
+    state.synced = false;
+    state.revision = 0;
+  }
   const ns = encodeURIComponent(state.namespace || "");
-  stream("watch?namespace=" + ns, apply, controller.signal)
+  const from = resume ? state.revision : 0;
+  stream(`watch?namespace=${ns}&from=${from}`, apply, controller)
     .catch((err) => {
-      if (controller.signal.aborted) return;
-      state.error = "watch: " + err.message;
-      if (err.status === 401) return signOut();
+      if (err.status === 401 || err.status === 403) {
+        state.error = err.message;
+        signOut();
+        return;
+      }
+      if (state.watch === controller) state.error = "watch: " + err.message + " (reconnecting)";
     })
     .finally(() => {
-      if (controller.signal.aborted || !state.token) return;
-      setTimeout(() => state.watch === controller && watch(), 1000);
+      // Ended by the server (a heartbeat found the token no longer valid) or cut: resume.
+      if (state.watch !== controller || !state.token) return;
+      setTimeout(() => state.watch === controller && state.token && watch(true), 1000);
     });
 }
 
-async function pollCluster() {
-  if (!state.token) return;
+async function pollCluster(generation) {
+  if (!state.token || generation !== state.generation) return;
   try {
     state.cluster = await api("cluster");
-    if (state.session && state.session.admin) state.namespaces = await api("namespaces");
+    if (state.session && state.session.admin) {
+      state.namespaces = await api("namespaces");
+      state.nodeUse = await api("nodes");
+    }
+    if (state.error.startsWith("cluster:")) state.error = "";
   } catch (err) {
+    if (err.status === 401) {
+      state.error = err.message;
+      signOut();
+      return;
+    }
     state.cluster = null;
     state.error = "cluster: " + err.message;
   }
   schedule();
-  setTimeout(pollCluster, 2000);
+  setTimeout(() => pollCluster(generation), 2000);
 }
 
 let pending = false;
@@ -221,6 +272,13 @@ function clusterView() {
     perNode.set(t.node, n);
   }
   const none = { tasks: 0, cpu: 0, memory: 0 };
+  // An admin sees what every namespace reserves (from the nodes' allocations); a namespace's
+  // token, what its own tasks reserve.
+  const everyNamespace = new Map((state.nodeUse || []).map((n) => [n.name, n]));
+  const reserved = (n) => {
+    const all = everyNamespace.get(n.name);
+    return all ? { cpu: all.cpu.allocated, memory: all.memory.allocated } : (perNode.get(n.name) || none);
+  };
   const nodes = [...state.nodes.values()].sort((a, b) => a.name.localeCompare(b.name));
   return h("section", {},
     h("h2", {}, "Servers"),
@@ -231,13 +289,14 @@ function clusterView() {
       h("div", {}, h("b", {}, c.leader ?? "none"), h("span", {}, "leader"))) : null,
     servers,
     h("h2", {}, "Nodes"),
+    state.nodeUse ? null : h("p", { class: "muted" }, "reserved by this namespace's tasks"),
     h("table", { id: "nodes" },
       h("tr", {}, h("th", {}, "node"), h("th", {}, "status"), h("th", {}, "CPU (units)"),
         h("th", {}, "memory (MiB)"), h("th", {}, "tasks here"), h("th", {}, "attributes")),
       nodes.map((n) => h("tr", {},
         h("td", {}, n.name), h("td", {}, pill(n.status, statusKind(n.status))),
-        h("td", {}, bar((perNode.get(n.name) || none).cpu, n.cpu.total, "")),
-        h("td", {}, bar((perNode.get(n.name) || none).memory, n.memory.total, "")),
+        h("td", {}, bar(reserved(n).cpu, n.cpu.total, "")),
+        h("td", {}, bar(reserved(n).memory, n.memory.total, "")),
         h("td", {}, (perNode.get(n.name) || none).tasks),
         h("td", { class: "muted" }, Object.entries(n.attributes || {}).map(([k, v]) => `${k}=${v}`).join(", "))))),
     state.namespaces.length ? [
@@ -256,8 +315,14 @@ function clusterView() {
 }
 
 async function scale(service, input, note) {
-  const count = Number(input.value);
+  const text = input.value.trim();
   note.className = "muted";
+  if (!/^[0-9]+$/.test(text)) {
+    note.className = "error";
+    note.textContent = "the desired count is a whole number, 0 or more";
+    return false;
+  }
+  const count = Number(text);
   note.textContent = "scaling…";
   try {
     await api("scale?namespace=" + encodeURIComponent(service.namespace), {
@@ -266,9 +331,11 @@ async function scale(service, input, note) {
       body: JSON.stringify({ name: service.name, desiredCount: count }),
     });
     note.textContent = `desired count set to ${count}`;
+    return true;
   } catch (err) {
     note.textContent = err.message;
     note.className = "error";
+    return false;
   }
 }
 
@@ -289,8 +356,7 @@ function serviceCard(s) {
     c.button = h("button", {
       class: "primary", type: "button", "data-action": "scale",
       onclick: async () => {
-        await scale(c.current, c.input, c.note);
-        c.dirty = false;
+        if (await scale(c.current, c.input, c.note)) c.dirty = false;
       },
     }, "Scale");
     c.readOnly = h("span", { class: "muted" }, "read-only token");
@@ -354,25 +420,74 @@ function taskMatches(t) {
   return true;
 }
 
-function select(name, options) {
-  return h("select", { "aria-label": name, onchange: (e) => { filters[name] = e.target.value; schedule(); } },
-    options.map(([value, text]) => h("option", { value, selected: filters[name] === value }, text)));
+// A filter's select, made once; its options change only when the choices do (an open list
+// stays open while the cluster changes).
+const filterEls = {};
+
+function filterSelect(name, options) {
+  let el = filterEls[name];
+  if (!el) {
+    el = h("select", { "aria-label": name, onchange: (e) => { filters[name] = e.target.value; schedule(); } });
+    filterEls[name] = el;
+  }
+  const signature = options.map(([v]) => v).join("\u0000");
+  if (el.dataset.options !== signature) {
+    el.replaceChildren(...options.map(([value, text]) => h("option", { value, selected: filters[name] === value }, text)));
+    el.dataset.options = signature;
+  }
+  return el;
 }
 
-function taskDetail(t) {
-  const logs = h("pre", { class: "logs", id: "logs" });
+function labelFilter() {
+  if (!filterEls.label) {
+    const input = h("input", { type: "search", placeholder: "label key=value", "aria-label": "label" });
+    input.addEventListener("change", () => { filters.label = input.value.trim(); schedule(); });
+    filterEls.label = input;
+  }
+  return filterEls.label;
+}
+
+// The most log text a task's view keeps (the oldest goes first).
+const LOG_KEEP = 2000;
+
+// The selected task's detail: made once per selection (its logs keep following), its facts
+// updated at every render.
+let detail = { key: null, root: null, facts: null, logs: null };
+
+function closeDetail() {
   if (state.logs) state.logs.abort();
+  state.logs = null;
+  detail = { key: null, root: null, facts: null, logs: null };
+}
+
+function openDetail(key, t) {
+  closeDetail();
+  const logs = h("pre", { class: "logs", id: "logs" });
+  const facts = h("div");
   const controller = new AbortController();
   state.logs = controller;
   const path = `logs?namespace=${encodeURIComponent(t.namespace)}&task=${encodeURIComponent(t.taskId)}&follow=1`;
-  stream(path, (chunk) => {
-    if (chunk.error) logs.append(h("span", { class: "stderr" }, chunk.error + "\n"));
-    else logs.append(h("span", { class: chunk.stderr ? "stderr" : "" }, chunk.text));
+  const append = (text, stderr) => {
+    logs.append(h("span", { class: stderr ? "stderr" : "" }, text));
+    while (logs.childNodes.length > LOG_KEEP) logs.firstChild.remove();
     logs.scrollTop = logs.scrollHeight;
-  }, controller.signal).catch((err) => {
-    if (!controller.signal.aborted) logs.append(h("span", { class: "stderr" }, `logs: ${err.message}\n`));
+  };
+  stream(path, (chunk) => {
+    if (chunk.error) append(chunk.error + "\n", true);
+    else append(chunk.text, chunk.stderr);
+  }, controller).catch((err) => {
+    if (state.logs === controller) append(`logs: ${err.message}\n`, true);
   });
-  return h("div", { class: "card", id: "task-detail" },
+  detail = {
+    key,
+    facts,
+    logs,
+    root: h("div", { class: "card", id: "task-detail" }, facts, h("h3", {}, "Logs (following)"), logs),
+  };
+}
+
+function taskFacts(t) {
+  return [
     h("h3", {}, "Task ", t.taskId),
     h("p", {}, pill(t.lastStatus, statusKind(t.lastStatus)), " desired ", t.desiredStatus,
       " · ", t.taskDefinition, t.node ? " · on " + t.node : "",
@@ -385,11 +500,8 @@ function taskDetail(t) {
         h("td", {}, c.exitCode ?? ""), h("td", {}, c.reason || "")))),
     h("h3", {}, "Events"),
     events(t.events, 50),
-    h("h3", {}, "Logs (following)"),
-    logs);
+  ];
 }
-
-let detail = { id: null, el: null };
 
 // The task table and its rows are made once and updated in place (a row a user is about to
 // click stays the element it was).
@@ -429,21 +541,122 @@ function tasksView() {
   const nodes = [...new Set(all.map((t) => t.node).filter(Boolean))].sort();
   const shown = all.filter(taskMatches).sort((a, b) => (b.createdAt || "").localeCompare(a.createdAt || ""));
   const limit = 300;
-  const labelInput = h("input", { type: "search", placeholder: "label key=value", value: filters.label, "aria-label": "label" });
-  labelInput.addEventListener("change", () => { filters.label = labelInput.value.trim(); schedule(); });
   const selected = state.selectedTask && state.tasks.get(state.selectedTask);
-  if (!selected) detail = { id: null, el: null };
-  else if (detail.id !== state.selectedTask) detail = { id: state.selectedTask, el: taskDetail(selected) };
+  if (!selected) {
+    if (detail.key) closeDetail();
+  } else {
+    if (detail.key !== state.selectedTask) openDetail(state.selectedTask, selected);
+    detail.facts.replaceChildren(...taskFacts(selected).filter(Boolean));
+  }
   return h("section", {},
     h("div", { class: "toolbar" },
-      select("service", [["", "every service"], ...services.map((s) => [s, s])]),
-      select("status", [["live", "not stopped"], ["all", "every status"], ...["PENDING", "ACTIVATING", "RUNNING", "STOPPING", "STOPPED"].map((s) => [s, s])]),
-      select("node", [["", "every node"], ...nodes.map((n) => [n, n])]),
-      labelInput,
+      filterSelect("service", [["", "every service"], ...services.map((s) => [s, s])]),
+      filterSelect("status", [["live", "not stopped"], ["all", "every status"], ...["PENDING", "ACTIVATING", "RUNNING", "STOPPING", "STOPPED"].map((s) => [s, s])]),
+      filterSelect("node", [["", "every node"], ...nodes.map((n) => [n, n])]),
+      labelFilter(),
       h("span", { class: "muted" }, `${shown.length} of ${all.length} tasks`, shown.length > limit ? ` (the newest ${limit} shown)` : "")),
     h("div", { class: "split" },
       taskTable(shown.slice(0, limit)),
-      detail.el || h("p", { class: "muted" }, "select a task to see its containers, events and logs")));
+      detail.root || h("p", { class: "muted" }, "select a task to see its containers, events and logs")));
+}
+
+// ---- Usage: the metering ledger ------------------------------------------------------------
+
+const usage = { period: "1h", by: "service", data: null, error: "", loading: false, at: 0, el: null };
+
+async function loadUsage() {
+  usage.loading = true;
+  try {
+    const ns = encodeURIComponent(state.namespace || "");
+    usage.data = await api(`usage?namespace=${ns}&period=${usage.period}&by=${usage.by}`);
+    usage.error = "";
+  } catch (err) {
+    usage.error = err.message;
+  }
+  usage.loading = false;
+  usage.at = Date.now();
+  usage.el = null;
+  schedule();
+}
+
+const HOUR_MS = 3600 * 1000;
+
+function usageRows(data) {
+  return (data.totals || []).map((t) => ({
+    namespace: t.namespace,
+    service: t.service || "(tasks run on their own)",
+    tasks: t.tasks,
+    vcpuHours: t.cpuUnitMs / 1024 / HOUR_MS,
+    gbHours: t.memoryMibMs / 1024 / HOUR_MS,
+    usedVcpuHours: t.usedCpuUnitMs / 1024 / HOUR_MS,
+    avgMemoryMib: t.sampledMs ? t.usedMemoryMibMs / t.sampledMs : 0,
+    peakMemoryMib: t.memoryPeakBytes / (1024 * 1024),
+  }));
+}
+
+function exportCsv(rows) {
+  const head = ["namespace", "service", "tasks", "vcpu_hours", "gb_hours", "used_vcpu_hours", "avg_memory_mib", "peak_memory_mib"];
+  const quote = (v) => {
+    const s = String(v);
+    return /[",\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+  };
+  const lines = [head.join(",")].concat(rows.map((r) =>
+    [r.namespace, r.service, r.tasks, r.vcpuHours.toFixed(6), r.gbHours.toFixed(6),
+      r.usedVcpuHours.toFixed(6), r.avgMemoryMib.toFixed(1), r.peakMemoryMib.toFixed(1)].map(quote).join(",")));
+  const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
+  const link = h("a", { href: URL.createObjectURL(blob), download: `berth-usage-${usage.period}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+function usageChart(data) {
+  const el = h("div", { class: "chart", id: "usage-chart" });
+  const ends = data.ends || [];
+  if (!ends.length || typeof uPlot === "undefined") return el;
+  const step = ends.length > 1 ? ends[1] - ends[0] : 1;
+  const xs = ends.map((t) => t / 1000);
+  const palette = ["#2f6fde", "#2e9e5b", "#d99a1e", "#d1453b", "#7a4fd6", "#1c9aa6", "#8a6d3b"];
+  const series = [{}];
+  const ys = [];
+  (data.series || []).forEach((s, i) => {
+    series.push({ label: `${s.namespace}/${s.service || "-"}`, stroke: palette[i % palette.length], width: 2 });
+    ys.push(s.cpuUnitMs.map((v) => v / 1024 / step));
+  });
+  // Made once the element is in the page, so that it knows its width.
+  requestAnimationFrame(() => {
+    const width = Math.max(el.clientWidth, 400);
+    new uPlot({ width, height: 240, series, axes: [{}, { label: "vCPU reserved (average)" }] }, [xs, ...ys], el);
+  });
+  return el;
+}
+
+function usageView() {
+  if (!usage.data && !usage.loading && !usage.error) loadUsage();
+  else if (usage.at && Date.now() - usage.at > 30000 && !usage.loading) loadUsage();
+  if (usage.el) return usage.el;
+  const periodSelect = h("select", { "aria-label": "period", onchange: (e) => { usage.period = e.target.value; loadUsage(); } },
+    ["1h", "6h", "24h", "7d"].map((p) => h("option", { value: p, selected: usage.period === p }, "last " + p)));
+  const bySelect = h("select", { "aria-label": "by", onchange: (e) => { usage.by = e.target.value; loadUsage(); } },
+    [["service", "by service"], ["namespace", "by namespace"]].map(([v, t]) => h("option", { value: v, selected: usage.by === v }, t)));
+  const rows = usage.data ? usageRows(usage.data) : [];
+  const fmt = (v, d) => v.toFixed(d);
+  const el = h("section", { id: "usage" },
+    h("div", { class: "toolbar" }, periodSelect, bySelect,
+      h("button", { type: "button", onclick: loadUsage }, "Refresh"),
+      h("button", { type: "button", id: "export-csv", disabled: !rows.length, onclick: () => exportCsv(rows) }, "Export CSV"),
+      usage.error ? h("span", { class: "error" }, usage.error) : null,
+      usage.loading ? h("span", { class: "muted" }, "loading…") : null),
+    usage.data ? usageChart(usage.data) : null,
+    h("table", { id: "usage-table" },
+      h("tr", {}, ["namespace", "service", "tasks", "vCPU-hours", "GB-hours", "used vCPU-hours", "avg memory (MiB)", "peak memory (MiB)"].map((c) => h("th", {}, c))),
+      rows.map((r) => h("tr", {}, h("td", {}, r.namespace), h("td", {}, r.service), h("td", {}, r.tasks),
+        h("td", {}, fmt(r.vcpuHours, 4)), h("td", {}, fmt(r.gbHours, 4)), h("td", {}, fmt(r.usedVcpuHours, 4)),
+        h("td", {}, fmt(r.avgMemoryMib, 1)), h("td", {}, fmt(r.peakMemoryMib, 1))))),
+    usage.data ? h("p", { class: "muted" }, `from ${new Date(usage.data.from).toISOString()} to ${new Date(usage.data.to).toISOString()}`) : null);
+  if (usage.data) usage.el = el;
+  return el;
 }
 
 function signInView() {
@@ -474,7 +687,7 @@ function render() {
   if (picker.options.length !== names.length) {
     picker.replaceChildren(...names.map((n) => h("option", { value: n, selected: n === state.namespace }, n)));
   }
-  const view = { cluster: clusterView, services: servicesView, tasks: tasksView }[state.view]();
+  const view = { cluster: clusterView, services: servicesView, tasks: tasksView, usage: usageView }[state.view]();
   main.replaceChildren(view);
   main.dataset.view = state.view;
   main.dataset.synced = state.synced ? "1" : "0";
@@ -497,19 +710,30 @@ async function signIn(token) {
   }
   sessionStorage.setItem("berth.token", token);
   state.namespace = state.session.namespace || "default";
-  watch();
-  pollCluster();
+  state.generation += 1;
+  watch(false);
+  pollCluster(state.generation);
   render();
 }
 
 function signOut() {
   sessionStorage.removeItem("berth.token");
-  if (state.watch) state.watch.abort();
-  if (state.logs) state.logs.abort();
-  Object.assign(state, { token: null, session: null, watch: null, logs: null, selectedTask: null });
+  const watching = state.watch;
+  state.watch = null;
+  if (watching) watching.abort();
+  closeDetail();
+  Object.assign(state, {
+    token: null, session: null, watch: null, selectedTask: null, cluster: null,
+    namespaces: [], nodeUse: null, revision: 0, synced: false,
+  });
+  state.tasks.clear();
+  state.services.clear();
+  state.nodes.clear();
+  state.generation += 1;
   cards.clear();
   taskRows.clear();
-  detail = { id: null, el: null };
+  usage.data = null;
+  usage.el = null;
   render();
 }
 
@@ -517,13 +741,19 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("#nav button")) {
     b.addEventListener("click", () => { state.view = b.dataset.view; schedule(); });
   }
-  document.getElementById("sign-out").addEventListener("click", signOut);
+  document.getElementById("sign-out").addEventListener("click", () => {
+    state.error = "";
+    signOut();
+  });
   document.getElementById("namespace").addEventListener("change", (e) => {
     state.namespace = e.target.value;
     state.selectedTask = null;
+    closeDetail();
+    usage.data = null;
+    usage.el = null;
     cards.clear();
     taskRows.clear();
-    watch();
+    watch(false);
   });
   if (state.token) signIn(state.token);
   else render();

@@ -55,6 +55,94 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
+/// How many intervals a usage chart shows.
+const USAGE_POINTS: u64 = 12;
+
+/// A row's key: namespace and service.
+fn usage_key(r: &pb::UsageRow) -> (String, String) {
+    (r.namespace.clone(), r.service.clone())
+}
+
+/// Per (namespace, service): the usage of each interval `[since_i, since_i+1)` (the answer
+/// since one boundary less the answer since the next), and the totals since the first
+/// boundary up to `now`.
+fn usage_series(answers: &[(u64, Vec<pb::UsageRow>)], now: u64) -> Value {
+    use std::collections::BTreeMap;
+    type Figures = [u64; 4];
+    let figures = |r: &pb::UsageRow| -> Figures {
+        let a = r.accrued.unwrap_or_default();
+        [
+            a.task_ms,
+            a.cpu_unit_ms,
+            a.memory_mib_ms,
+            a.used_cpu_unit_ms,
+        ]
+    };
+    let at: Vec<BTreeMap<(String, String), Figures>> = answers
+        .iter()
+        .map(|(_, rows)| rows.iter().map(|r| (usage_key(r), figures(r))).collect())
+        .collect();
+    let keys: std::collections::BTreeSet<(String, String)> =
+        at.iter().flat_map(|m| m.keys().cloned()).collect();
+    let intervals = answers.len().saturating_sub(1);
+    let series: Vec<Value> = keys
+        .iter()
+        .map(|key| {
+            let get = |i: usize| {
+                at.get(i)
+                    .and_then(|m| m.get(key))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let mut per = vec![[0u64; 4]; intervals];
+            for (i, slot) in per.iter_mut().enumerate() {
+                let (from, to) = (get(i), get(i + 1));
+                for f in 0..4 {
+                    slot[f] = from[f].saturating_sub(to[f]);
+                }
+            }
+            let column = |f: usize| per.iter().map(|p| p[f]).collect::<Vec<_>>();
+            json!({
+                "namespace": key.0,
+                "service": key.1,
+                "taskMs": column(0),
+                "cpuUnitMs": column(1),
+                "memoryMibMs": column(2),
+                "usedCpuUnitMs": column(3),
+            })
+        })
+        .collect();
+    let totals: Vec<Value> = answers
+        .first()
+        .map(|(_, rows)| rows.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let a = r.accrued.unwrap_or_default();
+            json!({
+                "namespace": r.namespace,
+                "service": r.service,
+                "tasks": r.tasks,
+                "taskMs": a.task_ms,
+                "cpuUnitMs": a.cpu_unit_ms,
+                "memoryMibMs": a.memory_mib_ms,
+                "usedCpuUnitMs": a.used_cpu_unit_ms,
+                "usedMemoryMibMs": a.used_memory_mib_ms,
+                "sampledMs": a.sampled_ms,
+                "memoryPeakBytes": a.memory_peak_bytes,
+            })
+        })
+        .collect();
+    json!({
+        // Where each interval ends.
+        "ends": answers.iter().skip(1).map(|(since, _)| *since).collect::<Vec<_>>(),
+        "from": answers.first().map_or(now, |(since, _)| *since),
+        "to": now,
+        "series": series,
+        "totals": totals,
+    })
+}
+
 /// The most log lines a console's log view starts with.
 const LOG_TAIL: u32 = 500;
 
@@ -177,9 +265,34 @@ fn event_json(e: pb::WatchEvent) -> Value {
     })
 }
 
-/// A stream of server-sent events, one `data:` line of JSON each.
-fn event_stream(events: impl futures::Stream<Item = Value> + Send + 'static) -> Response {
-    let body = events.map(|v| Ok::<_, Infallible>(Bytes::from(format!("data: {v}\n\n"))));
+/// How often a stream with nothing to say sends a comment: a browser that went away is noticed
+/// (the write fails and the stream ends), the page knows its stream is alive, and the token is
+/// checked again.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A stream of server-sent events, one `data:` line of JSON each, with a comment line every
+/// [`HEARTBEAT`] of silence; it ends when `events` ends or `still_allowed` says the caller's
+/// token no longer is (revoked, expired).
+fn event_stream(
+    events: impl futures::Stream<Item = Value> + Send + 'static,
+    still_allowed: impl Fn() -> bool + Send + 'static,
+) -> Response {
+    let events = Box::pin(events);
+    let body = futures::stream::unfold(
+        (events, still_allowed),
+        |(mut events, still_allowed)| async move {
+            let line = match tokio::time::timeout(HEARTBEAT, events.next()).await {
+                Ok(Some(v)) => format!("data: {v}\n\n"),
+                Ok(None) => return None,
+                Err(_) if still_allowed() => ":\n\n".to_owned(),
+                Err(_) => return None,
+            };
+            Some((
+                Ok::<_, Infallible>(Bytes::from(line)),
+                (events, still_allowed),
+            ))
+        },
+    );
     let mut response = plain(StatusCode::OK, "text/event-stream", Body::from_stream(body));
     response
         .headers_mut()
@@ -188,6 +301,29 @@ fn event_stream(events: impl futures::Stream<Item = Value> + Send + 'static) -> 
 }
 
 impl BerthService {
+    /// Whether the token `caller` authenticated with still authenticates, and still allows
+    /// reading `namespace` (checked on each heartbeat of a stream).
+    fn still_allowed(
+        &self,
+        caller: &Caller,
+        namespace: Option<String>,
+    ) -> impl Fn() -> bool + Send + 'static {
+        let store = self.store.clone();
+        let caller = caller.clone();
+        move || {
+            let Caller::Token(t) = &caller else {
+                return false;
+            };
+            let current = store.read_stale(|s| s.api_token(&t.id).cloned());
+            current.is_some_and(|now| {
+                now.secret_hash == t.secret_hash
+                    && now
+                        .allows(Permission::Read, namespace.as_deref(), now_ms())
+                        .is_ok()
+            })
+        }
+    }
+
     /// The caller of a console call, by its bearer token.
     fn console_caller(&self, request: &Request) -> Result<Caller, Box<Response>> {
         let mut probe = tonic::Request::new(());
@@ -244,10 +380,14 @@ impl BerthService {
                     )
                 }),
             ("GET", "watch") => {
+                let from_revision = q.get("from").and_then(|f| f.parse().ok()).unwrap_or(0);
+                let scope = Some(namespace.clone())
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| caller.scope().map(str::to_owned));
                 let req = pb::WatchRequest {
                     namespace,
                     kinds: Vec::new(),
-                    from_revision: 0,
+                    from_revision,
                 };
                 return match self.watch(&caller, req) {
                     Ok(stream) => event_stream(
@@ -255,11 +395,30 @@ impl BerthService {
                             .into_inner()
                             .take_while(|e| std::future::ready(e.is_ok()))
                             .filter_map(|e| std::future::ready(e.ok().map(event_json))),
+                        self.still_allowed(&caller, scope),
                     ),
                     Err(s) => refused(&s),
                 };
             }
+            ("GET", "nodes") => self
+                .list_nodes(&caller, pb::ListNodesRequest::default())
+                .await
+                .map(|r| {
+                    Value::Array(
+                        r.into_inner()
+                            .nodes
+                            .into_iter()
+                            .map(to_json::<_, berth_model::Node>)
+                            .collect(),
+                    )
+                }),
             ("GET", "logs") => {
+                let allowed = self.still_allowed(
+                    &caller,
+                    Some(namespace.clone())
+                        .filter(|n| !n.is_empty())
+                        .or_else(|| caller.scope().map(str::to_owned)),
+                );
                 let req = pb::TaskLogsRequest {
                     namespace,
                     task_id: q.get("task").cloned().unwrap_or_default(),
@@ -270,17 +429,21 @@ impl BerthService {
                     timestamps: false,
                 };
                 return match self.task_logs(&caller, req).await {
-                    Ok(stream) => event_stream(stream.into_inner().map(|chunk| match chunk {
-                        Ok(c) => json!({
-                            "container": c.container,
-                            "stderr": c.stderr,
-                            "text": String::from_utf8_lossy(&c.data),
+                    Ok(stream) => event_stream(
+                        stream.into_inner().map(|chunk| match chunk {
+                            Ok(c) => json!({
+                                "container": c.container,
+                                "stderr": c.stderr,
+                                "text": String::from_utf8_lossy(&c.data),
+                            }),
+                            Err(s) => json!({ "error": s.message() }),
                         }),
-                        Err(s) => json!({ "error": s.message() }),
-                    })),
+                        allowed,
+                    ),
                     Err(s) => refused(&s),
                 };
             }
+            ("GET", "usage") => self.console_usage(&caller, namespace, &q).await,
             ("POST", "scale") => {
                 let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
                     Ok(b) => b,
@@ -325,6 +488,52 @@ impl BerthService {
         }
     }
 
+    /// The metering ledger over a period, as a series of intervals per namespace and service
+    /// (for charts) and totals (for the table): the ledger answers usage since a time, so the
+    /// usage of each interval is the difference of two answers.
+    async fn console_usage(
+        &self,
+        caller: &Caller,
+        namespace: String,
+        q: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Value, Status> {
+        let period_ms = match q.get("period").map(String::as_str) {
+            None | Some("1h") => 3_600_000,
+            Some("6h") => 6 * 3_600_000,
+            Some("24h") => 24 * 3_600_000,
+            Some("7d") => 7 * 24 * 3_600_000,
+            Some(other) => {
+                return Err(crate::status::bad_request(format!(
+                    "period: {other:?} is not 1h, 6h, 24h or 7d"
+                )))
+            }
+        };
+        let by = match q.get("by").map(String::as_str) {
+            None | Some("service") => "service",
+            Some("namespace") => "namespace",
+            Some(other) => {
+                return Err(crate::status::bad_request(format!(
+                    "by: {other:?} is not service or namespace"
+                )))
+            }
+        };
+        let now = now_ms();
+        let step = period_ms / USAGE_POINTS;
+        let mut answers = Vec::with_capacity(USAGE_POINTS as usize + 1);
+        for i in 0..=USAGE_POINTS {
+            let since = now.saturating_sub(period_ms) + i * step;
+            let req = pb::GetUsageRequest {
+                namespace: namespace.clone(),
+                service: String::new(),
+                since,
+                by: by.to_owned(),
+            };
+            let rows = self.get_usage(caller, req).await?.into_inner().rows;
+            answers.push((since, rows));
+        }
+        Ok(usage_series(&answers, now))
+    }
+
     /// Who the caller is and what the console may offer it.
     fn console_session(&self, caller: &Caller) -> Value {
         let now = now_ms();
@@ -349,7 +558,15 @@ pub fn routes(api: Arc<BerthService>) -> axum::Router {
         let api = api.clone();
         async move {
             let path = request.uri().path().to_owned();
-            let Some(rest) = path.strip_prefix("/ui/").or(path.strip_prefix("/ui")) else {
+            if path == "/ui" {
+                // The app's URLs are relative to /ui/.
+                let mut moved = plain(StatusCode::PERMANENT_REDIRECT, "text/plain", "");
+                moved
+                    .headers_mut()
+                    .insert(header::LOCATION, HeaderValue::from_static("/ui/"));
+                return secured(moved, true);
+            }
+            let Some(rest) = path.strip_prefix("/ui/") else {
                 return secured(plain(StatusCode::NOT_FOUND, "text/plain", ""), false);
             };
             if let Some(call) = rest.strip_prefix("api/") {
@@ -376,4 +593,47 @@ pub fn routes(api: Arc<BerthService>) -> axum::Router {
         .route("/ui", axum::routing::any(handler.clone()))
         .route("/ui/", axum::routing::any(handler.clone()))
         .route("/ui/{*rest}", axum::routing::any(handler))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(service: &str, cpu_unit_ms: u64) -> pb::UsageRow {
+        pb::UsageRow {
+            namespace: "default".into(),
+            service: service.into(),
+            accrued: Some(pb::UsageFigures {
+                cpu_unit_ms,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_interval_is_the_difference_of_two_answers() {
+        // Usage since 0, 10 and 20: web used 30, 20, 5 from then on; api appears at 10.
+        let answers = vec![
+            (0, vec![row("web", 30)]),
+            (10, vec![row("api", 7), row("web", 20)]),
+            (20, vec![row("web", 5)]),
+        ];
+        let v = usage_series(&answers, 30);
+        assert_eq!(v["ends"], json!([10, 20]));
+        let series = v["series"].as_array().expect("series");
+        let web = series.iter().find(|s| s["service"] == "web").expect("web");
+        assert_eq!(web["cpuUnitMs"], json!([10, 15]));
+        let api = series.iter().find(|s| s["service"] == "api").expect("api");
+        // Not in the first answer (a ledger that starts later): nothing to subtract from.
+        assert_eq!(api["cpuUnitMs"], json!([0, 7]));
+        assert_eq!(v["totals"][0]["cpuUnitMs"], 30);
+    }
+
+    #[test]
+    fn queries_decode_and_bad_escapes_are_dropped() {
+        assert_eq!(decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(decode("%zz"), None);
+        assert_eq!(decode("%2"), None);
+    }
 }
