@@ -103,7 +103,19 @@ def wait_for(driver, what, condition, timeout=TIMEOUT):
         ).until(condition)
     except Exception as e:
         status = driver.find_element(By.ID, "status").text
-        raise SystemExit(f"timed out waiting for {what} (status: {status!r}): {e}")
+        shown = driver.find_element(By.ID, "main").text[:1500]
+        driver.save_screenshot(os.path.join(os.environ.get("SHOTS", "."), "failed.png"))
+        raise SystemExit(f"timed out waiting for {what} (status: {status!r}); the page shows:\n{shown}\n{e}")
+
+
+def click(driver, selector):
+    """Clicks the element `selector` names (found again if the page replaced it)."""
+
+    def clicked(d):
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    wait_for(driver, f"{selector} to click", clicked)
 
 
 def card_number(driver, service, cls):
@@ -128,6 +140,7 @@ def main():
     url, ca, binary, server, shots = sys.argv[1:6]
     image = os.environ["IMAGE"]
     os.makedirs(shots, exist_ok=True)
+    os.environ["SHOTS"] = shots
     pin = spki_pin(url, ca)
     driver = browser(pin, urllib.parse.urlsplit(url).hostname)
     try:
@@ -189,11 +202,34 @@ def main():
         listed = berth(binary, server, "get", "services", "-o", "json")
         assert '"desiredCount": 1' in listed, listed
 
-        # The node's bars show what the service's task reserves.
+        # A new revision rolls out; Roll back brings the one before it back.
+        with open(manifest) as f:
+            text = f.read()
+        with open(manifest, "w") as f:
+            # (desiredCount as scaled above: a manifest is the whole of what it declares)
+            f.write(text.replace("stopTimeout: 1s", "stopTimeout: 2s").replace("desiredCount: 2", "desiredCount: 1"))
+        berth(binary, server, "apply", "-f", manifest)
+        wait_for(driver, "web:2 to roll out",
+                 lambda d: "task definition web:2" in d.find_element(By.CSS_SELECTOR, '[data-service="web"]').text
+                 and "COMPLETED" in d.find_element(By.CSS_SELECTOR, '[data-service="web"] .deployments').text)
+        click(driver, '[data-service="web"] button[data-action="rollback"]')
+        wait_for(driver, "the roll back to web:1",
+                 lambda d: "task definition web:1" in d.find_element(By.CSS_SELECTOR, '[data-service="web"]').text
+                 and "COMPLETED" in d.find_element(By.CSS_SELECTOR, '[data-service="web"] .deployments').text)
+
+        # The node's bars show what the service's task reserves; an admin drains and
+        # activates it from the page.
         view(driver, "cluster")
         wait_for(driver, "the task's reservation on node-1",
-                 lambda d: "128 / " in d.find_element(By.ID, "nodes").text)
+                 lambda d: "\n128 / 2048" in d.find_element(By.ID, "nodes").text)
         driver.save_screenshot(os.path.join(shots, "cluster.png"))
+        click(driver, '#nodes button[data-node-action="DRAINING"]')
+        wait_for(driver, "the drain's confirmation", ec.alert_is_present()).accept()
+        wait_for(driver, "node-1 draining", lambda d: "DRAINING" in d.find_element(By.ID, "nodes").text)
+        click(driver, '#nodes button[data-node-action="ACTIVE"]')
+        wait_for(driver, "node-1 active again",
+                 lambda d: "DRAINING" not in d.find_element(By.ID, "nodes").text
+                 and "ACTIVE" in d.find_element(By.ID, "nodes").text)
 
         # A task's detail and its logs, followed.
         view(driver, "tasks")

@@ -292,12 +292,13 @@ function clusterView() {
     state.nodeUse ? null : h("p", { class: "muted" }, "reserved by this namespace's tasks"),
     h("table", { id: "nodes" },
       h("tr", {}, h("th", {}, "node"), h("th", {}, "status"), h("th", {}, "CPU (units)"),
-        h("th", {}, "memory (MiB)"), h("th", {}, "tasks here"), h("th", {}, "attributes")),
+        h("th", {}, "memory (MiB)"), h("th", {}, "tasks here"), state.session.admin ? h("th", {}) : null, h("th", {}, "attributes")),
       nodes.map((n) => h("tr", {},
         h("td", {}, n.name), h("td", {}, pill(n.status, statusKind(n.status))),
         h("td", {}, bar(reserved(n).cpu, n.cpu.total, "")),
         h("td", {}, bar(reserved(n).memory, n.memory.total, "")),
         h("td", {}, (perNode.get(n.name) || none).tasks),
+        state.session.admin ? h("td", {}, nodeButton(n)) : null,
         h("td", { class: "muted" }, Object.entries(n.attributes || {}).map(([k, v]) => `${k}=${v}`).join(", "))))),
     state.namespaces.length ? [
       h("h2", {}, "Namespaces"),
@@ -312,6 +313,29 @@ function clusterView() {
             h("td", {}, cell(u.cpu, q.cpu, "units")), h("td", {}, cell(u.memory, q.memory, "MiB")));
         })),
     ] : null);
+}
+
+// Drain a node (its service tasks move elsewhere, nothing new is placed there) or activate it.
+function nodeButton(n) {
+  if (n.status === "DOWN") return "";
+  const next = n.status === "ACTIVE" ? "DRAINING" : "ACTIVE";
+  return h("button", {
+    type: "button", "data-node-action": next,
+    onclick: async (e) => {
+      if (next === "DRAINING" && !window.confirm(`Drain ${n.name}? Its service tasks move to other nodes.`)) return;
+      e.target.disabled = true;
+      try {
+        await api("node", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ name: n.name, status: next }),
+        });
+      } catch (err) {
+        state.error = "node: " + err.message;
+        schedule();
+      }
+    },
+  }, next === "DRAINING" ? "Drain" : "Activate");
 }
 
 async function scale(service, input, note) {
@@ -360,10 +384,20 @@ function serviceCard(s) {
       },
     }, "Scale");
     c.readOnly = h("span", { class: "muted" }, "read-only token");
+    const act = (action, label, confirmText) => h("button", {
+      type: "button", "data-action": action,
+      onclick: () => serviceAction(c, action, confirmText),
+    }, label);
+    c.rollBack = act("rollback", "Roll back", null);
+    c.promote = act("promote", "Promote canary", null);
+    c.remove = act("delete", "Delete", "Delete service %s? Its tasks are stopped.");
     c.title = h("h3");
     c.body = h("div");
+    c.chart = h("div", { class: "chart small", hidden: true });
     c.root = h("div", { class: "card service", "data-service": s.name },
-      c.title, h("div", { class: "toolbar" }, c.input, c.button, c.readOnly, c.note), c.body);
+      c.title,
+      h("div", { class: "toolbar" }, c.input, c.button, c.rollBack, c.promote, c.remove, c.readOnly, c.note),
+      c.body, c.chart);
     cards.set(key, c);
   }
   c.current = s;
@@ -372,6 +406,10 @@ function serviceCard(s) {
   c.button.title = write ? "set the desired count" : "a viewer token cannot scale";
   c.readOnly.hidden = write;
   c.input.disabled = !write;
+  for (const b of [c.rollBack, c.promote, c.remove]) b.hidden = !write;
+  const dc = s.deploymentConfiguration || {};
+  c.promote.hidden = !write || dc.strategy !== "canary" || (s.deployments || []).length < 2;
+  autoscalingChart(c, s);
   if (!c.dirty && document.activeElement !== c.input) c.input.value = s.desiredCount;
   const healthy = (s.deployments || []).reduce((n, d) => n + (d.healthyCount || 0), 0);
   const breaker = s.deploymentConfiguration && s.deploymentConfiguration.circuitBreaker;
@@ -396,6 +434,83 @@ function serviceCard(s) {
     h("h3", {}, "Recent events"),
     events(s.events, 6));
   return c.root;
+}
+
+async function serviceAction(c, action, confirmText) {
+  const s = c.current;
+  if (confirmText && !window.confirm(confirmText.replace("%s", s.name))) return;
+  c.note.className = "muted";
+  c.note.textContent = action + "…";
+  try {
+    await api("service?namespace=" + encodeURIComponent(s.namespace), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: s.name, action }),
+    });
+    c.note.textContent = { rollback: "rolling back", promote: "promoted", delete: "deleting" }[action];
+  } catch (err) {
+    c.note.className = "error";
+    c.note.textContent = err.message;
+  }
+}
+
+// ---- Autoscaling: each metric against its target, and the desired count, over time ----------
+
+// Samples of services with autoscaling, taken while the page is open (the server keeps the
+// current values only): namespace/name -> [{t, desired, values: {metric: [value, target]}}].
+const scalingHistory = new Map();
+const SCALING_SAMPLES = 360;
+
+async function sampleScaling(generation) {
+  if (!state.token || generation !== state.generation) return;
+  const scaled = [...state.services.values()].filter((s) => s.autoscaling);
+  for (const s of scaled) {
+    try {
+      const now = await api(`service?namespace=${encodeURIComponent(s.namespace)}&name=${encodeURIComponent(s.name)}`);
+      const key = s.namespace + "/" + s.name;
+      const list = scalingHistory.get(key) || [];
+      const values = {};
+      for (const m of now.metrics || []) values[m.metric] = [m.value, m.target];
+      list.push({ t: Date.now() / 1000, desired: now.desiredCount, values });
+      while (list.length > SCALING_SAMPLES) list.shift();
+      scalingHistory.set(key, list);
+    } catch (err) {
+      // The next round tries again.
+    }
+  }
+  if (scaled.length) schedule();
+  setTimeout(() => sampleScaling(generation), 5000);
+}
+
+function autoscalingChart(c, s) {
+  const history = scalingHistory.get(s.namespace + "/" + s.name) || [];
+  c.chart.hidden = !s.autoscaling || history.length < 2;
+  if (c.chart.hidden || typeof uPlot === "undefined") return;
+  const metrics = [...new Set(history.flatMap((p) => Object.keys(p.values)))].sort();
+  const data = [history.map((p) => p.t)];
+  const series = [{}];
+  const palette = ["#2f6fde", "#d99a1e", "#7a4fd6", "#1c9aa6"];
+  metrics.forEach((m, i) => {
+    data.push(history.map((p) => (p.values[m] ? p.values[m][0] : null)));
+    series.push({ label: m, stroke: palette[i % palette.length], width: 2, scale: "metric" });
+    data.push(history.map((p) => (p.values[m] ? p.values[m][1] : null)));
+    series.push({ label: m + " target", stroke: palette[i % palette.length], dash: [6, 4], width: 1, scale: "metric" });
+  });
+  data.push(history.map((p) => p.desired));
+  series.push({ label: "desired count", stroke: "#2e9e5b", width: 2, scale: "count", paths: uPlot.paths.stepped({ align: 1 }) });
+  const signature = series.map((x) => x.label).join("|");
+  if (!c.plot || c.plotSignature !== signature) {
+    if (c.plot) c.plot.destroy();
+    c.chart.replaceChildren();
+    const width = Math.max(c.root.clientWidth - 40, 400);
+    c.plot = new uPlot({
+      width, height: 200, series,
+      axes: [{}, { scale: "metric", label: "metric" }, { scale: "count", side: 1, label: "tasks" }],
+    }, data, c.chart);
+    c.plotSignature = signature;
+  } else {
+    c.plot.setData(data);
+  }
 }
 
 function servicesView() {
@@ -713,6 +828,7 @@ async function signIn(token) {
   state.generation += 1;
   watch(false);
   pollCluster(state.generation);
+  sampleScaling(state.generation);
   render();
 }
 
@@ -732,6 +848,7 @@ function signOut() {
   state.generation += 1;
   cards.clear();
   taskRows.clear();
+  scalingHistory.clear();
   usage.data = null;
   usage.el = null;
   render();

@@ -227,6 +227,24 @@ fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A request's JSON body (at most 64 KiB).
+async fn read_json(request: Request) -> Result<Value, Box<Response>> {
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| {
+            Box::new(json_answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": "the request body is over 64 KiB"}),
+            ))
+        })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Box::new(json_answer(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": format!("the request body is not JSON: {e}")}),
+        ))
+    })
+}
+
 /// A model object as JSON, from its wire form.
 fn to_json<W, M>(wire: W) -> Value
 where
@@ -445,19 +463,13 @@ impl BerthService {
             }
             ("GET", "usage") => self.console_usage(&caller, namespace, &q).await,
             ("POST", "scale") => {
-                let body = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+                let body = match read_json(request).await {
                     Ok(b) => b,
-                    Err(_) => {
-                        return json_answer(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            &json!({"error": "the request body is over 64 KiB"}),
-                        )
-                    }
+                    Err(r) => return *r,
                 };
-                let parsed: Value = serde_json::from_slice(&body).unwrap_or_default();
                 let (Some(name), Some(count)) = (
-                    parsed["name"].as_str(),
-                    parsed["desiredCount"]
+                    body["name"].as_str(),
+                    body["desiredCount"]
                         .as_u64()
                         .and_then(|c| u32::try_from(c).ok()),
                 ) else {
@@ -474,6 +486,76 @@ impl BerthService {
                 )
                 .await
                 .map(|r| to_json::<_, berth_model::Service>(r.into_inner()))
+            }
+            ("GET", "service") => self
+                .describe_service(
+                    &caller,
+                    pb::DescribeServiceRequest {
+                        namespace,
+                        name: q.get("name").cloned().unwrap_or_default(),
+                        stale: false,
+                    },
+                )
+                .await
+                .map(|r| to_json::<_, berth_model::Service>(r.into_inner())),
+            ("POST", "service") => {
+                let body = match read_json(request).await {
+                    Ok(b) => b,
+                    Err(r) => return *r,
+                };
+                let name = body["name"].as_str().unwrap_or_default().to_owned();
+                match body["action"].as_str() {
+                    Some("promote") => self
+                        .change_service(
+                            &caller,
+                            namespace,
+                            name,
+                            berth_state::ServiceChange::Promote,
+                        )
+                        .await
+                        .map(|r| to_json::<_, berth_model::Service>(r.into_inner())),
+                    Some("delete") => self
+                        .change_service(
+                            &caller,
+                            namespace,
+                            name,
+                            berth_state::ServiceChange::Delete,
+                        )
+                        .await
+                        .map(|r| to_json::<_, berth_model::Service>(r.into_inner())),
+                    Some("rollback") => self.console_roll_back(&caller, namespace, name).await,
+                    _ => {
+                        return json_answer(
+                            StatusCode::BAD_REQUEST,
+                            &json!({"error": "action: promote, rollback or delete"}),
+                        )
+                    }
+                }
+            }
+            ("POST", "node") => {
+                let body = match read_json(request).await {
+                    Ok(b) => b,
+                    Err(r) => return *r,
+                };
+                let status = match body["status"].as_str() {
+                    Some("ACTIVE") => pb::NodeStatus::Active,
+                    Some("DRAINING") => pb::NodeStatus::Draining,
+                    _ => {
+                        return json_answer(
+                            StatusCode::BAD_REQUEST,
+                            &json!({"error": "status: ACTIVE or DRAINING"}),
+                        )
+                    }
+                };
+                self.update_node_status(
+                    &caller,
+                    pb::UpdateNodeStatusRequest {
+                        name: body["name"].as_str().unwrap_or_default().to_owned(),
+                        status: status as i32,
+                    },
+                )
+                .await
+                .map(|r| to_json::<_, berth_model::Node>(r.into_inner()))
             }
             _ => {
                 return json_answer(
@@ -532,6 +614,69 @@ impl BerthService {
             answers.push((since, rows));
         }
         Ok(usage_series(&answers, now))
+    }
+
+    /// Rolls `name` back: applies it again with the latest ACTIVE revision of its family before
+    /// the one it runs (as `berth apply` of the previous manifest would).
+    async fn console_roll_back(
+        &self,
+        caller: &Caller,
+        namespace: String,
+        name: String,
+    ) -> Result<Value, Status> {
+        let current: berth_model::Service = self
+            .describe_service(
+                caller,
+                pb::DescribeServiceRequest {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    stale: false,
+                },
+            )
+            .await?
+            .into_inner()
+            .try_into()
+            .map_err(|e: berth_proto::ConversionError| crate::status::internal(e.to_string()))?;
+        let family = current.task_definition.family.clone();
+        let running = current.task_definition.revision.unwrap_or(0);
+        let previous = self
+            .read(false, |s| {
+                s.task_definitions(&namespace)
+                    .filter(|d| {
+                        d.family == family
+                            && d.revision < running
+                            && d.status == berth_model::TaskDefinitionStatus::Active
+                    })
+                    .map(|d| d.revision)
+                    .max()
+            })
+            .await?
+            .ok_or_else(|| {
+                crate::status::precondition(format!(
+                    "{family} has no ACTIVE revision before {running} to roll back to"
+                ))
+            })?;
+        let mut spec = berth_ecs::service::spec_of(&current);
+        spec.task_definition = berth_model::TaskDefinitionRef {
+            family,
+            revision: Some(previous),
+        };
+        let answer = self
+            .apply_service(
+                caller,
+                pb::ApplyServiceRequest {
+                    namespace,
+                    spec: Some(spec.into()),
+                    template: None,
+                    dry_run: false,
+                },
+            )
+            .await?
+            .into_inner();
+        Ok(answer
+            .service
+            .map(to_json::<_, berth_model::Service>)
+            .unwrap_or(Value::Null))
     }
 
     /// Who the caller is and what the console may offer it.
