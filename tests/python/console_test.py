@@ -244,6 +244,8 @@ def main():
         wait_for(driver, "a running task to click", click_running)
         wait_for(driver, "the task's logs",
                  lambda d: "hello from the console test" in d.find_element(By.ID, "logs").text)
+        # Its CPU and memory against what it reserves, from its node's samples.
+        wait_for(driver, "the task's chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#task-chart canvas"))
         # Followed: lines written after the view opened arrive.
         ticks = driver.find_element(By.ID, "logs").text.count("tick")
         wait_for(driver, "more lines", lambda d: d.find_element(By.ID, "logs").text.count("tick") >= ticks + 2)

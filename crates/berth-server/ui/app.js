@@ -572,7 +572,55 @@ let detail = { key: null, root: null, facts: null, logs: null };
 function closeDetail() {
   if (state.logs) state.logs.abort();
   state.logs = null;
+  if (detail.plot) detail.plot.destroy();
   detail = { key: null, root: null, facts: null, logs: null };
+}
+
+// The selected task's CPU and memory, sampled from its node's reports (every 2 s while it is
+// selected), against what it reserves.
+async function sampleTask(key, t) {
+  if (detail.key !== key || !state.token) return;
+  try {
+    const now = await api(`task?namespace=${encodeURIComponent(t.namespace)}&task=${encodeURIComponent(t.taskId)}`);
+    const m = now.metrics;
+    if (m && detail.key === key) {
+      const at = new Date(m.sampledAt).getTime() / 1000;
+      const samples = detail.samples;
+      if (!samples.length || samples[samples.length - 1].t !== at) {
+        samples.push({ t: at, cpu: m.cpuUnits, memory: m.memoryBytes / (1024 * 1024), cpuReserved: now.cpu, memoryReserved: now.memory });
+        while (samples.length > 300) samples.shift();
+        drawTaskChart();
+      }
+    }
+  } catch (err) {
+    // The next sample tries again.
+  }
+  setTimeout(() => sampleTask(key, t), 2000);
+}
+
+function drawTaskChart() {
+  const samples = detail.samples;
+  if (!detail.chart || samples.length < 2 || typeof uPlot === "undefined") return;
+  detail.chart.hidden = false;
+  const data = [
+    samples.map((p) => p.t),
+    samples.map((p) => p.cpu), samples.map((p) => p.cpuReserved),
+    samples.map((p) => p.memory), samples.map((p) => p.memoryReserved),
+  ];
+  if (!detail.plot) {
+    const width = Math.max(detail.root.clientWidth - 40, 320);
+    detail.plot = new uPlot({
+      width, height: 180,
+      series: [{},
+        { label: "CPU units", stroke: "#2f6fde", width: 2, scale: "cpu" },
+        { label: "CPU reserved", stroke: "#2f6fde", dash: [6, 4], scale: "cpu" },
+        { label: "memory MiB", stroke: "#d99a1e", width: 2, scale: "mib" },
+        { label: "memory reserved", stroke: "#d99a1e", dash: [6, 4], scale: "mib" }],
+      axes: [{}, { scale: "cpu", label: "CPU units" }, { scale: "mib", side: 1, label: "MiB" }],
+    }, data, detail.chart);
+  } else {
+    detail.plot.setData(data);
+  }
 }
 
 function openDetail(key, t) {
@@ -593,12 +641,17 @@ function openDetail(key, t) {
   }, controller).catch((err) => {
     if (state.logs === controller) append(`logs: ${err.message}\n`, true);
   });
+  const chart = h("div", { class: "chart small", id: "task-chart", hidden: true });
   detail = {
     key,
     facts,
     logs,
-    root: h("div", { class: "card", id: "task-detail" }, facts, h("h3", {}, "Logs (following)"), logs),
+    chart,
+    samples: [],
+    plot: null,
+    root: h("div", { class: "card", id: "task-detail" }, facts, chart, h("h3", {}, "Logs (following)"), logs),
   };
+  sampleTask(key, t);
 }
 
 function taskFacts(t) {

@@ -487,6 +487,17 @@ impl BerthService {
                 .await
                 .map(|r| to_json::<_, berth_model::Service>(r.into_inner()))
             }
+            ("GET", "task") => self
+                .describe_task(
+                    &caller,
+                    pb::DescribeTaskRequest {
+                        namespace,
+                        task_id: q.get("task").cloned().unwrap_or_default(),
+                        stale: false,
+                    },
+                )
+                .await
+                .map(|r| to_json::<_, berth_model::Task>(r.into_inner())),
             ("GET", "service") => self
                 .describe_service(
                     &caller,
