@@ -59,8 +59,9 @@ chaos-short: deps
 BENCH_PACKAGES := etcd-server
 bench:
 	$(MAKE) deps DEBIAN_PACKAGES="$(DEBIAN_PACKAGES) $(BENCH_PACKAGES)"
+	$(MAKE) pyenv
 	cargo build --release -p berth -p berth-bench
-	BERTH_BIN=$(CURDIR)/target/release/berth target/release/berth-bench $(SCENARIO)
+	BERTH_BIN=$(CURDIR)/target/release/berth BERTH_PYTHON=$(CURDIR)/$(PYENV)/bin/python target/release/berth-bench $(SCENARIO)
 
 # Faults against real servers for DURATION (120s), checked for linearizability and
 # invariants (CHAOS.md); SEED=N replays a schedule.

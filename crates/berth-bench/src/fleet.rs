@@ -207,6 +207,61 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The web console with 10,000 tasks in the cluster: one server, 100 hollow nodes; the time
+/// from navigating to `/ui/` (signed in) until the page holds every task and has drawn the
+/// Tasks view, in Debian's headless chromium driven by selenium (`BERTH_PYTHON`, which `make
+/// bench` sets up); five loads.
+pub(crate) async fn console(results: &mut Results) -> anyhow::Result<()> {
+    const NODES: u32 = 100;
+    const TASKS: u32 = 10_000;
+    let python = std::env::var("BERTH_PYTHON")
+        .context("BERTH_PYTHON is not set: `make bench` sets it (a Python with selenium)")?;
+    let (dir, _server, _agents, addr, mut client) =
+        lone_server("berth-console", NODES, spec("console", 16, 64)).await?;
+    let submitted = submit(&mut client, "console", TASKS).await?;
+    wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
+    let (ca, token) = berth_tests::read_credentials(&dir.path().join("s1/admin.toml"))?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca)?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/python/console_bench.py");
+    let profile = dir.path().join("chromium-profile");
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(format!("https://{addr}/ui/"))
+            .arg(&ca_file)
+            .arg(TASKS.to_string())
+            .env("BERTH_TOKEN", &token)
+            .env("CHROME_PROFILE", &profile)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    let _ = std::process::Command::new("pkill")
+        .arg("-f")
+        .arg(format!("user-data-dir={}", profile.display()))
+        .status();
+    let out = out.context("the console's loads took over 10 minutes")??;
+    anyhow::ensure!(
+        out.status.success(),
+        "console_bench.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut loads: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("load_ms ")?.trim().parse().ok())
+        .collect();
+    anyhow::ensure!(!loads.is_empty(), "console_bench.py measured no load");
+    loads.sort_by(f64::total_cmp);
+    results.insert("console.tasks".into(), f64::from(TASKS));
+    results.insert("console.load_p50_ms".into(), loads[loads.len() / 2]);
+    results.insert("console.load_max_ms".into(), loads[loads.len() - 1]);
+    results.insert("console.failed_writes".into(), submitted.failed as f64);
+    Ok(())
+}
+
 /// Reads task `id` every 2 ms until `stop` (at most 100,000 times); each read's ms.
 async fn reads(
     mut client: berth_tests::Api,

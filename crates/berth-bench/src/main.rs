@@ -39,6 +39,7 @@ const SCENARIOS: &[&str] = &[
     "placement_1k",
     "placement",
     "read",
+    "console",
     "footprint",
 ];
 
@@ -82,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,
             "placement" => fleet::placement(&mut results, "placement", 10_000, 100_000).await,
             "read" => fleet::read(&mut results).await,
+            "console" => fleet::console(&mut results).await,
             "footprint" => fleet::footprint(&mut results).await,
             "soak" => soak::soak(&mut results).await,
             _ => unreachable!(),

@@ -859,6 +859,10 @@ function render() {
   main.replaceChildren(view);
   main.dataset.view = state.view;
   main.dataset.synced = state.synced ? "1" : "0";
+  // When the page first held every object and drew them (the console benchmark reads it).
+  if (state.synced && !document.documentElement.dataset.syncedMs) {
+    document.documentElement.dataset.syncedMs = String(Math.round(performance.now()));
+  }
   document.getElementById("status").textContent = state.error
     ? state.error
     : `${state.synced ? "live" : "syncing"} · ${state.tasks.size} tasks · ${state.services.size} services · ${state.nodes.size} nodes`;
