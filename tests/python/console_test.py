@@ -286,6 +286,32 @@ def main():
                 path,
             )
             assert status == 403, (path, status)
+
+        # An admin again: an autoscaled service's metric against its target and its desired
+        # count, charted; then Delete, confirmed, drains the first service.
+        driver.find_element(By.ID, "sign-out").click()
+        sign_in(driver, url, os.environ["ADMIN_TOKEN"])
+        view(driver, "services")
+        scaled = os.path.join(shots, "auto.yaml")
+        with open(scaled, "w") as f:
+            f.write(
+                "apiVersion: berth.dev/v1\nkind: Service\nmetadata:\n  name: auto\nspec:\n"
+                "  desiredCount: 1\n  autoscaling:\n    minCount: 1\n    maxCount: 2\n"
+                "    targetTracking:\n      - {metric: MemoryUtilization, target: 70}\n"
+                "  template:\n    cpu: 64\n    memory: 32\n    containers:\n"
+                f"      - name: auto\n        image: {image}\n        command: [sleep, '600']\n"
+                "        stopTimeout: 1s\n"
+            )
+        berth(binary, server, "apply", "-f", scaled)
+        wait_for(driver, "the autoscaling chart",
+                 lambda d: d.find_elements(By.CSS_SELECTOR, '[data-service="auto"] .chart canvas'),
+                 timeout=90)
+        driver.save_screenshot(os.path.join(shots, "autoscaling.png"))
+        click(driver, '[data-service="web"] button[data-action="delete"]')
+        wait_for(driver, "the delete's confirmation", ec.alert_is_present()).accept()
+        wait_for(driver, "web to drain or go",
+                 lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-service="web"]')
+                 or "DRAINING" in d.find_element(By.CSS_SELECTOR, '[data-service="web"] h3').text)
         # The page broke no rule of its policy and threw no error. (Network errors are not
         # counted: the forbidden scale above is one, and the task network's interfaces coming
         # and going make chromium cut its streams, which the page opens again.)
