@@ -255,10 +255,18 @@ function clusterView() {
   const c = state.cluster;
   const servers = c
     ? h("table", { id: "servers" },
-        h("tr", {}, h("th", {}, "server"), h("th", {}, "address"), h("th", {}, "role"), h("th", {}, "replicated to")),
-        c.members.map((m) => h("tr", {},
-          h("td", {}, m.id), h("td", {}, m.address), h("td", {}, pill(m.role, statusKind(m.role))),
-          h("td", {}, m.matchIndex === undefined || m.matchIndex === null ? "" : m.matchIndex))))
+        h("tr", {}, h("th", {}, "server"), h("th", {}, "address"), h("th", {}, "role"), h("th", {}, "replicated to"), h("th", {}, "health")),
+        c.members.map((m) => {
+          // As the answering server sees it: how far the member's log is behind the commit index
+          // (unknown on a follower, which does not track its peers).
+          const known = m.matchIndex !== undefined && m.matchIndex !== null;
+          const behind = known ? Math.max(0, c.commitIndex - m.matchIndex) : null;
+          const health = !known ? pill("unknown here", "") : behind === 0 ? pill("in sync", "ok")
+            : behind < 100 ? pill(`${behind} behind`, "warn") : pill(`${behind} behind`, "bad");
+          return h("tr", {},
+            h("td", {}, m.id), h("td", {}, m.address), h("td", {}, pill(m.role, statusKind(m.role))),
+            h("td", {}, known ? m.matchIndex : ""), h("td", {}, health));
+        }))
     : h("p", { class: "muted" }, "reading the cluster's status…");
   const live = [...state.tasks.values()].filter((t) => t.lastStatus !== "STOPPED");
   // What the live tasks on each node reserve (the stored node holds its offer).
