@@ -39,6 +39,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../ui/app.js"),
     ),
     (
+        "views.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../ui/views.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../ui/style.css"),
