@@ -371,20 +371,12 @@ impl Secrets {
             if resealed.is_empty() {
                 break;
             }
-            // In batches, so that no entry of the log grows with the number of secrets.
-            for batch in resealed.chunks(64) {
-                let result = self
-                    .store
-                    .propose(Command::ResealSecrets {
-                        secrets: batch.to_vec(),
-                        at: now_ms(),
-                    })
-                    .await
-                    .map_err(status::from_store)?;
-                if let CommandResult::Count(n) = result {
-                    count += n;
-                }
-            }
+            count += self
+                .propose_in_batches(&resealed, |secrets| Command::ResealSecrets {
+                    secrets,
+                    at: now_ms(),
+                })
+                .await?;
         }
         let tokens = self.reseal_tokens(&key_id, &mut unreadable).await?;
         let unreadable = u32::try_from(unreadable.len()).unwrap_or(u32::MAX);
@@ -438,14 +430,25 @@ impl Secrets {
                 }
             }
         }
+        self.propose_in_batches(&resealed, |secrets| Command::ResealApiTokens {
+            secrets,
+            at: now_ms(),
+        })
+        .await
+    }
+
+    /// Proposes `items` 64 at a time (no entry of the log grows with their number), each batch
+    /// in the command `make` builds; answers how many the state machine counted.
+    async fn propose_in_batches<T: Clone>(
+        &self,
+        items: &[T],
+        make: impl Fn(Vec<T>) -> Command,
+    ) -> Result<u32, Status> {
         let mut count = 0;
-        for batch in resealed.chunks(64) {
+        for batch in items.chunks(64) {
             let result = self
                 .store
-                .propose(Command::ResealApiTokens {
-                    secrets: batch.to_vec(),
-                    at: now_ms(),
-                })
+                .propose(make(batch.to_vec()))
                 .await
                 .map_err(status::from_store)?;
             if let CommandResult::Count(n) = result {

@@ -48,6 +48,11 @@ fn ecs_error(status: Status) -> EcsError {
     EcsError::new(kind, status.message())
 }
 
+/// A handler's answer that does not read back into the model: this server's fault.
+fn unconverted(e: berth_proto::ConversionError) -> EcsError {
+    EcsError::new(ErrorType::Server, e.to_string())
+}
+
 /// A list of names or ARNs of a describe call (`field`), at most 100 as ECS takes.
 fn names_list(body: &Value, field: &str, default: Option<&str>) -> Result<Vec<String>, EcsError> {
     let request = berth_ecs::request::object(body, "the request body")?;

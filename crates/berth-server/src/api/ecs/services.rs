@@ -10,7 +10,7 @@ use berth_proto::v1 as pb;
 use serde_json::{json, Value};
 
 use super::tasks::arn_page;
-use super::{ecs_error, missing, names_list, BerthService};
+use super::{ecs_error, missing, names_list, unconverted, BerthService};
 use crate::auth::Caller;
 
 fn not_found(cluster: &str, name: &str) -> EcsError {
@@ -63,7 +63,7 @@ impl BerthService {
             .service
             .ok_or_else(|| EcsError::new(ErrorType::Server, "no service answered"))?
             .try_into()
-            .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))
+            .map_err(unconverted)
     }
 
     pub(super) async fn ecs_create_service(
@@ -123,7 +123,7 @@ impl BerthService {
                 .map_err(ecs_error)?
                 .into_inner()
                 .try_into()
-                .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+                .map_err(unconverted)?;
         }
         let mut spec = service::spec_of(&current);
         let mut change = false;
@@ -157,7 +157,7 @@ impl BerthService {
                 .map_err(ecs_error)?
                 .into_inner()
                 .try_into()
-                .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+                .map_err(unconverted)?;
         }
         Ok(json!({"service": service::describe(&latest, names)}))
     }
@@ -239,9 +239,7 @@ impl BerthService {
             .await
             .map_err(ecs_error)?
             .into_inner();
-        let deleted: Service = deleted
-            .try_into()
-            .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+        let deleted: Service = deleted.try_into().map_err(unconverted)?;
         Ok(json!({"service": service::describe(&deleted, names)}))
     }
 

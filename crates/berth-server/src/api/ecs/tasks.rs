@@ -11,7 +11,7 @@ use berth_model::{TaskDefinition, TaskDefinitionStatus};
 use berth_proto::v1 as pb;
 use serde_json::{json, Value};
 
-use super::{ecs_error, missing, names_list, BerthService};
+use super::{ecs_error, missing, names_list, unconverted, BerthService};
 use crate::auth::Caller;
 
 fn definition_arn(names: &Names, def: &TaskDefinition) -> String {
@@ -66,7 +66,7 @@ impl BerthService {
             .task_definition
             .ok_or_else(|| EcsError::new(ErrorType::Server, "no task definition answered"))?
             .try_into()
-            .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+            .map_err(unconverted)?;
         Ok(json!({
             "taskDefinition": taskdef::describe(&def, &definition_arn(names, &def)),
             "tags": tag_list(&registration.tags),
@@ -235,7 +235,7 @@ impl BerthService {
                 )
             })?
             .try_into()
-            .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+            .map_err(unconverted)?;
         Ok(json!({"taskDefinition": taskdef::describe(&def, &definition_arn(names, &def))}))
     }
 
@@ -270,7 +270,7 @@ impl BerthService {
             .into_iter()
             .map(|t| berth_model::Task::try_from(t).map(|t| task::describe(&t, names)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+            .map_err(unconverted)?;
         Ok(json!({"tasks": tasks, "failures": []}))
     }
 
@@ -354,8 +354,7 @@ impl BerthService {
             .await
             .map_err(ecs_error)?
             .into_inner();
-        let stopped = berth_model::Task::try_from(stopped)
-            .map_err(|e| EcsError::new(ErrorType::Server, format!("{e}")))?;
+        let stopped = berth_model::Task::try_from(stopped).map_err(unconverted)?;
         Ok(json!({"task": task::describe(&stopped, names)}))
     }
 }
