@@ -313,36 +313,3 @@ async fn a_leaders_controller_reads_see_every_acknowledged_write() {
     }
     store.shutdown().await;
 }
-
-/// Raft's core runs on threads of its own (`berth-raft`), not on the runtime that opened the
-/// store and serves the API and agent streams, and they ask for a higher priority (granted
-/// here when the tests run as root, as CI does).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_runs_on_threads_of_its_own() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path()).await;
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
-    let (thread, nice) = store
-        .raft()
-        .with_raft_state(|_| {
-            let nice = rustix::process::getpriority_process(None).expect("getpriority");
-            (std::thread::current().name().map(str::to_owned), nice)
-        })
-        .await
-        .expect("raft runs");
-    assert_eq!(thread.as_deref(), Some("berth-raft"));
-    let here = rustix::process::getpriority_process(None).expect("getpriority");
-    if rustix::process::getuid().is_root() {
-        assert!(
-            nice < here,
-            "Raft's threads at nice {nice}, the test's at {here}"
-        );
-    }
-    // Writes still go through from this runtime.
-    assert!(matches!(
-        register_web(&store, false, 1).await,
-        CommandResult::TaskDefinition { created: true, .. }
-    ));
-    store.shutdown().await;
-}
