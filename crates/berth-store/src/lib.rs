@@ -19,6 +19,7 @@ mod error;
 mod file;
 mod lease;
 pub mod network;
+mod runtime;
 pub mod storage;
 mod tail;
 
@@ -174,6 +175,8 @@ pub struct Store {
     acks: Arc<lease::Acks>,
     /// The state machine's writes not yet on disk: written out on shutdown.
     deferred: Arc<deferred::Deferred>,
+    /// Raft's own threads (`None` in the simulation, which runs on one paused thread).
+    runtime: Option<Arc<runtime::RaftRuntime>>,
 }
 
 /// What [`Store::stored`] answers.
@@ -270,8 +273,23 @@ impl Store {
         let db = file::open_database(&config.data_dir.join("raft.redb"))?;
         let peers = network::Peers::new(config.dialer.clone());
         let snapshots = storage::SnapshotFiles::in_dir(config.data_dir.clone());
-        let network = network::Network::new(peers.clone(), config.heartbeat_interval);
-        Self::open_with(config, db, snapshots, network, peers).await
+        // Replication's own connections: made by its tasks, so they live on Raft's runtime
+        // (forwarded writes and read indexes use `peers`, from the API's).
+        let replication = network::Peers::new(config.dialer.clone());
+        let network = network::Network::new(replication, config.heartbeat_interval);
+        let runtime = runtime::RaftRuntime::start()
+            .await
+            .map_err(|e| StoreError::start("start Raft's threads", e))?;
+        // Everything the store spawns while it opens (Raft's core and replication, the state
+        // machine, the group committer, the election watcher) and later from within those
+        // (the state's and the log's writers) runs there.
+        let mut store = runtime
+            .handle()
+            .spawn(Self::open_with(config, db, snapshots, network, peers))
+            .await
+            .map_err(|e| StoreError::start("open the store", e))??;
+        store.runtime = Some(Arc::new(runtime));
+        Ok(store)
     }
 
     /// Opens a member on `db` with its Raft traffic going through `network` — the seam the
@@ -369,6 +387,7 @@ impl Store {
             confirmed_term: Arc::default(),
             acks,
             deferred,
+            runtime: None,
         })
     }
 
@@ -1067,11 +1086,16 @@ impl Store {
     }
 
     /// Stops Raft, then writes what the state machine applied and had not written yet (a
-    /// start after a clean stop replays nothing).
+    /// start after a clean stop replays nothing), then stops Raft's threads, waiting for the
+    /// disk work still on them (a snapshot being built): once this answers, nothing but this
+    /// handle holds the database.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
         if let Err(e) = self.deferred.clone().write_out_off_workers().await {
             tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
+        }
+        if let Some(runtime) = &self.runtime {
+            runtime.stop().await;
         }
     }
 }

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 
 use crate::{BerthNode, CommandResult, NodeId, Store, StoreError, TypeConfig, Write};
 
-/// One lazily connected channel per peer address, shared by Raft replication and forwarding.
+/// One lazily connected channel per peer address. A real member keeps two sets: one for Raft's
+/// replication (made on Raft's own runtime) and one for forwarded writes and read indexes.
 /// With a dialer (every real server) the channels are mutual TLS with this server's
 /// certificate; without, plain HTTP/2 (only the store's own tests, which never listen); in the
 /// simulation, forwarded writes go to the peer's [`Store`] in the same process.

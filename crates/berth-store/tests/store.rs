@@ -63,6 +63,12 @@ async fn state_survives_restart() {
             ));
         }
         store.raft().trigger().snapshot().await.expect("snapshot");
+        // Built (and the log behind it purged) before the stop, so the stop has work to wait for.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.raft().metrics().borrow().snapshot.is_none() {
+            assert!(Instant::now() < deadline, "no snapshot within 10s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         store.shutdown().await;
         stored = store.stored();
         // Each object's JSON, as the objects table holds it.
@@ -78,9 +84,23 @@ async fn state_survives_restart() {
         );
         assert!(stored.file_bytes.is_some_and(|b| b > 0), "{stored:?}");
     }
+    // The file as closed: redb gives the free pages at its end back when the last handle goes.
+    let closed = std::fs::metadata(dir.path().join("raft.redb"))
+        .expect("file")
+        .len();
+    assert!(
+        closed <= stored.file_bytes.unwrap_or(0),
+        "{closed} {stored:?}"
+    );
     let store = open(dir.path()).await;
     // Counted again from the file, the same.
-    assert_eq!(store.stored(), stored);
+    assert_eq!(
+        store.stored(),
+        berth_store::StoredSizes {
+            file_bytes: Some(closed),
+            ..stored
+        }
+    );
     assert!(
         !store.bootstrap_if_new().await.expect("bootstrap"),
         "restart must not re-bootstrap"
@@ -311,5 +331,47 @@ async fn a_leaders_controller_reads_see_every_acknowledged_write() {
         let seen = store.read_leading_queued(revisions).await.expect("read");
         assert_eq!(seen, expected);
     }
+    store.shutdown().await;
+}
+
+/// Raft's core runs on threads of its own (`berth-raft`), not on the runtime that opened the
+/// store and serves the API and agent streams, and they ask for a higher priority (granted
+/// here when the tests run as root, as CI does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_runs_on_threads_of_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(&store).await;
+    let (thread, nice) = store
+        .raft()
+        .with_raft_state(|_| {
+            let nice = rustix::process::getpriority_process(None).expect("getpriority");
+            (std::thread::current().name().map(str::to_owned), nice)
+        })
+        .await
+        .expect("raft runs");
+    assert_eq!(thread.as_deref(), Some("berth-raft"));
+    let here = rustix::process::getpriority_process(None).expect("getpriority");
+    // Whether this process may raise a thread's priority (CAP_SYS_NICE): asked of a thread of
+    // its own, which then ends.
+    let may_raise = std::thread::spawn(move || {
+        rustix::process::setpriority_process(None, (here - 1).max(-20)).is_ok()
+    })
+    .join()
+    .expect("probe thread");
+    if may_raise {
+        assert!(
+            nice < here,
+            "Raft's threads at nice {nice}, the test's at {here}"
+        );
+    } else {
+        assert_eq!(nice, here, "Raft's threads at the process's priority");
+    }
+    // Writes still go through from this runtime.
+    assert!(matches!(
+        register_web(&store, false, 1).await,
+        CommandResult::TaskDefinition { created: true, .. }
+    ));
     store.shutdown().await;
 }
