@@ -1085,17 +1085,18 @@ impl Store {
         Ok(count)
     }
 
-    /// Stops Raft, then writes what the state machine applied and had not written yet (a
-    /// start after a clean stop replays nothing), then stops Raft's threads, waiting for the
-    /// disk work still on them (a snapshot being built): once this answers, nothing but this
-    /// handle holds the database.
+    /// Stops Raft, then Raft's threads, waiting for the work still on them (the state
+    /// machine's queued applies, a snapshot being built), then writes what the state machine
+    /// applied and had not written yet (a start after a clean stop replays nothing). Once this
+    /// answers, only the store's handles hold the database (unless the wait for Raft's threads
+    /// ran out, which is logged).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
-        if let Err(e) = self.deferred.clone().write_out_off_workers().await {
-            tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
-        }
         if let Some(runtime) = &self.runtime {
             runtime.stop().await;
+        }
+        if let Err(e) = self.deferred.clone().write_out_off_workers().await {
+            tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
         }
     }
 }

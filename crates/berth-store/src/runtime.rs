@@ -17,7 +17,8 @@ use tokio::runtime::{Handle, Runtime};
 
 /// How much higher than the process's own threads Raft's threads ask to run (nice values,
 /// lower runs first): enough that the kernel runs them before the API and the agents' streams
-/// when the CPU is short, as the `berth server` process is allowed to (`CAP_SYS_NICE`).
+/// when the CPU is short. Granted only to a process with `CAP_SYS_NICE` (root outside a
+/// container; a container or a systemd unit has to grant it) or a raised `RLIMIT_NICE`.
 const RAISE: i32 = 5;
 
 /// How many threads run Raft's tasks (the blocking pool for disk writes comes on top).
@@ -49,10 +50,17 @@ impl RaftRuntime {
             })
             .enable_all()
             .build()?;
+        let handle = runtime.handle().clone();
+        // Held as a `RaftRuntime` before the await below: dropped there (the open cancelled),
+        // it goes without a wait rather than panicking in an async context.
+        let raft = Self {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+        };
         // Say once whether the kernel granted it: without it Raft still has threads of its
         // own, at the process's priority.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        runtime.spawn(async move {
+        raft.handle.spawn(async move {
             let _ = tx.send(rustix::process::getpriority_process(None));
         });
         match rx.await {
@@ -63,20 +71,17 @@ impl RaftRuntime {
                 "Raft's threads run at the process's priority: raising it needs CAP_SYS_NICE"
             ),
         }
-        let handle = runtime.handle().clone();
-        Ok(Self {
-            runtime: Mutex::new(Some(runtime)),
-            handle,
-        })
+        Ok(raft)
     }
 
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
     }
 
-    /// Stops the runtime and waits (up to [`STOP_WAIT`]) for the work on its blocking pool to
-    /// end, so that nothing of Raft's holds the database once the store has shut down. Safe
-    /// from any runtime, this one's too: the wait happens on a thread of its own.
+    /// Stops the runtime and waits (up to [`STOP_WAIT`], saying so if that runs out) for the
+    /// work on its blocking pool to end, so that none of Raft's tasks holds the database once
+    /// the store has shut down. The wait happens on a thread of its own; call it from outside
+    /// this runtime (from one of its tasks it would wait for itself and never answer).
     pub(crate) async fn stop(&self) {
         let Some(runtime) = self.runtime.lock().take() else {
             return;
@@ -89,7 +94,14 @@ impl RaftRuntime {
             .name("berth-raft-stop".into())
             .spawn(move || {
                 if let Ok(runtime) = take.recv() {
+                    let started = std::time::Instant::now();
                     runtime.shutdown_timeout(STOP_WAIT);
+                    if started.elapsed() >= STOP_WAIT {
+                        tracing::warn!(
+                            "Raft's disk work (a snapshot being built or installed) still ran {}s after the stop: left to end on its own; the database stays open until it does",
+                            STOP_WAIT.as_secs()
+                        );
+                    }
                 }
                 let _ = done.send(());
             });

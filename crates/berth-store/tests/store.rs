@@ -62,13 +62,9 @@ async fn state_survives_restart() {
                 CommandResult::TaskDefinition { created: true, .. }
             ));
         }
+        // Asked for, and the store shut down at once: the snapshot is built while the store
+        // stops, and the stop waits for it (the reopen below finds the database free).
         store.raft().trigger().snapshot().await.expect("snapshot");
-        // Built (and the log behind it purged) before the stop, so the stop has work to wait for.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.raft().metrics().borrow().snapshot.is_none() {
-            assert!(Instant::now() < deadline, "no snapshot within 10s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         store.shutdown().await;
         stored = store.stored();
         // Each object's JSON, as the objects table holds it.
@@ -84,23 +80,15 @@ async fn state_survives_restart() {
         );
         assert!(stored.file_bytes.is_some_and(|b| b > 0), "{stored:?}");
     }
-    // The file as closed: redb gives the free pages at its end back when the last handle goes.
-    let closed = std::fs::metadata(dir.path().join("raft.redb"))
-        .expect("file")
-        .len();
-    assert!(
-        closed <= stored.file_bytes.unwrap_or(0),
-        "{closed} {stored:?}"
-    );
     let store = open(dir.path()).await;
-    // Counted again from the file, the same.
+    // Counted again from the file, the same; the file's length is redb's to choose (it gives
+    // free pages at its end back on close, and commits once on open).
+    let again = store.stored();
     assert_eq!(
-        store.stored(),
-        berth_store::StoredSizes {
-            file_bytes: Some(closed),
-            ..stored
-        }
+        (again.log_entries, again.log_bytes, again.object_bytes),
+        (stored.log_entries, stored.log_bytes, stored.object_bytes)
     );
+    assert!(again.file_bytes.is_some_and(|b| b > 0), "{again:?}");
     assert!(
         !store.bootstrap_if_new().await.expect("bootstrap"),
         "restart must not re-bootstrap"
@@ -336,7 +324,7 @@ async fn a_leaders_controller_reads_see_every_acknowledged_write() {
 
 /// Raft's core runs on threads of its own (`berth-raft`), not on the runtime that opened the
 /// store and serves the API and agent streams, and they ask for a higher priority (granted
-/// here when the tests run as root, as CI does).
+/// where the process may raise it: CAP_SYS_NICE, as root on CI has).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_runs_on_threads_of_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -353,14 +341,17 @@ async fn raft_runs_on_threads_of_its_own() {
         .expect("raft runs");
     assert_eq!(thread.as_deref(), Some("berth-raft"));
     let here = rustix::process::getpriority_process(None).expect("getpriority");
-    // Whether this process may raise a thread's priority (CAP_SYS_NICE): asked of a thread of
-    // its own, which then ends.
-    let may_raise = std::thread::spawn(move || {
-        rustix::process::setpriority_process(None, (here - 1).max(-20)).is_ok()
-    })
-    .join()
-    .expect("probe thread");
-    if may_raise {
+    // Whether this process may raise a thread's priority as the store asks (five steps, with
+    // CAP_SYS_NICE or a high enough RLIMIT_NICE): asked of a thread of its own, which then ends.
+    let target = (here - 5).max(-20);
+    let may_raise =
+        std::thread::spawn(move || rustix::process::setpriority_process(None, target).is_ok())
+            .join()
+            .expect("probe thread");
+    if target == here {
+        // Already at the highest priority: nothing to raise.
+        assert_eq!(nice, here);
+    } else if may_raise {
         assert!(
             nice < here,
             "Raft's threads at nice {nice}, the test's at {here}"

@@ -23,7 +23,9 @@ use server::ServerArgs;
 
 /// Every berth process allocates with mimalloc: under load, glibc's malloc took about a fifth
 /// of the leader's CPU (see BENCHMARKS.md). Transparent huge pages are turned off for the
-/// process (`no_huge_pages`): with them, mimalloc's heap holds about 10% more memory.
+/// process (`no_huge_pages`): with them, mimalloc's heap holds about 10% more memory. The
+/// `system-allocator` feature leaves the system's malloc in place, for heap profilers.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
