@@ -114,6 +114,12 @@ pub enum NoQuorum {
     NoLeader { timeout: Duration },
     #[error("could not confirm leadership with a majority of servers")]
     LeadershipNotConfirmed,
+    /// A write or a read index that ran out of time on a leader that a majority answers (or
+    /// that is the only voter): the servers are too busy, not cut off from each other.
+    #[error(
+        "the {what} did not complete within {waited_ms} ms (a write may still commit), yet a majority of servers answer: they are too busy (CPU or disk) to keep up, not cut off; try again, or give the servers more capacity"
+    )]
+    Overloaded { what: Attempt, waited_ms: u64 },
     #[error("the leader hears from only {heard} of {voters} servers, not a majority")]
     Minority { heard: usize, voters: usize },
     #[error("this server did not catch up to the leader's index {index} in time")]
@@ -121,6 +127,22 @@ pub enum NoQuorum {
     /// As the leader said it (the reason crossed the wire as text).
     #[error("{0}")]
     AtLeader(String),
+}
+
+/// What ran out of time in [`NoQuorum::Overloaded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Attempt {
+    Write,
+    Read,
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attempt::Write => "write",
+            Attempt::Read => "leadership check of a linearizable read",
+        })
+    }
 }
 
 /// A membership change the cluster refuses.

@@ -36,13 +36,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use commit::{group_commit, no_quorum, Pending};
+use commit::{group_commit, timed_out, Pending};
 
 pub use berth_model::error_chain;
 use berth_model::{ClusterMember, ClusterStatus, MemberRole};
 use berth_state::{Command, CommandResult, State};
 use error::RemoteError;
-pub use error::{MembershipError, NoQuorum, StoreError};
+pub use error::{Attempt, MembershipError, NoQuorum, StoreError};
 pub use network::{RaftService, SimulatedPeers};
 
 /// A Raft member's ID.
@@ -352,7 +352,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::start("start raft", e))?;
         let (commits, queue) = mpsc::unbounded_channel();
-        tokio::spawn(group_commit(raft.clone(), queue));
+        tokio::spawn(group_commit(raft.clone(), queue, config.quorum_timeout()));
         tokio::spawn(snapshot_by_size(
             raft.clone(),
             appended,
@@ -594,9 +594,18 @@ impl Store {
                 if self.commits.send(pending).is_err() {
                     return Err(StoreError::Stopped("the group committer"));
                 }
+                let started = Instant::now();
                 tokio::time::timeout_at(deadline, answer)
                     .await
-                    .map_err(|_| no_quorum())?
+                    .map_err(|_| {
+                        timed_out(
+                            &self.raft,
+                            self.config.quorum_timeout(),
+                            Attempt::Write,
+                            started.elapsed(),
+                            NoQuorum::NotCommitted,
+                        )
+                    })?
                     .map_err(|_| StoreError::Stopped("the group committer"))?
             }
             Write::AddMember { id, addr, voter } => {
@@ -747,8 +756,15 @@ impl Store {
             return Ok(index.max(self.read_floor()));
         }
         let check = self.raft.ensure_linearizable();
+        let started = Instant::now();
         match tokio::time::timeout_at(deadline, check).await {
-            Err(_) => Err(NoQuorum::LeadershipNotConfirmed.into()),
+            Err(_) => Err(timed_out(
+                &self.raft,
+                self.config.quorum_timeout(),
+                Attempt::Read,
+                started.elapsed(),
+                NoQuorum::LeadershipNotConfirmed,
+            )),
             Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index).max(self.read_floor())),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(StoreError::NotLeader {

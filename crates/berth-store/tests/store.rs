@@ -366,3 +366,41 @@ async fn raft_runs_on_threads_of_its_own() {
     ));
     store.shutdown().await;
 }
+
+/// A write that runs out of time on a leader nobody is cut off from (here the only voter)
+/// says the servers are too busy, not that a majority is unreachable.
+#[tokio::test]
+async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
+    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
+    config.heartbeat_interval = Duration::from_millis(50);
+    // No time at all: the write is proposed, and its answer cannot be there yet.
+    config.write_timeout = Duration::ZERO;
+    let store = Store::open(config).await.expect("open store");
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(&store).await;
+    let e = store
+        .propose(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec: spec("web"),
+            reuse_identical: false,
+            at: 1,
+        })
+        .await
+        .expect_err("no time to commit");
+    assert!(
+        matches!(
+            e,
+            berth_store::StoreError::NoQuorum(berth_store::NoQuorum::Overloaded {
+                what: berth_store::Attempt::Write,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("too busy"), "{text}");
+    assert!(!text.contains("reachable"), "{text}");
+    store.shutdown().await;
+}
