@@ -105,8 +105,11 @@ async fn client_write(
 }
 
 /// Why an attempt that ran out of time after `waited` did, as this member's Raft sees it: a
-/// leader that heard from a majority within `quorum_timeout` (or is the only voter) is too
-/// busy, not cut off; otherwise, or when this member cannot tell, `cut_off`.
+/// leader that a majority acknowledged during the wait (within `quorum_timeout` too), or that
+/// is the only voter, is too busy, not cut off; otherwise, or when this member cannot tell,
+/// `cut_off`. (An acknowledgement from before the attempt began says nothing of a partition
+/// that started since: a write timeout shorter than the quorum timeout must not make one look
+/// like a busy cluster.)
 pub(crate) fn timed_out(
     raft: &Raft,
     quorum_timeout: Duration,
@@ -119,13 +122,9 @@ pub(crate) fn timed_out(
     let leading = m.current_leader == Some(m.id);
     let answered = m
         .millis_since_quorum_ack
-        .is_some_and(|ms| Duration::from_millis(ms) <= quorum_timeout);
+        .is_some_and(|ms| Duration::from_millis(ms) <= quorum_timeout.min(waited));
     if leading && (voters == 1 || answered) {
-        NoQuorum::Overloaded {
-            what,
-            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-        }
-        .into()
+        NoQuorum::Overloaded { what }.into()
     } else {
         cut_off.into()
     }

@@ -114,12 +114,12 @@ pub enum NoQuorum {
     NoLeader { timeout: Duration },
     #[error("could not confirm leadership with a majority of servers")]
     LeadershipNotConfirmed,
-    /// A write or a read index that ran out of time on a leader that a majority answers (or
-    /// that is the only voter): the servers are too busy, not cut off from each other.
+    /// A write or a read index that ran out of time on a leader that a majority answered
+    /// during the wait (or that is the only voter): the servers are too busy, not cut off.
     #[error(
-        "the {what} did not complete within {waited_ms} ms (a write may still commit), yet a majority of servers answer: they are too busy (CPU or disk) to keep up, not cut off; try again, or give the servers more capacity"
+        "no majority {what} in time, though a majority of servers answer heartbeats: they are too busy (CPU or disk) to keep up, not cut off; try again, or give the servers more capacity"
     )]
-    Overloaded { what: Attempt, waited_ms: u64 },
+    Overloaded { what: Attempt },
     #[error("the leader hears from only {heard} of {voters} servers, not a majority")]
     Minority { heard: usize, voters: usize },
     #[error("this server did not catch up to the leader's index {index} in time")]
@@ -139,8 +139,8 @@ pub enum Attempt {
 impl std::fmt::Display for Attempt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Attempt::Write => "write",
-            Attempt::Read => "leadership check of a linearizable read",
+            Attempt::Write => "acknowledged the write (it may still commit)",
+            Attempt::Read => "confirmed the leadership for a linearizable read",
         })
     }
 }
