@@ -2,12 +2,16 @@
 //! (dynamic and fixed), and no address, veth or firewall rule left behind when an agent dies
 //! with tasks running and comes back.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use berth_tests::{cli, cli_json, poll, wait_stopped, AgentNetwork, AgentProc, Env};
+use berth_tests::{cli, cli_json, poll, wait_stopped, AgentNetwork, AgentProc, Env, ServerProc};
 
 use crate::{Cluster, TIMEOUT};
+
+/// Agent flags for no warm namespaces (each task's made when it starts).
+pub(crate) const NO_WARM: &[&str] = &["--warm-networks", "0"];
 
 /// `sh -c` for a task that serves `hello-from-task` on port 8080.
 const HTTPD: &str =
@@ -31,22 +35,23 @@ impl Footprint {
     };
 }
 
-pub(crate) fn footprint(env: &Env, agent: &str, net: &AgentNetwork) -> anyhow::Result<Footprint> {
+/// The addresses host-local allocated on `agent`'s task network.
+fn allocated(env: &Env, agent: &str, net: &AgentNetwork) -> BTreeSet<Ipv4Addr> {
     let ipam = env
         .path(&format!("agent-{agent}"))
         .join("cni/ipam")
         .join(format!("berth-{}", net.bridge));
-    let addresses = std::fs::read_dir(&ipam)
+    std::fs::read_dir(&ipam)
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok())
-                })
-                .count()
+                .filter_map(|e| e.file_name().to_str()?.parse::<Ipv4Addr>().ok())
+                .collect()
         })
-        .unwrap_or(0);
+        .unwrap_or_default()
+}
+
+pub(crate) fn footprint(env: &Env, agent: &str, net: &AgentNetwork) -> anyhow::Result<Footprint> {
+    let addresses = allocated(env, agent, net).len();
     let links = std::process::Command::new("ip")
         .args(["-o", "link", "show", "master", &net.bridge])
         .output()?;
@@ -107,8 +112,11 @@ fn netns_exists(task_id: &str) -> bool {
 #[tokio::test]
 async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing(
 ) -> anyhow::Result<()> {
-    let Cluster { env, server, agent } = Cluster::start().await?;
+    let env = Env::start().await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
+    // Without warm namespaces: every address, veth and rule is a task's.
+    let agent = AgentProc::start_with(&env, &addr, "node-1", NO_WARM).await?;
     let net = env.network(&agent.name);
     assert_eq!(footprint(&env, &agent.name, &net)?, Footprint::NONE);
 
@@ -213,7 +221,7 @@ async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing
     )
     .await?;
     assert!(out.status.success(), "{out:?}");
-    let _agent = AgentProc::start(&env, &addr, "node-1").await?;
+    let _agent = AgentProc::start_with(&env, &addr, "node-1", NO_WARM).await?;
     let lost = wait_stopped(&addr, &dynamic, TIMEOUT).await?;
     assert_eq!(lost["stopCode"], "NodeLost", "{lost}");
     assert!(!netns_exists(&dynamic));
@@ -239,6 +247,92 @@ async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing
     );
     assert_eq!(footprint(&env, "node-1", &net)?, Footprint::NONE);
     assert!(!netns_exists(&fixed));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_starts_in_a_warm_network_the_agent_refills_and_a_restart_leaks_none(
+) -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let server = ServerProc::start(&env.path("server"), None).await?;
+    let addr = server.addr.to_string();
+    let warm = ["--warm-networks", "1"];
+    let agent = AgentProc::start_with(&env, &addr, "node-1", &warm).await?;
+    let net = env.network(&agent.name);
+    // `want` attachments finished (their records hold the plugins' result), and nothing
+    // else held.
+    let ready = |want: usize| {
+        let (env, net) = (&env, &net);
+        poll("the warm namespaces", TIMEOUT, move || async move {
+            let results = env.path("agent-node-1").join("cni/results");
+            let finished = std::fs::read_dir(results)
+                .ok()?
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter(|r| !r["result"].is_null())
+                .count();
+            let f = footprint(env, "node-1", net).ok()?;
+            (finished == want && f.addresses == want && f.veths == want).then_some(f)
+        })
+    };
+    // One namespace is attached before any task: an address, a veth, its rules.
+    let idle = ready(1).await?;
+    assert!(!idle.rules.is_empty(), "{idle:?}");
+    let held = allocated(&env, "node-1", &net);
+
+    // A task takes it (the address allocated before the task was submitted), with its port
+    // published on it; the agent attaches another.
+    let task = berth_tests::run_until_running(
+        &addr,
+        &[
+            "run", "-p", "8080", "--stop-timeout", "1s", &env.image, "--", "sh", "-c", HTTPD,
+        ],
+    )
+    .await?;
+    let t = cli_json(&addr, &["get", "task", &task]).await?;
+    let ip: Ipv4Addr = t["ipAddress"].as_str().unwrap_or_default().parse()?;
+    assert!(held.contains(&ip), "{ip} is not the warm one of {held:?}");
+    let host_port = t["containers"][0]["networkBindings"][0]["hostPort"]
+        .as_u64()
+        .unwrap_or_default();
+    for target in [format!("{ip}:8080"), format!("127.0.0.1:{host_port}")] {
+        let body = poll(&format!("httpd at {target}"), TIMEOUT, || async {
+            let (code, body) = berth_tests::http_get(&target, "test", "/").await.ok()?;
+            (code == 200).then_some(body)
+        })
+        .await?;
+        assert_eq!(body, "hello-from-task\n", "{target}");
+    }
+    let busy = ready(2).await?;
+    assert!(busy.rules.len() > idle.rules.len(), "{busy:?}");
+
+    // Stopped, the task takes its address, veth, rules and port with it; the new warm one
+    // stays.
+    cli(&addr, &["stop", &task]).await?;
+    wait_stopped(&addr, &task, TIMEOUT).await?;
+    let after = ready(1).await?;
+    assert_eq!(after.rules.len(), idle.rules.len(), "{after:?} vs {idle:?}");
+    assert!(!allocated(&env, "node-1", &net).contains(&ip));
+    assert!(
+        berth_tests::http_get(&format!("127.0.0.1:{host_port}"), "test", "/")
+            .await
+            .is_err(),
+        "the port is still published"
+    );
+
+    // An agent killed and started again removes the warm namespace it left, and makes one.
+    let left = allocated(&env, "node-1", &net);
+    agent.kill().await?;
+    let _agent = AgentProc::start_with(&env, &addr, "node-1", &warm).await?;
+    let again = poll("the old warm namespace to go", TIMEOUT, || async {
+        let now = allocated(&env, "node-1", &net);
+        (now.len() == 1 && now.is_disjoint(&left)).then_some(())
+    })
+    .await;
+    again?;
+    let restarted = ready(1).await?;
+    assert_eq!(restarted.rules.len(), idle.rules.len(), "{restarted:?}");
     Ok(())
 }
 

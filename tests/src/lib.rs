@@ -245,13 +245,26 @@ impl Drop for Env {
                 let Some(task) = file.strip_suffix(".json") else {
                     continue;
                 };
-                let id: String = task
-                    .chars()
-                    .filter(char::is_ascii_alphanumeric)
-                    .take(24)
-                    .collect();
+                // The record names its namespace (a warm one keeps its own name); older
+                // records do not, and theirs is named after the task.
+                let recorded = std::fs::read(entry.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|r| {
+                        let path = r["netns"].as_str()?;
+                        Some(path.rsplit('/').next()?.to_owned())
+                    })
+                    .filter(|n| !n.is_empty());
+                let name = recorded.unwrap_or_else(|| {
+                    let id: String = task
+                        .chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .take(24)
+                        .collect();
+                    format!("berth-{id}")
+                });
                 let _ = std::process::Command::new("ip")
-                    .args(["netns", "delete", &format!("berth-{id}")])
+                    .args(["netns", "delete", &name])
                     .output();
             }
         }

@@ -144,7 +144,13 @@ pub struct NetworkSettings {
     /// every address). Not every address: a service's discovery address on the bridge may
     /// listen on the same port number.
     pub host_address: Ipv4Addr,
+    /// How many namespaces to keep attached ahead of any task, so that a task starts without
+    /// waiting for the plugins (0: each task's is made when it starts).
+    pub warm: usize,
 }
+
+/// The default number of warm namespaces an agent keeps ready.
+pub const DEFAULT_WARM: usize = 2;
 
 /// A port of a task published on its node (the portmap plugin's `portMappings`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +317,30 @@ pub fn plugin_error(plugin: &str, command: &'static str, stdout: &[u8], stderr: 
     }
 }
 
+/// Whether plugin `plugin` of the list takes part in an ADD or DEL that publishes `publishing`
+/// ports: portmap only when there are some (without, it passes the result on unchanged, and
+/// its process is a few tens of milliseconds of a task's start).
+pub fn takes_part(plugin: &Value, publishing: bool) -> bool {
+    publishing || plugin["type"] != "portmap"
+}
+
+/// What an agent knows of one attachment (see [`Cni::attachment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The task's address; none if the ADD did not finish.
+    pub address: Option<Ipv4Addr>,
+    /// Its published ports.
+    pub ports: Vec<PortBinding>,
+    /// Its network namespace, when the record says (a warm namespace keeps its own name).
+    pub netns: Option<String>,
+}
+
 /// Attaches and detaches tasks' network namespaces with the plugins, one call at a time.
+///
+/// Each attachment has a record (`results/ID.json`): the container ID the plugins know it by
+/// (`cniId`: the task's ID, or the warm namespace's it was made as), its namespace, its
+/// published ports and the ADD's result. A warm namespace, attached before any task wants it,
+/// becomes a task's by the rename of its record ([`Cni::adopt`]).
 pub struct Cni {
     settings: NetworkSettings,
     list: Value,
@@ -338,10 +367,9 @@ impl Cni {
         netns: &str,
         ports: &[PortBinding],
     ) -> Result<Ipv4Addr, CniError> {
-        let _one = self.one_at_a_time.lock().await;
         let runtime = runtime_config(ports);
         let mut result: Option<Value> = None;
-        for plugin in self.plugins() {
+        for plugin in self.plugins(!ports.is_empty()) {
             let input = plugin_input(&self.list, plugin, &runtime, result.as_ref());
             match self.invoke("ADD", id, netns, plugin, &input).await {
                 Ok(answer) => result = Some(answer),
@@ -358,17 +386,68 @@ impl Cni {
                 container: id.to_owned(),
             });
         };
-        self.record(id, &runtime, Some(&result))?;
+        self.record(id, &Record::new(id, netns, &runtime, Some(&result)))?;
         Ok(address)
     }
 
-    /// Detaches `id`'s namespace and releases its address, ports and rules; nothing to release
-    /// is no error. Run it while the namespace exists: the bridge plugin finds the address
-    /// whose masquerade rules it removes on the task's interface (without the namespace it
-    /// still succeeds, and leaves those rules). The record stays until [`Cni::forget`].
+    /// Makes the warm attachment `warm` task `task`'s: its record is renamed (one step, so a
+    /// crash leaves it either warm or the task's, never both or neither). The plugins keep
+    /// knowing it by `warm`'s ID. Publish its ports next with [`Cni::publish`].
+    pub fn adopt(&self, warm: &str, task: &str) -> Result<(), CniError> {
+        let (from, to) = (self.cache_path(warm), self.cache_path(task));
+        std::fs::rename(&from, &to).map_err(|source| CniError::Cache {
+            op: "rename",
+            path: from,
+            source,
+        })
+    }
+
+    /// Publishes `ports` for the adopted attachment `id` (portmap's ADD alone, with the result
+    /// the warm ADD got). The ports are recorded first, so a crash in between still removes
+    /// them; a failure leaves them recorded for the detach that follows.
+    pub async fn publish(&self, id: &str, ports: &[PortBinding]) -> Result<(), CniError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let cached = self.cached(id).ok_or_else(|| CniError::Cache {
+            op: "read",
+            path: self.cache_path(id),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let record = Record::from_cached(id, &cached);
+        let runtime = runtime_config(ports);
+        let prev = cached["result"].clone();
+        self.record(id, &Record { runtime: &runtime, ..record })?;
+        let mut result = prev.clone();
+        for plugin in self.plugins(true).filter(|p| p["type"] == "portmap") {
+            let input = plugin_input(&self.list, plugin, &runtime, Some(&result));
+            result = self
+                .invoke("ADD", record.cni_id, record.netns, plugin, &input)
+                .await?;
+        }
+        self.record(
+            id,
+            &Record {
+                runtime: &runtime,
+                result: Some(&result),
+                ..record
+            },
+        )
+    }
+
+    /// Detaches `id`'s namespace (its recorded one, else `netns`) and releases its address,
+    /// ports and rules; nothing to release is no error. Run it while the namespace exists: the
+    /// bridge plugin finds the address whose masquerade rules it removes on the task's
+    /// interface (without the namespace it still succeeds, and leaves those rules). The record
+    /// stays until [`Cni::forget`].
     pub async fn detach(&self, id: &str, netns: &str) -> Result<(), CniError> {
-        let _one = self.one_at_a_time.lock().await;
         let cached = self.cached(id);
+        let record = cached.as_ref().map(|c| Record::from_cached(id, c));
+        let (cni_id, netns) = match &record {
+            Some(r) if !r.netns.is_empty() => (r.cni_id, r.netns),
+            Some(r) => (r.cni_id, netns),
+            None => (id, netns),
+        };
         let runtime = cached
             .as_ref()
             .map_or_else(|| runtime_config(&[]), |c| c["runtimeConfig"].clone());
@@ -376,7 +455,7 @@ impl Cni {
             .as_ref()
             .map(|c| &c["result"])
             .filter(|r| !r.is_null());
-        self.del_locked(id, netns, &runtime, result).await
+        self.del(cni_id, netns, &runtime, result).await
     }
 
     /// Drops the record of a detached attachment.
@@ -392,10 +471,10 @@ impl Cni {
         }
     }
 
-    /// Records that `id` is about to be attached with `ports`, before its namespace exists:
-    /// a sweep after a crash then finds it ([`Cni::attached`]).
-    pub fn prepare(&self, id: &str, ports: &[PortBinding]) -> Result<(), CniError> {
-        self.record(id, &runtime_config(ports), None)
+    /// Records that `id` is about to be attached in `netns` with `ports`, before the namespace
+    /// exists: a sweep after a crash then finds it ([`Cni::attached`]).
+    pub fn prepare(&self, id: &str, netns: &str, ports: &[PortBinding]) -> Result<(), CniError> {
+        self.record(id, &Record::new(id, netns, &runtime_config(ports), None))
     }
 
     /// The IDs of every attachment this agent recorded and has not detached, in any state.
@@ -414,19 +493,19 @@ impl Cni {
         ids
     }
 
-    /// What an attachment got: the task's address (none if its ADD did not finish) and its
-    /// published ports. `None` when `id` is not attached.
-    pub fn attachment(&self, id: &str) -> Option<(Option<Ipv4Addr>, Vec<PortBinding>)> {
+    /// What an attachment got; `None` when `id` is not attached.
+    pub fn attachment(&self, id: &str) -> Option<Attachment> {
         let cached = self.cached(id)?;
-        Some((
-            task_address(&cached["result"]),
-            runtime_ports(&cached["runtimeConfig"]),
-        ))
+        Some(Attachment {
+            address: task_address(&cached["result"]),
+            ports: runtime_ports(&cached["runtimeConfig"]),
+            netns: cached["netns"].as_str().map(str::to_owned),
+        })
     }
 
     /// Runs DEL after a failed ADD, with what the ADD got so far, and forgets the attachment.
     async fn undo(&self, id: &str, netns: &str, runtime: &Value, result: Option<&Value>) {
-        if let Err(undo) = self.del_locked(id, netns, runtime, result).await {
+        if let Err(undo) = self.del(id, netns, runtime, result).await {
             tracing::warn!(id, "undo a failed CNI ADD: {undo}");
         }
         if let Err(e) = self.forget(id) {
@@ -440,7 +519,7 @@ impl Cni {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
     }
 
-    fn record(&self, id: &str, runtime: &Value, result: Option<&Value>) -> Result<(), CniError> {
+    fn record(&self, id: &str, record: &Record<'_>) -> Result<(), CniError> {
         let path = self.cache_path(id);
         let failed = |op, source| CniError::Cache {
             op,
@@ -449,22 +528,22 @@ impl Cni {
         };
         std::fs::create_dir_all(self.settings.state_dir.join("results"))
             .map_err(|e| failed("create", e))?;
-        let cached = json!({"result": result, "runtimeConfig": runtime});
         // Written whole or not at all: a torn record would hide an attachment.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, cached.to_string()).map_err(|e| failed("write", e))?;
+        std::fs::write(&tmp, record.to_json().to_string()).map_err(|e| failed("write", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| failed("write", e))
     }
 
-    async fn del_locked(
+    async fn del(
         &self,
         id: &str,
         netns: &str,
         runtime: &Value,
         result: Option<&Value>,
     ) -> Result<(), CniError> {
+        let publishing = !runtime_ports(runtime).is_empty();
         let mut first_error = None;
-        for plugin in self.plugins().rev() {
+        for plugin in self.plugins(publishing).rev() {
             let input = plugin_input(&self.list, plugin, runtime, result);
             if let Err(e) = self.invoke("DEL", id, netns, plugin, &input).await {
                 first_error.get_or_insert(e);
@@ -473,8 +552,13 @@ impl Cni {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn plugins(&self) -> impl DoubleEndedIterator<Item = &Value> {
-        self.list["plugins"].as_array().into_iter().flatten()
+    /// The list's plugins that take part in a call publishing ports or not ([`takes_part`]).
+    fn plugins(&self, publishing: bool) -> impl DoubleEndedIterator<Item = &Value> {
+        self.list["plugins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(move |p| takes_part(p, publishing))
     }
 
     fn cache_path(&self, id: &str) -> PathBuf {
@@ -488,7 +572,8 @@ impl Cni {
             .join(format!("{safe}.json"))
     }
 
-    /// Runs one plugin; answers its result (ADD) or `null` (DEL).
+    /// Runs one plugin, alone (no other call of this agent's runs meanwhile, though the calls
+    /// of two attachments may interleave); answers its result (ADD) or `null` (DEL).
     async fn invoke(
         &self,
         command: &'static str,
@@ -498,6 +583,7 @@ impl Cni {
         input: &Value,
     ) -> Result<Value, CniError> {
         use tokio::io::AsyncWriteExt as _;
+        let _one = self.one_at_a_time.lock().await;
         let kind = plugin["type"].as_str().unwrap_or_default();
         let program = self.settings.plugin_dir.join(kind);
         let run = |source| CniError::Run {
@@ -534,6 +620,47 @@ impl Cni {
     }
 }
 
+/// An attachment's record, as [`Cni`] keeps it on disk.
+#[derive(Clone, Copy)]
+struct Record<'a> {
+    /// The container ID the plugins know the attachment by.
+    cni_id: &'a str,
+    netns: &'a str,
+    runtime: &'a Value,
+    result: Option<&'a Value>,
+}
+
+impl<'a> Record<'a> {
+    fn new(cni_id: &'a str, netns: &'a str, runtime: &'a Value, result: Option<&'a Value>) -> Self {
+        Self {
+            cni_id,
+            netns,
+            runtime,
+            result,
+        }
+    }
+
+    /// The record of `id` as read back; records from before warm namespaces name neither the
+    /// container ID nor the namespace (the task's ID and the namespace named after it).
+    fn from_cached(id: &'a str, cached: &'a Value) -> Self {
+        Self {
+            cni_id: cached["cniId"].as_str().unwrap_or(id),
+            netns: cached["netns"].as_str().unwrap_or_default(),
+            runtime: &cached["runtimeConfig"],
+            result: Some(&cached["result"]).filter(|r| !r.is_null()),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "cniId": self.cni_id,
+            "netns": self.netns,
+            "result": self.result,
+            "runtimeConfig": self.runtime,
+        })
+    }
+}
+
 /// The environment of a plugin call (nothing else of the agent's: `env_clear`).
 pub fn plugin_env(
     command: &str,
@@ -563,6 +690,7 @@ mod tests {
             plugin_dir: DEFAULT_PLUGIN_DIR.into(),
             state_dir: "/var/lib/berth/cni".into(),
             host_address: Ipv4Addr::UNSPECIFIED,
+            warm: 0,
         }
     }
 
@@ -706,9 +834,17 @@ mod tests {
             container_port: 8080,
             protocol: Protocol::Tcp,
         }];
-        cni.prepare("task-1", &ports).expect("recorded");
+        cni.prepare("task-1", "/run/netns/berth-task1", &ports)
+            .expect("recorded");
         assert_eq!(cni.attached(), ["task-1"]);
-        assert_eq!(cni.attachment("task-1"), Some((None, ports.to_vec())));
+        assert_eq!(
+            cni.attachment("task-1"),
+            Some(Attachment {
+                address: None,
+                ports: ports.to_vec(),
+                netns: Some("/run/netns/berth-task1".into()),
+            })
+        );
         assert_eq!(cni.attachment("task-2"), None);
         let err = cni
             .detach("task-1", "/run/netns/gone")
@@ -718,7 +854,8 @@ mod tests {
         assert_eq!(cni.attached(), ["task-1"], "kept until forgotten");
         cni.forget("task-1").expect("forgotten");
         assert!(cni.attached().is_empty());
-        cni.prepare("task-1", &ports).expect("recorded");
+        cni.prepare("task-1", "/run/netns/berth-task1", &ports)
+            .expect("recorded");
         // A failed ADD is undone and forgotten.
         let err = cni
             .add("task-3", "/run/netns/gone", &[])
@@ -726,5 +863,69 @@ mod tests {
             .expect_err("no plugins");
         assert!(err.to_string().contains("run CNI plugin"), "{err}");
         assert_eq!(cni.attached(), ["task-1"]);
+    }
+
+    #[test]
+    fn portmap_runs_only_for_a_task_that_publishes_ports() {
+        let list = network_list(&settings());
+        let types = |publishing| -> Vec<&str> {
+            list["plugins"]
+                .as_array()
+                .expect("plugins")
+                .iter()
+                .filter(|p| takes_part(p, publishing))
+                .filter_map(|p| p["type"].as_str())
+                .collect()
+        };
+        assert_eq!(types(true), ["bridge", "portmap", "firewall"]);
+        assert_eq!(types(false), ["bridge", "firewall"]);
+    }
+
+    #[tokio::test]
+    async fn a_warm_attachment_becomes_a_task_s_whole_and_keeps_its_plugins_id_and_namespace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cni = Cni::new(NetworkSettings {
+            plugin_dir: dir.path().join("no-plugins"),
+            state_dir: dir.path().to_owned(),
+            ..settings()
+        });
+        let result = json!({"cniVersion": CNI_VERSION, "ips": [{"address": "10.88.0.7/24"}]});
+        // What a finished warm ADD records.
+        let runtime = runtime_config(&[]);
+        let warm = Record::new("warm-1", "/run/netns/berth-warm1", &runtime, Some(&result));
+        cni.record("warm-1", &warm).expect("recorded");
+        cni.adopt("warm-1", "task-9").expect("adopted");
+        assert_eq!(cni.attached(), ["task-9"], "the warm record is the task's now");
+        assert_eq!(
+            cni.attachment("task-9"),
+            Some(Attachment {
+                address: Some(Ipv4Addr::new(10, 88, 0, 7)),
+                ports: Vec::new(),
+                netns: Some("/run/netns/berth-warm1".into()),
+            })
+        );
+        let cached = cni.cached("task-9").expect("record");
+        assert_eq!(Record::from_cached("task-9", &cached).cni_id, "warm-1");
+        // Nothing to publish runs no plugin.
+        cni.publish("task-9", &[]).await.expect("no ports");
+        // Ports are recorded before portmap runs: its failure leaves them for the detach.
+        let ports = [PortBinding {
+            host_port: 49_200,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+        }];
+        let err = cni.publish("task-9", &ports).await.expect_err("no plugins");
+        assert!(err.to_string().contains("portmap"), "{err}");
+        let after = cni.attachment("task-9").expect("kept");
+        assert_eq!(
+            (after.address, after.ports),
+            (Some(Ipv4Addr::new(10, 88, 0, 7)), ports.to_vec())
+        );
+        // An attachment that is gone cannot be taken twice.
+        assert!(cni.adopt("warm-1", "task-10").is_err());
+        // Records from before warm namespaces name neither: the task's own are used.
+        let old = json!({"result": result, "runtimeConfig": runtime});
+        let r = Record::from_cached("task-1", &old);
+        assert_eq!((r.cni_id, r.netns), ("task-1", ""));
     }
 }

@@ -100,6 +100,11 @@ pub(crate) struct AgentArgs {
     /// Where the CNI plugins are (Debian's containernetworking-plugins).
     #[arg(long, default_value = berth_agent::cni::DEFAULT_PLUGIN_DIR)]
     pub(crate) cni_plugin_dir: PathBuf,
+    /// How many network namespaces to keep attached to the bridge ahead of any task (each
+    /// holds an address of the subnet): a task that takes one starts without waiting for the
+    /// CNI plugins. 0 makes each task's when it starts.
+    #[arg(long, value_name = "N", default_value_t = berth_agent::cni::DEFAULT_WARM)]
+    pub(crate) warm_networks: usize,
     /// Credentials for a registry, HOST=USER:PASSWORD (repeatable; prefer --registry-auth-file,
     /// which keeps passwords out of the process list).
     #[arg(long = "registry-auth", value_name = "HOST=USER:PASSWORD")]
@@ -279,6 +284,7 @@ pub(crate) async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 Some(std::net::IpAddr::V4(ip)) => ip,
                 _ => std::net::Ipv4Addr::UNSPECIFIED,
             },
+            warm: args.warm_networks,
         },
     })
     .await?

@@ -138,6 +138,7 @@ pub(crate) async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             plugin_dir: berth_agent::cni::DEFAULT_PLUGIN_DIR.into(),
             state_dir: data_dir.join("agent").join("cni"),
             host_address: std::net::Ipv4Addr::LOCALHOST,
+            warm: berth_agent::cni::DEFAULT_WARM,
         },
     })
     .await?;

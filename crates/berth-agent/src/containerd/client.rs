@@ -5,6 +5,7 @@
 //! without them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::leases_client::LeasesClient;
@@ -94,8 +95,9 @@ impl ContainerdRuntime {
         Ok(Self {
             channel,
             namespace,
-            networks: super::network::TaskNetworks::new(crate::cni::Cni::new(
-                config.network.clone(),
+            networks: Arc::new(super::network::TaskNetworks::new(
+                crate::cni::Cni::new(config.network.clone()),
+                &config.network,
             )),
             config,
             pull_locks: Mutex::new(HashMap::new()),
@@ -180,6 +182,7 @@ mod tests {
                 plugin_dir: crate::cni::DEFAULT_PLUGIN_DIR.into(),
                 state_dir: std::env::temp_dir(),
                 host_address: std::net::Ipv4Addr::UNSPECIFIED,
+                warm: 0,
             },
         }
     }

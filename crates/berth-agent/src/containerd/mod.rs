@@ -91,7 +91,7 @@ pub struct ContainerdRuntime {
     pull_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     https: oci_client::Client,
     http: oci_client::Client,
-    networks: network::TaskNetworks,
+    networks: Arc<network::TaskNetworks>,
     /// Each container's pids limit (`None`: no limit).
     pids_limit: Option<i64>,
 }
@@ -199,9 +199,7 @@ impl Runtime for ContainerdRuntime {
         task_id: &str,
         network: &TaskNetwork,
     ) -> Result<Option<std::net::Ipv4Addr>, RuntimeError> {
-        self.attach_task_network(task_id, &network.ports)
-            .await
-            .map(Some)
+        self.attach_task_network(task_id, network).await.map(Some)
     }
 
     async fn task_network(&self, task_id: &str) -> Option<TaskNetwork> {

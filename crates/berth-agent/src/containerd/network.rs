@@ -7,10 +7,11 @@
 //! take a port a task's traffic is forwarded from. Port 0 in a mapping picks a free port from
 //! [`DYNAMIC_PORTS`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use berth_model::{PortMapping, Protocol};
 
@@ -120,10 +121,29 @@ fn pick<H>(
     Ok((bindings, held))
 }
 
-/// The node's task network: the CNI plugins and the host ports tasks hold.
+/// The node's task network: the CNI plugins, the host ports tasks hold, and the namespaces
+/// kept attached ahead of any task (`--warm-networks`).
 pub(super) struct TaskNetworks {
     cni: Cni,
     ports: std::sync::Mutex<Ports>,
+    /// The node's address published ports are held on.
+    host_address: Ipv4Addr,
+    /// Warm namespaces ready for a task, oldest first.
+    warm: std::sync::Mutex<VecDeque<Warm>>,
+    /// How many to keep ready.
+    wanted: usize,
+    /// Wakes [`TaskNetworks::keep_warm`] when one was taken, or when this goes.
+    refill: Arc<tokio::sync::Notify>,
+}
+
+/// A namespace attached to the node's bridge before any task wanted it: a task that takes
+/// it starts without waiting for the CNI plugins (only for portmap, when it publishes ports).
+#[derive(Debug)]
+struct Warm {
+    /// Its attachment's ID (`warm-…`), which the plugins keep knowing it by.
+    id: String,
+    netns: String,
+    address: Ipv4Addr,
 }
 
 #[derive(Default)]
@@ -134,14 +154,21 @@ struct Ports {
     next: u16,
 }
 
+/// How long a failed try to make a warm namespace waits before the next.
+const WARM_RETRY: Duration = Duration::from_secs(30);
+
 impl TaskNetworks {
-    pub(super) fn new(cni: Cni) -> Self {
+    pub(super) fn new(cni: Cni, settings: &crate::cni::NetworkSettings) -> Self {
         Self {
             cni,
             ports: std::sync::Mutex::new(Ports {
                 held: HashMap::new(),
                 next: *DYNAMIC_PORTS.start(),
             }),
+            host_address: settings.host_address,
+            warm: std::sync::Mutex::new(VecDeque::new()),
+            wanted: settings.warm,
+            refill: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -149,12 +176,149 @@ impl TaskNetworks {
         self.ports.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn warm(&self) -> std::sync::MutexGuard<'_, VecDeque<Warm>> {
+        self.warm.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn release_ports(&self, task_id: &str) {
         self.ports().held.remove(task_id);
+    }
+
+    /// Keeps [`Self::wanted`] warm namespaces ready, one at a time, until the networks go.
+    /// Started once the sweep at the agent's start removed those of a previous process.
+    fn keep_warm(self: &Arc<Self>) {
+        if self.wanted == 0 {
+            return;
+        }
+        let networks = Arc::downgrade(self);
+        let refill = self.refill.clone();
+        tokio::spawn(async move {
+            loop {
+                let wake = refill.notified();
+                let made = {
+                    let Some(net) = networks.upgrade() else {
+                        return;
+                    };
+                    if net.warm().len() >= net.wanted {
+                        None
+                    } else {
+                        Some(net.make_warm().await)
+                    }
+                };
+                match made {
+                    None => wake.await,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            "prepare a warm task network: {}; tasks get theirs when they start \
+                             meanwhile, tried again in {}s",
+                            berth_model::error_chain(&e),
+                            WARM_RETRY.as_secs()
+                        );
+                        tokio::time::sleep(WARM_RETRY).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Makes one warm namespace and attaches it; what fails is removed again.
+    async fn make_warm(&self) -> Result<(), RuntimeError> {
+        let id = format!("warm-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let netns = netns_path(&id);
+        let made = match self.create_namespace(&id, &netns, &[]).await {
+            Ok(()) => self
+                .cni
+                .add(&id, &netns, &[])
+                .await
+                .map_err(RuntimeError::from),
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(address) => {
+                self.warm().push_back(Warm { id, netns, address });
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(undo) = self.remove(&id).await {
+                    tracing::warn!(id, "remove a half-made warm network: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A warm namespace, made `task_id`'s; `None` when none is ready.
+    async fn take_warm(&self, task_id: &str) -> Option<Warm> {
+        loop {
+            let warm = self.warm().pop_front()?;
+            self.refill.notify_one();
+            match self.cni.adopt(&warm.id, task_id) {
+                Ok(()) => return Some(warm),
+                Err(e) => {
+                    tracing::warn!(id = warm.id, "take a warm task network: {e}");
+                    if let Err(undo) = self.remove(&warm.id).await {
+                        tracing::warn!(id = warm.id, "remove a warm network: {undo}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the attachment and creates the namespace, its loopback up.
+    async fn create_namespace(
+        &self,
+        id: &str,
+        netns: &str,
+        ports: &[PortBinding],
+    ) -> Result<(), RuntimeError> {
+        // Recorded first: whatever happens next, a later sweep finds it.
+        self.cni.prepare(id, netns, ports)?;
+        let name = netns_name(id);
+        if !std::path::Path::new(netns).exists() {
+            ip(&["netns", "add", &name]).await?;
+        }
+        ip(&["-n", &name, "link", "set", "lo", "up"]).await
+    }
+
+    /// The namespace attachment `id` has: its recorded one, else the one named after it.
+    fn netns_of(&self, id: &str) -> String {
+        self.cni
+            .attachment(id)
+            .and_then(|a| a.netns)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| netns_path(id))
+    }
+
+    /// The attachment goes first (the bridge plugin reads the task's address in the namespace
+    /// to remove its masquerade rules), then the namespace, and the record of both last: a
+    /// crash at any point leaves the record for the next sweep. A DEL that fails keeps the
+    /// record too (the namespace and ports go regardless), so the sweep at the next start
+    /// tries it again.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let path = self.netns_of(id);
+        let detached = self.cni.detach(id, &path).await;
+        self.release_ports(id);
+        if std::path::Path::new(&path).exists() {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            ip(&["netns", "delete", name]).await?;
+        }
+        detached?;
+        self.cni.forget(id)?;
+        Ok(())
+    }
+}
+
+impl Drop for TaskNetworks {
+    fn drop(&mut self) {
+        // The task keeping namespaces warm ends.
+        self.refill.notify_one();
     }
 }
 
 impl ContainerdRuntime {
+    /// The task's network namespace, with its host ports held: a warm one when one is ready
+    /// (attached already), else a new one that [`Self::attach_task_network`] attaches.
     pub(super) async fn create_task_network(
         &self,
         task_id: &str,
@@ -164,50 +328,47 @@ impl ContainerdRuntime {
         let ports = {
             let mut book = net.ports();
             let book = &mut *book;
-            let address = self.config.network.host_address;
+            let address = net.host_address;
             let (bindings, held) = pick(wanted, &DYNAMIC_PORTS, &mut book.next, |port, proto| {
                 hold(address, port, proto)
             })?;
             book.held.insert(task_id.to_owned(), held);
             bindings
         };
-        let created = self.create_namespace(task_id, &ports).await;
+        if let Some(warm) = net.take_warm(task_id).await {
+            return Ok(TaskNetwork {
+                netns: warm.netns,
+                address: Some(warm.address),
+                ports,
+            });
+        }
+        let netns = netns_path(task_id);
+        let created = net.create_namespace(task_id, &netns, &ports).await;
         self.undo_on_error(task_id, created).await?;
         Ok(TaskNetwork {
-            netns: netns_path(task_id),
+            netns,
             address: None,
             ports,
         })
     }
 
-    /// Records the attachment and creates the namespace, its loopback up.
-    async fn create_namespace(
-        &self,
-        task_id: &str,
-        ports: &[PortBinding],
-    ) -> Result<(), RuntimeError> {
-        // Recorded first: whatever happens next, a later sweep finds it.
-        self.networks.cni.prepare(task_id, ports)?;
-        let name = netns_name(task_id);
-        if !std::path::Path::new(&netns_path(task_id)).exists() {
-            ip(&["netns", "add", &name]).await?;
-        }
-        ip(&["-n", &name, "link", "set", "lo", "up"]).await
-    }
-
     /// Attaches the namespace [`Self::create_task_network`] made to the node's bridge (the CNI
-    /// plugins' ADD), publishing `ports`; answers the task's address.
+    /// plugins' ADD), publishing its ports; a warm one, attached already, gets its ports
+    /// published. Answers the task's address.
     pub(super) async fn attach_task_network(
         &self,
         task_id: &str,
-        ports: &[PortBinding],
+        network: &TaskNetwork,
     ) -> Result<Ipv4Addr, RuntimeError> {
-        let added = self
-            .networks
-            .cni
-            .add(task_id, &netns_path(task_id), ports)
-            .await;
-        self.undo_on_error(task_id, added.map_err(RuntimeError::from))
+        let cni = &self.networks.cni;
+        let attached = match network.address {
+            Some(address) => cni
+                .publish(task_id, &network.ports)
+                .await
+                .map(|()| address),
+            None => cni.add(task_id, &network.netns, &network.ports).await,
+        };
+        self.undo_on_error(task_id, attached.map_err(RuntimeError::from))
             .await
     }
 
@@ -226,37 +387,28 @@ impl ContainerdRuntime {
     }
 
     pub(super) async fn find_task_network(&self, task_id: &str) -> Option<TaskNetwork> {
-        let (address, ports) = self.networks.cni.attachment(task_id)?;
+        let attachment = self.networks.cni.attachment(task_id)?;
         // This process did not start it: hold its ports (unless the start-up sweep did).
         self.hold_again(task_id);
         Some(TaskNetwork {
-            netns: netns_path(task_id),
-            address,
-            ports,
+            netns: attachment
+                .netns
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| netns_path(task_id)),
+            address: attachment.address,
+            ports: attachment.ports,
         })
     }
 
-    /// The attachment goes first (the bridge plugin reads the task's address in the namespace
-    /// to remove its masquerade rules), then the namespace, and the record of both last: a
-    /// crash at any point leaves the record for the next sweep. A DEL that fails keeps the
-    /// record too (the namespace and ports go regardless), so the sweep at the next start
-    /// tries it again.
+    /// See [`TaskNetworks::remove`].
     pub(super) async fn remove_task_network(&self, task_id: &str) -> Result<(), RuntimeError> {
-        let path = netns_path(task_id);
-        let cni = &self.networks.cni;
-        let detached = cni.detach(task_id, &path).await;
-        self.networks.release_ports(task_id);
-        if std::path::Path::new(&path).exists() {
-            ip(&["netns", "delete", &netns_name(task_id)]).await?;
-        }
-        detached?;
-        cni.forget(task_id)?;
-        Ok(())
+        self.networks.remove(task_id).await
     }
 
-    /// Removes the networks of tasks not in `keep`, each on its own (one that fails is logged
-    /// and left for the next start), and holds the ports of the kept ones again before any
-    /// new task can be given them.
+    /// Removes the networks of tasks not in `keep` (and the warm ones of the process before),
+    /// each on its own (one that fails is logged and left for the next start), and holds the
+    /// ports of the kept ones again before any new task can be given them. Then starts
+    /// keeping namespaces warm.
     pub(super) async fn remove_stale_task_networks(
         &self,
         keep: &BTreeSet<String>,
@@ -276,6 +428,7 @@ impl ContainerdRuntime {
                 ),
             }
         }
+        self.networks.keep_warm();
         Ok(removed)
     }
 
@@ -284,12 +437,12 @@ impl ContainerdRuntime {
         if self.networks.ports().held.contains_key(task_id) {
             return;
         }
-        let Some((_, ports)) = self.networks.cni.attachment(task_id) else {
+        let Some(attachment) = self.networks.cni.attachment(task_id) else {
             return;
         };
         let mut held = Vec::new();
-        for p in &ports {
-            match hold(self.config.network.host_address, p.host_port, p.protocol) {
+        for p in &attachment.ports {
+            match hold(self.networks.host_address, p.host_port, p.protocol) {
                 Some(h) => held.push(h),
                 None => tracing::warn!(
                     task_id,
