@@ -286,7 +286,16 @@ async fn a_task_starts_in_a_warm_network_the_agent_refills_and_a_restart_leaks_n
     let task = berth_tests::run_until_running(
         &addr,
         &[
-            "run", "-p", "8080", "--stop-timeout", "1s", &env.image, "--", "sh", "-c", HTTPD,
+            "run",
+            "-p",
+            "8080",
+            "--stop-timeout",
+            "1s",
+            &env.image,
+            "--",
+            "sh",
+            "-c",
+            HTTPD,
         ],
     )
     .await?;

@@ -417,7 +417,13 @@ impl Cni {
         let record = Record::from_cached(id, &cached);
         let runtime = runtime_config(ports);
         let prev = cached["result"].clone();
-        self.record(id, &Record { runtime: &runtime, ..record })?;
+        self.record(
+            id,
+            &Record {
+                runtime: &runtime,
+                ..record
+            },
+        )?;
         let mut result = prev.clone();
         for plugin in self.plugins(true).filter(|p| p["type"] == "portmap") {
             let input = plugin_input(&self.list, plugin, &runtime, Some(&result));
@@ -895,7 +901,11 @@ mod tests {
         let warm = Record::new("warm-1", "/run/netns/berth-warm1", &runtime, Some(&result));
         cni.record("warm-1", &warm).expect("recorded");
         cni.adopt("warm-1", "task-9").expect("adopted");
-        assert_eq!(cni.attached(), ["task-9"], "the warm record is the task's now");
+        assert_eq!(
+            cni.attached(),
+            ["task-9"],
+            "the warm record is the task's now"
+        );
         assert_eq!(
             cni.attachment("task-9"),
             Some(Attachment {

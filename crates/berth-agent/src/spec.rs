@@ -359,8 +359,10 @@ pub fn build_spec(c: &ContainerSpec, opts: &SpecOptions<'_>) -> Result<Spec, Run
 /// its CPU (quota included), memory and PIDs limits as the spec had them. runc's init, the
 /// container's init and the process's start run inside the container's cgroup: under the
 /// quota of a small task (16 CPU units: 1.6 ms of CPU per 100 ms) they took about a second
-/// where `ctr run` takes 0.1 s (issue #20's start scenario). The shares (the weight under
-/// contention) stay from the start.
+/// where `ctr run` takes 0.1 s (issue #20's start scenario). The shares go too: a small
+/// task's weight (16 units: 1 of cgroup v2's 10,000) left runc's init, which compiles the
+/// seccomp filter, the last to run whenever anything else wanted the CPU (about 15 ms of a
+/// start with two busy processes on two cores).
 pub fn lift_cpu_quota(spec: &mut Spec) -> Option<LinuxResources> {
     let resources = spec.linux_mut().as_mut()?.resources_mut().as_mut()?;
     resources.cpu().as_ref()?.quota()?;
@@ -369,8 +371,33 @@ pub fn lift_cpu_quota(spec: &mut Spec) -> Option<LinuxResources> {
     limits.set_devices(None);
     if let Some(cpu) = resources.cpu_mut() {
         cpu.set_quota(None);
+        cpu.set_shares(None);
     }
     Some(limits)
+}
+
+/// The cgroup v2 files that set `limits`' CPU share and quota, with what to write in each, as
+/// runc writes them: the weight from the shares (2–262,144 onto 1–10,000), then `cpu.max`
+/// (`QUOTA PERIOD`, `max` without a quota). The memory and PIDs limits are not lifted at
+/// creation ([`lift_cpu_quota`]), so they are not here.
+pub fn cgroup_v2_cpu(limits: &LinuxResources) -> Vec<(&'static str, String)> {
+    let Some(cpu) = limits.cpu() else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+        let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9_999 / 262_142;
+        files.push(("cpu.weight", weight.to_string()));
+    }
+    if cpu.quota().is_some() || cpu.period().is_some() {
+        let quota = cpu
+            .quota()
+            .filter(|q| *q > 0)
+            .map_or_else(|| "max".to_owned(), |q| q.to_string());
+        let period = cpu.period().unwrap_or(100_000);
+        files.push(("cpu.max", format!("{quota} {period}")));
+    }
+    files
 }
 
 #[cfg(test)]
@@ -503,7 +530,10 @@ mod tests {
             created["linux"]["resources"]["cpu"]["quota"],
             serde_json::Value::Null
         );
-        assert_eq!(created["linux"]["resources"]["cpu"]["shares"], 512);
+        assert_eq!(
+            created["linux"]["resources"]["cpu"]["shares"],
+            serde_json::Value::Null
+        );
         assert_eq!(
             created["linux"]["resources"]["memory"],
             json["linux"]["resources"]["memory"]
@@ -512,6 +542,15 @@ mod tests {
         assert_eq!(limits["cpu"], json["linux"]["resources"]["cpu"]);
         assert_eq!(limits["memory"], json["linux"]["resources"]["memory"]);
         assert_eq!(limits["devices"], serde_json::Value::Null);
+        // What is written for them on cgroup v2, as runc converts them.
+        let limits: LinuxResources = serde_json::from_value(limits).expect("limits");
+        assert_eq!(
+            cgroup_v2_cpu(&limits),
+            [
+                ("cpu.weight", "20".to_owned()),
+                ("cpu.max", "50000 100000".to_owned())
+            ]
+        );
         assert_eq!(json["process"]["noNewPrivileges"], true);
         assert_eq!(
             json["process"]["args"],

@@ -166,3 +166,15 @@ pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .context("VmRSS")?;
     Ok(kib / 1024.0)
 }
+
+/// An agent on real containerd for `env`, with the flags in `BERTH_BENCH_AGENT_FLAGS`
+/// (space-separated: to compare an agent setting, e.g. `--warm-networks 0`).
+pub(crate) async fn agent(
+    env: &berth_tests::Env,
+    server: &str,
+    name: &str,
+) -> anyhow::Result<berth_tests::AgentProc> {
+    let flags = std::env::var("BERTH_BENCH_AGENT_FLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    berth_tests::AgentProc::start_with(env, server, name, &flags).await
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use berth_tests::{cli, cli_json, http_get, poll, AgentProc, Env, IngressProc, ServerProc};
+use berth_tests::{cli, cli_json, http_get, poll, Env, IngressProc, ServerProc};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::results::{record_percentiles, Results};
@@ -23,7 +23,7 @@ pub(crate) async fn cold_start(results: &mut Results) -> anyhow::Result<()> {
     let env = Env::start().await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
-    let _agent = AgentProc::start(&env, &addr, "cold").await?;
+    let _agent = crate::cluster::agent(&env, &addr, "cold").await?;
     let ingress = IngressProc::start(&env, &addr, "edge").await?;
     let front = ingress.addr.to_string();
     apply(&env, &addr).await?;

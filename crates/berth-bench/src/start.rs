@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use berth_proto::v1 as pb;
-use berth_tests::{AgentProc, Env, ServerProc};
+use berth_tests::{Env, ServerProc};
 
 use crate::api::spec;
 use crate::results::{record_percentiles, Results};
@@ -65,7 +65,7 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     let env = Env::start().await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
-    let agent = AgentProc::start(&env, &addr, "start").await?;
+    let agent = crate::cluster::agent(&env, &addr, "start").await?;
     let mut client = berth_tests::api(&addr).await?;
     let mut sleeper = spec("sleeper", 16, 16);
     sleeper.containers[0].image = env.image.clone();

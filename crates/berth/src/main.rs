@@ -79,8 +79,9 @@ enum Role {
     Client(berth_cli::Command),
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // First: the heap grows from here on.
+    no_huge_pages();
     let args = match expand_config(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
@@ -88,9 +89,39 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    no_huge_pages();
     let cli = Cli::parse_from(args);
-    let code = match cli.command {
+    // The log driver starts with every container (its start is part of the container's):
+    // plain threads, no runtime.
+    if let Role::LogDriver { spec } = &cli.command {
+        std::process::exit(exit_code(log_driver(spec)));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    std::process::exit(code);
+}
+
+/// `berth log-driver MAX_BYTES:PATH`.
+fn log_driver(spec: &str) -> anyhow::Result<i32> {
+    let (max, path) = spec
+        .split_once(':')
+        .and_then(|(max, path)| Some((max.parse::<u64>().ok()?, PathBuf::from(path))))
+        .context("log-driver expects MAX_BYTES:PATH")?;
+    berth_agent::logfile::run_driver(&path, max)
+        .with_context(|| format!("log to {}", path.display()))?;
+    Ok(0)
+}
+
+async fn run(cli: Cli) -> i32 {
+    match cli.command {
         Role::Server(args) => {
             init_logging("info,openraft=warn", args.daemon.log_format);
             let result = async {
@@ -112,17 +143,7 @@ async fn main() {
             init_logging("info", args.daemon.log_format);
             exit_code(run_ingress(args).await.map(|()| 0))
         }
-        Role::LogDriver { spec } => {
-            let result = spec
-                .split_once(':')
-                .and_then(|(max, path)| Some((max.parse::<u64>().ok()?, PathBuf::from(path))))
-                .context("log-driver expects MAX_BYTES:PATH")
-                .and_then(|(max, path)| {
-                    berth_agent::logfile::run_driver(&path, max)
-                        .with_context(|| format!("log to {}", path.display()))
-                });
-            exit_code(result.map(|()| 0))
-        }
+        Role::LogDriver { spec } => exit_code(log_driver(&spec)),
         Role::Completion { shell } => {
             use clap::CommandFactory as _;
             let mut script = Vec::new();
@@ -147,8 +168,7 @@ async fn main() {
             init_logging("warn", LogFormat::Text);
             exit_code(berth_cli::run(cli.global, command).await)
         }
-    };
-    std::process::exit(code);
+    }
 }
 
 /// The help of every visible subcommand, as Markdown.

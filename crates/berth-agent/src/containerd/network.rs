@@ -134,6 +134,9 @@ pub(super) struct TaskNetworks {
     wanted: usize,
     /// Wakes [`TaskNetworks::keep_warm`] when one was taken, or when this goes.
     refill: Arc<tokio::sync::Notify>,
+    /// When a task last took one: the next is made once starts have been quiet for
+    /// [`WARM_QUIET`].
+    last_taken: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A namespace attached to the node's bridge before any task wanted it: a task that takes
@@ -154,8 +157,23 @@ struct Ports {
     next: u16,
 }
 
+/// What [`TaskNetworks::keep_warm`] does next.
+enum Next {
+    /// Wait until a task takes one.
+    Taken,
+    /// Wait for starts to be quiet this long.
+    Quiet(Duration),
+    /// One was made (or not).
+    Made(Result<(), RuntimeError>),
+}
+
 /// How long a failed try to make a warm namespace waits before the next.
 const WARM_RETRY: Duration = Duration::from_secs(30);
+
+/// How long after a task took a warm namespace the next is made: the plugins' processes
+/// (tens of milliseconds of CPU) would otherwise compete with the starts of a burst, which
+/// make their namespaces beside their containers' creation anyway.
+const WARM_QUIET: Duration = Duration::from_secs(1);
 
 impl TaskNetworks {
     pub(super) fn new(cni: Cni, settings: &crate::cni::NetworkSettings) -> Self {
@@ -169,7 +187,18 @@ impl TaskNetworks {
             warm: std::sync::Mutex::new(VecDeque::new()),
             wanted: settings.warm,
             refill: Arc::new(tokio::sync::Notify::new()),
+            last_taken: std::sync::Mutex::new(None),
         }
+    }
+
+    /// How long to wait before making a warm namespace: until starts were quiet for
+    /// [`WARM_QUIET`].
+    fn quiet_for(&self) -> Duration {
+        let last = *self
+            .last_taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.map_or(Duration::ZERO, |t| WARM_QUIET.saturating_sub(t.elapsed()))
     }
 
     fn ports(&self) -> std::sync::MutexGuard<'_, Ports> {
@@ -195,31 +224,39 @@ impl TaskNetworks {
         tokio::spawn(async move {
             loop {
                 let wake = refill.notified();
-                let made = {
+                let next = {
                     let Some(net) = networks.upgrade() else {
                         return;
                     };
+                    let wait = net.quiet_for();
                     if net.warm().len() >= net.wanted {
-                        None
+                        Next::Taken
+                    } else if !wait.is_zero() {
+                        Next::Quiet(wait)
                     } else {
-                        Some(net.make_warm().await)
+                        Next::Made(net.make_warm().await)
                     }
                 };
-                match made {
-                    None => wake.await,
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(
-                            "prepare a warm task network: {}; tasks get theirs when they start \
-                             meanwhile, tried again in {}s",
-                            berth_model::error_chain(&e),
-                            WARM_RETRY.as_secs()
-                        );
-                        tokio::time::sleep(WARM_RETRY).await;
-                    }
+                match next {
+                    Next::Taken => wake.await,
+                    Next::Quiet(wait) => tokio::time::sleep(wait).await,
+                    Next::Made(made) => Self::made_warm(made).await,
                 }
             }
         });
+    }
+
+    /// After a try to make a warm namespace: a failure is logged and waits [`WARM_RETRY`].
+    async fn made_warm(made: Result<(), RuntimeError>) {
+        if let Err(e) = made {
+            tracing::warn!(
+                "prepare a warm task network: {}; tasks get theirs when they start meanwhile, \
+                 tried again in {}s",
+                berth_model::error_chain(&e),
+                WARM_RETRY.as_secs()
+            );
+            tokio::time::sleep(WARM_RETRY).await;
+        }
     }
 
     /// Makes one warm namespace and attaches it; what fails is removed again.
@@ -252,6 +289,10 @@ impl TaskNetworks {
     async fn take_warm(&self, task_id: &str) -> Option<Warm> {
         loop {
             let warm = self.warm().pop_front()?;
+            *self
+                .last_taken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(tokio::time::Instant::now());
             self.refill.notify_one();
             match self.cni.adopt(&warm.id, task_id) {
                 Ok(()) => return Some(warm),
@@ -362,10 +403,7 @@ impl ContainerdRuntime {
     ) -> Result<Ipv4Addr, RuntimeError> {
         let cni = &self.networks.cni;
         let attached = match network.address {
-            Some(address) => cni
-                .publish(task_id, &network.ports)
-                .await
-                .map(|()| address),
+            Some(address) => cni.publish(task_id, &network.ports).await.map(|()| address),
             None => cni.add(task_id, &network.netns, &network.ports).await,
         };
         self.undo_on_error(task_id, attached.map_err(RuntimeError::from))

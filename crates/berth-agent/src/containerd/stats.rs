@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::runtime::ContainerStats;
 
 /// Where cgroup hierarchies are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub(super) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The counters of the cgroup at `path` (relative to the cgroup root).
 pub(super) fn cgroup_stats(path: &str) -> std::io::Result<ContainerStats> {
