@@ -322,6 +322,15 @@ async fn a_task_starts_in_a_warm_network_the_agent_refills_and_a_restart_leaks_n
     wait_stopped(&addr, &task, TIMEOUT).await?;
     let after = ready(1).await?;
     assert_eq!(after.rules.len(), idle.rules.len(), "{after:?} vs {idle:?}");
+    let named = format!("{ip}/");
+    let named_port = format!("{ip}:8080");
+    assert!(
+        !after
+            .rules
+            .iter()
+            .any(|r| r.contains(&named) || r.contains(&named_port)),
+        "a rule still names the stopped task's address: {after:?}"
+    );
     assert!(!allocated(&env, "node-1", &net).contains(&ip));
     assert!(
         berth_tests::http_get(&format!("127.0.0.1:{host_port}"), "test", "/")

@@ -377,7 +377,8 @@ pub fn lift_cpu_quota(spec: &mut Spec) -> Option<LinuxResources> {
 }
 
 /// The cgroup v2 files that set `limits`' CPU share and quota, with what to write in each, as
-/// runc writes them: the weight from the shares (2–262,144 onto 1–10,000), then `cpu.max`
+/// runc 1.1 (Debian 12's) writes them: the weight from the shares (2–262,144 onto 1–10,000,
+/// linearly; runc 1.3.2 and later map them on a curve), then `cpu.max`
 /// (`QUOTA PERIOD`, `max` without a quota). The memory and PIDs limits are not lifted at
 /// creation ([`lift_cpu_quota`]), so they are not here.
 pub fn cgroup_v2_cpu(limits: &LinuxResources) -> Vec<(&'static str, String)> {

@@ -134,7 +134,8 @@ pub(super) struct TaskNetworks {
     wanted: usize,
     /// Wakes [`TaskNetworks::keep_warm`] when one was taken, or when this goes.
     refill: Arc<tokio::sync::Notify>,
-    /// When a task last took one: the next is made once starts have been quiet for
+    /// When a task last started (and took one if one was ready): the next is made once
+    /// starts have been quiet for
     /// [`WARM_QUIET`].
     last_taken: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -288,11 +289,12 @@ impl TaskNetworks {
     /// A warm namespace, made `task_id`'s; `None` when none is ready.
     async fn take_warm(&self, task_id: &str) -> Option<Warm> {
         loop {
-            let warm = self.warm().pop_front()?;
+            // Every start counts, taken or not: a burst that emptied the pool is not quiet.
             *self
                 .last_taken
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(tokio::time::Instant::now());
+            let warm = self.warm().pop_front()?;
             self.refill.notify_one();
             match self.cni.adopt(&warm.id, task_id) {
                 Ok(()) => return Some(warm),
