@@ -152,9 +152,7 @@ async fn an_oom_kill_is_reported_as_such() -> anyhow::Result<()> {
 
 /// A server and one agent on a fresh containerd and registry.
 async fn node() -> anyhow::Result<(Env, ServerProc, AgentProc)> {
-    let env = Env::start().await?;
-    let server = ServerProc::start(&env.path("server"), None).await?;
-    let agent = AgentProc::start(&env, &server.addr.to_string(), "node-1").await?;
+    let crate::Cluster { env, server, agent } = crate::Cluster::start().await?;
     Ok((env, server, agent))
 }
 
@@ -518,17 +516,12 @@ spec:
 
 #[tokio::test]
 async fn a_containerd_restart_is_survived() -> anyhow::Result<()> {
-    let env = Env::start().await?;
-    let server = ServerProc::start(&env.path("server"), None).await?;
     // Without warm namespaces: the footprint left at the end is the task's alone.
-    let agent = AgentProc::start_with(
-        &env,
-        &server.addr.to_string(),
-        "node-1",
-        crate::network::NO_WARM,
-    )
-    .await?;
-    let mut env = env;
+    let crate::Cluster {
+        mut env,
+        server,
+        agent,
+    } = crate::Cluster::start_with(crate::network::NO_WARM).await?;
     let addr = server.addr.to_string();
     let id = run_until_running(
         &addr,

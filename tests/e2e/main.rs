@@ -38,9 +38,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// A server and agent `node-1` started with `agent_flags`.
+    async fn start_with(agent_flags: &[&str]) -> anyhow::Result<Self> {
         let env = Env::start().await?;
         let server = ServerProc::start(&env.path("server"), None).await?;
-        let agent = AgentProc::start(&env, &server.addr.to_string(), "node-1").await?;
+        let agent =
+            AgentProc::start_with(&env, &server.addr.to_string(), "node-1", agent_flags).await?;
         Ok(Self { env, server, agent })
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use berth_tests::{cli, cli_json, poll, wait_stopped, AgentNetwork, AgentProc, Env, ServerProc};
+use berth_tests::{cli, cli_json, poll, wait_stopped, AgentNetwork, AgentProc, Env};
 
 use crate::{Cluster, TIMEOUT};
 
@@ -112,11 +112,9 @@ fn netns_exists(task_id: &str) -> bool {
 #[tokio::test]
 async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing(
 ) -> anyhow::Result<()> {
-    let env = Env::start().await?;
-    let server = ServerProc::start(&env.path("server"), None).await?;
-    let addr = server.addr.to_string();
     // Without warm namespaces: every address, veth and rule is a task's.
-    let agent = AgentProc::start_with(&env, &addr, "node-1", NO_WARM).await?;
+    let Cluster { env, server, agent } = Cluster::start_with(NO_WARM).await?;
+    let addr = server.addr.to_string();
     let net = env.network(&agent.name);
     assert_eq!(footprint(&env, &agent.name, &net)?, Footprint::NONE);
 
@@ -253,11 +251,9 @@ async fn tasks_get_an_address_and_published_ports_and_a_dead_agent_leaks_nothing
 #[tokio::test]
 async fn a_task_starts_in_a_warm_network_the_agent_refills_and_a_restart_leaks_none(
 ) -> anyhow::Result<()> {
-    let env = Env::start().await?;
-    let server = ServerProc::start(&env.path("server"), None).await?;
-    let addr = server.addr.to_string();
     let warm = ["--warm-networks", "1"];
-    let agent = AgentProc::start_with(&env, &addr, "node-1", &warm).await?;
+    let Cluster { env, server, agent } = Cluster::start_with(&warm).await?;
+    let addr = server.addr.to_string();
     let net = env.network(&agent.name);
     // `want` attachments finished (their records hold the plugins' result), and nothing
     // else held.

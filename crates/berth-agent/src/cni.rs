@@ -416,7 +416,6 @@ impl Cni {
         })?;
         let record = Record::from_cached(id, &cached);
         let runtime = runtime_config(ports);
-        let prev = cached["result"].clone();
         self.record(
             id,
             &Record {
@@ -424,7 +423,7 @@ impl Cni {
                 ..record
             },
         )?;
-        let mut result = prev.clone();
+        let mut result = cached["result"].clone();
         for plugin in self.plugins(true).filter(|p| p["type"] == "portmap") {
             let input = plugin_input(&self.list, plugin, &runtime, Some(&result));
             result = self

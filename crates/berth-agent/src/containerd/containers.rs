@@ -206,9 +206,9 @@ impl ContainerdRuntime {
         let dir = std::path::Path::new(super::stats::CGROUP_ROOT)
             .join(self.config.cgroup_parent.trim_matches('/'))
             .join(id);
-        let parsed = serde_json::from_str::<LinuxResources>(&limits);
-        if let (true, Ok(resources)) = (dir.join("cpu.max").is_file(), &parsed) {
-            let written = crate::spec::cgroup_v2_cpu(resources)
+        let parsed = || serde_json::from_str::<LinuxResources>(&limits).ok();
+        if let Some(resources) = dir.join("cpu.max").is_file().then(parsed).flatten() {
+            let written = crate::spec::cgroup_v2_cpu(&resources)
                 .into_iter()
                 .try_for_each(|(file, value)| std::fs::write(dir.join(file), value));
             return match written {

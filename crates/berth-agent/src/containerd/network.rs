@@ -36,6 +36,14 @@ fn netns_path(task_id: &str) -> String {
     format!("/run/netns/{}", netns_name(task_id))
 }
 
+/// The namespace an attachment's record names, or (records from before warm namespaces name
+/// none) the one named after `id`.
+fn recorded_or_named(recorded: Option<String>, id: &str) -> String {
+    recorded
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| netns_path(id))
+}
+
 /// Runs `ip ARGS` for a task's namespace.
 async fn ip(args: &[&str]) -> Result<(), RuntimeError> {
     crate::iproute::ip(args)
@@ -135,8 +143,7 @@ pub(super) struct TaskNetworks {
     /// Wakes [`TaskNetworks::keep_warm`] when one was taken, or when this goes.
     refill: Arc<tokio::sync::Notify>,
     /// When a task last started (and took one if one was ready): the next is made once
-    /// starts have been quiet for
-    /// [`WARM_QUIET`].
+    /// starts have been quiet for [`WARM_QUIET`].
     last_taken: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
@@ -326,11 +333,7 @@ impl TaskNetworks {
 
     /// The namespace attachment `id` has: its recorded one, else the one named after it.
     fn netns_of(&self, id: &str) -> String {
-        self.cni
-            .attachment(id)
-            .and_then(|a| a.netns)
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| netns_path(id))
+        recorded_or_named(self.cni.attachment(id).and_then(|a| a.netns), id)
     }
 
     /// The attachment goes first (the bridge plugin reads the task's address in the namespace
@@ -431,10 +434,7 @@ impl ContainerdRuntime {
         // This process did not start it: hold its ports (unless the start-up sweep did).
         self.hold_again(task_id);
         Some(TaskNetwork {
-            netns: attachment
-                .netns
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| netns_path(task_id)),
+            netns: recorded_or_named(attachment.netns, task_id),
             address: attachment.address,
             ports: attachment.ports,
         })
