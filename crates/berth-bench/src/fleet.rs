@@ -345,6 +345,10 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     berth_tests::register_credentials(&restored.addr.to_string(), &restore_dir.join("admin.toml"));
     let restore_ms = ms_until_running(&restored.addr.to_string(), TASKS, t).await?;
     results.insert("footprint.restore_ms".into(), restore_ms);
+    // The same tasks loaded, with no agent connected and nothing applied since: what the
+    // running path (agents' streams, the log's tail, the change feed) adds is the difference.
+    let restored_pid = restored.pid().context("restored server pid")?;
+    results.insert("footprint.rss_restored_mib".into(), rss_mib(restored_pid)?);
     drop(restored);
 
     // The server itself after kill -9, from its own data dir.
@@ -352,6 +356,8 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     let again = ServerProc::spawn(1, &data_dir, Some(server_addr), &[]).await?;
     let restart_ms = ms_until_running(&addr, TASKS, t).await?;
     results.insert("footprint.restart_ms".into(), restart_ms);
+    let again_pid = again.pid().context("restarted server pid")?;
+    results.insert("footprint.rss_restarted_mib".into(), rss_mib(again_pid)?);
     drop(again);
     Ok(())
 }

@@ -5,7 +5,7 @@
 use crate::{ContainerDefinition, DesiredStatus, TaskDefinitionRef, TaskStatus};
 
 /// One task placed on a node, with everything the node needs to run or stop it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Assignment {
     pub task_id: String,
     pub namespace: String,

@@ -49,7 +49,7 @@ impl std::str::FromStr for Protocol {
 
 /// A container port published on the task's node: traffic to the node's `host_port` reaches
 /// the container's `container_port`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct PortMapping {
     pub container_port: u16,

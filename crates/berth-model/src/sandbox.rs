@@ -78,7 +78,7 @@ pub const ULIMIT_NAMES: [&str; 15] = [
 
 /// Linux-specific settings of a container (ECS `linuxParameters`).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinuxParameters {
     /// Changes to the default capability set.
@@ -94,7 +94,7 @@ impl LinuxParameters {
 
 /// Capabilities added to and dropped from Docker's default set (`ALL` drops every one).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KernelCapabilities {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -135,7 +135,7 @@ impl KernelCapabilities {
 
 /// One resource limit of a container's processes (ECS `ulimits`).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ulimit {
     /// `nofile`, `nproc`, `core`, … (the names of `ulimit`, without `RLIMIT_`).
@@ -147,7 +147,7 @@ pub struct Ulimit {
 /// The task's writable storage: the sum of its containers' writable layers (ECS
 /// `ephemeralStorage`).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EphemeralStorage {
     /// 1 to 200 GiB; 20 when the definition names none.

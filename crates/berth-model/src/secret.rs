@@ -172,7 +172,7 @@ impl From<SecretKeyRef> for String {
 
 /// An environment variable whose value is one key of a secret (ECS `secrets`).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretEnvironment {
     /// The variable's name.
@@ -184,7 +184,7 @@ pub struct SecretEnvironment {
 
 /// Every key of a secret as a file in a directory on a tmpfs (`PATH/KEY`, read-only).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretFile {
     /// The secret's name.
@@ -196,7 +196,7 @@ pub struct SecretFile {
 /// Registry credentials from a secret with the keys `username` and `password` (ECS
 /// `repositoryCredentials`).
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RepositoryCredentials {
     /// The secret's name.
@@ -265,7 +265,7 @@ pub(crate) fn validate_references(
 
 /// The opened secret values one task's containers get, resolved by the leader for the node the
 /// task runs on and sent over that node's stream only. Its `Debug` shows names, never values.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct TaskSecrets {
     /// By container name.
     pub containers: BTreeMap<String, ContainerSecrets>,
@@ -302,7 +302,7 @@ impl TaskSecrets {
 }
 
 /// The opened secret values of one container.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ContainerSecrets {
     /// Variable name → value.
     pub environment: BTreeMap<String, String>,

@@ -139,7 +139,7 @@ impl fmt::Display for TaskDefinitionStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDefinition {
     pub name: String,
@@ -204,7 +204,7 @@ pub struct ContainerDefinition {
 }
 
 /// "Start this container once `container_name` has reached `condition`" (ECS `dependsOn`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDependency {
     pub container_name: String,
@@ -212,7 +212,7 @@ pub struct ContainerDependency {
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DependencyCondition {
     /// It has started.
@@ -238,7 +238,7 @@ impl fmt::Display for DependencyCondition {
 
 /// Docker/ECS-style container health check. `command` is `["CMD-SHELL", "a shell line"]`,
 /// `["CMD", "program", "arg", ...]`, or a plain argument list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     pub command: Vec<String>,
