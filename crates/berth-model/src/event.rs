@@ -15,19 +15,30 @@ pub struct Event {
 }
 
 /// A bounded ring of events, oldest first.
+///
+/// Held without spare room (each push grows it by one, a read shrinks it to fit): every task
+/// in the state has one, and the spare room a doubling vector and formatted messages keep was
+/// a third of their size.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(from = "Vec<Event>")]
 pub struct EventLog(Vec<Event>);
+
+impl From<Vec<Event>> for EventLog {
+    fn from(mut events: Vec<Event>) -> Self {
+        events.shrink_to_fit();
+        EventLog(events)
+    }
+}
 
 impl EventLog {
     pub fn push(&mut self, at: Timestamp, message: impl Into<String>) {
         if self.0.len() == MAX_EVENTS {
             self.0.remove(0);
         }
-        self.0.push(Event {
-            at,
-            message: message.into(),
-        });
+        let mut message = message.into();
+        message.shrink_to_fit();
+        self.0.reserve_exact(1);
+        self.0.push(Event { at, message });
     }
 
     /// The most recent event, if any.
@@ -43,7 +54,10 @@ impl EventLog {
             return false;
         };
         match with {
-            Some(text) => self.0[i].message = text,
+            Some(mut text) => {
+                text.shrink_to_fit();
+                self.0[i].message = text;
+            }
             None => {
                 self.0.remove(i);
             }
@@ -79,10 +93,24 @@ mod tests {
         let mut log = EventLog::default();
         for i in 0..(MAX_EVENTS as u64 + 5) {
             log.push(i, format!("e{i}"));
+            assert_eq!(log.0.capacity(), log.0.len(), "no spare room");
         }
         assert_eq!(log.iter().count(), MAX_EVENTS);
         assert_eq!(log.iter().next().map(|e| e.at), Some(5));
         assert_eq!(log.last().map(|e| e.message.as_str()), Some("e36"));
+    }
+
+    #[test]
+    fn a_read_log_has_no_spare_room_and_reads_as_it_was_written() {
+        let mut log = EventLog::default();
+        for i in 0..5 {
+            log.push(i, format!("event {i}"));
+        }
+        let json = serde_json::to_string(&log).expect("encode");
+        assert!(json.starts_with("[{"), "a plain list, as before: {json}");
+        let read: EventLog = serde_json::from_str(&json).expect("decode");
+        assert_eq!(read, log);
+        assert_eq!(read.0.capacity(), 5);
     }
 
     #[test]

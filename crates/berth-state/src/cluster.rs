@@ -88,11 +88,11 @@ impl State {
             Answer::Result(result) => result.clone(),
             Answer::Tasks(ids) => CommandResult::Tasks(
                 ids.iter()
-                    .filter_map(|id| self.tasks.get(id))
+                    .filter_map(|id| self.task_by_id(id))
                     .cloned()
                     .collect(),
             ),
-            Answer::Task(id) => match self.tasks.get(id) {
+            Answer::Task(id) => match self.task_by_id(id) {
                 Some(task) => CommandResult::Task(Box::new(task.clone())),
                 None => CommandResult::Rejected(crate::Rejection::NotFound(format!(
                     "task {id} was removed by retention"

@@ -31,6 +31,7 @@ mod tests_metering;
 mod tests_retention;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use imbl::OrdMap;
 
@@ -51,16 +52,23 @@ pub use metering::{billable_ms, service_of, Accrual, TaskUsed, UsageClose};
 pub use objects::{Key, Object, ObjectRef, ObjectsCopy};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
 
+/// A task's ID as the state's map and indexes hold it: one allocation shared by all of them
+/// (each index held a copy of its own: about 400 bytes a task).
+type TaskId = Arc<str>;
+
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {
     /// Revisions of each `(namespace, family)` by number. Deleted INACTIVE revisions leave
     /// gaps; a family's latest revision is never deleted, so numbers are never reused.
     task_definitions: OrdMap<(String, String), OrdMap<u32, TaskDefinition>>,
-    tasks: OrdMap<String, Task>,
+    /// Each task behind an `Arc`: the map's nodes hold 32-byte entries, so a node copied
+    /// on write (after a clone of the state shares it) copies no task, and half-full nodes
+    /// cost little (the tasks inline took twice their 424 bytes).
+    tasks: OrdMap<TaskId, Arc<Task>>,
     /// Task IDs by the node they were placed on (derived from `tasks`; a task's node never
     /// changes once set), so a node's tasks are found without scanning every task.
-    tasks_by_node: BTreeMap<String, BTreeSet<String>>,
+    tasks_by_node: BTreeMap<String, BTreeSet<TaskId>>,
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<(String, String), Service>,
     /// Client tokens of recent `CreateTasks`, for deduplicating retries.
@@ -82,12 +90,12 @@ pub struct State {
     namespaces: BTreeMap<String, Namespace>,
     /// Task IDs by namespace (derived from `tasks`, stopped ones included, as `tasks_by_node`),
     /// so a namespace's usage is found without scanning every task.
-    tasks_by_namespace: BTreeMap<String, BTreeSet<String>>,
+    tasks_by_namespace: BTreeMap<String, BTreeSet<TaskId>>,
     /// The last rotation of the cluster CA, if the CA was ever rotated.
     ca_rotation: Option<berth_model::CaRotation>,
     /// Tasks waiting for a node (derived from `tasks`, refreshed after each command for the
     /// tasks it changed): the scheduler finds them without scanning every task.
-    pending: BTreeSet<String>,
+    pending: BTreeSet<TaskId>,
     /// CPU units and MiB allocated to the tasks on each node that have not stopped (derived
     /// as `pending`; nodes without any are absent).
     allocated: std::collections::HashMap<String, (u64, u64)>,
@@ -97,17 +105,17 @@ pub struct State {
     secret_keys: berth_model::SecretKeys,
     /// Tasks that have not stopped (derived, as `pending`): what the controllers look at, so
     /// their work follows live tasks, not history.
-    live: BTreeSet<String>,
+    live: BTreeSet<TaskId>,
     /// Live task IDs by namespace (derived): what a namespace's quota counts.
-    live_by_namespace: BTreeMap<String, BTreeSet<String>>,
+    live_by_namespace: BTreeMap<String, BTreeSet<TaskId>>,
     /// Live task IDs by the node they were placed on (derived).
-    live_by_node: BTreeMap<String, BTreeSet<String>>,
+    live_by_node: BTreeMap<String, BTreeSet<TaskId>>,
     /// Live task IDs by `(namespace, group)` (derived).
-    live_groups: BTreeMap<(String, String), BTreeSet<String>>,
+    live_groups: BTreeMap<(String, String), BTreeSet<TaskId>>,
     /// Stopped tasks by `(stopped at, ID)`, oldest first (derived): what the retention reads.
-    stopped: BTreeSet<(Timestamp, String)>,
+    stopped: BTreeSet<(Timestamp, TaskId)>,
     /// Stopped tasks of each `(namespace, group)` by `(stopped at, ID)` (derived).
-    stopped_groups: BTreeMap<(String, String), BTreeSet<(Timestamp, String)>>,
+    stopped_groups: BTreeMap<(String, String), BTreeSet<(Timestamp, TaskId)>>,
     /// How many tasks in the state use each revision (derived): an INACTIVE revision is
     /// deleted only when none does.
     revision_users: BTreeMap<RevisionKey, usize>,
@@ -128,7 +136,7 @@ pub struct State {
 impl State {
     /// Every task the state holds, stopped ones included (until the retention removes them).
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(Arc::as_ref)
     }
 
     /// The tasks of `namespace`, stopped ones included, in task ID order.
@@ -137,12 +145,12 @@ impl State {
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task_by_id(id))
     }
 
     /// The tasks that have not stopped, in task ID order, without looking at stopped ones.
     pub fn live_tasks(&self) -> impl Iterator<Item = &Task> {
-        self.live.iter().filter_map(|id| self.tasks.get(id))
+        self.live.iter().filter_map(|id| self.task_by_id(id))
     }
 
     /// The tasks of `group` (`service:NAME`, `family:FAMILY`) in `namespace` that have not
@@ -156,7 +164,7 @@ impl State {
             .get(&(namespace.to_owned(), group.to_owned()))
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task_by_id(id))
     }
 
     /// How many tasks the state holds that have stopped.
@@ -192,7 +200,7 @@ impl State {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task_by_id(id))
     }
 
     /// The tasks placed on `node` that have not stopped, in task ID order.
@@ -201,7 +209,7 @@ impl State {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task_by_id(id))
     }
 
     /// The node whose desired task set a change of `key` may alter: `None` for keys of other
@@ -209,7 +217,7 @@ impl State {
     /// not known any more).
     pub fn node_of<'a>(&'a self, key: &'a Key) -> Option<Option<&'a str>> {
         match key {
-            Key::Task(id) => match self.tasks.get(id) {
+            Key::Task(id) => match self.task_by_id(id) {
                 Some(t) => t.node.as_deref().map(Some),
                 // Removed by the retention: its node is remembered.
                 None => match self.removed.get(id) {
@@ -225,11 +233,12 @@ impl State {
     /// A task by ID alone, for the leader's own rounds (API reads go through [`State::task`],
     /// which checks the namespace).
     pub fn task_by_id(&self, task_id: &str) -> Option<&Task> {
-        self.tasks.get(task_id)
+        self.tasks.get(task_id).map(Arc::as_ref)
     }
 
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
-        self.tasks.get(task_id).filter(|t| t.namespace == namespace)
+        self.task_by_id(task_id)
+            .filter(|t| t.namespace == namespace)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {

@@ -17,7 +17,7 @@ use berth_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::command::{CommandResult, Rejection};
-use crate::{Key, State};
+use crate::{Key, State, TaskId};
 
 /// The leader's closing of one bucket of the ledger, `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +128,7 @@ impl State {
         // Tasks that may overlap: those not stopped, and those stopped since `start`.
         let stopped = self
             .stopped
-            .range((start, String::new())..)
+            .range((start, TaskId::from(""))..)
             .map(|(_, id)| id);
         let mut rows: BTreeMap<(String, Option<String>, String), (u32, Accrued)> = BTreeMap::new();
         let mut tasks = BTreeMap::new();
@@ -141,7 +141,7 @@ impl State {
                 continue;
             }
             let mut accrued = Accrued::requested(task.cpu, task.memory, ms);
-            if let Some(u) = used.get(id.as_str()) {
+            if let Some(u) = used.get(&**id) {
                 accrued += *u;
             }
             let key = (
@@ -152,7 +152,7 @@ impl State {
             let row = rows.entry(key).or_default();
             row.0 += 1;
             row.1 += accrued;
-            tasks.insert(id.clone(), accrued);
+            tasks.insert(id.to_string(), accrued);
         }
         let rows = rows
             .into_iter()
@@ -191,7 +191,7 @@ impl State {
             .collect();
         let accrual = self.accrual(c.start, c.end, &used);
         for (id, accrued) in accrual.tasks {
-            let Some(task) = self.tasks.get(&id) else {
+            let Some(task) = self.tasks.get(id.as_str()) else {
                 continue;
             };
             let usage = self

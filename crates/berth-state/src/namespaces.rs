@@ -51,7 +51,7 @@ impl State {
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task_by_id(id))
             .filter(|t| keep(t))
             .map(Usage::of_task)
             .sum()

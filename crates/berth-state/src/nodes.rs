@@ -98,14 +98,14 @@ impl State {
         at: Timestamp,
         changed: &mut Vec<Key>,
     ) {
-        let on_node: Vec<String> = self
+        let on_node: Vec<crate::TaskId> = self
             .live_by_node
             .get(node)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();
         let metered = self.metered_time(at);
         for id in on_node {
-            let Some(task) = self.tasks.get_mut(&id) else {
+            let Some(task) = self.tasks.get_mut(&*id).map(std::sync::Arc::make_mut) else {
                 continue;
             };
             if task.is_stopped() {

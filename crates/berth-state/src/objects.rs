@@ -216,7 +216,7 @@ impl State {
             .values()
             .flat_map(|revs| revs.values())
             .map(ObjectRef::TaskDefinition);
-        defs.chain(self.tasks.values().map(ObjectRef::Task))
+        defs.chain(self.tasks().map(ObjectRef::Task))
             .chain(self.nodes.values().map(ObjectRef::Node))
             .chain(self.client_tokens.values().map(ObjectRef::ClientToken))
             .chain(self.services.values().map(ObjectRef::Service))
@@ -307,7 +307,7 @@ impl State {
                 .get(&(namespace.clone(), family.clone()))
                 .and_then(|revs| revs.get(revision))
                 .map(ObjectRef::TaskDefinition),
-            Key::Task(id) => self.tasks.get(id).map(ObjectRef::Task),
+            Key::Task(id) => self.task_by_id(id).map(ObjectRef::Task),
             Key::Node(name) => self.nodes.get(name).map(ObjectRef::Node),
             Key::ClientToken(token) => self.client_tokens.get(token).map(ObjectRef::ClientToken),
             Key::Service { namespace, name } => {
@@ -342,8 +342,7 @@ impl State {
                         .insert(d.revision, d);
                 }
                 Object::Task(t) => {
-                    state.index(&t);
-                    state.tasks.insert(t.task_id.clone(), t);
+                    state.insert_task(t);
                 }
                 Object::Node(n) => {
                     state.nodes.insert(n.name.clone(), n);

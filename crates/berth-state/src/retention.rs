@@ -27,7 +27,7 @@ impl State {
             // Kept until the ledger's buckets that count it are closed.
             if !self
                 .tasks
-                .get(&id)
+                .get(id.as_str())
                 .is_some_and(|t| t.is_stopped() && self.accounted(t))
             {
                 continue;
@@ -128,7 +128,7 @@ impl State {
 
     /// Stopped tasks, oldest stop first, with when they stopped.
     pub fn stopped_oldest_first(&self) -> impl Iterator<Item = (Timestamp, &str)> {
-        self.stopped.iter().map(|(at, id)| (*at, id.as_str()))
+        self.stopped.iter().map(|(at, id)| (*at, &**id))
     }
 
     /// The IDs of the `n` stopped tasks of `group` in `namespace` that stopped last.
@@ -143,7 +143,7 @@ impl State {
             .into_iter()
             .flat_map(|set| set.iter().rev())
             .take(n)
-            .map(|(_, id)| id.as_str())
+            .map(|(_, id)| &**id)
     }
 
     /// Removed tasks still remembered, oldest removal first, with when they were removed.

@@ -425,7 +425,11 @@ impl State {
             name: name.clone(),
         };
         for order in stop {
-            let Some(task) = self.tasks.get_mut(&order.task_id) else {
+            let Some(task) = self
+                .tasks
+                .get_mut(order.task_id.as_str())
+                .map(std::sync::Arc::make_mut)
+            else {
                 continue;
             };
             if task.desired_status != DesiredStatus::Running || task.is_stopped() {
@@ -448,7 +452,7 @@ impl State {
         let mut service = *service;
         let mut start: Vec<Task> = start
             .into_iter()
-            .filter(|t| !self.tasks.contains_key(&t.task_id))
+            .filter(|t| !self.tasks.contains_key(t.task_id.as_str()))
             .collect();
         let (admitted, held_back) = self.admissible(&namespace, &start);
         note_quota(
@@ -464,8 +468,7 @@ impl State {
             task.created_at = at;
             task.events.push(at, "created by the service scheduler");
             changed.push(Key::Task(task.task_id.clone()));
-            self.index(&task);
-            self.tasks.insert(task.task_id.clone(), task);
+            self.insert_task(task);
         }
         let key = (namespace, name);
         if remove {

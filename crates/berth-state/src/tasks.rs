@@ -2,6 +2,7 @@
 //! status reports of the node that runs them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use berth_model::{
     DesiredStatus, NodeStatus, StopCode, Task, TaskStatus, TaskStatusUpdate, Timestamp, Usage,
@@ -9,7 +10,7 @@ use berth_model::{
 
 use crate::command::{CommandResult, Placement, Rejection, Unplaced};
 use crate::services::record_service_failure;
-use crate::{ClientToken, Key, State};
+use crate::{ClientToken, Key, State, TaskId};
 
 impl State {
     /// Refreshes the indexes that follow a task's status (`pending`, `allocated`, live and
@@ -18,25 +19,28 @@ impl State {
     pub(crate) fn reindex(&mut self, changed: &[Key]) {
         for key in changed {
             let Key::Task(id) = key else { continue };
-            let Some(task) = self.tasks.get(id) else {
+            let Some((id, task)) = self.tasks.get_key_value(id.as_str()) else {
                 // Removed: `unindex` has forgotten it.
                 continue;
             };
+            // Shared, not copied: the indexes hold the map's own ID.
+            let (id, task) = (id.clone(), Arc::clone(task));
+            let task = task.as_ref();
             if waits_for_a_node(task) {
                 self.pending.insert(id.clone());
             } else {
-                self.pending.remove(id);
+                self.pending.remove(&*id);
             }
             let group = group_of(task);
             if task.is_stopped() {
-                if self.live.remove(id) {
+                if self.live.remove(&*id) {
                     if let Some(g) = &group {
-                        remove_from(&mut self.live_groups, g, id);
+                        remove_from(&mut self.live_groups, g, &id);
                     }
                 }
-                remove_from(&mut self.live_by_namespace, &task.namespace, id);
+                remove_from(&mut self.live_by_namespace, &task.namespace, &id);
                 if let Some(node) = &task.node {
-                    if remove_from(&mut self.live_by_node, node, id) {
+                    if remove_from(&mut self.live_by_node, node, &id) {
                         allocate(&mut self.allocated, node, task, false);
                     }
                 }
@@ -83,7 +87,11 @@ impl State {
         self.stopped.clear();
         self.stopped_groups.clear();
         self.revision_users.clear();
-        let keys: Vec<Key> = self.tasks.keys().cloned().map(Key::Task).collect();
+        let keys: Vec<Key> = self
+            .tasks
+            .keys()
+            .map(|id| Key::Task(id.to_string()))
+            .collect();
         for task in self.tasks.values() {
             *self.revision_users.entry(revision_of(task)).or_default() += 1;
         }
@@ -108,23 +116,26 @@ impl State {
         self.pending
             .range::<str, _>((Excluded(after), Unbounded))
             .chain(self.pending.range::<str, _>((Unbounded, Included(after))))
-            .filter_map(|id| self.tasks.get(id))
+            .filter_map(|id| self.task_by_id(id))
     }
 
     /// Records a new task in the indexes that never change with its status (by namespace, by
     /// node once placed, its revision's users); [`State::reindex`] does the rest.
-    pub(crate) fn index(&mut self, task: &Task) {
-        *self.revision_users.entry(revision_of(task)).or_default() += 1;
+    /// Adds `task` to the map and to the indexes that never change with its status.
+    pub(crate) fn insert_task(&mut self, task: Task) {
+        let id: TaskId = Arc::from(task.task_id.as_str());
+        *self.revision_users.entry(revision_of(&task)).or_default() += 1;
         self.tasks_by_namespace
             .entry(task.namespace.clone())
             .or_default()
-            .insert(task.task_id.clone());
+            .insert(id.clone());
         if let Some(n) = &task.node {
             self.tasks_by_node
                 .entry(n.clone())
                 .or_default()
-                .insert(task.task_id.clone());
+                .insert(id.clone());
         }
+        self.tasks.insert(id, Arc::new(task));
     }
 
     pub(crate) fn create_tasks(
@@ -142,7 +153,7 @@ impl State {
             let earlier: Vec<Task> = seen
                 .task_ids
                 .iter()
-                .filter_map(|id| self.tasks.get(id))
+                .filter_map(|id| self.task_by_id(id))
                 .cloned()
                 .collect();
             // A token answers its tasks only to a caller in their namespace: another
@@ -167,7 +178,7 @@ impl State {
                     task.task_definition, task.namespace
                 )));
             }
-            if self.tasks.contains_key(&task.task_id) {
+            if self.tasks.contains_key(task.task_id.as_str()) {
                 return CommandResult::Rejected(Rejection::Invalid(format!(
                     "task {} already exists",
                     task.task_id
@@ -188,8 +199,7 @@ impl State {
             task.created_at = at;
             task.events.push(at, "created");
             changed.push(Key::Task(task.task_id.clone()));
-            self.index(task);
-            self.tasks.insert(task.task_id.clone(), task.clone());
+            self.insert_task(task.clone());
         }
         if let Some(token) = client_token {
             let record = ClientToken {
@@ -215,8 +225,9 @@ impl State {
     ) -> CommandResult {
         match self
             .tasks
-            .get_mut(&task_id)
+            .get_mut(task_id.as_str())
             .filter(|t| t.namespace == namespace)
+            .map(std::sync::Arc::make_mut)
         {
             None => CommandResult::Rejected(Rejection::NotFound(format!(
                 "task {task_id} not found in namespace {namespace}"
@@ -248,7 +259,11 @@ impl State {
         // What the ledger counts from and to (never inside a closed bucket).
         let metered = self.metered_time(at);
         for update in updates {
-            let Some(task) = self.tasks.get_mut(&update.task_id) else {
+            let Some(task) = self
+                .tasks
+                .get_mut(update.task_id.as_str())
+                .map(std::sync::Arc::make_mut)
+            else {
                 continue;
             };
             // Reports from a node that no longer owns the task, or about a task that
@@ -331,7 +346,7 @@ impl State {
         let mut free: HashMap<String, (u64, u64)> = HashMap::new();
         let mut placed = 0;
         for Placement { task_id, node } in placements {
-            let Some(task) = self.tasks.get(&task_id) else {
+            let Some(task) = self.tasks.get(task_id.as_str()) else {
                 continue;
             };
             if task.node.is_some()
@@ -368,7 +383,11 @@ impl State {
                     }
                 }
             };
-            let task = self.tasks.get_mut(&task_id).expect("task looked up above");
+            let (id, task) = self
+                .tasks
+                .get_key_value_mut(task_id.as_str())
+                .expect("task looked up above");
+            let (id, task) = (id.clone(), Arc::make_mut(task));
             if let Some(message) = refused {
                 // Said once: the next round may propose the same placement again.
                 if task.events.last().map(|e| e.message.as_str()) != Some(message.as_str()) {
@@ -382,12 +401,12 @@ impl State {
             self.tasks_by_node
                 .entry(node.clone())
                 .or_default()
-                .insert(task_id.clone());
+                .insert(id);
             task.node = Some(node);
             changed.push(Key::Task(task_id));
         }
         for Unplaced { task_id, reason } in unplaced {
-            let Some(task) = self.tasks.get_mut(&task_id) else {
+            let Some(task) = self.tasks.get_mut(task_id.as_str()).map(Arc::make_mut) else {
                 continue;
             };
             if task.node.is_some() || task.is_stopped() {
@@ -406,7 +425,8 @@ impl State {
 impl State {
     /// Takes a task out of the state and out of every index (the retention's removal).
     pub(crate) fn unindex(&mut self, id: &str) -> Option<Task> {
-        let task = self.tasks.remove(id)?;
+        let (shared_id, task) = self.tasks.remove_with_key(id)?;
+        let task = Arc::unwrap_or_clone(task);
         remove_from(&mut self.tasks_by_namespace, &task.namespace, id);
         if let Some(node) = &task.node {
             remove_from(&mut self.tasks_by_node, node, id);
@@ -431,7 +451,7 @@ impl State {
                 allocate(&mut self.allocated, node, &task, false);
             }
         }
-        let entry = (stopped_at(&task), id.to_owned());
+        let entry = (stopped_at(&task), shared_id);
         if self.stopped.remove(&entry) {
             if let Some(g) = group {
                 if let Some(set) = self.stopped_groups.get_mut(&g) {
@@ -468,8 +488,8 @@ fn revision_of(task: &Task) -> crate::RevisionKey {
 
 /// Takes `id` out of `key`'s set in `index` (and the set, once empty); answers whether it
 /// was there.
-pub(crate) fn remove_from<K: Ord>(
-    index: &mut BTreeMap<K, BTreeSet<String>>,
+pub(crate) fn remove_from<K: Ord, T: Ord + std::borrow::Borrow<str>>(
+    index: &mut BTreeMap<K, BTreeSet<T>>,
     key: &K,
     id: &str,
 ) -> bool {

@@ -423,8 +423,7 @@ fn command_of(s: &State, step: &Step, at: u64) -> Command {
         },
         Step::Report { id, stopped } => Command::ReportTaskStatus {
             node: s
-                .tasks
-                .get(&task(id))
+                .task_by_id(&task(id))
                 .and_then(|t| t.node.clone())
                 .unwrap_or_else(|| node(&0)),
             updates: vec![berth_model::TaskStatusUpdate {

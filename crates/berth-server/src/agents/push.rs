@@ -12,8 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use berth_model::Assignment;
 use berth_proto::v1::{Endpoints, RenewCertificate, ServerMessage};
 use berth_store::Store;
-use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::status;
 
@@ -21,7 +19,7 @@ pub(super) async fn desired_sets(
     store: Store,
     secrets: crate::secrets::Secrets,
     node: String,
-    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    tx: super::Outbound,
 ) {
     let mut changes = store.watch_node(&node);
     let mut leader = store.leadership();
@@ -87,7 +85,7 @@ pub(super) async fn desired_sets(
                 let msg = ServerMessage {
                     msg: Some(ServerMsg::Changes(changes)),
                 };
-                if tx.send(Ok(msg)).await.is_err() {
+                if tx.send(Ok(Box::new(msg))).await.is_err() {
                     return;
                 }
             }
@@ -183,7 +181,7 @@ pub(super) async fn renewals(
     store: Store,
     node: String,
     mut changes: tokio::sync::watch::Receiver<u64>,
-    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    tx: super::Outbound,
 ) {
     changes.mark_unchanged();
     let behind = || store.read_stale(|s| s.node_behind_ca(&node));
@@ -204,7 +202,7 @@ pub(super) async fn renewals(
                     reason: "the cluster CA is being rotated".into(),
                 })),
             };
-            if tx.send(Ok(msg)).await.is_err() {
+            if tx.send(Ok(Box::new(msg))).await.is_err() {
                 return;
             }
         }
@@ -212,10 +210,7 @@ pub(super) async fn renewals(
 }
 
 /// Sends the agent the endpoints of discoverable services now and whenever they change.
-pub(super) async fn endpoints(
-    mut endpoints: crate::endpoints::Published,
-    tx: mpsc::Sender<Result<ServerMessage, Status>>,
-) {
+pub(super) async fn endpoints(mut endpoints: crate::endpoints::Published, tx: super::Outbound) {
     loop {
         // Always once at first, empty too: an agent back after the last discoverable service
         // went must drop what it served.
@@ -225,7 +220,7 @@ pub(super) async fn endpoints(
                 services: now.iter().cloned().map(Into::into).collect(),
             })),
         };
-        if tx.send(Ok(msg)).await.is_err() {
+        if tx.send(Ok(Box::new(msg))).await.is_err() {
             return;
         }
         tokio::select! {
@@ -320,7 +315,7 @@ mod tests {
     fn a_held_task_keeps_what_it_was_sent_and_one_never_sent_waits() {
         let fp = Fingerprints::default();
         let a = assignment("a", DesiredStatus::Running);
-        let (_, _, _, sent) = changes_since(None, set(&[a.clone()]), &[], &fp);
+        let (_, _, _, sent) = changes_since(None, set(std::slice::from_ref(&a)), &[], &fp);
         // a changes while held (its secrets are being fetched), b is new and held.
         let mut a2 = a.clone();
         a2.last_status = TaskStatus::Provisioning;

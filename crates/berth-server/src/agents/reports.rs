@@ -7,9 +7,8 @@ use berth_proto::v1::server_message::Msg as ServerMsg;
 use berth_proto::v1::{AgentMessage, ServerMessage, StatusReport};
 use berth_state::Command;
 use berth_store::{error_chain, Store};
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 use super::Liveness;
 use crate::metrics::Metrics;
@@ -23,7 +22,7 @@ pub(super) struct Reader {
     pub metrics: Metrics,
     /// The node as the agent registered it.
     pub node: Node,
-    pub tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    pub tx: super::Outbound,
 }
 
 impl Reader {
@@ -126,7 +125,7 @@ impl Reader {
         let ack = ServerMessage {
             msg: Some(ServerMsg::Ack(berth_proto::v1::Ack {})),
         };
-        self.tx.send(Ok(ack)).await.is_ok()
+        self.tx.send(Ok(Box::new(ack))).await.is_ok()
     }
 
     /// Proposes a status report; a failed proposal ends the stream (the agent reconnects and
