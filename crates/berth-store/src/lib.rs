@@ -177,6 +177,8 @@ pub struct Store {
     deferred: Arc<deferred::Deferred>,
     /// Raft's own threads (`None` in the simulation, which runs on one paused thread).
     runtime: Option<Arc<runtime::RaftRuntime>>,
+    /// The log's newest entries, decoded.
+    tail: Arc<tail::Tail>,
 }
 
 /// What [`Store::stored`] answers.
@@ -230,6 +232,37 @@ async fn follow_leadership(
             clock::set_leading(is_leader);
             leadership.send_replace(is_leader);
         }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Lets the tail drop the entries no reader of it needs any more: those this member applied
+/// and, on a leader, every follower holds. The tail then holds what is in flight (nothing, on
+/// a lone server that applied everything), and up to its bounds only while a follower lags.
+async fn release_tail(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BerthNode>>,
+    tail: Arc<tail::Tail>,
+) {
+    loop {
+        let released = {
+            let m = metrics.borrow_and_update();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let followers = m.replication.as_ref().map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != m.id)
+                    .map(|(_, matched)| matched.map_or(0, |l| l.index))
+                    .min()
+            });
+            match followers {
+                // A leader: what every follower holds too.
+                Some(Some(held)) => applied.min(held),
+                // A leader without followers, or a follower: what it applied.
+                Some(None) | None => applied,
+            }
+        };
+        tail.released(released);
         if metrics.changed().await.is_err() {
             return;
         }
@@ -325,6 +358,7 @@ impl Store {
         };
         let log = storage::LogStore::new(db.clone(), committed.clone()).map_err(load_error)?;
         let appended = log.appended();
+        let tail = log.tail();
         let stored = log.stored();
         let deferred = log.deferred();
         let (sm, shared) =
@@ -374,6 +408,7 @@ impl Store {
             clock::set_leading(true);
         }
         let leadership = Arc::new(watch::channel(leads).0);
+        tokio::spawn(release_tail(metrics.clone(), tail.clone()));
         tokio::spawn(follow_leadership(metrics, leadership.clone()));
         Ok(Self {
             raft,
@@ -388,6 +423,7 @@ impl Store {
             acks,
             deferred,
             runtime: None,
+            tail,
         })
     }
 
@@ -1067,6 +1103,13 @@ impl Store {
             purged_index: m.purged.map(|l| l.index),
             members,
         }
+    }
+
+    /// How many entries the log's in-memory tail holds, and their size as stored (JSON):
+    /// what replication and the state machine have yet to read, and what a lagging follower
+    /// will.
+    pub fn log_tail(&self) -> (usize, usize) {
+        self.tail.held()
     }
 
     /// A backup of the whole state (linearizable), in the format `restore` reads.

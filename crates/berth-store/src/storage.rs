@@ -480,6 +480,11 @@ impl LogStore {
         })
     }
 
+    /// The log's newest entries, decoded ([`Tail`]).
+    pub(crate) fn tail(&self) -> Arc<Tail> {
+        self.tail.clone()
+    }
+
     pub(crate) fn appended(&self) -> Arc<AtomicU64> {
         self.appended.clone()
     }

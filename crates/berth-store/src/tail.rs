@@ -102,6 +102,18 @@ impl Tail {
         }
     }
 
+    /// How many entries it holds, and their JSON size.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let tail = self.lock();
+        (tail.entries.len(), tail.bytes)
+    }
+
+    /// Takes out the entries up to `index`, inclusive, that no reader needs any more (applied
+    /// here and held by every follower): the log still has them.
+    pub(crate) fn released(&self, index: u64) {
+        self.purged(index);
+    }
+
     /// Takes out the entries up to `index`, inclusive (the log purged them).
     pub(crate) fn purged(&self, index: u64) {
         let mut tail = self.lock();

@@ -260,6 +260,38 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
     assert_eq!(count, 64);
 }
 
+#[tokio::test]
+async fn a_lone_member_keeps_no_applied_entry_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path()).await;
+        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+        wait_leader(&store).await;
+        for at in 0..20 {
+            register_web(&store, false, at).await;
+        }
+        // Released once the apply shows in Raft's metrics, a moment after the answer.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.log_tail().0 > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the tail still holds {:?} (entries, bytes) of a log its only member applied",
+                store.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.shutdown().await;
+    }
+    // What it no longer holds in memory is on disk.
+    let store = open(dir.path()).await;
+    wait_leader(&store).await;
+    let count = store
+        .read(|s| s.task_definitions("default").count())
+        .await
+        .expect("read");
+    assert_eq!(count, 20);
+}
+
 /// How many objects a listing holds besides the answers kept for retried writes.
 fn listed(objects: &berth_state::ObjectsCopy) -> usize {
     objects
