@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("berth_descriptor.bin"))
         .btree_map(".")
+        // Smaller first buffers for every call and stream (src/codec.rs).
+        .codec_path("crate::SmallBuffers")
         // Messages that carry secret values in clear print their keys only (lib.rs).
         .skip_debug([
             ".berth.v1.ContainerSecrets",

@@ -1,7 +1,10 @@
 //! berth's wire types: `proto/berth/v1/*.proto` compiled once, and the only place where they are
 //! converted to and from the domain types of `berth-model`.
 
+mod codec;
 mod convert;
+
+pub use codec::SmallBuffers;
 
 pub use convert::{
     access_role, cluster_status_to_wire, deleted_event, desired_changes, desired_status,
