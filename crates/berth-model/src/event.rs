@@ -20,14 +20,14 @@ pub struct Event {
 /// in the state has one, and the spare room a doubling vector and formatted messages keep was
 /// a third of their size.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Vec<Event>")]
-pub struct EventLog(Vec<Event>);
+#[serde(transparent)]
+pub struct EventLog(#[serde(deserialize_with = "exact")] Vec<Event>);
 
-impl From<Vec<Event>> for EventLog {
-    fn from(mut events: Vec<Event>) -> Self {
-        events.shrink_to_fit();
-        EventLog(events)
-    }
+/// Reads a list of events into a vector without spare room.
+fn exact<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
+    let mut events = Vec::<Event>::deserialize(d)?;
+    events.shrink_to_fit();
+    Ok(events)
 }
 
 impl EventLog {

@@ -248,21 +248,25 @@ async fn release_tail(
     loop {
         let released = {
             let m = metrics.borrow_and_update();
-            let applied = m.last_applied.map_or(0, |l| l.index);
+            // `replication` is the leader's (learners included, itself too); `None` on a
+            // follower. A follower that holds nothing yet holds back everything.
             let followers = m.replication.as_ref().map(|r| {
                 r.iter()
                     .filter(|(id, _)| **id != m.id)
-                    .map(|(_, matched)| matched.map_or(0, |l| l.index))
+                    .map(|(_, matched)| matched.map(|l| l.index))
                     .min()
             });
-            match followers {
+            match (m.last_applied.map(|l| l.index), followers) {
+                (None, _) | (_, Some(Some(None))) => None,
                 // A leader: what every follower holds too.
-                Some(Some(held)) => applied.min(held),
+                (Some(applied), Some(Some(Some(held)))) => Some(applied.min(held)),
                 // A leader without followers, or a follower: what it applied.
-                Some(None) | None => applied,
+                (Some(applied), Some(None) | None) => Some(applied),
             }
         };
-        tail.released(released);
+        if let Some(index) = released {
+            tail.released(index);
+        }
         if metrics.changed().await.is_err() {
             return;
         }

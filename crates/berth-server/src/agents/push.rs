@@ -118,7 +118,9 @@ const RETRY_HELD: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint(u64, u64);
 
-/// Keys drawn at random for each stream: what it sent cannot be told from its fingerprints.
+/// Two SipHash keys of std's `RandomState` (random per thread, then a new key per instance):
+/// the two halves of a fingerprint are independent hashes, and what a stream sent cannot be
+/// told from its fingerprints without the keys.
 #[derive(Default)]
 struct Fingerprints(RandomState, RandomState);
 
