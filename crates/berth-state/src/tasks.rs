@@ -119,9 +119,9 @@ impl State {
             .filter_map(|id| self.task_by_id(id))
     }
 
-    /// Records a new task in the indexes that never change with its status (by namespace, by
-    /// node once placed, its revision's users); [`State::reindex`] does the rest.
-    /// Adds `task` to the map and to the indexes that never change with its status.
+    /// Adds a new task to the map and to the indexes that never change with its status (by
+    /// namespace, by node once placed, its revision's users), under one shared ID;
+    /// [`State::reindex`] does the rest.
     pub(crate) fn insert_task(&mut self, task: Task) {
         let id: TaskId = Arc::from(task.task_id.as_str());
         *self.revision_users.entry(revision_of(&task)).or_default() += 1;
@@ -227,7 +227,7 @@ impl State {
             .tasks
             .get_mut(task_id.as_str())
             .filter(|t| t.namespace == namespace)
-            .map(std::sync::Arc::make_mut)
+            .map(Arc::make_mut)
         {
             None => CommandResult::Rejected(Rejection::NotFound(format!(
                 "task {task_id} not found in namespace {namespace}"
@@ -262,7 +262,7 @@ impl State {
             let Some(task) = self
                 .tasks
                 .get_mut(update.task_id.as_str())
-                .map(std::sync::Arc::make_mut)
+                .map(Arc::make_mut)
             else {
                 continue;
             };

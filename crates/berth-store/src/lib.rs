@@ -238,41 +238,6 @@ async fn follow_leadership(
     }
 }
 
-/// Lets the tail drop the entries no reader of it needs any more: those this member applied
-/// and, on a leader, every follower holds. The tail then holds what is in flight (nothing, on
-/// a lone server that applied everything), and up to its bounds only while a follower lags.
-async fn release_tail(
-    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BerthNode>>,
-    tail: Arc<tail::Tail>,
-) {
-    loop {
-        let released = {
-            let m = metrics.borrow_and_update();
-            // `replication` is the leader's (learners included, itself too); `None` on a
-            // follower. A follower that holds nothing yet holds back everything.
-            let followers = m.replication.as_ref().map(|r| {
-                r.iter()
-                    .filter(|(id, _)| **id != m.id)
-                    .map(|(_, matched)| matched.map(|l| l.index))
-                    .min()
-            });
-            match (m.last_applied.map(|l| l.index), followers) {
-                (None, _) | (_, Some(Some(None))) => None,
-                // A leader: what every follower holds too.
-                (Some(applied), Some(Some(Some(held)))) => Some(applied.min(held)),
-                // A leader without followers, or a follower: what it applied.
-                (Some(applied), Some(None) | None) => Some(applied),
-            }
-        };
-        if let Some(index) = released {
-            tail.released(index);
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Asks for a snapshot once `limit` bytes were appended to the log since the last one (openraft
 /// counts entries only): what the log holds on disk between snapshots stays bounded however
 /// large its entries are.
@@ -412,7 +377,7 @@ impl Store {
             clock::set_leading(true);
         }
         let leadership = Arc::new(watch::channel(leads).0);
-        tokio::spawn(release_tail(metrics.clone(), tail.clone()));
+        tokio::spawn(tail::release(metrics.clone(), tail.clone()));
         tokio::spawn(follow_leadership(metrics, leadership.clone()));
         Ok(Self {
             raft,

@@ -14,11 +14,12 @@
 
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use openraft::Entry;
+use tokio::sync::watch;
 
-use crate::TypeConfig;
+use crate::{BerthNode, NodeId, TypeConfig};
 
 /// The most entries the tail holds: followers that fall further behind read from disk.
 const MAX_ENTRIES: usize = 4096;
@@ -152,6 +153,41 @@ impl Tail {
                 .map(|(e, _)| e.clone())
                 .collect(),
         )
+    }
+}
+
+/// Lets the tail drop the entries no reader of it needs any more: those this member applied
+/// and, on a leader, every follower holds. The tail then holds what is in flight (nothing, on
+/// a lone server that applied everything), and up to its bounds only while a follower lags.
+pub(crate) async fn release(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BerthNode>>,
+    tail: Arc<Tail>,
+) {
+    loop {
+        let released = {
+            let m = metrics.borrow_and_update();
+            // `replication` is the leader's (learners included, itself too); `None` on a
+            // follower. A follower that holds nothing yet holds back everything.
+            let followers = m.replication.as_ref().map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != m.id)
+                    .map(|(_, matched)| matched.map(|l| l.index))
+                    .min()
+            });
+            match (m.last_applied.map(|l| l.index), followers) {
+                (None, _) | (_, Some(Some(None))) => None,
+                // A leader: what every follower holds too.
+                (Some(applied), Some(Some(Some(held)))) => Some(applied.min(held)),
+                // A leader without followers, or a follower: what it applied.
+                (Some(applied), Some(None) | None) => Some(applied),
+            }
+        };
+        if let Some(index) = released {
+            tail.released(index);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -38,6 +38,21 @@ async fn register_web(store: &Store, reuse_identical: bool, at: u64) -> CommandR
         .expect("propose")
 }
 
+/// How many revisions of the default namespace's families the store holds.
+async fn revisions(store: &Store) -> usize {
+    store
+        .read(|s| s.task_definitions("default").count())
+        .await
+        .expect("read")
+}
+
+/// The store in `dir` opened again, once it leads.
+async fn reopen(dir: &std::path::Path) -> Store {
+    let store = open(dir).await;
+    wait_leader(&store).await;
+    store
+}
+
 async fn wait_leader(store: &Store) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut leader = store.leadership();
@@ -186,11 +201,7 @@ async fn snapshots_are_files_beside_the_database_and_replace_each_other() {
     let store = open(dir.path()).await;
     assert_eq!(snapshot_files(dir.path()), vec![second.clone()]);
     wait_leader(&store).await;
-    let revisions = store
-        .read(|s| s.task_definitions("default").count())
-        .await
-        .expect("read");
-    assert_eq!(revisions, 2);
+    assert_eq!(revisions(&store).await, 2);
 }
 
 /// A snapshot is built once enough bytes went into the log, however few entries they were:
@@ -251,13 +262,7 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
         assert!(entries < 64, "64 writes took {entries} entries");
         store.shutdown().await;
     }
-    let store = open(dir.path()).await;
-    wait_leader(&store).await;
-    let count = store
-        .read(|s| s.task_definitions("default").count())
-        .await
-        .expect("read");
-    assert_eq!(count, 64);
+    assert_eq!(revisions(&reopen(dir.path()).await).await, 64);
 }
 
 #[tokio::test]
@@ -283,13 +288,7 @@ async fn a_lone_member_keeps_no_applied_entry_in_memory() {
         store.shutdown().await;
     }
     // What it no longer holds in memory is on disk.
-    let store = open(dir.path()).await;
-    wait_leader(&store).await;
-    let count = store
-        .read(|s| s.task_definitions("default").count())
-        .await
-        .expect("read");
-    assert_eq!(count, 20);
+    assert_eq!(revisions(&reopen(dir.path()).await).await, 20);
 }
 
 /// How many objects a listing holds besides the answers kept for retried writes.
