@@ -6,12 +6,10 @@
 //! replicated cooldown times (and counts a service's idle time from its own start).
 
 use berth_model::{MetricValue, NodeStatus, Service, Task, TaskMetrics, TaskStatus, Timestamp};
-use berth_scheduler::autoscale::{
-    decide, metric_values, Direction, Sample, ScalingInput, WINDOW_MS,
-};
+use berth_scheduler::autoscale::{decide, metric_values, Direction, Sample, ScalingInput};
 use berth_state::{Command, ScalingDecision, State};
 
-pub use berth_scheduler::autoscale::RequestSample;
+pub use berth_scheduler::autoscale::{RequestSample, WINDOW_MS};
 
 /// Where the recent resource samples of tasks are (the leader's memory).
 pub trait Samples {

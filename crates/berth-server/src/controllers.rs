@@ -335,6 +335,8 @@ impl Controller for Meter {
     }
 
     fn plan(&mut self, state: &State, at: u64) -> Vec<Command> {
+        self.usage
+            .metered_to(state.ledger().map(|l| l.accounted_to));
         berth_control::metering::plan(state, &self.usage, at, &self.policy)
     }
 

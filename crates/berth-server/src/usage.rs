@@ -5,17 +5,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use berth_control::autoscaling::RequestSample;
+use berth_control::autoscaling::{RequestSample, WINDOW_MS};
 use berth_model::{Task, TaskMetrics, Timestamp};
 
-/// Samples older than this (before a task's newest) are dropped; it covers the autoscaler's
-/// window and a bucket of the metering ledger (closed a little after its end) with room to
-/// spare.
+/// Samples older than this (before a task's newest) are dropped whatever else needs them: it
+/// covers the autoscaler's window and a bucket of the metering ledger (a minute at most,
+/// closed a little after its end) with room for a meter that runs late.
 const KEEP_MS: u64 = 3 * 60 * 1000;
 /// Tasks not heard from for this long are forgotten.
 const FORGET_MS: u64 = 10 * 60 * 1000;
 
-/// Every this many samples, tasks that stopped reporting are swept out.
+/// Tasks are swept (the silent forgotten, the others cut to what is still needed) once per
+/// this many samples, or per as many samples as there are tasks when there are more.
 const SWEEP_EVERY: u64 = 1024;
 
 #[derive(Clone, Default)]
@@ -25,8 +26,31 @@ pub struct Usage(Arc<Mutex<Inner>>);
 struct Inner {
     tasks: HashMap<String, VecDeque<TaskMetrics>>,
     recorded: u64,
+    /// Where the oldest bucket of the ledger that is still open starts, as the meter last
+    /// saw it ([`Usage::metered_to`]): no bucket needs a sample from before it but the last
+    /// one (it bounds the time the first sample after it stands for).
+    open_from: Option<Timestamp>,
     /// Ingress reports by `(namespace, service)`, oldest first.
     requests: HashMap<(String, String), Traffic>,
+}
+
+impl Inner {
+    /// From when a task's samples are still needed, at `at`: by the ledger's open bucket
+    /// and the autoscaler's window, and never from longer ago than [`KEEP_MS`].
+    fn needed_from(&self, at: Timestamp) -> Timestamp {
+        let kept = at.saturating_sub(KEEP_MS);
+        let window = at.saturating_sub(WINDOW_MS);
+        self.open_from
+            .map_or(kept, |open| open.min(window))
+            .max(kept)
+    }
+}
+
+/// Drops the samples from before `from` but the newest of them.
+fn cut(samples: &mut VecDeque<TaskMetrics>, from: Timestamp) {
+    while samples.get(1).is_some_and(|m| m.sampled_at < from) {
+        samples.pop_front();
+    }
 }
 
 #[derive(Default)]
@@ -59,17 +83,32 @@ impl Usage {
     pub fn record(&self, task_id: String, metrics: TaskMetrics) {
         let mut inner = self.lock();
         let at = metrics.sampled_at;
+        let from = inner.needed_from(at);
         inner.recorded += 1;
-        if inner.recorded.is_multiple_of(SWEEP_EVERY) {
-            inner
-                .tasks
-                .retain(|_, s| s.back().is_some_and(|m| m.sampled_at + FORGET_MS >= at));
+        let every = SWEEP_EVERY.max(inner.tasks.len() as u64);
+        if inner.recorded.is_multiple_of(every) {
+            inner.tasks.retain(|_, s| {
+                let heard = s.back().is_some_and(|m| m.sampled_at + FORGET_MS >= at);
+                if heard {
+                    // A task that stopped reporting keeps its last sample (for `describe`),
+                    // not the room of the samples it had.
+                    cut(s, from);
+                    if s.capacity() > 2 * s.len().max(4) {
+                        s.shrink_to_fit();
+                    }
+                }
+                heard
+            });
         }
         let samples = inner.tasks.entry(task_id).or_default();
         samples.push_back(metrics);
-        while samples.front().is_some_and(|m| m.sampled_at + KEEP_MS < at) {
-            samples.pop_front();
-        }
+        cut(samples, from);
+    }
+
+    /// The meter's round saw the ledger accounted up to `to` (the start of its oldest open
+    /// bucket): the samples from before it are needed no more but for the autoscaler's window.
+    pub fn metered_to(&self, to: Option<Timestamp>) {
+        self.lock().open_from = to;
     }
 
     /// The task with its latest sample filled in.
@@ -127,5 +166,81 @@ impl Usage {
             .get(task_id)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: Timestamp) -> TaskMetrics {
+        TaskMetrics {
+            cpu_units: 100.0,
+            memory_bytes: 1 << 20,
+            sampled_at: at,
+        }
+    }
+
+    fn times(usage: &Usage, task: &str) -> Vec<Timestamp> {
+        usage.samples(task).iter().map(|m| m.sampled_at).collect()
+    }
+
+    #[test]
+    fn without_a_ledger_samples_are_kept_for_the_longest_span() {
+        let usage = Usage::default();
+        for s in 0..=40 {
+            usage.record("t".into(), sample(s * 5_000));
+        }
+        // 200 s in: the newest sample from more than three minutes before, and all after it.
+        let kept = times(&usage, "t");
+        assert_eq!(kept.first(), Some(&15_000));
+        assert_eq!(kept.last(), Some(&200_000));
+        assert_eq!(kept.len(), 38);
+    }
+
+    #[test]
+    fn an_open_bucket_keeps_its_samples_and_the_one_before() {
+        let usage = Usage::default();
+        usage.metered_to(Some(60_000));
+        for s in 0..=20 {
+            usage.record("t".into(), sample(s * 5_000));
+        }
+        // 100 s in, the bucket from 60 s open: the window (from 80 s) needs less.
+        assert_eq!(
+            times(&usage, "t"),
+            (11..=20).map(|s| s * 5_000).collect::<Vec<_>>()
+        );
+        // Once it is closed, the window alone: the last sample before 85 s and what follows.
+        usage.metered_to(Some(120_000));
+        usage.record("t".into(), sample(105_000));
+        assert_eq!(
+            times(&usage, "t"),
+            [80_000, 85_000, 90_000, 95_000, 100_000, 105_000]
+        );
+    }
+
+    #[test]
+    fn a_sweep_cuts_silent_tasks_to_their_last_sample_then_forgets_them() {
+        let usage = Usage::default();
+        for s in 0..30 {
+            usage.record("quiet".into(), sample(s * 1_000));
+        }
+        assert_eq!(times(&usage, "quiet").len(), 30);
+        // The bucket from 50 s open; others report until a sweep runs: the quiet task, heard
+        // from last at 29 s, keeps its newest sample only.
+        usage.metered_to(Some(50_000));
+        for n in 0..SWEEP_EVERY {
+            usage.record(format!("busy-{}", n % 4), sample(60_000 + n));
+        }
+        assert_eq!(times(&usage, "quiet"), [29_000]);
+        // Ten minutes after it was last heard from, it is gone.
+        for n in 0..SWEEP_EVERY {
+            usage.record(
+                format!("busy-{}", n % 4),
+                sample(29_000 + FORGET_MS + 1 + n),
+            );
+        }
+        assert!(usage.samples("quiet").is_empty());
+        assert!(!usage.samples("busy-0").is_empty());
     }
 }
