@@ -534,7 +534,19 @@ impl Store {
     /// it beside the retry; the state machine applies the first copy only, and answers the
     /// retry with its answer. (Commands only the leader proposes are never retried elsewhere,
     /// and go as they are.)
+    ///
+    /// Boxed: the future of a write is several KiB (its retries, the forwarding to a leader
+    /// over gRPC, openraft's client write), and a long-lived task that may write (an agent's
+    /// stream: 5,000 of them on a leader) would hold that much inline all its life.
     async fn write(&self, write: Write, timeout: Duration) -> Result<CommandResult, StoreError> {
+        Box::pin(self.write_inline(write, timeout)).await
+    }
+
+    async fn write_inline(
+        &self,
+        write: Write,
+        timeout: Duration,
+    ) -> Result<CommandResult, StoreError> {
         let write = match write {
             Write::Command(command)
                 if !command.leader_only() && !matches!(command, Command::Request { .. }) =>
@@ -887,18 +899,18 @@ impl Store {
         queued: bool,
     ) -> Result<R, StoreError> {
         let deadline = Instant::now() + self.config.write_timeout;
-        let index = self
-            .retry(deadline, || async {
-                match self.leader() {
-                    Leader::Me => self.read_index_local(deadline).await,
-                    Leader::Other(addr) => self.peers.read_index(&addr, deadline).await,
-                    Leader::Unknown => Err(StoreError::NotLeader {
-                        leader_id: None,
-                        leader_addr: None,
-                    }),
-                }
-            })
-            .await?;
+        // Boxed, as a write is ([`Store::write`]): a read index may ask the leader over gRPC.
+        let index = Box::pin(self.retry(deadline, || async {
+            match self.leader() {
+                Leader::Me => self.read_index_local(deadline).await,
+                Leader::Other(addr) => self.peers.read_index(&addr, deadline).await,
+                Leader::Unknown => Err(StoreError::NotLeader {
+                    leader_id: None,
+                    leader_addr: None,
+                }),
+            }
+        }))
+        .await?;
         self.wait_applied(index, deadline).await?;
         Ok(match queued {
             true => self.read_stale_queued(f),
