@@ -25,7 +25,8 @@ pub struct Usage(Arc<Mutex<Inner>>);
 #[derive(Default)]
 struct Inner {
     tasks: HashMap<String, VecDeque<TaskMetrics>>,
-    recorded: u64,
+    /// Samples recorded since the last sweep.
+    unswept: u64,
     /// Where the oldest bucket of the ledger that is still open starts, as the meter last
     /// saw it ([`Usage::metered_to`]): no bucket needs a sample from before it but the last
     /// one (it bounds the time the first sample after it stands for).
@@ -84,9 +85,9 @@ impl Usage {
         let mut inner = self.lock();
         let at = metrics.sampled_at;
         let from = inner.needed_from(at);
-        inner.recorded += 1;
-        let every = SWEEP_EVERY.max(inner.tasks.len() as u64);
-        if inner.recorded.is_multiple_of(every) {
+        inner.unswept += 1;
+        if inner.unswept >= SWEEP_EVERY.max(inner.tasks.len() as u64) {
+            inner.unswept = 0;
             inner.tasks.retain(|_, s| {
                 let heard = s.back().is_some_and(|m| m.sampled_at + FORGET_MS >= at);
                 if heard {
