@@ -188,18 +188,16 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
         .context("RunTask answered no task")?;
     wait_running(&addr, 1, Duration::from_secs(60)).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    // The reads have a connection of their own, not the one the RunTask calls go on.
-    let reader = big_client(&addr).await?;
-    let settled = tokio::spawn(reads(reader.clone(), id.clone(), stop.clone()));
+    let settled = reads_apart(&addr, &id, &stop);
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut settled = settled.await??;
+    let mut settled = join_reads(settled).await?;
     stop.store(false, Ordering::Relaxed);
-    let burst = tokio::spawn(reads(reader, id, stop.clone()));
+    let burst = reads_apart(&addr, &id, &stop);
     let submitted = submit(&mut client, "read", TASKS).await?;
     wait_running(&addr, u64::from(TASKS) + 1, Duration::from_secs(900)).await?;
     stop.store(true, Ordering::Relaxed);
-    let mut burst = burst.await??;
+    let mut burst = join_reads(burst).await?;
     record_percentiles(results, "read.settled_", &mut settled);
     record_percentiles(results, "read.burst_", &mut burst);
     results.insert("read.burst_reads".into(), burst.len() as f64);
@@ -260,6 +258,32 @@ pub(crate) async fn console(results: &mut Results) -> anyhow::Result<()> {
     results.insert("console.load_max_ms".into(), loads[loads.len() - 1]);
     results.insert("console.failed_writes".into(), submitted.failed as f64);
     Ok(())
+}
+
+/// [`reads`] on a thread and a runtime of their own, over a connection of their own: what a
+/// read waits for is the server, not the benchmark's own work (its RunTask calls encode and
+/// decode a thousand tasks each, its progress polls parse `/metrics`).
+fn reads_apart(
+    addr: &str,
+    id: &str,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<f64>>> {
+    let (addr, id, stop) = (addr.to_owned(), id.to_owned(), stop.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move { reads(big_client(&addr).await?, id, stop).await })
+    })
+}
+
+/// The reads of [`reads_apart`], once its thread ends.
+async fn join_reads(
+    reads: std::thread::JoinHandle<anyhow::Result<Vec<f64>>>,
+) -> anyhow::Result<Vec<f64>> {
+    tokio::task::spawn_blocking(move || reads.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the reading thread panicked"))?
 }
 
 /// Reads task `id` every 2 ms until `stop` (at most 100,000 times); each read's ms.

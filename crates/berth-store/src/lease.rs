@@ -17,11 +17,17 @@
 //! A read whose check fails (no leader, a lease run out, a membership change in flight) takes
 //! the heartbeat round as before.
 //!
+//! The check runs outside Raft's core first ([`Facts`]: what the storage saw the core save,
+//! append and apply), so that a read does not wait for the core's turn; inside it
+//! (`with_raft_state`) when that fails, the first moments of a term for instance. The same
+//! check without a lease is how a lone voter answers reads: a majority of it is itself.
+//!
 //! The acknowledgements are taken from the Raft network itself, [`Acking`] wrapping whatever
 //! transport the member has (gRPC, or the simulation's), so the simulation checks lease reads
 //! like the real servers make them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,7 +37,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{RaftNetwork, RaftNetworkFactory};
+use openraft::{LogId, Membership, RaftNetwork, RaftNetworkFactory, Vote};
 use tokio::time::Instant;
 
 use crate::{BerthNode, NodeId, TypeConfig};
@@ -75,6 +81,89 @@ impl Acks {
                     .count();
                 fresh * 2 > voters.len()
             })
+    }
+}
+
+/// What a lease read checks without a turn of Raft's core, kept by the storage as the core
+/// hands it over. Under a burst the core waits for its own appends (fsync included) between
+/// messages, and a read that asked it waited 10-90 ms for its turn; these are as fresh:
+///
+/// - the vote as last saved: a member grants a vote of a later term, and a leader takes one it
+///   learned of, only once it is saved, so a saved vote that is this member's, committed, says
+///   it has voted for no one else since;
+/// - the index of the newest membership entry appended (the last log index at start, not
+///   knowing what the log holds): while it is beyond what the state machine applied, a change
+///   is in flight and the read takes the core's path;
+/// - the voters of the membership the state machine applied (each configuration's IDs),
+///   changed before the applied index that makes them readable moves.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    vote: Mutex<Option<Vote<NodeId>>>,
+    membership_appended: AtomicU64,
+    voters: Mutex<Vec<Vec<NodeId>>>,
+}
+
+impl Facts {
+    pub(crate) fn saved_vote(&self, vote: Vote<NodeId>) {
+        *self.vote.lock().unwrap_or_else(PoisonError::into_inner) = Some(vote);
+    }
+
+    pub(crate) fn vote(&self) -> Option<Vote<NodeId>> {
+        *self.vote.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A membership entry at `index` was appended (or, at start, may be in the log up to it).
+    pub(crate) fn appended_membership(&self, index: u64) {
+        self.membership_appended.fetch_max(index, Ordering::AcqRel);
+    }
+
+    pub(crate) fn membership_appended(&self) -> u64 {
+        self.membership_appended.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn applied_membership(&self, membership: &Membership<NodeId, BerthNode>) {
+        let voters = membership
+            .get_joint_config()
+            .iter()
+            .map(|config| config.iter().copied().collect())
+            .collect();
+        *self.voters.lock().unwrap_or_else(PoisonError::into_inner) = voters;
+    }
+
+    /// The read index member `me` may answer without a turn of Raft's core, or `None` (then
+    /// the core's path): where its saved vote is its own and committed (it leads its term and
+    /// has voted for no one since), an entry of that term is applied (`last_applied`, from
+    /// Raft's metrics, which may lag the core: then false, never wrongly true; from then on
+    /// what the leaders before it acknowledged is applied), no membership change is in flight,
+    /// and a majority of each voter configuration is `me` with the followers that acknowledged
+    /// it within `lease` (a zero lease: `me` alone, a lone voter). The index is `readable()`,
+    /// read last: a write is acknowledged only once the leader applied it (its client's answer
+    /// comes from the state machine), so everything acknowledged before the read began is
+    /// readable up to it, and what is committed but still applying was acknowledged to no one.
+    pub(crate) fn read_index(
+        &self,
+        me: NodeId,
+        last_applied: Option<LogId<NodeId>>,
+        readable: impl Fn() -> u64,
+        acks: &Acks,
+        now: Instant,
+        lease: Duration,
+    ) -> Option<u64> {
+        let vote = self.vote()?;
+        let leader = *vote.leader_id();
+        if !vote.is_committed() || leader.voted_for() != Some(me) {
+            return None;
+        }
+        if last_applied.map(|a| a.leader_id) != Some(leader) {
+            return None;
+        }
+        if self.membership_appended() > readable() {
+            return None;
+        }
+        let voters = self.voters.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = acks.quorum_within(leader.term, &voters, me, now, lease);
+        drop(voters);
+        held.then(readable)
     }
 }
 
@@ -182,6 +271,52 @@ mod tests {
         assert!(acks.quorum_within(5, &voters, 1, start + LEASE, LEASE));
         // Acknowledgements from outside the configuration do not count.
         assert!(!acks.quorum_within(5, &[vec![1, 4, 5]], 1, start, LEASE));
+    }
+
+    fn facts(vote: Vote<NodeId>, voters: Vec<Vec<NodeId>>) -> Facts {
+        let facts = Facts::default();
+        facts.saved_vote(vote);
+        *facts.voters.lock().unwrap() = voters;
+        facts
+    }
+
+    fn applied(term: u64, node: NodeId, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(
+            openraft::CommittedLeaderId::new(term, node),
+            index,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_voter_reads_what_it_applied_without_its_core() {
+        let (acks, now) = (Acks::default(), Instant::now());
+        let read = |f: &Facts, last| f.read_index(1, last, || 40, &acks, now, Duration::ZERO);
+        let lone = facts(Vote::new_committed(3, 1), vec![vec![1]]);
+        assert_eq!(read(&lone, applied(3, 1, 40)), Some(40));
+        // Not before an entry of its own term is applied (its metrics may lag), and not while
+        // a membership entry waits to be applied.
+        assert_eq!(read(&lone, applied(2, 2, 40)), None);
+        assert_eq!(read(&lone, None), None);
+        lone.appended_membership(41);
+        assert_eq!(read(&lone, applied(3, 1, 40)), None);
+        // A vote not committed (standing), or for another member, or none saved.
+        let standing = facts(Vote::new(3, 1), vec![vec![1]]);
+        assert_eq!(read(&standing, applied(3, 1, 40)), None);
+        let voted = facts(Vote::new_committed(4, 2), vec![vec![1]]);
+        assert_eq!(read(&voted, applied(4, 2, 40)), None);
+        assert_eq!(read(&Facts::default(), applied(3, 1, 40)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_followers_it_takes_their_acknowledgements_within_the_lease() {
+        let (acks, now) = (Acks::default(), Instant::now());
+        let three = facts(Vote::new_committed(5, 1), vec![vec![1, 2, 3]]);
+        let read = |lease| three.read_index(1, applied(5, 1, 9), || 9, &acks, now, lease);
+        assert_eq!(read(LEASE), None);
+        acks.acked(2, 5, now);
+        assert_eq!(read(LEASE), Some(9));
+        // Without a lease (`--lease-reads` off) a leader with followers asks its core.
+        assert_eq!(read(Duration::ZERO), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -325,13 +325,15 @@ impl Store {
             path: config.data_dir.join("raft.redb"),
             source: e.into(),
         };
-        let log = storage::LogStore::new(db.clone(), committed.clone()).map_err(load_error)?;
+        let facts = Arc::new(lease::Facts::default());
+        let log = storage::LogStore::new(db.clone(), committed.clone(), facts.clone())
+            .map_err(load_error)?;
         let appended = log.appended();
         let tail = log.tail();
         let stored = log.stored();
         let deferred = log.deferred();
         let (sm, shared) =
-            storage::StateMachine::load(db, deferred.clone(), snapshots, committed, stored)
+            storage::StateMachine::load(db, deferred.clone(), snapshots, committed, stored, facts)
                 .map_err(load_error)?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),
@@ -769,6 +771,9 @@ impl Store {
 
     async fn read_index_once(&self, deadline: Instant) -> Result<u64, StoreError> {
         self.check_quorum()?;
+        if let Some(index) = self.read_index_outside_core() {
+            return Ok(index.max(self.read_floor()));
+        }
         if let Some(index) = self.lease_read_index(deadline).await {
             return Ok(index.max(self.read_floor()));
         }
@@ -806,6 +811,20 @@ impl Store {
             }
             Ok(Err(RaftError::Fatal(e))) => Err(StoreError::Fatal(Box::new(e))),
         }
+    }
+
+    /// A read index without a turn of Raft's core ([`lease::Facts::read_index`]): on a lone
+    /// voter, or on a leader holding its lease with `--lease-reads`.
+    fn read_index_outside_core(&self) -> Option<u64> {
+        let last_applied = self.raft.metrics().borrow().last_applied;
+        self.shared.facts.read_index(
+            self.config.node_id,
+            last_applied,
+            || *self.shared.readable.borrow(),
+            &self.acks,
+            Instant::now(),
+            self.config.read_lease().unwrap_or_default(),
+        )
     }
 
     /// The read index this member may answer without a round of heartbeats: its committed
@@ -871,9 +890,10 @@ impl Store {
         }
     }
 
-    /// Waits until this member has applied `index`.
+    /// Waits until this member's state is readable as of `index` (applied; its changes may
+    /// still be on their way to watchers).
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), StoreError> {
-        let mut applied = self.watch();
+        let mut applied = self.shared.readable.subscribe();
         let wait = async move { applied.wait_for(|a| *a >= index).await.map(drop) };
         match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(())) => Ok(()),

@@ -300,6 +300,8 @@ fn put_meta<T: Serialize>(
 pub struct LogStore {
     db: Arc<Database>,
     committed: Arc<AtomicU64>,
+    /// What lease reads check outside Raft's core: the saved vote, membership appends.
+    facts: Arc<crate::lease::Facts>,
     /// Bytes appended to the log since start, as stored: what sizes snapshots
     /// (`StoreConfig::snapshot_log_bytes`).
     appended: Arc<AtomicU64>,
@@ -467,12 +469,26 @@ fn change(counter: &AtomicU64, added: u64, removed: u64) {
 
 impl LogStore {
     /// The log store over `db`, counting what it holds first ([`Stored`]).
-    pub(crate) fn new(db: Arc<Database>, committed: Arc<AtomicU64>) -> Result<Self, SError> {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        committed: Arc<AtomicU64>,
+        facts: Arc<crate::lease::Facts>,
+    ) -> Result<Self, SError> {
         let stored = Arc::new(Stored::of(&db)?);
+        // Any entry of the log may be a membership: lease reads wait for the state machine
+        // to apply it all before they skip Raft's core.
+        let last = {
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(LOG).map_err(read_err)?;
+            let last = table.last().map_err(read_err)?;
+            last.map_or(0, |(k, _)| k.value())
+        };
+        facts.appended_membership(last);
         Ok(Self {
             deferred: Deferred::new(db.clone(), stored.clone()),
             db,
             committed,
+            facts,
             appended: Arc::default(),
             stored,
             purger: Arc::default(),
@@ -572,12 +588,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        let (db, vote) = (self.db.clone(), *vote);
-        blocking(move || put_meta(&db, VOTE, &vote, Durability::Immediate)).await
+        let (db, saved) = (self.db.clone(), *vote);
+        blocking(move || put_meta(&db, VOTE, &saved, Durability::Immediate)).await?;
+        // Before Raft's core acts on it (grants it, or leads under it).
+        self.facts.saved_vote(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
-        get_meta(&self.db, VOTE)
+        let vote: Option<Vote<NodeId>> = get_meta(&self.db, VOTE)?;
+        if let Some(vote) = vote {
+            self.facts.saved_vote(vote);
+        }
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
@@ -616,6 +639,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|entry| {
                 let (bytes, size) = encode_compressed(&entry)?;
                 let index = entry.log_id.index;
+                if matches!(entry.payload, EntryPayload::Membership(_)) {
+                    self.facts.appended_membership(index);
+                }
                 decoded.push((entry, size));
                 Ok((index, bytes))
             })
@@ -727,7 +753,14 @@ pub struct Shared {
     /// waits behind a long read ([`Shared::read`]), and the applier turns its write lock into
     /// a read lock once the state changed, letting readers in while it records the changes.
     pub state: parking_lot::RwLock<State>,
+    /// The last applied index once everything about it is done: its changes recorded for
+    /// watchers (whose feed must hold every change up to it) and its nodes woken.
     pub applied: watch::Sender<u64>,
+    /// The last applied index as soon as readers can see its state: bumped when the applier's
+    /// write lock turns into a read lock, before the changes are encoded and recorded (a
+    /// third of an apply's time in a burst), so that a linearizable read waits for the state
+    /// and nothing else.
+    pub readable: watch::Sender<u64>,
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
     pub changes: std::sync::Mutex<crate::changes::ChangeLog>,
@@ -739,6 +772,8 @@ pub struct Shared {
     pub listing: std::sync::Mutex<Option<(u64, std::sync::Weak<berth_state::ObjectsCopy>)>>,
     /// What the database holds.
     pub stored: Arc<Stored>,
+    /// What lease reads check outside Raft's core (the applied membership's voters here).
+    pub(crate) facts: Arc<crate::lease::Facts>,
 }
 
 impl Shared {
@@ -824,9 +859,12 @@ impl StateMachine {
         snapshots: SnapshotFiles,
         committed: Arc<AtomicU64>,
         stored: Arc<Stored>,
+        facts: Arc<crate::lease::Facts>,
     ) -> Result<(Self, Arc<Shared>), SError> {
         let last_applied: Option<LogId<NodeId>> = get_meta(&db, APPLIED)?.flatten();
-        let membership = get_meta(&db, MEMBERSHIP)?.unwrap_or_default();
+        let membership: StoredMembership<NodeId, BerthNode> =
+            get_meta(&db, MEMBERSHIP)?.unwrap_or_default();
+        facts.applied_membership(membership.membership());
         let current: Option<SnapshotMeta<NodeId, BerthNode>> = get_meta(&db, SNAPSHOT_META)?;
         snapshots.keep_only(current.as_ref().map(|m| m.snapshot_id.as_str()));
         let mut objects = Vec::new();
@@ -842,9 +880,11 @@ impl StateMachine {
             }
         }
         let (applied, _) = watch::channel(last_applied.map_or(0, |l| l.index));
+        let (readable, _) = watch::channel(last_applied.map_or(0, |l| l.index));
         let shared = Arc::new(Shared {
             state: parking_lot::RwLock::new(State::from_objects(objects)),
             applied,
+            readable,
             committed,
             changes: std::sync::Mutex::new(crate::changes::ChangeLog::new(
                 last_applied.map_or(0, |l| l.index),
@@ -852,6 +892,7 @@ impl StateMachine {
             node_changes: std::sync::Mutex::default(),
             listing: std::sync::Mutex::default(),
             stored,
+            facts,
         });
         deferred.loaded(last_applied.map_or(0, |l| l.index));
         let sm = Self {
@@ -939,6 +980,7 @@ impl StateMachine {
             match entry.payload {
                 EntryPayload::Blank => results.push(CommandResult::Done),
                 EntryPayload::Membership(m) => {
+                    self.shared.facts.applied_membership(&m);
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     results.push(CommandResult::Done);
                 }
@@ -948,11 +990,17 @@ impl StateMachine {
                     results.push(result);
                 }
             }
+            // Readers waiting go first, between two entries (each one applied whole): a
+            // batch of entries of a thousand tasks each would keep them out for its sum.
+            parking_lot::RwLockWriteGuard::bump(&mut state);
         }
         changed.sort();
         changed.dedup();
         // Readers may come in from here on: the state is as it stays.
         let state = parking_lot::RwLockWriteGuard::downgrade(state);
+        if let Some(applied) = self.last_applied {
+            self.shared.readable.send_replace(applied.index);
+        }
         let objects = Self::encode_changes(&state, &changed)?;
         if let Some(applied) = self.last_applied {
             self.shared
@@ -1219,6 +1267,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.shared
+            .facts
+            .applied_membership(self.membership.membership());
         // Watchers from before the snapshot must list everything again.
         self.shared
             .changes
@@ -1227,6 +1278,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .reset(meta.last_log_id.map_or(0, |l| l.index));
         self.shared.notify_all_nodes();
         if let Some(applied) = self.last_applied {
+            self.shared.readable.send_replace(applied.index);
             self.shared.applied.send_replace(applied.index);
         }
         Ok(())
@@ -1345,6 +1397,7 @@ mod tests {
             SnapshotFiles::in_database(),
             Arc::default(),
             counted.clone(),
+            Arc::default(),
         )
         .map_err(|e| e.to_string())
         .expect("load");
@@ -1419,7 +1472,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_is_recorded_at_once_and_its_entries_deleted_behind_it_chunk_by_chunk() {
         let db = log_of(2_000);
-        let mut log = LogStore::new(db.clone(), Arc::default()).expect("log");
+        let mut log = LogStore::new(db.clone(), Arc::default(), Arc::default()).expect("log");
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 2_000);
         // The state machine on disk has applied everything.
         log.deferred().loaded(2_000);
@@ -1443,7 +1496,7 @@ mod tests {
         // and kept (nothing reads them), and the next purge deletes them with its own.
         put_meta(&db, PURGED, &Some(log_id(1_800)), Durability::None).expect("purged");
         drop(log);
-        let mut log = LogStore::new(db, Arc::default()).expect("log");
+        let mut log = LogStore::new(db, Arc::default(), Arc::default()).expect("log");
         log.deferred().loaded(2_000);
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 500);
         let state = log.get_log_state().await.expect("state");
@@ -1465,7 +1518,7 @@ mod tests {
     async fn a_log_purged_past_its_last_entry_ends_at_the_purge() {
         // A follower that installs a snapshot ahead of its log (here at 1,000, its log ending
         // at 500) purges past its last entry.
-        let mut log = LogStore::new(log_of(500), Arc::default()).expect("log");
+        let mut log = LogStore::new(log_of(500), Arc::default(), Arc::default()).expect("log");
         // The install's transaction wrote the applied index at 1,000.
         log.deferred().loaded(1_000);
         log.purge(log_id(1_000)).await.expect("purge");
@@ -1481,7 +1534,7 @@ mod tests {
     async fn a_purge_past_the_applied_index_on_disk_records_nothing() {
         // openraft purges beside a snapshot install before the install's transaction commits:
         // recorded, a crash could leave an applied index behind the log's first entry.
-        let mut log = LogStore::new(log_of(500), Arc::default()).expect("log");
+        let mut log = LogStore::new(log_of(500), Arc::default(), Arc::default()).expect("log");
         log.deferred().loaded(200);
         log.purge(log_id(400)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");
