@@ -96,11 +96,14 @@ impl Acks {
 ///   is in flight and the read takes the core's path;
 /// - the voters of the membership the state machine applied (each configuration's IDs),
 ///   changed before the applied index that makes them readable moves.
+/// - the highest commit index this member sent a follower or learner (in an AppendEntries,
+///   noted before it goes): what another member may have applied, and read since.
 #[derive(Debug, Default)]
 pub(crate) struct Facts {
     vote: Mutex<Option<Vote<NodeId>>>,
     membership_appended: AtomicU64,
     voters: Mutex<Vec<Vec<NodeId>>>,
+    commit_sent: AtomicU64,
 }
 
 impl Facts {
@@ -115,6 +118,11 @@ impl Facts {
     /// A membership entry at `index` was appended (or, at start, may be in the log up to it).
     pub(crate) fn appended_membership(&self, index: u64) {
         self.membership_appended.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// An AppendEntries telling a peer that `index` is committed is about to go.
+    pub(crate) fn sending_commit(&self, index: u64) {
+        self.commit_sent.fetch_max(index, Ordering::AcqRel);
     }
 
     pub(crate) fn membership_appended(&self) -> u64 {
@@ -136,10 +144,13 @@ impl Facts {
     /// Raft's metrics, which may lag the core: then false, never wrongly true; from then on
     /// what the leaders before it acknowledged is applied), no membership change is in flight,
     /// and a majority of each voter configuration is `me` with the followers that acknowledged
-    /// it within `lease` (a zero lease: `me` alone, a lone voter). The index is `readable()`,
-    /// read last: a write is acknowledged only once the leader applied it (its client's answer
-    /// comes from the state machine), so everything acknowledged before the read began is
-    /// readable up to it, and what is committed but still applying was acknowledged to no one.
+    /// it within `lease` (a zero lease: `me` alone, a lone voter). The index, read last, is
+    /// `readable()` or the highest commit index sent to another member, whichever is later.
+    /// A write is acknowledged only once the leader applied it (its client's answer comes
+    /// from the state machine), and a reader here never sees a state ahead of `readable`;
+    /// another member applies only what it was told is committed, so a read there saw at most
+    /// the commit index sent. What is committed but neither applied here nor sent was seen
+    /// by no one: a read need not wait for it (on a lone voter, for an apply in progress).
     pub(crate) fn read_index(
         &self,
         me: NodeId,
@@ -163,7 +174,7 @@ impl Facts {
         let voters = self.voters.lock().unwrap_or_else(PoisonError::into_inner);
         let held = acks.quorum_within(leader.term, &voters, me, now, lease);
         drop(voters);
-        held.then(readable)
+        held.then(|| readable().max(self.commit_sent.load(Ordering::Acquire)))
     }
 }
 
@@ -171,11 +182,12 @@ impl Facts {
 pub(crate) struct Acking<N> {
     inner: N,
     acks: Arc<Acks>,
+    facts: Arc<Facts>,
 }
 
 impl<N> Acking<N> {
-    pub(crate) fn new(inner: N, acks: Arc<Acks>) -> Self {
-        Self { inner, acks }
+    pub(crate) fn new(inner: N, acks: Arc<Acks>, facts: Arc<Facts>) -> Self {
+        Self { inner, acks, facts }
     }
 }
 
@@ -187,6 +199,7 @@ impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Ackin
             inner: self.inner.new_client(target, node).await,
             target,
             acks: self.acks.clone(),
+            facts: self.facts.clone(),
         }
     }
 }
@@ -196,6 +209,7 @@ pub(crate) struct AckingConnection<C> {
     inner: C,
     target: NodeId,
     acks: Arc<Acks>,
+    facts: Arc<Facts>,
 }
 
 impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for AckingConnection<C> {
@@ -206,6 +220,9 @@ impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for AckingConnection<C>
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
         // Only an established leader's requests (a committed vote) renew a follower's lease.
         let (term, committed) = (rpc.vote.leader_id().term, rpc.vote.is_committed());
+        if let Some(commit) = rpc.leader_commit {
+            self.facts.sending_commit(commit.index);
+        }
         let sent = Instant::now();
         let reply = self.inner.append_entries(rpc, option).await;
         // A conflict too: the follower took the vote (and its lease) before it looked at its
@@ -317,6 +334,12 @@ mod tests {
         assert_eq!(read(LEASE), Some(9));
         // Without a lease (`--lease-reads` off) a leader with followers asks its core.
         assert_eq!(read(Duration::ZERO), None);
+        // A follower told that 12 is committed may have applied it, and been read since: a
+        // read here waits for it too.
+        three.sending_commit(12);
+        assert_eq!(read(LEASE), Some(12));
+        three.sending_commit(10);
+        assert_eq!(read(LEASE), Some(12));
     }
 
     #[tokio::test(start_paused = true)]

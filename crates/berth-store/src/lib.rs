@@ -332,9 +332,15 @@ impl Store {
         let tail = log.tail();
         let stored = log.stored();
         let deferred = log.deferred();
-        let (sm, shared) =
-            storage::StateMachine::load(db, deferred.clone(), snapshots, committed, stored, facts)
-                .map_err(load_error)?;
+        let (sm, shared) = storage::StateMachine::load(
+            db,
+            deferred.clone(),
+            snapshots,
+            committed,
+            stored,
+            facts.clone(),
+        )
+        .map_err(load_error)?;
         let raft_config = openraft::Config {
             cluster_name: "berth".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -352,7 +358,7 @@ impl Store {
         .validate()
         .map_err(|e| StoreError::start("check raft settings", e))?;
         let acks = Arc::new(lease::Acks::default());
-        let network = lease::Acking::new(network, acks.clone());
+        let network = lease::Acking::new(network, acks.clone(), facts.clone());
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StoreError::start("start raft", e))?;

@@ -756,10 +756,10 @@ pub struct Shared {
     /// The last applied index once everything about it is done: its changes recorded for
     /// watchers (whose feed must hold every change up to it) and its nodes woken.
     pub applied: watch::Sender<u64>,
-    /// The last applied index as soon as readers can see its state: bumped when the applier's
-    /// write lock turns into a read lock, before the changes are encoded and recorded (a
-    /// third of an apply's time in a burst), so that a linearizable read waits for the state
-    /// and nothing else.
+    /// The last applied index as readers can see its state: bumped entry by entry under the
+    /// applier's write lock (no reader sees a state ahead of it), before the changes are
+    /// encoded and recorded (a third of an apply's time in a burst), so that a linearizable
+    /// read waits for the state and nothing else.
     pub readable: watch::Sender<u64>,
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
@@ -990,17 +990,18 @@ impl StateMachine {
                     results.push(result);
                 }
             }
-            // Readers waiting go first, between two entries (each one applied whole): a
-            // batch of entries of a thousand tasks each would keep them out for its sum.
+            // Readable at this entry before any reader can see it (the write lock still
+            // held): a reader never sees a state ahead of `readable`, which a read index may
+            // be (`lease::Facts::read_index`). Then readers waiting go first, between two
+            // entries (each one applied whole): a batch of entries of a thousand tasks each
+            // would keep them out for its sum.
+            self.shared.readable.send_replace(entry.log_id.index);
             parking_lot::RwLockWriteGuard::bump(&mut state);
         }
         changed.sort();
         changed.dedup();
         // Readers may come in from here on: the state is as it stays.
         let state = parking_lot::RwLockWriteGuard::downgrade(state);
-        if let Some(applied) = self.last_applied {
-            self.shared.readable.send_replace(applied.index);
-        }
         let objects = Self::encode_changes(&state, &changed)?;
         if let Some(applied) = self.last_applied {
             self.shared
@@ -1259,7 +1260,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(state)
         })
         .await?;
-        *self.shared.write() = state;
+        {
+            let mut current = self.shared.write();
+            *current = state;
+            if let Some(applied) = meta.last_log_id {
+                self.shared.readable.send_replace(applied.index);
+            }
+        }
         *self
             .shared
             .listing
@@ -1278,7 +1285,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .reset(meta.last_log_id.map_or(0, |l| l.index));
         self.shared.notify_all_nodes();
         if let Some(applied) = self.last_applied {
-            self.shared.readable.send_replace(applied.index);
             self.shared.applied.send_replace(applied.index);
         }
         Ok(())

@@ -8,8 +8,9 @@
 //!   (two members stood in it; a voter that granted the lower ID may then grant the higher),
 //!   but never one with a lower member ID than a leader it already had: votes only go up;
 //! - state machine safety: any two members that applied the same index hold the same state;
-//! - linearizable reads at the leader: every acknowledged registration is in them (odd seeds
-//!   read from the leader's lease, even seeds with a round of heartbeats);
+//! - linearizable reads at the leader: every acknowledged registration is in them, and every
+//!   registration an earlier read answered (odd seeds read from the leader's lease, even
+//!   seeds with a round of heartbeats);
 //!   at the end, every member holds the same state, every acknowledged write is in it, and
 //!   none was applied twice.
 //!
@@ -238,6 +239,8 @@ struct Sim {
     states: BTreeMap<u64, String>,
     /// Families whose registration was acknowledged.
     acked: BTreeSet<String>,
+    /// Families a linearizable read has answered: every later one answers them too.
+    read_seen: BTreeSet<String>,
     /// Client tokens whose task creation was acknowledged, with the task IDs answered.
     tokens: BTreeMap<String, Vec<String>>,
     next: u64,
@@ -448,13 +451,20 @@ impl Sim {
         let Ok(families) = read.await else {
             return Ok(());
         };
-        match acked.iter().find(|f| !families.contains(*f)) {
-            Some(missing) => Err(format!(
-                "a linearizable read at member {} missed the acknowledged registration of {missing}",
-                leader.raft().metrics().borrow().id
-            )),
-            None => Ok(()),
+        let member = leader.raft().metrics().borrow().id;
+        if let Some(missing) = acked.iter().find(|f| !families.contains(*f)) {
+            return Err(format!(
+                "a linearizable read at member {member} missed the acknowledged registration of {missing}"
+            ));
         }
+        // Nor one that an earlier read answered (not yet acknowledged, but seen).
+        if let Some(missing) = self.read_seen.iter().find(|f| !families.contains(*f)) {
+            return Err(format!(
+                "a linearizable read at member {member} missed {missing}, which an earlier read answered"
+            ));
+        }
+        self.read_seen.extend(families);
+        Ok(())
     }
 
     /// Election safety and state machine safety, after every step.
@@ -649,6 +659,7 @@ async fn simulate(seed: u64) -> Result<(), String> {
         leaders: BTreeMap::new(),
         states: BTreeMap::new(),
         acked: BTreeSet::new(),
+        read_seen: BTreeSet::new(),
         tokens: BTreeMap::new(),
         next: 0,
         lease_reads: seed % 2 == 1,
