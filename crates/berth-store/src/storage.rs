@@ -1260,6 +1260,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(state)
         })
         .await?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        // The voters before the index that makes them readable, as an applied entry's.
+        self.shared
+            .facts
+            .applied_membership(self.membership.membership());
         {
             let mut current = self.shared.write();
             *current = state;
@@ -1272,11 +1278,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .listing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        self.shared
-            .facts
-            .applied_membership(self.membership.membership());
         // Watchers from before the snapshot must list everything again.
         self.shared
             .changes
