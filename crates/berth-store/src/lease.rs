@@ -95,7 +95,7 @@ impl Acks {
 ///   knowing what the log holds): while it is beyond what the state machine applied, a change
 ///   is in flight and the read takes the core's path;
 /// - the voters of the membership the state machine applied (each configuration's IDs),
-///   changed before the applied index that makes them readable moves.
+///   changed before the applied index that makes them readable moves;
 /// - the highest commit index this member sent a follower or learner (in an AppendEntries,
 ///   noted before it goes): what another member may have applied, and read since.
 #[derive(Debug, Default)]

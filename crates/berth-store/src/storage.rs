@@ -588,10 +588,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        let (db, saved) = (self.db.clone(), *vote);
-        blocking(move || put_meta(&db, VOTE, &saved, Durability::Immediate)).await?;
+        let (db, vote) = (self.db.clone(), *vote);
+        blocking(move || put_meta(&db, VOTE, &vote, Durability::Immediate)).await?;
         // Before Raft's core acts on it (grants it, or leads under it).
-        self.facts.saved_vote(*vote);
+        self.facts.saved_vote(vote);
         Ok(())
     }
 
