@@ -15,6 +15,7 @@ pub mod metrics;
 mod rotation;
 mod secrets;
 pub mod status;
+mod threads;
 pub mod tls;
 mod usage;
 pub mod watch;
@@ -451,9 +452,18 @@ impl Server {
         // Agent streams never end by themselves: after the shutdown signal, give connections a
         // short grace period instead of waiting for them forever.
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        // Both servers below stop on it (or once it is dropped).
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut stop = stop_rx.clone();
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            }
+        };
         let shutdown = async move {
             shutdown.await;
             let _ = stopping_tx.send(());
+            let _ = stop_tx.send(true);
         };
         let grace = async move {
             if stopping_rx.await.is_ok() {
@@ -491,7 +501,7 @@ impl Server {
         let http_routes = metrics
             .router(self.store.clone(), self.metrics_public)
             .merge(api::console_routes(api.clone()));
-        let serve = builder
+        let router = builder
             .add_routes(tonic::service::Routes::from(http_routes))
             .add_service(health_service)
             .add_service(reflection)
@@ -520,14 +530,41 @@ impl Server {
                         "the Raft transport takes only server certificates of this cluster",
                     )),
                 },
-            ))
-            .serve_with_incoming_shutdown(
-                berth_tls::net::incoming(self.listener, tls_config),
-                shutdown,
-            );
+            ));
+        // Agents' connections here, every other one on the API's threads (`threads.rs`).
+        let api_threads = threads::ApiThreads::start().context("start the API's threads")?;
+        let (agents, others) = berth_tls::net::incoming_split(
+            self.listener,
+            tls_config,
+            threads::from_an_agent,
+            Some(api_threads.handle().clone()),
+        );
+        let api = api_threads.handle().spawn(
+            router
+                .clone()
+                .serve_with_incoming_shutdown(others, stopped()),
+        );
+        let serve = async move {
+            let api = async move {
+                api.await
+                    .context("the API's server stopped")?
+                    .context("serve the API")
+            };
+            let agents = async move {
+                router
+                    .serve_with_incoming_shutdown(agents, stopped())
+                    .await
+                    .context("serve the agents")
+            };
+            let shutdown = async move {
+                shutdown.await;
+                Ok(())
+            };
+            tokio::try_join!(shutdown, agents, api).map(|_| ())
+        };
         let store = self.store.clone();
         let result = tokio::select! {
-            r = serve => r.context("serve gRPC"),
+            r = serve => r,
             () = grace => Ok(()),
             why = store.fatal() => {
                 let raft = self.data_dir.join("raft");
@@ -556,6 +593,8 @@ impl Server {
             ecs.abort();
         }
         self.store.shutdown().await;
+        // After the store: a channel its calls made from the API's threads runs there.
+        drop(api_threads);
         result
     }
 }

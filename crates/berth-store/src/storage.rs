@@ -817,16 +817,34 @@ impl Shared {
     /// round (milliseconds) under a read lock. For short reads only: a stream of long ones
     /// would keep the applier out.
     pub(crate) fn read(&self) -> parking_lot::RwLockReadGuard<'_, State> {
-        self.state.read_recursive()
+        self.state
+            .try_read_recursive()
+            .unwrap_or_else(|| waiting(|| self.state.read_recursive()))
     }
 
     /// A read that lets a waiting writer go first: for long ones (a controller's round).
     pub(crate) fn read_queued(&self) -> parking_lot::RwLockReadGuard<'_, State> {
-        self.state.read()
+        self.state
+            .try_read()
+            .unwrap_or_else(|| waiting(|| self.state.read()))
     }
 
     fn write(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
         self.state.write()
+    }
+}
+
+/// Runs `wait` (a wait for the state's lock, which the applier holds for a whole entry) so
+/// that it does not hold up the async tasks of the thread it runs on: on a worker of a
+/// multi-threaded runtime, the worker's other tasks move to another thread meanwhile (tokio's
+/// `block_in_place`). Without it, an API server's two workers blocked on the lock behind the
+/// apply of a thousand tasks, and a read of one task that needed no lock yet waited for them
+/// before its request was even decoded. Elsewhere (a current-thread runtime, a plain
+/// thread) it just waits.
+fn waiting<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
     }
 }
 
