@@ -384,6 +384,8 @@ impl Server {
         let reflection = reflection()
             .build_v1()
             .context("build reflection service")?;
+        // Before anything is spawned: a failure here leaves nothing running.
+        let api_threads = threads::ApiThreads::start().context("start the API's threads")?;
         let metrics = metrics::Metrics::default();
         let liveness = Liveness::default();
         let usage = Usage::default();
@@ -532,7 +534,6 @@ impl Server {
                 },
             ));
         // Agents' connections here, every other one on the API's threads (`threads.rs`).
-        let api_threads = threads::ApiThreads::start().context("start the API's threads")?;
         let (agents, others) = berth_tls::net::incoming_split(
             self.listener,
             tls_config,

@@ -2,14 +2,17 @@
 //!
 //! One listener takes every connection, and a server's main runtime serves the streams of
 //! every agent that reports to it: with a hundred agents reporting a burst of starts, or
-//! thousands reconnecting after a leader change, its workers are busy with their work. A
+//! thousands reconnecting after a leader change, its workers are busy with their work, and a
+//! socket's readiness is told by the I/O driver of the runtime it is registered with. A
 //! user's one-task read waited 10-44 ms before its request reached the API's service
 //! (BENCHMARKS.md, round two, session 28). So the connections whose client certificate
 //! names an agent are served on the main runtime, beside the controllers, and every other one
 //! (the CLI, API clients, the console, `/metrics`, other servers' Raft calls, joins) on a
 //! runtime of its own, onto whose I/O driver each such socket moves once its handshake says
-//! what it is (`berth_tls::net::incoming_split`): its readiness is then told by threads that
-//! sleep until a request comes, not by the main runtime's busy ones.
+//! what it is (`berth_tls::net::incoming_split`). What this does not cover: the accept loop
+//! and every handshake still run on the main runtime (a new connection waits there first),
+//! and the ECS endpoint (`--ecs-listen`) has its own listener there. The reads that still
+//! wait are the ones that arrive while an entry is applied: they wait for the state's lock.
 
 use tokio::runtime::{Handle, Runtime};
 

@@ -834,18 +834,45 @@ impl Shared {
     }
 }
 
+/// How many readers at once may wait for the state's lock in [`waiting`]'s way; the others
+/// wait in place. Each one hands its worker's tasks to another thread, and the next reader
+/// there may do the same: without a bound, the readers arriving during one long apply could
+/// start a thread each.
+const HANDED_OFF: usize = 4;
+
+/// Readers waiting in [`waiting`]'s way now.
+static HANDING_OFF: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Runs `wait` (a wait for the state's lock, which the applier holds for a whole entry) so
 /// that it does not hold up the async tasks of the thread it runs on: on a worker of a
 /// multi-threaded runtime, the worker's other tasks move to another thread meanwhile (tokio's
-/// `block_in_place`). Without it, an API server's two workers blocked on the lock behind the
-/// apply of a thousand tasks, and a read of one task that needed no lock yet waited for them
-/// before its request was even decoded. Elsewhere (a current-thread runtime, a plain
-/// thread) it just waits.
+/// `block_in_place`), for up to [`HANDED_OFF`] readers at once. An API server has two
+/// workers, and two requests waiting for one apply held up every other request. Elsewhere (a
+/// current-thread runtime, a plain thread, past the bound) it just waits. The state is only
+/// read from async tasks, blocking-pool threads and plain threads; a read inside a
+/// current-thread runtime's `block_on` with a multi-threaded runtime's handle entered would
+/// make `block_in_place` panic, and none is made.
 fn waiting<T>(wait: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-        _ => wait(),
+    use std::sync::atomic::Ordering;
+    let multi_threaded = matches!(
+        tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+    );
+    if !multi_threaded || HANDING_OFF.fetch_add(1, Ordering::AcqRel) >= HANDED_OFF {
+        if multi_threaded {
+            HANDING_OFF.fetch_sub(1, Ordering::AcqRel);
+        }
+        return wait();
     }
+    // Counted down however `wait` ends.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            HANDING_OFF.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    let _done = Done;
+    tokio::task::block_in_place(wait)
 }
 
 #[derive(Serialize, Deserialize)]
