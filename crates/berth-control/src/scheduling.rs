@@ -9,8 +9,12 @@ use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
 use berth_state::{Command, Placement, State, Unplaced};
 
 /// Tasks placed per round at most: a round runs under the state's read lock, which Raft's
-/// apply waits for; more pending tasks than this take several rounds back to back.
-pub const MAX_PER_ROUND: usize = 2_000;
+/// apply waits for; more pending tasks than this take several rounds back to back. Each round
+/// is one `PlaceTasks` entry, and every read of the state waits while an entry applies: at
+/// 2,000 a one-task read in a burst waited up to 58 ms for one such apply (p99 27-35 ms), at
+/// 500 its p99 was 15-18 ms, and the 1,000-node placement was no slower (BENCHMARKS.md,
+/// round two, session 28).
+pub const MAX_PER_ROUND: usize = 500;
 
 /// A task's placement group: its service, or (as ECS does for standalone tasks) its family.
 fn group(t: &berth_model::Task) -> String {
