@@ -627,12 +627,24 @@ async fn a_member_joining_a_large_compacted_state_installs_it_and_catches_up() -
     }
 
     s.spawn_unjoined(2).await?;
+    let started = Instant::now();
     let out = cli(&s.addr(1), &["cluster", "add", "2", &s.addr(2)]).await?;
-    assert!(
-        out.status.success(),
-        "add 2: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("cluster add took {:?}", started.elapsed());
+    if !out.status.success() {
+        let tail = |id| {
+            let log =
+                std::fs::read_to_string(s.data_dir(id).join("server.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        anyhow::bail!(
+            "add 2 after {:?}: {}\nserver 1's log ends:\n{}\nserver 2's log ends:\n{}",
+            started.elapsed(),
+            String::from_utf8_lossy(&out.stderr),
+            tail(1),
+            tail(2)
+        );
+    }
     s.proc(1).wait_voters(2, TIMEOUT).await?;
     // The first revision and the latest, read from server 2's own state, as the leader has
     // them (a listing of all would exceed the client's 4 MiB answer limit).

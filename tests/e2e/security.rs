@@ -188,6 +188,7 @@ fn vote_request(term: u64) -> RaftPayload {
     });
     RaftPayload {
         json: json.to_string().into_bytes(),
+        data: vec![],
     }
 }
 
@@ -196,6 +197,7 @@ fn replace_state() -> RaftPayload {
     let json = serde_json::json!({"Command": {"ReplaceState": {"objects": [], "at": 0}}});
     RaftPayload {
         json: json.to_string().into_bytes(),
+        data: vec![],
     }
 }
 
@@ -246,6 +248,7 @@ async fn forged_raft_messages_and_foreign_certificates_are_refused_and_change_no
         anonymous
             .read_index(RaftPayload {
                 json: b"null".to_vec(),
+                data: vec![],
             })
             .await,
         Code::PermissionDenied,
@@ -290,6 +293,7 @@ async fn forged_raft_messages_and_foreign_certificates_are_refused_and_change_no
         "a server certificate forwarding a batch hiding ReplaceState",
         peer.forward(RaftPayload {
             json: batch.to_string().into_bytes(),
+            data: vec![],
         })
         .await,
         Code::PermissionDenied,

@@ -73,6 +73,7 @@ async fn health_reflection_and_status_codes() -> anyhow::Result<()> {
     let err = RaftClient::new(channel.clone())
         .vote(RaftPayload {
             json: b"{}".to_vec(),
+            data: vec![],
         })
         .await
         .expect_err("not a server");

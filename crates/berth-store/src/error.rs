@@ -152,11 +152,33 @@ pub enum MembershipError {
     OnlyVoter { id: NodeId },
     #[error("server {id} is not a member")]
     NotAMember { id: NodeId },
+    #[error(
+        "server {id} took nothing from the leader for {stalled:?} while catching up (it holds the log up to {}); it stays a learner: check that it runs and that the leader reaches it, then add it again",
+        index_or_none(*matched)
+    )]
+    Stalled {
+        id: NodeId,
+        matched: Option<u64>,
+        stalled: Duration,
+    },
+    #[error(
+        "server {id} had not caught up after {limit:?} (it holds the log up to {}); it stays a learner: add it again to wait longer",
+        index_or_none(*matched)
+    )]
+    TooSlow {
+        id: NodeId,
+        matched: Option<u64>,
+        limit: Duration,
+    },
     #[error(transparent)]
     Refused(Box<ChangeMembershipError<NodeId>>),
     /// As the leader said it (the reason crossed the wire as text).
     #[error("{0}")]
     AtLeader(String),
+}
+
+fn index_or_none(index: Option<u64>) -> String {
+    index.map_or_else(|| "no index yet".to_owned(), |i| format!("index {i}"))
 }
 
 /// A [`StoreError`] as it crosses the wire from the leader: its kind and its text, so that

@@ -173,6 +173,8 @@ pub struct Store {
     confirmed_term: Arc<AtomicU64>,
     /// The AppendEntries peers accepted, for reads from the leader's lease.
     acks: Arc<lease::Acks>,
+    /// When each peer last took entries or a snapshot's chunk from this member.
+    heard: network::Heard,
     /// The state machine's writes not yet on disk: written out on shutdown.
     deferred: Arc<deferred::Deferred>,
     /// Raft's own threads (`None` in the simulation, which runs on one paused thread).
@@ -260,6 +262,9 @@ async fn snapshot_by_size(raft: Raft, appended: Arc<AtomicU64>, limit: u64) {
     }
 }
 
+/// The longest `cluster add` waits for a new server that keeps catching up ([`Store::catch_up`]).
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(3600);
+
 /// How many revisions old a shared listing of the state may be for a new watcher to start
 /// from it ([`Store::listing`]).
 pub const LISTING_REUSE: u64 = 256;
@@ -278,7 +283,8 @@ impl Store {
         // Replication's own connections: made by its tasks, so they live on Raft's runtime
         // (forwarded writes and read indexes use `peers`, from the API's).
         let replication = network::Peers::new(config.dialer.clone());
-        let network = network::Network::new(replication, config.heartbeat_interval);
+        let heard = network::Heard::default();
+        let network = network::Network::new(replication, config.heartbeat_interval, heard.clone());
         let runtime = runtime::RaftRuntime::start()
             .await
             .map_err(|e| StoreError::start("start Raft's threads", e))?;
@@ -287,7 +293,9 @@ impl Store {
         // (the state's and the log's writers) runs there.
         let mut store = runtime
             .handle()
-            .spawn(Self::open_with(config, db, snapshots, network, peers))
+            .spawn(Self::open_with(
+                config, db, snapshots, network, peers, heard,
+            ))
             .await
             .map_err(|e| StoreError::start("open the store", e))??;
         store.runtime = Some(Arc::new(runtime));
@@ -305,7 +313,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let snapshots = storage::SnapshotFiles::in_database();
         let peers = network::Peers::simulated(peers);
-        Self::open_with(config, db, snapshots, network, peers).await
+        Self::open_with(config, db, snapshots, network, peers, Default::default()).await
     }
 
     async fn open_with<N: RaftNetworkFactory<TypeConfig>>(
@@ -314,6 +322,7 @@ impl Store {
         snapshots: storage::SnapshotFiles,
         network: N,
         peers: network::Peers,
+        heard: network::Heard,
     ) -> Result<Self, StoreError> {
         let db = Arc::new(db);
         storage::init_tables(&db).map_err(|source| StoreError::Open {
@@ -398,6 +407,7 @@ impl Store {
             read_floor: Arc::default(),
             confirmed_term: Arc::default(),
             acks,
+            heard,
             deferred,
             runtime: None,
             tail,
@@ -570,10 +580,16 @@ impl Store {
         let deadline = Instant::now() + timeout;
         self.retry(deadline, || {
             let write = write.clone();
+            // The leader bounds an addition's wait for the new server by its progress: the
+            // call to it must not end first.
+            let forwarding = match write {
+                Write::AddMember { .. } => Instant::now() + CATCH_UP_LIMIT + timeout,
+                _ => deadline,
+            };
             async move {
                 match self.leader() {
                     Leader::Me => self.write_local(write, deadline).await,
-                    Leader::Other(addr) => self.peers.forward(&addr, &write, deadline).await,
+                    Leader::Other(addr) => self.peers.forward(&addr, &write, forwarding).await,
                     Leader::Unknown => Err(StoreError::NotLeader {
                         leader_id: None,
                         leader_addr: None,
@@ -634,12 +650,16 @@ impl Store {
                     .map_err(|_| StoreError::Stopped("the group committer"))?
             }
             Write::AddMember { id, addr, voter } => {
-                self.change_members(
-                    ChangeMembers::AddNodes(BTreeMap::from([(id, BasicNode { addr })])),
-                    deadline,
-                )
-                .await?;
+                let membership = self
+                    .change_members(
+                        ChangeMembers::AddNodes(BTreeMap::from([(id, BasicNode { addr })])),
+                        deadline,
+                    )
+                    .await?;
+                self.catch_up(id, membership).await?;
                 if voter {
+                    // A fresh bound: catching up may have taken far longer than the first.
+                    let deadline = deadline.max(Instant::now() + self.config.write_timeout * 2);
                     self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])), deadline)
                         .await?;
                 }
@@ -670,31 +690,40 @@ impl Store {
     }
 
     /// Applies a membership change on this leader, waiting for one already in progress to
-    /// finish first. New nodes are added as learners and this waits until they caught up.
+    /// finish first, and answers the log ID of the membership it committed. New nodes are
+    /// added as learners: [`Store::catch_up`] waits for them.
     async fn change_members(
         &self,
         change: ChangeMembers<NodeId, BerthNode>,
         deadline: Instant,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<openraft::LogId<NodeId>>, StoreError> {
         loop {
             let attempt = async {
                 match change.clone() {
                     ChangeMembers::AddNodes(nodes) => {
-                        let mut result = Ok(());
+                        let mut result = Ok(None);
                         for (id, node) in nodes {
-                            result = self.raft.add_learner(id, node, true).await.map(drop);
+                            result = self
+                                .raft
+                                .add_learner(id, node, false)
+                                .await
+                                .map(|r| Some(r.log_id));
                             if result.is_err() {
                                 break;
                             }
                         }
                         result
                     }
-                    other => self.raft.change_membership(other, false).await.map(drop),
+                    other => self
+                        .raft
+                        .change_membership(other, false)
+                        .await
+                        .map(|r| Some(r.log_id)),
                 }
             };
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(NoQuorum::MembershipNotCommitted.into()),
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(log_id)) => return Ok(log_id),
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
                 )))) if Instant::now() < deadline => {
@@ -710,6 +739,70 @@ impl Store {
                     return Err(MembershipError::Refused(Box::new(e)).into())
                 }
                 Ok(Err(RaftError::Fatal(e))) => return Err(StoreError::Fatal(Box::new(e))),
+            }
+        }
+    }
+
+    /// Waits on this leader until learner `id` holds the log up to `membership` (the entry
+    /// that added it), as openraft's blocking `add_learner` does, but with no bound on the
+    /// whole wait: a large state takes as long as it takes to stream and install. It fails
+    /// once the learner has taken nothing (no entries, no snapshot chunk) for
+    /// [`StoreConfig::write_timeout`] × 12, or after [`CATCH_UP_LIMIT`] in all. A learner
+    /// that was removed meanwhile, or a leader that lost its leadership, ends the wait
+    /// (as openraft's does); the promotion that follows then fails if it must.
+    async fn catch_up(
+        &self,
+        id: NodeId,
+        membership: Option<openraft::LogId<NodeId>>,
+    ) -> Result<(), StoreError> {
+        let stall = self.config.write_timeout * 12;
+        let started = Instant::now();
+        let mut metrics = self.raft.metrics();
+        let (mut matched, mut progressed) = (None, started);
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.membership_config.log_id() >= &membership {
+                    if m.membership_config.membership().get_node(&id).is_none() {
+                        return Ok(());
+                    }
+                    let Some(replication) = &m.replication else {
+                        return Ok(());
+                    };
+                    let now = replication.get(&id).cloned().flatten();
+                    if now >= membership {
+                        return Ok(());
+                    }
+                    if now != matched {
+                        (matched, progressed) = (now, Instant::now());
+                    }
+                }
+            }
+            if let Some(heard) = self.heard.last(id) {
+                progressed = progressed.max(heard);
+            }
+            let now = Instant::now();
+            if now >= progressed + stall {
+                return Err(MembershipError::Stalled {
+                    id,
+                    matched: matched.map(|l| l.index),
+                    stalled: stall,
+                }
+                .into());
+            }
+            if now >= started + CATCH_UP_LIMIT {
+                return Err(MembershipError::TooSlow {
+                    id,
+                    matched: matched.map(|l| l.index),
+                    limit: CATCH_UP_LIMIT,
+                }
+                .into());
+            }
+            // Woken by the next change of Raft's metrics (any commit or heartbeat answer), and
+            // at least once a second to look at what the transport heard.
+            let wake = (progressed + stall).min(now + Duration::from_secs(1));
+            if let Ok(Err(_)) = tokio::time::timeout_at(wake, metrics.changed()).await {
+                return Err(StoreError::Stopped("raft"));
             }
         }
     }

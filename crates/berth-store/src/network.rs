@@ -122,7 +122,7 @@ impl Peers {
             what: "encode a request to the leader",
             source,
         })?;
-        let mut request = tonic::Request::new(RaftPayload { json });
+        let mut request = tonic::Request::new(RaftPayload { json, data: vec![] });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = if forward {
             client.forward(request).await
@@ -165,18 +165,46 @@ async fn simulated_forward(
     }
 }
 
+/// When each peer last took a part of the log or a chunk of a snapshot from this member: how
+/// `cluster add` tells a new server that is catching up slowly (a large snapshot on its way)
+/// from one that is not catching up at all.
+#[derive(Clone, Default)]
+pub(crate) struct Heard(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Heard {
+    fn took(&self, peer: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(peer, Instant::now());
+    }
+
+    pub(crate) fn last(&self, peer: NodeId) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&peer)
+            .copied()
+    }
+}
+
 /// Opens connections to peers on demand.
 #[derive(Clone)]
 pub struct Network {
     peers: Peers,
     backoff: Duration,
+    heard: Heard,
 }
 
 impl Network {
     /// `backoff`: how long Raft sends a peer nothing after a call found it unreachable (see
-    /// [`Connection::backoff`]).
-    pub(crate) fn new(peers: Peers, backoff: Duration) -> Self {
-        Self { peers, backoff }
+    /// [`Connection::backoff`]); `heard` records what peers took.
+    pub(crate) fn new(peers: Peers, backoff: Duration, heard: Heard) -> Self {
+        Self {
+            peers,
+            backoff,
+            heard,
+        }
     }
 }
 
@@ -189,6 +217,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             peers: self.peers.clone(),
             backoff: self.backoff,
+            budget: AppendBudget::default(),
+            heard: self.heard.clone(),
         }
     }
 }
@@ -199,6 +229,8 @@ pub struct Connection {
     addr: String,
     peers: Peers,
     backoff: Duration,
+    budget: AppendBudget,
+    heard: Heard,
 }
 
 enum Rpc {
@@ -220,13 +252,14 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(rpc, json, option).await
+        self.send(rpc, RaftPayload { json, data: vec![] }, option)
+            .await
     }
 
     async fn send<Resp, E>(
         &mut self,
         rpc: Rpc,
-        json: Vec<u8>,
+        payload: RaftPayload,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BerthNode, E>>
     where
@@ -237,7 +270,7 @@ impl Connection {
             .peers
             .client(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { json });
+        let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -290,21 +323,42 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
         let json =
             serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if let Some(entries) = fewer_entries(rpc.entries.len(), json.len()) {
-            return Err(PayloadTooLarge::new_entries_hint(entries).into());
+        let entries = rpc.entries.len();
+        if let Some(fit) = self.budget.fewer_entries(entries, json.len()) {
+            return Err(PayloadTooLarge::new_entries_hint(fit).into());
         }
-        self.send(Rpc::Append, json, &option).await
+        self.budget.sending(entries, json.len());
+        let sent = Instant::now();
+        let reply = self
+            .send(Rpc::Append, RaftPayload { json, data: vec![] }, &option)
+            .await;
+        let timed_out = matches!(reply, Err(RPCError::Network(_)));
+        self.budget
+            .answered(timed_out, sent.elapsed(), option.hard_ttl());
+        if entries > 0 && matches!(reply, Ok(AppendEntriesResponse::Success)) {
+            self.heard.took(self.target);
+        }
+        reply
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BerthNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        let data = std::mem::take(&mut rpc.data);
+        let json =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = self
+            .send(Rpc::Snapshot, RaftPayload { json, data }, &option)
+            .await;
+        if reply.is_ok() {
+            self.heard.took(self.target);
+        }
+        reply
     }
 
     async fn vote(
@@ -337,15 +391,68 @@ impl RaftNetwork<TypeConfig> for Connection {
 /// writes). A larger request is refused here, before it is sent, with a hint of how many
 /// entries fit: openraft sends that many, at once, for its next ten requests.
 const MAX_APPEND_BYTES: usize = 1 << 20;
+/// The least the budget shrinks to ([`AppendBudget`]).
+const MIN_APPEND_BYTES: usize = 32 << 10;
 
-/// How many entries to send instead of `entries` that encode to `bytes`, or `None` to send
-/// them all: one entry always goes, however large.
-fn fewer_entries(entries: usize, bytes: usize) -> Option<u64> {
-    if entries <= 1 || bytes <= MAX_APPEND_BYTES {
-        return None;
+/// How many bytes of entries one AppendEntries to a peer carries: [`MAX_APPEND_BYTES`] at most,
+/// halved each time such a request was not answered within its time (openraft drops it at one
+/// heartbeat interval) and doubled again after one that filled at least half the budget was
+/// answered within half that time. A follower that is slower than the fixed budget assumed (a
+/// learner catching up on large entries while its machine is busy, a debug build) was otherwise
+/// sent the same megabyte again and again, each try timing out, and never caught up: a server
+/// added behind 60 revisions of 56 KiB spent 15 s so, under load more than the 36 s `cluster
+/// add` allows.
+#[derive(Debug)]
+struct AppendBudget {
+    bytes: usize,
+    /// The size of the request sent and not yet answered: if the next call finds it still set,
+    /// openraft dropped that one at its time-out.
+    in_flight: Option<usize>,
+}
+
+impl Default for AppendBudget {
+    fn default() -> Self {
+        Self {
+            bytes: MAX_APPEND_BYTES,
+            in_flight: None,
+        }
     }
-    let fit = (entries * MAX_APPEND_BYTES / bytes).max(1);
-    Some(fit as u64)
+}
+
+impl AppendBudget {
+    /// How many entries to send instead of `entries` that encode to `bytes`, or `None` to send
+    /// them all: one entry always goes, however large.
+    fn fewer_entries(&mut self, entries: usize, bytes: usize) -> Option<u64> {
+        if self.in_flight.take().is_some() {
+            self.shrink();
+        }
+        if entries <= 1 || bytes <= self.bytes {
+            return None;
+        }
+        Some((entries * self.bytes / bytes).max(1) as u64)
+    }
+
+    /// A request of `bytes` with `entries` entries is on its way.
+    fn sending(&mut self, entries: usize, bytes: usize) {
+        // A heartbeat or a lone entry that times out says nothing about how many fit.
+        self.in_flight = (entries > 1).then_some(bytes);
+    }
+
+    /// The request sent last was answered after `took` of `ttl`, or ran out of time.
+    fn answered(&mut self, timed_out: bool, took: Duration, ttl: Duration) {
+        let Some(bytes) = self.in_flight.take() else {
+            return;
+        };
+        if timed_out {
+            self.shrink();
+        } else if took < ttl / 2 && bytes >= self.bytes / 2 {
+            self.bytes = (self.bytes * 2).min(MAX_APPEND_BYTES);
+        }
+    }
+
+    fn shrink(&mut self) {
+        self.bytes = (self.bytes / 2).max(MIN_APPEND_BYTES);
+    }
 }
 
 /// The server side of the transport.
@@ -362,13 +469,17 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(req: tonic::Request<RaftPayload>) -> Result<T, tonic::Status> {
-    serde_json::from_slice(&req.into_inner().json)
+    decode_json(&req.into_inner().json)
+}
+
+fn decode_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, tonic::Status> {
+    serde_json::from_slice(json)
         .map_err(|e| tonic::Status::invalid_argument(format!("decode raft payload: {e}")))
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
     serde_json::to_vec(v)
-        .map(|json| tonic::Response::new(RaftPayload { json }))
+        .map(|json| tonic::Response::new(RaftPayload { json, data: vec![] }))
         .map_err(|e| tonic::Status::internal(format!("encode raft payload: {e}")))
 }
 
@@ -394,7 +505,12 @@ impl raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        let payload = req.into_inner();
+        let mut rpc: InstallSnapshotRequest<TypeConfig> = decode_json(&payload.json)?;
+        // The chunk comes beside the request (a sender of an older version put it inside).
+        if rpc.data.is_empty() {
+            rpc.data = payload.data;
+        }
         reply(&self.store.raft().install_snapshot(rpc).await)
     }
 
@@ -458,7 +574,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_peer_is_tried_each_heartbeat_at_first_then_twice_a_second() {
         let heartbeat = Duration::from_millis(100);
-        let mut network = Network::new(Peers::new(None), heartbeat);
+        let mut network = Network::new(Peers::new(None), heartbeat, Heard::default());
         let node = BerthNode::new("127.0.0.1:1");
         let connection = network.new_client(2, &node).await;
         let waits: Vec<Duration> = connection.backoff().take(FAST_RETRIES + 2).collect();
@@ -473,21 +589,65 @@ mod tests {
             "then as openraft does"
         );
         // No busy loop whatever the heartbeat.
-        let mut network = Network::new(Peers::new(None), Duration::ZERO);
+        let mut network = Network::new(Peers::new(None), Duration::ZERO, Heard::default());
         let connection = network.new_client(2, &node).await;
         assert_eq!(connection.backoff().next(), Some(MIN_BACKOFF));
     }
 
     #[test]
     fn an_append_over_the_byte_budget_asks_for_as_many_entries_as_fit() {
-        assert_eq!(fewer_entries(16, MAX_APPEND_BYTES), None, "at the budget");
-        assert_eq!(fewer_entries(16, 4 * MAX_APPEND_BYTES), Some(4));
-        assert_eq!(fewer_entries(16, 100 * MAX_APPEND_BYTES), Some(1));
+        let mut budget = AppendBudget::default();
+        let mut fewer = |entries, bytes| budget.fewer_entries(entries, bytes);
+        assert_eq!(fewer(16, MAX_APPEND_BYTES), None, "at the budget");
+        assert_eq!(fewer(16, 4 * MAX_APPEND_BYTES), Some(4));
+        assert_eq!(fewer(16, 100 * MAX_APPEND_BYTES), Some(1));
         assert_eq!(
-            fewer_entries(1, 100 * MAX_APPEND_BYTES),
+            fewer(1, 100 * MAX_APPEND_BYTES),
             None,
             "one entry goes however large"
         );
-        assert_eq!(fewer_entries(0, 0), None, "a heartbeat");
+        assert_eq!(fewer(0, 0), None, "a heartbeat");
+    }
+
+    #[test]
+    fn the_budget_halves_on_each_time_out_and_grows_back_on_quick_full_answers() {
+        let ttl = Duration::from_millis(100);
+        let mut budget = AppendBudget::default();
+        // Dropped by openraft at its time-out: the next call finds it in flight.
+        budget.sending(16, MAX_APPEND_BYTES);
+        assert_eq!(budget.fewer_entries(16, MAX_APPEND_BYTES), Some(8));
+        assert_eq!(budget.bytes, MAX_APPEND_BYTES / 2);
+        // Timed out by the transport's own deadline.
+        budget.sending(8, MAX_APPEND_BYTES / 2);
+        budget.answered(true, ttl, ttl);
+        assert_eq!(budget.bytes, MAX_APPEND_BYTES / 4);
+        for _ in 0..20 {
+            budget.sending(2, budget.bytes);
+            budget.answered(true, ttl, ttl);
+        }
+        assert_eq!(budget.bytes, MIN_APPEND_BYTES, "never below the floor");
+        assert_eq!(
+            budget.fewer_entries(4, 100 * MAX_APPEND_BYTES),
+            Some(1),
+            "one entry still goes"
+        );
+        // Heartbeats and lone entries change nothing, timed out or not.
+        budget.sending(0, 100);
+        budget.answered(false, Duration::ZERO, ttl);
+        budget.sending(1, MAX_APPEND_BYTES);
+        budget.answered(true, ttl, ttl);
+        assert_eq!(budget.bytes, MIN_APPEND_BYTES);
+        // A slow answer, or a request well under the budget, does not grow it.
+        budget.sending(4, MIN_APPEND_BYTES);
+        budget.answered(false, ttl * 3 / 4, ttl);
+        budget.sending(4, MIN_APPEND_BYTES / 4);
+        budget.answered(false, Duration::ZERO, ttl);
+        assert_eq!(budget.bytes, MIN_APPEND_BYTES);
+        // Quick answers to full requests double it, up to the most.
+        for _ in 0..20 {
+            budget.sending(4, budget.bytes);
+            budget.answered(false, ttl / 10, ttl);
+        }
+        assert_eq!(budget.bytes, MAX_APPEND_BYTES);
     }
 }

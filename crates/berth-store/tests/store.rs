@@ -435,3 +435,54 @@ async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy()
     assert!(!text.contains("reachable"), "{text}");
     store.shutdown().await;
 }
+
+/// Adding a server that takes nothing from the leader (nothing listens at its address) fails
+/// once it has taken nothing for twelve write timeouts, naming the server and what to check;
+/// it stays a learner, which a voter count leaves out, and can be removed.
+#[tokio::test]
+async fn adding_a_server_that_never_catches_up_fails_once_it_stalls_and_leaves_a_learner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
+    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.write_timeout = Duration::from_millis(100);
+    let store = Store::open(config).await.expect("open store");
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(&store).await;
+    // A port nothing listens on: bound, then closed.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let started = Instant::now();
+    let e = store
+        .add_member(2, addr, true)
+        .await
+        .expect_err("server 2 cannot catch up");
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            e,
+            berth_store::StoreError::Membership(berth_store::MembershipError::Stalled {
+                id: 2,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(
+        took >= Duration::from_millis(1200) && took < Duration::from_secs(10),
+        "failed after {took:?}, not once stalled for 1.2 s"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("server 2") && text.contains("learner"),
+        "{text}"
+    );
+    let status = store.cluster_status();
+    let learner = status.members.iter().find(|m| m.id == 2).expect("member 2");
+    assert_eq!(learner.role, berth_model::MemberRole::Learner);
+    store.remove_member(2).await.expect("remove the learner");
+    assert!(store.cluster_status().members.iter().all(|m| m.id != 2));
+    store.shutdown().await;
+}
