@@ -747,15 +747,17 @@ impl Store {
     /// that added it), as openraft's blocking `add_learner` does, but with no bound on the
     /// whole wait: a large state takes as long as it takes to stream and install. It fails
     /// once the learner has taken nothing (no entries, no snapshot chunk) for
-    /// [`StoreConfig::write_timeout`] × 12, or after [`CATCH_UP_LIMIT`] in all. A learner
-    /// that was removed meanwhile, or a leader that lost its leadership, ends the wait
-    /// (as openraft's does); the promotion that follows then fails if it must.
+    /// [`StoreConfig::write_timeout`] × 12 (at least one snapshot request's time and a write
+    /// timeout: the last chunk is answered only once the whole snapshot is installed), or
+    /// after [`CATCH_UP_LIMIT`] in all; when the learner was removed meanwhile; and when this
+    /// member stopped leading (`NotLeader`: the write is retried at the next leader).
     async fn catch_up(
         &self,
         id: NodeId,
         membership: Option<openraft::LogId<NodeId>>,
     ) -> Result<(), StoreError> {
-        let stall = self.config.write_timeout * 12;
+        let stall = (self.config.write_timeout * 12)
+            .max(self.config.install_snapshot_timeout + self.config.write_timeout);
         let started = Instant::now();
         let mut metrics = self.raft.metrics();
         let (mut matched, mut progressed) = (None, started);
@@ -764,10 +766,13 @@ impl Store {
                 let m = metrics.borrow_and_update();
                 if m.membership_config.log_id() >= &membership {
                     if m.membership_config.membership().get_node(&id).is_none() {
-                        return Ok(());
+                        return Err(MembershipError::NotAMember { id }.into());
                     }
                     let Some(replication) = &m.replication else {
-                        return Ok(());
+                        return Err(StoreError::NotLeader {
+                            leader_id: m.current_leader,
+                            leader_addr: None,
+                        });
                     };
                     let now = replication.get(&id).cloned().flatten();
                     if now >= membership {

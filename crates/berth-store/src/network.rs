@@ -47,7 +47,13 @@ impl Peers {
     pub(crate) fn new(dialer: Option<berth_tls::net::Dialer>) -> Self {
         Self {
             clients: Arc::default(),
-            dialer: dialer.map(|d| d.with_connect_timeout(Duration::from_secs(1))),
+            // Keep-alive pings while a call is open: a forwarded `cluster add` may wait long
+            // for its new server, and a leader that vanished without closing the connection
+            // (powered off, cut off) would otherwise hold it until its deadline.
+            dialer: dialer.map(|d| {
+                d.with_connect_timeout(Duration::from_secs(1))
+                    .with_keep_alive(Duration::from_secs(5))
+            }),
             simulated: None,
         }
     }
@@ -219,6 +225,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             backoff: self.backoff,
             budget: AppendBudget::default(),
             heard: self.heard.clone(),
+            chunks_beside: true,
         }
     }
 }
@@ -231,12 +238,18 @@ pub struct Connection {
     backoff: Duration,
     budget: AppendBudget,
     heard: Heard,
+    /// Whether the peer takes a snapshot's chunks beside the request (`InstallSnapshotChunk`);
+    /// cleared for good once it answers that it does not.
+    chunks_beside: bool,
 }
 
 enum Rpc {
     Append,
     Vote,
+    /// A snapshot's chunk inside the JSON request (to servers of older versions).
     Snapshot,
+    /// A snapshot's chunk as raw bytes beside it.
+    SnapshotChunk,
 }
 
 impl Connection {
@@ -276,9 +289,19 @@ impl Connection {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
+            Rpc::SnapshotChunk => client.install_snapshot_chunk(request).await,
         };
         let reply = match reply {
             Ok(r) => r.into_inner(),
+            Err(status)
+                if matches!(rpc, Rpc::SnapshotChunk)
+                    && status.code() == tonic::Code::Unimplemented =>
+            {
+                // A server of an older version: openraft sends the chunk again (a network
+                // error), inside the request this time.
+                self.chunks_beside = false;
+                return Err(RPCError::Network(NetworkError::new(&status)));
+            }
             Err(status) => return Err(failed(&status)),
         };
         let result: Result<Resp, E> = serde_json::from_slice(&reply.json)
@@ -332,9 +355,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         let reply = self
             .send(Rpc::Append, RaftPayload { json, data: vec![] }, &option)
             .await;
-        let timed_out = matches!(reply, Err(RPCError::Network(_)));
+        let answered = match reply {
+            Ok(_) => Answered::InTime,
+            // What `failed` makes of a call out of time.
+            Err(RPCError::Network(_)) => Answered::TimedOut,
+            Err(_) => Answered::Failed,
+        };
         self.budget
-            .answered(timed_out, sent.elapsed(), option.hard_ttl());
+            .answered(answered, sent.elapsed(), option.hard_ttl());
         if entries > 0 && matches!(reply, Ok(AppendEntriesResponse::Success)) {
             self.heard.took(self.target);
         }
@@ -349,12 +377,15 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BerthNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let data = std::mem::take(&mut rpc.data);
-        let json =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = self
-            .send(Rpc::Snapshot, RaftPayload { json, data }, &option)
-            .await;
+        let reply = if self.chunks_beside {
+            let data = std::mem::take(&mut rpc.data);
+            let json =
+                serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            self.send(Rpc::SnapshotChunk, RaftPayload { json, data }, &option)
+                .await
+        } else {
+            self.call(Rpc::Snapshot, &rpc, &option).await
+        };
         if reply.is_ok() {
             self.heard.took(self.target);
         }
@@ -395,19 +426,20 @@ const MAX_APPEND_BYTES: usize = 1 << 20;
 const MIN_APPEND_BYTES: usize = 32 << 10;
 
 /// How many bytes of entries one AppendEntries to a peer carries: [`MAX_APPEND_BYTES`] at most,
-/// halved each time such a request was not answered within its time (openraft drops it at one
-/// heartbeat interval) and doubled again after one that filled at least half the budget was
-/// answered within half that time. A follower that is slower than the fixed budget assumed (a
-/// learner catching up on large entries while its machine is busy, a debug build) was otherwise
-/// sent the same megabyte again and again, each try timing out, and never caught up: a server
-/// added behind 60 revisions of 56 KiB spent 15 s so, under load more than the 36 s `cluster
-/// add` allows.
+/// halved each time a request near the budget with more than one entry was not answered within
+/// its time (openraft drops it at one heartbeat interval), and doubled after a request near the
+/// budget was answered within half that time. A follower slower than the fixed budget assumed
+/// (a learner catching up on large entries while its machine is busy, a debug build) was
+/// otherwise sent the same megabyte again and again, each try timing out, and never caught up:
+/// a server added behind 60 revisions of 56 KiB spent 15 s so, under load more than the 36 s
+/// `cluster add` then allowed. A small request that times out says the follower is busy, not
+/// that requests are too large, and leaves the budget alone.
 #[derive(Debug)]
 struct AppendBudget {
     bytes: usize,
-    /// The size of the request sent and not yet answered: if the next call finds it still set,
-    /// openraft dropped that one at its time-out.
-    in_flight: Option<usize>,
+    /// The request sent and not yet answered, as (entries, bytes): if the next call finds it
+    /// still set, openraft dropped that one at its time-out.
+    in_flight: Option<(usize, usize)>,
 }
 
 impl Default for AppendBudget {
@@ -419,12 +451,21 @@ impl Default for AppendBudget {
     }
 }
 
+/// How a request [`AppendBudget`] follows ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    InTime,
+    TimedOut,
+    /// Refused, unreachable, or an answer it could not read: nothing about its size.
+    Failed,
+}
+
 impl AppendBudget {
     /// How many entries to send instead of `entries` that encode to `bytes`, or `None` to send
     /// them all: one entry always goes, however large.
     fn fewer_entries(&mut self, entries: usize, bytes: usize) -> Option<u64> {
-        if self.in_flight.take().is_some() {
-            self.shrink();
+        if let Some(sent) = self.in_flight.take() {
+            self.timed_out(sent);
         }
         if entries <= 1 || bytes <= self.bytes {
             return None;
@@ -434,24 +475,33 @@ impl AppendBudget {
 
     /// A request of `bytes` with `entries` entries is on its way.
     fn sending(&mut self, entries: usize, bytes: usize) {
-        // A heartbeat or a lone entry that times out says nothing about how many fit.
-        self.in_flight = (entries > 1).then_some(bytes);
+        self.in_flight = (entries > 0).then_some((entries, bytes));
     }
 
-    /// The request sent last was answered after `took` of `ttl`, or ran out of time.
-    fn answered(&mut self, timed_out: bool, took: Duration, ttl: Duration) {
-        let Some(bytes) = self.in_flight.take() else {
+    /// The request sent last ended so after `took` of `ttl`.
+    fn answered(&mut self, answered: Answered, took: Duration, ttl: Duration) {
+        let Some(sent) = self.in_flight.take() else {
             return;
         };
-        if timed_out {
-            self.shrink();
-        } else if took < ttl / 2 && bytes >= self.bytes / 2 {
-            self.bytes = (self.bytes * 2).min(MAX_APPEND_BYTES);
+        match answered {
+            Answered::TimedOut => self.timed_out(sent),
+            Answered::InTime if took < ttl / 2 && self.near(sent.1) => {
+                self.bytes = (self.bytes * 2).min(MAX_APPEND_BYTES);
+            }
+            Answered::InTime | Answered::Failed => {}
         }
     }
 
-    fn shrink(&mut self) {
-        self.bytes = (self.bytes / 2).max(MIN_APPEND_BYTES);
+    fn timed_out(&mut self, (entries, bytes): (usize, usize)) {
+        // A lone entry goes whatever the budget; a small request says nothing about size.
+        if entries > 1 && self.near(bytes) {
+            self.bytes = (self.bytes / 2).max(MIN_APPEND_BYTES);
+        }
+    }
+
+    /// Whether a request of `bytes` came near the budget (at least half of it).
+    fn near(&self, bytes: usize) -> bool {
+        bytes >= self.bytes / 2
     }
 }
 
@@ -505,12 +555,17 @@ impl raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+        reply(&self.store.raft().install_snapshot(rpc).await)
+    }
+
+    async fn install_snapshot_chunk(
+        &self,
+        req: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
         let payload = req.into_inner();
         let mut rpc: InstallSnapshotRequest<TypeConfig> = decode_json(&payload.json)?;
-        // The chunk comes beside the request (a sender of an older version put it inside).
-        if rpc.data.is_empty() {
-            rpc.data = payload.data;
-        }
+        rpc.data = payload.data;
         reply(&self.store.raft().install_snapshot(rpc).await)
     }
 
@@ -610,7 +665,7 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_halves_on_each_time_out_and_grows_back_on_quick_full_answers() {
+    fn the_budget_halves_on_time_outs_near_it_and_grows_back_on_quick_answers_near_it() {
         let ttl = Duration::from_millis(100);
         let mut budget = AppendBudget::default();
         // Dropped by openraft at its time-out: the next call finds it in flight.
@@ -619,11 +674,11 @@ mod tests {
         assert_eq!(budget.bytes, MAX_APPEND_BYTES / 2);
         // Timed out by the transport's own deadline.
         budget.sending(8, MAX_APPEND_BYTES / 2);
-        budget.answered(true, ttl, ttl);
+        budget.answered(Answered::TimedOut, ttl, ttl);
         assert_eq!(budget.bytes, MAX_APPEND_BYTES / 4);
         for _ in 0..20 {
             budget.sending(2, budget.bytes);
-            budget.answered(true, ttl, ttl);
+            budget.answered(Answered::TimedOut, ttl, ttl);
         }
         assert_eq!(budget.bytes, MIN_APPEND_BYTES, "never below the floor");
         assert_eq!(
@@ -631,23 +686,131 @@ mod tests {
             Some(1),
             "one entry still goes"
         );
-        // Heartbeats and lone entries change nothing, timed out or not.
-        budget.sending(0, 100);
-        budget.answered(false, Duration::ZERO, ttl);
+        // Quick answers to lone entries near the budget grow it.
+        budget.sending(1, MIN_APPEND_BYTES * 3 / 4);
+        budget.answered(Answered::InTime, ttl / 10, ttl);
+        assert_eq!(budget.bytes, 2 * MIN_APPEND_BYTES);
+        // A lone entry or a small request timing out, a heartbeat, a failure however quick, a
+        // slow answer, or a quick answer to a small request: none changes it.
+        let unchanged = budget.bytes;
         budget.sending(1, MAX_APPEND_BYTES);
-        budget.answered(true, ttl, ttl);
-        assert_eq!(budget.bytes, MIN_APPEND_BYTES);
-        // A slow answer, or a request well under the budget, does not grow it.
-        budget.sending(4, MIN_APPEND_BYTES);
-        budget.answered(false, ttl * 3 / 4, ttl);
-        budget.sending(4, MIN_APPEND_BYTES / 4);
-        budget.answered(false, Duration::ZERO, ttl);
-        assert_eq!(budget.bytes, MIN_APPEND_BYTES);
+        budget.answered(Answered::TimedOut, ttl, ttl);
+        budget.sending(16, unchanged / 4);
+        assert_eq!(budget.fewer_entries(0, 0), None);
+        budget.sending(0, 100);
+        budget.answered(Answered::InTime, Duration::ZERO, ttl);
+        budget.sending(4, unchanged);
+        budget.answered(Answered::Failed, Duration::ZERO, ttl);
+        budget.sending(4, unchanged);
+        budget.answered(Answered::InTime, ttl * 3 / 4, ttl);
+        budget.sending(4, unchanged / 4);
+        budget.answered(Answered::InTime, Duration::ZERO, ttl);
+        assert_eq!(budget.bytes, unchanged);
         // Quick answers to full requests double it, up to the most.
         for _ in 0..20 {
             budget.sending(4, budget.bytes);
-            budget.answered(false, ttl / 10, ttl);
+            budget.answered(Answered::InTime, ttl / 10, ttl);
         }
         assert_eq!(budget.bytes, MAX_APPEND_BYTES);
+    }
+
+    /// A server of an older version: it has no `InstallSnapshotChunk` (tonic answers such a
+    /// call `Unimplemented`), and takes a chunk inside the JSON of `InstallSnapshot`.
+    struct OlderServer {
+        got: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    #[tonic::async_trait]
+    impl raft_server::Raft for OlderServer {
+        async fn append_entries(
+            &self,
+            _: tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+            Err(tonic::Status::unavailable("not in this test"))
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+            Err(tonic::Status::unavailable("not in this test"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            req: tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+            let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
+            self.got
+                .lock()
+                .expect("not poisoned")
+                .push(rpc.data.clone());
+            let answer: Result<_, RaftError<NodeId, InstallSnapshotError>> =
+                Ok(InstallSnapshotResponse { vote: rpc.vote });
+            reply(&answer)
+        }
+
+        async fn install_snapshot_chunk(
+            &self,
+            _: tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+            Err(tonic::Status::unimplemented("unknown method"))
+        }
+
+        async fn forward(
+            &self,
+            _: tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+            Err(tonic::Status::unavailable("not in this test"))
+        }
+
+        async fn read_index(
+            &self,
+            _: tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+            Err(tonic::Status::unavailable("not in this test"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_without_chunks_beside_the_request_gets_them_inside_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let server = raft_server::RaftServer::new(OlderServer { got: got.clone() });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let heard = Heard::default();
+        let mut network = Network::new(Peers::new(None), Duration::from_millis(100), heard.clone());
+        let mut connection = network.new_client(2, &BerthNode::new(addr)).await;
+        let chunk = || InstallSnapshotRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            meta: openraft::SnapshotMeta::default(),
+            offset: 0,
+            data: b"a chunk".to_vec(),
+            done: true,
+        };
+        let option = RPCOption::new(Duration::from_secs(10));
+        // Refused as unknown: a network error, so that openraft sends the chunk again.
+        let first = connection.install_snapshot(chunk(), option.clone()).await;
+        assert!(matches!(first, Err(RPCError::Network(_))), "{first:?}");
+        assert!(got.lock().expect("not poisoned").is_empty());
+        assert!(heard.last(2).is_none(), "nothing was taken yet");
+        for _ in 0..2 {
+            connection
+                .install_snapshot(chunk(), option.clone())
+                .await
+                .expect("the chunk inside the request");
+        }
+        assert_eq!(
+            *got.lock().expect("not poisoned"),
+            vec![b"a chunk".to_vec(); 2]
+        );
+        assert!(heard.last(2).is_some(), "taken chunks count as progress");
     }
 }

@@ -445,7 +445,9 @@ async fn adding_a_server_that_never_catches_up_fails_once_it_stalls_and_leaves_a
     let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
     config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
     config.heartbeat_interval = Duration::from_millis(50);
+    // Twelve write timeouts (1.2 s) are longer than a snapshot request and a write timeout.
     config.write_timeout = Duration::from_millis(100);
+    config.install_snapshot_timeout = Duration::from_millis(500);
     let store = Store::open(config).await.expect("open store");
     assert!(store.bootstrap_if_new().await.expect("bootstrap"));
     wait_leader(&store).await;

@@ -190,6 +190,7 @@ impl Connected for Socket {
 pub struct Dialer {
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
+    keep_alive: Option<Duration>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -203,6 +204,7 @@ impl Dialer {
         Self {
             config: Arc::new(config),
             connect_timeout: Duration::from_secs(5),
+            keep_alive: None,
         }
     }
 
@@ -211,10 +213,23 @@ impl Dialer {
         self
     }
 
+    /// HTTP/2 pings every `every` while a call is open; a connection whose ping is not
+    /// answered within `every` fails its calls.
+    pub fn with_keep_alive(mut self, every: Duration) -> Self {
+        self.keep_alive = Some(every);
+        self
+    }
+
     fn endpoint(&self, addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-        Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true))
+            .tcp_nodelay(true);
+        Ok(match self.keep_alive {
+            Some(every) => endpoint
+                .http2_keep_alive_interval(every)
+                .keep_alive_timeout(every),
+            None => endpoint,
+        })
     }
 
     fn connector(
