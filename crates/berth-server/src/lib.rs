@@ -451,24 +451,26 @@ impl Server {
         }
         let renewals = tokio::spawn(renew_certificates(self.tls.clone(), self.cert_ttl));
         tracing::info!(address = %self.address, "server listening");
-        // Agent streams never end by themselves: after the shutdown signal, give connections a
-        // short grace period instead of waiting for them forever.
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        // Both servers below stop on it (or once it is dropped).
+        // The shutdown signal: both servers below stop on it (or once it is dropped).
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = move || {
-            let mut stop = stop_rx.clone();
-            async move {
-                let _ = stop.wait_for(|stop| *stop).await;
+        let stopped = {
+            let stop_rx = stop_rx.clone();
+            move || {
+                let mut stop = stop_rx.clone();
+                async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                }
             }
         };
         let shutdown = async move {
             shutdown.await;
-            let _ = stopping_tx.send(());
             let _ = stop_tx.send(true);
         };
+        // Agent streams never end by themselves: after the shutdown signal, give connections a
+        // short grace period instead of waiting for them forever.
         let grace = async move {
-            if stopping_rx.await.is_ok() {
+            let mut stop = stop_rx;
+            if stop.wait_for(|stop| *stop).await.is_ok() {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             } else {
                 std::future::pending::<()>().await;
