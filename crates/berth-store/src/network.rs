@@ -264,7 +264,7 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let json = encode(req).map_err(RPCError::Network)?;
         self.send(rpc, RaftPayload { json, data: vec![] }, option)
             .await
     }
@@ -310,6 +310,11 @@ impl Connection {
     }
 }
 
+/// A request as openraft's JSON; a failure to encode is a network error to Raft.
+fn encode<T: Serialize>(request: &T) -> Result<Vec<u8>, NetworkError> {
+    serde_json::to_vec(request).map_err(|e| NetworkError::new(&e))
+}
+
 /// Tries of an unreachable peer one heartbeat apart before they slow down ([`Connection::backoff`]):
 /// two seconds with the default heartbeat, longer than a restarted member takes to come back.
 const FAST_RETRIES: usize = 20;
@@ -344,8 +349,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BerthNode, RaftError<NodeId>>> {
-        let json =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let json = encode(&rpc).map_err(RPCError::Network)?;
         let entries = rpc.entries.len();
         if let Some(fit) = self.budget.fewer_entries(entries, json.len()) {
             return Err(PayloadTooLarge::new_entries_hint(fit).into());
@@ -379,8 +383,7 @@ impl RaftNetwork<TypeConfig> for Connection {
     > {
         let reply = if self.chunks_beside {
             let data = std::mem::take(&mut rpc.data);
-            let json =
-                serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let json = encode(&rpc).map_err(RPCError::Network)?;
             self.send(Rpc::SnapshotChunk, RaftPayload { json, data }, &option)
                 .await
         } else {

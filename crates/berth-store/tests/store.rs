@@ -18,11 +18,16 @@ fn spec(family: &str) -> TaskDefinitionSpec {
     }
 }
 
-async fn open(dir: &std::path::Path) -> Store {
+/// A lone member's settings in `dir`, with quick elections and heartbeats.
+fn config(dir: &std::path::Path) -> StoreConfig {
     let mut config = StoreConfig::new(1, dir.to_path_buf(), "127.0.0.1:1".into());
     config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
     config.heartbeat_interval = Duration::from_millis(50);
-    Store::open(config).await.expect("open store")
+    config
+}
+
+async fn open(dir: &std::path::Path) -> Store {
+    Store::open(config(dir)).await.expect("open store")
 }
 
 /// Registers a revision of family `web` (or, with `reuse_identical`, answers the latest).
@@ -209,9 +214,7 @@ async fn snapshots_are_files_beside_the_database_and_replace_each_other() {
 #[tokio::test]
 async fn a_snapshot_is_built_after_enough_bytes_of_log() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
-    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
-    config.heartbeat_interval = Duration::from_millis(50);
+    let mut config = config(dir.path());
     config.snapshot_every = 1_000_000;
     config.snapshot_log_bytes = 2048;
     let store = Store::open(config).await.expect("open store");
@@ -403,9 +406,7 @@ async fn raft_runs_on_threads_of_its_own() {
 #[tokio::test]
 async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
-    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
-    config.heartbeat_interval = Duration::from_millis(50);
+    let mut config = config(dir.path());
     // No time at all: the write is proposed, and its answer cannot be there yet.
     config.write_timeout = Duration::ZERO;
     let store = Store::open(config).await.expect("open store");
@@ -442,9 +443,7 @@ async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy()
 #[tokio::test]
 async fn adding_a_server_that_never_catches_up_fails_once_it_stalls_and_leaves_a_learner() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = StoreConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
-    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
-    config.heartbeat_interval = Duration::from_millis(50);
+    let mut config = config(dir.path());
     // Twelve write timeouts (1.2 s) are longer than a snapshot request and a write timeout.
     config.write_timeout = Duration::from_millis(100);
     config.install_snapshot_timeout = Duration::from_millis(500);
