@@ -6,8 +6,8 @@
 //!   berth-bench [SCENARIO...]      # see SCENARIOS; all when none is given; `soak` only
 //!                                  # when named
 //!
-//! The scenarios live by group in `raft` (and its peer `etcd`), `start`, `ingress`, `cold_start`
-//! and `fleet`; `cluster` (the servers
+//! The scenarios live by group in `raft` (and its peer `etcd`), `start`, `ingress`, `cold_start`,
+//! `rounds` (the scheduler alone, in process) and `fleet`; `cluster` (the servers
 //! and hollow agents measured) and `api` (requests and `/metrics` waits) serve them all; `results` keeps
 //! the numbers and renders them beside the goals.
 
@@ -22,6 +22,7 @@ mod fleet;
 mod ingress;
 mod raft;
 mod results;
+mod rounds;
 mod soak;
 mod start;
 
@@ -36,6 +37,7 @@ const SCENARIOS: &[&str] = &[
     "cold_start",
     "failover",
     "node_loss",
+    "rounds",
     "placement_1k",
     "placement",
     "read",
@@ -80,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             "cold_start" => cold_start::cold_start(&mut results).await,
             "failover" => raft::failover(&mut results, 20).await,
             "node_loss" => fleet::node_loss(&mut results, 10).await,
+            "rounds" => rounds::rounds(&mut results),
             "placement_1k" => fleet::placement(&mut results, "placement_1k", 1_000, 10_000).await,
             "placement" => fleet::placement(&mut results, "placement", 10_000, 100_000).await,
             "read" => fleet::read(&mut results).await,

@@ -3,7 +3,7 @@
 //! and the real apply cannot disagree. Nothing is written.
 
 use berth_model::{PlannedTask, Service, ServiceSpec, TaskDefinitionSpec};
-use berth_scheduler::Decision;
+use berth_scheduler::{Decision, TaskRequest};
 use berth_state::{initial_desired_count, service_update, Rejection, State};
 
 use crate::scheduling;
@@ -77,7 +77,16 @@ pub fn apply_service(
             .map_err(|e| Rejection::Invalid(e.to_string()))?;
     }
     let host_ports: Vec<_> = berth_model::fixed_host_ports(containers).collect();
-    let plan = scheduling::preview(state, &group, cpu, memory, &placement, &host_ports, starts)
+    let template = TaskRequest {
+        task_id: String::new(),
+        cpu: cpu.into(),
+        memory: memory.into(),
+        namespace: namespace.to_owned(),
+        group,
+        placement,
+        host_ports,
+    };
+    let plan = scheduling::preview(state, &template, starts)
         .into_iter()
         .map(|d| match d {
             Decision::Place { node, .. } => PlannedTask::Node(node),

@@ -1,11 +1,12 @@
 //! Scheduling rounds: pending tasks are placed with `berth-scheduler`, and all decisions of a
 //! round become one `PlaceTasks` command. Dry runs preview placements with the same code.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 
 use berth_model::Protocol;
 
-use berth_scheduler::{place, Decision, NodeCapacity, TaskRequest};
+use berth_scheduler::{place, Decision, NodeCapacity, Running, TaskRequest};
 use berth_state::{Command, Placement, State, Unplaced};
 
 /// Tasks placed per round at most: a round runs under the state's read lock, which Raft's
@@ -16,41 +17,34 @@ use berth_state::{Command, Placement, State, Unplaced};
 /// round two, session 28).
 pub const MAX_PER_ROUND: usize = 500;
 
-/// A task's placement group: its service, or (as ECS does for standalone tasks) its family.
-fn group(t: &berth_model::Task) -> String {
-    t.group
-        .clone()
-        .unwrap_or_else(|| format!("family:{}", t.task_definition.family))
+/// Where each placement group runs, from the state's counts (no task is looked at).
+struct Placed<'a>(&'a State);
+
+impl Running for Placed<'_> {
+    fn on_node(&self, namespace: &str, group: &str, node: &str) -> u64 {
+        self.0.placed_on(namespace, group, node)
+    }
+
+    fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)> {
+        self.0.placed_of(namespace, group).collect()
+    }
 }
 
-/// Where `count` new tasks of this size would go now (or why they could not), for dry runs.
-/// Nothing is written.
-pub fn preview(
-    state: &State,
-    group: &str,
-    cpu: u32,
-    memory: u32,
-    placement: &berth_model::PlacementSpec,
-    host_ports: &[(u16, Protocol)],
-    count: u32,
-) -> Vec<Decision> {
+/// Where `count` new tasks like `template` would go now (or why they could not), for dry
+/// runs. Nothing is written.
+pub fn preview(state: &State, template: &TaskRequest, count: u32) -> Vec<Decision> {
     let requests: Vec<TaskRequest> = (0..count)
         .map(|i| TaskRequest {
             task_id: format!("dry-run-{i}"),
-            cpu: cpu.into(),
-            memory: memory.into(),
-            group: group.to_owned(),
-            placement: placement.clone(),
-            host_ports: host_ports.to_vec(),
+            ..template.clone()
         })
         .collect();
     place_now(state, &requests)
 }
 
 /// Places `requests` on the nodes as they are in `state`, given where each group already runs
-/// (for distinctInstance and spread).
+/// (for distinctInstance and spread). Node names and attributes are borrowed, not copied.
 fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
-    let used = state.allocations();
     let ports = if requests.iter().any(|r| !r.host_ports.is_empty()) {
         fixed_ports_by_node(state)
     } else {
@@ -59,33 +53,18 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
     let nodes: Vec<NodeCapacity> = state
         .nodes()
         .map(|n| {
-            let (cpu, memory) = used.get(n.name.as_str()).copied().unwrap_or_default();
+            let (cpu, memory) = state.allocated_on(&n.name);
             NodeCapacity {
                 cpu_free: n.cpu.total.saturating_sub(cpu),
                 memory_free: n.memory.total.saturating_sub(memory),
-                name: n.name.clone(),
+                name: Cow::Borrowed(&n.name),
                 status: n.status,
-                attributes: n.attributes.clone(),
+                attributes: Cow::Borrowed(&n.attributes),
                 host_ports: ports.get(n.name.as_str()).cloned().unwrap_or_default(),
             }
         })
         .collect();
-    // Where the groups being placed already run (other groups do not matter to this round).
-    let groups: HashSet<&str> = requests.iter().map(|r| r.group.as_str()).collect();
-    let existing: Vec<(String, String)> = state
-        .live_tasks()
-        .filter_map(|t| {
-            let node = t.node.as_ref()?;
-            let wanted = match &t.group {
-                Some(g) => groups.contains(g.as_str()),
-                None => groups
-                    .iter()
-                    .any(|g| g.strip_prefix("family:") == Some(t.task_definition.family.as_str())),
-            };
-            wanted.then(|| (node.clone(), group(t)))
-        })
-        .collect();
-    place(&nodes, &existing, requests)
+    place(&nodes, &Placed(state), requests)
 }
 
 /// The fixed host ports of the tasks placed on each node and not stopped yet. Read only for
@@ -133,7 +112,8 @@ pub fn plan(state: &State, at: u64, cursor: &mut String) -> Option<Command> {
             task_id: t.task_id.clone(),
             cpu: t.cpu.into(),
             memory: t.memory.into(),
-            group: group(t),
+            namespace: t.namespace.clone(),
+            group: t.placement_group().into_owned(),
             placement: t.placement.clone(),
             host_ports: task_host_ports(state, t),
         })

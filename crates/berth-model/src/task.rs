@@ -297,6 +297,15 @@ impl Task {
         self.last_status == TaskStatus::Stopped
     }
 
+    /// The group placement spreads and keeps apart (within its namespace): its service's, or
+    /// (as ECS does for standalone tasks) `family:FAMILY`.
+    pub fn placement_group(&self) -> std::borrow::Cow<'_, str> {
+        match &self.group {
+            Some(g) => g.as_str().into(),
+            None => format!("family:{}", self.task_definition.family).into(),
+        }
+    }
+
     /// The exit code that stands for the whole task: the first essential container's that has
     /// one (`run --wait` exits with it).
     pub fn exit_code(&self) -> Option<i32> {

@@ -4,6 +4,7 @@
 pub mod autoscale;
 pub mod service;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -13,16 +14,17 @@ use berth_model::{
     Protocol,
 };
 
-/// What placement needs to know about one node.
+/// What placement needs to know about one node. The name and attributes are borrowed when
+/// the caller holds them (a round over 10,000 nodes copies no string).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeCapacity {
-    pub name: String,
+pub struct NodeCapacity<'a> {
+    pub name: Cow<'a, str>,
     pub status: NodeStatus,
     /// Free CPU units.
     pub cpu_free: u64,
     /// Free memory in MiB.
     pub memory_free: u64,
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Cow<'a, BTreeMap<String, String>>,
     /// Fixed host ports its tasks publish.
     pub host_ports: BTreeSet<(u16, Protocol)>,
 }
@@ -33,11 +35,34 @@ pub struct TaskRequest {
     pub task_id: String,
     pub cpu: u64,
     pub memory: u64,
-    /// Tasks of one group are spread or kept apart (`service:NAME`, `family:NAME`).
+    pub namespace: String,
+    /// Tasks of one group (in one namespace) are spread or kept apart (`service:NAME`,
+    /// `family:NAME`).
     pub group: String,
     pub placement: PlacementSpec,
     /// Fixed host ports it publishes: no other task may have them on its node.
     pub host_ports: Vec<(u16, Protocol)>,
+}
+
+/// Where the tasks of each group already run, as the caller keeps count (what
+/// `distinctInstance` and spread look at). Asked only about the groups being placed, so a
+/// round costs what its tasks need, not what the cluster holds.
+pub trait Running {
+    /// How many tasks of `group` in `namespace` run on `node`.
+    fn on_node(&self, namespace: &str, group: &str, node: &str) -> u64;
+    /// Every node that runs tasks of the group, with how many.
+    fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)>;
+}
+
+/// Nothing runs yet (a dry run on an empty cluster, tests).
+impl Running for () {
+    fn on_node(&self, _: &str, _: &str, _: &str) -> u64 {
+        0
+    }
+
+    fn nodes_of(&self, _: &str, _: &str) -> Vec<(&str, u64)> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,56 +114,60 @@ fn candidate_limit(nodes: usize) -> usize {
     MIN_CANDIDATES.max(2 * log2)
 }
 
-/// How many tasks of each group run on each node, and per attribute value for spread.
-struct Counts {
-    /// group -> node index -> tasks.
-    by_node: HashMap<String, HashMap<usize, u64>>,
+/// A group: its namespace and name.
+type GroupKey = (String, String);
+
+/// How many tasks of each group run on each node, and per attribute value for spread: what
+/// `running` says, plus this round's placements.
+struct Counts<'r> {
+    running: &'r dyn Running,
+    /// group -> node index -> tasks placed this round.
+    added: HashMap<GroupKey, HashMap<usize, u64>>,
     /// (group, attribute) -> attribute value -> tasks; filled on first use.
-    by_attribute: HashMap<(String, String), HashMap<Option<String>, u64>>,
+    by_attribute: HashMap<(GroupKey, String), HashMap<Option<String>, u64>>,
 }
 
-impl Counts {
-    fn on_node(&self, group: &str, node: usize) -> u64 {
-        self.by_node
+impl Counts<'_> {
+    fn on_node(&self, nodes: &[NodeCapacity], group: &GroupKey, node: usize) -> u64 {
+        let added = self
+            .added
             .get(group)
             .and_then(|m| m.get(&node))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        added + self.running.on_node(&group.0, &group.1, &nodes[node].name)
     }
 
     fn on_attribute(
         &mut self,
         nodes: &[NodeCapacity],
-        group: &str,
+        group: &GroupKey,
         attr: &str,
         value: Option<&String>,
     ) -> u64 {
-        let key = (group.to_owned(), attr.to_owned());
-        if !self.by_attribute.contains_key(&key) {
+        let cache = (group.clone(), attr.to_owned());
+        if !self.by_attribute.contains_key(&cache) {
             let mut values: HashMap<Option<String>, u64> = HashMap::new();
-            if let Some(per_node) = self.by_node.get(group) {
-                for (i, c) in per_node {
-                    *values
-                        .entry(nodes[*i].attributes.get(attr).cloned())
-                        .or_default() += c;
+            let attribute = |i: usize| nodes[i].attributes.get(attr).cloned();
+            for (name, c) in self.running.nodes_of(&group.0, &group.1) {
+                // Nodes are sorted by name; a node no longer registered counts for nothing.
+                if let Ok(i) = nodes.binary_search_by(|n| n.name.as_ref().cmp(name)) {
+                    *values.entry(attribute(i)).or_default() += c;
                 }
             }
-            self.by_attribute.insert(key.clone(), values);
+            for (i, c) in self.added.get(group).into_iter().flatten() {
+                *values.entry(attribute(*i)).or_default() += c;
+            }
+            self.by_attribute.insert(cache.clone(), values);
         }
         self.by_attribute
-            .get(&key)
+            .get(&cache)
             .and_then(|v| v.get(&value.cloned()))
             .copied()
             .unwrap_or(0)
     }
 
-    fn add(&mut self, nodes: &[NodeCapacity], group: &str, node: usize) {
-        *self
-            .by_node
-            .entry(group.to_owned())
-            .or_default()
-            .entry(node)
-            .or_default() += 1;
+    fn add(&mut self, nodes: &[NodeCapacity], group: &GroupKey, node: usize) {
         for ((g, attr), values) in &mut self.by_attribute {
             if g == group {
                 *values
@@ -146,13 +175,19 @@ impl Counts {
                     .or_default() += 1;
             }
         }
+        *self
+            .added
+            .entry(group.clone())
+            .or_default()
+            .entry(node)
+            .or_default() += 1;
     }
 }
 
 /// Places `tasks` in order. A node is feasible when it is ACTIVE, has the CPU and memory
 /// free, and meets the task's constraints (`memberOf` expressions over its attributes;
-/// `distinctInstance`: no task of the same group on it, counting `existing` placements
-/// `(node, group)` and this round's). Feasible nodes are ranked by the task's strategies in
+/// `distinctInstance`: no task of the same group on it, counting those `running` knows of
+/// and this round's). Feasible nodes are ranked by the task's strategies in
 /// order (binpack on cpu or memory: least left after placing; spread on `node` or
 /// `attribute:NAME`: fewest tasks of the group; random: a hash of task and node), then by name.
 /// Without strategies: binpack on CPU, then memory.
@@ -162,34 +197,22 @@ impl Counts {
 /// a task that fits nowhere is still checked against every node, so its reason is complete.
 pub fn place(
     nodes: &[NodeCapacity],
-    existing: &[(String, String)],
+    running: &dyn Running,
     tasks: &[TaskRequest],
 ) -> Vec<Decision> {
     let mut nodes = nodes.to_vec();
+    // Already sorted when they come from an ordered map: then this costs one pass.
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let index: HashMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
     let mut counts = Counts {
-        by_node: HashMap::new(),
+        running,
+        added: HashMap::new(),
         by_attribute: HashMap::new(),
     };
-    for (node, group) in existing {
-        if let Some(i) = index.get(node.as_str()) {
-            *counts
-                .by_node
-                .entry(group.clone())
-                .or_default()
-                .entry(*i)
-                .or_default() += 1;
-        }
-    }
     let limit = candidate_limit(nodes.len());
     tasks
         .iter()
         .map(|task| {
+            let group: GroupKey = (task.namespace.clone(), task.group.clone());
             let expressions: Vec<Expression> = task
                 .placement
                 .constraints
@@ -223,7 +246,7 @@ pub fn place(
                     Some(Filtered::NotActive)
                 } else if let Some(e) = expressions.iter().find(|e| !e.matches(&n.attributes)) {
                     Some(Filtered::MemberOf(e.to_string()))
-                } else if distinct && counts.on_node(&task.group, i) > 0 {
+                } else if distinct && counts.on_node(&nodes, &group, i) > 0 {
                     Some(Filtered::DistinctInstance)
                 } else if let Some(p) = task.host_ports.iter().find(|p| n.host_ports.contains(p)) {
                     Some(Filtered::HostPort(p.0, p.1))
@@ -239,7 +262,7 @@ pub fn place(
                     continue;
                 }
                 feasible += 1;
-                let key = rank(task, i, &nodes, &mut counts);
+                let key = rank(task, &group, i, &nodes, &mut counts);
                 // Ties go to the first node by name (nodes are sorted by name).
                 if best.as_ref().is_none_or(|(k, j)| (&key, i) < (k, *j)) {
                     best = Some((key, i));
@@ -251,8 +274,8 @@ pub fn place(
                     node.cpu_free -= task.cpu;
                     node.memory_free -= task.memory;
                     node.host_ports.extend(task.host_ports.iter().copied());
-                    let name = node.name.clone();
-                    counts.add(&nodes, &task.group, i);
+                    let name = node.name.to_string();
+                    counts.add(&nodes, &group, i);
                     Decision::Place {
                         task_id: task.task_id.clone(),
                         node: name,
@@ -268,7 +291,13 @@ pub fn place(
 }
 
 /// The ranking key of node `i` for `task` (smaller is better), one entry per strategy.
-fn rank(task: &TaskRequest, i: usize, nodes: &[NodeCapacity], counts: &mut Counts) -> Vec<u64> {
+fn rank(
+    task: &TaskRequest,
+    group: &GroupKey,
+    i: usize,
+    nodes: &[NodeCapacity],
+    counts: &mut Counts,
+) -> Vec<u64> {
     let n = &nodes[i];
     let strategies: &[PlacementStrategy] = if task.placement.strategy.is_empty() {
         &DEFAULT_STRATEGY
@@ -285,11 +314,11 @@ fn rank(task: &TaskRequest, i: usize, nodes: &[NodeCapacity], counts: &mut Count
                 field: BinpackField::Memory,
             } => n.memory_free - task.memory,
             PlacementStrategy::Spread { field } if field == "node" => {
-                counts.on_node(&task.group, i)
+                counts.on_node(nodes, group, i)
             }
             PlacementStrategy::Spread { field } => {
                 let attr = field.strip_prefix("attribute:").unwrap_or(field);
-                counts.on_attribute(nodes, &task.group, attr, n.attributes.get(attr))
+                counts.on_attribute(nodes, group, attr, n.attributes.get(attr))
             }
             PlacementStrategy::Random => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -333,20 +362,20 @@ fn explain(total: usize, task: &TaskRequest, filtered: &BTreeMap<Filtered, usize
 mod tests {
     use super::*;
 
-    fn node(name: &str, cpu: u64, memory: u64) -> NodeCapacity {
+    fn node(name: &str, cpu: u64, memory: u64) -> NodeCapacity<'static> {
         NodeCapacity {
-            name: name.into(),
+            name: Cow::Owned(name.into()),
             status: NodeStatus::Active,
             cpu_free: cpu,
             memory_free: memory,
-            attributes: BTreeMap::new(),
+            attributes: Cow::Owned(BTreeMap::new()),
             host_ports: BTreeSet::new(),
         }
     }
 
-    fn zoned(name: &str, zone: &str) -> NodeCapacity {
+    fn zoned(name: &str, zone: &str) -> NodeCapacity<'static> {
         let mut n = node(name, 4096, 8192);
-        n.attributes.insert("zone".into(), zone.into());
+        n.attributes.to_mut().insert("zone".into(), zone.into());
         n
     }
 
@@ -355,6 +384,7 @@ mod tests {
             task_id: id.into(),
             cpu,
             memory,
+            namespace: "default".into(),
             group: "family:web".into(),
             placement: PlacementSpec::default(),
             host_ports: Vec::new(),
@@ -377,17 +407,37 @@ mod tests {
         check_with(nodes, &[], tasks, expected);
     }
 
+    /// Tasks running before the round, one `(node, group)` each, all in namespace `default`.
+    struct Existing<'a>(&'a [(&'a str, &'a str)]);
+
+    impl Running for Existing<'_> {
+        fn on_node(&self, namespace: &str, group: &str, node: &str) -> u64 {
+            let n = self.0.iter().filter(|&&(n, g)| (n, g) == (node, group));
+            if namespace == "default" {
+                n.count() as u64
+            } else {
+                0
+            }
+        }
+
+        fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)> {
+            let mut nodes: BTreeMap<&str, u64> = BTreeMap::new();
+            for &(n, g) in self.0 {
+                if namespace == "default" && g == group {
+                    *nodes.entry(n).or_default() += 1;
+                }
+            }
+            nodes.into_iter().collect()
+        }
+    }
+
     fn check_with(
         nodes: &[NodeCapacity],
         existing: &[(&str, &str)],
         tasks: &[TaskRequest],
         expected: &[&str],
     ) {
-        let existing: Vec<(String, String)> = existing
-            .iter()
-            .map(|(n, g)| ((*n).to_owned(), (*g).to_owned()))
-            .collect();
-        let got: Vec<String> = place(nodes, &existing, tasks)
+        let got: Vec<String> = place(nodes, &Existing(existing), tasks)
             .into_iter()
             .map(|d| match d {
                 Decision::Place { task_id, node } => format!("{task_id} -> {node}"),
@@ -545,6 +595,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn what_already_runs_counts_per_group_in_its_namespace() {
+        let distinct = |id, namespace: &str| TaskRequest {
+            namespace: namespace.into(),
+            ..with(
+                task(id, 256, 512),
+                vec![],
+                vec![PlacementConstraint::DistinctInstance],
+            )
+        };
+        // n1 runs a task of family:web in `default`: another namespace's web may go there.
+        check_with(
+            &[node("n1", 4096, 8192), node("n2", 4096, 8192)],
+            &[("n1", "family:web")],
+            &[distinct("t1", "other"), distinct("t2", "default")],
+            &["t1 -> n1", "t2 -> n2"],
+        );
+        let spread = |id| {
+            with(
+                task(id, 256, 512),
+                vec![PlacementStrategy::Spread {
+                    field: "attribute:zone".into(),
+                }],
+                vec![],
+            )
+        };
+        // Zone a runs two already (a node since removed counts for nothing): b catches up
+        // first, then ties go to the first node by name.
+        check_with(
+            &[zoned("a1", "a"), zoned("b1", "b")],
+            &[
+                ("a1", "family:web"),
+                ("a1", "family:web"),
+                ("a1", "service:api"),
+                ("gone", "family:web"),
+            ],
+            &[spread("t1"), spread("t2"), spread("t3")],
+            &["t1 -> b1", "t2 -> b1", "t3 -> a1"],
+        );
+    }
+
     /// Architecture invariant: the scheduler does no IO and knows no runtime.
     #[test]
     fn depends_on_no_runtime_crates() {
@@ -565,7 +656,7 @@ mod tests {
     }
 
     /// 10,000 nodes in three zones, named so that sorting by name does not group the zones.
-    fn fleet(n: usize) -> Vec<NodeCapacity> {
+    fn fleet(n: usize) -> Vec<NodeCapacity<'static>> {
         (0..n)
             .map(|i| zoned(&format!("node-{i:05}"), ["a", "b", "c"][i % 3]))
             .collect()
@@ -575,7 +666,10 @@ mod tests {
     fn large_fleets_are_sampled_but_stay_within_capacity_and_constraints() {
         let mut nodes = fleet(10_000);
         // Only one node offers an SSD.
-        nodes[7777].attributes.insert("disk".into(), "ssd".into());
+        nodes[7777]
+            .attributes
+            .to_mut()
+            .insert("disk".into(), "ssd".into());
         let ssd = with(
             task("ssd", 256, 256),
             vec![],
@@ -596,14 +690,17 @@ mod tests {
             .collect();
         tasks.push(ssd);
         tasks.push(task("huge", 8192, 256));
-        let decisions = place(&nodes, &[], &tasks);
+        let decisions = place(&nodes, &(), &tasks);
         let mut used: HashMap<String, u64> = HashMap::new();
         let mut zones: BTreeMap<String, usize> = BTreeMap::new();
         for d in &decisions {
             match d {
                 Decision::Place { task_id, node } if task_id.starts_with('t') => {
                     *used.entry(node.clone()).or_default() += 1024;
-                    let n = nodes.iter().find(|n| &n.name == node).expect("known node");
+                    let n = nodes
+                        .iter()
+                        .find(|n| n.name == node.as_str())
+                        .expect("known node");
                     *zones.entry(n.attributes["zone"].clone()).or_default() += 1;
                 }
                 Decision::Place { task_id, node } => {

@@ -234,13 +234,13 @@ impl Metrics {
         i.store_file_bytes
             .set(as_i64(stored.file_bytes.unwrap_or(0)));
         let (counts, nodes, totals, objects) = store.read_stale_queued(|s| {
-            // Live tasks only: stopped ones are counted, not read.
-            let mut counts = std::collections::HashMap::new();
-            for t in s.live_tasks() {
-                *counts.entry(t.last_status).or_insert(0i64) += 1;
-            }
+            // Counted as tasks change, not read here.
+            let mut counts: std::collections::HashMap<_, _> = s
+                .live_counts()
+                .map(|(st, n)| (st, i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect();
             let stopped = i64::try_from(s.stopped_count()).unwrap_or(i64::MAX);
-            *counts.entry(TaskStatus::Stopped).or_insert(0i64) += stopped;
+            *counts.entry(TaskStatus::Stopped).or_insert(0) += stopped;
             let mut nodes = std::collections::HashMap::new();
             for n in s.nodes() {
                 *nodes.entry(n.status).or_insert(0i64) += 1;

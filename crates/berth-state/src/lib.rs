@@ -30,14 +30,14 @@ mod tests_metering;
 #[cfg(test)]
 mod tests_retention;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use imbl::OrdMap;
 
 use berth_model::{
     ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, RemovedTask, Service, Task,
-    TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, Timestamp,
+    TaskDefinition, TaskDefinitionRef, TaskDefinitionStatus, TaskStatus, Timestamp,
 };
 
 pub use berth_model::StopOrder;
@@ -55,6 +55,9 @@ pub use services::{initial_desired_count, service_update, ServiceUpdate};
 /// A task's ID as the state's map and indexes hold it: one allocation shared by all of them
 /// (each index held a copy of its own: about 400 bytes a task).
 type TaskId = Arc<str>;
+
+/// Live placed tasks by namespace, then placement group ([`Task::placement_group`]), then node.
+type PlacedByGroup = HashMap<String, HashMap<String, HashMap<String, u64>>>;
 
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -98,20 +101,26 @@ pub struct State {
     pending: BTreeSet<TaskId>,
     /// CPU units and MiB allocated to the tasks on each node that have not stopped (derived
     /// as `pending`; nodes without any are absent).
-    allocated: std::collections::HashMap<String, (u64, u64)>,
+    allocated: HashMap<String, (u64, u64)>,
     /// Secrets by `(namespace, name)`, their values sealed.
     secrets: BTreeMap<(String, String), berth_model::Secret>,
     /// Which keyring key seals new secret values.
     secret_keys: berth_model::SecretKeys,
-    /// Tasks that have not stopped (derived, as `pending`): what the controllers look at, so
-    /// their work follows live tasks, not history.
-    live: BTreeSet<TaskId>,
+    /// Tasks that have not stopped, with the status they were counted under (derived, as
+    /// `pending`): what the controllers look at, so their work follows live tasks, not history.
+    live: BTreeMap<TaskId, TaskStatus>,
+    /// How many live tasks are in each status (derived): what `/metrics` shows without
+    /// looking at tasks.
+    live_statuses: BTreeMap<TaskStatus, u64>,
     /// Live task IDs by namespace (derived): what a namespace's quota counts.
     live_by_namespace: BTreeMap<String, BTreeSet<TaskId>>,
     /// Live task IDs by the node they were placed on (derived).
     live_by_node: BTreeMap<String, BTreeSet<TaskId>>,
     /// Live task IDs by `(namespace, group)` (derived).
     live_groups: BTreeMap<(String, String), BTreeSet<TaskId>>,
+    /// How many live tasks of each placement group run on each node (derived): what a
+    /// scheduling round counts for spread and `distinctInstance` without looking at tasks.
+    placed: PlacedByGroup,
     /// Stopped tasks by `(stopped at, ID)`, oldest first (derived): what the retention reads.
     stopped: BTreeSet<(Timestamp, TaskId)>,
     /// Stopped tasks of each `(namespace, group)` by `(stopped at, ID)` (derived).
@@ -150,7 +159,7 @@ impl State {
 
     /// The tasks that have not stopped, in task ID order, without looking at stopped ones.
     pub fn live_tasks(&self) -> impl Iterator<Item = &Task> {
-        self.live.iter().filter_map(|id| self.task_by_id(id))
+        self.live.keys().filter_map(|id| self.task_by_id(id))
     }
 
     /// The tasks of `group` (`service:NAME`, `family:FAMILY`) in `namespace` that have not
@@ -165,6 +174,36 @@ impl State {
             .into_iter()
             .flatten()
             .filter_map(|id| self.task_by_id(id))
+    }
+
+    /// How many live tasks of placement group `group` in `namespace` run on `node`.
+    pub fn placed_on(&self, namespace: &str, group: &str, node: &str) -> u64 {
+        self.placed
+            .get(namespace)
+            .and_then(|groups| groups.get(group))
+            .and_then(|nodes| nodes.get(node))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The nodes that run live tasks of placement group `group` in `namespace`, with how many.
+    pub fn placed_of<'a>(
+        &'a self,
+        namespace: &str,
+        group: &str,
+    ) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        self.placed
+            .get(namespace)
+            .and_then(|groups| groups.get(group))
+            .into_iter()
+            .flatten()
+            .map(|(node, n)| (node.as_str(), *n))
+    }
+
+    /// How many tasks that have not stopped are in each status (statuses without any are
+    /// absent).
+    pub fn live_counts(&self) -> impl Iterator<Item = (TaskStatus, u64)> + '_ {
+        self.live_statuses.iter().map(|(s, n)| (*s, *n))
     }
 
     /// How many tasks the state holds that have stopped.
@@ -316,7 +355,7 @@ impl State {
 
     /// CPU units and MiB allocated to the tasks that are not stopped, by node name (nodes
     /// without any are absent).
-    pub fn allocations(&self) -> std::collections::HashMap<&str, (u64, u64)> {
+    pub fn allocations(&self) -> HashMap<&str, (u64, u64)> {
         self.allocated
             .iter()
             .map(|(n, used)| (n.as_str(), *used))

@@ -132,7 +132,7 @@ impl State {
             .map(|(_, id)| id);
         let mut rows: BTreeMap<(String, Option<String>, String), (u32, Accrued)> = BTreeMap::new();
         let mut tasks = BTreeMap::new();
-        for id in self.live.iter().chain(stopped) {
+        for id in self.live.keys().chain(stopped) {
             let Some(task) = self.tasks.get(id) else {
                 continue;
             };

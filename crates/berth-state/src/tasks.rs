@@ -33,7 +33,8 @@ impl State {
             }
             let group = group_of(task);
             if task.is_stopped() {
-                if self.live.remove(&*id) {
+                if let Some(counted) = self.live.remove(&*id) {
+                    count_status(&mut self.live_statuses, counted, false);
                     if let Some(g) = &group {
                         remove_from(&mut self.live_groups, g, &id);
                     }
@@ -42,6 +43,7 @@ impl State {
                 if let Some(node) = &task.node {
                     if remove_from(&mut self.live_by_node, node, &id) {
                         allocate(&mut self.allocated, node, task, false);
+                        count_placed(&mut self.placed, node, task, false);
                     }
                 }
                 let entry = (stopped_at(task), id.clone());
@@ -53,10 +55,19 @@ impl State {
                 }
                 self.stopped.insert(entry);
             } else {
-                if self.live.insert(id.clone()) {
-                    if let Some(g) = group {
-                        self.live_groups.entry(g).or_default().insert(id.clone());
+                let status = task.last_status;
+                match self.live.insert(id.clone(), status) {
+                    None => {
+                        if let Some(g) = group {
+                            self.live_groups.entry(g).or_default().insert(id.clone());
+                        }
+                        count_status(&mut self.live_statuses, status, true);
                     }
+                    Some(counted) if counted != status => {
+                        count_status(&mut self.live_statuses, counted, false);
+                        count_status(&mut self.live_statuses, status, true);
+                    }
+                    Some(_) => {}
                 }
                 self.live_by_namespace
                     .entry(task.namespace.clone())
@@ -70,6 +81,7 @@ impl State {
                         .insert(id.clone());
                     if added {
                         allocate(&mut self.allocated, node, task, true);
+                        count_placed(&mut self.placed, node, task, true);
                     }
                 }
             }
@@ -81,6 +93,7 @@ impl State {
     pub(crate) fn rebuild_indexes(&mut self) {
         self.pending.clear();
         self.live.clear();
+        self.live_statuses.clear();
         self.live_groups.clear();
         self.live_by_node.clear();
         self.live_by_namespace.clear();
@@ -96,6 +109,7 @@ impl State {
             *self.revision_users.entry(revision_of(task)).or_default() += 1;
         }
         self.allocated.clear();
+        self.placed.clear();
         self.reindex(&keys);
         self.removed_ages.clear();
         self.removed_by_node.clear();
@@ -440,7 +454,8 @@ impl State {
         }
         self.pending.remove(id);
         let group = group_of(&task);
-        if self.live.remove(id) {
+        if let Some(counted) = self.live.remove(id) {
+            count_status(&mut self.live_statuses, counted, false);
             if let Some(g) = &group {
                 remove_from(&mut self.live_groups, g, id);
             }
@@ -449,6 +464,7 @@ impl State {
         if let Some(node) = &task.node {
             if remove_from(&mut self.live_by_node, node, id) {
                 allocate(&mut self.allocated, node, &task, false);
+                count_placed(&mut self.placed, node, &task, false);
             }
         }
         let entry = (stopped_at(&task), shared_id);
@@ -519,6 +535,52 @@ fn allocate(allocated: &mut HashMap<String, (u64, u64)>, node: &str, task: &Task
         allocated.remove(node);
     } else {
         allocated.insert(node.to_owned(), next);
+    }
+}
+
+/// Counts one more task in `status`, or one less (statuses at zero leave).
+fn count_status(counts: &mut BTreeMap<TaskStatus, u64>, status: TaskStatus, add: bool) {
+    let n = counts.entry(status).or_default();
+    if add {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&status);
+        }
+    }
+}
+
+/// Counts `task` in its placement group on `node`, or stops counting it (it joined or left
+/// the node's live set); counts at zero leave, and so do groups and namespaces without any.
+fn count_placed(placed: &mut crate::PlacedByGroup, node: &str, task: &Task, add: bool) {
+    let group = task.placement_group();
+    if add {
+        *placed
+            .entry(task.namespace.clone())
+            .or_default()
+            .entry(group.into_owned())
+            .or_default()
+            .entry(node.to_owned())
+            .or_default() += 1;
+        return;
+    }
+    let Some(groups) = placed.get_mut(&task.namespace) else {
+        return;
+    };
+    if let Some(nodes) = groups.get_mut(group.as_ref()) {
+        if let Some(n) = nodes.get_mut(node) {
+            *n -= 1;
+            if *n == 0 {
+                nodes.remove(node);
+            }
+        }
+        if nodes.is_empty() {
+            groups.remove(group.as_ref());
+        }
+    }
+    if groups.is_empty() {
+        placed.remove(&task.namespace);
     }
 }
 

@@ -100,8 +100,20 @@ fn lifecycle_of_a_task_that_exits() {
     );
     // The by-node index is derived state: rebuilt from objects it is the same.
     assert_eq!(s.tasks_on("n1").count(), 1);
+    // A standalone task counts in its family's placement group, in its namespace alone.
+    fn placed(s: &State) -> Vec<(&str, u64)> {
+        s.placed_of("default", "family:web").collect()
+    }
+    assert_eq!(placed(&s), [("n1", 1)]);
+    assert_eq!(s.placed_on("default", "family:web", "n1"), 1);
+    assert_eq!(s.placed_on("other", "family:web", "n1"), 0);
     round_trips(&s);
+    // Live tasks are counted by status as they change (what `/metrics` shows).
+    let counts = |s: &State| s.live_counts().collect::<Vec<_>>();
+    assert_eq!(counts(&s), [(TaskStatus::Pending, 1)]);
     s.apply(report(TaskStatus::Running, None, None));
+    assert_eq!(counts(&s), [(TaskStatus::Running, 1)]);
+    round_trips(&s);
     // A report from another node is stale and ignored.
     let (_, changed) = s.apply(Command::ReportTaskStatus {
         node: "n2".into(),
@@ -118,6 +130,9 @@ fn lifecycle_of_a_task_that_exits() {
         summary(&s),
         "STOPPED desired=STOPPED node=Some(\"n1\") code=Some(EssentialContainerExited) exit=Some(3) node_cpu=0"
     );
+    assert_eq!(placed(&s), []);
+    assert_eq!(counts(&s), []);
+    round_trips(&s);
     // Never backwards.
     s.apply(report(TaskStatus::Running, None, None));
     assert!(s.task("default", "t1").is_some_and(Task::is_stopped));
