@@ -2,7 +2,7 @@
 //! round become one `PlaceTasks` command. Dry runs preview placements with the same code.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use berth_model::Protocol;
 
@@ -28,6 +28,14 @@ impl Running for Placed<'_> {
     fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)> {
         self.0.placed_of(namespace, group).collect()
     }
+
+    /// From the node's live tasks' definitions (a few tasks, not every task).
+    fn host_ports(&self, node: &str) -> Vec<(u16, Protocol)> {
+        self.0
+            .live_tasks_on(node)
+            .flat_map(|t| task_host_ports(self.0, t))
+            .collect()
+    }
 }
 
 /// Where `count` new tasks like `template` would go now (or why they could not), for dry
@@ -45,11 +53,6 @@ pub fn preview(state: &State, template: &TaskRequest, count: u32) -> Vec<Decisio
 /// Places `requests` on the nodes as they are in `state`, given where each group already runs
 /// (for distinctInstance and spread). Node names and attributes are borrowed, not copied.
 fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
-    let ports = if requests.iter().any(|r| !r.host_ports.is_empty()) {
-        fixed_ports_by_node(state)
-    } else {
-        HashMap::new()
-    };
     let nodes: Vec<NodeCapacity> = state
         .nodes()
         .map(|n| {
@@ -60,29 +63,11 @@ fn place_now(state: &State, requests: &[TaskRequest]) -> Vec<Decision> {
                 name: Cow::Borrowed(&n.name),
                 status: n.status,
                 attributes: Cow::Borrowed(&n.attributes),
-                host_ports: ports.get(n.name.as_str()).cloned().unwrap_or_default(),
+                host_ports: BTreeSet::new(),
             }
         })
         .collect();
     place(&nodes, &Placed(state), requests)
-}
-
-/// The fixed host ports of the tasks placed on each node and not stopped yet. Read only for
-/// rounds that place a task with one (few do): it looks at every live task.
-fn fixed_ports_by_node(state: &State) -> HashMap<&str, BTreeSet<(u16, Protocol)>> {
-    let mut ports: HashMap<&str, BTreeSet<(u16, Protocol)>> = HashMap::new();
-    for t in state.live_tasks() {
-        let Some(node) = t.node.as_deref() else {
-            continue;
-        };
-        if let Some(def) = state.task_definition(&t.namespace, &t.task_definition) {
-            ports
-                .entry(node)
-                .or_default()
-                .extend(def.fixed_host_ports());
-        }
-    }
-    ports
 }
 
 /// The fixed host ports a task of `t`'s definition publishes.

@@ -203,6 +203,47 @@ fn a_scheduling_round_places_what_fits_and_says_why_the_rest_does_not() {
 }
 
 #[test]
+fn a_fixed_host_port_keeps_tasks_apart_across_rounds() {
+    let mut s = cluster(2);
+    let mut app = ContainerDefinition::new("app", "registry/web:1");
+    app.port_mappings = vec![berth_model::PortMapping {
+        container_port: 80,
+        host_port: 8080,
+        protocol: berth_model::Protocol::Tcp,
+    }];
+    s.apply(Command::RegisterTaskDefinition {
+        namespace: "default".into(),
+        spec: TaskDefinitionSpec::new("fixed", 64, 64, vec![app]),
+        reuse_identical: false,
+        at: 1,
+    });
+    let def = s
+        .task_definition("default", &"fixed:1".parse().expect("ref"))
+        .expect("fixed:1")
+        .clone();
+    let create = |ids: &[&str]| Command::CreateTasks {
+        tasks: ids
+            .iter()
+            .map(|id| Task::pending((*id).into(), "default", &def, 2))
+            .collect(),
+        client_token: None,
+        at: 2,
+    };
+    s.apply(create(&["p1"]));
+    schedule(&mut s);
+    // The next round learns of p1's port from the state, not from its own placements.
+    s.apply(create(&["p2", "p3"]));
+    let round = crate::scheduling::plan(&s, NOW, &mut String::new());
+    check(
+        round.as_slice(),
+        &[
+            "place p2 on n2",
+            "unplaced p3: 0 of 2 nodes can run it: 2 already had host port 8080/tcp taken",
+        ],
+    );
+}
+
+#[test]
 fn the_reconciler_starts_missing_tasks_once_and_counts_what_runs() {
     let mut s = cluster(2);
     apply_service(&mut s, web_spec(2));

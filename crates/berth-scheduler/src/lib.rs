@@ -25,7 +25,8 @@ pub struct NodeCapacity<'a> {
     /// Free memory in MiB.
     pub memory_free: u64,
     pub attributes: Cow<'a, BTreeMap<String, String>>,
-    /// Fixed host ports its tasks publish.
+    /// Fixed host ports taken on it, known before the round (the rest come from
+    /// [`Running::host_ports`]).
     pub host_ports: BTreeSet<(u16, Protocol)>,
 }
 
@@ -52,6 +53,12 @@ pub trait Running {
     fn on_node(&self, namespace: &str, group: &str, node: &str) -> u64;
     /// Every node that runs tasks of the group, with how many.
     fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)>;
+    /// The fixed host ports the tasks on `node` publish (beside its `host_ports`): asked
+    /// only for nodes a task that publishes one could go to.
+    fn host_ports(&self, node: &str) -> Vec<(u16, Protocol)> {
+        let _ = node;
+        Vec::new()
+    }
 }
 
 /// Nothing runs yet (a dry run on an empty cluster, tests).
@@ -209,6 +216,7 @@ pub fn place(
         by_attribute: HashMap::new(),
     };
     let limit = candidate_limit(nodes.len());
+    let mut ports_read = vec![false; nodes.len()];
     tasks
         .iter()
         .map(|task| {
@@ -241,6 +249,12 @@ pub fn place(
                     break;
                 }
                 let i = (start + k) % nodes.len();
+                if !task.host_ports.is_empty() && !ports_read[i] {
+                    // Read once per node and round, and only for tasks that publish one.
+                    let taken = running.host_ports(&nodes[i].name);
+                    nodes[i].host_ports.extend(taken);
+                    ports_read[i] = true;
+                }
                 let n = &nodes[i];
                 let why = if n.status != NodeStatus::Active {
                     Some(Filtered::NotActive)
@@ -437,7 +451,16 @@ mod tests {
         tasks: &[TaskRequest],
         expected: &[&str],
     ) {
-        let got: Vec<String> = place(nodes, &Existing(existing), tasks)
+        check_running(nodes, &Existing(existing), tasks, expected);
+    }
+
+    fn check_running(
+        nodes: &[NodeCapacity],
+        running: &dyn Running,
+        tasks: &[TaskRequest],
+        expected: &[&str],
+    ) {
+        let got: Vec<String> = place(nodes, running, tasks)
             .into_iter()
             .map(|d| match d {
                 Decision::Place { task_id, node } => format!("{task_id} -> {node}"),
@@ -542,17 +565,34 @@ mod tests {
         busy.host_ports.insert((8080, Protocol::Tcp));
         let mut udp = port("u1");
         udp.host_ports = vec![(8080, Protocol::Udp)];
-        check(
-            &[busy, node("n2", 4096, 8192)],
-            &[port("t1"), port("t2"), udp],
-            &[
-                "t1 -> n2",
-                "t2 !! 0 of 2 nodes can run it: 2 already had host port 8080/tcp taken",
-                // Another protocol's port of the same number is another port (n2, where t1
-                // took 8080/tcp, is the fuller node).
-                "u1 -> n2",
-            ],
-        );
+        let expected = [
+            "t1 -> n2",
+            "t2 !! 0 of 2 nodes can run it: 2 already had host port 8080/tcp taken",
+            // Another protocol's port of the same number is another port (n2, where t1
+            // took 8080/tcp, is the fuller node).
+            "u1 -> n2",
+        ];
+        let tasks = [port("t1"), port("t2"), udp];
+        check(&[busy, node("n2", 4096, 8192)], &tasks, &expected);
+
+        /// n1's task publishes 8080/tcp, as the caller counts it.
+        struct Taken;
+        impl Running for Taken {
+            fn on_node(&self, _: &str, _: &str, _: &str) -> u64 {
+                0
+            }
+            fn nodes_of(&self, _: &str, _: &str) -> Vec<(&str, u64)> {
+                Vec::new()
+            }
+            fn host_ports(&self, node: &str) -> Vec<(u16, Protocol)> {
+                match node {
+                    "n1" => vec![(8080, Protocol::Tcp)],
+                    _ => Vec::new(),
+                }
+            }
+        }
+        let nodes = [node("n1", 4096, 8192), node("n2", 4096, 8192)];
+        check_running(&nodes, &Taken, &tasks, &expected);
     }
 
     #[test]
