@@ -67,11 +67,18 @@ const GRAPH: &[(&str, &[&str])] = &[
             "berth-tls",
         ],
     ),
-    // The bench drives real processes; berth-state (pure) only to weigh a state rebuilt from
-    // a backup (the footprint scenario).
+    // The bench drives real processes; the pure crates only to weigh a state rebuilt from a
+    // backup (the footprint scenario) and to time the leader's scheduling rounds in process
+    // (the rounds scenario).
     (
         "berth-bench",
-        &["berth-proto", "berth-state", "berth-tests"],
+        &[
+            "berth-control",
+            "berth-model",
+            "berth-proto",
+            "berth-state",
+            "berth-tests",
+        ],
     ),
     ("berth-chaos", &["berth-proto", "berth-tests"]),
     ("berth-tests", &["berth-dev", "berth-proto", "berth-tls"]),
@@ -328,11 +335,12 @@ fn the_crate_graph_has_no_forbidden_arrows() {
 #[test]
 fn only_berth_proto_converts_wire_types() {
     let mut found = Vec::new();
-    // Crates without the model (the benchmarks) speak the wire only: nothing to convert.
+    // Crates without the model speak the wire only: nothing to convert. The benchmarks are
+    // clients of the wire too; their model is for the in-process `rounds` scenario alone.
     let has_model = |p: &Package| p.deps.iter().any(|(d, _)| d == "berth-model");
     for p in packages()
         .iter()
-        .filter(|p| p.name != "berth-proto" && has_model(p))
+        .filter(|p| !["berth-proto", "berth-bench"].contains(&p.name.as_str()) && has_model(p))
     {
         found.extend(offending_lines(p, converts_wire_types, &[]));
     }

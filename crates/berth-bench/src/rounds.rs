@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use berth_model::{ContainerDefinition, Node, Task, TaskDefinitionSpec};
+use berth_model::{ContainerDefinition, Node, PlacementStrategy, Task, TaskDefinitionSpec};
 use berth_state::{Command, CommandResult, State};
 
 use crate::results::{record_percentiles, Results};
@@ -12,25 +12,57 @@ use crate::results::{record_percentiles, Results};
 const NODES: usize = 10_000;
 const TASKS: usize = 100_000;
 
-/// 10,000 nodes and 100,000 pending tasks of one family (one placement group, the case where
-/// a round that looked at every task of its group would cost the most), placed by
-/// [`berth_control::scheduling::plan`] round after round, each round applied before the next.
-/// Records the rounds' planning times (`rounds.p50_ms`, `rounds.p99_ms`), the first and the
-/// last tenth's mean (`rounds.first_ms`, `rounds.last_ms`), and planned tasks a second.
+/// 10,000 nodes in three zones and 100,000 pending tasks of one family (one placement group,
+/// the case where a round that looked at every task of its group would cost the most),
+/// placed by [`berth_control::scheduling::plan`] round after round, each round applied before
+/// the next; once with the default strategy (binpack) and once spread over the zones (which
+/// counts the group's tasks by zone). Records each one's planning times (`rounds.p50_ms`,
+/// `rounds.p99_ms`; `rounds.spread_p50_ms`, …), the mean of the first and the last tenth of
+/// the rounds (`rounds.first_ms`, `rounds.last_ms`, …), tasks planned a second, and what a
+/// round's entry took to apply (`rounds.apply_p50_ms`, …: what readers wait behind).
 pub(crate) fn rounds(results: &mut Results) -> anyhow::Result<()> {
+    for (prefix, spread) in [("rounds.", false), ("rounds.spread_", true)] {
+        let (mut ms, mut applied) = fill(spread)?;
+        record_percentiles(results, &format!("{prefix}apply_"), &mut applied);
+        let tenth = (ms.len() / 10).max(1);
+        let mean = |rounds: &[f64]| rounds.iter().sum::<f64>() / rounds.len() as f64;
+        results.insert(format!("{prefix}first_ms"), mean(&ms[..tenth]));
+        results.insert(format!("{prefix}last_ms"), mean(&ms[ms.len() - tenth..]));
+        let total: f64 = ms.iter().sum();
+        results.insert(
+            format!("{prefix}tasks_per_sec"),
+            TASKS as f64 / (total / 1000.0).max(0.001),
+        );
+        results.insert(format!("{prefix}rounds"), ms.len() as f64);
+        record_percentiles(results, prefix, &mut ms);
+    }
+    Ok(())
+}
+
+/// Places every task, round after round; answers each round's planning time and the time its
+/// `PlaceTasks` took to apply, in ms.
+fn fill(spread: bool) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let mut state = State::default();
     for i in 0..NODES {
-        let node = Node::new(format!("hollow-{i:05}"), "127.0.0.1:1", 100_000, 100_000);
+        let mut node = Node::new(format!("hollow-{i:05}"), "127.0.0.1:1", 100_000, 100_000);
+        node.attributes
+            .insert("zone".into(), ["a", "b", "c"][i % 3].into());
         state.apply(Command::RegisterNode { node, at: 1 });
+    }
+    let mut spec = TaskDefinitionSpec::new(
+        "placed",
+        64,
+        64,
+        vec![ContainerDefinition::new("app", "registry/placed:1")],
+    );
+    if spread {
+        spec.placement.strategy = vec![PlacementStrategy::Spread {
+            field: "attribute:zone".into(),
+        }];
     }
     state.apply(Command::RegisterTaskDefinition {
         namespace: "default".into(),
-        spec: TaskDefinitionSpec::new(
-            "placed",
-            64,
-            64,
-            vec![ContainerDefinition::new("app", "registry/placed:1")],
-        ),
+        spec,
         reuse_identical: false,
         at: 1,
     });
@@ -54,6 +86,7 @@ pub(crate) fn rounds(results: &mut Results) -> anyhow::Result<()> {
     }
     let mut cursor = String::new();
     let mut ms = Vec::new();
+    let mut applied = Vec::new();
     let mut placed = 0;
     loop {
         let started = Instant::now();
@@ -65,19 +98,10 @@ pub(crate) fn rounds(results: &mut Results) -> anyhow::Result<()> {
         if let Command::PlaceTasks { placements, .. } = &round {
             placed += placements.len();
         }
+        let started = Instant::now();
         state.apply(round);
+        applied.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     anyhow::ensure!(placed == TASKS, "{placed} of {TASKS} tasks were placed");
-    let tenth = (ms.len() / 10).max(1);
-    let mean = |rounds: &[f64]| rounds.iter().sum::<f64>() / rounds.len() as f64;
-    results.insert("rounds.first_ms".into(), mean(&ms[..tenth]));
-    results.insert("rounds.last_ms".into(), mean(&ms[ms.len() - tenth..]));
-    let total: f64 = ms.iter().sum();
-    results.insert(
-        "rounds.tasks_per_sec".into(),
-        TASKS as f64 / (total / 1000.0).max(0.001),
-    );
-    results.insert("rounds.rounds".into(), ms.len() as f64);
-    record_percentiles(results, "rounds.", &mut ms);
-    Ok(())
+    Ok((ms, applied))
 }

@@ -29,12 +29,8 @@ impl Running for Placed<'_> {
         self.0.placed_of(namespace, group).collect()
     }
 
-    /// From the node's live tasks' definitions (a few tasks, not every task).
     fn host_ports(&self, node: &str) -> Vec<(u16, Protocol)> {
-        self.0
-            .live_tasks_on(node)
-            .flat_map(|t| task_host_ports(self.0, t))
-            .collect()
+        self.0.host_ports_on(node).collect()
     }
 }
 

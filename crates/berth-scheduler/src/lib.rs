@@ -124,14 +124,43 @@ fn candidate_limit(nodes: usize) -> usize {
 /// A group: its namespace and name.
 type GroupKey = (String, String);
 
+/// Tasks of a group by the value of one attribute of their nodes.
+#[derive(Default)]
+struct Tally {
+    values: HashMap<String, u64>,
+    /// On nodes without the attribute.
+    unset: u64,
+}
+
+impl Tally {
+    fn add(&mut self, value: Option<&String>, n: u64) {
+        match value {
+            None => self.unset += n,
+            Some(v) => match self.values.get_mut(v.as_str()) {
+                Some(count) => *count += n,
+                None => {
+                    self.values.insert(v.clone(), n);
+                }
+            },
+        }
+    }
+
+    fn get(&self, value: Option<&String>) -> u64 {
+        match value {
+            None => self.unset,
+            Some(v) => self.values.get(v.as_str()).copied().unwrap_or(0),
+        }
+    }
+}
+
 /// How many tasks of each group run on each node, and per attribute value for spread: what
 /// `running` says, plus this round's placements.
 struct Counts<'r> {
     running: &'r dyn Running,
     /// group -> node index -> tasks placed this round.
     added: HashMap<GroupKey, HashMap<usize, u64>>,
-    /// (group, attribute) -> attribute value -> tasks; filled on first use.
-    by_attribute: HashMap<(GroupKey, String), HashMap<Option<String>, u64>>,
+    /// group -> attribute -> tasks by value; filled on first use.
+    by_attribute: HashMap<GroupKey, HashMap<String, Tally>>,
 }
 
 impl Counts<'_> {
@@ -152,35 +181,35 @@ impl Counts<'_> {
         attr: &str,
         value: Option<&String>,
     ) -> u64 {
-        let cache = (group.clone(), attr.to_owned());
-        if !self.by_attribute.contains_key(&cache) {
-            let mut values: HashMap<Option<String>, u64> = HashMap::new();
-            let attribute = |i: usize| nodes[i].attributes.get(attr).cloned();
+        let known = self
+            .by_attribute
+            .get(group)
+            .is_some_and(|attrs| attrs.contains_key(attr));
+        if !known {
+            let mut tally = Tally::default();
             for (name, c) in self.running.nodes_of(&group.0, &group.1) {
                 // Nodes are sorted by name; a node no longer registered counts for nothing.
                 if let Ok(i) = nodes.binary_search_by(|n| n.name.as_ref().cmp(name)) {
-                    *values.entry(attribute(i)).or_default() += c;
+                    tally.add(nodes[i].attributes.get(attr), c);
                 }
             }
             for (i, c) in self.added.get(group).into_iter().flatten() {
-                *values.entry(attribute(*i)).or_default() += c;
+                tally.add(nodes[*i].attributes.get(attr), *c);
             }
-            self.by_attribute.insert(cache.clone(), values);
+            self.by_attribute
+                .entry(group.clone())
+                .or_default()
+                .insert(attr.to_owned(), tally);
         }
         self.by_attribute
-            .get(&cache)
-            .and_then(|v| v.get(&value.cloned()))
-            .copied()
-            .unwrap_or(0)
+            .get(group)
+            .and_then(|attrs| attrs.get(attr))
+            .map_or(0, |tally| tally.get(value))
     }
 
     fn add(&mut self, nodes: &[NodeCapacity], group: &GroupKey, node: usize) {
-        for ((g, attr), values) in &mut self.by_attribute {
-            if g == group {
-                *values
-                    .entry(nodes[node].attributes.get(attr).cloned())
-                    .or_default() += 1;
-            }
+        for (attr, tally) in self.by_attribute.get_mut(group).into_iter().flatten() {
+            tally.add(nodes[node].attributes.get(attr), 1);
         }
         *self
             .added
@@ -249,28 +278,41 @@ pub fn place(
                     break;
                 }
                 let i = (start + k) % nodes.len();
-                if !task.host_ports.is_empty() && !ports_read[i] {
-                    // Read once per node and round, and only for tasks that publish one.
-                    let taken = running.host_ports(&nodes[i].name);
-                    nodes[i].host_ports.extend(taken);
-                    ports_read[i] = true;
-                }
                 let n = &nodes[i];
-                let why = if n.status != NodeStatus::Active {
+                let mut why = if n.status != NodeStatus::Active {
                     Some(Filtered::NotActive)
                 } else if let Some(e) = expressions.iter().find(|e| !e.matches(&n.attributes)) {
                     Some(Filtered::MemberOf(e.to_string()))
                 } else if distinct && counts.on_node(&nodes, &group, i) > 0 {
                     Some(Filtered::DistinctInstance)
-                } else if let Some(p) = task.host_ports.iter().find(|p| n.host_ports.contains(p)) {
-                    Some(Filtered::HostPort(p.0, p.1))
-                } else if n.cpu_free < task.cpu {
-                    Some(Filtered::Cpu)
-                } else if n.memory_free < task.memory {
-                    Some(Filtered::Memory)
                 } else {
                     None
                 };
+                if why.is_none() && !task.host_ports.is_empty() {
+                    if !ports_read[i] {
+                        // Once per node and round, for nodes a task publishing one could
+                        // take by everything else but its size.
+                        let taken = running.host_ports(&nodes[i].name);
+                        nodes[i].host_ports.extend(taken);
+                        ports_read[i] = true;
+                    }
+                    let n = &nodes[i];
+                    why = task
+                        .host_ports
+                        .iter()
+                        .find(|p| n.host_ports.contains(p))
+                        .map(|p| Filtered::HostPort(p.0, p.1));
+                }
+                let n = &nodes[i];
+                if why.is_none() {
+                    why = if n.cpu_free < task.cpu {
+                        Some(Filtered::Cpu)
+                    } else if n.memory_free < task.memory {
+                        Some(Filtered::Memory)
+                    } else {
+                        None
+                    };
+                }
                 if let Some(why) = why {
                     *filtered.entry(why).or_default() += 1;
                     continue;

@@ -121,6 +121,9 @@ pub struct State {
     /// How many live tasks of each placement group run on each node (derived): what a
     /// scheduling round counts for spread and `distinctInstance` without looking at tasks.
     placed: PlacedByGroup,
+    /// The fixed host ports the live tasks on each node publish, with how many tasks publish
+    /// each (derived): what placement keeps apart, without looking at tasks.
+    host_ports: HashMap<String, BTreeMap<(u16, berth_model::Protocol), u32>>,
     /// Stopped tasks by `(stopped at, ID)`, oldest first (derived): what the retention reads.
     stopped: BTreeSet<(Timestamp, TaskId)>,
     /// Stopped tasks of each `(namespace, group)` by `(stopped at, ID)` (derived).
@@ -184,6 +187,18 @@ impl State {
             .and_then(|nodes| nodes.get(node))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The fixed host ports the live tasks on `node` publish.
+    pub fn host_ports_on(
+        &self,
+        node: &str,
+    ) -> impl Iterator<Item = (u16, berth_model::Protocol)> + '_ {
+        self.host_ports
+            .get(node)
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+            .copied()
     }
 
     /// The nodes that run live tasks of placement group `group` in `namespace`, with how many.

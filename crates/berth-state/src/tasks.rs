@@ -44,6 +44,7 @@ impl State {
                     if remove_from(&mut self.live_by_node, node, &id) {
                         allocate(&mut self.allocated, node, task, false);
                         count_placed(&mut self.placed, node, task, false);
+                        self.count_ports(node, task, false);
                     }
                 }
                 let entry = (stopped_at(task), id.clone());
@@ -82,6 +83,7 @@ impl State {
                     if added {
                         allocate(&mut self.allocated, node, task, true);
                         count_placed(&mut self.placed, node, task, true);
+                        self.count_ports(node, task, true);
                     }
                 }
             }
@@ -110,6 +112,7 @@ impl State {
         }
         self.allocated.clear();
         self.placed.clear();
+        self.host_ports.clear();
         self.reindex(&keys);
         self.removed_ages.clear();
         self.removed_by_node.clear();
@@ -121,6 +124,34 @@ impl State {
                     .or_default()
                     .insert(r.task_id.clone());
             }
+        }
+    }
+
+    /// Counts the fixed host ports of `task`'s definition on `node`, or stops counting them
+    /// (it joined or left the node's live set); ports at zero leave, and so do nodes without
+    /// any. A task's definition stays while a task uses it.
+    fn count_ports(&mut self, node: &str, task: &Task, add: bool) {
+        let ports: Vec<_> = self
+            .task_definition(&task.namespace, &task.task_definition)
+            .map(|d| d.fixed_host_ports().collect())
+            .unwrap_or_default();
+        if ports.is_empty() {
+            return;
+        }
+        let taken = self.host_ports.entry(node.to_owned()).or_default();
+        for port in ports {
+            let n = taken.entry(port).or_default();
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    taken.remove(&port);
+                }
+            }
+        }
+        if taken.is_empty() {
+            self.host_ports.remove(node);
         }
     }
 
@@ -465,6 +496,7 @@ impl State {
             if remove_from(&mut self.live_by_node, node, id) {
                 allocate(&mut self.allocated, node, &task, false);
                 count_placed(&mut self.placed, node, &task, false);
+                self.count_ports(node, &task, false);
             }
         }
         let entry = (stopped_at(&task), shared_id);

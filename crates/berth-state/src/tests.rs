@@ -139,6 +139,52 @@ fn lifecycle_of_a_task_that_exits() {
 }
 
 #[test]
+fn the_host_ports_of_a_nodes_live_tasks_are_counted_until_they_stop() {
+    let mut s = State::default();
+    s.apply(Command::RegisterNode {
+        at: 1,
+        node: Node::new("n1", "127.0.0.1:1", 1024, 1024),
+    });
+    let mut app = ContainerDefinition::new("app", "busybox");
+    app.port_mappings = vec![
+        berth_model::PortMapping {
+            container_port: 80,
+            host_port: 8080,
+            protocol: berth_model::Protocol::Tcp,
+        },
+        // The node picks this one: not a fixed port.
+        berth_model::PortMapping {
+            container_port: 81,
+            host_port: 0,
+            protocol: berth_model::Protocol::Tcp,
+        },
+    ];
+    s.apply(Command::RegisterTaskDefinition {
+        namespace: "default".into(),
+        spec: TaskDefinitionSpec::new("web", 64, 64, vec![app]),
+        reuse_identical: false,
+        at: 1,
+    });
+    let def = s
+        .task_definition("default", &"web:1".parse().expect("ref"))
+        .expect("registered")
+        .clone();
+    s.apply(Command::CreateTasks {
+        tasks: vec![Task::pending("t1".into(), "default", &def, 2)],
+        client_token: None,
+        at: 2,
+    });
+    let ports = |s: &State| s.host_ports_on("n1").collect::<Vec<_>>();
+    assert_eq!(ports(&s), [], "not placed yet");
+    place(&mut s, &["t1"]);
+    assert_eq!(ports(&s), [(8080, berth_model::Protocol::Tcp)]);
+    round_trips(&s);
+    s.apply(report(TaskStatus::Stopped, Some(0), None));
+    assert_eq!(ports(&s), []);
+    round_trips(&s);
+}
+
+#[test]
 fn user_stop_keeps_its_stop_code() {
     let mut s = state_with_task();
     place(&mut s, &["t1"]);
