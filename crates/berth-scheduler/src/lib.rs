@@ -154,69 +154,72 @@ impl Tally {
 }
 
 /// How many tasks of each group run on each node, and per attribute value for spread: what
-/// `running` says, plus this round's placements.
+/// `running` says, plus this round's placements. Groups are numbered as the round meets them,
+/// so what is asked per candidate node is looked up by number, not by name.
 struct Counts<'r> {
     running: &'r dyn Running,
-    /// group -> node index -> tasks placed this round.
-    added: HashMap<GroupKey, HashMap<usize, u64>>,
-    /// group -> attribute -> tasks by value; filled on first use.
-    by_attribute: HashMap<GroupKey, HashMap<String, Tally>>,
+    /// Group numbers by group.
+    ids: HashMap<GroupKey, usize>,
+    /// Groups by number.
+    groups: Vec<GroupKey>,
+    /// By group number: node index -> tasks placed this round.
+    added: Vec<HashMap<usize, u64>>,
+    /// By group number: attribute -> tasks by value; filled on first use.
+    by_attribute: Vec<HashMap<String, Tally>>,
 }
 
 impl Counts<'_> {
-    fn on_node(&self, nodes: &[NodeCapacity], group: &GroupKey, node: usize) -> u64 {
-        let added = self
-            .added
-            .get(group)
-            .and_then(|m| m.get(&node))
-            .copied()
-            .unwrap_or(0);
-        added + self.running.on_node(&group.0, &group.1, &nodes[node].name)
+    /// The number of `task`'s group.
+    fn group(&mut self, task: &TaskRequest) -> usize {
+        let key = (task.namespace.clone(), task.group.clone());
+        if let Some(g) = self.ids.get(&key) {
+            return *g;
+        }
+        let g = self.groups.len();
+        self.ids.insert(key.clone(), g);
+        self.groups.push(key);
+        self.added.push(HashMap::new());
+        self.by_attribute.push(HashMap::new());
+        g
+    }
+
+    fn on_node(&self, nodes: &[NodeCapacity], g: usize, node: usize) -> u64 {
+        let added = self.added[g].get(&node).copied().unwrap_or(0);
+        let (namespace, group) = &self.groups[g];
+        added + self.running.on_node(namespace, group, &nodes[node].name)
     }
 
     fn on_attribute(
         &mut self,
         nodes: &[NodeCapacity],
-        group: &GroupKey,
+        g: usize,
         attr: &str,
         value: Option<&String>,
     ) -> u64 {
-        let known = self
-            .by_attribute
-            .get(group)
-            .is_some_and(|attrs| attrs.contains_key(attr));
-        if !known {
+        if !self.by_attribute[g].contains_key(attr) {
             let mut tally = Tally::default();
-            for (name, c) in self.running.nodes_of(&group.0, &group.1) {
+            let (namespace, group) = &self.groups[g];
+            for (name, c) in self.running.nodes_of(namespace, group) {
                 // Nodes are sorted by name; a node no longer registered counts for nothing.
                 if let Ok(i) = nodes.binary_search_by(|n| n.name.as_ref().cmp(name)) {
                     tally.add(nodes[i].attributes.get(attr), c);
                 }
             }
-            for (i, c) in self.added.get(group).into_iter().flatten() {
+            for (i, c) in &self.added[g] {
                 tally.add(nodes[*i].attributes.get(attr), *c);
             }
-            self.by_attribute
-                .entry(group.clone())
-                .or_default()
-                .insert(attr.to_owned(), tally);
+            self.by_attribute[g].insert(attr.to_owned(), tally);
         }
-        self.by_attribute
-            .get(group)
-            .and_then(|attrs| attrs.get(attr))
+        self.by_attribute[g]
+            .get(attr)
             .map_or(0, |tally| tally.get(value))
     }
 
-    fn add(&mut self, nodes: &[NodeCapacity], group: &GroupKey, node: usize) {
-        for (attr, tally) in self.by_attribute.get_mut(group).into_iter().flatten() {
+    fn add(&mut self, nodes: &[NodeCapacity], g: usize, node: usize) {
+        for (attr, tally) in &mut self.by_attribute[g] {
             tally.add(nodes[node].attributes.get(attr), 1);
         }
-        *self
-            .added
-            .entry(group.clone())
-            .or_default()
-            .entry(node)
-            .or_default() += 1;
+        *self.added[g].entry(node).or_default() += 1;
     }
 }
 
@@ -241,15 +244,17 @@ pub fn place(
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut counts = Counts {
         running,
-        added: HashMap::new(),
-        by_attribute: HashMap::new(),
+        ids: HashMap::new(),
+        groups: Vec::new(),
+        added: Vec::new(),
+        by_attribute: Vec::new(),
     };
     let limit = candidate_limit(nodes.len());
     let mut ports_read = vec![false; nodes.len()];
     tasks
         .iter()
         .map(|task| {
-            let group: GroupKey = (task.namespace.clone(), task.group.clone());
+            let group = counts.group(task);
             let expressions: Vec<Expression> = task
                 .placement
                 .constraints
@@ -283,7 +288,7 @@ pub fn place(
                     Some(Filtered::NotActive)
                 } else if let Some(e) = expressions.iter().find(|e| !e.matches(&n.attributes)) {
                     Some(Filtered::MemberOf(e.to_string()))
-                } else if distinct && counts.on_node(&nodes, &group, i) > 0 {
+                } else if distinct && counts.on_node(&nodes, group, i) > 0 {
                     Some(Filtered::DistinctInstance)
                 } else {
                     None
@@ -318,7 +323,7 @@ pub fn place(
                     continue;
                 }
                 feasible += 1;
-                let key = rank(task, &group, i, &nodes, &mut counts);
+                let key = rank(task, group, i, &nodes, &mut counts);
                 // Ties go to the first node by name (nodes are sorted by name).
                 if best.as_ref().is_none_or(|(k, j)| (&key, i) < (k, *j)) {
                     best = Some((key, i));
@@ -331,7 +336,7 @@ pub fn place(
                     node.memory_free -= task.memory;
                     node.host_ports.extend(task.host_ports.iter().copied());
                     let name = node.name.to_string();
-                    counts.add(&nodes, &group, i);
+                    counts.add(&nodes, group, i);
                     Decision::Place {
                         task_id: task.task_id.clone(),
                         node: name,
@@ -349,7 +354,7 @@ pub fn place(
 /// The ranking key of node `i` for `task` (smaller is better), one entry per strategy.
 fn rank(
     task: &TaskRequest,
-    group: &GroupKey,
+    group: usize,
     i: usize,
     nodes: &[NodeCapacity],
     counts: &mut Counts,
