@@ -51,7 +51,8 @@ pub struct TaskRequest {
 pub trait Running {
     /// How many tasks of `group` in `namespace` run on `node`.
     fn on_node(&self, namespace: &str, group: &str, node: &str) -> u64;
-    /// Every node that runs tasks of the group, with how many.
+    /// Every node that runs tasks of the group, with how many, in name order (another order
+    /// is counted right too, but slower).
     fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)>;
     /// The fixed host ports the tasks on `node` publish (beside its `host_ports`): asked
     /// only for nodes a task that publishes one could go to.
@@ -199,10 +200,20 @@ impl Counts<'_> {
         if !self.by_attribute[g].contains_key(attr) {
             let mut tally = Tally::default();
             let (namespace, group) = &self.groups[g];
+            // Both in name order: walked side by side (a search per node cost a cache miss
+            // per step on 10,000 nodes). A node no longer registered counts for nothing.
+            let mut j = 0;
+            let mut last = "";
             for (name, c) in self.running.nodes_of(namespace, group) {
-                // Nodes are sorted by name; a node no longer registered counts for nothing.
-                if let Ok(i) = nodes.binary_search_by(|n| n.name.as_ref().cmp(name)) {
-                    tally.add(nodes[i].attributes.get(attr), c);
+                if name < last {
+                    j = 0;
+                }
+                last = name;
+                while nodes.get(j).is_some_and(|n| n.name.as_ref() < name) {
+                    j += 1;
+                }
+                if let Some(n) = nodes.get(j).filter(|n| n.name == name) {
+                    tally.add(n.attributes.get(attr), c);
                 }
             }
             for (i, c) in &self.added[g] {

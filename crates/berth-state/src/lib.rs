@@ -56,8 +56,9 @@ pub use services::{initial_desired_count, service_update, ServiceUpdate};
 /// (each index held a copy of its own: about 400 bytes a task).
 type TaskId = Arc<str>;
 
-/// Live placed tasks by namespace, then placement group ([`Task::placement_group`]), then node.
-type PlacedByGroup = HashMap<String, HashMap<String, HashMap<String, u64>>>;
+/// Live placed tasks by namespace, then placement group ([`Task::placement_group`]), then node
+/// (in name order, as the scheduler walks them beside its nodes).
+type PlacedByGroup = HashMap<String, HashMap<String, BTreeMap<String, u64>>>;
 
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -201,7 +202,8 @@ impl State {
             .copied()
     }
 
-    /// The nodes that run live tasks of placement group `group` in `namespace`, with how many.
+    /// The nodes that run live tasks of placement group `group` in `namespace`, with how many,
+    /// in name order.
     pub fn placed_of<'a>(
         &'a self,
         namespace: &str,
