@@ -15,13 +15,18 @@ const TASKS: usize = 100_000;
 /// 10,000 nodes in three zones and 100,000 pending tasks of one family (one placement group,
 /// the case where a round that looked at every task of its group would cost the most),
 /// placed by [`berth_control::scheduling::plan`] round after round, each round applied before
-/// the next; once with the default strategy (binpack) and once spread over the zones (which
-/// counts the group's tasks by zone). Records each one's planning times (`rounds.p50_ms`,
-/// `rounds.p99_ms`; `rounds.spread_p50_ms`, …), the mean of the first and the last tenth of
+/// the next; once with the default strategy (binpack), once spread over the zones (which
+/// counts the group's tasks by zone) and once spread over the nodes (which counts them on each
+/// candidate node). Records each one's planning times (`rounds.p50_ms`,
+/// `rounds.p99_ms`; `rounds.spread_p50_ms`, `rounds.spread_node_p50_ms`, …), the mean of the first and the last tenth of
 /// the rounds (`rounds.first_ms`, `rounds.last_ms`, …), tasks planned a second, and what a
 /// round's entry took to apply (`rounds.apply_p50_ms`, …: what readers wait behind).
 pub(crate) fn rounds(results: &mut Results) -> anyhow::Result<()> {
-    for (prefix, spread) in [("rounds.", false), ("rounds.spread_", true)] {
+    for (prefix, spread) in [
+        ("rounds.", None),
+        ("rounds.spread_", Some("attribute:zone")),
+        ("rounds.spread_node_", Some("node")),
+    ] {
         let (mut ms, mut applied) = fill(spread)?;
         record_percentiles(results, &format!("{prefix}apply_"), &mut applied);
         let tenth = (ms.len() / 10).max(1);
@@ -41,7 +46,7 @@ pub(crate) fn rounds(results: &mut Results) -> anyhow::Result<()> {
 
 /// Places every task, round after round; answers each round's planning time and the time its
 /// `PlaceTasks` took to apply, in ms.
-fn fill(spread: bool) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+fn fill(spread: Option<&str>) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let mut state = State::default();
     for i in 0..NODES {
         let mut node = Node::new(format!("hollow-{i:05}"), "127.0.0.1:1", 100_000, 100_000);
@@ -55,9 +60,9 @@ fn fill(spread: bool) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         64,
         vec![ContainerDefinition::new("app", "registry/placed:1")],
     );
-    if spread {
+    if let Some(field) = spread {
         spec.placement.strategy = vec![PlacementStrategy::Spread {
-            field: "attribute:zone".into(),
+            field: field.into(),
         }];
     }
     state.apply(Command::RegisterTaskDefinition {

@@ -26,7 +26,7 @@ impl Running for Placed<'_> {
     }
 
     fn nodes_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)> {
-        self.0.placed_of(namespace, group).collect()
+        self.0.placed_of(namespace, group)
     }
 
     fn host_ports(&self, node: &str) -> Vec<(u16, Protocol)> {

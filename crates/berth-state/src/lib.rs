@@ -56,9 +56,8 @@ pub use services::{initial_desired_count, service_update, ServiceUpdate};
 /// (each index held a copy of its own: about 400 bytes a task).
 type TaskId = Arc<str>;
 
-/// Live placed tasks by namespace, then placement group ([`Task::placement_group`]), then node
-/// (in name order, as the scheduler walks them beside its nodes).
-type PlacedByGroup = HashMap<String, HashMap<String, BTreeMap<String, u64>>>;
+/// Live placed tasks by namespace, then placement group ([`Task::placement_group`]), then node.
+type PlacedByGroup = HashMap<String, HashMap<String, HashMap<String, u64>>>;
 
 /// Everything the control plane knows. Readers get it behind a lock from the store (berth-store).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -203,18 +202,18 @@ impl State {
     }
 
     /// The nodes that run live tasks of placement group `group` in `namespace`, with how many,
-    /// in name order.
-    pub fn placed_of<'a>(
-        &'a self,
-        namespace: &str,
-        group: &str,
-    ) -> impl Iterator<Item = (&'a str, u64)> + 'a {
-        self.placed
+    /// in name order (sorted here: the counts are looked up by node far more often).
+    pub fn placed_of(&self, namespace: &str, group: &str) -> Vec<(&str, u64)> {
+        let mut nodes: Vec<(&str, u64)> = self
+            .placed
             .get(namespace)
             .and_then(|groups| groups.get(group))
             .into_iter()
             .flatten()
             .map(|(node, n)| (node.as_str(), *n))
+            .collect();
+        nodes.sort_unstable();
+        nodes
     }
 
     /// How many tasks that have not stopped are in each status (statuses without any are

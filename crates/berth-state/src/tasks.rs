@@ -14,7 +14,8 @@ use crate::{ClientToken, Key, State, TaskId};
 
 impl State {
     /// Refreshes the indexes that follow a task's status (`pending`, `allocated`, live and
-    /// stopped sets) for the tasks in `changed`. A task's node never changes once set, and a
+    /// stopped sets, the counts by status, by placement group and of host ports) for the
+    /// tasks in `changed`. A task's node never changes once set, and a
     /// stopped task never runs again (its stop time stays).
     pub(crate) fn reindex(&mut self, changed: &[Key]) {
         for key in changed {
@@ -131,6 +132,11 @@ impl State {
     /// (it joined or left the node's live set); ports at zero leave, and so do nodes without
     /// any. A task's definition stays while a task uses it.
     fn count_ports(&mut self, node: &str, task: &Task, add: bool) {
+        // Only an exact revision stays the same between the add and the removal (every task
+        // the state creates names one).
+        if task.task_definition.revision.is_none() {
+            return;
+        }
         let ports: Vec<_> = self
             .task_definition(&task.namespace, &task.task_definition)
             .map(|d| d.fixed_host_ports().collect())
@@ -144,6 +150,7 @@ impl State {
             if add {
                 *n += 1;
             } else {
+                debug_assert!(*n > 0, "port {port:?} on {node} was not counted");
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     taken.remove(&port);

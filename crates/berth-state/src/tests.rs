@@ -102,7 +102,7 @@ fn lifecycle_of_a_task_that_exits() {
     assert_eq!(s.tasks_on("n1").count(), 1);
     // A standalone task counts in its family's placement group, in its namespace alone.
     fn placed(s: &State) -> Vec<(&str, u64)> {
-        s.placed_of("default", "family:web").collect()
+        s.placed_of("default", "family:web")
     }
     assert_eq!(placed(&s), [("n1", 1)]);
     assert_eq!(s.placed_on("default", "family:web", "n1"), 1);
