@@ -683,8 +683,32 @@ impl Store {
                 } else {
                     return Err(MembershipError::NotAMember { id }.into());
                 };
-                self.change_members(change, deadline).await?;
+                if let Some(log_id) = self.change_members(change, deadline).await? {
+                    self.membership_shown(log_id, deadline).await;
+                }
                 Ok(CommandResult::Done)
+            }
+        }
+    }
+
+    /// Waits (until `deadline` at most) for this member's status to show the membership of
+    /// `log_id` or a later one: openraft answers a change once it commits and publishes its
+    /// metrics a moment later, and a `cluster status` right after a removal is to show it.
+    async fn membership_shown(&self, log_id: openraft::LogId<NodeId>, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let shown = metrics
+                .borrow_and_update()
+                .membership_config
+                .log_id()
+                .is_some_and(|l| l.index >= log_id.index);
+            if shown {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Committed all the same; the status catches up on its own.
+                Ok(Err(_)) | Err(_) => return,
             }
         }
     }
