@@ -487,6 +487,17 @@ mod tests {
         t
     }
 
+    /// A task of 256 CPU units and 512 MiB spread over `field` alone.
+    fn spread_over(id: &str, field: &str) -> TaskRequest {
+        with(
+            task(id, 256, 512),
+            vec![PlacementStrategy::Spread {
+                field: field.into(),
+            }],
+            vec![],
+        )
+    }
+
     fn check(nodes: &[NodeCapacity], tasks: &[TaskRequest], expected: &[&str]) {
         check_with(nodes, &[], tasks, expected);
     }
@@ -689,15 +700,7 @@ mod tests {
             // t1: both zones empty, binpack picks the fuller a2; t2 goes to zone b; t3 back to a.
             &["t1 -> a2", "t2 -> b1", "t3 -> a2"],
         );
-        let by_node = |id| {
-            with(
-                task(id, 256, 512),
-                vec![PlacementStrategy::Spread {
-                    field: "node".into(),
-                }],
-                vec![],
-            )
-        };
+        let by_node = |id| spread_over(id, "node");
         check(
             &[node("n1", 4096, 8192), node("n2", 4096, 8192)],
             &[by_node("t1"), by_node("t2")],
@@ -722,15 +725,7 @@ mod tests {
             &[distinct("t1", "other"), distinct("t2", "default")],
             &["t1 -> n1", "t2 -> n2"],
         );
-        let spread = |id| {
-            with(
-                task(id, 256, 512),
-                vec![PlacementStrategy::Spread {
-                    field: "attribute:zone".into(),
-                }],
-                vec![],
-            )
-        };
+        let spread = |id| spread_over(id, "attribute:zone");
         // Zone a runs two already (a node since removed counts for nothing): b catches up
         // first, then ties go to the first node by name.
         check_with(
@@ -784,15 +779,7 @@ mod tests {
                 self.0.clone()
             }
         }
-        let spread = |id| {
-            with(
-                task(id, 256, 512),
-                vec![PlacementStrategy::Spread {
-                    field: "attribute:zone".into(),
-                }],
-                vec![],
-            )
-        };
+        let spread = |id| spread_over(id, "attribute:zone");
         let nodes = [zoned("a1", "a"), zoned("a2", "a"), zoned("b1", "b")];
         // Zone a runs 3 (one on a node no longer registered), zone b 1, in no order.
         let running = Unordered(vec![("b1", 1), ("gone", 5), ("a2", 2), ("a1", 1)]);

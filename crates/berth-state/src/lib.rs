@@ -123,7 +123,7 @@ pub struct State {
     placed: PlacedByGroup,
     /// The fixed host ports the live tasks on each node publish, with how many tasks publish
     /// each (derived): what placement keeps apart, without looking at tasks.
-    host_ports: HashMap<String, BTreeMap<(u16, berth_model::Protocol), u32>>,
+    host_ports: HashMap<String, BTreeMap<(u16, berth_model::Protocol), u64>>,
     /// Stopped tasks by `(stopped at, ID)`, oldest first (derived): what the retention reads.
     stopped: BTreeSet<(Timestamp, TaskId)>,
     /// Stopped tasks of each `(namespace, group)` by `(stopped at, ID)` (derived).

@@ -35,7 +35,7 @@ impl State {
             let group = group_of(task);
             if task.is_stopped() {
                 if let Some(counted) = self.live.remove(&*id) {
-                    count_status(&mut self.live_statuses, counted, false);
+                    count(&mut self.live_statuses, counted, false);
                     if let Some(g) = &group {
                         remove_from(&mut self.live_groups, g, &id);
                     }
@@ -43,9 +43,7 @@ impl State {
                 remove_from(&mut self.live_by_namespace, &task.namespace, &id);
                 if let Some(node) = &task.node {
                     if remove_from(&mut self.live_by_node, node, &id) {
-                        allocate(&mut self.allocated, node, task, false);
-                        count_placed(&mut self.placed, node, task, false);
-                        self.count_ports(node, task, false);
+                        self.count_on_node(node, task, false);
                     }
                 }
                 let entry = (stopped_at(task), id.clone());
@@ -63,11 +61,11 @@ impl State {
                         if let Some(g) = group {
                             self.live_groups.entry(g).or_default().insert(id.clone());
                         }
-                        count_status(&mut self.live_statuses, status, true);
+                        count(&mut self.live_statuses, status, true);
                     }
                     Some(counted) if counted != status => {
-                        count_status(&mut self.live_statuses, counted, false);
-                        count_status(&mut self.live_statuses, status, true);
+                        count(&mut self.live_statuses, counted, false);
+                        count(&mut self.live_statuses, status, true);
                     }
                     Some(_) => {}
                 }
@@ -82,9 +80,7 @@ impl State {
                         .or_default()
                         .insert(id.clone());
                     if added {
-                        allocate(&mut self.allocated, node, task, true);
-                        count_placed(&mut self.placed, node, task, true);
-                        self.count_ports(node, task, true);
+                        self.count_on_node(node, task, true);
                     }
                 }
             }
@@ -128,6 +124,14 @@ impl State {
         }
     }
 
+    /// Counts `task` on `node` (it joined the node's live set) or stops counting it (it left):
+    /// the node's allocation, its placement group's count there, the host ports it takes.
+    fn count_on_node(&mut self, node: &str, task: &Task, add: bool) {
+        allocate(&mut self.allocated, node, task, add);
+        count_placed(&mut self.placed, node, task, add);
+        self.count_ports(node, task, add);
+    }
+
     /// Counts the fixed host ports of `task`'s definition on `node`, or stops counting them
     /// (it joined or left the node's live set); ports at zero leave, and so do nodes without
     /// any. A task's definition stays while a task uses it.
@@ -146,16 +150,7 @@ impl State {
         }
         let taken = self.host_ports.entry(node.to_owned()).or_default();
         for port in ports {
-            let n = taken.entry(port).or_default();
-            if add {
-                *n += 1;
-            } else {
-                debug_assert!(*n > 0, "port {port:?} on {node} was not counted");
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    taken.remove(&port);
-                }
-            }
+            count(taken, port, add);
         }
         if taken.is_empty() {
             self.host_ports.remove(node);
@@ -493,7 +488,7 @@ impl State {
         self.pending.remove(id);
         let group = group_of(&task);
         if let Some(counted) = self.live.remove(id) {
-            count_status(&mut self.live_statuses, counted, false);
+            count(&mut self.live_statuses, counted, false);
             if let Some(g) = &group {
                 remove_from(&mut self.live_groups, g, id);
             }
@@ -501,9 +496,7 @@ impl State {
         remove_from(&mut self.live_by_namespace, &task.namespace, id);
         if let Some(node) = &task.node {
             if remove_from(&mut self.live_by_node, node, id) {
-                allocate(&mut self.allocated, node, &task, false);
-                count_placed(&mut self.placed, node, &task, false);
-                self.count_ports(node, &task, false);
+                self.count_on_node(node, &task, false);
             }
         }
         let entry = (stopped_at(&task), shared_id);
@@ -577,15 +570,16 @@ fn allocate(allocated: &mut HashMap<String, (u64, u64)>, node: &str, task: &Task
     }
 }
 
-/// Counts one more task in `status`, or one less (statuses at zero leave).
-fn count_status(counts: &mut BTreeMap<TaskStatus, u64>, status: TaskStatus, add: bool) {
-    let n = counts.entry(status).or_default();
+/// Counts one more under `key`, or one less (keys at zero leave): tasks by status, host ports.
+fn count<K: Ord + Copy + std::fmt::Debug>(counts: &mut BTreeMap<K, u64>, key: K, add: bool) {
+    let n = counts.entry(key).or_default();
     if add {
         *n += 1;
     } else {
+        debug_assert!(*n > 0, "{key:?} was not counted");
         *n = n.saturating_sub(1);
         if *n == 0 {
-            counts.remove(&status);
+            counts.remove(&key);
         }
     }
 }
