@@ -131,6 +131,13 @@ pub(crate) async fn submit(
                 Err(e) => anyhow::bail!("RunTask of {count} failed 11 times, the last: {e}"),
             }
         };
+        if std::env::var_os("BERTH_BENCH_TIMELINE").is_some() {
+            eprintln!(
+                "RunTask {batch}: sent at +{:.0} ms, answered at +{:.0} ms",
+                at - run,
+                epoch_ms() - run
+            );
+        }
         for t in r.tasks {
             submitted.at.insert(t.task_id, at);
         }

@@ -51,6 +51,9 @@ pub(crate) async fn placement(
         .await?
         .into_inner()
         .tasks;
+    if std::env::var_os("BERTH_BENCH_TIMELINE").is_some() {
+        timeline(&list, first);
+    }
     let running: Vec<(String, u64)> = list
         .into_iter()
         .filter(|t| t.last_status == pb::TaskStatus::Running as i32)
@@ -72,6 +75,29 @@ pub(crate) async fn placement(
     );
     results.insert(format!("{prefix}.failed_writes"), submitted.failed as f64);
     Ok(())
+}
+
+/// Prints (stderr) how many of `tasks` were created, placed and seen running in each 100 ms
+/// after `first` (ms since the epoch), from their own timestamps and events: where a burst's
+/// time goes, stage by stage. With `BERTH_BENCH_TIMELINE` set.
+fn timeline(tasks: &[pb::Task], first: f64) {
+    let mut buckets: std::collections::BTreeMap<i64, [u32; 3]> = Default::default();
+    let tenth = |at: u64| (at as f64 - first).div_euclid(100.0) as i64;
+    for t in tasks {
+        buckets.entry(tenth(t.created_at)).or_default()[0] += 1;
+        if let Some(e) = t.events.iter().find(|e| e.message.starts_with("placed on")) {
+            buckets.entry(tenth(e.at)).or_default()[1] += 1;
+        }
+        if t.started_at > 0 {
+            buckets.entry(tenth(t.started_at)).or_default()[2] += 1;
+        }
+    }
+    for (b, [created, placed, running]) in buckets {
+        eprintln!(
+            "t={:>5} ms  created {created:>5}  placed {placed:>5}  running {running:>5}",
+            b * 100
+        );
+    }
 }
 
 /// Node loss: a service of 200 tasks spread over 100 hollow nodes; `trials` times, kill -9 the
