@@ -56,14 +56,6 @@ pub use services::{initial_desired_count, service_update, ServiceUpdate};
 /// (each index held a copy of its own: about 400 bytes a task).
 type TaskId = Arc<str>;
 
-/// What the live indexes counted a live task under: its status, and whether it was placed
-/// (then it is in `live_by_node` and counted on its node).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counted {
-    status: TaskStatus,
-    placed: bool,
-}
-
 /// Live placed tasks by namespace, then placement group ([`Task::placement_group`]), then node.
 type PlacedByGroup = HashMap<String, HashMap<String, HashMap<String, u64>>>;
 
@@ -116,7 +108,7 @@ pub struct State {
     secret_keys: berth_model::SecretKeys,
     /// Tasks that have not stopped, with the status they were counted under (derived, as
     /// `pending`): what the controllers look at, so their work follows live tasks, not history.
-    live: BTreeMap<TaskId, Counted>,
+    live: BTreeMap<TaskId, TaskStatus>,
     /// How many live tasks are in each status (derived): what `/metrics` shows without
     /// looking at tasks.
     live_statuses: BTreeMap<TaskStatus, u64>,

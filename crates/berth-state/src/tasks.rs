@@ -10,7 +10,7 @@ use berth_model::{
 
 use crate::command::{CommandResult, Placement, Rejection, Unplaced};
 use crate::services::record_service_failure;
-use crate::{ClientToken, Counted, Key, State, TaskId};
+use crate::{ClientToken, Key, State, TaskId};
 
 impl State {
     /// Refreshes the indexes that follow a task's status (`pending`, `allocated`, live and
@@ -27,67 +27,61 @@ impl State {
             // Shared, not copied: the indexes hold the map's own ID.
             let (id, task) = (id.clone(), Arc::clone(task));
             let task = task.as_ref();
-            let before = if task.is_stopped() {
-                self.live.remove(&*id)
-            } else {
-                self.live.insert(
-                    id.clone(),
-                    Counted {
-                        status: task.last_status,
-                        placed: task.node.is_some(),
-                    },
-                )
-            };
-            // A placed task never waits again (its node stays): one lookup less for each of
-            // its changes.
             if waits_for_a_node(task) {
                 self.pending.insert(id.clone());
-            } else if !before.is_some_and(|c| c.placed) {
+            } else {
                 self.pending.remove(&*id);
             }
+            let group = group_of(task);
             if task.is_stopped() {
-                // What was live is in the live sets (they change together); what was not has
-                // left them, or never joined.
-                if let Some(counted) = before {
-                    count(&mut self.live_statuses, counted.status, false);
-                    if let Some(g) = &group_of(task) {
+                if let Some(counted) = self.live.remove(&*id) {
+                    count(&mut self.live_statuses, counted, false);
+                    if let Some(g) = &group {
                         remove_from(&mut self.live_groups, g, &id);
                     }
-                    remove_from(&mut self.live_by_namespace, &task.namespace, &id);
-                    if let Some(node) = task.node.as_ref().filter(|_| counted.placed) {
-                        if remove_from(&mut self.live_by_node, node, &id) {
-                            self.count_on_node(node, task, false);
-                        }
+                }
+                remove_from(&mut self.live_by_namespace, &task.namespace, &id);
+                if let Some(node) = &task.node {
+                    if remove_from(&mut self.live_by_node, node, &id) {
+                        self.count_on_node(node, task, false);
                     }
                 }
                 let entry = (stopped_at(task), id.clone());
-                if let Some(g) = group_of(task) {
+                if let Some(g) = group {
                     self.stopped_groups
                         .entry(g)
                         .or_default()
                         .insert(entry.clone());
                 }
                 self.stopped.insert(entry);
-                continue;
-            }
-            let status = task.last_status;
-            match before {
-                None => {
-                    if let Some(g) = group_of(task) {
-                        self.live_groups.entry(g).or_default().insert(id.clone());
+            } else {
+                let status = task.last_status;
+                match self.live.insert(id.clone(), status) {
+                    None => {
+                        if let Some(g) = group {
+                            self.live_groups.entry(g).or_default().insert(id.clone());
+                        }
+                        count(&mut self.live_statuses, status, true);
                     }
-                    count(&mut self.live_statuses, status, true);
-                    add_to(&mut self.live_by_namespace, &task.namespace, &id);
+                    Some(counted) if counted != status => {
+                        count(&mut self.live_statuses, counted, false);
+                        count(&mut self.live_statuses, status, true);
+                    }
+                    Some(_) => {}
                 }
-                Some(counted) if counted.status != status => {
-                    count(&mut self.live_statuses, counted.status, false);
-                    count(&mut self.live_statuses, status, true);
-                }
-                Some(_) => {}
-            }
-            if let Some(node) = task.node.as_ref() {
-                if !before.is_some_and(|c| c.placed) && add_to(&mut self.live_by_node, node, &id) {
-                    self.count_on_node(node, task, true);
+                self.live_by_namespace
+                    .entry(task.namespace.clone())
+                    .or_default()
+                    .insert(id.clone());
+                if let Some(node) = &task.node {
+                    let added = self
+                        .live_by_node
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    if added {
+                        self.count_on_node(node, task, true);
+                    }
                 }
             }
         }
@@ -451,7 +445,10 @@ impl State {
             }
             placed += 1;
             task.events.push(at, format!("placed on node {node}"));
-            add_to(&mut self.tasks_by_node, &node, &id);
+            self.tasks_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(id);
             task.node = Some(node);
             changed.push(Key::Task(task_id));
         }
@@ -491,7 +488,7 @@ impl State {
         self.pending.remove(id);
         let group = group_of(&task);
         if let Some(counted) = self.live.remove(id) {
-            count(&mut self.live_statuses, counted.status, false);
+            count(&mut self.live_statuses, counted, false);
             if let Some(g) = &group {
                 remove_from(&mut self.live_groups, g, id);
             }
@@ -539,15 +536,6 @@ fn revision_of(task: &Task) -> crate::RevisionKey {
 
 /// Takes `id` out of `key`'s set in `index` (and the set, once empty); answers whether it
 /// was there.
-/// Adds `id` to `key`'s set in `index`, copying the key only for a set not there yet;
-/// whether it was not in the set before.
-fn add_to(index: &mut BTreeMap<String, BTreeSet<TaskId>>, key: &str, id: &TaskId) -> bool {
-    match index.get_mut(key) {
-        Some(set) => set.insert(id.clone()),
-        None => index.entry(key.to_owned()).or_default().insert(id.clone()),
-    }
-}
-
 pub(crate) fn remove_from<K: Ord, T: Ord + std::borrow::Borrow<str>>(
     index: &mut BTreeMap<K, BTreeSet<T>>,
     key: &K,
@@ -577,8 +565,6 @@ fn allocate(allocated: &mut HashMap<String, (u64, u64)>, node: &str, task: &Task
     };
     if next == (0, 0) {
         allocated.remove(node);
-    } else if let Some(used) = allocated.get_mut(node) {
-        *used = next;
     } else {
         allocated.insert(node.to_owned(), next);
     }
@@ -603,22 +589,13 @@ fn count<K: Ord + Copy + std::fmt::Debug>(counts: &mut BTreeMap<K, u64>, key: K,
 fn count_placed(placed: &mut crate::PlacedByGroup, node: &str, task: &Task, add: bool) {
     let group = task.placement_group();
     if add {
-        // Looked up before any key is copied: the namespace, group and node are there for
-        // every task but a group's first on a node.
-        let groups = match placed.get_mut(&task.namespace) {
-            Some(groups) => groups,
-            None => placed.entry(task.namespace.clone()).or_default(),
-        };
-        let nodes = match groups.get_mut(group.as_ref()) {
-            Some(nodes) => nodes,
-            None => groups.entry(group.into_owned()).or_default(),
-        };
-        match nodes.get_mut(node) {
-            Some(n) => *n += 1,
-            None => {
-                nodes.insert(node.to_owned(), 1);
-            }
-        }
+        *placed
+            .entry(task.namespace.clone())
+            .or_default()
+            .entry(group.into_owned())
+            .or_default()
+            .entry(node.to_owned())
+            .or_default() += 1;
         return;
     }
     let Some(groups) = placed.get_mut(&task.namespace) else {
