@@ -64,7 +64,7 @@ struct Sample {
     files: Vec<f64>,
     /// Per server, MiB of Raft log entries its database holds (`berth_store_log_bytes`).
     log: Vec<f64>,
-    /// Per server, MiB of objects its database holds (`berth_store_object_bytes`).
+    /// Per server, MiB of its state on disk: its snapshot (`berth_store_object_bytes`).
     objects: Vec<f64>,
     /// Server 1's count of each of [`KINDS`] (`berth_objects`).
     kinds: Vec<u64>,

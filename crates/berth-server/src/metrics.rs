@@ -131,7 +131,7 @@ impl Default for Metrics {
             store_object_bytes: registered(
                 r,
                 "store_object_bytes",
-                "Bytes of the objects this server's database holds",
+                "Bytes of the state on this server's disk: its current snapshot (compressed)",
                 Gauge::default(),
             ),
             store_file_bytes: registered(

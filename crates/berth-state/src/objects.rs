@@ -56,7 +56,8 @@ pub enum Key {
 }
 
 impl Key {
-    /// The key's bytes in the on-disk object table; sorts revisions numerically.
+    /// The key as text, which sorts revisions numerically (what the object table of databases
+    /// from before 2026-12 was keyed by; the state's tests compare objects by it).
     pub fn encode(&self) -> String {
         match self {
             Key::TaskDefinition {

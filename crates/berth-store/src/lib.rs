@@ -13,7 +13,6 @@
 pub mod changes;
 mod clock;
 mod commit;
-mod deferred;
 mod elect;
 mod error;
 mod file;
@@ -175,8 +174,6 @@ pub struct Store {
     acks: Arc<lease::Acks>,
     /// When each peer last took entries or a snapshot's chunk from this member.
     heard: network::Heard,
-    /// The state machine's writes not yet on disk: written out on shutdown.
-    deferred: Arc<deferred::Deferred>,
     /// Raft's own threads (`None` in the simulation, which runs on one paused thread).
     runtime: Option<Arc<runtime::RaftRuntime>>,
     /// The log's newest entries, decoded.
@@ -340,10 +337,9 @@ impl Store {
         let appended = log.appended();
         let tail = log.tail();
         let stored = log.stored();
-        let deferred = log.deferred();
         let (sm, shared) = storage::StateMachine::load(
             db,
-            deferred.clone(),
+            log.on_disk(),
             snapshots,
             committed,
             stored,
@@ -408,7 +404,6 @@ impl Store {
             confirmed_term: Arc::default(),
             acks,
             heard,
-            deferred,
             runtime: None,
             tail,
         })
@@ -1274,17 +1269,13 @@ impl Store {
     }
 
     /// Stops Raft, then Raft's threads, waiting for the work still on them (the state
-    /// machine's queued applies, a snapshot being built), then writes what the state machine
-    /// applied and had not written yet (a start after a clean stop replays nothing). Once this
-    /// answers, only the store's handles hold the database (unless the wait for Raft's threads
-    /// ran out, which is logged).
+    /// machine's queued applies, a snapshot being built). Once this answers, only the store's
+    /// handles hold the database (unless the wait for Raft's threads ran out, which is
+    /// logged). The next start applies the log after the last snapshot again.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
         if let Some(runtime) = &self.runtime {
             runtime.stop().await;
-        }
-        if let Err(e) = self.deferred.clone().write_out_off_workers().await {
-            tracing::warn!("writing the state machine's last changes on shutdown failed: {e}");
         }
     }
 }

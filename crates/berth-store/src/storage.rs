@@ -1,19 +1,30 @@
 //! openraft's log storage and state machine, both on one redb database file.
 //!
-//! Tables: `log` (index -> entry), `meta` (vote, purged, applied, membership, snapshot meta;
-//! the commit index of databases from before), `objects` (every state-machine object under its [`Key::encode`]d key).
-//! Entries and snapshots are JSON compressed with DEFLATE ([`encode_compressed`]), the rest
-//! plain JSON. The current snapshot's bytes are a file beside the database,
-//! `snapshot-ID.json.deflate` (`.json` before compression), written and
-//! fsynced before the meta naming it commits (a snapshot is one large value: inside redb,
+//! Tables: `log` (index -> entry), `meta` (vote, purged, snapshot meta; the commit index of
+//! databases from before), `snapshot` (see below) and `objects` (what databases from before
+//! kept of the state: emptied on start, see further below). Entries and snapshots are JSON
+//! compressed with
+//! DEFLATE ([`encode_compressed`]), the rest plain JSON. The current snapshot's bytes are a
+//! file beside the database, `snapshot-ID.json.deflate` (`.json` before compression), written
+//! and fsynced before the meta naming it commits (a snapshot is one large value: inside redb,
 //! each new one needed a free run of pages as long as itself while the old one was still
 //! live, and the file grew in steps it never gave back); databases from before keep theirs in
 //! the `snapshot` table until the next snapshot (and the simulation, which has no directory,
-//! keeps it there). Every write is one redb transaction. Log appends, votes
-//! and snapshots are fsynced before openraft is told they are durable; the state machine's
-//! writes are not fsynced on their own (redb persists commits in order, so the next log
-//! append makes them durable): one durable commit per batch of entries, not two. The log's
-//! newest entries are also kept decoded in memory ([`crate::tail`]) for openraft's reads.
+//! keeps it there). Every write is one redb transaction. Log appends, votes and snapshots are
+//! fsynced before openraft is told they are durable. The log's newest entries are also kept
+//! decoded in memory ([`crate::tail`]) for openraft's reads.
+//!
+//! The state machine's state on disk is the current snapshot and nothing else: applying an
+//! entry writes nothing, and a start loads the snapshot and applies the log after it again
+//! (openraft purges the log only up to a snapshot). Every entry is durable in the log before
+//! it is applied, so the objects' own table (written about every 100 ms until 2026-12) was a
+//! second copy of the log's changes: in a placement burst, encoding the changed objects and
+//! committing them took a fifth of each server's CPU and most of what its disk wrote, and each
+//! log append's fsync waited behind those pages. What a start costs instead is applying the
+//! entries since the last snapshot, which [`StoreConfig::snapshot_log_bytes`] and
+//! `snapshot_every` bound.
+//!
+//! [`StoreConfig::snapshot_log_bytes`]: crate::StoreConfig::snapshot_log_bytes
 
 // openraft's traits dictate `StorageError` (224 bytes) as the error type; the helpers here
 // return it too rather than convert twice.
@@ -32,12 +43,13 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::deferred::Deferred;
 use crate::tail::Tail;
 use crate::{BerthNode, NodeId, TypeConfig};
 use berth_state::CommandResult;
@@ -311,28 +323,28 @@ pub struct LogStore {
     purger: Arc<OnceLock<watch::Sender<u64>>>,
     /// The newest entries, decoded: what replication and the state machine read back.
     tail: Arc<Tail>,
-    /// The state machine's writes not yet on disk: written out before a purge.
-    deferred: Arc<Deferred>,
+    /// The applied index of the state the disk holds: the current snapshot's (shared with
+    /// the state machine, which saves snapshots). The log is purged no further.
+    on_disk: Arc<AtomicU64>,
 }
 
 /// Log entries deleted per transaction once a snapshot lets them go.
 const PURGE_CHUNK: u64 = 256;
 
-/// Records a purge up to `log_id` once the state machine's pending writes are on disk
-/// ([`Deferred`]), and answers whether it did: the applied index on disk must never be behind
-/// the log's start, or a start after a crash would have to apply entries the log no longer
-/// holds. A purge past it records nothing: openraft purges beside a snapshot install before
-/// the install's transaction (which writes the applied index) commits, and a later fsynced
-/// commit (a vote) would make the purge durable first; the install's transaction records it
-/// instead ([`StateMachine::save_snapshot`]). Blocking.
-fn record_purge(db: &Database, deferred: &Deferred, log_id: LogId<NodeId>) -> Result<bool, SError> {
-    deferred.write_out()?;
-    let on_disk = deferred.written();
+/// Records a purge up to `log_id` and answers whether it did: the state on disk (the current
+/// snapshot, `on_disk` its applied index) must never be behind the log's start, or a start
+/// would have to apply entries the log no longer holds. A purge past it records nothing:
+/// openraft purges beside a snapshot install before the install's transaction (which names
+/// the snapshot) commits, and a later fsynced commit (a vote) would make the purge durable
+/// first; the install's transaction records it instead ([`StateMachine::save_snapshot`]).
+/// Blocking.
+fn record_purge(db: &Database, on_disk: &AtomicU64, log_id: LogId<NodeId>) -> Result<bool, SError> {
+    let on_disk = on_disk.load(Ordering::Acquire);
     if on_disk < log_id.index {
         tracing::info!(
             upto = log_id.index,
-            applied_on_disk = on_disk,
-            "a purge left to the next: the applied index on disk is behind it"
+            snapshot = on_disk,
+            "a purge left to the next: the snapshot on disk is behind it"
         );
         return Ok(false);
     }
@@ -417,20 +429,20 @@ async fn purge_behind(db: Weak<Database>, stored: Arc<Stored>, mut wanted: watch
 }
 
 /// What the database holds, kept up to date as commits land (for `/metrics`: how large the
-/// log and the objects are, beside the file that holds them).
+/// log and the state's snapshot are, beside the file that holds them).
 #[derive(Debug, Default)]
 pub struct Stored {
     /// Entries in the Raft log.
     pub log_entries: AtomicU64,
     /// The log's entries' bytes as stored (compressed).
     pub log_bytes: AtomicU64,
-    /// The stored objects' bytes (their JSON).
+    /// The state's bytes on disk: the current snapshot's (compressed).
     pub object_bytes: AtomicU64,
 }
 
 impl Stored {
-    /// Counts the log `db` holds: once, at start (the objects are counted as the state
-    /// machine loads them, [`StateMachine::load`]).
+    /// Counts the log `db` holds: once, at start (the snapshot is counted as the state
+    /// machine loads it, [`StateMachine::load`]).
     fn of(db: &Database) -> Result<Self, SError> {
         let stored = Self::default();
         let txn = db.begin_read().map_err(read_err)?;
@@ -485,7 +497,7 @@ impl LogStore {
         };
         facts.appended_membership(last);
         Ok(Self {
-            deferred: Deferred::new(db.clone(), stored.clone()),
+            on_disk: Arc::default(),
             db,
             committed,
             facts,
@@ -509,8 +521,9 @@ impl LogStore {
         self.stored.clone()
     }
 
-    pub(crate) fn deferred(&self) -> Arc<Deferred> {
-        self.deferred.clone()
+    /// The applied index of the state on disk ([`LogStore::on_disk`]'s field).
+    pub(crate) fn on_disk(&self) -> Arc<AtomicU64> {
+        self.on_disk.clone()
     }
 }
 
@@ -716,20 +729,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// nothing.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
         let (db, stored) = (self.db.clone(), self.stored.clone());
-        let deferred = self.deferred.clone();
+        let on_disk = self.on_disk.clone();
         let upto = log_id.index;
         self.tail.purged(upto);
         if in_place() {
             // The simulation: all at once, where the purge is awaited.
             return blocking(move || {
-                if record_purge(&db, &deferred, log_id)? {
+                if record_purge(&db, &on_disk, log_id)? {
                     while delete_chunk(&db, &stored, upto)? {}
                 }
                 Ok(())
             })
             .await;
         }
-        if !blocking(move || record_purge(&db, &deferred, log_id)).await? {
+        if !blocking(move || record_purge(&db, &on_disk, log_id)).await? {
             return Ok(());
         }
         self.purger
@@ -758,8 +771,8 @@ pub struct Shared {
     pub applied: watch::Sender<u64>,
     /// The last applied index as readers can see its state: bumped entry by entry under the
     /// applier's write lock (no reader sees a state ahead of it), before the changes are
-    /// encoded and recorded (a third of an apply's time in a burst), so that a linearizable
-    /// read waits for the state and nothing else.
+    /// recorded for watchers, so that a linearizable read waits for the state and nothing
+    /// else.
     pub readable: watch::Sender<u64>,
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
@@ -880,15 +893,12 @@ pub(crate) struct SnapshotData {
     pub(crate) objects: Vec<Object>,
 }
 
-/// Changed objects ready to write: each encoded key with the object's bytes, or `None` when
-/// it was deleted.
-type Encoded = Vec<(String, Option<Vec<u8>>)>;
-
-/// The state machine: [`State`] in memory, every object also on disk (shortly after:
-/// [`Deferred`]).
+/// The state machine: [`State`] in memory; on disk, the current snapshot (the log after it is
+/// applied again on start).
 pub struct StateMachine {
     db: Arc<Database>,
-    deferred: Arc<Deferred>,
+    /// The applied index of the snapshot on disk, shared with the log ([`record_purge`]).
+    on_disk: Arc<AtomicU64>,
     snapshots: SnapshotFiles,
     shared: Arc<Shared>,
     last_applied: Option<LogId<NodeId>>,
@@ -896,34 +906,89 @@ pub struct StateMachine {
     snapshot_seq: u64,
 }
 
+/// The bytes of the snapshot `meta` names: its file, or for a database from before snapshot
+/// files (and the simulation's), the `snapshot` table. Blocking.
+fn snapshot_bytes(
+    db: &Database,
+    snapshots: &SnapshotFiles,
+    meta: &SnapshotMeta<NodeId, BerthNode>,
+) -> Result<Option<Vec<u8>>, SError> {
+    if let Some(data) = snapshots.read(&meta.snapshot_id)? {
+        return Ok(Some(data));
+    }
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
+    let data = table.get(SNAPSHOT_DATA).map_err(read_err)?;
+    Ok(data.map(|d| d.value().to_vec()))
+}
+
+/// Empties what databases from before kept of the state beside its snapshot (every object, the
+/// applied index and membership they were written at): a start loads the snapshot, and the
+/// log after it holds the rest. Not fsynced on its own; a crash before the next durable commit
+/// leaves them to the next start.
+fn forget_objects(db: &Database) -> Result<(), SError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let held = !txn
+        .open_table(OBJECTS)
+        .map_err(read_err)?
+        .is_empty()
+        .map_err(read_err)?
+        || txn
+            .open_table(META)
+            .map_err(read_err)?
+            .get(APPLIED)
+            .map_err(read_err)?
+            .is_some();
+    drop(txn);
+    if !held {
+        return Ok(());
+    }
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_durability(Durability::None).map_err(write_err)?;
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
+        objects.retain(|_, _| false).map_err(write_err)?;
+        let mut meta = txn.open_table(META).map_err(write_err)?;
+        meta.remove(APPLIED).map_err(write_err)?;
+        meta.remove(MEMBERSHIP).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)
+}
+
 impl StateMachine {
-    /// Loads the state machine from disk.
+    /// Loads the state machine from disk: the current snapshot's state, applied up to its
+    /// last log id (openraft applies the committed entries after it again).
     pub(crate) fn load(
         db: Arc<Database>,
-        deferred: Arc<Deferred>,
+        on_disk: Arc<AtomicU64>,
         snapshots: SnapshotFiles,
         committed: Arc<AtomicU64>,
         stored: Arc<Stored>,
         facts: Arc<crate::lease::Facts>,
     ) -> Result<(Self, Arc<Shared>), SError> {
-        let last_applied: Option<LogId<NodeId>> = get_meta(&db, APPLIED)?.flatten();
-        let membership: StoredMembership<NodeId, BerthNode> =
-            get_meta(&db, MEMBERSHIP)?.unwrap_or_default();
-        facts.applied_membership(membership.membership());
         let current: Option<SnapshotMeta<NodeId, BerthNode>> = get_meta(&db, SNAPSHOT_META)?;
         snapshots.keep_only(current.as_ref().map(|m| m.snapshot_id.as_str()));
-        let mut objects = Vec::new();
-        {
-            let txn = db.begin_read().map_err(read_err)?;
-            let table = txn.open_table(OBJECTS).map_err(read_err)?;
-            for item in table.iter().map_err(read_err)? {
-                let (_, v) = item.map_err(read_err)?;
-                stored
-                    .object_bytes
-                    .fetch_add(len(v.value()), Ordering::Relaxed);
-                objects.push(decode::<Object>(v.value())?);
+        let data = match &current {
+            Some(meta) => snapshot_bytes(&db, &snapshots, meta)?,
+            None => None,
+        };
+        let (objects, last_applied, membership) = match (current, data) {
+            (Some(meta), Some(data)) => {
+                stored.object_bytes.store(len(&data), Ordering::Relaxed);
+                let parsed: SnapshotData = decode_compressed(&data)?;
+                (parsed.objects, meta.last_log_id, meta.last_membership)
             }
-        }
+            (Some(meta), None) => {
+                return Err(read_err(std::io::Error::other(format!(
+                    "the snapshot {} the database names is missing",
+                    meta.snapshot_id
+                ))))
+            }
+            (None, _) => (Vec::new(), None, StoredMembership::default()),
+        };
+        forget_objects(&db)?;
+        facts.applied_membership(membership.membership());
+        on_disk.store(last_applied.map_or(0, |l| l.index), Ordering::Release);
         let (applied, _) = watch::channel(last_applied.map_or(0, |l| l.index));
         let (readable, _) = watch::channel(last_applied.map_or(0, |l| l.index));
         let shared = Arc::new(Shared {
@@ -939,10 +1004,9 @@ impl StateMachine {
             stored,
             facts,
         });
-        deferred.loaded(last_applied.map_or(0, |l| l.index));
         let sm = Self {
             db,
-            deferred,
+            on_disk,
             snapshots,
             shared: shared.clone(),
             last_applied,
@@ -951,71 +1015,17 @@ impl StateMachine {
         };
         Ok((sm, shared))
     }
-
-    /// The objects `changed` by applied entries as they are to be written: encoded while the
-    /// state is locked (no disk I/O under the lock), `None` for deleted ones.
-    fn encode_changes(state: &State, changed: &[Key]) -> Result<Encoded, SError> {
-        changed
-            .iter()
-            .map(|key| {
-                let bytes = state.object_ref(key).map(|o| encode(&o)).transpose()?;
-                Ok((key.encode(), bytes))
-            })
-            .collect()
-    }
-}
-
-/// Writes encoded objects and the applied index, without an fsync of its own: every entry
-/// applied is already durable in the log, and redb persists commits in order, so a crash
-/// loses at most a suffix of applied entries, which openraft applies again from the log
-/// (objects and the applied index stay consistent: one transaction). Blocking.
-pub(crate) fn persist<'a>(
-    db: &Database,
-    objects: impl IntoIterator<Item = (&'a String, &'a Option<Vec<u8>>)>,
-    applied: &[u8],
-    membership: &[u8],
-    stored: &Stored,
-) -> Result<(), SError> {
-    let mut txn = db.begin_write().map_err(write_err)?;
-    txn.set_durability(Durability::None).map_err(write_err)?;
-    let (mut added, mut removed) = (0, 0);
-    {
-        let mut table = txn.open_table(OBJECTS).map_err(write_err)?;
-        for (k, bytes) in objects {
-            let old = match bytes {
-                Some(bytes) => {
-                    added += len(bytes);
-                    table
-                        .insert(k.as_str(), bytes.as_slice())
-                        .map_err(write_err)?
-                        .map(|old| len(old.value()))
-                }
-                None => table
-                    .remove(k.as_str())
-                    .map_err(write_err)?
-                    .map(|old| len(old.value())),
-            };
-            removed += old.unwrap_or(0);
-        }
-        let mut meta = txn.open_table(META).map_err(write_err)?;
-        meta.insert(APPLIED, applied).map_err(write_err)?;
-        meta.insert(MEMBERSHIP, membership).map_err(write_err)?;
-    }
-    txn.commit().map_err(write_err)?;
-    change(&stored.object_bytes, added, removed);
-    Ok(())
 }
 
 impl StateMachine {
     /// Applies `entries` to the in-memory state under its write lock, then (the lock turned
-    /// into a read lock) records the changes for watchers and wakes the nodes concerned; answers the results and the changed objects,
-    /// encoded, for the caller to write once the lock is released (readers never wait for
-    /// the disk; what they may see before the write lands is already in the Raft log, durable,
-    /// and a failed write stops Raft and the server with it: `Store::fatal`).
+    /// into a read lock) records the changes for watchers and wakes the nodes concerned;
+    /// answers the results. Nothing is written: the entries are durable in the log, and the
+    /// next snapshot holds what they changed.
     fn apply_in_memory(
         &mut self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
-    ) -> Result<(Vec<CommandResult>, Encoded), SError> {
+    ) -> Vec<CommandResult> {
         let mut results = Vec::new();
         let mut changed = Vec::new();
         let shared = self.shared.clone();
@@ -1047,7 +1057,6 @@ impl StateMachine {
         changed.dedup();
         // Readers may come in from here on: the state is as it stays.
         let state = parking_lot::RwLockWriteGuard::downgrade(state);
-        let objects = Self::encode_changes(&state, &changed)?;
         if let Some(applied) = self.last_applied {
             self.shared
                 .changes
@@ -1062,7 +1071,7 @@ impl StateMachine {
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
         }
-        Ok((results, objects))
+        results
     }
 
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
@@ -1070,17 +1079,8 @@ impl StateMachine {
         else {
             return Ok(None);
         };
-        let data = match self.snapshots.read(&meta.snapshot_id)? {
-            Some(data) => data,
-            // A database from before snapshot files, or the simulation's.
-            None => {
-                let txn = self.db.begin_read().map_err(read_err)?;
-                let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
-                let Some(data) = table.get(SNAPSHOT_DATA).map_err(read_err)? else {
-                    return Ok(None);
-                };
-                data.value().to_vec()
-            }
+        let Some(data) = snapshot_bytes(&self.db, &self.snapshots, &meta)? else {
+            return Ok(None);
         };
         Ok(Some(Snapshot {
             meta,
@@ -1088,18 +1088,21 @@ impl StateMachine {
         }))
     }
 
-    /// Blocking.
+    /// Writes snapshot `meta` with its `data` and names it the current one (answers whether
+    /// it did), counting its bytes and its applied index as the state on disk. An
+    /// `installed` one (from the leader) also records the purge of the log up to it. Blocking.
     fn save_snapshot(
         db: &Database,
         snapshots: &SnapshotFiles,
+        on_disk: &AtomicU64,
+        stored: &Stored,
         meta: &SnapshotMeta<NodeId, BerthNode>,
         data: &[u8],
-        replace_objects: Option<&State>,
-    ) -> Result<Option<u64>, SError> {
+        installed: bool,
+    ) -> Result<bool, SError> {
         snapshots.write(&meta.snapshot_id, data)?;
         let txn = begin_durable(db)?;
         let replaced: Option<SnapshotMeta<NodeId, BerthNode>>;
-        let mut object_bytes = None;
         {
             let mut meta_table = txn.open_table(META).map_err(write_err)?;
             replaced = match meta_table.get(SNAPSHOT_META).map_err(read_err)? {
@@ -1113,49 +1116,39 @@ impl StateMachine {
                 .is_some_and(|r: &SnapshotMeta<NodeId, BerthNode>| {
                     r.last_log_id > meta.last_log_id
                 });
-            if replace_objects.is_none() && newer {
+            if !installed && newer {
                 drop(meta_table);
                 txn.abort().map_err(write_err)?;
                 snapshots.remove(&meta.snapshot_id);
-                return Ok(None);
+                return Ok(false);
             }
             meta_table
                 .insert(SNAPSHOT_META, encode(meta)?.as_slice())
                 .map_err(write_err)?;
             snapshots.record(&txn, data)?;
-            if let Some(state) = replace_objects {
-                meta_table
-                    .insert(APPLIED, encode(&meta.last_log_id)?.as_slice())
-                    .map_err(write_err)?;
+            if installed {
                 // openraft purges the log up to an installed snapshot, in a purge that came
                 // before this transaction and recorded nothing ([`record_purge`]): recorded
-                // here, with the applied index that makes it safe. The log's entries up to it
+                // here, with the snapshot that makes it safe. The log's entries up to it
                 // (and the gap up to it, when the log was behind) read as gone; the next
                 // purge deletes them.
                 meta_table
                     .insert(PURGED, encode(&meta.last_log_id)?.as_slice())
                     .map_err(write_err)?;
-                meta_table
-                    .insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())
-                    .map_err(write_err)?;
-                let mut objects = txn.open_table(OBJECTS).map_err(write_err)?;
-                objects.retain(|_, _| false).map_err(write_err)?;
-                let mut bytes = 0;
-                for obj in state.objects() {
-                    let encoded = encode(&obj)?;
-                    bytes += len(&encoded);
-                    objects
-                        .insert(obj.key().encode().as_str(), encoded.as_slice())
-                        .map_err(write_err)?;
-                }
-                object_bytes = Some(bytes);
             }
         }
         txn.commit().map_err(write_err)?;
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        if installed {
+            on_disk.store(index, Ordering::Release);
+        } else {
+            on_disk.fetch_max(index, Ordering::AcqRel);
+        }
+        stored.object_bytes.store(len(data), Ordering::Relaxed);
         if let Some(old) = replaced.filter(|old| old.snapshot_id != meta.snapshot_id) {
             snapshots.remove(&old.snapshot_id);
         }
-        Ok(object_bytes)
+        Ok(true)
     }
 }
 
@@ -1170,12 +1163,13 @@ pub struct SnapshotBuilder {
     objects: Option<berth_state::ObjectsCopy>,
     meta: SnapshotMeta<NodeId, BerthNode>,
     db: Arc<Database>,
-    deferred: Arc<Deferred>,
+    on_disk: Arc<AtomicU64>,
+    stored: Arc<Stored>,
     snapshots: SnapshotFiles,
 }
 
-/// A snapshot's bytes: the JSON of [`SnapshotData`] holding `objects`, each encoded as the
-/// objects table stores it, compressed as [`encode_compressed`] does. Blocking.
+/// A snapshot's bytes: the JSON of [`SnapshotData`] holding `objects`, compressed as
+/// [`encode_compressed`] does. Blocking.
 fn snapshot_of(objects: &berth_state::ObjectsCopy) -> Result<Vec<u8>, SError> {
     let encoder = flate2::write::DeflateEncoder::new(vec![DEFLATED], flate2::Compression::fast());
     // serde_json writes a few bytes at a time, and each write into the encoder is a call into
@@ -1197,7 +1191,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// Encodes the copy and writes it, off the async workers.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (db, meta) = (self.db.clone(), self.meta.clone());
-        let (snapshots, deferred) = (self.snapshots.clone(), self.deferred.clone());
+        let (snapshots, on_disk) = (self.snapshots.clone(), self.on_disk.clone());
+        let stored = self.stored.clone();
         let objects = self.objects.take();
         let data = blocking(move || {
             let objects =
@@ -1206,10 +1201,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data = snapshot_of(&objects)?;
             drop(objects);
             let encoded = started.elapsed();
-            // The applied index on disk must not be behind the snapshot's: openraft starts
-            // from the first as committed, and wants the second within it.
-            deferred.write_out()?;
-            StateMachine::save_snapshot(&db, &snapshots, &meta, &data, None)?;
+            StateMachine::save_snapshot(&db, &snapshots, &on_disk, &stored, &meta, &data, false)?;
             tracing::info!(
                 id = %meta.snapshot_id,
                 bytes = data.len(),
@@ -1241,13 +1233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let (results, objects) = self.apply_in_memory(entries)?;
-        let (applied, membership) = (encode(&self.last_applied)?, encode(&self.membership)?);
-        let index = self.last_applied.map_or(0, |l| l.index);
-        if self.deferred.add(objects, index, applied, membership)? {
-            self.deferred.clone().write_out_off_workers().await?;
-        }
-        Ok(results)
+        Ok(self.apply_in_memory(entries))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -1266,7 +1252,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot_id,
             },
             db: self.db.clone(),
-            deferred: self.deferred.clone(),
+            on_disk: self.on_disk.clone(),
+            stored: self.shared.stored.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -1283,19 +1270,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let (db, snapshot_meta) = (self.db.clone(), meta.clone());
         let (snapshots, stored) = (self.snapshots.clone(), self.shared.stored.clone());
-        let deferred = self.deferred.clone();
+        let on_disk = self.on_disk.clone();
         let state = blocking(move || {
             let started = Instant::now();
             let parsed: SnapshotData = decode_compressed(&data)?;
             let state = State::from_objects(parsed.objects);
-            // What applied before the snapshot and is not yet on disk is in it.
-            let index = snapshot_meta.last_log_id.map_or(0, |l| l.index);
-            let saved = deferred.discard_then(index, || {
-                Self::save_snapshot(&db, &snapshots, &snapshot_meta, &data, Some(&state))
-            })?;
-            if let Some(bytes) = saved {
-                stored.object_bytes.store(bytes, Ordering::Relaxed);
-            }
+            Self::save_snapshot(
+                &db,
+                &snapshots,
+                &on_disk,
+                &stored,
+                &snapshot_meta,
+                &data,
+                true,
+            )?;
             tracing::info!(
                 id = %snapshot_meta.snapshot_id,
                 bytes = data.len(),
@@ -1339,30 +1327,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
         self.current_snapshot()
     }
-}
-
-/// The applied index as stored (its bytes as text) and every stored object's key and value.
-#[cfg(test)]
-pub(crate) fn read_applied_and_objects(db: &Database) -> (Option<String>, Vec<(String, String)>) {
-    let txn = db.begin_read().expect("read");
-    let meta = txn.open_table(META).expect("meta");
-    let applied = meta
-        .get(APPLIED)
-        .expect("get")
-        .map(|v| String::from_utf8_lossy(v.value()).into_owned());
-    let objects = txn.open_table(OBJECTS).expect("objects");
-    let objects = objects
-        .iter()
-        .expect("iter")
-        .map(|item| {
-            let (k, v) = item.expect("item");
-            (
-                k.value().to_string(),
-                String::from_utf8_lossy(v.value()).into_owned(),
-            )
-        })
-        .collect();
-    (applied, objects)
 }
 
 #[cfg(test)]
@@ -1413,7 +1377,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_holds_every_object_as_of_its_copy_each_as_the_database_stores_it() {
+    fn a_snapshot_holds_every_object_as_of_its_copy_and_is_the_state_a_start_loads() {
         let db = Arc::new(
             redb::Builder::new()
                 .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -1421,39 +1385,10 @@ mod tests {
         );
         init_tables(&db).expect("tables");
         let mut state = State::default();
-        let mut keys = Vec::new();
         for n in 0..3 {
             let node = berth_model::Node::new(format!("n{n}"), "127.0.0.1:1", 1024, 1024);
-            keys.extend(
-                state
-                    .apply(berth_state::Command::RegisterNode { node, at: n })
-                    .1,
-            );
+            state.apply(berth_state::Command::RegisterNode { node, at: n });
         }
-        let objects = StateMachine::encode_changes(&state, &keys).expect("encode");
-        let stored = Stored::default();
-        let membership = encode(&StoredMembership::<NodeId, BerthNode>::default()).expect("encode");
-        let pairs = objects.iter().map(|(k, v)| (k, v));
-        persist(&db, pairs, b"null", &membership, &stored).expect("persist");
-        // What was stored is counted, and counted the same from the file.
-        let bytes: u64 = objects
-            .iter()
-            .filter_map(|(_, b)| b.as_ref())
-            .map(|b| len(b))
-            .sum();
-        assert_eq!(stored.object_bytes.load(Ordering::Relaxed), bytes);
-        let counted = Arc::new(Stored::of(&db).expect("count"));
-        StateMachine::load(
-            db.clone(),
-            Deferred::new(db.clone(), counted.clone()),
-            SnapshotFiles::in_database(),
-            Arc::default(),
-            counted.clone(),
-            Arc::default(),
-        )
-        .map_err(|e| e.to_string())
-        .expect("load");
-        assert_eq!(counted.object_bytes.load(Ordering::Relaxed), bytes);
         let copy = state.objects_copy();
         // A change after the copy is not in its snapshot.
         let before = state.clone();
@@ -1462,22 +1397,89 @@ mod tests {
         let data = snapshot_of(&copy).expect("snapshot");
         assert_eq!(data[0], DEFLATED);
         let read: SnapshotData = decode_compressed(&data).expect("decode");
-        assert_eq!(State::from_objects(read.objects.clone()), before);
-        // Each object is the JSON the objects table holds for it.
-        let txn = db.begin_read().expect("read");
-        let table = txn.open_table(OBJECTS).expect("table");
         assert_eq!(read.objects.len(), 3);
-        for object in &read.objects {
-            let stored = table
-                .get(object.key().encode().as_str())
-                .expect("read")
-                .expect("stored");
-            assert_eq!(stored.value(), encode(object).expect("encode").as_slice());
+        assert_eq!(State::from_objects(read.objects), before);
+
+        // Saved, it is what a start loads, at its applied index and membership, counted by
+        // its size.
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(7)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-7-1".into(),
+        };
+        let (on_disk, stored) = (AtomicU64::new(0), Stored::default());
+        let files = SnapshotFiles::in_database();
+        let saved =
+            StateMachine::save_snapshot(&db, &files, &on_disk, &stored, &meta, &data, false);
+        assert!(saved.expect("save"));
+        assert_eq!(on_disk.load(Ordering::Relaxed), 7);
+        assert_eq!(stored.object_bytes.load(Ordering::Relaxed), len(&data));
+        let (counted, on_disk) = (Arc::new(Stored::of(&db).expect("count")), Arc::default());
+        let (sm, shared) = StateMachine::load(
+            db.clone(),
+            Arc::clone(&on_disk),
+            SnapshotFiles::in_database(),
+            Arc::default(),
+            counted.clone(),
+            Arc::default(),
+        )
+        .map_err(|e| e.to_string())
+        .expect("load");
+        assert_eq!(*shared.read(), before);
+        assert_eq!(sm.last_applied, Some(log_id(7)));
+        assert_eq!(on_disk.load(Ordering::Relaxed), 7);
+        assert_eq!(counted.object_bytes.load(Ordering::Relaxed), len(&data));
+        // An older one built later does not replace it.
+        let older = SnapshotMeta {
+            last_log_id: Some(log_id(5)),
+            snapshot_id: "1-5-2".into(),
+            ..meta.clone()
+        };
+        let saved =
+            StateMachine::save_snapshot(&db, &files, &on_disk, &counted, &older, b"x", false);
+        assert!(!saved.expect("save"));
+        assert_eq!(on_disk.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn a_start_forgets_the_objects_databases_from_before_kept_beside_the_snapshot() {
+        let db = Arc::new(
+            redb::Builder::new()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .expect("database"),
+        );
+        init_tables(&db).expect("tables");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut objects = txn.open_table(OBJECTS).expect("objects");
+            objects.insert("node/n0", b"{}".as_slice()).expect("insert");
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(APPLIED, b"null".as_slice()).expect("insert");
+            meta.insert(MEMBERSHIP, b"{}".as_slice()).expect("insert");
         }
-        let read: SnapshotData =
-            decode_compressed(&snapshot_of(&state.objects_copy()).expect("snapshot"))
-                .expect("decode");
-        assert_eq!(State::from_objects(read.objects), state);
+        txn.commit().expect("commit");
+        let (sm, shared) = StateMachine::load(
+            db.clone(),
+            Arc::default(),
+            SnapshotFiles::in_database(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .map_err(|e| e.to_string())
+        .expect("load");
+        // No snapshot: an empty state, and the whole log to apply.
+        assert_eq!(*shared.read(), State::default());
+        assert_eq!(sm.last_applied, None);
+        let txn = db.begin_read().expect("read");
+        assert!(txn
+            .open_table(OBJECTS)
+            .expect("objects")
+            .is_empty()
+            .expect("empty"));
+        let meta = txn.open_table(META).expect("meta");
+        assert!(meta.get(APPLIED).expect("get").is_none());
+        assert!(meta.get(MEMBERSHIP).expect("get").is_none());
     }
 
     /// `count` blank entries from index 1, as appends store them.
@@ -1527,7 +1529,7 @@ mod tests {
         let mut log = LogStore::new(db.clone(), Arc::default(), Arc::default()).expect("log");
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 2_000);
         // The state machine on disk has applied everything.
-        log.deferred().loaded(2_000);
+        log.on_disk().fetch_max(2_000, Ordering::Release);
         log.purge(log_id(1_500)).await.expect("purge");
         // Recorded before it returns; the entries go behind it.
         let state = log.get_log_state().await.expect("state");
@@ -1549,7 +1551,7 @@ mod tests {
         put_meta(&db, PURGED, &Some(log_id(1_800)), Durability::None).expect("purged");
         drop(log);
         let mut log = LogStore::new(db, Arc::default(), Arc::default()).expect("log");
-        log.deferred().loaded(2_000);
+        log.on_disk().fetch_max(2_000, Ordering::Release);
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 500);
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1_800)));
@@ -1572,7 +1574,7 @@ mod tests {
         // at 500) purges past its last entry.
         let mut log = LogStore::new(log_of(500), Arc::default(), Arc::default()).expect("log");
         // The install's transaction wrote the applied index at 1,000.
-        log.deferred().loaded(1_000);
+        log.on_disk().fetch_max(1_000, Ordering::Release);
         log.purge(log_id(1_000)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(1_000)));
@@ -1587,7 +1589,7 @@ mod tests {
         // openraft purges beside a snapshot install before the install's transaction commits:
         // recorded, a crash could leave an applied index behind the log's first entry.
         let mut log = LogStore::new(log_of(500), Arc::default(), Arc::default()).expect("log");
-        log.deferred().loaded(200);
+        log.on_disk().fetch_max(200, Ordering::Release);
         log.purge(log_id(400)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, None);
@@ -1600,7 +1602,7 @@ mod tests {
             200
         );
         // Once the disk holds the applied index, the next purge takes them all.
-        log.deferred().loaded(450);
+        log.on_disk().fetch_max(450, Ordering::Release);
         log.purge(log_id(450)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(450)));
