@@ -82,8 +82,8 @@ pub struct StoreConfig {
     /// Log entries kept after a snapshot, for followers that are a little behind.
     pub keep_logs: u64,
     /// How long one request of a snapshot transfer may take. The request carrying the last
-    /// chunk answers once the member has installed the whole snapshot (decoded it and
-    /// rewritten every object): seconds for a large state. openraft's default, 200 ms, made
+    /// chunk answers once the member has installed the whole snapshot (written it, decoded
+    /// it and built the state from it): seconds for a large state. openraft's default, 200 ms, made
     /// every transfer of the 2-hour chaos run's state time out and start again, forever, so a
     /// member that re-joined never caught up.
     pub install_snapshot_timeout: Duration,
@@ -243,7 +243,9 @@ async fn follow_leadership(
 async fn snapshot_by_size(raft: Raft, appended: Arc<AtomicU64>, limit: u64) {
     let mut metrics = raft.metrics();
     let mut snapshot = metrics.borrow().snapshot;
-    let mut since = appended.load(Ordering::Relaxed);
+    // From nothing: what the log held at start (`appended` starts there) is a start's to
+    // apply again as well, and counts towards the next snapshot.
+    let mut since = 0;
     while metrics.changed().await.is_ok() {
         let now = appended.load(Ordering::Relaxed);
         let latest = metrics.borrow_and_update().snapshot;
@@ -1175,8 +1177,9 @@ impl Store {
         self.leadership.subscribe()
     }
 
-    /// How much the database holds: the Raft log's entries and their stored bytes, the
-    /// objects' bytes, and the length of its file (none for a store without one).
+    /// How much the store holds on disk: the Raft log's entries and their stored bytes, the
+    /// current snapshot's bytes (the state), and the length of the database file (none for a
+    /// store without one).
     pub fn stored(&self) -> StoredSizes {
         let stored = &self.shared.stored;
         StoredSizes {

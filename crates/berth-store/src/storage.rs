@@ -15,8 +15,11 @@
 //! decoded in memory ([`crate::tail`]) for openraft's reads.
 //!
 //! The state machine's state on disk is the current snapshot and nothing else: applying an
-//! entry writes nothing, and a start loads the snapshot and applies the log after it again
-//! (openraft purges the log only up to a snapshot). Every entry is durable in the log before
+//! entry writes nothing, and a start loads the snapshot and applies the log after it again,
+//! up to the commit index that each append writes beside its entries before the store
+//! answers anything, the rest once it hears the commit index from a quorum (openraft purges
+//! the log only up to a snapshot). A snapshot's CRC-32 is kept beside its name, and a start
+//! refuses a damaged one. Every entry is durable in the log before
 //! it is applied, so the objects' own table (written about every 100 ms until 2026-12) was a
 //! second copy of the log's changes: in a placement burst, encoding the changed objects and
 //! committing them took a fifth of each server's CPU and most of what its disk wrote, and each
@@ -66,6 +69,9 @@ const PURGED: &str = "last_purged";
 const APPLIED: &str = "sm_last_applied";
 const MEMBERSHIP: &str = "sm_membership";
 const SNAPSHOT_META: &str = "snapshot_meta";
+/// The current snapshot's ID with the CRC-32 of its bytes: a start refuses a damaged file
+/// rather than load a state it cannot trust (the snapshot is the state's only copy on disk).
+const SNAPSHOT_CRC: &str = "snapshot_crc32";
 const SNAPSHOT_DATA: &str = "data";
 
 pub(crate) type SError = StorageError<NodeId>;
@@ -312,9 +318,13 @@ fn put_meta<T: Serialize>(
 pub struct LogStore {
     db: Arc<Database>,
     committed: Arc<AtomicU64>,
+    /// The commit index as openraft last saved it, written with the next append
+    /// ([`LogStore::save_committed`]).
+    committed_id: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
     /// What lease reads check outside Raft's core: the saved vote, membership appends.
     facts: Arc<crate::lease::Facts>,
-    /// Bytes appended to the log since start, as stored: what sizes snapshots
+    /// Bytes appended to the log, as stored, counted from what the log held at start (a
+    /// start applies the log after the snapshot again, so that is counted too): what sizes snapshots
     /// (`StoreConfig::snapshot_log_bytes`).
     appended: Arc<AtomicU64>,
     stored: Arc<Stored>,
@@ -500,8 +510,9 @@ impl LogStore {
             on_disk: Arc::default(),
             db,
             committed,
+            committed_id: Arc::default(),
             facts,
-            appended: Arc::default(),
+            appended: Arc::new(AtomicU64::new(stored.log_bytes.load(Ordering::Relaxed))),
             stored,
             purger: Arc::default(),
             tail: Arc::default(),
@@ -521,7 +532,7 @@ impl LogStore {
         self.stored.clone()
     }
 
-    /// The applied index of the state on disk ([`LogStore::on_disk`]'s field).
+    /// The applied index of the state on disk: the current snapshot's.
     pub(crate) fn on_disk(&self) -> Arc<AtomicU64> {
         self.on_disk.clone()
     }
@@ -620,14 +631,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             self.committed.store(c.index, Ordering::Relaxed);
         }
-        // Only a hint (openraft finds the commit index again from a quorum, and starts from
-        // the applied index, which the state machine's writes record): kept in memory. A
-        // write here took redb's one write transaction inside Raft's core, which then waited
-        // for whichever append or apply held it, fsync included.
+        // A hint written with the next append, in its transaction ([`LogStore::append`]): a
+        // start applies the log up to it before it answers anything (openraft's
+        // `get_initial_state`), so that what a member applied before a stop or a crash (a
+        // token revoked, a node's certificate) is what its local reads see again at once,
+        // less at most the entries of one round, and not the state of the last snapshot
+        // until it hears the commit index again. A write of its own here took redb's one
+        // write transaction inside Raft's core, which then waited for whichever append
+        // held it, fsync included.
+        *self
+            .committed_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = committed;
         Ok(())
     }
 
-    /// What databases from before kept; openraft takes the applied index when it is later.
+    /// The commit index the last append wrote ([`LogStore::save_committed`]); openraft takes
+    /// the snapshot's index when it is later.
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
         let committed: Option<Option<LogId<NodeId>>> = get_meta(&self.db, COMMITTED)?;
         let committed = committed.flatten();
@@ -661,6 +681,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect();
         let db = self.db.clone();
         let tail = self.tail.clone();
+        let committed = *self
+            .committed_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let committed = committed.map(|c| encode(&Some(c))).transpose()?;
         let result = match encoded {
             Err(e) => Err(e),
             Ok(encoded) => {
@@ -679,6 +704,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             {
                                 replaced = (replaced.0 + 1, replaced.1 + len(old.value()));
                             }
+                        }
+                        if let Some(committed) = &committed {
+                            txn.open_table(META)
+                                .map_err(write_err)?
+                                .insert(COMMITTED, committed.as_slice())
+                                .map_err(write_err)?;
                         }
                     }
                     txn.commit().map_err(write_err)?;
@@ -922,6 +953,32 @@ fn snapshot_bytes(
     Ok(data.map(|d| d.value().to_vec()))
 }
 
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    crc.sum()
+}
+
+/// Refuses the bytes of snapshot `id` when they are not what was written (its CRC-32, when
+/// the database recorded one: snapshots from before did not), saying what to do.
+fn check_snapshot(db: &Database, id: &str, data: &[u8]) -> Result<(), SError> {
+    let Some((written_id, written)) = get_meta::<(String, u32)>(db, SNAPSHOT_CRC)? else {
+        return Ok(());
+    };
+    let found = crc32(data);
+    if written_id != id || found == written {
+        return Ok(());
+    }
+    Err(read_err(std::io::Error::other(format!(
+        "the snapshot {id} beside the database is damaged (CRC-32 {found:08x} of {} bytes, \
+         {written:08x} written); this server cannot start from it. Remove it from the cluster \
+         (`berth cluster remove ID` on another server), move its data dir aside, and start it \
+         again with an empty data dir, --join and a new server join token: it takes a fresh \
+         copy of the state from the others",
+        data.len()
+    ))))
+}
+
 /// Empties what databases from before kept of the state beside its snapshot (every object, the
 /// applied index and membership they were written at): a start loads the snapshot, and the
 /// log after it holds the rest. Not fsynced on its own; a crash before the next durable commit
@@ -974,6 +1031,7 @@ impl StateMachine {
         };
         let (objects, last_applied, membership) = match (current, data) {
             (Some(meta), Some(data)) => {
+                check_snapshot(&db, &meta.snapshot_id, &data)?;
                 stored.object_bytes.store(len(&data), Ordering::Relaxed);
                 let parsed: SnapshotData = decode_compressed(&data)?;
                 (parsed.objects, meta.last_log_id, meta.last_membership)
@@ -1101,6 +1159,7 @@ impl StateMachine {
         installed: bool,
     ) -> Result<bool, SError> {
         snapshots.write(&meta.snapshot_id, data)?;
+        let crc = encode(&(meta.snapshot_id.as_str(), crc32(data)))?;
         let txn = begin_durable(db)?;
         let replaced: Option<SnapshotMeta<NodeId, BerthNode>>;
         {
@@ -1124,6 +1183,9 @@ impl StateMachine {
             }
             meta_table
                 .insert(SNAPSHOT_META, encode(meta)?.as_slice())
+                .map_err(write_err)?;
+            meta_table
+                .insert(SNAPSHOT_CRC, crc.as_slice())
                 .map_err(write_err)?;
             snapshots.record(&txn, data)?;
             if installed {
@@ -1439,6 +1501,33 @@ mod tests {
             StateMachine::save_snapshot(&db, &files, &on_disk, &counted, &older, b"x", false);
         assert!(!saved.expect("save"));
         assert_eq!(on_disk.load(Ordering::Relaxed), 7);
+
+        // Its bytes damaged, a start refuses it and says what to do.
+        let mut damaged = data.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x40;
+        let txn = db.begin_write().expect("write");
+        txn.open_table(SNAPSHOT)
+            .expect("table")
+            .insert(SNAPSHOT_DATA, damaged.as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        let refused = StateMachine::load(
+            db.clone(),
+            Arc::default(),
+            SnapshotFiles::in_database(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+        .map(|_| ())
+        .expect_err("a damaged snapshot loaded");
+        let refused = format!("{:?}", refused);
+        assert!(
+            refused.contains("1-7-1") && refused.contains("damaged"),
+            "{refused}"
+        );
+        assert!(refused.contains("--join"), "{refused}");
     }
 
     #[test]
@@ -1528,7 +1617,7 @@ mod tests {
         let db = log_of(2_000);
         let mut log = LogStore::new(db.clone(), Arc::default(), Arc::default()).expect("log");
         assert_eq!(log.stored.log_entries.load(Ordering::Relaxed), 2_000);
-        // The state machine on disk has applied everything.
+        // The snapshot on disk holds everything.
         log.on_disk().fetch_max(2_000, Ordering::Release);
         log.purge(log_id(1_500)).await.expect("purge");
         // Recorded before it returns; the entries go behind it.
@@ -1573,7 +1662,7 @@ mod tests {
         // A follower that installs a snapshot ahead of its log (here at 1,000, its log ending
         // at 500) purges past its last entry.
         let mut log = LogStore::new(log_of(500), Arc::default(), Arc::default()).expect("log");
-        // The install's transaction wrote the applied index at 1,000.
+        // The install's transaction named a snapshot at 1,000.
         log.on_disk().fetch_max(1_000, Ordering::Release);
         log.purge(log_id(1_000)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");
@@ -1585,9 +1674,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_purge_past_the_applied_index_on_disk_records_nothing() {
+    async fn a_purge_past_the_snapshot_on_disk_records_nothing() {
         // openraft purges beside a snapshot install before the install's transaction commits:
-        // recorded, a crash could leave an applied index behind the log's first entry.
+        // recorded, a crash could leave the snapshot on disk behind the log's first entry.
         let mut log = LogStore::new(log_of(500), Arc::default(), Arc::default()).expect("log");
         log.on_disk().fetch_max(200, Ordering::Release);
         log.purge(log_id(400)).await.expect("purge");
@@ -1601,7 +1690,7 @@ mod tests {
                 .len(),
             200
         );
-        // Once the disk holds the applied index, the next purge takes them all.
+        // Once the disk holds a snapshot at 450, the next purge takes them all.
         log.on_disk().fetch_max(450, Ordering::Release);
         log.purge(log_id(450)).await.expect("purge");
         let state = log.get_log_state().await.expect("state");

@@ -273,6 +273,29 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
     assert_eq!(revisions(&reopen(dir.path()).await).await, 64);
 }
 
+/// What a member applied before it stopped is in its local state as soon as it opens again,
+/// less at most the last round's entries, without an election or a snapshot: the commit index
+/// goes to disk with each append, and the open applies the log up to it. (The state on disk is
+/// the last snapshot; local reads, such as an API token's check, must not see the cluster as
+/// it was then.)
+#[tokio::test]
+async fn a_reopened_member_applies_its_log_up_to_the_commit_index_it_wrote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(dir.path()).await;
+        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+        wait_leader(&store).await;
+        for at in 0..4 {
+            register_web(&store, false, at).await;
+        }
+        store.shutdown().await;
+    }
+    assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
+    let store = open(dir.path()).await;
+    let local = store.read_stale(|s| s.task_definitions("default").count());
+    assert!(local >= 3, "{local} of 4 revisions right after the open");
+}
+
 #[tokio::test]
 async fn a_lone_member_keeps_no_applied_entry_in_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
