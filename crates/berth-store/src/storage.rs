@@ -1,30 +1,28 @@
 //! openraft's log storage and state machine, both on one redb database file.
 //!
 //! Tables: `log` (index -> entry), `meta` (vote, purged, snapshot meta; the commit index of
-//! databases from before), `snapshot` (see below) and `objects` (what databases from before
-//! kept of the state: emptied on start, see further below). Entries and snapshots are JSON
-//! compressed with
-//! DEFLATE ([`encode_compressed`]), the rest plain JSON. The current snapshot's bytes are a
-//! file beside the database, `snapshot-ID.json.deflate` (`.json` before compression), written
-//! and fsynced before the meta naming it commits (a snapshot is one large value: inside redb,
-//! each new one needed a free run of pages as long as itself while the old one was still
-//! live, and the file grew in steps it never gave back); databases from before keep theirs in
-//! the `snapshot` table until the next snapshot (and the simulation, which has no directory,
-//! keeps it there). Every write is one redb transaction. Log appends, votes and snapshots are
-//! fsynced before openraft is told they are durable. The log's newest entries are also kept
-//! decoded in memory ([`crate::tail`]) for openraft's reads.
+//! databases from before), `snapshot` (see below) and `objects` (what databases from before kept of
+//! the state: emptied on start, see further below). Entries and snapshots are JSON compressed with
+//! DEFLATE ([`encode_compressed`]), the rest plain JSON. The current snapshot's bytes are a file
+//! beside the database, `snapshot-ID.json.deflate` (`.json` before compression), written and
+//! fsynced before the meta naming it commits (a snapshot is one large value: inside redb, each new
+//! one needed a free run of pages as long as itself while the old one was still live, and the file
+//! grew in steps it never gave back); databases from before keep theirs in the `snapshot` table
+//! until the next snapshot (and the simulation, which has no directory, keeps it there). Every
+//! write is one redb transaction. Log appends, votes and snapshots are fsynced before openraft is
+//! told they are durable. The log's newest entries are also kept decoded in memory
+//! ([`crate::tail`]) for openraft's reads.
 //!
-//! The state machine's state on disk is the current snapshot and nothing else: applying an
-//! entry writes nothing, and a start loads the snapshot and applies the log after it again,
-//! up to the commit index that each append writes beside its entries before the store
-//! answers anything, the rest once it hears the commit index from a quorum (openraft purges
-//! the log only up to a snapshot). A snapshot's CRC-32 is kept beside its name, and a start
-//! refuses a damaged one. Every entry is durable in the log before
-//! it is applied, so the objects' own table (written about every 100 ms until 2026-12) was a
-//! second copy of the log's changes: in a placement burst, encoding the changed objects and
-//! committing them took a fifth of each server's CPU and most of what its disk wrote, and each
-//! log append's fsync waited behind those pages. What a start costs instead is applying the
-//! entries since the last snapshot, which [`StoreConfig::snapshot_log_bytes`] and
+//! The state machine's state on disk is the current snapshot and nothing else: applying an entry
+//! writes nothing, and a start loads the snapshot and applies the log after it again, up to the
+//! commit index that each append writes beside its entries before the store answers anything, the
+//! rest once it hears the commit index from a quorum (openraft purges the log only up to a
+//! snapshot). A snapshot's CRC-32 is kept beside its name, and a start refuses a damaged one. Every
+//! entry is durable in the log before it is applied, so the objects' own table (written about every
+//! 100 ms until 2026-12) was a second copy of the log's changes: in a placement burst, encoding the
+//! changed objects and committing them took a fifth of each server's CPU and most of what its disk
+//! wrote, and each log append's fsync waited behind those pages. What a start costs instead is
+//! applying the entries since the last snapshot, which [`StoreConfig::snapshot_log_bytes`] and
 //! `snapshot_every` bound.
 //!
 //! [`StoreConfig::snapshot_log_bytes`]: crate::StoreConfig::snapshot_log_bytes
@@ -1438,14 +1436,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_snapshot_holds_every_object_as_of_its_copy_and_is_the_state_a_start_loads() {
+    /// An empty database in memory, its tables created.
+    fn memory_database() -> Arc<Database> {
         let db = Arc::new(
             redb::Builder::new()
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .expect("database"),
         );
         init_tables(&db).expect("tables");
+        db
+    }
+
+    /// The state machine as a start loads it from `db` (its snapshot in the database),
+    /// counting the state on disk into `on_disk` and `stored`.
+    fn load(
+        db: &Arc<Database>,
+        on_disk: Arc<AtomicU64>,
+        stored: Arc<Stored>,
+    ) -> Result<(StateMachine, Arc<Shared>), SError> {
+        StateMachine::load(
+            db.clone(),
+            on_disk,
+            SnapshotFiles::in_database(),
+            Arc::default(),
+            stored,
+            Arc::default(),
+        )
+    }
+
+    #[test]
+    fn a_snapshot_holds_every_object_as_of_its_copy_and_is_the_state_a_start_loads() {
+        let db = memory_database();
         let mut state = State::default();
         for n in 0..3 {
             let node = berth_model::Node::new(format!("n{n}"), "127.0.0.1:1", 1024, 1024);
@@ -1477,16 +1498,9 @@ mod tests {
         assert_eq!(on_disk.load(Ordering::Relaxed), 7);
         assert_eq!(stored.object_bytes.load(Ordering::Relaxed), len(&data));
         let (counted, on_disk) = (Arc::new(Stored::of(&db).expect("count")), Arc::default());
-        let (sm, shared) = StateMachine::load(
-            db.clone(),
-            Arc::clone(&on_disk),
-            SnapshotFiles::in_database(),
-            Arc::default(),
-            counted.clone(),
-            Arc::default(),
-        )
-        .map_err(|e| e.to_string())
-        .expect("load");
+        let (sm, shared) = load(&db, Arc::clone(&on_disk), counted.clone())
+            .map_err(|e| e.to_string())
+            .expect("load");
         assert_eq!(*shared.read(), before);
         assert_eq!(sm.last_applied, Some(log_id(7)));
         assert_eq!(on_disk.load(Ordering::Relaxed), 7);
@@ -1512,16 +1526,9 @@ mod tests {
             .insert(SNAPSHOT_DATA, damaged.as_slice())
             .expect("insert");
         txn.commit().expect("commit");
-        let refused = StateMachine::load(
-            db.clone(),
-            Arc::default(),
-            SnapshotFiles::in_database(),
-            Arc::default(),
-            Arc::default(),
-            Arc::default(),
-        )
-        .map(|_| ())
-        .expect_err("a damaged snapshot loaded");
+        let refused = load(&db, Arc::default(), Arc::default())
+            .map(|_| ())
+            .expect_err("a damaged snapshot loaded");
         let refused = format!("{:?}", refused);
         assert!(
             refused.contains("1-7-1") && refused.contains("damaged"),
@@ -1532,12 +1539,7 @@ mod tests {
 
     #[test]
     fn a_start_forgets_the_objects_databases_from_before_kept_beside_the_snapshot() {
-        let db = Arc::new(
-            redb::Builder::new()
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .expect("database"),
-        );
-        init_tables(&db).expect("tables");
+        let db = memory_database();
         let txn = db.begin_write().expect("write");
         {
             let mut objects = txn.open_table(OBJECTS).expect("objects");
@@ -1547,16 +1549,9 @@ mod tests {
             meta.insert(MEMBERSHIP, b"{}".as_slice()).expect("insert");
         }
         txn.commit().expect("commit");
-        let (sm, shared) = StateMachine::load(
-            db.clone(),
-            Arc::default(),
-            SnapshotFiles::in_database(),
-            Arc::default(),
-            Arc::default(),
-            Arc::default(),
-        )
-        .map_err(|e| e.to_string())
-        .expect("load");
+        let (sm, shared) = load(&db, Arc::default(), Arc::default())
+            .map_err(|e| e.to_string())
+            .expect("load");
         // No snapshot: an empty state, and the whole log to apply.
         assert_eq!(*shared.read(), State::default());
         assert_eq!(sm.last_applied, None);
@@ -1573,12 +1568,7 @@ mod tests {
 
     /// `count` blank entries from index 1, as appends store them.
     fn log_of(count: u64) -> Arc<Database> {
-        let db = Arc::new(
-            redb::Builder::new()
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .expect("database"),
-        );
-        init_tables(&db).expect("tables");
+        let db = memory_database();
         let txn = db.begin_write().expect("write");
         {
             let mut table = txn.open_table(LOG).expect("table");
