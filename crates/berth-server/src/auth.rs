@@ -6,7 +6,7 @@
 //! PERMISSION_DENIED with a sentence saying what was missing.
 
 use berth_model::{ApiTokenRecord, Denied, Permission, Timestamp};
-use berth_state::State;
+use berth_state::Credentials;
 use berth_tls::{ApiToken, Identity, Role};
 use tonic::Request;
 
@@ -44,8 +44,9 @@ fn bearer<T>(req: &Request<T>) -> Result<Option<ApiToken>, tonic::Status> {
         .map_err(|e| status::unauthenticated(e.to_string()))
 }
 
-/// Authenticates `req` against the tokens in `state`.
-pub fn authenticate<T>(state: &State, req: &Request<T>) -> Result<Caller, tonic::Status> {
+/// Authenticates `req` against the tokens in `state` (as published: a check never waits for
+/// an entry being applied).
+pub fn authenticate<T>(state: &Credentials, req: &Request<T>) -> Result<Caller, tonic::Status> {
     if let Some(token) = bearer(req)? {
         let hash = berth_tls::hash_secret(&token.secret);
         return match state.api_token(&token.id) {

@@ -308,7 +308,7 @@ impl Metrics {
                         let (parts, _body) = req.into_parts();
                         let probe = tonic::Request::from_http(http::Request::from_parts(parts, ()));
                         if let Err(refused) =
-                            store.read_stale(|s| crate::auth::authenticate(s, &probe))
+                            crate::auth::authenticate(&store.credentials(), &probe)
                         {
                             return (
                                 http::StatusCode::UNAUTHORIZED,

@@ -1,9 +1,11 @@
 //! The replicated state of berth and the deterministic function that applies commands to it.
 //!
 //! Pure: no tokio, openraft, redb or tonic (a test reads this crate's `Cargo.toml` to keep it
-//! so). berth-store wraps [`State`] as openraft's state machine and persists exactly the keys
-//! [`State::apply`] reports changed. Each kind of object has its own module with the rules of
-//! the commands that change it; `apply` only dispatches.
+//! so). berth-store wraps [`State`] as openraft's state machine (in memory; on disk, its
+//! snapshots and the log), records the keys [`State::apply`] reports changed for watchers, and
+//! publishes [`Credentials`] and [`TaskView`] for the reads that must not wait for it. Each
+//! kind of object has its own module with the rules of the commands that change it; `apply`
+//! only dispatches.
 
 mod access;
 mod ca;
@@ -14,6 +16,7 @@ mod metering;
 mod namespaces;
 mod nodes;
 mod objects;
+mod published;
 mod retention;
 mod secrets;
 mod services;
@@ -50,6 +53,7 @@ pub use command::{
 };
 pub use metering::{billable_ms, service_of, Accrual, TaskUsed, UsageClose};
 pub use objects::{Key, Object, ObjectRef, ObjectsCopy};
+pub use published::{Credentials, TaskView};
 pub use services::{initial_desired_count, service_update, ServiceUpdate};
 
 /// A task's ID as the state's map and indexes hold it: one allocation shared by all of them
@@ -82,8 +86,8 @@ pub struct State {
     requests: OrdMap<String, AppliedRequest>,
     /// Request IDs by `seq`, oldest first, to expire them.
     request_order: BTreeMap<u64, String>,
-    /// Clients' API tokens by ID.
-    api_tokens: BTreeMap<String, ApiTokenRecord>,
+    /// Clients' API tokens by ID (persistent, as the tasks: [`Credentials`] shares it).
+    api_tokens: OrdMap<String, ApiTokenRecord>,
     /// Join tokens by ID.
     join_tokens: BTreeMap<String, JoinTokenRecord>,
     /// Agent nodes' usable certificates by node name (a node that joined but has not

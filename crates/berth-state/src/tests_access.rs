@@ -769,3 +769,21 @@ fn commands_name_their_namespace_for_the_audit_log() {
     };
     assert_eq!(cluster_wide.namespace(), None);
 }
+
+#[test]
+fn credentials_hold_the_tokens_of_their_moment() {
+    use AccessRole::*;
+    let mut s = State::default();
+    s.apply(api("t1", Admin, "", None));
+    let created = s.credentials();
+    s.apply(Command::RevokeApiToken {
+        id: "t1".into(),
+        at: 1,
+    });
+    let revoked = s.credentials();
+    assert_eq!(created.api_token("t1").map(|t| t.role), Some(Admin));
+    assert!(
+        revoked.api_token("t1").is_none(),
+        "a revoked token is gone from the next view"
+    );
+}

@@ -540,3 +540,29 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_task_view_keeps_the_state_it_was_taken_from_and_the_next_sees_the_change() {
+    let mut s = state_with_tasks(&["a", "b"], None);
+    stopped(&mut s, "a", 10);
+    let before = s.task_view();
+    s.apply(retire(&["a"], &[], 20));
+    let retired = s.task_view();
+    s.apply(retire(&[], &["a"], 30));
+    let forgotten = s.task_view();
+    // Taken before the retention removed it: the stopped task, nothing removed.
+    let a = before.task("default", "a").expect("still there");
+    assert_eq!(a.last_status, TaskStatus::Stopped);
+    assert!(before.removed_task("default", "a").is_none());
+    // Then removed and remembered, then forgotten; in its namespace only.
+    assert!(retired.task("default", "a").is_none());
+    let gone = retired.removed_task("default", "a").expect("remembered");
+    assert_eq!(gone.removed_at, 20);
+    assert!(retired.removed_task("other", "a").is_none());
+    assert!(forgotten.removed_task("default", "a").is_none());
+    // A task the commands did not touch is in every view, in its namespace only.
+    for view in [&before, &retired, &forgotten] {
+        assert!(view.task("default", "b").is_some());
+        assert!(view.task("other", "b").is_none());
+    }
+}

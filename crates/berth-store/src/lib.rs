@@ -39,7 +39,7 @@ use commit::{group_commit, timed_out, Pending};
 
 pub use berth_model::error_chain;
 use berth_model::{ClusterMember, ClusterStatus, MemberRole};
-use berth_state::{Command, CommandResult, State};
+use berth_state::{Command, CommandResult, Credentials, State, TaskView};
 use error::RemoteError;
 pub use error::{Attempt, MembershipError, NoQuorum, StoreError};
 pub use network::{RaftService, SimulatedPeers};
@@ -945,7 +945,7 @@ impl Store {
         self.shared.facts.read_index(
             self.config.node_id,
             last_applied,
-            || *self.shared.readable.borrow(),
+            || self.shared.readable.borrow().index,
             &self.acks,
             Instant::now(),
             self.config.read_lease().unwrap_or_default(),
@@ -1019,7 +1019,7 @@ impl Store {
     /// still be on their way to watchers).
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), StoreError> {
         let mut applied = self.shared.readable.subscribe();
-        let wait = async move { applied.wait_for(|a| *a >= index).await.map(drop) };
+        let wait = async move { applied.wait_for(|a| a.index >= index).await.map(drop) };
         match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(StoreError::Stopped("the state machine")),
@@ -1043,6 +1043,35 @@ impl Store {
         f: impl FnOnce(&State) -> R,
         queued: bool,
     ) -> Result<R, StoreError> {
+        self.read_barrier().await?;
+        Ok(match queued {
+            true => self.read_stale_queued(f),
+            false => self.read_stale(f),
+        })
+    }
+
+    /// The tasks ([`TaskView`]), linearizable, or as this member has applied so far when
+    /// `stale`, for reads of one task: while such reads come, they never wait for an entry
+    /// being applied (the applier publishes the tasks with every entry); the first after a
+    /// quiet spell may (`storage::Shared::task_view`).
+    pub async fn task_view(&self, stale: bool) -> Result<Arc<TaskView>, StoreError> {
+        if !stale {
+            // The view is at the readable index, which the barrier waits for.
+            self.read_barrier().await?;
+        }
+        Ok(self.shared.task_view())
+    }
+
+    /// The API tokens as this member has applied them so far, for a request's
+    /// authentication: never waits for an entry being applied.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.shared.readable.borrow().credentials.clone()
+    }
+
+    /// Waits until this member's state holds everything committed before the call: the leader
+    /// confirms its leadership with a quorum (read index), this member waits until it has
+    /// applied that far.
+    async fn read_barrier(&self) -> Result<(), StoreError> {
         let deadline = Instant::now() + self.config.write_timeout;
         // Boxed, as a write is ([`Store::write`]): a read index may ask the leader over gRPC.
         let index = Box::pin(self.retry(deadline, || async {
@@ -1056,11 +1085,7 @@ impl Store {
             }
         }))
         .await?;
-        self.wait_applied(index, deadline).await?;
-        Ok(match queued {
-            true => self.read_stale_queued(f),
-            false => self.read_stale(f),
-        })
+        self.wait_applied(index, deadline).await
     }
 
     /// For the leader's controllers: [`Store::read_queued`] the first time in a term, then the

@@ -789,6 +789,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// How long after a read of one task the applier goes on publishing the tasks with every
+/// entry ([`Readable::tasks`]). Each publication costs the entry after it a copy of the
+/// paths to what it changes (`State::task_view`: 3-5% of a placement burst's throughput when
+/// paid on every entry), so it is paid only while such reads come.
+const TASK_VIEWS_FOR: Duration = Duration::from_secs(1);
+
+/// Whether the applier publishes the tasks with an entry at `now_ms`, the last read of one
+/// task asked for them at `asked_ms` (0: never).
+fn task_views_wanted(asked_ms: u64, now_ms: u64) -> bool {
+    asked_ms > 0 && now_ms <= asked_ms + TASK_VIEWS_FOR.as_millis() as u64
+}
+
+/// What readers may see of the applied state ([`Shared::readable`]), for the reads that must
+/// never wait for the applier.
+#[derive(Debug, Clone)]
+pub struct Readable {
+    /// The last applied index a reader may see the state at.
+    pub index: u64,
+    /// The API tokens at `index`: every request's authentication reads them.
+    pub credentials: Arc<berth_state::Credentials>,
+    /// The tasks at `index`, published while reads of one task come ([`TASK_VIEWS_FOR`]),
+    /// or taken by the first such read after a quiet spell ([`Shared::task_view`]).
+    pub tasks: Option<Arc<berth_state::TaskView>>,
+}
+
 /// The in-memory state shared with readers, and a signal bumped after every applied batch.
 pub struct Shared {
     /// parking_lot's lock for two things std's lacks: a short read may pass a writer that
@@ -798,11 +823,14 @@ pub struct Shared {
     /// The last applied index once everything about it is done: its changes recorded for
     /// watchers (whose feed must hold every change up to it) and its nodes woken.
     pub applied: watch::Sender<u64>,
-    /// The last applied index as readers can see its state: bumped entry by entry under the
-    /// applier's write lock (no reader sees a state ahead of it), before the changes are
-    /// recorded for watchers, so that a linearizable read waits for the state and nothing
-    /// else.
-    pub readable: watch::Sender<u64>,
+    /// The last applied index as readers can see its state, with the state published at it:
+    /// moved under the applier's write lock (no reader sees a state ahead of it), before the
+    /// changes are recorded for watchers, so that a linearizable read waits for the state and
+    /// nothing else.
+    pub readable: watch::Sender<Readable>,
+    /// When a reader last asked for the tasks' view, in ms after `epoch` (0: never).
+    task_view_asked: AtomicU64,
+    epoch: Instant,
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
     pub changes: std::sync::Mutex<crate::changes::ChangeLog>,
@@ -841,6 +869,44 @@ impl Shared {
                 None => {}
             }
         }
+    }
+
+    /// Makes `state`, applied up to `index`, readable: its index for readers of the state's
+    /// lock, and what it publishes for the reads that must not wait for that lock. Under the
+    /// applier's write lock. What it replaces is dropped after the channel's own lock (the
+    /// last reference frees what the state no longer shares).
+    fn make_readable(&self, index: u64, state: &State) {
+        let wanted = task_views_wanted(self.task_view_asked.load(Ordering::Relaxed), self.now_ms());
+        let replaced = self.readable.send_replace(Readable {
+            index,
+            credentials: Arc::new(state.credentials()),
+            tasks: wanted.then(|| Arc::new(state.task_view())),
+        });
+        drop(replaced);
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// The tasks as readable now: the view the applier published, or when it published none
+    /// (no such read for a while) one taken under the state's lock, which waits for an entry
+    /// being applied, and kept for the readers after it. From then on the applier publishes
+    /// one with every entry, until such reads stop for [`TASK_VIEWS_FOR`].
+    pub(crate) fn task_view(&self) -> Arc<berth_state::TaskView> {
+        self.task_view_asked.store(self.now_ms(), Ordering::Relaxed);
+        if let Some(view) = self.readable.borrow().tasks.clone() {
+            return view;
+        }
+        let state = self.read();
+        let view = Arc::new(state.task_view());
+        // The lock held, `readable` is at this state's index, and only the applier moves it,
+        // under the write lock. No reader waits for this: none is woken.
+        self.readable.send_if_modified(|r| {
+            r.tasks.get_or_insert_with(|| view.clone());
+            false
+        });
+        view
     }
 
     /// Wakes every node's watchers (a snapshot replaced the whole state).
@@ -1046,11 +1112,18 @@ impl StateMachine {
         facts.applied_membership(membership.membership());
         on_disk.store(last_applied.map_or(0, |l| l.index), Ordering::Release);
         let (applied, _) = watch::channel(last_applied.map_or(0, |l| l.index));
-        let (readable, _) = watch::channel(last_applied.map_or(0, |l| l.index));
+        let state = State::from_objects(objects);
+        let (readable, _) = watch::channel(Readable {
+            index: last_applied.map_or(0, |l| l.index),
+            credentials: Arc::new(state.credentials()),
+            tasks: None,
+        });
         let shared = Arc::new(Shared {
-            state: parking_lot::RwLock::new(State::from_objects(objects)),
+            state: parking_lot::RwLock::new(state),
             applied,
             readable,
+            task_view_asked: AtomicU64::new(0),
+            epoch: Instant::now(),
             committed,
             changes: std::sync::Mutex::new(crate::changes::ChangeLog::new(
                 last_applied.map_or(0, |l| l.index),
@@ -1106,7 +1179,7 @@ impl StateMachine {
             // be (`lease::Facts::read_index`). Then readers waiting go first, between two
             // entries (each one applied whole): a batch of entries of a thousand tasks each
             // would keep them out for its sum.
-            self.shared.readable.send_replace(entry.log_id.index);
+            self.shared.make_readable(entry.log_id.index, &state);
             parking_lot::RwLockWriteGuard::bump(&mut state);
         }
         changed.sort();
@@ -1362,9 +1435,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut current = self.shared.write();
             *current = state;
-            if let Some(applied) = meta.last_log_id {
-                self.shared.readable.send_replace(applied.index);
-            }
+            let applied = match meta.last_log_id {
+                Some(applied) => applied.index,
+                None => self.shared.readable.borrow().index,
+            };
+            self.shared.make_readable(applied, &current);
         }
         *self
             .shared
@@ -1535,6 +1610,79 @@ mod tests {
             "{refused}"
         );
         assert!(refused.contains("--join"), "{refused}");
+    }
+
+    /// A normal entry at `index` carrying `command`.
+    fn entry(index: u64, command: berth_state::Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    #[test]
+    fn the_tasks_are_published_with_every_entry_while_reads_of_one_task_come() {
+        use berth_state::Command;
+        let (mut sm, shared) = load(&memory_database(), Arc::default(), Arc::default())
+            .map_err(|e| e.to_string())
+            .expect("load");
+        let spec = berth_model::TaskDefinitionSpec::new(
+            "web",
+            256,
+            64,
+            vec![berth_model::ContainerDefinition::new("app", "busybox")],
+        );
+        sm.apply_in_memory([entry(
+            1,
+            Command::RegisterTaskDefinition {
+                namespace: "default".into(),
+                spec,
+                reuse_identical: false,
+                at: 1,
+            },
+        )]);
+        let def = shared
+            .read()
+            .task_definition("default", &"web:1".parse().expect("ref"))
+            .cloned()
+            .expect("registered");
+        let create = |id: &str| Command::CreateTasks {
+            tasks: vec![berth_model::Task::pending(id.into(), "default", &def, 2)],
+            client_token: None,
+            at: 2,
+        };
+        let published = |shared: &Shared| shared.readable.borrow().tasks.clone();
+        // No read of one task yet: the tasks are not published (the credentials always are).
+        sm.apply_in_memory([entry(2, create("t1"))]);
+        assert!(published(&shared).is_none());
+        // The first read takes them under the state's lock, at the readable index, and keeps
+        // them for the reads after it.
+        let first = shared.task_view();
+        assert!(first.task("default", "t1").is_some());
+        assert!(published(&shared).is_some_and(|p| Arc::ptr_eq(&p, &first)));
+        // From then on each entry publishes them as it left them.
+        sm.apply_in_memory([entry(3, create("t2")), entry(4, create("t3"))]);
+        let next = published(&shared).expect("published");
+        assert_eq!(shared.readable.borrow().index, 4);
+        assert!(next.task("default", "t3").is_some());
+        assert!(
+            first.task("default", "t2").is_none(),
+            "a view stays as it was"
+        );
+        // Until the reads stop (here: as if none had come).
+        shared.task_view_asked.store(0, Ordering::Relaxed);
+        sm.apply_in_memory([entry(5, create("t4"))]);
+        assert!(published(&shared).is_none());
+        assert!(shared.task_view().task("default", "t4").is_some());
+    }
+
+    #[test]
+    fn the_tasks_are_published_for_a_while_after_a_read_of_one_task() {
+        let window = TASK_VIEWS_FOR.as_millis() as u64;
+        assert!(!task_views_wanted(0, 5), "never asked");
+        assert!(task_views_wanted(7, 7));
+        assert!(task_views_wanted(7, 7 + window));
+        assert!(!task_views_wanted(7, 8 + window));
     }
 
     #[test]

@@ -366,9 +366,7 @@ impl BerthService {
                 &json!({"error": "sign in with a berth token (`berth token create`)"}),
             )));
         }
-        self.store
-            .read_stale(|s| auth::authenticate(s, &probe))
-            .map_err(|s| Box::new(refused(&s)))
+        auth::authenticate(&self.store.credentials(), &probe).map_err(|s| Box::new(refused(&s)))
     }
 
     async fn console_api(&self, path: &str, request: Request) -> Response {

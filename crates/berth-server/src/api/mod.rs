@@ -84,7 +84,7 @@ impl BerthService {
 
     /// Who calls: its bearer token (checked against the replicated tokens) or its certificate.
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        self.store.read_stale(|s| auth::authenticate(s, req))
+        auth::authenticate(&self.store.credentials(), req)
     }
 
     /// Proposes `command` for `caller` and picks the answer out of its result with `expect`; a

@@ -226,15 +226,20 @@ impl BerthService {
     ) -> Answer<pb::Task> {
         let namespace = scoped(caller, req.namespace, Permission::Read)?;
         task_id(&req.task_id)?;
-        let (task, removed) = self
-            .read(req.stale, |s| {
-                (
-                    s.task(&namespace, &req.task_id).cloned(),
-                    s.removed_task(&namespace, &req.task_id).cloned(),
-                )
-            })
-            .await?;
-        let task = task.ok_or_else(|| missing(removed, &namespace, &req.task_id))?;
+        // From the tasks as published: a read while others come never waits for an entry
+        // being applied.
+        let state = self
+            .store
+            .task_view(req.stale)
+            .await
+            .map_err(status::from_store)?;
+        let task = state
+            .task(&namespace, &req.task_id)
+            .cloned()
+            .ok_or_else(|| {
+                let removed = state.removed_task(&namespace, &req.task_id).cloned();
+                missing(removed, &namespace, &req.task_id)
+            })?;
         Ok(Response::new(self.usage.fill(task).into()))
     }
 
