@@ -264,9 +264,9 @@ impl State {
 
     /// A copy of every stored object, cheap to take under the state's lock: the maps that grow
     /// with the work (task definitions, tasks, removed tasks, their usage, requests, client
-    /// tokens, ledger buckets) are persistent maps, shared with `self` until either changes
-    /// them (each change then copies only the path to what it changes); the others are a few
-    /// objects per node, service, token or namespace and copied.
+    /// tokens, ledger buckets) and the API tokens are persistent maps, shared with `self`
+    /// until either changes them (each change then copies only the path to what it changes);
+    /// the others are a few objects per node, service, join token or namespace and copied.
     pub fn objects_copy(&self) -> ObjectsCopy {
         ObjectsCopy(State {
             task_definitions: self.task_definitions.clone(),

@@ -873,16 +873,16 @@ impl Shared {
 
     /// Makes `state`, applied up to `index`, readable: its index for readers of the state's
     /// lock, and what it publishes for the reads that must not wait for that lock. Under the
-    /// applier's write lock. What it replaces is dropped after the channel's own lock (the
-    /// last reference frees what the state no longer shares).
-    fn make_readable(&self, index: u64, state: &State) {
+    /// applier's write lock. Answers what it replaced, for the caller to drop once it let
+    /// the lock go (the last reference frees what the state no longer shares).
+    #[must_use]
+    fn make_readable(&self, index: u64, state: &State) -> Readable {
         let wanted = task_views_wanted(self.task_view_asked.load(Ordering::Relaxed), self.now_ms());
-        let replaced = self.readable.send_replace(Readable {
+        self.readable.send_replace(Readable {
             index,
             credentials: Arc::new(state.credentials()),
             tasks: wanted.then(|| Arc::new(state.task_view())),
-        });
-        drop(replaced);
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -894,7 +894,8 @@ impl Shared {
     /// being applied, and kept for the readers after it. From then on the applier publishes
     /// one with every entry, until such reads stop for [`TASK_VIEWS_FOR`].
     pub(crate) fn task_view(&self) -> Arc<berth_state::TaskView> {
-        self.task_view_asked.store(self.now_ms(), Ordering::Relaxed);
+        self.task_view_asked
+            .fetch_max(self.now_ms(), Ordering::Relaxed);
         if let Some(view) = self.readable.borrow().tasks.clone() {
             return view;
         }
@@ -1158,6 +1159,7 @@ impl StateMachine {
         let mut results = Vec::new();
         let mut changed = Vec::new();
         let shared = self.shared.clone();
+        let mut replaced = Vec::new();
         let mut state = shared.write();
         for entry in entries {
             self.last_applied = Some(entry.log_id);
@@ -1179,7 +1181,7 @@ impl StateMachine {
             // be (`lease::Facts::read_index`). Then readers waiting go first, between two
             // entries (each one applied whole): a batch of entries of a thousand tasks each
             // would keep them out for its sum.
-            self.shared.make_readable(entry.log_id.index, &state);
+            replaced.push(self.shared.make_readable(entry.log_id.index, &state));
             parking_lot::RwLockWriteGuard::bump(&mut state);
         }
         changed.sort();
@@ -1200,6 +1202,8 @@ impl StateMachine {
         if let Some(applied) = self.last_applied {
             self.shared.applied.send_replace(applied.index);
         }
+        drop(state);
+        drop(replaced);
         results
     }
 
@@ -1432,15 +1436,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .facts
             .applied_membership(self.membership.membership());
-        {
+        let replaced = {
             let mut current = self.shared.write();
             *current = state;
+            // openraft installs no snapshot without a last log id: one would keep the index.
             let applied = match meta.last_log_id {
                 Some(applied) => applied.index,
                 None => self.shared.readable.borrow().index,
             };
-            self.shared.make_readable(applied, &current);
-        }
+            self.shared.make_readable(applied, &current)
+        };
+        drop(replaced);
         *self
             .shared
             .listing
@@ -1547,6 +1553,17 @@ mod tests {
             let node = berth_model::Node::new(format!("n{n}"), "127.0.0.1:1", 1024, 1024);
             state.apply(berth_state::Command::RegisterNode { node, at: n });
         }
+        state.apply(berth_state::Command::CreateApiToken {
+            record: berth_model::ApiTokenRecord::new(
+                "t1",
+                "0".repeat(64),
+                "",
+                berth_model::AccessRole::Admin,
+                1,
+                None,
+            ),
+            at: 1,
+        });
         let copy = state.objects_copy();
         // A change after the copy is not in its snapshot.
         let before = state.clone();
@@ -1555,7 +1572,7 @@ mod tests {
         let data = snapshot_of(&copy).expect("snapshot");
         assert_eq!(data[0], DEFLATED);
         let read: SnapshotData = decode_compressed(&data).expect("decode");
-        assert_eq!(read.objects.len(), 3);
+        assert_eq!(read.objects.len(), 4);
         assert_eq!(State::from_objects(read.objects), before);
 
         // Saved, it is what a start loads, at its applied index and membership, counted by
@@ -1577,6 +1594,10 @@ mod tests {
             .map_err(|e| e.to_string())
             .expect("load");
         assert_eq!(*shared.read(), before);
+        // Readable at once, with what it publishes.
+        let readable = shared.readable.borrow().clone();
+        assert_eq!(readable.index, 7);
+        assert!(readable.credentials.api_token("t1").is_some());
         assert_eq!(sm.last_applied, Some(log_id(7)));
         assert_eq!(on_disk.load(Ordering::Relaxed), 7);
         assert_eq!(counted.object_bytes.load(Ordering::Relaxed), len(&data));
@@ -1660,7 +1681,11 @@ mod tests {
         let first = shared.task_view();
         assert!(first.task("default", "t1").is_some());
         assert!(published(&shared).is_some_and(|p| Arc::ptr_eq(&p, &first)));
-        // From then on each entry publishes them as it left them.
+        // From then on each entry publishes them as it left them (the read as if it came
+        // now, whatever the time the test took).
+        shared
+            .task_view_asked
+            .store(u64::MAX / 2, Ordering::Relaxed);
         sm.apply_in_memory([entry(3, create("t2")), entry(4, create("t3"))]);
         let next = published(&shared).expect("published");
         assert_eq!(shared.readable.borrow().index, 4);

@@ -337,8 +337,8 @@ impl BerthService {
             let Caller::Token(t) = &caller else {
                 return false;
             };
-            let current = store.read_stale(|s| s.api_token(&t.id).cloned());
-            current.is_some_and(|now| {
+            let current = store.credentials();
+            current.api_token(&t.id).is_some_and(|now| {
                 now.secret_hash == t.secret_hash
                     && now
                         .allows(Permission::Read, namespace.as_deref(), now_ms())

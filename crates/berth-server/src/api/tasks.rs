@@ -228,16 +228,16 @@ impl BerthService {
         task_id(&req.task_id)?;
         // From the tasks as published: a read while others come never waits for an entry
         // being applied.
-        let state = self
+        let tasks = self
             .store
             .task_view(req.stale)
             .await
             .map_err(status::from_store)?;
-        let task = state
+        let task = tasks
             .task(&namespace, &req.task_id)
             .cloned()
             .ok_or_else(|| {
-                let removed = state.removed_task(&namespace, &req.task_id).cloned();
+                let removed = tasks.removed_task(&namespace, &req.task_id).cloned();
                 missing(removed, &namespace, &req.task_id)
             })?;
         Ok(Response::new(self.usage.fill(task).into()))

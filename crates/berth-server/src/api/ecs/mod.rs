@@ -142,7 +142,9 @@ impl BerthService {
         let id = berth_model::token_id_of_access_key(&auth.access_key_id).ok_or_else(unknown)?;
         let record = self
             .store
-            .read_stale(|s| s.api_token(&id).cloned())
+            .credentials()
+            .api_token(&id)
+            .cloned()
             .ok_or_else(unknown)?;
         let secret = match self.secrets.open_token(&record) {
             Ok(Some(secret)) => secret,
