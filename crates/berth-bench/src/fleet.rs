@@ -204,8 +204,9 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
     const TASKS: u32 = 10_000;
     // 16 CPU units: a hollow node offers 1,024 per CPU of this machine (2,048), so 100 nodes
     // hold the 10,000 tasks.
-    let (_dir, _server, _agents, addr, mut client) =
+    let (_dir, server, _agents, addr, mut client) =
         lone_server("berth-read", NODES, spec("read", 16, 64)).await?;
+    let term = term_of(&server).await?;
     let first = submit(&mut client, "read", 1).await?;
     let id = first
         .at
@@ -228,6 +229,8 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
     record_percentiles(results, "read.burst_", &mut burst);
     results.insert("read.burst_reads".into(), burst.len() as f64);
     results.insert("read.failed_writes".into(), submitted.failed as f64);
+    let elections = term_of(&server).await?.saturating_sub(term);
+    results.insert("read.elections".into(), elections as f64);
     Ok(())
 }
 
@@ -240,8 +243,9 @@ pub(crate) async fn console(results: &mut Results) -> anyhow::Result<()> {
     const TASKS: u32 = 10_000;
     let python = std::env::var("BERTH_PYTHON")
         .context("BERTH_PYTHON is not set: `make bench` sets it (a Python with selenium)")?;
-    let (dir, _server, _agents, addr, mut client) =
+    let (dir, server, _agents, addr, mut client) =
         lone_server("berth-console", NODES, spec("console", 16, 64)).await?;
+    let term = term_of(&server).await?;
     let submitted = submit(&mut client, "console", TASKS).await?;
     wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
     let (ca, token) = berth_tests::read_credentials(&dir.path().join("s1/admin.toml"))?;
@@ -283,6 +287,8 @@ pub(crate) async fn console(results: &mut Results) -> anyhow::Result<()> {
     results.insert("console.load_p50_ms".into(), loads[loads.len() / 2]);
     results.insert("console.load_max_ms".into(), loads[loads.len() - 1]);
     results.insert("console.failed_writes".into(), submitted.failed as f64);
+    let elections = term_of(&server).await?.saturating_sub(term);
+    results.insert("console.elections".into(), elections as f64);
     Ok(())
 }
 
@@ -457,6 +463,15 @@ async fn lone_server(
         })
         .await?;
     Ok((dir, server, agents, addr, client))
+}
+
+/// The Raft term `server` reports (each election takes a new one).
+async fn term_of(server: &ServerProc) -> anyhow::Result<u64> {
+    let status = server.status().await?;
+    status["term"]
+        .as_u64()
+        .filter(|t| *t > 0)
+        .with_context(|| format!("the server reports no Raft term: {status}"))
 }
 
 /// Milliseconds from `since` until the server at `addr` (starting up) reports `tasks` tasks
