@@ -44,12 +44,12 @@ fn bearer<T>(req: &Request<T>) -> Result<Option<ApiToken>, tonic::Status> {
         .map_err(|e| status::unauthenticated(e.to_string()))
 }
 
-/// Authenticates `req` against the tokens in `state` (as published: a check never waits for
-/// an entry being applied).
-pub fn authenticate<T>(state: &Credentials, req: &Request<T>) -> Result<Caller, tonic::Status> {
+/// Authenticates `req` against the replicated `tokens` (as published: a check never waits
+/// for an entry being applied).
+pub fn authenticate<T>(tokens: &Credentials, req: &Request<T>) -> Result<Caller, tonic::Status> {
     if let Some(token) = bearer(req)? {
         let hash = berth_tls::hash_secret(&token.secret);
-        return match state.api_token(&token.id) {
+        return match tokens.api_token(&token.id) {
             Some(record) if record.secret_matches(&hash) => Ok(Caller::Token(record.clone())),
             _ => Err(status::unauthenticated(format!(
                 "token {} is not known (revoked, or from another cluster)",

@@ -58,6 +58,12 @@ async fn reopen(dir: &std::path::Path) -> Store {
     store
 }
 
+/// Bootstraps the new member `store` as a cluster of its own and waits until it leads.
+async fn bootstrap(store: &Store) {
+    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
+    wait_leader(store).await;
+}
+
 async fn wait_leader(store: &Store) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut leader = store.leadership();
@@ -73,8 +79,7 @@ async fn state_survives_restart() {
     let stored;
     {
         let store = open(dir.path()).await;
-        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-        wait_leader(&store).await;
+        bootstrap(&store).await;
         for _ in 0..3 {
             let r = register_web(&store, false, 7).await;
             assert!(matches!(
@@ -173,8 +178,7 @@ async fn the_published_credentials_hold_every_acknowledged_write_and_what_a_star
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path()).await;
-        store.bootstrap_if_new().await.expect("bootstrap");
-        wait_leader(&store).await;
+        bootstrap(&store).await;
         let known = |store: &Store, id: &str| store.credentials().api_token(id).is_some();
         assert!(!known(&store, "t1"));
         token(&store, "t1", false).await;
@@ -240,8 +244,7 @@ async fn snapshots_are_files_beside_the_database_and_replace_each_other() {
     let (first, second);
     {
         let store = open(dir.path()).await;
-        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-        wait_leader(&store).await;
+        bootstrap(&store).await;
         register_web(&store, false, 7).await;
         store.raft().trigger().snapshot().await.expect("snapshot");
         first = new_snapshot(dir.path(), None).await;
@@ -281,8 +284,7 @@ async fn a_snapshot_is_built_after_enough_bytes_of_log() {
     config.snapshot_every = 1_000_000;
     config.snapshot_log_bytes = 2048;
     let store = Store::open(config).await.expect("open store");
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
+    bootstrap(&store).await;
     assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
     // A revision is a few hundred bytes of log, compressed.
     let mut written = 0;
@@ -304,8 +306,7 @@ async fn concurrent_writes_are_committed_together_and_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path()).await;
-        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-        wait_leader(&store).await;
+        bootstrap(&store).await;
         let before = store.cluster_status().commit_index;
         let mut writes = tokio::task::JoinSet::new();
         for _ in 0..64 {
@@ -341,8 +342,7 @@ async fn a_reopened_member_applies_its_log_up_to_the_commit_index_it_wrote() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path()).await;
-        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-        wait_leader(&store).await;
+        bootstrap(&store).await;
         for at in 0..4 {
             register_web(&store, false, at).await;
         }
@@ -359,8 +359,7 @@ async fn a_lone_member_keeps_no_applied_entry_in_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path()).await;
-        assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-        wait_leader(&store).await;
+        bootstrap(&store).await;
         for at in 0..20 {
             register_web(&store, false, at).await;
         }
@@ -392,8 +391,7 @@ fn listed(objects: &berth_state::ObjectsCopy) -> usize {
 async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path()).await;
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
+    bootstrap(&store).await;
     register_web(&store, false, 1).await;
     let (first_rev, first) = store.listing();
     let (again_rev, again) = store.listing();
@@ -429,8 +427,7 @@ async fn watchers_starting_together_share_one_listing_until_it_is_too_old() {
 async fn a_leaders_controller_reads_see_every_acknowledged_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path()).await;
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
+    bootstrap(&store).await;
     let revisions = |s: &berth_state::State| s.task_definitions("default").count();
     // The first read of the term is linearizable; later ones read the leader's own state
     // once it applied what it knows committed: each must see the write acknowledged before.
@@ -449,8 +446,7 @@ async fn a_leaders_controller_reads_see_every_acknowledged_write() {
 async fn raft_runs_on_threads_of_its_own() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path()).await;
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
+    bootstrap(&store).await;
     let (thread, nice) = store
         .raft()
         .with_raft_state(|_| {
@@ -496,8 +492,7 @@ async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy()
     // No time at all: the write is proposed, and its answer cannot be there yet.
     config.write_timeout = Duration::ZERO;
     let store = Store::open(config).await.expect("open store");
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
+    bootstrap(&store).await;
     let e = store
         .propose(Command::RegisterTaskDefinition {
             namespace: "default".into(),
@@ -534,8 +529,7 @@ async fn adding_a_server_that_never_catches_up_fails_once_it_stalls_and_leaves_a
     config.write_timeout = Duration::from_millis(100);
     config.install_snapshot_timeout = Duration::from_millis(500);
     let store = Store::open(config).await.expect("open store");
-    assert!(store.bootstrap_if_new().await.expect("bootstrap"));
-    wait_leader(&store).await;
+    bootstrap(&store).await;
     // A port nothing listens on: bound, then closed.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
