@@ -64,21 +64,9 @@ impl Cluster {
         berth_tests::api(&addr).await
     }
 
-    /// The highest Raft term a server reports.
-    pub(crate) async fn term(&self) -> anyhow::Result<u64> {
-        let mut term = 0;
-        for s in &self.servers {
-            if let Ok(status) = s.status().await {
-                term = term.max(status["term"].as_u64().unwrap_or(0));
-            }
-        }
-        anyhow::ensure!(term > 0, "no server reports a Raft term");
-        Ok(term)
-    }
-
-    /// The elections since the cluster was at Raft term `term` (each election takes a new term).
-    pub(crate) async fn elections_since(&self, term: u64) -> anyhow::Result<f64> {
-        Ok(self.term().await?.saturating_sub(term) as f64)
+    /// What to watch the servers for through a scenario.
+    pub(crate) async fn watch(&self) -> anyhow::Result<Watched> {
+        Watched::begin(&self.servers.iter().collect::<Vec<_>>()).await
     }
 
     /// The current leader's address.
@@ -92,6 +80,69 @@ impl Cluster {
             .context("leader is one of ours")?
             .addr
             .to_string())
+    }
+}
+
+/// What a scenario's servers went through while it ran, beside what it measured: elections
+/// (each takes a new Raft term) and writes that failed to commit, counted by the servers
+/// (`berth_raft_failed_writes_total`: the agents' reports and the controllers' writes too,
+/// not only the scenario's own requests). Neither is to happen outside the failover
+/// scenario.
+pub(crate) struct Watched {
+    addrs: Vec<String>,
+    term: u64,
+    failed: u64,
+}
+
+const TERM: &str = "berth_raft_term";
+const FAILED_WRITES: &str = "berth_raft_failed_writes_total";
+
+impl Watched {
+    /// From now on, on `servers`.
+    pub(crate) async fn begin(servers: &[&ServerProc]) -> anyhow::Result<Self> {
+        let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
+        let (term, failed) = Self::now(&addrs).await?;
+        Ok(Self {
+            addrs,
+            term,
+            failed,
+        })
+    }
+
+    /// The highest term any of `addrs` is in, and the failed writes they counted altogether.
+    async fn now(addrs: &[String]) -> anyhow::Result<(u64, u64)> {
+        let (mut term, mut failed) = (0, 0);
+        for addr in addrs {
+            let seen = crate::api::metrics(addr, &[TERM, FAILED_WRITES]).await;
+            let (Some(t), Some(f)) = (seen[0], seen[1]) else {
+                anyhow::bail!("the server at {addr} shows no {TERM} and {FAILED_WRITES}");
+            };
+            term = term.max(t);
+            failed += f;
+        }
+        Ok((term, failed))
+    }
+
+    /// Records `{prefix}.elections`, `{prefix}.server_failed_writes` (what the servers counted
+    /// since [`Watched::begin`]) and `{prefix}.failed_writes` (the scenario's own writes that
+    /// failed, `client_failed`, as its clients saw them).
+    pub(crate) async fn record(
+        &self,
+        results: &mut crate::results::Results,
+        prefix: &str,
+        client_failed: usize,
+    ) -> anyhow::Result<()> {
+        let (term, failed) = Self::now(&self.addrs).await?;
+        results.insert(
+            format!("{prefix}.elections"),
+            term.saturating_sub(self.term) as f64,
+        );
+        results.insert(
+            format!("{prefix}.server_failed_writes"),
+            failed.saturating_sub(self.failed) as f64,
+        );
+        results.insert(format!("{prefix}.failed_writes"), client_failed as f64);
+        Ok(())
     }
 }
 

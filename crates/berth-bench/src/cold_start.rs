@@ -19,6 +19,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// `TRIALS` times: the service is scaled to zero by hand (its task stops; the ingress has no
 /// backend left), then one request is sent and timed to the first byte of its answer, which
 /// must be a 200 marked as a cold start; then `WARM_PER_TRIAL` requests to the awake service.
+/// The elections and failed writes meanwhile (the autoscaler's wakes, the agent's reports)
+/// too.
 pub(crate) async fn cold_start(results: &mut Results) -> anyhow::Result<()> {
     let env = Env::start().await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
@@ -34,6 +36,7 @@ pub(crate) async fn cold_start(results: &mut Results) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("see {}", ingress.log.display()))?;
+    let watched = crate::cluster::Watched::begin(&[&server]).await?;
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     let mut unmarked = 0;
     for trial in 0..TRIALS {
@@ -55,6 +58,8 @@ pub(crate) async fn cold_start(results: &mut Results) -> anyhow::Result<()> {
     results.insert("cold_start.trials".into(), cold.len() as f64);
     record_percentiles(results, "cold_start.cold_", &mut cold);
     record_percentiles(results, "cold_start.warm_", &mut warm);
+    // A failed scale ends the scenario: none failed when it gets here.
+    watched.record(results, "cold_start", 0).await?;
     anyhow::ensure!(
         unmarked == 0,
         "{unmarked} of {TRIALS} requests were not held as cold starts"

@@ -12,7 +12,7 @@ use berth_tests::{poll, ServerProc};
 use crate::api::{
     big_client, epoch_ms, spec, submit, wait_metric, wait_nodes, wait_running, RUNNING,
 };
-use crate::cluster::{rss_mib, scratch, Cluster, Hollow};
+use crate::cluster::{rss_mib, scratch, Cluster, Hollow, Watched};
 use crate::results::{record_percentiles, Results};
 
 /// The node TTL the node-loss scenario runs its servers with (the default is 10 s).
@@ -27,7 +27,7 @@ pub(crate) async fn placement(
     tasks: u32,
 ) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    let term = cluster.term().await?;
+    let watched = cluster.watch().await?;
     let _agents = Hollow::spawn(&cluster.addresses(), "hollow", nodes).await?;
     let leader = cluster.leader_addr().await?;
     wait_nodes(&leader, u64::from(nodes)).await?;
@@ -69,12 +69,7 @@ pub(crate) async fn placement(
     record_percentiles(results, &format!("{prefix}."), &mut latencies);
     results.insert(format!("{prefix}.nodes"), f64::from(nodes));
     results.insert(format!("{prefix}.tasks"), f64::from(tasks));
-    results.insert(
-        format!("{prefix}.elections"),
-        cluster.elections_since(term).await?,
-    );
-    results.insert(format!("{prefix}.failed_writes"), submitted.failed as f64);
-    Ok(())
+    watched.record(results, prefix, submitted.failed).await
 }
 
 /// Prints (stderr) how many of `tasks` were created, placed and seen running in each 100 ms
@@ -107,7 +102,7 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
     const NODES: u32 = 100;
     const TASKS: u32 = 200;
     let cluster = Cluster::start_with(&["--node-ttl", NODE_LOSS_TTL]).await?;
-    let term = cluster.term().await?;
+    let watched = cluster.watch().await?;
     let servers = cluster.addresses();
     // The nodes killed: one agent per process, each its own.
     let mut victims = Vec::new();
@@ -189,11 +184,8 @@ pub(crate) async fn node_loss(results: &mut Results, trials: u32) -> anyhow::Res
     }
     record_percentiles(results, "node_loss.", &mut gaps);
     results.insert("node_loss.trials".into(), gaps.len() as f64);
-    results.insert(
-        "node_loss.elections".into(),
-        cluster.elections_since(term).await?,
-    );
-    Ok(())
+    // A failed RunTask ends the scenario: none failed when it gets here.
+    watched.record(results, "node_loss", 0).await
 }
 
 /// Reads during a burst: one server with 100 hollow nodes; a single task read (`DescribeTask`,
@@ -206,7 +198,7 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
     // hold the 10,000 tasks.
     let (_dir, server, _agents, addr, mut client) =
         lone_server("berth-read", NODES, spec("read", 16, 64)).await?;
-    let term = term_of(&server).await?;
+    let watched = Watched::begin(&[&server]).await?;
     let first = submit(&mut client, "read", 1).await?;
     let id = first
         .at
@@ -228,10 +220,9 @@ pub(crate) async fn read(results: &mut Results) -> anyhow::Result<()> {
     record_percentiles(results, "read.settled_", &mut settled);
     record_percentiles(results, "read.burst_", &mut burst);
     results.insert("read.burst_reads".into(), burst.len() as f64);
-    results.insert("read.failed_writes".into(), submitted.failed as f64);
-    let elections = term_of(&server).await?.saturating_sub(term);
-    results.insert("read.elections".into(), elections as f64);
-    Ok(())
+    watched
+        .record(results, "read", first.failed + submitted.failed)
+        .await
 }
 
 /// The web console with 10,000 tasks in the cluster: one server, 100 hollow nodes; the time
@@ -245,7 +236,7 @@ pub(crate) async fn console(results: &mut Results) -> anyhow::Result<()> {
         .context("BERTH_PYTHON is not set: `make bench` sets it (a Python with selenium)")?;
     let (dir, server, _agents, addr, mut client) =
         lone_server("berth-console", NODES, spec("console", 16, 64)).await?;
-    let term = term_of(&server).await?;
+    let watched = Watched::begin(&[&server]).await?;
     let submitted = submit(&mut client, "console", TASKS).await?;
     wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
     let (ca, token) = berth_tests::read_credentials(&dir.path().join("s1/admin.toml"))?;
@@ -286,10 +277,7 @@ pub(crate) async fn console(results: &mut Results) -> anyhow::Result<()> {
     results.insert("console.tasks".into(), f64::from(TASKS));
     results.insert("console.load_p50_ms".into(), loads[loads.len() / 2]);
     results.insert("console.load_max_ms".into(), loads[loads.len() - 1]);
-    results.insert("console.failed_writes".into(), submitted.failed as f64);
-    let elections = term_of(&server).await?.saturating_sub(term);
-    results.insert("console.elections".into(), elections as f64);
-    Ok(())
+    watched.record(results, "console", submitted.failed).await
 }
 
 /// [`reads`] on a thread and a runtime of their own, over a connection of their own: what a
@@ -354,9 +342,14 @@ pub(crate) async fn footprint(results: &mut Results) -> anyhow::Result<()> {
     let pid = server.pid().context("server pid")?;
     // Before any task: what the nodes and their agents' connections cost.
     results.insert("footprint.rss_nodes_only_mib".into(), rss_mib(pid)?);
-    submit(&mut client, "held", TASKS).await?;
+    let watched = Watched::begin(&[&server]).await?;
+    let submitted = submit(&mut client, "held", TASKS).await?;
     wait_running(&addr, u64::from(TASKS), Duration::from_secs(900)).await?;
     results.insert("footprint.rss_mib".into(), rss_mib(pid)?);
+    // Until the server is killed below.
+    watched
+        .record(results, "footprint", submitted.failed)
+        .await?;
 
     let backup = dir.path().join("backup.json");
     let mut chunks = client
@@ -463,15 +456,6 @@ async fn lone_server(
         })
         .await?;
     Ok((dir, server, agents, addr, client))
-}
-
-/// The Raft term `server` reports (each election takes a new one).
-async fn term_of(server: &ServerProc) -> anyhow::Result<u64> {
-    let status = server.status().await?;
-    status["term"]
-        .as_u64()
-        .filter(|t| *t > 0)
-        .with_context(|| format!("the server reports no Raft term: {status}"))
 }
 
 /// Milliseconds from `since` until the server at `addr` (starting up) reports `tasks` tasks

@@ -38,7 +38,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Requests per second, latencies and errors through berth's ingress and through nginx, both
 /// proxying to the same two tasks, and sent to the tasks directly: first closed loops (as fast
 /// as each target answers), then loads paced at one rate for all three, for the latency each
-/// proxy adds over the direct path.
+/// proxy adds over the direct path; and the elections and failed writes meanwhile.
 pub(crate) async fn ingress(results: &mut Results) -> anyhow::Result<()> {
     let env = Env::start().await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
@@ -49,6 +49,7 @@ pub(crate) async fn ingress(results: &mut Results) -> anyhow::Result<()> {
     let backends = backends(&addr).await?;
     eprintln!("tasks at {backends:?}, ingress at {}", ingress.addr);
     routed(&ingress, &backends).await?;
+    let watched = crate::cluster::Watched::begin(&[&server]).await?;
     // Without nginx the floor and berth are still measured; the scenario fails at the end.
     let nginx_dir = scratch().prefix("berth-nginx").tempdir_in("/tmp")?;
     let nginx = Nginx::start(nginx_dir.path(), &backends).await;
@@ -93,6 +94,9 @@ pub(crate) async fn ingress(results: &mut Results) -> anyhow::Result<()> {
     ) {
         results.insert("ingress.berth_vs_nginx_rps".into(), berth / nginx);
     }
+    // The load writes nothing itself; what the server wrote meanwhile (the agent's reports,
+    // the controllers' writes) it counted.
+    watched.record(results, "ingress", 0).await?;
     nginx.map(drop).context("start nginx for the comparison")?;
     anyhow::ensure!(
         silent.is_empty(),

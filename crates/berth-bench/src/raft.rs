@@ -32,7 +32,7 @@ pub(crate) fn write_request(family: &str) -> pb::RegisterTaskDefinitionRequest {
 pub(crate) async fn raft(results: &mut Results) -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let client = cluster.leader().await?;
-    let term = cluster.term().await?;
+    let watched = cluster.watch().await?;
     let mut failed = 0;
     for (clients, key) in CLIENTS {
         let client = client.clone();
@@ -47,12 +47,7 @@ pub(crate) async fn raft(results: &mut Results) -> anyhow::Result<()> {
         .await;
         failed += load.record(results, &format!("raft.{key}_"));
     }
-    results.insert(
-        "raft.elections".into(),
-        cluster.elections_since(term).await?,
-    );
-    results.insert("raft.failed_writes".into(), failed as f64);
-    Ok(())
+    watched.record(results, "raft", failed).await
 }
 
 /// What `clients` concurrent writers did in [`RUN_FOR`].

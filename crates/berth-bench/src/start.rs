@@ -59,7 +59,7 @@ fn epoch_ms() -> f64 {
 /// Start latency on real containerd: 100 tasks started one after another on one agent with the
 /// image already pulled, submit to RUNNING as the API reports it, and each step's share from
 /// the task's events; beside it the floor, the same image started 100 times by `ctr run -d`
-/// against the same containerd.
+/// against the same containerd; and the elections and failed writes meanwhile.
 pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     const RUNS: usize = 100;
     let env = Env::start().await?;
@@ -120,6 +120,7 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
             }
         }
     };
+    let watched = crate::cluster::Watched::begin(&[&server]).await?;
     // The first task pulls the image; it is not counted.
     run_one().await?;
     let mut berth = Vec::new();
@@ -160,6 +161,8 @@ pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     }
     let floor_p50 = record_percentiles(results, "start.floor_", &mut floor);
     results.insert("start.ratio_p50".into(), p50 / floor_p50);
+    // A failed RunTask ends the scenario: none failed when it gets here.
+    watched.record(results, "start", 0).await?;
     drop(agent);
     Ok(())
 }

@@ -51,6 +51,7 @@ struct Inner {
     raft_applied: Gauge,
     raft_apply_lag: Gauge,
     raft_leader: Gauge,
+    raft_failed_writes: Counter,
     tasks: Family<StateLabel, Gauge>,
     nodes: Family<StateLabel, Gauge>,
     objects: Family<KindLabel, Gauge>,
@@ -107,6 +108,12 @@ impl Default for Metrics {
                 "raft_is_leader",
                 "1 when this server leads",
                 Gauge::default(),
+            ),
+            raft_failed_writes: registered(
+                r,
+                "raft_failed_writes",
+                "Writes begun on this server (API requests, agents' reports, controllers) that failed to commit: no leader, no quorum in time, leadership lost",
+                Counter::default(),
             ),
             tasks: registered(r, "tasks", "Tasks by last status", Family::default()),
             nodes: registered(r, "nodes", "Nodes by status", Family::default()),
@@ -227,6 +234,10 @@ impl Metrics {
         ));
         i.raft_leader
             .set(i64::from(status.leader == Some(status.id)));
+        // Counted by the store; only this sets it.
+        i.raft_failed_writes
+            .inner()
+            .store(store.failed_writes(), std::sync::atomic::Ordering::Relaxed);
         let stored = store.stored();
         i.store_log_entries.set(as_i64(stored.log_entries));
         i.store_log_bytes.set(as_i64(stored.log_bytes));

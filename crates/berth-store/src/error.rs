@@ -79,6 +79,12 @@ impl StoreError {
         }
     }
 
+    /// Whether the write was refused for what it asked (a membership change the cluster
+    /// cannot make), rather than failing to commit.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, StoreError::Membership(_))
+    }
+
     /// The same error again, for each of the writers a failed batch answers.
     pub(crate) fn duplicate(&self) -> Self {
         match self {

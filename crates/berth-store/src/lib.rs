@@ -178,6 +178,8 @@ pub struct Store {
     runtime: Option<Arc<runtime::RaftRuntime>>,
     /// The log's newest entries, decoded.
     tail: Arc<tail::Tail>,
+    /// Writes begun on this member that failed to commit ([`Store::failed_writes`]).
+    failed_writes: Arc<AtomicU64>,
 }
 
 /// What [`Store::stored`] answers.
@@ -404,6 +406,7 @@ impl Store {
             leadership,
             read_floor: Arc::default(),
             confirmed_term: Arc::default(),
+            failed_writes: Arc::default(),
             acks,
             heard,
             runtime: None,
@@ -554,7 +557,19 @@ impl Store {
     /// over gRPC, openraft's client write), and a long-lived task that may write (an agent's
     /// stream: 5,000 of them on a leader) would hold that much inline all its life.
     async fn write(&self, write: Write, timeout: Duration) -> Result<CommandResult, StoreError> {
-        Box::pin(self.write_inline(write, timeout)).await
+        let written = Box::pin(self.write_inline(write, timeout)).await;
+        if written.as_ref().is_err_and(|e| !e.is_refusal()) {
+            self.failed_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// The writes begun on this member since it started (by API requests, agents' reports,
+    /// controllers; forwarded to the leader or not) that failed to commit within their
+    /// timeout: no leader, no quorum, leadership lost, the store stopped. A membership change
+    /// refused for what it asked is not one.
+    pub fn failed_writes(&self) -> u64 {
+        self.failed_writes.load(Ordering::Relaxed)
     }
 
     async fn write_inline(

@@ -484,7 +484,8 @@ async fn raft_runs_on_threads_of_its_own() {
 }
 
 /// A write that runs out of time on a leader nobody is cut off from (here the only voter)
-/// says the servers are too busy, not that a majority is unreachable.
+/// says the servers are too busy, not that a majority is unreachable, and is counted as
+/// failed.
 #[tokio::test]
 async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -515,6 +516,8 @@ async fn a_write_out_of_time_on_a_reachable_majority_says_the_servers_are_busy()
     let text = e.to_string();
     assert!(text.contains("too busy"), "{text}");
     assert!(!text.contains("reachable"), "{text}");
+    // Counted as a write that failed (what `berth_raft_failed_writes_total` shows).
+    assert_eq!(store.failed_writes(), 1);
     store.shutdown().await;
 }
 
@@ -563,6 +566,8 @@ async fn adding_a_server_that_never_catches_up_fails_once_it_stalls_and_leaves_a
     let status = store.cluster_status();
     let learner = status.members.iter().find(|m| m.id == 2).expect("member 2");
     assert_eq!(learner.role, berth_model::MemberRole::Learner);
+    // Refused for what it asked, not a write that failed to commit.
+    assert_eq!(store.failed_writes(), 0);
     store.remove_member(2).await.expect("remove the learner");
     assert!(store.cluster_status().members.iter().all(|m| m.id != 2));
     store.shutdown().await;
