@@ -11,11 +11,12 @@ use berth_state::{Command, Placement, State, Unplaced};
 
 /// Tasks placed per round at most: a round runs under the state's read lock, which Raft's
 /// apply waits for; more pending tasks than this take several rounds back to back. Each round
-/// is one `PlaceTasks` entry, and every read of the state waits while an entry applies: at
-/// 2,000 a one-task read in a burst waited up to 58 ms for one such apply (p99 27-35 ms), at
-/// 500 its p99 was 15-18 ms, and the 1,000-node placement was no slower (BENCHMARKS.md,
-/// round two, session 28).
-pub const MAX_PER_ROUND: usize = 500;
+/// is one `PlaceTasks` entry. It was 500 while every read of the state waited for an entry's
+/// apply (at 2,000 a one-task read in a burst then waited up to 58 ms); reads of one task go
+/// to the published state now, and at 2,000 the 1,000-node placement ran at 9,400-9,900
+/// tasks/s against 8,000-8,500 (its p99 400-550 ms against 680-830), the 10,000-node one at
+/// 3,215, with reads in a burst no slower (BENCHMARKS.md, round two, session 34).
+pub const MAX_PER_ROUND: usize = 2_000;
 
 /// Where each placement group runs, from the state's counts (no task is looked at).
 struct Placed<'a>(&'a State);
