@@ -119,7 +119,7 @@ pub fn plan(desired: &[DesiredEntry], local: &LocalView) -> Vec<Action> {
         let action = match (known.get(task_id), status) {
             (None, DesiredStatus::Running) => {
                 let adopt = found.remove(task_id).unwrap_or_default();
-                let ran_before = last_status.is_some_and(|s| s >= TaskStatus::Activating);
+                let ran_before = last_status.is_some_and(TaskStatus::reached_node);
                 if adopt.is_empty() && ran_before {
                     // The servers saw it run here, but no container is left: the node lost it
                     // (a host reboot, a crash), not the task's fault, so it does not count

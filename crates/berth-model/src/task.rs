@@ -380,6 +380,14 @@ pub enum TaskStatus {
     Stopped,
 }
 
+impl TaskStatus {
+    /// Whether a task with this status was taken up by its node (its containers were being
+    /// created, or more): a node that has no container for such a task lost it.
+    pub fn reached_node(self) -> bool {
+        self >= TaskStatus::Activating
+    }
+}
+
 /// Why a task stopped, as ECS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopCode {

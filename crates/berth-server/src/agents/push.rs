@@ -125,8 +125,39 @@ struct Fingerprint(u64, u64);
 struct Fingerprints(RandomState, RandomState);
 
 impl Fingerprints {
+    /// What the agent acts on in `assignment`: all of it, except that of the task's last
+    /// status only whether the task reached its node counts (all the agent reads of it). So a
+    /// task's status moving on as its own agent reports it (ACTIVATING, RUNNING) does not send
+    /// the task back to that agent: an agent that attaches again gets its whole set, with the
+    /// statuses of the moment.
     fn of(&self, assignment: &Assignment) -> Fingerprint {
-        Fingerprint(self.0.hash_one(assignment), self.1.hash_one(assignment))
+        // Every field named: one added to `Assignment` must be placed here.
+        let Assignment {
+            task_id,
+            namespace,
+            task_definition,
+            desired_status,
+            cpu,
+            memory,
+            containers,
+            last_status,
+            deregistration_delay,
+            ephemeral_storage,
+            secrets,
+        } = assignment;
+        let acted_on = (
+            task_id,
+            namespace,
+            task_definition,
+            desired_status,
+            (cpu, memory),
+            containers,
+            last_status.reached_node(),
+            deregistration_delay,
+            ephemeral_storage,
+            secrets,
+        );
+        Fingerprint(self.0.hash_one(acted_on), self.1.hash_one(acted_on))
     }
 }
 
@@ -313,6 +344,27 @@ mod tests {
         assert_eq!(removed, ["b"]);
     }
 
+    /// Of a task's status, only whether it reached its node is sent again: the agent that
+    /// reports a task RUNNING is not sent it back.
+    #[test]
+    fn a_task_is_sent_again_when_it_reaches_its_node_and_not_as_it_moves_on() {
+        let fp = Fingerprints::default();
+        let mut a = assignment("a", DesiredStatus::Running);
+        let (_, _, _, sent) = changes_since(None, set(std::slice::from_ref(&a)), &[], &fp);
+        a.last_status = TaskStatus::Provisioning;
+        let (_, upserts, _, sent) = changes_since(Some(&sent), set(&[a.clone()]), &[], &fp);
+        assert!(upserts.is_empty(), "PENDING -> PROVISIONING sent again");
+        a.last_status = TaskStatus::Activating;
+        let (_, upserts, _, sent) = changes_since(Some(&sent), set(&[a.clone()]), &[], &fp);
+        assert_eq!(ids(&upserts), ["a"], "reaching the node is sent");
+        assert_eq!(upserts[0].last_status, TaskStatus::Activating);
+        for status in [TaskStatus::Running, TaskStatus::Stopping] {
+            a.last_status = status;
+            let (_, upserts, _, _) = changes_since(Some(&sent), set(&[a.clone()]), &[], &fp);
+            assert!(upserts.is_empty(), "ACTIVATING -> {status:?} sent again");
+        }
+    }
+
     #[test]
     fn a_held_task_keeps_what_it_was_sent_and_one_never_sent_waits() {
         let fp = Fingerprints::default();
@@ -320,7 +372,7 @@ mod tests {
         let (_, _, _, sent) = changes_since(None, set(std::slice::from_ref(&a)), &[], &fp);
         // a changes while held (its secrets are being fetched), b is new and held.
         let mut a2 = a.clone();
-        a2.last_status = TaskStatus::Provisioning;
+        a2.desired_status = DesiredStatus::Stopped;
         let b = assignment("b", DesiredStatus::Running);
         let held = ["a".to_owned(), "b".to_owned()];
         let (_, upserts, removed, sent) =
