@@ -1,5 +1,5 @@
 //! What the state publishes for the reads that must never wait for the applier: a request's
-//! authentication (every API call makes one) and one task's read. Each is a copy taken in
+//! authentication (every API call makes one), one task's read and a list of tasks. Each is a copy taken in
 //! about no time: persistent maps, shared with the state until it changes them (each change
 //! then copies only the path to what it changes, which is what a copy costs the applier).
 
@@ -39,6 +39,15 @@ impl TaskView {
             .get(task_id)
             .map(Arc::as_ref)
             .filter(|t| t.namespace == namespace)
+    }
+
+    /// The tasks in `namespace`, in task ID order ([`State::tasks_in`], which has an index of
+    /// each namespace's tasks; this looks at every task).
+    pub fn tasks_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .map(Arc::as_ref)
+            .filter(move |t| t.namespace == namespace)
     }
 
     /// What the retention left of task `task_id` in `namespace` ([`State::removed_task`]).

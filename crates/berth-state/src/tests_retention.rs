@@ -566,3 +566,53 @@ fn a_task_view_keeps_the_state_it_was_taken_from_and_the_next_sees_the_change() 
         assert!(view.task("other", "b").is_none());
     }
 }
+
+/// A view lists a namespace's tasks as the state does: the same tasks, in the same order, and
+/// none of another namespace.
+#[test]
+fn a_task_view_lists_the_tasks_of_a_namespace_as_the_state_does() {
+    let mut s = state_with_tasks(&["c", "a", "b"], None);
+    s.apply(Command::CreateNamespace {
+        name: "other".into(),
+        quota: berth_model::Quota::default(),
+        at: 4,
+    });
+    s.apply(Command::RegisterTaskDefinition {
+        namespace: "other".into(),
+        spec: TaskDefinitionSpec::new(
+            "web",
+            256,
+            64,
+            vec![ContainerDefinition::new("app", "busybox")],
+        ),
+        reuse_identical: false,
+        at: 4,
+    });
+    let def = s
+        .task_definition("other", &"web:1".parse().expect("ref"))
+        .cloned()
+        .expect("registered");
+    let (created, _) = s.apply(Command::CreateTasks {
+        tasks: ["a2", "d"]
+            .map(|id| Task::pending(id.into(), "other", &def, 5))
+            .to_vec(),
+        client_token: None,
+        at: 5,
+    });
+    assert!(matches!(created, CommandResult::Tasks(_)), "{created:?}");
+    let view = s.task_view();
+    for namespace in ["default", "other", "none"] {
+        let listed: Vec<&str> = view
+            .tasks_in(namespace)
+            .map(|t| t.task_id.as_str())
+            .collect();
+        let held: Vec<&str> = s.tasks_in(namespace).map(|t| t.task_id.as_str()).collect();
+        assert_eq!(listed, held, "namespace {namespace}");
+    }
+    let default: Vec<&str> = view
+        .tasks_in("default")
+        .map(|t| t.task_id.as_str())
+        .collect();
+    assert_eq!(default, ["a", "b", "c"]);
+    assert_eq!(view.tasks_in("other").count(), 2);
+}

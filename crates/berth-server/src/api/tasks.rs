@@ -196,15 +196,17 @@ impl BerthService {
         let selector = selector(&req.selector)?;
         let after = PageKey::parse(&req.continue_token)?;
         let limit = req.limit as usize;
-        let (tasks, remaining) = self
-            .read(req.stale, |s| {
-                let matching = s
-                    .tasks_in(&namespace)
-                    .filter(|t| selector.matches(&t.labels));
-                let (page, remaining) = page(matching, after.as_ref(), limit);
-                (page.into_iter().cloned().collect::<Vec<Task>>(), remaining)
-            })
-            .await?;
+        // From the tasks as published: a long list holds no lock that the applier waits for.
+        let view = self
+            .store
+            .task_view(req.stale)
+            .await
+            .map_err(status::from_store)?;
+        let matching = view
+            .tasks_in(&namespace)
+            .filter(|t| selector.matches(&t.labels));
+        let (page, remaining) = page(matching, after.as_ref(), limit);
+        let tasks: Vec<Task> = page.into_iter().cloned().collect();
         let continue_token = match tasks.last() {
             Some(last) if remaining > 0 => PageKey::of(last).token(),
             _ => String::new(),
