@@ -12,11 +12,12 @@ use berth_state::{Command, Placement, State, Unplaced};
 /// Tasks placed per round at most: a round runs under the state's read lock, which Raft's
 /// apply waits for; more pending tasks than this take several rounds back to back. Each round
 /// is one `PlaceTasks` entry. It was 500 while every read of the state waited for an entry's
-/// apply (at 2,000 a one-task read in a burst then waited up to 58 ms); reads of one task go
-/// to the published state now, and at 2,000 the 1,000-node placement ran at 9,400-9,900
-/// tasks/s against 8,000-8,500 (its p99 400-550 ms against 680-830), the 10,000-node one at
-/// 3,215, with reads in a burst no slower (BENCHMARKS.md, round two, session 34).
-pub const MAX_PER_ROUND: usize = 2_000;
+/// apply; one-task reads and lists go to the published state now. Larger rounds place faster
+/// and cost memory in a burst (what a round's changes wake on the agents' streams, kept by
+/// the allocator): at 1,000 the 1,000-node placement ran at 9,400 tasks/s against 8,000-8,500
+/// at 500 and the 150,000-task footprint held 672-678 MiB against 632-647; at 2,000, 8,900-9,900
+/// tasks/s and 723-764 MiB (BENCHMARKS.md, round two, session 34).
+pub const MAX_PER_ROUND: usize = 1_000;
 
 /// Where each placement group runs, from the state's counts (no task is looked at).
 struct Placed<'a>(&'a State);

@@ -590,6 +590,18 @@ impl Store {
             other => other,
         };
         let deadline = Instant::now() + timeout;
+        if matches!(&write, Write::Command(c) if c.leader_only()) {
+            // Never forwarded (the leader refuses what another member proposes of these), so
+            // not retried either: once this member no longer leads, it fails at once, rather
+            // than at the write timeout.
+            return match self.leader() {
+                Leader::Me => self.write_local(write, deadline).await,
+                _ => Err(StoreError::NotLeader {
+                    leader_id: None,
+                    leader_addr: self.leader_addr(),
+                }),
+            };
+        }
         self.retry(deadline, || {
             let write = write.clone();
             // The leader bounds an addition's wait for the new server by its progress: the
@@ -850,7 +862,8 @@ impl Store {
 
     /// Proposes a command and waits until it is committed and applied (on the leader).
     /// Commands only the leader proposes ([`Command::leader_only`]) fail at once with
-    /// `NotLeader` on any other member: the leader refuses them forwarded.
+    /// `NotLeader` on any other member, and on a leader that stops leading before they
+    /// commit: the leader refuses them forwarded.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.propose_within(command, self.config.write_timeout)
             .await
