@@ -667,11 +667,24 @@ async fn two_hosts_serve_one_service_through_the_ingress_and_by_name() -> anyhow
         "http://api.default.berth.internal:8080/",
     )
     .await?;
-    assert_eq!(
-        (code, stdout.as_str()),
-        (Some(0), "hello-from-task"),
-        "{stderr}"
-    );
+    if (code, stdout.as_str()) != (Some(0), "hello-from-task") {
+        // Seen once in a while under load, not yet explained: what the servers and the agents
+        // knew of the service at that moment, for the next time.
+        let endpoints = cli(&addr, &["get", "endpoints"]).await?;
+        let mut logs = String::new();
+        for i in 0..hosts.names.len() {
+            let log = env.path(&format!("agent-host-{i}")).join("agent.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            logs.push_str(&format!("--- agent host-{i}, last 40 lines:\n{tail}\n"));
+        }
+        panic!(
+            "the task on host 0 did not reach api by name ({code:?}, {stdout:?}): {stderr}\n--- berth get endpoints:\n{}{}\n{logs}",
+            String::from_utf8_lossy(&endpoints.stdout),
+            String::from_utf8_lossy(&endpoints.stderr),
+        );
+    }
     drop(agents);
     Ok(())
 }

@@ -124,6 +124,11 @@ impl Discovery {
     /// Runs until the agent stops: the bridge with its address, the DNS responder on it, and
     /// the services' addresses and proxies as the endpoints change.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        // Started again after a failure: what an earlier run served is served afresh.
+        self.addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let gateway = self.config.subnet.gateway();
         ensure_bridge(&self.config.bridge, gateway, self.config.subnet.prefix).await?;
         // Services' addresses of an earlier run go: they are given out again as endpoints come.
@@ -340,7 +345,13 @@ async fn ensure_bridge(bridge: &str, gateway: Ipv4Addr, prefix: u8) -> anyhow::R
         .status
         .success();
     if !exists {
-        ip(&["link", "add", "name", bridge, "type", "bridge"]).await?;
+        // The task network's bridge plugin may make it at the same moment (the agent's warm
+        // namespaces): made by either is as good.
+        if let Err(e) = ip(&["link", "add", "name", bridge, "type", "bridge"]).await {
+            if !e.to_string().contains("File exists") {
+                return Err(e);
+            }
+        }
     }
     ip_quiet(&["addr", "add", &format!("{gateway}/{prefix}"), "dev", bridge]).await;
     ip(&["link", "set", bridge, "up"]).await

@@ -57,6 +57,9 @@ pub use runtime::{
 pub use tasks::{TaskError, TaskTable};
 pub use tls::{join_token, Advertise, ConfigError, Member, Membership};
 
+/// How long after a failure service discovery is started again.
+const DISCOVERY_AGAIN: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
@@ -218,11 +221,18 @@ impl Agent {
             let Some(d) = agent.discovery.clone() else {
                 return std::future::pending().await;
             };
-            if let Err(e) = d.run().await {
-                // The node's tasks run on; only discovery by name is missing.
-                tracing::error!("service discovery stopped: {e:#}");
+            // The node's tasks run on meanwhile; only discovery by name is missing. A start
+            // that failed (a bridge being made at the same moment, a busy firewall) is tried
+            // again rather than leaving the node without it for good.
+            loop {
+                if let Err(e) = d.clone().run().await {
+                    tracing::error!(
+                        "service discovery stopped: {e:#}; starting it again in {}s",
+                        DISCOVERY_AGAIN.as_secs()
+                    );
+                }
+                tokio::time::sleep(DISCOVERY_AGAIN).await;
             }
-            std::future::pending::<()>().await
         };
         tokio::select! {
             r = api => r.context("agent API server")?,
