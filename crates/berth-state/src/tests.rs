@@ -11,8 +11,13 @@ use berth_model::{ServiceStatus, TaskStatus};
 /// The registration of the next revision of `default/web` (256 CPU units, 64 MiB, one busybox
 /// container) at `at`.
 fn register_web_at(at: u64) -> Command {
+    register_web_in("default", at)
+}
+
+/// Registers the `web` family in `namespace` at time `at`.
+pub(crate) fn register_web_in(namespace: &str, at: u64) -> Command {
     Command::RegisterTaskDefinition {
-        namespace: "default".into(),
+        namespace: namespace.into(),
         spec: TaskDefinitionSpec::new(
             "web",
             256,

@@ -5,7 +5,7 @@ use berth_model::{ContainerDefinition, TaskDefinitionSpec, TaskStatus};
 
 use super::*;
 use crate::command::*;
-use crate::tests::{register_web, round_trips};
+use crate::tests::{register_web, register_web_in, round_trips};
 
 fn state_with_tasks(ids: &[&str], group: Option<&str>) -> State {
     let mut s = State::default();
@@ -577,17 +577,7 @@ fn a_task_view_lists_the_tasks_of_a_namespace_as_the_state_does() {
         quota: berth_model::Quota::default(),
         at: 4,
     });
-    s.apply(Command::RegisterTaskDefinition {
-        namespace: "other".into(),
-        spec: TaskDefinitionSpec::new(
-            "web",
-            256,
-            64,
-            vec![ContainerDefinition::new("app", "busybox")],
-        ),
-        reuse_identical: false,
-        at: 4,
-    });
+    s.apply(register_web_in("other", 4));
     let def = s
         .task_definition("other", &"web:1".parse().expect("ref"))
         .cloned()

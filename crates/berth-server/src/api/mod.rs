@@ -82,6 +82,15 @@ impl BerthService {
         self.store.read(f).await.map_err(status::from_store)
     }
 
+    /// The tasks as published ([`Store::task_view`]): a read of them never waits for an entry
+    /// being applied, nor holds the applier up.
+    async fn tasks(&self, stale: bool) -> Result<std::sync::Arc<berth_state::TaskView>, Status> {
+        self.store
+            .task_view(stale)
+            .await
+            .map_err(status::from_store)
+    }
+
     /// Who calls: its bearer token (checked against the replicated tokens) or its certificate.
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         auth::authenticate(&self.store.credentials(), req)

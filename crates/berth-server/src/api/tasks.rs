@@ -197,11 +197,7 @@ impl BerthService {
         let after = PageKey::parse(&req.continue_token)?;
         let limit = req.limit as usize;
         // From the tasks as published: a long list holds no lock that the applier waits for.
-        let view = self
-            .store
-            .task_view(req.stale)
-            .await
-            .map_err(status::from_store)?;
+        let view = self.tasks(req.stale).await?;
         let matching = view
             .tasks_in(&namespace)
             .filter(|t| selector.matches(&t.labels));
@@ -230,11 +226,7 @@ impl BerthService {
         task_id(&req.task_id)?;
         // From the tasks as published: a read while others come never waits for an entry
         // being applied.
-        let tasks = self
-            .store
-            .task_view(req.stale)
-            .await
-            .map_err(status::from_store)?;
+        let tasks = self.tasks(req.stale).await?;
         let task = tasks
             .task(&namespace, &req.task_id)
             .cloned()
