@@ -21,7 +21,7 @@ pub mod retention;
 pub mod scheduling;
 pub mod services;
 
-pub use desired::desired_tasks;
+pub use desired::{desired_task, desired_tasks};
 pub use endpoints::endpoints;
 #[cfg(test)]
 mod tests;

@@ -373,6 +373,14 @@ fn a_desired_set_holds_the_nodes_tasks_that_have_not_stopped() {
         .collect();
     assert_eq!(got, [("t1", "registry/web:1", 1)]);
     assert!(crate::desired_tasks(&s, "n2").is_empty());
+    // One task at a time, the same.
+    assert_eq!(
+        crate::desired_task(&s, "n1", "t1").as_ref(),
+        desired.first()
+    );
+    assert_eq!(crate::desired_task(&s, "n1", "t2"), None, "stopped");
+    assert_eq!(crate::desired_task(&s, "n2", "t1"), None, "on another node");
+    assert_eq!(crate::desired_task(&s, "n1", "t9"), None, "no such task");
 }
 
 #[test]

@@ -271,6 +271,15 @@ impl State {
             .filter_map(|id| self.task_by_id(id))
     }
 
+    /// Task `task_id` if it is placed on `node` and has not stopped: one of
+    /// [`State::live_tasks_on`], looked up alone.
+    pub fn live_task_on(&self, node: &str, task_id: &str) -> Option<&Task> {
+        self.live_by_node
+            .get(node)
+            .filter(|ids| ids.contains(task_id))
+            .and_then(|_| self.task_by_id(task_id))
+    }
+
     /// The node whose desired task set a change of `key` may alter: `None` for keys of other
     /// kinds and unplaced tasks, `Some(None)` for a task no longer in the state (its node is
     /// not known any more).

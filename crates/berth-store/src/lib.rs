@@ -18,6 +18,7 @@ mod error;
 mod file;
 mod lease;
 pub mod network;
+mod node_watch;
 mod runtime;
 pub mod storage;
 mod tail;
@@ -43,6 +44,7 @@ use berth_state::{Command, CommandResult, Credentials, State, TaskView};
 use error::RemoteError;
 pub use error::{Attempt, MembershipError, NoQuorum, StoreError};
 pub use network::{RaftService, SimulatedPeers};
+pub use node_watch::{NodeChanges, NodeWatch};
 
 /// A Raft member's ID.
 pub type NodeId = u64;
@@ -1214,15 +1216,9 @@ impl Store {
     }
 
     /// Changes whenever an applied entry touches `node` or one of the tasks placed on it —
-    /// what an agent's desired task set is made of.
-    pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
-        self.shared
-            .node_changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(node.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+    /// what an agent's desired task set is made of — and says which.
+    pub fn watch_node(&self, node: &str) -> NodeWatch {
+        self.shared.node_changes.watch(node)
     }
 
     /// Whether this member currently is the leader, as a watch for controllers.

@@ -834,9 +834,10 @@ pub struct Shared {
     pub committed: Arc<AtomicU64>,
     /// The latest object changes, for watchers.
     pub changes: std::sync::Mutex<crate::changes::ChangeLog>,
-    /// Per node, a counter bumped whenever an applied entry touches one of its tasks or the
-    /// node itself: an agent's stream wakes for its own node only, not for every entry.
-    pub node_changes: std::sync::Mutex<std::collections::HashMap<String, watch::Sender<u64>>>,
+    /// Per node, its watchers, told whenever an applied entry touches one of its tasks or the
+    /// node itself, and which: an agent's stream wakes for its own node only, not for every
+    /// entry, and rebuilds the assignments of the tasks that changed.
+    pub(crate) node_changes: crate::node_watch::NodeWatchers,
     /// The last listing of every object, shared by watchers that start while it is recent
     /// (`Store::listing`).
     pub listing: std::sync::Mutex<Option<(u64, std::sync::Weak<berth_state::ObjectsCopy>)>>,
@@ -850,20 +851,17 @@ impl Shared {
     /// Wakes the watchers of the nodes that `changed` keys belong to; every node's when a
     /// task left the state (whose node is no longer known).
     fn notify_nodes(&self, state: &State, changed: &[Key]) {
-        let watchers = self
-            .node_changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|v| *v += 1);
         for key in changed {
             match state.node_of(key) {
                 Some(Some(node)) => {
-                    if let Some(tx) = watchers.get(node) {
-                        bump(tx);
-                    }
+                    let task = match key {
+                        Key::Task(id) => Some(id.as_str()),
+                        _ => None,
+                    };
+                    self.node_changes.node(node, task);
                 }
                 Some(None) => {
-                    watchers.values().for_each(bump);
+                    self.node_changes.all();
                     return;
                 }
                 None => {}
@@ -912,11 +910,7 @@ impl Shared {
 
     /// Wakes every node's watchers (a snapshot replaced the whole state).
     fn notify_all_nodes(&self) {
-        self.node_changes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .for_each(|tx| tx.send_modify(|v| *v += 1));
+        self.node_changes.all();
     }
 }
 
@@ -1129,7 +1123,7 @@ impl StateMachine {
             changes: std::sync::Mutex::new(crate::changes::ChangeLog::new(
                 last_applied.map_or(0, |l| l.index),
             )),
-            node_changes: std::sync::Mutex::default(),
+            node_changes: crate::node_watch::NodeWatchers::default(),
             listing: std::sync::Mutex::default(),
             stored,
             facts,

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::Assignment;
 use berth_proto::v1::{Endpoints, RenewCertificate, ServerMessage};
-use berth_store::Store;
+use berth_store::{NodeChanges, Store};
 
 use crate::status;
 
@@ -37,6 +37,16 @@ pub(super) async fn desired_sets(
             let _ = tx.send(Err(status::not_leader(leader_addr))).await;
             return;
         }
+        // Taken before the state is read: the read sees every change named.
+        let changed = match changes.take() {
+            _ if sent.is_none() => NodeChanges::Whole,
+            NodeChanges::Tasks(mut tasks) => {
+                // Held tasks are tried again at every pass.
+                tasks.extend(held_since.keys().cloned());
+                NodeChanges::Tasks(tasks)
+            }
+            whole => whole,
+        };
         let whole = sent.is_none();
         let read = store.read_stale(|s| {
             s.node(&node)?;
@@ -55,12 +65,30 @@ pub(super) async fn desired_sets(
             if retired_sent.len() > 64 {
                 retired_sent.retain(|id| s.removed_task_by_id(id).is_some());
             }
-            Some((berth_control::desired_tasks(s, &node), kept, retired))
+            let desired = match &changed {
+                NodeChanges::Whole => Desired::Whole(berth_control::desired_tasks(s, &node)),
+                NodeChanges::Tasks(tasks) => Desired::Tasks(
+                    tasks
+                        .iter()
+                        .map(|id| (id.clone(), berth_control::desired_task(s, &node, id)))
+                        .collect(),
+                ),
+            };
+            Some((desired, kept, retired))
         });
-        let Some((mut desired, kept, retired)) = read else {
+        let Some((desired, kept, retired)) = read else {
             tracing::info!("node removed; ending its agent's stream");
             let _ = tx.send(Err(super::removed(&node))).await;
             return;
+        };
+        let (complete, mut desired, gone) = match desired {
+            Desired::Whole(all) => (true, all, Vec::new()),
+            Desired::Tasks(tasks) => {
+                let (now, gone): (Vec<_>, Vec<_>) =
+                    tasks.into_iter().partition(|(_, a)| a.is_some());
+                let now = now.into_iter().filter_map(|(_, a)| a).collect();
+                (false, now, gone.into_iter().map(|(id, _)| id).collect())
+            }
         };
         // Only for this node's stream, only for its tasks that are to start.
         let now = tokio::time::Instant::now();
@@ -77,8 +105,12 @@ pub(super) async fn desired_sets(
             .into_iter()
             .map(|a| (a.task_id.clone(), a))
             .collect();
-        let (reset, upserts, removed, now_sent) =
-            changes_since(sent.as_ref(), desired, &held, &fingerprints);
+        let update = if complete {
+            Update::Whole(desired)
+        } else {
+            Update::Tasks { desired, gone }
+        };
+        let (reset, upserts, removed) = changes_since(&mut sent, update, &held, &fingerprints);
         retired_sent.extend(retired.iter().cloned());
         if reset || !upserts.is_empty() || !removed.is_empty() || !retired.is_empty() {
             for changes in berth_proto::desired_changes(reset, upserts, removed, retired, kept) {
@@ -90,7 +122,6 @@ pub(super) async fn desired_sets(
                 }
             }
         }
-        sent = Some(now_sent);
         let retry = async {
             if held.is_empty() {
                 std::future::pending::<()>().await;
@@ -104,6 +135,23 @@ pub(super) async fn desired_sets(
             () = retry => {}
         }
     }
+}
+
+/// The node's desired set as read for one pass: whole, or the assignments of the tasks that
+/// changed (`None`: no longer in the set).
+enum Desired {
+    Whole(Vec<Assignment>),
+    Tasks(Vec<(String, Option<Assignment>)>),
+}
+
+/// What a pass compares with what was sent: the whole desired set, or the assignments of the
+/// tasks that changed and the IDs of those that left it.
+enum Update {
+    Whole(BTreeMap<String, Assignment>),
+    Tasks {
+        desired: BTreeMap<String, Assignment>,
+        gone: Vec<String>,
+    },
 }
 
 /// How long a task waits for this server to get a key of its secrets before it is sent with
@@ -161,47 +209,54 @@ impl Fingerprints {
     }
 }
 
-/// What changed from `sent` to `desired`: whether the whole set must be sent (nothing was
-/// yet), the assignments that are new or differ, the task IDs that left, and what the agent
-/// has once these are sent. A `held` task waits: one sent before keeps what it was sent (it is
-/// neither sent again nor removed), one never sent is not sent yet.
+/// What changed from `sent` to what `update` says, `sent` brought up to date: whether the whole
+/// set must be sent (nothing was yet: `update` is then whole), the assignments that are new or
+/// differ, and the task IDs that left. A `held` task waits: one sent before keeps what it was
+/// sent (it is neither sent again nor removed), one never sent is not sent yet.
 fn changes_since(
-    sent: Option<&BTreeMap<String, Fingerprint>>,
-    mut desired: BTreeMap<String, Assignment>,
+    sent: &mut Option<BTreeMap<String, Fingerprint>>,
+    update: Update,
     held: &[String],
     fingerprints: &Fingerprints,
-) -> (
-    bool,
-    Vec<Assignment>,
-    Vec<String>,
-    BTreeMap<String, Fingerprint>,
-) {
+) -> (bool, Vec<Assignment>, Vec<String>) {
+    let (mut desired, gone, complete) = match update {
+        Update::Whole(desired) => (desired, Vec::new(), true),
+        Update::Tasks { desired, gone } => (desired, gone, false),
+    };
     for task in held {
         desired.remove(task);
     }
-    let mut now_sent: BTreeMap<String, Fingerprint> = desired
-        .iter()
-        .map(|(id, a)| (id.clone(), fingerprints.of(a)))
-        .collect();
     let Some(sent) = sent else {
-        return (true, desired.into_values().collect(), Vec::new(), now_sent);
+        *sent = Some(
+            desired
+                .iter()
+                .map(|(id, a)| (id.clone(), fingerprints.of(a)))
+                .collect(),
+        );
+        return (true, desired.into_values().collect(), Vec::new());
     };
-    for task in held {
-        if let Some(before) = sent.get(task) {
-            now_sent.insert(task.clone(), *before);
-        }
+    let mut removed: Vec<String> = if complete {
+        sent.keys()
+            .filter(|id| !desired.contains_key(*id) && !held.contains(id))
+            .cloned()
+            .collect()
+    } else {
+        gone.into_iter()
+            .filter(|id| sent.contains_key(id) && !held.contains(id))
+            .collect()
+    };
+    for id in &removed {
+        sent.remove(id);
     }
+    removed.sort();
     let upserts = desired
-        .into_iter()
-        .filter(|(id, _)| sent.get(id) != now_sent.get(id))
-        .map(|(_, a)| a)
+        .into_values()
+        .filter(|a| {
+            let now = fingerprints.of(a);
+            sent.insert(a.task_id.clone(), now) != Some(now)
+        })
         .collect();
-    let removed = sent
-        .keys()
-        .filter(|id| !now_sent.contains_key(*id))
-        .cloned()
-        .collect();
-    (false, upserts, removed, now_sent)
+    (false, upserts, removed)
 }
 
 /// Tells the agent to renew its certificate whenever this server's CA changes (a rotation
@@ -298,34 +353,44 @@ mod tests {
         assignments.iter().map(|a| a.task_id.as_str()).collect()
     }
 
+    fn whole(assignments: &[Assignment]) -> Update {
+        Update::Whole(set(assignments))
+    }
+
+    fn tasks(assignments: &[Assignment], gone: &[&str]) -> Update {
+        Update::Tasks {
+            desired: set(assignments),
+            gone: gone.iter().map(|id| (*id).to_owned()).collect(),
+        }
+    }
+
     #[test]
     fn only_what_differs_from_what_was_sent_is_sent_again() {
         let fp = Fingerprints::default();
+        let mut sent = None;
         let (a, b) = (
             assignment("a", DesiredStatus::Running),
             assignment("b", DesiredStatus::Running),
         );
-        let (reset, upserts, removed, sent) = changes_since(None, set(&[a.clone(), b]), &[], &fp);
+        let (reset, upserts, removed) =
+            changes_since(&mut sent, whole(&[a.clone(), b.clone()]), &[], &fp);
         assert!(reset);
         assert_eq!(ids(&upserts), ["a", "b"]);
         assert!(removed.is_empty());
 
-        // The same set: nothing to send.
-        let (reset, upserts, removed, sent) = changes_since(
-            Some(&sent),
-            set(&[a.clone(), assignment("b", DesiredStatus::Running)]),
-            &[],
-            &fp,
-        );
-        assert!(!reset && upserts.is_empty() && removed.is_empty());
+        // The same set, whole or task by task: nothing to send.
+        for update in [whole(&[a.clone(), b]), tasks(std::slice::from_ref(&a), &[])] {
+            let (reset, upserts, removed) = changes_since(&mut sent, update, &[], &fp);
+            assert!(!reset && upserts.is_empty() && removed.is_empty());
+        }
 
         // b is to stop (a field deep inside changes too: a's image), c is new.
         let mut a2 = a;
         a2.containers[0].image = "busybox:2".into();
         let c = assignment("c", DesiredStatus::Running);
-        let (reset, upserts, removed, sent) = changes_since(
-            Some(&sent),
-            set(&[
+        let (reset, upserts, removed) = changes_since(
+            &mut sent,
+            whole(&[
                 a2.clone(),
                 assignment("b", DesiredStatus::Stopped),
                 c.clone(),
@@ -339,9 +404,45 @@ mod tests {
         assert!(removed.is_empty());
 
         // b left the node's set.
-        let (_, upserts, removed, _) = changes_since(Some(&sent), set(&[a2, c]), &[], &fp);
+        let (_, upserts, removed) = changes_since(&mut sent, whole(&[a2, c.clone()]), &[], &fp);
         assert!(upserts.is_empty());
         assert_eq!(removed, ["b"]);
+        assert_eq!(sent.as_ref().map(BTreeMap::len), Some(2));
+    }
+
+    #[test]
+    fn a_change_of_some_tasks_sends_those_and_leaves_the_others_as_sent() {
+        let fp = Fingerprints::default();
+        let mut sent = None;
+        let (a, b, c) = (
+            assignment("a", DesiredStatus::Running),
+            assignment("b", DesiredStatus::Running),
+            assignment("c", DesiredStatus::Running),
+        );
+        changes_since(&mut sent, whole(&[a.clone(), b.clone()]), &[], &fp);
+        // c is new, a is to stop, b left the set; a task never sent that left is no news.
+        let mut a2 = a.clone();
+        a2.desired_status = DesiredStatus::Stopped;
+        let (reset, upserts, removed) = changes_since(
+            &mut sent,
+            tasks(&[a2.clone(), c.clone()], &["b", "x"]),
+            &[],
+            &fp,
+        );
+        assert!(!reset);
+        assert_eq!(ids(&upserts), ["a", "c"]);
+        assert_eq!(upserts[0].desired_status, DesiredStatus::Stopped);
+        assert_eq!(removed, ["b"]);
+        // What the stream holds is what a whole pass would have left: nothing more to send.
+        let (_, upserts, removed) = changes_since(&mut sent, whole(&[a2, c]), &[], &fp);
+        assert!(
+            upserts.is_empty() && removed.is_empty(),
+            "{upserts:?} {removed:?}"
+        );
+        // Tasks not named keep what was sent.
+        let (_, upserts, removed) = changes_since(&mut sent, tasks(&[], &[]), &[], &fp);
+        assert!(upserts.is_empty() && removed.is_empty());
+        assert_eq!(sent.as_ref().map(BTreeMap::len), Some(2));
     }
 
     /// Of a task's status, only whether it reached its node is sent again: the agent that
@@ -349,18 +450,19 @@ mod tests {
     #[test]
     fn a_task_is_sent_again_when_it_reaches_its_node_and_not_as_it_moves_on() {
         let fp = Fingerprints::default();
+        let mut sent = None;
         let mut a = assignment("a", DesiredStatus::Running);
-        let (_, _, _, sent) = changes_since(None, set(std::slice::from_ref(&a)), &[], &fp);
+        changes_since(&mut sent, whole(std::slice::from_ref(&a)), &[], &fp);
         a.last_status = TaskStatus::Provisioning;
-        let (_, upserts, _, sent) = changes_since(Some(&sent), set(&[a.clone()]), &[], &fp);
+        let (_, upserts, _) = changes_since(&mut sent, tasks(&[a.clone()], &[]), &[], &fp);
         assert!(upserts.is_empty(), "PENDING -> PROVISIONING sent again");
         a.last_status = TaskStatus::Activating;
-        let (_, upserts, _, sent) = changes_since(Some(&sent), set(&[a.clone()]), &[], &fp);
+        let (_, upserts, _) = changes_since(&mut sent, tasks(&[a.clone()], &[]), &[], &fp);
         assert_eq!(ids(&upserts), ["a"], "reaching the node is sent");
         assert_eq!(upserts[0].last_status, TaskStatus::Activating);
         for status in [TaskStatus::Running, TaskStatus::Stopping] {
             a.last_status = status;
-            let (_, upserts, _, _) = changes_since(Some(&sent), set(&[a.clone()]), &[], &fp);
+            let (_, upserts, _) = changes_since(&mut sent, tasks(&[a.clone()], &[]), &[], &fp);
             assert!(upserts.is_empty(), "ACTIVATING -> {status:?} sent again");
         }
     }
@@ -368,24 +470,38 @@ mod tests {
     #[test]
     fn a_held_task_keeps_what_it_was_sent_and_one_never_sent_waits() {
         let fp = Fingerprints::default();
-        let a = assignment("a", DesiredStatus::Running);
-        let (_, _, _, sent) = changes_since(None, set(std::slice::from_ref(&a)), &[], &fp);
-        // a changes while held (its secrets are being fetched), b is new and held.
-        let mut a2 = a.clone();
-        a2.desired_status = DesiredStatus::Stopped;
-        let b = assignment("b", DesiredStatus::Running);
-        let held = ["a".to_owned(), "b".to_owned()];
-        let (_, upserts, removed, sent) =
-            changes_since(Some(&sent), set(&[a2.clone(), b.clone()]), &held, &fp);
-        assert!(upserts.is_empty(), "sent while held: {:?}", ids(&upserts));
-        assert!(
-            removed.is_empty(),
-            "a held task is not taken away: {removed:?}"
-        );
-        assert_eq!(sent.get("a"), Some(&fp.of(&a)));
-        assert!(!sent.contains_key("b"));
-        // No longer held: both go.
-        let (_, upserts, _, _) = changes_since(Some(&sent), set(&[a2, b]), &[], &fp);
-        assert_eq!(ids(&upserts), ["a", "b"]);
+        for partial in [false, true] {
+            let mut sent = None;
+            let a = assignment("a", DesiredStatus::Running);
+            changes_since(&mut sent, whole(std::slice::from_ref(&a)), &[], &fp);
+            // a changes while held (its secrets are being fetched), b is new and held.
+            let mut a2 = a.clone();
+            a2.desired_status = DesiredStatus::Stopped;
+            let b = assignment("b", DesiredStatus::Running);
+            let held = ["a".to_owned(), "b".to_owned()];
+            let both = [a2.clone(), b.clone()];
+            let update = if partial {
+                tasks(&both, &[])
+            } else {
+                whole(&both)
+            };
+            let (_, upserts, removed) = changes_since(&mut sent, update, &held, &fp);
+            assert!(upserts.is_empty(), "sent while held: {:?}", ids(&upserts));
+            assert!(
+                removed.is_empty(),
+                "a held task is not taken away: {removed:?}"
+            );
+            let now = sent.as_ref().expect("sent");
+            assert_eq!(now.get("a"), Some(&fp.of(&a)));
+            assert!(!now.contains_key("b"));
+            // No longer held: both go.
+            let update = if partial {
+                tasks(&both, &[])
+            } else {
+                whole(&both)
+            };
+            let (_, upserts, _) = changes_since(&mut sent, update, &[], &fp);
+            assert_eq!(ids(&upserts), ["a", "b"]);
+        }
     }
 }
