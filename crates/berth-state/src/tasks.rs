@@ -69,17 +69,9 @@ impl State {
                     }
                     Some(_) => {}
                 }
-                self.live_by_namespace
-                    .entry(task.namespace.clone())
-                    .or_default()
-                    .insert(id.clone());
+                add_to(&mut self.live_by_namespace, &task.namespace, &id);
                 if let Some(node) = &task.node {
-                    let added = self
-                        .live_by_node
-                        .entry(node.clone())
-                        .or_default()
-                        .insert(id.clone());
-                    if added {
+                    if add_to(&mut self.live_by_node, node, &id) {
                         self.count_on_node(node, task, true);
                     }
                 }
@@ -549,6 +541,18 @@ pub(crate) fn remove_from<K: Ord, T: Ord + std::borrow::Borrow<str>>(
         index.remove(key);
     }
     removed
+}
+
+/// Adds `id` to `key`'s set of `index`; whether it was not there. A task's status changes
+/// several times while it stays in the same sets: the key is copied only for a new set.
+fn add_to(index: &mut BTreeMap<String, BTreeSet<TaskId>>, key: &str, id: &TaskId) -> bool {
+    match index.get_mut(key) {
+        Some(set) => !set.contains(&**id) && set.insert(id.clone()),
+        None => {
+            index.insert(key.to_owned(), BTreeSet::from([id.clone()]));
+            true
+        }
+    }
 }
 
 /// Adds `task`'s reservation to `node`'s allocation, or takes it away (the task joined or
