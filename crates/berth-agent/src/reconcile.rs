@@ -54,15 +54,25 @@ impl Agent {
         desired: DesiredTasks,
         latest: &mut HashMap<String, TaskStatusUpdate>,
     ) {
+        let held: std::collections::BTreeSet<String> = desired.held.into_iter().collect();
         let desired: Vec<DesiredEntry> = desired.tasks.into_iter().map(read).collect();
         let mut local = self.tasks.view();
         // The first desired set claims the containers found at start-up; the rest go.
-        local.found = self
-            .found
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or_default();
+        let mut found = self.found.lock().unwrap_or_else(PoisonError::into_inner);
+        local.found = found.take().unwrap_or_default();
+        // Tasks the server holds back are left as they are: the plan does not see them, and
+        // their found containers wait for the set that names them.
+        if !held.is_empty() {
+            local.tasks.retain(|id, _| !held.contains(id));
+            let (kept, rest) = std::mem::take(&mut local.found)
+                .into_iter()
+                .partition(|(id, _)| held.contains(id));
+            local.found = rest;
+            if !kept.is_empty() {
+                *found = Some(kept);
+            }
+        }
+        drop(found);
         for action in engine::plan(&desired, &local) {
             self.execute(action, latest);
         }
@@ -282,7 +292,10 @@ mod tests {
     }
 
     fn desired(tasks: Vec<TaskAssignment>) -> DesiredTasks {
-        DesiredTasks { tasks }
+        DesiredTasks {
+            tasks,
+            held: Vec::new(),
+        }
     }
 
     /// Waits for `task_id`'s report of `status`, recording every report in `latest`.
@@ -349,6 +362,47 @@ mod tests {
             assert!(calls.contains(&call.to_owned()), "no {call:?} in {calls:?}");
         }
         assert!(!calls.iter().any(|c| c.contains("t2")), "{calls:?}");
+    }
+
+    /// A task the server holds back (fetching a key of its secrets) while a set is sent whole
+    /// is neither stopped nor stripped of the containers found at start-up.
+    #[tokio::test]
+    async fn a_held_task_is_left_as_it_is_until_a_set_names_it() {
+        let rt = Arc::new(FakeRuntime::new());
+        // t5's container exited while the agent was down: what adopting it finds.
+        let found = ExistingContainer {
+            id: "t5-app".into(),
+            task_id: "t5".into(),
+            container_name: "app".into(),
+            running: false,
+            exit_code: Some(3),
+        };
+        let (agent, mut updates) = agent(&rt, vec![found]);
+        let mut latest = HashMap::new();
+        let held = |tasks, held: &[&str]| DesiredTasks {
+            tasks,
+            held: held.iter().map(|id| (*id).to_owned()).collect(),
+        };
+        let t3 = || wire("t3", DesiredStatus::Running, TaskStatus::Pending);
+        agent.reconcile(held(vec![t3()], &["t5"]), &mut latest);
+        until(&mut updates, &mut latest, "t3", TaskStatus::Running).await;
+        // A new stream's whole set holds both back.
+        agent.reconcile(held(vec![], &["t3", "t5"]), &mut latest);
+        assert!(agent.tasks.is_running("t3"), "a held task keeps running");
+        let calls = rt.calls();
+        for call in ["remove t5-app", "kill t3-app 15", "remove t3-app"] {
+            assert!(!calls.contains(&call.to_owned()), "{call:?} in {calls:?}");
+        }
+        // Sent at last: t5 takes its found container back (not lost with none found).
+        let t5 = wire("t5", DesiredStatus::Running, TaskStatus::Activating);
+        agent.reconcile(desired(vec![t3(), t5]), &mut latest);
+        let ended = until(&mut updates, &mut latest, "t5", TaskStatus::Stopped).await;
+        assert_eq!(
+            ended.containers[0].reason.as_deref(),
+            Some("exited while the agent was down")
+        );
+        assert_eq!(ended.containers[0].exit_code, Some(3));
+        assert!(agent.tasks.is_running("t3"));
     }
 
     #[tokio::test]

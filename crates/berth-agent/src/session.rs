@@ -114,8 +114,8 @@ impl Agent {
         let mut metrics = tokio::time::interval(self.config.metrics_interval);
         // A renewed certificate is reported at once (a CA rotation waits for it).
         let mut serial = self.tls.serial.subscribe();
-        // The desired set as this stream's changes built it, by task ID.
-        let mut desired = std::collections::BTreeMap::new();
+        // The desired set as this stream's changes built it.
+        let mut desired = DesiredSet::default();
         // While a whole set arrives in parts: the tasks whose logs stay.
         let mut kept: Option<std::collections::BTreeSet<String>> = None;
         loop {
@@ -141,7 +141,7 @@ impl Agent {
                             if let Some(kept) = kept.as_mut() {
                                 kept.extend(std::mem::take(&mut c.kept));
                             }
-                            if let Some(whole) = apply_changes(&mut desired, c) {
+                            if let Some(whole) = desired.apply(c) {
                                 self.reconcile(whole, &mut reports.latest);
                                 if let Some(kept) = kept.take() {
                                     self.keep_logs_of(kept);
@@ -238,44 +238,52 @@ async fn send(tx: &mpsc::Sender<AgentMessage>, msg: AgentMsg) -> anyhow::Result<
         .context("send to the server's stream")
 }
 
-/// Applies one `DesiredChanges` to the set a stream built so far; answers the whole set when
-/// it is complete (a set sent in parts is reconciled only once its last part arrived).
-fn apply_changes(
-    desired: &mut std::collections::BTreeMap<String, berth_proto::v1::TaskAssignment>,
-    changes: berth_proto::v1::DesiredChanges,
-) -> Option<berth_proto::v1::DesiredTasks> {
-    if changes.reset {
-        desired.clear();
-        desired.insert(String::new(), Default::default());
+/// The desired set a stream's changes built so far.
+#[derive(Debug, Default)]
+struct DesiredSet {
+    /// By task ID; none until the stream's first whole set (`reset`): a partial set must never
+    /// be reconciled (it would stop every task it lacks).
+    tasks: Option<std::collections::BTreeMap<String, berth_proto::v1::TaskAssignment>>,
+    /// Tasks the server holds back, left as they are until a change names them.
+    held: std::collections::BTreeSet<String>,
+}
+
+impl DesiredSet {
+    /// Applies one `DesiredChanges`; answers the whole set when it is complete (a set sent in
+    /// parts is reconciled only once its last part arrived).
+    fn apply(
+        &mut self,
+        changes: berth_proto::v1::DesiredChanges,
+    ) -> Option<berth_proto::v1::DesiredTasks> {
+        if changes.reset {
+            self.tasks = Some(std::collections::BTreeMap::new());
+            self.held.clear();
+        }
+        let Some(tasks) = self.tasks.as_mut() else {
+            tracing::warn!("desired-set changes before the whole set; ignored");
+            return None;
+        };
+        for id in &changes.removed {
+            tasks.remove(id);
+            self.held.remove(id);
+        }
+        for a in changes.upserts {
+            self.held.remove(&a.task_id);
+            tasks.insert(a.task_id.clone(), a);
+        }
+        self.held.extend(changes.held);
+        changes.complete.then(|| berth_proto::v1::DesiredTasks {
+            tasks: tasks.values().cloned().collect(),
+            held: self.held.iter().cloned().collect(),
+        })
     }
-    // Until a stream's first `reset`, changes have nothing to apply to: a partial set must
-    // never be reconciled (it would stop every task it lacks). The empty key marks the reset.
-    if !desired.contains_key("") {
-        tracing::warn!("desired-set changes before the whole set; ignored");
-        return None;
-    }
-    for id in &changes.removed {
-        desired.remove(id);
-    }
-    for a in changes.upserts {
-        desired.insert(a.task_id.clone(), a);
-    }
-    changes.complete.then(|| berth_proto::v1::DesiredTasks {
-        tasks: desired
-            .iter()
-            .filter(|(id, _)| !id.is_empty())
-            .map(|(_, a)| a.clone())
-            .collect(),
-    })
 }
 
 #[cfg(test)]
 mod changes_tests {
-    use std::collections::BTreeMap;
-
     use berth_proto::v1::{DesiredChanges, TaskAssignment};
 
-    use super::apply_changes;
+    use super::DesiredSet;
 
     fn task(id: &str, memory: u32) -> TaskAssignment {
         TaskAssignment {
@@ -294,27 +302,27 @@ mod changes_tests {
 
     #[test]
     fn changes_build_the_set_and_a_set_in_parts_is_whole_only_at_its_end() {
-        let mut held = BTreeMap::new();
+        let mut set = DesiredSet::default();
         // Changes before a stream's whole set are not a set: nothing to reconcile.
         let early = DesiredChanges {
             upserts: vec![task("x", 1)],
             complete: true,
             ..Default::default()
         };
-        assert!(apply_changes(&mut held, early).is_none());
+        assert!(set.apply(early).is_none());
         // A stream's first set, in two parts: nothing to reconcile after the first.
         let first = DesiredChanges {
             reset: true,
             upserts: vec![task("a", 1), task("b", 1)],
             ..Default::default()
         };
-        assert!(apply_changes(&mut held, first).is_none());
+        assert!(set.apply(first).is_none());
         let rest = DesiredChanges {
             upserts: vec![task("c", 1)],
             complete: true,
             ..Default::default()
         };
-        let whole = apply_changes(&mut held, rest).expect("complete");
+        let whole = set.apply(rest).expect("complete");
         assert_eq!(
             ids(&whole),
             [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]
@@ -326,7 +334,7 @@ mod changes_tests {
             complete: true,
             ..Default::default()
         };
-        let whole = apply_changes(&mut held, change).expect("complete");
+        let whole = set.apply(change).expect("complete");
         assert_eq!(ids(&whole), [("b".into(), 2), ("c".into(), 1)]);
         // A new stream starts over.
         let again = DesiredChanges {
@@ -335,7 +343,37 @@ mod changes_tests {
             complete: true,
             ..Default::default()
         };
-        let whole = apply_changes(&mut held, again).expect("complete");
+        let whole = set.apply(again).expect("complete");
         assert_eq!(ids(&whole), [("d".into(), 1)]);
+    }
+
+    #[test]
+    fn a_held_task_stays_held_until_a_change_names_it() {
+        let mut set = DesiredSet::default();
+        let first = DesiredChanges {
+            reset: true,
+            upserts: vec![task("a", 1)],
+            held: vec!["h1".into(), "h2".into(), "h3".into()],
+            complete: true,
+            ..Default::default()
+        };
+        assert_eq!(set.apply(first).expect("complete").held, ["h1", "h2", "h3"]);
+        // Another task's change leaves them held; h1 is sent, h2 leaves the set.
+        let change = DesiredChanges {
+            upserts: vec![task("a", 2), task("h1", 1)],
+            removed: vec!["h2".into()],
+            complete: true,
+            ..Default::default()
+        };
+        let whole = set.apply(change).expect("complete");
+        assert_eq!(whole.held, ["h3"]);
+        assert_eq!(ids(&whole), [("a".into(), 2), ("h1".into(), 1)]);
+        // A new whole set says anew.
+        let again = DesiredChanges {
+            reset: true,
+            complete: true,
+            ..Default::default()
+        };
+        assert!(set.apply(again).expect("complete").held.is_empty());
     }
 }

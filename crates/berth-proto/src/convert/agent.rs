@@ -97,14 +97,15 @@ pub const DESIRED_CHANGES_BYTES: usize = 1 << 20;
 
 /// Changes to a node's desired set as messages: `upserts` (and, with `reset`, `kept`) split
 /// so that each message stays under [`DESIRED_CHANGES_BYTES`] (an assignment larger than that
-/// travels alone); the first message carries `reset`, `removed` and `retired`, only the last
-/// `complete`. Always at least one message.
+/// travels alone); the first message carries `reset`, `removed`, `retired` and (with `reset`)
+/// `held`, only the last `complete`. Always at least one message.
 pub fn desired_changes(
     reset: bool,
     upserts: Vec<m::Assignment>,
     removed: Vec<String>,
     retired: Vec<String>,
     kept: Vec<String>,
+    held: Vec<String>,
 ) -> Vec<v1::DesiredChanges> {
     use prost::Message as _;
     let mut messages = vec![v1::DesiredChanges {
@@ -112,6 +113,7 @@ pub fn desired_changes(
         removed,
         retired,
         lists_kept: reset,
+        held: if reset { held } else { Vec::new() },
         ..Default::default()
     }];
     let mut size = messages[0].encoded_len();
@@ -231,6 +233,7 @@ mod tests {
             vec!["gone".into()],
             vec!["retired".into()],
             kept,
+            vec!["held".into()],
         );
         assert!(messages.len() >= 7, "{} messages", messages.len());
         for (i, m) in messages.iter().enumerate() {
@@ -242,6 +245,7 @@ mod tests {
         assert_eq!(messages.iter().map(|m| m.upserts.len()).sum::<usize>(), 400);
         assert_eq!(messages[0].removed, ["gone"]);
         assert_eq!(messages[0].retired, ["retired"]);
+        assert_eq!(messages[0].held, ["held"]);
         // 40,000 IDs of 36 bytes: more than a message holds, split too.
         assert_eq!(messages.iter().map(|m| m.kept.len()).sum::<usize>(), 40_000);
         // A change of one task is one small message; `kept` goes only with a whole set.
@@ -251,9 +255,11 @@ mod tests {
             Vec::new(),
             Vec::new(),
             vec!["x".into()],
+            vec!["y".into()],
         );
         assert_eq!(one.len(), 1);
         assert!(one[0].complete && !one[0].reset && one[0].kept.is_empty());
+        assert!(one[0].held.is_empty(), "held goes only with a whole set");
     }
 
     #[test]

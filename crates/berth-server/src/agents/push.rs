@@ -113,7 +113,11 @@ pub(super) async fn desired_sets(
         let (reset, upserts, removed) = changes_since(&mut sent, update, &held, &fingerprints);
         retired_sent.extend(retired.iter().cloned());
         if reset || !upserts.is_empty() || !removed.is_empty() || !retired.is_empty() {
-            for changes in berth_proto::desired_changes(reset, upserts, removed, retired, kept) {
+            // A whole set names the tasks held back: the agent leaves them as they are (one
+            // it runs already, or whose containers it found at its start, is not removed).
+            let changes =
+                berth_proto::desired_changes(reset, upserts, removed, retired, kept, held.clone());
+            for changes in changes {
                 let msg = ServerMessage {
                     msg: Some(ServerMsg::Changes(changes)),
                 };
