@@ -433,6 +433,32 @@ impl State {
                 client_token,
                 at,
             } => self.create_tasks(tasks, client_token, at, changed),
+            Command::RunTasks {
+                namespace,
+                task_definition,
+                task_ids,
+                overrides,
+                started_by,
+                group,
+                labels,
+                client_token,
+                at,
+            } => {
+                let run = tasks::Run {
+                    overrides,
+                    started_by,
+                    group,
+                    labels,
+                };
+                self.run_tasks(
+                    (namespace, task_definition),
+                    task_ids,
+                    run,
+                    client_token,
+                    at,
+                    changed,
+                )
+            }
             Command::StopTask {
                 namespace,
                 task_id,

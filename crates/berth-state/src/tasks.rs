@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use berth_model::{
-    DesiredStatus, NodeStatus, StopCode, Task, TaskStatus, TaskStatusUpdate, Timestamp, Usage,
+    DesiredStatus, NodeStatus, StopCode, Task, TaskDefinitionRef, TaskStatus, TaskStatusUpdate,
+    Timestamp, Usage,
 };
 
 use crate::command::{CommandResult, Placement, Rejection, Unplaced};
@@ -179,33 +180,87 @@ impl State {
 
     pub(crate) fn create_tasks(
         &mut self,
-        mut tasks: Vec<Task>,
+        tasks: Vec<Task>,
         client_token: Option<String>,
         at: Timestamp,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
         self.expire_client_tokens(at, changed);
-        if let Some(seen) = client_token
-            .as_ref()
-            .and_then(|t| self.client_tokens.get(t))
-        {
-            let earlier: Vec<Task> = seen
-                .task_ids
-                .iter()
-                .filter_map(|id| self.task_by_id(id))
-                .cloned()
-                .collect();
-            // A token answers its tasks only to a caller in their namespace: another
-            // namespace's learns nothing of them.
-            let ours = tasks.first().map(|t| t.namespace.as_str());
-            if earlier.iter().any(|t| Some(t.namespace.as_str()) != ours) {
-                return CommandResult::Rejected(Rejection::Conflict(format!(
-                    "client token {} was used for tasks of another namespace; choose another token",
-                    seen.token
-                )));
-            }
-            return CommandResult::Tasks(earlier);
+        let ours = tasks.first().map(|t| t.namespace.as_str());
+        if let Some(earlier) = self.created_before(client_token.as_deref(), ours) {
+            return earlier;
         }
+        self.create_new_tasks(tasks, client_token, at, changed)
+    }
+
+    /// `RunTasks`: the tasks `task_ids` of `definition` (namespace, exact revision), each as
+    /// `Task::pending` makes it with what `run` adds, created as `create_tasks` creates them.
+    pub(crate) fn run_tasks(
+        &mut self,
+        (namespace, definition): (String, TaskDefinitionRef),
+        task_ids: Vec<String>,
+        run: Run,
+        client_token: Option<String>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
+        self.expire_client_tokens(at, changed);
+        if let Some(earlier) = self.created_before(client_token.as_deref(), Some(&namespace)) {
+            return earlier;
+        }
+        let def = match self.task_definition(&namespace, &definition) {
+            Some(def) if definition.revision.is_some() => def,
+            _ => {
+                return CommandResult::Rejected(Rejection::NotFound(format!(
+                    "task definition {definition} not found in namespace {namespace}"
+                )))
+            }
+        };
+        let tasks = task_ids
+            .into_iter()
+            .map(|id| {
+                let mut task = Task::pending(id, &namespace, def, at);
+                task.overrides.clone_from(&run.overrides);
+                task.started_by.clone_from(&run.started_by);
+                task.group.clone_from(&run.group);
+                task.labels
+                    .extend(run.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                task
+            })
+            .collect();
+        self.create_new_tasks(tasks, client_token, at, changed)
+    }
+
+    /// The answer to a repeated call: the tasks created under `client_token` before, to a
+    /// caller in their namespace `ours` (another namespace's learns nothing of them).
+    fn created_before(
+        &self,
+        client_token: Option<&str>,
+        ours: Option<&str>,
+    ) -> Option<CommandResult> {
+        let seen = self.client_tokens.get(client_token?)?;
+        let earlier: Vec<Task> = seen
+            .task_ids
+            .iter()
+            .filter_map(|id| self.task_by_id(id))
+            .cloned()
+            .collect();
+        if earlier.iter().any(|t| Some(t.namespace.as_str()) != ours) {
+            return Some(CommandResult::Rejected(Rejection::Conflict(format!(
+                "client token {} was used for tasks of another namespace; choose another token",
+                seen.token
+            ))));
+        }
+        Some(CommandResult::Tasks(earlier))
+    }
+
+    fn create_new_tasks(
+        &mut self,
+        mut tasks: Vec<Task>,
+        client_token: Option<String>,
+        at: Timestamp,
+        changed: &mut Vec<Key>,
+    ) -> CommandResult {
         for task in &tasks {
             if task.task_definition.revision.is_none()
                 || self
@@ -541,6 +596,15 @@ pub(crate) fn remove_from<K: Ord, T: Ord + std::borrow::Borrow<str>>(
         index.remove(key);
     }
     removed
+}
+
+/// What a `RunTasks` adds to each task beyond its definition.
+#[derive(Debug, Default)]
+pub(crate) struct Run {
+    pub(crate) overrides: Vec<berth_model::ContainerOverride>,
+    pub(crate) started_by: Option<String>,
+    pub(crate) group: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// Adds `id` to `key`'s set of `index`; whether it was not there. A task's status changes

@@ -327,6 +327,75 @@ fn a_retried_client_token_creates_nothing_new_until_it_expires() {
     assert_eq!(s.tasks().count(), 2);
 }
 
+/// `RunTasks` makes each task as `Task::pending` does, with what the request adds, and creates
+/// them as `CreateTasks` does (its client token too); a revision gone by then is not found.
+#[test]
+fn run_tasks_creates_the_tasks_of_a_revision_from_their_ids() {
+    let mut s = State::default();
+    let def = register_web(&mut s);
+    let run = |ids: &[&str], token: &str, namespace: &str, at| Command::RunTasks {
+        namespace: namespace.into(),
+        task_definition: def.reference(),
+        task_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+        overrides: vec![berth_model::ContainerOverride {
+            name: "app".into(),
+            command: Some(vec!["sleep".into(), "9".into()]),
+            environment: [("MODE".to_owned(), "x".to_owned())].into(),
+        }],
+        started_by: Some("ci".into()),
+        group: Some("batch".into()),
+        labels: [("team".to_owned(), "a".to_owned())].into(),
+        client_token: Some(token.into()),
+        at,
+    };
+    let (result, changed) = s.apply(run(&["t1", "t2"], "tok", "default", 5));
+    let CommandResult::Tasks(tasks) = result else {
+        panic!("{result:?}");
+    };
+    let mut expected = Task::pending("t1".into(), "default", &def, 5);
+    expected.overrides = vec![berth_model::ContainerOverride {
+        name: "app".into(),
+        command: Some(vec!["sleep".into(), "9".into()]),
+        environment: [("MODE".to_owned(), "x".to_owned())].into(),
+    }];
+    expected.started_by = Some("ci".into());
+    expected.group = Some("batch".into());
+    expected.labels.insert("team".into(), "a".into());
+    expected.events.push(5, "created");
+    assert_eq!(tasks.first(), Some(&expected));
+    assert_eq!(s.task("default", "t2").map(|t| t.created_at), Some(5));
+    assert!(changed.contains(&Key::Task("t1".into())) && changed.contains(&Key::Task("t2".into())));
+    // Retried: the same tasks, nothing new; from another namespace: refused.
+    let (result, changed) = s.apply(run(&["t3"], "tok", "default", 6));
+    assert!(matches!(&result, CommandResult::Tasks(t) if t.len() == 2 && t[0].task_id == "t1"));
+    assert!(changed.is_empty());
+    let (result, _) = s.apply(run(&["t3"], "tok", "team-b", 6));
+    assert!(
+        matches!(&result, CommandResult::Rejected(Rejection::Conflict(_))),
+        "{result:?}"
+    );
+    // No such revision (in that namespace), or none named exactly.
+    let (result, changed) = s.apply(run(&["t4"], "tok-2", "team-b", 7));
+    assert!(
+        matches!(&result, CommandResult::Rejected(Rejection::NotFound(m)) if m == "task definition web:1 not found in namespace team-b"),
+        "{result:?}"
+    );
+    assert!(changed.iter().all(|k| !matches!(k, Key::Task(_))));
+    let mut latest = run(&["t4"], "tok-3", "default", 7);
+    if let Command::RunTasks {
+        task_definition, ..
+    } = &mut latest
+    {
+        *task_definition = "web".parse().expect("a family");
+    }
+    let (result, _) = s.apply(latest);
+    assert!(
+        matches!(&result, CommandResult::Rejected(Rejection::NotFound(_))),
+        "{result:?}"
+    );
+    assert_eq!(s.tasks().count(), 2);
+}
+
 /// `RegisterTaskDefinition` of `web` as store request `id` at `at`.
 fn register_request(id: &str, at: u64) -> Command {
     Command::Request {

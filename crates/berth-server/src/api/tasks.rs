@@ -114,24 +114,21 @@ impl BerthService {
                 "{count} tasks with {extra} bytes of overrides and labels each make {total} bytes; one call may carry {MAX_RUN_EXTRA_BYTES}: run fewer tasks per call"
             )));
         }
-        let at = now_ms();
-        let tasks = (0..count)
-            .map(|_| {
-                let mut task =
-                    Task::pending(uuid::Uuid::new_v4().to_string(), &namespace, &def, at);
-                task.overrides = overrides.clone();
-                task.started_by = started_by.clone();
-                task.group = group.clone();
-                task.labels
-                    .extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                task
-            })
-            .collect();
         let client_token = (!req.client_token.is_empty()).then_some(req.client_token);
-        let command = Command::CreateTasks {
-            tasks,
+        // The tasks' IDs and what the request adds: each member makes the tasks from the
+        // definition (the entry holds an eighth of the tasks' bytes).
+        let command = Command::RunTasks {
+            namespace,
+            task_definition: def.reference(),
+            task_ids: (0..count)
+                .map(|_| uuid::Uuid::new_v4().to_string())
+                .collect(),
+            overrides,
+            started_by,
+            group,
+            labels: req.labels.into_iter().collect(),
             client_token,
-            at,
+            at: now_ms(),
         };
         let tasks = self
             .propose(caller, command, |r| match r {
