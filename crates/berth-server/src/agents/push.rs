@@ -170,6 +170,13 @@ const RETRY_HELD: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint(u64, u64);
 
+impl Fingerprint {
+    /// What a stream keeps of a task it named held in a whole set (the agent leaves the task
+    /// as it is): no assignment's, so the task is sent once released, and taken away if it
+    /// leaves the set first (the agent would leave it alone for good otherwise).
+    const HELD: Fingerprint = Fingerprint(0, 0);
+}
+
 /// Two SipHash keys of std's `RandomState` (random per thread, then a new key per instance):
 /// the two halves of a fingerprint are independent hashes, and what a stream sent cannot be
 /// told from its fingerprints without the keys.
@@ -231,12 +238,12 @@ fn changes_since(
         desired.remove(task);
     }
     let Some(sent) = sent else {
-        *sent = Some(
-            desired
-                .iter()
-                .map(|(id, a)| (id.clone(), fingerprints.of(a)))
-                .collect(),
-        );
+        let mut now: BTreeMap<String, Fingerprint> = desired
+            .iter()
+            .map(|(id, a)| (id.clone(), fingerprints.of(a)))
+            .collect();
+        now.extend(held.iter().map(|id| (id.clone(), Fingerprint::HELD)));
+        *sent = Some(now);
         return (true, desired.into_values().collect(), Vec::new());
     };
     let mut removed: Vec<String> = if complete {
@@ -506,6 +513,31 @@ mod tests {
             };
             let (_, upserts, _) = changes_since(&mut sent, update, &[], &fp);
             assert_eq!(ids(&upserts), ["a", "b"]);
+        }
+    }
+
+    /// A whole set names its held tasks, which the agent then leaves alone: one that leaves
+    /// the set before it is sent is taken away, one released is sent.
+    #[test]
+    fn a_task_named_held_in_a_whole_set_is_sent_or_taken_away_later() {
+        let fp = Fingerprints::default();
+        let a = assignment("a", DesiredStatus::Running);
+        let b = assignment("b", DesiredStatus::Running);
+        for partial in [false, true] {
+            let mut sent = None;
+            let held = ["a".to_owned(), "b".to_owned()];
+            let (reset, upserts, _) =
+                changes_since(&mut sent, whole(&[a.clone(), b.clone()]), &held, &fp);
+            assert!(reset && upserts.is_empty());
+            // a is released, b stopped (it left the node's live set) while held.
+            let update = if partial {
+                tasks(std::slice::from_ref(&a), &["b"])
+            } else {
+                whole(std::slice::from_ref(&a))
+            };
+            let (_, upserts, removed) = changes_since(&mut sent, update, &[], &fp);
+            assert_eq!(ids(&upserts), ["a"]);
+            assert_eq!(removed, ["b"]);
         }
     }
 }
