@@ -65,30 +65,26 @@ pub(super) async fn desired_sets(
             if retired_sent.len() > 64 {
                 retired_sent.retain(|id| s.removed_task_by_id(id).is_some());
             }
-            let desired = match &changed {
-                NodeChanges::Whole => Desired::Whole(berth_control::desired_tasks(s, &node)),
-                NodeChanges::Tasks(tasks) => Desired::Tasks(
-                    tasks
-                        .iter()
-                        .map(|id| (id.clone(), berth_control::desired_task(s, &node, id)))
-                        .collect(),
-                ),
+            // The whole set, or the changed tasks' assignments and those that left it.
+            let (desired, gone) = match &changed {
+                NodeChanges::Whole => (berth_control::desired_tasks(s, &node), None),
+                NodeChanges::Tasks(tasks) => {
+                    let (mut desired, mut gone) = (Vec::new(), Vec::new());
+                    for id in tasks {
+                        match berth_control::desired_task(s, &node, id) {
+                            Some(a) => desired.push(a),
+                            None => gone.push(id.clone()),
+                        }
+                    }
+                    (desired, Some(gone))
+                }
             };
-            Some((desired, kept, retired))
+            Some((desired, gone, kept, retired))
         });
-        let Some((desired, kept, retired)) = read else {
+        let Some((mut desired, gone, kept, retired)) = read else {
             tracing::info!("node removed; ending its agent's stream");
             let _ = tx.send(Err(super::removed(&node))).await;
             return;
-        };
-        let (complete, mut desired, gone) = match desired {
-            Desired::Whole(all) => (true, all, Vec::new()),
-            Desired::Tasks(tasks) => {
-                let (now, gone): (Vec<_>, Vec<_>) =
-                    tasks.into_iter().partition(|(_, a)| a.is_some());
-                let now = now.into_iter().filter_map(|(_, a)| a).collect();
-                (false, now, gone.into_iter().map(|(id, _)| id).collect())
-            }
         };
         // Only for this node's stream, only for its tasks that are to start.
         let now = tokio::time::Instant::now();
@@ -105,10 +101,9 @@ pub(super) async fn desired_sets(
             .into_iter()
             .map(|a| (a.task_id.clone(), a))
             .collect();
-        let update = if complete {
-            Update::Whole(desired)
-        } else {
-            Update::Tasks { desired, gone }
+        let update = match gone {
+            None => Update::Whole(desired),
+            Some(gone) => Update::Tasks { desired, gone },
         };
         let (reset, upserts, removed) = changes_since(&mut sent, update, &held, &fingerprints);
         retired_sent.extend(retired.iter().cloned());
@@ -139,13 +134,6 @@ pub(super) async fn desired_sets(
             () = retry => {}
         }
     }
-}
-
-/// The node's desired set as read for one pass: whole, or the assignments of the tasks that
-/// changed (`None`: no longer in the set).
-enum Desired {
-    Whole(Vec<Assignment>),
-    Tasks(Vec<(String, Option<Assignment>)>),
 }
 
 /// What a pass compares with what was sent: the whole desired set, or the assignments of the
