@@ -107,7 +107,7 @@ impl Agent {
                     u.into()
                 })
                 .collect();
-            send(&tx, AgentMsg::Status(StatusReport { updates: resend })).await?;
+            send_status(&tx, resend).await?;
         }
         let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
@@ -167,14 +167,15 @@ impl Agent {
                     for u in &batch {
                         reports.latest.insert(u.task_id.clone(), u.clone());
                     }
-                    let report = StatusReport { updates: batch.into_iter().map(Into::into).collect() };
-                    send(&tx, AgentMsg::Status(report)).await?;
+                    send_status(&tx, batch.into_iter().map(Into::into).collect()).await?;
                 }
                 _ = metrics.tick() => {
                     let samples = self.sample(&mut reports.counters).await;
                     if !samples.is_empty() {
                         let samples = samples.into_iter().map(Into::into).collect();
-                        send(&tx, AgentMsg::Metrics(MetricsReport { samples })).await?;
+                        for samples in berth_proto::report_parts(samples) {
+                            send(&tx, AgentMsg::Metrics(MetricsReport { samples })).await?;
+                        }
                     }
                 }
                 _ = heartbeat.tick() => send(&tx, beat(&mut serial)).await?,
@@ -230,6 +231,17 @@ fn beat(serial: &mut tokio::sync::watch::Receiver<String>) -> AgentMsg {
     AgentMsg::Heartbeat(Heartbeat {
         certificate_serial: serial.borrow_and_update().clone(),
     })
+}
+
+/// Status updates as reports of at most `berth_proto::REPORT_BYTES` each.
+async fn send_status(
+    tx: &mpsc::Sender<AgentMessage>,
+    updates: Vec<berth_proto::v1::TaskStatusUpdate>,
+) -> anyhow::Result<()> {
+    for updates in berth_proto::report_parts(updates) {
+        send(tx, AgentMsg::Status(StatusReport { updates })).await?;
+    }
+    Ok(())
 }
 
 async fn send(tx: &mpsc::Sender<AgentMessage>, msg: AgentMsg) -> anyhow::Result<()> {

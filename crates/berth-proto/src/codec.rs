@@ -12,8 +12,10 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Where a buffer starts.
 const FIRST_BUFFER: usize = 1024;
-/// How much an encoder gathers before it hands a stream's messages on (tonic's default).
-const YIELD_THRESHOLD: usize = 32 * 1024;
+/// How much an encoder gathers before it hands a stream's messages on (tonic's is 32 KiB). The
+/// receiving end's buffers grow to the largest piece it is handed: an agent that sent a burst
+/// of reports as one 32 KiB piece left the leader holding 16–32 KiB for that stream's life.
+const YIELD_THRESHOLD: usize = 4 * 1024;
 
 fn settings() -> BufferSettings {
     BufferSettings::new(FIRST_BUFFER, YIELD_THRESHOLD)

@@ -26,7 +26,7 @@ use berth_model as m;
 use crate::v1;
 
 pub use access::{access_role, namespace_to_wire, node_role};
-pub use agent::{desired_changes, task_samples, DESIRED_CHANGES_BYTES};
+pub use agent::{desired_changes, report_parts, task_samples, DESIRED_CHANGES_BYTES, REPORT_BYTES};
 pub use cluster::cluster_status_to_wire;
 pub use node::node_status_change;
 pub use task_definition::{encoded_len, secret_precondition};

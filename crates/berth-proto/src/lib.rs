@@ -9,8 +9,8 @@ pub use codec::SmallBuffers;
 pub use convert::{
     access_role, cluster_status_to_wire, deleted_event, desired_changes, desired_status,
     encoded_len, namespace_to_wire, node_role, node_status_change, node_status_to_wire,
-    object_event, secret_precondition, stop_code, stop_code_to_wire, synced_event, task_samples,
-    task_status, try_all, ConversionError, DESIRED_CHANGES_BYTES,
+    object_event, report_parts, secret_precondition, stop_code, stop_code_to_wire, synced_event,
+    task_samples, task_status, try_all, ConversionError, DESIRED_CHANGES_BYTES, REPORT_BYTES,
 };
 
 /// Metadata key with the leader's address on a follower's UNAVAILABLE answer.

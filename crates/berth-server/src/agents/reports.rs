@@ -4,15 +4,20 @@
 use berth_model::{Node, NodeStatus, TaskStatusUpdate};
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use berth_proto::v1::{AgentMessage, ServerMessage, StatusReport};
+use berth_proto::v1::{AgentMessage, ServerMessage};
 use berth_state::Command;
 use berth_store::{error_chain, Store};
+use futures::FutureExt as _;
 use tokio_stream::StreamExt as _;
 use tonic::Streaming;
 
 use super::Liveness;
 use crate::metrics::Metrics;
 use crate::{now_ms, status, Usage};
+
+/// The most status updates proposed as one write: reports that arrived together are joined
+/// up to this.
+const MAX_UPDATES: usize = 1_000;
 
 /// Reads one agent's stream until it ends.
 pub(super) struct Reader {
@@ -25,11 +30,47 @@ pub(super) struct Reader {
     pub tx: super::Outbound,
 }
 
+/// What a stream gave: a message, its error, or its end.
+type Next = Option<Result<AgentMessage, tonic::Status>>;
+
+/// `updates` with those of the status reports `inbound` holds ready behind them (the parts of
+/// a report an agent split, reports that queued while the last was proposed), up to
+/// [`MAX_UPDATES`]: proposed as one write. The first thing ready that is not a status report
+/// (another message, an error, the end) is left in `ahead`, for the reader to take next.
+fn join_ready<S>(
+    mut updates: Vec<berth_proto::v1::TaskStatusUpdate>,
+    inbound: &mut S,
+    ahead: &mut Option<Next>,
+) -> Vec<berth_proto::v1::TaskStatusUpdate>
+where
+    S: futures::Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin,
+{
+    while updates.len() < MAX_UPDATES {
+        match inbound.next().now_or_never() {
+            Some(Some(Ok(AgentMessage {
+                msg: Some(AgentMsg::Status(more)),
+            }))) => updates.extend(more.updates),
+            Some(other) => {
+                *ahead = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    updates
+}
+
 impl Reader {
     pub async fn run(self, mut inbound: Streaming<AgentMessage>) {
         self.metrics.agent_connected();
+        // What the stream gave after a status report that was not one (read ahead below).
+        let mut ahead = None;
         loop {
-            let msg = match inbound.next().await {
+            let next = match ahead.take() {
+                Some(next) => next,
+                None => inbound.next().await,
+            };
+            let msg = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::info!("agent stream ended: {}", error_chain(&e));
@@ -44,7 +85,10 @@ impl Reader {
                     self.samples(report);
                     true
                 }
-                Some(AgentMsg::Status(report)) => self.status(report).await,
+                Some(AgentMsg::Status(report)) => {
+                    let updates = join_ready(report.updates, &mut inbound, &mut ahead);
+                    self.status(updates).await
+                }
                 _ => true,
             };
             if !go_on {
@@ -130,9 +174,9 @@ impl Reader {
 
     /// Proposes a status report; a failed proposal ends the stream (the agent reconnects and
     /// sends its reports again).
-    async fn status(&self, report: StatusReport) -> bool {
+    async fn status(&self, updates: Vec<berth_proto::v1::TaskStatusUpdate>) -> bool {
         let updates: Result<Vec<TaskStatusUpdate>, _> =
-            report.updates.into_iter().map(TryInto::try_into).collect();
+            updates.into_iter().map(TryInto::try_into).collect();
         let updates = match updates {
             Ok(u) => u,
             Err(e) => {
@@ -151,5 +195,94 @@ impl Reader {
             return false;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_proto::v1::{Heartbeat, StatusReport, TaskStatusUpdate};
+
+    use super::*;
+
+    fn status(ids: &[&str]) -> Result<AgentMessage, tonic::Status> {
+        let updates = ids
+            .iter()
+            .map(|id| TaskStatusUpdate {
+                task_id: (*id).to_owned(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(AgentMessage {
+            msg: Some(AgentMsg::Status(StatusReport { updates })),
+        })
+    }
+
+    fn ids(updates: &[TaskStatusUpdate]) -> Vec<&str> {
+        updates.iter().map(|u| u.task_id.as_str()).collect()
+    }
+
+    fn first() -> Vec<TaskStatusUpdate> {
+        vec![TaskStatusUpdate {
+            task_id: "a".into(),
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn reports_ready_behind_a_report_join_it_until_another_message() {
+        let heartbeat = Ok(AgentMessage {
+            msg: Some(AgentMsg::Heartbeat(Heartbeat::default())),
+        });
+        let mut inbound = futures::stream::iter(vec![
+            status(&["b", "c"]),
+            status(&["d"]),
+            heartbeat,
+            status(&["e"]),
+        ]);
+        let mut ahead = None;
+        let updates = join_ready(first(), &mut inbound, &mut ahead);
+        assert_eq!(ids(&updates), ["a", "b", "c", "d"]);
+        // The heartbeat is kept for the reader, and the report after it is not taken.
+        assert!(matches!(
+            ahead,
+            Some(Some(Ok(AgentMessage {
+                msg: Some(AgentMsg::Heartbeat(_))
+            })))
+        ));
+        assert!(inbound.next().now_or_never().flatten().is_some());
+    }
+
+    #[test]
+    fn nothing_ready_leaves_the_report_alone_and_an_end_is_kept() {
+        let mut ahead = None;
+        let mut pending = futures::stream::pending();
+        assert_eq!(ids(&join_ready(first(), &mut pending, &mut ahead)), ["a"]);
+        assert!(ahead.is_none());
+        let mut ended = futures::stream::iter(vec![status(&["b"])]);
+        assert_eq!(
+            ids(&join_ready(first(), &mut ended, &mut ahead)),
+            ["a", "b"]
+        );
+        assert!(
+            matches!(ahead, Some(None)),
+            "the end is the reader's to see"
+        );
+        let mut failed = futures::stream::iter(vec![Err(tonic::Status::internal("x"))]);
+        let mut ahead = None;
+        join_ready(first(), &mut failed, &mut ahead);
+        assert!(matches!(ahead, Some(Some(Err(_)))));
+    }
+
+    #[test]
+    fn a_join_stops_at_its_bound() {
+        let many: Vec<String> = (0..MAX_UPDATES).map(|i| i.to_string()).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut inbound = futures::stream::iter(vec![status(&refs), status(&["late"])]);
+        let mut ahead = None;
+        let updates = join_ready(first(), &mut inbound, &mut ahead);
+        assert_eq!(updates.len(), MAX_UPDATES + 1);
+        assert!(ahead.is_none());
+        let rest: Vec<_> = inbound.collect::<Vec<_>>().now_or_never().expect("ready");
+        assert_eq!(rest.len(), 1, "the next report stays for the next write");
     }
 }
