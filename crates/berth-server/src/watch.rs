@@ -35,6 +35,11 @@ fn event(change: Change) -> pb::WatchEvent {
         ObjectChange::Put(o) => {
             berth_proto::object_event(pb::watch_event::Type::Put, change.revision, *o)
         }
+        ObjectChange::PutTask(t) => berth_proto::object_event(
+            pb::watch_event::Type::Put,
+            change.revision,
+            berth_state::Object::Task(std::sync::Arc::unwrap_or_clone(t)),
+        ),
         ObjectChange::Deleted { key, namespace } => {
             berth_proto::deleted_event(change.revision, key, namespace)
         }

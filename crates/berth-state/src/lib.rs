@@ -304,6 +304,12 @@ impl State {
         self.tasks.get(task_id).map(Arc::as_ref)
     }
 
+    /// The task with this ID, shared: the state copies it before it changes it again, so the
+    /// holder keeps the task as it is now.
+    pub fn shared_task(&self, task_id: &str) -> Option<Arc<Task>> {
+        self.tasks.get(task_id).cloned()
+    }
+
     pub fn task(&self, namespace: &str, task_id: &str) -> Option<&Task> {
         self.task_by_id(task_id)
             .filter(|t| t.namespace == namespace)

@@ -2,6 +2,9 @@
 //! member keeps its own; a revision is the Raft log index of the batch that made the change.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use berth_model::Task;
 
 use berth_state::{Key, Object, State};
 
@@ -18,6 +21,9 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectChange {
     Put(Box<Object>),
+    /// A task as it is after the change, shared with the state (which copies a task before it
+    /// changes it again): recording one costs a reference, not a copy of the task.
+    PutTask(Arc<Task>),
     /// The object went; `namespace` is its namespace when the key does not say (a task the
     /// retention removed), so namespaced watchers see only their own deletions.
     Deleted {
@@ -59,8 +65,12 @@ impl ChangeLog {
             ) {
                 continue;
             }
-            let change = match state.object(key) {
-                Some(o) => ObjectChange::Put(Box::new(o)),
+            let now = match key {
+                Key::Task(id) => state.shared_task(id).map(ObjectChange::PutTask),
+                _ => state.object(key).map(|o| ObjectChange::Put(Box::new(o))),
+            };
+            let change = match now {
+                Some(put) => put,
                 None => ObjectChange::Deleted {
                     key: key.clone(),
                     namespace: match key {
@@ -107,7 +117,66 @@ impl ChangeLog {
 
 #[cfg(test)]
 mod tests {
+    use berth_state::Command;
+
     use super::*;
+
+    #[test]
+    fn a_task_change_is_the_task_as_it_was_then_shared_with_the_state() {
+        let mut state = State::default();
+        let spec = berth_model::TaskDefinitionSpec::new(
+            "web",
+            256,
+            64,
+            vec![berth_model::ContainerDefinition::new("app", "busybox")],
+        );
+        state.apply(Command::RegisterTaskDefinition {
+            namespace: "default".into(),
+            spec,
+            reuse_identical: false,
+            at: 1,
+        });
+        let def = state
+            .task_definition("default", &"web:1".parse().expect("ref"))
+            .cloned()
+            .expect("registered");
+        let (_, keys) = state.apply(Command::CreateTasks {
+            tasks: vec![berth_model::Task::pending("t1".into(), "default", &def, 2)],
+            client_token: None,
+            at: 2,
+        });
+        let mut log = ChangeLog::new(1);
+        log.record(2, &state, &keys);
+        let put = |log: &ChangeLog| {
+            log.since(1)
+                .expect("kept")
+                .into_iter()
+                .find_map(|c| match c.change {
+                    ObjectChange::PutTask(t) => Some(t),
+                    _ => None,
+                })
+                .expect("the task's change")
+        };
+        let recorded = put(&log);
+        assert!(
+            Arc::ptr_eq(&recorded, &state.shared_task("t1").expect("task")),
+            "recorded without a copy"
+        );
+        // A later change to the task leaves the recorded one as it was.
+        state.apply(Command::StopTask {
+            namespace: "default".into(),
+            task_id: "t1".into(),
+            stop_code: berth_model::StopCode::UserInitiated,
+            reason: "test".into(),
+            at: 3,
+        });
+        let now = state.shared_task("t1").expect("task");
+        assert_eq!(now.desired_status, berth_model::DesiredStatus::Stopped);
+        assert_eq!(
+            put(&log).desired_status,
+            berth_model::DesiredStatus::Running
+        );
+    }
 
     #[test]
     fn watchers_resume_or_are_told_to_list_again() {
