@@ -16,6 +16,7 @@ use berth_proto::v1::{AgentMessage, Heartbeat, MetricsReport, Register, StatusRe
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 
 use crate::{supervisor, Agent};
 
@@ -96,20 +97,27 @@ impl Agent {
             memory: self.config.memory,
             attributes: self.config.attributes.clone(),
         };
-        send(&tx, AgentMsg::Register(register)).await?;
-        if !reports.latest.is_empty() {
-            let resend = reports
-                .latest
-                .values()
-                .cloned()
-                .map(|mut u| {
-                    u.event = None;
-                    u.into()
-                })
-                .collect();
-            send_status(&tx, resend).await?;
-        }
-        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        // The stream opens with the registration and the last report of every known task, in
+        // as many parts as they take (ahead of the channel: its room does not bound them).
+        let resend = reports
+            .latest
+            .values()
+            .cloned()
+            .map(|mut u| {
+                u.event = None;
+                u.into()
+            })
+            .collect();
+        let first: Vec<AgentMessage> = std::iter::once(AgentMsg::Register(register))
+            .chain(
+                berth_proto::report_parts(resend)
+                    .into_iter()
+                    .map(|updates| AgentMsg::Status(StatusReport { updates })),
+            )
+            .map(|msg| AgentMessage { msg: Some(msg) })
+            .collect();
+        let outbound = tokio_stream::iter(first).chain(ReceiverStream::new(rx));
+        let mut inbound = client.attach(outbound).await?.into_inner();
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         let mut metrics = tokio::time::interval(self.config.metrics_interval);
         // A renewed certificate is reported at once (a CA rotation waits for it).

@@ -317,6 +317,14 @@ impl State {
         at: Timestamp,
         changed: &mut Vec<Key>,
     ) -> CommandResult {
+        // A task already asked to stop is answered as it is, not copied for writing.
+        if let Some(task) = self
+            .tasks
+            .get(task_id.as_str())
+            .filter(|t| t.namespace == namespace && t.desired_status != DesiredStatus::Running)
+        {
+            return CommandResult::Task(Box::new(Task::clone(task)));
+        }
         match self
             .tasks
             .get_mut(task_id.as_str())
@@ -353,6 +361,21 @@ impl State {
         // What the ledger counts from and to (never inside a closed bucket).
         let metered = self.metered_time(at);
         for update in updates {
+            // Reports from a node that no longer owns the task, or about a task that
+            // already stopped, are stale; so is one behind what the task reached. Checked
+            // before the task is copied for writing (a reader or the change feed may share it).
+            let stale = |task: &Task| {
+                task.node.as_deref() != Some(node.as_str())
+                    || task.is_stopped()
+                    || update.last_status < task.last_status
+            };
+            if self
+                .tasks
+                .get(update.task_id.as_str())
+                .is_none_or(|t| stale(t))
+            {
+                continue;
+            }
             let Some(task) = self
                 .tasks
                 .get_mut(update.task_id.as_str())
@@ -360,14 +383,6 @@ impl State {
             else {
                 continue;
             };
-            // Reports from a node that no longer owns the task, or about a task that
-            // already stopped, are stale.
-            if task.node.as_deref() != Some(node.as_str()) || task.is_stopped() {
-                continue;
-            }
-            if update.last_status < task.last_status {
-                continue;
-            }
             let mut touched = update.last_status != task.last_status;
             // The node's first word about the task: it is pulling the images.
             if task.pull_started_at.is_none() {
@@ -500,17 +515,22 @@ impl State {
             changed.push(Key::Task(task_id));
         }
         for Unplaced { task_id, reason } in unplaced {
+            let message = format!("unable to place: {reason}");
+            // Nothing to write (placed or stopped meanwhile, or already said): the task is
+            // not copied for writing.
+            let said = |task: &Task| {
+                task.node.is_some()
+                    || task.is_stopped()
+                    || task.events.last().map(|e| e.message.as_str()) == Some(message.as_str())
+            };
+            if self.tasks.get(task_id.as_str()).is_none_or(|t| said(t)) {
+                continue;
+            }
             let Some(task) = self.tasks.get_mut(task_id.as_str()).map(Arc::make_mut) else {
                 continue;
             };
-            if task.node.is_some() || task.is_stopped() {
-                continue;
-            }
-            let message = format!("unable to place: {reason}");
-            if task.events.last().map(|e| e.message.as_str()) != Some(message.as_str()) {
-                task.events.push(at, message);
-                changed.push(Key::Task(task_id));
-            }
+            task.events.push(at, message);
+            changed.push(Key::Task(task_id));
         }
         CommandResult::Placed(placed)
     }

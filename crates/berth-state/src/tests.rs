@@ -6,7 +6,7 @@ use berth_model::{
 
 use super::*;
 use crate::command::*;
-use berth_model::{ServiceStatus, TaskStatus};
+use berth_model::{DesiredStatus, ServiceStatus, TaskStatus};
 
 /// The registration of the next revision of `default/web` (256 CPU units, 64 MiB, one busybox
 /// container) at `at`.
@@ -93,6 +93,41 @@ fn summary(s: &State) -> String {
         s.node("n1")
             .map_or(0, |n| s.node_with_allocation(n).cpu.allocated)
     )
+}
+
+#[test]
+fn commands_that_change_nothing_leave_a_shared_task_uncopied() {
+    let mut s = state_with_task();
+    place(&mut s, &["t1"]);
+    s.apply(report(TaskStatus::Running, None, None));
+    // What a reader or the change feed holds.
+    let held = s.shared_task("t1").expect("task");
+    let same = |s: &State| Arc::ptr_eq(&held, &s.shared_task("t1").expect("task"));
+    // A report from another node, and one behind what the task reached: stale.
+    s.apply(Command::ReportTaskStatus {
+        node: "n2".into(),
+        updates: vec![TaskStatusUpdate::status("t1", TaskStatus::Stopped)],
+        at: 11,
+    });
+    s.apply(report(TaskStatus::Pending, None, None));
+    assert!(same(&s), "stale reports copied the task");
+    // A stop is a change: the holder keeps the task as it was.
+    let stop = Command::StopTask {
+        namespace: "default".into(),
+        task_id: "t1".into(),
+        stop_code: StopCode::UserInitiated,
+        reason: "test".into(),
+        at: 12,
+    };
+    s.apply(stop.clone());
+    assert!(!same(&s));
+    assert_eq!(held.desired_status, DesiredStatus::Running);
+    // A second stop of the same task changes nothing and copies nothing.
+    let held = s.shared_task("t1").expect("task");
+    let (result, changed) = s.apply(stop);
+    assert!(changed.is_empty());
+    assert!(matches!(result, CommandResult::Task(t) if t.desired_status == DesiredStatus::Stopped));
+    assert!(Arc::ptr_eq(&held, &s.shared_task("t1").expect("task")));
 }
 
 #[test]

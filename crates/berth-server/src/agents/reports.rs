@@ -172,18 +172,29 @@ impl Reader {
         self.tx.send(Ok(Box::new(ack))).await.is_ok()
     }
 
-    /// Proposes a status report; a failed proposal ends the stream (the agent reconnects and
+    /// Proposes status updates; a failed proposal ends the stream (the agent reconnects and
     /// sends its reports again).
     async fn status(&self, updates: Vec<berth_proto::v1::TaskStatusUpdate>) -> bool {
-        let updates: Result<Vec<TaskStatusUpdate>, _> =
-            updates.into_iter().map(TryInto::try_into).collect();
-        let updates = match updates {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!("drop malformed status report: {}", error_chain(&e));
-                return true;
-            }
-        };
+        // Each update stands alone: one this server cannot read (an agent newer than it) is
+        // dropped, not the reports joined with it.
+        let updates: Vec<TaskStatusUpdate> = updates
+            .into_iter()
+            .filter_map(|u| {
+                let task_id = u.task_id.clone();
+                TaskStatusUpdate::try_from(u)
+                    .map_err(|e| {
+                        tracing::warn!(
+                            task_id,
+                            "drop a malformed status update: {}",
+                            error_chain(&e)
+                        );
+                    })
+                    .ok()
+            })
+            .collect();
+        if updates.is_empty() {
+            return true;
+        }
         let command = Command::ReportTaskStatus {
             node: self.node.name.clone(),
             updates,
