@@ -25,8 +25,27 @@ use crate::user::{self, ResolvedUser};
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 
-/// How often a running task's writable layers are measured against its ephemeral storage.
+/// How often, at most, a running task's writable layers are measured against its ephemeral
+/// storage: when they are close to the limit.
 pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How fast a task is assumed able to write, at most: a task further from its limit than it
+/// could write at this rate in [`STORAGE_CHECK_INTERVAL`] is measured less often (measuring
+/// walks the layer, in containerd; every 2 s for every task kept a node of many tasks busy).
+const FASTEST_WRITES: u64 = 2 << 30;
+
+/// How long a task may go unmeasured, however far from its limit.
+const STORAGE_CHECK_MAX: Duration = Duration::from_secs(30);
+
+/// When to measure a task's writable layers again, now that they hold `used` bytes of `limit`:
+/// no later than a task writing [`FASTEST_WRITES`] a second could reach the limit, so what it
+/// can write past the limit before it is stopped stays what it writes in 2 s; between 2 and
+/// 30 s.
+pub fn next_storage_check(used: u64, limit: berth_model::EphemeralStorage) -> Duration {
+    let headroom = limit.bytes().saturating_sub(used);
+    let secs = headroom / FASTEST_WRITES;
+    Duration::from_secs(secs).clamp(STORAGE_CHECK_INTERVAL, STORAGE_CHECK_MAX)
+}
 
 /// Why the task must stop when its containers' writable layers hold `used` bytes: `None` while
 /// that is within `limit`.
@@ -352,8 +371,8 @@ impl TaskRun {
         }
 
         let mut running_reported = !self.adopt.is_empty();
-        let mut storage_checks = tokio::time::interval(STORAGE_CHECK_INTERVAL);
-        storage_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let storage_check = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(storage_check);
         let (code, reason) = loop {
             if !starter.pending.is_empty() {
                 if let Err(reason) = self.start_ready(&mut starter, &mut states).await {
@@ -402,8 +421,11 @@ impl TaskRun {
                     let status_now = if running_reported { TaskStatus::Running } else { TaskStatus::Activating };
                     self.report(status_now, &states, None);
                 }
-                _ = storage_checks.tick() => {
-                    if let Some(reason) = self.storage_exceeded(&states).await {
+                () = &mut storage_check => {
+                    let (used, exceeded) = self.storage_used(&states).await;
+                    let next = next_storage_check(used, self.assignment.ephemeral_storage);
+                    storage_check.as_mut().reset(tokio::time::Instant::now() + next);
+                    if let Some(reason) = exceeded {
                         tracing::warn!("{reason}");
                         if running_reported {
                             self.report(TaskStatus::Running, &states, Some(reason.clone()));
@@ -777,7 +799,8 @@ impl TaskRun {
     }
 
     /// Why the task must stop for the storage its containers wrote, if it must.
-    async fn storage_exceeded(&self, states: &[ContainerState]) -> Option<String> {
+    /// What the task's writable layers hold, and why it must stop for that (if it must).
+    async fn storage_used(&self, states: &[ContainerState]) -> (u64, Option<String>) {
         let mut used = 0u64;
         for (c, state) in self.assignment.containers.iter().zip(states) {
             if state.last_status == TaskStatus::Pending {
@@ -791,7 +814,10 @@ impl TaskRun {
                 }
             }
         }
-        storage_exceeded(used, self.assignment.ephemeral_storage)
+        (
+            used,
+            storage_exceeded(used, self.assignment.ephemeral_storage),
+        )
     }
 
     /// Container `i`'s spec, with what the task's start prepared: its network namespace, who

@@ -619,6 +619,27 @@ async fn a_task_over_its_ephemeral_storage_is_stopped_with_the_reason() {
 }
 
 #[test]
+fn a_task_far_from_its_storage_limit_is_measured_less_often() {
+    use crate::supervisor::{next_storage_check, STORAGE_CHECK_INTERVAL};
+    let gib = |n: u32| berth_model::EphemeralStorage { size_in_gib: n };
+    // 20 GiB free at 2 GiB/s: 10 s.
+    assert_eq!(
+        next_storage_check(0, gib(20)),
+        std::time::Duration::from_secs(10)
+    );
+    // Close to the limit, at it, or past it: the shortest interval.
+    for used in [(19 << 30) + 1, 20 << 30, 21 << 30] {
+        assert_eq!(next_storage_check(used, gib(20)), STORAGE_CHECK_INTERVAL);
+    }
+    assert_eq!(next_storage_check(0, gib(1)), STORAGE_CHECK_INTERVAL);
+    // Never longer than 30 s.
+    assert_eq!(
+        next_storage_check(0, gib(200)),
+        std::time::Duration::from_secs(30)
+    );
+}
+
+#[test]
 fn the_storage_limit_is_the_sum_of_the_writable_layers() {
     use crate::supervisor::storage_exceeded;
     let one = berth_model::EphemeralStorage { size_in_gib: 1 };
