@@ -18,6 +18,7 @@ pub mod containerd;
 pub mod discovery;
 pub mod dns;
 pub mod engine;
+pub mod ephemeral;
 mod fake;
 mod fencing;
 mod iproute;

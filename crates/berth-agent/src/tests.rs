@@ -605,7 +605,7 @@ async fn a_task_over_its_ephemeral_storage_is_stopped_with_the_reason() {
     let (mut rx, _stop, handle) = run(&rt, "sleeper");
     running(&mut rx).await;
     rt.set_storage("t1-app", (20 << 30) - 1);
-    tokio::time::sleep(crate::supervisor::STORAGE_CHECK_INTERVAL * 2).await;
+    tokio::time::sleep(crate::ephemeral::STORAGE_CHECK_INTERVAL * 2).await;
     assert!(!handle.is_finished(), "within the 20 GiB default");
     rt.set_storage("t1-app", 21 << 30);
     handle.await.expect("supervisor finished");
@@ -620,7 +620,7 @@ async fn a_task_over_its_ephemeral_storage_is_stopped_with_the_reason() {
 
 #[test]
 fn a_task_far_from_its_storage_limit_is_measured_less_often() {
-    use crate::supervisor::{next_storage_check, STORAGE_CHECK_INTERVAL};
+    use crate::ephemeral::{next_storage_check, STORAGE_CHECK_INTERVAL};
     let gib = |n: u32| berth_model::EphemeralStorage { size_in_gib: n };
     // 20 GiB free at 2 GiB/s: 10 s.
     assert_eq!(
@@ -641,7 +641,7 @@ fn a_task_far_from_its_storage_limit_is_measured_less_often() {
 
 #[test]
 fn the_storage_limit_is_the_sum_of_the_writable_layers() {
-    use crate::supervisor::storage_exceeded;
+    use crate::ephemeral::storage_exceeded;
     let one = berth_model::EphemeralStorage { size_in_gib: 1 };
     assert_eq!(storage_exceeded(1 << 30, one), None);
     assert_eq!(
