@@ -109,11 +109,7 @@ impl Agent {
             })
             .collect();
         let first: Vec<AgentMessage> = std::iter::once(AgentMsg::Register(register))
-            .chain(
-                berth_proto::report_parts(resend)
-                    .into_iter()
-                    .map(|updates| AgentMsg::Status(StatusReport { updates })),
-            )
+            .chain(status_reports(resend))
             .map(|msg| AgentMessage { msg: Some(msg) })
             .collect();
         let outbound = tokio_stream::iter(first).chain(ReceiverStream::new(rx));
@@ -242,12 +238,20 @@ fn beat(serial: &mut tokio::sync::watch::Receiver<String>) -> AgentMsg {
 }
 
 /// Status updates as reports of at most `berth_proto::REPORT_BYTES` each.
+fn status_reports(
+    updates: Vec<berth_proto::v1::TaskStatusUpdate>,
+) -> impl Iterator<Item = AgentMsg> {
+    berth_proto::report_parts(updates)
+        .into_iter()
+        .map(|updates| AgentMsg::Status(StatusReport { updates }))
+}
+
 async fn send_status(
     tx: &mpsc::Sender<AgentMessage>,
     updates: Vec<berth_proto::v1::TaskStatusUpdate>,
 ) -> anyhow::Result<()> {
-    for updates in berth_proto::report_parts(updates) {
-        send(tx, AgentMsg::Status(StatusReport { updates })).await?;
+    for report in status_reports(updates) {
+        send(tx, report).await?;
     }
     Ok(())
 }

@@ -369,18 +369,7 @@ impl State {
                     || task.is_stopped()
                     || update.last_status < task.last_status
             };
-            if self
-                .tasks
-                .get(update.task_id.as_str())
-                .is_none_or(|t| stale(t))
-            {
-                continue;
-            }
-            let Some(task) = self
-                .tasks
-                .get_mut(update.task_id.as_str())
-                .map(Arc::make_mut)
-            else {
+            let Some(task) = task_to_change(&mut self.tasks, &update.task_id, |t| !stale(t)) else {
                 continue;
             };
             let mut touched = update.last_status != task.last_status;
@@ -523,10 +512,7 @@ impl State {
                     || task.is_stopped()
                     || task.events.last().map(|e| e.message.as_str()) == Some(message.as_str())
             };
-            if self.tasks.get(task_id.as_str()).is_none_or(|t| said(t)) {
-                continue;
-            }
-            let Some(task) = self.tasks.get_mut(task_id.as_str()).map(Arc::make_mut) else {
+            let Some(task) = task_to_change(&mut self.tasks, &task_id, |t| !said(t)) else {
                 continue;
             };
             task.events.push(at, message);
@@ -616,6 +602,20 @@ pub(crate) fn remove_from<K: Ord, T: Ord + std::borrow::Borrow<str>>(
         index.remove(key);
     }
     removed
+}
+
+/// Task `task_id` of `tasks` for writing, if `changes` says the command changes it: copied
+/// first when a reader or the change feed shares it, so a command that changes nothing copies
+/// nothing.
+fn task_to_change<'a>(
+    tasks: &'a mut imbl::OrdMap<TaskId, Arc<Task>>,
+    task_id: &str,
+    changes: impl FnOnce(&Task) -> bool,
+) -> Option<&'a mut Task> {
+    if !tasks.get(task_id).is_some_and(|t| changes(t)) {
+        return None;
+    }
+    tasks.get_mut(task_id).map(Arc::make_mut)
 }
 
 /// What a `RunTasks` adds to each task beyond its definition.
