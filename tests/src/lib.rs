@@ -235,6 +235,11 @@ impl Drop for Env {
                 ctr(&["--namespace", ns, "tasks", "delete", "--force", task]);
             }
         }
+        // A task an agent killed a moment ago had asked for may still be created after the
+        // sweep (containerd finishes a create whose caller went away): with containerd gone,
+        // its shim and container would run on with nothing to end them.
+        self.containerd.kill();
+        kill_shims_of(&self.containerd.socket);
         // The bridges the CNI plugins made for this test's agents, and the network namespaces
         // of the tasks they still recorded (their tasks are gone).
         let networks = self.networks.lock().unwrap_or_else(PoisonError::into_inner);
@@ -276,6 +281,55 @@ impl Drop for Env {
         }
         unmount_under(self.dir.path());
     }
+}
+
+/// Kills every containerd shim serving the containerd at `socket` with its direct children
+/// (the containers' first processes: each container's other processes end with them, in its
+/// own PID namespace), as `kill -9`.
+fn kill_shims_of(socket: &Path) {
+    let socket = socket.as_os_str().as_encoded_bytes();
+    let procs: Vec<(u32, Vec<u8>)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            Some((pid, std::fs::read(e.path().join("cmdline")).ok()?))
+        })
+        .collect();
+    let shims: Vec<u32> = procs
+        .iter()
+        .filter(|(_, cmdline)| {
+            let mut args = cmdline.split(|b| *b == 0);
+            args.next()
+                .is_some_and(|p| p.ends_with(b"containerd-shim-runc-v2"))
+                && args.any(|a| a == socket)
+        })
+        .map(|(pid, _)| *pid)
+        .collect();
+    if shims.is_empty() {
+        return;
+    }
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let mut doomed: Vec<String> = procs
+        .iter()
+        .filter(|(pid, _)| parent(*pid).is_some_and(|p| shims.contains(&p)))
+        .map(|(pid, _)| pid.to_string())
+        .collect();
+    doomed.extend(shims.iter().map(u32::to_string));
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .args(&doomed)
+        .output();
 }
 
 /// Unmounts everything mounted under `dir` (an agent's tmpfs for secret files outlives the

@@ -101,6 +101,17 @@ impl Containerd {
         })
     }
 
+    /// kill -9 containerd, and wait up to a second for it to end (as dropping it does, without
+    /// the wait). Its shims and their containers run on.
+    pub fn kill(&mut self) {
+        if self.child.start_kill().is_ok() {
+            let until = std::time::Instant::now() + Duration::from_secs(1);
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
     /// kill -9 containerd and start it again on the same root, state and socket (running
     /// containers keep running under their shims).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
