@@ -17,7 +17,8 @@
 //! writes nothing, and a start loads the snapshot and applies the log after it again, up to the
 //! commit index that each append writes beside its entries before the store answers anything, the
 //! rest once it hears the commit index from a quorum (openraft purges the log only up to a
-//! snapshot). A snapshot's CRC-32 is kept beside its name, and a start refuses a damaged one. Every
+//! snapshot). A snapshot's CRC-32 is kept beside its name: a start refuses a damaged one, and
+//! so does sending it to a member that needs it (openraft then stops Raft here). Every
 //! entry is durable in the log before it is applied, so the objects' own table (written about every
 //! 100 ms until 2026-12) was a second copy of the log's changes: in a placement burst, encoding the
 //! changed objects and committing them took a fifth of each server's CPU and most of what its disk
@@ -1030,7 +1031,8 @@ fn check_snapshot(db: &Database, id: &str, data: &[u8]) -> Result<(), SError> {
     }
     Err(read_err(std::io::Error::other(format!(
         "the snapshot {id} beside the database is damaged (CRC-32 {found:08x} of {} bytes, \
-         {written:08x} written); this server cannot start from it. Remove it from the cluster \
+         {written:08x} written); this server can neither start from it nor send it to \
+         another. Remove it from the cluster \
          (`berth cluster remove ID` on another server), move its data dir aside, and start it \
          again with an empty data dir, --join and a new server join token: it takes a fresh \
          copy of the state from the others",
@@ -1209,6 +1211,9 @@ impl StateMachine {
         let Some(data) = snapshot_bytes(&self.db, &self.snapshots, &meta)? else {
             return Ok(None);
         };
+        // DEFLATE has no checksum of its own: damaged bytes may still decode, into a state
+        // that was never applied, on the member that installs them.
+        check_snapshot(&self.db, &meta.snapshot_id, &data)?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -1625,6 +1630,13 @@ mod tests {
             "{refused}"
         );
         assert!(refused.contains("--join"), "{refused}");
+        // Nor is it sent to a member that needs it (openraft stops this member's Raft on the
+        // error: it cannot start again from the file either).
+        let refused = sm
+            .current_snapshot()
+            .map(|_| ())
+            .expect_err("a damaged snapshot sent");
+        assert!(refused.to_string().contains("damaged"), "{refused}");
     }
 
     /// A normal entry at `index` carrying `command`.
