@@ -36,7 +36,7 @@ mod tests_retention;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 
 use berth_model::{
     ApiTokenRecord, JoinTokenRecord, Namespace, Node, NodeCertificates, RemovedTask, Service, Task,
@@ -96,8 +96,9 @@ pub struct State {
     /// Namespaces with a record (`default` may have none).
     namespaces: BTreeMap<String, Namespace>,
     /// Task IDs by namespace (derived from `tasks`, stopped ones included, as `tasks_by_node`),
-    /// so a namespace's usage is found without scanning every task.
-    tasks_by_namespace: BTreeMap<String, BTreeSet<TaskId>>,
+    /// so a namespace's usage is found without scanning every task; persistent, as `tasks`,
+    /// so the published tasks carry it at no cost (a list of one namespace's tasks).
+    tasks_by_namespace: OrdMap<String, OrdSet<TaskId>>,
     /// The last rotation of the cluster CA, if the CA was ever rotated.
     ca_rotation: Option<berth_model::CaRotation>,
     /// Tasks waiting for a node (derived from `tasks`, refreshed after each command for the

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 
 use berth_model::{ApiTokenRecord, RemovedTask, Task};
 
@@ -24,11 +24,13 @@ impl Credentials {
     }
 }
 
-/// The tasks and the tasks the retention removed as the state holds them. A type of its own
-/// rather than a partial [`State`]: nothing derived is in it to read wrongly.
+/// The tasks, their index by namespace, and the tasks the retention removed as the state
+/// holds them. A type of its own rather than a partial [`State`]: none of the state's other
+/// indexes is in it to read wrongly.
 #[derive(Debug, Clone, Default)]
 pub struct TaskView {
     tasks: OrdMap<TaskId, Arc<Task>>,
+    by_namespace: OrdMap<String, OrdSet<TaskId>>,
     removed: OrdMap<String, RemovedTask>,
 }
 
@@ -41,13 +43,14 @@ impl TaskView {
             .filter(|t| t.namespace == namespace)
     }
 
-    /// The tasks in `namespace`, in task ID order ([`State::tasks_in`], which has an index of
-    /// each namespace's tasks; this looks at every task).
-    pub fn tasks_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks
-            .values()
-            .map(Arc::as_ref)
-            .filter(move |t| t.namespace == namespace)
+    /// The tasks in `namespace`, in task ID order ([`State::tasks_in`]), by the state's index
+    /// of each namespace's tasks: a small namespace's list looks at its own tasks only.
+    pub fn tasks_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.by_namespace
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id).map(Arc::as_ref))
     }
 
     /// What the retention left of task `task_id` in `namespace` ([`State::removed_task`]).
@@ -73,6 +76,7 @@ impl State {
     pub fn task_view(&self) -> TaskView {
         TaskView {
             tasks: self.tasks.clone(),
+            by_namespace: self.tasks_by_namespace.clone(),
             removed: self.removed.clone(),
         }
     }

@@ -527,7 +527,12 @@ impl State {
     pub(crate) fn unindex(&mut self, id: &str) -> Option<Task> {
         let (shared_id, task) = self.tasks.remove_with_key(id)?;
         let task = Arc::unwrap_or_clone(task);
-        remove_from(&mut self.tasks_by_namespace, &task.namespace, id);
+        if let Some(ids) = self.tasks_by_namespace.get_mut(&task.namespace) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.tasks_by_namespace.remove(&task.namespace);
+            }
+        }
         if let Some(node) = &task.node {
             remove_from(&mut self.tasks_by_node, node, id);
         }

@@ -605,4 +605,40 @@ fn a_task_view_lists_the_tasks_of_a_namespace_as_the_state_does() {
         .collect();
     assert_eq!(default, ["a", "b", "c"]);
     assert_eq!(view.tasks_in("other").count(), 2);
+
+    // A task the retention removes leaves a later view's list, and one taken before keeps it;
+    // a namespace whose last task is removed lists none.
+    stopped(&mut s, "b", 10);
+    s.apply(Command::PlaceTasks {
+        placements: ["a2", "d"]
+            .map(|id| Placement {
+                task_id: id.into(),
+                node: "n1".into(),
+            })
+            .to_vec(),
+        unplaced: vec![],
+        at: 6,
+    });
+    for id in ["a2", "d"] {
+        s.apply(Command::ReportTaskStatus {
+            node: "n1".into(),
+            updates: vec![berth_model::TaskStatusUpdate {
+                task_id: id.into(),
+                last_status: TaskStatus::Stopped,
+                containers: vec![],
+                stop_code: Some(berth_model::StopCode::EssentialContainerExited),
+                stopped_reason: Some("exited".into()),
+                event: None,
+                ip_address: None,
+            }],
+            at: 10,
+        });
+    }
+    let (r, _) = s.apply(retire(&["b", "a2", "d"], &[], 20));
+    assert_eq!(r, CommandResult::Count(3), "{r:?}");
+    let after = s.task_view();
+    assert_eq!(ids(after.tasks_in("default")), ["a", "c"]);
+    assert_eq!(after.tasks_in("other").count(), 0);
+    assert_eq!(ids(view.tasks_in("default")), ["a", "b", "c"]);
+    assert_eq!(view.tasks_in("other").count(), 2);
 }
