@@ -1,5 +1,7 @@
 //! The clusters the scenarios measure: three real servers, and fleets of hollow agents.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -27,7 +29,7 @@ impl Cluster {
         let flags = std::env::var("BERTH_BENCH_SERVER_FLAGS").unwrap_or_default();
         let extra = [extra, &flags.split_whitespace().collect::<Vec<_>>()].concat();
         let extra = extra.as_slice();
-        let dir = scratch().prefix("berth-bench").tempdir_in("/tmp")?;
+        let dir = scratch_dir("berth-bench")?;
         let first = ServerProc::spawn(1, &dir.path().join("s1"), None, extra).await?;
         first.wait_ready().await?;
         let join = first.addr.to_string();
@@ -146,12 +148,86 @@ impl Watched {
     }
 }
 
-/// A scratch directory under /tmp, kept afterwards (logs and data) when `BERTH_BENCH_KEEP` is
-/// set.
-pub(crate) fn scratch() -> tempfile::Builder<'static, 'static> {
-    let mut b = tempfile::Builder::new();
-    b.disable_cleanup(std::env::var_os("BERTH_BENCH_KEEP").is_some());
-    b
+/// The scratch directories the running scenario made ([`scratch_dir`]).
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A scratch directory under /tmp named `prefix…`, for the running scenario: removed once the
+/// scenario has ended ([`end_scratch`]), not when the handle is dropped, so that a failed
+/// scenario's logs can be kept.
+pub(crate) fn scratch_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(true)
+        .tempdir_in("/tmp")?;
+    SCRATCH
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(dir.path().to_owned());
+    Ok(dir)
+}
+
+/// The most of each log file a failed scenario keeps: its end.
+const KEPT_LOG_BYTES: u64 = 8 << 20;
+
+/// Ends the scratch directories of a scenario that just ended (its processes are gone: they
+/// die with their handles). A failed one's logs (every `*.log` file, its last 8 MiB) are
+/// copied under `failed` first, by the path inside their directory: a failure that is seldom
+/// reproduced (an agent fenced under load) leaves its evidence. The directories stay, data
+/// and all, when `BERTH_BENCH_KEEP` is set; they are removed otherwise. Answers where the logs
+/// went, if any were kept.
+pub(crate) fn end_scratch(failed: Option<&Path>) -> Option<PathBuf> {
+    let dirs = std::mem::take(&mut *SCRATCH.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut kept = None;
+    if let Some(to) = failed {
+        let _ = std::fs::remove_dir_all(to);
+        for dir in &dirs {
+            let name = dir.file_name().map(PathBuf::from).unwrap_or_default();
+            if copy_logs(dir, &to.join(name)) > 0 {
+                kept = Some(to.to_owned());
+            }
+        }
+    }
+    if std::env::var_os("BERTH_BENCH_KEEP").is_none() {
+        for dir in &dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    kept
+}
+
+/// Copies the end of every `*.log` file under `from` to the same place under `to`; answers
+/// how many.
+fn copy_logs(from: &Path, to: &Path) -> usize {
+    use std::io::{Read as _, Seek as _};
+    let mut copied = 0;
+    for entry in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            copied += copy_logs(&path, &to.join(entry.file_name()));
+            continue;
+        }
+        if !kind.is_file() || path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let tail = std::fs::File::open(&path).and_then(|mut f| {
+            let len = f.metadata()?.len();
+            f.seek(std::io::SeekFrom::Start(len.saturating_sub(KEPT_LOG_BYTES)))?;
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        let written = tail.and_then(|bytes| {
+            std::fs::create_dir_all(to)?;
+            std::fs::write(to.join(entry.file_name()), bytes)
+        });
+        if written.is_ok() {
+            copied += 1;
+        }
+    }
+    copied
 }
 
 /// Hollow agents (`berth agent --hollow`) in as many processes as their files need; every
@@ -164,7 +240,7 @@ pub(crate) struct Hollow {
 impl Hollow {
     /// `nodes` agents named `PREFIX-P-I` (process P, agent I) serving `servers`.
     pub(crate) async fn spawn(servers: &str, prefix: &str, nodes: u32) -> anyhow::Result<Self> {
-        let dir = scratch().prefix("berth-hollow").tempdir_in("/tmp")?;
+        let dir = scratch_dir("berth-hollow")?;
         // One agent join token for the whole fleet; each agent joins under its own name.
         let token_file = dir.path().join("join-token");
         std::fs::write(

@@ -14,7 +14,7 @@ use etcd_client::Client;
 use prost::Message as _;
 use tokio::process::{Child, Command};
 
-use crate::cluster::scratch;
+use crate::cluster::scratch_dir;
 use crate::raft::{write_load, CLIENTS};
 use crate::results::Results;
 
@@ -27,7 +27,7 @@ pub(crate) async fn etcd(results: &mut Results) -> anyhow::Result<()> {
         Path::new(ETCD).exists(),
         "{ETCD} is missing: install Debian's etcd-server (`make bench` does)"
     );
-    let dir = scratch().prefix("berth-etcd").tempdir_in("/tmp")?;
+    let dir = scratch_dir("berth-etcd")?;
     let members = Members::start(dir.path()).await?;
     let (mut client, term) = members.leader().await?;
     // The bytes berth's `raft` scenario sends as one write.

@@ -12,7 +12,7 @@ use berth_tests::{poll, ServerProc};
 use crate::api::{
     big_client, epoch_ms, spec, submit, wait_metric, wait_nodes, wait_running, RUNNING,
 };
-use crate::cluster::{rss_mib, scratch, Cluster, Hollow, Watched};
+use crate::cluster::{rss_mib, scratch_dir, Cluster, Hollow, Watched};
 use crate::results::{record_percentiles, Results};
 
 /// The node TTL the node-loss scenario runs its servers with (the default is 10 s).
@@ -442,7 +442,7 @@ async fn lone_server(
     String,
     berth_tests::Api,
 )> {
-    let dir = scratch().prefix(prefix).tempdir_in("/tmp")?;
+    let dir = scratch_dir(prefix)?;
     let server = ServerProc::start(&dir.path().join("s1"), None).await?;
     let addr = server.addr.to_string();
     let agents = Hollow::spawn(&addr, "hollow", nodes).await?;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::cluster::scratch;
+use crate::cluster::scratch_dir;
 use crate::results::{record_percentiles, Results};
 
 /// The host the ingress rule (and nginx's server block) answers.
@@ -51,7 +51,7 @@ pub(crate) async fn ingress(results: &mut Results) -> anyhow::Result<()> {
     routed(&ingress, &backends).await?;
     let watched = crate::cluster::Watched::begin(&[&server]).await?;
     // Without nginx the floor and berth are still measured; the scenario fails at the end.
-    let nginx_dir = scratch().prefix("berth-nginx").tempdir_in("/tmp")?;
+    let nginx_dir = scratch_dir("berth-nginx")?;
     let nginx = Nginx::start(nginx_dir.path(), &backends).await;
     let mut targets = vec![("direct", backends.clone()), ("berth", vec![ingress.addr])];
     if let Ok(nginx) = &nginx {

@@ -91,8 +91,13 @@ async fn main() -> anyhow::Result<()> {
             "soak" => soak::soak(&mut results).await,
             _ => unreachable!(),
         };
+        let failed_logs = out.join("failed").join(scenario);
+        let kept = cluster::end_scratch(outcome.is_err().then_some(failed_logs.as_path()));
         if let Err(e) = outcome {
             eprintln!("{scenario} FAILED: {e:#}");
+            if let Some(logs) = kept {
+                eprintln!("{scenario}: its logs are in {}", logs.display());
+            }
             results.insert(format!("{scenario}.failed"), 1.0);
             failed.push(scenario);
         }
