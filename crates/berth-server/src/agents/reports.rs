@@ -1,6 +1,9 @@
 //! What an agent sends after registering: heartbeats (answered with acks), metrics samples
 //! (kept in the leader's memory) and task status reports (proposed to the log).
 
+use std::future::Future;
+use std::pin::Pin;
+
 use berth_model::{Node, NodeStatus, TaskStatusUpdate};
 use berth_proto::v1::agent_message::Msg as AgentMsg;
 use berth_proto::v1::server_message::Msg as ServerMsg;
@@ -60,41 +63,128 @@ where
     updates
 }
 
-impl Reader {
-    pub async fn run(self, mut inbound: Streaming<AgentMessage>) {
-        self.metrics.agent_connected();
-        // What the stream gave after a status report that was not one (read ahead below).
-        let mut ahead = None;
-        loop {
-            let next = match ahead.take() {
-                Some(next) => next,
-                None => inbound.next().await,
-            };
-            let msg = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::info!("agent stream ended: {}", error_chain(&e));
-                    break;
+/// What the reader does with each message of an agent's stream ([`Reader`] with the store;
+/// the tests' with fakes).
+trait Handle {
+    /// A message came: the agent is alive.
+    fn seen(&self);
+    /// Answers a heartbeat; `false` ends the stream.
+    fn heartbeat(&self, serial: &str) -> impl Future<Output = bool> + Send;
+    fn samples(&self, report: berth_proto::v1::MetricsReport);
+    /// Writes status updates; `false` (a failed write) ends the stream.
+    fn status(
+        &self,
+        updates: Vec<berth_proto::v1::TaskStatusUpdate>,
+    ) -> impl Future<Output = bool> + Send;
+}
+
+/// The next message: the one read ahead, if any, else the stream's next.
+async fn next_message<S>(ahead: &mut Option<Next>, inbound: &mut S) -> Next
+where
+    S: futures::Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin,
+{
+    match ahead.take() {
+        Some(next) => next,
+        None => inbound.next().await,
+    }
+}
+
+/// Reads an agent's stream until it ends. One status write is in flight at a time, and the
+/// stream is read on meanwhile: a heartbeat behind a report is answered (and the agent counted
+/// alive) while the report's write waits for its commit, which on a loaded leader takes
+/// seconds, long enough before for the node to be declared lost and its agent to fence itself.
+/// Updates read meanwhile wait, in order, for the next write; once [`MAX_UPDATES`] wait, the
+/// stream is not read until the write ends (the agent's sends then wait: back-pressure on the
+/// agents, not on Raft). Updates read before the stream ended are still written.
+async fn read_stream<H, S>(handler: &H, mut inbound: S)
+where
+    H: Handle + Sync,
+    S: futures::Stream<Item = Result<AgentMessage, tonic::Status>> + Unpin + Send,
+{
+    // What the stream gave after a status report that was not one (read ahead below).
+    let mut ahead = None;
+    let mut writing: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
+    let mut waiting: Vec<berth_proto::v1::TaskStatusUpdate> = Vec::new();
+    let ended = loop {
+        tokio::select! {
+            written = async { writing.as_mut().expect("a write in flight").await }, if writing.is_some() => {
+                writing = None;
+                if !written {
+                    break false;
                 }
-                None => break,
-            };
-            self.liveness.seen(&self.node.name);
-            let go_on = match msg.msg {
-                Some(AgentMsg::Heartbeat(h)) => self.heartbeat(&h.certificate_serial).await,
-                Some(AgentMsg::Metrics(report)) => {
-                    self.samples(report);
-                    true
+                if !waiting.is_empty() {
+                    writing = Some(Box::pin(handler.status(std::mem::take(&mut waiting))));
                 }
-                Some(AgentMsg::Status(report)) => {
-                    let updates = join_ready(report.updates, &mut inbound, &mut ahead);
-                    self.status(updates).await
+            }
+            next = next_message(&mut ahead, &mut inbound), if waiting.len() < MAX_UPDATES => {
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::info!("agent stream ended: {}", error_chain(&e));
+                        break true;
+                    }
+                    None => break true,
+                };
+                handler.seen();
+                let go_on = match msg.msg {
+                    Some(AgentMsg::Heartbeat(h)) => handler.heartbeat(&h.certificate_serial).await,
+                    Some(AgentMsg::Metrics(report)) => {
+                        handler.samples(report);
+                        true
+                    }
+                    Some(AgentMsg::Status(report)) if writing.is_none() => {
+                        let updates = join_ready(report.updates, &mut inbound, &mut ahead);
+                        writing = Some(Box::pin(handler.status(updates)));
+                        true
+                    }
+                    Some(AgentMsg::Status(report)) => {
+                        waiting.extend(report.updates);
+                        true
+                    }
+                    _ => true,
+                };
+                if !go_on {
+                    break false;
                 }
-                _ => true,
-            };
-            if !go_on {
-                break;
             }
         }
+    };
+    if ended {
+        let written = match writing {
+            Some(w) => w.await,
+            None => true,
+        };
+        if written && !waiting.is_empty() {
+            handler.status(waiting).await;
+        }
+    }
+}
+
+impl Handle for Reader {
+    fn seen(&self) {
+        self.liveness.seen(&self.node.name);
+    }
+
+    fn heartbeat(&self, serial: &str) -> impl Future<Output = bool> + Send {
+        self.heartbeat(serial)
+    }
+
+    fn samples(&self, report: berth_proto::v1::MetricsReport) {
+        self.samples(report);
+    }
+
+    fn status(
+        &self,
+        updates: Vec<berth_proto::v1::TaskStatusUpdate>,
+    ) -> impl Future<Output = bool> + Send {
+        self.status(updates)
+    }
+}
+
+impl Reader {
+    pub async fn run(self, inbound: Streaming<AgentMessage>) {
+        self.metrics.agent_connected();
+        read_stream(&self, inbound).await;
         self.metrics.agent_disconnected();
         tracing::info!("agent disconnected");
     }
@@ -169,7 +259,11 @@ impl Reader {
         let ack = ServerMessage {
             msg: Some(ServerMsg::Ack(berth_proto::v1::Ack {})),
         };
-        self.tx.send(Ok(Box::new(ack))).await.is_ok()
+        // Not waited for: with the channel full, the agent hears the messages ahead of it.
+        !matches!(
+            self.tx.try_send(Ok(Box::new(ack))),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+        )
     }
 
     /// Proposes status updates; a failed proposal ends the stream (the agent reconnects and
@@ -211,6 +305,8 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use berth_proto::v1::{Heartbeat, StatusReport, TaskStatusUpdate};
 
     use super::*;
@@ -282,6 +378,184 @@ mod tests {
         let mut ahead = None;
         join_ready(first(), &mut failed, &mut ahead);
         assert!(matches!(ahead, Some(Some(Err(_)))));
+    }
+
+    /// A handler that records what the reader does, whose status writes each wait for a
+    /// permit the test gives.
+    struct Fake {
+        events: std::sync::Mutex<Vec<String>>,
+        permits: tokio::sync::Semaphore,
+        writes_fail: bool,
+    }
+
+    impl Fake {
+        fn new(writes_fail: bool) -> Self {
+            Self {
+                events: std::sync::Mutex::default(),
+                permits: tokio::sync::Semaphore::new(0),
+                writes_fail,
+            }
+        }
+
+        fn push(&self, event: String) {
+            self.events.lock().expect("events").push(event);
+        }
+
+        fn events(&self) -> Vec<String> {
+            self.events.lock().expect("events").clone()
+        }
+
+        /// Lets the reader run until `done` holds of the events (bounded).
+        async fn until(&self, done: impl Fn(&[String]) -> bool) {
+            for _ in 0..1_000 {
+                if done(&self.events()) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("the reader never got there: {:?}", self.events());
+        }
+    }
+
+    impl Handle for Fake {
+        fn seen(&self) {
+            self.push("seen".into());
+        }
+
+        fn heartbeat(&self, _serial: &str) -> impl Future<Output = bool> + Send {
+            self.push("heartbeat".into());
+            async { true }
+        }
+
+        fn samples(&self, _report: berth_proto::v1::MetricsReport) {
+            self.push("samples".into());
+        }
+
+        fn status(&self, updates: Vec<TaskStatusUpdate>) -> impl Future<Output = bool> + Send {
+            let ids = ids(&updates).join(" ");
+            self.push(format!("write {ids}"));
+            async move {
+                self.permits.acquire().await.expect("permit").forget();
+                self.push(format!("written {ids}"));
+                !self.writes_fail
+            }
+        }
+    }
+
+    fn heartbeat() -> Result<AgentMessage, tonic::Status> {
+        Ok(AgentMessage {
+            msg: Some(AgentMsg::Heartbeat(Heartbeat::default())),
+        })
+    }
+
+    type Inbound = tokio::sync::mpsc::Sender<Result<AgentMessage, tonic::Status>>;
+
+    fn stream() -> (
+        Inbound,
+        tokio_stream::wrappers::ReceiverStream<Result<AgentMessage, tonic::Status>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    async fn send(tx: &Inbound, msg: Result<AgentMessage, tonic::Status>) {
+        tx.send(msg).await.expect("the reader reads");
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_behind_a_report_is_answered_while_its_write_waits() {
+        let fake = Fake::new(false);
+        let (tx, inbound) = stream();
+        let drive = async {
+            send(&tx, status(&["a"])).await;
+            send(&tx, heartbeat()).await;
+            fake.until(|e| e.iter().any(|e| e == "heartbeat")).await;
+            assert_eq!(fake.events(), ["seen", "write a", "seen", "heartbeat"]);
+            // Reports read while the write waits are the next write, joined, in order.
+            send(&tx, status(&["b"])).await;
+            send(&tx, status(&["c"])).await;
+            fake.until(|e| e.len() == 6).await;
+            fake.permits.add_permits(1);
+            fake.until(|e| e.iter().any(|e| e == "write b c")).await;
+            fake.permits.add_permits(1);
+            fake.until(|e| e.iter().any(|e| e == "written b c")).await;
+            drop(tx);
+        };
+        tokio::join!(read_stream(&fake, inbound), drive);
+        assert_eq!(
+            fake.events(),
+            [
+                "seen",
+                "write a",
+                "seen",
+                "heartbeat",
+                "seen",
+                "seen",
+                "written a",
+                "write b c",
+                "written b c"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn what_was_read_before_the_stream_ended_is_still_written() {
+        let fake = Fake::new(false);
+        fake.permits.add_permits(10);
+        let (tx, inbound) = stream();
+        send(&tx, status(&["a"])).await;
+        send(&tx, heartbeat()).await;
+        send(&tx, status(&["b"])).await;
+        drop(tx);
+        read_stream(&fake, inbound).await;
+        let events = fake.events();
+        assert_eq!(
+            events[events.len() - 2..],
+            ["write b".to_owned(), "written b".to_owned()],
+            "{events:?}"
+        );
+        assert!(events.contains(&"written a".to_owned()), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_behind_a_write_stops_the_reading_until_it_ends() {
+        let fake = Fake::new(false);
+        let (tx, inbound) = stream();
+        let many: Vec<String> = (0..MAX_UPDATES).map(|i| format!("m{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let drive = async {
+            send(&tx, status(&["a"])).await;
+            fake.until(|e| e.len() == 2).await;
+            send(&tx, status(&refs)).await;
+            send(&tx, heartbeat()).await;
+            fake.until(|e| e.len() == 3).await;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!fake.events().contains(&"heartbeat".to_owned()));
+            fake.permits.add_permits(2);
+            fake.until(|e| e.iter().any(|e| e == "heartbeat")).await;
+            drop(tx);
+        };
+        tokio::join!(read_stream(&fake, inbound), drive);
+        let events = fake.events();
+        let at = |name: &str| events.iter().position(|e| e.starts_with(name));
+        assert!(at("written a") < at("write m0") && at("write m0") < at("heartbeat"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_stream_and_drops_what_waited() {
+        let fake = Fake::new(true);
+        fake.permits.add_permits(10);
+        let (tx, inbound) = stream();
+        send(&tx, status(&["a"])).await;
+        send(&tx, status(&["b"])).await;
+        // The stream stays open: the reader ends on its own.
+        tokio::time::timeout(Duration::from_secs(5), read_stream(&fake, inbound))
+            .await
+            .expect("the reader ends");
+        assert!(!fake.events().contains(&"write b".to_owned()));
+        drop(tx);
     }
 
     #[test]
