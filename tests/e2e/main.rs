@@ -30,10 +30,12 @@ use berth_tests::{
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Dropped field by field in this order: the agent (no container started after it), the
+/// server, then the environment, whose drop removes what containers are left.
 struct Cluster {
-    env: Env,
-    server: ServerProc,
     agent: AgentProc,
+    server: ServerProc,
+    env: Env,
 }
 
 impl Cluster {

@@ -93,9 +93,13 @@ where
 /// stream is read on meanwhile: a heartbeat behind a report is answered (and the agent counted
 /// alive) while the report's write waits for its commit, which on a loaded leader takes
 /// seconds, long enough before for the node to be declared lost and its agent to fence itself.
-/// Updates read meanwhile wait, in order, for the next write; once [`MAX_UPDATES`] wait, the
-/// stream is not read until the write ends (the agent's sends then wait: back-pressure on the
-/// agents, not on Raft). Updates read before the stream ended are still written.
+/// A write is started (polled) before the next message is handled, so whatever that message
+/// proposes (a heartbeat's registration) comes after it. Updates read meanwhile wait, in order,
+/// for the next write; once [`MAX_UPDATES`] wait, the stream is not read until the write ends
+/// (the agent's sends then wait: back-pressure on the agents, not on Raft). When the stream
+/// ends, the updates still waiting are dropped: an agent sends the last status of every task
+/// as it connects again, and written after that (this server forwarding to a new leader)
+/// they would overwrite newer ones.
 async fn read_stream<H, S>(handler: &H, mut inbound: S)
 where
     H: Handle + Sync,
@@ -105,12 +109,14 @@ where
     let mut ahead = None;
     let mut writing: Option<Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
     let mut waiting: Vec<berth_proto::v1::TaskStatusUpdate> = Vec::new();
-    let ended = loop {
+    loop {
         tokio::select! {
+            // First: a write just made is started before the next message is handled.
+            biased;
             written = async { writing.as_mut().expect("a write in flight").await }, if writing.is_some() => {
                 writing = None;
                 if !written {
-                    break false;
+                    break;
                 }
                 if !waiting.is_empty() {
                     writing = Some(Box::pin(handler.status(std::mem::take(&mut waiting))));
@@ -121,9 +127,9 @@ where
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
                         tracing::info!("agent stream ended: {}", error_chain(&e));
-                        break true;
+                        break;
                     }
-                    None => break true,
+                    None => break,
                 };
                 handler.seen();
                 let go_on = match msg.msg {
@@ -144,18 +150,9 @@ where
                     _ => true,
                 };
                 if !go_on {
-                    break false;
+                    break;
                 }
             }
-        }
-    };
-    if ended {
-        let written = match writing {
-            Some(w) => w.await,
-            None => true,
-        };
-        if written && !waiting.is_empty() {
-            handler.status(waiting).await;
         }
     }
 }
@@ -433,8 +430,9 @@ mod tests {
 
         fn status(&self, updates: Vec<TaskStatusUpdate>) -> impl Future<Output = bool> + Send {
             let ids = ids(&updates).join(" ");
-            self.push(format!("write {ids}"));
+            // As the store's: nothing happens until the write is first polled.
             async move {
+                self.push(format!("write {ids}"));
                 self.permits.acquire().await.expect("permit").forget();
                 self.push(format!("written {ids}"));
                 !self.writes_fail
@@ -499,22 +497,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn what_was_read_before_the_stream_ended_is_still_written() {
+    async fn what_waits_when_the_stream_ends_is_dropped_and_the_write_in_flight_is_not_waited_for()
+    {
         let fake = Fake::new(false);
-        fake.permits.add_permits(10);
         let (tx, inbound) = stream();
-        send(&tx, status(&["a"])).await;
-        send(&tx, heartbeat()).await;
-        send(&tx, status(&["b"])).await;
-        drop(tx);
-        read_stream(&fake, inbound).await;
-        let events = fake.events();
-        assert_eq!(
-            events[events.len() - 2..],
-            ["write b".to_owned(), "written b".to_owned()],
-            "{events:?}"
-        );
-        assert!(events.contains(&"written a".to_owned()), "{events:?}");
+        let drive = async {
+            send(&tx, status(&["a"])).await;
+            fake.until(|e| e.len() == 2).await;
+            send(&tx, status(&["b"])).await;
+            fake.until(|e| e.len() == 3).await;
+            drop(tx);
+        };
+        // The reader ends with the stream, its write still waiting for a permit.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::future::join(read_stream(&fake, inbound), drive),
+        )
+        .await
+        .expect("the reader ends with its stream");
+        assert_eq!(fake.events(), ["seen", "write a", "seen"]);
     }
 
     #[tokio::test]
@@ -546,15 +547,22 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_ends_the_stream_and_drops_what_waited() {
         let fake = Fake::new(true);
-        fake.permits.add_permits(10);
         let (tx, inbound) = stream();
-        send(&tx, status(&["a"])).await;
-        send(&tx, status(&["b"])).await;
-        // The stream stays open: the reader ends on its own.
-        tokio::time::timeout(Duration::from_secs(5), read_stream(&fake, inbound))
-            .await
-            .expect("the reader ends");
-        assert!(!fake.events().contains(&"write b".to_owned()));
+        let drive = async {
+            send(&tx, status(&["a"])).await;
+            fake.until(|e| e.len() == 2).await;
+            send(&tx, status(&["b"])).await;
+            fake.until(|e| e.len() == 3).await;
+            fake.permits.add_permits(10);
+        };
+        // The stream stays open (`tx` lives on): the reader ends on its own.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::future::join(read_stream(&fake, inbound), drive),
+        )
+        .await
+        .expect("the reader ends");
+        assert_eq!(fake.events(), ["seen", "write a", "seen", "written a"]);
         drop(tx);
     }
 
