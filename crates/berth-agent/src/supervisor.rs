@@ -761,7 +761,6 @@ impl TaskRun {
         }
     }
 
-    /// Why the task must stop for the storage its containers wrote, if it must.
     /// What the task's writable layers hold, and why it must stop for that (if it must).
     async fn storage_used(&self, states: &[ContainerState]) -> (u64, Option<String>) {
         let mut used = 0u64;

@@ -620,19 +620,7 @@ fn a_task_view_lists_the_tasks_of_a_namespace_as_the_state_does() {
         at: 6,
     });
     for id in ["a2", "d"] {
-        s.apply(Command::ReportTaskStatus {
-            node: "n1".into(),
-            updates: vec![berth_model::TaskStatusUpdate {
-                task_id: id.into(),
-                last_status: TaskStatus::Stopped,
-                containers: vec![],
-                stop_code: Some(berth_model::StopCode::EssentialContainerExited),
-                stopped_reason: Some("exited".into()),
-                event: None,
-                ip_address: None,
-            }],
-            at: 10,
-        });
+        stopped(&mut s, id, 10);
     }
     let (r, _) = s.apply(retire(&["b", "a2", "d"], &[], 20));
     assert_eq!(r, CommandResult::Count(3), "{r:?}");

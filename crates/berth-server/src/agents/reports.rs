@@ -460,6 +460,29 @@ mod tests {
         tx.send(msg).await.expect("the reader reads");
     }
 
+    /// Sends report `a`, then report `b` once `a`'s write has begun, and waits until `b` is
+    /// read (the write of `a` still waiting for a permit).
+    async fn a_then_b(fake: &Fake, tx: &Inbound) {
+        send(tx, status(&["a"])).await;
+        fake.until(|e| e.len() == 2).await;
+        send(tx, status(&["b"])).await;
+        fake.until(|e| e.len() == 3).await;
+    }
+
+    /// Runs the reader beside `drive` until both end; the reader must end within 5 s.
+    async fn reader_ends(
+        fake: &Fake,
+        inbound: tokio_stream::wrappers::ReceiverStream<Result<AgentMessage, tonic::Status>>,
+        drive: impl Future<Output = ()>,
+    ) {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::future::join(read_stream(fake, inbound), drive),
+        )
+        .await
+        .expect("the reader ends");
+    }
+
     #[tokio::test]
     async fn a_heartbeat_behind_a_report_is_answered_while_its_write_waits() {
         let fake = Fake::new(false);
@@ -502,19 +525,11 @@ mod tests {
         let fake = Fake::new(false);
         let (tx, inbound) = stream();
         let drive = async {
-            send(&tx, status(&["a"])).await;
-            fake.until(|e| e.len() == 2).await;
-            send(&tx, status(&["b"])).await;
-            fake.until(|e| e.len() == 3).await;
+            a_then_b(&fake, &tx).await;
             drop(tx);
         };
         // The reader ends with the stream, its write still waiting for a permit.
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            futures::future::join(read_stream(&fake, inbound), drive),
-        )
-        .await
-        .expect("the reader ends with its stream");
+        reader_ends(&fake, inbound, drive).await;
         assert_eq!(fake.events(), ["seen", "write a", "seen"]);
     }
 
@@ -549,19 +564,11 @@ mod tests {
         let fake = Fake::new(true);
         let (tx, inbound) = stream();
         let drive = async {
-            send(&tx, status(&["a"])).await;
-            fake.until(|e| e.len() == 2).await;
-            send(&tx, status(&["b"])).await;
-            fake.until(|e| e.len() == 3).await;
+            a_then_b(&fake, &tx).await;
             fake.permits.add_permits(10);
         };
         // The stream stays open (`tx` lives on): the reader ends on its own.
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            futures::future::join(read_stream(&fake, inbound), drive),
-        )
-        .await
-        .expect("the reader ends");
+        reader_ends(&fake, inbound, drive).await;
         assert_eq!(fake.events(), ["seen", "write a", "seen", "written a"]);
         drop(tx);
     }
