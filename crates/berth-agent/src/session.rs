@@ -3,7 +3,7 @@
 //! reports (the last state of every known task is re-sent on each new stream) and a metrics
 //! report every `metrics_interval`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,6 +122,7 @@ impl Agent {
         let mut desired = DesiredSet::default();
         // While a whole set arrives in parts: the tasks whose logs stay.
         let mut kept: Option<std::collections::BTreeSet<String>> = None;
+        let mut outbox = Outbox::default();
         loop {
             tokio::select! {
                 msg = inbound.message() => {
@@ -171,19 +172,20 @@ impl Agent {
                     for u in &batch {
                         reports.latest.insert(u.task_id.clone(), u.clone());
                     }
-                    send_status(&tx, batch.into_iter().map(Into::into).collect()).await?;
+                    outbox.status(batch.into_iter().map(Into::into).collect());
                 }
                 _ = metrics.tick() => {
                     let samples = self.sample(&mut reports.counters).await;
-                    if !samples.is_empty() {
-                        let samples = samples.into_iter().map(Into::into).collect();
-                        for samples in berth_proto::report_parts(samples) {
-                            send(&tx, AgentMsg::Metrics(MetricsReport { samples })).await?;
-                        }
+                    outbox.metrics(samples.into_iter().map(Into::into).collect());
+                }
+                _ = heartbeat.tick() => outbox.beat(serial.borrow_and_update().clone()),
+                Ok(()) = serial.changed() => outbox.beat(serial.borrow_and_update().clone()),
+                permit = tx.reserve(), if !outbox.is_empty() => {
+                    let permit = permit.context("send to the server's stream")?;
+                    if let Some(msg) = outbox.next() {
+                        permit.send(AgentMessage { msg: Some(msg) });
                     }
                 }
-                _ = heartbeat.tick() => send(&tx, beat(&mut serial)).await?,
-                Ok(()) = serial.changed() => send(&tx, beat(&mut serial)).await?,
             }
         }
     }
@@ -230,11 +232,48 @@ impl Agent {
     }
 }
 
-/// A heartbeat naming the certificate this agent presents.
-fn beat(serial: &mut tokio::sync::watch::Receiver<String>) -> AgentMsg {
-    AgentMsg::Heartbeat(Heartbeat {
-        certificate_serial: serial.borrow_and_update().clone(),
-    })
+/// What waits for room in the stream's channel. The session never waits to send: while the
+/// server reads slowly (a leader slow to commit holds an agent's reports back), the agent goes on
+/// reading what the server sends, and hearing it, instead of fencing itself for a silence of its
+/// own making. Waiting messages go heartbeat first, then status reports in order, then metrics.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// A heartbeat is due, naming the certificate serial: one, however many ticks passed.
+    beat: Option<String>,
+    /// Status reports of at most `berth_proto::REPORT_BYTES` each, in order.
+    status: VecDeque<Vec<berth_proto::v1::TaskStatusUpdate>>,
+    /// The reports of the latest metrics sample: one not sent yet is out of date.
+    metrics: VecDeque<Vec<berth_proto::v1::TaskSample>>,
+}
+
+impl Outbox {
+    fn beat(&mut self, serial: String) {
+        self.beat = Some(serial);
+    }
+
+    fn status(&mut self, updates: Vec<berth_proto::v1::TaskStatusUpdate>) {
+        self.status.extend(berth_proto::report_parts(updates));
+    }
+
+    fn metrics(&mut self, samples: Vec<berth_proto::v1::TaskSample>) {
+        self.metrics = berth_proto::report_parts(samples).into();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.beat.is_none() && self.status.is_empty() && self.metrics.is_empty()
+    }
+
+    /// The message to send next, if any.
+    fn next(&mut self) -> Option<AgentMsg> {
+        if let Some(certificate_serial) = self.beat.take() {
+            return Some(AgentMsg::Heartbeat(Heartbeat { certificate_serial }));
+        }
+        if let Some(updates) = self.status.pop_front() {
+            return Some(AgentMsg::Status(StatusReport { updates }));
+        }
+        let samples = self.metrics.pop_front()?;
+        Some(AgentMsg::Metrics(MetricsReport { samples }))
+    }
 }
 
 /// Status updates as reports of at most `berth_proto::REPORT_BYTES` each.
@@ -244,22 +283,6 @@ fn status_reports(
     berth_proto::report_parts(updates)
         .into_iter()
         .map(|updates| AgentMsg::Status(StatusReport { updates }))
-}
-
-async fn send_status(
-    tx: &mpsc::Sender<AgentMessage>,
-    updates: Vec<berth_proto::v1::TaskStatusUpdate>,
-) -> anyhow::Result<()> {
-    for report in status_reports(updates) {
-        send(tx, report).await?;
-    }
-    Ok(())
-}
-
-async fn send(tx: &mpsc::Sender<AgentMessage>, msg: AgentMsg) -> anyhow::Result<()> {
-    tx.send(AgentMessage { msg: Some(msg) })
-        .await
-        .context("send to the server's stream")
 }
 
 /// The desired set a stream's changes built so far.
@@ -399,5 +422,86 @@ mod changes_tests {
             ..Default::default()
         };
         assert!(set.apply(again).expect("complete").held.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    use berth_proto::v1::agent_message::Msg;
+    use berth_proto::v1::{TaskSample, TaskStatusUpdate};
+
+    use super::Outbox;
+
+    fn update(id: &str) -> TaskStatusUpdate {
+        TaskStatusUpdate {
+            task_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn sample(id: &str) -> TaskSample {
+        TaskSample {
+            task_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What the outbox sends, in order, as short strings.
+    fn drain(outbox: &mut Outbox) -> Vec<String> {
+        let mut sent = Vec::new();
+        while let Some(msg) = outbox.next() {
+            sent.push(match msg {
+                Msg::Heartbeat(h) => format!("beat {}", h.certificate_serial),
+                Msg::Status(r) => {
+                    let ids: Vec<_> = r.updates.iter().map(|u| u.task_id.as_str()).collect();
+                    format!("status {}", ids.join(","))
+                }
+                Msg::Metrics(r) => {
+                    let ids: Vec<_> = r.samples.iter().map(|s| s.task_id.as_str()).collect();
+                    format!("metrics {}", ids.join(","))
+                }
+                other => format!("{other:?}"),
+            });
+        }
+        assert!(outbox.is_empty());
+        sent
+    }
+
+    #[test]
+    fn waiting_messages_go_beat_first_then_reports_in_order_then_the_latest_metrics() {
+        let mut outbox = Outbox::default();
+        assert!(outbox.is_empty() && outbox.next().is_none());
+        outbox.metrics(vec![sample("old")]);
+        outbox.status(vec![update("a"), update("b")]);
+        outbox.beat("s1".into());
+        outbox.status(vec![update("c")]);
+        // Ticks while the channel was full: one heartbeat, with the newest serial; the newest
+        // sample only.
+        outbox.beat("s2".into());
+        outbox.metrics(vec![sample("new")]);
+        assert!(!outbox.is_empty());
+        assert_eq!(
+            drain(&mut outbox),
+            ["beat s2", "status a,b", "status c", "metrics new"]
+        );
+        // A sample of nothing replaces one waiting, and sends nothing.
+        outbox.metrics(vec![sample("stale")]);
+        outbox.metrics(Vec::new());
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_large_batch_goes_in_parts_in_order() {
+        let mut outbox = Outbox::default();
+        let ids: Vec<String> = (0..500).map(|i| format!("task-{i:04}")).collect();
+        outbox.status(ids.iter().map(|id| update(id)).collect());
+        let mut seen = Vec::new();
+        let mut parts = 0;
+        while let Some(Msg::Status(r)) = outbox.next() {
+            parts += 1;
+            seen.extend(r.updates.into_iter().map(|u| u.task_id));
+        }
+        assert!(parts > 1, "500 updates in {parts} part");
+        assert_eq!(seen, ids);
     }
 }
