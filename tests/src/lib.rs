@@ -355,6 +355,13 @@ impl Env {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e")
             .tempdir_in("/tmp")?;
+        Self::start_in(dir).await
+    }
+
+    /// An environment in `dir` (a short path: containerd's sockets must fit in 108 bytes),
+    /// whose handle decides what becomes of it afterwards (the benchmark keeps a failed
+    /// scenario's logs).
+    pub async fn start_in(dir: tempfile::TempDir) -> anyhow::Result<Self> {
         let containerd = Containerd::start(&dir.path().join("ctd")).await?;
         let registry = Registry::start_on_free_port(&dir.path().join("registry")).await?;
         let busybox =

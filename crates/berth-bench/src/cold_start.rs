@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use berth_tests::{cli, cli_json, http_get, poll, Env, IngressProc, ServerProc};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::cluster::scratch_dir;
 use crate::results::{record_percentiles, Results};
 
 const HOST: &str = "cold.local";
@@ -22,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// The elections and failed writes meanwhile (the autoscaler's wakes, the agent's reports)
 /// too.
 pub(crate) async fn cold_start(results: &mut Results) -> anyhow::Result<()> {
-    let env = Env::start().await?;
+    let env = Env::start_in(scratch_dir("berth-cold-start")?).await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
     let _agent = crate::cluster::agent(&env, &addr, "cold").await?;

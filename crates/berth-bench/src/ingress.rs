@@ -40,7 +40,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// as each target answers), then loads paced at one rate for all three, for the latency each
 /// proxy adds over the direct path; and the elections and failed writes meanwhile.
 pub(crate) async fn ingress(results: &mut Results) -> anyhow::Result<()> {
-    let env = Env::start().await?;
+    let env = Env::start_in(scratch_dir("berth-ingress")?).await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
     let _agent = AgentProc::start(&env, &addr, "bench").await?;

@@ -7,6 +7,7 @@ use berth_proto::v1 as pb;
 use berth_tests::{Env, ServerProc};
 
 use crate::api::spec;
+use crate::cluster::scratch_dir;
 use crate::results::{record_percentiles, Results};
 
 /// The steps of a start, in the order they happen, as the task's events time them (ms since the
@@ -62,7 +63,7 @@ fn epoch_ms() -> f64 {
 /// against the same containerd; and the elections and failed writes meanwhile.
 pub(crate) async fn start(results: &mut Results) -> anyhow::Result<()> {
     const RUNS: usize = 100;
-    let env = Env::start().await?;
+    let env = Env::start_in(scratch_dir("berth-start")?).await?;
     let server = ServerProc::start(&env.path("server"), None).await?;
     let addr = server.addr.to_string();
     let agent = crate::cluster::agent(&env, &addr, "start").await?;
