@@ -251,8 +251,12 @@ impl Outbox {
         self.beat = Some(serial);
     }
 
+    /// Updates join the last report waiting while it has room: with the server reading
+    /// slowly, updates that come one by one still go in full reports.
     fn status(&mut self, updates: Vec<berth_proto::v1::TaskStatusUpdate>) {
-        self.status.extend(berth_proto::report_parts(updates));
+        let mut waiting = self.status.pop_back().unwrap_or_default();
+        waiting.extend(updates);
+        self.status.extend(berth_proto::report_parts(waiting));
     }
 
     fn metrics(&mut self, samples: Vec<berth_proto::v1::TaskSample>) {
@@ -482,7 +486,7 @@ mod outbox_tests {
         assert!(!outbox.is_empty());
         assert_eq!(
             drain(&mut outbox),
-            ["beat s2", "status a,b", "status c", "metrics new"]
+            ["beat s2", "status a,b,c", "metrics new"]
         );
         // A sample of nothing replaces one waiting, and sends nothing.
         outbox.metrics(vec![sample("stale")]);
@@ -491,17 +495,25 @@ mod outbox_tests {
     }
 
     #[test]
-    fn a_large_batch_goes_in_parts_in_order() {
+    fn updates_go_in_parts_in_order_and_join_the_last_part_waiting() {
         let mut outbox = Outbox::default();
         let ids: Vec<String> = (0..500).map(|i| format!("task-{i:04}")).collect();
         outbox.status(ids.iter().map(|id| update(id)).collect());
+        // More, one by one: they join the last part while it has room.
+        let more: Vec<String> = (500..520).map(|i| format!("task-{i:04}")).collect();
+        for id in &more {
+            outbox.status(vec![update(id)]);
+        }
+        let ids: Vec<String> = ids.into_iter().chain(more).collect();
         let mut seen = Vec::new();
         let mut parts = 0;
         while let Some(Msg::Status(r)) = outbox.next() {
             parts += 1;
             seen.extend(r.updates.into_iter().map(|u| u.task_id));
         }
-        assert!(parts > 1, "500 updates in {parts} part");
+        // 520 updates of about 15 bytes, in parts of at most 3 KiB: three, not one for each
+        // update that came alone.
+        assert_eq!(parts, 3, "520 updates in {parts} parts");
         assert_eq!(seen, ids);
     }
 }

@@ -77,6 +77,9 @@ struct Sample {
     api: Vec<f64>,
     /// Probe tasks' RunTask → RUNNING, ms.
     scheduling: Vec<f64>,
+    /// Short tasks submitted so far: the churn submits whenever fewer than
+    /// [`PENDING_AT_MOST`] wait, so its rate is what the cluster keeps up with.
+    submitted: u64,
 }
 
 pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
@@ -155,6 +158,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
         if Instant::now() >= next_sample {
             let mut s = sample(&mut client, &pids, &data_dirs, &addrs, &probes).await?;
             s.at = started.elapsed().as_secs_f64();
+            s.submitted = submitted;
             s.api = api.take()?;
             let round = |v: &[f64]| v.iter().map(|v| v.round()).collect::<Vec<_>>();
             eprintln!(
@@ -172,6 +176,7 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
             next_sample = Instant::now() + SAMPLE_EVERY;
         }
     }
+    let churned = started.elapsed().as_secs_f64();
     // Every short task finishes within seconds; wait for the last ones to be placed, run and
     // stop (the services' tasks and the last probes may still run).
     let services = u64::try_from(SERVICES * 10).unwrap_or(u64::MAX) + u64::from(PROBES);
@@ -198,9 +203,11 @@ pub(crate) async fn soak(results: &mut Results) -> anyhow::Result<()> {
     // A failed API call ends the soak at once: none failed when it gets here.
     watched.record(results, "soak", 0).await?;
     // A probe waits behind the churn's queue (up to PENDING_AT_MOST + BATCH tasks): where in
-    // it a probe lands moves its time by up to what the queue takes to drain at the run's rate.
-    let queue_ms =
-        (PENDING_AT_MOST + u64::from(BATCH)) as f64 / (submitted as f64 / secs).max(1.0) * 1000.0;
+    // it a probe lands moves its time by up to what the queue takes to drain at the churn's
+    // rate.
+    let queue_ms = (PENDING_AT_MOST + u64::from(BATCH)) as f64
+        / (submitted as f64 / churned).max(1.0)
+        * 1000.0;
     results.insert("soak.queue_drain_ms".into(), queue_ms);
     verdict(results, &samples, queue_ms)
 }
@@ -453,8 +460,13 @@ fn dir_bytes(dir: &Path) -> (u64, u64) {
 
 /// The first tenth after warm-up against the last tenth, figure by figure; the run is flat
 /// when the last is within 10% of the first on every one (or within a floor: a few MiB, a few
-/// ms, which noise alone moves by more than 10% of a small number; for the probes' time to
-/// RUNNING, `queue_ms`, what the churn's queue they wait behind takes to drain).
+/// ms, which noise alone moves by more than 10% of a small number). The probes' time to
+/// RUNNING is mostly where they land in the churn's queue, which takes `queue_ms` to drain: a
+/// sample's probes land together, so a tenth's median is over some twenty places in it, and
+/// the difference of two such medians has a spread of about 0.15 `queue_ms` from that alone;
+/// its floor is half of `queue_ms`. The p99 (about the queue's whole length) is reported, not
+/// judged. A cluster that slows down shows first in the churn's rate (`tasks_per_sec`, judged
+/// for a drop of more than 10%), which sets how long the queue takes.
 fn verdict(results: &mut Results, samples: &[Sample], queue_ms: f64) -> anyhow::Result<()> {
     // Warm-up: the first fifth, and at least two retentions (the retained history fills up
     // over one; the first removals then follow).
@@ -464,16 +476,17 @@ fn verdict(results: &mut Results, samples: &[Sample], queue_ms: f64) -> anyhow::
         "only {} samples: the run was too short to judge (raise BERTH_SOAK_DURATION)",
         samples.len()
     );
-    let tenth = ((samples.len() - warm) / 10).max(1);
+    let tenth = ((samples.len() - warm) / 10).max(2);
     let first = &samples[warm..warm + tenth];
     let last = &samples[samples.len() - tenth..];
     let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let p99 = |mut v: Vec<f64>| {
+    let quantile = |q: f64, mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v.get(((v.len() as f64 - 1.0) * 0.99).round() as usize)
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let p99 = |v: Vec<f64>| quantile(0.99, v);
     let mut flat = true;
     let mut figure = |name: &str, a: f64, b: f64, floor: f64| {
         results.insert(format!("soak.{name}.first"), a);
@@ -511,11 +524,36 @@ fn verdict(results: &mut Results, samples: &[Sample], queue_ms: f64) -> anyhow::
         p99(last.iter().flat_map(|s| s.api.clone()).collect()),
         5.0,
     );
+    let scheduling = |tenth: &[Sample], q: f64| {
+        quantile(q, tenth.iter().flat_map(|s| s.scheduling.clone()).collect())
+    };
     figure(
-        "scheduling_p99_ms",
-        p99(first.iter().flat_map(|s| s.scheduling.clone()).collect()),
-        p99(last.iter().flat_map(|s| s.scheduling.clone()).collect()),
-        queue_ms.max(20.0),
+        "scheduling_p50_ms",
+        scheduling(first, 0.5),
+        scheduling(last, 0.5),
+        (queue_ms / 2.0).max(20.0),
+    );
+    let rate = |tenth: &[Sample]| {
+        let (a, b) = (&tenth[0], &tenth[tenth.len() - 1]);
+        (b.submitted - a.submitted) as f64 / (b.at - a.at).max(f64::MIN_POSITIVE)
+    };
+    let (a, b) = (rate(first), rate(last));
+    results.insert("soak.tasks_per_sec.first".into(), a);
+    results.insert("soak.tasks_per_sec.last".into(), b);
+    results.insert(
+        "soak.tasks_per_sec.ratio".into(),
+        b / a.max(f64::MIN_POSITIVE),
+    );
+    if b * 1.10 < a {
+        flat = false;
+        eprintln!("soak: the churn's rate fell from {a:.0} to {b:.0} tasks/s");
+    }
+    let (a, b) = (scheduling(first, 0.99), scheduling(last, 0.99));
+    results.insert("soak.scheduling_p99_ms.first".into(), a);
+    results.insert("soak.scheduling_p99_ms.last".into(), b);
+    results.insert(
+        "soak.scheduling_p99_ms.ratio".into(),
+        b / a.max(f64::MIN_POSITIVE),
     );
     results.insert("soak.flat".into(), if flat { 1.0 } else { 0.0 });
     anyhow::ensure!(flat, "the soak did not stay flat (see soak.*.ratio)");
