@@ -119,8 +119,14 @@ def click(driver, selector):
 
 
 def card_number(driver, service, cls):
-    card = driver.find_element(By.CSS_SELECTOR, f'[data-service="{service}"]')
-    return card.find_element(By.CSS_SELECTOR, "b." + cls).text
+    """A count on a service's card, read in one step in the page: the card's counts are made
+    anew at every update, so an element found first and read after may be gone by then."""
+    return driver.execute_script(
+        "const b = document.querySelector(`[data-service=\"${arguments[0]}\"] b.${arguments[1]}`);"
+        " return b ? b.textContent : null;",
+        service,
+        cls,
+    )
 
 
 def sign_in(driver, url, token):
