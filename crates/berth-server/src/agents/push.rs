@@ -7,7 +7,7 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::time::Duration;
 
 use berth_proto::v1::server_message::Msg as ServerMsg;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use berth_model::Assignment;
 use berth_proto::v1::{Endpoints, RenewCertificate, ServerMessage};
@@ -28,12 +28,6 @@ pub(super) async fn desired_sets(
     let fingerprints = Fingerprints::default();
     // Tasks held back while this server fetches a key of their secrets, since when.
     let mut held_since: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
-    // The node's tasks removed by the retention that the agent was told about, and the size
-    // at which those whose tombstones are gone are dropped: twice what the last pruning left
-    // (each pruning looks every one up in the state; pruned at every pass once past a fixed
-    // size, it took a quarter of a loaded leader's CPU, growing with the tombstones kept).
-    let mut retired_sent: BTreeSet<String> = BTreeSet::new();
-    let mut prune_at = 64;
     loop {
         if !*leader.borrow_and_update() {
             // Send the agent to the new leader.
@@ -61,15 +55,18 @@ pub(super) async fn desired_sets(
             } else {
                 Vec::new()
             };
-            let retired: Vec<String> = s
-                .removed_from(&node)
-                .filter(|id| !retired_sent.contains(*id))
-                .map(str::to_owned)
-                .collect();
-            if retired_sent.len() > prune_at {
-                retired_sent.retain(|id| s.removed_task_by_id(id).is_some());
-                prune_at = (retired_sent.len() * 2).max(64);
-            }
+            // The tasks the retention removed: with a whole set, every one the state still
+            // remembers; after it, those among the changed tasks (a removal changes the
+            // task). Not every tombstone of the node at every pass: that grew with the
+            // tombstones kept, a tenth of a loaded leader's CPU.
+            let retired: Vec<String> = match &changed {
+                NodeChanges::Whole => s.removed_from(&node).map(str::to_owned).collect(),
+                NodeChanges::Tasks(tasks) => tasks
+                    .iter()
+                    .filter(|id| retired_from(s, &node, id))
+                    .cloned()
+                    .collect(),
+            };
             // The whole set, or the changed tasks' assignments and those that left it.
             let (desired, gone) = match &changed {
                 NodeChanges::Whole => (berth_control::desired_tasks(s, &node), None),
@@ -111,7 +108,6 @@ pub(super) async fn desired_sets(
             Some(gone) => Update::Tasks { desired, gone },
         };
         let (reset, upserts, removed) = changes_since(&mut sent, update, &held, &fingerprints);
-        retired_sent.extend(retired.iter().cloned());
         if reset || !upserts.is_empty() || !removed.is_empty() || !retired.is_empty() {
             // A whole set names the tasks held back: the agent leaves them as they are (one
             // it runs already, or whose containers it found at its start, is not removed).
@@ -139,6 +135,14 @@ pub(super) async fn desired_sets(
             () = retry => {}
         }
     }
+}
+
+/// Whether `id`, a changed task, is one of `node`'s that the retention removed (and not a
+/// task of that ID created again since).
+fn retired_from(s: &berth_state::State, node: &str, id: &str) -> bool {
+    s.task_by_id(id).is_none()
+        && s.removed_task_by_id(id)
+            .is_some_and(|r| r.node.as_deref() == Some(node))
 }
 
 /// What a pass compares with what was sent: the whole desired set, or the assignments of the
