@@ -95,10 +95,10 @@ impl TryFrom<v1::TaskAssignment> for m::Assignment {
 /// larger: a quarter of gRPC's default 4 MiB limit.
 pub const DESIRED_CHANGES_BYTES: usize = 1 << 20;
 
-/// Changes to a node's desired set as messages: `upserts` (and, with `reset`, `kept`) split
-/// so that each message stays under [`DESIRED_CHANGES_BYTES`] (an assignment larger than that
-/// travels alone); the first message carries `reset`, `removed`, `retired` and (with `reset`)
-/// `held`, only the last `complete`. Always at least one message.
+/// Changes to a node's desired set as messages: `upserts`, `retired` (and, with `reset`,
+/// `kept`) split so that each message stays under [`DESIRED_CHANGES_BYTES`] (an assignment
+/// larger than that travels alone); the first message carries `reset`, `removed` and (with
+/// `reset`) `held`, only the last `complete`. Always at least one message.
 pub fn desired_changes(
     reset: bool,
     upserts: Vec<m::Assignment>,
@@ -111,7 +111,6 @@ pub fn desired_changes(
     let mut messages = vec![v1::DesiredChanges {
         reset,
         removed,
-        retired,
         lists_kept: reset,
         held: if reset { held } else { Vec::new() },
         ..Default::default()
@@ -137,6 +136,14 @@ pub fn desired_changes(
             if let Some(last) = messages.last_mut() {
                 last.kept.push(id);
             }
+        }
+    }
+    // A node's tombstones, all named with a whole set, are as many as the tasks it finished
+    // within the retention: at a few tasks a second, more than one message holds.
+    for id in retired {
+        room(id.len() + 4, &mut messages);
+        if let Some(last) = messages.last_mut() {
+            last.retired.push(id);
         }
     }
     if let Some(last) = messages.last_mut() {
@@ -256,15 +263,16 @@ mod tests {
             })
             .collect();
         let kept: Vec<String> = (0..40_000).map(|i| format!("{i:036}")).collect();
+        let retired: Vec<String> = (0..40_000).map(|i| format!("r{i:035}")).collect();
         let messages = desired_changes(
             true,
             tasks,
             vec!["gone".into()],
-            vec!["retired".into()],
+            retired,
             kept,
             vec!["held".into()],
         );
-        assert!(messages.len() >= 7, "{} messages", messages.len());
+        assert!(messages.len() >= 9, "{} messages", messages.len());
         for (i, m) in messages.iter().enumerate() {
             use prost::Message as _;
             assert!(m.encoded_len() <= DESIRED_CHANGES_BYTES, "message {i}");
@@ -273,10 +281,13 @@ mod tests {
         }
         assert_eq!(messages.iter().map(|m| m.upserts.len()).sum::<usize>(), 400);
         assert_eq!(messages[0].removed, ["gone"]);
-        assert_eq!(messages[0].retired, ["retired"]);
         assert_eq!(messages[0].held, ["held"]);
-        // 40,000 IDs of 36 bytes: more than a message holds, split too.
+        // 40,000 IDs of 36 bytes, kept and retired each: more than a message holds, split
+        // too, every one sent once.
         assert_eq!(messages.iter().map(|m| m.kept.len()).sum::<usize>(), 40_000);
+        let retired: Vec<&String> = messages.iter().flat_map(|m| &m.retired).collect();
+        assert_eq!(retired.len(), 40_000);
+        assert_eq!(retired[0], &format!("r{:035}", 0));
         // A change of one task is one small message; `kept` goes only with a whole set.
         let one = desired_changes(
             false,
