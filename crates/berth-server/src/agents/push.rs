@@ -55,32 +55,33 @@ pub(super) async fn desired_sets(
             } else {
                 Vec::new()
             };
-            // The tasks the retention removed: at a pass that reads the whole set (the
+            // The whole set, or the changed tasks' assignments and those that left it; and
+            // the tasks the retention removed: at a pass that reads the whole set (the
             // stream's first, or after the node itself changed), every one the state still
-            // remembers; at the others, those among the changed tasks (the retention's
-            // removal of a task names it in the node's change feed). Not every tombstone of
-            // the node at every pass: that grew with the tombstones kept, 15% of a loaded
-            // leader's samples.
-            let retired: Vec<String> = match &changed {
-                NodeChanges::Whole => s.removed_from(&node).map(str::to_owned).collect(),
-                NodeChanges::Tasks(tasks) => tasks
-                    .iter()
-                    .filter(|id| retired_from(s, &node, id))
-                    .cloned()
-                    .collect(),
-            };
-            // The whole set, or the changed tasks' assignments and those that left it.
-            let (desired, gone) = match &changed {
-                NodeChanges::Whole => (berth_control::desired_tasks(s, &node), None),
+            // remembers; at the others, those among the changed tasks that left (the
+            // retention's removal of a task names it in the node's change feed). Not every
+            // tombstone of the node at every pass: that grew with the tombstones kept, 15% of
+            // a loaded leader's samples.
+            let (desired, gone, retired) = match &changed {
+                NodeChanges::Whole => (
+                    berth_control::desired_tasks(s, &node),
+                    None,
+                    s.removed_from(&node).map(str::to_owned).collect(),
+                ),
                 NodeChanges::Tasks(tasks) => {
-                    let (mut desired, mut gone) = (Vec::new(), Vec::new());
+                    let (mut desired, mut gone, mut retired) = (Vec::new(), Vec::new(), Vec::new());
                     for id in tasks {
                         match berth_control::desired_task(s, &node, id) {
                             Some(a) => desired.push(a),
-                            None => gone.push(id.clone()),
+                            None => {
+                                if retired_from(s, &node, id) {
+                                    retired.push(id.clone());
+                                }
+                                gone.push(id.clone());
+                            }
                         }
                     }
-                    (desired, Some(gone))
+                    (desired, Some(gone), retired)
                 }
             };
             Some((desired, gone, kept, retired))
